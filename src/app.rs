@@ -1,0 +1,251 @@
+//! Assembling a running sluice: plan shards on CPUs, choose the receive driver, bind the
+//! sockets, build the ring mesh, start one pinned thread per shard (each allocates its state,
+//! buffers and model at startup, then reports ready), and stop them cleanly.
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::egress::Egress;
+use crate::infer::{LinearScorer, Scorer};
+use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
+use crate::ingest::IngestError;
+use crate::metrics::{Report, ShardCounters, ShardLatency};
+use crate::route::Mesh;
+use crate::shard::{Control, Shard, ShardCore};
+use crate::topology::{self, Placement};
+use crate::wake::Waker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{}", .0.join("\n  "))]
+    Placement(Vec<String>),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("shard {shard} failed to start: {reason}")]
+    ShardStart { shard: usize, reason: String },
+    #[error("could not start a shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A started service. Drop without `stop` and the threads are told to stop but not joined.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub driver: Driver,
+    pub placements: Vec<Placement>,
+    control: Arc<Control>,
+    counters: Vec<Arc<ShardCounters>>,
+    threads: Vec<JoinHandle<(Option<ShardLatency>, Option<IngestError>)>>,
+}
+
+impl Running {
+    /// Live counters, one per shard.
+    pub fn counters(&self) -> &[Arc<ShardCounters>] {
+        &self.counters
+    }
+
+    /// Stop receiving, drain, flush, join; the merged report.
+    pub fn stop(mut self) -> Result<Report, IngestError> {
+        self.control.request_stop();
+        let mut latency = Vec::new();
+        let mut failure = None;
+        for t in self.threads.drain(..) {
+            match t.join() {
+                Ok((l, err)) => {
+                    latency.extend(l);
+                    failure = failure.or(err);
+                }
+                Err(_) => tracing::error!("a shard thread panicked"),
+            }
+        }
+        let refs: Vec<&ShardCounters> = self.counters.iter().map(|c| c.as_ref()).collect();
+        let report = Report::merge(self.driver.name(), &refs, latency);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.control.request_stop();
+    }
+}
+
+/// Start every shard and return once all are receiving.
+pub fn start(config: &Config) -> Result<Running, AppError> {
+    let topo = topology::discover();
+    tracing::info!("topology: {}", topo.summary());
+    let placements = topology::plan(&config.shards, &topo).map_err(AppError::Placement)?;
+    let shards = placements.len();
+
+    let (driver, why) = Driver::resolve(config.ingest.udp.driver)?;
+    tracing::info!(driver = driver.name(), "udp ingest: {why}");
+
+    let listen = config
+        .listen_addr()
+        .map_err(|e| AppError::Placement(e.problems))?;
+    let mut sockets = Vec::with_capacity(shards);
+    let mut local_addr = listen;
+    for i in 0..shards {
+        // The first bind fixes the port (it may be 0 = ephemeral); the others join it.
+        let (sock, granted) = bind_reuseport(local_addr, config.ingest.udp.socket_rcvbuf_bytes)?;
+        if i == 0 {
+            local_addr = sock.local_addr().map_err(|source| IngestError::Socket {
+                addr: listen,
+                what: "local_addr",
+                source,
+            })?;
+            if granted < config.ingest.udp.socket_rcvbuf_bytes {
+                tracing::warn!(
+                    asked = config.ingest.udp.socket_rcvbuf_bytes,
+                    granted,
+                    "socket receive buffer capped by net.core.rmem_max (see tuning/)"
+                );
+            }
+        }
+        sockets.push(sock);
+    }
+
+    let wakers: Arc<Vec<Waker>> = Arc::new(
+        (0..shards)
+            .map(|_| Waker::new())
+            .collect::<Result<_, _>>()?,
+    );
+    let control = Arc::new(Control::new(shards));
+    let counters: Vec<Arc<ShardCounters>> = (0..shards)
+        .map(|_| Arc::new(ShardCounters::default()))
+        .collect();
+    let mesh = Mesh::build(shards, config.route.ring_capacity);
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+
+    let mut threads = Vec::with_capacity(shards);
+    for (id, ((sock, rings), placement)) in sockets
+        .into_iter()
+        .zip(mesh)
+        .zip(placements.iter().copied())
+        .enumerate()
+    {
+        let config = config.clone();
+        let control = control.clone();
+        let counters = counters[id].clone();
+        let wakers = wakers.clone();
+        let ready = ready_tx.clone();
+        let spawn = std::thread::Builder::new()
+            .name(format!("sluice-shard-{id}"))
+            .spawn(move || {
+                let built = build_shard(
+                    id, shards, placement, &config, driver, sock, rings, counters, wakers,
+                );
+                match built {
+                    Ok(shard) => {
+                        let _ = ready.send((id, Ok(())));
+                        drop(ready);
+                        let (latency, failure) = shard.run(&control);
+                        (Some(latency), failure)
+                    }
+                    Err(reason) => {
+                        let _ = ready.send((id, Err(reason)));
+                        control.request_stop();
+                        (None, None)
+                    }
+                }
+            });
+        threads.push(spawn.map_err(AppError::Thread)?);
+    }
+    drop(ready_tx);
+
+    let mut running = Running {
+        local_addr,
+        driver,
+        placements,
+        control,
+        counters,
+        threads,
+    };
+    let mut failures = Vec::new();
+    for _ in 0..shards {
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((_, Ok(()))) => {}
+            Ok((shard, Err(reason))) => failures.push(AppError::ShardStart { shard, reason }),
+            Err(_) => failures.push(AppError::ShardStart {
+                shard: usize::MAX,
+                reason: "no answer within 60 s".into(),
+            }),
+        }
+    }
+    if let Some(first) = failures.into_iter().next() {
+        running.control.request_stop();
+        // Join what started so sockets close before the caller retries.
+        let _ = std::mem::take(&mut running.threads)
+            .into_iter()
+            .map(JoinHandle::join)
+            .count();
+        return Err(first);
+    }
+    tracing::info!(addr = %running.local_addr, shards, driver = driver.name(), "sluice is receiving");
+    Ok(running)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_shard(
+    id: usize,
+    shards: usize,
+    placement: Placement,
+    config: &Config,
+    driver: Driver,
+    sock: std::net::UdpSocket,
+    rings: (crate::route::Outbound, crate::route::Inbound),
+    counters: Arc<ShardCounters>,
+    wakers: Arc<Vec<Waker>>,
+) -> Result<Shard, String> {
+    if config.shards.pin {
+        topology::pin_current(placement.cpu).map_err(|e| e.to_string())?;
+    }
+    let scorer: Box<dyn Scorer> = Box::new(LinearScorer::from_config(&config.model));
+    // Every Observation of a cycle may become a Score before the flush: bound by what a cycle
+    // can take in (received batches + drained events), so egress never grows.
+    let cycle_scores_max = config.ingest.udp.batch_datagrams_max * config.wire.batch_events_max
+        + config.route.drain_events_max;
+    let egress = Egress::new(&sock, config, cycle_scores_max).map_err(|e| e.to_string())?;
+    let udp = &config.ingest.udp;
+    let rx = match driver {
+        Driver::IoUring => UdpReceiver::IoUring(Box::new(
+            UringReceiver::new(sock, udp.uring_buffers, config.wire.datagram_bytes_max)
+                .map_err(|e| e.to_string())?,
+        )),
+        Driver::Recvmmsg => UdpReceiver::Recvmmsg(Box::new(MmsgReceiver::new(
+            sock,
+            udp.batch_datagrams_max,
+            config.wire.datagram_bytes_max,
+        ))),
+    };
+    let core = ShardCore::new(id, shards, config, rings, scorer, counters.clone());
+    let latency = ShardLatency::new(config.metrics.latency_max_ns).map_err(|e| e.to_string())?;
+    tracing::info!(
+        shard = id,
+        cpu = placement.cpu,
+        numa_node = placement
+            .numa_node
+            .map_or("unknown".to_owned(), |n| n.to_string()),
+        pinned = config.shards.pin,
+        hot_state_mib = core.state_memory_bytes() >> 20,
+        "shard ready"
+    );
+    Ok(Shard {
+        core,
+        rx,
+        egress,
+        counters,
+        latency,
+        wakers,
+        recv_batch: udp.batch_datagrams_max,
+        drain_max: config.route.drain_events_max,
+        idle_spins: config.shards.idle_spins,
+        park_timeout: Duration::from_micros(config.shards.park_timeout_us),
+    })
+}

@@ -1,0 +1,191 @@
+//! Typed configuration: embedded defaults, a file overlay, `--set key=value` overrides, and
+//! validation that reports every problem at once.
+//!
+//! The embedded `defaults.toml` names every key, so an unknown key or a value of the wrong type
+//! is found by comparing against it before serde sees the document; then `validate` checks
+//! ranges and cross-field rules. Each setting's cost is documented in `defaults.toml`.
+
+mod overlay;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use overlay::DEFAULTS_TOML;
+
+/// Everything that went wrong while loading a config; `Display` lists one problem a line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n  - {}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub ingest: Ingest,
+    pub wire: Wire,
+    pub shards: Shards,
+    pub route: Route,
+    pub state: State,
+    pub model: Model,
+    pub infer: Infer,
+    pub egress: Egress,
+    pub metrics: Metrics,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ingest {
+    pub udp: Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UdpDriver {
+    Auto,
+    IoUring,
+    Recvmmsg,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Udp {
+    pub listen: String,
+    pub driver: UdpDriver,
+    pub socket_rcvbuf_bytes: usize,
+    pub uring_buffers: usize,
+    pub batch_datagrams_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Wire {
+    pub datagram_bytes_max: usize,
+    pub batch_events_max: usize,
+    pub features_per_event_max: usize,
+    pub depth_max: usize,
+    pub tables_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Shards {
+    pub count: usize,
+    pub cores: Vec<usize>,
+    pub pin: bool,
+    pub idle_spins: u32,
+    pub park_timeout_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingFullPolicy {
+    Drop,
+    Backpressure,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Route {
+    pub ring_capacity: usize,
+    pub full: RingFullPolicy,
+    pub drain_events_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct State {
+    pub hot_capacity: usize,
+    pub ewma_alpha: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Model {
+    pub alert_threshold: f32,
+    pub version: u32,
+    pub linear: LinearModel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LinearModel {
+    pub weights: Vec<f32>,
+    pub bias: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Infer {
+    pub batch_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Egress {
+    pub scores_to: String,
+    pub alerts_to: String,
+    pub datagram_bytes_max: usize,
+    pub batch_datagrams_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metrics {
+    pub hgrm_dir: String,
+    pub latency_max_ns: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Log {
+    pub level: String,
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_layers(None, &[])
+    }
+
+    /// Defaults, then `file` (if any), then each `section.key=value` in `sets`.
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::one(format!("cannot read config file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Self::from_layers(text.as_deref(), sets)
+    }
+
+    /// Defaults, then the TOML document `file_text`, then `sets`; validated.
+    pub fn from_layers(file_text: Option<&str>, sets: &[String]) -> Result<Self, ConfigError> {
+        let merged = overlay::merge(file_text, sets)?;
+        let config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::one(format!("config: {}", e.message())))?;
+        validate::validate(&config)?;
+        Ok(config)
+    }
+
+    /// The listen address, already checked by `validate`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("ingest.udp.listen", &self.ingest.udp.listen)
+    }
+
+    /// An optional destination ("" = none).
+    pub fn optional_addr(key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        parse_addr(key, value).map(Some)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::one(format!(
+            "{key} = {value:?}: not an ip:port address (e.g. \"127.0.0.1:7600\")"
+        ))
+    })
+}

@@ -1,0 +1,152 @@
+//! Layering: embedded defaults < config file < `--set` overrides, with every unknown key and
+//! every type mismatch collected before deserialisation.
+
+use toml::{Table, Value};
+
+use super::ConfigError;
+
+/// The embedded defaults; `sluice print-config` shows them.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+pub(super) fn merge(file_text: Option<&str>, sets: &[String]) -> Result<Table, ConfigError> {
+    let mut merged: Table = DEFAULTS_TOML
+        .parse()
+        .map_err(|e| ConfigError::one(format!("embedded defaults do not parse (a bug): {e}")))?;
+    let defaults = merged.clone();
+    let mut problems = Vec::new();
+
+    if let Some(text) = file_text {
+        match text.parse::<Table>() {
+            Ok(file) => overlay_table(&mut merged, &defaults, file, "", &mut problems),
+            Err(e) => problems.push(format!("config file is not valid TOML: {}", e.message())),
+        }
+    }
+    for set in sets {
+        match parse_set(set) {
+            Ok((path, value)) => set_path(&mut merged, &defaults, &path, value, &mut problems),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(merged)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// `a.b.c=value`: the value is read as TOML when it parses (numbers, booleans, arrays) and as a
+/// bare string otherwise, so `--set ingest.udp.driver=recvmmsg` needs no quotes.
+fn parse_set(set: &str) -> Result<(Vec<String>, Value), String> {
+    let Some((key, raw)) = set.split_once('=') else {
+        return Err(format!("--set {set:?}: expected section.key=value"));
+    };
+    let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!("--set {set:?}: empty key segment"));
+    }
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_owned()));
+    Ok((path, value))
+}
+
+fn set_path(
+    merged: &mut Table,
+    defaults: &Table,
+    path: &[String],
+    value: Value,
+    problems: &mut Vec<String>,
+) {
+    // Build a one-key table and reuse the file overlay so both report the same way.
+    let mut nested = value;
+    for segment in path.iter().rev() {
+        let mut t = Table::new();
+        t.insert(segment.clone(), nested);
+        nested = Value::Table(t);
+    }
+    if let Value::Table(t) = nested {
+        overlay_table(merged, defaults, t, "", problems);
+    }
+}
+
+fn overlay_table(
+    merged: &mut Table,
+    defaults: &Table,
+    src: Table,
+    prefix: &str,
+    problems: &mut Vec<String>,
+) {
+    for (key, value) in src {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(default) = defaults.get(&key) else {
+            let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
+            problems.push(format!(
+                "unknown key {path} (known here: {})",
+                known.join(", ")
+            ));
+            continue;
+        };
+        match (default, value) {
+            (Value::Table(dt), Value::Table(st)) => {
+                if let Some(Value::Table(mt)) = merged.get_mut(&key) {
+                    overlay_table(mt, dt, st, &path, problems);
+                }
+            }
+            (Value::Table(_), other) => problems.push(format!(
+                "{path} must be a table, found {}",
+                other.type_str()
+            )),
+            (default, value) => match coerce(default, value) {
+                Ok(v) => {
+                    merged.insert(key, v);
+                }
+                Err(found) => problems.push(format!(
+                    "{path} must be {}, found {found}",
+                    describe(default)
+                )),
+            },
+        }
+    }
+}
+
+/// Accept the default's type; integers are fine where a float is expected.
+fn coerce(default: &Value, value: Value) -> Result<Value, String> {
+    match (default, value) {
+        (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
+        (Value::Array(d), Value::Array(items)) => {
+            let elem = d.first();
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match elem {
+                    Some(e) => out.push(coerce(e, item).map_err(|f| format!("an array of {f}"))?),
+                    None => match item {
+                        Value::Integer(_) => out.push(item),
+                        other => return Err(format!("an array of {}", other.type_str())),
+                    },
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        (d, v) if std::mem::discriminant(d) == std::mem::discriminant(&v) => Ok(v),
+        (_, v) => Err(format!("{} {v}", v.type_str())),
+    }
+}
+
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "true or false",
+        Value::Array(_) => "an array",
+        Value::Datetime(_) => "a datetime",
+        Value::Table(_) => "a table",
+    }
+}

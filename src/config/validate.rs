@@ -1,0 +1,187 @@
+//! Range and cross-field checks. Every rule runs, so one `check-config` lists every problem.
+
+use super::{Config, ConfigError};
+use crate::limits;
+
+pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    let mut p = Vec::new();
+    let mut range = |key: &str, v: usize, lo: usize, hi: usize| {
+        if v < lo || v > hi {
+            p.push(format!("{key} = {v}: must be between {lo} and {hi}"));
+        }
+    };
+
+    range(
+        "ingest.udp.uring_buffers",
+        c.ingest.udp.uring_buffers,
+        8,
+        limits::URING_BUFFERS_MAX,
+    );
+    range(
+        "ingest.udp.batch_datagrams_max",
+        c.ingest.udp.batch_datagrams_max,
+        1,
+        limits::MMSG_BATCH_MAX,
+    );
+    range(
+        "ingest.udp.socket_rcvbuf_bytes",
+        c.ingest.udp.socket_rcvbuf_bytes,
+        4096,
+        1 << 30,
+    );
+    range(
+        "wire.datagram_bytes_max",
+        c.wire.datagram_bytes_max,
+        limits::DATAGRAM_BYTES_MIN,
+        limits::DATAGRAM_BYTES_MAX,
+    );
+    range(
+        "wire.batch_events_max",
+        c.wire.batch_events_max,
+        1,
+        limits::BATCH_EVENTS_MAX,
+    );
+    range(
+        "wire.features_per_event_max",
+        c.wire.features_per_event_max,
+        0,
+        limits::FEATURES_INLINE_MAX,
+    );
+    range("wire.depth_max", c.wire.depth_max, 1, 64);
+    range(
+        "wire.tables_max",
+        c.wire.tables_max,
+        1,
+        limits::VERIFY_TABLES_MAX,
+    );
+    range("shards.count", c.shards.count, 0, limits::SHARDS_MAX);
+    range(
+        "shards.cores (length)",
+        c.shards.cores.len(),
+        0,
+        limits::SHARDS_MAX,
+    );
+    range(
+        "route.ring_capacity",
+        c.route.ring_capacity,
+        1,
+        limits::RING_CAPACITY_MAX,
+    );
+    range(
+        "route.drain_events_max",
+        c.route.drain_events_max,
+        1,
+        limits::RING_CAPACITY_MAX,
+    );
+    range(
+        "state.hot_capacity",
+        c.state.hot_capacity,
+        1,
+        limits::HOT_CAPACITY_MAX,
+    );
+    range(
+        "infer.batch_max",
+        c.infer.batch_max,
+        1,
+        limits::INFER_BATCH_MAX,
+    );
+    range(
+        "egress.datagram_bytes_max",
+        c.egress.datagram_bytes_max,
+        limits::DATAGRAM_BYTES_MIN,
+        limits::DATAGRAM_BYTES_MAX,
+    );
+    range(
+        "egress.batch_datagrams_max",
+        c.egress.batch_datagrams_max,
+        1,
+        limits::MMSG_BATCH_MAX,
+    );
+    range(
+        "model.linear.weights (length)",
+        c.model.linear.weights.len(),
+        limits::FEATURES_DERIVED,
+        limits::FEATURE_ROW_MAX,
+    );
+
+    if !c.ingest.udp.uring_buffers.is_power_of_two() {
+        p.push(format!(
+            "ingest.udp.uring_buffers = {}: must be a power of two",
+            c.ingest.udp.uring_buffers
+        ));
+    }
+    if c.wire.tables_max < c.wire.batch_events_max + 1 {
+        p.push(format!(
+            "wire.tables_max = {} is below wire.batch_events_max + 1 = {}: a full batch could never verify",
+            c.wire.tables_max,
+            c.wire.batch_events_max + 1
+        ));
+    }
+    if c.wire.depth_max < 3 {
+        p.push(format!(
+            "wire.depth_max = {}: the schema itself nests 3 deep, so no batch would verify",
+            c.wire.depth_max
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for core in &c.shards.cores {
+        if !seen.insert(core) {
+            p.push(format!(
+                "shards.cores lists CPU {core} twice: one shard per CPU"
+            ));
+        }
+    }
+    if c.shards.park_timeout_us == 0 || c.shards.park_timeout_us > 1_000_000 {
+        p.push(format!(
+            "shards.park_timeout_us = {}: must be between 1 and 1000000",
+            c.shards.park_timeout_us
+        ));
+    }
+    if !(c.state.ewma_alpha > 0.0 && c.state.ewma_alpha <= 1.0) {
+        p.push(format!(
+            "state.ewma_alpha = {}: must be in (0, 1]",
+            c.state.ewma_alpha
+        ));
+    }
+    if !(0.0..=1.0).contains(&c.model.alert_threshold) {
+        p.push(format!(
+            "model.alert_threshold = {}: must be in [0, 1]",
+            c.model.alert_threshold
+        ));
+    }
+    if c.model
+        .linear
+        .weights
+        .iter()
+        .chain([&c.model.linear.bias])
+        .any(|w| !w.is_finite())
+    {
+        p.push("model.linear: weights and bias must be finite numbers".to_owned());
+    }
+    if c.metrics.latency_max_ns < 1_000 {
+        p.push(format!(
+            "metrics.latency_max_ns = {}: must be at least 1000",
+            c.metrics.latency_max_ns
+        ));
+    }
+    if let Err(e) = c.listen_addr() {
+        p.extend(e.problems);
+    }
+    for (key, value) in [
+        ("egress.scores_to", &c.egress.scores_to),
+        ("egress.alerts_to", &c.egress.alerts_to),
+    ] {
+        if let Err(e) = Config::optional_addr(key, value) {
+            p.extend(e.problems);
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        p.push(format!("log.level = {:?}: {e}", c.log.level));
+    }
+
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems: p })
+    }
+}

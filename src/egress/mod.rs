@@ -1,0 +1,206 @@
+//! Replies out: the Scores of one drain cycle, grouped by destination into ScoreBatch
+//! datagrams of at most `egress.datagram_bytes_max`, sent with one `sendmmsg` per
+//! `egress.batch_datagrams_max` datagrams. Latency is stamped here, at the last moment
+//! before the kernel takes the reply.
+
+mod sendmmsg;
+
+use std::net::{SocketAddr, UdpSocket};
+
+use crate::clock;
+use crate::config::Config;
+use crate::limits::EGRESS_DESTINATIONS_MAX;
+use crate::metrics::{DropReason, ShardCounters, ShardLatency};
+use crate::wire::{scores_per_datagram, ScoreBatchEncoder, ScoreOut};
+
+use sendmmsg::Sender;
+
+/// A Score waiting for its cycle's flush.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingScore {
+    pub score: ScoreOut,
+    /// Kernel receive time of the datagram that carried the event (CLOCK_REALTIME ns).
+    pub recv_ns: u64,
+    /// When a shard picked that datagram up (CLOCK_REALTIME ns).
+    pub pickup_ns: u64,
+}
+
+/// Where the core puts Scores; `Egress` sends them, tests collect them.
+pub trait ScoreSink {
+    fn emit(&mut self, reply_to: SocketAddr, s: PendingScore);
+}
+
+impl ScoreSink for Vec<(SocketAddr, PendingScore)> {
+    fn emit(&mut self, reply_to: SocketAddr, s: PendingScore) {
+        self.push((reply_to, s));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("cannot clone the shard socket for sending: {0}")]
+    Socket(std::io::Error),
+}
+
+pub struct Egress {
+    sender: Sender,
+    encoder: ScoreBatchEncoder,
+    pending: Vec<(u16, PendingScore)>,
+    pending_max: usize,
+    dests: Vec<SocketAddr>,
+    /// Indexes into `pending` for the destination being encoded (reused scratch).
+    scratch: Vec<u32>,
+    per_datagram: usize,
+    scores_to: Option<SocketAddr>,
+    alerts_to: Option<SocketAddr>,
+}
+
+impl Egress {
+    /// `pending_max`: Scores one cycle can produce (the shard's drain bounds); a flush happens
+    /// early if it is reached, so this is a bound, not a drop point.
+    pub fn new(sock: &UdpSocket, config: &Config, pending_max: usize) -> Result<Self, EgressError> {
+        let sock = sock.try_clone().map_err(EgressError::Socket)?;
+        let per_datagram = scores_per_datagram(config.egress.datagram_bytes_max);
+        // Both already validated at config load; an invalid one here would mean "none".
+        let scores_to = Config::optional_addr("egress.scores_to", &config.egress.scores_to)
+            .ok()
+            .flatten();
+        let alerts_to = Config::optional_addr("egress.alerts_to", &config.egress.alerts_to)
+            .ok()
+            .flatten();
+        Ok(Self {
+            sender: Sender::new(
+                sock,
+                config.egress.batch_datagrams_max,
+                config.egress.datagram_bytes_max,
+            ),
+            encoder: ScoreBatchEncoder::new(per_datagram),
+            pending: Vec::with_capacity(pending_max),
+            pending_max,
+            dests: Vec::with_capacity(EGRESS_DESTINATIONS_MAX),
+            scratch: Vec::with_capacity(pending_max),
+            per_datagram,
+            scores_to,
+            alerts_to,
+        })
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Encode and send everything pending; stamp latency and record it.
+    pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let emit_ns = clock::realtime_ns();
+        for (_, p) in &mut self.pending {
+            let recv = if p.recv_ns == 0 {
+                p.pickup_ns
+            } else {
+                p.recv_ns
+            };
+            p.score.latency_ns = emit_ns.saturating_sub(recv);
+            latency.record(p.score.latency_ns, emit_ns.saturating_sub(p.pickup_ns));
+        }
+        for d in 0..self.dests.len() {
+            self.scratch.clear();
+            self.scratch.extend(
+                self.pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (dest, _))| usize::from(*dest) == d)
+                    .map(|(i, _)| i as u32),
+            );
+            let dest = self.dests[d];
+            self.send_group(dest, false, counters);
+        }
+        if let Some(alerts_to) = self.alerts_to {
+            self.scratch.clear();
+            self.scratch.extend(
+                self.pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, p))| p.score.alert)
+                    .map(|(i, _)| i as u32),
+            );
+            self.send_group(alerts_to, true, counters);
+        }
+        self.sender.send_all(counters);
+        self.pending.clear();
+        self.dests.clear();
+    }
+
+    /// Encode the pending Scores listed in `scratch` for `dest`, one datagram per chunk.
+    fn send_group(&mut self, dest: SocketAddr, alerts: bool, counters: &ShardCounters) {
+        let Self {
+            scratch,
+            pending,
+            encoder,
+            sender,
+            per_datagram,
+            ..
+        } = self;
+        for chunk in scratch.chunks(*per_datagram) {
+            let bytes = encoder.encode(chunk.iter().map(|&i| pending[i as usize].1.score));
+            if !sender.queue(dest, bytes, if alerts { 0 } else { chunk.len() as u32 }) {
+                sender.send_all(counters);
+                let bytes = encoder.encode(chunk.iter().map(|&i| pending[i as usize].1.score));
+                sender.queue(dest, bytes, if alerts { 0 } else { chunk.len() as u32 });
+            }
+        }
+    }
+
+    fn dest_index(&mut self, dest: SocketAddr) -> Option<u16> {
+        if let Some(i) = self.dests.iter().position(|d| *d == dest) {
+            return Some(i as u16);
+        }
+        if self.dests.len() == EGRESS_DESTINATIONS_MAX {
+            return None;
+        }
+        self.dests.push(dest);
+        Some((self.dests.len() - 1) as u16)
+    }
+
+    /// Queue a Score; flushes first when a bound is reached.
+    pub fn push(
+        &mut self,
+        reply_to: SocketAddr,
+        s: PendingScore,
+        counters: &ShardCounters,
+        latency: &mut ShardLatency,
+    ) {
+        let dest = self.scores_to.unwrap_or(reply_to);
+        if self.pending.len() == self.pending_max {
+            self.flush(counters, latency);
+        }
+        let idx = match self.dest_index(dest) {
+            Some(i) => i,
+            None => {
+                self.flush(counters, latency);
+                // After a flush the table is empty, so this cannot fail.
+                self.dest_index(dest).unwrap_or(0)
+            }
+        };
+        self.pending.push((idx, s));
+    }
+}
+
+/// The sink a shard hands its core: pushes into `Egress` with the shard's metrics.
+pub struct EgressSink<'a> {
+    pub egress: &'a mut Egress,
+    pub counters: &'a ShardCounters,
+    pub latency: &'a mut ShardLatency,
+}
+
+impl ScoreSink for EgressSink<'_> {
+    fn emit(&mut self, reply_to: SocketAddr, s: PendingScore) {
+        self.egress.push(reply_to, s, self.counters, self.latency);
+    }
+}
+
+/// Counted when a reply datagram cannot be sent: its Scores are lost, visibly.
+pub(crate) fn count_send_failure(counters: &ShardCounters, scores: u32) {
+    counters.dropped_events(DropReason::SendError, u64::from(scores));
+}

@@ -1,0 +1,36 @@
+//! Receiving datagrams: the edge where bytes enter. `udp` owns sockets and the kernel
+//! interfaces (io_uring, recvmmsg); the Kafka source arrives here in its own issue.
+
+pub mod udp;
+
+use std::net::SocketAddr;
+
+/// One received datagram, borrowed from the receiver's buffer for the length of a callback.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    pub payload: &'a [u8],
+    pub src: SocketAddr,
+    /// Kernel receive time (CLOCK_REALTIME ns, SO_TIMESTAMPNS); 0 when the kernel gave none.
+    pub recv_ns: u64,
+    /// The kernel cut the payload to the buffer size: the datagram was larger than allowed.
+    pub truncated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("socket {addr}: {what}: {source}")]
+    Socket {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("io_uring: {what}: {source}")]
+    Uring {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("recvmmsg: {0}")]
+    Recvmmsg(std::io::Error),
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+}

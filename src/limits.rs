@@ -1,0 +1,41 @@
+//! Hard upper bounds on every configurable size.
+//!
+//! Config values are checked against these at startup (`config::validate`), so every queue,
+//! table and batch in the process has a bound known before the first event arrives. The
+//! compile-time ones size inline arrays in fixed-layout records and ring slots.
+
+/// Raw producer features carried inline in a routed event (ring slots are fixed-size).
+pub const FEATURES_INLINE_MAX: usize = 16;
+/// Derived features the placeholder model reads from a key's state (see `features`).
+pub const FEATURES_DERIVED: usize = 6;
+/// Length of a model input row.
+pub const FEATURE_ROW_MAX: usize = FEATURES_DERIVED + FEATURES_INLINE_MAX;
+
+/// Largest UDP payload (IPv4: 65535 - 20 IP - 8 UDP).
+pub const DATAGRAM_BYTES_MAX: usize = 65_507;
+/// Smallest datagram limit that still fits a one-event batch with a few features.
+pub const DATAGRAM_BYTES_MIN: usize = 256;
+/// Events one EventBatch may carry.
+pub const BATCH_EVENTS_MAX: usize = 4_096;
+/// Shards (threads) per process.
+pub const SHARDS_MAX: usize = 256;
+/// Slots in one SPSC ring between two shards.
+pub const RING_CAPACITY_MAX: usize = 1 << 20;
+/// Provided buffers in one io_uring buffer ring (the kernel's limit is 32768).
+pub const URING_BUFFERS_MAX: usize = 32_768;
+/// Messages per recvmmsg/sendmmsg call.
+pub const MMSG_BATCH_MAX: usize = 1_024;
+/// Hot-state records per shard.
+pub const HOT_CAPACITY_MAX: usize = 1 << 28;
+/// Rows in one model micro-batch.
+pub const INFER_BATCH_MAX: usize = 4_096;
+/// Distinct reply destinations buffered in one drain cycle before an early flush.
+pub const EGRESS_DESTINATIONS_MAX: usize = 1_024;
+/// Verifier: tables in one buffer (EventBatch + one per event).
+pub const VERIFY_TABLES_MAX: usize = BATCH_EVENTS_MAX + 1;
+
+const _: () = assert!(FEATURES_INLINE_MAX <= u8::MAX as usize);
+const _: () = assert!(URING_BUFFERS_MAX <= 32_768);
+const _: () = assert!(URING_BUFFERS_MAX.is_power_of_two());
+const _: () = assert!(DATAGRAM_BYTES_MIN < DATAGRAM_BYTES_MAX);
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);

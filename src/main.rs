@@ -1,0 +1,261 @@
+//! The `sluice` command: run the service, check a config, or run the loopback demo.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use sluice::config::{Config, DEFAULTS_TOML};
+use sluice::loadgen::{self, LoadSpec};
+use sluice::metrics::report::percentile_table;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Low-latency ingest and scoring for streaming ML"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service until SIGINT/SIGTERM, then drain and print the latency report.
+    Run {
+        /// TOML config file; omitted keys keep their embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override one key, e.g. --set shards.count=2 (repeatable; applied after --config).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Check a config file; lists every problem and exits non-zero if there is any.
+    CheckConfig {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print the embedded default config (every key, with what it costs).
+    PrintConfig,
+    /// Start sluice on loopback and drive it with the built-in open-loop load generator.
+    Demo {
+        /// Events per second.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Events per datagram.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() -> anyhow::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.with_context(|| format!("installing {sig} handler"))?;
+    }
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load(config: Option<&PathBuf>, sets: &[String]) -> anyhow::Result<Config> {
+    Config::load(config.map(PathBuf::as_path), sets).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::PrintConfig => {
+            print!("{DEFAULTS_TOML}");
+        }
+        Command::CheckConfig { file, sets } => {
+            return Ok(check_config(&file, &sets));
+        }
+        Command::Run { config, sets } => {
+            let config = load(config.as_ref(), &sets)?;
+            init_logging(&config.log.level);
+            install_signal_handlers()?;
+            let running = sluice::app::start(&config)?;
+            println!(
+                "sluice listening on {} ({} shard(s), {})",
+                running.local_addr,
+                running.placements.len(),
+                running.driver.name()
+            );
+            while !SIGNALLED.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("sluice: stopping: draining rings and flushing replies");
+            let report = running.stop()?;
+            print!("{}", report.render());
+            write_hgrm(&config, &report)?;
+        }
+        Command::Demo {
+            rate,
+            batch,
+            keys,
+            seconds,
+            config,
+            sets,
+        } => {
+            demo(rate, batch, keys, seconds, config.as_ref(), &sets)?;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCode {
+    let config = match Config::load(Some(file), sets) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return std::process::ExitCode::from(1);
+        }
+    };
+    // Placement depends on this machine: check it too, as `run` would.
+    let topo = sluice::topology::discover();
+    match sluice::topology::plan(&config.shards, &topo) {
+        Ok(p) => {
+            println!(
+                "{}: ok ({} shard(s) on CPUs {:?}; {})",
+                file.display(),
+                p.len(),
+                p.iter().map(|p| p.cpu).collect::<Vec<_>>(),
+                topo.summary()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!(
+                "{}: invalid configuration ({} problem(s)) on this machine:\n  - {}",
+                file.display(),
+                problems.len(),
+                problems.join("\n  - ")
+            );
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn write_hgrm(config: &Config, report: &sluice::metrics::Report) -> anyhow::Result<()> {
+    if !config.metrics.hgrm_dir.is_empty() {
+        let dir = PathBuf::from(&config.metrics.hgrm_dir);
+        report
+            .write_hgrm_files(&dir)
+            .with_context(|| format!("writing .hgrm files to {}", dir.display()))?;
+        println!(
+            "latency histograms written to {}/{{receive_to_emit,in_shard}}.hgrm",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn demo(
+    rate: u64,
+    batch: usize,
+    keys: u64,
+    seconds: u64,
+    file: Option<&PathBuf>,
+    user_sets: &[String],
+) -> anyhow::Result<()> {
+    // Loopback on an ephemeral port; leave one core to the load generator when there are few.
+    let cores = sluice::topology::discover().cores;
+    let mut sets = vec![
+        "ingest.udp.listen=127.0.0.1:0".to_owned(),
+        format!("shards.count={}", cores.saturating_sub(1).max(1)),
+    ];
+    sets.extend_from_slice(user_sets);
+    let config = load(file, &sets)?;
+    init_logging(&config.log.level);
+    install_signal_handlers()?;
+    let running = sluice::app::start(&config)?;
+    let spec = LoadSpec {
+        target: running.local_addr,
+        rate,
+        batch,
+        keys,
+        duration: Duration::from_secs(seconds),
+        warmup: Duration::from_secs(1).min(Duration::from_secs(seconds) / 5),
+        ..LoadSpec::default()
+    };
+    println!(
+        "sluice demo: {} shard(s) on CPUs {:?}, udp driver {}; sending {rate} events/s in datagrams of {batch} over {keys} keys for {seconds} s to {}",
+        running.placements.len(),
+        running.placements.iter().map(|p| p.cpu).collect::<Vec<_>>(),
+        running.driver.name(),
+        running.local_addr
+    );
+    let load = loadgen::run(&spec);
+    let report = running.stop()?;
+    let load = load?;
+    println!("\n== service (measured inside sluice) ==");
+    print!("{}", report.render());
+    println!("\n== client (open loop, from scheduled send time to reply) ==");
+    println!(
+        "  sent {} events in {} datagrams over {:.2} s = {:.0} events/s (max send lag {:?})",
+        load.sent_events,
+        load.sent_datagrams,
+        load.elapsed.as_secs_f64(),
+        load.achieved_rate(),
+        load.max_send_lag
+    );
+    println!(
+        "  replies: {} of {} expected; lost {}, duplicates {}, wrong counts {}, unexpected {}, send errors {}",
+        load.replies, load.expected_replies, load.lost, load.duplicates, load.count_errors, load.unexpected, load.send_errors
+    );
+    print!(
+        "{}",
+        percentile_table(&[("round trip", Some(&load.latency))])
+    );
+    write_hgrm(&config, &report)?;
+    if load.lost + load.duplicates + load.count_errors > 0 {
+        println!("  NOTE: losses or count errors above; see sluice_socket_drops_total and the drop counters");
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Per-shard counters and latency histograms, merged at shutdown into one report.
+//!
+//! Counters are single-writer (the owning shard) `AtomicU64`s updated with a relaxed load and
+//! store, which compiles to plain moves, so another thread (the Prometheus exporter to come)
+//! can read them live without a lock. Histograms are shard-owned and handed over at the end.
+
+pub mod names;
+pub mod report;
+
+pub use report::{write_hgrm, Report};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+
+use crate::wire::DecodeError;
+
+/// A counter with one writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a load + store is enough and avoids a locked instruction.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why an accepted event was dropped after decoding (label of EVENTS_DROPPED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The ring to the owner shard was full and `route.full = drop`.
+    RingFull,
+    /// The owner's hot state is full (`state.hot_capacity`).
+    StateFull,
+    /// The model failed on the batch holding this event.
+    ModelError,
+    /// The reply datagram could not be sent.
+    SendError,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        Self::RingFull,
+        Self::StateFull,
+        Self::ModelError,
+        Self::SendError,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RingFull => "ring_full",
+            Self::StateFull => "state_full",
+            Self::ModelError => "model_error",
+            Self::SendError => "send_error",
+        }
+    }
+}
+
+/// One shard's counters.
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub datagrams_received: Counter,
+    pub datagrams_dropped: [Counter; DecodeError::ALL.len()],
+    pub events_received: Counter,
+    pub events_dropped: [Counter; DropReason::ALL.len()],
+    pub events_routed_away: Counter,
+    pub observations_applied: Counter,
+    pub feedback_applied: Counter,
+    pub scores_emitted: Counter,
+    pub alerts_emitted: Counter,
+    pub reply_datagrams: Counter,
+    pub socket_drops: Counter,
+    pub uring_enobufs: Counter,
+    pub uring_rearms: Counter,
+    pub hot_keys: Counter,
+}
+
+impl ShardCounters {
+    #[inline]
+    pub fn dropped_datagram(&self, e: DecodeError) {
+        self.datagrams_dropped[e.index()].inc();
+    }
+    #[inline]
+    pub fn dropped_events(&self, r: DropReason, n: u64) {
+        self.events_dropped[r as usize].add(n);
+    }
+    pub fn datagrams_dropped_total(&self) -> u64 {
+        self.datagrams_dropped.iter().map(Counter::get).sum()
+    }
+    pub fn events_dropped_by(&self, r: DropReason) -> u64 {
+        self.events_dropped[r as usize].get()
+    }
+    pub fn datagrams_dropped_by(&self, e: DecodeError) -> u64 {
+        self.datagrams_dropped[e.index()].get()
+    }
+}
+
+/// One shard's latency histograms (nanoseconds).
+pub struct ShardLatency {
+    /// Kernel receive timestamp -> reply handed to the kernel.
+    pub receive_to_emit: Histogram<u64>,
+    /// Shard pickup -> reply handed to the kernel.
+    pub in_shard: Histogram<u64>,
+    /// Values above the histogram's range (clamped to it).
+    pub clamped: u64,
+    max_ns: u64,
+}
+
+impl ShardLatency {
+    pub fn new(max_ns: u64) -> Result<Self, hdrhistogram::CreationError> {
+        Ok(Self {
+            receive_to_emit: Histogram::new_with_bounds(1, max_ns, 3)?,
+            in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
+            clamped: 0,
+            max_ns,
+        })
+    }
+
+    #[inline]
+    pub fn record(&mut self, receive_to_emit_ns: u64, in_shard_ns: u64) {
+        if receive_to_emit_ns > self.max_ns || in_shard_ns > self.max_ns {
+            self.clamped += 1;
+        }
+        // saturating_record clamps to the highest trackable value and never allocates.
+        self.receive_to_emit
+            .saturating_record(receive_to_emit_ns.max(1));
+        self.in_shard.saturating_record(in_shard_ns.max(1));
+    }
+}

@@ -1,0 +1,22 @@
+//! Every metric name, in one place (Prometheus conventions; the exporter issue serves them).
+
+pub const DATAGRAMS_RECEIVED: &str = "sluice_datagrams_received_total";
+/// label reason = DecodeError::reason()
+pub const DATAGRAMS_DROPPED: &str = "sluice_datagrams_dropped_total";
+pub const EVENTS_RECEIVED: &str = "sluice_events_received_total";
+/// label reason = DropReason::label()
+pub const EVENTS_DROPPED: &str = "sluice_events_dropped_total";
+pub const EVENTS_ROUTED_AWAY: &str = "sluice_events_routed_away_total";
+pub const OBSERVATIONS_APPLIED: &str = "sluice_observations_applied_total";
+pub const FEEDBACK_APPLIED: &str = "sluice_feedback_applied_total";
+pub const SCORES_EMITTED: &str = "sluice_scores_emitted_total";
+pub const ALERTS_EMITTED: &str = "sluice_alerts_emitted_total";
+pub const REPLY_DATAGRAMS: &str = "sluice_reply_datagrams_total";
+/// Kernel-side drops on the shard's socket (SO_RXQ_OVFL): the socket buffer overflowed.
+pub const SOCKET_DROPS: &str = "sluice_socket_drops_total";
+/// io_uring multishot receive ended with no free provided buffer and was re-armed.
+pub const URING_ENOBUFS: &str = "sluice_uring_enobufs_total";
+pub const URING_REARMS: &str = "sluice_uring_rearms_total";
+pub const HOT_KEYS: &str = "sluice_hot_keys";
+pub const RECEIVE_TO_EMIT: &str = "sluice_receive_to_emit_seconds";
+pub const IN_SHARD: &str = "sluice_in_shard_seconds";

@@ -1,0 +1,293 @@
+//! The shutdown report: counters summed over shards, histograms merged, a percentile table,
+//! and `.hgrm` files in HdrHistogram's percentile-distribution format.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+
+use super::{names, DropReason, ShardCounters, ShardLatency};
+use crate::wire::DecodeError;
+
+pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
+
+/// Totals over all shards.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub shards: usize,
+    pub driver: String,
+    pub datagrams_received: u64,
+    pub datagrams_dropped: Vec<(&'static str, u64)>,
+    pub events_received: u64,
+    pub events_dropped: Vec<(&'static str, u64)>,
+    pub events_routed_away: u64,
+    pub observations_applied: u64,
+    pub feedback_applied: u64,
+    pub scores_emitted: u64,
+    pub alerts_emitted: u64,
+    pub reply_datagrams: u64,
+    pub socket_drops: u64,
+    pub uring_enobufs: u64,
+    pub uring_rearms: u64,
+    pub hot_keys: u64,
+    pub latency_clamped: u64,
+    pub receive_to_emit: Option<Histogram<u64>>,
+    pub in_shard: Option<Histogram<u64>>,
+    /// Per shard: (events received by its socket, observations applied as owner).
+    pub per_shard: Vec<(u64, u64)>,
+}
+
+impl Report {
+    pub fn merge(driver: &str, counters: &[&ShardCounters], latency: Vec<ShardLatency>) -> Self {
+        let sum = |f: &dyn Fn(&ShardCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
+        let mut r = Report {
+            shards: counters.len(),
+            driver: driver.to_owned(),
+            datagrams_received: sum(&|c| c.datagrams_received.get()),
+            datagrams_dropped: DecodeError::ALL
+                .iter()
+                .map(|e| (e.reason(), sum(&|c| c.datagrams_dropped_by(*e))))
+                .collect(),
+            events_received: sum(&|c| c.events_received.get()),
+            events_dropped: DropReason::ALL
+                .iter()
+                .map(|d| (d.label(), sum(&|c| c.events_dropped_by(*d))))
+                .collect(),
+            events_routed_away: sum(&|c| c.events_routed_away.get()),
+            observations_applied: sum(&|c| c.observations_applied.get()),
+            feedback_applied: sum(&|c| c.feedback_applied.get()),
+            scores_emitted: sum(&|c| c.scores_emitted.get()),
+            alerts_emitted: sum(&|c| c.alerts_emitted.get()),
+            reply_datagrams: sum(&|c| c.reply_datagrams.get()),
+            socket_drops: sum(&|c| c.socket_drops.get()),
+            uring_enobufs: sum(&|c| c.uring_enobufs.get()),
+            uring_rearms: sum(&|c| c.uring_rearms.get()),
+            hot_keys: sum(&|c| c.hot_keys.get()),
+            per_shard: counters
+                .iter()
+                .map(|c| (c.events_received.get(), c.observations_applied.get()))
+                .collect(),
+            ..Report::default()
+        };
+        for l in latency {
+            r.latency_clamped += l.clamped;
+            merge_into(&mut r.receive_to_emit, l.receive_to_emit);
+            merge_into(&mut r.in_shard, l.in_shard);
+        }
+        r
+    }
+
+    pub fn datagrams_dropped_total(&self) -> u64 {
+        self.datagrams_dropped.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn datagrams_dropped_by(&self, reason: &str) -> u64 {
+        self.datagrams_dropped
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn events_dropped_by(&self, reason: &str) -> u64 {
+        self.events_dropped
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Human-readable summary: counters, then the latency percentile table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "sluice: {} shard(s), udp driver {}",
+            self.shards, self.driver
+        );
+        let _ = writeln!(
+            s,
+            "  {:<40} {}",
+            names::DATAGRAMS_RECEIVED,
+            self.datagrams_received
+        );
+        for (reason, n) in self.datagrams_dropped.iter().filter(|(_, n)| *n > 0) {
+            let _ = writeln!(
+                s,
+                "  {:<40} {n}",
+                format!("{}{{reason=\"{reason}\"}}", names::DATAGRAMS_DROPPED)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:<40} {}",
+            names::EVENTS_RECEIVED,
+            self.events_received
+        );
+        let _ = writeln!(
+            s,
+            "  {:<40} {}",
+            names::EVENTS_ROUTED_AWAY,
+            self.events_routed_away
+        );
+        for (reason, n) in self.events_dropped.iter().filter(|(_, n)| *n > 0) {
+            let _ = writeln!(
+                s,
+                "  {:<40} {n}",
+                format!("{}{{reason=\"{reason}\"}}", names::EVENTS_DROPPED)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:<40} {}",
+            names::OBSERVATIONS_APPLIED,
+            self.observations_applied
+        );
+        let _ = writeln!(
+            s,
+            "  {:<40} {}",
+            names::FEEDBACK_APPLIED,
+            self.feedback_applied
+        );
+        let _ = writeln!(s, "  {:<40} {}", names::SCORES_EMITTED, self.scores_emitted);
+        let _ = writeln!(s, "  {:<40} {}", names::ALERTS_EMITTED, self.alerts_emitted);
+        let _ = writeln!(
+            s,
+            "  {:<40} {}",
+            names::REPLY_DATAGRAMS,
+            self.reply_datagrams
+        );
+        let _ = writeln!(s, "  {:<40} {}", names::SOCKET_DROPS, self.socket_drops);
+        let _ = writeln!(s, "  {:<40} {}", names::URING_ENOBUFS, self.uring_enobufs);
+        let _ = writeln!(s, "  {:<40} {}", names::HOT_KEYS, self.hot_keys);
+        for (i, (recv, owned)) in self.per_shard.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  shard {i}: received {recv} events, applied {owned} observations as owner"
+            );
+        }
+        s.push_str(&percentile_table(&[
+            ("receive->emit", self.receive_to_emit.as_ref()),
+            ("in-shard", self.in_shard.as_ref()),
+        ]));
+        if self.latency_clamped > 0 {
+            let _ = writeln!(
+                s,
+                "  ({} latencies above metrics.latency_max_ns were clamped)",
+                self.latency_clamped
+            );
+        }
+        s
+    }
+
+    /// Write `receive_to_emit.hgrm` and `in_shard.hgrm` under `dir`.
+    pub fn write_hgrm_files(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (name, h) in [
+            ("receive_to_emit", &self.receive_to_emit),
+            ("in_shard", &self.in_shard),
+        ] {
+            if let Some(h) = h {
+                write_hgrm(h, &dir.join(format!("{name}.hgrm")), 1000.0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge_into(acc: &mut Option<Histogram<u64>>, h: Histogram<u64>) {
+    match acc {
+        Some(a) => {
+            // Same bounds on every shard, so adding cannot fail; if it did, keep what we have.
+            let _ = a.add(&h);
+        }
+        None => *acc = Some(h),
+    }
+}
+
+/// A table of percentiles in microseconds, one column per histogram.
+pub fn percentile_table(cols: &[(&str, Option<&Histogram<u64>>)]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "  {:>10}", "percentile");
+    for (name, _) in cols {
+        let _ = write!(s, " {name:>16}");
+    }
+    s.push('\n');
+    for p in PERCENTILES {
+        let label = if p == 100.0 {
+            "max".to_owned()
+        } else {
+            format!("p{p}")
+        };
+        let _ = write!(s, "  {label:>10}");
+        for (_, h) in cols {
+            match h {
+                Some(h) if !h.is_empty() => {
+                    let v = if p == 100.0 {
+                        h.max()
+                    } else {
+                        h.value_at_quantile(p / 100.0)
+                    };
+                    let _ = write!(s, " {:>13.1} us", v as f64 / 1000.0);
+                }
+                _ => {
+                    let _ = write!(s, " {:>16}", "-");
+                }
+            }
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "  {:>10}", "samples");
+    for (_, h) in cols {
+        let _ = write!(s, " {:>16}", h.map_or(0, |h| h.len()));
+    }
+    s.push('\n');
+    s
+}
+
+/// HdrHistogram's classic percentile-distribution text (`.hgrm`), values divided by
+/// `unit_ratio` (1000 = microseconds), readable by the usual HdrHistogram plotters.
+pub fn write_hgrm(h: &Histogram<u64>, path: &Path, unit_ratio: f64) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let value = v.value_iterated_to() as f64 / unit_ratio;
+        if q < 1.0 {
+            writeln!(
+                out,
+                "{value:>12.3} {q:>2.12} {:>10} {:>14.2}",
+                total,
+                1.0 / (1.0 - q)
+            )?;
+        } else {
+            writeln!(out, "{value:>12.3} {q:>2.12} {:>10}", total)?;
+        }
+    }
+    let mean = h.mean() / unit_ratio;
+    let sd = h.stdev() / unit_ratio;
+    writeln!(
+        out,
+        "#[Mean    = {mean:>12.3}, StdDeviation   = {sd:>12.3}]"
+    )?;
+    writeln!(
+        out,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64 / unit_ratio,
+        h.len()
+    )?;
+    writeln!(
+        out,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        h.distinct_values()
+    )?;
+    out.flush()
+}

@@ -1,0 +1,119 @@
+//! One pinned shard thread. Each turn of its loop (`tick`) runs the data path in order:
+//! receive a batch of datagrams -> decode + route (core) -> drain events routed here by other
+//! shards -> score the cycle's Observations -> send the cycle's replies -> wake the owners it
+//! routed to. Idle shards spin `shards.idle_spins` turns, then park until a datagram, a wake-up
+//! from another shard, or `shards.park_timeout_us`.
+
+mod core;
+mod lifecycle;
+
+pub use self::core::ShardCore;
+pub use lifecycle::Control;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock;
+use crate::egress::{Egress, EgressSink};
+use crate::ingest::udp::UdpReceiver;
+use crate::ingest::IngestError;
+use crate::metrics::{ShardCounters, ShardLatency};
+use crate::wake::Waker;
+
+pub struct Shard {
+    pub core: ShardCore,
+    pub rx: UdpReceiver,
+    pub egress: Egress,
+    pub counters: Arc<ShardCounters>,
+    pub latency: ShardLatency,
+    /// Index i wakes shard i.
+    pub wakers: Arc<Vec<Waker>>,
+    pub recv_batch: usize,
+    pub drain_max: usize,
+    pub idle_spins: u32,
+    pub park_timeout: Duration,
+}
+
+impl Shard {
+    /// One drain cycle; returns how much work it found (datagrams + events moved).
+    pub fn tick(&mut self, receive: bool) -> Result<usize, IngestError> {
+        let pickup_ns = clock::realtime_ns();
+        let Shard {
+            core,
+            rx,
+            egress,
+            counters,
+            latency,
+            ..
+        } = self;
+        let mut sink = EgressSink {
+            egress,
+            counters,
+            latency,
+        };
+        let mut work = 0;
+        if core.is_stalled() {
+            work += core.retry_stalled();
+        }
+        if receive && !core.is_stalled() {
+            work += rx.recv(self.recv_batch, &mut |dg| {
+                core.on_datagram(dg, pickup_ns, &mut sink)
+            })?;
+        }
+        work += core.drain_inbound(self.drain_max, &mut sink);
+        core.finish_cycle(&mut sink);
+        egress.flush(counters, latency);
+        let wakers = &self.wakers;
+        core.take_touched(|owner| wakers[owner].wake_if_parked());
+        let s = rx.stats();
+        counters.socket_drops.set(s.socket_drops);
+        counters.uring_enobufs.set(s.enobufs);
+        counters.uring_rearms.set(s.rearms);
+        Ok(work)
+    }
+
+    /// A cycle without receiving (cannot fail: it touches no socket for input).
+    fn tick_draining(&mut self) {
+        let _ = self.tick(false);
+    }
+
+    /// Sleep until there is work, unless some arrived while deciding to.
+    fn park(&mut self) -> Result<(), IngestError> {
+        let me = &self.wakers[self.core.id];
+        me.park();
+        if self.core.inbound_is_empty() {
+            self.rx.park(self.park_timeout, me.raw_fd())?;
+            me.clear();
+        }
+        me.unpark();
+        Ok(())
+    }
+
+    /// Run until `control` says stop, then drain (see `lifecycle`). A receive error stops the
+    /// whole process (after the drain, so nothing accepted is lost) and is returned with the
+    /// latency histograms for the shutdown report.
+    pub fn run(mut self, control: &Control) -> (ShardLatency, Option<IngestError>) {
+        let mut idle = 0u32;
+        let mut failure = None;
+        while !control.stop_requested() {
+            let step = self.tick(true).and_then(|work| {
+                if work == 0 {
+                    idle = idle.saturating_add(1);
+                    if idle > self.idle_spins {
+                        self.park()?;
+                    }
+                } else {
+                    idle = 0;
+                }
+                Ok(())
+            });
+            if let Err(e) = step {
+                tracing::error!(shard = self.core.id, "receive failed, stopping: {e}");
+                control.request_stop();
+                failure = Some(e);
+            }
+        }
+        lifecycle::drain(&mut self, control);
+        (self.latency, failure)
+    }
+}

@@ -1,0 +1,183 @@
+//! Where shards run: discover packages, NUMA nodes, cores and caches with hwloc, choose one
+//! CPU per shard, and pin each shard thread there with core_affinity (checked back with
+//! sched_getaffinity).
+
+mod discover;
+
+pub use discover::{discover, Cpu, Topology};
+
+use crate::config::Shards;
+
+/// Where one shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub cpu: usize,
+    pub numa_node: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("could not pin to CPU {0} (sched_setaffinity refused)")]
+    Refused(usize),
+    #[error("pinned to CPU {cpu} but the thread's affinity reads {actual}")]
+    Mismatch { cpu: usize, actual: String },
+}
+
+/// One CPU per shard: `shards.cores` as given (each must exist and be allowed), else the first
+/// hardware thread of each physical core, `shards.count` of them (0 = all cores).
+pub fn plan(shards: &Shards, topo: &Topology) -> Result<Vec<Placement>, Vec<String>> {
+    let allowed: Vec<usize> = topo.cpus.iter().map(|c| c.os_index).collect();
+    let numa = |cpu: usize| {
+        topo.cpus
+            .iter()
+            .find(|c| c.os_index == cpu)
+            .and_then(|c| c.numa_node)
+    };
+    if !shards.cores.is_empty() {
+        let problems: Vec<String> = shards
+            .cores
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !allowed.contains(c))
+            .map(|(i, c)| format!("shards.cores[{i}] = {c}: no such CPU available to this process (available: {allowed:?})"))
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        return Ok(shards
+            .cores
+            .iter()
+            .map(|&cpu| Placement {
+                cpu,
+                numa_node: numa(cpu),
+            })
+            .collect());
+    }
+    let mut firsts: Vec<&Cpu> = Vec::new();
+    for c in &topo.cpus {
+        if !firsts.iter().any(|f| f.core == c.core) {
+            firsts.push(c);
+        }
+    }
+    let count = if shards.count == 0 {
+        firsts.len()
+    } else {
+        shards.count
+    };
+    if count > firsts.len() {
+        // More shards than physical cores: allowed (hyperthreads, or an oversubscribed test
+        // machine), spread round-robin over all allowed CPUs.
+        tracing::warn!(
+            shards = count,
+            cores = firsts.len(),
+            "more shards than physical cores; shards will share cores"
+        );
+        return Ok((0..count)
+            .map(|i| {
+                let c = &topo.cpus[i % topo.cpus.len()];
+                Placement {
+                    cpu: c.os_index,
+                    numa_node: c.numa_node,
+                }
+            })
+            .collect());
+    }
+    Ok(firsts
+        .iter()
+        .take(count)
+        .map(|c| Placement {
+            cpu: c.os_index,
+            numa_node: c.numa_node,
+        })
+        .collect())
+}
+
+/// Pin the calling thread to `cpu` and confirm it took.
+pub fn pin_current(cpu: usize) -> Result<(), PinError> {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        return Err(PinError::Refused(cpu));
+    }
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|_| PinError::Refused(cpu))?;
+    let on: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .collect();
+    if on == [cpu] {
+        Ok(())
+    } else {
+        Err(PinError::Mismatch {
+            cpu,
+            actual: format!("{on:?}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        // Two cores with two hardware threads each, on two NUMA nodes.
+        let cpus = [(0, 0, 0), (1, 1, 1), (2, 0, 0), (3, 1, 1)]
+            .iter()
+            .map(|&(os_index, core, node)| Cpu {
+                os_index,
+                core,
+                numa_node: Some(node),
+                package: Some(0),
+            })
+            .collect();
+        Topology {
+            cpus,
+            cores: 2,
+            numa_nodes: 2,
+            packages: 1,
+            l3_bytes: None,
+            source: "test",
+        }
+    }
+
+    fn shards(count: usize, cores: Vec<usize>) -> Shards {
+        Shards {
+            count,
+            cores,
+            pin: true,
+            idle_spins: 0,
+            park_timeout_us: 1000,
+        }
+    }
+
+    #[test]
+    fn zero_means_one_shard_per_physical_core() {
+        let p = plan(&shards(0, vec![]), &topo()).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Placement {
+                    cpu: 0,
+                    numa_node: Some(0)
+                },
+                Placement {
+                    cpu: 1,
+                    numa_node: Some(1)
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_cores_are_checked_and_every_bad_one_reported() {
+        let p = plan(&shards(0, vec![3, 2]), &topo()).unwrap();
+        assert_eq!(p.iter().map(|p| p.cpu).collect::<Vec<_>>(), vec![3, 2]);
+        let errs = plan(&shards(0, vec![1, 9, 17]), &topo()).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("shards.cores[1] = 9"));
+    }
+
+    #[test]
+    fn the_real_machine_is_discovered() {
+        let t = discover();
+        assert!(!t.cpus.is_empty());
+        assert!(t.cores >= 1 && t.cores <= t.cpus.len());
+    }
+}
