@@ -189,3 +189,90 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_match_the_documented_keys() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(c.ingest.udp.listen, "127.0.0.1:7600");
+        assert_eq!(c.ingest.udp.driver, UdpDriver::Auto);
+        assert_eq!(c.shards.count, 0);
+        assert!(c.state.hot_capacity > 0);
+        assert_eq!(c.route.full, RingFullPolicy::Drop);
+    }
+
+    #[test]
+    fn file_then_sets_override_in_order() {
+        let file = "[shards]\ncount = 3\n[ingest.udp]\ndriver = \"recvmmsg\"\n";
+        let c = Config::from_layers(
+            Some(file),
+            &["shards.count=2".into(), "route.full=backpressure".into()],
+        )
+        .unwrap();
+        assert_eq!(c.shards.count, 2);
+        assert_eq!(c.ingest.udp.driver, UdpDriver::Recvmmsg);
+        assert_eq!(c.route.full, RingFullPolicy::Backpressure);
+        // Integers are accepted where a number is expected.
+        let c = Config::from_layers(None, &["state.ewma_alpha=1".into()]).unwrap();
+        assert_eq!(c.state.ewma_alpha, 1.0);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file = r#"
+            [shards]
+            count = "many"
+            colour = 3
+            [state]
+            hot_capacity = 0
+            ewma_alpha = 2.0
+            [ingest.udp]
+            listen = "not an address"
+            uring_buffers = 1000
+            [nonsense]
+            x = 1
+        "#;
+        let err = Config::from_layers(Some(file), &["wire.depth_max=0".into(), "bad".into()])
+            .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "shards.count must be an integer",
+            "unknown key shards.colour",
+            "unknown key nonsense",
+            "--set \"bad\"",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // Type and key errors stop before range checks; fix them and the range checks all show.
+        let file = "[state]\nhot_capacity = 0\newma_alpha = 2.0\n[ingest.udp]\nlisten = \"nope\"\nuring_buffers = 1000\n";
+        let err = Config::from_layers(Some(file), &["wire.depth_max=0".into()]).unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "state.hot_capacity = 0",
+            "state.ewma_alpha = 2",
+            "ingest.udp.listen",
+            "uring_buffers = 1000: must be a power of two",
+            "wire.depth_max = 0",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(err.problems.len() >= 5, "{all}");
+        assert!(err.to_string().starts_with("invalid configuration ("));
+    }
+
+    #[test]
+    fn wrong_element_types_in_arrays_are_refused() {
+        let err = Config::from_layers(
+            None,
+            &[
+                "shards.cores=[1, \"two\"]".into(),
+                "model.linear.weights=[true]".into(),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+    }
+}

@@ -117,9 +117,9 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             c.wire.batch_events_max + 1
         ));
     }
-    if c.wire.depth_max < 3 {
+    if c.wire.depth_max < 2 {
         p.push(format!(
-            "wire.depth_max = {}: the schema itself nests 3 deep, so no batch would verify",
+            "wire.depth_max = {}: the schema itself nests tables 2 deep, so no batch would verify",
             c.wire.depth_max
         ));
     }

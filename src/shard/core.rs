@@ -281,3 +281,7 @@ impl ShardCore {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -224,3 +224,7 @@ impl<'a> Events<'a> {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

@@ -1,0 +1,239 @@
+//! The shard core without sockets or threads: two cores wired by a real mesh, datagrams fed
+//! as bytes, Scores collected from the sink.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Config;
+use crate::infer::LinearScorer;
+use crate::route::Mesh;
+use crate::wire::{EventBatchEncoder, EventIn};
+
+type Sink = Vec<(SocketAddr, PendingScore)>;
+
+fn client() -> SocketAddr {
+    "127.0.0.1:9999".parse().unwrap()
+}
+
+fn cores(sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let config = Config::from_layers(None, &sets).unwrap();
+    let counters: Vec<_> = (0..2).map(|_| Arc::new(ShardCounters::default())).collect();
+    let cores = Mesh::build(2, config.route.ring_capacity)
+        .into_iter()
+        .enumerate()
+        .map(|(id, rings)| {
+            ShardCore::new(
+                id,
+                2,
+                &config,
+                rings,
+                Box::new(LinearScorer::from_config(&config.model)),
+                counters[id].clone(),
+            )
+        })
+        .collect();
+    (cores, counters)
+}
+
+fn keys_owned_by(shard: usize, n: usize) -> Vec<u64> {
+    (0u64..)
+        .filter(|k| route::owner(*k, 2) == shard)
+        .take(n)
+        .collect()
+}
+
+fn datagram(events: &[(u64, u64, bool)]) -> Vec<u8> {
+    let mut enc = EventBatchEncoder::new();
+    enc.encode(events.iter().map(|&(key, seq, feedback)| EventIn {
+        key,
+        seq,
+        feedback,
+        label: if feedback { 1.0 } else { -1.0 },
+        amount: 10.0,
+        ..EventIn::default()
+    }))
+    .to_vec()
+}
+
+fn feed(core: &mut ShardCore, bytes: &[u8], sink: &mut Sink) {
+    let dg = Datagram {
+        payload: bytes,
+        src: client(),
+        recv_ns: 1_000,
+        truncated: false,
+    };
+    core.on_datagram(dg, 2_000, sink);
+    core.finish_cycle(sink);
+}
+
+#[test]
+fn events_reach_their_owner_and_every_observation_gets_one_score() {
+    let (mut c, counters) = cores(&["route.ring_capacity=64"]);
+    let mine = keys_owned_by(0, 3);
+    let theirs = keys_owned_by(1, 3);
+    let mut events = Vec::new();
+    let mut seq = 0;
+    for round in 0..3 {
+        for &k in mine.iter().chain(&theirs) {
+            events.push((k, seq, round == 1 && k == theirs[0]));
+            seq += 1;
+        }
+    }
+    let (mut s0, mut s1) = (Sink::new(), Sink::new());
+    feed(&mut c[0], &datagram(&events), &mut s0);
+    c[1].drain_inbound(1000, &mut s1);
+    c[1].finish_cycle(&mut s1);
+
+    assert_eq!(s0.len(), 9, "shard 0 scores its own 3 keys x 3");
+    assert_eq!(
+        s1.len(),
+        8,
+        "shard 1 scores its 3 keys x 3 minus one Feedback"
+    );
+    for (dest, p) in s0.iter().chain(&s1) {
+        assert_eq!(*dest, client());
+        assert!(
+            route::owner(p.score.key, 2)
+                == usize::from(s1.iter().any(|(_, q)| q.score.seq == p.score.seq))
+        );
+        assert!((0.0..=1.0).contains(&p.score.score));
+        assert_eq!(p.score.model_version, 1);
+        assert_eq!((p.recv_ns, p.pickup_ns), (1_000, 2_000));
+    }
+    // Per-key counts rise 1, 2, 3 in seq order; the Feedback did not count.
+    for k in mine.iter().chain(&theirs) {
+        let counts: Vec<u64> = s0
+            .iter()
+            .chain(&s1)
+            .filter(|(_, p)| p.score.key == *k)
+            .map(|(_, p)| p.score.count)
+            .collect();
+        let want: Vec<u64> = if *k == theirs[0] {
+            vec![1, 2]
+        } else {
+            vec![1, 2, 3]
+        };
+        assert_eq!(counts, want, "key {k}");
+    }
+    assert_eq!(c[1].record(theirs[0]).unwrap().feedbacks, 1);
+    assert_eq!(counters[0].events_routed_away.get(), 9);
+    assert_eq!(counters[1].feedback_applied.get(), 1);
+}
+
+#[test]
+fn full_ring_with_drop_policy_counts_each_dropped_event() {
+    let (mut c, counters) = cores(&["route.ring_capacity=4", "route.full=drop"]);
+    let theirs = keys_owned_by(1, 20);
+    let events: Vec<_> = theirs
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| (k, i as u64, false))
+        .collect();
+    let (mut s0, mut s1) = (Sink::new(), Sink::new());
+    feed(&mut c[0], &datagram(&events), &mut s0);
+    assert!(!c[0].is_stalled());
+    assert_eq!(counters[0].events_dropped_by(DropReason::RingFull), 16);
+    c[1].drain_inbound(1000, &mut s1);
+    c[1].finish_cycle(&mut s1);
+    let seqs: Vec<u64> = s1.iter().map(|(_, p)| p.score.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn full_ring_with_backpressure_holds_events_in_order_until_they_fit() {
+    let (mut c, counters) = cores(&["route.ring_capacity=4", "route.full=backpressure"]);
+    let key = keys_owned_by(1, 1)[0];
+    let events: Vec<_> = (0..20u64).map(|seq| (key, seq, false)).collect();
+    let (mut s0, mut s1) = (Sink::new(), Sink::new());
+    feed(&mut c[0], &datagram(&events), &mut s0);
+    assert!(c[0].is_stalled(), "16 events wait for room");
+    let mut rounds = 0;
+    while c[0].is_stalled() || !c[1].inbound_is_empty() {
+        c[1].drain_inbound(3, &mut s1);
+        c[1].finish_cycle(&mut s1);
+        c[0].retry_stalled();
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert_eq!(counters[0].events_dropped_by(DropReason::RingFull), 0);
+    let got: Vec<(u64, u64)> = s1
+        .iter()
+        .map(|(_, p)| (p.score.seq, p.score.count))
+        .collect();
+    let want: Vec<(u64, u64)> = (0..20).map(|s| (s, s + 1)).collect();
+    assert_eq!(got, want, "one key's events apply in arrival order");
+}
+
+#[test]
+fn bad_datagrams_are_counted_by_reason_and_do_not_disturb_good_ones() {
+    let (mut c, counters) = cores(&[]);
+    let mut s = Sink::new();
+    let key = keys_owned_by(0, 1)[0];
+    let good = datagram(&[(key, 1, false)]);
+    feed(&mut c[0], b"definitely not a flatbuffer", &mut s);
+    let mut wrong = good.clone();
+    wrong[4..8].copy_from_slice(b"SLSC");
+    feed(&mut c[0], &wrong, &mut s);
+    let cut = Datagram {
+        payload: &good,
+        src: client(),
+        recv_ns: 0,
+        truncated: true,
+    };
+    c[0].on_datagram(cut, 5, &mut s);
+    feed(&mut c[0], &good, &mut s);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        counters[0].datagrams_dropped_by(DecodeError::UnknownSchema),
+        2
+    );
+    assert_eq!(counters[0].datagrams_dropped_by(DecodeError::Oversize), 1);
+    assert_eq!(counters[0].datagrams_received.get(), 4);
+    assert_eq!(counters[0].events_received.get(), 1);
+}
+
+#[test]
+fn full_hot_state_rejects_new_keys_with_a_count() {
+    let (mut c, counters) = cores(&["state.hot_capacity=2"]);
+    let keys = keys_owned_by(0, 3);
+    let mut s = Sink::new();
+    feed(
+        &mut c[0],
+        &datagram(&[
+            (keys[0], 0, false),
+            (keys[1], 1, false),
+            (keys[2], 2, false),
+            (keys[0], 3, false),
+        ]),
+        &mut s,
+    );
+    let seqs: Vec<u64> = s.iter().map(|(_, p)| p.score.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 3]);
+    assert_eq!(counters[0].events_dropped_by(DropReason::StateFull), 1);
+}
+
+#[test]
+fn micro_batches_are_capped_and_give_the_same_scores() {
+    let key = keys_owned_by(0, 1)[0];
+    let events: Vec<_> = (0..10u64).map(|seq| (key, seq, false)).collect();
+    let mut results = Vec::new();
+    for cap in [
+        "infer.batch_max=1",
+        "infer.batch_max=3",
+        "infer.batch_max=64",
+    ] {
+        let (mut c, _) = cores(&[cap]);
+        let mut s = Sink::new();
+        feed(&mut c[0], &datagram(&events), &mut s);
+        results.push(
+            s.iter()
+                .map(|(_, p)| (p.score.seq, p.score.score.to_bits()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(results[0].len(), 10);
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0], results[2]);
+}

@@ -1,0 +1,207 @@
+//! Helpers for tests that run sluice on real loopback sockets.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use sluice::app::{self, Running};
+use sluice::config::Config;
+use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
+
+/// Small bounds so many instances fit beside each other on a 2-core test machine.
+pub fn config(driver: &str, extra: &[&str]) -> Config {
+    let mut sets: Vec<String> = [
+        "ingest.udp.listen=127.0.0.1:0",
+        "ingest.udp.uring_buffers=512",
+        "wire.datagram_bytes_max=8192",
+        "state.hot_capacity=65536",
+        "route.ring_capacity=4096",
+        "shards.count=2",
+        "shards.idle_spins=200",
+        "shards.park_timeout_us=2000",
+        "log.level=warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.push(format!("ingest.udp.driver={driver}"));
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    Config::from_layers(None, &sets).unwrap()
+}
+
+pub fn start(driver: &str, extra: &[&str]) -> Running {
+    let r = app::start(&config(driver, extra)).unwrap();
+    assert_eq!(
+        r.driver.name(),
+        driver,
+        "the requested driver must be the one running"
+    );
+    r
+}
+
+/// A test client: several sockets (distinct source ports), keys pinned to one socket each so
+/// a key's events arrive in order, and the expected per-key count of every reply.
+pub struct Client {
+    pub socks: Vec<UdpSocket>,
+    target: SocketAddr,
+    enc: EventBatchEncoder,
+    counts: HashMap<u64, u64>,
+    /// seq -> expected count (None = Feedback, no reply).
+    pub expected: HashMap<u64, Option<u64>>,
+    next_seq: u64,
+    /// Scores read so far (the client reads while it sends, so its socket buffers never
+    /// overflow and lose replies).
+    received: Vec<ScoreOut>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(target: SocketAddr, sockets: usize) -> Self {
+        let socks: Vec<UdpSocket> = (0..sockets)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for s in &socks {
+            s.set_nonblocking(true).unwrap();
+            // Root (CI) may pass rmem_max; elsewhere the default stays and pumping must keep up.
+            let _ =
+                nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        }
+        Self {
+            socks,
+            target,
+            enc: EventBatchEncoder::new(),
+            counts: HashMap::new(),
+            expected: HashMap::new(),
+            next_seq: 0,
+            received: Vec::new(),
+            buf: vec![0; 65536],
+        }
+    }
+
+    pub fn socket_of(&self, key: u64) -> usize {
+        (key % self.socks.len() as u64) as usize
+    }
+
+    /// Send one batch of (key, is_feedback) from the socket that owns the first key; all keys
+    /// of a batch must belong to that socket.
+    pub fn send(&mut self, events: &[(u64, bool)]) -> Vec<u64> {
+        let sock = self.socket_of(events[0].0);
+        let mut seqs = Vec::new();
+        let mut list = Vec::new();
+        for &(key, feedback) in events {
+            assert_eq!(self.socket_of(key), sock);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let expect = if feedback {
+                None
+            } else {
+                let c = self.counts.entry(key).or_insert(0);
+                *c += 1;
+                Some(*c)
+            };
+            self.expected.insert(seq, expect);
+            seqs.push(seq);
+            list.push(EventIn {
+                key,
+                seq,
+                feedback,
+                label: if feedback { 1.0 } else { -1.0 },
+                amount: 5.0 + key as f32,
+                ..EventIn::default()
+            });
+        }
+        let bytes = self.enc.encode(list.into_iter());
+        self.socks[sock].send_to(bytes, self.target).unwrap();
+        self.pump();
+        seqs
+    }
+
+    /// Pace the sender: keep reading replies for `d`.
+    pub fn pump_for(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.pump() == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Read every reply waiting on any socket; returns how many Scores arrived.
+    pub fn pump(&mut self) -> usize {
+        let before = self.received.len();
+        for s in &self.socks {
+            while let Ok(n) = s.recv(&mut self.buf) {
+                read_scores(&self.buf[..n], &mut self.received)
+                    .expect("replies are valid ScoreBatches");
+            }
+        }
+        self.received.len() - before
+    }
+
+    /// Send raw bytes from socket `i`.
+    pub fn send_raw(&self, i: usize, bytes: &[u8]) {
+        self.socks[i].send_to(bytes, self.target).unwrap();
+    }
+
+    pub fn replies_wanted(&self) -> usize {
+        self.expected.values().filter(|e| e.is_some()).count()
+    }
+
+    /// All Scores received, once `want` have arrived (plus a short linger to catch extras,
+    /// i.e. duplicates) or a generous deadline passed: a liveness bound, not a timing check.
+    pub fn collect(&mut self, want: usize) -> Vec<ScoreOut> {
+        self.collect_until(|got| got >= want)
+    }
+
+    pub fn collect_until(&mut self, mut done: impl FnMut(usize) -> bool) -> Vec<ScoreOut> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now > deadline || linger_until.is_some_and(|t| now > t) {
+                break;
+            }
+            if self.pump() == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if linger_until.is_none() && done(self.received.len()) {
+                linger_until = Some(Instant::now() + Duration::from_millis(100));
+            }
+        }
+        std::mem::take(&mut self.received)
+    }
+
+    /// Every expected reply exactly once, with its count; nothing for Feedback.
+    pub fn check(&self, scores: &[ScoreOut]) {
+        let mut seen = HashMap::new();
+        for s in scores {
+            assert!(
+                seen.insert(s.seq, ()).is_none(),
+                "duplicate Score for seq {}",
+                s.seq
+            );
+            match self.expected.get(&s.seq) {
+                Some(Some(count)) => {
+                    assert_eq!(s.count, *count, "seq {} key {}: wrong count", s.seq, s.key)
+                }
+                Some(None) => panic!("Feedback seq {} got a Score", s.seq),
+                None => panic!("Score for unknown seq {}", s.seq),
+            }
+            assert!((0.0..=1.0).contains(&s.score));
+            assert!(s.latency_ns > 0);
+        }
+        let missing: Vec<_> = self
+            .expected
+            .iter()
+            .filter(|(seq, e)| e.is_some() && !seen.contains_key(seq))
+            .map(|(s, _)| *s)
+            .take(5)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} Observations got no Score, e.g. seqs {missing:?}",
+            self.replies_wanted() - seen.len()
+        );
+    }
+}
