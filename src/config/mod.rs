@@ -239,7 +239,7 @@ mod tests {
             .unwrap_err();
         let all = err.problems.join("\n");
         for needle in [
-            "shards.count must be an integer",
+            "shards.count must be a non-negative integer",
             "unknown key shards.colour",
             "unknown key nonsense",
             "--set \"bad\"",

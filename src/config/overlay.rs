@@ -116,9 +116,11 @@ fn overlay_table(
     }
 }
 
-/// Accept the default's type; integers are fine where a float is expected.
+/// Accept the default's type; integers are fine where a float is expected. Every integer
+/// setting is a size, count or id, so negative integers are refused here too.
 fn coerce(default: &Value, value: Value) -> Result<Value, String> {
     match (default, value) {
+        (Value::Integer(_), Value::Integer(i)) if i < 0 => Err(format!("the negative integer {i}")),
         (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
         (Value::Array(d), Value::Array(items)) => {
             let elem = d.first();
@@ -127,6 +129,7 @@ fn coerce(default: &Value, value: Value) -> Result<Value, String> {
                 match elem {
                     Some(e) => out.push(coerce(e, item).map_err(|f| format!("an array of {f}"))?),
                     None => match item {
+                        Value::Integer(i) if i < 0 => return Err(format!("an array holding {i}")),
                         Value::Integer(_) => out.push(item),
                         other => return Err(format!("an array of {}", other.type_str())),
                     },
@@ -142,7 +145,7 @@ fn coerce(default: &Value, value: Value) -> Result<Value, String> {
 fn describe(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
+        Value::Integer(_) => "a non-negative integer",
         Value::Float(_) => "a number",
         Value::Boolean(_) => "true or false",
         Value::Array(_) => "an array",

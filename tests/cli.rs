@@ -1,0 +1,167 @@
+//! The `sluice` binary as a user runs it: config checking, and `run` stopped by SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sluice::wire::{read_scores, EventBatchEncoder, EventIn};
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_non_zero() {
+    let bad = temp_file("bad.toml", "[shards]\ncount = \"four\"\n[state]\nhot_capacity = 0\ncolour = 1\n[route]\nfull = \"explode\"\n");
+    let out = sluice().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shards.count must be a non-negative integer"),
+        "{err}"
+    );
+    assert!(err.contains("unknown key state.colour"), "{err}");
+    // Fix the type errors: the range and enum problems are then all listed together.
+    let bad = temp_file(
+        "bad2.toml",
+        "[state]\nhot_capacity = 0\newma_alpha = 7\n[route]\nfull = \"explode\"\n",
+    );
+    let out = sluice().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("explode"), "{err}");
+}
+
+#[test]
+fn check_config_checks_ranges_and_cores_against_this_machine() {
+    let bad = temp_file(
+        "ranges.toml",
+        "[state]\nhot_capacity = 0\newma_alpha = 7\n[ingest.udp]\nuring_buffers = 1000\n",
+    );
+    let out = sluice().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "state.hot_capacity = 0",
+        "state.ewma_alpha = 7",
+        "power of two",
+        "3 problems",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?}: {err}");
+    }
+    let cores = temp_file("cores.toml", "[shards]\ncores = [0, 4096]\n");
+    let out = sluice().arg("check-config").arg(&cores).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shards.cores[1] = 4096"));
+    let good = temp_file("good.toml", "[shards]\ncount = 1\n");
+    let out = sluice().arg("check-config").arg(&good).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = sluice()
+        .args(["check-config", "/nonexistent/sluice.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_a_clear_error() {
+    let out = sluice()
+        .args(["run", "--set", "shards.count=-1", "--set", "wire.nope=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shards.count") && err.contains("unknown key wire.nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_serves_then_drains_and_reports_on_sigterm() {
+    let hgrm_dir = std::env::temp_dir().join(format!("sluice-hgrm-{}", std::process::id()));
+    let mut child = sluice()
+        .args([
+            "run",
+            "--set",
+            "ingest.udp.listen=127.0.0.1:0",
+            "--set",
+            "shards.count=2",
+            "--set",
+            "state.hot_capacity=1024",
+        ])
+        .args(["--set", &format!("metrics.hgrm_dir={}", hgrm_dir.display())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("listening line names the address");
+    assert!(line.starts_with("sluice listening on"), "{line}");
+
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut enc = EventBatchEncoder::new();
+    let bytes = enc.encode((0..5u64).map(|i| EventIn {
+        key: i % 2,
+        seq: i,
+        amount: 3.0,
+        ..EventIn::default()
+    }));
+    client.send_to(bytes, addr).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < 5 {
+        let n = client.recv(&mut buf).expect("scores come back");
+        read_scores(&buf[..n], &mut got).unwrap();
+    }
+    got.sort_by_key(|s| s.seq);
+    assert_eq!(
+        got.iter().map(|s| s.count).collect::<Vec<_>>(),
+        vec![1, 1, 2, 2, 3]
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "exit {status:?}: {rest}");
+    for needle in [
+        "sluice_scores_emitted_total              5",
+        "p99.99",
+        "max",
+        "receive->emit",
+    ] {
+        assert!(rest.contains(needle), "missing {needle:?} in:\n{rest}");
+    }
+    let hgrm = std::fs::read_to_string(hgrm_dir.join("receive_to_emit.hgrm")).unwrap();
+    assert!(hgrm.contains("Total count    =            5"), "{hgrm}");
+    let _ = std::fs::remove_dir_all(&hgrm_dir);
+}
