@@ -1,0 +1,34 @@
+//! The README's configuration reference must name every key sluice knows.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+fn keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(sub) => keys(sub, &path, out),
+            _ => out.push(path),
+        }
+    }
+}
+
+#[test]
+fn readme_documents_every_config_key() {
+    let defaults: toml::Table = sluice::config::DEFAULTS_TOML.parse().unwrap();
+    let mut all = Vec::new();
+    keys(&defaults, "", &mut all);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let missing: Vec<_> = all
+        .iter()
+        .filter(|k| !readme.contains(&format!("| `{k}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's configuration table lacks {missing:?}"
+    );
+    assert!(all.len() > 30);
+}
