@@ -7,10 +7,11 @@
 //! expected per-key `count` of every reply is known: lost, duplicate and wrong-count replies
 //! are all detected.
 
+mod keys;
 mod rng;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use crate::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
+use keys::KeyDist;
 use rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -27,19 +29,29 @@ pub struct LoadSpec {
     pub rate: u64,
     /// Events per datagram.
     pub batch: usize,
-    /// Distinct keys, drawn uniformly.
+    /// Distinct keys.
     pub keys: u64,
+    /// Zipf exponent for key popularity; None = uniform.
+    pub zipf: Option<f64>,
     pub duration: Duration,
     /// Replies to datagrams scheduled before this are checked but not timed.
     pub warmup: Duration,
     /// Sending sockets (distinct source ports, so SO_REUSEPORT spreads them over shards).
+    /// Rounded up to a multiple of `senders`; each socket belongs to one sender thread.
     pub sockets: usize,
+    /// Sender threads, each with its share of the schedule and its own sockets.
+    pub senders: usize,
+    /// CPUs for the generator's threads (senders first, then receivers), round-robin;
+    /// empty = not pinned.
+    pub cpus: Vec<usize>,
     /// Every n-th event is a Feedback (0 = none).
     pub feedback_every: u64,
     /// How long to wait for late replies after the last send.
     pub drain: Duration,
     /// Producer features per event.
     pub features: usize,
+    /// Check each reply's per-key `count` (off for a stateless responder such as the floor).
+    pub check_counts: bool,
     pub seed: u64,
 }
 
@@ -50,12 +62,16 @@ impl Default for LoadSpec {
             rate: 50_000,
             batch: 1,
             keys: 100_000,
+            zipf: None,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             sockets: 4,
+            senders: 1,
+            cpus: Vec::new(),
             feedback_every: 0,
             drain: Duration::from_millis(500),
             features: 0,
+            check_counts: true,
             seed: 1,
         }
     }
@@ -85,17 +101,40 @@ impl LoadReport {
     }
 }
 
-/// What one sent event expects back: 0 = no reply (Feedback or not sent), else the count.
+/// What each sent event expects back, shared by senders (writers) and receivers (readers).
 struct Ledger {
-    expected: Vec<u32>,
+    /// seq -> expected count; 0 = no reply expected (Feedback, or never sent).
+    expected: Vec<AtomicU32>,
     seen: Vec<AtomicU8>,
+    /// Observations sent so far per key; each key belongs to one socket, so to one sender.
+    counts: Vec<AtomicU32>,
+}
+
+impl Ledger {
+    fn answered(&self) -> u64 {
+        self.seen
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) > 0)
+            .count() as u64
+    }
+}
+
+fn pin(cpus: &[usize], i: usize) {
+    if !cpus.is_empty() {
+        let cpu = cpus[i % cpus.len()];
+        if let Err(e) = crate::topology::pin_current(cpu) {
+            tracing::warn!("load generator thread not pinned: {e}");
+        }
+    }
 }
 
 pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(
-        spec.rate > 0 && spec.batch > 0 && spec.keys > 0 && spec.sockets > 0,
-        "rate, batch, keys and sockets must be > 0"
+        spec.rate > 0 && spec.batch > 0 && spec.keys > 0 && spec.sockets > 0 && spec.senders > 0,
+        "rate, batch, keys, sockets and senders must be > 0"
     );
+    let senders = spec.senders;
+    let sockets_n = spec.sockets.div_ceil(senders) * senders;
     let datagrams =
         (spec.rate as f64 * spec.duration.as_secs_f64() / spec.batch as f64).ceil() as u64;
     let events = datagrams * spec.batch as u64;
@@ -105,113 +144,101 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     } else {
         "[::1]:0".parse()?
     };
-    let sockets: Vec<UdpSocket> = (0..spec.sockets)
+    let sockets: Vec<UdpSocket> = (0..sockets_n)
         .map(|_| UdpSocket::bind(bind))
         .collect::<Result<_, _>>()
         .context("binding generator sockets")?;
     for s in &sockets {
         s.set_read_timeout(Some(Duration::from_millis(20)))?;
     }
-
-    // Expected counts are computed while sending; the receivers read them after the send
-    // that created them (a reply cannot precede its request), through `Ledger`'s atomics.
-    let mut ledger = Ledger {
-        expected: vec![0; events as usize],
+    let ledger = Arc::new(Ledger {
+        expected: (0..events).map(|_| AtomicU32::new(0)).collect(),
         seen: (0..events).map(|_| AtomicU8::new(0)).collect(),
-    };
-    let mut counts = vec![0u32; spec.keys as usize];
-    // Precompute the whole schedule's events so the send loop only encodes and sends.
-    let mut rng = Rng::new(spec.seed);
-    let mut plan: Vec<(u64, bool, f32, f32)> = Vec::with_capacity(events as usize);
-    for d in 0..datagrams {
-        let sock = d % spec.sockets as u64;
-        let per_sock = (spec.keys / spec.sockets as u64).max(1);
-        for j in 0..spec.batch as u64 {
-            let seq = d * spec.batch as u64 + j;
-            let key = (sock + spec.sockets as u64 * rng.below(per_sock)).min(spec.keys - 1);
-            let feedback = spec.feedback_every > 0 && (seq + 1) % spec.feedback_every == 0;
-            let amount = 1.0 + rng.unit() as f32 * 500.0;
-            let label = if feedback {
-                f32::from(u8::from(rng.unit() < 0.1))
-            } else {
-                -1.0
-            };
-            if !feedback {
-                counts[key as usize] += 1;
-                ledger.expected[seq as usize] = counts[key as usize];
-            }
-            plan.push((key, feedback, amount, label));
-        }
-    }
-    let expected_replies = ledger.expected.iter().filter(|&&c| c > 0).count() as u64;
-    let ledger = Arc::new(ledger);
+        counts: (0..spec.keys).map(|_| AtomicU32::new(0)).collect(),
+    });
+    let per_socket_keys = (spec.keys / sockets_n as u64).max(1);
+    let dist = Arc::new(KeyDist::new(per_socket_keys, spec.zipf));
 
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let warmup_ns = spec.warmup.as_nanos() as u64;
     let mut receivers = Vec::new();
-    for s in &sockets {
+    for (i, s) in sockets.iter().enumerate() {
         let s = s.try_clone()?;
         let ledger = ledger.clone();
         let stop = stop.clone();
         let batch = spec.batch as u64;
+        let cpus = spec.cpus.clone();
+        let check_counts = spec.check_counts;
         receivers.push(
             std::thread::Builder::new()
                 .name("loadgen-rx".into())
-                .spawn(move || receive(s, &ledger, &stop, origin, interval_ns, batch, warmup_ns))?,
+                .spawn(move || {
+                    pin(&cpus, senders + i);
+                    receive(
+                        s,
+                        &ledger,
+                        &stop,
+                        origin,
+                        interval_ns,
+                        batch,
+                        warmup_ns,
+                        check_counts,
+                    )
+                })?,
         );
     }
 
-    let features: Vec<f32> = (0..spec.features).map(|i| i as f32 * 0.1).collect();
-    let mut enc = EventBatchEncoder::new();
-    let mut send_errors = 0u64;
+    let mut threads = Vec::new();
+    for t in 0..senders {
+        // Sender t owns sockets t, t + senders, ... and the datagrams sent on them.
+        let socks: Vec<UdpSocket> = sockets
+            .iter()
+            .skip(t)
+            .step_by(senders)
+            .map(UdpSocket::try_clone)
+            .collect::<Result<_, _>>()?;
+        let ledger = ledger.clone();
+        let dist = dist.clone();
+        let spec = spec.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("loadgen-tx".into())
+                .spawn(move || {
+                    pin(&spec.cpus, t);
+                    send(
+                        &spec,
+                        t,
+                        sockets_n,
+                        &socks,
+                        &ledger,
+                        &dist,
+                        datagrams,
+                        interval_ns,
+                        per_socket_keys,
+                        origin,
+                    )
+                })?,
+        );
+    }
+    let mut send_errors = 0;
     let mut max_lag = Duration::ZERO;
-    for d in 0..datagrams {
-        let due = Duration::from_nanos((d as f64 * interval_ns) as u64);
-        loop {
-            let now = origin.elapsed();
-            if now >= due {
-                max_lag = max_lag.max(now - due);
-                break;
-            }
-            let left = due - now;
-            if left > Duration::from_micros(200) {
-                std::thread::sleep(left - Duration::from_micros(100));
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-        let first = (d * spec.batch as u64) as usize;
-        let bytes = enc.encode(plan[first..first + spec.batch].iter().enumerate().map(
-            |(j, &(key, feedback, amount, label))| EventIn {
-                key,
-                seq: (first + j) as u64,
-                ts_ns: 0,
-                feedback,
-                amount,
-                label,
-                features: &features,
-            },
-        ));
-        if sockets[(d % spec.sockets as u64) as usize]
-            .send_to(bytes, spec.target)
-            .is_err()
-        {
-            send_errors += 1;
-        }
+    for t in threads {
+        let (errors, lag) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
+        send_errors += errors;
+        max_lag = max_lag.max(lag);
     }
     let sent_at = origin.elapsed();
+    let expected_replies = ledger
+        .expected
+        .iter()
+        .filter(|c| c.load(Ordering::Relaxed) > 0)
+        .count() as u64;
     // Wait for the stragglers, then stop the receivers.
     let deadline = Instant::now() + spec.drain;
-    while Instant::now() < deadline {
-        let seen = ledger
-            .seen
-            .iter()
-            .filter(|s| s.load(Ordering::Relaxed) > 0)
-            .count() as u64;
-        if seen >= expected_replies {
-            break;
-        }
+    while Instant::now() < deadline && ledger.answered() < expected_replies {
         std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::SeqCst);
@@ -227,18 +254,13 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         count_errors += part.count_errors;
         unexpected += part.unexpected;
     }
-    let answered = ledger
-        .seen
-        .iter()
-        .filter(|s| s.load(Ordering::Relaxed) > 0)
-        .count() as u64;
     Ok(LoadReport {
         sent_datagrams: datagrams - send_errors,
         sent_events: events - send_errors * spec.batch as u64,
         send_errors,
         expected_replies,
         replies,
-        lost: expected_replies.saturating_sub(answered),
+        lost: expected_replies.saturating_sub(ledger.answered()),
         duplicates,
         count_errors,
         unexpected,
@@ -246,6 +268,90 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         elapsed: sent_at,
         latency,
     })
+}
+
+/// One sender thread: its share of the schedule, open loop.
+#[allow(clippy::too_many_arguments)]
+fn send(
+    spec: &LoadSpec,
+    t: usize,
+    sockets_n: usize,
+    socks: &[UdpSocket],
+    ledger: &Ledger,
+    dist: &KeyDist,
+    datagrams: u64,
+    interval_ns: f64,
+    per_socket_keys: u64,
+    origin: Instant,
+) -> (u64, Duration) {
+    let mut rng = Rng::new(spec.seed ^ (t as u64).wrapping_mul(0x9E37_79B9));
+    let features: Vec<f32> = (0..spec.features).map(|i| i as f32 * 0.1).collect();
+    let mut enc = EventBatchEncoder::new();
+    let mut batch: Vec<EventIn<'_>> = Vec::with_capacity(spec.batch);
+    let mut errors = 0u64;
+    let mut max_lag = Duration::ZERO;
+    let mut d = t as u64;
+    while d < datagrams {
+        let sock = (d % sockets_n as u64) as usize;
+        batch.clear();
+        for j in 0..spec.batch as u64 {
+            let seq = d * spec.batch as u64 + j;
+            let key = (sock as u64
+                + sockets_n as u64 * dist.sample(&mut rng).min(per_socket_keys - 1))
+            .min(spec.keys - 1);
+            let feedback = spec.feedback_every > 0 && (seq + 1) % spec.feedback_every == 0;
+            let label = if feedback {
+                f32::from(u8::from(rng.unit() < 0.1))
+            } else {
+                -1.0
+            };
+            batch.push(EventIn {
+                key,
+                seq,
+                ts_ns: 0,
+                feedback,
+                amount: 1.0 + rng.unit() as f32 * 500.0,
+                label,
+                features: &features,
+            });
+        }
+        let due = Duration::from_nanos((d as f64 * interval_ns) as u64);
+        loop {
+            let now = origin.elapsed();
+            if now >= due {
+                max_lag = max_lag.max(now - due);
+                break;
+            }
+            let left = due - now;
+            if left > Duration::from_micros(200) {
+                std::thread::sleep(left - Duration::from_micros(100));
+            } else {
+                // Yield rather than spin: the receiver threads may share this CPU, and a
+                // spinning sender would delay them by whole scheduler slices. Lateness of
+                // the send itself is still charged to the latency (scheduled time).
+                std::thread::yield_now();
+            }
+        }
+        // Expected counts are published before the send, so a reply never finds them unset.
+        for e in batch.iter().filter(|e| !e.feedback) {
+            let c = ledger.counts[e.key as usize].fetch_add(1, Ordering::Relaxed) + 1;
+            ledger.expected[e.seq as usize].store(c, Ordering::Release);
+        }
+        let bytes = enc.encode(batch.iter().copied());
+        if socks[sock / spec.senders]
+            .send_to(bytes, spec.target)
+            .is_err()
+        {
+            errors += 1;
+            // Not sent: undo, so later counts and the loss figure stay right.
+            for e in batch.iter().filter(|e| !e.feedback) {
+                ledger.expected[e.seq as usize].store(0, Ordering::Release);
+                ledger.counts[e.key as usize].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        d += spec.senders as u64;
+    }
+    (errors, max_lag)
 }
 
 struct Received {
@@ -256,6 +362,7 @@ struct Received {
     unexpected: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn receive(
     sock: UdpSocket,
     ledger: &Ledger,
@@ -264,6 +371,7 @@ fn receive(
     interval_ns: f64,
     batch: u64,
     warmup_ns: u64,
+    check_counts: bool,
 ) -> anyhow::Result<Received> {
     let mut r = Received {
         latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
@@ -295,7 +403,11 @@ fn receive(
         }
         for s in &scores {
             r.replies += 1;
-            let Some(&want) = ledger.expected.get(s.seq as usize) else {
+            let Some(want) = ledger
+                .expected
+                .get(s.seq as usize)
+                .map(|c| c.load(Ordering::Acquire))
+            else {
                 r.unexpected += 1;
                 continue;
             };
@@ -307,7 +419,7 @@ fn receive(
                 r.duplicates += 1;
                 continue;
             }
-            if u64::from(want) != s.count {
+            if check_counts && u64::from(want) != s.count {
                 r.count_errors += 1;
             }
             let scheduled_ns = ((s.seq / batch) as f64 * interval_ns) as u64;

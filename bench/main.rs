@@ -1,0 +1,319 @@
+//! sluice-bench: the end-to-end latency harness. An open-loop generator drives sluice and, in
+//! the same run, a minimal responder for the same protocol (the floor), so every figure comes
+//! with the floor it should be judged against. See bench/README.md.
+
+mod floor;
+mod machine;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use report::Run;
+use sluice::config::Config;
+use sluice::loadgen::{self, LoadSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-bench",
+    about = "Open-loop, coordinated-omission-correct latency benchmark of sluice against the protocol floor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// sluice and the floor, one after the other, same load (the default).
+    Run,
+    /// The floor alone.
+    Floor,
+    /// sluice alone.
+    Sluice,
+}
+
+#[derive(clap::Args, Clone)]
+struct Args {
+    /// Events per second.
+    #[arg(long, default_value_t = 50_000, global = true)]
+    rate: u64,
+    /// Events per datagram.
+    #[arg(long, default_value_t = 1, global = true)]
+    batch: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000, global = true)]
+    keys: u64,
+    /// Zipf exponent for key popularity (default: uniform).
+    #[arg(long, global = true)]
+    zipf: Option<f64>,
+    /// Seconds of measured load per run (after warm-up).
+    #[arg(long, default_value_t = 10.0, global = true)]
+    seconds: f64,
+    /// Warm-up seconds (sent and checked, not timed).
+    #[arg(long, default_value_t = 1.0, global = true)]
+    warmup: f64,
+    /// Generator sender threads.
+    #[arg(long, default_value_t = 1, global = true)]
+    senders: usize,
+    /// Generator sockets (source ports).
+    #[arg(long, default_value_t = 4, global = true)]
+    sockets: usize,
+    /// sluice shards (pinned to CPUs 0..shards); the generator is pinned to the other CPUs.
+    #[arg(long, default_value_t = 1, global = true)]
+    shards: usize,
+    /// Raise the rate (x1.25 a step) until p99 passes --sweep-p99-us or replies fall under 99%.
+    #[arg(long, global = true)]
+    sweep: bool,
+    #[arg(long, default_value_t = 1000.0, global = true)]
+    sweep_p99_us: f64,
+    /// Most sweep steps per target.
+    #[arg(long, default_value_t = 30, global = true)]
+    sweep_steps_max: usize,
+    /// Output directory for results.json, *.hgrm and latency.svg.
+    #[arg(long, default_value = "bench/results/latest", global = true)]
+    out: PathBuf,
+    /// sluice config overrides (section.key=value), after the harness's own.
+    #[arg(long = "set", global = true)]
+    sets: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: machine::Machine,
+    command: String,
+    sluice_config: Vec<String>,
+    runs: Vec<Run>,
+    /// sluice / floor for p50 .. max at the same rate (first sluice and floor runs).
+    ratios: Vec<(f64, f64)>,
+    sweep: Option<Sweep>,
+}
+
+#[derive(Serialize)]
+struct Sweep {
+    p99_bound_us: f64,
+    sluice_max_events_per_s: Option<u64>,
+    floor_max_events_per_s: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let a = cli.args;
+    let (do_sluice, do_floor) = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => (true, true),
+        Command::Floor => (false, true),
+        Command::Sluice => (true, false),
+    };
+    let cpus: Vec<usize> = sluice::topology::discover()
+        .cpus
+        .iter()
+        .map(|c| c.os_index)
+        .collect();
+    anyhow::ensure!(
+        a.shards >= 1 && a.shards <= cpus.len(),
+        "--shards must be 1..={}",
+        cpus.len()
+    );
+    let service_cpus: Vec<usize> = cpus[..a.shards].to_vec();
+    let generator_cpus: Vec<usize> = cpus[a.shards..].to_vec();
+    let mut sets = vec![
+        "ingest.udp.listen=127.0.0.1:0".to_owned(),
+        format!("shards.cores={service_cpus:?}"),
+        "log.level=warn".to_owned(),
+    ];
+    sets.extend(a.sets.iter().cloned());
+    let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    eprintln!(
+        "sluice-bench: service on CPUs {service_cpus:?}, generator on {}",
+        if generator_cpus.is_empty() {
+            "any CPU (none left to pin)".to_owned()
+        } else {
+            format!("{generator_cpus:?}")
+        }
+    );
+
+    let spec_at = |rate: u64| LoadSpec {
+        rate,
+        batch: a.batch,
+        keys: a.keys,
+        zipf: a.zipf,
+        duration: Duration::from_secs_f64(a.seconds + a.warmup),
+        warmup: Duration::from_secs_f64(a.warmup),
+        sockets: a.sockets,
+        senders: a.senders,
+        cpus: generator_cpus.clone(),
+        drain: Duration::from_secs(1),
+        ..LoadSpec::default()
+    };
+    let mut runs = Vec::new();
+    let mut sweep = None;
+    if a.sweep {
+        let mut s = Sweep {
+            p99_bound_us: a.sweep_p99_us,
+            sluice_max_events_per_s: None,
+            floor_max_events_per_s: None,
+        };
+        if do_sluice {
+            s.sluice_max_events_per_s = sweep_target(
+                &a,
+                &spec_at,
+                |spec| run_sluice(&config, spec, &a),
+                &mut runs,
+            )?;
+        }
+        if do_floor {
+            s.floor_max_events_per_s = sweep_target(
+                &a,
+                &spec_at,
+                |spec| run_floor(&config, spec, &a, service_cpus[0]),
+                &mut runs,
+            )?;
+        }
+        sweep = Some(s);
+    } else {
+        if do_sluice {
+            runs.push(run_sluice(&config, &spec_at(a.rate), &a)?);
+        }
+        if do_floor {
+            runs.push(run_floor(&config, &spec_at(a.rate), &a, service_cpus[0])?);
+        }
+    }
+
+    let first = |t: &str| runs.iter().find(|r| r.target == t);
+    let ratios = match (first("sluice"), first("floor")) {
+        (Some(s), Some(f)) => report::PERCENTILES
+            .iter()
+            .map(|&p| (p, s.p(p) / f.p(p)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let refs: Vec<&Run> = runs.iter().collect();
+    print!("{}", report::table(&refs));
+    for (p, r) in &ratios {
+        println!("  sluice / floor at p{p}: {r:.2}");
+    }
+    if let Some(s) = &sweep {
+        println!(
+            "  max sustainable (p99 <= {} us, >= 99% replies): sluice {:?} events/s, floor {:?} events/s",
+            s.p99_bound_us, s.sluice_max_events_per_s, s.floor_max_events_per_s
+        );
+    }
+    for r in &runs {
+        let name = format!("{}-{}-b{}.hgrm", r.target, r.rate, r.batch);
+        sluice::metrics::write_hgrm(&r.histogram, &a.out.join(&name), 1000.0)?;
+    }
+    // The plot shows the first run of each target (the sweep's full set would be unreadable).
+    let plotted: Vec<&Run> = ["sluice", "floor"]
+        .iter()
+        .filter_map(|t| first(t))
+        .collect();
+    report::plot(
+        &plotted,
+        &format!(
+            "sluice vs protocol floor, {} events/s, B={}",
+            a.rate, a.batch
+        ),
+        &a.out.join("latency.svg"),
+    )?;
+    let results = Results {
+        machine: machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        sluice_config: sets,
+        runs,
+        ratios,
+        sweep,
+    };
+    std::fs::write(
+        a.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!(
+        "  wrote {}/{{results.json,latency.svg,*.hgrm}}",
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run> {
+    let running = sluice::app::start(config)?;
+    let spec = LoadSpec {
+        target: running.local_addr,
+        ..spec.clone()
+    };
+    let load = loadgen::run(&spec);
+    let report = running.stop()?;
+    let load = load?;
+    let mut run = Run::from_load(
+        "sluice", spec.rate, spec.batch, spec.keys, spec.zipf, a.shards, load,
+    );
+    run.internal_us = report.receive_to_emit.as_ref().map(report::percentiles_us);
+    run.socket_drops = Some(report.socket_drops);
+    eprintln!(
+        "  sluice @ {}/s: p99 {:.1} us, lost {} ({} driver)",
+        spec.rate,
+        run.p(99.0),
+        run.lost,
+        report.driver
+    );
+    Ok(run)
+}
+
+fn run_floor(config: &Config, spec: &LoadSpec, a: &Args, cpu: usize) -> anyhow::Result<Run> {
+    let floor = floor::Floor::start(
+        Some(cpu),
+        config.wire.clone(),
+        config.ingest.udp.socket_rcvbuf_bytes,
+    )?;
+    let spec = LoadSpec {
+        target: floor.addr,
+        check_counts: false,
+        ..spec.clone()
+    };
+    let load = loadgen::run(&spec);
+    floor.stop()?;
+    let run = Run::from_load(
+        "floor", spec.rate, spec.batch, spec.keys, spec.zipf, a.shards, load?,
+    );
+    eprintln!(
+        "  floor  @ {}/s: p99 {:.1} us, lost {}",
+        spec.rate,
+        run.p(99.0),
+        run.lost
+    );
+    Ok(run)
+}
+
+/// Raise the rate until a run misses the bound; returns the last rate that held.
+fn sweep_target(
+    a: &Args,
+    spec_at: &dyn Fn(u64) -> LoadSpec,
+    mut run: impl FnMut(&LoadSpec) -> anyhow::Result<Run>,
+    runs: &mut Vec<Run>,
+) -> anyhow::Result<Option<u64>> {
+    let mut rate = a.rate;
+    let mut best = None;
+    for _ in 0..a.sweep_steps_max {
+        let r = run(&spec_at(rate))?;
+        let held = r.sustained() && r.p(99.0) <= a.sweep_p99_us;
+        runs.push(r);
+        if !held {
+            break;
+        }
+        best = Some(rate);
+        rate = (rate as f64 * 1.25) as u64;
+    }
+    Ok(best)
+}
