@@ -76,6 +76,10 @@ struct Args {
     /// Most sweep steps per target.
     #[arg(long, default_value_t = 30, global = true)]
     sweep_steps_max: usize,
+    /// Measure sluice and the floor this many times each, alternating (sluice, floor, sluice,
+    /// ...), and report the median of the per-pair ratios: one run on a shared machine is noise.
+    #[arg(long, default_value_t = 1, global = true)]
+    repeat: usize,
     /// Output directory for results.json, *.hgrm and latency.svg.
     #[arg(long, default_value = "bench/results/latest", global = true)]
     out: PathBuf,
@@ -90,7 +94,7 @@ struct Results {
     command: String,
     sluice_config: Vec<String>,
     runs: Vec<Run>,
-    /// sluice / floor for p50 .. max at the same rate (first sluice and floor runs).
+    /// sluice / floor for p50 .. max at the same rate: the median over the repeated pairs.
     ratios: Vec<(f64, f64)>,
     sweep: Option<Sweep>,
 }
@@ -184,26 +188,29 @@ fn main() -> anyhow::Result<()> {
         }
         sweep = Some(s);
     } else {
-        if do_sluice {
-            runs.push(run_sluice(&config, &spec_at(a.rate), &a)?);
-        }
-        if do_floor {
-            runs.push(run_floor(&config, &spec_at(a.rate), &a, service_cpus[0])?);
+        for _ in 0..a.repeat.max(1) {
+            if do_sluice {
+                runs.push(run_sluice(&config, &spec_at(a.rate), &a)?);
+            }
+            if do_floor {
+                runs.push(run_floor(&config, &spec_at(a.rate), &a, service_cpus[0])?);
+            }
         }
     }
 
     let first = |t: &str| runs.iter().find(|r| r.target == t);
-    let ratios = match (first("sluice"), first("floor")) {
-        (Some(s), Some(f)) => report::PERCENTILES
-            .iter()
-            .map(|&p| (p, s.p(p) / f.p(p)))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let ratios = median_ratios(&runs);
     let refs: Vec<&Run> = runs.iter().collect();
     print!("{}", report::table(&refs));
     for (p, r) in &ratios {
-        println!("  sluice / floor at p{p}: {r:.2}");
+        println!(
+            "  sluice / floor at p{p}: {r:.2}{}",
+            if a.repeat > 1 {
+                " (median over pairs)"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(s) = &sweep {
         println!(
@@ -245,6 +252,25 @@ fn main() -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// For each percentile, the median over (sluice, floor) pairs at the same rate of their ratio.
+fn median_ratios(runs: &[Run]) -> Vec<(f64, f64)> {
+    let sluice: Vec<&Run> = runs.iter().filter(|r| r.target == "sluice").collect();
+    let floor: Vec<&Run> = runs.iter().filter(|r| r.target == "floor").collect();
+    report::PERCENTILES
+        .iter()
+        .filter_map(|&p| {
+            let mut r: Vec<f64> = sluice
+                .iter()
+                .zip(floor.iter())
+                .filter(|(s, f)| s.rate == f.rate && s.batch == f.batch)
+                .map(|(s, f)| s.p(p) / f.p(p))
+                .collect();
+            r.sort_by(f64::total_cmp);
+            (!r.is_empty()).then(|| (p, r[r.len() / 2]))
+        })
+        .collect()
 }
 
 fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run> {

@@ -121,7 +121,7 @@ pub fn table(runs: &[&Run]) -> String {
         };
         let _ = write!(s, " {label:>9}");
     }
-    s.push_str("   (latency in us, scheduled send -> reply)\n");
+    s.push_str("   (us, scheduled send -> reply)  | sluice inside: p50 p99\n");
     for r in runs {
         let _ = write!(
             s,
@@ -136,6 +136,14 @@ pub fn table(runs: &[&Run]) -> String {
         );
         for (_, v) in &r.latency_us {
             let _ = write!(s, " {v:>9.1}");
+        }
+        if let Some(i) = &r.internal_us {
+            let at = |p: f64| {
+                i.iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or(f64::NAN, |(_, v)| *v)
+            };
+            let _ = write!(s, "   | {:>7.1} {:>8.1}", at(50.0), at(99.0));
         }
         s.push('\n');
     }

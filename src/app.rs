@@ -9,13 +9,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::control::{ControlLoop, Request, ShardLink};
 use crate::egress::Egress;
-use crate::infer::{LinearScorer, Scorer};
+use crate::infer::{build_primary, ModelUpdate, ShardModel, ShardReport};
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
-use crate::shard::{Control, Shard, ShardCore};
+use crate::shard::{Control, ModelLink, Shard, ShardCore};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
@@ -27,8 +28,15 @@ pub enum AppError {
     Ingest(#[from] IngestError),
     #[error("shard {shard} failed to start: {reason}")]
     ShardStart { shard: usize, reason: String },
-    #[error("could not start a shard thread: {0}")]
+    #[error("could not start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Model(String),
+    #[error("admin socket {path}: {source}")]
+    Admin {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A started service. Drop without `stop` and the threads are told to stop but not joined.
@@ -39,12 +47,35 @@ pub struct Running {
     control: Arc<Control>,
     counters: Vec<Arc<ShardCounters>>,
     threads: Vec<JoinHandle<(Option<ShardLatency>, Option<IngestError>)>>,
+    requests: mpsc::Sender<Request>,
+    helpers: Vec<JoinHandle<()>>,
 }
 
 impl Running {
     /// Live counters, one per shard.
     pub fn counters(&self) -> &[Arc<ShardCounters>] {
         &self.counters
+    }
+
+    /// Load a model (`path`, or `model.path` again) on every shard as the next version.
+    /// Returns the version now serving, or why the model was refused (the old one stays).
+    pub fn reload(&self, path: Option<&str>) -> Result<u32, String> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(Request::Reload {
+                path: path.map(str::to_owned),
+                reply: tx,
+            })
+            .map_err(|_| "the control thread has stopped".to_owned())?;
+        rx.recv_timeout(Duration::from_secs(120))
+            .map_err(|_| "the control thread did not answer".to_owned())?
+    }
+
+    /// The newest model version handed to the shards.
+    pub fn model_version(&self) -> Option<u32> {
+        let (tx, rx) = mpsc::channel();
+        self.requests.send(Request::Version { reply: tx }).ok()?;
+        rx.recv_timeout(Duration::from_secs(5)).ok()
     }
 
     /// Stop receiving, drain, flush, join; the merged report.
@@ -60,6 +91,9 @@ impl Running {
                 }
                 Err(_) => tracing::error!("a shard thread panicked"),
             }
+        }
+        for h in self.helpers.drain(..) {
+            let _ = h.join();
         }
         let refs: Vec<&ShardCounters> = self.counters.iter().map(|c| c.as_ref()).collect();
         let report = Report::merge(self.driver.name(), &refs, latency);
@@ -111,6 +145,33 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
         sockets.push(sock);
     }
 
+    // Models load now, in this thread: a missing runtime or a bad model file stops start-up
+    // with its reason before any socket is served.
+    let mut models = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let primary = build_primary(config, None).map_err(|e| AppError::Model(e.to_string()))?;
+        models.push(ShardModel::new(config, primary, 1));
+    }
+    let width = models.first().map_or(0, ShardModel::width);
+    tracing::info!(kind = ?config.model.kind, path = %config.model.path, width, online = config.model.online.enabled, "model loaded (version 1)");
+    let mut links = Vec::with_capacity(shards);
+    let mut shard_links = Vec::with_capacity(shards);
+    let snapshot_interval_ns = config.model.online.average_interval_ms * 1_000_000;
+    for _ in 0..shards {
+        let (updates_tx, updates_rx) = rtrb::RingBuffer::<ModelUpdate>::new(8);
+        let (reports_tx, reports_rx) = rtrb::RingBuffer::<ShardReport>::new(64);
+        links.push(ShardLink {
+            updates: updates_tx,
+            reports: reports_rx,
+        });
+        shard_links.push(ModelLink {
+            updates: updates_rx,
+            reports: reports_tx,
+            snapshot_interval_ns,
+            next_snapshot_ns: 0,
+        });
+    }
+
     let wakers: Arc<Vec<Waker>> = Arc::new(
         (0..shards)
             .map(|_| Waker::new())
@@ -124,12 +185,13 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
 
     let mut threads = Vec::with_capacity(shards);
-    for (id, ((sock, rings), placement)) in sockets
+    let per_shard = sockets
         .into_iter()
         .zip(mesh)
         .zip(placements.iter().copied())
-        .enumerate()
-    {
+        .zip(models)
+        .zip(shard_links);
+    for (id, ((((sock, rings), placement), model), model_link)) in per_shard.enumerate() {
         let config = config.clone();
         let control = control.clone();
         let counters = counters[id].clone();
@@ -139,7 +201,8 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
             .name(format!("sluice-shard-{id}"))
             .spawn(move || {
                 let built = build_shard(
-                    id, shards, placement, &config, driver, sock, rings, counters, wakers,
+                    id, shards, placement, &config, driver, sock, rings, model, model_link,
+                    counters, wakers,
                 );
                 match built {
                     Ok(shard) => {
@@ -159,6 +222,32 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     }
     drop(ready_tx);
 
+    let (requests, requests_rx) = mpsc::channel();
+    let control_loop = ControlLoop {
+        config: config.clone(),
+        links,
+        wakers: wakers.clone(),
+        requests: requests_rx,
+        version: 1,
+        width,
+    };
+    let ctl = control.clone();
+    let mut helpers = vec![std::thread::Builder::new()
+        .name("sluice-control".into())
+        .spawn(move || control_loop.run(&ctl))
+        .map_err(AppError::Thread)?];
+    if !config.admin.socket.is_empty() {
+        let path = std::path::Path::new(&config.admin.socket);
+        let admin =
+            crate::admin::serve(path, requests.clone(), control.clone()).map_err(|source| {
+                AppError::Admin {
+                    path: config.admin.socket.clone(),
+                    source,
+                }
+            })?;
+        helpers.push(admin);
+    }
+
     let mut running = Running {
         local_addr,
         driver,
@@ -166,6 +255,8 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
         control,
         counters,
         threads,
+        requests,
+        helpers,
     };
     let mut failures = Vec::new();
     for _ in 0..shards {
@@ -200,13 +291,14 @@ fn build_shard(
     driver: Driver,
     sock: std::net::UdpSocket,
     rings: (crate::route::Outbound, crate::route::Inbound),
+    model: ShardModel,
+    model_link: ModelLink,
     counters: Arc<ShardCounters>,
     wakers: Arc<Vec<Waker>>,
 ) -> Result<Shard, String> {
     if config.shards.pin {
         topology::pin_current(placement.cpu).map_err(|e| e.to_string())?;
     }
-    let scorer: Box<dyn Scorer> = Box::new(LinearScorer::from_config(&config.model));
     // Every Observation of a cycle may become a Score before the flush: bound by what a cycle
     // can take in (received batches + drained events), so egress never grows.
     let cycle_scores_max = config.ingest.udp.batch_datagrams_max * config.wire.batch_events_max
@@ -224,7 +316,7 @@ fn build_shard(
             config.wire.datagram_bytes_max,
         ))),
     };
-    let core = ShardCore::new(id, shards, config, rings, scorer, counters.clone());
+    let core = ShardCore::new(id, shards, config, rings, model, counters.clone());
     let latency = ShardLatency::new(config.metrics.latency_max_ns).map_err(|e| e.to_string())?;
     tracing::info!(
         shard = id,
@@ -238,6 +330,7 @@ fn build_shard(
     );
     Ok(Shard {
         core,
+        model_link,
         rx,
         egress,
         counters,

@@ -16,9 +16,11 @@
 //! (`wire`, `route`, `state`, `features`, `infer`, `shard::ShardCore`) are synchronous and do
 //! no I/O; `ingest` and `egress` are the edges.
 
+pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod egress;
 pub mod features;
 pub mod infer;

@@ -41,6 +41,15 @@ enum Command {
     },
     /// Print the embedded default config (every key, with what it costs).
     PrintConfig,
+    /// Ask a running sluice (through its admin.socket) to load a model as the next version.
+    Reload {
+        /// The running service's admin socket (its `admin.socket`).
+        #[arg(long, default_value = "/run/sluice/admin.sock")]
+        socket: PathBuf,
+        /// Model file (or builtin:NAME); default: the service's model.path, re-read.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Start sluice on loopback and drive it with the built-in open-loop load generator.
     Demo {
         /// Events per second.
@@ -63,10 +72,15 @@ enum Command {
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    SIGNALLED.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only atomic stores: async-signal-safe.
+    if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::SeqCst);
+    } else {
+        SIGNALLED.store(true, Ordering::SeqCst);
+    }
 }
 
 fn install_signal_handlers() -> anyhow::Result<()> {
@@ -76,7 +90,7 @@ fn install_signal_handlers() -> anyhow::Result<()> {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { sigaction(sig, &action) }.with_context(|| format!("installing {sig} handler"))?;
     }
@@ -116,6 +130,21 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Command::CheckConfig { file, sets } => {
             return Ok(check_config(&file, &sets));
         }
+        Command::Reload { socket, model } => {
+            let command = model.map_or_else(|| "reload".to_owned(), |m| format!("reload {m}"));
+            let answer = sluice::admin::request(&socket, &command).with_context(|| {
+                format!(
+                    "talking to {} (is sluice running with admin.socket set?)",
+                    socket.display()
+                )
+            })?;
+            println!("{answer}");
+            return Ok(if answer.starts_with("ok") {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            });
+        }
         Command::Run { config, sets } => {
             let config = load(config.as_ref(), &sets)?;
             init_logging(&config.log.level);
@@ -129,6 +158,15 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             );
             while !SIGNALLED.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
+                if RELOAD.swap(false, Ordering::SeqCst) {
+                    // SIGHUP: re-read model.path; a bad file is refused and the old model serves on.
+                    match running.reload(None) {
+                        Ok(v) => tracing::info!(version = v, "SIGHUP: model reloaded"),
+                        Err(why) => tracing::error!(
+                            "SIGHUP: model refused, previous version keeps serving: {why}"
+                        ),
+                    }
+                }
             }
             eprintln!("sluice: stopping: draining rings and flushing replies");
             let report = running.stop()?;

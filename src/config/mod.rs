@@ -41,7 +41,31 @@ pub struct Config {
     pub infer: Infer,
     pub egress: Egress,
     pub metrics: Metrics,
+    pub admin: Admin,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Onnx,
+    Linear,
+    Online,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OnlineModel {
+    pub enabled: bool,
+    pub learning_rate: f32,
+    pub l2: f32,
+    pub adagrad: bool,
+    pub blend: f32,
+    pub average_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Admin {
+    pub socket: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,9 +130,15 @@ pub struct State {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Model {
+    pub kind: ModelKind,
+    pub path: String,
+    pub runtime_path: String,
+    pub input: String,
+    pub output: String,
+    pub probability_column: usize,
     pub alert_threshold: f32,
-    pub version: u32,
     pub linear: LinearModel,
+    pub online: OnlineModel,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +196,28 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::one(format!("config: {}", e.message())))?;
         validate::validate(&config)?;
         Ok(config)
+    }
+
+    pub fn onnx_spec(&self) -> crate::infer::OnnxSpec {
+        crate::infer::OnnxSpec {
+            path: self.model.path.clone(),
+            runtime_path: self.model.runtime_path.clone(),
+            input: self.model.input.clone(),
+            output: self.model.output.clone(),
+            probability_column: self.model.probability_column,
+        }
+    }
+
+    pub fn online_spec(&self) -> crate::infer::OnlineSpec {
+        let o = &self.model.online;
+        crate::infer::OnlineSpec {
+            enabled: o.enabled,
+            learning_rate: o.learning_rate,
+            l2: o.l2,
+            adagrad: o.adagrad,
+            blend: o.blend,
+            average_interval_ms: o.average_interval_ms,
+        }
     }
 
     /// The listen address, already checked by `validate`.

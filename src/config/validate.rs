@@ -164,6 +164,40 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             c.metrics.latency_max_ns
         ));
     }
+    let o = &c.model.online;
+    if !(o.learning_rate > 0.0 && o.learning_rate <= 10.0) {
+        p.push(format!(
+            "model.online.learning_rate = {}: must be in (0, 10]",
+            o.learning_rate
+        ));
+    }
+    if !(o.l2 >= 0.0 && o.l2 < 1.0) {
+        p.push(format!("model.online.l2 = {}: must be in [0, 1)", o.l2));
+    }
+    if !(0.0..=1.0).contains(&o.blend) {
+        p.push(format!(
+            "model.online.blend = {}: must be in [0, 1]",
+            o.blend
+        ));
+    }
+    if o.blend > 0.0 && !o.enabled {
+        p.push("model.online.blend > 0 needs model.online.enabled = true".to_owned());
+    }
+    if !(10..=3_600_000).contains(&o.average_interval_ms) {
+        p.push(format!(
+            "model.online.average_interval_ms = {}: must be between 10 and 3600000",
+            o.average_interval_ms
+        ));
+    }
+    if c.model.kind == super::ModelKind::Online && !o.enabled {
+        p.push("model.kind = \"online\" needs model.online.enabled = true".to_owned());
+    }
+    if c.model.kind == super::ModelKind::Onnx && c.model.path.is_empty() {
+        p.push("model.path is empty but model.kind = \"onnx\"".to_owned());
+    }
+    if c.model.input.is_empty() || c.model.output.is_empty() {
+        p.push("model.input and model.output must name the model's tensors".to_owned());
+    }
     if let Err(e) = c.listen_addr() {
         p.extend(e.problems);
     }

@@ -6,7 +6,6 @@ use crate::config::Model;
 pub struct LinearScorer {
     weights: Vec<f32>,
     bias: f32,
-    version: u32,
 }
 
 impl LinearScorer {
@@ -14,7 +13,6 @@ impl LinearScorer {
         Self {
             weights: m.linear.weights.clone(),
             bias: m.linear.bias,
-            version: m.version,
         }
     }
 }
@@ -27,10 +25,6 @@ fn sigmoid(z: f32) -> f32 {
 impl Scorer for LinearScorer {
     fn width(&self) -> usize {
         self.weights.len()
-    }
-
-    fn version(&self) -> u32 {
-        self.version
     }
 
     fn score(&mut self, batch: &FeatureBatch, out: &mut [f32]) -> Result<(), InferError> {
@@ -57,17 +51,14 @@ impl Scorer for LinearScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LinearModel, Model};
+    use crate::config::LinearModel;
 
     #[test]
     fn scores_are_the_logistic_of_the_weighted_sum() {
-        let m = Model {
-            alert_threshold: 0.9,
-            version: 3,
-            linear: LinearModel {
-                weights: vec![1.0, -2.0],
-                bias: 0.5,
-            },
+        let mut m = crate::config::Config::defaults().unwrap().model;
+        m.linear = LinearModel {
+            weights: vec![1.0, -2.0],
+            bias: 0.5,
         };
         let mut s = LinearScorer::from_config(&m);
         let mut b = FeatureBatch::new(2, 4);
@@ -77,7 +68,6 @@ mod tests {
         s.score(&b, &mut out).unwrap();
         assert!((out[0] - sigmoid(-0.5)).abs() < 1e-6);
         assert!((out[1] - sigmoid(0.5)).abs() < 1e-6);
-        assert_eq!(s.version(), 3);
         assert!(out[..2].iter().all(|x| (0.0..=1.0).contains(x)));
     }
 }

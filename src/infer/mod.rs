@@ -1,10 +1,19 @@
 //! Scoring. A `Scorer` takes a micro-batch of feature rows and writes one probability per row;
-//! shards call it once per drain cycle (bounded by `infer.batch_max`). The ONNX Runtime and
-//! online-learned models implement the same trait in the inference issue.
+//! each shard owns a `ShardModel` (a primary scorer: ONNX Runtime or the config-weighted
+//! linear model, optionally blended with an online logistic regression learned from Feedback)
+//! and calls it once per drain cycle. New versions arrive between cycles as `ModelUpdate`s
+//! from the control thread (`crate::control`), so one reply never mixes two versions.
 
 mod linear;
+pub mod online;
+pub mod onnx;
+pub mod runtime;
+mod shard_model;
 
 pub use linear::LinearScorer;
+pub use online::{OnlineLr, OnlineSpec};
+pub use onnx::{OnnxScorer, OnnxSpec};
+pub use shard_model::{build_primary, ModelUpdate, ShardModel, ShardReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -12,6 +21,10 @@ pub enum InferError {
     Width { got: usize, want: usize },
     #[error("model run failed: {0}")]
     Run(String),
+    #[error("model refused: {0}")]
+    Model(String),
+    #[error("ONNX Runtime unavailable: {0}")]
+    Runtime(String),
 }
 
 /// Row-major feature rows with a fixed width, preallocated for `rows_max` rows.
@@ -67,8 +80,6 @@ impl FeatureBatch {
 pub trait Scorer: Send {
     /// Input row width the model expects.
     fn width(&self) -> usize;
-    /// Version stamped on every Score this model produces.
-    fn version(&self) -> u32;
     /// Score every row of `batch` into `out[..batch.len()]`, each in [0, 1].
     fn score(&mut self, batch: &FeatureBatch, out: &mut [f32]) -> Result<(), InferError>;
 }

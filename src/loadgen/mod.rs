@@ -8,7 +8,7 @@
 //! are all detected.
 
 mod keys;
-mod rng;
+pub(crate) mod rng;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
@@ -206,6 +206,9 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
                 .name("loadgen-tx".into())
                 .spawn(move || {
                     pin(&spec.cpus, t);
+                    // Sleeps end within a microsecond of their deadline instead of the default
+                    // 50 us slack, so the sender can sleep between sends instead of spinning.
+                    let _ = nix::sys::prctl::set_timerslack(1_000);
                     send(
                         &spec,
                         t,
@@ -323,8 +326,8 @@ fn send(
                 break;
             }
             let left = due - now;
-            if left > Duration::from_micros(200) {
-                std::thread::sleep(left - Duration::from_micros(100));
+            if left > Duration::from_micros(30) {
+                std::thread::sleep(left - Duration::from_micros(15));
             } else {
                 // Yield rather than spin: the receiver threads may share this CPU, and a
                 // spinning sender would delay them by whole scheduler slices. Lateness of

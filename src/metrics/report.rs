@@ -160,6 +160,7 @@ impl Report {
         );
         let _ = writeln!(s, "  {:<40} {}", names::SOCKET_DROPS, self.socket_drops);
         let _ = writeln!(s, "  {:<40} {}", names::URING_ENOBUFS, self.uring_enobufs);
+        let _ = writeln!(s, "  {:<40} {}", names::URING_REARMS, self.uring_rearms);
         let _ = writeln!(s, "  {:<40} {}", names::HOT_KEYS, self.hot_keys);
         for (i, (recv, owned)) in self.per_shard.iter().enumerate() {
             let _ = writeln!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::{Config, RingFullPolicy};
 use crate::egress::{PendingScore, ScoreSink};
 use crate::features;
-use crate::infer::{FeatureBatch, Scorer};
+use crate::infer::{FeatureBatch, ModelUpdate, Scorer, ShardModel};
 use crate::ingest::Datagram;
 use crate::limits::FEATURES_INLINE_MAX;
 use crate::metrics::{DropReason, ShardCounters};
@@ -22,7 +22,9 @@ pub struct Owner {
     batch: FeatureBatch,
     meta: Vec<(SocketAddr, PendingScore)>,
     scores: Vec<f32>,
-    scorer: Box<dyn Scorer>,
+    model: ShardModel,
+    /// Scratch row for Feedback learning.
+    learn_row: Vec<f32>,
     alert_threshold: f32,
     counters: Arc<ShardCounters>,
     state_full_seen: u64,
@@ -55,7 +57,19 @@ impl Owner {
         };
         self.counters.hot_keys.set(self.table.len() as u64);
         match ev.kind {
-            EventKind::Feedback => self.counters.feedback_applied.inc(),
+            EventKind::Feedback => {
+                self.counters.feedback_applied.inc();
+                if self.model.learns() {
+                    features::build_row(
+                        &record,
+                        ev.amount,
+                        ev.ts_ns,
+                        ev.features(),
+                        &mut self.learn_row,
+                    );
+                    self.model.learn(&self.learn_row, ev.label);
+                }
+            }
             EventKind::Observation => {
                 self.counters.observations_applied.inc();
                 if self.batch.is_full() {
@@ -89,9 +103,9 @@ impl Owner {
         }
         debug_assert_eq!(self.batch.len(), self.meta.len());
         let n = self.batch.len();
-        match self.scorer.score(&self.batch, &mut self.scores[..n]) {
+        match self.model.score(&self.batch, &mut self.scores[..n]) {
             Ok(()) => {
-                let version = self.scorer.version();
+                let version = self.model.version();
                 for ((reply_to, mut p), s) in self.meta.drain(..).zip(&self.scores[..n]) {
                     debug_assert!((0.0..=1.0).contains(s), "model returned {s}");
                     p.score.score = *s;
@@ -135,10 +149,10 @@ impl ShardCore {
         shards: usize,
         config: &Config,
         (out, inbound): (Outbound, Inbound),
-        scorer: Box<dyn Scorer>,
+        model: ShardModel,
         counters: Arc<ShardCounters>,
     ) -> Self {
-        let width = scorer.width();
+        let width = model.width();
         let batch_max = config.infer.batch_max;
         Self {
             id,
@@ -147,14 +161,19 @@ impl ShardCore {
             policy: config.route.full,
             out,
             inbound,
-            stalled: Vec::with_capacity(config.wire.batch_events_max),
+            // Once a push stalls, the rest of that receive pass (at most batch_datagrams_max
+            // datagrams) queues behind it, and no more is received until it drains.
+            stalled: Vec::with_capacity(
+                config.ingest.udp.batch_datagrams_max * config.wire.batch_events_max,
+            ),
             touched: vec![false; shards],
             owner: Owner {
                 table: HotTable::new(config.state.hot_capacity, config.state.ewma_alpha),
                 batch: FeatureBatch::new(width, batch_max),
                 meta: Vec::with_capacity(batch_max),
                 scores: vec![0.0; batch_max],
-                scorer,
+                model,
+                learn_row: vec![0.0; width],
                 alert_threshold: config.model.alert_threshold,
                 counters: counters.clone(),
                 state_full_seen: 0,
@@ -216,6 +235,10 @@ impl ShardCore {
                 self.owner.apply(&ev, sink);
             } else if !self.stalled.is_empty() {
                 // Keep arrival order behind events already waiting.
+                debug_assert!(
+                    self.stalled.len() < self.stalled.capacity(),
+                    "stall queue past its bound"
+                );
                 self.stalled.push((owner, ev));
             } else {
                 self.forward(owner, ev);
@@ -265,6 +288,21 @@ impl ShardCore {
 
     pub fn inbound_is_empty(&self) -> bool {
         self.inbound.is_empty()
+    }
+
+    /// Between cycles: take a new model version. Returns a replaced model to retire.
+    pub fn apply_model_update(&mut self, u: ModelUpdate) -> Option<Box<dyn Scorer>> {
+        debug_assert!(self.owner.batch.is_empty(), "updates land between cycles");
+        self.owner.model.apply(u)
+    }
+
+    /// Online parameters for averaging, if Feedback arrived since the last call.
+    pub fn model_snapshot(&mut self) -> Option<(Box<[f32]>, u64)> {
+        self.owner.model.snapshot()
+    }
+
+    pub fn model_version(&self) -> u32 {
+        self.owner.model.version()
     }
 
     /// End of a drain cycle: score what is pending.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::Config;
-use crate::infer::LinearScorer;
+use crate::infer::{build_primary, ShardModel};
 use crate::route::Mesh;
 use crate::wire::{EventBatchEncoder, EventIn};
 
@@ -17,21 +17,20 @@ fn client() -> SocketAddr {
 }
 
 fn cores(sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    // The linear model keeps these tests free of ONNX Runtime; tests/inference.rs covers ONNX.
+    let sets: Vec<String> = ["model.kind=linear"]
+        .iter()
+        .chain(sets)
+        .map(|s| s.to_string())
+        .collect();
     let config = Config::from_layers(None, &sets).unwrap();
     let counters: Vec<_> = (0..2).map(|_| Arc::new(ShardCounters::default())).collect();
     let cores = Mesh::build(2, config.route.ring_capacity)
         .into_iter()
         .enumerate()
         .map(|(id, rings)| {
-            ShardCore::new(
-                id,
-                2,
-                &config,
-                rings,
-                Box::new(LinearScorer::from_config(&config.model)),
-                counters[id].clone(),
-            )
+            let model = ShardModel::new(&config, build_primary(&config, None).unwrap(), 1);
+            ShardCore::new(id, 2, &config, rings, model, counters[id].clone())
         })
         .collect();
     (cores, counters)
@@ -236,4 +235,37 @@ fn micro_batches_are_capped_and_give_the_same_scores() {
     assert_eq!(results[0].len(), 10);
     assert_eq!(results[0], results[1]);
     assert_eq!(results[0], results[2]);
+}
+
+#[test]
+fn a_stalled_receive_pass_stays_within_the_preallocated_stall_queue() {
+    let (mut c, _) = cores(&[
+        "route.ring_capacity=1",
+        "route.full=backpressure",
+        "ingest.udp.batch_datagrams_max=4",
+        "wire.batch_events_max=8",
+        "wire.tables_max=9",
+    ]);
+    let theirs = keys_owned_by(1, 8);
+    let capacity = c[0].stalled.capacity();
+    let mut s0 = Sink::new();
+    // A whole receive pass of full datagrams arrives after the first stall.
+    for d in 0..4u64 {
+        let events: Vec<_> = theirs
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, d * 8 + i as u64, false))
+            .collect();
+        feed(&mut c[0], &datagram(&events), &mut s0);
+    }
+    assert_eq!(
+        c[0].stalled.len(),
+        31,
+        "one event fit the ring, the rest wait"
+    );
+    assert_eq!(
+        c[0].stalled.capacity(),
+        capacity,
+        "the stall queue never reallocates"
+    );
 }

@@ -15,13 +15,43 @@ use std::time::Duration;
 
 use crate::clock;
 use crate::egress::{Egress, EgressSink};
+use crate::infer::{ModelUpdate, ShardReport};
 use crate::ingest::udp::UdpReceiver;
 use crate::ingest::IngestError;
 use crate::metrics::{ShardCounters, ShardLatency};
 use crate::wake::Waker;
 
+/// The shard's ends of its rings to the control thread.
+pub struct ModelLink {
+    pub updates: rtrb::Consumer<ModelUpdate>,
+    pub reports: rtrb::Producer<ShardReport>,
+    pub snapshot_interval_ns: u64,
+    pub next_snapshot_ns: u64,
+}
+
+impl ModelLink {
+    /// Between cycles: take new model versions, hand back replaced ones, and report online
+    /// weights when due. Nothing here is per event.
+    fn service(&mut self, core: &mut ShardCore, now_ns: u64) {
+        while let Ok(u) = self.updates.pop() {
+            if let Some(old) = core.apply_model_update(u) {
+                // If the report ring is full the old model is dropped here: a slower teardown
+                // on this shard, once, rather than a leak.
+                let _ = self.reports.push(ShardReport::Retired(old));
+            }
+        }
+        if now_ns >= self.next_snapshot_ns {
+            self.next_snapshot_ns = now_ns + self.snapshot_interval_ns;
+            if let Some((params, n)) = core.model_snapshot() {
+                let _ = self.reports.push(ShardReport::Snapshot(params, n));
+            }
+        }
+    }
+}
+
 pub struct Shard {
     pub core: ShardCore,
+    pub model_link: ModelLink,
     pub rx: UdpReceiver,
     pub egress: Egress,
     pub counters: Arc<ShardCounters>,
@@ -44,8 +74,10 @@ impl Shard {
             egress,
             counters,
             latency,
+            model_link,
             ..
         } = self;
+        model_link.service(core, pickup_ns);
         let mut sink = EgressSink {
             egress,
             counters,

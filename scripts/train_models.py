@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Train sluice's example fraud models and write them as ONNX, plus a parity fixture.
+
+Synthetic data: per-card streams of transactions. Fraud bursts are large amounts arriving fast
+relative to the card's own history. Each row holds exactly the features sluice builds per
+Observation (src/features/mod.rs), computed the same way from a running per-key state:
+  amount, ln(1 + count), mean amount, EWMA amount (alpha 0.1), amount / EWMA, secs since previous.
+
+Writes (committed; sluice embeds fraud_lr.onnx as its default model):
+  src/infer/models/fraud_lr.onnx     logistic regression
+  src/infer/models/fraud_gbdt.onnx   gradient-boosted trees, 100 trees
+  tests/fixtures/onnx_parity.json    64 rows and Python onnxruntime's probabilities for both
+  tests/fixtures/bad_shape.onnx      a valid model whose input width (3) sluice must refuse
+
+Needs: numpy scikit-learn skl2onnx onnxruntime==1.31.1 (scripts/install-deps --models installs them).
+Deterministic: seeded.
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALPHA = 0.1
+WIDTH = 6
+
+
+def features(state, amount, ts):
+    """Mirror of features::build_row after state::HotTable::apply for an Observation."""
+    count, total, ewma, prev = state
+    count += 1
+    total += amount
+    ewma = amount if count == 1 else ALPHA * amount + (1 - ALPHA) * ewma
+    prev_ts = ts if prev is None else prev
+    row = [
+        amount,
+        math.log1p(count),
+        total / count,
+        ewma,
+        amount / ewma if abs(ewma) > 1e-12 else 1.0,
+        max(ts - prev_ts, 0) * 1e-9,
+    ]
+    return row, (count, total, ewma, ts)
+
+
+def synthesize(rng, cards=4000, events=120_000):
+    states = {}
+    rows, labels = [], []
+    ts = 1_700_000_000 * 10**9
+    for _ in range(events):
+        card = int(rng.integers(cards))
+        fraud_card = card % 50 == 0
+        burst = fraud_card and rng.random() < 0.3
+        ts += int(rng.exponential(2e7))
+        base = 20 + (card % 17) * 5
+        amount = float(rng.lognormal(math.log(base), 0.4))
+        if burst:
+            amount *= float(rng.uniform(4, 12))
+        state = states.get(card, (0, 0.0, 0.0, None))
+        if burst and state[3] is not None:
+            ts_event = state[3] + int(rng.exponential(5e8))
+        else:
+            ts_event = ts
+        row, states[card] = features(state, amount, max(ts_event, state[3] or 0))
+        rows.append(row)
+        labels.append(1 if burst else 0)
+    return np.asarray(rows, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+
+
+def export(model, path):
+    onx = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, model.n_features_in_]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+
+
+def main():
+    rng = np.random.default_rng(20261129)
+    x, y = synthesize(rng)
+    print(f"{len(y)} rows, {y.mean():.3%} fraud", file=sys.stderr)
+    models = os.path.join(ROOT, "src", "infer", "models")
+    fixtures = os.path.join(ROOT, "tests", "fixtures")
+    os.makedirs(models, exist_ok=True)
+    os.makedirs(fixtures, exist_ok=True)
+
+    lr = LogisticRegression(max_iter=2000, C=1.0).fit(x, y)
+    export(lr, os.path.join(models, "fraud_lr.onnx"))
+    gbdt = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=1).fit(x, y)
+    export(gbdt, os.path.join(models, "fraud_gbdt.onnx"))
+    bad = LogisticRegression(max_iter=500).fit(x[:, :3], y)
+    export(bad, os.path.join(fixtures, "bad_shape.onnx"))
+
+    sample = x[rng.choice(len(x), 64, replace=False)]
+    parity = {"width": WIDTH, "rows": sample.tolist(), "models": {}}
+    for name in ["fraud_lr", "fraud_gbdt"]:
+        sess = ort.InferenceSession(os.path.join(models, f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        probs = sess.run(["probabilities"], {"input": sample})[0]
+        parity["models"][name] = probs[:, 1].tolist()
+        print(f"{name}: train accuracy {((sess.run(['label'], {'input': x})[0]) == y).mean():.4f}", file=sys.stderr)
+    parity["onnxruntime"] = ort.__version__
+    with open(os.path.join(fixtures, "onnx_parity.json"), "w") as f:
+        json.dump(parity, f)
+    print("wrote models and fixtures", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

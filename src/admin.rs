@@ -1,0 +1,96 @@
+//! The admin socket: a Unix socket (`admin.socket`) taking one line per connection:
+//!   `reload` | `reload PATH` -> `ok VERSION` or `error WHY`
+//!   `version`                -> `ok VERSION`
+//! `sluice reload` is its client. Control-plane only: never touched per event.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::control::Request;
+use crate::shard::Control;
+
+pub fn serve(
+    path: &Path,
+    requests: mpsc::Sender<Request>,
+    control: Arc<Control>,
+) -> std::io::Result<JoinHandle<()>> {
+    // A socket left by a previous run would make bind fail; anything else at the path is kept.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let path: PathBuf = path.to_owned();
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            while !control.stop_requested() {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Err(e) = handle(stream, &requests) {
+                            tracing::warn!("admin connection: {e}");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "admin socket {}: {e}; admin commands are off",
+                            path.display()
+                        );
+                        break;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })
+}
+
+fn handle(stream: UnixStream, requests: &mpsc::Sender<Request>) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).take(4096).read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    let answer = match (words.next(), words.next()) {
+        (Some("reload"), path) => {
+            let (tx, rx) = mpsc::channel();
+            let _ = requests.send(Request::Reload {
+                path: path.map(str::to_owned),
+                reply: tx,
+            });
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(Ok(v)) => format!("ok {v}"),
+                Ok(Err(why)) => format!("error {why}"),
+                Err(_) => "error the control thread did not answer".to_owned(),
+            }
+        }
+        (Some("version"), None) => {
+            let (tx, rx) = mpsc::channel();
+            let _ = requests.send(Request::Version { reply: tx });
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_or_else(|_| "error no answer".to_owned(), |v| format!("ok {v}"))
+        }
+        _ => format!(
+            "error unknown command {:?} (try: reload [PATH], version)",
+            line.trim()
+        ),
+    };
+    (&stream).write_all(format!("{answer}\n").as_bytes())
+}
+
+/// Client side: send one command, return the answer line.
+pub fn request(path: &Path, command: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(180)))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer)?;
+    Ok(answer.trim().to_owned())
+}

@@ -1,0 +1,144 @@
+//! The control thread: everything about models that must stay off the shards' hot path.
+//! - Reloads (SIGHUP, `sluice reload`, `Running::reload`): read the file, build one ONNX
+//!   session per shard, check it and warm it up, give it the next version, hand it to each
+//!   shard through its update ring; a model that fails any check is refused and the running
+//!   one keeps serving.
+//! - Online learning: every `model.online.average_interval_ms`, average the shards' online
+//!   weights (weighted by the Feedback each saw) into a new version and send it back.
+//! - Dropping replaced models (ORT session teardown is slow) here instead of on a shard.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtrb::{Consumer, Producer};
+
+use crate::config::Config;
+use crate::infer::{build_primary, online, ModelUpdate, ShardReport};
+use crate::shard::Control;
+use crate::wake::Waker;
+
+/// A request to the control thread; the answer is the new model version or why not.
+pub enum Request {
+    Reload {
+        path: Option<String>,
+        reply: mpsc::Sender<Result<u32, String>>,
+    },
+    Version {
+        reply: mpsc::Sender<u32>,
+    },
+}
+
+/// The control thread's ends of one shard's rings.
+pub struct ShardLink {
+    pub updates: Producer<ModelUpdate>,
+    pub reports: Consumer<ShardReport>,
+}
+
+pub struct ControlLoop {
+    pub config: Config,
+    pub links: Vec<ShardLink>,
+    pub wakers: Arc<Vec<Waker>>,
+    pub requests: mpsc::Receiver<Request>,
+    pub version: u32,
+    pub width: usize,
+}
+
+impl ControlLoop {
+    pub fn run(mut self, control: &Control) {
+        let interval = Duration::from_millis(self.config.model.online.average_interval_ms);
+        let mut next_average = Instant::now() + interval;
+        let mut snapshots: Vec<Option<(Box<[f32]>, u64)>> =
+            (0..self.links.len()).map(|_| None).collect();
+        while !control.stop_requested() {
+            match self.requests.recv_timeout(Duration::from_millis(5)) {
+                Ok(Request::Reload { path, reply }) => {
+                    let _ = reply.send(self.reload(path.as_deref()));
+                }
+                Ok(Request::Version { reply }) => {
+                    let _ = reply.send(self.version);
+                }
+                Err(_) => {}
+            }
+            for (i, link) in self.links.iter_mut().enumerate() {
+                while let Ok(report) = link.reports.pop() {
+                    match report {
+                        ShardReport::Snapshot(params, n) => snapshots[i] = Some((params, n)),
+                        ShardReport::Retired(model) => drop(model),
+                    }
+                }
+            }
+            if Instant::now() >= next_average {
+                next_average += interval;
+                let round: Vec<(Box<[f32]>, u64)> =
+                    snapshots.iter_mut().filter_map(Option::take).collect();
+                if let Some(avg) = online::average(&round) {
+                    self.version += 1;
+                    let v = self.version;
+                    let updates = (0..self.links.len())
+                        .map(|_| ModelUpdate::Online(avg.clone(), v))
+                        .collect();
+                    self.broadcast(updates);
+                    tracing::debug!(version = v, shards = round.len(), "online model averaged");
+                }
+            }
+        }
+        // Shards may hand back models while they drain; they are dropped with the rings.
+    }
+
+    fn reload(&mut self, path: Option<&str>) -> Result<u32, String> {
+        let started = Instant::now();
+        let shown = path.unwrap_or(&self.config.model.path).to_owned();
+        let mut models = Vec::with_capacity(self.links.len());
+        for _ in 0..self.links.len() {
+            match build_primary(&self.config, path) {
+                Ok(Some(m)) if m.width() == self.width => models.push(m),
+                Ok(Some(m)) => {
+                    return Err(format!(
+                        "{shown}: model takes {} features but sluice is running with rows of {}; restart to change the feature row",
+                        m.width(),
+                        self.width
+                    ))
+                }
+                Ok(None) => return Err("model.kind = \"online\" has no model file to reload".to_owned()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.version += 1;
+        let v = self.version;
+        self.broadcast(
+            models
+                .into_iter()
+                .map(|m| ModelUpdate::Primary(m, v))
+                .collect(),
+        );
+        tracing::info!(version = v, model = %shown, took_ms = started.elapsed().as_millis() as u64, "model reloaded on every shard");
+        Ok(v)
+    }
+
+    /// Send update i to shard i, waking it; waits (bounded) for room in a full ring.
+    fn broadcast(&mut self, updates: Vec<ModelUpdate>) {
+        debug_assert_eq!(updates.len(), self.links.len());
+        for ((i, link), mut update) in self.links.iter_mut().enumerate().zip(updates) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match link.updates.push(update) {
+                    Ok(()) => break,
+                    Err(rtrb::PushError::Full(u)) if Instant::now() < deadline => {
+                        update = u;
+                        self.wakers[i].wake();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            shard = i,
+                            "shard took no model update for 5 s; it keeps its current model"
+                        );
+                        break;
+                    }
+                }
+            }
+            self.wakers[i].wake();
+        }
+    }
+}
