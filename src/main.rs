@@ -195,9 +195,22 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
             return std::process::ExitCode::from(1);
         }
     };
-    // Placement depends on this machine: check it too, as `run` would.
+    // Placement and the model depend on this machine: check them too, as `run` would.
     let topo = sluice::topology::discover();
+    let mut problems = Vec::new();
+    if let Err(e) = sluice::infer::build_primary(&config, None) {
+        problems.push(e.to_string());
+    }
     match sluice::topology::plan(&config.shards, &topo) {
+        Ok(_) if !problems.is_empty() => {
+            eprintln!(
+                "{}: invalid on this machine ({} problem(s)):\n  - {}",
+                file.display(),
+                problems.len(),
+                problems.join("\n  - ")
+            );
+            std::process::ExitCode::from(1)
+        }
         Ok(p) => {
             println!(
                 "{}: ok ({} shard(s) on CPUs {:?}; {})",
@@ -208,9 +221,10 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
             );
             std::process::ExitCode::SUCCESS
         }
-        Err(problems) => {
+        Err(placement) => {
+            problems.extend(placement);
             eprintln!(
-                "{}: invalid configuration ({} problem(s)) on this machine:\n  - {}",
+                "{}: invalid on this machine ({} problem(s)):\n  - {}",
                 file.display(),
                 problems.len(),
                 problems.join("\n  - ")

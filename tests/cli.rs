@@ -63,6 +63,23 @@ fn check_config_checks_ranges_and_cores_against_this_machine() {
     let out = sluice().arg("check-config").arg(&cores).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("shards.cores[1] = 4096"));
+    let no_model = temp_file(
+        "model.toml",
+        "[model]\npath = \"/nonexistent/fraud.onnx\"\n[shards]\ncores = [4096]\n",
+    );
+    let out = sluice()
+        .arg("check-config")
+        .arg(&no_model)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read model file /nonexistent/fraud.onnx")
+            && err.contains("shards.cores[0] = 4096")
+            && err.contains("2 problem(s)"),
+        "{err}"
+    );
     let good = temp_file("good.toml", "[shards]\ncount = 1\n");
     let out = sluice().arg("check-config").arg(&good).output().unwrap();
     assert_eq!(
@@ -164,4 +181,85 @@ fn run_serves_then_drains_and_reports_on_sigterm() {
     let hgrm = std::fs::read_to_string(hgrm_dir.join("receive_to_emit.hgrm")).unwrap();
     assert!(hgrm.contains("Total count    =            5"), "{hgrm}");
     let _ = std::fs::remove_dir_all(&hgrm_dir);
+}
+
+#[test]
+fn reload_through_the_admin_socket_and_sighup() {
+    let dir = std::env::temp_dir().join(format!("sluice-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("admin.sock");
+    let model = dir.join("model.onnx");
+    std::fs::write(
+        &model,
+        sluice::infer::onnx::model_bytes("builtin:fraud_lr").unwrap(),
+    )
+    .unwrap();
+    let mut child = sluice()
+        .args([
+            "run",
+            "--set",
+            "ingest.udp.listen=127.0.0.1:0",
+            "--set",
+            "shards.count=1",
+            "--set",
+            "state.hot_capacity=1024",
+        ])
+        .args(["--set", &format!("admin.socket={}", socket.display())])
+        .args(["--set", &format!("model.path={}", model.display())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("sluice listening on"), "{line}");
+
+    let reload = |model: &str| {
+        sluice()
+            .args(["reload", "--socket"])
+            .arg(&socket)
+            .args(["--model", model])
+            .output()
+            .unwrap()
+    };
+    let ok = reload("builtin:fraud_gbdt");
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "ok 2");
+    let bad = reload("/nonexistent/model.onnx");
+    assert_eq!(bad.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        said.starts_with("error ")
+            && said.contains("cannot read model file /nonexistent/model.onnx"),
+        "{said}"
+    );
+
+    // SIGHUP re-reads model.path: a corrupt file is refused (version stays), a good one loads.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let version = || sluice::admin::request(&socket, "version").unwrap();
+    std::fs::write(&model, b"corrupt").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(version(), "ok 2");
+    std::fs::write(
+        &model,
+        sluice::infer::onnx::model_bytes("builtin:fraud_lr").unwrap(),
+    )
+    .unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let mut v = version();
+    for _ in 0..100 {
+        if v == "ok 3" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        v = version();
+    }
+    assert_eq!(v, "ok 3");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!socket.exists(), "the admin socket is removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
 }
