@@ -41,7 +41,18 @@ pub fn describe() -> Machine {
             )
         })
         .unwrap_or_else(|_| "unknown".to_owned());
-    let status = command("git", &["status", "--porcelain", "--untracked-files=no"]);
+    // The results directory itself changes as runs write into it; only code counts as dirty.
+    let status = command(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench/results",
+        ],
+    );
     let dirty = status != "unknown" && !status.is_empty();
     Machine {
         cpu_model,

@@ -28,6 +28,8 @@ pub struct PendingScore {
 /// Where the core puts Scores; `Egress` sends them, tests collect them.
 pub trait ScoreSink {
     fn emit(&mut self, reply_to: SocketAddr, s: PendingScore);
+    /// How long one model call took (ns); recorded where the shard keeps its histograms.
+    fn model_ran(&mut self, _ns: u64) {}
 }
 
 impl ScoreSink for Vec<(SocketAddr, PendingScore)> {
@@ -197,6 +199,10 @@ pub struct EgressSink<'a> {
 impl ScoreSink for EgressSink<'_> {
     fn emit(&mut self, reply_to: SocketAddr, s: PendingScore) {
         self.egress.push(reply_to, s, self.counters, self.latency);
+    }
+
+    fn model_ran(&mut self, ns: u64) {
+        self.latency.model_run.saturating_record(ns.max(1));
     }
 }
 

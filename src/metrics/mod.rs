@@ -116,6 +116,8 @@ pub struct ShardLatency {
     pub receive_to_emit: Histogram<u64>,
     /// Shard pickup -> reply handed to the kernel.
     pub in_shard: Histogram<u64>,
+    /// Model run time per micro-batch (one call of the shard's model).
+    pub model_run: Histogram<u64>,
     /// Values above the histogram's range (clamped to it).
     pub clamped: u64,
     max_ns: u64,
@@ -126,6 +128,7 @@ impl ShardLatency {
         Ok(Self {
             receive_to_emit: Histogram::new_with_bounds(1, max_ns, 3)?,
             in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
+            model_run: Histogram::new_with_bounds(1, max_ns, 3)?,
             clamped: 0,
             max_ns,
         })

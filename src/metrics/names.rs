@@ -20,3 +20,5 @@ pub const URING_REARMS: &str = "sluice_uring_rearms_total";
 pub const HOT_KEYS: &str = "sluice_hot_keys";
 pub const RECEIVE_TO_EMIT: &str = "sluice_receive_to_emit_seconds";
 pub const IN_SHARD: &str = "sluice_in_shard_seconds";
+/// One model call (a micro-batch of rows).
+pub const MODEL_RUN: &str = "sluice_model_run_seconds";

@@ -34,6 +34,7 @@ pub struct Report {
     pub latency_clamped: u64,
     pub receive_to_emit: Option<Histogram<u64>>,
     pub in_shard: Option<Histogram<u64>>,
+    pub model_run: Option<Histogram<u64>>,
     /// Per shard: (events received by its socket, observations applied as owner).
     pub per_shard: Vec<(u64, u64)>,
 }
@@ -74,6 +75,7 @@ impl Report {
             r.latency_clamped += l.clamped;
             merge_into(&mut r.receive_to_emit, l.receive_to_emit);
             merge_into(&mut r.in_shard, l.in_shard);
+            merge_into(&mut r.model_run, l.model_run);
         }
         r
     }
@@ -171,6 +173,7 @@ impl Report {
         s.push_str(&percentile_table(&[
             ("receive->emit", self.receive_to_emit.as_ref()),
             ("in-shard", self.in_shard.as_ref()),
+            ("model run", self.model_run.as_ref()),
         ]));
         if self.latency_clamped > 0 {
             let _ = writeln!(

@@ -103,7 +103,10 @@ impl Owner {
         }
         debug_assert_eq!(self.batch.len(), self.meta.len());
         let n = self.batch.len();
-        match self.model.score(&self.batch, &mut self.scores[..n]) {
+        let started = std::time::Instant::now();
+        let result = self.model.score(&self.batch, &mut self.scores[..n]);
+        sink.model_ran(started.elapsed().as_nanos() as u64);
+        match result {
             Ok(()) => {
                 let version = self.model.version();
                 for ((reply_to, mut p), s) in self.meta.drain(..).zip(&self.scores[..n]) {
