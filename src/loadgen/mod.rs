@@ -313,7 +313,7 @@ fn send(
                 seq,
                 ts_ns: 0,
                 feedback,
-                amount: 1.0 + rng.unit() as f32 * 500.0,
+                amount: rng.amount_for(key),
                 label,
                 features: &features,
             });

@@ -17,6 +17,16 @@ impl Rng {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
+    /// A transaction amount for `key`: each key has its own typical amount (20 to 100) with
+    /// log-normal noise (sigma 0.4), the shape the example fraud models were trained on.
+    pub fn amount_for(&mut self, key: u64) -> f32 {
+        let typical = 20.0 + (key % 17) as f64 * 5.0;
+        // Box-Muller: a standard normal from two uniforms.
+        let (u1, u2) = (self.unit().max(f64::MIN_POSITIVE), self.unit());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        (typical * (0.4 * z).exp()) as f32
+    }
+
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
