@@ -1,6 +1,7 @@
 //! The admin socket: a Unix socket (`admin.socket`) taking one line per connection:
 //!   `reload` | `reload PATH` -> `ok VERSION` or `error WHY`
 //!   `version`                -> `ok VERSION`
+//!   `state KEY`              -> `ok key K (shard S, hot|spilled): observations=...`
 //! `sluice reload` is its client. Control-plane only: never touched per event.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -71,6 +72,18 @@ fn handle(stream: UnixStream, requests: &mpsc::Sender<Request>) -> std::io::Resu
                 Err(_) => "error the control thread did not answer".to_owned(),
             }
         }
+        (Some("state"), Some(key)) => match key.parse::<u64>() {
+            Ok(key) => {
+                let (tx, rx) = mpsc::channel();
+                let _ = requests.send(Request::StateGet { key, reply: tx });
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Ok(text)) => format!("ok {text}"),
+                    Ok(Err(why)) => format!("error {why}"),
+                    Err(_) => "error the control thread did not answer".to_owned(),
+                }
+            }
+            Err(_) => format!("error {key:?} is not a key (an unsigned 64-bit integer)"),
+        },
         (Some("version"), None) => {
             let (tx, rx) = mpsc::channel();
             let _ = requests.send(Request::Version { reply: tx });
@@ -78,7 +91,7 @@ fn handle(stream: UnixStream, requests: &mpsc::Sender<Request>) -> std::io::Resu
                 .map_or_else(|_| "error no answer".to_owned(), |v| format!("ok {v}"))
         }
         _ => format!(
-            "error unknown command {:?} (try: reload [PATH], version)",
+            "error unknown command {:?} (try: reload [PATH], version, state KEY)",
             line.trim()
         ),
     };

@@ -16,7 +16,7 @@ use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, Urin
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
-use crate::shard::{Control, ModelLink, Shard, ShardCore};
+use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
@@ -68,6 +68,16 @@ impl Running {
             })
             .map_err(|_| "the control thread has stopped".to_owned())?;
         rx.recv_timeout(Duration::from_secs(120))
+            .map_err(|_| "the control thread did not answer".to_owned())?
+    }
+
+    /// A key's state, from the shard that owns it, as `sluice state get` prints it.
+    pub fn state_get(&self, key: u64) -> Result<String, String> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(Request::StateGet { key, reply: tx })
+            .map_err(|_| "the control thread has stopped".to_owned())?;
+        rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| "the control thread did not answer".to_owned())?
     }
 
@@ -160,13 +170,16 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     for _ in 0..shards {
         let (updates_tx, updates_rx) = rtrb::RingBuffer::<ModelUpdate>::new(8);
         let (reports_tx, reports_rx) = rtrb::RingBuffer::<ShardReport>::new(64);
+        let (queries_tx, queries_rx) = rtrb::RingBuffer::<StateQuery>::new(16);
         links.push(ShardLink {
             updates: updates_tx,
             reports: reports_rx,
+            queries: queries_tx,
         });
         shard_links.push(ModelLink {
             updates: updates_rx,
             reports: reports_tx,
+            queries: queries_rx,
             snapshot_interval_ns,
             next_snapshot_ns: 0,
         });
@@ -316,7 +329,18 @@ fn build_shard(
             config.wire.datagram_bytes_max,
         ))),
     };
-    let core = ShardCore::new(id, shards, config, rings, model, counters.clone());
+    let spill = if config.state.dir.is_empty() {
+        None
+    } else {
+        let dir = std::path::Path::new(&config.state.dir)
+            .join(format!("shard-{id}"))
+            .join("spill");
+        Some(
+            crate::state::Spill::open(&dir, config.state.spill_cache_bytes)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let core = ShardCore::new(id, shards, config, rings, model, spill, counters.clone());
     let latency = ShardLatency::new(config.metrics.latency_max_ns).map_err(|e| e.to_string())?;
     tracing::info!(
         shard = id,

@@ -15,7 +15,7 @@ use rtrb::{Consumer, Producer};
 
 use crate::config::Config;
 use crate::infer::{build_primary, online, ModelUpdate, ShardReport};
-use crate::shard::Control;
+use crate::shard::{Control, StateQuery};
 use crate::wake::Waker;
 
 /// A request to the control thread; the answer is the new model version or why not.
@@ -27,12 +27,18 @@ pub enum Request {
     Version {
         reply: mpsc::Sender<u32>,
     },
+    /// A key's state, formatted for people, from the shard that owns it.
+    StateGet {
+        key: u64,
+        reply: mpsc::Sender<Result<String, String>>,
+    },
 }
 
 /// The control thread's ends of one shard's rings.
 pub struct ShardLink {
     pub updates: Producer<ModelUpdate>,
     pub reports: Consumer<ShardReport>,
+    pub queries: Producer<StateQuery>,
 }
 
 pub struct ControlLoop {
@@ -57,6 +63,9 @@ impl ControlLoop {
                 }
                 Ok(Request::Version { reply }) => {
                     let _ = reply.send(self.version);
+                }
+                Ok(Request::StateGet { key, reply }) => {
+                    let _ = reply.send(self.state_get(key));
                 }
                 Err(_) => {}
             }
@@ -84,6 +93,35 @@ impl ControlLoop {
             }
         }
         // Shards may hand back models while they drain; they are dropped with the rings.
+    }
+
+    fn state_get(&mut self, key: u64) -> Result<String, String> {
+        let shard = crate::route::owner(key, self.links.len());
+        let (tx, rx) = mpsc::channel();
+        self.links[shard]
+            .queries
+            .push(StateQuery { key, reply: tx })
+            .map_err(|_| format!("shard {shard} is busy with queries"))?;
+        self.wakers[shard].wake();
+        let answer = rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| format!("shard {shard} did not answer"))??;
+        let Some((r, place)) = answer else {
+            return Ok(format!("key {key}: no state (owner shard {shard})"));
+        };
+        let now = crate::clock::realtime_ns();
+        Ok(format!(
+            "key {key} (shard {shard}, {place}): observations={} feedbacks={} positives={} mean_amount={:.4} \
+             ewma_amount={:.4} first_event_ns={} last_event_ns={} secs_since_last={:.3}",
+            r.observations,
+            r.feedbacks,
+            r.positives,
+            r.mean_amount(),
+            r.ewma_amount,
+            r.first_event_ns,
+            r.last_event_ns,
+            now.saturating_sub(r.last_event_ns) as f64 * 1e-9
+        ))
     }
 
     fn reload(&mut self, path: Option<&str>) -> Result<u32, String> {

@@ -41,6 +41,11 @@ enum Command {
     },
     /// Print the embedded default config (every key, with what it costs).
     PrintConfig,
+    /// Inspect a running sluice's keyed state (through its admin.socket).
+    State {
+        #[command(subcommand)]
+        what: StateCommand,
+    },
     /// Ask a running sluice (through its admin.socket) to load a model as the next version.
     Reload {
         /// The running service's admin socket (its `admin.socket`).
@@ -68,6 +73,16 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         sets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print one key's state (hot or spilled) from the shard that owns it.
+    Get {
+        key: u64,
+        #[arg(long, default_value = "/run/sluice/admin.sock")]
+        socket: PathBuf,
     },
 }
 
@@ -129,6 +144,23 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::CheckConfig { file, sets } => {
             return Ok(check_config(&file, &sets));
+        }
+        Command::State {
+            what: StateCommand::Get { key, socket },
+        } => {
+            let answer =
+                sluice::admin::request(&socket, &format!("state {key}")).with_context(|| {
+                    format!(
+                        "talking to {} (is sluice running with admin.socket set?)",
+                        socket.display()
+                    )
+                })?;
+            println!("{}", answer.strip_prefix("ok ").unwrap_or(&answer));
+            return Ok(if answer.starts_with("ok") {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            });
         }
         Command::Reload { socket, model } => {
             let command = model.map_or_else(|| "reload".to_owned(), |m| format!("reload {m}"));

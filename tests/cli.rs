@@ -235,6 +235,42 @@ fn reload_through_the_admin_socket_and_sighup() {
         "{said}"
     );
 
+    // `sluice state get` asks the owner shard through the same socket.
+    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut enc = EventBatchEncoder::new();
+    client
+        .send_to(
+            enc.encode(
+                [EventIn {
+                    key: 77,
+                    seq: 1,
+                    amount: 4.0,
+                    ..EventIn::default()
+                }]
+                .into_iter(),
+            ),
+            &addr,
+        )
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    client.recv(&mut buf).expect("a score comes back");
+    let state = sluice()
+        .args(["state", "get", "77", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(state.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&state.stdout);
+    assert!(
+        text.contains("key 77 (shard 0, hot): observations=1")
+            && text.contains("mean_amount=4.0000"),
+        "{text}"
+    );
+
     // SIGHUP re-reads model.path: a corrupt file is refused (version stays), a good one loads.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let version = || sluice::admin::request(&socket, "version").unwrap();

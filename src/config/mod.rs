@@ -126,6 +126,8 @@ pub struct Route {
 pub struct State {
     pub hot_capacity: usize,
     pub ewma_alpha: f64,
+    pub dir: String,
+    pub spill_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

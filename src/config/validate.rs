@@ -12,6 +12,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     };
 
     range(
+        "state.spill_cache_bytes",
+        c.state.spill_cache_bytes,
+        1 << 20,
+        1 << 40,
+    );
+    range(
         "ingest.udp.uring_buffers",
         c.ingest.udp.uring_buffers,
         8,

@@ -52,7 +52,7 @@ mod tests {
             sum_amount: 30.0,
             ewma_amount: 5.0,
             prev_event_ns: 1_000_000_000,
-            used: 1,
+            flags: 1,
             ..Record::default()
         };
         let mut row = [9.0f32; 8];

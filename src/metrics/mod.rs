@@ -52,14 +52,17 @@ pub enum DropReason {
     ModelError,
     /// The reply datagram could not be sent.
     SendError,
+    /// The spill store failed (I/O); the key's state is unchanged.
+    StateError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         Self::RingFull,
         Self::StateFull,
         Self::ModelError,
         Self::SendError,
+        Self::StateError,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -67,6 +70,7 @@ impl DropReason {
             Self::StateFull => "state_full",
             Self::ModelError => "model_error",
             Self::SendError => "send_error",
+            Self::StateError => "state_error",
         }
     }
 }
@@ -88,6 +92,11 @@ pub struct ShardCounters {
     pub uring_enobufs: Counter,
     pub uring_rearms: Counter,
     pub hot_keys: Counter,
+    pub spilled_keys: Counter,
+    pub hot_hits: Counter,
+    pub hot_misses: Counter,
+    pub spills: Counter,
+    pub reloads: Counter,
 }
 
 impl ShardCounters {

@@ -31,6 +31,11 @@ pub struct Report {
     pub uring_enobufs: u64,
     pub uring_rearms: u64,
     pub hot_keys: u64,
+    pub spilled_keys: u64,
+    pub hot_hits: u64,
+    pub hot_misses: u64,
+    pub spills: u64,
+    pub reloads: u64,
     pub latency_clamped: u64,
     pub receive_to_emit: Option<Histogram<u64>>,
     pub in_shard: Option<Histogram<u64>>,
@@ -65,6 +70,11 @@ impl Report {
             uring_enobufs: sum(&|c| c.uring_enobufs.get()),
             uring_rearms: sum(&|c| c.uring_rearms.get()),
             hot_keys: sum(&|c| c.hot_keys.get()),
+            spilled_keys: sum(&|c| c.spilled_keys.get()),
+            hot_hits: sum(&|c| c.hot_hits.get()),
+            hot_misses: sum(&|c| c.hot_misses.get()),
+            spills: sum(&|c| c.spills.get()),
+            reloads: sum(&|c| c.reloads.get()),
             per_shard: counters
                 .iter()
                 .map(|c| (c.events_received.get(), c.observations_applied.get()))
@@ -164,6 +174,17 @@ impl Report {
         let _ = writeln!(s, "  {:<40} {}", names::URING_ENOBUFS, self.uring_enobufs);
         let _ = writeln!(s, "  {:<40} {}", names::URING_REARMS, self.uring_rearms);
         let _ = writeln!(s, "  {:<40} {}", names::HOT_KEYS, self.hot_keys);
+        for (name, v) in [
+            (names::SPILLED_KEYS, self.spilled_keys),
+            (names::HOT_HITS, self.hot_hits),
+            (names::HOT_MISSES, self.hot_misses),
+            (names::SPILLS, self.spills),
+            (names::RELOADS, self.reloads),
+        ] {
+            if v > 0 {
+                let _ = writeln!(s, "  {name:<40} {v}");
+            }
+        }
         for (i, (recv, owned)) in self.per_shard.iter().enumerate() {
             let _ = writeln!(
                 s,

@@ -13,12 +13,12 @@ use crate::ingest::Datagram;
 use crate::limits::FEATURES_INLINE_MAX;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Inbound, Outbound, RoutedEvent};
-use crate::state::{HotTable, StateError, Update};
+use crate::state::{HotTable, KeyedState, Spill, StateError, Update};
 use crate::wire::{DecodeError, Decoder, EventKind, ScoreOut};
 
 /// State, features and model: everything that happens at the key's owner.
 pub struct Owner {
-    table: HotTable,
+    table: KeyedState,
     batch: FeatureBatch,
     meta: Vec<(SocketAddr, PendingScore)>,
     scores: Vec<f32>,
@@ -27,7 +27,7 @@ pub struct Owner {
     learn_row: Vec<f32>,
     alert_threshold: f32,
     counters: Arc<ShardCounters>,
-    state_full_seen: u64,
+    state_refused: u64,
 }
 
 impl Owner {
@@ -41,21 +41,24 @@ impl Owner {
         };
         let record = match self.table.apply(&update) {
             Ok(r) => r,
-            Err(e @ StateError::Full { .. }) => {
-                self.counters.dropped_events(DropReason::StateFull, 1);
-                self.state_full_seen += 1;
-                // Log the 1st, 2nd, 4th, 8th, ... rejection: never silent, never a log storm.
-                if self.state_full_seen.is_power_of_two() {
+            Err(e) => {
+                let reason = match e {
+                    StateError::Full { .. } => DropReason::StateFull,
+                    StateError::Spill(_) => DropReason::StateError,
+                };
+                self.counters.dropped_events(reason, 1);
+                self.state_refused += 1;
+                // Log the 1st, 2nd, 4th, 8th, ... refusal: never silent, never a log storm.
+                if self.state_refused.is_power_of_two() {
                     tracing::warn!(
                         key = ev.key,
-                        rejected = self.state_full_seen,
+                        refused = self.state_refused,
                         "event rejected: {e}"
                     );
                 }
                 return;
             }
         };
-        self.counters.hot_keys.set(self.table.len() as u64);
         match ev.kind {
             EventKind::Feedback => {
                 self.counters.feedback_applied.inc();
@@ -153,6 +156,7 @@ impl ShardCore {
         config: &Config,
         (out, inbound): (Outbound, Inbound),
         model: ShardModel,
+        spill: Option<Spill>,
         counters: Arc<ShardCounters>,
     ) -> Self {
         let width = model.width();
@@ -171,7 +175,10 @@ impl ShardCore {
             ),
             touched: vec![false; shards],
             owner: Owner {
-                table: HotTable::new(config.state.hot_capacity, config.state.ewma_alpha),
+                table: KeyedState::new(
+                    HotTable::new(config.state.hot_capacity, config.state.ewma_alpha),
+                    spill,
+                ),
                 batch: FeatureBatch::new(width, batch_max),
                 meta: Vec::with_capacity(batch_max),
                 scores: vec![0.0; batch_max],
@@ -179,7 +186,7 @@ impl ShardCore {
                 learn_row: vec![0.0; width],
                 alert_threshold: config.model.alert_threshold,
                 counters: counters.clone(),
-                state_full_seen: 0,
+                state_refused: 0,
             },
             counters,
         }
@@ -190,9 +197,17 @@ impl ShardCore {
         self.owner.table.memory_bytes()
     }
 
-    /// A key's hot record, if this shard owns and holds it.
-    pub fn record(&self, key: u64) -> Option<crate::state::Record> {
-        self.owner.table.get(key).copied()
+    /// A key's record, hot or spilled, if this shard owns it.
+    pub fn record(&self, key: u64) -> Result<Option<crate::state::Record>, StateError> {
+        self.owner.table.get(key)
+    }
+
+    /// A key's record and where it lives ("hot" or "spilled").
+    pub fn locate(
+        &self,
+        key: u64,
+    ) -> Result<Option<(crate::state::Record, &'static str)>, StateError> {
+        self.owner.table.locate(key)
     }
 
     /// Decode one datagram and send each event to its owner (here, or over a ring).
@@ -308,9 +323,17 @@ impl ShardCore {
         self.owner.model.version()
     }
 
-    /// End of a drain cycle: score what is pending.
+    /// End of a drain cycle: score what is pending, publish the state counters.
     pub fn finish_cycle(&mut self, sink: &mut dyn ScoreSink) {
         self.owner.score(sink);
+        let t = &self.owner.table;
+        let c = &self.counters;
+        c.hot_keys.set(t.hot_len() as u64);
+        c.spilled_keys.set(t.spilled_len());
+        c.hot_hits.set(t.stats.hot_hits);
+        c.hot_misses.set(t.stats.hot_misses);
+        c.spills.set(t.stats.spills);
+        c.reloads.set(t.stats.reloads);
     }
 
     /// Owners pushed to since the last call (and reset).

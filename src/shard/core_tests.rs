@@ -30,7 +30,7 @@ fn cores(sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
         .enumerate()
         .map(|(id, rings)| {
             let model = ShardModel::new(&config, build_primary(&config, None).unwrap(), 1);
-            ShardCore::new(id, 2, &config, rings, model, counters[id].clone())
+            ShardCore::new(id, 2, &config, rings, model, None, counters[id].clone())
         })
         .collect();
     (cores, counters)
@@ -116,7 +116,7 @@ fn events_reach_their_owner_and_every_observation_gets_one_score() {
         };
         assert_eq!(counts, want, "key {k}");
     }
-    assert_eq!(c[1].record(theirs[0]).unwrap().feedbacks, 1);
+    assert_eq!(c[1].record(theirs[0]).unwrap().unwrap().feedbacks, 1);
     assert_eq!(counters[0].events_routed_away.get(), 9);
     assert_eq!(counters[1].feedback_applied.get(), 1);
 }

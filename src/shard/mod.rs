@@ -21,10 +21,18 @@ use crate::ingest::IngestError;
 use crate::metrics::{ShardCounters, ShardLatency};
 use crate::wake::Waker;
 
+/// An admin question about one key, answered by its owner shard between cycles.
+pub struct StateQuery {
+    pub key: u64,
+    pub reply:
+        std::sync::mpsc::Sender<Result<Option<(crate::state::Record, &'static str)>, String>>,
+}
+
 /// The shard's ends of its rings to the control thread.
 pub struct ModelLink {
     pub updates: rtrb::Consumer<ModelUpdate>,
     pub reports: rtrb::Producer<ShardReport>,
+    pub queries: rtrb::Consumer<StateQuery>,
     pub snapshot_interval_ns: u64,
     pub next_snapshot_ns: u64,
 }
@@ -39,6 +47,11 @@ impl ModelLink {
                 // on this shard, once, rather than a leak.
                 let _ = self.reports.push(ShardReport::Retired(old));
             }
+        }
+        while let Ok(q) = self.queries.pop() {
+            let answer = core.locate(q.key).map_err(|e| e.to_string());
+            // The asker may have given up; nothing to do then.
+            let _ = q.reply.send(answer);
         }
         if now_ns >= self.next_snapshot_ns {
             self.next_snapshot_ns = now_ns + self.snapshot_interval_ns;

@@ -1,0 +1,84 @@
+//! Spill and state inspection through the running service: real sockets, real RocksDB.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+#[test]
+fn more_keys_than_hot_slots_still_get_exact_counts() {
+    let dir = std::env::temp_dir().join(format!("sluice-state-svc-{}", std::process::id()));
+    let dir_set = format!("state.dir={}", dir.display());
+    let running = common::start(
+        "io_uring",
+        &[
+            "shards.count=2",
+            "state.hot_capacity=64",
+            &dir_set,
+            "state.spill_cache_bytes=1048576",
+        ],
+    );
+    let mut client = common::Client::new(running.local_addr, 4);
+    // 2000 keys, three rounds each, in batches of 10 keys sharing a socket.
+    for round in 0..3u64 {
+        for start in (0..2000u64).step_by(40) {
+            for sock in 0..4u64 {
+                let batch: Vec<(u64, bool)> =
+                    (0..10u64).map(|j| (start + sock + 4 * j, false)).collect();
+                client.send(&batch);
+            }
+            if start % 400 == 0 {
+                client.pump_for(std::time::Duration::from_millis(2));
+            }
+        }
+        let _ = round;
+    }
+    let scores = client.collect(client.replies_wanted());
+    client.check(&scores);
+    assert_eq!(scores.len(), 6000);
+
+    let spilled = running.state_get(1999).unwrap();
+    assert!(spilled.contains("observations=3"), "{spilled}");
+    let states: Vec<String> = (0..2000u64)
+        .step_by(97)
+        .map(|k| running.state_get(k).unwrap())
+        .collect();
+    assert!(
+        states.iter().all(|s| s.contains("observations=3")),
+        "{states:?}"
+    );
+    assert!(
+        states.iter().any(|s| s.contains(", spilled)")),
+        "some keys live in RocksDB: {states:?}"
+    );
+    assert!(running.state_get(123_456_789).unwrap().contains("no state"));
+
+    let report = running.stop().unwrap();
+    assert!(
+        report.spills > 0 && report.reloads > 0,
+        "spills {} reloads {}",
+        report.spills,
+        report.reloads
+    );
+    assert_eq!(
+        report.hot_keys + report.spilled_keys,
+        2000,
+        "each key in exactly one place"
+    );
+    assert_eq!(
+        report.events_dropped_by("state_full") + report.events_dropped_by("state_error"),
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_state_dir_stops_start_up() {
+    let config = common::config("recvmmsg", &["state.dir=/proc/sluice-cannot-write-here"]);
+    let err = sluice::app::start(&config)
+        .err()
+        .expect("start-up must fail")
+        .to_string();
+    assert!(
+        err.contains("spill store") && err.contains("/proc/sluice-cannot-write-here"),
+        "{err}"
+    );
+}
