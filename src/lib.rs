@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod route;
 pub mod shard;
 pub mod state;
+pub mod testing;
 pub mod topology;
 pub mod wake;
 pub mod wire;

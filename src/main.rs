@@ -148,34 +148,14 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Command::State {
             what: StateCommand::Get { key, socket },
         } => {
-            let answer =
-                sluice::admin::request(&socket, &format!("state {key}")).with_context(|| {
-                    format!(
-                        "talking to {} (is sluice running with admin.socket set?)",
-                        socket.display()
-                    )
-                })?;
-            println!("{}", answer.strip_prefix("ok ").unwrap_or(&answer));
-            return Ok(if answer.starts_with("ok") {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::from(1)
+            // `state get` prints the answer without the protocol's "ok " prefix.
+            return admin_command(&socket, &format!("state {key}"), |a| {
+                a.strip_prefix("ok ").unwrap_or(a).to_owned()
             });
         }
         Command::Reload { socket, model } => {
             let command = model.map_or_else(|| "reload".to_owned(), |m| format!("reload {m}"));
-            let answer = sluice::admin::request(&socket, &command).with_context(|| {
-                format!(
-                    "talking to {} (is sluice running with admin.socket set?)",
-                    socket.display()
-                )
-            })?;
-            println!("{answer}");
-            return Ok(if answer.starts_with("ok") {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::from(1)
-            });
+            return admin_command(&socket, &command, str::to_owned);
         }
         Command::Run { config, sets } => {
             let config = load(config.as_ref(), &sets)?;
@@ -217,6 +197,26 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Send one admin command to a running sluice, print its answer, exit 0 on "ok".
+fn admin_command(
+    socket: &std::path::Path,
+    command: &str,
+    shown: impl Fn(&str) -> String,
+) -> anyhow::Result<std::process::ExitCode> {
+    let answer = sluice::admin::request(socket, command).with_context(|| {
+        format!(
+            "talking to {} (is sluice running with admin.socket set?)",
+            socket.display()
+        )
+    })?;
+    println!("{}", shown(&answer));
+    Ok(if answer.starts_with("ok") {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }
 
 fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCode {

@@ -12,6 +12,43 @@ fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
+/// `sluice run` on an ephemeral loopback port with `sets`; returns the child, its stdout (past
+/// the first line) and the address it announced.
+fn spawn_run(
+    sets: &[String],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut cmd = sluice();
+    cmd.args([
+        "run",
+        "--set",
+        "ingest.udp.listen=127.0.0.1:0",
+        "--set",
+        "state.hot_capacity=1024",
+    ]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("sluice listening on"), "{line}");
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("listening line names the address")
+        .to_owned();
+    (child, stdout, addr)
+}
+
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -113,29 +150,10 @@ fn run_refuses_a_bad_config_with_a_clear_error() {
 #[test]
 fn run_serves_then_drains_and_reports_on_sigterm() {
     let hgrm_dir = std::env::temp_dir().join(format!("sluice-hgrm-{}", std::process::id()));
-    let mut child = sluice()
-        .args([
-            "run",
-            "--set",
-            "ingest.udp.listen=127.0.0.1:0",
-            "--set",
-            "shards.count=2",
-            "--set",
-            "state.hot_capacity=1024",
-        ])
-        .args(["--set", &format!("metrics.hgrm_dir={}", hgrm_dir.display())])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .expect("listening line names the address");
-    assert!(line.starts_with("sluice listening on"), "{line}");
+    let (mut child, mut stdout, addr) = spawn_run(&[
+        "shards.count=2".to_owned(),
+        format!("metrics.hgrm_dir={}", hgrm_dir.display()),
+    ]);
 
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
@@ -148,7 +166,7 @@ fn run_serves_then_drains_and_reports_on_sigterm() {
         amount: 3.0,
         ..EventIn::default()
     }));
-    client.send_to(bytes, addr).unwrap();
+    client.send_to(bytes, &addr).unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
     while got.len() < 5 {
@@ -194,26 +212,11 @@ fn reload_through_the_admin_socket_and_sighup() {
         sluice::infer::onnx::model_bytes("builtin:fraud_lr").unwrap(),
     )
     .unwrap();
-    let mut child = sluice()
-        .args([
-            "run",
-            "--set",
-            "ingest.udp.listen=127.0.0.1:0",
-            "--set",
-            "shards.count=1",
-            "--set",
-            "state.hot_capacity=1024",
-        ])
-        .args(["--set", &format!("admin.socket={}", socket.display())])
-        .args(["--set", &format!("model.path={}", model.display())])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(line.starts_with("sluice listening on"), "{line}");
+    let (mut child, _stdout, addr) = spawn_run(&[
+        "shards.count=1".to_owned(),
+        format!("admin.socket={}", socket.display()),
+        format!("model.path={}", model.display()),
+    ]);
 
     let reload = |model: &str| {
         sluice()
@@ -236,7 +239,6 @@ fn reload_through_the_admin_socket_and_sighup() {
     );
 
     // `sluice state get` asks the owner shard through the same socket.
-    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -5,6 +5,7 @@ mod common;
 
 use common::{start, Client};
 use sluice::route;
+use sluice::testing::events_len_offset;
 use sluice::wire::{EventBatchEncoder, EventIn};
 
 const DRIVERS: [&str; 2] = ["io_uring", "recvmmsg"];
@@ -67,16 +68,6 @@ fn every_observation_gets_one_score_recvmmsg() {
     every_observation_gets_one_score(DRIVERS[1]);
 }
 
-/// Where the events vector's length lives (root -> table -> vtable -> field -> vector).
-fn events_len_pos(b: &[u8]) -> usize {
-    let u32_at = |p: usize| u32::from_le_bytes(b[p..p + 4].try_into().unwrap()) as usize;
-    let root = u32_at(0);
-    let vtable =
-        (root as i64 - i32::from_le_bytes(b[root..root + 4].try_into().unwrap()) as i64) as usize;
-    let field = u16::from_le_bytes(b[vtable + 4..vtable + 6].try_into().unwrap()) as usize;
-    root + field + u32_at(root + field)
-}
-
 fn malformed_datagrams_are_counted_and_valid_traffic_continues(driver: &str) {
     let running = start(
         driver,
@@ -102,7 +93,7 @@ fn malformed_datagrams_are_counted_and_valid_traffic_continues(driver: &str) {
     let mut wrong_id = valid.clone();
     wrong_id[4..8].copy_from_slice(b"NOPE");
     let mut lying = valid.clone();
-    let at = events_len_pos(&lying);
+    let at = events_len_offset(&lying).unwrap();
     lying[at..at + 4].copy_from_slice(&1_000_000u32.to_le_bytes());
     let too_many_features = enc
         .encode(

@@ -59,7 +59,7 @@ fn onnx(c: &mut Criterion) {
 }
 
 fn online(c: &mut Criterion) {
-    let spec = Config::defaults().unwrap().online_spec();
+    let spec = Config::defaults().unwrap().model.online;
     let mut m = OnlineLr::new(6, &spec);
     let rows: Vec<[f32; 6]> = (0..1024).map(row).collect();
     for (i, r) in rows.iter().enumerate() {

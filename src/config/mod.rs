@@ -210,18 +210,6 @@ impl Config {
         }
     }
 
-    pub fn online_spec(&self) -> crate::infer::OnlineSpec {
-        let o = &self.model.online;
-        crate::infer::OnlineSpec {
-            enabled: o.enabled,
-            learning_rate: o.learning_rate,
-            l2: o.l2,
-            adagrad: o.adagrad,
-            blend: o.blend,
-            average_interval_ms: o.average_interval_ms,
-        }
-    }
-
     /// The listen address, already checked by `validate`.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         parse_addr("ingest.udp.listen", &self.ingest.udp.listen)

@@ -11,7 +11,7 @@ pub mod runtime;
 mod shard_model;
 
 pub use linear::LinearScorer;
-pub use online::{OnlineLr, OnlineSpec};
+pub use online::OnlineLr;
 pub use onnx::{OnnxScorer, OnnxSpec};
 pub use shard_model::{build_primary, ModelUpdate, ShardModel, ShardReport};
 

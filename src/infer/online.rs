@@ -6,17 +6,7 @@
 //! step by its gradient history. Everything is preallocated: a prediction or an update does
 //! no allocation.
 
-/// `[model.online]` in config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OnlineSpec {
-    pub enabled: bool,
-    pub learning_rate: f32,
-    pub l2: f32,
-    pub adagrad: bool,
-    /// Served score = (1 - blend) * primary + blend * online.
-    pub blend: f32,
-    pub average_interval_ms: u64,
-}
+use crate::config::OnlineModel;
 
 #[derive(Debug, Clone)]
 pub struct OnlineLr {
@@ -41,7 +31,7 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 impl OnlineLr {
-    pub fn new(width: usize, spec: &OnlineSpec) -> Self {
+    pub fn new(width: usize, spec: &OnlineModel) -> Self {
         Self {
             w: vec![0.0; width],
             b: 0.0,
@@ -173,8 +163,8 @@ mod tests {
     use super::*;
     use crate::loadgen::rng::Rng;
 
-    fn spec() -> OnlineSpec {
-        OnlineSpec {
+    fn spec() -> OnlineModel {
+        OnlineModel {
             enabled: true,
             learning_rate: 0.1,
             l2: 1e-5,
@@ -244,7 +234,7 @@ mod tests {
             .map(|_| {
                 OnlineLr::new(
                     3,
-                    &OnlineSpec {
+                    &OnlineModel {
                         adagrad: false,
                         learning_rate: 0.02,
                         ..spec()

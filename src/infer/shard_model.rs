@@ -63,7 +63,7 @@ impl ShardModel {
             .model
             .online
             .enabled
-            .then(|| OnlineLr::new(width, &config.online_spec()));
+            .then(|| OnlineLr::new(width, &config.model.online));
         let blend = if primary.is_none() {
             1.0
         } else {

@@ -100,11 +100,15 @@ impl Shard {
         if core.is_stalled() {
             work += core.retry_stalled();
         }
-        if receive && !core.is_stalled() {
-            work += rx.recv(self.recv_batch, &mut |dg| {
+        // A receive error still lets this cycle finish (score, flush) before it is reported,
+        // so what was already taken in is answered and the cycle boundary stays clean.
+        let received = if receive && !core.is_stalled() {
+            rx.recv(self.recv_batch, &mut |dg| {
                 core.on_datagram(dg, pickup_ns, &mut sink)
-            })?;
-        }
+            })
+        } else {
+            Ok(0)
+        };
         work += core.drain_inbound(self.drain_max, &mut sink);
         core.finish_cycle(&mut sink);
         egress.flush(counters, latency);
@@ -114,7 +118,7 @@ impl Shard {
         counters.socket_drops.set(s.socket_drops);
         counters.uring_enobufs.set(s.enobufs);
         counters.uring_rearms.set(s.rearms);
-        Ok(work)
+        Ok(work + received?)
     }
 
     /// A cycle without receiving (cannot fail: it touches no socket for input).

@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::Wire;
+use crate::testing::events_len_offset;
 use crate::wire::{EventBatchEncoder, EventIn};
 
 fn wire() -> Wire {
@@ -24,17 +25,6 @@ fn batch(n: usize, features: &[f32]) -> Vec<u8> {
         ..EventIn::default()
     }))
     .to_vec()
-}
-
-/// Byte position of the events vector's length field, found by walking the buffer the way a
-/// reader does: root offset -> table -> vtable -> field offset -> vector.
-fn events_len_pos(b: &[u8]) -> usize {
-    let u32_at = |p: usize| u32::from_le_bytes(b[p..p + 4].try_into().unwrap()) as usize;
-    let root = u32_at(0);
-    let vtable =
-        (root as i64 - i32::from_le_bytes(b[root..root + 4].try_into().unwrap()) as i64) as usize;
-    let field = u16::from_le_bytes(b[vtable + 4..vtable + 6].try_into().unwrap()) as usize;
-    root + field + u32_at(root + field)
 }
 
 #[test]
@@ -71,7 +61,7 @@ fn each_kind_of_bad_datagram_gets_its_reason() {
     );
 
     let mut lying = good.clone();
-    let at = events_len_pos(&lying);
+    let at = events_len_offset(&lying).unwrap();
     assert_eq!(
         u32::from_le_bytes(lying[at..at + 4].try_into().unwrap()),
         2,
