@@ -233,36 +233,27 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
     if let Err(e) = sluice::infer::build_primary(&config, None) {
         problems.push(e.to_string());
     }
-    match sluice::topology::plan(&config.shards, &topo) {
-        Ok(_) if !problems.is_empty() => {
-            eprintln!(
-                "{}: invalid on this machine ({} problem(s)):\n  - {}",
-                file.display(),
-                problems.len(),
-                problems.join("\n  - ")
-            );
-            std::process::ExitCode::from(1)
-        }
-        Ok(p) => {
-            println!(
-                "{}: ok ({} shard(s) on CPUs {:?}; {})",
-                file.display(),
-                p.len(),
-                p.iter().map(|p| p.cpu).collect::<Vec<_>>(),
-                topo.summary()
-            );
-            std::process::ExitCode::SUCCESS
-        }
-        Err(placement) => {
-            problems.extend(placement);
-            eprintln!(
-                "{}: invalid on this machine ({} problem(s)):\n  - {}",
-                file.display(),
-                problems.len(),
-                problems.join("\n  - ")
-            );
-            std::process::ExitCode::from(1)
-        }
+    let placements = sluice::topology::plan(&config.shards, &topo).unwrap_or_else(|placement| {
+        problems.extend(placement);
+        Vec::new()
+    });
+    if problems.is_empty() {
+        let cpus: Vec<usize> = placements.iter().map(|p| p.cpu).collect();
+        println!(
+            "{}: ok ({} shard(s) on CPUs {cpus:?}; {})",
+            file.display(),
+            placements.len(),
+            topo.summary()
+        );
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "{}: invalid on this machine ({} problem(s)):\n  - {}",
+            file.display(),
+            problems.len(),
+            problems.join("\n  - ")
+        );
+        std::process::ExitCode::from(1)
     }
 }
 
