@@ -218,8 +218,9 @@ fn main() -> anyhow::Result<()> {
             s.p99_bound_us, s.sluice_max_events_per_s, s.floor_max_events_per_s
         );
     }
-    for r in &runs {
-        let name = format!("{}-{}-b{}.hgrm", r.target, r.rate, r.batch);
+    for (i, r) in runs.iter().enumerate() {
+        // The run index keeps repeated runs of one target and rate apart.
+        let name = format!("{}-{}-b{}-run{i}.hgrm", r.target, r.rate, r.batch);
         sluice::metrics::write_hgrm(&r.histogram, &a.out.join(&name), 1000.0)?;
     }
     // The plot shows the first run of each target (the sweep's full set would be unreadable).
