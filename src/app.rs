@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::control::{ControlLoop, Request, ShardLink};
 use crate::egress::Egress;
-use crate::infer::{build_primary, ModelUpdate, ShardModel, ShardReport};
+use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
@@ -157,11 +157,17 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
 
     // Models load now, in this thread: a missing runtime or a bad model file stops start-up
     // with its reason before any socket is served.
-    let mut models = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let primary = build_primary(config, None).map_err(|e| AppError::Model(e.to_string()))?;
-        models.push(ShardModel::new(config, primary, 1));
-    }
+    let primaries =
+        build_primaries(config, None, shards).map_err(|e| AppError::Model(e.to_string()))?;
+    let models: Vec<ShardModel> = match primaries {
+        Some(p) => p
+            .into_iter()
+            .map(|m| ShardModel::new(config, Some(m), 1))
+            .collect(),
+        None => (0..shards)
+            .map(|_| ShardModel::new(config, None, 1))
+            .collect(),
+    };
     let width = models.first().map_or(0, ShardModel::width);
     tracing::info!(kind = ?config.model.kind, path = %config.model.path, width, online = config.model.online.enabled, "model loaded (version 1)");
     let mut links = Vec::with_capacity(shards);

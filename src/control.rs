@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rtrb::{Consumer, Producer};
 
 use crate::config::Config;
-use crate::infer::{build_primary, online, ModelUpdate, ShardReport};
+use crate::infer::{build_primaries, online, ModelUpdate, ShardReport};
 use crate::shard::{Control, StateQuery};
 use crate::wake::Waker;
 
@@ -72,13 +72,20 @@ impl ControlLoop {
             for (i, link) in self.links.iter_mut().enumerate() {
                 while let Ok(report) = link.reports.pop() {
                     match report {
-                        ShardReport::Snapshot(params, n) => snapshots[i] = Some((params, n)),
+                        // A newer snapshot holds all of the shard's learning; keep the count of
+                        // every update since the last round so its weight stays right.
+                        ShardReport::Snapshot(params, n) => {
+                            let before = snapshots[i].take().map_or(0, |(_, m)| m);
+                            snapshots[i] = Some((params, before + n));
+                        }
                         ShardReport::Retired(model) => drop(model),
                     }
                 }
             }
             if Instant::now() >= next_average {
-                next_average += interval;
+                // From now, not from the missed deadline: a slow reload must not make rounds
+                // bunch up afterwards.
+                next_average = Instant::now() + interval;
                 let round: Vec<(Box<[f32]>, u64)> =
                     snapshots.iter_mut().filter_map(Option::take).collect();
                 if let Some(avg) = online::average(&round) {
@@ -127,20 +134,19 @@ impl ControlLoop {
     fn reload(&mut self, path: Option<&str>) -> Result<u32, String> {
         let started = Instant::now();
         let shown = path.unwrap_or(&self.config.model.path).to_owned();
-        let mut models = Vec::with_capacity(self.links.len());
-        for _ in 0..self.links.len() {
-            match build_primary(&self.config, path) {
-                Ok(Some(m)) if m.width() == self.width => models.push(m),
-                Ok(Some(m)) => {
-                    return Err(format!(
-                        "{shown}: model takes {} features but sluice is running with rows of {}; restart to change the feature row",
-                        m.width(),
-                        self.width
-                    ))
-                }
-                Ok(None) => return Err("model.kind = \"online\" has no model file to reload".to_owned()),
-                Err(e) => return Err(e.to_string()),
+        let models = match build_primaries(&self.config, path, self.links.len()) {
+            Ok(Some(models)) => models,
+            Ok(None) => {
+                return Err("model.kind = \"online\" has no model file to reload".to_owned())
             }
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(m) = models.iter().find(|m| m.width() != self.width) {
+            return Err(format!(
+                "{shown}: model takes {} features but sluice is running with rows of {}; restart to change the feature row",
+                m.width(),
+                self.width
+            ));
         }
         self.version += 1;
         let v = self.version;

@@ -13,7 +13,7 @@ mod shard_model;
 pub use linear::LinearScorer;
 pub use online::OnlineLr;
 pub use onnx::{OnnxScorer, OnnxSpec};
-pub use shard_model::{build_primary, ModelUpdate, ShardModel, ShardReport};
+pub use shard_model::{build_primaries, build_primary, ModelUpdate, ShardModel, ShardReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {

@@ -37,21 +37,39 @@ pub fn row_width(config: &Config, primary: Option<&dyn Scorer>) -> usize {
 }
 
 /// Load the configured primary model (none for `kind = "online"`), `path` overriding
-/// `model.path`. Runs off the hot path: at start-up and in the control thread on reload.
+/// `model.path`. Runs off the hot path: at start-up, `check-config`, and on reload.
 pub fn build_primary(
     config: &Config,
     path: Option<&str>,
 ) -> Result<Option<Box<dyn Scorer>>, InferError> {
+    Ok(build_primaries(config, path, 1)?.and_then(|mut v| v.pop()))
+}
+
+/// One primary model per shard, all built from one read of the model file, so every shard
+/// of a version runs the same bytes even if the file changes meanwhile.
+pub fn build_primaries(
+    config: &Config,
+    path: Option<&str>,
+    shards: usize,
+) -> Result<Option<Vec<Box<dyn Scorer>>>, InferError> {
     match config.model.kind {
         ModelKind::Online => Ok(None),
-        ModelKind::Linear => Ok(Some(Box::new(LinearScorer::from_config(&config.model)))),
+        ModelKind::Linear => Ok(Some(
+            (0..shards)
+                .map(|_| Box::new(LinearScorer::from_config(&config.model)) as Box<dyn Scorer>)
+                .collect(),
+        )),
         ModelKind::Onnx => {
             let mut spec = config.onnx_spec();
             if let Some(p) = path {
                 spec.path = p.to_owned();
             }
             let bytes = super::onnx::model_bytes(&spec.path)?;
-            Ok(Some(Box::new(OnnxScorer::load(&spec, &bytes)?)))
+            let mut models: Vec<Box<dyn Scorer>> = Vec::with_capacity(shards);
+            for _ in 0..shards {
+                models.push(Box::new(OnnxScorer::load(&spec, &bytes)?));
+            }
+            Ok(Some(models))
         }
     }
 }
