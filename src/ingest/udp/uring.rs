@@ -180,8 +180,8 @@ impl UringReceiver {
         // DEFER_TASKRUN: receive completions are posted only when this (single issuer) thread
         // asks, so a busy shard is never interrupted; `recv` asks once per pass. Measured here:
         // the default mode (IPI'd task work) added ~27 us between the kernel's receive
-        // timestamp and pickup, and the TASKRUN flag was never raised for multishot receives
-        // on this kernel, so it cannot gate the call.
+        // timestamp and pickup. (Gating the enter on IORING_SQ_TASKRUN, to skip it when idle,
+        // is untested.)
         let ring = IoUring::builder()
             .setup_cqsize((u32::from(entries) * 2).max(SQ_ENTRIES * 2))
             .setup_single_issuer()
