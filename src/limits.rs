@@ -6,7 +6,7 @@
 
 /// Raw producer features carried inline in a routed event (ring slots are fixed-size).
 pub const FEATURES_INLINE_MAX: usize = 16;
-/// Derived features the placeholder model reads from a key's state (see `features`).
+/// Derived features every model row starts with, read from a key's state (see `features`).
 pub const FEATURES_DERIVED: usize = 6;
 /// Length of a model input row.
 pub const FEATURE_ROW_MAX: usize = FEATURES_DERIVED + FEATURES_INLINE_MAX;

@@ -1,8 +1,8 @@
 //! State + event -> model input row. Synchronous and allocation-free: rows are written into a
 //! caller-owned slice.
 //!
-//! Row layout (the placeholder model's weights follow it; the state issue makes it declarable
-//! in config):
+//! Row layout (the example ONNX models were trained on it and `model.linear` weights follow it;
+//! declaring features in config is part of the remaining state work):
 //!   0 amount, 1 ln(1 + observations), 2 mean amount, 3 EWMA amount,
 //!   4 amount / EWMA (1 when the EWMA is 0), 5 seconds since the key's previous event,
 //!   6.. producer features, zero-filled when absent.

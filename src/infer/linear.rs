@@ -1,4 +1,5 @@
-//! The placeholder scorer: logistic function of a weighted sum, weights from config.
+//! `model.kind = "linear"`: a logistic function of a weighted sum, weights from config. Needs
+//! no ONNX Runtime; also the scorer the core's unit tests use.
 
 use super::{FeatureBatch, InferError, Scorer};
 use crate::config::Model;
