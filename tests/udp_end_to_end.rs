@@ -300,3 +300,34 @@ fn scores_and_alerts_go_where_configured() {
     let report = running.stop().unwrap();
     assert_eq!(report.alerts_emitted, 2);
 }
+
+#[test]
+fn replies_split_over_many_datagrams_and_send_batches_all_arrive() {
+    // 256-byte replies hold 2 Scores and each sendmmsg carries one datagram, so every flush
+    // of a 10-event datagram splits its Scores and sends several batches.
+    let running = start(
+        "io_uring",
+        &[
+            "egress.datagram_bytes_max=256",
+            "egress.batch_datagrams_max=1",
+            "shards.count=1",
+        ],
+    );
+    let mut client = Client::new(running.local_addr, 2);
+    for d in 0..50u64 {
+        let sock = d % 2;
+        let batch: Vec<(u64, bool)> = (0..10u64)
+            .map(|j| (sock + 2 * ((d + j) % 30), false))
+            .collect();
+        client.send(&batch);
+    }
+    let scores = client.collect(client.replies_wanted());
+    client.check(&scores);
+    let report = running.stop().unwrap();
+    assert_eq!(report.scores_emitted, 500);
+    assert!(
+        report.reply_datagrams >= 250,
+        "{} reply datagrams for 500 Scores of 2 each",
+        report.reply_datagrams
+    );
+}

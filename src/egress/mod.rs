@@ -19,7 +19,8 @@ use sendmmsg::Sender;
 #[derive(Debug, Clone, Copy)]
 pub struct PendingScore {
     pub score: ScoreOut,
-    /// Kernel receive time of the datagram that carried the event (CLOCK_REALTIME ns).
+    /// Kernel receive time of the datagram that carried the event (CLOCK_REALTIME ns), or its
+    /// pickup time when the kernel gave none.
     pub recv_ns: u64,
     /// When a shard picked that datagram up (CLOCK_REALTIME ns).
     pub pickup_ns: u64,
@@ -98,12 +99,9 @@ impl Egress {
         }
         let emit_ns = clock::realtime_ns();
         for (_, p) in &mut self.pending {
-            let recv = if p.recv_ns == 0 {
-                p.pickup_ns
-            } else {
-                p.recv_ns
-            };
-            p.score.latency_ns = emit_ns.saturating_sub(recv);
+            // recv_ns is never 0 here: the core puts the pickup time in when the kernel gave
+            // no receive timestamp.
+            p.score.latency_ns = emit_ns.saturating_sub(p.recv_ns);
             latency.record(p.score.latency_ns, emit_ns.saturating_sub(p.pickup_ns));
         }
         for d in 0..self.dests.len() {
@@ -145,12 +143,12 @@ impl Egress {
             ..
         } = self;
         for chunk in scratch.chunks(*per_datagram) {
-            let bytes = encoder.encode(chunk.iter().map(|&i| pending[i as usize].1.score));
-            if !sender.queue(dest, bytes, if alerts { 0 } else { chunk.len() as u32 }) {
+            if sender.is_full() {
                 sender.send_all(counters);
-                let bytes = encoder.encode(chunk.iter().map(|&i| pending[i as usize].1.score));
-                sender.queue(dest, bytes, if alerts { 0 } else { chunk.len() as u32 });
             }
+            let bytes = encoder.encode(chunk.iter().map(|&i| pending[i as usize].1.score));
+            let queued = sender.queue(dest, bytes, if alerts { 0 } else { chunk.len() as u32 });
+            debug_assert!(queued, "a batch with room refused a datagram");
         }
     }
 

@@ -43,6 +43,11 @@ impl Sender {
         }
     }
 
+    /// No slot left: `send_all` before queueing more.
+    pub(super) fn is_full(&self) -> bool {
+        self.lens.len() == self.hdrs.len()
+    }
+
     /// Copy one datagram into the next slot; false when the batch is full (send first).
     pub(super) fn queue(&mut self, dest: SocketAddr, bytes: &[u8], scores: u32) -> bool {
         let i = self.lens.len();
