@@ -214,11 +214,13 @@ impl ShardCore {
     /// `pickup_ns` is when the shard took the datagram (CLOCK_REALTIME ns).
     pub fn on_datagram(&mut self, dg: Datagram<'_>, pickup_ns: u64, sink: &mut dyn ScoreSink) {
         self.counters.datagrams_received.inc();
-        let events = match if dg.truncated {
+        // The kernel cut a datagram longer than our buffers: refuse it without decoding.
+        let decoded = if dg.truncated {
             Err(DecodeError::Oversize)
         } else {
             self.decoder.decode(dg.payload)
-        } {
+        };
+        let events = match decoded {
             Ok(ev) => ev,
             Err(e) => {
                 self.counters.dropped_datagram(e);
