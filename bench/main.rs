@@ -5,6 +5,7 @@
 mod floor;
 mod machine;
 mod report;
+mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,16 @@ enum Command {
     Floor,
     /// sluice alone.
     Sluice,
+    /// Durable state, no sockets: fill one shard's state with --keys keys, checkpoint it and
+    /// restore it (bytes per key, checkpoint pause and commit time, restore time).
+    Checkpoint {
+        /// Hot-table capacity (default: every key hot; fewer spill to RocksDB).
+        #[arg(long)]
+        hot: Option<usize>,
+        /// Checkpoints to take.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -119,6 +130,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run => (true, true),
         Command::Floor => (false, true),
         Command::Sluice => (true, false),
+        Command::Checkpoint { hot, rounds } => {
+            return state::run(a.keys, hot, rounds, &a.out, &a.sets);
+        }
     };
     let cpus: Vec<usize> = sluice::topology::discover()
         .cpus

@@ -2,9 +2,10 @@
 """Train sluice's example fraud models and write them as ONNX, plus a parity fixture.
 
 Synthetic data: per-card streams of transactions. Fraud bursts are large amounts arriving fast
-relative to the card's own history. Each row holds exactly the features sluice builds per
-Observation (src/features/mod.rs), computed the same way from a running per-key state:
-  amount, ln(1 + count), mean amount, EWMA amount (alpha 0.1), amount / EWMA, secs since previous.
+relative to the card's own history. Each row holds exactly the features of sluice's default
+`features.list` (src/config/defaults.toml), computed the same way from a running per-key state:
+  amount, log1p(count), mean amount, EWMA amount (alpha 0.1), amount / EWMA, secs since previous,
+  count and sum of amount over a 5-minute sliding window of 30 s buckets.
 
 Writes (committed; sluice embeds fraud_lr.onnx as its default model):
   src/infer/models/fraud_lr.onnx     logistic regression
@@ -29,25 +30,31 @@ import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPHA = 0.1
-WIDTH = 6
+WIDTH = 8
+STEP_NS = 30 * 10**9
+SPAN = 10  # buckets in the 5-minute window
 
 
 def features(state, amount, ts):
-    """Mirror of features::build_row after state::HotTable::apply for an Observation."""
-    count, total, ewma, prev = state
+    """Mirror of FeaturePlan::update then build_row for one in-order Observation."""
+    count, total, ewma, prev, recent = state
     count += 1
     total += amount
     ewma = amount if count == 1 else ALPHA * amount + (1 - ALPHA) * ewma
     prev_ts = ts if prev is None else prev
+    epoch = ts // STEP_NS
+    recent = [(e, a) for (e, a) in recent if e > epoch - SPAN] + [(epoch, amount)]
     row = [
         amount,
         math.log1p(count),
         total / count,
         ewma,
-        amount / ewma if abs(ewma) > 1e-12 else 1.0,
+        amount / ewma if abs(ewma) > 2.220446049250313e-16 else 1.0,
         max(ts - prev_ts, 0) * 1e-9,
+        float(len(recent)),
+        sum(a for _, a in recent),
     ]
-    return row, (count, total, ewma, ts)
+    return row, (count, total, ewma, ts, recent)
 
 
 def synthesize(rng, cards=4000, events=120_000):
@@ -63,7 +70,7 @@ def synthesize(rng, cards=4000, events=120_000):
         amount = float(rng.lognormal(math.log(base), 0.4))
         if burst:
             amount *= float(rng.uniform(4, 12))
-        state = states.get(card, (0, 0.0, 0.0, None))
+        state = states.get(card, (0, 0.0, 0.0, None, []))
         if burst and state[3] is not None:
             ts_event = state[3] + int(rng.exponential(5e8))
         else:

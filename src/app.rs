@@ -17,6 +17,8 @@ use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
 use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
+use crate::state::checkpoint::{self, Checkpointer};
+use crate::state::{image_bytes, KeyedState, Spill};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
@@ -249,6 +251,9 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
         requests: requests_rx,
         version: 1,
         width,
+        plan: config
+            .feature_plan()
+            .map_err(|e| AppError::Model(e.to_string()))?,
     };
     let ctl = control.clone();
     let mut helpers = vec![std::thread::Builder::new()
@@ -335,18 +340,17 @@ fn build_shard(
             config.wire.datagram_bytes_max,
         ))),
     };
-    let spill = if config.state.dir.is_empty() {
-        None
-    } else {
-        let dir = std::path::Path::new(&config.state.dir)
-            .join(format!("shard-{id}"))
-            .join("spill");
-        Some(
-            crate::state::Spill::open(&dir, config.state.spill_cache_bytes)
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    let core = ShardCore::new(id, shards, config, rings, model, spill, counters.clone());
+    let (state, max_event_ns, checkpoints) = shard_state(id, shards, config)?;
+    let core = ShardCore::new(
+        id,
+        shards,
+        config,
+        rings,
+        model,
+        state,
+        max_event_ns,
+        counters.clone(),
+    );
     let latency = ShardLatency::new(config.metrics.latency_max_ns).map_err(|e| e.to_string())?;
     tracing::info!(
         shard = id,
@@ -360,6 +364,7 @@ fn build_shard(
     );
     Ok(Shard {
         core,
+        checkpoints,
         model_link,
         rx,
         egress,
@@ -371,4 +376,67 @@ fn build_shard(
         idle_spins: config.shards.idle_spins,
         park_timeout: Duration::from_micros(config.shards.park_timeout_us),
     })
+}
+
+/// A shard's state: in memory only without `state.dir`; else on its spill store, restored
+/// from its newest good checkpoint, with a checkpointer when `checkpoint.interval_ms` > 0.
+/// Returns the state, its restored newest event time, and the checkpointer.
+fn shard_state(
+    id: usize,
+    shards: usize,
+    config: &Config,
+) -> Result<(KeyedState, u64, Option<Checkpointer>), String> {
+    if config.state.dir.is_empty() {
+        let state = KeyedState::from_config(config, None).map_err(|e| e.to_string())?;
+        return Ok((state, 0, None));
+    }
+    let started = std::time::Instant::now();
+    let base = std::path::Path::new(&config.state.dir).join(format!("shard-{id}"));
+    let root = base.join("checkpoints");
+    let layout = config.state_layout(shards);
+    let plan = config.feature_plan().map_err(|e| e.to_string())?;
+    let words = plan.words();
+    let open = |dir: &std::path::Path, len: Option<u64>| {
+        Spill::open(dir, config.state.spill_cache_bytes, words, len)
+    };
+    let (spill, point) = checkpoint::restore(&root, &layout, &base.join("spill"), words, open)
+        .map_err(|e| e.to_string())?;
+    let mut state = KeyedState::from_config(config, Some(spill)).map_err(|e| e.to_string())?;
+    let (max_event_ns, next_seq) = match &point {
+        Some(p) => {
+            let n = checkpoint::load_records(&mut state, p).map_err(|e| e.to_string())?;
+            tracing::info!(
+                shard = id,
+                checkpoint = %p.path.display(),
+                hot_records = n,
+                spilled_records = p.manifest.spilled,
+                observations_applied = p.manifest.observations_applied,
+                restore_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                "state restored"
+            );
+            (p.manifest.max_event_ns, p.manifest.seq + 1)
+        }
+        None => {
+            tracing::info!(shard = id, dir = %base.display(), "no checkpoint to restore: starting with empty state");
+            (0, 1)
+        }
+    };
+    let checkpoints = if config.checkpoint.interval_ms == 0 {
+        None
+    } else {
+        let buffer = config.state.hot_capacity * image_bytes(words) + 64;
+        Some(
+            Checkpointer::start(
+                root,
+                id,
+                layout,
+                config.checkpoint.interval_ms * 1_000_000,
+                config.checkpoint.keep,
+                buffer,
+                next_seq,
+            )
+            .map_err(|e| e.to_string())?,
+        )
+    };
+    Ok((state, max_event_ns, checkpoints))
 }

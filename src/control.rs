@@ -48,6 +48,8 @@ pub struct ControlLoop {
     pub requests: mpsc::Receiver<Request>,
     pub version: u32,
     pub width: usize,
+    /// The compiled feature list, to show a key's features.
+    pub plan: crate::features::FeaturePlan,
 }
 
 impl ControlLoop {
@@ -113,22 +115,27 @@ impl ControlLoop {
         let answer = rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| format!("shard {shard} did not answer"))??;
-        let Some((r, place)) = answer else {
+        let Some(st) = answer else {
             return Ok(format!("key {key}: no state (owner shard {shard})"));
         };
+        let r = &st.record;
         let now = crate::clock::realtime_ns();
-        Ok(format!(
-            "key {key} (shard {shard}, {place}): observations={} feedbacks={} positives={} mean_amount={:.4} \
-             ewma_amount={:.4} first_event_ns={} last_event_ns={} secs_since_last={:.3}",
-            r.observations,
-            r.feedbacks,
-            r.positives,
-            r.mean_amount(),
-            r.ewma_amount,
-            r.first_event_ns,
-            r.last_event_ns,
-            now.saturating_sub(r.last_event_ns) as f64 * 1e-9
-        ))
+        let mut out = format!(
+            "key {key} (shard {shard}, {}): observations={} feedbacks={} positives={} first_event_ns={} last_event_ns={} seq_end={}",
+            st.location, r.observations, r.feedbacks, r.positives, r.first_event_ns, r.last_event_ns, r.seq_end
+        );
+        // Features as of now (processing time) or the key's newest event (event time).
+        let at = match self.config.time.mode {
+            crate::config::TimeMode::Processing => now,
+            crate::config::TimeMode::Event => r.last_event_ns,
+        };
+        for (name, v) in self.plan.values_at(&st.words, r.last_event_ns, at) {
+            match v {
+                Some(v) => out.push_str(&format!(" | {name} = {v:.6}")),
+                None => out.push_str(&format!(" | {name} = (per event)")),
+            }
+        }
+        Ok(out)
     }
 
     fn reload(&mut self, path: Option<&str>) -> Result<u32, String> {

@@ -6,10 +6,19 @@
 
 /// Raw producer features carried inline in a routed event (ring slots are fixed-size).
 pub const FEATURES_INLINE_MAX: usize = 16;
-/// Derived features every model row starts with, read from a key's state (see `features`).
-pub const FEATURES_DERIVED: usize = 6;
-/// Length of a model input row.
-pub const FEATURE_ROW_MAX: usize = FEATURES_DERIVED + FEATURES_INLINE_MAX;
+/// Length of a model input row (entries of `features.list`).
+pub const FEATURE_ROW_MAX: usize = 64;
+/// Buckets in one sliding window (size / step); with the allowed lateness a ring may hold
+/// twice this.
+pub const WINDOW_BUCKETS_MAX: usize = 256;
+/// Hot slots the TTL sweep visits per drain cycle.
+pub const TTL_SWEEP_SLOTS_MAX: usize = 1 << 20;
+/// Complete checkpoints kept per shard.
+pub const CHECKPOINTS_KEPT_MAX: usize = 100;
+/// Allowed lateness in event time (one day, in ms).
+pub const LATENESS_MS_MAX: usize = 86_400_000;
+/// Longest checkpoint interval (one day, in ms).
+pub const CHECKPOINT_INTERVAL_MS_MAX: usize = 86_400_000;
 
 /// Largest UDP payload (IPv4: 65535 - 20 IP - 8 UDP).
 pub const DATAGRAM_BYTES_MAX: usize = 65_507;

@@ -1,52 +1,18 @@
 //! The `sluice` binary as a user runs it: config checking, and `run` stopped by SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn};
 
+mod common;
+use common::spawn_run;
+
 fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
-
-/// `sluice run` on an ephemeral loopback port with `sets`; returns the child, its stdout (past
-/// the first line) and the address it announced.
-fn spawn_run(
-    sets: &[String],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStdout>,
-    String,
-) {
-    let mut cmd = sluice();
-    cmd.args([
-        "run",
-        "--set",
-        "ingest.udp.listen=127.0.0.1:0",
-        "--set",
-        "state.hot_capacity=1024",
-    ]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(line.starts_with("sluice listening on"), "{line}");
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .expect("listening line names the address")
-        .to_owned();
-    (child, stdout, addr)
 }
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -71,7 +37,7 @@ fn check_config_lists_every_problem_and_exits_non_zero() {
     // Fix the type errors: the range and enum problems are then all listed together.
     let bad = temp_file(
         "bad2.toml",
-        "[state]\nhot_capacity = 0\newma_alpha = 7\n[route]\nfull = \"explode\"\n",
+        "[state]\nhot_capacity = 0\nttl_sweep_slots = 0\n[route]\nfull = \"explode\"\n",
     );
     let out = sluice().arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -83,14 +49,14 @@ fn check_config_lists_every_problem_and_exits_non_zero() {
 fn check_config_checks_ranges_and_cores_against_this_machine() {
     let bad = temp_file(
         "ranges.toml",
-        "[state]\nhot_capacity = 0\newma_alpha = 7\n[ingest.udp]\nuring_buffers = 1000\n",
+        "[state]\nhot_capacity = 0\nttl_sweep_slots = 0\n[ingest.udp]\nuring_buffers = 1000\n",
     );
     let out = sluice().arg("check-config").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
         "state.hot_capacity = 0",
-        "state.ewma_alpha = 7",
+        "state.ttl_sweep_slots = 0",
         "power of two",
         "3 problems",
     ] {
@@ -269,7 +235,8 @@ fn reload_through_the_admin_socket_and_sighup() {
     let text = String::from_utf8_lossy(&state.stdout);
     assert!(
         text.contains("key 77 (shard 0, hot): observations=1")
-            && text.contains("mean_amount=4.0000"),
+            && text.contains("mean(amount, lifetime) = 4.000000")
+            && text.contains("amount = (per event)"),
         "{text}"
     );
 

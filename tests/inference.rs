@@ -77,7 +77,7 @@ fn scores_equal_python_onnxruntime_for_both_models() {
             .map(|x| x.as_f64().unwrap())
             .collect();
         let mut m = load(&format!("builtin:{name}")).unwrap();
-        assert_eq!(m.width(), 6);
+        assert_eq!(m.width(), 8, "the default features.list");
         let got = score_all(&mut m, &rows, 64);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -123,8 +123,12 @@ fn bad_models_are_refused_with_the_reason() {
     assert!(e.contains("not a loadable ONNX model"), "{e}");
     let e = load(truncated.to_str().unwrap()).err().unwrap();
     assert!(e.contains("not a loadable ONNX model"), "{e}");
-    let e = load(bad_shape).err().unwrap();
-    assert!(e.contains("has 3 features"), "{e}");
+    // A valid model trained on another row is refused against features.list.
+    let e = sluice::infer::build_primary(&Config::defaults().unwrap(), Some(bad_shape))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("takes 3 inputs but features.list has 8"), "{e}");
     let e = load("/nonexistent/model.onnx").err().unwrap();
     assert!(e.contains("cannot read model file"), "{e}");
     let e = load("builtin:nope").err().unwrap();
@@ -246,7 +250,7 @@ fn hot_swap_under_load_loses_nothing_and_never_mixes_versions() {
     assert!(
         refused
             .as_ref()
-            .is_err_and(|e| e.contains("has 3 features")),
+            .is_err_and(|e| e.contains("takes 3 inputs")),
         "{refused:?}"
     );
     std::thread::sleep(Duration::from_millis(200));

@@ -7,10 +7,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sluice::config::Config;
-use sluice::features::build_row;
+use sluice::features::Obs;
 use sluice::infer::{FeatureBatch, LinearScorer, Scorer};
 use sluice::route::owner;
-use sluice::state::{HotTable, Update};
+use sluice::state::{KeyedState, Outcome, Update};
 use sluice::wire::{Decoder, EventBatchEncoder, EventIn, EventKind};
 
 fn config() -> Config {
@@ -69,28 +69,49 @@ fn route(c: &mut Criterion) {
     g.finish();
 }
 
+fn config_with(sets: &[&str]) -> Config {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Config::from_layers(None, &sets).unwrap()
+}
+
+fn update(key: u64, ts_ns: u64, amount: f32) -> Update<'static> {
+    Update {
+        key,
+        seq: ts_ns,
+        ts_ns,
+        kind: EventKind::Observation,
+        amount,
+        label: -1.0,
+        features: &[],
+    }
+}
+
+fn applied(s: &mut KeyedState, u: &Update<'_>) -> usize {
+    match s.apply(u, u.ts_ns).unwrap() {
+        Outcome::Applied(slot) => slot,
+        Outcome::Duplicate => panic!("dedup is off"),
+    }
+}
+
+/// Find/insert + the default feature list's aggregates (lifetime, EWMA, a 5-minute sliding
+/// window of 30 s buckets).
 fn state(c: &mut Criterion) {
     let mut g = c.benchmark_group("state_update");
     for (name, capacity, keys) in [
         ("hot_1k_keys", 1usize << 16, 1_000u64),
         ("hot_1m_keys", 1 << 21, 1_000_000),
     ] {
-        let mut table = HotTable::new(capacity, 0.1);
+        let config = config_with(&[&format!("state.hot_capacity={capacity}")]);
+        let mut table = KeyedState::from_config(&config, None).unwrap();
         let updates: Vec<Update> = (0..4096u64)
-            .map(|i| Update {
-                key: (i * 2_654_435_761) % keys,
-                ts_ns: i,
-                kind: EventKind::Observation,
-                amount: 3.0,
-                label: -1.0,
-            })
+            .map(|i| update((i * 2_654_435_761) % keys, 1_000_000_000 * i, 3.0))
             .collect();
         for u in &updates {
-            table.apply(u).unwrap();
+            applied(&mut table, u);
         }
-        let r = table.apply(&updates[0]).unwrap();
+        let slot = applied(&mut table, &updates[0]);
         assert_eq!(
-            r.observations,
+            table.slot(slot).0.observations,
             2 + updates[1..]
                 .iter()
                 .filter(|u| u.key == updates[0].key)
@@ -101,44 +122,42 @@ fn state(c: &mut Criterion) {
             b.iter(|| {
                 updates
                     .iter()
-                    .map(|u| table.apply(black_box(u)).unwrap().observations)
-                    .sum::<u64>()
+                    .map(|u| applied(&mut table, black_box(u)))
+                    .sum::<usize>()
             })
         });
     }
     g.finish();
 }
 
+/// Rows of the default feature list from a key's state, then the linear model over them.
 fn features_and_score(c: &mut Criterion) {
-    let config = config();
+    let config = config_with(&["model.kind=linear"]);
     let mut scorer = LinearScorer::from_config(&config.model);
-    let mut table = HotTable::new(1024, 0.1);
-    let record = table
-        .apply(&Update {
-            key: 1,
-            ts_ns: 5,
-            kind: EventKind::Observation,
-            amount: 40.0,
-            label: -1.0,
-        })
-        .unwrap();
+    let mut table = KeyedState::from_config(&config, None).unwrap();
+    for i in 0..5 {
+        applied(&mut table, &update(1, 1_000_000_000 * i, 40.0));
+    }
+    let slot = applied(&mut table, &update(1, 5_000_000_000, 40.0));
     let mut g = c.benchmark_group("features_score");
     for rows in [1usize, 16, 64] {
         let mut batch = FeatureBatch::new(scorer.width(), rows);
         let mut out = vec![0.0f32; rows];
+        let (head, words) = table.slot(slot);
+        let plan = table.plan();
         let fill = |batch: &mut FeatureBatch| {
             batch.clear();
             for i in 0..rows {
-                build_row(
-                    &record,
-                    10.0 + i as f32,
-                    1_000_000_000,
-                    &[],
-                    batch.next_row().unwrap(),
-                );
+                let obs = Obs {
+                    ts_ns: 5_000_000_000,
+                    amount: 10.0 + i as f32,
+                    features: &[],
+                };
+                plan.build_row(words, head.prev_event_ns, &obs, batch.next_row().unwrap());
             }
         };
         fill(&mut batch);
+        assert_eq!(batch.row(0)[6], 6.0, "six events in the 5-minute window");
         scorer.score(&batch, &mut out).unwrap();
         assert!(out.iter().all(|s| (0.0..=1.0).contains(s)));
         assert!(

@@ -37,6 +37,9 @@ pub struct Config {
     pub shards: Shards,
     pub route: Route,
     pub state: State,
+    pub features: Features,
+    pub time: Time,
+    pub checkpoint: Checkpoint,
     pub model: Model,
     pub infer: Infer,
     pub egress: Egress,
@@ -125,9 +128,54 @@ pub struct Route {
 #[derive(Debug, Clone, Deserialize)]
 pub struct State {
     pub hot_capacity: usize,
-    pub ewma_alpha: f64,
     pub dir: String,
     pub spill_cache_bytes: usize,
+    pub ttl_ms: u64,
+    pub ttl_sweep_slots: usize,
+    pub dedup: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Features {
+    pub list: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    Event,
+    Processing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    Apply,
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Time {
+    pub mode: TimeMode,
+    pub allowed_lateness_ms: u64,
+    pub late: LatePolicy,
+}
+
+impl Time {
+    /// The lateness windows must absorb (none in processing time, where events arrive in
+    /// receive order but for cross-shard hand-off, which the ring's spare bucket covers).
+    pub fn lateness_ns(&self) -> u64 {
+        match self.mode {
+            TimeMode::Event => self.allowed_lateness_ms.saturating_mul(1_000_000),
+            TimeMode::Processing => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Checkpoint {
+    pub interval_ms: u64,
+    pub keep: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +248,23 @@ impl Config {
         Ok(config)
     }
 
+    /// The compiled `features.list` (already checked by `validate`).
+    pub fn feature_plan(&self) -> Result<crate::features::FeaturePlan, ConfigError> {
+        crate::features::FeaturePlan::compile(&self.features.list, self.time.lateness_ns())
+            .map_err(|problems| ConfigError { problems })
+    }
+
+    /// What a checkpoint's records depend on: restoring one needs the same shard count (keys
+    /// are placed by it) and the same feature list and lateness (they lay out the words).
+    pub fn state_layout(&self, shards: usize) -> String {
+        let features: Vec<&str> = self.features.list.iter().map(|f| f.trim()).collect();
+        format!(
+            "shards={shards};lateness_ns={};features={}",
+            self.time.lateness_ns(),
+            features.join("|")
+        )
+    }
+
     pub fn onnx_spec(&self) -> crate::infer::OnnxSpec {
         crate::infer::OnnxSpec {
             path: self.model.path.clone(),
@@ -258,8 +323,8 @@ mod tests {
         assert_eq!(c.ingest.udp.driver, UdpDriver::Recvmmsg);
         assert_eq!(c.route.full, RingFullPolicy::Backpressure);
         // Integers are accepted where a number is expected.
-        let c = Config::from_layers(None, &["state.ewma_alpha=1".into()]).unwrap();
-        assert_eq!(c.state.ewma_alpha, 1.0);
+        let c = Config::from_layers(None, &["model.alert_threshold=1".into()]).unwrap();
+        assert_eq!(c.model.alert_threshold, 1.0);
     }
 
     #[test]
@@ -270,7 +335,8 @@ mod tests {
             colour = 3
             [state]
             hot_capacity = 0
-            ewma_alpha = 2.0
+            [features]
+            list = ["amount", "median(amount, lifetime)"]
             [ingest.udp]
             listen = "not an address"
             uring_buffers = 1000
@@ -289,12 +355,12 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         // Type and key errors stop before range checks; fix them and the range checks all show.
-        let file = "[state]\nhot_capacity = 0\newma_alpha = 2.0\n[ingest.udp]\nlisten = \"nope\"\nuring_buffers = 1000\n";
+        let file = "[state]\nhot_capacity = 0\n[features]\nlist = [\"amount\", \"median(amount, lifetime)\"]\n[ingest.udp]\nlisten = \"nope\"\nuring_buffers = 1000\n";
         let err = Config::from_layers(Some(file), &["wire.depth_max=0".into()]).unwrap_err();
         let all = err.problems.join("\n");
         for needle in [
             "state.hot_capacity = 0",
-            "state.ewma_alpha = 2",
+            "features.list[1]",
             "ingest.udp.listen",
             "uring_buffers = 1000: must be a power of two",
             "wire.depth_max = 0",

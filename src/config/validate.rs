@@ -1,6 +1,7 @@
 //! Range and cross-field checks. Every rule runs, so one `check-config` lists every problem.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, ModelKind};
+use crate::features::FeaturePlan;
 use crate::limits;
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
@@ -104,11 +105,41 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         limits::MMSG_BATCH_MAX,
     );
     range(
-        "model.linear.weights (length)",
-        c.model.linear.weights.len(),
-        limits::FEATURES_DERIVED,
-        limits::FEATURE_ROW_MAX,
+        "state.ttl_sweep_slots",
+        c.state.ttl_sweep_slots,
+        1,
+        limits::TTL_SWEEP_SLOTS_MAX,
     );
+    range(
+        "checkpoint.keep",
+        c.checkpoint.keep,
+        1,
+        limits::CHECKPOINTS_KEPT_MAX,
+    );
+    range(
+        "time.allowed_lateness_ms",
+        c.time.allowed_lateness_ms as usize,
+        0,
+        limits::LATENESS_MS_MAX,
+    );
+    range(
+        "checkpoint.interval_ms",
+        c.checkpoint.interval_ms as usize,
+        0,
+        limits::CHECKPOINT_INTERVAL_MS_MAX,
+    );
+    match FeaturePlan::compile(&c.features.list, c.time.lateness_ns()) {
+        Ok(plan) => {
+            if c.model.kind == ModelKind::Linear && c.model.linear.weights.len() != plan.width() {
+                p.push(format!(
+                    "model.linear.weights has {} weights but features.list has {} features: one weight per feature",
+                    c.model.linear.weights.len(),
+                    plan.width()
+                ));
+            }
+        }
+        Err(problems) => p.extend(problems),
+    }
 
     if !c.ingest.udp.uring_buffers.is_power_of_two() {
         p.push(format!(
@@ -141,12 +172,6 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         p.push(format!(
             "shards.park_timeout_us = {}: must be between 1 and 1000000",
             c.shards.park_timeout_us
-        ));
-    }
-    if !(c.state.ewma_alpha > 0.0 && c.state.ewma_alpha <= 1.0) {
-        p.push(format!(
-            "state.ewma_alpha = {}: must be in (0, 1]",
-            c.state.ewma_alpha
         ));
     }
     if !(0.0..=1.0).contains(&c.model.alert_threshold) {

@@ -17,7 +17,7 @@ pub use shard_model::{build_primaries, build_primary, ModelUpdate, ShardModel, S
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
-    #[error("model input width {got} does not match the feature row width {want}")]
+    #[error("the model takes {got} inputs but features.list has {want} features: the model must be trained on that row")]
     Width { got: usize, want: usize },
     #[error("model run failed: {0}")]
     Run(String),

@@ -8,7 +8,7 @@ use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::{FeatureBatch, InferError, Scorer};
-use crate::limits::{FEATURES_DERIVED, FEATURE_ROW_MAX};
+use crate::limits::FEATURE_ROW_MAX;
 
 /// Models compiled into the binary, so `sluice demo` works with nothing else installed but
 /// the runtime library. `model.path = "builtin:NAME"`.
@@ -107,14 +107,15 @@ impl OnnxScorer {
                 spec.input
             )));
         }
-        let width = usize::try_from(shape[1]).ok().filter(|w| (FEATURES_DERIVED..=FEATURE_ROW_MAX).contains(w)).ok_or_else(|| {
-            bad(format!(
-                "input {:?} has {} features; sluice rows have {FEATURES_DERIVED} derived features plus up to {} producer features",
-                spec.input,
-                shape[1],
-                FEATURE_ROW_MAX - FEATURES_DERIVED
-            ))
-        })?;
+        let width = usize::try_from(shape[1])
+            .ok()
+            .filter(|w| (1..=FEATURE_ROW_MAX).contains(w))
+            .ok_or_else(|| {
+                bad(format!(
+                    "input {:?} has {} features; sluice rows have 1 to {FEATURE_ROW_MAX} (features.list)",
+                    spec.input, shape[1]
+                ))
+            })?;
         let output = session.outputs().iter().find(|o| o.name() == spec.output).ok_or_else(|| {
             let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
             bad(format!("no output named {:?} (model.output); the model has {names:?} (export with zipmap off)", spec.output))

@@ -2,7 +2,6 @@
 
 use super::{FeatureBatch, InferError, LinearScorer, OnlineLr, OnnxScorer, Scorer};
 use crate::config::{Config, ModelKind};
-use crate::limits::FEATURES_DERIVED;
 
 /// Control thread -> shard, applied between drain cycles.
 pub enum ModelUpdate {
@@ -28,12 +27,9 @@ pub struct ShardModel {
     version: u32,
 }
 
-/// The row width every shard uses for this config (fixed for the life of the process).
-pub fn row_width(config: &Config, primary: Option<&dyn Scorer>) -> usize {
-    primary.map_or(
-        FEATURES_DERIVED + config.wire.features_per_event_max,
-        Scorer::width,
-    )
+/// The row width every shard uses for this config: one input per `features.list` entry.
+pub fn row_width(config: &Config) -> usize {
+    config.features.list.len()
 }
 
 /// Load the configured primary model (none for `kind = "online"`), `path` overriding
@@ -67,7 +63,15 @@ pub fn build_primaries(
             let bytes = super::onnx::model_bytes(&spec.path)?;
             let mut models: Vec<Box<dyn Scorer>> = Vec::with_capacity(shards);
             for _ in 0..shards {
-                models.push(Box::new(OnnxScorer::load(&spec, &bytes)?));
+                let m = OnnxScorer::load(&spec, &bytes)?;
+                // The row is features.list: a model trained on another row would score nonsense.
+                if m.width() != row_width(config) {
+                    return Err(InferError::Width {
+                        got: m.width(),
+                        want: row_width(config),
+                    });
+                }
+                models.push(Box::new(m));
             }
             Ok(Some(models))
         }
@@ -76,7 +80,7 @@ pub fn build_primaries(
 
 impl ShardModel {
     pub fn new(config: &Config, primary: Option<Box<dyn Scorer>>, version: u32) -> Self {
-        let width = row_width(config, primary.as_deref());
+        let width = row_width(config);
         let online = config
             .model
             .online

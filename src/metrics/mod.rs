@@ -54,15 +54,21 @@ pub enum DropReason {
     SendError,
     /// The spill store failed (I/O); the key's state is unchanged.
     StateError,
+    /// Event time older than the shard's watermark with `time.late = drop`.
+    Late,
+    /// A replay of a seq its key already applied (`state.dedup`).
+    Duplicate,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         Self::RingFull,
         Self::StateFull,
         Self::ModelError,
         Self::SendError,
         Self::StateError,
+        Self::Late,
+        Self::Duplicate,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -71,6 +77,8 @@ impl DropReason {
             Self::ModelError => "model_error",
             Self::SendError => "send_error",
             Self::StateError => "state_error",
+            Self::Late => "late",
+            Self::Duplicate => "duplicate",
         }
     }
 }
@@ -97,6 +105,15 @@ pub struct ShardCounters {
     pub hot_misses: Counter,
     pub spills: Counter,
     pub reloads: Counter,
+    pub expired: Counter,
+    /// Late events applied at the watermark (`time.late = apply`).
+    pub late_applied: Counter,
+    pub checkpoints_written: Counter,
+    pub checkpoints_failed: Counter,
+    pub checkpoints_skipped: Counter,
+    /// Longest time a snapshot held the shard (ns).
+    pub checkpoint_pause_max_ns: Counter,
+    pub checkpoint_bytes_last: Counter,
 }
 
 impl ShardCounters {

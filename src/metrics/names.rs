@@ -27,3 +27,11 @@ pub const HOT_HITS: &str = "sluice_state_hot_hits_total";
 pub const HOT_MISSES: &str = "sluice_state_hot_misses_total";
 pub const SPILLS: &str = "sluice_state_spills_total";
 pub const RELOADS: &str = "sluice_state_reloads_total";
+pub const EXPIRED: &str = "sluice_state_expired_total";
+pub const LATE_APPLIED: &str = "sluice_late_events_applied_total";
+pub const CHECKPOINTS_WRITTEN: &str = "sluice_checkpoints_written_total";
+pub const CHECKPOINTS_FAILED: &str = "sluice_checkpoints_failed_total";
+/// A checkpoint came due while the previous one was still being written.
+pub const CHECKPOINTS_SKIPPED: &str = "sluice_checkpoints_skipped_total";
+pub const CHECKPOINT_PAUSE_MAX: &str = "sluice_checkpoint_pause_max_seconds";
+pub const CHECKPOINT_BYTES: &str = "sluice_checkpoint_hot_bytes";

@@ -36,6 +36,13 @@ pub struct Report {
     pub hot_misses: u64,
     pub spills: u64,
     pub reloads: u64,
+    pub expired: u64,
+    pub late_applied: u64,
+    pub checkpoints_written: u64,
+    pub checkpoints_failed: u64,
+    pub checkpoints_skipped: u64,
+    /// Longest snapshot pause of any shard (ns).
+    pub checkpoint_pause_max_ns: u64,
     pub latency_clamped: u64,
     pub receive_to_emit: Option<Histogram<u64>>,
     pub in_shard: Option<Histogram<u64>>,
@@ -75,6 +82,16 @@ impl Report {
             hot_misses: sum(&|c| c.hot_misses.get()),
             spills: sum(&|c| c.spills.get()),
             reloads: sum(&|c| c.reloads.get()),
+            expired: sum(&|c| c.expired.get()),
+            late_applied: sum(&|c| c.late_applied.get()),
+            checkpoints_written: sum(&|c| c.checkpoints_written.get()),
+            checkpoints_failed: sum(&|c| c.checkpoints_failed.get()),
+            checkpoints_skipped: sum(&|c| c.checkpoints_skipped.get()),
+            checkpoint_pause_max_ns: counters
+                .iter()
+                .map(|c| c.checkpoint_pause_max_ns.get())
+                .max()
+                .unwrap_or(0),
             per_shard: counters
                 .iter()
                 .map(|c| (c.events_received.get(), c.observations_applied.get()))
@@ -180,10 +197,23 @@ impl Report {
             (names::HOT_MISSES, self.hot_misses),
             (names::SPILLS, self.spills),
             (names::RELOADS, self.reloads),
+            (names::EXPIRED, self.expired),
+            (names::LATE_APPLIED, self.late_applied),
+            (names::CHECKPOINTS_WRITTEN, self.checkpoints_written),
+            (names::CHECKPOINTS_FAILED, self.checkpoints_failed),
+            (names::CHECKPOINTS_SKIPPED, self.checkpoints_skipped),
         ] {
             if v > 0 {
                 let _ = writeln!(s, "  {name:<40} {v}");
             }
+        }
+        if self.checkpoints_written > 0 {
+            let _ = writeln!(
+                s,
+                "  {:<40} {:.6}",
+                names::CHECKPOINT_PAUSE_MAX,
+                self.checkpoint_pause_max_ns as f64 * 1e-9
+            );
         }
         for (i, (recv, owned)) in self.per_shard.iter().enumerate() {
             let _ = writeln!(

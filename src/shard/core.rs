@@ -5,20 +5,25 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, RingFullPolicy};
+use crate::config::{Config, LatePolicy, RingFullPolicy, TimeMode};
 use crate::egress::{PendingScore, ScoreSink};
-use crate::features;
 use crate::infer::{FeatureBatch, ModelUpdate, Scorer, ShardModel};
 use crate::ingest::Datagram;
 use crate::limits::FEATURES_INLINE_MAX;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Inbound, Outbound, RoutedEvent};
-use crate::state::{HotTable, KeyedState, Spill, StateError, Update};
+use crate::state::{KeyState, KeyedState, Outcome, StateError, Update};
 use crate::wire::{DecodeError, Decoder, EventKind, ScoreOut};
 
 /// State, features and model: everything that happens at the key's owner.
 pub struct Owner {
     table: KeyedState,
+    time: TimeMode,
+    lateness_ns: u64,
+    late: LatePolicy,
+    /// Newest event time applied here (the watermark is this minus the lateness).
+    max_event_ns: u64,
+    ttl_sweep_slots: usize,
     batch: FeatureBatch,
     meta: Vec<(SocketAddr, PendingScore)>,
     scores: Vec<f32>,
@@ -32,15 +37,46 @@ pub struct Owner {
 
 impl Owner {
     fn apply(&mut self, ev: &RoutedEvent, sink: &mut dyn ScoreSink) {
+        let (ts_ns, now_ns) = match self.time {
+            TimeMode::Processing => {
+                self.max_event_ns = self.max_event_ns.max(ev.recv_ns);
+                (ev.recv_ns, ev.pickup_ns.max(ev.recv_ns))
+            }
+            TimeMode::Event => {
+                let watermark = self.max_event_ns.saturating_sub(self.lateness_ns);
+                let ts = if ev.ts_ns >= watermark {
+                    ev.ts_ns
+                } else {
+                    match self.late {
+                        LatePolicy::Drop => {
+                            self.counters.dropped_events(DropReason::Late, 1);
+                            return;
+                        }
+                        LatePolicy::Apply => {
+                            self.counters.late_applied.inc();
+                            watermark
+                        }
+                    }
+                };
+                self.max_event_ns = self.max_event_ns.max(ts);
+                (ts, self.max_event_ns)
+            }
+        };
         let update = Update {
             key: ev.key,
-            ts_ns: ev.ts_ns,
+            seq: ev.seq,
+            ts_ns,
             kind: ev.kind,
             amount: ev.amount,
             label: ev.label,
+            features: ev.features(),
         };
-        let record = match self.table.apply(&update) {
-            Ok(r) => r,
+        let slot = match self.table.apply(&update, now_ns) {
+            Ok(Outcome::Applied(slot)) => slot,
+            Ok(Outcome::Duplicate) => {
+                self.counters.dropped_events(DropReason::Duplicate, 1);
+                return;
+            }
             Err(e) => {
                 let reason = match e {
                     StateError::Full { .. } => DropReason::StateFull,
@@ -59,32 +95,35 @@ impl Owner {
                 return;
             }
         };
+        let (head, words) = self.table.slot(slot);
+        let plan = self.table.plan();
+        let obs = update.obs();
         match ev.kind {
             EventKind::Feedback => {
                 self.counters.feedback_applied.inc();
                 if self.model.learns() {
-                    features::build_row(
-                        &record,
-                        ev.amount,
-                        ev.ts_ns,
-                        ev.features(),
-                        &mut self.learn_row,
-                    );
+                    plan.build_row(words, head.prev_event_ns, &obs, &mut self.learn_row);
                     self.model.learn(&self.learn_row, ev.label);
                 }
             }
             EventKind::Observation => {
                 self.counters.observations_applied.inc();
+                let count = head.observations;
                 if self.batch.is_full() {
+                    // Scoring needs `self` whole: the record is read again after it (the
+                    // slot does not move, nothing is applied in between).
                     self.score(sink);
                 }
+                let (head, words) = self.table.slot(slot);
                 if let Some(row) = self.batch.next_row() {
-                    features::build_row(&record, ev.amount, ev.ts_ns, ev.features(), row);
+                    self.table
+                        .plan()
+                        .build_row(words, head.prev_event_ns, &obs, row);
                 }
                 let score = ScoreOut {
                     key: ev.key,
                     seq: ev.seq,
-                    count: record.observations,
+                    count,
                     ..ScoreOut::default()
                 };
                 self.meta.push((
@@ -150,16 +189,21 @@ pub struct ShardCore {
 }
 
 impl ShardCore {
+    /// `table` is the shard's state (restored, when there was a checkpoint), `max_event_ns`
+    /// its restored newest event time.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         shards: usize,
         config: &Config,
         (out, inbound): (Outbound, Inbound),
         model: ShardModel,
-        spill: Option<Spill>,
+        table: KeyedState,
+        max_event_ns: u64,
         counters: Arc<ShardCounters>,
     ) -> Self {
         let width = model.width();
+        debug_assert_eq!(width, table.plan().width());
         let batch_max = config.infer.batch_max;
         Self {
             id,
@@ -175,10 +219,12 @@ impl ShardCore {
             ),
             touched: vec![false; shards],
             owner: Owner {
-                table: KeyedState::new(
-                    HotTable::new(config.state.hot_capacity, config.state.ewma_alpha),
-                    spill,
-                ),
+                table,
+                time: config.time.mode,
+                lateness_ns: config.time.lateness_ns(),
+                late: config.time.late,
+                max_event_ns,
+                ttl_sweep_slots: config.state.ttl_sweep_slots,
                 batch: FeatureBatch::new(width, batch_max),
                 meta: Vec::with_capacity(batch_max),
                 scores: vec![0.0; batch_max],
@@ -197,16 +243,18 @@ impl ShardCore {
         self.owner.table.memory_bytes()
     }
 
-    /// A key's record, hot or spilled, if this shard owns it.
-    pub fn record(&self, key: u64) -> Result<Option<crate::state::Record>, StateError> {
-        self.owner.table.get(key)
+    /// The shard's keyed state (for checkpoints, between cycles).
+    pub fn state(&self) -> &KeyedState {
+        &self.owner.table
     }
 
-    /// A key's record and where it lives ("hot" or "spilled").
-    pub fn locate(
-        &self,
-        key: u64,
-    ) -> Result<Option<(crate::state::Record, &'static str)>, StateError> {
+    /// Newest event time applied on this shard.
+    pub fn max_event_ns(&self) -> u64 {
+        self.owner.max_event_ns
+    }
+
+    /// A key's state, hot or spilled, if this shard owns it.
+    pub fn locate(&self, key: u64) -> Result<Option<KeyState>, StateError> {
         self.owner.table.locate(key)
     }
 
@@ -325,9 +373,17 @@ impl ShardCore {
         self.owner.model.version()
     }
 
-    /// End of a drain cycle: score what is pending, publish the state counters.
-    pub fn finish_cycle(&mut self, sink: &mut dyn ScoreSink) {
+    /// End of a drain cycle: score what is pending, sweep a few slots for idle keys, publish
+    /// the state counters. `now_ns` is the cycle's processing time.
+    pub fn finish_cycle(&mut self, now_ns: u64, sink: &mut dyn ScoreSink) {
         self.owner.score(sink);
+        let reference = match self.owner.time {
+            TimeMode::Processing => now_ns,
+            TimeMode::Event => self.owner.max_event_ns,
+        };
+        self.owner
+            .table
+            .expire_idle(reference, self.owner.ttl_sweep_slots);
         let t = &self.owner.table;
         let c = &self.counters;
         c.hot_keys.set(t.hot_len() as u64);
@@ -336,6 +392,7 @@ impl ShardCore {
         c.hot_misses.set(t.stats.hot_misses);
         c.spills.set(t.stats.spills);
         c.reloads.set(t.stats.reloads);
+        c.expired.set(t.stats.expired);
     }
 
     /// Owners pushed to since the last call (and reset).

@@ -30,7 +30,16 @@ fn cores(sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
         .enumerate()
         .map(|(id, rings)| {
             let model = ShardModel::new(&config, build_primary(&config, None).unwrap(), 1);
-            ShardCore::new(id, 2, &config, rings, model, None, counters[id].clone())
+            ShardCore::new(
+                id,
+                2,
+                &config,
+                rings,
+                model,
+                KeyedState::from_config(&config, None).unwrap(),
+                0,
+                counters[id].clone(),
+            )
         })
         .collect();
     (cores, counters)
@@ -64,7 +73,7 @@ fn feed(core: &mut ShardCore, bytes: &[u8], sink: &mut Sink) {
         truncated: false,
     };
     core.on_datagram(dg, 2_000, sink);
-    core.finish_cycle(sink);
+    core.finish_cycle(0, sink);
 }
 
 #[test]
@@ -83,7 +92,7 @@ fn events_reach_their_owner_and_every_observation_gets_one_score() {
     let (mut s0, mut s1) = (Sink::new(), Sink::new());
     feed(&mut c[0], &datagram(&events), &mut s0);
     c[1].drain_inbound(1000, &mut s1);
-    c[1].finish_cycle(&mut s1);
+    c[1].finish_cycle(0, &mut s1);
 
     assert_eq!(s0.len(), 9, "shard 0 scores its own 3 keys x 3");
     assert_eq!(
@@ -116,7 +125,7 @@ fn events_reach_their_owner_and_every_observation_gets_one_score() {
         };
         assert_eq!(counts, want, "key {k}");
     }
-    assert_eq!(c[1].record(theirs[0]).unwrap().unwrap().feedbacks, 1);
+    assert_eq!(c[1].locate(theirs[0]).unwrap().unwrap().record.feedbacks, 1);
     assert_eq!(counters[0].events_routed_away.get(), 9);
     assert_eq!(counters[1].feedback_applied.get(), 1);
 }
@@ -135,7 +144,7 @@ fn full_ring_with_drop_policy_counts_each_dropped_event() {
     assert!(!c[0].is_stalled());
     assert_eq!(counters[0].events_dropped_by(DropReason::RingFull), 16);
     c[1].drain_inbound(1000, &mut s1);
-    c[1].finish_cycle(&mut s1);
+    c[1].finish_cycle(0, &mut s1);
     let seqs: Vec<u64> = s1.iter().map(|(_, p)| p.score.seq).collect();
     assert_eq!(seqs, vec![0, 1, 2, 3]);
 }
@@ -151,7 +160,7 @@ fn full_ring_with_backpressure_holds_events_in_order_until_they_fit() {
     let mut rounds = 0;
     while c[0].is_stalled() || !c[1].inbound_is_empty() {
         c[1].drain_inbound(3, &mut s1);
-        c[1].finish_cycle(&mut s1);
+        c[1].finish_cycle(0, &mut s1);
         c[0].retry_stalled();
         rounds += 1;
         assert!(rounds < 100);

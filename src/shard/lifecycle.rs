@@ -1,7 +1,7 @@
 //! Stopping without losing accepted events. On stop every shard stops receiving, finishes
 //! handing on what it holds (stalled events under backpressure), and says so; once all have,
 //! no event can enter a ring again, so each shard drains its inbound rings to empty, scores,
-//! flushes its replies and exits.
+//! flushes its replies, writes a last checkpoint (with `state.dir`) and exits.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -58,4 +58,6 @@ pub(super) fn drain(shard: &mut Shard, control: &Control) {
             break;
         }
     }
+    // Phase 3: everything accepted is applied; make it durable.
+    shard.final_checkpoint();
 }

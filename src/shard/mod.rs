@@ -19,13 +19,21 @@ use crate::infer::{ModelUpdate, ShardReport};
 use crate::ingest::udp::UdpReceiver;
 use crate::ingest::IngestError;
 use crate::metrics::{ShardCounters, ShardLatency};
+use crate::state::checkpoint::Checkpointer;
 use crate::wake::Waker;
+
+fn publish_checkpoint_stats(cp: &Checkpointer, c: &ShardCounters) {
+    c.checkpoints_written.set(cp.stats.written);
+    c.checkpoints_failed.set(cp.stats.failed);
+    c.checkpoints_skipped.set(cp.stats.skipped_busy);
+    c.checkpoint_pause_max_ns.set(cp.stats.max_pause_ns);
+    c.checkpoint_bytes_last.set(cp.stats.last_bytes);
+}
 
 /// An admin question about one key, answered by its owner shard between cycles.
 pub struct StateQuery {
     pub key: u64,
-    pub reply:
-        std::sync::mpsc::Sender<Result<Option<(crate::state::Record, &'static str)>, String>>,
+    pub reply: std::sync::mpsc::Sender<Result<Option<crate::state::KeyState>, String>>,
 }
 
 /// The shard's ends of its rings to the control thread.
@@ -64,6 +72,8 @@ impl ModelLink {
 
 pub struct Shard {
     pub core: ShardCore,
+    /// Periodic snapshots of the shard's state (with `state.dir` and `checkpoint.interval_ms`).
+    pub checkpoints: Option<Checkpointer>,
     pub model_link: ModelLink,
     pub rx: UdpReceiver,
     pub egress: Egress,
@@ -110,8 +120,14 @@ impl Shard {
             Ok(0)
         };
         work += core.drain_inbound(self.drain_max, &mut sink);
-        core.finish_cycle(&mut sink);
+        core.finish_cycle(pickup_ns, &mut sink);
         egress.flush(counters, latency);
+        if let Some(cp) = &mut self.checkpoints {
+            // Between cycles, after the flush: every event taken in so far is applied and
+            // answered, none is half-way.
+            cp.tick(pickup_ns, core.state(), core.max_event_ns());
+            publish_checkpoint_stats(cp, counters);
+        }
         let wakers = &self.wakers;
         core.take_touched(|owner| wakers[owner].wake_if_parked());
         let s = rx.stats();
@@ -119,6 +135,14 @@ impl Shard {
         counters.uring_enobufs.set(s.enobufs);
         counters.uring_rearms.set(s.rearms);
         Ok(work + received?)
+    }
+
+    /// At shutdown, after the drain: one last checkpoint, waited for.
+    pub fn final_checkpoint(&mut self) {
+        if let Some(cp) = &mut self.checkpoints {
+            cp.finish(self.core.state(), self.core.max_event_ns());
+            publish_checkpoint_stats(cp, &self.counters);
+        }
     }
 
     /// A cycle without receiving (cannot fail: it touches no socket for input).

@@ -5,40 +5,35 @@
 //! passed gets a second chance.
 
 use crate::route::mix64;
-use crate::wire::EventKind;
 
 use super::record::{OCCUPIED, REFERENCED};
 use super::Record;
 
-/// What one event needs to change a record.
-#[derive(Debug, Clone, Copy)]
-pub struct Update {
-    pub key: u64,
-    pub ts_ns: u64,
-    pub kind: EventKind,
-    pub amount: f32,
-    pub label: f32,
-}
-
+/// Record heads in one array and their window words in a parallel one (`stride` words a
+/// slot), both allocated once: a record is read and updated in place, never copied out.
 pub struct HotTable {
-    slots: Vec<Record>,
+    heads: Vec<Record>,
+    words: Vec<u64>,
+    stride: usize,
     mask: usize,
     len: usize,
     capacity: usize,
-    ewma_alpha: f64,
     hand: usize,
+    sweep: usize,
 }
 
 impl HotTable {
-    pub fn new(capacity: usize, ewma_alpha: f64) -> Self {
+    pub fn new(capacity: usize, stride: usize) -> Self {
         let slots_len = (capacity + capacity / 3 + 1).next_power_of_two();
         Self {
-            slots: vec![Record::default(); slots_len],
+            heads: vec![Record::default(); slots_len],
+            words: vec![0; slots_len * stride],
+            stride,
             mask: slots_len - 1,
             len: 0,
             capacity,
-            ewma_alpha,
             hand: 0,
+            sweep: 0,
         }
     }
 
@@ -58,9 +53,19 @@ impl HotTable {
         self.capacity
     }
 
-    /// Bytes held by the table (the slot array).
+    /// Window words per record.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Slots in the table (occupied or not).
+    pub fn slots(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Bytes held by the table (both arrays).
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Record>()
+        self.heads.len() * std::mem::size_of::<Record>() + self.words.len() * 8
     }
 
     #[inline]
@@ -70,12 +75,17 @@ impl HotTable {
         (mix64(key) as usize) & self.mask
     }
 
+    #[inline]
+    fn words_at(&self, slot: usize) -> std::ops::Range<usize> {
+        slot * self.stride..(slot + 1) * self.stride
+    }
+
     /// The slot holding `key`.
     #[inline]
     pub fn find(&self, key: u64) -> Option<usize> {
         let mut i = self.home(key);
         loop {
-            let r = &self.slots[i];
+            let r = &self.heads[i];
             if !r.is_occupied() {
                 return None;
             }
@@ -86,12 +96,26 @@ impl HotTable {
         }
     }
 
-    pub fn get(&self, key: u64) -> Option<&Record> {
-        self.find(key).map(|i| &self.slots[i])
+    /// The head and words in `slot` (an occupied slot from `find` or `insert`; an empty one
+    /// reads as a default head).
+    #[inline]
+    pub fn slot(&self, slot: usize) -> (&Record, &[u64]) {
+        (&self.heads[slot], &self.words[self.words_at(slot)])
     }
 
-    /// Place a record for a key that is not in the table; None when full.
-    pub fn insert(&mut self, mut rec: Record) -> Option<usize> {
+    #[inline]
+    pub fn slot_mut(&mut self, slot: usize) -> (&mut Record, &mut [u64]) {
+        let range = self.words_at(slot);
+        (&mut self.heads[slot], &mut self.words[range])
+    }
+
+    pub fn get(&self, key: u64) -> Option<(&Record, &[u64])> {
+        self.find(key).map(|i| self.slot(i))
+    }
+
+    /// Place a record for a key that is not in the table, with `words` (zeroed when None);
+    /// None when full. The record starts referenced.
+    pub fn insert(&mut self, mut rec: Record, words: Option<&[u64]>) -> Option<usize> {
         debug_assert!(
             self.find(rec.key).is_none(),
             "insert of a key already present"
@@ -101,71 +125,43 @@ impl HotTable {
         }
         rec.flags = OCCUPIED | REFERENCED;
         let mut i = self.home(rec.key);
-        while self.slots[i].is_occupied() {
+        while self.heads[i].is_occupied() {
             i = (i + 1) & self.mask;
         }
-        self.slots[i] = rec;
+        self.heads[i] = rec;
+        let range = self.words_at(i);
+        match words {
+            Some(w) => self.words[range].copy_from_slice(w),
+            None => self.words[range].fill(0),
+        }
         self.len += 1;
         Some(i)
     }
 
-    /// Apply one event to the record in `slot` and return a copy of the result.
-    pub fn update(&mut self, slot: usize, u: &Update) -> Record {
-        let alpha = self.ewma_alpha;
-        let r = &mut self.slots[slot];
-        debug_assert!(r.is_occupied() && r.key == u.key);
-        r.flags |= REFERENCED;
-        r.prev_event_ns = r.last_event_ns;
-        // Out-of-order events never move time backwards (event-time windows arrive with the
-        // rest of the state work).
-        r.last_event_ns = r.last_event_ns.max(u.ts_ns);
-        match u.kind {
-            EventKind::Observation => {
-                r.observations += 1;
-                let a = f64::from(u.amount);
-                r.sum_amount += a;
-                r.ewma_amount = if r.observations == 1 {
-                    a
-                } else {
-                    alpha * a + (1.0 - alpha) * r.ewma_amount
-                };
-            }
-            EventKind::Feedback => {
-                r.feedbacks += 1;
-                if u.label == 1.0 {
-                    r.positives += 1;
-                }
-            }
-        }
-        *r
+    /// Take the record out of `slot` (its words into `words_out`), shifting later entries of
+    /// its probe run back so every key stays reachable without tombstones.
+    pub fn remove_slot(&mut self, slot: usize, words_out: &mut [u64]) -> Record {
+        let range = self.words_at(slot);
+        words_out.copy_from_slice(&self.words[range]);
+        self.remove_inner(slot)
     }
 
-    /// Apply an event, creating the key's record if needed; None when the key is new and the
-    /// table is full (the caller spills or rejects).
-    pub fn apply(&mut self, u: &Update) -> Option<Record> {
-        let slot = match self.find(u.key) {
-            Some(s) => s,
-            None => self.insert(Record::fresh(u.key, u.ts_ns, u.amount))?,
-        };
-        Some(self.update(slot, u))
-    }
-
-    /// Take the record out of `slot`, shifting later entries of its probe run back so every
-    /// key stays reachable without tombstones.
-    pub fn remove_slot(&mut self, slot: usize) -> Record {
-        let removed = self.slots[slot];
+    fn remove_inner(&mut self, slot: usize) -> Record {
+        let removed = self.heads[slot];
         debug_assert!(removed.is_occupied());
-        self.slots[slot] = Record::default();
+        self.heads[slot] = Record::default();
         self.len -= 1;
         let mut hole = slot;
         let mut j = (slot + 1) & self.mask;
-        while self.slots[j].is_occupied() {
-            let home = self.home(self.slots[j].key);
+        while self.heads[j].is_occupied() {
+            let home = self.home(self.heads[j].key);
             // The entry at j may fill the hole if its home is not after the hole on the way
             // to j (cyclically): its distance from home is at least the hole's distance.
             if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
-                self.slots[hole] = self.slots[j];
-                self.slots[j] = Record::default();
+                self.heads[hole] = self.heads[j];
+                self.heads[j] = Record::default();
+                let from = self.words_at(j);
+                self.words.copy_within(from, hole * self.stride);
                 hole = j;
             }
             j = (j + 1) & self.mask;
@@ -180,10 +176,10 @@ impl HotTable {
             return None;
         }
         // Two sweeps suffice: the first clears every bit it passes.
-        for _ in 0..2 * self.slots.len() {
+        for _ in 0..2 * self.heads.len() {
             let i = self.hand;
             self.hand = (self.hand + 1) & self.mask;
-            let r = &mut self.slots[i];
+            let r = &mut self.heads[i];
             if r.is_occupied() {
                 if r.flags & REFERENCED == 0 {
                     return Some(i);
@@ -192,6 +188,25 @@ impl HotTable {
             }
         }
         None
+    }
+
+    /// Look at the next `slots` slots from the TTL cursor and remove every record for which
+    /// `expired(head)` holds; returns how many were removed. Bounded work per call, so the
+    /// shard can run it every cycle.
+    pub fn sweep(&mut self, slots: usize, mut expired: impl FnMut(&Record) -> bool) -> u64 {
+        let mut removed = 0;
+        for _ in 0..slots.min(self.heads.len()) {
+            let i = self.sweep;
+            let h = &self.heads[i];
+            if h.is_occupied() && expired(h) {
+                self.remove_inner(i);
+                removed += 1;
+                // The backward shift may have moved an unseen record into slot i: look again.
+                continue;
+            }
+            self.sweep = (self.sweep + 1) & self.mask;
+        }
+        removed
     }
 }
 
@@ -203,77 +218,59 @@ mod tests {
 
     use super::*;
 
-    fn obs(key: u64, ts: u64, amount: f32) -> Update {
-        Update {
-            key,
-            ts_ns: ts,
-            kind: EventKind::Observation,
-            amount,
-            label: -1.0,
-        }
-    }
-
-    #[test]
-    fn counts_sums_and_ewma_per_key() {
-        let mut t = HotTable::new(100, 0.5);
-        t.apply(&obs(7, 10, 2.0)).unwrap();
-        let r = t.apply(&obs(7, 20, 4.0)).unwrap();
-        assert_eq!(r.observations, 2);
-        assert_eq!(r.sum_amount, 6.0);
-        assert_eq!(r.ewma_amount, 3.0);
-        assert_eq!(
-            (r.prev_event_ns, r.last_event_ns, r.first_event_ns),
-            (10, 20, 10)
-        );
-        let f = t
-            .apply(&Update {
-                key: 7,
-                ts_ns: 30,
-                kind: EventKind::Feedback,
-                amount: 0.0,
-                label: 1.0,
-            })
-            .unwrap();
-        assert_eq!((f.observations, f.feedbacks, f.positives), (2, 1, 1));
-        assert_eq!(t.len(), 1);
-        assert!(t.get(8).is_none());
+    /// Find or insert `key` and count one event in its head and its first word.
+    fn bump(t: &mut HotTable, key: u64) -> Option<u64> {
+        let slot = match t.find(key) {
+            Some(s) => s,
+            None => t.insert(Record::fresh(key, 1), None)?,
+        };
+        let (head, words) = t.slot_mut(slot);
+        head.observations += 1;
+        head.flags |= REFERENCED;
+        words[0] += 10;
+        Some(head.observations)
     }
 
     #[test]
     fn key_zero_and_colliding_keys_are_distinct() {
-        let mut t = HotTable::new(1000, 0.1);
+        let mut t = HotTable::new(1000, 2);
         for k in 0..1000u64 {
             for _ in 0..=(k % 3) {
-                t.apply(&obs(k, 1, 1.0)).unwrap();
+                bump(&mut t, k).unwrap();
             }
         }
         for k in 0..1000u64 {
-            assert_eq!(t.get(k).map(|r| r.observations), Some(k % 3 + 1), "key {k}");
+            let (h, w) = t.get(k).unwrap();
+            assert_eq!(
+                (h.observations, w[0], w[1]),
+                (k % 3 + 1, 10 * (k % 3 + 1), 0),
+                "key {k}"
+            );
         }
     }
 
     #[test]
     fn full_table_refuses_new_keys_but_serves_known_ones() {
-        let mut t = HotTable::new(4, 0.1);
+        let mut t = HotTable::new(4, 1);
         for k in 0..4 {
-            t.apply(&obs(k, 1, 1.0)).unwrap();
+            bump(&mut t, k).unwrap();
         }
-        assert!(t.apply(&obs(99, 1, 1.0)).is_none());
-        assert_eq!(t.apply(&obs(2, 2, 1.0)).unwrap().observations, 2);
+        assert!(bump(&mut t, 99).is_none());
+        assert_eq!(bump(&mut t, 2), Some(2));
         assert_eq!(t.len(), 4);
     }
 
     #[test]
     fn clock_spares_recently_used_records() {
-        let mut t = HotTable::new(3, 0.1);
+        let mut t = HotTable::new(3, 1);
         for k in [1, 2, 3] {
-            t.apply(&obs(k, 1, 1.0)).unwrap();
+            bump(&mut t, k).unwrap();
         }
         // First sweep clears every bit; then key 2 is used again and must survive the next pick.
         let first = t.evict_candidate().unwrap();
-        let victim = t.remove_slot(first).key;
-        t.apply(&obs(2, 2, 1.0));
-        let next = t.evict_candidate().map(|s| t.slots[s].key).unwrap();
+        let victim = t.remove_slot(first, &mut [0]).key;
+        bump(&mut t, 2);
+        let next = t.evict_candidate().map(|s| t.heads[s].key).unwrap();
         assert_ne!(
             next, 2,
             "the key used since the hand passed gets a second chance"
@@ -281,25 +278,50 @@ mod tests {
         assert_ne!(next, victim);
     }
 
+    #[test]
+    fn sweep_removes_only_what_the_predicate_picks_and_keeps_the_rest_reachable() {
+        let mut t = HotTable::new(500, 1);
+        for k in 0..500u64 {
+            bump(&mut t, k).unwrap();
+        }
+        // A removal re-examines its slot (the shift may have moved an unseen record there)
+        // and spends budget doing so: a budget of one table's worth, twice, covers it all.
+        let first = t.sweep(t.slots(), |h| h.key % 2 == 0);
+        assert!(first > 0 && first <= 250);
+        let removed = first + t.sweep(t.slots(), |h| h.key % 2 == 0);
+        assert_eq!(removed, 250);
+        assert_eq!(t.len(), 250);
+        for k in 0..500u64 {
+            assert_eq!(
+                t.get(k).map(|(_, w)| w[0]),
+                (k % 2 == 1).then_some(10),
+                "key {k}"
+            );
+        }
+    }
+
     proptest! {
-        /// Inserts, updates and removals in any order keep the table equal to a HashMap.
+        /// Inserts, updates and removals in any order keep the table equal to a HashMap, words
+        /// included (the backward shift moves them with their heads).
         #[test]
         fn matches_a_hashmap_under_any_mix_of_operations(ops in proptest::collection::vec((0u8..3, 0u64..64), 1..400)) {
-            let mut t = HotTable::new(48, 0.1);
+            let mut t = HotTable::new(48, 2);
             let mut model: HashMap<u64, u64> = HashMap::new();
             for (op, key) in ops {
                 match op {
                     0 | 1 => {
-                        if let Some(r) = t.apply(&obs(key, 1, 1.0)) {
+                        if let Some(n) = bump(&mut t, key) {
                             *model.entry(key).or_insert(0) += 1;
-                            prop_assert_eq!(r.observations, model[&key]);
+                            prop_assert_eq!(n, model[&key]);
                         } else {
                             prop_assert!(!model.contains_key(&key) && model.len() == 48);
                         }
                     }
                     _ => {
                         if let Some(slot) = t.find(key) {
-                            let r = t.remove_slot(slot);
+                            let mut w = [0u64; 2];
+                            let r = t.remove_slot(slot, &mut w);
+                            prop_assert_eq!(w[0], 10 * r.observations);
                             prop_assert_eq!(Some(r.observations), model.remove(&key));
                         } else {
                             prop_assert!(!model.contains_key(&key));
@@ -309,7 +331,8 @@ mod tests {
                 prop_assert_eq!(t.len(), model.len());
             }
             for (k, n) in &model {
-                prop_assert_eq!(t.get(*k).map(|r| r.observations), Some(*n));
+                let (h, w) = t.get(*k).unwrap();
+                prop_assert_eq!((h.observations, w[0]), (*n, 10 * n));
             }
         }
     }

@@ -1,15 +1,21 @@
 //! Per-shard keyed state. `KeyedState::apply(update)` finds or creates the key's record and
-//! applies the event, synchronously: the hot table first; on a miss, the spill store (if
-//! `state.dir` is set); when the hot table is full, the CLOCK victim moves to the spill store
-//! to make room, so the shard serves more keys than fit in memory.
+//! applies the event in place, synchronously: the hot table first; on a miss, the spill store
+//! (if `state.dir` is set); when the hot table is full, the CLOCK victim moves to the spill
+//! store to make room, so the shard serves more keys than fit in memory. Keys idle longer than
+//! `state.ttl_ms` start over (and are swept from the hot table a few slots per cycle); with
+//! `state.dedup`, an event whose seq the key has already applied is refused as a replay.
 
+pub mod checkpoint;
 mod hot_table;
-mod record;
+pub(crate) mod record;
 mod spill;
 
-pub use hot_table::{HotTable, Update};
-pub use record::{Record, RECORD_BYTES};
+pub use hot_table::HotTable;
+pub use record::{image_bytes, Record, RECORD_BYTES};
 pub use spill::{Spill, SpillError};
+
+use crate::features::{FeaturePlan, Obs};
+use crate::wire::EventKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -26,21 +32,116 @@ pub struct StateStats {
     pub hot_misses: u64,
     pub spills: u64,
     pub reloads: u64,
+    /// Keys found idle past the TTL (restarted on their next event, or swept).
+    pub expired: u64,
+    /// Events refused as replays (`state.dedup`).
+    pub duplicates: u64,
+    /// Observations applied to some key (restored from a checkpoint at start).
+    pub observations_applied: u64,
+    /// Feedback events applied.
+    pub feedbacks_applied: u64,
+}
+
+impl StateStats {
+    /// Rises with every change to the state (for skipping checkpoints of unchanged state).
+    pub fn changes(&self) -> u64 {
+        self.observations_applied + self.feedbacks_applied + self.expired
+    }
+}
+
+/// What one event needs to change a record.
+#[derive(Debug, Clone, Copy)]
+pub struct Update<'a> {
+    pub key: u64,
+    pub seq: u64,
+    /// The event's time as the state sees it (event or processing time, after the lateness
+    /// policy).
+    pub ts_ns: u64,
+    pub kind: EventKind,
+    pub amount: f32,
+    pub label: f32,
+    pub features: &'a [f32],
+}
+
+impl Update<'_> {
+    pub fn obs(&self) -> Obs<'_> {
+        Obs {
+            ts_ns: self.ts_ns,
+            amount: self.amount,
+            features: self.features,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; the record is in this hot slot.
+    Applied(usize),
+    /// A replay of a seq the key already applied; nothing changed.
+    Duplicate,
+}
+
+/// A key's state as the admin sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyState {
+    pub record: Record,
+    pub words: Vec<u64>,
+    /// "hot" or "spilled".
+    pub location: &'static str,
 }
 
 pub struct KeyedState {
     hot: HotTable,
     spill: Option<Spill>,
+    plan: FeaturePlan,
+    ttl_ns: u64,
+    dedup: bool,
+    /// Words of a record on its way to or from the spill store (one record's worth each).
+    victim_words: Vec<u64>,
+    cold_words: Vec<u64>,
     pub stats: StateStats,
 }
 
 impl KeyedState {
-    pub fn new(hot: HotTable, spill: Option<Spill>) -> Self {
+    /// `ttl_ns` 0 = keys never expire.
+    pub fn new(
+        hot: HotTable,
+        spill: Option<Spill>,
+        plan: FeaturePlan,
+        ttl_ns: u64,
+        dedup: bool,
+    ) -> Self {
+        debug_assert_eq!(hot.stride(), plan.words());
+        let words = plan.words();
         Self {
             hot,
             spill,
+            plan,
+            ttl_ns,
+            dedup,
+            victim_words: vec![0; words],
+            cold_words: vec![0; words],
             stats: StateStats::default(),
         }
+    }
+
+    /// A shard's state as `config` describes it, on `spill` (None: no spill store).
+    pub fn from_config(
+        config: &crate::config::Config,
+        spill: Option<Spill>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let plan = config.feature_plan()?;
+        Ok(Self::new(
+            HotTable::new(config.state.hot_capacity, plan.words()),
+            spill,
+            plan,
+            config.state.ttl_ms.saturating_mul(1_000_000),
+            config.state.dedup,
+        ))
+    }
+
+    pub fn plan(&self) -> &FeaturePlan {
+        &self.plan
     }
 
     pub fn hot_len(&self) -> usize {
@@ -55,57 +156,154 @@ impl KeyedState {
         self.hot.memory_bytes()
     }
 
-    /// A key's record wherever it is (hot or spilled), without moving it.
-    pub fn get(&self, key: u64) -> Result<Option<Record>, StateError> {
-        Ok(self.locate(key)?.map(|(r, _)| r))
+    pub fn hot(&self) -> &HotTable {
+        &self.hot
     }
 
-    /// A key's record and where it lives: "hot" or "spilled".
-    pub fn locate(&self, key: u64) -> Result<Option<(Record, &'static str)>, StateError> {
-        if let Some(r) = self.hot.get(key) {
-            return Ok(Some((*r, "hot")));
-        }
-        match &self.spill {
-            Some(s) => Ok(s.peek(key)?.map(|r| (r, "spilled"))),
-            None => Ok(None),
-        }
+    pub fn spill(&self) -> Option<&Spill> {
+        self.spill.as_ref()
     }
 
-    pub fn apply(&mut self, u: &Update) -> Result<Record, StateError> {
-        if let Some(slot) = self.hot.find(u.key) {
-            self.stats.hot_hits += 1;
-            return Ok(self.hot.update(slot, u));
+    /// The head and words in a hot slot returned by `apply`.
+    #[inline]
+    pub fn slot(&self, slot: usize) -> (&Record, &[u64]) {
+        self.hot.slot(slot)
+    }
+
+    /// A key's state wherever it is (hot or spilled), without moving it.
+    pub fn locate(&self, key: u64) -> Result<Option<KeyState>, StateError> {
+        if let Some((r, w)) = self.hot.get(key) {
+            return Ok(Some(KeyState {
+                record: *r,
+                words: w.to_vec(),
+                location: "hot",
+            }));
         }
-        self.stats.hot_misses += 1;
+        let Some(s) = &self.spill else {
+            return Ok(None);
+        };
+        let mut words = vec![0; self.plan.words()];
+        Ok(s.peek(key, &mut words)?.map(|record| KeyState {
+            record,
+            words,
+            location: "spilled",
+        }))
+    }
+
+    /// Apply one event at reference time `now_ns` (for the TTL: processing time, or the
+    /// shard's newest event time in event-time mode).
+    pub fn apply(&mut self, u: &Update<'_>, now_ns: u64) -> Result<Outcome, StateError> {
+        let (slot, existed) = match self.hot.find(u.key) {
+            Some(s) => {
+                self.stats.hot_hits += 1;
+                (s, true)
+            }
+            None => {
+                self.stats.hot_misses += 1;
+                self.bring_in(u)?
+            }
+        };
+        let (head, words) = self.hot.slot_mut(slot);
+        if existed && self.ttl_ns > 0 && now_ns.saturating_sub(head.last_event_ns) > self.ttl_ns {
+            // Idle past the TTL: the key starts over, as if it had been swept already.
+            *head = Record::fresh(u.key, u.ts_ns);
+            words.fill(0);
+            self.stats.expired += 1;
+        }
+        head.flags |= record::REFERENCED;
+        if self.dedup && u.seq < head.seq_end {
+            self.stats.duplicates += 1;
+            return Ok(Outcome::Duplicate);
+        }
+        head.seq_end = head.seq_end.max(u.seq.saturating_add(1));
+        head.prev_event_ns = head.last_event_ns;
+        head.last_event_ns = head.last_event_ns.max(u.ts_ns);
+        match u.kind {
+            EventKind::Observation => {
+                head.observations += 1;
+                self.stats.observations_applied += 1;
+                self.plan.update(words, &u.obs());
+            }
+            EventKind::Feedback => {
+                head.feedbacks += 1;
+                self.stats.feedbacks_applied += 1;
+                if u.label == 1.0 {
+                    head.positives += 1;
+                }
+            }
+        }
+        Ok(Outcome::Applied(slot))
+    }
+
+    /// A missed key into the hot table: reloaded from the spill store, or fresh. Returns the
+    /// slot and whether the key existed.
+    fn bring_in(&mut self, u: &Update<'_>) -> Result<(usize, bool), StateError> {
+        let full = StateError::Full {
+            capacity: self.hot.capacity(),
+        };
         let Some(spill) = &mut self.spill else {
-            return self.hot.apply(u).ok_or(StateError::Full {
-                capacity: self.hot.capacity(),
-            });
+            let slot = self
+                .hot
+                .insert(Record::fresh(u.key, u.ts_ns), None)
+                .ok_or(full)?;
+            return Ok((slot, false));
         };
         // Make room first: if the victim cannot be written it goes straight back and nothing
         // has moved; only then take the returning record out of the store.
         if self.hot.is_full() {
             if let Some(victim) = self.hot.evict_candidate() {
-                let rec = self.hot.remove_slot(victim);
-                if let Err(e) = spill.put(&rec) {
-                    let _ = self.hot.insert(rec);
+                let rec = self.hot.remove_slot(victim, &mut self.victim_words);
+                if let Err(e) = spill.put(&rec, &self.victim_words) {
+                    let _ = self.hot.insert(rec, Some(&self.victim_words));
                     return Err(e.into());
                 }
                 self.stats.spills += 1;
             }
         }
-        let cold = spill.take(u.key)?;
-        let rec = match cold {
-            Some(c) => {
-                self.stats.reloads += 1;
-                c
-            }
-            None => Record::fresh(u.key, u.ts_ns, u.amount),
-        };
         // Room was made above unless hot_capacity is 0, which config validation refuses.
-        let slot = self.hot.insert(rec).ok_or(StateError::Full {
-            capacity: self.hot.capacity(),
-        })?;
-        Ok(self.hot.update(slot, u))
+        match spill.take(u.key, &mut self.cold_words)? {
+            Some(rec) => {
+                self.stats.reloads += 1;
+                let slot = self.hot.insert(rec, Some(&self.cold_words)).ok_or(full)?;
+                Ok((slot, true))
+            }
+            None => {
+                let slot = self
+                    .hot
+                    .insert(Record::fresh(u.key, u.ts_ns), None)
+                    .ok_or(full)?;
+                Ok((slot, false))
+            }
+        }
+    }
+
+    /// TTL sweep of the next `slots` hot slots; returns the keys expired.
+    pub fn expire_idle(&mut self, now_ns: u64, slots: usize) -> u64 {
+        if self.ttl_ns == 0 {
+            return 0;
+        }
+        let ttl = self.ttl_ns;
+        let n = self
+            .hot
+            .sweep(slots, |h| now_ns.saturating_sub(h.last_event_ns) > ttl);
+        self.stats.expired += n;
+        n
+    }
+
+    /// Put a restored record back: into the hot table, or the spill store once it is full.
+    pub fn restore(&mut self, rec: Record, words: &[u64]) -> Result<(), StateError> {
+        if self.hot.insert(rec, Some(words)).is_some() {
+            return Ok(());
+        }
+        match &mut self.spill {
+            Some(s) => Ok(s.put(&rec, words)?),
+            None => Err(StateError::Full {
+                capacity: self.hot.capacity(),
+            }),
+        }
     }
 }
+
+#[cfg(test)]
+#[path = "keyed_tests.rs"]
+mod tests;

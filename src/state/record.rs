@@ -1,7 +1,9 @@
-//! The fixed-layout per-key record. `repr(C)`, integer and float fields only, no padding: it
-//! is stored as 80 little-endian bytes when spilled (and, with the checkpoint work, snapshotted).
+//! The fixed-layout per-key record head, followed in the hot table (and in every stored image)
+//! by the key's window words (`features::FeaturePlan::words()` u64s, laid out by the plan).
+//! `repr(C)`, integer fields only, no padding: a stored image is the head's 80 little-endian
+//! bytes, then the words, little-endian.
 
-/// One key's hot state.
+/// One key's fixed state.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Record {
@@ -12,13 +14,16 @@ pub struct Record {
     pub feedbacks: u64,
     /// Feedback events with label 1.
     pub positives: u64,
-    pub sum_amount: f64,
-    pub ewma_amount: f64,
+    /// One past the highest event `seq` applied (0 = none yet): with `state.dedup`, an event
+    /// whose seq is below this is a replay.
+    pub seq_end: u64,
+    /// Reserved (stored as 0).
+    pub reserved: u64,
     /// Event time of the newest event applied (ns since epoch).
     pub last_event_ns: u64,
     /// Event time of the first event applied (ns since epoch).
     pub first_event_ns: u64,
-    /// Event time of the previous event, kept for "seconds since last event".
+    /// The newest event time before the last event, kept for "seconds since last event".
     pub prev_event_ns: u64,
     /// Slot bits for the hot table: `OCCUPIED` (key 0 is a valid key, so emptiness needs its
     /// own bit) and `REFERENCED` (the CLOCK bit, set on use, cleared by the eviction hand).
@@ -28,19 +33,24 @@ pub struct Record {
 pub const OCCUPIED: u64 = 1;
 pub const REFERENCED: u64 = 2;
 
+/// Bytes of the stored head.
 pub const RECORD_BYTES: usize = 80;
 const _: () = assert!(std::mem::size_of::<Record>() == RECORD_BYTES);
 const _: () = assert!(std::mem::align_of::<Record>() == 8);
 
+/// Bytes of a stored record with `words` window words.
+pub fn image_bytes(words: usize) -> usize {
+    RECORD_BYTES + 8 * words
+}
+
 impl Record {
     /// A key's first record, before its first event is applied.
-    pub fn fresh(key: u64, ts_ns: u64, amount: f32) -> Self {
+    pub fn fresh(key: u64, ts_ns: u64) -> Self {
         Record {
             key,
             first_event_ns: ts_ns,
             last_event_ns: ts_ns,
             prev_event_ns: ts_ns,
-            ewma_amount: f64::from(amount),
             flags: OCCUPIED,
             ..Record::default()
         }
@@ -50,24 +60,15 @@ impl Record {
         self.flags & OCCUPIED != 0
     }
 
-    /// Mean amount over Observations (0 before the first).
-    pub fn mean_amount(&self) -> f64 {
-        if self.observations == 0 {
-            0.0
-        } else {
-            self.sum_amount / self.observations as f64
-        }
-    }
-
-    /// The 80-byte little-endian form (slot flags are not stored).
+    /// The 80-byte little-endian head (slot flags are not stored).
     pub fn to_bytes(&self) -> [u8; RECORD_BYTES] {
         let words = [
             self.key,
             self.observations,
             self.feedbacks,
             self.positives,
-            self.sum_amount.to_bits(),
-            self.ewma_amount.to_bits(),
+            self.seq_end,
+            self.reserved,
             self.last_event_ns,
             self.first_event_ns,
             self.prev_event_ns,
@@ -80,7 +81,28 @@ impl Record {
         out
     }
 
-    /// Parse `to_bytes` output; None if the length is wrong.
+    /// Append the head and `words` to `out` as one stored image.
+    pub fn append_image(&self, words: &[u64], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_bytes());
+        for w in words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Parse a stored image into a head and `words`; None if its length is not
+    /// `image_bytes(words.len())`.
+    pub fn read_image(b: &[u8], words: &mut [u64]) -> Option<Self> {
+        if b.len() != image_bytes(words.len()) {
+            return None;
+        }
+        let (head, tail) = b.split_at(RECORD_BYTES);
+        for (w, chunk) in words.iter_mut().zip(tail.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().ok()?);
+        }
+        Self::from_bytes(head)
+    }
+
+    /// Parse a stored head; None if the length is wrong.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         if b.len() != RECORD_BYTES {
             return None;
@@ -94,8 +116,8 @@ impl Record {
             observations: w[1],
             feedbacks: w[2],
             positives: w[3],
-            sum_amount: f64::from_bits(w[4]),
-            ewma_amount: f64::from_bits(w[5]),
+            seq_end: w[4],
+            reserved: w[5],
             last_event_ns: w[6],
             first_event_ns: w[7],
             prev_event_ns: w[8],
@@ -109,20 +131,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bytes_round_trip() {
+    fn images_round_trip() {
         let r = Record {
             key: u64::MAX,
             observations: 3,
             feedbacks: 1,
             positives: 1,
-            sum_amount: 12.5,
-            ewma_amount: -0.25,
+            seq_end: 12,
+            reserved: 0,
             last_event_ns: 9,
             first_event_ns: 7,
             prev_event_ns: 8,
             flags: OCCUPIED | REFERENCED,
         };
-        let back = Record::from_bytes(&r.to_bytes()).unwrap();
+        let words = [1u64, u64::MAX, 2.5f64.to_bits()];
+        let mut img = Vec::new();
+        r.append_image(&words, &mut img);
+        assert_eq!(img.len(), image_bytes(3));
+        let mut back_words = [0u64; 3];
+        let back = Record::read_image(&img, &mut back_words).unwrap();
         assert_eq!(
             back,
             Record {
@@ -130,6 +157,8 @@ mod tests {
                 ..r
             }
         );
+        assert_eq!(back_words, words);
+        assert_eq!(Record::read_image(&img, &mut [0u64; 2]), None);
         assert_eq!(Record::from_bytes(&[0; 79]), None);
     }
 }

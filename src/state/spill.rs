@@ -2,16 +2,16 @@
 //! exactly one place: `take` reads and deletes it when it returns to the hot table, `put`
 //! writes it when it leaves.
 //!
-//! Spill is capacity, not durability: writes skip the WAL (a crash loses the hot table
-//! anyway until checkpoints land), so a put or delete is a memtable insert, no syscall. Reads
-//! of keys that were never spilled stop at the bloom filters in memory. Until restore exists
-//! the directory is emptied at start, so old cold records cannot mix with new hot ones.
+//! Spill is capacity, not durability: writes skip the WAL, so a put or delete is a memtable
+//! insert, no syscall. Durability comes from checkpoints (`checkpoint`), which flush the
+//! memtable and hard-link the store's files at a cycle boundary. Reads of keys that were never
+//! spilled stop at the bloom filters in memory.
 
 use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteOptions, DB};
 
-use super::record::{Record, RECORD_BYTES};
+use super::record::{image_bytes, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
@@ -36,12 +36,23 @@ pub struct Spill {
     writes: WriteOptions,
     /// Records currently in the store.
     len: u64,
+    /// Window words per record.
+    words: usize,
+    /// One record image, reused for every put.
+    image: Vec<u8>,
 }
 
 impl Spill {
-    /// Open (emptied) at `dir`, with a block cache of `cache_bytes`.
-    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Self, SpillError> {
-        if dir.exists() {
+    /// Open the store at `dir` holding `len` records (0 and emptied unless it was just restored
+    /// from a checkpoint), with a block cache of `cache_bytes`.
+    pub fn open(
+        dir: &Path,
+        cache_bytes: usize,
+        words: usize,
+        restored_len: Option<u64>,
+    ) -> Result<Self, SpillError> {
+        if restored_len.is_none() && dir.exists() {
+            // Records from a previous run without a checkpoint to go with them would be stale.
             std::fs::remove_dir_all(dir).map_err(|source| SpillError::Clear {
                 path: dir.to_owned(),
                 source,
@@ -63,7 +74,13 @@ impl Spill {
         })?;
         let mut writes = WriteOptions::default();
         writes.disable_wal(true);
-        Ok(Self { db, writes, len: 0 })
+        Ok(Self {
+            db,
+            writes,
+            len: restored_len.unwrap_or(0),
+            words,
+            image: Vec::with_capacity(image_bytes(words)),
+        })
     }
 
     pub fn len(&self) -> u64 {
@@ -74,16 +91,19 @@ impl Spill {
         self.len == 0
     }
 
-    pub fn put(&mut self, rec: &Record) -> Result<(), SpillError> {
+    pub fn put(&mut self, rec: &Record, words: &[u64]) -> Result<(), SpillError> {
+        self.image.clear();
+        rec.append_image(words, &mut self.image);
         self.db
-            .put_opt(rec.key.to_be_bytes(), rec.to_bytes(), &self.writes)?;
+            .put_opt(rec.key.to_be_bytes(), &self.image, &self.writes)?;
         self.len += 1;
         Ok(())
     }
 
-    /// The key's record, removed from the store; None if it was never spilled.
-    pub fn take(&mut self, key: u64) -> Result<Option<Record>, SpillError> {
-        let Some(rec) = self.peek(key)? else {
+    /// The key's record (its words into `words`), removed from the store; None if it was
+    /// never spilled.
+    pub fn take(&mut self, key: u64, words: &mut [u64]) -> Result<Option<Record>, SpillError> {
+        let Some(rec) = self.peek(key, words)? else {
             return Ok(None);
         };
         self.db.delete_opt(key.to_be_bytes(), &self.writes)?;
@@ -91,18 +111,26 @@ impl Spill {
         Ok(Some(rec))
     }
 
-    /// The key's record, left in place (for inspection).
-    pub fn peek(&self, key: u64) -> Result<Option<Record>, SpillError> {
+    /// The key's record (its words into `words`), left in place.
+    pub fn peek(&self, key: u64, words: &mut [u64]) -> Result<Option<Record>, SpillError> {
         if self.len == 0 {
             return Ok(None);
         }
+        debug_assert_eq!(words.len(), self.words);
         // Pinned: no copy into a fresh Vec per lookup.
         match self.db.get_pinned(key.to_be_bytes())? {
             None => Ok(None),
-            Some(v) if v.len() == RECORD_BYTES => Record::from_bytes(&v)
+            Some(v) => Record::read_image(&v, words)
                 .map(Some)
                 .ok_or(SpillError::Corrupt(key)),
-            Some(_) => Err(SpillError::Corrupt(key)),
         }
+    }
+
+    /// A consistent copy of the store at `dir` (which must not exist): the memtable is
+    /// flushed and the table files hard-linked, so the cost is a flush, not a copy.
+    pub fn checkpoint_to(&self, dir: &Path) -> Result<(), SpillError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
     }
 }

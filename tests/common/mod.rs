@@ -2,7 +2,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::app::{self, Running};
@@ -28,6 +30,37 @@ pub fn config(driver: &str, extra: &[&str]) -> Config {
     sets.push(format!("ingest.udp.driver={driver}"));
     sets.extend(extra.iter().map(|s| s.to_string()));
     Config::from_layers(None, &sets).unwrap()
+}
+
+/// `sluice run` (the real binary) on an ephemeral loopback port with `sets`; returns the
+/// child, its stdout (past the first line) and the address it announced.
+pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args([
+        "run",
+        "--set",
+        "ingest.udp.listen=127.0.0.1:0",
+        "--set",
+        "state.hot_capacity=1024",
+    ]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("sluice listening on"), "{line}");
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("listening line names the address")
+        .to_owned();
+    (child, stdout, addr)
 }
 
 pub fn start(driver: &str, extra: &[&str]) -> Running {

@@ -1,0 +1,203 @@
+//! `sluice-bench checkpoint`: the cost of durable state at a given key count, on the real
+//! code paths (the shard's `KeyedState`, its RocksDB spill store, `Checkpointer` and restore)
+//! without sockets: bytes per key in memory and on disk, the shard's pause per checkpoint,
+//! the time until a checkpoint is committed, and the restore time at start.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use sluice::config::Config;
+use sluice::state::checkpoint::{self, Checkpointer};
+use sluice::state::{image_bytes, KeyedState, Outcome, Spill, Update};
+use sluice::wire::EventKind;
+
+#[derive(Serialize)]
+struct CheckpointRun {
+    /// Time the shard was held taking the snapshot (copying hot records, RocksDB checkpoint).
+    pause_ms: f64,
+    /// From the start of the snapshot until the checkpoint was committed (synced, renamed).
+    commit_ms: f64,
+    hot_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct StateResults {
+    machine: super::machine::Machine,
+    command: String,
+    keys: u64,
+    hot_capacity: usize,
+    window_words: usize,
+    fill_seconds: f64,
+    hot_table_bytes: usize,
+    memory_bytes_per_key: f64,
+    record_image_bytes: usize,
+    checkpoints: Vec<CheckpointRun>,
+    checkpoint_disk_bytes: u64,
+    disk_bytes_per_key: f64,
+    restore_seconds: f64,
+    restored_keys: u64,
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        dir_bytes(&path)
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Fill one shard's state with `keys` keys (`hot` of them fit in memory, the rest spill),
+/// checkpoint it `rounds` times, then restore it into a fresh state.
+pub fn run(
+    keys: u64,
+    hot: Option<usize>,
+    rounds: usize,
+    out: &Path,
+    sets: &[String],
+) -> anyhow::Result<()> {
+    let hot = hot.unwrap_or(keys as usize);
+    let dir: PathBuf = out.join("state");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let mut all = vec![
+        format!("state.hot_capacity={hot}"),
+        format!("state.dir={}", dir.display()),
+        "log.level=warn".to_owned(),
+    ];
+    all.extend(sets.iter().cloned());
+    let config = Config::from_layers(None, &all).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let words = config
+        .feature_plan()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .words();
+    let base = dir.join("shard-0");
+    let spill_dir = base.join("spill");
+    let spill = Spill::open(&spill_dir, config.state.spill_cache_bytes, words, None)?;
+    let mut state =
+        KeyedState::from_config(&config, Some(spill)).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let started = Instant::now();
+    let t0 = 1_700_000_000_000_000_000u64;
+    for k in 0..keys {
+        // Two Observations a key, a second apart, so every aggregate holds something.
+        for i in 0..2u64 {
+            let u = Update {
+                key: k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                seq: i,
+                ts_ns: t0 + i * 1_000_000_000 + k,
+                kind: EventKind::Observation,
+                amount: 10.0 + (k % 100) as f32,
+                label: -1.0,
+                features: &[],
+            };
+            anyhow::ensure!(matches!(state.apply(&u, u.ts_ns)?, Outcome::Applied(_)));
+        }
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(state.hot_len() as u64 + state.spilled_len() == keys);
+
+    let root = base.join("checkpoints");
+    let mut cp = Checkpointer::start(
+        root.clone(),
+        0,
+        config.state_layout(1),
+        u64::MAX,
+        2,
+        hot * image_bytes(words) + 64,
+        1,
+    )?;
+    let mut checkpoints = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        cp.force_next();
+        cp.finish(&state, t0 + 2_000_000_000);
+        checkpoints.push(CheckpointRun {
+            pause_ms: cp.stats.last_pause_ns as f64 / 1e6,
+            commit_ms: t.elapsed().as_secs_f64() * 1e3,
+            hot_bytes: cp.stats.last_bytes,
+        });
+    }
+    anyhow::ensure!(cp.stats.failed == 0, "a checkpoint failed");
+    let newest = root.join(format!("ckpt-{:020}", cp.stats.last_seq));
+    let disk = dir_bytes(&newest);
+    let hot_table_bytes = state.memory_bytes();
+    drop(state);
+    drop(cp);
+
+    let started = Instant::now();
+    let open =
+        |d: &Path, len: Option<u64>| Spill::open(d, config.state.spill_cache_bytes, words, len);
+    let (spill, point) =
+        checkpoint::restore(&root, &config.state_layout(1), &spill_dir, words, open)?;
+    let point = point.context("the checkpoint just written is not restorable")?;
+    let mut back =
+        KeyedState::from_config(&config, Some(spill)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    checkpoint::load_records(&mut back, &point)?;
+    let restore_seconds = started.elapsed().as_secs_f64();
+    let restored_keys = back.hot_len() as u64 + back.spilled_len();
+    anyhow::ensure!(
+        restored_keys == keys,
+        "restored {restored_keys} of {keys} keys"
+    );
+
+    let r = StateResults {
+        machine: super::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        keys,
+        hot_capacity: hot,
+        window_words: words,
+        fill_seconds,
+        hot_table_bytes,
+        memory_bytes_per_key: hot_table_bytes as f64 / keys.min(hot as u64) as f64,
+        record_image_bytes: image_bytes(words),
+        checkpoints,
+        checkpoint_disk_bytes: disk,
+        disk_bytes_per_key: disk as f64 / keys as f64,
+        restore_seconds,
+        restored_keys,
+    };
+    println!(
+        "keys {keys}, hot capacity {hot}, {words} window words ({} B a record image)",
+        r.record_image_bytes
+    );
+    println!(
+        "  fill: {:.1} s; hot table {:.1} MiB = {:.0} B per hot key (slots + slack)",
+        fill_seconds,
+        hot_table_bytes as f64 / (1 << 20) as f64,
+        r.memory_bytes_per_key
+    );
+    for (i, c) in r.checkpoints.iter().enumerate() {
+        println!(
+            "  checkpoint {}: shard pause {:.1} ms, committed after {:.1} ms, hot.bin {:.1} MiB",
+            i + 1,
+            c.pause_ms,
+            c.commit_ms,
+            c.hot_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    println!(
+        "  on disk: {:.1} MiB = {:.0} B per key; restore {:.3} s ({restored_keys} keys)",
+        disk as f64 / (1 << 20) as f64,
+        r.disk_bytes_per_key,
+        restore_seconds
+    );
+    std::fs::create_dir_all(out)?;
+    let path = out.join("state.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    println!("  wrote {}", path.display());
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

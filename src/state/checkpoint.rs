@@ -1,0 +1,576 @@
+//! Checkpoints of one shard's state, and restoring the newest good one at start.
+//!
+//! Layout under `state.dir/shard-N/checkpoints/`:
+//! ```text
+//! ckpt-00000000000000000042/
+//!     spill/     RocksDB checkpoint of the spill store (table files hard-linked)
+//!     hot.bin    "SLUICEHT", format, words per record, record count, then the hot records'
+//!                stored images
+//!     COMMIT     the manifest (key=value lines, its own CRC last): written last, so a
+//!                checkpoint without it is incomplete
+//! ```
+//! A checkpoint is built under `ckpt-N.tmp` and renamed when its COMMIT is on disk, so a
+//! crash leaves either a complete checkpoint or a `.tmp` that restore deletes.
+//!
+//! The shard takes the snapshot at a cycle boundary: it copies its hot records into a buffer
+//! allocated once (no event is in flight inside the shard then, so hot records and the spill
+//! store agree) and has RocksDB flush and link the spill store; a writer thread of its own
+//! writes, syncs, commits and prunes. That pause is measured and counted. If the writer is
+//! still busy with the previous checkpoint the next one is skipped (counted), so a slow disk
+//! stretches the interval instead of stalling the shard.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::record::image_bytes;
+use super::{KeyedState, Record, Spill, SpillError, StateError};
+
+const MAGIC: &[u8; 8] = b"SLUICEHT";
+const FORMAT: u32 = 1;
+const HEADER_BYTES: usize = 8 + 4 + 4 + 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("checkpoint {path} was written for {found}, but this run has {want}: it cannot be restored. Restore the old settings, or move {root} away to start empty")]
+    Mismatch {
+        path: PathBuf,
+        root: PathBuf,
+        found: String,
+        want: String,
+    },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The COMMIT manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub seq: u64,
+    pub shard: usize,
+    /// What the records' placement and layout depend on: shard count and feature list.
+    pub layout: String,
+    pub hot_records: u64,
+    pub spilled: u64,
+    pub hot_bytes: u64,
+    pub hot_crc: u32,
+    /// The shard's newest event time (its event-time watermark before lateness).
+    pub max_event_ns: u64,
+    /// Observations applied on this shard up to the snapshot.
+    pub observations_applied: u64,
+    pub created_unix_ms: u64,
+}
+
+impl Manifest {
+    fn render(&self) -> String {
+        let body = format!(
+            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nhot_records={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\n",
+            self.seq,
+            self.shard,
+            self.layout,
+            self.hot_records,
+            self.spilled,
+            self.hot_bytes,
+            self.hot_crc,
+            self.max_event_ns,
+            self.observations_applied,
+            self.created_unix_ms
+        );
+        let crc = crc32fast::hash(body.as_bytes());
+        format!("{body}crc={crc}\n")
+    }
+
+    /// Parse a COMMIT file; the reason names what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (body, last) = text
+            .trim_end_matches('\n')
+            .rsplit_once('\n')
+            .ok_or("COMMIT has no crc line")?;
+        let crc = last
+            .strip_prefix("crc=")
+            .and_then(|c| c.parse::<u32>().ok())
+            .ok_or("COMMIT's last line is not crc=N")?;
+        let body = format!("{body}\n");
+        if crc32fast::hash(body.as_bytes()) != crc {
+            return Err("COMMIT checksum mismatch".into());
+        }
+        let mut m = Manifest::default();
+        let mut format = None;
+        for line in body.lines() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or(format!("bad COMMIT line {line:?}"))?;
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| format!("bad COMMIT value {line:?}"))
+            };
+            match k {
+                "format" => format = Some(num()?),
+                "seq" => m.seq = num()?,
+                "shard" => m.shard = num()? as usize,
+                "layout" => m.layout = v.to_owned(),
+                "hot_records" => m.hot_records = num()?,
+                "spilled" => m.spilled = num()?,
+                "hot_bytes" => m.hot_bytes = num()?,
+                "hot_crc" => m.hot_crc = num()? as u32,
+                "max_event_ns" => m.max_event_ns = num()?,
+                "observations_applied" => m.observations_applied = num()?,
+                "created_unix_ms" => m.created_unix_ms = num()?,
+                _ => return Err(format!("unknown COMMIT key {k:?}")),
+            }
+        }
+        if format != Some(u64::from(FORMAT)) {
+            return Err(format!(
+                "COMMIT format {format:?}, this build reads {FORMAT}"
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// Directory name of checkpoint `seq`.
+fn name(seq: u64) -> String {
+    format!("ckpt-{seq:020}")
+}
+
+/// Checkpoint directories under a root: committed ones as (seq, path), newest first, and
+/// `.tmp` leftovers.
+struct Listing {
+    done: Vec<(u64, PathBuf)>,
+    partial: Vec<PathBuf>,
+}
+
+fn list(root: &Path) -> Result<Listing, CheckpointError> {
+    let mut done = Vec::new();
+    let mut partial = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing { done, partial }),
+        Err(e) => return Err(io(root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(root))?;
+        let file = entry.file_name();
+        let Some(n) = file.to_str().and_then(|f| f.strip_prefix("ckpt-")) else {
+            continue;
+        };
+        if n.ends_with(".tmp") {
+            partial.push(entry.path());
+        } else if let Ok(seq) = n.parse::<u64>() {
+            done.push((seq, entry.path()));
+        }
+    }
+    done.sort_by_key(|d| std::cmp::Reverse(d.0));
+    Ok(Listing { done, partial })
+}
+
+/// The checkpoint a shard restores from.
+#[derive(Debug)]
+pub struct RestorePoint {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    /// hot.bin, verified.
+    hot: Vec<u8>,
+}
+
+/// Find the newest good checkpoint under `root` and install its spill store at `spill_dir`,
+/// opened with `open` (emptied when nothing is restored). Incomplete or corrupt checkpoints
+/// are logged and skipped for older ones; one written for another layout is an error
+/// (restoring it would put keys on the wrong shards or misread their words). The caller then
+/// loads the hot records with `load_records`.
+pub fn restore(
+    root: &Path,
+    layout: &str,
+    spill_dir: &Path,
+    words: usize,
+    mut open: impl FnMut(&Path, Option<u64>) -> Result<Spill, SpillError>,
+) -> Result<(Spill, Option<RestorePoint>), CheckpointError> {
+    let Listing { done, partial } = list(root)?;
+    for p in partial {
+        tracing::warn!(path = %p.display(), "removing an incomplete checkpoint (the process stopped while writing it)");
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+    }
+    for (_, path) in done {
+        let (manifest, hot) = match read_verified(&path, words) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("skipping checkpoint: {e}");
+                continue;
+            }
+        };
+        if manifest.layout != layout {
+            return Err(CheckpointError::Mismatch {
+                path,
+                root: root.to_owned(),
+                found: manifest.layout,
+                want: layout.to_owned(),
+            });
+        }
+        install_spill(&path.join("spill"), spill_dir)?;
+        match open(spill_dir, Some(manifest.spilled)) {
+            Ok(spill) => {
+                return Ok((
+                    spill,
+                    Some(RestorePoint {
+                        manifest,
+                        path,
+                        hot,
+                    }),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "skipping checkpoint: its spill store does not open: {e}");
+            }
+        }
+    }
+    Ok((open(spill_dir, None)?, None))
+}
+
+/// Read a checkpoint's manifest and hot records, checking the commit marker, the checksums
+/// and the sizes.
+pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let commit = path.join("COMMIT");
+    let text = std::fs::read_to_string(&commit)
+        .map_err(|e| corrupt(format!("no readable COMMIT marker ({e}): incomplete")))?;
+    let manifest = Manifest::parse(&text).map_err(corrupt)?;
+    let hot = std::fs::read(path.join("hot.bin")).map_err(|e| corrupt(format!("hot.bin: {e}")))?;
+    if hot.len() as u64 != manifest.hot_bytes {
+        return Err(corrupt(format!(
+            "hot.bin is {} bytes, COMMIT says {}",
+            hot.len(),
+            manifest.hot_bytes
+        )));
+    }
+    if crc32fast::hash(&hot) != manifest.hot_crc {
+        return Err(corrupt("hot.bin checksum mismatch".into()));
+    }
+    let want = HEADER_BYTES as u64 + manifest.hot_records * image_bytes(words) as u64;
+    let header_ok = hot.len() >= HEADER_BYTES
+        && &hot[..8] == MAGIC
+        && hot[8..12] == FORMAT.to_le_bytes()
+        && hot[12..16] == (words as u32).to_le_bytes()
+        && hot[16..24] == manifest.hot_records.to_le_bytes();
+    if !header_ok || hot.len() as u64 != want {
+        return Err(corrupt(format!(
+            "hot.bin header or size does not match {} records of {} words",
+            manifest.hot_records, words
+        )));
+    }
+    if !path.join("spill").is_dir() {
+        return Err(corrupt("no spill/ directory".into()));
+    }
+    Ok((manifest, hot))
+}
+
+/// Put a checkpoint's spill store in place of the live one: table files are immutable, so
+/// they are hard-linked; everything else (MANIFEST, CURRENT, OPTIONS) is copied, because the
+/// live store appends to it.
+fn install_spill(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(io(to))?;
+    }
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let is_table = src.extension().is_some_and(|e| e == "sst");
+        let linked = is_table && std::fs::hard_link(&src, &dst).is_ok();
+        if !linked {
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
+    }
+    Ok(())
+}
+
+/// Load a restore point's hot records into `state` (built on the spill store `restore`
+/// returned); returns how many.
+pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64, CheckpointError> {
+    let words = state.plan().words();
+    let mut w = vec![0u64; words];
+    let mut n = 0;
+    for img in point.hot[HEADER_BYTES..].chunks_exact(image_bytes(words)) {
+        let rec = Record::read_image(img, &mut w).ok_or_else(|| CheckpointError::Corrupt {
+            path: point.path.clone(),
+            reason: "record image of the wrong size".into(),
+        })?;
+        state.restore(rec, &w)?;
+        n += 1;
+    }
+    state.stats.observations_applied = point.manifest.observations_applied;
+    Ok(n)
+}
+
+/// Counters of one shard's checkpointing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckpointStats {
+    pub written: u64,
+    pub failed: u64,
+    pub skipped_busy: u64,
+    pub last_seq: u64,
+    pub last_bytes: u64,
+    /// Time the shard spent taking the last snapshot (ns), and the longest so far.
+    pub last_pause_ns: u64,
+    pub max_pause_ns: u64,
+}
+
+struct Job {
+    tmp: PathBuf,
+    done: PathBuf,
+    buffer: Vec<u8>,
+    manifest: Manifest,
+}
+
+/// The writer's answer: the buffer back, and whether the checkpoint committed.
+struct Done {
+    buffer: Vec<u8>,
+    result: Result<u64, String>,
+}
+
+/// The shard's side of checkpointing.
+pub struct Checkpointer {
+    root: PathBuf,
+    shard: usize,
+    layout: String,
+    interval_ns: u64,
+    next_due_ns: u64,
+    seq: u64,
+    /// The snapshot buffer, away at the writer while a checkpoint is being written.
+    buffer: Option<Vec<u8>>,
+    jobs: mpsc::SyncSender<Job>,
+    results: mpsc::Receiver<Done>,
+    /// `StateStats::changes()` at the last snapshot (None: take the next one regardless).
+    snapshot_changes: Option<u64>,
+    pub stats: CheckpointStats,
+}
+
+impl Checkpointer {
+    /// Checkpoints of shard `shard` under `root` every `interval_ns`, keeping the newest `keep`.
+    /// `buffer_bytes` bounds a snapshot (every hot record); `next_seq` follows the restored one.
+    pub fn start(
+        root: PathBuf,
+        shard: usize,
+        layout: String,
+        interval_ns: u64,
+        keep: usize,
+        buffer_bytes: usize,
+        next_seq: u64,
+    ) -> Result<Self, CheckpointError> {
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let (jobs, rx) = mpsc::sync_channel::<Job>(1);
+        let (tx, results) = mpsc::sync_channel::<Done>(1);
+        let prune_root = root.clone();
+        std::thread::Builder::new()
+            .name(format!("sluice-ckpt-{shard}"))
+            .spawn(move || {
+                for job in rx {
+                    let result = write_job(&job, &prune_root, keep).map_err(|e| e.to_string());
+                    if let Err(e) = &result {
+                        // The partial directory would only be deleted at the next start.
+                        let _ = std::fs::remove_dir_all(&job.tmp);
+                        tracing::error!(shard, "checkpoint {} failed: {e}", job.manifest.seq);
+                    }
+                    if tx
+                        .send(Done {
+                            buffer: job.buffer,
+                            result: result.map(|_| job.manifest.seq),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+            .map_err(io(&root))?;
+        Ok(Self {
+            root,
+            shard,
+            layout,
+            interval_ns,
+            next_due_ns: 0,
+            seq: next_seq,
+            buffer: Some(Vec::with_capacity(buffer_bytes)),
+            jobs,
+            results,
+            snapshot_changes: None,
+            stats: CheckpointStats::default(),
+        })
+    }
+
+    /// Collect the writer's answer, if any (between cycles).
+    fn collect(&mut self, wait: bool) {
+        let done = if wait {
+            self.results.recv().ok()
+        } else {
+            self.results.try_recv().ok()
+        };
+        if let Some(d) = done {
+            self.buffer = Some(d.buffer);
+            match d.result {
+                Ok(seq) => {
+                    self.stats.written += 1;
+                    self.stats.last_seq = seq;
+                }
+                Err(_) => {
+                    self.stats.failed += 1;
+                    self.snapshot_changes = None;
+                }
+            }
+        }
+    }
+
+    /// Between cycles: snapshot if due and the state changed since the last one (an idle
+    /// shard writes nothing). `max_event_ns` is the shard's newest event time.
+    pub fn tick(&mut self, now_ns: u64, state: &KeyedState, max_event_ns: u64) {
+        self.collect(false);
+        if now_ns < self.next_due_ns || self.snapshot_changes == Some(state.stats.changes()) {
+            return;
+        }
+        self.next_due_ns = now_ns.saturating_add(self.interval_ns);
+        if self.buffer.is_none() {
+            self.stats.skipped_busy += 1;
+            return;
+        }
+        self.snapshot(state, max_event_ns);
+    }
+
+    /// Take the next snapshot even if the state has not changed since the last one.
+    pub fn force_next(&mut self) {
+        self.snapshot_changes = None;
+    }
+
+    /// A last checkpoint at shutdown (unless the newest already holds this state), waited for.
+    pub fn finish(&mut self, state: &KeyedState, max_event_ns: u64) {
+        if self.buffer.is_none() {
+            self.collect(true);
+        }
+        if self.snapshot_changes != Some(state.stats.changes()) {
+            self.snapshot(state, max_event_ns);
+        }
+        if self.buffer.is_none() {
+            self.collect(true);
+        }
+    }
+
+    fn snapshot(&mut self, state: &KeyedState, max_event_ns: u64) {
+        let Some(mut buf) = self.buffer.take() else {
+            return;
+        };
+        let started = Instant::now();
+        self.snapshot_changes = Some(state.stats.changes());
+        let seq = self.seq;
+        self.seq += 1;
+        let tmp = self.root.join(format!("{}.tmp", name(seq)));
+        let done = self.root.join(name(seq));
+        let hot = state.hot();
+        let words = hot.stride();
+        buf.clear();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&FORMAT.to_le_bytes());
+        buf.extend_from_slice(&(words as u32).to_le_bytes());
+        buf.extend_from_slice(&(hot.len() as u64).to_le_bytes());
+        for slot in 0..hot.slots() {
+            let (head, w) = hot.slot(slot);
+            if head.is_occupied() {
+                head.append_image(w, &mut buf);
+            }
+        }
+        let spill_ok = match state.spill() {
+            Some(s) => std::fs::create_dir_all(&tmp)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    s.checkpoint_to(&tmp.join("spill"))
+                        .map_err(|e| e.to_string())
+                }),
+            None => std::fs::create_dir_all(tmp.join("spill")).map_err(|e| e.to_string()),
+        };
+        let pause = started.elapsed().as_nanos() as u64;
+        self.stats.last_pause_ns = pause;
+        self.stats.max_pause_ns = self.stats.max_pause_ns.max(pause);
+        if let Err(e) = spill_ok {
+            tracing::error!(
+                shard = self.shard,
+                "checkpoint {seq}: spill store checkpoint failed: {e}"
+            );
+            let _ = std::fs::remove_dir_all(&tmp);
+            self.stats.failed += 1;
+            self.snapshot_changes = None;
+            self.buffer = Some(buf);
+            return;
+        }
+        self.stats.last_bytes = buf.len() as u64;
+        let manifest = Manifest {
+            seq,
+            shard: self.shard,
+            layout: self.layout.clone(),
+            hot_records: hot.len() as u64,
+            spilled: state.spilled_len(),
+            hot_bytes: buf.len() as u64,
+            hot_crc: crc32fast::hash(&buf),
+            max_event_ns,
+            observations_applied: state.stats.observations_applied,
+            created_unix_ms: crate::clock::realtime_ns() / 1_000_000,
+        };
+        let job = Job {
+            tmp,
+            done,
+            buffer: buf,
+            manifest,
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            // The writer thread is gone (it only exits when this side does).
+            self.stats.failed += 1;
+            self.buffer = Some(job.buffer);
+        }
+    }
+}
+
+fn sync_file(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io(path))
+}
+
+fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
+    sync_file(&job.tmp.join("hot.bin"), &job.buffer)?;
+    sync_file(&job.tmp.join("COMMIT"), job.manifest.render().as_bytes())?;
+    sync_dir(&job.tmp)?;
+    std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
+    sync_dir(root)?;
+    for (_, old) in list(root)?.done.iter().skip(keep) {
+        std::fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "checkpoint_tests.rs"]
+mod tests;

@@ -1,0 +1,209 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::features::FeaturePlan;
+use crate::state::{HotTable, KeyState, Outcome, Update};
+use crate::wire::EventKind;
+
+const SEC: u64 = 1_000_000_000;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("sluice-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+    fn spill(&self) -> PathBuf {
+        self.0.join("spill")
+    }
+    fn root(&self) -> PathBuf {
+        self.0.join("checkpoints")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn plan() -> FeaturePlan {
+    FeaturePlan::compile(
+        &[
+            "count(lifetime)".into(),
+            "max(amount, sliding 10s by 1s)".into(),
+        ],
+        0,
+    )
+    .unwrap()
+}
+
+fn open(path: &Path, len: Option<u64>) -> Result<Spill, SpillError> {
+    Spill::open(path, 1 << 20, plan().words(), len)
+}
+
+fn state(spill: Spill) -> KeyedState {
+    let p = plan();
+    KeyedState::new(HotTable::new(8, p.words()), Some(spill), p, 0, false)
+}
+
+/// 40 keys (more than the 8 hot slots), `rounds` events each.
+fn load(s: &mut KeyedState, rounds: std::ops::Range<u64>) {
+    for r in rounds {
+        for key in 0..40u64 {
+            let u = Update {
+                key,
+                seq: r,
+                ts_ns: (r + 1) * SEC,
+                kind: EventKind::Observation,
+                amount: (key + r) as f32,
+                label: -1.0,
+                features: &[],
+            };
+            assert!(matches!(s.apply(&u, 0).unwrap(), Outcome::Applied(_)));
+        }
+    }
+}
+
+fn dump(s: &KeyedState) -> BTreeMap<u64, KeyState> {
+    (0..40u64)
+        .map(|k| {
+            let mut st = s.locate(k).unwrap().unwrap();
+            st.location = "";
+            // Where a record lives and its CLOCK bit are not state.
+            st.record.flags = crate::state::record::OCCUPIED;
+            (k, st)
+        })
+        .collect()
+}
+
+fn checkpointer(d: &Dir, layout: &str, next: u64) -> Checkpointer {
+    Checkpointer::start(d.root(), 0, layout.into(), 0, 2, 1 << 20, next).unwrap()
+}
+
+fn restore_into_new(d: &Dir, layout: &str) -> Result<(KeyedState, Option<u64>), CheckpointError> {
+    let (spill, point) = restore(&d.root(), layout, &d.spill(), plan().words(), open)?;
+    let mut s = state(spill);
+    let seq = match point {
+        Some(p) => {
+            let n = load_records(&mut s, &p)?;
+            assert_eq!(n, p.manifest.hot_records);
+            Some(p.manifest.seq)
+        }
+        None => None,
+    };
+    Ok((s, seq))
+}
+
+#[test]
+fn restore_brings_back_hot_and_spilled_records_exactly() {
+    let d = Dir::new("roundtrip");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1);
+    load(&mut s, 0..3);
+    assert!(s.spilled_len() > 0, "the test needs spilled records");
+    cp.finish(&s, 3 * SEC);
+    let first = dump(&s);
+    load(&mut s, 3..5);
+    cp.finish(&s, 5 * SEC);
+    let second = dump(&s);
+    assert_eq!(
+        (cp.stats.written, cp.stats.failed, cp.stats.last_seq),
+        (2, 0, 2)
+    );
+    let applied = s.stats.observations_applied;
+    drop(s);
+
+    let (back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, Some(2));
+    assert_eq!(dump(&back), second);
+    assert_eq!(back.stats.observations_applied, applied);
+    assert_eq!(back.hot_len() as u64 + back.spilled_len(), 40);
+    drop(back);
+
+    // Corrupt the newest hot.bin: the previous checkpoint is restored instead.
+    let newest = d.root().join(name(2)).join("hot.bin");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&newest, bytes).unwrap();
+    let (back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, Some(1));
+    assert_eq!(dump(&back), first);
+    drop(back);
+
+    // A checkpoint without its COMMIT marker is incomplete; with none left, start empty.
+    std::fs::remove_file(d.root().join(name(1)).join("COMMIT")).unwrap();
+    let (back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, None);
+    assert_eq!((back.hot_len(), back.spilled_len()), (0, 0));
+}
+
+#[test]
+fn truncated_checkpoints_and_leftovers_are_skipped_and_old_ones_pruned() {
+    let d = Dir::new("prune");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 7);
+    for r in 0..4 {
+        load(&mut s, r..r + 1);
+        cp.finish(&s, 0);
+    }
+    let seqs: Vec<u64> = list(&d.root()).unwrap().done.iter().map(|x| x.0).collect();
+    assert_eq!(seqs, vec![10, 9], "keep = 2, numbering continues from 7");
+    let at_9 = {
+        drop(s);
+        let (back, seq) = restore_into_new(&d, "L1").unwrap();
+        assert_eq!(seq, Some(10));
+        drop(back);
+        // Truncate the newest hot.bin; leave a half-written directory behind as a crash would.
+        let hot = d.root().join(name(10)).join("hot.bin");
+        let len = std::fs::metadata(&hot).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&hot)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
+        std::fs::create_dir_all(d.root().join(format!("{}.tmp", name(11)))).unwrap();
+        restore_into_new(&d, "L1").unwrap()
+    };
+    assert_eq!(at_9.1, Some(9));
+    assert!(!d.root().join(format!("{}.tmp", name(11))).exists());
+    let three_rounds = at_9.0.locate(5).unwrap().unwrap().record.observations;
+    assert_eq!(three_rounds, 3);
+}
+
+#[test]
+fn a_checkpoint_for_another_layout_stops_the_restore() {
+    let d = Dir::new("layout");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "shards=2;features=a", 1);
+    load(&mut s, 0..1);
+    cp.finish(&s, 0);
+    drop(s);
+    let err = restore_into_new(&d, "shards=3;features=a").err().unwrap();
+    assert!(err.to_string().contains("cannot be restored"), "{err}");
+}
+
+#[test]
+fn manifest_round_trips_and_refuses_tampering() {
+    let m = Manifest {
+        seq: 3,
+        shard: 1,
+        layout: "shards=2;features=x".into(),
+        hot_records: 10,
+        spilled: 4,
+        hot_bytes: 999,
+        hot_crc: 42,
+        max_event_ns: 5,
+        observations_applied: 77,
+        created_unix_ms: 1,
+    };
+    let text = m.render();
+    assert_eq!(Manifest::parse(&text).unwrap(), m);
+    let tampered = text.replace("spilled=4", "spilled=5");
+    assert!(Manifest::parse(&tampered).unwrap_err().contains("checksum"));
+    assert!(Manifest::parse("").is_err());
+}
