@@ -47,6 +47,9 @@ enum Command {
         /// Checkpoints to take.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Leave the state directory (OUT/state) in place, restorable by `sluice run`.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -130,8 +133,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run => (true, true),
         Command::Floor => (false, true),
         Command::Sluice => (true, false),
-        Command::Checkpoint { hot, rounds } => {
-            return state::run(a.keys, hot, rounds, &a.out, &a.sets);
+        Command::Checkpoint { hot, rounds, keep } => {
+            return state::run(a.keys, hot, rounds, keep, &a.out, &a.sets);
         }
     };
     let cpus: Vec<usize> = sluice::topology::discover()

@@ -64,6 +64,7 @@ pub fn run(
     keys: u64,
     hot: Option<usize>,
     rounds: usize,
+    keep: bool,
     out: &Path,
     sets: &[String],
 ) -> anyhow::Result<()> {
@@ -95,7 +96,9 @@ pub fn run(
         // Two Observations a key, a second apart, so every aggregate holds something.
         for i in 0..2u64 {
             let u = Update {
-                key: k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                // Keys 0..N, as the load generator numbers them, so a kept state can be
+                // driven by `sluice-bench sluice --keys N`.
+                key: k,
                 seq: i,
                 ts_ns: t0 + i * 1_000_000_000 + k,
                 kind: EventKind::Observation,
@@ -198,6 +201,16 @@ pub fn run(
     let path = out.join("state.json");
     std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
     println!("  wrote {}", path.display());
-    std::fs::remove_dir_all(&dir).ok();
+    if keep {
+        drop(back);
+        println!(
+            "  state kept in {} (1 shard; serve it with --shards 1 --set state.dir={} --set state.hot_capacity={hot})",
+            dir.display(),
+            dir.display()
+        );
+    } else {
+        drop(back);
+        std::fs::remove_dir_all(&dir).ok();
+    }
     Ok(())
 }
