@@ -1,6 +1,8 @@
 //! Open-addressing hash table of `Record`s with linear probing, allocated once at its full
-//! size. `hot_capacity` records fit; the slot array is the next power of two at or above
-//! 4/3 of that, so probes stay short at the bound. Removal shifts later entries back (no
+//! size. `hot_capacity` records fit in 4/3 as many slots (load factor 0.75 at the bound, so
+//! probes stay short); the slot count is not rounded to a power of two, which would double
+//! the memory of a table just past one, and a key's home slot comes from a multiply-shift of
+//! its hash into that range. Removal shifts later entries back (no
 //! tombstones), and a CLOCK hand picks eviction victims: a record used since the hand last
 //! passed gets a second chance.
 
@@ -15,7 +17,8 @@ pub struct HotTable {
     heads: Vec<Record>,
     words: Vec<u64>,
     stride: usize,
-    mask: usize,
+    /// Slots (occupied or not).
+    n: usize,
     len: usize,
     capacity: usize,
     hand: usize,
@@ -24,12 +27,12 @@ pub struct HotTable {
 
 impl HotTable {
     pub fn new(capacity: usize, stride: usize) -> Self {
-        let slots_len = (capacity + capacity / 3 + 1).next_power_of_two();
+        let slots_len = capacity + capacity / 3 + 1;
         Self {
             heads: vec![Record::default(); slots_len],
             words: vec![0; slots_len * stride],
             stride,
-            mask: slots_len - 1,
+            n: slots_len,
             len: 0,
             capacity,
             hand: 0,
@@ -70,9 +73,30 @@ impl HotTable {
 
     #[inline]
     fn home(&self, key: u64) -> usize {
-        // Mixing again (route used the same hash for the owner) is cheap and keeps the table
-        // usable on its own; keys of one shard share their top bits, so index by the low ones.
-        (mix64(key) as usize) & self.mask
+        // Route picks a key's owner from the high bits of mix64(key), so the keys of one shard
+        // share them: hash again with another input, then multiply-shift onto 0..n (no
+        // division).
+        let h = mix64(key ^ 0xD6E8_FEB8_6659_FD93);
+        ((u128::from(h) * self.n as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.n {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Steps from `from` forward to `to`, wrapping.
+    #[inline]
+    fn dist(&self, from: usize, to: usize) -> usize {
+        if to >= from {
+            to - from
+        } else {
+            to + self.n - from
+        }
     }
 
     #[inline]
@@ -92,7 +116,7 @@ impl HotTable {
             if r.key == key {
                 return Some(i);
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
@@ -126,7 +150,7 @@ impl HotTable {
         rec.flags = OCCUPIED | REFERENCED;
         let mut i = self.home(rec.key);
         while self.heads[i].is_occupied() {
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
         self.heads[i] = rec;
         let range = self.words_at(i);
@@ -152,19 +176,19 @@ impl HotTable {
         self.heads[slot] = Record::default();
         self.len -= 1;
         let mut hole = slot;
-        let mut j = (slot + 1) & self.mask;
+        let mut j = self.next(slot);
         while self.heads[j].is_occupied() {
             let home = self.home(self.heads[j].key);
             // The entry at j may fill the hole if its home is not after the hole on the way
             // to j (cyclically): its distance from home is at least the hole's distance.
-            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+            if self.dist(home, j) >= self.dist(hole, j) {
                 self.heads[hole] = self.heads[j];
                 self.heads[j] = Record::default();
                 let from = self.words_at(j);
                 self.words.copy_within(from, hole * self.stride);
                 hole = j;
             }
-            j = (j + 1) & self.mask;
+            j = self.next(j);
         }
         removed
     }
@@ -178,7 +202,7 @@ impl HotTable {
         // Two sweeps suffice: the first clears every bit it passes.
         for _ in 0..2 * self.heads.len() {
             let i = self.hand;
-            self.hand = (self.hand + 1) & self.mask;
+            self.hand = self.next(self.hand);
             let r = &mut self.heads[i];
             if r.is_occupied() {
                 if r.flags & REFERENCED == 0 {
@@ -204,7 +228,7 @@ impl HotTable {
                 // The backward shift may have moved an unseen record into slot i: look again.
                 continue;
             }
-            self.sweep = (self.sweep + 1) & self.mask;
+            self.sweep = self.next(self.sweep);
         }
         removed
     }
@@ -247,6 +271,20 @@ mod tests {
                 "key {k}"
             );
         }
+    }
+
+    #[test]
+    fn one_shards_keys_spread_over_the_whole_table() {
+        let t = HotTable::new(3_000, 0);
+        let mine: Vec<u64> = (0..100_000u64)
+            .filter(|&k| crate::route::owner(k, 4) == 0)
+            .take(3_000)
+            .collect();
+        let mut quarters = [0usize; 4];
+        for k in &mine {
+            quarters[t.home(*k) * 4 / t.slots()] += 1;
+        }
+        assert!(quarters.iter().all(|&q| q > 600), "{quarters:?}");
     }
 
     #[test]
