@@ -11,7 +11,8 @@ use sluice::config::Config;
 use sluice::infer::onnx::model_bytes;
 use sluice::infer::{FeatureBatch, OnlineLr, OnnxScorer, Scorer};
 
-fn row(i: usize) -> [f32; 6] {
+/// A row of the default `features.list` (the built-in models' input).
+fn row(i: usize) -> [f32; WIDTH] {
     let amount = 20.0 + (i % 37) as f32 * 9.0;
     [
         amount,
@@ -20,8 +21,12 @@ fn row(i: usize) -> [f32; 6] {
         55.0,
         amount / 55.0,
         (i % 13) as f32 * 0.7,
+        (i % 5) as f32 + 1.0,
+        amount * ((i % 5) as f32 + 1.0),
     ]
 }
+
+const WIDTH: usize = 8;
 
 fn onnx(c: &mut Criterion) {
     let config = Config::defaults().unwrap();
@@ -31,14 +36,14 @@ fn onnx(c: &mut Criterion) {
         spec.path = format!("builtin:{name}");
         let mut m = OnnxScorer::load(&spec, &model_bytes(&spec.path).unwrap()).unwrap();
         for rows in [1usize, 16, 64] {
-            let mut batch = FeatureBatch::new(6, rows);
+            let mut batch = FeatureBatch::new(WIDTH, rows);
             for i in 0..rows {
                 batch.next_row().unwrap().copy_from_slice(&row(i));
             }
             let mut out = vec![0.0f32; rows];
             m.score(&batch, &mut out).unwrap();
             assert!(out.iter().all(|p| (0.0..=1.0).contains(p)));
-            let mut single = FeatureBatch::new(6, 1);
+            let mut single = FeatureBatch::new(WIDTH, 1);
             single.next_row().unwrap().copy_from_slice(&row(rows - 1));
             let mut one = [0.0f32];
             m.score(&single, &mut one).unwrap();
@@ -60,8 +65,8 @@ fn onnx(c: &mut Criterion) {
 
 fn online(c: &mut Criterion) {
     let spec = Config::defaults().unwrap().model.online;
-    let mut m = OnlineLr::new(6, &spec);
-    let rows: Vec<[f32; 6]> = (0..1024).map(row).collect();
+    let mut m = OnlineLr::new(WIDTH, &spec);
+    let rows: Vec<[f32; WIDTH]> = (0..1024).map(row).collect();
     for (i, r) in rows.iter().enumerate() {
         m.learn(
             r,
