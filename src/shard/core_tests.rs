@@ -278,3 +278,78 @@ fn a_stalled_receive_pass_stays_within_the_preallocated_stall_queue() {
         "the stall queue never reallocates"
     );
 }
+
+fn at(key: u64, seq: u64, ts_ns: u64) -> Vec<u8> {
+    let mut enc = EventBatchEncoder::new();
+    enc.encode(std::iter::once(EventIn {
+        key,
+        seq,
+        ts_ns,
+        amount: 10.0,
+        ..EventIn::default()
+    }))
+    .to_vec()
+}
+
+#[test]
+fn events_older_than_the_watermark_follow_the_late_policy() {
+    const SEC: u64 = 1_000_000_000;
+    let k = keys_owned_by(0, 2);
+    for (policy, scored, dropped, applied_late) in [("drop", 3, 1, 0), ("apply", 4, 0, 1)] {
+        let (mut c, counters) = cores(&[
+            "time.mode=event",
+            "time.allowed_lateness_ms=2000",
+            &format!("time.late={policy}"),
+        ]);
+        let mut s = Sink::new();
+        feed(&mut c[0], &at(k[0], 0, 100 * SEC), &mut s);
+        // 1.5 s out of order: within the lateness, counted in its own window.
+        feed(&mut c[0], &at(k[1], 0, 98_500_000_000), &mut s);
+        // 3 s behind the newest event: past the watermark (100 s - 2 s).
+        feed(&mut c[0], &at(k[1], 1, 97 * SEC), &mut s);
+        feed(&mut c[0], &at(k[0], 1, 101 * SEC), &mut s);
+        assert_eq!(s.len(), scored, "{policy}");
+        assert_eq!(
+            counters[0].events_dropped_by(DropReason::Late),
+            dropped,
+            "{policy}"
+        );
+        assert_eq!(counters[0].late_applied.get(), applied_late, "{policy}");
+        let late_key = c[0].locate(k[1]).unwrap().unwrap().record;
+        if policy == "apply" {
+            // Applied at the watermark, not at its own (older) time.
+            assert_eq!(
+                (late_key.observations, late_key.last_event_ns),
+                (2, 98_500_000_000)
+            );
+        } else {
+            assert_eq!(late_key.observations, 1);
+        }
+    }
+}
+
+#[test]
+fn processing_time_ignores_the_producers_clock() {
+    let (mut c, _) = cores(&["time.mode=processing"]);
+    let k = keys_owned_by(0, 1)[0];
+    let mut s = Sink::new();
+    // A producer timestamp far in the past is not late in processing time: the receive time
+    // (1000 ns in `feed`) is what the state sees.
+    feed(&mut c[0], &at(k, 0, 5), &mut s);
+    feed(&mut c[0], &at(k, 1, 3), &mut s);
+    let r = c[0].locate(k).unwrap().unwrap().record;
+    assert_eq!((s.len(), r.observations, r.last_event_ns), (2, 2, 1_000));
+}
+
+#[test]
+fn replays_are_dropped_and_counted_with_dedup_on() {
+    let (mut c, counters) = cores(&["state.dedup=true"]);
+    let k = keys_owned_by(0, 1)[0];
+    let mut s = Sink::new();
+    for seq in [0, 1, 1, 0, 2] {
+        feed(&mut c[0], &at(k, seq, 0), &mut s);
+    }
+    let counts: Vec<u64> = s.iter().map(|(_, p)| p.score.count).collect();
+    assert_eq!(counts, vec![1, 2, 3]);
+    assert_eq!(counters[0].events_dropped_by(DropReason::Duplicate), 2);
+}
