@@ -18,6 +18,8 @@ use sluice::wire::EventKind;
 struct CheckpointRun {
     /// Time the shard was held taking the snapshot (copying hot records, RocksDB checkpoint).
     pause_ms: f64,
+    /// Of the pause, copying the hot records.
+    copy_ms: f64,
     /// From the start of the snapshot until the checkpoint was committed (synced, renamed).
     commit_ms: f64,
     hot_bytes: u64,
@@ -128,6 +130,7 @@ pub fn run(
         cp.force_next();
         cp.finish(&state, t0 + 2_000_000_000);
         checkpoints.push(CheckpointRun {
+            copy_ms: cp.stats.last_copy_ns as f64 / 1e6,
             pause_ms: cp.stats.last_pause_ns as f64 / 1e6,
             commit_ms: t.elapsed().as_secs_f64() * 1e3,
             hot_bytes: cp.stats.last_bytes,
@@ -184,9 +187,10 @@ pub fn run(
     );
     for (i, c) in r.checkpoints.iter().enumerate() {
         println!(
-            "  checkpoint {}: shard pause {:.1} ms, committed after {:.1} ms, hot.bin {:.1} MiB",
+            "  checkpoint {}: shard pause {:.1} ms ({:.1} ms copying hot records), committed after {:.1} ms, hot.bin {:.1} MiB",
             i + 1,
             c.pause_ms,
+            c.copy_ms,
             c.commit_ms,
             c.hot_bytes as f64 / (1 << 20) as f64
         );

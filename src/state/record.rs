@@ -81,6 +81,16 @@ impl Record {
         out
     }
 
+    /// Write the head and `words` as one stored image into `out`, which must be exactly
+    /// `image_bytes(words.len())` long (fixed offsets: no length checks per word).
+    pub fn write_image(&self, words: &[u64], out: &mut [u8]) {
+        let (head, tail) = out.split_at_mut(RECORD_BYTES);
+        head.copy_from_slice(&self.to_bytes());
+        for (chunk, w) in tail.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
     /// Append the head and `words` to `out` as one stored image.
     pub fn append_image(&self, words: &[u64], out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_bytes());
@@ -148,6 +158,9 @@ mod tests {
         let mut img = Vec::new();
         r.append_image(&words, &mut img);
         assert_eq!(img.len(), image_bytes(3));
+        let mut fixed = vec![0xAA; image_bytes(3)];
+        r.write_image(&words, &mut fixed);
+        assert_eq!(fixed, img);
         let mut back_words = [0u64; 3];
         let back = Record::read_image(&img, &mut back_words).unwrap();
         assert_eq!(
