@@ -44,9 +44,13 @@ enum Command {
         /// Hot-table capacity (default: every key hot; fewer spill to RocksDB).
         #[arg(long)]
         hot: Option<usize>,
-        /// Checkpoints to take.
+        /// Checkpoints to take: the first full, the rest incremental.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Events on random existing keys before each incremental checkpoint (10 000 = what
+        /// 50k events/s bring in one default 200 ms interval).
+        #[arg(long, default_value_t = 10_000)]
+        churn: u64,
         /// Leave the state directory (OUT/state) in place, restorable by `sluice run`.
         #[arg(long)]
         keep: bool,
@@ -133,8 +137,13 @@ fn main() -> anyhow::Result<()> {
         Command::Run => (true, true),
         Command::Floor => (false, true),
         Command::Sluice => (true, false),
-        Command::Checkpoint { hot, rounds, keep } => {
-            return state::run(a.keys, hot, rounds, keep, &a.out, &a.sets);
+        Command::Checkpoint {
+            hot,
+            rounds,
+            churn,
+            keep,
+        } => {
+            return state::run(a.keys, hot, rounds, churn, keep, &a.out, &a.sets);
         }
     };
     let cpus: Vec<usize> = sluice::topology::discover()

@@ -10,12 +10,14 @@ use anyhow::Context;
 use serde::Serialize;
 
 use sluice::config::Config;
-use sluice::state::checkpoint::{self, Checkpointer};
+use sluice::state::checkpoint::{self, CheckpointSpec, Checkpointer};
 use sluice::state::{image_bytes, KeyedState, Outcome, Spill, Update};
 use sluice::wire::EventKind;
 
 #[derive(Serialize)]
 struct CheckpointRun {
+    /// Every hot record (the first), or what changed since the one before.
+    full: bool,
     /// Time the shard was held taking the snapshot (copying hot records, RocksDB checkpoint).
     pause_ms: f64,
     /// Of the pause, copying the hot records.
@@ -40,6 +42,9 @@ struct StateResults {
     checkpoint_disk_bytes: u64,
     disk_bytes_per_key: f64,
     restore_seconds: f64,
+    /// Checkpoints read by the restore (the full one and the incremental ones after it).
+    restore_chain: usize,
+    churn_per_checkpoint: u64,
     restored_keys: u64,
 }
 
@@ -66,6 +71,7 @@ pub fn run(
     keys: u64,
     hot: Option<usize>,
     rounds: usize,
+    churn: u64,
     keep: bool,
     out: &Path,
     sets: &[String],
@@ -92,6 +98,7 @@ pub fn run(
     let mut state =
         KeyedState::from_config(&config, Some(spill)).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    state.track_changes();
     let started = Instant::now();
     let t0 = 1_700_000_000_000_000_000u64;
     for k in 0..keys {
@@ -115,21 +122,43 @@ pub fn run(
     anyhow::ensure!(state.hot_len() as u64 + state.spilled_len() == keys);
 
     let root = base.join("checkpoints");
-    let mut cp = Checkpointer::start(
-        root.clone(),
-        0,
-        config.state_layout(1),
-        u64::MAX,
-        2,
-        hot * image_bytes(words) + 64,
-        1,
-    )?;
+    // The first checkpoint is full; the later ones incremental (only the first is full in
+    // this run), each after `churn` more events on random existing keys.
+    let mut cp = Checkpointer::start(CheckpointSpec {
+        root: root.clone(),
+        shard: 0,
+        layout: config.state_layout(1),
+        interval_ns: u64::MAX,
+        keep: 2,
+        full_every: usize::MAX,
+        buffer_bytes: hot * image_bytes(words) + 64,
+        next_seq: 1,
+    })?;
     let mut checkpoints = Vec::new();
-    for _ in 0..rounds.max(1) {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for round in 0..rounds.max(1) {
+        if round > 0 {
+            for i in 0..churn {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = Update {
+                    key: x % keys,
+                    seq: 2 + round as u64,
+                    ts_ns: t0 + 2_000_000_000 + round as u64 * 200_000_000 + i,
+                    kind: EventKind::Observation,
+                    amount: 42.0,
+                    label: -1.0,
+                    features: &[],
+                };
+                state.apply(&u, u.ts_ns)?;
+            }
+        }
         let t = Instant::now();
-        cp.force_next();
-        cp.finish(&state, t0 + 2_000_000_000);
+        let full_before = cp.stats.full;
+        cp.finish(&mut state, t0 + 3_000_000_000);
         checkpoints.push(CheckpointRun {
+            full: cp.stats.full > full_before,
             copy_ms: cp.stats.last_copy_ns as f64 / 1e6,
             pause_ms: cp.stats.last_pause_ns as f64 / 1e6,
             commit_ms: t.elapsed().as_secs_f64() * 1e3,
@@ -137,8 +166,9 @@ pub fn run(
         });
     }
     anyhow::ensure!(cp.stats.failed == 0, "a checkpoint failed");
-    let newest = root.join(format!("ckpt-{:020}", cp.stats.last_seq));
-    let disk = dir_bytes(&newest);
+    // The full checkpoint (hot.bin + the spill store's files); the incremental ones add
+    // their hot.bin (`hot_bytes` per round) and hard links to the same table files.
+    let disk = dir_bytes(&root.join(format!("ckpt-{:020}", 1)));
     let hot_table_bytes = state.memory_bytes();
     drop(state);
     drop(cp);
@@ -152,6 +182,7 @@ pub fn run(
     let mut back =
         KeyedState::from_config(&config, Some(spill)).map_err(|e| anyhow::anyhow!("{e}"))?;
     checkpoint::load_records(&mut back, &point)?;
+    let restore_chain = point.chain_len();
     let restore_seconds = started.elapsed().as_secs_f64();
     let restored_keys = back.hot_len() as u64 + back.spilled_len();
     anyhow::ensure!(
@@ -173,6 +204,8 @@ pub fn run(
         checkpoint_disk_bytes: disk,
         disk_bytes_per_key: disk as f64 / keys as f64,
         restore_seconds,
+        restore_chain,
+        churn_per_checkpoint: churn,
         restored_keys,
     };
     println!(
@@ -187,8 +220,9 @@ pub fn run(
     );
     for (i, c) in r.checkpoints.iter().enumerate() {
         println!(
-            "  checkpoint {}: shard pause {:.1} ms ({:.1} ms copying hot records), committed after {:.1} ms, hot.bin {:.1} MiB",
+            "  checkpoint {} ({}): shard pause {:.1} ms ({:.1} ms copying hot records), committed after {:.1} ms, hot.bin {:.1} MiB",
             i + 1,
+            if c.full { "full" } else { "incremental" },
             c.pause_ms,
             c.copy_ms,
             c.commit_ms,
@@ -196,10 +230,11 @@ pub fn run(
         );
     }
     println!(
-        "  on disk: {:.1} MiB = {:.0} B per key; restore {:.3} s ({restored_keys} keys)",
+        "  full checkpoint on disk: {:.1} MiB = {:.0} B per key; restore {:.3} s ({restored_keys} keys, {} checkpoints read)",
         disk as f64 / (1 << 20) as f64,
         r.disk_bytes_per_key,
-        restore_seconds
+        restore_seconds,
+        restore_chain
     );
     std::fs::create_dir_all(out)?;
     let path = out.join("state.json");

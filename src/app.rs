@@ -17,7 +17,7 @@ use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
 use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
-use crate::state::checkpoint::{self, Checkpointer};
+use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer};
 use crate::state::{image_bytes, KeyedState, Spill};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
@@ -424,17 +424,19 @@ fn shard_state(
     let checkpoints = if config.checkpoint.interval_ms == 0 {
         None
     } else {
+        state.track_changes();
         let buffer = config.state.hot_capacity * image_bytes(words) + 64;
         Some(
-            Checkpointer::start(
+            Checkpointer::start(CheckpointSpec {
                 root,
-                id,
+                shard: id,
                 layout,
-                config.checkpoint.interval_ms * 1_000_000,
-                config.checkpoint.keep,
-                buffer,
+                interval_ns: config.checkpoint.interval_ms * 1_000_000,
+                keep: config.checkpoint.keep,
+                full_every: config.checkpoint.full_every,
+                buffer_bytes: buffer,
                 next_seq,
-            )
+            })
             .map_err(|e| e.to_string())?,
         )
     };

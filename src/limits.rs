@@ -13,6 +13,8 @@ pub const FEATURE_ROW_MAX: usize = 64;
 pub const WINDOW_BUCKETS_MAX: usize = 256;
 /// Hot slots the TTL sweep visits per drain cycle.
 pub const TTL_SWEEP_SLOTS_MAX: usize = 1 << 20;
+/// Checkpoints between two full ones (the longest chain a restore reads).
+pub const CHECKPOINT_CHAIN_MAX: usize = 10_000;
 /// Complete checkpoints kept per shard.
 pub const CHECKPOINTS_KEPT_MAX: usize = 100;
 /// Allowed lateness in event time (one day, in ms).

@@ -176,6 +176,7 @@ impl Time {
 pub struct Checkpoint {
     pub interval_ms: u64,
     pub keep: usize,
+    pub full_every: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

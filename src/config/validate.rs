@@ -117,6 +117,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         limits::CHECKPOINTS_KEPT_MAX,
     );
     range(
+        "checkpoint.full_every",
+        c.checkpoint.full_every,
+        1,
+        limits::CHECKPOINT_CHAIN_MAX,
+    );
+    range(
         "time.allowed_lateness_ms",
         c.time.allowed_lateness_ms as usize,
         0,

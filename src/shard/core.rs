@@ -248,6 +248,11 @@ impl ShardCore {
         &self.owner.table
     }
 
+    /// The shard's keyed state, for checkpoints (which clear its change tracking).
+    pub fn state_mut(&mut self) -> &mut KeyedState {
+        &mut self.owner.table
+    }
+
     /// Newest event time applied on this shard.
     pub fn max_event_ns(&self) -> u64 {
         self.owner.max_event_ns

@@ -125,7 +125,8 @@ impl Shard {
         if let Some(cp) = &mut self.checkpoints {
             // Between cycles, after the flush: every event taken in so far is applied and
             // answered, none is half-way.
-            cp.tick(pickup_ns, core.state(), core.max_event_ns());
+            let max_event_ns = core.max_event_ns();
+            cp.tick(pickup_ns, core.state_mut(), max_event_ns);
             publish_checkpoint_stats(cp, counters);
         }
         let wakers = &self.wakers;
@@ -140,7 +141,8 @@ impl Shard {
     /// At shutdown, after the drain: one last checkpoint, waited for.
     pub fn final_checkpoint(&mut self) {
         if let Some(cp) = &mut self.checkpoints {
-            cp.finish(self.core.state(), self.core.max_event_ns());
+            let max_event_ns = self.core.max_event_ns();
+            cp.finish(self.core.state_mut(), max_event_ns);
             publish_checkpoint_stats(cp, &self.counters);
         }
     }

@@ -24,12 +24,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::record::image_bytes;
+use super::record::{image_bytes, DIRTY};
 use super::{KeyedState, Record, Spill, SpillError, StateError};
 
 const MAGIC: &[u8; 8] = b"SLUICEHT";
-const FORMAT: u32 = 1;
-const HEADER_BYTES: usize = 8 + 4 + 4 + 8;
+const FORMAT: u32 = 2;
+/// magic, format, words per record, records, gone keys.
+const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -67,7 +68,12 @@ pub struct Manifest {
     pub shard: usize,
     /// What the records' placement and layout depend on: shard count and feature list.
     pub layout: String,
+    /// Full checkpoint: 0. Incremental: the checkpoint this one applies on top of.
+    pub parent: u64,
+    /// Records in hot.bin: every hot record (full), or those changed since the parent.
     pub hot_records: u64,
+    /// Incremental: keys that left the hot table since the parent (listed after the records).
+    pub gone: u64,
     pub spilled: u64,
     pub hot_bytes: u64,
     pub hot_crc: u32,
@@ -81,11 +87,13 @@ pub struct Manifest {
 impl Manifest {
     fn render(&self) -> String {
         let body = format!(
-            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nhot_records={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\n",
+            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\n",
             self.seq,
             self.shard,
             self.layout,
+            self.parent,
             self.hot_records,
+            self.gone,
             self.spilled,
             self.hot_bytes,
             self.hot_crc,
@@ -126,7 +134,9 @@ impl Manifest {
                 "seq" => m.seq = num()?,
                 "shard" => m.shard = num()? as usize,
                 "layout" => m.layout = v.to_owned(),
+                "parent" => m.parent = num()?,
                 "hot_records" => m.hot_records = num()?,
+                "gone" => m.gone = num()?,
                 "spilled" => m.spilled = num()?,
                 "hot_bytes" => m.hot_bytes = num()?,
                 "hot_crc" => m.hot_crc = num()? as u32,
@@ -184,17 +194,60 @@ fn list(root: &Path) -> Result<Listing, CheckpointError> {
 /// The checkpoint a shard restores from.
 #[derive(Debug)]
 pub struct RestorePoint {
+    /// The newest checkpoint's manifest.
     pub manifest: Manifest,
     pub path: PathBuf,
-    /// hot.bin, verified.
-    hot: Vec<u8>,
+    /// hot.bin of the full checkpoint and of every incremental one after it up to `path`,
+    /// oldest first, each verified.
+    chain: Vec<(Manifest, Vec<u8>)>,
 }
 
-/// Find the newest good checkpoint under `root` and install its spill store at `spill_dir`,
-/// opened with `open` (emptied when nothing is restored). Incomplete or corrupt checkpoints
-/// are logged and skipped for older ones; one written for another layout is an error
-/// (restoring it would put keys on the wrong shards or misread their words). The caller then
-/// loads the hot records with `load_records`.
+impl RestorePoint {
+    /// Checkpoints read to rebuild the hot records (1 for a full one).
+    pub fn chain_len(&self) -> usize {
+        self.chain.len()
+    }
+}
+
+/// The checkpoint at `path` and the ones it builds on, oldest (the full one) first.
+fn read_chain(
+    path: &Path,
+    by_seq: &std::collections::HashMap<u64, PathBuf>,
+    words: usize,
+) -> Result<Vec<(Manifest, Vec<u8>)>, CheckpointError> {
+    let mut chain = Vec::new();
+    let mut at = path.to_owned();
+    loop {
+        let (m, hot) = read_verified(&at, words)?;
+        let parent = m.parent;
+        chain.push((m, hot));
+        if parent == 0 {
+            break;
+        }
+        at = by_seq
+            .get(&parent)
+            .cloned()
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("builds on checkpoint {parent}, which is gone"),
+            })?;
+        if chain.len() > by_seq.len() {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: "its chain of parents loops".into(),
+            });
+        }
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Find the newest checkpoint under `root` whose whole chain (it, and the incremental ones
+/// and the full one it builds on) is good, and install its spill store at `spill_dir`, opened
+/// with `open` (emptied when nothing is restored). Incomplete or corrupt checkpoints are
+/// logged and skipped for older ones; one written for another layout is an error (restoring
+/// it would put keys on the wrong shards or misread their words). The caller then loads the
+/// hot records with `load_records`.
 pub fn restore(
     root: &Path,
     layout: &str,
@@ -207,19 +260,24 @@ pub fn restore(
         tracing::warn!(path = %p.display(), "removing an incomplete checkpoint (the process stopped while writing it)");
         std::fs::remove_dir_all(&p).map_err(io(&p))?;
     }
+    let by_seq: std::collections::HashMap<u64, PathBuf> = done.iter().cloned().collect();
     for (_, path) in done {
-        let (manifest, hot) = match read_verified(&path, words) {
-            Ok(x) => x,
+        let chain = match read_chain(&path, &by_seq, words) {
+            Ok(c) => c,
             Err(e) => {
-                tracing::error!("skipping checkpoint: {e}");
+                tracing::error!("skipping checkpoint {}: {e}", path.display());
                 continue;
             }
         };
-        if manifest.layout != layout {
+        let Some((manifest, _)) = chain.last() else {
+            continue;
+        };
+        let manifest = manifest.clone();
+        if let Some((m, _)) = chain.iter().find(|(m, _)| m.layout != layout) {
             return Err(CheckpointError::Mismatch {
                 path,
                 root: root.to_owned(),
-                found: manifest.layout,
+                found: m.layout.clone(),
                 want: layout.to_owned(),
             });
         }
@@ -231,7 +289,7 @@ pub fn restore(
                     Some(RestorePoint {
                         manifest,
                         path,
-                        hot,
+                        chain,
                     }),
                 ))
             }
@@ -265,12 +323,14 @@ pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), C
     if crc32fast::hash(&hot) != manifest.hot_crc {
         return Err(corrupt("hot.bin checksum mismatch".into()));
     }
-    let want = HEADER_BYTES as u64 + manifest.hot_records * image_bytes(words) as u64;
+    let want =
+        HEADER_BYTES as u64 + manifest.hot_records * image_bytes(words) as u64 + manifest.gone * 8;
     let header_ok = hot.len() >= HEADER_BYTES
         && &hot[..8] == MAGIC
         && hot[8..12] == FORMAT.to_le_bytes()
         && hot[12..16] == (words as u32).to_le_bytes()
-        && hot[16..24] == manifest.hot_records.to_le_bytes();
+        && hot[16..24] == manifest.hot_records.to_le_bytes()
+        && hot[24..32] == manifest.gone.to_le_bytes();
     if !header_ok || hot.len() as u64 != want {
         return Err(corrupt(format!(
             "hot.bin header or size does not match {} records of {} words",
@@ -305,18 +365,56 @@ fn install_spill(from: &Path, to: &Path) -> Result<(), CheckpointError> {
 }
 
 /// Load a restore point's hot records into `state` (built on the spill store `restore`
-/// returned); returns how many.
+/// returned); returns how many. The incremental checkpoints of the chain are folded first
+/// into the newest fate of each key they touch (an image, or gone); the full checkpoint's
+/// records are then loaded except those keys, then the touched keys' newest images. So only
+/// the final hot set is inserted, whatever `state.hot_capacity` is now.
 pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64, CheckpointError> {
     let words = state.plan().words();
+    let image = image_bytes(words);
+    let corrupt = |reason: &str| CheckpointError::Corrupt {
+        path: point.path.clone(),
+        reason: reason.to_owned(),
+    };
+    let key_at = |b: &[u8]| -> Result<u64, CheckpointError> {
+        Ok(u64::from_le_bytes(
+            b.get(..8)
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| corrupt("short record"))?,
+        ))
+    };
+    let records = |m: &Manifest| HEADER_BYTES..HEADER_BYTES + m.hot_records as usize * image;
+    // key -> newest image in the incremental part of the chain: (checkpoint, offset), or None
+    // when the key left the hot table.
+    let mut touched: std::collections::HashMap<u64, Option<(usize, usize)>> =
+        std::collections::HashMap::new();
+    for (i, (m, hot)) in point.chain.iter().enumerate().skip(1) {
+        let recs = records(m);
+        for key in hot[recs.end..].chunks_exact(8) {
+            touched.insert(key_at(key)?, None);
+        }
+        for (j, img) in hot[recs.clone()].chunks_exact(image).enumerate() {
+            touched.insert(key_at(img)?, Some((i, recs.start + j * image)));
+        }
+    }
     let mut w = vec![0u64; words];
     let mut n = 0;
-    for img in point.hot[HEADER_BYTES..].chunks_exact(image_bytes(words)) {
-        let rec = Record::read_image(img, &mut w).ok_or_else(|| CheckpointError::Corrupt {
-            path: point.path.clone(),
-            reason: "record image of the wrong size".into(),
-        })?;
+    let mut load = |img: &[u8], state: &mut KeyedState| -> Result<(), CheckpointError> {
+        let rec = Record::read_image(img, &mut w)
+            .ok_or_else(|| corrupt("record image of the wrong size"))?;
         state.restore(rec, &w)?;
         n += 1;
+        Ok(())
+    };
+    if let Some((m, hot)) = point.chain.first() {
+        for img in hot[records(m)].chunks_exact(image) {
+            if !touched.contains_key(&key_at(img)?) {
+                load(img, state)?;
+            }
+        }
+    }
+    for (i, at) in touched.values().flatten() {
+        load(&point.chain[*i].1[*at..*at + image], state)?;
     }
     state.stats.observations_applied = point.manifest.observations_applied;
     Ok(n)
@@ -326,6 +424,8 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CheckpointStats {
     pub written: u64,
+    /// Of the snapshots taken, how many were full (the rest are incremental).
+    pub full: u64,
     pub failed: u64,
     pub skipped_busy: u64,
     pub last_seq: u64,
@@ -360,6 +460,24 @@ struct Done {
     result: Option<Result<u64, String>>,
 }
 
+/// How one shard checkpoints.
+pub struct CheckpointSpec {
+    /// `state.dir/shard-N/checkpoints`.
+    pub root: PathBuf,
+    pub shard: usize,
+    /// `Config::state_layout`: what a restore must match.
+    pub layout: String,
+    pub interval_ns: u64,
+    /// Full checkpoints kept (with the incremental ones after them).
+    pub keep: usize,
+    /// Every this many checkpoints one is full.
+    pub full_every: usize,
+    /// Bound of a snapshot: every hot record's image (allocated and touched at start).
+    pub buffer_bytes: usize,
+    /// Sequence number of the first checkpoint (after the restored one).
+    pub next_seq: u64,
+}
+
 /// The shard's side of checkpointing.
 pub struct Checkpointer {
     root: PathBuf,
@@ -374,21 +492,27 @@ pub struct Checkpointer {
     results: mpsc::Receiver<Done>,
     /// `StateStats::changes()` at the last snapshot (None: take the next one regardless).
     snapshot_changes: Option<u64>,
+    /// The last snapshot taken (None: the next must be full: at start, or after a failure).
+    parent: Option<u64>,
+    deltas_since_full: usize,
+    /// Every this many checkpoints one is full (bounds the chain a restore reads).
+    full_every: usize,
     pub stats: CheckpointStats,
 }
 
 impl Checkpointer {
-    /// Checkpoints of shard `shard` under `root` every `interval_ns`, keeping the newest `keep`.
-    /// `buffer_bytes` bounds a snapshot (every hot record); `next_seq` follows the restored one.
-    pub fn start(
-        root: PathBuf,
-        shard: usize,
-        layout: String,
-        interval_ns: u64,
-        keep: usize,
-        buffer_bytes: usize,
-        next_seq: u64,
-    ) -> Result<Self, CheckpointError> {
+    /// Start the shard's writer thread and hand it the snapshot buffer to touch.
+    pub fn start(spec: CheckpointSpec) -> Result<Self, CheckpointError> {
+        let CheckpointSpec {
+            root,
+            shard,
+            layout,
+            interval_ns,
+            keep,
+            full_every,
+            buffer_bytes,
+            next_seq,
+        } = spec;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let (jobs, rx) = mpsc::sync_channel::<Work>(1);
         let (tx, results) = mpsc::sync_channel::<Done>(1);
@@ -447,6 +571,9 @@ impl Checkpointer {
             jobs,
             results,
             snapshot_changes: None,
+            parent: None,
+            deltas_since_full: 0,
+            full_every: full_every.max(1),
             stats: CheckpointStats::default(),
         })
     }
@@ -469,6 +596,8 @@ impl Checkpointer {
                 Some(Err(_)) => {
                     self.stats.failed += 1;
                     self.snapshot_changes = None;
+                    // Its changes are lost with it; the next checkpoint must be full.
+                    self.parent = None;
                 }
             }
         }
@@ -476,7 +605,7 @@ impl Checkpointer {
 
     /// Between cycles: snapshot if due and the state changed since the last one (an idle
     /// shard writes nothing). `max_event_ns` is the shard's newest event time.
-    pub fn tick(&mut self, now_ns: u64, state: &KeyedState, max_event_ns: u64) {
+    pub fn tick(&mut self, now_ns: u64, state: &mut KeyedState, max_event_ns: u64) {
         self.collect(false);
         if now_ns < self.next_due_ns || self.snapshot_changes == Some(state.stats.changes()) {
             return;
@@ -495,7 +624,7 @@ impl Checkpointer {
     }
 
     /// A last checkpoint at shutdown (unless the newest already holds this state), waited for.
-    pub fn finish(&mut self, state: &KeyedState, max_event_ns: u64) {
+    pub fn finish(&mut self, state: &mut KeyedState, max_event_ns: u64) {
         if self.buffer.is_none() {
             self.collect(true);
         }
@@ -507,7 +636,7 @@ impl Checkpointer {
         }
     }
 
-    fn snapshot(&mut self, state: &KeyedState, max_event_ns: u64) {
+    fn snapshot(&mut self, state: &mut KeyedState, max_event_ns: u64) {
         let Some(mut buf) = self.buffer.take() else {
             return;
         };
@@ -517,23 +646,70 @@ impl Checkpointer {
         self.seq += 1;
         let tmp = self.root.join(format!("{}.tmp", name(seq)));
         let done = self.root.join(name(seq));
-        let hot = state.hot();
+        let (changes, hot) = state.changes_mut();
+        let full = match self.parent {
+            None => true,
+            Some(_) => {
+                !changes.on || changes.overflowed || self.deltas_since_full + 1 >= self.full_every
+            }
+        };
         let words = hot.stride();
         let image = image_bytes(words);
+        let (records, gone) = if full {
+            (hot.len(), 0)
+        } else {
+            (changes.dirty.len(), changes.gone.len())
+        };
         // Size the buffer once (it keeps its length between snapshots, so only growth is
-        // zero-filled), then write every image at its fixed offset.
-        buf.resize(HEADER_BYTES + hot.len() * image, 0);
+        // zero-filled), write every image at its fixed offset, then cut to what was written
+        // (a dirty key may have left the table since it was listed).
+        buf.resize(HEADER_BYTES + records * image + gone * 8, 0);
         let (header, body) = buf.split_at_mut(HEADER_BYTES);
+        let mut written = 0;
+        if full {
+            let mut outs = body.chunks_exact_mut(image);
+            for slot in 0..hot.slots() {
+                let (head, w) = hot.slot_mut(slot);
+                if !head.is_occupied() {
+                    continue;
+                }
+                head.flags &= !DIRTY;
+                if let Some(out) = outs.next() {
+                    head.write_image(w, out);
+                    written += 1;
+                }
+            }
+        } else {
+            let mut outs = body.chunks_exact_mut(image);
+            for &key in &changes.dirty {
+                let Some(slot) = hot.find(key) else {
+                    continue;
+                };
+                let (head, w) = hot.slot_mut(slot);
+                if head.flags & DIRTY == 0 {
+                    continue;
+                }
+                head.flags &= !DIRTY;
+                if let Some(out) = outs.next() {
+                    head.write_image(w, out);
+                    written += 1;
+                }
+            }
+        }
+        let records_end = written * image;
+        for (out, key) in body[records_end..].chunks_exact_mut(8).zip(&changes.gone) {
+            out.copy_from_slice(&key.to_le_bytes());
+        }
         header[..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&FORMAT.to_le_bytes());
         header[12..16].copy_from_slice(&(words as u32).to_le_bytes());
-        header[16..24].copy_from_slice(&(hot.len() as u64).to_le_bytes());
-        let occupied = (0..hot.slots())
-            .map(|slot| hot.slot(slot))
-            .filter(|(head, _)| head.is_occupied());
-        for (out, (head, w)) in body.chunks_exact_mut(image).zip(occupied) {
-            head.write_image(w, out);
-        }
+        header[16..24].copy_from_slice(&(written as u64).to_le_bytes());
+        header[24..32].copy_from_slice(&(gone as u64).to_le_bytes());
+        buf.truncate(HEADER_BYTES + records_end + gone * 8);
+        changes.clear();
+        let parent = if full { 0 } else { self.parent.unwrap_or(0) };
+        self.parent = Some(seq);
+        self.deltas_since_full = if full { 0 } else { self.deltas_since_full + 1 };
         let copied_ns = started.elapsed().as_nanos() as u64;
         let spill_ok = match state.spill() {
             Some(s) => std::fs::create_dir_all(&tmp)
@@ -556,18 +732,27 @@ impl Checkpointer {
             let _ = std::fs::remove_dir_all(&tmp);
             self.stats.failed += 1;
             self.snapshot_changes = None;
+            // The changes this one took are not on disk: the next must be full.
+            self.parent = None;
             self.buffer = Some(buf);
             return;
         }
         self.stats.last_bytes = buf.len() as u64;
+        if full {
+            self.stats.full += 1;
+        }
         let manifest = Manifest {
             seq,
             shard: self.shard,
             layout: self.layout.clone(),
-            hot_records: hot.len() as u64,
+            parent,
+            hot_records: written as u64,
+            gone: gone as u64,
             spilled: state.spilled_len(),
             hot_bytes: buf.len() as u64,
-            hot_crc: crc32fast::hash(&buf),
+            // Filled in by the writer thread: a checksum of the whole buffer is not the
+            // shard's time to spend.
+            hot_crc: 0,
             max_event_ns,
             observations_applied: state.stats.observations_applied,
             created_unix_ms: crate::clock::realtime_ns() / 1_000_000,
@@ -584,6 +769,7 @@ impl Checkpointer {
             if let Work::Write(job) = work {
                 self.buffer = Some(job.buffer);
             }
+            self.parent = None;
         }
     }
 }
@@ -603,12 +789,43 @@ fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
 fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
     sync_file(&job.tmp.join("hot.bin"), &job.buffer)?;
-    sync_file(&job.tmp.join("COMMIT"), job.manifest.render().as_bytes())?;
+    let manifest = Manifest {
+        hot_crc: crc32fast::hash(&job.buffer),
+        ..job.manifest.clone()
+    };
+    sync_file(&job.tmp.join("COMMIT"), manifest.render().as_bytes())?;
     sync_dir(&job.tmp)?;
     std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
     sync_dir(root)?;
-    for (_, old) in list(root)?.done.iter().skip(keep) {
-        std::fs::remove_dir_all(old).map_err(io(old))?;
+    prune(root, keep)
+}
+
+/// Keep the newest `keep` full checkpoints and every checkpoint after the oldest of them (the
+/// incremental ones build on it); delete the rest.
+fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let done = list(root)?.done;
+    let mut fulls = 0;
+    let mut cutoff = None;
+    for (seq, path) in &done {
+        let full = std::fs::read_to_string(path.join("COMMIT"))
+            .ok()
+            .and_then(|t| Manifest::parse(&t).ok())
+            .is_some_and(|m| m.parent == 0);
+        if full {
+            fulls += 1;
+            if fulls == keep {
+                cutoff = Some(*seq);
+                break;
+            }
+        }
+    }
+    let Some(cutoff) = cutoff else {
+        return Ok(());
+    };
+    for (seq, old) in &done {
+        if *seq < cutoff {
+            std::fs::remove_dir_all(old).map_err(io(old))?;
+        }
     }
     Ok(())
 }

@@ -46,7 +46,9 @@ fn open(path: &Path, len: Option<u64>) -> Result<Spill, SpillError> {
 
 fn state(spill: Spill) -> KeyedState {
     let p = plan();
-    KeyedState::new(HotTable::new(8, p.words()), Some(spill), p, 0, false)
+    let mut s = KeyedState::new(HotTable::new(8, p.words()), Some(spill), p, 0, false);
+    s.track_changes();
+    s
 }
 
 /// 40 keys (more than the 8 hot slots), `rounds` events each.
@@ -79,8 +81,19 @@ fn dump(s: &KeyedState) -> BTreeMap<u64, KeyState> {
         .collect()
 }
 
-fn checkpointer(d: &Dir, layout: &str, next: u64) -> Checkpointer {
-    Checkpointer::start(d.root(), 0, layout.into(), 0, 2, 1 << 20, next).unwrap()
+/// Every `full_every`-th checkpoint full, the rest incremental.
+fn checkpointer(d: &Dir, layout: &str, next: u64, full_every: usize) -> Checkpointer {
+    Checkpointer::start(CheckpointSpec {
+        root: d.root(),
+        shard: 0,
+        layout: layout.into(),
+        interval_ns: 0,
+        keep: 2,
+        full_every,
+        buffer_bytes: 1 << 20,
+        next_seq: next,
+    })
+    .unwrap()
 }
 
 fn restore_into_new(d: &Dir, layout: &str) -> Result<(KeyedState, Option<u64>), CheckpointError> {
@@ -101,13 +114,13 @@ fn restore_into_new(d: &Dir, layout: &str) -> Result<(KeyedState, Option<u64>), 
 fn restore_brings_back_hot_and_spilled_records_exactly() {
     let d = Dir::new("roundtrip");
     let mut s = state(open(&d.spill(), None).unwrap());
-    let mut cp = checkpointer(&d, "L1", 1);
+    let mut cp = checkpointer(&d, "L1", 1, 50);
     load(&mut s, 0..3);
     assert!(s.spilled_len() > 0, "the test needs spilled records");
-    cp.finish(&s, 3 * SEC);
+    cp.finish(&mut s, 3 * SEC);
     let first = dump(&s);
     load(&mut s, 3..5);
-    cp.finish(&s, 5 * SEC);
+    cp.finish(&mut s, 5 * SEC);
     let second = dump(&s);
     assert_eq!(
         (cp.stats.written, cp.stats.failed, cp.stats.last_seq),
@@ -123,7 +136,7 @@ fn restore_brings_back_hot_and_spilled_records_exactly() {
     assert_eq!(back.hot_len() as u64 + back.spilled_len(), 40);
     drop(back);
 
-    // Corrupt the newest hot.bin: the previous checkpoint is restored instead.
+    // Corrupt the newest (incremental) hot.bin: the previous checkpoint is restored instead.
     let newest = d.root().join(name(2)).join("hot.bin");
     let mut bytes = std::fs::read(&newest).unwrap();
     let mid = bytes.len() / 2;
@@ -134,7 +147,8 @@ fn restore_brings_back_hot_and_spilled_records_exactly() {
     assert_eq!(dump(&back), first);
     drop(back);
 
-    // A checkpoint without its COMMIT marker is incomplete; with none left, start empty.
+    // A checkpoint without its COMMIT marker is incomplete, and the incremental one after it
+    // cannot be rebuilt without it: with none left, start empty.
     std::fs::remove_file(d.root().join(name(1)).join("COMMIT")).unwrap();
     let (back, seq) = restore_into_new(&d, "L1").unwrap();
     assert_eq!(seq, None);
@@ -145,10 +159,10 @@ fn restore_brings_back_hot_and_spilled_records_exactly() {
 fn truncated_checkpoints_and_leftovers_are_skipped_and_old_ones_pruned() {
     let d = Dir::new("prune");
     let mut s = state(open(&d.spill(), None).unwrap());
-    let mut cp = checkpointer(&d, "L1", 7);
+    let mut cp = checkpointer(&d, "L1", 7, 1);
     for r in 0..4 {
         load(&mut s, r..r + 1);
-        cp.finish(&s, 0);
+        cp.finish(&mut s, 0);
     }
     let seqs: Vec<u64> = list(&d.root()).unwrap().done.iter().map(|x| x.0).collect();
     assert_eq!(seqs, vec![10, 9], "keep = 2, numbering continues from 7");
@@ -179,9 +193,9 @@ fn truncated_checkpoints_and_leftovers_are_skipped_and_old_ones_pruned() {
 fn a_checkpoint_for_another_layout_stops_the_restore() {
     let d = Dir::new("layout");
     let mut s = state(open(&d.spill(), None).unwrap());
-    let mut cp = checkpointer(&d, "shards=2;features=a", 1);
+    let mut cp = checkpointer(&d, "shards=2;features=a", 1, 50);
     load(&mut s, 0..1);
-    cp.finish(&s, 0);
+    cp.finish(&mut s, 0);
     drop(s);
     let err = restore_into_new(&d, "shards=3;features=a").err().unwrap();
     assert!(err.to_string().contains("cannot be restored"), "{err}");
@@ -193,7 +207,9 @@ fn manifest_round_trips_and_refuses_tampering() {
         seq: 3,
         shard: 1,
         layout: "shards=2;features=x".into(),
+        parent: 4,
         hot_records: 10,
+        gone: 2,
         spilled: 4,
         hot_bytes: 999,
         hot_crc: 42,
@@ -206,4 +222,106 @@ fn manifest_round_trips_and_refuses_tampering() {
     let tampered = text.replace("spilled=4", "spilled=5");
     assert!(Manifest::parse(&tampered).unwrap_err().contains("checksum"));
     assert!(Manifest::parse("").is_err());
+}
+
+/// Random traffic over more keys than the hot table holds (spills, reloads, TTL expiry), with
+/// incremental checkpoints between bursts: every restore equals the state at its checkpoint.
+#[test]
+fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
+    let d = Dir::new("incremental");
+    let p = plan();
+    let mut s = KeyedState::new(
+        HotTable::new(8, p.words()),
+        Some(open(&d.spill(), None).unwrap()),
+        p,
+        30 * SEC,
+        false,
+    );
+    s.track_changes();
+    let mut cp = checkpointer(&d, "L1", 1, 4);
+    let mut snapshots = Vec::new();
+    let mut x = 12345u64;
+    let mut now = SEC;
+    for burst in 0..10u64 {
+        for _ in 0..25 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = (x >> 33) % 30;
+            now += (x >> 20) % (3 * SEC);
+            let u = Update {
+                key,
+                seq: 0,
+                ts_ns: now,
+                kind: EventKind::Observation,
+                amount: (x % 100) as f32,
+                label: -1.0,
+                features: &[],
+            };
+            s.apply(&u, now).unwrap();
+        }
+        s.expire_idle(now, 3);
+        cp.finish(&mut s, now);
+        let all: BTreeMap<u64, KeyState> = (0..30u64)
+            .filter_map(|k| {
+                s.locate(k).unwrap().map(|mut st| {
+                    st.location = "";
+                    st.record.flags = crate::state::record::OCCUPIED;
+                    (k, st)
+                })
+            })
+            .collect();
+        snapshots.push((burst + 1, all, s.hot_len() as u64 + s.spilled_len()));
+    }
+    assert_eq!(
+        (cp.stats.written, cp.stats.full),
+        (10, 3),
+        "full at 1, 5, 9"
+    );
+    assert!(
+        s.stats.spills > 0 && s.stats.reloads > 0 && s.stats.expired > 0,
+        "{:?}",
+        s.stats
+    );
+    drop(s);
+    drop(cp);
+
+    let restore_all = |d: &Dir| {
+        let (spill, point) = restore(&d.root(), "L1", &d.spill(), plan().words(), open).unwrap();
+        let p = plan();
+        let mut back =
+            KeyedState::new(HotTable::new(8, p.words()), Some(spill), p, 30 * SEC, false);
+        let point = point.unwrap();
+        load_records(&mut back, &point).unwrap();
+        let all: BTreeMap<u64, KeyState> = (0..30u64)
+            .filter_map(|k| {
+                back.locate(k).unwrap().map(|mut st| {
+                    st.location = "";
+                    st.record.flags = crate::state::record::OCCUPIED;
+                    (k, st)
+                })
+            })
+            .collect();
+        (
+            point.manifest.seq,
+            point.chain_len(),
+            all,
+            back.hot_len() as u64 + back.spilled_len(),
+        )
+    };
+    // Newest: checkpoint 10, built on full 9.
+    let (seq, chain, all, n) = restore_all(&d);
+    assert_eq!((seq, chain), (10, 2));
+    assert_eq!(all, snapshots[9].1);
+    assert_eq!(n, snapshots[9].2, "every record in exactly one place");
+    // Corrupt the full checkpoint 9: 10 cannot be rebuilt either; 8 (on full 5) is restored.
+    let full9 = d.root().join(name(9)).join("hot.bin");
+    let mut bytes = std::fs::read(&full9).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&full9, bytes).unwrap();
+    let (seq, chain, all, n) = restore_all(&d);
+    assert_eq!((seq, chain), (8, 4));
+    assert_eq!(all, snapshots[7].1);
+    assert_eq!(n, snapshots[7].2);
 }

@@ -217,13 +217,19 @@ impl HotTable {
     /// Look at the next `slots` slots from the TTL cursor and remove every record for which
     /// `expired(head)` holds; returns how many were removed. Bounded work per call, so the
     /// shard can run it every cycle.
-    pub fn sweep(&mut self, slots: usize, mut expired: impl FnMut(&Record) -> bool) -> u64 {
+    /// `gone` hears each removed key.
+    pub fn sweep(
+        &mut self,
+        slots: usize,
+        mut expired: impl FnMut(&Record) -> bool,
+        mut gone: impl FnMut(u64),
+    ) -> u64 {
         let mut removed = 0;
         for _ in 0..slots.min(self.heads.len()) {
             let i = self.sweep;
             let h = &self.heads[i];
             if h.is_occupied() && expired(h) {
-                self.remove_inner(i);
+                gone(self.remove_inner(i).key);
                 removed += 1;
                 // The backward shift may have moved an unseen record into slot i: look again.
                 continue;
@@ -324,9 +330,9 @@ mod tests {
         }
         // A removal re-examines its slot (the shift may have moved an unseen record there)
         // and spends budget doing so: a budget of one table's worth, twice, covers it all.
-        let first = t.sweep(t.slots(), |h| h.key % 2 == 0);
+        let first = t.sweep(t.slots(), |h| h.key % 2 == 0, |_| ());
         assert!(first > 0 && first <= 250);
-        let removed = first + t.sweep(t.slots(), |h| h.key % 2 == 0);
+        let removed = first + t.sweep(t.slots(), |h| h.key % 2 == 0, |_| ());
         assert_eq!(removed, 250);
         assert_eq!(t.len(), 250);
         for k in 0..500u64 {

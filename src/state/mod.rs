@@ -99,7 +99,51 @@ pub struct KeyedState {
     /// Words of a record on its way to or from the spill store (one record's worth each).
     victim_words: Vec<u64>,
     cold_words: Vec<u64>,
+    /// What changed since the last checkpoint took it (see `Changes`).
+    changes: Changes,
     pub stats: StateStats,
+}
+
+/// Change tracking for incremental checkpoints: keys whose hot record changed (each once,
+/// deduplicated by the record's DIRTY bit) and keys that left the hot table (spilled or
+/// expired). Both lists are allocated once (2 x `state.hot_capacity` + 1024 entries); past
+/// that the next checkpoint is a full one instead.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub on: bool,
+    pub dirty: Vec<u64>,
+    pub gone: Vec<u64>,
+    pub overflowed: bool,
+}
+
+impl Changes {
+    fn note(list: &mut Vec<u64>, overflowed: &mut bool, key: u64) {
+        if list.len() < list.capacity() {
+            list.push(key);
+        } else {
+            *overflowed = true;
+        }
+    }
+
+    fn gone(&mut self, key: u64) {
+        if self.on {
+            Self::note(&mut self.gone, &mut self.overflowed, key);
+        }
+    }
+
+    fn dirty(&mut self, head: &mut Record) {
+        if self.on && head.flags & record::DIRTY == 0 {
+            head.flags |= record::DIRTY;
+            Self::note(&mut self.dirty, &mut self.overflowed, head.key);
+        }
+    }
+
+    /// Forget everything tracked (a checkpoint took it).
+    pub fn clear(&mut self) {
+        self.dirty.clear();
+        self.gone.clear();
+        self.overflowed = false;
+    }
 }
 
 impl KeyedState {
@@ -121,8 +165,28 @@ impl KeyedState {
             dedup,
             victim_words: vec![0; words],
             cold_words: vec![0; words],
+            changes: Changes::default(),
             stats: StateStats::default(),
         }
+    }
+
+    /// Track changes for incremental checkpoints (allocates the two bounded lists).
+    pub fn track_changes(&mut self) {
+        // Each hot key is listed dirty once until a checkpoint takes it, but a key that leaves
+        // and comes back between two checkpoints is listed again: room for that churn.
+        let cap = 2 * self.hot.capacity() + 1024;
+        self.changes = Changes {
+            on: true,
+            dirty: Vec::with_capacity(cap),
+            gone: Vec::with_capacity(cap),
+            overflowed: false,
+        };
+    }
+
+    /// What changed since the last checkpoint, and the hot table to read it from (the
+    /// checkpointer clears DIRTY bits as it takes records).
+    pub fn changes_mut(&mut self) -> (&mut Changes, &mut HotTable) {
+        (&mut self.changes, &mut self.hot)
     }
 
     /// A shard's state as `config` describes it, on `spill` (None: no spill store).
@@ -215,6 +279,7 @@ impl KeyedState {
             self.stats.duplicates += 1;
             return Ok(Outcome::Duplicate);
         }
+        self.changes.dirty(head);
         head.seq_end = head.seq_end.max(u.seq.saturating_add(1));
         head.prev_event_ns = head.last_event_ns;
         head.last_event_ns = head.last_event_ns.max(u.ts_ns);
@@ -258,6 +323,7 @@ impl KeyedState {
                     return Err(e.into());
                 }
                 self.stats.spills += 1;
+                self.changes.gone(rec.key);
             }
         }
         // Room was made above unless hot_capacity is 0, which config validation refuses.
@@ -265,6 +331,9 @@ impl KeyedState {
             Some(rec) => {
                 self.stats.reloads += 1;
                 let slot = self.hot.insert(rec, Some(&self.cold_words)).ok_or(full)?;
+                // It left the spill store: the next checkpoint must have it among the hot
+                // records even if this event turns out to be a replay.
+                self.changes.dirty(self.hot.slot_mut(slot).0);
                 Ok((slot, true))
             }
             None => {
@@ -283,9 +352,12 @@ impl KeyedState {
             return 0;
         }
         let ttl = self.ttl_ns;
-        let n = self
-            .hot
-            .sweep(slots, |h| now_ns.saturating_sub(h.last_event_ns) > ttl);
+        let changes = &mut self.changes;
+        let n = self.hot.sweep(
+            slots,
+            |h| now_ns.saturating_sub(h.last_event_ns) > ttl,
+            |key| changes.gone(key),
+        );
         self.stats.expired += n;
         n
     }

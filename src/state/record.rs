@@ -32,6 +32,8 @@ pub struct Record {
 
 pub const OCCUPIED: u64 = 1;
 pub const REFERENCED: u64 = 2;
+/// Changed since the last checkpoint took it (only tracked with checkpoints on).
+pub const DIRTY: u64 = 4;
 
 /// Bytes of the stored head.
 pub const RECORD_BYTES: usize = 80;
