@@ -102,7 +102,11 @@ fn restore_into_new(d: &Dir, layout: &str) -> Result<(KeyedState, Option<u64>), 
     let seq = match point {
         Some(p) => {
             let n = load_records(&mut s, &p)?;
-            assert_eq!(n, p.manifest.hot_records);
+            assert_eq!(
+                n,
+                s.hot_len() as u64,
+                "every record loaded is hot (same capacity)"
+            );
             Some(p.manifest.seq)
         }
         None => None,
