@@ -131,7 +131,7 @@ pub fn run(
         interval_ns: u64::MAX,
         keep: 2,
         full_every: usize::MAX,
-        buffer_bytes: hot * image_bytes(words) + 64,
+        buffer_bytes: checkpoint::buffer_bytes(hot, words),
         next_seq: 1,
     })?;
     let mut checkpoints = Vec::new();

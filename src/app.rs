@@ -18,7 +18,7 @@ use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
 use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
 use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer};
-use crate::state::{image_bytes, KeyedState, Spill};
+use crate::state::{KeyedState, Spill};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
@@ -425,7 +425,7 @@ fn shard_state(
         None
     } else {
         state.track_changes();
-        let buffer = config.state.hot_capacity * image_bytes(words) + 64;
+        let buffer = checkpoint::buffer_bytes(config.state.hot_capacity, words);
         Some(
             Checkpointer::start(CheckpointSpec {
                 root,

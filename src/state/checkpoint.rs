@@ -460,6 +460,12 @@ struct Done {
     result: Option<Result<u64, String>>,
 }
 
+/// The snapshot buffer a shard needs: every hot record's image, or (incremental) as many
+/// plus the bounded list of keys that left the table (`KeyedState::track_changes`).
+pub fn buffer_bytes(hot_capacity: usize, words: usize) -> usize {
+    HEADER_BYTES + hot_capacity * image_bytes(words) + super::changes_bound(hot_capacity) * 8
+}
+
 /// How one shard checkpoints.
 pub struct CheckpointSpec {
     /// `state.dir/shard-N/checkpoints`.
@@ -655,10 +661,12 @@ impl Checkpointer {
         };
         let words = hot.stride();
         let image = image_bytes(words);
+        // Each hot key is written at most once (its DIRTY bit is cleared as it is), so a delta
+        // holds at most the hot table's records, plus the gone keys: within `buffer_bytes`.
         let (records, gone) = if full {
             (hot.len(), 0)
         } else {
-            (changes.dirty.len(), changes.gone.len())
+            (changes.dirty.len().min(hot.len()), changes.gone.len())
         };
         // Size the buffer once (it keeps its length between snapshots, so only growth is
         // zero-filled), write every image at its fixed offset, then cut to what was written

@@ -104,6 +104,13 @@ pub struct KeyedState {
     pub stats: StateStats,
 }
 
+/// Entries of each change list: each hot key is listed dirty once until a checkpoint takes it,
+/// but a key that leaves and comes back between two checkpoints is listed again: room for
+/// that churn.
+pub(crate) fn changes_bound(hot_capacity: usize) -> usize {
+    2 * hot_capacity + 1024
+}
+
 /// Change tracking for incremental checkpoints: keys whose hot record changed (each once,
 /// deduplicated by the record's DIRTY bit) and keys that left the hot table (spilled or
 /// expired). Both lists are allocated once (2 x `state.hot_capacity` + 1024 entries); past
@@ -172,9 +179,7 @@ impl KeyedState {
 
     /// Track changes for incremental checkpoints (allocates the two bounded lists).
     pub fn track_changes(&mut self) {
-        // Each hot key is listed dirty once until a checkpoint takes it, but a key that leaves
-        // and comes back between two checkpoints is listed again: room for that churn.
-        let cap = 2 * self.hot.capacity() + 1024;
+        let cap = changes_bound(self.hot.capacity());
         self.changes = Changes {
             on: true,
             dirty: Vec::with_capacity(cap),
