@@ -88,15 +88,12 @@ pub fn run(
     ];
     all.extend(sets.iter().cloned());
     let config = Config::from_layers(None, &all).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let words = config
-        .feature_plan()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .words();
+    let plan = config.feature_plan().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let words = plan.words();
     let base = dir.join("shard-0");
     let spill_dir = base.join("spill");
     let spill = Spill::open(&spill_dir, config.state.spill_cache_bytes, words, None)?;
-    let mut state =
-        KeyedState::from_config(&config, Some(spill)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut state = KeyedState::with_plan(&config, plan.clone(), Some(spill));
 
     state.track_changes();
     let started = Instant::now();
@@ -179,8 +176,7 @@ pub fn run(
     let (spill, point) =
         checkpoint::restore(&root, &config.state_layout(1), &spill_dir, words, open)?;
     let point = point.context("the checkpoint just written is not restorable")?;
-    let mut back =
-        KeyedState::from_config(&config, Some(spill)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut back = KeyedState::with_plan(&config, plan, Some(spill));
     checkpoint::load_records(&mut back, &point)?;
     let restore_chain = point.chain_len();
     let restore_seconds = started.elapsed().as_secs_f64();

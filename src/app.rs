@@ -386,22 +386,21 @@ fn shard_state(
     shards: usize,
     config: &Config,
 ) -> Result<(KeyedState, u64, Option<Checkpointer>), String> {
+    let plan = config.feature_plan().map_err(|e| e.to_string())?;
     if config.state.dir.is_empty() {
-        let state = KeyedState::from_config(config, None).map_err(|e| e.to_string())?;
-        return Ok((state, 0, None));
+        return Ok((KeyedState::with_plan(config, plan, None), 0, None));
     }
     let started = std::time::Instant::now();
     let base = std::path::Path::new(&config.state.dir).join(format!("shard-{id}"));
     let root = base.join("checkpoints");
     let layout = config.state_layout(shards);
-    let plan = config.feature_plan().map_err(|e| e.to_string())?;
     let words = plan.words();
     let open = |dir: &std::path::Path, len: Option<u64>| {
         Spill::open(dir, config.state.spill_cache_bytes, words, len)
     };
     let (spill, point) = checkpoint::restore(&root, &layout, &base.join("spill"), words, open)
         .map_err(|e| e.to_string())?;
-    let mut state = KeyedState::from_config(config, Some(spill)).map_err(|e| e.to_string())?;
+    let mut state = KeyedState::with_plan(config, plan, Some(spill));
     let (max_event_ns, next_seq) = match &point {
         Some(p) => {
             let n = checkpoint::load_records(&mut state, p).map_err(|e| e.to_string())?;

@@ -95,6 +95,10 @@ impl Owner {
                 return;
             }
         };
+        // A full micro-batch is scored before this row takes a place in the next one.
+        if matches!(ev.kind, EventKind::Observation) && self.batch.is_full() {
+            self.score(sink);
+        }
         let (head, words) = self.table.slot(slot);
         let plan = self.table.plan();
         let obs = update.obs();
@@ -108,22 +112,13 @@ impl Owner {
             }
             EventKind::Observation => {
                 self.counters.observations_applied.inc();
-                let count = head.observations;
-                if self.batch.is_full() {
-                    // Scoring needs `self` whole: the record is read again after it (the
-                    // slot does not move, nothing is applied in between).
-                    self.score(sink);
-                }
-                let (head, words) = self.table.slot(slot);
                 if let Some(row) = self.batch.next_row() {
-                    self.table
-                        .plan()
-                        .build_row(words, head.prev_event_ns, &obs, row);
+                    plan.build_row(words, head.prev_event_ns, &obs, row);
                 }
                 let score = ScoreOut {
                     key: ev.key,
                     seq: ev.seq,
-                    count,
+                    count: head.observations,
                     ..ScoreOut::default()
                 };
                 self.meta.push((

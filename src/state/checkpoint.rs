@@ -805,7 +805,11 @@ fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), CheckpointError>
     sync_dir(&job.tmp)?;
     std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
     sync_dir(root)?;
-    prune(root, keep)
+    // Only a new full checkpoint moves the cutoff (the keep-th newest full one).
+    if job.manifest.parent == 0 {
+        prune(root, keep)?;
+    }
+    Ok(())
 }
 
 /// Keep the newest `keep` full checkpoints and every checkpoint after the oldest of them (the

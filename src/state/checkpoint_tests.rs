@@ -70,13 +70,19 @@ fn load(s: &mut KeyedState, rounds: std::ops::Range<u64>) {
 }
 
 fn dump(s: &KeyedState) -> BTreeMap<u64, KeyState> {
-    (0..40u64)
-        .map(|k| {
-            let mut st = s.locate(k).unwrap().unwrap();
-            st.location = "";
-            // Where a record lives and its CLOCK bit are not state.
-            st.record.flags = crate::state::record::OCCUPIED;
-            (k, st)
+    dump_keys(s, 40)
+}
+
+/// The state of keys 0..n that exist, as comparable values.
+fn dump_keys(s: &KeyedState, n: u64) -> BTreeMap<u64, KeyState> {
+    (0..n)
+        .filter_map(|k| {
+            s.locate(k).unwrap().map(|mut st| {
+                st.location = "";
+                // Where a record lives and its CLOCK and DIRTY bits are not state.
+                st.record.flags = crate::state::record::OCCUPIED;
+                (k, st)
+            })
         })
         .collect()
 }
@@ -246,7 +252,7 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
     let mut snapshots = Vec::new();
     let mut x = 12345u64;
     let mut now = SEC;
-    for burst in 0..10u64 {
+    for _ in 0..10 {
         for _ in 0..25 {
             x = x
                 .wrapping_mul(6364136223846793005)
@@ -266,16 +272,7 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
         }
         s.expire_idle(now, 3);
         cp.finish(&mut s, now);
-        let all: BTreeMap<u64, KeyState> = (0..30u64)
-            .filter_map(|k| {
-                s.locate(k).unwrap().map(|mut st| {
-                    st.location = "";
-                    st.record.flags = crate::state::record::OCCUPIED;
-                    (k, st)
-                })
-            })
-            .collect();
-        snapshots.push((burst + 1, all, s.hot_len() as u64 + s.spilled_len()));
+        snapshots.push((dump_keys(&s, 30), s.hot_len() as u64 + s.spilled_len()));
     }
     assert_eq!(
         (cp.stats.written, cp.stats.full),
@@ -297,27 +294,18 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
             KeyedState::new(HotTable::new(8, p.words()), Some(spill), p, 30 * SEC, false);
         let point = point.unwrap();
         load_records(&mut back, &point).unwrap();
-        let all: BTreeMap<u64, KeyState> = (0..30u64)
-            .filter_map(|k| {
-                back.locate(k).unwrap().map(|mut st| {
-                    st.location = "";
-                    st.record.flags = crate::state::record::OCCUPIED;
-                    (k, st)
-                })
-            })
-            .collect();
         (
             point.manifest.seq,
             point.chain_len(),
-            all,
+            dump_keys(&back, 30),
             back.hot_len() as u64 + back.spilled_len(),
         )
     };
     // Newest: checkpoint 10, built on full 9.
     let (seq, chain, all, n) = restore_all(&d);
     assert_eq!((seq, chain), (10, 2));
-    assert_eq!(all, snapshots[9].1);
-    assert_eq!(n, snapshots[9].2, "every record in exactly one place");
+    assert_eq!(all, snapshots[9].0);
+    assert_eq!(n, snapshots[9].1, "every record in exactly one place");
     // Corrupt the full checkpoint 9: 10 cannot be rebuilt either; 8 (on full 5) is restored.
     let full9 = d.root().join(name(9)).join("hot.bin");
     let mut bytes = std::fs::read(&full9).unwrap();
@@ -326,6 +314,6 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
     std::fs::write(&full9, bytes).unwrap();
     let (seq, chain, all, n) = restore_all(&d);
     assert_eq!((seq, chain), (8, 4));
-    assert_eq!(all, snapshots[7].1);
-    assert_eq!(n, snapshots[7].2);
+    assert_eq!(all, snapshots[7].0);
+    assert_eq!(n, snapshots[7].1);
 }

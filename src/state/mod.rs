@@ -199,14 +199,22 @@ impl KeyedState {
         config: &crate::config::Config,
         spill: Option<Spill>,
     ) -> Result<Self, crate::config::ConfigError> {
-        let plan = config.feature_plan()?;
-        Ok(Self::new(
+        Ok(Self::with_plan(config, config.feature_plan()?, spill))
+    }
+
+    /// The same, with the feature plan already compiled from `config`.
+    pub fn with_plan(
+        config: &crate::config::Config,
+        plan: FeaturePlan,
+        spill: Option<Spill>,
+    ) -> Self {
+        Self::new(
             HotTable::new(config.state.hot_capacity, plan.words()),
             spill,
             plan,
             config.state.ttl_ms.saturating_mul(1_000_000),
             config.state.dedup,
-        ))
+        )
     }
 
     pub fn plan(&self) -> &FeaturePlan {
