@@ -282,6 +282,15 @@ impl ShardCore {
         } else {
             dg.recv_ns
         };
+        // Start the memory loads for every key this shard owns before applying the first: a
+        // key's record is a cache (and TLB) miss in a large table, and issued together the
+        // misses of a batch overlap.
+        for e in events.iter() {
+            let key = e.key();
+            if route::owner(key, self.shards) == self.id {
+                self.owner.table.prefetch(key);
+            }
+        }
         for e in events.iter() {
             let mut features = [0f32; FEATURES_INLINE_MAX];
             let n = e.copy_features(&mut features);
@@ -351,7 +360,13 @@ impl ShardCore {
     /// Apply up to `max` events that other shards routed here.
     pub fn drain_inbound(&mut self, max: usize, sink: &mut dyn ScoreSink) -> usize {
         let owner = &mut self.owner;
-        self.inbound.drain(max, |ev| owner.apply(&ev, sink))
+        self.inbound.drain(max, |a, b| {
+            // Start every record's loads before the first apply (as for a datagram).
+            a.iter()
+                .chain(b)
+                .for_each(|ev| owner.table.prefetch(ev.key));
+            a.iter().chain(b).for_each(|ev| owner.apply(ev, sink));
+        })
     }
 
     pub fn inbound_is_empty(&self) -> bool {

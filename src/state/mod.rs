@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 mod hot_table;
+mod memory;
 pub(crate) mod record;
 mod spill;
 
@@ -265,6 +266,12 @@ impl KeyedState {
             words,
             location: "spilled",
         }))
+    }
+
+    /// Hint that `key` is about to be applied (see `HotTable::prefetch`).
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        self.hot.prefetch(key);
     }
 
     /// Apply one event at reference time `now_ns` (for the TTL: processing time, or the
