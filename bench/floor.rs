@@ -1,7 +1,9 @@
 //! The protocol floor: the least work that still speaks sluice's protocol. One thread, a plain
 //! blocking UDP socket: receive, verify the EventBatch, answer each Observation with a Score
 //! (no state, no routing, no batching across datagrams), send. Whatever latency this shows on a
-//! machine is the kernel's and the network stack's, not sluice's.
+//! machine is the kernel's and the network stack's, not sluice's. With `spin`, the socket is
+//! non-blocking and the thread polls it without sleeping, as sluice's shards do: on a VM,
+//! where a blocked thread's vCPU halts and must be woken by the host, that is the lower floor.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,12 +25,17 @@ impl Floor {
         cpu: Option<usize>,
         wire: sluice::config::Wire,
         rcvbuf_bytes: usize,
+        spin: bool,
     ) -> anyhow::Result<Self> {
         let (sock, _) = sluice::ingest::udp::bind_reuseport(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             rcvbuf_bytes,
         )?;
-        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        if spin {
+            sock.set_nonblocking(true)?;
+        } else {
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        }
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -72,7 +79,8 @@ fn serve(sock: &UdpSocket, stop: &AtomicBool, decoder: &Decoder) -> anyhow::Resu
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                continue
+                std::hint::spin_loop();
+                continue;
             }
             Err(e) => return Err(e.into()),
         };
