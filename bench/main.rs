@@ -6,6 +6,7 @@ mod floor;
 mod machine;
 mod report;
 mod state;
+mod sweep;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -217,18 +218,16 @@ fn main() -> anyhow::Result<()> {
             floor_first_miss_events_per_s: None,
         };
         if do_sluice {
-            (s.sluice_max_events_per_s, s.sluice_first_miss_events_per_s) = sweep_target(
-                &a,
-                &spec_at,
-                |spec| run_sluice(&config, spec, &a),
+            (s.sluice_max_events_per_s, s.sluice_first_miss_events_per_s) = sweep::find_max(
+                &sweep::Bounds::from(&a),
+                |rate| run_sluice(&config, &spec_at(rate), &a),
                 &mut runs,
             )?;
         }
         if do_floor {
-            (s.floor_max_events_per_s, s.floor_first_miss_events_per_s) = sweep_target(
-                &a,
-                &spec_at,
-                |spec| run_floor(&config, spec, &a, service_cpus[0]),
+            (s.floor_max_events_per_s, s.floor_first_miss_events_per_s) = sweep::find_max(
+                &sweep::Bounds::from(&a),
+                |rate| run_floor(&config, &spec_at(rate), &a, service_cpus[0]),
                 &mut runs,
             )?;
         }
@@ -378,58 +377,4 @@ fn run_floor(config: &Config, spec: &LoadSpec, a: &Args, cpu: usize) -> anyhow::
         run.lost
     );
     Ok(run)
-}
-
-/// Raise the rate x1.25 a step until a run misses the bound, then bisect between the last
-/// rate that held and the first that missed (`--sweep-refine` times). Returns both ends of
-/// that final bracket: (highest rate that held, lowest that missed).
-fn sweep_target(
-    a: &Args,
-    spec_at: &dyn Fn(u64) -> LoadSpec,
-    mut run: impl FnMut(&LoadSpec) -> anyhow::Result<Run>,
-    runs: &mut Vec<Run>,
-) -> anyhow::Result<(Option<u64>, Option<u64>)> {
-    let mut held_at = |rate: u64, runs: &mut Vec<Run>| -> anyhow::Result<bool> {
-        for _ in 0..a.sweep_tries.max(1) {
-            let r = run(&spec_at(rate))?;
-            let held = r.sustained() && r.p(99.0) <= a.sweep_p99_us;
-            if !held && r.max_send_lag_us > a.sweep_p99_us {
-                eprintln!(
-                    "    (the generator itself ran {:.0} us behind its schedule: this miss may be the generator's)",
-                    r.max_send_lag_us
-                );
-            }
-            runs.push(r);
-            if held {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    };
-    let mut rate = a.rate;
-    let mut best = None;
-    let mut missed = None;
-    for _ in 0..a.sweep_steps_max {
-        if !held_at(rate, runs)? {
-            missed = Some(rate);
-            break;
-        }
-        best = Some(rate);
-        rate = (rate as f64 * 1.25) as u64;
-    }
-    if let (Some(mut lo), Some(mut hi)) = (best, missed) {
-        for _ in 0..a.sweep_refine {
-            let mid = lo + (hi - lo) / 2;
-            if mid == lo {
-                break;
-            }
-            if held_at(mid, runs)? {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        (best, missed) = (Some(lo), Some(hi));
-    }
-    Ok((best, missed))
 }
