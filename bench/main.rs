@@ -109,6 +109,13 @@ struct Args {
     /// like sluice's spinning shards, never waits for the kernel to wake it.
     #[arg(long, global = true)]
     floor_spin: bool,
+    /// Seconds to let the machine settle before each run. A sluice run frees its hot table
+    /// (~0.5 GiB a shard by default) when it stops; on the dev VM, which reports free memory
+    /// to its host (virtio-balloon free page reporting), the following seconds stalled the
+    /// next run's generator by 30-45 ms (seen with 3 s of settling, gone with 10 s), and that
+    /// landed on whatever ran next: the floor, in an alternating run.
+    #[arg(long, default_value_t = 10.0, global = true)]
+    settle: f64,
     /// Measure sluice and the floor this many times each, alternating (sluice, floor, sluice,
     /// ...), and report the median of the per-pair ratios: one run on a shared machine is noise.
     #[arg(long, default_value_t = 1, global = true)]
@@ -329,7 +336,14 @@ fn median_ratios(runs: &[Run]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+fn settle(a: &Args) {
+    if a.settle > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(a.settle));
+    }
+}
+
 fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run> {
+    settle(a);
     let running = sluice::app::start(config)?;
     let spec = LoadSpec {
         target: running.local_addr,
@@ -354,6 +368,7 @@ fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run>
 }
 
 fn run_floor(config: &Config, spec: &LoadSpec, a: &Args, cpu: usize) -> anyhow::Result<Run> {
+    settle(a);
     let floor = floor::Floor::start(
         Some(cpu),
         config.wire.clone(),
