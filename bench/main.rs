@@ -192,6 +192,7 @@ fn main() -> anyhow::Result<()> {
     sets.extend(a.sets.iter().cloned());
     let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    remove_old_histograms(&a.out)?;
     eprintln!(
         "sluice-bench: service on CPUs {service_cpus:?}, generator on {}",
         if generator_cpus.is_empty() {
@@ -334,6 +335,17 @@ fn median_ratios(runs: &[Run]) -> Vec<(f64, f64)> {
             (!r.is_empty()).then(|| (p, r[r.len() / 2]))
         })
         .collect()
+}
+
+/// A directory reused for another run must not mix its `.hgrm` files with the new ones.
+fn remove_old_histograms(out: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "hgrm") {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn settle(a: &Args) {
