@@ -91,3 +91,98 @@ impl Mesh {
         outs.into_iter().zip(ins).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::limits::FEATURES_INLINE_MAX;
+    use crate::wire::EventKind;
+
+    fn ev(key: u64, seq: u64) -> RoutedEvent {
+        RoutedEvent {
+            key,
+            seq,
+            ts_ns: 1,
+            recv_ns: 1,
+            pickup_ns: 1,
+            reply_to: SocketAddr::from(([127, 0, 0, 1], 9)),
+            amount: 1.0,
+            label: -1.0,
+            kind: EventKind::Observation,
+            features_len: 0,
+            features: [0.0; FEATURES_INLINE_MAX],
+        }
+    }
+
+    /// Drain everything the shard's inbound rings hold, at most `max` a call.
+    fn drain_all(inbound: &mut Inbound, max: usize) -> Vec<Vec<RoutedEvent>> {
+        let mut calls = Vec::new();
+        loop {
+            let mut got = Vec::new();
+            let n = inbound.drain(max, |a, b| got.extend(a.iter().chain(b).copied()));
+            assert_eq!(n, got.len(), "the count returned is what f was shown");
+            assert!(n <= max, "drained {n} with max {max}");
+            if n == 0 {
+                return calls;
+            }
+            calls.push(got);
+        }
+    }
+
+    #[test]
+    fn drain_is_bounded_fair_and_keeps_each_rings_order() {
+        let mut mesh = Mesh::build(3, 256);
+        let (_, mut inbound) = mesh.remove(2);
+        // Shards 0 and 1 (keys 0 and 1) each send 100 events to shard 2.
+        for seq in 0..100 {
+            for (key, (out, _)) in mesh.iter_mut().enumerate() {
+                assert!(out.push(2, ev(key as u64, seq)).is_ok());
+            }
+        }
+        let calls = drain_all(&mut inbound, 50);
+        assert_eq!(calls.len(), 4);
+        for call in &calls {
+            // No ring starves the other within one call.
+            assert!(call.iter().any(|e| e.key == 0) && call.iter().any(|e| e.key == 1));
+        }
+        for key in 0..2 {
+            let seqs: Vec<u64> = calls
+                .iter()
+                .flatten()
+                .filter(|e| e.key == key)
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(
+                seqs,
+                (0..100).collect::<Vec<_>>(),
+                "ring {key} out of order"
+            );
+        }
+        assert!(inbound.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_across_the_rings_end_arrives_whole_and_in_order() {
+        let mut mesh = Mesh::build(2, 40);
+        let (_, mut inbound) = mesh.remove(1);
+        let out = &mut mesh[0].0;
+        for seq in 0..30 {
+            assert!(out.push(1, ev(7, seq)).is_ok());
+        }
+        assert_eq!(drain_all(&mut inbound, 1000).concat().len(), 30);
+        // The next 30 wrap around the end of the 40-slot ring.
+        for seq in 30..60 {
+            assert!(out.push(1, ev(7, seq)).is_ok());
+        }
+        let mut split = false;
+        let n = inbound.drain(1000, |a, b| {
+            split |= !a.is_empty() && !b.is_empty();
+            let seqs: Vec<u64> = a.iter().chain(b).map(|e| e.seq).collect();
+            assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        });
+        assert_eq!(n, 30);
+        assert!(split, "the chunk should have wrapped the ring");
+    }
+}
