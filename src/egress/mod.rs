@@ -208,3 +208,81 @@ impl ScoreSink for EgressSink<'_> {
 pub(crate) fn count_send_failure(counters: &ShardCounters, scores: u32) {
     counters.dropped_events(DropReason::SendError, u64::from(scores));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wire::read_scores;
+
+    fn pending(seq: u64, recv_ns: u64, pickup_ns: u64) -> PendingScore {
+        PendingScore {
+            score: ScoreOut {
+                key: seq,
+                seq,
+                ..ScoreOut::default()
+            },
+            recv_ns,
+            pickup_ns,
+        }
+    }
+
+    #[test]
+    fn flush_sends_every_score_and_records_each_once_in_both_histograms() {
+        let shard = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let config = Config::defaults().unwrap();
+        let mut egress = Egress::new(&shard, &config, 64).unwrap();
+        let counters = ShardCounters::default();
+        let mut latency = ShardLatency::new(60_000_000_000).unwrap();
+        let to = client.local_addr().unwrap();
+        let now = clock::realtime_ns();
+        // Two datagrams' events (3 and 2, each with its own receive time), then one more
+        // received with the first.
+        let times = [
+            (now - 1_000_000_000, now - 999_000_000),
+            (now - 1_000_000_000, now - 999_000_000),
+            (now - 1_000_000_000, now - 999_000_000),
+            (now - 5_000, now - 4_000),
+            (now - 5_000, now - 4_000),
+            (now - 1_000_000_000, now - 999_000_000),
+        ];
+        for (seq, (recv, pickup)) in times.iter().enumerate() {
+            egress.push(
+                to,
+                pending(seq as u64, *recv, *pickup),
+                &counters,
+                &mut latency,
+            );
+        }
+        egress.flush(&counters, &mut latency);
+
+        assert_eq!(latency.receive_to_emit.len(), 6);
+        assert_eq!(latency.in_shard.len(), 6);
+        assert_eq!(counters.scores_emitted.get(), 6);
+
+        let mut buf = [0u8; 65_536];
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let n = client.recv(&mut buf).unwrap();
+            read_scores(&buf[..n], &mut got).unwrap();
+        }
+        got.sort_by_key(|s| s.seq);
+        assert_eq!(
+            got.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5]
+        );
+        // Each Score carries its own latency; the histogram holds each as often as it was sent.
+        let (old, new) = (got[0].latency_ns, got[3].latency_ns);
+        assert_eq!(old - new, 1_000_000_000 - 5_000);
+        assert!(got
+            .iter()
+            .all(|s| s.latency_ns == old || s.latency_ns == new));
+        assert_eq!(latency.receive_to_emit.count_at(old), 4);
+        assert_eq!(latency.receive_to_emit.count_at(new), 2);
+    }
+}
