@@ -172,12 +172,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     // switch per reply, which capped the rate it could check before sluice's.
     let mut receivers = Vec::new();
     for t in 0..senders {
-        let socks: Vec<UdpSocket> = sockets
-            .iter()
-            .skip(t)
-            .step_by(senders)
-            .map(UdpSocket::try_clone)
-            .collect::<Result<_, _>>()?;
+        let socks = share_of(&sockets, t, senders)?;
         let ledger = ledger.clone();
         let stop = stop.clone();
         let batch = spec.batch as u64;
@@ -204,13 +199,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
 
     let mut threads = Vec::new();
     for t in 0..senders {
-        // Sender t owns sockets t, t + senders, ... and the datagrams sent on them.
-        let socks: Vec<UdpSocket> = sockets
-            .iter()
-            .skip(t)
-            .step_by(senders)
-            .map(UdpSocket::try_clone)
-            .collect::<Result<_, _>>()?;
+        let socks = share_of(&sockets, t, senders)?;
         let ledger = ledger.clone();
         let dist = dist.clone();
         let spec = spec.clone();
@@ -284,6 +273,16 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         elapsed: sent_at,
         latency,
     })
+}
+
+/// Sender (and receiver) `t` owns sockets t, t + senders, ... and the datagrams sent on them.
+fn share_of(sockets: &[UdpSocket], t: usize, senders: usize) -> std::io::Result<Vec<UdpSocket>> {
+    sockets
+        .iter()
+        .skip(t)
+        .step_by(senders)
+        .map(UdpSocket::try_clone)
+        .collect()
 }
 
 /// One sender thread: its share of the schedule, open loop.
