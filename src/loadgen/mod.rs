@@ -390,6 +390,11 @@ struct Received {
     duplicates: u64,
     count_errors: u64,
     unexpected: u64,
+    /// The schedule (ns between datagrams, events per datagram), to know each seq's send time.
+    interval_ns: f64,
+    batch: u64,
+    warmup_ns: u64,
+    check_counts: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -409,6 +414,10 @@ fn receive(
         duplicates: 0,
         count_errors: 0,
         unexpected: 0,
+        interval_ns,
+        batch,
+        warmup_ns,
+        check_counts,
     };
     let mut buf = vec![0u8; 65_536];
     let mut scores: Vec<ScoreOut> = Vec::with_capacity(1024);
@@ -443,15 +452,7 @@ fn receive(
                     continue;
                 }
                 for sc in &scores {
-                    r.check(
-                        sc,
-                        ledger,
-                        now_ns,
-                        interval_ns,
-                        batch,
-                        warmup_ns,
-                        check_counts,
-                    );
+                    r.check(sc, ledger, now_ns);
                 }
             }
         }
@@ -461,17 +462,7 @@ fn receive(
 
 impl Received {
     /// Account one Score received at `now_ns` (ns since the run's origin).
-    #[allow(clippy::too_many_arguments)]
-    fn check(
-        &mut self,
-        s: &ScoreOut,
-        ledger: &Ledger,
-        now_ns: u64,
-        interval_ns: f64,
-        batch: u64,
-        warmup_ns: u64,
-        check_counts: bool,
-    ) {
+    fn check(&mut self, s: &ScoreOut, ledger: &Ledger, now_ns: u64) {
         self.replies += 1;
         let Some(want) = ledger
             .expected
@@ -489,11 +480,11 @@ impl Received {
             self.duplicates += 1;
             return;
         }
-        if check_counts && u64::from(want) != s.count {
+        if self.check_counts && u64::from(want) != s.count {
             self.count_errors += 1;
         }
-        let scheduled_ns = ((s.seq / batch) as f64 * interval_ns) as u64;
-        if scheduled_ns >= warmup_ns {
+        let scheduled_ns = ((s.seq / self.batch) as f64 * self.interval_ns) as u64;
+        if scheduled_ns >= self.warmup_ns {
             self.latency
                 .saturating_record(now_ns.saturating_sub(scheduled_ns).max(1));
         }
