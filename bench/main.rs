@@ -58,7 +58,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Serialize)]
 struct Args {
     /// Events per second.
     #[arg(long, default_value_t = 50_000, global = true)]
@@ -132,6 +132,8 @@ struct Args {
 struct Results {
     machine: machine::Machine,
     command: String,
+    /// Every harness option in effect, defaults included (the command shows only those given).
+    options: Args,
     sluice_config: Vec<String>,
     runs: Vec<Run>,
     /// sluice / floor for p50 .. max at the same rate: the median over the repeated pairs.
@@ -302,6 +304,7 @@ fn main() -> anyhow::Result<()> {
     let results = Results {
         machine: machine::describe(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        options: a.clone(),
         sluice_config: sets,
         runs,
         ratios,
