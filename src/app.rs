@@ -18,7 +18,7 @@ use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
 use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
 use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer};
-use crate::state::{KeyedState, Spill};
+use crate::state::{resident, KeyedState, Spill};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
@@ -34,6 +34,8 @@ pub enum AppError {
     Thread(std::io::Error),
     #[error("{0}")]
     Model(String),
+    #[error("{0}")]
+    Memory(String),
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -128,6 +130,7 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     tracing::info!("topology: {}", topo.summary());
     let placements = topology::plan(&config.shards, &topo).map_err(AppError::Placement)?;
     let shards = placements.len();
+    resident::check_machine(config, shards).map_err(AppError::Memory)?;
 
     let (driver, why) = Driver::resolve(config.ingest.udp.driver)?;
     tracing::info!(driver = driver.name(), "udp ingest: {why}");

@@ -237,6 +237,11 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
         problems.extend(placement);
         Vec::new()
     });
+    if !placements.is_empty() {
+        if let Err(e) = sluice::state::resident::check_machine(&config, placements.len()) {
+            problems.push(e);
+        }
+    }
     if problems.is_empty() {
         let cpus: Vec<usize> = placements.iter().map(|p| p.cpu).collect();
         println!(

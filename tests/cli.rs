@@ -114,6 +114,45 @@ fn run_refuses_a_bad_config_with_a_clear_error() {
 }
 
 #[test]
+fn run_refuses_a_hot_state_larger_than_the_machine_before_allocating_it() {
+    // 2^28 records x ~0.5 KiB: ~140 GiB per shard, valid config, more than this machine has.
+    let out = sluice()
+        .args([
+            "run",
+            "--set",
+            "ingest.udp.listen=127.0.0.1:0",
+            "--set",
+            "shards.count=1",
+            "--set",
+            "state.hot_capacity=268435456",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started anyway: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hot state needs")
+            && err.contains("state.hot_capacity = 268435456")
+            && err.contains("available"),
+        "{err}"
+    );
+    // check-config says the same, beside the other problems it finds.
+    let file = temp_file("huge.toml", "[state]\nhot_capacity = 268435456\n");
+    let out = sluice()
+        .args([
+            "check-config",
+            file.to_str().unwrap(),
+            "--set",
+            "shards.count=1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hot state needs"), "{err}");
+}
+
+#[test]
 fn run_serves_then_drains_and_reports_on_sigterm() {
     let hgrm_dir = std::env::temp_dir().join(format!("sluice-hgrm-{}", std::process::id()));
     let (mut child, mut stdout, addr) = spawn_run(&[

@@ -34,8 +34,19 @@ pub struct HotTable {
 }
 
 impl HotTable {
+    /// Slots for `capacity` records: load factor 0.75 at the bound.
+    fn slots_for(capacity: usize) -> usize {
+        capacity + capacity / 3 + 1
+    }
+
+    /// Bytes a table of `capacity` records with `stride` window words holds (all resident
+    /// from start), for checking a configuration against the machine before allocating.
+    pub fn bytes_for(capacity: usize, stride: usize) -> usize {
+        Self::slots_for(capacity) * (size_of::<Record>() + stride * 8)
+    }
+
     pub fn new(capacity: usize, stride: usize) -> Self {
-        let slots_len = capacity + capacity / 3 + 1;
+        let slots_len = Self::slots_for(capacity);
         Self {
             heads: table_vec(slots_len, Record::default()),
             words: table_vec(slots_len * stride, 0),

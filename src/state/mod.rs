@@ -9,6 +9,7 @@ pub mod checkpoint;
 mod hot_table;
 mod memory;
 pub(crate) mod record;
+pub mod resident;
 mod spill;
 
 pub use hot_table::HotTable;
