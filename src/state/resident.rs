@@ -9,31 +9,37 @@ use crate::config::Config;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Whether a shard also keeps a checkpoint snapshot buffer (as `app` starts a Checkpointer).
+fn checkpoints(config: &Config) -> bool {
+    !config.state.dir.is_empty() && config.checkpoint.interval_ms > 0
+}
+
 /// Bytes one shard keeps resident from start.
 fn per_shard_bytes(config: &Config, words: usize) -> usize {
     let table = HotTable::bytes_for(config.state.hot_capacity, words);
-    let snapshots = if config.state.dir.is_empty() || config.checkpoint.interval_ms == 0 {
-        0
-    } else {
+    let snapshots = if checkpoints(config) {
         checkpoint::buffer_bytes(config.state.hot_capacity, words)
+    } else {
+        0
     };
     table + snapshots
 }
 
 /// None when `shards` shards fit in `available` bytes, else the message that refuses them.
 fn refusal(config: &Config, words: usize, shards: usize, available: u64) -> Option<String> {
-    let need = per_shard_bytes(config, words) as u64 * shards as u64;
+    let one = per_shard_bytes(config, words) as u64;
+    let need = one * shards as u64;
     (need > available).then(|| {
         format!(
             "the hot state needs {:.0} MiB resident ({shards} shard(s) x {:.0} MiB: state.hot_capacity = {} records of {} window words{}) but the machine has {:.0} MiB available: lower state.hot_capacity or shards.count",
             need as f64 / MIB,
-            per_shard_bytes(config, words) as f64 / MIB,
+            one as f64 / MIB,
             config.state.hot_capacity,
             words,
-            if config.state.dir.is_empty() || config.checkpoint.interval_ms == 0 {
-                ""
-            } else {
+            if checkpoints(config) {
                 ", plus the checkpoint snapshot buffer"
+            } else {
+                ""
             },
             available as f64 / MIB,
         )
