@@ -3,6 +3,7 @@
 //! with the floor it should be judged against. See bench/README.md.
 
 mod floor;
+mod kafka;
 mod machine;
 mod report;
 mod state;
@@ -55,6 +56,15 @@ enum Command {
         /// Leave the state directory (OUT/state) in place, restorable by `sluice run`.
         #[arg(long)]
         keep: bool,
+    },
+    /// Through Kafka (a local noida-db broker): record append -> Score visible to a
+    /// read_committed reader, for sluice and for a plain relay (the broker's floor) in the
+    /// same run; sluice's own share beside it. Uses --rate, --keys, --seconds, --warmup,
+    /// --shards, --repeat, --out, --set.
+    Kafka {
+        /// at_least_once or exactly_once.
+        #[arg(long, default_value = "at_least_once")]
+        delivery: String,
     },
 }
 
@@ -172,6 +182,19 @@ fn main() -> anyhow::Result<()> {
             keep,
         } => {
             return state::run(a.keys, hot, rounds, churn, keep, &a.out, &a.sets);
+        }
+        Command::Kafka { delivery } => {
+            return kafka::run(&kafka::KafkaBench {
+                delivery: &delivery,
+                rate: a.rate,
+                keys: a.keys,
+                seconds: a.seconds,
+                warmup: a.warmup,
+                shards: a.shards,
+                repeat: a.repeat,
+                out: &a.out,
+                sets: &a.sets,
+            });
         }
     };
     let cpus: Vec<usize> = sluice::topology::discover()

@@ -111,6 +111,7 @@ pub fn run(
                 amount: 10.0 + (k % 100) as f32,
                 label: -1.0,
                 features: &[],
+                source: 0,
             };
             anyhow::ensure!(matches!(state.apply(&u, u.ts_ns)?, Outcome::Applied(_)));
         }
@@ -147,6 +148,7 @@ pub fn run(
                     amount: 42.0,
                     label: -1.0,
                     features: &[],
+                    source: 0,
                 };
                 state.apply(&u, u.ts_ns)?;
             }

@@ -9,15 +9,23 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::config::Delivery;
 use crate::control::{ControlLoop, Request, ShardLink};
+use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
 use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
+use crate::ingest::kafka::{
+    self as kafka_in, KafkaError, KafkaSource, PartitionId, PartitionTable,
+};
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
+use crate::shard::ShardKafka;
 use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
-use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer};
+use crate::state::checkpoint::{
+    self, CheckpointSpec, Checkpointer, PartitionOffset, RestoreTarget,
+};
 use crate::state::{resident, KeyedState, Spill};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
@@ -36,6 +44,8 @@ pub enum AppError {
     Model(String),
     #[error("{0}")]
     Memory(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -208,14 +218,27 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     let mesh = Mesh::build(shards, config.route.ring_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
 
-    let mut threads = Vec::with_capacity(shards);
-    let per_shard = sockets
+    let kafka = kafka_seeds(config, shards, &counters)?;
+    let seeds: Vec<ShardSeed> = sockets
         .into_iter()
         .zip(mesh)
         .zip(placements.iter().copied())
         .zip(models)
-        .zip(shard_links);
-    for (id, ((((sock, rings), placement), model), model_link)) in per_shard.enumerate() {
+        .zip(shard_links)
+        .zip(kafka)
+        .map(
+            |(((((sock, rings), placement), model), model_link), kafka)| ShardSeed {
+                sock,
+                rings,
+                placement,
+                model,
+                model_link,
+                kafka,
+            },
+        )
+        .collect();
+    let mut threads = Vec::with_capacity(shards);
+    for (id, seed) in seeds.into_iter().enumerate() {
         let config = config.clone();
         let control = control.clone();
         let counters = counters[id].clone();
@@ -224,10 +247,7 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
         let spawn = std::thread::Builder::new()
             .name(format!("sluice-shard-{id}"))
             .spawn(move || {
-                let built = build_shard(
-                    id, shards, placement, &config, driver, sock, rings, model, model_link,
-                    counters, wakers,
-                );
+                let built = build_shard(id, shards, seed, &config, driver, counters, wakers);
                 match built {
                     Ok(shard) => {
                         let _ = ready.send((id, Ok(())));
@@ -309,20 +329,97 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     Ok(running)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Everything one shard is built from, made on the main thread and moved to the shard's.
+struct ShardSeed {
+    sock: std::net::UdpSocket,
+    rings: (crate::route::Outbound, crate::route::Inbound),
+    placement: Placement,
+    model: ShardModel,
+    model_link: ModelLink,
+    kafka: Option<KafkaSeed>,
+}
+
+/// A shard's part of Kafka: the partitions it owns, its Score producer (transactions already
+/// initialised under exactly_once, fencing any earlier process), and which checkpoint the
+/// last committed transaction names.
+struct KafkaSeed {
+    owned: Vec<PartitionId>,
+    producer: ScoreProducer,
+    target: RestoreTarget,
+    /// Appended to the state layout: the partitions a checkpoint's state belongs to.
+    layout: String,
+}
+
+/// Discover the input topics, deal their partitions to shards, start each shard's producer
+/// and (exactly_once) read back which checkpoint each shard's last committed transaction
+/// names. None per shard when Kafka is off.
+fn kafka_seeds(
+    config: &Config,
+    shards: usize,
+    counters: &[Arc<ShardCounters>],
+) -> Result<Vec<Option<KafkaSeed>>, AppError> {
+    if !config.ingest.kafka.enabled() {
+        return Ok((0..shards).map(|_| None).collect());
+    }
+    let counts = kafka_in::discover(config)?;
+    let table = PartitionTable::balanced(&counts, shards);
+    let layout = table.layout(&config.ingest.kafka.topics, shards);
+    if table.owners.len() > crate::limits::KAFKA_PARTITIONS_MAX {
+        return Err(AppError::Kafka(KafkaError::Other(format!(
+            "{} partitions: one instance takes at most {}",
+            table.owners.len(),
+            crate::limits::KAFKA_PARTITIONS_MAX
+        ))));
+    }
+    let exactly_once = config.egress.kafka.delivery == Delivery::ExactlyOnce;
+    let ids: Vec<String> = (0..shards).map(|i| transactional_id(config, i)).collect();
+    let mut producers = Vec::with_capacity(shards);
+    for (i, id) in ids.iter().enumerate() {
+        let tid = exactly_once.then_some(id.as_str());
+        producers.push(start_producer(config, tid, counters[i].clone())?);
+    }
+    let committed = if exactly_once {
+        progress::last_committed(config, &ids)?
+    } else {
+        Default::default()
+    };
+    tracing::info!(partitions = table.owners.len(), version = table.version, shards, delivery = ?config.egress.kafka.delivery, "Kafka partitions dealt to shards");
+    Ok(producers
+        .into_iter()
+        .enumerate()
+        .map(|(i, producer)| {
+            let target = match (exactly_once, committed.get(&ids[i])) {
+                (false, _) => RestoreTarget::Newest,
+                (true, Some(&seq)) => RestoreTarget::Exactly(seq),
+                (true, None) => RestoreTarget::Nothing,
+            };
+            Some(KafkaSeed {
+                owned: table.owned_by(i),
+                producer,
+                target,
+                layout: layout.clone(),
+            })
+        })
+        .collect())
+}
+
 fn build_shard(
     id: usize,
     shards: usize,
-    placement: Placement,
+    seed: ShardSeed,
     config: &Config,
     driver: Driver,
-    sock: std::net::UdpSocket,
-    rings: (crate::route::Outbound, crate::route::Inbound),
-    model: ShardModel,
-    model_link: ModelLink,
     counters: Arc<ShardCounters>,
     wakers: Arc<Vec<Waker>>,
 ) -> Result<Shard, String> {
+    let ShardSeed {
+        sock,
+        rings,
+        placement,
+        model,
+        model_link,
+        kafka,
+    } = seed;
     if config.shards.pin {
         topology::pin_current(placement.cpu).map_err(|e| e.to_string())?;
     }
@@ -343,7 +440,16 @@ fn build_shard(
             config.wire.datagram_bytes_max,
         ))),
     };
-    let (state, max_event_ns, checkpoints) = shard_state(id, shards, config)?;
+    let (target, layout_extra) = match &kafka {
+        Some(k) => (k.target, Some(k.layout.as_str())),
+        None => (RestoreTarget::Newest, None),
+    };
+    let (state, max_event_ns, checkpoints, offsets) =
+        shard_state(id, shards, config, target, layout_extra)?;
+    let kafka = match kafka {
+        Some(seed) => Some(shard_kafka(id, config, seed, &offsets).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let core = ShardCore::new(
         id,
         shards,
@@ -370,6 +476,7 @@ fn build_shard(
         checkpoints,
         model_link,
         rx,
+        kafka,
         egress,
         counters,
         latency,
@@ -381,28 +488,71 @@ fn build_shard(
     })
 }
 
+/// The shard's consumer, at the offsets its restored checkpoint holds, and its Score sink.
+fn shard_kafka(
+    id: usize,
+    config: &Config,
+    seed: KafkaSeed,
+    restored: &[PartitionOffset],
+) -> Result<ShardKafka, KafkaError> {
+    let source = KafkaSource::start(config, &seed.owned, restored)?;
+    let names: Vec<(String, i32)> = source
+        .owned()
+        .iter()
+        .map(|p| (p.topic.clone(), p.id.partition))
+        .collect();
+    let tags = source.owned().iter().map(|p| p.id.source_tag()).collect();
+    let sink = KafkaSink::new(config, id, seed.producer, &names)?;
+    Ok(ShardKafka {
+        source,
+        sink,
+        tags,
+        records_max: config.ingest.kafka.records_per_cycle_max,
+        in_flight_max: config.ingest.kafka.in_flight_records_max,
+        failed: false,
+    })
+}
+
+type RestoredState = (KeyedState, u64, Option<Checkpointer>, Vec<PartitionOffset>);
+
 /// A shard's state: in memory only without `state.dir`; else on its spill store, restored
 /// from its newest good checkpoint, with a checkpointer when `checkpoint.interval_ms` > 0.
-/// Returns the state, its restored newest event time, and the checkpointer.
+/// Returns the state, its restored newest event time, the checkpointer and the restored
+/// Kafka offsets. `target` says which checkpoint may be restored (exactly_once names one).
 fn shard_state(
     id: usize,
     shards: usize,
     config: &Config,
-) -> Result<(KeyedState, u64, Option<Checkpointer>), String> {
+    target: RestoreTarget,
+    layout_extra: Option<&str>,
+) -> Result<RestoredState, String> {
     let plan = config.feature_plan().map_err(|e| e.to_string())?;
     if config.state.dir.is_empty() {
-        return Ok((KeyedState::with_plan(config, plan, None), 0, None));
+        return Ok((
+            KeyedState::with_plan(config, plan, None),
+            0,
+            None,
+            Vec::new(),
+        ));
     }
     let started = std::time::Instant::now();
     let base = std::path::Path::new(&config.state.dir).join(format!("shard-{id}"));
     let root = base.join("checkpoints");
-    let layout = config.state_layout(shards);
+    let mut layout = config.state_layout(shards);
+    if let Some(extra) = layout_extra {
+        layout = format!("{layout};{extra}");
+    }
     let words = plan.words();
     let open = |dir: &std::path::Path, len: Option<u64>| {
         Spill::open(dir, config.state.spill_cache_bytes, words, len)
     };
-    let (spill, point) = checkpoint::restore(&root, &layout, &base.join("spill"), words, open)
-        .map_err(|e| e.to_string())?;
+    let (spill, point) =
+        checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)
+            .map_err(|e| e.to_string())?;
+    let offsets = point
+        .as_ref()
+        .map(|p| p.manifest.kafka_offsets.clone())
+        .unwrap_or_default();
     let mut state = KeyedState::with_plan(config, plan, Some(spill));
     let (max_event_ns, next_seq) = match &point {
         Some(p) => {
@@ -442,5 +592,5 @@ fn shard_state(
             .map_err(|e| e.to_string())?,
         )
     };
-    Ok((state, max_event_ns, checkpoints))
+    Ok((state, max_event_ns, checkpoints, offsets))
 }

@@ -50,3 +50,11 @@ const _: () = assert!(URING_BUFFERS_MAX <= 32_768);
 const _: () = assert!(URING_BUFFERS_MAX.is_power_of_two());
 const _: () = assert!(DATAGRAM_BYTES_MIN < DATAGRAM_BYTES_MAX);
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+/// Kafka records a shard takes per drain cycle.
+pub const KAFKA_RECORDS_PER_CYCLE_MAX: usize = 4_096;
+/// Unacknowledged Score records per shard before intake stops.
+pub const KAFKA_IN_FLIGHT_MAX: usize = 10_000_000;
+/// Kafka partitions one sluice instance can own (each shard keeps a slot per partition it owns).
+pub const KAFKA_PARTITIONS_MAX: usize = 4_096;
+/// Kafka's own default transaction.max.timeout.ms: a broker refuses a longer transaction timeout.
+pub const KAFKA_TRANSACTION_TIMEOUT_MS_MAX: u64 = 900_000;

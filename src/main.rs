@@ -69,6 +69,16 @@ enum Command {
         /// Seconds of load.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Through Kafka instead of UDP: start a local broker (or use --brokers), produce one
+        /// event a record, score, and read the Scores topic back.
+        #[arg(long)]
+        kafka: bool,
+        /// With --kafka: exactly_once delivery (transactions committed with checkpoints).
+        #[arg(long, requires = "kafka")]
+        exactly_once: bool,
+        /// With --kafka: use these brokers instead of starting a local one.
+        #[arg(long, requires = "kafka")]
+        brokers: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
@@ -190,10 +200,24 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             batch,
             keys,
             seconds,
+            kafka,
+            exactly_once,
+            brokers,
             config,
             sets,
         } => {
-            demo(rate, batch, keys, seconds, config.as_ref(), &sets)?;
+            if kafka {
+                let demo = KafkaDemo {
+                    rate,
+                    keys,
+                    seconds,
+                    exactly_once,
+                    brokers,
+                };
+                demo_kafka(&demo, config.as_ref(), &sets)?;
+            } else {
+                demo(rate, batch, keys, seconds, config.as_ref(), &sets)?;
+            }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -336,6 +360,111 @@ fn demo(
     write_hgrm(&config, &report)?;
     if load.lost + load.duplicates + load.count_errors > 0 {
         println!("  NOTE: losses or count errors above; see sluice_socket_drops_total and the drop counters");
+    }
+    Ok(())
+}
+
+struct KafkaDemo {
+    rate: u64,
+    keys: u64,
+    seconds: u64,
+    exactly_once: bool,
+    brokers: Option<String>,
+}
+
+/// `sluice demo --kafka`: a local broker, a 4-partition events topic, sluice consuming it, and
+/// an open-loop producer + read_committed reader measuring produce -> Score visible.
+fn demo_kafka(d: &KafkaDemo, file: Option<&PathBuf>, user_sets: &[String]) -> anyhow::Result<()> {
+    use sluice::loadgen::broker::{create_topic, LocalBroker};
+    use sluice::loadgen::kafka::{self as kload, KafkaLoadSpec};
+    let (events, scores) = ("sluice-demo-events", "sluice-demo-scores");
+    let local = match &d.brokers {
+        Some(_) => None,
+        None => Some(LocalBroker::start("demo")?),
+    };
+    let brokers = d
+        .brokers
+        .clone()
+        .or_else(|| local.as_ref().map(|b| b.addr.clone()))
+        .unwrap_or_default();
+    create_topic(&brokers, events, 4)?;
+    create_topic(&brokers, scores, 4)?;
+    let cores = sluice::topology::discover().cores;
+    let state_dir = std::env::temp_dir().join(format!("sluice-demo-kafka-{}", std::process::id()));
+    let mut sets = vec![
+        "ingest.udp.listen=127.0.0.1:0".to_owned(),
+        format!("shards.count={}", cores.saturating_sub(1).max(1)),
+        format!("ingest.kafka.brokers={brokers}"),
+        format!("ingest.kafka.topics=[\"{events}\"]"),
+        "ingest.kafka.start=latest".to_owned(),
+        format!("egress.kafka.scores_topic={scores}"),
+    ];
+    if d.exactly_once {
+        let _ = std::fs::remove_dir_all(&state_dir);
+        sets.extend([
+            "egress.kafka.delivery=exactly_once".to_owned(),
+            format!("state.dir={}", state_dir.display()),
+            format!(
+                "state.hot_capacity={}",
+                (d.keys * 2).next_power_of_two().max(1024)
+            ),
+            format!(
+                "egress.kafka.transactional_id_prefix=sluice-demo-{}",
+                std::process::id()
+            ),
+        ]);
+    }
+    sets.extend_from_slice(user_sets);
+    let config = load(file, &sets)?;
+    init_logging(&config.log.level);
+    install_signal_handlers()?;
+    let running = sluice::app::start(&config)?;
+    println!(
+        "sluice demo --kafka: {} shard(s), brokers {brokers}{}, delivery {:?}; producing {} events/s over {} keys for {} s to {events}, reading {scores}",
+        running.placements.len(),
+        if local.is_some() { " (local noida-db)" } else { "" },
+        config.egress.kafka.delivery,
+        d.rate,
+        d.keys,
+        d.seconds
+    );
+    let spec = KafkaLoadSpec {
+        brokers: brokers.clone(),
+        events_topic: events.to_owned(),
+        scores_topic: scores.to_owned(),
+        rate: d.rate,
+        keys: d.keys,
+        duration: Duration::from_secs(d.seconds),
+        warmup: Duration::from_secs(1).min(Duration::from_secs(d.seconds) / 5),
+        drain: Duration::from_secs(5),
+        fetch_wait_ms: 1,
+    };
+    let load = kload::run(&spec);
+    let report = running.stop()?;
+    let load = load?;
+    println!("\n== service (measured inside sluice) ==");
+    print!("{}", report.render());
+    println!(
+        "\n== client (open loop, from scheduled produce time to Score read, read_committed) =="
+    );
+    println!(
+        "  produced {} events in {:.2} s (max produce lag {:?}); Scores {} of {}: lost {}, duplicates {}, wrong counts {}, unexpected {}",
+        load.sent,
+        load.elapsed.as_secs_f64(),
+        load.max_send_lag,
+        load.scores,
+        load.sent,
+        load.lost,
+        load.duplicates,
+        load.count_errors,
+        load.unexpected
+    );
+    print!(
+        "{}",
+        percentile_table(&[("produce->Score", Some(&load.latency))])
+    );
+    if d.exactly_once {
+        let _ = std::fs::remove_dir_all(&state_dir);
     }
     Ok(())
 }

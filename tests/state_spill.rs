@@ -17,6 +17,7 @@ fn obs(key: u64, ts: u64) -> Update<'static> {
         amount: 2.0,
         label: -1.0,
         features: &[],
+        source: 0,
     }
 }
 
@@ -47,6 +48,7 @@ fn apply(s: &mut KeyedState, u: &Update<'_>) -> Result<(u64, [f32; 2]), String> 
             Ok((head.observations, row))
         }
         Outcome::Duplicate => Err("duplicate".into()),
+        Outcome::OtherSource(s) => Err(format!("other source {s}")),
     }
 }
 

@@ -83,13 +83,14 @@ fn update(key: u64, ts_ns: u64, amount: f32) -> Update<'static> {
         amount,
         label: -1.0,
         features: &[],
+        source: 0,
     }
 }
 
 fn applied(s: &mut KeyedState, u: &Update<'_>) -> usize {
     match s.apply(u, u.ts_ns).unwrap() {
         Outcome::Applied(slot) => slot,
-        Outcome::Duplicate => panic!("dedup is off"),
+        Outcome::Duplicate | Outcome::OtherSource(_) => panic!("dedup is off, one source"),
     }
 }
 

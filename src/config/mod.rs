@@ -7,6 +7,7 @@
 
 mod overlay;
 mod validate;
+pub mod validate_kafka;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +44,7 @@ pub struct Config {
     pub model: Model,
     pub infer: Infer,
     pub egress: Egress,
+    pub kafka: KafkaProperties,
     pub metrics: Metrics,
     pub admin: Admin,
     pub log: Log,
@@ -74,6 +76,54 @@ pub struct Admin {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Ingest {
     pub udp: Udp,
+    pub kafka: IngestKafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaStart {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestKafka {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub start: KafkaStart,
+    pub records_per_cycle_max: usize,
+    pub in_flight_records_max: usize,
+}
+
+impl IngestKafka {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+}
+
+/// librdkafka properties passed through (`[kafka.consumer]`, `[kafka.producer]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaProperties {
+    pub consumer: std::collections::BTreeMap<String, String>,
+    pub producer: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EgressKafka {
+    pub scores_topic: String,
+    pub alerts_topic: String,
+    pub delivery: Delivery,
+    pub progress_topic: String,
+    pub transactional_id_prefix: String,
+    pub transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -209,6 +259,7 @@ pub struct Egress {
     pub alerts_to: String,
     pub datagram_bytes_max: usize,
     pub batch_datagrams_max: usize,
+    pub kafka: EgressKafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -72,6 +72,40 @@ fn set_path(
     }
 }
 
+/// Tables whose keys are passed through to librdkafka: any key is accepted (the client
+/// library checks it when the client is built, and start-up reports its refusal).
+const PASSTHROUGH_TABLES: [&str; 2] = ["kafka.consumer", "kafka.producer"];
+
+/// Overlay a pass-through table: every scalar becomes a string property; a nested table is
+/// flattened with dots, so `--set kafka.consumer.fetch.wait.max.ms=5` and
+/// `"fetch.wait.max.ms" = "5"` mean the same.
+fn overlay_passthrough(merged: &mut Table, src: Table, prefix: &str, problems: &mut Vec<String>) {
+    for (key, value) in src {
+        let value = match value {
+            Value::String(s) => s,
+            Value::Integer(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            Value::Table(t) => {
+                let flat: Table = t
+                    .into_iter()
+                    .map(|(k, v)| (format!("{key}.{k}"), v))
+                    .collect();
+                overlay_passthrough(merged, flat, prefix, problems);
+                continue;
+            }
+            other => {
+                problems.push(format!(
+                    "{prefix}.{key} must be a string, number or boolean (a librdkafka property), found {}",
+                    other.type_str()
+                ));
+                continue;
+            }
+        };
+        merged.insert(key, Value::String(value));
+    }
+}
+
 fn overlay_table(
     merged: &mut Table,
     defaults: &Table,
@@ -79,6 +113,10 @@ fn overlay_table(
     prefix: &str,
     problems: &mut Vec<String>,
 ) {
+    if PASSTHROUGH_TABLES.contains(&prefix) {
+        overlay_passthrough(merged, src, prefix, problems);
+        return;
+    }
     for (key, value) in src {
         let path = if prefix.is_empty() {
             key.clone()

@@ -246,6 +246,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             p.extend(e.problems);
         }
     }
+    super::validate_kafka::validate(c, &mut p);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         p.push(format!("log.level = {:?}: {e}", c.log.level));
     }

@@ -3,6 +3,7 @@
 //! `egress.batch_datagrams_max` datagrams. Latency is stamped here, at the last moment
 //! before the kernel takes the reply.
 
+pub mod kafka;
 mod sendmmsg;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -26,15 +27,23 @@ pub struct PendingScore {
     pub pickup_ns: u64,
 }
 
+/// Where a Score goes: back over UDP, or into the Score record of one consumed Kafka record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    Udp(SocketAddr),
+    /// Index of the input record in this cycle's Kafka source table (`kafka::KafkaSink`).
+    Kafka(u32),
+}
+
 /// Where the core puts Scores; `Egress` sends them, tests collect them.
 pub trait ScoreSink {
-    fn emit(&mut self, reply_to: SocketAddr, s: PendingScore);
+    fn emit(&mut self, reply_to: ReplyTo, s: PendingScore);
     /// How long one model call took (ns); recorded where the shard keeps its histograms.
     fn model_ran(&mut self, _ns: u64) {}
 }
 
-impl ScoreSink for Vec<(SocketAddr, PendingScore)> {
-    fn emit(&mut self, reply_to: SocketAddr, s: PendingScore) {
+impl ScoreSink for Vec<(ReplyTo, PendingScore)> {
+    fn emit(&mut self, reply_to: ReplyTo, s: PendingScore) {
         self.push((reply_to, s));
     }
 }
@@ -187,16 +196,25 @@ impl Egress {
     }
 }
 
-/// The sink a shard hands its core: pushes into `Egress` with the shard's metrics.
+/// The sink a shard hands its core: pushes into `Egress` (and the shard's Kafka sink, when
+/// Kafka is on) with the shard's metrics.
 pub struct EgressSink<'a> {
     pub egress: &'a mut Egress,
+    pub kafka: Option<&'a mut kafka::KafkaSink>,
     pub counters: &'a ShardCounters,
     pub latency: &'a mut ShardLatency,
 }
 
 impl ScoreSink for EgressSink<'_> {
-    fn emit(&mut self, reply_to: SocketAddr, s: PendingScore) {
-        self.egress.push(reply_to, s, self.counters, self.latency);
+    fn emit(&mut self, reply_to: ReplyTo, s: PendingScore) {
+        match reply_to {
+            ReplyTo::Udp(addr) => self.egress.push(addr, s, self.counters, self.latency),
+            ReplyTo::Kafka(source) => match self.kafka.as_deref_mut() {
+                Some(k) => k.push(source, s),
+                // Only a shard with a Kafka sink takes Kafka records.
+                None => debug_assert!(false, "a Kafka Score on a shard without Kafka"),
+            },
+        }
     }
 
     fn model_ran(&mut self, ns: u64) {

@@ -1,6 +1,7 @@
 //! Receiving datagrams: the edge where bytes enter. `udp` owns sockets and the kernel
-//! interfaces (io_uring, recvmmsg); the Kafka source arrives here in its own issue.
+//! interfaces (io_uring, recvmmsg); `kafka` owns each shard's consumer of the partitions it owns.
 
+pub mod kafka;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -33,4 +34,6 @@ pub enum IngestError {
     Recvmmsg(std::io::Error),
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("{0}")]
+    Kafka(String),
 }

@@ -7,6 +7,8 @@
 //! expected per-key `count` of every reply is known: lost, duplicate and wrong-count replies
 //! are all detected.
 
+pub mod broker;
+pub mod kafka;
 mod keys;
 pub(crate) mod rng;
 

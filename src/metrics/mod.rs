@@ -58,10 +58,14 @@ pub enum DropReason {
     Late,
     /// A replay of a seq its key already applied (`state.dedup`).
     Duplicate,
+    /// A Kafka event whose key's state lives with another partition (or came over UDP).
+    KeyOnTwoPartitions,
+    /// The Score record could not be handed to the Kafka producer.
+    ProduceError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         Self::RingFull,
         Self::StateFull,
         Self::ModelError,
@@ -69,6 +73,8 @@ impl DropReason {
         Self::StateError,
         Self::Late,
         Self::Duplicate,
+        Self::KeyOnTwoPartitions,
+        Self::ProduceError,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -79,6 +85,8 @@ impl DropReason {
             Self::StateError => "state_error",
             Self::Late => "late",
             Self::Duplicate => "duplicate",
+            Self::KeyOnTwoPartitions => "key_on_two_partitions",
+            Self::ProduceError => "produce_error",
         }
     }
 }
@@ -114,6 +122,19 @@ pub struct ShardCounters {
     /// Longest time a snapshot held the shard (ns).
     pub checkpoint_pause_max_ns: Counter,
     pub checkpoint_bytes_last: Counter,
+    /// Kafka records whose value decoded and was applied.
+    pub kafka_records: Counter,
+    /// Kafka records skipped (their offset still advances), by DecodeError reason.
+    pub kafka_records_skipped: [Counter; DecodeError::ALL.len()],
+    /// Score records handed to the Kafka producer.
+    pub kafka_score_records: Counter,
+    /// Score records the producer reported as not delivered.
+    pub kafka_delivery_failures: Counter,
+    /// exactly_once: transactions committed / aborted or failed.
+    pub kafka_transactions: Counter,
+    pub kafka_transactions_failed: Counter,
+    /// Cycles in which the shard took no records because the producer had too many in flight.
+    pub kafka_backpressure_cycles: Counter,
 }
 
 impl ShardCounters {
@@ -124,6 +145,13 @@ impl ShardCounters {
     #[inline]
     pub fn dropped_events(&self, r: DropReason, n: u64) {
         self.events_dropped[r as usize].add(n);
+    }
+    #[inline]
+    pub fn skipped_record(&self, e: DecodeError) {
+        self.kafka_records_skipped[e.index()].inc();
+    }
+    pub fn records_skipped_by(&self, e: DecodeError) -> u64 {
+        self.kafka_records_skipped[e.index()].get()
     }
     pub fn datagrams_dropped_total(&self) -> u64 {
         self.datagrams_dropped.iter().map(Counter::get).sum()
@@ -144,6 +172,11 @@ pub struct ShardLatency {
     pub in_shard: Histogram<u64>,
     /// Model run time per micro-batch (one call of the shard's model).
     pub model_run: Histogram<u64>,
+    /// Kafka: record timestamp -> Score record handed to the producer.
+    pub kafka_record_to_produce: Histogram<u64>,
+    /// Kafka: record taken from the consumer -> Score record handed to the producer (sluice's
+    /// own share of the Kafka latency).
+    pub kafka_in_shard: Histogram<u64>,
     /// Values above the histogram's range (clamped to it).
     pub clamped: u64,
     max_ns: u64,
@@ -155,6 +188,8 @@ impl ShardLatency {
             receive_to_emit: Histogram::new_with_bounds(1, max_ns, 3)?,
             in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
             model_run: Histogram::new_with_bounds(1, max_ns, 3)?,
+            kafka_record_to_produce: Histogram::new_with_bounds(1, max_ns, 3)?,
+            kafka_in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
             clamped: 0,
             max_ns,
         })
@@ -169,5 +204,15 @@ impl ShardLatency {
         self.receive_to_emit
             .saturating_record(receive_to_emit_ns.max(1));
         self.in_shard.saturating_record(in_shard_ns.max(1));
+    }
+
+    #[inline]
+    pub fn record_kafka(&mut self, record_to_produce_ns: u64, in_shard_ns: u64) {
+        if record_to_produce_ns > self.max_ns || in_shard_ns > self.max_ns {
+            self.clamped += 1;
+        }
+        self.kafka_record_to_produce
+            .saturating_record(record_to_produce_ns.max(1));
+        self.kafka_in_shard.saturating_record(in_shard_ns.max(1));
     }
 }

@@ -35,3 +35,15 @@ pub const CHECKPOINTS_FAILED: &str = "sluice_checkpoints_failed_total";
 pub const CHECKPOINTS_SKIPPED: &str = "sluice_checkpoints_skipped_total";
 pub const CHECKPOINT_PAUSE_MAX: &str = "sluice_checkpoint_pause_max_seconds";
 pub const CHECKPOINT_BYTES: &str = "sluice_checkpoint_hot_bytes";
+/// Kafka records applied (value decoded), and skipped by reason (label reason).
+pub const KAFKA_RECORDS: &str = "sluice_kafka_records_total";
+pub const KAFKA_RECORDS_SKIPPED: &str = "sluice_kafka_records_skipped_total";
+pub const KAFKA_SCORE_RECORDS: &str = "sluice_kafka_score_records_total";
+pub const KAFKA_DELIVERY_FAILURES: &str = "sluice_kafka_delivery_failures_total";
+pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total";
+pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";
+pub const KAFKA_BACKPRESSURE_CYCLES: &str = "sluice_kafka_backpressure_cycles_total";
+/// Per partition (labels topic, partition): high watermark minus the next offset to apply.
+pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";
+pub const KAFKA_RECORD_TO_PRODUCE: &str = "sluice_kafka_record_to_produce_seconds";
+pub const KAFKA_IN_SHARD: &str = "sluice_kafka_in_shard_seconds";

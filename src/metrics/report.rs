@@ -47,6 +47,15 @@ pub struct Report {
     pub receive_to_emit: Option<Histogram<u64>>,
     pub in_shard: Option<Histogram<u64>>,
     pub model_run: Option<Histogram<u64>>,
+    pub kafka_records: u64,
+    pub kafka_records_skipped: Vec<(&'static str, u64)>,
+    pub kafka_score_records: u64,
+    pub kafka_delivery_failures: u64,
+    pub kafka_transactions: u64,
+    pub kafka_transactions_failed: u64,
+    pub kafka_backpressure_cycles: u64,
+    pub kafka_record_to_produce: Option<Histogram<u64>>,
+    pub kafka_in_shard: Option<Histogram<u64>>,
     /// Per shard: (events received by its socket, observations applied as owner).
     pub per_shard: Vec<(u64, u64)>,
 }
@@ -92,6 +101,16 @@ impl Report {
                 .map(|c| c.checkpoint_pause_max_ns.get())
                 .max()
                 .unwrap_or(0),
+            kafka_records: sum(&|c| c.kafka_records.get()),
+            kafka_records_skipped: DecodeError::ALL
+                .iter()
+                .map(|e| (e.reason(), sum(&|c| c.records_skipped_by(*e))))
+                .collect(),
+            kafka_score_records: sum(&|c| c.kafka_score_records.get()),
+            kafka_delivery_failures: sum(&|c| c.kafka_delivery_failures.get()),
+            kafka_transactions: sum(&|c| c.kafka_transactions.get()),
+            kafka_transactions_failed: sum(&|c| c.kafka_transactions_failed.get()),
+            kafka_backpressure_cycles: sum(&|c| c.kafka_backpressure_cycles.get()),
             per_shard: counters
                 .iter()
                 .map(|c| (c.events_received.get(), c.observations_applied.get()))
@@ -103,6 +122,8 @@ impl Report {
             merge_into(&mut r.receive_to_emit, l.receive_to_emit);
             merge_into(&mut r.in_shard, l.in_shard);
             merge_into(&mut r.model_run, l.model_run);
+            merge_into(&mut r.kafka_record_to_produce, l.kafka_record_to_produce);
+            merge_into(&mut r.kafka_in_shard, l.kafka_in_shard);
         }
         r
     }
@@ -113,6 +134,14 @@ impl Report {
 
     pub fn datagrams_dropped_by(&self, reason: &str) -> u64 {
         self.datagrams_dropped
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn records_skipped_by(&self, reason: &str) -> u64 {
+        self.kafka_records_skipped
             .iter()
             .filter(|(r, _)| *r == reason)
             .map(|(_, n)| n)
@@ -207,6 +236,34 @@ impl Report {
                 let _ = writeln!(s, "  {name:<40} {v}");
             }
         }
+        let kafka_on = self.kafka_records > 0
+            || self.kafka_records_skipped.iter().any(|(_, n)| *n > 0)
+            || self.kafka_score_records > 0;
+        if kafka_on {
+            let _ = writeln!(s, "  {:<40} {}", names::KAFKA_RECORDS, self.kafka_records);
+            for (reason, n) in self.kafka_records_skipped.iter().filter(|(_, n)| *n > 0) {
+                let _ = writeln!(
+                    s,
+                    "  {:<40} {n}",
+                    format!("{}{{reason=\"{reason}\"}}", names::KAFKA_RECORDS_SKIPPED)
+                );
+            }
+            for (name, v) in [
+                (names::KAFKA_SCORE_RECORDS, self.kafka_score_records),
+                (names::KAFKA_DELIVERY_FAILURES, self.kafka_delivery_failures),
+                (names::KAFKA_TRANSACTIONS, self.kafka_transactions),
+                (
+                    names::KAFKA_TRANSACTIONS_FAILED,
+                    self.kafka_transactions_failed,
+                ),
+                (
+                    names::KAFKA_BACKPRESSURE_CYCLES,
+                    self.kafka_backpressure_cycles,
+                ),
+            ] {
+                let _ = writeln!(s, "  {name:<40} {v}");
+            }
+        }
         if self.checkpoints_written > 0 {
             let _ = writeln!(
                 s,
@@ -226,6 +283,15 @@ impl Report {
             ("in-shard", self.in_shard.as_ref()),
             ("model run", self.model_run.as_ref()),
         ]));
+        if self.kafka_in_shard.as_ref().is_some_and(|h| !h.is_empty()) {
+            s.push_str(&percentile_table(&[
+                (
+                    "kafka record->produce",
+                    self.kafka_record_to_produce.as_ref(),
+                ),
+                ("kafka in-shard", self.kafka_in_shard.as_ref()),
+            ]));
+        }
         if self.latency_clamped > 0 {
             let _ = writeln!(
                 s,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{Config, LatePolicy, RingFullPolicy, TimeMode};
-use crate::egress::{PendingScore, ScoreSink};
+use crate::egress::{PendingScore, ReplyTo, ScoreSink};
 use crate::infer::{FeatureBatch, ModelUpdate, Scorer, ShardModel};
 use crate::ingest::Datagram;
 use crate::limits::FEATURES_INLINE_MAX;
@@ -14,6 +14,27 @@ use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Inbound, Outbound, RoutedEvent};
 use crate::state::{KeyState, KeyedState, Outcome, StateError, Update};
 use crate::wire::{DecodeError, Decoder, EventKind, ScoreOut};
+
+/// Reply address of events that came from Kafka (their Scores go by `ReplyTo::Kafka`).
+const UNSPECIFIED_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
+/// One consumed Kafka record as the core sees it: bytes and times, no client types.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaRecord<'a> {
+    pub value: &'a [u8],
+    /// The partition's source tag (`Record::source` of the keys it owns).
+    pub source: u64,
+    /// The record's timestamp (CreateTime or LogAppendTime), ns since the epoch; the events'
+    /// time when they carry ts_ns = 0, and the start of the Kafka latency figure.
+    pub timestamp_ns: u64,
+    /// When the shard took the record from its consumer.
+    pub fetched_ns: u64,
+    /// Index of this record in the cycle's Kafka source table: its Scores go there.
+    pub reply: u32,
+}
 
 /// State, features and model: everything that happens at the key's owner.
 pub struct Owner {
@@ -25,7 +46,7 @@ pub struct Owner {
     max_event_ns: u64,
     ttl_sweep_slots: usize,
     batch: FeatureBatch,
-    meta: Vec<(SocketAddr, PendingScore)>,
+    meta: Vec<(ReplyTo, PendingScore)>,
     scores: Vec<f32>,
     model: ShardModel,
     /// Scratch row for Feedback learning.
@@ -36,7 +57,15 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn apply(&mut self, ev: &RoutedEvent, sink: &mut dyn ScoreSink) {
+    /// Apply one event to its key's state; `source` is the key's source tag (0 for UDP, the
+    /// partition's tag for a Kafka record).
+    fn apply(
+        &mut self,
+        ev: &RoutedEvent,
+        reply_to: ReplyTo,
+        source: u64,
+        sink: &mut dyn ScoreSink,
+    ) {
         let (ts_ns, now_ns) = match self.time {
             TimeMode::Processing => {
                 self.max_event_ns = self.max_event_ns.max(ev.recv_ns);
@@ -70,11 +99,30 @@ impl Owner {
             amount: ev.amount,
             label: ev.label,
             features: ev.features(),
+            source,
         };
         let slot = match self.table.apply(&update, now_ns) {
             Ok(Outcome::Applied(slot)) => slot,
             Ok(Outcome::Duplicate) => {
                 self.counters.dropped_events(DropReason::Duplicate, 1);
+                return;
+            }
+            Ok(Outcome::OtherSource(theirs)) => {
+                self.counters
+                    .dropped_events(DropReason::KeyOnTwoPartitions, 1);
+                let n = self
+                    .counters
+                    .events_dropped_by(DropReason::KeyOnTwoPartitions);
+                // 1st, 2nd, 4th, ... : never silent, never a log storm.
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        key = ev.key,
+                        source,
+                        key_source = theirs,
+                        refused = n,
+                        "event refused: its key's state lives with another partition (or UDP); producers must put each entity key on one partition"
+                    );
+                }
                 return;
             }
             Err(e) => {
@@ -122,7 +170,7 @@ impl Owner {
                     ..ScoreOut::default()
                 };
                 self.meta.push((
-                    ev.reply_to,
+                    reply_to,
                     PendingScore {
                         score,
                         recv_ns: ev.recv_ns,
@@ -309,7 +357,7 @@ impl ShardCore {
             };
             let owner = route::owner(ev.key, self.shards);
             if owner == self.id {
-                self.owner.apply(&ev, sink);
+                self.owner.apply(&ev, ReplyTo::Udp(ev.reply_to), 0, sink);
             } else if !self.stalled.is_empty() {
                 // Keep arrival order behind events already waiting.
                 debug_assert!(
@@ -321,6 +369,55 @@ impl ShardCore {
                 self.forward(owner, ev);
             }
         }
+    }
+
+    /// Decode one Kafka record's value and apply every event here, in order: the shard owns the
+    /// record's partition, so its events take no ring hop whatever their keys' hash.
+    /// `record.fetched_ns` is when the shard took it (CLOCK_REALTIME ns). Returns false when
+    /// the value is not a valid EventBatch (counted by reason; the caller still advances the
+    /// partition's offset).
+    pub fn on_record(&mut self, record: &KafkaRecord<'_>, sink: &mut dyn ScoreSink) -> bool {
+        let events = match self.decoder.decode(record.value) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.counters.skipped_record(e);
+                tracing::debug!(
+                    source = record.source,
+                    reason = e.reason(),
+                    "Kafka record skipped: {e}"
+                );
+                return false;
+            }
+        };
+        self.counters.kafka_records.inc();
+        self.counters.events_received.add(events.len() as u64);
+        for e in events.iter() {
+            self.owner.table.prefetch(e.key());
+        }
+        for e in events.iter() {
+            let mut features = [0f32; FEATURES_INLINE_MAX];
+            let n = e.copy_features(&mut features);
+            let ev = RoutedEvent {
+                key: e.key(),
+                seq: e.seq(),
+                ts_ns: if e.ts_ns() == 0 {
+                    record.timestamp_ns
+                } else {
+                    e.ts_ns()
+                },
+                recv_ns: record.timestamp_ns,
+                pickup_ns: record.fetched_ns,
+                reply_to: UNSPECIFIED_ADDR,
+                amount: e.amount(),
+                label: e.label(),
+                kind: e.kind(),
+                features_len: n as u8,
+                features,
+            };
+            self.owner
+                .apply(&ev, ReplyTo::Kafka(record.reply), record.source, sink);
+        }
+        true
     }
 
     fn forward(&mut self, owner: usize, ev: RoutedEvent) {
@@ -365,7 +462,9 @@ impl ShardCore {
             a.iter()
                 .chain(b)
                 .for_each(|ev| owner.table.prefetch(ev.key));
-            a.iter().chain(b).for_each(|ev| owner.apply(ev, sink));
+            a.iter()
+                .chain(b)
+                .for_each(|ev| owner.apply(ev, ReplyTo::Udp(ev.reply_to), 0, sink));
         })
     }
 

@@ -10,7 +10,7 @@ use crate::infer::{build_primary, ShardModel};
 use crate::route::Mesh;
 use crate::wire::{EventBatchEncoder, EventIn};
 
-type Sink = Vec<(SocketAddr, PendingScore)>;
+type Sink = Vec<(ReplyTo, PendingScore)>;
 
 fn client() -> SocketAddr {
     "127.0.0.1:9999".parse().unwrap()
@@ -101,7 +101,7 @@ fn events_reach_their_owner_and_every_observation_gets_one_score() {
         "shard 1 scores its 3 keys x 3 minus one Feedback"
     );
     for (dest, p) in s0.iter().chain(&s1) {
-        assert_eq!(*dest, client());
+        assert_eq!(*dest, ReplyTo::Udp(client()));
         assert!(
             route::owner(p.score.key, 2)
                 == usize::from(s1.iter().any(|(_, q)| q.score.seq == p.score.seq))
@@ -352,4 +352,60 @@ fn replays_are_dropped_and_counted_with_dedup_on() {
     let counts: Vec<u64> = s.iter().map(|(_, p)| p.score.count).collect();
     assert_eq!(counts, vec![1, 2, 3]);
     assert_eq!(counters[0].events_dropped_by(DropReason::Duplicate), 2);
+}
+
+fn record(value: &[u8], source: u64, reply: u32) -> KafkaRecord<'_> {
+    KafkaRecord {
+        value,
+        source,
+        timestamp_ns: 5_000_000_000,
+        fetched_ns: 5_000_000_100,
+        reply,
+    }
+}
+
+#[test]
+fn a_kafka_record_is_applied_by_the_shard_that_owns_its_partition_with_no_ring_hop() {
+    let (mut c, counters) = cores(&[]);
+    // Keys of both hash owners: all applied here, none routed.
+    let keys = [keys_owned_by(0, 2), keys_owned_by(1, 2)].concat();
+    let events: Vec<_> = keys.iter().map(|&k| (k, 1, false)).collect();
+    let mut s = Sink::new();
+    assert!(c[0].on_record(&record(&datagram(&events), 9, 3), &mut s));
+    c[0].finish_cycle(0, &mut s);
+    assert_eq!(s.len(), 4);
+    assert!(s.iter().all(|(to, _)| *to == ReplyTo::Kafka(3)));
+    assert!(s.iter().all(|(_, p)| p.score.count == 1));
+    // The record's timestamp stands for the receive time; the fetch for the pickup.
+    assert!(s
+        .iter()
+        .all(|(_, p)| p.recv_ns == 5_000_000_000 && p.pickup_ns == 5_000_000_100));
+    assert_eq!(counters[0].events_routed_away.get(), 0);
+    assert_eq!(counters[0].kafka_records.get(), 1);
+    assert!(c[1].inbound_is_empty());
+}
+
+#[test]
+fn a_bad_kafka_record_is_skipped_and_counted_and_a_key_stays_with_its_partition() {
+    let (mut c, counters) = cores(&[]);
+    let mut s = Sink::new();
+    assert!(!c[0].on_record(&record(b"not an EventBatch", 9, 0), &mut s));
+    assert!(!c[0].on_record(&record(&[], 9, 1), &mut s));
+    let skipped: u64 = crate::wire::DecodeError::ALL
+        .iter()
+        .map(|e| counters[0].records_skipped_by(*e))
+        .sum();
+    assert_eq!(skipped, 2);
+    assert_eq!(counters[0].kafka_records.get(), 0);
+    // Key 42 first arrives from partition tag 9; the same key from tag 10 is refused.
+    assert!(c[0].on_record(&record(&datagram(&[(42, 1, false)]), 9, 2), &mut s));
+    assert!(c[0].on_record(&record(&datagram(&[(42, 2, false)]), 10, 3), &mut s));
+    assert!(c[0].on_record(&record(&datagram(&[(42, 3, false)]), 9, 4), &mut s));
+    c[0].finish_cycle(0, &mut s);
+    let counts: Vec<(ReplyTo, u64)> = s.iter().map(|(to, p)| (*to, p.score.count)).collect();
+    assert_eq!(counts, [(ReplyTo::Kafka(2), 1), (ReplyTo::Kafka(4), 2)]);
+    assert_eq!(
+        counters[0].events_dropped_by(DropReason::KeyOnTwoPartitions),
+        1
+    );
 }

@@ -5,9 +5,11 @@
 //! from another shard, or `shards.park_timeout_us`.
 
 mod core;
+mod kafka;
 mod lifecycle;
 
-pub use self::core::ShardCore;
+pub use self::core::{KafkaRecord, ShardCore};
+pub use kafka::ShardKafka;
 pub use lifecycle::Control;
 
 use std::sync::Arc;
@@ -76,6 +78,8 @@ pub struct Shard {
     pub checkpoints: Option<Checkpointer>,
     pub model_link: ModelLink,
     pub rx: UdpReceiver,
+    /// The shard's Kafka partitions and Score producer (`ingest.kafka.brokers` set).
+    pub kafka: Option<ShardKafka>,
     pub egress: Egress,
     pub counters: Arc<ShardCounters>,
     pub latency: ShardLatency,
@@ -94,6 +98,7 @@ impl Shard {
         let Shard {
             core,
             rx,
+            kafka,
             egress,
             counters,
             latency,
@@ -101,11 +106,6 @@ impl Shard {
             ..
         } = self;
         model_link.service(core, pickup_ns);
-        let mut sink = EgressSink {
-            egress,
-            counters,
-            latency,
-        };
         let mut work = 0;
         if core.is_stalled() {
             work += core.retry_stalled();
@@ -113,20 +113,50 @@ impl Shard {
         // A receive error still lets this cycle finish (score, flush) before it is reported,
         // so what was already taken in is answered and the cycle boundary stays clean.
         let received = if receive && !core.is_stalled() {
+            let mut sink = EgressSink {
+                egress,
+                kafka: kafka.as_mut().map(|k| &mut k.sink),
+                counters,
+                latency,
+            };
             rx.recv(self.recv_batch, &mut |dg| {
                 core.on_datagram(dg, pickup_ns, &mut sink)
             })
         } else {
             Ok(0)
         };
+        if receive {
+            if let Some(k) = kafka.as_mut() {
+                work += k.take(core, pickup_ns, egress, counters, latency);
+            }
+        }
+        let mut sink = EgressSink {
+            egress,
+            kafka: kafka.as_mut().map(|k| &mut k.sink),
+            counters,
+            latency,
+        };
         work += core.drain_inbound(self.drain_max, &mut sink);
         core.finish_cycle(pickup_ns, &mut sink);
         egress.flush(counters, latency);
+        let mut failure = None;
+        if let Some(k) = kafka.as_mut() {
+            k.sink.flush(counters, latency);
+        }
         if let Some(cp) = &mut self.checkpoints {
             // Between cycles, after the flush: every event taken in so far is applied and
             // answered, none is half-way.
-            let max_event_ns = core.max_event_ns();
-            cp.tick(pickup_ns, core.state_mut(), max_event_ns);
+            match kafka.as_mut() {
+                Some(k) => {
+                    if let Err(e) = k.checkpoint(cp, pickup_ns, core, counters) {
+                        failure = Some(IngestError::Kafka(e));
+                    }
+                }
+                None => {
+                    let max_event_ns = core.max_event_ns();
+                    cp.tick(pickup_ns, core.state_mut(), max_event_ns);
+                }
+            }
             publish_checkpoint_stats(cp, counters);
         }
         let wakers = &self.wakers;
@@ -135,14 +165,22 @@ impl Shard {
         counters.socket_drops.set(s.socket_drops);
         counters.uring_enobufs.set(s.enobufs);
         counters.uring_rearms.set(s.rearms);
+        if let Some(e) = failure {
+            return Err(e);
+        }
         Ok(work + received?)
     }
 
     /// At shutdown, after the drain: one last checkpoint, waited for.
     pub fn final_checkpoint(&mut self) {
         if let Some(cp) = &mut self.checkpoints {
-            let max_event_ns = self.core.max_event_ns();
-            cp.finish(self.core.state_mut(), max_event_ns);
+            match &mut self.kafka {
+                Some(k) => k.final_checkpoint(cp, &mut self.core, &self.counters),
+                None => {
+                    let max_event_ns = self.core.max_event_ns();
+                    cp.finish(self.core.state_mut(), max_event_ns);
+                }
+            }
             publish_checkpoint_stats(cp, &self.counters);
         }
     }
@@ -183,7 +221,7 @@ impl Shard {
                 Ok(())
             });
             if let Err(e) = step {
-                tracing::error!(shard = self.core.id, "receive failed, stopping: {e}");
+                tracing::error!(shard = self.core.id, "stopping the service: {e}");
                 control.request_stop();
                 failure = Some(e);
             }

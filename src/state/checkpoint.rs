@@ -28,7 +28,9 @@ use super::record::{image_bytes, DIRTY};
 use super::{KeyedState, Record, Spill, SpillError, StateError};
 
 const MAGIC: &[u8; 8] = b"SLUICEHT";
-const FORMAT: u32 = 2;
+/// COMMIT format (3 added kafka_offsets); hot.bin's layout is unchanged since 2.
+const FORMAT: u32 = 3;
+const HOT_FORMAT: u32 = 2;
 /// magic, format, words per record, records, gone keys.
 const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8;
 
@@ -61,6 +63,45 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
+/// Where a consumed Kafka partition stands in a checkpoint: the next offset to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+fn render_offsets(offsets: &[PartitionOffset]) -> String {
+    let parts: Vec<String> = offsets
+        .iter()
+        .map(|o| format!("{}/{}/{}", o.topic, o.partition, o.next))
+        .collect();
+    parts.join(";")
+}
+
+fn parse_offsets(v: &str) -> Result<Vec<PartitionOffset>, String> {
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    v.split(';')
+        .map(|item| {
+            let mut it = item.rsplitn(3, '/');
+            let next = it.next().and_then(|n| n.parse::<i64>().ok());
+            let partition = it.next().and_then(|n| n.parse::<i32>().ok());
+            match (it.next(), partition, next) {
+                (Some(topic), Some(partition), Some(next)) if !topic.is_empty() && next >= 0 => {
+                    Ok(PartitionOffset {
+                        topic: topic.to_owned(),
+                        partition,
+                        next,
+                    })
+                }
+                _ => Err(format!("bad Kafka offset {item:?} in COMMIT")),
+            }
+        })
+        .collect()
+}
+
 /// The COMMIT manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
@@ -82,12 +123,15 @@ pub struct Manifest {
     /// Observations applied on this shard up to the snapshot.
     pub observations_applied: u64,
     pub created_unix_ms: u64,
+    /// The next offset of every Kafka partition the shard owns, as of the snapshot: every
+    /// record before it is in the state, none after it.
+    pub kafka_offsets: Vec<PartitionOffset>,
 }
 
 impl Manifest {
     fn render(&self) -> String {
         let body = format!(
-            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\n",
+            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\nkafka_offsets={}\n",
             self.seq,
             self.shard,
             self.layout,
@@ -99,7 +143,8 @@ impl Manifest {
             self.hot_crc,
             self.max_event_ns,
             self.observations_applied,
-            self.created_unix_ms
+            self.created_unix_ms,
+            render_offsets(&self.kafka_offsets)
         );
         let crc = crc32fast::hash(body.as_bytes());
         format!("{body}crc={crc}\n")
@@ -143,10 +188,12 @@ impl Manifest {
                 "max_event_ns" => m.max_event_ns = num()?,
                 "observations_applied" => m.observations_applied = num()?,
                 "created_unix_ms" => m.created_unix_ms = num()?,
+                "kafka_offsets" => m.kafka_offsets = parse_offsets(v)?,
                 _ => return Err(format!("unknown COMMIT key {k:?}")),
             }
         }
-        if format != Some(u64::from(FORMAT)) {
+        // Format 2 (before Kafka) has no kafka_offsets line and reads as "no offsets".
+        if format != Some(u64::from(FORMAT)) && format != Some(2) {
             return Err(format!(
                 "COMMIT format {format:?}, this build reads {FORMAT}"
             ));
@@ -253,17 +300,78 @@ pub fn restore(
     layout: &str,
     spill_dir: &Path,
     words: usize,
+    open: impl FnMut(&Path, Option<u64>) -> Result<Spill, SpillError>,
+) -> Result<(Spill, Option<RestorePoint>), CheckpointError> {
+    restore_to(root, layout, spill_dir, words, open, RestoreTarget::Newest)
+}
+
+/// Which checkpoint a restore may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The newest whose chain checks out (older ones when it does not).
+    Newest,
+    /// exactly_once: this one, which the last committed Kafka transaction names. Newer ones
+    /// belong to transactions that never committed and are deleted; if this one is missing or
+    /// corrupt the restore fails (an older one would replay Scores already committed).
+    Exactly(u64),
+    /// exactly_once with no committed transaction yet: none. Checkpoints found are set aside
+    /// (renamed, not deleted: they may be a run in another delivery mode).
+    Nothing,
+}
+
+/// `restore` with a target (see `RestoreTarget`).
+pub fn restore_to(
+    root: &Path,
+    layout: &str,
+    spill_dir: &Path,
+    words: usize,
     mut open: impl FnMut(&Path, Option<u64>) -> Result<Spill, SpillError>,
+    target: RestoreTarget,
 ) -> Result<(Spill, Option<RestorePoint>), CheckpointError> {
     let Listing { done, partial } = list(root)?;
     for p in partial {
         tracing::warn!(path = %p.display(), "removing an incomplete checkpoint (the process stopped while writing it)");
         std::fs::remove_dir_all(&p).map_err(io(&p))?;
     }
+    let done = match target {
+        RestoreTarget::Newest => done,
+        RestoreTarget::Nothing => {
+            if !done.is_empty() {
+                let aside = root.with_extension(format!(
+                    "uncommitted-{}",
+                    crate::clock::realtime_ns() / 1_000_000
+                ));
+                tracing::warn!(from = %root.display(), to = %aside.display(), "no committed Kafka transaction names a checkpoint: starting empty; the checkpoints found are set aside");
+                std::fs::rename(root, &aside).map_err(io(root))?;
+                std::fs::create_dir_all(root).map_err(io(root))?;
+            }
+            return Ok((open(spill_dir, None)?, None));
+        }
+        RestoreTarget::Exactly(want) => {
+            let (newer, keep): (Vec<_>, Vec<_>) = done.into_iter().partition(|(s, _)| *s > want);
+            for (seq, path) in newer {
+                tracing::warn!(seq, "removing checkpoint {seq}: its Kafka transaction never committed (the last committed one names {want})");
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+            if !keep.iter().any(|(s, _)| *s == want) {
+                return Err(CheckpointError::Corrupt {
+                    path: root.join(name(want)),
+                    reason: format!("the last committed Kafka transaction names checkpoint {want}, which is not here: exactly-once state cannot be restored (was state.dir moved or cleaned? Move the progress topic's records or start with a new egress.kafka.transactional_id_prefix to start over)"),
+                });
+            }
+            keep
+        }
+    };
     let by_seq: std::collections::HashMap<u64, PathBuf> = done.iter().cloned().collect();
-    for (_, path) in done {
+    for (seq, path) in done {
+        if let RestoreTarget::Exactly(want) = target {
+            if seq != want {
+                continue;
+            }
+        }
         let chain = match read_chain(&path, &by_seq, words) {
             Ok(c) => c,
+            Err(e) if matches!(target, RestoreTarget::Exactly(_)) => return Err(e),
             Err(e) => {
                 tracing::error!("skipping checkpoint {}: {e}", path.display());
                 continue;
@@ -298,6 +406,12 @@ pub fn restore(
             }
         }
     }
+    if let RestoreTarget::Exactly(want) = target {
+        return Err(CheckpointError::Corrupt {
+            path: root.join(name(want)),
+            reason: "the checkpoint the last committed Kafka transaction names does not open: exactly-once state cannot be restored".into(),
+        });
+    }
     Ok((open(spill_dir, None)?, None))
 }
 
@@ -327,7 +441,7 @@ pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), C
         HEADER_BYTES as u64 + manifest.hot_records * image_bytes(words) as u64 + manifest.gone * 8;
     let header_ok = hot.len() >= HEADER_BYTES
         && &hot[..8] == MAGIC
-        && hot[8..12] == FORMAT.to_le_bytes()
+        && hot[8..12] == HOT_FORMAT.to_le_bytes()
         && hot[12..16] == (words as u32).to_le_bytes()
         && hot[16..24] == manifest.hot_records.to_le_bytes()
         && hot[24..32] == manifest.gone.to_le_bytes();
@@ -464,6 +578,15 @@ struct Done {
 /// plus the bounded list of keys that left the table (`KeyedState::track_changes`).
 pub fn buffer_bytes(hot_capacity: usize, words: usize) -> usize {
     HEADER_BYTES + hot_capacity * image_bytes(words) + super::changes_bound(hot_capacity) * 8
+}
+
+/// What the shard has consumed, recorded with a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// Rises with every input record taken (applied or skipped): a change even when no
+    /// state changed.
+    pub position: u64,
+    pub offsets: Vec<PartitionOffset>,
 }
 
 /// How one shard checkpoints.
@@ -612,16 +735,70 @@ impl Checkpointer {
     /// Between cycles: snapshot if due and the state changed since the last one (an idle
     /// shard writes nothing). `max_event_ns` is the shard's newest event time.
     pub fn tick(&mut self, now_ns: u64, state: &mut KeyedState, max_event_ns: u64) {
+        let _ = self.tick_with(now_ns, state, max_event_ns, &Input::default());
+    }
+
+    /// Is a snapshot due (interval passed, something changed since the last one)? `input` is
+    /// what the shard has consumed: its position counts as a change even when no state did
+    /// (a skipped Kafka record still moves the offset).
+    pub fn due(&self, now_ns: u64, state: &KeyedState, input: &Input) -> bool {
+        now_ns >= self.next_due_ns
+            && self.snapshot_changes != Some(state.stats.changes().wrapping_add(input.position))
+    }
+
+    /// `tick` for a shard with an input position to record (Kafka offsets). Returns the
+    /// sequence number of the snapshot taken, if one was.
+    pub fn tick_with(
+        &mut self,
+        now_ns: u64,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: &Input,
+    ) -> Option<u64> {
         self.collect(false);
-        if now_ns < self.next_due_ns || self.snapshot_changes == Some(state.stats.changes()) {
-            return;
+        if !self.due(now_ns, state, input) {
+            return None;
         }
         self.next_due_ns = now_ns.saturating_add(self.interval_ns);
         if self.buffer.is_none() {
             self.stats.skipped_busy += 1;
-            return;
+            return None;
         }
-        self.snapshot(state, max_event_ns);
+        self.snapshot(state, max_event_ns, input)
+    }
+
+    /// Postpone the next snapshot by one interval (the caller could not take it now).
+    pub fn postpone(&mut self, now_ns: u64) {
+        self.next_due_ns = now_ns.saturating_add(self.interval_ns);
+        self.stats.skipped_busy += 1;
+    }
+
+    /// Wait until the writer has finished the snapshot in flight (if any); whether it
+    /// committed (its seq) or failed.
+    pub fn wait_written(&mut self) -> Result<u64, String> {
+        if self.buffer.is_some() {
+            return Err("no checkpoint was being written".into());
+        }
+        match self.results.recv() {
+            Ok(d) => {
+                self.buffer = Some(d.buffer);
+                match d.result {
+                    Some(Ok(seq)) => {
+                        self.stats.written += 1;
+                        self.stats.last_seq = seq;
+                        Ok(seq)
+                    }
+                    Some(Err(e)) => {
+                        self.stats.failed += 1;
+                        self.snapshot_changes = None;
+                        self.parent = None;
+                        Err(e)
+                    }
+                    None => Err("the writer answered a prefault".into()),
+                }
+            }
+            Err(_) => Err("the checkpoint writer thread is gone".into()),
+        }
     }
 
     /// Take the next snapshot even if the state has not changed since the last one.
@@ -631,23 +808,36 @@ impl Checkpointer {
 
     /// A last checkpoint at shutdown (unless the newest already holds this state), waited for.
     pub fn finish(&mut self, state: &mut KeyedState, max_event_ns: u64) {
-        if self.buffer.is_none() {
-            self.collect(true);
-        }
-        if self.snapshot_changes != Some(state.stats.changes()) {
-            self.snapshot(state, max_event_ns);
-        }
-        if self.buffer.is_none() {
-            self.collect(true);
-        }
+        self.finish_with(state, max_event_ns, &Input::default());
     }
 
-    fn snapshot(&mut self, state: &mut KeyedState, max_event_ns: u64) {
-        let Some(mut buf) = self.buffer.take() else {
-            return;
-        };
+    /// `finish` for a shard with an input position (Kafka offsets). Returns the seq of the
+    /// last checkpoint if it was written now and committed.
+    pub fn finish_with(
+        &mut self,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: &Input,
+    ) -> Option<u64> {
+        if self.buffer.is_none() {
+            self.collect(true);
+        }
+        if self.snapshot_changes != Some(state.stats.changes().wrapping_add(input.position)) {
+            self.snapshot(state, max_event_ns, input)?;
+            return self.wait_written().ok();
+        }
+        None
+    }
+
+    fn snapshot(
+        &mut self,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: &Input,
+    ) -> Option<u64> {
+        let mut buf = self.buffer.take()?;
         let started = Instant::now();
-        self.snapshot_changes = Some(state.stats.changes());
+        self.snapshot_changes = Some(state.stats.changes().wrapping_add(input.position));
         let seq = self.seq;
         self.seq += 1;
         let tmp = self.root.join(format!("{}.tmp", name(seq)));
@@ -709,7 +899,7 @@ impl Checkpointer {
             out.copy_from_slice(&key.to_le_bytes());
         }
         header[..8].copy_from_slice(MAGIC);
-        header[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+        header[8..12].copy_from_slice(&HOT_FORMAT.to_le_bytes());
         header[12..16].copy_from_slice(&(words as u32).to_le_bytes());
         header[16..24].copy_from_slice(&(written as u64).to_le_bytes());
         header[24..32].copy_from_slice(&(gone as u64).to_le_bytes());
@@ -743,7 +933,7 @@ impl Checkpointer {
             // The changes this one took are not on disk: the next must be full.
             self.parent = None;
             self.buffer = Some(buf);
-            return;
+            return None;
         }
         self.stats.last_bytes = buf.len() as u64;
         if full {
@@ -764,6 +954,7 @@ impl Checkpointer {
             max_event_ns,
             observations_applied: state.stats.observations_applied,
             created_unix_ms: crate::clock::realtime_ns() / 1_000_000,
+            kafka_offsets: input.offsets.clone(),
         };
         let job = Job {
             tmp,
@@ -778,7 +969,9 @@ impl Checkpointer {
                 self.buffer = Some(job.buffer);
             }
             self.parent = None;
+            return None;
         }
+        Some(seq)
     }
 }
 

@@ -63,6 +63,7 @@ fn load(s: &mut KeyedState, rounds: std::ops::Range<u64>) {
                 amount: (key + r) as f32,
                 label: -1.0,
                 features: &[],
+                source: 0,
             };
             assert!(matches!(s.apply(&u, 0).unwrap(), Outcome::Applied(_)));
         }
@@ -226,9 +227,35 @@ fn manifest_round_trips_and_refuses_tampering() {
         max_event_ns: 5,
         observations_applied: 77,
         created_unix_ms: 1,
+        kafka_offsets: vec![
+            PartitionOffset {
+                topic: "events.v1".into(),
+                partition: 3,
+                next: 1_234,
+            },
+            PartitionOffset {
+                topic: "other-topic".into(),
+                partition: 0,
+                next: 0,
+            },
+        ],
     };
     let text = m.render();
     assert_eq!(Manifest::parse(&text).unwrap(), m);
+    // Without Kafka the line is empty; a COMMIT of format 2 (no line at all) still reads.
+    let plain = Manifest {
+        kafka_offsets: Vec::new(),
+        ..m.clone()
+    };
+    assert_eq!(Manifest::parse(&plain.render()).unwrap(), plain);
+    let body = "format=2\nseq=1\nshard=0\nlayout=x\nparent=0\nhot_records=0\ngone=0\nspilled=0\nhot_bytes=0\nhot_crc=0\nmax_event_ns=0\nobservations_applied=0\ncreated_unix_ms=0\n";
+    let v2 = format!("{body}crc={}\n", crc32fast::hash(body.as_bytes()));
+    assert!(Manifest::parse(&v2).unwrap().kafka_offsets.is_empty());
+    let bad = text.replace("events.v1/3/1234", "events.v1/x/1234");
+    assert!(
+        Manifest::parse(&bad).is_err(),
+        "a changed body fails its checksum first"
+    );
     let tampered = text.replace("spilled=4", "spilled=5");
     assert!(Manifest::parse(&tampered).unwrap_err().contains("checksum"));
     assert!(Manifest::parse("").is_err());
@@ -267,6 +294,7 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
                 amount: (x % 100) as f32,
                 label: -1.0,
                 features: &[],
+                source: 0,
             };
             s.apply(&u, now).unwrap();
         }

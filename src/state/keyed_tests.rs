@@ -24,6 +24,7 @@ fn obs(key: u64, seq: u64, ts_ns: u64) -> Update<'static> {
         amount: 2.0,
         label: -1.0,
         features: &[],
+        source: 0,
     }
 }
 
@@ -37,7 +38,7 @@ fn apply(s: &mut KeyedState, u: &Update<'_>, now: u64) -> Option<(u64, [f32; 2])
                 .build_row(words, head.prev_event_ns, &u.obs(), &mut row);
             Some((head.observations, row))
         }
-        Outcome::Duplicate => None,
+        Outcome::Duplicate | Outcome::OtherSource(_) => None,
     }
 }
 
@@ -111,4 +112,33 @@ fn windows_survive_a_trip_through_the_spill_store() {
     assert_eq!(far.record.observations, 3);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_key_belongs_to_the_source_that_first_wrote_it() {
+    let mut s = state(16, None, 0, false);
+    let from = |source: u64, seq: u64| Update {
+        source,
+        ..obs(7, seq, seq * SEC)
+    };
+    assert!(matches!(
+        s.apply(&from(3, 1), SEC).unwrap(),
+        Outcome::Applied(_)
+    ));
+    // Another partition (or UDP) is refused and changes nothing.
+    for other in [0, 4] {
+        assert_eq!(
+            s.apply(&from(other, 2), 2 * SEC).unwrap(),
+            Outcome::OtherSource(3)
+        );
+    }
+    assert_eq!(s.stats.other_source, 2);
+    assert_eq!(apply(&mut s, &from(3, 3), 3 * SEC).map(|r| r.0), Some(2));
+    // A key that expires starts over and may then belong to a new source.
+    let mut s = state(16, None, SEC, false);
+    s.apply(&from(3, 1), SEC).unwrap();
+    assert!(matches!(
+        s.apply(&from(5, 2), 10 * SEC).unwrap(),
+        Outcome::Applied(_)
+    ));
 }

@@ -38,6 +38,8 @@ pub struct StateStats {
     pub expired: u64,
     /// Events refused as replays (`state.dedup`).
     pub duplicates: u64,
+    /// Events refused because their key's state belongs to another source.
+    pub other_source: u64,
     /// Observations applied to some key (restored from a checkpoint at start).
     pub observations_applied: u64,
     /// Feedback events applied.
@@ -63,6 +65,8 @@ pub struct Update<'a> {
     pub amount: f32,
     pub label: f32,
     pub features: &'a [f32],
+    /// The key's source (`Record::source`): 0 for UDP, else the Kafka partition's tag.
+    pub source: u64,
 }
 
 impl Update<'_> {
@@ -81,6 +85,9 @@ pub enum Outcome {
     Applied(usize),
     /// A replay of a seq the key already applied; nothing changed.
     Duplicate,
+    /// The key's state belongs to another source (another Kafka partition, or UDP); nothing
+    /// changed. Holds the record's source.
+    OtherSource(u64),
 }
 
 /// A key's state as the admin sees it.
@@ -296,6 +303,12 @@ impl KeyedState {
             self.stats.expired += 1;
         }
         head.flags |= record::REFERENCED;
+        if head.observations == 0 && head.feedbacks == 0 {
+            head.source = u.source;
+        } else if head.source != u.source {
+            self.stats.other_source += 1;
+            return Ok(Outcome::OtherSource(head.source));
+        }
         if self.dedup && u.seq < head.seq_end {
             self.stats.duplicates += 1;
             return Ok(Outcome::Duplicate);

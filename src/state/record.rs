@@ -17,8 +17,10 @@ pub struct Record {
     /// One past the highest event `seq` applied (0 = none yet): with `state.dedup`, an event
     /// whose seq is below this is a replay.
     pub seq_end: u64,
-    /// Reserved (stored as 0).
-    pub reserved: u64,
+    /// Where the key's events come from: 0 = UDP (routed by key), else the Kafka partition
+    /// that owns the key (`ingest::kafka::source_tag`). A key's state is scoped to its source, as
+    /// Kafka Streams scopes state to a task: an event from another source is refused.
+    pub source: u64,
     /// Event time of the newest event applied (ns since epoch).
     pub last_event_ns: u64,
     /// Event time of the first event applied (ns since epoch).
@@ -70,7 +72,7 @@ impl Record {
             self.feedbacks,
             self.positives,
             self.seq_end,
-            self.reserved,
+            self.source,
             self.last_event_ns,
             self.first_event_ns,
             self.prev_event_ns,
@@ -129,7 +131,7 @@ impl Record {
             feedbacks: w[2],
             positives: w[3],
             seq_end: w[4],
-            reserved: w[5],
+            source: w[5],
             last_event_ns: w[6],
             first_event_ns: w[7],
             prev_event_ns: w[8],
@@ -150,7 +152,7 @@ mod tests {
             feedbacks: 1,
             positives: 1,
             seq_end: 12,
-            reserved: 0,
+            source: 5,
             last_event_ns: 9,
             first_event_ns: 7,
             prev_event_ns: 8,

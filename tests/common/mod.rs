@@ -11,6 +11,8 @@ use sluice::app::{self, Running};
 use sluice::config::Config;
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
 
+pub mod kafka;
+
 /// Small bounds so many instances fit beside each other on a 2-core test machine.
 pub fn config(driver: &str, extra: &[&str]) -> Config {
     let mut sets: Vec<String> = [
@@ -48,7 +50,12 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
     }
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // SLUICE_TEST_STDERR=1 shows the service's log (debugging a failing test).
+        .stderr(if std::env::var_os("SLUICE_TEST_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());

@@ -1,0 +1,257 @@
+//! `sluice-bench kafka`: record append -> Score visible to a read_committed consumer, through
+//! a local broker (noida-db), for sluice (one shard by default, `--delivery`) and, in the same
+//! run, for the broker's own floor: a relay that consumes each record and produces its Score
+//! record with the same client settings and no other work (two broker hops, as sluice has).
+//! Also sluice's own share (record taken -> Score handed to the producer).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use sluice::config::Config;
+use sluice::loadgen::broker::LocalBroker;
+use sluice::loadgen::kafka::{self as kload, KafkaLoadResult, KafkaLoadSpec};
+use sluice::wire::{Decoder, ScoreBatchEncoder, ScoreOut};
+
+use super::report::percentiles_us;
+
+#[derive(Serialize)]
+struct KafkaRun {
+    target: String,
+    delivery: String,
+    rate: u64,
+    keys: u64,
+    seconds: f64,
+    sent: u64,
+    scores: u64,
+    lost: u64,
+    duplicates: u64,
+    count_errors: u64,
+    unexpected: u64,
+    max_send_lag_us: f64,
+    /// Scheduled append -> Score read, microseconds.
+    append_to_visible_us: Vec<(f64, f64)>,
+    /// sluice only: record taken from the consumer -> Score record handed to the producer.
+    sluice_share_us: Option<Vec<(f64, f64)>>,
+}
+
+#[derive(Serialize)]
+struct KafkaResults {
+    machine: super::machine::Machine,
+    command: String,
+    sluice_config: Vec<String>,
+    runs: Vec<KafkaRun>,
+}
+
+pub struct KafkaBench<'a> {
+    pub delivery: &'a str,
+    pub rate: u64,
+    pub keys: u64,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub shards: usize,
+    pub repeat: usize,
+    pub out: &'a Path,
+    pub sets: &'a [String],
+}
+
+fn run_row(
+    target: &str,
+    b: &KafkaBench<'_>,
+    r: &KafkaLoadResult,
+    share: Option<Vec<(f64, f64)>>,
+) -> KafkaRun {
+    KafkaRun {
+        target: target.to_owned(),
+        delivery: b.delivery.to_owned(),
+        rate: b.rate,
+        keys: b.keys,
+        seconds: b.seconds,
+        sent: r.sent,
+        scores: r.scores,
+        lost: r.lost,
+        duplicates: r.duplicates,
+        count_errors: r.count_errors,
+        unexpected: r.unexpected,
+        max_send_lag_us: r.max_send_lag.as_secs_f64() * 1e6,
+        append_to_visible_us: percentiles_us(&r.latency),
+        sluice_share_us: share,
+    }
+}
+
+pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
+    let broker = LocalBroker::start("bench")?;
+    std::fs::create_dir_all(b.out)?;
+    let mut runs = Vec::new();
+    let mut sluice_sets = Vec::new();
+    for i in 0..b.repeat.max(1) {
+        for target in ["sluice", "floor"] {
+            let events = format!("bench-events-{target}-{i}");
+            let scores = format!("bench-scores-{target}-{i}");
+            broker.create_topic(&events, 4)?;
+            broker.create_topic(&scores, 4)?;
+            let spec = KafkaLoadSpec {
+                brokers: broker.addr.clone(),
+                events_topic: events.clone(),
+                scores_topic: scores.clone(),
+                rate: b.rate,
+                keys: b.keys,
+                duration: Duration::from_secs_f64(b.seconds + b.warmup),
+                warmup: Duration::from_secs_f64(b.warmup),
+                drain: Duration::from_secs(5),
+                fetch_wait_ms: 1,
+            };
+            let row = if target == "sluice" {
+                let state = b.out.join("kafka-state");
+                let _ = std::fs::remove_dir_all(&state);
+                let mut sets = vec![
+                    "ingest.udp.listen=127.0.0.1:0".to_owned(),
+                    format!("shards.count={}", b.shards),
+                    "log.level=warn".to_owned(),
+                    format!("ingest.kafka.brokers={}", broker.addr),
+                    format!("ingest.kafka.topics=[\"{events}\"]"),
+                    format!("egress.kafka.scores_topic={scores}"),
+                    format!("egress.kafka.delivery={}", b.delivery),
+                    format!("egress.kafka.transactional_id_prefix=bench-{i}"),
+                    format!("state.hot_capacity={}", (b.keys * 2).next_power_of_two()),
+                ];
+                if b.delivery == "exactly_once" {
+                    sets.push(format!("state.dir={}", state.display()));
+                }
+                sets.extend(b.sets.iter().cloned());
+                let config =
+                    Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let running = sluice::app::start(&config)?;
+                let load = kload::run(&spec);
+                let report = running.stop()?;
+                let load = load?;
+                let _ = std::fs::remove_dir_all(&state);
+                sluice_sets = sets;
+                let share = report.kafka_in_shard.as_ref().map(percentiles_us);
+                sluice::metrics::write_hgrm(
+                    &load.latency,
+                    &b.out.join(format!("kafka-sluice-{}-run{i}.hgrm", b.rate)),
+                    1000.0,
+                )?;
+                run_row("sluice", b, &load, share)
+            } else {
+                let stop = Arc::new(AtomicBool::new(false));
+                let relay = {
+                    let (brokers, stop) = (broker.addr.clone(), stop.clone());
+                    std::thread::spawn(move || relay(&brokers, &events, &scores, &stop))
+                };
+                let load = kload::run(&spec);
+                stop.store(true, Ordering::SeqCst);
+                relay
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("relay panicked"))??;
+                let load = load?;
+                sluice::metrics::write_hgrm(
+                    &load.latency,
+                    &b.out.join(format!("kafka-floor-{}-run{i}.hgrm", b.rate)),
+                    1000.0,
+                )?;
+                run_row("floor", b, &load, None)
+            };
+            let p =
+                |v: &[(f64, f64)], q: f64| v.iter().find(|(x, _)| *x == q).map_or(0.0, |(_, y)| *y);
+            println!(
+                "  {:<7} {:>7} ev/s  append->visible p50 {:>9.1} us  p99 {:>9.1} us  max {:>9.1} us  Scores {}/{} lost {} dup {} wrong {}{}",
+                row.target,
+                row.rate,
+                p(&row.append_to_visible_us, 50.0),
+                p(&row.append_to_visible_us, 99.0),
+                p(&row.append_to_visible_us, 100.0),
+                row.scores,
+                row.sent,
+                row.lost,
+                row.duplicates,
+                row.count_errors,
+                row.sluice_share_us.as_ref().map_or(String::new(), |s| format!(
+                    "  (sluice's share p50 {:.1} us p99 {:.1} us)",
+                    p(s, 50.0),
+                    p(s, 99.0)
+                ))
+            );
+            runs.push(row);
+        }
+    }
+    let results = KafkaResults {
+        machine: super::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        sluice_config: sluice_sets,
+        runs,
+    };
+    let path = b.out.join("kafka-results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("  results: {}", path.display());
+    Ok(())
+}
+
+/// The floor: consume each event record and produce its Score record (count kept per key),
+/// with the client settings sluice uses and nothing else.
+fn relay(brokers: &str, events: &str, scores: &str, stop: &AtomicBool) -> anyhow::Result<()> {
+    let defaults = Config::defaults().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cc = ClientConfig::new();
+    for (k, v) in &defaults.kafka.consumer {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-floor")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[events])?;
+    let mut pc = ClientConfig::new();
+    for (k, v) in &defaults.kafka.producer {
+        pc.set(k, v);
+    }
+    let producer: BaseProducer = pc.set("bootstrap.servers", brokers).create()?;
+    let decoder = Decoder::new(&defaults.wire);
+    let mut enc = ScoreBatchEncoder::new(defaults.wire.batch_events_max);
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(m) = consumer.poll(Duration::from_millis(10)) else {
+            continue;
+        };
+        let m = m?;
+        let Ok(evs) = decoder.decode(m.payload().unwrap_or(&[])) else {
+            continue;
+        };
+        out.clear();
+        for e in evs.iter() {
+            let c = counts.entry(e.key()).or_default();
+            *c += 1;
+            out.push(ScoreOut {
+                key: e.key(),
+                seq: e.seq(),
+                count: *c,
+                ..ScoreOut::default()
+            });
+        }
+        let value = enc.encode(out.iter().copied());
+        let key = m.key().unwrap_or(&[]);
+        while let Err((e, _)) = producer.send(BaseRecord::to(scores).key(key).payload(value)) {
+            anyhow::ensure!(
+                e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                "relay produce: {e}"
+            );
+            producer.poll(Duration::from_millis(1));
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(10))?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Kafka settings: topic names, pass-through properties sluice owns, and the rules that tie
+//! exactly-once delivery to checkpoints.
+
+use super::{Config, Delivery};
+use crate::limits;
+
+/// Properties sluice sets itself; setting them in `[kafka.*]` would break what it relies on.
+const OWNED_PROPERTIES: [(&str, &str); 8] = [
+    ("bootstrap.servers", "set ingest.kafka.brokers"),
+    ("group.id", "set ingest.kafka.group"),
+    (
+        "enable.auto.commit",
+        "offsets are committed after each checkpoint",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed after each checkpoint",
+    ),
+    ("isolation.level", "sluice reads read_committed"),
+    (
+        "transactional.id",
+        "set egress.kafka.transactional_id_prefix",
+    ),
+    (
+        "enable.idempotence",
+        "sluice's producer is always idempotent",
+    ),
+    (
+        "transaction.timeout.ms",
+        "set egress.kafka.transaction_timeout_ms",
+    ),
+];
+
+/// Kafka's rule for topic names: 1-249 characters of [a-zA-Z0-9._-].
+pub fn topic_name_ok(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
+    let k = &c.ingest.kafka;
+    let e = &c.egress.kafka;
+    let on = k.enabled();
+    if on {
+        if k.topics.is_empty() {
+            p.push("ingest.kafka.topics is empty: name at least one topic to consume".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &k.topics {
+            if !topic_name_ok(t) {
+                p.push(format!("ingest.kafka.topics: {t:?} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"));
+            }
+            if !seen.insert(t) {
+                p.push(format!("ingest.kafka.topics lists {t:?} twice"));
+            }
+        }
+        if k.group.trim().is_empty() {
+            p.push("ingest.kafka.group is empty: offsets are committed to a group".into());
+        }
+        for broker in k.brokers.split(',') {
+            let b = broker.trim();
+            let port_ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                p.push(format!(
+                    "ingest.kafka.brokers: {b:?} is not host:port (e.g. \"127.0.0.1:9092\")"
+                ));
+            }
+        }
+    }
+    if !(1..=limits::KAFKA_RECORDS_PER_CYCLE_MAX).contains(&k.records_per_cycle_max) {
+        p.push(format!(
+            "ingest.kafka.records_per_cycle_max = {}: must be between 1 and {}",
+            k.records_per_cycle_max,
+            limits::KAFKA_RECORDS_PER_CYCLE_MAX
+        ));
+    }
+    if !(1..=limits::KAFKA_IN_FLIGHT_MAX).contains(&k.in_flight_records_max) {
+        p.push(format!(
+            "ingest.kafka.in_flight_records_max = {}: must be between 1 and {}",
+            k.in_flight_records_max,
+            limits::KAFKA_IN_FLIGHT_MAX
+        ));
+    }
+    for (key, topic) in [
+        ("egress.kafka.scores_topic", &e.scores_topic),
+        ("egress.kafka.alerts_topic", &e.alerts_topic),
+    ] {
+        if topic.is_empty() {
+            continue;
+        }
+        if !topic_name_ok(topic) {
+            p.push(format!("{key} = {topic:?} is not a Kafka topic name"));
+        }
+        if !on {
+            p.push(format!(
+                "{key} is set but ingest.kafka.brokers is empty: Scores go to Kafka only for Kafka-borne events"
+            ));
+        }
+        if k.topics.contains(topic) {
+            p.push(format!(
+                "{key} = {topic:?} is also an input topic: sluice would score its own Scores"
+            ));
+        }
+    }
+    if e.delivery == Delivery::ExactlyOnce {
+        if !on {
+            p.push("egress.kafka.delivery = \"exactly_once\" needs ingest.kafka.brokers".into());
+        }
+        if c.state.dir.is_empty() {
+            p.push("egress.kafka.delivery = \"exactly_once\" needs state.dir: the transaction commits a checkpoint".into());
+        }
+        if c.checkpoint.interval_ms == 0 {
+            p.push("egress.kafka.delivery = \"exactly_once\" needs checkpoint.interval_ms > 0: Scores are committed with each checkpoint".into());
+        }
+        if c.checkpoint.keep < 2 {
+            p.push(format!("checkpoint.keep = {} with egress.kafka.delivery = \"exactly_once\": must be at least 2, so the checkpoint the last committed transaction names survives until the next one commits", c.checkpoint.keep));
+        }
+        if !topic_name_ok(&e.progress_topic) {
+            p.push(format!(
+                "egress.kafka.progress_topic = {:?} is not a Kafka topic name",
+                e.progress_topic
+            ));
+        }
+        if e.transactional_id_prefix.trim().is_empty() {
+            p.push("egress.kafka.transactional_id_prefix is empty".into());
+        }
+        let interval = c.checkpoint.interval_ms;
+        let floor = interval.saturating_mul(2).max(1_000);
+        if e.transaction_timeout_ms < floor
+            || e.transaction_timeout_ms > limits::KAFKA_TRANSACTION_TIMEOUT_MS_MAX
+        {
+            p.push(format!(
+                "egress.kafka.transaction_timeout_ms = {}: must be between {floor} (2 x checkpoint.interval_ms = {interval}, at least 1000) and {} (Kafka's default transaction.max.timeout.ms); a transaction stays open for one checkpoint interval",
+                e.transaction_timeout_ms,
+                limits::KAFKA_TRANSACTION_TIMEOUT_MS_MAX
+            ));
+        }
+    }
+    for (table, props) in [
+        ("kafka.consumer", &c.kafka.consumer),
+        ("kafka.producer", &c.kafka.producer),
+    ] {
+        for (key, why) in OWNED_PROPERTIES {
+            if props.contains_key(key) {
+                p.push(format!("{table}.\"{key}\" is set by sluice: {why}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(topic_name_ok("events.v1_a-b"));
+        for bad in ["", ".", "..", "a b", "a/b", &"x".repeat(250)] {
+            assert!(!topic_name_ok(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exactly_once_without_checkpoints_lists_every_missing_piece() {
+        let err = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "egress.kafka.delivery=exactly_once".into(),
+                "checkpoint.keep=1".into(),
+                "egress.kafka.transaction_timeout_ms=100".into(),
+                "egress.kafka.scores_topic=sluice-events".into(),
+                "kafka.producer.transactional.id=mine".into(),
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "needs state.dir",
+            "checkpoint.keep = 1",
+            "transaction_timeout_ms = 100",
+            "also an input topic",
+            "kafka.producer.\"transactional.id\" is set by sluice",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn passthrough_properties_take_any_key_and_flatten_dotted_sets() {
+        let file = "[kafka.consumer]\n\"socket.nagle.disable\" = true\n\"fetch.min.bytes\" = 1\n";
+        let c = Config::from_layers(Some(file), &["kafka.consumer.fetch.wait.max.ms=5".into()])
+            .unwrap();
+        assert_eq!(c.kafka.consumer["fetch.wait.max.ms"], "5");
+        assert_eq!(c.kafka.consumer["socket.nagle.disable"], "true");
+        assert_eq!(c.kafka.consumer["fetch.min.bytes"], "1");
+        // The defaults stay beside what the file adds.
+        assert_eq!(c.kafka.consumer["fetch.error.backoff.ms"], "10");
+        let err = Config::from_layers(None, &["kafka.producer.x=[1]".into()]).unwrap_err();
+        assert!(
+            err.problems[0].contains("kafka.producer.x must be a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_brokers_and_topics_are_named() {
+        let err = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=localhost".into(),
+                "ingest.kafka.topics=[\"ok\", \"no way\"]".into(),
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("\"localhost\" is not host:port"), "{all}");
+        assert!(
+            all.contains("\"no way\" is not a Kafka topic name"),
+            "{all}"
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! Kafka out: the Scores of each consumed record become one record of `scores_topic` (value =
+//! one ScoreBatch, key = the entity key as 8 bytes big-endian when the batch holds one key,
+//! else the input record's key; header `sluice-src` = topic/partition/offset), and alerts also
+//! go to `alerts_topic`. One producer per shard, handed the cycle's records at its end.
+//!
+//! `at_least_once`: an idempotent producer; a checkpoint waits until every Score handed over
+//! before it is acknowledged, so a restart from it re-sends only Scores after it.
+//! `exactly_once`: a transactional producer; each checkpoint commits the transaction holding
+//! the Scores since the previous one, the consumed offsets and a progress record naming the
+//! checkpoint (`progress.rs`), so a read_committed consumer sees each Score once.
+
+pub mod progress;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::PendingScore;
+use crate::clock;
+use crate::config::{Config, Delivery};
+use crate::ingest::kafka::{producer_config, KafkaError};
+use crate::metrics::{DropReason, ShardCounters, ShardLatency};
+use crate::wire::ScoreBatchEncoder;
+
+/// Counts Score records the producer gave up on. Delivery reports are served by `poll` and
+/// `flush`, both called on the shard thread, so the single-writer counters stay single-writer.
+pub struct DeliveryCounter(pub Arc<ShardCounters>);
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.kafka_delivery_failures.inc();
+            let n = self.0.kafka_delivery_failures.get();
+            if n.is_power_of_two() {
+                tracing::error!(failures = n, "Kafka Score record not delivered: {e}");
+            }
+        }
+    }
+}
+
+pub type ScoreProducer = BaseProducer<DeliveryCounter>;
+
+/// Create a shard's producer; with `transactional_id`, initialise its transactions (which
+/// fences any earlier producer with the same id and aborts its open transaction).
+pub fn start_producer(
+    config: &Config,
+    transactional_id: Option<&str>,
+    counters: Arc<ShardCounters>,
+) -> Result<ScoreProducer, KafkaError> {
+    let producer: ScoreProducer = producer_config(config, transactional_id)
+        .create_with_context(DeliveryCounter(counters))
+        .map_err(KafkaError::client("producer"))?;
+    if transactional_id.is_some() {
+        let timeout = Duration::from_millis(config.egress.kafka.transaction_timeout_ms);
+        producer
+            .init_transactions(timeout)
+            .map_err(KafkaError::client("init_transactions"))?;
+    }
+    Ok(producer)
+}
+
+/// The input record a group of Scores answers.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    /// Index into the shard's owned partitions (names the topic and partition).
+    owned: u32,
+    offset: i64,
+    /// The input record's key in `keys`, or None if longer than `KEY_BYTES_MAX`.
+    key: Option<(u32, u16)>,
+}
+
+/// Longest input-record key kept to key a multi-key Score record (longer: the first Score's
+/// entity key is used instead).
+const KEY_BYTES_MAX: usize = 256;
+
+pub struct KafkaSink {
+    producer: ScoreProducer,
+    transactional: bool,
+    scores_topic: String,
+    alerts_topic: String,
+    progress_topic: String,
+    transactional_id: String,
+    transaction_timeout: Duration,
+    /// "topic/partition/" per owned partition, for the sluice-src header.
+    src_prefix: Vec<String>,
+    sources: Vec<Source>,
+    keys: Vec<u8>,
+    pending: Vec<(u32, PendingScore)>,
+    encoder: ScoreBatchEncoder,
+    sources_max: usize,
+    scores_max: usize,
+}
+
+impl KafkaSink {
+    /// `owned_names[i]` = (topic, partition) of the shard's i-th owned partition.
+    pub fn new(
+        config: &Config,
+        shard: usize,
+        producer: ScoreProducer,
+        owned_names: &[(String, i32)],
+    ) -> Result<Self, KafkaError> {
+        let k = &config.egress.kafka;
+        let transactional = k.delivery == Delivery::ExactlyOnce;
+        if transactional {
+            producer
+                .begin_transaction()
+                .map_err(KafkaError::client("begin_transaction"))?;
+        }
+        let sources_max = config.ingest.kafka.records_per_cycle_max;
+        let scores_max = sources_max * config.wire.batch_events_max;
+        Ok(Self {
+            producer,
+            transactional,
+            scores_topic: k.scores_topic.clone(),
+            alerts_topic: k.alerts_topic.clone(),
+            progress_topic: k.progress_topic.clone(),
+            transactional_id: transactional_id(config, shard),
+            transaction_timeout: Duration::from_millis(k.transaction_timeout_ms),
+            src_prefix: owned_names
+                .iter()
+                .map(|(t, p)| format!("{t}/{p}/"))
+                .collect(),
+            sources: Vec::with_capacity(sources_max),
+            keys: Vec::with_capacity(sources_max * KEY_BYTES_MAX),
+            pending: Vec::with_capacity(scores_max),
+            encoder: ScoreBatchEncoder::new(config.wire.batch_events_max),
+            sources_max,
+            scores_max,
+        })
+    }
+
+    /// Register a consumed record whose events are about to be applied; its Scores go to
+    /// `ReplyTo::Kafka(returned index)`. At most `records_per_cycle_max` per cycle (the
+    /// source's poll bound), cleared by `flush`.
+    pub fn begin_source(&mut self, owned: usize, offset: i64, key: &[u8]) -> u32 {
+        debug_assert!(
+            self.sources.len() < self.sources_max,
+            "more records than a cycle takes"
+        );
+        let key = (key.len() <= KEY_BYTES_MAX).then(|| {
+            let at = self.keys.len() as u32;
+            self.keys.extend_from_slice(key);
+            (at, key.len() as u16)
+        });
+        self.sources.push(Source {
+            owned: owned as u32,
+            offset,
+            key,
+        });
+        (self.sources.len() - 1) as u32
+    }
+
+    pub fn push(&mut self, source: u32, s: PendingScore) {
+        debug_assert!((source as usize) < self.sources.len());
+        // Bounded by the cycle's records x events per record, which `pending` was sized for.
+        debug_assert!(
+            self.pending.len() < self.scores_max,
+            "Kafka Scores past their bound"
+        );
+        self.pending.push((source, s));
+    }
+
+    /// End of a cycle: one Score record per input record that produced Scores (and one alert
+    /// record where some were alerts), handed to the producer; then serve delivery reports.
+    /// `send` copies key and value (librdkafka's F_COPY), and the crate builds the topic
+    /// CString and the header list per record: allocations per record, not per event.
+    pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency) {
+        if !self.pending.is_empty() {
+            let emit_ns = clock::realtime_ns();
+            for (_, p) in &mut self.pending {
+                p.score.latency_ns = emit_ns.saturating_sub(p.pickup_ns);
+                latency.record_kafka(emit_ns.saturating_sub(p.recv_ns), p.score.latency_ns);
+            }
+            let mut start = 0;
+            while start < self.pending.len() {
+                let src = self.pending[start].0;
+                let end = start
+                    + self.pending[start..]
+                        .iter()
+                        .take_while(|(s, _)| *s == src)
+                        .count();
+                self.produce_group(src, start..end, counters);
+                start = end;
+            }
+        }
+        self.pending.clear();
+        self.sources.clear();
+        self.keys.clear();
+        self.producer.poll(Duration::ZERO);
+    }
+
+    fn produce_group(&mut self, src: u32, range: std::ops::Range<usize>, counters: &ShardCounters) {
+        let n = range.len() as u64;
+        counters.scores_emitted.add(n);
+        if self.scores_topic.is_empty() {
+            return;
+        }
+        let Some(source) = self.sources.get(src as usize).copied() else {
+            return;
+        };
+        let group = &self.pending[range];
+        let first_key = group[0].1.score.key;
+        let one_key = group.iter().all(|(_, p)| p.score.key == first_key);
+        let entity_key = first_key.to_be_bytes();
+        let key: &[u8] = match (one_key, source.key) {
+            (false, Some((at, len))) => &self.keys[at as usize..at as usize + len as usize],
+            _ => &entity_key,
+        };
+        let header = format!(
+            "{}{}",
+            self.src_prefix
+                .get(source.owned as usize)
+                .map_or("", String::as_str),
+            source.offset
+        );
+        for (topic, alerts_only) in [(&self.scores_topic, false), (&self.alerts_topic, true)] {
+            if topic.is_empty() || (alerts_only && !group.iter().any(|(_, p)| p.score.alert)) {
+                continue;
+            }
+            let value = self.encoder.encode(
+                group
+                    .iter()
+                    .filter(|(_, p)| !alerts_only || p.score.alert)
+                    .map(|(_, p)| p.score),
+            );
+            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: "sluice-src",
+                value: Some(header.as_str()),
+            });
+            let record = BaseRecord::to(topic)
+                .payload(value)
+                .key(key)
+                .headers(headers);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    if !alerts_only {
+                        counters.kafka_score_records.inc();
+                    }
+                }
+                Err((e, _)) => {
+                    if !alerts_only {
+                        counters.dropped_events(DropReason::ProduceError, n);
+                    }
+                    tracing::error!(topic = %topic, "Kafka producer refused a Score record: {e}");
+                }
+            }
+        }
+    }
+
+    /// Records handed over and not yet acknowledged (or, in a transaction, not yet sent).
+    pub fn in_flight(&self) -> usize {
+        self.producer.in_flight_count().max(0) as usize
+    }
+
+    /// at_least_once, before a checkpoint: wait up to `timeout` for every Score handed over
+    /// to be acknowledged. False: not all were (the checkpoint must wait).
+    pub fn settle(&self, timeout: Duration) -> bool {
+        self.producer.flush(timeout).is_ok()
+    }
+
+    pub fn transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// exactly_once, after checkpoint `seq` is durable: commit the open transaction with the
+    /// consumed `offsets` and a progress record naming `seq`, and open the next one. On an
+    /// error the transaction is aborted; the caller must replay from the last committed
+    /// checkpoint (the state has moved past what Kafka holds).
+    pub fn commit_epoch(
+        &mut self,
+        seq: u64,
+        offsets: &TopicPartitionList,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<(), KafkaError> {
+        debug_assert!(self.transactional);
+        debug_assert!(self.pending.is_empty(), "commits happen between cycles");
+        let result = self.try_commit(seq, offsets, group);
+        if result.is_err() {
+            if let Err(e) = self.producer.abort_transaction(self.transaction_timeout) {
+                tracing::error!("Kafka abort_transaction after a failed commit: {e}");
+            }
+        }
+        result
+    }
+
+    fn try_commit(
+        &mut self,
+        seq: u64,
+        offsets: &TopicPartitionList,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<(), KafkaError> {
+        let t = self.transaction_timeout;
+        if let (Some(g), true) = (group, offsets.count() > 0) {
+            self.producer
+                .send_offsets_to_transaction(offsets, g, t)
+                .map_err(KafkaError::client("send_offsets_to_transaction"))?;
+        }
+        let value = progress::encode(seq);
+        let record = BaseRecord::to(&self.progress_topic)
+            .payload(&value)
+            .key(self.transactional_id.as_bytes());
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| KafkaError::client("progress record")(e))?;
+        self.producer
+            .commit_transaction(t)
+            .map_err(KafkaError::client("commit_transaction"))?;
+        self.producer
+            .begin_transaction()
+            .map_err(KafkaError::client("begin_transaction"))
+    }
+}
+
+/// The shard's transactional.id: stable across restarts, so a restart fences its zombie.
+pub fn transactional_id(config: &Config, shard: usize) -> String {
+    format!("{}-{shard}", config.egress.kafka.transactional_id_prefix)
+}

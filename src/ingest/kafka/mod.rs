@@ -1,0 +1,228 @@
+//! Kafka in: each shard has its own librdkafka consumer, manually assigned the partitions the
+//! partition table gives it, so a partition's records are applied by one shard in offset
+//! order with no ring hop. The shard polls it between cycles without blocking; librdkafka's
+//! own threads fetch in the background. The next offset of every owned partition is the
+//! shard's to keep: it goes into each checkpoint, and a restore seeks there.
+
+mod client;
+pub mod partitions;
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+pub use client::{consumer_config, discover, producer_config, KafkaError};
+pub use partitions::{PartitionId, PartitionTable};
+
+use crate::config::{Config, KafkaStart};
+use crate::state::checkpoint::PartitionOffset;
+
+/// A partition this shard owns, and where it is.
+#[derive(Debug, Clone)]
+pub struct OwnedPartition {
+    pub id: PartitionId,
+    pub topic: String,
+    /// The next offset to apply; -1 until the first record (or a restored checkpoint) says.
+    pub next_offset: i64,
+}
+
+/// One polled record as the shard sees it: borrowed from the consumer for the callback.
+pub struct Polled<'a> {
+    /// Index into `KafkaSource::owned()`.
+    pub owned: usize,
+    pub value: &'a [u8],
+    pub key: &'a [u8],
+    pub offset: i64,
+    /// Record timestamp (ms since the epoch, as Kafka keeps it), in ns.
+    pub timestamp_ns: u64,
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    owned: Vec<OwnedPartition>,
+    /// Records taken since start, skipped ones included (a change stamp for checkpoints).
+    taken: u64,
+    errors_logged: u64,
+}
+
+impl KafkaSource {
+    /// A consumer assigned `owned`, each at its restored offset (`restored`, from the shard's
+    /// checkpoint) or else at the group's committed offset or else at `ingest.kafka.start`.
+    pub fn start(
+        config: &Config,
+        owned: &[PartitionId],
+        restored: &[PartitionOffset],
+    ) -> Result<Self, KafkaError> {
+        let consumer: BaseConsumer = consumer_config(config)
+            .create()
+            .map_err(KafkaError::client("consumer"))?;
+        let topics = &config.ingest.kafka.topics;
+        let mut parts = Vec::with_capacity(owned.len());
+        let mut tpl = TopicPartitionList::with_capacity(owned.len());
+        for id in owned {
+            let topic = topics.get(usize::from(id.topic)).cloned().ok_or_else(|| {
+                KafkaError::Other(format!("partition table names topic {}", id.topic))
+            })?;
+            tpl.add_partition(&topic, id.partition);
+            parts.push(OwnedPartition {
+                id: *id,
+                topic,
+                next_offset: -1,
+            });
+        }
+        // Where each partition starts: the checkpoint's offset is the truth; the group's
+        // committed one only serves a partition no checkpoint holds (e.g. no state.dir).
+        let committed = if restored.len() < parts.len() && !parts.is_empty() {
+            consumer
+                .committed_offsets(tpl.clone(), Duration::from_secs(10))
+                .map_err(KafkaError::client("reading the group's committed offsets"))?
+        } else {
+            TopicPartitionList::new()
+        };
+        let mut assign = TopicPartitionList::with_capacity(parts.len());
+        for p in &mut parts {
+            let from_checkpoint = restored
+                .iter()
+                .find(|r| r.topic == p.topic && r.partition == p.id.partition)
+                .map(|r| r.next);
+            let from_group =
+                committed
+                    .find_partition(&p.topic, p.id.partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(n) if n >= 0 => Some(n),
+                        _ => None,
+                    });
+            let (offset, why) = match (from_checkpoint, from_group) {
+                (Some(n), _) => (Offset::Offset(n), "checkpoint"),
+                (None, Some(n)) => (Offset::Offset(n), "group commit"),
+                (None, None) => match config.ingest.kafka.start {
+                    KafkaStart::Earliest => (Offset::Beginning, "ingest.kafka.start = earliest"),
+                    KafkaStart::Latest => (Offset::End, "ingest.kafka.start = latest"),
+                },
+            };
+            if let Offset::Offset(n) = offset {
+                p.next_offset = n;
+            }
+            tracing::info!(topic = %p.topic, partition = p.id.partition, ?offset, from = why, "Kafka partition assigned");
+            assign
+                .add_partition_offset(&p.topic, p.id.partition, offset)
+                .map_err(KafkaError::client("assignment"))?;
+        }
+        // Drop the committed list before the consumer could be dropped (a known librdkafka
+        // hang otherwise: see DEPENDENCIES.md).
+        drop(committed);
+        consumer
+            .assign(&assign)
+            .map_err(KafkaError::client("assign"))?;
+        Ok(Self {
+            consumer,
+            owned: parts,
+            taken: 0,
+            errors_logged: 0,
+        })
+    }
+
+    pub fn owned(&self) -> &[OwnedPartition] {
+        &self.owned
+    }
+
+    /// Records taken so far, skipped ones included.
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// Take up to `max` records without blocking, in each partition's offset order; `f` applies
+    /// one and the partition's next offset moves past it whatever `f` made of it (a record that
+    /// does not decode is skipped, never retried). Returns how many were taken.
+    ///
+    /// Each `poll` takes librdkafka's queue lock once: per record, not per event (a record
+    /// holds a batch); the crate exposes no batch consume.
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(&Polled<'_>)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let msg = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    // Broker trouble is reported here (librdkafka retries on its own); log the
+                    // 1st, 2nd, 4th, ... so an outage is visible but not a log storm.
+                    self.errors_logged += 1;
+                    if self.errors_logged.is_power_of_two() {
+                        tracing::warn!(count = self.errors_logged, "Kafka consumer: {e}");
+                    }
+                    break;
+                }
+            };
+            let part = msg.partition();
+            let Some(i) = self
+                .owned
+                .iter()
+                .position(|p| p.id.partition == part && p.topic == msg.topic())
+            else {
+                debug_assert!(false, "a record from a partition this shard does not own");
+                continue;
+            };
+            let offset = msg.offset();
+            debug_assert!(
+                self.owned[i].next_offset < 0 || offset >= self.owned[i].next_offset,
+                "offsets go forward"
+            );
+            let timestamp_ns = msg
+                .timestamp()
+                .to_millis()
+                .map_or(0, |ms| (ms.max(0) as u64).saturating_mul(1_000_000));
+            f(&Polled {
+                owned: i,
+                value: msg.payload().unwrap_or(&[]),
+                key: msg.key().unwrap_or(&[]),
+                offset,
+                timestamp_ns,
+            });
+            self.owned[i].next_offset = offset + 1;
+            self.taken += 1;
+            n += 1;
+        }
+        n
+    }
+
+    /// The next offset of every partition that has one (for the checkpoint).
+    pub fn offsets(&self) -> Vec<PartitionOffset> {
+        self.owned
+            .iter()
+            .filter(|p| p.next_offset >= 0)
+            .map(|p| PartitionOffset {
+                topic: p.topic.clone(),
+                partition: p.id.partition,
+                next: p.next_offset,
+            })
+            .collect()
+    }
+
+    /// The offsets as a list for a group commit or a transaction.
+    pub fn offsets_list(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::with_capacity(self.owned.len());
+        for p in self.owned.iter().filter(|p| p.next_offset >= 0) {
+            // Only fails for an invalid offset, and these are all >= 0.
+            let _ =
+                tpl.add_partition_offset(&p.topic, p.id.partition, Offset::Offset(p.next_offset));
+        }
+        tpl
+    }
+
+    /// After a checkpoint (at_least_once): tell the group where this shard is, for lag tools.
+    /// Asynchronous; a failure only delays what the tools see.
+    pub fn commit_to_group(&self) {
+        let tpl = self.offsets_list();
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!("Kafka group commit (for lag tools): {e}");
+            }
+        }
+    }
+
+    pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
+}

@@ -1,0 +1,196 @@
+//! A shard's Kafka side: its consumer (the partitions it owns) and its Score producer, and
+//! how a checkpoint and a Kafka commit go together (`at_least_once` / `exactly_once`).
+
+use std::time::Duration;
+
+use super::ShardCore;
+use crate::egress::kafka::KafkaSink;
+use crate::egress::{Egress, EgressSink};
+use crate::ingest::kafka::KafkaSource;
+use crate::metrics::{ShardCounters, ShardLatency};
+use crate::shard::core::KafkaRecord;
+use crate::state::checkpoint::{Checkpointer, Input};
+
+/// How long an at_least_once checkpoint waits for the Scores before it to be acknowledged
+/// before it is postponed (a broker that is slow or gone stretches the interval instead).
+const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub struct ShardKafka {
+    pub source: KafkaSource,
+    pub sink: KafkaSink,
+    /// Source tag of each owned partition (index as in `source.owned()`).
+    pub tags: Vec<u64>,
+    pub records_max: usize,
+    pub in_flight_max: usize,
+    /// A commit failed: the state is ahead of what Kafka holds, so no further checkpoint may
+    /// be committed; the process stops and restarts from the last committed one.
+    pub failed: bool,
+}
+
+impl ShardKafka {
+    /// Take up to `records_max` records and apply each (unless the producer has too many
+    /// Score records unacknowledged: then none, counted, and the broker's lag grows instead
+    /// of a queue here). Returns the records taken.
+    pub fn take(
+        &mut self,
+        core: &mut ShardCore,
+        fetched_ns: u64,
+        egress: &mut Egress,
+        counters: &ShardCounters,
+        latency: &mut ShardLatency,
+    ) -> usize {
+        if self.sink.in_flight() >= self.in_flight_max {
+            counters.kafka_backpressure_cycles.inc();
+            return 0;
+        }
+        let records_max = self.records_max;
+        let ShardKafka {
+            source, sink, tags, ..
+        } = self;
+        let mut sink = EgressSink {
+            egress,
+            kafka: Some(sink),
+            counters,
+            latency,
+        };
+        source.poll(records_max, |rec| {
+            let reply = match sink.kafka.as_deref_mut() {
+                Some(k) => k.begin_source(rec.owned, rec.offset, rec.key),
+                None => 0,
+            };
+            core.on_record(
+                &KafkaRecord {
+                    value: rec.value,
+                    source: tags.get(rec.owned).copied().unwrap_or(u64::MAX),
+                    timestamp_ns: if rec.timestamp_ns == 0 {
+                        fetched_ns
+                    } else {
+                        rec.timestamp_ns
+                    },
+                    fetched_ns,
+                    reply,
+                },
+                &mut sink,
+            );
+        })
+    }
+
+    fn input(&self, with_offsets: bool) -> Input {
+        Input {
+            position: self.source.taken(),
+            offsets: if with_offsets {
+                self.source.offsets()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Between cycles, after the flush: a checkpoint if due, and its Kafka side. Err: an
+    /// exactly_once commit failed (the caller stops the shard).
+    pub fn checkpoint(
+        &mut self,
+        cp: &mut Checkpointer,
+        now_ns: u64,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        if self.failed || !cp.due(now_ns, core.state(), &self.input(false)) {
+            return Ok(());
+        }
+        let input = self.input(true);
+        let max_event_ns = core.max_event_ns();
+        if !self.sink.transactional() {
+            // Every Score of what the snapshot holds must be acknowledged first, or a restart
+            // from it would never send the ones still in flight.
+            if !self.sink.settle(SETTLE_TIMEOUT) {
+                cp.postpone(now_ns);
+                return Ok(());
+            }
+            if cp
+                .tick_with(now_ns, core.state_mut(), max_event_ns, &input)
+                .is_some()
+            {
+                self.source.commit_to_group();
+            }
+            return Ok(());
+        }
+        let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) else {
+            return Ok(());
+        };
+        self.commit(cp, seq, counters)
+    }
+
+    /// exactly_once: once checkpoint `seq` is durable, commit the transaction that names it.
+    fn commit(
+        &mut self,
+        cp: &mut Checkpointer,
+        seq: u64,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        match cp.wait_written() {
+            Ok(written) => debug_assert_eq!(written, seq),
+            // The transaction stays open and the next checkpoint commits it (its Scores too).
+            Err(e) => {
+                tracing::error!(
+                    seq,
+                    "checkpoint not written, its transaction stays open: {e}"
+                );
+                return Ok(());
+            }
+        }
+        let offsets = self.source.offsets_list();
+        let group = self.source.group_metadata();
+        match self.sink.commit_epoch(seq, &offsets, group.as_ref()) {
+            Ok(()) => {
+                counters.kafka_transactions.inc();
+                Ok(())
+            }
+            Err(e) => {
+                counters.kafka_transactions_failed.inc();
+                self.failed = true;
+                Err(format!(
+                    "exactly_once: committing checkpoint {seq}'s transaction failed ({e}); it was aborted, and the state is ahead of what Kafka holds: stopping so a restart replays from the last committed checkpoint"
+                ))
+            }
+        }
+    }
+
+    /// At shutdown, after the drain: the last checkpoint and its commit.
+    pub fn final_checkpoint(
+        &mut self,
+        cp: &mut Checkpointer,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) {
+        if self.failed {
+            return;
+        }
+        let input = self.input(true);
+        let max_event_ns = core.max_event_ns();
+        if !self.sink.transactional() {
+            if !self.sink.settle(Duration::from_secs(10)) {
+                tracing::error!("Scores still unacknowledged at shutdown: no last checkpoint (a restart replays from the previous one)");
+                return;
+            }
+            if cp
+                .finish_with(core.state_mut(), max_event_ns, &input)
+                .is_some()
+            {
+                self.source.commit_to_group();
+            }
+            return;
+        }
+        if let Some(seq) = cp.finish_with(core.state_mut(), max_event_ns, &input) {
+            let offsets = self.source.offsets_list();
+            let group = self.source.group_metadata();
+            match self.sink.commit_epoch(seq, &offsets, group.as_ref()) {
+                Ok(()) => counters.kafka_transactions.inc(),
+                Err(e) => {
+                    counters.kafka_transactions_failed.inc();
+                    tracing::error!("exactly_once: the last transaction did not commit ({e}); a restart replays from the previous checkpoint");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! A real Kafka-compatible broker per test (`sluice::loadgen::broker`: noida-db, installed
+//! by scripts/install-deps, on a free loopback port with a fresh data dir, stopped by PID),
+//! and the rdkafka clients the tests produce events and read Scores with.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use sluice::loadgen::broker::LocalBroker;
+use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
+
+/// The library's local broker, with the test's conveniences (panics instead of errors).
+pub struct Broker(pub LocalBroker);
+
+impl std::ops::Deref for Broker {
+    type Target = LocalBroker;
+    fn deref(&self) -> &LocalBroker {
+        &self.0
+    }
+}
+
+impl Broker {
+    pub fn start(name: &str) -> Self {
+        Broker(LocalBroker::start(name).expect("starting the local broker"))
+    }
+
+    pub fn restart(&mut self) {
+        self.0.restart().unwrap();
+    }
+
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.0.create_topic(topic, partitions).unwrap();
+    }
+
+    pub fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("linger.ms", "0")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap()
+    }
+
+    /// The sluice settings that point it at this broker.
+    pub fn sets(&self) -> Vec<String> {
+        vec![
+            format!("ingest.kafka.brokers={}", self.addr),
+            // The broker needs session.timeout.ms >= 6000 (DEPENDENCIES.md).
+            "kafka.consumer.session.timeout.ms=6000".into(),
+            "kafka.consumer.heartbeat.interval.ms=500".into(),
+        ]
+    }
+}
+
+/// One event the tests produce: entity key, per-key seq, Observation or Feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ev {
+    pub key: u64,
+    pub seq: u64,
+    pub feedback: bool,
+}
+
+/// Produce one EventBatch record keyed by the entity key (Kafka's default partitioner puts
+/// every event of a key on one partition, as sluice requires).
+pub fn produce_batch(p: &BaseProducer, enc: &mut EventBatchEncoder, topic: &str, events: &[Ev]) {
+    let key = events[0].key;
+    let bytes = enc
+        .encode(events.iter().map(|e| EventIn {
+            key: e.key,
+            seq: e.seq,
+            ts_ns: 0,
+            feedback: e.feedback,
+            amount: 10.0 + (e.key % 13) as f32,
+            label: if e.feedback { 1.0 } else { -1.0 },
+            features: &[],
+        }))
+        .to_vec();
+    send(p, topic, &key.to_be_bytes(), &bytes);
+}
+
+pub fn send(p: &BaseProducer, topic: &str, key: &[u8], value: &[u8]) {
+    loop {
+        match p.send(BaseRecord::to(topic).key(key).payload(value)) {
+            Ok(()) => break,
+            Err((e, _)) => {
+                // Queue full: let deliveries drain.
+                assert!(
+                    matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ),
+                    "{e}"
+                );
+                p.poll(Duration::from_millis(10));
+            }
+        }
+    }
+    p.poll(Duration::ZERO);
+}
+
+/// A Score as read from the scores topic, with where it came from.
+#[derive(Debug, Clone)]
+pub struct ScoreRecord {
+    pub src: String,
+    pub index: usize,
+    pub score: ScoreOut,
+}
+
+/// Read every committed Score record of `topic` (all partitions, from the start) until
+/// `done(scores so far)` or `timeout`; returns the last read.
+///
+/// Each attempt is a fresh read_committed consumer reading to the end of every partition.
+/// A long-lived reader is not used: on noida-db 0.2.3 a read_committed consumer positioned
+/// behind a fenced zombie's open transaction never sees the new producer's committed records
+/// (measured: 1 of 51), while a fresh consumer sees them all.
+pub fn read_scores_until(
+    addr: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[ScoreRecord]) -> bool,
+) -> Vec<ScoreRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = read_committed_to_end(addr, topic);
+        if done(&out) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Everything committed in `topic` now, read by a fresh consumer up to each partition's end.
+pub fn read_committed_to_end(addr: &str, topic: &str) -> Vec<ScoreRecord> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "sluice-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let parts = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let guard = Instant::now() + Duration::from_secs(30);
+    while at_end.len() < parts && Instant::now() < guard {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                at_end.insert(p);
+                continue;
+            }
+            Err(e) => panic!("reading {topic}: {e}"),
+        };
+        let src = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "sluice-src"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("every Score record carries sluice-src");
+        let mut scores = Vec::new();
+        read_scores(m.payload().unwrap(), &mut scores).unwrap();
+        for (index, score) in scores.into_iter().enumerate() {
+            out.push(ScoreRecord {
+                src: src.clone(),
+                index,
+                score,
+            });
+        }
+    }
+    assert_eq!(
+        at_end.len(),
+        parts,
+        "{topic}: not every partition read to its end in 30 s"
+    );
+    out
+}

@@ -1,0 +1,503 @@
+//! Kafka in and out through the real binary and a real Kafka-compatible broker (noida-db,
+//! started per test): every Observation gets exactly one Score, Feedback none, bad records are
+//! skipped and counted while their partition goes on; kill -9 under load, repeatedly, in
+//! exactly_once (a read_committed reader sees every Score once, every count exact) and in
+//! at_least_once (exact after dedup by source); restart from the checkpoint, not from the
+//! group's offset; a broker that goes away and comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::Producer;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice::wire::EventBatchEncoder;
+
+mod common;
+use common::kafka::{read_scores_until, Broker, Ev, ScoreRecord};
+
+const EVENTS: &str = "events";
+const SCORES: &str = "scores";
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-kafka-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sluice_sets(broker: &Broker, extra: &[String]) -> Vec<String> {
+    let mut s = broker.sets();
+    s.extend([
+        format!("ingest.kafka.topics=[\"{EVENTS}\"]"),
+        format!("egress.kafka.scores_topic={SCORES}"),
+        "shards.count=2".into(),
+        "model.kind=linear".into(),
+        "ingest.udp.uring_buffers=64".into(),
+        "route.ring_capacity=1024".into(),
+        "log.level=warn".into(),
+    ]);
+    s.extend(extra.iter().cloned());
+    s
+}
+
+fn durable(dir: &Path, delivery: &str) -> Vec<String> {
+    vec![
+        format!("state.dir={}", dir.display()),
+        "checkpoint.interval_ms=50".into(),
+        format!("egress.kafka.delivery={delivery}"),
+        "egress.kafka.transaction_timeout_ms=10000".into(),
+    ]
+}
+
+fn start(sets: &[String]) -> Child {
+    let (child, _stdout, _addr) = common::spawn_run(sets);
+    child
+}
+
+/// SIGTERM and the shutdown report.
+fn stop(mut child: Child, stdout: Option<std::io::BufReader<std::process::ChildStdout>>) -> String {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut out = String::new();
+    if let Some(mut s) = stdout {
+        s.read_to_string(&mut out).unwrap();
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sluice exited {status}: {out}");
+    out
+}
+
+/// Sum of a counter's lines in a shutdown report (all its labels).
+fn counter(report: &str, name: &str) -> u64 {
+    report
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// For each Observation (key, seq): the count its Score must carry (its place among its key's
+/// Observations, 1-based).
+fn expected(events: &[Ev]) -> BTreeMap<(u64, u64), u64> {
+    let mut n: HashMap<u64, u64> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for e in events.iter().filter(|e| !e.feedback) {
+        let c = n.entry(e.key).or_default();
+        *c += 1;
+        out.insert((e.key, e.seq), *c);
+    }
+    out
+}
+
+/// Every expected Observation has exactly one Score with its exact count, and nothing else.
+fn check_exactly_once(scores: &[ScoreRecord], want: &BTreeMap<(u64, u64), u64>) {
+    let mut seen: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    for s in scores {
+        let k = (s.score.key, s.score.seq);
+        assert!(
+            seen.insert(k, s.score.count).is_none(),
+            "Observation {k:?} scored twice (second from {} #{})",
+            s.src,
+            s.index
+        );
+    }
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !seen.contains_key(k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} Observations have no Score, e.g. {missing:?}",
+        want.len() - want.keys().filter(|k| seen.contains_key(k)).count(),
+        want.len()
+    );
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, c)| seen.get(k) != Some(c))
+        .take(5)
+        .map(|(k, c)| (k, c, seen.get(k)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "wrong counts (key/seq, want, got): {wrong:?}"
+    );
+    assert_eq!(seen.len(), want.len(), "Scores for events never produced");
+}
+
+/// The events of a steady workload: `keys` keys, each record one key's 1-3 events, every
+/// fifth event a Feedback; each key on partition key % 4.
+fn workload(keys: u64, records: usize) -> Vec<Vec<Ev>> {
+    let mut seq: HashMap<u64, u64> = HashMap::new();
+    (0..records)
+        .map(|i| {
+            let key = (i as u64 * 7919) % keys;
+            let n = 1 + i % 3;
+            (0..n)
+                .map(|j| {
+                    let s = seq.entry(key).or_default();
+                    *s += 1;
+                    Ev {
+                        key,
+                        seq: *s,
+                        feedback: (i + j) % 5 == 4,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Produce records (each to partition key % 4) from a thread at about `per_s` records/s;
+/// `done` is set when all are acknowledged.
+fn produce_in_background(
+    broker: &Broker,
+    records: Vec<Vec<Ev>>,
+    per_s: usize,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let p = broker.producer();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let h = std::thread::spawn(move || {
+        let mut enc = EventBatchEncoder::new();
+        let pause = Duration::from_secs_f64(100.0 / per_s as f64);
+        for (i, r) in records.iter().enumerate() {
+            produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+            if i % 100 == 99 {
+                std::thread::sleep(pause);
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        flag.store(true, Ordering::SeqCst);
+    });
+    (h, done)
+}
+
+fn produce_to(
+    p: &rdkafka::producer::BaseProducer,
+    enc: &mut EventBatchEncoder,
+    events: &[Ev],
+    partition: i32,
+) {
+    let bytes = enc
+        .encode(events.iter().map(|e| sluice::wire::EventIn {
+            key: e.key,
+            seq: e.seq,
+            ts_ns: 0,
+            feedback: e.feedback,
+            amount: 10.0 + (e.key % 13) as f32,
+            label: if e.feedback { 1.0 } else { -1.0 },
+            features: &[],
+        }))
+        .to_vec();
+    let key = events[0].key.to_be_bytes();
+    loop {
+        let rec = rdkafka::producer::BaseRecord::to(EVENTS)
+            .key(&key[..])
+            .payload(&bytes[..])
+            .partition(partition);
+        match p.send(rec) {
+            Ok(()) => break,
+            Err(_) => p.poll(Duration::from_millis(10)),
+        }
+    }
+    p.poll(Duration::ZERO);
+}
+
+#[test]
+fn every_observation_scored_once_feedback_none_bad_records_skipped() {
+    let broker = Broker::start("once");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 2);
+    let records = workload(50, 400);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let half = records.len() / 2;
+    for r in &records[..half] {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    // Records that are not EventBatches, between good ones on every partition.
+    let bad: [&[u8]; 3] = [b"", b"this is not a flatbuffer, it is text", &[0xff; 64]];
+    for (i, b) in bad.iter().enumerate() {
+        let key = [i as u8];
+        for part in 0..4 {
+            let rec = rdkafka::producer::BaseRecord::to(EVENTS)
+                .key(&key[..])
+                .payload(*b)
+                .partition(part);
+            p.send(rec).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    for r in &records[half..] {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let (child, stdout, _) = common::spawn_run(&sluice_sets(&broker, &[]));
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let mut want = expected(&events);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    check_exactly_once(&scores, &want);
+    // Key 7 lives with partition 3. One of its events now arrives on partition 1 (owned by the
+    // same shard): refused and counted, not merged. A marker record after it on partition 1
+    // shows when it has been taken.
+    produce_to(
+        &p,
+        &mut enc,
+        &[Ev {
+            key: 7,
+            seq: 10_000,
+            feedback: false,
+        }],
+        1,
+    );
+    let marker = Ev {
+        key: 1_001,
+        seq: 1,
+        feedback: false,
+    };
+    produce_to(&p, &mut enc, &[marker], 1);
+    p.flush(Duration::from_secs(10)).unwrap();
+    want.insert((marker.key, marker.seq), 1);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_exactly_once(&scores, &want);
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_skipped_total"),
+        12,
+        "{report}"
+    );
+    assert_eq!(
+        counter(
+            &report,
+            "sluice_events_dropped_total{reason=\"key_on_two_partitions\"}"
+        ),
+        1,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        402,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_scores_emitted_total"),
+        want.len() as u64
+    );
+}
+
+/// Kill -9 at three moments under load, restart each time, then let the last run finish.
+fn kill_restart_under_load(broker: &Broker, sets: &[String], records: Vec<Vec<Ev>>) {
+    let (producer, done) = produce_in_background(broker, records, 2_000);
+    for round in 0..3 {
+        let child = start(sets);
+        // Let it take records and commit a few checkpoints, then crash it mid-stream.
+        std::thread::sleep(Duration::from_millis(600 + 250 * round));
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+}
+
+#[test]
+fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
+    let broker = Broker::start("eos");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 4);
+    let dir = scratch("eos");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.push("egress.kafka.transactional_id_prefix=eos-test".into());
+    let records = workload(200, 6_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    kill_restart_under_load(&broker, &sets, records);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_exactly_once(&scores, &want);
+    // What the last run committed at shutdown must not add a Score twice: read once more.
+    check_exactly_once(
+        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
+        &want,
+    );
+    assert!(
+        counter(&report, "sluice_kafka_transactions_committed_total") > 0,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
+    let broker = Broker::start("alo");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 4);
+    let dir = scratch("alo");
+    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    let records = workload(200, 6_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    kill_restart_under_load(&broker, &sets, records);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let dedup = |s: &[ScoreRecord]| {
+        let mut by_src: BTreeMap<(String, usize), ScoreRecord> = BTreeMap::new();
+        for r in s {
+            if let Some(old) = by_src.insert((r.src.clone(), r.index), r.clone()) {
+                // A repeat after a crash is the same Score: same event, same count.
+                assert_eq!(
+                    (old.score.key, old.score.seq, old.score.count),
+                    (r.score.key, r.score.seq, r.score.count),
+                    "a repeated Score differs from the first"
+                );
+            }
+        }
+        by_src.into_values().collect::<Vec<_>>()
+    };
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        dedup(s).len() >= want.len()
+    });
+    stop(child, Some(stdout));
+    check_exactly_once(&dedup(&scores), &want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
+    let broker = Broker::start("resume");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 4);
+    let dir = scratch("resume");
+    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    let records = workload(20, 200);
+    let (first, second) = records.split_at(100);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    for r in first {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
+    let want_first = expected(&first_events);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want_first.len()
+    });
+    stop(child, Some(stdout));
+    // Move the group's committed offsets back to the start: a restart that trusted them
+    // would score everything again.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "sluice")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..4 {
+        tpl.add_partition_offset(EVENTS, part, Offset::Offset(0))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(c);
+    for r in second {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let all: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&all);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    // Each first-half Observation once (from the first run), the second half once, counts
+    // continuing from the restored state.
+    check_exactly_once(&scores, &want);
+    let second_obs = want.len() - want_first.len();
+    assert_eq!(
+        counter(&report, "sluice_scores_emitted_total"),
+        second_obs as u64,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
+    let mut broker = Broker::start("outage");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 4);
+    let dir = scratch("outage");
+    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    let records = workload(50, 400);
+    let (first, second) = records.split_at(200);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    for r in first {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    drop(p);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
+    let n_first = expected(&first_events).len();
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= n_first
+    });
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    let p = broker.producer();
+    for r in second {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let all: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&all);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    stop(child, Some(stdout));
+    check_exactly_once(&scores, &want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_input_topic_is_a_clear_start_up_error() {
+    let broker = Broker::start("missing");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--set",
+            "ingest.udp.listen=127.0.0.1:0",
+            "--set",
+            "state.hot_capacity=1024",
+        ])
+        .args(
+            sluice_sets(&broker, &[])
+                .iter()
+                .flat_map(|s| ["--set".to_owned(), s.clone()]),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Kafka topic \"events\" does not exist"),
+        "{err}"
+    );
+}
