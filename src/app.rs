@@ -447,7 +447,13 @@ fn build_shard(
     let (state, max_event_ns, checkpoints, offsets) =
         shard_state(id, shards, config, target, layout_extra)?;
     let kafka = match kafka {
-        Some(seed) => Some(shard_kafka(id, config, seed, &offsets).map_err(|e| e.to_string())?),
+        Some(seed) => {
+            let mut k = shard_kafka(id, config, seed, &offsets).map_err(|e| e.to_string())?;
+            let wakers = wakers.clone();
+            k.source
+                .wake_on_records(move || wakers[id].wake_if_parked());
+            Some(k)
+        }
         None => None,
     };
     let core = ShardCore::new(

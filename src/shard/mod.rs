@@ -194,7 +194,8 @@ impl Shard {
     fn park(&mut self) -> Result<(), IngestError> {
         let me = &self.wakers[self.core.id];
         me.park();
-        if self.core.inbound_is_empty() {
+        let kafka_arrived = self.kafka.as_ref().is_some_and(|k| k.source.has_arrived());
+        if self.core.inbound_is_empty() && !kafka_arrived {
             self.rx.park(self.park_timeout, me.raw_fd())?;
             me.clear();
         }

@@ -7,6 +7,8 @@
 mod client;
 pub mod partitions;
 
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -45,6 +47,9 @@ pub struct KafkaSource {
     /// Records taken since start, skipped ones included (a change stamp for checkpoints).
     taken: u64,
     errors_logged: u64,
+    /// Set by librdkafka's thread when the consumer queue goes from empty to non-empty;
+    /// cleared by the shard before each poll (see `wake_on_records`).
+    arrived: Arc<AtomicBool>,
 }
 
 impl KafkaSource {
@@ -121,7 +126,27 @@ impl KafkaSource {
             owned: parts,
             taken: 0,
             errors_logged: 0,
+            arrived: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Call `wake` (from librdkafka's thread) whenever records arrive in an empty consumer
+    /// queue, so a parked shard takes them at once instead of at its next park timeout.
+    pub fn wake_on_records(&mut self, wake: impl Fn() + Send + Sync + 'static) {
+        let arrived = self.arrived.clone();
+        self.consumer.set_nonempty_callback(move || {
+            arrived.store(true, Ordering::SeqCst);
+            // Pairs with the fence in `Waker::park`: either the shard sees `arrived` when it
+            // re-checks before sleeping, or `wake` sees it parked.
+            fence(Ordering::SeqCst);
+            wake();
+        });
+    }
+
+    /// For the park protocol, after the shard announced it will sleep: did records arrive
+    /// since its last poll?
+    pub fn has_arrived(&self) -> bool {
+        self.arrived.load(Ordering::SeqCst)
     }
 
     pub fn owned(&self) -> &[OwnedPartition] {
@@ -140,6 +165,9 @@ impl KafkaSource {
     /// Each `poll` takes librdkafka's queue lock once: per record, not per event (a record
     /// holds a batch); the crate exposes no batch consume.
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(&Polled<'_>)) -> usize {
+        // Cleared before polling: a record that arrives after this sets it again. (The
+        // queue's own lock orders this store before librdkafka's next enqueue.)
+        self.arrived.store(false, Ordering::Relaxed);
         let mut n = 0;
         while n < max {
             let msg = match self.consumer.poll(Duration::ZERO) {
