@@ -15,7 +15,7 @@ use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink
 use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
 use crate::ingest::kafka::{
-    self as kafka_in, KafkaError, KafkaSource, PartitionId, PartitionTable,
+    self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionId, PartitionTable,
 };
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
 use crate::ingest::IngestError;
@@ -63,6 +63,8 @@ pub struct Running {
     threads: Vec<JoinHandle<(Option<ShardLatency>, Option<IngestError>)>>,
     requests: mpsc::Sender<Request>,
     helpers: Vec<JoinHandle<()>>,
+    /// Every consumed Kafka partition's position and watermark (empty without Kafka).
+    kafka_partitions: Vec<Arc<PartitionGauge>>,
 }
 
 impl Running {
@@ -120,7 +122,18 @@ impl Running {
             let _ = h.join();
         }
         let refs: Vec<&ShardCounters> = self.counters.iter().map(|c| c.as_ref()).collect();
-        let report = Report::merge(self.driver.name(), &refs, latency);
+        let mut report = Report::merge(self.driver.name(), &refs, latency);
+        report.kafka_partitions = self
+            .kafka_partitions
+            .iter()
+            .map(|g| crate::metrics::report::PartitionLine {
+                topic: g.topic.clone(),
+                partition: g.partition,
+                records: g.records.get(),
+                next_offset: g.next_offset.load(std::sync::atomic::Ordering::Relaxed),
+                lag: g.lag(),
+            })
+            .collect();
         match failure {
             Some(e) => Err(e),
             None => Ok(report),
@@ -219,6 +232,11 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
 
     let kafka = kafka_seeds(config, shards, &counters)?;
+    let kafka_partitions: Vec<Arc<PartitionGauge>> = kafka
+        .iter()
+        .flatten()
+        .flat_map(|k| k.gauges.iter().cloned())
+        .collect();
     let seeds: Vec<ShardSeed> = sockets
         .into_iter()
         .zip(mesh)
@@ -304,6 +322,7 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
         threads,
         requests,
         helpers,
+        kafka_partitions,
     };
     let mut failures = Vec::new();
     for _ in 0..shards {
@@ -344,6 +363,8 @@ struct ShardSeed {
 /// last committed transaction names.
 struct KafkaSeed {
     owned: Vec<PartitionId>,
+    /// One per owned partition, shared with `Running` for the report (and the exporter).
+    gauges: Vec<Arc<PartitionGauge>>,
     producer: ScoreProducer,
     target: RestoreTarget,
     /// Appended to the state layout: the partitions a checkpoint's state belongs to.
@@ -393,8 +414,17 @@ fn kafka_seeds(
                 (true, Some(&seq)) => RestoreTarget::Exactly(seq),
                 (true, None) => RestoreTarget::Nothing,
             };
+            let owned = table.owned_by(i);
+            let gauges = owned
+                .iter()
+                .map(|p| {
+                    let topic = &config.ingest.kafka.topics[usize::from(p.topic)];
+                    Arc::new(PartitionGauge::new(topic, p.partition))
+                })
+                .collect();
             Some(KafkaSeed {
-                owned: table.owned_by(i),
+                owned,
+                gauges,
                 producer,
                 target,
                 layout: layout.clone(),
@@ -501,7 +531,7 @@ fn shard_kafka(
     seed: KafkaSeed,
     restored: &[PartitionOffset],
 ) -> Result<ShardKafka, KafkaError> {
-    let source = KafkaSource::start(config, &seed.owned, restored)?;
+    let source = KafkaSource::start(config, &seed.owned, restored, seed.gauges)?;
     let names: Vec<(String, i32)> = source
         .owned()
         .iter()

@@ -292,6 +292,25 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
         402,
         "{report}"
     );
+    // One lag line per partition; their record counts add up to every record taken, the
+    // skipped ones included.
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("sluice_kafka_partition_lag{"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{report}");
+    let taken: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("(records ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(taken, 402 + 12, "{report}");
     assert_eq!(
         counter(&report, "sluice_scores_emitted_total"),
         want.len() as u64

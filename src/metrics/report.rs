@@ -12,6 +12,17 @@ use crate::wire::DecodeError;
 
 pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
 
+/// One consumed Kafka partition at shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionLine {
+    pub topic: String,
+    pub partition: i32,
+    pub records: u64,
+    pub next_offset: i64,
+    /// High watermark (as last fetched) minus the next offset; None if not known.
+    pub lag: Option<i64>,
+}
+
 /// Totals over all shards.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -56,6 +67,7 @@ pub struct Report {
     pub kafka_backpressure_cycles: u64,
     pub kafka_record_to_produce: Option<Histogram<u64>>,
     pub kafka_in_shard: Option<Histogram<u64>>,
+    pub kafka_partitions: Vec<PartitionLine>,
     /// Per shard: (events received by its socket, observations applied as owner).
     pub per_shard: Vec<(u64, u64)>,
 }
@@ -263,6 +275,17 @@ impl Report {
             ] {
                 let _ = writeln!(s, "  {name:<40} {v}");
             }
+        }
+        for p in &self.kafka_partitions {
+            let labels = format!("{{topic=\"{}\",partition=\"{}\"}}", p.topic, p.partition);
+            let lag = p.lag.map_or("unknown".to_owned(), |l| l.to_string());
+            let _ = writeln!(
+                s,
+                "  {}{labels} {lag}  (records {}, next offset {})",
+                names::KAFKA_PARTITION_LAG,
+                p.records,
+                p.next_offset
+            );
         }
         if self.checkpoints_written > 0 {
             let _ = writeln!(

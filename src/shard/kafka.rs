@@ -39,6 +39,7 @@ impl ShardKafka {
         counters: &ShardCounters,
         latency: &mut ShardLatency,
     ) -> usize {
+        self.source.refresh_watermarks(fetched_ns);
         if self.sink.in_flight() >= self.in_flight_max {
             counters.kafka_backpressure_cycles.inc();
             return 0;

@@ -6,6 +6,7 @@
 
 mod client;
 pub mod partitions;
+pub mod watermarks;
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub use client::{consumer_config, discover, producer_config, KafkaError};
 pub use partitions::{PartitionId, PartitionTable};
+pub use watermarks::PartitionGauge;
 
 use crate::config::{Config, KafkaStart};
 use crate::state::checkpoint::PartitionOffset;
@@ -47,6 +49,10 @@ pub struct KafkaSource {
     /// Records taken since start, skipped ones included (a change stamp for checkpoints).
     taken: u64,
     errors_logged: u64,
+    /// Per owned partition (same order): position, watermark, records, for lag.
+    gauges: Vec<Arc<PartitionGauge>>,
+    topics_c: Vec<std::ffi::CString>,
+    next_watermarks_ns: u64,
     /// Set by librdkafka's thread when the consumer queue goes from empty to non-empty;
     /// cleared by the shard before each poll (see `wake_on_records`).
     arrived: Arc<AtomicBool>,
@@ -59,7 +65,9 @@ impl KafkaSource {
         config: &Config,
         owned: &[PartitionId],
         restored: &[PartitionOffset],
+        gauges: Vec<Arc<PartitionGauge>>,
     ) -> Result<Self, KafkaError> {
+        debug_assert_eq!(owned.len(), gauges.len());
         let consumer: BaseConsumer = consumer_config(config)
             .create()
             .map_err(KafkaError::client("consumer"))?;
@@ -121,8 +129,19 @@ impl KafkaSource {
         consumer
             .assign(&assign)
             .map_err(KafkaError::client("assign"))?;
+        for (g, p) in gauges.iter().zip(&parts) {
+            g.next_offset.store(p.next_offset, Ordering::Relaxed);
+        }
+        let topics_c = parts
+            .iter()
+            .map(|p| std::ffi::CString::new(p.topic.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
         Ok(Self {
             consumer,
+            gauges,
+            topics_c,
+            next_watermarks_ns: 0,
             owned: parts,
             taken: 0,
             errors_logged: 0,
@@ -209,10 +228,30 @@ impl KafkaSource {
                 timestamp_ns,
             });
             self.owned[i].next_offset = offset + 1;
+            if let Some(g) = self.gauges.get(i) {
+                g.next_offset.store(offset + 1, Ordering::Relaxed);
+                g.records.inc();
+            }
             self.taken += 1;
             n += 1;
         }
         n
+    }
+
+    /// Once a second (between cycles): copy librdkafka's cached high watermarks into the
+    /// gauges, for lag.
+    pub fn refresh_watermarks(&mut self, now_ns: u64) {
+        if now_ns < self.next_watermarks_ns {
+            return;
+        }
+        self.next_watermarks_ns = now_ns.saturating_add(1_000_000_000);
+        for ((g, topic), p) in self.gauges.iter().zip(&self.topics_c).zip(&self.owned) {
+            if let Some(high) =
+                watermarks::cached_high_watermark(&self.consumer, topic, p.id.partition)
+            {
+                g.high_watermark.store(high, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The next offset of every partition that has one (for the checkpoint).
