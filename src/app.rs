@@ -546,6 +546,7 @@ fn shard_kafka(
         records_max: config.ingest.kafka.records_per_cycle_max,
         in_flight_max: config.ingest.kafka.in_flight_records_max,
         failed: false,
+        next_group_commit_ns: 0,
     })
 }
 

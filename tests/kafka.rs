@@ -520,3 +520,45 @@ fn a_missing_input_topic_is_a_clear_start_up_error() {
         "{err}"
     );
 }
+
+#[test]
+fn without_state_dir_a_restart_resumes_at_the_group_offset() {
+    let broker = Broker::start("stateless");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 4);
+    let sets = sluice_sets(&broker, &[]);
+    let records = workload(20, 200);
+    let (first, second) = records.split_at(100);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    for r in first {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
+    let n_first = expected(&first_events).len();
+    let (child, stdout, _) = common::spawn_run(&sets);
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= n_first
+    });
+    stop(child, Some(stdout));
+    for r in second {
+        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let all: Vec<Ev> = records.iter().flatten().copied().collect();
+    let n_all = expected(&all).len();
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= n_all
+    });
+    let report = stop(child, Some(stdout));
+    // The second run scored only what came after the first run's committed position (its
+    // state started empty: nothing was durable).
+    assert_eq!(scores.len(), n_all);
+    assert_eq!(
+        counter(&report, "sluice_scores_emitted_total"),
+        (n_all - n_first) as u64,
+        "{report}"
+    );
+}

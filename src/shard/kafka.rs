@@ -25,6 +25,8 @@ pub struct ShardKafka {
     /// A commit failed: the state is ahead of what Kafka holds, so no further checkpoint may
     /// be committed; the process stops and restarts from the last committed one.
     pub failed: bool,
+    /// Without checkpoints: when the group's offsets are next committed.
+    pub next_group_commit_ns: u64,
 }
 
 impl ShardKafka {
@@ -154,6 +156,29 @@ impl ShardKafka {
                     "exactly_once: committing checkpoint {seq}'s transaction failed ({e}); it was aborted, and the state is ahead of what Kafka holds: stopping so a restart replays from the last committed checkpoint"
                 ))
             }
+        }
+    }
+
+    /// Without durable state (no checkpoints): once a second, commit the group's offsets once
+    /// every Score handed over before them is acknowledged (so a restart, which resumes there,
+    /// loses none).
+    pub fn commit_without_checkpoints(&mut self, now_ns: u64) {
+        if now_ns < self.next_group_commit_ns {
+            return;
+        }
+        self.next_group_commit_ns = now_ns.saturating_add(1_000_000_000);
+        if self.sink.settle(SETTLE_TIMEOUT) {
+            self.source.commit_to_group();
+        }
+    }
+
+    /// Without checkpoints, at shutdown: the group's offsets once every Score is acknowledged,
+    /// waited for.
+    pub fn final_group_commit(&mut self) {
+        if self.sink.settle(Duration::from_secs(10)) {
+            self.source.commit_to_group_sync();
+        } else {
+            tracing::error!("Scores still unacknowledged at shutdown: the group's offsets stay where they were (a restart re-sends from there)");
         }
     }
 

@@ -142,6 +142,9 @@ impl Shard {
         let mut failure = None;
         if let Some(k) = kafka.as_mut() {
             k.sink.flush(counters, latency);
+            if self.checkpoints.is_none() {
+                k.commit_without_checkpoints(pickup_ns);
+            }
         }
         if let Some(cp) = &mut self.checkpoints {
             // Between cycles, after the flush: every event taken in so far is applied and
@@ -173,6 +176,9 @@ impl Shard {
 
     /// At shutdown, after the drain: one last checkpoint, waited for.
     pub fn final_checkpoint(&mut self) {
+        if let (None, Some(k)) = (&self.checkpoints, &mut self.kafka) {
+            k.final_group_commit();
+        }
         if let Some(cp) = &mut self.checkpoints {
             match &mut self.kafka {
                 Some(k) => k.final_checkpoint(cp, &mut self.core, &self.counters),

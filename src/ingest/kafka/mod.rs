@@ -60,7 +60,11 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// A consumer assigned `owned`, each at its restored offset (`restored`, from the shard's
-    /// checkpoint) or else at the group's committed offset or else at `ingest.kafka.start`.
+    /// checkpoint), else at `ingest.kafka.start`. With durable state (`state.dir`) the
+    /// checkpoint is the only truth: a partition it does not hold has nothing in the state, so
+    /// it starts from `ingest.kafka.start`, never from the group's offset (which may be ahead
+    /// of any checkpoint that reached the disk). Without `state.dir` nothing survives a
+    /// restart but the group's committed offset, so a partition resumes there.
     pub fn start(
         config: &Config,
         owned: &[PartitionId],
@@ -85,9 +89,8 @@ impl KafkaSource {
                 next_offset: -1,
             });
         }
-        // Where each partition starts: the checkpoint's offset is the truth; the group's
-        // committed one only serves a partition no checkpoint holds (e.g. no state.dir).
-        let committed = if restored.len() < parts.len() && !parts.is_empty() {
+        let durable = !config.state.dir.is_empty();
+        let committed = if !durable && !parts.is_empty() {
             consumer
                 .committed_offsets(tpl.clone(), Duration::from_secs(10))
                 .map_err(KafkaError::client("reading the group's committed offsets"))?
@@ -285,6 +288,16 @@ impl KafkaSource {
         if tpl.count() > 0 {
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
                 tracing::debug!("Kafka group commit (for lag tools): {e}");
+            }
+        }
+    }
+
+    /// At shutdown without checkpoints: commit where this shard is, and wait for it.
+    pub fn commit_to_group_sync(&self) {
+        let tpl = self.offsets_list();
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::error!("Kafka group commit at shutdown failed (a restart re-sends from the previous one): {e}");
             }
         }
     }
