@@ -135,6 +135,9 @@ pub struct ShardCounters {
     pub kafka_transactions_failed: Counter,
     /// Cycles in which the shard took no records because the producer had too many in flight.
     pub kafka_backpressure_cycles: Counter,
+    /// exactly_once: longest time a commit held the shard (waiting for the checkpoint to be
+    /// durable, then the transaction's round trips), ns.
+    pub kafka_commit_pause_max_ns: Counter,
 }
 
 impl ShardCounters {

@@ -65,6 +65,7 @@ pub struct Report {
     pub kafka_transactions: u64,
     pub kafka_transactions_failed: u64,
     pub kafka_backpressure_cycles: u64,
+    pub kafka_commit_pause_max_ns: u64,
     pub kafka_record_to_produce: Option<Histogram<u64>>,
     pub kafka_in_shard: Option<Histogram<u64>>,
     pub kafka_partitions: Vec<PartitionLine>,
@@ -123,6 +124,11 @@ impl Report {
             kafka_transactions: sum(&|c| c.kafka_transactions.get()),
             kafka_transactions_failed: sum(&|c| c.kafka_transactions_failed.get()),
             kafka_backpressure_cycles: sum(&|c| c.kafka_backpressure_cycles.get()),
+            kafka_commit_pause_max_ns: counters
+                .iter()
+                .map(|c| c.kafka_commit_pause_max_ns.get())
+                .max()
+                .unwrap_or(0),
             per_shard: counters
                 .iter()
                 .map(|c| (c.events_received.get(), c.observations_applied.get()))
@@ -275,6 +281,14 @@ impl Report {
             ] {
                 let _ = writeln!(s, "  {name:<40} {v}");
             }
+        }
+        if self.kafka_transactions > 0 {
+            let _ = writeln!(
+                s,
+                "  {:<40} {:.6}",
+                names::KAFKA_COMMIT_PAUSE_MAX,
+                self.kafka_commit_pause_max_ns as f64 * 1e-9
+            );
         }
         for p in &self.kafka_partitions {
             let labels = format!("{{topic=\"{}\",partition=\"{}\"}}", p.topic, p.partition);

@@ -131,6 +131,21 @@ impl ShardKafka {
         seq: u64,
         counters: &ShardCounters,
     ) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let result = self.commit_now(cp, seq, counters);
+        let ns = started.elapsed().as_nanos() as u64;
+        if ns > counters.kafka_commit_pause_max_ns.get() {
+            counters.kafka_commit_pause_max_ns.set(ns);
+        }
+        result
+    }
+
+    fn commit_now(
+        &mut self,
+        cp: &mut Checkpointer,
+        seq: u64,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
         match cp.wait_written() {
             Ok(written) => debug_assert_eq!(written, seq),
             // The transaction stays open and the next checkpoint commits it (its Scores too).
