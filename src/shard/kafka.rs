@@ -174,17 +174,17 @@ impl ShardKafka {
         }
     }
 
-    /// Without durable state (no checkpoints): once a second, commit the group's offsets once
-    /// every Score handed over before them is acknowledged (so a restart, which resumes there,
-    /// loses none).
+    /// Without durable state (no checkpoints): at most once a second, commit the group's
+    /// offsets at a cycle end where no Score record is unacknowledged (so a restart, which
+    /// resumes there, loses none). Never waits: a blocking flush here held the shard up to
+    /// 500 ms a second (10k/s, `shards.idle_spins=20`: p50 2.5 s instead of 7.4 ms). Under
+    /// continuous load the committed offset can trail until the producer catches up.
     pub fn commit_without_checkpoints(&mut self, now_ns: u64) {
-        if now_ns < self.next_group_commit_ns {
+        if now_ns < self.next_group_commit_ns || self.sink.in_flight() > 0 {
             return;
         }
         self.next_group_commit_ns = now_ns.saturating_add(1_000_000_000);
-        if self.sink.settle(SETTLE_TIMEOUT) {
-            self.source.commit_to_group();
-        }
+        self.source.commit_to_group();
     }
 
     /// Without checkpoints, at shutdown: the group's offsets once every Score is acknowledged,
