@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice::wire::EventBatchEncoder;
 
 mod common;
-use common::kafka::{read_scores_until, Broker, Ev, ScoreRecord};
+use common::kafka::{produce_to, read_scores_until, Broker, Ev, ScoreRecord};
 
 const EVENTS: &str = "events";
 const SCORES: &str = "scores";
@@ -170,7 +170,7 @@ fn produce_in_background(
         let mut enc = EventBatchEncoder::new();
         let pause = Duration::from_secs_f64(100.0 / per_s as f64);
         for (i, r) in records.iter().enumerate() {
-            produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
+            produce_to(&p, &mut enc, EVENTS, r, (r[0].key % 4) as i32);
             if i % 100 == 99 {
                 std::thread::sleep(pause);
             }
@@ -181,49 +181,34 @@ fn produce_in_background(
     (h, done)
 }
 
-fn produce_to(
+/// A broker with the events topic (4 partitions) and the Scores topic.
+fn broker_with_topics(name: &str) -> Broker {
+    let broker = Broker::start(name);
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic(SCORES, 4);
+    broker
+}
+
+/// Each record to partition (key % 4), then wait until all are acknowledged.
+fn produce_all(
     p: &rdkafka::producer::BaseProducer,
     enc: &mut EventBatchEncoder,
-    events: &[Ev],
-    partition: i32,
+    records: &[Vec<Ev>],
 ) {
-    let bytes = enc
-        .encode(events.iter().map(|e| sluice::wire::EventIn {
-            key: e.key,
-            seq: e.seq,
-            ts_ns: 0,
-            feedback: e.feedback,
-            amount: 10.0 + (e.key % 13) as f32,
-            label: if e.feedback { 1.0 } else { -1.0 },
-            features: &[],
-        }))
-        .to_vec();
-    let key = events[0].key.to_be_bytes();
-    loop {
-        let rec = rdkafka::producer::BaseRecord::to(EVENTS)
-            .key(&key[..])
-            .payload(&bytes[..])
-            .partition(partition);
-        match p.send(rec) {
-            Ok(()) => break,
-            Err(_) => p.poll(Duration::from_millis(10)),
-        }
+    for r in records {
+        produce_to(p, enc, EVENTS, r, (r[0].key % 4) as i32);
     }
-    p.poll(Duration::ZERO);
+    p.flush(Duration::from_secs(30)).unwrap();
 }
 
 #[test]
 fn every_observation_scored_once_feedback_none_bad_records_skipped() {
-    let broker = Broker::start("once");
-    broker.create_topic(EVENTS, 4);
-    broker.create_topic(SCORES, 2);
+    let broker = broker_with_topics("once");
     let records = workload(50, 400);
     let p = broker.producer();
     let mut enc = EventBatchEncoder::new();
     let half = records.len() / 2;
-    for r in &records[..half] {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
+    produce_all(&p, &mut enc, &records[..half]);
     // Records that are not EventBatches, between good ones on every partition.
     let bad: [&[u8]; 3] = [b"", b"this is not a flatbuffer, it is text", &[0xff; 64]];
     for (i, b) in bad.iter().enumerate() {
@@ -236,10 +221,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
             p.send(rec).map_err(|(e, _)| e).unwrap();
         }
     }
-    for r in &records[half..] {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    produce_all(&p, &mut enc, &records[half..]);
 
     let (child, stdout, _) = common::spawn_run(&sluice_sets(&broker, &[]));
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
@@ -254,6 +236,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     produce_to(
         &p,
         &mut enc,
+        EVENTS,
         &[Ev {
             key: 7,
             seq: 10_000,
@@ -266,7 +249,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
         seq: 1,
         feedback: false,
     };
-    produce_to(&p, &mut enc, &[marker], 1);
+    produce_to(&p, &mut enc, EVENTS, &[marker], 1);
     p.flush(Duration::from_secs(10)).unwrap();
     want.insert((marker.key, marker.seq), 1);
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
@@ -334,9 +317,7 @@ fn kill_restart_under_load(broker: &Broker, sets: &[String], records: Vec<Vec<Ev
 
 #[test]
 fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
-    let broker = Broker::start("eos");
-    broker.create_topic(EVENTS, 4);
-    broker.create_topic(SCORES, 4);
+    let broker = broker_with_topics("eos");
     let dir = scratch("eos");
     let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
     sets.push("egress.kafka.transactional_id_prefix=eos-test".into());
@@ -364,9 +345,7 @@ fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
 
 #[test]
 fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
-    let broker = Broker::start("alo");
-    broker.create_topic(EVENTS, 4);
-    broker.create_topic(SCORES, 4);
+    let broker = broker_with_topics("alo");
     let dir = scratch("alo");
     let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
     let records = workload(200, 6_000);
@@ -398,19 +377,14 @@ fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
 
 #[test]
 fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
-    let broker = Broker::start("resume");
-    broker.create_topic(EVENTS, 4);
-    broker.create_topic(SCORES, 4);
+    let broker = broker_with_topics("resume");
     let dir = scratch("resume");
     let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
     let records = workload(20, 200);
     let (first, second) = records.split_at(100);
     let p = broker.producer();
     let mut enc = EventBatchEncoder::new();
-    for r in first {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    produce_all(&p, &mut enc, first);
     let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
     let want_first = expected(&first_events);
     let (child, stdout, _) = common::spawn_run(&sets);
@@ -432,10 +406,7 @@ fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
     }
     c.commit(&tpl, CommitMode::Sync).unwrap();
     drop(c);
-    for r in second {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    produce_all(&p, &mut enc, second);
     let all: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&all);
     let (child, stdout, _) = common::spawn_run(&sets);
@@ -457,19 +428,14 @@ fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
 
 #[test]
 fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
-    let mut broker = Broker::start("outage");
-    broker.create_topic(EVENTS, 4);
-    broker.create_topic(SCORES, 4);
+    let mut broker = broker_with_topics("outage");
     let dir = scratch("outage");
     let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
     let records = workload(50, 400);
     let (first, second) = records.split_at(200);
     let p = broker.producer();
     let mut enc = EventBatchEncoder::new();
-    for r in first {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    produce_all(&p, &mut enc, first);
     drop(p);
     let (child, stdout, _) = common::spawn_run(&sets);
     let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
@@ -481,10 +447,7 @@ fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
     let p = broker.producer();
-    for r in second {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
+    produce_all(&p, &mut enc, second);
     let all: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&all);
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
@@ -523,18 +486,13 @@ fn a_missing_input_topic_is_a_clear_start_up_error() {
 
 #[test]
 fn without_state_dir_a_restart_resumes_at_the_group_offset() {
-    let broker = Broker::start("stateless");
-    broker.create_topic(EVENTS, 4);
-    broker.create_topic(SCORES, 4);
+    let broker = broker_with_topics("stateless");
     let sets = sluice_sets(&broker, &[]);
     let records = workload(20, 200);
     let (first, second) = records.split_at(100);
     let p = broker.producer();
     let mut enc = EventBatchEncoder::new();
-    for r in first {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    produce_all(&p, &mut enc, first);
     let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
     let n_first = expected(&first_events).len();
     let (child, stdout, _) = common::spawn_run(&sets);
@@ -542,10 +500,7 @@ fn without_state_dir_a_restart_resumes_at_the_group_offset() {
         s.len() >= n_first
     });
     stop(child, Some(stdout));
-    for r in second {
-        produce_to(&p, &mut enc, r, (r[0].key % 4) as i32);
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
+    produce_all(&p, &mut enc, second);
     let all: Vec<Ev> = records.iter().flatten().copied().collect();
     let n_all = expected(&all).len();
     let (child, stdout, _) = common::spawn_run(&sets);

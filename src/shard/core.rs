@@ -13,7 +13,7 @@ use crate::limits::FEATURES_INLINE_MAX;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Inbound, Outbound, RoutedEvent};
 use crate::state::{KeyState, KeyedState, Outcome, StateError, Update};
-use crate::wire::{DecodeError, Decoder, EventKind, ScoreOut};
+use crate::wire::{DecodeError, Decoder, EventKind, EventView, ScoreOut};
 
 /// Reply address of events that came from Kafka (their Scores go by `ReplyTo::Kafka`).
 const UNSPECIFIED_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -34,6 +34,26 @@ pub struct KafkaRecord<'a> {
     pub fetched_ns: u64,
     /// Index of this record in the cycle's Kafka source table: its Scores go there.
     pub reply: u32,
+}
+
+/// A decoded event as route and state take it: fixed size, features inline. An event with
+/// `ts_ns = 0` happened at `recv_ns` (kernel receive time, or the Kafka record's timestamp).
+fn routed(e: &EventView<'_>, recv_ns: u64, pickup_ns: u64, reply_to: SocketAddr) -> RoutedEvent {
+    let mut features = [0f32; FEATURES_INLINE_MAX];
+    let n = e.copy_features(&mut features);
+    RoutedEvent {
+        key: e.key(),
+        seq: e.seq(),
+        ts_ns: if e.ts_ns() == 0 { recv_ns } else { e.ts_ns() },
+        recv_ns,
+        pickup_ns,
+        reply_to,
+        amount: e.amount(),
+        label: e.label(),
+        kind: e.kind(),
+        features_len: n as u8,
+        features,
+    }
 }
 
 /// State, features and model: everything that happens at the key's owner.
@@ -340,21 +360,7 @@ impl ShardCore {
             }
         }
         for e in events.iter() {
-            let mut features = [0f32; FEATURES_INLINE_MAX];
-            let n = e.copy_features(&mut features);
-            let ev = RoutedEvent {
-                key: e.key(),
-                seq: e.seq(),
-                ts_ns: if e.ts_ns() == 0 { recv_ns } else { e.ts_ns() },
-                recv_ns,
-                pickup_ns,
-                reply_to: dg.src,
-                amount: e.amount(),
-                label: e.label(),
-                kind: e.kind(),
-                features_len: n as u8,
-                features,
-            };
+            let ev = routed(&e, recv_ns, pickup_ns, dg.src);
             let owner = route::owner(ev.key, self.shards);
             if owner == self.id {
                 self.owner.apply(&ev, ReplyTo::Udp(ev.reply_to), 0, sink);
@@ -395,25 +401,7 @@ impl ShardCore {
             self.owner.table.prefetch(e.key());
         }
         for e in events.iter() {
-            let mut features = [0f32; FEATURES_INLINE_MAX];
-            let n = e.copy_features(&mut features);
-            let ev = RoutedEvent {
-                key: e.key(),
-                seq: e.seq(),
-                ts_ns: if e.ts_ns() == 0 {
-                    record.timestamp_ns
-                } else {
-                    e.ts_ns()
-                },
-                recv_ns: record.timestamp_ns,
-                pickup_ns: record.fetched_ns,
-                reply_to: UNSPECIFIED_ADDR,
-                amount: e.amount(),
-                label: e.label(),
-                kind: e.kind(),
-                features_len: n as u8,
-                features,
-            };
+            let ev = routed(&e, record.timestamp_ns, record.fetched_ns, UNSPECIFIED_ADDR);
             self.owner
                 .apply(&ev, ReplyTo::Kafka(record.reply), record.source, sink);
         }

@@ -68,10 +68,15 @@ pub struct Ev {
     pub feedback: bool,
 }
 
-/// Produce one EventBatch record keyed by the entity key (Kafka's default partitioner puts
-/// every event of a key on one partition, as sluice requires).
-pub fn produce_batch(p: &BaseProducer, enc: &mut EventBatchEncoder, topic: &str, events: &[Ev]) {
-    let key = events[0].key;
+/// Produce one EventBatch record of `events` to `topic`/`partition`, keyed by the first
+/// event's entity key (8 bytes big-endian); waits for room when the producer queue is full.
+pub fn produce_to(
+    p: &BaseProducer,
+    enc: &mut EventBatchEncoder,
+    topic: &str,
+    events: &[Ev],
+    partition: i32,
+) {
     let bytes = enc
         .encode(events.iter().map(|e| EventIn {
             key: e.key,
@@ -83,24 +88,15 @@ pub fn produce_batch(p: &BaseProducer, enc: &mut EventBatchEncoder, topic: &str,
             features: &[],
         }))
         .to_vec();
-    send(p, topic, &key.to_be_bytes(), &bytes);
-}
-
-pub fn send(p: &BaseProducer, topic: &str, key: &[u8], value: &[u8]) {
+    let key = events[0].key.to_be_bytes();
     loop {
-        match p.send(BaseRecord::to(topic).key(key).payload(value)) {
+        let rec = BaseRecord::to(topic)
+            .key(&key[..])
+            .payload(&bytes[..])
+            .partition(partition);
+        match p.send(rec) {
             Ok(()) => break,
-            Err((e, _)) => {
-                // Queue full: let deliveries drain.
-                assert!(
-                    matches!(
-                        e.rdkafka_error_code(),
-                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    ),
-                    "{e}"
-                );
-                p.poll(Duration::from_millis(10));
-            }
+            Err(_) => p.poll(Duration::from_millis(10)),
         }
     }
     p.poll(Duration::ZERO);
