@@ -297,10 +297,24 @@ impl KafkaSink {
         group: Option<&ConsumerGroupMetadata>,
     ) -> Result<(), KafkaError> {
         let t = self.transaction_timeout;
+        // librdkafka reports a coordinator that is not answering yet (a broker just back) as a
+        // retriable timeout: "retry call to resume". Give it the transaction's own timeout.
+        let deadline = std::time::Instant::now() + t;
+        let retry = |r: rdkafka::error::KafkaResult<()>| match r {
+            Err(rdkafka::error::KafkaError::Transaction(e))
+                if e.is_retriable() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+                true
+            }
+            _ => false,
+        };
         if let (Some(g), true) = (group, offsets.count() > 0) {
-            self.producer
-                .send_offsets_to_transaction(offsets, g, t)
-                .map_err(KafkaError::client("send_offsets_to_transaction"))?;
+            let mut r = self.producer.send_offsets_to_transaction(offsets, g, t);
+            while retry(r.clone()) {
+                r = self.producer.send_offsets_to_transaction(offsets, g, t);
+            }
+            r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
         }
         let value = progress::encode(seq);
         let record = BaseRecord::to(&self.progress_topic)
@@ -309,9 +323,11 @@ impl KafkaSink {
         self.producer
             .send(record)
             .map_err(|(e, _)| KafkaError::client("progress record")(e))?;
-        self.producer
-            .commit_transaction(t)
-            .map_err(KafkaError::client("commit_transaction"))?;
+        let mut r = self.producer.commit_transaction(t);
+        while retry(r.clone()) {
+            r = self.producer.commit_transaction(t);
+        }
+        r.map_err(KafkaError::client("commit_transaction"))?;
         self.producer
             .begin_transaction()
             .map_err(KafkaError::client("begin_transaction"))
