@@ -255,3 +255,95 @@ fn relay(brokers: &str, events: &str, scores: &str, stop: &AtomicBool) -> anyhow
     producer.flush(Duration::from_secs(10))?;
     Ok(())
 }
+
+/// `sluice-bench kafka --backlog N`: one shard's sustained rate. N records (one event each)
+/// are produced before sluice starts; sluice then drains them from the earliest offset and the
+/// rate is records / time from "receiving" to the last record applied (read from its live
+/// counters), with and without a Scores topic to produce to.
+pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::Result<()> {
+    let broker = LocalBroker::start("bench-backlog")?;
+    std::fs::create_dir_all(out)?;
+    let mut rows = Vec::new();
+    for (i, with_scores) in [true, false].into_iter().enumerate() {
+        let events = format!("backlog-events-{i}");
+        let scores = format!("backlog-scores-{i}");
+        broker.create_topic(&events, 4)?;
+        broker.create_topic(&scores, 4)?;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        let mut enc = sluice::wire::EventBatchEncoder::new();
+        for s in 0..n {
+            let key = (s * 7919) % keys.max(1);
+            let value = enc.encode(std::iter::once(sluice::wire::EventIn {
+                key,
+                seq: s,
+                ts_ns: 0,
+                feedback: false,
+                amount: 5.0,
+                label: -1.0,
+                features: &[],
+            }));
+            let kb = key.to_be_bytes();
+            while let Err((e, _)) =
+                producer.send(BaseRecord::to(&events).key(&kb[..]).payload(value))
+            {
+                anyhow::ensure!(
+                    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    "backlog produce: {e}"
+                );
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        let mut sets = vec![
+            "ingest.udp.listen=127.0.0.1:0".to_owned(),
+            "shards.count=1".to_owned(),
+            "log.level=warn".to_owned(),
+            format!("ingest.kafka.brokers={}", broker.addr),
+            format!("ingest.kafka.topics=[\"{events}\"]"),
+            format!("state.hot_capacity={}", (keys * 2).next_power_of_two()),
+        ];
+        if with_scores {
+            sets.push(format!("egress.kafka.scores_topic={scores}"));
+        }
+        sets.extend(sets_extra.iter().cloned());
+        let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let running = sluice::app::start(&config)?;
+        let started = std::time::Instant::now();
+        let applied = || -> u64 {
+            running
+                .counters()
+                .iter()
+                .map(|c| c.kafka_records.get())
+                .sum()
+        };
+        while applied() < n && started.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let done = applied();
+        running.stop()?;
+        let rate = done as f64 / secs;
+        println!(
+            "  backlog {n} records, 1 shard, Scores {}: {done} applied in {secs:.2} s = {rate:.0} records/s",
+            if with_scores { "produced" } else { "not produced" }
+        );
+        rows.push(serde_json::json!({
+            "records": n, "applied": done, "seconds": secs, "records_per_s": rate,
+            "scores_produced": with_scores, "sluice_config": sets,
+        }));
+    }
+    let path = out.join("kafka-backlog.json");
+    let doc = serde_json::json!({
+        "machine": super::machine::describe(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "runs": rows,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("  results: {}", path.display());
+    Ok(())
+}

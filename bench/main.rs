@@ -65,6 +65,10 @@ enum Command {
         /// at_least_once or exactly_once.
         #[arg(long, default_value = "at_least_once")]
         delivery: String,
+        /// Instead of a paced load: produce this many records first, then time one shard
+        /// draining them (its sustained rate), with and without producing Scores.
+        #[arg(long)]
+        backlog: Option<u64>,
     },
 }
 
@@ -183,7 +187,10 @@ fn main() -> anyhow::Result<()> {
         } => {
             return state::run(a.keys, hot, rounds, churn, keep, &a.out, &a.sets);
         }
-        Command::Kafka { delivery } => {
+        Command::Kafka { delivery, backlog } => {
+            if let Some(n) = backlog {
+                return kafka::backlog(n, a.keys, &a.out, &a.sets);
+            }
             return kafka::run(&kafka::KafkaBench {
                 delivery: &delivery,
                 rate: a.rate,
