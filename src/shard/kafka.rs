@@ -157,6 +157,11 @@ impl ShardKafka {
                 return Ok(());
             }
         }
+        self.commit_written(seq, counters)
+    }
+
+    /// exactly_once, checkpoint `seq` durable: commit its transaction with the offsets.
+    fn commit_written(&mut self, seq: u64, counters: &ShardCounters) -> Result<(), String> {
         let offsets = self.source.offsets_list();
         let group = self.source.group_metadata();
         match self.sink.commit_epoch(seq, &offsets, group.as_ref()) {
@@ -218,19 +223,15 @@ impl ShardKafka {
                 .finish_with(core.state_mut(), max_event_ns, &input)
                 .is_some()
             {
-                self.source.commit_to_group();
+                // The process exits next: wait for this one (lag tools only).
+                self.source.commit_to_group_sync();
             }
             return;
         }
+        // finish_with returns the seq only once the checkpoint is durable.
         if let Some(seq) = cp.finish_with(core.state_mut(), max_event_ns, &input) {
-            let offsets = self.source.offsets_list();
-            let group = self.source.group_metadata();
-            match self.sink.commit_epoch(seq, &offsets, group.as_ref()) {
-                Ok(()) => counters.kafka_transactions.inc(),
-                Err(e) => {
-                    counters.kafka_transactions_failed.inc();
-                    tracing::error!("exactly_once: the last transaction did not commit ({e}); a restart replays from the previous checkpoint");
-                }
+            if let Err(e) = self.commit_written(seq, counters) {
+                tracing::error!("{e}");
             }
         }
     }
