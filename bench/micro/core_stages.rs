@@ -181,5 +181,56 @@ fn features_and_score(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, route, state, features_and_score);
+/// A Kafka record through the whole core: decode, apply (no ring hop), features, score.
+fn kafka_record(c: &mut Criterion) {
+    use sluice::egress::{PendingScore, ReplyTo};
+    use sluice::infer::{build_primary, ShardModel};
+    use sluice::metrics::ShardCounters;
+    use sluice::route::Mesh;
+    use sluice::shard::{KafkaRecord, ShardCore};
+
+    let config = config_with(&["model.kind=linear", "state.hot_capacity=65536"]);
+    let mut g = c.benchmark_group("kafka_record");
+    for events in [1usize, 16] {
+        let rings = Mesh::build(1, 64).into_iter().next().unwrap();
+        let model = ShardModel::new(&config, build_primary(&config, None).unwrap(), 1);
+        let state = KeyedState::from_config(&config, None).unwrap();
+        let counters = std::sync::Arc::new(ShardCounters::default());
+        let mut core = ShardCore::new(0, 1, &config, rings, model, state, 0, counters);
+        let bytes = batch_bytes(events, &[]);
+        let record = KafkaRecord {
+            value: &bytes,
+            source: 1,
+            timestamp_ns: 1_000_000_000,
+            fetched_ns: 1_000_000_100,
+            reply: 0,
+        };
+        let mut sink: Vec<(ReplyTo, PendingScore)> = Vec::with_capacity(events);
+        assert!(core.on_record(&record, &mut sink));
+        core.finish_cycle(0, &mut sink);
+        assert_eq!(sink.len(), events);
+        assert!(sink
+            .iter()
+            .all(|(to, p)| *to == ReplyTo::Kafka(0) && p.score.count == 1));
+        g.throughput(Throughput::Elements(events as u64));
+        g.bench_function(format!("{events}ev"), |b| {
+            b.iter(|| {
+                sink.clear();
+                core.on_record(black_box(&record), &mut sink);
+                core.finish_cycle(0, &mut sink);
+                sink.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode,
+    route,
+    state,
+    features_and_score,
+    kafka_record
+);
 criterion_main!(benches);
