@@ -32,3 +32,16 @@ fn readme_documents_every_config_key() {
     );
     assert!(all.len() > 30);
 }
+
+#[test]
+fn the_example_service_config_is_valid() {
+    let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/sluice.toml"));
+    let config = sluice::config::Config::load(Some(path), &[]).unwrap_or_else(|e| panic!("{e}"));
+    // It shows the Kafka side an operator would start from.
+    assert!(config.ingest.kafka.enabled());
+    assert_eq!(
+        config.egress.kafka.delivery,
+        sluice::config::Delivery::ExactlyOnce
+    );
+    assert!(!config.state.dir.is_empty());
+}
