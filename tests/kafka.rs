@@ -571,3 +571,37 @@ fn exactly_once_broker_gone_mid_run_every_score_once_after_restart() {
     check_exactly_once(&scores, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn alerts_reach_their_topic_without_a_scores_topic() {
+    let broker = broker_with_topics("alerts");
+    broker.create_topic("alerts", 2);
+    // Every Score is an alert at threshold 0; no scores topic at all.
+    let sets = sluice_sets(
+        &broker,
+        &[
+            "egress.kafka.scores_topic=".into(),
+            "egress.kafka.alerts_topic=alerts".into(),
+            "model.alert_threshold=0".into(),
+        ],
+    );
+    let records = workload(10, 40);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let alerts = read_scores_until(&broker.addr, "alerts", Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_exactly_once(&alerts, &want);
+    assert!(alerts.iter().all(|a| a.score.alert));
+    // Nothing went to the (unset) scores topic.
+    assert!(common::kafka::read_committed_to_end(&broker.addr, SCORES).is_empty());
+    assert_eq!(
+        counter(&report, "sluice_alerts_emitted_total"),
+        want.len() as u64,
+        "{report}"
+    );
+}

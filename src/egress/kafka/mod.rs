@@ -199,7 +199,8 @@ impl KafkaSink {
     fn produce_group(&mut self, src: u32, range: std::ops::Range<usize>, counters: &ShardCounters) {
         let n = range.len() as u64;
         counters.scores_emitted.add(n);
-        if self.scores_topic.is_empty() {
+        // Nothing to send only when neither topic is set: alerts go out without a scores topic.
+        if self.scores_topic.is_empty() && self.alerts_topic.is_empty() {
             return;
         }
         let Some(source) = self.sources.get(src as usize).copied() else {
