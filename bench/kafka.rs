@@ -13,13 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
 use sluice::config::Config;
 use sluice::loadgen::broker::LocalBroker;
-use sluice::loadgen::kafka::{self as kload, KafkaLoadResult, KafkaLoadSpec};
+use sluice::loadgen::kafka::{self as kload, send_when_room, KafkaLoadResult, KafkaLoadSpec};
 use sluice::wire::{Decoder, ScoreBatchEncoder, ScoreOut};
 
 use super::report::percentiles_us;
@@ -243,13 +243,7 @@ fn relay(brokers: &str, events: &str, scores: &str, stop: &AtomicBool) -> anyhow
         }
         let value = enc.encode(out.iter().copied());
         let key = m.key().unwrap_or(&[]);
-        while let Err((e, _)) = producer.send(BaseRecord::to(scores).key(key).payload(value)) {
-            anyhow::ensure!(
-                e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                "relay produce: {e}"
-            );
-            producer.poll(Duration::from_millis(1));
-        }
+        send_when_room(&producer, scores, key, value)?;
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(10))?;
@@ -287,15 +281,7 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
                 features: &[],
             }));
             let kb = key.to_be_bytes();
-            while let Err((e, _)) =
-                producer.send(BaseRecord::to(&events).key(&kb[..]).payload(value))
-            {
-                anyhow::ensure!(
-                    e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    "backlog produce: {e}"
-                );
-                producer.poll(Duration::from_millis(5));
-            }
+            send_when_room(&producer, &events, &kb, value)?;
         }
         producer.flush(Duration::from_secs(120))?;
         let mut sets = vec![

@@ -537,12 +537,10 @@ fn shard_kafka(
         .iter()
         .map(|p| (p.topic.clone(), p.id.partition))
         .collect();
-    let tags = source.owned().iter().map(|p| p.id.source_tag()).collect();
     let sink = KafkaSink::new(config, id, seed.producer, &names)?;
     Ok(ShardKafka {
         source,
         sink,
-        tags,
         records_max: config.ingest.kafka.records_per_cycle_max,
         in_flight_max: config.ingest.kafka.in_flight_records_max,
         failed: false,

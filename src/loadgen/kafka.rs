@@ -55,6 +55,24 @@ pub struct KafkaLoadResult {
     pub latency: Histogram<u64>,
 }
 
+/// Hand one record to `producer`, serving delivery reports while its queue is full; any other
+/// refusal is an error. (For load generators and the harness: this waits, the shard never does.)
+pub fn send_when_room(
+    producer: &BaseProducer,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+) -> anyhow::Result<()> {
+    while let Err((e, _)) = producer.send(BaseRecord::to(topic).key(key).payload(value)) {
+        anyhow::ensure!(
+            e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+            "producing to {topic}: {e}"
+        );
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 fn key_of(i: u64, keys: u64) -> u64 {
     (i.wrapping_mul(STEP)) % keys.max(1)
 }
@@ -147,18 +165,7 @@ pub fn run(spec: &KafkaLoadSpec) -> anyhow::Result<KafkaLoadResult> {
             features: &[],
         }));
         let kb = key.to_be_bytes();
-        loop {
-            match producer.send(BaseRecord::to(&spec.events_topic).key(&kb).payload(value)) {
-                Ok(()) => break,
-                Err((e, _)) => {
-                    anyhow::ensure!(
-                        e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        "producing event {i}: {e}"
-                    );
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
+        send_when_room(&producer, &spec.events_topic, &kb, value)?;
         if i % 64 == 0 {
             producer.poll(Duration::ZERO);
         }

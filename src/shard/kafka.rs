@@ -18,8 +18,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct ShardKafka {
     pub source: KafkaSource,
     pub sink: KafkaSink,
-    /// Source tag of each owned partition (index as in `source.owned()`).
-    pub tags: Vec<u64>,
     pub records_max: usize,
     pub in_flight_max: usize,
     /// A commit failed: the state is ahead of what Kafka holds, so no further checkpoint may
@@ -47,9 +45,7 @@ impl ShardKafka {
             return 0;
         }
         let records_max = self.records_max;
-        let ShardKafka {
-            source, sink, tags, ..
-        } = self;
+        let ShardKafka { source, sink, .. } = self;
         let mut sink = EgressSink {
             egress,
             kafka: Some(sink),
@@ -64,7 +60,7 @@ impl ShardKafka {
             core.on_record(
                 &KafkaRecord {
                     value: rec.value,
-                    source: tags.get(rec.owned).copied().unwrap_or(u64::MAX),
+                    source: rec.source_tag,
                     timestamp_ns: if rec.timestamp_ns == 0 {
                         fetched_ns
                     } else {

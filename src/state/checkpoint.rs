@@ -589,6 +589,12 @@ pub struct Input {
     pub offsets: Vec<PartitionOffset>,
 }
 
+/// Rises with every change a checkpoint must capture: the state's own changes and every input
+/// record taken (a skipped record changes no state but moves an offset).
+fn stamp(state: &KeyedState, input: &Input) -> u64 {
+    state.stats.changes().wrapping_add(input.position)
+}
+
 /// How one shard checkpoints.
 pub struct CheckpointSpec {
     /// `state.dir/shard-N/checkpoints`.
@@ -742,8 +748,7 @@ impl Checkpointer {
     /// what the shard has consumed: its position counts as a change even when no state did
     /// (a skipped Kafka record still moves the offset).
     pub fn due(&self, now_ns: u64, state: &KeyedState, input: &Input) -> bool {
-        now_ns >= self.next_due_ns
-            && self.snapshot_changes != Some(state.stats.changes().wrapping_add(input.position))
+        now_ns >= self.next_due_ns && self.snapshot_changes != Some(stamp(state, input))
     }
 
     /// `tick` for a shard with an input position to record (Kafka offsets). Returns the
@@ -822,7 +827,7 @@ impl Checkpointer {
         if self.buffer.is_none() {
             self.collect(true);
         }
-        if self.snapshot_changes != Some(state.stats.changes().wrapping_add(input.position)) {
+        if self.snapshot_changes != Some(stamp(state, input)) {
             self.snapshot(state, max_event_ns, input)?;
             return self.wait_written().ok();
         }
@@ -837,7 +842,7 @@ impl Checkpointer {
     ) -> Option<u64> {
         let mut buf = self.buffer.take()?;
         let started = Instant::now();
-        self.snapshot_changes = Some(state.stats.changes().wrapping_add(input.position));
+        self.snapshot_changes = Some(stamp(state, input));
         let seq = self.seq;
         self.seq += 1;
         let tmp = self.root.join(format!("{}.tmp", name(seq)));

@@ -36,6 +36,8 @@ pub struct OwnedPartition {
 pub struct Polled<'a> {
     /// Index into `KafkaSource::owned()`.
     pub owned: usize,
+    /// The partition's tag (`PartitionId::source_tag`): the keys it owns carry it.
+    pub source_tag: u64,
     pub value: &'a [u8],
     pub key: &'a [u8],
     pub offset: i64,
@@ -225,6 +227,7 @@ impl KafkaSource {
                 .map_or(0, |ms| (ms.max(0) as u64).saturating_mul(1_000_000));
             f(&Polled {
                 owned: i,
+                source_tag: self.owned[i].id.source_tag(),
                 value: msg.payload().unwrap_or(&[]),
                 key: msg.key().unwrap_or(&[]),
                 offset,
