@@ -1,7 +1,8 @@
 //! `sluice-bench checkpoint`: the cost of durable state at a given key count, on the real
 //! code paths (the shard's `KeyedState`, its RocksDB spill store, `Checkpointer` and restore)
-//! without sockets: bytes per key in memory and on disk, the shard's pause per checkpoint,
-//! the time until a checkpoint is committed, and the restore time at start.
+//! without sockets: bytes per key in memory and on disk, what a checkpoint costs the shard
+//! (the flip, then each cycle's slice of copying while events keep arriving), the time until
+//! it is committed, and the restore time at start.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,13 +19,32 @@ use sluice::wire::EventKind;
 struct CheckpointRun {
     /// Every hot record (the first), or what changed since the one before.
     full: bool,
-    /// Time the shard was held taking the snapshot (copying hot records, RocksDB checkpoint).
-    pause_ms: f64,
-    /// Of the pause, copying the hot records.
-    copy_ms: f64,
-    /// From the start of the snapshot until the checkpoint was committed (synced, renamed).
+    /// The flip: the one stop of the shard a snapshot needs (us).
+    flip_us: f64,
+    /// Shard time spent on the checkpoint per cycle after the flip (the slice of copying,
+    /// the hand-over to the writer), over `cycles` cycles: p50, p99, max (us).
+    cycle_p50_us: f64,
+    cycle_p99_us: f64,
+    cycle_max_us: f64,
+    cycles: u64,
+    /// Events applied between the cycles while the snapshot was copied.
+    racing_events: u64,
+    /// From the flip until the last record was copied (the shard serving meanwhile).
+    capture_ms: f64,
+    /// From the flip until the checkpoint was committed (synced, renamed).
     commit_ms: f64,
     hot_bytes: u64,
+    journal_entries: u64,
+}
+
+/// p-th percentile of `v` (sorted in place), in us.
+fn percentile_us(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i] as f64 / 1e3
 }
 
 #[derive(Serialize)]
@@ -64,6 +84,10 @@ fn dir_bytes(p: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Events applied between two checkpoint turns while a snapshot is copied (a cycle's worth
+/// at ~50k events/s with a busy shard).
+const RACING_EVENTS_PER_CYCLE: u64 = 16;
 
 /// Fill one shard's state with `keys` keys (`hot` of them fit in memory, the rest spill),
 /// checkpoint it `rounds` times, then restore it into a fresh state.
@@ -118,22 +142,27 @@ pub fn run(
     }
     let fill_seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(state.hot_len() as u64 + state.spilled_len() == keys);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
 
     let root = base.join("checkpoints");
     // The first checkpoint is full; the later ones incremental (only the first is full in
     // this run), each after `churn` more events on random existing keys.
+    // Due whenever the state changed: the bench flips each round's snapshot itself.
     let mut cp = Checkpointer::start(CheckpointSpec {
         root: root.clone(),
         shard: 0,
         layout: config.state_layout(1),
-        interval_ns: u64::MAX,
+        interval_ns: 0,
         keep: 2,
         full_every: usize::MAX,
         buffer_bytes: checkpoint::buffer_bytes(hot, words),
+        slice_records: config.checkpoint.copy_slice_records,
+        journal_records: config.checkpoint.spill_journal_records,
+        words,
         next_seq: 1,
     })?;
+    cp.wait_ready();
     let mut checkpoints = Vec::new();
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
     for round in 0..rounds.max(1) {
         if round > 0 {
             for i in 0..churn {
@@ -153,15 +182,55 @@ pub fn run(
                 state.apply(&u, u.ts_ns)?;
             }
         }
-        let t = Instant::now();
         let full_before = cp.stats.full;
-        cp.finish(&mut state, t0 + 3_000_000_000);
+        let now = t0 + 3_000_000_000;
+        let flipped = Instant::now();
+        anyhow::ensure!(
+            cp.tick_with(now, &mut state, now, &checkpoint::Input::default())
+                .is_some(),
+            "round {round}: no snapshot was flipped"
+        );
+        // Cycles as a shard runs them: a few events (on random keys, so some hit records the
+        // snapshot has not copied yet), then the checkpoint's turn, timed.
+        let mut cycle_ns = Vec::new();
+        let mut racing = 0u64;
+        while cp.capturing() {
+            for _ in 0..RACING_EVENTS_PER_CYCLE {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = Update {
+                    key: x % keys,
+                    seq: 1_000 + round as u64,
+                    ts_ns: now + racing,
+                    kind: EventKind::Observation,
+                    amount: 7.0,
+                    label: -1.0,
+                    features: &[],
+                    source: 0,
+                };
+                state.apply(&u, u.ts_ns)?;
+                racing += 1;
+            }
+            let t = Instant::now();
+            cp.tick(now, &mut state, now);
+            cycle_ns.push(t.elapsed().as_nanos() as u64);
+        }
+        let capture_ms = flipped.elapsed().as_secs_f64() * 1e3;
+        cp.wait_written(&mut state)
+            .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
         checkpoints.push(CheckpointRun {
             full: cp.stats.full > full_before,
-            copy_ms: cp.stats.last_copy_ns as f64 / 1e6,
-            pause_ms: cp.stats.last_pause_ns as f64 / 1e6,
-            commit_ms: t.elapsed().as_secs_f64() * 1e3,
+            flip_us: cp.stats.last_pause_ns as f64 / 1e3,
+            cycle_p50_us: percentile_us(&mut cycle_ns, 0.5),
+            cycle_p99_us: percentile_us(&mut cycle_ns, 0.99),
+            cycle_max_us: percentile_us(&mut cycle_ns, 1.0),
+            cycles: cycle_ns.len() as u64,
+            racing_events: racing,
+            capture_ms,
+            commit_ms: flipped.elapsed().as_secs_f64() * 1e3,
             hot_bytes: cp.stats.last_bytes,
+            journal_entries: cp.stats.last_journal_entries,
         });
     }
     anyhow::ensure!(cp.stats.failed == 0, "a checkpoint failed");
@@ -218,13 +287,19 @@ pub fn run(
     );
     for (i, c) in r.checkpoints.iter().enumerate() {
         println!(
-            "  checkpoint {} ({}): shard pause {:.1} ms ({:.1} ms copying hot records), committed after {:.1} ms, hot.bin {:.1} MiB",
+            "  checkpoint {} ({}): flip {:.1} us; then {} cycles (with {} events racing it) costing the shard p50 {:.1} / p99 {:.1} / max {:.1} us each; copied after {:.1} ms, committed after {:.1} ms; hot.bin {:.1} MiB, {} journal entries",
             i + 1,
             if c.full { "full" } else { "incremental" },
-            c.pause_ms,
-            c.copy_ms,
+            c.flip_us,
+            c.cycles,
+            c.racing_events,
+            c.cycle_p50_us,
+            c.cycle_p99_us,
+            c.cycle_max_us,
+            c.capture_ms,
             c.commit_ms,
-            c.hot_bytes as f64 / (1 << 20) as f64
+            c.hot_bytes as f64 / (1 << 20) as f64,
+            c.journal_entries
         );
     }
     println!(

@@ -613,19 +613,24 @@ fn shard_state(
     } else {
         state.track_changes();
         let buffer = checkpoint::buffer_bytes(config.state.hot_capacity, words);
-        Some(
-            Checkpointer::start(CheckpointSpec {
-                root,
-                shard: id,
-                layout,
-                interval_ns: config.checkpoint.interval_ms * 1_000_000,
-                keep: config.checkpoint.keep,
-                full_every: config.checkpoint.full_every,
-                buffer_bytes: buffer,
-                next_seq,
-            })
-            .map_err(|e| e.to_string())?,
-        )
+        let mut cp = Checkpointer::start(CheckpointSpec {
+            root,
+            shard: id,
+            layout,
+            interval_ns: config.checkpoint.interval_ms * 1_000_000,
+            keep: config.checkpoint.keep,
+            full_every: config.checkpoint.full_every,
+            buffer_bytes: buffer,
+            slice_records: config.checkpoint.copy_slice_records,
+            journal_records: config.checkpoint.spill_journal_records,
+            words,
+            next_seq,
+        })
+        .map_err(|e| e.to_string())?;
+        // The buffers are touched before the shard reports ready: touched while it serves,
+        // they competed with the first seconds of traffic (events lost to socket drops).
+        cp.wait_ready();
+        Some(cp)
     };
     Ok((state, max_event_ns, checkpoints, offsets))
 }

@@ -15,6 +15,10 @@ pub const WINDOW_BUCKETS_MAX: usize = 256;
 pub const TTL_SWEEP_SLOTS_MAX: usize = 1 << 20;
 /// Checkpoints between two full ones (the longest chain a restore reads).
 pub const CHECKPOINT_CHAIN_MAX: usize = 10_000;
+/// Records a shard copies into a running snapshot per drain cycle.
+pub const CHECKPOINT_SLICE_RECORDS_MAX: usize = 1 << 20;
+/// Spill moves journaled per shard during one snapshot's spill checkpoint.
+pub const SPILL_JOURNAL_RECORDS_MAX: usize = 1 << 22;
 /// Complete checkpoints kept per shard.
 pub const CHECKPOINTS_KEPT_MAX: usize = 100;
 /// Allowed lateness in event time (one day, in ms).

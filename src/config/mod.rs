@@ -227,6 +227,8 @@ pub struct Checkpoint {
     pub interval_ms: u64,
     pub keep: usize,
     pub full_every: usize,
+    pub copy_slice_records: usize,
+    pub spill_journal_records: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -117,6 +117,18 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         limits::CHECKPOINTS_KEPT_MAX,
     );
     range(
+        "checkpoint.copy_slice_records",
+        c.checkpoint.copy_slice_records,
+        1,
+        limits::CHECKPOINT_SLICE_RECORDS_MAX,
+    );
+    range(
+        "checkpoint.spill_journal_records",
+        c.checkpoint.spill_journal_records,
+        1,
+        limits::SPILL_JOURNAL_RECORDS_MAX,
+    );
+    range(
         "checkpoint.full_every",
         c.checkpoint.full_every,
         1,

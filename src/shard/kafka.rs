@@ -10,6 +10,7 @@ use crate::ingest::kafka::KafkaSource;
 use crate::metrics::{ShardCounters, ShardLatency};
 use crate::shard::core::KafkaRecord;
 use crate::state::checkpoint::{Checkpointer, Input};
+use crate::state::KeyedState;
 
 /// How long an at_least_once checkpoint waits for the Scores before it to be acknowledged
 /// before it is postponed (a broker that is slow or gone stretches the interval instead).
@@ -94,11 +95,19 @@ impl ShardKafka {
         core: &mut ShardCore,
         counters: &ShardCounters,
     ) -> Result<(), String> {
-        if self.failed || !cp.due(now_ns, core.state(), &self.input(false)) {
+        if self.failed {
+            return Ok(());
+        }
+        let max_event_ns = core.max_event_ns();
+        if cp.capturing() {
+            // The running snapshot's next slice (at_least_once: its offsets are in it).
+            cp.tick_with(now_ns, core.state_mut(), max_event_ns, &Input::default());
+            return Ok(());
+        }
+        if !cp.due(now_ns, core.state(), &self.input(false)) {
             return Ok(());
         }
         let input = self.input(true);
-        let max_event_ns = core.max_event_ns();
         if !self.sink.transactional() {
             // Every Score of what the snapshot holds must be acknowledged first, or a restart
             // from it would never send the ones still in flight.
@@ -117,18 +126,21 @@ impl ShardKafka {
         let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) else {
             return Ok(());
         };
-        self.commit(cp, seq, counters)
+        self.commit(cp, seq, core.state_mut(), counters)
     }
 
     /// exactly_once: once checkpoint `seq` is durable, commit the transaction that names it.
+    /// The snapshot is finished in place (not a slice a cycle): Scores produced after its
+    /// flip would otherwise join the transaction that commits it.
     fn commit(
         &mut self,
         cp: &mut Checkpointer,
         seq: u64,
+        state: &mut KeyedState,
         counters: &ShardCounters,
     ) -> Result<(), String> {
         let started = std::time::Instant::now();
-        let result = self.commit_now(cp, seq, counters);
+        let result = self.commit_now(cp, seq, state, counters);
         let ns = started.elapsed().as_nanos() as u64;
         if ns > counters.kafka_commit_pause_max_ns.get() {
             counters.kafka_commit_pause_max_ns.set(ns);
@@ -140,9 +152,10 @@ impl ShardKafka {
         &mut self,
         cp: &mut Checkpointer,
         seq: u64,
+        state: &mut KeyedState,
         counters: &ShardCounters,
     ) -> Result<(), String> {
-        match cp.wait_written() {
+        match cp.wait_written(state) {
             Ok(written) => debug_assert_eq!(written, seq),
             // The transaction stays open and the next checkpoint commits it (its Scores too).
             Err(e) => {

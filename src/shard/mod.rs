@@ -161,6 +161,10 @@ impl Shard {
                 }
             }
             publish_checkpoint_stats(cp, counters);
+            if cp.capturing() {
+                // A snapshot being copied a slice a cycle: no parking until it is whole.
+                work += 1;
+            }
         }
         let wakers = &self.wakers;
         core.take_touched(|owner| wakers[owner].wake_if_parked());

@@ -11,7 +11,8 @@ use std::mem::size_of;
 use crate::route::mix64;
 
 use super::memory::table_vec;
-use super::record::{OCCUPIED, REFERENCED};
+use super::record::{CAPTURED, DIRTY_EVEN, OCCUPIED, REFERENCED};
+use super::snapshot::{other_dirty, Capture};
 use super::Record;
 
 /// Record heads in one array and their window words in a parallel one (`stride` words a
@@ -31,6 +32,12 @@ pub struct HotTable {
     /// packed part (seen: a 10M-key fill through 1M hot slots stopped progressing).
     hand_step: usize,
     sweep: usize,
+    /// The DIRTY bit changes mark now (the other one marks what a running snapshot takes).
+    dirty_bit: u64,
+    /// The CAPTURED value meaning "copied by the newest full snapshot"; new records get it.
+    taken: u64,
+    /// The running snapshot, if any (see `snapshot`).
+    capture: Option<Capture>,
 }
 
 impl HotTable {
@@ -57,6 +64,100 @@ impl HotTable {
             hand: 0,
             hand_step: scatter_step(slots_len),
             sweep: 0,
+            dirty_bit: DIRTY_EVEN,
+            taken: 0,
+            capture: None,
+        }
+    }
+
+    /// The DIRTY bit a change marks now.
+    #[inline]
+    pub fn dirty_bit(&self) -> u64 {
+        self.dirty_bit
+    }
+
+    pub fn capturing(&self) -> bool {
+        self.capture.is_some()
+    }
+
+    /// A snapshot's flip: from now on every record in it (all of them if `full`, else those
+    /// marked with the current DIRTY bit, whose keys are `keys`) is pending until copied into
+    /// `out`, and changes mark the other DIRTY bit. O(1): no record is touched.
+    pub fn begin_capture(&mut self, full: bool, out: Vec<u8>, keys: Vec<u64>) {
+        debug_assert!(self.capture.is_none(), "a snapshot is already running");
+        let pending_dirty = self.dirty_bit;
+        self.dirty_bit = other_dirty(self.dirty_bit);
+        if full {
+            self.taken ^= CAPTURED;
+        }
+        self.capture = Some(Capture {
+            full,
+            pending_dirty,
+            out,
+            written: 0,
+            cursor: 0,
+            keys,
+            overflowed: false,
+        });
+    }
+
+    /// Copy up to `budget` pending records (looking at up to twice as many slots or keys);
+    /// true when none is left.
+    pub fn capture_step(&mut self, budget: usize) -> bool {
+        let Some(mut c) = self.capture.take() else {
+            return true;
+        };
+        let mut copied = 0;
+        let mut looked = 0;
+        let limit = budget.saturating_mul(2);
+        let done = if c.full {
+            while c.cursor < self.n && copied < budget && looked < limit {
+                let i = c.cursor;
+                c.cursor += 1;
+                looked += 1;
+                let range = self.words_at(i);
+                let head = &mut self.heads[i];
+                if head.is_occupied() && c.is_pending(head, self.taken) {
+                    c.take(head, &self.words[range], self.taken);
+                    copied += 1;
+                }
+            }
+            c.cursor >= self.n
+        } else {
+            while c.cursor < c.keys.len() && copied < budget && looked < limit {
+                let key = c.keys[c.cursor];
+                c.cursor += 1;
+                looked += 1;
+                if let Some(i) = self.find(key) {
+                    let range = self.words_at(i);
+                    let head = &mut self.heads[i];
+                    if c.is_pending(head, self.taken) {
+                        c.take(head, &self.words[range], self.taken);
+                        copied += 1;
+                    }
+                }
+            }
+            c.cursor >= c.keys.len()
+        };
+        self.capture = Some(c);
+        done
+    }
+
+    /// The finished snapshot (call once `capture_step` returned true).
+    pub fn end_capture(&mut self) -> Option<Capture> {
+        self.capture.take()
+    }
+
+    /// Before the record in `slot` changes, moves or leaves: if the running snapshot still
+    /// needs it, copy it now (copy-on-write). A branch when no snapshot runs.
+    #[inline]
+    pub fn before_change(&mut self, slot: usize) {
+        if let Some(c) = &mut self.capture {
+            let head = &mut self.heads[slot];
+            if head.is_occupied() && c.is_pending(head, self.taken) {
+                let range = slot * self.stride..(slot + 1) * self.stride;
+                c.take(head, &self.words[range], self.taken);
+            }
         }
     }
 
@@ -184,7 +285,9 @@ impl HotTable {
         if self.is_full() {
             return None;
         }
-        rec.flags = OCCUPIED | REFERENCED;
+        // Not pending for a running snapshot (it did not exist at the flip), pending for the
+        // next full one.
+        rec.flags = OCCUPIED | REFERENCED | self.taken;
         let mut i = self.home(rec.key);
         while self.heads[i].is_occupied() {
             i = self.next(i);
@@ -208,6 +311,7 @@ impl HotTable {
     }
 
     fn remove_inner(&mut self, slot: usize) -> Record {
+        self.before_change(slot);
         let removed = self.heads[slot];
         debug_assert!(removed.is_occupied());
         self.heads[slot] = Record::default();
@@ -219,6 +323,8 @@ impl HotTable {
             // The entry at j may fill the hole if its home is not after the hole on the way
             // to j (cyclically): its distance from home is at least the hole's distance.
             if self.dist(home, j) >= self.dist(hole, j) {
+                // A record that moves may jump over the snapshot's scan: copy it first.
+                self.before_change(j);
                 self.heads[hole] = self.heads[j];
                 self.heads[j] = Record::default();
                 let from = self.words_at(j);
@@ -458,6 +564,48 @@ mod tests {
         }
     }
 
+    /// `bump` as `KeyedState::apply` does it: the running snapshot copies the record first.
+    fn bump_cow(t: &mut HotTable, key: u64) -> Option<u64> {
+        let slot = match t.find(key) {
+            Some(s) => s,
+            None => t.insert(Record::fresh(key, 1), None)?,
+        };
+        t.before_change(slot);
+        let bit = t.dirty_bit();
+        let (head, words) = t.slot_mut(slot);
+        head.flags |= REFERENCED | bit;
+        head.observations += 1;
+        words[0] += 10;
+        Some(head.observations)
+    }
+
+    /// Keys with their (observations, first word), as the table holds them now.
+    fn contents(t: &HotTable) -> HashMap<u64, (u64, u64)> {
+        (0..t.slots())
+            .filter(|&i| t.heads[i].is_occupied())
+            .map(|i| {
+                let (h, w) = t.slot(i);
+                (h.key, (h.observations, w[0]))
+            })
+            .collect()
+    }
+
+    /// The images a finished capture holds; a key copied twice fails.
+    fn captured(c: &Capture, stride: usize) -> HashMap<u64, (u64, u64)> {
+        let image = crate::state::image_bytes(stride);
+        let mut out = HashMap::new();
+        let mut words = vec![0u64; stride];
+        for img in c.out.chunks_exact(image) {
+            let r = Record::read_image(img, &mut words).unwrap();
+            assert!(
+                out.insert(r.key, (r.observations, words[0])).is_none(),
+                "key {} copied twice",
+                r.key
+            );
+        }
+        out
+    }
+
     proptest! {
         /// Inserts, updates and removals in any order keep the table equal to a HashMap, words
         /// included (the backward shift moves them with their heads).
@@ -492,6 +640,57 @@ mod tests {
                 let (h, w) = t.get(*k).unwrap();
                 prop_assert_eq!((h.observations, w[0]), (*n, 10 * n));
             }
+        }
+
+        /// A snapshot racing updates, inserts and removals (whose backward shifts move
+        /// records across the scan) copies exactly the records as they were at the flip, each
+        /// once: every one of them for a full snapshot, the ones changed since the last flip
+        /// for an incremental one.
+        #[test]
+        fn a_capture_holds_the_table_as_of_its_flip(
+            before in proptest::collection::vec(0u64..40, 0..60),
+            full in any::<bool>(),
+            during in proptest::collection::vec((0u8..4, 0u64..40), 1..200),
+        ) {
+            let mut t = HotTable::new(24, 1);
+            // A first (full) snapshot, so an incremental one has a flip to count changes from.
+            t.begin_capture(true, Vec::with_capacity(1 << 16), Vec::new());
+            while !t.capture_step(7) {}
+            t.end_capture();
+            let mut changed = Vec::new();
+            for key in &before {
+                let was = t.find(*key).map(|s| t.heads[s].flags & t.dirty_bit() != 0);
+                if bump_cow(&mut t, *key).is_some() && was != Some(true) {
+                    changed.push(*key);
+                }
+            }
+            let all = contents(&t);
+            let want: HashMap<u64, (u64, u64)> = if full {
+                all
+            } else {
+                all.into_iter().filter(|(k, _)| changed.contains(k)).collect()
+            };
+            t.begin_capture(full, Vec::with_capacity(1 << 16), changed);
+            let mut done = false;
+            for (op, key) in during {
+                match op {
+                    0 => {
+                        bump_cow(&mut t, key);
+                    }
+                    1 => {
+                        if let Some(slot) = t.find(key) {
+                            t.remove_slot(slot, &mut [0]);
+                        }
+                    }
+                    _ => done = t.capture_step(1 + key as usize % 3),
+                }
+            }
+            while !done {
+                done = t.capture_step(5);
+            }
+            let c = t.end_capture().unwrap();
+            prop_assert!(!c.overflowed);
+            prop_assert_eq!(captured(&c, 1), want);
         }
     }
 }

@@ -10,11 +10,17 @@ mod hot_table;
 mod memory;
 pub(crate) mod record;
 pub mod resident;
+pub mod snapshot;
 mod spill;
 
 pub use hot_table::HotTable;
 pub use record::{image_bytes, Record, RECORD_BYTES};
-pub use spill::{Spill, SpillError};
+pub use snapshot::SpillMark;
+pub use spill::{checkpoint_db, Spill, SpillError};
+
+use std::sync::Arc;
+
+use snapshot::SpillJournal;
 
 use crate::features::{FeaturePlan, Obs};
 use crate::wire::EventKind;
@@ -108,8 +114,10 @@ pub struct KeyedState {
     /// Words of a record on its way to or from the spill store (one record's worth each).
     victim_words: Vec<u64>,
     cold_words: Vec<u64>,
-    /// What changed since the last checkpoint took it (see `Changes`).
+    /// What changed since the last checkpoint's flip (see `Changes`).
     changes: Changes,
+    /// A running snapshot's spill moves (see `snapshot`).
+    journal: SpillJournal,
     pub stats: StateStats,
 }
 
@@ -122,14 +130,17 @@ pub(crate) fn changes_bound(hot_capacity: usize) -> usize {
 
 /// Change tracking for incremental checkpoints: keys whose hot record changed (each once,
 /// deduplicated by the record's DIRTY bit) and keys that left the hot table (spilled or
-/// expired). Both lists are allocated once (2 x `state.hot_capacity` + 1024 entries); past
-/// that the next checkpoint is a full one instead.
+/// expired). Both lists are allocated once (2 x `state.hot_capacity` + 1024 entries), with a
+/// spare of each that takes their place at a snapshot's flip while the snapshot reads them;
+/// past that bound the next checkpoint is a full one instead.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub on: bool,
     pub dirty: Vec<u64>,
     pub gone: Vec<u64>,
     pub overflowed: bool,
+    spare_dirty: Vec<u64>,
+    spare_gone: Vec<u64>,
 }
 
 impl Changes {
@@ -147,19 +158,27 @@ impl Changes {
         }
     }
 
-    fn dirty(&mut self, head: &mut Record) {
-        if self.on && head.flags & record::DIRTY == 0 {
-            head.flags |= record::DIRTY;
+    /// `bit`: the hot table's current DIRTY bit.
+    fn dirty(&mut self, head: &mut Record, bit: u64) {
+        if self.on && head.flags & bit == 0 {
+            head.flags |= bit;
             Self::note(&mut self.dirty, &mut self.overflowed, head.key);
         }
     }
+}
 
-    /// Forget everything tracked (a checkpoint took it).
-    pub fn clear(&mut self) {
-        self.dirty.clear();
-        self.gone.clear();
-        self.overflowed = false;
-    }
+/// What a finished snapshot holds, for the checkpointer to write.
+#[derive(Debug)]
+pub struct Taken {
+    /// The buffer given at the flip: its header room, then `records` images, then `gone` keys.
+    pub out: Vec<u8>,
+    pub records: u64,
+    pub gone: u64,
+    /// Spill moves journaled (see `snapshot`), `journal_entries` entries.
+    pub journal: Vec<u8>,
+    pub journal_entries: u64,
+    /// An image did not fit `out`: the snapshot is incomplete and must not be committed.
+    pub overflowed: bool,
 }
 
 impl KeyedState {
@@ -182,11 +201,12 @@ impl KeyedState {
             victim_words: vec![0; words],
             cold_words: vec![0; words],
             changes: Changes::default(),
+            journal: SpillJournal::default(),
             stats: StateStats::default(),
         }
     }
 
-    /// Track changes for incremental checkpoints (allocates the two bounded lists).
+    /// Track changes for incremental checkpoints (allocates the bounded lists and spares).
     pub fn track_changes(&mut self) {
         let cap = changes_bound(self.hot.capacity());
         self.changes = Changes {
@@ -194,13 +214,95 @@ impl KeyedState {
             dirty: Vec::with_capacity(cap),
             gone: Vec::with_capacity(cap),
             overflowed: false,
+            spare_dirty: Vec::with_capacity(cap),
+            spare_gone: Vec::with_capacity(cap),
         };
     }
 
-    /// What changed since the last checkpoint, and the hot table to read it from (the
-    /// checkpointer clears DIRTY bits as it takes records).
-    pub fn changes_mut(&mut self) -> (&mut Changes, &mut HotTable) {
-        (&mut self.changes, &mut self.hot)
+    /// Whether the next snapshot can be incremental (changes tracked, none lost since the
+    /// last flip).
+    pub fn changes_complete(&self) -> bool {
+        self.changes.on && !self.changes.overflowed
+    }
+
+    pub fn snapshot_running(&self) -> bool {
+        self.hot.capturing()
+    }
+
+    /// A snapshot's flip (see `snapshot`): O(1), no record is copied here. `out` is the
+    /// snapshot buffer with the header room already in it; `journal` the spill journal's
+    /// buffer (`entries_max` entries) and `mark` what the writer sets once it has the spill
+    /// store's checkpoint. Without a spill store nothing is journaled.
+    pub fn begin_snapshot(
+        &mut self,
+        full: bool,
+        out: Vec<u8>,
+        journal: Vec<u8>,
+        entries_max: u64,
+        mark: Arc<SpillMark>,
+    ) {
+        let c = &mut self.changes;
+        let keys = std::mem::replace(&mut c.dirty, std::mem::take(&mut c.spare_dirty));
+        let gone = std::mem::replace(&mut c.gone, std::mem::take(&mut c.spare_gone));
+        c.overflowed = false;
+        // The spare gone list holds the flip's gone keys until the snapshot ends.
+        c.spare_gone = gone;
+        let keys = if full {
+            // A full snapshot scans slots, not keys.
+            let mut keys = keys;
+            keys.clear();
+            keys
+        } else {
+            keys
+        };
+        self.hot.begin_capture(full, out, keys);
+        self.journal.start(journal, entries_max, mark);
+        if self.spill.is_none() {
+            self.journal.finish();
+        }
+    }
+
+    /// Copy up to `budget` more records into the running snapshot; true when it has them all.
+    pub fn snapshot_step(&mut self, budget: usize) -> bool {
+        self.hot.capture_step(budget)
+    }
+
+    /// End the snapshot (after `snapshot_step` returned true): its buffer with the gone keys
+    /// appended (an incremental one's), and the journal. None if none was running.
+    pub fn end_snapshot(&mut self) -> Option<Taken> {
+        let mut c = self.hot.end_capture()?;
+        let (journal, journal_entries) = self.journal.finish();
+        let changes = &mut self.changes;
+        let mut gone = std::mem::take(&mut changes.spare_gone);
+        let mut overflowed = c.overflowed;
+        let gone_n = if c.full { 0 } else { gone.len() as u64 };
+        if !c.full {
+            if c.out.len() + gone.len() * 8 > c.out.capacity() {
+                overflowed = true;
+            } else {
+                for key in &gone {
+                    c.out.extend_from_slice(&key.to_le_bytes());
+                }
+            }
+        }
+        gone.clear();
+        changes.spare_gone = gone;
+        let mut keys = std::mem::take(&mut c.keys);
+        keys.clear();
+        changes.spare_dirty = keys;
+        Some(Taken {
+            out: c.out,
+            records: c.written,
+            gone: gone_n,
+            journal,
+            journal_entries,
+            overflowed,
+        })
+    }
+
+    /// Journal waits so far (the journal was full) and the longest wait.
+    pub fn journal_waits(&self) -> (u64, u64) {
+        (self.journal.waits, self.journal.wait_ns_max)
     }
 
     /// A shard's state as `config` describes it, on `spill` (None: no spill store).
@@ -295,10 +397,16 @@ impl KeyedState {
                 self.bring_in(u)?
             }
         };
+        // A running snapshot copies the record first if it still needs it.
+        self.hot.before_change(slot);
+        let dirty_bit = self.hot.dirty_bit();
         let (head, words) = self.hot.slot_mut(slot);
         if existed && self.ttl_ns > 0 && now_ns.saturating_sub(head.last_event_ns) > self.ttl_ns {
-            // Idle past the TTL: the key starts over, as if it had been swept already.
+            // Idle past the TTL: the key starts over, as if it had been swept already (its
+            // slot bits stay: they say what the snapshots have of it).
+            let flags = head.flags;
             *head = Record::fresh(u.key, u.ts_ns);
+            head.flags = flags;
             words.fill(0);
             self.stats.expired += 1;
         }
@@ -313,7 +421,7 @@ impl KeyedState {
             self.stats.duplicates += 1;
             return Ok(Outcome::Duplicate);
         }
-        self.changes.dirty(head);
+        self.changes.dirty(head, dirty_bit);
         head.seq_end = head.seq_end.max(u.seq.saturating_add(1));
         head.prev_event_ns = head.last_event_ns;
         head.last_event_ns = head.last_event_ns.max(u.ts_ns);
@@ -352,6 +460,8 @@ impl KeyedState {
         if self.hot.is_full() {
             if let Some(victim) = self.hot.evict_candidate() {
                 let rec = self.hot.remove_slot(victim, &mut self.victim_words);
+                self.journal
+                    .absent(rec.key, image_bytes(self.victim_words.len()));
                 if let Err(e) = spill.put(&rec, &self.victim_words) {
                     let _ = self.hot.insert(rec, Some(&self.victim_words));
                     return Err(e.into());
@@ -361,13 +471,16 @@ impl KeyedState {
             }
         }
         // Room was made above unless hot_capacity is 0, which config validation refuses.
-        match spill.take(u.key, &mut self.cold_words)? {
+        match spill.peek(u.key, &mut self.cold_words)? {
             Some(rec) => {
+                self.journal.image(&rec, &self.cold_words);
+                spill.remove(u.key)?;
                 self.stats.reloads += 1;
                 let slot = self.hot.insert(rec, Some(&self.cold_words)).ok_or(full)?;
                 // It left the spill store: the next checkpoint must have it among the hot
                 // records even if this event turns out to be a replay.
-                self.changes.dirty(self.hot.slot_mut(slot).0);
+                let bit = self.hot.dirty_bit();
+                self.changes.dirty(self.hot.slot_mut(slot).0, bit);
                 Ok((slot, true))
             }
             None => {

@@ -28,14 +28,20 @@ pub struct Record {
     /// The newest event time before the last event, kept for "seconds since last event".
     pub prev_event_ns: u64,
     /// Slot bits for the hot table: `OCCUPIED` (key 0 is a valid key, so emptiness needs its
-    /// own bit) and `REFERENCED` (the CLOCK bit, set on use, cleared by the eviction hand).
+    /// own bit), `REFERENCED` (the CLOCK bit, set on use, cleared by the eviction hand), and
+    /// the snapshot bits `DIRTY_EVEN`, `DIRTY_ODD`, `CAPTURED`. Never stored.
     pub flags: u64,
 }
 
 pub const OCCUPIED: u64 = 1;
 pub const REFERENCED: u64 = 2;
-/// Changed since the last checkpoint took it (only tracked with checkpoints on).
-pub const DIRTY: u64 = 4;
+/// Changed since a checkpoint's flip (only tracked with checkpoints on). Two bits that take
+/// turns: changes mark one while a running snapshot takes the records marked with the other
+/// (see `snapshot`).
+pub const DIRTY_EVEN: u64 = 4;
+pub const DIRTY_ODD: u64 = 8;
+/// Copied by a full snapshot: its "taken" value flips at every full flip (see `snapshot`).
+pub const CAPTURED: u64 = 16;
 
 /// Bytes of the stored head.
 pub const RECORD_BYTES: usize = 80;

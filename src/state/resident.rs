@@ -1,7 +1,8 @@
 //! Start-up check of what the configuration keeps resident against what the machine has:
-//! every shard's hot table (and, with `state.dir`, its checkpoint snapshot buffer) is
-//! allocated and touched when the shard starts, so a configuration that cannot fit is refused
-//! with its arithmetic instead of being killed by the OOM killer half-way through start-up.
+//! every shard's hot table (and, with `state.dir`, its checkpoint snapshot buffer, spill
+//! journal and change lists) is allocated and touched when the shard starts, so a
+//! configuration that cannot fit is refused with its arithmetic instead of being killed by the
+//! OOM killer half-way through start-up.
 
 use super::checkpoint;
 use super::HotTable;
@@ -19,6 +20,9 @@ fn per_shard_bytes(config: &Config, words: usize) -> usize {
     let table = HotTable::bytes_for(config.state.hot_capacity, words);
     let snapshots = if checkpoints(config) {
         checkpoint::buffer_bytes(config.state.hot_capacity, words)
+            + checkpoint::journal_bytes(config.checkpoint.spill_journal_records, words)
+            // The change lists and their spares (`KeyedState::track_changes`).
+            + 4 * super::changes_bound(config.state.hot_capacity) * 8
     } else {
         0
     };
@@ -37,7 +41,7 @@ fn refusal(config: &Config, words: usize, shards: usize, available: u64) -> Opti
             config.state.hot_capacity,
             words,
             if checkpoints(config) {
-                ", plus the checkpoint snapshot buffer"
+                ", plus the checkpoint snapshot buffer, spill journal and change lists"
             } else {
                 ""
             },
@@ -117,8 +121,10 @@ mod tests {
         let with_buffer = per_shard_bytes(&durable, words);
         assert_eq!(
             with_buffer,
-            one + checkpoint::buffer_bytes(1000, words),
-            "a durable shard also keeps its snapshot buffer"
+            one + checkpoint::buffer_bytes(1000, words)
+                + checkpoint::journal_bytes(16_384, words)
+                + 4 * crate::state::changes_bound(1000) * 8,
+            "a durable shard also keeps its snapshot buffer, spill journal and change lists"
         );
         assert!(refusal(&durable, words, 1, one as u64)
             .unwrap()

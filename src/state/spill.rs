@@ -1,13 +1,15 @@
-//! Cold records in RocksDB, one database per shard (no sharing, no locks). A record lives in
+//! Cold records in RocksDB, one database per shard (no locks; the checkpoint writer only
+//! takes RocksDB checkpoints of it). A record lives in
 //! exactly one place: `take` reads and deletes it when it returns to the hot table, `put`
 //! writes it when it leaves.
 //!
 //! Spill is capacity, not durability: writes skip the WAL, so a put or delete is a memtable
 //! insert, no syscall. Durability comes from checkpoints (`checkpoint`), which flush the
-//! memtable and hard-link the store's files at a cycle boundary. Reads of keys that were never
+//! memtable and hard-link the store's files on the writer thread (see `snapshot`). Reads of keys that were never
 //! spilled stop at the bloom filters in memory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteOptions, DB};
 
@@ -32,7 +34,9 @@ pub enum SpillError {
 }
 
 pub struct Spill {
-    db: DB,
+    /// Shared with the checkpoint writer thread, which takes RocksDB checkpoints of it while
+    /// the shard goes on (RocksDB is thread-safe for that).
+    db: Arc<DB>,
     writes: WriteOptions,
     /// Records currently in the store.
     len: u64,
@@ -75,7 +79,7 @@ impl Spill {
         let mut writes = WriteOptions::default();
         writes.disable_wal(true);
         Ok(Self {
-            db,
+            db: Arc::new(db),
             writes,
             len: restored_len.unwrap_or(0),
             words,
@@ -106,9 +110,31 @@ impl Spill {
         let Some(rec) = self.peek(key, words)? else {
             return Ok(None);
         };
+        self.remove(key)?;
+        Ok(Some(rec))
+    }
+
+    /// Remove a key `peek` found.
+    pub fn remove(&mut self, key: u64) -> Result<(), SpillError> {
         self.db.delete_opt(key.to_be_bytes(), &self.writes)?;
         self.len -= 1;
-        Ok(Some(rec))
+        Ok(())
+    }
+
+    /// The store, for the checkpoint writer thread.
+    pub fn shared(&self) -> Arc<DB> {
+        Arc::clone(&self.db)
+    }
+
+    /// Put one key back as it was at a snapshot's flip (restore, replaying a spill journal):
+    /// its image, or absent. The record count is not touched: the checkpoint's manifest holds
+    /// the count at the flip, which the store was opened with.
+    pub fn restore_entry(&mut self, key: u64, image: Option<&[u8]>) -> Result<(), SpillError> {
+        match image {
+            Some(img) => self.db.put_opt(key.to_be_bytes(), img, &self.writes)?,
+            None => self.db.delete_opt(key.to_be_bytes(), &self.writes)?,
+        }
+        Ok(())
     }
 
     /// The key's record (its words into `words`), left in place.
@@ -129,8 +155,13 @@ impl Spill {
     /// A consistent copy of the store at `dir` (which must not exist): the memtable is
     /// flushed and the table files hard-linked, so the cost is a flush, not a copy.
     pub fn checkpoint_to(&self, dir: &Path) -> Result<(), SpillError> {
-        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-        cp.create_checkpoint(dir)?;
-        Ok(())
+        checkpoint_db(&self.db, dir)
     }
+}
+
+/// `Spill::checkpoint_to` from another thread (the checkpoint writer's).
+pub fn checkpoint_db(db: &DB, dir: &Path) -> Result<(), SpillError> {
+    let cp = rocksdb::checkpoint::Checkpoint::new(db)?;
+    cp.create_checkpoint(dir)?;
+    Ok(())
 }

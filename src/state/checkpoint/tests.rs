@@ -1,8 +1,14 @@
 use std::collections::BTreeMap;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::writer::{write_job, Job};
 use super::*;
 use crate::features::FeaturePlan;
-use crate::state::{HotTable, KeyState, Outcome, Update};
+use crate::state::{checkpoint_db, SpillError};
+use crate::state::{HotTable, KeyState, KeyedState, Outcome, Spill, SpillMark, Update};
 use crate::wire::EventKind;
 
 const SEC: u64 = 1_000_000_000;
@@ -98,6 +104,9 @@ fn checkpointer(d: &Dir, layout: &str, next: u64, full_every: usize) -> Checkpoi
         keep: 2,
         full_every,
         buffer_bytes: 1 << 20,
+        slice_records: 3,
+        journal_records: 1000,
+        words: plan().words(),
         next_seq: next,
     })
     .unwrap()
@@ -344,4 +353,260 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
     assert_eq!((seq, chain), (8, 4));
     assert_eq!(all, snapshots[7].0);
     assert_eq!(n, snapshots[7].1);
+}
+
+fn event(key: u64, seq: u64, now: u64, amount: f32) -> Update<'static> {
+    Update {
+        key,
+        seq,
+        ts_ns: now,
+        kind: EventKind::Observation,
+        amount,
+        label: -1.0,
+        features: &[],
+        source: 0,
+    }
+}
+
+/// A small deterministic generator for the race tests.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// One seed of the race: snapshots flipped at random points of random traffic over 40 keys
+/// through 8 hot slots (spills, reloads, TTL expiry), their records copied a random slice at
+/// a time between events, the spill store's RocksDB checkpoint taken by another thread at a
+/// random moment while the traffic goes on (or when the journal of `journal_max` entries is
+/// full and the shard waits for it). Every checkpoint, restored, equals the state at its
+/// flip. Returns the journal waits.
+fn race(seed: u64, journal_max: u64) -> u64 {
+    let d = Dir::new(&format!("race-{seed}-{journal_max}"));
+    let p = plan();
+    let words = p.words();
+    let mut s = KeyedState::new(
+        HotTable::new(8, words),
+        Some(open(&d.spill(), None).unwrap()),
+        p,
+        20 * SEC,
+        false,
+    );
+    s.track_changes();
+    std::fs::create_dir_all(d.root()).unwrap();
+    let mut rng = Lcg(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut now = SEC;
+    let mut next_seq = 0u64;
+    let mut step = |s: &mut KeyedState, rng: &mut Lcg, now: &mut u64| {
+        *now += rng.next(2 * SEC);
+        if rng.next(10) == 0 {
+            s.expire_idle(*now, 1 + rng.next(6) as usize);
+        } else {
+            next_seq += 1;
+            let u = event(rng.next(40), next_seq, *now, rng.next(1000) as f32);
+            s.apply(&u, *now).unwrap();
+        }
+    };
+    let mut expected = Vec::new();
+    let mut parent = 0u64;
+    for seq in 1..=10u64 {
+        for _ in 0..rng.next(25) {
+            step(&mut s, &mut rng, &mut now);
+        }
+        let full = parent == 0 || !s.changes_complete() || rng.next(3) == 0;
+        let at_flip = (
+            dump_keys(&s, 40),
+            s.hot_len() as u64 + s.spilled_len(),
+            s.stats.observations_applied,
+        );
+        let spilled_at_flip = s.spilled_len();
+        let mark = Arc::new(SpillMark::default());
+        let mut out = Vec::with_capacity(buffer_bytes(8, words));
+        out.resize(HEADER_BYTES, 0);
+        s.begin_snapshot(
+            full,
+            out,
+            Vec::with_capacity(writer::journal_bytes(journal_max as usize, words)),
+            journal_max,
+            Arc::clone(&mark),
+        );
+        // The "writer": takes the spill store's checkpoint when told to, or as soon as the
+        // shard waits on a full journal.
+        let tmp = d.root().join(format!("{}.tmp", name(seq)));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let go = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (db, mark, go, dir) = (
+                s.spill().unwrap().shared(),
+                Arc::clone(&mark),
+                Arc::clone(&go),
+                tmp.join("spill"),
+            );
+            std::thread::spawn(move || {
+                while !go.load(Ordering::Acquire) && mark.waiters() == 0 {
+                    std::thread::yield_now();
+                }
+                checkpoint_db(&db, &dir).unwrap();
+                mark.set(false);
+            })
+        };
+        let spill_at = rng.next(30);
+        let mut copied = false;
+        for i in 0..30 {
+            if i == spill_at {
+                go.store(true, Ordering::Release);
+            }
+            step(&mut s, &mut rng, &mut now);
+            if rng.next(2) == 0 {
+                copied = s.snapshot_step(1 + rng.next(3) as usize);
+            }
+        }
+        go.store(true, Ordering::Release);
+        writer.join().unwrap();
+        while !copied {
+            copied = s.snapshot_step(2);
+        }
+        let taken = s.end_snapshot().unwrap();
+        assert!(!taken.overflowed);
+        let mut buffer = taken.out;
+        HotHeader {
+            words: words as u32,
+            records: taken.records,
+            gone: taken.gone,
+            journal: taken.journal_entries,
+        }
+        .encode(&mut buffer[..HEADER_BYTES]);
+        let manifest = Manifest {
+            seq,
+            shard: 0,
+            layout: "L1".into(),
+            parent: if full { 0 } else { parent },
+            hot_records: taken.records,
+            gone: taken.gone,
+            spilled: spilled_at_flip,
+            hot_bytes: (buffer.len() + taken.journal.len()) as u64,
+            hot_crc: 0,
+            max_event_ns: 0,
+            observations_applied: at_flip.2,
+            created_unix_ms: 0,
+            kafka_offsets: Vec::new(),
+        };
+        let job = Job {
+            done: d.root().join(name(seq)),
+            tmp,
+            buffer,
+            journal: taken.journal,
+            manifest,
+        };
+        write_job(&job, &d.root(), CHECKPOINTS_KEPT).unwrap();
+        expected.push((seq, at_flip));
+        parent = seq;
+    }
+    let (waits, _) = s.journal_waits();
+    assert!(
+        s.stats.spills > 0 && s.stats.reloads > 0 && s.stats.expired > 0,
+        "seed {seed}: the traffic must spill, reload and expire: {:?}",
+        s.stats
+    );
+    drop(s);
+    // Newest first: restoring checkpoint N deletes the ones after it.
+    for (seq, (keys, total, applied)) in expected.into_iter().rev() {
+        let (spill, point) = restore_to(
+            &d.root(),
+            "L1",
+            &d.spill(),
+            words,
+            open,
+            RestoreTarget::Exactly(seq),
+        )
+        .unwrap();
+        let p = plan();
+        let mut back = KeyedState::new(HotTable::new(8, words), Some(spill), p, 20 * SEC, false);
+        load_records(&mut back, &point.unwrap()).unwrap();
+        assert_eq!(dump_keys(&back, 40), keys, "seed {seed}, checkpoint {seq}");
+        assert_eq!(
+            back.hot_len() as u64 + back.spilled_len(),
+            total,
+            "seed {seed}, checkpoint {seq}: every record in exactly one place"
+        );
+        assert_eq!(back.stats.observations_applied, applied);
+    }
+    waits
+}
+
+const CHECKPOINTS_KEPT: usize = 100;
+
+/// Random updates racing running snapshots restore exactly the state at each flip, for full
+/// and incremental snapshots, with spill, reloads and expiry moving records meanwhile.
+#[test]
+fn snapshots_racing_updates_restore_the_state_at_their_flip() {
+    for seed in 0..24 {
+        race(seed, 1_000);
+    }
+}
+
+/// A journal of 2 entries fills during most snapshots: the shard waits for the spill
+/// checkpoint (counted) and every restore is still exact.
+#[test]
+fn a_full_spill_journal_makes_the_shard_wait_and_stays_consistent() {
+    let waits: u64 = (100..108).map(|seed| race(seed, 2)).sum();
+    assert!(waits > 0, "no snapshot filled a 2-entry journal");
+}
+
+/// Through the Checkpointer: snapshots flipped by `tick`, copied a slice per cycle while
+/// events keep coming, written by the real writer thread; the newest restores to its flip.
+#[test]
+fn ticked_snapshots_copy_a_slice_a_cycle_and_restore_to_their_flip() {
+    let d = Dir::new("ticked");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 3);
+    cp.wait_ready();
+    let mut rng = Lcg(7);
+    let mut now = SEC;
+    let mut at_flip = BTreeMap::new();
+    let mut flips = 0;
+    let mut seq = 0;
+    let mut cycles_running = 0;
+    while cp.stats.written < 6 {
+        for _ in 0..3 {
+            seq += 1;
+            now += SEC / 10;
+            s.apply(&event(rng.next(40), seq, now, 1.0), now).unwrap();
+        }
+        let before = dump(&s);
+        if cp.tick_with(now, &mut s, now, &Input::default()).is_some() {
+            flips += 1;
+            at_flip = before;
+        }
+        if cp.capturing() {
+            cycles_running += 1;
+        }
+        assert!(
+            seq < 100_000,
+            "checkpoints stopped being written: {:?}",
+            cp.stats
+        );
+    }
+    assert!(
+        cycles_running > flips,
+        "a snapshot spans several cycles at 3 records a slice"
+    );
+    // Let the last flipped one finish and be written; the shard changes no state meanwhile.
+    while cp.capturing() {
+        cp.tick(now, &mut s, now);
+    }
+    cp.wait_ready();
+    let newest = cp.stats.last_seq;
+    assert_eq!(cp.stats.failed, 0);
+    drop(s);
+    drop(cp);
+    let (back, restored) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(restored, Some(newest));
+    assert_eq!(dump(&back), at_flip);
 }

@@ -1,0 +1,292 @@
+//! Checkpoints of one shard's state, and restoring the newest good one at start.
+//!
+//! Layout under `state.dir/shard-N/checkpoints/`:
+//! ```text
+//! ckpt-00000000000000000042/
+//!     spill/     RocksDB checkpoint of the spill store (table files hard-linked)
+//!     hot.bin    header (`HotHeader`), the hot records' stored images, the keys that left
+//!                the hot table (incremental), the spill journal (see `state::snapshot`)
+//!     COMMIT     the manifest (key=value lines, its own CRC last): written last, so a
+//!                checkpoint without it is incomplete
+//! ```
+//! A checkpoint is built under `ckpt-N.tmp` and renamed when its COMMIT is on disk, so a
+//! crash leaves either a complete checkpoint or a `.tmp` that restore deletes.
+//!
+//! `format` and `restore` read checkpoints; `writer` takes them: the shard flips a snapshot
+//! at a cycle boundary (microseconds), copies its records a slice per cycle, and a writer
+//! thread of its own takes the spill store's RocksDB checkpoint, writes, syncs, commits and
+//! prunes (see `state::snapshot` for why that equals the state at the flip).
+
+mod restore;
+mod writer;
+
+pub use restore::{load_records, read_verified, restore, restore_to, RestorePoint, RestoreTarget};
+pub use writer::{
+    buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, Input,
+};
+
+use std::path::{Path, PathBuf};
+
+use super::{SpillError, StateError};
+
+const MAGIC: &[u8; 8] = b"SLUICEHT";
+/// COMMIT format (3 added kafka_offsets).
+const FORMAT: u32 = 3;
+/// hot.bin format: 3 added the spill journal (and its count in the header); 2 still reads.
+const HOT_FORMAT: u32 = 3;
+/// Header bytes of the hot.bin this build writes.
+const HEADER_BYTES: usize = HotHeader::BYTES;
+
+/// hot.bin's header: magic, format, words per record, then counts of records, gone keys and
+/// (format 3) journal entries, little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HotHeader {
+    pub words: u32,
+    pub records: u64,
+    pub gone: u64,
+    pub journal: u64,
+}
+
+impl HotHeader {
+    const BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8;
+    const BYTES_V2: usize = 8 + 4 + 4 + 8 + 8;
+
+    fn encode(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&HOT_FORMAT.to_le_bytes());
+        out[12..16].copy_from_slice(&self.words.to_le_bytes());
+        out[16..24].copy_from_slice(&self.records.to_le_bytes());
+        out[24..32].copy_from_slice(&self.gone.to_le_bytes());
+        out[32..40].copy_from_slice(&self.journal.to_le_bytes());
+    }
+
+    /// The header and its length (format 2 has no journal count).
+    fn decode(b: &[u8]) -> Option<(Self, usize)> {
+        let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
+        let u64_at = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
+        if b.get(..8)? != MAGIC {
+            return None;
+        }
+        let (journal, len) = match u32_at(8)? {
+            2 => (0, Self::BYTES_V2),
+            3 => (u64_at(32)?, Self::BYTES),
+            _ => return None,
+        };
+        Some((
+            Self {
+                words: u32_at(12)?,
+                records: u64_at(16)?,
+                gone: u64_at(24)?,
+                journal,
+            },
+            len,
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("checkpoint {path} was written for {found}, but this run has {want}: it cannot be restored. Restore the old settings, or move {root} away to start empty")]
+    Mismatch {
+        path: PathBuf,
+        root: PathBuf,
+        found: String,
+        want: String,
+    },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where a consumed Kafka partition stands in a checkpoint: the next offset to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+fn render_offsets(offsets: &[PartitionOffset]) -> String {
+    let parts: Vec<String> = offsets
+        .iter()
+        .map(|o| format!("{}/{}/{}", o.topic, o.partition, o.next))
+        .collect();
+    parts.join(";")
+}
+
+fn parse_offsets(v: &str) -> Result<Vec<PartitionOffset>, String> {
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    v.split(';')
+        .map(|item| {
+            let mut it = item.rsplitn(3, '/');
+            let next = it.next().and_then(|n| n.parse::<i64>().ok());
+            let partition = it.next().and_then(|n| n.parse::<i32>().ok());
+            match (it.next(), partition, next) {
+                (Some(topic), Some(partition), Some(next)) if !topic.is_empty() && next >= 0 => {
+                    Ok(PartitionOffset {
+                        topic: topic.to_owned(),
+                        partition,
+                        next,
+                    })
+                }
+                _ => Err(format!("bad Kafka offset {item:?} in COMMIT")),
+            }
+        })
+        .collect()
+}
+
+/// The COMMIT manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub seq: u64,
+    pub shard: usize,
+    /// What the records' placement and layout depend on: shard count and feature list.
+    pub layout: String,
+    /// Full checkpoint: 0. Incremental: the checkpoint this one applies on top of.
+    pub parent: u64,
+    /// Records in hot.bin: every hot record (full), or those changed since the parent.
+    pub hot_records: u64,
+    /// Incremental: keys that left the hot table since the parent (listed after the records).
+    pub gone: u64,
+    pub spilled: u64,
+    pub hot_bytes: u64,
+    pub hot_crc: u32,
+    /// The shard's newest event time (its event-time watermark before lateness).
+    pub max_event_ns: u64,
+    /// Observations applied on this shard up to the snapshot.
+    pub observations_applied: u64,
+    pub created_unix_ms: u64,
+    /// The next offset of every Kafka partition the shard owns, as of the snapshot: every
+    /// record before it is in the state, none after it.
+    pub kafka_offsets: Vec<PartitionOffset>,
+}
+
+impl Manifest {
+    fn render(&self) -> String {
+        let body = format!(
+            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\nkafka_offsets={}\n",
+            self.seq,
+            self.shard,
+            self.layout,
+            self.parent,
+            self.hot_records,
+            self.gone,
+            self.spilled,
+            self.hot_bytes,
+            self.hot_crc,
+            self.max_event_ns,
+            self.observations_applied,
+            self.created_unix_ms,
+            render_offsets(&self.kafka_offsets)
+        );
+        let crc = crc32fast::hash(body.as_bytes());
+        format!("{body}crc={crc}\n")
+    }
+
+    /// Parse a COMMIT file; the reason names what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (body, last) = text
+            .trim_end_matches('\n')
+            .rsplit_once('\n')
+            .ok_or("COMMIT has no crc line")?;
+        let crc = last
+            .strip_prefix("crc=")
+            .and_then(|c| c.parse::<u32>().ok())
+            .ok_or("COMMIT's last line is not crc=N")?;
+        let body = format!("{body}\n");
+        if crc32fast::hash(body.as_bytes()) != crc {
+            return Err("COMMIT checksum mismatch".into());
+        }
+        let mut m = Manifest::default();
+        let mut format = None;
+        for line in body.lines() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or(format!("bad COMMIT line {line:?}"))?;
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| format!("bad COMMIT value {line:?}"))
+            };
+            match k {
+                "format" => format = Some(num()?),
+                "seq" => m.seq = num()?,
+                "shard" => m.shard = num()? as usize,
+                "layout" => m.layout = v.to_owned(),
+                "parent" => m.parent = num()?,
+                "hot_records" => m.hot_records = num()?,
+                "gone" => m.gone = num()?,
+                "spilled" => m.spilled = num()?,
+                "hot_bytes" => m.hot_bytes = num()?,
+                "hot_crc" => m.hot_crc = num()? as u32,
+                "max_event_ns" => m.max_event_ns = num()?,
+                "observations_applied" => m.observations_applied = num()?,
+                "created_unix_ms" => m.created_unix_ms = num()?,
+                "kafka_offsets" => m.kafka_offsets = parse_offsets(v)?,
+                _ => return Err(format!("unknown COMMIT key {k:?}")),
+            }
+        }
+        // Format 2 (before Kafka) has no kafka_offsets line and reads as "no offsets".
+        if format != Some(u64::from(FORMAT)) && format != Some(2) {
+            return Err(format!(
+                "COMMIT format {format:?}, this build reads {FORMAT}"
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// Directory name of checkpoint `seq`.
+fn name(seq: u64) -> String {
+    format!("ckpt-{seq:020}")
+}
+
+/// Checkpoint directories under a root: committed ones as (seq, path), newest first, and
+/// `.tmp` leftovers.
+struct Listing {
+    done: Vec<(u64, PathBuf)>,
+    partial: Vec<PathBuf>,
+}
+
+fn list(root: &Path) -> Result<Listing, CheckpointError> {
+    let mut done = Vec::new();
+    let mut partial = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing { done, partial }),
+        Err(e) => return Err(io(root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(root))?;
+        let file = entry.file_name();
+        let Some(n) = file.to_str().and_then(|f| f.strip_prefix("ckpt-")) else {
+            continue;
+        };
+        if n.ends_with(".tmp") {
+            partial.push(entry.path());
+        } else if let Ok(seq) = n.parse::<u64>() {
+            done.push((seq, entry.path()));
+        }
+    }
+    done.sort_by_key(|d| std::cmp::Reverse(d.0));
+    Ok(Listing { done, partial })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! Restore: the newest checkpoint whose chain checks out, its spill store put back as it was
+//! at the snapshot's flip, then its hot records loaded.
+
+use std::path::{Path, PathBuf};
+
+use super::{io, list, name, CheckpointError, HotHeader, Listing, Manifest};
+use crate::state::record::image_bytes;
+use crate::state::snapshot::{journal_entry_bytes, JOURNAL_ABSENT, JOURNAL_IMAGE};
+use crate::state::{KeyedState, Record, Spill, SpillError};
+
+/// The checkpoint a shard restores from.
+#[derive(Debug)]
+pub struct RestorePoint {
+    /// The newest checkpoint's manifest.
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    /// hot.bin of the full checkpoint and of every incremental one after it up to `path`,
+    /// oldest first, each verified.
+    chain: Vec<(Manifest, Vec<u8>)>,
+}
+
+impl RestorePoint {
+    /// Checkpoints read to rebuild the hot records (1 for a full one).
+    pub fn chain_len(&self) -> usize {
+        self.chain.len()
+    }
+}
+
+/// The checkpoint at `path` and the ones it builds on, oldest (the full one) first.
+fn read_chain(
+    path: &Path,
+    by_seq: &std::collections::HashMap<u64, PathBuf>,
+    words: usize,
+) -> Result<Vec<(Manifest, Vec<u8>)>, CheckpointError> {
+    let mut chain = Vec::new();
+    let mut at = path.to_owned();
+    loop {
+        let (m, hot) = read_verified(&at, words)?;
+        let parent = m.parent;
+        chain.push((m, hot));
+        if parent == 0 {
+            break;
+        }
+        at = by_seq
+            .get(&parent)
+            .cloned()
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("builds on checkpoint {parent}, which is gone"),
+            })?;
+        if chain.len() > by_seq.len() {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: "its chain of parents loops".into(),
+            });
+        }
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Find the newest checkpoint under `root` whose whole chain (it, and the incremental ones
+/// and the full one it builds on) is good, and install its spill store at `spill_dir`, opened
+/// with `open` (emptied when nothing is restored). Incomplete or corrupt checkpoints are
+/// logged and skipped for older ones; one written for another layout is an error (restoring
+/// it would put keys on the wrong shards or misread their words). The caller then loads the
+/// hot records with `load_records`.
+pub fn restore(
+    root: &Path,
+    layout: &str,
+    spill_dir: &Path,
+    words: usize,
+    open: impl FnMut(&Path, Option<u64>) -> Result<Spill, SpillError>,
+) -> Result<(Spill, Option<RestorePoint>), CheckpointError> {
+    restore_to(root, layout, spill_dir, words, open, RestoreTarget::Newest)
+}
+
+/// Which checkpoint a restore may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The newest whose chain checks out (older ones when it does not).
+    Newest,
+    /// exactly_once: this one, which the last committed Kafka transaction names. Newer ones
+    /// belong to transactions that never committed and are deleted; if this one is missing or
+    /// corrupt the restore fails (an older one would replay Scores already committed).
+    Exactly(u64),
+    /// exactly_once with no committed transaction yet: none. Checkpoints found are set aside
+    /// (renamed, not deleted: they may be a run in another delivery mode).
+    Nothing,
+}
+
+/// `restore` with a target (see `RestoreTarget`).
+pub fn restore_to(
+    root: &Path,
+    layout: &str,
+    spill_dir: &Path,
+    words: usize,
+    mut open: impl FnMut(&Path, Option<u64>) -> Result<Spill, SpillError>,
+    target: RestoreTarget,
+) -> Result<(Spill, Option<RestorePoint>), CheckpointError> {
+    let Listing { done, partial } = list(root)?;
+    for p in partial {
+        tracing::warn!(path = %p.display(), "removing an incomplete checkpoint (the process stopped while writing it)");
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+    }
+    let done = match target {
+        RestoreTarget::Newest => done,
+        RestoreTarget::Nothing => {
+            if !done.is_empty() {
+                let aside = root.with_extension(format!(
+                    "uncommitted-{}",
+                    crate::clock::realtime_ns() / 1_000_000
+                ));
+                tracing::warn!(from = %root.display(), to = %aside.display(), "no committed Kafka transaction names a checkpoint: starting empty; the checkpoints found are set aside");
+                std::fs::rename(root, &aside).map_err(io(root))?;
+                std::fs::create_dir_all(root).map_err(io(root))?;
+            }
+            return Ok((open(spill_dir, None)?, None));
+        }
+        RestoreTarget::Exactly(want) => {
+            let (newer, keep): (Vec<_>, Vec<_>) = done.into_iter().partition(|(s, _)| *s > want);
+            for (seq, path) in newer {
+                tracing::warn!(seq, "removing checkpoint {seq}: its Kafka transaction never committed (the last committed one names {want})");
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+            if !keep.iter().any(|(s, _)| *s == want) {
+                return Err(CheckpointError::Corrupt {
+                    path: root.join(name(want)),
+                    reason: format!("the last committed Kafka transaction names checkpoint {want}, which is not here: exactly-once state cannot be restored (was state.dir moved or cleaned? Move the progress topic's records or start with a new egress.kafka.transactional_id_prefix to start over)"),
+                });
+            }
+            keep
+        }
+    };
+    let by_seq: std::collections::HashMap<u64, PathBuf> = done.iter().cloned().collect();
+    for (seq, path) in done {
+        if let RestoreTarget::Exactly(want) = target {
+            if seq != want {
+                continue;
+            }
+        }
+        let chain = match read_chain(&path, &by_seq, words) {
+            Ok(c) => c,
+            Err(e) if matches!(target, RestoreTarget::Exactly(_)) => return Err(e),
+            Err(e) => {
+                tracing::error!("skipping checkpoint {}: {e}", path.display());
+                continue;
+            }
+        };
+        let Some((manifest, _)) = chain.last() else {
+            continue;
+        };
+        let manifest = manifest.clone();
+        if let Some((m, _)) = chain.iter().find(|(m, _)| m.layout != layout) {
+            return Err(CheckpointError::Mismatch {
+                path,
+                root: root.to_owned(),
+                found: m.layout.clone(),
+                want: layout.to_owned(),
+            });
+        }
+        install_spill(&path.join("spill"), spill_dir)?;
+        match open(spill_dir, Some(manifest.spilled)) {
+            Ok(mut spill) => {
+                if let Some((_, hot)) = chain.last() {
+                    replay_journal(&mut spill, hot, words).map_err(|reason| {
+                        CheckpointError::Corrupt {
+                            path: path.clone(),
+                            reason,
+                        }
+                    })?;
+                }
+                return Ok((
+                    spill,
+                    Some(RestorePoint {
+                        manifest,
+                        path,
+                        chain,
+                    }),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "skipping checkpoint: its spill store does not open: {e}");
+            }
+        }
+    }
+    if let RestoreTarget::Exactly(want) = target {
+        return Err(CheckpointError::Corrupt {
+            path: root.join(name(want)),
+            reason: "the checkpoint the last committed Kafka transaction names does not open: exactly-once state cannot be restored".into(),
+        });
+    }
+    Ok((open(spill_dir, None)?, None))
+}
+
+/// Read a checkpoint's manifest and hot records, checking the commit marker, the checksums
+/// and the sizes.
+pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let commit = path.join("COMMIT");
+    let text = std::fs::read_to_string(&commit)
+        .map_err(|e| corrupt(format!("no readable COMMIT marker ({e}): incomplete")))?;
+    let manifest = Manifest::parse(&text).map_err(corrupt)?;
+    let hot = std::fs::read(path.join("hot.bin")).map_err(|e| corrupt(format!("hot.bin: {e}")))?;
+    if hot.len() as u64 != manifest.hot_bytes {
+        return Err(corrupt(format!(
+            "hot.bin is {} bytes, COMMIT says {}",
+            hot.len(),
+            manifest.hot_bytes
+        )));
+    }
+    if crc32fast::hash(&hot) != manifest.hot_crc {
+        return Err(corrupt("hot.bin checksum mismatch".into()));
+    }
+    let header_ok = HotHeader::decode(&hot).is_some_and(|(h, len)| {
+        let want = len as u64
+            + h.records * image_bytes(words) as u64
+            + h.gone * 8
+            + h.journal * journal_entry_bytes(words) as u64;
+        h.words as usize == words
+            && h.records == manifest.hot_records
+            && h.gone == manifest.gone
+            && hot.len() as u64 == want
+    });
+    if !header_ok {
+        return Err(corrupt(format!(
+            "hot.bin header or size does not match {} records of {} words",
+            manifest.hot_records, words
+        )));
+    }
+    if !path.join("spill").is_dir() {
+        return Err(corrupt("no spill/ directory".into()));
+    }
+    Ok((manifest, hot))
+}
+
+/// Put a checkpoint's spill store in place of the live one: table files are immutable, so
+/// they are hard-linked; everything else (MANIFEST, CURRENT, OPTIONS) is copied, because the
+/// live store appends to it.
+fn install_spill(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(io(to))?;
+    }
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let is_table = src.extension().is_some_and(|e| e == "sst");
+        let linked = is_table && std::fs::hard_link(&src, &dst).is_ok();
+        if !linked {
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+        }
+    }
+    Ok(())
+}
+
+/// Load a restore point's hot records into `state` (built on the spill store `restore`
+/// returned); returns how many. The incremental checkpoints of the chain are folded first
+/// into the newest fate of each key they touch (an image, or gone); the full checkpoint's
+/// records are then loaded except those keys, then the touched keys' newest images. So only
+/// the final hot set is inserted, whatever `state.hot_capacity` is now.
+pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64, CheckpointError> {
+    let words = state.plan().words();
+    let image = image_bytes(words);
+    let corrupt = |reason: &str| CheckpointError::Corrupt {
+        path: point.path.clone(),
+        reason: reason.to_owned(),
+    };
+    let key_at = |b: &[u8]| -> Result<u64, CheckpointError> {
+        Ok(u64::from_le_bytes(
+            b.get(..8)
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| corrupt("short record"))?,
+        ))
+    };
+    let records = |hot: &[u8]| sections(hot, words).records;
+    // key -> newest image in the incremental part of the chain: (checkpoint, offset), or None
+    // when the key left the hot table.
+    let mut touched: std::collections::HashMap<u64, Option<(usize, usize)>> =
+        std::collections::HashMap::new();
+    for (i, (_, hot)) in point.chain.iter().enumerate().skip(1) {
+        let recs = records(hot);
+        for key in hot[sections(hot, words).gone].chunks_exact(8) {
+            touched.insert(key_at(key)?, None);
+        }
+        for (j, img) in hot[recs.clone()].chunks_exact(image).enumerate() {
+            touched.insert(key_at(img)?, Some((i, recs.start + j * image)));
+        }
+    }
+    let mut w = vec![0u64; words];
+    let mut n = 0;
+    let mut load = |img: &[u8], state: &mut KeyedState| -> Result<(), CheckpointError> {
+        let rec = Record::read_image(img, &mut w)
+            .ok_or_else(|| corrupt("record image of the wrong size"))?;
+        // A key twice in one snapshot would be two records in the table.
+        if state.hot().find(rec.key).is_some() {
+            return Err(corrupt("a key appears twice among the hot records"));
+        }
+        state.restore(rec, &w)?;
+        n += 1;
+        Ok(())
+    };
+    if let Some((_, hot)) = point.chain.first() {
+        for img in hot[records(hot)].chunks_exact(image) {
+            if !touched.contains_key(&key_at(img)?) {
+                load(img, state)?;
+            }
+        }
+    }
+    for (i, at) in touched.values().flatten() {
+        load(&point.chain[*i].1[*at..*at + image], state)?;
+    }
+    state.stats.observations_applied = point.manifest.observations_applied;
+    Ok(n)
+}
+
+/// Where the parts of a verified hot.bin lie.
+struct Sections {
+    records: std::ops::Range<usize>,
+    gone: std::ops::Range<usize>,
+    journal: std::ops::Range<usize>,
+}
+
+/// The parts of a hot.bin that `read_verified` accepted (its sizes add up).
+fn sections(hot: &[u8], words: usize) -> Sections {
+    let (h, start) = HotHeader::decode(hot).unwrap_or((
+        HotHeader {
+            words: 0,
+            records: 0,
+            gone: 0,
+            journal: 0,
+        },
+        hot.len(),
+    ));
+    let records = start..start + h.records as usize * image_bytes(words);
+    let gone = records.end..records.end + h.gone as usize * 8;
+    let journal =
+        gone.end..(gone.end + h.journal as usize * journal_entry_bytes(words)).min(hot.len());
+    Sections {
+        records,
+        gone,
+        journal,
+    }
+}
+
+/// Put the spill store back as it was at the snapshot's flip: the journal's entries applied
+/// newest first, so each key ends as its first entry says (see `state::snapshot`).
+fn replay_journal(spill: &mut Spill, hot: &[u8], words: usize) -> Result<(), String> {
+    let entry = journal_entry_bytes(words);
+    let journal = &hot[sections(hot, words).journal];
+    for e in journal.chunks_exact(entry).rev() {
+        let (head, image) = e.split_at(16);
+        let key = u64::from_le_bytes(head[..8].try_into().map_err(|_| "short journal entry")?);
+        let kind = u64::from_le_bytes(head[8..].try_into().map_err(|_| "short journal entry")?);
+        let image = match kind {
+            JOURNAL_ABSENT => None,
+            JOURNAL_IMAGE => Some(image),
+            _ => return Err(format!("unknown spill journal entry kind {kind}")),
+        };
+        spill
+            .restore_entry(key, image)
+            .map_err(|e| format!("replaying the spill journal: {e}"))?;
+    }
+    Ok(())
+}

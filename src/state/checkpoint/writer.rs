@@ -1,0 +1,611 @@
+//! The shard's side of checkpointing (`Checkpointer`) and its writer thread.
+//!
+//! At a cycle boundary the shard *flips* a snapshot (`KeyedState::begin_snapshot`: swap the
+//! change lists, flip two bits; no record copied) and hands the writer the spill store's
+//! RocksDB checkpoint. Each later cycle copies one slice of records
+//! (`checkpoint.copy_slice_records`) until the snapshot has them all and the writer has the
+//! spill store; then the writer writes hot.bin and COMMIT, syncs, renames and prunes. The
+//! flip, each slice and a wait on a full spill journal are measured. If the writer is still
+//! busy with the previous checkpoint when the next is due, that one is skipped (counted), so
+//! a slow disk stretches the interval instead of stalling the shard.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use rocksdb::DB;
+
+use super::{io, list, name, CheckpointError, HotHeader, Manifest, PartitionOffset, HEADER_BYTES};
+use crate::state::record::image_bytes;
+use crate::state::snapshot::journal_entry_bytes;
+use crate::state::{checkpoint_db, KeyedState, SpillMark};
+
+/// Counters of one shard's checkpointing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckpointStats {
+    pub written: u64,
+    /// Of the snapshots taken, how many were full (the rest are incremental).
+    pub full: u64,
+    pub failed: u64,
+    pub skipped_busy: u64,
+    pub last_seq: u64,
+    /// hot.bin of the last snapshot (records, gone keys, journal).
+    pub last_bytes: u64,
+    /// The flip: how long the shard stopped to start the last snapshot, and the longest (ns).
+    pub last_pause_ns: u64,
+    pub max_pause_ns: u64,
+    /// The longest slice of copying one cycle did (ns).
+    pub max_step_ns: u64,
+    /// Finishing a snapshot in one go (at shutdown, or exactly_once's commit): the longest.
+    pub max_finish_ns: u64,
+    /// Of the last snapshot: flip to its last record copied (the shard served meanwhile).
+    pub last_capture_ns: u64,
+    /// Spill journal entries of the last snapshot.
+    pub last_journal_entries: u64,
+    /// Times the spill journal was full and the shard waited for the writer; the longest wait.
+    pub journal_waits: u64,
+    pub journal_wait_max_ns: u64,
+}
+
+pub(super) struct Job {
+    pub tmp: PathBuf,
+    pub done: PathBuf,
+    pub buffer: Vec<u8>,
+    pub journal: Vec<u8>,
+    pub manifest: Manifest,
+}
+
+/// Writer-thread work.
+enum Work {
+    /// Once, at start: touch the snapshot and journal buffers, so their pages are in memory
+    /// before the first snapshot instead of faulting in on the shard during it.
+    Prefault(Vec<u8>, Vec<u8>),
+    /// At a flip: the spill store's RocksDB checkpoint into `tmp/spill` (an empty directory
+    /// without a store), then `mark` set.
+    Spill {
+        tmp: PathBuf,
+        db: Option<Arc<DB>>,
+        mark: Arc<SpillMark>,
+    },
+    Write(Job),
+}
+
+/// The writer's answer: the buffers back, and (for a checkpoint) whether it committed.
+struct Done {
+    buffer: Vec<u8>,
+    journal: Vec<u8>,
+    /// None for a prefault.
+    result: Option<Result<u64, String>>,
+}
+
+/// The snapshot buffer a shard needs: every hot record's image, or (incremental) as many
+/// plus the bounded list of keys that left the table (`KeyedState::track_changes`).
+pub fn buffer_bytes(hot_capacity: usize, words: usize) -> usize {
+    HEADER_BYTES + hot_capacity * image_bytes(words) + crate::state::changes_bound(hot_capacity) * 8
+}
+
+/// The spill journal's buffer: `records` entries.
+pub fn journal_bytes(records: usize, words: usize) -> usize {
+    records * journal_entry_bytes(words)
+}
+
+/// What the shard has consumed, recorded with a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// Rises with every input record taken (applied or skipped): a change even when no
+    /// state changed.
+    pub position: u64,
+    pub offsets: Vec<PartitionOffset>,
+}
+
+/// Rises with every change a checkpoint must capture: the state's own changes and every input
+/// record taken (a skipped record changes no state but moves an offset).
+fn stamp(state: &KeyedState, input: &Input) -> u64 {
+    state.stats.changes().wrapping_add(input.position)
+}
+
+/// How one shard checkpoints.
+pub struct CheckpointSpec {
+    /// `state.dir/shard-N/checkpoints`.
+    pub root: PathBuf,
+    pub shard: usize,
+    /// `Config::state_layout`: what a restore must match.
+    pub layout: String,
+    pub interval_ns: u64,
+    /// Full checkpoints kept (with the incremental ones after them).
+    pub keep: usize,
+    /// Every this many checkpoints one is full.
+    pub full_every: usize,
+    /// Bound of a snapshot: every hot record's image (allocated and touched at start).
+    pub buffer_bytes: usize,
+    /// Records copied per cycle while a snapshot runs.
+    pub slice_records: usize,
+    /// Spill journal entries (see `state::snapshot`), and the window words of a record.
+    pub journal_records: usize,
+    pub words: usize,
+    /// Sequence number of the first checkpoint (after the restored one).
+    pub next_seq: u64,
+}
+
+/// A snapshot between its flip and its hand-over to the writer.
+struct Running {
+    seq: u64,
+    manifest: Manifest,
+    flipped: Instant,
+    tmp: PathBuf,
+    done: PathBuf,
+}
+
+/// The shard's side of checkpointing.
+pub struct Checkpointer {
+    root: PathBuf,
+    shard: usize,
+    layout: String,
+    interval_ns: u64,
+    next_due_ns: u64,
+    seq: u64,
+    words: usize,
+    /// The snapshot and journal buffers: lent to the state while a snapshot runs, away at the
+    /// writer while a checkpoint is written.
+    buffers: Option<(Vec<u8>, Vec<u8>)>,
+    jobs: mpsc::SyncSender<Work>,
+    results: mpsc::Receiver<Done>,
+    /// `stamp` at the last flip (None: take the next one regardless).
+    snapshot_changes: Option<u64>,
+    /// The last snapshot taken (None: the next must be full: at start, or after a failure).
+    parent: Option<u64>,
+    deltas_since_full: usize,
+    /// Every this many checkpoints one is full (bounds the chain a restore reads).
+    full_every: usize,
+    slice: usize,
+    journal_max: u64,
+    mark: Arc<SpillMark>,
+    running: Option<Running>,
+    /// Why the last snapshot failed before reaching the writer.
+    failure: Option<String>,
+    pub stats: CheckpointStats,
+}
+
+impl Checkpointer {
+    /// Start the shard's writer thread and hand it the buffers to touch.
+    pub fn start(spec: CheckpointSpec) -> Result<Self, CheckpointError> {
+        let CheckpointSpec {
+            root,
+            shard,
+            layout,
+            interval_ns,
+            keep,
+            full_every,
+            buffer_bytes,
+            slice_records,
+            journal_records,
+            words,
+            next_seq,
+        } = spec;
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        // A flip queues a Spill and later a Write: never more than two jobs.
+        let (jobs, rx) = mpsc::sync_channel::<Work>(2);
+        let (tx, results) = mpsc::sync_channel::<Done>(1);
+        let prune_root = root.clone();
+        std::thread::Builder::new()
+            .name(format!("sluice-ckpt-{shard}"))
+            .spawn(move || writer(rx, tx, shard, &prune_root, keep))
+            .map_err(io(&root))?;
+        // The buffers are away being touched until the writer hands them back; a checkpoint
+        // due before then is skipped (counted) like one due while the writer is busy.
+        jobs.send(Work::Prefault(
+            Vec::with_capacity(buffer_bytes),
+            Vec::with_capacity(journal_bytes(journal_records, words)),
+        ))
+        .map_err(|_| CheckpointError::Io {
+            path: root.clone(),
+            source: std::io::Error::other("checkpoint writer thread exited at start"),
+        })?;
+        Ok(Self {
+            root,
+            shard,
+            layout,
+            interval_ns,
+            next_due_ns: 0,
+            seq: next_seq,
+            words,
+            buffers: None,
+            jobs,
+            results,
+            snapshot_changes: None,
+            parent: None,
+            deltas_since_full: 0,
+            full_every: full_every.max(1),
+            slice: slice_records.max(1),
+            journal_max: journal_records as u64,
+            mark: Arc::new(SpillMark::default()),
+            running: None,
+            failure: None,
+            stats: CheckpointStats::default(),
+        })
+    }
+
+    /// Wait until the writer has touched the buffers (start-up: so the first snapshot's
+    /// pages do not fault in while the shard serves).
+    pub fn wait_ready(&mut self) {
+        if self.buffers.is_none() && self.running.is_none() {
+            self.collect(true);
+        }
+    }
+
+    /// A snapshot is being copied: the shard should not park.
+    pub fn capturing(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Collect the writer's answer, if any (between cycles).
+    fn collect(&mut self, wait: bool) -> Option<Result<u64, String>> {
+        let d = if wait {
+            self.results.recv().ok()
+        } else {
+            self.results.try_recv().ok()
+        }?;
+        self.buffers = Some((d.buffer, d.journal));
+        let result = d.result?;
+        match &result {
+            Ok(seq) => {
+                self.stats.written += 1;
+                self.stats.last_seq = *seq;
+            }
+            Err(_) => self.failed(),
+        }
+        Some(result)
+    }
+
+    /// A snapshot was lost: its changes are not on disk, so the next must be full.
+    fn failed(&mut self) {
+        self.stats.failed += 1;
+        self.snapshot_changes = None;
+        self.parent = None;
+    }
+
+    /// Between cycles: go on with the running snapshot, or flip one if due and the state
+    /// changed since the last one (an idle shard writes nothing). `max_event_ns` is the
+    /// shard's newest event time.
+    pub fn tick(&mut self, now_ns: u64, state: &mut KeyedState, max_event_ns: u64) {
+        let _ = self.tick_with(now_ns, state, max_event_ns, &Input::default());
+    }
+
+    /// Is a snapshot due (interval passed, something changed since the last one)? `input` is
+    /// what the shard has consumed: its position counts as a change even when no state did
+    /// (a skipped Kafka record still moves the offset).
+    pub fn due(&self, now_ns: u64, state: &KeyedState, input: &Input) -> bool {
+        now_ns >= self.next_due_ns && self.snapshot_changes != Some(stamp(state, input))
+    }
+
+    /// `tick` for a shard with an input position to record (Kafka offsets). Returns the
+    /// sequence number of the snapshot flipped now, if one was.
+    pub fn tick_with(
+        &mut self,
+        now_ns: u64,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: &Input,
+    ) -> Option<u64> {
+        self.collect(false);
+        if self.running.is_some() {
+            self.advance(state, false);
+            return None;
+        }
+        if !self.due(now_ns, state, input) {
+            return None;
+        }
+        self.next_due_ns = now_ns.saturating_add(self.interval_ns);
+        if self.buffers.is_none() {
+            self.stats.skipped_busy += 1;
+            return None;
+        }
+        self.flip(state, max_event_ns, input)
+    }
+
+    /// Postpone the next snapshot by one interval (the caller could not take it now).
+    pub fn postpone(&mut self, now_ns: u64) {
+        self.next_due_ns = now_ns.saturating_add(self.interval_ns);
+        self.stats.skipped_busy += 1;
+    }
+
+    /// Finish the running snapshot now and wait until the writer has it on disk; whether it
+    /// committed (its seq) or failed.
+    pub fn wait_written(&mut self, state: &mut KeyedState) -> Result<u64, String> {
+        if self.running.is_some() {
+            self.advance(state, true);
+        }
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
+        if self.buffers.is_some() {
+            return Err("no checkpoint was being written".into());
+        }
+        match self.collect(true) {
+            Some(result) => result,
+            None if self.buffers.is_some() => Err("the writer answered a prefault".into()),
+            None => Err("the checkpoint writer thread is gone".into()),
+        }
+    }
+
+    /// Take the next snapshot even if the state has not changed since the last one.
+    pub fn force_next(&mut self) {
+        self.snapshot_changes = None;
+    }
+
+    /// A last checkpoint at shutdown (unless the newest already holds this state), waited for.
+    pub fn finish(&mut self, state: &mut KeyedState, max_event_ns: u64) {
+        self.finish_with(state, max_event_ns, &Input::default());
+    }
+
+    /// `finish` for a shard with an input position (Kafka offsets). Returns the seq of the
+    /// last checkpoint if it was written now and committed.
+    pub fn finish_with(
+        &mut self,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: &Input,
+    ) -> Option<u64> {
+        if self.running.is_some() {
+            self.advance(state, true);
+        }
+        if self.buffers.is_none() {
+            self.collect(true);
+        }
+        if self.snapshot_changes != Some(stamp(state, input)) {
+            self.flip(state, max_event_ns, input)?;
+            return self.wait_written(state).ok();
+        }
+        None
+    }
+
+    /// The flip (see `state::snapshot`): microseconds, whatever the state's size.
+    fn flip(&mut self, state: &mut KeyedState, max_event_ns: u64, input: &Input) -> Option<u64> {
+        let started = Instant::now();
+        let (mut buf, journal) = self.buffers.take()?;
+        let full = self.parent.is_none()
+            || !state.changes_complete()
+            || self.deltas_since_full + 1 >= self.full_every;
+        self.snapshot_changes = Some(stamp(state, input));
+        let seq = self.seq;
+        self.seq += 1;
+        buf.clear();
+        buf.resize(HEADER_BYTES, 0);
+        let manifest = Manifest {
+            seq,
+            shard: self.shard,
+            layout: self.layout.clone(),
+            parent: if full { 0 } else { self.parent.unwrap_or(0) },
+            // The counts are filled in when the snapshot ends, the checksum by the writer.
+            hot_records: 0,
+            gone: 0,
+            spilled: state.spilled_len(),
+            hot_bytes: 0,
+            hot_crc: 0,
+            max_event_ns,
+            observations_applied: state.stats.observations_applied,
+            created_unix_ms: crate::clock::realtime_ns() / 1_000_000,
+            kafka_offsets: input.offsets.clone(),
+        };
+        self.mark.reset();
+        state.begin_snapshot(full, buf, journal, self.journal_max, Arc::clone(&self.mark));
+        let tmp = self.root.join(format!("{}.tmp", name(seq)));
+        let spill = Work::Spill {
+            tmp: tmp.clone(),
+            db: state.spill().map(|s| s.shared()),
+            mark: Arc::clone(&self.mark),
+        };
+        if self.jobs.send(spill).is_err() {
+            // The writer thread is gone (it only exits when this side does): the snapshot
+            // runs to its end and fails there.
+            self.mark.set(true);
+        }
+        self.parent = Some(seq);
+        self.deltas_since_full = if full { 0 } else { self.deltas_since_full + 1 };
+        if full {
+            self.stats.full += 1;
+        }
+        self.running = Some(Running {
+            seq,
+            manifest,
+            flipped: started,
+            done: self.root.join(name(seq)),
+            tmp,
+        });
+        let pause = started.elapsed().as_nanos() as u64;
+        self.stats.last_pause_ns = pause;
+        self.stats.max_pause_ns = self.stats.max_pause_ns.max(pause);
+        Some(seq)
+    }
+
+    /// Copy the next slice of the running snapshot (`all`: the rest of it, and wait for the
+    /// spill store's checkpoint); once it is whole, hand it to the writer.
+    fn advance(&mut self, state: &mut KeyedState, all: bool) {
+        if self.running.is_none() {
+            return;
+        }
+        let started = Instant::now();
+        let copied = state.snapshot_step(if all { usize::MAX } else { self.slice });
+        if copied && all && !self.mark.is_done() {
+            self.mark.wait();
+        }
+        let ns = started.elapsed().as_nanos() as u64;
+        if all {
+            self.stats.max_finish_ns = self.stats.max_finish_ns.max(ns);
+        } else {
+            self.stats.max_step_ns = self.stats.max_step_ns.max(ns);
+        }
+        if !copied || !self.mark.is_done() {
+            return;
+        }
+        let (Some(run), Some(taken)) = (self.running.take(), state.end_snapshot()) else {
+            return;
+        };
+        self.stats.last_capture_ns = run.flipped.elapsed().as_nanos() as u64;
+        (self.stats.journal_waits, self.stats.journal_wait_max_ns) = state.journal_waits();
+        self.stats.last_journal_entries = taken.journal_entries;
+        let mut out = taken.out;
+        if taken.overflowed || self.mark.failed() || out.len() < HEADER_BYTES {
+            let why = if self.mark.failed() {
+                "the spill store's checkpoint failed"
+            } else {
+                "the snapshot outgrew its buffer"
+            };
+            tracing::error!(shard = self.shard, "checkpoint {}: {why}", run.seq);
+            // Failure path only: the writer removed its directory if it failed itself.
+            let _ = std::fs::remove_dir_all(&run.tmp);
+            self.failure = Some(why.into());
+            self.buffers = Some((out, taken.journal));
+            self.failed();
+            return;
+        }
+        HotHeader {
+            words: self.words as u32,
+            records: taken.records,
+            gone: taken.gone,
+            journal: taken.journal_entries,
+        }
+        .encode(&mut out[..HEADER_BYTES]);
+        let manifest = Manifest {
+            hot_records: taken.records,
+            gone: taken.gone,
+            hot_bytes: (out.len() + taken.journal.len()) as u64,
+            ..run.manifest
+        };
+        self.stats.last_bytes = manifest.hot_bytes;
+        let job = Job {
+            tmp: run.tmp,
+            done: run.done,
+            buffer: out,
+            journal: taken.journal,
+            manifest,
+        };
+        if let Err(mpsc::SendError(Work::Write(job))) = self.jobs.send(Work::Write(job)) {
+            self.failure = Some("the checkpoint writer thread is gone".into());
+            self.buffers = Some((job.buffer, job.journal));
+            self.failed();
+        }
+    }
+}
+
+/// The writer thread: one job at a time, until the shard's side is dropped.
+fn writer(
+    rx: mpsc::Receiver<Work>,
+    tx: mpsc::SyncSender<Done>,
+    shard: usize,
+    root: &Path,
+    keep: usize,
+) {
+    for work in rx {
+        let done = match work {
+            Work::Prefault(mut buffer, mut journal) => {
+                buffer.resize(buffer.capacity(), 0);
+                journal.resize(journal.capacity(), 0);
+                Done {
+                    buffer,
+                    journal,
+                    result: None,
+                }
+            }
+            Work::Spill { tmp, db, mark } => {
+                let dir = tmp.join("spill");
+                let result = std::fs::create_dir_all(&tmp)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| match &db {
+                        Some(db) => checkpoint_db(db, &dir).map_err(|e| e.to_string()),
+                        None => std::fs::create_dir_all(&dir).map_err(|e| e.to_string()),
+                    });
+                drop(db);
+                if let Err(e) = &result {
+                    tracing::error!(shard, "spill store checkpoint into {}: {e}", dir.display());
+                    let _ = std::fs::remove_dir_all(&tmp);
+                }
+                mark.set(result.is_err());
+                continue;
+            }
+            Work::Write(job) => {
+                let result = write_job(&job, root, keep).map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    // Else the partial directory would wait for the next start.
+                    let _ = std::fs::remove_dir_all(&job.tmp);
+                    tracing::error!(shard, "checkpoint {} failed: {e}", job.manifest.seq);
+                }
+                Done {
+                    buffer: job.buffer,
+                    journal: job.journal,
+                    result: Some(result.map(|_| job.manifest.seq)),
+                }
+            }
+        };
+        if tx.send(done).is_err() {
+            return;
+        }
+    }
+}
+
+/// Write `parts` one after another into a new file at `path` and sync it.
+fn sync_file(path: &Path, parts: &[&[u8]]) -> Result<(), CheckpointError> {
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    for p in parts {
+        f.write_all(p).map_err(io(path))?;
+    }
+    f.sync_all().map_err(io(path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io(path))
+}
+
+pub(super) fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
+    sync_file(&job.tmp.join("hot.bin"), &[&job.buffer, &job.journal])?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&job.buffer);
+    crc.update(&job.journal);
+    let manifest = Manifest {
+        hot_crc: crc.finalize(),
+        ..job.manifest.clone()
+    };
+    sync_file(&job.tmp.join("COMMIT"), &[manifest.render().as_bytes()])?;
+    sync_dir(&job.tmp)?;
+    std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
+    sync_dir(root)?;
+    // Only a new full checkpoint moves the cutoff (the keep-th newest full one).
+    if job.manifest.parent == 0 {
+        prune(root, keep)?;
+    }
+    Ok(())
+}
+
+/// Keep the newest `keep` full checkpoints and every checkpoint after the oldest of them (the
+/// incremental ones build on it); delete the rest.
+fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
+    let done = list(root)?.done;
+    let mut fulls = 0;
+    let mut cutoff = None;
+    for (seq, path) in &done {
+        let full = std::fs::read_to_string(path.join("COMMIT"))
+            .ok()
+            .and_then(|t| Manifest::parse(&t).ok())
+            .is_some_and(|m| m.parent == 0);
+        if full {
+            fulls += 1;
+            if fulls == keep {
+                cutoff = Some(*seq);
+                break;
+            }
+        }
+    }
+    let Some(cutoff) = cutoff else {
+        return Ok(());
+    };
+    for (seq, old) in &done {
+        if *seq < cutoff {
+            std::fs::remove_dir_all(old).map_err(io(old))?;
+        }
+    }
+    Ok(())
+}
