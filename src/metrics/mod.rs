@@ -119,8 +119,12 @@ pub struct ShardCounters {
     pub checkpoints_written: Counter,
     pub checkpoints_failed: Counter,
     pub checkpoints_skipped: Counter,
-    /// Longest time a snapshot held the shard (ns).
+    /// Longest flip of a snapshot (ns): the one stop a checkpoint needs.
     pub checkpoint_pause_max_ns: Counter,
+    /// Longest slice of copying a running snapshot took in one cycle (ns).
+    pub checkpoint_slice_max_ns: Counter,
+    /// Times a full spill journal made the shard wait for the writer.
+    pub checkpoint_journal_waits: Counter,
     pub checkpoint_bytes_last: Counter,
     /// Kafka records whose value decoded and was applied.
     pub kafka_records: Counter,

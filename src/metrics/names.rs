@@ -33,7 +33,12 @@ pub const CHECKPOINTS_WRITTEN: &str = "sluice_checkpoints_written_total";
 pub const CHECKPOINTS_FAILED: &str = "sluice_checkpoints_failed_total";
 /// A checkpoint came due while the previous one was still being written.
 pub const CHECKPOINTS_SKIPPED: &str = "sluice_checkpoints_skipped_total";
+/// The longest snapshot flip (the shard's one stop per checkpoint).
 pub const CHECKPOINT_PAUSE_MAX: &str = "sluice_checkpoint_pause_max_seconds";
+/// The longest cycle's slice of copying a running snapshot.
+pub const CHECKPOINT_SLICE_MAX: &str = "sluice_checkpoint_slice_max_seconds";
+/// A full spill journal made the shard wait for the writer's RocksDB checkpoint.
+pub const CHECKPOINT_JOURNAL_WAITS: &str = "sluice_checkpoint_journal_waits_total";
 pub const CHECKPOINT_BYTES: &str = "sluice_checkpoint_hot_bytes";
 /// Kafka records applied (value decoded), and skipped by reason (label reason).
 pub const KAFKA_RECORDS: &str = "sluice_kafka_records_total";

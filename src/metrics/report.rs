@@ -52,8 +52,11 @@ pub struct Report {
     pub checkpoints_written: u64,
     pub checkpoints_failed: u64,
     pub checkpoints_skipped: u64,
-    /// Longest snapshot pause of any shard (ns).
+    /// Longest snapshot flip of any shard (ns).
     pub checkpoint_pause_max_ns: u64,
+    /// Longest cycle's slice of snapshot copying of any shard (ns).
+    pub checkpoint_slice_max_ns: u64,
+    pub checkpoint_journal_waits: u64,
     pub latency_clamped: u64,
     pub receive_to_emit: Option<Histogram<u64>>,
     pub in_shard: Option<Histogram<u64>>,
@@ -114,6 +117,12 @@ impl Report {
                 .map(|c| c.checkpoint_pause_max_ns.get())
                 .max()
                 .unwrap_or(0),
+            checkpoint_slice_max_ns: counters
+                .iter()
+                .map(|c| c.checkpoint_slice_max_ns.get())
+                .max()
+                .unwrap_or(0),
+            checkpoint_journal_waits: sum(&|c| c.checkpoint_journal_waits.get()),
             kafka_records: sum(&|c| c.kafka_records.get()),
             kafka_records_skipped: DecodeError::ALL
                 .iter()
@@ -249,6 +258,10 @@ impl Report {
             (names::CHECKPOINTS_WRITTEN, self.checkpoints_written),
             (names::CHECKPOINTS_FAILED, self.checkpoints_failed),
             (names::CHECKPOINTS_SKIPPED, self.checkpoints_skipped),
+            (
+                names::CHECKPOINT_JOURNAL_WAITS,
+                self.checkpoint_journal_waits,
+            ),
         ] {
             if v > 0 {
                 let _ = writeln!(s, "  {name:<40} {v}");
@@ -307,6 +320,12 @@ impl Report {
                 "  {:<40} {:.6}",
                 names::CHECKPOINT_PAUSE_MAX,
                 self.checkpoint_pause_max_ns as f64 * 1e-9
+            );
+            let _ = writeln!(
+                s,
+                "  {:<40} {:.6}",
+                names::CHECKPOINT_SLICE_MAX,
+                self.checkpoint_slice_max_ns as f64 * 1e-9
             );
         }
         for (i, (recv, owned)) in self.per_shard.iter().enumerate() {

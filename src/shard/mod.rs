@@ -29,6 +29,8 @@ fn publish_checkpoint_stats(cp: &Checkpointer, c: &ShardCounters) {
     c.checkpoints_failed.set(cp.stats.failed);
     c.checkpoints_skipped.set(cp.stats.skipped_busy);
     c.checkpoint_pause_max_ns.set(cp.stats.max_pause_ns);
+    c.checkpoint_slice_max_ns.set(cp.stats.max_step_ns);
+    c.checkpoint_journal_waits.set(cp.stats.journal_waits);
     c.checkpoint_bytes_last.set(cp.stats.last_bytes);
 }
 

@@ -171,7 +171,13 @@ pub fn read_committed_to_end(addr: &str, topic: &str) -> Vec<ScoreRecord> {
                 at_end.insert(p);
                 continue;
             }
-            Err(e) => panic!("reading {topic}: {e}"),
+            // A consumer error is librdkafka reporting what it retries itself (seen: a
+            // transport error from the test broker under the full suite's load); reaching
+            // every partition's end within the guard is what counts.
+            Err(e) => {
+                eprintln!("reading {topic}: {e} (the reader goes on)");
+                continue;
+            }
         };
         let src = m
             .headers()

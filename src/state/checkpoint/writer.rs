@@ -132,6 +132,8 @@ pub struct CheckpointSpec {
 struct Running {
     seq: u64,
     manifest: Manifest,
+    /// The spill store's checkpoint, for the writer (sent at the first slice).
+    spill: Option<Work>,
     flipped: Instant,
     tmp: PathBuf,
     done: PathBuf,
@@ -391,16 +393,13 @@ impl Checkpointer {
         self.mark.reset();
         state.begin_snapshot(full, buf, journal, self.journal_max, Arc::clone(&self.mark));
         let tmp = self.root.join(format!("{}.tmp", name(seq)));
+        // Sent with the first slice, not here: waking the writer is a syscall (and on a
+        // small machine the woken thread may take this CPU), the biggest part of the flip.
         let spill = Work::Spill {
             tmp: tmp.clone(),
             db: state.spill().map(|s| s.shared()),
             mark: Arc::clone(&self.mark),
         };
-        if self.jobs.send(spill).is_err() {
-            // The writer thread is gone (it only exits when this side does): the snapshot
-            // runs to its end and fails there.
-            self.mark.set(true);
-        }
         self.parent = Some(seq);
         self.deltas_since_full = if full { 0 } else { self.deltas_since_full + 1 };
         if full {
@@ -409,6 +408,7 @@ impl Checkpointer {
         self.running = Some(Running {
             seq,
             manifest,
+            spill: Some(spill),
             flipped: started,
             done: self.root.join(name(seq)),
             tmp,
@@ -422,10 +422,17 @@ impl Checkpointer {
     /// Copy the next slice of the running snapshot (`all`: the rest of it, and wait for the
     /// spill store's checkpoint); once it is whole, hand it to the writer.
     fn advance(&mut self, state: &mut KeyedState, all: bool) {
-        if self.running.is_none() {
+        let Some(run) = &mut self.running else {
             return;
-        }
+        };
         let started = Instant::now();
+        if let Some(spill) = run.spill.take() {
+            if self.jobs.send(spill).is_err() {
+                // The writer thread is gone (it only exits when this side does): the snapshot
+                // runs to its end and fails there.
+                self.mark.set(true);
+            }
+        }
         let copied = state.snapshot_step(if all { usize::MAX } else { self.slice });
         if copied && all && !self.mark.is_done() {
             self.mark.wait();
@@ -489,6 +496,26 @@ impl Checkpointer {
     }
 }
 
+/// The writer runs at the lowest CFS priority (nice 19): where it shares a CPU with a
+/// spinning shard it takes the idle moments rather than a scheduler slice in the middle of a
+/// burst of events. Under sustained full load a checkpoint then takes longer (later ones are
+/// skipped, counted) instead of stalling the shard. Best effort: refused, it is logged.
+fn lower_priority(shard: usize) {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id changes only this
+    // thread's nice value.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19)
+    };
+    if rc != 0 {
+        tracing::warn!(
+            shard,
+            "checkpoint writer: setpriority(19) failed ({}); it competes with the shard at normal priority",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The writer thread: one job at a time, until the shard's side is dropped.
 fn writer(
     rx: mpsc::Receiver<Work>,
@@ -497,6 +524,7 @@ fn writer(
     root: &Path,
     keep: usize,
 ) {
+    lower_priority(shard);
     for work in rx {
         let done = match work {
             Work::Prefault(mut buffer, mut journal) => {
