@@ -258,7 +258,8 @@ impl KeyedState {
         self.hot.begin_capture(full, out, keys);
         self.journal.start(journal, entries_max, mark);
         if self.spill.is_none() {
-            self.journal.finish();
+            // Nothing to journal; the buffer stays for `end_snapshot` to hand back.
+            self.journal.stop();
         }
     }
 

@@ -177,6 +177,11 @@ impl SpillJournal {
         self.on = true;
     }
 
+    /// No spill moves to journal from now on (the buffer stays).
+    pub fn stop(&mut self) {
+        self.on = false;
+    }
+
     /// The journal's buffer and entry count, handed to the writer at the snapshot's end.
     pub fn finish(&mut self) -> (Vec<u8>, u64) {
         self.on = false;

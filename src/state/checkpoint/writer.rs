@@ -366,6 +366,7 @@ impl Checkpointer {
     fn flip(&mut self, state: &mut KeyedState, max_event_ns: u64, input: &Input) -> Option<u64> {
         let started = Instant::now();
         let (mut buf, journal) = self.buffers.take()?;
+        self.failure = None;
         let full = self.parent.is_none()
             || !state.changes_complete()
             || self.deltas_since_full + 1 >= self.full_every;
@@ -496,26 +497,6 @@ impl Checkpointer {
     }
 }
 
-/// The writer runs at the lowest CFS priority (nice 19): where it shares a CPU with a
-/// spinning shard it takes the idle moments rather than a scheduler slice in the middle of a
-/// burst of events. Under sustained full load a checkpoint then takes longer (later ones are
-/// skipped, counted) instead of stalling the shard. Best effort: refused, it is logged.
-fn lower_priority(shard: usize) {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id changes only this
-    // thread's nice value.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19)
-    };
-    if rc != 0 {
-        tracing::warn!(
-            shard,
-            "checkpoint writer: setpriority(19) failed ({}); it competes with the shard at normal priority",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// The writer thread: one job at a time, until the shard's side is dropped.
 fn writer(
     rx: mpsc::Receiver<Work>,
@@ -524,7 +505,6 @@ fn writer(
     root: &Path,
     keep: usize,
 ) {
-    lower_priority(shard);
     for work in rx {
         let done = match work {
             Work::Prefault(mut buffer, mut journal) => {
