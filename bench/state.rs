@@ -89,6 +89,29 @@ fn dir_bytes(p: &Path) -> u64 {
 /// at ~50k events/s with a busy shard).
 const RACING_EVENTS_PER_CYCLE: u64 = 16;
 
+/// An Observation on a random existing key (xorshift over `x`).
+fn random_observation(
+    x: &mut u64,
+    keys: u64,
+    seq: u64,
+    ts_ns: u64,
+    amount: f32,
+) -> Update<'static> {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    Update {
+        key: *x % keys,
+        seq,
+        ts_ns,
+        kind: EventKind::Observation,
+        amount,
+        label: -1.0,
+        features: &[],
+        source: 0,
+    }
+}
+
 /// Fill one shard's state with `keys` keys (`hot` of them fit in memory, the rest spill),
 /// checkpoint it `rounds` times, then restore it into a fresh state.
 pub fn run(
@@ -166,19 +189,8 @@ pub fn run(
     for round in 0..rounds.max(1) {
         if round > 0 {
             for i in 0..churn {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let u = Update {
-                    key: x % keys,
-                    seq: 2 + round as u64,
-                    ts_ns: t0 + 2_000_000_000 + round as u64 * 200_000_000 + i,
-                    kind: EventKind::Observation,
-                    amount: 42.0,
-                    label: -1.0,
-                    features: &[],
-                    source: 0,
-                };
+                let ts = t0 + 2_000_000_000 + round as u64 * 200_000_000 + i;
+                let u = random_observation(&mut x, keys, 2 + round as u64, ts, 42.0);
                 state.apply(&u, u.ts_ns)?;
             }
         }
@@ -196,19 +208,7 @@ pub fn run(
         let mut racing = 0u64;
         while cp.capturing() {
             for _ in 0..RACING_EVENTS_PER_CYCLE {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let u = Update {
-                    key: x % keys,
-                    seq: 1_000 + round as u64,
-                    ts_ns: now + racing,
-                    kind: EventKind::Observation,
-                    amount: 7.0,
-                    label: -1.0,
-                    features: &[],
-                    source: 0,
-                };
+                let u = random_observation(&mut x, keys, 1_000 + round as u64, now + racing, 7.0);
                 state.apply(&u, u.ts_ns)?;
                 racing += 1;
             }

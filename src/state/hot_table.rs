@@ -157,10 +157,13 @@ impl HotTable {
     /// needs it, copy it now (copy-on-write). A branch when no snapshot runs.
     #[inline]
     pub fn before_change(&mut self, slot: usize) {
+        if self.capture.is_none() {
+            return;
+        }
+        let range = self.words_at(slot);
         if let Some(c) = &mut self.capture {
             let head = &mut self.heads[slot];
             if head.is_occupied() && c.is_pending(head, self.taken) {
-                let range = slot * self.stride..(slot + 1) * self.stride;
                 c.take(head, &self.words[range], self.taken);
             }
         }

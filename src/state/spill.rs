@@ -1,12 +1,11 @@
 //! Cold records in RocksDB, one database per shard (no locks; the checkpoint writer only
-//! takes RocksDB checkpoints of it). A record lives in
-//! exactly one place: `take` reads and deletes it when it returns to the hot table, `put`
-//! writes it when it leaves.
+//! takes RocksDB checkpoints of it). A record lives in exactly one place: `peek` then
+//! `remove` when it returns to the hot table, `put` when it leaves.
 //!
 //! Spill is capacity, not durability: writes skip the WAL, so a put or delete is a memtable
 //! insert, no syscall. Durability comes from checkpoints (`checkpoint`), which flush the
-//! memtable and hard-link the store's files on the writer thread (see `snapshot`). Reads of keys that were never
-//! spilled stop at the bloom filters in memory.
+//! memtable and hard-link the store's files on the writer thread (`checkpoint_db`, see
+//! `snapshot`). Reads of keys that were never spilled stop at the bloom filters in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,16 +103,6 @@ impl Spill {
         Ok(())
     }
 
-    /// The key's record (its words into `words`), removed from the store; None if it was
-    /// never spilled.
-    pub fn take(&mut self, key: u64, words: &mut [u64]) -> Result<Option<Record>, SpillError> {
-        let Some(rec) = self.peek(key, words)? else {
-            return Ok(None);
-        };
-        self.remove(key)?;
-        Ok(Some(rec))
-    }
-
     /// Remove a key `peek` found.
     pub fn remove(&mut self, key: u64) -> Result<(), SpillError> {
         self.db.delete_opt(key.to_be_bytes(), &self.writes)?;
@@ -151,15 +140,11 @@ impl Spill {
                 .ok_or(SpillError::Corrupt(key)),
         }
     }
-
-    /// A consistent copy of the store at `dir` (which must not exist): the memtable is
-    /// flushed and the table files hard-linked, so the cost is a flush, not a copy.
-    pub fn checkpoint_to(&self, dir: &Path) -> Result<(), SpillError> {
-        checkpoint_db(&self.db, dir)
-    }
 }
 
-/// `Spill::checkpoint_to` from another thread (the checkpoint writer's).
+/// A consistent copy of the store at `dir` (which must not exist), taken by the checkpoint
+/// writer thread while the shard goes on: the memtable is flushed and the table files
+/// hard-linked, so the cost is a flush, not a copy.
 pub fn checkpoint_db(db: &DB, dir: &Path) -> Result<(), SpillError> {
     let cp = rocksdb::checkpoint::Checkpoint::new(db)?;
     cp.create_checkpoint(dir)?;
