@@ -2,6 +2,8 @@
 //!   `reload` | `reload PATH` -> `ok VERSION` or `error WHY`
 //!   `version`                -> `ok VERSION`
 //!   `state KEY`              -> `ok key K (shard S, hot|spilled): observations=...`
+//!   `fault hold SHARD` | `fault release SHARD` -> `ok` (only with `admin.faults = true`:
+//!   a held shard stops turning its loop, as a stuck one would; for watchdog and fault tests)
 //! `sluice reload` is its client. Control-plane only: never touched per event.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +21,7 @@ pub fn serve(
     path: &Path,
     requests: mpsc::Sender<Request>,
     control: Arc<Control>,
+    faults: bool,
 ) -> std::io::Result<JoinHandle<()>> {
     // A socket left by a previous run would make bind fail; anything else at the path is kept.
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
@@ -33,7 +36,8 @@ pub fn serve(
             while !control.stop_requested() {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        if let Err(e) = handle(stream, &requests) {
+                        let faults = faults.then_some(control.as_ref());
+                        if let Err(e) = handle(stream, &requests, faults) {
                             tracing::warn!("admin connection: {e}");
                         }
                     }
@@ -53,12 +57,20 @@ pub fn serve(
         })
 }
 
-fn handle(stream: UnixStream, requests: &mpsc::Sender<Request>) -> std::io::Result<()> {
+fn handle(
+    stream: UnixStream,
+    requests: &mpsc::Sender<Request>,
+    faults: Option<&Control>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&stream).take(4096).read_line(&mut line)?;
     let mut words = line.split_whitespace();
+    if line.trim_start().starts_with("fault") {
+        let answer = fault(faults, words.nth(1), words.next());
+        return (&stream).write_all(format!("{answer}\n").as_bytes());
+    }
     let answer = match (words.next(), words.next()) {
         (Some("reload"), path) => {
             let (tx, rx) = mpsc::channel();
@@ -96,6 +108,35 @@ fn handle(stream: UnixStream, requests: &mpsc::Sender<Request>) -> std::io::Resu
         ),
     };
     (&stream).write_all(format!("{answer}\n").as_bytes())
+}
+
+/// `fault hold|release SHARD`: answered once the shard has stopped (hold) or been let go.
+fn fault(control: Option<&Control>, verb: Option<&str>, shard: Option<&str>) -> String {
+    let Some(control) = control else {
+        return "error fault commands are off (admin.faults = false)".to_owned();
+    };
+    let Some(shard) = shard.and_then(|s| s.parse::<usize>().ok()) else {
+        return "error usage: fault hold|release SHARD".to_owned();
+    };
+    let hold = match verb {
+        Some("hold") => true,
+        Some("release") => false,
+        _ => return "error usage: fault hold|release SHARD".to_owned(),
+    };
+    if !control.set_hold(shard, hold) {
+        return format!("error no shard {shard}");
+    }
+    if hold {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !control.is_holding(shard) {
+            if std::time::Instant::now() > deadline {
+                return format!("error shard {shard} did not stop within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracing::warn!(shard, "fault injected: shard held (admin fault hold)");
+    }
+    "ok".to_owned()
 }
 
 /// Client side: send one command, return the answer line.

@@ -56,6 +56,8 @@ pub enum AppError {
 /// A started service. Drop without `stop` and the threads are told to stop but not joined.
 pub struct Running {
     pub local_addr: SocketAddr,
+    /// Where `/metrics` is served (None: `metrics.listen` off, or it could not bind).
+    pub metrics_addr: Option<SocketAddr>,
     pub driver: Driver,
     pub placements: Vec<Placement>,
     control: Arc<Control>,
@@ -149,6 +151,19 @@ impl Drop for Running {
 
 /// Start every shard and return once all are receiving.
 pub fn start(config: &Config) -> Result<Running, AppError> {
+    start_with_progress(config, &mut |_, _| {})
+}
+
+/// How long start-up waits for a shard to report (restore, model, socket) after the last one
+/// did; a shard that takes longer fails start-up.
+const SHARD_START_WAIT: Duration = Duration::from_secs(60);
+
+/// `start`, calling `progress(shards_ready, shards)` about once a second while the shards
+/// restore their state (systemd's start-up timeout is extended from there).
+pub fn start_with_progress(
+    config: &Config,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Running, AppError> {
     let topo = topology::discover();
     tracing::info!("topology: {}", topo.summary());
     let placements = topology::plan(&config.shards, &topo).map_err(AppError::Placement)?;
@@ -304,17 +319,17 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
     if !config.admin.socket.is_empty() {
         let path = std::path::Path::new(&config.admin.socket);
         let admin =
-            crate::admin::serve(path, requests.clone(), control.clone()).map_err(|source| {
-                AppError::Admin {
+            crate::admin::serve(path, requests.clone(), control.clone(), config.admin.faults)
+                .map_err(|source| AppError::Admin {
                     path: config.admin.socket.clone(),
                     source,
-                }
-            })?;
+                })?;
         helpers.push(admin);
     }
 
     let mut running = Running {
         local_addr,
+        metrics_addr: None,
         driver,
         placements,
         control,
@@ -325,14 +340,34 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
         kafka_partitions,
     };
     let mut failures = Vec::new();
-    for _ in 0..shards {
-        match ready_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((_, Ok(()))) => {}
-            Ok((shard, Err(reason))) => failures.push(AppError::ShardStart { shard, reason }),
-            Err(_) => failures.push(AppError::ShardStart {
-                shard: usize::MAX,
-                reason: "no answer within 60 s".into(),
-            }),
+    let (mut answered, mut ready) = (0, 0);
+    let mut last_answer = std::time::Instant::now();
+    while answered < shards {
+        match ready_rx.recv_timeout(Duration::from_secs(1)) {
+            Ok((_, Ok(()))) => {
+                answered += 1;
+                ready += 1;
+                last_answer = std::time::Instant::now();
+            }
+            Ok((shard, Err(reason))) => {
+                answered += 1;
+                last_answer = std::time::Instant::now();
+                failures.push(AppError::ShardStart { shard, reason });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if last_answer.elapsed() < SHARD_START_WAIT => {
+                progress(ready, shards)
+            }
+            Err(_) => {
+                failures.push(AppError::ShardStart {
+                    shard: usize::MAX,
+                    reason: format!(
+                        "{} shard(s) gave no answer within {} s",
+                        shards - answered,
+                        SHARD_START_WAIT.as_secs()
+                    ),
+                });
+                break;
+            }
         }
     }
     if let Some(first) = failures.into_iter().next() {
@@ -344,8 +379,39 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
             .count();
         return Err(first);
     }
+    running.metrics_addr = start_exporter(config, &mut running);
     tracing::info!(addr = %running.local_addr, shards, driver = driver.name(), "sluice is receiving");
     Ok(running)
+}
+
+/// The live metrics endpoint. A failure to bind it is logged, not fatal: scoring matters
+/// more than its metrics, and the shutdown report still has them.
+fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> {
+    use crate::metrics::exporter::{self, BuildInfo, Exposition};
+    let addr = match Config::optional_addr("metrics.listen", &config.metrics.listen) {
+        Ok(Some(a)) => a,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!("{e}; live metrics are off");
+            return None;
+        }
+    };
+    let exposition = Arc::new(Exposition::new(
+        running.counters.clone(),
+        running.kafka_partitions.clone(),
+        BuildInfo::of_this_build(running.driver.name()),
+    ));
+    match exporter::serve(addr, exposition, running.control.clone()) {
+        Ok(endpoint) => {
+            tracing::info!(addr = %endpoint.addr, "metrics at http://{}/metrics", endpoint.addr);
+            running.helpers.push(endpoint.thread);
+            Some(endpoint.addr)
+        }
+        Err(e) => {
+            tracing::error!("{e}; live metrics are off (serving goes on)");
+            None
+        }
+    }
 }
 
 /// Everything one shard is built from, made on the main thread and moved to the shard's.
@@ -496,7 +562,8 @@ fn build_shard(
         max_event_ns,
         counters.clone(),
     );
-    let latency = ShardLatency::new(config.metrics.latency_max_ns).map_err(|e| e.to_string())?;
+    let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())
+        .map_err(|e| e.to_string())?;
     tracing::info!(
         shard = id,
         cpu = placement.cpu,
@@ -521,6 +588,8 @@ fn build_shard(
         drain_max: config.route.drain_events_max,
         idle_spins: config.shards.idle_spins,
         park_timeout: Duration::from_micros(config.shards.park_timeout_us),
+        stall_threshold_ns: config.metrics.stall_threshold_us * 1_000,
+        flips_seen: 0,
     })
 }
 

@@ -171,29 +171,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             let config = load(config.as_ref(), &sets)?;
             init_logging(&config.log.level);
             install_signal_handlers()?;
-            let running = sluice::app::start(&config)?;
-            println!(
-                "sluice listening on {} ({} shard(s), {})",
-                running.local_addr,
-                running.placements.len(),
-                running.driver.name()
-            );
-            while !SIGNALLED.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                if RELOAD.swap(false, Ordering::SeqCst) {
-                    // SIGHUP: re-read model.path; a bad file is refused and the old model serves on.
-                    match running.reload(None) {
-                        Ok(v) => tracing::info!(version = v, "SIGHUP: model reloaded"),
-                        Err(why) => tracing::error!(
-                            "SIGHUP: model refused, previous version keeps serving: {why}"
-                        ),
-                    }
-                }
-            }
-            eprintln!("sluice: stopping: draining rings and flushing replies");
-            let report = running.stop()?;
-            print!("{}", report.render());
-            write_hgrm(&config, &report)?;
+            run_service(&config)?;
         }
         Command::Demo {
             rate,
@@ -244,46 +222,148 @@ fn admin_command(
 }
 
 fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCode {
-    let config = match Config::load(Some(file), sets) {
-        Ok(c) => c,
+    // Every stage runs: a refused value keeps its default so the later checks (serde,
+    // validation, then this machine: model, placement, memory, directories) still report.
+    let (config, mut problems) = match Config::load_lenient(Some(file), sets) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{}: {e}", file.display());
             return std::process::ExitCode::from(1);
         }
     };
-    // Placement and the model depend on this machine: check them too, as `run` would.
-    let topo = sluice::topology::discover();
-    let mut problems = Vec::new();
-    if let Err(e) = sluice::infer::build_primary(&config, None) {
-        problems.push(e.to_string());
-    }
-    let placements = sluice::topology::plan(&config.shards, &topo).unwrap_or_else(|placement| {
-        problems.extend(placement);
-        Vec::new()
-    });
-    if !placements.is_empty() {
-        if let Err(e) = sluice::state::resident::check_machine(&config, placements.len()) {
-            problems.push(e);
-        }
-    }
+    let machine = sluice::preflight::check(&config);
+    problems.extend(machine.problems);
     if problems.is_empty() {
-        let cpus: Vec<usize> = placements.iter().map(|p| p.cpu).collect();
+        let cpus: Vec<usize> = machine.placements.iter().map(|p| p.cpu).collect();
         println!(
             "{}: ok ({} shard(s) on CPUs {cpus:?}; {})",
             file.display(),
-            placements.len(),
-            topo.summary()
+            machine.placements.len(),
+            machine.topology
         );
         std::process::ExitCode::SUCCESS
     } else {
         eprintln!(
-            "{}: invalid on this machine ({} problem(s)):\n  - {}",
+            "{}: invalid ({} problem(s)):\n  - {}",
             file.display(),
             problems.len(),
             problems.join("\n  - ")
         );
         std::process::ExitCode::from(1)
     }
+}
+
+/// `sluice run`: start, tell systemd when ready, keep its status and watchdog fed, reload on
+/// SIGHUP, stop on SIGINT/SIGTERM with the report.
+fn run_service(config: &Config) -> anyhow::Result<()> {
+    use sluice::service::{Heartbeats, Systemd};
+    let mut systemd = Systemd::from_env();
+    systemd.starting("starting: loading the model, binding sockets, restoring state");
+    let running = sluice::app::start_with_progress(config, &mut |ready, shards| {
+        systemd.starting(&format!(
+            "starting: {ready} of {shards} shard(s) ready (restoring state, loading the model)"
+        ));
+    })?;
+    let shards = running.placements.len();
+    let counters = running.counters().to_vec();
+    let sum =
+        |f: fn(&sluice::metrics::ShardCounters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
+    let metrics = running
+        .metrics_addr
+        .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"));
+    println!(
+        "sluice listening on {} ({shards} shard(s), {}); metrics {metrics}",
+        running.local_addr,
+        running.driver.name(),
+    );
+    systemd.ready(&format!(
+        "ready: {shards} shard(s), {} on {}, {} key(s) restored, model v{}, metrics {metrics}",
+        running.driver.name(),
+        running.local_addr,
+        sum(|c| c.hot_keys.get() + c.spilled_keys.get()),
+        running.model_version().unwrap_or(0),
+    ));
+    // Look at the heartbeats twice per watchdog interval (systemd's advice), at least every
+    // second without one; every shard wakes at least each shards.park_timeout_us.
+    let look_every = systemd.watchdog().map_or(Duration::from_secs(1), |w| {
+        (w / 2).min(Duration::from_secs(1))
+    });
+    let park = Duration::from_micros(config.shards.park_timeout_us);
+    if look_every < park * 2 {
+        tracing::warn!(
+            ?look_every,
+            ?park,
+            "WatchdogSec/2 is shorter than two shards.park_timeout_us: an idle shard may look stuck"
+        );
+    }
+    let status_every = Duration::from_secs(5);
+    let mut heartbeats = Heartbeats::default();
+    let mut next_look = std::time::Instant::now();
+    let (mut next_status, mut last_events, mut last_drops) = (
+        std::time::Instant::now() + status_every,
+        sum(|c| c.events_received.get()),
+        sum(|c| {
+            c.datagrams_dropped_total() + c.events_dropped.iter().map(|d| d.get()).sum::<u64>()
+        }),
+    );
+    let mut reported_stuck = false;
+    while !SIGNALLED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = std::time::Instant::now();
+        if now >= next_look {
+            next_look = now + look_every;
+            let loops: Vec<u64> = counters.iter().map(|c| c.loops.get()).collect();
+            let stuck = heartbeats.check(&loops, now);
+            if stuck.is_empty() {
+                if reported_stuck {
+                    tracing::info!("every shard's loop turns again; watchdog fed");
+                    reported_stuck = false;
+                }
+                systemd.watchdog_ping();
+            } else if !reported_stuck && stuck.iter().any(|(_, d)| *d >= look_every) {
+                reported_stuck = true;
+                tracing::error!(?stuck, "shard loop(s) not turning: watchdog not fed");
+                systemd.status(&format!(
+                    "stuck: shard(s) {stuck:?} not turning their loops"
+                ));
+            }
+        }
+        if now >= next_status {
+            let secs = (now + status_every - next_status).as_secs_f64().max(1e-3);
+            next_status = now + status_every;
+            let events = sum(|c| c.events_received.get());
+            let drops = sum(|c| {
+                c.datagrams_dropped_total() + c.events_dropped.iter().map(|d| d.get()).sum::<u64>()
+            });
+            if !reported_stuck {
+                systemd.status(&format!(
+                    "serving: {shards} shard(s), {}, model v{}, {:.0} events/s, {} key(s) hot, {} dropped in the last {:.0} s",
+                    running.driver.name(),
+                    counters.iter().map(|c| c.model_version.get()).max().unwrap_or(0),
+                    (events - last_events) as f64 / secs,
+                    sum(|c| c.hot_keys.get()),
+                    drops - last_drops,
+                    secs,
+                ));
+            }
+            (last_events, last_drops) = (events, drops);
+        }
+        if RELOAD.swap(false, Ordering::SeqCst) {
+            // SIGHUP: re-read model.path; a bad file is refused and the old model serves on.
+            match running.reload(None) {
+                Ok(v) => tracing::info!(version = v, "SIGHUP: model reloaded"),
+                Err(why) => {
+                    tracing::error!("SIGHUP: model refused, previous version keeps serving: {why}")
+                }
+            }
+        }
+    }
+    systemd.stopping("stopping: draining rings, flushing replies, last checkpoint");
+    eprintln!("sluice: stopping: draining rings and flushing replies");
+    let report = running.stop()?;
+    print!("{}", report.render());
+    write_hgrm(config, &report)?;
+    Ok(())
 }
 
 fn write_hgrm(config: &Config, report: &sluice::metrics::Report) -> anyhow::Result<()> {

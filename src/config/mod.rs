@@ -71,6 +71,7 @@ pub struct OnlineModel {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Admin {
     pub socket: String,
+    pub faults: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +269,8 @@ pub struct Egress {
 pub struct Metrics {
     pub hgrm_dir: String,
     pub latency_max_ns: u64,
+    pub listen: String,
+    pub stall_threshold_us: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,12 +297,40 @@ impl Config {
 
     /// Defaults, then the TOML document `file_text`, then `sets`; validated.
     pub fn from_layers(file_text: Option<&str>, sets: &[String]) -> Result<Self, ConfigError> {
-        let merged = overlay::merge(file_text, sets)?;
-        let config: Config = merged
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::one(format!("config: {}", e.message())))?;
-        validate::validate(&config)?;
-        Ok(config)
+        let (config, problems) = Self::from_layers_lenient(file_text, sets)?;
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Like `load`, but a refused value keeps its default and loading goes on, so a caller
+    /// (`check-config`) can run the machine checks too and report every problem in one run.
+    /// Err only when there is nothing to check (an unreadable file).
+    pub fn load_lenient(
+        file: Option<&Path>,
+        sets: &[String],
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::one(format!("cannot read config file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Self::from_layers_lenient(text.as_deref(), sets)
+    }
+
+    fn from_layers_lenient(
+        file_text: Option<&str>,
+        sets: &[String],
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let (mut merged, defaults, mut problems) = overlay::merge(file_text, sets)?;
+        let config = deserialize_all(&mut merged, &defaults, &mut problems)?;
+        if let Err(e) = validate::validate(&config) {
+            problems.extend(e.problems);
+        }
+        Ok((config, problems))
     }
 
     /// The compiled `features.list` (already checked by `validate`).
@@ -341,6 +372,71 @@ impl Config {
         }
         parse_addr(key, value).map(Some)
     }
+}
+
+/// Deserialise, and for each value serde refuses (an unknown enum variant, say) record the
+/// problem under its key, put the default back and try again: every such problem is reported
+/// in one pass, each naming its key. Bounded by the number of keys.
+fn deserialize_all(
+    merged: &mut toml::Table,
+    defaults: &toml::Table,
+    problems: &mut Vec<String>,
+) -> Result<Config, ConfigError> {
+    const ATTEMPTS_MAX: usize = 256;
+    for _ in 0..ATTEMPTS_MAX {
+        let doc = toml::Value::Table(merged.clone());
+        let err = match serde_path_to_error::deserialize::<_, Config>(doc) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        let key = err.path().to_string();
+        let segments: Vec<&str> = key.split('.').collect();
+        let found = lookup(merged, &segments).map(|v| v.to_string());
+        let default = lookup(defaults, &segments).cloned();
+        problems.push(match &found {
+            Some(v) => format!("{key} = {v}: {}", err.inner().message()),
+            None => format!("{key}: {}", err.inner().message()),
+        });
+        let restored = match default {
+            Some(d) if found.is_some() => replace(merged, &segments, d),
+            _ => false,
+        };
+        if !restored {
+            // Nothing to put back: no further stage can run on this document.
+            return Err(ConfigError {
+                problems: std::mem::take(problems),
+            });
+        }
+    }
+    problems.push(format!(
+        "config: more than {ATTEMPTS_MAX} refused values; fix the ones above first"
+    ));
+    Err(ConfigError {
+        problems: std::mem::take(problems),
+    })
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(*p)?.as_table()?;
+    }
+    t.get(*last)
+}
+
+fn replace(table: &mut toml::Table, path: &[&str], value: toml::Value) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut t = table;
+    for p in parents {
+        match t.get_mut(*p).and_then(toml::Value::as_table_mut) {
+            Some(next) => t = next,
+            None => return false,
+        }
+    }
+    t.insert((*last).to_owned(), value).is_some()
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

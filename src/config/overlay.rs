@@ -8,7 +8,13 @@ use super::ConfigError;
 /// The embedded defaults; `sluice print-config` shows them.
 pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
 
-pub(super) fn merge(file_text: Option<&str>, sets: &[String]) -> Result<Table, ConfigError> {
+/// The merged table and every problem found on the way. A refused key or value keeps its
+/// default, so the later stages (serde, validation, the machine checks) still run and report
+/// their own problems in the same pass.
+pub(super) fn merge(
+    file_text: Option<&str>,
+    sets: &[String],
+) -> Result<(Table, Table, Vec<String>), ConfigError> {
     let mut merged: Table = DEFAULTS_TOML
         .parse()
         .map_err(|e| ConfigError::one(format!("embedded defaults do not parse (a bug): {e}")))?;
@@ -27,11 +33,7 @@ pub(super) fn merge(file_text: Option<&str>, sets: &[String]) -> Result<Table, C
             Err(p) => problems.push(p),
         }
     }
-    if problems.is_empty() {
-        Ok(merged)
-    } else {
-        Err(ConfigError { problems })
-    }
+    Ok((merged, defaults, problems))
 }
 
 /// `a.b.c=value`: the value is read as TOML when it parses (numbers, booleans, arrays) and as a

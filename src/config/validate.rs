@@ -213,6 +213,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             c.metrics.latency_max_ns
         ));
     }
+    if !(10..=10_000_000).contains(&c.metrics.stall_threshold_us) {
+        p.push(format!(
+            "metrics.stall_threshold_us = {}: must be between 10 and 10000000",
+            c.metrics.stall_threshold_us
+        ));
+    }
     let o = &c.model.online;
     if !(o.learning_rate > 0.0 && o.learning_rate <= 10.0) {
         p.push(format!(
@@ -253,6 +259,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     for (key, value) in [
         ("egress.scores_to", &c.egress.scores_to),
         ("egress.alerts_to", &c.egress.alerts_to),
+        ("metrics.listen", &c.metrics.listen),
     ] {
         if let Err(e) = Config::optional_addr(key, value) {
             p.extend(e.problems);

@@ -218,7 +218,7 @@ impl ScoreSink for EgressSink<'_> {
     }
 
     fn model_ran(&mut self, ns: u64) {
-        self.latency.model_run.saturating_record(ns.max(1));
+        self.latency.record_model_run(ns);
     }
 }
 
@@ -256,7 +256,7 @@ mod tests {
         let config = Config::defaults().unwrap();
         let mut egress = Egress::new(&shard, &config, 64).unwrap();
         let counters = ShardCounters::default();
-        let mut latency = ShardLatency::new(60_000_000_000).unwrap();
+        let mut latency = ShardLatency::new(60_000_000_000, Default::default()).unwrap();
         let to = client.local_addr().unwrap();
         let now = clock::realtime_ns();
         // Two datagrams' events (3 and 2, each with its own receive time), then one more

@@ -1,19 +1,25 @@
-//! Per-shard counters and latency histograms, merged at shutdown into one report.
+//! Per-shard counters and latency histograms: served live by the exporter, merged at
+//! shutdown into one report.
 //!
 //! Counters are single-writer (the owning shard) `AtomicU64`s updated with a relaxed load and
-//! store, which compiles to plain moves, so another thread (the Prometheus exporter to come)
-//! can read them live without a lock. Histograms are shard-owned and handed over at the end.
+//! store, which compiles to plain moves, so the exporter thread reads them live without a
+//! lock. Latency is kept twice: in HDR histograms owned by the shard (exact percentiles for
+//! the shutdown report and `.hgrm` files) and in fixed-bucket live histograms the exporter
+//! serves (the same bounds on every host, so they sum across shards and hosts).
 
+pub mod catalog;
+mod counters;
+pub mod exporter;
 pub mod names;
 pub mod report;
 
+pub use counters::{LiveLatency, ShardCounters, SHARD_HISTOGRAMS, SHARD_METRICS};
 pub use report::{write_hgrm, Report};
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-
-use crate::wire::DecodeError;
 
 /// A counter with one writer.
 #[derive(Debug, Default)]
@@ -91,86 +97,6 @@ impl DropReason {
     }
 }
 
-/// One shard's counters.
-#[derive(Debug, Default)]
-pub struct ShardCounters {
-    pub datagrams_received: Counter,
-    pub datagrams_dropped: [Counter; DecodeError::ALL.len()],
-    pub events_received: Counter,
-    pub events_dropped: [Counter; DropReason::ALL.len()],
-    pub events_routed_away: Counter,
-    pub observations_applied: Counter,
-    pub feedback_applied: Counter,
-    pub scores_emitted: Counter,
-    pub alerts_emitted: Counter,
-    pub reply_datagrams: Counter,
-    pub socket_drops: Counter,
-    pub uring_enobufs: Counter,
-    pub uring_rearms: Counter,
-    pub hot_keys: Counter,
-    pub spilled_keys: Counter,
-    pub hot_hits: Counter,
-    pub hot_misses: Counter,
-    pub spills: Counter,
-    pub reloads: Counter,
-    pub expired: Counter,
-    /// Late events applied at the watermark (`time.late = apply`).
-    pub late_applied: Counter,
-    pub checkpoints_written: Counter,
-    pub checkpoints_failed: Counter,
-    pub checkpoints_skipped: Counter,
-    /// Longest flip of a snapshot (ns): the one stop a checkpoint needs.
-    pub checkpoint_pause_max_ns: Counter,
-    /// Longest slice of copying a running snapshot took in one cycle (ns).
-    pub checkpoint_slice_max_ns: Counter,
-    /// Times a full spill journal made the shard wait for the writer.
-    pub checkpoint_journal_waits: Counter,
-    pub checkpoint_bytes_last: Counter,
-    /// Kafka records whose value decoded and was applied.
-    pub kafka_records: Counter,
-    /// Kafka records skipped (their offset still advances), by DecodeError reason.
-    pub kafka_records_skipped: [Counter; DecodeError::ALL.len()],
-    /// Score records handed to the Kafka producer.
-    pub kafka_score_records: Counter,
-    /// Score records the producer reported as not delivered.
-    pub kafka_delivery_failures: Counter,
-    /// exactly_once: transactions committed / aborted or failed.
-    pub kafka_transactions: Counter,
-    pub kafka_transactions_failed: Counter,
-    /// Cycles in which the shard took no records because the producer had too many in flight.
-    pub kafka_backpressure_cycles: Counter,
-    /// exactly_once: longest time a commit held the shard (waiting for the checkpoint to be
-    /// durable, then the transaction's round trips), ns.
-    pub kafka_commit_pause_max_ns: Counter,
-}
-
-impl ShardCounters {
-    #[inline]
-    pub fn dropped_datagram(&self, e: DecodeError) {
-        self.datagrams_dropped[e.index()].inc();
-    }
-    #[inline]
-    pub fn dropped_events(&self, r: DropReason, n: u64) {
-        self.events_dropped[r as usize].add(n);
-    }
-    #[inline]
-    pub fn skipped_record(&self, e: DecodeError) {
-        self.kafka_records_skipped[e.index()].inc();
-    }
-    pub fn records_skipped_by(&self, e: DecodeError) -> u64 {
-        self.kafka_records_skipped[e.index()].get()
-    }
-    pub fn datagrams_dropped_total(&self) -> u64 {
-        self.datagrams_dropped.iter().map(Counter::get).sum()
-    }
-    pub fn events_dropped_by(&self, r: DropReason) -> u64 {
-        self.events_dropped[r as usize].get()
-    }
-    pub fn datagrams_dropped_by(&self, e: DecodeError) -> u64 {
-        self.datagrams_dropped[e.index()].get()
-    }
-}
-
 /// One shard's latency histograms (nanoseconds).
 pub struct ShardLatency {
     /// Kernel receive timestamp -> reply handed to the kernel.
@@ -187,10 +113,12 @@ pub struct ShardLatency {
     /// Values above the histogram's range (clamped to it).
     pub clamped: u64,
     max_ns: u64,
+    /// The shard's counters, whose live histograms get every value too.
+    live: Arc<ShardCounters>,
 }
 
 impl ShardLatency {
-    pub fn new(max_ns: u64) -> Result<Self, hdrhistogram::CreationError> {
+    pub fn new(max_ns: u64, live: Arc<ShardCounters>) -> Result<Self, hdrhistogram::CreationError> {
         Ok(Self {
             receive_to_emit: Histogram::new_with_bounds(1, max_ns, 3)?,
             in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
@@ -199,6 +127,7 @@ impl ShardLatency {
             kafka_in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
             clamped: 0,
             max_ns,
+            live,
         })
     }
 
@@ -211,6 +140,14 @@ impl ShardLatency {
         self.receive_to_emit
             .saturating_record(receive_to_emit_ns.max(1));
         self.in_shard.saturating_record(in_shard_ns.max(1));
+        self.live.latency.receive_to_emit.record(receive_to_emit_ns);
+        self.live.latency.in_shard.record(in_shard_ns);
+    }
+
+    #[inline]
+    pub fn record_model_run(&mut self, ns: u64) {
+        self.model_run.saturating_record(ns.max(1));
+        self.live.latency.model_run.record(ns);
     }
 
     #[inline]
@@ -221,5 +158,10 @@ impl ShardLatency {
         self.kafka_record_to_produce
             .saturating_record(record_to_produce_ns.max(1));
         self.kafka_in_shard.saturating_record(in_shard_ns.max(1));
+        self.live
+            .latency
+            .kafka_record_to_produce
+            .record(record_to_produce_ns);
+        self.live.latency.kafka_in_shard.record(in_shard_ns);
     }
 }

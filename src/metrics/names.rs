@@ -53,3 +53,16 @@ pub const KAFKA_COMMIT_PAUSE_MAX: &str = "sluice_kafka_commit_pause_max_seconds"
 pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";
 pub const KAFKA_RECORD_TO_PRODUCE: &str = "sluice_kafka_record_to_produce_seconds";
 pub const KAFKA_IN_SHARD: &str = "sluice_kafka_in_shard_seconds";
+/// Snapshot flips as a histogram (the shard's one stop per checkpoint).
+pub const CHECKPOINT_PAUSE: &str = "sluice_checkpoint_pause_seconds";
+/// Turns of a shard's loop: its heartbeat.
+pub const LOOPS: &str = "sluice_shard_loops_total";
+pub const LOOP_MAX: &str = "sluice_shard_loop_max_seconds";
+pub const LOOPS_OVER_THRESHOLD: &str = "sluice_shard_loops_over_threshold_total";
+pub const MODEL_VERSION: &str = "sluice_model_version";
+/// Info metric (labels version, revision, driver, model_version); the sample is `_info`.
+pub const BUILD: &str = "sluice_build";
+/// Seconds since sluice reported ready.
+pub const UPTIME: &str = "sluice_uptime_seconds";
+/// Per partition (labels topic, partition): records taken.
+pub const KAFKA_PARTITION_RECORDS: &str = "sluice_kafka_partition_records_total";

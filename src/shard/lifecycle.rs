@@ -12,6 +12,10 @@ pub struct Control {
     stop: AtomicBool,
     done_producing: AtomicUsize,
     shards: usize,
+    /// Fault injection (`admin.faults`): a held shard stops turning its loop, as a stuck one
+    /// would, until released; `holding` says it has stopped.
+    hold: Vec<AtomicBool>,
+    holding: Vec<AtomicBool>,
 }
 
 impl Control {
@@ -20,7 +24,42 @@ impl Control {
             stop: AtomicBool::new(false),
             done_producing: AtomicUsize::new(0),
             shards,
+            hold: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            holding: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         }
+    }
+
+    /// Hold (or release) a shard's loop; false if there is no such shard.
+    pub fn set_hold(&self, shard: usize, hold: bool) -> bool {
+        match self.hold.get(shard) {
+            Some(h) => {
+                h.store(hold, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the shard has stopped for a hold.
+    pub fn is_holding(&self, shard: usize) -> bool {
+        self.holding
+            .get(shard)
+            .is_some_and(|h| h.load(Ordering::SeqCst))
+    }
+
+    /// Called by the shard once per loop turn: stop here while held (a relaxed load when not).
+    pub(super) fn wait_while_held(&self, shard: usize) {
+        let (Some(hold), Some(holding)) = (self.hold.get(shard), self.holding.get(shard)) else {
+            return;
+        };
+        if !hold.load(Ordering::Relaxed) {
+            return;
+        }
+        holding.store(true, Ordering::SeqCst);
+        while hold.load(Ordering::SeqCst) && !self.stop_requested() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        holding.store(false, Ordering::SeqCst);
     }
 
     pub fn request_stop(&self) {

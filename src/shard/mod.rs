@@ -24,7 +24,12 @@ use crate::metrics::{ShardCounters, ShardLatency};
 use crate::state::checkpoint::Checkpointer;
 use crate::wake::Waker;
 
-fn publish_checkpoint_stats(cp: &Checkpointer, c: &ShardCounters) {
+fn publish_checkpoint_stats(cp: &Checkpointer, c: &ShardCounters, flips_seen: &mut u64) {
+    if cp.stats.flips != *flips_seen {
+        // At most one flip a cycle, and this runs every cycle after the checkpoint step.
+        *flips_seen = cp.stats.flips;
+        c.latency.checkpoint_pause.record(cp.stats.last_pause_ns);
+    }
     c.checkpoints_written.set(cp.stats.written);
     c.checkpoints_failed.set(cp.stats.failed);
     c.checkpoints_skipped.set(cp.stats.skipped_busy);
@@ -91,6 +96,10 @@ pub struct Shard {
     pub drain_max: usize,
     pub idle_spins: u32,
     pub park_timeout: Duration,
+    /// A loop turn longer than this counts as a stall (`metrics.stall_threshold_us`).
+    pub stall_threshold_ns: u64,
+    /// Snapshot flips already put in the pause histogram.
+    pub flips_seen: u64,
 }
 
 impl Shard {
@@ -108,6 +117,7 @@ impl Shard {
             ..
         } = self;
         model_link.service(core, pickup_ns);
+        counters.model_version.set(u64::from(core.model_version()));
         let mut work = 0;
         if core.is_stalled() {
             work += core.retry_stalled();
@@ -162,7 +172,7 @@ impl Shard {
                     cp.tick(pickup_ns, core.state_mut(), max_event_ns);
                 }
             }
-            publish_checkpoint_stats(cp, counters);
+            publish_checkpoint_stats(cp, counters, &mut self.flips_seen);
             if cp.capturing() {
                 // A snapshot being copied a slice a cycle: no parking until it is whole.
                 work += 1;
@@ -174,6 +184,11 @@ impl Shard {
         counters.socket_drops.set(s.socket_drops);
         counters.uring_enobufs.set(s.enobufs);
         counters.uring_rearms.set(s.rearms);
+        // The turn's length, parking excluded (a realtime step would only skew one figure).
+        counters.loop_took(
+            clock::realtime_ns().saturating_sub(pickup_ns),
+            self.stall_threshold_ns,
+        );
         if let Some(e) = failure {
             return Err(e);
         }
@@ -193,7 +208,7 @@ impl Shard {
                     cp.finish(self.core.state_mut(), max_event_ns);
                 }
             }
-            publish_checkpoint_stats(cp, &self.counters);
+            publish_checkpoint_stats(cp, &self.counters, &mut self.flips_seen);
         }
     }
 
@@ -222,6 +237,7 @@ impl Shard {
         let mut idle = 0u32;
         let mut failure = None;
         while !control.stop_requested() {
+            control.wait_while_held(self.core.id);
             let step = self.tick(true).and_then(|work| {
                 if work == 0 {
                     idle = idle.saturating_add(1);

@@ -35,6 +35,8 @@ pub struct CheckpointStats {
     /// The flip: how long the shard stopped to start the last snapshot, and the longest (ns).
     pub last_pause_ns: u64,
     pub max_pause_ns: u64,
+    /// Snapshots started (flips), so a reader can tell a new `last_pause_ns` from the old.
+    pub flips: u64,
     /// The longest slice of copying one cycle did (ns).
     pub max_step_ns: u64,
     /// Finishing a snapshot in one go (at shutdown, or exactly_once's commit): the longest.
@@ -416,6 +418,7 @@ impl Checkpointer {
         });
         let pause = started.elapsed().as_nanos() as u64;
         self.stats.last_pause_ns = pause;
+        self.stats.flips += 1;
         self.stats.max_pause_ns = self.stats.max_pause_ns.max(pause);
         Some(seq)
     }

@@ -1,0 +1,234 @@
+//! One shard's counters and live latency histograms, and the catalog the exporter serves
+//! them from. Each counter is declared once, in the `shard_counters!` table below: its field,
+//! its metric name, its type and its label; its doc comment is its HELP text.
+
+use super::catalog::{Kind, Labelled, LiveHistogram, MetricDef};
+use super::{names, Counter, DropReason};
+use crate::wire::DecodeError;
+
+/// A field the catalog can read: a counter, or one per label value.
+pub trait ReadAt {
+    fn read_at(&self, i: usize) -> u64;
+}
+
+impl ReadAt for Counter {
+    fn read_at(&self, _: usize) -> u64 {
+        self.get()
+    }
+}
+
+impl<const N: usize> ReadAt for [Counter; N] {
+    fn read_at(&self, i: usize) -> u64 {
+        self.get(i).map_or(0, Counter::get)
+    }
+}
+
+const BY_DECODE_ERROR: Labelled = Labelled {
+    key: "reason",
+    count: DecodeError::ALL.len(),
+    value: |i| DecodeError::ALL.get(i).map_or("?", |e| e.reason()),
+};
+
+const BY_DROP_REASON: Labelled = Labelled {
+    key: "reason",
+    count: DropReason::ALL.len(),
+    value: |i| DropReason::ALL.get(i).map_or("?", |d| d.label()),
+};
+
+macro_rules! shard_counters {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident : $ty:ty => $kind:ident $name:expr $(, by $labels:expr)? ;
+    )*) => {
+        /// One shard's counters. Single writer (the shard); read live by the exporter.
+        #[derive(Debug, Default)]
+        pub struct ShardCounters {
+            $( $(#[doc = $doc])+ pub $field: $ty, )*
+            /// Latency in fixed buckets, read live by the exporter.
+            pub latency: LiveLatency,
+        }
+
+        /// Every per-shard counter and gauge, in the order the exporter serves them.
+        pub static SHARD_METRICS: &[MetricDef] = &[
+            $( MetricDef {
+                name: $name,
+                help: concat!($($doc),+),
+                kind: Kind::$kind,
+                labels: shard_counters!(@labels $($labels)?),
+                read: |c: &ShardCounters, i: usize| ReadAt::read_at(&c.$field, i),
+            }, )*
+        ];
+    };
+    (@labels) => { None };
+    (@labels $l:expr) => { Some($l) };
+}
+
+shard_counters! {
+    /// Datagrams taken from the shard's socket.
+    datagrams_received: Counter => Counter names::DATAGRAMS_RECEIVED;
+    /// Datagrams refused by the decoder, by reason (nothing in them was applied).
+    datagrams_dropped: [Counter; DecodeError::ALL.len()] => Counter names::DATAGRAMS_DROPPED, by BY_DECODE_ERROR;
+    /// Events in accepted datagrams.
+    events_received: Counter => Counter names::EVENTS_RECEIVED;
+    /// Accepted events dropped after decoding, by reason.
+    events_dropped: [Counter; DropReason::ALL.len()] => Counter names::EVENTS_DROPPED, by BY_DROP_REASON;
+    /// Events handed over a ring to the shard that owns their key.
+    events_routed_away: Counter => Counter names::EVENTS_ROUTED_AWAY;
+    /// Observations applied to the keyed state by their owner shard.
+    observations_applied: Counter => Counter names::OBSERVATIONS_APPLIED;
+    /// Feedback events applied (online learning).
+    feedback_applied: Counter => Counter names::FEEDBACK_APPLIED;
+    /// Scores sent (UDP replies or Kafka records).
+    scores_emitted: Counter => Counter names::SCORES_EMITTED;
+    /// Scores over the alert threshold.
+    alerts_emitted: Counter => Counter names::ALERTS_EMITTED;
+    /// Reply datagrams sent.
+    reply_datagrams: Counter => Counter names::REPLY_DATAGRAMS;
+    /// Datagrams the kernel dropped at the shard's socket (SO_RXQ_OVFL): its buffer overflowed.
+    socket_drops: Counter => Counter names::SOCKET_DROPS;
+    /// io_uring multishot receives that ended with no free provided buffer.
+    uring_enobufs: Counter => Counter names::URING_ENOBUFS;
+    /// io_uring multishot receives re-armed.
+    uring_rearms: Counter => Counter names::URING_REARMS;
+    /// Keys in the shard's hot table.
+    hot_keys: Counter => Gauge names::HOT_KEYS;
+    /// Keys in the shard's spill store.
+    spilled_keys: Counter => Gauge names::SPILLED_KEYS;
+    /// Events whose key was in the hot table.
+    hot_hits: Counter => Counter names::HOT_HITS;
+    /// Events whose key was not in the hot table (new, or reloaded from spill).
+    hot_misses: Counter => Counter names::HOT_MISSES;
+    /// Keys moved from the hot table to the spill store.
+    spills: Counter => Counter names::SPILLS;
+    /// Keys brought back from the spill store.
+    reloads: Counter => Counter names::RELOADS;
+    /// Keys forgotten after state.ttl_ms idle.
+    expired: Counter => Counter names::EXPIRED;
+    /// Late events applied at the watermark (time.late = apply).
+    late_applied: Counter => Counter names::LATE_APPLIED;
+    /// Checkpoints written and committed.
+    checkpoints_written: Counter => Counter names::CHECKPOINTS_WRITTEN;
+    /// Checkpoints that failed (I/O); serving went on.
+    checkpoints_failed: Counter => Counter names::CHECKPOINTS_FAILED;
+    /// Checkpoints that came due while the previous one was still being written.
+    checkpoints_skipped: Counter => Counter names::CHECKPOINTS_SKIPPED;
+    /// Longest snapshot flip (the one stop a checkpoint needs).
+    checkpoint_pause_max_ns: Counter => GaugeNs names::CHECKPOINT_PAUSE_MAX;
+    /// Longest slice of copying a running snapshot in one cycle.
+    checkpoint_slice_max_ns: Counter => GaugeNs names::CHECKPOINT_SLICE_MAX;
+    /// Times a full spill journal made the shard wait for the writer.
+    checkpoint_journal_waits: Counter => Counter names::CHECKPOINT_JOURNAL_WAITS;
+    /// Size of the last checkpoint's hot.bin.
+    checkpoint_bytes_last: Counter => Gauge names::CHECKPOINT_BYTES;
+    /// Kafka records whose value decoded and was applied.
+    kafka_records: Counter => Counter names::KAFKA_RECORDS;
+    /// Kafka records skipped by reason (their offset still advances).
+    kafka_records_skipped: [Counter; DecodeError::ALL.len()] => Counter names::KAFKA_RECORDS_SKIPPED, by BY_DECODE_ERROR;
+    /// Score records handed to the Kafka producer.
+    kafka_score_records: Counter => Counter names::KAFKA_SCORE_RECORDS;
+    /// Score records the producer reported as not delivered.
+    kafka_delivery_failures: Counter => Counter names::KAFKA_DELIVERY_FAILURES;
+    /// exactly_once: transactions committed.
+    kafka_transactions: Counter => Counter names::KAFKA_TRANSACTIONS;
+    /// exactly_once: transactions aborted or failed.
+    kafka_transactions_failed: Counter => Counter names::KAFKA_TRANSACTIONS_FAILED;
+    /// Cycles in which the shard took no records because the producer had too many in flight.
+    kafka_backpressure_cycles: Counter => Counter names::KAFKA_BACKPRESSURE_CYCLES;
+    /// exactly_once: longest time a commit held the shard.
+    kafka_commit_pause_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_PAUSE_MAX;
+    /// Turns of the shard's loop (its heartbeat: the watchdog needs every shard's to advance).
+    loops: Counter => Counter names::LOOPS;
+    /// Longest turn of the shard's loop (parking excluded).
+    loop_max_ns: Counter => GaugeNs names::LOOP_MAX;
+    /// Turns of the shard's loop longer than metrics.stall_threshold_us (parking excluded).
+    loops_over_threshold: Counter => Counter names::LOOPS_OVER_THRESHOLD;
+    /// The model version the shard scores with.
+    model_version: Counter => Gauge names::MODEL_VERSION;
+}
+
+/// One shard's latency histograms in the fixed buckets the exporter serves.
+#[derive(Debug, Default)]
+pub struct LiveLatency {
+    pub receive_to_emit: LiveHistogram,
+    pub in_shard: LiveHistogram,
+    pub model_run: LiveHistogram,
+    pub kafka_record_to_produce: LiveHistogram,
+    pub kafka_in_shard: LiveHistogram,
+    pub checkpoint_pause: LiveHistogram,
+}
+
+/// Where a shard keeps one of its live histograms.
+pub type PickHistogram = fn(&LiveLatency) -> &LiveHistogram;
+
+/// Every histogram: name, help, and where a shard keeps it.
+pub static SHARD_HISTOGRAMS: &[(&str, &str, PickHistogram)] = &[
+    (
+        names::RECEIVE_TO_EMIT,
+        "Kernel receive timestamp to reply handed to the kernel.",
+        |l| &l.receive_to_emit,
+    ),
+    (
+        names::IN_SHARD,
+        "Shard pickup to reply handed to the kernel.",
+        |l| &l.in_shard,
+    ),
+    (
+        names::MODEL_RUN,
+        "One model call (a micro-batch of rows).",
+        |l| &l.model_run,
+    ),
+    (
+        names::KAFKA_RECORD_TO_PRODUCE,
+        "Kafka record timestamp to Score record handed to the producer.",
+        |l| &l.kafka_record_to_produce,
+    ),
+    (
+        names::KAFKA_IN_SHARD,
+        "Kafka record taken from the consumer to Score record handed to the producer.",
+        |l| &l.kafka_in_shard,
+    ),
+    (
+        names::CHECKPOINT_PAUSE,
+        "Snapshot flips: how long each checkpoint stopped the shard.",
+        |l| &l.checkpoint_pause,
+    ),
+];
+
+impl ShardCounters {
+    #[inline]
+    pub fn dropped_datagram(&self, e: DecodeError) {
+        self.datagrams_dropped[e.index()].inc();
+    }
+    #[inline]
+    pub fn dropped_events(&self, r: DropReason, n: u64) {
+        self.events_dropped[r as usize].add(n);
+    }
+    #[inline]
+    pub fn skipped_record(&self, e: DecodeError) {
+        self.kafka_records_skipped[e.index()].inc();
+    }
+    pub fn records_skipped_by(&self, e: DecodeError) -> u64 {
+        self.kafka_records_skipped[e.index()].get()
+    }
+    pub fn datagrams_dropped_total(&self) -> u64 {
+        self.datagrams_dropped.iter().map(Counter::get).sum()
+    }
+    pub fn events_dropped_by(&self, r: DropReason) -> u64 {
+        self.events_dropped[r as usize].get()
+    }
+    pub fn datagrams_dropped_by(&self, e: DecodeError) -> u64 {
+        self.datagrams_dropped[e.index()].get()
+    }
+
+    /// A shard loop's turn took `ns` (parking excluded).
+    #[inline]
+    pub fn loop_took(&self, ns: u64, threshold_ns: u64) {
+        self.loops.inc();
+        if ns > self.loop_max_ns.get() {
+            self.loop_max_ns.set(ns);
+        }
+        if ns > threshold_ns {
+            self.loops_over_threshold.inc();
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The live metrics endpoint: OpenMetrics text on `metrics.listen`, served by its own thread
+//! through `tiny_http`, encoded by `prometheus-client`. A scrape reads every shard's counters
+//! and fixed-bucket histograms as they are (single-writer atomics, relaxed loads): the shards
+//! never wait for it and never see it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::catalog::{Kind, MetricDef, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
+use super::{names, ShardCounters, SHARD_HISTOGRAMS, SHARD_METRICS};
+use crate::ingest::kafka::PartitionGauge;
+use crate::shard::Control;
+
+/// OpenMetrics 1.0 text, what `prometheus-client` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Longest a scrape request may take to arrive (slow or idle clients do not hold the thread).
+const REQUEST_WAIT: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    #[error("metrics.listen {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("could not start the metrics thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What a scrape serves, besides the shards' own counters.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub revision: &'static str,
+    pub driver: String,
+}
+
+impl BuildInfo {
+    pub fn of_this_build(driver: &str) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: option_env!("SLUICE_GIT_REVISION").unwrap_or("unknown"),
+            driver: driver.to_owned(),
+        }
+    }
+}
+
+/// Everything a scrape reads. Built once; each scrape encodes it afresh.
+#[derive(Debug)]
+pub struct Exposition {
+    pub shards: Vec<Arc<ShardCounters>>,
+    pub partitions: Vec<Arc<PartitionGauge>>,
+    pub info: BuildInfo,
+    pub started: Instant,
+    shard_ids: Vec<String>,
+}
+
+impl Exposition {
+    pub fn new(
+        shards: Vec<Arc<ShardCounters>>,
+        partitions: Vec<Arc<PartitionGauge>>,
+        info: BuildInfo,
+    ) -> Self {
+        let shard_ids = (0..shards.len()).map(|i| i.to_string()).collect();
+        Self {
+            shards,
+            partitions,
+            info,
+            started: Instant::now(),
+            shard_ids,
+        }
+    }
+
+    /// The whole exposition as OpenMetrics text.
+    pub fn encode(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
+        let mut body = String::with_capacity(64 * 1024);
+        prometheus_client::encoding::text::encode(&mut body, &registry)?;
+        Ok(body)
+    }
+
+    fn encode_catalog(
+        &self,
+        def: &MetricDef,
+        encoder: &mut DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let (name, metric_type) = match def.kind {
+            // prometheus-client appends `_total` to a counter's samples.
+            Kind::Counter => (
+                def.name.strip_suffix("_total").unwrap_or(def.name),
+                MetricType::Counter,
+            ),
+            Kind::Gauge | Kind::GaugeNs => (def.name, MetricType::Gauge),
+        };
+        let mut family = encoder.encode_descriptor(name, def.help.trim(), None, metric_type)?;
+        for (shard, counters) in self.shard_ids.iter().zip(&self.shards) {
+            match def.labels {
+                None => {
+                    let v = (def.read)(counters, 0);
+                    encode_value(
+                        def.kind,
+                        v,
+                        family.encode_family(&[("shard", shard.as_str())])?,
+                    )?;
+                }
+                Some(l) => {
+                    for i in 0..l.count {
+                        let v = (def.read)(counters, i);
+                        let labels = [("shard", shard.as_str()), (l.key, (l.value)(i))];
+                        encode_value(def.kind, v, family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_histograms(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut buckets = [(0.0, 0u64); LATENCY_BUCKETS];
+        for (name, help, pick) in SHARD_HISTOGRAMS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (shard, counters) in self.shard_ids.iter().zip(&self.shards) {
+                let (counts, sum_ns) = pick(&counters.latency).snapshot();
+                for (i, (b, n)) in buckets.iter_mut().zip(counts).enumerate() {
+                    // The last bucket is +Inf, which prometheus-client writes for f64::MAX.
+                    b.0 = LATENCY_BOUNDS_NS
+                        .get(i)
+                        .map_or(f64::MAX, |&ns| ns as f64 / 1e9);
+                    b.1 = n;
+                }
+                family
+                    .encode_family(&[("shard", shard.as_str())])?
+                    .encode_histogram::<NoLabelSet>(
+                        sum_ns as f64 / 1e9,
+                        counts.iter().sum(),
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_partitions(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        if self.partitions.is_empty() {
+            return Ok(());
+        }
+        let mut lag = encoder.encode_descriptor(
+            names::KAFKA_PARTITION_LAG,
+            "Records between the shard's position and the partition's high watermark.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &self.partitions {
+            if let Some(l) = p.lag() {
+                let partition = p.partition.to_string();
+                let labels = [
+                    ("topic", p.topic.as_str()),
+                    ("partition", partition.as_str()),
+                ];
+                lag.encode_family(&labels)?.encode_gauge(&l)?;
+            }
+        }
+        let mut records = encoder.encode_descriptor(
+            names::KAFKA_PARTITION_RECORDS
+                .strip_suffix("_total")
+                .unwrap_or(names::KAFKA_PARTITION_RECORDS),
+            "Records taken from the partition (applied or skipped).",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &self.partitions {
+            let partition = p.partition.to_string();
+            let labels = [
+                ("topic", p.topic.as_str()),
+                ("partition", partition.as_str()),
+            ];
+            records
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&p.records.get(), None)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(kind: Kind, v: u64, mut m: MetricEncoder<'_>) -> std::fmt::Result {
+    match kind {
+        Kind::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        Kind::Gauge => m.encode_gauge(&(v as f64)),
+        Kind::GaugeNs => m.encode_gauge(&(v as f64 / 1e9)),
+    }
+}
+
+/// The registry's handle on the exposition (a Collector must be `'static`).
+#[derive(Debug)]
+struct Scrape(Arc<Exposition>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let x = &self.0;
+        let model_version = x
+            .shards
+            .iter()
+            .map(|c| c.model_version.get())
+            .max()
+            .unwrap_or(0)
+            .to_string();
+        let labels = [
+            ("version", x.info.version),
+            ("revision", x.info.revision),
+            ("driver", x.info.driver.as_str()),
+            ("model_version", model_version.as_str()),
+        ];
+        encoder
+            .encode_descriptor(
+                names::BUILD,
+                "sluice's version, git revision, UDP driver and newest model version.",
+                None,
+                MetricType::Info,
+            )?
+            .encode_info(&labels)?;
+        encoder
+            .encode_descriptor(
+                names::UPTIME,
+                "Seconds since the exporter started (sluice was ready).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&x.started.elapsed().as_secs_f64())?;
+        for def in SHARD_METRICS {
+            x.encode_catalog(def, &mut encoder)?;
+        }
+        x.encode_histograms(&mut encoder)?;
+        x.encode_partitions(&mut encoder)
+    }
+}
+
+/// A running endpoint; stops with the service (`control`).
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub thread: JoinHandle<()>,
+}
+
+/// Bind `addr` and serve `/metrics` from a thread until `control` says stop.
+pub fn serve(
+    addr: SocketAddr,
+    exposition: Arc<Exposition>,
+    control: Arc<Control>,
+) -> Result<Endpoint, ExporterError> {
+    let server = tiny_http::Server::http(addr).map_err(|e| ExporterError::Bind {
+        addr,
+        reason: e.to_string(),
+    })?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| ExporterError::Bind {
+            addr,
+            reason: "not an IP address".into(),
+        })?;
+    let thread = std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            while !control.stop_requested() {
+                match server.recv_timeout(REQUEST_WAIT) {
+                    Ok(Some(request)) => answer(request, &exposition),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("metrics endpoint: {e}");
+                        std::thread::sleep(REQUEST_WAIT);
+                    }
+                }
+            }
+        })
+        .map_err(ExporterError::Thread)?;
+    Ok(Endpoint {
+        addr: bound,
+        thread,
+    })
+}
+
+fn answer(request: tiny_http::Request, exposition: &Arc<Exposition>) {
+    use tiny_http::{Header, Method, Response};
+    let header = |v: &str| Header::from_bytes("Content-Type", v).ok();
+    let path = request.url().split('?').next().unwrap_or("");
+    let response = match (request.method(), path) {
+        (Method::Get | Method::Head, "/metrics") => match exposition.encode() {
+            Ok(body) => {
+                let r = Response::from_string(body);
+                match header(CONTENT_TYPE) {
+                    Some(h) => r.with_header(h),
+                    None => r,
+                }
+            }
+            Err(_) => Response::from_string("encoding failed\n").with_status_code(500),
+        },
+        (Method::Get | Method::Head, "/") => {
+            Response::from_string("sluice: metrics at /metrics\n").with_status_code(200)
+        }
+        (Method::Get | Method::Head, _) => {
+            Response::from_string("not found\n").with_status_code(404)
+        }
+        _ => Response::from_string("only GET and HEAD\n").with_status_code(405),
+    };
+    // A client that went away: nothing to do.
+    let _ = request.respond(response);
+}
+
+/// The shards' counters summed: what the shutdown report shows, read the exporter's way.
+pub fn total(shards: &[Arc<ShardCounters>], name: &str, label: Option<&str>) -> Option<u64> {
+    let def = SHARD_METRICS.iter().find(|d| d.name == name)?;
+    let index = match (def.labels, label) {
+        (None, None) => 0,
+        (Some(l), Some(want)) => (0..l.count).find(|&i| (l.value)(i) == want)?,
+        _ => return None,
+    };
+    Some(shards.iter().map(|c| (def.read)(c, index)).sum())
+}
