@@ -45,6 +45,46 @@ fn check_config_lists_every_problem_and_exits_non_zero() {
     assert!(err.contains("explode"), "{err}");
 }
 
+/// The new user's five runs, in one: a problem at every stage (unknown key, a value serde
+/// refuses, a range/format rule, the model file, the state directory, the admin socket's
+/// directory), each naming its key and the value found.
+#[test]
+fn check_config_reports_a_problem_of_every_stage_in_one_run() {
+    let bad = temp_file(
+        "stages.toml",
+        "[ingest.udp]\nlisten = \"nope\"\ndriver = \"dpdk\"\ncolour = \"blue\"\n\
+         [model]\nkind = \"onnx\"\npath = \"/nonexistent/model.onnx\"\n\
+         [state]\ndir = \"/proc/sluice-state\"\n\
+         [admin]\nsocket = \"/nonexistent-dir/admin.sock\"\n",
+    );
+    let out = sluice().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "unknown key ingest.udp.colour",
+        "ingest.udp.driver = \"dpdk\": unknown variant `dpdk`",
+        "ingest.udp.listen = \"nope\"",
+        "model.path = \"/nonexistent/model.onnx\"",
+        "state.dir = \"/proc/sluice-state\"",
+        "admin.socket = \"/nonexistent-dir/admin.sock\"",
+        "(6 problem(s))",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // `run` refuses the same file with every config-level problem listed too.
+    let run = sluice()
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_ne!(run.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("ingest.udp.colour") && err.contains("dpdk") && err.contains("nope"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_config_checks_ranges_and_cores_against_this_machine() {
     let bad = temp_file(
@@ -58,7 +98,7 @@ fn check_config_checks_ranges_and_cores_against_this_machine() {
         "state.hot_capacity = 0",
         "state.ttl_sweep_slots = 0",
         "power of two",
-        "3 problems",
+        "(3 problem(s))",
     ] {
         assert!(err.contains(needle), "missing {needle:?}: {err}");
     }

@@ -25,6 +25,8 @@ pub fn config(driver: &str, extra: &[&str]) -> Config {
         "shards.idle_spins=200",
         "shards.park_timeout_us=2000",
         "log.level=warn",
+        // Each instance serves its live metrics on its own port.
+        "metrics.listen=127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -44,6 +46,8 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
         "ingest.udp.listen=127.0.0.1:0",
         "--set",
         "state.hot_capacity=1024",
+        "--set",
+        "metrics.listen=127.0.0.1:0",
     ]);
     for set in sets {
         cmd.args(["--set", set]);

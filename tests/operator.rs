@@ -1,0 +1,260 @@
+//! The operator's side: the live metrics endpoint scraped by a real HTTP client and parsed by
+//! Prometheus's own parser, and its bad inputs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{start, Client};
+
+struct Scrape {
+    content_type: String,
+    types: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// urllib fetches, prometheus_client's OpenMetrics parser parses (tests/scrape.py).
+    fn of(addr: SocketAddr) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scrape.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(format!("http://{addr}/metrics"))
+            .output()
+            .expect("python3 runs (scripts/install-deps installs prometheus_client)");
+        assert!(
+            out.status.success(),
+            "the scrape did not parse: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let samples = v["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let labels = s[1]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect();
+                (
+                    s[0].as_str().unwrap().to_owned(),
+                    labels,
+                    s[2].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let types = v["types"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.as_str().unwrap().to_owned()))
+            .collect();
+        Self {
+            content_type: v["content_type"].as_str().unwrap().to_owned(),
+            types,
+            samples,
+        }
+    }
+
+    /// Sum of the samples called `name` whose labels include every pair of `with`.
+    fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && with
+                        .iter()
+                        .all(|(k, v)| labels.get(*k).is_some_and(|x| x == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.samples.iter().filter(|(n, _, _)| n == name).count()
+    }
+}
+
+/// Scrape until `done` holds (the shards count a moment after the replies leave).
+fn scrape_until(addr: SocketAddr, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = Scrape::of(addr);
+        if done(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn live_metrics_rise_with_traffic_and_equal_the_shutdown_report() {
+    let running = start("io_uring", &[]);
+    let addr = running.metrics_addr.expect("metrics.listen is on");
+    let mut client = Client::new(running.local_addr, 2);
+    let mut sent = 0u64;
+    let mut send = |client: &mut Client, n: u64| {
+        for i in 0..n {
+            // One event a datagram; a key per socket so each batch belongs to its sender.
+            client.send(&[(sent + i, false)]);
+        }
+        sent += n;
+    };
+
+    send(&mut client, 200);
+    let mut scores = client.collect(200);
+    client.check(&scores);
+    let first = scrape_until(addr, |s| s.sum("sluice_scores_emitted_total", &[]) >= 200.0);
+    assert!(
+        first
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        first.content_type
+    );
+    assert_eq!(first.sum("sluice_scores_emitted_total", &[]), 200.0);
+    assert_eq!(first.sum("sluice_events_received_total", &[]), 200.0);
+    assert_eq!(
+        first.types.get("sluice_scores_emitted").map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(
+        first
+            .types
+            .get("sluice_receive_to_emit_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    // Labelled by shard; each shard's series present.
+    for shard in ["0", "1"] {
+        assert_eq!(
+            first
+                .samples
+                .iter()
+                .filter(|(n, l, _)| n == "sluice_scores_emitted_total"
+                    && l.get("shard").map(String::as_str) == Some(shard))
+                .count(),
+            1
+        );
+    }
+    assert_eq!(first.count("sluice_build_info"), 1);
+
+    // Malformed datagrams: counted by reason, live.
+    client.send_raw(0, b"not a flatbuffer at all, just bytes");
+    client.send_raw(1, &[0u8; 3]);
+    let second = scrape_until(addr, |s| {
+        s.sum("sluice_datagrams_dropped_total", &[]) >= 2.0
+    });
+    assert_eq!(second.sum("sluice_datagrams_dropped_total", &[]), 2.0);
+    assert!(
+        second.sum("sluice_datagrams_dropped_total", &[("reason", "too_short")]) >= 1.0,
+        "a 3-byte datagram is too short"
+    );
+
+    send(&mut client, 300);
+    scores.extend(client.collect(300));
+    client.check(&scores);
+    let last = scrape_until(addr, |s| {
+        s.sum("sluice_scores_emitted_total", &[]) >= 500.0
+            && s.sum("sluice_receive_to_emit_seconds_count", &[]) >= 500.0
+    });
+    assert_eq!(last.sum("sluice_scores_emitted_total", &[]), 500.0);
+    // Histograms: +Inf bucket = count, buckets never fall, and one sample an event.
+    let count = last.sum("sluice_receive_to_emit_seconds_count", &[]);
+    assert_eq!(count, 500.0);
+    assert_eq!(
+        last.sum("sluice_receive_to_emit_seconds_bucket", &[("le", "+Inf")]),
+        count
+    );
+    for shard in ["0", "1"] {
+        let buckets: Vec<f64> = last
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == "sluice_receive_to_emit_seconds_bucket"
+                    && l.get("shard").map(String::as_str) == Some(shard)
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert_eq!(buckets.len(), 23, "22 fixed bounds and +Inf");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    }
+    assert!(last.sum("sluice_shard_loops_total", &[]) > first.sum("sluice_shard_loops_total", &[]));
+
+    let report = running.stop().unwrap();
+    assert_eq!(
+        report.scores_emitted as f64,
+        last.sum("sluice_scores_emitted_total", &[])
+    );
+    assert_eq!(
+        report.events_received as f64,
+        last.sum("sluice_events_received_total", &[])
+    );
+    assert_eq!(
+        report.observations_applied as f64,
+        last.sum("sluice_observations_applied_total", &[])
+    );
+    assert_eq!(
+        report.datagrams_dropped_total() as f64,
+        last.sum("sluice_datagrams_dropped_total", &[])
+    );
+    assert_eq!(
+        report.receive_to_emit.as_ref().map_or(0, |h| h.len()) as f64,
+        count
+    );
+}
+
+/// Send raw bytes, return what came back (the status line, or "" if the server closed).
+fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn bad_scrapes_get_errors_and_a_taken_port_leaves_serving_on() {
+    let running = start("recvmmsg", &[]);
+    let addr = running.metrics_addr.expect("metrics.listen is on");
+    let garbage = raw_request(addr, b"\x16\x03\x01 this is not http\r\n\r\n");
+    assert!(
+        garbage.is_empty()
+            || garbage.starts_with("HTTP/1.1 4")
+            || garbage.starts_with("HTTP/1.0 4"),
+        "{garbage:?}"
+    );
+    let post = raw_request(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(post.contains(" 405"), "{post:?}");
+    let missing = raw_request(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(missing.contains(" 404"), "{missing:?}");
+    // Still serving after all that.
+    assert!(Scrape::of(addr).count("sluice_scores_emitted_total") == 2);
+
+    // A second instance asked for the same metrics port: it starts without live metrics
+    // (logged) and scores as usual.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let second = start("recvmmsg", &[&format!("metrics.listen={port}")]);
+    assert_eq!(second.metrics_addr, None);
+    let mut client = Client::new(second.local_addr, 2);
+    client.send(&[(0, false)]);
+    client.send(&[(1, false)]);
+    let got = client.collect(2);
+    client.check(&got);
+    assert_eq!(got.len(), 2);
+    second.stop().unwrap();
+    running.stop().unwrap();
+}
