@@ -6,6 +6,7 @@ mod floor;
 mod kafka;
 mod machine;
 mod report;
+mod scrape;
 mod state;
 mod sweep;
 
@@ -69,6 +70,17 @@ enum Command {
         /// draining them (its sustained rate), with and without producing Scores.
         #[arg(long)]
         backlog: Option<u64>,
+    },
+    /// The live metrics endpoint: time per scrape (HTTP over loopback, encode included) at
+    /// each --scrape-shards count with every metric filled; with --ab N, N pairs of sluice
+    /// runs under --rate load scraped every 100 ms and not, alternating (p99.9 of each).
+    Scrape {
+        #[arg(long, value_delimiter = ',', default_value = "2,64")]
+        scrape_shards: Vec<usize>,
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
+        #[arg(long, default_value_t = 0)]
+        ab: usize,
     },
 }
 
@@ -186,6 +198,24 @@ fn main() -> anyhow::Result<()> {
             keep,
         } => {
             return state::run(a.keys, hot, rounds, churn, keep, &a.out, &a.sets);
+        }
+        Command::Scrape {
+            scrape_shards,
+            scrapes,
+            ab,
+        } => {
+            return scrape::run(&scrape::ScrapeBench {
+                shard_counts: &scrape_shards,
+                scrapes,
+                ab_pairs: ab,
+                rate: a.rate,
+                keys: a.keys,
+                seconds: a.seconds,
+                shards: a.shards,
+                settle: a.settle,
+                out: &a.out,
+                sets: &a.sets,
+            });
         }
         Command::Kafka { delivery, backlog } => {
             if let Some(n) = backlog {

@@ -387,7 +387,7 @@ pub fn start_with_progress(
 /// The live metrics endpoint. A failure to bind it is logged, not fatal: scoring matters
 /// more than its metrics, and the shutdown report still has them.
 fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> {
-    use crate::metrics::exporter::{self, BuildInfo, Exposition};
+    use crate::metrics::exporter::{self, BuildInfo, Exposition, Parts};
     let addr = match Config::optional_addr("metrics.listen", &config.metrics.listen) {
         Ok(Some(a)) => a,
         Ok(None) => return None,
@@ -400,8 +400,14 @@ fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> 
         running.counters.clone(),
         running.kafka_partitions.clone(),
         BuildInfo::of_this_build(running.driver.name()),
+        Parts::of(config),
     ));
-    match exporter::serve(addr, exposition, running.control.clone()) {
+    let shard_cpus: Vec<usize> = if config.shards.pin {
+        running.placements.iter().map(|p| p.cpu).collect()
+    } else {
+        Vec::new()
+    };
+    match exporter::serve(addr, exposition, running.control.clone(), &shard_cpus) {
         Ok(endpoint) => {
             tracing::info!(addr = %endpoint.addr, "metrics at http://{}/metrics", endpoint.addr);
             running.helpers.push(endpoint.thread);

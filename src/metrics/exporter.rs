@@ -50,6 +50,39 @@ impl BuildInfo {
     }
 }
 
+/// Which parts of sluice are on. The metrics of a part that is off (`sluice_kafka_*` without
+/// Kafka, `sluice_checkpoint*` without checkpoints) are left out of the exposition: they
+/// could only ever be zero, and at 64 shards they were a third of every scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub kafka: bool,
+    pub checkpoints: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        kafka: true,
+        checkpoints: true,
+    };
+
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            kafka: config.ingest.kafka.enabled(),
+            checkpoints: !config.state.dir.is_empty() && config.checkpoint.interval_ms > 0,
+        }
+    }
+
+    fn serves(&self, name: &str) -> bool {
+        if name.starts_with("sluice_kafka_") {
+            self.kafka
+        } else if name.starts_with("sluice_checkpoint") {
+            self.checkpoints
+        } else {
+            true
+        }
+    }
+}
+
 /// Everything a scrape reads. Built once; each scrape encodes it afresh.
 #[derive(Debug)]
 pub struct Exposition {
@@ -57,6 +90,7 @@ pub struct Exposition {
     pub partitions: Vec<Arc<PartitionGauge>>,
     pub info: BuildInfo,
     pub started: Instant,
+    pub parts: Parts,
     shard_ids: Vec<String>,
 }
 
@@ -65,6 +99,7 @@ impl Exposition {
         shards: Vec<Arc<ShardCounters>>,
         partitions: Vec<Arc<PartitionGauge>>,
         info: BuildInfo,
+        parts: Parts,
     ) -> Self {
         let shard_ids = (0..shards.len()).map(|i| i.to_string()).collect();
         Self {
@@ -72,6 +107,7 @@ impl Exposition {
             partitions,
             info,
             started: Instant::now(),
+            parts,
             shard_ids,
         }
     }
@@ -124,6 +160,9 @@ impl Exposition {
     fn encode_histograms(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut buckets = [(0.0, 0u64); LATENCY_BUCKETS];
         for (name, help, pick) in SHARD_HISTOGRAMS {
+            if !self.parts.serves(name) {
+                continue;
+            }
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for (shard, counters) in self.shard_ids.iter().zip(&self.shards) {
                 let (counts, sum_ns) = pick(&counters.latency).snapshot();
@@ -233,7 +272,7 @@ impl Collector for Scrape {
                 MetricType::Gauge,
             )?
             .encode_gauge(&x.started.elapsed().as_secs_f64())?;
-        for def in SHARD_METRICS {
+        for def in SHARD_METRICS.iter().filter(|d| x.parts.serves(d.name)) {
             x.encode_catalog(def, &mut encoder)?;
         }
         x.encode_histograms(&mut encoder)?;
@@ -247,26 +286,31 @@ pub struct Endpoint {
     pub thread: JoinHandle<()>,
 }
 
-/// Bind `addr` and serve `/metrics` from a thread until `control` says stop.
+/// Bind `addr` and serve `/metrics` from a thread until `control` says stop. The thread, and
+/// the HTTP server's own threads it starts, run off `shard_cpus` (when other CPUs exist), so
+/// a scrape never preempts a shard.
 pub fn serve(
     addr: SocketAddr,
     exposition: Arc<Exposition>,
     control: Arc<Control>,
+    shard_cpus: &[usize],
 ) -> Result<Endpoint, ExporterError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| ExporterError::Bind {
-        addr,
-        reason: e.to_string(),
-    })?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| ExporterError::Bind {
-            addr,
-            reason: "not an IP address".into(),
-        })?;
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let shard_cpus = shard_cpus.to_vec();
     let thread = std::thread::Builder::new()
         .name("sluice-metrics".into())
         .spawn(move || {
+            let cpus = crate::topology::keep_off(&shard_cpus);
+            let server = match tiny_http::Server::http(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let bound = server.server_addr().to_ip();
+            let _ = bound_tx.send(bound.ok_or_else(|| "not an IP address".to_owned()));
+            tracing::debug!(?cpus, "metrics thread placed off the shards' CPUs");
             while !control.stop_requested() {
                 match server.recv_timeout(REQUEST_WAIT) {
                     Ok(Some(request)) => answer(request, &exposition),
@@ -279,10 +323,19 @@ pub fn serve(
             }
         })
         .map_err(ExporterError::Thread)?;
-    Ok(Endpoint {
-        addr: bound,
-        thread,
-    })
+    let bound = bound_rx
+        .recv()
+        .unwrap_or_else(|_| Err("the metrics thread ended".to_owned()));
+    match bound {
+        Ok(bound) => Ok(Endpoint {
+            addr: bound,
+            thread,
+        }),
+        Err(reason) => {
+            let _ = thread.join();
+            Err(ExporterError::Bind { addr, reason })
+        }
+    }
 }
 
 fn answer(request: tiny_http::Request, exposition: &Arc<Exposition>) {

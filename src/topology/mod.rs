@@ -93,6 +93,34 @@ pub fn plan(shards: &Shards, topo: &Topology) -> Result<Vec<Placement>, Vec<Stri
 }
 
 /// Pin the calling thread to `cpu` and confirm it took.
+/// Keep the calling thread (and the threads it starts later, which inherit its mask) off the
+/// shards' CPUs: on the CPUs this thread may use now, minus `shard_cpus`. Nothing changes
+/// when that would leave none (every CPU runs a shard) or the kernel refuses; returns the
+/// CPUs the thread is now on (empty: unchanged).
+pub fn keep_off(shard_cpus: &[usize]) -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let Ok(now) = sched_getaffinity(Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    let rest: Vec<usize> = (0..CpuSet::count())
+        .filter(|&i| now.is_set(i).unwrap_or(false) && !shard_cpus.contains(&i))
+        .collect();
+    if rest.is_empty() {
+        return Vec::new();
+    }
+    let mut set = CpuSet::new();
+    for &cpu in &rest {
+        if set.set(cpu).is_err() {
+            return Vec::new();
+        }
+    }
+    match sched_setaffinity(Pid::from_raw(0), &set) {
+        Ok(()) => rest,
+        Err(_) => Vec::new(),
+    }
+}
+
 pub fn pin_current(cpu: usize) -> Result<(), PinError> {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         return Err(PinError::Refused(cpu));
@@ -115,6 +143,31 @@ pub fn pin_current(cpu: usize) -> Result<(), PinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_off_leaves_the_shard_cpus_or_changes_nothing() {
+        std::thread::spawn(|| {
+            let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+            let allowed: Vec<usize> = (0..nix::sched::CpuSet::count())
+                .filter(|&i| before.is_set(i).unwrap_or(false))
+                .collect();
+            let first = allowed[0];
+            let now = keep_off(&[first]);
+            if allowed.len() == 1 {
+                assert!(now.is_empty(), "no CPU left: unchanged");
+            } else {
+                assert_eq!(now, allowed[1..].to_vec());
+                let after = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+                assert!(!after.is_set(first).unwrap());
+            }
+            assert!(
+                keep_off(&allowed).is_empty(),
+                "every CPU a shard's: unchanged"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     fn topo() -> Topology {
         // Two cores with two hardware threads each, on two NUMA nodes.
