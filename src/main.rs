@@ -122,12 +122,30 @@ fn install_signal_handlers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs go to stderr, or, when systemd connected stderr to the journal (`JOURNAL_STREAM`),
+/// straight to the journal so each line keeps its level (priority) and fields.
 fn init_logging(level: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journald.with_syslog_identifier("sluice".to_owned()))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("sluice: journald not reachable ({e}); logging to stderr"),
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

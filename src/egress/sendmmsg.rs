@@ -117,8 +117,11 @@ impl Sender {
             }
             // The first unsent datagram failed (unreachable, too large, ...): count its Scores
             // as lost and carry on with the rest.
-            tracing::debug!(error = %e, "reply datagram not sent");
             super::count_send_failure(counters, self.scores[done]);
+            let failed = counters.events_dropped_by(crate::metrics::DropReason::SendError);
+            if failed.is_power_of_two() {
+                tracing::debug!(error = %e, failed, "reply datagram not sent");
+            }
             done += 1;
         }
         self.lens.clear();

@@ -74,6 +74,8 @@ pub struct Owner {
     alert_threshold: f32,
     counters: Arc<ShardCounters>,
     state_refused: u64,
+    /// Model calls that failed (logged 1st, 2nd, 4th, ...).
+    model_failures: u64,
 }
 
 impl Owner {
@@ -228,7 +230,14 @@ impl Owner {
             Err(e) => {
                 self.counters
                     .dropped_events(DropReason::ModelError, n as u64);
-                tracing::error!(rows = n, "model failed, {n} Observations not scored: {e}");
+                self.model_failures += 1;
+                if self.model_failures.is_power_of_two() {
+                    tracing::error!(
+                        rows = n,
+                        failures = self.model_failures,
+                        "model failed, {n} Observations not scored: {e}"
+                    );
+                }
                 self.meta.clear();
             }
         }
@@ -296,6 +305,7 @@ impl ShardCore {
                 alert_threshold: config.model.alert_threshold,
                 counters: counters.clone(),
                 state_refused: 0,
+                model_failures: 0,
             },
             counters,
         }
@@ -340,7 +350,10 @@ impl ShardCore {
             Ok(ev) => ev,
             Err(e) => {
                 self.counters.dropped_datagram(e);
-                tracing::debug!(src = %dg.src, reason = e.reason(), "datagram dropped: {e}");
+                // Counted always; logged for the 1st, 2nd, 4th, ... only (no per-event logs).
+                if self.counters.datagrams_dropped_total().is_power_of_two() {
+                    tracing::debug!(src = %dg.src, reason = e.reason(), dropped = self.counters.datagrams_dropped_total(), "datagram dropped: {e}");
+                }
                 return;
             }
         };
@@ -387,11 +400,18 @@ impl ShardCore {
             Ok(ev) => ev,
             Err(e) => {
                 self.counters.skipped_record(e);
-                tracing::debug!(
-                    source = record.source,
-                    reason = e.reason(),
-                    "Kafka record skipped: {e}"
-                );
+                let skipped: u64 = DecodeError::ALL
+                    .iter()
+                    .map(|&r| self.counters.records_skipped_by(r))
+                    .sum();
+                if skipped.is_power_of_two() {
+                    tracing::debug!(
+                        source = record.source,
+                        reason = e.reason(),
+                        skipped,
+                        "Kafka record skipped: {e}"
+                    );
+                }
                 return false;
             }
         };

@@ -246,10 +246,18 @@ impl KafkaSink {
                     }
                 }
                 Err((e, _)) => {
-                    if !alerts_only {
+                    // A refused Score drops its events; a refused alert copy is a record not
+                    // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
+                    let refused = if alerts_only {
+                        counters.kafka_delivery_failures.inc();
+                        counters.kafka_delivery_failures.get()
+                    } else {
                         counters.dropped_events(DropReason::ProduceError, n);
+                        counters.events_dropped_by(DropReason::ProduceError)
+                    };
+                    if refused.is_power_of_two() {
+                        tracing::error!(topic = %topic, refused, "Kafka producer refused a Score record: {e}");
                     }
-                    tracing::error!(topic = %topic, "Kafka producer refused a Score record: {e}");
                 }
             }
         }
