@@ -37,11 +37,28 @@ fn readme_documents_every_config_key() {
 fn the_example_service_config_is_valid() {
     let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/sluice.toml"));
     let config = sluice::config::Config::load(Some(path), &[]).unwrap_or_else(|e| panic!("{e}"));
-    // It shows the Kafka side an operator would start from.
+    // As installed it runs without a broker: UDP in, durable state.
+    assert!(!config.ingest.kafka.enabled());
+    assert!(!config.state.dir.is_empty());
+    // Its commented Kafka block, uncommented, is what an operator starts from: valid too.
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut in_block = false;
+    let kafka: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            in_block = (in_block && line.starts_with('#')) || line == "# [ingest.kafka]";
+            if in_block {
+                line.trim_start_matches('#').trim_start()
+            } else {
+                line
+            }
+        })
+        .collect();
+    let config = sluice::config::Config::from_layers(Some(&kafka.join("\n")), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(config.ingest.kafka.enabled());
     assert_eq!(
         config.egress.kafka.delivery,
         sluice::config::Delivery::ExactlyOnce
     );
-    assert!(!config.state.dir.is_empty());
 }
