@@ -256,5 +256,13 @@ fn bad_scrapes_get_errors_and_a_taken_port_leaves_serving_on() {
     client.check(&got);
     assert_eq!(got.len(), 2);
     second.stop().unwrap();
+    // An address this host does not have (TEST-NET-1): the same.
+    let third = start("recvmmsg", &["metrics.listen=192.0.2.1:9600"]);
+    assert_eq!(third.metrics_addr, None);
+    let mut client = Client::new(third.local_addr, 1);
+    client.send(&[(5, false)]);
+    let got = client.collect(1);
+    client.check(&got);
+    third.stop().unwrap();
     running.stop().unwrap();
 }

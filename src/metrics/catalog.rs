@@ -8,9 +8,31 @@ use super::Counter;
 pub enum Kind {
     /// Only rises (its sample name ends in `_total`).
     Counter,
+    /// Summed over shards in the shutdown report.
     Gauge,
-    /// A gauge kept in nanoseconds, served in seconds.
+    /// A gauge whose total over shards is the largest (a version).
+    GaugeMax,
+    /// A gauge kept in nanoseconds, served in seconds; its total is the largest (a longest time).
     GaugeNs,
+}
+
+/// The part of sluice a metric belongs to, by its name: a part that is off (or did nothing)
+/// has its metrics left out of the exposition and the shutdown report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Core,
+    Kafka,
+    Checkpoints,
+}
+
+pub fn part_of(name: &str) -> Part {
+    if name.starts_with("sluice_kafka_") {
+        Part::Kafka
+    } else if name.starts_with("sluice_checkpoint") {
+        Part::Checkpoints
+    } else {
+        Part::Core
+    }
 }
 
 /// A metric with one series per label value (besides `shard`).

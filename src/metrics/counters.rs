@@ -143,7 +143,7 @@ shard_counters! {
     /// Turns of the shard's loop longer than metrics.stall_threshold_us (parking excluded).
     loops_over_threshold: Counter => Counter names::LOOPS_OVER_THRESHOLD;
     /// The model version the shard scores with.
-    model_version: Counter => Gauge names::MODEL_VERSION;
+    model_version: Counter => GaugeMax names::MODEL_VERSION;
 }
 
 /// One shard's latency histograms in the fixed buckets the exporter serves.

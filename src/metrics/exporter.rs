@@ -13,7 +13,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::catalog::{Kind, MetricDef, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
+use super::catalog::{part_of, Kind, MetricDef, Part, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
 use super::{names, ShardCounters, SHARD_HISTOGRAMS, SHARD_METRICS};
 use crate::ingest::kafka::PartitionGauge;
 use crate::shard::Control;
@@ -73,12 +73,10 @@ impl Parts {
     }
 
     fn serves(&self, name: &str) -> bool {
-        if name.starts_with("sluice_kafka_") {
-            self.kafka
-        } else if name.starts_with("sluice_checkpoint") {
-            self.checkpoints
-        } else {
-            true
+        match part_of(name) {
+            Part::Core => true,
+            Part::Kafka => self.kafka,
+            Part::Checkpoints => self.checkpoints,
         }
     }
 }
@@ -132,7 +130,7 @@ impl Exposition {
                 def.name.strip_suffix("_total").unwrap_or(def.name),
                 MetricType::Counter,
             ),
-            Kind::Gauge | Kind::GaugeNs => (def.name, MetricType::Gauge),
+            Kind::Gauge | Kind::GaugeMax | Kind::GaugeNs => (def.name, MetricType::Gauge),
         };
         let mut family = encoder.encode_descriptor(name, def.help.trim(), None, metric_type)?;
         for (shard, counters) in self.shard_ids.iter().zip(&self.shards) {
@@ -231,7 +229,7 @@ impl Exposition {
 fn encode_value(kind: Kind, v: u64, mut m: MetricEncoder<'_>) -> std::fmt::Result {
     match kind {
         Kind::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
-        Kind::Gauge => m.encode_gauge(&(v as f64)),
+        Kind::Gauge | Kind::GaugeMax => m.encode_gauge(&(v as f64)),
         Kind::GaugeNs => m.encode_gauge(&(v as f64 / 1e9)),
     }
 }

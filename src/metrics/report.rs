@@ -7,7 +7,8 @@ use std::path::Path;
 
 use hdrhistogram::Histogram;
 
-use super::{names, DropReason, ShardCounters, ShardLatency};
+use super::catalog::{part_of, Kind, MetricDef, Part};
+use super::{names, DropReason, ShardCounters, ShardLatency, SHARD_METRICS};
 use crate::wire::DecodeError;
 
 pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 99.0, 99.9, 99.99, 100.0];
@@ -74,6 +75,35 @@ pub struct Report {
     pub kafka_partitions: Vec<PartitionLine>,
     /// Per shard: (events received by its socket, observations applied as owner).
     pub per_shard: Vec<(u64, u64)>,
+    /// Every catalog metric over all shards, in catalog order: what `render` prints.
+    pub totals: Vec<Total>,
+}
+
+/// One catalog metric over all shards: summed (the longest-time gauges: their maximum), one
+/// value per label value.
+#[derive(Debug, Clone)]
+pub struct Total {
+    pub def: &'static MetricDef,
+    pub values: Vec<u64>,
+}
+
+fn totals(counters: &[&ShardCounters]) -> Vec<Total> {
+    SHARD_METRICS
+        .iter()
+        .map(|def| {
+            let n = def.labels.map_or(1, |l| l.count);
+            let values = (0..n)
+                .map(|i| {
+                    let each = counters.iter().map(|c| (def.read)(c, i));
+                    match def.kind {
+                        Kind::GaugeNs | Kind::GaugeMax => each.max().unwrap_or(0),
+                        Kind::Counter | Kind::Gauge => each.sum(),
+                    }
+                })
+                .collect();
+            Total { def, values }
+        })
+        .collect()
 }
 
 impl Report {
@@ -142,6 +172,7 @@ impl Report {
                 .iter()
                 .map(|c| (c.events_received.get(), c.observations_applied.get()))
                 .collect(),
+            totals: totals(counters),
             ..Report::default()
         };
         for l in latency {
@@ -183,7 +214,10 @@ impl Report {
             .sum()
     }
 
-    /// Human-readable summary: counters, then the latency percentile table.
+    /// Human-readable summary: every catalog metric (the exporter's names, summed over
+    /// shards; the longest-time gauges as the maximum), then the latency percentile table.
+    /// Metrics of a part that did nothing (Kafka, checkpoints) are left out, and labelled
+    /// values that are zero.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -191,117 +225,41 @@ impl Report {
             "sluice: {} shard(s), udp driver {}",
             self.shards, self.driver
         );
-        let _ = writeln!(
-            s,
-            "  {:<40} {}",
-            names::DATAGRAMS_RECEIVED,
-            self.datagrams_received
-        );
-        for (reason, n) in self.datagrams_dropped.iter().filter(|(_, n)| *n > 0) {
-            let _ = writeln!(
-                s,
-                "  {:<40} {n}",
-                format!("{}{{reason=\"{reason}\"}}", names::DATAGRAMS_DROPPED)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "  {:<40} {}",
-            names::EVENTS_RECEIVED,
-            self.events_received
-        );
-        let _ = writeln!(
-            s,
-            "  {:<40} {}",
-            names::EVENTS_ROUTED_AWAY,
-            self.events_routed_away
-        );
-        for (reason, n) in self.events_dropped.iter().filter(|(_, n)| *n > 0) {
-            let _ = writeln!(
-                s,
-                "  {:<40} {n}",
-                format!("{}{{reason=\"{reason}\"}}", names::EVENTS_DROPPED)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "  {:<40} {}",
-            names::OBSERVATIONS_APPLIED,
-            self.observations_applied
-        );
-        let _ = writeln!(
-            s,
-            "  {:<40} {}",
-            names::FEEDBACK_APPLIED,
-            self.feedback_applied
-        );
-        let _ = writeln!(s, "  {:<40} {}", names::SCORES_EMITTED, self.scores_emitted);
-        let _ = writeln!(s, "  {:<40} {}", names::ALERTS_EMITTED, self.alerts_emitted);
-        let _ = writeln!(
-            s,
-            "  {:<40} {}",
-            names::REPLY_DATAGRAMS,
-            self.reply_datagrams
-        );
-        let _ = writeln!(s, "  {:<40} {}", names::SOCKET_DROPS, self.socket_drops);
-        let _ = writeln!(s, "  {:<40} {}", names::URING_ENOBUFS, self.uring_enobufs);
-        let _ = writeln!(s, "  {:<40} {}", names::URING_REARMS, self.uring_rearms);
-        let _ = writeln!(s, "  {:<40} {}", names::HOT_KEYS, self.hot_keys);
-        for (name, v) in [
-            (names::SPILLED_KEYS, self.spilled_keys),
-            (names::HOT_HITS, self.hot_hits),
-            (names::HOT_MISSES, self.hot_misses),
-            (names::SPILLS, self.spills),
-            (names::RELOADS, self.reloads),
-            (names::EXPIRED, self.expired),
-            (names::LATE_APPLIED, self.late_applied),
-            (names::CHECKPOINTS_WRITTEN, self.checkpoints_written),
-            (names::CHECKPOINTS_FAILED, self.checkpoints_failed),
-            (names::CHECKPOINTS_SKIPPED, self.checkpoints_skipped),
-            (
-                names::CHECKPOINT_JOURNAL_WAITS,
-                self.checkpoint_journal_waits,
-            ),
-        ] {
-            if v > 0 {
-                let _ = writeln!(s, "  {name:<40} {v}");
+        let active = |part: Part| {
+            part == Part::Core
+                || self
+                    .totals
+                    .iter()
+                    .any(|t| part_of(t.def.name) == part && t.values.iter().any(|v| *v > 0))
+        };
+        let (kafka_on, checkpoints_on) = (active(Part::Kafka), active(Part::Checkpoints));
+        for t in &self.totals {
+            let on = match part_of(t.def.name) {
+                Part::Core => true,
+                Part::Kafka => kafka_on,
+                Part::Checkpoints => checkpoints_on,
+            };
+            if !on {
+                continue;
             }
-        }
-        let kafka_on = self.kafka_records > 0
-            || self.kafka_records_skipped.iter().any(|(_, n)| *n > 0)
-            || self.kafka_score_records > 0;
-        if kafka_on {
-            let _ = writeln!(s, "  {:<40} {}", names::KAFKA_RECORDS, self.kafka_records);
-            for (reason, n) in self.kafka_records_skipped.iter().filter(|(_, n)| *n > 0) {
-                let _ = writeln!(
-                    s,
-                    "  {:<40} {n}",
-                    format!("{}{{reason=\"{reason}\"}}", names::KAFKA_RECORDS_SKIPPED)
-                );
+            let name = t.def.name;
+            match t.def.labels {
+                None => {
+                    let v = t.values.first().copied().unwrap_or(0);
+                    let _ = match t.def.kind {
+                        Kind::GaugeNs => writeln!(s, "  {name:<40} {:.6}", v as f64 * 1e-9),
+                        Kind::Counter | Kind::Gauge | Kind::GaugeMax => {
+                            writeln!(s, "  {name:<40} {v}")
+                        }
+                    };
+                }
+                Some(l) => {
+                    for (i, v) in t.values.iter().enumerate().filter(|(_, v)| **v > 0) {
+                        let labelled = format!("{name}{{{}=\"{}\"}}", l.key, (l.value)(i));
+                        let _ = writeln!(s, "  {labelled:<40} {v}");
+                    }
+                }
             }
-            for (name, v) in [
-                (names::KAFKA_SCORE_RECORDS, self.kafka_score_records),
-                (names::KAFKA_DELIVERY_FAILURES, self.kafka_delivery_failures),
-                (names::KAFKA_TRANSACTIONS, self.kafka_transactions),
-                (
-                    names::KAFKA_TRANSACTIONS_FAILED,
-                    self.kafka_transactions_failed,
-                ),
-                (
-                    names::KAFKA_BACKPRESSURE_CYCLES,
-                    self.kafka_backpressure_cycles,
-                ),
-            ] {
-                let _ = writeln!(s, "  {name:<40} {v}");
-            }
-        }
-        if self.kafka_transactions > 0 {
-            let _ = writeln!(
-                s,
-                "  {:<40} {:.6}",
-                names::KAFKA_COMMIT_PAUSE_MAX,
-                self.kafka_commit_pause_max_ns as f64 * 1e-9
-            );
         }
         for p in &self.kafka_partitions {
             let labels = format!("{{topic=\"{}\",partition=\"{}\"}}", p.topic, p.partition);
@@ -467,4 +425,53 @@ pub fn write_hgrm(h: &Histogram<u64>, path: &Path, unit_ratio: f64) -> std::io::
         h.distinct_values()
     )?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_prints_every_catalog_metric_over_shards_and_leaves_idle_parts_out() {
+        let (a, b) = (ShardCounters::default(), ShardCounters::default());
+        a.scores_emitted.set(3);
+        b.scores_emitted.set(4);
+        a.model_version.set(2);
+        b.model_version.set(3);
+        a.loop_max_ns.set(1_500_000);
+        b.loop_max_ns.set(2_500_000);
+        b.dropped_datagram(DecodeError::TooShort);
+        let text = Report::merge("io_uring", &[&a, &b], Vec::new()).render();
+        for line in [
+            "  sluice_scores_emitted_total              7\n",
+            "  sluice_model_version                     3\n",
+            "  sluice_shard_loop_max_seconds            0.002500\n",
+            "  sluice_datagrams_dropped_total{reason=\"too_short\"} 1\n",
+            "  sluice_socket_drops_total                0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("sluice_kafka_"), "{text}");
+        assert!(!text.contains("sluice_checkpoint"), "{text}");
+        assert!(
+            !text.contains("reason=\"oversize\""),
+            "zero labelled values are left out"
+        );
+
+        a.kafka_records.set(1);
+        a.checkpoints_written.set(1);
+        let text = Report::merge("io_uring", &[&a, &b], Vec::new()).render();
+        assert!(
+            text.contains("  sluice_kafka_records_total               1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  sluice_kafka_transactions_committed_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  sluice_checkpoints_written_total         1\n"),
+            "{text}"
+        );
+    }
 }
