@@ -225,12 +225,34 @@ fn kafka_record(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the live metrics add per event: one record into a fixed-bucket histogram (the shard
+/// does two per scored event, receive->emit and in-shard).
+fn live_histogram(c: &mut Criterion) {
+    let h = sluice::metrics::catalog::LiveHistogram::default();
+    let values: Vec<u64> = (0..1024u64)
+        .map(|i| 2_000 + i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 2_000_000)
+        .collect();
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(values.len() as u64));
+    g.bench_function("live_histogram_record_1024", |b| {
+        b.iter(|| {
+            for v in &values {
+                h.record(black_box(*v));
+            }
+        })
+    });
+    g.finish();
+    let (buckets, _) = h.snapshot();
+    assert!(buckets.iter().sum::<u64>() > 0, "the bench recorded");
+}
+
 criterion_group!(
     benches,
     decode,
     route,
     state,
     features_and_score,
-    kafka_record
+    kafka_record,
+    live_histogram
 );
 criterion_main!(benches);
