@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod egress;
 pub mod features;
+pub mod host;
 pub mod infer;
 pub mod ingest;
 pub mod limits;

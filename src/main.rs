@@ -55,6 +55,11 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Host tuning for the shard map: plan | check | apply | revert (see tuning/README.md).
+    Host {
+        #[command(subcommand)]
+        verb: HostVerb,
+    },
     /// Start sluice on loopback and drive it with the built-in open-loop load generator.
     Demo {
         /// Events per second.
@@ -84,6 +89,45 @@ enum Command {
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         sets: Vec<String>,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct HostArgs {
+    /// The service's config (its shard map and socket sizes drive the plan).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Act on a host tree under DIR instead of / (tests; a copy of /proc and /sys).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// The NIC whose queues to tune (default: the default route's).
+    #[arg(long)]
+    nic: Option<String>,
+    /// The apply journal (default: /var/lib/sluice/host-tuning.json under the root).
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Also write a systemd drop-in setting CPUAffinity/NUMAPolicy for the shard map.
+    #[arg(long)]
+    systemd_dropin: bool,
+}
+
+#[derive(Subcommand)]
+enum HostVerb {
+    /// Print exactly the writes `apply` would make (changes nothing).
+    Plan(HostArgs),
+    /// Each setting: current, wanted, why. Exit 0 all match, 1 a mismatch, 2 could not run.
+    Check {
+        #[command(flatten)]
+        args: HostArgs,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Journal every original value, then write the plan.
+    Apply(HostArgs),
+    /// Write back every original the journal holds.
+    Revert(HostArgs),
 }
 
 #[derive(Subcommand)]
@@ -181,6 +225,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 a.strip_prefix("ok ").unwrap_or(a).to_owned()
             });
         }
+        Command::Host { verb } => return Ok(host_command(verb)),
         Command::Reload { socket, model } => {
             let command = model.map_or_else(|| "reload".to_owned(), |m| format!("reload {m}"));
             return admin_command(&socket, &command, str::to_owned);
@@ -271,10 +316,159 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
     }
 }
 
+/// `sluice host ...`: exit 0 done / all match, 1 a mismatch or a failed write (put back),
+/// 2 could not run (bad config, host, NIC or journal: nothing changed).
+fn host_command(verb: HostVerb) -> std::process::ExitCode {
+    use sluice::host::{self, Root, Session};
+    let code = |c: u8| std::process::ExitCode::from(c);
+    let (args, json) = match &verb {
+        HostVerb::Plan(a) | HostVerb::Apply(a) | HostVerb::Revert(a) => (a.clone(), false),
+        HostVerb::Check { args, json } => (args.clone(), *json),
+    };
+    let root = Root::new(&args.root);
+    let journal = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| host::default_journal(&root));
+    if let HostVerb::Revert(_) = verb {
+        return match host::revert(&root, &journal) {
+            Ok(done) => {
+                for r in &done {
+                    println!("  {:<44} {}: {}", r.name, r.target, r.outcome);
+                }
+                let bad = done.iter().filter(|r| !r.ok).count();
+                println!(
+                    "{} value(s) looked at, {bad} not restored{}",
+                    done.len(),
+                    if bad == 0 { "; journal removed" } else { "; journal kept" }
+                );
+                code(u8::from(bad > 0))
+            }
+            Err(e) => {
+                eprintln!("sluice host revert: {e}");
+                code(2)
+            }
+        };
+    }
+    let config = match Config::load(args.config.as_deref(), &args.sets) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice host: {e}");
+            return code(2);
+        }
+    };
+    let session = match Session::new(&config, root, args.nic.as_deref(), args.systemd_dropin) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice host: {e}");
+            return code(2);
+        }
+    };
+    let f = &session.facts;
+    let header = format!(
+        "shards on CPUs {} ({} shard(s)), housekeeping CPUs {}, NIC {} (root {})",
+        host::root::format_cpu_list(&f.shard_cpus),
+        f.shard_cpus.len(),
+        match f.housekeeping() {
+            h if h.is_empty() => "none".to_owned(),
+            h => host::root::format_cpu_list(&h),
+        },
+        f.nic.as_deref().unwrap_or("none"),
+        args.root.display()
+    );
+    match verb {
+        HostVerb::Check { .. } => {
+            let findings = host::check(&session.root, &session.ops);
+            let bad = findings
+                .iter()
+                .filter(|f| f.skipped.is_none() && !f.ok)
+                .count();
+            if json {
+                let doc = serde_json::json!({
+                    "host": header,
+                    "settings": findings,
+                    "mismatches": bad,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                println!("sluice host check: {header}");
+                for f in &findings {
+                    match &f.skipped {
+                        Some(why) => println!("  skip  {:<44} skipped: {why}", f.name),
+                        None => println!(
+                            "  {}  {:<44} current {}, wanted {} ({})",
+                            if f.ok { "ok  " } else { "DIFF" },
+                            f.name,
+                            f.current.as_deref().unwrap_or("absent"),
+                            f.wanted,
+                            f.why
+                        ),
+                    }
+                }
+                println!("{bad} setting(s) differ");
+            }
+            code(u8::from(bad > 0))
+        }
+        HostVerb::Plan(_) => {
+            println!("sluice host plan: {header}");
+            print_writes(&host::plan(&session.root, &session.ops));
+            for f in host::check(&session.root, &session.ops) {
+                if let Some(why) = f.skipped {
+                    println!("  skip   {:<44} skipped: {why}", f.name);
+                }
+            }
+            code(0)
+        }
+        HostVerb::Apply(_) => match host::apply(&session.root, &session.ops, &journal) {
+            Ok(writes) => {
+                println!("sluice host apply: {header}");
+                print_writes(&writes);
+                if !writes.is_empty() {
+                    println!(
+                        "journal: {} (`sluice host revert` puts every value back)",
+                        journal.display()
+                    );
+                }
+                code(0)
+            }
+            Err(e) => {
+                eprintln!("sluice host apply: {e}");
+                code(if matches!(e, host::HostError::Apply(_)) { 1 } else { 2 })
+            }
+        },
+        HostVerb::Revert(_) => code(2),
+    }
+}
+
+fn print_writes(writes: &[sluice::host::Write]) {
+    for w in writes {
+        println!(
+            "  write  {:<44} {}: {} -> {}",
+            w.name,
+            w.target.describe(),
+            w.from.as_deref().map_or("(absent)".to_owned(), |f| one_line(f)),
+            one_line(&w.to)
+        );
+    }
+    println!("{} write(s)", writes.len());
+}
+
+/// Whole-file values on one line.
+fn one_line(s: &str) -> String {
+    if s.contains('\n') {
+        format!("{:?}", s)
+    } else {
+        s.to_owned()
+    }
+}
+
 /// `sluice run`: start, tell systemd when ready, keep its status and watchdog fed, reload on
 /// SIGHUP, stop on SIGINT/SIGTERM with the report.
 fn run_service(config: &Config) -> anyhow::Result<()> {
     use sluice::service::{Heartbeats, Systemd};
+    for m in sluice::host::mismatches(config) {
+        tracing::warn!("host: {m} (see `sluice host plan`)");
+    }
     let mut systemd = Systemd::from_env();
     systemd.starting("starting: loading the model, binding sockets, restoring state");
     let running = sluice::app::start_with_progress(config, &mut |ready, shards| {
