@@ -340,7 +340,11 @@ fn host_command(verb: HostVerb) -> std::process::ExitCode {
                 println!(
                     "{} value(s) looked at, {bad} not restored{}",
                     done.len(),
-                    if bad == 0 { "; journal removed" } else { "; journal kept" }
+                    if bad == 0 {
+                        "; journal removed"
+                    } else {
+                        "; journal kept"
+                    }
                 );
                 code(u8::from(bad > 0))
             }
@@ -433,7 +437,11 @@ fn host_command(verb: HostVerb) -> std::process::ExitCode {
             }
             Err(e) => {
                 eprintln!("sluice host apply: {e}");
-                code(if matches!(e, host::HostError::Apply(_)) { 1 } else { 2 })
+                code(if matches!(e, host::HostError::Apply(_)) {
+                    1
+                } else {
+                    2
+                })
             }
         },
         HostVerb::Revert(_) => code(2),
@@ -446,7 +454,9 @@ fn print_writes(writes: &[sluice::host::Write]) {
             "  write  {:<44} {}: {} -> {}",
             w.name,
             w.target.describe(),
-            w.from.as_deref().map_or("(absent)".to_owned(), |f| one_line(f)),
+            w.from
+                .as_deref()
+                .map_or("(absent)".to_owned(), |f| one_line(f)),
             one_line(&w.to)
         );
     }

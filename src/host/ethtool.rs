@@ -64,7 +64,8 @@ mod tests {
     fn ethtool_hash_output_maps_to_letters() {
         let text = "UDP over IPV4 flows use these fields for computing Hash flow key:\nIP SA\nIP DA\nL4 bytes 0 & 1 [TCP/UDP src port]\nL4 bytes 2 & 3 [TCP/UDP dst port]\n\n";
         assert_eq!(super::parse_hash_fields(text), "sdfn");
-        let text = "UDP over IPV4 flows use these fields for computing Hash flow key:\nIP SA\nIP DA\n";
+        let text =
+            "UDP over IPV4 flows use these fields for computing Hash flow key:\nIP SA\nIP DA\n";
         assert_eq!(super::parse_hash_fields(text), "sd");
     }
 }

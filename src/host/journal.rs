@@ -37,7 +37,9 @@ impl Journal {
             created_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            boot_id: root.read("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+            boot_id: root
+                .read("/proc/sys/kernel/random/boot_id")
+                .unwrap_or_default(),
             writes: Vec::new(),
         };
         let j = Self {
@@ -101,7 +103,9 @@ impl Journal {
 
     /// Whether the host rebooted since apply.
     pub fn rebooted(&self, root: &Root) -> bool {
-        let now = root.read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let now = root
+            .read("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default();
         !self.doc.boot_id.is_empty() && now != self.doc.boot_id
     }
 

@@ -34,8 +34,12 @@ pub enum HostError {
 /// Where an operation acts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
-    /// A file under the root (sysctl, sysfs, a config file).
+    /// A one-value file under the root (sysctl, sysfs): read without, written with, its newline.
     File(String),
+    /// A file kept whole, byte for byte (a config file; absent = None).
+    WholeFile(String),
+    /// A kernel "[selected] other" file (THP): the selected word is its value.
+    ChoiceFile(String),
     /// `ethtool -N NIC rx-flow-hash udp4`.
     Ethtool { nic: String },
     /// Nothing to write: a check only.
@@ -45,7 +49,7 @@ pub enum Target {
 impl Target {
     pub fn describe(&self) -> String {
         match self {
-            Target::File(p) => p.clone(),
+            Target::File(p) | Target::WholeFile(p) | Target::ChoiceFile(p) => p.clone(),
             Target::Ethtool { nic } => format!("ethtool -N {nic} rx-flow-hash udp4"),
             Target::Inspect => "(check only)".into(),
         }
@@ -64,7 +68,10 @@ pub enum Want {
     /// A hex CPU mask file ("f").
     CpuMask(Vec<usize>),
     /// `KEY="value"` in a shell-style file (kept whole: the original is the whole file).
-    EnvLine { key: String, value: String },
+    EnvLine {
+        key: String,
+        value: String,
+    },
     /// The whole file.
     Content(String),
     Inspect {
@@ -127,22 +134,21 @@ pub struct Write {
 }
 
 /// The raw value an operation reads (what revert writes back), None if the file is absent.
-fn read_raw(root: &Root, op: &Op) -> Result<Option<String>, String> {
-    match &op.target {
-        Target::File(path) => {
-            if !root.exists(path) {
-                return match op.want {
-                    Want::EnvLine { .. } | Want::Content(_) => Ok(None),
-                    _ => Err(format!("{path} does not exist")),
-                };
-            }
+fn read_raw(root: &Root, target: &Target) -> Result<Option<String>, String> {
+    match target {
+        Target::File(path) | Target::ChoiceFile(path) => {
             let text = root.read(path).map_err(|e| format!("{path}: {e}"))?;
-            Ok(Some(match op.want {
+            Ok(Some(match target {
                 // The selected word is what is written back ("always [madvise] never").
-                Want::Choice(_) => selected(&text).unwrap_or(text),
+                Target::ChoiceFile(_) => selected(&text).unwrap_or(text),
                 _ => text,
             }))
         }
+        Target::WholeFile(path) => match std::fs::read_to_string(root.path(path)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{path}: {e}")),
+        },
         Target::Ethtool { nic } => ethtool::read_udp4_hash(nic).map(Some),
         Target::Inspect => Ok(None),
     }
@@ -166,7 +172,10 @@ fn with_env_line(content: Option<&str>, key: &str, value: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut replaced = false;
     for l in content.unwrap_or("").lines() {
-        if l.trim().split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+        if l.trim()
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim() == key)
+        {
             out.push(line.clone());
             replaced = true;
         } else {
@@ -185,7 +194,9 @@ fn judge(op: &Op, raw: Option<&str>) -> (bool, Option<String>) {
     match &op.want {
         Want::Exact(v) | Want::Choice(v) => want_write(raw == Some(v.as_str()), v.clone()),
         Want::AtLeast(n) => {
-            let ok = raw.and_then(|r| r.trim().parse::<u64>().ok()).is_some_and(|c| c >= *n);
+            let ok = raw
+                .and_then(|r| r.trim().parse::<u64>().ok())
+                .is_some_and(|c| c >= *n);
             want_write(ok, n.to_string())
         }
         Want::CpuList(c) => {
@@ -230,7 +241,7 @@ pub fn check(root: &Root, ops: &[Op]) -> Vec<Finding> {
                     ..base
                 };
             }
-            match read_raw(root, op) {
+            match read_raw(root, &op.target) {
                 Ok(raw) => {
                     let (ok, write) = judge(op, raw.as_deref());
                     let current = match (&op.want, &raw) {
@@ -273,8 +284,15 @@ pub fn plan(root: &Root, ops: &[Op]) -> Vec<Write> {
 
 fn write_target(root: &Root, target: &Target, value: Option<&str>) -> Result<(), String> {
     match (target, value) {
-        (Target::File(path), Some(v)) => root.write(path, v).map_err(|e| format!("{path}: {e}")),
-        (Target::File(path), None) => root.remove(path).map_err(|e| format!("{path}: {e}")),
+        (Target::File(path) | Target::ChoiceFile(path), Some(v)) => root
+            .write(path, &format!("{v}\n"))
+            .map_err(|e| format!("{path}: {e}")),
+        (Target::WholeFile(path), Some(v)) => {
+            root.write(path, v).map_err(|e| format!("{path}: {e}"))
+        }
+        (Target::File(path) | Target::WholeFile(path) | Target::ChoiceFile(path), None) => {
+            root.remove(path).map_err(|e| format!("{path}: {e}"))
+        }
         (Target::Ethtool { nic }, Some(v)) => ethtool::write_udp4_hash(nic, v),
         (Target::Ethtool { .. }, None) | (Target::Inspect, _) => Ok(()),
     }
@@ -282,7 +300,11 @@ fn write_target(root: &Root, target: &Target, value: Option<&str>) -> Result<(),
 
 /// Write the plan, journaling each original first. A write that fails puts back what was
 /// written before it and removes the journal: nothing is left half-applied.
-pub fn apply(root: &Root, ops: &[Op], journal_path: &std::path::Path) -> Result<Vec<Write>, HostError> {
+pub fn apply(
+    root: &Root,
+    ops: &[Op],
+    journal_path: &std::path::Path,
+) -> Result<Vec<Write>, HostError> {
     if journal_path.exists() {
         return Err(HostError::Journal(format!(
             "{} holds an apply not yet reverted: run `sluice host revert` first (apply never runs twice over one journal)",
@@ -339,20 +361,10 @@ pub struct Reverted {
 /// /sys settings) or someone changed it since (reported, not overwritten).
 pub fn revert(root: &Root, journal_path: &std::path::Path) -> Result<Vec<Reverted>, HostError> {
     let journal = Journal::load(journal_path)?;
+    let rebooted = journal.rebooted(root);
     let mut out = Vec::new();
     for w in journal.writes.iter().rev() {
-        let probe = Op {
-            name: w.name.clone(),
-            target: w.target.clone(),
-            want: match &w.target {
-                // Files written whole (drop-in, irqbalance defaults) may be absent.
-                Target::File(p) if p.starts_with("/etc/") => Want::Content(String::new()),
-                _ => Want::Exact(String::new()),
-            },
-            why: String::new(),
-            skip: None,
-        };
-        let now = read_raw(root, &probe);
+        let now = read_raw(root, &w.target);
         let (outcome, ok) = match now {
             Ok(now) if now.as_deref() == Some(w.to.as_str()) => {
                 match write_target(root, &w.target, w.from.as_deref()) {
@@ -364,7 +376,11 @@ pub fn revert(root: &Root, journal_path: &std::path::Path) -> Result<Vec<Reverte
                 }
             }
             Ok(now) if now == w.from => (
-                "already as before (a reboot resets /proc and /sys settings)".to_owned(),
+                if rebooted {
+                    "already as before: the reboot since apply reset it".to_owned()
+                } else {
+                    "already as before".to_owned()
+                },
                 true,
             ),
             Ok(now) => (

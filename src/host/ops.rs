@@ -28,7 +28,10 @@ impl Facts {
     }
 
     fn node_of(&self, cpu: usize) -> Option<usize> {
-        self.cpu_nodes.iter().find(|(c, _)| *c == cpu).map(|(_, n)| *n)
+        self.cpu_nodes
+            .iter()
+            .find(|(c, _)| *c == cpu)
+            .map(|(_, n)| *n)
     }
 }
 
@@ -85,7 +88,10 @@ pub fn facts(config: &Config, root: &Root, nic: Option<&str>) -> Result<Facts, H
     };
     let mut cpu_nodes = Vec::new();
     for node in root.list("/sys/devices/system/node") {
-        let Some(id) = node.strip_prefix("node").and_then(|n| n.parse::<usize>().ok()) else {
+        let Some(id) = node
+            .strip_prefix("node")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
             continue;
         };
         if let Some(cpus) = root
@@ -189,12 +195,13 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
         ),
     ];
     for (what, want) in [("enabled", "madvise"), ("defrag", "madvise")] {
-        ops.push(file(
-            format!("transparent hugepages {what}"),
-            format!("/sys/kernel/mm/transparent_hugepage/{what}"),
-            Want::Choice(want.into()),
-            "no khugepaged scans or direct compaction stalls behind the shards' backs",
-        ));
+        ops.push(Op {
+            name: format!("transparent hugepages {what}"),
+            target: Target::ChoiceFile(format!("/sys/kernel/mm/transparent_hugepage/{what}")),
+            want: Want::Choice(want.into()),
+            why: "no khugepaged scans or direct compaction stalls behind the shards' backs".into(),
+            skip: None,
+        });
     }
     let cs = "/sys/devices/system/clocksource/clocksource0";
     match root.read(&format!("{cs}/available_clocksource")) {
@@ -238,7 +245,7 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
     if systemd_dropin {
         ops.push(Op {
             name: name.into(),
-            target: Target::File(dropin.into()),
+            target: Target::WholeFile(dropin.into()),
             want: Want::Content(dropin_text(f)),
             why: why.into(),
             skip: None,
@@ -301,8 +308,18 @@ fn numa_placement(f: &Facts) -> Op {
 
 fn nic_ops(root: &Root, f: &Facts, ops: &mut Vec<Op>) {
     let Some(nic) = &f.nic else {
-        for n in ["NIC IRQ affinity", "RPS", "XPS", "RSS flow hash", "irqbalance"] {
-            ops.push(skipped(n, "", "no NIC found (no default route): give --nic".into()));
+        for n in [
+            "NIC IRQ affinity",
+            "RPS",
+            "XPS",
+            "RSS flow hash",
+            "irqbalance",
+        ] {
+            ops.push(skipped(
+                n,
+                "",
+                "no NIC found (no default route): give --nic".into(),
+            ));
         }
         return;
     };
@@ -325,7 +342,8 @@ fn nic_ops(root: &Root, f: &Facts, ops: &mut Vec<Op>) {
         ops.push(skipped(
             "NIC IRQ affinity",
             why,
-            "every CPU runs a shard: no CPU to move the IRQs to (leave one core for the host)".into(),
+            "every CPU runs a shard: no CPU to move the IRQs to (leave one core for the host)"
+                .into(),
         ));
     } else {
         for irq in &irqs {
@@ -340,12 +358,13 @@ fn nic_ops(root: &Root, f: &Facts, ops: &mut Vec<Op>) {
     if irqbalance_running(root) && !irqs.is_empty() && !house.is_empty() {
         ops.push(Op {
             name: "irqbalance keeps off the shard cores".into(),
-            target: Target::File("/etc/default/irqbalance".into()),
+            target: Target::WholeFile("/etc/default/irqbalance".into()),
             want: Want::EnvLine {
                 key: "IRQBALANCE_BANNED_CPULIST".into(),
                 value: format_cpu_list(&f.shard_cpus),
             },
-            why: "irqbalance would move the NIC's IRQs back (restart irqbalance after apply)".into(),
+            why: "irqbalance would move the NIC's IRQs back (restart irqbalance after apply)"
+                .into(),
             skip: None,
         });
     } else {
@@ -409,7 +428,11 @@ fn nic_ops(root: &Root, f: &Facts, ops: &mut Vec<Op>) {
             "ethtool acts on the live host only (--root is set)".into(),
         ));
     } else if !super::ethtool::available() {
-        ops.push(skipped("RSS flow hash udp4", why, "ethtool is not installed".into()));
+        ops.push(skipped(
+            "RSS flow hash udp4",
+            why,
+            "ethtool is not installed".into(),
+        ));
     } else {
         ops.push(Op {
             name: format!("{nic} RSS flow hash udp4"),
@@ -425,5 +448,8 @@ fn irqbalance_running(root: &Root) -> bool {
     root.list("/proc")
         .iter()
         .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
-        .any(|p| root.read(&format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "irqbalance"))
+        .any(|p| {
+            root.read(&format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "irqbalance")
+        })
 }

@@ -32,6 +32,32 @@ impl Root {
 
     pub fn write(&self, rel: &str, value: &str) -> std::io::Result<()> {
         let p = self.path(rel);
+        if !self.is_live() {
+            // A fake tree's "[selected]" file (THP) is a plain file: do what the kernel does
+            // and show the written word bracketed among the others.
+            if let Ok(old) = std::fs::read_to_string(&p) {
+                let word = value.trim();
+                let words: Vec<&str> = old.split_whitespace().collect();
+                if old.contains('[')
+                    && words
+                        .iter()
+                        .any(|w| w.trim_matches(|c| c == '[' || c == ']') == word)
+                {
+                    let shown: Vec<String> = words
+                        .iter()
+                        .map(|w| {
+                            let bare = w.trim_matches(|c| c == '[' || c == ']');
+                            if bare == word {
+                                format!("[{bare}]")
+                            } else {
+                                bare.to_owned()
+                            }
+                        })
+                        .collect();
+                    return std::fs::write(p, shown.join(" ") + "\n");
+                }
+            }
+        }
         if let Some(dir) = p.parent() {
             if !dir.exists() {
                 std::fs::create_dir_all(dir)?;
@@ -61,7 +87,12 @@ impl Root {
 /// Sort key: "rx-10" after "rx-9".
 fn natural(s: &str) -> (String, u64) {
     let digits: String = s.chars().rev().take_while(char::is_ascii_digit).collect();
-    let n = digits.chars().rev().collect::<String>().parse().unwrap_or(0);
+    let n = digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
     (s[..s.len() - digits.len()].to_owned(), n)
 }
 
@@ -135,7 +166,11 @@ pub fn format_cpu_mask(cpus: &[usize]) -> String {
     // The kernel prints the top group without leading zeros; keep it short the same way.
     if let Some(first) = parts.first_mut() {
         let trimmed = first.trim_start_matches('0');
-        *first = if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() };
+        *first = if trimmed.is_empty() {
+            "0".to_owned()
+        } else {
+            trimmed.to_owned()
+        };
     }
     parts.join(",")
 }
@@ -146,7 +181,10 @@ mod tests {
 
     #[test]
     fn cpu_lists_and_masks_round_trip() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(parse_cpu_list("").unwrap(), Vec::<usize>::new());
         assert!(parse_cpu_list("3-1").is_none());
