@@ -168,15 +168,18 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
             Want::AtLeast(10_000),
             "bursts queue per CPU instead of being dropped before the socket",
         ),
+        // Tried and dropped: 50 us each. On the dev VM it raised the loopback round trip's p50
+        // from ~180 to 250-310 us (the client's poll() spun beside its sender); sluice's own
+        // shards spin by themselves (shards.idle_spins) and io_uring does not use it.
         sysctl(
             "net.core.busy_read",
-            Want::Exact("50".into()),
-            "a blocking receive (recvmmsg driver) spins 50 us on the NIC queue before sleeping",
+            Want::Exact("0".into()),
+            "no socket busy-polling: the shards spin themselves and it stole the clients' CPU",
         ),
         sysctl(
             "net.core.busy_poll",
-            Want::Exact("50".into()),
-            "poll() (a parked recvmmsg shard) busy-polls 50 us before sleeping",
+            Want::Exact("0".into()),
+            "no poll() busy-polling, for the same reason",
         ),
         sysctl(
             "vm.swappiness",
