@@ -454,9 +454,7 @@ fn print_writes(writes: &[sluice::host::Write]) {
             "  write  {:<44} {}: {} -> {}",
             w.name,
             w.target.describe(),
-            w.from
-                .as_deref()
-                .map_or("(absent)".to_owned(), |f| one_line(f)),
+            w.from.as_deref().map_or("(absent)".to_owned(), one_line),
             one_line(&w.to)
         );
     }

@@ -79,7 +79,7 @@ impl Root {
                     .collect()
             })
             .unwrap_or_default();
-        names.sort_by(|a, b| natural(a).cmp(&natural(b)));
+        names.sort_by_key(|a| natural(a));
         names
     }
 }
