@@ -67,19 +67,32 @@ pub fn check(config: &Config) -> Preflight {
     }
 }
 
-/// The directory exists (or, with `create`, can be made) and a file can be written in it.
+/// The directory exists and a file can be written in it; or, with `create` (sluice makes it
+/// at start), its nearest existing ancestor is a directory a file can be written in. Nothing
+/// is left behind: check-config changes nothing on the machine.
 fn writable_dir(dir: &Path, create: bool) -> Result<(), String> {
+    let mut at = dir;
     if create {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}"))?;
+        while !at.exists() {
+            match at.parent() {
+                Some(p) if !p.as_os_str().is_empty() => at = p,
+                _ => break,
+            }
+        }
     }
-    match std::fs::metadata(dir) {
+    match std::fs::metadata(at) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err("not a directory".into()),
-        Err(e) => return Err(format!("{e}")),
+        Ok(_) => return Err(format!("{} is not a directory", at.display())),
+        Err(e) => return Err(format!("{}: {e}", at.display())),
     }
-    let probe = dir.join(format!(".sluice-check-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .map_err(|e| format!("cannot write in it (the service user needs to): {e}"))?;
+    let probe = at.join(format!(".sluice-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        if at == dir {
+            format!("cannot write in it (the service user needs to): {e}")
+        } else {
+            format!("cannot be created: cannot write in {}: {e}", at.display())
+        }
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
