@@ -7,7 +7,7 @@
 //! `sluice reload` is its client. Control-plane only: never touched per event.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -23,11 +23,14 @@ pub fn serve(
     control: Arc<Control>,
     faults: bool,
 ) -> std::io::Result<JoinHandle<()>> {
+    refuse_open_directory(path)?;
     // A socket left by a previous run would make bind fail; anything else at the path is kept.
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
+    // Only the service's user may connect: the socket reloads models and reads state.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
     let path: PathBuf = path.to_owned();
     std::thread::Builder::new()
@@ -55,6 +58,27 @@ pub fn serve(
             }
             let _ = std::fs::remove_file(&path);
         })
+}
+
+/// A directory anyone can write to would let another user replace the socket between runs:
+/// refused (the sticky bit does not help a name that is removed and re-bound at start).
+fn refuse_open_directory(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o002 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by every user (mode {:o}): put admin.socket in a directory only the service can write (e.g. /run/sluice)",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn handle(

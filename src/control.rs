@@ -169,7 +169,7 @@ impl ControlLoop {
 
     /// Send update i to shard i, waking it; waits (bounded) for room in a full ring.
     fn broadcast(&mut self, updates: Vec<ModelUpdate>) {
-        debug_assert_eq!(updates.len(), self.links.len());
+        crate::invariant_eq!(updates.len(), self.links.len());
         for ((i, link), mut update) in self.links.iter_mut().enumerate().zip(updates) {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {

@@ -16,6 +16,31 @@
 //! (`wire`, `route`, `state`, `features`, `infer`, `shard::ShardCore`) are synchronous and do
 //! no I/O; `ingest` and `egress` are the edges.
 
+/// Whether `invariant!` checks run in this build: debug builds, and optimised builds with the
+/// `assertions` feature (the test run). The shipped binary has them off.
+pub const INVARIANTS_CHECKED: bool = cfg!(any(debug_assertions, feature = "assertions"));
+
+/// `debug_assert!` that the optimised test run checks too (see `INVARIANTS_CHECKED`). Off,
+/// the condition is still type-checked and then compiled away.
+#[macro_export]
+macro_rules! invariant {
+    ($($arg:tt)*) => {
+        if $crate::INVARIANTS_CHECKED {
+            assert!($($arg)*);
+        }
+    };
+}
+
+/// `debug_assert_eq!` that the optimised test run checks too.
+#[macro_export]
+macro_rules! invariant_eq {
+    ($($arg:tt)*) => {
+        if $crate::INVARIANTS_CHECKED {
+            assert_eq!($($arg)*);
+        }
+    };
+}
+
 pub mod admin;
 pub mod app;
 pub mod clock;
@@ -38,3 +63,18 @@ pub mod testing;
 pub mod topology;
 pub mod wake;
 pub mod wire;
+
+#[cfg(test)]
+mod assertion_tests {
+    /// The test run checks the core's invariants (`scripts/test` builds with the
+    /// `assertions` feature): without it they would go unchecked in optimised tests.
+    #[test]
+    fn invariants_are_checked_in_the_tests() {
+        assert!(
+            std::hint::black_box(crate::INVARIANTS_CHECKED),
+            "invariants are off: run the tests with --features assertions (scripts/test does)"
+        );
+        let broken = std::panic::catch_unwind(|| invariant!(std::hint::black_box(1) == 2));
+        assert!(broken.is_err(), "a broken invariant must panic");
+    }
+}

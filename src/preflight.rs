@@ -46,7 +46,14 @@ pub fn check(config: &Config) -> Preflight {
         let socket = Path::new(&config.admin.socket);
         match socket.parent().filter(|p| !p.as_os_str().is_empty()) {
             Some(dir) => {
-                if let Err(e) = writable_dir(dir, false) {
+                use std::os::unix::fs::PermissionsExt;
+                if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+                    problems.push(format!(
+                        "admin.socket = {:?}: {} is writable by every user; use a directory only the service can write (e.g. /run/sluice)",
+                        config.admin.socket,
+                        dir.display()
+                    ));
+                } else if let Err(e) = writable_dir(dir, false) {
                     problems.push(format!(
                         "admin.socket = {:?}: its directory {}: {e}",
                         config.admin.socket,

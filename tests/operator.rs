@@ -266,3 +266,25 @@ fn bad_scrapes_get_errors_and_a_taken_port_leaves_serving_on() {
     third.stop().unwrap();
     running.stop().unwrap();
 }
+
+#[test]
+fn the_admin_socket_is_private_and_refused_in_a_directory_anyone_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sluice-admin-mode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("admin.sock");
+    let set = format!("admin.socket={}", socket.display());
+    let running = start("recvmmsg", &[&set]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode {mode:o}");
+    running.stop().unwrap();
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = sluice::app::start(&common::config("recvmmsg", &[&set]));
+    let err = refused
+        .err()
+        .expect("start refuses a world-writable socket directory");
+    assert!(err.to_string().contains("writable by every user"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -157,7 +157,7 @@ impl Egress {
             }
             let bytes = encoder.encode(chunk.iter().map(|&i| pending[i as usize].1.score));
             let queued = sender.queue(dest, bytes, if alerts { 0 } else { chunk.len() as u32 });
-            debug_assert!(queued, "a batch with room refused a datagram");
+            crate::invariant!(queued, "a batch with room refused a datagram");
         }
     }
 
@@ -212,7 +212,7 @@ impl ScoreSink for EgressSink<'_> {
             ReplyTo::Kafka(source) => match self.kafka.as_deref_mut() {
                 Some(k) => k.push(source, s),
                 // Only a shard with a Kafka sink takes Kafka records.
-                None => debug_assert!(false, "a Kafka Score on a shard without Kafka"),
+                None => crate::invariant!(false, "a Kafka Score on a shard without Kafka"),
             },
         }
     }

@@ -55,7 +55,7 @@ impl Sender {
             return false;
         }
         // The encoder's bound keeps a batch under datagram_bytes_max; a longer one is a bug.
-        debug_assert!(
+        crate::invariant!(
             bytes.len() <= self.slot_len,
             "reply of {} bytes over the slot",
             bytes.len()

@@ -137,7 +137,7 @@ impl ShardModel {
     pub fn apply(&mut self, u: ModelUpdate) -> Option<Box<dyn Scorer>> {
         match u {
             ModelUpdate::Primary(p, version) => {
-                debug_assert_eq!(
+                crate::invariant_eq!(
                     p.width(),
                     self.width,
                     "control thread checks widths before sending"

@@ -10,7 +10,7 @@
 pub mod broker;
 pub mod kafka;
 mod keys;
-pub(crate) mod rng;
+pub mod rng;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;

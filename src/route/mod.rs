@@ -26,7 +26,7 @@ pub fn mix64(key: u64) -> u64 {
 /// The shard that owns `key` among `shards` (> 0).
 #[inline]
 pub fn owner(key: u64, shards: usize) -> usize {
-    debug_assert!(shards > 0);
+    crate::invariant!(shards > 0);
     ((u128::from(mix64(key)) * shards as u128) >> 64) as usize
 }
 
@@ -49,6 +49,13 @@ pub struct RoutedEvent {
     pub features_len: u8,
     pub features: [f32; FEATURES_INLINE_MAX],
 }
+
+/// A ring slot is one `RoutedEvent`: `route.ring_capacity` × this many bytes per ring pair.
+/// A layout change must be deliberate (the resident-memory check and the ring figures in the
+/// docs depend on it).
+pub const ROUTED_EVENT_BYTES: usize = 152;
+const _: () = assert!(std::mem::size_of::<RoutedEvent>() == ROUTED_EVENT_BYTES);
+const _: () = assert!(std::mem::align_of::<RoutedEvent>() == 8);
 
 impl RoutedEvent {
     pub fn features(&self) -> &[f32] {

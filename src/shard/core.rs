@@ -208,7 +208,7 @@ impl Owner {
         if self.batch.is_empty() {
             return;
         }
-        debug_assert_eq!(self.batch.len(), self.meta.len());
+        crate::invariant_eq!(self.batch.len(), self.meta.len());
         let n = self.batch.len();
         let started = std::time::Instant::now();
         let result = self.model.score(&self.batch, &mut self.scores[..n]);
@@ -217,7 +217,7 @@ impl Owner {
             Ok(()) => {
                 let version = self.model.version();
                 for ((reply_to, mut p), s) in self.meta.drain(..).zip(&self.scores[..n]) {
-                    debug_assert!((0.0..=1.0).contains(s), "model returned {s}");
+                    crate::invariant!((0.0..=1.0).contains(s), "model returned {s}");
                     p.score.score = *s;
                     p.score.alert = *s >= self.alert_threshold;
                     p.score.model_version = version;
@@ -275,7 +275,7 @@ impl ShardCore {
         counters: Arc<ShardCounters>,
     ) -> Self {
         let width = model.width();
-        debug_assert_eq!(width, table.plan().width());
+        crate::invariant_eq!(width, table.plan().width());
         let batch_max = config.infer.batch_max;
         Self {
             id,
@@ -379,7 +379,7 @@ impl ShardCore {
                 self.owner.apply(&ev, ReplyTo::Udp(ev.reply_to), 0, sink);
             } else if !self.stalled.is_empty() {
                 // Keep arrival order behind events already waiting.
-                debug_assert!(
+                crate::invariant!(
                     self.stalled.len() < self.stalled.capacity(),
                     "stall queue past its bound"
                 );
@@ -482,7 +482,7 @@ impl ShardCore {
 
     /// Between cycles: take a new model version. Returns a replaced model to retire.
     pub fn apply_model_update(&mut self, u: ModelUpdate) -> Option<Box<dyn Scorer>> {
-        debug_assert!(self.owner.batch.is_empty(), "updates land between cycles");
+        crate::invariant!(self.owner.batch.is_empty(), "updates land between cycles");
         self.owner.model.apply(u)
     }
 

@@ -156,7 +156,7 @@ impl ShardKafka {
         counters: &ShardCounters,
     ) -> Result<(), String> {
         match cp.wait_written(state) {
-            Ok(written) => debug_assert_eq!(written, seq),
+            Ok(written) => crate::invariant_eq!(written, seq),
             // The transaction stays open and the next checkpoint commits it (its Scores too).
             Err(e) => {
                 tracing::error!(

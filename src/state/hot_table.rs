@@ -84,7 +84,7 @@ impl HotTable {
     /// marked with the current DIRTY bit, whose keys are `keys`) is pending until copied into
     /// `out`, and changes mark the other DIRTY bit. O(1): no record is touched.
     pub fn begin_capture(&mut self, full: bool, out: Vec<u8>, keys: Vec<u64>) {
-        debug_assert!(self.capture.is_none(), "a snapshot is already running");
+        crate::invariant!(self.capture.is_none(), "a snapshot is already running");
         let pending_dirty = self.dirty_bit;
         self.dirty_bit = other_dirty(self.dirty_bit);
         if full {
@@ -254,6 +254,8 @@ impl HotTable {
     #[inline]
     pub fn find(&self, key: u64) -> Option<usize> {
         let mut i = self.home(key);
+        // Slots outnumber records, so every probe run ends at an empty slot.
+        let mut probes = 0usize;
         loop {
             let r = &self.heads[i];
             if !r.is_occupied() {
@@ -262,6 +264,8 @@ impl HotTable {
             if r.key == key {
                 return Some(i);
             }
+            probes += 1;
+            crate::invariant!(probes < self.n, "a probe ran around the whole table");
             i = self.next(i);
         }
     }
@@ -286,7 +290,7 @@ impl HotTable {
     /// Place a record for a key that is not in the table, with `words` (zeroed when None);
     /// None when full. The record starts referenced.
     pub fn insert(&mut self, mut rec: Record, words: Option<&[u64]>) -> Option<usize> {
-        debug_assert!(
+        crate::invariant!(
             self.find(rec.key).is_none(),
             "insert of a key already present"
         );
@@ -296,6 +300,7 @@ impl HotTable {
         // Not pending for a running snapshot (it did not exist at the flip), pending for the
         // next full one.
         rec.flags = OCCUPIED | REFERENCED | self.taken;
+        crate::invariant!(self.len < self.capacity && self.capacity < self.n);
         let mut i = self.home(rec.key);
         while self.heads[i].is_occupied() {
             i = self.next(i);
@@ -321,7 +326,7 @@ impl HotTable {
     fn remove_inner(&mut self, slot: usize) -> Record {
         self.before_change(slot);
         let removed = self.heads[slot];
-        debug_assert!(removed.is_occupied());
+        crate::invariant!(removed.is_occupied());
         self.heads[slot] = Record::default();
         self.len -= 1;
         let mut hole = slot;
@@ -341,6 +346,14 @@ impl HotTable {
             }
             j = self.next(j);
         }
+        crate::invariant!(
+            !self.heads[hole].is_occupied(),
+            "the shift leaves its last hole empty"
+        );
+        crate::invariant!(
+            self.find(removed.key).is_none(),
+            "a removed key is not reachable"
+        );
         removed
     }
 

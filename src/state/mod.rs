@@ -190,7 +190,7 @@ impl KeyedState {
         ttl_ns: u64,
         dedup: bool,
     ) -> Self {
-        debug_assert_eq!(hot.stride(), plan.words());
+        crate::invariant_eq!(hot.stride(), plan.words());
         let words = plan.words();
         Self {
             hot,

@@ -131,7 +131,7 @@ impl Spill {
         if self.len == 0 {
             return Ok(None);
         }
-        debug_assert_eq!(words.len(), self.words);
+        crate::invariant_eq!(words.len(), self.words);
         // Pinned: no copy into a fresh Vec per lookup.
         match self.db.get_pinned(key.to_be_bytes())? {
             None => Ok(None),

@@ -140,7 +140,7 @@ impl KafkaSink {
     /// `ReplyTo::Kafka(returned index)`. At most `records_per_cycle_max` per cycle (the
     /// source's poll bound), cleared by `flush`.
     pub fn begin_source(&mut self, owned: usize, offset: i64, key: &[u8]) -> u32 {
-        debug_assert!(
+        crate::invariant!(
             self.sources.len() < self.sources_max,
             "more records than a cycle takes"
         );
@@ -158,9 +158,9 @@ impl KafkaSink {
     }
 
     pub fn push(&mut self, source: u32, s: PendingScore) {
-        debug_assert!((source as usize) < self.sources.len());
+        crate::invariant!((source as usize) < self.sources.len());
         // Bounded by the cycle's records x events per record, which `pending` was sized for.
-        debug_assert!(
+        crate::invariant!(
             self.pending.len() < self.scores_max,
             "Kafka Scores past their bound"
         );
@@ -288,8 +288,8 @@ impl KafkaSink {
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
     ) -> Result<(), KafkaError> {
-        debug_assert!(self.transactional);
-        debug_assert!(self.pending.is_empty(), "commits happen between cycles");
+        crate::invariant!(self.transactional);
+        crate::invariant!(self.pending.is_empty(), "commits happen between cycles");
         let result = self.try_commit(seq, offsets, group);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.transaction_timeout) {

@@ -73,7 +73,7 @@ impl KafkaSource {
         restored: &[PartitionOffset],
         gauges: Vec<Arc<PartitionGauge>>,
     ) -> Result<Self, KafkaError> {
-        debug_assert_eq!(owned.len(), gauges.len());
+        crate::invariant_eq!(owned.len(), gauges.len());
         let consumer: BaseConsumer = consumer_config(config)
             .create()
             .map_err(KafkaError::client("consumer"))?;
@@ -213,11 +213,11 @@ impl KafkaSource {
                 .iter()
                 .position(|p| p.id.partition == part && p.topic == msg.topic())
             else {
-                debug_assert!(false, "a record from a partition this shard does not own");
+                crate::invariant!(false, "a record from a partition this shard does not own");
                 continue;
             };
             let offset = msg.offset();
-            debug_assert!(
+            crate::invariant!(
                 self.owned[i].next_offset < 0 || offset >= self.owned[i].next_offset,
                 "offsets go forward"
             );

@@ -93,7 +93,7 @@ struct BufRing {
 
 impl BufRing {
     fn new(entries: u16, buf_len: usize) -> io::Result<Self> {
-        debug_assert!(entries.is_power_of_two());
+        crate::invariant!(entries.is_power_of_two());
         let ring = Mmap::new(usize::from(entries) * std::mem::size_of::<BufEntry>())?;
         let bufs = Mmap::new(usize::from(entries) * buf_len)?;
         let mut r = Self {

@@ -179,7 +179,7 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let body = format!(
             "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\nkafka_offsets={}\n",
             self.seq,

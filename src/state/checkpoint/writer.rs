@@ -375,6 +375,12 @@ impl Checkpointer {
         self.snapshot_changes = Some(stamp(state, input));
         let seq = self.seq;
         self.seq += 1;
+        // The chain: an incremental snapshot's parent is an earlier, committed one.
+        crate::invariant!(
+            full || self.parent.is_some_and(|p| p < seq),
+            "incremental checkpoint {seq} without an earlier parent ({:?})",
+            self.parent
+        );
         buf.clear();
         buf.resize(HEADER_BYTES, 0);
         let manifest = Manifest {
