@@ -18,7 +18,7 @@ use serde::Serialize;
 use sluice::config::Config;
 use sluice::loadgen::{self, LoadSpec};
 use sluice::metrics::exporter::{self, BuildInfo, Exposition, Parts};
-use sluice::metrics::ShardCounters;
+use sluice::metrics::{ShardCounters, SHARD_HISTOGRAMS};
 use sluice::shard::Control;
 
 #[derive(Serialize)]
@@ -73,15 +73,8 @@ fn busy_counters() -> ShardCounters {
     }
     let mut ns = 500;
     while ns < 20_000_000_000 {
-        for h in [
-            &c.latency.receive_to_emit,
-            &c.latency.in_shard,
-            &c.latency.model_run,
-            &c.latency.kafka_record_to_produce,
-            &c.latency.kafka_in_shard,
-            &c.latency.checkpoint_pause,
-        ] {
-            h.record(ns);
+        for (_, _, pick) in SHARD_HISTOGRAMS {
+            pick(&c.latency).record(ns);
         }
         ns = ns * 3 / 2;
     }

@@ -522,9 +522,7 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
     let (mut next_status, mut last_events, mut last_drops) = (
         std::time::Instant::now() + status_every,
         sum(|c| c.events_received.get()),
-        sum(|c| {
-            c.datagrams_dropped_total() + c.events_dropped.iter().map(|d| d.get()).sum::<u64>()
-        }),
+        sum(sluice::metrics::ShardCounters::dropped_total),
     );
     let mut reported_stuck = false;
     while !SIGNALLED.load(Ordering::SeqCst) {
@@ -552,9 +550,7 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
             let secs = (now + status_every - next_status).as_secs_f64().max(1e-3);
             next_status = now + status_every;
             let events = sum(|c| c.events_received.get());
-            let drops = sum(|c| {
-                c.datagrams_dropped_total() + c.events_dropped.iter().map(|d| d.get()).sum::<u64>()
-            });
+            let drops = sum(sluice::metrics::ShardCounters::dropped_total);
             if !reported_stuck {
                 systemd.status(&format!(
                     "serving: {shards} shard(s), {}, model v{}, {:.0} events/s, {} key(s) hot, {} dropped in the last {:.0} s",

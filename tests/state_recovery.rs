@@ -134,6 +134,53 @@ fn newest_checkpoints(dir: &Path, words: usize) -> Vec<(PathBuf, u64)> {
         .collect()
 }
 
+/// The exactly-once oracle after a restart and a replay: every reply's count is its seq + 1
+/// (all earlier events of its key applied once, this one included), no (key, seq) is answered
+/// twice, and each key answers a contiguous run of seqs ending at `last_seq(key)`. Returns how
+/// many events the restored state held: the sum over keys of the first seq answered again
+/// (the seqs below it were in the state and refused as replays).
+fn held_before_replay(
+    scores: &[ScoreOut],
+    keys: u64,
+    last_seq: impl Fn(u64) -> u64,
+    when: &str,
+) -> u64 {
+    let mut by_key: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    for s in scores {
+        assert_eq!(s.count, s.seq + 1, "{when}: key {} seq {}", s.key, s.seq);
+        assert!(
+            by_key
+                .entry(s.key)
+                .or_default()
+                .insert(s.seq, s.count)
+                .is_none(),
+            "{when}: key {} seq {} answered twice",
+            s.key,
+            s.seq
+        );
+    }
+    let mut held = 0;
+    for k in 0..keys {
+        let seqs = by_key
+            .get(&k)
+            .unwrap_or_else(|| panic!("{when}: key {k} got no reply"));
+        let first = *seqs.keys().next().unwrap();
+        let last = *seqs.keys().last().unwrap();
+        assert_eq!(
+            last,
+            last_seq(k),
+            "{when}: key {k}'s newest event is answered"
+        );
+        assert_eq!(
+            seqs.len() as u64,
+            last - first + 1,
+            "{when}: key {k}'s replies are contiguous from the first event not in the checkpoint"
+        );
+        held += first;
+    }
+    held
+}
+
 #[test]
 fn kill_9_under_load_then_restart_restores_the_last_checkpoint_and_replay_is_exactly_once() {
     let dir = std::env::temp_dir().join(format!("sluice-recovery-{}", std::process::id()));
@@ -192,39 +239,8 @@ fn kill_9_under_load_then_restart_restores_the_last_checkpoint_and_replay_is_exa
         tx.pump();
     }
 
-    // Exactly once: every reply's count is its seq + 1 (all earlier events of the key applied
-    // once, this one included), no (key, seq) is answered twice, and each key answers a
-    // contiguous run ending at its new round.
-    let mut by_key: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
-    for s in &tx.scores {
-        assert_eq!(s.count, s.seq + 1, "key {} seq {}", s.key, s.seq);
-        assert!(
-            by_key
-                .entry(s.key)
-                .or_default()
-                .insert(s.seq, s.count)
-                .is_none(),
-            "key {} seq {} answered twice",
-            s.key,
-            s.seq
-        );
-    }
-    let mut restored_from_replies = 0;
-    for k in 0..KEYS {
-        let seqs = by_key
-            .get(&k)
-            .unwrap_or_else(|| panic!("key {k} got no reply"));
-        let first = *seqs.keys().next().unwrap();
-        let last = *seqs.keys().last().unwrap();
-        assert_eq!(last, sent(k), "key {k}: the new round is answered");
-        assert_eq!(
-            seqs.len() as u64,
-            last - first + 1,
-            "key {k}: replies are contiguous from the first event not in the checkpoint"
-        );
-        // Seqs below `first` were in the restored state and refused as replays.
-        restored_from_replies += first;
-    }
+    // Exactly once, each key's replies ending at its new round.
+    let restored_from_replies = held_before_replay(&tx.scores, KEYS, sent, "run 2");
     assert_eq!(
         restored_from_replies, restored,
         "the restored state is exactly the last complete checkpoint"
@@ -289,45 +305,12 @@ fn twenty_kill_9s_each_restore_the_newest_checkpoint_and_replay_exactly_once() {
         while Instant::now() < linger {
             tx.pump();
         }
-        let mut by_key: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
-        for s in &tx.scores {
-            assert_eq!(
-                s.count,
-                s.seq + 1,
-                "restart {kill}: key {} seq {}",
-                s.key,
-                s.seq
-            );
-            assert!(
-                by_key
-                    .entry(s.key)
-                    .or_default()
-                    .insert(s.seq, s.count)
-                    .is_none(),
-                "restart {kill}: key {} seq {} answered twice",
-                s.key,
-                s.seq
-            );
-        }
-        let mut held = 0;
-        for k in 0..KEYS_HERE {
-            let seqs = by_key
-                .get(&k)
-                .unwrap_or_else(|| panic!("restart {kill}: key {k} got no reply"));
-            let first = *seqs.keys().next().unwrap();
-            let last = *seqs.keys().last().unwrap();
-            assert_eq!(
-                last + 1,
-                sent[k as usize],
-                "restart {kill}: key {k}'s new event answered"
-            );
-            assert_eq!(
-                seqs.len() as u64,
-                last - first + 1,
-                "restart {kill}: key {k} contiguous"
-            );
-            held += first;
-        }
+        let held = held_before_replay(
+            &tx.scores,
+            KEYS_HERE,
+            |k| sent[k as usize] - 1,
+            &format!("restart {kill}"),
+        );
         assert_eq!(
             held, restored,
             "restart {kill}: the restored state is the newest checkpoint"

@@ -3,7 +3,7 @@
 //! watchdog fed only while every shard's loop turns, and a notify socket that is gone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
 
 mod common;
-use common::spawn_run;
+use common::{announced, spawn_run};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sluice-sd-{name}-{}", std::process::id()));
@@ -52,11 +52,7 @@ fn spawn_notified(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(line.starts_with("sluice listening on"), "{line}");
-    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
+    let (stdout, addr) = announced(&mut child);
     (child, stdout, addr)
 }
 
@@ -234,10 +230,7 @@ fn a_notify_socket_that_is_gone_is_logged_and_serving_goes_on() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
+    let (_stdout, addr) = announced(&mut child);
     assert_eq!(score_one(&addr, 3, 1).count, 1);
     sigterm(&child);
     assert!(child.wait().unwrap().success());

@@ -377,16 +377,11 @@ fn nic_ops(root: &Root, f: &Facts, ops: &mut Vec<Op>) {
             "irqbalance is not running".into(),
         ));
     }
-    let rx: Vec<String> = root
+    let (rx, tx): (Vec<String>, Vec<String>) = root
         .list(&format!("/sys/class/net/{nic}/queues"))
         .into_iter()
-        .filter(|q| q.starts_with("rx-"))
-        .collect();
-    let tx: Vec<String> = root
-        .list(&format!("/sys/class/net/{nic}/queues"))
-        .into_iter()
-        .filter(|q| q.starts_with("tx-"))
-        .collect();
+        .filter(|q| q.starts_with("rx-") || q.starts_with("tx-"))
+        .partition(|q| q.starts_with("rx-"));
     // Enough hardware queues: RSS spreads flows, RPS would only add an IPI per batch. Fewer
     // queues than shards: RPS spreads the protocol work over the shard CPUs.
     let rps = if rx.len() >= f.shard_cpus.len() {

@@ -213,6 +213,10 @@ impl ShardCounters {
     pub fn datagrams_dropped_total(&self) -> u64 {
         self.datagrams_dropped.iter().map(Counter::get).sum()
     }
+    /// Datagrams refused and events dropped, every reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.datagrams_dropped_total() + self.events_dropped.iter().map(Counter::get).sum::<u64>()
+    }
     pub fn events_dropped_by(&self, r: DropReason) -> u64 {
         self.events_dropped[r as usize].get()
     }

@@ -362,14 +362,3 @@ fn answer(request: tiny_http::Request, exposition: &Arc<Exposition>) {
     // A client that went away: nothing to do.
     let _ = request.respond(response);
 }
-
-/// The shards' counters summed: what the shutdown report shows, read the exporter's way.
-pub fn total(shards: &[Arc<ShardCounters>], name: &str, label: Option<&str>) -> Option<u64> {
-    let def = SHARD_METRICS.iter().find(|d| d.name == name)?;
-    let index = match (def.labels, label) {
-        (None, None) => 0,
-        (Some(l), Some(want)) => (0..l.count).find(|&i| (l.value)(i) == want)?,
-        _ => return None,
-    };
-    Some(shards.iter().map(|c| (def.read)(c, index)).sum())
-}

@@ -62,6 +62,12 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
         })
         .spawn()
         .unwrap();
+    let (stdout, addr) = announced(&mut child);
+    (child, stdout, addr)
+}
+
+/// A started `sluice run`'s stdout past its first line, and the address that line announced.
+pub fn announced(child: &mut Child) -> (BufReader<ChildStdout>, String) {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -71,7 +77,7 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
         .nth(3)
         .expect("listening line names the address")
         .to_owned();
-    (child, stdout, addr)
+    (stdout, addr)
 }
 
 pub fn start(driver: &str, extra: &[&str]) -> Running {
