@@ -5,6 +5,7 @@
 mod floor;
 mod kafka;
 mod machine;
+mod overload;
 mod report;
 mod scrape;
 mod state;
@@ -70,6 +71,15 @@ enum Command {
         /// draining them (its sustained rate), with and without producing Scores.
         #[arg(long)]
         backlog: Option<u64>,
+    },
+    /// --rate for --seconds (above capacity), then --then-rate for --then-seconds: drops by
+    /// reason, the admitted events' latency, memory, and the time to answer the lighter
+    /// load in full again. Uses --batch, --keys, --shards, --repeat, --out, --set.
+    Overload {
+        #[arg(long, default_value_t = 80_000)]
+        then_rate: u64,
+        #[arg(long, default_value_t = 10.0)]
+        then_seconds: f64,
     },
     /// The live metrics endpoint: time per scrape (HTTP over loopback, encode included) at
     /// each --scrape-shards count with every metric filled; with --ab N, N pairs of sluice
@@ -213,6 +223,23 @@ fn main() -> anyhow::Result<()> {
                 seconds: a.seconds,
                 shards: a.shards,
                 settle: a.settle,
+                out: &a.out,
+                sets: &a.sets,
+            });
+        }
+        Command::Overload {
+            then_rate,
+            then_seconds,
+        } => {
+            return overload::run(&overload::OverloadBench {
+                rate: a.rate,
+                seconds: a.seconds,
+                then_rate,
+                then_seconds,
+                batch: a.batch,
+                keys: a.keys,
+                shards: a.shards,
+                repeat: a.repeat,
                 out: &a.out,
                 sets: &a.sets,
             });

@@ -106,10 +106,15 @@ mod tests {
             lost: 0,
             duplicates: 0,
             count_errors: 0,
+            count_over: 0,
             unexpected: 0,
+            client_socket_drops: 0,
             max_send_lag: Duration::ZERO,
             elapsed: Duration::from_secs(1),
             latency,
+            latency_then: None,
+            switch_at: None,
+            timeline: Vec::new(),
         };
         Run::from_load("fake", rate, 1, 10, None, 1, load)
     }

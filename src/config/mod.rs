@@ -142,6 +142,7 @@ pub struct Udp {
     pub socket_rcvbuf_bytes: usize,
     pub uring_buffers: usize,
     pub batch_datagrams_max: usize,
+    pub shed_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

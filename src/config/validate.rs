@@ -37,6 +37,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         1 << 30,
     );
     range(
+        "ingest.udp.shed_after_ms",
+        c.ingest.udp.shed_after_ms as usize,
+        0,
+        60_000,
+    );
+    range(
         "wire.datagram_bytes_max",
         c.wire.datagram_bytes_max,
         limits::DATAGRAM_BYTES_MIN,

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod kafka;
 mod keys;
 pub mod rng;
+mod schedule;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -26,6 +27,7 @@ use nix::poll::{poll, PollFd, PollFlags};
 use crate::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
 use keys::KeyDist;
 use rng::Rng;
+pub use schedule::Schedule;
 
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -39,6 +41,9 @@ pub struct LoadSpec {
     /// Zipf exponent for key popularity; None = uniform.
     pub zipf: Option<f64>,
     pub duration: Duration,
+    /// A second phase after `duration`: (events/s, how long), e.g. the sustainable rate after
+    /// an overload. Its replies get their own latency histogram.
+    pub then: Option<(u64, Duration)>,
     /// Replies to datagrams scheduled before this are checked but not timed.
     pub warmup: Duration,
     /// Sending sockets (distinct source ports, so SO_REUSEPORT spreads them over shards).
@@ -70,6 +75,7 @@ impl Default for LoadSpec {
             keys: 100_000,
             zipf: None,
             duration: Duration::from_secs(10),
+            then: None,
             warmup: Duration::from_secs(1),
             sockets: 4,
             senders: 1,
@@ -93,12 +99,35 @@ pub struct LoadReport {
     pub lost: u64,
     pub duplicates: u64,
     pub count_errors: u64,
+    /// Replies whose count is above what was sent for their key by then: an event applied
+    /// twice. Under loss counts fall short (`count_errors`), but never rise above.
+    pub count_over: u64,
     pub unexpected: u64,
+    /// Replies the kernel dropped at the generator's own sockets (its receiver fell behind):
+    /// lost on the client's side, not by the service.
+    pub client_socket_drops: u64,
     /// Largest lag of an actual send behind its schedule (the generator's own limit).
     pub max_send_lag: Duration,
     pub elapsed: Duration,
-    /// Scheduled send -> reply received, in ns, after warm-up.
+    /// Scheduled send -> reply received, in ns, after warm-up (first phase only when there
+    /// is a second).
     pub latency: Histogram<u64>,
+    /// The same for the second phase (`LoadSpec::then`).
+    pub latency_then: Option<Histogram<u64>>,
+    /// Start of the second phase from the origin.
+    pub switch_at: Option<Duration>,
+    /// Replies expected and received per `TIMELINE_SLOT` of scheduled send time.
+    pub timeline: Vec<Slot>,
+}
+
+/// Width of a timeline slot.
+pub const TIMELINE_SLOT: Duration = Duration::from_millis(100);
+
+/// One slot of the timeline: events scheduled in it that expect a reply, and how many got one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Slot {
+    pub expected: u64,
+    pub answered: u64,
 }
 
 impl LoadReport {
@@ -141,10 +170,9 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     );
     let senders = spec.senders;
     let sockets_n = spec.sockets.div_ceil(senders) * senders;
-    let datagrams =
-        (spec.rate as f64 * spec.duration.as_secs_f64() / spec.batch as f64).ceil() as u64;
+    let schedule = Schedule::new(spec.rate, spec.duration, spec.batch, spec.then);
+    let datagrams = schedule.datagrams();
     let events = datagrams * spec.batch as u64;
-    let interval_ns = spec.batch as f64 * 1e9 / spec.rate as f64;
     let bind = if spec.target.is_ipv4() {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
     } else {
@@ -157,6 +185,9 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     for s in &sockets {
         // Receivers poll and drain; senders' sends never block on a UDP socket anyway.
         s.set_nonblocking(true)?;
+        // Room for replies while the receiver thread waits for a CPU (root passes
+        // rmem_max; elsewhere the default stays). Drops here are counted, see below.
+        let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
     }
     let ledger = Arc::new(Ledger {
         expected: (0..events).map(|_| AtomicU32::new(0)).collect(),
@@ -190,7 +221,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
                         &ledger,
                         &stop,
                         origin,
-                        interval_ns,
+                        schedule,
                         batch,
                         warmup_ns,
                         check_counts,
@@ -220,8 +251,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
                         &socks,
                         &ledger,
                         &dist,
-                        datagrams,
-                        interval_ns,
+                        &schedule,
                         per_socket_keys,
                         origin,
                     )
@@ -250,15 +280,19 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     }
     stop.store(true, Ordering::SeqCst);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let (mut replies, mut duplicates, mut count_errors, mut unexpected) = (0, 0, 0, 0);
+    let mut latency_then = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut replies, mut duplicates, mut count_errors, mut count_over, mut unexpected) =
+        (0, 0, 0, 0, 0);
     for r in receivers {
         let part = r
             .join()
             .map_err(|_| anyhow::anyhow!("receiver thread panicked"))??;
         latency.add(&part.latency)?;
+        latency_then.add(&part.latency_then)?;
         replies += part.replies;
         duplicates += part.duplicates;
         count_errors += part.count_errors;
+        count_over += part.count_over;
         unexpected += part.unexpected;
     }
     Ok(LoadReport {
@@ -270,11 +304,58 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         lost: expected_replies.saturating_sub(ledger.answered()),
         duplicates,
         count_errors,
+        count_over,
         unexpected,
+        client_socket_drops: udp_socket_drops(&sockets),
         max_send_lag: max_lag,
         elapsed: sent_at,
         latency,
+        latency_then: spec.then.map(|_| latency_then),
+        switch_at: schedule.switch_ns().map(Duration::from_nanos),
+        timeline: timeline(&ledger, &schedule, spec.batch as u64),
     })
+}
+
+fn timeline(ledger: &Ledger, schedule: &Schedule, batch: u64) -> Vec<Slot> {
+    let slot_ns = TIMELINE_SLOT.as_nanos() as u64;
+    let mut slots = Vec::new();
+    for (seq, want) in ledger.expected.iter().enumerate() {
+        if want.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let i = (schedule.due_ns(seq as u64 / batch) / slot_ns) as usize;
+        if slots.len() <= i {
+            slots.resize(i + 1, Slot::default());
+        }
+        slots[i].expected += 1;
+        slots[i].answered += u64::from(ledger.seen[seq].load(Ordering::Relaxed) > 0);
+    }
+    slots
+}
+
+/// The kernel's receive-drop count of `sockets`, from /proc/net/udp{,6} (0 where unreadable).
+fn udp_socket_drops(sockets: &[UdpSocket]) -> u64 {
+    let ports: Vec<u16> = sockets
+        .iter()
+        .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+        .collect();
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    let port = cols.get(1)?.rsplit(':').next()?;
+                    let port = u16::from_str_radix(port, 16).ok()?;
+                    let drops: u64 = cols.last()?.parse().ok()?;
+                    ports.contains(&port).then_some(drops)
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Sender (and receiver) `t` owns sockets t, t + senders, ... and the datagrams sent on them.
@@ -296,8 +377,7 @@ fn send(
     socks: &[UdpSocket],
     ledger: &Ledger,
     dist: &KeyDist,
-    datagrams: u64,
-    interval_ns: f64,
+    schedule: &Schedule,
     per_socket_keys: u64,
     origin: Instant,
 ) -> (u64, Duration) {
@@ -308,7 +388,7 @@ fn send(
     let mut errors = 0u64;
     let mut max_lag = Duration::ZERO;
     let mut d = t as u64;
-    while d < datagrams {
+    while d < schedule.datagrams() {
         let sock = (d % sockets_n as u64) as usize;
         batch.clear();
         for j in 0..spec.batch as u64 {
@@ -332,7 +412,7 @@ fn send(
                 features: &features,
             });
         }
-        let due = Duration::from_nanos((d as f64 * interval_ns) as u64);
+        let due = Duration::from_nanos(schedule.due_ns(d));
         loop {
             let now = origin.elapsed();
             if now >= due {
@@ -388,12 +468,14 @@ fn send_to(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<us
 
 struct Received {
     latency: Histogram<u64>,
+    latency_then: Histogram<u64>,
     replies: u64,
     duplicates: u64,
     count_errors: u64,
+    count_over: u64,
     unexpected: u64,
-    /// The schedule (ns between datagrams, events per datagram), to know each seq's send time.
-    interval_ns: f64,
+    /// The schedule and events per datagram, to know each seq's send time.
+    schedule: Schedule,
     batch: u64,
     warmup_ns: u64,
     check_counts: bool,
@@ -405,18 +487,20 @@ fn receive(
     ledger: &Ledger,
     stop: &AtomicBool,
     origin: Instant,
-    interval_ns: f64,
+    schedule: Schedule,
     batch: u64,
     warmup_ns: u64,
     check_counts: bool,
 ) -> anyhow::Result<Received> {
     let mut r = Received {
         latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+        latency_then: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
         replies: 0,
         duplicates: 0,
         count_errors: 0,
+        count_over: 0,
         unexpected: 0,
-        interval_ns,
+        schedule,
         batch,
         warmup_ns,
         check_counts,
@@ -484,11 +568,17 @@ impl Received {
         }
         if self.check_counts && u64::from(want) != s.count {
             self.count_errors += 1;
+            if s.count > u64::from(want) {
+                self.count_over += 1;
+            }
         }
-        let scheduled_ns = ((s.seq / self.batch) as f64 * self.interval_ns) as u64;
-        if scheduled_ns >= self.warmup_ns {
-            self.latency
-                .saturating_record(now_ns.saturating_sub(scheduled_ns).max(1));
+        let d = s.seq / self.batch;
+        let scheduled_ns = self.schedule.due_ns(d);
+        let took = now_ns.saturating_sub(scheduled_ns).max(1);
+        if self.schedule.in_second_phase(d) {
+            self.latency_then.saturating_record(took);
+        } else if scheduled_ns >= self.warmup_ns {
+            self.latency.saturating_record(took);
         }
     }
 }

@@ -68,6 +68,10 @@ shard_counters! {
     datagrams_received: Counter => Counter names::DATAGRAMS_RECEIVED;
     /// Datagrams refused by the decoder, by reason (nothing in them was applied).
     datagrams_dropped: [Counter; DecodeError::ALL.len()] => Counter names::DATAGRAMS_DROPPED, by BY_DECODE_ERROR;
+    /// Datagrams dropped unread because they had waited in the socket longer than
+    /// `ingest.udp.shed_after_ms` (overload shedding: the oldest go first, so the backlog
+    /// drains at receive speed and the admitted events stay fresh).
+    datagrams_shed: Counter => Counter names::DATAGRAMS_SHED;
     /// Events in accepted datagrams.
     events_received: Counter => Counter names::EVENTS_RECEIVED;
     /// Accepted events dropped after decoding, by reason.

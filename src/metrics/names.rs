@@ -3,6 +3,7 @@
 pub const DATAGRAMS_RECEIVED: &str = "sluice_datagrams_received_total";
 /// label reason = DecodeError::reason()
 pub const DATAGRAMS_DROPPED: &str = "sluice_datagrams_dropped_total";
+pub const DATAGRAMS_SHED: &str = "sluice_datagrams_shed_total";
 pub const EVENTS_RECEIVED: &str = "sluice_events_received_total";
 /// label reason = DropReason::label()
 pub const EVENTS_DROPPED: &str = "sluice_events_dropped_total";

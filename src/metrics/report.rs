@@ -31,6 +31,7 @@ pub struct Report {
     pub driver: String,
     pub datagrams_received: u64,
     pub datagrams_dropped: Vec<(&'static str, u64)>,
+    pub datagrams_shed: u64,
     pub events_received: u64,
     pub events_dropped: Vec<(&'static str, u64)>,
     pub events_routed_away: u64,
@@ -117,6 +118,7 @@ impl Report {
                 .iter()
                 .map(|e| (e.reason(), sum(&|c| c.datagrams_dropped_by(*e))))
                 .collect(),
+            datagrams_shed: sum(&|c| c.datagrams_shed.get()),
             events_received: sum(&|c| c.events_received.get()),
             events_dropped: DropReason::ALL
                 .iter()

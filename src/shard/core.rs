@@ -258,6 +258,8 @@ pub struct ShardCore {
     touched: Vec<bool>,
     owner: Owner,
     counters: Arc<ShardCounters>,
+    /// `ingest.udp.shed_after_ms` in ns (0 = off).
+    shed_after_ns: u64,
 }
 
 impl ShardCore {
@@ -281,6 +283,7 @@ impl ShardCore {
             id,
             shards,
             decoder: Decoder::new(&config.wire),
+            shed_after_ns: config.ingest.udp.shed_after_ms.saturating_mul(1_000_000),
             policy: config.route.full,
             out,
             inbound,
@@ -338,8 +341,28 @@ impl ShardCore {
 
     /// Decode one datagram and send each event to its owner (here, or over a ring).
     /// `pickup_ns` is when the shard took the datagram (CLOCK_REALTIME ns).
+    /// Waited in the socket past `shed_after_ns` (a datagram without a kernel timestamp never is).
+    fn is_stale(&self, dg: &Datagram<'_>, pickup_ns: u64) -> bool {
+        self.shed_after_ns > 0
+            && dg.recv_ns != 0
+            && pickup_ns.saturating_sub(dg.recv_ns) > self.shed_after_ns
+    }
+
     pub fn on_datagram(&mut self, dg: Datagram<'_>, pickup_ns: u64, sink: &mut dyn ScoreSink) {
         self.counters.datagrams_received.inc();
+        if self.is_stale(&dg, pickup_ns) {
+            self.counters.datagrams_shed.inc();
+            let shed = self.counters.datagrams_shed.get();
+            if shed.is_power_of_two() {
+                tracing::warn!(
+                    shard = self.id,
+                    shed,
+                    waited_ms = pickup_ns.saturating_sub(dg.recv_ns) / 1_000_000,
+                    "overload: shedding datagrams that waited longer than ingest.udp.shed_after_ms"
+                );
+            }
+            return;
+        }
         // The kernel cut a datagram longer than our buffers: refuse it without decoding.
         let decoded = if dg.truncated {
             Err(DecodeError::Oversize)

@@ -409,3 +409,42 @@ fn a_bad_kafka_record_is_skipped_and_counted_and_a_key_stays_with_its_partition(
         1
     );
 }
+
+#[test]
+fn a_datagram_that_waited_past_shed_after_is_dropped_unread_and_counted() {
+    let (mut c, counters) = cores(&["ingest.udp.shed_after_ms=5"]);
+    let k = keys_owned_by(0, 1)[0];
+    let mut sink = Sink::new();
+    let at = |recv_ns: u64, seq: u64, pickup_ns: u64, core: &mut ShardCore, sink: &mut Sink| {
+        let bytes = datagram(&[(k, seq, false)]);
+        let dg = Datagram {
+            payload: &bytes,
+            src: client(),
+            recv_ns,
+            truncated: false,
+        };
+        core.on_datagram(dg, pickup_ns, sink);
+        core.finish_cycle(pickup_ns, sink);
+    };
+    let ms = 1_000_000;
+    at(100 * ms, 0, 105 * ms, &mut c[0], &mut sink); // waited exactly 5 ms: served
+    at(100 * ms, 1, 106 * ms, &mut c[0], &mut sink); // 6 ms: shed
+    at(0, 2, 900 * ms, &mut c[0], &mut sink); // no kernel timestamp: never shed
+    at(200 * ms, 3, 190 * ms, &mut c[0], &mut sink); // stamped after pickup: fresh
+    let seqs: Vec<u64> = sink.iter().map(|(_, p)| p.score.seq).collect();
+    assert_eq!(seqs, [0, 2, 3]);
+    assert_eq!(counters[0].datagrams_shed.get(), 1);
+    assert_eq!(counters[0].datagrams_received.get(), 4);
+    assert_eq!(
+        counters[0].events_received.get(),
+        3,
+        "the shed one was not decoded"
+    );
+    // State saw three observations of the key: the shed event was never applied.
+    assert_eq!(sink.last().map(|(_, p)| p.score.count), Some(3));
+
+    let (mut off, counters) = cores(&["ingest.udp.shed_after_ms=0"]);
+    at(0, 0, u64::MAX / 2, &mut off[0], &mut Sink::new());
+    at(1, 1, u64::MAX / 2, &mut off[0], &mut Sink::new());
+    assert_eq!(counters[0].datagrams_shed.get(), 0, "0 = never shed");
+}

@@ -69,6 +69,8 @@ enum Work {
         tmp: PathBuf,
         db: Option<Arc<DB>>,
         mark: Arc<SpillMark>,
+        /// Bytes the checkpoint may write besides the store's memtables (see `room_for`).
+        reserve: u64,
     },
     Write(Job),
 }
@@ -168,6 +170,10 @@ pub struct Checkpointer {
     running: Option<Running>,
     /// Why the last snapshot failed before reaching the writer.
     failure: Option<String>,
+    /// The largest hot.bin this shard can write (snapshot and journal buffers).
+    reserve: u64,
+    /// Failures since the last commit (logs are rate-limited by it).
+    failing: u64,
     pub stats: CheckpointStats,
 }
 
@@ -226,6 +232,8 @@ impl Checkpointer {
             mark: Arc::new(SpillMark::default()),
             running: None,
             failure: None,
+            reserve: (buffer_bytes + journal_bytes(journal_records, words)) as u64,
+            failing: 0,
             stats: CheckpointStats::default(),
         })
     }
@@ -256,6 +264,15 @@ impl Checkpointer {
             Ok(seq) => {
                 self.stats.written += 1;
                 self.stats.last_seq = *seq;
+                if self.failing > 0 {
+                    tracing::warn!(
+                        shard = self.shard,
+                        seq,
+                        "checkpoints resumed after {} failed",
+                        self.failing
+                    );
+                    self.failing = 0;
+                }
             }
             Err(_) => self.failed(),
         }
@@ -265,6 +282,7 @@ impl Checkpointer {
     /// A snapshot was lost: its changes are not on disk, so the next must be full.
     fn failed(&mut self) {
         self.stats.failed += 1;
+        self.failing += 1;
         self.snapshot_changes = None;
         self.parent = None;
     }
@@ -408,6 +426,7 @@ impl Checkpointer {
             tmp: tmp.clone(),
             db: state.spill().map(|s| s.shared()),
             mark: Arc::clone(&self.mark),
+            reserve: self.reserve,
         };
         self.parent = Some(seq);
         self.deltas_since_full = if full { 0 } else { self.deltas_since_full + 1 };
@@ -469,7 +488,15 @@ impl Checkpointer {
             } else {
                 "the snapshot outgrew its buffer"
             };
-            tracing::error!(shard = self.shard, "checkpoint {}: {why}", run.seq);
+            // A full disk fails every interval: the 1st, 2nd, 4th, ... of a streak are logged.
+            if (self.failing + 1).is_power_of_two() {
+                tracing::error!(
+                    shard = self.shard,
+                    failed_in_a_row = self.failing + 1,
+                    "checkpoint {}: {why}",
+                    run.seq
+                );
+            }
             // Failure path only: the writer removed its directory if it failed itself.
             let _ = std::fs::remove_dir_all(&run.tmp);
             self.failure = Some(why.into());
@@ -514,6 +541,14 @@ fn writer(
     root: &Path,
     keep: usize,
 ) {
+    // Failures in a row, for rate-limited logging.
+    let mut failing = 0u64;
+    let log_failure = |failing: &mut u64, what: &dyn std::fmt::Display| {
+        *failing += 1;
+        if failing.is_power_of_two() {
+            tracing::error!(shard, failed_in_a_row = *failing, "{what}");
+        }
+    };
     for work in rx {
         let done = match work {
             Work::Prefault(mut buffer, mut journal) => {
@@ -525,17 +560,25 @@ fn writer(
                     result: None,
                 }
             }
-            Work::Spill { tmp, db, mark } => {
+            Work::Spill {
+                tmp,
+                db,
+                mark,
+                reserve,
+            } => {
                 let dir = tmp.join("spill");
-                let result = std::fs::create_dir_all(&tmp)
-                    .map_err(|e| e.to_string())
+                let result = room_for(root, db.as_deref(), reserve)
+                    .and_then(|()| std::fs::create_dir_all(&tmp).map_err(|e| e.to_string()))
                     .and_then(|()| match &db {
                         Some(db) => checkpoint_db(db, &dir).map_err(|e| e.to_string()),
                         None => std::fs::create_dir_all(&dir).map_err(|e| e.to_string()),
                     });
                 drop(db);
                 if let Err(e) = &result {
-                    tracing::error!(shard, "spill store checkpoint into {}: {e}", dir.display());
+                    log_failure(
+                        &mut failing,
+                        &format_args!("spill store checkpoint into {}: {e}", dir.display()),
+                    );
                     let _ = std::fs::remove_dir_all(&tmp);
                 }
                 mark.set(result.is_err());
@@ -543,10 +586,16 @@ fn writer(
             }
             Work::Write(job) => {
                 let result = write_job(&job, root, keep).map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    // Else the partial directory would wait for the next start.
-                    let _ = std::fs::remove_dir_all(&job.tmp);
-                    tracing::error!(shard, "checkpoint {} failed: {e}", job.manifest.seq);
+                match &result {
+                    Err(e) => {
+                        // Else the partial directory would wait for the next start.
+                        let _ = std::fs::remove_dir_all(&job.tmp);
+                        log_failure(
+                            &mut failing,
+                            &format_args!("checkpoint {} failed: {e}", job.manifest.seq),
+                        );
+                    }
+                    Ok(()) => failing = 0,
                 }
                 Done {
                     buffer: job.buffer,
@@ -559,6 +608,32 @@ fn writer(
             return;
         }
     }
+}
+
+/// Whether `root`'s filesystem has room for a checkpoint: `reserve` (the largest hot.bin) plus
+/// what flushing the spill store's memtables writes. Checked before the RocksDB checkpoint,
+/// because a flush that runs out of space puts the store in a background-error state that
+/// stops its writes (spilling) until RocksDB recovers; a checkpoint refused here fails
+/// cleanly (counted, the next one full) and the shard goes on.
+fn room_for(root: &Path, db: Option<&DB>, reserve: u64) -> Result<(), String> {
+    let memtables = db
+        .and_then(|db| {
+            db.property_int_value("rocksdb.cur-size-all-mem-tables")
+                .ok()
+                .flatten()
+        })
+        .unwrap_or(0);
+    let need = reserve.saturating_add(memtables).saturating_add(1 << 20);
+    let fs =
+        nix::sys::statvfs::statvfs(root).map_err(|e| format!("statvfs {}: {e}", root.display()))?;
+    let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+    if free < need {
+        return Err(format!(
+            "not started: {} has {free} bytes free, a checkpoint may need {need} (hot.bin bound + the spill store's memtables + 1 MiB)",
+            root.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Write `parts` one after another into a new file at `path` and sync it.
