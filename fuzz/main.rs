@@ -1,6 +1,9 @@
 //! `sluice-fuzz`: a structured mutational fuzzer on stable Rust for the inputs sluice takes
 //! from the network and from files: the EventBatch decoder, the config (TOML file and
-//! `--set`), the feature-list compiler and the checkpoint manifest (COMMIT) parser.
+//! `--set`), the feature-list compiler, the checkpoint manifest (COMMIT) parser, a whole
+//! checkpoint restore (COMMIT + hot.bin loaded into a state), admin-socket requests and the
+//! ONNX model checks (a session built from mutated model bytes and checked as `sluice run`
+//! checks a model).
 //!
 //! Why not cargo-fuzz (libFuzzer): it builds every crate with sanitizer-coverage flags, and a
 //! change of flags rebuilds RocksDB's C++ (17-40 min on the dev VM) for each fuzz build, which
@@ -59,7 +62,8 @@ static GLOBAL: Counting = Counting;
     about = "Structured mutational fuzzing of sluice's input parsers"
 )]
 struct Cli {
-    /// decode | config | set | features | manifest | all, or `seeds` to write the built-in
+    /// decode | config | set | features | manifest | restore | admin | model | all, or `seeds`
+    /// to write the built-in
     /// seeds into --corpus (how fuzz/corpus was made).
     target: String,
     /// Stop after this many executions (per target).
@@ -76,6 +80,10 @@ struct Cli {
     /// Where crashing inputs are written.
     #[arg(long, default_value = "fuzz/crashes")]
     crashes: PathBuf,
+    /// One execution running longer than this is a hang that never ends: its input is
+    /// saved and the process exits 3 (one over 1 s that does end is counted as a hang).
+    #[arg(long, default_value_t = 30.0)]
+    hang_seconds: f64,
     /// Results JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -99,6 +107,8 @@ struct TargetRun {
     allocating_refusals: u64,
     max_refusal_alloc_bytes: u64,
     longest_exec_us: f64,
+    /// Model target: models refused by the load timeout (ONNX Runtime never finished).
+    refused_for_time: u64,
     crash_files: Vec<String>,
 }
 
@@ -184,6 +194,131 @@ fn manifest_target(input: &[u8]) -> u64 {
     }
 }
 
+/// The first few words of an error message without numbers, as an outcome class.
+fn class_of(message: &str, words: usize) -> u64 {
+    message
+        .split_whitespace()
+        .filter(|w| !w.bytes().any(|b| b.is_ascii_digit()))
+        .take(words)
+        .flat_map(str::bytes)
+        .fold(7u64, |h, b| sluice::route::mix64(h ^ u64::from(b)))
+}
+
+/// The state a restore target loads into: the defaults' feature list, 256 hot slots.
+fn restore_config() -> Option<Config> {
+    Config::from_layers(None, &["state.hot_capacity=256".to_owned()]).ok()
+}
+
+/// Input: flags (1 byte), the COMMIT text's length (2 bytes LE), the COMMIT text, hot.bin.
+/// Flag 1 rewrites the manifest's size and checksum to hot.bin's, flag 2 its record and gone
+/// counts to hot.bin's header: so mutations get past the checks that guard the loading.
+fn restore_target(input: &[u8]) -> u64 {
+    use sluice::state::checkpoint::{load_bytes, Manifest};
+    let (Some(&flags), Some(len)) = (input.first(), input.get(1..3)) else {
+        return 1;
+    };
+    let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+    let body = &input[3..];
+    let (commit, hot) = body.split_at(len.min(body.len()));
+    let mut commit = String::from_utf8_lossy(commit).into_owned();
+    if flags & 3 != 0 {
+        if let Ok(mut m) = Manifest::parse(&commit) {
+            if flags & 1 != 0 {
+                m.hot_bytes = hot.len() as u64;
+                m.hot_crc = crc32fast::hash(hot);
+            }
+            let u64_at = |i: usize| {
+                hot.get(i..i + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+            };
+            if flags & 2 != 0 {
+                m.hot_records = u64_at(16).unwrap_or(m.hot_records);
+                m.gone = u64_at(24).unwrap_or(m.gone);
+            }
+            commit = m.render();
+        }
+    }
+    let Some(config) = restore_config() else {
+        return 2;
+    };
+    let Ok(mut state) = sluice::state::KeyedState::from_config(&config, None) else {
+        return 3;
+    };
+    match load_bytes(&commit, hot.to_vec(), &mut state) {
+        Ok((records, journal)) => {
+            assert_eq!(
+                state.hot_len() as u64,
+                records,
+                "loaded records are in the table"
+            );
+            // Powers of two of each count: a class per size range, not per size.
+            10_000
+                + u64::from(records.checked_ilog2().unwrap_or(0)) * 64
+                + u64::from(journal.checked_ilog2().unwrap_or(0))
+        }
+        Err(e) => class_of(&e.to_string(), 5),
+    }
+}
+
+/// The model target's `model.load_timeout_ms`.
+const MODEL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Outcome of an input refused for taking too long: counted, never kept in the corpus.
+const SLOW_REFUSED: u64 = u64::MAX;
+
+/// An admin connection's bytes: read as the socket reads them, then parsed.
+fn admin_target(input: &[u8]) -> u64 {
+    use sluice::admin::{read_request, Command, REQUEST_BYTES_MAX};
+    let Ok(line) = read_request(input) else {
+        return 1;
+    };
+    assert!(
+        line.len() as u64 <= REQUEST_BYTES_MAX,
+        "request read past its bound"
+    );
+    match Command::parse(&line) {
+        Command::Reload(None) => 2,
+        Command::Reload(Some(_)) => 3,
+        Command::Version => 4,
+        Command::State(_) => 5,
+        Command::Fault(Some((hold, _))) => 6 + u64::from(hold),
+        Command::Fault(None) => 8,
+        Command::Refused(why) => 100 + u64::from(why.contains("not a key")),
+    }
+}
+
+/// Model bytes through a session and the checks `sluice run` makes (input and output names,
+/// types and shapes, the warm-up run's probability).
+fn model_target(input: &[u8]) -> u64 {
+    thread_local! {
+        static SPEC: Option<sluice::infer::OnnxSpec> = Config::defaults().ok().map(|c| {
+            let mut spec = c.onnx_spec();
+            spec.load_timeout = MODEL_TIMEOUT;
+            // ONNX Runtime logs every refused model to stderr itself: errors are outcomes here.
+            if let Ok(env) = sluice::infer::runtime::environment(&spec.runtime_path) {
+                env.set_log_level(ort::logging::LogLevel::Fatal);
+            }
+            spec
+        });
+    }
+    SPEC.with(|spec| {
+        let Some(spec) = spec else {
+            return 1;
+        };
+        match sluice::infer::OnnxScorer::load(spec, input) {
+            Ok(m) => {
+                use sluice::infer::Scorer;
+                10 + m.width() as u64
+            }
+            // A model ONNX Runtime never finishes with, refused by the load timeout: a known
+            // finding (bench/README.md), counted, and not kept (each leaves a spinning thread).
+            Err(e) if e.to_string().contains("model.load_timeout_ms") => SLOW_REFUSED,
+            // Past the model path: the check that refused it.
+            Err(e) => class_of(&e.to_string(), 6),
+        }
+    })
+}
+
 fn targets() -> Vec<(&'static str, Target)> {
     vec![
         ("decode", decode_target()),
@@ -191,7 +326,73 @@ fn targets() -> Vec<(&'static str, Target)> {
         ("set", set_target),
         ("features", features_target),
         ("manifest", manifest_target),
+        ("restore", restore_target),
+        ("admin", admin_target),
+        ("model", model_target),
     ]
+}
+
+/// Real checkpoints (a full one, then an incremental one) of a state with a spill store,
+/// framed as `restore_target` takes them (flags 0: as written).
+fn restore_seeds() -> anyhow::Result<Vec<Vec<u8>>> {
+    use sluice::state::checkpoint::{self, CheckpointSpec, Checkpointer};
+    use sluice::state::{KeyedState, Spill, Update};
+    let dir = std::env::temp_dir().join(format!("sluice-fuzz-seeds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = restore_config().context("restore config")?;
+    let plan = config.feature_plan()?;
+    let words = plan.words();
+    let spill = Spill::open(&dir.join("spill"), 1 << 20, words, None)?;
+    let mut hot_config = config.clone();
+    hot_config.state.hot_capacity = 64;
+    let mut state = KeyedState::with_plan(&hot_config, plan, Some(spill));
+    state.track_changes();
+    let mut cp = Checkpointer::start(CheckpointSpec {
+        root: dir.join("checkpoints"),
+        shard: 0,
+        layout: config.state_layout(1),
+        interval_ns: 0,
+        keep: 2,
+        full_every: 10,
+        buffer_bytes: checkpoint::buffer_bytes(64, words),
+        slice_records: 16,
+        journal_records: 1024,
+        words,
+        next_seq: 1,
+    })?;
+    cp.wait_ready();
+    let t0 = 1_700_000_000_000_000_000u64;
+    let mut seeds = Vec::new();
+    for round in 0..2u64 {
+        // 200 keys through 64 hot slots: records hot and spilled, keys leaving the table.
+        for k in 0..200u64 {
+            let u = Update {
+                key: k * 3 + round,
+                seq: round,
+                ts_ns: t0 + round * 1_000_000_000 + k,
+                kind: sluice::wire::EventKind::Observation,
+                amount: k as f32,
+                label: -1.0,
+                features: &[],
+                source: 0,
+            };
+            state.apply(&u, u.ts_ns)?;
+        }
+        cp.finish(&mut state, t0 + round * 1_000_000_000);
+        let path = dir
+            .join("checkpoints")
+            .join(format!("ckpt-{:020}", round + 1));
+        let commit = std::fs::read(path.join("COMMIT"))
+            .with_context(|| format!("reading {}", path.display()))?;
+        let hot = std::fs::read(path.join("hot.bin"))?;
+        let mut seed = vec![0u8];
+        seed.extend_from_slice(&u16::try_from(commit.len())?.to_le_bytes());
+        seed.extend_from_slice(&commit);
+        seed.extend_from_slice(&hot);
+        seeds.push(seed);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(seeds)
 }
 
 /// Valid EventBatches of several shapes: the structure the byte mutations start from.
@@ -231,6 +432,26 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             let m = sluice::state::checkpoint::Manifest::default();
             vec![m.render().into_bytes()]
         }
+        "restore" => restore_seeds().unwrap_or_else(|e| {
+            eprintln!("sluice-fuzz: no restore seeds: {e:#}");
+            Vec::new()
+        }),
+        "admin" => [
+            "reload\n",
+            "reload /var/lib/sluice/models/v2.onnx\n",
+            "version\n",
+            "state 18446744073709551615\n",
+            "fault hold 0\n",
+            "fault release 1\n",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
+        // The builtin models (committed under src/infer/models/), not copied into fuzz/corpus.
+        "model" => sluice::infer::onnx::BUILTIN
+            .iter()
+            .map(|(_, b)| b.to_vec())
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -330,6 +551,7 @@ fn fuzz(
     anyhow::ensure!(!corpus.is_empty(), "no seeds for {name}");
     let max_len = match name {
         "decode" => 16 * 1024,
+        "model" => 1 << 20,
         _ => 64 * 1024,
     };
     let mut rng = Rng::new(cli.seed ^ sluice::route::mix64(name.len() as u64));
@@ -340,6 +562,7 @@ fn fuzz(
     };
     // Panics are caught and counted; keep their messages off the terminal.
     std::panic::set_hook(Box::new(|_| {}));
+    let watch = Watchdog::start(name, &cli.crashes, cli.hang_seconds, max_len);
     // One run outside the counts: a target's one-time set-up (the decoder's config) is not
     // an allocation of the input's.
     let _ = std::panic::catch_unwind(|| target(&corpus[0]));
@@ -356,14 +579,20 @@ fn fuzz(
             ALLOCS.load(Ordering::Relaxed),
             ALLOC_BYTES.load(Ordering::Relaxed),
         );
+        watch.arm(&input);
         let t = Instant::now();
         let outcome = std::panic::catch_unwind(|| target(&input));
         let took = t.elapsed();
+        watch.disarm();
         let (allocs, bytes) = (
             ALLOCS.load(Ordering::Relaxed) - a0,
             ALLOC_BYTES.load(Ordering::Relaxed) - b0,
         );
         run.execs += 1;
+        if matches!(outcome, Ok(SLOW_REFUSED)) {
+            run.refused_for_time += 1;
+            continue;
+        }
         run.longest_exec_us = run.longest_exec_us.max(took.as_secs_f64() * 1e6);
         if took > Duration::from_secs(1) {
             run.hangs += 1;
@@ -387,14 +616,9 @@ fn fuzz(
             Err(_) => {
                 run.crashes += 1;
                 std::fs::create_dir_all(&cli.crashes)?;
-                let file = cli.crashes.join(format!(
-                    "{name}-{:016x}",
-                    sluice::route::mix64(
-                        input
-                            .iter()
-                            .fold(0u64, |h, &b| h.rotate_left(5) ^ u64::from(b))
-                    )
-                ));
+                let file = cli
+                    .crashes
+                    .join(format!("{name}-{:016x}", content_hash(&input)));
                 std::fs::write(&file, &input)?;
                 run.crash_files.push(file.display().to_string());
             }
@@ -408,6 +632,73 @@ fn fuzz(
     Ok(run)
 }
 
+/// Catches an execution that never returns (a `catch_unwind` cannot): a thread that, when
+/// one execution has run longer than `--hang-seconds`, writes its input to the crash
+/// directory as `NAME-hang-HASH` and exits the process with status 3.
+struct Watchdog {
+    shared: std::sync::Arc<WatchState>,
+}
+
+struct WatchState {
+    /// Start of the running execution, ns since `origin`; 0 = none running.
+    started_ns: AtomicU64,
+    origin: Instant,
+    input: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Watchdog {
+    fn start(name: &str, crashes: &Path, hang_seconds: f64, max_len: usize) -> Self {
+        let shared = std::sync::Arc::new(WatchState {
+            started_ns: AtomicU64::new(0),
+            origin: Instant::now(),
+            // Preallocated: arming copies into it without allocating.
+            input: std::sync::Mutex::new(Vec::with_capacity(max_len)),
+        });
+        let (state, name, crashes) = (shared.clone(), name.to_owned(), crashes.to_owned());
+        let limit_ns = (hang_seconds * 1e9) as u64;
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let started = state.started_ns.load(Ordering::Acquire);
+            let now = state.origin.elapsed().as_nanos() as u64;
+            if started == 0 || now.saturating_sub(started) < limit_ns {
+                continue;
+            }
+            let input = state.input.lock().map(|i| i.clone()).unwrap_or_default();
+            let file = crashes.join(format!("{name}-hang-{:016x}", content_hash(&input)));
+            let _ = std::fs::create_dir_all(&crashes);
+            let _ = std::fs::write(&file, &input);
+            eprintln!(
+                "sluice-fuzz: {name}: one execution has run {:.1} s (> --hang-seconds): a hang; its input is {}",
+                (now - started) as f64 * 1e-9,
+                file.display()
+            );
+            std::process::exit(3);
+        });
+        Self { shared }
+    }
+
+    fn arm(&self, input: &[u8]) {
+        if let Ok(mut i) = self.shared.input.lock() {
+            i.clear();
+            i.extend_from_slice(input);
+        }
+        let now = (self.shared.origin.elapsed().as_nanos() as u64).max(1);
+        self.shared.started_ns.store(now, Ordering::Release);
+    }
+
+    fn disarm(&self) {
+        self.shared.started_ns.store(0, Ordering::Release);
+    }
+}
+
+fn content_hash(input: &[u8]) -> u64 {
+    sluice::route::mix64(
+        input
+            .iter()
+            .fold(0u64, |h, &b| h.rotate_left(5) ^ u64::from(b)),
+    )
+}
+
 #[derive(Serialize)]
 struct Results {
     command: String,
@@ -418,7 +709,7 @@ struct Results {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.target == "seeds" {
-        for (name, _) in targets() {
+        for (name, _) in targets().into_iter().filter(|(n, _)| *n != "model") {
             let dir = cli.corpus.join(name);
             std::fs::create_dir_all(&dir)?;
             for (i, seed) in builtin_seeds(name).iter().enumerate() {
@@ -435,7 +726,7 @@ fn main() -> anyhow::Result<()> {
     };
     anyhow::ensure!(
         !chosen.is_empty(),
-        "unknown target {:?} (decode, config, set, features, manifest, all)",
+        "unknown target {:?} (decode, config, set, features, manifest, restore, admin, model, all)",
         cli.target
     );
     let deadline = Duration::from_secs_f64(cli.seconds.unwrap_or(if cli.execs.is_some() {
@@ -448,7 +739,7 @@ fn main() -> anyhow::Result<()> {
     for (name, target) in chosen {
         let r = fuzz(name, target, &cli, deadline, execs_max)?;
         eprintln!(
-            "  {:<9} {:>10} execs in {:>6.1} s ({:>9.0}/s): {} crashes, {} hangs, corpus {}, outcomes {}, longest {:.0} us{}",
+            "  {:<9} {:>10} execs in {:>6.1} s ({:>9.0}/s): {} crashes, {} hangs, corpus {}, outcomes {}, longest {:.0} us{}{}",
             r.target,
             r.execs,
             r.seconds,
@@ -458,6 +749,11 @@ fn main() -> anyhow::Result<()> {
             r.corpus,
             r.outcomes,
             r.longest_exec_us,
+            if r.refused_for_time > 0 {
+                format!(", refused by the load timeout {}", r.refused_for_time)
+            } else {
+                String::new()
+            },
             if r.target == "decode" {
                 format!(
                     ", accepted inputs that allocated {}, refusals that allocated {} (at most {} bytes)",

@@ -5,6 +5,8 @@
 //!   `fault hold SHARD` | `fault release SHARD` -> `ok` (only with `admin.faults = true`:
 //!   a held shard stops turning its loop, as a stuck one would; for watchdog and fault tests)
 //! `sluice reload` is its client. Control-plane only: never touched per event.
+// Reached by the admin socket: no index that could panic (hardening issue; tests may index).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -81,6 +83,57 @@ fn refuse_open_directory(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The longest request line read (a longer one is cut there and refused as unknown).
+pub const REQUEST_BYTES_MAX: u64 = 4096;
+
+/// One admin request, parsed; nothing done yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Reload(Option<String>),
+    Version,
+    State(u64),
+    /// `fault hold|release SHARD`: (hold, shard), or None when malformed.
+    Fault(Option<(bool, usize)>),
+    /// Why the line is not a request (the answer after `error `).
+    Refused(String),
+}
+
+/// Read one request line from `r`: at most `REQUEST_BYTES_MAX` bytes, UTF-8.
+pub fn read_request(r: impl Read) -> std::io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(r)
+        .take(REQUEST_BYTES_MAX)
+        .read_line(&mut line)?;
+    Ok(line)
+}
+
+impl Command {
+    pub fn parse(line: &str) -> Self {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("reload"), path, None, None) => Self::Reload(path.map(str::to_owned)),
+            (Some("version"), None, ..) => Self::Version,
+            (Some("state"), Some(key), None, None) => match key.parse::<u64>() {
+                Ok(key) => Self::State(key),
+                Err(_) => {
+                    Self::Refused(format!("{key:?} is not a key (an unsigned 64-bit integer)"))
+                }
+            },
+            (Some("fault"), verb, shard, None) => {
+                Self::Fault(match (verb, shard.and_then(|s| s.parse::<usize>().ok())) {
+                    (Some("hold"), Some(s)) => Some((true, s)),
+                    (Some("release"), Some(s)) => Some((false, s)),
+                    _ => None,
+                })
+            }
+            _ => Self::Refused(format!(
+                "unknown command {:?} (try: reload [PATH], version, state KEY)",
+                line.trim()
+            )),
+        }
+    }
+}
+
 fn handle(
     stream: UnixStream,
     requests: &mpsc::Sender<Request>,
@@ -88,64 +141,45 @@ fn handle(
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).take(4096).read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    if line.trim_start().starts_with("fault") {
-        let answer = fault(faults, words.nth(1), words.next());
-        return (&stream).write_all(format!("{answer}\n").as_bytes());
-    }
-    let answer = match (words.next(), words.next()) {
-        (Some("reload"), path) => {
+    let line = read_request(&stream)?;
+    let answer = match Command::parse(&line) {
+        Command::Fault(what) => fault(faults, what),
+        Command::Refused(why) => format!("error {why}"),
+        Command::Reload(path) => {
             let (tx, rx) = mpsc::channel();
-            let _ = requests.send(Request::Reload {
-                path: path.map(str::to_owned),
-                reply: tx,
-            });
+            let _ = requests.send(Request::Reload { path, reply: tx });
             match rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(Ok(v)) => format!("ok {v}"),
                 Ok(Err(why)) => format!("error {why}"),
                 Err(_) => "error the control thread did not answer".to_owned(),
             }
         }
-        (Some("state"), Some(key)) => match key.parse::<u64>() {
-            Ok(key) => {
-                let (tx, rx) = mpsc::channel();
-                let _ = requests.send(Request::StateGet { key, reply: tx });
-                match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(Ok(text)) => format!("ok {text}"),
-                    Ok(Err(why)) => format!("error {why}"),
-                    Err(_) => "error the control thread did not answer".to_owned(),
-                }
+        Command::State(key) => {
+            let (tx, rx) = mpsc::channel();
+            let _ = requests.send(Request::StateGet { key, reply: tx });
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(text)) => format!("ok {text}"),
+                Ok(Err(why)) => format!("error {why}"),
+                Err(_) => "error the control thread did not answer".to_owned(),
             }
-            Err(_) => format!("error {key:?} is not a key (an unsigned 64-bit integer)"),
-        },
-        (Some("version"), None) => {
+        }
+        Command::Version => {
             let (tx, rx) = mpsc::channel();
             let _ = requests.send(Request::Version { reply: tx });
             rx.recv_timeout(Duration::from_secs(5))
                 .map_or_else(|_| "error no answer".to_owned(), |v| format!("ok {v}"))
         }
-        _ => format!(
-            "error unknown command {:?} (try: reload [PATH], version, state KEY)",
-            line.trim()
-        ),
     };
     (&stream).write_all(format!("{answer}\n").as_bytes())
 }
 
 /// `fault hold|release SHARD`: answered once the shard has stopped (hold) or been let go.
-fn fault(control: Option<&Control>, verb: Option<&str>, shard: Option<&str>) -> String {
+fn fault(control: Option<&Control>, what: Option<(bool, usize)>) -> String {
     let Some(control) = control else {
         return "error fault commands are off (admin.faults = false)".to_owned();
     };
-    let Some(shard) = shard.and_then(|s| s.parse::<usize>().ok()) else {
+    let Some((hold, shard)) = what else {
         return "error usage: fault hold|release SHARD".to_owned();
-    };
-    let hold = match verb {
-        Some("hold") => true,
-        Some("release") => false,
-        _ => return "error usage: fault hold|release SHARD".to_owned(),
     };
     if !control.set_hold(shard, hold) {
         return format!("error no shard {shard}");
@@ -171,4 +205,47 @@ pub fn request(path: &Path, command: &str) -> std::io::Result<String> {
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer)?;
     Ok(answer.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_to_commands_and_anything_else_is_refused_with_why() {
+        assert_eq!(Command::parse("reload\n"), Command::Reload(None));
+        assert_eq!(
+            Command::parse("reload /m/v2.onnx\n"),
+            Command::Reload(Some("/m/v2.onnx".into()))
+        );
+        assert_eq!(Command::parse("version"), Command::Version);
+        assert_eq!(Command::parse(" state 42 "), Command::State(42));
+        assert_eq!(
+            Command::parse("fault hold 1"),
+            Command::Fault(Some((true, 1)))
+        );
+        assert_eq!(
+            Command::parse("fault release 0"),
+            Command::Fault(Some((false, 0)))
+        );
+        assert_eq!(Command::parse("fault squeeze 0"), Command::Fault(None));
+        assert!(
+            matches!(Command::parse("state -1"), Command::Refused(w) if w.contains("not a key"))
+        );
+        assert!(
+            matches!(Command::parse("reload a b"), Command::Refused(w) if w.contains("unknown command"))
+        );
+        assert!(matches!(Command::parse(""), Command::Refused(_)));
+    }
+
+    #[test]
+    fn a_request_line_is_cut_at_its_bound_and_must_be_utf8() {
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            read_request(long.as_bytes()).unwrap().len() as u64,
+            REQUEST_BYTES_MAX
+        );
+        assert_eq!(read_request(&b"version\nmore"[..]).unwrap(), "version\n");
+        assert!(read_request(&[0xff, 0xfe, b'\n'][..]).is_err());
+    }
 }

@@ -44,6 +44,8 @@ pub enum AppError {
     Model(String),
     #[error("{0}")]
     Memory(String),
+    #[error("{0}")]
+    StateDir(String),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     #[error("admin socket {path}: {source}")]
@@ -164,6 +166,7 @@ pub fn start_with_progress(
     config: &Config,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Running, AppError> {
+    crate::preflight::check_state_dir(&config.state.dir).map_err(AppError::StateDir)?;
     let topo = topology::discover();
     tracing::info!("topology: {}", topo.summary());
     let placements = topology::plan(&config.shards, &topo).map_err(AppError::Placement)?;

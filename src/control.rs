@@ -6,6 +6,8 @@
 //! - Online learning: every `model.online.average_interval_ms`, average the shards' online
 //!   weights (weighted by the Feedback each saw) into a new version and send it back.
 //! - Dropping replaced models (ORT session teardown is slow) here instead of on a shard.
+// Reached by admin requests: no index that could panic (hardening issue; tests may index).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -71,14 +73,14 @@ impl ControlLoop {
                 }
                 Err(_) => {}
             }
-            for (i, link) in self.links.iter_mut().enumerate() {
+            for (link, snapshot) in self.links.iter_mut().zip(snapshots.iter_mut()) {
                 while let Ok(report) = link.reports.pop() {
                     match report {
                         // A newer snapshot holds all of the shard's learning; keep the count of
                         // every update since the last round so its weight stays right.
                         ShardReport::Snapshot(params, n) => {
-                            let before = snapshots[i].take().map_or(0, |(_, m)| m);
-                            snapshots[i] = Some((params, before + n));
+                            let before = snapshot.take().map_or(0, |(_, m)| m);
+                            *snapshot = Some((params, before + n));
                         }
                         ShardReport::Retired(model) => drop(model),
                     }
@@ -106,12 +108,14 @@ impl ControlLoop {
 
     fn state_get(&mut self, key: u64) -> Result<String, String> {
         let shard = crate::route::owner(key, self.links.len());
+        let (Some(link), Some(waker)) = (self.links.get_mut(shard), self.wakers.get(shard)) else {
+            return Err(format!("no shard {shard}"));
+        };
         let (tx, rx) = mpsc::channel();
-        self.links[shard]
-            .queries
+        link.queries
             .push(StateQuery { key, reply: tx })
             .map_err(|_| format!("shard {shard} is busy with queries"))?;
-        self.wakers[shard].wake();
+        waker.wake();
         let answer = rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| format!("shard {shard} did not answer"))??;
@@ -170,14 +174,15 @@ impl ControlLoop {
     /// Send update i to shard i, waking it; waits (bounded) for room in a full ring.
     fn broadcast(&mut self, updates: Vec<ModelUpdate>) {
         crate::invariant_eq!(updates.len(), self.links.len());
-        for ((i, link), mut update) in self.links.iter_mut().enumerate().zip(updates) {
+        let shards = self.links.iter_mut().zip(self.wakers.iter()).enumerate();
+        for ((i, (link, waker)), mut update) in shards.zip(updates) {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 match link.updates.push(update) {
                     Ok(()) => break,
                     Err(rtrb::PushError::Full(u)) if Instant::now() < deadline => {
                         update = u;
-                        self.wakers[i].wake();
+                        waker.wake();
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Err(_) => {
@@ -189,7 +194,7 @@ impl ControlLoop {
                     }
                 }
             }
-            self.wakers[i].wake();
+            waker.wake();
         }
     }
 }

@@ -296,6 +296,9 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
     };
     let machine = sluice::preflight::check(&config);
     problems.extend(machine.problems);
+    for w in &machine.warnings {
+        eprintln!("{}: warning: {w}", file.display());
+    }
     if problems.is_empty() {
         let cpus: Vec<usize> = machine.placements.iter().map(|p| p.cpu).collect();
         println!(

@@ -7,9 +7,87 @@ use std::path::Path;
 use crate::config::Config;
 use crate::topology::{self, Placement};
 
+/// Who else can change a path sluice trusts (`state.dir`, a model file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Only this service's user (or root), or the path does not exist yet.
+    Private,
+    /// Another user may be able to change it: start, but warn (the reason).
+    Shared(String),
+    /// Every user can change it: refused (the reason).
+    Open(String),
+}
+
+/// Whether users other than this service's can write `path` (and, for a file, replace it in
+/// its directory). Checked for `state.dir` (a restore trusts what it finds there) and a model
+/// file (sluice runs what it finds there).
+pub fn access(path: &Path) -> Access {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(m) = std::fs::metadata(path) else {
+        return Access::Private;
+    };
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Access::Open(format!(
+            "{} is writable by every user (mode {mode:o}): chmod o-w it",
+            path.display()
+        ));
+    }
+    if m.is_file() {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Ok(d) = std::fs::metadata(dir) {
+            let dmode = d.permissions().mode() & 0o7777;
+            if dmode & 0o002 != 0 && dmode & 0o1000 == 0 {
+                return Access::Open(format!(
+                    "{} is in {}, which every user can write without the sticky bit: anyone can replace it",
+                    path.display(),
+                    dir.display()
+                ));
+            }
+        }
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me && m.uid() != 0 {
+        return Access::Shared(format!(
+            "{} is owned by uid {}, not by this service's user (uid {me})",
+            path.display(),
+            m.uid()
+        ));
+    }
+    if mode & 0o020 != 0 {
+        return Access::Shared(format!(
+            "{} is writable by its group (mode {mode:o})",
+            path.display()
+        ));
+    }
+    Access::Private
+}
+
+/// `access` of `state.dir` for a start-up: refused as an error, shared logged as a warning.
+pub fn check_state_dir(dir: &str) -> Result<(), String> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    match access(Path::new(dir)) {
+        Access::Private => Ok(()),
+        Access::Shared(why) => {
+            tracing::warn!("state.dir: {why}; another user could change the state sluice restores");
+            Ok(())
+        }
+        Access::Open(why) => Err(format!(
+            "state.dir = {dir:?}: {why}; another user could change the state sluice restores"
+        )),
+    }
+}
+
 /// The machine checks' findings.
 pub struct Preflight {
     pub problems: Vec<String>,
+    /// Worth a look but not wrong: printed by check-config, which still passes.
+    pub warnings: Vec<String>,
     pub placements: Vec<Placement>,
     pub topology: String,
 }
@@ -17,6 +95,27 @@ pub struct Preflight {
 pub fn check(config: &Config) -> Preflight {
     let topo = topology::discover();
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let model_file = (config.model.kind == crate::config::ModelKind::Onnx
+        && !config.model.path.starts_with("builtin:"))
+    .then(|| {
+        (
+            Path::new(&config.model.path),
+            "model.path",
+            &config.model.path,
+        )
+    });
+    let state_dir = (!config.state.dir.is_empty())
+        .then(|| (Path::new(&config.state.dir), "state.dir", &config.state.dir));
+    for (path, key, value) in model_file.into_iter().chain(state_dir) {
+        match access(path) {
+            Access::Private => {}
+            // The model's refusal comes with the model check below.
+            Access::Open(_) if key == "model.path" => {}
+            Access::Open(why) => problems.push(format!("{key} = {value:?}: {why}")),
+            Access::Shared(why) => warnings.push(format!("{key} = {value:?}: {why}")),
+        }
+    }
     if let Err(e) = crate::infer::build_primary(config, None) {
         problems.push(format!("model.path = {:?}: {e}", config.model.path));
     }
@@ -69,6 +168,7 @@ pub fn check(config: &Config) -> Preflight {
     }
     Preflight {
         problems,
+        warnings,
         placements,
         topology: topo.summary(),
     }
@@ -102,4 +202,55 @@ fn writable_dir(dir: &Path, create: bool) -> Result<(), String> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn paths_other_users_can_write_are_refused_or_warned_about() {
+        let base = std::env::temp_dir().join(format!("sluice-access-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("state");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(access(&base.join("missing")), Access::Private);
+        chmod(&dir, 0o755);
+        assert_eq!(access(&dir), Access::Private);
+        chmod(&dir, 0o775);
+        assert!(matches!(access(&dir), Access::Shared(w) if w.contains("group")));
+        chmod(&dir, 0o777);
+        assert!(matches!(access(&dir), Access::Open(w) if w.contains("every user")));
+        assert!(check_state_dir(dir.to_str().unwrap()).is_err());
+        chmod(&dir, 0o755);
+        assert!(check_state_dir(dir.to_str().unwrap()).is_ok());
+
+        // A file: its own mode, and a directory anyone can replace it in.
+        let model = dir.join("m.onnx");
+        std::fs::write(&model, b"x").unwrap();
+        chmod(&model, 0o644);
+        assert_eq!(access(&model), Access::Private);
+        chmod(&model, 0o666);
+        assert!(matches!(access(&model), Access::Open(_)));
+        chmod(&model, 0o644);
+        chmod(&dir, 0o777);
+        assert!(matches!(access(&model), Access::Open(w) if w.contains("sticky")));
+        chmod(&dir, 0o1777);
+        assert_eq!(
+            access(&model),
+            Access::Private,
+            "sticky: only its owner can replace it"
+        );
+        chmod(&dir, 0o755);
+        // Another owner (only root can give a file away; CI runs as root).
+        if nix::unistd::chown(&model, Some(nix::unistd::Uid::from_raw(54_321)), None).is_ok() {
+            assert!(matches!(access(&model), Access::Shared(w) if w.contains("uid 54321")));
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

@@ -347,3 +347,49 @@ fn reload_through_the_admin_socket_and_sighup() {
     assert!(!socket.exists(), "the admin socket is removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_state_dir_or_model_every_user_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sluice-cli-open-{}", std::process::id()));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let model = dir.join("model.onnx");
+    std::fs::write(&model, sluice::infer::onnx::BUILTIN[0].1).unwrap();
+    std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let sets = [
+        format!("state.dir={}", state.display()),
+        format!("model.path={}", model.display()),
+        "ingest.udp.listen=127.0.0.1:0".to_owned(),
+    ];
+    let cfg = temp_file("open.toml", "");
+    let mut check = sluice();
+    check.arg("check-config").arg(&cfg);
+    for s in &sets {
+        check.args(["--set", s]);
+    }
+    let out = check.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("state.dir") && err.contains("writable by every user"),
+        "{err}"
+    );
+    assert!(
+        err.contains("model file") && err.contains("refused"),
+        "{err}"
+    );
+
+    // sluice run refuses to start on either.
+    let mut run = sluice();
+    run.arg("run");
+    for s in &sets {
+        run.args(["--set", s]);
+    }
+    let out = run.output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writable by every user"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

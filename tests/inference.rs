@@ -327,3 +327,30 @@ fn online_learning_from_feedback_publishes_averaged_versions() {
     );
     running.stop().unwrap();
 }
+
+/// Found by `sluice-fuzz model`: the builtin GBDT with two bytes changed, which ONNX Runtime
+/// accepts and then never finishes scoring (its warm-up row loops forever in the tree
+/// ensemble). The load is refused after `model.load_timeout_ms`; the stuck thread is left
+/// behind (it cannot be stopped) and ends with this test's process.
+#[test]
+fn a_model_onnx_runtime_never_finishes_scoring_is_refused_after_the_load_timeout() {
+    let mut s = spec(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/models/looping_gbdt.onnx"
+    ));
+    s.load_timeout = std::time::Duration::from_millis(1500);
+    let bytes = model_bytes(&s.path).unwrap();
+    let err = OnnxScorer::load(&s, &bytes)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("did not load and score a warm-up row within 1500 ms"),
+        "{err}"
+    );
+    // The same bytes with the two changed ones put back load and score.
+    let good = model_bytes("builtin:fraud_gbdt").unwrap();
+    assert_eq!(good.len(), bytes.len());
+    assert_eq!(good.iter().zip(&bytes).filter(|(a, b)| a != b).count(), 2);
+    assert!(OnnxScorer::load(&s, &good).is_ok());
+}

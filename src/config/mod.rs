@@ -4,6 +4,8 @@
 //! The embedded `defaults.toml` names every key, so an unknown key or a value of the wrong type
 //! is found by comparing against it before serde sees the document; then `validate` checks
 //! ranges and cross-field rules. Each setting's cost is documented in `defaults.toml`.
+// Reached by config files and --set: no index that could panic (hardening issue; tests may index).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod overlay;
 mod validate;
@@ -241,6 +243,7 @@ pub struct Model {
     pub input: String,
     pub output: String,
     pub probability_column: usize,
+    pub load_timeout_ms: u64,
     pub alert_threshold: f32,
     pub linear: LinearModel,
     pub online: OnlineModel,
@@ -358,6 +361,7 @@ impl Config {
             input: self.model.input.clone(),
             output: self.model.output.clone(),
             probability_column: self.model.probability_column,
+            load_timeout: std::time::Duration::from_millis(self.model.load_timeout_ms),
         }
     }
 

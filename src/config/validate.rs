@@ -37,6 +37,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         1 << 30,
     );
     range(
+        "model.load_timeout_ms",
+        c.model.load_timeout_ms as usize,
+        100,
+        600_000,
+    );
+    range(
         "ingest.udp.shed_after_ms",
         c.ingest.udp.shed_after_ms as usize,
         0,

@@ -2,6 +2,8 @@
 //! thread, no spinning, so it runs on the shard's own core), the drain cycle's rows in one
 //! run. Inputs and outputs are checked when the model loads, so a wrong model is refused with
 //! a clear message instead of failing on the first event.
+// Reached by model files: no index that could panic (hardening issue; tests may index).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -25,6 +27,8 @@ pub struct OnnxSpec {
     pub input: String,
     pub output: String,
     pub probability_column: usize,
+    /// Session build + warm-up must finish within this (`model.load_timeout_ms`).
+    pub load_timeout: std::time::Duration,
 }
 
 /// The model's bytes: a builtin, or a file read now (off the hot path).
@@ -39,6 +43,17 @@ pub fn model_bytes(path: &str) -> Result<Vec<u8>, InferError> {
                     "no builtin model {name:?} (have: fraud_lr, fraud_gbdt)"
                 ))
             });
+    }
+    match crate::preflight::access(std::path::Path::new(path)) {
+        crate::preflight::Access::Private => {}
+        crate::preflight::Access::Shared(why) => {
+            tracing::warn!("model.path: {why}; another user could change the model sluice runs");
+        }
+        crate::preflight::Access::Open(why) => {
+            return Err(InferError::Model(format!(
+                "model file {path} refused: {why}; another user could change the model sluice runs"
+            )));
+        }
     }
     std::fs::read(path)
         .map_err(|e| InferError::Model(format!("cannot read model file {path}: {e}")))
@@ -60,8 +75,44 @@ fn dims(v: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
 }
 
 impl OnnxScorer {
-    /// Build a session from `bytes`, check it against `spec` and warm it up.
+    /// Build a session from `bytes`, check it against `spec` and warm it up, on a thread of
+    /// its own so that a model ONNX Runtime never finishes with is refused after
+    /// `spec.load_timeout` instead of hanging the caller (start-up, or the control thread on
+    /// a reload). Such a thread cannot be stopped: it is left running, named
+    /// `sluice-model-load`, and logged.
     pub fn load(spec: &OnnxSpec, bytes: &[u8]) -> Result<Self, InferError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (job_spec, job_bytes) = (spec.clone(), bytes.to_vec());
+        std::thread::Builder::new()
+            .name("sluice-model-load".into())
+            .spawn(move || {
+                let _ = tx.send(Self::load_here(&job_spec, &job_bytes));
+            })
+            .map_err(|e| {
+                InferError::Model(format!("{}: cannot start a loading thread: {e}", spec.path))
+            })?;
+        match rx.recv_timeout(spec.load_timeout) {
+            Ok(loaded) => loaded,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::error!(
+                    model = %spec.path,
+                    "the model did not load and score a warm-up row within model.load_timeout_ms = {} ms; its thread (sluice-model-load) is left running and holds a CPU until sluice restarts",
+                    spec.load_timeout.as_millis()
+                );
+                Err(InferError::Model(format!(
+                    "{}: did not load and score a warm-up row within {} ms (model.load_timeout_ms): refused (a malformed tree ensemble can loop forever in ONNX Runtime)",
+                    spec.path,
+                    spec.load_timeout.as_millis()
+                )))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(InferError::Model(
+                format!("{}: the loading thread ended without an answer", spec.path),
+            )),
+        }
+    }
+
+    /// `load` on the calling thread.
+    fn load_here(spec: &OnnxSpec, bytes: &[u8]) -> Result<Self, InferError> {
         let env = super::runtime::environment(&spec.runtime_path)?;
         let bad = |what: String| InferError::Model(format!("{}: {what}", spec.path));
         let options = |e: ort::Error<_>| bad(format!("session options: {e}"));
@@ -107,13 +158,14 @@ impl OnnxScorer {
                 spec.input
             )));
         }
-        let width = usize::try_from(shape[1])
+        let features = shape.get(1).copied().unwrap_or(0);
+        let width = usize::try_from(features)
             .ok()
             .filter(|w| (1..=FEATURE_ROW_MAX).contains(w))
             .ok_or_else(|| {
                 bad(format!(
                     "input {:?} has {} features; sluice rows have 1 to {FEATURE_ROW_MAX} (features.list)",
-                    spec.input, shape[1]
+                    spec.input, features
                 ))
             })?;
         let output = session.outputs().iter().find(|o| o.name() == spec.output).ok_or_else(|| {
@@ -128,11 +180,12 @@ impl OnnxScorer {
                 spec.output
             )));
         }
-        let columns = usize::try_from(oshape[1]).unwrap_or(0);
+        let classes = oshape.get(1).copied().unwrap_or(0);
+        let columns = usize::try_from(classes).unwrap_or(0);
         if spec.probability_column >= columns {
             return Err(bad(format!(
                 "model.probability_column = {} but output {:?} has {} column(s)",
-                spec.probability_column, spec.output, oshape[1]
+                spec.probability_column, spec.output, classes
             )));
         }
         let mut s = Self {
@@ -197,7 +250,8 @@ impl Scorer for OnnxScorer {
             )));
         }
         for (o, row) in out.iter_mut().zip(probs.chunks_exact(self.columns)) {
-            let p = row[self.column];
+            // column < columns (checked at load), so every row has it.
+            let p = row.get(self.column).copied().unwrap_or(f32::NAN);
             // A NaN or out-of-range probability would break the contract: clamp, never emit it.
             *o = if p.is_finite() {
                 p.clamp(0.0, 1.0)

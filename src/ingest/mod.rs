@@ -1,5 +1,7 @@
 //! Receiving datagrams: the edge where bytes enter. `udp` owns sockets and the kernel
 //! interfaces (io_uring, recvmmsg); `kafka` owns each shard's consumer of the partitions it owns.
+// Reached by the network and Kafka: no index that could panic (hardening issue; tests may index).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod kafka;
 pub mod udp;

@@ -208,17 +208,18 @@ impl KafkaSource {
                 }
             };
             let part = msg.partition();
-            let Some(i) = self
+            let Some((i, owned)) = self
                 .owned
-                .iter()
-                .position(|p| p.id.partition == part && p.topic == msg.topic())
+                .iter_mut()
+                .enumerate()
+                .find(|(_, p)| p.id.partition == part && p.topic == msg.topic())
             else {
                 crate::invariant!(false, "a record from a partition this shard does not own");
                 continue;
             };
             let offset = msg.offset();
             crate::invariant!(
-                self.owned[i].next_offset < 0 || offset >= self.owned[i].next_offset,
+                owned.next_offset < 0 || offset >= owned.next_offset,
                 "offsets go forward"
             );
             let timestamp_ns = msg
@@ -227,13 +228,13 @@ impl KafkaSource {
                 .map_or(0, |ms| (ms.max(0) as u64).saturating_mul(1_000_000));
             f(&Polled {
                 owned: i,
-                source_tag: self.owned[i].id.source_tag(),
+                source_tag: owned.id.source_tag(),
                 value: msg.payload().unwrap_or(&[]),
                 key: msg.key().unwrap_or(&[]),
                 offset,
                 timestamp_ns,
             });
-            self.owned[i].next_offset = offset + 1;
+            owned.next_offset = offset + 1;
             if let Some(g) = self.gauges.get(i) {
                 g.next_offset.store(offset + 1, Ordering::Relaxed);
                 g.records.inc();

@@ -37,10 +37,12 @@ impl ControlInfo {
             let kind = read_ne::<4>(control, at + ALIGN + 4)
                 .map(i32::from_ne_bytes)
                 .unwrap_or(-1);
-            if len < HDR || at + len > control.len() {
+            if len < HDR {
                 break;
             }
-            let data = &control[at + HDR..at + len];
+            let Some(data) = control.get(at + HDR..at + len) else {
+                break;
+            };
             if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
                 let sec = read_ne::<8>(data, 0).map(i64::from_ne_bytes);
                 let nsec = read_ne::<8>(data, 8).map(i64::from_ne_bytes);

@@ -54,19 +54,26 @@ impl MmsgReceiver {
     ) -> Result<usize, IngestError> {
         let n = max.min(self.hdrs.len());
         let bufs = self.bufs.as_mut_ptr();
-        for i in 0..n {
-            self.iovs[i] = libc::iovec {
-                // SAFETY: i * buf_len + buf_len <= bufs.len(), so the offset stays in the allocation.
+        let slots = self
+            .hdrs
+            .iter_mut()
+            .zip(self.iovs.iter_mut())
+            .zip(self.names.iter_mut())
+            .zip(self.controls.iter_mut())
+            .take(n);
+        for (i, (((h, iov), name), control)) in slots.enumerate() {
+            *iov = libc::iovec {
+                // SAFETY: i < n <= batch and bufs holds batch * buf_len bytes, so the offset
+                // stays in the allocation.
                 iov_base: unsafe { bufs.add(i * self.buf_len) }.cast(),
                 iov_len: self.buf_len,
             };
-            let h = &mut self.hdrs[i];
             h.msg_len = 0;
-            h.msg_hdr.msg_name = self.names[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_name = name.as_mut_ptr().cast();
             h.msg_hdr.msg_namelen = NAME_LEN as u32;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_control = control.as_mut_ptr().cast();
             h.msg_hdr.msg_controllen = CONTROL_LEN;
             h.msg_hdr.msg_flags = 0;
         }
@@ -88,18 +95,31 @@ impl MmsgReceiver {
                 _ => Err(IngestError::Recvmmsg(e)),
             };
         }
-        let got = got as usize;
-        for i in 0..got {
-            let h = &self.hdrs[i].msg_hdr;
-            let len = (self.hdrs[i].msg_len as usize).min(self.buf_len);
-            let ctl = ControlInfo::parse(&self.controls[i][..h.msg_controllen.min(CONTROL_LEN)]);
+        let got = (got as usize).min(n);
+        let filled = self
+            .hdrs
+            .iter()
+            .zip(&self.names)
+            .zip(&self.controls)
+            .zip(self.bufs.chunks_exact(self.buf_len))
+            .take(got);
+        for (((hdr, name), control), buf) in filled {
+            let h = &hdr.msg_hdr;
+            let ctl = ControlInfo::parse(
+                control
+                    .get(..h.msg_controllen.min(CONTROL_LEN))
+                    .unwrap_or(&[]),
+            );
             if let Some(d) = ctl.drops {
                 self.stats.socket_drops = u64::from(d);
             }
-            let src = parse_sockaddr(&self.names[i][..(h.msg_namelen as usize).min(NAME_LEN)])
-                .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+            let src = parse_sockaddr(
+                name.get(..(h.msg_namelen as usize).min(NAME_LEN))
+                    .unwrap_or(&[]),
+            )
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
             f(Datagram {
-                payload: &self.bufs[i * self.buf_len..i * self.buf_len + len],
+                payload: buf.get(..hdr.msg_len as usize).unwrap_or(buf),
                 src,
                 recv_ns: ctl.recv_ns.unwrap_or(0),
                 truncated: h.msg_flags & libc::MSG_TRUNC != 0,

@@ -16,11 +16,15 @@
 //! at a cycle boundary (microseconds), copies its records a slice per cycle, and a writer
 //! thread of its own takes the spill store's RocksDB checkpoint, writes, syncs, commits and
 //! prunes (see `state::snapshot` for why that equals the state at the flip).
+// Reached by checkpoint files: no index that could panic (hardening issue; tests may index).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod restore;
 mod writer;
 
-pub use restore::{load_records, read_verified, restore, restore_to, RestorePoint, RestoreTarget};
+pub use restore::{
+    load_bytes, load_records, read_verified, restore, restore_to, RestorePoint, RestoreTarget,
+};
 pub use writer::{
     buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, Input,
 };
@@ -51,13 +55,25 @@ impl HotHeader {
     const BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8;
     const BYTES_V2: usize = 8 + 4 + 4 + 8 + 8;
 
-    fn encode(&self, out: &mut [u8]) {
-        out[..8].copy_from_slice(MAGIC);
-        out[8..12].copy_from_slice(&HOT_FORMAT.to_le_bytes());
-        out[12..16].copy_from_slice(&self.words.to_le_bytes());
-        out[16..24].copy_from_slice(&self.records.to_le_bytes());
-        out[24..32].copy_from_slice(&self.gone.to_le_bytes());
-        out[32..40].copy_from_slice(&self.journal.to_le_bytes());
+    fn encode(&self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        let fields: [&[u8]; 6] = [
+            MAGIC,
+            &HOT_FORMAT.to_le_bytes(),
+            &self.words.to_le_bytes(),
+            &self.records.to_le_bytes(),
+            &self.gone.to_le_bytes(),
+            &self.journal.to_le_bytes(),
+        ];
+        let mut at = 0;
+        for f in fields {
+            for (o, b) in out.iter_mut().skip(at).zip(f) {
+                *o = *b;
+            }
+            at += f.len();
+        }
+        crate::invariant_eq!(at, Self::BYTES);
+        out
     }
 
     /// The header and its length (format 2 has no journal count).

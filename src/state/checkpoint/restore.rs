@@ -163,11 +163,14 @@ pub fn restore_to(
         match open(spill_dir, Some(manifest.spilled)) {
             Ok(mut spill) => {
                 if let Some((_, hot)) = chain.last() {
-                    replay_journal(&mut spill, hot, words).map_err(|reason| {
-                        CheckpointError::Corrupt {
-                            path: path.clone(),
-                            reason,
-                        }
+                    replay_journal(hot, words, |key, image| {
+                        spill
+                            .restore_entry(key, image)
+                            .map_err(|e| format!("replaying the spill journal: {e}"))
+                    })
+                    .map_err(|reason| CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason,
                     })?;
                 }
                 return Ok((
@@ -203,8 +206,27 @@ pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), C
     let commit = path.join("COMMIT");
     let text = std::fs::read_to_string(&commit)
         .map_err(|e| corrupt(format!("no readable COMMIT marker ({e}): incomplete")))?;
-    let manifest = Manifest::parse(&text).map_err(corrupt)?;
     let hot = std::fs::read(path.join("hot.bin")).map_err(|e| corrupt(format!("hot.bin: {e}")))?;
+    let verified = verify(path, &text, hot, words)?;
+    if !path.join("spill").is_dir() {
+        return Err(corrupt("no spill/ directory".into()));
+    }
+    Ok(verified)
+}
+
+/// The checks of `read_verified` on the files' contents: the manifest parses, hot.bin has
+/// its size and checksum, and its header's counts match the manifest and add up to its size.
+fn verify(
+    path: &Path,
+    text: &str,
+    hot: Vec<u8>,
+    words: usize,
+) -> Result<(Manifest, Vec<u8>), CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let manifest = Manifest::parse(text).map_err(corrupt)?;
     if hot.len() as u64 != manifest.hot_bytes {
         return Err(corrupt(format!(
             "hot.bin is {} bytes, COMMIT says {}",
@@ -216,14 +238,18 @@ pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), C
         return Err(corrupt("hot.bin checksum mismatch".into()));
     }
     let header_ok = HotHeader::decode(&hot).is_some_and(|(h, len)| {
-        let want = len as u64
-            + h.records * image_bytes(words) as u64
-            + h.gone * 8
-            + h.journal * journal_entry_bytes(words) as u64;
+        // Checked: counts from a file must not wrap around into a size that matches (found
+        // by reasoning about the restore fuzz target: 2^60 records of 48 bytes wrap to 0).
+        let want = h
+            .records
+            .checked_mul(image_bytes(words) as u64)
+            .zip(h.gone.checked_mul(8))
+            .zip(h.journal.checked_mul(journal_entry_bytes(words) as u64))
+            .and_then(|((r, g), j)| (len as u64).checked_add(r)?.checked_add(g)?.checked_add(j));
         h.words as usize == words
             && h.records == manifest.hot_records
             && h.gone == manifest.gone
-            && hot.len() as u64 == want
+            && want == Some(hot.len() as u64)
     });
     if !header_ok {
         return Err(corrupt(format!(
@@ -231,10 +257,35 @@ pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), C
             manifest.hot_records, words
         )));
     }
-    if !path.join("spill").is_dir() {
-        return Err(corrupt("no spill/ directory".into()));
-    }
     Ok((manifest, hot))
+}
+
+/// One full checkpoint given as its files' contents, checked and loaded into `state` as a
+/// restore would, its spill journal parsed but applied to nothing: the restore fuzz target
+/// (`sluice-fuzz restore`). Returns the records loaded and the journal entries parsed.
+pub fn load_bytes(
+    commit: &str,
+    hot: Vec<u8>,
+    state: &mut KeyedState,
+) -> Result<(u64, u64), CheckpointError> {
+    let path = Path::new("<bytes>");
+    let words = state.plan().words();
+    let (manifest, hot) = verify(path, commit, hot, words)?;
+    let mut entries = 0u64;
+    replay_journal(&hot, words, |_, _| {
+        entries += 1;
+        Ok(())
+    })
+    .map_err(|reason| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let point = RestorePoint {
+        manifest: manifest.clone(),
+        path: path.to_owned(),
+        chain: vec![(manifest, hot)],
+    };
+    Ok((load_records(state, &point)?, entries))
 }
 
 /// Put a checkpoint's spill store in place of the live one: table files are immutable, so
@@ -284,10 +335,13 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
         std::collections::HashMap::new();
     for (i, (_, hot)) in point.chain.iter().enumerate().skip(1) {
         let recs = records(hot);
-        for key in hot[sections(hot, words).gone].chunks_exact(8) {
+        for key in part(hot, sections(hot, words).gone, &point.path)?.chunks_exact(8) {
             touched.insert(key_at(key)?, None);
         }
-        for (j, img) in hot[recs.clone()].chunks_exact(image).enumerate() {
+        for (j, img) in part(hot, recs.clone(), &point.path)?
+            .chunks_exact(image)
+            .enumerate()
+        {
             touched.insert(key_at(img)?, Some((i, recs.start + j * image)));
         }
     }
@@ -305,17 +359,34 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
         Ok(())
     };
     if let Some((_, hot)) = point.chain.first() {
-        for img in hot[records(hot)].chunks_exact(image) {
+        for img in part(hot, records(hot), &point.path)?.chunks_exact(image) {
             if !touched.contains_key(&key_at(img)?) {
                 load(img, state)?;
             }
         }
     }
     for (i, at) in touched.values().flatten() {
-        load(&point.chain[*i].1[*at..*at + image], state)?;
+        let img = point
+            .chain
+            .get(*i)
+            .and_then(|(_, hot)| hot.get(*at..at.saturating_add(image)))
+            .ok_or_else(|| corrupt("a record outside hot.bin"))?;
+        load(img, state)?;
     }
     state.stats.observations_applied = point.manifest.observations_applied;
     Ok(n)
+}
+
+/// A section of hot.bin (an error, never a panic, if it lies outside).
+fn part<'a>(
+    hot: &'a [u8],
+    r: std::ops::Range<usize>,
+    path: &Path,
+) -> Result<&'a [u8], CheckpointError> {
+    hot.get(r).ok_or_else(|| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        reason: "a section outside hot.bin".into(),
+    })
 }
 
 /// Where the parts of a verified hot.bin lie.
@@ -336,10 +407,16 @@ fn sections(hot: &[u8], words: usize) -> Sections {
         },
         hot.len(),
     ));
-    let records = start..start + h.records as usize * image_bytes(words);
-    let gone = records.end..records.end + h.gone as usize * 8;
-    let journal =
-        gone.end..(gone.end + h.journal as usize * journal_entry_bytes(words)).min(hot.len());
+    // Saturating: `verify` has checked that these add up to hot.len(); anything else is cut
+    // off by `part`, not wrapped.
+    let len = |n: u64, each: usize| (n as usize).saturating_mul(each);
+    let records = start..start.saturating_add(len(h.records, image_bytes(words)));
+    let gone = records.end..records.end.saturating_add(len(h.gone, 8));
+    let journal = gone.end
+        ..gone
+            .end
+            .saturating_add(len(h.journal, journal_entry_bytes(words)))
+            .min(hot.len());
     Sections {
         records,
         gone,
@@ -349,21 +426,30 @@ fn sections(hot: &[u8], words: usize) -> Sections {
 
 /// Put the spill store back as it was at the snapshot's flip: the journal's entries applied
 /// newest first, so each key ends as its first entry says (see `state::snapshot`).
-fn replay_journal(spill: &mut Spill, hot: &[u8], words: usize) -> Result<(), String> {
+fn replay_journal(
+    hot: &[u8],
+    words: usize,
+    mut put: impl FnMut(u64, Option<&[u8]>) -> Result<(), String>,
+) -> Result<(), String> {
     let entry = journal_entry_bytes(words);
-    let journal = &hot[sections(hot, words).journal];
+    let journal = hot
+        .get(sections(hot, words).journal)
+        .ok_or("the spill journal lies outside hot.bin")?;
+    let word = |e: &[u8], at: usize| -> Result<u64, String> {
+        e.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| "short journal entry".to_owned())
+    };
     for e in journal.chunks_exact(entry).rev() {
-        let (head, image) = e.split_at(16);
-        let key = u64::from_le_bytes(head[..8].try_into().map_err(|_| "short journal entry")?);
-        let kind = u64::from_le_bytes(head[8..].try_into().map_err(|_| "short journal entry")?);
+        let (key, kind) = (word(e, 0)?, word(e, 8)?);
+        let image = e.get(16..).ok_or("short journal entry")?;
         let image = match kind {
             JOURNAL_ABSENT => None,
             JOURNAL_IMAGE => Some(image),
             _ => return Err(format!("unknown spill journal entry kind {kind}")),
         };
-        spill
-            .restore_entry(key, image)
-            .map_err(|e| format!("replaying the spill journal: {e}"))?;
+        put(key, image)?;
     }
     Ok(())
 }

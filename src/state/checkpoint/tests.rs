@@ -475,13 +475,14 @@ fn race(seed: u64, journal_max: u64) -> u64 {
         let taken = s.end_snapshot().unwrap();
         assert!(!taken.overflowed);
         let mut buffer = taken.out;
-        HotHeader {
+        let header = HotHeader {
             words: words as u32,
             records: taken.records,
             gone: taken.gone,
             journal: taken.journal_entries,
         }
-        .encode(&mut buffer[..HEADER_BYTES]);
+        .encode();
+        buffer[..HEADER_BYTES].copy_from_slice(&header);
         let manifest = Manifest {
             seq,
             shard: 0,

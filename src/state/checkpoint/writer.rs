@@ -504,13 +504,17 @@ impl Checkpointer {
             self.failed();
             return;
         }
-        HotHeader {
+        let header = HotHeader {
             words: self.words as u32,
             records: taken.records,
             gone: taken.gone,
             journal: taken.journal_entries,
         }
-        .encode(&mut out[..HEADER_BYTES]);
+        .encode();
+        // out holds at least HEADER_BYTES (checked above).
+        if let Some(h) = out.get_mut(..HEADER_BYTES) {
+            h.copy_from_slice(&header);
+        }
         let manifest = Manifest {
             hot_records: taken.records,
             gone: taken.gone,
