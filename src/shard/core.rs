@@ -260,6 +260,18 @@ pub struct ShardCore {
     counters: Arc<ShardCounters>,
     /// `ingest.udp.shed_after_ms` in ns (0 = off).
     shed_after_ns: u64,
+    /// What this shard took in and where it went, beside the counters, so `finish_cycle` can
+    /// check that every datagram and event is accounted for exactly once (`invariant!`).
+    tally: Tally,
+}
+
+/// Plain adds on the hot path; read only by the accounting invariants.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Datagrams decoded and taken (not refused, not shed).
+    datagrams_accepted: u64,
+    /// Events from this shard's datagrams and Kafka records applied here (their keys' owner).
+    applied_direct: u64,
 }
 
 impl ShardCore {
@@ -284,6 +296,7 @@ impl ShardCore {
             shards,
             decoder: Decoder::new(&config.wire),
             shed_after_ns: config.ingest.udp.shed_after_ms.saturating_mul(1_000_000),
+            tally: Tally::default(),
             policy: config.route.full,
             out,
             inbound,
@@ -381,6 +394,7 @@ impl ShardCore {
             }
         };
         self.counters.events_received.add(events.len() as u64);
+        self.tally.datagrams_accepted += 1;
         let recv_ns = if dg.recv_ns == 0 {
             pickup_ns
         } else {
@@ -399,6 +413,7 @@ impl ShardCore {
             let ev = routed(&e, recv_ns, pickup_ns, dg.src);
             let owner = route::owner(ev.key, self.shards);
             if owner == self.id {
+                self.tally.applied_direct += 1;
                 self.owner.apply(&ev, ReplyTo::Udp(ev.reply_to), 0, sink);
             } else if !self.stalled.is_empty() {
                 // Keep arrival order behind events already waiting.
@@ -443,6 +458,7 @@ impl ShardCore {
         for e in events.iter() {
             self.owner.table.prefetch(e.key());
         }
+        self.tally.applied_direct += events.len() as u64;
         for e in events.iter() {
             let ev = routed(&e, record.timestamp_ns, record.fetched_ns, UNSPECIFIED_ADDR);
             self.owner
@@ -462,6 +478,28 @@ impl ShardCore {
                 RingFullPolicy::Backpressure => self.stalled.push((owner, ev)),
             },
         }
+    }
+
+    /// Every datagram taken is accepted, refused (by reason) or shed; every event taken in
+    /// from a datagram or record is applied here, handed to its owner's ring, dropped for a
+    /// full ring, or waiting in the stall queue. Checked in the test run, free when off.
+    fn check_accounting(&self) {
+        let c = &self.counters;
+        crate::invariant_eq!(
+            c.datagrams_received.get(),
+            self.tally.datagrams_accepted + c.datagrams_dropped_total() + c.datagrams_shed.get(),
+            "shard {}: datagram accounting",
+            self.id
+        );
+        crate::invariant_eq!(
+            c.events_received.get(),
+            self.tally.applied_direct
+                + c.events_routed_away.get()
+                + c.events_dropped_by(DropReason::RingFull)
+                + self.stalled.len() as u64,
+            "shard {}: event accounting",
+            self.id
+        );
     }
 
     /// Backpressure: is the shard holding events it could not hand on? (It must not receive
@@ -521,6 +559,7 @@ impl ShardCore {
     /// End of a drain cycle: score what is pending, sweep a few slots for idle keys, publish
     /// the state counters. `now_ns` is the cycle's processing time.
     pub fn finish_cycle(&mut self, now_ns: u64, sink: &mut dyn ScoreSink) {
+        self.check_accounting();
         self.owner.score(sink);
         let reference = match self.owner.time {
             TimeMode::Processing => now_ns,
