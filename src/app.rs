@@ -36,8 +36,11 @@ pub enum AppError {
     Placement(Vec<String>),
     #[error(transparent)]
     Ingest(#[from] IngestError),
-    #[error("shard {shard} failed to start: {reason}")]
-    ShardStart { shard: usize, reason: String },
+    #[error("shard {shard} failed to start: {source}")]
+    ShardStart {
+        shard: usize,
+        source: ShardStartError,
+    },
     #[error("could not start a thread: {0}")]
     Thread(std::io::Error),
     #[error("{0}")]
@@ -247,7 +250,7 @@ pub fn start_with_progress(
         .map(|_| Arc::new(ShardCounters::default()))
         .collect();
     let mesh = Mesh::build(shards, config.route.ring_capacity);
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), ShardStartError>)>();
 
     let kafka = kafka_seeds(config, shards, &counters)?;
     let kafka_partitions: Vec<Arc<PartitionGauge>> = kafka
@@ -291,8 +294,8 @@ pub fn start_with_progress(
                         let (latency, failure) = shard.run(&control);
                         (Some(latency), failure)
                     }
-                    Err(reason) => {
-                        let _ = ready.send((id, Err(reason)));
+                    Err(e) => {
+                        let _ = ready.send((id, Err(e)));
                         control.request_stop();
                         (None, None)
                     }
@@ -352,10 +355,10 @@ pub fn start_with_progress(
                 ready += 1;
                 last_answer = std::time::Instant::now();
             }
-            Ok((shard, Err(reason))) => {
+            Ok((shard, Err(source))) => {
                 answered += 1;
                 last_answer = std::time::Instant::now();
-                failures.push(AppError::ShardStart { shard, reason });
+                failures.push(AppError::ShardStart { shard, source });
             }
             Err(mpsc::RecvTimeoutError::Timeout) if last_answer.elapsed() < SHARD_START_WAIT => {
                 progress(ready, shards)
@@ -363,10 +366,9 @@ pub fn start_with_progress(
             Err(_) => {
                 failures.push(AppError::ShardStart {
                     shard: usize::MAX,
-                    reason: format!(
-                        "{} shard(s) gave no answer within {} s",
+                    source: ShardStartError::NoAnswer(
                         shards - answered,
-                        SHARD_START_WAIT.as_secs()
+                        SHARD_START_WAIT.as_secs(),
                     ),
                 });
                 break;
@@ -421,6 +423,27 @@ fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> 
             None
         }
     }
+}
+
+/// Why one shard could not start (built on its own thread, reported to `start`).
+#[derive(Debug, thiserror::Error)]
+pub enum ShardStartError {
+    #[error("pinning to its CPU: {0}")]
+    Pin(#[from] topology::PinError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("restoring its state: {0}")]
+    Restore(#[from] checkpoint::CheckpointError),
+    #[error("latency histograms (metrics.latency_max_ns): {0}")]
+    Histograms(#[from] hdrhistogram::CreationError),
+    #[error("{0} shard(s) gave no answer within {1} s")]
+    NoAnswer(usize, u64),
 }
 
 /// Everything one shard is built from, made on the main thread and moved to the shard's.
@@ -516,7 +539,7 @@ fn build_shard(
     driver: Driver,
     counters: Arc<ShardCounters>,
     wakers: Arc<Vec<Waker>>,
-) -> Result<Shard, String> {
+) -> Result<Shard, ShardStartError> {
     let ShardSeed {
         sock,
         rings,
@@ -526,19 +549,20 @@ fn build_shard(
         kafka,
     } = seed;
     if config.shards.pin {
-        topology::pin_current(placement.cpu).map_err(|e| e.to_string())?;
+        topology::pin_current(placement.cpu)?;
     }
     // Every Observation of a cycle may become a Score before the flush: bound by what a cycle
     // can take in (received batches + drained events), so egress never grows.
     let cycle_scores_max = config.ingest.udp.batch_datagrams_max * config.wire.batch_events_max
         + config.route.drain_events_max;
-    let egress = Egress::new(&sock, config, cycle_scores_max).map_err(|e| e.to_string())?;
+    let egress = Egress::new(&sock, config, cycle_scores_max)?;
     let udp = &config.ingest.udp;
     let rx = match driver {
-        Driver::IoUring => UdpReceiver::IoUring(Box::new(
-            UringReceiver::new(sock, udp.uring_buffers, config.wire.datagram_bytes_max)
-                .map_err(|e| e.to_string())?,
-        )),
+        Driver::IoUring => UdpReceiver::IoUring(Box::new(UringReceiver::new(
+            sock,
+            udp.uring_buffers,
+            config.wire.datagram_bytes_max,
+        )?)),
         Driver::Recvmmsg => UdpReceiver::Recvmmsg(Box::new(MmsgReceiver::new(
             sock,
             udp.batch_datagrams_max,
@@ -553,7 +577,7 @@ fn build_shard(
         shard_state(id, shards, config, target, layout_extra)?;
     let kafka = match kafka {
         Some(seed) => {
-            let mut k = shard_kafka(id, config, seed, &offsets).map_err(|e| e.to_string())?;
+            let mut k = shard_kafka(id, config, seed, &offsets)?;
             let wakers = wakers.clone();
             k.source
                 .wake_on_records(move || wakers[id].wake_if_parked());
@@ -571,8 +595,7 @@ fn build_shard(
         max_event_ns,
         counters.clone(),
     );
-    let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())
-        .map_err(|e| e.to_string())?;
+    let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())?;
     tracing::info!(
         shard = id,
         cpu = placement.cpu,
@@ -638,8 +661,8 @@ fn shard_state(
     config: &Config,
     target: RestoreTarget,
     layout_extra: Option<&str>,
-) -> Result<RestoredState, String> {
-    let plan = config.feature_plan().map_err(|e| e.to_string())?;
+) -> Result<RestoredState, ShardStartError> {
+    let plan = config.feature_plan()?;
     if config.state.dir.is_empty() {
         return Ok((
             KeyedState::with_plan(config, plan, None),
@@ -660,8 +683,7 @@ fn shard_state(
         Spill::open(dir, config.state.spill_cache_bytes, words, len)
     };
     let (spill, point) =
-        checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)
-            .map_err(|e| e.to_string())?;
+        checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)?;
     let offsets = point
         .as_ref()
         .map(|p| p.manifest.kafka_offsets.clone())
@@ -669,7 +691,7 @@ fn shard_state(
     let mut state = KeyedState::with_plan(config, plan, Some(spill));
     let (max_event_ns, next_seq) = match &point {
         Some(p) => {
-            let n = checkpoint::load_records(&mut state, p).map_err(|e| e.to_string())?;
+            let n = checkpoint::load_records(&mut state, p)?;
             tracing::info!(
                 shard = id,
                 checkpoint = %p.path.display(),
@@ -703,8 +725,7 @@ fn shard_state(
             journal_records: config.checkpoint.spill_journal_records,
             words,
             next_seq,
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         // The buffers are touched before the shard reports ready: touched while it serves,
         // they competed with the first seconds of traffic (events lost to socket drops).
         cp.wait_ready();
