@@ -170,7 +170,7 @@ pub struct Checkpointer {
     running: Option<Running>,
     /// Why the last snapshot failed before reaching the writer.
     failure: Option<String>,
-    /// The largest hot.bin this shard can write (snapshot and journal buffers).
+    /// The largest hot.bin this shard can ever write (snapshot and journal buffers).
     reserve: u64,
     /// Failures since the last commit (logs are rate-limited by it).
     failing: u64,
@@ -426,7 +426,7 @@ impl Checkpointer {
             tmp: tmp.clone(),
             db: state.spill().map(|s| s.shared()),
             mark: Arc::clone(&self.mark),
-            reserve: self.reserve,
+            reserve: self.reserve_now(state),
         };
         self.parent = Some(seq);
         self.deltas_since_full = if full { 0 } else { self.deltas_since_full + 1 };
@@ -446,6 +446,18 @@ impl Checkpointer {
         self.stats.flips += 1;
         self.stats.max_pause_ns = self.stats.max_pause_ns.max(pause);
         Some(seq)
+    }
+
+    /// The largest hot.bin this snapshot can write: every hot record (a full snapshot's, or
+    /// an incremental one's bound), as many keys gone, a full spill journal; at most the
+    /// buffers. A free-space guard, not a prediction: a million-slot table holding a
+    /// thousand keys must not need the whole table's room.
+    fn reserve_now(&self, state: &KeyedState) -> u64 {
+        let hot = state.hot_len() as u64;
+        let bound = HEADER_BYTES as u64
+            + hot * (image_bytes(self.words) as u64 + 8)
+            + self.journal_max * journal_entry_bytes(self.words) as u64;
+        bound.min(self.reserve)
     }
 
     /// Copy the next slice of the running snapshot (`all`: the rest of it, and wait for the
