@@ -183,6 +183,7 @@ pub fn run(
         journal_records: config.checkpoint.spill_journal_records,
         words,
         next_seq: 1,
+        gated: false,
     })?;
     cp.wait_ready();
     let mut checkpoints = Vec::new();

@@ -359,6 +359,7 @@ fn restore_seeds() -> anyhow::Result<Vec<Vec<u8>>> {
         journal_records: 1024,
         words,
         next_seq: 1,
+        gated: false,
     })?;
     cp.wait_ready();
     let t0 = 1_700_000_000_000_000_000u64;

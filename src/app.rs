@@ -646,6 +646,8 @@ fn shard_kafka(
         in_flight_max: config.ingest.kafka.in_flight_records_max,
         failed: false,
         next_group_commit_ns: 0,
+        awaiting: None,
+        withheld: 0,
     })
 }
 
@@ -725,6 +727,9 @@ fn shard_state(
             journal_records: config.checkpoint.spill_journal_records,
             words,
             next_seq,
+            // A shard with Kafka partitions under at_least_once commits a checkpoint only once
+            // the Scores produced before it are acknowledged (see shard::kafka).
+            gated: layout_extra.is_some() && config.egress.kafka.delivery == Delivery::AtLeastOnce,
         })?;
         // The buffers are touched before the shard reports ready: touched while it serves,
         // they competed with the first seconds of traffic (events lost to socket drops).

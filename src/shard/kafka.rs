@@ -12,9 +12,19 @@ use crate::shard::core::KafkaRecord;
 use crate::state::checkpoint::{Checkpointer, Input};
 use crate::state::KeyedState;
 
-/// How long an at_least_once checkpoint waits for the Scores before it to be acknowledged
-/// before it is postponed (a broker that is slow or gone stretches the interval instead).
-const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a flipped at_least_once checkpoint may wait for the Scores produced before it to
+/// be acknowledged before it is dropped (counted as failed; the next one is full). The shard
+/// never waits: it serves on, and the checkpoint's writer holds it written but uncommitted.
+const SETTLE_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// An at_least_once checkpoint written (or being written) and not yet committed: it commits
+/// once every Score record produced before its flip is acknowledged.
+pub struct Awaiting {
+    seq: u64,
+    flipped_ns: u64,
+    /// The offsets it holds, committed to the group when it commits.
+    offsets: Vec<crate::state::checkpoint::PartitionOffset>,
+}
 
 pub struct ShardKafka {
     pub source: KafkaSource,
@@ -26,6 +36,10 @@ pub struct ShardKafka {
     pub failed: bool,
     /// Without checkpoints: when the group's offsets are next committed.
     pub next_group_commit_ns: u64,
+    /// at_least_once: the checkpoint waiting for its Scores' acknowledgements.
+    pub awaiting: Option<Awaiting>,
+    /// Checkpoints dropped because their Scores were not acknowledged in time (for logs).
+    pub withheld: u64,
 }
 
 impl ShardKafka {
@@ -99,6 +113,9 @@ impl ShardKafka {
             return Ok(());
         }
         let max_event_ns = core.max_event_ns();
+        if !self.sink.transactional() {
+            self.release_settled(cp, now_ns);
+        }
         if cp.capturing() {
             // The running snapshot's next slice (at_least_once: its offsets are in it).
             cp.tick_with(now_ns, core.state_mut(), max_event_ns, &Input::default());
@@ -109,17 +126,22 @@ impl ShardKafka {
         }
         let input = self.input(true);
         if !self.sink.transactional() {
-            // Every Score of what the snapshot holds must be acknowledged first, or a restart
-            // from it would never send the ones still in flight.
-            if !self.sink.settle(SETTLE_TIMEOUT) {
+            // Every Score of what the snapshot holds must be acknowledged before it commits,
+            // or a restart from it would never send the ones still in flight: the flip closes
+            // the producer's epoch, and the writer holds the checkpoint until that epoch and
+            // all before it are acknowledged (`release_settled`). The shard never waits.
+            if self.awaiting.is_some() || !self.sink.begin_epoch() {
                 cp.postpone(now_ns);
                 return Ok(());
             }
-            if cp
-                .tick_with(now_ns, core.state_mut(), max_event_ns, &input)
-                .is_some()
-            {
-                self.source.commit_to_group();
+            // Not flipped (the writer was busy): the epoch opened anyway only makes the next
+            // checkpoint wait for this cycle's Scores too.
+            if let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) {
+                self.awaiting = Some(Awaiting {
+                    seq,
+                    flipped_ns: now_ns,
+                    offsets: input.offsets,
+                });
             }
             return Ok(());
         }
@@ -127,6 +149,31 @@ impl ShardKafka {
             return Ok(());
         };
         self.commit(cp, seq, core.state_mut(), counters)
+    }
+
+    /// at_least_once: commit the awaiting checkpoint once the Scores before its flip are all
+    /// acknowledged; drop it if they are not within `SETTLE_TIMEOUT_NS`.
+    fn release_settled(&mut self, cp: &Checkpointer, now_ns: u64) {
+        let Some(a) = &self.awaiting else {
+            return;
+        };
+        if self.sink.settled_before_open_epoch() {
+            cp.release(a.seq, true);
+            self.source.commit_offsets_to_group(&a.offsets);
+            self.awaiting = None;
+        } else if now_ns.saturating_sub(a.flipped_ns) > SETTLE_TIMEOUT_NS {
+            cp.release(a.seq, false);
+            self.withheld += 1;
+            if self.withheld.is_power_of_two() {
+                tracing::warn!(
+                    seq = a.seq,
+                    withheld = self.withheld,
+                    "checkpoint dropped: Score records produced before it were not acknowledged within {} s (broker slow or gone); the next one is full",
+                    SETTLE_TIMEOUT_NS / 1_000_000_000
+                );
+            }
+            self.awaiting = None;
+        }
     }
 
     /// exactly_once: once checkpoint `seq` is durable, commit the transaction that names it.
@@ -226,7 +273,15 @@ impl ShardKafka {
         if !self.sink.transactional() {
             if !self.sink.settle(Duration::from_secs(10)) {
                 tracing::error!("Scores still unacknowledged at shutdown: no last checkpoint (a restart replays from the previous one)");
+                if let Some(a) = self.awaiting.take() {
+                    cp.release(a.seq, false);
+                }
                 return;
+            }
+            // Everything is acknowledged: the checkpoint waiting for that commits now.
+            if let Some(a) = self.awaiting.take() {
+                cp.release(a.seq, true);
+                self.source.commit_offsets_to_group(&a.offsets);
             }
             if cp
                 .finish_with(core.state_mut(), max_event_ns, &input)

@@ -26,18 +26,58 @@ use crate::ingest::kafka::{producer_config, KafkaError};
 use crate::metrics::{DropReason, ShardCounters, ShardLatency};
 use crate::wire::ScoreBatchEncoder;
 
-/// Counts Score records the producer gave up on. Delivery reports are served by `poll` and
-/// `flush`, both called on the shard thread, so the single-writer counters stay single-writer.
-pub struct DeliveryCounter(pub Arc<ShardCounters>);
+/// Counts Score records the producer gave up on, and the records of each epoch (the Scores
+/// produced between two at_least_once checkpoint flips) not yet reported. Delivery reports are
+/// served by `poll` and `flush`, both called on the shard thread, so the single-writer
+/// counters stay single-writer.
+pub struct DeliveryCounter {
+    counters: Arc<ShardCounters>,
+    epochs: Epochs,
+}
+
+/// Epochs tracked at once: a checkpoint cannot start while the slot its new epoch would reuse
+/// still has records in flight (that many intervals behind).
+const EPOCHS: usize = 8;
+
+/// A record's delivery opaque: its epoch's slot, or this for one not counted (the progress
+/// record of exactly_once, which its transaction's commit covers).
+const UNTRACKED: usize = usize::MAX;
+
+/// Records handed to the producer and not yet reported, per epoch slot.
+#[derive(Default)]
+pub struct Epochs([std::sync::atomic::AtomicU64; EPOCHS]);
+
+impl Epochs {
+    fn add(&self, slot: usize, n: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(c) = self.0.get(slot) {
+            if n >= 0 {
+                c.fetch_add(n as u64, Relaxed);
+            } else {
+                c.fetch_sub(n.unsigned_abs(), Relaxed);
+            }
+        }
+    }
+
+    fn outstanding(&self, slot: usize) -> u64 {
+        self.0
+            .get(slot)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
 
 impl ClientContext for DeliveryCounter {}
 
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        // Delivered or given up on, the record is no longer in flight. (A record given up on
+        // is a lost Score: counted and logged; its checkpoint still commits, as before.)
+        self.epochs.add(slot, -1);
         if let Err((e, _)) = result {
-            self.0.kafka_delivery_failures.inc();
-            let n = self.0.kafka_delivery_failures.get();
+            let c = &self.counters;
+            c.kafka_delivery_failures.inc();
+            let n = c.kafka_delivery_failures.get();
             if n.is_power_of_two() {
                 tracing::error!(failures = n, "Kafka Score record not delivered: {e}");
             }
@@ -55,7 +95,10 @@ pub fn start_producer(
     counters: Arc<ShardCounters>,
 ) -> Result<ScoreProducer, KafkaError> {
     let producer: ScoreProducer = producer_config(config, transactional_id)
-        .create_with_context(DeliveryCounter(counters))
+        .create_with_context(DeliveryCounter {
+            counters,
+            epochs: Epochs::default(),
+        })
         .map_err(KafkaError::client("producer"))?;
     if transactional_id.is_some() {
         let timeout = Duration::from_millis(config.egress.kafka.transaction_timeout_ms);
@@ -96,6 +139,8 @@ pub struct KafkaSink {
     encoder: ScoreBatchEncoder,
     sources_max: usize,
     scores_max: usize,
+    /// The open epoch: Score records produced now belong to it (slot `epoch % EPOCHS`).
+    epoch: u64,
 }
 
 impl KafkaSink {
@@ -133,7 +178,32 @@ impl KafkaSink {
             encoder: ScoreBatchEncoder::new(config.wire.batch_events_max),
             sources_max,
             scores_max,
+            epoch: 0,
         })
+    }
+
+    fn slot(epoch: u64) -> usize {
+        (epoch % EPOCHS as u64) as usize
+    }
+
+    /// at_least_once, at a checkpoint's flip: close the open epoch (its Scores answer what the
+    /// snapshot holds) and open the next. Returns false, changing nothing, when the next
+    /// epoch's slot still has records in flight from `EPOCHS` flips ago.
+    pub fn begin_epoch(&mut self) -> bool {
+        let next = self.epoch + 1;
+        if self.producer.context().epochs.outstanding(Self::slot(next)) > 0 {
+            return false;
+        }
+        self.epoch = next;
+        true
+    }
+
+    /// Every Score record produced before the open epoch has been reported (delivered or
+    /// given up on): a checkpoint flipped when it opened may be committed.
+    pub fn settled_before_open_epoch(&self) -> bool {
+        let epochs = &self.producer.context().epochs;
+        let open = Self::slot(self.epoch);
+        (0..EPOCHS).all(|s| s == open || epochs.outstanding(s) == 0)
     }
 
     /// Register a consumed record whose events are about to be applied; its Scores go to
@@ -235,10 +305,14 @@ impl KafkaSink {
                 key: "sluice-src",
                 value: Some(header.as_str()),
             });
-            let record = BaseRecord::to(topic)
+            let slot = Self::slot(self.epoch);
+            let record = BaseRecord::with_opaque_to(topic, slot)
                 .payload(value)
                 .key(key)
                 .headers(headers);
+            let epochs = &self.producer.context().epochs;
+            // Counted before the send: its delivery report may come with any later poll.
+            epochs.add(slot, 1);
             match self.producer.send(record) {
                 Ok(()) => {
                     if !alerts_only {
@@ -246,6 +320,8 @@ impl KafkaSink {
                     }
                 }
                 Err((e, _)) => {
+                    // Never handed over: no report will come for it.
+                    self.producer.context().epochs.add(slot, -1);
                     // A refused Score drops its events; a refused alert copy is a record not
                     // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
                     let refused = if alerts_only {
@@ -326,7 +402,7 @@ impl KafkaSink {
             r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
         }
         let value = progress::encode(seq);
-        let record = BaseRecord::to(&self.progress_topic)
+        let record = BaseRecord::with_opaque_to(&self.progress_topic, UNTRACKED)
             .payload(&value)
             .key(self.transactional_id.as_bytes());
         self.producer

@@ -285,8 +285,22 @@ impl KafkaSource {
         tpl
     }
 
-    /// After a checkpoint (at_least_once): tell the group where this shard is, for lag tools.
+    /// After an at_least_once checkpoint commits: tell the group the offsets it holds (every
+    /// Score before them acknowledged), for lag tools and for a start without a checkpoint.
     /// Asynchronous; a failure only delays what the tools see.
+    pub fn commit_offsets_to_group(&self, offsets: &[PartitionOffset]) {
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for p in offsets.iter().filter(|p| p.next >= 0) {
+            let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!("Kafka group commit (for lag tools): {e}");
+            }
+        }
+    }
+
+    /// Tell the group where this shard is now, for lag tools. Asynchronous.
     pub fn commit_to_group(&self) {
         let tpl = self.offsets_list();
         if tpl.count() > 0 {

@@ -108,6 +108,7 @@ fn checkpointer(d: &Dir, layout: &str, next: u64, full_every: usize) -> Checkpoi
         journal_records: 1000,
         words: plan().words(),
         next_seq: next,
+        gated: false,
     })
     .unwrap()
 }
@@ -504,8 +505,9 @@ fn race(seed: u64, journal_max: u64) -> u64 {
             buffer,
             journal: taken.journal,
             manifest,
+            gated: false,
         };
-        write_job(&job, &d.root(), CHECKPOINTS_KEPT).unwrap();
+        write_job(&job, &d.root(), CHECKPOINTS_KEPT, None).unwrap();
         expected.push((seq, at_flip));
         parent = seq;
     }
@@ -610,4 +612,80 @@ fn ticked_snapshots_copy_a_slice_a_cycle_and_restore_to_their_flip() {
     let (back, restored) = restore_into_new(&d, "L1").unwrap();
     assert_eq!(restored, Some(newest));
     assert_eq!(dump(&back), at_flip);
+}
+
+#[test]
+fn a_gated_checkpoint_is_written_but_commits_only_when_released() {
+    let d = Dir::new("gated");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = Checkpointer::start(CheckpointSpec {
+        root: d.root(),
+        shard: 0,
+        layout: "L1".into(),
+        interval_ns: 0,
+        keep: 2,
+        full_every: 50,
+        buffer_bytes: 1 << 20,
+        slice_records: 1000,
+        journal_records: 1000,
+        words: plan().words(),
+        next_seq: 1,
+        gated: true,
+    })
+    .unwrap();
+    cp.wait_ready();
+    // Drive cycles until the writer has had time to write checkpoint `seq` (it cannot
+    // commit it unreleased), then check nothing is in place.
+    let flip = |cp: &mut Checkpointer, s: &mut KeyedState, at: u64| {
+        let seq = cp.tick_with(at, s, at, &Input::default()).expect("flipped");
+        while cp.capturing() {
+            cp.tick_with(at, s, at, &Input::default());
+        }
+        seq
+    };
+    load(&mut s, 0..2);
+    let first = flip(&mut cp, &mut s, SEC);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !d.root().join(name(first)).exists(),
+        "committed before it was released"
+    );
+    assert_eq!(cp.stats.written, 0);
+    // A word for another checkpoint is not this one's.
+    cp.release(first + 100, true);
+    cp.release(first, true);
+    let state_first = dump(&s);
+    // The writer answers; the next tick collects it.
+    load(&mut s, 2..3);
+    let second = loop {
+        if let Some(seq) = cp.tick_with(2 * SEC, &mut s, 2 * SEC, &Input::default()) {
+            break seq;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(cp.stats.written, 1);
+    assert!(d.root().join(name(first)).join("COMMIT").is_file());
+    while cp.capturing() {
+        cp.tick_with(2 * SEC, &mut s, 2 * SEC, &Input::default());
+    }
+    // Dropped: never put in place, counted as failed, and the next checkpoint is full.
+    cp.release(second, false);
+    load(&mut s, 3..4);
+    loop {
+        if cp
+            .tick_with(3 * SEC, &mut s, 3 * SEC, &Input::default())
+            .is_some()
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!((cp.stats.written, cp.stats.failed), (1, 1));
+    assert!(!d.root().join(name(second)).exists());
+    assert!(!d.root().join(format!("{}.tmp", name(second))).exists());
+    drop(cp);
+    drop(s);
+    let (back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, Some(first));
+    assert_eq!(dump(&back), state_first);
 }

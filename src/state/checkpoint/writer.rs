@@ -56,7 +56,12 @@ pub(super) struct Job {
     pub buffer: Vec<u8>,
     pub journal: Vec<u8>,
     pub manifest: Manifest,
+    /// Written and synced, but renamed into place only when the shard says so (`release`).
+    pub gated: bool,
 }
+
+/// The shard's word on a gated checkpoint: (seq, commit it or drop it).
+type Gate = mpsc::Receiver<(u64, bool)>;
 
 /// Writer-thread work.
 enum Work {
@@ -130,6 +135,10 @@ pub struct CheckpointSpec {
     pub words: usize,
     /// Sequence number of the first checkpoint (after the restored one).
     pub next_seq: u64,
+    /// Each checkpoint taken by `tick_with` is written but committed (renamed into place) only
+    /// when the caller `release`s it: at_least_once Kafka, whose Scores produced before the
+    /// flip must be acknowledged first, without the shard waiting for them.
+    pub gated: bool,
 }
 
 /// A snapshot between its flip and its hand-over to the writer.
@@ -174,6 +183,9 @@ pub struct Checkpointer {
     reserve: u64,
     /// Failures since the last commit (logs are rate-limited by it).
     failing: u64,
+    /// See `CheckpointSpec::gated`; the channel carries `release`.
+    gated: bool,
+    gate: mpsc::Sender<(u64, bool)>,
     pub stats: CheckpointStats,
 }
 
@@ -192,15 +204,17 @@ impl Checkpointer {
             journal_records,
             words,
             next_seq,
+            gated,
         } = spec;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         // A flip queues a Spill and later a Write: never more than two jobs.
         let (jobs, rx) = mpsc::sync_channel::<Work>(2);
         let (tx, results) = mpsc::sync_channel::<Done>(1);
+        let (gate, gate_rx) = mpsc::channel::<(u64, bool)>();
         let prune_root = root.clone();
         std::thread::Builder::new()
             .name(format!("sluice-ckpt-{shard}"))
-            .spawn(move || writer(rx, tx, shard, &prune_root, keep))
+            .spawn(move || writer(rx, tx, shard, &prune_root, keep, &gate_rx))
             .map_err(io(&root))?;
         // The buffers are away being touched until the writer hands them back; a checkpoint
         // due before then is skipped (counted) like one due while the writer is busy.
@@ -234,6 +248,8 @@ impl Checkpointer {
             failure: None,
             reserve: (buffer_bytes + journal_bytes(journal_records, words)) as u64,
             failing: 0,
+            gated,
+            gate,
             stats: CheckpointStats::default(),
         })
     }
@@ -351,6 +367,14 @@ impl Checkpointer {
         }
     }
 
+    /// A gated checkpoint (`CheckpointSpec::gated`): commit it (rename it into place) or drop
+    /// it. Never waits; the writer acts on it once it has the checkpoint written (a word for
+    /// a checkpoint that failed before that is ignored).
+    pub fn release(&self, seq: u64, commit: bool) {
+        // The writer is gone only when this side is: nothing left to release.
+        let _ = self.gate.send((seq, commit));
+    }
+
     /// Take the next snapshot even if the state has not changed since the last one.
     pub fn force_next(&mut self) {
         self.snapshot_changes = None;
@@ -369,17 +393,23 @@ impl Checkpointer {
         max_event_ns: u64,
         input: &Input,
     ) -> Option<u64> {
+        // Waited for here, so never gated: the caller has what it waits for (at_least_once:
+        // every Score acknowledged) before it asks.
+        let gated = std::mem::replace(&mut self.gated, false);
         if self.running.is_some() {
             self.advance(state, true);
         }
         if self.buffers.is_none() {
             self.collect(true);
         }
-        if self.snapshot_changes != Some(stamp(state, input)) {
-            self.flip(state, max_event_ns, input)?;
-            return self.wait_written(state).ok();
-        }
-        None
+        let written = if self.snapshot_changes != Some(stamp(state, input)) {
+            self.flip(state, max_event_ns, input)
+                .and_then(|_| self.wait_written(state).ok())
+        } else {
+            None
+        };
+        self.gated = gated;
+        written
     }
 
     /// The flip (see `state::snapshot`): microseconds, whatever the state's size.
@@ -540,6 +570,7 @@ impl Checkpointer {
             buffer: out,
             journal: taken.journal,
             manifest,
+            gated: self.gated,
         };
         if let Err(mpsc::SendError(Work::Write(job))) = self.jobs.send(Work::Write(job)) {
             self.failure = Some("the checkpoint writer thread is gone".into());
@@ -556,6 +587,7 @@ fn writer(
     shard: usize,
     root: &Path,
     keep: usize,
+    gate: &Gate,
 ) {
     // Failures in a row, for rate-limited logging.
     let mut failing = 0u64;
@@ -601,7 +633,7 @@ fn writer(
                 continue;
             }
             Work::Write(job) => {
-                let result = write_job(&job, root, keep).map_err(|e| e.to_string());
+                let result = write_job(&job, root, keep, Some(gate)).map_err(|e| e.to_string());
                 match &result {
                     Err(e) => {
                         // Else the partial directory would wait for the next start.
@@ -667,7 +699,12 @@ fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
         .map_err(io(path))
 }
 
-pub(super) fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), CheckpointError> {
+pub(super) fn write_job(
+    job: &Job,
+    root: &Path,
+    keep: usize,
+    gate: Option<&Gate>,
+) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
     sync_file(&job.tmp.join("hot.bin"), &[&job.buffer, &job.journal])?;
     let mut crc = crc32fast::Hasher::new();
@@ -679,6 +716,9 @@ pub(super) fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), Check
     };
     sync_file(&job.tmp.join("COMMIT"), &[manifest.render().as_bytes()])?;
     sync_dir(&job.tmp)?;
+    if job.gated {
+        wait_for_release(gate, job.manifest.seq, &job.tmp)?;
+    }
     std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
     sync_dir(root)?;
     // Only a new full checkpoint moves the cutoff (the keep-th newest full one).
@@ -686,6 +726,33 @@ pub(super) fn write_job(job: &Job, root: &Path, keep: usize) -> Result<(), Check
         prune(root, keep)?;
     }
     Ok(())
+}
+
+/// Block (the writer thread) until the shard commits or drops checkpoint `seq`; words for
+/// older checkpoints, which failed before reaching this point, are skipped.
+fn wait_for_release(gate: Option<&Gate>, seq: u64, tmp: &Path) -> Result<(), CheckpointError> {
+    let withheld = |why: &str| CheckpointError::Io {
+        path: tmp.to_owned(),
+        source: std::io::Error::other(format!("not committed: {why}")),
+    };
+    let Some(gate) = gate else {
+        return Err(withheld("gated, but nothing can release it"));
+    };
+    loop {
+        match gate.recv() {
+            Ok((s, commit)) if s == seq => {
+                return if commit {
+                    Ok(())
+                } else {
+                    Err(withheld(
+                        "Score records produced before it were not acknowledged in time",
+                    ))
+                };
+            }
+            Ok(_) => {}
+            Err(_) => return Err(withheld("the shard is gone")),
+        }
+    }
 }
 
 /// Keep the newest `keep` full checkpoints and every checkpoint after the oldest of them (the
