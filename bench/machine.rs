@@ -23,6 +23,25 @@ fn command(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// This machine's CPUs for a run with `shards` shards: the first `shards` for the service,
+/// the rest for the load generator.
+pub fn split_cpus(shards: usize) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
+    let cpus: Vec<usize> = sluice::topology::discover()
+        .cpus
+        .iter()
+        .map(|c| c.os_index)
+        .collect();
+    anyhow::ensure!(
+        shards >= 1 && shards <= cpus.len(),
+        "--shards must be 1..={}",
+        cpus.len()
+    );
+    let generator = cpus[shards..].to_vec();
+    let mut service = cpus;
+    service.truncate(shards);
+    Ok((service, generator))
+}
+
 pub fn describe() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo

@@ -261,18 +261,7 @@ fn main() -> anyhow::Result<()> {
             });
         }
     };
-    let cpus: Vec<usize> = sluice::topology::discover()
-        .cpus
-        .iter()
-        .map(|c| c.os_index)
-        .collect();
-    anyhow::ensure!(
-        a.shards >= 1 && a.shards <= cpus.len(),
-        "--shards must be 1..={}",
-        cpus.len()
-    );
-    let service_cpus: Vec<usize> = cpus[..a.shards].to_vec();
-    let generator_cpus: Vec<usize> = cpus[a.shards..].to_vec();
+    let (service_cpus, generator_cpus) = machine::split_cpus(a.shards)?;
     let mut sets = vec![
         "ingest.udp.listen=127.0.0.1:0".to_owned(),
         format!("shards.cores={service_cpus:?}"),

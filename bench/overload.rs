@@ -116,20 +116,10 @@ pub fn run(b: &OverloadBench<'_>) -> anyhow::Result<()> {
         b.then_rate > 0 && b.repeat > 0,
         "--then-rate and --repeat must be > 0"
     );
-    let cpus: Vec<usize> = sluice::topology::discover()
-        .cpus
-        .iter()
-        .map(|c| c.os_index)
-        .collect();
-    anyhow::ensure!(
-        b.shards >= 1 && b.shards <= cpus.len(),
-        "--shards 1..={}",
-        cpus.len()
-    );
-    let generator_cpus: Vec<usize> = cpus[b.shards..].to_vec();
+    let (service_cpus, generator_cpus) = super::machine::split_cpus(b.shards)?;
     let mut sets = vec![
         "ingest.udp.listen=127.0.0.1:0".to_owned(),
-        format!("shards.cores={:?}", &cpus[..b.shards]),
+        format!("shards.cores={service_cpus:?}"),
         "log.level=warn".to_owned(),
     ];
     sets.extend(b.sets.iter().cloned());

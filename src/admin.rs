@@ -69,18 +69,13 @@ fn refuse_open_directory(path: &Path) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o002 != 0 {
-        return Err(std::io::Error::new(
+    match crate::preflight::access(dir) {
+        crate::preflight::Access::Open(why) => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is writable by every user (mode {:o}): put admin.socket in a directory only the service can write (e.g. /run/sluice)",
-                dir.display(),
-                mode & 0o7777
-            ),
-        ));
+            format!("{why}: put admin.socket in a directory only the service can write (e.g. /run/sluice)"),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The longest request line read (a longer one is cut there and refused as unknown).
@@ -148,20 +143,12 @@ fn handle(
         Command::Reload(path) => {
             let (tx, rx) = mpsc::channel();
             let _ = requests.send(Request::Reload { path, reply: tx });
-            match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok(Ok(v)) => format!("ok {v}"),
-                Ok(Err(why)) => format!("error {why}"),
-                Err(_) => "error the control thread did not answer".to_owned(),
-            }
+            answer(&rx, Duration::from_secs(120))
         }
         Command::State(key) => {
             let (tx, rx) = mpsc::channel();
             let _ = requests.send(Request::StateGet { key, reply: tx });
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(text)) => format!("ok {text}"),
-                Ok(Err(why)) => format!("error {why}"),
-                Err(_) => "error the control thread did not answer".to_owned(),
-            }
+            answer(&rx, Duration::from_secs(10))
         }
         Command::Version => {
             let (tx, rx) = mpsc::channel();
@@ -171,6 +158,18 @@ fn handle(
         }
     };
     (&stream).write_all(format!("{answer}\n").as_bytes())
+}
+
+/// The control thread's answer as the reply line: `ok ...` or `error WHY`.
+fn answer<T: std::fmt::Display>(
+    rx: &mpsc::Receiver<Result<T, String>>,
+    timeout: Duration,
+) -> String {
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(v)) => format!("ok {v}"),
+        Ok(Err(why)) => format!("error {why}"),
+        Err(_) => "error the control thread did not answer".to_owned(),
+    }
 }
 
 /// `fault hold|release SHARD`: answered once the shard has stopped (hold) or been let go.

@@ -145,8 +145,7 @@ pub fn check(config: &Config) -> Preflight {
         let socket = Path::new(&config.admin.socket);
         match socket.parent().filter(|p| !p.as_os_str().is_empty()) {
             Some(dir) => {
-                use std::os::unix::fs::PermissionsExt;
-                if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+                if matches!(access(dir), Access::Open(_)) {
                     problems.push(format!(
                         "admin.socket = {:?}: {} is writable by every user; use a directory only the service can write (e.g. /run/sluice)",
                         config.admin.socket,

@@ -8,13 +8,16 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sluice::loadgen::{self, LoadSpec, TIMELINE_SLOT};
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn};
 
 mod common;
-use common::spawn_run;
+use common::{announced_with_metrics, spawn_run};
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
@@ -31,6 +34,72 @@ fn report_value(report: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// One event a datagram every `every` from `sock` to `addr`, keys `seq % keys`, while
+/// `go(sent so far)` holds; returns how many were sent.
+fn paced_sender(
+    sock: UdpSocket,
+    addr: String,
+    every: Duration,
+    keys: u64,
+    go: impl Fn(u64) -> bool + Send + 'static,
+) -> JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut enc = EventBatchEncoder::new();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while go(sent) {
+            let due = start + every * sent as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let bytes = enc.encode(std::iter::once(EventIn {
+                key: sent % keys,
+                seq: sent,
+                amount: 1.0,
+                ..EventIn::default()
+            }));
+            sock.send_to(bytes, &addr).unwrap();
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// Scores arriving on `sock` (which has a read timeout), until `sending` is false and none
+/// came for `quiet`: (distinct seqs answered, answers to a seq already answered).
+fn reply_counter(
+    sock: UdpSocket,
+    sending: Arc<AtomicBool>,
+    quiet: Duration,
+) -> JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let mut seen = HashSet::new();
+        let mut duplicates = 0u64;
+        let (mut buf, mut got) = (vec![0u8; 65536], Vec::new());
+        let mut quiet_since = Instant::now();
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    got.clear();
+                    read_scores(&buf[..n], &mut got).unwrap();
+                    for s in &got {
+                        if !seen.insert(s.seq) {
+                            duplicates += 1;
+                        }
+                    }
+                    quiet_since = Instant::now();
+                }
+                Err(_) => {
+                    if !sending.load(Ordering::SeqCst) && quiet_since.elapsed() > quiet {
+                        break;
+                    }
+                }
+            }
+        }
+        (seen.len() as u64, duplicates)
+    })
+}
+
 #[test]
 fn a_stopped_service_loses_nothing_beyond_the_kernels_counted_socket_drops() {
     let (mut child, mut stdout, addr) = spawn_run(&[
@@ -43,70 +112,26 @@ fn a_stopped_service_loses_nothing_beyond_the_kernels_counted_socket_drops() {
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20));
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let reader = sock.try_clone().unwrap();
-    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let receiving = {
-        let sending = sending.clone();
-        std::thread::spawn(move || {
-            let mut seen = HashSet::new();
-            let mut duplicates = 0u64;
-            let mut buf = vec![0u8; 65536];
-            let mut got = Vec::new();
-            let mut quiet_since = Instant::now();
-            loop {
-                match reader.recv(&mut buf) {
-                    Ok(n) => {
-                        got.clear();
-                        read_scores(&buf[..n], &mut got).unwrap();
-                        for s in &got {
-                            if !seen.insert(s.seq) {
-                                duplicates += 1;
-                            }
-                        }
-                        quiet_since = Instant::now();
-                    }
-                    Err(_) => {
-                        let done = !sending.load(std::sync::atomic::Ordering::SeqCst);
-                        if done && quiet_since.elapsed() > Duration::from_secs(3) {
-                            break;
-                        }
-                    }
-                }
-            }
-            (seen.len() as u64, duplicates)
-        })
-    };
+    let sending = Arc::new(AtomicBool::new(true));
+    let receiving = reply_counter(
+        sock.try_clone().unwrap(),
+        sending.clone(),
+        Duration::from_secs(3),
+    );
     // 2 000 events/s, one a datagram, for 8 s; the service is stopped from 1 s to 6 s.
-    let sender = {
-        let sock = sock.try_clone().unwrap();
-        let addr = addr.clone();
-        std::thread::spawn(move || {
-            let mut enc = EventBatchEncoder::new();
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while sent < 16_000 {
-                let due = start + Duration::from_micros(sent * 500);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let bytes = enc.encode(std::iter::once(EventIn {
-                    key: sent % 512,
-                    seq: sent,
-                    amount: 3.0,
-                    ..EventIn::default()
-                }));
-                sock.send_to(bytes, &addr).unwrap();
-                sent += 1;
-            }
-            sent
-        })
-    };
+    let sender = paced_sender(
+        sock.try_clone().unwrap(),
+        addr.clone(),
+        Duration::from_micros(500),
+        512,
+        |sent| sent < 16_000,
+    );
     std::thread::sleep(Duration::from_secs(1));
     signal(child.id(), nix::sys::signal::Signal::SIGSTOP);
     std::thread::sleep(Duration::from_secs(5));
     signal(child.id(), nix::sys::signal::Signal::SIGCONT);
     let sent = sender.join().unwrap();
-    sending.store(false, std::sync::atomic::Ordering::SeqCst);
+    sending.store(false, Ordering::SeqCst);
     let (answered, duplicates) = receiving.join().unwrap();
 
     signal(child.id(), nix::sys::signal::Signal::SIGTERM);
@@ -313,64 +338,29 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
         })
         .spawn()
         .expect("unshare (util-linux) runs");
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert!(line.starts_with("sluice listening on"), "{line}");
-    let addr = line.split_whitespace().nth(3).unwrap().to_owned();
-    let metrics = line.rsplit(' ').next().unwrap().trim().to_owned();
+    let (mut stdout, addr, metrics) = announced_with_metrics(&mut child);
     let pid = child.id();
 
     // 1000 events/s, one a datagram, over 4000 keys, until told to stop; replies collected.
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let running = Arc::new(AtomicBool::new(true));
     let sender = {
-        let (sock, running) = (sock.try_clone().unwrap(), running.clone());
-        std::thread::spawn(move || {
-            let mut enc = EventBatchEncoder::new();
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while running.load(std::sync::atomic::Ordering::SeqCst) {
-                let due = start + Duration::from_millis(sent);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let bytes = enc.encode(std::iter::once(EventIn {
-                    key: sent % 4000,
-                    seq: sent,
-                    amount: 1.0,
-                    ..EventIn::default()
-                }));
-                sock.send_to(bytes, &addr).unwrap();
-                sent += 1;
-            }
-            sent
-        })
+        let running = running.clone();
+        paced_sender(
+            sock.try_clone().unwrap(),
+            addr,
+            Duration::from_millis(1),
+            4000,
+            move |_| running.load(Ordering::SeqCst),
+        )
     };
-    let receiver = {
-        let (sock, running) = (sock.try_clone().unwrap(), running.clone());
-        std::thread::spawn(move || {
-            let mut seen = HashSet::new();
-            let (mut buf, mut got) = (vec![0u8; 65536], Vec::new());
-            let mut quiet = 0;
-            while running.load(std::sync::atomic::Ordering::SeqCst) || quiet < 20 {
-                match sock.recv(&mut buf) {
-                    Ok(n) => {
-                        got.clear();
-                        read_scores(&buf[..n], &mut got).unwrap();
-                        for s in &got {
-                            assert!(seen.insert(s.seq), "seq {} answered twice", s.seq);
-                        }
-                        quiet = 0;
-                    }
-                    Err(_) => quiet += 1,
-                }
-            }
-            seen.len() as u64
-        })
-    };
+    let receiver = reply_counter(
+        sock.try_clone().unwrap(),
+        running.clone(),
+        Duration::from_secs(2),
+    );
     let written = || scrape(&metrics, "sluice_checkpoints_written_total");
     let failed = || scrape(&metrics, "sluice_checkpoints_failed_total");
     wait_for(
@@ -421,9 +411,9 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
     );
     let failed_end = failed();
     std::thread::sleep(Duration::from_millis(500));
-    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    running.store(false, Ordering::SeqCst);
     let sent = sender.join().unwrap();
-    let answered = receiver.join().unwrap();
+    let (answered, duplicates) = receiver.join().unwrap();
 
     signal(pid, nix::sys::signal::Signal::SIGTERM);
     assert!(child.wait().unwrap().success());
@@ -448,5 +438,6 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
         dropped, 0,
         "no event may be dropped for the full disk: {report}"
     );
+    assert_eq!(duplicates, 0, "an event answered twice");
     assert_eq!(answered, received, "every event answered once: {report}");
 }

@@ -68,6 +68,12 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
 
 /// A started `sluice run`'s stdout past its first line, and the address that line announced.
 pub fn announced(child: &mut Child) -> (BufReader<ChildStdout>, String) {
+    let (stdout, addr, _) = announced_with_metrics(child);
+    (stdout, addr)
+}
+
+/// `announced`, and the metrics URL the line ends with (`off` when there is none).
+pub fn announced_with_metrics(child: &mut Child) -> (BufReader<ChildStdout>, String, String) {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -77,7 +83,12 @@ pub fn announced(child: &mut Child) -> (BufReader<ChildStdout>, String) {
         .nth(3)
         .expect("listening line names the address")
         .to_owned();
-    (stdout, addr)
+    let metrics = line
+        .split_whitespace()
+        .last()
+        .expect("listening line names the metrics")
+        .to_owned();
+    (stdout, addr, metrics)
 }
 
 pub fn start(driver: &str, extra: &[&str]) -> Running {

@@ -48,14 +48,17 @@ const UNTRACKED: usize = usize::MAX;
 pub struct Epochs([std::sync::atomic::AtomicU64; EPOCHS]);
 
 impl Epochs {
-    fn add(&self, slot: usize, n: i64) {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// A record of `slot` handed over (UNTRACKED and other out-of-range slots are ignored).
+    fn sent(&self, slot: usize) {
         if let Some(c) = self.0.get(slot) {
-            if n >= 0 {
-                c.fetch_add(n as u64, Relaxed);
-            } else {
-                c.fetch_sub(n.unsigned_abs(), Relaxed);
-            }
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A record of `slot` reported, or never handed over after all.
+    fn done(&self, slot: usize) {
+        if let Some(c) = self.0.get(slot) {
+            c.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -73,7 +76,7 @@ impl ProducerContext for DeliveryCounter {
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
         // Delivered or given up on, the record is no longer in flight. (A record given up on
         // is a lost Score: counted and logged; its checkpoint still commits, as before.)
-        self.epochs.add(slot, -1);
+        self.epochs.done(slot);
         if let Err((e, _)) = result {
             let c = &self.counters;
             c.kafka_delivery_failures.inc();
@@ -312,7 +315,7 @@ impl KafkaSink {
                 .headers(headers);
             let epochs = &self.producer.context().epochs;
             // Counted before the send: its delivery report may come with any later poll.
-            epochs.add(slot, 1);
+            epochs.sent(slot);
             match self.producer.send(record) {
                 Ok(()) => {
                     if !alerts_only {
@@ -321,7 +324,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     // Never handed over: no report will come for it.
-                    self.producer.context().epochs.add(slot, -1);
+                    self.producer.context().epochs.done(slot);
                     // A refused Score drops its events; a refused alert copy is a record not
                     // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
                     let refused = if alerts_only {
