@@ -112,7 +112,22 @@ impl Running {
     }
 
     /// Stop receiving, drain, flush, join; the merged report.
-    pub fn stop(mut self) -> Result<Report, IngestError> {
+    pub fn stop(self) -> Result<Report, IngestError> {
+        match self.stop_with_report() {
+            (report, None) => Ok(report),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// Whether the service is stopping on its own: a shard met an error it cannot serve past
+    /// (a receive error, a failed commit, an undelivered Score) and asked every shard to stop.
+    pub fn stopping(&self) -> bool {
+        self.control.stop_requested()
+    }
+
+    /// Stop, drain and join every shard; the report, and the first shard's error if any (the
+    /// report is whole either way: an operator wants the counters of a failed run most).
+    pub fn stop_with_report(mut self) -> (Report, Option<IngestError>) {
         self.control.request_stop();
         let mut latency = Vec::new();
         let mut failure = None;
@@ -141,10 +156,7 @@ impl Running {
                 lag: g.lag(),
             })
             .collect();
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        (report, failure)
     }
 }
 

@@ -528,7 +528,9 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
         sum(sluice::metrics::ShardCounters::dropped_total),
     );
     let mut reported_stuck = false;
-    while !SIGNALLED.load(Ordering::SeqCst) {
+    // Until a signal, or a shard stopping the service itself (its error is returned below,
+    // after the drain, for a non-zero exit and a restart by systemd).
+    while !SIGNALLED.load(Ordering::SeqCst) && !running.stopping() {
         std::thread::sleep(Duration::from_millis(20));
         let now = std::time::Instant::now();
         if now >= next_look {
@@ -579,10 +581,13 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
     }
     systemd.stopping("stopping: draining rings, flushing replies, last checkpoint");
     eprintln!("sluice: stopping: draining rings and flushing replies");
-    let report = running.stop()?;
+    let (report, failure) = running.stop_with_report();
     print!("{}", report.render());
     write_hgrm(config, &report)?;
-    Ok(())
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 fn write_hgrm(config: &Config, report: &sluice::metrics::Report) -> anyhow::Result<()> {

@@ -3,7 +3,8 @@
 //! skipped and counted while their partition goes on; kill -9 under load, repeatedly, in
 //! exactly_once (a read_committed reader sees every Score once, every count exact) and in
 //! at_least_once (exact after dedup by source); restart from the checkpoint, not from the
-//! group's offset; a broker that goes away and comes back.
+//! group's offset; a broker that goes away and comes back; a Score the producer gives up on
+//! stops sluice, and the restart sends it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -300,6 +301,22 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     );
 }
 
+/// at_least_once's downstream dedup: one Score per source (topic/partition/offset, index).
+/// A repeat after a crash must be the same Score: same event, same count.
+fn dedup_by_source(s: &[ScoreRecord]) -> Vec<ScoreRecord> {
+    let mut by_src: BTreeMap<(String, usize), ScoreRecord> = BTreeMap::new();
+    for r in s {
+        if let Some(old) = by_src.insert((r.src.clone(), r.index), r.clone()) {
+            assert_eq!(
+                (old.score.key, old.score.seq, old.score.count),
+                (r.score.key, r.score.seq, r.score.count),
+                "a repeated Score differs from the first"
+            );
+        }
+    }
+    by_src.into_values().collect()
+}
+
 /// Kill -9 at three moments under load, restart each time, then let the last run finish.
 fn kill_restart_under_load(broker: &Broker, sets: &[String], records: Vec<Vec<Ev>>) {
     let (producer, done) = produce_in_background(broker, records, 2_000);
@@ -353,25 +370,11 @@ fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
     let want = expected(&events);
     kill_restart_under_load(&broker, &sets, records);
     let (child, stdout, _) = common::spawn_run(&sets);
-    let dedup = |s: &[ScoreRecord]| {
-        let mut by_src: BTreeMap<(String, usize), ScoreRecord> = BTreeMap::new();
-        for r in s {
-            if let Some(old) = by_src.insert((r.src.clone(), r.index), r.clone()) {
-                // A repeat after a crash is the same Score: same event, same count.
-                assert_eq!(
-                    (old.score.key, old.score.seq, old.score.count),
-                    (r.score.key, r.score.seq, r.score.count),
-                    "a repeated Score differs from the first"
-                );
-            }
-        }
-        by_src.into_values().collect::<Vec<_>>()
-    };
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        dedup(s).len() >= want.len()
+        dedup_by_source(s).len() >= want.len()
     });
     stop(child, Some(stdout));
-    check_exactly_once(&dedup(&scores), &want);
+    check_exactly_once(&dedup_by_source(&scores), &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -604,4 +607,65 @@ fn alerts_reach_their_topic_without_a_scores_topic() {
         want.len() as u64,
         "{report}"
     );
+}
+
+#[test]
+fn at_least_once_a_score_given_up_on_stops_sluice_and_the_restart_sends_it() {
+    let broker = broker_with_topics("given-up");
+    let dir = scratch("given-up");
+    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    // One record taken at a time, each only once the last Score is acknowledged: whenever the
+    // broker freezes, a Score is in flight (or the next prefetched record's soon is), and the
+    // producer gives it up after message.timeout.ms.
+    let mut first = sets.clone();
+    first.extend([
+        "kafka.producer.message.timeout.ms=1500".to_owned(),
+        "ingest.kafka.in_flight_records_max=1".into(),
+        "ingest.kafka.records_per_cycle_max=1".into(),
+    ]);
+    let records = workload(100, 20_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    drop(p);
+    let (mut child, mut stdout, _) = common::spawn_run(&first);
+    std::thread::sleep(Duration::from_millis(800));
+    broker.freeze(true);
+    let wait_exit = |child: &mut Child, secs: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The shard stops by itself; its drain may still wait on the frozen broker (the other
+    // shard's last group commit), so thaw it after a while either way.
+    let mut status = wait_exit(&mut child, 12);
+    broker.freeze(false);
+    if status.is_none() {
+        status = wait_exit(&mut child, 60);
+    }
+    let status = status.expect("sluice did not stop after its Scores were given up on");
+    let mut report = String::new();
+    stdout.read_to_string(&mut report).unwrap();
+    assert!(!status.success(), "a lost Score must stop sluice non-zero");
+    assert!(
+        counter(&report, "sluice_kafka_delivery_failures_total") > 0,
+        "{report}"
+    );
+    // The restart (with sluice's default: retry until delivered) replays from the last
+    // committed checkpoint: every Observation scored, counts exact after dedup.
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(120), |s| {
+        dedup_by_source(s).len() >= want.len()
+    });
+    stop(child, Some(stdout));
+    check_exactly_once(&dedup_by_source(&scores), &want);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -87,6 +87,27 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             limits::KAFKA_IN_FLIGHT_MAX
         ));
     }
+    // A Score record the producer refuses is a lost Score, which stops the service; a full
+    // queue must therefore be impossible: intake stops at in_flight_records_max, and the cycle
+    // that crosses it adds at most a Score and an alert record per record it took.
+    let queue_key = "queue.buffering.max.messages";
+    let queue = c
+        .kafka
+        .producer
+        .get(queue_key)
+        .map_or(Some(LIBRDKAFKA_QUEUE_DEFAULT), |v| {
+            v.trim().parse::<usize>().ok()
+        });
+    let need = k
+        .in_flight_records_max
+        .saturating_add(k.records_per_cycle_max.saturating_mul(2));
+    match queue {
+        Some(q) if q >= need => {}
+        Some(q) => p.push(format!(
+            "kafka.producer.\"{queue_key}\" = {q}: must be at least ingest.kafka.in_flight_records_max + 2 x ingest.kafka.records_per_cycle_max = {need}, or a full producer queue would refuse Scores"
+        )),
+        None => p.push(format!("kafka.producer.\"{queue_key}\" is not a whole number")),
+    }
     for (key, topic) in [
         ("egress.kafka.scores_topic", &e.scores_topic),
         ("egress.kafka.alerts_topic", &e.alerts_topic),
@@ -154,6 +175,9 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
     }
 }
 
+/// librdkafka's own `queue.buffering.max.messages` when the producer table does not set it.
+const LIBRDKAFKA_QUEUE_DEFAULT: usize = 100_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +201,7 @@ mod tests {
                 "egress.kafka.transaction_timeout_ms=100".into(),
                 "egress.kafka.scores_topic=sluice-events".into(),
                 "kafka.producer.transactional.id=mine".into(),
+                "kafka.producer.queue.buffering.max.messages=1000".into(),
             ],
         )
         .unwrap_err();
@@ -187,6 +212,7 @@ mod tests {
             "transaction_timeout_ms = 100",
             "also an input topic",
             "kafka.producer.\"transactional.id\" is set by sluice",
+            "\"queue.buffering.max.messages\" = 1000: must be at least",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

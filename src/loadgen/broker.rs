@@ -108,6 +108,20 @@ impl LocalBroker {
         }
     }
 
+    /// Freeze (SIGSTOP) or thaw (SIGCONT) the broker: a broker that hangs with its
+    /// connections open, which clients see only through their timeouts.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let sig = if frozen {
+                nix::sys::signal::Signal::SIGSTOP
+            } else {
+                nix::sys::signal::Signal::SIGCONT
+            };
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    }
+
     /// kill -9 the broker (what it had not written out yet is lost).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

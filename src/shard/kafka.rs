@@ -151,6 +151,28 @@ impl ShardKafka {
         self.commit(cp, seq, core.state_mut(), counters)
     }
 
+    /// After each flush: has the producer given up on (or refused) any Score or alert record?
+    /// Then downstream will never get it, and no checkpoint, transaction or group commit may
+    /// move past it: the awaiting checkpoint is dropped and Err tells the caller to stop the
+    /// service (after its drain), so a restart replays from the last committed checkpoint (or
+    /// the group's offset without `state.dir`) and sends it again — Flink's failover, and
+    /// Kafka Streams' default production-exception handling. It happens only when
+    /// `kafka.producer."message.timeout.ms"` is set above 0 (sluice's default retries forever
+    /// and lets back-pressure stop intake instead) or the producer refuses a record.
+    pub fn check_delivered(&mut self, cp: Option<&Checkpointer>) -> Result<(), String> {
+        let lost = self.sink.undelivered();
+        if self.failed || lost == 0 {
+            return Ok(());
+        }
+        self.failed = true;
+        if let (Some(a), Some(cp)) = (self.awaiting.take(), cp) {
+            cp.release(a.seq, false);
+        }
+        Err(format!(
+            "{lost} Kafka Score record(s) were not delivered (see the error above); no checkpoint or offset commit moves past them: stopping so a restart replays from the last committed one and sends them again"
+        ))
+    }
+
     /// at_least_once: commit the awaiting checkpoint once the Scores before its flip are all
     /// acknowledged; drop it if they are not within `SETTLE_TIMEOUT_NS`.
     fn release_settled(&mut self, cp: &Checkpointer, now_ns: u64) {
@@ -218,6 +240,9 @@ impl ShardKafka {
 
     /// exactly_once, checkpoint `seq` durable: commit its transaction with the offsets.
     fn commit_written(&mut self, seq: u64, counters: &ShardCounters) -> Result<(), String> {
+        // A Score refused outside librdkafka's transaction bookkeeping must not commit as if
+        // it were in the transaction (one given up on would fail the commit anyway).
+        self.check_delivered(None)?;
         let offsets = self.source.offsets_list();
         let group = self.source.group_metadata();
         match self.sink.commit_epoch(seq, &offsets, group.as_ref()) {
@@ -241,7 +266,7 @@ impl ShardKafka {
     /// 500 ms a second (10k/s, `shards.idle_spins=20`: p50 2.5 s instead of 7.4 ms). Under
     /// continuous load the committed offset can trail until the producer catches up.
     pub fn commit_without_checkpoints(&mut self, now_ns: u64) {
-        if now_ns < self.next_group_commit_ns || self.sink.in_flight() > 0 {
+        if self.failed || now_ns < self.next_group_commit_ns || self.sink.in_flight() > 0 {
             return;
         }
         self.next_group_commit_ns = now_ns.saturating_add(1_000_000_000);
@@ -251,7 +276,10 @@ impl ShardKafka {
     /// Without checkpoints, at shutdown: the group's offsets once every Score is acknowledged,
     /// waited for.
     pub fn final_group_commit(&mut self) {
-        if self.sink.settle(Duration::from_secs(10)) {
+        if self.failed {
+            return;
+        }
+        if self.sink.settle(Duration::from_secs(10)) && self.check_delivered(None).is_ok() {
             self.source.commit_to_group_sync();
         } else {
             tracing::error!("Scores still unacknowledged at shutdown: the group's offsets stay where they were (a restart re-sends from there)");
@@ -278,6 +306,10 @@ impl ShardKafka {
                 }
                 return;
             }
+            if let Err(e) = self.check_delivered(Some(cp)) {
+                tracing::error!("{e}");
+                return;
+            }
             // Everything is acknowledged: the checkpoint waiting for that commits now.
             if let Some(a) = self.awaiting.take() {
                 cp.release(a.seq, true);
@@ -290,6 +322,10 @@ impl ShardKafka {
                 // The process exits next: wait for this one (lag tools only).
                 self.source.commit_to_group_sync();
             }
+            return;
+        }
+        if let Err(e) = self.check_delivered(Some(cp)) {
+            tracing::error!("{e}");
             return;
         }
         // finish_with returns the seq only once the checkpoint is durable.

@@ -154,7 +154,9 @@ impl Shard {
         let mut failure = None;
         if let Some(k) = kafka.as_mut() {
             k.sink.flush(counters, latency);
-            if self.checkpoints.is_none() {
+            if let Err(e) = k.check_delivered(self.checkpoints.as_ref()) {
+                failure = Some(IngestError::Kafka(e));
+            } else if self.checkpoints.is_none() {
                 k.commit_without_checkpoints(pickup_ns);
             }
         }

@@ -33,6 +33,9 @@ use crate::wire::ScoreBatchEncoder;
 pub struct DeliveryCounter {
     counters: Arc<ShardCounters>,
     epochs: Epochs,
+    /// Score and alert records given up on by the producer or refused by it: each is a Score
+    /// downstream never gets, so the shard stops (see `ShardKafka::check_delivered`).
+    undelivered: std::sync::atomic::AtomicU64,
 }
 
 /// Epochs tracked at once: a checkpoint cannot start while the slot its new epoch would reuse
@@ -74,10 +77,15 @@ impl ClientContext for DeliveryCounter {}
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = usize;
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
-        // Delivered or given up on, the record is no longer in flight. (A record given up on
-        // is a lost Score: counted and logged; its checkpoint still commits, as before.)
+        // Delivered or given up on, the record is no longer in flight. A record given up on
+        // (only with a `message.timeout.ms` > 0) is a lost Score: counted here, and the shard
+        // stops before any checkpoint or group commit could move past it.
         self.epochs.done(slot);
         if let Err((e, _)) = result {
+            if slot != UNTRACKED {
+                self.undelivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let c = &self.counters;
             c.kafka_delivery_failures.inc();
             let n = c.kafka_delivery_failures.get();
@@ -101,6 +109,7 @@ pub fn start_producer(
         .create_with_context(DeliveryCounter {
             counters,
             epochs: Epochs::default(),
+            undelivered: Default::default(),
         })
         .map_err(KafkaError::client("producer"))?;
     if transactional_id.is_some() {
@@ -323,8 +332,12 @@ impl KafkaSink {
                     }
                 }
                 Err((e, _)) => {
-                    // Never handed over: no report will come for it.
-                    self.producer.context().epochs.done(slot);
+                    // Never handed over: no report will come for it, and no Score either.
+                    let context = self.producer.context();
+                    context.epochs.done(slot);
+                    context
+                        .undelivered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // A refused Score drops its events; a refused alert copy is a record not
                     // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
                     let refused = if alerts_only {
@@ -340,6 +353,15 @@ impl KafkaSink {
                 }
             }
         }
+    }
+
+    /// Score and alert records that will never reach their topic: given up on by the producer
+    /// (after `message.timeout.ms`) or refused by it.
+    pub fn undelivered(&self) -> u64 {
+        self.producer
+            .context()
+            .undelivered
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records handed over and not yet acknowledged (or, in a transaction, not yet sent).
