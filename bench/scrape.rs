@@ -99,7 +99,7 @@ fn scrape_time(shards: usize, scrapes: usize, parts: Parts) -> anyhow::Result<Sc
         (0..shards).map(|_| Arc::new(busy_counters())).collect();
     let exposition = Arc::new(Exposition::new(
         counters,
-        Vec::new(),
+        Default::default(),
         BuildInfo::of_this_build("io_uring"),
         parts,
     ));

@@ -669,3 +669,66 @@ fn at_least_once_a_score_given_up_on_stops_sluice_and_the_restart_sends_it() {
     check_exactly_once(&dedup_by_source(&scores), &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Brokers that do not answer at start: sluice restores its state (the partition layout
+/// taken from its checkpoint), serves UDP meanwhile, and attaches Kafka when they answer —
+/// the same partitions, so the Kafka keys' counts go on from the restored state, each
+/// Observation scored once (exactly_once: the restored checkpoint is the one the last
+/// committed transaction names).
+#[test]
+fn brokers_unreachable_at_start_udp_serves_and_kafka_attaches_when_they_answer() {
+    for delivery in ["at_least_once", "exactly_once"] {
+        let name = format!("late-{delivery}");
+        let mut broker = broker_with_topics(&name);
+        let dir = scratch(&name);
+        let mut sets = sluice_sets(&broker, &durable(&dir, delivery));
+        sets.push(format!("egress.kafka.transactional_id_prefix={name}"));
+        let records = workload(30, 300);
+        let (first, second) = records.split_at(150);
+        let p = broker.producer();
+        let mut enc = EventBatchEncoder::new();
+        produce_all(&p, &mut enc, first);
+        drop(p);
+        let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
+        let n_first = expected(&first_events).len();
+        let (child, stdout, _) = common::spawn_run(&sets);
+        read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+            s.len() >= n_first
+        });
+        stop(child, Some(stdout));
+
+        broker.stop();
+        let (child, stdout, addr) = common::spawn_run(&sets);
+        // Announced (listening) without the brokers: UDP answers, counts exact. (Keys apart
+        // from the Kafka ones: a key lives with one source, and another's events are refused.)
+        const KEY_A: u64 = 1_000_007;
+        const KEY_B: u64 = 1_000_009;
+        let mut client = common::Client::new(addr.parse().unwrap(), 1);
+        client.send(&[
+            (KEY_A, false),
+            (KEY_A, false),
+            (KEY_B, false),
+            (KEY_A, true),
+        ]);
+        let replies = client.collect(client.replies_wanted());
+        client.check(&replies);
+
+        broker.restart();
+        let p = broker.producer();
+        produce_all(&p, &mut enc, second);
+        let all: Vec<Ev> = records.iter().flatten().copied().collect();
+        let want = expected(&all);
+        let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+            s.len() >= want.len()
+        });
+        let report = stop(child, Some(stdout));
+        check_exactly_once(&scores, &want);
+        // The second run scored the second half and the UDP events, nothing of the first.
+        assert_eq!(
+            counter(&report, "sluice_scores_emitted_total"),
+            (want.len() - n_first + client.replies_wanted()) as u64,
+            "{delivery}: {report}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::catalog::{part_of, Kind, MetricDef, Part, LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
 use super::{names, ShardCounters, SHARD_HISTOGRAMS, SHARD_METRICS};
-use crate::ingest::kafka::PartitionGauge;
+use crate::ingest::kafka::PartitionGauges;
 use crate::shard::Control;
 
 /// OpenMetrics 1.0 text, what `prometheus-client` writes.
@@ -85,7 +85,7 @@ impl Parts {
 #[derive(Debug)]
 pub struct Exposition {
     pub shards: Vec<Arc<ShardCounters>>,
-    pub partitions: Vec<Arc<PartitionGauge>>,
+    pub partitions: PartitionGauges,
     pub info: BuildInfo,
     pub started: Instant,
     pub parts: Parts,
@@ -95,7 +95,7 @@ pub struct Exposition {
 impl Exposition {
     pub fn new(
         shards: Vec<Arc<ShardCounters>>,
-        partitions: Vec<Arc<PartitionGauge>>,
+        partitions: PartitionGauges,
         info: BuildInfo,
         parts: Parts,
     ) -> Self {
@@ -185,7 +185,8 @@ impl Exposition {
     }
 
     fn encode_partitions(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        if self.partitions.is_empty() {
+        let partitions = crate::ingest::kafka::watermarks::dealt(&self.partitions);
+        if partitions.is_empty() {
             return Ok(());
         }
         let mut lag = encoder.encode_descriptor(
@@ -194,7 +195,7 @@ impl Exposition {
             None,
             MetricType::Gauge,
         )?;
-        for p in &self.partitions {
+        for p in partitions {
             if let Some(l) = p.lag() {
                 let partition = p.partition.to_string();
                 let labels = [
@@ -212,7 +213,7 @@ impl Exposition {
             None,
             MetricType::Counter,
         )?;
-        for p in &self.partitions {
+        for p in partitions {
             let partition = p.partition.to_string();
             let labels = [
                 ("topic", p.topic.as_str()),

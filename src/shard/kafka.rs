@@ -26,6 +26,13 @@ pub struct Awaiting {
     offsets: Vec<crate::state::checkpoint::PartitionOffset>,
 }
 
+/// Kafka for a shard that started without it (the brokers did not answer at start): called
+/// between cycles, None until the partitions are dealt, then the shard's Kafka side and its
+/// checkpointer (which waits for the layout the partitions make), or why it cannot attach.
+pub type KafkaAttach = Box<
+    dyn FnMut(&mut ShardCore) -> Option<Result<(ShardKafka, Option<Checkpointer>), String>> + Send,
+>;
+
 pub struct ShardKafka {
     pub source: KafkaSource,
     pub sink: KafkaSink,

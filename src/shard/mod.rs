@@ -9,7 +9,7 @@ mod kafka;
 mod lifecycle;
 
 pub use self::core::{KafkaRecord, ShardCore};
-pub use kafka::ShardKafka;
+pub use kafka::{KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
 
 use std::sync::Arc;
@@ -87,6 +87,8 @@ pub struct Shard {
     pub rx: UdpReceiver,
     /// The shard's Kafka partitions and Score producer (`ingest.kafka.brokers` set).
     pub kafka: Option<ShardKafka>,
+    /// Kafka not attached yet (the brokers did not answer at start): tried between cycles.
+    pub attach: Option<KafkaAttach>,
     pub egress: Egress,
     pub counters: Arc<ShardCounters>,
     pub latency: ShardLatency,
@@ -105,6 +107,15 @@ pub struct Shard {
 impl Shard {
     /// One drain cycle; returns how much work it found (datagrams + events moved).
     pub fn tick(&mut self, receive: bool) -> Result<usize, IngestError> {
+        if let Some(attach) = self.attach.as_mut() {
+            // A channel poll (no syscall) until the partitions are dealt.
+            if let Some(attached) = attach(&mut self.core) {
+                self.attach = None;
+                let (kafka, checkpoints) = attached.map_err(IngestError::Kafka)?;
+                self.kafka = Some(kafka);
+                self.checkpoints = checkpoints;
+            }
+        }
         let pickup_ns = clock::realtime_ns();
         let Shard {
             core,

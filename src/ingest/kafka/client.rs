@@ -69,15 +69,30 @@ pub fn producer_config(config: &Config, transactional_id: Option<&str>) -> Clien
     c
 }
 
-/// How long start-up keeps asking an unreachable broker before giving up.
-pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// The discovery consumer's context: librdkafka's global errors (all brokers down, ...) are
+/// what the metadata request fails with, which the caller reports once per attempt; logged
+/// here too they were a dozen lines every 3 s while the brokers stay away.
+struct Discovery;
+
+impl rdkafka::ClientContext for Discovery {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!("Kafka discovery: {error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Discovery {}
+
+/// How long start-up asks unreachable brokers before it serves UDP without them (and goes
+/// on asking from a thread of its own; see `app::connect_kafka_later`).
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Partition counts of `ingest.kafka.topics`, in order. Retries while the brokers do not
-/// answer (logging each attempt), up to `CONNECT_PATIENCE`; a missing topic is an error at once.
-pub fn discover(config: &Config) -> Result<Vec<i32>, KafkaError> {
+/// answer (logging each attempt), up to `patience` (at least one attempt of 3 s); a missing
+/// topic is an error at once.
+pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaError> {
     let k = &config.ingest.kafka;
-    let consumer: BaseConsumer = consumer_config(config)
-        .create()
+    let consumer: BaseConsumer<Discovery> = consumer_config(config)
+        .create_with_context(Discovery)
         .map_err(KafkaError::client("consumer for discovery"))?;
     let started = Instant::now();
     let mut counts = Vec::with_capacity(k.topics.len());
@@ -101,7 +116,7 @@ pub fn discover(config: &Config) -> Result<Vec<i32>, KafkaError> {
                     }
                 }
                 Err(e) => {
-                    if started.elapsed() >= CONNECT_PATIENCE {
+                    if started.elapsed() >= patience {
                         return Err(KafkaError::Unreachable {
                             brokers: k.brokers.clone(),
                             waited_s: started.elapsed().as_secs(),

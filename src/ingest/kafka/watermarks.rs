@@ -11,6 +11,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::metrics::Counter;
 
+/// Every consumed partition's gauges, for the report and the exporter: set once, when the
+/// partitions are dealt (at start, or later when the brokers were unreachable at start).
+pub type PartitionGauges = std::sync::Arc<std::sync::OnceLock<Vec<std::sync::Arc<PartitionGauge>>>>;
+
+/// The gauges dealt so far (none before the brokers answered).
+pub fn dealt(gauges: &PartitionGauges) -> &[std::sync::Arc<PartitionGauge>] {
+    gauges.get().map_or(&[], Vec::as_slice)
+}
+
 /// One partition's figures (single writer: the owning shard).
 #[derive(Debug)]
 pub struct PartitionGauge {

@@ -23,7 +23,8 @@ mod restore;
 mod writer;
 
 pub use restore::{
-    load_bytes, load_records, read_verified, restore, restore_to, RestorePoint, RestoreTarget,
+    load_bytes, load_records, newest_layout, read_verified, restore, restore_to, RestorePoint,
+    RestoreTarget,
 };
 pub use writer::{
     buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, Input,

@@ -196,6 +196,18 @@ pub fn restore_to(
     Ok((open(spill_dir, None)?, None))
 }
 
+/// The layout the newest committed checkpoint under `root` was written for (None: there is
+/// no readable one). For a start that cannot learn part of its layout yet — Kafka's partition
+/// table while the brokers are unreachable —: the restore checks against what the checkpoint
+/// says, and the caller checks that part once it can.
+pub fn newest_layout(root: &Path) -> Result<Option<String>, CheckpointError> {
+    let Listing { done, .. } = list(root)?;
+    Ok(done.iter().find_map(|(_, path)| {
+        let text = std::fs::read_to_string(path.join("COMMIT")).ok()?;
+        Manifest::parse(&text).ok().map(|m| m.layout)
+    }))
+}
+
 /// Read a checkpoint's manifest and hot records, checking the commit marker, the checksums
 /// and the sizes.
 pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), CheckpointError> {

@@ -11,17 +11,13 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::Delivery;
 use crate::control::{ControlLoop, Request, ShardLink};
-use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
 use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
-use crate::ingest::kafka::{
-    self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionId, PartitionTable,
-};
+use crate::ingest::kafka::{KafkaError, PartitionGauges};
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
-use crate::shard::ShardKafka;
 use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
 use crate::state::checkpoint::{
     self, CheckpointSpec, Checkpointer, PartitionOffset, RestoreTarget,
@@ -29,6 +25,9 @@ use crate::state::checkpoint::{
 use crate::state::{resident, KeyedState, Spill};
 use crate::topology::{self, Placement};
 use crate::wake::Waker;
+
+mod kafka_part;
+use kafka_part::KafkaPart;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -70,8 +69,9 @@ pub struct Running {
     threads: Vec<JoinHandle<(Option<ShardLatency>, Option<IngestError>)>>,
     requests: mpsc::Sender<Request>,
     helpers: Vec<JoinHandle<()>>,
-    /// Every consumed Kafka partition's position and watermark (empty without Kafka).
-    kafka_partitions: Vec<Arc<PartitionGauge>>,
+    /// Every consumed Kafka partition's position and watermark (none without Kafka, or
+    /// before the brokers first answered).
+    kafka_partitions: PartitionGauges,
 }
 
 impl Running {
@@ -145,8 +145,7 @@ impl Running {
         }
         let refs: Vec<&ShardCounters> = self.counters.iter().map(|c| c.as_ref()).collect();
         let mut report = Report::merge(self.driver.name(), &refs, latency);
-        report.kafka_partitions = self
-            .kafka_partitions
+        report.kafka_partitions = crate::ingest::kafka::watermarks::dealt(&self.kafka_partitions)
             .iter()
             .map(|g| crate::metrics::report::PartitionLine {
                 topic: g.topic.clone(),
@@ -264,12 +263,9 @@ pub fn start_with_progress(
     let mesh = Mesh::build(shards, config.route.ring_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), ShardStartError>)>();
 
-    let kafka = kafka_seeds(config, shards, &counters)?;
-    let kafka_partitions: Vec<Arc<PartitionGauge>> = kafka
-        .iter()
-        .flatten()
-        .flat_map(|k| k.gauges.iter().cloned())
-        .collect();
+    let kafka_partitions = PartitionGauges::default();
+    let (kafka, kafka_connect) =
+        kafka_part::deal(config, shards, &counters, &control, &kafka_partitions)?;
     let seeds: Vec<ShardSeed> = sockets
         .into_iter()
         .zip(mesh)
@@ -334,6 +330,7 @@ pub fn start_with_progress(
         .name("sluice-control".into())
         .spawn(move || control_loop.run(&ctl))
         .map_err(AppError::Thread)?];
+    helpers.extend(kafka_connect);
     if !config.admin.socket.is_empty() {
         let path = std::path::Path::new(&config.admin.socket);
         let admin =
@@ -465,82 +462,7 @@ struct ShardSeed {
     placement: Placement,
     model: ShardModel,
     model_link: ModelLink,
-    kafka: Option<KafkaSeed>,
-}
-
-/// A shard's part of Kafka: the partitions it owns, its Score producer (transactions already
-/// initialised under exactly_once, fencing any earlier process), and which checkpoint the
-/// last committed transaction names.
-struct KafkaSeed {
-    owned: Vec<PartitionId>,
-    /// One per owned partition, shared with `Running` for the report (and the exporter).
-    gauges: Vec<Arc<PartitionGauge>>,
-    producer: ScoreProducer,
-    target: RestoreTarget,
-    /// Appended to the state layout: the partitions a checkpoint's state belongs to.
-    layout: String,
-}
-
-/// Discover the input topics, deal their partitions to shards, start each shard's producer
-/// and (exactly_once) read back which checkpoint each shard's last committed transaction
-/// names. None per shard when Kafka is off.
-fn kafka_seeds(
-    config: &Config,
-    shards: usize,
-    counters: &[Arc<ShardCounters>],
-) -> Result<Vec<Option<KafkaSeed>>, AppError> {
-    if !config.ingest.kafka.enabled() {
-        return Ok((0..shards).map(|_| None).collect());
-    }
-    let counts = kafka_in::discover(config)?;
-    let table = PartitionTable::balanced(&counts, shards);
-    let layout = table.layout(&config.ingest.kafka.topics, shards);
-    if table.owners.len() > crate::limits::KAFKA_PARTITIONS_MAX {
-        return Err(AppError::Kafka(KafkaError::Other(format!(
-            "{} partitions: one instance takes at most {}",
-            table.owners.len(),
-            crate::limits::KAFKA_PARTITIONS_MAX
-        ))));
-    }
-    let exactly_once = config.egress.kafka.delivery == Delivery::ExactlyOnce;
-    let ids: Vec<String> = (0..shards).map(|i| transactional_id(config, i)).collect();
-    let mut producers = Vec::with_capacity(shards);
-    for (i, id) in ids.iter().enumerate() {
-        let tid = exactly_once.then_some(id.as_str());
-        producers.push(start_producer(config, tid, counters[i].clone())?);
-    }
-    let committed = if exactly_once {
-        progress::last_committed(config, &ids)?
-    } else {
-        Default::default()
-    };
-    tracing::info!(partitions = table.owners.len(), version = table.version, shards, delivery = ?config.egress.kafka.delivery, "Kafka partitions dealt to shards");
-    Ok(producers
-        .into_iter()
-        .enumerate()
-        .map(|(i, producer)| {
-            let target = match (exactly_once, committed.get(&ids[i])) {
-                (false, _) => RestoreTarget::Newest,
-                (true, Some(&seq)) => RestoreTarget::Exactly(seq),
-                (true, None) => RestoreTarget::Nothing,
-            };
-            let owned = table.owned_by(i);
-            let gauges = owned
-                .iter()
-                .map(|p| {
-                    let topic = &config.ingest.kafka.topics[usize::from(p.topic)];
-                    Arc::new(PartitionGauge::new(topic, p.partition))
-                })
-                .collect();
-            Some(KafkaSeed {
-                owned,
-                gauges,
-                producer,
-                target,
-                layout: layout.clone(),
-            })
-        })
-        .collect())
+    kafka: KafkaPart,
 }
 
 fn build_shard(
@@ -581,21 +503,41 @@ fn build_shard(
             config.wire.datagram_bytes_max,
         ))),
     };
-    let (target, layout_extra) = match &kafka {
-        Some(k) => (k.target, Some(k.layout.as_str())),
-        None => (RestoreTarget::Newest, None),
+    let (target, layout) = match &kafka {
+        KafkaPart::Dealt(k) => (k.target, KafkaLayout::Dealt(&k.layout)),
+        KafkaPart::Later(_) => (RestoreTarget::Newest, KafkaLayout::Later),
+        KafkaPart::Off => (RestoreTarget::Newest, KafkaLayout::Off),
     };
-    let (state, max_event_ns, checkpoints, offsets) =
-        shard_state(id, shards, config, target, layout_extra)?;
-    let kafka = match kafka {
-        Some(seed) => {
-            let mut k = shard_kafka(id, config, seed, &offsets)?;
-            let wakers = wakers.clone();
-            k.source
-                .wake_on_records(move || wakers[id].wake_if_parked());
-            Some(k)
+    let mut restored = restore_shard(id, shards, config, target, layout)?;
+    let (kafka, attach, checkpoints) = match kafka {
+        KafkaPart::Dealt(seed) => {
+            let cp = start_checkpoints(
+                id,
+                shards,
+                config,
+                Some(&seed.layout),
+                restored.next_seq,
+                &mut restored.state,
+            )?;
+            let k = kafka_part::shard_kafka(id, config, seed, &restored.offsets, &wakers)?;
+            (Some(k), None, cp)
         }
-        None => None,
+        KafkaPart::Later(rx) => {
+            let attach =
+                kafka_part::attach_later(id, shards, config.clone(), rx, &restored, wakers.clone());
+            (None, Some(attach), None)
+        }
+        KafkaPart::Off => {
+            let cp = start_checkpoints(
+                id,
+                shards,
+                config,
+                None,
+                restored.next_seq,
+                &mut restored.state,
+            )?;
+            (None, None, cp)
+        }
     };
     let core = ShardCore::new(
         id,
@@ -603,8 +545,8 @@ fn build_shard(
         config,
         rings,
         model,
-        state,
-        max_event_ns,
+        restored.state,
+        restored.max_event_ns,
         counters.clone(),
     );
     let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())?;
@@ -624,6 +566,7 @@ fn build_shard(
         model_link,
         rx,
         kafka,
+        attach,
         egress,
         counters,
         latency,
@@ -637,116 +580,152 @@ fn build_shard(
     })
 }
 
-/// The shard's consumer, at the offsets its restored checkpoint holds, and its Score sink.
-fn shard_kafka(
-    id: usize,
-    config: &Config,
-    seed: KafkaSeed,
-    restored: &[PartitionOffset],
-) -> Result<ShardKafka, KafkaError> {
-    let source = KafkaSource::start(config, &seed.owned, restored, seed.gauges)?;
-    let names: Vec<(String, i32)> = source
-        .owned()
-        .iter()
-        .map(|p| (p.topic.clone(), p.id.partition))
-        .collect();
-    let sink = KafkaSink::new(config, id, seed.producer, &names)?;
-    Ok(ShardKafka {
-        source,
-        sink,
-        records_max: config.ingest.kafka.records_per_cycle_max,
-        in_flight_max: config.ingest.kafka.in_flight_records_max,
-        failed: false,
-        next_group_commit_ns: 0,
-        awaiting: None,
-        withheld: 0,
-    })
+/// A shard's state as restored, and what its checkpoints and Kafka part go on from.
+pub(crate) struct Restored {
+    state: KeyedState,
+    max_event_ns: u64,
+    /// The restored checkpoint's Kafka offsets.
+    pub offsets: Vec<PartitionOffset>,
+    /// The restored checkpoint (None: started empty).
+    pub seq: Option<u64>,
+    pub next_seq: u64,
+    /// The Kafka part of the restored checkpoint's layout, when it was taken from the
+    /// checkpoint because the brokers did not answer (`KafkaLayout::Later`).
+    pub kafka_layout: Option<String>,
 }
 
-type RestoredState = (KeyedState, u64, Option<Checkpointer>, Vec<PartitionOffset>);
+/// What a shard knows of the Kafka part of its state layout when it restores.
+enum KafkaLayout<'a> {
+    Off,
+    /// Dealt: the partitions its state belongs to.
+    Dealt(&'a str),
+    /// Not dealt yet (brokers unreachable at start): whatever the newest checkpoint says,
+    /// checked when the partitions are dealt (`kafka_part::attach_later`).
+    Later,
+}
+
+/// The state layout (shard count, feature list) with the Kafka part appended.
+fn full_layout(config: &Config, shards: usize, kafka: Option<&str>) -> String {
+    let base = config.state_layout(shards);
+    match kafka {
+        Some(extra) => format!("{base};{extra}"),
+        None => base,
+    }
+}
+
+fn shard_dir(config: &Config, id: usize) -> std::path::PathBuf {
+    std::path::Path::new(&config.state.dir).join(format!("shard-{id}"))
+}
 
 /// A shard's state: in memory only without `state.dir`; else on its spill store, restored
-/// from its newest good checkpoint, with a checkpointer when `checkpoint.interval_ms` > 0.
-/// Returns the state, its restored newest event time, the checkpointer and the restored
-/// Kafka offsets. `target` says which checkpoint may be restored (exactly_once names one).
-fn shard_state(
+/// from its newest good checkpoint (`target`: exactly_once names one).
+fn restore_shard(
     id: usize,
     shards: usize,
     config: &Config,
     target: RestoreTarget,
-    layout_extra: Option<&str>,
-) -> Result<RestoredState, ShardStartError> {
+    kafka: KafkaLayout<'_>,
+) -> Result<Restored, ShardStartError> {
     let plan = config.feature_plan()?;
     if config.state.dir.is_empty() {
-        return Ok((
-            KeyedState::with_plan(config, plan, None),
-            0,
-            None,
-            Vec::new(),
-        ));
+        return Ok(Restored {
+            state: KeyedState::with_plan(config, plan, None),
+            max_event_ns: 0,
+            offsets: Vec::new(),
+            seq: None,
+            next_seq: 1,
+            kafka_layout: None,
+        });
     }
     let started = std::time::Instant::now();
-    let base = std::path::Path::new(&config.state.dir).join(format!("shard-{id}"));
+    let base = shard_dir(config, id);
     let root = base.join("checkpoints");
-    let mut layout = config.state_layout(shards);
-    if let Some(extra) = layout_extra {
-        layout = format!("{layout};{extra}");
-    }
+    let (layout, kafka_layout) = match kafka {
+        KafkaLayout::Off => (full_layout(config, shards, None), None),
+        KafkaLayout::Dealt(extra) => (full_layout(config, shards, Some(extra)), None),
+        KafkaLayout::Later => {
+            let own = config.state_layout(shards);
+            let newest = checkpoint::newest_layout(&root)?;
+            let extra = newest
+                .as_deref()
+                .and_then(|l| l.strip_prefix(own.as_str())?.strip_prefix(';'))
+                .map(str::to_owned);
+            // Another base layout is refused by the restore, as at any start.
+            (full_layout(config, shards, extra.as_deref()), extra)
+        }
+    };
     let words = plan.words();
     let open = |dir: &std::path::Path, len: Option<u64>| {
         Spill::open(dir, config.state.spill_cache_bytes, words, len)
     };
     let (spill, point) =
         checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)?;
-    let offsets = point
-        .as_ref()
-        .map(|p| p.manifest.kafka_offsets.clone())
-        .unwrap_or_default();
     let mut state = KeyedState::with_plan(config, plan, Some(spill));
-    let (max_event_ns, next_seq) = match &point {
-        Some(p) => {
-            let n = checkpoint::load_records(&mut state, p)?;
-            tracing::info!(
-                shard = id,
-                checkpoint = %p.path.display(),
-                hot_records = n,
-                spilled_records = p.manifest.spilled,
-                observations_applied = p.manifest.observations_applied,
-                restore_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
-                "state restored"
-            );
-            (p.manifest.max_event_ns, p.manifest.seq + 1)
-        }
-        None => {
-            tracing::info!(shard = id, dir = %base.display(), "no checkpoint to restore: starting with empty state");
-            (0, 1)
-        }
+    let Some(p) = point else {
+        tracing::info!(shard = id, dir = %base.display(), "no checkpoint to restore: starting with empty state");
+        return Ok(Restored {
+            state,
+            max_event_ns: 0,
+            offsets: Vec::new(),
+            seq: None,
+            next_seq: 1,
+            kafka_layout,
+        });
     };
-    let checkpoints = if config.checkpoint.interval_ms == 0 {
-        None
-    } else {
-        state.track_changes();
-        let buffer = checkpoint::buffer_bytes(config.state.hot_capacity, words);
-        let mut cp = Checkpointer::start(CheckpointSpec {
-            root,
-            shard: id,
-            layout,
-            interval_ns: config.checkpoint.interval_ms * 1_000_000,
-            keep: config.checkpoint.keep,
-            full_every: config.checkpoint.full_every,
-            buffer_bytes: buffer,
-            slice_records: config.checkpoint.copy_slice_records,
-            journal_records: config.checkpoint.spill_journal_records,
-            words,
-            next_seq,
-            // A shard with Kafka partitions under at_least_once commits a checkpoint only once
-            // the Scores produced before it are acknowledged (see shard::kafka).
-            gated: layout_extra.is_some() && config.egress.kafka.delivery == Delivery::AtLeastOnce,
-        })?;
-        // The buffers are touched before the shard reports ready: touched while it serves,
-        // they competed with the first seconds of traffic (events lost to socket drops).
-        cp.wait_ready();
-        Some(cp)
-    };
-    Ok((state, max_event_ns, checkpoints, offsets))
+    let n = checkpoint::load_records(&mut state, &p)?;
+    tracing::info!(
+        shard = id,
+        checkpoint = %p.path.display(),
+        hot_records = n,
+        spilled_records = p.manifest.spilled,
+        observations_applied = p.manifest.observations_applied,
+        restore_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+        "state restored"
+    );
+    Ok(Restored {
+        state,
+        max_event_ns: p.manifest.max_event_ns,
+        offsets: p.manifest.kafka_offsets.clone(),
+        seq: Some(p.manifest.seq),
+        next_seq: p.manifest.seq + 1,
+        kafka_layout,
+    })
+}
+
+/// The shard's checkpointer (with `state.dir` and `checkpoint.interval_ms` > 0), its first
+/// checkpoint numbered `next_seq` and written for the layout with `kafka` appended.
+fn start_checkpoints(
+    id: usize,
+    shards: usize,
+    config: &Config,
+    kafka: Option<&str>,
+    next_seq: u64,
+    state: &mut KeyedState,
+) -> Result<Option<Checkpointer>, ShardStartError> {
+    if config.state.dir.is_empty() || config.checkpoint.interval_ms == 0 {
+        return Ok(None);
+    }
+    state.track_changes();
+    let words = state.plan().words();
+    let buffer = checkpoint::buffer_bytes(config.state.hot_capacity, words);
+    let mut cp = Checkpointer::start(CheckpointSpec {
+        root: shard_dir(config, id).join("checkpoints"),
+        shard: id,
+        layout: full_layout(config, shards, kafka),
+        interval_ns: config.checkpoint.interval_ms * 1_000_000,
+        keep: config.checkpoint.keep,
+        full_every: config.checkpoint.full_every,
+        buffer_bytes: buffer,
+        slice_records: config.checkpoint.copy_slice_records,
+        journal_records: config.checkpoint.spill_journal_records,
+        words,
+        next_seq,
+        // A shard with Kafka partitions under at_least_once commits a checkpoint only once
+        // the Scores produced before it are acknowledged (see shard::kafka).
+        gated: kafka.is_some() && config.egress.kafka.delivery == Delivery::AtLeastOnce,
+    })?;
+    // The buffers are touched before the shard reports ready: touched while it serves,
+    // they competed with the first seconds of traffic (events lost to socket drops).
+    cp.wait_ready();
+    Ok(Some(cp))
 }

@@ -1,0 +1,298 @@
+//! A shard's part of Kafka, dealt at start: the partitions it owns, its Score producer and
+//! which checkpoint it may restore. When the brokers do not answer at start, the shards start
+//! without it and serve UDP; a thread of its own goes on asking the brokers and hands each
+//! shard its part when they answer, which the shard attaches between two cycles.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{start_checkpoints, AppError, Restored};
+use crate::config::{Config, Delivery};
+use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
+use crate::ingest::kafka::{
+    self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionGauges, PartitionId,
+    PartitionTable,
+};
+use crate::metrics::ShardCounters;
+use crate::shard::{Control, KafkaAttach, ShardKafka};
+use crate::state::checkpoint::{PartitionOffset, RestoreTarget};
+use crate::wake::Waker;
+
+/// A shard's part of Kafka, as its thread receives it.
+pub(super) enum KafkaPart {
+    Off,
+    /// Dealt before the shard started.
+    Dealt(KafkaSeed),
+    /// The brokers did not answer at start: dealt later through this channel (or the reason
+    /// it never will be).
+    Later(mpsc::Receiver<Result<KafkaSeed, String>>),
+}
+
+/// The partitions a shard owns, its Score producer (transactions already initialised under
+/// exactly_once, fencing any earlier process), and which checkpoint the last committed
+/// transaction names.
+pub(super) struct KafkaSeed {
+    owned: Vec<PartitionId>,
+    /// One per owned partition, shared with `Running` for the report (and the exporter).
+    gauges: Vec<Arc<PartitionGauge>>,
+    producer: ScoreProducer,
+    pub target: RestoreTarget,
+    /// Appended to the state layout: the partitions a checkpoint's state belongs to.
+    pub layout: String,
+}
+
+/// Deal every shard its part of Kafka. Brokers that do not answer within
+/// `kafka_in::CONNECT_PATIENCE` are not fatal: the shards start with `KafkaPart::Later`, and
+/// the returned thread deals their parts when the brokers answer. A missing topic (brokers
+/// that answer) and every other error still stop the start.
+pub(super) fn deal(
+    config: &Config,
+    shards: usize,
+    counters: &[Arc<ShardCounters>],
+    control: &Arc<Control>,
+    gauges: &PartitionGauges,
+) -> Result<(Vec<KafkaPart>, Option<JoinHandle<()>>), AppError> {
+    if !config.ingest.kafka.enabled() {
+        return Ok(((0..shards).map(|_| KafkaPart::Off).collect(), None));
+    }
+    match seeds(config, shards, counters, kafka_in::CONNECT_PATIENCE) {
+        Ok(seeds) => {
+            let _ = gauges.set(all_gauges(&seeds));
+            Ok((seeds.into_iter().map(KafkaPart::Dealt).collect(), None))
+        }
+        Err(AppError::Kafka(e @ KafkaError::Unreachable { .. })) => {
+            tracing::error!("{e}: serving UDP without Kafka meanwhile; asking the brokers again until they answer (Kafka partitions attach then)");
+            let (senders, receivers): (Vec<_>, Vec<_>) =
+                (0..shards).map(|_| mpsc::sync_channel(1)).unzip();
+            let later = Later {
+                config: config.clone(),
+                counters: counters.to_vec(),
+                control: control.clone(),
+                gauges: gauges.clone(),
+                senders,
+            };
+            let thread = std::thread::Builder::new()
+                .name("sluice-kafka-connect".into())
+                .spawn(move || later.run())
+                .map_err(AppError::Thread)?;
+            Ok((
+                receivers.into_iter().map(KafkaPart::Later).collect(),
+                Some(thread),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn all_gauges(seeds: &[KafkaSeed]) -> Vec<Arc<PartitionGauge>> {
+    seeds
+        .iter()
+        .flat_map(|k| k.gauges.iter().cloned())
+        .collect()
+}
+
+/// The connect thread's belongings.
+struct Later {
+    config: Config,
+    counters: Vec<Arc<ShardCounters>>,
+    control: Arc<Control>,
+    gauges: PartitionGauges,
+    senders: Vec<mpsc::SyncSender<Result<KafkaSeed, String>>>,
+}
+
+impl Later {
+    /// Ask the brokers (one 3 s metadata request at a time, so a stop is seen within that)
+    /// until they answer, then deal.
+    fn run(self) {
+        let mut attempt = 0u64;
+        while !self.control.stop_requested() {
+            attempt += 1;
+            match seeds(
+                &self.config,
+                self.senders.len(),
+                &self.counters,
+                Duration::ZERO,
+            ) {
+                Ok(seeds) => {
+                    let _ = self.gauges.set(all_gauges(&seeds));
+                    tracing::warn!(
+                        attempt,
+                        "Kafka brokers answer: partitions dealt, shards attach them now"
+                    );
+                    for (tx, seed) in self.senders.iter().zip(seeds) {
+                        let _ = tx.send(Ok(seed));
+                    }
+                    return;
+                }
+                Err(AppError::Kafka(e @ KafkaError::Unreachable { .. })) => {
+                    // 1st, 2nd, 4th, ... attempt: an outage is visible, not a log storm.
+                    if attempt.is_power_of_two() {
+                        tracing::warn!(attempt, "{e}; UDP serves meanwhile, still asking");
+                    }
+                }
+                Err(e) => {
+                    let why = format!("Kafka could not be attached: {e}");
+                    for tx in &self.senders {
+                        let _ = tx.send(Err(why.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Discover the input topics (asking up to `patience`), deal their partitions to shards,
+/// start each shard's producer and (exactly_once) read back which checkpoint each shard's last
+/// committed transaction names.
+fn seeds(
+    config: &Config,
+    shards: usize,
+    counters: &[Arc<ShardCounters>],
+    patience: Duration,
+) -> Result<Vec<KafkaSeed>, AppError> {
+    let counts = kafka_in::discover(config, patience)?;
+    let table = PartitionTable::balanced(&counts, shards);
+    let layout = table.layout(&config.ingest.kafka.topics, shards);
+    if table.owners.len() > crate::limits::KAFKA_PARTITIONS_MAX {
+        return Err(AppError::Kafka(KafkaError::Other(format!(
+            "{} partitions: one instance takes at most {}",
+            table.owners.len(),
+            crate::limits::KAFKA_PARTITIONS_MAX
+        ))));
+    }
+    let exactly_once = config.egress.kafka.delivery == Delivery::ExactlyOnce;
+    let ids: Vec<String> = (0..shards).map(|i| transactional_id(config, i)).collect();
+    let mut producers = Vec::with_capacity(shards);
+    for (i, id) in ids.iter().enumerate() {
+        let tid = exactly_once.then_some(id.as_str());
+        let counters = counters.get(i).cloned().unwrap_or_default();
+        producers.push(start_producer(config, tid, counters)?);
+    }
+    let committed = if exactly_once {
+        progress::last_committed(config, &ids)?
+    } else {
+        Default::default()
+    };
+    tracing::info!(partitions = table.owners.len(), version = table.version, shards, delivery = ?config.egress.kafka.delivery, "Kafka partitions dealt to shards");
+    Ok(producers
+        .into_iter()
+        .zip(&ids)
+        .enumerate()
+        .map(|(i, (producer, id))| {
+            let target = match (exactly_once, committed.get(id)) {
+                (false, _) => RestoreTarget::Newest,
+                (true, Some(&seq)) => RestoreTarget::Exactly(seq),
+                (true, None) => RestoreTarget::Nothing,
+            };
+            let owned = table.owned_by(i);
+            let gauges = owned
+                .iter()
+                .filter_map(|p| {
+                    let topic = config.ingest.kafka.topics.get(usize::from(p.topic))?;
+                    Some(Arc::new(PartitionGauge::new(topic, p.partition)))
+                })
+                .collect();
+            KafkaSeed {
+                owned,
+                gauges,
+                producer,
+                target,
+                layout: layout.clone(),
+            }
+        })
+        .collect())
+}
+
+/// The shard's consumer, at the offsets its restored checkpoint holds, and its Score sink;
+/// a parked shard is woken when records arrive.
+pub(super) fn shard_kafka(
+    id: usize,
+    config: &Config,
+    seed: KafkaSeed,
+    restored: &[PartitionOffset],
+    wakers: &Arc<Vec<Waker>>,
+) -> Result<ShardKafka, KafkaError> {
+    let mut source = KafkaSource::start(config, &seed.owned, restored, seed.gauges)?;
+    let names: Vec<(String, i32)> = source
+        .owned()
+        .iter()
+        .map(|p| (p.topic.clone(), p.id.partition))
+        .collect();
+    let sink = KafkaSink::new(config, id, seed.producer, &names)?;
+    let wakers = wakers.clone();
+    source.wake_on_records(move || {
+        if let Some(w) = wakers.get(id) {
+            w.wake_if_parked();
+        }
+    });
+    Ok(ShardKafka {
+        source,
+        sink,
+        records_max: config.ingest.kafka.records_per_cycle_max,
+        in_flight_max: config.ingest.kafka.in_flight_records_max,
+        failed: false,
+        next_group_commit_ns: 0,
+        awaiting: None,
+        withheld: 0,
+    })
+}
+
+/// For a shard started without Kafka: between cycles, take its part once dealt and attach it
+/// — if the state restored without the brokers is the one they would have had restored:
+/// the partition layout its checkpoint was written for (at_least_once), and under
+/// exactly_once the very checkpoint the last committed transaction names. If not, the service
+/// stops with the reason and a restart (systemd's) restores the right one; UDP updates since
+/// this start are then lost, as UDP replays nothing. Checkpoints start at the attach: before
+/// it the layout (and under exactly_once the transaction) they belong to is not known.
+pub(super) fn attach_later(
+    id: usize,
+    shards: usize,
+    config: Config,
+    rx: mpsc::Receiver<Result<KafkaSeed, String>>,
+    restored: &Restored,
+    wakers: Arc<Vec<Waker>>,
+) -> KafkaAttach {
+    let offsets = restored.offsets.clone();
+    let restored_seq = restored.seq;
+    let restored_layout = restored.kafka_layout.clone();
+    let next_seq = restored.next_seq;
+    Box::new(move |core| {
+        let seed = match rx.try_recv() {
+            Ok(seed) => seed,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Some(Err("the Kafka connect thread stopped".into()))
+            }
+        };
+        Some(seed.and_then(|seed| {
+            if restored_seq.is_some() && restored_layout.as_deref() != Some(seed.layout.as_str()) {
+                return Err(format!("shard {id}: Kafka's partitions are now dealt as {:?}, but the checkpoint restored while the brokers did not answer was written for {:?}: stopping (a restart reports the layout mismatch)", seed.layout, restored_layout.as_deref().unwrap_or("no Kafka")));
+            }
+            let named = match seed.target {
+                RestoreTarget::Newest => restored_seq,
+                RestoreTarget::Exactly(seq) => Some(seq),
+                RestoreTarget::Nothing => None,
+            };
+            if named != restored_seq {
+                return Err(format!("shard {id}: the last committed Kafka transaction names checkpoint {named:?}, but {restored_seq:?} was restored while the brokers did not answer: stopping so a restart restores the named one (UDP updates since this start are lost)"));
+            }
+            let layout = seed.layout.clone();
+            let kafka = shard_kafka(id, &config, seed, &offsets, &wakers)
+                .map_err(|e| format!("shard {id}: attaching Kafka: {e}"))?;
+            let checkpoints = start_checkpoints(
+                id,
+                shards,
+                &config,
+                Some(layout.as_str()),
+                next_seq,
+                core.state_mut(),
+            )
+            .map_err(|e| format!("shard {id}: starting checkpoints: {e}"))?;
+            tracing::info!(shard = id, partitions = kafka.source.owned().len(), "Kafka attached");
+            Ok((kafka, checkpoints))
+        }))
+    })
+}
