@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{start_checkpoints, AppError, Restored};
+use super::{full_layout, start_checkpoints, AppError, Restored};
 use crate::config::{Config, Delivery};
 use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
 use crate::ingest::kafka::{
@@ -248,12 +248,12 @@ pub(super) fn shard_kafka(
 /// this start are then lost, as UDP replays nothing. Checkpoints start at the attach: before
 /// it the layout (and under exactly_once the transaction) they belong to is not known.
 pub(super) fn attach_later(
-    id: usize,
-    shards: usize,
+    (id, shards): (usize, usize),
     config: Config,
     rx: mpsc::Receiver<Result<KafkaSeed, String>>,
     restored: &Restored,
     wakers: Arc<Vec<Waker>>,
+    helpers: Vec<usize>,
 ) -> KafkaAttach {
     let offsets = restored.offsets.clone();
     let restored_seq = restored.seq;
@@ -279,16 +279,19 @@ pub(super) fn attach_later(
             if named != restored_seq {
                 return Err(format!("shard {id}: the last committed Kafka transaction names checkpoint {named:?}, but {restored_seq:?} was restored while the brokers did not answer: stopping so a restart restores the named one (UDP updates since this start are lost)"));
             }
-            let layout = seed.layout.clone();
-            let kafka = shard_kafka(id, &config, seed, &offsets, &wakers)
-                .map_err(|e| format!("shard {id}: attaching Kafka: {e}"))?;
+            let layout = full_layout(&config, shards, Some(&seed.layout));
+            let kafka = crate::topology::with_cpus(&helpers, || {
+                shard_kafka(id, &config, seed, &offsets, &wakers)
+            })
+            .map_err(|e| format!("shard {id}: attaching Kafka: {e}"))?;
             let checkpoints = start_checkpoints(
                 id,
-                shards,
                 &config,
-                Some(layout.as_str()),
+                &layout,
+                true,
                 next_seq,
                 core.state_mut(),
+                &helpers,
             )
             .map_err(|e| format!("shard {id}: starting checkpoints: {e}"))?;
             tracing::info!(shard = id, partitions = kafka.source.owned().len(), "Kafka attached");

@@ -186,6 +186,12 @@ pub fn start_with_progress(
     let placements = topology::plan(&config.shards, &topo).map_err(AppError::Placement)?;
     let shards = placements.len();
     resident::check_machine(config, shards).map_err(AppError::Memory)?;
+    // Helper threads (and librdkafka's, RocksDB's) start on these, off the pinned shards' CPUs.
+    let helpers = if config.shards.pin {
+        topology::helper_cpus(&placements.iter().map(|p| p.cpu).collect::<Vec<_>>())
+    } else {
+        Vec::new()
+    };
 
     let (driver, why) = Driver::resolve(config.ingest.udp.driver)?;
     tracing::info!(driver = driver.name(), "udp ingest: {why}");
@@ -264,8 +270,9 @@ pub fn start_with_progress(
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), ShardStartError>)>();
 
     let kafka_partitions = PartitionGauges::default();
-    let (kafka, kafka_connect) =
-        kafka_part::deal(config, shards, &counters, &control, &kafka_partitions)?;
+    let (kafka, kafka_connect) = topology::with_cpus(&helpers, || {
+        kafka_part::deal(config, shards, &counters, &control, &kafka_partitions)
+    })?;
     let seeds: Vec<ShardSeed> = sockets
         .into_iter()
         .zip(mesh)
@@ -281,6 +288,7 @@ pub fn start_with_progress(
                 model,
                 model_link,
                 kafka,
+                helpers: helpers.clone(),
             },
         )
         .collect();
@@ -326,20 +334,23 @@ pub fn start_with_progress(
             .map_err(|e| AppError::Model(e.to_string()))?,
     };
     let ctl = control.clone();
-    let mut helpers = vec![std::thread::Builder::new()
-        .name("sluice-control".into())
-        .spawn(move || control_loop.run(&ctl))
-        .map_err(AppError::Thread)?];
-    helpers.extend(kafka_connect);
+    let control_thread = topology::with_cpus(&helpers, || {
+        std::thread::Builder::new()
+            .name("sluice-control".into())
+            .spawn(move || control_loop.run(&ctl))
+    });
+    let mut threads_helping = vec![control_thread.map_err(AppError::Thread)?];
+    threads_helping.extend(kafka_connect);
     if !config.admin.socket.is_empty() {
         let path = std::path::Path::new(&config.admin.socket);
-        let admin =
+        let admin = topology::with_cpus(&helpers, || {
             crate::admin::serve(path, requests.clone(), control.clone(), config.admin.faults)
-                .map_err(|source| AppError::Admin {
-                    path: config.admin.socket.clone(),
-                    source,
-                })?;
-        helpers.push(admin);
+        })
+        .map_err(|source| AppError::Admin {
+            path: config.admin.socket.clone(),
+            source,
+        })?;
+        threads_helping.push(admin);
     }
 
     let mut running = Running {
@@ -351,7 +362,7 @@ pub fn start_with_progress(
         counters,
         threads,
         requests,
-        helpers,
+        helpers: threads_helping,
         kafka_partitions,
     };
     let mut failures = Vec::new();
@@ -463,6 +474,8 @@ struct ShardSeed {
     model: ShardModel,
     model_link: ModelLink,
     kafka: KafkaPart,
+    /// The CPUs its helper threads start on (`topology::helper_cpus`).
+    helpers: Vec<usize>,
 }
 
 fn build_shard(
@@ -481,6 +494,7 @@ fn build_shard(
         model,
         model_link,
         kafka,
+        helpers,
     } = seed;
     if config.shards.pin {
         topology::pin_current(placement.cpu)?;
@@ -508,33 +522,43 @@ fn build_shard(
         KafkaPart::Later(_) => (RestoreTarget::Newest, KafkaLayout::Later),
         KafkaPart::Off => (RestoreTarget::Newest, KafkaLayout::Off),
     };
-    let mut restored = restore_shard(id, shards, config, target, layout)?;
+    let mut restored = restore_shard(id, shards, config, target, layout, &helpers)?;
     let (kafka, attach, checkpoints) = match kafka {
         KafkaPart::Dealt(seed) => {
             let cp = start_checkpoints(
                 id,
-                shards,
                 config,
-                Some(&seed.layout),
+                &full_layout(config, shards, Some(&seed.layout)),
+                true,
                 restored.next_seq,
                 &mut restored.state,
+                &helpers,
             )?;
-            let k = kafka_part::shard_kafka(id, config, seed, &restored.offsets, &wakers)?;
+            let k = topology::with_cpus(&helpers, || {
+                kafka_part::shard_kafka(id, config, seed, &restored.offsets, &wakers)
+            })?;
             (Some(k), None, cp)
         }
         KafkaPart::Later(rx) => {
-            let attach =
-                kafka_part::attach_later(id, shards, config.clone(), rx, &restored, wakers.clone());
+            let attach = kafka_part::attach_later(
+                (id, shards),
+                config.clone(),
+                rx,
+                &restored,
+                wakers.clone(),
+                helpers.clone(),
+            );
             (None, Some(attach), None)
         }
         KafkaPart::Off => {
             let cp = start_checkpoints(
                 id,
-                shards,
                 config,
-                None,
+                &full_layout(config, shards, None),
+                false,
                 restored.next_seq,
                 &mut restored.state,
+                &helpers,
             )?;
             (None, None, cp)
         }
@@ -605,7 +629,7 @@ enum KafkaLayout<'a> {
 }
 
 /// The state layout (shard count, feature list) with the Kafka part appended.
-fn full_layout(config: &Config, shards: usize, kafka: Option<&str>) -> String {
+pub(crate) fn full_layout(config: &Config, shards: usize, kafka: Option<&str>) -> String {
     let base = config.state_layout(shards);
     match kafka {
         Some(extra) => format!("{base};{extra}"),
@@ -625,6 +649,7 @@ fn restore_shard(
     config: &Config,
     target: RestoreTarget,
     kafka: KafkaLayout<'_>,
+    helpers: &[usize],
 ) -> Result<Restored, ShardStartError> {
     let plan = config.feature_plan()?;
     if config.state.dir.is_empty() {
@@ -655,8 +680,11 @@ fn restore_shard(
         }
     };
     let words = plan.words();
+    // RocksDB starts its shared background threads at the first open: off the shards' CPUs.
     let open = |dir: &std::path::Path, len: Option<u64>| {
-        Spill::open(dir, config.state.spill_cache_bytes, words, len)
+        topology::with_cpus(helpers, || {
+            Spill::open(dir, config.state.spill_cache_bytes, words, len)
+        })
     };
     let (spill, point) =
         checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)?;
@@ -693,14 +721,16 @@ fn restore_shard(
 }
 
 /// The shard's checkpointer (with `state.dir` and `checkpoint.interval_ms` > 0), its first
-/// checkpoint numbered `next_seq` and written for the layout with `kafka` appended.
+/// checkpoint numbered `next_seq` and written for `layout` (`has_partitions`: with a Kafka
+/// part); its writer thread on `helpers`.
 fn start_checkpoints(
     id: usize,
-    shards: usize,
     config: &Config,
-    kafka: Option<&str>,
+    layout: &str,
+    has_partitions: bool,
     next_seq: u64,
     state: &mut KeyedState,
+    helpers: &[usize],
 ) -> Result<Option<Checkpointer>, ShardStartError> {
     if config.state.dir.is_empty() || config.checkpoint.interval_ms == 0 {
         return Ok(None);
@@ -708,22 +738,25 @@ fn start_checkpoints(
     state.track_changes();
     let words = state.plan().words();
     let buffer = checkpoint::buffer_bytes(config.state.hot_capacity, words);
-    let mut cp = Checkpointer::start(CheckpointSpec {
-        root: shard_dir(config, id).join("checkpoints"),
-        shard: id,
-        layout: full_layout(config, shards, kafka),
-        interval_ns: config.checkpoint.interval_ms * 1_000_000,
-        keep: config.checkpoint.keep,
-        full_every: config.checkpoint.full_every,
-        buffer_bytes: buffer,
-        slice_records: config.checkpoint.copy_slice_records,
-        journal_records: config.checkpoint.spill_journal_records,
-        words,
-        next_seq,
-        // A shard with Kafka partitions under at_least_once commits a checkpoint only once
-        // the Scores produced before it are acknowledged (see shard::kafka).
-        gated: kafka.is_some() && config.egress.kafka.delivery == Delivery::AtLeastOnce,
-    })?;
+    let cp = topology::with_cpus(helpers, || {
+        Checkpointer::start(CheckpointSpec {
+            root: shard_dir(config, id).join("checkpoints"),
+            shard: id,
+            layout: layout.to_owned(),
+            interval_ns: config.checkpoint.interval_ms * 1_000_000,
+            keep: config.checkpoint.keep,
+            full_every: config.checkpoint.full_every,
+            buffer_bytes: buffer,
+            slice_records: config.checkpoint.copy_slice_records,
+            journal_records: config.checkpoint.spill_journal_records,
+            words,
+            next_seq,
+            // A shard with Kafka partitions under at_least_once commits a checkpoint only once
+            // the Scores produced before it are acknowledged (see shard::kafka).
+            gated: has_partitions && config.egress.kafka.delivery == Delivery::AtLeastOnce,
+        })
+    });
+    let mut cp = cp?;
     // The buffers are touched before the shard reports ready: touched while it serves,
     // they competed with the first seconds of traffic (events lost to socket drops).
     cp.wait_ready();

@@ -121,6 +121,54 @@ pub fn keep_off(shard_cpus: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The CPUs for sluice's helper threads (checkpoint writers, RocksDB's background pool,
+/// librdkafka's threads, control and admin): those the calling thread may use, minus the
+/// shards' CPUs; all it may use when that leaves none. Empty when shards are not pinned
+/// (nothing to keep off; `with_cpus` then changes nothing).
+pub fn helper_cpus(shard_cpus: &[usize]) -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    if shard_cpus.is_empty() {
+        return Vec::new();
+    }
+    let Ok(now) = sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    let allowed: Vec<usize> = (0..CpuSet::count())
+        .filter(|&i| now.is_set(i).unwrap_or(false))
+        .collect();
+    let rest: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !shard_cpus.contains(c))
+        .collect();
+    if rest.is_empty() {
+        allowed
+    } else {
+        rest
+    }
+}
+
+/// Run `f` with the calling thread allowed on `cpus` only, then restore its mask. A thread
+/// inherits its creator's mask, so this is how a pinned shard thread starts helpers that must
+/// not share its core: measured, the checkpoint writer, RocksDB's background threads and the
+/// shard's own librdkafka consumer threads all ran pinned to the shard's CPU, competing with
+/// it. `cpus` empty, or a mask the kernel refuses: `f` runs unchanged.
+pub fn with_cpus<T>(cpus: &[usize], f: impl FnOnce() -> T) -> T {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let me = nix::unistd::Pid::from_raw(0);
+    let before = sched_getaffinity(me).ok();
+    let mut set = CpuSet::new();
+    let built = !cpus.is_empty() && cpus.iter().all(|&c| set.set(c).is_ok());
+    let changed = built && before.is_some() && sched_setaffinity(me, &set).is_ok();
+    let out = f();
+    if let (true, Some(b)) = (changed, before) {
+        if sched_setaffinity(me, &b).is_err() {
+            tracing::warn!("could not restore a thread's CPU mask after starting helpers");
+        }
+    }
+    out
+}
+
 pub fn pin_current(cpu: usize) -> Result<(), PinError> {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         return Err(PinError::Refused(cpu));
@@ -164,6 +212,34 @@ mod tests {
                 keep_off(&allowed).is_empty(),
                 "every CPU a shard's: unchanged"
             );
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn mask() -> Vec<usize> {
+        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+        (0..nix::sched::CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .collect()
+    }
+
+    #[test]
+    fn helpers_started_from_a_pinned_thread_run_off_its_cpu() {
+        std::thread::spawn(|| {
+            let allowed = mask();
+            let first = allowed[0];
+            let helpers = helper_cpus(&[first]);
+            if allowed.len() == 1 {
+                assert_eq!(helpers, allowed, "no CPU left: all the allowed ones");
+                return;
+            }
+            assert_eq!(helpers, allowed[1..].to_vec());
+            pin_current(first).unwrap();
+            let helper_mask = with_cpus(&helpers, || std::thread::spawn(mask).join().unwrap());
+            assert_eq!(helper_mask, helpers, "the helper inherits the helper CPUs");
+            assert_eq!(mask(), vec![first], "the pinned thread is pinned again");
+            assert_eq!(helper_cpus(&[]), Vec::<usize>::new());
         })
         .join()
         .unwrap();
