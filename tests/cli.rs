@@ -393,3 +393,92 @@ fn a_state_dir_or_model_every_user_can_write_is_refused() {
     assert!(err.contains("writable by every user"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each thread of a running sluice, by name, with the CPUs it may run on.
+fn thread_masks(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(t.join("comm")),
+            std::fs::read_to_string(t.join("status")),
+        ) else {
+            continue; // a thread that ended meanwhile
+        };
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        out.push((comm.trim().to_owned(), mask));
+    }
+    out
+}
+
+#[test]
+fn helper_threads_run_on_the_helper_cores_not_the_shards() {
+    let allowed: Vec<usize> = {
+        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+        (0..nix::sched::CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .collect()
+    };
+    let shard_cpu = allowed[0];
+    let helper = *allowed.last().unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-cli-helpers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, _stdout, _) = spawn_run(&[
+        format!("shards.cores=[{shard_cpu}]"),
+        format!("shards.helper_cores=[{helper}]"),
+        format!("state.dir={}", dir.display()),
+    ]);
+    let threads = thread_masks(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mask_of = |prefix: &str| -> Vec<&String> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, m)| m)
+            .collect()
+    };
+    assert_eq!(
+        mask_of("sluice-shard-0").first().map(|m| m.as_str()),
+        Some(shard_cpu.to_string().as_str()),
+        "{threads:?}"
+    );
+    // The checkpoint writer and RocksDB's background threads start on the shard's thread,
+    // the control thread on the main one: all on the helper core.
+    for prefix in ["sluice-ckpt-0", "rocksdb:", "sluice-control"] {
+        let masks = mask_of(prefix);
+        assert!(!masks.is_empty(), "no {prefix} thread in {threads:?}");
+        assert!(
+            masks.iter().all(|m| **m == helper.to_string()),
+            "{prefix} threads not on helper CPU {helper}: {threads:?}"
+        );
+    }
+}
+
+#[test]
+fn a_helper_core_that_is_not_available_is_a_clear_start_up_error() {
+    let out = sluice()
+        .args([
+            "run",
+            "--set",
+            "ingest.udp.listen=127.0.0.1:0",
+            "--set",
+            "state.hot_capacity=1024",
+            "--set",
+            "shards.helper_cores=[1000]",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shards.helper_cores[0] = 1000: no such CPU available"),
+        "{err}"
+    );
+}

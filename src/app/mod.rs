@@ -69,6 +69,8 @@ pub struct Running {
     threads: Vec<JoinHandle<(Option<ShardLatency>, Option<IngestError>)>>,
     requests: mpsc::Sender<Request>,
     helpers: Vec<JoinHandle<()>>,
+    /// Where helper threads run (`shards.helper_cores`; empty: not pinned).
+    helper_cpus: Vec<usize>,
     /// Every consumed Kafka partition's position and watermark (none without Kafka, or
     /// before the brokers first answered).
     kafka_partitions: PartitionGauges,
@@ -187,11 +189,10 @@ pub fn start_with_progress(
     let shards = placements.len();
     resident::check_machine(config, shards).map_err(AppError::Memory)?;
     // Helper threads (and librdkafka's, RocksDB's) start on these, off the pinned shards' CPUs.
-    let helpers = if config.shards.pin {
-        topology::helper_cpus(&placements.iter().map(|p| p.cpu).collect::<Vec<_>>())
-    } else {
-        Vec::new()
-    };
+    let shard_cpus: Vec<usize> = placements.iter().map(|p| p.cpu).collect();
+    let helpers =
+        topology::plan_helpers(&config.shards, &topo, &shard_cpus).map_err(AppError::Placement)?;
+    tracing::info!(?helpers, "helper threads' CPUs (empty: not pinned)");
 
     let (driver, why) = Driver::resolve(config.ingest.udp.driver)?;
     tracing::info!(driver = driver.name(), "udp ingest: {why}");
@@ -363,6 +364,7 @@ pub fn start_with_progress(
         threads,
         requests,
         helpers: threads_helping,
+        helper_cpus: helpers,
         kafka_partitions,
     };
     let mut failures = Vec::new();
@@ -432,7 +434,10 @@ fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> 
     } else {
         Vec::new()
     };
-    match exporter::serve(addr, exposition, running.control.clone(), &shard_cpus) {
+    let served = topology::with_cpus(&running.helper_cpus, || {
+        exporter::serve(addr, exposition, running.control.clone(), &shard_cpus)
+    });
+    match served {
         Ok(endpoint) => {
             tracing::info!(addr = %endpoint.addr, "metrics at http://{}/metrics", endpoint.addr);
             running.helpers.push(endpoint.thread);

@@ -163,6 +163,7 @@ pub struct Shards {
     pub pin: bool,
     pub idle_spins: u32,
     pub park_timeout_us: u64,
+    pub helper_cores: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -75,6 +75,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     );
     range("shards.count", c.shards.count, 0, limits::SHARDS_MAX);
     range(
+        "shards.helper_cores (length)",
+        c.shards.helper_cores.len(),
+        0,
+        limits::SHARDS_MAX,
+    );
+    range(
         "shards.cores (length)",
         c.shards.cores.len(),
         0,

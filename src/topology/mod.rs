@@ -121,6 +121,35 @@ pub fn keep_off(shard_cpus: &[usize]) -> Vec<usize> {
     }
 }
 
+/// `shards.helper_cores` checked against the CPUs this process may use (every one that is not
+/// is listed), or the default (`helper_cpus`) when it is empty; empty when shards are not
+/// pinned.
+pub fn plan_helpers(
+    shards: &Shards,
+    topo: &Topology,
+    shard_cpus: &[usize],
+) -> Result<Vec<usize>, Vec<String>> {
+    if !shards.pin {
+        return Ok(Vec::new());
+    }
+    if shards.helper_cores.is_empty() {
+        return Ok(helper_cpus(shard_cpus));
+    }
+    let allowed: Vec<usize> = topo.cpus.iter().map(|c| c.os_index).collect();
+    let problems: Vec<String> = shards
+        .helper_cores
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !allowed.contains(c))
+        .map(|(i, c)| format!("shards.helper_cores[{i}] = {c}: no such CPU available to this process (available: {allowed:?})"))
+        .collect();
+    if problems.is_empty() {
+        Ok(shards.helper_cores.clone())
+    } else {
+        Err(problems)
+    }
+}
+
 /// The CPUs for sluice's helper threads (checkpoint writers, RocksDB's background pool,
 /// librdkafka's threads, control and admin): those the calling thread may use, minus the
 /// shards' CPUs; all it may use when that leaves none. Empty when shards are not pinned
@@ -270,6 +299,7 @@ mod tests {
         Shards {
             count,
             cores,
+            helper_cores: Vec::new(),
             pin: true,
             idle_spins: 0,
             park_timeout_us: 1000,
