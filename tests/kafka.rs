@@ -732,3 +732,40 @@ fn brokers_unreachable_at_start_udp_serves_and_kafka_attaches_when_they_answer()
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// exactly_once commits off the shard thread: while a commit hangs on a frozen broker, the
+/// shards go on answering UDP (before, the commit ran on the shard and held it, UDP included,
+/// until the transaction timed out).
+#[test]
+fn exactly_once_a_hanging_commit_does_not_hold_up_udp() {
+    let broker = broker_with_topics("eos-hang");
+    let dir = scratch("eos-hang");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.push("egress.kafka.transactional_id_prefix=eos-hang".into());
+    sets.push("egress.kafka.transaction_timeout_ms=60000".into());
+    let records = workload(20, 100);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    drop(p);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let (mut child, _stdout, addr) = common::spawn_run(&sets);
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    broker.freeze(true);
+    let mut client = common::Client::new(addr.parse().unwrap(), 1);
+    // The first events change the state: the next checkpoint flips and its commit hangs on
+    // the frozen broker. Those after it must still be answered.
+    client.send(&[(2_000_001, false), (2_000_002, false)]);
+    let first = client.collect(2);
+    std::thread::sleep(Duration::from_millis(500));
+    client.send(&[(2_000_001, false), (2_000_003, false), (2_000_001, true)]);
+    let second = client.collect(client.replies_wanted() - first.len());
+    broker.freeze(false);
+    let replies: Vec<_> = first.into_iter().chain(second).collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    client.check(&replies);
+}

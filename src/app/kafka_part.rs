@@ -221,13 +221,21 @@ pub(super) fn shard_kafka(
         .iter()
         .map(|p| (p.topic.clone(), p.id.partition))
         .collect();
-    let sink = KafkaSink::new(config, id, seed.producer, &names)?;
-    let wakers = wakers.clone();
-    source.wake_on_records(move || {
-        if let Some(w) = wakers.get(id) {
-            w.wake_if_parked();
+    let wake = move |wakers: Arc<Vec<Waker>>| {
+        move || {
+            if let Some(w) = wakers.get(id) {
+                w.wake_if_parked();
+            }
         }
-    });
+    };
+    let sink = KafkaSink::new(
+        config,
+        id,
+        seed.producer,
+        &names,
+        Box::new(wake(wakers.clone())),
+    )?;
+    source.wake_on_records(wake(wakers.clone()));
     Ok(ShardKafka {
         source,
         sink,
@@ -237,6 +245,7 @@ pub(super) fn shard_kafka(
         next_group_commit_ns: 0,
         awaiting: None,
         withheld: 0,
+        commit: None,
     })
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
+
 use super::ShardCore;
 use crate::egress::kafka::KafkaSink;
 use crate::egress::{Egress, EgressSink};
@@ -10,7 +12,6 @@ use crate::ingest::kafka::KafkaSource;
 use crate::metrics::{ShardCounters, ShardLatency};
 use crate::shard::core::KafkaRecord;
 use crate::state::checkpoint::{Checkpointer, Input};
-use crate::state::KeyedState;
 
 /// How long a flipped at_least_once checkpoint may wait for the Scores produced before it to
 /// be acknowledged before it is dropped (counted as failed; the next one is full). The shard
@@ -47,6 +48,21 @@ pub struct ShardKafka {
     pub awaiting: Option<Awaiting>,
     /// Checkpoints dropped because their Scores were not acknowledged in time (for logs).
     pub withheld: u64,
+    /// exactly_once: the checkpoint whose transaction is being committed (no Kafka intake
+    /// meanwhile).
+    pub commit: Option<Commit>,
+}
+
+/// exactly_once: a checkpoint flipped, on its way to its transaction's commit.
+pub enum Commit {
+    /// Being copied and written; the offsets are those it holds, committed with it.
+    Writing {
+        seq: u64,
+        offsets: TopicPartitionList,
+        flipped_ns: u64,
+    },
+    /// On disk; its transaction is being committed on the committer thread.
+    Committing { seq: u64, flipped_ns: u64 },
 }
 
 impl ShardKafka {
@@ -62,6 +78,10 @@ impl ShardKafka {
         latency: &mut ShardLatency,
     ) -> usize {
         self.source.refresh_watermarks(fetched_ns);
+        if self.commit.is_some() {
+            // exactly_once: Scores taken now would join the transaction being committed.
+            return 0;
+        }
         if self.sink.in_flight() >= self.in_flight_max {
             counters.kafka_backpressure_cycles.inc();
             return 0;
@@ -123,6 +143,9 @@ impl ShardKafka {
         if !self.sink.transactional() {
             self.release_settled(cp, now_ns);
         }
+        if self.commit.is_some() {
+            return self.advance_commit(cp, now_ns, core, counters);
+        }
         if cp.capturing() {
             // The running snapshot's next slice (at_least_once: its offsets are in it).
             cp.tick_with(now_ns, core.state_mut(), max_event_ns, &Input::default());
@@ -152,10 +175,108 @@ impl ShardKafka {
             }
             return Ok(());
         }
-        let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) else {
-            return Ok(());
-        };
-        self.commit(cp, seq, core.state_mut(), counters)
+        let offsets = self.source.offsets_list();
+        if let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) {
+            self.commit = Some(Commit::Writing {
+                seq,
+                offsets,
+                flipped_ns: now_ns,
+            });
+        }
+        Ok(())
+    }
+
+    /// exactly_once, between cycles while a checkpoint is on its way: copy its next slice;
+    /// once the writer has it on disk, start its transaction's commit; once that ends, take
+    /// Kafka records again. Never waits. Err: the commit failed (the caller stops the shard).
+    fn advance_commit(
+        &mut self,
+        cp: &mut Checkpointer,
+        now_ns: u64,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        match self.commit.take() {
+            None => Ok(()),
+            Some(Commit::Writing {
+                seq,
+                offsets,
+                flipped_ns,
+            }) => {
+                cp.step(core.state_mut());
+                match cp.take_outcome() {
+                    None => {
+                        self.commit = Some(Commit::Writing {
+                            seq,
+                            offsets,
+                            flipped_ns,
+                        });
+                        Ok(())
+                    }
+                    Some(Ok(written)) => {
+                        crate::invariant_eq!(written, seq);
+                        self.check_delivered(None)?;
+                        let group = self.source.group_metadata();
+                        match self.sink.start_commit(seq, offsets, group) {
+                            Ok(()) => {
+                                self.commit = Some(Commit::Committing { seq, flipped_ns });
+                                Ok(())
+                            }
+                            Err(e) => self.commit_failed(seq, &e, counters),
+                        }
+                    }
+                    // The transaction stays open and the next checkpoint commits it (its
+                    // Scores too).
+                    Some(Err(e)) => {
+                        tracing::error!(
+                            seq,
+                            "checkpoint not written, its transaction stays open: {e}"
+                        );
+                        Self::intake_paused(flipped_ns, now_ns, counters);
+                        Ok(())
+                    }
+                }
+            }
+            Some(Commit::Committing { seq, flipped_ns }) => match self.sink.poll_commit() {
+                None => {
+                    self.commit = Some(Commit::Committing { seq, flipped_ns });
+                    Ok(())
+                }
+                Some(Ok(())) => {
+                    counters.kafka_transactions.inc();
+                    Self::intake_paused(flipped_ns, now_ns, counters);
+                    Ok(())
+                }
+                Some(Err(e)) => self.commit_failed(seq, &e, counters),
+            },
+        }
+    }
+
+    /// How long Kafka intake stood still for a commit (flip to commit), for its gauge.
+    fn intake_paused(flipped_ns: u64, now_ns: u64, counters: &ShardCounters) {
+        let ns = now_ns.saturating_sub(flipped_ns);
+        if ns > counters.kafka_commit_pause_max_ns.get() {
+            counters.kafka_commit_pause_max_ns.set(ns);
+        }
+    }
+
+    fn commit_failed(
+        &mut self,
+        seq: u64,
+        e: &crate::ingest::kafka::KafkaError,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        counters.kafka_transactions_failed.inc();
+        self.failed = true;
+        Err(format!(
+            "exactly_once: committing checkpoint {seq}'s transaction failed ({e}); it was aborted, and the state is ahead of what Kafka holds: stopping so a restart replays from the last committed checkpoint"
+        ))
+    }
+
+    /// exactly_once: a checkpoint on its way to its commit needs the shard to go on turning
+    /// (it copies slices and collects the writer's answer); the committer wakes it.
+    pub fn commit_needs_turns(&self) -> bool {
+        matches!(self.commit, Some(Commit::Writing { .. }))
     }
 
     /// After each flush: has the producer given up on (or refused) any Score or alert record?
@@ -205,65 +326,68 @@ impl ShardKafka {
         }
     }
 
-    /// exactly_once: once checkpoint `seq` is durable, commit the transaction that names it.
-    /// The snapshot is finished in place (not a slice a cycle): Scores produced after its
-    /// flip would otherwise join the transaction that commits it.
-    fn commit(
-        &mut self,
-        cp: &mut Checkpointer,
-        seq: u64,
-        state: &mut KeyedState,
-        counters: &ShardCounters,
-    ) -> Result<(), String> {
-        let started = std::time::Instant::now();
-        let result = self.commit_now(cp, seq, state, counters);
-        let ns = started.elapsed().as_nanos() as u64;
-        if ns > counters.kafka_commit_pause_max_ns.get() {
-            counters.kafka_commit_pause_max_ns.set(ns);
-        }
-        result
-    }
-
-    fn commit_now(
-        &mut self,
-        cp: &mut Checkpointer,
-        seq: u64,
-        state: &mut KeyedState,
-        counters: &ShardCounters,
-    ) -> Result<(), String> {
-        match cp.wait_written(state) {
-            Ok(written) => crate::invariant_eq!(written, seq),
-            // The transaction stays open and the next checkpoint commits it (its Scores too).
-            Err(e) => {
-                tracing::error!(
-                    seq,
-                    "checkpoint not written, its transaction stays open: {e}"
-                );
-                return Ok(());
-            }
-        }
-        self.commit_written(seq, counters)
-    }
-
     /// exactly_once, checkpoint `seq` durable: commit its transaction with the offsets.
     fn commit_written(&mut self, seq: u64, counters: &ShardCounters) -> Result<(), String> {
         // A Score refused outside librdkafka's transaction bookkeeping must not commit as if
         // it were in the transaction (one given up on would fail the commit anyway).
         self.check_delivered(None)?;
-        let offsets = self.source.offsets_list();
+        self.commit_waited(seq, self.source.offsets_list(), counters)
+    }
+
+    /// Commit checkpoint `seq`'s transaction with `offsets` and wait for it (shutdown).
+    fn commit_waited(
+        &mut self,
+        seq: u64,
+        offsets: TopicPartitionList,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
         let group = self.source.group_metadata();
-        match self.sink.commit_epoch(seq, &offsets, group.as_ref()) {
+        match self.sink.commit_epoch(seq, offsets, group) {
             Ok(()) => {
                 counters.kafka_transactions.inc();
                 Ok(())
             }
-            Err(e) => {
-                counters.kafka_transactions_failed.inc();
-                self.failed = true;
-                Err(format!(
-                    "exactly_once: committing checkpoint {seq}'s transaction failed ({e}); it was aborted, and the state is ahead of what Kafka holds: stopping so a restart replays from the last committed checkpoint"
-                ))
+            Err(e) => self.commit_failed(seq, &e, counters),
+        }
+    }
+
+    /// exactly_once at shutdown: the checkpoint on its way to its commit, finished and
+    /// committed (waited for: the process exits next).
+    fn finish_commit_in_flight(
+        &mut self,
+        cp: &mut Checkpointer,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        match self.commit.take() {
+            None => Ok(()),
+            Some(Commit::Writing { seq, offsets, .. }) => {
+                let written = match cp.take_outcome() {
+                    Some(r) => r,
+                    None => cp.wait_written(core.state_mut()),
+                };
+                match written {
+                    Ok(w) => {
+                        crate::invariant_eq!(w, seq);
+                        self.check_delivered(None)?;
+                        self.commit_waited(seq, offsets, counters)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            seq,
+                            "checkpoint not written, its transaction stays open: {e}"
+                        );
+                        Ok(())
+                    }
+                }
             }
+            Some(Commit::Committing { seq, .. }) => match self.sink.wait_commit() {
+                Ok(()) => {
+                    counters.kafka_transactions.inc();
+                    Ok(())
+                }
+                Err(e) => self.commit_failed(seq, &e, counters),
+            },
         }
     }
 
@@ -331,7 +455,10 @@ impl ShardKafka {
             }
             return;
         }
-        if let Err(e) = self.check_delivered(Some(cp)) {
+        if let Err(e) = self
+            .finish_commit_in_flight(cp, core, counters)
+            .and_then(|()| self.check_delivered(Some(cp)))
+        {
             tracing::error!("{e}");
             return;
         }

@@ -186,8 +186,10 @@ impl Shard {
                 }
             }
             publish_checkpoint_stats(cp, counters, &mut self.flips_seen);
-            if cp.capturing() {
-                // A snapshot being copied a slice a cycle: no parking until it is whole.
+            let committing = kafka.as_ref().is_some_and(ShardKafka::commit_needs_turns);
+            if cp.capturing() || committing {
+                // A snapshot being copied a slice a cycle (or, exactly_once, written for its
+                // commit): no parking until it is whole.
                 work += 1;
             }
         }

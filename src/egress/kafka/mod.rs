@@ -10,6 +10,7 @@
 //! checkpoint (`progress.rs`), so a read_committed consumer sees each Score once.
 
 pub mod progress;
+mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,9 @@ use std::time::Duration;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
 use rdkafka::{ClientContext, TopicPartitionList};
+use transaction::{Committer, Transactions};
 
 use super::PendingScore;
 use crate::clock;
@@ -136,13 +139,13 @@ struct Source {
 const KEY_BYTES_MAX: usize = 256;
 
 pub struct KafkaSink {
-    producer: ScoreProducer,
+    /// Shared with the committer thread (exactly_once), which commits on it.
+    producer: Arc<ScoreProducer>,
     transactional: bool,
     scores_topic: String,
     alerts_topic: String,
-    progress_topic: String,
-    transactional_id: String,
-    transaction_timeout: Duration,
+    /// exactly_once: commits run on their own thread.
+    committer: Option<Committer>,
     /// "topic/partition/" per owned partition, for the sluice-src header.
     src_prefix: Vec<String>,
     sources: Vec<Source>,
@@ -157,19 +160,31 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// `owned_names[i]` = (topic, partition) of the shard's i-th owned partition.
+    /// `wake` wakes the shard when a commit ends (exactly_once).
     pub fn new(
         config: &Config,
         shard: usize,
         producer: ScoreProducer,
         owned_names: &[(String, i32)],
+        wake: Box<dyn Fn() + Send>,
     ) -> Result<Self, KafkaError> {
         let k = &config.egress.kafka;
         let transactional = k.delivery == Delivery::ExactlyOnce;
-        if transactional {
+        let producer = Arc::new(producer);
+        let committer = if transactional {
             producer
                 .begin_transaction()
                 .map_err(KafkaError::client("begin_transaction"))?;
-        }
+            let tx = Transactions {
+                producer: producer.clone(),
+                timeout: Duration::from_millis(k.transaction_timeout_ms),
+                progress_topic: k.progress_topic.clone(),
+                transactional_id: transactional_id(config, shard),
+            };
+            Some(Committer::start(tx, wake, format!("sluice-txn-{shard}"))?)
+        } else {
+            None
+        };
         let sources_max = config.ingest.kafka.records_per_cycle_max;
         let scores_max = sources_max * config.wire.batch_events_max;
         Ok(Self {
@@ -177,9 +192,7 @@ impl KafkaSink {
             transactional,
             scores_topic: k.scores_topic.clone(),
             alerts_topic: k.alerts_topic.clone(),
-            progress_topic: k.progress_topic.clone(),
-            transactional_id: transactional_id(config, shard),
-            transaction_timeout: Duration::from_millis(k.transaction_timeout_ms),
+            committer,
             src_prefix: owned_names
                 .iter()
                 .map(|(t, p)| format!("{t}/{p}/"))
@@ -275,7 +288,11 @@ impl KafkaSink {
         self.pending.clear();
         self.sources.clear();
         self.keys.clear();
-        self.producer.poll(Duration::ZERO);
+        // During a commit its own flush serves the reports (on the committer thread); polling
+        // here too would run delivery callbacks on two threads at once.
+        if !self.committing() {
+            self.producer.poll(Duration::ZERO);
+        }
     }
 
     fn produce_group(&mut self, src: u32, range: std::ops::Range<usize>, counters: &ShardCounters) {
@@ -379,68 +396,51 @@ impl KafkaSink {
         self.transactional
     }
 
-    /// exactly_once, after checkpoint `seq` is durable: commit the open transaction with the
-    /// consumed `offsets` and a progress record naming `seq`, and open the next one. On an
-    /// error the transaction is aborted; the caller must replay from the last committed
-    /// checkpoint (the state has moved past what Kafka holds).
+    /// exactly_once, once checkpoint `seq` is durable: start committing the open transaction
+    /// with the consumed `offsets` (as of the checkpoint) and a progress record naming `seq`,
+    /// on the committer thread; `poll_commit` says how it ended. No Score may be handed over
+    /// meanwhile (it would join this transaction).
+    pub fn start_commit(
+        &mut self,
+        seq: u64,
+        offsets: TopicPartitionList,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<(), KafkaError> {
+        crate::invariant!(self.pending.is_empty(), "commits start between cycles");
+        match &mut self.committer {
+            Some(c) => c.begin(seq, offsets, group),
+            None => Err(KafkaError::Other("not a transactional producer".into())),
+        }
+    }
+
+    /// The running commit's result, once it has one (the next transaction is open on Ok; on
+    /// Err it was aborted and the caller must replay from the last committed checkpoint).
+    pub fn poll_commit(&mut self) -> Option<Result<(), KafkaError>> {
+        self.committer.as_mut().and_then(Committer::poll)
+    }
+
+    /// A commit is running: hand no Score over.
+    pub fn committing(&self) -> bool {
+        self.committer.as_ref().is_some_and(Committer::busy)
+    }
+
+    /// `start_commit` and wait for it (shutdown's last checkpoint).
     pub fn commit_epoch(
         &mut self,
         seq: u64,
-        offsets: &TopicPartitionList,
-        group: Option<&ConsumerGroupMetadata>,
+        offsets: TopicPartitionList,
+        group: Option<ConsumerGroupMetadata>,
     ) -> Result<(), KafkaError> {
-        crate::invariant!(self.transactional);
-        crate::invariant!(self.pending.is_empty(), "commits happen between cycles");
-        let result = self.try_commit(seq, offsets, group);
-        if result.is_err() {
-            if let Err(e) = self.producer.abort_transaction(self.transaction_timeout) {
-                tracing::error!("Kafka abort_transaction after a failed commit: {e}");
-            }
-        }
-        result
+        self.start_commit(seq, offsets, group)?;
+        self.wait_commit()
     }
 
-    fn try_commit(
-        &mut self,
-        seq: u64,
-        offsets: &TopicPartitionList,
-        group: Option<&ConsumerGroupMetadata>,
-    ) -> Result<(), KafkaError> {
-        let t = self.transaction_timeout;
-        // librdkafka reports a coordinator that is not answering yet (a broker just back) as a
-        // retriable timeout: "retry call to resume". Give it the transaction's own timeout.
-        let deadline = std::time::Instant::now() + t;
-        let retry = |r: rdkafka::error::KafkaResult<()>| match r {
-            Err(rdkafka::error::KafkaError::Transaction(e))
-                if e.is_retriable() && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(50));
-                true
-            }
-            _ => false,
-        };
-        if let (Some(g), true) = (group, offsets.count() > 0) {
-            let mut r = self.producer.send_offsets_to_transaction(offsets, g, t);
-            while retry(r.clone()) {
-                r = self.producer.send_offsets_to_transaction(offsets, g, t);
-            }
-            r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
+    /// Wait for a running commit's result (Ok when none runs).
+    pub fn wait_commit(&mut self) -> Result<(), KafkaError> {
+        match &mut self.committer {
+            Some(c) => c.wait(),
+            None => Ok(()),
         }
-        let value = progress::encode(seq);
-        let record = BaseRecord::with_opaque_to(&self.progress_topic, UNTRACKED)
-            .payload(&value)
-            .key(self.transactional_id.as_bytes());
-        self.producer
-            .send(record)
-            .map_err(|(e, _)| KafkaError::client("progress record")(e))?;
-        let mut r = self.producer.commit_transaction(t);
-        while retry(r.clone()) {
-            r = self.producer.commit_transaction(t);
-        }
-        r.map_err(KafkaError::client("commit_transaction"))?;
-        self.producer
-            .begin_transaction()
-            .map_err(KafkaError::client("begin_transaction"))
     }
 }
 

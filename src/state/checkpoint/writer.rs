@@ -179,6 +179,8 @@ pub struct Checkpointer {
     running: Option<Running>,
     /// Why the last snapshot failed before reaching the writer.
     failure: Option<String>,
+    /// The last snapshot's outcome, until `take_outcome` (a caller that does not wait).
+    outcome: Option<Result<u64, String>>,
     /// The largest hot.bin this shard can ever write (snapshot and journal buffers).
     reserve: u64,
     /// Failures since the last commit (logs are rate-limited by it).
@@ -246,6 +248,7 @@ impl Checkpointer {
             mark: Arc::new(SpillMark::default()),
             running: None,
             failure: None,
+            outcome: None,
             reserve: (buffer_bytes + journal_bytes(journal_records, words)) as u64,
             failing: 0,
             gated,
@@ -276,6 +279,7 @@ impl Checkpointer {
         }?;
         self.buffers = Some((d.buffer, d.journal));
         let result = d.result?;
+        self.outcome = Some(result.clone());
         match &result {
             Ok(seq) => {
                 self.stats.written += 1;
@@ -348,9 +352,32 @@ impl Checkpointer {
         self.stats.skipped_busy += 1;
     }
 
+    /// Between cycles, without flipping a new snapshot: copy the running one's next slice and
+    /// collect the writer's answer (see `take_outcome`).
+    pub fn step(&mut self, state: &mut KeyedState) {
+        self.collect(false);
+        if self.running.is_some() {
+            self.advance(state, false);
+        }
+    }
+
+    /// How the last snapshot ended, once: Ok(seq) when it is committed on disk, or why it
+    /// failed. For exactly_once, which commits its Kafka transaction only after that and must
+    /// not wait on the shard for it.
+    pub fn take_outcome(&mut self) -> Option<Result<u64, String>> {
+        self.outcome.take()
+    }
+
     /// Finish the running snapshot now and wait until the writer has it on disk; whether it
     /// committed (its seq) or failed.
     pub fn wait_written(&mut self, state: &mut KeyedState) -> Result<u64, String> {
+        let written = self.wait_written_inner(state);
+        // Answered here: not again through `take_outcome`.
+        self.outcome = None;
+        written
+    }
+
+    fn wait_written_inner(&mut self, state: &mut KeyedState) -> Result<u64, String> {
         if self.running.is_some() {
             self.advance(state, true);
         }
@@ -417,6 +444,7 @@ impl Checkpointer {
         let started = Instant::now();
         let (mut buf, journal) = self.buffers.take()?;
         self.failure = None;
+        self.outcome = None;
         let full = self.parent.is_none()
             || !state.changes_complete()
             || self.deltas_since_full + 1 >= self.full_every;
@@ -542,6 +570,7 @@ impl Checkpointer {
             // Failure path only: the writer removed its directory if it failed itself.
             let _ = std::fs::remove_dir_all(&run.tmp);
             self.failure = Some(why.into());
+            self.outcome = Some(Err(why.into()));
             self.buffers = Some((out, taken.journal));
             self.failed();
             return;
@@ -574,6 +603,7 @@ impl Checkpointer {
         };
         if let Err(mpsc::SendError(Work::Write(job))) = self.jobs.send(Work::Write(job)) {
             self.failure = Some("the checkpoint writer thread is gone".into());
+            self.outcome = Some(Err("the checkpoint writer thread is gone".into()));
             self.buffers = Some((job.buffer, job.journal));
             self.failed();
         }
