@@ -180,6 +180,7 @@ pub fn run(
         full_every: usize::MAX,
         buffer_bytes: checkpoint::buffer_bytes(hot, words),
         slice_records: config.checkpoint.copy_slice_records,
+        slice_ns: config.checkpoint.copy_slice_us * 1_000,
         journal_records: config.checkpoint.spill_journal_records,
         words,
         next_seq: 1,

@@ -356,6 +356,7 @@ fn restore_seeds() -> anyhow::Result<Vec<Vec<u8>>> {
         full_every: 10,
         buffer_bytes: checkpoint::buffer_bytes(64, words),
         slice_records: 16,
+        slice_ns: 0,
         journal_records: 1024,
         words,
         next_seq: 1,

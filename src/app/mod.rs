@@ -753,6 +753,7 @@ fn start_checkpoints(
             full_every: config.checkpoint.full_every,
             buffer_bytes: buffer,
             slice_records: config.checkpoint.copy_slice_records,
+            slice_ns: config.checkpoint.copy_slice_us * 1_000,
             journal_records: config.checkpoint.spill_journal_records,
             words,
             next_seq,

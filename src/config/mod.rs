@@ -233,6 +233,7 @@ pub struct Checkpoint {
     pub keep: usize,
     pub full_every: usize,
     pub copy_slice_records: usize,
+    pub copy_slice_us: u64,
     pub spill_journal_records: usize,
 }
 

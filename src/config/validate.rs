@@ -135,6 +135,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         limits::CHECKPOINTS_KEPT_MAX,
     );
     range(
+        "checkpoint.copy_slice_us",
+        c.checkpoint.copy_slice_us as usize,
+        0,
+        10_000,
+    );
+    range(
         "checkpoint.copy_slice_records",
         c.checkpoint.copy_slice_records,
         1,

@@ -96,6 +96,17 @@ fn dump_keys(s: &KeyedState, n: u64) -> BTreeMap<u64, KeyState> {
 
 /// Every `full_every`-th checkpoint full, the rest incremental.
 fn checkpointer(d: &Dir, layout: &str, next: u64, full_every: usize) -> Checkpointer {
+    sliced(d, layout, next, full_every, (3, 0))
+}
+
+/// `checkpointer` with a slice of `records` records and `ns` nanoseconds (0: no time bound).
+fn sliced(
+    d: &Dir,
+    layout: &str,
+    next: u64,
+    full_every: usize,
+    (records, ns): (usize, u64),
+) -> Checkpointer {
     Checkpointer::start(CheckpointSpec {
         root: d.root(),
         shard: 0,
@@ -104,7 +115,8 @@ fn checkpointer(d: &Dir, layout: &str, next: u64, full_every: usize) -> Checkpoi
         keep: 2,
         full_every,
         buffer_bytes: 1 << 20,
-        slice_records: 3,
+        slice_records: records,
+        slice_ns: ns,
         journal_records: 1000,
         words: plan().words(),
         next_seq: next,
@@ -567,8 +579,20 @@ fn a_full_spill_journal_makes_the_shard_wait_and_stays_consistent() {
 #[test]
 fn ticked_snapshots_copy_a_slice_a_cycle_and_restore_to_their_flip() {
     let d = Dir::new("ticked");
+    ticked(&d, checkpointer(&d, "L1", 1, 3), 40);
+}
+
+#[test]
+fn time_bounded_slices_stop_at_their_budget_and_restore_exactly() {
+    // 1 ns: every slice stops after its first chunk of 16, far below its 1000 records.
+    let d = Dir::new("ticked-time");
+    ticked(&d, sliced(&d, "L1", 1, 3, (1000, 1)), 400);
+}
+
+/// Events on `keys` keys, three a cycle, each cycle the checkpoint's turn, until six are
+/// written: a snapshot spans several cycles, and the newest restores to its flip.
+fn ticked(d: &Dir, mut cp: Checkpointer, keys: u64) {
     let mut s = state(open(&d.spill(), None).unwrap());
-    let mut cp = checkpointer(&d, "L1", 1, 3);
     cp.wait_ready();
     let mut rng = Lcg(7);
     let mut now = SEC;
@@ -580,7 +604,7 @@ fn ticked_snapshots_copy_a_slice_a_cycle_and_restore_to_their_flip() {
         for _ in 0..3 {
             seq += 1;
             now += SEC / 10;
-            s.apply(&event(rng.next(40), seq, now, 1.0), now).unwrap();
+            s.apply(&event(rng.next(keys), seq, now, 1.0), now).unwrap();
         }
         let before = dump(&s);
         if cp.tick_with(now, &mut s, now, &Input::default()).is_some() {
@@ -598,7 +622,7 @@ fn ticked_snapshots_copy_a_slice_a_cycle_and_restore_to_their_flip() {
     }
     assert!(
         cycles_running > flips,
-        "a snapshot spans several cycles at 3 records a slice"
+        "a snapshot spans several cycles at a slice's bound"
     );
     // Let the last flipped one finish and be written; the shard changes no state meanwhile.
     while cp.capturing() {
@@ -609,7 +633,7 @@ fn ticked_snapshots_copy_a_slice_a_cycle_and_restore_to_their_flip() {
     assert_eq!(cp.stats.failed, 0);
     drop(s);
     drop(cp);
-    let (back, restored) = restore_into_new(&d, "L1").unwrap();
+    let (back, restored) = restore_into_new(d, "L1").unwrap();
     assert_eq!(restored, Some(newest));
     assert_eq!(dump(&back), at_flip);
 }
@@ -627,6 +651,7 @@ fn a_gated_checkpoint_is_written_but_commits_only_when_released() {
         full_every: 50,
         buffer_bytes: 1 << 20,
         slice_records: 1000,
+        slice_ns: 0,
         journal_records: 1000,
         words: plan().words(),
         next_seq: 1,

@@ -90,6 +90,9 @@ struct Done {
 
 /// The snapshot buffer a shard needs: every hot record's image, or (incremental) as many
 /// plus the bounded list of keys that left the table (`KeyedState::track_changes`).
+/// Records copied between two looks at the clock in a time-bounded slice.
+const SLICE_CHUNK: usize = 16;
+
 pub fn buffer_bytes(hot_capacity: usize, words: usize) -> usize {
     HEADER_BYTES + hot_capacity * image_bytes(words) + crate::state::changes_bound(hot_capacity) * 8
 }
@@ -128,8 +131,9 @@ pub struct CheckpointSpec {
     pub full_every: usize,
     /// Bound of a snapshot: every hot record's image (allocated and touched at start).
     pub buffer_bytes: usize,
-    /// Records copied per cycle while a snapshot runs.
+    /// Records copied per cycle while a snapshot runs, and at most this long (0: no bound).
     pub slice_records: usize,
+    pub slice_ns: u64,
     /// Spill journal entries (see `state::snapshot`), and the window words of a record.
     pub journal_records: usize,
     pub words: usize,
@@ -174,6 +178,7 @@ pub struct Checkpointer {
     /// Every this many checkpoints one is full (bounds the chain a restore reads).
     full_every: usize,
     slice: usize,
+    slice_ns: u64,
     journal_max: u64,
     mark: Arc<SpillMark>,
     running: Option<Running>,
@@ -203,6 +208,7 @@ impl Checkpointer {
             full_every,
             buffer_bytes,
             slice_records,
+            slice_ns,
             journal_records,
             words,
             next_seq,
@@ -244,6 +250,7 @@ impl Checkpointer {
             deltas_since_full: 0,
             full_every: full_every.max(1),
             slice: slice_records.max(1),
+            slice_ns,
             journal_max: journal_records as u64,
             mark: Arc::new(SpillMark::default()),
             running: None,
@@ -439,6 +446,27 @@ impl Checkpointer {
         written
     }
 
+    /// One cycle's slice of copying: up to `slice` records, in chunks, until `slice_ns` has
+    /// passed since `started`. Measured before the time bound: 128 records took p99 64-90 µs
+    /// of a cycle in an incremental snapshot (keys looked up all over the table) against
+    /// 13-16 µs in a full one's slot scan.
+    fn copy_slice(&self, state: &mut KeyedState, started: Instant) -> bool {
+        if self.slice_ns == 0 {
+            return state.snapshot_step(self.slice);
+        }
+        let mut left = self.slice;
+        loop {
+            let n = left.min(SLICE_CHUNK);
+            if state.snapshot_step(n) {
+                return true;
+            }
+            left -= n;
+            if left == 0 || started.elapsed().as_nanos() as u64 >= self.slice_ns {
+                return false;
+            }
+        }
+    }
+
     /// The flip (see `state::snapshot`): microseconds, whatever the state's size.
     fn flip(&mut self, state: &mut KeyedState, max_event_ns: u64, input: &Input) -> Option<u64> {
         let started = Instant::now();
@@ -532,7 +560,11 @@ impl Checkpointer {
                 self.mark.set(true);
             }
         }
-        let copied = state.snapshot_step(if all { usize::MAX } else { self.slice });
+        let copied = if all {
+            state.snapshot_step(usize::MAX)
+        } else {
+            self.copy_slice(state, started)
+        };
         if copied && all && !self.mark.is_done() {
             self.mark.wait();
         }
