@@ -83,7 +83,7 @@ impl rdkafka::ClientContext for Discovery {
 impl rdkafka::consumer::ConsumerContext for Discovery {}
 
 /// How long start-up asks unreachable brokers before it serves UDP without them (and goes
-/// on asking from a thread of its own; see `app::connect_kafka_later`).
+/// on asking from a thread of its own; see `app/kafka_part.rs`).
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Partition counts of `ingest.kafka.topics`, in order. Retries while the brokers do not
