@@ -267,24 +267,6 @@ fn twice_the_capacity_for_30_s_is_shed_counted_and_recovered_from_within_a_secon
     );
 }
 
-/// `GET /metrics` from the live endpoint; the value of each unlabelled sample `name`.
-fn scrape(metrics: &str, name: &str) -> u64 {
-    use std::io::Write;
-    let hostport = metrics
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -361,8 +343,8 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
         running.clone(),
         Duration::from_secs(2),
     );
-    let written = || scrape(&metrics, "sluice_checkpoints_written_total");
-    let failed = || scrape(&metrics, "sluice_checkpoints_failed_total");
+    let written = || common::scrape(&metrics, "sluice_checkpoints_written_total");
+    let failed = || common::scrape(&metrics, "sluice_checkpoints_failed_total");
     wait_for(
         "checkpoints before the disk fills",
         Duration::from_secs(20),
@@ -386,7 +368,7 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
         failed() >= 1
     });
     let (written_full, failed_full) = (written(), failed());
-    let served_full = scrape(&metrics, "sluice_scores_emitted_total");
+    let served_full = common::scrape(&metrics, "sluice_scores_emitted_total");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         written(),
@@ -398,7 +380,7 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
         "checkpoints stopped being attempted"
     );
     assert!(
-        scrape(&metrics, "sluice_scores_emitted_total") >= served_full + 1000,
+        common::scrape(&metrics, "sluice_scores_emitted_total") >= served_full + 1000,
         "serving stopped while the disk was full"
     );
 

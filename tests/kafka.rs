@@ -698,7 +698,9 @@ fn brokers_unreachable_at_start_udp_serves_and_kafka_attaches_when_they_answer()
         stop(child, Some(stdout));
 
         broker.stop();
-        let (child, stdout, addr) = common::spawn_run(&sets);
+        let (child, stdout, addr, metrics) = common::spawn_run_with_metrics(&sets);
+        let attached = || common::scrape(&metrics, "sluice_kafka_partitions_attached");
+        assert_eq!(attached(), 0, "no partitions before the brokers answer");
         // Announced (listening) without the brokers: UDP answers, counts exact. (Keys apart
         // from the Kafka ones: a key lives with one source, and another's events are refused.)
         const KEY_A: u64 = 1_000_007;
@@ -721,6 +723,7 @@ fn brokers_unreachable_at_start_udp_serves_and_kafka_attaches_when_they_answer()
         let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
             s.len() >= want.len()
         });
+        assert_eq!(attached(), 4, "every partition attached");
         let report = stop(child, Some(stdout));
         check_exactly_once(&scores, &want);
         // The second run scored the second half and the UDP events, nothing of the first.

@@ -542,6 +542,9 @@ fn build_shard(
             let k = topology::with_cpus(&helpers, || {
                 kafka_part::shard_kafka(id, config, seed, &restored.offsets, &wakers)
             })?;
+            counters
+                .kafka_partitions_attached
+                .set(k.source.owned().len() as u64);
             (Some(k), None, cp)
         }
         KafkaPart::Later(rx) => {

@@ -138,6 +138,8 @@ shard_counters! {
     kafka_transactions_failed: Counter => Counter names::KAFKA_TRANSACTIONS_FAILED;
     /// Cycles in which the shard took no records because the producer had too many in flight.
     kafka_backpressure_cycles: Counter => Counter names::KAFKA_BACKPRESSURE_CYCLES;
+    /// Kafka partitions the shard consumes: 0 while the brokers have not answered since start (UDP is served meanwhile).
+    kafka_partitions_attached: Counter => Gauge names::KAFKA_PARTITIONS_ATTACHED;
     /// exactly_once: longest time Kafka intake stood still for a commit (flip to commit, on the committer thread; UDP is served meanwhile).
     kafka_commit_pause_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_PAUSE_MAX;
     /// Turns of the shard's loop (its heartbeat: the watchdog needs every shard's to advance).

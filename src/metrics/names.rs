@@ -50,6 +50,7 @@ pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total"
 pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";
 pub const KAFKA_BACKPRESSURE_CYCLES: &str = "sluice_kafka_backpressure_cycles_total";
 pub const KAFKA_COMMIT_PAUSE_MAX: &str = "sluice_kafka_commit_pause_max_seconds";
+pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
 /// Per partition (labels topic, partition): high watermark minus the next offset to apply.
 pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";
 pub const KAFKA_RECORD_TO_PRODUCE: &str = "sluice_kafka_record_to_produce_seconds";

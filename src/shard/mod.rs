@@ -112,6 +112,8 @@ impl Shard {
             if let Some(attached) = attach(&mut self.core) {
                 self.attach = None;
                 let (kafka, checkpoints) = attached.map_err(IngestError::Kafka)?;
+                let owned = kafka.source.owned().len() as u64;
+                self.counters.kafka_partitions_attached.set(owned);
                 self.kafka = Some(kafka);
                 self.checkpoints = checkpoints;
             }

@@ -39,6 +39,12 @@ pub fn config(driver: &str, extra: &[&str]) -> Config {
 /// `sluice run` (the real binary) on an ephemeral loopback port with `sets`; returns the
 /// child, its stdout (past the first line) and the address it announced.
 pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
+    let (child, stdout, addr, _) = spawn_run_with_metrics(sets);
+    (child, stdout, addr)
+}
+
+/// `spawn_run`, and the live metrics URL its first line names.
+pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
     cmd.args([
         "run",
@@ -62,8 +68,26 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
         })
         .spawn()
         .unwrap();
-    let (stdout, addr) = announced(&mut child);
-    (child, stdout, addr)
+    let (stdout, addr, metrics) = announced_with_metrics(&mut child);
+    (child, stdout, addr, metrics)
+}
+
+/// `GET /metrics` from the live endpoint: the sum of the samples of `name` (all labels).
+pub fn scrape(metrics: &str, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let hostport = metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// A started `sluice run`'s stdout past its first line, and the address that line announced.
