@@ -40,6 +40,11 @@ pub trait ScoreSink {
     fn emit(&mut self, reply_to: ReplyTo, s: PendingScore);
     /// How long one model call took (ns); recorded where the shard keeps its histograms.
     fn model_ran(&mut self, _ns: u64) {}
+    /// A clock for that measurement (ns, any origin): the core reads none of its own, so a
+    /// test or a simulation gives it whatever time it likes (this default: none).
+    fn clock_ns(&mut self) -> u64 {
+        0
+    }
 }
 
 impl ScoreSink for Vec<(ReplyTo, PendingScore)> {
@@ -219,6 +224,10 @@ impl ScoreSink for EgressSink<'_> {
 
     fn model_ran(&mut self, ns: u64) {
         self.latency.record_model_run(ns);
+    }
+
+    fn clock_ns(&mut self) -> u64 {
+        crate::clock::realtime_ns()
     }
 }
 

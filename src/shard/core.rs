@@ -210,9 +210,10 @@ impl Owner {
         }
         crate::invariant_eq!(self.batch.len(), self.meta.len());
         let n = self.batch.len();
-        let started = std::time::Instant::now();
+        let started = sink.clock_ns();
         let result = self.model.score(&self.batch, &mut self.scores[..n]);
-        sink.model_ran(started.elapsed().as_nanos() as u64);
+        let ended = sink.clock_ns();
+        sink.model_ran(ended.saturating_sub(started));
         match result {
             Ok(()) => {
                 let version = self.model.version();
