@@ -133,13 +133,18 @@ impl Running {
         self.control.request_stop();
         let mut latency = Vec::new();
         let mut failure = None;
-        for t in self.threads.drain(..) {
+        for (shard, t) in self.threads.drain(..).enumerate() {
             match t.join() {
                 Ok((l, err)) => {
                     latency.extend(l);
                     failure = failure.or(err);
                 }
-                Err(_) => tracing::error!("a shard thread panicked"),
+                // Not a clean stop: the exit status says so (it said success before).
+                Err(_) => {
+                    let e = IngestError::ShardPanicked(shard);
+                    tracing::error!("{e}");
+                    failure = failure.or(Some(e));
+                }
             }
         }
         for h in self.helpers.drain(..) {
@@ -582,6 +587,7 @@ fn build_shard(
         counters.clone(),
     );
     let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())?;
+    core.publish_state_counters();
     tracing::info!(
         shard = id,
         cpu = placement.cpu,

@@ -38,4 +38,6 @@ pub enum IngestError {
     EventFd(std::io::Error),
     #[error("{0}")]
     Kafka(String),
+    #[error("shard {0}'s thread panicked (a bug: its drain and last checkpoint did not run; a restart restores the checkpoint before)")]
+    ShardPanicked(usize),
 }

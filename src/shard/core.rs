@@ -569,6 +569,13 @@ impl ShardCore {
         self.owner
             .table
             .expire_idle(reference, self.owner.ttl_sweep_slots);
+        self.publish_state_counters();
+    }
+
+    /// The state's counters (keys hot and spilled, hits, spills, ...) as they are now: at every
+    /// cycle's end, and once before the shard reports ready, so what start-up reports (READY's
+    /// restored key count) is the restored state, not zeros the first cycle has not replaced.
+    pub fn publish_state_counters(&self) {
         let t = &self.owner.table;
         let c = &self.counters;
         c.hot_keys.set(t.hot_len() as u64);
