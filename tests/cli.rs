@@ -463,20 +463,7 @@ fn helper_threads_run_on_the_helper_cores_not_the_shards() {
 
 #[test]
 fn a_helper_core_that_is_not_available_is_a_clear_start_up_error() {
-    let out = sluice()
-        .args([
-            "run",
-            "--set",
-            "ingest.udp.listen=127.0.0.1:0",
-            "--set",
-            "state.hot_capacity=1024",
-            "--set",
-            "shards.helper_cores=[1000]",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::run_refused(&["shards.helper_cores=[1000]".into()]);
     assert!(
         err.contains("shards.helper_cores[0] = 1000: no such CPU available"),
         "{err}"

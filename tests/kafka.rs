@@ -317,6 +317,22 @@ fn dedup_by_source(s: &[ScoreRecord]) -> Vec<ScoreRecord> {
     by_src.into_values().collect()
 }
 
+/// Start sluice again and read until every wanted Observation has a Score after dedup by
+/// source (or `limit` passes); then stop it cleanly and check each once, with its count.
+fn rerun_until_every_score_after_dedup(
+    broker: &Broker,
+    sets: &[String],
+    want: &BTreeMap<(u64, u64), u64>,
+    limit: Duration,
+) {
+    let (child, stdout, _) = common::spawn_run(sets);
+    let scores = read_scores_until(&broker.addr, SCORES, limit, |s| {
+        dedup_by_source(s).len() >= want.len()
+    });
+    stop(child, Some(stdout));
+    check_exactly_once(&dedup_by_source(&scores), want);
+}
+
 /// Kill -9 at three moments under load, restart each time, then let the last run finish.
 fn kill_restart_under_load(broker: &Broker, sets: &[String], records: Vec<Vec<Ev>>) {
     let (producer, done) = produce_in_background(broker, records, 2_000);
@@ -369,12 +385,7 @@ fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
     kill_restart_under_load(&broker, &sets, records);
-    let (child, stdout, _) = common::spawn_run(&sets);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        dedup_by_source(s).len() >= want.len()
-    });
-    stop(child, Some(stdout));
-    check_exactly_once(&dedup_by_source(&scores), &want);
+    rerun_until_every_score_after_dedup(&broker, &sets, &want, Duration::from_secs(90));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -464,23 +475,7 @@ fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
 #[test]
 fn a_missing_input_topic_is_a_clear_start_up_error() {
     let broker = Broker::start("missing");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "run",
-            "--set",
-            "ingest.udp.listen=127.0.0.1:0",
-            "--set",
-            "state.hot_capacity=1024",
-        ])
-        .args(
-            sluice_sets(&broker, &[])
-                .iter()
-                .flat_map(|s| ["--set".to_owned(), s.clone()]),
-        )
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::run_refused(&sluice_sets(&broker, &[]));
     assert!(
         err.contains("Kafka topic \"events\" does not exist"),
         "{err}"
@@ -661,12 +656,7 @@ fn at_least_once_a_score_given_up_on_stops_sluice_and_the_restart_sends_it() {
     );
     // The restart (with sluice's default: retry until delivered) replays from the last
     // committed checkpoint: every Observation scored, counts exact after dedup.
-    let (child, stdout, _) = common::spawn_run(&sets);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(120), |s| {
-        dedup_by_source(s).len() >= want.len()
-    });
-    stop(child, Some(stdout));
-    check_exactly_once(&dedup_by_source(&scores), &want);
+    rerun_until_every_score_after_dedup(&broker, &sets, &want, Duration::from_secs(120));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -43,6 +43,24 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
     (child, stdout, addr)
 }
 
+/// `sluice run` that must refuse to start (on an ephemeral port, a small table, `sets` after
+/// them): its stderr, once it has exited non-zero.
+pub fn run_refused(sets: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--set",
+            "ingest.udp.listen=127.0.0.1:0",
+            "--set",
+            "state.hot_capacity=1024",
+        ])
+        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sluice started with {sets:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// `spawn_run`, and the live metrics URL its first line names.
 pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
