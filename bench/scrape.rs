@@ -111,7 +111,7 @@ fn scrape_time(shards: usize, scrapes: usize, parts: Parts) -> anyhow::Result<Sc
         std::hint::black_box(body);
     }
     let control = Arc::new(Control::new(shards));
-    let endpoint = exporter::serve("127.0.0.1:0".parse()?, exposition, control.clone(), &[])?;
+    let endpoint = exporter::serve("127.0.0.1:0".parse()?, exposition, control.clone())?;
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut body_bytes = 0;
     for _ in 0..scrapes {

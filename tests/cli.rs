@@ -450,8 +450,13 @@ fn helper_threads_run_on_the_helper_cores_not_the_shards() {
         "{threads:?}"
     );
     // The checkpoint writer and RocksDB's background threads start on the shard's thread,
-    // the control thread on the main one: all on the helper core.
-    for prefix in ["sluice-ckpt-0", "rocksdb:", "sluice-control"] {
+    // the control and metrics threads on the main one: all on the helper core.
+    for prefix in [
+        "sluice-ckpt-0",
+        "rocksdb:",
+        "sluice-control",
+        "sluice-metrics",
+    ] {
         let masks = mask_of(prefix);
         assert!(!masks.is_empty(), "no {prefix} thread in {threads:?}");
         assert!(

@@ -434,13 +434,8 @@ fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> 
         BuildInfo::of_this_build(running.driver.name()),
         Parts::of(config),
     ));
-    let shard_cpus: Vec<usize> = if config.shards.pin {
-        running.placements.iter().map(|p| p.cpu).collect()
-    } else {
-        Vec::new()
-    };
     let served = topology::with_cpus(&running.helper_cpus, || {
-        exporter::serve(addr, exposition, running.control.clone(), &shard_cpus)
+        exporter::serve(addr, exposition, running.control.clone())
     });
     match served {
         Ok(endpoint) => {

@@ -286,20 +286,17 @@ pub struct Endpoint {
 }
 
 /// Bind `addr` and serve `/metrics` from a thread until `control` says stop. The thread, and
-/// the HTTP server's own threads it starts, run off `shard_cpus` (when other CPUs exist), so
-/// a scrape never preempts a shard.
+/// the HTTP server's own threads it starts, inherit the caller's CPU mask: `app` calls this
+/// inside `topology::with_cpus(helpers)`, so a scrape never preempts a shard.
 pub fn serve(
     addr: SocketAddr,
     exposition: Arc<Exposition>,
     control: Arc<Control>,
-    shard_cpus: &[usize],
 ) -> Result<Endpoint, ExporterError> {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let shard_cpus = shard_cpus.to_vec();
     let thread = std::thread::Builder::new()
         .name("sluice-metrics".into())
         .spawn(move || {
-            let cpus = crate::topology::keep_off(&shard_cpus);
             let server = match tiny_http::Server::http(addr) {
                 Ok(s) => s,
                 Err(e) => {
@@ -309,7 +306,6 @@ pub fn serve(
             };
             let bound = server.server_addr().to_ip();
             let _ = bound_tx.send(bound.ok_or_else(|| "not an IP address".to_owned()));
-            tracing::debug!(?cpus, "metrics thread placed off the shards' CPUs");
             while !control.stop_requested() {
                 match server.recv_timeout(REQUEST_WAIT) {
                     Ok(Some(request)) => answer(request, &exposition),
