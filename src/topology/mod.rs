@@ -34,13 +34,7 @@ pub fn plan(shards: &Shards, topo: &Topology) -> Result<Vec<Placement>, Vec<Stri
             .and_then(|c| c.numa_node)
     };
     if !shards.cores.is_empty() {
-        let problems: Vec<String> = shards
-            .cores
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !allowed.contains(c))
-            .map(|(i, c)| format!("shards.cores[{i}] = {c}: no such CPU available to this process (available: {allowed:?})"))
-            .collect();
+        let problems = unavailable("shards.cores", &shards.cores, &allowed);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -121,6 +115,19 @@ pub fn keep_off(shard_cpus: &[usize]) -> Vec<usize> {
     }
 }
 
+/// Each CPU of the list `key` that this process may not use, as a config problem.
+fn unavailable(key: &str, cpus: &[usize], allowed: &[usize]) -> Vec<String> {
+    cpus.iter()
+        .enumerate()
+        .filter(|(_, c)| !allowed.contains(c))
+        .map(|(i, c)| {
+            format!(
+                "{key}[{i}] = {c}: no such CPU available to this process (available: {allowed:?})"
+            )
+        })
+        .collect()
+}
+
 /// `shards.helper_cores` checked against the CPUs this process may use (every one that is not
 /// is listed), or the default (`helper_cpus`) when it is empty; empty when shards are not
 /// pinned.
@@ -136,13 +143,7 @@ pub fn plan_helpers(
         return Ok(helper_cpus(shard_cpus));
     }
     let allowed: Vec<usize> = topo.cpus.iter().map(|c| c.os_index).collect();
-    let problems: Vec<String> = shards
-        .helper_cores
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !allowed.contains(c))
-        .map(|(i, c)| format!("shards.helper_cores[{i}] = {c}: no such CPU available to this process (available: {allowed:?})"))
-        .collect();
+    let problems = unavailable("shards.helper_cores", &shards.helper_cores, &allowed);
     if problems.is_empty() {
         Ok(shards.helper_cores.clone())
     } else {
