@@ -10,11 +10,17 @@ relative to the card's own history. Each row holds exactly the features of sluic
 Writes (committed; sluice embeds fraud_lr.onnx as its default model):
   src/infer/models/fraud_lr.onnx     logistic regression
   src/infer/models/fraud_gbdt.onnx   gradient-boosted trees, 100 trees
-  tests/fixtures/onnx_parity.json    64 rows and Python onnxruntime's probabilities for both
+  tests/fixtures/fraud_lgbm.onnx     LightGBM, 100 trees (onnxmltools)
+  tests/fixtures/fraud_xgb.onnx      XGBoost, 100 trees (onnxmltools)
+  tests/fixtures/fraud_hgb.onnx      scikit-learn HistGradientBoostingClassifier (skl2onnx)
+  tests/fixtures/fraud_xgb_1000.onnx XGBoost, 1,000 trees (load and compile time, bench only)
+  tests/fixtures/onnx_parity.json    64 rows and Python onnxruntime's probabilities for each
   tests/fixtures/bad_shape.onnx      a valid model whose input width (3) sluice must refuse
 
-Needs: numpy scikit-learn skl2onnx onnxruntime==1.31.1 (scripts/install-deps --models installs them).
-Deterministic: seeded.
+Needs the pinned packages `scripts/install-deps --models` installs (numpy, scikit-learn,
+skl2onnx, onnxmltools, lightgbm, xgboost, onnxruntime==1.31.1, protobuf 6: protobuf 7 refuses
+the bool lists skl2onnx writes for HistGradientBoosting).
+Deterministic: seeded, single-threaded training.
 """
 import json
 import math
@@ -27,6 +33,11 @@ from sklearn.linear_model import LogisticRegression
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 import onnxruntime as ort
+import lightgbm
+import onnxmltools
+import xgboost
+from onnxmltools.convert.common.data_types import FloatTensorType as MlFloatTensorType
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPHA = 0.1
@@ -92,6 +103,23 @@ def export(model, path):
         f.write(onx.SerializeToString())
 
 
+def export_lightgbm(model, path):
+    # onnxmltools takes its own FloatTensorType and at most opset 15.
+    onx = onnxmltools.convert_lightgbm(
+        model, initial_types=[("input", MlFloatTensorType([None, WIDTH]))], zipmap=False, target_opset=15
+    )
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+
+
+def export_xgboost(model, path):
+    onx = onnxmltools.convert_xgboost(
+        model, initial_types=[("input", MlFloatTensorType([None, WIDTH]))], target_opset=15
+    )
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+
+
 def main():
     rng = np.random.default_rng(20261129)
     x, y = synthesize(rng)
@@ -105,13 +133,24 @@ def main():
     export(lr, os.path.join(models, "fraud_lr.onnx"))
     gbdt = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=1).fit(x, y)
     export(gbdt, os.path.join(models, "fraud_gbdt.onnx"))
+    lgbm = lightgbm.LGBMClassifier(
+        n_estimators=100, num_leaves=15, random_state=1, deterministic=True, n_jobs=1, verbose=-1
+    ).fit(x, y)
+    export_lightgbm(lgbm, os.path.join(fixtures, "fraud_lgbm.onnx"))
+    xgb = xgboost.XGBClassifier(n_estimators=100, max_depth=3, random_state=1, n_jobs=1, tree_method="hist").fit(x, y)
+    export_xgboost(xgb, os.path.join(fixtures, "fraud_xgb.onnx"))
+    xgb_big = xgboost.XGBClassifier(n_estimators=1000, max_depth=3, random_state=1, n_jobs=1, tree_method="hist").fit(x, y)
+    export_xgboost(xgb_big, os.path.join(fixtures, "fraud_xgb_1000.onnx"))
+    hgb = HistGradientBoostingClassifier(max_iter=100, random_state=1).fit(x, y)
+    export(hgb, os.path.join(fixtures, "fraud_hgb.onnx"))
     bad = LogisticRegression(max_iter=500).fit(x[:, :3], y)
     export(bad, os.path.join(fixtures, "bad_shape.onnx"))
 
     sample = x[rng.choice(len(x), 64, replace=False)]
     parity = {"width": WIDTH, "rows": sample.tolist(), "models": {}}
-    for name in ["fraud_lr", "fraud_gbdt"]:
-        sess = ort.InferenceSession(os.path.join(models, f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    for name, folder in [("fraud_lr", models), ("fraud_gbdt", models), ("fraud_lgbm", fixtures),
+                         ("fraud_xgb", fixtures), ("fraud_hgb", fixtures)]:
+        sess = ort.InferenceSession(os.path.join(folder, f"{name}.onnx"), providers=["CPUExecutionProvider"])
         probs = sess.run(["probabilities"], {"input": sample})[0]
         parity["models"][name] = probs[:, 1].tolist()
         print(f"{name}: train accuracy {((sess.run(['label'], {'input': x})[0]) == y).mean():.4f}", file=sys.stderr)

@@ -93,7 +93,11 @@ impl ControlLoop {
                 let round: Vec<(Box<[f32]>, u64)> =
                     snapshots.iter_mut().filter_map(Option::take).collect();
                 if let Some(avg) = online::average(&round) {
-                    self.version += 1;
+                    // The version names what produces the scores: averaged weights the scores
+                    // do not use (a primary model with blend 0) leave it as it is.
+                    if self.online_scores() {
+                        self.version += 1;
+                    }
                     let v = self.version;
                     let updates = (0..self.links.len())
                         .map(|_| ModelUpdate::Online(avg.clone(), v))
@@ -104,6 +108,12 @@ impl ControlLoop {
             }
         }
         // Shards may hand back models while they drain; they are dropped with the rings.
+    }
+
+    /// Whether the online model's weights change the scores.
+    fn online_scores(&self) -> bool {
+        self.config.model.kind == crate::config::ModelKind::Online
+            || self.config.model.online.blend > 0.0
     }
 
     fn state_get(&mut self, key: u64) -> Result<String, String> {
@@ -161,13 +171,14 @@ impl ControlLoop {
         }
         self.version += 1;
         let v = self.version;
+        let engine = models.first().map_or("none", |m| m.engine());
         self.broadcast(
             models
                 .into_iter()
                 .map(|m| ModelUpdate::Primary(m, v))
                 .collect(),
         );
-        tracing::info!(version = v, model = %shown, took_ms = started.elapsed().as_millis() as u64, "model reloaded on every shard");
+        tracing::info!(version = v, model = %shown, engine, took_ms = started.elapsed().as_millis() as u64, "model reloaded on every shard");
         Ok(v)
     }
 

@@ -1,6 +1,10 @@
-//! Per-event inference cost: ONNX Runtime (builtin LR and 100-tree GBDT) at batch 1, 16 and
-//! 64, and the native online logistic regression (predict, learn). Each bench first checks
-//! its model answers sensibly (probabilities, batch = one-at-a-time), then times.
+//! Per-event inference cost of each way sluice can score: ONNX Runtime as sluice calls it
+//! (`onnx/`), ONNX Runtime with pre-bound inputs and outputs and a reused run options object
+//! (`onnx_bound/`, the cheapest ORT call), the native engine (`native/`), each for the builtin
+//! LR and 100-tree GBDT and the LightGBM / XGBoost / HistGradientBoosting fixtures, at batch 1,
+//! 16 and 64; a 1,000-tree XGBoost ensemble's load + compile time; and the online logistic
+//! regression (predict, learn). Each bench first checks its model answers sensibly
+//! (probabilities; native = ONNX Runtime), then times.
 //! `cargo bench --bench inference` (needs scripts/install-deps for libonnxruntime).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +13,132 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::config::Config;
 use sluice::infer::onnx::model_bytes;
-use sluice::infer::{FeatureBatch, OnlineLr, OnnxScorer, Scorer};
+use sluice::infer::{FeatureBatch, NativeScorer, OnlineLr, OnnxScorer, Scorer};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// (bench name, model.path)
+fn models() -> Vec<(&'static str, String)> {
+    vec![
+        ("fraud_lr", "builtin:fraud_lr".into()),
+        ("fraud_gbdt", "builtin:fraud_gbdt".into()),
+        ("lgbm_100", format!("{FIXTURES}/fraud_lgbm.onnx")),
+        ("xgb_100", format!("{FIXTURES}/fraud_xgb.onnx")),
+        ("hgb_100", format!("{FIXTURES}/fraud_hgb.onnx")),
+    ]
+}
+
+fn batch_of(rows: usize) -> FeatureBatch {
+    let mut batch = FeatureBatch::new(WIDTH, rows);
+    for i in 0..rows {
+        batch.next_row().unwrap().copy_from_slice(&row(i));
+    }
+    batch
+}
+
+fn native(c: &mut Criterion) {
+    let config = Config::defaults().unwrap();
+    let mut g = c.benchmark_group("native");
+    for (name, path) in models() {
+        let mut spec = config.onnx_spec();
+        spec.path = path;
+        let bytes = model_bytes(&spec.path).unwrap();
+        let mut m = NativeScorer::compile(&spec, &bytes).unwrap();
+        let mut reference = OnnxScorer::load(&spec, &bytes).unwrap();
+        for rows in [1usize, 16, 64] {
+            let batch = batch_of(rows);
+            let (mut out, mut want) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+            m.score(&batch, &mut out).unwrap();
+            reference.score(&batch, &mut want).unwrap();
+            for (o, w) in out.iter().zip(&want) {
+                assert!(
+                    (o - w).abs() <= 1e-5,
+                    "{name}: native {o} vs ONNX Runtime {w}"
+                );
+            }
+            g.throughput(Throughput::Elements(rows as u64));
+            g.bench_function(format!("{name}/batch_{rows}"), |b| {
+                b.iter(|| {
+                    m.score(black_box(&batch), &mut out).unwrap();
+                    out[0]
+                })
+            });
+        }
+    }
+    g.finish();
+    // Load + compile of a 1,000-tree ensemble (what a reload costs the control thread).
+    let mut spec = config.onnx_spec();
+    spec.path = format!("{FIXTURES}/fraud_xgb_1000.onnx");
+    let bytes = model_bytes(&spec.path).unwrap();
+    let m = NativeScorer::compile(&spec, &bytes).unwrap();
+    eprintln!(
+        "xgb_1000: {} ({} bytes of model file)",
+        m.describe(),
+        bytes.len()
+    );
+    let mut g = c.benchmark_group("load");
+    g.sample_size(10);
+    g.bench_function("native/xgb_1000", |b| {
+        b.iter(|| NativeScorer::compile(&spec, black_box(&bytes)).unwrap())
+    });
+    g.bench_function("onnxruntime/xgb_1000", |b| {
+        b.iter(|| OnnxScorer::load(&spec, black_box(&bytes)).unwrap())
+    });
+    g.finish();
+}
+
+/// ONNX Runtime at its cheapest: input and output bound once (`IoBinding`; the input is
+/// re-bound per call, which copies it, as a new batch would be), a reused `RunOptions`, only
+/// the probability output fetched.
+fn onnx_bound(c: &mut Criterion) {
+    use ort::memory::Allocator;
+    use ort::session::{RunOptions, Session};
+    use ort::value::Tensor;
+    let env = sluice::infer::runtime::environment("").unwrap();
+    let mut g = c.benchmark_group("onnx_bound");
+    for (name, path) in models() {
+        let bytes = model_bytes(&path).unwrap();
+        let mut session = Session::builder(&env)
+            .unwrap()
+            .with_intra_threads(1)
+            .unwrap()
+            .with_inter_threads(1)
+            .unwrap()
+            .with_intra_op_spinning(false)
+            .unwrap()
+            .with_inter_op_spinning(false)
+            .unwrap()
+            .commit_from_memory(&bytes)
+            .unwrap();
+        let options = RunOptions::new().unwrap();
+        for rows in [1usize, 16, 64] {
+            let data: Vec<f32> = (0..rows).flat_map(row).collect();
+            let input = Tensor::from_array(([rows, WIDTH], data)).unwrap();
+            let mut binding = session.create_binding().unwrap();
+            let out = Tensor::<f32>::new(&Allocator::default(), [rows, 2]).unwrap();
+            binding.bind_output("probabilities", out).unwrap();
+            binding.bind_input("input", &input).unwrap();
+            {
+                let o = session
+                    .run_binding_with_options(&binding, &options)
+                    .unwrap();
+                let (_, p) = o["probabilities"].try_extract_tensor::<f32>().unwrap();
+                assert!(p.iter().all(|p| (0.0..=1.0).contains(p)));
+            }
+            g.throughput(Throughput::Elements(rows as u64));
+            g.bench_function(format!("{name}/batch_{rows}"), |b| {
+                b.iter(|| {
+                    binding.bind_input("input", black_box(&input)).unwrap();
+                    let o = session
+                        .run_binding_with_options(&binding, &options)
+                        .unwrap();
+                    o.len()
+                })
+            });
+        }
+    }
+    g.finish();
+}
 
 /// A row of the default `features.list` (the built-in models' input).
 fn row(i: usize) -> [f32; WIDTH] {
@@ -31,9 +160,9 @@ const WIDTH: usize = 8;
 fn onnx(c: &mut Criterion) {
     let config = Config::defaults().unwrap();
     let mut g = c.benchmark_group("onnx");
-    for name in ["fraud_lr", "fraud_gbdt"] {
+    for (name, path) in models() {
         let mut spec = config.onnx_spec();
-        spec.path = format!("builtin:{name}");
+        spec.path = path;
         let mut m = OnnxScorer::load(&spec, &model_bytes(&spec.path).unwrap()).unwrap();
         for rows in [1usize, 16, 64] {
             let mut batch = FeatureBatch::new(WIDTH, rows);
@@ -97,5 +226,5 @@ fn online(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, onnx, online);
+criterion_group!(benches, native, onnx_bound, onnx, online);
 criterion_main!(benches);

@@ -241,7 +241,8 @@ pub fn start_with_progress(
             .collect(),
     };
     let width = models.first().map_or(0, ShardModel::width);
-    tracing::info!(kind = ?config.model.kind, path = %config.model.path, width, online = config.model.online.enabled, "model loaded (version 1)");
+    let engine = models.first().map_or("none", ShardModel::engine);
+    tracing::info!(kind = ?config.model.kind, path = %config.model.path, engine, width, online = config.model.online.enabled, "model loaded (version 1)");
     let mut links = Vec::with_capacity(shards);
     let mut shard_links = Vec::with_capacity(shards);
     let snapshot_interval_ns = config.model.online.average_interval_ms * 1_000_000;

@@ -60,6 +60,16 @@ pub enum ModelKind {
     Online,
 }
 
+/// What runs an ONNX model (`model.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelEngine {
+    /// The native engine when the graph compiles, ONNX Runtime otherwise.
+    Auto,
+    Ort,
+    Native,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct OnlineModel {
     pub enabled: bool,
@@ -240,6 +250,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Model {
     pub kind: ModelKind,
+    pub engine: ModelEngine,
     pub path: String,
     pub runtime_path: String,
     pub input: String,

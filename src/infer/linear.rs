@@ -28,6 +28,10 @@ impl Scorer for LinearScorer {
         self.weights.len()
     }
 
+    fn engine(&self) -> &'static str {
+        "linear"
+    }
+
     fn score(&mut self, batch: &FeatureBatch, out: &mut [f32]) -> Result<(), InferError> {
         if batch.width() != self.weights.len() {
             return Err(InferError::Width {

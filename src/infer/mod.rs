@@ -5,12 +5,14 @@
 //! from the control thread (`crate::control`), so one reply never mixes two versions.
 
 mod linear;
+pub mod native;
 pub mod online;
 pub mod onnx;
 pub mod runtime;
 mod shard_model;
 
 pub use linear::LinearScorer;
+pub use native::NativeScorer;
 pub use online::OnlineLr;
 pub use onnx::{OnnxScorer, OnnxSpec};
 pub use shard_model::{build_primaries, build_primary, ModelUpdate, ShardModel, ShardReport};
@@ -80,6 +82,8 @@ impl FeatureBatch {
 pub trait Scorer: Send {
     /// Input row width the model expects.
     fn width(&self) -> usize;
+    /// What runs it, for logs and metrics: "native", "onnxruntime", "linear".
+    fn engine(&self) -> &'static str;
     /// Score every row of `batch` into `out[..batch.len()]`, each in [0, 1].
     fn score(&mut self, batch: &FeatureBatch, out: &mut [f32]) -> Result<(), InferError>;
 }

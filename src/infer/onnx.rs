@@ -219,6 +219,10 @@ impl Scorer for OnnxScorer {
         self.width
     }
 
+    fn engine(&self) -> &'static str {
+        "onnxruntime"
+    }
+
     fn score(&mut self, batch: &FeatureBatch, out: &mut [f32]) -> Result<(), InferError> {
         let rows = batch.len();
         if rows == 0 {

@@ -62,6 +62,18 @@ pub fn build_primaries(
             }
             let bytes = super::onnx::model_bytes(&spec.path)?;
             let mut models: Vec<Box<dyn Scorer>> = Vec::with_capacity(shards);
+            if let Some(native) = super::native::compile_for(config.model.engine, &spec, &bytes)? {
+                if native.width() != row_width(config) {
+                    return Err(InferError::Width {
+                        got: native.width(),
+                        want: row_width(config),
+                    });
+                }
+                tracing::info!(model = %spec.path, engine = "native", "{}", native.describe());
+                // One compiled model shared by every shard (read-only).
+                models.extend((0..shards).map(|_| Box::new(native.clone()) as Box<dyn Scorer>));
+                return Ok(Some(models));
+            }
             for _ in 0..shards {
                 let m = OnnxScorer::load(&spec, &bytes)?;
                 // The row is features.list: a model trained on another row would score nonsense.
@@ -102,6 +114,11 @@ impl ShardModel {
 
     pub fn width(&self) -> usize {
         self.width
+    }
+
+    /// What runs the primary model ("none" when only the online model scores).
+    pub fn engine(&self) -> &'static str {
+        self.primary.as_ref().map_or("none", |p| p.engine())
     }
 
     pub fn version(&self) -> u32 {

@@ -150,6 +150,8 @@ shard_counters! {
     loops_over_threshold: Counter => Counter names::LOOPS_OVER_THRESHOLD;
     /// The model version the shard scores with.
     model_version: Counter => GaugeMax names::MODEL_VERSION;
+    /// Online averaging rounds the shard applied (each changes the served version only when the online model scores: `model.kind = online` or `model.online.blend` > 0).
+    model_online_rounds: Counter => Counter names::MODEL_ONLINE_ROUNDS;
 }
 
 /// One shard's latency histograms in the fixed buckets the exporter serves.

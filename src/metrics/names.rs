@@ -62,6 +62,7 @@ pub const LOOPS: &str = "sluice_shard_loops_total";
 pub const LOOP_MAX: &str = "sluice_shard_loop_max_seconds";
 pub const LOOPS_OVER_THRESHOLD: &str = "sluice_shard_loops_over_threshold_total";
 pub const MODEL_VERSION: &str = "sluice_model_version";
+pub const MODEL_ONLINE_ROUNDS: &str = "sluice_model_online_rounds_total";
 /// Info metric (labels version, revision, driver, model_version); the sample is `_info`.
 pub const BUILD: &str = "sluice_build";
 /// Seconds since sluice reported ready.

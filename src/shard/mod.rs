@@ -57,8 +57,11 @@ pub struct ModelLink {
 impl ModelLink {
     /// Between cycles: take new model versions, hand back replaced ones, and report online
     /// weights when due. Nothing here is per event.
-    fn service(&mut self, core: &mut ShardCore, now_ns: u64) {
+    /// Returns how many online averaging rounds it applied.
+    fn service(&mut self, core: &mut ShardCore, now_ns: u64) -> u64 {
+        let mut rounds = 0;
         while let Ok(u) = self.updates.pop() {
+            rounds += u64::from(matches!(u, ModelUpdate::Online(..)));
             if let Some(old) = core.apply_model_update(u) {
                 // If the report ring is full the old model is dropped here: a slower teardown
                 // on this shard, once, rather than a leak.
@@ -76,6 +79,7 @@ impl ModelLink {
                 let _ = self.reports.push(ShardReport::Snapshot(params, n));
             }
         }
+        rounds
     }
 }
 
@@ -129,7 +133,8 @@ impl Shard {
             model_link,
             ..
         } = self;
-        model_link.service(core, pickup_ns);
+        let rounds = model_link.service(core, pickup_ns);
+        counters.model_online_rounds.add(rounds);
         counters.model_version.set(u64::from(core.model_version()));
         let mut work = 0;
         if core.is_stalled() {

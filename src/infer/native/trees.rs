@@ -1,0 +1,299 @@
+//! A tree ensemble (ONNX-ML `TreeEnsembleClassifier` / `TreeEnsembleRegressor`) compiled into
+//! one flat array of 16-byte nodes, each tree laid out depth-first so every child sits after
+//! its parent: a walk only moves forward and must end at a leaf. The walk matches ONNX Runtime's
+//! (same float32 comparisons, NaN sent where `nodes_missing_value_tracks_true` says, leaf values
+//! summed in tree order), so scores equal its scores.
+
+use std::collections::HashMap;
+
+use super::Unsupported;
+
+/// A branch node's comparison: `x <op> threshold` sends the row to the true child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+}
+
+impl Mode {
+    /// `None` for LEAF; `Err` for a mode the format does not have.
+    pub fn parse(s: &[u8]) -> Result<Option<Self>, Unsupported> {
+        Ok(Some(match s {
+            b"BRANCH_LEQ" => Self::Leq,
+            b"BRANCH_LT" => Self::Lt,
+            b"BRANCH_GTE" => Self::Gte,
+            b"BRANCH_GT" => Self::Gt,
+            b"BRANCH_EQ" => Self::Eq,
+            b"BRANCH_NEQ" => Self::Neq,
+            b"LEAF" => return Ok(None),
+            other => {
+                return Err(Unsupported(format!(
+                    "node mode {:?}",
+                    String::from_utf8_lossy(other)
+                )))
+            }
+        }))
+    }
+
+    #[inline(always)]
+    fn goes_true(self, x: f32, t: f32) -> bool {
+        match self {
+            Self::Leq => x <= t,
+            Self::Lt => x < t,
+            Self::Gte => x >= t,
+            Self::Gt => x > t,
+            Self::Eq => x == t,
+            Self::Neq => x != t,
+        }
+    }
+}
+
+/// `feature` of a leaf.
+const LEAF: u32 = u32::MAX;
+/// Set in a branch's `feature`: a NaN input goes to the true child.
+const NAN_TRUE: u32 = 1 << 31;
+
+/// A leaf holds its value in `value`; a branch its threshold.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct Node {
+    value: f32,
+    feature: u32,
+    yes: u32,
+    no: u32,
+}
+
+/// The ensemble's nodes as the ONNX attributes list them (one entry per node).
+pub struct Listed<'a> {
+    pub tree: &'a [i64],
+    pub node: &'a [i64],
+    pub feature: &'a [i64],
+    pub mode: &'a [Option<Mode>],
+    pub value: &'a [f32],
+    pub yes: &'a [i64],
+    pub no: &'a [i64],
+    pub nan_true: &'a [i64],
+    /// (tree, node, target or class, weight), one per leaf weight.
+    pub weights: Vec<(i64, i64, i64, f32)>,
+}
+
+/// Compiled trees of one output (every leaf weight on target / class 0).
+pub struct Trees {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    /// Every branch's mode when they share one (the usual case: one comparison, no lookup).
+    mode: Option<Mode>,
+    /// Per node, when modes differ.
+    modes: Vec<Mode>,
+}
+
+/// Far more nodes than any model seen (a 1,000-tree depth-8 ensemble has ~500k): bounds the
+/// memory a model file can make sluice take per shard (16 bytes a node).
+pub const NODES_MAX: usize = 8 << 20;
+
+impl Trees {
+    pub fn compile(l: &Listed<'_>, width: usize) -> Result<Self, Unsupported> {
+        let n = l.tree.len();
+        let same = [
+            l.node.len(),
+            l.feature.len(),
+            l.mode.len(),
+            l.value.len(),
+            l.yes.len(),
+            l.no.len(),
+        ];
+        if same.iter().any(|&k| k != n) {
+            return Err(Unsupported(format!(
+                "node attribute lists of different lengths ({n} tree ids, {same:?})"
+            )));
+        }
+        if n == 0 || n > NODES_MAX {
+            return Err(Unsupported(format!("{n} nodes (1 to {NODES_MAX} compile)")));
+        }
+        let mut at: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
+        for i in 0..n {
+            if at.insert((l.tree[i], l.node[i]), i).is_some() {
+                return Err(Unsupported(format!(
+                    "node {} of tree {} listed twice",
+                    l.node[i], l.tree[i]
+                )));
+            }
+        }
+        let mut leaf_value: HashMap<usize, f32> = HashMap::new();
+        for &(tree, node, class, weight) in &l.weights {
+            let Some(&i) = at.get(&(tree, node)) else {
+                return Err(Unsupported(format!(
+                    "a weight names node {node} of tree {tree}, which is not listed"
+                )));
+            };
+            if class != 0 {
+                return Err(Unsupported(format!(
+                    "leaf weights on class/target {class}: the native engine compiles ensembles whose weights all go to 0 (binary classifiers, single-target regressors)"
+                )));
+            }
+            if l.mode[i].is_some() {
+                return Err(Unsupported(format!(
+                    "a weight on branch node {node} of tree {tree}"
+                )));
+            }
+            if leaf_value.insert(i, weight).is_some() {
+                return Err(Unsupported(format!(
+                    "leaf {node} of tree {tree} has more than one weight"
+                )));
+            }
+        }
+        // A tree's root is the first node listed for it, as ONNX Runtime takes it; a tree
+        // listed in two runs would be two trees there.
+        let mut roots_at = Vec::new();
+        let mut seen_trees = std::collections::HashSet::new();
+        for i in 0..n {
+            if i == 0 || l.tree[i] != l.tree[i - 1] {
+                if !seen_trees.insert(l.tree[i]) {
+                    return Err(Unsupported(format!(
+                        "tree {} listed in two places",
+                        l.tree[i]
+                    )));
+                }
+                roots_at.push(i);
+            }
+        }
+        let modes_seen: std::collections::BTreeSet<_> =
+            l.mode.iter().flatten().map(|m| *m as u8).collect();
+        let mode = (modes_seen.len() <= 1)
+            .then(|| l.mode.iter().flatten().next().copied().unwrap_or(Mode::Leq));
+
+        let mut t = Trees {
+            nodes: Vec::with_capacity(n),
+            roots: Vec::with_capacity(roots_at.len()),
+            mode,
+            modes: Vec::new(),
+        };
+        let mut placed = vec![false; n];
+        // (listed index, where to write its compiled index: (parent, true child?))
+        let mut stack: Vec<(usize, Option<(usize, bool)>)> = Vec::new();
+        for &root in &roots_at {
+            t.roots.push(t.nodes.len() as u32);
+            stack.push((root, None));
+            while let Some((i, parent)) = stack.pop() {
+                if std::mem::replace(&mut placed[i], true) {
+                    return Err(Unsupported(format!(
+                        "node {} of tree {} is reached twice (not a tree)",
+                        l.node[i], l.tree[i]
+                    )));
+                }
+                let here = t.nodes.len();
+                if let Some((p, yes)) = parent {
+                    let slot = &mut t.nodes[p];
+                    if yes {
+                        slot.yes = here as u32;
+                    } else {
+                        slot.no = here as u32;
+                    }
+                }
+                let Some(m) = l.mode[i] else {
+                    let Some(&v) = leaf_value.get(&i) else {
+                        return Err(Unsupported(format!(
+                            "leaf {} of tree {} has no weight",
+                            l.node[i], l.tree[i]
+                        )));
+                    };
+                    t.nodes.push(Node {
+                        value: v,
+                        feature: LEAF,
+                        yes: 0,
+                        no: 0,
+                    });
+                    t.modes.push(Mode::Leq);
+                    continue;
+                };
+                let f = usize::try_from(l.feature[i])
+                    .ok()
+                    .filter(|&f| f < width)
+                    .ok_or_else(|| {
+                        Unsupported(format!(
+                            "node {} of tree {} reads feature {} of a {width}-wide row",
+                            l.node[i], l.tree[i], l.feature[i]
+                        ))
+                    })?;
+                let nan_true = l.nan_true.get(i).copied().unwrap_or(0) == 1;
+                t.nodes.push(Node {
+                    value: l.value[i],
+                    feature: f as u32 | if nan_true { NAN_TRUE } else { 0 },
+                    yes: 0,
+                    no: 0,
+                });
+                t.modes.push(m);
+                let child = |id: i64| {
+                    at.get(&(l.tree[i], id)).copied().ok_or_else(|| {
+                        Unsupported(format!(
+                            "node {} of tree {} points at node {id}, which is not listed",
+                            l.node[i], l.tree[i]
+                        ))
+                    })
+                };
+                let (yes, no) = (child(l.yes[i])?, child(l.no[i])?);
+                // Pushed false first so the true child is laid out right after its parent.
+                stack.push((no, Some((here, false))));
+                stack.push((yes, Some((here, true))));
+            }
+        }
+        if t.mode.is_some() {
+            t.modes = Vec::new();
+        }
+        Ok(t)
+    }
+
+    pub fn trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Bytes held per scorer.
+    pub fn bytes(&self) -> usize {
+        self.nodes.len() * std::mem::size_of::<Node>()
+            + self.roots.len() * 4
+            + self.modes.len() * std::mem::size_of::<Mode>()
+    }
+
+    /// The leaf values the row reaches, summed in tree order in float32 (as ONNX Runtime
+    /// does, so the sums agree to the bit).
+    #[inline]
+    pub fn sum(&self, row: &[f32]) -> f32 {
+        match self.mode {
+            Some(Mode::Leq) => self.sum_with(row, |_| Mode::Leq),
+            Some(Mode::Lt) => self.sum_with(row, |_| Mode::Lt),
+            Some(m) => self.sum_with(row, move |_| m),
+            None => self.sum_with(row, |i| self.modes.get(i).copied().unwrap_or(Mode::Leq)),
+        }
+    }
+
+    #[inline(always)]
+    fn sum_with(&self, row: &[f32], mode: impl Fn(usize) -> Mode) -> f32 {
+        let mut sum = 0.0f32;
+        for &root in &self.roots {
+            let mut i = root as usize;
+            // Children always sit after their parent (compile), so this ends at a leaf.
+            while let Some(n) = self.nodes.get(i) {
+                if n.feature == LEAF {
+                    sum += n.value;
+                    break;
+                }
+                let x = row
+                    .get((n.feature & !NAN_TRUE) as usize)
+                    .copied()
+                    .unwrap_or(f32::NAN);
+                let yes =
+                    mode(i).goes_true(x, n.value) || (n.feature & NAN_TRUE != 0 && x.is_nan());
+                i = if yes { n.yes } else { n.no } as usize;
+            }
+        }
+        sum
+    }
+}

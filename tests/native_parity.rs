@@ -1,0 +1,305 @@
+//! The native engine against the real ONNX Runtime (libonnxruntime 1.31.1) and against the
+//! probabilities Python's onnxruntime wrote for each model (`scripts/train_models.py`): every
+//! supported export — scikit-learn LR and GBDT (builtins), HistGradientBoosting, LightGBM,
+//! XGBoost — on the fixture rows and on rows made to hit every branch side, NaNs included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice::config::{Config, ModelEngine};
+use sluice::infer::native::compile_for;
+use sluice::infer::onnx::model_bytes;
+use sluice::infer::{FeatureBatch, NativeScorer, OnnxScorer, OnnxSpec, Scorer};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Every model the native engine must serve: (name in onnx_parity.json, model.path).
+fn models() -> Vec<(&'static str, String)> {
+    vec![
+        ("fraud_lr", "builtin:fraud_lr".into()),
+        ("fraud_gbdt", "builtin:fraud_gbdt".into()),
+        ("fraud_hgb", format!("{FIXTURES}/fraud_hgb.onnx")),
+        ("fraud_lgbm", format!("{FIXTURES}/fraud_lgbm.onnx")),
+        ("fraud_xgb", format!("{FIXTURES}/fraud_xgb.onnx")),
+    ]
+}
+
+fn spec(path: &str) -> OnnxSpec {
+    let mut c = Config::defaults().unwrap();
+    c.model.path = path.to_owned();
+    c.onnx_spec()
+}
+
+fn both(path: &str) -> (NativeScorer, OnnxScorer) {
+    let s = spec(path);
+    let bytes = model_bytes(&s.path).unwrap();
+    let native = NativeScorer::compile(&s, &bytes)
+        .unwrap_or_else(|e| panic!("{path} does not compile natively: {e}"));
+    (native, OnnxScorer::load(&s, &bytes).unwrap())
+}
+
+fn fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/onnx_parity.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn fixture_rows() -> Vec<Vec<f32>> {
+    fixture()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// The fixture rows, each feature scaled up and down, swapped between rows, zeroed, negated,
+/// huge, and NaN (a tree sends NaN where its missing-value flag says): thousands of rows that
+/// reach both sides of most branches.
+fn probing_rows() -> Vec<Vec<f32>> {
+    let base = fixture_rows();
+    let mut rows = base.clone();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..4000 {
+        let mut r = base[i % base.len()].clone();
+        for f in 0..r.len() {
+            match next() % 10 {
+                0 => r[f] *= 0.5,
+                1 => r[f] *= 2.0,
+                2 => r[f] = base[(next() as usize) % base.len()][f],
+                3 => r[f] = 0.0,
+                4 => r[f] = -r[f],
+                5 if i % 7 == 0 => r[f] = f32::NAN,
+                6 if i % 11 == 0 => r[f] = 1e30,
+                _ => {}
+            }
+        }
+        rows.push(r);
+    }
+    rows
+}
+
+fn score(m: &mut dyn Scorer, rows: &[Vec<f32>], batch: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut b = FeatureBatch::new(m.width(), batch);
+    let mut o = vec![0.0; batch];
+    for chunk in rows.chunks(batch) {
+        b.clear();
+        for r in chunk {
+            b.next_row().unwrap().copy_from_slice(r);
+        }
+        m.score(&b, &mut o).unwrap();
+        out.extend_from_slice(&o[..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn native_scores_equal_onnx_runtime_for_every_supported_export() {
+    let rows = probing_rows();
+    let threshold = Config::defaults().unwrap().model.alert_threshold;
+    for (name, path) in models() {
+        let (mut native, mut ort) = both(&path);
+        assert_eq!(native.width(), 8, "{name}");
+        let want = score(&mut ort, &rows, 64);
+        for batch in [1, 64] {
+            let got = score(&mut native, &rows, batch);
+            let mut worst = 0.0f32;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let d = (g - w).abs();
+                worst = worst.max(d);
+                assert!(
+                    d <= 1e-5,
+                    "{name} batch {batch} row {i} {:?}: native {g} vs ONNX Runtime {w}",
+                    rows[i]
+                );
+                assert_eq!(
+                    *g >= threshold,
+                    *w >= threshold,
+                    "{name} row {i}: the engines disagree on the alert side ({g} vs {w})"
+                );
+            }
+            eprintln!(
+                "{name} batch {batch}: {} rows, largest difference {worst:e}",
+                rows.len()
+            );
+        }
+        // The rows reach scores across the range, not one constant.
+        let distinct: std::collections::BTreeSet<u32> = want.iter().map(|p| p.to_bits()).collect();
+        assert!(
+            distinct.len() > 50,
+            "{name}: only {} distinct scores",
+            distinct.len()
+        );
+    }
+}
+
+#[test]
+fn native_scores_equal_python_onnxruntime_on_the_fixture_rows() {
+    let fx = fixture();
+    let rows = fixture_rows();
+    for (name, path) in models() {
+        let s = spec(&path);
+        let mut native = NativeScorer::compile(&s, &model_bytes(&path).unwrap()).unwrap();
+        let want: Vec<f64> = fx["models"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} missing from onnx_parity.json"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let got = score(&mut native, &rows, 64);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() < 1e-5,
+                "{name} row {i}: native {g} vs python {w}"
+            );
+        }
+    }
+}
+
+/// Build a model with one attribute of its core operator changed.
+fn edited(
+    path: &str,
+    edit: impl FnOnce(&mut sluice::infer::native::onnx_proto::NodeProto),
+) -> Vec<u8> {
+    use sluice::infer::native::onnx_proto::{Message, ModelProto};
+    let mut m = ModelProto::parse_from_bytes(&model_bytes(path).unwrap()).unwrap();
+    let node = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type.starts_with("TreeEnsemble") || n.op_type.starts_with("Linear"))
+        .unwrap();
+    edit(node);
+    m.write_to_bytes().unwrap()
+}
+
+fn set_attr_s(node: &mut sluice::infer::native::onnx_proto::NodeProto, name: &str, v: &[u8]) {
+    let a = node.attribute.iter_mut().find(|a| a.name == name).unwrap();
+    a.s = v.to_vec();
+}
+
+#[test]
+fn a_graph_the_native_engine_cannot_compile_runs_on_onnx_runtime_under_auto_and_is_refused_under_native(
+) {
+    // PROBIT is a post transform ONNX Runtime has and the native engine leaves to it.
+    let bytes = edited("builtin:fraud_lr", |n| {
+        set_attr_s(n, "post_transform", b"PROBIT")
+    });
+    let s = spec("probit.onnx");
+    assert!(compile_for(ModelEngine::Ort, &s, &bytes).unwrap().is_none());
+    assert!(
+        compile_for(ModelEngine::Auto, &s, &bytes)
+            .unwrap()
+            .is_none(),
+        "auto falls back to ONNX Runtime"
+    );
+    let refused = compile_for(ModelEngine::Native, &s, &bytes)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("PROBIT") && refused.contains("model.engine"),
+        "{refused}"
+    );
+    // And ONNX Runtime does run it.
+    let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
+    assert_eq!(ort.engine(), "onnxruntime");
+    let _ = score(&mut ort, &fixture_rows(), 8);
+    // A model that compiles is served natively under auto.
+    let lr = model_bytes("builtin:fraud_lr").unwrap();
+    let m = compile_for(ModelEngine::Auto, &spec("builtin:fraud_lr"), &lr)
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.engine(), "native");
+}
+
+#[test]
+fn malformed_tree_ensembles_are_refused_with_the_reason() {
+    let gbdt = "builtin:fraud_gbdt";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a child pointing back at its root (a loop ONNX Runtime would walk forever)",
+            edited(gbdt, |n| {
+                let a = n
+                    .attribute
+                    .iter_mut()
+                    .find(|a| a.name == "nodes_truenodeids")
+                    .unwrap();
+                a.ints[1] = 0;
+            }),
+            "reached twice",
+        ),
+        (
+            "a feature beyond the row",
+            edited(gbdt, |n| {
+                let a = n
+                    .attribute
+                    .iter_mut()
+                    .find(|a| a.name == "nodes_featureids")
+                    .unwrap();
+                a.ints[0] = 8;
+            }),
+            "feature 8",
+        ),
+        (
+            "a child that does not exist",
+            edited(gbdt, |n| {
+                let a = n
+                    .attribute
+                    .iter_mut()
+                    .find(|a| a.name == "nodes_falsenodeids")
+                    .unwrap();
+                a.ints[0] = 10_000;
+            }),
+            "not listed",
+        ),
+        (
+            "lists of different lengths",
+            edited(gbdt, |n| {
+                let a = n
+                    .attribute
+                    .iter_mut()
+                    .find(|a| a.name == "nodes_values")
+                    .unwrap();
+                a.floats.pop();
+            }),
+            "different lengths",
+        ),
+        (
+            "an unknown node mode",
+            edited(gbdt, |n| {
+                let a = n
+                    .attribute
+                    .iter_mut()
+                    .find(|a| a.name == "nodes_modes")
+                    .unwrap();
+                a.strings[0] = b"BRANCH_SOMETIMES".to_vec();
+            }),
+            "BRANCH_SOMETIMES",
+        ),
+        (
+            "bytes that are not protobuf",
+            b"\x08\x07not an onnx model".to_vec(),
+            "not an ONNX model",
+        ),
+    ];
+    for (what, bytes, says) in cases {
+        let e = NativeScorer::compile(&spec(gbdt), &bytes)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: compiled"));
+        assert!(e.to_string().contains(says), "{what}: {e}");
+    }
+}
