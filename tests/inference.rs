@@ -328,6 +328,71 @@ fn online_learning_from_feedback_publishes_averaged_versions() {
     running.stop().unwrap();
 }
 
+/// `model_version` names what produced the score: averaging rounds of an online model the
+/// scores do not use (the default blend 0 beside an ONNX model) leave it alone; with blend > 0
+/// every round changes the scores, and the version.
+#[test]
+fn online_rounds_change_the_version_only_when_the_online_model_scores() {
+    for (blend, climbs) in [("0", false), ("0.5", true)] {
+        let blend_set = format!("model.online.blend={blend}");
+        let running = common::start(
+            "io_uring",
+            &[
+                "shards.count=2",
+                "model.online.average_interval_ms=50",
+                blend_set.as_str(),
+            ],
+        );
+        let mut client = common::Client::new(running.local_addr, 2);
+        let rounds = |r: &sluice::app::Running| -> u64 {
+            r.counters()
+                .iter()
+                .map(|c| c.model_online_rounds.get())
+                .sum()
+        };
+        // Feedback keeps arriving until the shards applied at least three averaging rounds.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut round = 0u64;
+        while rounds(&running) < 6 && Instant::now() < deadline {
+            let batch: Vec<(u64, bool)> =
+                (0..10u64).map(|j| (j % 4, (round + j) % 2 == 0)).collect();
+            client.send(&batch);
+            client.pump_for(Duration::from_millis(20));
+            round += 1;
+        }
+        assert!(
+            rounds(&running) >= 6,
+            "blend {blend}: averaging rounds never reached the shards"
+        );
+        client.send(&[(0, false)]);
+        let scores = client.collect(client.replies_wanted());
+        client.check(&scores);
+        let newest = scores.iter().map(|s| s.model_version).max().unwrap();
+        let v = running.model_version().unwrap();
+        if climbs {
+            assert!(
+                v >= 3,
+                "blend {blend}: {} rounds but version {v}",
+                rounds(&running)
+            );
+            assert!(
+                newest >= 2,
+                "blend {blend}: scores still carry version {newest}"
+            );
+        } else {
+            assert_eq!(
+                v, 1,
+                "blend {blend}: the served model never changed, yet version {v}"
+            );
+            assert!(
+                scores.iter().all(|s| s.model_version == 1),
+                "blend {blend}: a score carried another version"
+            );
+        }
+        running.stop().unwrap();
+    }
+}
+
 /// Found by `sluice-fuzz model`: the builtin GBDT with two bytes changed, which ONNX Runtime
 /// accepts and then never finishes scoring (its warm-up row loops forever in the tree
 /// ensemble). The load is refused after `model.load_timeout_ms`; the stuck thread is left

@@ -143,6 +143,35 @@ fn native_scores_equal_onnx_runtime_for_every_supported_export() {
     }
 }
 
+/// Column 0, and a linear model with a softmax (the path that computes every column before
+/// picking one), against ONNX Runtime too.
+#[test]
+fn the_other_column_and_a_softmax_model_equal_onnx_runtime() {
+    let rows = probing_rows();
+    let softmax = edited("builtin:fraud_lr", |n| {
+        set_attr_s(n, "post_transform", b"SOFTMAX")
+    });
+    let mut cases: Vec<(String, Vec<u8>, usize)> = models()
+        .into_iter()
+        .map(|(name, path)| (name.to_owned(), model_bytes(&path).unwrap(), 0))
+        .collect();
+    cases.push(("fraud_lr with SOFTMAX".into(), softmax.clone(), 1));
+    cases.push(("fraud_lr with SOFTMAX".into(), softmax, 0));
+    for (name, bytes, column) in cases {
+        let mut s = spec("edited.onnx");
+        s.probability_column = column;
+        let mut native = NativeScorer::compile(&s, &bytes).unwrap();
+        let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
+        let (got, want) = (score(&mut native, &rows, 64), score(&mut ort, &rows, 64));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{name} column {column} row {i}: native {g} vs ONNX Runtime {w}"
+            );
+        }
+    }
+}
+
 #[test]
 fn native_scores_equal_python_onnxruntime_on_the_fixture_rows() {
     let fx = fixture();

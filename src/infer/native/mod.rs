@@ -23,6 +23,9 @@ pub struct Unsupported(pub String);
 pub struct NativeScorer {
     plan: std::sync::Arc<Plan>,
     column: usize,
+    /// Every step is per column and the core's post transform too: the probability column is
+    /// computed alone (half the work of a binary model).
+    column_alone: bool,
 }
 
 impl NativeScorer {
@@ -38,9 +41,15 @@ impl NativeScorer {
                 spec.probability_column, spec.output, plan.columns
             )));
         }
+        let column_alone = plan.steps.iter().all(|s| s.is_elementwise())
+            && match &plan.core {
+                Core::Linear(l) => matches!(l.post, ops::Post::None | ops::Post::Logistic),
+                Core::BinaryTrees { .. } | Core::RegressorTrees { .. } => true,
+            };
         Ok(Self {
             plan: std::sync::Arc::new(plan),
             column: spec.probability_column,
+            column_alone,
         })
     }
 
@@ -69,6 +78,52 @@ impl NativeScorer {
             Core::Linear(l) => (l.coefficients.len() + l.intercepts.len()) * 4,
             Core::BinaryTrees { trees, .. } | Core::RegressorTrees { trees, .. } => trees.bytes(),
         }
+    }
+
+    /// The probability column alone (`column_alone`).
+    #[inline]
+    fn column_value(&self, row: &[f32]) -> f32 {
+        let plan = &*self.plan;
+        let c = self.column;
+        let mut v = match &plan.core {
+            Core::Linear(l) => l.score_one(row, c),
+            Core::BinaryTrees {
+                trees,
+                base,
+                logistic: with_logistic,
+                all_positive,
+            } => {
+                // As `columns` writes the pair, one side of it.
+                let s = trees.sum(row) + base;
+                let signed = if c == 0 { -s } else { s };
+                match (*all_positive, *with_logistic) {
+                    (true, _) => {
+                        if c == 0 {
+                            1.0 - s
+                        } else {
+                            s
+                        }
+                    }
+                    (false, true) => logistic(signed),
+                    (false, false) => signed,
+                }
+            }
+            Core::RegressorTrees {
+                trees,
+                base,
+                average,
+            } => {
+                let mut s = trees.sum(row);
+                if *average {
+                    s /= trees.trees() as f32;
+                }
+                s + base
+            }
+        };
+        for step in &plan.steps {
+            step.apply(std::slice::from_mut(&mut v));
+        }
+        v
     }
 
     /// The output columns for one row.
@@ -136,8 +191,12 @@ impl Scorer for NativeScorer {
         let mut buf = [0.0f32; COLUMNS_MAX];
         let cols = buf.get_mut(..self.plan.columns).unwrap_or_default();
         for (i, o) in out.iter_mut().take(batch.len()).enumerate() {
-            self.columns(batch.row(i), cols);
-            let p = cols.get(self.column).copied().unwrap_or(f32::NAN);
+            let p = if self.column_alone {
+                self.column_value(batch.row(i))
+            } else {
+                self.columns(batch.row(i), cols);
+                cols.get(self.column).copied().unwrap_or(f32::NAN)
+            };
             // As for ONNX Runtime's scores: never emit a NaN or a value outside [0, 1].
             *o = if p.is_finite() {
                 p.clamp(0.0, 1.0)

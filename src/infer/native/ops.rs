@@ -86,6 +86,23 @@ impl Linear {
         self.intercepts.len()
     }
 
+    /// Column `c` alone, when `post` is per column (None, Logistic): a binary model's
+    /// probability without the other class's dot product and exp.
+    #[inline]
+    pub fn score_one(&self, row: &[f32], c: usize) -> f32 {
+        let width = row.len();
+        let w = self
+            .coefficients
+            .get(c * width..(c + 1) * width)
+            .unwrap_or_default();
+        let b = self.intercepts.get(c).copied().unwrap_or(0.0);
+        let z = row.iter().zip(w).fold(0.0f32, |acc, (x, w)| acc + x * w) + b;
+        match self.post {
+            Post::Logistic => logistic(z),
+            _ => z,
+        }
+    }
+
     #[inline]
     pub fn score(&self, row: &[f32], out: &mut [f32]) {
         let width = row.len();
@@ -122,6 +139,14 @@ pub enum Step {
 }
 
 impl Step {
+    /// Whether each column's result depends on that column alone.
+    pub fn is_elementwise(self) -> bool {
+        !matches!(
+            self,
+            Self::NormalizeL1 | Self::NormalizeL2 | Self::NormalizeMax
+        )
+    }
+
     pub fn apply(self, v: &mut [f32]) {
         match self {
             Self::Mul(k) => v.iter_mut().for_each(|x| *x *= k),
