@@ -319,6 +319,44 @@ fn model_target(input: &[u8]) -> u64 {
     })
 }
 
+/// Model bytes through the native engine's compiler; what compiles must score a zero row, the
+/// fixture-like rows and NaN rows to probabilities (and the walk must end: the watchdog catches
+/// a loop).
+fn native_target(input: &[u8]) -> u64 {
+    use sluice::infer::{FeatureBatch, NativeScorer, Scorer};
+    thread_local! {
+        static SPEC: Option<sluice::infer::OnnxSpec> = Config::defaults().ok().map(|c| c.onnx_spec());
+    }
+    SPEC.with(|spec| {
+        let Some(spec) = spec else {
+            return 1;
+        };
+        match NativeScorer::compile(spec, input) {
+            Ok(mut m) => {
+                let w = m.width();
+                let mut batch = FeatureBatch::new(w, 4);
+                for fill in [0.0f32, 1.0, -250.0, f32::NAN] {
+                    if let Some(row) = batch.next_row() {
+                        row.fill(fill);
+                    }
+                }
+                let mut out = [0.0f32; 4];
+                match m.score(&batch, &mut out) {
+                    Ok(()) => {
+                        assert!(
+                            out.iter().all(|p| (0.0..=1.0).contains(p)),
+                            "native scores outside [0, 1]: {out:?}"
+                        );
+                        10 + w as u64
+                    }
+                    Err(e) => class_of(&e.to_string(), 4),
+                }
+            }
+            Err(e) => 100 + class_of(&e.to_string(), 3),
+        }
+    })
+}
+
 fn targets() -> Vec<(&'static str, Target)> {
     vec![
         ("decode", decode_target()),
@@ -329,6 +367,7 @@ fn targets() -> Vec<(&'static str, Target)> {
         ("restore", restore_target),
         ("admin", admin_target),
         ("model", model_target),
+        ("native", native_target),
     ]
 }
 
@@ -454,6 +493,23 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             .iter()
             .map(|(_, b)| b.to_vec())
             .collect(),
+        // The builtins and the LightGBM / XGBoost / HistGradientBoosting fixtures (committed
+        // under tests/fixtures/), not copied into fuzz/corpus.
+        "native" => sluice::infer::onnx::BUILTIN
+            .iter()
+            .map(|(_, b)| b.to_vec())
+            .chain(
+                ["fraud_lgbm", "fraud_xgb", "fraud_hgb"]
+                    .iter()
+                    .filter_map(|n| {
+                        std::fs::read(format!(
+                            "{}/tests/fixtures/{n}.onnx",
+                            env!("CARGO_MANIFEST_DIR")
+                        ))
+                        .ok()
+                    }),
+            )
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -553,7 +609,7 @@ fn fuzz(
     anyhow::ensure!(!corpus.is_empty(), "no seeds for {name}");
     let max_len = match name {
         "decode" => 16 * 1024,
-        "model" => 1 << 20,
+        "model" | "native" => 1 << 20,
         _ => 64 * 1024,
     };
     let mut rng = Rng::new(cli.seed ^ sluice::route::mix64(name.len() as u64));
@@ -711,7 +767,10 @@ struct Results {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.target == "seeds" {
-        for (name, _) in targets().into_iter().filter(|(n, _)| *n != "model") {
+        for (name, _) in targets()
+            .into_iter()
+            .filter(|(n, _)| *n != "model" && *n != "native")
+        {
             let dir = cli.corpus.join(name);
             std::fs::create_dir_all(&dir)?;
             for (i, seed) in builtin_seeds(name).iter().enumerate() {

@@ -354,9 +354,12 @@ fn online_rounds_change_the_version_only_when_the_online_model_scores() {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut round = 0u64;
         while rounds(&running) < 6 && Instant::now() < deadline {
-            let batch: Vec<(u64, bool)> =
-                (0..10u64).map(|j| (j % 4, (round + j) % 2 == 0)).collect();
-            client.send(&batch);
+            for sock in 0..2u64 {
+                let batch: Vec<(u64, bool)> = (0..10u64)
+                    .map(|j| (sock + 2 * (j % 3), (round + j) % 2 == 0))
+                    .collect();
+                client.send(&batch);
+            }
             client.pump_for(Duration::from_millis(20));
             round += 1;
         }
