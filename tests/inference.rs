@@ -253,8 +253,13 @@ fn hot_swap_under_load_loses_nothing_and_never_mixes_versions() {
             .is_err_and(|e| e.contains("takes 3 inputs")),
         "{refused:?}"
     );
+    // Engines switch on a reload too: the default LR and the GBDT run natively, this edited LR
+    // (a PROBIT post transform) only on ONNX Runtime (tests/native_parity.rs), and back.
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(running.reload(Some("builtin:fraud_lr")), Ok(3));
+    let probit = ort_only_model();
+    assert_eq!(running.reload(Some(probit.to_str().unwrap())), Ok(3));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(running.reload(Some("builtin:fraud_lr")), Ok(4));
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);
     let sent = sender.join().unwrap();
@@ -281,13 +286,42 @@ fn hot_swap_under_load_loses_nothing_and_never_mixes_versions() {
     );
     assert_eq!(report.scores_emitted, sent);
     assert!(
-        versions.contains(&1) && versions.contains(&3),
+        versions.contains(&1) && versions.contains(&4),
         "served versions {versions:?}"
     );
     assert!(
-        versions.iter().all(|v| [1, 2, 3].contains(v)),
+        versions.iter().all(|v| (1..=4).contains(v)),
         "served versions {versions:?}"
     );
+}
+
+/// The builtin LR with a PROBIT post transform, written to a file of this test process: a
+/// model ONNX Runtime runs and the native engine does not compile.
+fn ort_only_model() -> std::path::PathBuf {
+    use sluice::infer::native::onnx_proto::{Message, ModelProto};
+    let mut m = ModelProto::parse_from_bytes(&model_bytes("builtin:fraud_lr").unwrap()).unwrap();
+    let node = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "LinearClassifier")
+        .unwrap();
+    let post = node
+        .attribute
+        .iter_mut()
+        .find(|a| a.name == "post_transform")
+        .unwrap();
+    post.s = b"PROBIT".to_vec();
+    let dir = std::env::temp_dir().join(format!("sluice-ort-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lr_probit.onnx");
+    std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+    // Private to this user, as model files must be.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }
 
 #[test]
