@@ -111,7 +111,7 @@ fn native_scores_equal_onnx_runtime_for_every_supported_export() {
         let (mut native, mut ort) = both(&path);
         assert_eq!(native.width(), 8, "{name}");
         let want = score(&mut ort, &rows, 64);
-        for batch in [1, 64] {
+        for batch in [1, 7, 64] {
             let got = score(&mut native, &rows, batch);
             let mut worst = 0.0f32;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
