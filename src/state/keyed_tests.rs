@@ -142,3 +142,113 @@ fn a_key_belongs_to_the_source_that_first_wrote_it() {
         Outcome::Applied(_)
     ));
 }
+
+fn obs_from(key: u64, seq: u64, ts_ns: u64, source: u64) -> Update<'static> {
+    Update {
+        source,
+        ..obs(key, seq, ts_ns)
+    }
+}
+
+/// Every key's (observations, source, features at `now`), sorted by key.
+fn every_key(
+    s: &KeyedState,
+    keys: std::ops::Range<u64>,
+    now: u64,
+) -> Vec<(u64, u64, u64, [f32; 2])> {
+    let mut out = Vec::new();
+    for key in keys {
+        if let Some(st) = s.locate(key).unwrap() {
+            let words: Vec<u64> = st.words.clone();
+            let mut row = [0f32; 2];
+            let u = obs(key, 0, now);
+            s.plan()
+                .build_row(&words, st.record.prev_event_ns, &u.obs(), &mut row);
+            out.push((key, st.record.observations, st.record.source, row));
+        }
+    }
+    out
+}
+
+/// A partition's keys, hot and spilled, leave one state and arrive in another exactly as they
+/// were (counts, windows, source); the other partition's keys never move; a second import of
+/// the same keys, an image of another partition and a torn image are refused whole.
+#[test]
+fn a_partitions_state_moves_between_states_whole_and_alone() {
+    let base = std::env::temp_dir().join(format!("sluice-partition-move-{}", std::process::id()));
+    let p = plan();
+    let (a, b) = (7u64, 9u64);
+    let mut from = state(
+        8,
+        Some(Spill::open(&base.join("from"), 1 << 20, p.words(), None).unwrap()),
+        0,
+        false,
+    );
+    // 40 keys (more than the 8 hot slots: most are spilled), alternating partitions, a few
+    // events each at different times so windows differ per key.
+    for round in 0..3u64 {
+        for key in 0..40u64 {
+            let source = if key % 2 == 0 { a } else { b };
+            let ts = (round * 3 + key % 5) * SEC;
+            apply(&mut from, &obs_from(key, round, ts, source), ts);
+        }
+    }
+    assert!(
+        from.spilled_len() > 0,
+        "the test must move spilled records too"
+    );
+    let now = 20 * SEC;
+    let before = every_key(&from, 0..40, now);
+    assert_eq!(before.len(), 40);
+
+    let image = from.export_partition(a).unwrap();
+    assert_eq!(image.records, 20);
+    assert_eq!(from.drop_partition(a).unwrap(), 20);
+    let left = every_key(&from, 0..40, now);
+    assert!(left.iter().all(|k| k.2 == b), "only b's keys stay");
+    assert_eq!(
+        left,
+        before
+            .iter()
+            .filter(|k| k.2 == b)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+
+    let mut to = state(
+        4,
+        Some(Spill::open(&base.join("to"), 1 << 20, p.words(), None).unwrap()),
+        0,
+        false,
+    );
+    assert_eq!(to.import_partition(a, &image.bytes).unwrap(), 20);
+    let moved = every_key(&to, 0..40, now);
+    assert_eq!(
+        moved,
+        before
+            .iter()
+            .filter(|k| k.2 == a)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    // The moved keys go on counting where they were.
+    let (n, _) = apply(&mut to, &obs_from(0, 9, 21 * SEC, a), 21 * SEC).unwrap();
+    assert_eq!(n, 4);
+
+    // Refusals leave the state as it was.
+    assert!(matches!(
+        to.import_partition(a, &image.bytes),
+        Err(partition::PartitionError::Present { .. })
+    ));
+    let mut other = state(64, None, 0, false);
+    assert!(matches!(
+        other.import_partition(b, &image.bytes),
+        Err(partition::PartitionError::OtherSource { .. })
+    ));
+    assert!(matches!(
+        other.import_partition(a, &image.bytes[..image.bytes.len() - 1]),
+        Err(partition::PartitionError::Torn { .. })
+    ));
+    assert_eq!(other.hot_len(), 0);
+    let _ = std::fs::remove_dir_all(&base);
+}

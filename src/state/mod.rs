@@ -8,6 +8,7 @@
 pub mod checkpoint;
 mod hot_table;
 mod memory;
+pub mod partition;
 pub(crate) mod record;
 pub mod resident;
 pub mod snapshot;

@@ -126,6 +126,21 @@ impl Spill {
         Ok(())
     }
 
+    /// Every stored record and its image, in key order: a full scan of the store, for bulk work
+    /// (moving a partition's state), never per event.
+    pub fn for_each_image(&self, mut f: impl FnMut(&Record, &[u8])) -> Result<(), SpillError> {
+        let mut words = vec![0u64; self.words];
+        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
+            let (key, image) = item?;
+            let k = <[u8; 8]>::try_from(&*key)
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let rec = Record::read_image(&image, &mut words).ok_or(SpillError::Corrupt(k))?;
+            f(&rec, &image);
+        }
+        Ok(())
+    }
+
     /// The key's record (its words into `words`), left in place.
     pub fn peek(&self, key: u64, words: &mut [u64]) -> Result<Option<Record>, SpillError> {
         if self.len == 0 {

@@ -1,0 +1,144 @@
+//! A Kafka partition's state on its own — every record whose `source` is the partition's tag,
+//! hot or spilled — exported as record images, dropped, and imported into another state: what
+//! moving a partition between shards or instances (scale-out over consumer groups) is built
+//! on. Rare and bulk (a rebalance, a restore), so it may allocate and scan; never per event.
+
+use super::record::{image_bytes, Record};
+use super::{KeyedState, StateError};
+
+/// One partition's records: `records` images of `image_bytes(words)` bytes each, back to back
+/// (the layout of a checkpoint's hot.bin records and of a spilled value).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PartitionImage {
+    pub records: u64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("a snapshot is running: a partition moves between snapshots")]
+    SnapshotRunning,
+    #[error("partition image of {len} bytes is not a whole number of {image}-byte records")]
+    Torn { len: usize, image: usize },
+    #[error("partition image record {index} is malformed")]
+    Malformed { index: usize },
+    #[error("partition image holds key {key} of source {found}, not {want}")]
+    OtherSource { key: u64, found: u64, want: u64 },
+    #[error("key {key} of the imported partition is already in this state")]
+    Present { key: u64 },
+}
+
+impl KeyedState {
+    /// Every record of source `tag`, hot then spilled.
+    pub fn export_partition(&self, tag: u64) -> Result<PartitionImage, PartitionError> {
+        let mut out = PartitionImage::default();
+        for slot in 0..self.hot.slots() {
+            let (rec, words) = self.hot.slot(slot);
+            if rec.is_occupied() && rec.source == tag {
+                rec.append_image(words, &mut out.bytes);
+                out.records += 1;
+            }
+        }
+        if let Some(spill) = &self.spill {
+            spill
+                .for_each_image(|rec, image| {
+                    if rec.source == tag {
+                        out.bytes.extend_from_slice(image);
+                        out.records += 1;
+                    }
+                })
+                .map_err(StateError::from)?;
+        }
+        Ok(out)
+    }
+
+    /// Remove every record of source `tag` (a partition this state no longer owns). The
+    /// removals are changes like any other: the next incremental checkpoint records them gone.
+    pub fn drop_partition(&mut self, tag: u64) -> Result<u64, PartitionError> {
+        if self.snapshot_running() {
+            return Err(PartitionError::SnapshotRunning);
+        }
+        // Keys first: removing shifts later entries of a probe run back over the scan.
+        let hot_keys: Vec<u64> = (0..self.hot.slots())
+            .map(|s| self.hot.slot(s).0)
+            .filter(|r| r.is_occupied() && r.source == tag)
+            .map(|r| r.key)
+            .collect();
+        let mut words = vec![0u64; self.plan.words()];
+        for &key in &hot_keys {
+            if let Some(slot) = self.hot.find(key) {
+                self.hot.remove_slot(slot, &mut words);
+                self.changes.gone(key);
+            }
+        }
+        let mut cold_keys = Vec::new();
+        if let Some(spill) = &self.spill {
+            spill
+                .for_each_image(|rec, _| {
+                    if rec.source == tag {
+                        cold_keys.push(rec.key);
+                    }
+                })
+                .map_err(StateError::from)?;
+        }
+        if let Some(spill) = &mut self.spill {
+            for &key in &cold_keys {
+                spill.remove(key).map_err(StateError::from)?;
+                self.changes.gone(key);
+            }
+        }
+        Ok((hot_keys.len() + cold_keys.len()) as u64)
+    }
+
+    /// Put a partition's records (from `export_partition`) into this state, each of them from
+    /// source `tag`; none of their keys may be here already (a key lives in one place).
+    pub fn import_partition(&mut self, tag: u64, bytes: &[u8]) -> Result<u64, PartitionError> {
+        if self.snapshot_running() {
+            return Err(PartitionError::SnapshotRunning);
+        }
+        let words = self.plan.words();
+        let image = image_bytes(words);
+        if bytes.len() % image != 0 {
+            return Err(PartitionError::Torn {
+                len: bytes.len(),
+                image,
+            });
+        }
+        // Checked whole before anything lands: an import is all or nothing.
+        let mut buf = vec![0u64; words];
+        let mut records = Vec::with_capacity(bytes.len() / image);
+        for (index, img) in bytes.chunks_exact(image).enumerate() {
+            let mut rec =
+                Record::read_image(img, &mut buf).ok_or(PartitionError::Malformed { index })?;
+            if rec.source != tag {
+                return Err(PartitionError::OtherSource {
+                    key: rec.key,
+                    found: rec.source,
+                    want: tag,
+                });
+            }
+            if self
+                .locate(rec.key)
+                .map_err(PartitionError::State)?
+                .is_some()
+            {
+                return Err(PartitionError::Present { key: rec.key });
+            }
+            rec.flags = 0;
+            records.push((rec, buf.clone()));
+        }
+        let bit = self.hot.dirty_bit();
+        for (rec, w) in &records {
+            self.restore(*rec, w)?;
+            if let Some(slot) = self.hot.find(rec.key) {
+                // Imported records are changes: the next incremental checkpoint must hold them
+                // (spilled ones are in the spill store, which every checkpoint links whole).
+                let (head, _) = self.hot.slot_mut(slot);
+                self.changes.dirty(head, bit);
+            }
+        }
+        Ok(records.len() as u64)
+    }
+}
