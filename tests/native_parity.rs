@@ -332,3 +332,100 @@ fn malformed_tree_ensembles_are_refused_with_the_reason() {
         assert!(e.to_string().contains(says), "{what}: {e}");
     }
 }
+
+/// The regressors, which no converter above emits for a classifier: the builtin GBDT's trees
+/// as a `TreeEnsembleRegressor` and the LR's positive class as a `LinearRegressor`, each under
+/// a `Sigmoid` (so the output is the same probability as the classifier's), against ONNX
+/// Runtime on the probing rows.
+#[test]
+fn regressors_under_a_sigmoid_equal_onnx_runtime() {
+    use sluice::infer::native::onnx_proto::{Message, ModelProto, NodeProto};
+    fn as_regressor(path: &str, rewrite: impl FnOnce(&mut NodeProto)) -> Vec<u8> {
+        let mut m = ModelProto::parse_from_bytes(&model_bytes(path).unwrap()).unwrap();
+        let g = m.graph.as_mut().unwrap();
+        let core = g
+            .node
+            .iter_mut()
+            .find(|n| n.domain == "ai.onnx.ml")
+            .unwrap();
+        rewrite(core);
+        core.output = vec!["raw".into()];
+        // The regressor's one output through a Sigmoid to the graph's output, one column.
+        g.node.retain(|n| n.domain == "ai.onnx.ml");
+        g.node.push(NodeProto {
+            op_type: "Sigmoid".into(),
+            input: vec!["raw".into()],
+            output: vec!["probabilities".into()],
+            ..Default::default()
+        });
+        g.output.retain(|o| o.name == "probabilities");
+        let shape = g.output[0]
+            .type_
+            .mut_or_insert_default()
+            .mut_tensor_type()
+            .shape
+            .mut_or_insert_default();
+        shape.dim[1].set_dim_value(1);
+        m.write_to_bytes().unwrap()
+    }
+    let rename = |n: &mut NodeProto, op: &str| {
+        n.op_type = op.into();
+        n.attribute.retain(|a| !a.name.starts_with("classlabels"));
+        for a in &mut n.attribute {
+            if let Some(rest) = a.name.strip_prefix("class_") {
+                a.name = format!("target_{rest}");
+            }
+            if a.name == "post_transform" {
+                a.s = b"NONE".to_vec();
+            }
+        }
+    };
+    let trees = as_regressor("builtin:fraud_gbdt", |n| {
+        rename(n, "TreeEnsembleRegressor");
+        n.attribute
+            .push(sluice::infer::native::onnx_proto::Attribute {
+                name: "n_targets".into(),
+                i: 1,
+                // AttributeProto.AttributeType.INT
+                type_: protobuf::EnumOrUnknown::from_i32(2),
+                ..Default::default()
+            });
+    });
+    let linear = as_regressor("builtin:fraud_lr", |n| {
+        rename(n, "LinearRegressor");
+        // The positive class's row and intercept.
+        for a in &mut n.attribute {
+            match a.name.as_str() {
+                "coefficients" => a.floats = a.floats[8..].to_vec(),
+                "intercepts" => a.floats = a.floats[1..].to_vec(),
+                _ => {}
+            }
+        }
+        n.attribute.retain(|a| a.name != "multi_class");
+    });
+    let rows = probing_rows();
+    for (name, bytes, classifier) in [
+        ("TreeEnsembleRegressor", trees, "builtin:fraud_gbdt"),
+        ("LinearRegressor", linear, "builtin:fraud_lr"),
+    ] {
+        let mut s = spec("regressor.onnx");
+        s.probability_column = 0;
+        let mut native = NativeScorer::compile(&s, &bytes)
+            .unwrap_or_else(|e| panic!("{name} does not compile: {e}"));
+        let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
+        let (got, want) = (score(&mut native, &rows, 64), score(&mut ort, &rows, 64));
+        // And it is the classifier's probability, computed another way.
+        let (mut cls, _) = both(classifier);
+        let same = score(&mut cls, &rows, 64);
+        for (i, ((g, w), c)) in got.iter().zip(&want).zip(&same).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{name} row {i}: native {g} vs ONNX Runtime {w}"
+            );
+            assert!(
+                (g - c).abs() <= 1e-5,
+                "{name} row {i}: {g} vs the classifier's {c}"
+            );
+        }
+    }
+}

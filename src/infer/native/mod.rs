@@ -72,11 +72,26 @@ impl NativeScorer {
         }
     }
 
-    /// Bytes the compiled model holds (shared by every shard's scorer of one version).
-    pub fn bytes(&self) -> usize {
+    /// A tree core's accumulated score: the leaves' sum (averaged for AVERAGE) plus the base,
+    /// as ONNX Runtime accumulates it. `None` for a linear core.
+    #[inline]
+    fn tree_score(&self, row: &[f32]) -> Option<f32> {
         match &self.plan.core {
-            Core::Linear(l) => (l.coefficients.len() + l.intercepts.len()) * 4,
-            Core::BinaryTrees { trees, .. } | Core::RegressorTrees { trees, .. } => trees.bytes(),
+            Core::Linear(_) => None,
+            Core::BinaryTrees { trees, base, .. } => Some(trees.sum(row) + base),
+            Core::RegressorTrees {
+                trees,
+                base,
+                average,
+            } => {
+                let s = trees.sum(row);
+                let s = if *average {
+                    s / trees.trees() as f32
+                } else {
+                    s
+                };
+                Some(s + base)
+            }
         }
     }
 
@@ -85,16 +100,17 @@ impl NativeScorer {
     fn column_value(&self, row: &[f32]) -> f32 {
         let plan = &*self.plan;
         let c = self.column;
-        let mut v = match &plan.core {
-            Core::Linear(l) => l.score_one(row, c),
-            Core::BinaryTrees {
-                trees,
-                base,
-                logistic: with_logistic,
-                all_positive,
-            } => {
+        let mut v = match (&plan.core, self.tree_score(row)) {
+            (Core::Linear(l), _) => l.score_one(row, c),
+            (
+                Core::BinaryTrees {
+                    logistic: with_logistic,
+                    all_positive,
+                    ..
+                },
+                Some(s),
+            ) => {
                 // As `columns` writes the pair, one side of it.
-                let s = trees.sum(row) + base;
                 let signed = if c == 0 { -s } else { s };
                 match (*all_positive, *with_logistic) {
                     (true, _) => {
@@ -108,17 +124,7 @@ impl NativeScorer {
                     (false, false) => signed,
                 }
             }
-            Core::RegressorTrees {
-                trees,
-                base,
-                average,
-            } => {
-                let mut s = trees.sum(row);
-                if *average {
-                    s /= trees.trees() as f32;
-                }
-                s + base
-            }
+            (_, s) => s.unwrap_or(f32::NAN),
         };
         for step in &plan.steps {
             step.apply(std::slice::from_mut(&mut v));
@@ -130,15 +136,16 @@ impl NativeScorer {
     #[inline]
     fn columns(&self, row: &[f32], cols: &mut [f32]) {
         let plan = &*self.plan;
-        match &plan.core {
-            Core::Linear(l) => l.score(row, cols),
-            Core::BinaryTrees {
-                trees,
-                base,
-                logistic: with_logistic,
-                all_positive,
-            } => {
-                let s = trees.sum(row) + base;
+        match (&plan.core, self.tree_score(row)) {
+            (Core::Linear(l), _) => l.score(row, cols),
+            (
+                Core::BinaryTrees {
+                    logistic: with_logistic,
+                    all_positive,
+                    ..
+                },
+                Some(s),
+            ) => {
                 // ONNX Runtime's binary case: one accumulated score s written as two columns.
                 // Weights all >= 0 mean s is already the positive class's probability.
                 let pair = if *all_positive {
@@ -152,17 +159,9 @@ impl NativeScorer {
                     *c = v;
                 }
             }
-            Core::RegressorTrees {
-                trees,
-                base,
-                average,
-            } => {
-                let mut s = trees.sum(row);
-                if *average {
-                    s /= trees.trees() as f32;
-                }
+            (_, s) => {
                 if let Some(c) = cols.first_mut() {
-                    *c = s + base;
+                    *c = s.unwrap_or(f32::NAN);
                 }
             }
         }
