@@ -76,6 +76,41 @@ fn native(c: &mut Criterion) {
         m.describe(),
         bytes.len()
     );
+    // Memory per loaded model: resident set before and after 4 more of each (a shard holds one
+    // ORT session of its own; native scorers share one compiled copy, so 4 compiles are 4 copies
+    // here: the per-copy figure is what one version costs).
+    let rss = || -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 4096
+    };
+    for (name, path) in [
+        ("fraud_gbdt", "builtin:fraud_gbdt".to_owned()),
+        ("xgb_1000", format!("{FIXTURES}/fraud_xgb_1000.onnx")),
+    ] {
+        let mut spec = config.onnx_spec();
+        spec.path = path;
+        let bytes = model_bytes(&spec.path).unwrap();
+        let before = rss();
+        let natives: Vec<_> = (0..4)
+            .map(|_| NativeScorer::compile(&spec, &bytes).unwrap())
+            .collect();
+        let mid = rss();
+        let sessions: Vec<_> = (0..4)
+            .map(|_| OnnxScorer::load(&spec, &bytes).unwrap())
+            .collect();
+        let after = rss();
+        eprintln!(
+            "memory per loaded model, {name}: native {} KiB, ONNX Runtime session {} KiB (resident set growth / 4)",
+            (mid.saturating_sub(before)) / 4 / 1024,
+            (after.saturating_sub(mid)) / 4 / 1024
+        );
+        drop((natives, sessions));
+    }
     let mut g = c.benchmark_group("load");
     g.sample_size(10);
     g.bench_function("native/xgb_1000", |b| {
