@@ -250,5 +250,12 @@ fn a_partitions_state_moves_between_states_whole_and_alone() {
         Err(partition::PartitionError::Torn { .. })
     ));
     assert_eq!(other.hot_len(), 0);
+    // Too many for a spill-less state's free slots: refused before any lands.
+    let mut small = state(8, None, 0, false);
+    assert!(matches!(
+        small.import_partition(a, &image.bytes),
+        Err(partition::PartitionError::State(StateError::Full { .. }))
+    ));
+    assert_eq!(small.hot_len(), 0);
     let _ = std::fs::remove_dir_all(&base);
 }

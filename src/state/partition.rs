@@ -129,6 +129,12 @@ impl KeyedState {
             rec.flags = 0;
             records.push((rec, buf.clone()));
         }
+        // Without a spill store every record must find a hot slot: refused whole, not halfway.
+        if self.spill.is_none() && self.hot.len() + records.len() > self.hot.capacity() {
+            return Err(PartitionError::State(StateError::Full {
+                capacity: self.hot.capacity(),
+            }));
+        }
         let bit = self.hot.dirty_bit();
         for (rec, w) in &records {
             self.restore(*rec, w)?;
