@@ -12,14 +12,10 @@ use std::time::{Duration, Instant};
 
 use sluice::config::Config;
 use sluice::infer::onnx::model_bytes;
-use sluice::infer::{FeatureBatch, OnnxScorer, Scorer};
+use sluice::infer::{OnnxScorer, Scorer};
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn};
 
-fn spec(path: &str) -> sluice::infer::OnnxSpec {
-    let mut c = Config::defaults().unwrap();
-    c.model.path = path.to_owned();
-    c.onnx_spec()
-}
+use common::models::{edited_model, parity_fixture, parity_rows, score_rows, set_attr_s, spec};
 
 fn load(path: &str) -> Result<OnnxScorer, String> {
     let s = spec(path);
@@ -27,48 +23,10 @@ fn load(path: &str) -> Result<OnnxScorer, String> {
     OnnxScorer::load(&s, &bytes).map_err(|e| e.to_string())
 }
 
-fn fixture() -> serde_json::Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/onnx_parity.json"
-    ))
-    .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn rows() -> Vec<Vec<f32>> {
-    fixture()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
-
-fn score_all(m: &mut OnnxScorer, rows: &[Vec<f32>], batch: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    for chunk in rows.chunks(batch) {
-        let mut b = FeatureBatch::new(m.width(), batch);
-        for r in chunk {
-            b.next_row().unwrap().copy_from_slice(r);
-        }
-        let mut o = vec![0.0; batch];
-        m.score(&b, &mut o).unwrap();
-        out.extend_from_slice(&o[..chunk.len()]);
-    }
-    out
-}
-
 #[test]
 fn scores_equal_python_onnxruntime_for_both_models() {
-    let fx = fixture();
-    let rows = rows();
+    let fx = parity_fixture();
+    let rows = parity_rows();
     for name in ["fraud_lr", "fraud_gbdt"] {
         let want: Vec<f64> = fx["models"][name]
             .as_array()
@@ -78,7 +36,7 @@ fn scores_equal_python_onnxruntime_for_both_models() {
             .collect();
         let mut m = load(&format!("builtin:{name}")).unwrap();
         assert_eq!(m.width(), 8, "the default features.list");
-        let got = score_all(&mut m, &rows, 64);
+        let got = score_rows(&mut m, &rows, 64);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -91,14 +49,18 @@ fn scores_equal_python_onnxruntime_for_both_models() {
 
 #[test]
 fn micro_batched_scores_equal_one_at_a_time() {
-    let rows = rows();
+    let rows = parity_rows();
     for name in ["builtin:fraud_lr", "builtin:fraud_gbdt"] {
         let mut m = load(name).unwrap();
-        let one = score_all(&mut m, &rows, 1);
+        let one = score_rows(&mut m, &rows, 1);
         for batch in [7, 16, 64] {
             // A batched GEMM sums in another order than one row at a time: equal to float
             // rounding, not bit for bit.
-            for (i, (b, o)) in score_all(&mut m, &rows, batch).iter().zip(&one).enumerate() {
+            for (i, (b, o)) in score_rows(&mut m, &rows, batch)
+                .iter()
+                .zip(&one)
+                .enumerate()
+            {
                 assert!(
                     (b - o).abs() <= 1e-6,
                     "{name} batch {batch} row {i}: {b} vs {o}"
@@ -298,26 +260,13 @@ fn hot_swap_under_load_loses_nothing_and_never_mixes_versions() {
 /// The builtin LR with a PROBIT post transform, written to a file of this test process: a
 /// model ONNX Runtime runs and the native engine does not compile.
 fn ort_only_model() -> std::path::PathBuf {
-    use sluice::infer::native::onnx_proto::{Message, ModelProto};
-    let mut m = ModelProto::parse_from_bytes(&model_bytes("builtin:fraud_lr").unwrap()).unwrap();
-    let node = m
-        .graph
-        .as_mut()
-        .unwrap()
-        .node
-        .iter_mut()
-        .find(|n| n.op_type == "LinearClassifier")
-        .unwrap();
-    let post = node
-        .attribute
-        .iter_mut()
-        .find(|a| a.name == "post_transform")
-        .unwrap();
-    post.s = b"PROBIT".to_vec();
+    let bytes = edited_model("builtin:fraud_lr", |n| {
+        set_attr_s(n, "post_transform", b"PROBIT")
+    });
     let dir = std::env::temp_dir().join(format!("sluice-ort-only-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lr_probit.onnx");
-    std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
     // Private to this user, as model files must be.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -4,10 +4,14 @@
 //! XGBoost — on the fixture rows and on rows made to hit every branch side, NaNs included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use sluice::config::{Config, ModelEngine};
 use sluice::infer::native::compile_for;
 use sluice::infer::onnx::model_bytes;
-use sluice::infer::{FeatureBatch, NativeScorer, OnnxScorer, OnnxSpec, Scorer};
+use sluice::infer::{NativeScorer, OnnxScorer, Scorer};
+
+use common::models::{edited_model, parity_fixture, parity_rows, score_rows, set_attr_s, spec};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -22,12 +26,6 @@ fn models() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn spec(path: &str) -> OnnxSpec {
-    let mut c = Config::defaults().unwrap();
-    c.model.path = path.to_owned();
-    c.onnx_spec()
-}
-
 fn both(path: &str) -> (NativeScorer, OnnxScorer) {
     let s = spec(path);
     let bytes = model_bytes(&s.path).unwrap();
@@ -36,31 +34,11 @@ fn both(path: &str) -> (NativeScorer, OnnxScorer) {
     (native, OnnxScorer::load(&s, &bytes).unwrap())
 }
 
-fn fixture() -> serde_json::Value {
-    let text = std::fs::read_to_string(format!("{FIXTURES}/onnx_parity.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn fixture_rows() -> Vec<Vec<f32>> {
-    fixture()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
-
 /// The fixture rows, each feature scaled up and down, swapped between rows, zeroed, negated,
 /// huge, and NaN (a tree sends NaN where its missing-value flag says): thousands of rows that
 /// reach both sides of most branches.
 fn probing_rows() -> Vec<Vec<f32>> {
-    let base = fixture_rows();
+    let base = parity_rows();
     let mut rows = base.clone();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
@@ -88,21 +66,6 @@ fn probing_rows() -> Vec<Vec<f32>> {
     rows
 }
 
-fn score(m: &mut dyn Scorer, rows: &[Vec<f32>], batch: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.len());
-    let mut b = FeatureBatch::new(m.width(), batch);
-    let mut o = vec![0.0; batch];
-    for chunk in rows.chunks(batch) {
-        b.clear();
-        for r in chunk {
-            b.next_row().unwrap().copy_from_slice(r);
-        }
-        m.score(&b, &mut o).unwrap();
-        out.extend_from_slice(&o[..chunk.len()]);
-    }
-    out
-}
-
 #[test]
 fn native_scores_equal_onnx_runtime_for_every_supported_export() {
     let rows = probing_rows();
@@ -110,9 +73,9 @@ fn native_scores_equal_onnx_runtime_for_every_supported_export() {
     for (name, path) in models() {
         let (mut native, mut ort) = both(&path);
         assert_eq!(native.width(), 8, "{name}");
-        let want = score(&mut ort, &rows, 64);
+        let want = score_rows(&mut ort, &rows, 64);
         for batch in [1, 7, 64] {
-            let got = score(&mut native, &rows, batch);
+            let got = score_rows(&mut native, &rows, batch);
             let mut worst = 0.0f32;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let d = (g - w).abs();
@@ -148,7 +111,7 @@ fn native_scores_equal_onnx_runtime_for_every_supported_export() {
 #[test]
 fn the_other_column_and_a_softmax_model_equal_onnx_runtime() {
     let rows = probing_rows();
-    let softmax = edited("builtin:fraud_lr", |n| {
+    let softmax = edited_model("builtin:fraud_lr", |n| {
         set_attr_s(n, "post_transform", b"SOFTMAX")
     });
     let mut cases: Vec<(String, Vec<u8>, usize)> = models()
@@ -162,7 +125,10 @@ fn the_other_column_and_a_softmax_model_equal_onnx_runtime() {
         s.probability_column = column;
         let mut native = NativeScorer::compile(&s, &bytes).unwrap();
         let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
-        let (got, want) = (score(&mut native, &rows, 64), score(&mut ort, &rows, 64));
+        let (got, want) = (
+            score_rows(&mut native, &rows, 64),
+            score_rows(&mut ort, &rows, 64),
+        );
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-5,
@@ -173,9 +139,9 @@ fn the_other_column_and_a_softmax_model_equal_onnx_runtime() {
 }
 
 #[test]
-fn native_scores_equal_python_onnxruntime_on_the_fixture_rows() {
-    let fx = fixture();
-    let rows = fixture_rows();
+fn native_scores_equal_python_onnxruntime_on_the_parity_rows() {
+    let fx = parity_fixture();
+    let rows = parity_rows();
     for (name, path) in models() {
         let s = spec(&path);
         let mut native = NativeScorer::compile(&s, &model_bytes(&path).unwrap()).unwrap();
@@ -185,7 +151,7 @@ fn native_scores_equal_python_onnxruntime_on_the_fixture_rows() {
             .iter()
             .map(|x| x.as_f64().unwrap())
             .collect();
-        let got = score(&mut native, &rows, 64);
+        let got = score_rows(&mut native, &rows, 64);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -196,35 +162,11 @@ fn native_scores_equal_python_onnxruntime_on_the_fixture_rows() {
     }
 }
 
-/// Build a model with one attribute of its core operator changed.
-fn edited(
-    path: &str,
-    edit: impl FnOnce(&mut sluice::infer::native::onnx_proto::NodeProto),
-) -> Vec<u8> {
-    use sluice::infer::native::onnx_proto::{Message, ModelProto};
-    let mut m = ModelProto::parse_from_bytes(&model_bytes(path).unwrap()).unwrap();
-    let node = m
-        .graph
-        .as_mut()
-        .unwrap()
-        .node
-        .iter_mut()
-        .find(|n| n.op_type.starts_with("TreeEnsemble") || n.op_type.starts_with("Linear"))
-        .unwrap();
-    edit(node);
-    m.write_to_bytes().unwrap()
-}
-
-fn set_attr_s(node: &mut sluice::infer::native::onnx_proto::NodeProto, name: &str, v: &[u8]) {
-    let a = node.attribute.iter_mut().find(|a| a.name == name).unwrap();
-    a.s = v.to_vec();
-}
-
 #[test]
 fn a_graph_the_native_engine_cannot_compile_runs_on_onnx_runtime_under_auto_and_is_refused_under_native(
 ) {
     // PROBIT is a post transform ONNX Runtime has and the native engine leaves to it.
-    let bytes = edited("builtin:fraud_lr", |n| {
+    let bytes = edited_model("builtin:fraud_lr", |n| {
         set_attr_s(n, "post_transform", b"PROBIT")
     });
     let s = spec("probit.onnx");
@@ -246,7 +188,7 @@ fn a_graph_the_native_engine_cannot_compile_runs_on_onnx_runtime_under_auto_and_
     // And ONNX Runtime does run it.
     let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
     assert_eq!(ort.engine(), "onnxruntime");
-    let _ = score(&mut ort, &fixture_rows(), 8);
+    let _ = score_rows(&mut ort, &parity_rows(), 8);
     // A model that compiles is served natively under auto.
     let lr = model_bytes("builtin:fraud_lr").unwrap();
     let m = compile_for(ModelEngine::Auto, &spec("builtin:fraud_lr"), &lr)
@@ -261,7 +203,7 @@ fn malformed_tree_ensembles_are_refused_with_the_reason() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "a child pointing back at its root (a loop ONNX Runtime would walk forever)",
-            edited(gbdt, |n| {
+            edited_model(gbdt, |n| {
                 let a = n
                     .attribute
                     .iter_mut()
@@ -273,7 +215,7 @@ fn malformed_tree_ensembles_are_refused_with_the_reason() {
         ),
         (
             "a feature beyond the row",
-            edited(gbdt, |n| {
+            edited_model(gbdt, |n| {
                 let a = n
                     .attribute
                     .iter_mut()
@@ -285,7 +227,7 @@ fn malformed_tree_ensembles_are_refused_with_the_reason() {
         ),
         (
             "a child that does not exist",
-            edited(gbdt, |n| {
+            edited_model(gbdt, |n| {
                 let a = n
                     .attribute
                     .iter_mut()
@@ -297,7 +239,7 @@ fn malformed_tree_ensembles_are_refused_with_the_reason() {
         ),
         (
             "lists of different lengths",
-            edited(gbdt, |n| {
+            edited_model(gbdt, |n| {
                 let a = n
                     .attribute
                     .iter_mut()
@@ -309,7 +251,7 @@ fn malformed_tree_ensembles_are_refused_with_the_reason() {
         ),
         (
             "an unknown node mode",
-            edited(gbdt, |n| {
+            edited_model(gbdt, |n| {
                 let a = n
                     .attribute
                     .iter_mut()
@@ -413,10 +355,13 @@ fn regressors_under_a_sigmoid_equal_onnx_runtime() {
         let mut native = NativeScorer::compile(&s, &bytes)
             .unwrap_or_else(|e| panic!("{name} does not compile: {e}"));
         let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
-        let (got, want) = (score(&mut native, &rows, 64), score(&mut ort, &rows, 64));
+        let (got, want) = (
+            score_rows(&mut native, &rows, 64),
+            score_rows(&mut ort, &rows, 64),
+        );
         // And it is the classifier's probability, computed another way.
         let (mut cls, _) = both(classifier);
-        let same = score(&mut cls, &rows, 64);
+        let same = score_rows(&mut cls, &rows, 64);
         for (i, ((g, w), c)) in got.iter().zip(&want).zip(&same).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-5,

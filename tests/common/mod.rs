@@ -12,6 +12,7 @@ use sluice::config::Config;
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
 
 pub mod kafka;
+pub mod models;
 
 /// Small bounds so many instances fit beside each other on a 2-core test machine.
 pub fn config(driver: &str, extra: &[&str]) -> Config {

@@ -376,6 +376,19 @@ fn tree_parts(n: &NodeProto, prefix: &str) -> Result<TreeParts, Unsupported> {
     })
 }
 
+/// The single output's base value (0 when there is none): one output compiles, so at most one.
+fn one_base(n: &NodeProto, base: &[f32]) -> Result<f32, Unsupported> {
+    match base {
+        [] => Ok(0.0),
+        [b] => Ok(*b),
+        _ => Err(Unsupported(format!(
+            "{} with {} base values (0 or 1 compile)",
+            n.op_type,
+            base.len()
+        ))),
+    }
+}
+
 fn tree_classifier(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupported> {
     if class_count(n) != 2 {
         return Err(Unsupported(format!(
@@ -385,16 +398,7 @@ fn tree_classifier(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsuppo
     }
     let p = tree_parts(n, "class")?;
     let trees = Trees::compile(&listed(n, &p.modes, &p.values, "class"), width)?;
-    let base = match p.base.as_slice() {
-        [] => 0.0,
-        [b] => *b,
-        _ => {
-            return Err(Unsupported(format!(
-                "TreeEnsembleClassifier with {} base values (0 or 1 compile)",
-                p.base.len()
-            )))
-        }
-    };
+    let base = one_base(n, &p.base)?;
     let logistic = match post(n)? {
         Post::None => false,
         Post::Logistic => true,
@@ -425,15 +429,7 @@ fn tree_regressor(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsuppor
     }
     let p = tree_parts(n, "target")?;
     let trees = Trees::compile(&listed(n, &p.modes, &p.values, "target"), width)?;
-    let base = match p.base.as_slice() {
-        [] => 0.0,
-        [b] => *b,
-        _ => {
-            return Err(Unsupported(
-                "TreeEnsembleRegressor with several base values".into(),
-            ))
-        }
-    };
+    let base = one_base(n, &p.base)?;
     let average = match bytes(n, "aggregate_function") {
         b"" | b"SUM" => false,
         b"AVERAGE" => true,

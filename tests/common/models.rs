@@ -1,0 +1,78 @@
+//! Model helpers shared by the inference and native-engine tests: the `[model]` spec of a
+//! path, the parity fixture `scripts/train_models.py` wrote, scoring rows in batches, and a
+//! model with its core operator edited.
+
+use sluice::config::Config;
+use sluice::infer::native::onnx_proto::{Message, ModelProto, NodeProto};
+use sluice::infer::onnx::model_bytes;
+use sluice::infer::{FeatureBatch, OnnxSpec, Scorer};
+
+/// The default `[model]` spec with `model.path = path`.
+pub fn spec(path: &str) -> OnnxSpec {
+    let mut c = Config::defaults().unwrap();
+    c.model.path = path.to_owned();
+    c.onnx_spec()
+}
+
+/// tests/fixtures/onnx_parity.json: rows and Python onnxruntime's probabilities per model.
+pub fn parity_fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/onnx_parity.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The fixture's feature rows.
+pub fn parity_rows() -> Vec<Vec<f32>> {
+    parity_fixture()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Every row's score, `batch` rows a call.
+pub fn score_rows(m: &mut dyn Scorer, rows: &[Vec<f32>], batch: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut b = FeatureBatch::new(m.width(), batch);
+    let mut o = vec![0.0; batch];
+    for chunk in rows.chunks(batch) {
+        b.clear();
+        for r in chunk {
+            b.next_row().unwrap().copy_from_slice(r);
+        }
+        m.score(&b, &mut o).unwrap();
+        out.extend_from_slice(&o[..chunk.len()]);
+    }
+    out
+}
+
+/// The model at `path` with its core operator (the tree ensemble or linear one) edited.
+pub fn edited_model(path: &str, edit: impl FnOnce(&mut NodeProto)) -> Vec<u8> {
+    let mut m = ModelProto::parse_from_bytes(&model_bytes(path).unwrap()).unwrap();
+    let node = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type.starts_with("TreeEnsemble") || n.op_type.starts_with("Linear"))
+        .unwrap();
+    edit(node);
+    m.write_to_bytes().unwrap()
+}
+
+/// Set a string attribute the node already has.
+pub fn set_attr_s(node: &mut NodeProto, name: &str, v: &[u8]) {
+    let a = node.attribute.iter_mut().find(|a| a.name == name).unwrap();
+    a.s = v.to_vec();
+}
