@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{full_layout, start_checkpoints, AppError, Restored};
 use crate::config::{Config, Delivery};
+use crate::egress::kafka::changelog::{self, ChangelogSource, ChangelogSpec};
 use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
 use crate::ingest::kafka::{
     self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionGauges, PartitionId,
@@ -34,13 +35,30 @@ pub(super) enum KafkaPart {
 /// exactly_once, fencing any earlier process), and which checkpoint the last committed
 /// transaction names.
 pub(super) struct KafkaSeed {
-    owned: Vec<PartitionId>,
+    pub owned: Vec<PartitionId>,
     /// One per owned partition, shared with `Running` for the report (and the exporter).
     gauges: Vec<Arc<PartitionGauge>>,
     producer: ScoreProducer,
     pub target: RestoreTarget,
     /// Appended to the state layout: the partitions a checkpoint's state belongs to.
     pub layout: String,
+    /// `egress.kafka.changelog`: the shard's changelog partitions.
+    pub changelog: Option<ChangelogSpec>,
+    /// The last committed transaction says the changelog holds the state it completes.
+    pub changelog_complete: bool,
+}
+
+impl KafkaSeed {
+    /// (topic, partition) of each owned partition.
+    pub fn owned_names(&self, config: &Config) -> Vec<(String, i32)> {
+        self.owned
+            .iter()
+            .filter_map(|p| {
+                let topic = config.ingest.kafka.topics.get(usize::from(p.topic))?;
+                Some((topic.clone(), p.partition))
+            })
+            .collect()
+    }
 }
 
 /// Deal every shard its part of Kafka. Brokers that do not answer within
@@ -176,6 +194,12 @@ fn seeds(
     } else {
         Default::default()
     };
+    let (changelog_topic, changelog_new) = if exactly_once && config.egress.kafka.changelog {
+        let (topic, created) = changelog::ensure_topic(config, table.owners.len() as i32)?;
+        (Some(topic), created)
+    } else {
+        (None, false)
+    };
     tracing::info!(partitions = table.owners.len(), version = table.version, shards, delivery = ?config.egress.kafka.delivery, "Kafka partitions dealt to shards");
     Ok(producers
         .into_iter()
@@ -184,9 +208,12 @@ fn seeds(
         .map(|(i, (producer, id))| {
             let target = match (exactly_once, committed.get(id)) {
                 (false, _) => RestoreTarget::Newest,
-                (true, Some(&seq)) => RestoreTarget::Exactly(seq),
+                (true, Some(p)) => RestoreTarget::Exactly(p.seq),
                 (true, None) => RestoreTarget::Nothing,
             };
+            // A changelog created just now holds nothing, whatever the progress record says.
+            let changelog_complete =
+                !changelog_new && committed.get(id).is_some_and(|p| p.changelog);
             let owned = table.owned_by(i);
             let gauges = owned
                 .iter()
@@ -195,27 +222,45 @@ fn seeds(
                     Some(Arc::new(PartitionGauge::new(topic, p.partition)))
                 })
                 .collect();
+            // Changelog partition = the input partition's place in the table.
+            let changelog = changelog_topic.as_ref().map(|topic| ChangelogSpec {
+                topic: topic.clone(),
+                partitions: table
+                    .owners
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, s))| *s == i)
+                    .map(|(at, (p, _))| (p.source_tag(), at as i32))
+                    .collect(),
+            });
             KafkaSeed {
                 owned,
                 gauges,
                 producer,
                 target,
                 layout: layout.clone(),
+                changelog,
+                changelog_complete,
             }
         })
         .collect())
 }
 
-/// The shard's consumer, at the offsets its restored checkpoint holds, and its Score sink;
-/// a parked shard is woken when records arrive.
+/// The shard's consumer, at the offsets its restored state holds, and its Score sink; a
+/// parked shard is woken when records arrive.
 pub(super) fn shard_kafka(
     id: usize,
     config: &Config,
     seed: KafkaSeed,
-    restored: &[PartitionOffset],
+    (offsets, words): (&[PartitionOffset], usize),
     wakers: &Arc<Vec<Waker>>,
 ) -> Result<ShardKafka, KafkaError> {
-    let mut source = KafkaSource::start(config, &seed.owned, restored, seed.gauges)?;
+    let mut source = KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?;
+    let changelog = seed.changelog.map(|spec| ChangelogSource {
+        spec,
+        root: super::shard_dir(config, id).join("checkpoints"),
+        words,
+    });
     let names: Vec<(String, i32)> = source
         .owned()
         .iter()
@@ -234,6 +279,7 @@ pub(super) fn shard_kafka(
         seed.producer,
         &names,
         Box::new(wake(wakers.clone())),
+        changelog,
     )?;
     source.wake_on_records(wake(wakers.clone()));
     Ok(ShardKafka {
@@ -282,15 +328,16 @@ pub(super) fn attach_later(
             }
             let named = match seed.target {
                 RestoreTarget::Newest => restored_seq,
-                RestoreTarget::Exactly(seq) => Some(seq),
+                RestoreTarget::Exactly(seq) | RestoreTarget::Elsewhere(seq) => Some(seq),
                 RestoreTarget::Nothing => None,
             };
             if named != restored_seq {
                 return Err(format!("shard {id}: the last committed Kafka transaction names checkpoint {named:?}, but {restored_seq:?} was restored while the brokers did not answer: stopping so a restart restores the named one (UDP updates since this start are lost)"));
             }
             let layout = full_layout(&config, shards, Some(&seed.layout));
+            let words = core.state().plan().words();
             let kafka = crate::topology::with_cpus(&helpers, || {
-                shard_kafka(id, &config, seed, &offsets, &wakers)
+                shard_kafka(id, &config, seed, (&offsets, words), &wakers)
             })
             .map_err(|e| format!("shard {id}: attaching Kafka: {e}"))?;
             let checkpoints = start_checkpoints(

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::Delivery;
 use crate::control::{ControlLoop, Request, ShardLink};
+use crate::egress::kafka::changelog;
 use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
 use crate::ingest::kafka::{KafkaError, PartitionGauges};
@@ -524,11 +525,16 @@ fn build_shard(
         ))),
     };
     let (target, layout) = match &kafka {
-        KafkaPart::Dealt(k) => (k.target, KafkaLayout::Dealt(&k.layout)),
+        KafkaPart::Dealt(k) => (k.target, KafkaLayout::Dealt(k)),
         KafkaPart::Later(_) => (RestoreTarget::Newest, KafkaLayout::Later),
         KafkaPart::Off => (RestoreTarget::Newest, KafkaLayout::Off),
     };
     let mut restored = restore_shard(id, shards, config, target, layout, &helpers)?;
+    if let Some((rebuilt, ns)) = restored.rebuilt {
+        counters.changelog_restored_keys.set(rebuilt.keys);
+        counters.changelog_restored_bytes.set(rebuilt.bytes);
+        counters.changelog_restore_ns.set(ns);
+    }
     let (kafka, attach, checkpoints) = match kafka {
         KafkaPart::Dealt(seed) => {
             let cp = start_checkpoints(
@@ -541,7 +547,8 @@ fn build_shard(
                 &helpers,
             )?;
             let k = topology::with_cpus(&helpers, || {
-                kafka_part::shard_kafka(id, config, seed, &restored.offsets, &wakers)
+                let words = restored.state.plan().words();
+                kafka_part::shard_kafka(id, config, seed, (&restored.offsets, words), &wakers)
             })?;
             counters
                 .kafka_partitions_attached
@@ -626,13 +633,16 @@ pub(crate) struct Restored {
     /// The Kafka part of the restored checkpoint's layout, when it was taken from the
     /// checkpoint because the brokers did not answer (`KafkaLayout::Later`).
     pub kafka_layout: Option<String>,
+    /// Rebuilt from the changelog (the checkpoint was not on disk), and how long it took.
+    pub rebuilt: Option<(changelog::Rebuilt, u64)>,
 }
 
 /// What a shard knows of the Kafka part of its state layout when it restores.
 enum KafkaLayout<'a> {
     Off,
-    /// Dealt: the partitions its state belongs to.
-    Dealt(&'a str),
+    /// Dealt: the partitions its state belongs to (and, with a changelog, where to rebuild
+    /// it from when the checkpoint the last transaction names is not on disk).
+    Dealt(&'a kafka_part::KafkaSeed),
     /// Not dealt yet (brokers unreachable at start): whatever the newest checkpoint says,
     /// checked when the partitions are dealt (`kafka_part::attach_later`).
     Later,
@@ -647,7 +657,7 @@ pub(crate) fn full_layout(config: &Config, shards: usize, kafka: Option<&str>) -
     }
 }
 
-fn shard_dir(config: &Config, id: usize) -> std::path::PathBuf {
+pub(crate) fn shard_dir(config: &Config, id: usize) -> std::path::PathBuf {
     std::path::Path::new(&config.state.dir).join(format!("shard-{id}"))
 }
 
@@ -670,6 +680,7 @@ fn restore_shard(
             seq: None,
             next_seq: 1,
             kafka_layout: None,
+            rebuilt: None,
         });
     }
     let started = std::time::Instant::now();
@@ -677,7 +688,7 @@ fn restore_shard(
     let root = base.join("checkpoints");
     let (layout, kafka_layout) = match kafka {
         KafkaLayout::Off => (full_layout(config, shards, None), None),
-        KafkaLayout::Dealt(extra) => (full_layout(config, shards, Some(extra)), None),
+        KafkaLayout::Dealt(seed) => (full_layout(config, shards, Some(&seed.layout)), None),
         KafkaLayout::Later => {
             let own = config.state_layout(shards);
             let newest = checkpoint::newest_layout(&root)?;
@@ -696,9 +707,33 @@ fn restore_shard(
             Spill::open(dir, config.state.spill_cache_bytes, words, len)
         })
     };
+    // exactly_once with a changelog: the checkpoint the last transaction names is not on
+    // this disk (a wiped state.dir, a new host): rebuild it from the changelog instead.
+    let rebuild = match (target, &kafka) {
+        (RestoreTarget::Exactly(want), KafkaLayout::Dealt(seed))
+            if seed.changelog.is_some() && !checkpoint::path_of(&root, want).exists() =>
+        {
+            Some((want, *seed))
+        }
+        _ => None,
+    };
+    if let Some((want, seed)) = rebuild {
+        if !seed.changelog_complete {
+            let topic = seed.changelog.as_ref().map_or("", |c| c.topic.as_str());
+            return Err(checkpoint::CheckpointError::Corrupt {
+                path: checkpoint::path_of(&root, want),
+                reason: format!("the last committed Kafka transaction names checkpoint {want}, which is not on this disk, and changelog {topic} does not hold the state as of it (that transaction carried no complete changelog part: the changelog was turned on after it, or the topic is new). Nothing is restored; put the checkpoint directory back, or start over with a new egress.kafka.transactional_id_prefix"),
+            }
+            .into());
+        }
+    }
+    let target = rebuild.map_or(target, |(want, _)| RestoreTarget::Elsewhere(want));
     let (spill, point) =
         checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)?;
     let mut state = KeyedState::with_plan(config, plan, Some(spill));
+    if let Some((want, seed)) = rebuild {
+        return rebuild_from_changelog(id, config, seed, want, state, started);
+    }
     let Some(p) = point else {
         tracing::info!(shard = id, dir = %base.display(), "no checkpoint to restore: starting with empty state");
         return Ok(Restored {
@@ -708,6 +743,7 @@ fn restore_shard(
             seq: None,
             next_seq: 1,
             kafka_layout,
+            rebuilt: None,
         });
     };
     let n = checkpoint::load_records(&mut state, &p)?;
@@ -727,6 +763,45 @@ fn restore_shard(
         seq: Some(p.manifest.seq),
         next_seq: p.manifest.seq + 1,
         kafka_layout,
+        rebuilt: None,
+    })
+}
+
+/// exactly_once, checkpoint `want` named but not on disk: the state from the changelog (as
+/// of the last committed transaction, which completed `want`), the input resuming at the
+/// offsets the group committed in that transaction.
+fn rebuild_from_changelog(
+    id: usize,
+    config: &Config,
+    seed: &kafka_part::KafkaSeed,
+    want: u64,
+    mut state: KeyedState,
+    started: std::time::Instant,
+) -> Result<Restored, ShardStartError> {
+    let Some(spec) = &seed.changelog else {
+        return Err(KafkaError::Other("no changelog to rebuild from".into()).into());
+    };
+    tracing::warn!(shard = id, checkpoint = want, topic = %spec.topic, "the checkpoint the last committed Kafka transaction names is not on this disk: rebuilding the state from the changelog");
+    let rebuilt = changelog::restore(config, spec, &mut state)?;
+    let offsets = changelog::committed_offsets(config, &seed.owned_names(config))?;
+    let ns = started.elapsed().as_nanos() as u64;
+    tracing::info!(
+        shard = id,
+        keys = rebuilt.keys,
+        records_read = rebuilt.read,
+        bytes_read = rebuilt.bytes,
+        partitions = spec.partitions.len(),
+        restore_ms = format!("{:.1}", ns as f64 / 1e6),
+        "state rebuilt from the changelog"
+    );
+    Ok(Restored {
+        state,
+        max_event_ns: rebuilt.max_event_ns,
+        offsets,
+        seq: Some(want),
+        next_seq: want + 1,
+        kafka_layout: None,
+        rebuilt: Some((rebuilt, ns)),
     })
 }
 

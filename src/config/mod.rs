@@ -137,6 +137,22 @@ pub struct EgressKafka {
     pub progress_topic: String,
     pub transactional_id_prefix: String,
     pub transaction_timeout_ms: u64,
+    /// exactly_once: each transaction also carries the checkpoint's state changes to the
+    /// changelog topic, from which a shard whose checkpoint is missing restores.
+    pub changelog: bool,
+    /// "" = `<ingest.kafka.group>-state`.
+    pub changelog_topic: String,
+}
+
+impl EgressKafka {
+    /// The changelog topic's name (`changelog_topic`, or `<group>-state`).
+    pub fn changelog_topic(&self, group: &str) -> String {
+        if self.changelog_topic.is_empty() {
+            format!("{group}-state")
+        } else {
+            self.changelog_topic.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

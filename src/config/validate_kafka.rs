@@ -129,6 +129,9 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             ));
         }
     }
+    if e.changelog && e.delivery != Delivery::ExactlyOnce {
+        p.push("egress.kafka.changelog = true needs egress.kafka.delivery = \"exactly_once\": the changelog is written in each checkpoint's transaction".into());
+    }
     if e.delivery == Delivery::ExactlyOnce {
         if !on {
             p.push("egress.kafka.delivery = \"exactly_once\" needs ingest.kafka.brokers".into());
@@ -150,6 +153,17 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
         }
         if e.transactional_id_prefix.trim().is_empty() {
             p.push("egress.kafka.transactional_id_prefix is empty".into());
+        }
+        if e.changelog {
+            let topic = e.changelog_topic(&k.group);
+            if !topic_name_ok(&topic) {
+                p.push(format!("egress.kafka.changelog topic {topic:?} is not a Kafka topic name (set egress.kafka.changelog_topic)"));
+            }
+            if k.topics.contains(&topic) || topic == e.progress_topic {
+                p.push(format!(
+                    "egress.kafka.changelog topic {topic:?} is also an input or the progress topic"
+                ));
+            }
         }
         let interval = c.checkpoint.interval_ms;
         let floor = interval.saturating_mul(2).max(1_000);
@@ -216,6 +230,42 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_changelog_needs_exactly_once_and_a_topic_of_its_own() {
+        let problems = |sets: &[&str]| {
+            let mut all: Vec<String> = vec!["ingest.kafka.brokers=127.0.0.1:9092".into()];
+            all.extend(sets.iter().map(|s| (*s).to_owned()));
+            Config::from_layers(None, &all)
+                .err()
+                .map(|e| e.problems.join("\n"))
+                .unwrap_or_default()
+        };
+        let alo = problems(&["egress.kafka.changelog=true"]);
+        assert!(
+            alo.contains("changelog = true needs egress.kafka.delivery"),
+            "{alo}"
+        );
+        let eos = [
+            "egress.kafka.delivery=exactly_once",
+            "state.dir=/tmp/x",
+            "egress.kafka.changelog=true",
+        ];
+        let clash = problems(&[
+            eos[0],
+            eos[1],
+            eos[2],
+            "egress.kafka.changelog_topic=sluice-events",
+        ]);
+        assert!(
+            clash.contains("is also an input or the progress topic"),
+            "{clash}"
+        );
+        let bad = problems(&[eos[0], eos[1], eos[2], "egress.kafka.changelog_topic=a b"]);
+        assert!(bad.contains("is not a Kafka topic name"), "{bad}");
+        // The default name (<group>-state) is fine.
+        assert_eq!(problems(&eos), "");
     }
 
     #[test]

@@ -142,6 +142,18 @@ shard_counters! {
     kafka_partitions_attached: Counter => Gauge names::KAFKA_PARTITIONS_ATTACHED;
     /// exactly_once: longest time Kafka intake stood still for a commit (flip to commit, on the committer thread; UDP is served meanwhile).
     kafka_commit_pause_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_PAUSE_MAX;
+    /// egress.kafka.changelog: state records (images) written to the changelog topic.
+    kafka_changelog_records: Counter => Counter names::KAFKA_CHANGELOG_RECORDS;
+    /// egress.kafka.changelog: tombstones written (a deleted key, to each of the shard's changelog partitions).
+    kafka_changelog_tombstones: Counter => Counter names::KAFKA_CHANGELOG_TOMBSTONES;
+    /// egress.kafka.changelog: key and value bytes written to the changelog topic.
+    kafka_changelog_bytes: Counter => Counter names::KAFKA_CHANGELOG_BYTES;
+    /// Keys rebuilt from the changelog at start (the shard's checkpoint was not on disk).
+    changelog_restored_keys: Counter => Gauge names::CHANGELOG_RESTORED_KEYS;
+    /// Changelog bytes read by that restore.
+    changelog_restored_bytes: Counter => Gauge names::CHANGELOG_RESTORED_BYTES;
+    /// How long that restore took.
+    changelog_restore_ns: Counter => GaugeNs names::CHANGELOG_RESTORE_TIME;
     /// Turns of the shard's loop (its heartbeat: the watchdog needs every shard's to advance).
     loops: Counter => Counter names::LOOPS;
     /// Longest turn of the shard's loop (parking excluded).

@@ -50,6 +50,14 @@ pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total"
 pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";
 pub const KAFKA_BACKPRESSURE_CYCLES: &str = "sluice_kafka_backpressure_cycles_total";
 pub const KAFKA_COMMIT_PAUSE_MAX: &str = "sluice_kafka_commit_pause_max_seconds";
+/// egress.kafka.changelog: state records and tombstones written, and their bytes.
+pub const KAFKA_CHANGELOG_RECORDS: &str = "sluice_kafka_changelog_records_total";
+pub const KAFKA_CHANGELOG_TOMBSTONES: &str = "sluice_kafka_changelog_tombstones_total";
+pub const KAFKA_CHANGELOG_BYTES: &str = "sluice_kafka_changelog_bytes_total";
+/// Keys, bytes and time of the last restore from the changelog (0: none since start).
+pub const CHANGELOG_RESTORED_KEYS: &str = "sluice_kafka_changelog_restored_keys";
+pub const CHANGELOG_RESTORED_BYTES: &str = "sluice_kafka_changelog_restored_bytes";
+pub const CHANGELOG_RESTORE_TIME: &str = "sluice_kafka_changelog_restore_seconds";
 pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
 /// Per partition (labels topic, partition): high watermark minus the next offset to apply.
 pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";

@@ -242,13 +242,23 @@ impl ShardKafka {
                     self.commit = Some(Commit::Committing { seq, flipped_ns });
                     Ok(())
                 }
-                Some(Ok(())) => {
-                    counters.kafka_transactions.inc();
+                Some(Ok(committed)) => {
+                    Self::committed(&committed, counters);
                     Self::intake_paused(flipped_ns, now_ns, counters);
                     Ok(())
                 }
                 Some(Err(e)) => self.commit_failed(seq, &e, counters),
             },
+        }
+    }
+
+    /// A transaction committed: count it and what its changelog part held.
+    fn committed(committed: &crate::egress::kafka::Committed, counters: &ShardCounters) {
+        counters.kafka_transactions.inc();
+        if let Some(sent) = committed {
+            counters.kafka_changelog_records.add(sent.records);
+            counters.kafka_changelog_tombstones.add(sent.tombstones);
+            counters.kafka_changelog_bytes.add(sent.bytes);
         }
     }
 
@@ -343,8 +353,8 @@ impl ShardKafka {
     ) -> Result<(), String> {
         let group = self.source.group_metadata();
         match self.sink.commit_epoch(seq, offsets, group) {
-            Ok(()) => {
-                counters.kafka_transactions.inc();
+            Ok(committed) => {
+                Self::committed(&committed, counters);
                 Ok(())
             }
             Err(e) => self.commit_failed(seq, &e, counters),
@@ -382,8 +392,8 @@ impl ShardKafka {
                 }
             }
             Some(Commit::Committing { seq, .. }) => match self.sink.wait_commit() {
-                Ok(()) => {
-                    counters.kafka_transactions.inc();
+                Ok(committed) => {
+                    Self::committed(&committed, counters);
                     Ok(())
                 }
                 Err(e) => self.commit_failed(seq, &e, counters),

@@ -9,7 +9,9 @@
 //! the Scores since the previous one, the consumed offsets and a progress record naming the
 //! checkpoint (`progress.rs`), so a read_committed consumer sees each Score once.
 
+pub mod changelog;
 pub mod progress;
+mod topic;
 mod transaction;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use rdkafka::{ClientContext, TopicPartitionList};
+pub use transaction::Committed;
 use transaction::{Committer, Transactions};
 
 use super::PendingScore;
@@ -160,13 +163,15 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// `owned_names[i]` = (topic, partition) of the shard's i-th owned partition.
-    /// `wake` wakes the shard when a commit ends (exactly_once).
+    /// `wake` wakes the shard when a commit ends (exactly_once); `changelog`: where its
+    /// commits read their checkpoints' changes from.
     pub fn new(
         config: &Config,
         shard: usize,
         producer: ScoreProducer,
         owned_names: &[(String, i32)],
         wake: Box<dyn Fn() + Send>,
+        changelog: Option<changelog::ChangelogSource>,
     ) -> Result<Self, KafkaError> {
         let k = &config.egress.kafka;
         let transactional = k.delivery == Delivery::ExactlyOnce;
@@ -180,6 +185,8 @@ impl KafkaSink {
                 timeout: Duration::from_millis(k.transaction_timeout_ms),
                 progress_topic: k.progress_topic.clone(),
                 transactional_id: transactional_id(config, shard),
+                changelog,
+                changelog_whole: false,
             };
             Some(Committer::start(tx, wake, format!("sluice-txn-{shard}"))?)
         } else {
@@ -415,7 +422,7 @@ impl KafkaSink {
 
     /// The running commit's result, once it has one (the next transaction is open on Ok; on
     /// Err it was aborted and the caller must replay from the last committed checkpoint).
-    pub fn poll_commit(&mut self) -> Option<Result<(), KafkaError>> {
+    pub fn poll_commit(&mut self) -> Option<Result<Committed, KafkaError>> {
         self.committer.as_mut().and_then(Committer::poll)
     }
 
@@ -430,16 +437,16 @@ impl KafkaSink {
         seq: u64,
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Committed, KafkaError> {
         self.start_commit(seq, offsets, group)?;
         self.wait_commit()
     }
 
     /// Wait for a running commit's result (Ok when none runs).
-    pub fn wait_commit(&mut self) -> Result<(), KafkaError> {
+    pub fn wait_commit(&mut self) -> Result<Committed, KafkaError> {
         match &mut self.committer {
             Some(c) => c.wait(),
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 }

@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::Message;
@@ -17,75 +15,61 @@ use crate::config::Config;
 use crate::ingest::kafka::{consumer_config, KafkaError};
 
 const PREFIX: &str = "sluice-progress-v1 checkpoint=";
+const CHANGELOG: &str = " changelog=complete";
 
-pub fn encode(seq: u64) -> Vec<u8> {
-    format!("{PREFIX}{seq}").into_bytes()
+/// What a committed transaction completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The checkpoint it completes.
+    pub seq: u64,
+    /// It carried its checkpoint's changelog part, and so did every transaction since the
+    /// shard's last full checkpoint: the changelog holds the state as of `seq` (a restart
+    /// begins with a full checkpoint, so the first transaction of a run with the changelog
+    /// on completes it).
+    pub changelog: bool,
 }
 
-pub fn decode(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value)
-        .ok()?
-        .strip_prefix(PREFIX)?
-        .parse()
-        .ok()
+pub fn encode(p: Progress) -> Vec<u8> {
+    let tail = if p.changelog { CHANGELOG } else { "" };
+    format!("{PREFIX}{}{tail}", p.seq).into_bytes()
+}
+
+/// A progress record's value (records written before the changelog existed read as without).
+pub fn decode(value: &[u8]) -> Option<Progress> {
+    let rest = std::str::from_utf8(value).ok()?.strip_prefix(PREFIX)?;
+    let (seq, changelog) = match rest.strip_suffix(CHANGELOG) {
+        Some(seq) => (seq, true),
+        None => (rest, false),
+    };
+    Some(Progress {
+        seq: seq.parse().ok()?,
+        changelog,
+    })
 }
 
 /// Records read back from the end of each progress partition first; only if a shard's record
 /// is not among them is the whole partition read.
 const TAIL_RECORDS: i64 = 65_536;
 
-/// Create the progress topic (1 partition, compacted: only the newest record per shard
-/// matters) unless it exists.
-fn ensure_topic(config: &Config, consumer: &BaseConsumer) -> Result<i32, KafkaError> {
-    let topic = &config.egress.kafka.progress_topic;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(KafkaError::client("progress topic metadata"))?;
-    if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
-        if t.error().is_none() && !t.partitions().is_empty() {
-            return Ok(t.partitions().len() as i32);
-        }
-    }
-    let mut ac = rdkafka::ClientConfig::new();
-    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
-    let admin: AdminClient<DefaultClientContext> =
-        ac.create().map_err(KafkaError::client("admin client"))?;
-    // -1: the cluster's default replication (KIP-464); a broker that does not know it gets 1.
-    for replication in [-1, 1] {
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
-            .set("cleanup.policy", "compact");
-        let results = futures_executor::block_on(admin.create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .map_err(KafkaError::client("creating the progress topic"))?;
-        match results.into_iter().next() {
-            Some(Ok(_)) => {
-                tracing::info!(topic = %topic, "created the exactly_once progress topic");
-                return Ok(1);
-            }
-            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(1),
-            Some(Err((_, rdkafka::types::RDKafkaErrorCode::InvalidReplicationFactor)))
-                if replication == -1 => {}
-            Some(Err((t, code))) => {
-                return Err(KafkaError::Other(format!(
-                    "creating progress topic {t}: {code}"
-                )))
-            }
-            None => break,
-        }
-    }
-    Ok(1)
-}
-
-/// The newest committed progress record of each transactional.id in `ids`: id -> checkpoint.
+/// The newest committed progress record of each transactional.id in `ids`.
 /// Call after the shards' producers have initialised their transactions, so that any
 /// transaction a crashed process left open is aborted and read_committed reads past it.
-pub fn last_committed(config: &Config, ids: &[String]) -> Result<HashMap<String, u64>, KafkaError> {
+pub fn last_committed(
+    config: &Config,
+    ids: &[String],
+) -> Result<HashMap<String, Progress>, KafkaError> {
     let mut cc = consumer_config(config);
     cc.set("enable.partition.eof", "true");
     let consumer: BaseConsumer = cc.create().map_err(KafkaError::client("progress reader"))?;
-    let partitions = ensure_topic(config, &consumer)?;
+    let topic = &config.egress.kafka.progress_topic;
+    // One partition, compacted: only the newest record per shard matters.
+    let (partitions, _) = super::topic::ensure_compacted(
+        config,
+        &consumer,
+        topic,
+        1,
+        "the exactly_once progress topic",
+    )?;
     let topic = config.egress.kafka.progress_topic.clone();
     let mut found = HashMap::new();
     let mut tail = true;
@@ -127,9 +111,9 @@ pub fn last_committed(config: &Config, ids: &[String]) -> Result<HashMap<String,
                 Some(Err(e)) => tracing::warn!("reading progress topic: {e}"),
                 Some(Ok(m)) => {
                     let id = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                    if let (Some(id), Some(seq)) = (id, m.payload().and_then(decode)) {
+                    if let (Some(id), Some(p)) = (id, m.payload().and_then(decode)) {
                         if ids.iter().any(|i| i == id) {
-                            found.insert(id.to_owned(), seq);
+                            found.insert(id.to_owned(), p);
                         }
                     }
                 }
@@ -149,7 +133,22 @@ mod tests {
 
     #[test]
     fn progress_values_round_trip_and_refuse_others() {
-        assert_eq!(decode(&encode(42)), Some(42));
+        for changelog in [false, true] {
+            let p = Progress { seq: 42, changelog };
+            assert_eq!(decode(&encode(p)), Some(p));
+        }
+        // Written before the changelog existed.
+        assert_eq!(
+            decode(b"sluice-progress-v1 checkpoint=7"),
+            Some(Progress {
+                seq: 7,
+                changelog: false
+            })
+        );
+        assert_eq!(
+            decode(b"sluice-progress-v1 checkpoint=7 changelog=maybe"),
+            None
+        );
         assert_eq!(decode(b"checkpoint=42"), None);
         assert_eq!(decode(b"sluice-progress-v1 checkpoint=x"), None);
         assert_eq!(decode(&[0xff, 0xfe]), None);

@@ -14,6 +14,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::TopicPartitionList;
 
+use super::changelog::{ChangelogSource, Sent};
 use super::{progress, ScoreProducer, UNTRACKED};
 use crate::ingest::kafka::KafkaError;
 
@@ -23,18 +24,27 @@ pub struct Transactions {
     pub timeout: Duration,
     pub progress_topic: String,
     pub transactional_id: String,
+    /// `egress.kafka.changelog`: each commit also carries its checkpoint's state changes.
+    pub changelog: Option<ChangelogSource>,
+    /// A full checkpoint's changelog part has committed in this run (every later one builds
+    /// on it: a failed checkpoint makes the next one full, a failed commit stops the run).
+    pub changelog_whole: bool,
 }
 
+/// What a commit's transaction carried besides Scores, offsets and the progress record.
+pub type Committed = Option<Sent>;
+
 impl Transactions {
-    /// Commit the open transaction with the consumed `offsets` and a progress record naming
-    /// checkpoint `seq`, and open the next one. On an error the transaction is aborted; the
-    /// caller must replay from the last committed checkpoint.
+    /// Commit the open transaction with checkpoint `seq`'s state changes (with a changelog),
+    /// the consumed `offsets` and a progress record naming the checkpoint, and open the next
+    /// one. On an error the transaction is aborted; the caller must replay from the last
+    /// committed checkpoint.
     pub fn commit(
-        &self,
+        &mut self,
         seq: u64,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Committed, KafkaError> {
         let result = self.try_commit(seq, offsets, group);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.timeout) {
@@ -45,11 +55,11 @@ impl Transactions {
     }
 
     fn try_commit(
-        &self,
+        &mut self,
         seq: u64,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Committed, KafkaError> {
         let t = self.timeout;
         // librdkafka reports a coordinator that is not answering yet (a broker just back) as a
         // retriable timeout: "retry call to resume". Give it the transaction's own timeout.
@@ -63,6 +73,16 @@ impl Transactions {
             }
             _ => false,
         };
+        let sent = match &self.changelog {
+            Some(c) => {
+                let mut sent = c
+                    .spec
+                    .produce(&self.producer, &c.root, seq, c.words, deadline)?;
+                sent.complete = sent.full || self.changelog_whole;
+                Some(sent)
+            }
+            None => None,
+        };
         if let (Some(g), true) = (group, offsets.count() > 0) {
             let mut r = self.producer.send_offsets_to_transaction(offsets, g, t);
             while retry(r.clone()) {
@@ -70,7 +90,10 @@ impl Transactions {
             }
             r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
         }
-        let value = progress::encode(seq);
+        let value = progress::encode(progress::Progress {
+            seq,
+            changelog: sent.is_some_and(|s| s.complete),
+        });
         let record = BaseRecord::with_opaque_to(&self.progress_topic, UNTRACKED)
             .payload(&value)
             .key(self.transactional_id.as_bytes());
@@ -84,7 +107,11 @@ impl Transactions {
         r.map_err(KafkaError::client("commit_transaction"))?;
         self.producer
             .begin_transaction()
-            .map_err(KafkaError::client("begin_transaction"))
+            .map_err(KafkaError::client("begin_transaction"))?;
+        if sent.is_some_and(|s| s.complete) {
+            self.changelog_whole = true;
+        }
+        Ok(sent)
     }
 }
 
@@ -97,7 +124,7 @@ struct Job {
 /// The shard's side of its committer thread: one commit at a time.
 pub struct Committer {
     jobs: Option<mpsc::SyncSender<Job>>,
-    replies: mpsc::Receiver<Result<(), KafkaError>>,
+    replies: mpsc::Receiver<Result<Committed, KafkaError>>,
     busy: bool,
     thread: Option<JoinHandle<()>>,
 }
@@ -105,7 +132,7 @@ pub struct Committer {
 impl Committer {
     /// Start the thread; `wake` is called when a commit has ended (a parked shard wakes).
     pub fn start(
-        tx: Transactions,
+        mut tx: Transactions,
         wake: Box<dyn Fn() + Send>,
         name: String,
     ) -> Result<Self, KafkaError> {
@@ -158,7 +185,7 @@ impl Committer {
     }
 
     /// The running commit's result, once it has one.
-    pub fn poll(&mut self) -> Option<Result<(), KafkaError>> {
+    pub fn poll(&mut self) -> Option<Result<Committed, KafkaError>> {
         if !self.busy {
             return None;
         }
@@ -174,9 +201,9 @@ impl Committer {
     }
 
     /// Wait for the running commit's result (shutdown); Ok when none is running.
-    pub fn wait(&mut self) -> Result<(), KafkaError> {
+    pub fn wait(&mut self) -> Result<Committed, KafkaError> {
         if !self.busy {
-            return Ok(());
+            return Ok(None);
         }
         self.busy = false;
         self.replies

@@ -19,8 +19,11 @@
 // Reached by checkpoint files: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+mod changes;
 mod restore;
 mod writer;
+
+pub use changes::{read_changes, Change, ChangeCounts};
 
 pub use restore::{
     load_bytes, load_records, newest_layout, read_verified, restore, restore_to, RestorePoint,
@@ -272,6 +275,11 @@ impl Manifest {
 /// Directory name of checkpoint `seq`.
 fn name(seq: u64) -> String {
     format!("ckpt-{seq:020}")
+}
+
+/// Where committed checkpoint `seq` lies under `root`.
+pub fn path_of(root: &Path, seq: u64) -> PathBuf {
+    root.join(name(seq))
 }
 
 /// Checkpoint directories under a root: committed ones as (seq, path), newest first, and

@@ -87,6 +87,10 @@ pub enum RestoreTarget {
     /// exactly_once with no committed transaction yet: none. Checkpoints found are set aside
     /// (renamed, not deleted: they may be a run in another delivery mode).
     Nothing,
+    /// exactly_once: the last committed transaction names this checkpoint, which is not on
+    /// this disk, and the state is rebuilt from elsewhere (the changelog topic): none is
+    /// restored, and checkpoints found (older ones) are set aside like `Nothing`'s.
+    Elsewhere(u64),
 }
 
 /// `restore` with a target (see `RestoreTarget`).
@@ -105,13 +109,20 @@ pub fn restore_to(
     }
     let done = match target {
         RestoreTarget::Newest => done,
-        RestoreTarget::Nothing => {
+        RestoreTarget::Nothing | RestoreTarget::Elsewhere(_) => {
             if !done.is_empty() {
                 let aside = root.with_extension(format!(
                     "uncommitted-{}",
                     crate::clock::realtime_ns() / 1_000_000
                 ));
-                tracing::warn!(from = %root.display(), to = %aside.display(), "no committed Kafka transaction names a checkpoint: starting empty; the checkpoints found are set aside");
+                match target {
+                    RestoreTarget::Elsewhere(want) => {
+                        tracing::warn!(from = %root.display(), to = %aside.display(), "the last committed Kafka transaction names checkpoint {want}, which is not here: the state is rebuilt from the changelog; the older checkpoints found are set aside")
+                    }
+                    _ => {
+                        tracing::warn!(from = %root.display(), to = %aside.display(), "no committed Kafka transaction names a checkpoint: starting empty; the checkpoints found are set aside")
+                    }
+                }
                 std::fs::rename(root, &aside).map_err(io(root))?;
                 std::fs::create_dir_all(root).map_err(io(root))?;
             }
@@ -402,14 +413,14 @@ fn part<'a>(
 }
 
 /// Where the parts of a verified hot.bin lie.
-struct Sections {
-    records: std::ops::Range<usize>,
-    gone: std::ops::Range<usize>,
-    journal: std::ops::Range<usize>,
+pub(super) struct Sections {
+    pub records: std::ops::Range<usize>,
+    pub gone: std::ops::Range<usize>,
+    pub journal: std::ops::Range<usize>,
 }
 
 /// The parts of a hot.bin that `read_verified` accepted (its sizes add up).
-fn sections(hot: &[u8], words: usize) -> Sections {
+pub(super) fn sections(hot: &[u8], words: usize) -> Sections {
     let (h, start) = HotHeader::decode(hot).unwrap_or((
         HotHeader {
             words: 0,

@@ -8,7 +8,7 @@ use super::writer::{write_job, Job};
 use super::*;
 use crate::features::FeaturePlan;
 use crate::state::{checkpoint_db, SpillError};
-use crate::state::{HotTable, KeyState, KeyedState, Outcome, Spill, SpillMark, Update};
+use crate::state::{HotTable, KeyState, KeyedState, Outcome, Record, Spill, SpillMark, Update};
 use crate::wire::EventKind;
 
 const SEC: u64 = 1_000_000_000;
@@ -428,6 +428,7 @@ fn race(seed: u64, journal_max: u64) -> u64 {
     };
     let mut expected = Vec::new();
     let mut parent = 0u64;
+    let mut changelog = BTreeMap::new();
     for seq in 1..=10u64 {
         for _ in 0..rng.next(25) {
             step(&mut s, &mut rng, &mut now);
@@ -439,6 +440,7 @@ fn race(seed: u64, journal_max: u64) -> u64 {
             s.stats.observations_applied,
         );
         let spilled_at_flip = s.spilled_len();
+        let flip_now = now;
         let mark = Arc::new(SpillMark::default());
         let mut out = Vec::with_capacity(buffer_bytes(8, words));
         out.resize(HEADER_BYTES, 0);
@@ -520,6 +522,15 @@ fn race(seed: u64, journal_max: u64) -> u64 {
             gated: false,
         };
         write_job(&job, &d.root(), CHECKPOINTS_KEPT, None).unwrap();
+        // The journal is what puts gone keys back to their flip images here: spill moves
+        // happen between the flip and the spill store's copy.
+        apply_and_check_changes(
+            &mut changelog,
+            (&d.root(), seq),
+            &at_flip.0,
+            (flip_now, 20 * SEC),
+            &format!("seed {seed}"),
+        );
         expected.push((seq, at_flip));
         parent = seq;
     }
@@ -553,6 +564,57 @@ fn race(seed: u64, journal_max: u64) -> u64 {
         assert_eq!(back.stats.observations_applied, applied);
     }
     waits
+}
+
+/// Apply checkpoint `seq`'s change set to `changelog` (a compacted changelog topic's view),
+/// then check it against `state` (the keys at the flip): every present key's record exact;
+/// a key the changelog holds but the state does not was deleted where no deletion was sent
+/// (a full checkpoint sends none), so it must be past `ttl` at `now`: restored, it starts
+/// over on its next event exactly as its deletion did.
+fn apply_and_check_changes(
+    changelog: &mut BTreeMap<u64, Vec<u8>>,
+    (root, seq): (&Path, u64),
+    state: &BTreeMap<u64, KeyState>,
+    (now, ttl): (u64, u64),
+    context: &str,
+) -> ChangeCounts {
+    let words = plan().words();
+    let counts = read_changes::<CheckpointError>(&path_of(root, seq), words, |c| {
+        match c {
+            Change::Put(img) => {
+                let key = u64::from_le_bytes(img[..8].try_into().unwrap());
+                changelog.insert(key, img.to_vec());
+            }
+            Change::Delete(key) => {
+                changelog.remove(&key);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    for (key, st) in state {
+        let img = changelog.get(key).unwrap_or_else(|| {
+            panic!("{context}, checkpoint {seq}: key {key} is not in the changelog")
+        });
+        let mut w = vec![0u64; words];
+        let mut rec = Record::read_image(img, &mut w).unwrap();
+        rec.flags = crate::state::record::OCCUPIED;
+        assert_eq!(
+            (&rec, &w),
+            (&st.record, &st.words),
+            "{context}, checkpoint {seq}, key {key}"
+        );
+    }
+    for (key, img) in changelog.iter() {
+        if !state.contains_key(key) {
+            let rec = Record::read_image(img, &mut vec![0u64; words]).unwrap();
+            assert!(
+                now.saturating_sub(rec.last_event_ns) > ttl,
+                "{context}, checkpoint {seq}: key {key} is in the changelog, gone from the state, and not past its TTL"
+            );
+        }
+    }
+    counts
 }
 
 const CHECKPOINTS_KEPT: usize = 100;
@@ -713,4 +775,63 @@ fn a_gated_checkpoint_is_written_but_commits_only_when_released() {
     let (back, seq) = restore_into_new(&d, "L1").unwrap();
     assert_eq!(seq, Some(first));
     assert_eq!(dump(&back), state_first);
+}
+
+/// Every checkpoint's change set (`read_changes`), applied in order to a map standing for
+/// the compacted changelog, gives back the state at that checkpoint: each present key's
+/// record exactly, through spills, reloads and TTL expiry, incremental and full checkpoints.
+/// A key the map still holds but the state does not was deleted before a full checkpoint
+/// (which sends no deletions): it must be past its TTL, so a restore that brings it back
+/// starts it over on its next event exactly as its deletion did.
+#[test]
+fn change_sets_applied_in_order_give_back_each_checkpoints_state() {
+    let d = Dir::new("changes");
+    let p = plan();
+    let ttl = 10 * SEC;
+    let words = p.words();
+    let mut s = KeyedState::new(
+        HotTable::new(8, words),
+        Some(open(&d.spill(), None).unwrap()),
+        p,
+        ttl,
+        false,
+    );
+    s.track_changes();
+    let mut cp = checkpointer(&d, "L1", 1, 4);
+    let mut changelog: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut rng = Lcg(777);
+    let mut now = SEC;
+    let (mut puts, mut deletes, mut fulls) = (0, 0, 0);
+    for round in 0..12u64 {
+        for _ in 0..25 {
+            let key = rng.next(30);
+            now += rng.next(3 * SEC);
+            s.apply(&event(key, 0, now, rng.next(100) as f32), now)
+                .unwrap();
+        }
+        // A whole sweep of the 8 slots each round: hot keys past their TTL are deleted.
+        s.expire_idle(now, 16);
+        cp.finish(&mut s, now);
+        let seq = round + 1;
+        assert_eq!(cp.stats.last_seq, seq);
+        let state = dump_keys(&s, 30);
+        let counts = apply_and_check_changes(
+            &mut changelog,
+            (&d.root(), seq),
+            &state,
+            (now, ttl),
+            "finished checkpoints",
+        );
+        assert_eq!(counts.full, seq % 4 == 1, "full at 1, 5, 9");
+        fulls += u64::from(counts.full);
+        puts += counts.puts;
+        deletes += counts.deletes;
+    }
+    assert!(
+        s.stats.spills > 0 && s.stats.reloads > 0 && s.stats.expired > 0,
+        "{:?}",
+        s.stats
+    );
+    assert_eq!(fulls, 3);
+    assert!(puts > 0 && deletes > 0, "puts {puts}, deletes {deletes}");
 }

@@ -1,0 +1,332 @@
+//! The changelog topic (`egress.kafka.changelog`): each exactly_once transaction also carries
+//! the state changes of the checkpoint it completes, so the topic holds, per input partition,
+//! the state as of the last committed transaction — what a shard restores from when its
+//! checkpoint is not on its disk (a wiped `state.dir`, a new host), as a Kafka Streams task
+//! restores from its changelog.
+//!
+//! Layout: one changelog partition per input partition, in topic then partition order (the
+//! partition table's order); key = the entity key, 8 bytes big-endian; value = the key's
+//! record image (`state::record`), or a tombstone when the key was deleted. Compacted: the
+//! newest value per key is all a restore needs.
+//!
+//! A deleted key's record is gone, and with it the partition it belonged to: its tombstone
+//! goes to every changelog partition of the shard (one only holds the key; to the others it
+//! is a no-op that compaction drops). Deletions are TTL expiries, far rarer than updates.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::Message;
+use rdkafka::producer::BaseRecord;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{ScoreProducer, UNTRACKED};
+use crate::config::Config;
+use crate::ingest::kafka::{consumer_config, KafkaError};
+use crate::state::checkpoint::{self, Change, CheckpointError};
+use crate::state::KeyedState;
+use crate::state::{image_bytes, Record, RECORD_BYTES};
+
+/// One shard's changelog: its topic, and the changelog partition of each input partition it
+/// owns (by the partition's source tag, `PartitionId::source_tag`).
+#[derive(Debug, Clone)]
+pub struct ChangelogSpec {
+    pub topic: String,
+    pub partitions: Vec<(u64, i32)>,
+}
+
+/// What one transaction's changelog part held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Records with an image.
+    pub records: u64,
+    pub tombstones: u64,
+    /// Key and value bytes handed to the producer.
+    pub bytes: u64,
+    /// Images of keys that belong to no partition of this shard (UDP keys): not changelogged.
+    pub not_partitioned: u64,
+    /// The checkpoint was a full one (sent whole, no tombstones).
+    pub full: bool,
+    /// With it, the changelog holds the whole state as of this checkpoint: it is full, or
+    /// builds on checkpoints whose transactions carried their parts since a full one.
+    pub complete: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ProduceError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+impl ChangelogSpec {
+    fn partition_of(&self, source: u64) -> Option<i32> {
+        self.partitions
+            .iter()
+            .find(|(tag, _)| *tag == source)
+            .map(|(_, p)| *p)
+    }
+
+    /// Produce the changes of committed checkpoint `seq` (under `root`, records of `words`
+    /// window words) into the open transaction. On the committer thread, while the shard
+    /// hands no Score over: a full producer queue is waited out here (polling serves the
+    /// delivery reports), up to `deadline`.
+    pub fn produce(
+        &self,
+        producer: &ScoreProducer,
+        root: &std::path::Path,
+        seq: u64,
+        words: usize,
+        deadline: Instant,
+    ) -> Result<Sent, KafkaError> {
+        let mut sent = Sent::default();
+        let path = checkpoint::path_of(root, seq);
+        let counts = checkpoint::read_changes(&path, words, |change| -> Result<(), ProduceError> {
+            match change {
+                Change::Put(image) => {
+                    let Some(rec) = image.get(..RECORD_BYTES).and_then(Record::from_bytes) else {
+                        return Err(CheckpointError::Corrupt {
+                            path: path.clone(),
+                            reason: "a record image shorter than its head".into(),
+                        }
+                        .into());
+                    };
+                    let Some(p) = self.partition_of(rec.source) else {
+                        sent.not_partitioned += 1;
+                        return Ok(());
+                    };
+                    let key = rec.key.to_be_bytes();
+                    self.send(producer, p, &key, Some(image), deadline)?;
+                    sent.records += 1;
+                    sent.bytes += (key.len() + image.len()) as u64;
+                }
+                Change::Delete(key) => {
+                    let key = key.to_be_bytes();
+                    for &(_, p) in &self.partitions {
+                        self.send(producer, p, &key, None, deadline)?;
+                        sent.tombstones += 1;
+                        sent.bytes += key.len() as u64;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            ProduceError::Kafka(k) => k,
+            ProduceError::Checkpoint(c) => {
+                KafkaError::Other(format!("reading checkpoint {seq}'s changes: {c}"))
+            }
+        })?;
+        sent.full = counts.full;
+        Ok(sent)
+    }
+
+    fn send(
+        &self,
+        producer: &ScoreProducer,
+        partition: i32,
+        key: &[u8; 8],
+        value: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::<[u8; 8], [u8], usize>::with_opaque_to(&self.topic, UNTRACKED)
+            .partition(partition)
+            .key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if Instant::now() < deadline =>
+                {
+                    // A big change set outruns the producer's queue: let it drain.
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+                Err((e, _)) => return Err(KafkaError::client("changelog record")(e)),
+            }
+        }
+    }
+}
+
+/// Create the changelog topic unless it exists (compacted, `partitions` = every input
+/// partition), and check an existing one has that many partitions. Returns its name and
+/// whether it was just created (then it holds nothing to restore from).
+pub fn ensure_topic(config: &Config, partitions: i32) -> Result<(String, bool), KafkaError> {
+    let topic = config
+        .egress
+        .kafka
+        .changelog_topic(&config.ingest.kafka.group);
+    let consumer: BaseConsumer = consumer_config(config)
+        .create()
+        .map_err(KafkaError::client("changelog admin"))?;
+    let (found, created) = super::topic::ensure_compacted(
+        config,
+        &consumer,
+        &topic,
+        partitions,
+        "the changelog topic",
+    )?;
+    if found != partitions {
+        return Err(KafkaError::Other(format!(
+            "changelog topic {topic} has {found} partitions, but the input topics have {partitions} together: one changelog partition per input partition is needed (a changelog of other input topics? set egress.kafka.changelog_topic)"
+        )));
+    }
+    Ok((topic, created))
+}
+
+/// What a restore from the changelog read and rebuilt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Changelog records read (tombstones included).
+    pub read: u64,
+    pub bytes: u64,
+    /// Keys in the rebuilt state.
+    pub keys: u64,
+    /// The newest event time among them (the shard's event-time watermark restarts there).
+    pub max_event_ns: u64,
+}
+
+/// Rebuild `spec`'s partitions into `state` (empty) from the changelog, read to its end with
+/// read_committed: the state as of the last committed transaction. A changelog partition
+/// whose records were deleted (its start offset above 0: retention or delete-records, which a
+/// compacted topic never does by itself) cannot hold the whole state: refused, saying so.
+pub fn restore(
+    config: &Config,
+    spec: &ChangelogSpec,
+    state: &mut KeyedState,
+) -> Result<Rebuilt, KafkaError> {
+    let mut cc = consumer_config(config);
+    cc.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cc
+        .create()
+        .map_err(KafkaError::client("changelog reader"))?;
+    let topic = &spec.topic;
+    let mut tpl = TopicPartitionList::new();
+    let mut open = 0;
+    for &(_, p) in &spec.partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(KafkaError::client(format!(
+                "changelog {topic}/{p} watermarks"
+            )))?;
+        if low > 0 {
+            return Err(KafkaError::Other(format!(
+                "changelog partition {topic}/{p} starts at offset {low}, not 0: records were deleted from it (retention.ms or delete-records on a changelog topic), so it does not hold the whole state and nothing is restored from it. Restore the shard's checkpoint directory, or start over with a new egress.kafka.transactional_id_prefix and changelog topic"
+            )));
+        }
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(KafkaError::client("changelog assignment"))?;
+            open += 1;
+        }
+    }
+    let mut rebuilt = Rebuilt::default();
+    // Per partition: key -> newest image (None: deleted).
+    let mut newest: HashMap<i32, HashMap<u64, Option<Vec<u8>>>> = HashMap::new();
+    if open > 0 {
+        consumer
+            .assign(&tpl)
+            .map_err(KafkaError::client("changelog assign"))?;
+    }
+    // Patience runs from the last record read: a big changelog takes as long as it takes.
+    let patience = Duration::from_secs(60);
+    let mut last_progress = Instant::now();
+    while open > 0 {
+        if last_progress.elapsed() > patience {
+            return Err(KafkaError::Other(format!(
+                "reading changelog {topic} stalled for {} s before its end (a transaction of another producer still open?)",
+                patience.as_secs()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(RdError::PartitionEOF(_))) => {
+                open -= 1;
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => tracing::warn!("reading changelog {topic}: {e}"),
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                rebuilt.read += 1;
+                let Some(key) = m
+                    .key()
+                    .and_then(|k| <[u8; 8]>::try_from(k).ok())
+                    .map(u64::from_be_bytes)
+                else {
+                    return Err(KafkaError::Other(format!(
+                        "changelog {topic}/{} offset {}: a key that is not 8 bytes: not a sluice changelog",
+                        m.partition(),
+                        m.offset()
+                    )));
+                };
+                let value = m.payload().map(<[u8]>::to_vec);
+                rebuilt.bytes += 8 + value.as_ref().map_or(0, |v| v.len() as u64);
+                newest.entry(m.partition()).or_default().insert(key, value);
+            }
+        }
+    }
+    let words = state.plan().words();
+    for &(tag, p) in &spec.partitions {
+        let Some(keys) = newest.remove(&p) else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(keys.len() * image_bytes(words));
+        for image in keys.into_values().flatten() {
+            if let Some(rec) = image.get(..RECORD_BYTES).and_then(Record::from_bytes) {
+                rebuilt.max_event_ns = rebuilt.max_event_ns.max(rec.last_event_ns);
+            }
+            bytes.extend_from_slice(&image);
+        }
+        // All or nothing per partition; a record of another partition or layout is refused.
+        rebuilt.keys += state
+            .import_partition(tag, &bytes)
+            .map_err(|e| KafkaError::Other(format!("changelog {topic}/{p}: {e}")))?;
+    }
+    Ok(rebuilt)
+}
+
+/// The input partitions' offsets the group committed (in the transactions that carried the
+/// changelog): where a shard rebuilt from the changelog resumes.
+pub fn committed_offsets(
+    config: &Config,
+    owned: &[(String, i32)],
+) -> Result<Vec<checkpoint::PartitionOffset>, KafkaError> {
+    let consumer: BaseConsumer = consumer_config(config)
+        .create()
+        .map_err(KafkaError::client("offsets reader"))?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in owned {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(KafkaError::client("reading the group's committed offsets"))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) if n >= 0 => Some(checkpoint::PartitionOffset {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+                next: n,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Where a shard's checkpoints lie, for the committer to read the change sets from.
+#[derive(Debug, Clone)]
+pub struct ChangelogSource {
+    pub spec: ChangelogSpec,
+    pub root: PathBuf,
+    pub words: usize,
+}

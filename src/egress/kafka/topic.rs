@@ -1,0 +1,65 @@
+//! Topics sluice writes its own records to (progress, changelog): created compacted when
+//! missing.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::Config;
+use crate::ingest::kafka::KafkaError;
+
+/// Create `topic` compacted with `partitions` partitions unless it exists; returns its
+/// partition count (an existing topic's, which the caller checks) and whether it was created
+/// now.
+pub fn ensure_compacted(
+    config: &Config,
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    what: &str,
+) -> Result<(i32, bool), KafkaError> {
+    let existing = |consumer: &BaseConsumer| -> Result<Option<i32>, KafkaError> {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(KafkaError::client(format!("{what} metadata")))?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32))
+    };
+    if let Some(n) = existing(consumer)? {
+        return Ok((n, false));
+    }
+    let mut ac = rdkafka::ClientConfig::new();
+    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
+    let admin: AdminClient<DefaultClientContext> =
+        ac.create().map_err(KafkaError::client("admin client"))?;
+    // -1: the cluster's default replication (KIP-464); a broker that does not know it gets 1.
+    for replication in [-1, 1] {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+            .set("cleanup.policy", "compact");
+        let results = futures_executor::block_on(admin.create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .map_err(KafkaError::client(format!("creating {what}")))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) => {
+                tracing::info!(topic, partitions, "created {what}");
+                return Ok((partitions, true));
+            }
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => break,
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::InvalidReplicationFactor)))
+                if replication == -1 => {}
+            Some(Err((t, code))) => {
+                return Err(KafkaError::Other(format!("creating {what} {t}: {code}")))
+            }
+            None => break,
+        }
+    }
+    // Created meanwhile by another instance: its count is what counts.
+    Ok((existing(consumer)?.unwrap_or(partitions), false))
+}
