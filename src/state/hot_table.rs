@@ -386,14 +386,14 @@ impl HotTable {
         &mut self,
         slots: usize,
         mut expired: impl FnMut(&Record) -> bool,
-        mut gone: impl FnMut(u64),
+        mut gone: impl FnMut(&Record),
     ) -> u64 {
         let mut removed = 0;
         for _ in 0..slots.min(self.heads.len()) {
             let i = self.sweep;
             let h = &self.heads[i];
             if h.is_occupied() && expired(h) {
-                gone(self.remove_inner(i).key);
+                gone(&self.remove_inner(i));
                 removed += 1;
                 // The backward shift may have moved an unseen record into slot i: look again.
                 continue;

@@ -119,6 +119,7 @@ pub struct KeyedState {
     changes: Changes,
     /// A running snapshot's spill moves (see `snapshot`).
     journal: SpillJournal,
+
     pub stats: StateStats,
 }
 
@@ -129,33 +130,43 @@ pub(crate) fn changes_bound(hot_capacity: usize) -> usize {
     2 * hot_capacity + 1024
 }
 
+/// Bytes of the change lists and their spares (`KeyedState::track_changes`): dirty keys, and
+/// gone (key, source) pairs.
+pub(crate) fn change_lists_bytes(hot_capacity: usize) -> usize {
+    2 * changes_bound(hot_capacity) * (8 + 16)
+}
+
 /// Change tracking for incremental checkpoints: keys whose hot record changed (each once,
 /// deduplicated by the record's DIRTY bit) and keys that left the hot table (spilled or
-/// expired). Both lists are allocated once (2 x `state.hot_capacity` + 1024 entries), with a
+/// expired), with the source they belonged to (a changelog's tombstone needs its partition). Both lists are allocated once (2 x `state.hot_capacity` + 1024 entries), with a
 /// spare of each that takes their place at a snapshot's flip while the snapshot reads them;
 /// past that bound the next checkpoint is a full one instead.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub on: bool,
     pub dirty: Vec<u64>,
-    pub gone: Vec<u64>,
+    /// (key, source).
+    pub gone: Vec<(u64, u64)>,
     pub overflowed: bool,
     spare_dirty: Vec<u64>,
-    spare_gone: Vec<u64>,
+    spare_gone: Vec<(u64, u64)>,
+    /// A full snapshot's change lists, set aside at its flip (empty when they were not
+    /// complete): written after its records for the changelog, which then sends only them.
+    full_dirty: Vec<u64>,
 }
 
 impl Changes {
-    fn note(list: &mut Vec<u64>, overflowed: &mut bool, key: u64) {
+    fn note<T>(list: &mut Vec<T>, overflowed: &mut bool, item: T) {
         if list.len() < list.capacity() {
-            list.push(key);
+            list.push(item);
         } else {
             *overflowed = true;
         }
     }
 
-    fn gone(&mut self, key: u64) {
+    fn gone(&mut self, key: u64, source: u64) {
         if self.on {
-            Self::note(&mut self.gone, &mut self.overflowed, key);
+            Self::note(&mut self.gone, &mut self.overflowed, (key, source));
         }
     }
 
@@ -171,10 +182,15 @@ impl Changes {
 /// What a finished snapshot holds, for the checkpointer to write.
 #[derive(Debug)]
 pub struct Taken {
-    /// The buffer given at the flip: its header room, then `records` images, then `gone` keys.
+    /// The buffer given at the flip: its header room, then `records` images, then `gone`
+    /// (key, source) pairs, then (a full snapshot's) `changed` keys.
     pub out: Vec<u8>,
     pub records: u64,
     pub gone: u64,
+    /// A full snapshot whose change lists were complete: the keys changed since the previous
+    /// flip (with `gone`, its change set). 0 for an incremental one (its records are that).
+    pub changed: u64,
+
     /// Spill moves journaled (see `snapshot`), `journal_entries` entries.
     pub journal: Vec<u8>,
     pub journal_entries: u64,
@@ -217,6 +233,7 @@ impl KeyedState {
             overflowed: false,
             spare_dirty: Vec::with_capacity(cap),
             spare_gone: Vec::with_capacity(cap),
+            full_dirty: Vec::new(),
         };
     }
 
@@ -243,19 +260,25 @@ impl KeyedState {
         mark: Arc<SpillMark>,
     ) {
         let c = &mut self.changes;
+        let complete = c.on && !c.overflowed;
         let keys = std::mem::replace(&mut c.dirty, std::mem::take(&mut c.spare_dirty));
-        let gone = std::mem::replace(&mut c.gone, std::mem::take(&mut c.spare_gone));
+        let mut gone = std::mem::replace(&mut c.gone, std::mem::take(&mut c.spare_gone));
         c.overflowed = false;
-        // The spare gone list holds the flip's gone keys until the snapshot ends.
-        c.spare_gone = gone;
         let keys = if full {
-            // A full snapshot scans slots, not keys.
+            // A full snapshot scans slots, not keys; its change lists are kept aside for the
+            // changelog when they hold every change since the previous flip.
             let mut keys = keys;
-            keys.clear();
-            keys
+            if !complete {
+                keys.clear();
+                gone.clear();
+            }
+            c.full_dirty = keys;
+            Vec::new()
         } else {
             keys
         };
+        // The spare gone list holds the flip's gone keys until the snapshot ends.
+        c.spare_gone = gone;
         self.hot.begin_capture(full, out, keys);
         self.journal.start(journal, entries_max, mark);
         if self.spill.is_none() {
@@ -276,26 +299,34 @@ impl KeyedState {
         let (journal, journal_entries) = self.journal.finish();
         let changes = &mut self.changes;
         let mut gone = std::mem::take(&mut changes.spare_gone);
+        let mut changed = std::mem::take(&mut changes.full_dirty);
         let mut overflowed = c.overflowed;
-        let gone_n = if c.full { 0 } else { gone.len() as u64 };
-        if !c.full {
-            if c.out.len() + gone.len() * 8 > c.out.capacity() {
-                overflowed = true;
-            } else {
-                for key in &gone {
-                    c.out.extend_from_slice(&key.to_le_bytes());
-                }
+        if c.out.len() + gone.len() * 16 + changed.len() * 8 > c.out.capacity() {
+            overflowed = true;
+        } else {
+            for (key, source) in &gone {
+                c.out.extend_from_slice(&key.to_le_bytes());
+                c.out.extend_from_slice(&source.to_le_bytes());
+            }
+            for key in &changed {
+                c.out.extend_from_slice(&key.to_le_bytes());
             }
         }
+        let (gone_n, changed_n) = (gone.len() as u64, changed.len() as u64);
         gone.clear();
         changes.spare_gone = gone;
+        // The dirty list's spare: the incremental capture's key list, or the full one's.
         let mut keys = std::mem::take(&mut c.keys);
+        if keys.capacity() < changed.capacity() {
+            std::mem::swap(&mut keys, &mut changed);
+        }
         keys.clear();
         changes.spare_dirty = keys;
         Some(Taken {
             out: c.out,
             records: c.written,
             gone: gone_n,
+            changed: changed_n,
             journal,
             journal_entries,
             overflowed,
@@ -469,7 +500,7 @@ impl KeyedState {
                     return Err(e.into());
                 }
                 self.stats.spills += 1;
-                self.changes.gone(rec.key);
+                self.changes.gone(rec.key, rec.source);
             }
         }
         // Room was made above unless hot_capacity is 0, which config validation refuses.
@@ -505,7 +536,7 @@ impl KeyedState {
         let n = self.hot.sweep(
             slots,
             |h| now_ns.saturating_sub(h.last_event_ns) > ttl,
-            |key| changes.gone(key),
+            |rec| changes.gone(rec.key, rec.source),
         );
         self.stats.expired += n;
         n

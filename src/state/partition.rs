@@ -70,7 +70,7 @@ impl KeyedState {
         for &key in &hot_keys {
             if let Some(slot) = self.hot.find(key) {
                 self.hot.remove_slot(slot, &mut words);
-                self.changes.gone(key);
+                self.changes.gone(key, tag);
             }
         }
         let mut cold_keys = Vec::new();
@@ -86,7 +86,7 @@ impl KeyedState {
         if let Some(spill) = &mut self.spill {
             for &key in &cold_keys {
                 spill.remove(key).map_err(StateError::from)?;
-                self.changes.gone(key);
+                self.changes.gone(key, tag);
             }
         }
         Ok((hot_keys.len() + cold_keys.len()) as u64)

@@ -22,7 +22,7 @@ fn per_shard_bytes(config: &Config, words: usize) -> usize {
         checkpoint::buffer_bytes(config.state.hot_capacity, words)
             + checkpoint::journal_bytes(config.checkpoint.spill_journal_records, words)
             // The change lists and their spares (`KeyedState::track_changes`).
-            + 4 * super::changes_bound(config.state.hot_capacity) * 8
+            + super::change_lists_bytes(config.state.hot_capacity)
     } else {
         0
     };
@@ -123,7 +123,7 @@ mod tests {
             with_buffer,
             one + checkpoint::buffer_bytes(1000, words)
                 + checkpoint::journal_bytes(16_384, words)
-                + 4 * crate::state::changes_bound(1000) * 8,
+                + crate::state::change_lists_bytes(1000),
             "a durable shard also keeps its snapshot buffer, spill journal and change lists"
         );
         assert!(refusal(&durable, words, 1, one as u64)

@@ -9,9 +9,9 @@
 //! record image (`state::record`), or a tombstone when the key was deleted. Compacted: the
 //! newest value per key is all a restore needs.
 //!
-//! A deleted key's record is gone, and with it the partition it belonged to: its tombstone
-//! goes to every changelog partition of the shard (one only holds the key; to the others it
-//! is a no-op that compaction drops). Deletions are TTL expiries, far rarer than updates.
+//! A checkpoint's change set is what a transaction carries (the keys changed since the
+//! previous checkpoint, whose transaction carried the ones before); a checkpoint without one
+//! (the first of a run, or one whose change lists overflowed) is sent whole.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,10 +49,10 @@ pub struct Sent {
     pub bytes: u64,
     /// Images of keys that belong to no partition of this shard (UDP keys): not changelogged.
     pub not_partitioned: u64,
-    /// The checkpoint was a full one (sent whole, no tombstones).
-    pub full: bool,
-    /// With it, the changelog holds the whole state as of this checkpoint: it is full, or
-    /// builds on checkpoints whose transactions carried their parts since a full one.
+    /// The checkpoint was sent whole (no change set leading on from the last one sent).
+    pub whole: bool,
+    /// With it, the changelog holds the whole state as of this checkpoint: it was sent whole,
+    /// or its change set leads on from a checkpoint the changelog held whole.
     pub complete: bool,
 }
 
@@ -73,56 +73,68 @@ impl ChangelogSpec {
     }
 
     /// Produce the changes of committed checkpoint `seq` (under `root`, records of `words`
-    /// window words) into the open transaction. On the committer thread, while the shard
-    /// hands no Score over: a full producer queue is waited out here (polling serves the
-    /// delivery reports), up to `deadline`.
+    /// window words) into the open transaction; `holds`: the checkpoint whose state the
+    /// changelog holds (committed in an earlier transaction of this run). On the committer
+    /// thread, while the shard hands no Score over: a full producer queue is waited out here
+    /// (polling serves the delivery reports), up to `deadline`.
     pub fn produce(
         &self,
         producer: &ScoreProducer,
-        root: &std::path::Path,
-        seq: u64,
-        words: usize,
+        (root, seq, words): (&std::path::Path, u64, usize),
+        holds: Option<u64>,
         deadline: Instant,
     ) -> Result<Sent, KafkaError> {
         let mut sent = Sent::default();
         let path = checkpoint::path_of(root, seq);
-        let counts = checkpoint::read_changes(&path, words, |change| -> Result<(), ProduceError> {
-            match change {
-                Change::Put(image) => {
-                    let Some(rec) = image.get(..RECORD_BYTES).and_then(Record::from_bytes) else {
-                        return Err(CheckpointError::Corrupt {
-                            path: path.clone(),
-                            reason: "a record image shorter than its head".into(),
+        let counts =
+            checkpoint::read_changes(&path, words, holds, |change| -> Result<(), ProduceError> {
+                match change {
+                    Change::Put(image) => {
+                        let Some(rec) = image.get(..RECORD_BYTES).and_then(Record::from_bytes)
+                        else {
+                            return Err(CheckpointError::Corrupt {
+                                path: path.clone(),
+                                reason: "a record image shorter than its head".into(),
+                            }
+                            .into());
+                        };
+                        let Some(p) = self.partition_of(rec.source) else {
+                            sent.not_partitioned += 1;
+                            return Ok(());
+                        };
+                        let key = rec.key.to_be_bytes();
+                        self.send(producer, p, &key, Some(image), deadline)?;
+                        sent.records += 1;
+                        sent.bytes += (key.len() + image.len()) as u64;
+                    }
+                    Change::Delete { key, source } => {
+                        let key = key.to_be_bytes();
+                        // Without its source (a checkpoint older than format 4): every partition
+                        // of the shard; compaction drops the tombstones of keys a partition never
+                        // held.
+                        let targets: Vec<i32> = match source {
+                            Some(s) => self.partition_of(s).into_iter().collect(),
+                            None => self.partitions.iter().map(|(_, p)| *p).collect(),
+                        };
+                        if targets.is_empty() {
+                            sent.not_partitioned += 1;
                         }
-                        .into());
-                    };
-                    let Some(p) = self.partition_of(rec.source) else {
-                        sent.not_partitioned += 1;
-                        return Ok(());
-                    };
-                    let key = rec.key.to_be_bytes();
-                    self.send(producer, p, &key, Some(image), deadline)?;
-                    sent.records += 1;
-                    sent.bytes += (key.len() + image.len()) as u64;
-                }
-                Change::Delete(key) => {
-                    let key = key.to_be_bytes();
-                    for &(_, p) in &self.partitions {
-                        self.send(producer, p, &key, None, deadline)?;
-                        sent.tombstones += 1;
-                        sent.bytes += key.len() as u64;
+                        for p in targets {
+                            self.send(producer, p, &key, None, deadline)?;
+                            sent.tombstones += 1;
+                            sent.bytes += key.len() as u64;
+                        }
                     }
                 }
-            }
-            Ok(())
-        })
-        .map_err(|e| match e {
-            ProduceError::Kafka(k) => k,
-            ProduceError::Checkpoint(c) => {
-                KafkaError::Other(format!("reading checkpoint {seq}'s changes: {c}"))
-            }
-        })?;
-        sent.full = counts.full;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                ProduceError::Kafka(k) => k,
+                ProduceError::Checkpoint(c) => {
+                    KafkaError::Other(format!("reading checkpoint {seq}'s changes: {c}"))
+                }
+            })?;
+        sent.whole = counts.whole;
         Ok(sent)
     }
 

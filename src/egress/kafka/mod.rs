@@ -186,7 +186,7 @@ impl KafkaSink {
                 progress_topic: k.progress_topic.clone(),
                 transactional_id: transactional_id(config, shard),
                 changelog,
-                changelog_whole: false,
+                changelog_holds: None,
             };
             Some(Committer::start(tx, wake, format!("sluice-txn-{shard}"))?)
         } else {

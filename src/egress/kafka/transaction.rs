@@ -26,9 +26,9 @@ pub struct Transactions {
     pub transactional_id: String,
     /// `egress.kafka.changelog`: each commit also carries its checkpoint's state changes.
     pub changelog: Option<ChangelogSource>,
-    /// A full checkpoint's changelog part has committed in this run (every later one builds
-    /// on it: a failed checkpoint makes the next one full, a failed commit stops the run).
-    pub changelog_whole: bool,
+    /// The checkpoint whose state the changelog holds, committed in this run, and whether
+    /// that state is whole there (sent whole, or leading on from one that was).
+    pub changelog_holds: Option<(u64, bool)>,
 }
 
 /// What a commit's transaction carried besides Scores, offsets and the progress record.
@@ -75,10 +75,11 @@ impl Transactions {
         };
         let sent = match &self.changelog {
             Some(c) => {
-                let mut sent = c
-                    .spec
-                    .produce(&self.producer, &c.root, seq, c.words, deadline)?;
-                sent.complete = sent.full || self.changelog_whole;
+                let holds = self.changelog_holds.map(|(s, _)| s);
+                let mut sent =
+                    c.spec
+                        .produce(&self.producer, (&c.root, seq, c.words), holds, deadline)?;
+                sent.complete = sent.whole || self.changelog_holds.is_some_and(|(_, w)| w);
                 Some(sent)
             }
             None => None,
@@ -108,8 +109,8 @@ impl Transactions {
         self.producer
             .begin_transaction()
             .map_err(KafkaError::client("begin_transaction"))?;
-        if sent.is_some_and(|s| s.complete) {
-            self.changelog_whole = true;
+        if let Some(s) = sent {
+            self.changelog_holds = Some((seq, s.complete));
         }
         Ok(sent)
     }

@@ -3,12 +3,13 @@
 //! deleted. Read from the files on disk (in the page cache: just written) by the committer
 //! thread, so the shard hands nothing over and nothing is held twice in memory.
 //!
-//! An incremental checkpoint is not a changelog as it stands: a key that left the hot table
-//! since its parent is listed *gone* whether it was evicted to the spill store (its image is
+//! A change set is not a changelog as it stands: a key that left the hot table since the
+//! previous flip is listed *gone* whether it was evicted to the spill store (its image is
 //! there) or deleted (TTL). Each gone key's fate at the flip is therefore looked up: the spill
 //! journal's first entry for it if it has one (see `state::snapshot`), else the checkpoint's
-//! own RocksDB copy of the spill store, opened read-only. A full checkpoint carries no change
-//! list: it is sent whole (every hot and spilled record), and its deletions are not known.
+//! own RocksDB copy of the spill store, opened read-only. A full checkpoint carries its change
+//! set too (the keys changed since the previous flip, and the gone ones) when its change lists
+//! were complete; without one it is sent whole (every hot and spilled record, no deletions).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -25,24 +26,31 @@ use crate::state::snapshot::{journal_entry_bytes, JOURNAL_ABSENT, JOURNAL_IMAGE}
 pub enum Change<'a> {
     /// The key's record image at the flip (the layout of hot.bin's records and spilled values).
     Put(&'a [u8]),
-    /// The key was deleted since the parent checkpoint.
-    Delete(u64),
+    /// The key was deleted since the checkpoint the change set leads on from; `source` is the
+    /// one it belonged to (None in a checkpoint written before format 4 kept it).
+    Delete { key: u64, source: Option<u64> },
 }
 
 /// What a checkpoint's change set held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChangeCounts {
-    /// A full checkpoint: every record was sent, deletions are unknown.
-    pub full: bool,
+    /// Sent whole (every record, no deletions): the checkpoint has no change set leading on
+    /// from the state the changelog holds.
+    pub whole: bool,
     pub puts: u64,
     pub deletes: u64,
 }
 
 /// Read checkpoint `path` (committed, verified like a restore) as changes, each handed to
-/// `each` once per key; an Err from `each` stops the read and is returned as it is.
+/// `each` once per key. `holds`: the checkpoint whose state the changelog holds already.
+/// When the checkpoint's change set leads on from it (`Manifest::since`), only the change set
+/// is read (an incremental checkpoint's records and gone keys; a full one's changed and gone
+/// keys); otherwise a full checkpoint is read whole, and an incremental one is refused (its
+/// records alone are not the state). An Err from `each` stops the read and is returned.
 pub fn read_changes<E: From<CheckpointError>>(
     path: &Path,
     words: usize,
+    holds: Option<u64>,
     mut each: impl FnMut(Change<'_>) -> Result<(), E>,
 ) -> Result<ChangeCounts, E> {
     let (manifest, hot) = read_verified(path, words)?;
@@ -50,33 +58,50 @@ pub fn read_changes<E: From<CheckpointError>>(
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
+    let whole = manifest.since == 0 || Some(manifest.since) != holds;
+    if whole && manifest.parent != 0 {
+        return Err(corrupt(&format!(
+            "its change set leads on from checkpoint {}, but the changelog holds {holds:?}: an incremental checkpoint cannot be sent whole",
+            manifest.since
+        ))
+        .into());
+    }
     let Sections {
         records,
         gone,
+        gone_bytes,
+        changed,
         journal,
     } = sections(&hot, words);
     let image = image_bytes(words);
-    let records = hot
-        .get(records)
-        .ok_or_else(|| corrupt("records outside hot.bin"))?;
-    let gone = hot
-        .get(gone)
-        .ok_or_else(|| corrupt("gone outside hot.bin"))?;
-    let journal = hot
-        .get(journal)
-        .ok_or_else(|| corrupt("journal outside hot.bin"))?;
+    let section = |r: std::ops::Range<usize>| {
+        hot.get(r)
+            .ok_or_else(|| corrupt("a section outside hot.bin"))
+    };
+    let (records, gone, changed, journal) = (
+        section(records)?,
+        section(gone)?,
+        section(changed)?,
+        section(journal)?,
+    );
     let key_of = |b: &[u8]| {
         b.get(..8)
             .and_then(|k| k.try_into().ok())
             .map(u64::from_le_bytes)
     };
     let mut counts = ChangeCounts {
-        full: manifest.parent == 0,
+        whole,
         ..ChangeCounts::default()
     };
-    let mut sent: HashSet<u64> = HashSet::with_capacity(records.len() / image.max(1));
+    // A full checkpoint sent as its change set: only the hot records of its changed keys.
+    let changed: Option<HashSet<u64>> = (!whole && manifest.parent == 0)
+        .then(|| changed.chunks_exact(8).filter_map(key_of).collect());
+    let mut sent: HashSet<u64> = HashSet::new();
     for img in records.chunks_exact(image) {
         let key = key_of(img).ok_or_else(|| corrupt("short record"))?;
+        if changed.as_ref().is_some_and(|c| !c.contains(&key)) {
+            continue;
+        }
         sent.insert(key);
         each(Change::Put(img))?;
         counts.puts += 1;
@@ -94,7 +119,7 @@ pub fn read_changes<E: From<CheckpointError>>(
         at_flip.entry(key).or_insert(fate);
     }
     let spill = open_spill_copy(&path.join("spill"))?;
-    if counts.full {
+    if whole {
         for (key, fate) in &at_flip {
             if let (Some(img), false) = (fate, sent.contains(key)) {
                 each(Change::Put(img))?;
@@ -116,8 +141,9 @@ pub fn read_changes<E: From<CheckpointError>>(
         }
         return Ok(counts);
     }
-    for k in gone.chunks_exact(8) {
-        let key = key_of(k).ok_or_else(|| corrupt("short gone key"))?;
+    for entry in gone.chunks_exact(gone_bytes) {
+        let key = key_of(entry).ok_or_else(|| corrupt("short gone key"))?;
+        let source = entry.get(8..16).and_then(key_of);
         // Gone and back before the flip (among the records), or listed gone twice.
         if !sent.insert(key) {
             continue;
@@ -137,7 +163,7 @@ pub fn read_changes<E: From<CheckpointError>>(
                 counts.puts += 1;
             }
             None => {
-                each(Change::Delete(key))?;
+                each(Change::Delete { key, source })?;
                 counts.deletes += 1;
             }
         }

@@ -38,36 +38,52 @@ use std::path::{Path, PathBuf};
 use super::{SpillError, StateError};
 
 const MAGIC: &[u8; 8] = b"SLUICEHT";
-/// COMMIT format (3 added kafka_offsets).
-const FORMAT: u32 = 3;
-/// hot.bin format: 3 added the spill journal (and its count in the header); 2 still reads.
-const HOT_FORMAT: u32 = 3;
+/// COMMIT format (3 added kafka_offsets, 4 `since`); 2 and 3 still read.
+const FORMAT: u32 = 4;
+/// hot.bin format: 3 added the spill journal (and its count in the header); 4 the gone keys'
+/// sources and a full snapshot's change set (`changed` keys); 2 and 3 still read.
+const HOT_FORMAT: u32 = 4;
 /// Header bytes of the hot.bin this build writes.
 const HEADER_BYTES: usize = HotHeader::BYTES;
 
-/// hot.bin's header: magic, format, words per record, then counts of records, gone keys and
-/// (format 3) journal entries, little-endian.
+/// hot.bin's header: magic, format, words per record, then counts of records, gone keys,
+/// (format 3) journal entries and (format 4) changed keys, little-endian. Sections follow in
+/// that order but the journal last: records, gone (format 4: key and source, 16 bytes; before:
+/// key, 8), changed keys, journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HotHeader {
+    pub format: u32,
     pub words: u32,
     pub records: u64,
     pub gone: u64,
     pub journal: u64,
+    pub changed: u64,
 }
 
 impl HotHeader {
-    const BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8;
+    const BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
+    const BYTES_V3: usize = 8 + 4 + 4 + 8 + 8 + 8;
     const BYTES_V2: usize = 8 + 4 + 4 + 8 + 8;
+
+    /// Bytes of one gone entry in this format.
+    pub fn gone_bytes(&self) -> usize {
+        if self.format >= 4 {
+            16
+        } else {
+            8
+        }
+    }
 
     fn encode(&self) -> [u8; Self::BYTES] {
         let mut out = [0u8; Self::BYTES];
-        let fields: [&[u8]; 6] = [
+        let fields: [&[u8]; 7] = [
             MAGIC,
             &HOT_FORMAT.to_le_bytes(),
             &self.words.to_le_bytes(),
             &self.records.to_le_bytes(),
             &self.gone.to_le_bytes(),
             &self.journal.to_le_bytes(),
+            &self.changed.to_le_bytes(),
         ];
         let mut at = 0;
         for f in fields {
@@ -80,24 +96,28 @@ impl HotHeader {
         out
     }
 
-    /// The header and its length (format 2 has no journal count).
+    /// The header and its length (format 2 has no journal count, 3 no changed count).
     fn decode(b: &[u8]) -> Option<(Self, usize)> {
         let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
         let u64_at = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
         if b.get(..8)? != MAGIC {
             return None;
         }
-        let (journal, len) = match u32_at(8)? {
-            2 => (0, Self::BYTES_V2),
-            3 => (u64_at(32)?, Self::BYTES),
+        let format = u32_at(8)?;
+        let (journal, changed, len) = match format {
+            2 => (0, 0, Self::BYTES_V2),
+            3 => (u64_at(32)?, 0, Self::BYTES_V3),
+            4 => (u64_at(32)?, u64_at(40)?, Self::BYTES),
             _ => return None,
         };
         Some((
             Self {
+                format,
                 words: u32_at(12)?,
                 records: u64_at(16)?,
                 gone: u64_at(24)?,
                 journal,
+                changed,
             },
             len,
         ))
@@ -181,6 +201,11 @@ pub struct Manifest {
     pub layout: String,
     /// Full checkpoint: 0. Incremental: the checkpoint this one applies on top of.
     pub parent: u64,
+    /// The checkpoint whose state this one's change set (an incremental one's records and
+    /// gone keys; a full one's changed and gone keys) leads on from: the previous flip. 0: no
+    /// change set (a full checkpoint whose change lists were incomplete, or the first of a
+    /// run): a changelog must take it whole.
+    pub since: u64,
     /// Records in hot.bin: every hot record (full), or those changed since the parent.
     pub hot_records: u64,
     /// Incremental: keys that left the hot table since the parent (listed after the records).
@@ -201,11 +226,12 @@ pub struct Manifest {
 impl Manifest {
     pub fn render(&self) -> String {
         let body = format!(
-            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\nkafka_offsets={}\n",
+            "format={FORMAT}\nseq={}\nshard={}\nlayout={}\nparent={}\nsince={}\nhot_records={}\ngone={}\nspilled={}\nhot_bytes={}\nhot_crc={}\nmax_event_ns={}\nobservations_applied={}\ncreated_unix_ms={}\nkafka_offsets={}\n",
             self.seq,
             self.shard,
             self.layout,
             self.parent,
+            self.since,
             self.hot_records,
             self.gone,
             self.spilled,
@@ -250,6 +276,7 @@ impl Manifest {
                 "shard" => m.shard = num()? as usize,
                 "layout" => m.layout = v.to_owned(),
                 "parent" => m.parent = num()?,
+                "since" => m.since = num()?,
                 "hot_records" => m.hot_records = num()?,
                 "gone" => m.gone = num()?,
                 "spilled" => m.spilled = num()?,
@@ -262,8 +289,9 @@ impl Manifest {
                 _ => return Err(format!("unknown COMMIT key {k:?}")),
             }
         }
-        // Format 2 (before Kafka) has no kafka_offsets line and reads as "no offsets".
-        if format != Some(u64::from(FORMAT)) && format != Some(2) {
+        // Format 2 (before Kafka) has no kafka_offsets line and reads as "no offsets"; 2 and 3
+        // have no since line: no change set.
+        if !matches!(format, Some(2..=4)) {
             return Err(format!(
                 "COMMIT format {format:?}, this build reads {FORMAT}"
             ));

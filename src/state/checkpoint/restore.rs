@@ -266,9 +266,16 @@ fn verify(
         let want = h
             .records
             .checked_mul(image_bytes(words) as u64)
-            .zip(h.gone.checked_mul(8))
+            .zip(h.gone.checked_mul(h.gone_bytes() as u64))
+            .zip(h.changed.checked_mul(8))
             .zip(h.journal.checked_mul(journal_entry_bytes(words) as u64))
-            .and_then(|((r, g), j)| (len as u64).checked_add(r)?.checked_add(g)?.checked_add(j));
+            .and_then(|(((r, g), c), j)| {
+                (len as u64)
+                    .checked_add(r)?
+                    .checked_add(g)?
+                    .checked_add(c)?
+                    .checked_add(j)
+            });
         h.words as usize == words
             && h.records == manifest.hot_records
             && h.gone == manifest.gone
@@ -358,7 +365,8 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
         std::collections::HashMap::new();
     for (i, (_, hot)) in point.chain.iter().enumerate().skip(1) {
         let recs = records(hot);
-        for key in part(hot, sections(hot, words).gone, &point.path)?.chunks_exact(8) {
+        let s = sections(hot, words);
+        for key in part(hot, s.gone, &point.path)?.chunks_exact(s.gone_bytes) {
             touched.insert(key_at(key)?, None);
         }
         for (j, img) in part(hot, recs.clone(), &point.path)?
@@ -416,6 +424,9 @@ fn part<'a>(
 pub(super) struct Sections {
     pub records: std::ops::Range<usize>,
     pub gone: std::ops::Range<usize>,
+    /// Bytes of one gone entry (16: key and source; 8 before format 4: the key).
+    pub gone_bytes: usize,
+    pub changed: std::ops::Range<usize>,
     pub journal: std::ops::Range<usize>,
 }
 
@@ -423,10 +434,12 @@ pub(super) struct Sections {
 pub(super) fn sections(hot: &[u8], words: usize) -> Sections {
     let (h, start) = HotHeader::decode(hot).unwrap_or((
         HotHeader {
+            format: 0,
             words: 0,
             records: 0,
             gone: 0,
             journal: 0,
+            changed: 0,
         },
         hot.len(),
     ));
@@ -434,15 +447,18 @@ pub(super) fn sections(hot: &[u8], words: usize) -> Sections {
     // off by `part`, not wrapped.
     let len = |n: u64, each: usize| (n as usize).saturating_mul(each);
     let records = start..start.saturating_add(len(h.records, image_bytes(words)));
-    let gone = records.end..records.end.saturating_add(len(h.gone, 8));
-    let journal = gone.end
-        ..gone
+    let gone = records.end..records.end.saturating_add(len(h.gone, h.gone_bytes()));
+    let changed = gone.end..gone.end.saturating_add(len(h.changed, 8));
+    let journal = changed.end
+        ..changed
             .end
             .saturating_add(len(h.journal, journal_entry_bytes(words)))
             .min(hot.len());
     Sections {
         records,
         gone,
+        gone_bytes: h.gone_bytes(),
+        changed,
         journal,
     }
 }

@@ -241,6 +241,7 @@ fn manifest_round_trips_and_refuses_tampering() {
         shard: 1,
         layout: "shards=2;features=x".into(),
         parent: 4,
+        since: 2,
         hot_records: 10,
         gone: 2,
         spilled: 4,
@@ -434,6 +435,7 @@ fn race(seed: u64, journal_max: u64) -> u64 {
             step(&mut s, &mut rng, &mut now);
         }
         let full = parent == 0 || !s.changes_complete() || rng.next(3) == 0;
+        let since = if s.changes_complete() { parent } else { 0 };
         let at_flip = (
             dump_keys(&s, 40),
             s.hot_len() as u64 + s.spilled_len(),
@@ -491,10 +493,12 @@ fn race(seed: u64, journal_max: u64) -> u64 {
         assert!(!taken.overflowed);
         let mut buffer = taken.out;
         let header = HotHeader {
+            format: HOT_FORMAT,
             words: words as u32,
             records: taken.records,
             gone: taken.gone,
             journal: taken.journal_entries,
+            changed: taken.changed,
         }
         .encode();
         buffer[..HEADER_BYTES].copy_from_slice(&header);
@@ -503,6 +507,7 @@ fn race(seed: u64, journal_max: u64) -> u64 {
             shard: 0,
             layout: "L1".into(),
             parent: if full { 0 } else { parent },
+            since,
             hot_records: taken.records,
             gone: taken.gone,
             spilled: spilled_at_flip,
@@ -524,13 +529,15 @@ fn race(seed: u64, journal_max: u64) -> u64 {
         write_job(&job, &d.root(), CHECKPOINTS_KEPT, None).unwrap();
         // The journal is what puts gone keys back to their flip images here: spill moves
         // happen between the flip and the spill store's copy.
-        apply_and_check_changes(
+        let counts = apply_and_check_changes(
             &mut changelog,
-            (&d.root(), seq),
+            (&d.root(), seq, (seq > 1).then(|| seq - 1)),
             &at_flip.0,
             (flip_now, 20 * SEC),
             &format!("seed {seed}"),
         );
+        // Only the first is sent whole: every later one, full or not, as its change set.
+        assert_eq!(counts.whole, seq == 1, "seed {seed}, checkpoint {seq}");
         expected.push((seq, at_flip));
         parent = seq;
     }
@@ -573,19 +580,20 @@ fn race(seed: u64, journal_max: u64) -> u64 {
 /// over on its next event exactly as its deletion did.
 fn apply_and_check_changes(
     changelog: &mut BTreeMap<u64, Vec<u8>>,
-    (root, seq): (&Path, u64),
+    (root, seq, holds): (&Path, u64, Option<u64>),
     state: &BTreeMap<u64, KeyState>,
     (now, ttl): (u64, u64),
     context: &str,
 ) -> ChangeCounts {
     let words = plan().words();
-    let counts = read_changes::<CheckpointError>(&path_of(root, seq), words, |c| {
+    let counts = read_changes::<CheckpointError>(&path_of(root, seq), words, holds, |c| {
         match c {
             Change::Put(img) => {
                 let key = u64::from_le_bytes(img[..8].try_into().unwrap());
                 changelog.insert(key, img.to_vec());
             }
-            Change::Delete(key) => {
+            Change::Delete { key, source } => {
+                assert_eq!(source, Some(0), "the key's source, kept with its deletion");
                 changelog.remove(&key);
             }
         }
@@ -817,13 +825,14 @@ fn change_sets_applied_in_order_give_back_each_checkpoints_state() {
         let state = dump_keys(&s, 30);
         let counts = apply_and_check_changes(
             &mut changelog,
-            (&d.root(), seq),
+            (&d.root(), seq, (seq > 1).then(|| seq - 1)),
             &state,
             (now, ttl),
             "finished checkpoints",
         );
-        assert_eq!(counts.full, seq % 4 == 1, "full at 1, 5, 9");
-        fulls += u64::from(counts.full);
+        // Full at 1, 5, 9; only the first is sent whole, the others as their change sets.
+        assert_eq!(counts.whole, seq == 1);
+        fulls += u64::from(cp.stats.full > fulls);
         puts += counts.puts;
         deletes += counts.deletes;
     }
@@ -834,4 +843,74 @@ fn change_sets_applied_in_order_give_back_each_checkpoints_state() {
     );
     assert_eq!(fulls, 3);
     assert!(puts > 0 && deletes > 0, "puts {puts}, deletes {deletes}");
+}
+
+/// Rewrite a format-4 hot.bin (and its COMMIT) as this build's predecessor wrote it: format 3
+/// (no changed count, gone entries of 8 bytes: the key alone), COMMIT format 3 (no since).
+fn downgrade_to_format_3(dir: &Path, words: usize) {
+    let hot = std::fs::read(dir.join("hot.bin")).unwrap();
+    let (h, len) = HotHeader::decode(&hot).unwrap();
+    assert_eq!(
+        (h.format, h.changed),
+        (4, 0),
+        "an incremental format-4 checkpoint"
+    );
+    let s = super::restore::sections(&hot, words);
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&h.words.to_le_bytes());
+    for n in [h.records, h.gone, h.journal] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    assert_eq!(out.len(), HotHeader::BYTES_V3);
+    out.extend_from_slice(&hot[len..s.records.end]);
+    for g in hot[s.gone].chunks_exact(16) {
+        out.extend_from_slice(&g[..8]);
+    }
+    out.extend_from_slice(&hot[s.journal]);
+    let text = std::fs::read_to_string(dir.join("COMMIT")).unwrap();
+    let mut m = Manifest::parse(&text).unwrap();
+    m.hot_bytes = out.len() as u64;
+    m.hot_crc = crc32fast::hash(&out);
+    let body: String = m
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with("since=") && !l.starts_with("crc="))
+        .map(|l| format!("{}\n", l.replace("format=4", "format=3")))
+        .collect();
+    let commit = format!("{body}crc={}\n", crc32fast::hash(body.as_bytes()));
+    std::fs::write(dir.join("hot.bin"), out).unwrap();
+    std::fs::write(dir.join("COMMIT"), commit).unwrap();
+}
+
+/// Checkpoints written before format 4 (gone keys without their sources) still restore: an
+/// incremental one, rewritten as format 3, gives back the same state.
+#[test]
+fn a_format_3_incremental_checkpoint_still_restores() {
+    let d = Dir::new("format3");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 50);
+    load(&mut s, 0..2);
+    cp.finish(&mut s, 2 * SEC);
+    load(&mut s, 2..4);
+    cp.finish(&mut s, 4 * SEC);
+    let want = dump(&s);
+    assert!(
+        s.stats.spills > 0,
+        "gone keys in the incremental checkpoint"
+    );
+    drop(s);
+    drop(cp);
+    let (before, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!((seq, dump(&before)), (Some(2), want.clone()));
+    drop(before);
+    downgrade_to_format_3(&d.root().join(name(2)), plan().words());
+    let m =
+        Manifest::parse(&std::fs::read_to_string(d.root().join(name(2)).join("COMMIT")).unwrap())
+            .unwrap();
+    assert_eq!((m.since, m.gone > 0), (0, true));
+    let (back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, Some(2));
+    assert_eq!(dump(&back), want);
 }

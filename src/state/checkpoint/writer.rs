@@ -94,7 +94,10 @@ struct Done {
 const SLICE_CHUNK: usize = 16;
 
 pub fn buffer_bytes(hot_capacity: usize, words: usize) -> usize {
-    HEADER_BYTES + hot_capacity * image_bytes(words) + crate::state::changes_bound(hot_capacity) * 8
+    // Gone (key, source) pairs, and a full snapshot's changed keys.
+    HEADER_BYTES
+        + hot_capacity * image_bytes(words)
+        + crate::state::changes_bound(hot_capacity) * (16 + 8)
 }
 
 /// The spill journal's buffer: `records` entries.
@@ -476,6 +479,13 @@ impl Checkpointer {
         let full = self.parent.is_none()
             || !state.changes_complete()
             || self.deltas_since_full + 1 >= self.full_every;
+        // What this snapshot's change set leads on from: the previous flip, when the change
+        // lists hold everything since (a changelog then needs only them, full or not).
+        let since = if state.changes_complete() {
+            self.parent.unwrap_or(0)
+        } else {
+            0
+        };
         self.snapshot_changes = Some(stamp(state, input));
         let seq = self.seq;
         self.seq += 1;
@@ -492,6 +502,7 @@ impl Checkpointer {
             shard: self.shard,
             layout: self.layout.clone(),
             parent: if full { 0 } else { self.parent.unwrap_or(0) },
+            since,
             // The counts are filled in when the snapshot ends, the checksum by the writer.
             hot_records: 0,
             gone: 0,
@@ -608,10 +619,12 @@ impl Checkpointer {
             return;
         }
         let header = HotHeader {
+            format: super::HOT_FORMAT,
             words: self.words as u32,
             records: taken.records,
             gone: taken.gone,
             journal: taken.journal_entries,
+            changed: taken.changed,
         }
         .encode();
         // out holds at least HEADER_BYTES (checked above).
