@@ -184,6 +184,7 @@ pub fn run(
         journal_records: config.checkpoint.spill_journal_records,
         words,
         next_seq: 1,
+        restored: None,
         gated: false,
     })?;
     cp.wait_ready();

@@ -399,6 +399,7 @@ fn restore_seeds() -> anyhow::Result<Vec<Vec<u8>>> {
         journal_records: 1024,
         words,
         next_seq: 1,
+        restored: None,
         gated: false,
     })?;
     cp.wait_ready();

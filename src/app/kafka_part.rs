@@ -49,6 +49,16 @@ pub(super) struct KafkaSeed {
 }
 
 impl KafkaSeed {
+    /// The checkpoint whose whole state the changelog holds, for a shard restored to exactly
+    /// it (its first change set then leads on from there): the one the last committed
+    /// transaction names, if that transaction says so.
+    pub fn changelog_holds(&self) -> Option<u64> {
+        match self.target {
+            RestoreTarget::Exactly(seq) if self.changelog_complete => Some(seq),
+            _ => None,
+        }
+    }
+
     /// (topic, partition) of each owned partition.
     pub fn owned_names(&self, config: &Config) -> Vec<(String, i32)> {
         self.owned
@@ -252,7 +262,7 @@ pub(super) fn shard_kafka(
     id: usize,
     config: &Config,
     seed: KafkaSeed,
-    (offsets, words): (&[PartitionOffset], usize),
+    (offsets, words, holds): (&[PartitionOffset], usize, Option<u64>),
     wakers: &Arc<Vec<Waker>>,
 ) -> Result<ShardKafka, KafkaError> {
     let mut source = KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?;
@@ -279,7 +289,7 @@ pub(super) fn shard_kafka(
         seed.producer,
         &names,
         Box::new(wake(wakers.clone())),
-        changelog,
+        changelog.map(|c| (c, holds)),
     )?;
     source.wake_on_records(wake(wakers.clone()));
     Ok(ShardKafka {
@@ -337,7 +347,7 @@ pub(super) fn attach_later(
             let layout = full_layout(&config, shards, Some(&seed.layout));
             let words = core.state().plan().words();
             let kafka = crate::topology::with_cpus(&helpers, || {
-                shard_kafka(id, &config, seed, (&offsets, words), &wakers)
+                shard_kafka(id, &config, seed, (&offsets, words, None), &wakers)
             })
             .map_err(|e| format!("shard {id}: attaching Kafka: {e}"))?;
             let checkpoints = start_checkpoints(
@@ -345,7 +355,9 @@ pub(super) fn attach_later(
                 &config,
                 &layout,
                 true,
-                next_seq,
+                // Served UDP since its restore, untracked: its first change set leads on
+                // from nothing.
+                (None, next_seq),
                 core.state_mut(),
                 &helpers,
             )

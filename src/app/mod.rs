@@ -542,13 +542,22 @@ fn build_shard(
                 config,
                 &full_layout(config, shards, Some(&seed.layout)),
                 true,
-                restored.next_seq,
+                (restored.seq, restored.next_seq),
                 &mut restored.state,
                 &helpers,
             )?;
             let k = topology::with_cpus(&helpers, || {
                 let words = restored.state.plan().words();
-                kafka_part::shard_kafka(id, config, seed, (&restored.offsets, words), &wakers)
+                // Restored to exactly the named checkpoint (from disk or the changelog), or
+                // the start failed.
+                let holds = seed.changelog_holds();
+                kafka_part::shard_kafka(
+                    id,
+                    config,
+                    seed,
+                    (&restored.offsets, words, holds),
+                    &wakers,
+                )
             })?;
             counters
                 .kafka_partitions_attached
@@ -572,7 +581,7 @@ fn build_shard(
                 config,
                 &full_layout(config, shards, None),
                 false,
-                restored.next_seq,
+                (restored.seq, restored.next_seq),
                 &mut restored.state,
                 &helpers,
             )?;
@@ -807,13 +816,14 @@ fn rebuild_from_changelog(
 
 /// The shard's checkpointer (with `state.dir` and `checkpoint.interval_ms` > 0), its first
 /// checkpoint numbered `next_seq` and written for `layout` (`has_partitions`: with a Kafka
-/// part); its writer thread on `helpers`.
+/// part); its writer thread on `helpers`. `restored`: the checkpoint `state` holds, unchanged
+/// since (changes are tracked from here on), or None.
 fn start_checkpoints(
     id: usize,
     config: &Config,
     layout: &str,
     has_partitions: bool,
-    next_seq: u64,
+    (restored, next_seq): (Option<u64>, u64),
     state: &mut KeyedState,
     helpers: &[usize],
 ) -> Result<Option<Checkpointer>, ShardStartError> {
@@ -837,6 +847,7 @@ fn start_checkpoints(
             journal_records: config.checkpoint.spill_journal_records,
             words,
             next_seq,
+            restored,
             // A shard with Kafka partitions under at_least_once commits a checkpoint only once
             // the Scores produced before it are acknowledged (see shard::kafka).
             gated: has_partitions && config.egress.kafka.delivery == Delivery::AtLeastOnce,

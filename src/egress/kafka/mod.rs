@@ -164,14 +164,15 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// `owned_names[i]` = (topic, partition) of the shard's i-th owned partition.
     /// `wake` wakes the shard when a commit ends (exactly_once); `changelog`: where its
-    /// commits read their checkpoints' changes from.
+    /// commits read their checkpoints' changes from, and the checkpoint whose whole state the
+    /// changelog holds already (the restored one, if so).
     pub fn new(
         config: &Config,
         shard: usize,
         producer: ScoreProducer,
         owned_names: &[(String, i32)],
         wake: Box<dyn Fn() + Send>,
-        changelog: Option<changelog::ChangelogSource>,
+        changelog: Option<(changelog::ChangelogSource, Option<u64>)>,
     ) -> Result<Self, KafkaError> {
         let k = &config.egress.kafka;
         let transactional = k.delivery == Delivery::ExactlyOnce;
@@ -185,8 +186,8 @@ impl KafkaSink {
                 timeout: Duration::from_millis(k.transaction_timeout_ms),
                 progress_topic: k.progress_topic.clone(),
                 transactional_id: transactional_id(config, shard),
-                changelog,
-                changelog_holds: None,
+                changelog_holds: changelog.as_ref().and_then(|(_, h)| h.map(|s| (s, true))),
+                changelog: changelog.map(|(c, _)| c),
             };
             Some(Committer::start(tx, wake, format!("sluice-txn-{shard}"))?)
         } else {

@@ -120,6 +120,7 @@ fn sliced(
         journal_records: 1000,
         words: plan().words(),
         next_seq: next,
+        restored: None,
         gated: false,
     })
     .unwrap()
@@ -725,6 +726,7 @@ fn a_gated_checkpoint_is_written_but_commits_only_when_released() {
         journal_records: 1000,
         words: plan().words(),
         next_seq: 1,
+        restored: None,
         gated: true,
     })
     .unwrap();

@@ -142,6 +142,9 @@ pub struct CheckpointSpec {
     pub words: usize,
     /// Sequence number of the first checkpoint (after the restored one).
     pub next_seq: u64,
+    /// The checkpoint the state was restored from (its changes are tracked from there on):
+    /// what the first checkpoint's change set leads on from.
+    pub restored: Option<u64>,
     /// Each checkpoint taken by `tick_with` is written but committed (renamed into place) only
     /// when the caller `release`s it: at_least_once Kafka, whose Scores produced before the
     /// flip must be acknowledged first, without the shard waiting for them.
@@ -177,6 +180,9 @@ pub struct Checkpointer {
     snapshot_changes: Option<u64>,
     /// The last snapshot taken (None: the next must be full: at start, or after a failure).
     parent: Option<u64>,
+    /// What the next snapshot's change set leads on from: the last flip, or at start the
+    /// restored checkpoint (None after a failure: its changes are lost from the lists).
+    prev_flip: Option<u64>,
     deltas_since_full: usize,
     /// Every this many checkpoints one is full (bounds the chain a restore reads).
     full_every: usize,
@@ -215,6 +221,7 @@ impl Checkpointer {
             journal_records,
             words,
             next_seq,
+            restored,
             gated,
         } = spec;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -250,6 +257,7 @@ impl Checkpointer {
             results,
             snapshot_changes: None,
             parent: None,
+            prev_flip: restored,
             deltas_since_full: 0,
             full_every: full_every.max(1),
             slice: slice_records.max(1),
@@ -315,6 +323,7 @@ impl Checkpointer {
         self.failing += 1;
         self.snapshot_changes = None;
         self.parent = None;
+        self.prev_flip = None;
     }
 
     /// Between cycles: go on with the running snapshot, or flip one if due and the state
@@ -482,7 +491,7 @@ impl Checkpointer {
         // What this snapshot's change set leads on from: the previous flip, when the change
         // lists hold everything since (a changelog then needs only them, full or not).
         let since = if state.changes_complete() {
-            self.parent.unwrap_or(0)
+            self.prev_flip.unwrap_or(0)
         } else {
             0
         };
@@ -526,6 +535,7 @@ impl Checkpointer {
             reserve: self.reserve_now(state),
         };
         self.parent = Some(seq);
+        self.prev_flip = Some(seq);
         self.deltas_since_full = if full { 0 } else { self.deltas_since_full + 1 };
         if full {
             self.stats.full += 1;
