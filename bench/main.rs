@@ -2,6 +2,7 @@
 //! the same run, a minimal responder for the same protocol (the floor), so every figure comes
 //! with the floor it should be judged against. See bench/README.md.
 
+mod changelog;
 mod floor;
 mod kafka;
 mod machine;
@@ -71,6 +72,14 @@ enum Command {
         /// draining them (its sustained rate), with and without producing Scores.
         #[arg(long)]
         backlog: Option<u64>,
+    },
+    /// The changelog topic (exactly_once, `egress.kafka.changelog`), through a local broker:
+    /// --keys keys built, then --updates events on them (changelog records and bytes per
+    /// event), then a wiped state.dir rebuilt from the changelog (keys/s). Uses --keys,
+    /// --shards, --out, --set.
+    Changelog {
+        #[arg(long, default_value_t = 200_000)]
+        updates: u64,
     },
     /// --rate for --seconds (above capacity), then --then-rate for --then-seconds: drops by
     /// reason, the admitted events' latency, memory, and the time to answer the lighter
@@ -240,6 +249,15 @@ fn main() -> anyhow::Result<()> {
                 keys: a.keys,
                 shards: a.shards,
                 repeat: a.repeat,
+                out: &a.out,
+                sets: &a.sets,
+            });
+        }
+        Command::Changelog { updates } => {
+            return changelog::run(&changelog::ChangelogBench {
+                keys: a.keys,
+                updates,
+                shards: a.shards,
                 out: &a.out,
                 sets: &a.sets,
             });

@@ -799,6 +799,7 @@ fn rebuild_from_changelog(
         keys = rebuilt.keys,
         records_read = rebuilt.read,
         bytes_read = rebuilt.bytes,
+        read_ms = format!("{:.1}", rebuilt.read_ns as f64 / 1e6),
         partitions = spec.partitions.len(),
         restore_ms = format!("{:.1}", ns as f64 / 1e6),
         "state rebuilt from the changelog"

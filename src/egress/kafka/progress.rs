@@ -12,7 +12,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::ingest::kafka::{consumer_config, KafkaError};
+use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
 
 const PREFIX: &str = "sluice-progress-v1 checkpoint=";
 const CHANGELOG: &str = " changelog=complete";
@@ -60,7 +60,9 @@ pub fn last_committed(
 ) -> Result<HashMap<String, Progress>, KafkaError> {
     let mut cc = consumer_config(config);
     cc.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cc.create().map_err(KafkaError::client("progress reader"))?;
+    let consumer: BaseConsumer<ToTheEnd> = cc
+        .create_with_context(ToTheEnd)
+        .map_err(KafkaError::client("progress reader"))?;
     let topic = &config.egress.kafka.progress_topic;
     // One partition, compacted: only the newest record per shard matters.
     let (partitions, _) = super::topic::ensure_compacted(

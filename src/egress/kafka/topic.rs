@@ -13,14 +13,14 @@ use crate::ingest::kafka::KafkaError;
 /// Create `topic` compacted with `partitions` partitions unless it exists; returns its
 /// partition count (an existing topic's, which the caller checks) and whether it was created
 /// now.
-pub fn ensure_compacted(
+pub fn ensure_compacted<C: rdkafka::consumer::ConsumerContext>(
     config: &Config,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: i32,
     what: &str,
 ) -> Result<(i32, bool), KafkaError> {
-    let existing = |consumer: &BaseConsumer| -> Result<Option<i32>, KafkaError> {
+    let existing = |consumer: &BaseConsumer<C>| -> Result<Option<i32>, KafkaError> {
         let md = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(KafkaError::client(format!("{what} metadata")))?;

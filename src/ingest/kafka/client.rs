@@ -82,6 +82,23 @@ impl rdkafka::ClientContext for Discovery {
 
 impl rdkafka::consumer::ConsumerContext for Discovery {}
 
+/// The context of readers that read a topic to its end (`enable.partition.eof`: progress,
+/// changelog): librdkafka also reports each partition's end as a global error, which the
+/// default context logged at ERROR level, once per partition at every start.
+pub struct ToTheEnd;
+
+impl rdkafka::ClientContext for ToTheEnd {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::debug!("Kafka reader: {error}: {reason}");
+        } else {
+            tracing::warn!("Kafka reader: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ToTheEnd {}
+
 /// How long start-up asks unreachable brokers before it serves UDP without them (and goes
 /// on asking from a thread of its own; see `app/kafka_part.rs`).
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(3);

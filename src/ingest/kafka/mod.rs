@@ -16,7 +16,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use client::{consumer_config, discover, producer_config, KafkaError, CONNECT_PATIENCE};
+pub use client::{
+    consumer_config, discover, producer_config, KafkaError, ToTheEnd, CONNECT_PATIENCE,
+};
 pub use partitions::{PartitionId, PartitionTable};
 pub use watermarks::{PartitionGauge, PartitionGauges};
 

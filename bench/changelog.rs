@@ -1,0 +1,226 @@
+//! `sluice-bench changelog`: what the changelog topic costs and what it buys, through a local
+//! broker. Builds --keys keys (one record each) under exactly_once with the changelog on,
+//! then --updates more events on existing keys: changelog records and bytes per event in
+//! that steady phase. Then stops, wipes the state directory and starts again: the shards
+//! rebuild from the changelog before they serve (restore keys/s, bytes read).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use sluice::config::Config;
+use sluice::loadgen::broker::LocalBroker;
+use sluice::loadgen::kafka::send_when_room;
+use sluice::metrics::ShardCounters;
+
+pub struct ChangelogBench<'a> {
+    pub keys: u64,
+    pub updates: u64,
+    pub shards: usize,
+    pub out: &'a Path,
+    pub sets: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Phase {
+    events: u64,
+    seconds: f64,
+    changelog_records: u64,
+    changelog_tombstones: u64,
+    changelog_bytes: u64,
+    transactions: u64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: super::machine::Machine,
+    command: String,
+    sluice_config: Vec<String>,
+    build: Phase,
+    steady: Phase,
+    steady_bytes_per_event: f64,
+    steady_records_per_event: f64,
+    restore_keys: u64,
+    restore_bytes: u64,
+    /// The longest shard's rebuild (they run in parallel).
+    restore_seconds: f64,
+    restore_keys_per_s: f64,
+    /// `app::start` to serving, rebuild included.
+    start_seconds: f64,
+}
+
+/// Sums over the shards (the restore time: the longest).
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    applied: u64,
+    transactions: u64,
+    records: u64,
+    tombstones: u64,
+    bytes: u64,
+}
+
+fn totals(counters: &[std::sync::Arc<ShardCounters>]) -> Totals {
+    let sum = |f: &dyn Fn(&ShardCounters) -> u64| counters.iter().map(|c| f(c)).sum();
+    Totals {
+        applied: sum(&|c| c.kafka_records.get()),
+        transactions: sum(&|c| c.kafka_transactions.get()),
+        records: sum(&|c| c.kafka_changelog_records.get()),
+        tombstones: sum(&|c| c.kafka_changelog_tombstones.get()),
+        bytes: sum(&|c| c.kafka_changelog_bytes.get()),
+    }
+}
+
+/// One record per event, on key `(first + i) * 7919 % keys` for i in 0..n.
+fn produce(p: &BaseProducer, topic: &str, keys: u64, (first, n): (u64, u64)) -> anyhow::Result<()> {
+    let mut enc = sluice::wire::EventBatchEncoder::new();
+    for s in first..first + n {
+        let key = s.wrapping_mul(7919) % keys.max(1);
+        let value = enc.encode(std::iter::once(sluice::wire::EventIn {
+            key,
+            seq: s,
+            ts_ns: 0,
+            feedback: false,
+            amount: (s % 100) as f32,
+            label: -1.0,
+            features: &[],
+        }));
+        send_when_room(p, topic, &key.to_be_bytes(), value)?;
+    }
+    p.flush(Duration::from_secs(300))?;
+    Ok(())
+}
+
+/// Wait until `n` records are applied and the next transaction has committed, up to 10
+/// minutes. That one holds them all: Kafka intake stands still from a checkpoint's flip to its
+/// commit, so a commit running when the last record is seen applied was flipped after it.
+fn settle(running: &sluice::app::Running, n: u64) -> anyhow::Result<Totals> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut applied_at = None;
+    loop {
+        let t = totals(running.counters());
+        if applied_at.is_none() && t.applied >= n {
+            applied_at = Some(t.transactions);
+        }
+        if applied_at.is_some_and(|tx| t.transactions > tx) {
+            return Ok(t);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {n} records applied, {} transactions, after 10 minutes",
+            t.applied,
+            t.transactions
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run(b: &ChangelogBench<'_>) -> anyhow::Result<()> {
+    let broker = LocalBroker::start("bench-changelog")?;
+    std::fs::create_dir_all(b.out)?;
+    let events = "changelog-events";
+    broker.create_topic(events, 4)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let state = b.out.join("changelog-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let per_shard = b.keys.div_ceil(b.shards.max(1) as u64);
+    let mut sets = vec![
+        "ingest.udp.listen=127.0.0.1:0".to_owned(),
+        format!("shards.count={}", b.shards),
+        "log.level=warn".to_owned(),
+        format!("ingest.kafka.brokers={}", broker.addr),
+        format!("ingest.kafka.topics=[\"{events}\"]"),
+        "egress.kafka.delivery=exactly_once".to_owned(),
+        "egress.kafka.changelog=true".to_owned(),
+        "egress.kafka.transactional_id_prefix=bench-changelog".to_owned(),
+        format!("state.dir={}", state.display()),
+        format!("state.hot_capacity={}", (per_shard * 2).next_power_of_two()),
+    ];
+    sets.extend(b.sets.iter().cloned());
+    let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let running = sluice::app::start(&config)?;
+    let started = Instant::now();
+    produce(&producer, events, b.keys, (0, b.keys))?;
+    let built = settle(&running, b.keys)?;
+    let build_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    produce(&producer, events, b.keys, (b.keys, b.updates))?;
+    let steady = settle(&running, b.keys + b.updates)?;
+    let steady_s = started.elapsed().as_secs_f64();
+    running.stop()?;
+    let phase = |from: Totals, to: Totals, events: u64, seconds: f64| Phase {
+        events,
+        seconds,
+        changelog_records: to.records - from.records,
+        changelog_tombstones: to.tombstones - from.tombstones,
+        changelog_bytes: to.bytes - from.bytes,
+        transactions: to.transactions - from.transactions,
+    };
+    let build = phase(Totals::default(), built, b.keys, build_s);
+    let steady = phase(built, steady, b.updates, steady_s);
+
+    // The disk is lost: the shards rebuild from the changelog before they serve.
+    std::fs::remove_dir_all(&state).with_context(|| format!("wiping {}", state.display()))?;
+    let started = Instant::now();
+    let running = sluice::app::start(&config)?;
+    let start_s = started.elapsed().as_secs_f64();
+    let c = running.counters();
+    let restore_keys: u64 = c.iter().map(|c| c.changelog_restored_keys.get()).sum();
+    let restore_bytes: u64 = c.iter().map(|c| c.changelog_restored_bytes.get()).sum();
+    let restore_ns = c
+        .iter()
+        .map(|c| c.changelog_restore_ns.get())
+        .max()
+        .unwrap_or(0);
+    running.stop()?;
+    let _ = std::fs::remove_dir_all(&state);
+    let restore_s = restore_ns as f64 / 1e9;
+    let results = Results {
+        machine: super::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        sluice_config: sets,
+        steady_bytes_per_event: steady.changelog_bytes as f64 / b.updates.max(1) as f64,
+        steady_records_per_event: steady.changelog_records as f64 / b.updates.max(1) as f64,
+        build,
+        steady,
+        restore_keys,
+        restore_bytes,
+        restore_seconds: restore_s,
+        restore_keys_per_s: restore_keys as f64 / restore_s.max(1e-9),
+        start_seconds: start_s,
+    };
+    println!(
+        "  build: {} keys, {} changelog records, {} bytes, {} transactions in {:.1} s",
+        b.keys,
+        results.build.changelog_records,
+        results.build.changelog_bytes,
+        results.build.transactions,
+        results.build.seconds
+    );
+    println!(
+        "  steady: {} events, {} changelog records ({:.3}/event), {:.1} bytes/event, {} transactions in {:.1} s",
+        b.updates,
+        results.steady.changelog_records,
+        results.steady_records_per_event,
+        results.steady_bytes_per_event,
+        results.steady.transactions,
+        results.steady.seconds
+    );
+    println!(
+        "  rebuild after a wiped state.dir: {restore_keys} keys, {restore_bytes} bytes read in {restore_s:.2} s = {:.0} keys/s (start to serving {start_s:.2} s)",
+        results.restore_keys_per_s
+    );
+    let path = b.out.join("changelog-results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("  results: {}", path.display());
+    Ok(())
+}
