@@ -179,7 +179,9 @@ pub fn start(config: &Config) -> Result<Running, AppError> {
 }
 
 /// How long start-up waits for a shard to report (restore, model, socket) after the last one
-/// did; a shard that takes longer fails start-up.
+/// did, or since a rebuild from the changelog last moved on (it reports the bytes it has read:
+/// a big one takes minutes, and stops itself after 60 s without a record); a shard that takes
+/// longer fails start-up.
 const SHARD_START_WAIT: Duration = Duration::from_secs(60);
 
 /// `start`, calling `progress(shards_ready, shards)` about once a second while the shards
@@ -377,7 +379,16 @@ pub fn start_with_progress(
     let mut failures = Vec::new();
     let (mut answered, mut ready) = (0, 0);
     let mut last_answer = std::time::Instant::now();
+    let rebuilt_bytes = |c: &[Arc<ShardCounters>]| -> u64 {
+        c.iter().map(|c| c.changelog_restored_bytes.get()).sum()
+    };
+    let mut rebuilding = rebuilt_bytes(&running.counters);
     while answered < shards {
+        let now_rebuilt = rebuilt_bytes(&running.counters);
+        if now_rebuilt != rebuilding {
+            rebuilding = now_rebuilt;
+            last_answer = std::time::Instant::now();
+        }
         match ready_rx.recv_timeout(Duration::from_secs(1)) {
             Ok((_, Ok(()))) => {
                 answered += 1;
@@ -529,7 +540,7 @@ fn build_shard(
         KafkaPart::Later(_) => (RestoreTarget::Newest, KafkaLayout::Later),
         KafkaPart::Off => (RestoreTarget::Newest, KafkaLayout::Off),
     };
-    let mut restored = restore_shard(id, shards, config, target, layout, &helpers)?;
+    let mut restored = restore_shard(id, shards, config, target, layout, (&helpers, &counters))?;
     if let Some((rebuilt, ns)) = restored.rebuilt {
         counters.changelog_restored_keys.set(rebuilt.keys);
         counters.changelog_restored_bytes.set(rebuilt.bytes);
@@ -678,7 +689,7 @@ fn restore_shard(
     config: &Config,
     target: RestoreTarget,
     kafka: KafkaLayout<'_>,
-    helpers: &[usize],
+    (helpers, counters): (&[usize], &ShardCounters),
 ) -> Result<Restored, ShardStartError> {
     let plan = config.feature_plan()?;
     if config.state.dir.is_empty() {
@@ -741,7 +752,7 @@ fn restore_shard(
         checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)?;
     let mut state = KeyedState::with_plan(config, plan, Some(spill));
     if let Some((want, seed)) = rebuild {
-        return rebuild_from_changelog(id, config, seed, want, state, started);
+        return rebuild_from_changelog(id, config, seed, (want, state), (started, counters));
     }
     let Some(p) = point else {
         tracing::info!(shard = id, dir = %base.display(), "no checkpoint to restore: starting with empty state");
@@ -783,15 +794,17 @@ fn rebuild_from_changelog(
     id: usize,
     config: &Config,
     seed: &kafka_part::KafkaSeed,
-    want: u64,
-    mut state: KeyedState,
-    started: std::time::Instant,
+    (want, mut state): (u64, KeyedState),
+    (started, counters): (std::time::Instant, &ShardCounters),
 ) -> Result<Restored, ShardStartError> {
     let Some(spec) = &seed.changelog else {
         return Err(KafkaError::Other("no changelog to rebuild from".into()).into());
     };
     tracing::warn!(shard = id, checkpoint = want, topic = %spec.topic, "the checkpoint the last committed Kafka transaction names is not on this disk: rebuilding the state from the changelog");
-    let rebuilt = changelog::restore(config, spec, &mut state)?;
+    // Bytes read so far, live: start-up watches it move (and the gauge ends at the total).
+    let rebuilt = changelog::restore(config, spec, &mut state, &|bytes| {
+        counters.changelog_restored_bytes.set(bytes)
+    })?;
     let offsets = changelog::committed_offsets(config, &seed.owned_names(config))?;
     let ns = started.elapsed().as_nanos() as u64;
     tracing::info!(

@@ -89,7 +89,9 @@ pub struct ToTheEnd;
 
 impl rdkafka::ClientContext for ToTheEnd {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::error::KafkaError as E;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        if matches!(error, E::PartitionEOF(_) | E::Global(C::PartitionEOF)) {
             tracing::debug!("Kafka reader: {error}: {reason}");
         } else {
             tracing::warn!("Kafka reader: {error}: {reason}");
