@@ -442,6 +442,66 @@ fn exactly_once_changelog_rebuilds_a_wiped_state_dir_counts_exact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Group membership: instance A consumes alone, B joins (partitions move to it with their
+/// state: A commits and hands them over, B rebuilds them from the changelog), then B stops
+/// cleanly (its last checkpoint committed; the group gives its partitions back to A after the
+/// session timeout, rebuilt from the changelog again). Under load the whole time: a
+/// read_committed reader sees every Observation's Score once, every count exact.
+#[test]
+fn group_membership_partitions_move_between_instances_with_their_state() {
+    let broker = broker_with_topics("group");
+    let member = |name: &str| {
+        let dir = scratch(&format!("group-{name}"));
+        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+        sets.extend([
+            "shards.count=1".into(),
+            "ingest.kafka.membership=group".into(),
+            format!("ingest.kafka.instance_id={name}"),
+            "egress.kafka.changelog=true".into(),
+            "egress.kafka.transactional_id_prefix=group-test".into(),
+            "state.hot_capacity=64".into(),
+        ]);
+        (sets, dir)
+    };
+    let (sets_a, dir_a) = member("a");
+    let (sets_b, dir_b) = member("b");
+    let records = workload(200, 8_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let (producer, done) = produce_in_background(&broker, records, 2_000);
+    let (a, a_out, _) = common::spawn_run(&sets_a);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (b, b_out, _) = common::spawn_run(&sets_b);
+    std::thread::sleep(Duration::from_millis(2_000));
+    let report_b = stop(b, Some(b_out));
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    let report_a = stop(a, Some(a_out));
+    check_exactly_once(&scores, &want);
+    check_exactly_once(
+        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
+        &want,
+    );
+    // B really owned partitions and applied their records; A handed them over and took
+    // them back.
+    for (name, report, metric) in [
+        ("b", &report_b, "sluice_kafka_partitions_moved_in_total"),
+        ("b", &report_b, "sluice_kafka_records_total"),
+        ("a", &report_a, "sluice_kafka_partitions_moved_out_total"),
+    ] {
+        assert!(counter(report, metric) > 0, "{name}: {metric}\n{report}");
+    }
+    assert!(
+        counter(&report_a, "sluice_kafka_partitions_moved_in_total") > 4,
+        "a took its partitions up twice:\n{report_a}"
+    );
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+}
+
 #[test]
 fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
     let broker = broker_with_topics("alo");

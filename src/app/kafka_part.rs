@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{full_layout, start_checkpoints, AppError, Restored};
-use crate::config::{Config, Delivery};
+use crate::config::{Config, Delivery, Membership};
 use crate::egress::kafka::changelog::{self, ChangelogSource, ChangelogSpec};
 use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
 use crate::ingest::kafka::{
@@ -17,7 +17,7 @@ use crate::ingest::kafka::{
     PartitionTable,
 };
 use crate::metrics::ShardCounters;
-use crate::shard::{Control, KafkaAttach, ShardKafka};
+use crate::shard::{Control, GroupMember, KafkaAttach, ShardKafka};
 use crate::state::checkpoint::{PartitionOffset, RestoreTarget};
 use crate::wake::Waker;
 
@@ -182,8 +182,15 @@ fn seeds(
     patience: Duration,
 ) -> Result<Vec<KafkaSeed>, AppError> {
     let counts = kafka_in::discover(config, patience)?;
-    let table = PartitionTable::balanced(&counts, shards);
-    let layout = table.layout(&config.ingest.kafka.topics, shards);
+    let group = config.ingest.kafka.membership == Membership::Group;
+    // Group membership: every shard may be given any partition; the table is the changelog's
+    // partition order (and the dealt layout's count check).
+    let table = PartitionTable::balanced(&counts, if group { 1 } else { shards });
+    let layout = if group {
+        table.group_layout(&config.ingest.kafka.topics)
+    } else {
+        table.layout(&config.ingest.kafka.topics, shards)
+    };
     if table.owners.len() > crate::limits::KAFKA_PARTITIONS_MAX {
         return Err(AppError::Kafka(KafkaError::Other(format!(
             "{} partitions: one instance takes at most {}",
@@ -224,9 +231,10 @@ fn seeds(
             // A changelog created just now holds nothing, whatever the progress record says.
             let changelog_complete =
                 !changelog_new && committed.get(id).is_some_and(|p| p.changelog);
-            let owned = table.owned_by(i);
+            let owned = table.owned_by(if group { 0 } else { i });
             let gauges = owned
                 .iter()
+                .filter(|_| !group)
                 .filter_map(|p| {
                     let topic = config.ingest.kafka.topics.get(usize::from(p.topic))?;
                     Some(Arc::new(PartitionGauge::new(topic, p.partition)))
@@ -239,7 +247,7 @@ fn seeds(
                     .owners
                     .iter()
                     .enumerate()
-                    .filter(|(_, (_, s))| *s == i)
+                    .filter(|(_, (_, s))| group || *s == i)
                     .map(|(at, (p, _))| (p.source_tag(), at as i32))
                     .collect(),
             });
@@ -265,7 +273,20 @@ pub(super) fn shard_kafka(
     (offsets, words, holds): (&[PartitionOffset], usize, Option<u64>),
     wakers: &Arc<Vec<Waker>>,
 ) -> Result<ShardKafka, KafkaError> {
-    let mut source = KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?;
+    let member = config.ingest.kafka.membership == Membership::Group;
+    let mut source = if member {
+        KafkaSource::start_group(config, id, &seed.owned)?
+    } else {
+        KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?
+    };
+    let member = match (&seed.changelog, member) {
+        (Some(spec), true) => Some(GroupMember {
+            config: config.clone(),
+            changelog: spec.clone(),
+            restored: Some(offsets.to_vec()),
+        }),
+        _ => None,
+    };
     let changelog = seed.changelog.map(|spec| ChangelogSource {
         spec,
         root: super::shard_dir(config, id).join("checkpoints"),
@@ -302,6 +323,7 @@ pub(super) fn shard_kafka(
         awaiting: None,
         withheld: 0,
         commit: None,
+        member,
     })
 }
 

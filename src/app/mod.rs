@@ -729,14 +729,37 @@ fn restore_shard(
     };
     // exactly_once with a changelog: the checkpoint the last transaction names is not on
     // this disk (a wiped state.dir, a new host): rebuild it from the changelog instead.
+    let missing = |want: u64| !checkpoint::path_of(&root, want).exists();
+    let group = config.ingest.kafka.membership == crate::config::Membership::Group;
     let rebuild = match (target, &kafka) {
         (RestoreTarget::Exactly(want), KafkaLayout::Dealt(seed))
-            if seed.changelog.is_some() && !checkpoint::path_of(&root, want).exists() =>
+            if seed.changelog.is_some() && missing(want) =>
         {
             Some((want, *seed))
         }
         _ => None,
     };
+    if let (Some((want, _)), true) = (rebuild, group) {
+        // Group membership: each partition is rebuilt as it is assigned; start empty.
+        let (spill, _) = checkpoint::restore_to(
+            &root,
+            &layout,
+            &base.join("spill"),
+            words,
+            open,
+            RestoreTarget::Elsewhere(want),
+        )?;
+        tracing::info!(shard = id, checkpoint = want, "the checkpoint the last committed Kafka transaction names is not on this disk: starting empty, each assigned partition is rebuilt from the changelog");
+        return Ok(Restored {
+            state: KeyedState::with_plan(config, plan, Some(spill)),
+            max_event_ns: 0,
+            offsets: Vec::new(),
+            seq: None,
+            next_seq: want + 1,
+            kafka_layout,
+            rebuilt: None,
+        });
+    }
     if let Some((want, seed)) = rebuild {
         if !seed.changelog_complete {
             let topic = seed.changelog.as_ref().map_or("", |c| c.topic.as_str());

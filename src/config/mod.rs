@@ -99,11 +99,25 @@ pub enum KafkaStart {
     Latest,
 }
 
+/// How an instance's shards come to own Kafka partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Membership {
+    /// This instance takes every partition, dealt over its shards at start.
+    Deal,
+    /// Each shard is a member of the consumer group: Kafka decides which instance owns which
+    /// partition, and a partition's state follows it through the changelog.
+    Group,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngestKafka {
     pub brokers: String,
     pub topics: Vec<String>,
     pub group: String,
+    pub membership: Membership,
+    /// `membership = group`: this instance's name in the group (static membership).
+    pub instance_id: String,
     pub start: KafkaStart,
     pub records_per_cycle_max: usize,
     pub in_flight_records_max: usize,

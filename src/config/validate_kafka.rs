@@ -129,6 +129,15 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             ));
         }
     }
+    if k.membership == crate::config::Membership::Group {
+        if !(e.delivery == Delivery::ExactlyOnce && e.changelog) {
+            p.push("ingest.kafka.membership = \"group\" needs egress.kafka.delivery = \"exactly_once\" and egress.kafka.changelog = true: a partition's state moves between instances through the changelog".into());
+        }
+        let id = k.instance_id.trim();
+        if id.is_empty() || !topic_name_ok(id) {
+            p.push(format!("ingest.kafka.instance_id = {:?}: ingest.kafka.membership = \"group\" needs a name for this instance, unique in the group and stable across restarts (letters, digits, '.', '_', '-')", k.instance_id));
+        }
+    }
     if e.changelog && e.delivery != Delivery::ExactlyOnce {
         p.push("egress.kafka.changelog = true needs egress.kafka.delivery = \"exactly_once\": the changelog is written in each checkpoint's transaction".into());
     }
@@ -266,6 +275,37 @@ mod tests {
         assert!(bad.contains("is not a Kafka topic name"), "{bad}");
         // The default name (<group>-state) is fine.
         assert_eq!(problems(&eos), "");
+    }
+
+    #[test]
+    fn group_membership_needs_exactly_once_a_changelog_and_a_name() {
+        let err = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "ingest.kafka.membership=group".into(),
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "membership = \"group\" needs egress.kafka.delivery = \"exactly_once\" and egress.kafka.changelog = true",
+            "ingest.kafka.instance_id = \"\"",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "ingest.kafka.membership=group".into(),
+                "ingest.kafka.instance_id=host-1".into(),
+                "egress.kafka.delivery=exactly_once".into(),
+                "egress.kafka.changelog=true".into(),
+                "state.dir=/tmp/x".into(),
+            ],
+        )
+        .is_ok());
     }
 
     #[test]

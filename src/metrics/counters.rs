@@ -148,12 +148,16 @@ shard_counters! {
     kafka_changelog_tombstones: Counter => Counter names::KAFKA_CHANGELOG_TOMBSTONES;
     /// egress.kafka.changelog: key and value bytes written to the changelog topic.
     kafka_changelog_bytes: Counter => Counter names::KAFKA_CHANGELOG_BYTES;
-    /// Keys rebuilt from the changelog at start (the shard's checkpoint was not on disk).
+    /// Keys rebuilt from the changelog since start (at start when the shard's checkpoint was not on disk; with group membership as partitions move in).
     changelog_restored_keys: Counter => Gauge names::CHANGELOG_RESTORED_KEYS;
-    /// Changelog bytes read by that restore.
+    /// Changelog bytes read by those rebuilds (live while one runs).
     changelog_restored_bytes: Counter => Gauge names::CHANGELOG_RESTORED_BYTES;
-    /// How long that restore took.
+    /// How long those rebuilds took, together.
     changelog_restore_ns: Counter => GaugeNs names::CHANGELOG_RESTORE_TIME;
+    /// Group membership: partitions assigned to the shard and taken up (state kept or rebuilt).
+    kafka_partitions_moved_in: Counter => Counter names::KAFKA_PARTITIONS_MOVED_IN;
+    /// Group membership: partitions revoked from the shard, committed and handed over.
+    kafka_partitions_moved_out: Counter => Counter names::KAFKA_PARTITIONS_MOVED_OUT;
     /// Turns of the shard's loop (its heartbeat: the watchdog needs every shard's to advance).
     loops: Counter => Counter names::LOOPS;
     /// Longest turn of the shard's loop (parking excluded).

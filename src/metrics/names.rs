@@ -54,7 +54,11 @@ pub const KAFKA_COMMIT_PAUSE_MAX: &str = "sluice_kafka_commit_pause_max_seconds"
 pub const KAFKA_CHANGELOG_RECORDS: &str = "sluice_kafka_changelog_records_total";
 pub const KAFKA_CHANGELOG_TOMBSTONES: &str = "sluice_kafka_changelog_tombstones_total";
 pub const KAFKA_CHANGELOG_BYTES: &str = "sluice_kafka_changelog_bytes_total";
-/// Keys, bytes and time of the last restore from the changelog (0: none since start).
+/// Group membership: partitions taken up (rebuilt from the changelog or kept) and handed over.
+pub const KAFKA_PARTITIONS_MOVED_IN: &str = "sluice_kafka_partitions_moved_in_total";
+pub const KAFKA_PARTITIONS_MOVED_OUT: &str = "sluice_kafka_partitions_moved_out_total";
+/// Keys, bytes and time of the rebuilds from the changelog since start (at start, and as
+/// partitions move in).
 pub const CHANGELOG_RESTORED_KEYS: &str = "sluice_kafka_changelog_restored_keys";
 pub const CHANGELOG_RESTORED_BYTES: &str = "sluice_kafka_changelog_restored_bytes";
 pub const CHANGELOG_RESTORE_TIME: &str = "sluice_kafka_changelog_restore_seconds";

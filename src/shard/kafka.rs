@@ -6,9 +6,10 @@ use std::time::Duration;
 use rdkafka::TopicPartitionList;
 
 use super::ShardCore;
-use crate::egress::kafka::KafkaSink;
+use crate::egress::kafka::{changelog, KafkaSink};
 use crate::egress::{Egress, EgressSink};
 use crate::ingest::kafka::KafkaSource;
+use crate::ingest::kafka::RebalanceEvent;
 use crate::metrics::{ShardCounters, ShardLatency};
 use crate::shard::core::KafkaRecord;
 use crate::state::checkpoint::{Checkpointer, Input};
@@ -51,6 +52,20 @@ pub struct ShardKafka {
     /// exactly_once: the checkpoint whose transaction is being committed (no Kafka intake
     /// meanwhile).
     pub commit: Option<Commit>,
+    /// `ingest.kafka.membership = group`: what moving partitions in and out needs.
+    pub member: Option<GroupMember>,
+}
+
+/// A shard that is a member of the consumer group (see `ingest::kafka::membership`).
+pub struct GroupMember {
+    /// For the changelog reader and the group's offsets.
+    pub config: crate::config::Config,
+    /// Every input partition's changelog partition.
+    pub changelog: crate::egress::kafka::changelog::ChangelogSpec,
+    /// The restored checkpoint's offsets, until the first assignment: a partition it holds is
+    /// kept if the group's committed offset is still the checkpoint's (nobody moved on with
+    /// it meanwhile), else rebuilt from the changelog; the ones not assigned are dropped.
+    pub restored: Option<Vec<crate::state::checkpoint::PartitionOffset>>,
 }
 
 /// exactly_once: a checkpoint flipped, on its way to its transaction's commit.
@@ -260,6 +275,179 @@ impl ShardKafka {
             counters.kafka_changelog_tombstones.add(sent.tombstones);
             counters.kafka_changelog_bytes.add(sent.bytes);
         }
+    }
+
+    /// Group membership, between cycles: act on the rebalances librdkafka reported since the
+    /// last turn (revoked partitions committed and handed over, assigned ones rebuilt and
+    /// taken up). Blocks the shard for a checkpoint's commit or a partition's rebuild: rare,
+    /// and the rebalance waits for it. Err: stop (a rebalance error, a failed handover).
+    pub fn rebalance(
+        &mut self,
+        cp: &mut Checkpointer,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        if self.member.is_none() || self.failed {
+            return Ok(());
+        }
+        for event in self.source.take_rebalances() {
+            match event {
+                RebalanceEvent::Revoke(list) => self.hand_over(&list, cp, core, counters)?,
+                RebalanceEvent::Assign(list) => self.take_up(&list, cp, core, counters)?,
+                RebalanceEvent::Failed(why) => {
+                    self.failed = true;
+                    return Err(format!("Kafka rebalance failed ({why}): stopping, so a restart rejoins the group from the last committed checkpoint"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn indices(&self, list: &[(String, i32)]) -> Vec<usize> {
+        list.iter()
+            .filter_map(|(t, p)| self.source.index_of(t, *p))
+            .collect()
+    }
+
+    /// Revoked partitions: their records no longer taken, a checkpoint of now committed with
+    /// their offsets and state changes, their keys dropped (not as deletions), and only then
+    /// handed back to the group.
+    fn hand_over(
+        &mut self,
+        list: &[(String, i32)],
+        cp: &mut Checkpointer,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        let idx = self.indices(list);
+        self.source.freeze(&idx);
+        self.finish_commit_in_flight(cp, core, counters)?;
+        self.check_delivered(None)?;
+        let input = self.input(true);
+        let max_event_ns = core.max_event_ns();
+        cp.force_next();
+        let Some(seq) = cp.finish_with(core.state_mut(), max_event_ns, &input) else {
+            self.failed = true;
+            return Err("the checkpoint handing revoked Kafka partitions over was not written: stopping, so a restart rejoins the group from the last committed checkpoint".into());
+        };
+        self.commit_written(seq, counters)?;
+        let mut keys = 0;
+        for &i in &idx {
+            if let Some(p) = self.source.owned().get(i) {
+                keys += core
+                    .state_mut()
+                    .drop_partition(p.id.source_tag())
+                    .map_err(|e| format!("dropping a revoked partition: {e}"))?;
+            }
+        }
+        self.source
+            .release(&idx)
+            .map_err(|e| format!("handing revoked partitions back: {e}"))?;
+        counters.kafka_partitions_moved_out.add(idx.len() as u64);
+        tracing::info!(partitions = ?list, checkpoint = seq, keys, "Kafka partitions handed over");
+        Ok(())
+    }
+
+    /// Assigned partitions: each one's state kept (the restored checkpoint's, if the group
+    /// has not moved on from it) or rebuilt from its changelog partition, then taken up from
+    /// the group's committed offset.
+    fn take_up(
+        &mut self,
+        list: &[(String, i32)],
+        cp: &mut Checkpointer,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        if list.is_empty() {
+            // The cooperative protocol's second round: nothing to take up, but librdkafka
+            // waits for the call all the same.
+            return self
+                .source
+                .activate(&[], crate::config::KafkaStart::Earliest)
+                .map_err(|e| format!("taking up assigned partitions: {e}"));
+        }
+        // No snapshot may run while records move in.
+        self.finish_commit_in_flight(cp, core, counters)?;
+        let Some(member) = &mut self.member else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let config = &member.config;
+        let committed = changelog::committed_offsets(config, list)
+            .map_err(|e| format!("taking up assigned partitions: {e}"))?;
+        let restored = member.restored.take();
+        let next_of = |offsets: &[crate::state::checkpoint::PartitionOffset], t: &str, p: i32| {
+            offsets
+                .iter()
+                .find(|o| o.topic == t && o.partition == p)
+                .map(|o| o.next)
+        };
+        if let Some(local) = &restored {
+            // Held at the restored checkpoint but not assigned now: another member's.
+            for o in local {
+                if !list.iter().any(|(t, p)| *t == o.topic && *p == o.partition) {
+                    if let Some(i) = self.source.index_of(&o.topic, o.partition) {
+                        let tag = self.source.owned().get(i).map(|p| p.id.source_tag());
+                        if let Some(tag) = tag {
+                            core.state_mut()
+                                .drop_partition(tag)
+                                .map_err(|e| format!("dropping a partition not assigned: {e}"))?;
+                        }
+                    }
+                }
+            }
+        }
+        let mut take = Vec::with_capacity(list.len());
+        let mut rebuild = changelog::ChangelogSpec {
+            topic: member.changelog.topic.clone(),
+            partitions: Vec::new(),
+        };
+        let mut kept = 0;
+        for (t, p) in list {
+            let Some(i) = self.source.index_of(t, *p) else {
+                continue;
+            };
+            let Some(tag) = self.source.owned().get(i).map(|o| o.id.source_tag()) else {
+                continue;
+            };
+            let group_next = next_of(&committed, t, *p);
+            let local_next = restored.as_deref().and_then(|r| next_of(r, t, *p));
+            if local_next.is_some() && local_next == group_next {
+                kept += 1;
+            } else {
+                // Whatever this state holds of it is older than what the group committed.
+                core.state_mut()
+                    .drop_partition(tag)
+                    .map_err(|e| format!("dropping a stale partition: {e}"))?;
+                if let Some(c) = member.changelog.partition_of(tag) {
+                    rebuild.partitions.push((tag, c));
+                }
+            }
+            take.push((i, group_next));
+        }
+        let (mut rebuilt_keys, mut rebuilt_bytes) = (0, 0);
+        if !rebuild.partitions.is_empty() {
+            let r = changelog::restore(config, &rebuild, core.state_mut(), &|_| {})
+                .map_err(|e| format!("rebuilding assigned partitions {list:?}: {e}"))?;
+            rebuilt_keys = r.keys;
+            rebuilt_bytes = r.bytes;
+        }
+        self.source
+            .activate(&take, config.ingest.kafka.start)
+            .map_err(|e| format!("taking up assigned partitions: {e}"))?;
+        let ns = started.elapsed().as_nanos() as u64;
+        counters.kafka_partitions_moved_in.add(take.len() as u64);
+        counters
+            .changelog_restored_keys
+            .set(counters.changelog_restored_keys.get() + rebuilt_keys);
+        counters
+            .changelog_restored_bytes
+            .set(counters.changelog_restored_bytes.get() + rebuilt_bytes);
+        counters
+            .changelog_restore_ns
+            .set(counters.changelog_restore_ns.get() + ns);
+        tracing::info!(partitions = ?list, kept, rebuilt_keys, rebuilt_bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
+        Ok(())
     }
 
     /// How long Kafka intake stood still for a commit (flip to commit), for its gauge.

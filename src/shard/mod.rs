@@ -9,7 +9,7 @@ mod kafka;
 mod lifecycle;
 
 pub use self::core::{KafkaRecord, ShardCore};
-pub use kafka::{KafkaAttach, ShardKafka};
+pub use kafka::{GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
 
 use std::sync::Arc;
@@ -183,7 +183,10 @@ impl Shard {
             // answered, none is half-way.
             match kafka.as_mut() {
                 Some(k) => {
-                    if let Err(e) = k.checkpoint(cp, pickup_ns, core, counters) {
+                    if let Err(e) = k
+                        .rebalance(cp, core, counters)
+                        .and_then(|()| k.checkpoint(cp, pickup_ns, core, counters))
+                    {
                         failure = Some(IngestError::Kafka(e));
                     }
                 }

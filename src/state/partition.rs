@@ -30,6 +30,11 @@ pub enum PartitionError {
     Present { key: u64 },
 }
 
+/// The source a gone key is recorded with when its partition moved away rather than the key
+/// being deleted: never a partition's tag (those are `1 + (topic << 32 | partition)` with a
+/// 16-bit topic index).
+pub const MOVED: u64 = u64::MAX;
+
 impl KeyedState {
     /// Every record of source `tag`, hot then spilled.
     pub fn export_partition(&self, tag: u64) -> Result<PartitionImage, PartitionError> {
@@ -55,7 +60,9 @@ impl KeyedState {
     }
 
     /// Remove every record of source `tag` (a partition this state no longer owns). The
-    /// removals are changes like any other: the next incremental checkpoint records them gone.
+    /// removals are changes like any other: the next incremental checkpoint records them gone,
+    /// as moved away (`MOVED`): a changelog must not send them as deletions, the partition's
+    /// state being its new owner's.
     pub fn drop_partition(&mut self, tag: u64) -> Result<u64, PartitionError> {
         if self.snapshot_running() {
             return Err(PartitionError::SnapshotRunning);
@@ -70,7 +77,7 @@ impl KeyedState {
         for &key in &hot_keys {
             if let Some(slot) = self.hot.find(key) {
                 self.hot.remove_slot(slot, &mut words);
-                self.changes.gone(key, tag);
+                self.changes.gone(key, MOVED);
             }
         }
         let mut cold_keys = Vec::new();
@@ -86,7 +93,7 @@ impl KeyedState {
         if let Some(spill) = &mut self.spill {
             for &key in &cold_keys {
                 spill.remove(key).map_err(StateError::from)?;
-                self.changes.gone(key, tag);
+                self.changes.gone(key, MOVED);
             }
         }
         Ok((hot_keys.len() + cold_keys.len()) as u64)

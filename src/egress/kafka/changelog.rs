@@ -49,6 +49,8 @@ pub struct Sent {
     pub bytes: u64,
     /// Images of keys that belong to no partition of this shard (UDP keys): not changelogged.
     pub not_partitioned: u64,
+    /// Keys dropped because their partition moved to another owner: not deletions.
+    pub moved: u64,
     /// The checkpoint was sent whole (no change set leading on from the last one sent).
     pub whole: bool,
     /// With it, the changelog holds the whole state as of this checkpoint: it was sent whole,
@@ -65,7 +67,7 @@ enum ProduceError {
 }
 
 impl ChangelogSpec {
-    fn partition_of(&self, source: u64) -> Option<i32> {
+    pub fn partition_of(&self, source: u64) -> Option<i32> {
         self.partitions
             .iter()
             .find(|(tag, _)| *tag == source)
@@ -107,6 +109,11 @@ impl ChangelogSpec {
                         sent.records += 1;
                         sent.bytes += (key.len() + image.len()) as u64;
                     }
+                    // Its partition moved to another owner: the state there is the new owner's.
+                    Change::Delete {
+                        source: Some(crate::state::partition::MOVED),
+                        ..
+                    } => sent.moved += 1,
                     Change::Delete { key, source } => {
                         let key = key.to_be_bytes();
                         // Without its source (a checkpoint older than format 4): every partition

@@ -452,7 +452,14 @@ impl KafkaSink {
     }
 }
 
-/// The shard's transactional.id: stable across restarts, so a restart fences its zombie.
+/// The shard's transactional.id: stable across restarts, so a restart fences its zombie
+/// (with group membership the instance's name is in it: each instance has its own shards).
 pub fn transactional_id(config: &Config, shard: usize) -> String {
-    format!("{}-{shard}", config.egress.kafka.transactional_id_prefix)
+    let prefix = &config.egress.kafka.transactional_id_prefix;
+    match config.ingest.kafka.membership {
+        crate::config::Membership::Deal => format!("{prefix}-{shard}"),
+        crate::config::Membership::Group => {
+            format!("{prefix}-{}-{shard}", config.ingest.kafka.instance_id)
+        }
+    }
 }

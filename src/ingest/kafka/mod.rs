@@ -5,6 +5,7 @@
 //! shard's to keep: it goes into each checkpoint, and a restore seeks there.
 
 mod client;
+pub mod membership;
 pub mod partitions;
 pub mod watermarks;
 
@@ -19,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 pub use client::{
     consumer_config, discover, producer_config, KafkaError, ToTheEnd, CONNECT_PATIENCE,
 };
+pub use membership::{RebalanceEvent, ShardContext};
 pub use partitions::{PartitionId, PartitionTable};
 pub use watermarks::{PartitionGauge, PartitionGauges};
 
@@ -32,6 +34,17 @@ pub struct OwnedPartition {
     pub topic: String,
     /// The next offset to apply; -1 until the first record (or a restored checkpoint) says.
     pub next_offset: i64,
+    pub state: Ownership,
+}
+
+/// Whether the shard applies a partition's records (group membership moves partitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Active,
+    /// Revoked, its last commit pending: its offset is committed, its records no longer taken.
+    Frozen,
+    /// Not this shard's (group membership: every partition is listed, few are held).
+    Idle,
 }
 
 /// One polled record as the shard sees it: borrowed from the consumer for the callback.
@@ -48,7 +61,9 @@ pub struct Polled<'a> {
 }
 
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ShardContext>,
+    /// `ingest.kafka.membership = group`: partitions come and go by rebalance.
+    group: bool,
     owned: Vec<OwnedPartition>,
     /// Records taken since start, skipped ones included (a change stamp for checkpoints).
     taken: u64,
@@ -76,8 +91,8 @@ impl KafkaSource {
         gauges: Vec<Arc<PartitionGauge>>,
     ) -> Result<Self, KafkaError> {
         crate::invariant_eq!(owned.len(), gauges.len());
-        let consumer: BaseConsumer = consumer_config(config)
-            .create()
+        let consumer: BaseConsumer<ShardContext> = consumer_config(config)
+            .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("consumer"))?;
         let topics = &config.ingest.kafka.topics;
         let mut parts = Vec::with_capacity(owned.len());
@@ -91,6 +106,7 @@ impl KafkaSource {
                 id: *id,
                 topic,
                 next_offset: -1,
+                state: Ownership::Active,
             });
         }
         let durable = !config.state.dir.is_empty();
@@ -146,6 +162,7 @@ impl KafkaSource {
             .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
         Ok(Self {
             consumer,
+            group: false,
             gauges,
             topics_c,
             next_watermarks_ns: 0,
@@ -154,6 +171,135 @@ impl KafkaSource {
             errors_logged: 0,
             arrived: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Group membership: a consumer that `subscribe`s to the input topics as member
+    /// `instance_id-SHARD` (cooperative-sticky), holding none of `all` (every input partition,
+    /// in the partition table's order) until a rebalance assigns them (`activate`).
+    pub fn start_group(
+        config: &Config,
+        shard: usize,
+        all: &[PartitionId],
+    ) -> Result<Self, KafkaError> {
+        let k = &config.ingest.kafka;
+        let mut cc = consumer_config(config);
+        // Dynamic membership: a clean stop leaves the group, so its partitions move at once. A
+        // static member (group.instance.id) does not leave on close; the test broker then
+        // never gave its partitions to the others (waited 90 s, session.timeout.ms 6 s).
+        cc.set("partition.assignment.strategy", "cooperative-sticky")
+            .set("client.id", format!("sluice-{}-{shard}", k.instance_id));
+        let consumer: BaseConsumer<ShardContext> = cc
+            .create_with_context(ShardContext::default())
+            .map_err(KafkaError::client("group consumer"))?;
+        let mut owned = Vec::with_capacity(all.len());
+        for id in all {
+            let topic = k
+                .topics
+                .get(usize::from(id.topic))
+                .cloned()
+                .ok_or_else(|| {
+                    KafkaError::Other(format!("partition table names topic {}", id.topic))
+                })?;
+            owned.push(OwnedPartition {
+                id: *id,
+                topic,
+                next_offset: -1,
+                state: Ownership::Idle,
+            });
+        }
+        let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(KafkaError::client("subscribe"))?;
+        let topics_c = owned
+            .iter()
+            .map(|p| std::ffi::CString::new(p.topic.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
+        Ok(Self {
+            consumer,
+            group: true,
+            // Per-partition lag gauges are the dealt partitions': a partition here moves
+            // between shards and instances (the group's lag tools see it).
+            gauges: Vec::new(),
+            topics_c,
+            next_watermarks_ns: 0,
+            owned,
+            taken: 0,
+            errors_logged: 0,
+            arrived: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn is_group_member(&self) -> bool {
+        self.group
+    }
+
+    /// Rebalances recorded since the last call (group membership), oldest first.
+    pub fn take_rebalances(&self) -> Vec<RebalanceEvent> {
+        self.consumer.context().take()
+    }
+
+    /// Index into `owned()` of (topic, partition).
+    pub fn index_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.owned
+            .iter()
+            .position(|p| p.id.partition == partition && p.topic == topic)
+    }
+
+    /// Revoked partitions: their records are no longer taken, their offsets still go into
+    /// the next commit.
+    pub fn freeze(&mut self, list: &[usize]) {
+        for &i in list {
+            if let Some(p) = self.owned.get_mut(i) {
+                if p.state == Ownership::Active {
+                    p.state = Ownership::Frozen;
+                }
+            }
+        }
+    }
+
+    /// Hand revoked partitions back to the group (after their last commit).
+    pub fn release(&mut self, list: &[usize]) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::with_capacity(list.len());
+        for &i in list {
+            if let Some(p) = self.owned.get_mut(i) {
+                p.state = Ownership::Idle;
+                p.next_offset = -1;
+                tpl.add_partition(&p.topic, p.id.partition);
+            }
+        }
+        self.consumer
+            .incremental_unassign(&tpl)
+            .map_err(KafkaError::client("incremental_unassign"))
+    }
+
+    /// Take assigned partitions up, each from `next` (None: `ingest.kafka.start`), once their
+    /// state is in place.
+    pub fn activate(
+        &mut self,
+        list: &[(usize, Option<i64>)],
+        start: KafkaStart,
+    ) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::with_capacity(list.len());
+        for &(i, next) in list {
+            let Some(p) = self.owned.get_mut(i) else {
+                continue;
+            };
+            let offset = match (next, start) {
+                (Some(n), _) => Offset::Offset(n),
+                (None, KafkaStart::Earliest) => Offset::Beginning,
+                (None, KafkaStart::Latest) => Offset::End,
+            };
+            p.state = Ownership::Active;
+            p.next_offset = next.unwrap_or(-1);
+            tracing::info!(topic = %p.topic, partition = p.id.partition, ?offset, "Kafka partition assigned by the group");
+            tpl.add_partition_offset(&p.topic, p.id.partition, offset)
+                .map_err(KafkaError::client("assignment"))?;
+        }
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(KafkaError::client("incremental_assign"))
     }
 
     /// Call `wake` (from librdkafka's thread) whenever records arrive in an empty consumer
@@ -219,6 +365,11 @@ impl KafkaSource {
                 crate::invariant!(false, "a record from a partition this shard does not own");
                 continue;
             };
+            if owned.state != Ownership::Active {
+                // Revoked and not yet handed back (its offset is being committed), or not
+                // taken up yet: the new owner takes this record from the committed offset.
+                continue;
+            }
             let offset = msg.offset();
             crate::invariant!(
                 owned.next_offset < 0 || offset >= owned.next_offset,
@@ -267,7 +418,7 @@ impl KafkaSource {
     pub fn offsets(&self) -> Vec<PartitionOffset> {
         self.owned
             .iter()
-            .filter(|p| p.next_offset >= 0)
+            .filter(|p| p.next_offset >= 0 && p.state != Ownership::Idle)
             .map(|p| PartitionOffset {
                 topic: p.topic.clone(),
                 partition: p.id.partition,
@@ -279,7 +430,11 @@ impl KafkaSource {
     /// The offsets as a list for a group commit or a transaction.
     pub fn offsets_list(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::with_capacity(self.owned.len());
-        for p in self.owned.iter().filter(|p| p.next_offset >= 0) {
+        for p in self
+            .owned
+            .iter()
+            .filter(|p| p.next_offset >= 0 && p.state != Ownership::Idle)
+        {
             // Only fails for an invalid offset, and these are all >= 0.
             let _ =
                 tpl.add_partition_offset(&p.topic, p.id.partition, Offset::Offset(p.next_offset));
@@ -324,5 +479,13 @@ impl KafkaSource {
 
     pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
         self.consumer.group_metadata()
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // The consumer's close revokes what it holds (group membership): the callback must
+        // hand it back itself then, the shard being done.
+        self.consumer.context().set_closing();
     }
 }

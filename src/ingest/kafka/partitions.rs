@@ -55,6 +55,14 @@ impl PartitionTable {
             .collect()
     }
 
+    /// Group membership's layout: the topics and their partition counts, no deal (a shard's
+    /// checkpoint holds whichever partitions it was given, each checked when assigned).
+    pub fn group_layout(&self, topics: &[String]) -> String {
+        let dealt = self.layout(topics, 1);
+        let kafka = dealt.split(';').next().unwrap_or_default();
+        format!("{kafka};group")
+    }
+
     /// What a checkpoint depends on: restoring a shard's state needs the same partitions on it
     /// (a key's state lives with its partition). Topic names, partition counts, shard count.
     pub fn layout(&self, topics: &[String], shards: usize) -> String {
@@ -114,6 +122,12 @@ mod tests {
         assert_ne!(
             t.layout(&topics, 2),
             PartitionTable::balanced(&[5, 1], 2).layout(&topics, 2)
+        );
+        // Group membership names no deal: any shard count, any partitions on a shard.
+        assert_eq!(t.group_layout(&topics), "kafka=a:4,b:1;group");
+        assert_eq!(
+            PartitionTable::balanced(&[4, 1], 1).group_layout(&topics),
+            t.group_layout(&topics)
         );
     }
 }

@@ -55,8 +55,8 @@ impl PartitionGauge {
 
 /// The high watermark librdkafka cached for `topic`/`partition` from its last fetch response,
 /// if it has one.
-pub fn cached_high_watermark(
-    consumer: &BaseConsumer,
+pub fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &CString,
     partition: i32,
 ) -> Option<i64> {

@@ -1,0 +1,92 @@
+//! Group membership (`ingest.kafka.membership = group`): each shard's consumer is a member of
+//! the consumer group (cooperative-sticky, static membership), and Kafka decides which
+//! instance owns which partition.
+//!
+//! librdkafka calls the rebalance callback from inside `poll`, on the shard thread, and waits
+//! for the application's `incremental_assign` / `incremental_unassign` before the rebalance
+//! goes on (its WAIT_ASSIGN_CALL / WAIT_UNASSIGN_CALL states; the call need not come from the
+//! callback). The callback here only records what changed: the shard then finishes a revoked
+//! partition (its offsets, state changes and Scores committed in a transaction) and rebuilds
+//! an assigned one from the changelog, between two cycles, and only then makes the call. A
+//! revocation completed before the commit would let the new owner start from an older offset
+//! and fence this shard's next commit (KIP-447).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+/// A rebalance as the shard sees it: (topic, partition) lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assign(Vec<(String, i32)>),
+    Revoke(Vec<(String, i32)>),
+    /// librdkafka reported a rebalance error (the assignment is then unknown).
+    Failed(String),
+}
+
+/// The shard consumer's context (both memberships; with `deal`'s assigned partitions it never
+/// sees a rebalance).
+#[derive(Default)]
+pub struct ShardContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    /// Set before the consumer is dropped: its close revokes whatever it holds, and no shard
+    /// is left to do the call, so the callback does it.
+    closing: AtomicBool,
+}
+
+impl ShardContext {
+    /// The rebalances recorded since the last call, oldest first.
+    pub fn take(&self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+}
+
+impl ClientContext for ShardContext {}
+
+impl ConsumerContext for ShardContext {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let revoke = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+        if self.closing.load(Ordering::SeqCst) {
+            // Closing: the shard has committed its last checkpoint already.
+            let r = if assign {
+                base_consumer.incremental_assign(tpl)
+            } else {
+                base_consumer.incremental_unassign(tpl)
+            };
+            if let Err(e) = r {
+                tracing::warn!("Kafka rebalance while closing: {e}");
+            }
+            return;
+        }
+        let list: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let event = if assign {
+            RebalanceEvent::Assign(list)
+        } else if revoke {
+            RebalanceEvent::Revoke(list)
+        } else {
+            let code: rdkafka::types::RDKafkaErrorCode = err.into();
+            RebalanceEvent::Failed(code.to_string())
+        };
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+}
