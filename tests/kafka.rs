@@ -465,14 +465,24 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     };
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
-    let records = workload(200, 8_000);
+    let records = workload(200, 12_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
     let (producer, done) = produce_in_background(&broker, records, 2_000);
     let (a, a_out, _) = common::spawn_run(&sets_a);
     std::thread::sleep(Duration::from_millis(1_500));
-    let (b, b_out, _) = common::spawn_run(&sets_b);
-    std::thread::sleep(Duration::from_millis(2_000));
+    let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
+    // B stops once it has taken partitions up and applied records of them (not after a
+    // fixed time: a join takes what it takes on a busy machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::scrape(&b_metrics, "sluice_kafka_records_total") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b applied no record within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let report_b = stop(b, Some(b_out));
     producer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
