@@ -348,6 +348,12 @@ impl ShardCore {
         self.owner.max_event_ns
     }
 
+    /// Records moved in (a partition rebuilt from the changelog) carry event times this shard
+    /// has not seen: its event-time watermark goes on from the newest of them.
+    pub fn raise_max_event_ns(&mut self, ns: u64) {
+        self.owner.max_event_ns = self.owner.max_event_ns.max(ns);
+    }
+
     /// A key's state, hot or spilled, if this shard owns it.
     pub fn locate(&self, key: u64) -> Result<Option<KeyState>, StateError> {
         self.owner.table.locate(key)

@@ -431,6 +431,7 @@ impl ShardKafka {
                 .map_err(|e| format!("rebuilding assigned partitions {list:?}: {e}"))?;
             rebuilt_keys = r.keys;
             rebuilt_bytes = r.bytes;
+            core.raise_max_event_ns(r.max_event_ns);
         }
         self.source
             .activate(&take, config.ingest.kafka.start)
