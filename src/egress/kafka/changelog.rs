@@ -88,6 +88,8 @@ impl ChangelogSpec {
     ) -> Result<Sent, KafkaError> {
         let mut sent = Sent::default();
         let path = checkpoint::path_of(root, seq);
+        // Looked up per record: a group member lists every input partition.
+        let partition_of: HashMap<u64, i32> = self.partitions.iter().copied().collect();
         let counts =
             checkpoint::read_changes(&path, words, holds, |change| -> Result<(), ProduceError> {
                 match change {
@@ -100,7 +102,7 @@ impl ChangelogSpec {
                             }
                             .into());
                         };
-                        let Some(p) = self.partition_of(rec.source) else {
+                        let Some(&p) = partition_of.get(&rec.source) else {
                             sent.not_partitioned += 1;
                             return Ok(());
                         };
@@ -120,7 +122,7 @@ impl ChangelogSpec {
                         // of the shard; compaction drops the tombstones of keys a partition never
                         // held.
                         let targets: Vec<i32> = match source {
-                            Some(s) => self.partition_of(s).into_iter().collect(),
+                            Some(s) => partition_of.get(&s).copied().into_iter().collect(),
                             None => self.partitions.iter().map(|(_, p)| *p).collect(),
                         };
                         if targets.is_empty() {
