@@ -41,7 +41,8 @@ pub struct OwnedPartition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
     Active,
-    /// Revoked, its last commit pending: its offset is committed, its records no longer taken.
+    /// Revoked, its handover commit pending: its records are no longer taken, its offset goes
+    /// into that commit.
     Frozen,
     /// Not this shard's (group membership: every partition is listed, few are held).
     Idle,
@@ -62,8 +63,6 @@ pub struct Polled<'a> {
 
 pub struct KafkaSource {
     consumer: BaseConsumer<ShardContext>,
-    /// `ingest.kafka.membership = group`: partitions come and go by rebalance.
-    group: bool,
     owned: Vec<OwnedPartition>,
     /// Records taken since start, skipped ones included (a change stamp for checkpoints).
     taken: u64,
@@ -162,7 +161,6 @@ impl KafkaSource {
             .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
         Ok(Self {
             consumer,
-            group: false,
             gauges,
             topics_c,
             next_watermarks_ns: 0,
@@ -218,7 +216,6 @@ impl KafkaSource {
             .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
         Ok(Self {
             consumer,
-            group: true,
             // Per-partition lag gauges are the dealt partitions': a partition here moves
             // between shards and instances (the group's lag tools see it).
             gauges: Vec::new(),
@@ -229,10 +226,6 @@ impl KafkaSource {
             errors_logged: 0,
             arrived: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    pub fn is_group_member(&self) -> bool {
-        self.group
     }
 
     /// Rebalances recorded since the last call (group membership), oldest first.
