@@ -333,6 +333,37 @@ fn rerun_until_every_score_after_dedup(
     check_exactly_once(&dedup_by_source(&scores), want);
 }
 
+/// A read_committed reader saw each wanted Observation's Score once, with its count, in
+/// `scores`; and reading the topic again to its end (what a run committed at shutdown
+/// included) still does.
+fn check_every_score_once(
+    broker: &Broker,
+    scores: &[ScoreRecord],
+    want: &BTreeMap<(u64, u64), u64>,
+) {
+    check_exactly_once(scores, want);
+    check_exactly_once(
+        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
+        want,
+    );
+}
+
+/// Start sluice again and read until every wanted Observation has a Score (up to 90 s), stop
+/// it cleanly, check each once; its shutdown report.
+fn rerun_until_every_score_once(
+    broker: &Broker,
+    sets: &[String],
+    want: &BTreeMap<(u64, u64), u64>,
+) -> String {
+    let (child, stdout, _) = common::spawn_run(sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_every_score_once(broker, &scores, want);
+    report
+}
+
 /// Kill -9 at three moments under load, restart each time, then let the last run finish.
 fn kill_restart_under_load(broker: &Broker, sets: &[String], records: Vec<Vec<Ev>>) {
     let (producer, done) = produce_in_background(broker, records, 2_000);
@@ -358,17 +389,7 @@ fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
     kill_restart_under_load(&broker, &sets, records);
-    let (child, stdout, _) = common::spawn_run(&sets);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        s.len() >= want.len()
-    });
-    let report = stop(child, Some(stdout));
-    check_exactly_once(&scores, &want);
-    // What the last run committed at shutdown must not add a Score twice: read once more.
-    check_exactly_once(
-        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
-        &want,
-    );
+    let report = rerun_until_every_score_once(&broker, &sets, &want);
     assert!(
         counter(&report, "sluice_kafka_transactions_committed_total") > 0,
         "{report}"
@@ -416,16 +437,7 @@ fn exactly_once_changelog_rebuilds_a_wiped_state_dir_counts_exact() {
     }
     producer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
-    let (child, stdout, _) = common::spawn_run(&sets);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        s.len() >= want.len()
-    });
-    let report = stop(child, Some(stdout));
-    check_exactly_once(&scores, &want);
-    check_exactly_once(
-        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
-        &want,
-    );
+    let report = rerun_until_every_score_once(&broker, &sets, &want);
     // The last run started on a wiped disk after commits: it rebuilt from the changelog.
     assert!(
         counter(&report, "sluice_kafka_changelog_restored_keys") > 0,
@@ -490,11 +502,7 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
         s.len() >= want.len()
     });
     let report_a = stop(a, Some(a_out));
-    check_exactly_once(&scores, &want);
-    check_exactly_once(
-        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
-        &want,
-    );
+    check_every_score_once(&broker, &scores, &want);
     // B really owned partitions and applied their records; A handed them over and took
     // them back.
     for (name, report, metric) in [

@@ -332,13 +332,11 @@ impl ShardKafka {
         };
         self.commit_written(seq, counters)?;
         let mut keys = 0;
-        for &i in &idx {
-            if let Some(p) = self.source.owned().get(i) {
-                keys += core
-                    .state_mut()
-                    .drop_partition(p.id.source_tag())
-                    .map_err(|e| format!("dropping a revoked partition: {e}"))?;
-            }
+        for tag in idx.iter().filter_map(|&i| self.source.tag_at(i)) {
+            keys += core
+                .state_mut()
+                .drop_partition(tag)
+                .map_err(|e| format!("dropping a revoked partition: {e}"))?;
         }
         self.source
             .release(&idx)
@@ -384,17 +382,15 @@ impl ShardKafka {
         };
         if let Some(local) = &restored {
             // Held at the restored checkpoint but not assigned now: another member's.
-            for o in local {
-                if !list.iter().any(|(t, p)| *t == o.topic && *p == o.partition) {
-                    if let Some(i) = self.source.index_of(&o.topic, o.partition) {
-                        let tag = self.source.owned().get(i).map(|p| p.id.source_tag());
-                        if let Some(tag) = tag {
-                            core.state_mut()
-                                .drop_partition(tag)
-                                .map_err(|e| format!("dropping a partition not assigned: {e}"))?;
-                        }
-                    }
-                }
+            let not_assigned = local
+                .iter()
+                .filter(|o| !list.iter().any(|(t, p)| *t == o.topic && *p == o.partition))
+                .filter_map(|o| self.source.index_of(&o.topic, o.partition))
+                .filter_map(|i| self.source.tag_at(i));
+            for tag in not_assigned {
+                core.state_mut()
+                    .drop_partition(tag)
+                    .map_err(|e| format!("dropping a partition not assigned: {e}"))?;
             }
         }
         let mut take = Vec::with_capacity(list.len());
@@ -404,10 +400,11 @@ impl ShardKafka {
         };
         let mut kept = 0;
         for (t, p) in list {
-            let Some(i) = self.source.index_of(t, *p) else {
-                continue;
-            };
-            let Some(tag) = self.source.owned().get(i).map(|o| o.id.source_tag()) else {
+            let Some((i, tag)) = self
+                .source
+                .index_of(t, *p)
+                .and_then(|i| Some((i, self.source.tag_at(i)?)))
+            else {
                 continue;
             };
             let group_next = next_of(&committed, t, *p);

@@ -47,10 +47,6 @@ pub struct Sent {
     pub tombstones: u64,
     /// Key and value bytes handed to the producer.
     pub bytes: u64,
-    /// Images of keys that belong to no partition of this shard (UDP keys): not changelogged.
-    pub not_partitioned: u64,
-    /// Keys dropped because their partition moved to another owner: not deletions.
-    pub moved: u64,
     /// The checkpoint was sent whole (no change set leading on from the last one sent).
     pub whole: bool,
     /// With it, the changelog holds the whole state as of this checkpoint: it was sent whole,
@@ -102,8 +98,8 @@ impl ChangelogSpec {
                             }
                             .into());
                         };
+                        // A key of no Kafka partition (UDP's): not changelogged.
                         let Some(&p) = partition_of.get(&rec.source) else {
-                            sent.not_partitioned += 1;
                             return Ok(());
                         };
                         let key = rec.key.to_be_bytes();
@@ -115,7 +111,7 @@ impl ChangelogSpec {
                     Change::Delete {
                         source: Some(crate::state::partition::MOVED),
                         ..
-                    } => sent.moved += 1,
+                    } => {}
                     Change::Delete { key, source } => {
                         let key = key.to_be_bytes();
                         // Without its source (a checkpoint older than format 4): every partition
@@ -125,9 +121,6 @@ impl ChangelogSpec {
                             Some(s) => partition_of.get(&s).copied().into_iter().collect(),
                             None => self.partitions.iter().map(|(_, p)| *p).collect(),
                         };
-                        if targets.is_empty() {
-                            sent.not_partitioned += 1;
-                        }
                         for p in targets {
                             self.send(producer, p, &key, None, deadline)?;
                             sent.tombstones += 1;

@@ -93,20 +93,10 @@ impl KafkaSource {
         let consumer: BaseConsumer<ShardContext> = consumer_config(config)
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("consumer"))?;
-        let topics = &config.ingest.kafka.topics;
-        let mut parts = Vec::with_capacity(owned.len());
-        let mut tpl = TopicPartitionList::with_capacity(owned.len());
-        for id in owned {
-            let topic = topics.get(usize::from(id.topic)).cloned().ok_or_else(|| {
-                KafkaError::Other(format!("partition table names topic {}", id.topic))
-            })?;
-            tpl.add_partition(&topic, id.partition);
-            parts.push(OwnedPartition {
-                id: *id,
-                topic,
-                next_offset: -1,
-                state: Ownership::Active,
-            });
+        let mut parts = partitions(config, owned, Ownership::Active)?;
+        let mut tpl = TopicPartitionList::with_capacity(parts.len());
+        for p in &parts {
+            tpl.add_partition(&p.topic, p.id.partition);
         }
         let durable = !config.state.dir.is_empty();
         let committed = if !durable && !parts.is_empty() {
@@ -154,7 +144,15 @@ impl KafkaSource {
         for (g, p) in gauges.iter().zip(&parts) {
             g.next_offset.store(p.next_offset, Ordering::Relaxed);
         }
-        let topics_c = parts
+        Self::with(consumer, parts, gauges)
+    }
+
+    fn with(
+        consumer: BaseConsumer<ShardContext>,
+        owned: Vec<OwnedPartition>,
+        gauges: Vec<Arc<PartitionGauge>>,
+    ) -> Result<Self, KafkaError> {
+        let topics_c = owned
             .iter()
             .map(|p| std::ffi::CString::new(p.topic.as_str()))
             .collect::<Result<_, _>>()
@@ -164,7 +162,7 @@ impl KafkaSource {
             gauges,
             topics_c,
             next_watermarks_ns: 0,
-            owned: parts,
+            owned,
             taken: 0,
             errors_logged: 0,
             arrived: Arc::new(AtomicBool::new(false)),
@@ -189,48 +187,24 @@ impl KafkaSource {
         let consumer: BaseConsumer<ShardContext> = cc
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("group consumer"))?;
-        let mut owned = Vec::with_capacity(all.len());
-        for id in all {
-            let topic = k
-                .topics
-                .get(usize::from(id.topic))
-                .cloned()
-                .ok_or_else(|| {
-                    KafkaError::Other(format!("partition table names topic {}", id.topic))
-                })?;
-            owned.push(OwnedPartition {
-                id: *id,
-                topic,
-                next_offset: -1,
-                state: Ownership::Idle,
-            });
-        }
+        let owned = partitions(config, all, Ownership::Idle)?;
         let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(KafkaError::client("subscribe"))?;
-        let topics_c = owned
-            .iter()
-            .map(|p| std::ffi::CString::new(p.topic.as_str()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
-        Ok(Self {
-            consumer,
-            // Per-partition lag gauges are the dealt partitions': a partition here moves
-            // between shards and instances (the group's lag tools see it).
-            gauges: Vec::new(),
-            topics_c,
-            next_watermarks_ns: 0,
-            owned,
-            taken: 0,
-            errors_logged: 0,
-            arrived: Arc::new(AtomicBool::new(false)),
-        })
+        // Per-partition lag gauges are the dealt partitions': a partition here moves between
+        // shards and instances (the group's lag tools see it).
+        Self::with(consumer, owned, Vec::new())
     }
 
     /// Rebalances recorded since the last call (group membership), oldest first.
     pub fn take_rebalances(&self) -> Vec<RebalanceEvent> {
         self.consumer.context().take()
+    }
+
+    /// The source tag of `owned()[i]`.
+    pub fn tag_at(&self, i: usize) -> Option<u64> {
+        self.owned.get(i).map(|p| p.id.source_tag())
     }
 
     /// Index into `owned()` of (topic, partition).
@@ -473,6 +447,28 @@ impl KafkaSource {
     pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
         self.consumer.group_metadata()
     }
+}
+
+/// The partitions `ids` names, by topic name, each in `state`, its next offset unknown.
+fn partitions(
+    config: &Config,
+    ids: &[PartitionId],
+    state: Ownership,
+) -> Result<Vec<OwnedPartition>, KafkaError> {
+    let topics = &config.ingest.kafka.topics;
+    ids.iter()
+        .map(|id| {
+            let topic = topics.get(usize::from(id.topic)).cloned().ok_or_else(|| {
+                KafkaError::Other(format!("partition table names topic {}", id.topic))
+            })?;
+            Ok(OwnedPartition {
+                id: *id,
+                topic,
+                next_offset: -1,
+                state,
+            })
+        })
+        .collect()
 }
 
 impl Drop for KafkaSource {
