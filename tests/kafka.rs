@@ -485,15 +485,8 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     std::thread::sleep(Duration::from_millis(1_500));
     let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
     // B stops once it has taken partitions up and applied records of them (not after a
-    // fixed time: a join takes what it takes on a busy machine).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while common::scrape(&b_metrics, "sluice_kafka_records_total") == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "b applied no record within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // fixed time).
+    wait_until_applying("b", &b_metrics);
     std::thread::sleep(Duration::from_millis(500));
     let report_b = stop(b, Some(b_out));
     producer.join().unwrap();
@@ -515,6 +508,95 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     assert!(
         counter(&report_a, "sluice_kafka_partitions_moved_in_total") > 4,
         "a took its partitions up twice:\n{report_a}"
+    );
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+}
+
+/// Wait until `metrics` shows a record applied (a join takes what it takes on a busy machine).
+fn wait_until_applying(name: &str, metrics: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::scrape(metrics, "sluice_kafka_records_total") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} applied no record within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pauses() {
+    let broker = broker_with_topics("static");
+    let member = |name: &str| {
+        let dir = scratch(&format!("static-{name}"));
+        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+        sets.extend([
+            "shards.count=1".into(),
+            "ingest.kafka.membership=group".into(),
+            "ingest.kafka.static_membership=true".into(),
+            format!("ingest.kafka.instance_id={name}"),
+            "egress.kafka.changelog=true".into(),
+            "egress.kafka.transactional_id_prefix=static-test".into(),
+            "state.hot_capacity=64".into(),
+        ]);
+        (sets, dir)
+    };
+    let (sets_a, dir_a) = member("a");
+    let (sets_b, dir_b) = member("b");
+    let records = workload(200, 12_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let (producer, done) = produce_in_background(&broker, records, 2_000);
+    let (a, a_out, _, a_metrics) = common::spawn_run_with_metrics(&sets_a);
+    wait_until_applying("a", &a_metrics);
+    let (mut b, _b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
+    wait_until_applying("b", &b_metrics);
+    let a_in_before = common::scrape(&a_metrics, "sluice_kafka_partitions_moved_in_total");
+    let a_out_before = common::scrape(&a_metrics, "sluice_kafka_partitions_moved_out_total");
+    std::thread::sleep(Duration::from_millis(700));
+    // Crash B mid-stream (its transaction open), then restart it as systemd would.
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
+    wait_until_applying("restarted b", &b_metrics);
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    let report_b = stop(b, Some(b_out));
+    let report_a = stop(a, Some(a_out));
+    check_every_score_once(&broker, &scores, &want);
+    // The restarted B took its old member's place: its partitions came back to it, from
+    // its own disk (nothing rebuilt from the changelog), and A was not part of it.
+    assert!(
+        a_out_before > 0,
+        "b never took partitions from a:\n{report_a}"
+    );
+    assert_eq!(
+        counter(&report_a, "sluice_kafka_partitions_moved_in_total"),
+        a_in_before,
+        "a took partitions up again (a rebalance):\n{report_a}"
+    );
+    assert_eq!(
+        counter(&report_a, "sluice_kafka_partitions_moved_out_total"),
+        a_out_before,
+        "a handed partitions over again (a rebalance):\n{report_a}"
+    );
+    assert_eq!(
+        counter(&report_b, "sluice_kafka_partitions_moved_in_total"),
+        a_out_before,
+        "restarted b did not get back what it held:\n{report_b}"
+    );
+    assert_eq!(
+        counter(&report_b, "sluice_kafka_changelog_restored_keys"),
+        0,
+        "restarted b rebuilt from the changelog instead of its disk:\n{report_b}"
+    );
+    assert!(
+        counter(&report_b, "sluice_kafka_records_total") > 0,
+        "{report_b}"
     );
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);

@@ -116,8 +116,10 @@ pub struct IngestKafka {
     pub topics: Vec<String>,
     pub group: String,
     pub membership: Membership,
-    /// `membership = group`: this instance's name in the group (static membership).
+    /// `membership = group`: this instance's name in the group.
     pub instance_id: String,
+    /// `membership = group`: join as static members (`group.instance.id`).
+    pub static_membership: bool,
     pub start: KafkaStart,
     pub records_per_cycle_max: usize,
     pub in_flight_records_max: usize,

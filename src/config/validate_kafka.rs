@@ -137,6 +137,11 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
         if id.is_empty() || !topic_name_ok(id) {
             p.push(format!("ingest.kafka.instance_id = {:?}: ingest.kafka.membership = \"group\" needs a name for this instance, unique in the group and stable across restarts (letters, digits, '.', '_', '-')", k.instance_id));
         }
+    } else if k.static_membership {
+        p.push(
+            "ingest.kafka.static_membership = true needs ingest.kafka.membership = \"group\""
+                .into(),
+        );
     }
     if e.changelog && e.delivery != Delivery::ExactlyOnce {
         p.push("egress.kafka.changelog = true needs egress.kafka.delivery = \"exactly_once\": the changelog is written in each checkpoint's transaction".into());
@@ -303,9 +308,29 @@ mod tests {
                 "egress.kafka.delivery=exactly_once".into(),
                 "egress.kafka.changelog=true".into(),
                 "state.dir=/tmp/x".into(),
+                "ingest.kafka.static_membership=true".into(),
             ],
         )
         .is_ok());
+    }
+
+    #[test]
+    fn static_membership_needs_group_membership() {
+        let err = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "ingest.kafka.static_membership=true".into(),
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains(
+                "ingest.kafka.static_membership = true needs ingest.kafka.membership = \"group\""
+            ),
+            "{all}"
+        );
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl KafkaSource {
     }
 
     /// Group membership: a consumer that `subscribe`s to the input topics as member
-    /// `instance_id-SHARD` (cooperative-sticky), holding none of `all` (every input partition,
+    /// `sluice-instance_id-SHARD` (cooperative-sticky; static if so configured), holding none of `all` (every input partition,
     /// in the partition table's order) until a rebalance assigns them (`activate`).
     pub fn start_group(
         config: &Config,
@@ -179,11 +179,14 @@ impl KafkaSource {
     ) -> Result<Self, KafkaError> {
         let k = &config.ingest.kafka;
         let mut cc = consumer_config(config);
-        // Dynamic membership: a clean stop leaves the group, so its partitions move at once. A
-        // static member (group.instance.id) does not leave on close; the test broker then
-        // never gave its partitions to the others (waited 90 s, session.timeout.ms 6 s).
         cc.set("partition.assignment.strategy", "cooperative-sticky")
             .set("client.id", format!("sluice-{}-{shard}", k.instance_id));
+        // A dynamic member leaves the group on a clean stop, so its partitions move at once.
+        // A static one does not leave (its partitions wait for the broker to expire it), but
+        // its restart under the same id takes its old member's place with no rebalance.
+        if k.static_membership {
+            cc.set("group.instance.id", format!("{}-{shard}", k.instance_id));
+        }
         let consumer: BaseConsumer<ShardContext> = cc
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("group consumer"))?;
