@@ -2,6 +2,7 @@
 //!   `reload` | `reload PATH` -> `ok VERSION` or `error WHY`
 //!   `version`                -> `ok VERSION`
 //!   `state KEY`              -> `ok key K (shard S, hot|spilled): observations=...`
+//!   `cluster status`         -> `ok {JSON}`: the Kafka partitions this instance owns
 //!   `fault hold SHARD` | `fault release SHARD` -> `ok` (only with `admin.faults = true`:
 //!   a held shard stops turning its loop, as a stuck one would; for watchdog and fault tests)
 //! `sluice reload` is its client. Control-plane only: never touched per event.
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::control::Request;
+use crate::ingest::kafka::status::ClusterInfo;
 use crate::shard::Control;
 
 pub fn serve(
@@ -24,6 +26,7 @@ pub fn serve(
     requests: mpsc::Sender<Request>,
     control: Arc<Control>,
     faults: bool,
+    cluster: Option<ClusterInfo>,
 ) -> std::io::Result<JoinHandle<()>> {
     refuse_open_directory(path)?;
     // A socket left by a previous run would make bind fail; anything else at the path is kept.
@@ -42,7 +45,7 @@ pub fn serve(
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let faults = faults.then_some(control.as_ref());
-                        if let Err(e) = handle(stream, &requests, faults) {
+                        if let Err(e) = handle(stream, &requests, faults, cluster.as_ref()) {
                             tracing::warn!("admin connection: {e}");
                         }
                     }
@@ -87,6 +90,7 @@ pub enum Command {
     Reload(Option<String>),
     Version,
     State(u64),
+    ClusterStatus,
     /// `fault hold|release SHARD`: (hold, shard), or None when malformed.
     Fault(Option<(bool, usize)>),
     /// Why the line is not a request (the answer after `error `).
@@ -108,6 +112,7 @@ impl Command {
         match (words.next(), words.next(), words.next(), words.next()) {
             (Some("reload"), path, None, None) => Self::Reload(path.map(str::to_owned)),
             (Some("version"), None, ..) => Self::Version,
+            (Some("cluster"), Some("status"), None, None) => Self::ClusterStatus,
             (Some("state"), Some(key), None, None) => match key.parse::<u64>() {
                 Ok(key) => Self::State(key),
                 Err(_) => {
@@ -122,7 +127,7 @@ impl Command {
                 })
             }
             _ => Self::Refused(format!(
-                "unknown command {:?} (try: reload [PATH], version, state KEY)",
+                "unknown command {:?} (try: reload [PATH], version, state KEY, cluster status)",
                 line.trim()
             )),
         }
@@ -133,6 +138,7 @@ fn handle(
     stream: UnixStream,
     requests: &mpsc::Sender<Request>,
     faults: Option<&Control>,
+    cluster: Option<&ClusterInfo>,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -140,6 +146,11 @@ fn handle(
     let answer = match Command::parse(&line) {
         Command::Fault(what) => fault(faults, what),
         Command::Refused(why) => format!("error {why}"),
+        Command::ClusterStatus => match cluster {
+            None => "error Kafka is off (ingest.kafka.brokers is empty)".to_owned(),
+            Some(c) => serde_json::to_string(&c.status())
+                .map_or_else(|e| format!("error {e}"), |json| format!("ok {json}")),
+        },
         Command::Reload(path) => {
             let (tx, rx) = mpsc::channel();
             let _ = requests.send(Request::Reload { path, reply: tx });
@@ -218,6 +229,11 @@ mod tests {
             Command::Reload(Some("/m/v2.onnx".into()))
         );
         assert_eq!(Command::parse("version"), Command::Version);
+        assert_eq!(Command::parse("cluster status\n"), Command::ClusterStatus);
+        assert!(matches!(
+            Command::parse("cluster"),
+            Command::Refused(w) if w.contains("cluster status")
+        ));
         assert_eq!(Command::parse(" state 42 "), Command::State(42));
         assert_eq!(
             Command::parse("fault hold 1"),

@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         what: StateCommand,
     },
+    /// A running sluice's view of its Kafka consumer group (through its admin.socket).
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
     /// Ask a running sluice (through its admin.socket) to load a model as the next version.
     Reload {
         /// The running service's admin socket (its `admin.socket`).
@@ -140,6 +145,18 @@ enum StateCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The input partitions this instance owns now (shard, role, offsets, lag) and the others.
+    Status {
+        #[arg(long, default_value = "/run/sluice/admin.sock")]
+        socket: PathBuf,
+        /// Print the answer as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
 
@@ -223,6 +240,20 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             // `state get` prints the answer without the protocol's "ok " prefix.
             return admin_command(&socket, &format!("state {key}"), |a| {
                 a.strip_prefix("ok ").unwrap_or(a).to_owned()
+            });
+        }
+        Command::Cluster {
+            what: ClusterCommand::Status { socket, json },
+        } => {
+            return admin_command(&socket, "cluster status", |a| {
+                let Some(body) = a.strip_prefix("ok ") else {
+                    return a.to_owned();
+                };
+                if json {
+                    return body.to_owned();
+                }
+                serde_json::from_str::<sluice::ingest::kafka::status::ClusterStatus>(body)
+                    .map_or_else(|_| body.to_owned(), |s| s.table())
             });
         }
         Command::Host { verb } => return Ok(host_command(verb)),

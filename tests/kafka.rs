@@ -18,6 +18,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice::ingest::kafka::status::ClusterStatus;
 use sluice::wire::EventBatchEncoder;
 
 mod common;
@@ -513,6 +514,15 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     let _ = std::fs::remove_dir_all(&dir_b);
 }
 
+/// `cluster status` from the instance whose admin socket is in `dir`.
+fn cluster_status(dir: &Path) -> ClusterStatus {
+    let answer = sluice::admin::request(&dir.join("admin.sock"), "cluster status").unwrap();
+    let json = answer
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("{answer}"));
+    serde_json::from_str(json).unwrap()
+}
+
 /// Wait until `metrics` shows a record applied (a join takes what it takes on a busy machine).
 fn wait_until_applying(name: &str, metrics: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -539,6 +549,7 @@ fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pau
             "egress.kafka.changelog=true".into(),
             "egress.kafka.transactional_id_prefix=static-test".into(),
             "state.hot_capacity=64".into(),
+            format!("admin.socket={}", dir.join("admin.sock").display()),
         ]);
         (sets, dir)
     };
@@ -552,6 +563,25 @@ fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pau
     wait_until_applying("a", &a_metrics);
     let (mut b, _b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
     wait_until_applying("b", &b_metrics);
+    // Each input partition is owned by exactly one of them, and each knows the other's.
+    let (status_a, status_b) = (cluster_status(&dir_a), cluster_status(&dir_b));
+    let owned = |s: &ClusterStatus| -> Vec<i32> { s.owned.iter().map(|p| p.partition).collect() };
+    let mut all = owned(&status_a);
+    all.extend(owned(&status_b));
+    all.sort_unstable();
+    assert_eq!(all, vec![0, 1, 2, 3], "a: {status_a:?}\nb: {status_b:?}");
+    assert!(!owned(&status_b).is_empty(), "{status_b:?}");
+    let names = |s: &ClusterStatus| -> Vec<String> {
+        s.owned
+            .iter()
+            .map(|p| format!("{}:{}", p.topic, p.partition))
+            .collect()
+    };
+    assert_eq!(status_b.elsewhere, names(&status_a));
+    assert_eq!(status_a.elsewhere, names(&status_b));
+    for p in status_a.owned.iter().chain(&status_b.owned) {
+        assert_eq!((p.role.as_str(), p.shard), ("active", 0), "{p:?}");
+    }
     let a_in_before = common::scrape(&a_metrics, "sluice_kafka_partitions_moved_in_total");
     let a_out_before = common::scrape(&a_metrics, "sluice_kafka_partitions_moved_out_total");
     std::thread::sleep(Duration::from_millis(700));
@@ -560,6 +590,31 @@ fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pau
     b.wait().unwrap();
     let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
     wait_until_applying("restarted b", &b_metrics);
+    // The same partitions, as the operator's command and the metrics show them.
+    assert_eq!(owned(&cluster_status(&dir_b)), owned(&status_b));
+    assert_eq!(
+        common::scrape(&b_metrics, "sluice_kafka_partition_owned{"),
+        status_b.owned.len() as u64
+    );
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["cluster", "status", "--socket"])
+        .arg(dir_b.join("admin.sock"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("instance b") && table.contains("group (static)"),
+        "{table}"
+    );
+    for p in &status_b.owned {
+        assert!(
+            table.lines().any(|l| l.starts_with(&p.topic)
+                && l.split_whitespace().nth(1) == Some(p.partition.to_string().as_str())
+                && l.contains("active")),
+            "partition {} not shown active:\n{table}",
+            p.partition
+        );
+    }
     producer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {

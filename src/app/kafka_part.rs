@@ -14,7 +14,7 @@ use crate::egress::kafka::changelog::{self, ChangelogSource, ChangelogSpec};
 use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
 use crate::ingest::kafka::{
     self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionGauges, PartitionId,
-    PartitionTable,
+    PartitionTable, Role,
 };
 use crate::metrics::ShardCounters;
 use crate::shard::{Control, GroupMember, KafkaAttach, ShardKafka};
@@ -232,12 +232,19 @@ fn seeds(
             let changelog_complete =
                 !changelog_new && committed.get(id).is_some_and(|p| p.changelog);
             let owned = table.owned_by(if group { 0 } else { i });
+            // A group member's shards each have a gauge for every input partition (its
+            // role says which one owns it now); a dealt partition is its shard's for good.
+            let role = if group { Role::None } else { Role::Active };
             let gauges = owned
                 .iter()
-                .filter(|_| !group)
-                .filter_map(|p| {
-                    let topic = config.ingest.kafka.topics.get(usize::from(p.topic))?;
-                    Some(Arc::new(PartitionGauge::new(topic, p.partition)))
+                .map(|p| {
+                    let topic = config
+                        .ingest
+                        .kafka
+                        .topics
+                        .get(usize::from(p.topic))
+                        .map_or("?", String::as_str);
+                    Arc::new(PartitionGauge::new(topic, p.partition, i, role))
                 })
                 .collect();
             // Changelog partition = the input partition's place in the table.
@@ -275,7 +282,7 @@ pub(super) fn shard_kafka(
 ) -> Result<ShardKafka, KafkaError> {
     let member = config.ingest.kafka.membership == Membership::Group;
     let mut source = if member {
-        KafkaSource::start_group(config, id, &seed.owned)?
+        KafkaSource::start_group(config, id, &seed.owned, seed.gauges)?
     } else {
         KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?
     };

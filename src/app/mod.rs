@@ -153,14 +153,17 @@ impl Running {
         }
         let refs: Vec<&ShardCounters> = self.counters.iter().map(|c| c.as_ref()).collect();
         let mut report = Report::merge(self.driver.name(), &refs, latency);
-        report.kafka_partitions = crate::ingest::kafka::watermarks::dealt(&self.kafka_partitions)
-            .iter()
-            .map(|g| crate::metrics::report::PartitionLine {
-                topic: g.topic.clone(),
-                partition: g.partition,
-                records: g.records.get(),
-                next_offset: g.next_offset.load(std::sync::atomic::Ordering::Relaxed),
-                lag: g.lag(),
+        use crate::ingest::kafka::watermarks::{by_partition, dealt};
+        // A group member lists what it owns at the end and what it took records of.
+        report.kafka_partitions = by_partition(dealt(&self.kafka_partitions))
+            .into_iter()
+            .filter(|v| v.shard.is_some() || v.records > 0)
+            .map(|v| crate::metrics::report::PartitionLine {
+                topic: v.topic,
+                partition: v.partition,
+                records: v.records,
+                next_offset: v.next_offset,
+                lag: v.lag,
             })
             .collect();
         (report, failure)
@@ -354,7 +357,13 @@ pub fn start_with_progress(
     if !config.admin.socket.is_empty() {
         let path = std::path::Path::new(&config.admin.socket);
         let admin = topology::with_cpus(&helpers, || {
-            crate::admin::serve(path, requests.clone(), control.clone(), config.admin.faults)
+            crate::admin::serve(
+                path,
+                requests.clone(),
+                control.clone(),
+                config.admin.faults,
+                crate::ingest::kafka::status::ClusterInfo::new(config, kafka_partitions.clone()),
+            )
         })
         .map_err(|source| AppError::Admin {
             path: config.admin.socket.clone(),

@@ -185,24 +185,43 @@ impl Exposition {
     }
 
     fn encode_partitions(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let partitions = crate::ingest::kafka::watermarks::dealt(&self.partitions);
+        use crate::ingest::kafka::watermarks::{by_partition, dealt};
+        let partitions = by_partition(dealt(&self.partitions));
         if partitions.is_empty() {
             return Ok(());
         }
         let mut lag = encoder.encode_descriptor(
             names::KAFKA_PARTITION_LAG,
-            "Records between the shard's position and the partition's high watermark.",
+            "Records between the owning shard's position and the partition's high watermark.",
             None,
             MetricType::Gauge,
         )?;
-        for p in partitions {
-            if let Some(l) = p.lag() {
+        for p in &partitions {
+            if let Some(l) = p.lag {
                 let partition = p.partition.to_string();
                 let labels = [
                     ("topic", p.topic.as_str()),
                     ("partition", partition.as_str()),
                 ];
                 lag.encode_family(&labels)?.encode_gauge(&l)?;
+            }
+        }
+        let mut owned = encoder.encode_descriptor(
+            names::KAFKA_PARTITION_OWNED,
+            "1 per partition a shard of this instance owns, with what it does with it (active, handing_over, restoring).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &partitions {
+            if let Some(shard) = p.shard {
+                let (partition, shard) = (p.partition.to_string(), shard.to_string());
+                let labels = [
+                    ("topic", p.topic.as_str()),
+                    ("partition", partition.as_str()),
+                    ("shard", shard.as_str()),
+                    ("role", p.role.name()),
+                ];
+                owned.encode_family(&labels)?.encode_gauge(&1i64)?;
             }
         }
         let mut records = encoder.encode_descriptor(
@@ -213,7 +232,7 @@ impl Exposition {
             None,
             MetricType::Counter,
         )?;
-        for p in partitions {
+        for p in &partitions {
             let partition = p.partition.to_string();
             let labels = [
                 ("topic", p.topic.as_str()),
@@ -221,7 +240,7 @@ impl Exposition {
             ];
             records
                 .encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&p.records.get(), None)?;
+                .encode_counter::<NoLabelSet, _, u64>(&p.records, None)?;
         }
         Ok(())
     }

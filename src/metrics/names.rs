@@ -81,3 +81,5 @@ pub const BUILD: &str = "sluice_build";
 pub const UPTIME: &str = "sluice_uptime_seconds";
 /// Per partition (labels topic, partition): records taken.
 pub const KAFKA_PARTITION_RECORDS: &str = "sluice_kafka_partition_records_total";
+/// Per partition this instance owns now (labels topic, partition, shard, role): 1.
+pub const KAFKA_PARTITION_OWNED: &str = "sluice_kafka_partition_owned";

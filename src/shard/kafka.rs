@@ -399,6 +399,7 @@ impl ShardKafka {
             partitions: Vec::new(),
         };
         let mut kept = 0;
+        let mut rebuilding = Vec::new();
         for (t, p) in list {
             let Some((i, tag)) = self
                 .source
@@ -418,12 +419,14 @@ impl ShardKafka {
                     .map_err(|e| format!("dropping a stale partition: {e}"))?;
                 if let Some(c) = member.changelog.partition_of(tag) {
                     rebuild.partitions.push((tag, c));
+                    rebuilding.push(i);
                 }
             }
             take.push((i, group_next));
         }
         let (mut rebuilt_keys, mut rebuilt_bytes) = (0, 0);
         if !rebuild.partitions.is_empty() {
+            self.source.restoring(&rebuilding);
             let r = changelog::restore(config, &rebuild, core.state_mut(), &|_| {})
                 .map_err(|e| format!("rebuilding assigned partitions {list:?}: {e}"))?;
             rebuilt_keys = r.keys;

@@ -7,6 +7,7 @@
 mod client;
 pub mod membership;
 pub mod partitions;
+pub mod status;
 pub mod watermarks;
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -22,7 +23,7 @@ pub use client::{
 };
 pub use membership::{RebalanceEvent, ShardContext};
 pub use partitions::{PartitionId, PartitionTable};
-pub use watermarks::{PartitionGauge, PartitionGauges};
+pub use watermarks::{PartitionGauge, PartitionGauges, PartitionView, Role};
 
 use crate::config::{Config, KafkaStart};
 use crate::state::checkpoint::PartitionOffset;
@@ -176,7 +177,9 @@ impl KafkaSource {
         config: &Config,
         shard: usize,
         all: &[PartitionId],
+        gauges: Vec<Arc<PartitionGauge>>,
     ) -> Result<Self, KafkaError> {
+        crate::invariant_eq!(all.len(), gauges.len());
         let k = &config.ingest.kafka;
         let mut cc = consumer_config(config);
         cc.set("partition.assignment.strategy", "cooperative-sticky")
@@ -195,9 +198,7 @@ impl KafkaSource {
         consumer
             .subscribe(&topics)
             .map_err(KafkaError::client("subscribe"))?;
-        // Per-partition lag gauges are the dealt partitions': a partition here moves between
-        // shards and instances (the group's lag tools see it).
-        Self::with(consumer, owned, Vec::new())
+        Self::with(consumer, owned, gauges)
     }
 
     /// Rebalances recorded since the last call (group membership), oldest first.
@@ -224,6 +225,7 @@ impl KafkaSource {
             if let Some(p) = self.owned.get_mut(i) {
                 if p.state == Ownership::Active {
                     p.state = Ownership::Frozen;
+                    self.role(i, Role::HandingOver);
                 }
             }
         }
@@ -238,6 +240,7 @@ impl KafkaSource {
                 p.next_offset = -1;
                 tpl.add_partition(&p.topic, p.id.partition);
             }
+            self.role(i, Role::None);
         }
         self.consumer
             .incremental_unassign(&tpl)
@@ -263,6 +266,10 @@ impl KafkaSource {
             };
             p.state = Ownership::Active;
             p.next_offset = next.unwrap_or(-1);
+            if let Some(g) = self.gauges.get(i) {
+                g.next_offset.store(p.next_offset, Ordering::Relaxed);
+                g.set_role(Role::Active);
+            }
             tracing::info!(topic = %p.topic, partition = p.id.partition, ?offset, "Kafka partition assigned by the group");
             tpl.add_partition_offset(&p.topic, p.id.partition, offset)
                 .map_err(KafkaError::client("assignment"))?;
@@ -270,6 +277,19 @@ impl KafkaSource {
         self.consumer
             .incremental_assign(&tpl)
             .map_err(KafkaError::client("incremental_assign"))
+    }
+
+    /// Assigned partitions whose state is being rebuilt (shown by `cluster status`).
+    pub fn restoring(&self, list: &[usize]) {
+        for &i in list {
+            self.role(i, Role::Restoring);
+        }
+    }
+
+    fn role(&self, i: usize, role: Role) {
+        if let Some(g) = self.gauges.get(i) {
+            g.set_role(role);
+        }
     }
 
     /// Call `wake` (from librdkafka's thread) whenever records arrive in an empty consumer

@@ -1,0 +1,230 @@
+//! `cluster status`: which input partitions this instance owns right now, per shard, with
+//! their position and lag, read from the shards' gauges (no broker round trip, nothing asked
+//! of a shard). Answered on the admin socket as one JSON line; `sluice cluster status`
+//! prints it as a table.
+
+use serde::{Deserialize, Serialize};
+
+use super::watermarks::{by_partition, dealt, PartitionGauges};
+use crate::config::{Config, Delivery, Membership};
+
+/// What `cluster status` needs: the config's part of the answer and the live gauges.
+#[derive(Clone)]
+pub struct ClusterInfo {
+    pub instance_id: String,
+    pub group: String,
+    pub membership: &'static str,
+    pub static_membership: bool,
+    pub shards: usize,
+    pub changelog_topic: Option<String>,
+    pub gauges: PartitionGauges,
+}
+
+impl ClusterInfo {
+    /// None when Kafka is off.
+    pub fn new(config: &Config, gauges: PartitionGauges) -> Option<Self> {
+        let k = &config.ingest.kafka;
+        if !k.enabled() {
+            return None;
+        }
+        let e = &config.egress.kafka;
+        Some(Self {
+            instance_id: k.instance_id.clone(),
+            group: k.group.clone(),
+            membership: match k.membership {
+                Membership::Deal => "deal",
+                Membership::Group => "group",
+            },
+            static_membership: k.static_membership,
+            shards: config.shards.count,
+            changelog_topic: (e.delivery == Delivery::ExactlyOnce && e.changelog)
+                .then(|| e.changelog_topic(&k.group)),
+            gauges,
+        })
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let all = by_partition(dealt(&self.gauges));
+        let (owned, elsewhere): (Vec<_>, Vec<_>) = all.into_iter().partition(|v| v.shard.is_some());
+        ClusterStatus {
+            instance_id: self.instance_id.clone(),
+            group: self.group.clone(),
+            membership: self.membership.to_owned(),
+            static_membership: self.static_membership,
+            shards: self.shards,
+            changelog_topic: self.changelog_topic.clone(),
+            // Until the brokers answered, no partition is known (not even as someone else's).
+            attached: !dealt(&self.gauges).is_empty(),
+            owned: owned
+                .into_iter()
+                .map(|v| OwnedStatus {
+                    topic: v.topic,
+                    partition: v.partition,
+                    shard: v.shard.unwrap_or(0),
+                    role: v.role.name().to_owned(),
+                    next_offset: v.next_offset,
+                    high_watermark: v.high_watermark,
+                    lag: v.lag,
+                    records: v.records,
+                })
+                .collect(),
+            elsewhere: elsewhere
+                .into_iter()
+                .map(|v| format!("{}:{}", v.topic, v.partition))
+                .collect(),
+        }
+    }
+}
+
+/// The answer, as JSON (the admin protocol's one line) and for the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub instance_id: String,
+    pub group: String,
+    pub membership: String,
+    pub static_membership: bool,
+    pub shards: usize,
+    pub changelog_topic: Option<String>,
+    /// Whether the brokers have answered and the partitions are known.
+    pub attached: bool,
+    /// The partitions a shard of this instance owns, in partition-table order.
+    pub owned: Vec<OwnedStatus>,
+    /// The input partitions no shard here owns (`topic:partition`): another instance's.
+    pub elsewhere: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedStatus {
+    pub topic: String,
+    pub partition: i32,
+    pub shard: usize,
+    /// active | handing_over | restoring
+    pub role: String,
+    /// -1 until known (a partition taken up from `ingest.kafka.start` before its first record).
+    pub next_offset: i64,
+    /// -1 until a fetch response told.
+    pub high_watermark: i64,
+    pub lag: Option<i64>,
+    pub records: u64,
+}
+
+impl ClusterStatus {
+    /// For people: a header line, one line per owned partition, the others' list.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let membership = match (self.membership.as_str(), self.static_membership) {
+            ("group", true) => "group (static)".to_owned(),
+            (m, _) => m.to_owned(),
+        };
+        let instance = if self.instance_id.is_empty() {
+            "-"
+        } else {
+            &self.instance_id
+        };
+        let _ = writeln!(
+            s,
+            "instance {instance}  group {}  membership {membership}  shards {}  changelog {}",
+            self.group,
+            self.shards,
+            self.changelog_topic.as_deref().unwrap_or("off")
+        );
+        if !self.attached {
+            let _ = writeln!(s, "brokers not reached yet: no partition known");
+            return s;
+        }
+        let _ = writeln!(
+            s,
+            "{:<24} {:>9} {:>5} {:<12} {:>12} {:>12} {:>10} {:>12}",
+            "topic", "partition", "shard", "role", "next offset", "high", "lag", "records"
+        );
+        let known = |v: i64| {
+            if v < 0 {
+                "-".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        for p in &self.owned {
+            let _ = writeln!(
+                s,
+                "{:<24} {:>9} {:>5} {:<12} {:>12} {:>12} {:>10} {:>12}",
+                p.topic,
+                p.partition,
+                p.shard,
+                p.role,
+                known(p.next_offset),
+                known(p.high_watermark),
+                p.lag.map_or("-".to_owned(), |l| l.to_string()),
+                p.records
+            );
+        }
+        if self.owned.is_empty() {
+            let _ = writeln!(s, "(no partition owned)");
+        }
+        if !self.elsewhere.is_empty() {
+            let _ = writeln!(s, "owned elsewhere: {}", self.elsewhere.join(", "));
+        }
+        let _ = writeln!(s, "standby replicas: not built (see docs/scale-out.md)");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ingest::kafka::{PartitionGauge, Role};
+
+    #[test]
+    fn status_lists_owned_partitions_and_the_others_and_reads_back_from_json() {
+        let config = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9".into(),
+                "ingest.kafka.topics=[\"ev\"]".into(),
+            ],
+        )
+        .unwrap();
+        let gauges = PartitionGauges::default();
+        let info = ClusterInfo::new(&config, gauges.clone()).unwrap();
+        assert!(!info.status().attached);
+        assert!(info.status().table().contains("brokers not reached yet"));
+        let g: Vec<Arc<PartitionGauge>> = (0..3)
+            .map(|p| Arc::new(PartitionGauge::new("ev", p, 0, Role::None)))
+            .collect();
+        g[1].set_role(Role::Active);
+        g[1].next_offset.store(7, Ordering::Relaxed);
+        g[1].high_watermark.store(9, Ordering::Relaxed);
+        let _ = gauges.set(g);
+        let status = info.status();
+        assert!(status.attached);
+        assert_eq!(status.owned.len(), 1);
+        let p = &status.owned[0];
+        assert_eq!(
+            (p.partition, p.role.as_str(), p.lag),
+            (1, "active", Some(2))
+        );
+        assert_eq!(status.elsewhere, vec!["ev:0".to_owned(), "ev:2".to_owned()]);
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(!json.contains('\n'));
+        let back: ClusterStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, status);
+        let table = status.table();
+        assert!(table.contains("owned elsewhere: ev:0, ev:2"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("ev ") && l.contains("active")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn kafka_off_has_no_status() {
+        let config = Config::from_layers(None, &[]).unwrap();
+        assert!(ClusterInfo::new(&config, PartitionGauges::default()).is_none());
+    }
+}
