@@ -510,6 +510,14 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
         counter(&report_a, "sluice_kafka_partitions_moved_in_total") > 4,
         "a took its partitions up twice:\n{report_a}"
     );
+    // No replay at all: each handover resumed exactly where the last owner stopped, so
+    // between them they took every record once.
+    assert_eq!(
+        counter(&report_a, "sluice_kafka_records_total")
+            + counter(&report_b, "sluice_kafka_records_total"),
+        12_000,
+        "a:\n{report_a}\nb:\n{report_b}"
+    );
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
 }
