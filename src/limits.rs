@@ -56,6 +56,8 @@ const _: () = assert!(DATAGRAM_BYTES_MIN < DATAGRAM_BYTES_MAX);
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 /// Kafka records a shard takes per drain cycle.
 pub const KAFKA_RECORDS_PER_CYCLE_MAX: usize = 4_096;
+/// Keys of a rebuilt partition put into a shard's state per cycle, at most.
+pub const KAFKA_RESTORE_KEYS_PER_CYCLE_MAX: usize = 1_000_000;
 /// Unacknowledged Score records per shard before intake stops.
 pub const KAFKA_IN_FLIGHT_MAX: usize = 10_000_000;
 /// Kafka partitions one sluice instance can own (each shard keeps a slot per partition it owns).

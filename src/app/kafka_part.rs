@@ -279,6 +279,7 @@ pub(super) fn shard_kafka(
     seed: KafkaSeed,
     (offsets, words, holds): (&[PartitionOffset], usize, Option<u64>),
     wakers: &Arc<Vec<Waker>>,
+    helpers: &[usize],
 ) -> Result<ShardKafka, KafkaError> {
     let member = config.ingest.kafka.membership == Membership::Group;
     let mut source = if member {
@@ -291,6 +292,7 @@ pub(super) fn shard_kafka(
             config: config.clone(),
             changelog: spec.clone(),
             restored: Some(offsets.to_vec()),
+            helpers: helpers.to_vec(),
         }),
         _ => None,
     };
@@ -331,6 +333,7 @@ pub(super) fn shard_kafka(
         withheld: 0,
         commit: None,
         member,
+        taking_up: None,
     })
 }
 
@@ -376,7 +379,7 @@ pub(super) fn attach_later(
             let layout = full_layout(&config, shards, Some(&seed.layout));
             let words = core.state().plan().words();
             let kafka = crate::topology::with_cpus(&helpers, || {
-                shard_kafka(id, &config, seed, (&offsets, words, None), &wakers)
+                shard_kafka(id, &config, seed, (&offsets, words, None), &wakers, &helpers)
             })
             .map_err(|e| format!("shard {id}: attaching Kafka: {e}"))?;
             let checkpoints = start_checkpoints(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::Delivery;
 use crate::control::{ControlLoop, Request, ShardLink};
-use crate::egress::kafka::changelog;
+use crate::egress::kafka::{changelog, rebuild};
 use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
 use crate::ingest::kafka::{KafkaError, PartitionGauges};
@@ -577,6 +577,7 @@ fn build_shard(
                     seed,
                     (&restored.offsets, words, holds),
                     &wakers,
+                    &helpers,
                 )
             })?;
             counters
@@ -663,7 +664,7 @@ pub(crate) struct Restored {
     /// checkpoint because the brokers did not answer (`KafkaLayout::Later`).
     pub kafka_layout: Option<String>,
     /// Rebuilt from the changelog (the checkpoint was not on disk), and how long it took.
-    pub rebuilt: Option<(changelog::Rebuilt, u64)>,
+    pub rebuilt: Option<(rebuild::Rebuilt, u64)>,
 }
 
 /// What a shard knows of the Kafka part of its state layout when it restores.
@@ -834,7 +835,7 @@ fn rebuild_from_changelog(
     };
     tracing::warn!(shard = id, checkpoint = want, topic = %spec.topic, "the checkpoint the last committed Kafka transaction names is not on this disk: rebuilding the state from the changelog");
     // Bytes read so far, live: start-up watches it move (and the gauge ends at the total).
-    let rebuilt = changelog::restore(config, spec, &mut state, &|bytes| {
+    let rebuilt = rebuild::restore(config, spec, &mut state, &|bytes| {
         counters.changelog_restored_bytes.set(bytes)
     })?;
     let offsets = changelog::committed_offsets(config, &seed.owned_names(config))?;

@@ -122,6 +122,7 @@ pub struct IngestKafka {
     pub static_membership: bool,
     pub start: KafkaStart,
     pub records_per_cycle_max: usize,
+    pub restore_keys_per_cycle: usize,
     pub in_flight_records_max: usize,
 }
 

@@ -80,6 +80,13 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             limits::KAFKA_RECORDS_PER_CYCLE_MAX
         ));
     }
+    if !(1..=limits::KAFKA_RESTORE_KEYS_PER_CYCLE_MAX).contains(&k.restore_keys_per_cycle) {
+        p.push(format!(
+            "ingest.kafka.restore_keys_per_cycle = {}: must be between 1 and {}",
+            k.restore_keys_per_cycle,
+            limits::KAFKA_RESTORE_KEYS_PER_CYCLE_MAX
+        ));
+    }
     if !(1..=limits::KAFKA_IN_FLIGHT_MAX).contains(&k.in_flight_records_max) {
         p.push(format!(
             "ingest.kafka.in_flight_records_max = {}: must be between 1 and {}",

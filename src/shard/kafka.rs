@@ -1,12 +1,15 @@
 //! A shard's Kafka side: its consumer (the partitions it owns) and its Score producer, and
 //! how a checkpoint and a Kafka commit go together (`at_least_once` / `exactly_once`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 
 use super::ShardCore;
-use crate::egress::kafka::{changelog, KafkaSink};
+use crate::egress::kafka::rebuild::{ChangelogRead, Import};
+use crate::egress::kafka::{changelog, rebuild, KafkaSink};
 use crate::egress::{Egress, EgressSink};
 use crate::ingest::kafka::KafkaSource;
 use crate::ingest::kafka::RebalanceEvent;
@@ -54,6 +57,35 @@ pub struct ShardKafka {
     pub commit: Option<Commit>,
     /// `ingest.kafka.membership = group`: what moving partitions in and out needs.
     pub member: Option<GroupMember>,
+    /// Assigned partitions being rebuilt from the changelog; taken up once every key is in.
+    pub taking_up: Option<TakingUp>,
+}
+
+/// Assigned partitions rebuilt from the changelog without stopping the shard: the changelog
+/// is read on a helper thread, then its keys go into the state a slice per cycle; meanwhile
+/// the shard serves its other partitions, and librdkafka waits for the assignment call (the
+/// rebalance stays open until then). Dropped (stopping): the reader is told to stop.
+pub struct TakingUp {
+    list: Vec<(String, i32)>,
+    /// Each assigned partition (index into `owned()`) and the group's offset to take it from.
+    take: Vec<(usize, Option<i64>)>,
+    kept: usize,
+    started: std::time::Instant,
+    stage: RebuildStage,
+    cancel: Arc<AtomicBool>,
+}
+
+enum RebuildStage {
+    Reading(std::thread::JoinHandle<Result<ChangelogRead, crate::ingest::kafka::KafkaError>>),
+    Importing(Import),
+    /// Between stages (never seen outside `advance_take_up`).
+    Moving,
+}
+
+impl Drop for TakingUp {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A shard that is a member of the consumer group (see `ingest::kafka::membership`).
@@ -66,6 +98,8 @@ pub struct GroupMember {
     /// kept if the group's committed offset is still the checkpoint's (nobody moved on with
     /// it meanwhile), else rebuilt from the changelog; the ones not assigned are dropped.
     pub restored: Option<Vec<crate::state::checkpoint::PartitionOffset>>,
+    /// The CPUs the changelog reader may run on (not the shard's).
+    pub helpers: Vec<usize>,
 }
 
 /// exactly_once: a checkpoint flipped, on its way to its transaction's commit.
@@ -279,8 +313,9 @@ impl ShardKafka {
 
     /// Group membership, between cycles: act on the rebalances librdkafka reported since the
     /// last turn (revoked partitions committed and handed over, assigned ones rebuilt and
-    /// taken up). Blocks the shard for a checkpoint's commit or a partition's rebuild: rare,
-    /// and the rebalance waits for it. Err: stop (a rebalance error, a failed handover).
+    /// taken up). A handover blocks the shard for one checkpoint's commit (rare, and the
+    /// rebalance waits for it); a rebuild does not (see `TakingUp`). Err: stop (a rebalance
+    /// error, a failed handover or rebuild).
     pub fn rebalance(
         &mut self,
         cp: &mut Checkpointer,
@@ -289,6 +324,10 @@ impl ShardKafka {
     ) -> Result<(), String> {
         if self.member.is_none() || self.failed {
             return Ok(());
+        }
+        if self.taking_up.is_some() {
+            // Later rebalance events wait (librdkafka sends none before the assignment call).
+            return self.advance_take_up(core, counters);
         }
         for event in self.source.take_rebalances() {
             match event {
@@ -424,34 +463,101 @@ impl ShardKafka {
             }
             take.push((i, group_next));
         }
-        let (mut rebuilt_keys, mut rebuilt_bytes) = (0, 0);
+        let mut taking_up = TakingUp {
+            list: list.to_vec(),
+            take,
+            kept,
+            started,
+            stage: RebuildStage::Moving,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
         if !rebuild.partitions.is_empty() {
             self.source.restoring(&rebuilding);
-            let r = changelog::restore(config, &rebuild, core.state_mut(), &|_| {})
-                .map_err(|e| format!("rebuilding assigned partitions {list:?}: {e}"))?;
-            rebuilt_keys = r.keys;
-            rebuilt_bytes = r.bytes;
-            core.raise_max_event_ns(r.max_event_ns);
+            let (config, cancel) = (config.clone(), taking_up.cancel.clone());
+            let words = core.state().plan().words();
+            let reader = crate::topology::with_cpus(&member.helpers, || {
+                std::thread::Builder::new()
+                    .name("sluice-rebuild".into())
+                    .spawn(move || rebuild::read(&config, &rebuild, words, &|_| {}, &cancel))
+            })
+            .map_err(|e| format!("starting the changelog reader: {e}"))?;
+            taking_up.stage = RebuildStage::Reading(reader);
+            tracing::info!(partitions = ?list, rebuilding = rebuilding.len(), "Kafka partitions assigned: rebuilding from the changelog, the others served meanwhile");
         }
+        self.taking_up = Some(taking_up);
+        self.advance_take_up(core, counters)
+    }
+
+    /// A turn of a rebuild in progress (see `TakingUp`): once the reader is done, a slice of
+    /// keys into the state; once every key is in, the partitions are taken up.
+    fn advance_take_up(
+        &mut self,
+        core: &mut ShardCore,
+        counters: &ShardCounters,
+    ) -> Result<(), String> {
+        let (Some(t), Some(member)) = (self.taking_up.as_mut(), self.member.as_ref()) else {
+            return Ok(());
+        };
+        let keys_per_cycle = member.config.ingest.kafka.restore_keys_per_cycle;
+        let start = member.config.ingest.kafka.start;
+        let list = t.list.clone();
+        let failed = |e: &dyn std::fmt::Display| {
+            format!("rebuilding assigned partitions {list:?} from the changelog: {e}: stopping, so a restart rejoins the group from the last committed checkpoint")
+        };
+        match std::mem::replace(&mut t.stage, RebuildStage::Moving) {
+            RebuildStage::Reading(reader) if !reader.is_finished() => {
+                t.stage = RebuildStage::Reading(reader);
+                return Ok(());
+            }
+            RebuildStage::Reading(reader) => {
+                let read = reader
+                    .join()
+                    .map_err(|_| failed(&"the reader panicked"))?
+                    .map_err(|e| failed(&e))?;
+                let topic = member.changelog.topic.clone();
+                t.stage = RebuildStage::Importing(Import::new(read, &topic));
+            }
+            other => t.stage = other,
+        }
+        let mut rebuilt = rebuild::Rebuilt::default();
+        if let RebuildStage::Importing(import) = &mut t.stage {
+            let done = import
+                .step(core.state_mut(), keys_per_cycle)
+                .map_err(|e| failed(&e))?;
+            if !done {
+                return Ok(());
+            }
+            rebuilt = import.rebuilt();
+        }
+        let Some(t) = self.taking_up.take() else {
+            return Ok(());
+        };
+        core.raise_max_event_ns(rebuilt.max_event_ns);
         self.source
-            .activate(&take, config.ingest.kafka.start)
+            .activate(&t.take, start)
             .map_err(|e| format!("taking up assigned partitions: {e}"))?;
-        let ns = started.elapsed().as_nanos() as u64;
-        counters.kafka_partitions_moved_in.add(take.len() as u64);
+        let ns = t.started.elapsed().as_nanos() as u64;
+        counters.kafka_partitions_moved_in.add(t.take.len() as u64);
         counters
             .changelog_restored_keys
-            .set(counters.changelog_restored_keys.get() + rebuilt_keys);
+            .set(counters.changelog_restored_keys.get() + rebuilt.keys);
         counters
             .changelog_restored_bytes
-            .set(counters.changelog_restored_bytes.get() + rebuilt_bytes);
+            .set(counters.changelog_restored_bytes.get() + rebuilt.bytes);
         counters
             .changelog_restore_ns
             .set(counters.changelog_restore_ns.get() + ns);
-        tracing::info!(partitions = ?list, kept, rebuilt_keys, rebuilt_bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
+        tracing::info!(partitions = ?t.list, kept = t.kept, rebuilt_keys = rebuilt.keys, rebuilt_bytes = rebuilt.bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
         Ok(())
     }
 
-    /// How long Kafka intake stood still for a commit (flip to commit), for its gauge.
+    /// A rebuild is putting keys in: the shard turns without parking until it is done.
+    pub fn importing(&self) -> bool {
+        self.taking_up
+            .as_ref()
+            .is_some_and(|t| matches!(t.stage, RebuildStage::Importing(_)))
+    }
+
     fn intake_paused(flipped_ns: u64, now_ns: u64, counters: &ShardCounters) {
         let ns = now_ns.saturating_sub(flipped_ns);
         if ns > counters.kafka_commit_pause_max_ns.get() {

@@ -196,10 +196,13 @@ impl Shard {
                 }
             }
             publish_checkpoint_stats(cp, counters, &mut self.flips_seen);
-            let committing = kafka.as_ref().is_some_and(ShardKafka::commit_needs_turns);
+            let committing = kafka
+                .as_ref()
+                .is_some_and(|k| k.commit_needs_turns() || k.importing());
             if cp.capturing() || committing {
                 // A snapshot being copied a slice a cycle (or, exactly_once, written for its
-                // commit): no parking until it is whole.
+                // commit), or a rebuilt partition's keys going in a slice a cycle: no parking
+                // until it is whole.
                 work += 1;
             }
         }

@@ -259,3 +259,53 @@ fn a_partitions_state_moves_between_states_whole_and_alone() {
     assert_eq!(small.hot_len(), 0);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A rebuilt partition goes into a serving state a slice at a time (the shard's other keys
+/// untouched), waits while a snapshot runs, and ends with every key in, as it was.
+#[test]
+fn a_read_changelog_goes_in_a_slice_at_a_time_and_waits_out_snapshots() {
+    use crate::egress::kafka::rebuild::{ChangelogRead, Import};
+    let (a, b) = (7u64, 9u64);
+    let mut from = state(64, None, 0, false);
+    for key in 0..25u64 {
+        apply(&mut from, &obs_from(key, 0, (key % 5) * SEC, a), 5 * SEC);
+    }
+    let now = 6 * SEC;
+    let want = every_key(&from, 0..25, now);
+    let image = from.export_partition(a).unwrap();
+    // The shard's state: one key of its own partition b, being served.
+    let mut to = state(64, None, 0, false);
+    apply(&mut to, &obs_from(100, 0, SEC, b), SEC);
+    let read = ChangelogRead {
+        partitions: vec![(a, 3, image.bytes)],
+        ..ChangelogRead::default()
+    };
+    let mut import = Import::new(read, "t-state");
+    let mut steps = 0;
+    while !import.step(&mut to, 10).unwrap() {
+        steps += 1;
+        assert!(
+            to.hot_len() <= 1 + 10 * steps,
+            "a step put more than 10 keys in"
+        );
+        // Key 100 of partition b goes on being served between steps.
+        apply(&mut to, &obs_from(100, steps as u64, SEC, b), SEC);
+        if steps == 1 {
+            let keys_before = to.hot_len();
+            let mark = Arc::new(SpillMark::default());
+            to.begin_snapshot(true, Vec::new(), Vec::new(), 0, mark);
+            assert!(!import.step(&mut to, 10).unwrap());
+            assert_eq!(
+                to.hot_len(),
+                keys_before,
+                "nothing goes in while a snapshot runs"
+            );
+            while !to.snapshot_step(64) {}
+            let _ = to.end_snapshot();
+        }
+    }
+    assert_eq!(steps, 2, "25 keys, 10 a step");
+    assert_eq!(import.rebuilt().keys, 25);
+    assert_eq!(every_key(&to, 0..25, now), want);
+    assert_eq!(to.locate(100).unwrap().unwrap().record.observations, 3);
+}

@@ -11,6 +11,7 @@
 
 pub mod changelog;
 pub mod progress;
+pub mod rebuild;
 mod topic;
 mod transaction;
 

@@ -1,0 +1,248 @@
+//! Rebuilding partitions' state from the changelog topic, in two halves: `read` (the
+//! changelog to its end, read_committed, into each partition's newest record images; no state
+//! touched, so it runs on a helper thread while the shard serves its other partitions) and
+//! `Import` (those images put into the shard's state, a bounded slice at a time between
+//! cycles). `restore` does both at once (at start, before the shard serves).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::changelog::ChangelogSpec;
+use crate::config::Config;
+use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
+use crate::state::KeyedState;
+use crate::state::{image_bytes, Record, RECORD_BYTES};
+
+/// What a restore from the changelog read and rebuilt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Changelog records read (tombstones included).
+    pub read: u64,
+    pub bytes: u64,
+    /// Keys in the rebuilt state.
+    pub keys: u64,
+    /// The newest event time among them (the shard's event-time watermark restarts there).
+    pub max_event_ns: u64,
+    /// Time spent reading the changelog (the rest of a rebuild is putting the keys in).
+    pub read_ns: u64,
+}
+
+/// The changelog read: per input partition (source tag), its keys' newest images, end to end.
+#[derive(Debug, Default)]
+pub struct ChangelogRead {
+    pub partitions: Vec<(u64, i32, Vec<u8>)>,
+    /// `keys` stays 0 until imported.
+    pub rebuilt: Rebuilt,
+}
+
+/// Read `spec`'s changelog partitions to their end with read_committed: the state as of the
+/// last committed transaction. `progress` is told the bytes read so far, every 4 MiB or so;
+/// `cancel` stops the read (Err) within one poll. A changelog partition whose records were
+/// deleted (its start offset above 0: retention or delete-records, which a compacted topic
+/// never does by itself) cannot hold the whole state: refused, saying so.
+pub fn read(
+    config: &Config,
+    spec: &ChangelogSpec,
+    words: usize,
+    progress: &dyn Fn(u64),
+    cancel: &AtomicBool,
+) -> Result<ChangelogRead, KafkaError> {
+    let mut cc = consumer_config(config);
+    // Bigger fetches for this bulk read (fetch.wait.max.ms 100, fetch.min.bytes 1 MiB,
+    // max.partition.fetch.bytes 16 MiB) were tried: the read took as long (1.53 s for 200k
+    // records here, `sluice-bench changelog --keys 100000`), so the consumer's own settings stay.
+    cc.set("enable.partition.eof", "true")
+        // The test broker (noida-db 0.2.3) ignores a fetch's size limits and answered a
+        // changelog of 1M records with one 836 MB response, which librdkafka refuses past
+        // receive.message.max.bytes (100 MB by default). Kafka keeps to fetch.max.bytes, so
+        // this ceiling costs nothing there.
+        .set("receive.message.max.bytes", "2147483647");
+    let consumer: BaseConsumer<ToTheEnd> = cc
+        .create_with_context(ToTheEnd)
+        .map_err(KafkaError::client("changelog reader"))?;
+    let topic = &spec.topic;
+    let mut tpl = TopicPartitionList::new();
+    let mut open = 0;
+    for &(_, p) in &spec.partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(KafkaError::client(format!(
+                "changelog {topic}/{p} watermarks"
+            )))?;
+        if low > 0 {
+            return Err(KafkaError::Other(format!(
+                "changelog partition {topic}/{p} starts at offset {low}, not 0: records were deleted from it (retention.ms or delete-records on a changelog topic), so it does not hold the whole state and nothing is restored from it. Restore the shard's checkpoint directory, or start over with a new egress.kafka.transactional_id_prefix and changelog topic"
+            )));
+        }
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(KafkaError::client("changelog assignment"))?;
+            open += 1;
+        }
+    }
+    let mut rebuilt = Rebuilt::default();
+    let started = Instant::now();
+    // Per partition: key -> newest image (None: deleted).
+    let mut newest: HashMap<i32, HashMap<u64, Option<Vec<u8>>>> = HashMap::new();
+    if open > 0 {
+        consumer
+            .assign(&tpl)
+            .map_err(KafkaError::client("changelog assign"))?;
+    }
+    // Patience runs from the last record read: a big changelog takes as long as it takes.
+    let patience = Duration::from_secs(60);
+    let mut last_progress = Instant::now();
+    while open > 0 {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(KafkaError::Other(format!(
+                "reading changelog {topic}: cancelled (stopping)"
+            )));
+        }
+        if last_progress.elapsed() > patience {
+            return Err(KafkaError::Other(format!(
+                "reading changelog {topic} stalled for {} s before its end (a transaction of another producer still open?)",
+                patience.as_secs()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(RdError::PartitionEOF(_))) => {
+                open -= 1;
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => tracing::warn!("reading changelog {topic}: {e}"),
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                rebuilt.read += 1;
+                let Some(key) = m
+                    .key()
+                    .and_then(|k| <[u8; 8]>::try_from(k).ok())
+                    .map(u64::from_be_bytes)
+                else {
+                    return Err(KafkaError::Other(format!(
+                        "changelog {topic}/{} offset {}: a key that is not 8 bytes: not a sluice changelog",
+                        m.partition(),
+                        m.offset()
+                    )));
+                };
+                let value = m.payload().map(<[u8]>::to_vec);
+                let before = rebuilt.bytes;
+                rebuilt.bytes += 8 + value.as_ref().map_or(0, |v| v.len() as u64);
+                if before >> 22 != rebuilt.bytes >> 22 {
+                    progress(rebuilt.bytes);
+                }
+                newest.entry(m.partition()).or_default().insert(key, value);
+            }
+        }
+    }
+    rebuilt.read_ns = started.elapsed().as_nanos() as u64;
+    let mut out = ChangelogRead {
+        partitions: Vec::with_capacity(spec.partitions.len()),
+        rebuilt,
+    };
+    for &(tag, p) in &spec.partitions {
+        let Some(keys) = newest.remove(&p) else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(keys.len() * image_bytes(words));
+        for image in keys.into_values().flatten() {
+            if let Some(rec) = image.get(..RECORD_BYTES).and_then(Record::from_bytes) {
+                out.rebuilt.max_event_ns = out.rebuilt.max_event_ns.max(rec.last_event_ns);
+            }
+            bytes.extend_from_slice(&image);
+        }
+        out.partitions.push((tag, p, bytes));
+    }
+    Ok(out)
+}
+
+/// A read changelog being put into a shard's state, `keys_per_step` keys at a time (each step
+/// all or nothing; a record of another partition or layout, or a torn image, is refused).
+pub struct Import {
+    read: ChangelogRead,
+    topic: String,
+    /// The partition being imported and how far into its images.
+    at: usize,
+    offset: usize,
+}
+
+impl Import {
+    pub fn new(read: ChangelogRead, topic: &str) -> Self {
+        Self {
+            read,
+            topic: topic.to_owned(),
+            at: 0,
+            offset: 0,
+        }
+    }
+
+    /// Put up to `keys_per_step` more keys in (none while a snapshot runs: a partition's keys
+    /// go in between snapshots). Ok(true) once every key is in.
+    pub fn step(
+        &mut self,
+        state: &mut KeyedState,
+        keys_per_step: usize,
+    ) -> Result<bool, KafkaError> {
+        if state.snapshot_running() {
+            return Ok(self.done());
+        }
+        let image = image_bytes(state.plan().words());
+        let mut budget = keys_per_step.max(1);
+        while let Some((tag, p, bytes)) = self.read.partitions.get(self.at) {
+            let rest = bytes.get(self.offset..).unwrap_or(&[]);
+            if rest.is_empty() {
+                self.at += 1;
+                self.offset = 0;
+                continue;
+            }
+            if budget == 0 {
+                break;
+            }
+            let take = rest.len().min(budget.saturating_mul(image));
+            let slice = rest.get(..take).unwrap_or(rest);
+            let n = state
+                .import_partition(*tag, slice)
+                .map_err(|e| KafkaError::Other(format!("changelog {}/{p}: {e}", self.topic)))?;
+            self.read.rebuilt.keys += n;
+            self.offset += take;
+            budget = budget.saturating_sub((take / image.max(1)).max(1));
+        }
+        Ok(self.done())
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.read.partitions.len()
+    }
+
+    /// What was read and, so far, put in.
+    pub fn rebuilt(&self) -> Rebuilt {
+        self.read.rebuilt
+    }
+}
+
+/// Rebuild `spec`'s partitions into `state` (empty) from the changelog at once: `read`, then
+/// every key put in.
+pub fn restore(
+    config: &Config,
+    spec: &ChangelogSpec,
+    state: &mut KeyedState,
+    progress: &dyn Fn(u64),
+) -> Result<Rebuilt, KafkaError> {
+    if state.snapshot_running() {
+        return Err(KafkaError::Other(
+            "rebuilding from the changelog while a snapshot runs".into(),
+        ));
+    }
+    let words = state.plan().words();
+    let read = read(config, spec, words, progress, &AtomicBool::new(false))?;
+    let mut import = Import::new(read, &spec.topic);
+    // No snapshot can start meanwhile (nothing else runs on this state): each step imports.
+    while !import.step(state, usize::MAX)? {}
+    Ok(import.rebuilt())
+}
