@@ -165,6 +165,16 @@ fn produce_in_background(
     records: Vec<Vec<Ev>>,
     per_s: usize,
 ) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    produce_in_background_over(broker, records, per_s, 4)
+}
+
+/// As `produce_in_background`, each record to partition (key % partitions).
+fn produce_in_background_over(
+    broker: &Broker,
+    records: Vec<Vec<Ev>>,
+    per_s: usize,
+    partitions: u64,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
     let p = broker.producer();
     let done = Arc::new(AtomicBool::new(false));
     let flag = done.clone();
@@ -172,7 +182,7 @@ fn produce_in_background(
         let mut enc = EventBatchEncoder::new();
         let pause = Duration::from_secs_f64(100.0 / per_s as f64);
         for (i, r) in records.iter().enumerate() {
-            produce_to(&p, &mut enc, EVENTS, r, (r[0].key % 4) as i32);
+            produce_to(&p, &mut enc, EVENTS, r, (r[0].key % partitions) as i32);
             if i % 100 == 99 {
                 std::thread::sleep(pause);
             }
@@ -663,6 +673,129 @@ fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pau
     );
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
+}
+
+/// Poll the instances' `cluster status` until their owned partitions split `0..partitions`
+/// of the input topic between them, each owned once and active, each instance owning some;
+/// their statuses then.
+fn wait_for_split(dirs: &[&Path], partitions: i32) -> Vec<ClusterStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let all: Vec<ClusterStatus> = dirs.iter().map(|d| cluster_status(d)).collect();
+        let mut owned: Vec<i32> = all
+            .iter()
+            .flat_map(|s| s.owned.iter().filter(|p| p.role == "active"))
+            .map(|p| p.partition)
+            .collect();
+        owned.sort_unstable();
+        if owned == (0..partitions).collect::<Vec<_>>() && all.iter().all(|s| !s.owned.is_empty()) {
+            return all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions not split within 90 s: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn owned_set(s: &ClusterStatus) -> std::collections::BTreeSet<i32> {
+    s.owned.iter().map(|p| p.partition).collect()
+}
+
+/// The scale-out shape on one machine: three instances share a 12-partition topic
+/// under load, a fourth joins (partitions move to it with their state; the others hand over
+/// only what it takes and keep the rest going), then one stops cleanly (its partitions move
+/// to the others). Every Score once, every count exact, and between them the instances took
+/// each record once: no replay at all.
+#[test]
+fn four_instances_twelve_partitions_join_and_clean_stop_move_state_with_no_replay() {
+    let broker = Broker::start("four");
+    broker.create_topic(EVENTS, 12);
+    broker.create_topic(SCORES, 4);
+    let member = |name: &str| {
+        let dir = scratch(&format!("four-{name}"));
+        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+        sets.extend([
+            "shards.count=1".into(),
+            "ingest.kafka.membership=group".into(),
+            format!("ingest.kafka.instance_id={name}"),
+            "egress.kafka.changelog=true".into(),
+            "egress.kafka.transactional_id_prefix=four-test".into(),
+            "state.hot_capacity=64".into(),
+            format!("admin.socket={}", dir.join("admin.sock").display()),
+        ]);
+        (sets, dir)
+    };
+    let names = ["a", "b", "c", "d"];
+    let members: Vec<(Vec<String>, PathBuf)> = names.iter().map(|n| member(n)).collect();
+    let dirs: Vec<&Path> = members.iter().map(|(_, d)| d.as_path()).collect();
+    let records = workload(240, 12_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let (producer, done) = produce_in_background_over(&broker, records, 1_500, 12);
+    let mut running = Vec::new();
+    for (sets, _) in &members[..3] {
+        let (child, out, _, metrics) = common::spawn_run_with_metrics(sets);
+        running.push((child, out, metrics));
+    }
+    let three = wait_for_split(&dirs[..3], 12);
+    let moved = |metrics: &str, which: &str| {
+        common::scrape(
+            metrics,
+            &format!("sluice_kafka_partitions_moved_{which}_total"),
+        )
+    };
+    let before: Vec<(u64, u64)> = running
+        .iter()
+        .map(|(_, _, m)| (moved(m, "in"), moved(m, "out")))
+        .collect();
+    // A fourth joins.
+    let (child, out, _, metrics) = common::spawn_run_with_metrics(&members[3].0);
+    running.push((child, out, metrics));
+    let four = wait_for_split(&dirs, 12);
+    assert!(!four[3].owned.is_empty(), "d took nothing: {four:#?}");
+    for i in 0..3 {
+        let (was, is) = (owned_set(&three[i]), owned_set(&four[i]));
+        assert!(
+            is.is_subset(&was),
+            "{}: took a partition up: {was:?} -> {is:?}",
+            names[i]
+        );
+        // The partitions it kept were never revoked: it handed over exactly what it lost and
+        // took nothing up again.
+        let m = &running[i].2;
+        assert_eq!(moved(m, "in"), before[i].0, "{}", names[i]);
+        assert_eq!(
+            moved(m, "out") - before[i].1,
+            (was.len() - is.len()) as u64,
+            "{}",
+            names[i]
+        );
+    }
+    // C stops cleanly: its partitions move to the other three.
+    let (c, c_out, _) = running.remove(2);
+    let report_c = stop(c, Some(c_out));
+    let rest = [dirs[0], dirs[1], dirs[3]];
+    wait_for_split(&rest, 12);
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(120), |s| {
+        s.len() >= want.len()
+    });
+    let mut reports = vec![report_c];
+    for (child, out, _) in running {
+        reports.push(stop(child, Some(out)));
+    }
+    check_every_score_once(&broker, &scores, &want);
+    let taken: u64 = reports
+        .iter()
+        .map(|r| counter(r, "sluice_kafka_records_total"))
+        .sum();
+    assert_eq!(taken, 12_000, "a record taken twice (a replay) or never");
+    for (_, dir) in &members {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 #[test]

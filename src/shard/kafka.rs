@@ -377,10 +377,11 @@ impl ShardKafka {
                 .drop_partition(tag)
                 .map_err(|e| format!("dropping a revoked partition: {e}"))?;
         }
+        // Counted before the gauges say so (`cluster status` never shows a move uncounted).
+        counters.kafka_partitions_moved_out.add(idx.len() as u64);
         self.source
             .release(&idx)
             .map_err(|e| format!("handing revoked partitions back: {e}"))?;
-        counters.kafka_partitions_moved_out.add(idx.len() as u64);
         tracing::info!(partitions = ?list, checkpoint = seq, keys, "Kafka partitions handed over");
         Ok(())
     }
@@ -533,11 +534,12 @@ impl ShardKafka {
             return Ok(());
         };
         core.raise_max_event_ns(rebuilt.max_event_ns);
+        // Counted before the gauges say so (`cluster status` never shows a move uncounted).
+        counters.kafka_partitions_moved_in.add(t.take.len() as u64);
         self.source
             .activate(&t.take, start)
             .map_err(|e| format!("taking up assigned partitions: {e}"))?;
         let ns = t.started.elapsed().as_nanos() as u64;
-        counters.kafka_partitions_moved_in.add(t.take.len() as u64);
         counters
             .changelog_restored_keys
             .set(counters.changelog_restored_keys.get() + rebuilt.keys);
