@@ -3,6 +3,7 @@
 //! with the floor it should be judged against. See bench/README.md.
 
 mod changelog;
+mod scaleout;
 mod floor;
 mod kafka;
 mod machine;
@@ -80,6 +81,16 @@ enum Command {
     Changelog {
         #[arg(long, default_value_t = 200_000)]
         updates: u64,
+    },
+    /// Several instances in one consumer group (group membership, exactly_once, changelog),
+    /// through a local broker: for each --instances count, --records records on --keys keys
+    /// drained by that many instances once the group split the 12 partitions (records/s),
+    /// then one stopped cleanly (handover time, keys rebuilt). Uses --keys, --out, --set.
+    Scaleout {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        instances: Vec<usize>,
     },
     /// --rate for --seconds (above capacity), then --then-rate for --then-seconds: drops by
     /// reason, the admitted events' latency, memory, and the time to answer the lighter
@@ -249,6 +260,15 @@ fn main() -> anyhow::Result<()> {
                 keys: a.keys,
                 shards: a.shards,
                 repeat: a.repeat,
+                out: &a.out,
+                sets: &a.sets,
+            });
+        }
+        Command::Scaleout { records, instances } => {
+            return scaleout::run(&scaleout::ScaleOutBench {
+                records,
+                keys: a.keys,
+                instances: &instances,
                 out: &a.out,
                 sets: &a.sets,
             });

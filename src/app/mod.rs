@@ -83,6 +83,12 @@ impl Running {
         &self.counters
     }
 
+    /// The Kafka input partitions as this instance sees them now (`cluster status`'s view).
+    pub fn kafka_partitions(&self) -> Vec<crate::ingest::kafka::PartitionView> {
+        use crate::ingest::kafka::watermarks::{by_partition, dealt};
+        by_partition(dealt(&self.kafka_partitions))
+    }
+
     /// Load a model (`path`, or `model.path` again) on every shard as the next version.
     /// Returns the version now serving, or why the model was refused (the old one stays).
     pub fn reload(&self, path: Option<&str>) -> Result<u32, String> {

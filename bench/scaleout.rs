@@ -1,0 +1,271 @@
+//! `sluice-bench scaleout`: several sluice instances in one consumer group
+//! (`ingest.kafka.membership = "group"`, exactly_once with the changelog), through a local
+//! broker. For each --instances count: the instances started together on an empty
+//! 12-partition topic; once the group has split the partitions between them, --records
+//! records (one event each, on --keys keys) produced as fast as the producer goes, and the
+//! time until the instances have applied them all (records/s; the producer's own time beside
+//! it, since the producer shares the machine and may be what bounds it). Then (two or more)
+//! the last one stops cleanly: time from its stop to the others owning every partition
+//! again, and the keys they rebuilt from the changelog meanwhile.
+//!
+//! All instances run in this process, each with its own state directory, shard and
+//! librdkafka clients; on a machine smaller than one core per instance they share cores, so
+//! the figure is the mechanism's cost, not a scale-out measurement.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use sluice::app::Running;
+use sluice::config::Config;
+use sluice::ingest::kafka::Role;
+use sluice::loadgen::broker::LocalBroker;
+use sluice::loadgen::kafka::send_when_room;
+
+const PARTITIONS: i32 = 12;
+
+pub struct ScaleOutBench<'a> {
+    pub records: u64,
+    pub keys: u64,
+    pub instances: &'a [usize],
+    pub out: &'a Path,
+    pub sets: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Round {
+    instances: usize,
+    records: u64,
+    /// Start of the instances to the group's partitions split between all of them.
+    split_seconds: f64,
+    /// The producer's time for the records (it flushes before returning).
+    produce_seconds: f64,
+    /// From the first record produced to every record applied.
+    drain_seconds: f64,
+    records_per_s: f64,
+    /// Two or more instances: the last one stopped cleanly.
+    handover: Option<Handover>,
+}
+
+#[derive(Serialize)]
+struct Handover {
+    partitions_moved: u64,
+    /// Its stop requested to the others owning (active) every partition again.
+    seconds: f64,
+    keys_rebuilt: u64,
+    bytes_rebuilt: u64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: super::machine::Machine,
+    command: String,
+    sluice_config: Vec<String>,
+    rounds: Vec<Round>,
+}
+
+fn applied(running: &[Running]) -> u64 {
+    running
+        .iter()
+        .flat_map(|r| r.counters().iter())
+        .map(|c| c.kafka_records.get())
+        .sum()
+}
+
+/// Every partition owned, active, by one of `running`, each of them owning some.
+fn split(running: &[Running]) -> bool {
+    let mut active = 0;
+    for r in running {
+        let mine = r
+            .kafka_partitions()
+            .iter()
+            .filter(|p| p.role == Role::Active)
+            .count();
+        if mine == 0 {
+            return false;
+        }
+        active += mine;
+    }
+    active == PARTITIONS as usize
+}
+
+fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn produce(p: &BaseProducer, topic: &str, keys: u64, n: u64) -> anyhow::Result<()> {
+    let mut enc = sluice::wire::EventBatchEncoder::new();
+    for s in 0..n {
+        let key = s.wrapping_mul(7919) % keys.max(1);
+        let value = enc.encode(std::iter::once(sluice::wire::EventIn {
+            key,
+            seq: s,
+            ts_ns: 0,
+            feedback: false,
+            amount: (s % 100) as f32,
+            label: -1.0,
+            features: &[],
+        }));
+        send_when_room(p, topic, &key.to_be_bytes(), value)?;
+    }
+    p.flush(Duration::from_secs(300))?;
+    Ok(())
+}
+
+fn round(
+    b: &ScaleOutBench<'_>,
+    broker: &LocalBroker,
+    n: usize,
+    sets_out: &mut Vec<String>,
+) -> anyhow::Result<Round> {
+    let topic = format!("scaleout-events-{n}");
+    broker.create_topic(&topic, PARTITIONS)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut configs = Vec::with_capacity(n);
+    let mut dirs = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = b.out.join(format!("scaleout-state-{n}-{i}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sets = vec![
+            "ingest.udp.listen=127.0.0.1:0".to_owned(),
+            "shards.count=1".to_owned(),
+            "log.level=warn".to_owned(),
+            "metrics.listen=".to_owned(),
+            format!("ingest.kafka.brokers={}", broker.addr),
+            format!("ingest.kafka.topics=[\"{topic}\"]"),
+            format!("ingest.kafka.group=scaleout-{n}"),
+            "ingest.kafka.membership=group".to_owned(),
+            format!("ingest.kafka.instance_id=i{i}"),
+            "egress.kafka.delivery=exactly_once".to_owned(),
+            "egress.kafka.changelog=true".to_owned(),
+            format!("egress.kafka.transactional_id_prefix=scaleout-{n}"),
+            format!("state.dir={}", dir.display()),
+            format!(
+                "state.hot_capacity={}",
+                (b.keys * 2).next_power_of_two().max(1024)
+            ),
+        ];
+        sets.extend(b.sets.iter().cloned());
+        if i == 0 && n == b.instances.first().copied().unwrap_or(n) {
+            *sets_out = sets.clone();
+        }
+        configs.push(Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?);
+        dirs.push(dir);
+    }
+    let started = Instant::now();
+    let mut running = Vec::with_capacity(n);
+    for c in &configs {
+        running.push(sluice::app::start(c)?);
+    }
+    wait("the partitions split", Duration::from_secs(120), || {
+        split(&running)
+    })?;
+    let split_s = started.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    produce(&producer, &topic, b.keys, b.records)?;
+    let produce_s = t0.elapsed().as_secs_f64();
+    wait("every record applied", Duration::from_secs(600), || {
+        applied(&running) >= b.records
+    })?;
+    let drain_s = t0.elapsed().as_secs_f64();
+    let handover = if n >= 2 {
+        let Some(last) = running.pop() else {
+            anyhow::bail!("no instance to stop");
+        };
+        let moved = last
+            .kafka_partitions()
+            .iter()
+            .filter(|p| p.role == Role::Active)
+            .count() as u64;
+        let rebuilt = |r: &[Running]| -> (u64, u64) {
+            r.iter().flat_map(|r| r.counters().iter()).fold((0, 0), |(k, b), c| {
+                (
+                    k + c.changelog_restored_keys.get(),
+                    b + c.changelog_restored_bytes.get(),
+                )
+            })
+        };
+        let (keys0, bytes0) = rebuilt(&running);
+        let t = Instant::now();
+        last.stop()?;
+        wait("the partitions taken over", Duration::from_secs(120), || {
+            split(&running)
+        })?;
+        let seconds = t.elapsed().as_secs_f64();
+        let (keys1, bytes1) = rebuilt(&running);
+        Some(Handover {
+            partitions_moved: moved,
+            seconds,
+            keys_rebuilt: keys1 - keys0,
+            bytes_rebuilt: bytes1 - bytes0,
+        })
+    } else {
+        None
+    };
+    for r in running {
+        r.stop()?;
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(Round {
+        instances: n,
+        records: b.records,
+        split_seconds: split_s,
+        produce_seconds: produce_s,
+        drain_seconds: drain_s,
+        records_per_s: b.records as f64 / drain_s.max(1e-9),
+        handover,
+    })
+}
+
+pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
+    let broker = LocalBroker::start("bench-scaleout")?;
+    std::fs::create_dir_all(b.out)?;
+    let mut sets = Vec::new();
+    let mut rounds = Vec::new();
+    for &n in b.instances {
+        let r = round(b, &broker, n.max(1), &mut sets)
+            .with_context(|| format!("{n} instance(s)"))?;
+        println!(
+            "  {} instance(s): split in {:.2} s; {} records applied in {:.2} s = {:.0} records/s (producing them took {:.2} s)",
+            r.instances,
+            r.split_seconds,
+            r.records,
+            r.drain_seconds,
+            r.records_per_s,
+            r.produce_seconds
+        );
+        if let Some(h) = &r.handover {
+            println!(
+                "    clean stop of one: {} partitions handed over and taken up in {:.2} s ({} keys, {} bytes rebuilt from the changelog)",
+                h.partitions_moved, h.seconds, h.keys_rebuilt, h.bytes_rebuilt
+            );
+        }
+        rounds.push(r);
+    }
+    let results = Results {
+        machine: super::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        sluice_config: sets,
+        rounds,
+    };
+    let path = b.out.join("scaleout-results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("  results: {}", path.display());
+    Ok(())
+}
