@@ -3,12 +3,12 @@
 //! with the floor it should be judged against. See bench/README.md.
 
 mod changelog;
-mod scaleout;
 mod floor;
 mod kafka;
 mod machine;
 mod overload;
 mod report;
+mod scaleout;
 mod scrape;
 mod state;
 mod sweep;

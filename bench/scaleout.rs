@@ -191,19 +191,23 @@ fn round(
             .filter(|p| p.role == Role::Active)
             .count() as u64;
         let rebuilt = |r: &[Running]| -> (u64, u64) {
-            r.iter().flat_map(|r| r.counters().iter()).fold((0, 0), |(k, b), c| {
-                (
-                    k + c.changelog_restored_keys.get(),
-                    b + c.changelog_restored_bytes.get(),
-                )
-            })
+            r.iter()
+                .flat_map(|r| r.counters().iter())
+                .fold((0, 0), |(k, b), c| {
+                    (
+                        k + c.changelog_restored_keys.get(),
+                        b + c.changelog_restored_bytes.get(),
+                    )
+                })
         };
         let (keys0, bytes0) = rebuilt(&running);
         let t = Instant::now();
         last.stop()?;
-        wait("the partitions taken over", Duration::from_secs(120), || {
-            split(&running)
-        })?;
+        wait(
+            "the partitions taken over",
+            Duration::from_secs(120),
+            || split(&running),
+        )?;
         let seconds = t.elapsed().as_secs_f64();
         let (keys1, bytes1) = rebuilt(&running);
         Some(Handover {
@@ -238,8 +242,8 @@ pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
     let mut sets = Vec::new();
     let mut rounds = Vec::new();
     for &n in b.instances {
-        let r = round(b, &broker, n.max(1), &mut sets)
-            .with_context(|| format!("{n} instance(s)"))?;
+        let r =
+            round(b, &broker, n.max(1), &mut sets).with_context(|| format!("{n} instance(s)"))?;
         println!(
             "  {} instance(s): split in {:.2} s; {} records applied in {:.2} s = {:.0} records/s (producing them took {:.2} s)",
             r.instances,
