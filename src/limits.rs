@@ -56,6 +56,10 @@ const _: () = assert!(DATAGRAM_BYTES_MIN < DATAGRAM_BYTES_MAX);
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 /// Kafka records a shard takes per drain cycle.
 pub const KAFKA_RECORDS_PER_CYCLE_MAX: usize = 4_096;
+/// Standby replicas per partition, at most.
+pub const KAFKA_STANDBY_REPLICAS_MAX: usize = 8;
+/// Keys in an instance's warm copies, at most (~400 bytes each with the default features).
+pub const KAFKA_STANDBY_KEYS_MAX: usize = 100_000_000;
 /// Keys of a rebuilt partition put into a shard's state per cycle, at most.
 pub const KAFKA_RESTORE_KEYS_PER_CYCLE_MAX: usize = 1_000_000;
 /// Unacknowledged Score records per shard before intake stops.

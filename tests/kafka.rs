@@ -798,6 +798,81 @@ fn four_instances_twelve_partitions_join_and_clean_stop_move_state_with_no_repla
     }
 }
 
+/// Standby replicas: with two instances each keeps a warm copy of the other's partitions
+/// (shown by `cluster status`), and when one stops cleanly the other takes its partitions
+/// over from those copies, reading only the changelog after them. Every Score once, every
+/// count exact, no record taken twice.
+#[test]
+fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
+    let broker = broker_with_topics("standby");
+    let member = |name: &str| {
+        let dir = scratch(&format!("standby-{name}"));
+        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+        sets.extend([
+            "shards.count=1".into(),
+            "ingest.kafka.membership=group".into(),
+            "ingest.kafka.standby_replicas=1".into(),
+            format!("ingest.kafka.instance_id={name}"),
+            "egress.kafka.changelog=true".into(),
+            "egress.kafka.transactional_id_prefix=standby-test".into(),
+            "state.hot_capacity=64".into(),
+            format!("admin.socket={}", dir.join("admin.sock").display()),
+        ]);
+        (sets, dir)
+    };
+    let (sets_a, dir_a) = member("a");
+    let (sets_b, dir_b) = member("b");
+    let records = workload(200, 12_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let (producer, done) = produce_in_background(&broker, records, 2_000);
+    let (a, a_out, _) = common::spawn_run(&sets_a);
+    let (b, b_out, _) = common::spawn_run(&sets_b);
+    let split = wait_for_split(&[&dir_a, &dir_b], 4);
+    // Each stands by for exactly the other's partitions, with keys in its copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (sa, sb) = (cluster_status(&dir_a), cluster_status(&dir_b));
+        let standby = |s: &ClusterStatus| -> std::collections::BTreeSet<i32> {
+            s.standby.iter().map(|p| p.partition).collect()
+        };
+        if standby(&sa) == owned_set(&split[1])
+            && standby(&sb) == owned_set(&split[0])
+            && sa.standby.iter().chain(&sb.standby).all(|p| p.keys > 0)
+        {
+            assert!(sa.standby.iter().all(|p| p.owner == "b"), "{sa:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "standbys not in place within 60 s:\na: {sa:?}\nb: {sb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // B stops cleanly: A takes its partitions over from its warm copies.
+    let report_b = stop(b, Some(b_out));
+    wait_for_split(&[&dir_a], 4);
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    let report_a = stop(a, Some(a_out));
+    check_every_score_once(&broker, &scores, &want);
+    assert!(
+        counter(&report_a, "sluice_kafka_changelog_warm_keys_total") > 0,
+        "a took b's partitions over without its warm copies:\n{report_a}"
+    );
+    assert_eq!(
+        counter(&report_a, "sluice_kafka_records_total")
+            + counter(&report_b, "sluice_kafka_records_total"),
+        12_000,
+        "a:\n{report_a}\nb:\n{report_b}"
+    );
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+}
+
 #[test]
 fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
     let broker = broker_with_topics("alo");

@@ -12,6 +12,7 @@ use super::{full_layout, start_checkpoints, AppError, Restored};
 use crate::config::{Config, Delivery, Membership};
 use crate::egress::kafka::changelog::{self, ChangelogSource, ChangelogSpec};
 use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
+use crate::ingest::kafka::standby::{StandbyPartition, StandbyTail, Standbys};
 use crate::ingest::kafka::{
     self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionGauges, PartitionId,
     PartitionTable, Role,
@@ -46,6 +47,8 @@ pub(super) struct KafkaSeed {
     pub changelog: Option<ChangelogSpec>,
     /// The last committed transaction says the changelog holds the state it completes.
     pub changelog_complete: bool,
+    /// `ingest.kafka.standby_replicas`: this instance's warm copies.
+    standbys: Option<Standbys>,
 }
 
 impl KafkaSeed {
@@ -80,18 +83,33 @@ pub(super) fn deal(
     shards: usize,
     counters: &[Arc<ShardCounters>],
     control: &Arc<Control>,
-    gauges: &PartitionGauges,
+    (gauges, standbys): (&PartitionGauges, &Standbys),
 ) -> Result<(Vec<KafkaPart>, Option<JoinHandle<()>>), AppError> {
     if !config.ingest.kafka.enabled() {
         return Ok(((0..shards).map(|_| KafkaPart::Off).collect(), None));
     }
     match seeds(config, shards, counters, kafka_in::CONNECT_PATIENCE) {
-        Ok(seeds) => {
+        Ok(mut seeds) => {
             let _ = gauges.set(all_gauges(&seeds));
-            Ok((seeds.into_iter().map(KafkaPart::Dealt).collect(), None))
+            let k = &config.ingest.kafka;
+            let tail = match seeds.first() {
+                Some(first) if k.membership == Membership::Group && k.standby_replicas > 0 => {
+                    Some(start_standbys(config, first, gauges, standbys, control)?)
+                }
+                _ => None,
+            };
+            if tail.is_some() {
+                for seed in &mut seeds {
+                    seed.standbys = Some(standbys.clone());
+                }
+            }
+            Ok((seeds.into_iter().map(KafkaPart::Dealt).collect(), tail))
         }
         Err(AppError::Kafka(e @ KafkaError::Unreachable { .. })) => {
             tracing::error!("{e}: serving UDP without Kafka meanwhile; asking the brokers again until they answer (Kafka partitions attach then)");
+            if config.ingest.kafka.standby_replicas > 0 {
+                tracing::warn!("standby replicas off this run: they start only when the brokers answer at start");
+            }
             let (senders, receivers): (Vec<_>, Vec<_>) =
                 (0..shards).map(|_| mpsc::sync_channel(1)).unzip();
             let later = Later {
@@ -112,6 +130,42 @@ pub(super) fn deal(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The standby thread (`ingest::kafka::standby`), over every input partition (a group
+/// member's seed lists them all, gauges and changelog partitions in the same order).
+fn start_standbys(
+    config: &Config,
+    seed: &KafkaSeed,
+    gauges: &PartitionGauges,
+    standbys: &Standbys,
+    control: &Arc<Control>,
+) -> Result<JoinHandle<()>, AppError> {
+    let partitions = seed
+        .gauges
+        .iter()
+        .zip(seed.changelog.iter().flat_map(|c| c.partitions.iter()))
+        .map(|(g, &(_, changelog))| StandbyPartition {
+            topic: g.topic.clone(),
+            partition: g.partition,
+            changelog,
+        })
+        .collect();
+    let tail = StandbyTail {
+        config: config.clone(),
+        partitions,
+        gauges: gauges.clone(),
+        standbys: standbys.clone(),
+    };
+    let control = control.clone();
+    tracing::info!(
+        replicas = config.ingest.kafka.standby_replicas,
+        "standby replicas: on"
+    );
+    std::thread::Builder::new()
+        .name("sluice-standby".into())
+        .spawn(move || tail.run(&|| control.stop_requested()))
+        .map_err(AppError::Thread)
 }
 
 fn all_gauges(seeds: &[KafkaSeed]) -> Vec<Arc<PartitionGauge>> {
@@ -266,6 +320,7 @@ fn seeds(
                 layout: layout.clone(),
                 changelog,
                 changelog_complete,
+                standbys: None,
             }
         })
         .collect())
@@ -293,6 +348,7 @@ pub(super) fn shard_kafka(
             changelog: spec.clone(),
             restored: Some(offsets.to_vec()),
             helpers: helpers.to_vec(),
+            standbys: seed.standbys.clone(),
         }),
         _ => None,
     };

@@ -289,8 +289,15 @@ pub fn start_with_progress(
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), ShardStartError>)>();
 
     let kafka_partitions = PartitionGauges::default();
+    let standbys = crate::ingest::kafka::standby::Standbys::default();
     let (kafka, kafka_connect) = topology::with_cpus(&helpers, || {
-        kafka_part::deal(config, shards, &counters, &control, &kafka_partitions)
+        kafka_part::deal(
+            config,
+            shards,
+            &counters,
+            &control,
+            (&kafka_partitions, &standbys),
+        )
     })?;
     let seeds: Vec<ShardSeed> = sockets
         .into_iter()
@@ -368,7 +375,11 @@ pub fn start_with_progress(
                 requests.clone(),
                 control.clone(),
                 config.admin.faults,
-                crate::ingest::kafka::status::ClusterInfo::new(config, kafka_partitions.clone()),
+                crate::ingest::kafka::status::ClusterInfo::new(
+                    config,
+                    kafka_partitions.clone(),
+                    standbys.clone(),
+                ),
             )
         })
         .map_err(|source| AppError::Admin {

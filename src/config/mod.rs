@@ -120,6 +120,10 @@ pub struct IngestKafka {
     pub instance_id: String,
     /// `membership = group`: join as static members (`group.instance.id`).
     pub static_membership: bool,
+    /// `membership = group`: other instances keeping a warm copy of each partition.
+    pub standby_replicas: usize,
+    /// Keys over every warm copy this instance keeps.
+    pub standby_keys_max: usize,
     pub start: KafkaStart,
     pub records_per_cycle_max: usize,
     pub restore_keys_per_cycle: usize,

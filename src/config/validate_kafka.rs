@@ -144,11 +144,32 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
         if id.is_empty() || !topic_name_ok(id) {
             p.push(format!("ingest.kafka.instance_id = {:?}: ingest.kafka.membership = \"group\" needs a name for this instance, unique in the group and stable across restarts (letters, digits, '.', '_', '-')", k.instance_id));
         }
-    } else if k.static_membership {
-        p.push(
-            "ingest.kafka.static_membership = true needs ingest.kafka.membership = \"group\""
-                .into(),
-        );
+    } else {
+        if k.static_membership {
+            p.push(
+                "ingest.kafka.static_membership = true needs ingest.kafka.membership = \"group\""
+                    .into(),
+            );
+        }
+        if k.standby_replicas > 0 {
+            p.push(
+                "ingest.kafka.standby_replicas needs ingest.kafka.membership = \"group\"".into(),
+            );
+        }
+    }
+    if k.standby_replicas > limits::KAFKA_STANDBY_REPLICAS_MAX {
+        p.push(format!(
+            "ingest.kafka.standby_replicas = {}: at most {}",
+            k.standby_replicas,
+            limits::KAFKA_STANDBY_REPLICAS_MAX
+        ));
+    }
+    if !(1..=limits::KAFKA_STANDBY_KEYS_MAX).contains(&k.standby_keys_max) {
+        p.push(format!(
+            "ingest.kafka.standby_keys_max = {}: must be between 1 and {}",
+            k.standby_keys_max,
+            limits::KAFKA_STANDBY_KEYS_MAX
+        ));
     }
     if e.changelog && e.delivery != Delivery::ExactlyOnce {
         p.push("egress.kafka.changelog = true needs egress.kafka.delivery = \"exactly_once\": the changelog is written in each checkpoint's transaction".into());
@@ -322,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn static_membership_needs_group_membership() {
+    fn static_membership_and_standbys_need_group_membership() {
         let err = Config::from_layers(
             None,
             &[
@@ -338,6 +359,23 @@ mod tests {
             ),
             "{all}"
         );
+        let err = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "ingest.kafka.standby_replicas=9".into(),
+                "ingest.kafka.standby_keys_max=0".into(),
+            ],
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "ingest.kafka.standby_replicas needs ingest.kafka.membership = \"group\"",
+            "ingest.kafka.standby_replicas = 9: at most 8",
+            "ingest.kafka.standby_keys_max = 0",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 
     #[test]

@@ -150,6 +150,8 @@ shard_counters! {
     kafka_changelog_bytes: Counter => Counter names::KAFKA_CHANGELOG_BYTES;
     /// Keys rebuilt from the changelog since start (at start when the shard's checkpoint was not on disk; with group membership as partitions move in).
     changelog_restored_keys: Counter => Gauge names::CHANGELOG_RESTORED_KEYS;
+    /// Of those, keys a standby replica's warm copy held (only the changelog after it was read).
+    changelog_warm_keys: Counter => Counter names::CHANGELOG_WARM_KEYS;
     /// Changelog bytes read by those rebuilds (live while one runs).
     changelog_restored_bytes: Counter => Gauge names::CHANGELOG_RESTORED_BYTES;
     /// How long those rebuilds took, together.

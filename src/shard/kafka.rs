@@ -100,6 +100,8 @@ pub struct GroupMember {
     pub restored: Option<Vec<crate::state::checkpoint::PartitionOffset>>,
     /// The CPUs the changelog reader may run on (not the shard's).
     pub helpers: Vec<usize>,
+    /// `ingest.kafka.standby_replicas`: the warm copies this instance keeps.
+    pub standbys: Option<crate::ingest::kafka::standby::Standbys>,
 }
 
 /// exactly_once: a checkpoint flipped, on its way to its transaction's commit.
@@ -473,13 +475,27 @@ impl ShardKafka {
             cancel: Arc::new(AtomicBool::new(false)),
         };
         if !rebuild.partitions.is_empty() {
+            // Restoring before the warm copies are taken: the standby thread then leaves them.
             self.source.restoring(&rebuilding);
+            let warm: std::collections::HashMap<i32, _> = member
+                .standbys
+                .as_ref()
+                .map(|s| {
+                    rebuild
+                        .partitions
+                        .iter()
+                        .filter_map(|&(_, c)| Some((c, s.take(c)?)))
+                        .collect()
+                })
+                .unwrap_or_default();
             let (config, cancel) = (config.clone(), taking_up.cancel.clone());
             let words = core.state().plan().words();
             let reader = crate::topology::with_cpus(&member.helpers, || {
                 std::thread::Builder::new()
                     .name("sluice-rebuild".into())
-                    .spawn(move || rebuild::read(&config, &rebuild, words, &|_| {}, &cancel))
+                    .spawn(move || {
+                        rebuild::read(&config, &rebuild, words, warm, (&|_| {}, &cancel))
+                    })
             })
             .map_err(|e| format!("starting the changelog reader: {e}"))?;
             taking_up.stage = RebuildStage::Reading(reader);
@@ -543,13 +559,14 @@ impl ShardKafka {
         counters
             .changelog_restored_keys
             .set(counters.changelog_restored_keys.get() + rebuilt.keys);
+        counters.changelog_warm_keys.add(rebuilt.warm_keys);
         counters
             .changelog_restored_bytes
             .set(counters.changelog_restored_bytes.get() + rebuilt.bytes);
         counters
             .changelog_restore_ns
             .set(counters.changelog_restore_ns.get() + ns);
-        tracing::info!(partitions = ?t.list, kept = t.kept, rebuilt_keys = rebuilt.keys, rebuilt_bytes = rebuilt.bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
+        tracing::info!(partitions = ?t.list, kept = t.kept, rebuilt_keys = rebuilt.keys, warm_keys = rebuilt.warm_keys, rebuilt_bytes = rebuilt.bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
         Ok(())
     }
 

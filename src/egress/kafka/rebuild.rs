@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::changelog::ChangelogSpec;
 use crate::config::Config;
+use crate::ingest::kafka::standby::WarmCopy;
 use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
 use crate::state::KeyedState;
 use crate::state::{image_bytes, Record, RECORD_BYTES};
@@ -31,6 +32,8 @@ pub struct Rebuilt {
     pub max_event_ns: u64,
     /// Time spent reading the changelog (the rest of a rebuild is putting the keys in).
     pub read_ns: u64,
+    /// Keys a standby's warm copy already held (the changelog read only after it).
+    pub warm_keys: u64,
 }
 
 /// The changelog read: per input partition (source tag), its keys' newest images, end to end.
@@ -46,12 +49,15 @@ pub struct ChangelogRead {
 /// `cancel` stops the read (Err) within one poll. A changelog partition whose records were
 /// deleted (its start offset above 0: retention or delete-records, which a compacted topic
 /// never does by itself) cannot hold the whole state: refused, saying so.
+///
+/// `warm`: standby copies by changelog partition; such a partition is read from the copy's
+/// offset on, over the copy's images (only the tail is read).
 pub fn read(
     config: &Config,
     spec: &ChangelogSpec,
     words: usize,
-    progress: &dyn Fn(u64),
-    cancel: &AtomicBool,
+    mut warm: HashMap<i32, WarmCopy>,
+    (progress, cancel): (&dyn Fn(u64), &AtomicBool),
 ) -> Result<ChangelogRead, KafkaError> {
     let mut cc = consumer_config(config);
     // Bigger fetches for this bulk read (fetch.wait.max.ms 100, fetch.min.bytes 1 MiB,
@@ -75,21 +81,28 @@ pub fn read(
             .map_err(KafkaError::client(format!(
                 "changelog {topic}/{p} watermarks"
             )))?;
-        if low > 0 {
+        let from = warm.get(&p).map_or(0, |w| w.next_offset);
+        if low > from {
             return Err(KafkaError::Other(format!(
                 "changelog partition {topic}/{p} starts at offset {low}, not 0: records were deleted from it (retention.ms or delete-records on a changelog topic), so it does not hold the whole state and nothing is restored from it. Restore the shard's checkpoint directory, or start over with a new egress.kafka.transactional_id_prefix and changelog topic"
             )));
         }
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
+        if high > from {
+            tpl.add_partition_offset(topic, p, Offset::Offset(from))
                 .map_err(KafkaError::client("changelog assignment"))?;
             open += 1;
         }
     }
     let mut rebuilt = Rebuilt::default();
     let started = Instant::now();
-    // Per partition: key -> newest image (None: deleted).
+    // Per partition: key -> newest image (None: deleted); a warm copy's images to start.
     let mut newest: HashMap<i32, HashMap<u64, Option<Vec<u8>>>> = HashMap::new();
+    for &(_, p) in &spec.partitions {
+        if let Some(w) = warm.remove(&p) {
+            rebuilt.warm_keys += w.images.len() as u64;
+            newest.insert(p, w.images.into_iter().map(|(k, v)| (k, Some(v))).collect());
+        }
+    }
     if open > 0 {
         consumer
             .assign(&tpl)
@@ -240,7 +253,13 @@ pub fn restore(
         ));
     }
     let words = state.plan().words();
-    let read = read(config, spec, words, progress, &AtomicBool::new(false))?;
+    let read = read(
+        config,
+        spec,
+        words,
+        HashMap::new(),
+        (progress, &AtomicBool::new(false)),
+    )?;
     let mut import = Import::new(read, &spec.topic);
     // No snapshot can start meanwhile (nothing else runs on this state): each step imports.
     while !import.step(state, usize::MAX)? {}

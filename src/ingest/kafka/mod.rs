@@ -7,6 +7,7 @@
 mod client;
 pub mod membership;
 pub mod partitions;
+pub mod standby;
 pub mod status;
 pub mod watermarks;
 

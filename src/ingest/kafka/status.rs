@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::standby::{StandbyStatus, Standbys};
 use super::watermarks::{by_partition, dealt, PartitionGauges};
 use crate::config::{Config, Delivery, Membership};
 
@@ -18,11 +19,13 @@ pub struct ClusterInfo {
     pub shards: usize,
     pub changelog_topic: Option<String>,
     pub gauges: PartitionGauges,
+    pub standbys: Standbys,
+    pub standby_replicas: usize,
 }
 
 impl ClusterInfo {
     /// None when Kafka is off.
-    pub fn new(config: &Config, gauges: PartitionGauges) -> Option<Self> {
+    pub fn new(config: &Config, gauges: PartitionGauges, standbys: Standbys) -> Option<Self> {
         let k = &config.ingest.kafka;
         if !k.enabled() {
             return None;
@@ -40,6 +43,8 @@ impl ClusterInfo {
             changelog_topic: (e.delivery == Delivery::ExactlyOnce && e.changelog)
                 .then(|| e.changelog_topic(&k.group)),
             gauges,
+            standbys,
+            standby_replicas: k.standby_replicas,
         })
     }
 
@@ -72,6 +77,8 @@ impl ClusterInfo {
                 .into_iter()
                 .map(|v| format!("{}:{}", v.topic, v.partition))
                 .collect(),
+            standby_replicas: self.standby_replicas,
+            standby: self.standbys.status(),
         }
     }
 }
@@ -91,6 +98,9 @@ pub struct ClusterStatus {
     pub owned: Vec<OwnedStatus>,
     /// The input partitions no shard here owns (`topic:partition`): another instance's.
     pub elsewhere: Vec<String>,
+    pub standby_replicas: usize,
+    /// The partitions this instance keeps a warm copy of (`ingest.kafka.standby_replicas`).
+    pub standby: Vec<StandbyStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +175,29 @@ impl ClusterStatus {
         if !self.elsewhere.is_empty() {
             let _ = writeln!(s, "owned elsewhere: {}", self.elsewhere.join(", "));
         }
-        let _ = writeln!(s, "standby replicas: not built (see docs/scale-out.md)");
+        if self.standby_replicas == 0 {
+            let _ = writeln!(s, "standby replicas: off");
+        } else if self.standby.is_empty() {
+            let _ = writeln!(s, "standby for: nothing (yet)");
+        } else {
+            let _ = writeln!(
+                s,
+                "standby for:\n{:<24} {:>9} {:<16} {:>10} {:>16} {:>14}",
+                "topic", "partition", "owner", "keys", "changelog next", "changelog lag"
+            );
+            for p in &self.standby {
+                let _ = writeln!(
+                    s,
+                    "{:<24} {:>9} {:<16} {:>10} {:>16} {:>14}",
+                    p.topic,
+                    p.partition,
+                    p.owner,
+                    p.keys,
+                    p.changelog_next_offset,
+                    p.changelog_lag.map_or("-".to_owned(), |l| l.to_string())
+                );
+            }
+        }
         s
     }
 }
@@ -189,7 +221,7 @@ mod tests {
         )
         .unwrap();
         let gauges = PartitionGauges::default();
-        let info = ClusterInfo::new(&config, gauges.clone()).unwrap();
+        let info = ClusterInfo::new(&config, gauges.clone(), Standbys::default()).unwrap();
         assert!(!info.status().attached);
         assert!(info.status().table().contains("brokers not reached yet"));
         let g: Vec<Arc<PartitionGauge>> = (0..3)
@@ -225,6 +257,8 @@ mod tests {
     #[test]
     fn kafka_off_has_no_status() {
         let config = Config::from_layers(None, &[]).unwrap();
-        assert!(ClusterInfo::new(&config, PartitionGauges::default()).is_none());
+        assert!(
+            ClusterInfo::new(&config, PartitionGauges::default(), Standbys::default()).is_none()
+        );
     }
 }

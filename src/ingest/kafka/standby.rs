@@ -1,0 +1,456 @@
+//! Standby replicas (`ingest.kafka.standby_replicas = N`, group membership): a helper thread
+//! per instance tails the changelog partitions of input partitions other instances own into a
+//! warm copy (each key's newest image, in memory), so that when one of them moves here its
+//! new owner reads only the changelog's tail instead of all of it (Kafka Streams' standby
+//! tasks). A standby never serves.
+//!
+//! Which instance stands by for which partition is a rule every member computes alike from
+//! the group's description (DescribeGroups, once a second): the instances in name order, a
+//! partition's standbys are the N after its owner (wrapping). librdkafka's assignors know
+//! nothing of standbys (Kafka Streams prefers a caught-up one with its own assignor, KIP-441),
+//! so a partition may move to an instance that is not its standby; that one rebuilds it from
+//! the whole changelog, as without standbys. With two instances the standby is always the
+//! one that takes over.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::watermarks::{PartitionGauges, Role};
+use super::{consumer_config, KafkaError};
+use crate::config::Config;
+
+/// One input partition and its changelog partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyPartition {
+    pub topic: String,
+    pub partition: i32,
+    pub changelog: i32,
+}
+
+/// A warm copy of one changelog partition: every key's newest image up to `next_offset`.
+#[derive(Debug, Default)]
+pub struct WarmCopy {
+    /// The changelog offset the copy holds everything before.
+    pub next_offset: i64,
+    pub images: HashMap<u64, Vec<u8>>,
+}
+
+/// What `cluster status` shows of a standby partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// The instance that owns it now.
+    pub owner: String,
+    pub keys: u64,
+    pub changelog_next_offset: i64,
+    /// Changelog records not in the copy yet (None until a fetch told the end).
+    pub changelog_lag: Option<i64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// By changelog partition.
+    copies: HashMap<i32, WarmCopy>,
+    /// Taken by a shard taking the partition up: not tailed again until the shard owns it.
+    taken: HashSet<i32>,
+    status: Vec<StandbyStatus>,
+    /// Keys over every copy went past `ingest.kafka.standby_keys_max` (logged once).
+    full_logged: bool,
+}
+
+/// The standbys' shared side: the tailing thread fills it, a shard taking a partition up takes
+/// its copy, `cluster status` reads its status.
+#[derive(Clone, Default)]
+pub struct Standbys {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Standbys {
+    /// The warm copy of `changelog` partition, if this instance stood by for it; from now on
+    /// it is not tailed (the caller reads the rest of the changelog from `next_offset`).
+    pub fn take(&self, changelog: i32) -> Option<WarmCopy> {
+        let mut s = self.shared.lock().ok()?;
+        s.taken.insert(changelog);
+        s.copies.remove(&changelog)
+    }
+
+    pub fn status(&self) -> Vec<StandbyStatus> {
+        self.shared
+            .lock()
+            .map(|s| s.status.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The rule: for each partition an instance other than `me` owns, whether `me` is among the
+/// `replicas` instances after its owner in name order. `owners`: input partition index ->
+/// owning instance.
+pub fn standing_by(
+    me: &str,
+    replicas: usize,
+    owners: &HashMap<usize, String>,
+    instances: &BTreeSet<String>,
+) -> Vec<usize> {
+    let ring: Vec<&String> = instances.iter().collect();
+    let mut out: Vec<usize> = owners
+        .iter()
+        .filter(|(_, owner)| owner.as_str() != me)
+        .filter(|(_, owner)| {
+            let Some(at) = ring.iter().position(|i| *i == *owner) else {
+                return false;
+            };
+            (1..=replicas.min(ring.len().saturating_sub(1)))
+                .filter_map(|k| ring.get((at + k) % ring.len()))
+                .any(|i| i.as_str() == me)
+        })
+        .map(|(&p, _)| p)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// A consumer-protocol assignment (the bytes a group member was assigned): (topic,
+/// partition) pairs. None when malformed.
+pub fn parse_assignment(b: &[u8]) -> Option<Vec<(String, i32)>> {
+    let mut r = Reader(b);
+    let _version = r.i16()?;
+    let topics = r.i32()?;
+    let mut out = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(r.i16()?).ok()?;
+        let topic = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
+        let n = r.i32()?;
+        for _ in 0..n.max(0) {
+            out.push((topic.clone(), r.i32()?));
+        }
+    }
+    Some(out)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+/// The instance name in a sluice member's client.id (`sluice-INSTANCE-SHARD`).
+fn instance_of(client_id: &str) -> Option<&str> {
+    let rest = client_id.strip_prefix("sluice-")?;
+    let (instance, shard) = rest.rsplit_once('-')?;
+    shard.parse::<usize>().ok()?;
+    Some(instance)
+}
+
+/// The tailing thread's belongings.
+pub struct StandbyTail {
+    pub config: Config,
+    pub partitions: Vec<StandbyPartition>,
+    pub gauges: PartitionGauges,
+    pub standbys: Standbys,
+}
+
+impl StandbyTail {
+    /// Until `stop`: once a second, who owns what and so what to stand by for; in between,
+    /// the tail of those changelog partitions into their copies.
+    pub fn run(self, stop: &dyn Fn() -> bool) {
+        let consumer: BaseConsumer = match consumer_config(&self.config)
+            .set("receive.message.max.bytes", "2147483647")
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("standby replicas off: creating the changelog tail consumer: {e}");
+                return;
+            }
+        };
+        let topic = self
+            .config
+            .egress
+            .kafka
+            .changelog_topic(&self.config.ingest.kafka.group);
+        let mut tailed: Vec<usize> = Vec::new();
+        let mut owners: HashMap<usize, String> = HashMap::new();
+        let mut next_look = Instant::now();
+        while !stop() {
+            if Instant::now() >= next_look {
+                next_look = Instant::now() + Duration::from_secs(1);
+                match self.look(&consumer) {
+                    Ok((want, who)) => {
+                        owners = who;
+                        if want != tailed {
+                            if let Err(e) = self.retail(&consumer, &topic, &want) {
+                                tracing::warn!("standby replicas: {e}");
+                                continue;
+                            }
+                            tailed = want;
+                        }
+                    }
+                    Err(e) => tracing::warn!("standby replicas: describing the group: {e}"),
+                }
+                self.publish(&consumer, &topic, &tailed, &owners);
+            }
+            if tailed.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            self.tail(&consumer);
+        }
+    }
+
+    /// The partitions to stand by for now, and every partition's owner.
+    fn look(
+        &self,
+        consumer: &BaseConsumer,
+    ) -> Result<(Vec<usize>, HashMap<usize, String>), KafkaError> {
+        let k = &self.config.ingest.kafka;
+        let list = consumer
+            .fetch_group_list(Some(&k.group), Duration::from_secs(5))
+            .map_err(KafkaError::client("describing the group"))?;
+        let mut owners = HashMap::new();
+        let mut instances = BTreeSet::new();
+        instances.insert(k.instance_id.clone());
+        for g in list.groups() {
+            for m in g.members() {
+                let Some(instance) = instance_of(m.client_id()) else {
+                    continue;
+                };
+                instances.insert(instance.to_owned());
+                for (t, p) in m
+                    .assignment()
+                    .and_then(parse_assignment)
+                    .unwrap_or_default()
+                {
+                    if let Some(i) = self
+                        .partitions
+                        .iter()
+                        .position(|s| s.partition == p && s.topic == t)
+                    {
+                        owners.insert(i, instance.to_owned());
+                    }
+                }
+            }
+        }
+        let mut want = standing_by(&k.instance_id, k.standby_replicas, &owners, &instances);
+        // Never one a shard here owns or is taking up (the group's view can lag this one's).
+        let mine = |i: usize| {
+            super::watermarks::dealt(&self.gauges).iter().any(|g| {
+                self.partitions.get(i).is_some_and(|s| {
+                    g.partition == s.partition && g.topic == s.topic && g.role() != Role::None
+                })
+            })
+        };
+        if let Ok(mut s) = self.standbys.shared.lock() {
+            // A partition taken up here is forgotten once a shard here has it (restoring or
+            // active): when it moves away again it may be stood by for again.
+            let partitions = &self.partitions;
+            s.taken.retain(|c| {
+                partitions
+                    .iter()
+                    .position(|p| p.changelog == *c)
+                    .is_some_and(|i| !mine(i))
+            });
+            // A partition nobody owns right now (its owner left; the group is moving it) keeps
+            // its copy: that is when the copy is about to be needed.
+            for (i, p) in self.partitions.iter().enumerate() {
+                if !owners.contains_key(&i) && s.copies.contains_key(&p.changelog) {
+                    want.push(i);
+                }
+            }
+            want.sort_unstable();
+            want.dedup();
+            let taken = s.taken.clone();
+            want.retain(|&i| {
+                !mine(i)
+                    && self
+                        .partitions
+                        .get(i)
+                        .is_some_and(|p| !taken.contains(&p.changelog))
+            });
+            // Copies no longer wanted are dropped.
+            let keep: HashSet<i32> = want
+                .iter()
+                .filter_map(|&i| self.partitions.get(i).map(|p| p.changelog))
+                .collect();
+            s.copies.retain(|c, _| keep.contains(c));
+        }
+        Ok((want, owners))
+    }
+
+    /// Tail `want` from where each copy is (the start for a new one).
+    fn retail(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        want: &[usize],
+    ) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::with_capacity(want.len());
+        let Ok(mut s) = self.standbys.shared.lock() else {
+            return Ok(());
+        };
+        for p in want.iter().filter_map(|&i| self.partitions.get(i)) {
+            let copy = s.copies.entry(p.changelog).or_default();
+            let at = if copy.next_offset > 0 {
+                Offset::Offset(copy.next_offset)
+            } else {
+                Offset::Beginning
+            };
+            tpl.add_partition_offset(topic, p.changelog, at)
+                .map_err(KafkaError::client("standby assignment"))?;
+        }
+        drop(s);
+        consumer
+            .assign(&tpl)
+            .map_err(KafkaError::client("standby assign"))?;
+        tracing::info!(changelog_partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "standby replicas: tailing");
+        Ok(())
+    }
+
+    /// Up to ~100 ms of changelog records into the copies.
+    fn tail(&self, consumer: &BaseConsumer) {
+        let until = Instant::now() + Duration::from_millis(100);
+        let keys_max = self.config.ingest.kafka.standby_keys_max;
+        while Instant::now() < until {
+            let Some(polled) = consumer.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            let m = match polled {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("standby tail: {e}");
+                    continue;
+                }
+            };
+            let Some(key) = m
+                .key()
+                .and_then(|k| <[u8; 8]>::try_from(k).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let Ok(mut s) = self.standbys.shared.lock() else {
+                return;
+            };
+            let total: usize = s.copies.values().map(|c| c.images.len()).sum();
+            let full = total >= keys_max;
+            let Some(copy) = s.copies.get_mut(&m.partition()) else {
+                continue;
+            };
+            match m.payload() {
+                Some(v) if !full || copy.images.contains_key(&key) => {
+                    copy.images.insert(key, v.to_vec());
+                }
+                Some(_) => {
+                    // Over the bound: this copy is no longer whole, so it is dropped (the
+                    // takeover reads the whole changelog partition instead).
+                    s.copies.remove(&m.partition());
+                    if !s.full_logged {
+                        s.full_logged = true;
+                        tracing::warn!(keys_max, "standby replicas: ingest.kafka.standby_keys_max reached; a copy was dropped");
+                    }
+                    continue;
+                }
+                None => {
+                    copy.images.remove(&key);
+                }
+            }
+            copy.next_offset = m.offset() + 1;
+        }
+    }
+
+    fn publish(
+        &self,
+        consumer: &BaseConsumer,
+        topic: &str,
+        tailed: &[usize],
+        owners: &HashMap<usize, String>,
+    ) {
+        let Ok(mut s) = self.standbys.shared.lock() else {
+            return;
+        };
+        let topic_c = std::ffi::CString::new(topic).unwrap_or_default();
+        let mut status = Vec::with_capacity(tailed.len());
+        for &i in tailed {
+            let Some(p) = self.partitions.get(i) else {
+                continue;
+            };
+            let Some(copy) = s.copies.get(&p.changelog) else {
+                continue;
+            };
+            let high = super::watermarks::cached_high_watermark(consumer, &topic_c, p.changelog);
+            status.push(StandbyStatus {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                owner: owners.get(&i).cloned().unwrap_or_default(),
+                keys: copy.images.len() as u64,
+                changelog_next_offset: copy.next_offset,
+                changelog_lag: high.map(|h| (h - copy.next_offset).max(0)),
+            });
+        }
+        s.status = status;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn each_partition_is_stood_by_for_by_the_next_instances_after_its_owner() {
+        let owners: HashMap<usize, String> = [(0, "a"), (1, "b"), (2, "c"), (3, "a")]
+            .map(|(p, o)| (p, o.to_owned()))
+            .into();
+        let all = set(&["a", "b", "c"]);
+        assert_eq!(standing_by("b", 1, &owners, &all), vec![0, 3]);
+        assert_eq!(standing_by("c", 1, &owners, &all), vec![1]);
+        assert_eq!(standing_by("a", 1, &owners, &all), vec![2]);
+        // Two replicas: everyone stands by for every partition it does not own.
+        assert_eq!(standing_by("a", 2, &owners, &all), vec![1, 2]);
+        // More replicas than other instances: capped.
+        assert_eq!(standing_by("a", 5, &owners, &all), vec![1, 2]);
+        // Alone: nobody to stand by for.
+        assert!(standing_by("a", 1, &owners, &set(&["a"])).is_empty());
+    }
+
+    #[test]
+    fn assignments_and_client_ids_parse_and_garbage_does_not() {
+        let mut b = vec![0, 1];
+        b.extend(1i32.to_be_bytes());
+        b.extend(2i16.to_be_bytes());
+        b.extend(b"ev");
+        b.extend(2i32.to_be_bytes());
+        b.extend(3i32.to_be_bytes());
+        b.extend(7i32.to_be_bytes());
+        b.extend((-1i32).to_be_bytes());
+        assert_eq!(
+            parse_assignment(&b),
+            Some(vec![("ev".into(), 3), ("ev".into(), 7)])
+        );
+        assert_eq!(parse_assignment(&b[..9]), None);
+        assert_eq!(parse_assignment(&[]), None);
+        assert_eq!(instance_of("sluice-host-1-0"), Some("host-1"));
+        assert_eq!(instance_of("sluice-a-12"), Some("a"));
+        assert_eq!(instance_of("rdkafka"), None);
+        assert_eq!(instance_of("sluice-a-x"), None);
+    }
+}
