@@ -60,6 +60,9 @@ struct Handover {
     bytes_rebuilt: u64,
     /// Of the keys rebuilt, those a standby's warm copy held (`ingest.kafka.standby_replicas`).
     keys_warm: u64,
+    /// The new owners' take-up time (assignment to taken up: changelog read and keys put in),
+    /// summed over them.
+    take_up_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -192,18 +195,19 @@ fn round(
             .iter()
             .filter(|p| p.role == Role::Active)
             .count() as u64;
-        let rebuilt = |r: &[Running]| -> (u64, u64, u64) {
+        let rebuilt = |r: &[Running]| -> [u64; 4] {
             r.iter()
                 .flat_map(|r| r.counters().iter())
-                .fold((0, 0, 0), |(k, b, w), c| {
-                    (
+                .fold([0; 4], |[k, b, w, ns], c| {
+                    [
                         k + c.changelog_restored_keys.get(),
                         b + c.changelog_restored_bytes.get(),
                         w + c.changelog_warm_keys.get(),
-                    )
+                        ns + c.changelog_restore_ns.get(),
+                    ]
                 })
         };
-        let (keys0, bytes0, warm0) = rebuilt(&running);
+        let [keys0, bytes0, warm0, ns0] = rebuilt(&running);
         let t = Instant::now();
         last.stop()?;
         wait(
@@ -212,13 +216,14 @@ fn round(
             || split(&running),
         )?;
         let seconds = t.elapsed().as_secs_f64();
-        let (keys1, bytes1, warm1) = rebuilt(&running);
+        let [keys1, bytes1, warm1, ns1] = rebuilt(&running);
         Some(Handover {
             partitions_moved: moved,
             seconds,
             keys_rebuilt: keys1 - keys0,
             bytes_rebuilt: bytes1 - bytes0,
             keys_warm: warm1 - warm0,
+            take_up_seconds: (ns1 - ns0) as f64 / 1e9,
         })
     } else {
         None
@@ -259,8 +264,14 @@ pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
         );
         if let Some(h) = &r.handover {
             println!(
-                "    clean stop of one: {} partitions handed over and taken up in {:.2} s ({} keys rebuilt, {} of them from warm copies; {} changelog bytes read)",
-                h.partitions_moved, h.seconds, h.keys_rebuilt, h.keys_warm, h.bytes_rebuilt
+                "    clean stop of one: {} partitions handed over and taken up in {:.2} s ({} keys rebuilt, {} of them from warm copies; {} changelog bytes read; take-up {:.2} s = {:.0} keys/s)",
+                h.partitions_moved,
+                h.seconds,
+                h.keys_rebuilt,
+                h.keys_warm,
+                h.bytes_rebuilt,
+                h.take_up_seconds,
+                h.keys_rebuilt as f64 / h.take_up_seconds.max(1e-9)
             );
         }
         rounds.push(r);

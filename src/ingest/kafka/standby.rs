@@ -266,10 +266,13 @@ impl StandbyTail {
                     .position(|p| p.changelog == *c)
                     .is_some_and(|i| !mine(i))
             });
-            // A partition nobody owns right now (its owner left; the group is moving it) keeps
-            // its copy: that is when the copy is about to be needed.
+            // A copy is kept (and tailed) while the group moves its partition: nobody owns it
+            // (its owner left), or the group gave it to this instance and no shard here has
+            // taken it up yet. That is when the copy is about to be needed.
+            let me = k.instance_id.as_str();
             for (i, p) in self.partitions.iter().enumerate() {
-                if !owners.contains_key(&i) && s.copies.contains_key(&p.changelog) {
+                let moving = owners.get(&i).is_none_or(|o| o == me);
+                if moving && s.copies.contains_key(&p.changelog) {
                     want.push(i);
                 }
             }
