@@ -470,6 +470,72 @@ fn exactly_once_changelog_rebuilds_a_wiped_state_dir_counts_exact() {
 /// cleanly (its last checkpoint committed; the group gives its partitions back to A after the
 /// session timeout, rebuilt from the changelog again). Under load the whole time: a
 /// read_committed reader sees every Observation's Score once, every count exact.
+/// The changelog cannot be trusted once records were deleted from it or the topic itself is
+/// gone: a shard whose checkpoint is not on disk refuses to start, saying why, instead of
+/// serving a partial state.
+#[test]
+fn a_truncated_or_deleted_changelog_is_refused_with_the_reason_not_half_restored() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let broker = broker_with_topics("truncated");
+    let dir = scratch("truncated");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "shards.count=1".into(),
+        "egress.kafka.transactional_id_prefix=truncated-test".into(),
+        "egress.kafka.changelog=true".into(),
+        "egress.kafka.changelog_topic=truncated-state".into(),
+    ]);
+    let records = workload(100, 2_000);
+    let n = records.len();
+    produce_all(&broker.producer(), &mut EventBatchEncoder::new(), &records);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= n
+    });
+    assert!(scores.len() >= n);
+    stop(child, Some(stdout));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Each changelog partition loses its first record: retention on the changelog (a compacted
+    // topic refuses DeleteRecords, as Kafka does, until its policy includes delete).
+    let policy = AlterConfig::new(ResourceSpecifier::Topic("truncated-state"))
+        .set("cleanup.policy", "compact,delete");
+    for r in futures_executor::block_on(admin.alter_configs(&[policy], &opts)).unwrap() {
+        r.unwrap();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset("truncated-state", p, Offset::Offset(1))
+            .unwrap();
+    }
+    let deleted = futures_executor::block_on(admin.delete_records(&tpl, &opts)).unwrap();
+    // (A partition with no record yet has nothing to delete: refused as out of range.)
+    assert!(
+        deleted.elements().iter().any(|e| e.error().is_ok()),
+        "{deleted:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = common::run_refused(&sets);
+    assert!(
+        err.contains("records were deleted from it"),
+        "not refused for the deleted records:\n{err}"
+    );
+    // The topic gone altogether: created again at start, it holds nothing.
+    futures_executor::block_on(admin.delete_topics(&["truncated-state"], &opts)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = common::run_refused(&sets);
+    assert!(
+        err.contains("does not hold the state as of it"),
+        "not refused for the missing changelog:\n{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn group_membership_partitions_move_between_instances_with_their_state() {
     let broker = broker_with_topics("group");
