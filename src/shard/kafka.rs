@@ -517,8 +517,7 @@ impl ShardKafka {
         };
         let keys_per_cycle = member.config.ingest.kafka.restore_keys_per_cycle;
         let start = member.config.ingest.kafka.start;
-        let list = t.list.clone();
-        let failed = |e: &dyn std::fmt::Display| {
+        let failed = |list: &[(String, i32)], e: &dyn std::fmt::Display| {
             format!("rebuilding assigned partitions {list:?} from the changelog: {e}: stopping, so a restart rejoins the group from the last committed checkpoint")
         };
         match std::mem::replace(&mut t.stage, RebuildStage::Moving) {
@@ -529,8 +528,8 @@ impl ShardKafka {
             RebuildStage::Reading(reader) => {
                 let read = reader
                     .join()
-                    .map_err(|_| failed(&"the reader panicked"))?
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|_| failed(&t.list, &"the reader panicked"))?
+                    .map_err(|e| failed(&t.list, &e))?;
                 let topic = member.changelog.topic.clone();
                 t.stage = RebuildStage::Importing(Import::new(read, &topic));
             }
@@ -540,7 +539,7 @@ impl ShardKafka {
         if let RebuildStage::Importing(import) = &mut t.stage {
             let done = import
                 .step(core.state_mut(), keys_per_cycle)
-                .map_err(|e| failed(&e))?;
+                .map_err(|e| failed(&t.list, &e))?;
             if !done {
                 return Ok(());
             }
@@ -577,6 +576,7 @@ impl ShardKafka {
             .is_some_and(|t| matches!(t.stage, RebuildStage::Importing(_)))
     }
 
+    /// How long Kafka intake stood still for a commit (flip to commit), for its gauge.
     fn intake_paused(flipped_ns: u64, now_ns: u64, counters: &ShardCounters) {
         let ns = now_ns.saturating_sub(flipped_ns);
         if ns > counters.kafka_commit_pause_max_ns.get() {

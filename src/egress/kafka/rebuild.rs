@@ -177,6 +177,8 @@ pub fn read(
 
 /// A read changelog being put into a shard's state, `keys_per_step` keys at a time (each step
 /// all or nothing; a record of another partition or layout, or a torn image, is refused).
+/// A step allocates (`import_partition` checks its slice whole before any key lands): it runs
+/// between cycles, only while a partition moves in.
 pub struct Import {
     read: ChangelogRead,
     topic: String,
