@@ -63,6 +63,14 @@ struct Handover {
     /// The new owners' take-up time (assignment to taken up: changelog read and keys put in),
     /// summed over them.
     take_up_seconds: f64,
+    /// Under a paced load (~20k records/s): the longest time no record of the partitions the
+    /// others kept was applied, during the handover (to 0.5 s after it)...
+    kept_longest_gap_ms: f64,
+    /// ...and over one second before it, for scale.
+    quiet_longest_gap_ms: f64,
+    /// The others' longest shard loop turn since start, and longest intake pause for a commit.
+    loop_max_ms: f64,
+    commit_pause_max_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -124,6 +132,52 @@ fn produce(p: &BaseProducer, topic: &str, keys: u64, n: u64) -> anyhow::Result<(
     }
     p.flush(Duration::from_secs(300))?;
     Ok(())
+}
+
+/// ~20k records/s (20 every millisecond) until `on` is cleared.
+fn produce_paced(p: &BaseProducer, topic: &str, keys: u64, on: &std::sync::atomic::AtomicBool) {
+    let mut enc = sluice::wire::EventBatchEncoder::new();
+    let mut s = 1u64 << 40;
+    while on.load(std::sync::atomic::Ordering::Relaxed) {
+        for _ in 0..20 {
+            let key = s.wrapping_mul(7919) % keys.max(1);
+            let value = enc.encode(std::iter::once(sluice::wire::EventIn {
+                key,
+                seq: s,
+                ts_ns: 0,
+                feedback: false,
+                amount: 1.0,
+                label: -1.0,
+                features: &[],
+            }));
+            if send_when_room(p, topic, &key.to_be_bytes(), value).is_err() {
+                return;
+            }
+            s += 1;
+        }
+        p.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = p.flush(Duration::from_secs(30));
+}
+
+/// Sample `count` every millisecond until `done` (or `limit`): the longest time it stood still.
+fn longest_gap(
+    limit: Duration,
+    count: impl Fn() -> u64,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let (mut last, mut changed, mut longest) = (count(), Instant::now(), Duration::ZERO);
+    while start.elapsed() < limit && !done() {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = count();
+        if now != last {
+            longest = longest.max(changed.elapsed());
+            (last, changed) = (now, Instant::now());
+        }
+    }
+    longest.max(changed.elapsed())
 }
 
 fn round(
@@ -208,14 +262,61 @@ fn round(
                 })
         };
         let [keys0, bytes0, warm0, ns0] = rebuilt(&running);
+        // Records keep coming (paced) through the handover, so the partitions the others keep
+        // show whether the takeover stalls them: the longest time none of their records was
+        // applied, over a quiet second before the stop and over the handover.
+        let pacing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let paced = {
+            let (pacing, topic, keys) = (pacing.clone(), topic.clone(), b.keys);
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &broker.addr)
+                .set("linger.ms", "0")
+                .create()?;
+            std::thread::spawn(move || produce_paced(&producer, &topic, keys, &pacing))
+        };
+        let kept = |r: &[Running]| -> u64 {
+            r.iter()
+                .flat_map(|r| r.kafka_partitions())
+                .filter(|p| p.role == Role::Active)
+                .map(|p| p.records)
+                .sum()
+        };
+        let quiet_gap = longest_gap(Duration::from_secs(1), || kept(&running), || false);
         let t = Instant::now();
-        last.stop()?;
-        wait(
-            "the partitions taken over",
+        let stopping = std::thread::spawn(move || last.stop());
+        let mut taken_over = None;
+        let gap = longest_gap(
             Duration::from_secs(120),
-            || split(&running),
-        )?;
-        let seconds = t.elapsed().as_secs_f64();
+            || kept(&running),
+            || {
+                if taken_over.is_none() && split(&running) {
+                    taken_over = Some(t.elapsed());
+                }
+                taken_over.is_some_and(|d| t.elapsed() > d + Duration::from_millis(500))
+            },
+        );
+        pacing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let _ = paced.join();
+        stopping
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stopping instance panicked"))??;
+        // What held the kept partitions up: a shard loop turn, or intake standing still for a
+        // transaction's commit (both the longest since start).
+        let longest = |f: &dyn Fn(&sluice::metrics::ShardCounters) -> u64| {
+            running
+                .iter()
+                .flat_map(|r| r.counters().iter())
+                .map(|c| f(c))
+                .max()
+                .unwrap_or(0) as f64
+                / 1e6
+        };
+        let loop_max_ms = longest(&|c| c.loop_max_ns.get());
+        let commit_pause_max_ms = longest(&|c| c.kafka_commit_pause_max_ns.get());
+        let Some(taken_over) = taken_over else {
+            anyhow::bail!("the partitions were not taken over within 120 s");
+        };
+        let seconds = taken_over.as_secs_f64();
         let [keys1, bytes1, warm1, ns1] = rebuilt(&running);
         Some(Handover {
             partitions_moved: moved,
@@ -224,6 +325,10 @@ fn round(
             bytes_rebuilt: bytes1 - bytes0,
             keys_warm: warm1 - warm0,
             take_up_seconds: (ns1 - ns0) as f64 / 1e9,
+            kept_longest_gap_ms: gap.as_secs_f64() * 1e3,
+            quiet_longest_gap_ms: quiet_gap.as_secs_f64() * 1e3,
+            loop_max_ms,
+            commit_pause_max_ms,
         })
     } else {
         None
@@ -264,14 +369,18 @@ pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
         );
         if let Some(h) = &r.handover {
             println!(
-                "    clean stop of one: {} partitions handed over and taken up in {:.2} s ({} keys rebuilt, {} of them from warm copies; {} changelog bytes read; take-up {:.2} s = {:.0} keys/s)",
+                "    clean stop of one: {} partitions handed over and taken up in {:.2} s ({} keys rebuilt, {} of them from warm copies; {} changelog bytes read; take-up {:.2} s = {:.0} keys/s); kept partitions' longest stall {:.1} ms (quiet second before: {:.1} ms; since start, longest loop turn {:.1} ms, longest commit pause {:.1} ms)",
                 h.partitions_moved,
                 h.seconds,
                 h.keys_rebuilt,
                 h.keys_warm,
                 h.bytes_rebuilt,
                 h.take_up_seconds,
-                h.keys_rebuilt as f64 / h.take_up_seconds.max(1e-9)
+                h.keys_rebuilt as f64 / h.take_up_seconds.max(1e-9),
+                h.kept_longest_gap_ms,
+                h.quiet_longest_gap_ms,
+                h.loop_max_ms,
+                h.commit_pause_max_ms
             );
         }
         rounds.push(r);
