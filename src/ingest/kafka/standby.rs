@@ -191,7 +191,16 @@ impl StandbyTail {
         while !stop() {
             if Instant::now() >= next_look {
                 next_look = Instant::now() + Duration::from_secs(1);
-                match self.look(&consumer) {
+                // rdkafka's GroupMemberInfo::client_id panics on a client.id that is not
+                // UTF-8 (another client in the group): that look is skipped, not the thread.
+                let looked =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.look(&consumer)))
+                        .unwrap_or_else(|_| {
+                            Err(KafkaError::Other(
+                                "a member of the group has a client.id that is not UTF-8".into(),
+                            ))
+                        });
+                match looked {
                     Ok((want, who)) => {
                         owners = who;
                         if want != tailed {
