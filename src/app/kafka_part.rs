@@ -107,9 +107,6 @@ pub(super) fn deal(
         }
         Err(AppError::Kafka(e @ KafkaError::Unreachable { .. })) => {
             tracing::error!("{e}: serving UDP without Kafka meanwhile; asking the brokers again until they answer (Kafka partitions attach then)");
-            if config.ingest.kafka.standby_replicas > 0 {
-                tracing::warn!("standby replicas off this run: they start only when the brokers answer at start");
-            }
             let (senders, receivers): (Vec<_>, Vec<_>) =
                 (0..shards).map(|_| mpsc::sync_channel(1)).unzip();
             let later = Later {
@@ -117,6 +114,7 @@ pub(super) fn deal(
                 counters: counters.to_vec(),
                 control: control.clone(),
                 gauges: gauges.clone(),
+                standbys: standbys.clone(),
                 senders,
             };
             let thread = std::thread::Builder::new()
@@ -132,8 +130,7 @@ pub(super) fn deal(
     }
 }
 
-/// The standby thread (`ingest::kafka::standby`), over every input partition (a group
-/// member's seed lists them all, gauges and changelog partitions in the same order).
+/// The standby thread (`ingest::kafka::standby`).
 fn start_standbys(
     config: &Config,
     seed: &KafkaSeed,
@@ -141,6 +138,22 @@ fn start_standbys(
     standbys: &Standbys,
     control: &Arc<Control>,
 ) -> Result<JoinHandle<()>, AppError> {
+    let tail = standby_tail(config, seed, gauges, standbys);
+    let control = control.clone();
+    std::thread::Builder::new()
+        .name("sluice-standby".into())
+        .spawn(move || tail.run(&|| control.stop_requested()))
+        .map_err(AppError::Thread)
+}
+
+/// The standbys' tail over every input partition (a group member's seed lists them all,
+/// gauges and changelog partitions in the same order).
+fn standby_tail(
+    config: &Config,
+    seed: &KafkaSeed,
+    gauges: &PartitionGauges,
+    standbys: &Standbys,
+) -> StandbyTail {
     let partitions = seed
         .gauges
         .iter()
@@ -151,21 +164,16 @@ fn start_standbys(
             changelog,
         })
         .collect();
-    let tail = StandbyTail {
-        config: config.clone(),
-        partitions,
-        gauges: gauges.clone(),
-        standbys: standbys.clone(),
-    };
-    let control = control.clone();
     tracing::info!(
         replicas = config.ingest.kafka.standby_replicas,
         "standby replicas: on"
     );
-    std::thread::Builder::new()
-        .name("sluice-standby".into())
-        .spawn(move || tail.run(&|| control.stop_requested()))
-        .map_err(AppError::Thread)
+    StandbyTail {
+        config: config.clone(),
+        partitions,
+        gauges: gauges.clone(),
+        standbys: standbys.clone(),
+    }
 }
 
 fn all_gauges(seeds: &[KafkaSeed]) -> Vec<Arc<PartitionGauge>> {
@@ -181,12 +189,13 @@ struct Later {
     counters: Vec<Arc<ShardCounters>>,
     control: Arc<Control>,
     gauges: PartitionGauges,
+    standbys: Standbys,
     senders: Vec<mpsc::SyncSender<Result<KafkaSeed, String>>>,
 }
 
 impl Later {
     /// Ask the brokers (one 3 s metadata request at a time, so a stop is seen within that)
-    /// until they answer, then deal.
+    /// until they answer, then deal; then, with standby replicas, tail them on this thread.
     fn run(self) {
         let mut attempt = 0u64;
         while !self.control.stop_requested() {
@@ -197,14 +206,36 @@ impl Later {
                 &self.counters,
                 Duration::ZERO,
             ) {
-                Ok(seeds) => {
+                Ok(mut seeds) => {
                     let _ = self.gauges.set(all_gauges(&seeds));
                     tracing::warn!(
                         attempt,
                         "Kafka brokers answer: partitions dealt, shards attach them now"
                     );
+                    let k = &self.config.ingest.kafka;
+                    let tail = match seeds.first() {
+                        Some(first)
+                            if k.membership == Membership::Group && k.standby_replicas > 0 =>
+                        {
+                            Some(standby_tail(
+                                &self.config,
+                                first,
+                                &self.gauges,
+                                &self.standbys,
+                            ))
+                        }
+                        _ => None,
+                    };
+                    if tail.is_some() {
+                        for seed in &mut seeds {
+                            seed.standbys = Some(self.standbys.clone());
+                        }
+                    }
                     for (tx, seed) in self.senders.iter().zip(seeds) {
                         let _ = tx.send(Ok(seed));
+                    }
+                    if let Some(tail) = tail {
+                        tail.run(&|| self.control.stop_requested());
                     }
                     return;
                 }
