@@ -116,6 +116,29 @@ pub fn standing_by(
     out
 }
 
+/// The partitions (indexes) to tail now: those the rule gives `me`, plus any it has a copy
+/// of while the group moves it (nobody owns it: its owner left; or the group gave it to
+/// `me` and no shard here has taken it up yet: that is when the copy is about to be
+/// needed), less those `blocked` (a shard here has it, or took its copy).
+pub fn wanted(
+    (me, replicas): (&str, usize),
+    (owners, instances): (&HashMap<usize, String>, &BTreeSet<String>),
+    partitions: usize,
+    has_copy: impl Fn(usize) -> bool,
+    blocked: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let mut want = standing_by(me, replicas, owners, instances);
+    want.extend(
+        (0..partitions)
+            .filter(|i| owners.get(i).is_none_or(|o| o == me))
+            .filter(|&i| has_copy(i)),
+    );
+    want.sort_unstable();
+    want.dedup();
+    want.retain(|&i| !blocked(i));
+    want
+}
+
 /// A consumer-protocol assignment (the bytes a group member was assigned): (topic,
 /// partition) pairs. None when malformed.
 pub fn parse_assignment(b: &[u8]) -> Option<Vec<(String, i32)>> {
@@ -256,8 +279,7 @@ impl StandbyTail {
                 }
             }
         }
-        let mut want = standing_by(&k.instance_id, k.standby_replicas, &owners, &instances);
-        // Never one a shard here owns or is taking up (the group's view can lag this one's).
+        // A shard here owns it or is taking it up (the group's view can lag this one's).
         let mine = |i: usize| {
             super::watermarks::dealt(&self.gauges).iter().any(|g| {
                 self.partitions.get(i).is_some_and(|s| {
@@ -275,34 +297,23 @@ impl StandbyTail {
                     .position(|p| p.changelog == *c)
                     .is_some_and(|i| !mine(i))
             });
-            // A copy is kept (and tailed) while the group moves its partition: nobody owns it
-            // (its owner left), or the group gave it to this instance and no shard here has
-            // taken it up yet. That is when the copy is about to be needed.
-            let me = k.instance_id.as_str();
-            for (i, p) in self.partitions.iter().enumerate() {
-                let moving = owners.get(&i).is_none_or(|o| o == me);
-                if moving && s.copies.contains_key(&p.changelog) {
-                    want.push(i);
-                }
-            }
-            want.sort_unstable();
-            want.dedup();
-            let taken = s.taken.clone();
-            want.retain(|&i| {
-                !mine(i)
-                    && self
-                        .partitions
-                        .get(i)
-                        .is_some_and(|p| !taken.contains(&p.changelog))
-            });
+            let changelog_of = |i: usize| self.partitions.get(i).map(|p| p.changelog);
+            let want = wanted(
+                (&k.instance_id, k.standby_replicas),
+                (&owners, &instances),
+                self.partitions.len(),
+                |i| changelog_of(i).is_some_and(|c| s.copies.contains_key(&c)),
+                |i| mine(i) || changelog_of(i).is_none_or(|c| s.taken.contains(&c)),
+            );
             // Copies no longer wanted are dropped.
             let keep: HashSet<i32> = want
                 .iter()
                 .filter_map(|&i| self.partitions.get(i).map(|p| p.changelog))
                 .collect();
             s.copies.retain(|c, _| keep.contains(c));
+            return Ok((want, owners));
         }
-        Ok((want, owners))
+        Ok((Vec::new(), owners))
     }
 
     /// Tail `want` from where each copy is (the start for a new one).
@@ -442,6 +453,45 @@ mod tests {
         assert_eq!(standing_by("a", 5, &owners, &all), vec![1, 2]);
         // Alone: nobody to stand by for.
         assert!(standing_by("a", 1, &owners, &set(&["a"])).is_empty());
+    }
+
+    /// The race the bench found: the group names this instance as the new owner before a
+    /// shard here has taken the partition up; the copy must survive that look.
+    #[test]
+    fn a_copy_is_kept_while_its_partition_moves_until_a_shard_here_has_it() {
+        let all = set(&["a", "b"]);
+        let none = |_: usize| false;
+        // b owns 0 and 1, a owns 2: a stands by for 0 and 1.
+        let mut owners: HashMap<usize, String> = [(0, "b"), (1, "b"), (2, "a")]
+            .map(|(p, o)| (p, o.to_owned()))
+            .into();
+        let copies = |i: usize| i < 2;
+        assert_eq!(
+            wanted(("a", 1), (&owners, &all), 3, copies, none),
+            vec![0, 1]
+        );
+        // b left: 0 and 1 are nobody's for a moment; the copies stay.
+        owners.retain(|&p, _| p == 2);
+        assert_eq!(
+            wanted(("a", 1), (&owners, &all), 3, copies, none),
+            vec![0, 1]
+        );
+        // ...but a partition nobody owns and this instance has no copy of is not tailed.
+        assert_eq!(
+            wanted(("a", 1), (&owners, &all), 3, |i| i == 0, none),
+            vec![0]
+        );
+        // The group gives them to a; no shard here has them yet: still kept.
+        owners.extend([(0, "a".to_owned()), (1, "a".to_owned())]);
+        assert_eq!(
+            wanted(("a", 1), (&owners, &all), 3, copies, none),
+            vec![0, 1]
+        );
+        // The shard took 0 up (its copy taken, its role set): only 1 is left to keep.
+        assert_eq!(
+            wanted(("a", 1), (&owners, &all), 3, copies, |i| i == 0),
+            vec![1]
+        );
     }
 
     #[test]
