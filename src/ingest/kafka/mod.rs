@@ -172,8 +172,9 @@ impl KafkaSource {
     }
 
     /// Group membership: a consumer that `subscribe`s to the input topics as member
-    /// `sluice-instance_id-SHARD` (cooperative-sticky; static if so configured), holding none of `all` (every input partition,
-    /// in the partition table's order) until a rebalance assigns them (`activate`).
+    /// `sluice-instance_id-SHARD` (cooperative-sticky; static if so configured), holding none
+    /// of `all` (every input partition, in the partition table's order) until a rebalance
+    /// assigns them (`activate`).
     pub fn start_group(
         config: &Config,
         shard: usize,

@@ -255,6 +255,12 @@ impl StandbyTail {
         let list = consumer
             .fetch_group_list(Some(&k.group), Duration::from_secs(5))
             .map_err(KafkaError::client("describing the group"))?;
+        let index: HashMap<(&str, i32), usize> = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.topic.as_str(), s.partition), i))
+            .collect();
         let mut owners = HashMap::new();
         let mut instances = BTreeSet::new();
         instances.insert(k.instance_id.clone());
@@ -269,23 +275,22 @@ impl StandbyTail {
                     .and_then(parse_assignment)
                     .unwrap_or_default()
                 {
-                    if let Some(i) = self
-                        .partitions
-                        .iter()
-                        .position(|s| s.partition == p && s.topic == t)
-                    {
+                    if let Some(&i) = index.get(&(t.as_str(), p)) {
                         owners.insert(i, instance.to_owned());
                     }
                 }
             }
         }
         // A shard here owns it or is taking it up (the group's view can lag this one's).
+        let here: HashSet<(&str, i32)> = super::watermarks::dealt(&self.gauges)
+            .iter()
+            .filter(|g| g.role() != Role::None)
+            .map(|g| (g.topic.as_str(), g.partition))
+            .collect();
         let mine = |i: usize| {
-            super::watermarks::dealt(&self.gauges).iter().any(|g| {
-                self.partitions.get(i).is_some_and(|s| {
-                    g.partition == s.partition && g.topic == s.topic && g.role() != Role::None
-                })
-            })
+            self.partitions
+                .get(i)
+                .is_some_and(|s| here.contains(&(s.topic.as_str(), s.partition)))
         };
         if let Ok(mut s) = self.standbys.shared.lock() {
             // A partition taken up here is forgotten once a shard here has it (restoring or

@@ -148,13 +148,13 @@ pub struct PartitionView {
 /// busier role wins so it shows); records add up over every shard that took any.
 pub fn by_partition(gauges: &[std::sync::Arc<PartitionGauge>]) -> Vec<PartitionView> {
     let mut out: Vec<PartitionView> = Vec::new();
+    // A group member has shards x partitions gauges: an index keeps a scrape linear in them.
+    let mut index: std::collections::HashMap<(&str, i32), usize> = std::collections::HashMap::new();
     for g in gauges {
-        let at = match out
-            .iter()
-            .position(|v| v.partition == g.partition && v.topic == g.topic)
-        {
-            Some(at) => at,
+        let at = match index.get(&(g.topic.as_str(), g.partition)) {
+            Some(&at) => at,
             None => {
+                index.insert((g.topic.as_str(), g.partition), out.len());
                 out.push(PartitionView {
                     topic: g.topic.clone(),
                     partition: g.partition,
