@@ -62,6 +62,32 @@ pub fn run_refused(sets: &[String]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `sluice run` children of this test process: killed if the test panics, so a failed
+/// assertion does not leave services running (and taking CPU from the tests after it).
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+static REAP_HOOK: std::sync::Once = std::sync::Once::new();
+
+fn kill_on_panic(pid: u32) {
+    REAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Ok(pids) = CHILDREN.lock() {
+                for &pid in pids.iter() {
+                    // Already gone (stopped by the test) is fine: ESRCH, ignored.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            previous(info);
+        }));
+    });
+    if let Ok(mut pids) = CHILDREN.lock() {
+        pids.push(pid);
+    }
+}
+
 /// `spawn_run`, and the live metrics URL its first line names.
 pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -87,6 +113,7 @@ pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>
         })
         .spawn()
         .unwrap();
+    kill_on_panic(child.id());
     let (stdout, addr, metrics) = announced_with_metrics(&mut child);
     (child, stdout, addr, metrics)
 }
