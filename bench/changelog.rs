@@ -75,22 +75,39 @@ fn totals(counters: &[std::sync::Arc<ShardCounters>]) -> Totals {
 }
 
 /// One record per event, on key `(first + i) * 7919 % keys` for i in 0..n.
-fn produce(p: &BaseProducer, topic: &str, keys: u64, (first, n): (u64, u64)) -> anyhow::Result<()> {
+pub(super) fn produce(
+    p: &BaseProducer,
+    topic: &str,
+    keys: u64,
+    (first, n): (u64, u64),
+) -> anyhow::Result<()> {
     let mut enc = sluice::wire::EventBatchEncoder::new();
     for s in first..first + n {
-        let key = s.wrapping_mul(7919) % keys.max(1);
-        let value = enc.encode(std::iter::once(sluice::wire::EventIn {
-            key,
-            seq: s,
-            ts_ns: 0,
-            feedback: false,
-            amount: (s % 100) as f32,
-            label: -1.0,
-            features: &[],
-        }));
-        send_when_room(p, topic, &key.to_be_bytes(), value)?;
+        send_event(p, &mut enc, topic, keys, s)?;
     }
     p.flush(Duration::from_secs(300))?;
+    Ok(())
+}
+
+/// Event `s` (sequence number `s`, key `s * 7919 % keys`) as one record of `topic`.
+pub(super) fn send_event(
+    p: &BaseProducer,
+    enc: &mut sluice::wire::EventBatchEncoder,
+    topic: &str,
+    keys: u64,
+    s: u64,
+) -> anyhow::Result<()> {
+    let key = s.wrapping_mul(7919) % keys.max(1);
+    let value = enc.encode(std::iter::once(sluice::wire::EventIn {
+        key,
+        seq: s,
+        ts_ns: 0,
+        feedback: false,
+        amount: (s % 100) as f32,
+        label: -1.0,
+        features: &[],
+    }));
+    send_when_room(p, topic, &key.to_be_bytes(), value)?;
     Ok(())
 }
 

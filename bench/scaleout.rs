@@ -20,11 +20,11 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use serde::Serialize;
 
+use super::changelog::{produce, send_event};
 use sluice::app::Running;
 use sluice::config::Config;
 use sluice::ingest::kafka::Role;
 use sluice::loadgen::broker::LocalBroker;
-use sluice::loadgen::kafka::send_when_room;
 
 const PARTITIONS: i32 = 12;
 
@@ -115,42 +115,13 @@ fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow
     Ok(())
 }
 
-fn produce(p: &BaseProducer, topic: &str, keys: u64, n: u64) -> anyhow::Result<()> {
-    let mut enc = sluice::wire::EventBatchEncoder::new();
-    for s in 0..n {
-        let key = s.wrapping_mul(7919) % keys.max(1);
-        let value = enc.encode(std::iter::once(sluice::wire::EventIn {
-            key,
-            seq: s,
-            ts_ns: 0,
-            feedback: false,
-            amount: (s % 100) as f32,
-            label: -1.0,
-            features: &[],
-        }));
-        send_when_room(p, topic, &key.to_be_bytes(), value)?;
-    }
-    p.flush(Duration::from_secs(300))?;
-    Ok(())
-}
-
 /// ~20k records/s (20 every millisecond) until `on` is cleared.
 fn produce_paced(p: &BaseProducer, topic: &str, keys: u64, on: &std::sync::atomic::AtomicBool) {
     let mut enc = sluice::wire::EventBatchEncoder::new();
     let mut s = 1u64 << 40;
     while on.load(std::sync::atomic::Ordering::Relaxed) {
         for _ in 0..20 {
-            let key = s.wrapping_mul(7919) % keys.max(1);
-            let value = enc.encode(std::iter::once(sluice::wire::EventIn {
-                key,
-                seq: s,
-                ts_ns: 0,
-                feedback: false,
-                amount: 1.0,
-                label: -1.0,
-                features: &[],
-            }));
-            if send_when_room(p, topic, &key.to_be_bytes(), value).is_err() {
+            if send_event(p, &mut enc, topic, keys, s).is_err() {
                 return;
             }
             s += 1;
@@ -234,7 +205,7 @@ fn round(
     })?;
     let split_s = started.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    produce(&producer, &topic, b.keys, b.records)?;
+    produce(&producer, &topic, b.keys, (0, b.records))?;
     let produce_s = t0.elapsed().as_secs_f64();
     wait("every record applied", Duration::from_secs(600), || {
         applied(&running) >= b.records

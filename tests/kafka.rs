@@ -470,6 +470,40 @@ fn exactly_once_changelog_rebuilds_a_wiped_state_dir_counts_exact() {
 /// cleanly (its last checkpoint committed; the group gives its partitions back to A after the
 /// session timeout, rebuilt from the changelog again). Under load the whole time: a
 /// read_committed reader sees every Observation's Score once, every count exact.
+/// Sets for instance `name` of a scale-out test: group membership, exactly_once with the
+/// changelog, one shard, a small hot table, an admin socket in its own state directory, then
+/// `extra`.
+fn group_member(broker: &Broker, test: &str, name: &str, extra: &[&str]) -> (Vec<String>, PathBuf) {
+    let dir = scratch(&format!("{test}-{name}"));
+    let mut sets = sluice_sets(broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "shards.count=1".into(),
+        "ingest.kafka.membership=group".into(),
+        format!("ingest.kafka.instance_id={name}"),
+        "egress.kafka.changelog=true".into(),
+        format!("egress.kafka.transactional_id_prefix={test}-test"),
+        "state.hot_capacity=64".into(),
+        format!("admin.socket={}", dir.join("admin.sock").display()),
+    ]);
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    (sets, dir)
+}
+
+/// No replay at all: between them the instances (their stop reports) took each of the
+/// `records` produced once.
+fn check_each_record_taken_once(reports: &[&str], records: u64) {
+    let taken: u64 = reports
+        .iter()
+        .map(|r| counter(r, "sluice_kafka_records_total"))
+        .sum();
+    assert_eq!(
+        taken,
+        records,
+        "a record taken twice (a replay) or never:\n{}",
+        reports.join("\n")
+    );
+}
+
 /// The changelog cannot be trusted once records were deleted from it or the topic itself is
 /// gone: a shard whose checkpoint is not on disk refuses to start, saying why, instead of
 /// serving a partial state.
@@ -539,19 +573,7 @@ fn a_truncated_or_deleted_changelog_is_refused_with_the_reason_not_half_restored
 #[test]
 fn group_membership_partitions_move_between_instances_with_their_state() {
     let broker = broker_with_topics("group");
-    let member = |name: &str| {
-        let dir = scratch(&format!("group-{name}"));
-        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
-        sets.extend([
-            "shards.count=1".into(),
-            "ingest.kafka.membership=group".into(),
-            format!("ingest.kafka.instance_id={name}"),
-            "egress.kafka.changelog=true".into(),
-            "egress.kafka.transactional_id_prefix=group-test".into(),
-            "state.hot_capacity=64".into(),
-        ]);
-        (sets, dir)
-    };
+    let member = |name: &str| group_member(&broker, "group", name, &[]);
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
     let records = workload(200, 12_000);
@@ -586,14 +608,8 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
         counter(&report_a, "sluice_kafka_partitions_moved_in_total") > 4,
         "a took its partitions up twice:\n{report_a}"
     );
-    // No replay at all: each handover resumed exactly where the last owner stopped, so
-    // between them they took every record once.
-    assert_eq!(
-        counter(&report_a, "sluice_kafka_records_total")
-            + counter(&report_b, "sluice_kafka_records_total"),
-        12_000,
-        "a:\n{report_a}\nb:\n{report_b}"
-    );
+    // Each handover resumed exactly where the last owner stopped.
+    check_each_record_taken_once(&[&report_a, &report_b], 12_000);
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
 }
@@ -623,19 +639,12 @@ fn wait_until_applying(name: &str, metrics: &str) {
 fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pauses() {
     let broker = broker_with_topics("static");
     let member = |name: &str| {
-        let dir = scratch(&format!("static-{name}"));
-        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
-        sets.extend([
-            "shards.count=1".into(),
-            "ingest.kafka.membership=group".into(),
-            "ingest.kafka.static_membership=true".into(),
-            format!("ingest.kafka.instance_id={name}"),
-            "egress.kafka.changelog=true".into(),
-            "egress.kafka.transactional_id_prefix=static-test".into(),
-            "state.hot_capacity=64".into(),
-            format!("admin.socket={}", dir.join("admin.sock").display()),
-        ]);
-        (sets, dir)
+        group_member(
+            &broker,
+            "static",
+            name,
+            &["ingest.kafka.static_membership=true"],
+        )
     };
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
@@ -779,20 +788,7 @@ fn four_instances_twelve_partitions_join_and_clean_stop_move_state_with_no_repla
     let broker = Broker::start("four");
     broker.create_topic(EVENTS, 12);
     broker.create_topic(SCORES, 4);
-    let member = |name: &str| {
-        let dir = scratch(&format!("four-{name}"));
-        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
-        sets.extend([
-            "shards.count=1".into(),
-            "ingest.kafka.membership=group".into(),
-            format!("ingest.kafka.instance_id={name}"),
-            "egress.kafka.changelog=true".into(),
-            "egress.kafka.transactional_id_prefix=four-test".into(),
-            "state.hot_capacity=64".into(),
-            format!("admin.socket={}", dir.join("admin.sock").display()),
-        ]);
-        (sets, dir)
-    };
+    let member = |name: &str| group_member(&broker, "four", name, &[]);
     let names = ["a", "b", "c", "d"];
     let members: Vec<(Vec<String>, PathBuf)> = names.iter().map(|n| member(n)).collect();
     let dirs: Vec<&Path> = members.iter().map(|(_, d)| d.as_path()).collect();
@@ -854,11 +850,8 @@ fn four_instances_twelve_partitions_join_and_clean_stop_move_state_with_no_repla
         reports.push(stop(child, Some(out)));
     }
     check_every_score_once(&broker, &scores, &want);
-    let taken: u64 = reports
-        .iter()
-        .map(|r| counter(r, "sluice_kafka_records_total"))
-        .sum();
-    assert_eq!(taken, 12_000, "a record taken twice (a replay) or never");
+    let reports: Vec<&str> = reports.iter().map(String::as_str).collect();
+    check_each_record_taken_once(&reports, 12_000);
     for (_, dir) in &members {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -872,19 +865,12 @@ fn four_instances_twelve_partitions_join_and_clean_stop_move_state_with_no_repla
 fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
     let broker = broker_with_topics("standby");
     let member = |name: &str| {
-        let dir = scratch(&format!("standby-{name}"));
-        let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
-        sets.extend([
-            "shards.count=1".into(),
-            "ingest.kafka.membership=group".into(),
-            "ingest.kafka.standby_replicas=1".into(),
-            format!("ingest.kafka.instance_id={name}"),
-            "egress.kafka.changelog=true".into(),
-            "egress.kafka.transactional_id_prefix=standby-test".into(),
-            "state.hot_capacity=64".into(),
-            format!("admin.socket={}", dir.join("admin.sock").display()),
-        ]);
-        (sets, dir)
+        group_member(
+            &broker,
+            "standby",
+            name,
+            &["ingest.kafka.standby_replicas=1"],
+        )
     };
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
@@ -929,12 +915,7 @@ fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
         counter(&report_a, "sluice_kafka_changelog_warm_keys_total") > 0,
         "a took b's partitions over without its warm copies:\n{report_a}"
     );
-    assert_eq!(
-        counter(&report_a, "sluice_kafka_records_total")
-            + counter(&report_b, "sluice_kafka_records_total"),
-        12_000,
-        "a:\n{report_a}\nb:\n{report_b}"
-    );
+    check_each_record_taken_once(&[&report_a, &report_b], 12_000);
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
 }
