@@ -58,6 +58,7 @@ pub mod preflight;
 pub mod route;
 pub mod service;
 pub mod shard;
+pub mod sim;
 pub mod state;
 pub mod testing;
 pub mod topology;

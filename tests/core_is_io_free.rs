@@ -23,7 +23,11 @@ const FORBIDDEN: &[&str] = &[
 const EDGES: &[(&str, &str)] = &[
     (
         "state/spill.rs",
-        "the RocksDB cold store (a trait with an in-memory twin is #14's next step)",
+        "the RocksDB cold store, behind the `state::cold::ColdStore` trait",
+    ),
+    (
+        "state/cold_memory.rs",
+        "the cold store's in-memory twin (simulation): its checkpoint is one file",
     ),
     (
         "state/checkpoint/",

@@ -6,6 +6,8 @@
 //! `state.dedup`, an event whose seq the key has already applied is refused as a replay.
 
 pub mod checkpoint;
+pub mod cold;
+mod cold_memory;
 mod hot_table;
 mod memory;
 pub mod partition;
@@ -17,7 +19,7 @@ mod spill;
 pub use hot_table::HotTable;
 pub use record::{image_bytes, Record, RECORD_BYTES};
 pub use snapshot::SpillMark;
-pub use spill::{checkpoint_db, Spill, SpillError};
+pub use spill::{Spill, SpillError};
 
 use std::sync::Arc;
 

@@ -1,17 +1,21 @@
 //! Cold records in RocksDB, one database per shard (no locks; the checkpoint writer only
-//! takes RocksDB checkpoints of it). A record lives in exactly one place: `peek` then
+//! takes RocksDB checkpoints of it), behind the `cold::ColdStore` trait, whose in-memory twin
+//! the simulation runs instead. A record lives in exactly one place: `peek` then
 //! `remove` when it returns to the hot table, `put` when it leaves.
 //!
 //! Spill is capacity, not durability: writes skip the WAL, so a put or delete is a memtable
 //! insert, no syscall. Durability comes from checkpoints (`checkpoint`), which flush the
-//! memtable and hard-link the store's files on the writer thread (`checkpoint_db`, see
+//! memtable and hard-link the store's files on the writer thread (`ColdStore::checkpoint`, see
 //! `snapshot`). Reads of keys that were never spilled stop at the bloom filters in memory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteOptions, DB};
 
+use super::cold::{ColdStore, ScanFn};
+use super::cold_memory::MemoryCold;
 use super::record::{image_bytes, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +34,15 @@ pub enum SpillError {
     Io(#[from] rocksdb::Error),
     #[error("spill store holds a malformed record for key {0}")]
     Corrupt(u64),
+    /// The in-memory twin (`cold::MemoryCold`) failed or was made to fail.
+    #[error("spill store (in-memory twin): {0}")]
+    Twin(&'static str),
 }
 
 pub struct Spill {
-    /// Shared with the checkpoint writer thread, which takes RocksDB checkpoints of it while
-    /// the shard goes on (RocksDB is thread-safe for that).
-    db: Arc<DB>,
-    writes: WriteOptions,
+    /// Shared with the checkpoint writer thread, which takes checkpoints of it while the shard
+    /// goes on (RocksDB is thread-safe for that).
+    store: Arc<dyn ColdStore>,
     /// Records currently in the store.
     len: u64,
     /// Window words per record.
@@ -45,22 +51,22 @@ pub struct Spill {
     image: Vec<u8>,
 }
 
+/// The production cold store: a RocksDB database without WAL (see the module doc).
+pub struct RocksCold {
+    db: DB,
+    writes: WriteOptions,
+}
+
 impl Spill {
-    /// Open the store at `dir` holding `len` records (0 and emptied unless it was just restored
-    /// from a checkpoint), with a block cache of `cache_bytes`.
+    /// Open the RocksDB store at `dir` holding `len` records (0 and emptied unless it was just
+    /// restored from a checkpoint), with a block cache of `cache_bytes`.
     pub fn open(
         dir: &Path,
         cache_bytes: usize,
         words: usize,
         restored_len: Option<u64>,
     ) -> Result<Self, SpillError> {
-        if restored_len.is_none() && dir.exists() {
-            // Records from a previous run without a checkpoint to go with them would be stale.
-            std::fs::remove_dir_all(dir).map_err(|source| SpillError::Clear {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
+        clear_unless_restored(dir, restored_len)?;
         let mut table = BlockBasedOptions::default();
         // ~1% false positives: a lookup of a key that was never spilled almost never reads a block.
         table.set_bloom_filter(10.0, false);
@@ -77,13 +83,33 @@ impl Spill {
         })?;
         let mut writes = WriteOptions::default();
         writes.disable_wal(true);
-        Ok(Self {
-            db: Arc::new(db),
-            writes,
+        Ok(Self::on(
+            Arc::new(RocksCold { db, writes }),
+            words,
+            restored_len,
+        ))
+    }
+
+    /// The in-memory twin at `dir` (see `cold::MemoryCold`): what a checkpoint left there when
+    /// `restored_len` is set. `full` makes its writes fail like a full disk.
+    pub fn open_memory(
+        dir: &Path,
+        words: usize,
+        restored_len: Option<u64>,
+        full: Arc<AtomicBool>,
+    ) -> Result<Self, SpillError> {
+        clear_unless_restored(dir, restored_len)?;
+        let store = MemoryCold::open(dir, restored_len.is_some(), full)?;
+        Ok(Self::on(Arc::new(store), words, restored_len))
+    }
+
+    fn on(store: Arc<dyn ColdStore>, words: usize, restored_len: Option<u64>) -> Self {
+        Self {
+            store,
             len: restored_len.unwrap_or(0),
             words,
             image: Vec::with_capacity(image_bytes(words)),
-        })
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -97,22 +123,21 @@ impl Spill {
     pub fn put(&mut self, rec: &Record, words: &[u64]) -> Result<(), SpillError> {
         self.image.clear();
         rec.append_image(words, &mut self.image);
-        self.db
-            .put_opt(rec.key.to_be_bytes(), &self.image, &self.writes)?;
+        self.store.put(rec.key, &self.image)?;
         self.len += 1;
         Ok(())
     }
 
     /// Remove a key `peek` found.
     pub fn remove(&mut self, key: u64) -> Result<(), SpillError> {
-        self.db.delete_opt(key.to_be_bytes(), &self.writes)?;
+        self.store.delete(key)?;
         self.len -= 1;
         Ok(())
     }
 
     /// The store, for the checkpoint writer thread.
-    pub fn shared(&self) -> Arc<DB> {
-        Arc::clone(&self.db)
+    pub fn shared(&self) -> Arc<dyn ColdStore> {
+        Arc::clone(&self.store)
     }
 
     /// Put one key back as it was at a snapshot's flip (restore, replaying a spill journal):
@@ -120,25 +145,20 @@ impl Spill {
     /// the count at the flip, which the store was opened with.
     pub fn restore_entry(&mut self, key: u64, image: Option<&[u8]>) -> Result<(), SpillError> {
         match image {
-            Some(img) => self.db.put_opt(key.to_be_bytes(), img, &self.writes)?,
-            None => self.db.delete_opt(key.to_be_bytes(), &self.writes)?,
+            Some(img) => self.store.put(key, img),
+            None => self.store.delete(key),
         }
-        Ok(())
     }
 
     /// Every stored record and its image, in key order: a full scan of the store, for bulk work
     /// (moving a partition's state), never per event.
     pub fn for_each_image(&self, mut f: impl FnMut(&Record, &[u8])) -> Result<(), SpillError> {
         let mut words = vec![0u64; self.words];
-        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
-            let (key, image) = item?;
-            let k = <[u8; 8]>::try_from(&*key)
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            let rec = Record::read_image(&image, &mut words).ok_or(SpillError::Corrupt(k))?;
-            f(&rec, &image);
-        }
-        Ok(())
+        self.store.scan(&mut |key, image| {
+            let rec = Record::read_image(image, &mut words).ok_or(SpillError::Corrupt(key))?;
+            f(&rec, image);
+            Ok(())
+        })
     }
 
     /// The key's record (its words into `words`), left in place.
@@ -147,6 +167,31 @@ impl Spill {
             return Ok(None);
         }
         crate::invariant_eq!(words.len(), self.words);
+        self.store.peek(key, words)
+    }
+}
+
+/// Records from a previous run without a checkpoint to go with them would be stale.
+fn clear_unless_restored(dir: &Path, restored_len: Option<u64>) -> Result<(), SpillError> {
+    if restored_len.is_none() && dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|source| SpillError::Clear {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+impl ColdStore for RocksCold {
+    fn put(&self, key: u64, image: &[u8]) -> Result<(), SpillError> {
+        Ok(self.db.put_opt(key.to_be_bytes(), image, &self.writes)?)
+    }
+
+    fn delete(&self, key: u64) -> Result<(), SpillError> {
+        Ok(self.db.delete_opt(key.to_be_bytes(), &self.writes)?)
+    }
+
+    fn peek(&self, key: u64, words: &mut [u64]) -> Result<Option<Record>, SpillError> {
         // Pinned: no copy into a fresh Vec per lookup.
         match self.db.get_pinned(key.to_be_bytes())? {
             None => Ok(None),
@@ -155,13 +200,31 @@ impl Spill {
                 .ok_or(SpillError::Corrupt(key)),
         }
     }
-}
 
-/// A consistent copy of the store at `dir` (which must not exist), taken by the checkpoint
-/// writer thread while the shard goes on: the memtable is flushed and the table files
-/// hard-linked, so the cost is a flush, not a copy.
-pub fn checkpoint_db(db: &DB, dir: &Path) -> Result<(), SpillError> {
-    let cp = rocksdb::checkpoint::Checkpoint::new(db)?;
-    cp.create_checkpoint(dir)?;
-    Ok(())
+    fn scan(&self, each: &mut ScanFn<'_>) -> Result<(), SpillError> {
+        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
+            let (key, image) = item?;
+            let k = <[u8; 8]>::try_from(&*key)
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            each(k, &image)?;
+        }
+        Ok(())
+    }
+
+    /// The memtable is flushed and the table files hard-linked, so the cost is a flush, not a
+    /// copy.
+    fn checkpoint(&self, dir: &Path) -> Result<(), SpillError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    fn unflushed_bytes(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.cur-size-all-mem-tables")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
 }

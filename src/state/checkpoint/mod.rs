@@ -30,7 +30,8 @@ pub use restore::{
     RestoreTarget,
 };
 pub use writer::{
-    buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, Input,
+    buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, CrashPoint, Input,
+    WriterFault, WriterRun,
 };
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::writer::{write_job, Job};
 use super::*;
 use crate::features::FeaturePlan;
-use crate::state::{checkpoint_db, SpillError};
+use crate::state::SpillError;
 use crate::state::{HotTable, KeyState, KeyedState, Outcome, Record, Spill, SpillMark, Update};
 use crate::wire::EventKind;
 
@@ -187,6 +187,51 @@ fn restore_brings_back_hot_and_spilled_records_exactly() {
     let (back, seq) = restore_into_new(&d, "L1").unwrap();
     assert_eq!(seq, None);
     assert_eq!((back.hot_len(), back.spilled_len()), (0, 0));
+}
+
+/// Found by the simulation (tests/simulation.rs, seed 14): checkpoints restore could not use
+/// stayed in place, newer than anything the restored run would write; pruning counted them as
+/// the newest full checkpoints and deleted each new checkpoint as soon as it was written.
+#[test]
+fn checkpoints_restore_cannot_use_are_set_aside_so_pruning_keeps_the_new_ones() {
+    let d = Dir::new("aside");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 1);
+    for r in 0..3 {
+        load(&mut s, r..r + 1);
+        cp.finish(&mut s, 0);
+    }
+    drop(cp);
+    drop(s);
+    // Every checkpoint full, two kept: 2 and 3 on disk. Damage both.
+    for seq in [2, 3] {
+        let hot = d.root().join(name(seq)).join("hot.bin");
+        let mut bytes = std::fs::read(&hot).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&hot, bytes).unwrap();
+    }
+    let (mut back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, None);
+    for seq in [2, 3] {
+        assert!(!d.root().join(name(seq)).exists());
+        assert!(d.root().join(format!("{}.bad", name(seq))).is_dir());
+    }
+    // The run goes on from nothing: its first checkpoint is 1 again, and must survive.
+    let mut cp = checkpointer(&d, "L1", 1, 1);
+    load(&mut back, 10..11);
+    cp.finish(&mut back, 0);
+    let want = dump(&back);
+    assert_eq!(want.len(), 40);
+    drop(cp);
+    drop(back);
+    let (again, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(
+        seq,
+        Some(1),
+        "the checkpoint written after the restore was pruned"
+    );
+    assert_eq!(dump(&again), want);
 }
 
 #[test]
@@ -470,7 +515,7 @@ fn race(seed: u64, journal_max: u64) -> u64 {
                 while !go.load(Ordering::Acquire) && mark.waiters() == 0 {
                     std::thread::yield_now();
                 }
-                checkpoint_db(&db, &dir).unwrap();
+                db.checkpoint(&dir).unwrap();
                 mark.set(false);
             })
         };

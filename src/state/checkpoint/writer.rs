@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use rocksdb::DB;
-
 use super::{io, list, name, CheckpointError, HotHeader, Manifest, PartitionOffset, HEADER_BYTES};
+use crate::state::cold::ColdStore;
 use crate::state::record::image_bytes;
 use crate::state::snapshot::journal_entry_bytes;
-use crate::state::{checkpoint_db, KeyedState, SpillMark};
+use crate::state::{KeyedState, SpillMark};
 
 /// Counters of one shard's checkpointing.
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,7 +71,7 @@ enum Work {
     /// without a store), then `mark` set.
     Spill {
         tmp: PathBuf,
-        db: Option<Arc<DB>>,
+        db: Option<Arc<dyn ColdStore>>,
         mark: Arc<SpillMark>,
         /// Bytes the checkpoint may write besides the store's memtables (see `room_for`).
         reserve: u64,
@@ -174,8 +173,7 @@ pub struct Checkpointer {
     /// The snapshot and journal buffers: lent to the state while a snapshot runs, away at the
     /// writer while a checkpoint is written.
     buffers: Option<(Vec<u8>, Vec<u8>)>,
-    jobs: mpsc::SyncSender<Work>,
-    results: mpsc::Receiver<Done>,
+    link: Link,
     /// `stamp` at the last flip (None: take the next one regardless).
     snapshot_changes: Option<u64>,
     /// The last snapshot taken (None: the next must be full: at start, or after a failure).
@@ -208,6 +206,17 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// Start the shard's writer thread and hand it the buffers to touch.
     pub fn start(spec: CheckpointSpec) -> Result<Self, CheckpointError> {
+        Self::with_link(spec, false)
+    }
+
+    /// A checkpointer whose writer work waits in a queue until `run_writer` does it, on the
+    /// caller's thread: the deterministic simulation decides when the writer makes progress
+    /// and where it crashes. Never gated.
+    pub fn start_stepped(spec: CheckpointSpec) -> Result<Self, CheckpointError> {
+        Self::with_link(spec, true)
+    }
+
+    fn with_link(spec: CheckpointSpec, stepped: bool) -> Result<Self, CheckpointError> {
         let CheckpointSpec {
             root,
             shard,
@@ -225,25 +234,41 @@ impl Checkpointer {
             gated,
         } = spec;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
-        // A flip queues a Spill and later a Write: never more than two jobs.
-        let (jobs, rx) = mpsc::sync_channel::<Work>(2);
-        let (tx, results) = mpsc::sync_channel::<Done>(1);
         let (gate, gate_rx) = mpsc::channel::<(u64, bool)>();
-        let prune_root = root.clone();
-        std::thread::Builder::new()
-            .name(format!("sluice-ckpt-{shard}"))
-            .spawn(move || writer(rx, tx, shard, &prune_root, keep, &gate_rx))
-            .map_err(io(&root))?;
+        let core = WriterCore {
+            shard,
+            root: root.clone(),
+            keep,
+            failing: 0,
+        };
+        let mut link = if stepped {
+            Link::Stepped(Box::new(Stepped {
+                queue: std::collections::VecDeque::new(),
+                done: std::collections::VecDeque::new(),
+                core,
+            }))
+        } else {
+            // A flip queues a Spill and later a Write: never more than two jobs.
+            let (jobs, rx) = mpsc::sync_channel::<Work>(2);
+            let (tx, results) = mpsc::sync_channel::<Done>(1);
+            std::thread::Builder::new()
+                .name(format!("sluice-ckpt-{shard}"))
+                .spawn(move || writer(rx, tx, core, &gate_rx))
+                .map_err(io(&root))?;
+            Link::Thread { jobs, results }
+        };
         // The buffers are away being touched until the writer hands them back; a checkpoint
         // due before then is skipped (counted) like one due while the writer is busy.
-        jobs.send(Work::Prefault(
+        let prefault = Work::Prefault(
             Vec::with_capacity(buffer_bytes),
             Vec::with_capacity(journal_bytes(journal_records, words)),
-        ))
-        .map_err(|_| CheckpointError::Io {
-            path: root.clone(),
-            source: std::io::Error::other("checkpoint writer thread exited at start"),
-        })?;
+        );
+        if link.send(prefault).is_some() {
+            return Err(CheckpointError::Io {
+                path: root.clone(),
+                source: std::io::Error::other("checkpoint writer thread exited at start"),
+            });
+        }
         Ok(Self {
             root,
             shard,
@@ -253,8 +278,7 @@ impl Checkpointer {
             seq: next_seq,
             words,
             buffers: None,
-            jobs,
-            results,
+            link,
             snapshot_changes: None,
             parent: None,
             prev_flip: restored,
@@ -269,10 +293,27 @@ impl Checkpointer {
             outcome: None,
             reserve: (buffer_bytes + journal_bytes(journal_records, words)) as u64,
             failing: 0,
-            gated,
+            gated: gated && !stepped,
             gate,
             stats: CheckpointStats::default(),
         })
+    }
+
+    /// Stepped (`start_stepped`): do the writer's next queued piece of work, with `fault`
+    /// injected into it. Does nothing for a threaded checkpointer.
+    pub fn run_writer(&mut self, fault: Option<WriterFault>) -> WriterRun {
+        match &mut self.link {
+            Link::Thread { .. } => WriterRun::Idle,
+            Link::Stepped(st) => st.run_one(fault),
+        }
+    }
+
+    /// Stepped: writer work waiting.
+    pub fn writer_pending(&self) -> usize {
+        match &self.link {
+            Link::Thread { .. } => 0,
+            Link::Stepped(st) => st.queue.len(),
+        }
     }
 
     /// Wait until the writer has touched the buffers (start-up: so the first snapshot's
@@ -290,11 +331,7 @@ impl Checkpointer {
 
     /// Collect the writer's answer, if any (between cycles).
     fn collect(&mut self, wait: bool) -> Option<Result<u64, String>> {
-        let d = if wait {
-            self.results.recv().ok()
-        } else {
-            self.results.try_recv().ok()
-        }?;
+        let d = self.link.recv(wait)?;
         self.buffers = Some((d.buffer, d.journal));
         let result = d.result?;
         self.outcome = Some(result.clone());
@@ -575,7 +612,7 @@ impl Checkpointer {
         };
         let started = Instant::now();
         if let Some(spill) = run.spill.take() {
-            if self.jobs.send(spill).is_err() {
+            if self.link.send(spill).is_some() {
                 // The writer thread is gone (it only exits when this side does): the snapshot
                 // runs to its end and fails there.
                 self.mark.set(true);
@@ -587,6 +624,10 @@ impl Checkpointer {
             self.copy_slice(state, started)
         };
         if copied && all && !self.mark.is_done() {
+            if let Link::Stepped(st) = &mut self.link {
+                // Nothing else would run the queued spill checkpoint.
+                st.run_until(|| self.mark.is_done());
+            }
             self.mark.wait();
         }
         let ns = started.elapsed().as_nanos() as u64;
@@ -656,7 +697,7 @@ impl Checkpointer {
             manifest,
             gated: self.gated,
         };
-        if let Err(mpsc::SendError(Work::Write(job))) = self.jobs.send(Work::Write(job)) {
+        if let Some(Work::Write(job)) = self.link.send(Work::Write(job)) {
             self.failure = Some("the checkpoint writer thread is gone".into());
             self.outcome = Some(Err("the checkpoint writer thread is gone".into()));
             self.buffers = Some((job.buffer, job.journal));
@@ -665,33 +706,139 @@ impl Checkpointer {
     }
 }
 
-/// The writer thread: one job at a time, until the shard's side is dropped.
-fn writer(
-    rx: mpsc::Receiver<Work>,
-    tx: mpsc::SyncSender<Done>,
-    shard: usize,
-    root: &Path,
-    keep: usize,
-    gate: &Gate,
-) {
-    // Failures in a row, for rate-limited logging.
-    let mut failing = 0u64;
-    let log_failure = |failing: &mut u64, what: &dyn std::fmt::Display| {
-        *failing += 1;
-        if failing.is_power_of_two() {
-            tracing::error!(shard, failed_in_a_row = *failing, "{what}");
+/// Where the writer's work goes: its thread, or (simulation) a queue the caller runs.
+enum Link {
+    Thread {
+        jobs: mpsc::SyncSender<Work>,
+        results: mpsc::Receiver<Done>,
+    },
+    Stepped(Box<Stepped>),
+}
+
+impl Link {
+    /// Hand over work: given back if the writer is gone.
+    fn send(&mut self, work: Work) -> Option<Work> {
+        match self {
+            Link::Thread { jobs, .. } => jobs.send(work).err().map(|mpsc::SendError(w)| w),
+            Link::Stepped(st) => {
+                st.queue.push_back(work);
+                None
+            }
         }
-    };
-    for work in rx {
-        let done = match work {
+    }
+
+    /// The writer's next answer; `wait`: block for it (stepped: run the queue until there is
+    /// one).
+    fn recv(&mut self, wait: bool) -> Option<Done> {
+        match self {
+            Link::Thread { results, .. } if wait => results.recv().ok(),
+            Link::Thread { results, .. } => results.try_recv().ok(),
+            Link::Stepped(st) => {
+                if wait && st.done.is_empty() {
+                    st.run_until(|| false);
+                }
+                st.done.pop_front()
+            }
+        }
+    }
+}
+
+/// A fault for the stepped writer's next piece of work (simulation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterFault {
+    /// The disk is full: the spill store's checkpoint or the write fails (cleanly, as the
+    /// free-space check or a write would).
+    NoSpace,
+    /// The process dies during the write, at this point; nothing after it happens.
+    Crash(CrashPoint),
+}
+
+/// Where in writing a checkpoint a crash lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// hot.bin is cut after this many bytes (a torn write: the page cache never reached the
+    /// disk), no COMMIT.
+    TornHotBin(usize),
+    /// hot.bin is whole, COMMIT never written.
+    BeforeCommit,
+    /// COMMIT is written and synced; the rename into place never happened.
+    BeforeRename,
+    /// Renamed and committed; older checkpoints not yet pruned.
+    BeforePrune,
+}
+
+/// What `run_writer` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterRun {
+    /// Nothing was queued.
+    Idle,
+    Ran,
+    /// The injected crash happened: the caller must drop this process's state now.
+    Crashed,
+}
+
+/// The stepped writer: queued work, answers, and the writer's own state.
+struct Stepped {
+    queue: std::collections::VecDeque<Work>,
+    done: std::collections::VecDeque<Done>,
+    core: WriterCore,
+}
+
+impl Stepped {
+    fn run_one(&mut self, fault: Option<WriterFault>) -> WriterRun {
+        let Some(work) = self.queue.pop_front() else {
+            return WriterRun::Idle;
+        };
+        match self.core.run(work, None, fault) {
+            Step::Answer(d) => self.done.push_back(d),
+            Step::Quiet => {}
+            Step::Crashed => return WriterRun::Crashed,
+        }
+        WriterRun::Ran
+    }
+
+    /// Run queued work until `enough` or none is left.
+    fn run_until(&mut self, enough: impl Fn() -> bool) {
+        while !enough() && self.run_one(None) == WriterRun::Ran {}
+    }
+}
+
+/// What one piece of writer work came to.
+enum Step {
+    Answer(Done),
+    /// A spill checkpoint: answered through the mark.
+    Quiet,
+    Crashed,
+}
+
+/// The writer's side: one job at a time.
+struct WriterCore {
+    shard: usize,
+    root: PathBuf,
+    keep: usize,
+    /// Failures in a row, for rate-limited logging.
+    failing: u64,
+}
+
+impl WriterCore {
+    fn log_failure(&mut self, what: &dyn std::fmt::Display) {
+        self.failing += 1;
+        if self.failing.is_power_of_two() {
+            tracing::error!(shard = self.shard, failed_in_a_row = self.failing, "{what}");
+        }
+    }
+
+    fn run(&mut self, work: Work, gate: Option<&Gate>, fault: Option<WriterFault>) -> Step {
+        let no_space = || Err("no space left on device (injected)".to_owned());
+        match work {
             Work::Prefault(mut buffer, mut journal) => {
                 buffer.resize(buffer.capacity(), 0);
                 journal.resize(journal.capacity(), 0);
-                Done {
+                Step::Answer(Done {
                     buffer,
                     journal,
                     result: None,
-                }
+                })
             }
             Work::Spill {
                 tmp,
@@ -700,45 +847,72 @@ fn writer(
                 reserve,
             } => {
                 let dir = tmp.join("spill");
-                let result = room_for(root, db.as_deref(), reserve)
-                    .and_then(|()| std::fs::create_dir_all(&tmp).map_err(|e| e.to_string()))
-                    .and_then(|()| match &db {
-                        Some(db) => checkpoint_db(db, &dir).map_err(|e| e.to_string()),
-                        None => std::fs::create_dir_all(&dir).map_err(|e| e.to_string()),
-                    });
+                let result = if fault == Some(WriterFault::NoSpace) {
+                    no_space()
+                } else {
+                    room_for(&self.root, db.as_deref(), reserve)
+                        .and_then(|()| std::fs::create_dir_all(&tmp).map_err(|e| e.to_string()))
+                        .and_then(|()| match &db {
+                            Some(db) => db.checkpoint(&dir).map_err(|e| e.to_string()),
+                            None => std::fs::create_dir_all(&dir).map_err(|e| e.to_string()),
+                        })
+                };
                 drop(db);
                 if let Err(e) = &result {
-                    log_failure(
-                        &mut failing,
-                        &format_args!("spill store checkpoint into {}: {e}", dir.display()),
-                    );
+                    self.log_failure(&format_args!(
+                        "spill store checkpoint into {}: {e}",
+                        dir.display()
+                    ));
                     let _ = std::fs::remove_dir_all(&tmp);
                 }
                 mark.set(result.is_err());
-                continue;
+                Step::Quiet
             }
             Work::Write(job) => {
-                let result = write_job(&job, root, keep, Some(gate)).map_err(|e| e.to_string());
+                let crash = match fault {
+                    Some(WriterFault::Crash(at)) => Some(at),
+                    _ => None,
+                };
+                let result = if fault == Some(WriterFault::NoSpace) {
+                    no_space()
+                } else {
+                    match write_staged(&job, &self.root, self.keep, gate, crash) {
+                        Ok(Written::Crashed) => return Step::Crashed,
+                        Ok(Written::Done) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
                 match &result {
                     Err(e) => {
                         // Else the partial directory would wait for the next start.
                         let _ = std::fs::remove_dir_all(&job.tmp);
-                        log_failure(
-                            &mut failing,
-                            &format_args!("checkpoint {} failed: {e}", job.manifest.seq),
-                        );
+                        self.log_failure(&format_args!(
+                            "checkpoint {} failed: {e}",
+                            job.manifest.seq
+                        ));
                     }
-                    Ok(()) => failing = 0,
+                    Ok(()) => self.failing = 0,
                 }
-                Done {
+                Step::Answer(Done {
                     buffer: job.buffer,
                     journal: job.journal,
                     result: Some(result.map(|_| job.manifest.seq)),
+                })
+            }
+        }
+    }
+}
+
+/// The writer thread: one job at a time, until the shard's side is dropped.
+fn writer(rx: mpsc::Receiver<Work>, tx: mpsc::SyncSender<Done>, mut core: WriterCore, gate: &Gate) {
+    for work in rx {
+        match core.run(work, Some(gate), None) {
+            Step::Answer(done) => {
+                if tx.send(done).is_err() {
+                    return;
                 }
             }
-        };
-        if tx.send(done).is_err() {
-            return;
+            Step::Quiet | Step::Crashed => {}
         }
     }
 }
@@ -748,14 +922,8 @@ fn writer(
 /// because a flush that runs out of space puts the store in a background-error state that
 /// stops its writes (spilling) until RocksDB recovers; a checkpoint refused here fails
 /// cleanly (counted, the next one full) and the shard goes on.
-fn room_for(root: &Path, db: Option<&DB>, reserve: u64) -> Result<(), String> {
-    let memtables = db
-        .and_then(|db| {
-            db.property_int_value("rocksdb.cur-size-all-mem-tables")
-                .ok()
-                .flatten()
-        })
-        .unwrap_or(0);
+fn room_for(root: &Path, db: Option<&dyn ColdStore>, reserve: u64) -> Result<(), String> {
+    let memtables = db.map_or(0, |db| db.unflushed_bytes());
     let need = reserve.saturating_add(memtables).saturating_add(1 << 20);
     let fs =
         nix::sys::statvfs::statvfs(root).map_err(|e| format!("statvfs {}: {e}", root.display()))?;
@@ -784,14 +952,40 @@ fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
         .map_err(io(path))
 }
 
+#[cfg(test)]
 pub(super) fn write_job(
     job: &Job,
     root: &Path,
     keep: usize,
     gate: Option<&Gate>,
 ) -> Result<(), CheckpointError> {
+    write_staged(job, root, keep, gate, None).map(|_| ())
+}
+
+/// How a write ended (an injected crash stops it where it lands).
+enum Written {
+    Done,
+    Crashed,
+}
+
+fn write_staged(
+    job: &Job,
+    root: &Path,
+    keep: usize,
+    gate: Option<&Gate>,
+    crash: Option<CrashPoint>,
+) -> Result<Written, CheckpointError> {
     std::fs::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
-    sync_file(&job.tmp.join("hot.bin"), &[&job.buffer, &job.journal])?;
+    let hot = job.tmp.join("hot.bin");
+    if let Some(CrashPoint::TornHotBin(n)) = crash {
+        let whole = [job.buffer.as_slice(), job.journal.as_slice()].concat();
+        sync_file(&hot, &[whole.get(..n.min(whole.len())).unwrap_or(&[])])?;
+        return Ok(Written::Crashed);
+    }
+    sync_file(&hot, &[&job.buffer, &job.journal])?;
+    if crash == Some(CrashPoint::BeforeCommit) {
+        return Ok(Written::Crashed);
+    }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&job.buffer);
     crc.update(&job.journal);
@@ -801,16 +995,22 @@ pub(super) fn write_job(
     };
     sync_file(&job.tmp.join("COMMIT"), &[manifest.render().as_bytes()])?;
     sync_dir(&job.tmp)?;
+    if crash == Some(CrashPoint::BeforeRename) {
+        return Ok(Written::Crashed);
+    }
     if job.gated {
         wait_for_release(gate, job.manifest.seq, &job.tmp)?;
     }
     std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
     sync_dir(root)?;
+    if crash == Some(CrashPoint::BeforePrune) {
+        return Ok(Written::Crashed);
+    }
     // Only a new full checkpoint moves the cutoff (the keep-th newest full one).
     if job.manifest.parent == 0 {
         prune(root, keep)?;
     }
-    Ok(())
+    Ok(Written::Done)
 }
 
 /// Block (the writer thread) until the shard commits or drops checkpoint `seq`; words for

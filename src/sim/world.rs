@@ -1,0 +1,784 @@
+//! The simulated machine: shards, producers, the scheduler that interleaves them, and crashes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::oracle::{masked, Ev, Image, Oracle};
+use crate::config::Config;
+use crate::egress::{PendingScore, ReplyTo};
+use crate::features::FeaturePlan;
+use crate::infer::{build_primary, ShardModel};
+use crate::ingest::Datagram;
+use crate::loadgen::rng::Rng;
+use crate::metrics::{DropReason, ShardCounters};
+use crate::route::{self, Mesh};
+use crate::shard::ShardCore;
+use crate::state::checkpoint::{
+    self, CheckpointSpec, Checkpointer, CrashPoint, WriterFault, WriterRun,
+};
+use crate::state::{KeyedState, Spill};
+use crate::wire::{EventBatchEncoder, EventIn};
+
+/// What one run is given besides its seed.
+#[derive(Debug, Clone)]
+pub struct SimSpec {
+    /// Events in the source log (at most 20 000: the spill journal is sized for that).
+    pub events: usize,
+    /// Scratch directory for the seed's checkpoints (a tmpfs is fastest); the seed's own
+    /// folder under it is removed after a run that passed.
+    pub dir: PathBuf,
+    /// Log every step (tracing, debug level) — for replaying a failing seed.
+    pub verbose: bool,
+    /// A deliberate bug in the simulated world, for tests that the oracle catches it.
+    pub sabotage: Option<Sabotage>,
+}
+
+/// Deliberate bugs (see `SimSpec::sabotage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sabotage {
+    /// A producer skips one event (at the 50th send): it never reaches the shards. The seed
+    /// runs without faults (a crash's replay would heal the loss).
+    LoseEvent,
+    /// After a crash the producers go on where they were instead of replaying what the
+    /// restored state lacks. The seed crashes at least once.
+    NoReplay,
+}
+
+/// What one seed did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub shards: usize,
+    pub keys: usize,
+    pub hot_capacity: usize,
+    pub events: usize,
+    pub steps: u64,
+    /// Process deaths (spontaneous, and the writer's injected crashes).
+    pub crashes: u64,
+    pub writer_crashes: u64,
+    /// Shard restores (one per shard per crash, and at the end).
+    pub restores: u64,
+    /// Restores that found a checkpoint (the rest started empty).
+    pub restored_from_checkpoint: u64,
+    pub checkpoints_committed: u64,
+    pub checkpoints_failed: u64,
+    pub disk_full: u64,
+    /// Committed checkpoints damaged at rest (bit flip, cut hot.bin, lost COMMIT).
+    pub corrupted: u64,
+    /// Events sent again after a crash (the first ones refused as replays by dedup).
+    pub replayed: u64,
+    /// Events refused as replays.
+    pub duplicates: u64,
+    /// Spills and reloads through the cold store.
+    pub spills: u64,
+    /// Longest checkpoint chain a restore read.
+    pub chain_max: usize,
+    /// A digest of every decision and outcome: equal for two runs of one seed.
+    pub digest: u64,
+}
+
+/// An invariant the oracle found broken.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub seed: u64,
+    pub step: u64,
+    pub what: String,
+    /// The seed's scratch folder, kept for a look.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} step {}: {} (files kept in {}; replay: sluice-sim --seed {} --verbose)",
+            self.seed,
+            self.step,
+            self.what,
+            self.dir.display(),
+            self.seed
+        )
+    }
+}
+
+/// Run one seed to its end; the oracle's first complaint (or a panic) is the violation.
+pub fn run_seed(seed: u64, spec: &SimSpec) -> Result<SeedReport, Violation> {
+    let dir = spec.dir.join(format!("seed-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut world = World::new(seed, spec, &dir).map_err(|what| (0, what))?;
+        world.run().map_err(|what| (world.step, what))?;
+        Ok::<_, (u64, String)>(world.report)
+    }));
+    let failed = |(step, what)| Violation {
+        seed,
+        step,
+        what,
+        dir: dir.clone(),
+    };
+    match outcome {
+        Ok(Ok(report)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(report)
+        }
+        Ok(Err(e)) => Err(failed(e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".into());
+            Err(failed((u64::MAX, format!("panicked: {what}"))))
+        }
+    }
+}
+
+/// A producer: its events in log order (indices into the log) and the next to send. Each
+/// key has one producer and each producer one ingest shard, as a UDP client's flow lands on
+/// one SO_REUSEPORT socket: a key's events reach its owner in order.
+struct Producer {
+    events: Vec<usize>,
+    next: usize,
+    ingest: usize,
+}
+
+/// One shard of the running process.
+struct Node {
+    core: ShardCore,
+    cp: Checkpointer,
+    counters: Arc<ShardCounters>,
+}
+
+/// Step weights (out of their sum).
+const W_SEND: u64 = 40;
+const W_DRAIN: u64 = 25;
+const W_TICK: u64 = 20;
+const W_WRITER: u64 = 14;
+/// Per mille of steps where the process dies (each seed picks one).
+const CRASH_PER_MILLE: [u64; 3] = [1, 3, 10];
+/// A seed injects at most this many crashes, then runs fault-free to its end: as in
+/// TigerBeetle's VOPR, safety is checked under faults and liveness after them (a shard whose
+/// snapshots take longer than its lifetimes would never commit one).
+const CRASHES_MAX: u64 = 40;
+
+struct World {
+    seed: u64,
+    rng: Rng,
+    config: Config,
+    plan: FeaturePlan,
+    layout: String,
+    shards: usize,
+    dir: PathBuf,
+    log: Vec<Ev>,
+    producers: Vec<Producer>,
+    nodes: Vec<Node>,
+    oracle: Oracle,
+    encoder: EventBatchEncoder,
+    sink: Vec<(ReplyTo, PendingScore)>,
+    /// Virtual time (ns).
+    now: u64,
+    step: u64,
+    /// Per shard: the newest checkpoint seen committed, and whether one was damaged since.
+    committed: Vec<u64>,
+    damaged: Vec<bool>,
+    verbose: bool,
+    /// This seed's crash rate and crash budget.
+    crash_per_mille: u64,
+    crashes_max: u64,
+    sabotage: Option<Sabotage>,
+    sends: u64,
+    report: SeedReport,
+}
+
+impl World {
+    fn new(seed: u64, spec: &SimSpec, dir: &Path) -> Result<Self, String> {
+        if spec.events > 20_000 {
+            return Err("at most 20 000 events per seed".into());
+        }
+        let mut rng = Rng::new(seed);
+        let shards = 1 + rng.below(3) as usize;
+        let hot = [4usize, 8, 16, 32][rng.below(4) as usize];
+        let keys = hot + 1 + rng.below(6 * hot as u64) as usize;
+        let ring = [2usize, 4, 16, 256][rng.below(4) as usize];
+        let dir_text = dir.display().to_string();
+        let interval_ms = 1 + rng.below(20);
+        let keep = 1 + rng.below(3);
+        let full_every = 1 + rng.below(6);
+        let slice = [1, 3, 16, 1024][rng.below(4) as usize];
+        let crash_per_mille = CRASH_PER_MILLE[rng.below(3) as usize];
+        let crashes_max = match spec.sabotage {
+            None => rng.below(CRASHES_MAX + 1),
+            Some(Sabotage::LoseEvent) => 0,
+            Some(Sabotage::NoReplay) => 1 + rng.below(CRASHES_MAX),
+        };
+        // Keys spread over the hash space (they route to every shard); a few producers.
+        let key_ids: Vec<u64> = (0..keys).map(|_| rng.next_u64()).collect();
+        let n_producers = 1 + rng.below(4) as usize;
+        let mut producers: Vec<Producer> = (0..n_producers)
+            .map(|p| Producer {
+                events: Vec::new(),
+                next: 0,
+                ingest: p % shards,
+            })
+            .collect();
+        let mut seqs = vec![0u64; keys];
+        // Event times from late 2023 on, 0-400 ms apart: the 5-minute sliding windows slide.
+        let mut ts = 1_700_000_000_000_000_000u64;
+        let mut log = Vec::with_capacity(spec.events);
+        for i in 0..spec.events {
+            // Skewed: a third of the events on the first few keys.
+            let k = if rng.below(3) == 0 {
+                rng.below(keys.min(4) as u64) as usize
+            } else {
+                rng.below(keys as u64) as usize
+            };
+            ts += rng.below(400) * 1_000_000;
+            let key = key_ids[k];
+            log.push(Ev {
+                key,
+                seq: seqs[k],
+                ts_ns: ts,
+                feedback: rng.below(5) == 0,
+                amount: 1.0 + rng.below(10_000) as f32 / 100.0,
+            });
+            seqs[k] += 1;
+            producers[k % n_producers].events.push(i);
+        }
+        let span_ms = log.last().map_or(0, |e| e.ts_ns - log[0].ts_ns) / 1_000_000;
+        let sets = [
+            "model.kind=linear".to_owned(),
+            format!("state.dir={dir_text}"),
+            format!("state.hot_capacity={hot}"),
+            "state.dedup=true".into(),
+            format!("route.ring_capacity={ring}"),
+            "route.full=backpressure".into(),
+            // Longer than the log's span: a replayed event is never late.
+            format!("time.allowed_lateness_ms={}", span_ms + 1000),
+            format!("checkpoint.interval_ms={interval_ms}"),
+            format!("checkpoint.keep={keep}"),
+            format!("checkpoint.full_every={full_every}"),
+            format!("checkpoint.copy_slice_records={slice}"),
+            "checkpoint.copy_slice_us=0".into(),
+            // Never full (a full journal waits for the writer, which only the scheduler runs):
+            // at most two entries per event delivered, and one process lifetime delivers each
+            // event once plus the few replayed at its start.
+            format!("checkpoint.spill_journal_records={}", 4 * spec.events + 64),
+        ];
+        let config = Config::from_layers(None, &sets).map_err(|e| e.to_string())?;
+        let plan = config.feature_plan().map_err(|e| e.to_string())?;
+        let layout = config.state_layout(shards);
+        let oracle = Oracle::new(&config, plan.clone(), &log);
+        let now = log.first().map_or(0, |e| e.ts_ns);
+        let mut world = Self {
+            seed,
+            rng,
+            config,
+            plan,
+            layout,
+            shards,
+            dir: dir.to_owned(),
+            log,
+            producers,
+            nodes: Vec::new(),
+            oracle,
+            encoder: EventBatchEncoder::new(),
+            sink: Vec::new(),
+            now,
+            step: 0,
+            committed: vec![0; shards],
+            damaged: vec![false; shards],
+            verbose: spec.verbose,
+            crash_per_mille,
+            crashes_max,
+            sabotage: spec.sabotage,
+            sends: 0,
+            report: SeedReport {
+                seed,
+                shards,
+                keys,
+                hot_capacity: hot,
+                events: spec.events,
+                ..SeedReport::default()
+            },
+        };
+        world.boot()?;
+        Ok(world)
+    }
+
+    fn mix(&mut self, v: u64) {
+        self.report.digest = route::mix64(self.report.digest ^ v);
+    }
+
+    fn trace(&self, what: std::fmt::Arguments<'_>) {
+        if self.verbose {
+            tracing::debug!(seed = self.seed, step = self.step, "{what}");
+        }
+    }
+
+    /// Start the process: every shard restores from its checkpoints, as `sluice run` does.
+    fn boot(&mut self) -> Result<(), String> {
+        let words = self.plan.words();
+        let mut nodes = Vec::with_capacity(self.shards);
+        for (id, rings) in Mesh::build(self.shards, self.config.route.ring_capacity)
+            .into_iter()
+            .enumerate()
+        {
+            let base = self.dir.join(format!("shard-{id}"));
+            let root = base.join("checkpoints");
+            let open = |d: &Path, len: Option<u64>| {
+                Spill::open_memory(d, words, len, Arc::new(AtomicBool::new(false)))
+            };
+            let (spill, point) =
+                checkpoint::restore(&root, &self.layout, &base.join("spill"), words, open)
+                    .map_err(|e| format!("shard {id}: restore failed: {e}"))?;
+            let mut state = KeyedState::with_plan(&self.config, self.plan.clone(), Some(spill));
+            self.report.restores += 1;
+            let (restored, max_event_ns) = match &point {
+                Some(p) => {
+                    checkpoint::load_records(&mut state, p)
+                        .map_err(|e| format!("shard {id}: loading the hot records: {e}"))?;
+                    self.report.restored_from_checkpoint += 1;
+                    self.report.chain_max = self.report.chain_max.max(p.chain_len());
+                    (Some(p.manifest.seq), p.manifest.max_event_ns)
+                }
+                None => (None, 0),
+            };
+            let seq = restored.unwrap_or(0);
+            self.trace(format_args!("shard {id} restored checkpoint {seq}"));
+            self.mix(seq);
+            if !self.damaged[id] && seq < self.committed[id] {
+                return Err(format!(
+                    "shard {id} restored checkpoint {seq}, but {} was committed and nothing damaged it",
+                    self.committed[id]
+                ));
+            }
+            self.committed[id] = seq;
+            self.damaged[id] = false;
+            state.track_changes();
+            let c = &self.config.checkpoint;
+            let mut cp = Checkpointer::start_stepped(CheckpointSpec {
+                root,
+                shard: id,
+                layout: self.layout.clone(),
+                interval_ns: c.interval_ms * 1_000_000,
+                keep: c.keep,
+                full_every: c.full_every,
+                buffer_bytes: checkpoint::buffer_bytes(self.config.state.hot_capacity, words),
+                slice_records: c.copy_slice_records,
+                slice_ns: 0,
+                journal_records: c.spill_journal_records,
+                words,
+                next_seq: seq + 1,
+                restored,
+                gated: false,
+            })
+            .map_err(|e| format!("shard {id}: checkpointer: {e}"))?;
+            cp.wait_ready();
+            let model = build_primary(&self.config, None).map_err(|e| e.to_string())?;
+            let counters = Arc::new(ShardCounters::default());
+            let core = ShardCore::new(
+                id,
+                self.shards,
+                &self.config,
+                rings,
+                ShardModel::new(&self.config, model, 1),
+                state,
+                max_event_ns,
+                Arc::clone(&counters),
+            );
+            nodes.push(Node { core, cp, counters });
+        }
+        self.nodes = nodes;
+        self.check_restored()
+    }
+
+    /// After a restore: every key's state is the fold of a prefix of its events (none lost
+    /// in the middle, none applied twice), each key in one place only, and each shard's count
+    /// of applied Observations the sum over its keys.
+    fn check_restored(&mut self) -> Result<(), String> {
+        let mut observations = vec![0u64; self.shards];
+        let keys: Vec<u64> = self.oracle.keys().collect();
+        for key in keys {
+            let id = route::owner(key, self.shards);
+            let got = self.state_of(key)?;
+            let n = got.as_ref().map_or(0, |(r, _)| r.seq_end as usize);
+            if n > self.oracle.events_of(key) {
+                return Err(format!(
+                    "key {key:#x} on shard {id}: seq_end {n} is past its {} events",
+                    self.oracle.events_of(key)
+                ));
+            }
+            let want = self.oracle.fold(key, n)?;
+            if got != want {
+                return Err(format!(
+                    "key {key:#x} on shard {id}: restored state is not the fold of its first {n} events\n got: {got:?}\nwant: {want:?}"
+                ));
+            }
+            observations[id] += got.map_or(0, |(r, _)| r.observations);
+            self.mix(key ^ n as u64);
+        }
+        for (id, node) in self.nodes.iter().enumerate() {
+            let applied = node.core.state().stats.observations_applied;
+            if applied != observations[id] {
+                return Err(format!(
+                    "shard {id}: restored observations_applied {applied}, its keys hold {}",
+                    observations[id]
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A key's state at its owner, checked to be in one place only.
+    fn state_of(&self, key: u64) -> Result<Option<Image>, String> {
+        let id = route::owner(key, self.shards);
+        let state = self.nodes[id].core.state();
+        let hot = state.hot().get(key).map(|(r, w)| masked(r, w));
+        let mut words = vec![0u64; self.plan.words()];
+        let cold = match state.spill() {
+            Some(s) => s
+                .peek(key, &mut words)
+                .map_err(|e| format!("key {key:#x}: spill store: {e}"))?
+                .map(|r| masked(&r, &words)),
+            None => None,
+        };
+        match (hot, cold) {
+            (Some(_), Some(_)) => Err(format!(
+                "key {key:#x} on shard {id} is both hot and spilled"
+            )),
+            (h, c) => Ok(h.or(c)),
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let budget = 200 * self.log.len() as u64 + 10_000;
+        while !self.sent_all() {
+            if self.step > budget {
+                return Err(format!("no progress: {budget} steps"));
+            }
+            self.one_step()?;
+        }
+        self.drain_all()?;
+        self.check_final("at the end")?;
+        // A clean stop: the last checkpoint is waited for; a restart must find it all.
+        for n in &mut self.nodes {
+            let max = n.core.max_event_ns();
+            n.cp.finish(n.core.state_mut(), max);
+            if let Some(Ok(seq)) = n.cp.take_outcome() {
+                self.committed[n.core.id] = self.committed[n.core.id].max(seq);
+            }
+        }
+        self.nodes.clear();
+        self.boot()?;
+        self.check_final("after a clean stop and a restart")?;
+        self.report.steps = self.step;
+        self.nodes.clear();
+        Ok(())
+    }
+
+    /// Faults are injected until the seed's crash budget is spent.
+    fn faults_on(&self) -> bool {
+        self.report.crashes < self.crashes_max
+    }
+
+    fn sent_all(&self) -> bool {
+        self.producers.iter().all(|p| p.next >= p.events.len())
+    }
+
+    fn one_step(&mut self) -> Result<(), String> {
+        self.step += 1;
+        self.now += 1_000_000;
+        let faults = self.faults_on();
+        if self.rng.below(1000) < self.crash_per_mille && faults {
+            return self.crash("the process died");
+        }
+        let id = self.rng.below(self.shards as u64) as usize;
+        let pick = self.rng.below(W_SEND + W_DRAIN + W_TICK + W_WRITER);
+        self.mix(pick << 8 | id as u64);
+        if pick < W_SEND {
+            self.send()
+        } else if pick < W_SEND + W_DRAIN {
+            self.drain(id)
+        } else if pick < W_SEND + W_DRAIN + W_TICK {
+            let node = &mut self.nodes[id];
+            let max = node.core.max_event_ns();
+            node.cp.tick(self.now, node.core.state_mut(), max);
+            self.outcome(id);
+            Ok(())
+        } else {
+            self.writer(id)
+        }
+    }
+
+    /// A producer sends its next 1-4 events in one datagram to its ingest shard (not while
+    /// that shard holds stalled events: it receives nothing then).
+    fn send(&mut self) -> Result<(), String> {
+        let p = self.rng.below(self.producers.len() as u64) as usize;
+        let n = 1 + self.rng.below(4) as usize;
+        let prod = &self.producers[p];
+        let ingest = prod.ingest;
+        if prod.next >= prod.events.len() || self.nodes[ingest].core.is_stalled() {
+            return Ok(());
+        }
+        let batch: Vec<Ev> = prod.events[prod.next..]
+            .iter()
+            .take(n)
+            .map(|&i| self.log[i])
+            .collect();
+        self.producers[p].next += batch.len();
+        self.sends += 1;
+        let batch = if self.sabotage == Some(Sabotage::LoseEvent) && self.sends == 50 {
+            batch.get(1..).unwrap_or_default().to_vec()
+        } else {
+            batch
+        };
+        self.trace(format_args!(
+            "producer {p} -> shard {ingest}: {:?}",
+            batch.iter().map(|e| (e.key, e.seq)).collect::<Vec<_>>()
+        ));
+        let bytes = self
+            .encoder
+            .encode(batch.iter().map(|e| EventIn {
+                key: e.key,
+                seq: e.seq,
+                ts_ns: e.ts_ns,
+                feedback: e.feedback,
+                amount: e.amount,
+                label: e.label(),
+                features: &[],
+            }))
+            .to_vec();
+        let dg = Datagram {
+            payload: &bytes,
+            src: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + p as u16)),
+            recv_ns: self.now,
+            truncated: false,
+        };
+        let node = &mut self.nodes[ingest];
+        node.core.on_datagram(dg, self.now, &mut self.sink);
+        node.core.finish_cycle(self.now, &mut self.sink);
+        self.sink.clear();
+        self.refused(ingest)
+    }
+
+    /// The shard retries its stalled events and drains some of its inbound rings.
+    fn drain(&mut self, id: usize) -> Result<(), String> {
+        let max = 1 + self.rng.below(16) as usize;
+        let node = &mut self.nodes[id];
+        node.core.retry_stalled();
+        let n = node.core.drain_inbound(max, &mut self.sink);
+        node.core.finish_cycle(self.now, &mut self.sink);
+        self.sink.clear();
+        self.mix(n as u64);
+        self.refused(id)
+    }
+
+    /// Nothing may be refused but replays: no state errors, no full table, no ring drops.
+    fn refused(&self, id: usize) -> Result<(), String> {
+        let c = &self.nodes[id].counters;
+        for r in [
+            DropReason::StateError,
+            DropReason::StateFull,
+            DropReason::RingFull,
+        ] {
+            if c.events_dropped_by(r) > 0 {
+                return Err(format!("shard {id} dropped an event: {r:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard's writer does its next piece of work, maybe with a fault.
+    fn writer(&mut self, id: usize) -> Result<(), String> {
+        let roll = self.rng.below(100);
+        let fault = if !self.faults_on() {
+            None
+        } else if roll < 4 {
+            Some(WriterFault::NoSpace)
+        } else if roll < 7 {
+            let at = match self.rng.below(4) {
+                0 => CrashPoint::TornHotBin(self.rng.below(4096) as usize),
+                1 => CrashPoint::BeforeCommit,
+                2 => CrashPoint::BeforeRename,
+                _ => CrashPoint::BeforePrune,
+            };
+            Some(WriterFault::Crash(at))
+        } else {
+            None
+        };
+        let ran = self.nodes[id].cp.run_writer(fault);
+        self.mix(ran as u64);
+        match ran {
+            WriterRun::Crashed => {
+                self.report.writer_crashes += 1;
+                self.crash(&format!("shard {id}'s writer crashed: {fault:?}"))
+            }
+            WriterRun::Ran => {
+                if fault == Some(WriterFault::NoSpace) {
+                    self.report.disk_full += 1;
+                }
+                // The answer is collected by the shard at its next tick or step.
+                let node = &mut self.nodes[id];
+                node.cp.step(node.core.state_mut());
+                self.outcome(id);
+                Ok(())
+            }
+            WriterRun::Idle => Ok(()),
+        }
+    }
+
+    fn outcome(&mut self, id: usize) {
+        match self.nodes[id].cp.take_outcome() {
+            Some(Ok(seq)) => {
+                self.report.checkpoints_committed += 1;
+                self.committed[id] = self.committed[id].max(seq);
+                self.mix(seq);
+            }
+            Some(Err(_)) => self.report.checkpoints_failed += 1,
+            None => {}
+        }
+    }
+
+    /// The process dies: everything in memory is gone (rings, hot tables, the cold stores'
+    /// twins, queued writer work); the disk keeps what was written. Sometimes a committed
+    /// checkpoint is damaged at rest too. Then restart, check, and replay.
+    fn crash(&mut self, why: &str) -> Result<(), String> {
+        self.trace(format_args!("crash: {why}"));
+        self.report.crashes += 1;
+        for n in &self.nodes {
+            let s = &n.core.state().stats;
+            self.report.spills += s.spills + s.reloads;
+            self.report.duplicates += n.counters.events_dropped_by(DropReason::Duplicate);
+        }
+        self.nodes.clear();
+        if self.rng.below(5) == 0 {
+            let id = self.rng.below(self.shards as u64) as usize;
+            self.damage(id)?;
+        }
+        self.boot()?;
+        self.rewind();
+        Ok(())
+    }
+
+    /// Damage shard `id`'s newest committed checkpoint: flip a byte of hot.bin, cut it, or
+    /// lose its COMMIT. Restore must refuse it and fall back to an older one (or none).
+    fn damage(&mut self, id: usize) -> Result<(), String> {
+        let root = self.dir.join(format!("shard-{id}")).join("checkpoints");
+        let mut done: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map_err(|e| format!("{}: {e}", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("ckpt-"))
+                    .is_some_and(|seq| seq.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        done.sort();
+        let Some(newest) = done.last() else {
+            return Ok(());
+        };
+        let hot = newest.join("hot.bin");
+        let bytes = std::fs::read(&hot).map_err(|e| format!("{}: {e}", hot.display()))?;
+        let how = self.rng.below(3);
+        let at = self.rng.below(bytes.len().max(1) as u64) as usize;
+        let io = |e: std::io::Error| format!("damaging {}: {e}", newest.display());
+        match how {
+            0 => {
+                let mut b = bytes;
+                if let Some(x) = b.get_mut(at) {
+                    *x ^= 0x5a;
+                }
+                std::fs::write(&hot, b).map_err(io)?;
+            }
+            1 => std::fs::write(&hot, bytes.get(..at).unwrap_or(&[])).map_err(io)?,
+            _ => std::fs::remove_file(newest.join("COMMIT")).map_err(io)?,
+        }
+        self.trace(format_args!(
+            "damaged {} ({how}, at {at})",
+            newest.display()
+        ));
+        self.report.corrupted += 1;
+        self.damaged[id] = true;
+        Ok(())
+    }
+
+    /// Each producer goes back to the first of its events the restored state lacks, and a
+    /// few before it (replays the state must refuse).
+    fn rewind(&mut self) {
+        if self.sabotage == Some(Sabotage::NoReplay) {
+            return;
+        }
+        let mut have = std::collections::BTreeMap::new();
+        for key in self.oracle.keys() {
+            let n = self
+                .state_of(key)
+                .ok()
+                .flatten()
+                .map_or(0, |(r, _)| r.seq_end);
+            have.insert(key, n);
+        }
+        for p in 0..self.producers.len() {
+            let prod = &self.producers[p];
+            let first_missing = prod
+                .events
+                .iter()
+                .position(|&i| {
+                    let e = &self.log[i];
+                    e.seq >= have.get(&e.key).copied().unwrap_or(0)
+                })
+                .unwrap_or(prod.events.len());
+            let back = self.rng.below(6) as usize;
+            let from = first_missing.saturating_sub(back).min(prod.next);
+            self.report.replayed += (self.producers[p].next - from) as u64;
+            self.producers[p].next = from;
+        }
+    }
+
+    /// Drain every ring and stall queue (all producers are done).
+    fn drain_all(&mut self) -> Result<(), String> {
+        for _ in 0..100_000 {
+            let busy = self
+                .nodes
+                .iter()
+                .any(|n| n.core.is_stalled() || !n.core.inbound_is_empty());
+            if !busy {
+                return Ok(());
+            }
+            for id in 0..self.shards {
+                self.step += 1;
+                self.drain(id)?;
+            }
+        }
+        Err("rings never drained".into())
+    }
+
+    /// Every key holds the fold of all its events; every Observation applied once.
+    fn check_final(&mut self, when: &str) -> Result<(), String> {
+        let keys: Vec<u64> = self.oracle.keys().collect();
+        for key in keys {
+            let got = self.state_of(key)?;
+            let want = self.oracle.fold(key, self.oracle.events_of(key))?;
+            if got != want {
+                return Err(format!(
+                    "{when}: key {key:#x} on shard {}: state is not the fold of all its {} events\n got: {got:?}\nwant: {want:?}",
+                    route::owner(key, self.shards),
+                    self.oracle.events_of(key)
+                ));
+            }
+        }
+        let observations = self.log.iter().filter(|e| !e.feedback).count() as u64;
+        let applied: u64 = self
+            .nodes
+            .iter()
+            .map(|n| n.core.state().stats.observations_applied)
+            .sum();
+        if applied != observations {
+            return Err(format!(
+                "{when}: {applied} Observations applied, the log holds {observations}"
+            ));
+        }
+        Ok(())
+    }
+}
