@@ -32,8 +32,11 @@ fn pass(seed: u64, spec: &SimSpec) -> SeedReport {
 fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     let spec = spec("budget");
     let (mut crashes, mut restored, mut damaged, mut writer_crashes) = (0, 0, 0, 0);
+    let (mut kafka, mut transactions) = (0, 0);
     for seed in 1..=200 {
         let r = pass(seed, &spec);
+        kafka += u64::from(r.kafka);
+        transactions += r.transactions;
         crashes += r.crashes;
         restored += r.restored_from_checkpoint;
         damaged += r.corrupted;
@@ -47,6 +50,8 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     );
     assert!(damaged > 50, "{damaged} checkpoints damaged at rest");
     assert!(restored > 500, "{restored} restores from a checkpoint");
+    assert!(kafka > 50, "{kafka} of 200 seeds ran Kafka exactly_once");
+    assert!(transactions > 1000, "{transactions} transactions committed");
     let _ = std::fs::remove_dir_all(&spec.dir);
 }
 
@@ -76,8 +81,12 @@ fn seed_14_a_damaged_checkpoint_left_in_place_pruned_every_new_one() {
 }
 
 #[test]
-fn the_oracle_catches_a_lost_event_and_a_missing_replay() {
-    for sabotage in [Sabotage::LoseEvent, Sabotage::NoReplay] {
+fn the_oracle_catches_a_lost_event_a_missing_replay_and_a_wrong_exactly_once_restore() {
+    for sabotage in [
+        Sabotage::LoseEvent,
+        Sabotage::NoReplay,
+        Sabotage::RestoreNewest,
+    ] {
         let spec = SimSpec {
             sabotage: Some(sabotage),
             ..spec("sabotage")

@@ -18,6 +18,8 @@ pub struct Ev {
     pub ts_ns: u64,
     pub feedback: bool,
     pub amount: f32,
+    /// The key's source: 0 for UDP, the Kafka partition's tag.
+    pub source: u64,
 }
 
 impl Ev {
@@ -94,7 +96,7 @@ impl Oracle {
                 amount: e.amount,
                 label: e.label(),
                 features: &[],
-                source: 0,
+                source: e.source,
             };
             match state.apply(&u, e.ts_ns) {
                 Ok(crate::state::Outcome::Applied(s)) => slot = Some(s),

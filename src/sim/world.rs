@@ -9,16 +9,18 @@ use crate::config::Config;
 use crate::egress::{PendingScore, ReplyTo};
 use crate::features::FeaturePlan;
 use crate::infer::{build_primary, ShardModel};
+use crate::ingest::kafka::PartitionId;
 use crate::ingest::Datagram;
 use crate::loadgen::rng::Rng;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Mesh};
-use crate::shard::ShardCore;
+use crate::shard::{KafkaRecord, ShardCore};
 use crate::state::checkpoint::{
-    self, CheckpointSpec, Checkpointer, CrashPoint, WriterFault, WriterRun,
+    self, CheckpointSpec, Checkpointer, CrashPoint, Input, PartitionOffset, RestoreTarget,
+    WriterFault, WriterRun,
 };
 use crate::state::{KeyedState, Spill};
-use crate::wire::{EventBatchEncoder, EventIn};
+use crate::wire::{EventBatchEncoder, EventIn, ScoreOut};
 
 /// What one run is given besides its seed.
 #[derive(Debug, Clone)]
@@ -38,17 +40,23 @@ pub struct SimSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sabotage {
     /// A producer skips one event (at the 50th send): it never reaches the shards. The seed
-    /// runs without faults (a crash's replay would heal the loss).
+    /// runs UDP without faults (a crash's replay would heal the loss).
     LoseEvent,
     /// After a crash the producers go on where they were instead of replaying what the
-    /// restored state lacks. The seed crashes at least once.
+    /// restored state lacks. The seed runs UDP and crashes at least once.
     NoReplay,
+    /// Kafka exactly_once restarts from the newest checkpoint on disk instead of the one the
+    /// last committed transaction names (whose offsets the input resumes from). The seed runs
+    /// Kafka and crashes at least once.
+    RestoreNewest,
 }
 
 /// What one seed did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SeedReport {
     pub seed: u64,
+    /// Events came from Kafka partitions, exactly_once (else UDP datagrams over the rings).
+    pub kafka: bool,
     pub shards: usize,
     pub keys: usize,
     pub hot_capacity: usize,
@@ -74,6 +82,9 @@ pub struct SeedReport {
     pub spills: u64,
     /// Longest checkpoint chain a restore read.
     pub chain_max: usize,
+    /// Kafka: transactions committed, and the Scores they held.
+    pub transactions: u64,
+    pub scores_committed: u64,
     /// A digest of every decision and outcome: equal for two runs of one seed.
     pub digest: u64,
 }
@@ -148,6 +159,57 @@ struct Node {
     core: ShardCore,
     cp: Checkpointer,
     counters: Arc<ShardCounters>,
+    /// Kafka mode: the shard's partitions and open transaction.
+    txn: Txn,
+}
+
+/// A Kafka input partition: its records (1-4 events each, fixed when they were produced, so
+/// a replay reads the same ones at the same offsets) and the shard that owns it.
+struct Partition {
+    records: Vec<Vec<usize>>,
+    shard: usize,
+    tag: u64,
+}
+
+/// A shard's exactly_once side, in the sequence `shard::kafka::ShardKafka` follows: take
+/// records while no checkpoint is on its way; flip one with the offsets taken so far; once
+/// the writer has it on disk, commit the transaction (its Scores, and the offsets and the
+/// checkpoint's seq in the progress record) — a step of its own, so a crash can land between
+/// the checkpoint and the commit; then take records again.
+#[derive(Default)]
+struct Txn {
+    /// (partition index, next offset) of the partitions this shard owns.
+    positions: Vec<(usize, u64)>,
+    /// Records taken (the checkpoint's input position).
+    taken: u64,
+    phase: Phase,
+    /// Scores produced in the open transaction (lost if the process dies before it commits).
+    pending: Vec<ScoreOut>,
+}
+
+#[derive(Default)]
+enum Phase {
+    #[default]
+    Open,
+    Writing {
+        seq: u64,
+        offsets: Vec<PartitionOffset>,
+    },
+    Committing {
+        seq: u64,
+        offsets: Vec<PartitionOffset>,
+    },
+}
+
+/// The simulated broker: what survives a crash. A transaction's Scores and progress record
+/// become visible together when it commits; an open one is aborted by the crash.
+#[derive(Default)]
+struct Broker {
+    /// Committed Scores: (key, seq) -> the count the Score carried.
+    scores: std::collections::BTreeMap<(u64, u64), u64>,
+    /// Per shard: the checkpoint its last committed transaction names, and the offsets
+    /// committed with it.
+    progress: Vec<Option<(u64, Vec<PartitionOffset>)>>,
 }
 
 /// Step weights (out of their sum).
@@ -164,6 +226,11 @@ const CRASHES_MAX: u64 = 40;
 
 struct World {
     seed: u64,
+    kafka: bool,
+    /// Each key's owner shard.
+    owners: std::collections::BTreeMap<u64, usize>,
+    partitions: Vec<Partition>,
+    broker: Broker,
     rng: Rng,
     config: Config,
     plan: FeaturePlan,
@@ -203,18 +270,36 @@ impl World {
         let ring = [2usize, 4, 16, 256][rng.below(4) as usize];
         let dir_text = dir.display().to_string();
         let interval_ms = 1 + rng.below(20);
-        let keep = 1 + rng.below(3);
+        let keep_extra = rng.below(3);
         let full_every = 1 + rng.below(6);
         let slice = [1, 3, 16, 1024][rng.below(4) as usize];
+        let coin = rng.below(2) == 0;
+        let kafka = match spec.sabotage {
+            None => coin,
+            Some(Sabotage::RestoreNewest) => true,
+            Some(Sabotage::LoseEvent | Sabotage::NoReplay) => false,
+        };
+        let dedup = !kafka || rng.below(2) == 0;
+        // exactly_once needs two (config validation says so: the checkpoint the last
+        // committed transaction names must survive until the next one commits).
+        let keep = if kafka { 2 } else { 1 } + keep_extra;
         let crash_per_mille = CRASH_PER_MILLE[rng.below(3) as usize];
         let crashes_max = match spec.sabotage {
             None => rng.below(CRASHES_MAX + 1),
             Some(Sabotage::LoseEvent) => 0,
-            Some(Sabotage::NoReplay) => 1 + rng.below(CRASHES_MAX),
+            Some(Sabotage::NoReplay | Sabotage::RestoreNewest) => 1 + rng.below(CRASHES_MAX),
         };
         // Keys spread over the hash space (they route to every shard); a few producers.
         let key_ids: Vec<u64> = (0..keys).map(|_| rng.next_u64()).collect();
+        // UDP: producers, each to one ingest shard. Kafka: partitions, each owned by a shard.
         let n_producers = 1 + rng.below(4) as usize;
+        let tag = |p: usize| {
+            PartitionId {
+                topic: 0,
+                partition: p as i32,
+            }
+            .source_tag()
+        };
         let mut producers: Vec<Producer> = (0..n_producers)
             .map(|p| Producer {
                 events: Vec::new(),
@@ -241,16 +326,40 @@ impl World {
                 ts_ns: ts,
                 feedback: rng.below(5) == 0,
                 amount: 1.0 + rng.below(10_000) as f32 / 100.0,
+                source: if kafka { tag(k % n_producers) } else { 0 },
             });
             seqs[k] += 1;
             producers[k % n_producers].events.push(i);
         }
         let span_ms = log.last().map_or(0, |e| e.ts_ns - log[0].ts_ns) / 1_000_000;
+        let partitions: Vec<Partition> = if kafka {
+            producers
+                .iter()
+                .enumerate()
+                .map(|(p, prod)| {
+                    let mut records = Vec::new();
+                    let mut rest = prod.events.as_slice();
+                    while !rest.is_empty() {
+                        let n = (1 + rng.below(4) as usize).min(rest.len());
+                        let (head, tail) = rest.split_at(n);
+                        records.push(head.to_vec());
+                        rest = tail;
+                    }
+                    Partition {
+                        records,
+                        shard: p % shards,
+                        tag: tag(p),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let sets = [
             "model.kind=linear".to_owned(),
             format!("state.dir={dir_text}"),
             format!("state.hot_capacity={hot}"),
-            "state.dedup=true".into(),
+            format!("state.dedup={dedup}"),
             format!("route.ring_capacity={ring}"),
             "route.full=backpressure".into(),
             // Longer than the log's span: a replayed event is never late.
@@ -270,8 +379,25 @@ impl World {
         let layout = config.state_layout(shards);
         let oracle = Oracle::new(&config, plan.clone(), &log);
         let now = log.first().map_or(0, |e| e.ts_ns);
+        let owners = log
+            .iter()
+            .map(|e| {
+                let owner = match partitions.iter().find(|p| p.tag == e.source) {
+                    Some(p) if kafka => p.shard,
+                    _ => route::owner(e.key, shards),
+                };
+                (e.key, owner)
+            })
+            .collect();
         let mut world = Self {
             seed,
+            kafka,
+            owners,
+            partitions,
+            broker: Broker {
+                progress: vec![None; shards],
+                ..Broker::default()
+            },
             rng,
             config,
             plan,
@@ -295,6 +421,7 @@ impl World {
             sends: 0,
             report: SeedReport {
                 seed,
+                kafka,
                 shards,
                 keys,
                 hot_capacity: hot,
@@ -329,9 +456,24 @@ impl World {
             let open = |d: &Path, len: Option<u64>| {
                 Spill::open_memory(d, words, len, Arc::new(AtomicBool::new(false)))
             };
-            let (spill, point) =
-                checkpoint::restore(&root, &self.layout, &base.join("spill"), words, open)
-                    .map_err(|e| format!("shard {id}: restore failed: {e}"))?;
+            // Kafka, as exactly_once restarts: the checkpoint the last committed transaction
+            // names, or none; newer ones (their transactions never committed) are dropped.
+            let progress = self.broker.progress[id].clone();
+            let target = match (self.kafka, &progress) {
+                (false, _) => RestoreTarget::Newest,
+                _ if self.sabotage == Some(Sabotage::RestoreNewest) => RestoreTarget::Newest,
+                (true, Some((seq, _))) => RestoreTarget::Exactly(*seq),
+                (true, None) => RestoreTarget::Nothing,
+            };
+            let (spill, point) = checkpoint::restore_to(
+                &root,
+                &self.layout,
+                &base.join("spill"),
+                words,
+                open,
+                target,
+            )
+            .map_err(|e| format!("shard {id}: restore failed: {e}"))?;
             let mut state = KeyedState::with_plan(&self.config, self.plan.clone(), Some(spill));
             self.report.restores += 1;
             let (restored, max_event_ns) = match &point {
@@ -347,7 +489,28 @@ impl World {
             let seq = restored.unwrap_or(0);
             self.trace(format_args!("shard {id} restored checkpoint {seq}"));
             self.mix(seq);
-            if !self.damaged[id] && seq < self.committed[id] {
+            let mut txn = Txn::default();
+            if self.kafka {
+                let (named, offsets) = progress.unwrap_or_default();
+                let held = point
+                    .as_ref()
+                    .map(|p| p.manifest.kafka_offsets.clone())
+                    .unwrap_or_default();
+                if seq != named || held != offsets {
+                    return Err(format!(
+                        "shard {id}: restored checkpoint {seq} with offsets {held:?}, the last committed transaction names {named} with {offsets:?}"
+                    ));
+                }
+                for (p, part) in self.partitions.iter().enumerate() {
+                    if part.shard == id {
+                        let next = offsets
+                            .iter()
+                            .find(|o| o.partition == p as i32)
+                            .map_or(0, |o| o.next as u64);
+                        txn.positions.push((p, next));
+                    }
+                }
+            } else if !self.damaged[id] && seq < self.committed[id] {
                 return Err(format!(
                     "shard {id} restored checkpoint {seq}, but {} was committed and nothing damaged it",
                     self.committed[id]
@@ -387,7 +550,12 @@ impl World {
                 max_event_ns,
                 Arc::clone(&counters),
             );
-            nodes.push(Node { core, cp, counters });
+            nodes.push(Node {
+                core,
+                cp,
+                counters,
+                txn,
+            });
         }
         self.nodes = nodes;
         self.check_restored()
@@ -400,9 +568,18 @@ impl World {
         let mut observations = vec![0u64; self.shards];
         let keys: Vec<u64> = self.oracle.keys().collect();
         for key in keys {
-            let id = route::owner(key, self.shards);
+            let id = self.owner(key);
             let got = self.state_of(key)?;
             let n = got.as_ref().map_or(0, |(r, _)| r.seq_end as usize);
+            if self.kafka {
+                // Exactly what the committed offsets hold: no more, no less.
+                let want = self.committed_events(key);
+                if n != want {
+                    return Err(format!(
+                        "key {key:#x} on shard {id}: restored {n} events, the committed offsets hold {want}"
+                    ));
+                }
+            }
             if n > self.oracle.events_of(key) {
                 return Err(format!(
                     "key {key:#x} on shard {id}: seq_end {n} is past its {} events",
@@ -430,9 +607,29 @@ impl World {
         Ok(())
     }
 
+    /// The shard that owns `key`: by hash (UDP), or its partition's owner (Kafka).
+    fn owner(&self, key: u64) -> usize {
+        self.owners.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Kafka: events of `key` in the records below its partition's committed offset.
+    fn committed_events(&self, key: u64) -> usize {
+        let mut n = 0;
+        for (p, part) in self.partitions.iter().enumerate() {
+            let next = self.broker.progress[part.shard]
+                .as_ref()
+                .and_then(|(_, offs)| offs.iter().find(|o| o.partition == p as i32))
+                .map_or(0, |o| o.next as usize);
+            for rec in part.records.iter().take(next) {
+                n += rec.iter().filter(|&&i| self.log[i].key == key).count();
+            }
+        }
+        n
+    }
+
     /// A key's state at its owner, checked to be in one place only.
     fn state_of(&self, key: u64) -> Result<Option<Image>, String> {
-        let id = route::owner(key, self.shards);
+        let id = self.owner(key);
         let state = self.nodes[id].core.state();
         let hot = state.hot().get(key).map(|(r, w)| masked(r, w));
         let mut words = vec![0u64; self.plan.words()];
@@ -453,11 +650,35 @@ impl World {
 
     fn run(&mut self) -> Result<(), String> {
         let budget = 200 * self.log.len() as u64 + 10_000;
-        while !self.sent_all() {
+        while !self.finished() {
             if self.step > budget {
-                return Err(format!("no progress: {budget} steps"));
+                let shards: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let phase = match &n.txn.phase {
+                            Phase::Open => "open",
+                            Phase::Writing { .. } => "writing",
+                            Phase::Committing { .. } => "committing",
+                        };
+                        format!(
+                            "shard {}: {phase}, positions {:?}, writer queue {}, capturing {}",
+                            n.core.id,
+                            n.txn.positions,
+                            n.cp.writer_pending(),
+                            n.cp.capturing()
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "no progress: {budget} steps; {}",
+                    shards.join("; ")
+                ));
             }
             self.one_step()?;
+        }
+        if self.kafka {
+            return self.end_kafka();
         }
         self.drain_all()?;
         self.check_final("at the end")?;
@@ -482,8 +703,59 @@ impl World {
         self.report.crashes < self.crashes_max
     }
 
-    fn sent_all(&self) -> bool {
-        self.producers.iter().all(|p| p.next >= p.events.len())
+    /// UDP: every event sent. Kafka: every record's offset committed.
+    fn finished(&self) -> bool {
+        if !self.kafka {
+            return self.producers.iter().all(|p| p.next >= p.events.len());
+        }
+        self.partitions.iter().enumerate().all(|(p, part)| {
+            self.broker.progress[part.shard]
+                .as_ref()
+                .and_then(|(_, offs)| offs.iter().find(|o| o.partition == p as i32))
+                .is_some_and(|o| o.next as usize >= part.records.len())
+        })
+    }
+
+    /// Kafka, every record committed: the state is the fold of everything, every Observation
+    /// has exactly one committed Score (checked at each commit) carrying its count, and a
+    /// restart restores all of it.
+    fn end_kafka(&mut self) -> Result<(), String> {
+        self.check_final("at the end")?;
+        let mut count: std::collections::BTreeMap<u64, u64> = Default::default();
+        let mut observations = 0;
+        for e in self.log.iter().filter(|e| !e.feedback) {
+            observations += 1;
+            let c = count.entry(e.key).or_default();
+            *c += 1;
+            match self.broker.scores.get(&(e.key, e.seq)) {
+                Some(got) if got == c => {}
+                Some(got) => {
+                    return Err(format!(
+                        "the Score of key {:#x} seq {} says count {got}, it is the key's Observation {c}",
+                        e.key, e.seq
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "no committed Score for key {:#x} seq {}",
+                        e.key, e.seq
+                    ))
+                }
+            }
+        }
+        if self.broker.scores.len() != observations {
+            return Err(format!(
+                "{} Scores committed for {observations} Observations",
+                self.broker.scores.len()
+            ));
+        }
+        self.report.scores_committed = observations as u64;
+        self.nodes.clear();
+        self.boot()?;
+        self.check_final("after a restart")?;
+        self.report.steps = self.step;
+        self.nodes.clear();
+        Ok(())
     }
 
     fn one_step(&mut self) -> Result<(), String> {
@@ -496,6 +768,18 @@ impl World {
         let id = self.rng.below(self.shards as u64) as usize;
         let pick = self.rng.below(W_SEND + W_DRAIN + W_TICK + W_WRITER);
         self.mix(pick << 8 | id as u64);
+        if self.kafka {
+            return if pick < W_SEND {
+                self.take(id)
+            } else if pick < W_SEND + W_DRAIN {
+                self.commit(id)
+            } else if pick < W_SEND + W_DRAIN + W_TICK {
+                self.kafka_checkpoint(id);
+                Ok(())
+            } else {
+                self.writer(id)
+            };
+        }
         if pick < W_SEND {
             self.send()
         } else if pick < W_SEND + W_DRAIN {
@@ -562,6 +846,134 @@ impl World {
         self.refused(ingest)
     }
 
+    /// Kafka: the shard takes its next 1-3 records (none while a checkpoint is on its way to
+    /// its commit: Scores taken then would join that transaction) and applies them in offset
+    /// order; their Scores join the open transaction.
+    fn take(&mut self, id: usize) -> Result<(), String> {
+        let n = 1 + self.rng.below(3);
+        let node = &mut self.nodes[id];
+        if !matches!(node.txn.phase, Phase::Open) || node.txn.positions.is_empty() {
+            return Ok(());
+        }
+        let at = self.rng.below(node.txn.positions.len() as u64) as usize;
+        let (p, next) = node.txn.positions[at];
+        let part = &self.partitions[p];
+        for offset in next..(next + n).min(part.records.len() as u64) {
+            let events = &part.records[offset as usize];
+            let bytes = self
+                .encoder
+                .encode(events.iter().map(|&i| {
+                    let e = &self.log[i];
+                    EventIn {
+                        key: e.key,
+                        seq: e.seq,
+                        ts_ns: e.ts_ns,
+                        feedback: e.feedback,
+                        amount: e.amount,
+                        label: e.label(),
+                        features: &[],
+                    }
+                }))
+                .to_vec();
+            let applied = node.core.on_record(
+                &KafkaRecord {
+                    value: &bytes,
+                    source: part.tag,
+                    timestamp_ns: self.now,
+                    fetched_ns: self.now,
+                    reply: 0,
+                },
+                &mut self.sink,
+            );
+            if !applied {
+                return Err(format!("shard {id}: record {p}/{offset} did not decode"));
+            }
+            node.txn.positions[at].1 = offset + 1;
+            node.txn.taken += 1;
+        }
+        node.core.finish_cycle(self.now, &mut self.sink);
+        node.txn
+            .pending
+            .extend(self.sink.drain(..).map(|(_, s)| s.score));
+        self.mix(n << 16 | p as u64);
+        self.refused(id)
+    }
+
+    /// Kafka: the checkpoint side of exactly_once (`ShardKafka::checkpoint`): copy the running
+    /// snapshot's next slice; once written, move to the commit; or flip one if due, recording
+    /// the offsets taken so far.
+    fn kafka_checkpoint(&mut self, id: usize) {
+        let node = &mut self.nodes[id];
+        let max = node.core.max_event_ns();
+        match std::mem::take(&mut node.txn.phase) {
+            Phase::Writing { seq, offsets } => {
+                node.cp.step(node.core.state_mut());
+                node.txn.phase = match node.cp.take_outcome() {
+                    None => Phase::Writing { seq, offsets },
+                    Some(Ok(written)) if written == seq => Phase::Committing { seq, offsets },
+                    // Not written: the transaction stays open; the next checkpoint commits
+                    // its Scores too.
+                    Some(_) => {
+                        self.report.checkpoints_failed += 1;
+                        Phase::Open
+                    }
+                };
+            }
+            Phase::Committing { seq, offsets } => {
+                node.txn.phase = Phase::Committing { seq, offsets };
+            }
+            Phase::Open => {
+                let offsets: Vec<PartitionOffset> = node
+                    .txn
+                    .positions
+                    .iter()
+                    .map(|&(p, next)| PartitionOffset {
+                        topic: "sim".into(),
+                        partition: p as i32,
+                        next: next as i64,
+                    })
+                    .collect();
+                let input = Input {
+                    position: node.txn.taken,
+                    offsets: offsets.clone(),
+                };
+                if !node.cp.due(self.now, node.core.state(), &input) {
+                    return;
+                }
+                if let Some(seq) = node
+                    .cp
+                    .tick_with(self.now, node.core.state_mut(), max, &input)
+                {
+                    node.txn.phase = Phase::Writing { seq, offsets };
+                }
+            }
+        }
+    }
+
+    /// Kafka: commit the transaction whose checkpoint is on disk: its Scores, and the
+    /// progress record naming the checkpoint and its offsets, visible together.
+    fn commit(&mut self, id: usize) -> Result<(), String> {
+        let node = &mut self.nodes[id];
+        if !matches!(node.txn.phase, Phase::Committing { .. }) {
+            return Ok(());
+        }
+        let Phase::Committing { seq, offsets } = std::mem::take(&mut node.txn.phase) else {
+            return Ok(());
+        };
+        for s in node.txn.pending.drain(..) {
+            if let Some(before) = self.broker.scores.insert((s.key, s.seq), s.count) {
+                return Err(format!(
+                    "shard {id}, transaction of checkpoint {seq}: a second Score for key {:#x} seq {} (counts {before} and {})",
+                    s.key, s.seq, s.count
+                ));
+            }
+        }
+        self.broker.progress[id] = Some((seq, offsets));
+        self.report.transactions += 1;
+        self.mix(seq);
+        Ok(())
+    }
+
     /// The shard retries its stalled events and drains some of its inbound rings.
     fn drain(&mut self, id: usize) -> Result<(), String> {
         let max = 1 + self.rng.below(16) as usize;
@@ -618,10 +1030,13 @@ impl World {
                 if fault == Some(WriterFault::NoSpace) {
                     self.report.disk_full += 1;
                 }
-                // The answer is collected by the shard at its next tick or step.
-                let node = &mut self.nodes[id];
-                node.cp.step(node.core.state_mut());
-                self.outcome(id);
+                // UDP: the shard collects the answer now. Kafka: its checkpoint step does (the
+                // answer decides the commit).
+                if !self.kafka {
+                    let node = &mut self.nodes[id];
+                    node.cp.step(node.core.state_mut());
+                    self.outcome(id);
+                }
                 Ok(())
             }
             WriterRun::Idle => Ok(()),
@@ -652,12 +1067,16 @@ impl World {
             self.report.duplicates += n.counters.events_dropped_by(DropReason::Duplicate);
         }
         self.nodes.clear();
-        if self.rng.below(5) == 0 {
+        // Kafka: the checkpoint a committed transaction names must be there (a damaged one
+        // is refused, by design: exactly-once state cannot be restored), so no damage.
+        if !self.kafka && self.rng.below(5) == 0 {
             let id = self.rng.below(self.shards as u64) as usize;
             self.damage(id)?;
         }
         self.boot()?;
-        self.rewind();
+        if !self.kafka {
+            self.rewind();
+        }
         Ok(())
     }
 
@@ -763,7 +1182,7 @@ impl World {
             if got != want {
                 return Err(format!(
                     "{when}: key {key:#x} on shard {}: state is not the fold of all its {} events\n got: {got:?}\nwant: {want:?}",
-                    route::owner(key, self.shards),
+                    self.owner(key),
                     self.oracle.events_of(key)
                 ));
             }

@@ -111,10 +111,17 @@ pub fn restore_to(
         RestoreTarget::Newest => done,
         RestoreTarget::Nothing | RestoreTarget::Elsewhere(_) => {
             if !done.is_empty() {
-                let aside = root.with_extension(format!(
-                    "uncommitted-{}",
-                    crate::clock::realtime_ns() / 1_000_000
-                ));
+                let stamp = crate::clock::realtime_ns() / 1_000_000;
+                // Two restarts in one millisecond (or a clock stepped back) must not collide
+                // with the first one's: the rename would fail and the shard not start (found by
+                // the simulation).
+                let aside = (0..)
+                    .map(|n| match n {
+                        0 => root.with_extension(format!("uncommitted-{stamp}")),
+                        n => root.with_extension(format!("uncommitted-{stamp}-{n}")),
+                    })
+                    .find(|p| !p.exists())
+                    .unwrap_or_else(|| root.with_extension("uncommitted"));
                 match target {
                     RestoreTarget::Elsewhere(want) => {
                         tracing::warn!(from = %root.display(), to = %aside.display(), "the last committed Kafka transaction names checkpoint {want}, which is not here: the state is rebuilt from the changelog; the older checkpoints found are set aside")

@@ -189,6 +189,38 @@ fn restore_brings_back_hot_and_spilled_records_exactly() {
     assert_eq!((back.hot_len(), back.spilled_len()), (0, 0));
 }
 
+/// Found by the simulation (Kafka mode, restarts in quick succession; not replayable by seed,
+/// the name comes from the wall clock): exactly_once with no committed transaction sets the
+/// checkpoints found aside under a name stamped with the millisecond; a second restart in the
+/// same millisecond (or after the clock stepped back) failed to rename onto the first one's.
+#[test]
+fn setting_checkpoints_aside_twice_in_one_millisecond_does_not_collide() {
+    let d = Dir::new("aside-twice");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 1);
+    load(&mut s, 0..1);
+    cp.finish(&mut s, 0);
+    drop(cp);
+    drop(s);
+    // The names the next second of restarts would pick, taken already.
+    let now = crate::clock::realtime_ns() / 1_000_000;
+    for ms in now..now + 1000 {
+        std::fs::create_dir_all(d.root().with_extension(format!("uncommitted-{ms}"))).unwrap();
+    }
+    let words = plan().words();
+    let (_, point) = restore_to(
+        &d.root(),
+        "L1",
+        &d.spill(),
+        words,
+        open,
+        RestoreTarget::Nothing,
+    )
+    .unwrap();
+    assert!(point.is_none());
+    assert!(list(&d.root()).unwrap().done.is_empty());
+}
+
 /// Found by the simulation (tests/simulation.rs, seed 14): checkpoints restore could not use
 /// stayed in place, newer than anything the restored run would write; pruning counted them as
 /// the newest full checkpoints and deleted each new checkpoint as soon as it was written.
