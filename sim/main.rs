@@ -41,6 +41,9 @@ struct Args {
     /// Log every step of every seed (use with --seed).
     #[arg(long)]
     verbose: bool,
+    /// Spill to RocksDB, as the service does, instead of the in-memory twin.
+    #[arg(long)]
+    rocksdb: bool,
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -48,6 +51,7 @@ struct Args {
 
 #[derive(Serialize, Default)]
 struct Summary {
+    rocksdb: bool,
     seeds: u64,
     first: u64,
     events_per_seed: usize,
@@ -75,8 +79,13 @@ struct Totals {
     replayed: u64,
     duplicates: u64,
     spills: u64,
+    expired: u64,
     chain_max: usize,
     seeds_with_crashes: u64,
+    kafka_seeds: u64,
+    ttl_seeds: u64,
+    transactions: u64,
+    scores_committed: u64,
 }
 
 impl Totals {
@@ -93,8 +102,13 @@ impl Totals {
         self.replayed += r.replayed;
         self.duplicates += r.duplicates;
         self.spills += r.spills;
+        self.expired += r.expired;
         self.chain_max = self.chain_max.max(r.chain_max);
         self.seeds_with_crashes += u64::from(r.crashes > 0);
+        self.kafka_seeds += u64::from(r.kafka);
+        self.ttl_seeds += u64::from(r.ttl_ms > 0);
+        self.transactions += r.transactions;
+        self.scores_committed += r.scores_committed;
     }
 }
 
@@ -123,11 +137,23 @@ fn main() -> anyhow::Result<()> {
         .join("sluice-sim")
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Two runs on one scratch directory would run the same seeds in the same folders and
+    // break each other's checkpoints (seen: spurious violations). One run per directory.
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .with_context(|| format!("creating {}/.lock", dir.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "another sluice-sim runs on {}: give this one its own --dir",
+                dir.display()
+            )
+        })?;
     let spec = SimSpec {
         events: args.events,
         dir,
         verbose: args.verbose,
         sabotage: None,
+        rocksdb: args.rocksdb,
     };
     let next = AtomicU64::new(first);
     let totals = Mutex::new(Totals::default());
@@ -160,6 +186,7 @@ fn main() -> anyhow::Result<()> {
     let passed = passed.into_inner();
     let per = |n: u64| n as f64 / passed.max(1) as f64;
     let summary = Summary {
+        rocksdb: args.rocksdb,
         seeds,
         first,
         events_per_seed: args.events,

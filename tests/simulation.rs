@@ -18,6 +18,7 @@ fn spec(name: &str) -> SimSpec {
         dir: base.join(format!("sluice-sim-test-{name}-{}", std::process::id())),
         verbose: false,
         sabotage: None,
+        rocksdb: false,
     }
 }
 
@@ -32,10 +33,12 @@ fn pass(seed: u64, spec: &SimSpec) -> SeedReport {
 fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     let spec = spec("budget");
     let (mut crashes, mut restored, mut damaged, mut writer_crashes) = (0, 0, 0, 0);
-    let (mut kafka, mut transactions) = (0, 0);
+    let (mut kafka, mut transactions, mut ttl, mut expired) = (0, 0, 0, 0);
     for seed in 1..=200 {
         let r = pass(seed, &spec);
         kafka += u64::from(r.kafka);
+        ttl += u64::from(r.ttl_ms > 0);
+        expired += r.expired;
         transactions += r.transactions;
         crashes += r.crashes;
         restored += r.restored_from_checkpoint;
@@ -52,7 +55,27 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     assert!(restored > 500, "{restored} restores from a checkpoint");
     assert!(kafka > 50, "{kafka} of 200 seeds ran Kafka exactly_once");
     assert!(transactions > 1000, "{transactions} transactions committed");
+    assert!(ttl > 20, "{ttl} of 200 seeds ran with a TTL");
+    assert!(expired > 1000, "{expired} keys expired");
     let _ = std::fs::remove_dir_all(&spec.dir);
+}
+
+/// The twin keeps RocksDB's contract: the same seeds pass on the real store, and run the same
+/// (the digest covers every decision and outcome).
+#[test]
+fn seeds_on_rocksdb_pass_and_run_as_on_the_twin() {
+    let twin = spec("twin");
+    let rocks = SimSpec {
+        rocksdb: true,
+        ..spec("rocksdb")
+    };
+    for seed in 1..=6 {
+        let a = pass(seed, &twin);
+        let b = pass(seed, &rocks);
+        assert_eq!(a, b, "seed {seed}: the twin and RocksDB ran differently");
+    }
+    let _ = std::fs::remove_dir_all(&twin.dir);
+    let _ = std::fs::remove_dir_all(&rocks.dir);
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct SimSpec {
     pub verbose: bool,
     /// A deliberate bug in the simulated world, for tests that the oracle catches it.
     pub sabotage: Option<Sabotage>,
+    /// The cold store: the in-memory twin (fast), or RocksDB as the service runs it (to check
+    /// that the twin keeps RocksDB's contract; ~10x slower per seed).
+    pub rocksdb: bool,
 }
 
 /// Deliberate bugs (see `SimSpec::sabotage`).
@@ -60,6 +63,8 @@ pub struct SeedReport {
     pub shards: usize,
     pub keys: usize,
     pub hot_capacity: usize,
+    /// `state.ttl_ms` (Kafka seeds only; 0: off).
+    pub ttl_ms: u64,
     pub events: usize,
     pub steps: u64,
     /// Process deaths (spontaneous, and the writer's injected crashes).
@@ -80,6 +85,8 @@ pub struct SeedReport {
     pub duplicates: u64,
     /// Spills and reloads through the cold store.
     pub spills: u64,
+    /// Keys expired (TTL): restarted by their next event or swept.
+    pub expired: u64,
     /// Longest checkpoint chain a restore read.
     pub chain_max: usize,
     /// Kafka: transactions committed, and the Scores they held.
@@ -254,6 +261,9 @@ struct World {
     crash_per_mille: u64,
     crashes_max: u64,
     sabotage: Option<Sabotage>,
+    rocksdb: bool,
+    /// `state.ttl_ms` in ns (0: keys never expire).
+    ttl_ns: u64,
     sends: u64,
     report: SeedReport,
 }
@@ -280,6 +290,17 @@ impl World {
             Some(Sabotage::LoseEvent | Sabotage::NoReplay) => false,
         };
         let dedup = !kafka || rng.below(2) == 0;
+        // TTL on half the Kafka seeds, each shard with one partition at most: its newest
+        // event time then rises with that partition's, so a key the sweep removes is one its
+        // next event would restart anyway, and the fold predicts the state. (Over UDP rings,
+        // or two partitions on a shard, the sweep's reference runs ahead of some keys' next
+        // events: when a key expires depends on the interleaving.)
+        let ttl_on = kafka && rng.below(2) == 0;
+        let (ttl_ms, sweep_slots) = if ttl_on {
+            (2_000 + rng.below(28_001), 1 + rng.below(8))
+        } else {
+            (0, 256)
+        };
         // exactly_once needs two (config validation says so: the checkpoint the last
         // committed transaction names must survive until the next one commits).
         let keep = if kafka { 2 } else { 1 } + keep_extra;
@@ -293,6 +314,11 @@ impl World {
         let key_ids: Vec<u64> = (0..keys).map(|_| rng.next_u64()).collect();
         // UDP: producers, each to one ingest shard. Kafka: partitions, each owned by a shard.
         let n_producers = 1 + rng.below(4) as usize;
+        let n_producers = if ttl_on {
+            n_producers.min(shards)
+        } else {
+            n_producers
+        };
         let tag = |p: usize| {
             PartitionId {
                 topic: 0,
@@ -360,6 +386,8 @@ impl World {
             format!("state.dir={dir_text}"),
             format!("state.hot_capacity={hot}"),
             format!("state.dedup={dedup}"),
+            format!("state.ttl_ms={ttl_ms}"),
+            format!("state.ttl_sweep_slots={sweep_slots}"),
             format!("route.ring_capacity={ring}"),
             "route.full=backpressure".into(),
             // Longer than the log's span: a replayed event is never late.
@@ -418,6 +446,8 @@ impl World {
             crash_per_mille,
             crashes_max,
             sabotage: spec.sabotage,
+            rocksdb: spec.rocksdb,
+            ttl_ns: ttl_ms * 1_000_000,
             sends: 0,
             report: SeedReport {
                 seed,
@@ -425,6 +455,7 @@ impl World {
                 shards,
                 keys,
                 hot_capacity: hot,
+                ttl_ms,
                 events: spec.events,
                 ..SeedReport::default()
             },
@@ -453,8 +484,13 @@ impl World {
         {
             let base = self.dir.join(format!("shard-{id}"));
             let root = base.join("checkpoints");
+            let rocksdb = self.rocksdb;
             let open = |d: &Path, len: Option<u64>| {
-                Spill::open_memory(d, words, len, Arc::new(AtomicBool::new(false)))
+                if rocksdb {
+                    Spill::open(d, 1 << 20, words, len)
+                } else {
+                    Spill::open_memory(d, words, len, Arc::new(AtomicBool::new(false)))
+                }
             };
             // Kafka, as exactly_once restarts: the checkpoint the last committed transaction
             // names, or none; newer ones (their transactions never committed) are dropped.
@@ -570,16 +606,12 @@ impl World {
         for key in keys {
             let id = self.owner(key);
             let got = self.state_of(key)?;
-            let n = got.as_ref().map_or(0, |(r, _)| r.seq_end as usize);
-            if self.kafka {
+            let n = if self.kafka {
                 // Exactly what the committed offsets hold: no more, no less.
-                let want = self.committed_events(key);
-                if n != want {
-                    return Err(format!(
-                        "key {key:#x} on shard {id}: restored {n} events, the committed offsets hold {want}"
-                    ));
-                }
-            }
+                self.committed_events(key)
+            } else {
+                got.as_ref().map_or(0, |(r, _)| r.seq_end as usize)
+            };
             if n > self.oracle.events_of(key) {
                 return Err(format!(
                     "key {key:#x} on shard {id}: seq_end {n} is past its {} events",
@@ -587,7 +619,7 @@ impl World {
                 ));
             }
             let want = self.oracle.fold(key, n)?;
-            if got != want {
+            if !self.same(id, &got, &want) {
                 return Err(format!(
                     "key {key:#x} on shard {id}: restored state is not the fold of its first {n} events\n got: {got:?}\nwant: {want:?}"
                 ));
@@ -595,16 +627,33 @@ impl World {
             observations[id] += got.map_or(0, |(r, _)| r.observations);
             self.mix(key ^ n as u64);
         }
-        for (id, node) in self.nodes.iter().enumerate() {
-            let applied = node.core.state().stats.observations_applied;
-            if applied != observations[id] {
-                return Err(format!(
-                    "shard {id}: restored observations_applied {applied}, its keys hold {}",
-                    observations[id]
-                ));
+        // Expired keys take their counts with them.
+        if self.ttl_ns == 0 {
+            for (id, node) in self.nodes.iter().enumerate() {
+                let applied = node.core.state().stats.observations_applied;
+                if applied != observations[id] {
+                    return Err(format!(
+                        "shard {id}: restored observations_applied {applied}, its keys hold {}",
+                        observations[id]
+                    ));
+                }
             }
         }
         Ok(())
+    }
+
+    /// The shard's state of a key is the fold's: equal, or (TTL) swept away where the fold's
+    /// record is idle past the TTL at the shard's newest event time.
+    fn same(&self, shard: usize, got: &Option<Image>, want: &Option<Image>) -> bool {
+        if got == want {
+            return true;
+        }
+        let reference = self.nodes[shard].core.max_event_ns();
+        self.ttl_ns > 0
+            && got.is_none()
+            && want
+                .as_ref()
+                .is_some_and(|(r, _)| reference.saturating_sub(r.last_event_ns) > self.ttl_ns)
     }
 
     /// The shard that owns `key`: by hash (UDP), or its partition's owner (Kafka).
@@ -690,11 +739,11 @@ impl World {
                 self.committed[n.core.id] = self.committed[n.core.id].max(seq);
             }
         }
-        self.nodes.clear();
+        self.stop();
         self.boot()?;
         self.check_final("after a clean stop and a restart")?;
         self.report.steps = self.step;
-        self.nodes.clear();
+        self.stop();
         Ok(())
     }
 
@@ -727,6 +776,13 @@ impl World {
             observations += 1;
             let c = count.entry(e.key).or_default();
             *c += 1;
+            if self.ttl_ns > 0 {
+                // A restart at expiry starts the count over: ask the fold.
+                *c = self
+                    .oracle
+                    .fold(e.key, e.seq as usize + 1)?
+                    .map_or(0, |(r, _)| r.observations);
+            }
             match self.broker.scores.get(&(e.key, e.seq)) {
                 Some(got) if got == c => {}
                 Some(got) => {
@@ -750,11 +806,11 @@ impl World {
             ));
         }
         self.report.scores_committed = observations as u64;
-        self.nodes.clear();
+        self.stop();
         self.boot()?;
         self.check_final("after a restart")?;
         self.report.steps = self.step;
-        self.nodes.clear();
+        self.stop();
         Ok(())
     }
 
@@ -1061,12 +1117,7 @@ impl World {
     fn crash(&mut self, why: &str) -> Result<(), String> {
         self.trace(format_args!("crash: {why}"));
         self.report.crashes += 1;
-        for n in &self.nodes {
-            let s = &n.core.state().stats;
-            self.report.spills += s.spills + s.reloads;
-            self.report.duplicates += n.counters.events_dropped_by(DropReason::Duplicate);
-        }
-        self.nodes.clear();
+        self.stop();
         // Kafka: the checkpoint a committed transaction names must be there (a damaged one
         // is refused, by design: exactly-once state cannot be restored), so no damage.
         if !self.kafka && self.rng.below(5) == 0 {
@@ -1078,6 +1129,17 @@ impl World {
             self.rewind();
         }
         Ok(())
+    }
+
+    /// The process ends (a crash or a stop): its counters go into the report.
+    fn stop(&mut self) {
+        for n in &self.nodes {
+            let s = &n.core.state().stats;
+            self.report.spills += s.spills + s.reloads;
+            self.report.expired += s.expired;
+            self.report.duplicates += n.counters.events_dropped_by(DropReason::Duplicate);
+        }
+        self.nodes.clear();
     }
 
     /// Damage shard `id`'s newest committed checkpoint: flip a byte of hot.bin, cut it, or
@@ -1179,13 +1241,16 @@ impl World {
         for key in keys {
             let got = self.state_of(key)?;
             let want = self.oracle.fold(key, self.oracle.events_of(key))?;
-            if got != want {
+            if !self.same(self.owner(key), &got, &want) {
                 return Err(format!(
                     "{when}: key {key:#x} on shard {}: state is not the fold of all its {} events\n got: {got:?}\nwant: {want:?}",
                     self.owner(key),
                     self.oracle.events_of(key)
                 ));
             }
+        }
+        if self.ttl_ns > 0 {
+            return Ok(());
         }
         let observations = self.log.iter().filter(|e| !e.feedback).count() as u64;
         let applied: u64 = self
