@@ -734,8 +734,8 @@ impl World {
         // A clean stop: the last checkpoint is waited for; a restart must find it all.
         for n in &mut self.nodes {
             let max = n.core.max_event_ns();
-            n.cp.finish(n.core.state_mut(), max);
-            if let Some(Ok(seq)) = n.cp.take_outcome() {
+            // The restart must restore this one (`boot` checks it restores the newest seen).
+            if let Some(seq) = n.cp.finish_with(n.core.state_mut(), max, &Input::default()) {
                 self.committed[n.core.id] = self.committed[n.core.id].max(seq);
             }
         }
