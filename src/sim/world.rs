@@ -4,6 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+mod faults;
+mod kafka;
+
+use kafka::{Broker, Partition, Phase, Txn};
+
 use super::oracle::{masked, Ev, Image, Oracle};
 use crate::config::Config;
 use crate::egress::{PendingScore, ReplyTo};
@@ -14,13 +19,10 @@ use crate::ingest::Datagram;
 use crate::loadgen::rng::Rng;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Mesh};
-use crate::shard::{KafkaRecord, ShardCore};
-use crate::state::checkpoint::{
-    self, CheckpointSpec, Checkpointer, CrashPoint, Input, PartitionOffset, RestoreTarget,
-    WriterFault, WriterRun,
-};
+use crate::shard::ShardCore;
+use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer, Input, RestoreTarget};
 use crate::state::{KeyedState, Spill};
-use crate::wire::{EventBatchEncoder, EventIn, ScoreOut};
+use crate::wire::{EventBatchEncoder, EventIn};
 
 /// What one run is given besides its seed.
 #[derive(Debug, Clone)]
@@ -168,55 +170,6 @@ struct Node {
     counters: Arc<ShardCounters>,
     /// Kafka mode: the shard's partitions and open transaction.
     txn: Txn,
-}
-
-/// A Kafka input partition: its records (1-4 events each, fixed when they were produced, so
-/// a replay reads the same ones at the same offsets) and the shard that owns it.
-struct Partition {
-    records: Vec<Vec<usize>>,
-    shard: usize,
-    tag: u64,
-}
-
-/// A shard's exactly_once side, in the sequence `shard::kafka::ShardKafka` follows: take
-/// records while no checkpoint is on its way; flip one with the offsets taken so far; once
-/// the writer has it on disk, commit the transaction (its Scores, and the offsets and the
-/// checkpoint's seq in the progress record) — a step of its own, so a crash can land between
-/// the checkpoint and the commit; then take records again.
-#[derive(Default)]
-struct Txn {
-    /// (partition index, next offset) of the partitions this shard owns.
-    positions: Vec<(usize, u64)>,
-    /// Records taken (the checkpoint's input position).
-    taken: u64,
-    phase: Phase,
-    /// Scores produced in the open transaction (lost if the process dies before it commits).
-    pending: Vec<ScoreOut>,
-}
-
-#[derive(Default)]
-enum Phase {
-    #[default]
-    Open,
-    Writing {
-        seq: u64,
-        offsets: Vec<PartitionOffset>,
-    },
-    Committing {
-        seq: u64,
-        offsets: Vec<PartitionOffset>,
-    },
-}
-
-/// The simulated broker: what survives a crash. A transaction's Scores and progress record
-/// become visible together when it commits; an open one is aborted by the crash.
-#[derive(Default)]
-struct Broker {
-    /// Committed Scores: (key, seq) -> the count the Score carried.
-    scores: std::collections::BTreeMap<(u64, u64), u64>,
-    /// Per shard: the checkpoint its last committed transaction names, and the offsets
-    /// committed with it.
-    progress: Vec<Option<(u64, Vec<PartitionOffset>)>>,
 }
 
 /// Step weights (out of their sum).
@@ -661,21 +614,6 @@ impl World {
         self.owners.get(&key).copied().unwrap_or(0)
     }
 
-    /// Kafka: events of `key` in the records below its partition's committed offset.
-    fn committed_events(&self, key: u64) -> usize {
-        let mut n = 0;
-        for (p, part) in self.partitions.iter().enumerate() {
-            let next = self.broker.progress[part.shard]
-                .as_ref()
-                .and_then(|(_, offs)| offs.iter().find(|o| o.partition == p as i32))
-                .map_or(0, |o| o.next as usize);
-            for rec in part.records.iter().take(next) {
-                n += rec.iter().filter(|&&i| self.log[i].key == key).count();
-            }
-        }
-        n
-    }
-
     /// A key's state at its owner, checked to be in one place only.
     fn state_of(&self, key: u64) -> Result<Option<Image>, String> {
         let id = self.owner(key);
@@ -763,55 +701,6 @@ impl World {
                 .and_then(|(_, offs)| offs.iter().find(|o| o.partition == p as i32))
                 .is_some_and(|o| o.next as usize >= part.records.len())
         })
-    }
-
-    /// Kafka, every record committed: the state is the fold of everything, every Observation
-    /// has exactly one committed Score (checked at each commit) carrying its count, and a
-    /// restart restores all of it.
-    fn end_kafka(&mut self) -> Result<(), String> {
-        self.check_final("at the end")?;
-        let mut count: std::collections::BTreeMap<u64, u64> = Default::default();
-        let mut observations = 0;
-        for e in self.log.iter().filter(|e| !e.feedback) {
-            observations += 1;
-            let c = count.entry(e.key).or_default();
-            *c += 1;
-            if self.ttl_ns > 0 {
-                // A restart at expiry starts the count over: ask the fold.
-                *c = self
-                    .oracle
-                    .fold(e.key, e.seq as usize + 1)?
-                    .map_or(0, |(r, _)| r.observations);
-            }
-            match self.broker.scores.get(&(e.key, e.seq)) {
-                Some(got) if got == c => {}
-                Some(got) => {
-                    return Err(format!(
-                        "the Score of key {:#x} seq {} says count {got}, it is the key's Observation {c}",
-                        e.key, e.seq
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "no committed Score for key {:#x} seq {}",
-                        e.key, e.seq
-                    ))
-                }
-            }
-        }
-        if self.broker.scores.len() != observations {
-            return Err(format!(
-                "{} Scores committed for {observations} Observations",
-                self.broker.scores.len()
-            ));
-        }
-        self.report.scores_committed = observations as u64;
-        self.stop();
-        self.boot()?;
-        self.check_final("after a restart")?;
-        self.report.steps = self.step;
-        self.stop();
-        Ok(())
     }
 
     fn one_step(&mut self) -> Result<(), String> {
@@ -902,134 +791,6 @@ impl World {
         self.refused(ingest)
     }
 
-    /// Kafka: the shard takes its next 1-3 records (none while a checkpoint is on its way to
-    /// its commit: Scores taken then would join that transaction) and applies them in offset
-    /// order; their Scores join the open transaction.
-    fn take(&mut self, id: usize) -> Result<(), String> {
-        let n = 1 + self.rng.below(3);
-        let node = &mut self.nodes[id];
-        if !matches!(node.txn.phase, Phase::Open) || node.txn.positions.is_empty() {
-            return Ok(());
-        }
-        let at = self.rng.below(node.txn.positions.len() as u64) as usize;
-        let (p, next) = node.txn.positions[at];
-        let part = &self.partitions[p];
-        for offset in next..(next + n).min(part.records.len() as u64) {
-            let events = &part.records[offset as usize];
-            let bytes = self
-                .encoder
-                .encode(events.iter().map(|&i| {
-                    let e = &self.log[i];
-                    EventIn {
-                        key: e.key,
-                        seq: e.seq,
-                        ts_ns: e.ts_ns,
-                        feedback: e.feedback,
-                        amount: e.amount,
-                        label: e.label(),
-                        features: &[],
-                    }
-                }))
-                .to_vec();
-            let applied = node.core.on_record(
-                &KafkaRecord {
-                    value: &bytes,
-                    source: part.tag,
-                    timestamp_ns: self.now,
-                    fetched_ns: self.now,
-                    reply: 0,
-                },
-                &mut self.sink,
-            );
-            if !applied {
-                return Err(format!("shard {id}: record {p}/{offset} did not decode"));
-            }
-            node.txn.positions[at].1 = offset + 1;
-            node.txn.taken += 1;
-        }
-        node.core.finish_cycle(self.now, &mut self.sink);
-        node.txn
-            .pending
-            .extend(self.sink.drain(..).map(|(_, s)| s.score));
-        self.mix(n << 16 | p as u64);
-        self.refused(id)
-    }
-
-    /// Kafka: the checkpoint side of exactly_once (`ShardKafka::checkpoint`): copy the running
-    /// snapshot's next slice; once written, move to the commit; or flip one if due, recording
-    /// the offsets taken so far.
-    fn kafka_checkpoint(&mut self, id: usize) {
-        let node = &mut self.nodes[id];
-        let max = node.core.max_event_ns();
-        match std::mem::take(&mut node.txn.phase) {
-            Phase::Writing { seq, offsets } => {
-                node.cp.step(node.core.state_mut());
-                node.txn.phase = match node.cp.take_outcome() {
-                    None => Phase::Writing { seq, offsets },
-                    Some(Ok(written)) if written == seq => Phase::Committing { seq, offsets },
-                    // Not written: the transaction stays open; the next checkpoint commits
-                    // its Scores too.
-                    Some(_) => {
-                        self.report.checkpoints_failed += 1;
-                        Phase::Open
-                    }
-                };
-            }
-            Phase::Committing { seq, offsets } => {
-                node.txn.phase = Phase::Committing { seq, offsets };
-            }
-            Phase::Open => {
-                let offsets: Vec<PartitionOffset> = node
-                    .txn
-                    .positions
-                    .iter()
-                    .map(|&(p, next)| PartitionOffset {
-                        topic: "sim".into(),
-                        partition: p as i32,
-                        next: next as i64,
-                    })
-                    .collect();
-                let input = Input {
-                    position: node.txn.taken,
-                    offsets: offsets.clone(),
-                };
-                if !node.cp.due(self.now, node.core.state(), &input) {
-                    return;
-                }
-                if let Some(seq) = node
-                    .cp
-                    .tick_with(self.now, node.core.state_mut(), max, &input)
-                {
-                    node.txn.phase = Phase::Writing { seq, offsets };
-                }
-            }
-        }
-    }
-
-    /// Kafka: commit the transaction whose checkpoint is on disk: its Scores, and the
-    /// progress record naming the checkpoint and its offsets, visible together.
-    fn commit(&mut self, id: usize) -> Result<(), String> {
-        let node = &mut self.nodes[id];
-        if !matches!(node.txn.phase, Phase::Committing { .. }) {
-            return Ok(());
-        }
-        let Phase::Committing { seq, offsets } = std::mem::take(&mut node.txn.phase) else {
-            return Ok(());
-        };
-        for s in node.txn.pending.drain(..) {
-            if let Some(before) = self.broker.scores.insert((s.key, s.seq), s.count) {
-                return Err(format!(
-                    "shard {id}, transaction of checkpoint {seq}: a second Score for key {:#x} seq {} (counts {before} and {})",
-                    s.key, s.seq, s.count
-                ));
-            }
-        }
-        self.broker.progress[id] = Some((seq, offsets));
-        self.report.transactions += 1;
-        self.mix(seq);
-        Ok(())
-    }
-
     /// The shard retries its stalled events and drains some of its inbound rings.
     fn drain(&mut self, id: usize) -> Result<(), String> {
         let max = 1 + self.rng.below(16) as usize;
@@ -1055,166 +816,6 @@ impl World {
             }
         }
         Ok(())
-    }
-
-    /// The shard's writer does its next piece of work, maybe with a fault.
-    fn writer(&mut self, id: usize) -> Result<(), String> {
-        let roll = self.rng.below(100);
-        let fault = if !self.faults_on() {
-            None
-        } else if roll < 4 {
-            Some(WriterFault::NoSpace)
-        } else if roll < 7 {
-            let at = match self.rng.below(4) {
-                0 => CrashPoint::TornHotBin(self.rng.below(4096) as usize),
-                1 => CrashPoint::BeforeCommit,
-                2 => CrashPoint::BeforeRename,
-                _ => CrashPoint::BeforePrune,
-            };
-            Some(WriterFault::Crash(at))
-        } else {
-            None
-        };
-        let ran = self.nodes[id].cp.run_writer(fault);
-        self.mix(ran as u64);
-        match ran {
-            WriterRun::Crashed => {
-                self.report.writer_crashes += 1;
-                self.crash(&format!("shard {id}'s writer crashed: {fault:?}"))
-            }
-            WriterRun::Ran => {
-                if fault == Some(WriterFault::NoSpace) {
-                    self.report.disk_full += 1;
-                }
-                // UDP: the shard collects the answer now. Kafka: its checkpoint step does (the
-                // answer decides the commit).
-                if !self.kafka {
-                    let node = &mut self.nodes[id];
-                    node.cp.step(node.core.state_mut());
-                    self.outcome(id);
-                }
-                Ok(())
-            }
-            WriterRun::Idle => Ok(()),
-        }
-    }
-
-    fn outcome(&mut self, id: usize) {
-        match self.nodes[id].cp.take_outcome() {
-            Some(Ok(seq)) => {
-                self.report.checkpoints_committed += 1;
-                self.committed[id] = self.committed[id].max(seq);
-                self.mix(seq);
-            }
-            Some(Err(_)) => self.report.checkpoints_failed += 1,
-            None => {}
-        }
-    }
-
-    /// The process dies: everything in memory is gone (rings, hot tables, the cold stores'
-    /// twins, queued writer work); the disk keeps what was written. Sometimes a committed
-    /// checkpoint is damaged at rest too. Then restart, check, and replay.
-    fn crash(&mut self, why: &str) -> Result<(), String> {
-        self.trace(format_args!("crash: {why}"));
-        self.report.crashes += 1;
-        self.stop();
-        // Kafka: the checkpoint a committed transaction names must be there (a damaged one
-        // is refused, by design: exactly-once state cannot be restored), so no damage.
-        if !self.kafka && self.rng.below(5) == 0 {
-            let id = self.rng.below(self.shards as u64) as usize;
-            self.damage(id)?;
-        }
-        self.boot()?;
-        if !self.kafka {
-            self.rewind();
-        }
-        Ok(())
-    }
-
-    /// The process ends (a crash or a stop): its counters go into the report.
-    fn stop(&mut self) {
-        for n in &self.nodes {
-            let s = &n.core.state().stats;
-            self.report.spills += s.spills + s.reloads;
-            self.report.expired += s.expired;
-            self.report.duplicates += n.counters.events_dropped_by(DropReason::Duplicate);
-        }
-        self.nodes.clear();
-    }
-
-    /// Damage shard `id`'s newest committed checkpoint: flip a byte of hot.bin, cut it, or
-    /// lose its COMMIT. Restore must refuse it and fall back to an older one (or none).
-    fn damage(&mut self, id: usize) -> Result<(), String> {
-        let root = self.dir.join(format!("shard-{id}")).join("checkpoints");
-        let mut done: Vec<PathBuf> = std::fs::read_dir(&root)
-            .map_err(|e| format!("{}: {e}", root.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_prefix("ckpt-"))
-                    .is_some_and(|seq| seq.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .collect();
-        done.sort();
-        let Some(newest) = done.last() else {
-            return Ok(());
-        };
-        let hot = newest.join("hot.bin");
-        let bytes = std::fs::read(&hot).map_err(|e| format!("{}: {e}", hot.display()))?;
-        let how = self.rng.below(3);
-        let at = self.rng.below(bytes.len().max(1) as u64) as usize;
-        let io = |e: std::io::Error| format!("damaging {}: {e}", newest.display());
-        match how {
-            0 => {
-                let mut b = bytes;
-                if let Some(x) = b.get_mut(at) {
-                    *x ^= 0x5a;
-                }
-                std::fs::write(&hot, b).map_err(io)?;
-            }
-            1 => std::fs::write(&hot, bytes.get(..at).unwrap_or(&[])).map_err(io)?,
-            _ => std::fs::remove_file(newest.join("COMMIT")).map_err(io)?,
-        }
-        self.trace(format_args!(
-            "damaged {} ({how}, at {at})",
-            newest.display()
-        ));
-        self.report.corrupted += 1;
-        self.damaged[id] = true;
-        Ok(())
-    }
-
-    /// Each producer goes back to the first of its events the restored state lacks, and a
-    /// few before it (replays the state must refuse).
-    fn rewind(&mut self) {
-        if self.sabotage == Some(Sabotage::NoReplay) {
-            return;
-        }
-        let mut have = std::collections::BTreeMap::new();
-        for key in self.oracle.keys() {
-            let n = self
-                .state_of(key)
-                .ok()
-                .flatten()
-                .map_or(0, |(r, _)| r.seq_end);
-            have.insert(key, n);
-        }
-        for p in 0..self.producers.len() {
-            let prod = &self.producers[p];
-            let first_missing = prod
-                .events
-                .iter()
-                .position(|&i| {
-                    let e = &self.log[i];
-                    e.seq >= have.get(&e.key).copied().unwrap_or(0)
-                })
-                .unwrap_or(prod.events.len());
-            let back = self.rng.below(6) as usize;
-            let from = first_missing.saturating_sub(back).min(prod.next);
-            self.report.replayed += (self.producers[p].next - from) as u64;
-            self.producers[p].next = from;
-        }
     }
 
     /// Drain every ring and stall queue (all producers are done).

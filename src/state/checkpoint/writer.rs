@@ -8,6 +8,10 @@
 //! flip, each slice and a wait on a full spill journal are measured. If the writer is still
 //! busy with the previous checkpoint when the next is due, that one is skipped (counted), so
 //! a slow disk stretches the interval instead of stalling the shard.
+//!
+//! `Checkpointer::start_stepped` runs the same writer code without its thread: work waits in
+//! a queue until the caller runs it (`run_writer`), with a crash or a full disk injected where
+//! the caller says — how the deterministic simulation (`crate::sim`) drives it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
