@@ -115,13 +115,14 @@ pub fn restore_to(
                 // Two restarts in one millisecond (or a clock stepped back) must not collide
                 // with the first one's: the rename would fail and the shard not start (found by
                 // the simulation).
-                let aside = (0..)
+                let aside = (0..1000u32)
                     .map(|n| match n {
                         0 => root.with_extension(format!("uncommitted-{stamp}")),
                         n => root.with_extension(format!("uncommitted-{stamp}-{n}")),
                     })
                     .find(|p| !p.exists())
-                    .unwrap_or_else(|| root.with_extension("uncommitted"));
+                    // A thousand taken: the rename below fails and says where.
+                    .unwrap_or_else(|| root.with_extension(format!("uncommitted-{stamp}")));
                 match target {
                     RestoreTarget::Elsewhere(want) => {
                         tracing::warn!(from = %root.display(), to = %aside.display(), "the last committed Kafka transaction names checkpoint {want}, which is not here: the state is rebuilt from the changelog; the older checkpoints found are set aside")
@@ -216,7 +217,7 @@ pub fn restore_to(
 /// listed). Left in place, it would stay the newest: the checkpoints after the restore are
 /// numbered from the older one restored, so pruning counted the bad one as the newest full
 /// checkpoint and deleted every new one as soon as it was written (found by the simulation,
-/// seed 7).
+/// seed 14).
 fn set_aside(path: &Path, why: &CheckpointError) -> Result<(), CheckpointError> {
     let bad = path.with_extension("bad");
     tracing::error!(path = %path.display(), aside = %bad.display(), "skipping checkpoint, set aside: {why}");
