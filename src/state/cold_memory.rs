@@ -30,7 +30,7 @@ impl MemoryCold {
         let mut map = BTreeMap::new();
         if restored {
             let path = dir.join(MEMORY_FILE);
-            let bytes = std::fs::read(&path).map_err(|source| SpillError::Clear {
+            let bytes = std::fs::read(&path).map_err(|source| SpillError::TwinFile {
                 path: path.clone(),
                 source,
             })?;
@@ -125,7 +125,7 @@ impl ColdStore for MemoryCold {
         // Like a RocksDB checkpoint on a full disk: the flush it needs fails.
         self.writable()?;
         let bytes = encode(&self.map());
-        let io = |source| SpillError::Clear {
+        let io = |source| SpillError::TwinFile {
             path: dir.to_owned(),
             source,
         };

@@ -34,9 +34,15 @@ pub enum SpillError {
     Io(#[from] rocksdb::Error),
     #[error("spill store holds a malformed record for key {0}")]
     Corrupt(u64),
-    /// The in-memory twin (`cold::MemoryCold`) failed or was made to fail.
+    /// The in-memory twin (`cold_memory::MemoryCold`) failed or was made to fail.
     #[error("spill store (in-memory twin): {0}")]
     Twin(&'static str),
+    /// The twin's checkpoint file could not be read or written.
+    #[error("spill store (in-memory twin) {path}: {source}")]
+    TwinFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Spill {
