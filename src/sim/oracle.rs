@@ -23,6 +23,19 @@ pub struct Ev {
 }
 
 impl Ev {
+    /// The event as a producer encodes it (datagram or Kafka record).
+    pub fn wire(&self) -> crate::wire::EventIn<'static> {
+        crate::wire::EventIn {
+            key: self.key,
+            seq: self.seq,
+            ts_ns: self.ts_ns,
+            feedback: self.feedback,
+            amount: self.amount,
+            label: self.label(),
+            features: &[],
+        }
+    }
+
     pub fn label(&self) -> f32 {
         if self.feedback && self.seq % 3 == 0 {
             1.0

@@ -1,7 +1,6 @@
 //! The simulated machine: shards, producers, the scheduler that interleaves them, and crashes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 mod faults;
@@ -22,7 +21,7 @@ use crate::route::{self, Mesh};
 use crate::shard::ShardCore;
 use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer, Input, RestoreTarget};
 use crate::state::{KeyedState, Spill};
-use crate::wire::{EventBatchEncoder, EventIn};
+use crate::wire::EventBatchEncoder;
 
 /// What one run is given besides its seed.
 #[derive(Debug, Clone)]
@@ -442,7 +441,7 @@ impl World {
                 if rocksdb {
                     Spill::open(d, 1 << 20, words, len)
                 } else {
-                    Spill::open_memory(d, words, len, Arc::new(AtomicBool::new(false)))
+                    Spill::open_memory(d, words, len)
                 }
             };
             // Kafka, as exactly_once restarts: the checkpoint the last committed transaction
@@ -766,18 +765,7 @@ impl World {
             "producer {p} -> shard {ingest}: {:?}",
             batch.iter().map(|e| (e.key, e.seq)).collect::<Vec<_>>()
         ));
-        let bytes = self
-            .encoder
-            .encode(batch.iter().map(|e| EventIn {
-                key: e.key,
-                seq: e.seq,
-                ts_ns: e.ts_ns,
-                feedback: e.feedback,
-                amount: e.amount,
-                label: e.label(),
-                features: &[],
-            }))
-            .to_vec();
+        let bytes = self.encoder.encode(batch.iter().map(Ev::wire)).to_vec();
         let dg = Datagram {
             payload: &bytes,
             src: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + p as u16)),

@@ -96,15 +96,15 @@ impl Spill {
         ))
     }
 
-    /// The in-memory twin at `dir` (see `cold::MemoryCold`): what a checkpoint left there when
-    /// `restored_len` is set. `full` makes its writes fail like a full disk.
+    /// The in-memory twin at `dir` (see `cold_memory::MemoryCold`): what a checkpoint left
+    /// there when `restored_len` is set.
     pub fn open_memory(
         dir: &Path,
         words: usize,
         restored_len: Option<u64>,
-        full: Arc<AtomicBool>,
     ) -> Result<Self, SpillError> {
         clear_unless_restored(dir, restored_len)?;
+        let full = Arc::new(AtomicBool::new(false));
         let store = MemoryCold::open(dir, restored_len.is_some(), full)?;
         Ok(Self::on(Arc::new(store), words, restored_len))
     }

@@ -3,7 +3,7 @@
 
 use crate::shard::KafkaRecord;
 use crate::state::checkpoint::{Input, PartitionOffset};
-use crate::wire::{EventIn, ScoreOut};
+use crate::wire::ScoreOut;
 
 use super::World;
 
@@ -24,8 +24,6 @@ pub(super) struct Partition {
 pub(super) struct Txn {
     /// (partition index, next offset) of the partitions this shard owns.
     pub(super) positions: Vec<(usize, u64)>,
-    /// Records taken (the checkpoint's input position).
-    pub(super) taken: u64,
     pub(super) phase: Phase,
     /// Scores produced in the open transaction (lost if the process dies before it commits).
     pub(super) pending: Vec<ScoreOut>,
@@ -137,18 +135,7 @@ impl World {
             let events = &part.records[offset as usize];
             let bytes = self
                 .encoder
-                .encode(events.iter().map(|&i| {
-                    let e = &self.log[i];
-                    EventIn {
-                        key: e.key,
-                        seq: e.seq,
-                        ts_ns: e.ts_ns,
-                        feedback: e.feedback,
-                        amount: e.amount,
-                        label: e.label(),
-                        features: &[],
-                    }
-                }))
+                .encode(events.iter().map(|&i| self.log[i].wire()))
                 .to_vec();
             let applied = node.core.on_record(
                 &KafkaRecord {
@@ -164,7 +151,6 @@ impl World {
                 return Err(format!("shard {id}: record {p}/{offset} did not decode"));
             }
             node.txn.positions[at].1 = offset + 1;
-            node.txn.taken += 1;
         }
         node.core.finish_cycle(self.now, &mut self.sink);
         node.txn
@@ -209,7 +195,8 @@ impl World {
                     })
                     .collect();
                 let input = Input {
-                    position: node.txn.taken,
+                    // Rises with every record taken: the offsets' sum.
+                    position: node.txn.positions.iter().map(|&(_, next)| next).sum(),
                     offsets: offsets.clone(),
                 };
                 if !node.cp.due(self.now, node.core.state(), &input) {

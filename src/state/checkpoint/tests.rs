@@ -106,9 +106,19 @@ fn sliced(
     layout: &str,
     next: u64,
     full_every: usize,
-    (records, ns): (usize, u64),
+    slice: (usize, u64),
 ) -> Checkpointer {
-    Checkpointer::start(CheckpointSpec {
+    Checkpointer::start(spec(d, layout, next, full_every, slice)).unwrap()
+}
+
+fn spec(
+    d: &Dir,
+    layout: &str,
+    next: u64,
+    full_every: usize,
+    (records, ns): (usize, u64),
+) -> CheckpointSpec {
+    CheckpointSpec {
         root: d.root(),
         shard: 0,
         layout: layout.into(),
@@ -123,8 +133,7 @@ fn sliced(
         next_seq: next,
         restored: None,
         gated: false,
-    })
-    .unwrap()
+    }
 }
 
 fn restore_into_new(d: &Dir, layout: &str) -> Result<(KeyedState, Option<u64>), CheckpointError> {
@@ -221,23 +230,7 @@ fn a_stepped_writer_crashing_at_each_stage_leaves_a_restorable_disk() {
     for (name_, at, want) in cases {
         let d = Dir::new(&format!("stepped-{name_}"));
         let mut s = state(open(&d.spill(), None).unwrap());
-        let mut cp = Checkpointer::start_stepped(CheckpointSpec {
-            root: d.root(),
-            shard: 0,
-            layout: "L1".into(),
-            interval_ns: 0,
-            keep: 2,
-            full_every: 50,
-            buffer_bytes: 1 << 20,
-            slice_records: 3,
-            slice_ns: 0,
-            journal_records: 1000,
-            words: plan().words(),
-            next_seq: 1,
-            restored: None,
-            gated: false,
-        })
-        .unwrap();
+        let mut cp = Checkpointer::start_stepped(spec(&d, "L1", 1, 50, (3, 0))).unwrap();
         cp.wait_ready();
         load(&mut s, 0..2);
         cp.finish(&mut s, 0);
