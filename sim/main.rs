@@ -84,6 +84,8 @@ struct Totals {
     seeds_with_crashes: u64,
     kafka_seeds: u64,
     ttl_seeds: u64,
+    /// Seeds whose misses waited for batched cold reads (`state.cold_wait_max` > 0).
+    cold_wait_seeds: u64,
     transactions: u64,
     scores_committed: u64,
 }
@@ -107,6 +109,7 @@ impl Totals {
         self.seeds_with_crashes += u64::from(r.crashes > 0);
         self.kafka_seeds += u64::from(r.kafka);
         self.ttl_seeds += u64::from(r.ttl_ms > 0);
+        self.cold_wait_seeds += u64::from(r.cold_wait_max > 0);
         self.transactions += r.transactions;
         self.scores_committed += r.scores_committed;
     }

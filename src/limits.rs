@@ -13,6 +13,9 @@ pub const FEATURE_ROW_MAX: usize = 64;
 pub const WINDOW_BUCKETS_MAX: usize = 256;
 /// Hot slots the TTL sweep visits per drain cycle.
 pub const TTL_SWEEP_SLOTS_MAX: usize = 1 << 20;
+/// Events waiting for one batched cold read (`state.cold_wait_max`): a batch's scratch is
+/// two record images per event.
+pub const COLD_WAIT_MAX: usize = 1 << 16;
 /// Checkpoints between two full ones (the longest chain a restore reads).
 pub const CHECKPOINT_CHAIN_MAX: usize = 10_000;
 /// Records a shard copies into a running snapshot per drain cycle.

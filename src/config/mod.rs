@@ -235,6 +235,7 @@ pub struct State {
     pub ttl_ms: u64,
     pub ttl_sweep_slots: usize,
     pub dedup: bool,
+    pub cold_wait_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -123,6 +123,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         limits::MMSG_BATCH_MAX,
     );
     range(
+        "state.cold_wait_max",
+        c.state.cold_wait_max,
+        0,
+        limits::COLD_WAIT_MAX,
+    );
+    range(
         "state.ttl_sweep_slots",
         c.state.ttl_sweep_slots,
         1,

@@ -25,6 +25,9 @@ pub struct PendingScore {
     pub recv_ns: u64,
     /// When a shard picked that datagram up (CLOCK_REALTIME ns).
     pub pickup_ns: u64,
+    /// The event's key was not hot when it arrived (its record came from the spill store, or
+    /// it was new): its latency also goes to the cold keys' histogram.
+    pub cold: bool,
 }
 
 /// Where a Score goes: back over UDP, or into the Score record of one consumed Kafka record.
@@ -45,6 +48,10 @@ pub trait ScoreSink {
     fn clock_ns(&mut self) -> u64 {
         0
     }
+    /// Send what is pending now, before the cycle's end: the Scores of hot keys go out before
+    /// the cycle's batched cold read (Kafka Score records wait for the cycle's end, which
+    /// groups them per input record).
+    fn flush_early(&mut self) {}
 }
 
 impl ScoreSink for Vec<(ReplyTo, PendingScore)> {
@@ -116,7 +123,11 @@ impl Egress {
             // recv_ns is never 0 here: the core puts the pickup time in when the kernel gave
             // no receive timestamp.
             p.score.latency_ns = emit_ns.saturating_sub(p.recv_ns);
-            latency.record(p.score.latency_ns, emit_ns.saturating_sub(p.pickup_ns));
+            latency.record(
+                p.score.latency_ns,
+                emit_ns.saturating_sub(p.pickup_ns),
+                p.cold,
+            );
         }
         for d in 0..self.dests.len() {
             self.scratch.clear();
@@ -229,6 +240,10 @@ impl ScoreSink for EgressSink<'_> {
     fn clock_ns(&mut self) -> u64 {
         crate::clock::realtime_ns()
     }
+
+    fn flush_early(&mut self) {
+        self.egress.flush(self.counters, self.latency);
+    }
 }
 
 /// Counted when a reply datagram cannot be sent: its Scores are lost, visibly.
@@ -252,6 +267,7 @@ mod tests {
             },
             recv_ns,
             pickup_ns,
+            cold: false,
         }
     }
 

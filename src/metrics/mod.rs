@@ -103,6 +103,10 @@ pub struct ShardLatency {
     pub receive_to_emit: Histogram<u64>,
     /// Shard pickup -> reply handed to the kernel.
     pub in_shard: Histogram<u64>,
+    /// `receive_to_emit` split by whether the event's key was hot when it arrived (cold: read
+    /// from the spill store, or new, with `state.dir` set): what the cold keys cost the hot.
+    pub receive_to_emit_hot_key: Histogram<u64>,
+    pub receive_to_emit_cold_key: Histogram<u64>,
     /// Model run time per micro-batch (one call of the shard's model).
     pub model_run: Histogram<u64>,
     /// Kafka: record timestamp -> Score record handed to the producer.
@@ -122,6 +126,8 @@ impl ShardLatency {
         Ok(Self {
             receive_to_emit: Histogram::new_with_bounds(1, max_ns, 3)?,
             in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
+            receive_to_emit_hot_key: Histogram::new_with_bounds(1, max_ns, 3)?,
+            receive_to_emit_cold_key: Histogram::new_with_bounds(1, max_ns, 3)?,
             model_run: Histogram::new_with_bounds(1, max_ns, 3)?,
             kafka_record_to_produce: Histogram::new_with_bounds(1, max_ns, 3)?,
             kafka_in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
@@ -131,14 +137,21 @@ impl ShardLatency {
         })
     }
 
+    /// `cold`: the event's key was not hot on arrival (`PendingScore::cold`).
     #[inline]
-    pub fn record(&mut self, receive_to_emit_ns: u64, in_shard_ns: u64) {
+    pub fn record(&mut self, receive_to_emit_ns: u64, in_shard_ns: u64, cold: bool) {
         if receive_to_emit_ns > self.max_ns || in_shard_ns > self.max_ns {
             self.clamped += 1;
         }
         // saturating_record clamps to the highest trackable value and never allocates.
         self.receive_to_emit
             .saturating_record(receive_to_emit_ns.max(1));
+        if cold {
+            &mut self.receive_to_emit_cold_key
+        } else {
+            &mut self.receive_to_emit_hot_key
+        }
+        .saturating_record(receive_to_emit_ns.max(1));
         self.in_shard.saturating_record(in_shard_ns.max(1));
         self.live.latency.receive_to_emit.record(receive_to_emit_ns);
         self.live.latency.in_shard.record(in_shard_ns);

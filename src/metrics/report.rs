@@ -62,6 +62,9 @@ pub struct Report {
     pub latency_clamped: u64,
     pub receive_to_emit: Option<Histogram<u64>>,
     pub in_shard: Option<Histogram<u64>>,
+    /// `receive_to_emit` of events whose key was hot / not hot on arrival.
+    pub receive_to_emit_hot_key: Option<Histogram<u64>>,
+    pub receive_to_emit_cold_key: Option<Histogram<u64>>,
     pub model_run: Option<Histogram<u64>>,
     pub kafka_records: u64,
     pub kafka_records_skipped: Vec<(&'static str, u64)>,
@@ -181,6 +184,8 @@ impl Report {
             r.latency_clamped += l.clamped;
             merge_into(&mut r.receive_to_emit, l.receive_to_emit);
             merge_into(&mut r.in_shard, l.in_shard);
+            merge_into(&mut r.receive_to_emit_hot_key, l.receive_to_emit_hot_key);
+            merge_into(&mut r.receive_to_emit_cold_key, l.receive_to_emit_cold_key);
             merge_into(&mut r.model_run, l.model_run);
             merge_into(&mut r.kafka_record_to_produce, l.kafka_record_to_produce);
             merge_into(&mut r.kafka_in_shard, l.kafka_in_shard);
@@ -299,6 +304,23 @@ impl Report {
             ("in-shard", self.in_shard.as_ref()),
             ("model run", self.model_run.as_ref()),
         ]));
+        // The split says something only when some keys were not hot.
+        if self
+            .receive_to_emit_cold_key
+            .as_ref()
+            .is_some_and(|h| !h.is_empty())
+        {
+            s.push_str(&percentile_table(&[
+                (
+                    "receive->emit, hot keys",
+                    self.receive_to_emit_hot_key.as_ref(),
+                ),
+                (
+                    "receive->emit, cold keys",
+                    self.receive_to_emit_cold_key.as_ref(),
+                ),
+            ]));
+        }
         if self.kafka_in_shard.as_ref().is_some_and(|h| !h.is_empty()) {
             s.push_str(&percentile_table(&[
                 (
@@ -324,8 +346,11 @@ impl Report {
         for (name, h) in [
             ("receive_to_emit", &self.receive_to_emit),
             ("in_shard", &self.in_shard),
+            ("receive_to_emit_hot_key", &self.receive_to_emit_hot_key),
+            ("receive_to_emit_cold_key", &self.receive_to_emit_cold_key),
         ] {
-            if let Some(h) = h {
+            // (The hot/cold split is empty without state.dir.)
+            if let Some(h) = h.as_ref().filter(|h| !h.is_empty()) {
                 write_hgrm(h, &dir.join(format!("{name}.hgrm")), 1000.0)?;
             }
         }

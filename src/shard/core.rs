@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::cold_wait::{ColdWait, Waiting};
 use crate::config::{Config, LatePolicy, RingFullPolicy, TimeMode};
 use crate::egress::{PendingScore, ReplyTo, ScoreSink};
 use crate::infer::{FeatureBatch, ModelUpdate, Scorer, ShardModel};
@@ -76,6 +77,8 @@ pub struct Owner {
     state_refused: u64,
     /// Model calls that failed (logged 1st, 2nd, 4th, ...).
     model_failures: u64,
+    /// Events waiting for the cycle's batched cold read.
+    cold_wait: ColdWait,
 }
 
 impl Owner {
@@ -113,6 +116,35 @@ impl Owner {
                 (ts, self.max_event_ns)
             }
         };
+        if self.cold_wait.is_on() && self.table.park_miss(ev.key) {
+            self.cold_wait.push(Waiting {
+                ev: *ev,
+                reply_to,
+                source,
+                ts_ns,
+                now_ns,
+            });
+            if self.cold_wait.is_full() {
+                self.read_cold(sink);
+            }
+            return;
+        }
+        self.apply_now(ev, reply_to, source, (ts_ns, now_ns), false, sink);
+    }
+
+    /// Apply one event whose times are worked out (`apply`), its key hot or read on its own.
+    /// `waited`: it waited for a batched cold read. Its Score counts as a cold key's (the
+    /// latency split) when it waited or its key missed here.
+    fn apply_now(
+        &mut self,
+        ev: &RoutedEvent,
+        reply_to: ReplyTo,
+        source: u64,
+        (ts_ns, now_ns): (u64, u64),
+        waited: bool,
+        sink: &mut dyn ScoreSink,
+    ) {
+        let misses = self.table.stats.hot_misses;
         let update = Update {
             key: ev.key,
             seq: ev.seq,
@@ -148,23 +180,11 @@ impl Owner {
                 return;
             }
             Err(e) => {
-                let reason = match e {
-                    StateError::Full { .. } => DropReason::StateFull,
-                    StateError::Spill(_) => DropReason::StateError,
-                };
-                self.counters.dropped_events(reason, 1);
-                self.state_refused += 1;
-                // Log the 1st, 2nd, 4th, 8th, ... refusal: never silent, never a log storm.
-                if self.state_refused.is_power_of_two() {
-                    tracing::warn!(
-                        key = ev.key,
-                        refused = self.state_refused,
-                        "event rejected: {e}"
-                    );
-                }
+                self.refuse(ev.key, &e);
                 return;
             }
         };
+        let cold = waited || self.table.stats.hot_misses != misses;
         // A full micro-batch is scored before this row takes a place in the next one.
         if matches!(ev.kind, EventKind::Observation) && self.batch.is_full() {
             self.score(sink);
@@ -197,10 +217,55 @@ impl Owner {
                         score,
                         recv_ns: ev.recv_ns,
                         pickup_ns: ev.pickup_ns,
+                        cold,
                     },
                 ));
             }
         }
+    }
+
+    /// An event the state refused (counted by reason; logged 1st, 2nd, 4th, ...).
+    fn refuse(&mut self, key: u64, e: &StateError) {
+        let reason = match e {
+            StateError::Full { .. } => DropReason::StateFull,
+            StateError::Spill(_) => DropReason::StateError,
+        };
+        self.counters.dropped_events(reason, 1);
+        self.state_refused += 1;
+        // Never silent, never a log storm.
+        if self.state_refused.is_power_of_two() {
+            tracing::warn!(key, refused = self.state_refused, "event rejected: {e}");
+        }
+    }
+
+    /// The waiting events (`cold_wait`): first the Scores so far go out (their keys were hot:
+    /// they do not wait for the read), then one batched read brings every waiting key in, and
+    /// the waiting events are applied in arrival order. If the read fails nothing has moved
+    /// and each waiting event is refused, counted.
+    fn read_cold(&mut self, sink: &mut dyn ScoreSink) {
+        if self.cold_wait.events.is_empty() {
+            return;
+        }
+        self.score(sink);
+        sink.flush_early();
+        self.cold_wait.collect_keys();
+        let read = self.table.read_cold(&self.cold_wait.keys);
+        // Taken out while they are applied (no allocation: an empty Vec takes its place).
+        let mut events = std::mem::take(&mut self.cold_wait.events);
+        match read {
+            Ok(()) => {
+                for w in &events {
+                    self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
+                }
+            }
+            Err(e) => {
+                for w in &events {
+                    self.refuse(w.ev.key, &e);
+                }
+            }
+        }
+        events.clear();
+        self.cold_wait.events = events;
     }
 
     /// Run the model over the pending rows and emit one Score per row.
@@ -292,6 +357,7 @@ impl ShardCore {
         let width = model.width();
         crate::invariant_eq!(width, table.plan().width());
         let batch_max = config.infer.batch_max;
+        let cold_wait_max = table.cold_batch_max();
         Self {
             id,
             shards,
@@ -323,6 +389,7 @@ impl ShardCore {
                 counters: counters.clone(),
                 state_refused: 0,
                 model_failures: 0,
+                cold_wait: ColdWait::new(cold_wait_max),
             },
             counters,
         }
@@ -567,6 +634,7 @@ impl ShardCore {
     /// the state counters. `now_ns` is the cycle's processing time.
     pub fn finish_cycle(&mut self, now_ns: u64, sink: &mut dyn ScoreSink) {
         self.check_accounting();
+        self.owner.read_cold(sink);
         self.owner.score(sink);
         let reference = match self.owner.time {
             TimeMode::Processing => now_ns,
@@ -606,3 +674,7 @@ impl ShardCore {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "cold_wait_tests.rs"]
+mod cold_wait_tests;

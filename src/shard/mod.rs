@@ -4,6 +4,7 @@
 //! routed to. Idle shards spin `shards.idle_spins` turns, then park until a datagram, a wake-up
 //! from another shard, or `shards.park_timeout_us`.
 
+mod cold_wait;
 mod core;
 mod kafka;
 mod lifecycle;

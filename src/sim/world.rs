@@ -64,6 +64,8 @@ pub struct SeedReport {
     pub shards: usize,
     pub keys: usize,
     pub hot_capacity: usize,
+    /// `state.cold_wait_max` (0: each miss read on its own).
+    pub cold_wait_max: usize,
     /// `state.ttl_ms` (Kafka seeds only; 0: off).
     pub ttl_ms: u64,
     pub events: usize,
@@ -333,8 +335,12 @@ impl World {
         } else {
             Vec::new()
         };
+        // Batched cold reads off, tiny (the batch evicts its own keys), or larger than the
+        // table: from the seed itself, so the world's other draws stay as they were.
+        let cold_wait = [0usize, 1, 3, 8, 256][(route::mix64(seed ^ 0xC01D) % 5) as usize];
         let sets = [
             "model.kind=linear".to_owned(),
+            format!("state.cold_wait_max={cold_wait}"),
             format!("state.dir={dir_text}"),
             format!("state.hot_capacity={hot}"),
             format!("state.dedup={dedup}"),
@@ -407,6 +413,7 @@ impl World {
                 shards,
                 keys,
                 hot_capacity: hot,
+                cold_wait_max: cold_wait,
                 ttl_ms,
                 events: spec.events,
                 ..SeedReport::default()

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::cold::{ColdStore, ScanFn};
+use super::cold::{ColdBatch, ColdStore, FoundFn, ScanFn};
 use super::record::Record;
 use super::SpillError;
 
@@ -112,6 +112,26 @@ impl ColdStore for MemoryCold {
                 .map(Some)
                 .ok_or(SpillError::Corrupt(key)),
         }
+    }
+
+    fn peek_many(&self, keys: &[u64], found: &mut FoundFn<'_>) -> Result<(), SpillError> {
+        let map = self.map();
+        for (i, k) in keys.iter().enumerate() {
+            found(i, map.get(k).map(|v| &v[..]))?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, batch: &ColdBatch) -> Result<(), SpillError> {
+        self.writable()?;
+        let mut map = self.map();
+        for (key, image) in batch.ops() {
+            match image {
+                Some(img) => map.insert(key, img.into()),
+                None => map.remove(&key),
+            };
+        }
+        Ok(())
     }
 
     fn scan(&self, each: &mut ScanFn<'_>) -> Result<(), SpillError> {

@@ -315,6 +315,17 @@ impl HotTable {
         Some(i)
     }
 
+    /// Put back a record `remove_slot` just took (a move that failed): as `insert`, but it
+    /// keeps the current DIRTY bit, since its change is still listed for the next checkpoint,
+    /// which copies only records whose bit says so. (The other bits need no care:
+    /// `remove_slot` copied it into a running snapshot first if it was pending there.)
+    pub fn reinsert(&mut self, rec: Record, words: &[u64]) -> Option<usize> {
+        let dirty = rec.flags & self.dirty_bit;
+        let slot = self.insert(rec, Some(words))?;
+        self.heads[slot].flags |= dirty;
+        Some(slot)
+    }
+
     /// Take the record out of `slot` (its words into `words_out`), shifting later entries of
     /// its probe run back so every key stays reachable without tombstones.
     pub fn remove_slot(&mut self, slot: usize, words_out: &mut [u64]) -> Record {

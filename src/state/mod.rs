@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod cold;
 mod cold_memory;
+mod cold_reads;
 mod hot_table;
 mod memory;
 pub mod partition;
@@ -121,6 +122,8 @@ pub struct KeyedState {
     changes: Changes,
     /// A running snapshot's spill moves (see `snapshot`).
     journal: SpillJournal,
+    /// Batched cold reads (see `cold_reads`); off until `batch_cold_reads`.
+    cold: cold_reads::ColdReads,
 
     pub stats: StateStats,
 }
@@ -221,6 +224,7 @@ impl KeyedState {
             cold_words: vec![0; words],
             changes: Changes::default(),
             journal: SpillJournal::default(),
+            cold: cold_reads::ColdReads::default(),
             stats: StateStats::default(),
         }
     }
@@ -354,13 +358,17 @@ impl KeyedState {
         plan: FeaturePlan,
         spill: Option<Spill>,
     ) -> Self {
-        Self::new(
+        let mut state = Self::new(
             HotTable::new(config.state.hot_capacity, plan.words()),
             spill,
             plan,
             config.state.ttl_ms.saturating_mul(1_000_000),
             config.state.dedup,
-        )
+        );
+        if state.spill.is_some() {
+            state.batch_cold_reads(config.state.cold_wait_max);
+        }
+        state
     }
 
     pub fn plan(&self) -> &FeaturePlan {
@@ -436,7 +444,14 @@ impl KeyedState {
         self.hot.before_change(slot);
         let dirty_bit = self.hot.dirty_bit();
         let (head, words) = self.hot.slot_mut(slot);
-        if existed && self.ttl_ns > 0 && now_ns.saturating_sub(head.last_event_ns) > self.ttl_ns {
+        // A record no event has been applied to yet (fresh from a batched cold read, see
+        // `cold_reads`) has nothing to expire.
+        let untouched = head.observations == 0 && head.feedbacks == 0;
+        if existed
+            && !untouched
+            && self.ttl_ns > 0
+            && now_ns.saturating_sub(head.last_event_ns) > self.ttl_ns
+        {
             // Idle past the TTL: the key starts over, as if it had been swept already (its
             // slot bits stay: they say what the snapshots have of it).
             let flags = head.flags;
@@ -498,7 +513,8 @@ impl KeyedState {
                 self.journal
                     .absent(rec.key, image_bytes(self.victim_words.len()));
                 if let Err(e) = spill.put(&rec, &self.victim_words) {
-                    let _ = self.hot.insert(rec, Some(&self.victim_words));
+                    // Back with its DIRTY bits: a change the next checkpoint must still take.
+                    let _ = self.hot.reinsert(rec, &self.victim_words);
                     return Err(e.into());
                 }
                 self.stats.spills += 1;

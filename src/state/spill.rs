@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
 
-use super::cold::{ColdStore, ScanFn};
+use super::cold::{ColdBatch, ColdStore, FoundFn, ScanFn};
 use super::cold_memory::MemoryCold;
 use super::record::{image_bytes, Record};
 
@@ -34,6 +34,8 @@ pub enum SpillError {
     Io(#[from] rocksdb::Error),
     #[error("spill store holds a malformed record for key {0}")]
     Corrupt(u64),
+    #[error("spill store: {0}")]
+    Store(&'static str),
     /// The in-memory twin (`cold_memory::MemoryCold`) failed or was made to fail.
     #[error("spill store (in-memory twin): {0}")]
     Twin(&'static str),
@@ -83,10 +85,15 @@ impl Spill {
         opts.set_compression_type(DBCompressionType::Lz4);
         // Compaction and flushes run on RocksDB's own threads; keep them few beside pinned shards.
         opts.set_max_background_jobs(2);
-        let db = DB::open(&opts, dir).map_err(|source| SpillError::Open {
-            path: dir.to_owned(),
-            source,
-        })?;
+        // Opened by its column family's name: the crate hands out a handle (which the batched
+        // MultiGet needs) only for families named at open.
+        let db =
+            DB::open_cf(&opts, dir, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]).map_err(|source| {
+                SpillError::Open {
+                    path: dir.to_owned(),
+                    source,
+                }
+            })?;
         let mut writes = WriteOptions::default();
         writes.disable_wal(true);
         Ok(Self::on(
@@ -103,8 +110,18 @@ impl Spill {
         words: usize,
         restored_len: Option<u64>,
     ) -> Result<Self, SpillError> {
+        Self::open_memory_failing(dir, words, restored_len, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// The same with a switch that makes every write fail like a full disk (tests of the
+    /// moves' failure paths).
+    pub(crate) fn open_memory_failing(
+        dir: &Path,
+        words: usize,
+        restored_len: Option<u64>,
+        full: Arc<AtomicBool>,
+    ) -> Result<Self, SpillError> {
         clear_unless_restored(dir, restored_len)?;
-        let full = Arc::new(AtomicBool::new(false));
         let store = MemoryCold::open(dir, restored_len.is_some(), full)?;
         Ok(Self::on(Arc::new(store), words, restored_len))
     }
@@ -139,6 +156,31 @@ impl Spill {
         self.store.delete(key)?;
         self.len -= 1;
         Ok(())
+    }
+
+    /// The stored images of `keys` (ascending), in one batched read: `found(i, image)` for
+    /// each.
+    pub fn peek_many(&self, keys: &[u64], found: &mut FoundFn<'_>) -> Result<(), SpillError> {
+        if self.len == 0 {
+            return keys
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, _)| found(i, None));
+        }
+        self.store.peek_many(keys, found)
+    }
+
+    /// Write a cycle's spill moves at once: `puts` records leave the hot table, `deletes`
+    /// return to it (the batch holds both, in order).
+    pub fn write(&mut self, batch: &ColdBatch, puts: u64, deletes: u64) -> Result<(), SpillError> {
+        self.store.write(batch)?;
+        self.len = self.len + puts - deletes;
+        Ok(())
+    }
+
+    /// Bytes of one record's image.
+    pub fn image_bytes(&self) -> usize {
+        image_bytes(self.words)
     }
 
     /// The store, for the checkpoint writer thread.
@@ -205,6 +247,48 @@ impl ColdStore for RocksCold {
                 .map(Some)
                 .ok_or(SpillError::Corrupt(key)),
         }
+    }
+
+    /// RocksDB's batched MultiGet: the keys' index and filter lookups and block reads are
+    /// done together, per table file, instead of one full Get path per key. The crate
+    /// allocates a few arrays per call (per cycle with misses, not per event); so does the
+    /// key list here.
+    fn peek_many(&self, keys: &[u64], found: &mut FoundFn<'_>) -> Result<(), SpillError> {
+        let Some(cf) = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) else {
+            // Cannot happen: `open` names it.
+            return Err(SpillError::Store(
+                "RocksDB has no default column family handle",
+            ));
+        };
+        let be: Vec<[u8; 8]> = keys.iter().map(|k| k.to_be_bytes()).collect();
+        // Keys ascend, and so do their big-endian bytes: RocksDB may skip its own sort.
+        let sorted = keys.windows(2).all(|w| w[0] < w[1]);
+        for (i, v) in self
+            .db
+            .batched_multi_get_cf(&cf, &be, sorted)
+            .into_iter()
+            .enumerate()
+        {
+            found(i, v?.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// One write (one pass through RocksDB's write path and its mutex) for the cycle's spill
+    /// moves instead of one per put and delete. The crate's WriteBatch is consumed by the
+    /// write, so one is built per cycle with moves, sized to hold them.
+    fn write(&self, batch: &ColdBatch) -> Result<(), SpillError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = WriteBatch::with_capacity_bytes(batch.bytes_hint());
+        for (key, image) in batch.ops() {
+            match image {
+                Some(img) => b.put(key.to_be_bytes(), img),
+                None => b.delete(key.to_be_bytes()),
+            }
+        }
+        Ok(self.db.write_opt(b, &self.writes)?)
     }
 
     fn scan(&self, each: &mut ScanFn<'_>) -> Result<(), SpillError> {

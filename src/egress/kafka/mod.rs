@@ -277,6 +277,12 @@ impl KafkaSink {
     /// CString and the header list per record: allocations per record, not per event.
     pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency) {
         if !self.pending.is_empty() {
+            // Scores of events that waited for a cold read (`shard::cold_wait`) come after the
+            // cycle's others: regroup them under their input record, keeping each record's
+            // order per key (a stable sort, only when needed; it may take a buffer then).
+            if !self.pending.is_sorted_by_key(|(src, _)| *src) {
+                self.pending.sort_by_key(|(src, _)| *src);
+            }
             let emit_ns = clock::realtime_ns();
             for (_, p) in &mut self.pending {
                 p.score.latency_ns = emit_ns.saturating_sub(p.pickup_ns);
