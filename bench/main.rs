@@ -3,6 +3,7 @@
 //! with the floor it should be judged against. See bench/README.md.
 
 mod changelog;
+mod cold;
 mod floor;
 mod kafka;
 mod machine;
@@ -60,6 +61,25 @@ enum Command {
         /// Leave the state directory (OUT/state) in place, restorable by `sluice run`.
         #[arg(long)]
         keep: bool,
+    },
+    /// More keys than memory, no sockets: a state kept by `checkpoint --keep` (--state)
+    /// restored into one shard core, then --events single-event datagrams on --keys keys
+    /// (uniform or --zipf) fed in cycles of --cycle datagrams, for each --cold-wait setting in
+    /// turn (alternated --repeat times): the shard's time per event, its capacity.
+    Cold {
+        /// The kept state directory (OUT/state of `checkpoint --keep`).
+        #[arg(long)]
+        state: PathBuf,
+        /// Its hot capacity (as it was filled).
+        #[arg(long)]
+        hot: usize,
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Datagrams per cycle (what one receive pass takes).
+        #[arg(long, default_value_t = 16)]
+        cycle: usize,
+        #[arg(long, value_delimiter = ',', default_value = "0,256")]
+        cold_wait: Vec<usize>,
     },
     /// Through Kafka (a local noida-db broker): record append -> Score visible to a
     /// read_committed reader, for sluice and for a plain relay (the broker's floor) in the
@@ -228,6 +248,26 @@ fn main() -> anyhow::Result<()> {
             keep,
         } => {
             return state::run(a.keys, hot, rounds, churn, keep, &a.out, &a.sets);
+        }
+        Command::Cold {
+            state,
+            hot,
+            events,
+            cycle,
+            cold_wait,
+        } => {
+            return cold::run(&cold::ColdBench {
+                state_dir: &state,
+                hot,
+                keys: a.keys,
+                zipf: a.zipf,
+                events,
+                cycle,
+                waits: &cold_wait,
+                repeat: a.repeat,
+                out: &a.out,
+                sets: &a.sets,
+            });
         }
         Command::Scrape {
             scrape_shards,
@@ -489,6 +529,17 @@ fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run>
         "sluice", spec.rate, spec.batch, spec.keys, spec.zipf, a.shards, load,
     );
     run.internal_us = report.receive_to_emit.as_ref().map(report::percentiles_us);
+    if let Some(cold) = report
+        .receive_to_emit_cold_key
+        .as_ref()
+        .filter(|h| !h.is_empty())
+    {
+        run.internal_cold_key_us = Some(report::percentiles_us(cold));
+        run.internal_hot_key_us = report
+            .receive_to_emit_hot_key
+            .as_ref()
+            .map(report::percentiles_us);
+    }
     run.socket_drops = Some(report.socket_drops);
     eprintln!(
         "  sluice @ {}/s: p99 {:.1} us, lost {} ({} driver)",

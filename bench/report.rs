@@ -35,6 +35,10 @@ pub struct Run {
     pub latency_us: Vec<(f64, f64)>,
     /// sluice's own receive->emit histogram, microseconds (None for the floor).
     pub internal_us: Option<Vec<(f64, f64)>>,
+    /// The same split by whether the event's key was hot on arrival (with state.dir set;
+    /// None when no key was cold): what the cold keys cost the hot ones.
+    pub internal_hot_key_us: Option<Vec<(f64, f64)>>,
+    pub internal_cold_key_us: Option<Vec<(f64, f64)>>,
     /// Kernel socket drops inside sluice (SO_RXQ_OVFL), if measured.
     pub socket_drops: Option<u64>,
     #[serde(skip)]
@@ -85,6 +89,8 @@ impl Run {
             max_send_lag_us: l.max_send_lag.as_secs_f64() * 1e6,
             latency_us: percentiles_us(&l.latency),
             internal_us: None,
+            internal_hot_key_us: None,
+            internal_cold_key_us: None,
             socket_drops: None,
             histogram: l.latency,
         }
@@ -121,7 +127,9 @@ pub fn table(runs: &[&Run]) -> String {
         };
         let _ = write!(s, " {label:>9}");
     }
-    s.push_str("   (us, scheduled send -> reply)  | sluice inside: p50 p99\n");
+    s.push_str(
+        "   (us, scheduled send -> reply)  | sluice inside: p50 p99 (| split by key, if any was cold)\n",
+    );
     for r in runs {
         let _ = write!(
             s,
@@ -144,6 +152,21 @@ pub fn table(runs: &[&Run]) -> String {
                     .map_or(f64::NAN, |(_, v)| *v)
             };
             let _ = write!(s, "   | {:>7.1} {:>8.1}", at(50.0), at(99.0));
+        }
+        if let (Some(h), Some(c)) = (&r.internal_hot_key_us, &r.internal_cold_key_us) {
+            let at = |i: &[(f64, f64)], p: f64| {
+                i.iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or(f64::NAN, |(_, v)| *v)
+            };
+            let _ = write!(
+                s,
+                "   | hot keys {:.1} {:.1}, cold keys {:.1} {:.1}",
+                at(h, 50.0),
+                at(h, 99.0),
+                at(c, 50.0),
+                at(c, 99.0)
+            );
         }
         s.push('\n');
     }

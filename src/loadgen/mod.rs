@@ -9,7 +9,7 @@
 
 pub mod broker;
 pub mod kafka;
-mod keys;
+pub mod keys;
 pub mod rng;
 mod schedule;
 

@@ -1,0 +1,234 @@
+//! `sluice-bench cold`: what more keys than memory cost the shard itself, with no sockets and
+//! no generator competing for the CPUs. A state kept by `checkpoint --keep` is restored into
+//! one real `ShardCore` (RocksDB spill store, linear model unless --set says otherwise), then
+//! --events single-event datagrams on uniform (or --zipf) keys are fed in cycles of --cycle
+//! datagrams, each cycle timed from its first datagram to its end (`finish_cycle`: the
+//! batched cold read, scoring). Each --cold-wait setting is measured in turn, restored afresh
+//! each time, alternating --repeat times: the shard's time per event is its capacity
+//! (1 / time per event, on this CPU).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use sluice::config::Config;
+use sluice::egress::{PendingScore, ReplyTo};
+use sluice::infer::{build_primary, ShardModel};
+use sluice::ingest::Datagram;
+use sluice::loadgen::keys::KeyDist;
+use sluice::loadgen::rng::Rng;
+use sluice::metrics::ShardCounters;
+use sluice::route::Mesh;
+use sluice::shard::ShardCore;
+use sluice::state::checkpoint;
+use sluice::state::{KeyedState, Spill};
+use sluice::wire::{EventBatchEncoder, EventIn};
+
+pub struct ColdBench<'a> {
+    pub state_dir: &'a Path,
+    pub hot: usize,
+    pub keys: u64,
+    pub zipf: Option<f64>,
+    pub events: u64,
+    pub cycle: usize,
+    pub waits: &'a [usize],
+    pub repeat: usize,
+    pub out: &'a Path,
+    pub sets: &'a [String],
+}
+
+#[derive(Serialize)]
+struct ColdRun {
+    cold_wait_max: usize,
+    events: u64,
+    /// Events whose key was not hot on arrival.
+    cold_events: u64,
+    ns_per_event: f64,
+    /// Events per second one shard can take at that cost (on this CPU, nothing else on it).
+    capacity_per_s: f64,
+    cycle_p50_us: f64,
+    cycle_p99_us: f64,
+    cycle_max_us: f64,
+    /// CPU time of the whole process per event (user + system, every thread: the shard's and
+    /// RocksDB's flushes and compactions), which on a 2-CPU machine competes with the rest.
+    process_cpu_ns_per_event: f64,
+    restore_s: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: crate::machine::Machine,
+    command: String,
+    keys: u64,
+    hot_capacity: usize,
+    zipf: Option<f64>,
+    cycle_datagrams: usize,
+    runs: Vec<ColdRun>,
+}
+
+/// User + system CPU time of this process so far, every thread (ns).
+fn process_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec for the call's duration; the clock id is a
+    // constant every Linux has.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn percentile_us(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() - 1) as f64 * p / 100.0).round() as usize;
+    v[i] as f64 / 1000.0
+}
+
+pub fn run(b: &ColdBench<'_>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        b.state_dir.join("shard-0").join("checkpoints").exists(),
+        "{} holds no checkpoints: make one with `sluice-bench checkpoint --keys N --hot H --keep`",
+        b.state_dir.display()
+    );
+    // The datagrams, made once: the same keys in the same order for every run.
+    let dist = KeyDist::new(b.keys, b.zipf);
+    let mut rng = Rng::new(7);
+    let mut enc = EventBatchEncoder::new();
+    let datagrams: Vec<Vec<u8>> = (0..b.events)
+        .map(|seq| {
+            let key = dist.sample(&mut rng);
+            enc.encode(std::iter::once(EventIn {
+                key,
+                seq,
+                amount: 10.0,
+                ..EventIn::default()
+            }))
+            .to_vec()
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for round in 0..b.repeat {
+        for &wait in b.waits {
+            let r = measure(b, wait, &datagrams)?;
+            println!(
+                "  round {} cold_wait_max {:>4}: {:.2} us/event ({} of {} cold) = {:.0} events/s; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s",
+                round + 1,
+                wait,
+                r.ns_per_event / 1000.0,
+                r.cold_events,
+                r.events,
+                r.capacity_per_s,
+                r.process_cpu_ns_per_event / 1000.0,
+                r.cycle_p50_us,
+                r.cycle_p99_us,
+                r.cycle_max_us,
+                r.restore_s
+            );
+            runs.push(r);
+        }
+    }
+    let results = Results {
+        machine: crate::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        keys: b.keys,
+        hot_capacity: b.hot,
+        zipf: b.zipf,
+        cycle_datagrams: b.cycle,
+        runs,
+    };
+    std::fs::create_dir_all(b.out)?;
+    let path = b.out.join("cold.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+    println!("  wrote {}", path.display());
+    Ok(())
+}
+
+fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Result<ColdRun> {
+    let mut sets = vec![
+        format!("state.dir={}", b.state_dir.display()),
+        format!("state.hot_capacity={}", b.hot),
+        format!("state.cold_wait_max={wait}"),
+        "model.kind=linear".to_owned(),
+        "log.level=warn".to_owned(),
+    ];
+    sets.extend(b.sets.iter().cloned());
+    let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = config.feature_plan().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let words = plan.words();
+    let base = b.state_dir.join("shard-0");
+    let started = Instant::now();
+    let open =
+        |d: &Path, len: Option<u64>| Spill::open(d, config.state.spill_cache_bytes, words, len);
+    let (spill, point) = checkpoint::restore(
+        &base.join("checkpoints"),
+        &config.state_layout(1),
+        &base.join("spill"),
+        words,
+        open,
+    )?;
+    let point = point.context("no restorable checkpoint")?;
+    let mut state = KeyedState::with_plan(&config, plan, Some(spill));
+    checkpoint::load_records(&mut state, &point)?;
+    let restore_s = started.elapsed().as_secs_f64();
+
+    let counters = std::sync::Arc::new(ShardCounters::default());
+    let rings = Mesh::build(1, config.route.ring_capacity)
+        .into_iter()
+        .next()
+        .context("one shard's rings")?;
+    let model = ShardModel::new(&config, build_primary(&config, None)?, 1);
+    let mut core = ShardCore::new(0, 1, &config, rings, model, state, 0, counters);
+    let src = "127.0.0.1:9".parse()?;
+    // Event times near the fill's (processing time: the receive time is the event's).
+    let now = sluice::clock::realtime_ns();
+    let mut sink: Vec<(ReplyTo, PendingScore)> = Vec::with_capacity(b.cycle);
+    let mut cycles = Vec::with_capacity(datagrams.len() / b.cycle + 1);
+    let (mut scores, mut cold) = (0u64, 0u64);
+    let cpu0 = process_cpu_ns();
+    let t0 = Instant::now();
+    for chunk in datagrams.chunks(b.cycle) {
+        let c0 = Instant::now();
+        for d in chunk {
+            let dg = Datagram {
+                payload: d,
+                src,
+                recv_ns: now,
+                truncated: false,
+            };
+            core.on_datagram(dg, now, &mut sink);
+        }
+        core.finish_cycle(now, &mut sink);
+        cycles.push(c0.elapsed().as_nanos() as u64);
+        scores += sink.len() as u64;
+        cold += sink.iter().filter(|(_, p)| p.cold).count() as u64;
+        sink.clear();
+    }
+    let total = t0.elapsed().as_nanos() as f64;
+    let cpu = process_cpu_ns().saturating_sub(cpu0) as f64;
+    anyhow::ensure!(
+        scores == datagrams.len() as u64,
+        "{scores} Scores for {} events",
+        datagrams.len()
+    );
+    let ns_per_event = total / datagrams.len() as f64;
+    Ok(ColdRun {
+        cold_wait_max: wait,
+        events: datagrams.len() as u64,
+        cold_events: cold,
+        ns_per_event,
+        capacity_per_s: 1e9 / ns_per_event,
+        cycle_p50_us: percentile_us(&mut cycles, 50.0),
+        cycle_p99_us: percentile_us(&mut cycles, 99.0),
+        cycle_max_us: percentile_us(&mut cycles, 100.0),
+        process_cpu_ns_per_event: cpu / datagrams.len() as f64,
+        restore_s,
+    })
+}
