@@ -55,6 +55,12 @@ struct ColdRun {
     /// RocksDB's flushes and compactions), which on a 2-CPU machine competes with the rest.
     process_cpu_ns_per_event: f64,
     restore_s: f64,
+    /// Keys in the spill store at the end, and what they cost: RocksDB's memory besides the
+    /// hot table (table readers' index and filter blocks, memtables, block cache in use) and
+    /// the store's files on disk, per spilled key.
+    spilled_keys: u64,
+    spill_memory_bytes_per_key: f64,
+    spill_disk_bytes_per_key: f64,
 }
 
 #[derive(Serialize)]
@@ -119,7 +125,7 @@ pub fn run(b: &ColdBench<'_>) -> anyhow::Result<()> {
         for &wait in b.waits {
             let r = measure(b, wait, &datagrams)?;
             println!(
-                "  round {} cold_wait_max {:>4}: {:.2} us/event ({} of {} cold) = {:.0} events/s; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s",
+                "  round {} cold_wait_max {:>4}: {:.2} us/event ({} of {} cold) = {:.0} events/s; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s; {} spilled keys: {:.1} B each in RocksDB's memory, {:.1} B on disk",
                 round + 1,
                 wait,
                 r.ns_per_event / 1000.0,
@@ -130,7 +136,10 @@ pub fn run(b: &ColdBench<'_>) -> anyhow::Result<()> {
                 r.cycle_p50_us,
                 r.cycle_p99_us,
                 r.cycle_max_us,
-                r.restore_s
+                r.restore_s,
+                r.spilled_keys,
+                r.spill_memory_bytes_per_key,
+                r.spill_disk_bytes_per_key
             );
             runs.push(r);
         }
@@ -219,6 +228,9 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
         datagrams.len()
     );
     let ns_per_event = total / datagrams.len() as f64;
+    let spilled_keys = core.state().spilled_len().max(1);
+    let spill_memory = core.state().spill().map_or(0, Spill::memory_bytes);
+    let spill_disk = crate::state::dir_bytes(&base.join("spill"));
     Ok(ColdRun {
         cold_wait_max: wait,
         events: datagrams.len() as u64,
@@ -230,5 +242,8 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
         cycle_max_us: percentile_us(&mut cycles, 100.0),
         process_cpu_ns_per_event: cpu / datagrams.len() as f64,
         restore_s,
+        spilled_keys,
+        spill_memory_bytes_per_key: spill_memory as f64 / spilled_keys as f64,
+        spill_disk_bytes_per_key: spill_disk as f64 / spilled_keys as f64,
     })
 }

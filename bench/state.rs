@@ -68,7 +68,7 @@ struct StateResults {
     restored_keys: u64,
 }
 
-fn dir_bytes(p: &Path) -> u64 {
+pub fn dir_bytes(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| {
             rd.filter_map(Result::ok)

@@ -87,4 +87,9 @@ pub trait ColdStore: Send + Sync {
     /// Bytes a checkpoint writes besides the files it links (RocksDB's memtables): for the
     /// writer's free-space check.
     fn unflushed_bytes(&self) -> u64;
+    /// Memory the store holds for its records besides the hot table: RocksDB's table readers
+    /// (index and filter blocks), memtables and block cache in use. For reports, not per event.
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
 }

@@ -108,7 +108,7 @@ impl ColdStore for MemoryCold {
     fn peek(&self, key: u64, words: &mut [u64]) -> Result<Option<Record>, SpillError> {
         match self.map().get(&key) {
             None => Ok(None),
-            Some(img) => Record::read_image(img, words)
+            Some(img) => super::spill_image::unpack(key, img, words)
                 .map(Some)
                 .ok_or(SpillError::Corrupt(key)),
         }

@@ -14,6 +14,7 @@
 
 use super::cold::ColdBatch;
 use super::record::image_bytes;
+use super::spill_image;
 use super::{KeyedState, Record, StateError};
 
 /// One step of a batch, for the undo and the bookkeeping.
@@ -54,7 +55,7 @@ impl ColdReads {
             victims: Vec::with_capacity(max),
             victim_words: vec![0; max * words],
             steps: Vec::with_capacity(2 * max),
-            batch: ColdBatch::with_capacity(2 * max, image_bytes(words)),
+            batch: ColdBatch::with_capacity(2 * max, spill_image::packed_max(words)),
         }
     }
 
@@ -120,8 +121,12 @@ impl KeyedState {
                 let rec = match image {
                     None => None,
                     Some(b) => Some(
-                        Record::read_image(b, &mut found_words[i * words..(i + 1) * words])
-                            .ok_or(super::SpillError::Corrupt(keys[i]))?,
+                        spill_image::unpack(
+                            keys[i],
+                            b,
+                            &mut found_words[i * words..(i + 1) * words],
+                        )
+                        .ok_or(super::SpillError::Corrupt(keys[i]))?,
                     ),
                 };
                 found.push(rec);
@@ -139,7 +144,7 @@ impl KeyedState {
                     let w = &mut c.victim_words[j * words..(j + 1) * words];
                     let rec = self.hot.remove_slot(slot, w);
                     self.journal.absent(rec.key, image_bytes(words));
-                    c.batch.put(rec.key, |out| rec.append_image(w, out));
+                    c.batch.put(rec.key, |out| spill_image::pack(&rec, w, out));
                     c.victims.push(rec);
                     c.steps.push(Step::Evicted(j));
                     puts += 1;

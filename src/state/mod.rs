@@ -16,6 +16,7 @@ pub(crate) mod record;
 pub mod resident;
 pub mod snapshot;
 mod spill;
+pub(crate) mod spill_image;
 
 pub use hot_table::HotTable;
 pub use record::{image_bytes, Record, RECORD_BYTES};

@@ -17,6 +17,7 @@ use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBatch, 
 use super::cold::{ColdBatch, ColdStore, FoundFn, ScanFn};
 use super::cold_memory::MemoryCold;
 use super::record::{image_bytes, Record};
+use super::spill_image;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
@@ -131,7 +132,7 @@ impl Spill {
             store,
             len: restored_len.unwrap_or(0),
             words,
-            image: Vec::with_capacity(image_bytes(words)),
+            image: Vec::with_capacity(spill_image::packed_max(words)),
         }
     }
 
@@ -145,7 +146,7 @@ impl Spill {
 
     pub fn put(&mut self, rec: &Record, words: &[u64]) -> Result<(), SpillError> {
         self.image.clear();
-        rec.append_image(words, &mut self.image);
+        spill_image::pack(rec, words, &mut self.image);
         self.store.put(rec.key, &self.image)?;
         self.len += 1;
         Ok(())
@@ -178,9 +179,9 @@ impl Spill {
         Ok(())
     }
 
-    /// Bytes of one record's image.
-    pub fn image_bytes(&self) -> usize {
-        image_bytes(self.words)
+    /// See `ColdStore::memory_bytes`.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.memory_bytes()
     }
 
     /// The store, for the checkpoint writer thread.
@@ -202,9 +203,14 @@ impl Spill {
     /// (moving a partition's state), never per event.
     pub fn for_each_image(&self, mut f: impl FnMut(&Record, &[u8])) -> Result<(), SpillError> {
         let mut words = vec![0u64; self.words];
-        self.store.scan(&mut |key, image| {
-            let rec = Record::read_image(image, &mut words).ok_or(SpillError::Corrupt(key))?;
-            f(&rec, image);
+        let mut full = Vec::with_capacity(image_bytes(self.words));
+        self.store.scan(&mut |key, stored| {
+            let rec =
+                spill_image::unpack(key, stored, &mut words).ok_or(SpillError::Corrupt(key))?;
+            // Stored packed: handed on as a full image, as everything outside the store reads.
+            full.clear();
+            rec.append_image(&words, &mut full);
+            f(&rec, &full);
             Ok(())
         })
     }
@@ -243,7 +249,7 @@ impl ColdStore for RocksCold {
         // Pinned: no copy into a fresh Vec per lookup.
         match self.db.get_pinned(key.to_be_bytes())? {
             None => Ok(None),
-            Some(v) => Record::read_image(&v, words)
+            Some(v) => spill_image::unpack(key, &v, words)
                 .map(Some)
                 .ok_or(SpillError::Corrupt(key)),
         }
@@ -308,6 +314,17 @@ impl ColdStore for RocksCold {
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
         cp.create_checkpoint(dir)?;
         Ok(())
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        [
+            "rocksdb.estimate-table-readers-mem",
+            "rocksdb.cur-size-all-mem-tables",
+            "rocksdb.block-cache-usage",
+        ]
+        .iter()
+        .map(|&p| self.db.property_int_value(p).ok().flatten().unwrap_or(0))
+        .sum()
     }
 
     fn unflushed_bytes(&self) -> u64 {

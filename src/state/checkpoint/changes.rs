@@ -135,7 +135,7 @@ pub fn read_changes<E: From<CheckpointError>>(
                 if at_flip.contains_key(&key) || sent.contains(&key) {
                     continue;
                 }
-                each(Change::Put(&v))?;
+                each(Change::Put(&full_image(path, key, &v, words)?))?;
                 counts.puts += 1;
             }
         }
@@ -153,7 +153,9 @@ pub fn read_changes<E: From<CheckpointError>>(
             None => match &spill {
                 Some(db) => db
                     .get(key.to_be_bytes())
-                    .map_err(|e| corrupt(&format!("spill copy: {e}")))?,
+                    .map_err(|e| corrupt(&format!("spill copy: {e}")))?
+                    .map(|v| full_image(path, key, &v, words))
+                    .transpose()?,
                 None => None,
             },
         };
@@ -169,6 +171,25 @@ pub fn read_changes<E: From<CheckpointError>>(
         }
     }
     Ok(counts)
+}
+
+/// A spill store value (packed, `spill_image`) as the record image a changelog carries.
+fn full_image(
+    path: &Path,
+    key: u64,
+    stored: &[u8],
+    words: usize,
+) -> Result<Vec<u8>, CheckpointError> {
+    let mut w = vec![0u64; words];
+    let rec = crate::state::spill_image::unpack(key, stored, &mut w).ok_or_else(|| {
+        CheckpointError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("the spill copy holds a malformed record for key {key}"),
+        }
+    })?;
+    let mut img = Vec::with_capacity(image_bytes(words));
+    rec.append_image(&w, &mut img);
+    Ok(img)
 }
 
 /// The checkpoint's copy of the spill store, read-only (None: the shard had no spill store, so
