@@ -86,6 +86,8 @@ struct Totals {
     ttl_seeds: u64,
     /// Seeds whose misses waited for batched cold reads (`state.cold_wait_max` > 0).
     cold_wait_seeds: u64,
+    /// Events waiting for a batched cold read when a crash took them (then replayed).
+    waiting_lost: u64,
     transactions: u64,
     scores_committed: u64,
 }
@@ -110,6 +112,7 @@ impl Totals {
         self.kafka_seeds += u64::from(r.kafka);
         self.ttl_seeds += u64::from(r.ttl_ms > 0);
         self.cold_wait_seeds += u64::from(r.cold_wait_max > 0);
+        self.waiting_lost += r.waiting_lost;
         self.transactions += r.transactions;
         self.scores_committed += r.scores_committed;
     }

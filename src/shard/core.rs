@@ -576,6 +576,11 @@ impl ShardCore {
         );
     }
 
+    /// Events parked for this cycle's batched cold read (`state.cold_wait_max`).
+    pub fn waiting_for_cold(&self) -> usize {
+        self.owner.cold_wait.events.len()
+    }
+
     /// Backpressure: is the shard holding events it could not hand on? (It must not receive
     /// more until they are.)
     pub fn is_stalled(&self) -> bool {

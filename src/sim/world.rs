@@ -88,6 +88,8 @@ pub struct SeedReport {
     pub duplicates: u64,
     /// Spills and reloads through the cold store.
     pub spills: u64,
+    /// Events that were waiting for a batched cold read when a crash took them (replayed).
+    pub waiting_lost: u64,
     /// Keys expired (TTL): restarted by their next event or swept.
     pub expired: u64,
     /// Longest checkpoint chain a restore read.
@@ -171,6 +173,10 @@ struct Node {
     counters: Arc<ShardCounters>,
     /// Kafka mode: the shard's partitions and open transaction.
     txn: Txn,
+    /// UDP mode: the shard's cycle is left open (events on cold keys may wait for its
+    /// batched cold read), so a crash can take them; closed before a checkpoint tick, as the
+    /// shard's loop does.
+    open: bool,
 }
 
 /// Step weights (out of their sum).
@@ -550,6 +556,7 @@ impl World {
                 cp,
                 counters,
                 txn,
+                open: false,
             });
         }
         self.nodes = nodes;
@@ -737,6 +744,11 @@ impl World {
             self.drain(id)
         } else if pick < W_SEND + W_DRAIN + W_TICK {
             let node = &mut self.nodes[id];
+            if node.open {
+                node.core.finish_cycle(self.now, &mut self.sink);
+                node.open = false;
+                self.sink.clear();
+            }
             let max = node.core.max_event_ns();
             node.cp.tick(self.now, node.core.state_mut(), max);
             self.outcome(id);
@@ -779,9 +791,17 @@ impl World {
             recv_ns: self.now,
             truncated: false,
         };
+        // A quarter of the sends leave the cycle open, drawn from the seed and step rather
+        // than the rng so that seeds keep the draws they had before this was added.
+        let leave_open = route::mix64(self.seed ^ self.step ^ 0x09E1) % 4 == 0;
         let node = &mut self.nodes[ingest];
         node.core.on_datagram(dg, self.now, &mut self.sink);
-        node.core.finish_cycle(self.now, &mut self.sink);
+        if leave_open {
+            node.open = true;
+        } else {
+            node.core.finish_cycle(self.now, &mut self.sink);
+            node.open = false;
+        }
         self.sink.clear();
         self.refused(ingest)
     }
@@ -793,6 +813,7 @@ impl World {
         node.core.retry_stalled();
         let n = node.core.drain_inbound(max, &mut self.sink);
         node.core.finish_cycle(self.now, &mut self.sink);
+        node.open = false;
         self.sink.clear();
         self.mix(n as u64);
         self.refused(id)
@@ -819,7 +840,7 @@ impl World {
             let busy = self
                 .nodes
                 .iter()
-                .any(|n| n.core.is_stalled() || !n.core.inbound_is_empty());
+                .any(|n| n.open || n.core.is_stalled() || !n.core.inbound_is_empty());
             if !busy {
                 return Ok(());
             }

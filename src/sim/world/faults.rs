@@ -86,6 +86,7 @@ impl World {
     /// The process ends (a crash or a stop): its counters go into the report.
     pub(super) fn stop(&mut self) {
         for n in &self.nodes {
+            self.report.waiting_lost += n.core.waiting_for_cold() as u64;
             let s = &n.core.state().stats;
             self.report.spills += s.spills + s.reloads;
             self.report.expired += s.expired;
