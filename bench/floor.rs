@@ -26,11 +26,9 @@ impl Floor {
         wire: sluice::config::Wire,
         rcvbuf_bytes: usize,
         spin: bool,
+        ip: std::net::IpAddr,
     ) -> anyhow::Result<Self> {
-        let (sock, _) = sluice::ingest::udp::bind_reuseport(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            rcvbuf_bytes,
-        )?;
+        let (sock, _) = sluice::ingest::udp::bind_reuseport(SocketAddr::new(ip, 0), rcvbuf_bytes)?;
         if spin {
             sock.set_nonblocking(true)?;
         } else {

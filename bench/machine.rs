@@ -91,3 +91,40 @@ pub fn describe() -> Machine {
         },
     }
 }
+
+/// Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// Busy time of the whole machine so far (every CPU; everything but idle and iowait in
+/// /proc/stat), seconds: softirq work on any CPU counts, which a per-thread figure misses.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle) as f64 / TICKS_PER_S)
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`,
+/// seconds (e.g. "sluice-shard": the shards' own cores).
+pub fn threads_cpu_s(prefix: &str) -> Option<f64> {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the ")" that ends comm: state is 3rd, utime 14th, stime 15th.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / TICKS_PER_S)
+}

@@ -24,6 +24,7 @@ use serde::Serialize;
 use report::Run;
 use sluice::config::Config;
 use sluice::loadgen::{self, LoadSpec};
+use sluice::testing::veth::{self, VethPair};
 
 #[derive(Parser)]
 #[command(
@@ -199,6 +200,11 @@ struct Args {
     /// Output directory for results.json, *.hgrm and latency.svg.
     #[arg(long, default_value = "bench/results/latest", global = true)]
     out: PathBuf,
+    /// sluice (or the floor) in one network namespace and the generator in another, joined by
+    /// a single-queue veth pair (root): the setup the AF_XDP driver is measured on. sluice
+    /// listens on 169.254.7.1 (interface xr); add --set ingest.udp.driver=af_xdp to use it.
+    #[arg(long, global = true)]
+    veth: bool,
     /// sluice config overrides (section.key=value), after the harness's own.
     #[arg(long = "set", global = true)]
     sets: Vec<String>,
@@ -340,8 +346,19 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let (service_cpus, generator_cpus) = machine::split_cpus(a.shards)?;
+    let veth = if a.veth {
+        Some(VethPair::new().map_err(|e| anyhow::anyhow!("--veth: {e}"))?)
+    } else {
+        None
+    };
+    let service_ip: std::net::IpAddr = if a.veth {
+        veth::RX_IP.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
     let mut sets = vec![
-        "ingest.udp.listen=127.0.0.1:0".to_owned(),
+        format!("ingest.udp.listen={service_ip}:0"),
+        format!("ingest.udp.interface={}", veth::RX_IF),
         format!("shards.cores={service_cpus:?}"),
         // The generator's CPUs stand for the clients' machines: sluice's helper threads stay
         // on the service's (measured on the 2-vCPU VM, helpers beside the generator took the
@@ -373,7 +390,12 @@ fn main() -> anyhow::Result<()> {
         senders: a.senders,
         cpus: generator_cpus.clone(),
         drain: Duration::from_secs(1),
+        bind: a.veth.then_some(veth::TX_IP.into()),
         ..LoadSpec::default()
+    };
+    let place = Place {
+        veth: veth.as_ref(),
+        service_ip,
     };
     let mut runs = Vec::new();
     let mut sweep = None;
@@ -388,14 +410,14 @@ fn main() -> anyhow::Result<()> {
         if do_sluice {
             (s.sluice_max_events_per_s, s.sluice_first_miss_events_per_s) = sweep::find_max(
                 &sweep::Bounds::from(&a),
-                |rate| run_sluice(&config, &spec_at(rate), &a),
+                |rate| run_sluice(&config, &spec_at(rate), &a, &place),
                 &mut runs,
             )?;
         }
         if do_floor {
             (s.floor_max_events_per_s, s.floor_first_miss_events_per_s) = sweep::find_max(
                 &sweep::Bounds::from(&a),
-                |rate| run_floor(&config, &spec_at(rate), &a, service_cpus[0]),
+                |rate| run_floor(&config, &spec_at(rate), &a, service_cpus[0], &place),
                 &mut runs,
             )?;
         }
@@ -403,10 +425,16 @@ fn main() -> anyhow::Result<()> {
     } else {
         for _ in 0..a.repeat.max(1) {
             if do_sluice {
-                runs.push(run_sluice(&config, &spec_at(a.rate), &a)?);
+                runs.push(run_sluice(&config, &spec_at(a.rate), &a, &place)?);
             }
             if do_floor {
-                runs.push(run_floor(&config, &spec_at(a.rate), &a, service_cpus[0])?);
+                runs.push(run_floor(
+                    &config,
+                    &spec_at(a.rate),
+                    &a,
+                    service_cpus[0],
+                    &place,
+                )?);
             }
         }
     }
@@ -515,19 +543,54 @@ fn settle(a: &Args) {
     }
 }
 
-fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run> {
+/// Where the service and the generator run: one network namespace, or (--veth) two.
+struct Place<'a> {
+    veth: Option<&'a VethPair>,
+    service_ip: std::net::IpAddr,
+}
+
+impl Place<'_> {
+    /// `f` where the service runs (its threads are born in that namespace).
+    fn service<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        match self.veth {
+            Some(v) => v.in_rx(f).map_err(|e| anyhow::anyhow!(e)),
+            None => Ok(f()),
+        }
+    }
+
+    fn generator<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        match self.veth {
+            Some(v) => v.in_tx(f).map_err(|e| anyhow::anyhow!(e)),
+            None => Ok(f()),
+        }
+    }
+}
+
+fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args, place: &Place) -> anyhow::Result<Run> {
     settle(a);
-    let running = sluice::app::start(config)?;
+    let running = place.service(|| sluice::app::start(config))??;
     let spec = LoadSpec {
         target: running.local_addr,
         ..spec.clone()
     };
-    let load = loadgen::run(&spec);
+    let (machine0, shards0) = (
+        machine::machine_busy_s(),
+        machine::threads_cpu_s("sluice-shard"),
+    );
+    let load = place.generator(|| loadgen::run(&spec))?;
+    let (machine1, shards1) = (
+        machine::machine_busy_s(),
+        machine::threads_cpu_s("sluice-shard"),
+    );
     let report = running.stop()?;
     let load = load?;
+    let datagrams = load.sent_datagrams.max(1) as f64;
     let mut run = Run::from_load(
         "sluice", spec.rate, spec.batch, spec.keys, spec.zipf, a.shards, load,
     );
+    let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1e6 / datagrams);
+    run.shard_cpu_us_per_datagram = per(shards0, shards1);
+    run.machine_cpu_us_per_datagram = per(machine0, machine1);
     run.internal_us = report.receive_to_emit.as_ref().map(report::percentiles_us);
     if let Some(cold) = report
         .receive_to_emit_cold_key
@@ -542,29 +605,40 @@ fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args) -> anyhow::Result<Run>
     }
     run.socket_drops = Some(report.socket_drops);
     eprintln!(
-        "  sluice @ {}/s: p99 {:.1} us, lost {} ({} driver)",
+        "  sluice @ {}/s: p99 {:.1} us, lost {} ({} driver; CPU per datagram: shards {:.2} us, machine {:.2} us)",
         spec.rate,
         run.p(99.0),
         run.lost,
-        report.driver
+        report.driver,
+        run.shard_cpu_us_per_datagram.unwrap_or(f64::NAN),
+        run.machine_cpu_us_per_datagram.unwrap_or(f64::NAN)
     );
     Ok(run)
 }
 
-fn run_floor(config: &Config, spec: &LoadSpec, a: &Args, cpu: usize) -> anyhow::Result<Run> {
+fn run_floor(
+    config: &Config,
+    spec: &LoadSpec,
+    a: &Args,
+    cpu: usize,
+    place: &Place,
+) -> anyhow::Result<Run> {
     settle(a);
-    let floor = floor::Floor::start(
-        Some(cpu),
-        config.wire.clone(),
-        config.ingest.udp.socket_rcvbuf_bytes,
-        a.floor_spin,
-    )?;
+    let floor = place.service(|| {
+        floor::Floor::start(
+            Some(cpu),
+            config.wire.clone(),
+            config.ingest.udp.socket_rcvbuf_bytes,
+            a.floor_spin,
+            place.service_ip,
+        )
+    })??;
     let spec = LoadSpec {
         target: floor.addr,
         check_counts: false,
         ..spec.clone()
     };
-    let load = loadgen::run(&spec);
+    let load = place.generator(|| loadgen::run(&spec))?;
     floor.stop()?;
     let run = Run::from_load(
         "floor", spec.rate, spec.batch, spec.keys, spec.zipf, a.shards, load?,

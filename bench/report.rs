@@ -41,6 +41,10 @@ pub struct Run {
     pub internal_cold_key_us: Option<Vec<(f64, f64)>>,
     /// Kernel socket drops inside sluice (SO_RXQ_OVFL), if measured.
     pub socket_drops: Option<u64>,
+    /// CPU per datagram sent, microseconds, over the load (warm-up included): the shards'
+    /// threads only, and the whole machine (generator, softirq work on every CPU, spinning).
+    pub shard_cpu_us_per_datagram: Option<f64>,
+    pub machine_cpu_us_per_datagram: Option<f64>,
     #[serde(skip)]
     pub histogram: Histogram<u64>,
 }
@@ -91,6 +95,8 @@ impl Run {
             internal_us: None,
             internal_hot_key_us: None,
             internal_cold_key_us: None,
+            shard_cpu_us_per_datagram: None,
+            machine_cpu_us_per_datagram: None,
             socket_drops: None,
             histogram: l.latency,
         }

@@ -358,6 +358,45 @@ fn native_target(input: &[u8]) -> u64 {
     })
 }
 
+/// Raw frames through the AF_XDP receiver's parser: never a panic, a payload inside the frame,
+/// and the same answer with the UDP checksum check on as off unless the answer is the checksum.
+fn frame_target(input: &[u8]) -> u64 {
+    use sluice::ingest::xdp::frame::{parse, FrameError};
+    let checked = parse(input, true);
+    let unchecked = parse(input, false);
+    match (&checked, &unchecked) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the checksum check changed a parse"),
+        (Err(FrameError::BadChecksum), _) => {}
+        (a, b) => assert_eq!(a, b, "the UDP checksum check changed a refusal"),
+    }
+    match checked {
+        Ok(udp) => {
+            assert!(udp.payload.end <= input.len() && udp.payload.start <= udp.payload.end);
+            1 + u64::from(udp.src.is_ipv6())
+        }
+        Err(e) => 10 + e.index() as u64,
+    }
+}
+
+fn frame_seeds() -> Vec<Vec<u8>> {
+    use sluice::ingest::xdp::frame::encode;
+    let macs = ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
+    let pairs: [(&str, &str); 2] = [
+        ("169.254.7.2:40000", "169.254.7.1:7600"),
+        ("[fe80::2]:40000", "[fe80::1]:7600"),
+    ];
+    let mut seeds = Vec::new();
+    for (src, dst) in pairs {
+        let (Ok(src), Ok(dst)) = (src.parse(), dst.parse()) else {
+            continue;
+        };
+        for vlan in [&[][..], &[7], &[1, 2]] {
+            seeds.push(encode(macs, vlan, src, dst, b"\x10\x00\x00\x00sluice"));
+        }
+    }
+    seeds
+}
+
 fn targets() -> Vec<(&'static str, Target)> {
     vec![
         ("decode", decode_target()),
@@ -369,6 +408,7 @@ fn targets() -> Vec<(&'static str, Target)> {
         ("admin", admin_target),
         ("model", model_target),
         ("native", native_target),
+        ("frame", frame_target),
     ]
 }
 
@@ -461,6 +501,7 @@ fn decode_seeds() -> Vec<Vec<u8>> {
 fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "decode" => decode_seeds(),
+        "frame" => frame_seeds(),
         "config" => vec![
             sluice::config::DEFAULTS_TOML.as_bytes().to_vec(),
             include_bytes!("../systemd/sluice.toml").to_vec(),

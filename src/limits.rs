@@ -41,6 +41,8 @@ pub const SHARDS_MAX: usize = 256;
 pub const RING_CAPACITY_MAX: usize = 1 << 20;
 /// Provided buffers in one io_uring buffer ring (the kernel's limit is 32768).
 pub const URING_BUFFERS_MAX: usize = 32_768;
+/// UMEM frames (and fill/RX ring entries) of one AF_XDP socket.
+pub const XDP_FRAMES_MAX: usize = 32_768;
 /// Messages per recvmmsg/sendmmsg call.
 pub const MMSG_BATCH_MAX: usize = 1_024;
 /// Hot-state records per shard.

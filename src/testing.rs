@@ -1,4 +1,7 @@
-//! Helpers for tests and fuzzing that craft bad input on purpose. Not used by the service.
+//! Helpers for tests and fuzzing that craft bad input on purpose, and the veth pair the AF_XDP
+//! tests and benchmark run on. Not used by the service.
+
+pub mod veth;
 
 /// Byte offset of the `events` vector's length in a valid EventBatch buffer, found the way a
 /// reader walks it (root offset -> table -> vtable -> field -> vector), so a test can make the

@@ -234,6 +234,59 @@ fn check_json_reports_every_setting_and_skips_what_the_host_lacks() {
 }
 
 #[test]
+fn check_reports_what_af_xdp_needs_only_when_it_is_the_driver() {
+    let root = fake_host("xdp");
+    let r = root.to_str().unwrap();
+    let settings = |sets: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "host",
+            "check",
+            "--json",
+            "--root",
+            r,
+            "--set",
+            "shards.cores=[1,2]",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = sluice(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", text(&out));
+        });
+        v["settings"].as_array().unwrap().clone()
+    };
+    let find =
+        |all: &[serde_json::Value], name: &str| all.iter().find(|s| s["name"] == name).cloned();
+    let plain = settings(&[]);
+    assert!(find(&plain, "af_xdp interface and queues").is_none());
+    let xdp = ["ingest.udp.driver=af_xdp", "ingest.udp.interface=eth1"];
+    let with = settings(&xdp);
+    let iface = find(&with, "af_xdp interface and queues").expect("af_xdp checked");
+    assert_eq!(iface["ok"], true, "{iface}");
+    assert!(find(&with, "sysctl net.core.bpf_jit_enable").is_some());
+    let dropin = find(&with, "af_xdp capabilities drop-in").unwrap();
+    assert_eq!(
+        dropin["ok"], false,
+        "the fake host has no drop-in: {dropin}"
+    );
+    // More queues than the NIC has, and a missing interface: both reported.
+    let many = settings(&[xdp[0], xdp[1], "ingest.udp.queues=[0, 63]"]);
+    assert_eq!(
+        find(&many, "af_xdp interface and queues").unwrap()["ok"],
+        false
+    );
+    let none = settings(&[xdp[0], "ingest.udp.interface=eth9"]);
+    let none = find(&none, "af_xdp interface and queues").unwrap();
+    assert_eq!(none["ok"], false);
+    assert!(
+        none["current"].as_str().unwrap().contains("no interface"),
+        "{none}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn bad_input_is_a_clear_error_and_nothing_is_half_applied() {
     let root = fake_host("bad");
     let r = root.to_str().unwrap();

@@ -49,6 +49,29 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// af_xdp: a raw frame to a datagram (headers, lengths, IPv4 and UDP checksums).
+fn frame_parse(c: &mut Criterion) {
+    use sluice::ingest::xdp::frame;
+    let mut g = c.benchmark_group("xdp_frame_parse");
+    for events in [1usize, 16] {
+        let payload = batch_bytes(events, &[]);
+        let f = frame::encode(
+            ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]),
+            &[],
+            "169.254.7.2:40000".parse().unwrap(),
+            "169.254.7.1:7600".parse().unwrap(),
+            &payload,
+        );
+        let got = frame::parse(&f, true).unwrap();
+        assert_eq!(&f[got.payload.clone()], &payload[..]);
+        g.throughput(Throughput::Bytes(f.len() as u64));
+        g.bench_function(format!("{}B_checksummed", f.len()), |b| {
+            b.iter(|| frame::parse(black_box(&f), true).map(|u| u.payload.len()))
+        });
+    }
+    g.finish();
+}
+
 fn route(c: &mut Criterion) {
     let keys: Vec<u64> = (0..1024u64)
         .map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -249,6 +272,7 @@ fn live_histogram(c: &mut Criterion) {
 criterion_group!(
     benches,
     decode,
+    frame_parse,
     route,
     state,
     features_and_score,

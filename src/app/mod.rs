@@ -16,6 +16,7 @@ use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
 use crate::ingest::kafka::{KafkaError, PartitionGauges};
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
+use crate::ingest::xdp::XdpReceiver;
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
@@ -28,7 +29,9 @@ use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
 mod kafka_part;
+mod xdp_part;
 use kafka_part::KafkaPart;
+pub use xdp_part::XdpStartError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -51,6 +54,8 @@ pub enum AppError {
     StateDir(String),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error("ingest.udp.driver = af_xdp: {0}")]
+    Xdp(#[from] XdpStartError),
     #[error("admin socket {path}: {source}")]
     Admin {
         path: String,
@@ -75,6 +80,9 @@ pub struct Running {
     /// Every consumed Kafka partition's position and watermark (none without Kafka, or
     /// before the brokers first answered).
     kafka_partitions: PartitionGauges,
+    /// af_xdp: the attached XDP program (detached when this drops, or when the process ends
+    /// in any way: its link is a file descriptor).
+    _xdp: Option<crate::ingest::xdp::XdpProgram>,
 }
 
 impl Running {
@@ -238,6 +246,14 @@ pub fn start_with_progress(
         }
         sockets.push(sock);
     }
+    // af_xdp: the program goes on once the port is known (the first bind may pick it).
+    let (xdp, xsks) = if driver == Driver::AfXdp {
+        let (program, xsks) = xdp_part::open(config, shards, local_addr)?;
+        (Some(program), xsks.into_iter().map(Some).collect())
+    } else {
+        (None, (0..shards).map(|_| None).collect::<Vec<_>>())
+    };
+    let mut xsks = xsks.into_iter();
 
     // Models load now, in this thread: a missing runtime or a bad model file stops start-up
     // with its reason before any socket is served.
@@ -315,6 +331,7 @@ pub fn start_with_progress(
                 model_link,
                 kafka,
                 helpers: helpers.clone(),
+                xsk: xsks.next().flatten(),
             },
         )
         .collect();
@@ -401,6 +418,7 @@ pub fn start_with_progress(
         helpers: threads_helping,
         helper_cpus: helpers,
         kafka_partitions,
+        _xdp: xdp,
     };
     let mut failures = Vec::new();
     let (mut answered, mut ready) = (0, 0);
@@ -520,6 +538,8 @@ struct ShardSeed {
     kafka: KafkaPart,
     /// The CPUs its helper threads start on (`topology::helper_cpus`).
     helpers: Vec<usize>,
+    /// af_xdp: its AF_XDP socket, bound to its receive queue.
+    xsk: Option<crate::ingest::xdp::Xsk>,
 }
 
 fn build_shard(
@@ -539,6 +559,7 @@ fn build_shard(
         model_link,
         kafka,
         helpers,
+        xsk,
     } = seed;
     if config.shards.pin {
         topology::pin_current(placement.cpu)?;
@@ -560,6 +581,22 @@ fn build_shard(
             udp.batch_datagrams_max,
             config.wire.datagram_bytes_max,
         ))),
+        Driver::AfXdp => {
+            let xsk =
+                xsk.ok_or_else(|| IngestError::Xdp("the shard has no AF_XDP socket".into()))?;
+            // The UDP socket beside it: what the program leaves to the kernel arrives there.
+            let kernel = MmsgReceiver::new(
+                sock,
+                udp.batch_datagrams_max,
+                config.wire.datagram_bytes_max,
+            );
+            UdpReceiver::AfXdp(Box::new(XdpReceiver::new(
+                xsk,
+                kernel,
+                config.wire.datagram_bytes_max,
+                udp.xdp_check_udp_checksum,
+            )))
+        }
     };
     let (target, layout) = match &kafka {
         KafkaPart::Dealt(k) => (k.target, KafkaLayout::Dealt(k)),

@@ -10,6 +10,7 @@
 mod overlay;
 mod validate;
 pub mod validate_kafka;
+mod validate_xdp;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -182,6 +183,16 @@ pub enum UdpDriver {
     Auto,
     IoUring,
     Recvmmsg,
+    AfXdp,
+}
+
+/// `ingest.udp.xdp_mode`: how the XDP program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpAttach {
+    Auto,
+    Native,
+    Generic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +203,13 @@ pub struct Udp {
     pub uring_buffers: usize,
     pub batch_datagrams_max: usize,
     pub shed_after_ms: u64,
+    pub interface: String,
+    pub queues: Vec<u32>,
+    pub xdp_mode: XdpAttach,
+    pub xdp_frames: usize,
+    pub xdp_frame_bytes: usize,
+    pub xdp_zero_copy: bool,
+    pub xdp_check_udp_checksum: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -588,5 +606,43 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 2, "{:?}", err.problems);
+    }
+
+    #[test]
+    fn af_xdp_settings_are_checked_only_when_it_is_chosen_and_all_at_once() {
+        let bad = [
+            "ingest.udp.xdp_frames=1000".to_owned(),
+            "ingest.udp.xdp_frame_bytes=1500".to_owned(),
+            "shards.count=2".to_owned(),
+            "ingest.udp.queues=[3, 3, 300]".to_owned(),
+        ];
+        assert!(
+            Config::from_layers(None, &bad).is_ok(),
+            "not af_xdp: not checked"
+        );
+        let mut with = bad.to_vec();
+        with.push("ingest.udp.driver=af_xdp".to_owned());
+        let err = Config::from_layers(None, &with).unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "needs ingest.udp.interface",
+            "xdp_frames = 1000",
+            "xdp_frame_bytes = 1500",
+            "lists 3 queue(s) for 2 shard(s)",
+            "queue 300 is beyond",
+            "queue 3 twice",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let good = Config::from_layers(
+            None,
+            &[
+                "ingest.udp.driver=af_xdp".into(),
+                "ingest.udp.interface=eth0".into(),
+                "ingest.udp.xdp_mode=generic".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(good.ingest.udp.xdp_mode, XdpAttach::Generic);
     }
 }

@@ -296,6 +296,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     super::validate_kafka::validate(c, &mut p);
+    super::validate_xdp::validate(c, &mut p);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         p.push(format!("log.level = {:?}: {e}", c.log.level));
     }

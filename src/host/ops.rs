@@ -242,6 +242,9 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
     ));
     nic_ops(root, f, &mut ops);
     ops.push(numa_placement(f));
+    if config.ingest.udp.driver == crate::config::UdpDriver::AfXdp {
+        xdp_ops(config, root, f, &mut ops);
+    }
     let name = "systemd placement drop-in";
     let why = "the service's helper threads and memory match the shard map";
     let dropin = "/etc/systemd/system/sluice.service.d/50-sluice-placement.conf";
@@ -261,6 +264,63 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
         ));
     }
     ops
+}
+
+/// What `ingest.udp.driver = af_xdp` needs of the host: the interface with a receive queue per
+/// shard, the BPF JIT, and the capabilities drop-in the plain unit does not have.
+fn xdp_ops(config: &Config, root: &Root, f: &Facts, ops: &mut Vec<Op>) {
+    let udp = &config.ingest.udp;
+    let iface = &udp.interface;
+    let queues_needed = udp
+        .queues
+        .iter()
+        .map(|q| *q as usize + 1)
+        .max()
+        .unwrap_or(f.shard_cpus.len());
+    let present = !iface.is_empty() && root.exists(&format!("/sys/class/net/{iface}"));
+    let rx = root
+        .list(&format!("/sys/class/net/{iface}/queues"))
+        .iter()
+        .filter(|q| q.starts_with("rx-"))
+        .count();
+    ops.push(Op {
+        name: "af_xdp interface and queues".into(),
+        target: Target::Inspect,
+        want: Want::Inspect {
+            current: if present {
+                format!("{iface}: {rx} receive queue(s)")
+            } else {
+                format!("no interface {iface:?}")
+            },
+            wanted: format!(
+                "{iface:?} with at least {queues_needed} receive queue(s) (ingest.udp.queues, or one per shard); apply cannot"
+            ),
+            ok: present && rx >= queues_needed,
+        },
+        why: "each shard's AF_XDP socket binds its own receive queue".into(),
+        skip: None,
+    });
+    ops.push(sysctl(
+        "net.core.bpf_jit_enable",
+        Want::AtLeast(1),
+        "the XDP program runs compiled, not interpreted, on every frame",
+    ));
+    let dropin = "/etc/systemd/system/sluice.service.d/af-xdp.conf";
+    ops.push(Op {
+        name: "af_xdp capabilities drop-in".into(),
+        target: Target::Inspect,
+        want: Want::Inspect {
+            current: if root.exists(dropin) {
+                format!("{dropin} present")
+            } else {
+                format!("{dropin} missing")
+            },
+            wanted: "installed from /usr/local/share/doc/sluice/sluice-af-xdp.conf (CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK); apply cannot".into(),
+            ok: root.exists(dropin),
+        },
+        why: "the unit grants no capability; AF_XDP needs four (README, AF_XDP)".into(),
+        skip: None,
+    });
 }
 
 fn dropin_text(f: &Facts) -> String {
@@ -430,6 +490,14 @@ fn nic_ops(root: &Root, f: &Facts, ops: &mut Vec<Op>) {
             "RSS flow hash udp4",
             why,
             "ethtool is not installed".into(),
+        ));
+    } else if super::ethtool::read_udp4_hash(nic).is_ok_and(|h| h.is_empty()) {
+        // A NIC that hashes UDP on no field ("None": virtio's, one queue) takes `-N` without
+        // an error and still reports None: there is nothing to steer, so nothing to check.
+        ops.push(skipped(
+            "RSS flow hash udp4",
+            why,
+            format!("{nic} reports no RSS hash for UDP (one queue, or a virtual NIC)"),
         ));
     } else {
         ops.push(Op {

@@ -1,10 +1,12 @@
 //! Receiving datagrams: the edge where bytes enter. `udp` owns sockets and the kernel
-//! interfaces (io_uring, recvmmsg); `kafka` owns each shard's consumer of the partitions it owns.
+//! interfaces (io_uring, recvmmsg); `xdp` the kernel-bypass path (an XDP program and AF_XDP
+//! sockets); `kafka` owns each shard's consumer of the partitions it owns.
 // Reached by the network and Kafka: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 pub mod kafka;
 pub mod udp;
+pub mod xdp;
 
 use std::net::SocketAddr;
 
@@ -34,6 +36,8 @@ pub enum IngestError {
     },
     #[error("recvmmsg: {0}")]
     Recvmmsg(std::io::Error),
+    #[error("af_xdp: {0}")]
+    Xdp(String),
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("{0}")]

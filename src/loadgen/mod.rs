@@ -64,6 +64,8 @@ pub struct LoadSpec {
     /// Check each reply's per-key `count` (off for a stateless responder such as the floor).
     pub check_counts: bool,
     pub seed: u64,
+    /// Address the generator's sockets bind (None: loopback of the target's family).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for LoadSpec {
@@ -85,6 +87,7 @@ impl Default for LoadSpec {
             features: 0,
             check_counts: true,
             seed: 1,
+            bind: None,
         }
     }
 }
@@ -173,10 +176,10 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     let schedule = Schedule::new(spec.rate, spec.duration, spec.batch, spec.then);
     let datagrams = schedule.datagrams();
     let events = datagrams * spec.batch as u64;
-    let bind = if spec.target.is_ipv4() {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-    } else {
-        "[::1]:0".parse()?
+    let bind = match spec.bind {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if spec.target.is_ipv4() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        None => "[::1]:0".parse()?,
     };
     let sockets: Vec<UdpSocket> = (0..sockets_n)
         .map(|_| UdpSocket::bind(bind))

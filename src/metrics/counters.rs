@@ -4,6 +4,7 @@
 
 use super::catalog::{Kind, Labelled, LiveHistogram, MetricDef};
 use super::{names, Counter, DropReason};
+use crate::ingest::xdp::frame::FrameError;
 use crate::wire::DecodeError;
 
 /// A field the catalog can read: a counter, or one per label value.
@@ -27,6 +28,12 @@ const BY_DECODE_ERROR: Labelled = Labelled {
     key: "reason",
     count: DecodeError::ALL.len(),
     value: |i| DecodeError::ALL.get(i).map_or("?", |e| e.reason()),
+};
+
+const BY_FRAME_ERROR: Labelled = Labelled {
+    key: "reason",
+    count: FrameError::ALL.len(),
+    value: |i| FrameError::ALL.get(i).map_or("?", |e| e.reason()),
 };
 
 const BY_DROP_REASON: Labelled = Labelled {
@@ -94,6 +101,18 @@ shard_counters! {
     uring_enobufs: Counter => Counter names::URING_ENOBUFS;
     /// io_uring multishot receives re-armed.
     uring_rearms: Counter => Counter names::URING_REARMS;
+    /// af_xdp: frames taken from the shard's AF_XDP socket (a multi-buffer packet counts once).
+    xdp_frames_received: Counter => Counter names::XDP_FRAMES_RECEIVED;
+    /// af_xdp: frames for sluice's port refused before decoding, by reason (truncated,
+    /// bad_length, bad_checksum, not_udp, too_long).
+    xdp_frames_dropped: [Counter; FrameError::ALL.len()] => Counter names::XDP_FRAMES_DROPPED, by BY_FRAME_ERROR;
+    /// af_xdp: frames the kernel dropped for the shard's AF_XDP socket (XDP_STATISTICS
+    /// rx_dropped; read about once a second or when idle).
+    xdp_kernel_dropped: Counter => Counter names::XDP_KERNEL_DROPPED;
+    /// af_xdp: times the socket's RX ring was full (the shard fell behind).
+    xdp_rx_ring_full: Counter => Counter names::XDP_RX_RING_FULL;
+    /// af_xdp: times the kernel found no free frame in the fill ring.
+    xdp_fill_ring_empty: Counter => Counter names::XDP_FILL_RING_EMPTY;
     /// Keys in the shard's hot table.
     hot_keys: Counter => Gauge names::HOT_KEYS;
     /// Keys in the shard's spill store.

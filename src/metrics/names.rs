@@ -18,6 +18,13 @@ pub const SOCKET_DROPS: &str = "sluice_socket_drops_total";
 /// io_uring multishot receive ended with no free provided buffer and was re-armed.
 pub const URING_ENOBUFS: &str = "sluice_uring_enobufs_total";
 pub const URING_REARMS: &str = "sluice_uring_rearms_total";
+/// af_xdp: frames refused by reason (label reason = FrameError::reason()), and the kernel's
+/// counters for the AF_XDP sockets.
+pub const XDP_FRAMES_RECEIVED: &str = "sluice_xdp_frames_received_total";
+pub const XDP_FRAMES_DROPPED: &str = "sluice_xdp_frames_dropped_total";
+pub const XDP_KERNEL_DROPPED: &str = "sluice_xdp_kernel_dropped_total";
+pub const XDP_RX_RING_FULL: &str = "sluice_xdp_rx_ring_full_total";
+pub const XDP_FILL_RING_EMPTY: &str = "sluice_xdp_fill_ring_empty_total";
 pub const HOT_KEYS: &str = "sluice_hot_keys";
 pub const RECEIVE_TO_EMIT: &str = "sluice_receive_to_emit_seconds";
 pub const IN_SHARD: &str = "sluice_in_shard_seconds";

@@ -213,6 +213,15 @@ impl Shard {
         counters.socket_drops.set(s.socket_drops);
         counters.uring_enobufs.set(s.enobufs);
         counters.uring_rearms.set(s.rearms);
+        for (c, v) in counters.xdp_frames_dropped.iter().zip(s.xdp_frames_dropped) {
+            c.set(v);
+        }
+        counters.xdp_frames_received.set(s.xdp_frames);
+        counters.xdp_kernel_dropped.set(s.xdp_kernel.rx_dropped);
+        counters.xdp_rx_ring_full.set(s.xdp_kernel.rx_ring_full);
+        counters
+            .xdp_fill_ring_empty
+            .set(s.xdp_kernel.fill_ring_empty);
         // The turn's length, parking excluded (a realtime step would only skew one figure).
         counters.loop_took(
             clock::realtime_ns().saturating_sub(pickup_ns),

@@ -90,7 +90,23 @@ fn kill_on_panic(pid: u32) {
 
 /// `spawn_run`, and the live metrics URL its first line names.
 pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    spawn_run_wrapped(&[], sets)
+}
+
+/// `spawn_run_with_metrics` started through `wrapper` (e.g. `nsenter --net=...`, which execs
+/// sluice in place, so the child is still sluice itself).
+pub fn spawn_run_wrapped(
+    wrapper: &[String],
+    sets: &[String],
+) -> (Child, BufReader<ChildStdout>, String, String) {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_sluice"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+    };
     cmd.args([
         "run",
         "--set",
@@ -120,6 +136,11 @@ pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>
 
 /// `GET /metrics` from the live endpoint: the sum of the samples of `name` (all labels).
 pub fn scrape(metrics: &str, name: &str) -> u64 {
+    scrape_where(metrics, name, "")
+}
+
+/// `scrape`, over the samples whose line also contains `with` (e.g. `reason="truncated"`).
+pub fn scrape_where(metrics: &str, name: &str, with: &str) -> u64 {
     use std::io::{Read, Write};
     let hostport = metrics
         .trim_start_matches("http://")
@@ -130,7 +151,7 @@ pub fn scrape(metrics: &str, name: &str) -> u64 {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.lines()
-        .filter(|l| l.starts_with(name))
+        .filter(|l| l.starts_with(name) && l.contains(with))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -189,8 +210,13 @@ pub struct Client {
 
 impl Client {
     pub fn new(target: SocketAddr, sockets: usize) -> Self {
+        Self::new_from(target, sockets, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A client whose sockets bind `ip` (created in the calling thread's network namespace).
+    pub fn new_from(target: SocketAddr, sockets: usize, ip: std::net::IpAddr) -> Self {
         let socks: Vec<UdpSocket> = (0..sockets)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .map(|_| UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap())
             .collect();
         for s in &socks {
             s.set_nonblocking(true).unwrap();

@@ -1,5 +1,6 @@
 //! UDP ingest per shard: one SO_REUSEPORT socket each, read by io_uring (multishot RecvMsg
-//! into a provided-buffer ring) or, where the kernel refuses that, by recvmmsg batches.
+//! into a provided-buffer ring) or, where the kernel refuses that, by recvmmsg batches; or,
+//! when asked for, frames from an AF_XDP socket (`super::xdp`) beside it.
 //! One kernel interface per file; both parse addresses and control messages with `cmsg`.
 
 mod cmsg;
@@ -15,6 +16,8 @@ pub use uring::{probe as probe_io_uring, UringReceiver};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use super::xdp::frame::FrameError;
+use super::xdp::{XdpReceiver, XskKernelStats};
 use super::{Datagram, IngestError};
 use crate::config::UdpDriver;
 
@@ -23,6 +26,7 @@ use crate::config::UdpDriver;
 pub enum Driver {
     IoUring,
     Recvmmsg,
+    AfXdp,
 }
 
 impl Driver {
@@ -30,6 +34,7 @@ impl Driver {
         match self {
             Driver::IoUring => "io_uring",
             Driver::Recvmmsg => "recvmmsg",
+            Driver::AfXdp => "af_xdp",
         }
     }
 
@@ -44,6 +49,8 @@ impl Driver {
             UdpDriver::Recvmmsg => {
                 Ok((Driver::Recvmmsg, "ingest.udp.driver = recvmmsg".to_owned()))
             }
+            // Never chosen by auto: it takes over a NIC queue and needs privileges.
+            UdpDriver::AfXdp => Ok((Driver::AfXdp, "ingest.udp.driver = af_xdp".to_owned())),
             UdpDriver::Auto => match probe_io_uring() {
                 Ok(()) => Ok((
                     Driver::IoUring,
@@ -66,11 +73,18 @@ pub struct RecvStats {
     pub socket_drops: u64,
     pub enobufs: u64,
     pub rearms: u64,
+    /// af_xdp: frames taken from the AF_XDP socket.
+    pub xdp_frames: u64,
+    /// af_xdp: frames refused by reason (`FrameError::ALL` order).
+    pub xdp_frames_dropped: [u64; FrameError::ALL.len()],
+    /// af_xdp: the kernel's counters for the shard's AF_XDP socket.
+    pub xdp_kernel: XskKernelStats,
 }
 
 pub enum UdpReceiver {
     IoUring(Box<UringReceiver>),
     Recvmmsg(Box<MmsgReceiver>),
+    AfXdp(Box<XdpReceiver>),
 }
 
 impl UdpReceiver {
@@ -84,6 +98,7 @@ impl UdpReceiver {
         match self {
             UdpReceiver::IoUring(r) => r.recv(max, f),
             UdpReceiver::Recvmmsg(r) => r.recv(max, f),
+            UdpReceiver::AfXdp(r) => r.recv(max, f),
         }
     }
 
@@ -92,13 +107,15 @@ impl UdpReceiver {
         match self {
             UdpReceiver::IoUring(r) => r.park(timeout, wake_fd),
             UdpReceiver::Recvmmsg(r) => r.park(timeout, wake_fd),
+            UdpReceiver::AfXdp(r) => r.park(timeout, wake_fd),
         }
     }
 
-    pub fn stats(&self) -> RecvStats {
+    pub fn stats(&mut self) -> RecvStats {
         match self {
             UdpReceiver::IoUring(r) => r.stats(),
             UdpReceiver::Recvmmsg(r) => r.stats(),
+            UdpReceiver::AfXdp(r) => r.stats(),
         }
     }
 }

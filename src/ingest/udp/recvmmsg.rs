@@ -47,6 +47,10 @@ impl MmsgReceiver {
         self.stats
     }
 
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
     pub fn recv(
         &mut self,
         max: usize,

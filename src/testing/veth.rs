@@ -1,0 +1,182 @@
+//! Two throwaway network namespaces joined by a single-queue veth pair, for the AF_XDP tests
+//! and `sluice-bench --veth` (root only). Each namespace is held by an `unshare -n sleep`
+//! process: when the holders end (dropped, or their sleep runs out after a killed run) the
+//! namespaces go, and with them the veth pair and any XDP program on it — nothing leaks into
+//! the host. `rx` holds interface `xr` (where sluice listens), `tx` holds `xt` (the senders).
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 1);
+pub const TX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 2);
+pub const RX_MAC: [u8; 6] = [2, 0, 0, 0, 7, 1];
+pub const TX_MAC: [u8; 6] = [2, 0, 0, 0, 7, 2];
+pub const RX_IF: &str = "xr";
+pub const TX_IF: &str = "xt";
+
+pub struct VethPair {
+    rx: Child,
+    tx: Child,
+}
+
+/// Run a command to success, or say what it printed.
+pub fn run(args: &[&str]) -> Result<String, String> {
+    let (program, rest) = args.split_first().ok_or("no command")?;
+    let out = Command::new(program)
+        .args(rest)
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn holder() -> Result<Child, String> {
+    Command::new("unshare")
+        .args(["-n", "sleep", "900"])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("unshare -n: {e}"))
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl VethPair {
+    /// The pair, up, MTU 9000, link-local addresses, fixed MACs, the sender's checksum
+    /// offload off (a veth peer would otherwise hand XDP frames with unfinished UDP
+    /// checksums), neighbours resolved by one ping.
+    pub fn new() -> Result<Self, String> {
+        let pair = Self {
+            rx: holder()?,
+            tx: holder()?,
+        };
+        // unshare has made its namespace once /proc/PID/ns/net differs from ours.
+        let ours = std::fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pid in [pair.rx.id(), pair.tx.id()] {
+            while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .as_ref()
+                == Some(&ours)
+            {
+                if Instant::now() > deadline {
+                    return Err("unshare -n never made its namespace".into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let (rx, tx) = (pair.rx.id().to_string(), pair.tx.id().to_string());
+        let (rx_mac, tx_mac) = (mac(RX_MAC), mac(TX_MAC));
+        run(&[
+            "ip",
+            "link",
+            "add",
+            RX_IF,
+            "address",
+            &rx_mac,
+            "netns",
+            &rx,
+            "numrxqueues",
+            "1",
+            "numtxqueues",
+            "1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            TX_IF,
+            "address",
+            &tx_mac,
+            "netns",
+            &tx,
+            "numrxqueues",
+            "1",
+            "numtxqueues",
+            "1",
+        ])?;
+        for (ns, dev, ip) in [(pair.rx_ns(), RX_IF, RX_IP), (pair.tx_ns(), TX_IF, TX_IP)] {
+            let addr = format!("{ip}/24");
+            run(&["nsenter", &ns, "ip", "link", "set", "lo", "up"])?;
+            run(&["nsenter", &ns, "ip", "link", "set", dev, "mtu", "9000"])?;
+            run(&["nsenter", &ns, "ip", "addr", "add", &addr, "dev", dev])?;
+            run(&["nsenter", &ns, "ip", "link", "set", dev, "up"])?;
+        }
+        run(&[
+            "nsenter",
+            &pair.tx_ns(),
+            "ethtool",
+            "-K",
+            TX_IF,
+            "tx",
+            "off",
+        ])?;
+        run(&[
+            "nsenter",
+            &pair.tx_ns(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            &RX_IP.to_string(),
+        ])?;
+        Ok(pair)
+    }
+
+    /// `--net=` argument for nsenter into the receiving namespace.
+    pub fn rx_ns(&self) -> String {
+        format!("--net=/proc/{}/ns/net", self.rx.id())
+    }
+
+    pub fn tx_ns(&self) -> String {
+        format!("--net=/proc/{}/ns/net", self.tx.id())
+    }
+
+    /// Run `f` on a thread that has joined namespace `pid`'s network: sockets it makes stay in
+    /// that namespace wherever they are used later, and threads it starts are born in it.
+    fn inside<T: Send>(pid: u32, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                    .map_err(|e| format!("netns of {pid}: {e}"))?;
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns: {e}"))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| "the thread in the namespace panicked".to_owned())?
+        })
+    }
+
+    pub fn in_rx<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        Self::inside(self.rx.id(), f)
+    }
+
+    pub fn in_tx<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        Self::inside(self.tx.id(), f)
+    }
+
+    /// `ip -d link show xr`: "prog/xdp" in it while an XDP program is attached.
+    pub fn rx_link(&self) -> Result<String, String> {
+        run(&["nsenter", &self.rx_ns(), "ip", "-d", "link", "show", RX_IF])
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for c in [&mut self.rx, &mut self.tx] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

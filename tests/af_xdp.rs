@@ -1,0 +1,364 @@
+//! `ingest.udp.driver = af_xdp` on a real veth pair. Each test makes its own two throwaway
+//! network namespaces (`sluice::testing::veth`: nothing outlives them). sluice runs inside the
+//! receiving namespace (`nsenter`), the test's clients and raw frames come from the other. Root only: skipped with a message
+//! otherwise, and a failure when CI=true (CI runs as root).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::BufRead;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::{scrape, scrape_where, spawn_run_wrapped, Client};
+use sluice::ingest::xdp::frame;
+use sluice::testing::veth::{self, VethPair, RX_IF, RX_IP, RX_MAC, TX_IP, TX_MAC};
+use sluice::wire::{EventBatchEncoder, EventIn};
+
+const PORT: u16 = 7600;
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: AF_XDP tests need root and CI=true requires them"
+    );
+    eprintln!("{test}: skipped (AF_XDP tests need root: network namespaces, XDP, AF_XDP)");
+    false
+}
+
+fn pair() -> VethPair {
+    VethPair::new().unwrap_or_else(|e| panic!("veth pair: {e}"))
+}
+
+/// `sluice run` on xr with `sets` after the af_xdp ones; its child and metrics URL.
+fn sluice(pair: &VethPair, sets: &[&str]) -> (Child, String) {
+    let mut all: Vec<String> = vec![
+        "ingest.udp.driver=af_xdp".to_owned(),
+        format!("ingest.udp.interface={RX_IF}"),
+        format!("ingest.udp.listen={RX_IP}:{PORT}"),
+        "shards.count=1".to_owned(),
+        "shards.pin=false".to_owned(),
+        "wire.datagram_bytes_max=16384".to_owned(),
+        "wire.batch_events_max=512".to_owned(),
+        "wire.tables_max=513".to_owned(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    let (mut child, stdout, _, metrics) =
+        spawn_run_wrapped(&["nsenter".to_owned(), pair.rx_ns()], &all);
+    // Keep reading stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stdout.lines() {});
+    assert!(child.try_wait().unwrap().is_none());
+    (child, metrics)
+}
+
+fn link(pair: &VethPair) -> String {
+    pair.rx_link().unwrap()
+}
+
+fn in_rx<T: Send>(pair: &VethPair, f: impl FnOnce() -> T + Send) -> T {
+    pair.in_rx(f).unwrap()
+}
+
+fn in_tx<T: Send>(pair: &VethPair, f: impl FnOnce() -> T + Send) -> T {
+    pair.in_tx(f).unwrap()
+}
+
+fn run(args: &[&str]) -> String {
+    veth::run(args).unwrap()
+}
+
+fn stop(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "sluice exited non-zero");
+}
+
+fn target() -> SocketAddr {
+    SocketAddr::new(RX_IP.into(), PORT)
+}
+
+fn every_observation_scored_once(mode: &str) {
+    let pair = pair();
+    let (child, metrics) = sluice(&pair, &[&format!("ingest.udp.xdp_mode={mode}")]);
+    assert!(
+        link(&pair).contains("prog/xdp"),
+        "no XDP program on xr:\n{}",
+        link(&pair)
+    );
+    let tx_ip: IpAddr = TX_IP.into();
+    let mut client = in_tx(&pair, || Client::new_from(target(), 4, tx_ip));
+    // Small batches (one frame each), then batches of 100 events (~3.5 KB: one frame of the
+    // 9000-byte MTU split over 2048-byte UMEM frames, joined by the receiver), then, once those
+    // are answered, 400 (~14 KB: IP fragments, which the program leaves to the kernel and the
+    // shard reads from its socket; the two paths do not keep order between each other).
+    let size = |n: u64| {
+        EventBatchEncoder::new()
+            .encode((0..n).map(|i| EventIn {
+                key: 1000 + i,
+                seq: 5000 + i,
+                amount: 1005.0,
+                ..EventIn::default()
+            }))
+            .len()
+    };
+    assert!(size(100) > 2048 && size(100) < 8900, "{}", size(100));
+    assert!(size(400) > 9000 && size(400) < 16384, "{}", size(400));
+    let mut small = 0u64;
+    for i in 0..2_000u64 {
+        let key = i % 97;
+        client.send(&[(key, i % 10 == 9)]);
+        small += 1;
+    }
+    let mut scores = Vec::new();
+    for sizes in [100usize, 400] {
+        for round in 0..6u64 {
+            for sock in 0..4u64 {
+                let events: Vec<(u64, bool)> = (0..sizes as u64)
+                    .map(|j| (1000 + sock + 4 * ((j + round) % 50), false))
+                    .collect();
+                client.send(&events);
+            }
+        }
+        let want = client.replies_wanted() - scores.len();
+        scores.extend(client.collect(want));
+    }
+    client.check(&scores);
+    let (xdp_frames, dropped, kernel_dropped, received) = in_rx(&pair, || {
+        (
+            scrape(&metrics, "sluice_xdp_frames_received_total"),
+            scrape(&metrics, "sluice_xdp_frames_dropped_total"),
+            scrape(&metrics, "sluice_xdp_kernel_dropped_total"),
+            scrape(&metrics, "sluice_datagrams_received_total"),
+        )
+    });
+    assert_eq!(
+        (dropped, kernel_dropped),
+        (0, 0),
+        "valid frames refused or dropped"
+    );
+    let sent = small + 2 * 6 * 4;
+    assert_eq!(received, sent, "every datagram received once");
+    // Everything but the fragmented datagrams came through the AF_XDP socket.
+    assert!(
+        xdp_frames >= small + 6 * 4 && xdp_frames < sent,
+        "{xdp_frames} frames through AF_XDP of {sent} datagrams"
+    );
+    stop(child);
+    assert!(
+        !link(&pair).contains("prog/xdp"),
+        "program left after a clean stop"
+    );
+}
+
+#[test]
+fn every_observation_gets_one_score_over_af_xdp_native() {
+    if root_or_skip("af_xdp native") {
+        every_observation_scored_once("native");
+    }
+}
+
+#[test]
+fn every_observation_gets_one_score_over_af_xdp_generic() {
+    if root_or_skip("af_xdp generic") {
+        every_observation_scored_once("generic");
+    }
+}
+
+/// Send raw Ethernet frames out of xt (AF_PACKET), as a broken sender would.
+fn send_frames(frames: &[Vec<u8>]) {
+    let name = std::ffi::CString::new(veth::TX_IF).unwrap();
+    // SAFETY: a live NUL-terminated name, only read.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex > 0, "no xt here");
+    // SAFETY: plain socket(2); the result is checked and closed below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&RX_MAC);
+    for f in frames {
+        // SAFETY: f and `to` are live for the call and their sizes are passed with them.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn malformed_frames_are_counted_by_reason_and_other_traffic_still_reaches_the_kernel() {
+    if !root_or_skip("af_xdp malformed frames") {
+        return;
+    }
+    let pair = pair();
+    let (child, metrics) = sluice(&pair, &[]);
+    let src = SocketAddr::new(TX_IP.into(), 40000);
+    let payload = {
+        let mut enc = EventBatchEncoder::new();
+        enc.encode(std::iter::once(EventIn {
+            key: 5,
+            seq: 0,
+            ..EventIn::default()
+        }))
+        .to_vec()
+    };
+    let good = frame::encode((TX_MAC, RX_MAC), &[], src, target(), &payload);
+    const IP: usize = 14;
+    const UDP: usize = IP + 20;
+    let with = |at: usize, bytes: &[u8]| {
+        let mut f = good.clone();
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        f
+    };
+    let total = good.len() - IP;
+    let frames = vec![
+        // The IP header promises 40 bytes more than the frame holds.
+        with(IP + 2, &((total + 40) as u16).to_be_bytes()),
+        good[..UDP + 4].to_vec(),
+        // UDP length beyond the IP payload; under its own header.
+        with(UDP + 4, &((total as u16) + 8).to_be_bytes()),
+        with(UDP + 4, &[0, 3]),
+        // IPv4 header checksum; UDP checksum (a payload byte changed).
+        with(IP + 10, &[0xde, 0xad]),
+        with(good.len() - 1, &[good[good.len() - 1] ^ 0x55]),
+    ];
+    in_tx(&pair, || send_frames(&frames));
+    // The same frame, intact, is scored: the path is alive after the bad ones.
+    let tx_ip: IpAddr = TX_IP.into();
+    let mut client = in_tx(&pair, || Client::new_from(target(), 1, tx_ip));
+    for i in 0..50 {
+        client.send(&[(i % 5, false)]);
+    }
+    let scores = client.collect(50);
+    client.check(&scores);
+    let by = |reason: &str| {
+        in_rx(&pair, || {
+            scrape_where(
+                &metrics,
+                "sluice_xdp_frames_dropped_total",
+                &format!("reason=\"{reason}\""),
+            )
+        })
+    };
+    assert_eq!(
+        [
+            by("truncated"),
+            by("bad_length"),
+            by("bad_checksum"),
+            by("not_udp")
+        ],
+        [2, 2, 2, 0]
+    );
+    // ARP was answered by the kernel (the client reached sluice), and so are ping and a UDP
+    // socket on another port of the same address.
+    run(&[
+        "nsenter",
+        &pair.tx_ns(),
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "5",
+        &RX_IP.to_string(),
+    ]);
+    let other = in_rx(&pair, || UdpSocket::bind((RX_IP, 7700)).unwrap());
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    in_tx(&pair, || {
+        UdpSocket::bind((TX_IP, 0))
+            .unwrap()
+            .send_to(b"not for sluice", (RX_IP, 7700))
+            .unwrap()
+    });
+    let mut buf = [0u8; 64];
+    let (n, from) = other
+        .recv_from(&mut buf)
+        .expect("the kernel socket got nothing");
+    assert_eq!(&buf[..n], b"not for sluice");
+    assert_eq!(from.ip(), IpAddr::from(TX_IP));
+    stop(child);
+}
+
+#[test]
+fn a_killed_sluice_leaves_no_program_attached_and_a_restart_attaches_again() {
+    if !root_or_skip("af_xdp kill -9") {
+        return;
+    }
+    let pair = pair();
+    for round in 0..2 {
+        let (mut child, _) = sluice(&pair, &[]);
+        assert!(
+            link(&pair).contains("prog/xdp"),
+            "round {round}: no XDP program on xr:\n{}",
+            link(&pair)
+        );
+        let tx_ip: IpAddr = TX_IP.into();
+        let mut client = in_tx(&pair, || Client::new_from(target(), 1, tx_ip));
+        client.send(&[(1, false)]);
+        let scores = client.collect(1);
+        client.check(&scores);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            !link(&pair).contains("prog/xdp"),
+            "round {round}: XDP program left after kill -9:\n{}",
+            link(&pair)
+        );
+    }
+}
+
+#[test]
+fn af_xdp_without_an_interface_is_a_start_error_naming_it() {
+    let err = common::run_refused(&[
+        "ingest.udp.driver=af_xdp".into(),
+        "ingest.udp.interface=sluice-none0".into(),
+    ]);
+    assert!(
+        err.contains("no network interface named \"sluice-none0\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_committed_xdp_object_is_built_from_its_source() {
+    let have_clang = Command::new("clang").arg("--version").output().is_ok()
+        && std::path::Path::new("/usr/include/bpf/bpf_helpers.h").exists();
+    if !have_clang {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI installs clang and libbpf-dev (scripts/install-deps): the object must be checked"
+        );
+        eprintln!("skipped: no clang + libbpf-dev to rebuild src/ingest/xdp/sluice_xdp.o");
+        return;
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-xdp"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
