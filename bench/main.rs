@@ -2,6 +2,7 @@
 //! the same run, a minimal responder for the same protocol (the floor), so every figure comes
 //! with the floor it should be judged against. See bench/README.md.
 
+mod blast;
 mod changelog;
 mod cold;
 mod floor;
@@ -121,6 +122,23 @@ enum Command {
         then_rate: u64,
         #[arg(long, default_value_t = 10.0)]
         then_seconds: f64,
+    },
+    /// Receive capacity of each UDP driver on the veth pair (root): prebuilt frames sent
+    /// from an AF_PACKET socket at each --rates rate for --seconds, no reply read; datagrams
+    /// lost, CPU per datagram. Uses --batch, --seconds, --repeat, --out, --set.
+    Blast {
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "af_xdp,io_uring,recvmmsg"
+        )]
+        drivers: Vec<String>,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "100000,200000,300000,400000"
+        )]
+        rates: Vec<u64>,
     },
     /// The live metrics endpoint: time per scrape (HTTP over loopback, encode included) at
     /// each --scrape-shards count with every metric filled; with --ab N, N pairs of sluice
@@ -324,6 +342,17 @@ fn main() -> anyhow::Result<()> {
                 keys: a.keys,
                 updates,
                 shards: a.shards,
+                out: &a.out,
+                sets: &a.sets,
+            });
+        }
+        Command::Blast { drivers, rates } => {
+            return blast::run(&blast::BlastBench {
+                drivers: &drivers,
+                rates: &rates,
+                batch: a.batch,
+                seconds: a.seconds,
+                repeat: a.repeat,
                 out: &a.out,
                 sets: &a.sets,
             });

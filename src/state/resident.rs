@@ -26,7 +26,13 @@ fn per_shard_bytes(config: &Config, words: usize) -> usize {
     } else {
         0
     };
-    table + snapshots
+    // af_xdp: the shard's UMEM, locked and touched at start.
+    let umem = if config.ingest.udp.driver == crate::config::UdpDriver::AfXdp {
+        config.ingest.udp.xdp_frames * config.ingest.udp.xdp_frame_bytes
+    } else {
+        0
+    };
+    table + snapshots + umem
 }
 
 /// None when `shards` shards fit in `available` bytes, else the message that refuses them.

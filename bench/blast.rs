@@ -1,0 +1,269 @@
+//! `sluice-bench blast`: receive capacity of each UDP driver on the veth pair, with a sender
+//! that costs little per packet. The generator's UDP sockets (and its reading of every reply)
+//! saturate the sending vCPU before any driver does; this sender writes prebuilt Ethernet
+//! frames (valid EventBatches, checksums done) to an AF_PACKET socket on the sending side with
+//! `sendmmsg`, paced to --rate datagrams/s for --seconds, and ignores the replies (a socket
+//! there absorbs them unread, so no ICMP comes back). Per driver and rate: datagrams sent,
+//! received by sluice, lost (the difference, and where the service saw it), and the shard
+//! thread's and the whole machine's CPU per datagram. Capacity: the highest rate with no loss.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use sluice::config::Config;
+use sluice::ingest::xdp::frame;
+use sluice::testing::veth::{self, VethPair};
+use sluice::wire::{EventBatchEncoder, EventIn};
+
+pub struct BlastBench<'a> {
+    pub drivers: &'a [String],
+    pub rates: &'a [u64],
+    pub batch: usize,
+    pub seconds: f64,
+    pub repeat: usize,
+    pub out: &'a Path,
+    pub sets: &'a [String],
+}
+
+#[derive(Serialize)]
+struct BlastRun {
+    driver: String,
+    rate: u64,
+    batch: usize,
+    /// Datagrams the sender got out, and per second of its own elapsed time.
+    sent: u64,
+    sent_per_s: f64,
+    received: u64,
+    lost: u64,
+    /// Where the service saw loss: the kernel at the socket (SO_RXQ_OVFL), the AF_XDP socket
+    /// (fill ring empty / RX ring full), frames refused by the parser.
+    socket_drops: u64,
+    xdp_kernel_dropped: u64,
+    xdp_frames_dropped: u64,
+    shard_cpu_us_per_datagram: Option<f64>,
+    machine_cpu_us_per_datagram: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct BlastResults {
+    machine: super::machine::Machine,
+    command: String,
+    sluice_config: Vec<String>,
+    runs: Vec<BlastRun>,
+    /// Per driver: the highest rate with nothing lost in every repeat.
+    capacity: Vec<(String, Option<u64>)>,
+}
+
+/// Frames to cycle through: distinct keys so the shard does its usual state work.
+fn frames(batch: usize, target: SocketAddr, src: SocketAddr) -> Vec<Vec<u8>> {
+    let mut enc = EventBatchEncoder::new();
+    (0..1024u64)
+        .map(|i| {
+            let payload = enc
+                .encode((0..batch as u64).map(|j| EventIn {
+                    key: (i * batch as u64 + j) % 100_000,
+                    seq: i * batch as u64 + j,
+                    amount: 10.0,
+                    ..EventIn::default()
+                }))
+                .to_vec();
+            frame::encode((veth::TX_MAC, veth::RX_MAC), &[], src, target, &payload)
+        })
+        .collect()
+}
+
+/// Send `frames` round-robin out of the sending interface at `rate` a second for `seconds`;
+/// returns (sent, elapsed).
+fn send(frames: &[Vec<u8>], rate: u64, seconds: f64) -> anyhow::Result<(u64, Duration)> {
+    let ifindex = sluice::ingest::xdp::ifindex(veth::TX_IF)?;
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    anyhow::ensure!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: raw is a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&veth::RX_MAC);
+    const BATCH: usize = 32;
+    let mut iovs: Vec<libc::iovec> = frames
+        .iter()
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    let total = (rate as f64 * seconds) as u64;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    while sent < total {
+        // Pace by batch: the batch due now goes out, then wait for the next one's time.
+        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        let n = BATCH.min((total - sent) as usize);
+        // SAFETY: all-zero is a valid mmsghdr; each is pointed at one iovec and `to` below.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for h in hdrs.iter_mut().take(n) {
+            h.msg_hdr.msg_iov = &mut iovs[next % frames.len()];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (&raw mut to).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            next += 1;
+        }
+        // SAFETY: the first n headers point at live iovecs (frames outlive the call) and at
+        // `to`; the kernel only reads them.
+        let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN) {
+                continue;
+            }
+            anyhow::bail!("sendmmsg: {e}");
+        }
+        sent += r as u64;
+    }
+    Ok((sent, start.elapsed()))
+}
+
+fn one(
+    pair: &VethPair,
+    config: &Config,
+    driver: &str,
+    rate: u64,
+    b: &BlastBench,
+    cpu: usize,
+) -> anyhow::Result<BlastRun> {
+    let running = pair
+        .in_rx(|| sluice::app::start(config))
+        .map_err(|e| anyhow::anyhow!(e))??;
+    let target = running.local_addr;
+    let src = SocketAddr::new(veth::TX_IP.into(), 40_000);
+    let frames = frames(b.batch, target, src);
+    let (machine0, shard0) = (
+        super::machine::machine_busy_s(),
+        super::machine::threads_cpu_s("sluice-shard"),
+    );
+    let result = pair
+        .in_tx(|| {
+            // Replies land here unread (a full buffer drops them): no ICMP goes back.
+            let sink = std::net::UdpSocket::bind(src)?;
+            sluice::topology::pin_current(cpu)?;
+            let r = send(&frames, rate, b.seconds);
+            drop(sink);
+            r
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // Let the shard take what is still queued.
+    std::thread::sleep(Duration::from_millis(500));
+    let (machine1, shard1) = (
+        super::machine::machine_busy_s(),
+        super::machine::threads_cpu_s("sluice-shard"),
+    );
+    let c = running.counters();
+    let sum = |f: &dyn Fn(&sluice::metrics::ShardCounters) -> u64| c.iter().map(|c| f(c)).sum();
+    let received: u64 = sum(&|c| c.datagrams_received.get());
+    let socket_drops = sum(&|c| c.socket_drops.get());
+    let xdp_kernel_dropped = sum(&|c| c.xdp_kernel_dropped.get());
+    let xdp_frames_dropped = sum(&|c| c.xdp_frames_dropped.iter().map(|d| d.get()).sum());
+    running.stop()?;
+    let (sent, took) = result?;
+    let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1e6 / sent.max(1) as f64);
+    let run = BlastRun {
+        driver: driver.to_owned(),
+        rate,
+        batch: b.batch,
+        sent,
+        sent_per_s: sent as f64 / took.as_secs_f64(),
+        received,
+        lost: sent.saturating_sub(received),
+        socket_drops,
+        xdp_kernel_dropped,
+        xdp_frames_dropped,
+        shard_cpu_us_per_datagram: per(shard0, shard1),
+        machine_cpu_us_per_datagram: per(machine0, machine1),
+    };
+    eprintln!(
+        "  {driver:<9} @ {rate:>7}/s: sent {} ({:.0}/s), received {}, lost {} (socket {}, xdp {}), CPU/datagram shard {:.2} us, machine {:.2} us",
+        run.sent,
+        run.sent_per_s,
+        run.received,
+        run.lost,
+        run.socket_drops,
+        run.xdp_kernel_dropped,
+        run.shard_cpu_us_per_datagram.unwrap_or(f64::NAN),
+        run.machine_cpu_us_per_datagram.unwrap_or(f64::NAN)
+    );
+    Ok(run)
+}
+
+pub fn run(b: &BlastBench) -> anyhow::Result<()> {
+    let pair = VethPair::new().map_err(|e| anyhow::anyhow!("veth pair: {e}"))?;
+    let (service_cpus, generator_cpus) = super::machine::split_cpus(1)?;
+    let sender_cpu = generator_cpus.first().copied().unwrap_or(0);
+    let mut runs = Vec::new();
+    let mut configs = Vec::new();
+    for _ in 0..b.repeat.max(1) {
+        for &rate in b.rates {
+            for driver in b.drivers {
+                let mut sets = vec![
+                    format!("ingest.udp.listen={}:7600", veth::RX_IP),
+                    format!("ingest.udp.interface={}", veth::RX_IF),
+                    format!("ingest.udp.driver={driver}"),
+                    format!("shards.cores={service_cpus:?}"),
+                    format!("shards.helper_cores={service_cpus:?}"),
+                    "log.level=warn".to_owned(),
+                ];
+                sets.extend(b.sets.iter().cloned());
+                let config =
+                    Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+                runs.push(one(&pair, &config, driver, rate, b, sender_cpu)?);
+                configs = sets;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    let capacity = b
+        .drivers
+        .iter()
+        .map(|d| {
+            let max = b
+                .rates
+                .iter()
+                .copied()
+                .filter(|&r| {
+                    runs.iter()
+                        .filter(|x| &x.driver == d && x.rate == r)
+                        .all(|x| x.lost == 0)
+                })
+                .max();
+            (d.clone(), max)
+        })
+        .collect::<Vec<_>>();
+    for (d, c) in &capacity {
+        println!("  {d:<9} capacity (no datagram lost, every repeat): {c:?} datagrams/s");
+    }
+    std::fs::create_dir_all(b.out).with_context(|| format!("creating {}", b.out.display()))?;
+    let results = BlastResults {
+        machine: super::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        sluice_config: configs,
+        runs,
+        capacity,
+    };
+    std::fs::write(
+        b.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("  wrote {}", b.out.join("results.json").display());
+    Ok(())
+}
