@@ -25,7 +25,8 @@ use super::{Datagram, IngestError};
 /// park): a syscall per call would cost the AF_XDP path what it saves; what arrives there
 /// (fragments, mostly) waits at most this many passes.
 const KERNEL_SOCKET_EVERY: u32 = 16;
-/// The kernel's socket counters (a getsockopt) are read once per this many `stats` calls.
+/// The kernel's socket counters (a getsockopt) are read once per this many `stats` calls (the
+/// shard calls it once a loop turn: about once a second when idle, more often under load).
 const KERNEL_STATS_EVERY: u32 = 1024;
 
 pub struct XdpReceiver {
@@ -135,10 +136,8 @@ impl XdpReceiver {
 
     /// Sleep until a frame or a datagram arrives, `wake_fd` is written, or `timeout` passes.
     pub fn park(&mut self, timeout: Duration, wake_fd: RawFd) -> Result<(), IngestError> {
-        // Idle: a good moment for the kernel's counters, and to make sure the kernel is not
-        // waiting for a wake-up to take the fill ring.
-        self.kernel_stats = self.xsk.kernel_stats();
-        self.xsk.wake();
+        // A driver waiting for a kick before it takes fill frames would never deliver one.
+        self.xsk.wake_if_asked();
         // The next call reads the kernel socket: the wake-up may be for it.
         self.calls = KERNEL_SOCKET_EVERY - 1;
         xsk::poll_readable(&[self.xsk.fd(), self.kernel.as_raw_fd(), wake_fd], timeout)

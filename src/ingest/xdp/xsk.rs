@@ -381,13 +381,15 @@ impl Xsk {
         self.rx_cons = self.rx_cons.wrapping_add(n);
         self.rx.consumer().store(self.rx_cons, Ordering::Release);
         self.publish_fill();
-        if self.fill.needs_wakeup() {
-            self.wake();
-        }
+        self.wake_if_asked();
     }
 
-    /// Kick the kernel to take fill frames (a no-op receive, as libxdp does).
-    pub fn wake(&self) {
+    /// Kick the kernel to take fill frames if it asked (XDP_RING_NEED_WAKEUP: a zero-copy
+    /// driver waits for it before it fills its own ring); a no-op receive, as libxdp does.
+    pub fn wake_if_asked(&self) {
+        if !self.fill.needs_wakeup() {
+            return;
+        }
         // SAFETY: a zero-length non-blocking receive on our own socket; no buffer is passed.
         unsafe {
             libc::recvfrom(
