@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{scrape, scrape_where, spawn_run_wrapped, Client};
 use sluice::ingest::xdp::frame;
-use sluice::testing::veth::{self, VethPair, RX_IF, RX_IP, RX_MAC, TX_IP, TX_MAC};
+use sluice::testing::veth::{self, VethPair, RX_IF, RX_IP, RX_IP6, RX_MAC, TX_IP, TX_IP6, TX_MAC};
 use sluice::wire::{EventBatchEncoder, EventIn};
 
 const PORT: u16 = 7600;
@@ -169,6 +169,49 @@ fn every_observation_gets_one_score_over_af_xdp_generic() {
     if root_or_skip("af_xdp generic") {
         every_observation_scored_once("generic");
     }
+}
+
+#[test]
+fn ipv6_observations_are_scored_once_over_af_xdp() {
+    if !root_or_skip("af_xdp ipv6") {
+        return;
+    }
+    let pair = pair();
+    let (child, metrics) = sluice(
+        &pair,
+        &[
+            &format!("ingest.udp.listen=[{RX_IP6}]:{PORT}"),
+            "ingest.udp.xdp_mode=generic",
+        ],
+    );
+    let target = SocketAddr::new(RX_IP6.into(), PORT);
+    let tx_ip: IpAddr = TX_IP6.into();
+    let mut client = in_tx(&pair, || Client::new_from(target, 2, tx_ip));
+    for i in 0..300u64 {
+        client.send(&[(i % 31, false)]);
+    }
+    // Multi-buffer over IPv6 too (~3.5 KB in one 9000-byte frame).
+    for round in 0..4u64 {
+        let events: Vec<(u64, bool)> = (0..100u64)
+            .map(|j| (2 * ((j + round) % 40), false))
+            .collect();
+        client.send(&events);
+    }
+    let want = client.replies_wanted();
+    let scores = client.collect(want);
+    client.check(&scores);
+    let (xdp_frames, dropped) = in_rx(&pair, || {
+        (
+            scrape(&metrics, "sluice_xdp_frames_received_total"),
+            scrape(&metrics, "sluice_xdp_frames_dropped_total"),
+        )
+    });
+    assert_eq!(dropped, 0);
+    assert_eq!(
+        xdp_frames, 304,
+        "every IPv6 datagram through the AF_XDP socket"
+    );
+    stop(child);
 }
 
 /// Send raw Ethernet frames out of xt (AF_PACKET), as a broken sender would.

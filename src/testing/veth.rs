@@ -4,12 +4,15 @@
 //! namespaces go, and with them the veth pair and any XDP program on it — nothing leaks into
 //! the host. `rx` holds interface `xr` (where sluice listens), `tx` holds `xt` (the senders).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const RX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 1);
 pub const TX_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 2);
+/// Unique-local IPv6 addresses beside them (added without duplicate detection: usable at once).
+pub const RX_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 7, 0, 0, 0, 1);
+pub const TX_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 7, 0, 0, 0, 2);
 pub const RX_MAC: [u8; 6] = [2, 0, 0, 0, 7, 1];
 pub const TX_MAC: [u8; 6] = [2, 0, 0, 0, 7, 2];
 pub const RX_IF: &str = "xr";
@@ -52,9 +55,9 @@ fn mac(m: [u8; 6]) -> String {
 }
 
 impl VethPair {
-    /// The pair, up, MTU 9000, link-local addresses, fixed MACs, the sender's checksum
-    /// offload off (a veth peer would otherwise hand XDP frames with unfinished UDP
-    /// checksums), neighbours resolved by one ping.
+    /// The pair, up, MTU 9000, link-local IPv4 and unique-local IPv6 addresses, fixed MACs,
+    /// the sender's checksum offload off (a veth peer would otherwise hand XDP frames with
+    /// unfinished UDP checksums), neighbours resolved by one ping each (IPv4, IPv6).
     pub fn new() -> Result<Self, String> {
         let pair = Self {
             rx: holder()?,
@@ -104,11 +107,18 @@ impl VethPair {
             "numtxqueues",
             "1",
         ])?;
-        for (ns, dev, ip) in [(pair.rx_ns(), RX_IF, RX_IP), (pair.tx_ns(), TX_IF, TX_IP)] {
+        for (ns, dev, ip, ip6) in [
+            (pair.rx_ns(), RX_IF, RX_IP, RX_IP6),
+            (pair.tx_ns(), TX_IF, TX_IP, TX_IP6),
+        ] {
             let addr = format!("{ip}/24");
+            let addr6 = format!("{ip6}/64");
             run(&["nsenter", &ns, "ip", "link", "set", "lo", "up"])?;
             run(&["nsenter", &ns, "ip", "link", "set", dev, "mtu", "9000"])?;
             run(&["nsenter", &ns, "ip", "addr", "add", &addr, "dev", dev])?;
+            run(&[
+                "nsenter", &ns, "ip", "-6", "addr", "add", &addr6, "dev", dev, "nodad",
+            ])?;
             run(&["nsenter", &ns, "ip", "link", "set", dev, "up"])?;
         }
         run(&[
@@ -129,6 +139,17 @@ impl VethPair {
             "-W",
             "5",
             &RX_IP.to_string(),
+        ])?;
+        run(&[
+            "nsenter",
+            &pair.tx_ns(),
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            &RX_IP6.to_string(),
         ])?;
         Ok(pair)
     }
