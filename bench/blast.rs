@@ -8,16 +8,16 @@
 //! thread's and the whole machine's CPU per datagram. Capacity: the highest rate with no loss.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
+use super::machine::CpuSample;
 use sluice::config::Config;
 use sluice::ingest::xdp::frame;
-use sluice::testing::veth::{self, VethPair};
+use sluice::testing::veth::{self, RawSender, VethPair, RAW_BATCH};
 use sluice::wire::{EventBatchEncoder, EventIn};
 
 pub struct BlastBench<'a> {
@@ -80,57 +80,25 @@ fn frames(batch: usize, target: SocketAddr, src: SocketAddr) -> Vec<Vec<u8>> {
 /// Send `frames` round-robin out of the sending interface at `rate` a second for `seconds`;
 /// returns (sent, elapsed).
 fn send(frames: &[Vec<u8>], rate: u64, seconds: f64) -> anyhow::Result<(u64, Duration)> {
-    let ifindex = sluice::ingest::xdp::ifindex(veth::TX_IF)?;
-    // SAFETY: plain socket(2); the descriptor is owned below.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    anyhow::ensure!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-    // SAFETY: raw is a new descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_ifindex = ifindex as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&veth::RX_MAC);
-    const BATCH: usize = 32;
-    let mut iovs: Vec<libc::iovec> = frames
-        .iter()
-        .map(|f| libc::iovec {
-            iov_base: f.as_ptr() as *mut libc::c_void,
-            iov_len: f.len(),
-        })
-        .collect();
+    let sender = RawSender::new().map_err(|e| anyhow::anyhow!(e))?;
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
     let total = (rate as f64 * seconds) as u64;
     let start = Instant::now();
     let mut sent = 0u64;
     let mut next = 0usize;
+    let mut batch: Vec<&[u8]> = Vec::with_capacity(RAW_BATCH);
     while sent < total {
         // Pace by batch: the batch due now goes out, then wait for the next one's time.
         let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
         while Instant::now() < due {
             std::hint::spin_loop();
         }
-        let n = BATCH.min((total - sent) as usize);
-        // SAFETY: all-zero is a valid mmsghdr; each is pointed at one iovec and `to` below.
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for h in hdrs.iter_mut().take(n) {
-            h.msg_hdr.msg_iov = &mut iovs[next % frames.len()];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_name = (&raw mut to).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            next += 1;
-        }
-        // SAFETY: the first n headers point at live iovecs (frames outlive the call) and at
-        // `to`; the kernel only reads them.
-        let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN) {
-                continue;
-            }
-            anyhow::bail!("sendmmsg: {e}");
-        }
-        sent += r as u64;
+        batch.clear();
+        let n = RAW_BATCH.min((total - sent) as usize);
+        batch.extend((0..n).map(|i| refs[(next + i) % refs.len()]));
+        let went = sender.send(&batch).context("sendmmsg")?;
+        next += went;
+        sent += went as u64;
     }
     Ok((sent, start.elapsed()))
 }
@@ -149,10 +117,7 @@ fn one(
     let target = running.local_addr;
     let src = SocketAddr::new(veth::TX_IP.into(), 40_000);
     let frames = frames(b.batch, target, src);
-    let (machine0, shard0) = (
-        super::machine::machine_busy_s(),
-        super::machine::threads_cpu_s("sluice-shard"),
-    );
+    let cpu0 = CpuSample::now();
     let result = pair
         .in_tx(|| {
             // Replies land here unread (a full buffer drops them): no ICMP goes back.
@@ -165,10 +130,7 @@ fn one(
         .map_err(|e| anyhow::anyhow!(e))?;
     // Let the shard take what is still queued.
     std::thread::sleep(Duration::from_millis(500));
-    let (machine1, shard1) = (
-        super::machine::machine_busy_s(),
-        super::machine::threads_cpu_s("sluice-shard"),
-    );
+    let cpu1 = CpuSample::now();
     let c = running.counters();
     let sum = |f: &dyn Fn(&sluice::metrics::ShardCounters) -> u64| c.iter().map(|c| f(c)).sum();
     let received: u64 = sum(&|c| c.datagrams_received.get());
@@ -177,7 +139,7 @@ fn one(
     let xdp_frames_dropped = sum(&|c| c.xdp_frames_dropped.iter().map(|d| d.get()).sum());
     running.stop()?;
     let (sent, took) = result?;
-    let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1e6 / sent.max(1) as f64);
+    let (shard_cpu, machine_cpu) = cpu0.per_datagram(&cpu1, sent);
     let run = BlastRun {
         driver: driver.to_owned(),
         rate,
@@ -189,8 +151,8 @@ fn one(
         socket_drops,
         xdp_kernel_dropped,
         xdp_frames_dropped,
-        shard_cpu_us_per_datagram: per(shard0, shard1),
-        machine_cpu_us_per_datagram: per(machine0, machine1),
+        shard_cpu_us_per_datagram: shard_cpu,
+        machine_cpu_us_per_datagram: machine_cpu,
     };
     eprintln!(
         "  {driver:<9} @ {rate:>7}/s: sent {} ({:.0}/s), received {}, lost {} (socket {}, xdp {}), CPU/datagram shard {:.2} us, machine {:.2} us",

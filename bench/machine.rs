@@ -97,7 +97,7 @@ const TICKS_PER_S: f64 = 100.0;
 
 /// Busy time of the whole machine so far (every CPU; everything but idle and iowait in
 /// /proc/stat), seconds: softirq work on any CPU counts, which a per-thread figure misses.
-pub fn machine_busy_s() -> Option<f64> {
+fn machine_busy_s() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -112,7 +112,7 @@ pub fn machine_busy_s() -> Option<f64> {
 
 /// CPU time (user + system) of this process's threads whose name starts with `prefix`,
 /// seconds (e.g. "sluice-shard": the shards' own cores).
-pub fn threads_cpu_s(prefix: &str) -> Option<f64> {
+fn threads_cpu_s(prefix: &str) -> Option<f64> {
     let mut ticks = 0u64;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = task.ok()?.path();
@@ -127,4 +127,30 @@ pub fn threads_cpu_s(prefix: &str) -> Option<f64> {
         ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     }
     Some(ticks as f64 / TICKS_PER_S)
+}
+
+/// CPU time so far of the shard threads and of the whole machine: two of them, `per_datagram`
+/// apart, give each one's CPU per datagram over a run.
+#[derive(Clone, Copy)]
+pub struct CpuSample {
+    shards_s: Option<f64>,
+    machine_s: Option<f64>,
+}
+
+impl CpuSample {
+    pub fn now() -> Self {
+        Self {
+            shards_s: threads_cpu_s("sluice-shard"),
+            machine_s: machine_busy_s(),
+        }
+    }
+
+    /// (shard threads, whole machine) microseconds per datagram from `self` to `later`.
+    pub fn per_datagram(&self, later: &Self, datagrams: u64) -> (Option<f64>, Option<f64>) {
+        let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1e6 / datagrams.max(1) as f64);
+        (
+            per(self.shards_s, later.shards_s),
+            per(self.machine_s, later.machine_s),
+        )
+    }
 }

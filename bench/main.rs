@@ -602,24 +602,19 @@ fn run_sluice(config: &Config, spec: &LoadSpec, a: &Args, place: &Place) -> anyh
         target: running.local_addr,
         ..spec.clone()
     };
-    let (machine0, shards0) = (
-        machine::machine_busy_s(),
-        machine::threads_cpu_s("sluice-shard"),
-    );
+    let cpu0 = machine::CpuSample::now();
     let load = place.generator(|| loadgen::run(&spec))?;
-    let (machine1, shards1) = (
-        machine::machine_busy_s(),
-        machine::threads_cpu_s("sluice-shard"),
-    );
+    let cpu1 = machine::CpuSample::now();
     let report = running.stop()?;
     let load = load?;
-    let datagrams = load.sent_datagrams.max(1) as f64;
+    let datagrams = load.sent_datagrams;
     let mut run = Run::from_load(
         "sluice", spec.rate, spec.batch, spec.keys, spec.zipf, a.shards, load,
     );
-    let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) * 1e6 / datagrams);
-    run.shard_cpu_us_per_datagram = per(shards0, shards1);
-    run.machine_cpu_us_per_datagram = per(machine0, machine1);
+    (
+        run.shard_cpu_us_per_datagram,
+        run.machine_cpu_us_per_datagram,
+    ) = cpu0.per_datagram(&cpu1, datagrams);
     run.internal_us = report.receive_to_emit.as_ref().map(report::percentiles_us);
     if let Some(cold) = report
         .receive_to_emit_cold_key

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use common::{scrape, scrape_where, spawn_run_wrapped, Client};
 use sluice::ingest::xdp::frame;
-use sluice::testing::veth::{self, VethPair, RX_IF, RX_IP, RX_IP6, RX_MAC, TX_IP, TX_IP6, TX_MAC};
+use sluice::testing::veth::{
+    self, RawSender, VethPair, RX_IF, RX_IP, RX_IP6, RX_MAC, TX_IP, TX_IP6, TX_MAC,
+};
 use sluice::wire::{EventBatchEncoder, EventIn};
 
 const PORT: u16 = 7600;
@@ -55,8 +57,14 @@ fn sluice(pair: &VethPair, sets: &[&str]) -> (Child, String) {
     (child, metrics)
 }
 
-fn link(pair: &VethPair) -> String {
-    pair.rx_link().unwrap()
+/// Whether an XDP program is on xr (`ip -d link` names it "prog/xdp"), or fail with `when`.
+fn assert_program(pair: &VethPair, attached: bool, when: &str) {
+    let link = pair.rx_link().unwrap();
+    assert_eq!(
+        link.contains("prog/xdp"),
+        attached,
+        "{when}: XDP program attached should be {attached}:\n{link}"
+    );
 }
 
 fn in_rx<T: Send>(pair: &VethPair, f: impl FnOnce() -> T + Send) -> T {
@@ -87,11 +95,7 @@ fn target() -> SocketAddr {
 fn every_observation_scored_once(mode: &str) {
     let pair = pair();
     let (child, metrics) = sluice(&pair, &[&format!("ingest.udp.xdp_mode={mode}")]);
-    assert!(
-        link(&pair).contains("prog/xdp"),
-        "no XDP program on xr:\n{}",
-        link(&pair)
-    );
+    assert_program(&pair, true, "after start");
     let tx_ip: IpAddr = TX_IP.into();
     let mut client = in_tx(&pair, || Client::new_from(target(), 4, tx_ip));
     // Small batches (one frame each), then batches of 100 events (~3.5 KB: one frame of the
@@ -151,10 +155,7 @@ fn every_observation_scored_once(mode: &str) {
         "{xdp_frames} frames through AF_XDP of {sent} datagrams"
     );
     stop(child);
-    assert!(
-        !link(&pair).contains("prog/xdp"),
-        "program left after a clean stop"
-    );
+    assert_program(&pair, false, "after a clean stop");
 }
 
 #[test]
@@ -214,37 +215,14 @@ fn ipv6_observations_are_scored_once_over_af_xdp() {
     stop(child);
 }
 
-/// Send raw Ethernet frames out of xt (AF_PACKET), as a broken sender would.
+/// Send raw Ethernet frames out of xt, as a broken sender would; every one must go.
 fn send_frames(frames: &[Vec<u8>]) {
-    let name = std::ffi::CString::new(veth::TX_IF).unwrap();
-    // SAFETY: a live NUL-terminated name, only read.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(ifindex > 0, "no xt here");
-    // SAFETY: plain socket(2); the result is checked and closed below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-    // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_ifindex = ifindex as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&RX_MAC);
-    for f in frames {
-        // SAFETY: f and `to` are live for the call and their sizes are passed with them.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+    let sender = RawSender::new().unwrap();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let mut sent = 0;
+    while sent < refs.len() {
+        sent += sender.send(&refs[sent..]).unwrap();
     }
-    // SAFETY: fd is ours and closed once.
-    unsafe { libc::close(fd) };
 }
 
 #[test]
@@ -350,11 +328,7 @@ fn a_killed_sluice_leaves_no_program_attached_and_a_restart_attaches_again() {
     let pair = pair();
     for round in 0..2 {
         let (mut child, _) = sluice(&pair, &[]);
-        assert!(
-            link(&pair).contains("prog/xdp"),
-            "round {round}: no XDP program on xr:\n{}",
-            link(&pair)
-        );
+        assert_program(&pair, true, &format!("round {round}, after start"));
         let tx_ip: IpAddr = TX_IP.into();
         let mut client = in_tx(&pair, || Client::new_from(target(), 1, tx_ip));
         client.send(&[(1, false)]);
@@ -362,11 +336,7 @@ fn a_killed_sluice_leaves_no_program_attached_and_a_restart_attaches_again() {
         client.check(&scores);
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(
-            !link(&pair).contains("prog/xdp"),
-            "round {round}: XDP program left after kill -9:\n{}",
-            link(&pair)
-        );
+        assert_program(&pair, false, &format!("round {round}, after kill -9"));
     }
 }
 

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
+use super::tests::datagram;
 use super::*;
 use crate::config::Config;
 use crate::infer::{build_primary, ShardModel};
 use crate::route::Mesh;
 use crate::state::Spill;
-use crate::wire::{EventBatchEncoder, EventIn};
 
 type Sink = Vec<(ReplyTo, PendingScore)>;
 
@@ -74,20 +74,6 @@ fn core_on(hot: usize, wait: usize, name: &str, rocks: bool) -> Core {
 
 fn client() -> SocketAddr {
     "127.0.0.1:9999".parse().unwrap()
-}
-
-/// (key, seq, feedback) events in one datagram.
-fn datagram(events: &[(u64, u64, bool)]) -> Vec<u8> {
-    let mut enc = EventBatchEncoder::new();
-    enc.encode(events.iter().map(|&(key, seq, feedback)| EventIn {
-        key,
-        seq,
-        feedback,
-        label: if feedback { 1.0 } else { -1.0 },
-        amount: 10.0,
-        ..EventIn::default()
-    }))
-    .to_vec()
 }
 
 /// One cycle: the datagrams, then the cycle's end.

@@ -52,7 +52,8 @@ fn keys_owned_by(shard: usize, n: usize) -> Vec<u64> {
         .collect()
 }
 
-fn datagram(events: &[(u64, u64, bool)]) -> Vec<u8> {
+/// (key, seq, feedback) events in one datagram (also the cold-wait tests').
+pub(super) fn datagram(events: &[(u64, u64, bool)]) -> Vec<u8> {
     let mut enc = EventBatchEncoder::new();
     enc.encode(events.iter().map(|&(key, seq, feedback)| EventIn {
         key,

@@ -5,6 +5,7 @@
 //! the host. `rx` holds interface `xr` (where sluice listens), `tx` holds `xt` (the senders).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -190,6 +191,72 @@ impl VethPair {
     /// `ip -d link show xr`: "prog/xdp" in it while an XDP program is attached.
     pub fn rx_link(&self) -> Result<String, String> {
         run(&["nsenter", &self.rx_ns(), "ip", "-d", "link", "show", RX_IF])
+    }
+}
+
+/// Raw Ethernet frames out of `xt` to `xr`'s MAC (an AF_PACKET socket): what a broken sender
+/// puts on the wire (the tests), or prebuilt frames at a rate no UDP socket reaches (the
+/// benchmark). Make it on a thread inside the sending namespace (`VethPair::in_tx`).
+pub struct RawSender {
+    fd: OwnedFd,
+    to: libc::sockaddr_ll,
+}
+
+/// Frames one `send` hands to the kernel at most (one sendmmsg).
+pub const RAW_BATCH: usize = 32;
+
+impl RawSender {
+    pub fn new() -> Result<Self, String> {
+        let ifindex = crate::ingest::xdp::ifindex(TX_IF).map_err(|e| e.to_string())?;
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(format!("AF_PACKET: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: raw is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter are set below.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&RX_MAC);
+        Ok(Self { fd, to })
+    }
+
+    /// Send up to `RAW_BATCH` of `frames` in one sendmmsg; how many went (0 when the device
+    /// queue is full for now: ENOBUFS, EAGAIN).
+    pub fn send(&self, frames: &[&[u8]]) -> std::io::Result<usize> {
+        let n = frames.len().min(RAW_BATCH);
+        let mut iovs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; RAW_BATCH];
+        // SAFETY: all-zero is a valid mmsghdr; the first n are pointed at an iovec and `to`.
+        let mut hdrs: [libc::mmsghdr; RAW_BATCH] = unsafe { std::mem::zeroed() };
+        let to = (&raw const self.to).cast_mut().cast();
+        for ((h, iov), f) in hdrs.iter_mut().zip(iovs.iter_mut()).zip(frames).take(n) {
+            // The kernel only reads the frame: the cast to *mut is the iovec type's, not a write.
+            *iov = libc::iovec {
+                iov_base: f.as_ptr().cast_mut().cast(),
+                iov_len: f.len(),
+            };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = to;
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        }
+        // SAFETY: the first n headers point at live iovecs over live frames and at `self.to`;
+        // the kernel only reads them.
+        let r = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOBUFS | libc::EAGAIN) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok(r as usize)
     }
 }
 

@@ -156,14 +156,9 @@ fn ipv4(frame: &[u8], l3: usize, check_udp_sum: bool) -> Result<Udp, FrameError>
     let dst: [u8; 4] = array(frame, l3 + 16)?;
     let udp = l3 + ihl;
     let (sport, payload) = udp_payload(frame, udp, l3 + total)?;
+    // IPv4: a zero checksum means the sender computed none.
     if check_udp_sum && be16(frame, udp + 6)? != 0 {
-        // Pseudo-header: addresses, protocol, UDP length.
-        let len = payload.end - udp;
-        let pseudo = sum16(&src) + sum16(&dst) + u64::from(IPPROTO_UDP) + len as u64;
-        let seg = frame.get(udp..payload.end).ok_or(FrameError::Truncated)?;
-        if fold(pseudo + sum16(seg)) != 0xffff {
-            return Err(FrameError::BadChecksum);
-        }
+        udp_sum_ok(frame, &src, &dst, udp..payload.end)?;
     }
     Ok(Udp {
         src: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(src), sport)),
@@ -190,20 +185,31 @@ fn ipv6(frame: &[u8], l3: usize, check_udp_sum: bool) -> Result<Udp, FrameError>
     }
     let (sport, payload) = udp_payload(frame, udp, udp + plen)?;
     if check_udp_sum {
+        // IPv6 forbids a zero (absent) UDP checksum.
         if be16(frame, udp + 6)? == 0 {
             return Err(FrameError::BadChecksum);
         }
-        let len = payload.end - udp;
-        let pseudo = sum16(&src) + sum16(&dst) + u64::from(IPPROTO_UDP) + len as u64;
-        let seg = frame.get(udp..payload.end).ok_or(FrameError::Truncated)?;
-        if fold(pseudo + sum16(seg)) != 0xffff {
-            return Err(FrameError::BadChecksum);
-        }
+        udp_sum_ok(frame, &src, &dst, udp..payload.end)?;
     }
     Ok(Udp {
         src: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(src), sport, 0, 0)),
         payload,
     })
+}
+
+/// The sum of the UDP pseudo-header: addresses, protocol, UDP length.
+fn pseudo_sum(src: &[u8], dst: &[u8], udp_len: usize) -> u64 {
+    sum16(src) + sum16(dst) + u64::from(IPPROTO_UDP) + udp_len as u64
+}
+
+/// The UDP segment `seg` (header and payload) adds up with its pseudo-header.
+fn udp_sum_ok(frame: &[u8], src: &[u8], dst: &[u8], seg: Range<usize>) -> Result<(), FrameError> {
+    let len = seg.len();
+    let bytes = frame.get(seg).ok_or(FrameError::Truncated)?;
+    if fold(pseudo_sum(src, dst, len) + sum16(bytes)) != 0xffff {
+        return Err(FrameError::BadChecksum);
+    }
+    Ok(())
 }
 
 /// The UDP header at `udp` inside an IP packet ending at `ip_end`: source port and payload.
@@ -240,9 +246,7 @@ pub fn encode(
     udp.extend_from_slice(&udp_len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let pseudo = |s: &[u8], d: &[u8]| {
-        sum16(s) + sum16(d) + u64::from(IPPROTO_UDP) + u64::from(udp_len) + sum16(&udp)
-    };
+    let pseudo = |s: &[u8], d: &[u8]| pseudo_sum(s, d, usize::from(udp_len)) + sum16(&udp);
     match (src.ip(), dst.ip()) {
         (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
             f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
