@@ -86,6 +86,8 @@ struct Totals {
     ttl_seeds: u64,
     /// Seeds whose misses waited for batched cold reads (`state.cold_wait_max` > 0).
     cold_wait_seeds: u64,
+    /// Of those, seeds whose reads were made off the shard (landing while later events came).
+    cold_reads_deferred_seeds: u64,
     /// Events waiting for a batched cold read when a crash took them (then replayed).
     waiting_lost: u64,
     transactions: u64,
@@ -112,6 +114,7 @@ impl Totals {
         self.kafka_seeds += u64::from(r.kafka);
         self.ttl_seeds += u64::from(r.ttl_ms > 0);
         self.cold_wait_seeds += u64::from(r.cold_wait_max > 0);
+        self.cold_reads_deferred_seeds += u64::from(r.cold_reads_deferred);
         self.waiting_lost += r.waiting_lost;
         self.transactions += r.transactions;
         self.scores_committed += r.scores_committed;

@@ -3,10 +3,33 @@
 
 mod common;
 
+/// Threads of this process (the service runs in it) whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
 #[test]
 fn more_keys_than_hot_slots_still_get_exact_counts() {
-    let dir = std::env::temp_dir().join(format!("sluice-state-svc-{}", std::process::id()));
+    exact_counts_with("thread");
+}
+
+#[test]
+fn more_keys_than_hot_slots_get_exact_counts_reading_on_the_shard_thread() {
+    exact_counts_with("shard");
+}
+
+/// 2000 keys through 64 hot slots a shard, with the batched cold reads made where
+/// `state.cold_reader` says.
+fn exact_counts_with(reader: &str) {
+    let dir =
+        std::env::temp_dir().join(format!("sluice-state-svc-{}-{reader}", std::process::id()));
     let dir_set = format!("state.dir={}", dir.display());
+    let reader_set = format!("state.cold_reader={reader}");
     let running = common::start(
         "io_uring",
         &[
@@ -14,8 +37,18 @@ fn more_keys_than_hot_slots_still_get_exact_counts() {
             "state.hot_capacity=64",
             &dir_set,
             "state.spill_cache_bytes=1048576",
+            &reader_set,
         ],
     );
+    // One reader thread a shard, or none. (Tests of one binary run in processes of their
+    // own under nextest, so no other test's threads are counted.)
+    let mut readers = threads_named("sluice-cold-");
+    readers.sort();
+    let want: Vec<String> = match reader {
+        "thread" => vec!["sluice-cold-0".into(), "sluice-cold-1".into()],
+        _ => vec![],
+    };
+    assert_eq!(readers, want);
     let mut client = common::Client::new(running.local_addr, 4);
     // 2000 keys, three rounds each, in batches of 10 keys sharing a socket.
     for round in 0..3u64 {
@@ -51,6 +84,15 @@ fn more_keys_than_hot_slots_still_get_exact_counts() {
     );
     assert!(running.state_get(123_456_789).unwrap().contains("no state"));
 
+    let metrics = format!("http://{}/metrics", running.metrics_addr.unwrap());
+    assert!(
+        common::scrape(&metrics, "sluice_state_cold_reads_total") > 0,
+        "batched cold reads landed"
+    );
+    assert_eq!(
+        common::scrape(&metrics, "sluice_state_cold_waiting_events"),
+        0
+    );
     let report = running.stop().unwrap();
     assert!(
         report.spills > 0 && report.reloads > 0,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::Config;
 use crate::config::Delivery;
+use crate::config::{ColdReaderPlace, Config};
 use crate::control::{ControlLoop, Request, ShardLink};
 use crate::egress::kafka::{changelog, rebuild};
 use crate::egress::Egress;
@@ -20,7 +20,7 @@ use crate::ingest::xdp::XdpReceiver;
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
-use crate::shard::{Control, ModelLink, Shard, ShardCore, StateQuery};
+use crate::shard::{ColdReader, Control, ModelLink, Shard, ShardCore, StateQuery};
 use crate::state::checkpoint::{
     self, CheckpointSpec, Checkpointer, PartitionOffset, RestoreTarget,
 };
@@ -526,6 +526,8 @@ pub enum ShardStartError {
     Histograms(#[from] hdrhistogram::CreationError),
     #[error("{0} shard(s) gave no answer within {1} s")]
     NoAnswer(usize, u64),
+    #[error("starting its cold-read thread (state.cold_reader = \"thread\"): {0}")]
+    ColdReader(std::io::Error),
 }
 
 /// Everything one shard is built from, made on the main thread and moved to the shard's.
@@ -663,7 +665,19 @@ fn build_shard(
             (None, None, cp)
         }
     };
-    let core = ShardCore::new(
+    let reader = match (config.state.cold_reader, &kafka, &attach) {
+        (ColdReaderPlace::Thread, None, None) => {
+            let state = &restored.state;
+            Some(
+                topology::with_cpus(&helpers, || {
+                    ColdReader::thread(state, id, Arc::clone(&wakers))
+                })
+                .map_err(ShardStartError::ColdReader)?,
+            )
+        }
+        _ => None,
+    };
+    let mut core = ShardCore::new(
         id,
         shards,
         config,
@@ -673,6 +687,9 @@ fn build_shard(
         restored.max_event_ns,
         counters.clone(),
     );
+    if let Some(r) = reader {
+        core.use_cold_reader(r);
+    }
     let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())?;
     core.publish_state_counters();
     tracing::info!(

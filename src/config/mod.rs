@@ -254,6 +254,15 @@ pub struct State {
     pub ttl_sweep_slots: usize,
     pub dedup: bool,
     pub cold_wait_max: usize,
+    pub cold_reader: ColdReaderPlace,
+}
+
+/// Where a shard's batched cold reads are made (`state.cold_reader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColdReaderPlace {
+    Thread,
+    Shard,
 }
 
 #[derive(Debug, Clone, Deserialize)]

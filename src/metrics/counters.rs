@@ -125,6 +125,12 @@ shard_counters! {
     spills: Counter => Counter names::SPILLS;
     /// Keys brought back from the spill store.
     reloads: Counter => Counter names::RELOADS;
+    /// Batched cold reads landed.
+    cold_reads: Counter => Counter names::COLD_READS;
+    /// Times a full cold wait list made the shard wait for the reader thread.
+    cold_read_waits: Counter => Counter names::COLD_READ_WAITS;
+    /// Events waiting for a batched cold read at the last cycle's end.
+    cold_waiting: Counter => Gauge names::COLD_WAITING;
     /// Keys forgotten after state.ttl_ms idle.
     expired: Counter => Counter names::EXPIRED;
     /// Late events applied at the watermark (time.late = apply).

@@ -35,6 +35,12 @@ pub const HOT_HITS: &str = "sluice_state_hot_hits_total";
 pub const HOT_MISSES: &str = "sluice_state_hot_misses_total";
 pub const SPILLS: &str = "sluice_state_spills_total";
 pub const RELOADS: &str = "sluice_state_reloads_total";
+/// Batched cold reads landed (each brought in every key its waiting events needed).
+pub const COLD_READS: &str = "sluice_state_cold_reads_total";
+/// A full cold wait list made the shard wait for the read out (state.cold_reader = thread).
+pub const COLD_READ_WAITS: &str = "sluice_state_cold_read_waits_total";
+/// Events waiting for a batched cold read, out or to come.
+pub const COLD_WAITING: &str = "sluice_state_cold_waiting_events";
 pub const EXPIRED: &str = "sluice_state_expired_total";
 pub const LATE_APPLIED: &str = "sluice_late_events_applied_total";
 pub const CHECKPOINTS_WRITTEN: &str = "sluice_checkpoints_written_total";

@@ -1,9 +1,12 @@
 //! Events waiting for their key's cold record (larger-than-memory state). An event on a key
 //! that is not hot waits here instead of reading the spill store on arrival, so the events
 //! behind it on hot keys are served without that read; at the cycle's end (or when the list
-//! is full) the owner reads every waiting key at once (`KeyedState::read_cold`) and applies
-//! the waiting events in arrival order. A key with an event waiting is not hot, so every later
-//! event on it waits too: per-key order is kept. Bounded by `state.cold_wait_max`.
+//! is full) the owner hands every waiting key to one batched read (`cold_reader`) and, when
+//! it is back, applies the events that waited for it in arrival order. A key with an event
+//! waiting is not hot, so every later event on it waits too: per-key order is kept. While a
+//! read is out (`state.cold_reader = thread`) its events wait in `out`, and new misses in
+//! `events` for the next read; when it lands, the new ones whose keys it brought in go next.
+//! Bounded by `state.cold_wait_max` each.
 
 use crate::egress::ReplyTo;
 use crate::route::RoutedEvent;
@@ -24,6 +27,8 @@ pub(super) struct ColdWait {
     /// `state.cold_wait_max` (0: off, misses read on arrival).
     max: usize,
     pub events: Vec<Waiting>,
+    /// The events of the read that is out, in arrival order.
+    pub out: Vec<Waiting>,
     /// (key, arrival index, ts) of each event, sorted into the distinct keys of a read.
     order: Vec<(u64, u32, u64)>,
     /// The read's distinct keys, ascending, each with its first event's time.
@@ -35,6 +40,7 @@ impl ColdWait {
         Self {
             max,
             events: Vec::with_capacity(max),
+            out: Vec::with_capacity(max),
             order: Vec::with_capacity(max),
             keys: Vec::with_capacity(max),
         }
@@ -46,6 +52,11 @@ impl ColdWait {
 
     pub fn is_full(&self) -> bool {
         self.events.len() >= self.max
+    }
+
+    /// Events waiting, for the next read or the one out.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.out.len()
     }
 
     pub fn push(&mut self, w: Waiting) {

@@ -76,17 +76,27 @@ fn client() -> SocketAddr {
     "127.0.0.1:9999".parse().unwrap()
 }
 
+/// Wakers for one shard (a reader thread wakes its shard through them).
+fn wakers() -> Arc<Vec<crate::wake::Waker>> {
+    Arc::new(vec![crate::wake::Waker::new().unwrap()])
+}
+
+/// One datagram of (key, seq, feedback) events into the core.
+fn send(c: &mut ShardCore, events: &[(u64, u64, bool)], sink: &mut dyn ScoreSink) {
+    let bytes = datagram(events);
+    let dg = Datagram {
+        payload: &bytes,
+        src: client(),
+        recv_ns: 1_000,
+        truncated: false,
+    };
+    c.on_datagram(dg, 2_000, sink);
+}
+
 /// One cycle: the datagrams, then the cycle's end.
 fn cycle(c: &mut ShardCore, datagrams: &[Vec<(u64, u64, bool)>], sink: &mut dyn ScoreSink) {
     for d in datagrams {
-        let bytes = datagram(d);
-        let dg = Datagram {
-            payload: &bytes,
-            src: client(),
-            recv_ns: 1_000,
-            truncated: false,
-        };
-        c.on_datagram(dg, 2_000, sink);
+        send(c, d, sink);
     }
     c.finish_cycle(3_000, sink);
 }
@@ -113,10 +123,21 @@ proptest! {
             prop::collection::vec(prop::collection::vec((0u64..24, 0u8..5), 1..5), 1..4),
             1..30,
         ),
+        lands in prop::collection::vec(0u8..4, 1..16),
     ) {
         // The production store on the waiting side, the twin on the other.
         let mut waiting = core_on(hot, wait, "prop", true);
         let mut direct = core(hot, 0, "prop");
+        // Reads made off the shard: when the test says (`lands` picks, after each datagram,
+        // whether the read out is made and whether the cycle ends), and on a reader thread.
+        let mut deferred = core(hot, wait, "prop-deferred");
+        let r = ColdReader::deferred(deferred.core.state());
+        deferred.core.use_cold_reader(r);
+        let mut threaded = core_on(hot, wait, "prop-thread", true);
+        let r = ColdReader::thread(threaded.core.state(), 0, wakers()).unwrap();
+        threaded.core.use_cold_reader(r);
+        let mut turn = 0usize;
+        let (mut s_deferred, mut s_thread) = (Sink::new(), Sink::new());
         let mut expect: HashMap<u64, u64> = HashMap::new();
         let mut model: HashMap<u64, (u64, u64)> = HashMap::new();
         let mut seq = 0u64;
@@ -144,8 +165,33 @@ proptest! {
                 .collect();
             cycle(&mut waiting.core, &datagrams, &mut s_wait);
             cycle(&mut direct.core, &datagrams, &mut s_direct);
+            cycle(&mut threaded.core, &datagrams, &mut s_thread);
+            for d in &datagrams {
+                send(&mut deferred.core, d, &mut s_deferred);
+                let land = lands[turn % lands.len()];
+                turn += 1;
+                if land & 1 != 0 {
+                    deferred.core.read_cold_deferred();
+                }
+                if land & 2 != 0 {
+                    deferred.core.finish_cycle(3_000, &mut s_deferred);
+                }
+            }
         }
-        for sink in [&s_wait, &s_direct] {
+        deferred.core.settle_cold(&mut s_deferred);
+        threaded.core.settle_cold(&mut s_thread);
+        prop_assert_eq!(deferred.core.waiting_for_cold(), 0);
+        prop_assert_eq!(threaded.core.waiting_for_cold(), 0);
+        for (&key, &m) in &model {
+            prop_assert_eq!(counts(&deferred.core, key), m, "key {}", key);
+            prop_assert_eq!(counts(&threaded.core, key), m, "key {}", key);
+        }
+        for c in [&deferred.counters, &threaded.counters] {
+            for r in DropReason::ALL {
+                prop_assert_eq!(c.events_dropped_by(r), 0, "{:?}", r);
+            }
+        }
+        for sink in [&s_wait, &s_direct, &s_deferred, &s_thread] {
             let got: HashMap<u64, u64> =
                 sink.iter().map(|(_, p)| (p.score.seq, p.score.count)).collect();
             prop_assert_eq!(got.len(), sink.len(), "a Score twice");
@@ -262,4 +308,85 @@ fn hot_keys_are_answered_before_the_cold_read() {
             format!("score {cold}"),
         ]
     );
+}
+
+/// Keys 1 and 2 hot in a table of two, 3 spilled (seen first, pushed out by 1 and 2);
+/// each cycle's read landed.
+fn two_hot_one_spilled(c: &mut ShardCore, sink: &mut dyn ScoreSink) {
+    for (k, seq) in [(3, 1), (1, 2), (2, 3)] {
+        cycle(c, &[vec![(k, seq, false)]], sink);
+        c.settle_cold(sink);
+    }
+    assert_eq!(c.locate(3).unwrap().unwrap().location, "spilled");
+    assert_eq!(c.locate(1).unwrap().unwrap().location, "hot");
+    assert_eq!(c.locate(2).unwrap().unwrap().location, "hot");
+}
+
+#[test]
+fn a_read_out_does_not_hold_back_hot_keys_and_later_events_on_its_key_land_after_it() {
+    let mut c = core(2, 8, "deferred");
+    let r = ColdReader::deferred(c.core.state());
+    c.core.use_cold_reader(r);
+    let mut sink = Sink::new();
+    two_hot_one_spilled(&mut c.core, &mut sink);
+    sink.clear();
+
+    // 3 is cold: its event waits and the cycle's end hands its read out.
+    let mut order = Order::default();
+    cycle(&mut c.core, &[vec![(3, 10, false)]], &mut order);
+    assert!(order.0.is_empty(), "{:?}", order.0);
+    assert_eq!(c.core.waiting_for_cold(), 1);
+    // While it is out, hot keys are answered, and a second event on 3 waits behind the first.
+    cycle(
+        &mut c.core,
+        &[vec![(1, 11, false), (3, 12, false), (2, 13, false)]],
+        &mut order,
+    );
+    assert_eq!(order.0, vec!["score 1".to_owned(), "score 2".to_owned()]);
+    assert_eq!(c.core.waiting_for_cold(), 2);
+    // Not read yet: a cycle's end changes nothing.
+    cycle(&mut c.core, &[], &mut order);
+    assert_eq!(c.core.waiting_for_cold(), 2);
+    // The read lands at the next cycle's end: both events on 3, in order, counts 2 and 3.
+    c.core.read_cold_deferred();
+    let mut sink = Sink::new();
+    cycle(&mut c.core, &[], &mut sink);
+    let got: Vec<(u64, u64, bool)> = sink
+        .iter()
+        .map(|(_, p)| (p.score.seq, p.score.count, p.cold))
+        .collect();
+    assert_eq!(got, vec![(10, 2, true), (12, 3, true)]);
+    assert_eq!(c.core.waiting_for_cold(), 0);
+    assert_eq!(counts(&c.core, 3), (3, 0));
+    assert_eq!(c.core.locate(3).unwrap().unwrap().location, "hot");
+}
+
+#[test]
+fn a_full_wait_list_waits_for_the_read_out_then_hands_over_the_next() {
+    // Room for two waiting events.
+    let mut c = core(2, 2, "full");
+    let r = ColdReader::deferred(c.core.state());
+    c.core.use_cold_reader(r);
+    let mut sink = Sink::new();
+    for k in 10..20u64 {
+        cycle(&mut c.core, &[vec![(k, k, false)]], &mut sink);
+        c.core.settle_cold(&mut sink);
+    }
+    assert_eq!(sink.len(), 10);
+    sink.clear();
+    // Two misses fill the list: handed over at once (no read out); two more fill it again
+    // while that read is out: the shard waits for it (a deferred read is made then), lands
+    // it, and hands over the next. Nothing refused, nothing lost.
+    send(&mut c.core, &[(10, 20, false), (11, 21, false)], &mut sink);
+    assert_eq!(c.core.waiting_for_cold(), 2);
+    send(&mut c.core, &[(12, 22, false), (13, 23, false)], &mut sink);
+    assert_eq!(c.core.waiting_for_cold(), 2);
+    c.core.settle_cold(&mut sink);
+    let mut seqs: Vec<u64> = sink.iter().map(|(_, p)| p.score.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![20, 21, 22, 23]);
+    assert!(sink.iter().all(|(_, p)| p.score.count == 2));
+    for r in DropReason::ALL {
+        assert_eq!(c.counters.events_dropped_by(r), 0, "{r:?}");
+    }
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::cold_reader::ColdReader;
 use super::cold_wait::{ColdWait, Waiting};
 use crate::config::{Config, LatePolicy, RingFullPolicy, TimeMode};
 use crate::egress::{PendingScore, ReplyTo, ScoreSink};
@@ -79,6 +80,8 @@ pub struct Owner {
     model_failures: u64,
     /// Events waiting for the cycle's batched cold read.
     cold_wait: ColdWait,
+    /// Where that read is made (`state.cold_reader`).
+    reader: ColdReader,
 }
 
 impl Owner {
@@ -125,7 +128,13 @@ impl Owner {
                 now_ns,
             });
             if self.cold_wait.is_full() {
-                self.read_cold(sink);
+                // Backpressure: the read out (if one is) must land before the next goes.
+                if self.reader.is_out() {
+                    self.counters.cold_read_waits.inc();
+                    self.reader.wait();
+                    self.land_cold_read(sink);
+                }
+                self.start_cold_read(sink);
             }
             return;
         }
@@ -238,34 +247,98 @@ impl Owner {
         }
     }
 
-    /// The waiting events (`cold_wait`): first the Scores so far go out (their keys were hot:
-    /// they do not wait for the read), then one batched read brings every waiting key in, and
-    /// the waiting events are applied in arrival order. If the read fails nothing has moved
-    /// and each waiting event is refused, counted.
-    fn read_cold(&mut self, sink: &mut dyn ScoreSink) {
-        if self.cold_wait.events.is_empty() {
+    /// Hand the waiting events' keys to one batched read, unless one is out or none waits.
+    /// Read on the shard thread, the Scores so far go out first (their keys were hot: they do
+    /// not wait for the read) and the read lands at once.
+    fn start_cold_read(&mut self, sink: &mut dyn ScoreSink) {
+        if self.cold_wait.events.is_empty() || self.reader.is_out() {
             return;
         }
-        self.score(sink);
-        sink.flush_early();
+        if !self.reader.is_async() {
+            self.score(sink);
+            sink.flush_early();
+        }
         self.cold_wait.collect_keys();
-        let read = self.table.read_cold(&self.cold_wait.keys);
+        crate::invariant!(
+            self.cold_wait.out.is_empty(),
+            "cold events out with no read"
+        );
+        std::mem::swap(&mut self.cold_wait.events, &mut self.cold_wait.out);
+        let Some(job) = self.reader.job_to_fill() else {
+            return;
+        };
+        self.table.prepare_cold(&self.cold_wait.keys, job);
+        self.reader.hand_over(&self.table);
+        if !self.reader.is_async() {
+            self.land_cold_read(sink);
+        }
+    }
+
+    /// A read that is back: its records into the hot table, then its events in arrival order,
+    /// then the events that came meanwhile on the keys it brought in (every earlier event on
+    /// those keys has now been applied). If the read or its write failed nothing has moved and
+    /// each of its events is refused, counted. Returns the events applied or refused.
+    fn land_cold_read(&mut self, sink: &mut dyn ScoreSink) -> usize {
+        let Some(job) = self.reader.finished_job() else {
+            return 0;
+        };
+        let moved = self.table.finish_cold(job);
+        self.counters.cold_reads.inc();
         // Taken out while they are applied (no allocation: an empty Vec takes its place).
-        let mut events = std::mem::take(&mut self.cold_wait.events);
-        match read {
+        let mut out = std::mem::take(&mut self.cold_wait.out);
+        match moved {
             Ok(()) => {
-                for w in &events {
+                for w in &out {
                     self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
                 }
             }
             Err(e) => {
-                for w in &events {
+                for w in &out {
                     self.refuse(w.ev.key, &e);
                 }
             }
         }
-        events.clear();
+        let mut landed = out.len();
+        out.clear();
+        self.cold_wait.out = out;
+        let mut events = std::mem::take(&mut self.cold_wait.events);
+        let mut kept = 0;
+        for i in 0..events.len() {
+            let w = events[i];
+            if self.table.hot().find(w.ev.key).is_some() {
+                self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
+                landed += 1;
+            } else {
+                events[kept] = w;
+                kept += 1;
+            }
+        }
+        events.truncate(kept);
         self.cold_wait.events = events;
+        landed
+    }
+
+    /// The cycle's turn of the cold reads: land the read that is back, start the next.
+    /// Returns the events it applied or refused.
+    fn cold_turn(&mut self, sink: &mut dyn ScoreSink) -> usize {
+        let before = self.cold_wait.len();
+        if self.reader.is_back() {
+            self.land_cold_read(sink);
+        }
+        // A shard reader lands what it starts at once.
+        self.start_cold_read(sink);
+        before - self.cold_wait.len()
+    }
+
+    /// Until no event waits: every read out landed, every waiting event read.
+    fn settle_cold(&mut self, sink: &mut dyn ScoreSink) {
+        while self.cold_wait.len() > 0 {
+            if self.reader.is_out() {
+                self.reader.wait();
+                self.land_cold_read(sink);
+            }
+            self.start_cold_read(sink);
+        }
     }
 
     /// Run the model over the pending rows and emit one Score per row.
@@ -358,6 +431,7 @@ impl ShardCore {
         crate::invariant_eq!(width, table.plan().width());
         let batch_max = config.infer.batch_max;
         let cold_wait_max = table.cold_batch_max();
+        let reader = ColdReader::on_shard(&table);
         Self {
             id,
             shards,
@@ -390,6 +464,7 @@ impl ShardCore {
                 state_refused: 0,
                 model_failures: 0,
                 cold_wait: ColdWait::new(cold_wait_max),
+                reader,
             },
             counters,
         }
@@ -576,9 +651,34 @@ impl ShardCore {
         );
     }
 
-    /// Events parked for this cycle's batched cold read (`state.cold_wait_max`).
+    /// Events waiting for a batched cold read (`state.cold_wait_max`), out or to come.
     pub fn waiting_for_cold(&self) -> usize {
-        self.owner.cold_wait.events.len()
+        self.owner.cold_wait.len()
+    }
+
+    /// Make the batched cold reads with `reader` (the shard's own by default). Only before
+    /// the first event.
+    pub fn use_cold_reader(&mut self, reader: ColdReader) {
+        crate::invariant_eq!(self.owner.cold_wait.len(), 0);
+        self.owner.reader = reader;
+    }
+
+    /// A cold read is back and waits to land (for the check before parking).
+    pub fn cold_read_back(&self) -> bool {
+        self.owner.reader.has_news()
+    }
+
+    /// Deferred reader (simulation): make the read that is out now; it lands at the next
+    /// `finish_cycle`.
+    pub fn read_cold_deferred(&mut self) {
+        self.owner.reader.read_deferred();
+    }
+
+    /// Land every cold read and apply every event waiting for one, waiting for the reader
+    /// (before a drain's end, a checkpoint that records input positions, a partition's move).
+    pub fn settle_cold(&mut self, sink: &mut dyn ScoreSink) {
+        self.owner.settle_cold(sink);
+        self.owner.score(sink);
     }
 
     /// Backpressure: is the shard holding events it could not hand on? (It must not receive
@@ -635,11 +735,13 @@ impl ShardCore {
         self.owner.model.version()
     }
 
-    /// End of a drain cycle: score what is pending, sweep a few slots for idle keys, publish
-    /// the state counters. `now_ns` is the cycle's processing time.
-    pub fn finish_cycle(&mut self, now_ns: u64, sink: &mut dyn ScoreSink) {
+    /// End of a drain cycle: land a cold read that is back and start the next, score what is
+    /// pending, sweep a few slots for idle keys, publish the state counters. `now_ns` is the
+    /// cycle's processing time. Returns the events that waited for a cold read and were
+    /// applied (or refused) now.
+    pub fn finish_cycle(&mut self, now_ns: u64, sink: &mut dyn ScoreSink) -> usize {
         self.check_accounting();
-        self.owner.read_cold(sink);
+        let landed = self.owner.cold_turn(sink);
         self.owner.score(sink);
         let reference = match self.owner.time {
             TimeMode::Processing => now_ns,
@@ -649,6 +751,7 @@ impl ShardCore {
             .table
             .expire_idle(reference, self.owner.ttl_sweep_slots);
         self.publish_state_counters();
+        landed
     }
 
     /// The state's counters (keys hot and spilled, hits, spills, ...) as they are now: at every
@@ -663,6 +766,7 @@ impl ShardCore {
         c.hot_misses.set(t.stats.hot_misses);
         c.spills.set(t.stats.spills);
         c.reloads.set(t.stats.reloads);
+        c.cold_waiting.set(self.owner.cold_wait.len() as u64);
         c.expired.set(t.stats.expired);
     }
 

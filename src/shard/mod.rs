@@ -4,12 +4,14 @@
 //! routed to. Idle shards spin `shards.idle_spins` turns, then park until a datagram, a wake-up
 //! from another shard, or `shards.park_timeout_us`.
 
+mod cold_reader;
 mod cold_wait;
 mod core;
 mod kafka;
 mod lifecycle;
 
 pub use self::core::{KafkaRecord, ShardCore};
+pub use cold_reader::ColdReader;
 pub use kafka::{GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
 
@@ -167,8 +169,16 @@ impl Shard {
             counters,
             latency,
         };
+        let has_kafka = sink.kafka.is_some();
         work += core.drain_inbound(self.drain_max, &mut sink);
-        core.finish_cycle(pickup_ns, &mut sink);
+        work += core.finish_cycle(pickup_ns, &mut sink);
+        if !receive || has_kafka {
+            // Draining to a stop: nothing may still wait for a cold read at its end. With
+            // Kafka, a checkpoint or commit after this cycle records input positions that
+            // must include every event taken (its shards read cold keys on the shard thread,
+            // so this finds nothing to wait for).
+            core.settle_cold(&mut sink);
+        }
         egress.flush(counters, latency);
         let mut failure = None;
         if let Some(k) = kafka.as_mut() {
@@ -260,7 +270,8 @@ impl Shard {
         let me = &self.wakers[self.core.id];
         me.park();
         let kafka_arrived = self.kafka.as_ref().is_some_and(|k| k.source.has_arrived());
-        if self.core.inbound_is_empty() && !kafka_arrived {
+        // A cold read landing wakes the shard the same way (the reader's `wake_if_parked`).
+        if self.core.inbound_is_empty() && !kafka_arrived && !self.core.cold_read_back() {
             self.rx.park(self.park_timeout, me.raw_fd())?;
             me.clear();
         }

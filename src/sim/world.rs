@@ -18,7 +18,7 @@ use crate::ingest::Datagram;
 use crate::loadgen::rng::Rng;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Mesh};
-use crate::shard::ShardCore;
+use crate::shard::{ColdReader, ShardCore};
 use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer, Input, RestoreTarget};
 use crate::state::{KeyedState, Spill};
 use crate::wire::EventBatchEncoder;
@@ -66,6 +66,10 @@ pub struct SeedReport {
     pub hot_capacity: usize,
     /// `state.cold_wait_max` (0: each miss read on its own).
     pub cold_wait_max: usize,
+    /// UDP seeds: the batched cold reads are made off the shard (a deferred reader, whose
+    /// reads land at steps the seed picks, while later events go on), as
+    /// `state.cold_reader = thread` does.
+    pub cold_reads_deferred: bool,
     /// `state.ttl_ms` (Kafka seeds only; 0: off).
     pub ttl_ms: u64,
     pub events: usize,
@@ -344,6 +348,7 @@ impl World {
         // Batched cold reads off, tiny (the batch evicts its own keys), or larger than the
         // table: from the seed itself, so the world's other draws stay as they were.
         let cold_wait = [0usize, 1, 3, 8, 256][(route::mix64(seed ^ 0xC01D) % 5) as usize];
+        let cold_reads_deferred = !kafka && cold_wait > 0 && route::mix64(seed ^ 0xA5C0) % 2 == 0;
         let sets = [
             "model.kind=linear".to_owned(),
             format!("state.cold_wait_max={cold_wait}"),
@@ -420,6 +425,7 @@ impl World {
                 keys,
                 hot_capacity: hot,
                 cold_wait_max: cold_wait,
+                cold_reads_deferred,
                 ttl_ms,
                 events: spec.events,
                 ..SeedReport::default()
@@ -541,7 +547,7 @@ impl World {
             cp.wait_ready();
             let model = build_primary(&self.config, None).map_err(|e| e.to_string())?;
             let counters = Arc::new(ShardCounters::default());
-            let core = ShardCore::new(
+            let mut core = ShardCore::new(
                 id,
                 self.shards,
                 &self.config,
@@ -551,6 +557,10 @@ impl World {
                 max_event_ns,
                 Arc::clone(&counters),
             );
+            if self.report.cold_reads_deferred {
+                let reader = ColdReader::deferred(core.state());
+                core.use_cold_reader(reader);
+            }
             nodes.push(Node {
                 core,
                 cp,
@@ -758,6 +768,16 @@ impl World {
         }
     }
 
+    /// Deferred cold reads: at half the cycle ends (drawn from the seed and step, so that the
+    /// rng's draws stay as they were) the read out is made first and lands in that cycle's
+    /// end; otherwise it stays out while later events come.
+    fn maybe_read_cold(&mut self, id: usize) {
+        if self.report.cold_reads_deferred && route::mix64(self.seed ^ self.step ^ 0x4EAD) % 2 == 0
+        {
+            self.nodes[id].core.read_cold_deferred();
+        }
+    }
+
     /// A producer sends its next 1-4 events in one datagram to its ingest shard (not while
     /// that shard holds stalled events: it receives nothing then).
     fn send(&mut self) -> Result<(), String> {
@@ -794,6 +814,7 @@ impl World {
         // A quarter of the sends leave the cycle open, drawn from the seed and step rather
         // than the rng so that seeds keep the draws they had before this was added.
         let leave_open = route::mix64(self.seed ^ self.step ^ 0x09E1) % 4 == 0;
+        self.maybe_read_cold(ingest);
         let node = &mut self.nodes[ingest];
         node.core.on_datagram(dg, self.now, &mut self.sink);
         if leave_open {
@@ -809,6 +830,7 @@ impl World {
     /// The shard retries its stalled events and drains some of its inbound rings.
     fn drain(&mut self, id: usize) -> Result<(), String> {
         let max = 1 + self.rng.below(16) as usize;
+        self.maybe_read_cold(id);
         let node = &mut self.nodes[id];
         node.core.retry_stalled();
         let n = node.core.drain_inbound(max, &mut self.sink);
@@ -837,15 +859,18 @@ impl World {
     /// Drain every ring and stall queue (all producers are done).
     fn drain_all(&mut self) -> Result<(), String> {
         for _ in 0..100_000 {
-            let busy = self
-                .nodes
-                .iter()
-                .any(|n| n.open || n.core.is_stalled() || !n.core.inbound_is_empty());
+            let busy = self.nodes.iter().any(|n| {
+                n.open
+                    || n.core.is_stalled()
+                    || !n.core.inbound_is_empty()
+                    || n.core.waiting_for_cold() > 0
+            });
             if !busy {
                 return Ok(());
             }
             for id in 0..self.shards {
                 self.step += 1;
+                self.nodes[id].core.read_cold_deferred();
                 self.drain(id)?;
             }
         }

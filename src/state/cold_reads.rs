@@ -1,9 +1,11 @@
 //! Cold reads in batches (larger-than-memory state). An event whose key is not hot does not
-//! read the spill store on its own: the shard core parks it (`shard::parked`) and serves the
-//! cycle's other events, then hands the parked keys here at once. `KeyedState::read_cold`
-//! fetches their records with one batched read (RocksDB's MultiGet), makes room for them and
-//! brings them into the hot table, and writes the victims' puts and the returning keys'
-//! deletes in one batch. The parked events then find their keys hot.
+//! read the spill store on its own: the shard core makes it wait (`shard::cold_wait`) and
+//! serves the cycle's other events, then hands the waiting keys here at once, in three steps:
+//! `prepare_cold` names the keys that are not hot in a `ColdJob`; `ColdJob::read` fetches
+//! their records with one batched read (RocksDB's MultiGet), on the shard thread or on a
+//! reader thread (`shard::cold_reader`); `finish_cold`, on the shard, makes room, brings them
+//! into the hot table and writes the victims' puts and the returning keys' deletes in one
+//! batch. The waiting events then find their keys hot. `read_cold` is the three at once.
 //!
 //! Nothing is half-moved on a failure: the read moves nothing; the hot table is changed
 //! before the write, and if the write fails every change is undone in reverse (victims back,
@@ -12,10 +14,12 @@
 //! journal is written before it, as for a single move (an entry says what the store held at
 //! the flip, which stays true whether or not the write lands).
 
-use super::cold::ColdBatch;
+use std::sync::Arc;
+
+use super::cold::{ColdBatch, ColdStore, FoundFn};
 use super::record::image_bytes;
 use super::spill_image;
-use super::{KeyedState, Record, StateError};
+use super::{KeyedState, Record, SpillError, StateError};
 
 /// One step of a batch, for the undo and the bookkeeping.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +30,13 @@ enum Step {
     Returned(usize),
 }
 
-/// Scratch of `read_cold`, sized once for `max` keys a batch (nothing allocated per cycle
-/// here; the RocksDB calls allocate a little per batch, see `spill`).
+/// One batched read: the keys asked for and what the store held for them. The read itself
+/// (`ColdJob::read`) touches only the store, not the hot table, so it can run on a reader
+/// thread while the shard goes on (`shard::cold_reader`); preparing it and moving its
+/// records in (`KeyedState::prepare_cold`, `finish_cold`) are the shard's. Sized once for
+/// `max` keys: nothing allocated per batch here.
 #[derive(Debug, Default)]
-pub(crate) struct ColdReads {
+pub struct ColdJob {
     max: usize,
     words: usize,
     keys: Vec<u64>,
@@ -37,6 +44,85 @@ pub(crate) struct ColdReads {
     ts: Vec<u64>,
     found: Vec<Option<Record>>,
     found_words: Vec<u64>,
+    /// Set by the read when it failed (nothing has moved then).
+    failed: Option<SpillError>,
+}
+
+impl ColdJob {
+    pub fn new(max: usize, words: usize) -> Self {
+        Self {
+            max,
+            words,
+            keys: Vec::with_capacity(max),
+            ts: Vec::with_capacity(max),
+            found: Vec::with_capacity(max),
+            found_words: vec![0; max * words],
+            failed: None,
+        }
+    }
+
+    /// Keys this job asks for.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.ts.clear();
+        self.found.clear();
+        self.failed = None;
+    }
+
+    /// Read the keys' records from `store`: the part of a batch that may run off the shard
+    /// thread (the store is shared and thread-safe; the shard writes none of these keys while
+    /// the read is out, see `shard::cold_reader`).
+    pub fn read(&mut self, store: &dyn ColdStore) {
+        self.fill(|keys, found| store.peek_many(keys, found));
+    }
+
+    fn fill(&mut self, peek: impl FnOnce(&[u64], &mut FoundFn<'_>) -> Result<(), SpillError>) {
+        let words = self.words;
+        let ColdJob {
+            keys,
+            found,
+            found_words,
+            failed,
+            ..
+        } = self;
+        found.clear();
+        let read = peek(keys, &mut |i, image| {
+            let rec = match image {
+                None => None,
+                Some(b) => Some(
+                    spill_image::unpack(keys[i], b, &mut found_words[i * words..(i + 1) * words])
+                        .ok_or(SpillError::Corrupt(keys[i]))?,
+                ),
+            };
+            found.push(rec);
+            Ok(())
+        });
+        if let Err(e) = read {
+            *failed = Some(e);
+        } else if found.len() != keys.len() {
+            *failed = Some(SpillError::Store(
+                "a batched read answered the wrong number of keys",
+            ));
+        }
+    }
+}
+
+/// The shard's side of the batched cold reads: the moves' scratch (nothing allocated per
+/// cycle here; the RocksDB calls allocate a little per batch, see `spill`) and, for reads
+/// made on the shard thread, a job of its own.
+#[derive(Debug, Default)]
+pub(crate) struct ColdReads {
+    max: usize,
+    words: usize,
+    own: ColdJob,
     victims: Vec<Record>,
     victim_words: Vec<u64>,
     steps: Vec<Step>,
@@ -48,10 +134,7 @@ impl ColdReads {
         Self {
             max,
             words,
-            keys: Vec::with_capacity(max),
-            ts: Vec::with_capacity(max),
-            found: Vec::with_capacity(max),
-            found_words: vec![0; max * words],
+            own: ColdJob::new(max, words),
             victims: Vec::with_capacity(max),
             victim_words: vec![0; max * words],
             steps: Vec::with_capacity(2 * max),
@@ -60,9 +143,6 @@ impl ColdReads {
     }
 
     fn clear(&mut self) {
-        self.keys.clear();
-        self.ts.clear();
-        self.found.clear();
         self.victims.clear();
         self.steps.clear();
         self.batch.clear();
@@ -91,53 +171,80 @@ impl KeyedState {
         true
     }
 
+    /// A job sized for this state's batches, for a reader that holds its own.
+    pub fn cold_job(&self) -> ColdJob {
+        ColdJob::new(self.cold.max, self.cold.words)
+    }
+
+    /// The spill store, for a reader thread (None: no `state.dir`).
+    pub fn cold_store(&self) -> Option<Arc<dyn ColdStore>> {
+        self.spill.as_ref().map(|s| s.shared())
+    }
+
     /// Bring `keys` (ascending, distinct, at most `cold_batch_max`; each with its first
     /// event's time) into the hot table: one batched read of the spill store, one write of
-    /// the moves. A key not stored starts fresh. Keys already hot are skipped. On an error
-    /// nothing has moved.
+    /// the moves, all on this thread. A key not stored starts fresh. Keys already hot are
+    /// skipped. On an error nothing has moved.
     pub fn read_cold(&mut self, keys: &[(u64, u64)]) -> Result<(), StateError> {
+        let mut job = std::mem::take(&mut self.cold.own);
+        self.prepare_cold(keys, &mut job);
+        self.read_cold_here(&mut job);
+        let moved = self.finish_cold(&mut job);
+        self.cold.own = job;
+        moved
+    }
+
+    /// Fill `job` with the keys of `keys` (as for `read_cold`) that are not hot. Until the
+    /// job is finished, none of them may become hot or be written by anything but
+    /// `finish_cold`: the owner keeps every event on them waiting.
+    pub fn prepare_cold(&mut self, keys: &[(u64, u64)], job: &mut ColdJob) {
+        crate::invariant!(keys.len() <= self.cold.max, "cold batch past its bound");
+        crate::invariant!(keys.len() <= job.max, "cold batch past its job's bound");
+        crate::invariant!(keys.windows(2).all(|w| w[0].0 < w[1].0));
+        job.clear();
+        if self.spill.is_none() {
+            return;
+        }
+        for &(k, ts) in keys {
+            if self.hot.find(k).is_none() {
+                job.keys.push(k);
+                job.ts.push(ts);
+            }
+        }
+    }
+
+    /// Make `job`'s read on this thread (an empty store answers without a lookup).
+    pub fn read_cold_here(&self, job: &mut ColdJob) {
+        match &self.spill {
+            Some(spill) => job.fill(|keys, found| spill.peek_many(keys, found)),
+            None => job.found.clear(),
+        }
+    }
+
+    /// Move a read job's records into the hot table (victims out, in one write). On an error
+    /// (the read's or the write's) nothing has moved.
+    pub fn finish_cold(&mut self, job: &mut ColdJob) -> Result<(), StateError> {
         let Some(spill) = &mut self.spill else {
             return Ok(());
         };
-        crate::invariant!(keys.len() <= self.cold.max, "cold batch past its bound");
-        crate::invariant!(keys.windows(2).all(|w| w[0].0 < w[1].0));
+        if let Some(e) = job.failed.take() {
+            return Err(e.into());
+        }
+        crate::invariant_eq!(job.found.len(), job.keys.len());
         let c = &mut self.cold;
         c.clear();
-        for &(k, ts) in keys {
-            if self.hot.find(k).is_none() {
-                c.keys.push(k);
-                c.ts.push(ts);
-            }
-        }
         let words = c.words;
-        {
-            let ColdReads {
-                keys,
-                found,
-                found_words,
-                ..
-            } = c;
-            spill.peek_many(keys, &mut |i, image| {
-                let rec = match image {
-                    None => None,
-                    Some(b) => Some(
-                        spill_image::unpack(
-                            keys[i],
-                            b,
-                            &mut found_words[i * words..(i + 1) * words],
-                        )
-                        .ok_or(super::SpillError::Corrupt(keys[i]))?,
-                    ),
-                };
-                found.push(rec);
-                Ok(())
-            })?;
-        }
-        crate::invariant_eq!(c.found.len(), c.keys.len());
 
         // Move in the hot table and build the write; the journal first, as for one move.
         let (mut puts, mut deletes) = (0u64, 0u64);
-        for i in 0..c.keys.len() {
+        for i in 0..job.keys.len() {
+            // Made hot since the job was prepared: only by this job's own moves (a key is
+            // once in a batch), so never; the hot copy would be the newer one.
+            let hot = self.hot.find(job.keys[i]).is_some();
+            crate::invariant!(!hot, "a key read cold became hot while its read was out");
+            if hot {
+                continue;
+            }
             if self.hot.is_full() {
                 if let Some(slot) = self.hot.evict_candidate() {
                     let j = c.victims.len();
@@ -150,15 +257,15 @@ impl KeyedState {
                     puts += 1;
                 }
             }
-            let w = &c.found_words[i * words..(i + 1) * words];
-            let inserted = match c.found[i] {
+            let w = &job.found_words[i * words..(i + 1) * words];
+            let inserted = match job.found[i] {
                 Some(rec) => {
                     self.journal.image(&rec, w);
                     c.batch.delete(rec.key);
                     deletes += 1;
                     self.hot.insert(rec, Some(w))
                 }
-                None => self.hot.insert(Record::fresh(c.keys[i], c.ts[i]), None),
+                None => self.hot.insert(Record::fresh(job.keys[i], job.ts[i]), None),
             };
             // Room was made above unless hot_capacity is 0, which config validation refuses;
             // a key left out is read again by `apply` on its own.
@@ -172,7 +279,7 @@ impl KeyedState {
             for step in c.steps.iter().rev() {
                 match *step {
                     Step::Returned(i) => {
-                        if let Some(slot) = self.hot.find(c.keys[i]) {
+                        if let Some(slot) = self.hot.find(job.keys[i]) {
                             self.hot.remove_slot(slot, &mut self.victim_words);
                         }
                     }
@@ -194,14 +301,14 @@ impl KeyedState {
                     self.changes.gone(c.victims[j].key, c.victims[j].source);
                 }
                 Step::Returned(i) => {
-                    if c.found[i].is_none() {
+                    if job.found[i].is_none() {
                         continue;
                     }
                     self.stats.reloads += 1;
                     // It left the spill store: the next checkpoint must have it among the hot
                     // records even if its events turn out to be replays (as in `bring_in`).
                     // Gone again already when a later key of this batch evicted it.
-                    if let Some(slot) = self.hot.find(c.keys[i]) {
+                    if let Some(slot) = self.hot.find(job.keys[i]) {
                         self.changes.dirty(self.hot.slot_mut(slot).0, dirty_bit);
                     }
                 }

@@ -18,6 +18,7 @@ pub mod snapshot;
 mod spill;
 pub(crate) mod spill_image;
 
+pub use cold_reads::ColdJob;
 pub use hot_table::HotTable;
 pub use record::{image_bytes, Record, RECORD_BYTES};
 pub use snapshot::SpillMark;
