@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use sluice::config::Config;
+use sluice::config::{ColdReaderPlace, Config};
 use sluice::egress::{PendingScore, ReplyTo};
 use sluice::infer::{build_primary, ShardModel};
 use sluice::ingest::Datagram;
@@ -21,7 +21,7 @@ use sluice::loadgen::keys::KeyDist;
 use sluice::loadgen::rng::Rng;
 use sluice::metrics::ShardCounters;
 use sluice::route::Mesh;
-use sluice::shard::ShardCore;
+use sluice::shard::{ColdReader, ShardCore};
 use sluice::state::checkpoint;
 use sluice::state::{KeyedState, Spill};
 use sluice::wire::{EventBatchEncoder, EventIn};
@@ -51,6 +51,12 @@ struct ColdRun {
     cycle_p50_us: f64,
     cycle_p99_us: f64,
     cycle_max_us: f64,
+    /// Where the batched reads were made (`state.cold_reader`).
+    cold_reader: String,
+    /// CPU time of the shard thread per event (its capacity when the reads are elsewhere).
+    shard_cpu_ns_per_event: f64,
+    /// Times a full wait list made the shard wait for the reader thread.
+    reader_waits: u64,
     /// CPU time of the whole process per event (user + system, every thread: the shard's and
     /// RocksDB's flushes and compactions), which on a 2-CPU machine competes with the rest.
     process_cpu_ns_per_event: f64,
@@ -76,17 +82,18 @@ struct Results {
 
 /// User + system CPU time of this process so far, every thread (ns).
 fn process_cpu_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec for the call's duration; the clock id is a
-    // constant every Linux has.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    if rc != 0 {
-        return 0;
-    }
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    cpu_ns(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time of the calling thread (the shard's, here).
+fn thread_cpu_ns() -> u64 {
+    cpu_ns(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn cpu_ns(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 fn percentile_us(v: &mut [u64], p: f64) -> f64 {
@@ -125,13 +132,16 @@ pub fn run(b: &ColdBench<'_>) -> anyhow::Result<()> {
         for &wait in b.waits {
             let r = measure(b, wait, &datagrams)?;
             println!(
-                "  round {} cold_wait_max {:>4}: {:.2} us/event ({} of {} cold) = {:.0} events/s; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s; {} spilled keys: {:.1} B each in RocksDB's memory, {:.1} B on disk",
+                "  round {} cold_wait_max {:>4}, reads on {}: {:.2} us/event ({} of {} cold) = {:.0} events/s; shard thread CPU {:.2} us/event, {} waits for the reader; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s; {} spilled keys: {:.1} B each in RocksDB's memory, {:.1} B on disk",
                 round + 1,
                 wait,
+                r.cold_reader,
                 r.ns_per_event / 1000.0,
                 r.cold_events,
                 r.events,
                 r.capacity_per_s,
+                r.shard_cpu_ns_per_event / 1000.0,
+                r.reader_waits,
                 r.process_cpu_ns_per_event / 1000.0,
                 r.cycle_p50_us,
                 r.cycle_p99_us,
@@ -194,7 +204,15 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
         .next()
         .context("one shard's rings")?;
     let model = ShardModel::new(&config, build_primary(&config, None)?, 1);
-    let mut core = ShardCore::new(0, 1, &config, rings, model, state, 0, counters);
+    let reader = match config.state.cold_reader {
+        place @ (ColdReaderPlace::Thread | ColdReaderPlace::Idle) => {
+            let wakers = std::sync::Arc::new(vec![sluice::wake::Waker::new()?]);
+            ColdReader::thread(&state, 0, wakers, place == ColdReaderPlace::Idle)?
+        }
+        ColdReaderPlace::Shard => ColdReader::on_shard(&state),
+    };
+    let mut core = ShardCore::new(0, 1, &config, rings, model, state, 0, counters.clone());
+    core.use_cold_reader(reader);
     let src = "127.0.0.1:9".parse()?;
     // Event times near the fill's (processing time: the receive time is the event's).
     let now = sluice::clock::realtime_ns();
@@ -202,6 +220,7 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
     let mut cycles = Vec::with_capacity(datagrams.len() / b.cycle + 1);
     let (mut scores, mut cold) = (0u64, 0u64);
     let cpu0 = process_cpu_ns();
+    let shard_cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     for chunk in datagrams.chunks(b.cycle) {
         let c0 = Instant::now();
@@ -220,8 +239,13 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
         cold += sink.iter().filter(|(_, p)| p.cold).count() as u64;
         sink.clear();
     }
+    // Reads still out land (timed: the run is over when every event is answered).
+    core.settle_cold(&mut sink);
+    scores += sink.len() as u64;
+    cold += sink.iter().filter(|(_, p)| p.cold).count() as u64;
     let total = t0.elapsed().as_nanos() as f64;
     let cpu = process_cpu_ns().saturating_sub(cpu0) as f64;
+    let shard_cpu = thread_cpu_ns().saturating_sub(shard_cpu0) as f64;
     anyhow::ensure!(
         scores == datagrams.len() as u64,
         "{scores} Scores for {} events",
@@ -241,6 +265,9 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
         cycle_p99_us: percentile_us(&mut cycles, 99.0),
         cycle_max_us: percentile_us(&mut cycles, 100.0),
         process_cpu_ns_per_event: cpu / datagrams.len() as f64,
+        cold_reader: format!("{:?}", config.state.cold_reader).to_lowercase(),
+        shard_cpu_ns_per_event: shard_cpu / datagrams.len() as f64,
+        reader_waits: counters.cold_read_waits.get(),
         restore_s,
         spilled_keys,
         spill_memory_bytes_per_key: spill_memory as f64 / spilled_keys as f64,

@@ -57,6 +57,17 @@ impl Waker {
         let _ = nix::unistd::write(&self.fd, &1u64.to_ne_bytes());
     }
 
+    /// Consumer, between `park` and `unpark`: sleep until woken or `timeout` passes (a failed
+    /// or interrupted wait returns early; the caller checks its work again either way).
+    pub fn sleep(&self, timeout: std::time::Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, ms);
+        self.clear();
+    }
+
     /// Consumer, after waking: reset the counter so the next wait blocks again.
     pub fn clear(&self) {
         let mut buf = [0u8; 8];

@@ -3,13 +3,20 @@
 
 mod common;
 
-/// Threads of this process (the service runs in it) whose name starts with `prefix`.
-fn threads_named(prefix: &str) -> Vec<String> {
+/// Threads of this process (the service runs in it) whose name starts with `prefix`, each
+/// with its scheduling policy (`/proc/<tid>/stat` field 41: 0 normal, 5 SCHED_IDLE).
+fn threads_named(prefix: &str) -> Vec<(String, u32)> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_owned())
-        .filter(|n| n.starts_with(prefix))
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the ")" that closes the name start at field 3.
+            let policy = stat.rsplit_once(')')?.1.split_whitespace().nth(41 - 3)?;
+            Some((name.trim().to_owned(), policy.parse().ok()?))
+        })
+        .filter(|(n, _)| n.starts_with(prefix))
         .collect()
 }
 
@@ -21,6 +28,11 @@ fn more_keys_than_hot_slots_still_get_exact_counts() {
 #[test]
 fn more_keys_than_hot_slots_get_exact_counts_reading_on_the_shard_thread() {
     exact_counts_with("shard");
+}
+
+#[test]
+fn more_keys_than_hot_slots_get_exact_counts_reading_on_an_idle_thread_on_the_shards_cpu() {
+    exact_counts_with("idle");
 }
 
 /// 2000 keys through 64 hot slots a shard, with the batched cold reads made where
@@ -44,9 +56,13 @@ fn exact_counts_with(reader: &str) {
     // own under nextest, so no other test's threads are counted.)
     let mut readers = threads_named("sluice-cold-");
     readers.sort();
-    let want: Vec<String> = match reader {
-        "thread" => vec!["sluice-cold-0".into(), "sluice-cold-1".into()],
-        _ => vec![],
+    let policy = if reader == "idle" { 5 } else { 0 };
+    let want: Vec<(String, u32)> = match reader {
+        "shard" => vec![],
+        _ => vec![
+            ("sluice-cold-0".into(), policy),
+            ("sluice-cold-1".into(), policy),
+        ],
     };
     assert_eq!(readers, want);
     let mut client = common::Client::new(running.local_addr, 4);

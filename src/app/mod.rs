@@ -666,16 +666,22 @@ fn build_shard(
         }
     };
     let reader = match (config.state.cold_reader, &kafka, &attach) {
-        (ColdReaderPlace::Thread, None, None) => {
+        (ColdReaderPlace::Shard, _, _) | (_, Some(_), _) | (_, _, Some(_)) => None,
+        (place, None, None) => {
+            let idle = place == ColdReaderPlace::Idle;
+            let cpus = if idle {
+                vec![placement.cpu]
+            } else {
+                helpers.clone()
+            };
             let state = &restored.state;
             Some(
-                topology::with_cpus(&helpers, || {
-                    ColdReader::thread(state, id, Arc::clone(&wakers))
+                topology::with_cpus(&cpus, || {
+                    ColdReader::thread(state, id, Arc::clone(&wakers), idle)
                 })
                 .map_err(ShardStartError::ColdReader)?,
             )
         }
-        _ => None,
     };
     let mut core = ShardCore::new(
         id,

@@ -261,7 +261,11 @@ pub struct State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ColdReaderPlace {
+    /// A reader thread on `shards.helper_cores`.
     Thread,
+    /// A reader thread on the shard's own CPU under SCHED_IDLE.
+    Idle,
+    /// The shard thread itself.
     Shard,
 }
 

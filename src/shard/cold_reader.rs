@@ -43,6 +43,10 @@ enum Way {
 }
 
 struct ReaderThread {
+    /// The shard's wakers and its index: the reader wakes the shard through them, and the
+    /// shard sleeps on its own while it waits for a read.
+    wakers: Arc<Vec<Waker>>,
+    shard: usize,
     to_reader: rtrb::Producer<Box<ColdJob>>,
     from_reader: rtrb::Consumer<Box<ColdJob>>,
     stop: Arc<AtomicBool>,
@@ -76,13 +80,15 @@ impl ColdReader {
         Self::with(table, way)
     }
 
-    /// Reads made on a thread of their own, which wakes `waker` (the shard's) when a read is
-    /// back. The thread starts with the caller's CPU mask (`topology::with_cpus`). On the
-    /// shard thread when `table` has no spill store or batching is off.
+    /// Reads made on a thread of their own, which wakes the shard (`wakers[shard]`) when a
+    /// read is back. The thread starts with the caller's CPU mask (`topology::with_cpus`);
+    /// `idle`: it runs under SCHED_IDLE (on the shard's CPU: reads take only the time the
+    /// shard leaves). On the shard thread when `table` has no spill store or batching is off.
     pub fn thread(
         table: &KeyedState,
         shard: usize,
-        waker: Arc<Vec<Waker>>,
+        wakers: Arc<Vec<Waker>>,
+        idle: bool,
     ) -> std::io::Result<Self> {
         let store = match table.cold_store() {
             Some(store) if table.cold_batch_max() > 0 => store,
@@ -93,27 +99,30 @@ impl ColdReader {
         let (mut done, from_reader) = rtrb::RingBuffer::<Box<ColdJob>>::new(1);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let waker = Arc::clone(&wakers);
+        // The thread's priority is settled before the shard starts: start-up, not the hot path.
+        let (ready, started) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("sluice-cold-{shard}"))
-            .spawn(move || loop {
-                match jobs.pop() {
-                    Ok(mut job) => {
-                        job.read(&*store);
-                        // The ring holds the one job out, which is this one: room is certain.
-                        let _ = done.push(job);
-                        if let Some(w) = waker.get(shard) {
-                            w.wake_if_parked();
-                        }
-                    }
-                    Err(_) if stopping.load(Ordering::SeqCst) => return,
-                    // Woken by the shard's unpark after each hand-over (a futex call per
-                    // batch, never per event) and at the stop.
-                    Err(_) => std::thread::park(),
-                }
+            .spawn(move || {
+                let _ = ready.send(if idle {
+                    crate::topology::make_current_idle()
+                } else {
+                    Ok(())
+                });
+                reader_loop(&mut jobs, &mut done, &*store, &stopping, waker.get(shard));
             })?;
+        if let Ok(Err(e)) = started.recv() {
+            tracing::warn!(
+                shard,
+                "cold-read thread runs at normal priority: SCHED_IDLE refused: {e}"
+            );
+        }
         Ok(Self::with(
             table,
             Way::Thread(Box::new(ReaderThread {
+                wakers,
+                shard,
                 to_reader,
                 from_reader,
                 stop,
@@ -216,7 +225,8 @@ impl ColdReader {
     }
 
     /// Block until the job out is back (a full wait list, or the shard settling before a
-    /// drain): spins a little, then yields the CPU to the reader.
+    /// drain): spins a little, then sleeps until the reader wakes it, leaving the CPU to
+    /// the reader (which may share it: `state.cold_reader = idle`).
     pub fn wait(&mut self) {
         self.read_deferred();
         let mut spins = 0u32;
@@ -224,8 +234,15 @@ impl ColdReader {
             if spins < WAIT_SPINS {
                 spins += 1;
                 std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+            } else if let Way::Thread(t) = &self.way {
+                if let Some(w) = t.wakers.get(t.shard) {
+                    w.park();
+                    if t.from_reader.is_empty() {
+                        // A bound on the sleep in case a wake-up is lost: the loop checks again.
+                        w.sleep(std::time::Duration::from_millis(1));
+                    }
+                    w.unpark();
+                }
             }
         }
     }
@@ -238,5 +255,32 @@ impl ColdReader {
         self.out = false;
         self.read = false;
         self.job.as_deref_mut()
+    }
+}
+
+/// The reader thread: each job handed over is read and handed back, the shard woken if it
+/// sleeps; with none, it sleeps until the next hand-over or the stop.
+fn reader_loop(
+    jobs: &mut rtrb::Consumer<Box<ColdJob>>,
+    done: &mut rtrb::Producer<Box<ColdJob>>,
+    store: &dyn ColdStore,
+    stop: &AtomicBool,
+    shard: Option<&Waker>,
+) {
+    loop {
+        match jobs.pop() {
+            Ok(mut job) => {
+                job.read(store);
+                // The ring holds the one job out, which is this one: room is certain.
+                let _ = done.push(job);
+                if let Some(w) = shard {
+                    w.wake_if_parked();
+                }
+            }
+            Err(_) if stop.load(Ordering::SeqCst) => return,
+            // Woken by the shard's unpark after each hand-over (a futex call per batch, never
+            // per event) and at the stop.
+            Err(_) => std::thread::park(),
+        }
     }
 }

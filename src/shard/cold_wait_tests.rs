@@ -134,7 +134,7 @@ proptest! {
         let r = ColdReader::deferred(deferred.core.state());
         deferred.core.use_cold_reader(r);
         let mut threaded = core_on(hot, wait, "prop-thread", true);
-        let r = ColdReader::thread(threaded.core.state(), 0, wakers()).unwrap();
+        let r = ColdReader::thread(threaded.core.state(), 0, wakers(), false).unwrap();
         threaded.core.use_cold_reader(r);
         let mut turn = 0usize;
         let (mut s_deferred, mut s_thread) = (Sink::new(), Sink::new());

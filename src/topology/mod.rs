@@ -199,6 +199,20 @@ pub fn with_cpus<T>(cpus: &[usize], f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Run the calling thread under SCHED_IDLE: it gets its CPU only when nothing else there
+/// wants it, and gives it up as soon as something does (a shard's cold-read thread on the
+/// shard's own CPU, `state.cold_reader = idle`).
+pub fn make_current_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the calling
+    // thread; the call reads nothing else.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn pin_current(cpu: usize) -> Result<(), PinError> {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         return Err(PinError::Refused(cpu));
