@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
+    WriteOptions, DB,
+};
 
 use super::cold::{ColdBatch, ColdStore, FoundFn, ScanFn};
 use super::cold_memory::MemoryCold;
@@ -87,13 +90,14 @@ impl Spill {
         // Compaction and flushes run on RocksDB's own threads; keep them few beside pinned shards.
         opts.set_max_background_jobs(2);
         // Opened by its column family's name: the crate hands out a handle (which the batched
-        // MultiGet needs) only for families named at open.
+        // MultiGet needs) only for families named at open. The family gets the options above
+        // explicitly: `DB::open_cf` would open it with RocksDB's defaults (no bloom filter, an
+        // 8 MiB block cache, `state.spill_cache_bytes` ignored), as it did from 1fabeee to here.
+        let family = ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone());
         let db =
-            DB::open_cf(&opts, dir, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]).map_err(|source| {
-                SpillError::Open {
-                    path: dir.to_owned(),
-                    source,
-                }
+            DB::open_cf_descriptors(&opts, dir, [family]).map_err(|source| SpillError::Open {
+                path: dir.to_owned(),
+                source,
             })?;
         let mut writes = WriteOptions::default();
         writes.disable_wal(true);
@@ -333,5 +337,36 @@ impl ColdStore for RocksCold {
             .ok()
             .flatten()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records' column family must get the store's options (bloom filters, the configured
+    /// block cache), not RocksDB's defaults: RocksDB's own OPTIONS file says what it runs with.
+    #[test]
+    fn the_records_family_opens_with_the_spill_options() {
+        let dir = std::env::temp_dir().join(format!("sluice-spill-options-{}", std::process::id()));
+        let spill = Spill::open(&dir, 1 << 20, 4, None).unwrap();
+        let newest = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-"))
+            })
+            .max()
+            .unwrap();
+        let text = std::fs::read_to_string(newest).unwrap();
+        let table = text
+            .split("[TableOptions/BlockBasedTable \"default\"]")
+            .nth(1)
+            .unwrap();
+        let table = table.split("\n[").next().unwrap();
+        assert!(table.contains("filter_policy=bloomfilter"), "{table}");
+        drop(spill);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
