@@ -24,6 +24,8 @@ pub struct BlastBench<'a> {
     pub drivers: &'a [String],
     pub rates: &'a [u64],
     pub batch: usize,
+    /// Producer features on each event (a larger datagram for the same events).
+    pub features: usize,
     pub seconds: f64,
     pub repeat: usize,
     pub out: &'a Path,
@@ -35,6 +37,9 @@ struct BlastRun {
     driver: String,
     rate: u64,
     batch: usize,
+    features: usize,
+    /// Ethernet frame bytes of the datagrams sent (mean over the frames cycled through).
+    frame_bytes: usize,
     /// Datagrams the sender got out, and per second of its own elapsed time.
     sent: u64,
     sent_per_s: f64,
@@ -60,8 +65,9 @@ struct BlastResults {
 }
 
 /// Frames to cycle through: distinct keys so the shard does its usual state work.
-fn frames(batch: usize, target: SocketAddr, src: SocketAddr) -> Vec<Vec<u8>> {
+fn frames(batch: usize, features: usize, target: SocketAddr, src: SocketAddr) -> Vec<Vec<u8>> {
     let mut enc = EventBatchEncoder::new();
+    let values: Vec<f32> = (0..features).map(|f| f as f32 + 0.5).collect();
     (0..1024u64)
         .map(|i| {
             let payload = enc
@@ -69,6 +75,7 @@ fn frames(batch: usize, target: SocketAddr, src: SocketAddr) -> Vec<Vec<u8>> {
                     key: (i * batch as u64 + j) % 100_000,
                     seq: i * batch as u64 + j,
                     amount: 10.0,
+                    features: &values,
                     ..EventIn::default()
                 }))
                 .to_vec();
@@ -116,7 +123,8 @@ fn one(
         .map_err(|e| anyhow::anyhow!(e))??;
     let target = running.local_addr;
     let src = SocketAddr::new(veth::TX_IP.into(), 40_000);
-    let frames = frames(b.batch, target, src);
+    let frames = frames(b.batch, b.features, target, src);
+    let frame_bytes = frames.iter().map(Vec::len).sum::<usize>() / frames.len().max(1);
     let cpu0 = CpuSample::now();
     let result = pair
         .in_tx(|| {
@@ -144,6 +152,8 @@ fn one(
         driver: driver.to_owned(),
         rate,
         batch: b.batch,
+        features: b.features,
+        frame_bytes,
         sent,
         sent_per_s: sent as f64 / took.as_secs_f64(),
         received,
@@ -155,7 +165,8 @@ fn one(
         machine_cpu_us_per_datagram: machine_cpu,
     };
     eprintln!(
-        "  {driver:<9} @ {rate:>7}/s: sent {} ({:.0}/s), received {}, lost {} (socket {}, xdp {}), CPU/datagram shard {:.2} us, machine {:.2} us",
+        "  {driver:<9} @ {rate:>7}/s, {} B frames: sent {} ({:.0}/s), received {}, lost {} (socket {}, xdp {}), CPU/datagram shard {:.2} us, machine {:.2} us",
+        run.frame_bytes,
         run.sent,
         run.sent_per_s,
         run.received,

@@ -139,6 +139,9 @@ enum Command {
             default_value = "100000,200000,300000,400000"
         )]
         rates: Vec<u64>,
+        /// Producer features on each event (0-16): larger datagrams for the same events.
+        #[arg(long, default_value_t = 0)]
+        features: usize,
     },
     /// The live metrics endpoint: time per scrape (HTTP over loopback, encode included) at
     /// each --scrape-shards count with every metric filled; with --ab N, N pairs of sluice
@@ -346,11 +349,16 @@ fn main() -> anyhow::Result<()> {
                 sets: &a.sets,
             });
         }
-        Command::Blast { drivers, rates } => {
+        Command::Blast {
+            drivers,
+            rates,
+            features,
+        } => {
             return blast::run(&blast::BlastBench {
                 drivers: &drivers,
                 rates: &rates,
                 batch: a.batch,
+                features,
                 seconds: a.seconds,
                 repeat: a.repeat,
                 out: &a.out,

@@ -277,10 +277,10 @@ impl Owner {
     /// A read that is back: its records into the hot table, then its events in arrival order,
     /// then the events that came meanwhile on the keys it brought in (every earlier event on
     /// those keys has now been applied). If the read or its write failed nothing has moved and
-    /// each of its events is refused, counted. Returns the events applied or refused.
-    fn land_cold_read(&mut self, sink: &mut dyn ScoreSink) -> usize {
+    /// each of its events is refused, counted.
+    fn land_cold_read(&mut self, sink: &mut dyn ScoreSink) {
         let Some(job) = self.reader.finished_job() else {
-            return 0;
+            return;
         };
         let moved = self.table.finish_cold(job);
         self.counters.cold_reads.inc();
@@ -298,7 +298,6 @@ impl Owner {
                 }
             }
         }
-        let mut landed = out.len();
         out.clear();
         self.cold_wait.out = out;
         let mut events = std::mem::take(&mut self.cold_wait.events);
@@ -307,7 +306,6 @@ impl Owner {
             let w = events[i];
             if self.table.hot().find(w.ev.key).is_some() {
                 self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
-                landed += 1;
             } else {
                 events[kept] = w;
                 kept += 1;
@@ -315,7 +313,6 @@ impl Owner {
         }
         events.truncate(kept);
         self.cold_wait.events = events;
-        landed
     }
 
     /// The cycle's turn of the cold reads: land the read that is back, start the next.
