@@ -37,6 +37,11 @@ pub struct ColdBench<'a> {
     pub repeat: usize,
     pub out: &'a Path,
     pub sets: &'a [String],
+    /// Wait for RocksDB's flushes and compactions to finish before timing.
+    pub quiet_store: bool,
+    /// Pin the shard (this thread) to this CPU, and start the reader thread on that one.
+    pub shard_cpu: Option<usize>,
+    pub reader_cpu: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -61,6 +66,8 @@ struct ColdRun {
     /// RocksDB's flushes and compactions), which on a 2-CPU machine competes with the rest.
     process_cpu_ns_per_event: f64,
     restore_s: f64,
+    /// Seconds waited after the restore for RocksDB to go quiet (--quiet-store).
+    quiet_wait_s: f64,
     /// Keys in the spill store at the end, and what they cost: RocksDB's memory besides the
     /// hot table (table readers' index and filter blocks, memtables, block cache in use) and
     /// the store's files on disk, per spilled key.
@@ -132,7 +139,7 @@ pub fn run(b: &ColdBench<'_>) -> anyhow::Result<()> {
         for &wait in b.waits {
             let r = measure(b, wait, &datagrams)?;
             println!(
-                "  round {} cold_wait_max {:>4}, reads on {}: {:.2} us/event ({} of {} cold) = {:.0} events/s; shard thread CPU {:.2} us/event, {} waits for the reader; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s; {} spilled keys: {:.1} B each in RocksDB's memory, {:.1} B on disk",
+                "  round {} cold_wait_max {:>4}, reads on {}: {:.2} us/event ({} of {} cold) = {:.0} events/s; shard thread CPU {:.2} us/event, {} waits for the reader; process CPU {:.2} us/event; cycle p50 {:.1} / p99 {:.1} / max {:.1} us; restore {:.2} s (then {:.1} s for RocksDB to go quiet); {} spilled keys: {:.1} B each in RocksDB's memory, {:.1} B on disk",
                 round + 1,
                 wait,
                 r.cold_reader,
@@ -147,6 +154,7 @@ pub fn run(b: &ColdBench<'_>) -> anyhow::Result<()> {
                 r.cycle_p99_us,
                 r.cycle_max_us,
                 r.restore_s,
+                r.quiet_wait_s,
                 r.spilled_keys,
                 r.spill_memory_bytes_per_key,
                 r.spill_disk_bytes_per_key
@@ -197,6 +205,19 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
     let mut state = KeyedState::with_plan(&config, plan, Some(spill));
     checkpoint::load_records(&mut state, &point)?;
     let restore_s = started.elapsed().as_secs_f64();
+    // The restored store's compaction debt (a checkpoint's L0 files) is paid once after a
+    // restart; --quiet-store measures the steady state after it instead.
+    let mut quiet_wait_s = 0.0;
+    if b.quiet_store {
+        let t = Instant::now();
+        while state.spill().is_some_and(Spill::background_busy) && t.elapsed().as_secs() < 300 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        quiet_wait_s = t.elapsed().as_secs_f64();
+    }
+    if let Some(cpu) = b.shard_cpu {
+        sluice::topology::pin_current(cpu)?;
+    }
 
     let counters = std::sync::Arc::new(ShardCounters::default());
     let rings = Mesh::build(1, config.route.ring_capacity)
@@ -207,7 +228,10 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
     let reader = match config.state.cold_reader {
         place @ (ColdReaderPlace::Thread | ColdReaderPlace::Idle) => {
             let wakers = std::sync::Arc::new(vec![sluice::wake::Waker::new()?]);
-            ColdReader::thread(&state, 0, wakers, place == ColdReaderPlace::Idle)?
+            let cpus: Vec<usize> = b.reader_cpu.into_iter().collect();
+            sluice::topology::with_cpus(&cpus, || {
+                ColdReader::thread(&state, 0, wakers, place == ColdReaderPlace::Idle)
+            })?
         }
         ColdReaderPlace::Shard => ColdReader::on_shard(&state),
     };
@@ -269,6 +293,7 @@ fn measure(b: &ColdBench<'_>, wait: usize, datagrams: &[Vec<u8>]) -> anyhow::Res
         shard_cpu_ns_per_event: shard_cpu / datagrams.len() as f64,
         reader_waits: counters.cold_read_waits.get(),
         restore_s,
+        quiet_wait_s,
         spilled_keys,
         spill_memory_bytes_per_key: spill_memory as f64 / spilled_keys as f64,
         spill_disk_bytes_per_key: spill_disk as f64 / spilled_keys as f64,

@@ -82,6 +82,16 @@ enum Command {
         cycle: usize,
         #[arg(long, value_delimiter = ',', default_value = "0,256")]
         cold_wait: Vec<usize>,
+        /// Wait after the restore until RocksDB has no flush or compaction running or due
+        /// (the steady state, not the restored store's compaction debt).
+        #[arg(long)]
+        quiet_store: bool,
+        /// Pin the shard to this CPU.
+        #[arg(long)]
+        shard_cpu: Option<usize>,
+        /// Start a cold-read thread (state.cold_reader = thread) on this CPU.
+        #[arg(long)]
+        reader_cpu: Option<usize>,
     },
     /// Through Kafka (a local noida-db broker): record append -> Score visible to a
     /// read_committed reader, for sluice and for a plain relay (the broker's floor) in the
@@ -282,8 +292,14 @@ fn main() -> anyhow::Result<()> {
             events,
             cycle,
             cold_wait,
+            quiet_store,
+            shard_cpu,
+            reader_cpu,
         } => {
             return cold::run(&cold::ColdBench {
+                quiet_store,
+                shard_cpu,
+                reader_cpu,
                 state_dir: &state,
                 hot,
                 keys: a.keys,

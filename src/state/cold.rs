@@ -92,4 +92,9 @@ pub trait ColdStore: Send + Sync {
     fn memory_bytes(&self) -> u64 {
         0
     }
+    /// Whether the store has background work running or due (RocksDB's flushes and
+    /// compactions): for benchmarks that must not measure a restore's compaction debt.
+    fn background_busy(&self) -> bool {
+        false
+    }
 }

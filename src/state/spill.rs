@@ -188,6 +188,11 @@ impl Spill {
         self.store.memory_bytes()
     }
 
+    /// See `ColdStore::background_busy`.
+    pub fn background_busy(&self) -> bool {
+        self.store.background_busy()
+    }
+
     /// The store, for the checkpoint writer thread.
     pub fn shared(&self) -> Arc<dyn ColdStore> {
         Arc::clone(&self.store)
@@ -329,6 +334,17 @@ impl ColdStore for RocksCold {
         .iter()
         .map(|&p| self.db.property_int_value(p).ok().flatten().unwrap_or(0))
         .sum()
+    }
+
+    fn background_busy(&self) -> bool {
+        [
+            "rocksdb.compaction-pending",
+            "rocksdb.num-running-compactions",
+            "rocksdb.mem-table-flush-pending",
+            "rocksdb.num-running-flushes",
+        ]
+        .iter()
+        .any(|&p| self.db.property_int_value(p).ok().flatten().unwrap_or(0) > 0)
     }
 
     fn unflushed_bytes(&self) -> u64 {
