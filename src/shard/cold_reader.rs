@@ -12,9 +12,11 @@
 //! event on them waits) and none can become hot but by the job's own finish, so nothing the
 //! shard writes meanwhile touches the keys being read.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::state::cold::ColdStore;
 use crate::state::{ColdJob, KeyedState};
@@ -23,14 +25,28 @@ use crate::wake::Waker;
 /// Spins before a blocking wait for the reader starts yielding the CPU.
 const WAIT_SPINS: u32 = 256;
 
+/// How long an idle reader thread looks for the next batch before it sleeps.
+const READER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Batches out at once: the reader reads the next while the shard lands the one before.
+pub const OUT_MAX: usize = 2;
+
 pub struct ColdReader {
-    /// The job while the shard holds it: always, but while it is out at the reader thread.
-    job: Option<Box<ColdJob>>,
-    /// A job was handed to the reader and not finished yet.
-    out: bool,
-    /// The job out has been read (shard and deferred reads).
-    read: bool,
+    /// Jobs the shard holds, free to fill. Boxed: they travel through the reader thread's
+    /// rings, which then move a pointer, not the job.
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<ColdJob>>,
+    /// Jobs handed over and not landed, oldest first (at most `OUT_MAX`; a deque of fixed
+    /// capacity, never grown).
+    out: VecDeque<Out>,
     way: Way,
+}
+
+/// One job out: the shard holds it (a shard or deferred reader's, or one back from the
+/// thread) or the reader thread does (`job` None).
+struct Out {
+    job: Option<Box<ColdJob>>,
+    read: bool,
 }
 
 enum Way {
@@ -94,9 +110,9 @@ impl ColdReader {
             Some(store) if table.cold_batch_max() > 0 => store,
             _ => return Ok(Self::on_shard(table)),
         };
-        // One job is out at a time: rings of one.
-        let (to_reader, mut jobs) = rtrb::RingBuffer::<Box<ColdJob>>::new(1);
-        let (mut done, from_reader) = rtrb::RingBuffer::<Box<ColdJob>>::new(1);
+        // At most OUT_MAX jobs are out: rings of that many, read in order.
+        let (to_reader, mut jobs) = rtrb::RingBuffer::<Box<ColdJob>>::new(OUT_MAX);
+        let (mut done, from_reader) = rtrb::RingBuffer::<Box<ColdJob>>::new(OUT_MAX);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let waker = Arc::clone(&wakers);
@@ -132,10 +148,14 @@ impl ColdReader {
     }
 
     fn with(table: &KeyedState, way: Way) -> Self {
+        let out_max = if matches!(way, Way::Shard) {
+            1
+        } else {
+            OUT_MAX
+        };
         Self {
-            job: Some(Box::new(table.cold_job())),
-            out: false,
-            read: false,
+            free: (0..out_max).map(|_| Box::new(table.cold_job())).collect(),
+            out: VecDeque::with_capacity(out_max),
             way,
         }
     }
@@ -145,42 +165,56 @@ impl ColdReader {
         !matches!(self.way, Way::Shard)
     }
 
-    /// A job is out (handed over, not finished).
+    /// A job is out (handed over, not landed).
     pub fn is_out(&self) -> bool {
-        self.out
+        !self.out.is_empty()
     }
 
-    /// The job to fill, when none is out.
+    /// Jobs out.
+    pub fn out_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The job to fill, when one more may go out.
     pub fn job_to_fill(&mut self) -> Option<&mut ColdJob> {
-        if self.out {
-            return None;
-        }
-        self.job.as_deref_mut()
+        self.free.last_mut().map(|j| &mut **j)
     }
 
     /// Hand the filled job over. A shard reader reads it now.
     pub fn hand_over(&mut self, table: &KeyedState) {
-        crate::invariant!(!self.out, "a second cold read handed over");
-        self.out = true;
-        self.read = false;
+        crate::invariant!(
+            !self.free.is_empty(),
+            "a cold read handed over with no free job"
+        );
+        let Some(mut job) = self.free.pop() else {
+            return;
+        };
         match &mut self.way {
             Way::Shard => {
-                if let Some(job) = self.job.as_deref_mut() {
-                    table.read_cold_here(job);
-                }
-                self.read = true;
+                table.read_cold_here(&mut job);
+                self.out.push_back(Out {
+                    job: Some(job),
+                    read: true,
+                });
             }
-            Way::Deferred(_) => {}
+            Way::Deferred(_) => self.out.push_back(Out {
+                job: Some(job),
+                read: false,
+            }),
             Way::Thread(t) => {
-                if let Some(job) = self.job.take() {
-                    // Room is certain: the ring holds one job and this is the only one.
-                    if let Err(rtrb::PushError::Full(job)) = t.to_reader.push(job) {
-                        self.job = Some(job);
-                        self.read = true;
-                        if let Some(j) = self.job.as_deref_mut() {
-                            table.read_cold_here(j);
-                        }
-                        return;
+                match t.to_reader.push(job) {
+                    Ok(()) => self.out.push_back(Out {
+                        job: None,
+                        read: false,
+                    }),
+                    // Room is certain (the ring holds OUT_MAX, and no more are out); if not,
+                    // the read is made here.
+                    Err(rtrb::PushError::Full(mut job)) => {
+                        table.read_cold_here(&mut job);
+                        self.out.push_back(Out {
+                            job: Some(job),
+                            read: true,
+                        });
                     }
                 }
                 if let Some(th) = &t.thread {
@@ -190,47 +224,53 @@ impl ColdReader {
         }
     }
 
-    /// Deferred reads: make the read out now (the simulation's reader turn).
+    /// Deferred reads: make the oldest unread read out now (the simulation's reader turn).
     pub fn read_deferred(&mut self) {
-        if let (Way::Deferred(store), true, false) = (&self.way, self.out, self.read) {
-            if let Some(job) = self.job.as_deref_mut() {
-                job.read(&**store);
+        if let Way::Deferred(store) = &self.way {
+            if let Some(o) = self.out.iter_mut().find(|o| !o.read) {
+                if let Some(job) = o.job.as_deref_mut() {
+                    job.read(&**store);
+                }
+                o.read = true;
             }
-            self.read = true;
         }
     }
 
-    /// The job out has come back read (it is then the shard's to finish: `finished_job`).
+    /// The oldest job out has come back read (it is then the shard's to land: `take_back`).
     pub fn is_back(&mut self) -> bool {
-        if !self.out {
+        let Some(front) = self.out.front_mut() else {
             return false;
-        }
+        };
         if let Way::Thread(t) = &mut self.way {
-            if self.job.is_none() {
+            if front.job.is_none() {
+                // The reader answers in order: what comes back is the oldest.
                 if let Ok(job) = t.from_reader.pop() {
-                    self.job = Some(job);
-                    self.read = true;
+                    front.job = Some(job);
+                    front.read = true;
                 }
             }
         }
-        self.read
+        front.read
     }
 
-    /// Whether a read is back without taking it (the park check: no wait for a ready job).
+    /// Whether the oldest read is back without taking it (the park check).
     pub fn has_news(&self) -> bool {
-        match &self.way {
-            Way::Thread(t) => self.out && !t.from_reader.is_empty(),
-            _ => self.out && self.read,
+        match (&self.way, self.out.front()) {
+            (_, None) => false,
+            (Way::Thread(t), Some(o)) => o.read || !t.from_reader.is_empty(),
+            (_, Some(o)) => o.read,
         }
     }
 
-    /// Block until the job out is back (a full wait list, or the shard settling before a
-    /// drain): spins a little, then sleeps until the reader wakes it, leaving the CPU to
-    /// the reader (which may share it: `state.cold_reader = idle`).
+    /// Block until the oldest job out is back (a full wait list, or the shard settling
+    /// before a drain): spins a little, then sleeps until the reader wakes it, leaving the
+    /// CPU to the reader (which may share it: `state.cold_reader = idle`).
     pub fn wait(&mut self) {
-        self.read_deferred();
+        if self.out.front().is_some_and(|o| !o.read) {
+            self.read_deferred();
+        }
         let mut spins = 0u32;
-        while self.out && !self.is_back() {
+        while self.is_out() && !self.is_back() {
             if spins < WAIT_SPINS {
                 spins += 1;
                 std::hint::spin_loop();
@@ -247,14 +287,17 @@ impl ColdReader {
         }
     }
 
-    /// The job that came back, for the owner to finish; then it is no longer out.
-    pub fn finished_job(&mut self) -> Option<&mut ColdJob> {
-        if !(self.out && self.read) {
+    /// The oldest job, back read, for the owner to land; hand it back with `give_back`.
+    pub fn take_back(&mut self) -> Option<Box<ColdJob>> {
+        if !self.out.front().is_some_and(|o| o.read) {
             return None;
         }
-        self.out = false;
-        self.read = false;
-        self.job.as_deref_mut()
+        self.out.pop_front().and_then(|o| o.job)
+    }
+
+    /// A landed job, free again.
+    pub fn give_back(&mut self, job: Box<ColdJob>) {
+        self.free.push(job);
     }
 }
 
@@ -278,9 +321,22 @@ fn reader_loop(
                 }
             }
             Err(_) if stop.load(Ordering::SeqCst) => return,
-            // Woken by the shard's unpark after each hand-over (a futex call per batch, never
-            // per event) and at the stop.
-            Err(_) => std::thread::park(),
+            Err(_) => {
+                // The next batch usually follows within a cycle: look for it a little while
+                // before sleeping (a wake-up costs tens of µs on a VM). Then sleep until the
+                // shard's unpark after a hand-over (a futex call per batch, never per event)
+                // or the stop.
+                let idle_since = Instant::now();
+                while jobs.is_empty()
+                    && !stop.load(Ordering::Relaxed)
+                    && idle_since.elapsed() < READER_SPIN
+                {
+                    std::hint::spin_loop();
+                }
+                if jobs.is_empty() {
+                    std::thread::park();
+                }
+            }
         }
     }
 }

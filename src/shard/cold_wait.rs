@@ -8,6 +8,7 @@
 //! `events` for the next read; when it lands, the new ones whose keys it brought in go next.
 //! Bounded by `state.cold_wait_max` each.
 
+use super::cold_reader::OUT_MAX;
 use crate::egress::ReplyTo;
 use crate::route::RoutedEvent;
 
@@ -26,13 +27,19 @@ pub(super) struct Waiting {
 pub(super) struct ColdWait {
     /// `state.cold_wait_max` (0: off, misses read on arrival).
     max: usize,
+    /// Events waiting for the next read, in arrival order.
     pub events: Vec<Waiting>,
-    /// The events of the read that is out, in arrival order.
-    pub out: Vec<Waiting>,
+    /// The events of each read out, oldest read first: `out[(front + i) % OUT_MAX]` for
+    /// i < `n_out`; the others empty. Their buffers are reused.
+    out: [Vec<Waiting>; OUT_MAX],
+    front: usize,
+    n_out: usize,
     /// (key, arrival index, ts) of each event, sorted into the distinct keys of a read.
     order: Vec<(u64, u32, u64)>,
     /// The read's distinct keys, ascending, each with its first event's time.
-    pub keys: Vec<(u64, u64)>,
+    keys: Vec<(u64, u64)>,
+    /// Keys with events in a read out, ascending: a new read leaves them out (see `skip`).
+    skip: Vec<u64>,
 }
 
 impl ColdWait {
@@ -40,9 +47,12 @@ impl ColdWait {
         Self {
             max,
             events: Vec::with_capacity(max),
-            out: Vec::with_capacity(max),
+            out: std::array::from_fn(|_| Vec::with_capacity(max)),
+            front: 0,
+            n_out: 0,
             order: Vec::with_capacity(max),
             keys: Vec::with_capacity(max),
+            skip: Vec::with_capacity(OUT_MAX * max),
         }
     }
 
@@ -54,9 +64,18 @@ impl ColdWait {
         self.events.len() >= self.max
     }
 
-    /// Events waiting, for the next read or the one out.
+    pub fn half_full(&self) -> bool {
+        2 * self.events.len() >= self.max
+    }
+
+    /// Events waiting, for the next read or one out.
     pub fn len(&self) -> usize {
-        self.events.len() + self.out.len()
+        self.events.len() + self.out.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Reads out.
+    pub fn reads_out(&self) -> usize {
+        self.n_out
     }
 
     pub fn push(&mut self, w: Waiting) {
@@ -66,7 +85,7 @@ impl ColdWait {
 
     /// The distinct waiting keys into `keys`, ascending, each with the time of its first
     /// waiting event (an unstable sort on (key, arrival): no allocation, same result).
-    pub fn collect_keys(&mut self) {
+    fn collect_keys(&mut self) {
         self.order.clear();
         self.order.extend(
             self.events
@@ -80,6 +99,70 @@ impl ColdWait {
             if self.keys.last().is_none_or(|&(k, _)| k != key) {
                 self.keys.push((key, ts));
             }
+        }
+    }
+
+    /// The keys a new read must leave out, ascending: those with events in a read out. Such
+    /// a key's events wait in that read's batch; when it lands they are applied (reading the
+    /// key on its own if the landing left it cold), and only then may another read take the
+    /// key. So no key is in two reads out, and nothing the shard writes while a read is out
+    /// touches that read's keys.
+    fn fill_skip(&mut self) {
+        self.skip.clear();
+        for i in 0..self.n_out {
+            let batch = &self.out[(self.front + i) % OUT_MAX];
+            self.skip.extend(batch.iter().map(|w| w.ev.key));
+        }
+        self.skip.sort_unstable();
+        self.skip.dedup();
+    }
+
+    /// The next read's keys (`collect_keys`) and the keys it must leave out (`fill_skip`).
+    pub fn plan_read(&mut self) -> (&[(u64, u64)], &[u64]) {
+        self.collect_keys();
+        self.fill_skip();
+        (&self.keys, &self.skip)
+    }
+
+    /// The waiting events become the next read's batch (the list is empty after).
+    pub fn hand_over(&mut self) {
+        crate::invariant!(self.n_out < OUT_MAX, "more cold reads out than OUT_MAX");
+        let slot = (self.front + self.n_out) % OUT_MAX;
+        crate::invariant!(self.out[slot].is_empty(), "a free batch slot holds events");
+        std::mem::swap(&mut self.events, &mut self.out[slot]);
+        self.n_out += 1;
+    }
+
+    /// The oldest read's batch, taken out to be applied (`put_back_landed` returns its buffer).
+    pub fn take_landed(&mut self) -> Vec<Waiting> {
+        crate::invariant!(self.n_out > 0, "a cold read landed with none out");
+        std::mem::take(&mut self.out[self.front])
+    }
+
+    pub fn put_back_landed(&mut self, mut batch: Vec<Waiting>) {
+        batch.clear();
+        self.out[self.front] = batch;
+        self.front = (self.front + 1) % OUT_MAX;
+        self.n_out -= 1;
+    }
+
+    /// The slot of the `i`th batch still out, oldest first (`i < reads_out()`).
+    pub fn out_slot(&self, i: usize) -> usize {
+        (self.front + i) % OUT_MAX
+    }
+
+    /// A batch still out, or the waiting list (`None`), taken out to sweep.
+    pub fn take_list(&mut self, slot: Option<usize>) -> Vec<Waiting> {
+        match slot {
+            Some(i) => std::mem::take(&mut self.out[i]),
+            None => std::mem::take(&mut self.events),
+        }
+    }
+
+    pub fn put_list(&mut self, slot: Option<usize>, list: Vec<Waiting>) {
+        match slot {
+            Some(i) => self.out[i] = list,
+            None => self.events = list,
         }
     }
 }

@@ -362,7 +362,7 @@ fn a_read_out_does_not_hold_back_hot_keys_and_later_events_on_its_key_land_after
 }
 
 #[test]
-fn a_full_wait_list_waits_for_the_read_out_then_hands_over_the_next() {
+fn a_full_wait_list_hands_over_a_second_read_and_waits_only_when_two_are_out() {
     // Room for two waiting events.
     let mut c = core(2, 2, "full");
     let r = ColdReader::deferred(c.core.state());
@@ -374,19 +374,57 @@ fn a_full_wait_list_waits_for_the_read_out_then_hands_over_the_next() {
     }
     assert_eq!(sink.len(), 10);
     sink.clear();
-    // Two misses fill the list: handed over at once (no read out); two more fill it again
-    // while that read is out: the shard waits for it (a deferred read is made then), lands
-    // it, and hands over the next. Nothing refused, nothing lost.
+    // Two misses fill the list: handed over at once. Two more fill it again: a second read
+    // goes out beside the first (the reader reads one while the shard lands the other).
     send(&mut c.core, &[(10, 20, false), (11, 21, false)], &mut sink);
-    assert_eq!(c.core.waiting_for_cold(), 2);
     send(&mut c.core, &[(12, 22, false), (13, 23, false)], &mut sink);
-    assert_eq!(c.core.waiting_for_cold(), 2);
+    assert_eq!(c.core.waiting_for_cold(), 4);
+    assert_eq!(c.counters.cold_read_waits.get(), 0);
+    // A third full list finds two out: the shard waits for the oldest (a deferred read is
+    // made then), lands it and hands over the next. Nothing refused, nothing lost.
+    send(&mut c.core, &[(14, 24, false), (15, 25, false)], &mut sink);
+    assert_eq!(c.counters.cold_read_waits.get(), 1);
+    assert_eq!(c.core.waiting_for_cold(), 4);
     c.core.settle_cold(&mut sink);
     let mut seqs: Vec<u64> = sink.iter().map(|(_, p)| p.score.seq).collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, vec![20, 21, 22, 23]);
+    assert_eq!(seqs, vec![20, 21, 22, 23, 24, 25]);
     assert!(sink.iter().all(|(_, p)| p.score.count == 2));
     for r in DropReason::ALL {
         assert_eq!(c.counters.events_dropped_by(r), 0, "{r:?}");
     }
+}
+
+#[test]
+fn a_key_with_events_in_a_read_out_is_left_out_of_the_next_and_keeps_its_order() {
+    // Hot table of 2, lists of 2: key 3 spilled.
+    let mut c = core(2, 2, "skip");
+    let r = ColdReader::deferred(c.core.state());
+    c.core.use_cold_reader(r);
+    let mut sink = Sink::new();
+    two_hot_one_spilled(&mut c.core, &mut sink);
+    cycle(&mut c.core, &[vec![(4, 4, false)]], &mut sink);
+    c.core.settle_cold(&mut sink);
+    sink.clear();
+    // Read 1 takes 3 and 5 (both cold); read 2's list has 3 again and 6: 3 is left out of
+    // read 2 (its events wait in read 1's batch); read 2 reads 6 only.
+    send(&mut c.core, &[(3, 30, false), (5, 31, false)], &mut sink);
+    send(&mut c.core, &[(3, 32, false), (6, 33, false)], &mut sink);
+    assert_eq!(c.core.waiting_for_cold(), 4);
+    // Both reads are made (a deferred reader makes them in order) and land at the cycle's
+    // end, in order: 3's events count 2 then 3.
+    c.core.read_cold_deferred();
+    c.core.read_cold_deferred();
+    cycle(&mut c.core, &[], &mut sink);
+    assert_eq!(c.core.waiting_for_cold(), 0);
+    let got: HashMap<u64, u64> = sink
+        .iter()
+        .map(|(_, p)| (p.score.seq, p.score.count))
+        .collect();
+    assert_eq!(got.get(&30), Some(&2));
+    assert_eq!(got.get(&32), Some(&3));
+    assert_eq!(got.get(&31), Some(&1));
+    assert_eq!(got.get(&33), Some(&1));
+    assert_eq!(counts(&c.core, 3), (3, 0));
+    assert!(c.counters.cold_reads.get() >= 2);
 }

@@ -128,8 +128,9 @@ impl Owner {
                 now_ns,
             });
             if self.cold_wait.is_full() {
-                // Backpressure: the read out (if one is) must land before the next goes.
-                if self.reader.is_out() {
+                // Backpressure: with as many reads out as may be, the oldest must land
+                // before the next goes.
+                if self.reader.job_to_fill().is_none() {
                     self.counters.cold_read_waits.inc();
                     self.reader.wait();
                     self.land_cold_read(sink);
@@ -247,83 +248,94 @@ impl Owner {
         }
     }
 
-    /// Hand the waiting events' keys to one batched read, unless one is out or none waits.
-    /// Read on the shard thread, the Scores so far go out first (their keys were hot: they do
-    /// not wait for the read) and the read lands at once.
+    /// Hand the waiting events' keys to one batched read, unless none waits or as many
+    /// reads are out as may be. Read on the shard thread, the Scores so far go out first
+    /// (their keys were hot: they do not wait for the read) and the read lands at once.
     fn start_cold_read(&mut self, sink: &mut dyn ScoreSink) {
-        if self.cold_wait.events.is_empty() || self.reader.is_out() {
+        if self.cold_wait.events.is_empty() || self.reader.job_to_fill().is_none() {
             return;
         }
         if !self.reader.is_async() {
             self.score(sink);
             sink.flush_early();
         }
-        self.cold_wait.collect_keys();
-        crate::invariant!(
-            self.cold_wait.out.is_empty(),
-            "cold events out with no read"
-        );
-        std::mem::swap(&mut self.cold_wait.events, &mut self.cold_wait.out);
+        let (keys, skip) = self.cold_wait.plan_read();
         let Some(job) = self.reader.job_to_fill() else {
             return;
         };
-        self.table.prepare_cold(&self.cold_wait.keys, job);
+        self.table.prepare_cold(keys, skip, job);
+        self.cold_wait.hand_over();
         self.reader.hand_over(&self.table);
         if !self.reader.is_async() {
             self.land_cold_read(sink);
         }
     }
 
-    /// A read that is back: its records into the hot table, then its events in arrival order,
-    /// then the events that came meanwhile on the keys it brought in (every earlier event on
-    /// those keys has now been applied). If the read or its write failed nothing has moved and
-    /// each of its events is refused, counted.
+    /// The oldest read, back: its records into the hot table, then its events in arrival
+    /// order, then — in the batch still out and in the waiting list — the events on keys now
+    /// hot (every earlier event on those keys has been applied). If the read or its write
+    /// failed nothing has moved and each of its events is refused, counted.
     fn land_cold_read(&mut self, sink: &mut dyn ScoreSink) {
-        let Some(job) = self.reader.finished_job() else {
+        let Some(mut job) = self.reader.take_back() else {
             return;
         };
-        let moved = self.table.finish_cold(job);
+        let moved = self.table.finish_cold(&mut job);
+        self.reader.give_back(job);
         self.counters.cold_reads.inc();
-        // Taken out while they are applied (no allocation: an empty Vec takes its place).
-        let mut out = std::mem::take(&mut self.cold_wait.out);
+        let batch = self.cold_wait.take_landed();
         match moved {
             Ok(()) => {
-                for w in &out {
+                // A key its own batch pushed out again (a hot table smaller than the batch)
+                // is read here on its own: no read out holds it (`ColdWait::skip`).
+                for w in &batch {
                     self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
                 }
             }
             Err(e) => {
-                for w in &out {
+                for w in &batch {
                     self.refuse(w.ev.key, &e);
                 }
             }
         }
-        out.clear();
-        self.cold_wait.out = out;
-        let mut events = std::mem::take(&mut self.cold_wait.events);
+        self.cold_wait.put_back_landed(batch);
+        for i in 0..self.cold_wait.reads_out() {
+            let slot = self.cold_wait.out_slot(i);
+            self.apply_now_hot(Some(slot), sink);
+        }
+        self.apply_now_hot(None, sink);
+    }
+
+    /// Apply, in order, the events of a batch out (`Some(slot)`) or of the waiting list whose
+    /// keys are hot; keep the others in order.
+    fn apply_now_hot(&mut self, slot: Option<usize>, sink: &mut dyn ScoreSink) {
+        let mut list = self.cold_wait.take_list(slot);
         let mut kept = 0;
-        for i in 0..events.len() {
-            let w = events[i];
+        for i in 0..list.len() {
+            let w = list[i];
             if self.table.hot().find(w.ev.key).is_some() {
                 self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
             } else {
-                events[kept] = w;
+                list[kept] = w;
                 kept += 1;
             }
         }
-        events.truncate(kept);
-        self.cold_wait.events = events;
+        list.truncate(kept);
+        self.cold_wait.put_list(slot, list);
     }
 
     /// The cycle's turn of the cold reads: land the read that is back, start the next.
     /// Returns the events it applied or refused.
     fn cold_turn(&mut self, sink: &mut dyn ScoreSink) -> usize {
         let before = self.cold_wait.len();
-        if self.reader.is_back() {
+        while self.reader.is_back() {
             self.land_cold_read(sink);
         }
-        // A shard reader lands what it starts at once.
-        self.start_cold_read(sink);
+        // With a read out already, a second goes only with half a list: the reader then has
+        // a batch worth reading while the shard lands the first (a few events would leave it
+        // idle through that landing). A shard reader lands what it starts at once.
+        if self.cold_wait.reads_out() == 0 || self.cold_wait.half_full() {
+            self.start_cold_read(sink);
+        }
         before - self.cold_wait.len()
     }
 

@@ -187,17 +187,17 @@ impl KeyedState {
     /// skipped. On an error nothing has moved.
     pub fn read_cold(&mut self, keys: &[(u64, u64)]) -> Result<(), StateError> {
         let mut job = std::mem::take(&mut self.cold.own);
-        self.prepare_cold(keys, &mut job);
+        self.prepare_cold(keys, &[], &mut job);
         self.read_cold_here(&mut job);
         let moved = self.finish_cold(&mut job);
         self.cold.own = job;
         moved
     }
 
-    /// Fill `job` with the keys of `keys` (as for `read_cold`) that are not hot. Until the
-    /// job is finished, none of them may become hot or be written by anything but
-    /// `finish_cold`: the owner keeps every event on them waiting.
-    pub fn prepare_cold(&mut self, keys: &[(u64, u64)], job: &mut ColdJob) {
+    /// Fill `job` with the keys of `keys` (as for `read_cold`) that are not hot and not in
+    /// `skip` (ascending). Until the job is finished, none of them may become hot or be
+    /// written by anything but `finish_cold`: the owner keeps every event on them waiting.
+    pub fn prepare_cold(&mut self, keys: &[(u64, u64)], skip: &[u64], job: &mut ColdJob) {
         crate::invariant!(keys.len() <= self.cold.max, "cold batch past its bound");
         crate::invariant!(keys.len() <= job.max, "cold batch past its job's bound");
         crate::invariant!(keys.windows(2).all(|w| w[0].0 < w[1].0));
@@ -206,7 +206,7 @@ impl KeyedState {
             return;
         }
         for &(k, ts) in keys {
-            if self.hot.find(k).is_none() {
+            if self.hot.find(k).is_none() && skip.binary_search(&k).is_err() {
                 job.keys.push(k);
                 job.ts.push(ts);
             }
