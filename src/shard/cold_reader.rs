@@ -4,13 +4,16 @@
 //! On a reader thread (`thread`) the shard hands the batch over and goes on: hot keys are
 //! served while the read is out, events on cold keys keep waiting (`cold_wait`), and the
 //! batch comes back to be moved in on the shard, which alone writes the hot table and the
-//! store. One batch is out at a time; the job's buffers go back and forth, nothing is
-//! allocated per batch.
+//! store. Up to `OUT_MAX` batches are out, landed in order, so the reader reads one while
+//! the shard lands another; the jobs' buffers go back and forth, nothing is allocated per
+//! batch.
 //!
 //! Why the read may run beside the shard: the store is only written by the shard's moves
-//! (victims out, returning keys in), and while a job is out none of its keys is hot (every
-//! event on them waits) and none can become hot but by the job's own finish, so nothing the
-//! shard writes meanwhile touches the keys being read.
+//! (victims out, returning keys in, and a key read on its own when a landing left it cold),
+//! and while a job is out none of its keys is hot (every event on them waits), none can
+//! become hot but by the job's own landing, and no other read out holds it
+//! (`cold_wait::ColdWait::plan_read`), so nothing the shard writes meanwhile touches the keys
+//! being read.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,11 +171,6 @@ impl ColdReader {
     /// A job is out (handed over, not landed).
     pub fn is_out(&self) -> bool {
         !self.out.is_empty()
-    }
-
-    /// Jobs out.
-    pub fn out_len(&self) -> usize {
-        self.out.len()
     }
 
     /// The job to fill, when one more may go out.

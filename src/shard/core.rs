@@ -286,7 +286,7 @@ impl Owner {
         match moved {
             Ok(()) => {
                 // A key its own batch pushed out again (a hot table smaller than the batch)
-                // is read here on its own: no read out holds it (`ColdWait::skip`).
+                // is read here on its own: no read out holds it (`ColdWait::plan_read`).
                 for w in &batch {
                     self.apply_now(&w.ev, w.reply_to, w.source, (w.ts_ns, w.now_ns), true, sink);
                 }
