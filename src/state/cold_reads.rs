@@ -5,7 +5,7 @@
 //! their records with one batched read (RocksDB's MultiGet), on the shard thread or on a
 //! reader thread (`shard::cold_reader`); `finish_cold`, on the shard, makes room, brings them
 //! into the hot table and writes the victims' puts and the returning keys' deletes in one
-//! batch. The waiting events then find their keys hot. `read_cold` is the three at once.
+//! batch. The waiting events then find their keys hot.
 //!
 //! Nothing is half-moved on a failure: the read moves nothing; the hot table is changed
 //! before the write, and if the write fails every change is undone in reverse (victims back,
@@ -61,15 +61,6 @@ impl ColdJob {
         }
     }
 
-    /// Keys this job asks for.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     fn clear(&mut self) {
         self.keys.clear();
         self.ts.clear();
@@ -116,13 +107,12 @@ impl ColdJob {
 }
 
 /// The shard's side of the batched cold reads: the moves' scratch (nothing allocated per
-/// cycle here; the RocksDB calls allocate a little per batch, see `spill`) and, for reads
-/// made on the shard thread, a job of its own.
+/// cycle here; the RocksDB calls allocate a little per batch, see `spill`). The jobs are the
+/// reader's (`shard::cold_reader`).
 #[derive(Debug, Default)]
 pub(crate) struct ColdReads {
     max: usize,
     words: usize,
-    own: ColdJob,
     victims: Vec<Record>,
     victim_words: Vec<u64>,
     steps: Vec<Step>,
@@ -134,7 +124,6 @@ impl ColdReads {
         Self {
             max,
             words,
-            own: ColdJob::new(max, words),
             victims: Vec::with_capacity(max),
             victim_words: vec![0; max * words],
             steps: Vec::with_capacity(2 * max),
@@ -156,7 +145,7 @@ impl KeyedState {
         self.cold = ColdReads::new(max, self.plan.words());
     }
 
-    /// Keys a batch of `read_cold` takes (0: batching off).
+    /// Keys a batched cold read takes (0: batching off).
     pub fn cold_batch_max(&self) -> usize {
         self.cold.max
     }
@@ -181,20 +170,8 @@ impl KeyedState {
         self.spill.as_ref().map(|s| s.shared())
     }
 
-    /// Bring `keys` (ascending, distinct, at most `cold_batch_max`; each with its first
-    /// event's time) into the hot table: one batched read of the spill store, one write of
-    /// the moves, all on this thread. A key not stored starts fresh. Keys already hot are
-    /// skipped. On an error nothing has moved.
-    pub fn read_cold(&mut self, keys: &[(u64, u64)]) -> Result<(), StateError> {
-        let mut job = std::mem::take(&mut self.cold.own);
-        self.prepare_cold(keys, &[], &mut job);
-        self.read_cold_here(&mut job);
-        let moved = self.finish_cold(&mut job);
-        self.cold.own = job;
-        moved
-    }
-
-    /// Fill `job` with the keys of `keys` (as for `read_cold`) that are not hot and not in
+    /// Fill `job` with the keys of `keys` (ascending, distinct, at most `cold_batch_max`;
+    /// each with its first event's time, a fresh record's times) that are not hot and not in
     /// `skip` (ascending). Until the job is finished, none of them may become hot or be
     /// written by anything but `finish_cold`: the owner keeps every event on them waiting.
     pub fn prepare_cold(&mut self, keys: &[(u64, u64)], skip: &[u64], job: &mut ColdJob) {
