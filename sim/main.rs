@@ -88,6 +88,10 @@ struct Totals {
     cold_wait_seeds: u64,
     /// Of those, seeds whose reads were made off the shard (landing while later events came).
     cold_reads_deferred_seeds: u64,
+    /// Kafka seeds whose shards took records while a commit was on its way (overlap_commits),
+    /// and the Scores of those records.
+    overlap_seeds: u64,
+    scores_while_committing: u64,
     /// Events waiting for a batched cold read when a crash took them (then replayed).
     waiting_lost: u64,
     transactions: u64,
@@ -115,6 +119,8 @@ impl Totals {
         self.ttl_seeds += u64::from(r.ttl_ms > 0);
         self.cold_wait_seeds += u64::from(r.cold_wait_max > 0);
         self.cold_reads_deferred_seeds += u64::from(r.cold_reads_deferred);
+        self.overlap_seeds += u64::from(r.overlap_commits);
+        self.scores_while_committing += r.scores_while_committing;
         self.waiting_lost += r.waiting_lost;
         self.transactions += r.transactions;
         self.scores_committed += r.scores_committed;

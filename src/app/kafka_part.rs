@@ -11,7 +11,9 @@ use std::time::Duration;
 use super::{full_layout, start_checkpoints, AppError, Restored};
 use crate::config::{Config, Delivery, Membership};
 use crate::egress::kafka::changelog::{self, ChangelogSource, ChangelogSpec};
-use crate::egress::kafka::{progress, start_producer, transactional_id, KafkaSink, ScoreProducer};
+use crate::egress::kafka::{
+    progress, second_transactional_id, start_producer, transactional_id, KafkaSink, ScoreProducer,
+};
 use crate::ingest::kafka::standby::{StandbyPartition, StandbyTail, Standbys};
 use crate::ingest::kafka::{
     self as kafka_in, KafkaError, KafkaSource, PartitionGauge, PartitionGauges, PartitionId,
@@ -32,14 +34,15 @@ pub(super) enum KafkaPart {
     Later(mpsc::Receiver<Result<KafkaSeed, String>>),
 }
 
-/// The partitions a shard owns, its Score producer (transactions already initialised under
+/// The partitions a shard owns, its Score producers (transactions already initialised under
 /// exactly_once, fencing any earlier process), and which checkpoint the last committed
 /// transaction names.
 pub(super) struct KafkaSeed {
     pub owned: Vec<PartitionId>,
     /// One per owned partition, shared with `Running` for the report (and the exporter).
     gauges: Vec<Arc<PartitionGauge>>,
-    producer: ScoreProducer,
+    /// One, or two used in turn (exactly_once with `egress.kafka.overlap_commits`).
+    producers: Vec<ScoreProducer>,
     pub target: RestoreTarget,
     /// Appended to the state layout: the partitions a checkpoint's state belongs to.
     pub layout: String,
@@ -289,7 +292,16 @@ fn seeds(
     for (i, id) in ids.iter().enumerate() {
         let tid = exactly_once.then_some(id.as_str());
         let counters = counters.get(i).cloned().unwrap_or_default();
-        producers.push(start_producer(config, tid, counters)?);
+        let mut own = vec![start_producer(config, tid, counters.clone())?];
+        if exactly_once {
+            // Fenced whether or not it is used: a transaction a crashed run left open on it
+            // would hold every read_committed reader (the progress read below too) back.
+            let second = start_producer(config, Some(&second_transactional_id(id)), counters)?;
+            if config.egress.kafka.overlap_commits {
+                own.push(second);
+            }
+        }
+        producers.push(own);
     }
     let committed = if exactly_once {
         progress::last_committed(config, &ids)?
@@ -307,7 +319,7 @@ fn seeds(
         .into_iter()
         .zip(&ids)
         .enumerate()
-        .map(|(i, (producer, id))| {
+        .map(|(i, (producers, id))| {
             let target = match (exactly_once, committed.get(id)) {
                 (false, _) => RestoreTarget::Newest,
                 (true, Some(p)) => RestoreTarget::Exactly(p.seq),
@@ -346,7 +358,7 @@ fn seeds(
             KafkaSeed {
                 owned,
                 gauges,
-                producer,
+                producers,
                 target,
                 layout: layout.clone(),
                 changelog,
@@ -403,7 +415,7 @@ pub(super) fn shard_kafka(
     let sink = KafkaSink::new(
         config,
         id,
-        seed.producer,
+        seed.producers,
         &names,
         Box::new(wake(wakers.clone())),
         changelog.map(|c| (c, holds)),

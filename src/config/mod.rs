@@ -159,6 +159,10 @@ pub struct EgressKafka {
     pub progress_topic: String,
     pub transactional_id_prefix: String,
     pub transaction_timeout_ms: u64,
+    /// exactly_once: a second transactional producer per shard takes the Scores after a
+    /// checkpoint's flip while the first commits, so Kafka intake does not stand still for
+    /// the commit (only until the first's Score records are acknowledged, for their order).
+    pub overlap_commits: bool,
     /// exactly_once: each transaction also carries the checkpoint's state changes to the
     /// changelog topic, from which a shard whose checkpoint is missing restores.
     pub changelog: bool,

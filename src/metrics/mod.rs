@@ -38,6 +38,12 @@ impl Counter {
     pub fn inc(&self) {
         self.add(1);
     }
+    /// For the few counters with a second writer (a Kafka producer's delivery reports,
+    /// served on the shard thread and, during an exactly_once commit, on the committer
+    /// thread): a locked add, so neither loses the other's count.
+    pub fn add_shared(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     #[inline]
     pub fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);

@@ -63,6 +63,8 @@ pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total"
 pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";
 pub const KAFKA_BACKPRESSURE_CYCLES: &str = "sluice_kafka_backpressure_cycles_total";
 pub const KAFKA_COMMIT_PAUSE_MAX: &str = "sluice_kafka_commit_pause_max_seconds";
+pub const KAFKA_RECORDS_WHILE_COMMITTING: &str =
+    "sluice_kafka_records_taken_while_committing_total";
 /// egress.kafka.changelog: state records and tombstones written, and their bytes.
 pub const KAFKA_CHANGELOG_RECORDS: &str = "sluice_kafka_changelog_records_total";
 pub const KAFKA_CHANGELOG_TOMBSTONES: &str = "sluice_kafka_changelog_tombstones_total";

@@ -53,7 +53,7 @@ pub struct ShardKafka {
     /// Checkpoints dropped because their Scores were not acknowledged in time (for logs).
     pub withheld: u64,
     /// exactly_once: the checkpoint whose transaction is being committed (no Kafka intake
-    /// meanwhile).
+    /// meanwhile, unless the Scores go to a second producer: `Commit`'s `ordered`).
     pub commit: Option<Commit>,
     /// `ingest.kafka.membership = group`: what moving partitions in and out needs.
     pub member: Option<GroupMember>,
@@ -104,16 +104,25 @@ pub struct GroupMember {
     pub standbys: Option<crate::ingest::kafka::standby::Standbys>,
 }
 
-/// exactly_once: a checkpoint flipped, on its way to its transaction's commit.
+/// exactly_once: a checkpoint flipped, on its way to its transaction's commit. `producer`
+/// holds its transaction; `ordered`: Kafka records are taken again meanwhile, into the other
+/// producer's transaction (`overlap_commits`), which may start once every Score record of
+/// this one is acknowledged — so a later Score never lands before an earlier one.
 pub enum Commit {
     /// Being copied and written; the offsets are those it holds, committed with it.
     Writing {
         seq: u64,
         offsets: TopicPartitionList,
         flipped_ns: u64,
+        producer: usize,
+        ordered: bool,
     },
     /// On disk; its transaction is being committed on the committer thread.
-    Committing { seq: u64, flipped_ns: u64 },
+    Committing {
+        seq: u64,
+        flipped_ns: u64,
+        ordered: bool,
+    },
 }
 
 impl ShardKafka {
@@ -129,7 +138,7 @@ impl ShardKafka {
         latency: &mut ShardLatency,
     ) -> usize {
         self.source.refresh_watermarks(fetched_ns);
-        if self.commit.is_some() {
+        if !self.intake_open(fetched_ns, counters) {
             // exactly_once: Scores taken now would join the transaction being committed.
             return 0;
         }
@@ -138,6 +147,7 @@ impl ShardKafka {
             return 0;
         }
         let records_max = self.records_max;
+        let committing = self.commit.is_some();
         let ShardKafka { source, sink, .. } = self;
         let mut sink = EgressSink {
             egress,
@@ -145,7 +155,7 @@ impl ShardKafka {
             counters,
             latency,
         };
-        source.poll(records_max, |rec| {
+        let taken = source.poll(records_max, |rec| {
             let reply = match sink.kafka.as_deref_mut() {
                 Some(k) => k.begin_source(rec.owned, rec.offset, rec.key),
                 None => 0,
@@ -164,7 +174,37 @@ impl ShardKafka {
                 },
                 &mut sink,
             );
-        })
+        });
+        if committing {
+            counters.kafka_records_while_committing.add(taken as u64);
+        }
+        taken
+    }
+
+    /// exactly_once: may records be taken now? Always without a commit on its way; with one,
+    /// only with two producers and once the flipped transaction's Score records are all
+    /// acknowledged (checked between cycles while it is written; once committing, its
+    /// changelog and progress records are in flight too, so a commit that starts before
+    /// then keeps intake shut until it ends).
+    fn intake_open(&mut self, now_ns: u64, counters: &ShardCounters) -> bool {
+        let ShardKafka { commit, sink, .. } = self;
+        match commit {
+            None => true,
+            Some(Commit::Writing {
+                producer,
+                ordered,
+                flipped_ns,
+                ..
+            }) if sink.overlaps() => {
+                if !*ordered && sink.acknowledged(*producer) {
+                    *ordered = true;
+                    Self::intake_paused(*flipped_ns, now_ns, counters);
+                }
+                *ordered
+            }
+            Some(Commit::Writing { .. }) => false,
+            Some(Commit::Committing { ordered, .. }) => *ordered,
+        }
     }
 
     fn input(&self, with_offsets: bool) -> Input {
@@ -228,10 +268,15 @@ impl ShardKafka {
         }
         let offsets = self.source.offsets_list();
         if let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) {
+            // The Scores from here on belong to the next transaction: on the other producer,
+            // with two.
+            let producer = self.sink.switch();
             self.commit = Some(Commit::Writing {
                 seq,
                 offsets,
                 flipped_ns: now_ns,
+                producer,
+                ordered: false,
             });
         }
         Ok(())
@@ -253,6 +298,8 @@ impl ShardKafka {
                 seq,
                 offsets,
                 flipped_ns,
+                producer,
+                mut ordered,
             }) => {
                 cp.step(core.state_mut());
                 match cp.take_outcome() {
@@ -261,46 +308,90 @@ impl ShardKafka {
                             seq,
                             offsets,
                             flipped_ns,
+                            producer,
+                            ordered,
                         });
                         Ok(())
                     }
                     Some(Ok(written)) => {
                         crate::invariant_eq!(written, seq);
                         self.check_delivered(None)?;
+                        if !ordered && self.sink.overlaps() && self.sink.acknowledged(producer) {
+                            ordered = true;
+                            Self::intake_paused(flipped_ns, now_ns, counters);
+                        }
                         let group = self.source.group_metadata();
-                        match self.sink.start_commit(seq, offsets, group) {
+                        match self.sink.start_commit(seq, offsets, group, producer) {
                             Ok(()) => {
-                                self.commit = Some(Commit::Committing { seq, flipped_ns });
+                                self.commit = Some(Commit::Committing {
+                                    seq,
+                                    flipped_ns,
+                                    ordered,
+                                });
                                 Ok(())
                             }
                             Err(e) => self.commit_failed(seq, &e, counters),
                         }
                     }
-                    // The transaction stays open and the next checkpoint commits it (its
-                    // Scores too).
                     Some(Err(e)) => {
-                        tracing::error!(
-                            seq,
-                            "checkpoint not written, its transaction stays open: {e}"
-                        );
-                        Self::intake_paused(flipped_ns, now_ns, counters);
-                        Ok(())
+                        if !ordered {
+                            Self::intake_paused(flipped_ns, now_ns, counters);
+                        }
+                        self.not_written(seq, producer, &e)
                     }
                 }
             }
-            Some(Commit::Committing { seq, flipped_ns }) => match self.sink.poll_commit() {
+            Some(Commit::Committing {
+                seq,
+                flipped_ns,
+                ordered,
+            }) => match self.sink.poll_commit() {
                 None => {
-                    self.commit = Some(Commit::Committing { seq, flipped_ns });
+                    self.commit = Some(Commit::Committing {
+                        seq,
+                        flipped_ns,
+                        ordered,
+                    });
                     Ok(())
                 }
                 Some(Ok(committed)) => {
                     Self::committed(&committed, counters);
-                    Self::intake_paused(flipped_ns, now_ns, counters);
+                    if !ordered {
+                        Self::intake_paused(flipped_ns, now_ns, counters);
+                    }
                     Ok(())
                 }
                 Some(Err(e)) => self.commit_failed(seq, &e, counters),
             },
         }
+    }
+
+    /// exactly_once: checkpoint `seq` was not written, so its transaction (on `producer`)
+    /// must stay open for the next checkpoint to commit with its Scores. With one producer,
+    /// or when no Score went to the other one since the flip, that is done by making it the
+    /// active one again. Otherwise two transactions hold Scores of state no checkpoint
+    /// holds, and they cannot commit as one: stop (Flink's default too: a failed checkpoint
+    /// fails the job over), and the restart replays from the last committed checkpoint.
+    fn not_written(
+        &mut self,
+        seq: u64,
+        producer: usize,
+        e: &dyn std::fmt::Display,
+    ) -> Result<(), String> {
+        if self.sink.active() == producer || !self.sink.sent_since_switch() {
+            if self.sink.active() != producer {
+                self.sink.switch();
+            }
+            tracing::error!(
+                seq,
+                "checkpoint not written, its transaction stays open: {e}"
+            );
+            return Ok(());
+        }
+        self.failed = true;
+        Err(format!(
+            "exactly_once: checkpoint {seq} was not written ({e}) while Scores after it went into the next transaction; the two cannot commit as one: stopping so a restart replays from the last committed checkpoint"
+        ))
     }
 
     /// A transaction committed: count it and what its changelog part held.
@@ -655,18 +746,21 @@ impl ShardKafka {
         // A Score refused outside librdkafka's transaction bookkeeping must not commit as if
         // it were in the transaction (one given up on would fail the commit anyway).
         self.check_delivered(None)?;
-        self.commit_waited(seq, self.source.offsets_list(), counters)
+        let active = self.sink.active();
+        self.commit_waited(seq, self.source.offsets_list(), active, counters)
     }
 
-    /// Commit checkpoint `seq`'s transaction with `offsets` and wait for it (shutdown).
+    /// Commit checkpoint `seq`'s transaction (on `producer`) with `offsets` and wait for it
+    /// (handover, shutdown).
     fn commit_waited(
         &mut self,
         seq: u64,
         offsets: TopicPartitionList,
+        producer: usize,
         counters: &ShardCounters,
     ) -> Result<(), String> {
         let group = self.source.group_metadata();
-        match self.sink.commit_epoch(seq, offsets, group) {
+        match self.sink.commit_epoch(seq, offsets, group, producer) {
             Ok(committed) => {
                 Self::committed(&committed, counters);
                 Ok(())
@@ -685,7 +779,12 @@ impl ShardKafka {
     ) -> Result<(), String> {
         match self.commit.take() {
             None => Ok(()),
-            Some(Commit::Writing { seq, offsets, .. }) => {
+            Some(Commit::Writing {
+                seq,
+                offsets,
+                producer,
+                ..
+            }) => {
                 let written = match cp.take_outcome() {
                     Some(r) => r,
                     None => cp.wait_written(core.state_mut()),
@@ -694,15 +793,9 @@ impl ShardKafka {
                     Ok(w) => {
                         crate::invariant_eq!(w, seq);
                         self.check_delivered(None)?;
-                        self.commit_waited(seq, offsets, counters)
+                        self.commit_waited(seq, offsets, producer, counters)
                     }
-                    Err(e) => {
-                        tracing::error!(
-                            seq,
-                            "checkpoint not written, its transaction stays open: {e}"
-                        );
-                        Ok(())
-                    }
+                    Err(e) => self.not_written(seq, producer, &e),
                 }
             }
             Some(Commit::Committing { seq, .. }) => match self.sink.wait_commit() {

@@ -70,6 +70,11 @@ pub struct SeedReport {
     /// reads land at steps the seed picks, while later events go on), as
     /// `state.cold_reader = thread` does.
     pub cold_reads_deferred: bool,
+    /// Kafka seeds: `egress.kafka.overlap_commits` — records are taken while a checkpoint is
+    /// on its way to its commit, their Scores in the next transaction.
+    pub overlap_commits: bool,
+    /// Of those records' Scores, how many (committed later or lost by a crash).
+    pub scores_while_committing: u64,
     /// `state.ttl_ms` (Kafka seeds only; 0: off).
     pub ttl_ms: u64,
     pub events: usize,
@@ -349,6 +354,7 @@ impl World {
         // table: from the seed itself, so the world's other draws stay as they were.
         let cold_wait = [0usize, 1, 3, 8, 256][(route::mix64(seed ^ 0xC01D) % 5) as usize];
         let cold_reads_deferred = !kafka && cold_wait > 0 && route::mix64(seed ^ 0xA5C0) % 2 == 0;
+        let overlap_commits = kafka && route::mix64(seed ^ 0x0E7A) % 2 == 0;
         let sets = [
             "model.kind=linear".to_owned(),
             format!("state.cold_wait_max={cold_wait}"),
@@ -426,6 +432,7 @@ impl World {
                 hot_capacity: hot,
                 cold_wait_max: cold_wait,
                 cold_reads_deferred,
+                overlap_commits,
                 ttl_ms,
                 events: spec.events,
                 ..SeedReport::default()
@@ -742,8 +749,7 @@ impl World {
             } else if pick < W_SEND + W_DRAIN {
                 self.commit(id)
             } else if pick < W_SEND + W_DRAIN + W_TICK {
-                self.kafka_checkpoint(id);
-                Ok(())
+                self.kafka_checkpoint(id)
             } else {
                 self.writer(id)
             };

@@ -7,7 +7,9 @@
 //! before it is acknowledged, so a restart from it re-sends only Scores after it.
 //! `exactly_once`: a transactional producer; each checkpoint commits the transaction holding
 //! the Scores since the previous one, the consumed offsets and a progress record naming the
-//! checkpoint (`progress.rs`), so a read_committed consumer sees each Score once.
+//! checkpoint (`progress.rs`), so a read_committed consumer sees each Score once. With
+//! `overlap_commits` (the default) each shard has two transactional producers used in turn:
+//! at a flip the Scores move to the other one while the flipped transaction commits.
 
 pub mod changelog;
 pub mod progress;
@@ -94,7 +96,8 @@ impl ProducerContext for DeliveryCounter {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let c = &self.counters;
-            c.kafka_delivery_failures.inc();
+            // Two threads may serve reports (the shard, and the committer during a commit).
+            c.kafka_delivery_failures.add_shared(1);
             let n = c.kafka_delivery_failures.get();
             if n.is_power_of_two() {
                 tracing::error!(failures = n, "Kafka Score record not delivered: {e}");
@@ -143,8 +146,13 @@ struct Source {
 const KEY_BYTES_MAX: usize = 256;
 
 pub struct KafkaSink {
-    /// Shared with the committer thread (exactly_once), which commits on it.
-    producer: Arc<ScoreProducer>,
+    /// Shared with the committer thread (exactly_once), which commits on them. One, or two
+    /// under exactly_once with `overlap_commits` (used in turn, one transaction each).
+    producers: Vec<Arc<ScoreProducer>>,
+    /// The producer Score records go to now.
+    active: usize,
+    /// A record was handed to `active` since the last switch.
+    sent_since_switch: bool,
     transactional: bool,
     scores_topic: String,
     alerts_topic: String,
@@ -166,24 +174,33 @@ impl KafkaSink {
     /// `owned_names[i]` = (topic, partition) of the shard's i-th owned partition.
     /// `wake` wakes the shard when a commit ends (exactly_once); `changelog`: where its
     /// commits read their checkpoints' changes from, and the checkpoint whose whole state the
-    /// changelog holds already (the restored one, if so).
+    /// changelog holds already (the restored one, if so). `producers`: one, or two used in
+    /// turn (exactly_once with `overlap_commits`).
     pub fn new(
         config: &Config,
         shard: usize,
-        producer: ScoreProducer,
+        producers: Vec<ScoreProducer>,
         owned_names: &[(String, i32)],
         wake: Box<dyn Fn() + Send>,
         changelog: Option<(changelog::ChangelogSource, Option<u64>)>,
     ) -> Result<Self, KafkaError> {
         let k = &config.egress.kafka;
         let transactional = k.delivery == Delivery::ExactlyOnce;
-        let producer = Arc::new(producer);
+        if producers.is_empty() || producers.len() > 2 || (producers.len() == 2 && !transactional) {
+            return Err(KafkaError::Other(format!(
+                "{} Score producers for one shard (one, or two under exactly_once)",
+                producers.len()
+            )));
+        }
+        let producers: Vec<Arc<ScoreProducer>> = producers.into_iter().map(Arc::new).collect();
         let committer = if transactional {
-            producer
-                .begin_transaction()
-                .map_err(KafkaError::client("begin_transaction"))?;
+            for producer in &producers {
+                producer
+                    .begin_transaction()
+                    .map_err(KafkaError::client("begin_transaction"))?;
+            }
             let tx = Transactions {
-                producer: producer.clone(),
+                producers: producers.clone(),
                 timeout: Duration::from_millis(k.transaction_timeout_ms),
                 progress_topic: k.progress_topic.clone(),
                 transactional_id: transactional_id(config, shard),
@@ -197,7 +214,9 @@ impl KafkaSink {
         let sources_max = config.ingest.kafka.records_per_cycle_max;
         let scores_max = sources_max * config.wire.batch_events_max;
         Ok(Self {
-            producer,
+            producers,
+            active: 0,
+            sent_since_switch: false,
             transactional,
             scores_topic: k.scores_topic.clone(),
             alerts_topic: k.alerts_topic.clone(),
@@ -220,12 +239,50 @@ impl KafkaSink {
         (epoch % EPOCHS as u64) as usize
     }
 
+    /// The producer Score records go to now.
+    fn producer(&self) -> &ScoreProducer {
+        // `new` refuses an empty list and `active` only ever names one of them.
+        &self.producers[self.active]
+    }
+
+    /// exactly_once with two producers, at a checkpoint's flip: the Scores from now on go to
+    /// the other producer (its transaction was begun when its last commit ended; flips come
+    /// only once the previous commit has), and the one holding the flipped transaction is
+    /// returned for `start_commit`. With one producer: that one, and nothing changes.
+    pub fn switch(&mut self) -> usize {
+        let closed = self.active;
+        if self.producers.len() > 1 {
+            self.active = (self.active + 1) % self.producers.len();
+        }
+        self.sent_since_switch = false;
+        closed
+    }
+
+    /// Scores go on into another transaction while one commits (`overlap_commits`).
+    pub fn overlaps(&self) -> bool {
+        self.producers.len() > 1
+    }
+
+    /// Every record handed to producer `which` has been acknowledged (and its report served):
+    /// Scores sent now by another producer land after all of them on every partition.
+    pub fn acknowledged(&self, which: usize) -> bool {
+        self.producers
+            .get(which)
+            .is_none_or(|p| p.in_flight_count() <= 0)
+    }
+
     /// at_least_once, at a checkpoint's flip: close the open epoch (its Scores answer what the
     /// snapshot holds) and open the next. Returns false, changing nothing, when the next
     /// epoch's slot still has records in flight from `EPOCHS` flips ago.
     pub fn begin_epoch(&mut self) -> bool {
         let next = self.epoch + 1;
-        if self.producer.context().epochs.outstanding(Self::slot(next)) > 0 {
+        if self
+            .producer()
+            .context()
+            .epochs
+            .outstanding(Self::slot(next))
+            > 0
+        {
             return false;
         }
         self.epoch = next;
@@ -235,7 +292,7 @@ impl KafkaSink {
     /// Every Score record produced before the open epoch has been reported (delivered or
     /// given up on): a checkpoint flipped when it opened may be committed.
     pub fn settled_before_open_epoch(&self) -> bool {
-        let epochs = &self.producer.context().epochs;
+        let epochs = &self.producer().context().epochs;
         let open = Self::slot(self.epoch);
         (0..EPOCHS).all(|s| s == open || epochs.outstanding(s) == 0)
     }
@@ -303,10 +360,13 @@ impl KafkaSink {
         self.pending.clear();
         self.sources.clear();
         self.keys.clear();
-        // During a commit its own flush serves the reports (on the committer thread); polling
-        // here too would run delivery callbacks on two threads at once.
-        if !self.committing() {
-            self.producer.poll(Duration::ZERO);
+        // During a commit its own flush serves that producer's reports (on the committer
+        // thread); polling it here too would run its delivery callbacks on two threads at once.
+        let committing = self.committer.as_ref().and_then(Committer::busy);
+        for (i, p) in self.producers.iter().enumerate() {
+            if committing != Some(i) {
+                p.poll(Duration::ZERO);
+            }
         }
     }
 
@@ -354,10 +414,12 @@ impl KafkaSink {
                 .payload(value)
                 .key(key)
                 .headers(headers);
-            let epochs = &self.producer.context().epochs;
+            let producer = &self.producers[self.active];
+            let epochs = &producer.context().epochs;
             // Counted before the send: its delivery report may come with any later poll.
             epochs.sent(slot);
-            match self.producer.send(record) {
+            self.sent_since_switch = true;
+            match producer.send(record) {
                 Ok(()) => {
                     if !alerts_only {
                         counters.kafka_score_records.inc();
@@ -365,7 +427,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     // Never handed over: no report will come for it, and no Score either.
-                    let context = self.producer.context();
+                    let context = producer.context();
                     context.epochs.done(slot);
                     context
                         .undelivered
@@ -373,7 +435,7 @@ impl KafkaSink {
                     // A refused Score drops its events; a refused alert copy is a record not
                     // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
                     let refused = if alerts_only {
-                        counters.kafka_delivery_failures.inc();
+                        counters.kafka_delivery_failures.add_shared(1);
                         counters.kafka_delivery_failures.get()
                     } else {
                         counters.dropped_events(DropReason::ProduceError, n);
@@ -390,40 +452,57 @@ impl KafkaSink {
     /// Score and alert records that will never reach their topic: given up on by the producer
     /// (after `message.timeout.ms`) or refused by it.
     pub fn undelivered(&self) -> u64 {
-        self.producer
-            .context()
-            .undelivered
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.producers
+            .iter()
+            .map(|p| {
+                p.context()
+                    .undelivered
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
     }
 
-    /// Records handed over and not yet acknowledged (or, in a transaction, not yet sent).
+    /// Records handed to the active producer and not yet acknowledged (the bound on its
+    /// queue; the other one's, during a commit, are its transaction's last records and the
+    /// commit's changelog part).
     pub fn in_flight(&self) -> usize {
-        self.producer.in_flight_count().max(0) as usize
+        self.producer().in_flight_count().max(0) as usize
     }
 
-    /// at_least_once, before a checkpoint: wait up to `timeout` for every Score handed over
-    /// to be acknowledged. False: not all were (the checkpoint must wait).
+    /// The producer Score records go to now (for `commit_epoch`).
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Score records handed over since the last `switch` (the open transaction holds some).
+    pub fn sent_since_switch(&self) -> bool {
+        self.sent_since_switch
+    }
+
+    /// Before a checkpoint without transactions, or at shutdown: wait up to `timeout` for
+    /// every Score handed over to be acknowledged. False: not all were.
     pub fn settle(&self, timeout: Duration) -> bool {
-        self.producer.flush(timeout).is_ok()
+        self.producers.iter().all(|p| p.flush(timeout).is_ok())
     }
 
     pub fn transactional(&self) -> bool {
         self.transactional
     }
 
-    /// exactly_once, once checkpoint `seq` is durable: start committing the open transaction
-    /// with the consumed `offsets` (as of the checkpoint) and a progress record naming `seq`,
-    /// on the committer thread; `poll_commit` says how it ended. No Score may be handed over
-    /// meanwhile (it would join this transaction).
+    /// exactly_once, once checkpoint `seq` is durable: start committing producer `which`'s
+    /// open transaction with the consumed `offsets` (as of the checkpoint) and a progress
+    /// record naming `seq`, on the committer thread; `poll_commit` says how it ended. No Score
+    /// may be handed to that producer meanwhile (it would join this transaction).
     pub fn start_commit(
         &mut self,
         seq: u64,
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
+        which: usize,
     ) -> Result<(), KafkaError> {
         crate::invariant!(self.pending.is_empty(), "commits start between cycles");
         match &mut self.committer {
-            Some(c) => c.begin(seq, offsets, group),
+            Some(c) => c.begin(seq, offsets, group, which),
             None => Err(KafkaError::Other("not a transactional producer".into())),
         }
     }
@@ -434,19 +513,16 @@ impl KafkaSink {
         self.committer.as_mut().and_then(Committer::poll)
     }
 
-    /// A commit is running: hand no Score over.
-    pub fn committing(&self) -> bool {
-        self.committer.as_ref().is_some_and(Committer::busy)
-    }
-
-    /// `start_commit` and wait for it (shutdown's last checkpoint).
+    /// `start_commit` of producer `which`'s transaction and wait for it (a handover's
+    /// checkpoint, shutdown's last one; no other commit runs then).
     pub fn commit_epoch(
         &mut self,
         seq: u64,
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
+        which: usize,
     ) -> Result<Committed, KafkaError> {
-        self.start_commit(seq, offsets, group)?;
+        self.start_commit(seq, offsets, group, which)?;
         self.wait_commit()
     }
 
@@ -457,6 +533,13 @@ impl KafkaSink {
             None => Ok(None),
         }
     }
+}
+
+/// The transactional.id of a shard's second producer (`overlap_commits`): fenced at every
+/// start, used or not, so a transaction a crashed run left open on it never holds
+/// read_committed readers back.
+pub fn second_transactional_id(first: &str) -> String {
+    format!("{first}-b")
 }
 
 /// The shard's transactional.id: stable across restarts, so a restart fences its zombie

@@ -3,7 +3,9 @@
 //! 1.26 s at 10k/s after a broker hiccup); on the shard it paused everything, UDP included. A
 //! committer thread per shard does it instead, on the same producer, while the shard takes no
 //! Kafka record (its Scores would join the transaction being committed) but goes on serving
-//! UDP and copying snapshots.
+//! UDP and copying snapshots. With `egress.kafka.overlap_commits` the shard has two
+//! producers and takes records again into the other one's transaction (see
+//! `ShardKafka::take`); commits still go one at a time, in checkpoint order.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -18,11 +20,14 @@ use super::changelog::{ChangelogSource, Sent};
 use super::{progress, ScoreProducer, UNTRACKED};
 use crate::ingest::kafka::KafkaError;
 
-/// What one commit needs: the producer and the names it writes under.
+/// What one commit needs: the shard's producers and the names it writes under.
 pub struct Transactions {
-    pub producer: Arc<ScoreProducer>,
+    /// One, or two taking transactions in turn (`overlap_commits`).
+    pub producers: Vec<Arc<ScoreProducer>>,
     pub timeout: Duration,
     pub progress_topic: String,
+    /// The progress record's key: the shard's first producer's id, whichever producer
+    /// commits (commits go in order, so the newest record is the last commit).
     pub transactional_id: String,
     /// `egress.kafka.changelog`: each commit also carries its checkpoint's state changes.
     pub changelog: Option<ChangelogSource>,
@@ -35,19 +40,25 @@ pub struct Transactions {
 pub type Committed = Option<Sent>;
 
 impl Transactions {
-    /// Commit the open transaction with checkpoint `seq`'s state changes (with a changelog),
-    /// the consumed `offsets` and a progress record naming the checkpoint, and open the next
-    /// one. On an error the transaction is aborted; the caller must replay from the last
-    /// committed checkpoint.
+    /// Commit producer `which`'s open transaction with checkpoint `seq`'s state changes (with
+    /// a changelog), the consumed `offsets` and a progress record naming the checkpoint, and
+    /// open its next one. On an error the transaction is aborted; the caller must replay from
+    /// the last committed checkpoint.
     pub fn commit(
         &mut self,
         seq: u64,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
+        which: usize,
     ) -> Result<Committed, KafkaError> {
-        let result = self.try_commit(seq, offsets, group);
+        let Some(producer) = self.producers.get(which).cloned() else {
+            return Err(KafkaError::Other(format!(
+                "no producer {which} to commit on"
+            )));
+        };
+        let result = self.try_commit(&producer, seq, offsets, group);
         if result.is_err() {
-            if let Err(e) = self.producer.abort_transaction(self.timeout) {
+            if let Err(e) = producer.abort_transaction(self.timeout) {
                 tracing::error!("Kafka abort_transaction after a failed commit: {e}");
             }
         }
@@ -56,6 +67,7 @@ impl Transactions {
 
     fn try_commit(
         &mut self,
+        producer: &ScoreProducer,
         seq: u64,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
@@ -78,16 +90,16 @@ impl Transactions {
                 let holds = self.changelog_holds.map(|(s, _)| s);
                 let mut sent =
                     c.spec
-                        .produce(&self.producer, (&c.root, seq, c.words), holds, deadline)?;
+                        .produce(producer, (&c.root, seq, c.words), holds, deadline)?;
                 sent.complete = sent.whole || self.changelog_holds.is_some_and(|(_, w)| w);
                 Some(sent)
             }
             None => None,
         };
         if let (Some(g), true) = (group, offsets.count() > 0) {
-            let mut r = self.producer.send_offsets_to_transaction(offsets, g, t);
+            let mut r = producer.send_offsets_to_transaction(offsets, g, t);
             while retry(r.clone()) {
-                r = self.producer.send_offsets_to_transaction(offsets, g, t);
+                r = producer.send_offsets_to_transaction(offsets, g, t);
             }
             r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
         }
@@ -98,15 +110,15 @@ impl Transactions {
         let record = BaseRecord::with_opaque_to(&self.progress_topic, UNTRACKED)
             .payload(&value)
             .key(self.transactional_id.as_bytes());
-        self.producer
+        producer
             .send(record)
             .map_err(|(e, _)| KafkaError::client("progress record")(e))?;
-        let mut r = self.producer.commit_transaction(t);
+        let mut r = producer.commit_transaction(t);
         while retry(r.clone()) {
-            r = self.producer.commit_transaction(t);
+            r = producer.commit_transaction(t);
         }
         r.map_err(KafkaError::client("commit_transaction"))?;
-        self.producer
+        producer
             .begin_transaction()
             .map_err(KafkaError::client("begin_transaction"))?;
         if let Some(s) = sent {
@@ -120,13 +132,15 @@ struct Job {
     seq: u64,
     offsets: TopicPartitionList,
     group: Option<ConsumerGroupMetadata>,
+    producer: usize,
 }
 
 /// The shard's side of its committer thread: one commit at a time.
 pub struct Committer {
     jobs: Option<mpsc::SyncSender<Job>>,
     replies: mpsc::Receiver<Result<Committed, KafkaError>>,
-    busy: bool,
+    /// The producer whose transaction is being committed.
+    busy: Option<usize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -143,7 +157,7 @@ impl Committer {
             .name(name)
             .spawn(move || {
                 for job in job_rx {
-                    let r = tx.commit(job.seq, &job.offsets, job.group.as_ref());
+                    let r = tx.commit(job.seq, &job.offsets, job.group.as_ref(), job.producer);
                     if reply_tx.send(r).is_err() {
                         return;
                     }
@@ -154,31 +168,35 @@ impl Committer {
         Ok(Self {
             jobs: Some(jobs),
             replies,
-            busy: false,
+            busy: None,
             thread: Some(thread),
         })
     }
 
-    pub fn busy(&self) -> bool {
+    /// The producer whose commit is running, if one is.
+    pub fn busy(&self) -> Option<usize> {
         self.busy
     }
 
-    /// Start committing (never waits: the channel holds one job and only one is out).
+    /// Start committing producer `which`'s transaction (never waits: the channel holds one
+    /// job and only one is out).
     pub fn begin(
         &mut self,
         seq: u64,
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
+        which: usize,
     ) -> Result<(), KafkaError> {
-        crate::invariant!(!self.busy, "one commit at a time");
+        crate::invariant!(self.busy.is_none(), "one commit at a time");
         let job = Job {
             seq,
             offsets,
             group,
+            producer: which,
         };
         match self.jobs.as_ref().map(|j| j.try_send(job)) {
             Some(Ok(())) => {
-                self.busy = true;
+                self.busy = Some(which);
                 Ok(())
             }
             _ => Err(KafkaError::Other("the committer thread is gone".into())),
@@ -187,9 +205,7 @@ impl Committer {
 
     /// The running commit's result, once it has one.
     pub fn poll(&mut self) -> Option<Result<Committed, KafkaError>> {
-        if !self.busy {
-            return None;
-        }
+        self.busy?;
         let r = match self.replies.try_recv() {
             Ok(r) => r,
             Err(mpsc::TryRecvError::Empty) => return None,
@@ -197,16 +213,15 @@ impl Committer {
                 Err(KafkaError::Other("the committer thread is gone".into()))
             }
         };
-        self.busy = false;
+        self.busy = None;
         Some(r)
     }
 
     /// Wait for the running commit's result (shutdown); Ok when none is running.
     pub fn wait(&mut self) -> Result<Committed, KafkaError> {
-        if !self.busy {
+        if self.busy.take().is_none() {
             return Ok(None);
         }
-        self.busy = false;
         self.replies
             .recv()
             .unwrap_or_else(|_| Err(KafkaError::Other("the committer thread is gone".into())))

@@ -19,7 +19,9 @@ pub(super) struct Partition {
 /// records while no checkpoint is on its way; flip one with the offsets taken so far; once
 /// the writer has it on disk, commit the transaction (its Scores, and the offsets and the
 /// checkpoint's seq in the progress record) — a step of its own, so a crash can land between
-/// the checkpoint and the commit; then take records again.
+/// the checkpoint and the commit; then take records again. With `overlap_commits` records
+/// are taken from the flip on, their Scores in the next transaction (`next`; the product's
+/// second producer); a checkpoint not written while `next` holds Scores stops the process.
 #[derive(Default)]
 pub(super) struct Txn {
     /// (partition index, next offset) of the partitions this shard owns.
@@ -27,6 +29,9 @@ pub(super) struct Txn {
     pub(super) phase: Phase,
     /// Scores produced in the open transaction (lost if the process dies before it commits).
     pub(super) pending: Vec<ScoreOut>,
+    /// Scores produced after the flip of the checkpoint on its way (`overlap_commits`): the
+    /// next transaction's, lost too if the process dies before that one commits.
+    pub(super) next: Vec<ScoreOut>,
 }
 
 #[derive(Default)]
@@ -120,12 +125,14 @@ impl World {
     }
 
     /// Kafka: the shard takes its next 1-3 records (none while a checkpoint is on its way to
-    /// its commit: Scores taken then would join that transaction) and applies them in offset
-    /// order; their Scores join the open transaction.
+    /// its commit, unless the seed overlaps commits) and applies them in offset order; their
+    /// Scores join the open transaction (the next one, while a checkpoint is on its way).
     pub(super) fn take(&mut self, id: usize) -> Result<(), String> {
         let n = 1 + self.rng.below(3);
+        let overlap = self.report.overlap_commits;
         let node = &mut self.nodes[id];
-        if !matches!(node.txn.phase, Phase::Open) || node.txn.positions.is_empty() {
+        let on_its_way = !matches!(node.txn.phase, Phase::Open);
+        if (on_its_way && !overlap) || node.txn.positions.is_empty() {
             return Ok(());
         }
         let at = self.rng.below(node.txn.positions.len() as u64) as usize;
@@ -153,9 +160,13 @@ impl World {
             node.txn.positions[at].1 = offset + 1;
         }
         node.core.finish_cycle(self.now, &mut self.sink);
-        node.txn
-            .pending
-            .extend(self.sink.drain(..).map(|(_, s)| s.score));
+        let into = if on_its_way {
+            self.report.scores_while_committing += self.sink.len() as u64;
+            &mut node.txn.next
+        } else {
+            &mut node.txn.pending
+        };
+        into.extend(self.sink.drain(..).map(|(_, s)| s.score));
         self.mix(n << 16 | p as u64);
         self.refused(id)
     }
@@ -163,7 +174,7 @@ impl World {
     /// Kafka: the checkpoint side of exactly_once (`ShardKafka::checkpoint`): copy the running
     /// snapshot's next slice; once written, move to the commit; or flip one if due, recording
     /// the offsets taken so far.
-    pub(super) fn kafka_checkpoint(&mut self, id: usize) {
+    pub(super) fn kafka_checkpoint(&mut self, id: usize) -> Result<(), String> {
         let node = &mut self.nodes[id];
         let max = node.core.max_event_ns();
         match std::mem::take(&mut node.txn.phase) {
@@ -172,11 +183,19 @@ impl World {
                 node.txn.phase = match node.cp.take_outcome() {
                     None => Phase::Writing { seq, offsets },
                     Some(Ok(written)) if written == seq => Phase::Committing { seq, offsets },
-                    // Not written: the transaction stays open; the next checkpoint commits
-                    // its Scores too.
-                    Some(_) => {
+                    // Not written, nothing taken since the flip: the transaction stays open;
+                    // the next checkpoint commits its Scores too.
+                    Some(_) if node.txn.next.is_empty() => {
                         self.report.checkpoints_failed += 1;
                         Phase::Open
+                    }
+                    // Scores in two transactions that cannot commit as one: the product stops
+                    // (`ShardKafka::not_written`), and restarts from the last committed one.
+                    Some(_) => {
+                        self.report.checkpoints_failed += 1;
+                        return self.crash(&format!(
+                            "shard {id}: checkpoint {seq} not written with Scores in the next transaction: the service stops"
+                        ));
                     }
                 };
             }
@@ -200,7 +219,7 @@ impl World {
                     offsets: offsets.clone(),
                 };
                 if !node.cp.due(self.now, node.core.state(), &input) {
-                    return;
+                    return Ok(());
                 }
                 if let Some(seq) = node
                     .cp
@@ -210,6 +229,7 @@ impl World {
                 }
             }
         }
+        Ok(())
     }
 
     /// Kafka: commit the transaction whose checkpoint is on disk: its Scores, and the
@@ -230,6 +250,8 @@ impl World {
                 ));
             }
         }
+        // The next transaction (the other producer's) is the open one now.
+        node.txn.pending = std::mem::take(&mut node.txn.next);
         self.broker.progress[id] = Some((seq, offsets));
         self.report.transactions += 1;
         self.mix(seq);
