@@ -121,6 +121,7 @@ pub enum Commit {
     Committing {
         seq: u64,
         flipped_ns: u64,
+        producer: usize,
         ordered: bool,
     },
 }
@@ -183,28 +184,30 @@ impl ShardKafka {
 
     /// exactly_once: may records be taken now? Always without a commit on its way; with one,
     /// only with two producers and once the flipped transaction's Score records are all
-    /// acknowledged (checked between cycles while it is written; once committing, its
-    /// changelog and progress records are in flight too, so a commit that starts before
-    /// then keeps intake shut until it ends).
+    /// acknowledged (their reports served by the shard's polls while it is written, by the
+    /// committer's flush while it commits).
     fn intake_open(&mut self, now_ns: u64, counters: &ShardCounters) -> bool {
         let ShardKafka { commit, sink, .. } = self;
-        match commit {
-            None => true,
+        let (producer, ordered, flipped_ns) = match commit {
+            None => return true,
             Some(Commit::Writing {
                 producer,
                 ordered,
                 flipped_ns,
                 ..
-            }) if sink.overlaps() => {
-                if !*ordered && sink.acknowledged(*producer) {
-                    *ordered = true;
-                    Self::intake_paused(*flipped_ns, now_ns, counters);
-                }
-                *ordered
-            }
-            Some(Commit::Writing { .. }) => false,
-            Some(Commit::Committing { ordered, .. }) => *ordered,
+            })
+            | Some(Commit::Committing {
+                producer,
+                ordered,
+                flipped_ns,
+                ..
+            }) => (*producer, ordered, *flipped_ns),
+        };
+        if !*ordered && sink.overlaps() && sink.acknowledged(producer) {
+            *ordered = true;
+            Self::intake_paused(flipped_ns, now_ns, counters);
         }
+        *ordered
     }
 
     fn input(&self, with_offsets: bool) -> Input {
@@ -299,7 +302,7 @@ impl ShardKafka {
                 offsets,
                 flipped_ns,
                 producer,
-                mut ordered,
+                ordered,
             }) => {
                 cp.step(core.state_mut());
                 match cp.take_outcome() {
@@ -316,16 +319,13 @@ impl ShardKafka {
                     Some(Ok(written)) => {
                         crate::invariant_eq!(written, seq);
                         self.check_delivered(None)?;
-                        if !ordered && self.sink.overlaps() && self.sink.acknowledged(producer) {
-                            ordered = true;
-                            Self::intake_paused(flipped_ns, now_ns, counters);
-                        }
                         let group = self.source.group_metadata();
                         match self.sink.start_commit(seq, offsets, group, producer) {
                             Ok(()) => {
                                 self.commit = Some(Commit::Committing {
                                     seq,
                                     flipped_ns,
+                                    producer,
                                     ordered,
                                 });
                                 Ok(())
@@ -344,12 +344,14 @@ impl ShardKafka {
             Some(Commit::Committing {
                 seq,
                 flipped_ns,
+                producer,
                 ordered,
             }) => match self.sink.poll_commit() {
                 None => {
                     self.commit = Some(Commit::Committing {
                         seq,
                         flipped_ns,
+                        producer,
                         ordered,
                     });
                     Ok(())

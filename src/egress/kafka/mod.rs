@@ -263,12 +263,16 @@ impl KafkaSink {
         self.producers.len() > 1
     }
 
-    /// Every record handed to producer `which` has been acknowledged (and its report served):
-    /// Scores sent now by another producer land after all of them on every partition.
+    /// Every Score and alert record handed to producer `which` has been acknowledged (its
+    /// delivery report served: by the shard's polls, or during a commit by the committer's
+    /// flush): Scores sent now by another producer land after all of them on every partition.
+    /// Counted per record (the epochs' counts), so the commit's own changelog and progress
+    /// records, in flight too while it runs, do not hold intake back.
     pub fn acknowledged(&self, which: usize) -> bool {
-        self.producers
-            .get(which)
-            .is_none_or(|p| p.in_flight_count() <= 0)
+        self.producers.get(which).is_none_or(|p| {
+            let epochs = &p.context().epochs;
+            (0..EPOCHS).all(|s| epochs.outstanding(s) == 0)
+        })
     }
 
     /// at_least_once, at a checkpoint's flip: close the open epoch (its Scores answer what the
