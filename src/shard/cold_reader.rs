@@ -109,10 +109,23 @@ impl ColdReader {
         wakers: Arc<Vec<Waker>>,
         idle: bool,
     ) -> std::io::Result<Self> {
-        let store = match table.cold_store() {
-            Some(store) if table.cold_batch_max() > 0 => store,
-            _ => return Ok(Self::on_shard(table)),
-        };
+        match table.cold_store() {
+            Some(store) if table.cold_batch_max() > 0 => {
+                Self::thread_over(table, store, shard, wakers, idle)
+            }
+            _ => Ok(Self::on_shard(table)),
+        }
+    }
+
+    /// A reader thread over `store` (`thread`'s, given the store: tests read through a
+    /// store of their own).
+    pub(crate) fn thread_over(
+        table: &KeyedState,
+        store: Arc<dyn ColdStore>,
+        shard: usize,
+        wakers: Arc<Vec<Waker>>,
+        idle: bool,
+    ) -> std::io::Result<Self> {
         // At most OUT_MAX jobs are out: rings of that many, read in order.
         let (to_reader, mut jobs) = rtrb::RingBuffer::<Box<ColdJob>>::new(OUT_MAX);
         let (mut done, from_reader) = rtrb::RingBuffer::<Box<ColdJob>>::new(OUT_MAX);

@@ -428,3 +428,74 @@ fn a_key_with_events_in_a_read_out_is_left_out_of_the_next_and_keeps_its_order()
     assert_eq!(counts(&c.core, 3), (3, 0));
     assert!(c.counters.cold_reads.get() >= 2);
 }
+
+/// A cold store whose batched read panics (a bug's stand-in); the test calls nothing else.
+struct PanickingStore;
+
+impl crate::state::cold::ColdStore for PanickingStore {
+    fn put(&self, _: u64, _: &[u8]) -> Result<(), crate::state::SpillError> {
+        Ok(())
+    }
+    fn delete(&self, _: u64) -> Result<(), crate::state::SpillError> {
+        Ok(())
+    }
+    fn peek(
+        &self,
+        _: u64,
+        _: &mut [u64],
+    ) -> Result<Option<crate::state::Record>, crate::state::SpillError> {
+        Ok(None)
+    }
+    fn peek_many(
+        &self,
+        _: &[u64],
+        _: &mut crate::state::cold::FoundFn<'_>,
+    ) -> Result<(), crate::state::SpillError> {
+        panic!("test: the store's batched read panics");
+    }
+    fn write(&self, _: &crate::state::cold::ColdBatch) -> Result<(), crate::state::SpillError> {
+        Ok(())
+    }
+    fn scan(&self, _: &mut crate::state::cold::ScanFn<'_>) -> Result<(), crate::state::SpillError> {
+        Ok(())
+    }
+    fn checkpoint(&self, _: &std::path::Path) -> Result<(), crate::state::SpillError> {
+        Ok(())
+    }
+    fn unflushed_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// A read that panics on the reader thread comes back failed instead of never: its event is
+/// refused and counted, the key stays where it was, hot keys are answered, and the next read
+/// (same store, same thread) fails the same way — the shard never waits for good.
+#[test]
+fn a_cold_read_that_panics_on_the_reader_thread_is_refused_counted_and_the_shard_goes_on() {
+    let mut c = core(2, 8, "panic");
+    let mut sink = Sink::new();
+    two_hot_one_spilled(&mut c.core, &mut sink);
+    let r = ColdReader::thread_over(c.core.state(), Arc::new(PanickingStore), 0, wakers(), false)
+        .unwrap();
+    c.core.use_cold_reader(r);
+    for round in 1..=2u64 {
+        sink.clear();
+        cycle(
+            &mut c.core,
+            &[vec![(3, 10 * round, false), (1, 10 * round + 1, false)]],
+            &mut sink,
+        );
+        // Without the guard this waits forever: the read never comes back.
+        c.core.settle_cold(&mut sink);
+        let keys: Vec<u64> = sink.iter().map(|(_, p)| p.score.key).collect();
+        assert_eq!(keys, vec![1], "round {round}");
+        assert_eq!(
+            c.counters.events_dropped_by(DropReason::StateError),
+            round,
+            "round {round}"
+        );
+        assert_eq!(c.core.locate(3).unwrap().unwrap().location, "spilled");
+        assert_eq!(counts(&c.core, 3), (1, 0));
+        assert_eq!(counts(&c.core, 1), (1 + round, 0));
+    }
+}

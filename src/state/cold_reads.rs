@@ -71,8 +71,22 @@ impl ColdJob {
     /// Read the keys' records from `store`: the part of a batch that may run off the shard
     /// thread (the store is shared and thread-safe; the shard writes none of these keys while
     /// the read is out, see `shard::cold_reader`).
+    ///
+    /// A panic inside the store (a bug, in RocksDB's binding or ours) fails this batch like
+    /// a read error instead of unwinding: on a reader thread an unwound read would never come
+    /// back, and its shard would wait for it forever. The batch's events are then refused and
+    /// counted (`state_error`) as for any failed read, and the panic is in the log (the hook).
     pub fn read(&mut self, store: &dyn ColdStore) {
-        self.fill(|keys, found| store.peek_many(keys, found));
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.fill(|keys, found| store.peek_many(keys, found));
+        }));
+        if read.is_err() {
+            tracing::error!(
+                keys = self.keys.len(),
+                "a batched cold read panicked: its events are refused (counted as state_error)"
+            );
+            self.failed = Some(SpillError::Store("a batched cold read panicked"));
+        }
     }
 
     fn fill(&mut self, peek: impl FnOnce(&[u64], &mut FoundFn<'_>) -> Result<(), SpillError>) {
