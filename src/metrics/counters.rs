@@ -167,6 +167,10 @@ shard_counters! {
     kafka_partitions_attached: Counter => Gauge names::KAFKA_PARTITIONS_ATTACHED;
     /// exactly_once: longest time Kafka intake stood still for a commit (flip to commit, on the committer thread; UDP is served meanwhile).
     kafka_commit_pause_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_PAUSE_MAX;
+    /// exactly_once: longest time from a checkpoint's flip until it was on disk (its transaction's commit starts then).
+    kafka_commit_write_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_WRITE_MAX;
+    /// exactly_once: longest commit on the committer thread (changelog part, offsets, progress record, EndTxn).
+    kafka_commit_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_MAX;
     /// exactly_once with `overlap_commits`: Kafka records taken while an earlier checkpoint's transaction was on its way to its commit (into the other producer's transaction).
     kafka_records_while_committing: Counter => Counter names::KAFKA_RECORDS_WHILE_COMMITTING;
     /// egress.kafka.changelog: state records (images) written to the changelog topic.

@@ -63,6 +63,10 @@ pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total"
 pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";
 pub const KAFKA_BACKPRESSURE_CYCLES: &str = "sluice_kafka_backpressure_cycles_total";
 pub const KAFKA_COMMIT_PAUSE_MAX: &str = "sluice_kafka_commit_pause_max_seconds";
+/// exactly_once: a checkpoint's flip -> on disk, and its commit on the committer thread (the
+/// two make a Score's wait for visibility besides the interval).
+pub const KAFKA_COMMIT_WRITE_MAX: &str = "sluice_kafka_commit_write_max_seconds";
+pub const KAFKA_COMMIT_MAX: &str = "sluice_kafka_commit_max_seconds";
 pub const KAFKA_RECORDS_WHILE_COMMITTING: &str =
     "sluice_kafka_records_taken_while_committing_total";
 /// egress.kafka.changelog: state records and tombstones written, and their bytes.

@@ -121,6 +121,8 @@ pub enum Commit {
     Committing {
         seq: u64,
         flipped_ns: u64,
+        /// When the commit started (the checkpoint was on disk).
+        written_ns: u64,
         producer: usize,
         ordered: bool,
     },
@@ -319,12 +321,17 @@ impl ShardKafka {
                     Some(Ok(written)) => {
                         crate::invariant_eq!(written, seq);
                         self.check_delivered(None)?;
+                        Self::raise_max(
+                            &counters.kafka_commit_write_max_ns,
+                            now_ns.saturating_sub(flipped_ns),
+                        );
                         let group = self.source.group_metadata();
                         match self.sink.start_commit(seq, offsets, group, producer) {
                             Ok(()) => {
                                 self.commit = Some(Commit::Committing {
                                     seq,
                                     flipped_ns,
+                                    written_ns: now_ns,
                                     producer,
                                     ordered,
                                 });
@@ -344,6 +351,7 @@ impl ShardKafka {
             Some(Commit::Committing {
                 seq,
                 flipped_ns,
+                written_ns,
                 producer,
                 ordered,
             }) => match self.sink.poll_commit() {
@@ -351,6 +359,7 @@ impl ShardKafka {
                     self.commit = Some(Commit::Committing {
                         seq,
                         flipped_ns,
+                        written_ns,
                         producer,
                         ordered,
                     });
@@ -358,6 +367,14 @@ impl ShardKafka {
                 }
                 Some(Ok(committed)) => {
                     Self::committed(&committed, counters);
+                    let took = now_ns.saturating_sub(written_ns);
+                    Self::raise_max(&counters.kafka_commit_max_ns, took);
+                    tracing::debug!(
+                        seq,
+                        write_us = written_ns.saturating_sub(flipped_ns) / 1_000,
+                        commit_us = took / 1_000,
+                        "exactly_once transaction committed"
+                    );
                     if !ordered {
                         Self::intake_paused(flipped_ns, now_ns, counters);
                     }
@@ -671,9 +688,15 @@ impl ShardKafka {
 
     /// How long Kafka intake stood still for a commit (flip to commit), for its gauge.
     fn intake_paused(flipped_ns: u64, now_ns: u64, counters: &ShardCounters) {
-        let ns = now_ns.saturating_sub(flipped_ns);
-        if ns > counters.kafka_commit_pause_max_ns.get() {
-            counters.kafka_commit_pause_max_ns.set(ns);
+        Self::raise_max(
+            &counters.kafka_commit_pause_max_ns,
+            now_ns.saturating_sub(flipped_ns),
+        );
+    }
+
+    fn raise_max(gauge: &crate::metrics::Counter, ns: u64) {
+        if ns > gauge.get() {
+            gauge.set(ns);
         }
     }
 
