@@ -116,6 +116,8 @@ pub enum Commit {
         flipped_ns: u64,
         producer: usize,
         ordered: bool,
+        /// Its progress record is in the transaction already (sent at the flip).
+        progress_sent: bool,
     },
     /// On disk; its transaction is being committed on the committer thread.
     Committing {
@@ -276,12 +278,14 @@ impl ShardKafka {
             // The Scores from here on belong to the next transaction: on the other producer,
             // with two.
             let producer = self.sink.switch();
+            let progress_sent = self.sink.send_progress_at_flip(producer, seq);
             self.commit = Some(Commit::Writing {
                 seq,
                 offsets,
                 flipped_ns: now_ns,
                 producer,
                 ordered: false,
+                progress_sent,
             });
         }
         Ok(())
@@ -305,6 +309,7 @@ impl ShardKafka {
                 flipped_ns,
                 producer,
                 ordered,
+                progress_sent,
             }) => {
                 cp.step(core.state_mut());
                 match cp.take_outcome() {
@@ -315,6 +320,7 @@ impl ShardKafka {
                             flipped_ns,
                             producer,
                             ordered,
+                            progress_sent,
                         });
                         Ok(())
                     }
@@ -326,7 +332,10 @@ impl ShardKafka {
                             now_ns.saturating_sub(flipped_ns),
                         );
                         let group = self.source.group_metadata();
-                        match self.sink.start_commit(seq, offsets, group, producer) {
+                        match self
+                            .sink
+                            .start_commit(seq, offsets, group, producer, progress_sent)
+                        {
                             Ok(()) => {
                                 self.commit = Some(Commit::Committing {
                                     seq,
@@ -772,20 +781,20 @@ impl ShardKafka {
         // it were in the transaction (one given up on would fail the commit anyway).
         self.check_delivered(None)?;
         let active = self.sink.active();
-        self.commit_waited(seq, self.source.offsets_list(), active, counters)
+        self.commit_waited(seq, self.source.offsets_list(), (active, false), counters)
     }
 
-    /// Commit checkpoint `seq`'s transaction (on `producer`) with `offsets` and wait for it
-    /// (handover, shutdown).
+    /// Commit checkpoint `seq`'s transaction with `offsets` and wait for it (handover,
+    /// shutdown). `on`: its producer, and whether its progress record is in it already.
     fn commit_waited(
         &mut self,
         seq: u64,
         offsets: TopicPartitionList,
-        producer: usize,
+        on: (usize, bool),
         counters: &ShardCounters,
     ) -> Result<(), String> {
         let group = self.source.group_metadata();
-        match self.sink.commit_epoch(seq, offsets, group, producer) {
+        match self.sink.commit_epoch(seq, offsets, group, on.0, on.1) {
             Ok(committed) => {
                 Self::committed(&committed, counters);
                 Ok(())
@@ -808,6 +817,7 @@ impl ShardKafka {
                 seq,
                 offsets,
                 producer,
+                progress_sent,
                 ..
             }) => {
                 let written = match cp.take_outcome() {
@@ -818,7 +828,7 @@ impl ShardKafka {
                     Ok(w) => {
                         crate::invariant_eq!(w, seq);
                         self.check_delivered(None)?;
-                        self.commit_waited(seq, offsets, producer, counters)
+                        self.commit_waited(seq, offsets, (producer, progress_sent), counters)
                     }
                     Err(e) => self.not_written(seq, producer, &e),
                 }

@@ -26,7 +26,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 
 use rdkafka::{ClientContext, TopicPartitionList};
 pub use transaction::Committed;
-use transaction::{Committer, Transactions};
+use transaction::{send_progress, Committer, Transactions};
 
 use super::PendingScore;
 use crate::clock;
@@ -158,6 +158,9 @@ pub struct KafkaSink {
     alerts_topic: String,
     /// exactly_once: commits run on their own thread.
     committer: Option<Committer>,
+    /// exactly_once without the changelog: (progress topic, record key); a flipped
+    /// transaction's progress record is fully known at the flip and sent then.
+    progress_at_flip: Option<(String, String)>,
     /// "topic/partition/" per owned partition, for the sluice-src header.
     src_prefix: Vec<String>,
     sources: Vec<Source>,
@@ -213,7 +216,10 @@ impl KafkaSink {
         };
         let sources_max = config.ingest.kafka.records_per_cycle_max;
         let scores_max = sources_max * config.wire.batch_events_max;
+        let progress_at_flip = (transactional && !k.changelog)
+            .then(|| (k.progress_topic.clone(), transactional_id(config, shard)));
         Ok(Self {
+            progress_at_flip,
             producers,
             active: 0,
             sent_since_switch: false,
@@ -256,6 +262,32 @@ impl KafkaSink {
         }
         self.sent_since_switch = false;
         closed
+    }
+
+    /// exactly_once without the changelog, at a flip: hand checkpoint `seq`'s progress record
+    /// to producer `which` now, into the flipped transaction, instead of at its commit (a lone
+    /// record there took ~100 ms to be acknowledged on the test broker: that wait now runs
+    /// beside the checkpoint's write). True if it was handed over; the commit then does not
+    /// send it. If the checkpoint is then not written and the transaction stays open, the next
+    /// checkpoint's record follows it in the same transaction, and restore reads the newest.
+    pub fn send_progress_at_flip(&self, which: usize, seq: u64) -> bool {
+        let (Some((topic, key)), Some(producer)) =
+            (&self.progress_at_flip, self.producers.get(which))
+        else {
+            return false;
+        };
+        let p = progress::Progress {
+            seq,
+            changelog: false,
+        };
+        match send_progress(producer, topic, key, p) {
+            Ok(()) => true,
+            // The commit sends it then (and reports the error if it persists).
+            Err(e) => {
+                tracing::warn!(seq, "progress record not handed over at the flip: {e}");
+                false
+            }
+        }
     }
 
     /// Scores go on into another transaction while one commits (`overlap_commits`).
@@ -503,10 +535,11 @@ impl KafkaSink {
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
         which: usize,
+        progress_sent: bool,
     ) -> Result<(), KafkaError> {
         crate::invariant!(self.pending.is_empty(), "commits start between cycles");
         match &mut self.committer {
-            Some(c) => c.begin(seq, offsets, group, which),
+            Some(c) => c.begin(seq, offsets, group, which, progress_sent),
             None => Err(KafkaError::Other("not a transactional producer".into())),
         }
     }
@@ -525,8 +558,9 @@ impl KafkaSink {
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
         which: usize,
+        progress_sent: bool,
     ) -> Result<Committed, KafkaError> {
-        self.start_commit(seq, offsets, group, which)?;
+        self.start_commit(seq, offsets, group, which, progress_sent)?;
         self.wait_commit()
     }
 

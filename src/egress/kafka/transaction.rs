@@ -50,13 +50,14 @@ impl Transactions {
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
         which: usize,
+        progress_sent: bool,
     ) -> Result<Committed, KafkaError> {
         let Some(producer) = self.producers.get(which).cloned() else {
             return Err(KafkaError::Other(format!(
                 "no producer {which} to commit on"
             )));
         };
-        let result = self.try_commit(&producer, seq, offsets, group);
+        let result = self.try_commit(&producer, seq, offsets, group, progress_sent);
         if result.is_err() {
             if let Err(e) = producer.abort_transaction(self.timeout) {
                 tracing::error!("Kafka abort_transaction after a failed commit: {e}");
@@ -71,6 +72,7 @@ impl Transactions {
         seq: u64,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
+        progress_sent: bool,
     ) -> Result<Committed, KafkaError> {
         let t = self.timeout;
         // librdkafka reports a coordinator that is not answering yet (a broker just back) as a
@@ -105,16 +107,13 @@ impl Transactions {
             }
             r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
         }
-        let value = progress::encode(progress::Progress {
-            seq,
-            changelog: sent.is_some_and(|s| s.complete),
-        });
-        let record = BaseRecord::with_opaque_to(&self.progress_topic, UNTRACKED)
-            .payload(&value)
-            .key(self.transactional_id.as_bytes());
-        producer
-            .send(record)
-            .map_err(|(e, _)| KafkaError::client("progress record")(e))?;
+        if !progress_sent {
+            let p = progress::Progress {
+                seq,
+                changelog: sent.is_some_and(|s| s.complete),
+            };
+            send_progress(producer, &self.progress_topic, &self.transactional_id, p)?;
+        }
         let commit_at = Instant::now();
         let mut r = producer.commit_transaction(t);
         while retry(r.clone()) {
@@ -139,11 +138,29 @@ impl Transactions {
     }
 }
 
+/// Hand the progress record `p` to `producer`, into its open transaction.
+pub fn send_progress(
+    producer: &ScoreProducer,
+    topic: &str,
+    key: &str,
+    p: progress::Progress,
+) -> Result<(), KafkaError> {
+    let value = progress::encode(p);
+    let record = BaseRecord::with_opaque_to(topic, UNTRACKED)
+        .payload(&value)
+        .key(key.as_bytes());
+    producer
+        .send(record)
+        .map_err(|(e, _)| KafkaError::client("progress record")(e))
+}
+
 struct Job {
     seq: u64,
     offsets: TopicPartitionList,
     group: Option<ConsumerGroupMetadata>,
     producer: usize,
+    /// Already in the transaction (sent at the flip).
+    progress_sent: bool,
 }
 
 /// The shard's side of its committer thread: one commit at a time.
@@ -168,7 +185,13 @@ impl Committer {
             .name(name)
             .spawn(move || {
                 for job in job_rx {
-                    let r = tx.commit(job.seq, &job.offsets, job.group.as_ref(), job.producer);
+                    let r = tx.commit(
+                        job.seq,
+                        &job.offsets,
+                        job.group.as_ref(),
+                        job.producer,
+                        job.progress_sent,
+                    );
                     if reply_tx.send(r).is_err() {
                         return;
                     }
@@ -197,6 +220,7 @@ impl Committer {
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
         which: usize,
+        progress_sent: bool,
     ) -> Result<(), KafkaError> {
         crate::invariant!(self.busy.is_none(), "one commit at a time");
         let job = Job {
@@ -204,6 +228,7 @@ impl Committer {
             offsets,
             group,
             producer: which,
+            progress_sent,
         };
         match self.jobs.as_ref().map(|j| j.try_send(job)) {
             Some(Ok(())) => {
