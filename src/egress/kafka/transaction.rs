@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::TopicPartitionList;
 
 use super::changelog::{ChangelogSource, Sent};
-use super::{progress, ScoreProducer, UNTRACKED};
+use super::{drain, progress, ScoreProducer, UNTRACKED};
 use crate::ingest::kafka::KafkaError;
 
 /// What one commit needs: the shard's producers and the names it writes under.
@@ -115,6 +115,13 @@ impl Transactions {
             send_progress(producer, &self.progress_topic, &self.transactional_id, p)?;
         }
         let commit_at = Instant::now();
+        // Every record acknowledged first, so that commit_transaction's own flush finds
+        // none in flight (see `drain`). A timeout here is the commit's timeout too.
+        if !drain(producer, deadline.saturating_duration_since(Instant::now())) {
+            return Err(KafkaError::Other(format!(
+                "records of checkpoint {seq}'s transaction not acknowledged within {t:?}"
+            )));
+        }
         let mut r = producer.commit_transaction(t);
         while retry(r.clone()) {
             r = producer.commit_transaction(t);
