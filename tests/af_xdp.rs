@@ -215,6 +215,66 @@ fn ipv6_observations_are_scored_once_over_af_xdp() {
     stop(child);
 }
 
+/// VLAN-tagged frames (one 802.1Q tag; 802.1ad outer + 802.1Q inner) from a raw socket, as a
+/// trunk port hands them over: the program on xr must look past the tags to the address and
+/// port, and the receiver must parse them. Raw frames rather than a VLAN interface on the
+/// pair: this VM's kernel has no 802.1Q support (CONFIG_VLAN_8021Q unset), and a veth would
+/// carry a VLAN interface's tag beside the frame, not in it, unless its offload is turned off.
+/// Replies go back untagged through sluice's socket, to the client's.
+#[test]
+fn vlan_tagged_observations_are_scored_once_over_af_xdp() {
+    if !root_or_skip("af_xdp vlan") {
+        return;
+    }
+    let pair = pair();
+    let (child, metrics) = sluice(&pair, &["ingest.udp.xdp_mode=native"]);
+    let tx_ip: IpAddr = TX_IP.into();
+    let mut client = in_tx(&pair, || Client::new_from(target(), 1, tx_ip));
+    let src = client.local_addr(0);
+    let mut frames = Vec::new();
+    let tagged = |payload: &[u8], i: u64| {
+        let qinq = i % 2 == 1;
+        let tags: &[u16] = if qinq { &[100, 7] } else { &[7] };
+        let mut f = frame::encode((TX_MAC, RX_MAC), tags, src, target(), payload);
+        if qinq {
+            // 802.1ad for the outer tag (the encoder writes 802.1Q for each).
+            f[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+        }
+        assert_eq!(f[if qinq { 20 } else { 16 }..][..2], [0x08, 0x00]);
+        f
+    };
+    for i in 0..300u64 {
+        let (_, _, payload) = client.prepare(&[(i % 41, i % 10 == 9)]);
+        frames.push(tagged(&payload, i));
+    }
+    // Multi-buffer with the tags (~3.5 KB in one frame over two UMEM frames).
+    for round in 0..4u64 {
+        let events: Vec<(u64, bool)> = (0..100u64)
+            .map(|j| (3 * ((j + round) % 40), false))
+            .collect();
+        let (_, _, payload) = client.prepare(&events);
+        frames.push(tagged(&payload, round));
+    }
+    in_tx(&pair, || send_frames(&frames));
+    let want = client.replies_wanted();
+    let scores = client.collect(want);
+    client.check(&scores);
+    let (xdp_frames, dropped, received) = in_rx(&pair, || {
+        (
+            scrape(&metrics, "sluice_xdp_frames_received_total"),
+            scrape(&metrics, "sluice_xdp_frames_dropped_total"),
+            scrape(&metrics, "sluice_datagrams_received_total"),
+        )
+    });
+    assert_eq!(dropped, 0, "tagged frames refused");
+    assert_eq!(received, 304, "every datagram received once");
+    assert_eq!(
+        xdp_frames, 304,
+        "every tagged datagram through the AF_XDP socket (the kernel here drops tagged frames)"
+    );
+    stop(child);
+}
+
 /// Send raw Ethernet frames out of xt, as a broken sender would; every one must go.
 fn send_frames(frames: &[Vec<u8>]) {
     let sender = RawSender::new().unwrap();

@@ -243,6 +243,16 @@ impl Client {
     /// Send one batch of (key, is_feedback) from the socket that owns the first key; all keys
     /// of a batch must belong to that socket.
     pub fn send(&mut self, events: &[(u64, bool)]) -> Vec<u64> {
+        let (sock, seqs, bytes) = self.prepare(events);
+        self.socks[sock].send_to(&bytes, self.target).unwrap();
+        self.pump();
+        seqs
+    }
+
+    /// `send`'s batch, expected as if sent, for the caller to put on the wire some other way
+    /// (the AF_XDP tests' raw frames, from `local_addr(socket)`): the socket it must seem to
+    /// come from, its seqs, its bytes.
+    pub fn prepare(&mut self, events: &[(u64, bool)]) -> (usize, Vec<u64>, Vec<u8>) {
         let sock = self.socket_of(events[0].0);
         let mut seqs = Vec::new();
         let mut list = Vec::new();
@@ -268,10 +278,12 @@ impl Client {
                 ..EventIn::default()
             });
         }
-        let bytes = self.enc.encode(list.into_iter());
-        self.socks[sock].send_to(bytes, self.target).unwrap();
-        self.pump();
-        seqs
+        let bytes = self.enc.encode(list.into_iter()).to_vec();
+        (sock, seqs, bytes)
+    }
+
+    pub fn local_addr(&self, i: usize) -> SocketAddr {
+        self.socks[i].local_addr().unwrap()
     }
 
     /// Pace the sender: keep reading replies for `d`.
