@@ -412,6 +412,43 @@ fn af_xdp_without_an_interface_is_a_start_error_naming_it() {
     );
 }
 
+/// The socket is opened on the shard's own thread (its UMEM on the shard's NUMA node): a
+/// queue the interface does not have is still a start-up error naming the shard and the
+/// queue, the exit status non-zero, and the program attached before it is gone again.
+#[test]
+fn a_queue_the_interface_lacks_is_a_start_error_naming_it_and_leaves_no_program() {
+    if !root_or_skip("af_xdp missing queue") {
+        return;
+    }
+    let pair = pair();
+    let out = Command::new("nsenter")
+        .arg(pair.rx_ns())
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .args(
+            [
+                "ingest.udp.driver=af_xdp".to_owned(),
+                format!("ingest.udp.interface={RX_IF}"),
+                format!("ingest.udp.listen={RX_IP}:{PORT}"),
+                "ingest.udp.queues=[5]".to_owned(),
+                "shards.count=1".to_owned(),
+                "shards.pin=false".to_owned(),
+                "state.hot_capacity=1024".to_owned(),
+            ]
+            .iter()
+            .flat_map(|s| ["--set".to_owned(), s.clone()]),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "sluice started on a missing queue");
+    assert!(
+        err.contains(&format!("shard 0's AF_XDP socket on {RX_IF} queue 5")),
+        "{err}"
+    );
+    assert_program(&pair, false, "after the refused start");
+}
+
 #[test]
 fn the_committed_xdp_object_is_built_from_its_source() {
     let have_clang = Command::new("clang").arg("--version").output().is_ok()

@@ -82,7 +82,7 @@ pub struct Running {
     kafka_partitions: PartitionGauges,
     /// af_xdp: the attached XDP program (detached when this drops, or when the process ends
     /// in any way: its link is a file descriptor).
-    _xdp: Option<crate::ingest::xdp::XdpProgram>,
+    _xdp: Option<xdp_part::SharedProgram>,
 }
 
 impl Running {
@@ -247,13 +247,13 @@ pub fn start_with_progress(
         sockets.push(sock);
     }
     // af_xdp: the program goes on once the port is known (the first bind may pick it).
-    let (xdp, xsks) = if driver == Driver::AfXdp {
-        let (program, xsks) = xdp_part::open(config, shards, local_addr)?;
-        (Some(program), xsks.into_iter().map(Some).collect())
+    let (xdp, seats) = if driver == Driver::AfXdp {
+        let (program, seats) = xdp_part::attach(config, shards, local_addr)?;
+        (Some(program), seats.into_iter().map(Some).collect())
     } else {
         (None, (0..shards).map(|_| None).collect::<Vec<_>>())
     };
-    let mut xsks = xsks.into_iter();
+    let mut seats = seats.into_iter();
 
     // Models load now, in this thread: a missing runtime or a bad model file stops start-up
     // with its reason before any socket is served.
@@ -331,7 +331,7 @@ pub fn start_with_progress(
                 model_link,
                 kafka,
                 helpers: helpers.clone(),
-                xsk: xsks.next().flatten(),
+                xdp: seats.next().flatten(),
             },
         )
         .collect();
@@ -528,6 +528,8 @@ pub enum ShardStartError {
     NoAnswer(usize, u64),
     #[error("starting its cold-read thread (state.cold_reader = \"thread\"): {0}")]
     ColdReader(std::io::Error),
+    #[error(transparent)]
+    Xdp(#[from] XdpStartError),
 }
 
 /// Everything one shard is built from, made on the main thread and moved to the shard's.
@@ -540,8 +542,8 @@ struct ShardSeed {
     kafka: KafkaPart,
     /// The CPUs its helper threads start on (`topology::helper_cpus`).
     helpers: Vec<usize>,
-    /// af_xdp: its AF_XDP socket, bound to its receive queue.
-    xsk: Option<crate::ingest::xdp::Xsk>,
+    /// af_xdp: what it opens its AF_XDP socket with (on its own thread, once pinned).
+    xdp: Option<xdp_part::XdpSeat>,
 }
 
 fn build_shard(
@@ -561,7 +563,7 @@ fn build_shard(
         model_link,
         kafka,
         helpers,
-        xsk,
+        xdp,
     } = seed;
     if config.shards.pin {
         topology::pin_current(placement.cpu)?;
@@ -584,8 +586,9 @@ fn build_shard(
             config.wire.datagram_bytes_max,
         ))),
         Driver::AfXdp => {
-            let xsk =
-                xsk.ok_or_else(|| IngestError::Xdp("the shard has no AF_XDP socket".into()))?;
+            let xsk = xdp
+                .ok_or_else(|| IngestError::Xdp("the shard has no AF_XDP socket".into()))?
+                .open()?;
             // The UDP socket beside it: what the program leaves to the kernel arrives there.
             let kernel = MmsgReceiver::new(
                 sock,
