@@ -449,6 +449,176 @@ fn a_queue_the_interface_lacks_is_a_start_error_naming_it_and_leaves_no_program(
     assert_program(&pair, false, "after the refused start");
 }
 
+/// sluice as user nobody: a copy of the binary nobody can reach (the build's is under /root),
+/// started through `setpriv` with only `caps` (ambient, so they survive the exec) and
+/// RLIMIT_MEMLOCK at 64 KiB (`prlimit`), inside the receiving namespace. What systemd does with
+/// the drop-in besides the capabilities (address families, system call filter) is not
+/// reproduced here; `scripts/check-service` verifies the files.
+struct Unprivileged {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl Unprivileged {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let bin = dir.join("sluice");
+        if std::fs::hard_link(env!("CARGO_BIN_EXE_sluice"), &bin).is_err() {
+            std::fs::copy(env!("CARGO_BIN_EXE_sluice"), &bin).unwrap();
+        }
+        Self { dir, bin }
+    }
+
+    /// The wrapper for `caps` (names as systemd writes them: `CAP_BPF`).
+    fn wrapper(&self, pair: &VethPair, caps: &[String]) -> Vec<String> {
+        let list: String = caps
+            .iter()
+            .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        [
+            "nsenter".to_owned(),
+            pair.rx_ns(),
+            "prlimit".to_owned(),
+            "--memlock=65536:65536".to_owned(),
+            "setpriv".to_owned(),
+            "--reuid=65534".to_owned(),
+            "--regid=65534".to_owned(),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps=-all{list}"),
+            format!("--ambient-caps=-all{list}"),
+            format!("--bounding-set=-all{list}"),
+        ]
+        .into()
+    }
+
+    /// Start it with `caps`: it must refuse; what it said.
+    fn refused(&self, pair: &VethPair, caps: &[String]) -> String {
+        let wrapper = self.wrapper(pair, caps);
+        let out = Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(&self.bin)
+            .arg("run")
+            .args(
+                [
+                    "ingest.udp.driver=af_xdp".to_owned(),
+                    format!("ingest.udp.interface={RX_IF}"),
+                    format!("ingest.udp.listen={RX_IP}:{PORT}"),
+                    "shards.count=1".to_owned(),
+                    "shards.pin=false".to_owned(),
+                    "state.hot_capacity=1024".to_owned(),
+                ]
+                .iter()
+                .flat_map(|s| ["--set".to_owned(), s.clone()]),
+            )
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "sluice started as nobody with {caps:?}"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The capabilities systemd/sluice-af-xdp.conf grants (its AmbientCapabilities line).
+fn drop_in_capabilities() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/sluice-af-xdp.conf"
+    ))
+    .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("the drop-in sets AmbientCapabilities");
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Started as a user with no capability (a unit without the drop-in): a start-up error that
+/// names the capabilities, exit status non-zero, nothing attached.
+#[test]
+fn af_xdp_without_privileges_is_a_start_error_naming_the_capabilities() {
+    if !root_or_skip("af_xdp without privileges") {
+        return;
+    }
+    let pair = pair();
+    let err = Unprivileged::new("no-caps").refused(&pair, &[]);
+    assert!(
+        err.contains("af_xdp needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root"),
+        "{err}"
+    );
+    assert_program(&pair, false, "after the refused start");
+}
+
+/// The drop-in's capabilities but CAP_IPC_LOCK, with a 64 KiB RLIMIT_MEMLOCK: the shard's
+/// UMEM (32 MiB) cannot be locked, and the error says which limit and capability.
+#[test]
+fn af_xdp_without_cap_ipc_lock_and_a_low_memlock_is_a_start_error_naming_both() {
+    if !root_or_skip("af_xdp without CAP_IPC_LOCK") {
+        return;
+    }
+    let pair = pair();
+    let caps: Vec<String> = drop_in_capabilities()
+        .into_iter()
+        .filter(|c| c != "CAP_IPC_LOCK")
+        .collect();
+    let err = Unprivileged::new("no-ipc-lock").refused(&pair, &caps);
+    assert!(
+        err.contains("shard 0's AF_XDP socket")
+            && err.contains("raise LimitMEMLOCK or grant CAP_IPC_LOCK"),
+        "{err}"
+    );
+    assert_program(&pair, false, "after the refused start");
+}
+
+/// As user nobody with exactly the drop-in's capabilities (and the same 64 KiB
+/// RLIMIT_MEMLOCK): sluice starts on af_xdp and scores every Observation through the AF_XDP
+/// socket. Found by it: the drop-in lacked CAP_PERFMON, without which the verifier refuses
+/// the program to a non-root user.
+#[test]
+fn af_xdp_runs_as_nobody_with_exactly_the_drop_in_capabilities() {
+    if !root_or_skip("af_xdp with the drop-in capabilities") {
+        return;
+    }
+    let pair = pair();
+    let user = Unprivileged::new("drop-in");
+    let wrapper = user.wrapper(&pair, &drop_in_capabilities());
+    let sets: Vec<String> = [
+        "ingest.udp.driver=af_xdp".to_owned(),
+        format!("ingest.udp.interface={RX_IF}"),
+        format!("ingest.udp.listen={RX_IP}:{PORT}"),
+        "shards.count=1".to_owned(),
+        "shards.pin=false".to_owned(),
+    ]
+    .into();
+    let (child, stdout, _, metrics) = common::spawn_binary_wrapped(&user.bin, &wrapper, &sets);
+    std::thread::spawn(move || for _ in stdout.lines() {});
+    assert_program(&pair, true, "after an unprivileged start");
+    let tx_ip: IpAddr = TX_IP.into();
+    let mut client = in_tx(&pair, || Client::new_from(target(), 2, tx_ip));
+    for i in 0..200u64 {
+        client.send(&[(i % 23, false)]);
+    }
+    let scores = client.collect(200);
+    client.check(&scores);
+    let xdp_frames = in_rx(&pair, || {
+        scrape(&metrics, "sluice_xdp_frames_received_total")
+    });
+    assert_eq!(xdp_frames, 200, "every datagram through the AF_XDP socket");
+    stop(child);
+}
+
 #[test]
 fn the_committed_xdp_object_is_built_from_its_source() {
     let have_clang = Command::new("clang").arg("--version").output().is_ok()

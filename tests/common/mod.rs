@@ -99,13 +99,22 @@ pub fn spawn_run_wrapped(
     wrapper: &[String],
     sets: &[String],
 ) -> (Child, BufReader<ChildStdout>, String, String) {
+    spawn_binary_wrapped(env!("CARGO_BIN_EXE_sluice").as_ref(), wrapper, sets)
+}
+
+/// `spawn_run_wrapped` with another copy of the binary (one an unprivileged user can reach).
+pub fn spawn_binary_wrapped(
+    binary: &std::path::Path,
+    wrapper: &[String],
+    sets: &[String],
+) -> (Child, BufReader<ChildStdout>, String, String) {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
-            c.args(args).arg(env!("CARGO_BIN_EXE_sluice"));
+            c.args(args).arg(binary);
             c
         }
-        None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        None => Command::new(binary),
     };
     cmd.args([
         "run",

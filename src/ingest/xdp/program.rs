@@ -23,7 +23,7 @@ pub const QUEUES_MAX: u32 = 256;
 pub enum XdpError {
     #[error("no network interface named {0:?} (ingest.udp.interface)")]
     NoInterface(String),
-    #[error("loading the XDP program: {0} (af_xdp needs CAP_BPF and CAP_NET_ADMIN, or root)")]
+    #[error("loading the XDP program: {0} (af_xdp needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root: the af-xdp systemd drop-in grants them)")]
     Load(String),
     #[error("attaching the XDP program to {interface} in {mode} mode: {why} (another XDP program attached? `ip link show {interface}`)")]
     Attach {
@@ -135,8 +135,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // aya's messages often repeat their cause's already.
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s

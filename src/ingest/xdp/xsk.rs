@@ -40,7 +40,9 @@ fn sys(what: &'static str, e: io::Error) -> XskError {
             " (AF_XDP needs CAP_NET_RAW and CAP_BPF; the af-xdp systemd drop-in grants them)"
         }
         ("socket", Some(libc::EAFNOSUPPORT)) => " (kernel built without CONFIG_XDP_SOCKETS)",
-        ("UMEM registration", Some(libc::ENOMEM | libc::EPERM)) => {
+        // ENOBUFS is what the kernel says when the UMEM would pass RLIMIT_MEMLOCK (seen as an
+        // unprivileged user with the drop-in's capabilities but CAP_IPC_LOCK).
+        ("UMEM registration", Some(libc::ENOMEM | libc::ENOBUFS | libc::EPERM)) => {
             " (the UMEM is locked memory: raise LimitMEMLOCK or grant CAP_IPC_LOCK)"
         }
         ("mmap UMEM", Some(libc::ENOMEM)) => " (not enough memory for the UMEM)",
