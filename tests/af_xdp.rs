@@ -215,6 +215,52 @@ fn ipv6_observations_are_scored_once_over_af_xdp() {
     stop(child);
 }
 
+/// Two shards on two receive queues (a veth pair with two queues each side; the sender's
+/// flows spread over them by hash): each shard's AF_XDP socket takes its queue's frames, the
+/// events go to the shards that own their keys over the rings, every Observation is scored
+/// once, and both sockets took frames.
+#[test]
+fn two_shards_on_two_queues_each_take_their_queue_and_every_observation_is_scored_once() {
+    if !root_or_skip("af_xdp two queues") {
+        return;
+    }
+    let pair = VethPair::with_queues(2).unwrap_or_else(|e| panic!("veth pair: {e}"));
+    let (child, metrics) = sluice(&pair, &["shards.count=2", "ingest.udp.xdp_mode=native"]);
+    let tx_ip: IpAddr = TX_IP.into();
+    // Many source ports, so that the flows land on both queues.
+    let mut client = in_tx(&pair, || Client::new_from(target(), 16, tx_ip));
+    let sent = 1_600u64;
+    for i in 0..sent {
+        client.send(&[(i % 64, i % 10 == 9)]);
+    }
+    let want = client.replies_wanted();
+    let scores = client.collect(want);
+    client.check(&scores);
+    let (per_shard, received) = in_rx(&pair, || {
+        (
+            [0, 1].map(|shard| {
+                scrape_where(
+                    &metrics,
+                    "sluice_xdp_frames_received_total",
+                    &format!("shard=\"{shard}\""),
+                )
+            }),
+            scrape(&metrics, "sluice_datagrams_received_total"),
+        )
+    });
+    assert_eq!(received, sent, "every datagram received once");
+    assert_eq!(
+        per_shard[0] + per_shard[1],
+        sent,
+        "every datagram through an AF_XDP socket: {per_shard:?}"
+    );
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "both queues' sockets took frames: {per_shard:?}"
+    );
+    stop(child);
+}
+
 /// VLAN-tagged frames (one 802.1Q tag; 802.1ad outer + 802.1Q inner) from a raw socket, as a
 /// trunk port hands them over: the program on xr must look past the tags to the address and
 /// port, and the receiver must parse them. Raw frames rather than a VLAN interface on the

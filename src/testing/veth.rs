@@ -1,4 +1,4 @@
-//! Two throwaway network namespaces joined by a single-queue veth pair, for the AF_XDP tests
+//! Two throwaway network namespaces joined by a veth pair (one queue a side unless asked), for the AF_XDP tests
 //! and `sluice-bench --veth` (root only). Each namespace is held by an `unshare -n sleep`
 //! process: when the holders end (dropped, or their sleep runs out after a killed run) the
 //! namespaces go, and with them the veth pair and any XDP program on it — nothing leaks into
@@ -60,6 +60,14 @@ impl VethPair {
     /// the sender's checksum offload off (a veth peer would otherwise hand XDP frames with
     /// unfinished UDP checksums), neighbours resolved by one ping each (IPv4, IPv6).
     pub fn new() -> Result<Self, String> {
+        Self::with_queues(1)
+    }
+
+    /// `new` with `queues` receive and transmit queues on each side: the sender's flows
+    /// spread over its transmit queues by hash, and a veth delivers each on the peer's receive
+    /// queue of the same number (one AF_XDP socket per queue, one shard each).
+    pub fn with_queues(queues: u32) -> Result<Self, String> {
+        let queues = queues.to_string();
         let pair = Self {
             rx: holder()?,
             tx: holder()?,
@@ -91,9 +99,9 @@ impl VethPair {
             "netns",
             &rx,
             "numrxqueues",
-            "1",
+            &queues,
             "numtxqueues",
-            "1",
+            &queues,
             "type",
             "veth",
             "peer",
@@ -104,9 +112,9 @@ impl VethPair {
             "netns",
             &tx,
             "numrxqueues",
-            "1",
+            &queues,
             "numtxqueues",
-            "1",
+            &queues,
         ])?;
         for (ns, dev, ip, ip6) in [
             (pair.rx_ns(), RX_IF, RX_IP, RX_IP6),
