@@ -1,5 +1,5 @@
-//! Two throwaway network namespaces joined by a veth pair (one queue a side unless asked), for the AF_XDP tests
-//! and `sluice-bench --veth` (root only). Each namespace is held by an `unshare -n sleep`
+//! Two throwaway network namespaces joined by a veth pair (one queue a side unless asked),
+//! for the AF_XDP tests and `sluice-bench --veth` (root only). Each namespace is held by an `unshare -n sleep`
 //! process: when the holders end (dropped, or their sleep runs out after a killed run) the
 //! namespaces go, and with them the veth pair and any XDP program on it — nothing leaks into
 //! the host. `rx` holds interface `xr` (where sluice listens), `tx` holds `xt` (the senders).
