@@ -268,7 +268,7 @@ const SLOW_REFUSED: u64 = u64::MAX;
 
 /// An admin connection's bytes: read as the socket reads them, then parsed.
 fn admin_target(input: &[u8]) -> u64 {
-    use sluice::admin::{read_request, Command, REQUEST_BYTES_MAX};
+    use sluice::admin::{read_request, Command, Fault, REQUEST_BYTES_MAX};
     let Ok(line) = read_request(input) else {
         return 1;
     };
@@ -281,7 +281,8 @@ fn admin_target(input: &[u8]) -> u64 {
         Command::Reload(Some(_)) => 3,
         Command::Version => 4,
         Command::State(_) => 5,
-        Command::Fault(Some((hold, _))) => 6 + u64::from(hold),
+        Command::Fault(Some(Fault::Hold(hold, _))) => 6 + u64::from(hold),
+        Command::Fault(Some(Fault::FailCheckpoint(_))) => 10,
         Command::Fault(None) => 8,
         Command::ClusterStatus => 9,
         Command::Refused(why) => 100 + u64::from(why.contains("not a key")),

@@ -5,6 +5,8 @@
 //!   `cluster status`         -> `ok {JSON}`: the Kafka partitions this instance owns
 //!   `fault hold SHARD` | `fault release SHARD` -> `ok` (only with `admin.faults = true`:
 //!   a held shard stops turning its loop, as a stuck one would; for watchdog and fault tests)
+//!   `fault checkpoint SHARD` -> `ok` (same switch: the shard's next checkpoint write fails as
+//!   on a full disk; for the Kafka exactly_once tests)
 //! `sluice reload` is its client. Control-plane only: never touched per event.
 // Reached by the admin socket: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
@@ -91,10 +93,19 @@ pub enum Command {
     Version,
     State(u64),
     ClusterStatus,
-    /// `fault hold|release SHARD`: (hold, shard), or None when malformed.
-    Fault(Option<(bool, usize)>),
+    /// `fault hold|release|checkpoint SHARD`, or None when malformed.
+    Fault(Option<Fault>),
     /// Why the line is not a request (the answer after `error `).
     Refused(String),
+}
+
+/// A fault the admin socket injects (`admin.faults = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The shard stops turning its loop (true) or goes on (false).
+    Hold(bool, usize),
+    /// The shard's next checkpoint write fails, as on a full disk.
+    FailCheckpoint(usize),
 }
 
 /// Read one request line from `r`: at most `REQUEST_BYTES_MAX` bytes, UTF-8.
@@ -121,8 +132,9 @@ impl Command {
             },
             (Some("fault"), verb, shard, None) => {
                 Self::Fault(match (verb, shard.and_then(|s| s.parse::<usize>().ok())) {
-                    (Some("hold"), Some(s)) => Some((true, s)),
-                    (Some("release"), Some(s)) => Some((false, s)),
+                    (Some("hold"), Some(s)) => Some(Fault::Hold(true, s)),
+                    (Some("release"), Some(s)) => Some(Fault::Hold(false, s)),
+                    (Some("checkpoint"), Some(s)) => Some(Fault::FailCheckpoint(s)),
                     _ => None,
                 })
             }
@@ -184,12 +196,27 @@ fn answer<T: std::fmt::Display>(
 }
 
 /// `fault hold|release SHARD`: answered once the shard has stopped (hold) or been let go.
-fn fault(control: Option<&Control>, what: Option<(bool, usize)>) -> String {
+/// `fault checkpoint SHARD`: answered once the switch is set.
+fn fault(control: Option<&Control>, what: Option<Fault>) -> String {
     let Some(control) = control else {
         return "error fault commands are off (admin.faults = false)".to_owned();
     };
-    let Some((hold, shard)) = what else {
-        return "error usage: fault hold|release SHARD".to_owned();
+    let Some(what) = what else {
+        return "error usage: fault hold|release|checkpoint SHARD".to_owned();
+    };
+    let (hold, shard) = match what {
+        Fault::Hold(hold, shard) => (hold, shard),
+        Fault::FailCheckpoint(shard) => {
+            return if control.fail_next_checkpoint(shard) {
+                tracing::warn!(
+                    shard,
+                    "fault injected: the next checkpoint write fails (admin fault checkpoint)"
+                );
+                "ok".to_owned()
+            } else {
+                format!("error shard {shard} has no checkpoints (no such shard, or no state.dir)")
+            };
+        }
     };
     if !control.set_hold(shard, hold) {
         return format!("error no shard {shard}");
@@ -237,11 +264,15 @@ mod tests {
         assert_eq!(Command::parse(" state 42 "), Command::State(42));
         assert_eq!(
             Command::parse("fault hold 1"),
-            Command::Fault(Some((true, 1)))
+            Command::Fault(Some(Fault::Hold(true, 1)))
         );
         assert_eq!(
             Command::parse("fault release 0"),
-            Command::Fault(Some((false, 0)))
+            Command::Fault(Some(Fault::Hold(false, 0)))
+        );
+        assert_eq!(
+            Command::parse("fault checkpoint 2"),
+            Command::Fault(Some(Fault::FailCheckpoint(2)))
         );
         assert_eq!(Command::parse("fault squeeze 0"), Command::Fault(None));
         assert!(

@@ -348,6 +348,9 @@ pub fn start_with_progress(
                 let built = build_shard(id, shards, seed, &config, driver, counters, wakers);
                 match built {
                     Ok(shard) => {
+                        if let Some(cp) = &shard.checkpoints {
+                            control.set_checkpoint_fault(id, cp.fault_switch());
+                        }
                         let _ = ready.send((id, Ok(())));
                         drop(ready);
                         let (latency, failure) = shard.run(&control);

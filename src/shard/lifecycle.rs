@@ -16,6 +16,9 @@ pub struct Control {
     /// would, until released; `holding` says it has stopped.
     hold: Vec<AtomicBool>,
     holding: Vec<AtomicBool>,
+    /// Fault injection: each shard's checkpoint writer's "fail the next write" switch, handed
+    /// over when its checkpointer starts (none without `state.dir`).
+    checkpoint_faults: Vec<std::sync::OnceLock<std::sync::Arc<AtomicBool>>>,
 }
 
 impl Control {
@@ -26,6 +29,7 @@ impl Control {
             shards,
             hold: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             holding: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            checkpoint_faults: (0..shards).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
 
@@ -34,6 +38,24 @@ impl Control {
         match self.hold.get(shard) {
             Some(h) => {
                 h.store(hold, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// At start: `shard`'s checkpoint writer's fault switch (`Checkpointer::fault_switch`).
+    pub fn set_checkpoint_fault(&self, shard: usize, switch: std::sync::Arc<AtomicBool>) {
+        if let Some(slot) = self.checkpoint_faults.get(shard) {
+            let _ = slot.set(switch);
+        }
+    }
+
+    /// Make `shard`'s next checkpoint write fail; false if it has no checkpoints.
+    pub fn fail_next_checkpoint(&self, shard: usize) -> bool {
+        match self.checkpoint_faults.get(shard).and_then(|s| s.get()) {
+            Some(switch) => {
+                switch.store(true, Ordering::SeqCst);
                 true
             }
             None => false,

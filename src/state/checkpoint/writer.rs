@@ -204,6 +204,8 @@ pub struct Checkpointer {
     /// See `CheckpointSpec::gated`; the channel carries `release`.
     gated: bool,
     gate: mpsc::Sender<(u64, bool)>,
+    /// The writer's fault switch (`fault_switch`).
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
     pub stats: CheckpointStats,
 }
 
@@ -239,11 +241,13 @@ impl Checkpointer {
         } = spec;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let (gate, gate_rx) = mpsc::channel::<(u64, bool)>();
+        let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let core = WriterCore {
             shard,
             root: root.clone(),
             keep,
             failing: 0,
+            fail_next: fail_next.clone(),
         };
         let mut link = if stepped {
             Link::Stepped(Box::new(Stepped {
@@ -299,8 +303,16 @@ impl Checkpointer {
             failing: 0,
             gated: gated && !stepped,
             gate,
+            fail_next,
             stats: CheckpointStats::default(),
         })
+    }
+
+    /// The switch that makes the writer's next write fail as on a full disk (the admin
+    /// socket's `fault checkpoint`, for fault tests; the stepped writer takes its faults from
+    /// `run_writer` instead).
+    pub fn fault_switch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.fail_next.clone()
     }
 
     /// Stepped (`start_stepped`): do the writer's next queued piece of work, with `fault`
@@ -822,6 +834,9 @@ struct WriterCore {
     keep: usize,
     /// Failures in a row, for rate-limited logging.
     failing: u64,
+    /// Fault injection (`fault checkpoint SHARD` on the admin socket): the next write fails as
+    /// on a full disk.
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WriterCore {
@@ -910,7 +925,12 @@ impl WriterCore {
 /// The writer thread: one job at a time, until the shard's side is dropped.
 fn writer(rx: mpsc::Receiver<Work>, tx: mpsc::SyncSender<Done>, mut core: WriterCore, gate: &Gate) {
     for work in rx {
-        match core.run(work, Some(gate), None) {
+        let injected = matches!(work, Work::Write(_))
+            && core
+                .fail_next
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let fault = injected.then_some(WriterFault::NoSpace);
+        match core.run(work, Some(gate), fault) {
             Step::Answer(done) => {
                 if tx.send(done).is_err() {
                     return;
