@@ -479,8 +479,8 @@ fn exactly_once_overlapping_commits_take_records_while_a_commit_runs() {
 /// load: either the same, or — Scores already in the next transaction — sluice stops
 /// non-zero. Either way a read_committed reader sees every Score once, counts exact, in order.
 /// (Switching back while the next transaction holds Scores would go unseen here without a
-/// crash at the wrong moment — checked: that mutation passes this test; the simulation's
-/// Kafka seeds catch it.)
+/// crash at the wrong moment — checked: that mutation passes this test. The simulation
+/// models the stop rule but runs its own twin of the sequence, not `ShardKafka`: see #14.)
 #[test]
 fn exactly_once_a_checkpoint_not_written_is_taken_up_by_the_next_or_stops_every_score_once() {
     let broker = broker_with_topics("eos-ckfail");
