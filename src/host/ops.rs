@@ -318,7 +318,7 @@ fn xdp_ops(config: &Config, root: &Root, f: &Facts, ops: &mut Vec<Op>) {
             wanted: "installed from /usr/local/share/doc/sluice/sluice-af-xdp.conf (CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_NET_RAW CAP_IPC_LOCK); apply cannot".into(),
             ok: root.exists(dropin),
         },
-        why: "the unit grants no capability; AF_XDP needs four (README, AF_XDP)".into(),
+        why: "the unit grants no capability; AF_XDP needs five (README, AF_XDP)".into(),
         skip: None,
     });
 }

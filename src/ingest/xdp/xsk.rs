@@ -41,7 +41,7 @@ fn sys(what: &'static str, e: io::Error) -> XskError {
         }
         ("socket", Some(libc::EAFNOSUPPORT)) => " (kernel built without CONFIG_XDP_SOCKETS)",
         // ENOBUFS is what the kernel says when the UMEM would pass RLIMIT_MEMLOCK (seen as an
-        // unprivileged user with the drop-in's capabilities but CAP_IPC_LOCK).
+        // unprivileged user with every capability of the drop-in except CAP_IPC_LOCK).
         ("UMEM registration", Some(libc::ENOMEM | libc::ENOBUFS | libc::EPERM)) => {
             " (the UMEM is locked memory: raise LimitMEMLOCK or grant CAP_IPC_LOCK)"
         }
