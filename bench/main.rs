@@ -273,6 +273,15 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    if cfg!(debug_assertions) {
+        // The checked build `scripts/test` makes writes the same binary path: figures from it
+        // are not the release build's (found in bench results of an earlier session).
+        eprintln!(
+            "sluice-bench: WARNING: this binary has debug assertions on (the checked build \
+             scripts/test leaves in the target dir?): rebuild with `cargo build --release` \
+             before measuring; results record it as machine.profile = \"debug\""
+        );
+    }
     let a = cli.args;
     let (do_sluice, do_floor) = match cli.command.unwrap_or(Command::Run) {
         Command::Run => (true, true),
