@@ -47,6 +47,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod egress;
+pub mod error_text;
 pub mod features;
 pub mod host;
 pub mod infer;

@@ -219,25 +219,10 @@ fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sluice: {}", error_text(&e));
+            eprintln!("sluice: {}", sluice::error_text::error_text(e.as_ref()));
             std::process::ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes, each cause only if the text so far does not already say it:
-/// most of sluice's errors name their cause in their own message, and `{:#}` printed it
-/// again per layer (a missing AF_XDP queue was said three times).
-fn error_text(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !out.contains(&c) {
-            out.push_str(": ");
-            out.push_str(&c);
-        }
-    }
-    out
 }
 
 fn real_main() -> anyhow::Result<std::process::ExitCode> {

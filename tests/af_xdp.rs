@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{scrape, scrape_where, spawn_run_wrapped, Client};
+use common::{scrape, scrape_where, Client};
 use sluice::ingest::xdp::frame;
 use sluice::testing::veth::{
     self, RawSender, VethPair, RX_IF, RX_IP, RX_IP6, RX_MAC, TX_IP, TX_IP6, TX_MAC,
@@ -36,8 +36,8 @@ fn pair() -> VethPair {
     VethPair::new().unwrap_or_else(|e| panic!("veth pair: {e}"))
 }
 
-/// `sluice run` on xr with `sets` after the af_xdp ones; its child and metrics URL.
-fn sluice(pair: &VethPair, sets: &[&str]) -> (Child, String) {
+/// The af_xdp settings every sluice here runs with, then `sets`.
+fn af_xdp_sets(sets: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = vec![
         "ingest.udp.driver=af_xdp".to_owned(),
         format!("ingest.udp.interface={RX_IF}"),
@@ -49,12 +49,47 @@ fn sluice(pair: &VethPair, sets: &[&str]) -> (Child, String) {
         "wire.tables_max=513".to_owned(),
     ];
     all.extend(sets.iter().map(|s| s.to_string()));
+    all
+}
+
+/// `sluice run` on xr with `sets` after the af_xdp ones; its child and metrics URL.
+fn sluice(pair: &VethPair, sets: &[&str]) -> (Child, String) {
+    sluice_through(
+        &["nsenter".to_owned(), pair.rx_ns()],
+        env!("CARGO_BIN_EXE_sluice").as_ref(),
+        sets,
+    )
+}
+
+/// `sluice` with `binary`, started through `wrapper` (which enters xr's namespace).
+fn sluice_through(wrapper: &[String], binary: &std::path::Path, sets: &[&str]) -> (Child, String) {
     let (mut child, stdout, _, metrics) =
-        spawn_run_wrapped(&["nsenter".to_owned(), pair.rx_ns()], &all);
+        common::spawn_binary_wrapped(binary, wrapper, &af_xdp_sets(sets));
     // Keep reading stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in stdout.lines() {});
     assert!(child.try_wait().unwrap().is_none());
     (child, metrics)
+}
+
+/// `sluice run` with `binary` through `wrapper` and the af_xdp settings, then `sets`: it must
+/// refuse to start; what it said.
+fn refused_through(wrapper: &[String], binary: &std::path::Path, sets: &[&str]) -> String {
+    let (program, args) = wrapper.split_first().expect("a wrapper");
+    let out = Command::new(program)
+        .args(args)
+        .arg(binary)
+        .arg("run")
+        .args(
+            af_xdp_sets(sets)
+                .iter()
+                .flat_map(|s| ["--set".to_owned(), s.clone()]),
+        )
+        // Somewhere an unprivileged user may be (its working directory).
+        .current_dir(binary.parent().unwrap_or(std::path::Path::new("/")))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sluice started with {sets:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Whether an XDP program is on xr (`ip -d link` names it "prog/xdp"), or fail with `when`.
@@ -467,27 +502,11 @@ fn a_queue_the_interface_lacks_is_a_start_error_naming_it_and_leaves_no_program(
         return;
     }
     let pair = pair();
-    let out = Command::new("nsenter")
-        .arg(pair.rx_ns())
-        .arg(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .args(
-            [
-                "ingest.udp.driver=af_xdp".to_owned(),
-                format!("ingest.udp.interface={RX_IF}"),
-                format!("ingest.udp.listen={RX_IP}:{PORT}"),
-                "ingest.udp.queues=[5]".to_owned(),
-                "shards.count=1".to_owned(),
-                "shards.pin=false".to_owned(),
-                "state.hot_capacity=1024".to_owned(),
-            ]
-            .iter()
-            .flat_map(|s| ["--set".to_owned(), s.clone()]),
-        )
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "sluice started on a missing queue");
+    let err = refused_through(
+        &["nsenter".to_owned(), pair.rx_ns()],
+        env!("CARGO_BIN_EXE_sluice").as_ref(),
+        &["ingest.udp.queues=[5]", "state.hot_capacity=1024"],
+    );
     assert!(
         err.contains(&format!("shard 0's AF_XDP socket on {RX_IF} queue 5")),
         "{err}"
@@ -543,31 +562,11 @@ impl Unprivileged {
 
     /// Start it with `caps`: it must refuse; what it said.
     fn refused(&self, pair: &VethPair, caps: &[String]) -> String {
-        let wrapper = self.wrapper(pair, caps);
-        let out = Command::new(&wrapper[0])
-            .args(&wrapper[1..])
-            .arg(&self.bin)
-            .arg("run")
-            .args(
-                [
-                    "ingest.udp.driver=af_xdp".to_owned(),
-                    format!("ingest.udp.interface={RX_IF}"),
-                    format!("ingest.udp.listen={RX_IP}:{PORT}"),
-                    "shards.count=1".to_owned(),
-                    "shards.pin=false".to_owned(),
-                    "state.hot_capacity=1024".to_owned(),
-                ]
-                .iter()
-                .flat_map(|s| ["--set".to_owned(), s.clone()]),
-            )
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "sluice started as nobody with {caps:?}"
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        refused_through(
+            &self.wrapper(pair, caps),
+            &self.bin,
+            &["state.hot_capacity=1024"],
+        )
     }
 }
 
@@ -640,16 +639,7 @@ fn af_xdp_runs_as_nobody_with_exactly_the_drop_in_capabilities() {
     let pair = pair();
     let user = Unprivileged::new("drop-in");
     let wrapper = user.wrapper(&pair, &drop_in_capabilities());
-    let sets: Vec<String> = [
-        "ingest.udp.driver=af_xdp".to_owned(),
-        format!("ingest.udp.interface={RX_IF}"),
-        format!("ingest.udp.listen={RX_IP}:{PORT}"),
-        "shards.count=1".to_owned(),
-        "shards.pin=false".to_owned(),
-    ]
-    .into();
-    let (child, stdout, _, metrics) = common::spawn_binary_wrapped(&user.bin, &wrapper, &sets);
-    std::thread::spawn(move || for _ in stdout.lines() {});
+    let (child, metrics) = sluice_through(&wrapper, &user.bin, &[]);
     assert_program(&pair, true, "after an unprivileged start");
     let tx_ip: IpAddr = TX_IP.into();
     let mut client = in_tx(&pair, || Client::new_from(target(), 2, tx_ip));

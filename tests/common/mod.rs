@@ -90,19 +90,12 @@ fn kill_on_panic(pid: u32) {
 
 /// `spawn_run`, and the live metrics URL its first line names.
 pub fn spawn_run_with_metrics(sets: &[String]) -> (Child, BufReader<ChildStdout>, String, String) {
-    spawn_run_wrapped(&[], sets)
+    spawn_binary_wrapped(env!("CARGO_BIN_EXE_sluice").as_ref(), &[], sets)
 }
 
-/// `spawn_run_with_metrics` started through `wrapper` (e.g. `nsenter --net=...`, which execs
-/// sluice in place, so the child is still sluice itself).
-pub fn spawn_run_wrapped(
-    wrapper: &[String],
-    sets: &[String],
-) -> (Child, BufReader<ChildStdout>, String, String) {
-    spawn_binary_wrapped(env!("CARGO_BIN_EXE_sluice").as_ref(), wrapper, sets)
-}
-
-/// `spawn_run_wrapped` with another copy of the binary (one an unprivileged user can reach).
+/// `spawn_run_with_metrics` with `binary` (the build's, or a copy an unprivileged user can
+/// reach), started through `wrapper` (e.g. `nsenter --net=...`, which execs it in place, so
+/// the child is still sluice itself).
 pub fn spawn_binary_wrapped(
     binary: &std::path::Path,
     wrapper: &[String],

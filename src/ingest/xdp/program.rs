@@ -11,6 +11,8 @@ use aya::programs::{Xdp, XdpMode};
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
 
 use crate::config::XdpAttach;
+// aya's top-level messages omit the errno: its causes go into ours.
+use crate::error_text::error_text;
 
 /// The object `scripts/build-xdp` writes (tests/af_xdp.rs checks it matches the source).
 static OBJECT: &[u8] = include_bytes_aligned!("sluice_xdp.o");
@@ -78,13 +80,13 @@ impl XdpProgram {
             .override_global("sluice_ipv4", &v4, true)
             .override_global("sluice_ipv6", &v6, true)
             .load(OBJECT)
-            .map_err(|e| XdpError::Load(chain(&e)))?;
+            .map_err(|e| XdpError::Load(error_text(&e)))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or_else(|| XdpError::Load(format!("the object has no program {PROGRAM}")))?
             .try_into()
-            .map_err(|e| XdpError::Load(chain(&e)))?;
-        program.load().map_err(|e| XdpError::Load(chain(&e)))?;
+            .map_err(|e| XdpError::Load(error_text(&e)))?;
+        program.load().map_err(|e| XdpError::Load(error_text(&e)))?;
         let aya_mode = match mode {
             XdpAttach::Auto => XdpMode::Default,
             XdpAttach::Native => XdpMode::Driver,
@@ -95,12 +97,12 @@ impl XdpProgram {
             .map_err(|e| XdpError::Attach {
                 interface: interface.to_owned(),
                 mode: mode_name(mode),
-                why: chain(&e),
+                why: error_text(&e),
             })?;
         let map = ebpf
             .take_map(SOCKETS)
             .ok_or_else(|| XdpError::Load(format!("the object has no map {SOCKETS}")))?;
-        let sockets = XskMap::try_from(map).map_err(|e| XdpError::Load(chain(&e)))?;
+        let sockets = XskMap::try_from(map).map_err(|e| XdpError::Load(error_text(&e)))?;
         Ok(Self {
             _ebpf: ebpf,
             sockets,
@@ -117,7 +119,7 @@ impl XdpProgram {
             .set(queue, Fd(fd), 0)
             .map_err(|e| XdpError::Register {
                 queue,
-                why: chain(&e),
+                why: error_text(&e),
             })
     }
 }
@@ -128,20 +130,4 @@ impl std::os::fd::AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
     }
-}
-
-/// An error with its sources, one line (aya's top-level messages omit the errno).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // aya's messages often repeat their cause's already.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
