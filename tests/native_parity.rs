@@ -374,3 +374,231 @@ fn regressors_under_a_sigmoid_equal_onnx_runtime() {
         }
     }
 }
+
+/// The builtin GBDT's trees rewritten as the `ai.onnx.ml` opset-5 `TreeEnsemble` (which no
+/// converter pinned here emits yet: skl2onnx 1.20 and onnxmltools 1.16 write the opset-3
+/// operators) under `Add(base)` and `Sigmoid`, so the output is the classifier's probability.
+/// `variant` edits the opset-5 lists before they are written.
+fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
+    use sluice::infer::native::onnx_proto::{
+        Attribute, Message, ModelProto, NodeProto, TensorProto,
+    };
+    use std::collections::HashMap;
+    let mut m = ModelProto::parse_from_bytes(&model_bytes("builtin:fraud_gbdt").unwrap()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let old = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "TreeEnsembleClassifier")
+        .unwrap()
+        .clone();
+    let get = |name: &str| {
+        old.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap()
+            .clone()
+    };
+    let (tree, node) = (get("nodes_treeids").ints, get("nodes_nodeids").ints);
+    let modes = get("nodes_modes").strings;
+    let (feature, value) = (get("nodes_featureids").ints, get("nodes_values").floats);
+    let (yes, no) = (
+        get("nodes_truenodeids").ints,
+        get("nodes_falsenodeids").ints,
+    );
+    let tracks = get("nodes_missing_value_tracks_true").ints;
+    let base = get("base_values").floats[0];
+    let leaf_weight: HashMap<(i64, i64), f32> = get("class_treeids")
+        .ints
+        .iter()
+        .zip(get("class_nodeids").ints)
+        .zip(get("class_weights").floats)
+        .map(|((&t, n), w)| ((t, n), w))
+        .collect();
+    // Interior nodes and leaves each numbered in listing order.
+    let (mut branch_at, mut leaf_at) = (HashMap::new(), HashMap::new());
+    let mut weights = Vec::new();
+    for i in 0..tree.len() {
+        if modes[i] == b"LEAF" {
+            leaf_at.insert((tree[i], node[i]), weights.len() as i64);
+            weights.push(leaf_weight[&(tree[i], node[i])]);
+        } else {
+            branch_at.insert((tree[i], node[i]), branch_at.len() as i64);
+        }
+    }
+    let side = |t: i64, id: i64| match leaf_at.get(&(t, id)) {
+        Some(&j) => (j, 1),
+        None => (branch_at[&(t, id)], 0),
+    };
+    let (mut v5_mode, mut split, mut feat, mut track) = (vec![], vec![], vec![], vec![]);
+    let (mut ty, mut tl, mut fy, mut fl) = (vec![], vec![], vec![], vec![]);
+    let mut roots = vec![];
+    for i in 0..tree.len() {
+        if modes[i] == b"LEAF" {
+            continue;
+        }
+        assert_eq!(modes[i], b"BRANCH_LEQ");
+        if i == 0 || tree[i] != tree[i - 1] {
+            roots.push(branch_at[&(tree[i], node[i])]);
+        }
+        let (mut t, mut f) = (side(tree[i], yes[i]), side(tree[i], no[i]));
+        let (mut code, mut tr) = (0u8, tracks[i]);
+        // "modes": every other branch as x > t with its sides (and NaN's side) swapped.
+        if variant == "modes" && feat.len() % 2 == 1 {
+            std::mem::swap(&mut t, &mut f);
+            (code, tr) = (3, 1 - tr);
+        }
+        v5_mode.push(i32::from(code));
+        split.push(value[i]);
+        feat.push(feature[i]);
+        track.push(tr);
+        ty.push(t.0);
+        tl.push(t.1);
+        fy.push(f.0);
+        fl.push(f.1);
+    }
+    if variant == "tree twice" {
+        roots.push(roots[0]);
+    }
+    let ints = |name: &str, v: Vec<i64>| Attribute {
+        name: name.into(),
+        ints: v,
+        type_: protobuf::EnumOrUnknown::from_i32(7), // INTS
+        ..Default::default()
+    };
+    let int = |name: &str, i: i64| Attribute {
+        name: name.into(),
+        i,
+        type_: protobuf::EnumOrUnknown::from_i32(2), // INT
+        ..Default::default()
+    };
+    let tensor = |name: &str, t: TensorProto| Attribute {
+        name: name.into(),
+        t: Some(t).into(),
+        type_: protobuf::EnumOrUnknown::from_i32(4), // TENSOR
+        ..Default::default()
+    };
+    let floats_t = |v: Vec<f32>| TensorProto {
+        data_type: 1,
+        dims: vec![v.len() as i64],
+        float_data: v,
+        ..Default::default()
+    };
+    let leaves = weights.len();
+    let v5 = NodeProto {
+        op_type: "TreeEnsemble".into(),
+        domain: "ai.onnx.ml".into(),
+        input: vec!["input".into()],
+        output: vec!["raw".into()],
+        attribute: vec![
+            int("n_targets", 1),
+            int(
+                "aggregate_function",
+                if variant == "average" { 0 } else { 1 },
+            ),
+            int("post_transform", 0),
+            ints("tree_roots", roots),
+            ints("nodes_featureids", feat),
+            ints("nodes_truenodeids", ty),
+            ints("nodes_trueleafs", tl),
+            ints("nodes_falsenodeids", fy),
+            ints("nodes_falseleafs", fl),
+            ints("nodes_missing_value_tracks_true", track),
+            ints("leaf_targetids", vec![0; leaves]),
+            tensor(
+                "nodes_modes",
+                TensorProto {
+                    data_type: 2, // UINT8
+                    dims: vec![v5_mode.len() as i64],
+                    int32_data: v5_mode,
+                    ..Default::default()
+                },
+            ),
+            tensor("nodes_splits", floats_t(split)),
+            tensor("leaf_weights", floats_t(weights)),
+        ],
+        ..Default::default()
+    };
+    g.node = vec![
+        v5,
+        NodeProto {
+            op_type: "Add".into(),
+            input: vec!["raw".into(), "base".into()],
+            output: vec!["z".into()],
+            ..Default::default()
+        },
+        NodeProto {
+            op_type: "Sigmoid".into(),
+            input: vec!["z".into()],
+            output: vec!["probabilities".into()],
+            ..Default::default()
+        },
+    ];
+    g.initializer.push(TensorProto {
+        name: "base".into(),
+        data_type: 1,
+        dims: vec![1],
+        float_data: vec![base],
+        ..Default::default()
+    });
+    g.output.retain(|o| o.name == "probabilities");
+    let shape = g.output[0]
+        .type_
+        .mut_or_insert_default()
+        .mut_tensor_type()
+        .shape
+        .mut_or_insert_default();
+    shape.dim[1].set_dim_value(1);
+    for o in &mut m.opset_import {
+        if o.domain == "ai.onnx.ml" {
+            o.version = 5;
+        }
+    }
+    m.write_to_bytes().unwrap()
+}
+
+/// The opset-5 `TreeEnsemble`: compiled natively and equal to ONNX Runtime's own reading of it
+/// on the probing rows — as the GBDT's trees (then also equal to the classifier's probability),
+/// with mixed modes and NaN sides, averaged, and with a tree listed twice in `tree_roots`.
+#[test]
+fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
+    let rows = probing_rows();
+    let (mut classifier, _) = both("builtin:fraud_gbdt");
+    let same = score_rows(&mut classifier, &rows, 64);
+    for variant in ["gbdt", "modes", "average", "tree twice"] {
+        let bytes = gbdt_as_tree_ensemble_v5(variant);
+        let mut s = spec("tree_ensemble_v5.onnx");
+        s.probability_column = 0;
+        let mut native = NativeScorer::compile(&s, &bytes)
+            .unwrap_or_else(|e| panic!("{variant} does not compile: {e}"));
+        assert!(
+            native.describe().contains("100 trees") || variant == "tree twice",
+            "{}",
+            native.describe()
+        );
+        let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
+        let (got, want) = (
+            score_rows(&mut native, &rows, 64),
+            score_rows(&mut ort, &rows, 64),
+        );
+        let distinct: std::collections::BTreeSet<u32> = want.iter().map(|p| p.to_bits()).collect();
+        assert!(
+            distinct.len() > 50,
+            "{variant}: only {} distinct scores",
+            distinct.len()
+        );
+        for (i, ((g, w), c)) in got.iter().zip(&want).zip(&same).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{variant} row {i} {:?}: native {g} vs ONNX Runtime {w}",
+                rows[i]
+            );
+            if matches!(variant, "gbdt" | "modes") {
+                assert!(
+                    (g - c).abs() <= 1e-5,
+                    "{variant} row {i}: {g} vs the classifier's {c}"
+                );
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use super::onnx_proto::{self, Attribute, GraphProto, ModelProto, NodeProto, TensorProto, FLOAT};
 use super::ops::{Linear, Post, Step, COLUMNS_MAX};
+use super::tree_ensemble_v5;
 use super::trees::{Listed, Mode, Trees};
 use super::Unsupported;
 use crate::limits::FEATURE_ROW_MAX;
@@ -102,6 +103,7 @@ pub fn plan(model: &ModelProto, input: &str, output: &str) -> Result<Plan, Unsup
             (true, "LinearRegressor") if from(0) => Some(linear_regressor(n, width)?),
             (true, "TreeEnsembleClassifier") if from(1) => Some(tree_classifier(n, width)?),
             (true, "TreeEnsembleRegressor") if from(0) => Some(tree_regressor(n, width)?),
+            (true, "TreeEnsemble") if from(0) => Some(tree_ensemble(n, width)?),
             _ => None,
         };
         if let Some((core, columns)) = core {
@@ -449,6 +451,44 @@ fn tree_regressor(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsuppor
         Core::RegressorTrees {
             trees,
             base,
+            average,
+        },
+        1,
+    ))
+}
+
+/// The opset-5 `TreeEnsemble` with one target: summed or averaged leaves, no post transform.
+/// ONNX Runtime applies no post transform but PROBIT to a single target (its regressor path),
+/// so the others are left to it rather than guessed.
+fn tree_ensemble(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupported> {
+    let h = tree_ensemble_v5::header(n);
+    if h.targets != 1 {
+        return Err(Unsupported(format!(
+            "TreeEnsemble with {} targets (1 compiles)",
+            h.targets
+        )));
+    }
+    let average = match h.aggregate {
+        0 => true,
+        1 => false,
+        other => {
+            return Err(Unsupported(format!(
+                "TreeEnsemble aggregate_function {other} (SUM and AVERAGE compile)"
+            )))
+        }
+    };
+    if h.post != 0 {
+        return Err(Unsupported(format!(
+            "TreeEnsemble with post_transform {} (NONE compiles)",
+            h.post
+        )));
+    }
+    let expanded = tree_ensemble_v5::expand(n)?;
+    let trees = Trees::compile(&expanded.listed(), width)?;
+    Ok((
+        Core::RegressorTrees {
+            trees,
+            base: 0.0,
             average,
         },
         1,

@@ -8,6 +8,7 @@
 mod graph;
 pub mod onnx_proto;
 mod ops;
+mod tree_ensemble_v5;
 mod trees;
 
 use super::{FeatureBatch, InferError, OnnxSpec, Scorer};

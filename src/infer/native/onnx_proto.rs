@@ -9,6 +9,31 @@ pub use onnx_protobuf::{
 
 /// `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = 1;
+/// `TensorProto.DataType.UINT8`.
+pub const UINT8: i32 = 2;
+
+/// A tensor element type's name, for a refusal's reason.
+pub fn type_name(data_type: i32) -> String {
+    match data_type {
+        FLOAT => "float32".into(),
+        UINT8 => "uint8".into(),
+        10 => "float16".into(),
+        11 => "double".into(),
+        other => format!("element type {other}"),
+    }
+}
+
+/// A tensor's uint8 values, from `int32_data` (one per element, as protobuf stores them) or
+/// `raw_data`; `None` for other types, values beyond a byte, and data kept in another file.
+pub fn u8s(t: &TensorProto) -> Option<Vec<u8>> {
+    if t.data_type != UINT8 || t.data_location.value() != 0 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        return Some(t.raw_data.clone());
+    }
+    t.int32_data.iter().map(|&v| u8::try_from(v).ok()).collect()
+}
 
 /// A tensor's float32 values, from `float_data` or little-endian `raw_data`; `None` for other
 /// types and for data kept in another file.
