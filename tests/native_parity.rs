@@ -7,7 +7,7 @@
 mod common;
 
 use sluice::config::{Config, ModelEngine};
-use sluice::infer::native::compile_for;
+use sluice::infer::native::{compile_for, Walk};
 use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer, Scorer};
 
@@ -27,12 +27,21 @@ fn models() -> Vec<(&'static str, String)> {
 }
 
 fn both(path: &str) -> (NativeScorer, OnnxScorer) {
+    both_walked(path, Walk::Fastest)
+}
+
+fn both_walked(path: &str, walk: Walk) -> (NativeScorer, OnnxScorer) {
     let s = spec(path);
     let bytes = model_bytes(&s.path).unwrap();
-    let native = NativeScorer::compile(&s, &bytes)
+    let native = NativeScorer::compile_with(&s, &bytes, walk)
         .unwrap_or_else(|e| panic!("{path} does not compile natively: {e}"));
     (native, OnnxScorer::load(&s, &bytes).unwrap())
 }
+
+/// Which tree models are shallow enough (and of one comparison mode) to be walked branch-free
+/// over perfect trees: the scikit-learn GBDT and XGBoost at depth 3; LightGBM's and
+/// HistGradientBoosting's leaf-wise trees are deeper.
+const BRANCH_FREE: [&str; 2] = ["fraud_gbdt", "fraud_xgb"];
 
 /// The fixture rows, each feature scaled up and down, swapped between rows, zeroed, negated,
 /// huge, and NaN (a tree sends NaN where its missing-value flag says): thousands of rows that
@@ -70,9 +79,20 @@ fn probing_rows() -> Vec<Vec<f32>> {
 fn native_scores_equal_onnx_runtime_for_every_supported_export() {
     let rows = probing_rows();
     let threshold = Config::defaults().unwrap().model.alert_threshold;
-    for (name, path) in models() {
-        let (mut native, mut ort) = both(&path);
+    for ((name, path), walk) in models()
+        .into_iter()
+        .flat_map(|m| [(m.clone(), Walk::Fastest), (m, Walk::NodeByNode)])
+    {
+        let (mut native, mut ort) = both_walked(&path, walk);
         assert_eq!(native.width(), 8, "{name}");
+        let branch_free = native.describe().contains("branch-free");
+        assert_eq!(
+            branch_free,
+            walk == Walk::Fastest && BRANCH_FREE.contains(&name),
+            "{name} {walk:?}: {}",
+            native.describe()
+        );
+        let name = format!("{name} ({walk:?})");
         let want = score_rows(&mut ort, &rows, 64);
         for batch in [1, 7, 64] {
             let got = score_rows(&mut native, &rows, batch);
@@ -443,8 +463,9 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
         }
         let (mut t, mut f) = (side(tree[i], yes[i]), side(tree[i], no[i]));
         let (mut code, mut tr) = (0u8, tracks[i]);
-        // "modes": every other branch as x > t with its sides (and NaN's side) swapped.
-        if variant == "modes" && feat.len() % 2 == 1 {
+        // "modes": every other branch as x > t with its sides (and NaN's side) swapped; "gt":
+        // every branch so (one mode, NaN to the true side everywhere).
+        if (variant == "modes" && feat.len() % 2 == 1) || variant == "gt" {
             std::mem::swap(&mut t, &mut f);
             (code, tr) = (3, 1 - tr);
         }
@@ -559,23 +580,35 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
 
 /// The opset-5 `TreeEnsemble`: compiled natively and equal to ONNX Runtime's own reading of it
 /// on the probing rows — as the GBDT's trees (then also equal to the classifier's probability),
-/// with mixed modes and NaN sides, averaged, and with a tree listed twice in `tree_roots`.
+/// with mixed modes and NaN sides (walked node by node), one other mode with every NaN to the
+/// true side (walked branch-free too), averaged, and with a tree listed twice in `tree_roots`.
 #[test]
 fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
     let rows = probing_rows();
     let (mut classifier, _) = both("builtin:fraud_gbdt");
     let same = score_rows(&mut classifier, &rows, 64);
-    for variant in ["gbdt", "modes", "average", "tree twice"] {
+    for (variant, walk) in ["gbdt", "modes", "gt", "average", "tree twice"]
+        .into_iter()
+        .flat_map(|v| [(v, Walk::Fastest), (v, Walk::NodeByNode)])
+    {
         let bytes = gbdt_as_tree_ensemble_v5(variant);
         let mut s = spec("tree_ensemble_v5.onnx");
         s.probability_column = 0;
-        let mut native = NativeScorer::compile(&s, &bytes)
+        let mut native = NativeScorer::compile_with(&s, &bytes, walk)
             .unwrap_or_else(|e| panic!("{variant} does not compile: {e}"));
         assert!(
             native.describe().contains("100 trees") || variant == "tree twice",
             "{}",
             native.describe()
         );
+        assert_eq!(
+            native.describe().contains("branch-free"),
+            walk == Walk::Fastest && variant != "modes",
+            "{variant} {walk:?}: {}",
+            native.describe()
+        );
+        let variant = format!("{variant} ({walk:?})");
+        let variant = variant.as_str();
         let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
         let (got, want) = (
             score_rows(&mut native, &rows, 64),
@@ -593,7 +626,7 @@ fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
                 "{variant} row {i} {:?}: native {g} vs ONNX Runtime {w}",
                 rows[i]
             );
-            if matches!(variant, "gbdt" | "modes") {
+            if !variant.starts_with("average") && !variant.starts_with("tree twice") {
                 assert!(
                     (g - c).abs() <= 1e-5,
                     "{variant} row {i}: {g} vs the classifier's {c}"

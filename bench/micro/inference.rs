@@ -66,6 +66,7 @@ fn native(c: &mut Criterion) {
         }
     }
     g.finish();
+    native_fresh(c);
     // Load + compile of a 1,000-tree ensemble (what a reload costs the control thread).
     let mut spec = config.onnx_spec();
     spec.path = format!("{FIXTURES}/fraud_xgb_1000.onnx");
@@ -170,6 +171,54 @@ fn onnx_bound(c: &mut Criterion) {
                     o.len()
                 })
             });
+        }
+    }
+    g.finish();
+}
+
+/// The tree ensembles on a new row every call, as traffic brings them: `native/` scores one
+/// batch over and over, and a branch predictor learns its rows' paths through the trees,
+/// which no live stream allows. Here each call takes the next batch of 8,192 distinct rows,
+/// walked node by node (`nodes`) and branch-free over perfect trees where the model allows
+/// (`fastest`; the same as `nodes` where it does not).
+fn native_fresh(c: &mut Criterion) {
+    use sluice::infer::native::Walk;
+    const POOL: usize = 8192;
+    let config = Config::defaults().unwrap();
+    let mut g = c.benchmark_group("native_fresh");
+    for (name, path) in models().into_iter().skip(1) {
+        let mut spec = config.onnx_spec();
+        spec.path = path;
+        let bytes = model_bytes(&spec.path).unwrap();
+        for (walk_name, walk) in [("nodes", Walk::NodeByNode), ("fastest", Walk::Fastest)] {
+            let mut m = NativeScorer::compile_with(&spec, &bytes, walk).unwrap();
+            if walk == Walk::Fastest {
+                eprintln!("{name}: {}", m.describe());
+            }
+            for rows in [1usize, 16] {
+                let batches: Vec<FeatureBatch> = (0..POOL / rows)
+                    .map(|b| {
+                        let mut batch = FeatureBatch::new(WIDTH, rows);
+                        for i in 0..rows {
+                            batch
+                                .next_row()
+                                .unwrap()
+                                .copy_from_slice(&row(b * rows + i));
+                        }
+                        batch
+                    })
+                    .collect();
+                let mut out = vec![0.0f32; rows];
+                let mut k = 0usize;
+                g.throughput(Throughput::Elements(rows as u64));
+                g.bench_function(format!("{name}/{walk_name}/batch_{rows}"), |b| {
+                    b.iter(|| {
+                        k = (k + 1) % batches.len();
+                        m.score(black_box(&batches[k]), &mut out).unwrap();
+                        out[0]
+                    })
+                });
+            }
         }
     }
     g.finish();

@@ -8,12 +8,23 @@
 mod graph;
 pub mod onnx_proto;
 mod ops;
+mod perfect;
 mod tree_ensemble_v5;
 mod trees;
 
 use super::{FeatureBatch, InferError, OnnxSpec, Scorer};
 use graph::{Core, Plan};
 use ops::{logistic, COLUMNS_MAX};
+
+/// How a tree ensemble is walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Branch-free over perfect trees when every tree is shallow and one comparison mode
+    /// serves them all (`perfect.rs`), node by node otherwise.
+    Fastest,
+    /// Node by node always.
+    NodeByNode,
+}
 
 /// Why a model does not compile natively (ONNX Runtime serves it under `auto`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,10 +43,23 @@ pub struct NativeScorer {
 impl NativeScorer {
     /// Decode and compile `bytes` for `spec`'s input, output and probability column.
     pub fn compile(spec: &OnnxSpec, bytes: &[u8]) -> Result<Self, Unsupported> {
+        Self::compile_with(spec, bytes, Walk::Fastest)
+    }
+
+    /// `compile`, choosing how tree ensembles are walked (the tests and benches compare both).
+    pub fn compile_with(spec: &OnnxSpec, bytes: &[u8], walk: Walk) -> Result<Self, Unsupported> {
         use onnx_proto::Message;
         let model = onnx_proto::ModelProto::parse_from_bytes(bytes)
             .map_err(|e| Unsupported(format!("not an ONNX model: {e}")))?;
-        let plan = graph::plan(&model, &spec.input, &spec.output)?;
+        let mut plan = graph::plan(&model, &spec.input, &spec.output)?;
+        if walk == Walk::NodeByNode {
+            match &mut plan.core {
+                Core::BinaryTrees { trees, .. } | Core::RegressorTrees { trees, .. } => {
+                    trees.drop_branch_free()
+                }
+                Core::Linear(_) => {}
+            }
+        }
         if spec.probability_column >= plan.columns {
             return Err(Unsupported(format!(
                 "model.probability_column = {} but output {:?} has {} column(s)",
@@ -59,16 +83,18 @@ impl NativeScorer {
         match &self.plan.core {
             Core::Linear(l) => format!("linear, {} outputs", l.targets()),
             Core::BinaryTrees { trees, .. } => format!(
-                "binary tree ensemble, {} trees, {} nodes, {} KiB",
+                "binary tree ensemble, {} trees, {} nodes, {} KiB, walked {}",
                 trees.trees(),
                 trees.nodes(),
-                trees.bytes().div_ceil(1024)
+                trees.bytes().div_ceil(1024),
+                trees.walk()
             ),
             Core::RegressorTrees { trees, .. } => format!(
-                "regression tree ensemble, {} trees, {} nodes, {} KiB",
+                "regression tree ensemble, {} trees, {} nodes, {} KiB, walked {}",
                 trees.trees(),
                 trees.nodes(),
-                trees.bytes().div_ceil(1024)
+                trees.bytes().div_ceil(1024),
+                trees.walk()
             ),
         }
     }

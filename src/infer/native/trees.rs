@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use super::perfect::Perfect;
 use super::Unsupported;
 
 /// A branch node's comparison: `x <op> threshold` sends the row to the true child.
@@ -89,6 +90,9 @@ pub struct Trees {
     mode: Option<Mode>,
     /// Per node, when modes differ.
     modes: Vec<Mode>,
+    /// The same trees as perfect binary trees, walked branch-free, when all are shallow and
+    /// share one mode (`sum` then walks these).
+    perfect: Option<Perfect>,
 }
 
 /// Far more nodes than any model seen (a 1,000-tree depth-8 ensemble has ~500k): bounds the
@@ -171,6 +175,7 @@ impl Trees {
             roots: Vec::with_capacity(roots_at.len()),
             mode,
             modes: Vec::new(),
+            perfect: None,
         };
         let mut placed = vec![false; n];
         // (listed index, where to write its compiled index: (parent, true child?))
@@ -241,14 +246,40 @@ impl Trees {
                 stack.push((yes, Some((here, true))));
             }
         }
-        if t.mode.is_some() {
+        if let Some(m) = t.mode {
             t.modes = Vec::new();
+            let roots: Vec<usize> = t.roots.iter().map(|&r| r as usize).collect();
+            let nodes = &t.nodes;
+            let at = |i: usize| match nodes.get(i) {
+                Some(n) if n.feature != LEAF => Ok((
+                    n.feature & !NAN_TRUE,
+                    n.value,
+                    n.feature & NAN_TRUE != 0,
+                    n.yes as usize,
+                    n.no as usize,
+                )),
+                Some(n) => Err(n.value),
+                None => Err(f32::NAN),
+            };
+            t.perfect = Perfect::build(&roots, &at, m);
         }
         Ok(t)
     }
 
     pub fn trees(&self) -> usize {
         self.roots.len()
+    }
+
+    pub fn drop_branch_free(&mut self) {
+        self.perfect = None;
+    }
+
+    /// How `sum` walks them, for the log.
+    pub fn walk(&self) -> String {
+        match &self.perfect {
+            Some(p) => format!("branch-free as perfect trees of depth {}", p.depth()),
+            None => "node by node".into(),
+        }
     }
 
     pub fn nodes(&self) -> usize {
@@ -260,12 +291,16 @@ impl Trees {
         self.nodes.len() * std::mem::size_of::<Node>()
             + self.roots.len() * 4
             + self.modes.len() * std::mem::size_of::<Mode>()
+            + self.perfect.as_ref().map_or(0, Perfect::bytes)
     }
 
     /// The leaf values the row reaches, summed in tree order in float32 (as ONNX Runtime
     /// does, so the sums agree to the bit).
     #[inline]
     pub fn sum(&self, row: &[f32]) -> f32 {
+        if let Some(p) = &self.perfect {
+            return p.sum(row);
+        }
         match self.mode {
             Some(Mode::Leq) => self.sum_with(row, |_| Mode::Leq),
             Some(Mode::Lt) => self.sum_with(row, |_| Mode::Lt),

@@ -1,0 +1,257 @@
+//! Shallow tree ensembles (every tree at most `DEPTH_MAX` deep: scikit-learn's and XGBoost's
+//! default depths 3 and 6) laid out as perfect binary trees of the ensemble's depth: a tree's
+//! branches in breadth-first order (children of i at 2i+1 / 2i+2), a leaf above the bottom
+//! copied into every bottom slot under it. A walk is then `depth` comparisons and index
+//! arithmetic with no branch on the data, and `LANES` trees walk side by side, so one row's
+//! trees overlap in the pipeline instead of waiting on one another's loads and mispredicted
+//! branches. Leaf values are still added in tree order, so sums stay bit for bit those of the
+//! node walk (and of ONNX Runtime).
+
+use super::trees::Mode;
+
+/// Deepest tree laid out this way: a tree takes 12 * 2^depth bytes here (768 at 6).
+pub const DEPTH_MAX: u32 = 6;
+/// Trees walked side by side.
+const LANES: usize = 8;
+
+/// Set in a branch's `feature`: a NaN input goes to the true child.
+const NAN_TRUE: u32 = 1 << 31;
+/// Features are indexed through a copy of the row in a buffer of this many (a power of two):
+/// the mask keeps every index in bounds with no check in the loop.
+const ROW_SLOTS: usize = crate::limits::FEATURE_ROW_MAX;
+const _: () = assert!(ROW_SLOTS.is_power_of_two());
+
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct Branch {
+    threshold: f32,
+    feature: u32,
+}
+
+pub struct Perfect {
+    depth: u32,
+    /// `trees * 2^depth`: a tree's 2^depth - 1 branches and one unused slot.
+    branches: Vec<Branch>,
+    /// `trees * 2^depth`.
+    leaves: Vec<f32>,
+    mode: Mode,
+    /// Whether any branch sends NaN to its true side (else the walk leaves that test out).
+    nan_true: bool,
+}
+
+/// One tree as the compiler laid it out: `node(i)` is `Ok((feature, threshold, nan_true, yes,
+/// no))` for a branch, `Err(value)` for a leaf.
+pub type NodeAt<'a> = &'a dyn Fn(usize) -> Result<(u32, f32, bool, usize, usize), f32>;
+
+impl Perfect {
+    /// `None` when a tree is deeper than `DEPTH_MAX`.
+    pub fn build(roots: &[usize], node: NodeAt<'_>, mode: Mode) -> Option<Self> {
+        let mut depth = 0u32;
+        for &r in roots {
+            depth = depth.max(tree_depth(r, node)?);
+        }
+        let (inner, bottom) = ((1usize << depth) - 1, 1usize << depth);
+        let mut p = Perfect {
+            depth,
+            branches: vec![Branch::default(); roots.len() * bottom],
+            leaves: vec![0.0; roots.len() * bottom],
+            mode,
+            nan_true: false,
+        };
+        for (t, &r) in roots.iter().enumerate() {
+            // (compiled node, breadth-first slot, level)
+            let mut stack = vec![(r, 0usize, 0u32)];
+            while let Some((i, slot, level)) = stack.pop() {
+                match node(i) {
+                    Ok((feature, threshold, nan_true, yes, no)) => {
+                        p.nan_true |= nan_true;
+                        if let Some(b) = p.branches.get_mut(t * bottom + slot) {
+                            *b = Branch {
+                                threshold,
+                                feature: feature | if nan_true { NAN_TRUE } else { 0 },
+                            };
+                        }
+                        stack.push((yes, 2 * slot + 1, level + 1));
+                        stack.push((no, 2 * slot + 2, level + 1));
+                    }
+                    Err(value) => {
+                        // Every bottom slot under this one; the branches between are left as
+                        // they are: either side leads to this value.
+                        let below = depth - level;
+                        let first = ((slot + 1) << below) - 1 - inner;
+                        let at = t * bottom + first;
+                        if let Some(l) = p.leaves.get_mut(at..at + (1 << below)) {
+                            l.fill(value);
+                        }
+                    }
+                }
+            }
+        }
+        Some(p)
+    }
+
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.branches.len() * std::mem::size_of::<Branch>() + self.leaves.len() * 4
+    }
+
+    #[inline]
+    pub fn sum(&self, row: &[f32]) -> f32 {
+        match self.mode {
+            Mode::Leq => self.sum_with(row, |x, t| x <= t),
+            Mode::Lt => self.sum_with(row, |x, t| x < t),
+            Mode::Gte => self.sum_with(row, |x, t| x >= t),
+            Mode::Gt => self.sum_with(row, |x, t| x > t),
+            Mode::Eq => self.sum_with(row, |x, t| x == t),
+            Mode::Neq => self.sum_with(row, |x, t| x != t),
+        }
+    }
+
+    #[inline(always)]
+    fn sum_with(&self, row: &[f32], goes_true: impl Fn(f32, f32) -> bool + Copy) -> f32 {
+        let mut x = [f32::NAN; ROW_SLOTS];
+        for (s, v) in x.iter_mut().zip(row) {
+            *s = *v;
+        }
+        match (self.depth, self.nan_true) {
+            // Every tree one leaf.
+            (0, _) => self.leaves.iter().fold(0.0f32, |s, v| s + v),
+            (1, false) => self.sum_slots::<2, false>(&x, goes_true),
+            (2, false) => self.sum_slots::<4, false>(&x, goes_true),
+            (3, false) => self.sum_slots::<8, false>(&x, goes_true),
+            (4, false) => self.sum_slots::<16, false>(&x, goes_true),
+            (5, false) => self.sum_slots::<32, false>(&x, goes_true),
+            (_, false) => self.sum_slots::<64, false>(&x, goes_true),
+            (1, true) => self.sum_slots::<2, true>(&x, goes_true),
+            (2, true) => self.sum_slots::<4, true>(&x, goes_true),
+            (3, true) => self.sum_slots::<8, true>(&x, goes_true),
+            (4, true) => self.sum_slots::<16, true>(&x, goes_true),
+            (5, true) => self.sum_slots::<32, true>(&x, goes_true),
+            (_, true) => self.sum_slots::<64, true>(&x, goes_true),
+        }
+    }
+
+    /// `S` = 2^depth slots a tree: its branches (the last slot unused) and its leaves. Fixed
+    /// sizes let every index be masked into bounds, so the loop has no checks.
+    #[inline(always)]
+    fn sum_slots<const S: usize, const NAN_TRUE_SEEN: bool>(
+        &self,
+        x: &[f32; ROW_SLOTS],
+        goes_true: impl Fn(f32, f32) -> bool,
+    ) -> f32 {
+        let depth = S.trailing_zeros();
+        // Each tree taken as a fixed-size array once per group: every index below is masked
+        // into its array, so the loop carries no bounds check. (The fallbacks are never taken:
+        // the vectors hold exactly S slots a tree.)
+        let (no_branches, no_leaves) = ([Branch::default(); S], [0.0f32; S]);
+        let step = |tree: &[Branch; S], at: usize| {
+            let b = tree[at & (S - 1)];
+            let v = x[(b.feature as usize) & (ROW_SLOTS - 1)];
+            let yes = goes_true(v, b.threshold)
+                | (NAN_TRUE_SEEN && (b.feature & NAN_TRUE != 0) & v.is_nan());
+            2 * at + 2 - usize::from(yes)
+        };
+        let leaf = |leaves: &[f32; S], at: usize| leaves[(at + 1 - S) & (S - 1)];
+        let groups = self.branches.chunks_exact(S * LANES);
+        let leaf_groups = self.leaves.chunks_exact(S * LANES);
+        let (rest, leaf_rest) = (groups.remainder(), leaf_groups.remainder());
+        let mut sum = 0.0f32;
+        for (g, lg) in groups.zip(leaf_groups) {
+            let trees: [&[Branch; S]; LANES] =
+                std::array::from_fn(|k| array_at(g, k, &no_branches));
+            let mut at = [0usize; LANES];
+            for _ in 0..depth {
+                for (a, tree) in at.iter_mut().zip(trees) {
+                    *a = step(tree, *a);
+                }
+            }
+            // Added in tree order, as the node walk and ONNX Runtime add them.
+            for (k, a) in at.iter().enumerate() {
+                sum += leaf(array_at(lg, k, &no_leaves), *a);
+            }
+        }
+        for k in 0..rest.len() / S {
+            let (tree, mut at) = (array_at(rest, k, &no_branches), 0);
+            for _ in 0..depth {
+                at = step(tree, at);
+            }
+            sum += leaf(array_at(leaf_rest, k, &no_leaves), at);
+        }
+        sum
+    }
+}
+
+/// The `k`th run of `S` in `v` as an array (`none` past the end).
+#[inline(always)]
+fn array_at<'a, T, const S: usize>(v: &'a [T], k: usize, none: &'a [T; S]) -> &'a [T; S] {
+    v.get(k * S..(k + 1) * S)
+        .and_then(|c| c.try_into().ok())
+        .unwrap_or(none)
+}
+
+/// Levels of branches from `root` to its deepest leaf; `None` past `DEPTH_MAX`.
+fn tree_depth(root: usize, node: NodeAt<'_>) -> Option<u32> {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 0u32)];
+    while let Some((i, level)) = stack.pop() {
+        if level > DEPTH_MAX {
+            return None;
+        }
+        match node(i) {
+            Ok((_, _, _, yes, no)) => {
+                stack.push((yes, level + 1));
+                stack.push((no, level + 1));
+            }
+            Err(_) => deepest = deepest.max(level),
+        }
+    }
+    Some(deepest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tree A: 0: x0 <= 1 ? leaf 1 (10) : node 2; 2: x1 <= 2 ? leaf 3 (20) : leaf 4 (30).
+    /// Tree B: node 5, a lone leaf (7).
+    fn node(i: usize) -> Result<(u32, f32, bool, usize, usize), f32> {
+        match i {
+            0 => Ok((0, 1.0, false, 1, 2)),
+            2 => Ok((1, 2.0, true, 3, 4)),
+            1 => Err(10.0),
+            3 => Err(20.0),
+            4 => Err(30.0),
+            _ => Err(7.0),
+        }
+    }
+
+    #[test]
+    fn shallow_leaves_and_one_leaf_trees_fill_the_bottom_and_nan_goes_where_flagged() {
+        let p = Perfect::build(&[0, 5], &node, Mode::Leq).unwrap();
+        assert_eq!(p.depth(), 2);
+        assert_eq!(p.sum(&[0.0, 9.0]), 17.0);
+        assert_eq!(p.sum(&[5.0, 0.0]), 27.0);
+        assert_eq!(p.sum(&[5.0, 5.0]), 37.0);
+        // NaN at the root goes false (no flag); at node 2 true (flagged).
+        assert_eq!(p.sum(&[f32::NAN, f32::NAN]), 27.0);
+        let lone = Perfect::build(&[5, 5], &node, Mode::Leq).unwrap();
+        assert_eq!((lone.depth(), lone.sum(&[0.0, 0.0])), (0, 14.0));
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_limit_is_left_to_the_node_walk() {
+        // A chain: node i (< 10) branches to leaf 100 + i or node i + 1.
+        let chain = |i: usize| {
+            if i < 10 {
+                Ok((0, i as f32, false, 100 + i, i + 1))
+            } else {
+                Err(i as f32)
+            }
+        };
+        assert!(Perfect::build(&[0], &chain, Mode::Leq).is_none());
+        assert!(Perfect::build(&[10 - DEPTH_MAX as usize], &chain, Mode::Leq).is_some());
+    }
+}
