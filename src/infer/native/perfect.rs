@@ -11,6 +11,9 @@ use super::trees::Mode;
 
 /// Deepest tree laid out this way: a tree takes 12 * 2^depth bytes here (768 at 6).
 pub const DEPTH_MAX: u32 = 6;
+/// Slots (2 per padded tree level) allowed per compiled node: a complete tree of depth d has
+/// 2^(d+1) - 1 nodes for 2^d slots, so only padding beyond twice that is refused.
+const PADDING_MAX: usize = 2;
 /// Trees walked side by side.
 const LANES: usize = 8;
 
@@ -44,13 +47,18 @@ pub struct Perfect {
 pub type NodeAt<'a> = &'a dyn Fn(usize) -> Result<(u32, f32, bool, usize, usize), f32>;
 
 impl Perfect {
-    /// `None` when a tree is deeper than `DEPTH_MAX`.
-    pub fn build(roots: &[usize], node: NodeAt<'_>, mode: Mode) -> Option<Self> {
+    /// `None` when a tree is deeper than `DEPTH_MAX`, or when padding every tree to the
+    /// deepest would take more than `PADDING_MAX` slots per node of the `nodes` compiled (many
+    /// small trees beside one deep one: the node walk serves those, at their size).
+    pub fn build(roots: &[usize], node: NodeAt<'_>, mode: Mode, nodes: usize) -> Option<Self> {
         let mut depth = 0u32;
         for &r in roots {
             depth = depth.max(tree_depth(r, node)?);
         }
         let (inner, bottom) = ((1usize << depth) - 1, 1usize << depth);
+        if roots.len().saturating_mul(bottom) > nodes.saturating_mul(PADDING_MAX) {
+            return None;
+        }
         let mut p = Perfect {
             depth,
             branches: vec![Branch::default(); roots.len() * bottom],
@@ -230,19 +238,19 @@ mod tests {
 
     #[test]
     fn shallow_leaves_and_one_leaf_trees_fill_the_bottom_and_nan_goes_where_flagged() {
-        let p = Perfect::build(&[0, 5], &node, Mode::Leq).unwrap();
+        let p = Perfect::build(&[0, 5], &node, Mode::Leq, 6).unwrap();
         assert_eq!(p.depth(), 2);
         assert_eq!(p.sum(&[0.0, 9.0]), 17.0);
         assert_eq!(p.sum(&[5.0, 0.0]), 27.0);
         assert_eq!(p.sum(&[5.0, 5.0]), 37.0);
         // NaN at the root goes false (no flag); at node 2 true (flagged).
         assert_eq!(p.sum(&[f32::NAN, f32::NAN]), 27.0);
-        let lone = Perfect::build(&[5, 5], &node, Mode::Leq).unwrap();
+        let lone = Perfect::build(&[5, 5], &node, Mode::Leq, 2).unwrap();
         assert_eq!((lone.depth(), lone.sum(&[0.0, 0.0])), (0, 14.0));
     }
 
     #[test]
-    fn a_tree_deeper_than_the_limit_is_left_to_the_node_walk() {
+    fn deep_or_mostly_padding_ensembles_are_left_to_the_node_walk() {
         // A chain: node i (< 10) branches to leaf 100 + i or node i + 1.
         let chain = |i: usize| {
             if i < 10 {
@@ -251,7 +259,15 @@ mod tests {
                 Err(i as f32)
             }
         };
-        assert!(Perfect::build(&[0], &chain, Mode::Leq).is_none());
-        assert!(Perfect::build(&[10 - DEPTH_MAX as usize], &chain, Mode::Leq).is_some());
+        // Depth alone (the node count set high enough that padding never decides).
+        let plenty = 1 << 20;
+        assert!(Perfect::build(&[0], &chain, Mode::Leq, plenty).is_none());
+        let deepest = 10 - DEPTH_MAX as usize;
+        assert!(Perfect::build(&[deepest], &chain, Mode::Leq, plenty).is_some());
+        // Padding: the depth-6 chain has 13 nodes for 64 slots; beside 63 one-leaf trees,
+        // 64 trees of 64 slots for 76 nodes.
+        assert!(Perfect::build(&[deepest], &chain, Mode::Leq, 13).is_none());
+        let many: Vec<usize> = std::iter::once(deepest).chain([10; 63]).collect();
+        assert!(Perfect::build(&many, &chain, Mode::Leq, 13 + 63).is_none());
     }
 }

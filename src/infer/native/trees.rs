@@ -261,7 +261,7 @@ impl Trees {
                 Some(n) => Err(n.value),
                 None => Err(f32::NAN),
             };
-            t.perfect = Perfect::build(&roots, &at, m);
+            t.perfect = Perfect::build(&roots, &at, m, nodes.len());
         }
         Ok(t)
     }
