@@ -537,13 +537,13 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             .iter()
             .map(|(_, b)| b.to_vec())
             .collect(),
-        // The builtins and the LightGBM / XGBoost / HistGradientBoosting fixtures (committed
-        // under tests/fixtures/), not copied into fuzz/corpus.
+        // The builtins and the LightGBM / XGBoost / HistGradientBoosting / opset-5 TreeEnsemble
+        // fixtures (committed under tests/fixtures/), not copied into fuzz/corpus.
         "native" => sluice::infer::onnx::BUILTIN
             .iter()
             .map(|(_, b)| b.to_vec())
             .chain(
-                ["fraud_lgbm", "fraud_xgb", "fraud_hgb"]
+                ["fraud_lgbm", "fraud_xgb", "fraud_hgb", "tree_ensemble_v5"]
                     .iter()
                     .filter_map(|n| {
                         std::fs::read(format!(

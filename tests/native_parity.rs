@@ -635,3 +635,65 @@ fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
         }
     }
 }
+
+/// A small opset-5 `TreeEnsemble` written by onnx.helper (`scripts/tree_ensemble_v5.py`: three
+/// trees of depths 2, 2 and 1, a NaN sent to the true side): both walks equal the scores Python
+/// onnxruntime and the ONNX reference evaluator gave (a writer and a reading independent of
+/// this crate's), and the in-process ONNX Runtime on the probing rows.
+#[test]
+fn a_tree_ensemble_written_by_onnx_helper_scores_as_python_onnxruntime_and_the_reference() {
+    let path = format!("{FIXTURES}/tree_ensemble_v5.onnx");
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{FIXTURES}/tree_ensemble_v5.json")).unwrap(),
+    )
+    .unwrap();
+    let rows: Vec<Vec<f32>> = fx["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().map_or(f32::NAN, |v| v as f32))
+                .collect()
+        })
+        .collect();
+    assert!(rows.iter().any(|r| r.iter().all(|v| v.is_nan())));
+    let mut s = spec(&path);
+    s.probability_column = 0;
+    let bytes = model_bytes(&path).unwrap();
+    let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
+    let probing = probing_rows();
+    let want = score_rows(&mut ort, &probing, 64);
+    for walk in [Walk::Fastest, Walk::NodeByNode] {
+        let mut native = NativeScorer::compile_with(&s, &bytes, walk)
+            .unwrap_or_else(|e| panic!("{walk:?}: {e}"));
+        assert!(
+            native.describe().contains("3 trees")
+                && native.describe().contains("branch-free") == (walk == Walk::Fastest),
+            "{}",
+            native.describe()
+        );
+        let got = score_rows(&mut native, &rows, 16);
+        for key in ["onnxruntime", "reference"] {
+            let theirs = fx[key].as_array().unwrap();
+            assert_eq!(theirs.len(), rows.len());
+            for (i, (g, w)) in got.iter().zip(theirs).enumerate() {
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (f64::from(*g) - w).abs() < 1e-6,
+                    "{walk:?} row {i} {:?}: native {g} vs {key} {w}",
+                    rows[i]
+                );
+            }
+        }
+        let got = score_rows(&mut native, &probing, 64);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{walk:?} probing row {i}: native {g} vs ONNX Runtime {w}"
+            );
+        }
+    }
+}

@@ -10,6 +10,10 @@ use super::onnx_proto::{self, NodeProto, TensorProto};
 use super::trees::{Listed, Mode, NODES_MAX};
 use super::Unsupported;
 
+/// How many times over its listed nodes and leaves an ensemble may expand (a tree listed twice
+/// in `tree_roots` doubles it; a graph whose paths share nodes can grow exponentially).
+const EXPANSION_MAX: usize = 4;
+
 /// The expanded listing `Trees::compile` takes (`listed()` borrows it).
 pub struct Expanded {
     tree: Vec<i64>,
@@ -204,6 +208,13 @@ pub fn expand(n: &NodeProto) -> Result<Expanded, Unsupported> {
         nan_true: Vec::new(),
         weights: Vec::new(),
     };
+    // Trees list each node and leaf once, so their expansion is about that long; a node
+    // reached from two places is copied (as ONNX Runtime does), and only a few times over.
+    let budget = nodes
+        .saturating_add(weights.len())
+        .saturating_add(roots.len())
+        .saturating_mul(EXPANSION_MAX)
+        .min(NODES_MAX);
     // (what, its id in the tree, depth): a path longer than there are nodes repeats one, a loop.
     let mut stack: Vec<(To, i64, usize)> = Vec::new();
     for (t, &root) in roots.iter().enumerate() {
@@ -222,9 +233,9 @@ pub fn expand(n: &NodeProto) -> Result<Expanded, Unsupported> {
         let mut next_id = 1i64;
         stack.push((To::Node(r), 0, 0));
         while let Some((at, id, depth)) = stack.pop() {
-            if out.tree.len() >= NODES_MAX {
+            if out.tree.len() >= budget {
                 return Err(Unsupported(format!(
-                    "TreeEnsemble expands to more than {NODES_MAX} nodes"
+                    "TreeEnsemble expands to more than {budget} nodes (nodes shared between paths: a graph, not trees)"
                 )));
             }
             if depth > nodes {
@@ -363,6 +374,36 @@ mod tests {
                 _ => {}
             }
         }
+        // Each node's two sides the same next node: 2^k paths from k listed nodes.
+        let k = 24;
+        // Node i's sides: node i + 1, the last node's leaf 0.
+        let chain: Vec<i64> = (1..k as i64).chain([0]).collect();
+        let dag = NodeProto {
+            op_type: "TreeEnsemble".into(),
+            domain: "ai.onnx.ml".into(),
+            attribute: vec![
+                tensor_attr(
+                    "nodes_modes",
+                    TensorProto {
+                        data_type: UINT8,
+                        int32_data: vec![0; k],
+                        ..Default::default()
+                    },
+                ),
+                tensor_attr("nodes_splits", floats_t(&vec![0.0; k])),
+                ints_attr("nodes_featureids", &vec![0; k]),
+                ints_attr("nodes_truenodeids", &chain),
+                ints_attr("nodes_falsenodeids", &chain),
+                ints_attr("nodes_trueleafs", &[vec![0; k - 1], vec![1]].concat()),
+                ints_attr("nodes_falseleafs", &[vec![0; k - 1], vec![1]].concat()),
+                ints_attr("leaf_targetids", &[0]),
+                tensor_attr("leaf_weights", floats_t(&[1.0])),
+                ints_attr("tree_roots", &[0]),
+            ],
+            ..Default::default()
+        };
+        let e = expand(&dag).err().unwrap().0;
+        assert!(e.contains("not trees"), "{e}");
         assert!(expand(&one_leaf)
             .err()
             .unwrap()
