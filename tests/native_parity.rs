@@ -11,7 +11,9 @@ use sluice::infer::native::{compile_for, Walk};
 use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer, Scorer};
 
-use common::models::{edited_model, parity_fixture, parity_rows, score_rows, set_attr_s, spec};
+use common::models::{
+    edited_model, parity_fixture, parity_rows, rows_of, score_rows, set_attr_s, spec,
+};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -36,6 +38,18 @@ fn both_walked(path: &str, walk: Walk) -> (NativeScorer, OnnxScorer) {
     let native = NativeScorer::compile_with(&s, &bytes, walk)
         .unwrap_or_else(|e| panic!("{path} does not compile natively: {e}"));
     (native, OnnxScorer::load(&s, &bytes).unwrap())
+}
+
+/// The graph's outputs cut to "probabilities", declared one column wide (a regressor's).
+fn one_probability_column(g: &mut sluice::infer::native::onnx_proto::GraphProto) {
+    g.output.retain(|o| o.name == "probabilities");
+    let shape = g.output[0]
+        .type_
+        .mut_or_insert_default()
+        .mut_tensor_type()
+        .shape
+        .mut_or_insert_default();
+    shape.dim[1].set_dim_value(1);
 }
 
 /// Which tree models are shallow enough (and of one comparison mode) to be walked branch-free
@@ -320,14 +334,7 @@ fn regressors_under_a_sigmoid_equal_onnx_runtime() {
             output: vec!["probabilities".into()],
             ..Default::default()
         });
-        g.output.retain(|o| o.name == "probabilities");
-        let shape = g.output[0]
-            .type_
-            .mut_or_insert_default()
-            .mut_tensor_type()
-            .shape
-            .mut_or_insert_default();
-        shape.dim[1].set_dim_value(1);
+        one_probability_column(g);
         m.write_to_bytes().unwrap()
     }
     let rename = |n: &mut NodeProto, op: &str| {
@@ -562,14 +569,7 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
         float_data: vec![base],
         ..Default::default()
     });
-    g.output.retain(|o| o.name == "probabilities");
-    let shape = g.output[0]
-        .type_
-        .mut_or_insert_default()
-        .mut_tensor_type()
-        .shape
-        .mut_or_insert_default();
-    shape.dim[1].set_dim_value(1);
+    one_probability_column(g);
     for o in &mut m.opset_import {
         if o.domain == "ai.onnx.ml" {
             o.version = 5;
@@ -647,18 +647,7 @@ fn a_tree_ensemble_written_by_onnx_helper_scores_as_python_onnxruntime_and_the_r
         &std::fs::read_to_string(format!("{FIXTURES}/tree_ensemble_v5.json")).unwrap(),
     )
     .unwrap();
-    let rows: Vec<Vec<f32>> = fx["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().map_or(f32::NAN, |v| v as f32))
-                .collect()
-        })
-        .collect();
+    let rows = rows_of(&fx["rows"]);
     assert!(rows.iter().any(|r| r.iter().all(|v| v.is_nan())));
     let mut s = spec(&path);
     s.probability_column = 0;

@@ -26,15 +26,20 @@ pub fn parity_fixture() -> serde_json::Value {
 
 /// The fixture's feature rows.
 pub fn parity_rows() -> Vec<Vec<f32>> {
-    parity_fixture()["rows"]
-        .as_array()
+    rows_of(&parity_fixture()["rows"])
+}
+
+/// Feature rows from a fixture's JSON array of arrays (`null`, which JSON has for NaN, read
+/// back as NaN).
+pub fn rows_of(rows: &serde_json::Value) -> Vec<Vec<f32>> {
+    rows.as_array()
         .unwrap()
         .iter()
         .map(|r| {
             r.as_array()
                 .unwrap()
                 .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
+                .map(|x| x.as_f64().map_or(f32::NAN, |x| x as f32))
                 .collect()
         })
         .collect()

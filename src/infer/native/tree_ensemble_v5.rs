@@ -306,20 +306,29 @@ mod tests {
         }
     }
 
-    /// One tree: node 0 (x0 <= 1) -> true: node 1 (x1 < 2), false: leaf 2; node 1 -> leaves 0, 1.
-    fn small(modes: Vec<i32>) -> NodeProto {
+    /// A `TreeEnsemble` node with these uint8 mode codes and other attributes.
+    fn ensemble(modes: Vec<i32>, mut attribute: Vec<Attribute>) -> NodeProto {
+        attribute.push(tensor_attr(
+            "nodes_modes",
+            TensorProto {
+                data_type: UINT8,
+                int32_data: modes,
+                ..Default::default()
+            },
+        ));
         NodeProto {
             op_type: "TreeEnsemble".into(),
             domain: "ai.onnx.ml".into(),
-            attribute: vec![
-                tensor_attr(
-                    "nodes_modes",
-                    TensorProto {
-                        data_type: UINT8,
-                        int32_data: modes,
-                        ..Default::default()
-                    },
-                ),
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// One tree: node 0 (x0 <= 1) -> true: node 1 (x1 < 2), false: leaf 2; node 1 -> leaves 0, 1.
+    fn small(modes: Vec<i32>) -> NodeProto {
+        ensemble(
+            modes,
+            vec![
                 tensor_attr("nodes_splits", floats_t(&[1.0, 2.0])),
                 ints_attr("nodes_featureids", &[0, 1]),
                 ints_attr("nodes_truenodeids", &[1, 0]),
@@ -330,8 +339,7 @@ mod tests {
                 tensor_attr("leaf_weights", floats_t(&[10.0, 20.0, 30.0])),
                 ints_attr("tree_roots", &[0]),
             ],
-            ..Default::default()
-        }
+        )
     }
 
     #[test]
@@ -378,18 +386,9 @@ mod tests {
         let k = 24;
         // Node i's sides: node i + 1, the last node's leaf 0.
         let chain: Vec<i64> = (1..k as i64).chain([0]).collect();
-        let dag = NodeProto {
-            op_type: "TreeEnsemble".into(),
-            domain: "ai.onnx.ml".into(),
-            attribute: vec![
-                tensor_attr(
-                    "nodes_modes",
-                    TensorProto {
-                        data_type: UINT8,
-                        int32_data: vec![0; k],
-                        ..Default::default()
-                    },
-                ),
+        let dag = ensemble(
+            vec![0; k],
+            vec![
                 tensor_attr("nodes_splits", floats_t(&vec![0.0; k])),
                 ints_attr("nodes_featureids", &vec![0; k]),
                 ints_attr("nodes_truenodeids", &chain),
@@ -400,8 +399,7 @@ mod tests {
                 tensor_attr("leaf_weights", floats_t(&[1.0])),
                 ints_attr("tree_roots", &[0]),
             ],
-            ..Default::default()
-        };
+        );
         let e = expand(&dag).err().unwrap().0;
         assert!(e.contains("not trees"), "{e}");
         assert!(expand(&one_leaf)
