@@ -11,8 +11,8 @@ use super::trees::Mode;
 
 /// Deepest tree laid out this way: a tree takes 12 * 2^depth bytes here (768 at 6).
 pub const DEPTH_MAX: u32 = 6;
-/// Slots (2 per padded tree level) allowed per compiled node: a complete tree of depth d has
-/// 2^(d+1) - 1 nodes for 2^d slots, so only padding beyond twice that is refused.
+/// Slots allowed per compiled node: a complete tree of depth d has 2^(d+1) - 1 nodes for 2^d
+/// slots (about half a slot a node), so this admits trees padded up to ~4x a complete one's.
 const PADDING_MAX: usize = 2;
 /// Trees walked side by side.
 const LANES: usize = 8;
