@@ -384,6 +384,17 @@ fn rerun_until_every_score_once(
     want: &BTreeMap<(u64, u64), u64>,
 ) -> String {
     let (child, stdout, _) = common::spawn_run(sets);
+    stop_when_every_score_is_read_once(broker, child, stdout, want)
+}
+
+/// Read until every wanted Observation has a Score (up to 90 s), stop `child` cleanly, check
+/// each once; its shutdown report.
+fn stop_when_every_score_is_read_once(
+    broker: &Broker,
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    want: &BTreeMap<(u64, u64), u64>,
+) -> String {
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
         s.len() >= want.len()
     });
@@ -452,11 +463,7 @@ fn exactly_once_overlapping_commits_take_records_while_a_commit_runs() {
         }
         events.extend(half.iter().flatten().copied());
         let want = expected(&events);
-        let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-            s.len() >= want.len()
-        });
-        let report = stop(child, Some(stdout));
-        check_every_score_once(&broker, &scores, &want);
+        let report = stop_when_every_score_is_read_once(&broker, child, stdout, &want);
         let during = counter(&report, "sluice_kafka_records_taken_while_committing_total");
         if overlap {
             assert!(during > 0, "no record taken during a commit: {report}");
@@ -529,11 +536,7 @@ fn exactly_once_a_checkpoint_not_written_is_taken_up_by_the_next_or_stops_every_
     produce_all(&p, &mut enc, second);
     events.extend(second.iter().flatten().copied());
     let want = expected(&events);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        s.len() >= want.len()
-    });
-    let report = stop(child, Some(stdout));
-    check_every_score_once(&broker, &scores, &want);
+    let report = stop_when_every_score_is_read_once(&broker, child, stdout, &want);
     assert!(
         counter(&report, "sluice_checkpoints_failed_total") >= 1,
         "{report}"
@@ -757,11 +760,7 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     let report_b = stop(b, Some(b_out));
     producer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        s.len() >= want.len()
-    });
-    let report_a = stop(a, Some(a_out));
-    check_every_score_once(&broker, &scores, &want);
+    let report_a = stop_when_every_score_is_read_once(&broker, a, a_out, &want);
     // B really owned partitions and applied their records; A handed them over and took
     // them back.
     for (name, report, metric) in [
@@ -1073,11 +1072,7 @@ fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
     wait_for_split(&[&dir_a], 4);
     producer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
-        s.len() >= want.len()
-    });
-    let report_a = stop(a, Some(a_out));
-    check_every_score_once(&broker, &scores, &want);
+    let report_a = stop_when_every_score_is_read_once(&broker, a, a_out, &want);
     assert!(
         counter(&report_a, "sluice_kafka_changelog_warm_keys_total") > 0,
         "a took b's partitions over without its warm copies:\n{report_a}"

@@ -119,26 +119,33 @@ impl Perfect {
     }
 
     #[inline(always)]
-    fn sum_with(&self, row: &[f32], goes_true: impl Fn(f32, f32) -> bool + Copy) -> f32 {
+    fn sum_with(&self, row: &[f32], goes_true: impl Fn(f32, f32) -> bool) -> f32 {
         let mut x = [f32::NAN; ROW_SLOTS];
         for (s, v) in x.iter_mut().zip(row) {
             *s = *v;
         }
-        match (self.depth, self.nan_true) {
+        if self.nan_true {
+            self.sum_by_depth::<true>(&x, goes_true)
+        } else {
+            self.sum_by_depth::<false>(&x, goes_true)
+        }
+    }
+
+    #[inline(always)]
+    fn sum_by_depth<const NAN_TRUE_SEEN: bool>(
+        &self,
+        x: &[f32; ROW_SLOTS],
+        goes_true: impl Fn(f32, f32) -> bool,
+    ) -> f32 {
+        match self.depth {
             // Every tree one leaf.
-            (0, _) => self.leaves.iter().fold(0.0f32, |s, v| s + v),
-            (1, false) => self.sum_slots::<2, false>(&x, goes_true),
-            (2, false) => self.sum_slots::<4, false>(&x, goes_true),
-            (3, false) => self.sum_slots::<8, false>(&x, goes_true),
-            (4, false) => self.sum_slots::<16, false>(&x, goes_true),
-            (5, false) => self.sum_slots::<32, false>(&x, goes_true),
-            (_, false) => self.sum_slots::<64, false>(&x, goes_true),
-            (1, true) => self.sum_slots::<2, true>(&x, goes_true),
-            (2, true) => self.sum_slots::<4, true>(&x, goes_true),
-            (3, true) => self.sum_slots::<8, true>(&x, goes_true),
-            (4, true) => self.sum_slots::<16, true>(&x, goes_true),
-            (5, true) => self.sum_slots::<32, true>(&x, goes_true),
-            (_, true) => self.sum_slots::<64, true>(&x, goes_true),
+            0 => self.leaves.iter().fold(0.0f32, |s, v| s + v),
+            1 => self.sum_slots::<2, NAN_TRUE_SEEN>(x, goes_true),
+            2 => self.sum_slots::<4, NAN_TRUE_SEEN>(x, goes_true),
+            3 => self.sum_slots::<8, NAN_TRUE_SEEN>(x, goes_true),
+            4 => self.sum_slots::<16, NAN_TRUE_SEEN>(x, goes_true),
+            5 => self.sum_slots::<32, NAN_TRUE_SEEN>(x, goes_true),
+            _ => self.sum_slots::<64, NAN_TRUE_SEEN>(x, goes_true),
         }
     }
 
