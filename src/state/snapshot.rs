@@ -251,9 +251,19 @@ mod tests {
         j.absent(1, 8);
         j.absent(2, 8);
         assert_eq!(j.entries, 2);
+        // The writer finishes only once the shard is waiting: set before that, the journal
+        // would see the checkpoint taken and never wait (a race this test lost once in a full
+        // run).
         let writer = {
             let mark = mark.clone();
-            std::thread::spawn(move || mark.set(false))
+            std::thread::spawn(move || {
+                // Bounded, so a journal that never waits fails the assertion below, not hangs.
+                let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while mark.waiters() == 0 && std::time::Instant::now() < give_up {
+                    std::thread::yield_now();
+                }
+                mark.set(false)
+            })
         };
         // The third entry does not fit: the shard waits until the writer's checkpoint is
         // taken, after which nothing needs journaling.
