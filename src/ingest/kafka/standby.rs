@@ -39,6 +39,8 @@ pub struct WarmCopy {
     /// The changelog offset the copy holds everything before.
     pub next_offset: i64,
     pub images: HashMap<u64, Vec<u8>>,
+    /// Not a standby's: the shard's own older checkpoint, at the position recorded with it.
+    pub local: bool,
 }
 
 /// What `cluster status` shows of a standby partition.
@@ -58,8 +60,12 @@ pub struct StandbyStatus {
 struct Shared {
     /// By changelog partition.
     copies: HashMap<i32, WarmCopy>,
-    /// Taken by a shard taking the partition up: not tailed again until the shard owns it.
-    taken: HashSet<i32>,
+    /// Taken by a shard taking the partition up, with the take's number: blocked from the
+    /// tail until a look reads the gauges after the take (the shard marks the partition
+    /// restoring before it takes the copy, so from then on the gauges say whether it is here).
+    taken: HashMap<i32, u64>,
+    /// Takes so far.
+    takes: u64,
     status: Vec<StandbyStatus>,
     /// Keys over every copy went past `ingest.kafka.standby_keys_max` (logged once).
     full_logged: bool,
@@ -77,8 +83,15 @@ impl Standbys {
     /// it is not tailed (the caller reads the rest of the changelog from `next_offset`).
     pub fn take(&self, changelog: i32) -> Option<WarmCopy> {
         let mut s = self.shared.lock().ok()?;
-        s.taken.insert(changelog);
+        s.takes += 1;
+        let at = s.takes;
+        s.taken.insert(changelog, at);
         s.copies.remove(&changelog)
+    }
+
+    /// The number of the last take, read before a look reads the gauges.
+    fn takes_so_far(&self) -> u64 {
+        self.shared.lock().map(|s| s.takes).unwrap_or(0)
     }
 
     pub fn status(&self) -> Vec<StandbyStatus> {
@@ -137,6 +150,11 @@ pub fn wanted(
     want.dedup();
     want.retain(|&i| !blocked(i));
     want
+}
+
+/// Forgets the takes numbered up to `takes_before` (those made before the gauges were read).
+fn forget_settled(taken: &mut HashMap<i32, u64>, takes_before: u64) {
+    taken.retain(|_, at| *at > takes_before);
 }
 
 /// A consumer-protocol assignment (the bytes a group member was assigned): (topic,
@@ -252,6 +270,7 @@ impl StandbyTail {
         consumer: &BaseConsumer,
     ) -> Result<(Vec<usize>, HashMap<usize, String>), KafkaError> {
         let k = &self.config.ingest.kafka;
+        let takes_before = self.standbys.takes_so_far();
         let list = consumer
             .fetch_group_list(Some(&k.group), Duration::from_secs(5))
             .map_err(KafkaError::client("describing the group"))?;
@@ -293,22 +312,18 @@ impl StandbyTail {
                 .is_some_and(|s| here.contains(&(s.topic.as_str(), s.partition)))
         };
         if let Ok(mut s) = self.standbys.shared.lock() {
-            // A partition taken up here is forgotten once a shard here has it (restoring or
-            // active): when it moves away again it may be stood by for again.
-            let partitions = &self.partitions;
-            s.taken.retain(|c| {
-                partitions
-                    .iter()
-                    .position(|p| p.changelog == *c)
-                    .is_some_and(|i| !mine(i))
-            });
+            // A take the gauges read above already reflect is settled: the gauges tell
+            // whether a shard here has the partition. Not a partition that was taken up and
+            // released between two looks: that one was stuck blocked once (its new owner then
+            // had no standby).
+            forget_settled(&mut s.taken, takes_before);
             let changelog_of = |i: usize| self.partitions.get(i).map(|p| p.changelog);
             let want = wanted(
                 (&k.instance_id, k.standby_replicas),
                 (&owners, &instances),
                 self.partitions.len(),
                 |i| changelog_of(i).is_some_and(|c| s.copies.contains_key(&c)),
-                |i| mine(i) || changelog_of(i).is_none_or(|c| s.taken.contains(&c)),
+                |i| mine(i) || changelog_of(i).is_none_or(|c| s.taken.contains_key(&c)),
             );
             // Copies no longer wanted are dropped.
             let keep: HashSet<i32> = want
@@ -497,6 +512,27 @@ mod tests {
             wanted(("a", 1), (&owners, &all), 3, copies, |i| i == 0),
             vec![1]
         );
+    }
+
+    /// The CI failure: a partition taken up and handed over again between two looks (the
+    /// instance was alone for a moment at start) stayed blocked, so this instance never stood
+    /// by for it. A take stays blocked only until a look has read the gauges after it.
+    #[test]
+    fn a_take_blocks_the_tail_only_until_the_gauges_were_read_after_it() {
+        let standbys = Standbys::default();
+        assert!(standbys.take(4).is_none());
+        let before_second = standbys.takes_so_far();
+        standbys.take(5);
+        let taken = |s: &Standbys| -> BTreeSet<i32> {
+            s.shared.lock().unwrap().taken.keys().copied().collect()
+        };
+        // A look that read the gauges before the take of 5: 5 stays blocked, 4 is settled.
+        forget_settled(&mut standbys.shared.lock().unwrap().taken, before_second);
+        assert_eq!(taken(&standbys), BTreeSet::from([5]));
+        // The next look read them after it: nothing is blocked by a take any more.
+        let now = standbys.takes_so_far();
+        forget_settled(&mut standbys.shared.lock().unwrap().taken, now);
+        assert!(taken(&standbys).is_empty());
     }
 
     #[test]
