@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::{full_layout, start_checkpoints, AppError, Restored};
 use crate::config::{Config, Delivery, Membership};
 use crate::egress::kafka::changelog::{self, ChangelogSource, ChangelogSpec};
+use crate::egress::kafka::positions::{unix_ms_now, Positions};
 use crate::egress::kafka::{
     progress, second_transactional_id, start_producer, transactional_id, KafkaSink, ScoreProducer,
 };
@@ -21,7 +22,7 @@ use crate::ingest::kafka::{
 };
 use crate::metrics::ShardCounters;
 use crate::shard::{Control, GroupMember, KafkaAttach, ShardKafka};
-use crate::state::checkpoint::{PartitionOffset, RestoreTarget};
+use crate::state::checkpoint::{self, PartitionOffset, RestoreTarget};
 use crate::wake::Waker;
 
 /// A shard's part of Kafka, as its thread receives it.
@@ -385,21 +386,25 @@ pub(super) fn shard_kafka(
     } else {
         KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?
     };
+    let root = super::shard_dir(config, id).join("checkpoints");
     let member = match (&seed.changelog, member) {
         (Some(spec), true) => Some(GroupMember {
             config: config.clone(),
             changelog: spec.clone(),
             restored: Some(offsets.to_vec()),
+            // Only for the checkpoint the changelog holds whole (else its position says
+            // nothing of the state here).
+            restored_positions: holds.and_then(|seq| {
+                Positions::read_usable(&checkpoint::path_of(&root, seq), unix_ms_now())
+            }),
             helpers: helpers.to_vec(),
             standbys: seed.standbys.clone(),
         }),
         _ => None,
     };
-    let changelog = seed.changelog.map(|spec| ChangelogSource {
-        spec,
-        root: super::shard_dir(config, id).join("checkpoints"),
-        words,
-    });
+    let changelog = seed
+        .changelog
+        .map(|spec| ChangelogSource { spec, root, words });
     let names: Vec<(String, i32)> = source
         .owned()
         .iter()

@@ -98,6 +98,11 @@ pub struct GroupMember {
     /// kept if the group's committed offset is still the checkpoint's (nobody moved on with
     /// it meanwhile), else rebuilt from the changelog; the ones not assigned are dropped.
     pub restored: Option<Vec<crate::state::checkpoint::PartitionOffset>>,
+    /// The changelog's positions recorded with the restored checkpoint (if its transaction
+    /// carried a whole-state changelog and the file is there and young enough): a partition
+    /// it holds that the group moved on with is rebuilt from its keys here plus the
+    /// changelog after its position, not from the whole changelog.
+    pub restored_positions: Option<crate::egress::kafka::positions::Positions>,
     /// The CPUs the changelog reader may run on (not the shard's).
     pub helpers: Vec<usize>,
     /// `ingest.kafka.standby_replicas`: the warm copies this instance keeps.
@@ -561,6 +566,10 @@ impl ShardKafka {
         };
         let mut kept = 0;
         let mut rebuilding = Vec::new();
+        let positions = member.restored_positions.take();
+        let words = core.state().plan().words();
+        // The own older checkpoint's keys of partitions rebuilt over them.
+        let mut local = std::collections::HashMap::new();
         for (t, p) in list {
             let Some((i, tag)) = self
                 .source
@@ -574,7 +583,20 @@ impl ShardKafka {
             if local_next.is_some() && local_next == group_next {
                 kept += 1;
             } else {
-                // Whatever this state holds of it is older than what the group committed.
+                // Whatever this state holds of it is older than what the group committed; if
+                // the changelog's position at the restored checkpoint is known, what it holds
+                // is the base the changelog is read over from there.
+                let c = member.changelog.partition_of(tag);
+                let at = c.and_then(|c| positions.as_ref()?.next.get(&c).copied());
+                if let (Some(c), Some(at), Some(_)) = (c, at, local_next) {
+                    let image = core
+                        .state()
+                        .export_partition(tag)
+                        .map_err(|e| format!("copying a partition's older state: {e}"))?;
+                    if let Some(copy) = rebuild::local_copy(&image, words, at) {
+                        local.insert(c, copy);
+                    }
+                }
                 core.state_mut()
                     .drop_partition(tag)
                     .map_err(|e| format!("dropping a stale partition: {e}"))?;
@@ -596,7 +618,7 @@ impl ShardKafka {
         if !rebuild.partitions.is_empty() {
             // Restoring before the warm copies are taken: the standby thread then leaves them.
             self.source.restoring(&rebuilding);
-            let warm: std::collections::HashMap<i32, _> = member
+            let mut warm: std::collections::HashMap<i32, _> = member
                 .standbys
                 .as_ref()
                 .map(|s| {
@@ -607,8 +629,13 @@ impl ShardKafka {
                         .collect()
                 })
                 .unwrap_or_default();
+            // Either base is the state at its offset: the one further on leaves less to read.
+            for (c, own) in local {
+                if warm.get(&c).is_none_or(|w| w.next_offset < own.next_offset) {
+                    warm.insert(c, own);
+                }
+            }
             let (config, cancel) = (config.clone(), taking_up.cancel.clone());
-            let words = core.state().plan().words();
             let reader = crate::topology::with_cpus(&member.helpers, || {
                 std::thread::Builder::new()
                     .name("sluice-rebuild".into())
@@ -678,6 +705,7 @@ impl ShardKafka {
             .changelog_restored_keys
             .set(counters.changelog_restored_keys.get() + rebuilt.keys);
         counters.changelog_warm_keys.add(rebuilt.warm_keys);
+        counters.changelog_local_keys.add(rebuilt.local_keys);
         counters
             .changelog_restored_bytes
             .set(counters.changelog_restored_bytes.get() + rebuilt.bytes);

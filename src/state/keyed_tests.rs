@@ -309,3 +309,31 @@ fn a_read_changelog_goes_in_a_slice_at_a_time_and_waits_out_snapshots() {
     assert_eq!(every_key(&to, 0..25, now), want);
     assert_eq!(to.locate(100).unwrap().unwrap().record.observations, 3);
 }
+
+/// The own older checkpoint's keys of a partition, as the base a changelog tail is read over:
+/// every key once, keyed by its own key, its image whole; a torn export is refused.
+#[test]
+fn a_partitions_own_keys_become_a_copy_at_the_recorded_position() {
+    use crate::egress::kafka::rebuild::local_copy;
+    let (a, b) = (7u64, 9u64);
+    let mut from = state(64, None, 0, false);
+    for key in 0..30u64 {
+        let source = if key % 3 == 0 { b } else { a };
+        apply(&mut from, &obs_from(key, 0, SEC, source), SEC);
+    }
+    let words = from.plan().words();
+    let image = from.export_partition(a).unwrap();
+    let copy = local_copy(&image, words, 41).unwrap();
+    assert!(copy.local);
+    assert_eq!(copy.next_offset, 41);
+    let keys: std::collections::BTreeSet<u64> = copy.images.keys().copied().collect();
+    assert_eq!(keys, (0..30).filter(|k| k % 3 != 0).collect());
+    for (key, img) in &copy.images {
+        assert_eq!(img.len(), crate::state::image_bytes(words));
+        let rec = crate::state::Record::from_bytes(&img[..crate::state::RECORD_BYTES]).unwrap();
+        assert_eq!((rec.key, rec.source), (*key, a));
+    }
+    let mut torn = image.clone();
+    torn.bytes.pop();
+    assert!(local_copy(&torn, words, 41).is_none());
+}

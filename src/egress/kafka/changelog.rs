@@ -23,7 +23,7 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ScoreProducer, UNTRACKED};
+use super::{ScoreProducer, CHANGELOG};
 use crate::config::Config;
 use crate::ingest::kafka::{consumer_config, KafkaError};
 use crate::state::checkpoint::{self, Change, CheckpointError};
@@ -146,7 +146,7 @@ impl ChangelogSpec {
         value: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<[u8; 8], [u8], usize>::with_opaque_to(&self.topic, UNTRACKED)
+        let mut record = BaseRecord::<[u8; 8], [u8], usize>::with_opaque_to(&self.topic, CHANGELOG)
             .partition(partition)
             .key(key);
         if let Some(v) = value {

@@ -12,6 +12,7 @@
 //! at a flip the Scores move to the other one while the flipped transaction commits.
 
 pub mod changelog;
+pub mod positions;
 pub mod progress;
 pub mod rebuild;
 mod topic;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -45,6 +46,20 @@ pub struct DeliveryCounter {
     /// Score and alert records given up on by the producer or refused by it: each is a Score
     /// downstream never gets, so the shard stops (see `ShardKafka::check_delivered`).
     undelivered: std::sync::atomic::AtomicU64,
+    /// Per changelog partition, the offset after the newest changelog record acknowledged
+    /// since the committer last took them: where the changelog stands once its transaction
+    /// commits (recorded beside the checkpoint, see `changelog::Positions`).
+    changelog_ends: std::sync::Mutex<std::collections::HashMap<i32, i64>>,
+}
+
+impl DeliveryCounter {
+    /// The changelog ends acknowledged since the last call, forgotten here.
+    pub fn take_changelog_ends(&self) -> std::collections::HashMap<i32, i64> {
+        self.changelog_ends
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
 }
 
 /// Epochs tracked at once: a checkpoint cannot start while the slot its new epoch would reuse
@@ -54,6 +69,10 @@ const EPOCHS: usize = 8;
 /// A record's delivery opaque: its epoch's slot, or this for one not counted (the progress
 /// record of exactly_once, which its transaction's commit covers).
 const UNTRACKED: usize = usize::MAX;
+
+/// The delivery opaque of a changelog record: not counted either (its transaction's commit
+/// covers it), but its acknowledged offset is kept.
+const CHANGELOG: usize = usize::MAX - 1;
 
 /// Records handed to the producer and not yet reported, per epoch slot.
 #[derive(Default)]
@@ -90,8 +109,16 @@ impl ProducerContext for DeliveryCounter {
         // (only with a `message.timeout.ms` > 0) is a lost Score: counted here, and the shard
         // stops before any checkpoint or group commit could move past it.
         self.epochs.done(slot);
+        if let (Ok(m), CHANGELOG) = (result, slot) {
+            // A lock per changelog record, never per Score: changelog records go out only
+            // at a commit, mostly acknowledged on the committer thread.
+            if let Ok(mut ends) = self.changelog_ends.lock() {
+                let end = ends.entry(m.partition()).or_default();
+                *end = (*end).max(m.offset() + 1);
+            }
+        }
         if let Err((e, _)) = result {
-            if slot != UNTRACKED {
+            if slot < EPOCHS {
                 self.undelivered
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -141,6 +168,7 @@ pub fn start_producer(
             counters,
             epochs: Epochs::default(),
             undelivered: Default::default(),
+            changelog_ends: Default::default(),
         })
         .map_err(KafkaError::client("producer"))?;
     if transactional_id.is_some() {
@@ -230,6 +258,7 @@ impl KafkaSink {
                 transactional_id: transactional_id(config, shard),
                 changelog_holds: changelog.as_ref().and_then(|(_, h)| h.map(|s| (s, true))),
                 changelog: changelog.map(|(c, _)| c),
+                changelog_positions: Default::default(),
             };
             Some(Committer::start(tx, wake, format!("sluice-txn-{shard}"))?)
         } else {

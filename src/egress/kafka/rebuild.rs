@@ -34,6 +34,9 @@ pub struct Rebuilt {
     pub read_ns: u64,
     /// Keys a standby's warm copy already held (the changelog read only after it).
     pub warm_keys: u64,
+    /// Keys the shard's own older checkpoint held (the changelog read only after the
+    /// position recorded with it).
+    pub local_keys: u64,
 }
 
 /// The changelog read: per input partition (source tag), its keys' newest images, end to end.
@@ -50,8 +53,9 @@ pub struct ChangelogRead {
 /// deleted (its start offset above 0: retention or delete-records, which a compacted topic
 /// never does by itself) cannot hold the whole state: refused, saying so.
 ///
-/// `warm`: standby copies by changelog partition; such a partition is read from the copy's
-/// offset on, over the copy's images (only the tail is read).
+/// `warm`: standby copies (or the shard's own older checkpoint's keys) by changelog partition;
+/// such a partition is read from the copy's offset on, over the copy's images (only the tail
+/// is read).
 pub fn read(
     config: &Config,
     spec: &ChangelogSpec,
@@ -99,7 +103,11 @@ pub fn read(
     let mut newest: HashMap<i32, HashMap<u64, Option<Vec<u8>>>> = HashMap::new();
     for &(_, p) in &spec.partitions {
         if let Some(w) = warm.remove(&p) {
-            rebuilt.warm_keys += w.images.len() as u64;
+            if w.local {
+                rebuilt.local_keys += w.images.len() as u64;
+            } else {
+                rebuilt.warm_keys += w.images.len() as u64;
+            }
             newest.insert(p, w.images.into_iter().map(|(k, v)| (k, Some(v))).collect());
         }
     }
@@ -173,6 +181,30 @@ pub fn read(
         out.partitions.push((tag, p, bytes));
     }
     Ok(out)
+}
+
+/// A partition's keys as the shard's own state holds them (`export_partition`), as a copy
+/// to read the changelog over from `next_offset` (the position recorded with the checkpoint
+/// they were restored from). None if an image is malformed.
+pub fn local_copy(
+    image: &crate::state::partition::PartitionImage,
+    words: usize,
+    next_offset: i64,
+) -> Option<WarmCopy> {
+    let size = image_bytes(words);
+    let mut images = HashMap::with_capacity(image.records as usize);
+    for img in image.bytes.chunks(size.max(1)) {
+        let rec = img.get(..RECORD_BYTES).and_then(Record::from_bytes)?;
+        if img.len() != size {
+            return None;
+        }
+        images.insert(rec.key, img.to_vec());
+    }
+    Some(WarmCopy {
+        next_offset,
+        images,
+        local: true,
+    })
 }
 
 /// A read changelog being put into a shard's state, `keys_per_step` keys at a time (each step

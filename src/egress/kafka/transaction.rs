@@ -34,6 +34,9 @@ pub struct Transactions {
     /// The checkpoint whose state the changelog holds, committed in this run, and whether
     /// that state is whole there (sent whole, or leading on from one that was).
     pub changelog_holds: Option<(u64, bool)>,
+    /// Per changelog partition, the offset after this run's last committed record there
+    /// (what `positions::Positions` records beside each committed checkpoint).
+    pub changelog_positions: std::collections::BTreeMap<i32, i64>,
 }
 
 /// What a commit's transaction carried besides Scores, offsets and the progress record.
@@ -88,6 +91,8 @@ impl Transactions {
             }
             _ => false,
         };
+        // Acknowledgements of an earlier transaction that did not commit are not positions.
+        producer.context().take_changelog_ends();
         let sent = match &self.changelog {
             Some(c) => {
                 let holds = self.changelog_holds.map(|(s, _)| s);
@@ -140,8 +145,33 @@ impl Transactions {
         );
         if let Some(s) = sent {
             self.changelog_holds = Some((seq, s.complete));
+            self.record_positions(producer, seq, s.complete);
         }
         Ok(sent)
+    }
+
+    /// After checkpoint `seq`'s transaction committed: the changelog's positions beside it,
+    /// when the changelog holds its whole state (a restore from it may then read only what
+    /// came after). A failed write is logged: it only makes such a restore read more.
+    fn record_positions(&mut self, producer: &ScoreProducer, seq: u64, complete: bool) {
+        for (p, end) in producer.context().take_changelog_ends() {
+            let at = self.changelog_positions.entry(p).or_default();
+            *at = (*at).max(end);
+        }
+        let Some(c) = &self.changelog else {
+            return;
+        };
+        if !complete || self.changelog_positions.is_empty() {
+            return;
+        }
+        let positions = super::positions::Positions {
+            committed_unix_ms: super::positions::unix_ms_now(),
+            next: self.changelog_positions.clone(),
+        };
+        let dir = crate::state::checkpoint::path_of(&c.root, seq);
+        if let Err(e) = positions.write(&dir) {
+            tracing::warn!(seq, "recording the changelog's positions beside checkpoint {}: {e} (a restore from it will read the whole changelog)", dir.display());
+        }
     }
 }
 
