@@ -86,6 +86,16 @@ fn counter(report: &str, name: &str) -> u64 {
         .sum()
 }
 
+/// A seconds figure of a shutdown report (the largest over its shards' lines).
+fn seconds(report: &str, name: &str) -> f64 {
+    report
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+}
+
 /// For each Observation (key, seq): the count its Score must carry (its place among its key's
 /// Observations, 1-based).
 fn expected(events: &[Ev]) -> BTreeMap<(u64, u64), u64> {
@@ -767,9 +777,16 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
         ("b", &report_b, "sluice_kafka_partitions_moved_in_total"),
         ("b", &report_b, "sluice_kafka_records_total"),
         ("a", &report_a, "sluice_kafka_partitions_moved_out_total"),
+        ("a", &report_a, "sluice_kafka_rebalances_total"),
+        ("b", &report_b, "sluice_kafka_rebalances_total"),
     ] {
         assert!(counter(report, metric) > 0, "{name}: {metric}\n{report}");
     }
+    // A handed partitions over: the longest that held its shard is shown.
+    assert!(
+        seconds(&report_a, "sluice_kafka_handover_max_seconds") > 0.0,
+        "{report_a}"
+    );
     assert!(
         counter(&report_a, "sluice_kafka_partitions_moved_in_total") > 4,
         "a took its partitions up twice:\n{report_a}"
@@ -1044,8 +1061,8 @@ fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
     let (producer, done) = produce_in_background(&broker, records, 2_000);
-    let (a, a_out, _) = common::spawn_run(&sets_a);
-    let (b, b_out, _) = common::spawn_run(&sets_b);
+    let (a, a_out, _, a_metrics) = common::spawn_run_with_metrics(&sets_a);
+    let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
     let split = wait_for_split(&[&dir_a, &dir_b], 4);
     // Each stands by for exactly the other's partitions, with keys in its copy.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -1059,6 +1076,16 @@ fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
             && sa.standby.iter().chain(&sb.standby).all(|p| p.keys > 0)
         {
             assert!(sa.standby.iter().all(|p| p.owner == "b"), "{sa:?}");
+            // The live metrics show the copies too, per partition stood by for.
+            for (m, s) in [(&a_metrics, &sa), (&b_metrics, &sb)] {
+                for p in &s.standby {
+                    let label = format!("partition=\"{}\"", p.partition);
+                    assert!(
+                        common::scrape_where(m, "sluice_kafka_standby_keys", &label) > 0,
+                        "{m}: no standby keys for {label}"
+                    );
+                }
+            }
             break;
         }
         assert!(

@@ -80,6 +80,8 @@ pub struct Running {
     /// Every consumed Kafka partition's position and watermark (none without Kafka, or
     /// before the brokers first answered).
     kafka_partitions: PartitionGauges,
+    /// Standby replicas' warm copies (live metrics show them).
+    standbys: crate::ingest::kafka::standby::Standbys,
     /// af_xdp: the attached XDP program (detached when this drops, or when the process ends
     /// in any way: its link is a file descriptor).
     _xdp: Option<xdp_part::SharedProgram>,
@@ -421,6 +423,7 @@ pub fn start_with_progress(
         helpers: threads_helping,
         helper_cpus: helpers,
         kafka_partitions,
+        standbys,
         _xdp: xdp,
     };
     let mut failures = Vec::new();
@@ -488,12 +491,15 @@ fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> 
             return None;
         }
     };
-    let exposition = Arc::new(Exposition::new(
-        running.counters.clone(),
-        running.kafka_partitions.clone(),
-        BuildInfo::of_this_build(running.driver.name()),
-        Parts::of(config),
-    ));
+    let exposition = Arc::new(
+        Exposition::new(
+            running.counters.clone(),
+            running.kafka_partitions.clone(),
+            BuildInfo::of_this_build(running.driver.name()),
+            Parts::of(config),
+        )
+        .with_standbys(running.standbys.clone()),
+    );
     let served = topology::with_cpus(&running.helper_cpus, || {
         exporter::serve(addr, exposition, running.control.clone())
     });

@@ -193,6 +193,10 @@ shard_counters! {
     kafka_partitions_moved_in: Counter => Counter names::KAFKA_PARTITIONS_MOVED_IN;
     /// Group membership: partitions revoked from the shard, committed and handed over.
     kafka_partitions_moved_out: Counter => Counter names::KAFKA_PARTITIONS_MOVED_OUT;
+    /// Group membership: rebalances the shard acted on (each assignment and each revocation librdkafka reported).
+    kafka_rebalances: Counter => Counter names::KAFKA_REBALANCES;
+    /// Group membership: longest the shard was held handing revoked partitions over (their checkpoint written and its transaction committed; nothing else runs meanwhile).
+    kafka_handover_max_ns: Counter => GaugeNs names::KAFKA_HANDOVER_MAX;
     /// Turns of the shard's loop (its heartbeat: the watchdog needs every shard's to advance).
     loops: Counter => Counter names::LOOPS;
     /// Longest turn of the shard's loop (parking excluded).

@@ -90,6 +90,8 @@ pub struct Exposition {
     pub started: Instant,
     pub parts: Parts,
     shard_ids: Vec<String>,
+    /// Standby replicas' copies (`ingest.kafka.standby_replicas`), if any.
+    pub standbys: Option<crate::ingest::kafka::standby::Standbys>,
 }
 
 impl Exposition {
@@ -107,7 +109,14 @@ impl Exposition {
             started: Instant::now(),
             parts,
             shard_ids,
+            standbys: None,
         }
+    }
+
+    /// With the standby replicas' copies shown too.
+    pub fn with_standbys(mut self, standbys: crate::ingest::kafka::standby::Standbys) -> Self {
+        self.standbys = Some(standbys);
+        self
     }
 
     /// The whole exposition as OpenMetrics text.
@@ -179,6 +188,49 @@ impl Exposition {
                         &buckets,
                         None,
                     )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_standbys(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let status = self
+            .standbys
+            .as_ref()
+            .map(|s| s.status())
+            .unwrap_or_default();
+        if status.is_empty() {
+            return Ok(());
+        }
+        let mut keys = encoder.encode_descriptor(
+            names::KAFKA_STANDBY_KEYS,
+            "Keys in this instance's warm copy of a partition another instance owns (standby replicas).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &status {
+            let partition = s.partition.to_string();
+            let labels = [
+                ("topic", s.topic.as_str()),
+                ("partition", partition.as_str()),
+            ];
+            keys.encode_family(&labels)?
+                .encode_gauge(&i64::try_from(s.keys).unwrap_or(i64::MAX))?;
+        }
+        let mut lag = encoder.encode_descriptor(
+            names::KAFKA_STANDBY_CHANGELOG_LAG,
+            "Changelog records not yet in this instance's warm copy of the partition (absent until a fetch told the end).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &status {
+            if let Some(l) = s.changelog_lag {
+                let partition = s.partition.to_string();
+                let labels = [
+                    ("topic", s.topic.as_str()),
+                    ("partition", partition.as_str()),
+                ];
+                lag.encode_family(&labels)?.encode_gauge(&l)?;
             }
         }
         Ok(())
@@ -294,7 +346,8 @@ impl Collector for Scrape {
             x.encode_catalog(def, &mut encoder)?;
         }
         x.encode_histograms(&mut encoder)?;
-        x.encode_partitions(&mut encoder)
+        x.encode_partitions(&mut encoder)?;
+        x.encode_standbys(&mut encoder)
     }
 }
 

@@ -76,6 +76,13 @@ pub const KAFKA_CHANGELOG_BYTES: &str = "sluice_kafka_changelog_bytes_total";
 /// Group membership: partitions taken up (rebuilt from the changelog or kept) and handed over.
 pub const KAFKA_PARTITIONS_MOVED_IN: &str = "sluice_kafka_partitions_moved_in_total";
 pub const KAFKA_PARTITIONS_MOVED_OUT: &str = "sluice_kafka_partitions_moved_out_total";
+/// Group membership: rebalances acted on, and the longest a handover held a shard.
+pub const KAFKA_REBALANCES: &str = "sluice_kafka_rebalances_total";
+pub const KAFKA_HANDOVER_MAX: &str = "sluice_kafka_handover_max_seconds";
+/// Standby replicas (labels topic, partition): keys in this instance's warm copy, and
+/// changelog records not in it yet.
+pub const KAFKA_STANDBY_KEYS: &str = "sluice_kafka_standby_keys";
+pub const KAFKA_STANDBY_CHANGELOG_LAG: &str = "sluice_kafka_standby_changelog_lag";
 /// Keys, bytes and time of the rebuilds from the changelog since start (at start, and as
 /// partitions move in).
 pub const CHANGELOG_RESTORED_KEYS: &str = "sluice_kafka_changelog_restored_keys";

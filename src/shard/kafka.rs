@@ -456,6 +456,7 @@ impl ShardKafka {
             return self.advance_take_up(core, counters);
         }
         for event in self.source.take_rebalances() {
+            counters.kafka_rebalances.add(1);
             match event {
                 RebalanceEvent::Revoke(list) => self.hand_over(&list, cp, core, counters)?,
                 RebalanceEvent::Assign(list) => self.take_up(&list, cp, core, counters)?,
@@ -484,6 +485,7 @@ impl ShardKafka {
         core: &mut ShardCore,
         counters: &ShardCounters,
     ) -> Result<(), String> {
+        let started = std::time::Instant::now();
         let idx = self.indices(list);
         self.source.freeze(&idx);
         self.finish_commit_in_flight(cp, core, counters)?;
@@ -505,6 +507,10 @@ impl ShardKafka {
         }
         // Counted before the gauges say so (`cluster status` never shows a move uncounted).
         counters.kafka_partitions_moved_out.add(idx.len() as u64);
+        Self::raise_max(
+            &counters.kafka_handover_max_ns,
+            started.elapsed().as_nanos() as u64,
+        );
         self.source
             .release(&idx)
             .map_err(|e| format!("handing revoked partitions back: {e}"))?;
@@ -712,7 +718,7 @@ impl ShardKafka {
         counters
             .changelog_restore_ns
             .set(counters.changelog_restore_ns.get() + ns);
-        tracing::info!(partitions = ?t.list, kept = t.kept, rebuilt_keys = rebuilt.keys, warm_keys = rebuilt.warm_keys, rebuilt_bytes = rebuilt.bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
+        tracing::info!(partitions = ?t.list, kept = t.kept, rebuilt_keys = rebuilt.keys, warm_keys = rebuilt.warm_keys, local_keys = rebuilt.local_keys, rebuilt_bytes = rebuilt.bytes, took_ms = format!("{:.1}", ns as f64 / 1e6), "Kafka partitions taken up");
         Ok(())
     }
 

@@ -78,6 +78,15 @@ pub struct Standbys {
     shared: Arc<Mutex<Shared>>,
 }
 
+/// Only the partitions stood by for (the copies can hold millions of images).
+impl std::fmt::Debug for Standbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standbys")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
 impl Standbys {
     /// The warm copy of `changelog` partition, if this instance stood by for it; from now on
     /// it is not tailed (the caller reads the rest of the changelog from `next_offset`).
