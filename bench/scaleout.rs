@@ -6,7 +6,12 @@
 //! time until the instances have applied them all (records/s; the producer's own time beside
 //! it, since the producer shares the machine and may be what bounds it). Then (two or more)
 //! the last one stops cleanly: time from its stop to the others owning every partition
-//! again, and the keys they rebuilt from the changelog meanwhile.
+//! again, and the keys they rebuilt from the changelog meanwhile. Then it comes back twice
+//! (restarted on its own state directory while the others moved on): once as it is (the
+//! partitions it gets back are rebuilt from its own checkpoint's keys plus the changelog after
+//! the position recorded with it), once with those positions deleted (the whole changelog
+//! read, as before they were recorded); each time until the group has split again, then
+//! stopped again.
 //!
 //! All instances run in this process, each with its own state directory, shard and
 //! librdkafka clients; on a machine smaller than one core per instance they share cores, so
@@ -49,6 +54,21 @@ struct Round {
     records_per_s: f64,
     /// Two or more instances: the last one stopped cleanly.
     handover: Option<Handover>,
+    /// ...then restarted with its positions, and again without them.
+    comebacks: Vec<Comeback>,
+}
+
+#[derive(Serialize)]
+struct Comeback {
+    /// The changelog positions beside its checkpoints were kept (else deleted first).
+    positions: bool,
+    /// Its start to the partitions split again.
+    seconds: f64,
+    keys_rebuilt: u64,
+    /// Of those, from its own checkpoint.
+    keys_local: u64,
+    bytes_read: u64,
+    take_up_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -304,6 +324,72 @@ fn round(
     } else {
         None
     };
+    let mut comebacks = Vec::new();
+    if n >= 2 {
+        // Records arrive between comebacks, so the others' changelog moves on each time
+        // (sequence numbers above the paced load's, or dedup would drop them).
+        let mut from = 1u64 << 41;
+        let commits = |r: &[Running]| -> u64 {
+            r.iter()
+                .flat_map(|r| r.counters().iter())
+                .map(|c| c.kafka_transactions.get())
+                .sum()
+        };
+        for positions in [true, false] {
+            let before = applied(&running);
+            produce(&producer, &topic, b.keys, (from, b.keys))?;
+            from += b.keys;
+            // Applied and committed by the others (else the group's offsets are still the
+            // ones it stopped at, and it keeps its partitions without a rebuild).
+            wait("the new records applied", Duration::from_secs(120), || {
+                applied(&running) >= before + b.keys
+            })?;
+            let committed = commits(&running);
+            wait("a commit after them", Duration::from_secs(60), || {
+                commits(&running) >= committed + 2
+            })?;
+            let (Some(config), Some(dir)) = (configs.last(), dirs.last()) else {
+                anyhow::bail!("no instance to restart");
+            };
+            if !positions {
+                remove_positions(dir)?;
+            }
+            let t = Instant::now();
+            running.push(sluice::app::start(config)?);
+            wait(
+                "the partitions split again",
+                Duration::from_secs(120),
+                || split(&running),
+            )?;
+            let seconds = t.elapsed().as_secs_f64();
+            let Some(back) = running.pop() else {
+                anyhow::bail!("no instance to stop");
+            };
+            let [keys, bytes, local, ns] =
+                back.counters().iter().fold([0; 4], |[k, b, l, ns], c| {
+                    [
+                        k + c.changelog_restored_keys.get(),
+                        b + c.changelog_restored_bytes.get(),
+                        l + c.changelog_local_keys.get(),
+                        ns + c.changelog_restore_ns.get(),
+                    ]
+                });
+            back.stop()?;
+            wait(
+                "the partitions taken over again",
+                Duration::from_secs(120),
+                || split(&running),
+            )?;
+            comebacks.push(Comeback {
+                positions,
+                seconds,
+                keys_rebuilt: keys,
+                keys_local: local,
+                bytes_read: bytes,
+                take_up_seconds: ns as f64 / 1e9,
+            });
+        }
+    }
     for r in running {
         r.stop()?;
     }
@@ -318,7 +404,24 @@ fn round(
         drain_seconds: drain_s,
         records_per_s: b.records as f64 / drain_s.max(1e-9),
         handover,
+        comebacks,
     })
+}
+
+/// Delete the changelog positions beside every checkpoint under `dir` (a restart from them
+/// then reads whole changelog partitions).
+fn remove_positions(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_positions(&path)?;
+        } else if path.file_name()
+            == Some(std::ffi::OsStr::new(sluice::egress::kafka::positions::FILE))
+        {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
@@ -352,6 +455,17 @@ pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
                 h.quiet_longest_gap_ms,
                 h.loop_max_ms,
                 h.commit_pause_max_ms
+            );
+        }
+        for c in &r.comebacks {
+            println!(
+                "    it comes back {}: split again in {:.2} s; {} keys rebuilt, {} from its own checkpoint; {} changelog bytes read; take-up {:.2} s",
+                if c.positions { "with its changelog positions" } else { "without them (deleted)" },
+                c.seconds,
+                c.keys_rebuilt,
+                c.keys_local,
+                c.bytes_read,
+                c.take_up_seconds
             );
         }
         rounds.push(r);
