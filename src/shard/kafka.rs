@@ -595,6 +595,9 @@ impl ShardKafka {
                 let c = member.changelog.partition_of(tag);
                 let at = c.and_then(|c| positions.as_ref()?.next.get(&c).copied());
                 if let (Some(c), Some(at), Some(_)) = (c, at, local_next) {
+                    // A scan of the hot table and the spill store on the shard thread: only
+                    // at the first assignment after a start, before any Kafka record is
+                    // served; UDP, if on, waits for it.
                     let image = core
                         .state()
                         .export_partition(tag)

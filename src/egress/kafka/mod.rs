@@ -48,7 +48,7 @@ pub struct DeliveryCounter {
     undelivered: std::sync::atomic::AtomicU64,
     /// Per changelog partition, the offset after the newest changelog record acknowledged
     /// since the committer last took them: where the changelog stands once its transaction
-    /// commits (recorded beside the checkpoint, see `changelog::Positions`).
+    /// commits (recorded beside the checkpoint, see `positions::Positions`).
     changelog_ends: std::sync::Mutex<std::collections::HashMap<i32, i64>>,
 }
 
