@@ -1109,15 +1109,11 @@ fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
     let _ = std::fs::remove_dir_all(&dir_b);
 }
 
-/// An instance back after another one moved on with its partitions restores its own older
-/// checkpoint and reads only the changelog written after it (the position recorded beside
-/// that checkpoint), not the whole changelog: A alone, stopped cleanly; B alone (it rebuilds
-/// everything from the changelog and goes on), stopped; A again. Every Score once, every
-/// count exact, no record taken twice.
-#[test]
-fn a_member_back_after_another_moved_on_reads_only_the_changelog_after_its_checkpoint() {
-    let broker = broker_with_topics("localtail");
-    let member = |name: &str| group_member(&broker, "localtail", name, &[]);
+/// A alone, stopped cleanly; B alone (it rebuilds everything from the changelog and goes
+/// on), stopped; A again: 2 000 records before each run, every Score once and every count
+/// exact after each, each record taken once. The three shutdown reports.
+fn leave_and_come_back(broker: &Broker, test: &str) -> [String; 3] {
+    let member = |name: &str| group_member(broker, test, name, &[]);
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
     let records = workload(200, 6_000);
@@ -1133,42 +1129,81 @@ fn a_member_back_after_another_moved_on_reads_only_the_changelog_after_its_check
         so_far.extend(part.iter().flatten().copied());
         let (child, out, _) = common::spawn_run(sets);
         reports.push(stop_when_every_score_is_read_once(
-            &broker,
+            broker,
             child,
             out,
             &expected(&so_far),
         ));
     }
-    let (a1, b, a2) = (&reports[0], &reports[1], &reports[2]);
+    let taken: Vec<&str> = reports.iter().map(String::as_str).collect();
+    check_each_record_taken_once(&taken, 6_000);
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+    let [a1, b, a2] = <[String; 3]>::try_from(reports).unwrap();
     // B had nothing of its own: it rebuilt every key from the changelog.
     assert!(
-        counter(b, "sluice_kafka_changelog_restored_keys") > 0,
+        counter(&b, "sluice_kafka_changelog_restored_keys") > 0,
         "{b}"
     );
     assert_eq!(
-        counter(b, "sluice_kafka_changelog_local_keys_total"),
+        counter(&b, "sluice_kafka_changelog_local_keys_total"),
         0,
         "{b}"
     );
+    [a1, b, a2]
+}
+
+/// An instance back after another one moved on with its partitions restores its own older
+/// checkpoint and reads only the changelog written after it (the position recorded beside
+/// that checkpoint), not the whole changelog.
+#[test]
+fn a_member_back_after_another_moved_on_reads_only_the_changelog_after_its_checkpoint() {
+    let broker = broker_with_topics("localtail");
+    let [a1, b, a2] = leave_and_come_back(&broker, "localtail");
     // A came back over its own keys and read only what B wrote: less than the whole
     // changelog (A's first run wrote the rest), no more than B's part.
     assert!(
-        counter(a2, "sluice_kafka_changelog_local_keys_total") > 0,
+        counter(&a2, "sluice_kafka_changelog_local_keys_total") > 0,
         "{a2}"
     );
-    let read = counter(a2, "sluice_kafka_changelog_restored_bytes");
+    let read = counter(&a2, "sluice_kafka_changelog_restored_bytes");
     let (by_a1, by_b) = (
-        counter(a1, "sluice_kafka_changelog_bytes_total"),
-        counter(b, "sluice_kafka_changelog_bytes_total"),
+        counter(&a1, "sluice_kafka_changelog_bytes_total"),
+        counter(&b, "sluice_kafka_changelog_bytes_total"),
     );
     assert!(
         read > 0 && read <= by_b && by_a1 > 0,
         "a read {read} changelog bytes back; a's first run wrote {by_a1}, b {by_b}"
     );
-    let reports: Vec<&str> = reports.iter().map(String::as_str).collect();
-    check_each_record_taken_once(&reports, 6_000);
-    let _ = std::fs::remove_dir_all(&dir_a);
-    let _ = std::fs::remove_dir_all(&dir_b);
+}
+
+/// A position older than half the changelog topic's `delete.retention.ms` is not used (a
+/// tombstone after it may be gone): with a 2 ms retention, A's positions are seconds old when
+/// it comes back (B ran in between), so it reads the whole changelog, as without them.
+#[test]
+fn positions_older_than_half_the_tombstone_retention_are_not_used() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let broker = broker_with_topics("localold");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new("sluice-state", 4, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("delete.retention.ms", "2");
+    let created =
+        futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let [a1, b, a2] = leave_and_come_back(&broker, "localold");
+    assert_eq!(
+        counter(&a2, "sluice_kafka_changelog_local_keys_total"),
+        0,
+        "{a2}"
+    );
+    let read = counter(&a2, "sluice_kafka_changelog_restored_bytes");
+    let whole = counter(&a1, "sluice_kafka_changelog_bytes_total")
+        + counter(&b, "sluice_kafka_changelog_bytes_total");
+    assert_eq!(read, whole, "a read the whole changelog back\n{a2}");
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub(super) struct KafkaSeed {
     pub changelog_complete: bool,
     /// `ingest.kafka.standby_replicas`: this instance's warm copies.
     standbys: Option<Standbys>,
+    /// How old changelog positions beside the restored checkpoint may be to be used.
+    positions_max_age: Duration,
 }
 
 impl KafkaSeed {
@@ -315,6 +317,11 @@ fn seeds(
     } else {
         (None, false)
     };
+    // Only a group member ever reads from a position (see `GroupMember::restored_positions`).
+    let positions_max_age = match (&changelog_topic, group) {
+        (Some(topic), true) => changelog::positions_max_age(config, topic),
+        _ => crate::egress::kafka::positions::MAX_AGE,
+    };
     tracing::info!(partitions = table.owners.len(), version = table.version, shards, delivery = ?config.egress.kafka.delivery, "Kafka partitions dealt to shards");
     Ok(producers
         .into_iter()
@@ -364,6 +371,7 @@ fn seeds(
                 layout: layout.clone(),
                 changelog,
                 changelog_complete,
+                positions_max_age,
                 standbys: None,
             }
         })
@@ -395,7 +403,11 @@ pub(super) fn shard_kafka(
             // Only for the checkpoint the changelog holds whole (else its position says
             // nothing of the state here).
             restored_positions: holds.and_then(|seq| {
-                Positions::read_usable(&checkpoint::path_of(&root, seq), unix_ms_now())
+                Positions::read_usable(
+                    &checkpoint::path_of(&root, seq),
+                    unix_ms_now(),
+                    seed.positions_max_age,
+                )
             }),
             helpers: helpers.to_vec(),
             standbys: seed.standbys.clone(),

@@ -194,6 +194,32 @@ pub fn ensure_topic(config: &Config, partitions: i32) -> Result<(String, bool), 
     Ok((topic, created))
 }
 
+/// How old the changelog positions beside a checkpoint may be to be used: half the topic's
+/// `delete.retention.ms` as the brokers describe it (see `positions`), or
+/// `positions::MAX_AGE` when they do not say (logged).
+pub fn positions_max_age(config: &Config, topic: &str) -> std::time::Duration {
+    let described = super::topic::config_u64(config, topic, "delete.retention.ms");
+    let retention = match &described {
+        Ok(Some(ms)) => {
+            tracing::info!(topic, delete_retention_ms = ms, "changelog positions are used up to half the changelog topic's delete.retention.ms old");
+            Some(*ms)
+        }
+        Ok(None) => {
+            tracing::info!(topic, "the brokers do not describe the changelog topic's delete.retention.ms: positions older than {:?} are not used", super::positions::MAX_AGE);
+            None
+        }
+        Err(e) => {
+            tracing::info!(
+                topic,
+                "{e}: changelog positions older than {:?} are not used",
+                super::positions::MAX_AGE
+            );
+            None
+        }
+    };
+    super::positions::max_age(retention)
+}
+
 /// The input partitions' offsets the group committed (in the transactions that carried the
 /// changelog): where a shard rebuilt from the changelog resumes.
 pub fn committed_offsets(

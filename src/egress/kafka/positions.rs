@@ -16,7 +16,8 @@
 //!
 //! Tombstones are the limit: a compacted topic drops them after `delete.retention.ms`
 //! (Kafka's default is 24 h), and a key whose tombstone is gone would come back from the old
-//! checkpoint. So a position older than `MAX_AGE` is not used.
+//! checkpoint. So a position older than half the changelog topic's `delete.retention.ms` (as
+//! the brokers describe it at start; `MAX_AGE` when they do not) is not used.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,8 +26,15 @@ use std::time::Duration;
 /// The file's name inside a checkpoint directory.
 pub const FILE: &str = "CHANGELOG";
 
-/// Half of Kafka's default `delete.retention.ms`: older positions are not trusted (see above).
+/// Half of Kafka's default `delete.retention.ms`: the bound when the topic's own is not known.
 pub const MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+
+/// The age up to which positions are used, given the changelog topic's
+/// `delete.retention.ms` if known: half of it (a position is written after its commit, and
+/// the clocks of this host and the brokers may differ: the other half is the margin).
+pub fn max_age(delete_retention_ms: Option<u64>) -> Duration {
+    delete_retention_ms.map_or(MAX_AGE, |ms| Duration::from_millis(ms / 2))
+}
 
 const HEADER: &str = "sluice changelog positions 1";
 
@@ -85,12 +93,12 @@ impl Positions {
         std::fs::rename(&tmp, dir.join(FILE))
     }
 
-    /// The positions beside checkpoint directory `dir`, if whole and younger than `MAX_AGE`
-    /// at `now_unix_ms`.
-    pub fn read_usable(dir: &Path, now_unix_ms: u64) -> Option<Self> {
+    /// The positions beside checkpoint directory `dir`, if whole and no older than
+    /// `max_age` at `now_unix_ms`.
+    pub fn read_usable(dir: &Path, now_unix_ms: u64, max_age: Duration) -> Option<Self> {
         let p = Self::parse(&std::fs::read_to_string(dir.join(FILE)).ok()?)?;
         let age = now_unix_ms.saturating_sub(p.committed_unix_ms);
-        (u128::from(age) <= MAX_AGE.as_millis()).then_some(p)
+        (u128::from(age) <= max_age.as_millis()).then_some(p)
     }
 }
 
@@ -138,16 +146,27 @@ mod tests {
     fn positions_are_used_only_while_young_enough() {
         let dir = std::env::temp_dir().join(format!("sluice-positions-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(Positions::read_usable(&dir, 0), None, "no file");
+        assert_eq!(Positions::read_usable(&dir, 0, MAX_AGE), None, "no file");
         let p = sample();
         p.write(&dir).unwrap();
         let at = p.committed_unix_ms;
-        assert_eq!(Positions::read_usable(&dir, at), Some(p.clone()));
-        let limit = at + MAX_AGE.as_millis() as u64;
-        assert_eq!(Positions::read_usable(&dir, limit), Some(p));
-        assert_eq!(Positions::read_usable(&dir, limit + 1), None, "too old");
+        assert_eq!(Positions::read_usable(&dir, at, MAX_AGE), Some(p.clone()));
+        for (retention, bound) in [
+            (None, MAX_AGE),
+            (Some(7_200_000), Duration::from_secs(3600)),
+        ] {
+            let max = max_age(retention);
+            assert_eq!(max, bound);
+            let limit = at + max.as_millis() as u64;
+            assert_eq!(Positions::read_usable(&dir, limit, max), Some(p.clone()));
+            assert_eq!(
+                Positions::read_usable(&dir, limit + 1, max),
+                None,
+                "too old"
+            );
+        }
         std::fs::write(dir.join(FILE), "sluice changelog positions 1\n").unwrap();
-        assert_eq!(Positions::read_usable(&dir, at), None, "torn");
+        assert_eq!(Positions::read_usable(&dir, at, MAX_AGE), None, "torn");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -62,4 +62,30 @@ pub fn ensure_compacted<C: rdkafka::consumer::ConsumerContext>(
     }
     // Created meanwhile by another instance: its count is what counts.
     Ok((existing(consumer)?.unwrap_or(partitions), false))
+}
+
+/// `topic`'s value of config `name` as the brokers describe it (DescribeConfigs): None when
+/// the topic does not list it or the value is not a whole number.
+pub fn config_u64(config: &Config, topic: &str, name: &str) -> Result<Option<u64>, KafkaError> {
+    let mut ac = rdkafka::ClientConfig::new();
+    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
+    let admin: AdminClient<DefaultClientContext> =
+        ac.create().map_err(KafkaError::client("admin client"))?;
+    let results = futures_executor::block_on(admin.describe_configs(
+        [&ResourceSpecifier::Topic(topic)],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ))
+    .map_err(KafkaError::client(format!(
+        "describing topic {topic}'s config"
+    )))?;
+    match results.into_iter().next() {
+        Some(Ok(resource)) => Ok(resource
+            .get(name)
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.trim().parse().ok())),
+        Some(Err(code)) => Err(KafkaError::Other(format!(
+            "describing topic {topic}'s config: {code}"
+        ))),
+        None => Ok(None),
+    }
 }
