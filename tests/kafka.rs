@@ -76,24 +76,26 @@ fn stop(mut child: Child, stdout: Option<std::io::BufReader<std::process::ChildS
     out
 }
 
-/// Sum of a counter's lines in a shutdown report (all its labels).
-fn counter(report: &str, name: &str) -> u64 {
+/// The figures of a metric's lines in a shutdown report (one per shard or label).
+fn figures<'a, T: std::str::FromStr>(
+    report: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = T> + 'a {
     report
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-        .sum()
+        .filter(move |l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<T>().ok())
+}
+
+/// Sum of a counter's lines in a shutdown report (all its labels).
+fn counter(report: &str, name: &str) -> u64 {
+    figures::<u64>(report, name).sum()
 }
 
 /// A seconds figure of a shutdown report (the largest over its shards' lines).
 fn seconds(report: &str, name: &str) -> f64 {
-    report
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .fold(0.0, f64::max)
+    figures::<f64>(report, name).fold(0.0, f64::max)
 }
 
 /// For each Observation (key, seq): the count its Score must carry (its place among its key's
