@@ -437,6 +437,21 @@ impl StandbyTail {
             return;
         };
         let topic_c = std::ffi::CString::new(topic).unwrap_or_default();
+        // The consumer's own position goes past a transaction's commit marker, which a copy's
+        // next offset (after its last record) stops before: without it a copy caught up
+        // showed a lag of 1 for good.
+        let positions: HashMap<i32, i64> = consumer
+            .position()
+            .map(|tpl| {
+                tpl.elements_for_topic(topic)
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut status = Vec::with_capacity(tailed.len());
         for &i in tailed {
             let Some(p) = self.partitions.get(i) else {
@@ -446,13 +461,16 @@ impl StandbyTail {
                 continue;
             };
             let high = super::watermarks::cached_high_watermark(consumer, &topic_c, p.changelog);
+            let at = positions
+                .get(&p.changelog)
+                .map_or(copy.next_offset, |&o| o.max(copy.next_offset));
             status.push(StandbyStatus {
                 topic: p.topic.clone(),
                 partition: p.partition,
                 owner: owners.get(&i).cloned().unwrap_or_default(),
                 keys: copy.images.len() as u64,
                 changelog_next_offset: copy.next_offset,
-                changelog_lag: high.map(|h| (h - copy.next_offset).max(0)),
+                changelog_lag: high.map(|h| (h - at).max(0)),
             });
         }
         s.status = status;
