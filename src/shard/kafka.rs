@@ -602,8 +602,13 @@ impl ShardKafka {
                         .state()
                         .export_partition(tag)
                         .map_err(|e| format!("copying a partition's older state: {e}"))?;
-                    if let Some(copy) = rebuild::local_copy(&image, words, at) {
-                        local.insert(c, copy);
+                    match rebuild::local_copy(&image, words, at) {
+                        Some(copy) => {
+                            local.insert(c, copy);
+                        }
+                        None => {
+                            tracing::warn!(topic = %t, partition = p, "a malformed record in this partition's older state: rebuilt from its whole changelog")
+                        }
                     }
                 }
                 core.state_mut()
