@@ -33,10 +33,7 @@ pub fn ensure_compacted<C: rdkafka::consumer::ConsumerContext>(
     if let Some(n) = existing(consumer)? {
         return Ok((n, false));
     }
-    let mut ac = rdkafka::ClientConfig::new();
-    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
-    let admin: AdminClient<DefaultClientContext> =
-        ac.create().map_err(KafkaError::client("admin client"))?;
+    let admin = admin_client(config)?;
     // -1: the cluster's default replication (KIP-464); a broker that does not know it gets 1.
     for replication in [-1, 1] {
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
@@ -67,10 +64,7 @@ pub fn ensure_compacted<C: rdkafka::consumer::ConsumerContext>(
 /// `topic`'s value of config `name` as the brokers describe it (DescribeConfigs): None when
 /// the topic does not list it or the value is not a whole number.
 pub fn config_u64(config: &Config, topic: &str, name: &str) -> Result<Option<u64>, KafkaError> {
-    let mut ac = rdkafka::ClientConfig::new();
-    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
-    let admin: AdminClient<DefaultClientContext> =
-        ac.create().map_err(KafkaError::client("admin client"))?;
+    let admin = admin_client(config)?;
     let results = futures_executor::block_on(admin.describe_configs(
         [&ResourceSpecifier::Topic(topic)],
         &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
@@ -88,4 +82,11 @@ pub fn config_u64(config: &Config, topic: &str, name: &str) -> Result<Option<u64
         ))),
         None => Ok(None),
     }
+}
+
+/// An admin client on `ingest.kafka.brokers` (topic creation and description, at start).
+fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    let mut ac = rdkafka::ClientConfig::new();
+    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
+    ac.create().map_err(KafkaError::client("admin client"))
 }
