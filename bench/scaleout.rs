@@ -64,8 +64,27 @@ struct Comeback {
     positions: bool,
     /// Its start to the partitions split again.
     seconds: f64,
+    /// The longest handover of the others since their start (this comeback's, handing it
+    /// 50k keys, is the longest there has been; with `handed_over_keep_ms` it includes
+    /// exporting those keys into the kept copy).
+    handover_max_ms: f64,
     keys_rebuilt: u64,
     /// Of those, from its own checkpoint.
+    keys_local: u64,
+    bytes_read: u64,
+    take_up_seconds: f64,
+    /// Then it stops again and the others take back what they handed it: its stop to every
+    /// partition owned again, and what their take-up read (`ingest.kafka.handed_over_keep_ms`:
+    /// from the keys they kept when they handed the partitions over, plus the changelog
+    /// written since).
+    back: TakenBack,
+}
+
+#[derive(Serialize)]
+struct TakenBack {
+    seconds: f64,
+    keys_rebuilt: u64,
+    /// Of those, from the copies kept at the handover.
     keys_local: u64,
     bytes_read: u64,
     take_up_seconds: f64,
@@ -362,6 +381,27 @@ fn round(
                 || split(&running),
             )?;
             let seconds = t.elapsed().as_secs_f64();
+            let handover_max_ms = running[..running.len() - 1]
+                .iter()
+                .flat_map(|r| r.counters().iter())
+                .map(|c| c.kafka_handover_max_ns.get())
+                .max()
+                .unwrap_or(0) as f64
+                / 1e6;
+            // It serves for a while (records on every partition, committed) before it stops,
+            // so the others taking back what they handed it have its changelog to read.
+            let before = applied(&running);
+            produce(&producer, &topic, b.keys, (from, b.keys))?;
+            from += b.keys;
+            wait(
+                "records applied after the comeback",
+                Duration::from_secs(120),
+                || applied(&running) >= before + b.keys,
+            )?;
+            let committed = commits(&running[running.len() - 1..]);
+            wait("its commits after them", Duration::from_secs(60), || {
+                commits(&running[running.len() - 1..]) >= committed + 2
+            })?;
             let Some(back) = running.pop() else {
                 anyhow::bail!("no instance to stop");
             };
@@ -374,19 +414,44 @@ fn round(
                         ns + c.changelog_restore_ns.get(),
                     ]
                 });
+            let others = |r: &[Running]| -> [u64; 4] {
+                r.iter()
+                    .flat_map(|r| r.counters().iter())
+                    .fold([0; 4], |[k, b, l, ns], c| {
+                        [
+                            k + c.changelog_restored_keys.get(),
+                            b + c.changelog_restored_bytes.get(),
+                            l + c.changelog_local_keys.get(),
+                            ns + c.changelog_restore_ns.get(),
+                        ]
+                    })
+            };
+            let before = others(&running);
+            let t = Instant::now();
             back.stop()?;
             wait(
                 "the partitions taken over again",
                 Duration::from_secs(120),
                 || split(&running),
             )?;
+            let back_seconds = t.elapsed().as_secs_f64();
+            let after = others(&running);
+            let d = |i: usize| after[i] - before[i];
             comebacks.push(Comeback {
                 positions,
                 seconds,
+                handover_max_ms,
                 keys_rebuilt: keys,
                 keys_local: local,
                 bytes_read: bytes,
                 take_up_seconds: ns as f64 / 1e9,
+                back: TakenBack {
+                    seconds: back_seconds,
+                    keys_rebuilt: d(0),
+                    keys_local: d(2),
+                    bytes_read: d(1),
+                    take_up_seconds: d(3) as f64 / 1e9,
+                },
             });
         }
     }
@@ -466,6 +531,18 @@ pub fn run(b: &ScaleOutBench<'_>) -> anyhow::Result<()> {
                 c.keys_local,
                 c.bytes_read,
                 c.take_up_seconds
+            );
+            println!(
+                "      the others' longest handover so far: {:.1} ms",
+                c.handover_max_ms
+            );
+            println!(
+                "      stopped again, the others take back what they handed it in {:.2} s: {} keys rebuilt, {} from the copies they kept; {} changelog bytes read; take-up {:.2} s",
+                c.back.seconds,
+                c.back.keys_rebuilt,
+                c.back.keys_local,
+                c.back.bytes_read,
+                c.back.take_up_seconds
             );
         }
         rounds.push(r);

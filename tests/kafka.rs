@@ -793,6 +793,20 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
         counter(&report_a, "sluice_kafka_partitions_moved_in_total") > 4,
         "a took its partitions up twice:\n{report_a}"
     );
+    // A kept the keys it handed over: it took them back from its own copies, reading only
+    // the changelog B wrote since (`ingest.kafka.handed_over_keep_ms`), not all of it.
+    assert!(
+        counter(&report_a, "sluice_kafka_changelog_local_keys_total") > 0,
+        "a rebuilt the partitions it had handed over from the changelog's start:\n{report_a}"
+    );
+    let (read, by_b) = (
+        counter(&report_a, "sluice_kafka_changelog_restored_bytes"),
+        counter(&report_b, "sluice_kafka_changelog_bytes_total"),
+    );
+    assert!(
+        read > 0 && read <= by_b,
+        "a read {read} changelog bytes back, b wrote {by_b}"
+    );
     // Each handover resumed exactly where the last owner stopped.
     check_each_record_taken_once(&[&report_a, &report_b], 12_000);
     let _ = std::fs::remove_dir_all(&dir_a);

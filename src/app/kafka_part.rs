@@ -104,7 +104,8 @@ pub(super) fn deal(
                 }
                 _ => None,
             };
-            if tail.is_some() {
+            // A group member keeps handed-over partitions' copies there, tail or not.
+            if k.membership == Membership::Group {
                 for seed in &mut seeds {
                     seed.standbys = Some(standbys.clone());
                 }
@@ -232,7 +233,7 @@ impl Later {
                         }
                         _ => None,
                     };
-                    if tail.is_some() {
+                    if k.membership == Membership::Group {
                         for seed in &mut seeds {
                             seed.standbys = Some(self.standbys.clone());
                         }
@@ -411,6 +412,9 @@ pub(super) fn shard_kafka(
             }),
             helpers: helpers.to_vec(),
             standbys: seed.standbys.clone(),
+            keep_handed_over: Duration::from_millis(config.ingest.kafka.handed_over_keep_ms)
+                .min(seed.positions_max_age),
+            checkpoints: root.clone(),
         }),
         _ => None,
     };

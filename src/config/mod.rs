@@ -125,6 +125,9 @@ pub struct IngestKafka {
     pub standby_replicas: usize,
     /// Keys over every warm copy this instance keeps.
     pub standby_keys_max: usize,
+    /// `membership = group`: how long a handed-over partition's keys are kept in memory in
+    /// case it comes back (0 = not kept).
+    pub handed_over_keep_ms: u64,
     pub start: KafkaStart,
     pub records_per_cycle_max: usize,
     pub restore_keys_per_cycle: usize,

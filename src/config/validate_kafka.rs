@@ -171,6 +171,13 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             limits::KAFKA_STANDBY_KEYS_MAX
         ));
     }
+    if k.handed_over_keep_ms > limits::KAFKA_HANDED_OVER_KEEP_MS_MAX {
+        p.push(format!(
+            "ingest.kafka.handed_over_keep_ms = {}: at most {} (24 h)",
+            k.handed_over_keep_ms,
+            limits::KAFKA_HANDED_OVER_KEEP_MS_MAX
+        ));
+    }
     if e.changelog && e.delivery != Delivery::ExactlyOnce {
         p.push("egress.kafka.changelog = true needs egress.kafka.delivery = \"exactly_once\": the changelog is written in each checkpoint's transaction".into());
     }
@@ -365,6 +372,7 @@ mod tests {
                 "ingest.kafka.brokers=127.0.0.1:9092".into(),
                 "ingest.kafka.standby_replicas=9".into(),
                 "ingest.kafka.standby_keys_max=0".into(),
+                "ingest.kafka.handed_over_keep_ms=86400001".into(),
             ],
         )
         .unwrap_err();
@@ -373,6 +381,7 @@ mod tests {
             "ingest.kafka.standby_replicas needs ingest.kafka.membership = \"group\"",
             "ingest.kafka.standby_replicas = 9: at most 8",
             "ingest.kafka.standby_keys_max = 0",
+            "ingest.kafka.handed_over_keep_ms = 86400001: at most 86400000",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

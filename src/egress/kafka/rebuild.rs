@@ -212,6 +212,7 @@ pub fn local_copy(
         next_offset,
         images,
         local: true,
+        kept_until: None,
     })
 }
 

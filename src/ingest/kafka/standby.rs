@@ -39,8 +39,36 @@ pub struct WarmCopy {
     /// The changelog offset the copy holds everything before.
     pub next_offset: i64,
     pub images: HashMap<u64, Vec<u8>>,
-    /// Not a standby's: the shard's own older checkpoint, at the position recorded with it.
+    /// Not a standby's: the shard's own older checkpoint, at the position recorded with it,
+    /// or a partition this instance handed over (`Standbys::keep`).
     pub local: bool,
+    /// A handed-over partition's copy, not tailed: usable until then (it goes stale: see
+    /// `Standbys::keep`). None for a copy the tail keeps up to date.
+    pub kept_until: Option<Instant>,
+}
+
+impl WarmCopy {
+    fn usable(&self, now: Instant) -> bool {
+        self.kept_until.is_none_or(|until| now < until)
+    }
+
+    /// A tailed changelog record into the copy. Records below the copy's offset are ones it
+    /// holds already (a kept copy put in while the tail still read the partition from an
+    /// older offset): skipped, so the offset never goes back.
+    fn apply(&mut self, offset: i64, key: u64, value: Option<&[u8]>) {
+        if offset < self.next_offset {
+            return;
+        }
+        match value {
+            Some(v) => {
+                self.images.insert(key, v.to_vec());
+            }
+            None => {
+                self.images.remove(&key);
+            }
+        }
+        self.next_offset = offset + 1;
+    }
 }
 
 /// What `cluster status` shows of a standby partition.
@@ -88,14 +116,53 @@ impl std::fmt::Debug for Standbys {
 }
 
 impl Standbys {
-    /// The warm copy of `changelog` partition, if this instance stood by for it; from now on
-    /// it is not tailed (the caller reads the rest of the changelog from `next_offset`).
+    /// The warm copy of `changelog` partition, if this instance stood by for it or handed
+    /// it over (and that copy is not stale); from now on it is not tailed (the caller reads
+    /// the rest of the changelog from `next_offset`).
     pub fn take(&self, changelog: i32) -> Option<WarmCopy> {
         let mut s = self.shared.lock().ok()?;
         s.takes += 1;
         let at = s.takes;
         s.taken.insert(changelog, at);
-        s.copies.remove(&changelog)
+        s.copies
+            .remove(&changelog)
+            .filter(|c| c.usable(Instant::now()))
+    }
+
+    /// A partition handed over keeps its keys here, at the changelog position its handover
+    /// committed (`copy.next_offset`), so that if it comes back in this run it is rebuilt
+    /// from them plus the changelog after that position, not from the changelog's start
+    /// (Kafka Streams keeps a revoked task's state directory for `state.cleanup.delay.ms`).
+    /// Kept for `keep` at most: past half the changelog's tombstone retention a key deleted
+    /// meanwhile could come back (see `positions`), and memory is not held for partitions
+    /// that stay away. Refused (false) when the copies would hold more than `keys_max` keys;
+    /// the tail, if on, takes the copy up from its position when this instance becomes a
+    /// standby of the partition.
+    pub fn keep(
+        &self,
+        changelog: i32,
+        mut copy: WarmCopy,
+        keep: Duration,
+        keys_max: usize,
+    ) -> bool {
+        let Ok(mut s) = self.shared.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        s.copies.retain(|_, c| c.usable(now));
+        let others: usize = s
+            .copies
+            .iter()
+            .filter(|(c, _)| **c != changelog)
+            .map(|(_, c)| c.images.len())
+            .sum();
+        if others + copy.images.len() > keys_max {
+            return false;
+        }
+        copy.local = true;
+        copy.kept_until = Some(now + keep);
+        s.copies.insert(changelog, copy);
+        true
     }
 
     /// The number of the last take, read before a look reads the gauges.
@@ -159,6 +226,12 @@ pub fn wanted(
     want.dedup();
     want.retain(|&i| !blocked(i));
     want
+}
+
+/// The copies a look keeps: those wanted, and handed-over partitions' copies not wanted by
+/// the tail; none gone stale.
+fn prune(copies: &mut HashMap<i32, WarmCopy>, wanted: &HashSet<i32>, now: Instant) {
+    copies.retain(|c, copy| copy.usable(now) && (wanted.contains(c) || copy.kept_until.is_some()));
 }
 
 /// Forgets the takes numbered up to `takes_before` (those made before the gauges were read).
@@ -334,12 +407,13 @@ impl StandbyTail {
                 |i| changelog_of(i).is_some_and(|c| s.copies.contains_key(&c)),
                 |i| mine(i) || changelog_of(i).is_none_or(|c| s.taken.contains_key(&c)),
             );
-            // Copies no longer wanted are dropped.
+            // Copies no longer wanted are dropped, but for a handed-over partition's until it
+            // goes stale.
             let keep: HashSet<i32> = want
                 .iter()
                 .filter_map(|&i| self.partitions.get(i).map(|p| p.changelog))
                 .collect();
-            s.copies.retain(|c, _| keep.contains(c));
+            prune(&mut s.copies, &keep, Instant::now());
             return Ok((want, owners));
         }
         Ok((Vec::new(), owners))
@@ -358,6 +432,10 @@ impl StandbyTail {
         };
         for p in want.iter().filter_map(|&i| self.partitions.get(i)) {
             let copy = s.copies.entry(p.changelog).or_default();
+            // Tailed from here on, so kept fresh (a kept copy was found usable by the look): a
+            // standby's copy now, counted as warm keys at a takeover.
+            copy.kept_until = None;
+            copy.local = false;
             let at = if copy.next_offset > 0 {
                 Offset::Offset(copy.next_offset)
             } else {
@@ -405,10 +483,7 @@ impl StandbyTail {
                 continue;
             };
             match m.payload() {
-                Some(v) if !full || copy.images.contains_key(&key) => {
-                    copy.images.insert(key, v.to_vec());
-                }
-                Some(_) => {
+                Some(_) if full && !copy.images.contains_key(&key) => {
                     // Over the bound: this copy is no longer whole, so it is dropped (the
                     // takeover reads the whole changelog partition instead).
                     s.copies.remove(&m.partition());
@@ -418,11 +493,8 @@ impl StandbyTail {
                     }
                     continue;
                 }
-                None => {
-                    copy.images.remove(&key);
-                }
+                value => copy.apply(m.offset(), key, value),
             }
-            copy.next_offset = m.offset() + 1;
         }
     }
 
@@ -560,6 +632,75 @@ mod tests {
         let now = standbys.takes_so_far();
         forget_settled(&mut standbys.shared.lock().unwrap().taken, now);
         assert!(taken(&standbys).is_empty());
+    }
+
+    fn copy(next_offset: i64, keys: &[u64]) -> WarmCopy {
+        WarmCopy {
+            next_offset,
+            images: keys.iter().map(|&k| (k, vec![k as u8])).collect(),
+            ..WarmCopy::default()
+        }
+    }
+
+    /// A handed-over partition's copy: kept while the copies stay within the bound, taken
+    /// back while fresh, never once stale; a look keeps it though the tail does not want it.
+    #[test]
+    fn a_handed_over_copy_is_kept_within_the_bound_until_it_goes_stale() {
+        let standbys = Standbys::default();
+        let hour = Duration::from_secs(3600);
+        assert!(standbys.keep(3, copy(10, &[1, 2, 3]), hour, 5));
+        // 3 + 3 > 5: refused, and the first one stays.
+        assert!(!standbys.keep(4, copy(7, &[4, 5, 6]), hour, 5));
+        // The same partition handed over again replaces its own copy (not counted twice).
+        assert!(standbys.keep(3, copy(12, &[1, 2, 3, 9]), hour, 5));
+        let back = standbys.take(3).expect("kept");
+        assert_eq!((back.next_offset, back.images.len()), (12, 4));
+        assert!(back.local && back.kept_until.is_some());
+        assert!(standbys.take(4).is_none());
+        // Stale: never handed back.
+        assert!(standbys.keep(5, copy(1, &[1]), Duration::ZERO, 5));
+        assert!(standbys.take(5).is_none());
+        // A look: a kept copy stays though not wanted; a standby copy not wanted goes, a
+        // stale kept one too.
+        let now = Instant::now();
+        let mut copies = HashMap::from([
+            (0, copy(1, &[1])),
+            (1, copy(1, &[1])),
+            (
+                2,
+                WarmCopy {
+                    kept_until: Some(now + hour),
+                    ..copy(1, &[1])
+                },
+            ),
+            (
+                3,
+                WarmCopy {
+                    kept_until: Some(now),
+                    ..copy(1, &[1])
+                },
+            ),
+        ]);
+        prune(&mut copies, &HashSet::from([0]), now);
+        assert_eq!(
+            copies.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([0, 2])
+        );
+    }
+
+    /// A kept copy put in while the tail still reads its partition from an older offset:
+    /// the older records are skipped, the newer ones go on from the copy's offset.
+    #[test]
+    fn tailed_records_below_a_copys_offset_are_skipped() {
+        let mut c = copy(10, &[1]);
+        c.apply(4, 1, None);
+        c.apply(9, 2, Some(b"old"));
+        assert_eq!((c.next_offset, c.images.len()), (10, 1));
+        c.apply(10, 2, Some(b"new"));
+        c.apply(11, 1, None);
+        assert_eq!(c.next_offset, 12);
+        assert_eq!(c.images.get(&2).map(Vec::as_slice), Some(&b"new"[..]));
+        assert!(!c.images.contains_key(&1));
     }
 
     #[test]
