@@ -203,6 +203,21 @@ fn a_partitions_state_moves_between_states_whole_and_alone() {
 
     let image = from.export_partition(a).unwrap();
     assert_eq!(image.records, 20);
+    // The one-pass export of several partitions (a handover's kept copy) holds the same
+    // records, hot and spilled (in its own order), and gives up past its bound.
+    let sorted = |img: &crate::state::partition::PartitionImage| {
+        let size = crate::state::record::image_bytes(p.words());
+        let mut v: Vec<Vec<u8>> = img.bytes.chunks(size).map(<[u8]>::to_vec).collect();
+        v.sort();
+        v
+    };
+    let both = from.export_partitions(&[b, a], 40).unwrap().unwrap();
+    assert_eq!((both[0].records, both[1].records), (20, 20));
+    assert_eq!(sorted(&both[1]), sorted(&image));
+    assert_eq!(sorted(&both[0]), sorted(&from.export_partition(b).unwrap()));
+    assert!(from.export_partitions(&[b, a], 39).unwrap().is_none());
+    assert!(from.export_partitions(&[a], 19).unwrap().is_none());
+    assert!(from.export_partitions(&[a], 20).unwrap().is_some());
     assert_eq!(from.drop_partition(a).unwrap(), 20);
     let left = every_key(&from, 0..40, now);
     assert!(left.iter().all(|k| k.2 == b), "only b's keys stay");

@@ -59,6 +59,62 @@ impl KeyedState {
         Ok(out)
     }
 
+    /// Every record of each of `tags` (one image each, in their order), in one pass over the
+    /// hot table and at most one over the spill store; None once they hold more than
+    /// `max_records` between them (what a handover keeps is bounded: it is copied on the shard
+    /// thread). The hot table is counted first so each image is allocated once.
+    pub fn export_partitions(
+        &self,
+        tags: &[u64],
+        max_records: u64,
+    ) -> Result<Option<Vec<PartitionImage>>, PartitionError> {
+        let at = |source: u64| tags.iter().position(|&t| t == source);
+        let mut counts = vec![0u64; tags.len()];
+        for slot in 0..self.hot.slots() {
+            let (rec, _) = self.hot.slot(slot);
+            if let (true, Some(i)) = (rec.is_occupied(), at(rec.source)) {
+                counts[i] += 1;
+            }
+        }
+        let mut total: u64 = counts.iter().sum();
+        if total > max_records {
+            return Ok(None);
+        }
+        let image = image_bytes(self.plan.words()) as u64;
+        let mut out: Vec<PartitionImage> = counts
+            .iter()
+            .map(|&n| PartitionImage {
+                records: 0,
+                bytes: Vec::with_capacity(usize::try_from(n * image).unwrap_or(0)),
+            })
+            .collect();
+        for slot in 0..self.hot.slots() {
+            let (rec, words) = self.hot.slot(slot);
+            if let (true, Some(o)) = (
+                rec.is_occupied(),
+                at(rec.source).and_then(|i| out.get_mut(i)),
+            ) {
+                rec.append_image(words, &mut o.bytes);
+                o.records += 1;
+            }
+        }
+        if let Some(spill) = self.spill.as_ref().filter(|s| !s.is_empty()) {
+            spill
+                .for_each_image(|rec, img| {
+                    if total > max_records {
+                        return;
+                    }
+                    if let Some(o) = at(rec.source).and_then(|i| out.get_mut(i)) {
+                        total += 1;
+                        o.bytes.extend_from_slice(img);
+                        o.records += 1;
+                    }
+                })
+                .map_err(StateError::from)?;
+        }
+        Ok((total <= max_records).then_some(out))
+    }
+
     /// Remove every record of source `tag` (a partition this state no longer owns). The
     /// removals are changes like any other: the next incremental checkpoint records them gone,
     /// as moved away (`MOVED`): a changelog must not send them as deletions, the partition's

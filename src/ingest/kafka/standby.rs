@@ -129,6 +129,22 @@ impl Standbys {
             .filter(|c| c.usable(Instant::now()))
     }
 
+    /// Keys the copies may still take (`keys_max` less those of every fresh copy but the
+    /// ones of `replacing`, which a keep of them would replace).
+    pub fn room(&self, replacing: &[i32], keys_max: usize) -> usize {
+        let Ok(s) = self.shared.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        let held: usize = s
+            .copies
+            .iter()
+            .filter(|(c, copy)| copy.usable(now) && !replacing.contains(c))
+            .map(|(_, copy)| copy.images.len())
+            .sum();
+        keys_max.saturating_sub(held)
+    }
+
     /// A partition handed over keeps its keys here, at the changelog position its handover
     /// committed (`copy.next_offset`), so that if it comes back in this run it is rebuilt
     /// from them plus the changelog after that position, not from the changelog's start
@@ -651,6 +667,8 @@ mod tests {
         assert!(standbys.keep(3, copy(10, &[1, 2, 3]), hour, 5));
         // 3 + 3 > 5: refused, and the first one stays.
         assert!(!standbys.keep(4, copy(7, &[4, 5, 6]), hour, 5));
+        assert_eq!(standbys.room(&[], 5), 2);
+        assert_eq!(standbys.room(&[3], 5), 5);
         // The same partition handed over again replaces its own copy (not counted twice).
         assert!(standbys.keep(3, copy(12, &[1, 2, 3, 9]), hour, 5));
         let back = standbys.take(3).expect("kept");
