@@ -183,7 +183,7 @@ shard_counters! {
     changelog_restored_keys: Counter => Gauge names::CHANGELOG_RESTORED_KEYS;
     /// Of those, keys a standby replica's warm copy held (only the changelog after it was read).
     changelog_warm_keys: Counter => Counter names::CHANGELOG_WARM_KEYS;
-    /// Of those, keys the shard's own older checkpoint held (only the changelog after the position recorded with it was read).
+    /// Of those, keys the shard's own older checkpoint held, or the copy kept when this instance handed the partition over (only the changelog after the position recorded with it was read).
     changelog_local_keys: Counter => Counter names::CHANGELOG_LOCAL_KEYS;
     /// Changelog bytes read by those rebuilds (live while one runs).
     changelog_restored_bytes: Counter => Gauge names::CHANGELOG_RESTORED_BYTES;

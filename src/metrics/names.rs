@@ -89,7 +89,8 @@ pub const CHANGELOG_RESTORED_KEYS: &str = "sluice_kafka_changelog_restored_keys"
 pub const CHANGELOG_RESTORED_BYTES: &str = "sluice_kafka_changelog_restored_bytes";
 /// Keys of those rebuilds that a standby replica's warm copy held.
 pub const CHANGELOG_WARM_KEYS: &str = "sluice_kafka_changelog_warm_keys_total";
-/// Keys of those rebuilds that the shard's own older checkpoint held.
+/// Keys of those rebuilds that the shard's own older checkpoint held, or the copy this
+/// instance kept when it handed the partition over (`ingest.kafka.handed_over_keep_ms`).
 pub const CHANGELOG_LOCAL_KEYS: &str = "sluice_kafka_changelog_local_keys_total";
 pub const CHANGELOG_RESTORE_TIME: &str = "sluice_kafka_changelog_restore_seconds";
 pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
