@@ -18,6 +18,7 @@
 //! the figure is the mechanism's cost, not a scale-out measurement.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,6 +31,7 @@ use sluice::app::Running;
 use sluice::config::Config;
 use sluice::ingest::kafka::Role;
 use sluice::loadgen::broker::LocalBroker;
+use sluice::metrics::ShardCounters;
 
 const PARTITIONS: i32 = 12;
 
@@ -259,19 +261,8 @@ fn round(
             .iter()
             .filter(|p| p.role == Role::Active)
             .count() as u64;
-        let rebuilt = |r: &[Running]| -> [u64; 4] {
-            r.iter()
-                .flat_map(|r| r.counters().iter())
-                .fold([0; 4], |[k, b, w, ns], c| {
-                    [
-                        k + c.changelog_restored_keys.get(),
-                        b + c.changelog_restored_bytes.get(),
-                        w + c.changelog_warm_keys.get(),
-                        ns + c.changelog_restore_ns.get(),
-                    ]
-                })
-        };
-        let [keys0, bytes0, warm0, ns0] = rebuilt(&running);
+        let rebuilt = |r: &[Running]| rebuilds(r.iter().flat_map(|r| r.counters()));
+        let [keys0, bytes0, warm0, _, ns0] = rebuilt(&running);
         // Records keep coming (paced) through the handover, so the partitions the others keep
         // show whether the takeover stalls them: the longest time none of their records was
         // applied, over a quiet second before the stop and over the handover.
@@ -327,7 +318,7 @@ fn round(
             anyhow::bail!("the partitions were not taken over within 120 s");
         };
         let seconds = taken_over.as_secs_f64();
-        let [keys1, bytes1, warm1, ns1] = rebuilt(&running);
+        let [keys1, bytes1, warm1, _, ns1] = rebuilt(&running);
         Some(Handover {
             partitions_moved: moved,
             seconds,
@@ -405,27 +396,8 @@ fn round(
             let Some(back) = running.pop() else {
                 anyhow::bail!("no instance to stop");
             };
-            let [keys, bytes, local, ns] =
-                back.counters().iter().fold([0; 4], |[k, b, l, ns], c| {
-                    [
-                        k + c.changelog_restored_keys.get(),
-                        b + c.changelog_restored_bytes.get(),
-                        l + c.changelog_local_keys.get(),
-                        ns + c.changelog_restore_ns.get(),
-                    ]
-                });
-            let others = |r: &[Running]| -> [u64; 4] {
-                r.iter()
-                    .flat_map(|r| r.counters().iter())
-                    .fold([0; 4], |[k, b, l, ns], c| {
-                        [
-                            k + c.changelog_restored_keys.get(),
-                            b + c.changelog_restored_bytes.get(),
-                            l + c.changelog_local_keys.get(),
-                            ns + c.changelog_restore_ns.get(),
-                        ]
-                    })
-            };
+            let [keys, bytes, _, local, ns] = rebuilds(back.counters());
+            let others = |r: &[Running]| rebuilds(r.iter().flat_map(|r| r.counters()));
             let before = others(&running);
             let t = Instant::now();
             back.stop()?;
@@ -448,9 +420,9 @@ fn round(
                 back: TakenBack {
                     seconds: back_seconds,
                     keys_rebuilt: d(0),
-                    keys_local: d(2),
+                    keys_local: d(3),
                     bytes_read: d(1),
-                    take_up_seconds: d(3) as f64 / 1e9,
+                    take_up_seconds: d(4) as f64 / 1e9,
                 },
             });
         }
@@ -470,6 +442,20 @@ fn round(
         records_per_s: b.records as f64 / drain_s.max(1e-9),
         handover,
         comebacks,
+    })
+}
+
+/// Changelog rebuilds over some shards' counters: keys, bytes read, keys from standby copies,
+/// keys from own copies (checkpoint or handover), restore nanoseconds.
+fn rebuilds<'a>(counters: impl IntoIterator<Item = &'a Arc<ShardCounters>>) -> [u64; 5] {
+    counters.into_iter().fold([0; 5], |[k, b, w, l, ns], c| {
+        [
+            k + c.changelog_restored_keys.get(),
+            b + c.changelog_restored_bytes.get(),
+            w + c.changelog_warm_keys.get(),
+            l + c.changelog_local_keys.get(),
+            ns + c.changelog_restore_ns.get(),
+        ]
     })
 }
 
