@@ -762,7 +762,10 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
     let (producer, done) = produce_in_background(&broker, records, 2_000);
-    let (a, a_out, _) = common::spawn_run(&sets_a);
+    let (a, a_out, _, a_metrics) = common::spawn_run_with_metrics(&sets_a);
+    // A holds keys of every partition before B joins (the copies it keeps when it hands
+    // some over are then not empty, whatever the machine's start-up time).
+    wait_until_applying("a", &a_metrics);
     std::thread::sleep(Duration::from_millis(1_500));
     let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
     // B stops once it has taken partitions up and applied records of them (not after a
