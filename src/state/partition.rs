@@ -38,25 +38,8 @@ pub const MOVED: u64 = u64::MAX;
 impl KeyedState {
     /// Every record of source `tag`, hot then spilled.
     pub fn export_partition(&self, tag: u64) -> Result<PartitionImage, PartitionError> {
-        let mut out = PartitionImage::default();
-        for slot in 0..self.hot.slots() {
-            let (rec, words) = self.hot.slot(slot);
-            if rec.is_occupied() && rec.source == tag {
-                rec.append_image(words, &mut out.bytes);
-                out.records += 1;
-            }
-        }
-        if let Some(spill) = &self.spill {
-            spill
-                .for_each_image(|rec, image| {
-                    if rec.source == tag {
-                        out.bytes.extend_from_slice(image);
-                        out.records += 1;
-                    }
-                })
-                .map_err(StateError::from)?;
-        }
-        Ok(out)
+        let all = self.export_partitions(&[tag], u64::MAX)?;
+        Ok(all.and_then(|mut v| v.pop()).unwrap_or_default())
     }
 
     /// Every record of each of `tags` (one image each, in their order), in one pass over the

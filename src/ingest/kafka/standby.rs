@@ -135,14 +135,7 @@ impl Standbys {
         let Ok(s) = self.shared.lock() else {
             return 0;
         };
-        let now = Instant::now();
-        let held: usize = s
-            .copies
-            .iter()
-            .filter(|(c, copy)| copy.usable(now) && !replacing.contains(c))
-            .map(|(_, copy)| copy.images.len())
-            .sum();
-        keys_max.saturating_sub(held)
+        keys_max.saturating_sub(held(&s.copies, replacing, Instant::now()))
     }
 
     /// A partition handed over keeps its keys here, at the changelog position its handover
@@ -166,13 +159,7 @@ impl Standbys {
         };
         let now = Instant::now();
         s.copies.retain(|_, c| c.usable(now));
-        let others: usize = s
-            .copies
-            .iter()
-            .filter(|(c, _)| **c != changelog)
-            .map(|(_, c)| c.images.len())
-            .sum();
-        if others + copy.images.len() > keys_max {
+        if held(&s.copies, &[changelog], now) + copy.images.len() > keys_max {
             return false;
         }
         copy.local = true;
@@ -242,6 +229,15 @@ pub fn wanted(
     want.dedup();
     want.retain(|&i| !blocked(i));
     want
+}
+
+/// Keys in the fresh copies, but those of `except`.
+fn held(copies: &HashMap<i32, WarmCopy>, except: &[i32], now: Instant) -> usize {
+    copies
+        .iter()
+        .filter(|(c, copy)| copy.usable(now) && !except.contains(c))
+        .map(|(_, copy)| copy.images.len())
+        .sum()
 }
 
 /// The copies a look keeps: those wanted, and handed-over partitions' copies not wanted by
