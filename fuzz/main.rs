@@ -538,20 +538,28 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             .map(|(_, b)| b.to_vec())
             .collect(),
         // The builtins and the LightGBM / XGBoost / HistGradientBoosting / opset-5 TreeEnsemble
-        // fixtures (committed under tests/fixtures/), not copied into fuzz/corpus.
+        // fixtures and two three-class ones (committed under tests/fixtures/), not copied into
+        // fuzz/corpus.
         "native" => sluice::infer::onnx::BUILTIN
             .iter()
             .map(|(_, b)| b.to_vec())
             .chain(
-                ["fraud_lgbm", "fraud_xgb", "fraud_hgb", "tree_ensemble_v5"]
-                    .iter()
-                    .filter_map(|n| {
-                        std::fs::read(format!(
-                            "{}/tests/fixtures/{n}.onnx",
-                            env!("CARGO_MANIFEST_DIR")
-                        ))
-                        .ok()
-                    }),
+                [
+                    "fraud_lgbm",
+                    "fraud_xgb",
+                    "fraud_hgb",
+                    "tree_ensemble_v5",
+                    "multiclass_gbdt",
+                    "multiclass_xgb",
+                ]
+                .iter()
+                .filter_map(|n| {
+                    std::fs::read(format!(
+                        "{}/tests/fixtures/{n}.onnx",
+                        env!("CARGO_MANIFEST_DIR")
+                    ))
+                    .ok()
+                }),
             )
             .collect(),
         _ => Vec::new(),

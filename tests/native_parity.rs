@@ -12,7 +12,7 @@ use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer, Scorer};
 
 use common::models::{
-    edited_model, parity_fixture, parity_rows, rows_of, score_rows, set_attr_s, spec,
+    edited_model, parity_fixture, parity_rows, probing_rows, rows_of, score_rows, set_attr_s, spec,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -56,38 +56,6 @@ fn one_probability_column(g: &mut sluice::infer::native::onnx_proto::GraphProto)
 /// over perfect trees: the scikit-learn GBDT and XGBoost at depth 3; LightGBM's and
 /// HistGradientBoosting's leaf-wise trees are deeper.
 const BRANCH_FREE: [&str; 2] = ["fraud_gbdt", "fraud_xgb"];
-
-/// The fixture rows, each feature scaled up and down, swapped between rows, zeroed, negated,
-/// huge, and NaN (a tree sends NaN where its missing-value flag says): thousands of rows that
-/// reach both sides of most branches.
-fn probing_rows() -> Vec<Vec<f32>> {
-    let base = parity_rows();
-    let mut rows = base.clone();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    for i in 0..4000 {
-        let mut r = base[i % base.len()].clone();
-        for f in 0..r.len() {
-            match next() % 10 {
-                0 => r[f] *= 0.5,
-                1 => r[f] *= 2.0,
-                2 => r[f] = base[(next() as usize) % base.len()][f],
-                3 => r[f] = 0.0,
-                4 => r[f] = -r[f],
-                5 if i % 7 == 0 => r[f] = f32::NAN,
-                6 if i % 11 == 0 => r[f] = 1e30,
-                _ => {}
-            }
-        }
-        rows.push(r);
-    }
-    rows
-}
 
 #[test]
 fn native_scores_equal_onnx_runtime_for_every_supported_export() {

@@ -25,6 +25,9 @@ fn models() -> Vec<(&'static str, String)> {
         ("lgbm_100", format!("{FIXTURES}/fraud_lgbm.onnx")),
         ("xgb_100", format!("{FIXTURES}/fraud_xgb.onnx")),
         ("hgb_100", format!("{FIXTURES}/fraud_hgb.onnx")),
+        // Three classes, 40 rounds (120 trees), softmax; scored for class 1.
+        ("gbdt_3class", format!("{FIXTURES}/multiclass_gbdt.onnx")),
+        ("lgbm_3class", format!("{FIXTURES}/multiclass_lgbm.onnx")),
     ]
 }
 
@@ -151,7 +154,8 @@ fn onnx_bound(c: &mut Criterion) {
             let data: Vec<f32> = (0..rows).flat_map(row).collect();
             let input = Tensor::from_array(([rows, WIDTH], data)).unwrap();
             let mut binding = session.create_binding().unwrap();
-            let out = Tensor::<f32>::new(&Allocator::default(), [rows, 2]).unwrap();
+            let columns = if name.ends_with("3class") { 3 } else { 2 };
+            let out = Tensor::<f32>::new(&Allocator::default(), [rows, columns]).unwrap();
             binding.bind_output("probabilities", out).unwrap();
             binding.bind_input("input", &input).unwrap();
             {

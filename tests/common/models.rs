@@ -45,6 +45,38 @@ pub fn rows_of(rows: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The fixture rows, each feature scaled up and down, swapped between rows, zeroed, negated,
+/// huge, and NaN (a tree sends NaN where its missing-value flag says): thousands of rows that
+/// reach both sides of most branches.
+pub fn probing_rows() -> Vec<Vec<f32>> {
+    let base = parity_rows();
+    let mut rows = base.clone();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..4000 {
+        let mut r = base[i % base.len()].clone();
+        for f in 0..r.len() {
+            match next() % 10 {
+                0 => r[f] *= 0.5,
+                1 => r[f] *= 2.0,
+                2 => r[f] = base[(next() as usize) % base.len()][f],
+                3 => r[f] = 0.0,
+                4 => r[f] = -r[f],
+                5 if i % 7 == 0 => r[f] = f32::NAN,
+                6 if i % 11 == 0 => r[f] = 1e30,
+                _ => {}
+            }
+        }
+        rows.push(r);
+    }
+    rows
+}
+
 /// Every row's score, `batch` rows a call.
 pub fn score_rows(m: &mut dyn Scorer, rows: &[Vec<f32>], batch: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len());

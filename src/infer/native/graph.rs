@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::onnx_proto::{self, Attribute, GraphProto, ModelProto, NodeProto, TensorProto, FLOAT};
 use super::ops::{Linear, Post, Step, COLUMNS_MAX};
 use super::tree_ensemble_v5;
-use super::trees::{Listed, Mode, Trees};
+use super::trees::{compile_outputs, Listed, Mode, Trees};
 use super::Unsupported;
 use crate::limits::FEATURE_ROW_MAX;
 
@@ -23,11 +23,18 @@ pub enum Core {
         logistic: bool,
         all_positive: bool,
     },
-    /// A single-target `TreeEnsembleRegressor` (SUM or AVERAGE).
-    RegressorTrees {
-        trees: Trees,
-        base: f32,
-        average: bool,
+    /// Trees feeding one or more columns: a multiclass `TreeEnsembleClassifier`, a
+    /// `TreeEnsembleRegressor` or opset-5 `TreeEnsemble` of one or more targets. Column k is
+    /// its trees' leaves summed in tree order (divided by the ensemble's tree count for
+    /// AVERAGE) plus `base[k]`, then `post` over the columns — ONNX Runtime's aggregators.
+    Outputs {
+        /// Per column (`trees::compile_outputs`); `None` when no leaf feeds it.
+        outputs: Vec<Option<Trees>>,
+        /// One per column (0 where the model has none).
+        base: Vec<f32>,
+        /// AVERAGE: the ensemble's tree count.
+        average_over: Option<f32>,
+        post: Post,
     },
 }
 
@@ -265,6 +272,12 @@ fn linear_classifier(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsup
         )));
     }
     let post = post(n)?;
+    if post == Post::Probit {
+        // ONNX Runtime's linear classifier writes PROBIT scores by its own rules; not read.
+        return Err(Unsupported(
+            "LinearClassifier with post_transform PROBIT".into(),
+        ));
+    }
     Ok((
         Core::Linear(Linear {
             coefficients,
@@ -392,10 +405,13 @@ fn one_base(n: &NodeProto, base: &[f32]) -> Result<f32, Unsupported> {
 }
 
 fn tree_classifier(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupported> {
-    if class_count(n) != 2 {
+    let classes = class_count(n);
+    if classes > 2 {
+        return multiclass_trees(n, width, classes);
+    }
+    if classes != 2 {
         return Err(Unsupported(format!(
-            "TreeEnsembleClassifier with {} classes (binary compiles)",
-            class_count(n)
+            "TreeEnsembleClassifier with {classes} class(es) (2 to {COLUMNS_MAX} compile)"
         )));
     }
     let p = tree_parts(n, "class")?;
@@ -422,16 +438,91 @@ fn tree_classifier(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsuppo
     ))
 }
 
-fn tree_regressor(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupported> {
-    let targets = attr(n, "n_targets").map_or(1, |a| a.i);
-    if targets != 1 {
+/// A `TreeEnsembleClassifier` of three or more classes: every class a column, the base values
+/// added to the first ones (as many as the model lists), `post` over all of them.
+fn multiclass_trees(
+    n: &NodeProto,
+    width: usize,
+    classes: usize,
+) -> Result<(Core, usize), Unsupported> {
+    if classes > COLUMNS_MAX {
         return Err(Unsupported(format!(
-            "TreeEnsembleRegressor with {targets} targets (1 compiles)"
+            "TreeEnsembleClassifier with {classes} classes (2 to {COLUMNS_MAX} compile)"
         )));
     }
+    let p = tree_parts(n, "class")?;
+    if p.base.len() > classes {
+        return Err(Unsupported(format!(
+            "TreeEnsembleClassifier with {} base values for {classes} classes",
+            p.base.len()
+        )));
+    }
+    let l = listed(n, &p.modes, &p.values, "class");
+    let outputs = compile_outputs(&l, width, classes)?;
+    let mut base = p.base;
+    base.resize(classes, 0.0);
+    Ok((
+        Core::Outputs {
+            outputs,
+            base,
+            average_over: None,
+            post: post(n)?,
+        },
+        classes,
+    ))
+}
+
+/// Trees of `targets` columns (a regressor's): `base` must be one per target, or one for a
+/// single target, or none; a single target takes no post transform but PROBIT (ONNX Runtime's
+/// one-output path applies no other).
+fn target_trees(
+    n: &NodeProto,
+    l: &Listed<'_>,
+    width: usize,
+    targets: i64,
+    (base, average, post): (Vec<f32>, bool, Post),
+) -> Result<(Core, usize), Unsupported> {
+    let k = usize::try_from(targets)
+        .ok()
+        .filter(|k| (1..=COLUMNS_MAX).contains(k))
+        .ok_or_else(|| {
+            Unsupported(format!(
+                "{} with {targets} targets (1 to {COLUMNS_MAX} compile)",
+                n.op_type
+            ))
+        })?;
+    if k == 1 && !matches!(post, Post::None | Post::Probit) {
+        return Err(Unsupported(format!(
+            "{} of one target with post_transform {post:?} (ONNX Runtime applies none but PROBIT there)",
+            n.op_type
+        )));
+    }
+    let base = match base.len() {
+        0 => vec![0.0; k],
+        b if b == k => base,
+        b => {
+            // ONNX Runtime adds them only when there is one per target (or one for one target).
+            return Err(Unsupported(format!(
+                "{} with {b} base values for {k} targets",
+                n.op_type
+            )));
+        }
+    };
+    let trees: std::collections::HashSet<i64> = l.tree.iter().copied().collect();
+    Ok((
+        Core::Outputs {
+            outputs: compile_outputs(l, width, k)?,
+            base,
+            average_over: average.then_some(trees.len() as f32),
+            post,
+        },
+        k,
+    ))
+}
+
+fn tree_regressor(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupported> {
+    let targets = attr(n, "n_targets").map_or(1, |a| a.i);
     let p = tree_parts(n, "target")?;
-    let trees = Trees::compile(&listed(n, &p.modes, &p.values, "target"), width)?;
-    let base = one_base(n, &p.base)?;
     let average = match bytes(n, "aggregate_function") {
         b"" | b"SUM" => false,
         b"AVERAGE" => true,
@@ -442,32 +533,14 @@ fn tree_regressor(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsuppor
             )))
         }
     };
-    if post(n)? != Post::None {
-        return Err(Unsupported(
-            "TreeEnsembleRegressor with a post_transform".into(),
-        ));
-    }
-    Ok((
-        Core::RegressorTrees {
-            trees,
-            base,
-            average,
-        },
-        1,
-    ))
+    let l = listed(n, &p.modes, &p.values, "target");
+    target_trees(n, &l, width, targets, (p.base, average, post(n)?))
 }
 
-/// The opset-5 `TreeEnsemble` with one target: summed or averaged leaves, no post transform.
-/// ONNX Runtime applies no post transform but PROBIT to a single target (its regressor path),
-/// so the others are left to it rather than guessed.
+/// The opset-5 `TreeEnsemble`: summed or averaged leaves per target, then its post transform
+/// (for a single target, PROBIT only: ONNX Runtime's regressor path applies no other).
 fn tree_ensemble(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupported> {
     let h = tree_ensemble_v5::header(n);
-    if h.targets != 1 {
-        return Err(Unsupported(format!(
-            "TreeEnsemble with {} targets (1 compiles)",
-            h.targets
-        )));
-    }
     let average = match h.aggregate {
         0 => true,
         1 => false,
@@ -477,20 +550,14 @@ fn tree_ensemble(n: &NodeProto, width: usize) -> Result<(Core, usize), Unsupport
             )))
         }
     };
-    if h.post != 0 {
-        return Err(Unsupported(format!(
-            "TreeEnsemble with post_transform {} (NONE compiles)",
-            h.post
-        )));
-    }
+    let post =
+        Post::from_code(h.post).map_err(|what| Unsupported(format!("TreeEnsemble with {what}")))?;
     let expanded = tree_ensemble_v5::expand(n)?;
-    let trees = Trees::compile(&expanded.listed(), width)?;
-    Ok((
-        Core::RegressorTrees {
-            trees,
-            base: 0.0,
-            average,
-        },
-        1,
-    ))
+    target_trees(
+        n,
+        &expanded.listed(),
+        width,
+        h.targets,
+        (Vec::new(), average, post),
+    )
 }

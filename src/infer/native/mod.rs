@@ -15,6 +15,7 @@ mod trees;
 use super::{FeatureBatch, InferError, OnnxSpec, Scorer};
 use graph::{Core, Plan};
 use ops::{logistic, COLUMNS_MAX};
+use trees::Trees;
 
 /// How a tree ensemble is walked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +55,11 @@ impl NativeScorer {
         let mut plan = graph::plan(&model, &spec.input, &spec.output)?;
         if walk == Walk::NodeByNode {
             match &mut plan.core {
-                Core::BinaryTrees { trees, .. } | Core::RegressorTrees { trees, .. } => {
-                    trees.drop_branch_free()
-                }
+                Core::BinaryTrees { trees, .. } => trees.drop_branch_free(),
+                Core::Outputs { outputs, .. } => outputs
+                    .iter_mut()
+                    .flatten()
+                    .for_each(Trees::drop_branch_free),
                 Core::Linear(_) => {}
             }
         }
@@ -69,7 +72,8 @@ impl NativeScorer {
         let column_alone = plan.steps.iter().all(|s| s.is_elementwise())
             && match &plan.core {
                 Core::Linear(l) => matches!(l.post, ops::Post::None | ops::Post::Logistic),
-                Core::BinaryTrees { .. } | Core::RegressorTrees { .. } => true,
+                Core::BinaryTrees { .. } => true,
+                Core::Outputs { post, .. } => post.is_elementwise(),
             };
         Ok(Self {
             plan: std::sync::Arc::new(plan),
@@ -89,37 +93,39 @@ impl NativeScorer {
                 trees.bytes().div_ceil(1024),
                 trees.walk()
             ),
-            Core::RegressorTrees { trees, .. } => format!(
-                "regression tree ensemble, {} trees, {} nodes, {} KiB, walked {}",
-                trees.trees(),
-                trees.nodes(),
-                trees.bytes().div_ceil(1024),
-                trees.walk()
-            ),
+            Core::Outputs { outputs, post, .. } => {
+                let compiled = || outputs.iter().flatten();
+                let mut walks: Vec<String> = compiled().map(Trees::walk).collect();
+                walks.dedup();
+                format!(
+                    "tree ensemble of {} column(s) ({post:?}), {} trees, {} nodes, {} KiB, walked {}",
+                    outputs.len(),
+                    compiled().map(Trees::trees).sum::<usize>(),
+                    compiled().map(Trees::nodes).sum::<usize>(),
+                    compiled().map(Trees::bytes).sum::<usize>().div_ceil(1024),
+                    walks.join(" / ")
+                )
+            }
         }
     }
 
-    /// A tree core's accumulated score: the leaves' sum (averaged for AVERAGE) plus the base,
-    /// as ONNX Runtime accumulates it. `None` for a linear core.
+    /// Column `k` of a tree core with several outputs, before its post transform: its leaves'
+    /// sum (averaged for AVERAGE) plus its base, as ONNX Runtime accumulates it.
     #[inline]
-    fn tree_score(&self, row: &[f32]) -> Option<f32> {
-        match &self.plan.core {
-            Core::Linear(_) => None,
-            Core::BinaryTrees { trees, base, .. } => Some(trees.sum(row) + base),
-            Core::RegressorTrees {
-                trees,
-                base,
-                average,
-            } => {
-                let s = trees.sum(row);
-                let s = if *average {
-                    s / trees.trees() as f32
-                } else {
-                    s
-                };
-                Some(s + base)
-            }
-        }
+    fn output_score(
+        (outputs, base, average_over): (&[Option<Trees>], &[f32], Option<f32>),
+        k: usize,
+        row: &[f32],
+    ) -> f32 {
+        let s = outputs
+            .get(k)
+            .and_then(Option::as_ref)
+            .map_or(0.0, |t| t.sum(row));
+        let s = match average_over {
+            Some(n) => s / n,
+            None => s,
+        };
+        s + base.get(k).copied().unwrap_or(0.0)
     }
 
     /// The probability column alone (`column_alone`).
@@ -127,16 +133,15 @@ impl NativeScorer {
     fn column_value(&self, row: &[f32]) -> f32 {
         let plan = &*self.plan;
         let c = self.column;
-        let mut v = match (&plan.core, self.tree_score(row)) {
-            (Core::Linear(l), _) => l.score_one(row, c),
-            (
-                Core::BinaryTrees {
-                    logistic: with_logistic,
-                    all_positive,
-                    ..
-                },
-                Some(s),
-            ) => {
+        let mut v = match &plan.core {
+            Core::Linear(l) => l.score_one(row, c),
+            Core::BinaryTrees {
+                trees,
+                base,
+                logistic: with_logistic,
+                all_positive,
+            } => {
+                let s = trees.sum(row) + base;
                 // As `columns` writes the pair, one side of it.
                 let signed = if c == 0 { -s } else { s };
                 match (*all_positive, *with_logistic) {
@@ -151,7 +156,17 @@ impl NativeScorer {
                     (false, false) => signed,
                 }
             }
-            (_, s) => s.unwrap_or(f32::NAN),
+            Core::Outputs {
+                outputs,
+                base,
+                average_over,
+                post,
+            } => {
+                let mut v = Self::output_score((outputs, base, *average_over), c, row);
+                // Per column (`column_alone`).
+                post.apply(std::slice::from_mut(&mut v));
+                v
+            }
         };
         for step in &plan.steps {
             step.apply(std::slice::from_mut(&mut v));
@@ -163,16 +178,15 @@ impl NativeScorer {
     #[inline]
     fn columns(&self, row: &[f32], cols: &mut [f32]) {
         let plan = &*self.plan;
-        match (&plan.core, self.tree_score(row)) {
-            (Core::Linear(l), _) => l.score(row, cols),
-            (
-                Core::BinaryTrees {
-                    logistic: with_logistic,
-                    all_positive,
-                    ..
-                },
-                Some(s),
-            ) => {
+        match &plan.core {
+            Core::Linear(l) => l.score(row, cols),
+            Core::BinaryTrees {
+                trees,
+                base,
+                logistic: with_logistic,
+                all_positive,
+            } => {
+                let s = trees.sum(row) + base;
                 // ONNX Runtime's binary case: one accumulated score s written as two columns.
                 // Weights all >= 0 mean s is already the positive class's probability.
                 let pair = if *all_positive {
@@ -186,10 +200,16 @@ impl NativeScorer {
                     *c = v;
                 }
             }
-            (_, s) => {
-                if let Some(c) = cols.first_mut() {
-                    *c = s.unwrap_or(f32::NAN);
+            Core::Outputs {
+                outputs,
+                base,
+                average_over,
+                post,
+            } => {
+                for (k, c) in cols.iter_mut().enumerate() {
+                    *c = Self::output_score((outputs, base, *average_over), k, row);
                 }
+                post.apply(cols);
             }
         }
         for step in &plan.steps {

@@ -17,6 +17,23 @@ pub fn logistic(x: f32) -> f32 {
     }
 }
 
+/// ONNX Runtime's `ComputeProbit`: sqrt(2) * erfinv(2x - 1), with its `ErfInv`, the
+/// closed-form approximation of Winitzki (a = 0.147), operation for operation in float32 (π as
+/// float32, as its kernel has it since it stopped writing 3.14159: that constant is 4e-5 off
+/// its results near 0.5).
+#[inline]
+pub fn probit(x: f32) -> f32 {
+    let y = 2.0 * x - 1.0;
+    let sign = if y < 0.0 { -1.0f32 } else { 1.0 };
+    let w = (1.0 - y) * (1.0 + y);
+    let log = w.ln();
+    let v = 2.0 / (std::f32::consts::PI * 0.147f32) + 0.5 * log;
+    let v2 = 1.0 / 0.147f32 * log;
+    let v3 = -v + (v * v - v2).sqrt();
+    // Its 1.41421356f is this float32.
+    std::f32::consts::SQRT_2 * (sign * v3.sqrt())
+}
+
 /// `post_transform` of the ONNX-ML operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Post {
@@ -24,6 +41,7 @@ pub enum Post {
     Logistic,
     Softmax,
     SoftmaxZero,
+    Probit,
 }
 
 impl Post {
@@ -33,6 +51,7 @@ impl Post {
             b"LOGISTIC" => Ok(Self::Logistic),
             b"SOFTMAX" => Ok(Self::Softmax),
             b"SOFTMAX_ZERO" => Ok(Self::SoftmaxZero),
+            b"PROBIT" => Ok(Self::Probit),
             other => Err(format!(
                 "post_transform {:?}",
                 String::from_utf8_lossy(other)
@@ -40,11 +59,36 @@ impl Post {
         }
     }
 
+    /// `post_transform`'s code in the opset-5 `TreeEnsemble`, where ONNX Runtime reads it as
+    /// the specification does. It does not for 1 (SOFTMAX by the specification) and 2
+    /// (LOGISTIC): ONNX Runtime 1.31.1 applies LOGISTIC for 1 and SOFTMAX for 2 (its enum's
+    /// order; seen in tests/native_multiclass.rs and onnxruntime#26596). Those are left to it,
+    /// so a model scores the same whichever engine serves it.
+    pub fn from_code(code: i64) -> Result<Self, String> {
+        match code {
+            0 => Ok(Self::None),
+            3 => Ok(Self::SoftmaxZero),
+            4 => Ok(Self::Probit),
+            1 | 2 => Err(format!(
+                "post_transform code {code} ({} by the specification; ONNX Runtime applies {})",
+                if code == 1 { "SOFTMAX" } else { "LOGISTIC" },
+                if code == 1 { "LOGISTIC" } else { "SOFTMAX" },
+            )),
+            other => Err(format!("post_transform code {other}")),
+        }
+    }
+
+    /// Whether each column's result depends on that column alone.
+    pub fn is_elementwise(self) -> bool {
+        !matches!(self, Self::Softmax | Self::SoftmaxZero)
+    }
+
     /// Apply to a row of scores (two or more columns, as ONNX Runtime's multi-column path).
     pub fn apply(self, v: &mut [f32]) {
         match self {
             Self::None => {}
             Self::Logistic => v.iter_mut().for_each(|x| *x = logistic(*x)),
+            Self::Probit => v.iter_mut().for_each(|x| *x = probit(*x)),
             Self::Softmax => {
                 let max = v.iter().copied().fold(f32::MIN, f32::max);
                 let mut sum = 0.0f32;
@@ -193,6 +237,23 @@ mod tests {
         let mut z = [0.0f32, 2.0];
         Post::SoftmaxZero.apply(&mut z);
         assert!(z[0] == 0.0 && (z[1] - 1.0).abs() < 1e-6, "{z:?}");
+    }
+
+    #[test]
+    fn probit_is_the_normal_quantile_to_the_approximation_s_precision() {
+        assert_eq!(probit(0.5), 0.0);
+        for (p, z) in [(0.975f32, 1.959_964f32), (0.84134, 1.0), (0.999, 3.090_232)] {
+            assert!(
+                (probit(p) - z).abs() < 5e-3 * z,
+                "{p}: {} vs {z}",
+                probit(p)
+            );
+            assert_eq!(probit(1.0 - p), -probit(p), "{p}");
+        }
+        assert!(probit(1.5).is_nan() && probit(1.0).is_infinite());
+        let mut v = [0.975f32, 0.5];
+        Post::Probit.apply(&mut v);
+        assert_eq!(v, [probit(0.975), 0.0]);
     }
 
     #[test]

@@ -99,22 +99,114 @@ pub struct Trees {
 /// memory a model file can make sluice take per shard (16 bytes a node).
 pub const NODES_MAX: usize = 8 << 20;
 
-impl Trees {
-    pub fn compile(l: &Listed<'_>, width: usize) -> Result<Self, Unsupported> {
-        let n = l.tree.len();
+impl Listed<'_> {
+    fn check_lengths(&self) -> Result<usize, Unsupported> {
+        let n = self.tree.len();
         let same = [
-            l.node.len(),
-            l.feature.len(),
-            l.mode.len(),
-            l.value.len(),
-            l.yes.len(),
-            l.no.len(),
+            self.node.len(),
+            self.feature.len(),
+            self.mode.len(),
+            self.value.len(),
+            self.yes.len(),
+            self.no.len(),
         ];
         if same.iter().any(|&k| k != n) {
             return Err(Unsupported(format!(
                 "node attribute lists of different lengths ({n} tree ids, {same:?})"
             )));
         }
+        Ok(n)
+    }
+}
+
+/// An ensemble whose leaves feed several outputs (a multiclass classifier's classes, a
+/// regressor's targets) as one `Trees` per output: the trees with a weight on that output, in
+/// their listed order, each of their leaves worth its weight there or 0 where it has none
+/// (ONNX Runtime adds nothing there; adding 0 leaves a sum as it was). The converters write
+/// one output per tree, so each tree is walked once; a tree feeding k outputs is walked k
+/// times. `None` for an output no leaf feeds (its score is 0 before the base).
+pub fn compile_outputs(
+    l: &Listed<'_>,
+    width: usize,
+    outputs: usize,
+) -> Result<Vec<Option<Trees>>, Unsupported> {
+    let n = l.check_lengths()?;
+    let mut feeds = vec![std::collections::HashSet::new(); outputs];
+    let mut weight: HashMap<(i64, i64, usize), f32> = HashMap::with_capacity(l.weights.len());
+    let mut leaves = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for &(tree, node, out, w) in &l.weights {
+        let k = usize::try_from(out)
+            .ok()
+            .filter(|&k| k < outputs)
+            .ok_or_else(|| {
+                Unsupported(format!("a leaf weight on class/target {out} of {outputs}"))
+            })?;
+        if weight.insert((tree, node, k), w).is_some() {
+            // ONNX Runtime adds both, one after the other; one summed weight would round
+            // differently.
+            return Err(Unsupported(format!(
+                "leaf {node} of tree {tree} has two weights on class/target {k}"
+            )));
+        }
+        feeds[k].insert(tree);
+        if seen.insert((tree, node)) {
+            leaves.push((tree, node));
+        }
+    }
+    let mut compiled = 0usize;
+    let mut all = Vec::with_capacity(outputs);
+    for (k, feeding) in feeds.iter().enumerate() {
+        if feeding.is_empty() {
+            all.push(None);
+            continue;
+        }
+        let keep: Vec<usize> = (0..n).filter(|&i| feeding.contains(&l.tree[i])).collect();
+        compiled = compiled.saturating_add(keep.len());
+        if compiled > NODES_MAX {
+            return Err(Unsupported(format!(
+                "more than {NODES_MAX} nodes once split per class/target"
+            )));
+        }
+        let pick = |v: &[i64]| -> Vec<i64> {
+            keep.iter()
+                .map(|&i| v.get(i).copied().unwrap_or(0))
+                .collect()
+        };
+        let (tree, node, feature, yes, no, nan_true) = (
+            pick(l.tree),
+            pick(l.node),
+            pick(l.feature),
+            pick(l.yes),
+            pick(l.no),
+            pick(l.nan_true),
+        );
+        let mode: Vec<Option<Mode>> = keep.iter().map(|&i| l.mode[i]).collect();
+        let value: Vec<f32> = keep.iter().map(|&i| l.value[i]).collect();
+        let weights = leaves
+            .iter()
+            .filter(|(t, _)| feeding.contains(t))
+            .map(|&(t, nd)| (t, nd, 0, weight.get(&(t, nd, k)).copied().unwrap_or(0.0)))
+            .collect();
+        let one = Listed {
+            tree: &tree,
+            node: &node,
+            feature: &feature,
+            mode: &mode,
+            value: &value,
+            yes: &yes,
+            no: &no,
+            nan_true: &nan_true,
+            weights,
+        };
+        all.push(Some(Trees::compile(&one, width)?));
+    }
+    Ok(all)
+}
+
+impl Trees {
+    pub fn compile(l: &Listed<'_>, width: usize) -> Result<Self, Unsupported> {
+        let n = l.check_lengths()?;
         if n == 0 || n > NODES_MAX {
             return Err(Unsupported(format!("{n} nodes (1 to {NODES_MAX} compile)")));
         }
