@@ -17,7 +17,7 @@ Writes (committed):
                                         probability columns from Python onnxruntime
 
 Needs the pinned packages `scripts/install-deps --models` installs. Deterministic: seeded,
-single-threaded training.
+single-threaded training, and the graphs named after their files (the same bytes every run).
 """
 import json
 import os
@@ -25,6 +25,7 @@ import sys
 
 import lightgbm
 import numpy as np
+import onnx
 import onnxruntime as ort
 import xgboost
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
@@ -69,6 +70,11 @@ def main():
     for name, (model, write) in models.items():
         path = os.path.join(FIXTURES, f"{name}.onnx")
         write(model, path)
+        # The converters name the graph with a random UUID: named after the file instead, the
+        # output is the same bytes every run.
+        exported = onnx.load(path)
+        exported.graph.name = name
+        onnx.save(exported, path)
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         probs = sess.run(["probabilities"], {"input": rows})[0]
         assert probs.shape == (len(rows), 3), (name, probs.shape)

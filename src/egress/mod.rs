@@ -41,8 +41,9 @@ pub enum ReplyTo {
 /// Where the core puts Scores; `Egress` sends them, tests collect them.
 pub trait ScoreSink {
     fn emit(&mut self, reply_to: ReplyTo, s: PendingScore);
-    /// How long one model call took (ns); recorded where the shard keeps its histograms.
-    fn model_ran(&mut self, _ns: u64) {}
+    /// How long one model call of `rows` rows took (ns); recorded where the shard keeps its
+    /// histograms.
+    fn model_ran(&mut self, _ns: u64, _rows: usize) {}
     /// A clock for that measurement (ns, any origin): the core reads none of its own, so a
     /// test or a simulation gives it whatever time it likes (this default: none).
     fn clock_ns(&mut self) -> u64 {
@@ -233,8 +234,8 @@ impl ScoreSink for EgressSink<'_> {
         }
     }
 
-    fn model_ran(&mut self, ns: u64) {
-        self.latency.record_model_run(ns);
+    fn model_ran(&mut self, ns: u64, rows: usize) {
+        self.latency.record_model_run(ns, rows);
     }
 
     fn clock_ns(&mut self) -> u64 {
@@ -269,6 +270,26 @@ mod tests {
             pickup_ns,
             cold: false,
         }
+    }
+
+    #[test]
+    fn a_model_call_is_recorded_whole_and_per_row() {
+        let live = std::sync::Arc::new(ShardCounters::default());
+        let mut latency = ShardLatency::new(60_000_000_000, live.clone()).unwrap();
+        latency.record_model_run(12_000, 4);
+        latency.record_model_run(900, 1);
+        let near = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) / 100;
+        assert_eq!(
+            (near(&latency.model_run, 0.0), near(&latency.model_run, 1.0)),
+            (9, 120)
+        );
+        let per_row = &latency.model_run_per_row;
+        assert_eq!((near(per_row, 0.0), near(per_row, 1.0)), (9, 30));
+        // The live histograms: 12 us and 900 ns per call; 3 us and 900 ns per row.
+        let (calls, call_ns) = live.latency.model_run.snapshot();
+        let (rows, row_ns) = live.latency.model_run_per_row.snapshot();
+        assert_eq!((calls.iter().sum::<u64>(), call_ns), (2, 12_900));
+        assert_eq!((rows.iter().sum::<u64>(), row_ns), (2, 3_900));
     }
 
     #[test]

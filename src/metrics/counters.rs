@@ -215,6 +215,7 @@ pub struct LiveLatency {
     pub receive_to_emit: LiveHistogram,
     pub in_shard: LiveHistogram,
     pub model_run: LiveHistogram,
+    pub model_run_per_row: LiveHistogram,
     pub kafka_record_to_produce: LiveHistogram,
     pub kafka_in_shard: LiveHistogram,
     pub checkpoint_pause: LiveHistogram,
@@ -239,6 +240,11 @@ pub static SHARD_HISTOGRAMS: &[(&str, &str, PickHistogram)] = &[
         names::MODEL_RUN,
         "One model call (a micro-batch of rows).",
         |l| &l.model_run,
+    ),
+    (
+        names::MODEL_RUN_PER_ROW,
+        "One model call divided by its rows: the model's cost per event, however many queued.",
+        |l| &l.model_run_per_row,
     ),
     (
         names::KAFKA_RECORD_TO_PRODUCE,

@@ -115,6 +115,9 @@ pub struct ShardLatency {
     pub receive_to_emit_cold_key: Histogram<u64>,
     /// Model run time per micro-batch (one call of the shard's model).
     pub model_run: Histogram<u64>,
+    /// The same divided by the call's rows: what the model costs an event, whatever the
+    /// batching (a call at the tail carries the rows that queued meanwhile).
+    pub model_run_per_row: Histogram<u64>,
     /// Kafka: record timestamp -> Score record handed to the producer.
     pub kafka_record_to_produce: Histogram<u64>,
     /// Kafka: record taken from the consumer -> Score record handed to the producer (sluice's
@@ -135,6 +138,7 @@ impl ShardLatency {
             receive_to_emit_hot_key: Histogram::new_with_bounds(1, max_ns, 3)?,
             receive_to_emit_cold_key: Histogram::new_with_bounds(1, max_ns, 3)?,
             model_run: Histogram::new_with_bounds(1, max_ns, 3)?,
+            model_run_per_row: Histogram::new_with_bounds(1, max_ns, 3)?,
             kafka_record_to_produce: Histogram::new_with_bounds(1, max_ns, 3)?,
             kafka_in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
             clamped: 0,
@@ -163,10 +167,14 @@ impl ShardLatency {
         self.live.latency.in_shard.record(in_shard_ns);
     }
 
+    /// One model call of `rows` rows (at least one).
     #[inline]
-    pub fn record_model_run(&mut self, ns: u64) {
+    pub fn record_model_run(&mut self, ns: u64, rows: usize) {
         self.model_run.saturating_record(ns.max(1));
         self.live.latency.model_run.record(ns);
+        let per_row = ns / rows.max(1) as u64;
+        self.model_run_per_row.saturating_record(per_row.max(1));
+        self.live.latency.model_run_per_row.record(per_row);
     }
 
     #[inline]

@@ -30,6 +30,7 @@ pub const RECEIVE_TO_EMIT: &str = "sluice_receive_to_emit_seconds";
 pub const IN_SHARD: &str = "sluice_in_shard_seconds";
 /// One model call (a micro-batch of rows).
 pub const MODEL_RUN: &str = "sluice_model_run_seconds";
+pub const MODEL_RUN_PER_ROW: &str = "sluice_model_run_per_row_seconds";
 pub const SPILLED_KEYS: &str = "sluice_spilled_keys";
 pub const HOT_HITS: &str = "sluice_state_hot_hits_total";
 pub const HOT_MISSES: &str = "sluice_state_hot_misses_total";

@@ -66,6 +66,7 @@ pub struct Report {
     pub receive_to_emit_hot_key: Option<Histogram<u64>>,
     pub receive_to_emit_cold_key: Option<Histogram<u64>>,
     pub model_run: Option<Histogram<u64>>,
+    pub model_run_per_row: Option<Histogram<u64>>,
     pub kafka_records: u64,
     pub kafka_records_skipped: Vec<(&'static str, u64)>,
     pub kafka_score_records: u64,
@@ -187,6 +188,7 @@ impl Report {
             merge_into(&mut r.receive_to_emit_hot_key, l.receive_to_emit_hot_key);
             merge_into(&mut r.receive_to_emit_cold_key, l.receive_to_emit_cold_key);
             merge_into(&mut r.model_run, l.model_run);
+            merge_into(&mut r.model_run_per_row, l.model_run_per_row);
             merge_into(&mut r.kafka_record_to_produce, l.kafka_record_to_produce);
             merge_into(&mut r.kafka_in_shard, l.kafka_in_shard);
         }
@@ -303,6 +305,7 @@ impl Report {
             ("receive->emit", self.receive_to_emit.as_ref()),
             ("in-shard", self.in_shard.as_ref()),
             ("model run", self.model_run.as_ref()),
+            ("model/row", self.model_run_per_row.as_ref()),
         ]));
         // The split says something only when some keys were not hot.
         if self

@@ -360,7 +360,7 @@ impl Owner {
         let started = sink.clock_ns();
         let result = self.model.score(&self.batch, &mut self.scores[..n]);
         let ended = sink.clock_ns();
-        sink.model_ran(ended.saturating_sub(started));
+        sink.model_ran(ended.saturating_sub(started), n);
         match result {
             Ok(()) => {
                 let version = self.model.version();
