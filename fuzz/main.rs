@@ -538,8 +538,8 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             .map(|(_, b)| b.to_vec())
             .collect(),
         // The builtins and the LightGBM / XGBoost / HistGradientBoosting / opset-5 TreeEnsemble
-        // fixtures and two three-class ones (committed under tests/fixtures/), not copied into
-        // fuzz/corpus.
+        // fixtures, two three-class ones and a decision tree (committed under tests/fixtures/),
+        // not copied into fuzz/corpus.
         "native" => sluice::infer::onnx::BUILTIN
             .iter()
             .map(|(_, b)| b.to_vec())
@@ -551,6 +551,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                     "tree_ensemble_v5",
                     "multiclass_gbdt",
                     "multiclass_xgb",
+                    "forest_dt",
                 ]
                 .iter()
                 .filter_map(|n| {

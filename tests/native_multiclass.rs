@@ -7,13 +7,12 @@
 
 mod common;
 
-use sluice::config::Config;
 use sluice::infer::native::onnx_proto::{Attribute, Message, ModelProto, NodeProto, TensorProto};
 use sluice::infer::native::Walk;
 use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer};
 
-use common::models::{probing_rows, rows_of, score_rows, spec};
+use common::models::{compare, probing_rows, rows_of, score_rows, spec, WIDE};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -30,55 +29,6 @@ fn fixture(name: &str) -> Vec<u8> {
     model_bytes(&format!("{FIXTURES}/{name}.onnx")).unwrap()
 }
 
-/// Column `column` of `bytes` by both engines on `rows`: (native, ONNX Runtime), checked equal
-/// within 1e-5 and on the same side of the alert threshold, the scores spread (not one value,
-/// not pinned at 0 or 1 by the clamp). The native scorer's description is returned too.
-fn compare(
-    what: &str,
-    bytes: &[u8],
-    column: usize,
-    walk: Walk,
-    rows: &[Vec<f32>],
-) -> (Vec<f32>, String) {
-    let mut s = spec("multiclass.onnx");
-    s.probability_column = column;
-    let mut native = NativeScorer::compile_with(&s, bytes, walk)
-        .unwrap_or_else(|e| panic!("{what} does not compile natively: {e}"));
-    let mut ort = OnnxScorer::load(&s, bytes).unwrap();
-    let want = score_rows(&mut ort, rows, 64);
-    let threshold = Config::defaults().unwrap().model.alert_threshold;
-    let mut worst = 0.0f32;
-    for batch in [1, 64] {
-        let got = score_rows(&mut native, rows, batch);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            worst = worst.max((g - w).abs());
-            assert!(
-                (g - w).abs() <= 1e-5,
-                "{what} column {column} {walk:?} batch {batch} row {i} {:?}: native {g} vs ONNX Runtime {w}",
-                rows[i]
-            );
-            assert_eq!(
-                *g >= threshold,
-                *w >= threshold,
-                "{what} column {column} row {i}: the engines disagree on the alert side"
-            );
-        }
-    }
-    eprintln!(
-        "{what} column {column} {walk:?}: {} rows, largest difference {worst:e}",
-        rows.len()
-    );
-    let distinct: std::collections::BTreeSet<u32> = want.iter().map(|p| p.to_bits()).collect();
-    let pinned = want.iter().filter(|&&p| p == 0.0 || p == 1.0).count();
-    assert!(
-        distinct.len() > 50 && pinned * 10 < want.len(),
-        "{what} column {column}: {} distinct scores, {pinned} of {} at 0 or 1",
-        distinct.len(),
-        want.len()
-    );
-    (want, native.describe())
-}
-
 #[test]
 fn three_class_exports_equal_onnx_runtime_and_python_in_every_column() {
     let fx: serde_json::Value = serde_json::from_str(
@@ -92,7 +42,7 @@ fn three_class_exports_equal_onnx_runtime_and_python_in_every_column() {
         let mut columns = Vec::new();
         for column in 0..3 {
             for walk in [Walk::Fastest, Walk::NodeByNode] {
-                let (want, described) = compare(name, &bytes, column, walk, &rows);
+                let (want, described) = compare(name, &bytes, column, walk, &rows, WIDE);
                 assert!(
                     described.contains("3 column(s) (Softmax)"),
                     "{name}: {described}"
@@ -231,7 +181,7 @@ fn every_post_transform_of_a_three_class_ensemble_equals_onnx_runtime() {
     ];
     for (name, bytes) in cases {
         for column in 0..3 {
-            let (_, described) = compare(name, &bytes, column, Walk::Fastest, &rows);
+            let (_, described) = compare(name, &bytes, column, Walk::Fastest, &rows, WIDE);
             assert!(described.contains("branch-free"), "{name}: {described}");
         }
     }
@@ -270,7 +220,14 @@ fn three_target_regressors_equal_onnx_runtime_and_the_classifier() {
     let rows = probing_rows();
     let classifier = fixture("multiclass_gbdt");
     for column in 0..3 {
-        let (same, _) = compare("classifier", &classifier, column, Walk::Fastest, &rows);
+        let (same, _) = compare(
+            "classifier",
+            &classifier,
+            column,
+            Walk::Fastest,
+            &rows,
+            WIDE,
+        );
         // Summed with a softmax: the classifier's probabilities, computed another way.
         let (got, _) = compare(
             "regressor SUM SOFTMAX",
@@ -278,6 +235,7 @@ fn three_target_regressors_equal_onnx_runtime_and_the_classifier() {
             column,
             Walk::Fastest,
             &rows,
+            WIDE,
         );
         for (i, (g, c)) in got.iter().zip(&same).enumerate() {
             assert!(
@@ -289,7 +247,7 @@ fn three_target_regressors_equal_onnx_runtime_and_the_classifier() {
         // around the base values: rescaled into [0, 1]).
         let averaged = rescaled(&as_regressor("NONE", "AVERAGE"), 0.1, 0.5);
         for walk in [Walk::Fastest, Walk::NodeByNode] {
-            compare("regressor AVERAGE", &averaged, column, walk, &rows);
+            compare("regressor AVERAGE", &averaged, column, walk, &rows, WIDE);
         }
     }
 }
@@ -453,9 +411,10 @@ fn a_three_target_opset_5_tree_ensemble_equals_onnx_runtime_and_the_classifier_w
             column,
             Walk::Fastest,
             &rows,
+            WIDE,
         );
         for walk in [Walk::Fastest, Walk::NodeByNode] {
-            let (got, described) = compare("TreeEnsemble", &v5, column, walk, &rows);
+            let (got, described) = compare("TreeEnsemble", &v5, column, walk, &rows, WIDE);
             assert!(described.contains("120 trees"), "{described}");
             for (i, (g, c)) in got.iter().zip(&same).enumerate() {
                 assert!(

@@ -25,9 +25,14 @@ fn models() -> Vec<(&'static str, String)> {
         ("lgbm_100", format!("{FIXTURES}/fraud_lgbm.onnx")),
         ("xgb_100", format!("{FIXTURES}/fraud_xgb.onnx")),
         ("hgb_100", format!("{FIXTURES}/fraud_hgb.onnx")),
-        // Three classes, 40 rounds (120 trees), softmax; scored for class 1.
+        // Three classes, 40 rounds (120 trees), softmax; scored for class 1. (A name ending in
+        // "3class" has three output columns.)
         ("gbdt_3class", format!("{FIXTURES}/multiclass_gbdt.onnx")),
         ("lgbm_3class", format!("{FIXTURES}/multiclass_lgbm.onnx")),
+        // Random forests, 30 trees of depth <= 8 (the node walk): binary, and three classes
+        // with every leaf on every class.
+        ("rf_30", format!("{FIXTURES}/forest_rf.onnx")),
+        ("rf_3class", format!("{FIXTURES}/forest_rf3.onnx")),
     ]
 }
 

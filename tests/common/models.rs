@@ -4,8 +4,9 @@
 
 use sluice::config::Config;
 use sluice::infer::native::onnx_proto::{Message, ModelProto, NodeProto};
+use sluice::infer::native::Walk;
 use sluice::infer::onnx::model_bytes;
-use sluice::infer::{FeatureBatch, OnnxSpec, Scorer};
+use sluice::infer::{FeatureBatch, NativeScorer, OnnxScorer, OnnxSpec, Scorer};
 
 /// The default `[model]` spec with `model.path = path`.
 pub fn spec(path: &str) -> OnnxSpec {
@@ -112,4 +113,59 @@ pub fn edited_model(path: &str, edit: impl FnOnce(&mut NodeProto)) -> Vec<u8> {
 pub fn set_attr_s(node: &mut NodeProto, name: &str, v: &[u8]) {
     let a = node.attribute.iter_mut().find(|a| a.name == name).unwrap();
     a.s = v.to_vec();
+}
+
+/// `compare`'s spread for models with many leaves: over 50 distinct scores, under a tenth of
+/// them pinned at 0 or 1.
+pub const WIDE: (usize, f32) = (50, 0.1);
+
+/// Column `column` of `bytes` by both engines on `rows`: (native, ONNX Runtime), checked equal
+/// within 1e-5 and on the same side of the alert threshold, the scores spread (more than
+/// `spread.0` distinct values, at most the fraction `spread.1` pinned at 0 or 1 by the clamp:
+/// the rows reach many leaves, not one). The native scorer's description is returned too.
+pub fn compare(
+    what: &str,
+    bytes: &[u8],
+    column: usize,
+    walk: Walk,
+    rows: &[Vec<f32>],
+    spread: (usize, f32),
+) -> (Vec<f32>, String) {
+    let mut s = spec("multiclass.onnx");
+    s.probability_column = column;
+    let mut native = NativeScorer::compile_with(&s, bytes, walk)
+        .unwrap_or_else(|e| panic!("{what} does not compile natively: {e}"));
+    let mut ort = OnnxScorer::load(&s, bytes).unwrap();
+    let want = score_rows(&mut ort, rows, 64);
+    let threshold = Config::defaults().unwrap().model.alert_threshold;
+    let mut worst = 0.0f32;
+    for batch in [1, 64] {
+        let got = score_rows(&mut native, rows, batch);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            worst = worst.max((g - w).abs());
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{what} column {column} {walk:?} batch {batch} row {i} {:?}: native {g} vs ONNX Runtime {w}",
+                rows[i]
+            );
+            assert_eq!(
+                *g >= threshold,
+                *w >= threshold,
+                "{what} column {column} row {i}: the engines disagree on the alert side"
+            );
+        }
+    }
+    eprintln!(
+        "{what} column {column} {walk:?}: {} rows, largest difference {worst:e}",
+        rows.len()
+    );
+    let distinct: std::collections::BTreeSet<u32> = want.iter().map(|p| p.to_bits()).collect();
+    let pinned = want.iter().filter(|&&p| p == 0.0 || p == 1.0).count();
+    assert!(
+        distinct.len() > spread.0 && (pinned as f32) < spread.1 * want.len() as f32,
+        "{what} column {column}: {} distinct scores, {pinned} of {} at 0 or 1",
+        distinct.len(),
+        want.len()
+    );
+    (want, native.describe())
 }
