@@ -23,14 +23,13 @@ import os
 import sys
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_models import export, synthesize  # noqa: E402
-from train_multiclass import SPIKE  # noqa: E402
+from train_multiclass import SPIKE, parity_rows, write_fixture  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -46,21 +45,11 @@ def main():
         "forest_dt": (DecisionTreeClassifier(max_depth=10, min_samples_leaf=20, random_state=1), fraud),
         "forest_rf3": (RandomForestClassifier(**forest), three),
     }
-    with open(os.path.join(FIXTURES, "onnx_parity.json")) as f:
-        rows = np.asarray(json.load(f)["rows"], dtype=np.float32)
+    rows = parity_rows()
     parity = {"rows": rows.tolist(), "models": {}, "onnxruntime": ort.__version__}
     for name, (model, y) in models.items():
         model.fit(x, y)
-        path = os.path.join(FIXTURES, f"{name}.onnx")
-        export(model, path)
-        # skl2onnx names the graph with a random UUID: named after the file, the bytes repeat.
-        exported = onnx.load(path)
-        exported.graph.name = name
-        onnx.save(exported, path)
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        parity["models"][name] = sess.run(["probabilities"], {"input": rows})[0].tolist()
-        accuracy = (sess.run(["label"], {"input": x})[0] == y).mean()
-        print(f"{name}: train accuracy {accuracy:.4f}, {os.path.getsize(path)} bytes", file=sys.stderr)
+        parity["models"][name] = write_fixture(name, export, model, rows, x, y).tolist()
     with open(os.path.join(FIXTURES, "forests_parity.json"), "w") as f:
         json.dump(parity, f)
     print("wrote forest models and fixture", file=sys.stderr)

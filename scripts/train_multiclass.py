@@ -40,6 +40,28 @@ ROUNDS = 40
 SPIKE = 1.6
 
 
+def parity_rows():
+    """The 64 fixture rows of tests/fixtures/onnx_parity.json."""
+    with open(os.path.join(FIXTURES, "onnx_parity.json")) as f:
+        return np.asarray(json.load(f)["rows"], dtype=np.float32)
+
+
+def write_fixture(name, write, model, rows, x, y):
+    """Export `model` with `write` to tests/fixtures/NAME.onnx, its graph named after the file
+    (the converters name it with a random UUID: named, the output is the same bytes every
+    run); print its training accuracy and return Python onnxruntime's probabilities for
+    `rows`."""
+    path = os.path.join(FIXTURES, f"{name}.onnx")
+    write(model, path)
+    exported = onnx.load(path)
+    exported.graph.name = name
+    onnx.save(exported, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    accuracy = (sess.run(["label"], {"input": x})[0] == y).mean()
+    print(f"{name}: train accuracy {accuracy:.4f}, {os.path.getsize(path)} bytes", file=sys.stderr)
+    return sess.run(["probabilities"], {"input": rows})[0]
+
+
 def main():
     x, fraud = synthesize(np.random.default_rng(20261129))
     y = np.where(fraud == 1, 1, np.where(x[:, 4] > SPIKE, 2, 0)).astype(np.int64)
@@ -64,23 +86,12 @@ def main():
         ),
         "multiclass_hgb": (HistGradientBoostingClassifier(max_iter=ROUNDS, random_state=1).fit(x, y), export),
     }
-    with open(os.path.join(FIXTURES, "onnx_parity.json")) as f:
-        rows = np.asarray(json.load(f)["rows"], dtype=np.float32)
+    rows = parity_rows()
     parity = {"rows": rows.tolist(), "models": {}, "onnxruntime": ort.__version__}
     for name, (model, write) in models.items():
-        path = os.path.join(FIXTURES, f"{name}.onnx")
-        write(model, path)
-        # The converters name the graph with a random UUID: named after the file instead, the
-        # output is the same bytes every run.
-        exported = onnx.load(path)
-        exported.graph.name = name
-        onnx.save(exported, path)
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        probs = sess.run(["probabilities"], {"input": rows})[0]
+        probs = write_fixture(name, write, model, rows, x, y)
         assert probs.shape == (len(rows), 3), (name, probs.shape)
         parity["models"][name] = probs.tolist()
-        accuracy = (sess.run(["label"], {"input": x})[0] == y).mean()
-        print(f"{name}: train accuracy {accuracy:.4f}", file=sys.stderr)
     with open(os.path.join(FIXTURES, "multiclass_parity.json"), "w") as f:
         json.dump(parity, f)
     print("wrote multiclass models and fixture", file=sys.stderr)

@@ -9,9 +9,8 @@ mod common;
 
 use sluice::infer::native::Walk;
 use sluice::infer::onnx::model_bytes;
-use sluice::infer::NativeScorer;
 
-use common::models::{compare, probing_rows, rows_of, score_rows, spec, WIDE};
+use common::models::{assert_python_column, compare, probing_rows, WIDE};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -26,11 +25,6 @@ const MODELS: [(&str, usize, (usize, f32)); 4] = [
 
 #[test]
 fn forests_and_a_decision_tree_equal_onnx_runtime_and_python_in_every_column() {
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{FIXTURES}/forests_parity.json")).unwrap(),
-    )
-    .unwrap();
-    let parity_rows = rows_of(&fx["rows"]);
     let rows = probing_rows();
     for (name, columns, spread) in MODELS {
         let bytes = model_bytes(&format!("{FIXTURES}/{name}.onnx")).unwrap();
@@ -47,20 +41,7 @@ fn forests_and_a_decision_tree_equal_onnx_runtime_and_python_in_every_column() {
                     );
                 }
             }
-            let mut s = spec("forest.onnx");
-            s.probability_column = column;
-            let mut native = NativeScorer::compile(&s, &bytes).unwrap();
-            let got = score_rows(&mut native, &parity_rows, 16);
-            let theirs = fx["models"][name].as_array().unwrap();
-            assert_eq!(theirs.len(), got.len());
-            for (i, (g, row)) in got.iter().zip(theirs).enumerate() {
-                // Scores are clamped to [0, 1] (ONNX Runtime writes 1 - s, which can be -1e-7).
-                let w = row[column].as_f64().unwrap().clamp(0.0, 1.0);
-                assert!(
-                    (f64::from(*g) - w).abs() < 1e-5,
-                    "{name} column {column} row {i}: native {g} vs python {w}"
-                );
-            }
+            assert_python_column("forests_parity.json", name, &bytes, column);
         }
     }
 }

@@ -12,7 +12,10 @@ use sluice::infer::native::Walk;
 use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer};
 
-use common::models::{compare, probing_rows, rows_of, score_rows, spec, WIDE};
+use common::models::{
+    assert_python_column, compare, probing_rows, score_rows, spec, tree_ensemble_v5,
+    with_ml_opset_5, V5, WIDE,
+};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -31,11 +34,6 @@ fn fixture(name: &str) -> Vec<u8> {
 
 #[test]
 fn three_class_exports_equal_onnx_runtime_and_python_in_every_column() {
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{FIXTURES}/multiclass_parity.json")).unwrap(),
-    )
-    .unwrap();
-    let parity_rows = rows_of(&fx["rows"]);
     let rows = probing_rows();
     for (name, branch_free) in MODELS {
         let bytes = fixture(name);
@@ -55,19 +53,7 @@ fn three_class_exports_equal_onnx_runtime_and_python_in_every_column() {
                 columns.push(want);
             }
             // Python's onnxruntime on the fixture rows (the exporting side's own reading).
-            let mut s = spec("multiclass.onnx");
-            s.probability_column = column;
-            let mut native = NativeScorer::compile(&s, &bytes).unwrap();
-            let got = score_rows(&mut native, &parity_rows, 16);
-            let theirs = fx["models"][name].as_array().unwrap();
-            assert_eq!(theirs.len(), got.len());
-            for (i, (g, row)) in got.iter().zip(theirs).enumerate() {
-                let w = row[column].as_f64().unwrap();
-                assert!(
-                    (f64::from(*g) - w).abs() < 1e-5,
-                    "{name} column {column} row {i}: native {g} vs python {w}"
-                );
-            }
+            assert_python_column("multiclass_parity.json", name, &bytes, column);
         }
         // The three columns are a distribution: each row's sum is 1.
         // (`columns` holds each column twice, once per walk.)
@@ -256,138 +242,23 @@ fn three_target_regressors_equal_onnx_runtime_and_the_classifier() {
 /// tree's leaves on its class) and post transform `code`: no base values there, so it is the
 /// classifier without them.
 fn as_tree_ensemble_v5(code: i64) -> Vec<u8> {
-    use std::collections::HashMap;
-    let classifier = edited_gbdt(|_| {});
-    let old = classifier
-        .graph
-        .node
-        .iter()
-        .find(|n| n.domain == "ai.onnx.ml")
-        .unwrap();
-    let get = |name: &str| {
-        old.attribute
-            .iter()
-            .find(|a| a.name == name)
-            .unwrap()
-            .clone()
-    };
-    let (tree, node) = (get("nodes_treeids").ints, get("nodes_nodeids").ints);
-    let modes = get("nodes_modes").strings;
-    let (yes, no) = (
-        get("nodes_truenodeids").ints,
-        get("nodes_falsenodeids").ints,
-    );
-    let (feature, value) = (get("nodes_featureids").ints, get("nodes_values").floats);
-    let leaf: HashMap<(i64, i64), (i64, f32)> = get("class_treeids")
-        .ints
-        .iter()
-        .zip(get("class_nodeids").ints)
-        .zip(
-            get("class_ids")
-                .ints
-                .iter()
-                .zip(get("class_weights").floats),
-        )
-        .map(|((&t, n), (&c, w))| ((t, n), (c, w)))
-        .collect();
-    let (mut branch_at, mut leaf_at) = (HashMap::new(), HashMap::new());
-    let (mut targets, mut weights) = (vec![], vec![]);
-    for i in 0..tree.len() {
-        if modes[i] == b"LEAF" {
-            let (c, w) = leaf[&(tree[i], node[i])];
-            leaf_at.insert((tree[i], node[i]), weights.len() as i64);
-            targets.push(c);
-            weights.push(w);
-        } else {
-            branch_at.insert((tree[i], node[i]), branch_at.len() as i64);
-        }
-    }
-    let side = |t: i64, id: i64| match leaf_at.get(&(t, id)) {
-        Some(&j) => (j, 1),
-        None => (branch_at[&(t, id)], 0),
-    };
-    let (mut roots, mut feat, mut split) = (vec![], vec![], vec![]);
-    let (mut ty, mut tl, mut fy, mut fl) = (vec![], vec![], vec![], vec![]);
-    for i in 0..tree.len() {
-        if modes[i] == b"LEAF" {
-            continue;
-        }
-        if i == 0 || tree[i] != tree[i - 1] {
-            roots.push(branch_at[&(tree[i], node[i])]);
-        }
-        let (t, f) = (side(tree[i], yes[i]), side(tree[i], no[i]));
-        feat.push(feature[i]);
-        split.push(value[i]);
-        ty.push(t.0);
-        tl.push(t.1);
-        fy.push(f.0);
-        fl.push(f.1);
-    }
-    let branches = feat.len();
-    let ints = |name: &str, v: Vec<i64>| Attribute {
-        name: name.into(),
-        ints: v,
-        type_: protobuf::EnumOrUnknown::from_i32(7), // INTS
-        ..Default::default()
-    };
-    let int = |name: &str, i: i64| Attribute {
-        name: name.into(),
-        i,
-        type_: protobuf::EnumOrUnknown::from_i32(2), // INT
-        ..Default::default()
-    };
-    let tensor = |name: &str, t: TensorProto| Attribute {
-        name: name.into(),
-        t: Some(t).into(),
-        type_: protobuf::EnumOrUnknown::from_i32(4), // TENSOR
-        ..Default::default()
-    };
-    let floats_t = |v: Vec<f32>| TensorProto {
-        data_type: 1,
-        dims: vec![v.len() as i64],
-        float_data: v,
-        ..Default::default()
-    };
-    let v5 = NodeProto {
-        op_type: "TreeEnsemble".into(),
-        domain: "ai.onnx.ml".into(),
-        input: vec!["input".into()],
-        output: vec!["probabilities".into()],
-        attribute: vec![
-            int("n_targets", 3),
-            int("aggregate_function", 1),
-            int("post_transform", code),
-            ints("tree_roots", roots),
-            ints("nodes_featureids", feat),
-            ints("nodes_truenodeids", ty),
-            ints("nodes_trueleafs", tl),
-            ints("nodes_falsenodeids", fy),
-            ints("nodes_falseleafs", fl),
-            ints("nodes_missing_value_tracks_true", vec![0; branches]),
-            ints("leaf_targetids", targets),
-            tensor(
-                "nodes_modes",
-                TensorProto {
-                    data_type: 2, // UINT8: every branch BRANCH_LEQ (0)
-                    dims: vec![branches as i64],
-                    int32_data: vec![0; branches],
-                    ..Default::default()
-                },
-            ),
-            tensor("nodes_splits", floats_t(split)),
-            tensor("leaf_weights", floats_t(weights)),
-        ],
-        ..Default::default()
-    };
-    let mut m = classifier.clone();
+    let mut m = edited_gbdt(|_| {});
     let g = m.graph.as_mut().unwrap();
+    let old = g.node.iter().find(|n| n.domain == "ai.onnx.ml").unwrap();
+    let v5 = tree_ensemble_v5(
+        old,
+        &V5 {
+            targets: 3,
+            aggregate: 1,
+            post: code,
+            flip: |_| false,
+            first_tree_twice: false,
+            output: "probabilities",
+        },
+    );
     g.node = vec![v5];
     g.output.retain(|o| o.name == "probabilities");
-    for o in &mut m.opset_import {
-        if o.domain == "ai.onnx.ml" {
-            o.version = 5;
-        }
-    }
+    with_ml_opset_5(&mut m);
     m.write_to_bytes().unwrap()
 }
 

@@ -13,6 +13,7 @@ use sluice::infer::{NativeScorer, OnnxScorer, Scorer};
 
 use common::models::{
     edited_model, parity_fixture, parity_rows, probing_rows, rows_of, score_rows, set_attr_s, spec,
+    tree_ensemble_v5, with_ml_opset_5, V5,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -375,10 +376,7 @@ fn regressors_under_a_sigmoid_equal_onnx_runtime() {
 /// operators) under `Add(base)` and `Sigmoid`, so the output is the classifier's probability.
 /// `variant` edits the opset-5 lists before they are written.
 fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
-    use sluice::infer::native::onnx_proto::{
-        Attribute, Message, ModelProto, NodeProto, TensorProto,
-    };
-    use std::collections::HashMap;
+    use sluice::infer::native::onnx_proto::{Message, ModelProto, NodeProto, TensorProto};
     let mut m = ModelProto::parse_from_bytes(&model_bytes("builtin:fraud_gbdt").unwrap()).unwrap();
     let g = m.graph.as_mut().unwrap();
     let old = g
@@ -387,134 +385,29 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
         .find(|n| n.op_type == "TreeEnsembleClassifier")
         .unwrap()
         .clone();
-    let get = |name: &str| {
-        old.attribute
-            .iter()
-            .find(|a| a.name == name)
-            .unwrap()
-            .clone()
-    };
-    let (tree, node) = (get("nodes_treeids").ints, get("nodes_nodeids").ints);
-    let modes = get("nodes_modes").strings;
-    let (feature, value) = (get("nodes_featureids").ints, get("nodes_values").floats);
-    let (yes, no) = (
-        get("nodes_truenodeids").ints,
-        get("nodes_falsenodeids").ints,
-    );
-    let tracks = get("nodes_missing_value_tracks_true").ints;
-    let base = get("base_values").floats[0];
-    let leaf_weight: HashMap<(i64, i64), f32> = get("class_treeids")
-        .ints
+    let base = old
+        .attribute
         .iter()
-        .zip(get("class_nodeids").ints)
-        .zip(get("class_weights").floats)
-        .map(|((&t, n), w)| ((t, n), w))
-        .collect();
-    // Interior nodes and leaves each numbered in listing order.
-    let (mut branch_at, mut leaf_at) = (HashMap::new(), HashMap::new());
-    let mut weights = Vec::new();
-    for i in 0..tree.len() {
-        if modes[i] == b"LEAF" {
-            leaf_at.insert((tree[i], node[i]), weights.len() as i64);
-            weights.push(leaf_weight[&(tree[i], node[i])]);
-        } else {
-            branch_at.insert((tree[i], node[i]), branch_at.len() as i64);
-        }
-    }
-    let side = |t: i64, id: i64| match leaf_at.get(&(t, id)) {
-        Some(&j) => (j, 1),
-        None => (branch_at[&(t, id)], 0),
-    };
-    let (mut v5_mode, mut split, mut feat, mut track) = (vec![], vec![], vec![], vec![]);
-    let (mut ty, mut tl, mut fy, mut fl) = (vec![], vec![], vec![], vec![]);
-    let mut roots = vec![];
-    for i in 0..tree.len() {
-        if modes[i] == b"LEAF" {
-            continue;
-        }
-        assert_eq!(modes[i], b"BRANCH_LEQ");
-        if i == 0 || tree[i] != tree[i - 1] {
-            roots.push(branch_at[&(tree[i], node[i])]);
-        }
-        let (mut t, mut f) = (side(tree[i], yes[i]), side(tree[i], no[i]));
-        let (mut code, mut tr) = (0u8, tracks[i]);
-        // "modes": every other branch as x > t with its sides (and NaN's side) swapped; "gt":
-        // every branch so (one mode, NaN to the true side everywhere).
-        if (variant == "modes" && feat.len() % 2 == 1) || variant == "gt" {
-            std::mem::swap(&mut t, &mut f);
-            (code, tr) = (3, 1 - tr);
-        }
-        v5_mode.push(i32::from(code));
-        split.push(value[i]);
-        feat.push(feature[i]);
-        track.push(tr);
-        ty.push(t.0);
-        tl.push(t.1);
-        fy.push(f.0);
-        fl.push(f.1);
-    }
-    if variant == "tree twice" {
-        roots.push(roots[0]);
-    }
-    let ints = |name: &str, v: Vec<i64>| Attribute {
-        name: name.into(),
-        ints: v,
-        type_: protobuf::EnumOrUnknown::from_i32(7), // INTS
-        ..Default::default()
-    };
-    let int = |name: &str, i: i64| Attribute {
-        name: name.into(),
-        i,
-        type_: protobuf::EnumOrUnknown::from_i32(2), // INT
-        ..Default::default()
-    };
-    let tensor = |name: &str, t: TensorProto| Attribute {
-        name: name.into(),
-        t: Some(t).into(),
-        type_: protobuf::EnumOrUnknown::from_i32(4), // TENSOR
-        ..Default::default()
-    };
-    let floats_t = |v: Vec<f32>| TensorProto {
-        data_type: 1,
-        dims: vec![v.len() as i64],
-        float_data: v,
-        ..Default::default()
-    };
-    let leaves = weights.len();
-    let v5 = NodeProto {
-        op_type: "TreeEnsemble".into(),
-        domain: "ai.onnx.ml".into(),
-        input: vec!["input".into()],
-        output: vec!["raw".into()],
-        attribute: vec![
-            int("n_targets", 1),
-            int(
-                "aggregate_function",
-                if variant == "average" { 0 } else { 1 },
-            ),
-            int("post_transform", 0),
-            ints("tree_roots", roots),
-            ints("nodes_featureids", feat),
-            ints("nodes_truenodeids", ty),
-            ints("nodes_trueleafs", tl),
-            ints("nodes_falsenodeids", fy),
-            ints("nodes_falseleafs", fl),
-            ints("nodes_missing_value_tracks_true", track),
-            ints("leaf_targetids", vec![0; leaves]),
-            tensor(
-                "nodes_modes",
-                TensorProto {
-                    data_type: 2, // UINT8
-                    dims: vec![v5_mode.len() as i64],
-                    int32_data: v5_mode,
-                    ..Default::default()
-                },
-            ),
-            tensor("nodes_splits", floats_t(split)),
-            tensor("leaf_weights", floats_t(weights)),
-        ],
-        ..Default::default()
-    };
+        .find(|a| a.name == "base_values")
+        .unwrap()
+        .floats[0];
+    let v5 = tree_ensemble_v5(
+        &old,
+        &V5 {
+            targets: 1,
+            aggregate: if variant == "average" { 0 } else { 1 },
+            post: 0,
+            // "modes": every other branch as x > t with its sides (and NaN's side) swapped;
+            // "gt": every branch so (one mode, NaN to the true side everywhere).
+            flip: match variant {
+                "modes" => |i| i % 2 == 1,
+                "gt" => |_| true,
+                _ => |_| false,
+            },
+            first_tree_twice: variant == "tree twice",
+            output: "raw",
+        },
+    );
     g.node = vec![
         v5,
         NodeProto {
@@ -538,11 +431,7 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
         ..Default::default()
     });
     one_probability_column(g);
-    for o in &mut m.opset_import {
-        if o.domain == "ai.onnx.ml" {
-            o.version = 5;
-        }
-    }
+    with_ml_opset_5(&mut m);
     m.write_to_bytes().unwrap()
 }
 

@@ -169,3 +169,188 @@ pub fn compare(
     );
     (want, native.describe())
 }
+
+/// How `tree_ensemble_v5` writes a classifier's trees.
+pub struct V5 {
+    /// `n_targets`; each leaf's class id becomes its target (a binary classifier's are all 0).
+    pub targets: i64,
+    /// `aggregate_function`: 0 AVERAGE, 1 SUM.
+    pub aggregate: i64,
+    /// `post_transform`'s code.
+    pub post: i64,
+    /// Whether branch `i` (listing order) is written as `x > t` with its sides (and NaN's side)
+    /// swapped: the same tree in another comparison mode.
+    pub flip: fn(usize) -> bool,
+    /// `tree_roots` lists the first tree once more at its end.
+    pub first_tree_twice: bool,
+    /// The node's output.
+    pub output: &'static str,
+}
+
+/// A scikit-learn `TreeEnsembleClassifier`'s trees (every branch `BRANCH_LEQ`) as the
+/// `ai.onnx.ml` opset-5 `TreeEnsemble` node, which no converter pinned here emits yet: interior
+/// nodes and leaves each numbered in listing order, every leaf's one weight on its class.
+pub fn tree_ensemble_v5(classifier: &NodeProto, v: &V5) -> NodeProto {
+    use sluice::infer::native::onnx_proto::{Attribute, TensorProto};
+    use std::collections::HashMap;
+    let get = |name: &str| {
+        classifier
+            .attribute
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let (tree, node) = (get("nodes_treeids").ints, get("nodes_nodeids").ints);
+    let modes = get("nodes_modes").strings;
+    let (feature, value) = (get("nodes_featureids").ints, get("nodes_values").floats);
+    let (yes, no) = (
+        get("nodes_truenodeids").ints,
+        get("nodes_falsenodeids").ints,
+    );
+    let tracks = get("nodes_missing_value_tracks_true").ints;
+    let leaf: HashMap<(i64, i64), (i64, f32)> = get("class_treeids")
+        .ints
+        .iter()
+        .zip(get("class_nodeids").ints)
+        .zip(
+            get("class_ids")
+                .ints
+                .iter()
+                .zip(get("class_weights").floats),
+        )
+        .map(|((&t, n), (&c, w))| ((t, n), (c, w)))
+        .collect();
+    let (mut branch_at, mut leaf_at) = (HashMap::new(), HashMap::new());
+    let (mut targets, mut weights) = (vec![], vec![]);
+    for i in 0..tree.len() {
+        if modes[i] == b"LEAF" {
+            let (c, w) = leaf[&(tree[i], node[i])];
+            leaf_at.insert((tree[i], node[i]), weights.len() as i64);
+            targets.push(c);
+            weights.push(w);
+        } else {
+            branch_at.insert((tree[i], node[i]), branch_at.len() as i64);
+        }
+    }
+    let side = |t: i64, id: i64| match leaf_at.get(&(t, id)) {
+        Some(&j) => (j, 1),
+        None => (branch_at[&(t, id)], 0),
+    };
+    let (mut v5_mode, mut split, mut feat, mut track) = (vec![], vec![], vec![], vec![]);
+    let (mut ty, mut tl, mut fy, mut fl) = (vec![], vec![], vec![], vec![]);
+    let mut roots = vec![];
+    for i in 0..tree.len() {
+        if modes[i] == b"LEAF" {
+            continue;
+        }
+        assert_eq!(modes[i], b"BRANCH_LEQ");
+        if i == 0 || tree[i] != tree[i - 1] {
+            roots.push(branch_at[&(tree[i], node[i])]);
+        }
+        let (mut t, mut f) = (side(tree[i], yes[i]), side(tree[i], no[i]));
+        let (mut code, mut tr) = (0u8, tracks.get(i).copied().unwrap_or(0));
+        if (v.flip)(feat.len()) {
+            std::mem::swap(&mut t, &mut f);
+            (code, tr) = (3, 1 - tr);
+        }
+        v5_mode.push(i32::from(code));
+        split.push(value[i]);
+        feat.push(feature[i]);
+        track.push(tr);
+        ty.push(t.0);
+        tl.push(t.1);
+        fy.push(f.0);
+        fl.push(f.1);
+    }
+    if v.first_tree_twice {
+        roots.push(roots[0]);
+    }
+    let ints = |name: &str, v: Vec<i64>| Attribute {
+        name: name.into(),
+        ints: v,
+        type_: protobuf::EnumOrUnknown::from_i32(7), // INTS
+        ..Default::default()
+    };
+    let int = |name: &str, i: i64| Attribute {
+        name: name.into(),
+        i,
+        type_: protobuf::EnumOrUnknown::from_i32(2), // INT
+        ..Default::default()
+    };
+    let tensor = |name: &str, t: TensorProto| Attribute {
+        name: name.into(),
+        t: Some(t).into(),
+        type_: protobuf::EnumOrUnknown::from_i32(4), // TENSOR
+        ..Default::default()
+    };
+    let floats_t = |v: Vec<f32>| TensorProto {
+        data_type: 1,
+        dims: vec![v.len() as i64],
+        float_data: v,
+        ..Default::default()
+    };
+    NodeProto {
+        op_type: "TreeEnsemble".into(),
+        domain: "ai.onnx.ml".into(),
+        input: vec!["input".into()],
+        output: vec![v.output.into()],
+        attribute: vec![
+            int("n_targets", v.targets),
+            int("aggregate_function", v.aggregate),
+            int("post_transform", v.post),
+            ints("tree_roots", roots),
+            ints("nodes_featureids", feat),
+            ints("nodes_truenodeids", ty),
+            ints("nodes_trueleafs", tl),
+            ints("nodes_falsenodeids", fy),
+            ints("nodes_falseleafs", fl),
+            ints("nodes_missing_value_tracks_true", track),
+            ints("leaf_targetids", targets),
+            tensor(
+                "nodes_modes",
+                TensorProto {
+                    data_type: 2, // UINT8
+                    dims: vec![v5_mode.len() as i64],
+                    int32_data: v5_mode,
+                    ..Default::default()
+                },
+            ),
+            tensor("nodes_splits", floats_t(split)),
+            tensor("leaf_weights", floats_t(weights)),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The model's `ai.onnx.ml` opset raised to 5 (the `TreeEnsemble` operator's).
+pub fn with_ml_opset_5(m: &mut ModelProto) {
+    for o in &mut m.opset_import {
+        if o.domain == "ai.onnx.ml" {
+            o.version = 5;
+        }
+    }
+}
+
+/// Column `column` of `bytes`, natively, on a fixture's rows against the probabilities Python
+/// onnxruntime gave there (`tests/fixtures/FIXTURE`: `{"rows": [...], "models": {NAME: [[one
+/// per column], ...]}}`, written by scripts/train_multiclass.py and train_forests.py), clamped
+/// to [0, 1] as sluice clamps scores (ONNX Runtime's `1 - s` can be -1e-7).
+pub fn assert_python_column(fixture: &str, name: &str, bytes: &[u8], column: usize) {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut s = spec("python.onnx");
+    s.probability_column = column;
+    let mut native = NativeScorer::compile(&s, bytes).unwrap();
+    let got = score_rows(&mut native, &rows_of(&fx["rows"]), 16);
+    let theirs = fx["models"][name].as_array().unwrap();
+    assert_eq!(theirs.len(), got.len());
+    for (i, (g, row)) in got.iter().zip(theirs).enumerate() {
+        let w = row[column].as_f64().unwrap().clamp(0.0, 1.0);
+        assert!(
+            (f64::from(*g) - w).abs() < 1e-5,
+            "{name} column {column} row {i}: native {g} vs python {w}"
+        );
+    }
+}

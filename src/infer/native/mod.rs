@@ -109,14 +109,20 @@ impl NativeScorer {
         }
     }
 
-    /// Column `k` of a tree core with several outputs, before its post transform: its leaves'
-    /// sum (averaged for AVERAGE) plus its base, as ONNX Runtime accumulates it.
+    /// Column `k` of an `Outputs` core, before its post transform: its leaves'
+    /// sum (averaged for AVERAGE) plus its base, as ONNX Runtime accumulates it (NaN for
+    /// another core).
     #[inline]
-    fn output_score(
-        (outputs, base, average_over): (&[Option<Trees>], &[f32], Option<f32>),
-        k: usize,
-        row: &[f32],
-    ) -> f32 {
+    fn output_score(core: &Core, k: usize, row: &[f32]) -> f32 {
+        let Core::Outputs {
+            outputs,
+            base,
+            average_over,
+            ..
+        } = core
+        else {
+            return f32::NAN;
+        };
         let s = outputs
             .get(k)
             .and_then(Option::as_ref)
@@ -128,6 +134,34 @@ impl NativeScorer {
         s + base.get(k).copied().unwrap_or(0.0)
     }
 
+    /// A binary tree classifier's columns for one row, from its accumulated score s (leaves
+    /// plus base) as ONNX Runtime's binary case writes it: [1 - s, s] when every weight is >= 0
+    /// (s is then the positive class's probability), else [-s, s], each under the logistic if
+    /// the model has it. `None` for another core.
+    #[inline]
+    fn binary_columns(core: &Core, row: &[f32]) -> Option<impl Fn(usize) -> f32> {
+        let Core::BinaryTrees {
+            trees,
+            base,
+            logistic: with_logistic,
+            all_positive,
+        } = core
+        else {
+            return None;
+        };
+        let s = trees.sum(row) + base;
+        let (with_logistic, all_positive) = (*with_logistic, *all_positive);
+        Some(move |c: usize| {
+            let signed = if c == 0 { -s } else { s };
+            match (all_positive, with_logistic) {
+                (true, _) if c == 0 => 1.0 - s,
+                (true, _) => s,
+                (false, true) => logistic(signed),
+                (false, false) => signed,
+            }
+        })
+    }
+
     /// The probability column alone (`column_alone`).
     #[inline]
     fn column_value(&self, row: &[f32]) -> f32 {
@@ -135,34 +169,11 @@ impl NativeScorer {
         let c = self.column;
         let mut v = match &plan.core {
             Core::Linear(l) => l.score_one(row, c),
-            Core::BinaryTrees {
-                trees,
-                base,
-                logistic: with_logistic,
-                all_positive,
-            } => {
-                let s = trees.sum(row) + base;
-                // As `columns` writes the pair, one side of it.
-                let signed = if c == 0 { -s } else { s };
-                match (*all_positive, *with_logistic) {
-                    (true, _) => {
-                        if c == 0 {
-                            1.0 - s
-                        } else {
-                            s
-                        }
-                    }
-                    (false, true) => logistic(signed),
-                    (false, false) => signed,
-                }
+            Core::BinaryTrees { .. } => {
+                Self::binary_columns(&plan.core, row).map_or(f32::NAN, |column| column(c))
             }
-            Core::Outputs {
-                outputs,
-                base,
-                average_over,
-                post,
-            } => {
-                let mut v = Self::output_score((outputs, base, *average_over), c, row);
+            Core::Outputs { post, .. } => {
+                let mut v = Self::output_score(&plan.core, c, row);
                 // Per column (`column_alone`).
                 post.apply(std::slice::from_mut(&mut v));
                 v
@@ -180,34 +191,16 @@ impl NativeScorer {
         let plan = &*self.plan;
         match &plan.core {
             Core::Linear(l) => l.score(row, cols),
-            Core::BinaryTrees {
-                trees,
-                base,
-                logistic: with_logistic,
-                all_positive,
-            } => {
-                let s = trees.sum(row) + base;
-                // ONNX Runtime's binary case: one accumulated score s written as two columns.
-                // Weights all >= 0 mean s is already the positive class's probability.
-                let pair = if *all_positive {
-                    [1.0 - s, s]
-                } else if *with_logistic {
-                    [logistic(-s), logistic(s)]
-                } else {
-                    [-s, s]
-                };
-                for (c, v) in cols.iter_mut().zip(pair) {
-                    *c = v;
+            Core::BinaryTrees { .. } => {
+                if let Some(column) = Self::binary_columns(&plan.core, row) {
+                    for (c, v) in cols.iter_mut().enumerate() {
+                        *v = column(c);
+                    }
                 }
             }
-            Core::Outputs {
-                outputs,
-                base,
-                average_over,
-                post,
-            } => {
+            Core::Outputs { post, .. } => {
                 for (k, c) in cols.iter_mut().enumerate() {
-                    *c = Self::output_score((outputs, base, *average_over), k, row);
+                    *c = Self::output_score(&plan.core, k, row);
                 }
                 post.apply(cols);
             }
