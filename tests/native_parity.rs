@@ -391,12 +391,13 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
         .find(|a| a.name == "base_values")
         .unwrap()
         .floats[0];
-    let v5 = tree_ensemble_v5(
+    let mut v5 = tree_ensemble_v5(
         &old,
         &V5 {
             targets: 1,
             aggregate: if variant == "average" { 0 } else { 1 },
-            post: 0,
+            // PROBIT, the one post transform ONNX Runtime applies to a single target.
+            post: if variant == "probit" { 4 } else { 0 },
             // "modes": every other branch as x > t with its sides (and NaN's side) swapped;
             // "gt": every branch so (one mode, NaN to the true side everywhere).
             flip: match variant {
@@ -408,28 +409,58 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
             output: "raw",
         },
     );
-    g.node = vec![
-        v5,
-        NodeProto {
-            op_type: "Add".into(),
-            input: vec!["raw".into(), "base".into()],
-            output: vec!["z".into()],
+    if variant == "probit" {
+        // PROBIT reads a probability: leaves w * 0.01 + 0.005, so 100 trees sum to 0.5 plus a
+        // hundredth of the GBDT's raw score (about -10..10).
+        let leaves = v5
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "leaf_weights")
+            .unwrap();
+        let t = leaves.t.as_mut().unwrap();
+        t.float_data.iter_mut().for_each(|w| *w = *w * 0.01 + 0.005);
+    }
+    // Under PROBIT, `x * 0.4 + 0.5` (exact in both engines) instead of base and Sigmoid (whose
+    // last bits differ between them), so the probits are compared to the bit.
+    let (tail, constants) = if variant == "probit" {
+        (
+            [
+                ("Mul", "raw", "scale", "z"),
+                ("Add", "z", "shift", "probabilities"),
+            ],
+            vec![("scale", 0.4), ("shift", 0.5)],
+        )
+    } else {
+        (
+            [
+                ("Add", "raw", "base", "z"),
+                ("Sigmoid", "z", "", "probabilities"),
+            ],
+            vec![("base", base)],
+        )
+    };
+    g.node = vec![v5];
+    for (op, a, b, out) in tail {
+        g.node.push(NodeProto {
+            op_type: op.into(),
+            input: [a, b]
+                .into_iter()
+                .filter(|i| !i.is_empty())
+                .map(String::from)
+                .collect(),
+            output: vec![out.into()],
             ..Default::default()
-        },
-        NodeProto {
-            op_type: "Sigmoid".into(),
-            input: vec!["z".into()],
-            output: vec!["probabilities".into()],
+        });
+    }
+    for (name, v) in constants {
+        g.initializer.push(TensorProto {
+            name: name.into(),
+            data_type: 1,
+            dims: vec![1],
+            float_data: vec![v],
             ..Default::default()
-        },
-    ];
-    g.initializer.push(TensorProto {
-        name: "base".into(),
-        data_type: 1,
-        dims: vec![1],
-        float_data: vec![base],
-        ..Default::default()
-    });
+        });
+    }
     one_probability_column(g);
     with_ml_opset_5(&mut m);
     m.write_to_bytes().unwrap()
@@ -438,13 +469,14 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
 /// The opset-5 `TreeEnsemble`: compiled natively and equal to ONNX Runtime's own reading of it
 /// on the probing rows — as the GBDT's trees (then also equal to the classifier's probability),
 /// with mixed modes and NaN sides (walked node by node), one other mode with every NaN to the
-/// true side (walked branch-free too), averaged, and with a tree listed twice in `tree_roots`.
+/// true side (walked branch-free too), averaged, with a tree listed twice in `tree_roots`, and
+/// under PROBIT (leaf weights shrunk so the sums are probabilities).
 #[test]
 fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
     let rows = probing_rows();
     let (mut classifier, _) = both("builtin:fraud_gbdt");
     let same = score_rows(&mut classifier, &rows, 64);
-    for (variant, walk) in ["gbdt", "modes", "gt", "average", "tree twice"]
+    for (variant, walk) in ["gbdt", "modes", "gt", "average", "tree twice", "probit"]
         .into_iter()
         .flat_map(|v| [(v, Walk::Fastest), (v, Walk::NodeByNode)])
     {
@@ -483,7 +515,14 @@ fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
                 "{variant} row {i} {:?}: native {g} vs ONNX Runtime {w}",
                 rows[i]
             );
-            if !variant.starts_with("average") && !variant.starts_with("tree twice") {
+            // To the bit, as every tree sum is (a probit off by 4e-5 near 0 is not).
+            if variant.starts_with("probit") {
+                assert_eq!(g.to_bits(), w.to_bits(), "probit row {i}: {g} vs {w}");
+            }
+            if !["average", "tree twice", "probit"]
+                .iter()
+                .any(|v| variant.starts_with(v))
+            {
                 assert!(
                     (g - c).abs() <= 1e-5,
                     "{variant} row {i}: {g} vs the classifier's {c}"
