@@ -12,7 +12,8 @@ Writes (committed):
   tests/fixtures/multiclass_gbdt.onnx   scikit-learn GradientBoostingClassifier, 40 rounds (120 trees)
   tests/fixtures/multiclass_lgbm.onnx   LightGBM, 40 rounds (onnxmltools)
   tests/fixtures/multiclass_xgb.onnx    XGBoost multi:softprob, 40 rounds (onnxmltools)
-  tests/fixtures/multiclass_hgb.onnx    scikit-learn HistGradientBoostingClassifier, 40 rounds
+  tests/fixtures/multiclass_hgb.onnx    scikit-learn HistGradientBoostingClassifier, at most 40
+                                        rounds (its early stopping keeps 30: 90 trees)
   tests/fixtures/multiclass_parity.json the 64 rows of onnx_parity.json and each model's three
                                         probability columns from Python onnxruntime
 
