@@ -7,13 +7,13 @@
 
 mod common;
 
-use sluice::infer::native::onnx_proto::{Attribute, Message, ModelProto, NodeProto, TensorProto};
+use sluice::infer::native::onnx_proto::{Attribute, Message, ModelProto, NodeProto};
 use sluice::infer::native::Walk;
 use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer};
 
 use common::models::{
-    assert_python_column, compare, probing_rows, score_rows, spec, tree_ensemble_v5,
+    assert_python_column, compare, probing_rows, rescaled, score_rows, spec, tree_ensemble_v5,
     with_ml_opset_5, V5, WIDE,
 };
 
@@ -66,40 +66,6 @@ fn three_class_exports_equal_onnx_runtime_and_python_in_every_column() {
             );
         }
     }
-}
-
-/// `bytes` with its "probabilities" passed through `x * scale + shift` (a Mul and an Add, which
-/// the native engine compiles as steps), so scores outside [0, 1] — raw sums, probits — are
-/// compared inside it rather than clamped.
-fn rescaled(bytes: &[u8], scale: f32, shift: f32) -> Vec<u8> {
-    let mut m = ModelProto::parse_from_bytes(bytes).unwrap();
-    let g = m.graph.as_mut().unwrap();
-    for o in g.node.iter_mut().flat_map(|n| n.output.iter_mut()) {
-        if o == "probabilities" {
-            *o = "unscaled".into();
-        }
-    }
-    for (op, a, k, out) in [
-        ("Mul", "unscaled", "k_scale", "scaled"),
-        ("Add", "scaled", "k_shift", "probabilities"),
-    ] {
-        g.node.push(NodeProto {
-            op_type: op.into(),
-            input: vec![a.into(), k.into()],
-            output: vec![out.into()],
-            ..Default::default()
-        });
-    }
-    for (name, v) in [("k_scale", scale), ("k_shift", shift)] {
-        g.initializer.push(TensorProto {
-            name: name.into(),
-            data_type: 1,
-            dims: vec![1],
-            float_data: vec![v],
-            ..Default::default()
-        });
-    }
-    m.write_to_bytes().unwrap()
 }
 
 /// The GBDT fixture's tree operator edited by `edit`.

@@ -12,8 +12,8 @@ use sluice::infer::onnx::model_bytes;
 use sluice::infer::{NativeScorer, OnnxScorer, Scorer};
 
 use common::models::{
-    edited_model, parity_fixture, parity_rows, probing_rows, rows_of, score_rows, set_attr_s, spec,
-    tree_ensemble_v5, with_ml_opset_5, V5,
+    edited_model, parity_fixture, parity_rows, probing_rows, rescaled, rows_of, score_rows,
+    set_attr_s, spec, tree_ensemble_v5, with_ml_opset_5, V5,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -406,12 +406,18 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
                 _ => |_| false,
             },
             first_tree_twice: variant == "tree twice",
-            output: "raw",
+            output: if variant == "probit" {
+                "probabilities"
+            } else {
+                "raw"
+            },
         },
     );
     if variant == "probit" {
         // PROBIT reads a probability: leaves w * 0.01 + 0.005, so 100 trees sum to 0.5 plus a
-        // hundredth of the GBDT's raw score (about -10..10).
+        // hundredth of the GBDT's raw score (about -10..10). Its output then goes through
+        // `x * 0.4 + 0.5` (exact in both engines) rather than base and Sigmoid (whose last
+        // bits differ between them), so the probits are compared to the bit.
         let leaves = v5
             .attribute
             .iter_mut()
@@ -419,48 +425,33 @@ fn gbdt_as_tree_ensemble_v5(variant: &str) -> Vec<u8> {
             .unwrap();
         let t = leaves.t.as_mut().unwrap();
         t.float_data.iter_mut().for_each(|w| *w = *w * 0.01 + 0.005);
+        g.node = vec![v5];
+        one_probability_column(g);
+        with_ml_opset_5(&mut m);
+        return rescaled(&m.write_to_bytes().unwrap(), 0.4, 0.5);
     }
-    // Under PROBIT, `x * 0.4 + 0.5` (exact in both engines) instead of base and Sigmoid (whose
-    // last bits differ between them), so the probits are compared to the bit.
-    let (tail, constants) = if variant == "probit" {
-        (
-            [
-                ("Mul", "raw", "scale", "z"),
-                ("Add", "z", "shift", "probabilities"),
-            ],
-            vec![("scale", 0.4), ("shift", 0.5)],
-        )
-    } else {
-        (
-            [
-                ("Add", "raw", "base", "z"),
-                ("Sigmoid", "z", "", "probabilities"),
-            ],
-            vec![("base", base)],
-        )
-    };
-    g.node = vec![v5];
-    for (op, a, b, out) in tail {
-        g.node.push(NodeProto {
-            op_type: op.into(),
-            input: [a, b]
-                .into_iter()
-                .filter(|i| !i.is_empty())
-                .map(String::from)
-                .collect(),
-            output: vec![out.into()],
+    g.node = vec![
+        v5,
+        NodeProto {
+            op_type: "Add".into(),
+            input: vec!["raw".into(), "base".into()],
+            output: vec!["z".into()],
             ..Default::default()
-        });
-    }
-    for (name, v) in constants {
-        g.initializer.push(TensorProto {
-            name: name.into(),
-            data_type: 1,
-            dims: vec![1],
-            float_data: vec![v],
+        },
+        NodeProto {
+            op_type: "Sigmoid".into(),
+            input: vec!["z".into()],
+            output: vec!["probabilities".into()],
             ..Default::default()
-        });
-    }
+        },
+    ];
+    g.initializer.push(TensorProto {
+        name: "base".into(),
+        data_type: 1,
+        dims: vec![1],
+        float_data: vec![base],
+        ..Default::default()
+    });
     one_probability_column(g);
     with_ml_opset_5(&mut m);
     m.write_to_bytes().unwrap()
