@@ -95,6 +95,10 @@ struct Totals {
     /// Events waiting for a batched cold read when a crash took them (then replayed).
     waiting_lost: u64,
     transactions: u64,
+    /// Transactions the twin broker aborted, and stops the exactly_once sequence decided
+    /// (those, and checkpoints not written while the next transaction held Scores).
+    transactions_aborted: u64,
+    sequence_stops: u64,
     scores_committed: u64,
 }
 
@@ -123,6 +127,8 @@ impl Totals {
         self.scores_while_committing += r.scores_while_committing;
         self.waiting_lost += r.waiting_lost;
         self.transactions += r.transactions;
+        self.transactions_aborted += r.transactions_aborted;
+        self.sequence_stops += r.sequence_stops;
         self.scores_committed += r.scores_committed;
     }
 }

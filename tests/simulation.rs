@@ -34,12 +34,15 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     let spec = spec("budget");
     let (mut crashes, mut restored, mut damaged, mut writer_crashes) = (0, 0, 0, 0);
     let (mut kafka, mut transactions, mut ttl, mut expired) = (0, 0, 0, 0);
+    let (mut aborted, mut stops) = (0, 0);
     for seed in 1..=200 {
         let r = pass(seed, &spec);
         kafka += u64::from(r.kafka);
         ttl += u64::from(r.ttl_ms > 0);
         expired += r.expired;
         transactions += r.transactions;
+        aborted += r.transactions_aborted;
+        stops += r.sequence_stops;
         crashes += r.crashes;
         restored += r.restored_from_checkpoint;
         damaged += r.corrupted;
@@ -55,6 +58,10 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     assert!(restored > 500, "{restored} restores from a checkpoint");
     assert!(kafka > 50, "{kafka} of 200 seeds ran Kafka exactly_once");
     assert!(transactions > 1000, "{transactions} transactions committed");
+    // The product's exactly_once sequence (`shard::exactly_once`) decided stops: commits the
+    // twin broker aborted, checkpoints not written while the next transaction held Scores.
+    assert!(aborted > 20, "{aborted} transactions aborted");
+    assert!(stops > aborted, "{stops} stops the sequence decided");
     assert!(ttl > 20, "{ttl} of 200 seeds ran with a TTL");
     assert!(expired > 1000, "{expired} keys expired");
     let _ = std::fs::remove_dir_all(&spec.dir);
@@ -104,11 +111,13 @@ fn seed_14_a_damaged_checkpoint_left_in_place_pruned_every_new_one() {
 }
 
 #[test]
-fn the_oracle_catches_a_lost_event_a_missing_replay_and_a_wrong_exactly_once_restore() {
+fn the_oracle_catches_a_lost_event_a_missing_replay_a_wrong_exactly_once_restore_and_reordered_scores(
+) {
     for sabotage in [
         Sabotage::LoseEvent,
         Sabotage::NoReplay,
         Sabotage::RestoreNewest,
+        Sabotage::ReorderScores,
     ] {
         let spec = SimSpec {
             sabotage: Some(sabotage),

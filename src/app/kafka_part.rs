@@ -451,7 +451,7 @@ pub(super) fn shard_kafka(
         next_group_commit_ns: 0,
         awaiting: None,
         withheld: 0,
-        commit: None,
+        txn: crate::shard::ExactlyOnce::default(),
         member,
         taking_up: None,
     })

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 
+use super::exactly_once::{self, ExactlyOnce, Transactions};
 use super::ShardCore;
 use crate::egress::kafka::rebuild::{ChangelogRead, Import};
 use crate::egress::kafka::{changelog, rebuild, KafkaSink};
@@ -54,7 +55,7 @@ pub struct ShardKafka {
     pub withheld: u64,
     /// exactly_once: the checkpoint whose transaction is being committed (no Kafka intake
     /// meanwhile, unless the Scores go to a second producer: `Commit`'s `ordered`).
-    pub commit: Option<Commit>,
+    pub txn: ExactlyOnce<TopicPartitionList>,
     /// `ingest.kafka.membership = group`: what moving partitions in and out needs.
     pub member: Option<GroupMember>,
     /// Assigned partitions being rebuilt from the changelog; taken up once every key is in.
@@ -116,30 +117,53 @@ pub struct GroupMember {
     pub checkpoints: std::path::PathBuf,
 }
 
-/// exactly_once: a checkpoint flipped, on its way to its transaction's commit. `producer`
-/// holds its transaction; `ordered`: Kafka records are taken again meanwhile, into the other
-/// producer's transaction (`overlap_commits`), which may start once every Score record of
-/// this one is acknowledged — so a later Score never lands before an earlier one.
-pub enum Commit {
-    /// Being copied and written; the offsets are those it holds, committed with it.
-    Writing {
+/// The service's producers as the exactly_once sequence sees them (the group's metadata a
+/// commit carries comes from the consumer).
+struct Producers<'a> {
+    sink: &'a mut KafkaSink,
+    source: &'a KafkaSource,
+}
+
+impl Transactions for Producers<'_> {
+    type Offsets = TopicPartitionList;
+    type Committed = crate::egress::kafka::Committed;
+    type Error = crate::ingest::kafka::KafkaError;
+
+    fn overlaps(&self) -> bool {
+        self.sink.overlaps()
+    }
+    fn acknowledged(&self, producer: usize) -> bool {
+        self.sink.acknowledged(producer)
+    }
+    fn active(&self) -> usize {
+        self.sink.active()
+    }
+    fn sent_since_switch(&self) -> bool {
+        self.sink.sent_since_switch()
+    }
+    fn switch(&mut self) -> usize {
+        self.sink.switch()
+    }
+    fn send_progress_at_flip(&mut self, producer: usize, seq: u64) -> bool {
+        self.sink.send_progress_at_flip(producer, seq)
+    }
+    fn undelivered(&self) -> u64 {
+        self.sink.undelivered()
+    }
+    fn start_commit(
+        &mut self,
         seq: u64,
         offsets: TopicPartitionList,
-        flipped_ns: u64,
         producer: usize,
-        ordered: bool,
-        /// Its progress record is in the transaction already (sent at the flip).
         progress_sent: bool,
-    },
-    /// On disk; its transaction is being committed on the committer thread.
-    Committing {
-        seq: u64,
-        flipped_ns: u64,
-        /// When the commit started (the checkpoint was on disk).
-        written_ns: u64,
-        producer: usize,
-        ordered: bool,
-    },
+    ) -> Result<(), Self::Error> {
+        let group = self.source.group_metadata();
+        self.sink
+            .start_commit(seq, offsets, group, producer, progress_sent)
+    }
+    fn poll_commit(&mut self) -> Option<Result<Self::Committed, Self::Error>> {
+        self.sink.poll_commit()
+    }
 }
 
 impl ShardKafka {
@@ -155,7 +179,11 @@ impl ShardKafka {
         latency: &mut ShardLatency,
     ) -> usize {
         self.source.refresh_watermarks(fetched_ns);
-        if !self.intake_open(fetched_ns, counters) {
+        let ShardKafka {
+            source, sink, txn, ..
+        } = self;
+        let source = &*source;
+        if !txn.intake_open(&Producers { sink, source }, fetched_ns, counters) {
             // exactly_once: Scores taken now would join the transaction being committed.
             return 0;
         }
@@ -164,7 +192,7 @@ impl ShardKafka {
             return 0;
         }
         let records_max = self.records_max;
-        let committing = self.commit.is_some();
+        let committing = self.txn.commit.is_some();
         let ShardKafka { source, sink, .. } = self;
         let mut sink = EgressSink {
             egress,
@@ -198,39 +226,15 @@ impl ShardKafka {
         taken
     }
 
-    /// exactly_once: may records be taken now? Always without a commit on its way; with one,
-    /// only with two producers and once the flipped transaction's Score records are all
-    /// acknowledged (their reports served by the shard's polls while it is written, by the
-    /// committer's flush while it commits).
-    fn intake_open(&mut self, now_ns: u64, counters: &ShardCounters) -> bool {
-        let ShardKafka { commit, sink, .. } = self;
-        let (producer, ordered, flipped_ns) = match commit {
-            None => return true,
-            Some(Commit::Writing {
-                producer,
-                ordered,
-                flipped_ns,
-                ..
-            })
-            | Some(Commit::Committing {
-                producer,
-                ordered,
-                flipped_ns,
-                ..
-            }) => (*producer, ordered, *flipped_ns),
-        };
-        if !*ordered && sink.overlaps() && sink.acknowledged(producer) {
-            *ordered = true;
-            Self::intake_paused(flipped_ns, now_ns, counters);
-        }
-        *ordered
+    fn input(&self, with_offsets: bool) -> Input {
+        Self::input_of(&self.source, with_offsets)
     }
 
-    fn input(&self, with_offsets: bool) -> Input {
+    fn input_of(source: &KafkaSource, with_offsets: bool) -> Input {
         Input {
-            position: self.source.taken(),
+            position: source.taken(),
             offsets: if with_offsets {
-                self.source.offsets()
+                source.offsets()
             } else {
                 Vec::new()
             },
@@ -250,14 +254,37 @@ impl ShardKafka {
             return Ok(());
         }
         let max_event_ns = core.max_event_ns();
-        if !self.sink.transactional() {
-            self.release_settled(cp, now_ns);
+        if self.sink.transactional() {
+            let ShardKafka {
+                source, sink, txn, ..
+            } = self;
+            let source = &*source;
+            let turned = txn.turn(
+                &mut Producers { sink, source },
+                cp,
+                core.state_mut(),
+                max_event_ns,
+                now_ns,
+                |with_offsets| Self::input_of(source, with_offsets),
+                || source.offsets_list(),
+                counters,
+            );
+            return match turned {
+                Ok(Some(committed)) => {
+                    Self::committed(&committed, counters);
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => {
+                    self.failed = true;
+                    Err(e)
+                }
+            };
         }
-        if self.commit.is_some() {
-            return self.advance_commit(cp, now_ns, core, counters);
-        }
+        // at_least_once.
+        self.release_settled(cp, now_ns);
         if cp.capturing() {
-            // The running snapshot's next slice (at_least_once: its offsets are in it).
+            // The running snapshot's next slice (its offsets are in it).
             cp.tick_with(now_ns, core.state_mut(), max_event_ns, &Input::default());
             return Ok(());
         }
@@ -265,173 +292,40 @@ impl ShardKafka {
             return Ok(());
         }
         let input = self.input(true);
-        if !self.sink.transactional() {
-            // Every Score of what the snapshot holds must be acknowledged before it commits,
-            // or a restart from it would never send the ones still in flight: the flip closes
-            // the producer's epoch, and the writer holds the checkpoint until that epoch and
-            // all before it are acknowledged (`release_settled`). The shard never waits.
-            if self.awaiting.is_some() || !self.sink.begin_epoch() {
-                cp.postpone(now_ns);
-                return Ok(());
-            }
-            // Not flipped (the writer was busy): the epoch opened anyway only makes the next
-            // checkpoint wait for this cycle's Scores too.
-            if let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) {
-                self.awaiting = Some(Awaiting {
-                    seq,
-                    flipped_ns: now_ns,
-                    offsets: input.offsets,
-                });
-            }
+        // Every Score of what the snapshot holds must be acknowledged before it commits, or a
+        // restart from it would never send the ones still in flight: the flip closes the
+        // producer's epoch, and the writer holds the checkpoint until that epoch and all
+        // before it are acknowledged (`release_settled`). The shard never waits.
+        if self.awaiting.is_some() || !self.sink.begin_epoch() {
+            cp.postpone(now_ns);
             return Ok(());
         }
-        let offsets = self.source.offsets_list();
+        // Not flipped (the writer was busy): the epoch opened anyway only makes the next
+        // checkpoint wait for this cycle's Scores too.
         if let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) {
-            // The Scores from here on belong to the next transaction: on the other producer,
-            // with two.
-            let producer = self.sink.switch();
-            let progress_sent = self.sink.send_progress_at_flip(producer, seq);
-            self.commit = Some(Commit::Writing {
+            self.awaiting = Some(Awaiting {
                 seq,
-                offsets,
                 flipped_ns: now_ns,
-                producer,
-                ordered: false,
-                progress_sent,
+                offsets: input.offsets,
             });
         }
         Ok(())
     }
 
-    /// exactly_once, between cycles while a checkpoint is on its way: copy its next slice;
-    /// once the writer has it on disk, start its transaction's commit; once that ends, take
-    /// Kafka records again. Never waits. Err: the commit failed (the caller stops the shard).
-    fn advance_commit(
-        &mut self,
-        cp: &mut Checkpointer,
-        now_ns: u64,
-        core: &mut ShardCore,
-        counters: &ShardCounters,
-    ) -> Result<(), String> {
-        match self.commit.take() {
-            None => Ok(()),
-            Some(Commit::Writing {
-                seq,
-                offsets,
-                flipped_ns,
-                producer,
-                ordered,
-                progress_sent,
-            }) => {
-                cp.step(core.state_mut());
-                match cp.take_outcome() {
-                    None => {
-                        self.commit = Some(Commit::Writing {
-                            seq,
-                            offsets,
-                            flipped_ns,
-                            producer,
-                            ordered,
-                            progress_sent,
-                        });
-                        Ok(())
-                    }
-                    Some(Ok(written)) => {
-                        crate::invariant_eq!(written, seq);
-                        self.check_delivered(None)?;
-                        Self::raise_max(
-                            &counters.kafka_commit_write_max_ns,
-                            now_ns.saturating_sub(flipped_ns),
-                        );
-                        let group = self.source.group_metadata();
-                        match self
-                            .sink
-                            .start_commit(seq, offsets, group, producer, progress_sent)
-                        {
-                            Ok(()) => {
-                                self.commit = Some(Commit::Committing {
-                                    seq,
-                                    flipped_ns,
-                                    written_ns: now_ns,
-                                    producer,
-                                    ordered,
-                                });
-                                Ok(())
-                            }
-                            Err(e) => self.commit_failed(seq, &e, counters),
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if !ordered {
-                            Self::intake_paused(flipped_ns, now_ns, counters);
-                        }
-                        self.not_written(seq, producer, &e)
-                    }
-                }
-            }
-            Some(Commit::Committing {
-                seq,
-                flipped_ns,
-                written_ns,
-                producer,
-                ordered,
-            }) => match self.sink.poll_commit() {
-                None => {
-                    self.commit = Some(Commit::Committing {
-                        seq,
-                        flipped_ns,
-                        written_ns,
-                        producer,
-                        ordered,
-                    });
-                    Ok(())
-                }
-                Some(Ok(committed)) => {
-                    Self::committed(&committed, counters);
-                    let took = now_ns.saturating_sub(written_ns);
-                    Self::raise_max(&counters.kafka_commit_max_ns, took);
-                    tracing::debug!(
-                        seq,
-                        write_us = written_ns.saturating_sub(flipped_ns) / 1_000,
-                        commit_us = took / 1_000,
-                        "exactly_once transaction committed"
-                    );
-                    if !ordered {
-                        Self::intake_paused(flipped_ns, now_ns, counters);
-                    }
-                    Ok(())
-                }
-                Some(Err(e)) => self.commit_failed(seq, &e, counters),
-            },
-        }
-    }
-
-    /// exactly_once: checkpoint `seq` was not written, so its transaction (on `producer`)
-    /// must stay open for the next checkpoint to commit with its Scores. With one producer,
-    /// or when no Score went to the other one since the flip, that is done by making it the
-    /// active one again. Otherwise two transactions hold Scores of state no checkpoint
-    /// holds, and they cannot commit as one: stop (Flink's default too: a failed checkpoint
-    /// fails the job over), and the restart replays from the last committed checkpoint.
+    /// exactly_once: checkpoint `seq` was not written (see `exactly_once::not_written`).
     fn not_written(
         &mut self,
         seq: u64,
         producer: usize,
         e: &dyn std::fmt::Display,
     ) -> Result<(), String> {
-        if self.sink.active() == producer || !self.sink.sent_since_switch() {
-            if self.sink.active() != producer {
-                self.sink.switch();
-            }
-            tracing::error!(
-                seq,
-                "checkpoint not written, its transaction stays open: {e}"
-            );
-            return Ok(());
+        let ShardKafka { source, sink, .. } = self;
+        let source = &*source;
+        let r = exactly_once::not_written(&mut Producers { sink, source }, seq, producer, e);
+        if r.is_err() {
+            self.failed = true;
         }
-        self.failed = true;
-        Err(format!(
-            "exactly_once: checkpoint {seq} was not written ({e}) while Scores after it went into the next transaction; the two cannot commit as one: stopping so a restart replays from the last committed checkpoint"
-        ))
+        r
     }
 
     /// A transaction committed: count it and what its changelog part held.
@@ -517,7 +411,7 @@ impl ShardKafka {
         }
         // Counted before the gauges say so (`cluster status` never shows a move uncounted).
         counters.kafka_partitions_moved_out.add(idx.len() as u64);
-        Self::raise_max(
+        exactly_once::raise_max(
             &counters.kafka_handover_max_ns,
             started.elapsed().as_nanos() as u64,
         );
@@ -832,37 +726,20 @@ impl ShardKafka {
             .is_some_and(|t| matches!(t.stage, RebuildStage::Importing(_)))
     }
 
-    /// How long Kafka intake stood still for a commit (flip to commit), for its gauge.
-    fn intake_paused(flipped_ns: u64, now_ns: u64, counters: &ShardCounters) {
-        Self::raise_max(
-            &counters.kafka_commit_pause_max_ns,
-            now_ns.saturating_sub(flipped_ns),
-        );
-    }
-
-    fn raise_max(gauge: &crate::metrics::Counter, ns: u64) {
-        if ns > gauge.get() {
-            gauge.set(ns);
-        }
-    }
-
     fn commit_failed(
         &mut self,
         seq: u64,
         e: &crate::ingest::kafka::KafkaError,
         counters: &ShardCounters,
     ) -> Result<(), String> {
-        counters.kafka_transactions_failed.inc();
         self.failed = true;
-        Err(format!(
-            "exactly_once: committing checkpoint {seq}'s transaction failed ({e}); it was aborted, and the state is ahead of what Kafka holds: stopping so a restart replays from the last committed checkpoint"
-        ))
+        Err(exactly_once::commit_failed(seq, e, counters))
     }
 
     /// exactly_once: a checkpoint on its way to its commit needs the shard to go on turning
     /// (it copies slices and collects the writer's answer); the committer wakes it.
     pub fn commit_needs_turns(&self) -> bool {
-        matches!(self.commit, Some(Commit::Writing { .. }))
+        self.txn.needs_turns()
     }
 
     /// After each flush: has the producer given up on (or refused) any Score or alert record?
@@ -948,9 +825,9 @@ impl ShardKafka {
         core: &mut ShardCore,
         counters: &ShardCounters,
     ) -> Result<(), String> {
-        match self.commit.take() {
+        match self.txn.commit.take() {
             None => Ok(()),
-            Some(Commit::Writing {
+            Some(exactly_once::Commit::Writing {
                 seq,
                 offsets,
                 producer,
@@ -970,7 +847,7 @@ impl ShardKafka {
                     Err(e) => self.not_written(seq, producer, &e),
                 }
             }
-            Some(Commit::Committing { seq, .. }) => match self.sink.wait_commit() {
+            Some(exactly_once::Commit::Committing { seq, .. }) => match self.sink.wait_commit() {
                 Ok(committed) => {
                     Self::committed(&committed, counters);
                     Ok(())

@@ -7,11 +7,13 @@
 mod cold_reader;
 mod cold_wait;
 mod core;
+mod exactly_once;
 mod kafka;
 mod lifecycle;
 
 pub use self::core::{KafkaRecord, ShardCore};
 pub use cold_reader::ColdReader;
+pub use exactly_once::{Commit, ExactlyOnce, Transactions};
 pub use kafka::{GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
 

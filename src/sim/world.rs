@@ -6,7 +6,7 @@ use std::sync::Arc;
 mod faults;
 mod kafka;
 
-use kafka::{Broker, Partition, Phase, Txn};
+use kafka::{Broker, Partition, Txn};
 
 use super::oracle::{masked, Ev, Image, Oracle};
 use crate::config::Config;
@@ -18,7 +18,7 @@ use crate::ingest::Datagram;
 use crate::loadgen::rng::Rng;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Mesh};
-use crate::shard::{ColdReader, ShardCore};
+use crate::shard::{ColdReader, Commit, ShardCore};
 use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer, Input, RestoreTarget};
 use crate::state::{KeyedState, Spill};
 use crate::wire::EventBatchEncoder;
@@ -53,6 +53,9 @@ pub enum Sabotage {
     /// last committed transaction names (whose offsets the input resumes from). The seed runs
     /// Kafka and crashes at least once.
     RestoreNewest,
+    /// The twin broker appends each batch of acknowledged Scores in reverse order (a key's
+    /// later Score before its earlier one on the Score topic). The seed runs Kafka.
+    ReorderScores,
 }
 
 /// What one seed did.
@@ -105,6 +108,11 @@ pub struct SeedReport {
     pub chain_max: usize,
     /// Kafka: transactions committed, and the Scores they held.
     pub transactions: u64,
+    /// Kafka: transactions the twin broker aborted at their commit (the shard stops).
+    pub transactions_aborted: u64,
+    /// Kafka: stops the exactly_once sequence decided (an aborted commit, a checkpoint not
+    /// written while the next transaction held Scores); each one ends the process.
+    pub sequence_stops: u64,
     pub scores_committed: u64,
     /// A digest of every decision and outcome: equal for two runs of one seed.
     pub digest: u64,
@@ -255,7 +263,7 @@ impl World {
         let coin = rng.below(2) == 0;
         let kafka = match spec.sabotage {
             None => coin,
-            Some(Sabotage::RestoreNewest) => true,
+            Some(Sabotage::RestoreNewest | Sabotage::ReorderScores) => true,
             Some(Sabotage::LoseEvent | Sabotage::NoReplay) => false,
         };
         let dedup = !kafka || rng.below(2) == 0;
@@ -275,7 +283,7 @@ impl World {
         let keep = if kafka { 2 } else { 1 } + keep_extra;
         let crash_per_mille = CRASH_PER_MILLE[rng.below(3) as usize];
         let crashes_max = match spec.sabotage {
-            None => rng.below(CRASHES_MAX + 1),
+            None | Some(Sabotage::ReorderScores) => rng.below(CRASHES_MAX + 1),
             Some(Sabotage::LoseEvent) => 0,
             Some(Sabotage::NoReplay | Sabotage::RestoreNewest) => 1 + rng.below(CRASHES_MAX),
         };
@@ -399,6 +407,7 @@ impl World {
             partitions,
             broker: Broker {
                 progress: vec![None; shards],
+                reverse: spec.sabotage == Some(Sabotage::ReorderScores),
                 ..Broker::default()
             },
             rng,
@@ -503,7 +512,7 @@ impl World {
             let seq = restored.unwrap_or(0);
             self.trace(format_args!("shard {id} restored checkpoint {seq}"));
             self.mix(seq);
-            let mut txn = Txn::default();
+            let mut txn = Txn::new(self.report.overlap_commits, &mut self.broker);
             if self.kafka {
                 let (named, offsets) = progress.unwrap_or_default();
                 let held = point
@@ -673,10 +682,10 @@ impl World {
                     .nodes
                     .iter()
                     .map(|n| {
-                        let phase = match &n.txn.phase {
-                            Phase::Open => "open",
-                            Phase::Writing { .. } => "writing",
-                            Phase::Committing { .. } => "committing",
+                        let phase = match &n.txn.sequence.commit {
+                            None => "open",
+                            Some(Commit::Writing { .. }) => "writing",
+                            Some(Commit::Committing { .. }) => "committing",
                         };
                         format!(
                             "shard {}: {phase}, positions {:?}, writer queue {}, capturing {}",

@@ -1,7 +1,8 @@
 //! Kafka mode: partitions owned by shards, the exactly_once sequence of `shard::kafka`, and
 //! the twin broker whose committed transactions are what survives a crash.
 
-use crate::shard::KafkaRecord;
+use crate::route;
+use crate::shard::{ExactlyOnce, KafkaRecord, Transactions};
 use crate::state::checkpoint::{Input, PartitionOffset};
 use crate::wire::ScoreOut;
 
@@ -15,48 +16,182 @@ pub(super) struct Partition {
     pub(super) tag: u64,
 }
 
-/// A shard's exactly_once side, in the sequence `shard::kafka::ShardKafka` follows: take
-/// records while no checkpoint is on its way; flip one with the offsets taken so far; once
-/// the writer has it on disk, commit the transaction (its Scores, and the offsets and the
-/// checkpoint's seq in the progress record) — a step of its own, so a crash can land between
-/// the checkpoint and the commit; then take records again. With `overlap_commits` records
-/// are taken from the flip on, their Scores in the next transaction (`next`; the product's
-/// second producer); a checkpoint not written while `next` holds Scores stops the process.
-#[derive(Default)]
+/// A shard's exactly_once side: its partitions' positions and the product's own sequence
+/// (`shard::exactly_once`, which `shard::kafka::ShardKafka` runs over rdkafka) over the twin
+/// producers below. Taking records, flipping a checkpoint, starting its commit once the
+/// writer has it on disk, and what a checkpoint not written does to the open transactions
+/// are the service's code; the broker's side of a commit is a step of its own, so a crash
+/// can land between the checkpoint and the commit.
 pub(super) struct Txn {
     /// (partition index, next offset) of the partitions this shard owns.
     pub(super) positions: Vec<(usize, u64)>,
-    pub(super) phase: Phase,
-    /// Scores produced in the open transaction (lost if the process dies before it commits).
-    pub(super) pending: Vec<ScoreOut>,
-    /// Scores produced after the flip of the checkpoint on its way (`overlap_commits`): the
-    /// next transaction's, lost too if the process dies before that one commits.
-    pub(super) next: Vec<ScoreOut>,
+    pub(super) sequence: ExactlyOnce<Vec<PartitionOffset>>,
+    pub(super) producers: TwinProducers,
 }
 
+impl Txn {
+    pub(super) fn new(overlap_commits: bool, broker: &mut Broker) -> Self {
+        Self {
+            positions: Vec::new(),
+            sequence: ExactlyOnce::default(),
+            producers: TwinProducers {
+                count: if overlap_commits { 2 } else { 1 },
+                txn: [broker.begin(), broker.begin()],
+                ..TwinProducers::default()
+            },
+        }
+    }
+}
+
+/// A shard's transactional producer(s) on the twin broker: one, or two with
+/// `overlap_commits`. What a crash takes: every open transaction (aborted), and Scores not
+/// yet acknowledged.
 #[derive(Default)]
-pub(super) enum Phase {
-    #[default]
-    Open,
-    Writing {
+pub(super) struct TwinProducers {
+    count: usize,
+    active: usize,
+    sent_since_switch: bool,
+    /// Each producer's open transaction: its id at the broker, its Scores (the first
+    /// `appended` of them acknowledged: in the broker's log), and the progress records
+    /// (checkpoint seqs) sent into it at flips.
+    txn: [u64; 2],
+    open: [Vec<ScoreOut>; 2],
+    appended: [usize; 2],
+    progress: [Vec<u64>; 2],
+    /// The commit started and not yet performed by the broker: checkpoint seq, offsets,
+    /// producer.
+    started: Option<(u64, Vec<PartitionOffset>, usize)>,
+    /// How the broker ended it, until `poll_commit` collects it.
+    ended: Option<Result<(), String>>,
+}
+
+impl TwinProducers {
+    /// A cycle's Scores, handed to the active producer (into its open transaction).
+    pub(super) fn send(&mut self, scores: impl Iterator<Item = ScoreOut>) {
+        let open = &mut self.open[self.active];
+        let before = open.len();
+        open.extend(scores);
+        if open.len() > before {
+            self.sent_since_switch = true;
+        }
+    }
+}
+
+impl Transactions for TwinProducers {
+    type Offsets = Vec<PartitionOffset>;
+    type Committed = ();
+    type Error = String;
+
+    fn overlaps(&self) -> bool {
+        self.count > 1
+    }
+    fn acknowledged(&self, producer: usize) -> bool {
+        self.open
+            .get(producer)
+            .is_none_or(|open| open.len() == self.appended[producer])
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn sent_since_switch(&self) -> bool {
+        self.sent_since_switch
+    }
+    fn switch(&mut self) -> usize {
+        let closed = self.active;
+        if self.count > 1 {
+            self.active = (self.active + 1) % self.count;
+        }
+        self.sent_since_switch = false;
+        closed
+    }
+    fn send_progress_at_flip(&mut self, producer: usize, seq: u64) -> bool {
+        self.progress[producer].push(seq);
+        true
+    }
+    fn undelivered(&self) -> u64 {
+        0
+    }
+    fn start_commit(
+        &mut self,
         seq: u64,
         offsets: Vec<PartitionOffset>,
-    },
-    Committing {
-        seq: u64,
-        offsets: Vec<PartitionOffset>,
-    },
+        producer: usize,
+        progress_sent: bool,
+    ) -> Result<(), String> {
+        if self.started.is_some() || self.ended.is_some() {
+            return Err(format!(
+                "checkpoint {seq}: a commit started while another one runs"
+            ));
+        }
+        if !progress_sent {
+            self.progress[producer].push(seq);
+        }
+        self.started = Some((seq, offsets, producer));
+        Ok(())
+    }
+    fn poll_commit(&mut self) -> Option<Result<(), String>> {
+        self.ended.take()
+    }
 }
 
 /// The simulated broker: what survives a crash. A transaction's Scores and progress record
 /// become visible together when it commits; an open one is aborted by the crash.
 #[derive(Default)]
 pub(super) struct Broker {
+    /// The Score topic's log, in the order records were acknowledged (appended): key, seq,
+    /// and the transaction that holds it. A read_committed reader sees the committed ones in
+    /// this order.
+    pub(super) log: Vec<(u64, u64, u64)>,
+    /// Transactions committed (ids), and the next id to hand out.
+    pub(super) committed: std::collections::BTreeSet<u64>,
+    pub(super) next_txn: u64,
+    /// `Sabotage::ReorderScores`.
+    pub(super) reverse: bool,
     /// Committed Scores: (key, seq) -> the count the Score carried.
     pub(super) scores: std::collections::BTreeMap<(u64, u64), u64>,
     /// Per shard: the checkpoint its last committed transaction names, and the offsets
     /// committed with it.
     pub(super) progress: Vec<Option<(u64, Vec<PartitionOffset>)>>,
+}
+
+impl Broker {
+    /// A new transaction's id.
+    pub(super) fn begin(&mut self) -> u64 {
+        self.next_txn += 1;
+        self.next_txn
+    }
+
+    /// Producer `p`'s Scores not yet acknowledged are appended to the log.
+    fn append(&mut self, twin: &mut TwinProducers, p: usize) {
+        let from = twin.appended[p];
+        let id = twin.txn[p];
+        let at = self.log.len();
+        self.log
+            .extend(twin.open[p][from..].iter().map(|s| (s.key, s.seq, id)));
+        if self.reverse {
+            self.log[at..].reverse();
+        }
+        twin.appended[p] = twin.open[p].len();
+    }
+
+    /// What a read_committed reader of the Score topic sees: each key's Scores in its
+    /// events' order.
+    fn check_order(&self) -> Result<(), String> {
+        let mut last = std::collections::BTreeMap::new();
+        for &(key, seq, txn) in &self.log {
+            if !self.committed.contains(&txn) {
+                continue;
+            }
+            if let Some(prev) = last.insert(key, seq) {
+                if seq <= prev {
+                    return Err(format!(
+                        "the Score topic holds key {key:#x}'s seq {seq} after its seq {prev}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl World {
@@ -80,6 +215,7 @@ impl World {
     /// restart restores all of it.
     pub(super) fn end_kafka(&mut self) -> Result<(), String> {
         self.check_final("at the end")?;
+        self.broker.check_order()?;
         let mut count: std::collections::BTreeMap<u64, u64> = Default::default();
         let mut observations = 0;
         for e in self.log.iter().filter(|e| !e.feedback) {
@@ -124,15 +260,20 @@ impl World {
         Ok(())
     }
 
-    /// Kafka: the shard takes its next 1-3 records (none while a checkpoint is on its way to
-    /// its commit, unless the seed overlaps commits) and applies them in offset order; their
-    /// Scores join the open transaction (the next one, while a checkpoint is on its way).
+    /// Kafka: the shard takes its next 1-3 records when the product's sequence lets it (no
+    /// checkpoint on its way, or with `overlap_commits` once the flipped transaction's Scores
+    /// are acknowledged) and applies them in offset order; their Scores go to the active
+    /// producer's open transaction.
     pub(super) fn take(&mut self, id: usize) -> Result<(), String> {
         let n = 1 + self.rng.below(3);
-        let overlap = self.report.overlap_commits;
         let node = &mut self.nodes[id];
-        let on_its_way = !matches!(node.txn.phase, Phase::Open);
-        if (on_its_way && !overlap) || node.txn.positions.is_empty() {
+        let txn = &mut node.txn;
+        let on_its_way = txn.sequence.commit.is_some();
+        if !txn
+            .sequence
+            .intake_open(&txn.producers, self.now, &node.counters)
+            || txn.positions.is_empty()
+        {
             return Ok(());
         }
         let at = self.rng.below(node.txn.positions.len() as u64) as usize;
@@ -160,89 +301,107 @@ impl World {
             node.txn.positions[at].1 = offset + 1;
         }
         node.core.finish_cycle(self.now, &mut self.sink);
-        let into = if on_its_way {
+        if on_its_way {
             self.report.scores_while_committing += self.sink.len() as u64;
-            &mut node.txn.next
-        } else {
-            &mut node.txn.pending
-        };
-        into.extend(self.sink.drain(..).map(|(_, s)| s.score));
+        }
+        node.txn
+            .producers
+            .send(self.sink.drain(..).map(|(_, s)| s.score));
         self.mix(n << 16 | p as u64);
         self.refused(id)
     }
 
-    /// Kafka: the checkpoint side of exactly_once (`ShardKafka::checkpoint`): copy the running
-    /// snapshot's next slice; once written, move to the commit; or flip one if due, recording
-    /// the offsets taken so far.
+    /// Kafka: the shard's checkpoint turn, `ShardKafka::checkpoint`'s exactly_once path run
+    /// by the same code: advance the checkpoint on its way (start its commit once written;
+    /// take up the next once its commit ended) or flip one if due. A stop the sequence
+    /// decides (a checkpoint not written with Scores in the next transaction, a commit
+    /// aborted) ends the process as the service's would.
     pub(super) fn kafka_checkpoint(&mut self, id: usize) -> Result<(), String> {
+        let now = self.now;
         let node = &mut self.nodes[id];
         let max = node.core.max_event_ns();
-        match std::mem::take(&mut node.txn.phase) {
-            Phase::Writing { seq, offsets } => {
-                node.cp.step(node.core.state_mut());
-                node.txn.phase = match node.cp.take_outcome() {
-                    None => Phase::Writing { seq, offsets },
-                    Some(Ok(written)) if written == seq => Phase::Committing { seq, offsets },
-                    // Not written, nothing taken since the flip: the transaction stays open;
-                    // the next checkpoint commits its Scores too.
-                    Some(_) if node.txn.next.is_empty() => {
-                        self.report.checkpoints_failed += 1;
-                        Phase::Open
-                    }
-                    // Scores in two transactions that cannot commit as one: the product stops
-                    // (`ShardKafka::not_written`), and restarts from the last committed one.
-                    Some(_) => {
-                        self.report.checkpoints_failed += 1;
-                        return self.crash(&format!(
-                            "shard {id}: checkpoint {seq} not written with Scores in the next transaction: the service stops"
-                        ));
-                    }
-                };
-            }
-            Phase::Committing { seq, offsets } => {
-                node.txn.phase = Phase::Committing { seq, offsets };
-            }
-            Phase::Open => {
-                let offsets: Vec<PartitionOffset> = node
-                    .txn
-                    .positions
-                    .iter()
-                    .map(|&(p, next)| PartitionOffset {
-                        topic: "sim".into(),
-                        partition: p as i32,
-                        next: next as i64,
-                    })
-                    .collect();
-                let input = Input {
-                    // Rises with every record taken: the offsets' sum.
-                    position: node.txn.positions.iter().map(|&(_, next)| next).sum(),
-                    offsets: offsets.clone(),
-                };
-                if !node.cp.due(self.now, node.core.state(), &input) {
-                    return Ok(());
-                }
-                if let Some(seq) = node
-                    .cp
-                    .tick_with(self.now, node.core.state_mut(), max, &input)
-                {
-                    node.txn.phase = Phase::Writing { seq, offsets };
-                }
+        let offsets: Vec<PartitionOffset> = node
+            .txn
+            .positions
+            .iter()
+            .map(|&(p, next)| PartitionOffset {
+                topic: "sim".into(),
+                partition: p as i32,
+                next: next as i64,
+            })
+            .collect();
+        // Rises with every record taken: the offsets' sum.
+        let position = node.txn.positions.iter().map(|&(_, next)| next).sum();
+        let failed_before = node.cp.stats.failed;
+        let Txn {
+            sequence,
+            producers,
+            ..
+        } = &mut node.txn;
+        let turned = sequence.turn(
+            producers,
+            &mut node.cp,
+            node.core.state_mut(),
+            max,
+            now,
+            |with_offsets| Input {
+                position,
+                offsets: if with_offsets {
+                    offsets.clone()
+                } else {
+                    Vec::new()
+                },
+            },
+            || offsets.clone(),
+            &node.counters,
+        );
+        let failed = node.cp.stats.failed - failed_before;
+        self.report.checkpoints_failed += failed;
+        match turned {
+            Ok(_) => Ok(()),
+            Err(stop) => {
+                self.report.sequence_stops += 1;
+                self.crash(&format!("shard {id} stops: {stop}"))
             }
         }
-        Ok(())
     }
 
-    /// Kafka: commit the transaction whose checkpoint is on disk: its Scores, and the
-    /// progress record naming the checkpoint and its offsets, visible together.
+    /// Kafka: the broker's turn for shard `id`: one producer's Scores handed over are
+    /// acknowledged (appended to the Score topic's log; with two producers, which one is the
+    /// seed's pick, so their records interleave as the product's ordering rule allows), and
+    /// the commit the shard started (if any) is performed — its producer's last Scores
+    /// appended, then they and the newest progress record in its transaction, with its
+    /// offsets, visible together — or, while faults are on, sometimes aborted (the shard then
+    /// stops, as the service does).
     pub(super) fn commit(&mut self, id: usize) -> Result<(), String> {
+        let abort = self.faults_on() && route::mix64(self.seed ^ self.step ^ 0xAB07) % 40 == 0;
+        let pick = (route::mix64(self.seed ^ self.step ^ 0xAC4) % 2) as usize;
         let node = &mut self.nodes[id];
-        if !matches!(node.txn.phase, Phase::Committing { .. }) {
-            return Ok(());
-        }
-        let Phase::Committing { seq, offsets } = std::mem::take(&mut node.txn.phase) else {
+        let twin = &mut node.txn.producers;
+        self.broker.append(twin, pick % twin.count.max(1));
+        let Some((seq, offsets, producer)) = twin.started.take() else {
             return Ok(());
         };
-        for s in node.txn.pending.drain(..) {
+        self.broker.append(twin, producer);
+        let scores = std::mem::take(&mut twin.open[producer]);
+        let progress = std::mem::take(&mut twin.progress[producer]);
+        let id_of = std::mem::replace(&mut twin.txn[producer], self.broker.begin());
+        twin.appended[producer] = 0;
+        if abort {
+            self.report.transactions_aborted += 1;
+            twin.ended = Some(Err("the broker aborted the transaction".into()));
+            self.mix(seq ^ 0xAB07);
+            return Ok(());
+        }
+        twin.ended = Some(Ok(()));
+        // The service restores the checkpoint the newest progress record names.
+        let named = progress.last().copied();
+        if named != Some(seq) {
+            return Err(format!(
+                "shard {id}: the transaction committing checkpoint {seq} holds progress records {progress:?}"
+            ));
+        }
+        for s in scores {
             if let Some(before) = self.broker.scores.insert((s.key, s.seq), s.count) {
                 return Err(format!(
                     "shard {id}, transaction of checkpoint {seq}: a second Score for key {:#x} seq {} (counts {before} and {})",
@@ -250,8 +409,7 @@ impl World {
                 ));
             }
         }
-        // The next transaction (the other producer's) is the open one now.
-        node.txn.pending = std::mem::take(&mut node.txn.next);
+        self.broker.committed.insert(id_of);
         self.broker.progress[id] = Some((seq, offsets));
         self.report.transactions += 1;
         self.mix(seq);
