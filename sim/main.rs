@@ -84,6 +84,9 @@ struct Totals {
     seeds_with_crashes: u64,
     kafka_seeds: u64,
     ttl_seeds: u64,
+    /// Kafka seeds at_least_once (the rest exactly_once), and Scores they delivered twice.
+    at_least_once_seeds: u64,
+    scores_redelivered: u64,
     /// Seeds whose misses waited for batched cold reads (`state.cold_wait_max` > 0).
     cold_wait_seeds: u64,
     /// Of those, seeds whose reads were made off the shard (landing while later events came).
@@ -121,6 +124,8 @@ impl Totals {
         self.seeds_with_crashes += u64::from(r.crashes > 0);
         self.kafka_seeds += u64::from(r.kafka);
         self.ttl_seeds += u64::from(r.ttl_ms > 0);
+        self.at_least_once_seeds += u64::from(r.at_least_once);
+        self.scores_redelivered += r.scores_redelivered;
         self.cold_wait_seeds += u64::from(r.cold_wait_max > 0);
         self.cold_reads_deferred_seeds += u64::from(r.cold_reads_deferred);
         self.overlap_seeds += u64::from(r.overlap_commits);

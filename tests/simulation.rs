@@ -34,7 +34,7 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     let spec = spec("budget");
     let (mut crashes, mut restored, mut damaged, mut writer_crashes) = (0, 0, 0, 0);
     let (mut kafka, mut transactions, mut ttl, mut expired) = (0, 0, 0, 0);
-    let (mut aborted, mut stops) = (0, 0);
+    let (mut aborted, mut stops, mut at_least_once, mut redelivered) = (0, 0, 0, 0);
     for seed in 1..=200 {
         let r = pass(seed, &spec);
         kafka += u64::from(r.kafka);
@@ -42,6 +42,8 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
         expired += r.expired;
         transactions += r.transactions;
         aborted += r.transactions_aborted;
+        at_least_once += u64::from(r.at_least_once);
+        redelivered += r.scores_redelivered;
         stops += r.sequence_stops;
         crashes += r.crashes;
         restored += r.restored_from_checkpoint;
@@ -62,6 +64,13 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     // twin broker aborted, checkpoints not written while the next transaction held Scores.
     assert!(aborted > 20, "{aborted} transactions aborted");
     assert!(stops > aborted, "{stops} stops the sequence decided");
+    // at_least_once seeds ran the service's own sequence (`shard::at_least_once`) and a
+    // replay delivered Scores again (at least once, never with another count).
+    assert!(
+        at_least_once > 15,
+        "{at_least_once} seeds ran at_least_once"
+    );
+    assert!(redelivered > 1000, "{redelivered} Scores delivered twice");
     assert!(ttl > 20, "{ttl} of 200 seeds ran with a TTL");
     assert!(expired > 1000, "{expired} keys expired");
     let _ = std::fs::remove_dir_all(&spec.dir);
@@ -88,12 +97,16 @@ fn seeds_on_rocksdb_pass_and_run_as_on_the_twin() {
 #[test]
 fn a_seed_replays_exactly() {
     let spec = spec("replay");
-    for seed in [3, 77] {
+    let mut at_least_once = false;
+    for seed in [3, 77, 4] {
         let a = pass(seed, &spec);
         let b = pass(seed, &spec);
         assert!(a.crashes > 0, "seed {seed} should crash: {a:?}");
         assert_eq!(a, b, "seed {seed} ran differently twice");
+        at_least_once |= a.at_least_once;
     }
+    // The gated writer waits for the sequence's word: replayed the same way too.
+    assert!(at_least_once, "seed 4 runs Kafka at_least_once");
     let _ = std::fs::remove_dir_all(&spec.dir);
 }
 
@@ -111,13 +124,13 @@ fn seed_14_a_damaged_checkpoint_left_in_place_pruned_every_new_one() {
 }
 
 #[test]
-fn the_oracle_catches_a_lost_event_a_missing_replay_a_wrong_exactly_once_restore_and_reordered_scores(
-) {
+fn the_oracle_catches_lost_events_no_replay_a_wrong_restore_reordered_scores_and_unsent_acks() {
     for sabotage in [
         Sabotage::LoseEvent,
         Sabotage::NoReplay,
         Sabotage::RestoreNewest,
         Sabotage::ReorderScores,
+        Sabotage::AckUnsent,
     ] {
         let spec = SimSpec {
             sabotage: Some(sabotage),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 
+use super::at_least_once::{AtLeastOnce, Epochs};
 use super::exactly_once::{self, ExactlyOnce, Transactions};
 use super::ShardCore;
 use crate::egress::kafka::rebuild::{ChangelogRead, Import};
@@ -17,20 +18,6 @@ use crate::ingest::kafka::RebalanceEvent;
 use crate::metrics::{ShardCounters, ShardLatency};
 use crate::shard::core::KafkaRecord;
 use crate::state::checkpoint::{Checkpointer, Input};
-
-/// How long a flipped at_least_once checkpoint may wait for the Scores produced before it to
-/// be acknowledged before it is dropped (counted as failed; the next one is full). The shard
-/// never waits: it serves on, and the checkpoint's writer holds it written but uncommitted.
-const SETTLE_TIMEOUT_NS: u64 = 5_000_000_000;
-
-/// An at_least_once checkpoint written (or being written) and not yet committed: it commits
-/// once every Score record produced before its flip is acknowledged.
-pub struct Awaiting {
-    seq: u64,
-    flipped_ns: u64,
-    /// The offsets it holds, committed to the group when it commits.
-    offsets: Vec<crate::state::checkpoint::PartitionOffset>,
-}
 
 /// Kafka for a shard that started without it (the brokers did not answer at start): called
 /// between cycles, None until the partitions are dealt, then the shard's Kafka side and its
@@ -50,9 +37,7 @@ pub struct ShardKafka {
     /// Without checkpoints: when the group's offsets are next committed.
     pub next_group_commit_ns: u64,
     /// at_least_once: the checkpoint waiting for its Scores' acknowledgements.
-    pub awaiting: Option<Awaiting>,
-    /// Checkpoints dropped because their Scores were not acknowledged in time (for logs).
-    pub withheld: u64,
+    pub acks: AtLeastOnce,
     /// exactly_once: the checkpoint whose transaction is being committed (no Kafka intake
     /// meanwhile, unless the Scores go to a second producer: `Commit`'s `ordered`).
     pub txn: ExactlyOnce<TopicPartitionList>,
@@ -166,6 +151,18 @@ impl Transactions for Producers<'_> {
     }
 }
 
+impl Epochs for Producers<'_> {
+    fn begin_epoch(&mut self) -> bool {
+        self.sink.begin_epoch()
+    }
+    fn settled_before_open_epoch(&self) -> bool {
+        self.sink.settled_before_open_epoch()
+    }
+    fn commit_offsets_to_group(&mut self, offsets: &[crate::state::checkpoint::PartitionOffset]) {
+        self.source.commit_offsets_to_group(offsets);
+    }
+}
+
 impl ShardKafka {
     /// Take up to `records_max` records and apply each (unless the producer has too many
     /// Score records unacknowledged: then none, counted, and the broker's lag grows instead
@@ -241,8 +238,9 @@ impl ShardKafka {
         }
     }
 
-    /// Between cycles, after the flush: a checkpoint if due, and its Kafka side. Err: an
-    /// exactly_once commit failed (the caller stops the shard).
+    /// Between cycles, after the flush: a checkpoint if due, and its Kafka side — the
+    /// delivery mode's sequence (`shard::exactly_once`, `shard::at_least_once`) over the real
+    /// producers. Err: exactly_once must stop (the caller stops the shard).
     pub fn checkpoint(
         &mut self,
         cp: &mut Checkpointer,
@@ -281,34 +279,18 @@ impl ShardKafka {
                 }
             };
         }
-        // at_least_once.
-        self.release_settled(cp, now_ns);
-        if cp.capturing() {
-            // The running snapshot's next slice (its offsets are in it).
-            cp.tick_with(now_ns, core.state_mut(), max_event_ns, &Input::default());
-            return Ok(());
-        }
-        if !cp.due(now_ns, core.state(), &self.input(false)) {
-            return Ok(());
-        }
-        let input = self.input(true);
-        // Every Score of what the snapshot holds must be acknowledged before it commits, or a
-        // restart from it would never send the ones still in flight: the flip closes the
-        // producer's epoch, and the writer holds the checkpoint until that epoch and all
-        // before it are acknowledged (`release_settled`). The shard never waits.
-        if self.awaiting.is_some() || !self.sink.begin_epoch() {
-            cp.postpone(now_ns);
-            return Ok(());
-        }
-        // Not flipped (the writer was busy): the epoch opened anyway only makes the next
-        // checkpoint wait for this cycle's Scores too.
-        if let Some(seq) = cp.tick_with(now_ns, core.state_mut(), max_event_ns, &input) {
-            self.awaiting = Some(Awaiting {
-                seq,
-                flipped_ns: now_ns,
-                offsets: input.offsets,
-            });
-        }
+        let ShardKafka {
+            source, sink, acks, ..
+        } = self;
+        let source = &*source;
+        acks.turn(
+            &mut Producers { sink, source },
+            cp,
+            core.state_mut(),
+            max_event_ns,
+            now_ns,
+            |with_offsets| Self::input_of(source, with_offsets),
+        );
         Ok(())
     }
 
@@ -756,37 +738,12 @@ impl ShardKafka {
             return Ok(());
         }
         self.failed = true;
-        if let (Some(a), Some(cp)) = (self.awaiting.take(), cp) {
-            cp.release(a.seq, false);
+        if let Some(cp) = cp {
+            self.acks.drop_awaiting(cp);
         }
         Err(format!(
             "{lost} Kafka Score record(s) were not delivered (see the error above); no checkpoint or offset commit moves past them: stopping so a restart replays from the last committed one and sends them again"
         ))
-    }
-
-    /// at_least_once: commit the awaiting checkpoint once the Scores before its flip are all
-    /// acknowledged; drop it if they are not within `SETTLE_TIMEOUT_NS`.
-    fn release_settled(&mut self, cp: &Checkpointer, now_ns: u64) {
-        let Some(a) = &self.awaiting else {
-            return;
-        };
-        if self.sink.settled_before_open_epoch() {
-            cp.release(a.seq, true);
-            self.source.commit_offsets_to_group(&a.offsets);
-            self.awaiting = None;
-        } else if now_ns.saturating_sub(a.flipped_ns) > SETTLE_TIMEOUT_NS {
-            cp.release(a.seq, false);
-            self.withheld += 1;
-            if self.withheld.is_power_of_two() {
-                tracing::warn!(
-                    seq = a.seq,
-                    withheld = self.withheld,
-                    "checkpoint dropped: Score records produced before it were not acknowledged within {} s (broker slow or gone); the next one is full",
-                    SETTLE_TIMEOUT_NS / 1_000_000_000
-                );
-            }
-            self.awaiting = None;
-        }
     }
 
     /// exactly_once, checkpoint `seq` durable: commit its transaction with the offsets.
@@ -898,9 +855,7 @@ impl ShardKafka {
         if !self.sink.transactional() {
             if !self.sink.settle(Duration::from_secs(10)) {
                 tracing::error!("Scores still unacknowledged at shutdown: no last checkpoint (a restart replays from the previous one)");
-                if let Some(a) = self.awaiting.take() {
-                    cp.release(a.seq, false);
-                }
+                self.acks.drop_awaiting(cp);
                 return;
             }
             if let Err(e) = self.check_delivered(Some(cp)) {
@@ -908,10 +863,10 @@ impl ShardKafka {
                 return;
             }
             // Everything is acknowledged: the checkpoint waiting for that commits now.
-            if let Some(a) = self.awaiting.take() {
-                cp.release(a.seq, true);
-                self.source.commit_offsets_to_group(&a.offsets);
-            }
+            let ShardKafka {
+                source, sink, acks, ..
+            } = self;
+            acks.release_now(&mut Producers { sink, source }, cp);
             if cp
                 .finish_with(core.state_mut(), max_event_ns, &input)
                 .is_some()

@@ -4,6 +4,7 @@
 //! routed to. Idle shards spin `shards.idle_spins` turns, then park until a datagram, a wake-up
 //! from another shard, or `shards.park_timeout_us`.
 
+mod at_least_once;
 mod cold_reader;
 mod cold_wait;
 mod core;
@@ -12,6 +13,7 @@ mod kafka;
 mod lifecycle;
 
 pub use self::core::{KafkaRecord, ShardCore};
+pub use at_least_once::{AtLeastOnce, Epochs};
 pub use cold_reader::ColdReader;
 pub use exactly_once::{Commit, ExactlyOnce, Transactions};
 pub use kafka::{GroupMember, KafkaAttach, ShardKafka};

@@ -56,6 +56,10 @@ pub enum Sabotage {
     /// The twin broker appends each batch of acknowledged Scores in reverse order (a key's
     /// later Score before its earlier one on the Score topic). The seed runs Kafka.
     ReorderScores,
+    /// at_least_once: the twin producer says the Scores before the open epoch are all
+    /// acknowledged when they are not, so checkpoints commit ahead of their Scores. The seed
+    /// runs Kafka at_least_once on the slowest broker and crashes at least once.
+    AckUnsent,
 }
 
 /// What one seed did.
@@ -73,8 +77,12 @@ pub struct SeedReport {
     /// reads land at steps the seed picks, while later events go on), as
     /// `state.cold_reader = thread` does.
     pub cold_reads_deferred: bool,
-    /// Kafka seeds: `egress.kafka.overlap_commits` — records are taken while a checkpoint is
-    /// on its way to its commit, their Scores in the next transaction.
+    /// Kafka seeds: `egress.kafka.delivery = at_least_once` (the service's default) instead
+    /// of exactly_once: Scores are delivered as they are acknowledged, and a checkpoint
+    /// commits once the Scores before its flip are all acknowledged.
+    pub at_least_once: bool,
+    /// Kafka exactly_once seeds: `egress.kafka.overlap_commits` — records are taken while a
+    /// checkpoint is on its way to its commit, their Scores in the next transaction.
     pub overlap_commits: bool,
     /// Of those records' Scores, how many (committed later or lost by a crash).
     pub scores_while_committing: u64,
@@ -110,6 +118,8 @@ pub struct SeedReport {
     pub transactions: u64,
     /// Kafka: transactions the twin broker aborted at their commit (the shard stops).
     pub transactions_aborted: u64,
+    /// at_least_once: Scores delivered a second time (a replay after a crash).
+    pub scores_redelivered: u64,
     /// Kafka: stops the exactly_once sequence decided (an aborted commit, a checkpoint not
     /// written while the next transaction held Scores); each one ends the process.
     pub sequence_stops: u64,
@@ -263,7 +273,7 @@ impl World {
         let coin = rng.below(2) == 0;
         let kafka = match spec.sabotage {
             None => coin,
-            Some(Sabotage::RestoreNewest | Sabotage::ReorderScores) => true,
+            Some(Sabotage::RestoreNewest | Sabotage::ReorderScores | Sabotage::AckUnsent) => true,
             Some(Sabotage::LoseEvent | Sabotage::NoReplay) => false,
         };
         let dedup = !kafka || rng.below(2) == 0;
@@ -285,7 +295,9 @@ impl World {
         let crashes_max = match spec.sabotage {
             None | Some(Sabotage::ReorderScores) => rng.below(CRASHES_MAX + 1),
             Some(Sabotage::LoseEvent) => 0,
-            Some(Sabotage::NoReplay | Sabotage::RestoreNewest) => 1 + rng.below(CRASHES_MAX),
+            Some(Sabotage::NoReplay | Sabotage::RestoreNewest | Sabotage::AckUnsent) => {
+                1 + rng.below(CRASHES_MAX)
+            }
         };
         // Keys spread over the hash space (they route to every shard); a few producers.
         let key_ids: Vec<u64> = (0..keys).map(|_| rng.next_u64()).collect();
@@ -362,7 +374,13 @@ impl World {
         // table: from the seed itself, so the world's other draws stay as they were.
         let cold_wait = [0usize, 1, 3, 8, 256][(route::mix64(seed ^ 0xC01D) % 5) as usize];
         let cold_reads_deferred = !kafka && cold_wait > 0 && route::mix64(seed ^ 0xA5C0) % 2 == 0;
-        let overlap_commits = kafka && route::mix64(seed ^ 0x0E7A) % 2 == 0;
+        // A third of the Kafka seeds run at_least_once (the sabotages that need exactly_once
+        // keep it); drawn from the seed alone, as the choices above.
+        let at_least_once = match spec.sabotage {
+            None => kafka && route::mix64(seed ^ 0xA71E) % 3 == 0,
+            Some(s) => s == Sabotage::AckUnsent,
+        };
+        let overlap_commits = kafka && !at_least_once && route::mix64(seed ^ 0x0E7A) % 2 == 0;
         let sets = [
             "model.kind=linear".to_owned(),
             format!("state.cold_wait_max={cold_wait}"),
@@ -408,6 +426,7 @@ impl World {
             broker: Broker {
                 progress: vec![None; shards],
                 reverse: spec.sabotage == Some(Sabotage::ReorderScores),
+                ack_unsent: spec.sabotage == Some(Sabotage::AckUnsent),
                 ..Broker::default()
             },
             rng,
@@ -441,6 +460,7 @@ impl World {
                 hot_capacity: hot,
                 cold_wait_max: cold_wait,
                 cold_reads_deferred,
+                at_least_once,
                 overlap_commits,
                 ttl_ms,
                 events: spec.events,
@@ -484,6 +504,8 @@ impl World {
             let progress = self.broker.progress[id].clone();
             let target = match (self.kafka, &progress) {
                 (false, _) => RestoreTarget::Newest,
+                // at_least_once: the newest checkpoint committed on disk.
+                _ if self.report.at_least_once => RestoreTarget::Newest,
                 _ if self.sabotage == Some(Sabotage::RestoreNewest) => RestoreTarget::Newest,
                 (true, Some((seq, _))) => RestoreTarget::Exactly(*seq),
                 (true, None) => RestoreTarget::Nothing,
@@ -512,13 +534,28 @@ impl World {
             let seq = restored.unwrap_or(0);
             self.trace(format_args!("shard {id} restored checkpoint {seq}"));
             self.mix(seq);
-            let mut txn = Txn::new(self.report.overlap_commits, &mut self.broker);
+            let mut txn = Txn::new(
+                self.report.overlap_commits,
+                self.report.at_least_once,
+                &mut self.broker,
+            );
             if self.kafka {
-                let (named, offsets) = progress.unwrap_or_default();
                 let held = point
                     .as_ref()
                     .map(|p| p.manifest.kafka_offsets.clone())
                     .unwrap_or_default();
+                let (named, offsets) = if self.report.at_least_once {
+                    // The newest checkpoint the run saw committed, or one after it.
+                    if seq < self.committed[id] {
+                        return Err(format!(
+                            "shard {id} restored checkpoint {seq}, but {} was committed",
+                            self.committed[id]
+                        ));
+                    }
+                    (seq, held.clone())
+                } else {
+                    progress.unwrap_or_default()
+                };
                 if seq != named || held != offsets {
                     return Err(format!(
                         "shard {id}: restored checkpoint {seq} with offsets {held:?}, the last committed transaction names {named} with {offsets:?}"
@@ -557,7 +594,8 @@ impl World {
                 words,
                 next_seq: seq + 1,
                 restored,
-                gated: false,
+                // at_least_once: a checkpoint commits when the sequence releases it.
+                gated: self.report.at_least_once,
             })
             .map_err(|e| format!("shard {id}: checkpointer: {e}"))?;
             cp.wait_ready();
@@ -586,7 +624,11 @@ impl World {
             });
         }
         self.nodes = nodes;
-        self.check_restored()
+        self.check_restored()?;
+        if self.report.at_least_once {
+            self.check_scores_below_offsets()?;
+        }
+        Ok(())
     }
 
     /// After a restore: every key's state is the fold of a prefix of its events (none lost
@@ -733,6 +775,15 @@ impl World {
     fn finished(&self) -> bool {
         if !self.kafka {
             return self.producers.iter().all(|p| p.next >= p.events.len());
+        }
+        if self.report.at_least_once {
+            // Every record taken and every Score delivered (the stop at the end commits it).
+            return self.nodes.iter().all(|n| n.txn.producers.settled())
+                && self
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .all(|(p, part)| self.position(p) >= part.records.len());
         }
         self.partitions.iter().enumerate().all(|(p, part)| {
             self.broker.progress[part.shard]

@@ -47,7 +47,7 @@ impl World {
                 }
                 Ok(())
             }
-            WriterRun::Idle => Ok(()),
+            WriterRun::Idle | WriterRun::Held => Ok(()),
         }
     }
 

@@ -1,8 +1,9 @@
-//! Kafka mode: partitions owned by shards, the exactly_once sequence of `shard::kafka`, and
-//! the twin broker whose committed transactions are what survives a crash.
+//! Kafka mode: partitions owned by shards, the service's own at_least_once and exactly_once
+//! sequences (`shard::at_least_once`, `shard::exactly_once`), and the twin broker whose
+//! delivered Scores and committed transactions are what survives a crash.
 
 use crate::route;
-use crate::shard::{ExactlyOnce, KafkaRecord, Transactions};
+use crate::shard::{AtLeastOnce, Epochs, ExactlyOnce, KafkaRecord, Transactions};
 use crate::state::checkpoint::{Input, PartitionOffset};
 use crate::wire::ScoreOut;
 
@@ -16,26 +17,31 @@ pub(super) struct Partition {
     pub(super) tag: u64,
 }
 
-/// A shard's exactly_once side: its partitions' positions and the product's own sequence
-/// (`shard::exactly_once`, which `shard::kafka::ShardKafka` runs over rdkafka) over the twin
-/// producers below. Taking records, flipping a checkpoint, starting its commit once the
-/// writer has it on disk, and what a checkpoint not written does to the open transactions
-/// are the service's code; the broker's side of a commit is a step of its own, so a crash
+/// A shard's Kafka side: its partitions' positions and the product's own sequences
+/// (`shard::exactly_once` / `shard::at_least_once`, which `shard::kafka::ShardKafka` runs over
+/// rdkafka) over the twin producers below. Taking records, flipping a checkpoint, starting
+/// its commit once the writer has it on disk (exactly_once) or releasing it once its Scores
+/// are acknowledged (at_least_once), and what a checkpoint not written does to the open
+/// transactions are the service's code; the broker's side is a step of its own, so a crash
 /// can land between the checkpoint and the commit.
 pub(super) struct Txn {
     /// (partition index, next offset) of the partitions this shard owns.
     pub(super) positions: Vec<(usize, u64)>,
     pub(super) sequence: ExactlyOnce<Vec<PartitionOffset>>,
+    pub(super) acks: AtLeastOnce,
     pub(super) producers: TwinProducers,
 }
 
 impl Txn {
-    pub(super) fn new(overlap_commits: bool, broker: &mut Broker) -> Self {
+    pub(super) fn new(overlap_commits: bool, at_least_once: bool, broker: &mut Broker) -> Self {
         Self {
             positions: Vec::new(),
             sequence: ExactlyOnce::default(),
+            acks: AtLeastOnce::default(),
             producers: TwinProducers {
                 count: if overlap_commits { 2 } else { 1 },
+                at_least_once,
+                ack_unsent: broker.ack_unsent,
                 txn: [broker.begin(), broker.begin()],
                 ..TwinProducers::default()
             },
@@ -43,12 +49,23 @@ impl Txn {
     }
 }
 
+/// The service's epoch slots (`egress::kafka`'s `EPOCHS`): a flip may not open an epoch whose
+/// slot still has Scores in flight.
+const EPOCHS: u64 = 4;
+
 /// A shard's transactional producer(s) on the twin broker: one, or two with
 /// `overlap_commits`. What a crash takes: every open transaction (aborted), and Scores not
 /// yet acknowledged.
 #[derive(Default)]
 pub(super) struct TwinProducers {
     count: usize,
+    /// at_least_once: one idempotent producer, each Score tagged with the epoch it was sent
+    /// in and delivered when the broker acknowledges it (`in_flight`, in send order).
+    at_least_once: bool,
+    /// `Sabotage::AckUnsent`.
+    ack_unsent: bool,
+    epoch: u64,
+    in_flight: std::collections::VecDeque<(ScoreOut, u64)>,
     active: usize,
     sent_since_switch: bool,
     /// Each producer's open transaction: its id at the broker, its Scores (the first
@@ -67,13 +84,49 @@ pub(super) struct TwinProducers {
 
 impl TwinProducers {
     /// A cycle's Scores, handed to the active producer (into its open transaction).
+    /// Nothing in flight (at_least_once).
+    pub(super) fn settled(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
     pub(super) fn send(&mut self, scores: impl Iterator<Item = ScoreOut>) {
+        if self.at_least_once {
+            let epoch = self.epoch;
+            self.in_flight.extend(scores.map(|s| (s, epoch)));
+            return;
+        }
         let open = &mut self.open[self.active];
         let before = open.len();
         open.extend(scores);
         if open.len() > before {
             self.sent_since_switch = true;
         }
+    }
+}
+
+impl Epochs for TwinProducers {
+    fn begin_epoch(&mut self) -> bool {
+        let next = self.epoch + 1;
+        if self
+            .in_flight
+            .iter()
+            .any(|&(_, e)| e % EPOCHS == next % EPOCHS)
+        {
+            return false;
+        }
+        self.epoch = next;
+        true
+    }
+    fn settled_before_open_epoch(&self) -> bool {
+        self.ack_unsent
+            || self
+                .in_flight
+                .iter()
+                .all(|&(_, e)| e % EPOCHS == self.epoch % EPOCHS)
+    }
+    fn commit_offsets_to_group(&mut self, _offsets: &[PartitionOffset]) {
+        // The service restores from the checkpoint's own offsets; the group's are for lag
+        // tools and a start without a checkpoint, which the simulation does not make.
     }
 }
 
@@ -147,6 +200,8 @@ pub(super) struct Broker {
     pub(super) next_txn: u64,
     /// `Sabotage::ReorderScores`.
     pub(super) reverse: bool,
+    /// `Sabotage::AckUnsent` (the slowest broker too).
+    pub(super) ack_unsent: bool,
     /// Committed Scores: (key, seq) -> the count the Score carried.
     pub(super) scores: std::collections::BTreeMap<(u64, u64), u64>,
     /// Per shard: the checkpoint its last committed transaction names, and the offsets
@@ -195,27 +250,86 @@ impl Broker {
 }
 
 impl World {
-    /// Kafka: events of `key` in the records below its partition's committed offset.
+    /// Kafka: the next offset partition `p`'s owner takes; right after a restart, where it
+    /// resumes (its restored checkpoint's offset; exactly_once checks it is the committed one).
+    pub(super) fn position(&self, p: usize) -> usize {
+        let part = &self.partitions[p];
+        self.nodes[part.shard]
+            .txn
+            .positions
+            .iter()
+            .find(|&&(q, _)| q == p)
+            .map_or(0, |&(_, next)| next as usize)
+    }
+
+    /// Kafka, right after a restart: events of `key` in the records below the offsets the
+    /// partitions resume from.
     pub(super) fn committed_events(&self, key: u64) -> usize {
         let mut n = 0;
         for (p, part) in self.partitions.iter().enumerate() {
-            let next = self.broker.progress[part.shard]
-                .as_ref()
-                .and_then(|(_, offs)| offs.iter().find(|o| o.partition == p as i32))
-                .map_or(0, |o| o.next as usize);
-            for rec in part.records.iter().take(next) {
+            for rec in part.records.iter().take(self.position(p)) {
                 n += rec.iter().filter(|&&i| self.log[i].key == key).count();
             }
         }
         n
     }
 
+    /// at_least_once, right after a restart: every Observation below the offsets the
+    /// partitions resume from has a delivered Score (a checkpoint commits only once the
+    /// Scores before its flip are acknowledged; the replay resumes after them).
+    pub(super) fn check_scores_below_offsets(&self) -> Result<(), String> {
+        for (p, part) in self.partitions.iter().enumerate() {
+            let next = self.position(p);
+            for (offset, rec) in part.records.iter().take(next).enumerate() {
+                for e in rec.iter().map(|&i| &self.log[i]).filter(|e| !e.feedback) {
+                    if !self.broker.scores.contains_key(&(e.key, e.seq)) {
+                        return Err(format!(
+                            "restarted at offset {next} of partition {p}: the Score of key {:#x} seq {} (offset {offset}) was never delivered",
+                            e.key, e.seq
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kafka, every record committed: the state is the fold of everything, every Observation
     /// has exactly one committed Score (checked at each commit) carrying its count, and a
-    /// restart restores all of it.
+    /// restart restores all of it. at_least_once: every record taken and every Score
+    /// delivered; the shards stop as the service does (the awaiting checkpoint released, a
+    /// last one written) and every Observation has a Score carrying its count (some
+    /// delivered twice, each time with it).
     pub(super) fn end_kafka(&mut self) -> Result<(), String> {
         self.check_final("at the end")?;
-        self.broker.check_order()?;
+        if self.report.at_least_once {
+            for n in &mut self.nodes {
+                let max = n.core.max_event_ns();
+                let offsets = n
+                    .txn
+                    .positions
+                    .iter()
+                    .map(|&(p, next)| PartitionOffset {
+                        topic: "sim".into(),
+                        partition: p as i32,
+                        next: next as i64,
+                    })
+                    .collect();
+                let input = Input {
+                    position: n.txn.positions.iter().map(|&(_, next)| next).sum(),
+                    offsets,
+                };
+                let Txn {
+                    acks, producers, ..
+                } = &mut n.txn;
+                acks.release_now(producers, &n.cp);
+                if let Some(seq) = n.cp.finish_with(n.core.state_mut(), max, &input) {
+                    self.committed[n.core.id] = self.committed[n.core.id].max(seq);
+                }
+            }
+        } else {
+            self.broker.check_order()?;
+        }
         let mut count: std::collections::BTreeMap<u64, u64> = Default::default();
         let mut observations = 0;
         for e in self.log.iter().filter(|e| !e.feedback) {
@@ -332,7 +446,37 @@ impl World {
             .collect();
         // Rises with every record taken: the offsets' sum.
         let position = node.txn.positions.iter().map(|&(_, next)| next).sum();
-        let failed_before = node.cp.stats.failed;
+        let input = |with_offsets| Input {
+            position,
+            offsets: if with_offsets {
+                offsets.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        let (written_before, failed_before) = (node.cp.stats.written, node.cp.stats.failed);
+        if node.txn.producers.at_least_once {
+            let Txn {
+                acks, producers, ..
+            } = &mut node.txn;
+            acks.turn(
+                producers,
+                &mut node.cp,
+                node.core.state_mut(),
+                max,
+                now,
+                input,
+            );
+            // The service does not ask; the run keeps the newest committed for its checks (a
+            // flip in the same turn clears the outcome, so from the counts).
+            let stats = &node.cp.stats;
+            self.report.checkpoints_committed += stats.written - written_before;
+            self.report.checkpoints_failed += stats.failed - failed_before;
+            if stats.written > written_before {
+                self.committed[id] = self.committed[id].max(stats.last_seq);
+            }
+            return Ok(());
+        }
         let Txn {
             sequence,
             producers,
@@ -344,14 +488,7 @@ impl World {
             node.core.state_mut(),
             max,
             now,
-            |with_offsets| Input {
-                position,
-                offsets: if with_offsets {
-                    offsets.clone()
-                } else {
-                    Vec::new()
-                },
-            },
+            input,
             || offsets.clone(),
             &node.counters,
         );
@@ -378,6 +515,35 @@ impl World {
         let pick = (route::mix64(self.seed ^ self.step ^ 0xAC4) % 2) as usize;
         let node = &mut self.nodes[id];
         let twin = &mut node.txn.producers;
+        if twin.at_least_once {
+            // A prefix of the Scores in flight is acknowledged (delivered), in send order; on
+            // a slow broker (a third of the seeds each: every 4th or 16th turn) Scores stay in
+            // flight for longer, across checkpoints' flips and writes.
+            let slow = if self.broker.ack_unsent {
+                16
+            } else {
+                [1, 4, 16][(route::mix64(self.seed ^ 0x510) % 3) as usize]
+            };
+            let n = if route::mix64(self.seed ^ self.step ^ 0xAC6) % slow == 0 {
+                route::mix64(self.seed ^ self.step ^ 0xAC5) % (twin.in_flight.len() as u64 + 1)
+            } else {
+                0
+            };
+            for (s, _) in twin.in_flight.drain(..n as usize) {
+                // At least once: a replay may deliver a Score again, always with its count.
+                if let Some(before) = self.broker.scores.insert((s.key, s.seq), s.count) {
+                    if before != s.count {
+                        return Err(format!(
+                            "shard {id}: two Scores for key {:#x} seq {} with counts {before} and {}",
+                            s.key, s.seq, s.count
+                        ));
+                    }
+                    self.report.scores_redelivered += 1;
+                }
+            }
+            self.mix(n);
+            return Ok(());
+        }
         self.broker.append(twin, pick % twin.count.max(1));
         let Some((seq, offsets, producer)) = twin.started.take() else {
             return Ok(());

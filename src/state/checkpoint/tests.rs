@@ -940,6 +940,56 @@ fn a_gated_checkpoint_is_written_but_commits_only_when_released() {
     assert_eq!(dump(&back), state_first);
 }
 
+/// The simulation's stepped writer, gated (at_least_once): a checkpoint waits in the queue,
+/// unwritten, until its word comes; a word for another checkpoint is not its; released, it
+/// is written and committed; dropped, it fails and leaves nothing.
+#[test]
+fn a_stepped_gated_checkpoint_waits_for_its_word() {
+    let d = Dir::new("stepped-gated");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = Checkpointer::start_stepped(CheckpointSpec {
+        gated: true,
+        ..spec(&d, "L1", 1, 50, (3, 0))
+    })
+    .unwrap();
+    cp.wait_ready();
+    load(&mut s, 0..2);
+    let first = cp.tick_with(1, &mut s, 0, &Input::default()).unwrap();
+    until_write_queued(&mut cp, &mut s);
+    assert_eq!(cp.run_writer(None), WriterRun::Held);
+    cp.release(first + 100, true);
+    assert_eq!(
+        cp.run_writer(None),
+        WriterRun::Held,
+        "another checkpoint's word"
+    );
+    assert!(!d
+        .root()
+        .join(format!("{}.tmp", name(first)))
+        .join("hot.bin")
+        .exists());
+    cp.release(first, true);
+    assert_eq!(cp.run_writer(None), WriterRun::Ran);
+    cp.step(&mut s);
+    assert_eq!(cp.take_outcome(), Some(Ok(first)));
+    assert!(d.root().join(name(first)).join("COMMIT").is_file());
+    let at_first = dump(&s);
+    load(&mut s, 2..4);
+    let second = cp.tick_with(2, &mut s, 0, &Input::default()).unwrap();
+    until_write_queued(&mut cp, &mut s);
+    assert_eq!(cp.run_writer(None), WriterRun::Held);
+    cp.release(second, false);
+    assert_eq!(cp.run_writer(None), WriterRun::Ran);
+    cp.step(&mut s);
+    assert!(matches!(cp.take_outcome(), Some(Err(_))));
+    assert!(!d.root().join(name(second)).exists());
+    drop(cp);
+    drop(s);
+    let (back, seq) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(seq, Some(first));
+    assert_eq!(dump(&back), at_first);
+}
+
 /// Every checkpoint's change set (`read_changes`), applied in order to a map standing for
 /// the compacted changelog, gives back the state at that checkpoint: each present key's
 /// record exactly, through spills, reloads and TTL expiry, incremental and full checkpoints.

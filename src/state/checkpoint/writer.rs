@@ -217,7 +217,7 @@ impl Checkpointer {
 
     /// A checkpointer whose writer work waits in a queue until `run_writer` does it, on the
     /// caller's thread: the deterministic simulation decides when the writer makes progress
-    /// and where it crashes. Never gated.
+    /// and where it crashes. Gated, a checkpoint waits in the queue until it is released.
     pub fn start_stepped(spec: CheckpointSpec) -> Result<Self, CheckpointError> {
         Self::with_link(spec, true)
     }
@@ -254,6 +254,8 @@ impl Checkpointer {
                 queue: std::collections::VecDeque::new(),
                 done: std::collections::VecDeque::new(),
                 core,
+                gate: gate_rx,
+                released: std::collections::BTreeMap::new(),
             }))
         } else {
             // A flip queues a Spill and later a Write: never more than two jobs.
@@ -301,7 +303,7 @@ impl Checkpointer {
             outcome: None,
             reserve: (buffer_bytes + journal_bytes(journal_records, words)) as u64,
             failing: 0,
-            gated: gated && !stepped,
+            gated,
             gate,
             fail_next,
             stats: CheckpointStats::default(),
@@ -788,6 +790,8 @@ pub enum CrashPoint {
 pub enum WriterRun {
     /// Nothing was queued.
     Idle,
+    /// The next piece is a gated checkpoint not yet released (`Checkpointer::release`).
+    Held,
     Ran,
     /// The injected crash happened: the caller must drop this process's state now.
     Crashed,
@@ -798,14 +802,36 @@ struct Stepped {
     queue: std::collections::VecDeque<Work>,
     done: std::collections::VecDeque<Done>,
     core: WriterCore,
+    /// The shard's words on gated checkpoints (`release`), and those read but not yet used.
+    gate: Gate,
+    released: std::collections::BTreeMap<u64, bool>,
 }
 
 impl Stepped {
     fn run_one(&mut self, fault: Option<WriterFault>) -> WriterRun {
+        // A gated checkpoint waits (unwritten) for the shard's word; the thread writes it
+        // first and then waits, which a crash leaves as the same: nothing renamed into place.
+        let mut word = None;
+        if let Some(Work::Write(job)) = self.queue.front() {
+            if job.gated {
+                while let Ok((seq, commit)) = self.gate.try_recv() {
+                    self.released.insert(seq, commit);
+                }
+                let seq = job.manifest.seq;
+                let Some(commit) = self.released.remove(&seq) else {
+                    return WriterRun::Held;
+                };
+                // Words for older checkpoints (failed before this point) are never needed.
+                self.released.retain(|&s, _| s > seq);
+                let (tx, rx) = mpsc::channel();
+                let _ = tx.send((seq, commit));
+                word = Some(rx);
+            }
+        }
         let Some(work) = self.queue.pop_front() else {
             return WriterRun::Idle;
         };
-        match self.core.run(work, None, fault) {
+        match self.core.run(work, word.as_ref(), fault) {
             Step::Answer(d) => self.done.push_back(d),
             Step::Quiet => {}
             Step::Crashed => return WriterRun::Crashed,
