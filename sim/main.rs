@@ -70,6 +70,9 @@ struct Totals {
     steps: u64,
     crashes: u64,
     writer_crashes: u64,
+    /// Crashes that were power losses, and the checkpoint file operations they undid.
+    power_losses: u64,
+    ops_undone: u64,
     restores: u64,
     restored_from_checkpoint: u64,
     checkpoints_committed: u64,
@@ -110,6 +113,8 @@ impl Totals {
         self.steps += r.steps;
         self.crashes += r.crashes;
         self.writer_crashes += r.writer_crashes;
+        self.power_losses += r.power_losses;
+        self.ops_undone += r.ops_undone;
         self.restores += r.restores;
         self.restored_from_checkpoint += r.restored_from_checkpoint;
         self.checkpoints_committed += r.checkpoints_committed;

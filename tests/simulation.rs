@@ -35,6 +35,7 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     let (mut crashes, mut restored, mut damaged, mut writer_crashes) = (0, 0, 0, 0);
     let (mut kafka, mut transactions, mut ttl, mut expired) = (0, 0, 0, 0);
     let (mut aborted, mut stops, mut at_least_once, mut redelivered) = (0, 0, 0, 0);
+    let (mut power_losses, mut undone) = (0, 0);
     for seed in 1..=200 {
         let r = pass(seed, &spec);
         kafka += u64::from(r.kafka);
@@ -42,6 +43,8 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
         expired += r.expired;
         transactions += r.transactions;
         aborted += r.transactions_aborted;
+        power_losses += r.power_losses;
+        undone += r.ops_undone;
         at_least_once += u64::from(r.at_least_once);
         redelivered += r.scores_redelivered;
         stops += r.sequence_stops;
@@ -71,6 +74,9 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
         "{at_least_once} seeds ran at_least_once"
     );
     assert!(redelivered > 1000, "{redelivered} Scores delivered twice");
+    // Power losses took back checkpoint file operations no directory sync had made durable.
+    assert!(power_losses > 300, "{power_losses} power losses");
+    assert!(undone > 300, "{undone} file operations undone by them");
     assert!(ttl > 20, "{ttl} of 200 seeds ran with a TTL");
     assert!(expired > 1000, "{expired} keys expired");
     let _ = std::fs::remove_dir_all(&spec.dir);

@@ -93,6 +93,10 @@ pub struct SeedReport {
     /// Process deaths (spontaneous, and the writer's injected crashes).
     pub crashes: u64,
     pub writer_crashes: u64,
+    /// Crashes that were power losses, and the checkpoint files' operations they undid
+    /// (written but their directory not synced yet).
+    pub power_losses: u64,
+    pub ops_undone: u64,
     /// Shard restores (one per shard per crash, and at the end).
     pub restores: u64,
     /// Restores that found a checkpoint (the rest started empty).
@@ -156,11 +160,14 @@ impl std::fmt::Display for Violation {
 pub fn run_seed(seed: u64, spec: &SimSpec) -> Result<SeedReport, Violation> {
     let dir = spec.dir.join(format!("seed-{seed}"));
     let _ = std::fs::remove_dir_all(&dir);
+    // This thread's checkpoint file operations are journaled for power losses.
+    crate::state::checkpoint::disk::journal(dir.join("lost-power-shadow"));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut world = World::new(seed, spec, &dir).map_err(|what| (0, what))?;
         world.run().map_err(|what| (world.step, what))?;
         Ok::<_, (u64, String)>(world.report)
     }));
+    crate::state::checkpoint::disk::journal_off();
     let failed = |(step, what)| Violation {
         seed,
         step,

@@ -149,8 +149,16 @@ impl ColdStore for MemoryCold {
             path: dir.to_owned(),
             source,
         };
+        // Durable as a RocksDB checkpoint is (its files and directory synced): the
+        // checkpoint writer counts on it before it syncs the checkpoint's own names.
         std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::write(dir.join(MEMORY_FILE), bytes).map_err(io)
+        let path = dir.join(MEMORY_FILE);
+        let mut f = std::fs::File::create(&path).map_err(io)?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
     }
 
     fn unflushed_bytes(&self) -> u64 {

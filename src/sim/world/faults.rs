@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use crate::metrics::DropReason;
+use crate::route;
+use crate::state::checkpoint::disk;
 use crate::state::checkpoint::{CrashPoint, WriterFault, WriterRun};
 
 use super::{Sabotage, World};
@@ -70,6 +72,21 @@ impl World {
         self.trace(format_args!("crash: {why}"));
         self.report.crashes += 1;
         self.stop();
+        // A third of the crashes are power losses (drawn from the seed and step, so that the
+        // rng's draws stay as they were): the checkpoint files' operations whose directory
+        // was not synced yet may be lost, the newest first (`checkpoint::disk`).
+        if route::mix64(self.seed ^ self.step ^ 0x90E7) % 3 == 0 {
+            let pending = disk::pending();
+            let undo =
+                (route::mix64(self.seed ^ self.step ^ 0x90E8) % (pending as u64 + 1)) as usize;
+            let undone = disk::power_loss(undo).map_err(|e| format!("power loss: {e}"))?;
+            self.report.power_losses += 1;
+            self.report.ops_undone += undone as u64;
+            self.trace(format_args!(
+                "power lost: {undone} of {pending} operations undone"
+            ));
+            self.mix(undone as u64);
+        }
         // Kafka: the checkpoint a committed transaction names must be there (a damaged one
         // is refused, by design: exactly-once state cannot be restored), so no damage.
         if !self.kafka && self.rng.below(5) == 0 {
@@ -108,6 +125,9 @@ impl World {
                     .and_then(|n| n.strip_prefix("ckpt-"))
                     .is_some_and(|seq| seq.bytes().all(|b| b.is_ascii_digit()))
             })
+            // One damaged before and set aside may be back (a power loss took the set-aside
+            // rename back): restore refuses it again; damage a committed one.
+            .filter(|p| p.join("COMMIT").is_file())
             .collect();
         done.sort();
         let Some(newest) = done.last() else {

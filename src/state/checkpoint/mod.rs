@@ -20,6 +20,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod changes;
+pub mod disk;
 mod restore;
 mod writer;
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{io, list, name, CheckpointError, HotHeader, Listing, Manifest};
+use super::{disk, io, list, name, CheckpointError, HotHeader, Listing, Manifest};
 use crate::state::record::image_bytes;
 use crate::state::snapshot::{journal_entry_bytes, JOURNAL_ABSENT, JOURNAL_IMAGE};
 use crate::state::{KeyedState, Record, Spill, SpillError};
@@ -105,7 +105,7 @@ pub fn restore_to(
     let Listing { done, partial } = list(root)?;
     for p in partial {
         tracing::warn!(path = %p.display(), "removing an incomplete checkpoint (the process stopped while writing it)");
-        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        disk::remove_dir_all(&p).map_err(io(&p))?;
     }
     let done = match target {
         RestoreTarget::Newest => done,
@@ -131,8 +131,11 @@ pub fn restore_to(
                         tracing::warn!(from = %root.display(), to = %aside.display(), "no committed Kafka transaction names a checkpoint: starting empty; the checkpoints found are set aside")
                     }
                 }
-                std::fs::rename(root, &aside).map_err(io(root))?;
-                std::fs::create_dir_all(root).map_err(io(root))?;
+                disk::rename(root, &aside).map_err(io(root))?;
+                // Syncs the parent, which makes the rename durable too: a power loss must not
+                // bring the set-aside checkpoints back over the new root and what is written
+                // into it.
+                disk::create_dir_all_synced(root).map_err(io(root))?;
             }
             return Ok((open(spill_dir, None)?, None));
         }
@@ -140,7 +143,7 @@ pub fn restore_to(
             let (newer, keep): (Vec<_>, Vec<_>) = done.into_iter().partition(|(s, _)| *s > want);
             for (seq, path) in newer {
                 tracing::warn!(seq, "removing checkpoint {seq}: its Kafka transaction never committed (the last committed one names {want})");
-                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+                disk::remove_dir_all(&path).map_err(io(&path))?;
             }
             if !keep.iter().any(|(s, _)| *s == want) {
                 return Err(CheckpointError::Corrupt {
@@ -222,9 +225,9 @@ fn set_aside(path: &Path, why: &CheckpointError) -> Result<(), CheckpointError> 
     let bad = path.with_extension("bad");
     tracing::error!(path = %path.display(), aside = %bad.display(), "skipping checkpoint, set aside: {why}");
     if bad.exists() {
-        std::fs::remove_dir_all(&bad).map_err(io(&bad))?;
+        disk::remove_dir_all(&bad).map_err(io(&bad))?;
     }
-    std::fs::rename(path, &bad).map_err(io(path))
+    disk::rename(path, &bad).map_err(io(path))
 }
 
 /// The layout the newest committed checkpoint under `root` was written for (None: there is

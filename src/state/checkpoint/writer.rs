@@ -13,12 +13,13 @@
 //! a queue until the caller runs it (`run_writer`), with a crash or a full disk injected where
 //! the caller says — how the deterministic simulation (`crate::sim`) drives it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use super::{io, list, name, CheckpointError, HotHeader, Manifest, PartitionOffset, HEADER_BYTES};
+use super::{
+    disk, io, list, name, CheckpointError, HotHeader, Manifest, PartitionOffset, HEADER_BYTES,
+};
 use crate::state::cold::ColdStore;
 use crate::state::record::image_bytes;
 use crate::state::snapshot::journal_entry_bytes;
@@ -239,7 +240,7 @@ impl Checkpointer {
             restored,
             gated,
         } = spec;
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        disk::create_dir_all_synced(&root).map_err(io(&root))?;
         let (gate, gate_rx) = mpsc::channel::<(u64, bool)>();
         let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let core = WriterCore {
@@ -680,7 +681,7 @@ impl Checkpointer {
                 );
             }
             // Failure path only: the writer removed its directory if it failed itself.
-            let _ = std::fs::remove_dir_all(&run.tmp);
+            let _ = disk::remove_dir_all(&run.tmp);
             self.failure = Some(why.into());
             self.outcome = Some(Err(why.into()));
             self.buffers = Some((out, taken.journal));
@@ -896,10 +897,10 @@ impl WriterCore {
                     no_space()
                 } else {
                     room_for(&self.root, db.as_deref(), reserve)
-                        .and_then(|()| std::fs::create_dir_all(&tmp).map_err(|e| e.to_string()))
+                        .and_then(|()| disk::create_dir_all(&tmp).map_err(|e| e.to_string()))
                         .and_then(|()| match &db {
                             Some(db) => db.checkpoint(&dir).map_err(|e| e.to_string()),
-                            None => std::fs::create_dir_all(&dir).map_err(|e| e.to_string()),
+                            None => disk::create_dir_all(&dir).map_err(|e| e.to_string()),
                         })
                 };
                 drop(db);
@@ -908,7 +909,7 @@ impl WriterCore {
                         "spill store checkpoint into {}: {e}",
                         dir.display()
                     ));
-                    let _ = std::fs::remove_dir_all(&tmp);
+                    let _ = disk::remove_dir_all(&tmp);
                 }
                 mark.set(result.is_err());
                 Step::Quiet
@@ -930,7 +931,7 @@ impl WriterCore {
                 match &result {
                     Err(e) => {
                         // Else the partial directory would wait for the next start.
-                        let _ = std::fs::remove_dir_all(&job.tmp);
+                        let _ = disk::remove_dir_all(&job.tmp);
                         self.log_failure(&format_args!(
                             "checkpoint {} failed: {e}",
                             job.manifest.seq
@@ -989,17 +990,11 @@ fn room_for(root: &Path, db: Option<&dyn ColdStore>, reserve: u64) -> Result<(),
 
 /// Write `parts` one after another into a new file at `path` and sync it.
 fn sync_file(path: &Path, parts: &[&[u8]]) -> Result<(), CheckpointError> {
-    let mut f = std::fs::File::create(path).map_err(io(path))?;
-    for p in parts {
-        f.write_all(p).map_err(io(path))?;
-    }
-    f.sync_all().map_err(io(path))
+    disk::write_synced(path, parts).map_err(io(path))
 }
 
 fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
-    std::fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(io(path))
+    disk::sync_dir(path).map_err(io(path))
 }
 
 #[cfg(test)]
@@ -1025,7 +1020,7 @@ fn write_staged(
     gate: Option<&Gate>,
     crash: Option<CrashPoint>,
 ) -> Result<Written, CheckpointError> {
-    std::fs::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
+    disk::create_dir_all(&job.tmp).map_err(io(&job.tmp))?;
     let hot = job.tmp.join("hot.bin");
     if let Some(CrashPoint::TornHotBin(n)) = crash {
         let whole = [job.buffer.as_slice(), job.journal.as_slice()].concat();
@@ -1051,7 +1046,7 @@ fn write_staged(
     if job.gated {
         wait_for_release(gate, job.manifest.seq, &job.tmp)?;
     }
-    std::fs::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
+    disk::rename(&job.tmp, &job.done).map_err(io(&job.done))?;
     sync_dir(root)?;
     if crash == Some(CrashPoint::BeforePrune) {
         return Ok(Written::Crashed);
@@ -1114,7 +1109,7 @@ fn prune(root: &Path, keep: usize) -> Result<(), CheckpointError> {
     };
     for (seq, old) in &done {
         if *seq < cutoff {
-            std::fs::remove_dir_all(old).map_err(io(old))?;
+            disk::remove_dir_all(old).map_err(io(old))?;
         }
     }
     Ok(())
