@@ -33,6 +33,23 @@ pub(super) struct Txn {
 }
 
 impl Txn {
+    /// What the checkpointer records of the shard's input: the offsets taken (the position
+    /// rises with every record taken: their sum).
+    pub(super) fn input(&self) -> Input {
+        Input {
+            position: self.positions.iter().map(|&(_, next)| next).sum(),
+            offsets: self
+                .positions
+                .iter()
+                .map(|&(p, next)| PartitionOffset {
+                    topic: "sim".into(),
+                    partition: p as i32,
+                    next: next as i64,
+                })
+                .collect(),
+        }
+    }
+
     pub(super) fn new(overlap_commits: bool, at_least_once: bool, broker: &mut Broker) -> Self {
         Self {
             positions: Vec::new(),
@@ -305,20 +322,7 @@ impl World {
         if self.report.at_least_once {
             for n in &mut self.nodes {
                 let max = n.core.max_event_ns();
-                let offsets = n
-                    .txn
-                    .positions
-                    .iter()
-                    .map(|&(p, next)| PartitionOffset {
-                        topic: "sim".into(),
-                        partition: p as i32,
-                        next: next as i64,
-                    })
-                    .collect();
-                let input = Input {
-                    position: n.txn.positions.iter().map(|&(_, next)| next).sum(),
-                    offsets,
-                };
+                let input = n.txn.input();
                 let Txn {
                     acks, producers, ..
                 } = &mut n.txn;
@@ -434,18 +438,7 @@ impl World {
         let now = self.now;
         let node = &mut self.nodes[id];
         let max = node.core.max_event_ns();
-        let offsets: Vec<PartitionOffset> = node
-            .txn
-            .positions
-            .iter()
-            .map(|&(p, next)| PartitionOffset {
-                topic: "sim".into(),
-                partition: p as i32,
-                next: next as i64,
-            })
-            .collect();
-        // Rises with every record taken: the offsets' sum.
-        let position = node.txn.positions.iter().map(|&(_, next)| next).sum();
+        let Input { position, offsets } = node.txn.input();
         let input = |with_offsets| Input {
             position,
             offsets: if with_offsets {

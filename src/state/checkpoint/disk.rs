@@ -149,11 +149,8 @@ fn moved(ops: &mut [(u64, Op)], from: &Path, to: &Path, only: Option<&[u64]>) ->
     ids
 }
 
-pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
-    if !journaling() {
-        return std::fs::create_dir_all(path);
-    }
-    // Each directory made here is a name in its parent.
+/// The directories `create_dir_all(path)` would make, deepest first.
+fn missing(path: &Path) -> Vec<PathBuf> {
     let mut made = Vec::new();
     let mut p = Some(path);
     while let Some(d) = p {
@@ -163,6 +160,15 @@ pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
         made.push(d.to_owned());
         p = d.parent();
     }
+    made
+}
+
+pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
+    if !journaling() {
+        return std::fs::create_dir_all(path);
+    }
+    // Each directory made here is a name in its parent.
+    let made = missing(path);
     std::fs::create_dir_all(path)?;
     for d in made.into_iter().rev() {
         note(|| Ok(Op::Created(d)))?;
@@ -174,15 +180,7 @@ pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
 /// root, whose own name no checkpoint's sync covers — without it a power loss after the
 /// first start could take the whole root, every checkpoint in it, back.
 pub fn create_dir_all_synced(path: &Path) -> std::io::Result<()> {
-    let mut made = Vec::new();
-    let mut p = Some(path);
-    while let Some(d) = p {
-        if d.exists() {
-            break;
-        }
-        made.push(d.to_owned());
-        p = d.parent();
-    }
+    let made = missing(path);
     create_dir_all(path)?;
     for d in made.iter().rev() {
         match d.parent() {
