@@ -101,7 +101,14 @@ pub fn power_loss(undo: usize) -> std::io::Result<usize> {
             .unwrap_or_default()
     });
     let from = ops.len().saturating_sub(undo);
-    let mut lost: Vec<(u64, Op)> = ops.into_iter().skip(from).collect();
+    let mut ops = ops;
+    let mut lost: Vec<(u64, Op)> = ops.split_off(from);
+    // The rest are durable: a removed tree kept for an undo is gone for good.
+    for (_, op) in ops {
+        if let Op::Removed { shadow, .. } = op {
+            let _ = std::fs::remove_dir_all(shadow);
+        }
+    }
     let mut undone = 0;
     while let Some((_, op)) = lost.pop() {
         match op {

@@ -350,6 +350,13 @@ fn the_disk_journal_undoes_what_no_directory_sync_made_durable() {
     // Undo the removal only: x comes back with its synced file.
     assert_eq!(disk::power_loss(1).unwrap(), 1);
     assert_eq!(std::fs::read(b.join("x").join("f")).unwrap(), b"one");
+    // A removal that stays durable leaves no copy behind.
+    disk::remove_dir_all(&b.join("x")).unwrap();
+    disk::create_dir_all(&d.0.join("y")).unwrap();
+    assert_eq!(disk::power_loss(1).unwrap(), 1);
+    assert!(!b.join("x").exists() && !d.0.join("y").exists());
+    let shadows = std::fs::read_dir(d.0.join("shadow")).unwrap().count();
+    assert_eq!(shadows, 0, "a durable removal's copy was left");
     // What was left pending (b/x made) was durable from then on.
     assert_eq!(disk::pending(), 0);
     disk::create_dir_all(&d.0.join("c")).unwrap();
