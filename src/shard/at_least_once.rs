@@ -58,15 +58,9 @@ impl AtLeastOnce {
         input: impl Fn(bool) -> Input,
     ) {
         self.release_settled(epochs, cp, now_ns);
-        if cp.capturing() {
-            // The running snapshot's next slice (its offsets are in it).
-            cp.tick_with(now_ns, state, max_event_ns, &Input::default());
+        let Some(input) = cp.due_input(now_ns, state, max_event_ns, input) else {
             return;
-        }
-        if !cp.due(now_ns, state, &input(false)) {
-            return;
-        }
-        let input = input(true);
+        };
         // The flip closes the producer's epoch, and the writer holds the checkpoint until
         // that epoch and all before it are acknowledged (`release_settled`).
         if self.awaiting.is_some() || !epochs.begin_epoch() {

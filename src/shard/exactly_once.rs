@@ -144,14 +144,9 @@ impl<O> ExactlyOnce<O> {
         if self.commit.is_some() {
             return self.advance(tx, cp, state, now_ns, counters);
         }
-        if cp.capturing() {
-            cp.tick_with(now_ns, state, max_event_ns, &Input::default());
+        let Some(input) = cp.due_input(now_ns, state, max_event_ns, input) else {
             return Ok(None);
-        }
-        if !cp.due(now_ns, state, &input(false)) {
-            return Ok(None);
-        }
-        let input = input(true);
+        };
         let offsets = offsets();
         if let Some(seq) = cp.tick_with(now_ns, state, max_event_ns, &input) {
             // The Scores from here on belong to the next transaction: on the other producer,
@@ -180,92 +175,100 @@ impl<O> ExactlyOnce<O> {
         now_ns: u64,
         counters: &ShardCounters,
     ) -> Result<Option<T::Committed>, Stop> {
-        match self.commit.take() {
+        match self.commit {
             None => Ok(None),
-            Some(Commit::Writing {
-                seq,
-                offsets,
-                flipped_ns,
-                producer,
-                ordered,
-                progress_sent,
-            }) => {
+            Some(Commit::Writing { .. }) => {
                 cp.step(state);
                 match cp.take_outcome() {
-                    None => {
-                        self.commit = Some(Commit::Writing {
-                            seq,
-                            offsets,
-                            flipped_ns,
-                            producer,
-                            ordered,
-                            progress_sent,
-                        });
-                        Ok(None)
-                    }
-                    Some(Ok(written)) => {
-                        crate::invariant_eq!(written, seq);
-                        delivered(tx)?;
-                        raise_max(
-                            &counters.kafka_commit_write_max_ns,
-                            now_ns.saturating_sub(flipped_ns),
-                        );
-                        match tx.start_commit(seq, offsets, producer, progress_sent) {
-                            Ok(()) => {
-                                self.commit = Some(Commit::Committing {
-                                    seq,
-                                    flipped_ns,
-                                    written_ns: now_ns,
-                                    producer,
-                                    ordered,
-                                });
-                                Ok(None)
-                            }
-                            Err(e) => Err(commit_failed(seq, &e, counters)),
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if !ordered {
-                            intake_paused(flipped_ns, now_ns, counters);
-                        }
-                        not_written(tx, seq, producer, &e).map(|()| None)
-                    }
+                    None => Ok(None),
+                    Some(written) => self.written(written, tx, now_ns, counters).map(|()| None),
                 }
             }
-            Some(Commit::Committing {
-                seq,
-                flipped_ns,
-                written_ns,
-                producer,
-                ordered,
-            }) => match tx.poll_commit() {
-                None => {
-                    self.commit = Some(Commit::Committing {
-                        seq,
-                        flipped_ns,
-                        written_ns,
-                        producer,
-                        ordered,
-                    });
-                    Ok(None)
-                }
-                Some(Ok(committed)) => {
-                    let took = now_ns.saturating_sub(written_ns);
-                    raise_max(&counters.kafka_commit_max_ns, took);
-                    tracing::debug!(
-                        seq,
-                        write_us = written_ns.saturating_sub(flipped_ns) / 1_000,
-                        commit_us = took / 1_000,
-                        "exactly_once transaction committed"
-                    );
-                    if !ordered {
-                        intake_paused(flipped_ns, now_ns, counters);
-                    }
-                    Ok(Some(committed))
-                }
-                Some(Err(e)) => Err(commit_failed(seq, &e, counters)),
+            Some(Commit::Committing { .. }) => match tx.poll_commit() {
+                None => Ok(None),
+                Some(ended) => self.commit_ended(ended, now_ns, counters),
             },
         }
+    }
+
+    /// The writer's answer on the checkpoint being written: on disk, its transaction's commit
+    /// starts; not written, `not_written` decides.
+    fn written<T: Transactions<Offsets = O>>(
+        &mut self,
+        written: Result<u64, String>,
+        tx: &mut T,
+        now_ns: u64,
+        counters: &ShardCounters,
+    ) -> Result<(), Stop> {
+        let Some(Commit::Writing {
+            seq,
+            offsets,
+            flipped_ns,
+            producer,
+            ordered,
+            progress_sent,
+        }) = self.commit.take()
+        else {
+            return Ok(());
+        };
+        match written {
+            Ok(written) => {
+                crate::invariant_eq!(written, seq);
+                delivered(tx)?;
+                raise_max(
+                    &counters.kafka_commit_write_max_ns,
+                    now_ns.saturating_sub(flipped_ns),
+                );
+                tx.start_commit(seq, offsets, producer, progress_sent)
+                    .map_err(|e| commit_failed(seq, &e, counters))?;
+                self.commit = Some(Commit::Committing {
+                    seq,
+                    flipped_ns,
+                    written_ns: now_ns,
+                    producer,
+                    ordered,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                if !ordered {
+                    intake_paused(flipped_ns, now_ns, counters);
+                }
+                not_written(tx, seq, producer, &e)
+            }
+        }
+    }
+
+    /// The running commit ended: committed (records are taken again), or aborted (stop).
+    fn commit_ended<C, E: std::fmt::Display>(
+        &mut self,
+        ended: Result<C, E>,
+        now_ns: u64,
+        counters: &ShardCounters,
+    ) -> Result<Option<C>, Stop> {
+        let Some(Commit::Committing {
+            seq,
+            flipped_ns,
+            written_ns,
+            ordered,
+            ..
+        }) = self.commit.take()
+        else {
+            return Ok(None);
+        };
+        let committed = ended.map_err(|e| commit_failed(seq, &e, counters))?;
+        let took = now_ns.saturating_sub(written_ns);
+        raise_max(&counters.kafka_commit_max_ns, took);
+        tracing::debug!(
+            seq,
+            write_us = written_ns.saturating_sub(flipped_ns) / 1_000,
+            commit_us = took / 1_000,
+            "exactly_once transaction committed"
+        );
+        if !ordered {
+            intake_paused(flipped_ns, now_ns, counters);
+        }
+        Ok(Some(committed))
     }
 }
 

@@ -551,33 +551,32 @@ impl World {
                     .as_ref()
                     .map(|p| p.manifest.kafka_offsets.clone())
                     .unwrap_or_default();
-                let (named, offsets) = if self.report.at_least_once {
-                    // The newest checkpoint the run saw committed, or one after it.
-                    if seq < self.committed[id] {
+                if !self.report.at_least_once {
+                    // exactly_once: the checkpoint the last committed transaction names,
+                    // holding the offsets committed with it.
+                    let (named, offsets) = progress.unwrap_or_default();
+                    if seq != named || held != offsets {
                         return Err(format!(
-                            "shard {id} restored checkpoint {seq}, but {} was committed",
-                            self.committed[id]
+                            "shard {id}: restored checkpoint {seq} with offsets {held:?}, the last committed transaction names {named} with {offsets:?}"
                         ));
                     }
-                    (seq, held.clone())
-                } else {
-                    progress.unwrap_or_default()
-                };
-                if seq != named || held != offsets {
-                    return Err(format!(
-                        "shard {id}: restored checkpoint {seq} with offsets {held:?}, the last committed transaction names {named} with {offsets:?}"
-                    ));
                 }
                 for (p, part) in self.partitions.iter().enumerate() {
                     if part.shard == id {
-                        let next = offsets
+                        let next = held
                             .iter()
                             .find(|o| o.partition == p as i32)
                             .map_or(0, |o| o.next as u64);
                         txn.positions.push((p, next));
                     }
                 }
-            } else if !self.damaged[id] && seq < self.committed[id] {
+            }
+            // UDP and at_least_once: the newest checkpoint the run saw committed, or a later
+            // one (Kafka seeds are never damaged at rest).
+            if (!self.kafka || self.report.at_least_once)
+                && !self.damaged[id]
+                && seq < self.committed[id]
+            {
                 return Err(format!(
                     "shard {id} restored checkpoint {seq}, but {} was committed and nothing damaged it",
                     self.committed[id]

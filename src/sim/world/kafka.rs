@@ -100,12 +100,13 @@ pub(super) struct TwinProducers {
 }
 
 impl TwinProducers {
-    /// A cycle's Scores, handed to the active producer (into its open transaction).
     /// Nothing in flight (at_least_once).
     pub(super) fn settled(&self) -> bool {
         self.in_flight.is_empty()
     }
 
+    /// A cycle's Scores, handed to the producer: at_least_once in flight with the open
+    /// epoch; exactly_once into the active producer's open transaction.
     pub(super) fn send(&mut self, scores: impl Iterator<Item = ScoreOut>) {
         if self.at_least_once {
             let epoch = self.epoch;
@@ -429,11 +430,13 @@ impl World {
         self.refused(id)
     }
 
-    /// Kafka: the shard's checkpoint turn, `ShardKafka::checkpoint`'s exactly_once path run
-    /// by the same code: advance the checkpoint on its way (start its commit once written;
-    /// take up the next once its commit ended) or flip one if due. A stop the sequence
-    /// decides (a checkpoint not written with Scores in the next transaction, a commit
-    /// aborted) ends the process as the service's would.
+    /// Kafka: the shard's checkpoint turn, `ShardKafka::checkpoint` run by the same code —
+    /// the delivery mode's sequence. exactly_once: advance the checkpoint on its way (start
+    /// its commit once written; take up the next once its commit ended) or flip one if due; a
+    /// stop the sequence decides (a checkpoint not written with Scores in the next
+    /// transaction, a commit aborted) ends the process as the service's would.
+    /// at_least_once: release the awaiting checkpoint once its Scores are acknowledged, or
+    /// flip one if due.
     pub(super) fn kafka_checkpoint(&mut self, id: usize) -> Result<(), String> {
         let now = self.now;
         let node = &mut self.nodes[id];
@@ -496,7 +499,8 @@ impl World {
         }
     }
 
-    /// Kafka: the broker's turn for shard `id`: one producer's Scores handed over are
+    /// Kafka: the broker's turn for shard `id` (at_least_once: `acknowledge`). exactly_once:
+    /// one producer's Scores handed over are
     /// acknowledged (appended to the Score topic's log; with two producers, which one is the
     /// seed's pick, so their records interleave as the product's ordering rule allows), and
     /// the commit the shard started (if any) is performed — its producer's last Scores
@@ -504,39 +508,12 @@ impl World {
     /// offsets, visible together — or, while faults are on, sometimes aborted (the shard then
     /// stops, as the service does).
     pub(super) fn commit(&mut self, id: usize) -> Result<(), String> {
+        if self.report.at_least_once {
+            return self.acknowledge(id);
+        }
         let abort = self.faults_on() && route::mix64(self.seed ^ self.step ^ 0xAB07) % 40 == 0;
         let pick = (route::mix64(self.seed ^ self.step ^ 0xAC4) % 2) as usize;
-        let node = &mut self.nodes[id];
-        let twin = &mut node.txn.producers;
-        if twin.at_least_once {
-            // A prefix of the Scores in flight is acknowledged (delivered), in send order; on
-            // a slow broker (a third of the seeds each: every 4th or 16th turn) Scores stay in
-            // flight for longer, across checkpoints' flips and writes.
-            let slow = if self.broker.ack_unsent {
-                16
-            } else {
-                [1, 4, 16][(route::mix64(self.seed ^ 0x510) % 3) as usize]
-            };
-            let n = if route::mix64(self.seed ^ self.step ^ 0xAC6) % slow == 0 {
-                route::mix64(self.seed ^ self.step ^ 0xAC5) % (twin.in_flight.len() as u64 + 1)
-            } else {
-                0
-            };
-            for (s, _) in twin.in_flight.drain(..n as usize) {
-                // At least once: a replay may deliver a Score again, always with its count.
-                if let Some(before) = self.broker.scores.insert((s.key, s.seq), s.count) {
-                    if before != s.count {
-                        return Err(format!(
-                            "shard {id}: two Scores for key {:#x} seq {} with counts {before} and {}",
-                            s.key, s.seq, s.count
-                        ));
-                    }
-                    self.report.scores_redelivered += 1;
-                }
-            }
-            self.mix(n);
-            return Ok(());
-        }
+        let twin = &mut self.nodes[id].txn.producers;
         self.broker.append(twin, pick % twin.count.max(1));
         let Some((seq, offsets, producer)) = twin.started.take() else {
             return Ok(());
@@ -572,6 +549,38 @@ impl World {
         self.broker.progress[id] = Some((seq, offsets));
         self.report.transactions += 1;
         self.mix(seq);
+        Ok(())
+    }
+
+    /// at_least_once: the broker's turn for shard `id`: a prefix of the Scores in flight is
+    /// acknowledged (delivered), in send order; on a slow broker (a third of the seeds each:
+    /// every 4th or 16th turn) Scores stay in flight for longer, across checkpoints' flips and
+    /// writes.
+    fn acknowledge(&mut self, id: usize) -> Result<(), String> {
+        let twin = &mut self.nodes[id].txn.producers;
+        let slow = if self.broker.ack_unsent {
+            16
+        } else {
+            [1, 4, 16][(route::mix64(self.seed ^ 0x510) % 3) as usize]
+        };
+        let n = if route::mix64(self.seed ^ self.step ^ 0xAC6) % slow == 0 {
+            route::mix64(self.seed ^ self.step ^ 0xAC5) % (twin.in_flight.len() as u64 + 1)
+        } else {
+            0
+        };
+        for (s, _) in twin.in_flight.drain(..n as usize) {
+            // At least once: a replay may deliver a Score again, always with its count.
+            if let Some(before) = self.broker.scores.insert((s.key, s.seq), s.count) {
+                if before != s.count {
+                    return Err(format!(
+                        "shard {id}: two Scores for key {:#x} seq {} with counts {before} and {}",
+                        s.key, s.seq, s.count
+                    ));
+                }
+                self.report.scores_redelivered += 1;
+            }
+        }
+        self.mix(n);
         Ok(())
     }
 }

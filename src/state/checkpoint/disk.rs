@@ -51,15 +51,13 @@ thread_local! {
     static JOURNAL: RefCell<Option<Journal>> = const { RefCell::new(None) };
 }
 
-fn note(op: impl FnOnce() -> std::io::Result<Op>) -> std::io::Result<()> {
-    JOURNAL.with(|j| match j.borrow_mut().as_mut() {
-        Some(j) => {
-            let op = op()?;
+/// Journal an operation (built only when the journal is on).
+fn note(op: impl FnOnce() -> Op) {
+    JOURNAL.with(|j| {
+        if let Some(j) = j.borrow_mut().as_mut() {
             j.next_id += 1;
-            j.pending.push((j.next_id, op));
-            Ok(())
+            j.pending.push((j.next_id, op()));
         }
-        None => Ok(()),
     })
 }
 
@@ -174,22 +172,25 @@ pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
     if !journaling() {
         return std::fs::create_dir_all(path);
     }
-    // Each directory made here is a name in its parent.
+    make_dirs(path).map(drop)
+}
+
+/// `create_dir_all`, journaling each directory made (a name in its parent); the directories
+/// made, deepest first.
+fn make_dirs(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let made = missing(path);
     std::fs::create_dir_all(path)?;
-    for d in made.into_iter().rev() {
-        note(|| Ok(Op::Created(d)))?;
+    for d in made.iter().rev() {
+        note(|| Op::Created(d.clone()));
     }
-    Ok(())
+    Ok(made)
 }
 
 /// `create_dir_all`, each directory it makes durable (its parent synced): for the checkpoint
 /// root, whose own name no checkpoint's sync covers — without it a power loss after the
 /// first start could take the whole root, every checkpoint in it, back.
 pub fn create_dir_all_synced(path: &Path) -> std::io::Result<()> {
-    let made = missing(path);
-    create_dir_all(path)?;
-    for d in made.iter().rev() {
+    for d in make_dirs(path)?.iter().rev() {
         match d.parent() {
             // A relative path's first directory: its parent is the working directory.
             Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new("."))?,
@@ -208,7 +209,8 @@ pub fn write_synced(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
         f.write_all(p)?;
     }
     f.sync_all()?;
-    note(|| Ok(Op::Created(path.to_owned())))
+    note(|| Op::Created(path.to_owned()));
+    Ok(())
 }
 
 /// Sync a directory: the names created, renamed or removed in it are durable.
@@ -264,10 +266,9 @@ pub fn remove_dir_all(path: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::rename(path, &shadow)?;
-    note(|| {
-        Ok(Op::Removed {
-            path: path.to_owned(),
-            shadow,
-        })
-    })
+    note(|| Op::Removed {
+        path: path.to_owned(),
+        shadow,
+    });
+    Ok(())
 }

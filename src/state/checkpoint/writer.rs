@@ -421,6 +421,25 @@ impl Checkpointer {
         self.flip(state, max_event_ns, input)
     }
 
+    /// Between cycles, for a shard whose input position a checkpoint records (Kafka): copy the
+    /// running snapshot's next slice (its input is in it already: None), or, when one is due,
+    /// the input to flip it with (`input(true)`, with the offsets; `input(false)`, the
+    /// position alone, tells whether anything changed). The delivery sequences decide then
+    /// whether and how to flip.
+    pub fn due_input(
+        &mut self,
+        now_ns: u64,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: impl Fn(bool) -> Input,
+    ) -> Option<Input> {
+        if self.capturing() {
+            self.tick_with(now_ns, state, max_event_ns, &Input::default());
+            return None;
+        }
+        self.due(now_ns, state, &input(false)).then(|| input(true))
+    }
+
     /// Postpone the next snapshot by one interval (the caller could not take it now).
     pub fn postpone(&mut self, now_ns: u64) {
         self.next_due_ns = now_ns.saturating_add(self.interval_ns);
