@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::cold_reader::ColdReader;
 use super::cold_wait::{ColdWait, Waiting};
-use crate::config::{Config, LatePolicy, RingFullPolicy, TimeMode};
+use super::event_time::{EventTimes, Timed};
+use crate::config::{Config, RingFullPolicy};
 use crate::egress::{PendingScore, ReplyTo, ScoreSink};
 use crate::infer::{FeatureBatch, ModelUpdate, Scorer, ShardModel};
 use crate::ingest::Datagram;
@@ -61,11 +62,8 @@ fn routed(e: &EventView<'_>, recv_ns: u64, pickup_ns: u64, reply_to: SocketAddr)
 /// State, features and model: everything that happens at the key's owner.
 pub struct Owner {
     table: KeyedState,
-    time: TimeMode,
-    lateness_ns: u64,
-    late: LatePolicy,
-    /// Newest event time applied here (the watermark is this minus the lateness).
-    max_event_ns: u64,
+    /// `time.mode` and the watermark.
+    times: EventTimes,
     ttl_sweep_slots: usize,
     batch: FeatureBatch,
     meta: Vec<(ReplyTo, PendingScore)>,
@@ -94,29 +92,15 @@ impl Owner {
         source: u64,
         sink: &mut dyn ScoreSink,
     ) {
-        let (ts_ns, now_ns) = match self.time {
-            TimeMode::Processing => {
-                self.max_event_ns = self.max_event_ns.max(ev.recv_ns);
-                (ev.recv_ns, ev.pickup_ns.max(ev.recv_ns))
+        let (ts_ns, now_ns) = match self.times.of(ev.ts_ns, ev.recv_ns, ev.pickup_ns) {
+            Timed::At { ts_ns, now_ns } => (ts_ns, now_ns),
+            Timed::LateApplied { ts_ns, now_ns } => {
+                self.counters.late_applied.inc();
+                (ts_ns, now_ns)
             }
-            TimeMode::Event => {
-                let watermark = self.max_event_ns.saturating_sub(self.lateness_ns);
-                let ts = if ev.ts_ns >= watermark {
-                    ev.ts_ns
-                } else {
-                    match self.late {
-                        LatePolicy::Drop => {
-                            self.counters.dropped_events(DropReason::Late, 1);
-                            return;
-                        }
-                        LatePolicy::Apply => {
-                            self.counters.late_applied.inc();
-                            watermark
-                        }
-                    }
-                };
-                self.max_event_ns = self.max_event_ns.max(ts);
-                (ts, self.max_event_ns)
+            Timed::LateDropped => {
+                self.counters.dropped_events(DropReason::Late, 1);
+                return;
             }
         };
         if self.cold_wait.is_on() && self.table.park_miss(ev.key) {
@@ -458,10 +442,7 @@ impl ShardCore {
             touched: vec![false; shards],
             owner: Owner {
                 table,
-                time: config.time.mode,
-                lateness_ns: config.time.lateness_ns(),
-                late: config.time.late,
-                max_event_ns,
+                times: EventTimes::new(config, max_event_ns),
                 ttl_sweep_slots: config.state.ttl_sweep_slots,
                 batch: FeatureBatch::new(width, batch_max),
                 meta: Vec::with_capacity(batch_max),
@@ -496,13 +477,13 @@ impl ShardCore {
 
     /// Newest event time applied on this shard.
     pub fn max_event_ns(&self) -> u64 {
-        self.owner.max_event_ns
+        self.owner.times.max_event_ns
     }
 
     /// Records moved in (a partition rebuilt from the changelog) carry event times this shard
     /// has not seen: its event-time watermark goes on from the newest of them.
     pub fn raise_max_event_ns(&mut self, ns: u64) {
-        self.owner.max_event_ns = self.owner.max_event_ns.max(ns);
+        self.owner.times.max_event_ns = self.owner.times.max_event_ns.max(ns);
     }
 
     /// A key's state, hot or spilled, if this shard owns it.
@@ -752,10 +733,7 @@ impl ShardCore {
         self.check_accounting();
         let landed = self.owner.cold_turn(sink);
         self.owner.score(sink);
-        let reference = match self.owner.time {
-            TimeMode::Processing => now_ns,
-            TimeMode::Event => self.owner.max_event_ns,
-        };
+        let reference = self.owner.times.reference(now_ns);
         self.owner
             .table
             .expire_idle(reference, self.owner.ttl_sweep_slots);

@@ -8,9 +8,11 @@ mod at_least_once;
 mod cold_reader;
 mod cold_wait;
 mod core;
+mod event_time;
 mod exactly_once;
 mod kafka;
 mod lifecycle;
+mod replay;
 
 pub use self::core::{KafkaRecord, ShardCore};
 pub use at_least_once::{AtLeastOnce, Epochs};
@@ -18,6 +20,7 @@ pub use cold_reader::ColdReader;
 pub use exactly_once::{Commit, ExactlyOnce, Transactions};
 pub use kafka::{GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
+pub use replay::{Replay, Replayed};
 
 use std::sync::Arc;
 use std::time::Duration;
