@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -686,13 +688,46 @@ fn check_each_record_taken_once(reports: &[&str], records: u64) {
     );
 }
 
-/// The changelog cannot be trusted once records were deleted from it or the topic itself is
-/// gone: a shard whose checkpoint is not on disk refuses to start, saying why, instead of
-/// serving a partial state.
+type Admin = AdminClient<DefaultClientContext>;
+
+fn admin(broker: &Broker) -> (Admin, AdminOptions) {
+    let admin = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    (admin, opts)
+}
+
+/// Retention on a changelog topic (a compacted topic refuses DeleteRecords, as Kafka does,
+/// until its policy includes delete).
+fn allow_deleting_records((admin, opts): &(Admin, AdminOptions), topic: &str) {
+    let policy =
+        AlterConfig::new(ResourceSpecifier::Topic(topic)).set("cleanup.policy", "compact,delete");
+    for r in futures_executor::block_on(admin.alter_configs(&[policy], opts)).unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Each of `topic`'s 4 partitions loses its first record.
+fn delete_first_records((admin, opts): &(Admin, AdminOptions), topic: &str) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(topic, p, Offset::Offset(1))
+            .unwrap();
+    }
+    let deleted = futures_executor::block_on(admin.delete_records(&tpl, opts)).unwrap();
+    for e in deleted.elements() {
+        assert!(e.error().is_ok(), "{topic}: {deleted:?}");
+    }
+}
+
+/// The changelog cannot rebuild the state once records were deleted from it or the topic
+/// itself is gone: the input topic, still whole, is replayed instead (Score-less) and every
+/// count goes on exactly. Once the input lost records too, no complete point is left: the
+/// shard refuses to start, saying so, instead of serving a partial state.
 #[test]
-fn a_truncated_or_deleted_changelog_is_refused_with_the_reason_not_half_restored() {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-    use rdkafka::client::DefaultClientContext;
+fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_the_reason() {
     let broker = broker_with_topics("truncated");
     let dir = scratch("truncated");
     let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
@@ -702,54 +737,108 @@ fn a_truncated_or_deleted_changelog_is_refused_with_the_reason_not_half_restored
         "egress.kafka.changelog=true".into(),
         "egress.kafka.changelog_topic=truncated-state".into(),
     ]);
-    let records = workload(100, 2_000);
-    let n = records.len();
-    produce_all(&broker.producer(), &mut EventBatchEncoder::new(), &records);
-    let (child, stdout, _) = common::spawn_run(&sets);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
-        s.len() >= n
-    });
-    assert!(scores.len() >= n);
-    stop(child, Some(stdout));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    // Each changelog partition loses its first record: retention on the changelog (a compacted
-    // topic refuses DeleteRecords, as Kafka does, until its policy includes delete).
-    let policy = AlterConfig::new(ResourceSpecifier::Topic("truncated-state"))
-        .set("cleanup.policy", "compact,delete");
-    for r in futures_executor::block_on(admin.alter_configs(&[policy], &opts)).unwrap() {
-        r.unwrap();
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition_offset("truncated-state", p, Offset::Offset(1))
-            .unwrap();
-    }
-    let deleted = futures_executor::block_on(admin.delete_records(&tpl, &opts)).unwrap();
-    // (A partition with no record yet has nothing to delete: refused as out of range.)
-    assert!(
-        deleted.elements().iter().any(|e| e.error().is_ok()),
-        "{deleted:?}"
+    let records = workload(100, 3_000);
+    let (first, rest) = records.split_at(1_000);
+    let (second, third) = rest.split_at(1_000);
+    let producer = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let mut events: Vec<Ev> = Vec::new();
+    let mut run_with = |batch: &[Vec<Ev>]| {
+        produce_all(&producer, &mut enc, batch);
+        events.extend(batch.iter().flatten().copied());
+        rerun_until_every_score_once(&broker, &sets, &expected(&events))
+    };
+    let report = run_with(first);
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        0,
+        "{report}"
     );
+    let kafka = admin(&broker);
+    let delete_first = |topic: &str| delete_first_records(&kafka, topic);
+    allow_deleting_records(&kafka, "truncated-state");
+    delete_first("truncated-state");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Every partition replayed from its input: the 1 000 records the group had committed.
+    let report = run_with(second);
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_replayed_records_total"),
+        1_000,
+        "{report}"
+    );
+    // The topic gone altogether (made anew at start, it holds nothing): the same, over 2 000.
+    let delete_changelog = || {
+        futures_executor::block_on(kafka.0.delete_topics(&["truncated-state"], &kafka.1)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    delete_changelog();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let report = run_with(third);
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_replayed_records_total"),
+        2_000,
+        "{report}"
+    );
+    // The input lost its first records too: nothing left to rebuild the whole state from.
+    delete_first(EVENTS);
+    delete_changelog();
     std::fs::remove_dir_all(&dir).unwrap();
     let err = common::run_refused(&sets);
     assert!(
-        err.contains("records were deleted from it"),
+        err.contains("no complete point is left"),
         "not refused for the deleted records:\n{err}"
     );
-    // The topic gone altogether: created again at start, it holds nothing.
-    futures_executor::block_on(admin.delete_topics(&["truncated-state"], &opts)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     let _ = std::fs::remove_dir_all(&dir);
-    let err = common::run_refused(&sets);
-    assert!(
-        err.contains("does not hold the state as of it"),
-        "not refused for the missing changelog:\n{err}"
+}
+
+/// The same under group membership: an instance that never saw the partitions takes them
+/// over after the changelog lost records; it replays their inputs as it takes them up.
+#[test]
+fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_input() {
+    let broker = broker_with_topics("trgroup");
+    let topic = ["egress.kafka.changelog_topic=trgroup-state"];
+    let (sets_a, dir_a) = group_member(&broker, "trgroup", "a", &topic);
+    let (sets_b, dir_b) = group_member(&broker, "trgroup", "b", &topic);
+    let records = workload(100, 2_000);
+    let (first, second) = records.split_at(1_000);
+    let producer = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    produce_all(&producer, &mut enc, first);
+    let mut events: Vec<Ev> = first.iter().flatten().copied().collect();
+    let report = rerun_until_every_score_once(&broker, &sets_a, &expected(&events));
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        0,
+        "{report}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let kafka = admin(&broker);
+    allow_deleting_records(&kafka, "trgroup-state");
+    delete_first_records(&kafka, "trgroup-state");
+    produce_all(&producer, &mut enc, second);
+    events.extend(second.iter().flatten().copied());
+    let report = rerun_until_every_score_once(&broker, &sets_b, &expected(&events));
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_replayed_records_total"),
+        1_000,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
 }
 
 #[test]

@@ -621,6 +621,10 @@ fn build_shard(
     if let Some((rebuilt, ns)) = restored.rebuilt {
         counters.changelog_restored_keys.set(rebuilt.keys);
         counters.changelog_restored_bytes.set(rebuilt.bytes);
+        counters.changelog_input_replays.add(rebuilt.input_replays);
+        counters
+            .changelog_replayed_records
+            .add(rebuilt.replayed_records);
         counters.changelog_restore_ns.set(ns);
     }
     let (kafka, attach, checkpoints) = match kafka {
@@ -859,16 +863,6 @@ fn restore_shard(
             rebuilt: None,
         });
     }
-    if let Some((want, seed)) = rebuild {
-        if !seed.changelog_complete {
-            let topic = seed.changelog.as_ref().map_or("", |c| c.topic.as_str());
-            return Err(checkpoint::CheckpointError::Corrupt {
-                path: checkpoint::path_of(&root, want),
-                reason: format!("the last committed Kafka transaction names checkpoint {want}, which is not on this disk, and changelog {topic} does not hold the state as of it (that transaction carried no complete changelog part: the changelog was turned on after it, or the topic is new). Nothing is restored; put the checkpoint directory back, or start over with a new egress.kafka.transactional_id_prefix"),
-            }
-            .into());
-        }
-    }
     let target = rebuild.map_or(target, |(want, _)| RestoreTarget::Elsewhere(want));
     let (spill, point) =
         checkpoint::restore_to(&root, &layout, &base.join("spill"), words, open, target)?;
@@ -923,11 +917,25 @@ fn rebuild_from_changelog(
         return Err(KafkaError::Other("no changelog to rebuild from".into()).into());
     };
     tracing::warn!(shard = id, checkpoint = want, topic = %spec.topic, "the checkpoint the last committed Kafka transaction names is not on this disk: rebuilding the state from the changelog");
+    let owned = seed.owned_names(config);
+    let offsets = changelog::committed_offsets(config, &owned)?;
+    // Where the changelog cannot rebuild a partition, its input can (from its first record to
+    // the offset committed with the state); a changelog the last committed transaction does
+    // not vouch for is not read at all.
+    let inputs = seed
+        .owned
+        .iter()
+        .filter_map(|p| {
+            let topic = config.ingest.kafka.topics.get(usize::from(p.topic))?;
+            Some((p.source_tag(), (topic.clone(), p.partition)))
+        })
+        .collect();
+    let mut fallback = rebuild::Fallback::new(spec, &inputs, &offsets);
+    fallback.all = !seed.changelog_complete;
     // Bytes read so far, live: start-up watches it move (and the gauge ends at the total).
-    let rebuilt = rebuild::restore(config, spec, &mut state, &|bytes| {
+    let rebuilt = rebuild::restore(config, spec, &mut state, &fallback, &|bytes| {
         counters.changelog_restored_bytes.set(bytes)
     })?;
-    let offsets = changelog::committed_offsets(config, &seed.owned_names(config))?;
     let ns = started.elapsed().as_nanos() as u64;
     tracing::info!(
         shard = id,

@@ -185,6 +185,10 @@ shard_counters! {
     changelog_warm_keys: Counter => Counter names::CHANGELOG_WARM_KEYS;
     /// Of those, keys the shard's own older checkpoint held, or the copy kept when this instance handed the partition over (only the changelog after the position recorded with it was read).
     changelog_local_keys: Counter => Counter names::CHANGELOG_LOCAL_KEYS;
+    /// Partitions those rebuilds replayed from their input topic instead (records deleted from the changelog, or the topic made anew: `egress::kafka::input_replay`).
+    changelog_input_replays: Counter => Counter names::CHANGELOG_INPUT_REPLAYS;
+    /// Input records those replays read (Score-less).
+    changelog_replayed_records: Counter => Counter names::CHANGELOG_REPLAYED_RECORDS;
     /// Changelog bytes read by those rebuilds (live while one runs).
     changelog_restored_bytes: Counter => Gauge names::CHANGELOG_RESTORED_BYTES;
     /// How long those rebuilds took, together.

@@ -93,6 +93,10 @@ pub const CHANGELOG_WARM_KEYS: &str = "sluice_kafka_changelog_warm_keys_total";
 /// Keys of those rebuilds that the shard's own older checkpoint held, or the copy this
 /// instance kept when it handed the partition over (`ingest.kafka.handed_over_keep_ms`).
 pub const CHANGELOG_LOCAL_KEYS: &str = "sluice_kafka_changelog_local_keys_total";
+/// Partitions of those rebuilds replayed from their input topic (the changelog could not
+/// rebuild them), and the input records read.
+pub const CHANGELOG_INPUT_REPLAYS: &str = "sluice_kafka_changelog_input_replays_total";
+pub const CHANGELOG_REPLAYED_RECORDS: &str = "sluice_kafka_changelog_replayed_records_total";
 pub const CHANGELOG_RESTORE_TIME: &str = "sluice_kafka_changelog_restore_seconds";
 pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
 /// Per partition (labels topic, partition): high watermark minus the next offset to apply.

@@ -545,6 +545,8 @@ impl ShardKafka {
         let words = core.state().plan().words();
         // The own older checkpoint's keys of partitions rebuilt over them.
         let mut local = std::collections::HashMap::new();
+        // The input partition of each one rebuilt (by source tag), should its changelog fail.
+        let mut inputs = std::collections::HashMap::new();
         for (t, p) in list {
             let Some((i, tag)) = self
                 .source
@@ -585,6 +587,7 @@ impl ShardKafka {
                     .map_err(|e| format!("dropping a stale partition: {e}"))?;
                 if let Some(c) = member.changelog.partition_of(tag) {
                     rebuild.partitions.push((tag, c));
+                    inputs.insert(tag, (t.clone(), *p));
                     rebuilding.push(i);
                 }
             }
@@ -618,12 +621,20 @@ impl ShardKafka {
                     warm.insert(c, own);
                 }
             }
+            let fallback = rebuild::Fallback::new(&rebuild, &inputs, &committed);
             let (config, cancel) = (config.clone(), taking_up.cancel.clone());
             let reader = crate::topology::with_cpus(&member.helpers, || {
                 std::thread::Builder::new()
                     .name("sluice-rebuild".into())
                     .spawn(move || {
-                        rebuild::read(&config, &rebuild, words, warm, (&|_| {}, &cancel))
+                        rebuild::read(
+                            &config,
+                            &rebuild,
+                            words,
+                            warm,
+                            &fallback,
+                            (&|_| {}, &cancel),
+                        )
                     })
             })
             .map_err(|e| format!("starting the changelog reader: {e}"))?;
@@ -688,6 +699,10 @@ impl ShardKafka {
             .set(counters.changelog_restored_keys.get() + rebuilt.keys);
         counters.changelog_warm_keys.add(rebuilt.warm_keys);
         counters.changelog_local_keys.add(rebuilt.local_keys);
+        counters.changelog_input_replays.add(rebuilt.input_replays);
+        counters
+            .changelog_replayed_records
+            .add(rebuilt.replayed_records);
         counters
             .changelog_restored_bytes
             .set(counters.changelog_restored_bytes.get() + rebuilt.bytes);

@@ -12,6 +12,7 @@
 //! at a flip the Scores move to the other one while the flipped transaction commits.
 
 pub mod changelog;
+pub mod input_replay;
 pub mod positions;
 pub mod progress;
 pub mod rebuild;

@@ -14,6 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::changelog::ChangelogSpec;
+use super::input_replay::{self, InputEnd};
 use crate::config::Config;
 use crate::ingest::kafka::standby::WarmCopy;
 use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
@@ -37,6 +38,69 @@ pub struct Rebuilt {
     /// Keys the shard's own older checkpoint held (the changelog read only after the
     /// position recorded with it).
     pub local_keys: u64,
+    /// Partitions rebuilt from their input topic instead (`Fallback`), and the input
+    /// records read for them.
+    pub input_replays: u64,
+    pub replayed_records: u64,
+}
+
+/// Where a changelog partition's state comes from when the changelog cannot give it (records
+/// deleted from it, or the topic made anew): its input partition, replayed from its first
+/// record to the offset the group committed with the state (`input_replay`).
+#[derive(Debug, Clone, Default)]
+pub struct Fallback {
+    /// By changelog partition. A partition without one is refused as before.
+    pub inputs: HashMap<i32, InputEnd>,
+    /// The changelog is known not to hold the state (the last committed transaction says
+    /// so, or the topic was made anew at start): every partition is replayed.
+    pub all: bool,
+}
+
+impl Fallback {
+    /// For `spec`'s partitions whose input partition (`inputs`: by source tag) the group
+    /// committed an offset for in `committed`; a partition with none committed ends at 0.
+    pub fn new(
+        spec: &ChangelogSpec,
+        inputs: &HashMap<u64, (String, i32)>,
+        committed: &[crate::state::checkpoint::PartitionOffset],
+    ) -> Self {
+        let inputs = spec
+            .partitions
+            .iter()
+            .filter_map(|&(tag, c)| {
+                let (topic, partition) = inputs.get(&tag)?.clone();
+                let until = committed
+                    .iter()
+                    .find(|o| o.topic == topic && o.partition == partition)
+                    .map_or(0, |o| o.next);
+                Some((
+                    c,
+                    InputEnd {
+                        topic,
+                        partition,
+                        until,
+                    },
+                ))
+            })
+            .collect();
+        Self { inputs, all: false }
+    }
+}
+
+/// Why the changelog cannot rebuild a partition read from `from` (None: it can).
+fn unusable(fallback: &Fallback, p: i32, (low, high): (i64, i64), from: i64) -> Option<String> {
+    let until = fallback.inputs.get(&p).map_or(0, |i| i.until);
+    if fallback.all {
+        Some("is not known to hold the state (the last committed transaction carried no complete changelog part: the changelog was turned on after it, or the topic is new)".into())
+    } else if low > from {
+        Some(format!("starts at offset {low}, not {from}: records were deleted from it (retention.ms or delete-records on a changelog topic), so it does not hold the whole state"))
+    } else if high < from {
+        Some(format!("ends at offset {high}, before the position {from} its copy was taken at: the topic was made anew"))
+    } else if high == 0 && until > 0 {
+        Some(format!("is empty although the group committed offset {until} of its input: the topic was made anew"))
+    } else {
+        None
+    }
 }
 
 /// The changelog read: per input partition (source tag), its keys' newest images, end to end.
@@ -51,7 +115,8 @@ pub struct ChangelogRead {
 /// last committed transaction. `progress` is told the bytes read so far, every 4 MiB or so;
 /// `cancel` stops the read (Err) within one poll. A changelog partition whose records were
 /// deleted (its start offset above 0: retention or delete-records, which a compacted topic
-/// never does by itself) cannot hold the whole state: refused, saying so.
+/// never does by itself) cannot hold the whole state, nor one made anew: such a partition is
+/// rebuilt from its input instead (`fallback`), or refused, saying so.
 ///
 /// `warm`: standby copies (or the shard's own older checkpoint's keys) by changelog partition;
 /// such a partition is read from the copy's offset on, over the copy's images (only the tail
@@ -61,6 +126,7 @@ pub fn read(
     spec: &ChangelogSpec,
     words: usize,
     mut warm: HashMap<i32, WarmCopy>,
+    fallback: &Fallback,
     (progress, cancel): (&dyn Fn(u64), &AtomicBool),
 ) -> Result<ChangelogRead, KafkaError> {
     let mut cc = consumer_config(config);
@@ -79,17 +145,25 @@ pub fn read(
     let topic = &spec.topic;
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
-    for &(_, p) in &spec.partitions {
+    let mut replays = Vec::new();
+    for &(tag, p) in &spec.partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(KafkaError::client(format!(
                 "changelog {topic}/{p} watermarks"
             )))?;
         let from = warm.get(&p).map_or(0, |w| w.next_offset);
-        if low > from {
-            return Err(KafkaError::Other(format!(
-                "changelog partition {topic}/{p} starts at offset {low}, not 0: records were deleted from it (retention.ms or delete-records on a changelog topic), so it does not hold the whole state and nothing is restored from it. Restore the shard's checkpoint directory, or start over with a new egress.kafka.transactional_id_prefix and changelog topic"
-            )));
+        if let Some(why) = unusable(fallback, p, (low, high), from) {
+            let Some(input) = fallback.inputs.get(&p) else {
+                return Err(KafkaError::Other(format!(
+                    "changelog partition {topic}/{p} {why}; nothing is restored from it. {REMEDY}"
+                )));
+            };
+            tracing::warn!(changelog = %topic, partition = p, input = %input.topic, input_partition = input.partition, until = input.until, "the changelog partition {why}: rebuilding its state from the input partition's records instead (replayed, no Scores sent)");
+            // A base older than what the replay rebuilds whole is of no use.
+            warm.remove(&p);
+            replays.push((tag, p, input, why));
+            continue;
         }
         if high > from {
             tpl.add_partition_offset(topic, p, Offset::Offset(from))
@@ -180,8 +254,24 @@ pub fn read(
         }
         out.partitions.push((tag, p, bytes));
     }
+    for (tag, p, input, why) in replays {
+        let (image, max_event_ns, replayed) = input_replay::replay(config, tag, input, cancel)
+            .map_err(|e| {
+                KafkaError::Other(format!(
+                    "changelog partition {topic}/{p} {why}, and {e}; nothing is restored from it. {REMEDY}"
+                ))
+            })?;
+        tracing::info!(input = %input.topic, partition = input.partition, records = replayed.records, skipped = replayed.skipped, events = replayed.events_applied, keys = image.records, "partition state rebuilt from its input topic");
+        out.rebuilt.max_event_ns = out.rebuilt.max_event_ns.max(max_event_ns);
+        out.rebuilt.input_replays += 1;
+        out.rebuilt.replayed_records += replayed.records;
+        out.partitions.push((tag, p, image.bytes));
+    }
     Ok(out)
 }
+
+/// What an operator can do when no complete point is left.
+const REMEDY: &str = "Restore the shard's checkpoint directory, or start over with a new egress.kafka.transactional_id_prefix and changelog topic";
 
 /// One changelog record over a partition's newest images: the key's whole image, or None (a
 /// tombstone: deleted). Never a delta, so applying a record that a base already reflects
@@ -288,6 +378,7 @@ pub fn restore(
     config: &Config,
     spec: &ChangelogSpec,
     state: &mut KeyedState,
+    fallback: &Fallback,
     progress: &dyn Fn(u64),
 ) -> Result<Rebuilt, KafkaError> {
     if state.snapshot_running() {
@@ -301,6 +392,7 @@ pub fn restore(
         spec,
         words,
         HashMap::new(),
+        fallback,
         (progress, &AtomicBool::new(false)),
     )?;
     let mut import = Import::new(read, &spec.topic);
