@@ -303,6 +303,7 @@ pub fn local_copy(
         images,
         local: true,
         kept_until: None,
+        partial: false,
     })
 }
 

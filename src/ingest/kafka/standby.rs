@@ -45,11 +45,15 @@ pub struct WarmCopy {
     /// A handed-over partition's copy, not tailed: usable until then (it goes stale: see
     /// `Standbys::keep`). None for a copy the tail keeps up to date.
     pub kept_until: Option<Instant>,
+    /// Tailed from a changelog partition that had lost records when the tail began (its
+    /// start offset above 0, or not known): the copy lacks their keys, so no takeover uses
+    /// it (the rebuild then finds the changelog unusable and replays the input instead).
+    pub partial: bool,
 }
 
 impl WarmCopy {
     fn usable(&self, now: Instant) -> bool {
-        self.kept_until.is_none_or(|until| now < until)
+        !self.partial && self.kept_until.is_none_or(|until| now < until)
     }
 
     /// A tailed changelog record into the copy. Records below the copy's offset are ones it
@@ -439,11 +443,30 @@ impl StandbyTail {
         want: &[usize],
     ) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::with_capacity(want.len());
+        // Each partition's start offset, asked before the lock (a shard taking a copy waits
+        // on it): a new copy tailed from a start above 0 lacks the deleted records' keys.
+        let starts: HashMap<i32, i64> = want
+            .iter()
+            .filter_map(|&i| self.partitions.get(i))
+            .filter_map(|p| {
+                let (low, _) = consumer
+                    .fetch_watermarks(topic, p.changelog, Duration::from_secs(5))
+                    .ok()?;
+                Some((p.changelog, low))
+            })
+            .collect();
         let Ok(mut s) = self.standbys.shared.lock() else {
             return Ok(());
         };
         for p in want.iter().filter_map(|&i| self.partitions.get(i)) {
             let copy = s.copies.entry(p.changelog).or_default();
+            if copy.next_offset == 0 && copy.images.is_empty() {
+                let start = starts.get(&p.changelog).copied();
+                copy.partial = start.is_none_or(|low| low > 0);
+                if copy.partial {
+                    tracing::warn!(changelog = topic, partition = p.changelog, start = ?start, "standby replicas: this changelog partition lost records (or its start is not known): its copy is kept for status but no takeover uses it");
+                }
+            }
             // Tailed from here on, so kept fresh (a kept copy was found usable by the look): a
             // standby's copy now, counted as warm keys at a takeover.
             copy.kept_until = None;
@@ -644,6 +667,23 @@ mod tests {
         let now = standbys.takes_so_far();
         forget_settled(&mut standbys.shared.lock().unwrap().taken, now);
         assert!(taken(&standbys).is_empty());
+    }
+
+    #[test]
+    fn a_copy_tailed_from_a_changelog_that_lost_records_is_never_taken() {
+        let standbys = Standbys::default();
+        if let Ok(mut s) = standbys.shared.lock() {
+            s.copies.insert(
+                0,
+                WarmCopy {
+                    partial: true,
+                    ..copy(9, &[1, 2])
+                },
+            );
+            s.copies.insert(1, copy(9, &[1, 2]));
+        }
+        assert!(standbys.take(0).is_none());
+        assert_eq!(standbys.take(1).map(|c| c.images.len()), Some(2));
     }
 
     fn copy(next_offset: i64, keys: &[u64]) -> WarmCopy {
