@@ -737,9 +737,10 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
         "egress.kafka.changelog=true".into(),
         "egress.kafka.changelog_topic=truncated-state".into(),
     ]);
-    let records = workload(100, 3_000);
+    let records = workload(100, 4_000);
     let (first, rest) = records.split_at(1_000);
-    let (second, third) = rest.split_at(1_000);
+    let (second, rest) = rest.split_at(1_000);
+    let (third, fourth) = rest.split_at(1_000);
     let producer = broker.producer();
     let mut enc = EventBatchEncoder::new();
     let mut events: Vec<Ev> = Vec::new();
@@ -787,6 +788,19 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
     assert_eq!(
         counter(&report, "sluice_kafka_changelog_replayed_records_total"),
         2_000,
+        "{report}"
+    );
+    // The topic made anew was filled whole by that run's first commit: the next rebuild
+    // reads it, no replay.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let report = run_with(fourth);
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        0,
+        "{report}"
+    );
+    assert!(
+        counter(&report, "sluice_kafka_changelog_restored_keys") > 0,
         "{report}"
     );
     // The input lost its first records too: nothing left to rebuild the whole state from.

@@ -681,7 +681,10 @@ fn build_shard(
             (None, None, cp)
         }
     };
-    let reader = match (config.state.cold_reader, kafka.is_some() || attach.is_some()) {
+    let reader = match (
+        config.state.cold_reader,
+        kafka.is_some() || attach.is_some(),
+    ) {
         (ColdReaderPlace::Shard, _) => None,
         (place, true) => {
             // Said at every start: the setting asks for something this shard does not do.
