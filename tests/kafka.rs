@@ -450,6 +450,39 @@ fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Cold reads off the shard thread (`state.cold_reader = thread`, 200 keys through 32 hot
+/// slots): events wait for reads across cycles while their records' offsets are taken, so a
+/// checkpoint waits for them (`ShardKafka::wait_for_cold`). kill -9 under load, then a last
+/// run over a fresh batch: every Score once, every count exact, and that run waited for its
+/// reads at its checkpoints.
+#[test]
+fn exactly_once_with_cold_reads_off_the_shard_thread_kill_9_every_score_once() {
+    let broker = broker_with_topics("eoscold");
+    let dir = scratch("eoscold");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "egress.kafka.transactional_id_prefix=eoscold-test".into(),
+        "state.hot_capacity=32".into(),
+        "state.cold_reader=thread".into(),
+    ]);
+    let records = workload(200, 8_000);
+    let (under_kills, last) = records.split_at(6_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    kill_restart_under_load(&broker, &sets, under_kills.to_vec());
+    produce_all(&broker.producer(), &mut EventBatchEncoder::new(), last);
+    let report = rerun_until_every_score_once(&broker, &sets, &want);
+    assert!(
+        counter(&report, "sluice_state_cold_reads_total") > 0,
+        "{report}"
+    );
+    assert!(
+        counter(&report, "sluice_kafka_cold_read_settles_total") > 0,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// exactly_once's overlapping commits: under load with 50 ms checkpoints, Kafka records are
 /// taken while a commit runs (into the other producer's transaction); every Score once, each
 /// count exact, each key's Scores in order. Then the same state goes on with
@@ -1359,6 +1392,24 @@ fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
     let broker = broker_with_topics("alo");
     let dir = scratch("alo");
     let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    let records = workload(200, 6_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    kill_restart_under_load(&broker, &sets, records);
+    rerun_until_every_score_after_dedup(&broker, &sets, &want, Duration::from_secs(90));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same with cold reads off the shard thread (see the exactly_once test above).
+#[test]
+fn at_least_once_with_cold_reads_off_the_shard_thread_kill_9_exact_after_dedup() {
+    let broker = broker_with_topics("alocold");
+    let dir = scratch("alocold");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    sets.extend([
+        "state.hot_capacity=32".into(),
+        "state.cold_reader=thread".into(),
+    ]);
     let records = workload(200, 6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);

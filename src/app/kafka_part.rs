@@ -453,6 +453,8 @@ pub(super) fn shard_kafka(
         txn: crate::shard::ExactlyOnce::default(),
         member,
         taking_up: None,
+        settle_next: false,
+        rebalances: Vec::new(),
     })
 }
 

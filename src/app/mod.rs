@@ -681,17 +681,9 @@ fn build_shard(
             (None, None, cp)
         }
     };
-    let reader = match (
-        config.state.cold_reader,
-        kafka.is_some() || attach.is_some(),
-    ) {
-        (ColdReaderPlace::Shard, _) => None,
-        (place, true) => {
-            // Said at every start: the setting asks for something this shard does not do.
-            tracing::warn!(shard = id, cold_reader = ?place, "this shard takes Kafka input, so its cold reads are made on the shard thread all the same (a checkpoint's offsets must cover only applied events; reads off the thread are UDP-only so far)");
-            None
-        }
-        (place, false) => {
+    let reader = match config.state.cold_reader {
+        ColdReaderPlace::Shard => None,
+        place => {
             let idle = place == ColdReaderPlace::Idle;
             let cpus = if idle {
                 vec![placement.cpu]

@@ -173,6 +173,8 @@ shard_counters! {
     kafka_commit_max_ns: Counter => GaugeNs names::KAFKA_COMMIT_MAX;
     /// exactly_once with `overlap_commits`: Kafka records taken while an earlier checkpoint's transaction was on its way to its commit (into the other producer's transaction).
     kafka_records_while_committing: Counter => Counter names::KAFKA_RECORDS_WHILE_COMMITTING;
+    /// state.cold_reader = thread | idle: cycles a Kafka shard waited for its cold reads before its flush (a checkpoint or rebalance was due while events waited for one, or two cycles' records were held for them).
+    kafka_cold_settles: Counter => Counter names::KAFKA_COLD_SETTLES;
     /// egress.kafka.changelog: state records (images) written to the changelog topic.
     kafka_changelog_records: Counter => Counter names::KAFKA_CHANGELOG_RECORDS;
     /// egress.kafka.changelog: tombstones written (a deleted key, to each of the shard's changelog partitions).

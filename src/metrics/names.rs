@@ -40,6 +40,9 @@ pub const RELOADS: &str = "sluice_state_reloads_total";
 pub const COLD_READS: &str = "sluice_state_cold_reads_total";
 /// A full cold wait list made the shard wait for the read out (state.cold_reader = thread).
 pub const COLD_READ_WAITS: &str = "sluice_state_cold_read_waits_total";
+/// A Kafka shard with cold reads off its thread waited for them before a checkpoint's or a
+/// rebalance's cycle ended (their offsets cover only applied events).
+pub const KAFKA_COLD_SETTLES: &str = "sluice_kafka_cold_read_settles_total";
 /// Events waiting for a batched cold read, out or to come.
 pub const COLD_WAITING: &str = "sluice_state_cold_waiting_events";
 pub const EXPIRED: &str = "sluice_state_expired_total";

@@ -126,6 +126,11 @@ impl<O> ExactlyOnce<O> {
         matches!(self.commit, Some(Commit::Writing { .. }))
     }
 
+    /// A checkpoint flipped and not yet committed (no other flips before it ends).
+    pub fn in_flight(&self) -> bool {
+        self.commit.is_some()
+    }
+
     /// Between cycles: advance the checkpoint on its way, or flip one if due (`input`: the
     /// source's position, with its offsets when `true`; `offsets`: the same offsets for the
     /// commit). Ok(Some): a transaction committed this turn. Err: stop the shard.

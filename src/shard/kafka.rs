@@ -45,6 +45,12 @@ pub struct ShardKafka {
     pub member: Option<GroupMember>,
     /// Assigned partitions being rebuilt from the changelog; taken up once every key is in.
     pub taking_up: Option<TakingUp>,
+    /// A checkpoint or rebalance waits for the events still waiting for cold reads off the
+    /// shard thread (`wait_for_cold`): the next cycle waits for those reads before its flush.
+    pub settle_next: bool,
+    /// Rebalances taken from the consumer while events waited for cold reads: acted on once
+    /// those landed.
+    pub rebalances: Vec<RebalanceEvent>,
 }
 
 /// Assigned partitions rebuilt from the changelog without stopping the shard: the changelog
@@ -238,6 +244,35 @@ impl ShardKafka {
         }
     }
 
+    /// With cold reads off the shard thread (`state.cold_reader`), a record's events may
+    /// wait for a read past its cycle, while its offset is taken already. A checkpoint's
+    /// offsets (and so a commit's) and a handover must cover only applied events, so when a
+    /// flip is due or a rebalance waits while events wait, this turn does neither (true) and
+    /// the next cycle waits for the reads before its flush: their Scores then go out before
+    /// the flip, into the transaction (or epoch) it closes. Costs one cycle's delay; reads
+    /// overlap serving the rest of the time. (Shards reading on their own thread land every
+    /// read within its cycle: never true for them.)
+    fn wait_for_cold(&mut self, cp: &Checkpointer, now_ns: u64, core: &ShardCore) -> bool {
+        let wait = core.waiting_for_cold() > 0
+            && !cp.capturing()
+            && !self.txn.in_flight()
+            && cp.due(now_ns, core.state(), &self.input(false));
+        self.settle_next |= wait;
+        wait
+    }
+
+    /// Between cycles, before `rebalance` and `checkpoint`: whatever asked the last cycle to
+    /// wait for its cold reads has had it.
+    pub fn turn_begins(&mut self) {
+        self.settle_next = false;
+    }
+
+    /// The next cycle must wait for its cold reads before its flush (`wait_for_cold`, or two
+    /// cycles' sources held for waiting events).
+    pub fn wants_settled(&self) -> bool {
+        self.settle_next || self.sink.sources_filling()
+    }
+
     /// Between cycles, after the flush: a checkpoint if due, and its Kafka side — the
     /// delivery mode's sequence (`shard::exactly_once`, `shard::at_least_once`) over the real
     /// producers. Err: exactly_once must stop (the caller stops the shard).
@@ -248,7 +283,7 @@ impl ShardKafka {
         core: &mut ShardCore,
         counters: &ShardCounters,
     ) -> Result<(), String> {
-        if self.failed {
+        if self.failed || self.wait_for_cold(cp, now_ns, core) {
             return Ok(());
         }
         let max_event_ns = core.max_event_ns();
@@ -334,11 +369,26 @@ impl ShardKafka {
         if self.member.is_none() || self.failed {
             return Ok(());
         }
+        // Keys moving in or out while events wait for cold reads: not before those land
+        // (`wait_for_cold`); the events are kept for then.
+        let cold_waits = core.waiting_for_cold() > 0;
         if self.taking_up.is_some() {
+            if cold_waits {
+                self.settle_next = true;
+                return Ok(());
+            }
             // Later rebalance events wait (librdkafka sends none before the assignment call).
             return self.advance_take_up(core, counters);
         }
-        for event in self.source.take_rebalances() {
+        self.rebalances.extend(self.source.take_rebalances());
+        if self.rebalances.is_empty() {
+            return Ok(());
+        }
+        if cold_waits {
+            self.settle_next = true;
+            return Ok(());
+        }
+        for event in std::mem::take(&mut self.rebalances) {
             counters.kafka_rebalances.add(1);
             match event {
                 RebalanceEvent::Revoke(list) => self.hand_over(&list, cp, core, counters)?,

@@ -170,37 +170,45 @@ impl Shard {
                 work += k.take(core, pickup_ns, egress, counters, latency);
             }
         }
+        let kafka_settles = kafka.as_ref().is_some_and(ShardKafka::wants_settled);
         let mut sink = EgressSink {
             egress,
             kafka: kafka.as_mut().map(|k| &mut k.sink),
             counters,
             latency,
         };
-        let has_kafka = sink.kafka.is_some();
         work += core.drain_inbound(self.drain_max, &mut sink);
         work += core.finish_cycle(pickup_ns, &mut sink);
-        if !receive || has_kafka {
+        if kafka_settles && core.waiting_for_cold() > 0 {
+            counters.kafka_cold_settles.inc();
+        }
+        if !receive || kafka_settles {
             // Draining to a stop: nothing may still wait for a cold read at its end. With
-            // Kafka, a checkpoint or commit after this cycle records input positions that
-            // must include every event taken (its shards read cold keys on the shard thread,
-            // so this finds nothing to wait for).
+            // Kafka, a checkpoint or rebalance waits for it (`ShardKafka::wait_for_cold`).
+            // (A shard reading on its own thread lands its reads within the cycle: this
+            // finds nothing to wait for.)
             core.settle_cold(&mut sink);
         }
         egress.flush(counters, latency);
         let mut failure = None;
+        let cold_waits = core.waiting_for_cold() > 0;
         if let Some(k) = kafka.as_mut() {
-            k.sink.flush(counters, latency);
+            k.sink.flush(counters, latency, cold_waits);
             if let Err(e) = k.check_delivered(self.checkpoints.as_ref()) {
                 failure = Some(IngestError::Kafka(e));
-            } else if self.checkpoints.is_none() {
+            } else if self.checkpoints.is_none() && !cold_waits {
+                // The group's offsets may cover only applied events: with some still waiting
+                // for a cold read, a later cycle commits.
                 k.commit_without_checkpoints(pickup_ns);
             }
         }
         if let Some(cp) = &mut self.checkpoints {
             // Between cycles, after the flush: every event taken in so far is applied and
-            // answered, none is half-way.
+            // answered, none is half-way — but those waiting for a cold read off the shard
+            // thread, which a Kafka checkpoint or rebalance waits for (`wait_for_cold`).
             match kafka.as_mut() {
                 Some(k) => {
+                    k.turn_begins();
                     if let Err(e) = k
                         .rebalance(cp, core, counters)
                         .and_then(|()| k.checkpoint(cp, pickup_ns, core, counters))

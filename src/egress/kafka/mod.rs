@@ -265,7 +265,10 @@ impl KafkaSink {
         } else {
             None
         };
-        let sources_max = config.ingest.kafka.records_per_cycle_max;
+        // Room for two cycles' records: with cold reads off the shard thread, a record's
+        // events may wait for a read past its cycle, and its source stays until they are
+        // applied (the shard waits for the reads once one cycle's worth is left).
+        let sources_max = 2 * config.ingest.kafka.records_per_cycle_max;
         let scores_max = sources_max * config.wire.batch_events_max;
         let progress_at_flip = (transactional && !k.changelog)
             .then(|| (k.progress_topic.clone(), transactional_id(config, shard)));
@@ -384,9 +387,15 @@ impl KafkaSink {
         (0..EPOCHS).all(|s| s == open || epochs.outstanding(s) == 0)
     }
 
+    /// Less than a cycle's room left for sources (see `flush`): the shard must wait for its
+    /// cold reads before this cycle's flush, so the sources can go.
+    pub fn sources_filling(&self) -> bool {
+        2 * self.sources.len() > self.sources_max
+    }
+
     /// Register a consumed record whose events are about to be applied; its Scores go to
     /// `ReplyTo::Kafka(returned index)`. At most `records_per_cycle_max` per cycle (the
-    /// source's poll bound), cleared by `flush`.
+    /// source's poll bound), cleared by `flush` (two cycles' worth kept at most).
     pub fn begin_source(&mut self, owned: usize, offset: i64, key: &[u8]) -> u32 {
         crate::invariant!(
             self.sources.len() < self.sources_max,
@@ -419,7 +428,9 @@ impl KafkaSink {
     /// record where some were alerts), handed to the producer; then serve delivery reports.
     /// `send` copies key and value (librdkafka's F_COPY), and the crate builds the topic
     /// CString and the header list per record: allocations per record, not per event.
-    pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency) {
+    /// `in_use`: events of this or an earlier cycle's records still wait for a cold read
+    /// (their Scores will name those records): the sources stay.
+    pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency, in_use: bool) {
         if !self.pending.is_empty() {
             // Scores of events that waited for a cold read (`shard::cold_wait`) come after the
             // cycle's others: regroup them under their input record, keeping each record's
@@ -445,8 +456,10 @@ impl KafkaSink {
             }
         }
         self.pending.clear();
-        self.sources.clear();
-        self.keys.clear();
+        if !in_use {
+            self.sources.clear();
+            self.keys.clear();
+        }
         // During a commit its own flush serves that producer's reports (on the committer
         // thread); polling it here too would run its delivery callbacks on two threads at once.
         let committing = self.committer.as_ref().and_then(Committer::busy);
