@@ -194,6 +194,12 @@ struct Source {
 /// Longest input-record key kept to key a multi-key Score record (longer: the first Score's
 /// entity key is used instead).
 const KEY_BYTES_MAX: usize = 256;
+/// Cycles' worth of record sources kept for events waiting for cold reads off the shard
+/// thread. Two (the shard waiting for its reads every other cycle under steady cold traffic)
+/// drained a Kafka backlog slower than reading on the shard; at four the waits are rarer
+/// (bench/README.md, "Larger than memory": Kafka). Each is 24 bytes and a key of up to
+/// `KEY_BYTES_MAX`, and a Score slot per event a record may hold.
+const SOURCE_CYCLES: usize = 4;
 
 pub struct KafkaSink {
     /// Shared with the committer thread (exactly_once), which commits on them. One, or two
@@ -218,6 +224,8 @@ pub struct KafkaSink {
     pending: Vec<(u32, PendingScore)>,
     encoder: ScoreBatchEncoder,
     sources_max: usize,
+    /// `ingest.kafka.records_per_cycle_max`: the sources one cycle may add.
+    cycle_records: usize,
     scores_max: usize,
     /// The open epoch: Score records produced now belong to it (slot `epoch % EPOCHS`).
     epoch: u64,
@@ -265,10 +273,16 @@ impl KafkaSink {
         } else {
             None
         };
-        // Room for two cycles' records: with cold reads off the shard thread, a record's
-        // events may wait for a read past its cycle, and its source stays until they are
-        // applied (the shard waits for the reads once one cycle's worth is left).
-        let sources_max = 2 * config.ingest.kafka.records_per_cycle_max;
+        // Room for `SOURCE_CYCLES` cycles' records: with cold reads off the shard thread, a
+        // record's events may wait for a read past its cycle, and its source stays until
+        // they are applied (the shard waits for the reads once one cycle's room is left).
+        let cycle_records = config.ingest.kafka.records_per_cycle_max;
+        let cycles = match config.state.cold_reader {
+            // Reads land within their cycle: nothing is kept.
+            crate::config::ColdReaderPlace::Shard => 1,
+            _ => SOURCE_CYCLES,
+        };
+        let sources_max = cycles * cycle_records;
         let scores_max = sources_max * config.wire.batch_events_max;
         let progress_at_flip = (transactional && !k.changelog)
             .then(|| (k.progress_topic.clone(), transactional_id(config, shard)));
@@ -290,6 +304,7 @@ impl KafkaSink {
             pending: Vec::with_capacity(scores_max),
             encoder: ScoreBatchEncoder::new(config.wire.batch_events_max),
             sources_max,
+            cycle_records,
             scores_max,
             epoch: 0,
         })
@@ -387,10 +402,11 @@ impl KafkaSink {
         (0..EPOCHS).all(|s| s == open || epochs.outstanding(s) == 0)
     }
 
-    /// Less than a cycle's room left for sources (see `flush`): the shard must wait for its
+    /// Less than a cycle's room left for sources (see `flush`; `SOURCE_CYCLES`): the shard
+    /// must wait for its
     /// cold reads before this cycle's flush, so the sources can go.
     pub fn sources_filling(&self) -> bool {
-        2 * self.sources.len() > self.sources_max
+        self.sources.len() + self.cycle_records > self.sources_max
     }
 
     /// Register a consumed record whose events are about to be applied; its Scores go to
