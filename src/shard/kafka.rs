@@ -267,8 +267,8 @@ impl ShardKafka {
         self.settle_next = false;
     }
 
-    /// The next cycle must wait for its cold reads before its flush (`wait_for_cold`, or two
-    /// cycles' sources held for waiting events).
+    /// The next cycle must wait for its cold reads before its flush (`wait_for_cold`, or the
+    /// sink's room for record sources held for waiting events nearly used up).
     pub fn wants_settled(&self) -> bool {
         self.settle_next || self.sink.sources_filling()
     }

@@ -403,15 +403,14 @@ impl KafkaSink {
     }
 
     /// Less than a cycle's room left for sources (see `flush`; `SOURCE_CYCLES`): the shard
-    /// must wait for its
-    /// cold reads before this cycle's flush, so the sources can go.
+    /// must wait for its cold reads before this cycle's flush, so the sources can go.
     pub fn sources_filling(&self) -> bool {
         self.sources.len() + self.cycle_records > self.sources_max
     }
 
     /// Register a consumed record whose events are about to be applied; its Scores go to
     /// `ReplyTo::Kafka(returned index)`. At most `records_per_cycle_max` per cycle (the
-    /// source's poll bound), cleared by `flush` (two cycles' worth kept at most).
+    /// source's poll bound), cleared by `flush` (`SOURCE_CYCLES` cycles' worth kept at most).
     pub fn begin_source(&mut self, owned: usize, offset: i64, key: &[u8]) -> u32 {
         crate::invariant!(
             self.sources.len() < self.sources_max,
