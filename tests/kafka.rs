@@ -1389,9 +1389,16 @@ fn positions_older_than_half_the_tombstone_retention_are_not_used() {
 
 #[test]
 fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
-    let broker = broker_with_topics("alo");
-    let dir = scratch("alo");
-    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    at_least_once_kill_9_exact("alo", &[]);
+}
+
+/// at_least_once under kill -9 (sets `extra` on top): every Observation scored, exact after
+/// dedup by source.
+fn at_least_once_kill_9_exact(name: &str, extra: &[&str]) {
+    let broker = broker_with_topics(name);
+    let dir = scratch(name);
+    let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    sets.extend(extra.iter().map(|s| s.to_string()));
     let records = workload(200, 6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
@@ -1403,19 +1410,10 @@ fn at_least_once_kill_9_repeatedly_exact_after_dedup_by_source() {
 /// The same with cold reads off the shard thread (see the exactly_once test above).
 #[test]
 fn at_least_once_with_cold_reads_off_the_shard_thread_kill_9_exact_after_dedup() {
-    let broker = broker_with_topics("alocold");
-    let dir = scratch("alocold");
-    let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
-    sets.extend([
-        "state.hot_capacity=32".into(),
-        "state.cold_reader=thread".into(),
-    ]);
-    let records = workload(200, 6_000);
-    let events: Vec<Ev> = records.iter().flatten().copied().collect();
-    let want = expected(&events);
-    kill_restart_under_load(&broker, &sets, records);
-    rerun_until_every_score_after_dedup(&broker, &sets, &want, Duration::from_secs(90));
-    let _ = std::fs::remove_dir_all(&dir);
+    at_least_once_kill_9_exact(
+        "alocold",
+        &["state.hot_capacity=32", "state.cold_reader=thread"],
+    );
 }
 
 #[test]
