@@ -407,6 +407,40 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Which changelog partitions go to the input instead: (start, end) offsets of the
+    /// changelog partition, the base's offset, and the group's offset of the input.
+    #[test]
+    fn a_changelog_partition_is_replaced_by_its_input_only_when_it_cannot_hold_the_state() {
+        let fallback = |until: i64, all: bool| Fallback {
+            inputs: HashMap::from([(
+                0,
+                InputEnd {
+                    topic: "events".into(),
+                    partition: 0,
+                    until,
+                },
+            )]),
+            all,
+        };
+        let usable =
+            |f: &Fallback, ends: (i64, i64), from: i64| unusable(f, 0, ends, from).is_none();
+        let f = fallback(500, false);
+        // Whole from 0, or from a base's offset the records after it start at or before.
+        assert!(usable(&f, (0, 900), 0));
+        assert!(usable(&f, (300, 900), 400));
+        assert!(usable(&f, (400, 900), 400));
+        // Records deleted below the base.
+        assert!(!usable(&f, (1, 900), 0));
+        assert!(!usable(&f, (401, 900), 400));
+        // Made anew: ending before the base's offset, or empty while the input moved on.
+        assert!(!usable(&f, (0, 300), 400));
+        assert!(!usable(&f, (0, 0), 0));
+        // Empty and nothing committed: an empty state is the state.
+        assert!(usable(&fallback(0, false), (0, 0), 0));
+        // Not vouched for by the last committed transaction: never read.
+        assert!(!usable(&fallback(500, true), (0, 900), 0));
+    }
+
     /// Records `from..` of a changelog applied over `base` (images only: None is gone).
     fn over(
         base: &HashMap<u64, Vec<u8>>,
