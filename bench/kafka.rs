@@ -297,10 +297,14 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
         }
         // With `--set state.dir=D` each phase keeps its state in D/phase-N: the phases read
         // different topics, and a checkpoint of one is refused by the other's layout.
-        sets.extend(sets_extra.iter().map(|s| match s.strip_prefix("state.dir=") {
-            Some(dir) if !dir.is_empty() => format!("state.dir={dir}/phase-{i}"),
-            _ => s.clone(),
-        }));
+        sets.extend(
+            sets_extra
+                .iter()
+                .map(|s| match s.strip_prefix("state.dir=") {
+                    Some(dir) if !dir.is_empty() => format!("state.dir={dir}/phase-{i}"),
+                    _ => s.clone(),
+                }),
+        );
         let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
         let running = sluice::app::start(&config)?;
         let started = std::time::Instant::now();
