@@ -98,6 +98,9 @@ struct Totals {
     /// and the Scores of those records.
     overlap_seeds: u64,
     scores_while_committing: u64,
+    /// Kafka seeds with deferred cold reads: checkpoint turns that landed waiting events
+    /// before their flip.
+    cold_settles: u64,
     /// Events waiting for a batched cold read when a crash took them (then replayed).
     waiting_lost: u64,
     transactions: u64,
@@ -135,6 +138,7 @@ impl Totals {
         self.cold_reads_deferred_seeds += u64::from(r.cold_reads_deferred);
         self.overlap_seeds += u64::from(r.overlap_commits);
         self.scores_while_committing += r.scores_while_committing;
+        self.cold_settles += r.cold_settles;
         self.waiting_lost += r.waiting_lost;
         self.transactions += r.transactions;
         self.transactions_aborted += r.transactions_aborted;

@@ -53,6 +53,23 @@ pub struct ShardKafka {
     pub rebalances: Vec<RebalanceEvent>,
 }
 
+/// Whether a checkpoint would flip now (`in_flight`: exactly_once's checkpoint on its way, which
+/// no flip passes) while events of records already taken wait for a cold read: their
+/// offsets would be in it without their effects. Then the flip waits for those reads (see
+/// `ShardKafka::wait_for_cold`; the crash simulation asks the same, `sim::world::kafka`).
+pub fn flip_waits_for_cold(
+    core: &ShardCore,
+    cp: &Checkpointer,
+    in_flight: bool,
+    now_ns: u64,
+    input: &Input,
+) -> bool {
+    core.waiting_for_cold() > 0
+        && !cp.capturing()
+        && !in_flight
+        && cp.due(now_ns, core.state(), input)
+}
+
 /// Assigned partitions rebuilt from the changelog without stopping the shard: the changelog
 /// is read on a helper thread, then its keys go into the state a slice per cycle; meanwhile
 /// the shard serves its other partitions, and librdkafka waits for the assignment call (the
@@ -253,10 +270,7 @@ impl ShardKafka {
     /// overlap serving the rest of the time. (Shards reading on their own thread land every
     /// read within its cycle: never true for them.)
     fn wait_for_cold(&mut self, cp: &Checkpointer, now_ns: u64, core: &ShardCore) -> bool {
-        let wait = core.waiting_for_cold() > 0
-            && !cp.capturing()
-            && !self.txn.in_flight()
-            && cp.due(now_ns, core.state(), &self.input(false));
+        let wait = flip_waits_for_cold(core, cp, self.txn.in_flight(), now_ns, &self.input(false));
         self.settle_next |= wait;
         wait
     }

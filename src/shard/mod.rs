@@ -18,7 +18,7 @@ pub use self::core::{KafkaRecord, ShardCore};
 pub use at_least_once::{AtLeastOnce, Epochs};
 pub use cold_reader::ColdReader;
 pub use exactly_once::{Commit, ExactlyOnce, Transactions};
-pub use kafka::{GroupMember, KafkaAttach, ShardKafka};
+pub use kafka::{flip_waits_for_cold, GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
 pub use replay::{Replay, Replayed};
 

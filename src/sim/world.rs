@@ -73,9 +73,10 @@ pub struct SeedReport {
     pub hot_capacity: usize,
     /// `state.cold_wait_max` (0: each miss read on its own).
     pub cold_wait_max: usize,
-    /// UDP seeds: the batched cold reads are made off the shard (a deferred reader, whose
-    /// reads land at steps the seed picks, while later events go on), as
-    /// `state.cold_reader = thread` does.
+    /// The batched cold reads are made off the shard (a deferred reader, whose reads land at
+    /// steps the seed picks, while later events go on), as `state.cold_reader = thread`
+    /// does; on Kafka seeds a checkpoint due while events wait lands them first, as the
+    /// service's does (`shard::flip_waits_for_cold`).
     pub cold_reads_deferred: bool,
     /// Kafka seeds: `egress.kafka.delivery = at_least_once` (the service's default) instead
     /// of exactly_once: Scores are delivered as they are acknowledged, and a checkpoint
@@ -86,6 +87,9 @@ pub struct SeedReport {
     pub overlap_commits: bool,
     /// Of those records' Scores, how many (committed later or lost by a crash).
     pub scores_while_committing: u64,
+    /// Kafka seeds with deferred cold reads: checkpoint turns that landed waiting events
+    /// before flipping (`shard::flip_waits_for_cold`).
+    pub cold_settles: u64,
     /// `state.ttl_ms` (Kafka seeds only; 0: off).
     pub ttl_ms: u64,
     pub events: usize,
@@ -380,7 +384,7 @@ impl World {
         // Batched cold reads off, tiny (the batch evicts its own keys), or larger than the
         // table: from the seed itself, so the world's other draws stay as they were.
         let cold_wait = [0usize, 1, 3, 8, 256][(route::mix64(seed ^ 0xC01D) % 5) as usize];
-        let cold_reads_deferred = !kafka && cold_wait > 0 && route::mix64(seed ^ 0xA5C0) % 2 == 0;
+        let cold_reads_deferred = cold_wait > 0 && route::mix64(seed ^ 0xA5C0) % 2 == 0;
         // A third of the Kafka seeds run at_least_once (the sabotages that need exactly_once
         // keep it); drawn from the seed alone, as the choices above.
         let at_least_once = match spec.sabotage {

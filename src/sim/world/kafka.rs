@@ -3,7 +3,9 @@
 //! delivered Scores and committed transactions are what survives a crash.
 
 use crate::route;
-use crate::shard::{AtLeastOnce, Epochs, ExactlyOnce, KafkaRecord, Transactions};
+use crate::shard::{
+    flip_waits_for_cold, AtLeastOnce, Epochs, ExactlyOnce, KafkaRecord, Transactions,
+};
 use crate::state::checkpoint::{Input, PartitionOffset};
 use crate::wire::ScoreOut;
 
@@ -419,6 +421,8 @@ impl World {
             }
             node.txn.positions[at].1 = offset + 1;
         }
+        self.maybe_read_cold(id);
+        let node = &mut self.nodes[id];
         node.core.finish_cycle(self.now, &mut self.sink);
         if on_its_way {
             self.report.scores_while_committing += self.sink.len() as u64;
@@ -451,6 +455,17 @@ impl World {
             },
         };
         let (written_before, failed_before) = (node.cp.stats.written, node.cp.stats.failed);
+        // A flip due while events wait for a deferred cold read: the service puts it off a
+        // cycle that lands those reads before its flush; here that cycle's end and flush run
+        // now, then the turn.
+        let in_flight = node.txn.sequence.commit.is_some();
+        if flip_waits_for_cold(&node.core, &node.cp, in_flight, now, &input(false)) {
+            self.report.cold_settles += 1;
+            node.core.settle_cold(&mut self.sink);
+            node.txn
+                .producers
+                .send(self.sink.drain(..).map(|(_, s)| s.score));
+        }
         if node.txn.producers.at_least_once {
             let Txn {
                 acks, producers, ..
