@@ -787,8 +787,12 @@ impl World {
             return self.producers.iter().all(|p| p.next >= p.events.len());
         }
         if self.report.at_least_once {
-            // Every record taken and every Score delivered (the stop at the end commits it).
-            return self.nodes.iter().all(|n| n.txn.producers.settled())
+            // Every record taken, applied (none waiting for a deferred cold read) and its Score
+            // delivered (the stop at the end commits it).
+            return self
+                .nodes
+                .iter()
+                .all(|n| n.txn.producers.settled() && n.core.waiting_for_cold() == 0)
                 && self
                     .partitions
                     .iter()
