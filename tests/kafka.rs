@@ -682,11 +682,6 @@ fn exactly_once_changelog_rebuilds_a_wiped_state_dir_counts_exact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Group membership: instance A consumes alone, B joins (partitions move to it with their
-/// state: A commits and hands them over, B rebuilds them from the changelog), then B stops
-/// cleanly (its last checkpoint committed; the group gives its partitions back to A after the
-/// session timeout, rebuilt from the changelog again). Under load the whole time: a
-/// read_committed reader sees every Observation's Score once, every count exact.
 /// Sets for instance `name` of a scale-out test: group membership, exactly_once with the
 /// changelog, one shard, a small hot table, an admin socket in its own state directory, then
 /// `extra`.
@@ -888,10 +883,18 @@ fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_inp
     let _ = std::fs::remove_dir_all(&dir_b);
 }
 
+/// Group membership: instance A consumes alone, B joins (partitions move to it with their
+/// state: A commits and hands them over, B rebuilds them from the changelog), then B stops
+/// cleanly (its last checkpoint committed; the group gives its partitions back to A after the
+/// session timeout, rebuilt from the changelog again). Under load the whole time: a
+/// read_committed reader sees every Observation's Score once, every count exact. Both read
+/// cold keys off the shard thread (`state.cold_reader = thread`), so a rebalance can come
+/// while events wait for a read (it waits for them: `ShardKafka::rebalance`); the other
+/// scale-out tests read on the shard.
 #[test]
 fn group_membership_partitions_move_between_instances_with_their_state() {
     let broker = broker_with_topics("group");
-    let member = |name: &str| group_member(&broker, "group", name, &[]);
+    let member = |name: &str| group_member(&broker, "group", name, &["state.cold_reader=thread"]);
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
     let records = workload(200, 12_000);

@@ -458,7 +458,7 @@ impl World {
         // A flip due while events wait for a deferred cold read: the service puts it off a
         // cycle that lands those reads before its flush; here that cycle's end and flush run
         // now, then the turn.
-        let in_flight = node.txn.sequence.commit.is_some();
+        let in_flight = node.txn.sequence.in_flight();
         if flip_waits_for_cold(&node.core, &node.cp, in_flight, now, &input(false)) {
             self.report.cold_settles += 1;
             node.core.settle_cold(&mut self.sink);
