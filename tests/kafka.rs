@@ -837,8 +837,18 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
     std::fs::remove_dir_all(&dir).unwrap();
     let err = common::run_refused(&sets);
     assert!(
-        err.contains("no complete point is left"),
+        err.contains("starts at offset 1, not 0") && err.contains("no complete point is left"),
         "not refused for the deleted records:\n{err}"
+    );
+    // The input made anew (empty, below the offsets the group committed): refused too.
+    futures_executor::block_on(kafka.0.delete_topics(&[EVENTS], &kafka.1)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.create_topic(EVENTS, 4);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = common::run_refused(&sets);
+    assert!(
+        err.contains("ends at offset 0, before the offset") && err.contains("no complete point"),
+        "not refused for the input made anew:\n{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,12 +45,17 @@ pub fn replay(
         let consumer: BaseConsumer<ToTheEnd> = cc
             .create_with_context(ToTheEnd)
             .map_err(KafkaError::client("input replay reader"))?;
-        let (low, _) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(KafkaError::client(format!("input {topic}/{p} watermarks")))?;
         if low > 0 {
             return Err(KafkaError::Other(format!(
                 "input partition {topic}/{p} starts at offset {low}, not 0 (its retention deleted the rest), so it cannot be replayed to rebuild the state either: no complete point is left"
+            )));
+        }
+        if high < until {
+            return Err(KafkaError::Other(format!(
+                "input partition {topic}/{p} ends at offset {high}, before the offset {until} the group committed (the topic was made anew), so it cannot be replayed to rebuild the state either: no complete point is left"
             )));
         }
         let mut tpl = TopicPartitionList::new();

@@ -46,8 +46,9 @@ pub struct WarmCopy {
     /// `Standbys::keep`). None for a copy the tail keeps up to date.
     pub kept_until: Option<Instant>,
     /// Tailed from a changelog partition that had lost records when the tail began (its
-    /// start offset above 0, or not known): the copy lacks their keys, so no takeover uses
-    /// it (the rebuild then finds the changelog unusable and replays the input instead).
+    /// start offset above 0, or not known): the copy may lack their keys, so no takeover uses
+    /// it (the rebuild then reads the changelog itself, or replays the input when the
+    /// changelog lost records).
     pub partial: bool,
 }
 
