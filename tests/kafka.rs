@@ -752,8 +752,9 @@ fn delete_first_records((admin, opts): &(Admin, AdminOptions), topic: &str) {
 
 /// The changelog cannot rebuild the state once records were deleted from it or the topic
 /// itself is gone: the input topic, still whole, is replayed instead (Score-less) and every
-/// count goes on exactly. Once the input lost records too, no complete point is left: the
-/// shard refuses to start, saying so, instead of serving a partial state.
+/// count goes on exactly; the replayed state is then sent whole (marked), so the next rebuild
+/// reads the changelog again. Once the input lost records too, no complete point is left:
+/// the shard refuses to start, saying so, instead of serving a partial state.
 #[test]
 fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_the_reason() {
     let broker = broker_with_topics("truncated");
@@ -765,9 +766,10 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
         "egress.kafka.changelog=true".into(),
         "egress.kafka.changelog_topic=truncated-state".into(),
     ]);
-    let records = workload(100, 4_000);
+    let records = workload(100, 5_000);
     let (first, rest) = records.split_at(1_000);
     let (second, rest) = rest.split_at(1_000);
+    let (healed, rest) = rest.split_at(1_000);
     let (third, fourth) = rest.split_at(1_000);
     let producer = broker.producer();
     let mut enc = EventBatchEncoder::new();
@@ -800,7 +802,20 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
         1_000,
         "{report}"
     );
-    // The topic gone altogether (made anew at start, it holds nothing): the same, over 2 000.
+    // That run's first commit sent the replayed state whole, behind a whole-state marker in
+    // each partition: the changelog still starts at offset 1, yet a rebuild now reads it.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let report = run_with(healed);
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        0,
+        "not healed by the whole send after the replay: {report}"
+    );
+    assert!(
+        counter(&report, "sluice_kafka_changelog_restored_keys") > 0,
+        "{report}"
+    );
+    // The topic gone altogether (made anew at start, it holds nothing): the same, over 3 000.
     let delete_changelog = || {
         futures_executor::block_on(kafka.0.delete_topics(&["truncated-state"], &kafka.1)).unwrap();
         std::thread::sleep(Duration::from_millis(500));
@@ -815,7 +830,7 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
     );
     assert_eq!(
         counter(&report, "sluice_kafka_changelog_replayed_records_total"),
-        2_000,
+        3_000,
         "{report}"
     );
     // The topic made anew was filled whole by that run's first commit: the next rebuild

@@ -363,6 +363,7 @@ fn seeds(
                     .filter(|(_, (_, s))| group || *s == i)
                     .map(|(at, (p, _))| (p.source_tag(), at as i32))
                     .collect(),
+                marks_whole: !group,
             });
             KafkaSeed {
                 owned,

@@ -641,8 +641,10 @@ fn build_shard(
             let k = topology::with_cpus(&helpers, || {
                 let words = restored.state.plan().words();
                 // Restored to exactly the named checkpoint (from disk or the changelog), or
-                // the start failed.
-                let holds = seed.changelog_holds();
+                // the start failed. Partitions replayed from their input are not in the
+                // changelog as it stands: the first send is whole (and marked), which heals it.
+                let replayed = restored.rebuilt.is_some_and(|(r, _)| r.input_replays > 0);
+                let holds = seed.changelog_holds().filter(|_| !replayed);
                 kafka_part::shard_kafka(
                     id,
                     config,

@@ -602,6 +602,8 @@ impl ShardKafka {
         let mut rebuild = changelog::ChangelogSpec {
             topic: member.changelog.topic.clone(),
             partitions: Vec::new(),
+            // Read only.
+            marks_whole: false,
         };
         let mut kept = 0;
         let mut rebuilding = Vec::new();

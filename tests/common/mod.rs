@@ -44,10 +44,14 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
     (child, stdout, addr)
 }
 
+/// How long a start that must be refused may take before the test calls it started.
+const REFUSAL_PATIENCE: Duration = Duration::from_secs(120);
+
 /// `sluice run` that must refuse to start (on an ephemeral port, a small table, `sets` after
-/// them): its stderr, once it has exited non-zero.
+/// them): its stderr, once it has exited non-zero. A start not refused within
+/// `REFUSAL_PATIENCE` (it serves, or hangs) fails the test instead of waiting forever.
 pub fn run_refused(sets: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "run",
             "--set",
@@ -56,10 +60,36 @@ pub fn run_refused(sets: &[String]) -> String {
             "state.hot_capacity=1024",
         ])
         .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "sluice started with {sets:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    // Read on a thread: a service that was not refused may log more than a pipe holds.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + REFUSAL_PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = reader.join().unwrap_or_default();
+            panic!(
+                "sluice was not refused within {} s with {sets:?}; its stderr:\n{text}",
+                REFUSAL_PATIENCE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = reader.join().unwrap_or_default();
+    assert!(!status.success(), "sluice started with {sets:?}:\n{text}");
+    text
 }
 
 /// `sluice run` children of this test process: killed if the test panics, so a failed

@@ -12,6 +12,15 @@
 //! A checkpoint's change set is what a transaction carries (the keys changed since the
 //! previous checkpoint, whose transaction carried the ones before); a checkpoint without one
 //! (the first of a run, or one whose change lists overflowed) is sent whole.
+//!
+//! A whole send by a shard whose partitions are dealt to it for good (static membership, so
+//! its checkpoint holds every key of them) is preceded, in each of its changelog partitions,
+//! by a marker record (`WHOLE_MARKER`): every live key of the partition follows it in the same
+//! transaction. A changelog whose first records were deleted (retention or delete-records)
+//! therefore still holds the whole state if its newest marker is left (`rebuild::read`), so
+//! the first whole send after an input replay heals it. Compaction keeps the newest marker
+//! (one key per partition). A group member's shard does not mark: its partitions come and go
+//! between checkpoints, and a whole send then need not hold every key of each.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,7 +44,13 @@ use crate::state::{Record, RECORD_BYTES};
 pub struct ChangelogSpec {
     pub topic: String,
     pub partitions: Vec<(u64, i32)>,
+    /// Each whole send holds every key of `partitions`: it is marked (`WHOLE_MARKER`).
+    pub marks_whole: bool,
 }
+
+/// The marker record's key: not 8 bytes, so it is never an entity key. Its value names the
+/// checkpoint whose whole send follows (for a reader of the topic; sluice reads only its key).
+pub const WHOLE_MARKER: &[u8] = b"sluice:whole-state-follows";
 
 /// What one transaction's changelog part held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +60,8 @@ pub struct Sent {
     pub tombstones: u64,
     /// Key and value bytes handed to the producer.
     pub bytes: u64,
+    /// Whole-state markers, one per changelog partition of a marked whole send.
+    pub markers: u64,
     /// The checkpoint was sent whole (no change set leading on from the last one sent).
     pub whole: bool,
     /// With it, the changelog holds the whole state as of this checkpoint: it was sent whole,
@@ -87,6 +104,14 @@ impl ChangelogSpec {
         let counts =
             checkpoint::read_changes(&path, words, holds, |change| -> Result<(), ProduceError> {
                 match change {
+                    Change::WholeFollows if self.marks_whole => {
+                        let value = format!("checkpoint={seq}");
+                        for &(_, p) in &self.partitions {
+                            self.send(producer, p, WHOLE_MARKER, Some(value.as_bytes()), deadline)?;
+                            sent.markers += 1;
+                        }
+                    }
+                    Change::WholeFollows => {}
                     Change::Put(image) => {
                         let Some(rec) = image.get(..RECORD_BYTES).and_then(Record::from_bytes)
                         else {
@@ -142,11 +167,11 @@ impl ChangelogSpec {
         &self,
         producer: &ScoreProducer,
         partition: i32,
-        key: &[u8; 8],
+        key: &[u8],
         value: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<[u8; 8], [u8], usize>::with_opaque_to(&self.topic, CHANGELOG)
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.topic, CHANGELOG)
             .partition(partition)
             .key(key);
         if let Some(v) = value {

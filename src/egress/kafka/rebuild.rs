@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::changelog::ChangelogSpec;
+use super::changelog::{ChangelogSpec, WHOLE_MARKER};
 use super::input_replay::{self, InputEnd};
 use crate::config::Config;
 use crate::ingest::kafka::standby::WarmCopy;
@@ -93,7 +93,7 @@ fn unusable(fallback: &Fallback, p: i32, (low, high): (i64, i64), from: i64) -> 
     if fallback.all {
         Some("is not known to hold the state (the last committed transaction carried no complete changelog part: the changelog was turned on after it, or the topic is new)".into())
     } else if low > from {
-        Some(format!("starts at offset {low}, not {from}: records were deleted from it (retention.ms or delete-records on a changelog topic), so it does not hold the whole state"))
+        Some(format!("starts at offset {low}, not {from}: records were deleted from it (retention.ms or delete-records on a changelog topic) and no whole state was sent into it since, so it does not hold the whole state"))
     } else if high < from {
         Some(format!("ends at offset {high}, before the position {from} its copy was taken at: the topic was made anew"))
     } else if high == 0 && until > 0 {
@@ -115,8 +115,10 @@ pub struct ChangelogRead {
 /// last committed transaction. `progress` is told the bytes read so far, every 4 MiB or so;
 /// `cancel` stops the read (Err) within one poll. A changelog partition whose records were
 /// deleted (its start offset above 0: retention or delete-records, which a compacted topic
-/// never does by itself) cannot hold the whole state, nor one made anew: such a partition is
-/// rebuilt from its input instead (`fallback`), or refused, saying so.
+/// never does by itself) holds the whole state only if a whole send was marked after them
+/// (`changelog::WHOLE_MARKER`): it is read from its start offset and used if a marker is
+/// among what is left. Without one, or made anew, such a partition is rebuilt from its input
+/// instead (`fallback`), or refused, saying so.
 ///
 /// `warm`: standby copies (or the shard's own older checkpoint's keys) by changelog partition;
 /// such a partition is read from the copy's offset on, over the copy's images (only the tail
@@ -146,24 +148,26 @@ pub fn read(
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
     let mut replays = Vec::new();
+    // Partitions that lost their first records: read from their start offset, and used only
+    // if a whole-state marker is among what is left (`changelog::WHOLE_MARKER`).
+    let mut need_marker: HashMap<i32, (u64, i64, String)> = HashMap::new();
     for &(tag, p) in &spec.partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(KafkaError::client(format!(
                 "changelog {topic}/{p} watermarks"
             )))?;
-        let from = warm.get(&p).map_or(0, |w| w.next_offset);
+        let mut from = warm.get(&p).map_or(0, |w| w.next_offset);
         if let Some(why) = unusable(fallback, p, (low, high), from) {
-            let Some(input) = fallback.inputs.get(&p) else {
-                return Err(KafkaError::Other(format!(
-                    "changelog partition {topic}/{p} {why}; nothing is restored from it. {REMEDY}"
-                )));
-            };
-            tracing::warn!(changelog = %topic, partition = p, input = %input.topic, input_partition = input.partition, until = input.until, "the changelog partition {why}: rebuilding its state from the input partition's records instead (replayed, no Scores sent)");
-            // A base older than what the replay rebuilds whole is of no use.
-            warm.remove(&p);
-            replays.push((tag, p, input, why));
-            continue;
+            if !fallback.all && low > from {
+                need_marker.insert(p, (tag, low, why));
+                from = low;
+            } else {
+                replays.push(replay_or_refuse(topic, fallback, (tag, p), why)?);
+                // A base older than what the replay rebuilds whole is of no use.
+                warm.remove(&p);
+                continue;
+            }
         }
         if high > from {
             tpl.add_partition_offset(topic, p, Offset::Offset(from))
@@ -175,16 +179,15 @@ pub fn read(
     let started = Instant::now();
     // Per partition: key -> newest image (None: deleted); a warm copy's images to start.
     let mut newest: HashMap<i32, HashMap<u64, Option<Vec<u8>>>> = HashMap::new();
+    // Keys of each base, and whether it was the shard's own: counted once it is used.
+    let mut bases: HashMap<i32, (u64, bool)> = HashMap::new();
     for &(_, p) in &spec.partitions {
         if let Some(w) = warm.remove(&p) {
-            if w.local {
-                rebuilt.local_keys += w.images.len() as u64;
-            } else {
-                rebuilt.warm_keys += w.images.len() as u64;
-            }
+            bases.insert(p, (w.images.len() as u64, w.local));
             newest.insert(p, w.images.into_iter().map(|(k, v)| (k, Some(v))).collect());
         }
     }
+    let mut marked: std::collections::HashSet<i32> = std::collections::HashSet::new();
     if open > 0 {
         consumer
             .assign(&tpl)
@@ -215,6 +218,10 @@ pub fn read(
             Some(Ok(m)) => {
                 last_progress = Instant::now();
                 rebuilt.read += 1;
+                if m.key() == Some(WHOLE_MARKER) {
+                    marked.insert(m.partition());
+                    continue;
+                }
                 let Some(key) = m
                     .key()
                     .and_then(|k| <[u8; 8]>::try_from(k).ok())
@@ -237,6 +244,22 @@ pub fn read(
         }
     }
     rebuilt.read_ns = started.elapsed().as_nanos() as u64;
+    for (p, (tag, low, why)) in need_marker {
+        if marked.contains(&p) {
+            tracing::info!(changelog = %topic, partition = p, start = low, "the changelog partition lost its first records, but a whole state was sent into it after them: rebuilt from what is left");
+        } else {
+            newest.remove(&p);
+            bases.remove(&p);
+            replays.push(replay_or_refuse(topic, fallback, (tag, p), why)?);
+        }
+    }
+    for (keys, local) in bases.into_values() {
+        if local {
+            rebuilt.local_keys += keys;
+        } else {
+            rebuilt.warm_keys += keys;
+        }
+    }
     let mut out = ChangelogRead {
         partitions: Vec::with_capacity(spec.partitions.len()),
         rebuilt,
@@ -268,6 +291,23 @@ pub fn read(
         out.partitions.push((tag, p, image.bytes));
     }
     Ok(out)
+}
+
+/// A changelog partition that cannot rebuild its state (`why`): replayed from its input
+/// (logged), or refused when no input is known for it.
+fn replay_or_refuse<'f>(
+    topic: &str,
+    fallback: &'f Fallback,
+    (tag, p): (u64, i32),
+    why: String,
+) -> Result<(u64, i32, &'f InputEnd, String), KafkaError> {
+    let Some(input) = fallback.inputs.get(&p) else {
+        return Err(KafkaError::Other(format!(
+            "changelog partition {topic}/{p} {why}; nothing is restored from it. {REMEDY}"
+        )));
+    };
+    tracing::warn!(changelog = %topic, partition = p, input = %input.topic, input_partition = input.partition, until = input.until, "the changelog partition {why}: rebuilding its state from the input partition's records instead (replayed, no Scores sent)");
+    Ok((tag, p, input, why))
 }
 
 /// What an operator can do when no complete point is left.

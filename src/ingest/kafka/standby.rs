@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::watermarks::{PartitionGauges, Role};
 use super::{consumer_config, KafkaError};
 use crate::config::Config;
+use crate::egress::kafka::changelog::WHOLE_MARKER;
 
 /// One input partition and its changelog partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,17 @@ impl WarmCopy {
                 self.images.remove(&key);
             }
         }
+        self.next_offset = offset + 1;
+    }
+
+    /// A whole-state marker tailed (`changelog::WHOLE_MARKER`): every live key of the
+    /// partition follows it, so a copy that lacked the keys of deleted records is whole once
+    /// it reads on from here.
+    fn marked(&mut self, offset: i64) {
+        if offset < self.next_offset {
+            return;
+        }
+        self.partial = false;
         self.next_offset = offset + 1;
     }
 }
@@ -503,6 +515,15 @@ impl StandbyTail {
                     continue;
                 }
             };
+            if m.key() == Some(WHOLE_MARKER) {
+                let Ok(mut s) = self.standbys.shared.lock() else {
+                    return;
+                };
+                if let Some(copy) = s.copies.get_mut(&m.partition()) {
+                    copy.marked(m.offset());
+                }
+                continue;
+            }
             let Some(key) = m
                 .key()
                 .and_then(|k| <[u8; 8]>::try_from(k).ok())
@@ -685,6 +706,34 @@ mod tests {
         }
         assert!(standbys.take(0).is_none());
         assert_eq!(standbys.take(1).map(|c| c.images.len()), Some(2));
+    }
+
+    /// A partial copy is whole once it tails a whole-state marker at or past its offset (every
+    /// live key follows it); a marker it has read past already changes nothing.
+    #[test]
+    fn a_partial_copy_is_whole_after_a_whole_state_marker() {
+        let standbys = Standbys::default();
+        if let Ok(mut s) = standbys.shared.lock() {
+            for p in [0, 1] {
+                s.copies.insert(
+                    p,
+                    WarmCopy {
+                        partial: true,
+                        ..copy(9, &[1, 2])
+                    },
+                );
+            }
+            if let Some(c) = s.copies.get_mut(&0) {
+                c.marked(8);
+            }
+            if let Some(c) = s.copies.get_mut(&1) {
+                c.marked(9);
+                c.apply(10, 3, Some(&[3]));
+            }
+        }
+        assert!(standbys.take(0).is_none());
+        let whole = standbys.take(1).expect("whole after the marker");
+        assert_eq!((whole.next_offset, whole.images.len()), (11, 3));
     }
 
     fn copy(next_offset: i64, keys: &[u64]) -> WarmCopy {

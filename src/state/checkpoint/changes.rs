@@ -29,6 +29,9 @@ pub enum Change<'a> {
     /// The key was deleted since the checkpoint the change set leads on from; `source` is the
     /// one it belonged to (None in a checkpoint written before format 4 kept it).
     Delete { key: u64, source: Option<u64> },
+    /// Handed over first, before any Put, when the checkpoint is read whole: every record it
+    /// holds follows (so a changelog can mark where a whole state starts).
+    WholeFollows,
 }
 
 /// What a checkpoint's change set held.
@@ -97,6 +100,9 @@ pub fn read_changes<E: From<CheckpointError>>(
     let changed: Option<HashSet<u64>> = (!whole && manifest.parent == 0)
         .then(|| changed.chunks_exact(8).filter_map(key_of).collect());
     let mut sent: HashSet<u64> = HashSet::new();
+    if whole {
+        each(Change::WholeFollows)?;
+    }
     for img in records.chunks_exact(image) {
         let key = key_of(img).ok_or_else(|| corrupt("short record"))?;
         if changed.as_ref().is_some_and(|c| !c.contains(&key)) {

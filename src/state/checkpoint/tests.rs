@@ -851,8 +851,14 @@ fn apply_and_check_changes(
     context: &str,
 ) -> ChangeCounts {
     let words = plan().words();
+    let (mut changes, mut marked) = (0u64, false);
     let counts = read_changes::<CheckpointError>(&path_of(root, seq), words, holds, |c| {
+        changes += 1;
         match c {
+            Change::WholeFollows => {
+                assert_eq!(changes, 1, "{context}: WholeFollows after another change");
+                marked = true;
+            }
             Change::Put(img) => {
                 let key = u64::from_le_bytes(img[..8].try_into().unwrap());
                 changelog.insert(key, img.to_vec());
@@ -865,6 +871,10 @@ fn apply_and_check_changes(
         Ok(())
     })
     .unwrap();
+    assert_eq!(
+        marked, counts.whole,
+        "{context}: WholeFollows iff read whole"
+    );
     for (key, st) in state {
         let img = changelog.get(key).unwrap_or_else(|| {
             panic!("{context}, checkpoint {seq}: key {key} is not in the changelog")
