@@ -4,16 +4,16 @@
 //! Score-less `shard::Replay`. Possible only while the input still holds its first record;
 //! otherwise no complete point is left and the rebuild is refused, saying so.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::to_the_end::{self, Next};
 use crate::config::Config;
-use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
+use crate::ingest::kafka::{KafkaError, ToTheEnd};
 use crate::shard::{Replay, Replayed};
 use crate::state::partition::PartitionImage;
 
@@ -38,13 +38,7 @@ pub fn replay(
     let mut replay = Replay::new(config, tag)
         .map_err(|e| KafkaError::Other(format!("replaying {topic}/{p}: {e}")))?;
     if until > 0 {
-        let mut cc = consumer_config(config);
-        cc.set("enable.partition.eof", "true")
-            // As for the changelog read: the test broker ignores a fetch's size limits.
-            .set("receive.message.max.bytes", "2147483647");
-        let consumer: BaseConsumer<ToTheEnd> = cc
-            .create_with_context(ToTheEnd)
-            .map_err(KafkaError::client("input replay reader"))?;
+        let consumer = to_the_end::reader(config, "input replay reader", true)?;
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(KafkaError::client(format!("input {topic}/{p} watermarks")))?;
@@ -82,44 +76,28 @@ fn read_until(
     cancel: &AtomicBool,
 ) -> Result<(), KafkaError> {
     let (topic, p, until) = (&input.topic, input.partition, input.until);
-    // Patience runs from the last record read: a long input takes as long as it takes.
-    let patience = Duration::from_secs(60);
-    let mut last_progress = Instant::now();
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(KafkaError::Other(format!(
-                "replaying {topic}/{p}: cancelled (stopping)"
-            )));
+    let what = format!("replaying {topic}/{p} up to offset {until}");
+    to_the_end::read(consumer, &what, Some(cancel), |polled| {
+        // The end of what read_committed may read: `until` was read once, so it is below
+        // (the records after the last one taken were markers or aborted).
+        let Some(m) = polled else {
+            return Ok(Next::Done);
+        };
+        if m.offset() >= until {
+            return Ok(Next::Done);
         }
-        if last_progress.elapsed() > patience {
-            return Err(KafkaError::Other(format!(
-                "replaying {topic}/{p} stalled for {} s before offset {until}",
-                patience.as_secs()
-            )));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            // The end of what read_committed may read: `until` was read once, so it is
-            // below (the records after the last one taken were markers or aborted).
-            Some(Err(RdError::PartitionEOF(_))) => return Ok(()),
-            Some(Err(e)) => tracing::warn!("replaying {topic}/{p}: {e}"),
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                if m.offset() >= until {
-                    return Ok(());
-                }
-                // The shard's own conversion (`ingest::kafka`): ms, as Kafka keeps it.
-                let timestamp_ns = m
-                    .timestamp()
-                    .to_millis()
-                    .map_or(0, |ms| (ms.max(0) as u64).saturating_mul(1_000_000));
-                replay
-                    .record(m.payload().unwrap_or(&[]), timestamp_ns)
-                    .map_err(|e| KafkaError::Other(format!("replaying {topic}/{p}: {e}")))?;
-                if m.offset() + 1 >= until {
-                    return Ok(());
-                }
-            }
-        }
-    }
+        // The shard's own conversion (`ingest::kafka`): ms, as Kafka keeps it.
+        let timestamp_ns = m
+            .timestamp()
+            .to_millis()
+            .map_or(0, |ms| (ms.max(0) as u64).saturating_mul(1_000_000));
+        replay
+            .record(m.payload().unwrap_or(&[]), timestamp_ns)
+            .map_err(|e| KafkaError::Other(format!("{what}: {e}")))?;
+        Ok(if m.offset() + 1 >= until {
+            Next::Done
+        } else {
+            Next::More
+        })
+    })
 }

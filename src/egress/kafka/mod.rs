@@ -16,6 +16,7 @@ pub mod input_replay;
 pub mod positions;
 pub mod progress;
 pub mod rebuild;
+mod to_the_end;
 mod topic;
 mod transaction;
 

@@ -4,15 +4,15 @@
 //! a checkpoint written after it belongs to a transaction that never committed.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError as RdError;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::to_the_end::{self, Next};
 use crate::config::Config;
-use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
+use crate::ingest::kafka::KafkaError;
 
 const PREFIX: &str = "sluice-progress-v1 checkpoint=";
 const CHANGELOG: &str = " changelog=complete";
@@ -58,11 +58,7 @@ pub fn last_committed(
     config: &Config,
     ids: &[String],
 ) -> Result<HashMap<String, Progress>, KafkaError> {
-    let mut cc = consumer_config(config);
-    cc.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ToTheEnd> = cc
-        .create_with_context(ToTheEnd)
-        .map_err(KafkaError::client("progress reader"))?;
+    let consumer = to_the_end::reader(config, "progress reader", false)?;
     let topic = &config.egress.kafka.progress_topic;
     // One partition, compacted: only the newest record per shard matters.
     let (partitions, _) = super::topic::ensure_compacted(
@@ -100,27 +96,20 @@ pub fn last_committed(
         consumer
             .assign(&tpl)
             .map_err(KafkaError::client("progress assign"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while open > 0 {
-            if Instant::now() > deadline {
-                return Err(KafkaError::Other(format!(
-                    "reading progress topic {topic} did not reach its end within 60 s (a transaction of another producer still open?)"
-                )));
-            }
-            match consumer.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Err(RdError::PartitionEOF(_))) => open -= 1,
-                Some(Err(e)) => tracing::warn!("reading progress topic: {e}"),
-                Some(Ok(m)) => {
-                    let id = m.key().and_then(|k| std::str::from_utf8(k).ok());
-                    if let (Some(id), Some(p)) = (id, m.payload().and_then(decode)) {
-                        if ids.iter().any(|i| i == id) {
-                            found.insert(id.to_owned(), p);
-                        }
-                    }
+        let what = format!("reading progress topic {topic}");
+        to_the_end::read(&consumer, &what, None, |polled| {
+            let Some(m) = polled else {
+                open -= 1;
+                return Ok(if open == 0 { Next::Done } else { Next::More });
+            };
+            let id = m.key().and_then(|k| std::str::from_utf8(k).ok());
+            if let (Some(id), Some(p)) = (id, m.payload().and_then(decode)) {
+                if ids.iter().any(|i| i == id) {
+                    found.insert(id.to_owned(), p);
                 }
             }
-        }
+            Ok(Next::More)
+        })?;
         if !tail || ids.iter().all(|i| found.contains_key(i)) {
             return Ok(found);
         }

@@ -5,19 +5,19 @@
 //! cycles). `restore` does both at once (at start, before the shard serves).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError as RdError;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::changelog::{ChangelogSpec, WHOLE_MARKER};
 use super::input_replay::{self, InputEnd};
+use super::to_the_end::{self, Next};
 use crate::config::Config;
 use crate::ingest::kafka::standby::WarmCopy;
-use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
+use crate::ingest::kafka::KafkaError;
 use crate::state::KeyedState;
 use crate::state::{image_bytes, Record, RECORD_BYTES};
 
@@ -131,19 +131,10 @@ pub fn read(
     fallback: &Fallback,
     (progress, cancel): (&dyn Fn(u64), &AtomicBool),
 ) -> Result<ChangelogRead, KafkaError> {
-    let mut cc = consumer_config(config);
     // Bigger fetches for this bulk read (fetch.wait.max.ms 100, fetch.min.bytes 1 MiB,
     // max.partition.fetch.bytes 16 MiB) were tried: the read took as long (1.53 s for 200k
     // records here, `sluice-bench changelog --keys 100000`), so the consumer's own settings stay.
-    cc.set("enable.partition.eof", "true")
-        // The test broker (noida-db 0.2.3) ignores a fetch's size limits and answered a
-        // changelog of 1M records with one 836 MB response, which librdkafka refuses past
-        // receive.message.max.bytes (100 MB by default). Kafka keeps to fetch.max.bytes, so
-        // this ceiling costs nothing there.
-        .set("receive.message.max.bytes", "2147483647");
-    let consumer: BaseConsumer<ToTheEnd> = cc
-        .create_with_context(ToTheEnd)
-        .map_err(KafkaError::client("changelog reader"))?;
+    let consumer = to_the_end::reader(config, "changelog reader", true)?;
     let topic = &spec.topic;
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
@@ -193,34 +184,20 @@ pub fn read(
             .assign(&tpl)
             .map_err(KafkaError::client("changelog assign"))?;
     }
-    // Patience runs from the last record read: a big changelog takes as long as it takes.
-    let patience = Duration::from_secs(60);
-    let mut last_progress = Instant::now();
-    while open > 0 {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(KafkaError::Other(format!(
-                "reading changelog {topic}: cancelled (stopping)"
-            )));
-        }
-        if last_progress.elapsed() > patience {
-            return Err(KafkaError::Other(format!(
-                "reading changelog {topic} stalled for {} s before its end (a transaction of another producer still open?)",
-                patience.as_secs()
-            )));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(RdError::PartitionEOF(_))) => {
-                open -= 1;
-                last_progress = Instant::now();
-            }
-            Some(Err(e)) => tracing::warn!("reading changelog {topic}: {e}"),
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
+    if open > 0 {
+        to_the_end::read(
+            &consumer,
+            &format!("reading changelog {topic}"),
+            Some(cancel),
+            |polled| {
+                let Some(m) = polled else {
+                    open -= 1;
+                    return Ok(if open == 0 { Next::Done } else { Next::More });
+                };
                 rebuilt.read += 1;
                 if m.key() == Some(WHOLE_MARKER) {
                     marked.insert(m.partition());
-                    continue;
+                    return Ok(Next::More);
                 }
                 let Some(key) = m
                     .key()
@@ -240,8 +217,9 @@ pub fn read(
                     progress(rebuilt.bytes);
                 }
                 apply_record(newest.entry(m.partition()).or_default(), key, value);
-            }
-        }
+                Ok(Next::More)
+            },
+        )?;
     }
     rebuilt.read_ns = started.elapsed().as_nanos() as u64;
     for (p, (tag, low, why)) in need_marker {
