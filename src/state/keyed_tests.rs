@@ -236,7 +236,17 @@ fn a_partitions_state_moves_between_states_whole_and_alone() {
         0,
         false,
     );
+    to.track_changes();
     assert_eq!(to.import_partition(a, &image.bytes).unwrap(), 20);
+    // Every imported key is a change, the 16 that found no hot slot too (listed gone: the
+    // change set takes their images from the spill store).
+    let mut changed: Vec<u64> = to.changes.dirty.clone();
+    changed.extend(to.changes.gone.iter().map(|&(k, _)| k));
+    changed.sort_unstable();
+    let mut imported: Vec<u64> = before.iter().filter(|k| k.2 == a).map(|k| k.0).collect();
+    imported.sort_unstable();
+    assert_eq!(changed, imported);
+    assert_eq!((to.changes.dirty.len(), to.changes.gone.len()), (4, 16));
     let moved = every_key(&to, 0..40, now);
     assert_eq!(
         moved,

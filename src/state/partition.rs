@@ -184,11 +184,17 @@ impl KeyedState {
         let bit = self.hot.dirty_bit();
         for (rec, w) in &records {
             self.restore(*rec, w)?;
-            if let Some(slot) = self.hot.find(rec.key) {
-                // Imported records are changes: the next incremental checkpoint must hold them
-                // (spilled ones are in the spill store, which every checkpoint links whole).
-                let (head, _) = self.hot.slot_mut(slot);
-                self.changes.dirty(head, bit);
+            // Imported records are changes, in the hot table or not: the next incremental
+            // checkpoint must hold them, and its change set (the changelog's next
+            // transaction) must carry every imported key — one replayed from the input is in
+            // no changelog yet. A key that went straight to the spill store is listed gone,
+            // so the change set looks its image up there (as for an evicted key).
+            match self.hot.find(rec.key) {
+                Some(slot) => {
+                    let (head, _) = self.hot.slot_mut(slot);
+                    self.changes.dirty(head, bit);
+                }
+                None => self.changes.gone(rec.key, rec.source),
             }
         }
         Ok(records.len() as u64)
