@@ -802,6 +802,10 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
         1_000,
         "{report}"
     );
+    assert!(
+        counter(&report, "sluice_kafka_changelog_markers_total") >= 4,
+        "{report}"
+    );
     // That run's first commit sent the replayed state whole, behind a whole-state marker in
     // each partition: the changelog still starts at offset 1, yet a rebuild now reads it.
     std::fs::remove_dir_all(&dir).unwrap();
@@ -869,15 +873,19 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
 }
 
 /// The same under group membership: an instance that never saw the partitions takes them
-/// over after the changelog lost records; it replays their inputs as it takes them up.
+/// over after the changelog lost records; it replays their inputs as it takes them up, and
+/// its next transaction sends their keys marked whole, so a third instance reads the
+/// changelog again.
 #[test]
 fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_input() {
     let broker = broker_with_topics("trgroup");
     let topic = ["egress.kafka.changelog_topic=trgroup-state"];
     let (sets_a, dir_a) = group_member(&broker, "trgroup", "a", &topic);
     let (sets_b, dir_b) = group_member(&broker, "trgroup", "b", &topic);
-    let records = workload(100, 2_000);
-    let (first, second) = records.split_at(1_000);
+    let (sets_c, dir_c) = group_member(&broker, "trgroup", "c", &topic);
+    let records = workload(100, 3_000);
+    let (first, rest) = records.split_at(1_000);
+    let (second, third) = rest.split_at(1_000);
     let producer = broker.producer();
     let mut enc = EventBatchEncoder::new();
     produce_all(&producer, &mut enc, first);
@@ -904,8 +912,29 @@ fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_inp
         1_000,
         "{report}"
     );
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_markers_total"),
+        4,
+        "{report}"
+    );
+    // b's first transaction after the take-up carried every replayed key, behind a
+    // whole-state marker per partition: c, new too, reads the changelog (still starting at
+    // offset 1) and replays nothing.
+    produce_all(&producer, &mut enc, third);
+    events.extend(third.iter().flatten().copied());
+    let report = rerun_until_every_score_once(&broker, &sets_c, &expected(&events));
+    assert_eq!(
+        counter(&report, "sluice_kafka_changelog_input_replays_total"),
+        0,
+        "the changelog was not healed by b's marked transaction: {report}"
+    );
+    assert!(
+        counter(&report, "sluice_kafka_changelog_restored_keys") >= 100,
+        "{report}"
+    );
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
+    let _ = std::fs::remove_dir_all(&dir_c);
 }
 
 /// Group membership: instance A consumes alone, B joins (partitions move to it with their

@@ -179,6 +179,8 @@ shard_counters! {
     kafka_changelog_records: Counter => Counter names::KAFKA_CHANGELOG_RECORDS;
     /// egress.kafka.changelog: tombstones written (a deleted key, to each of the shard's changelog partitions).
     kafka_changelog_tombstones: Counter => Counter names::KAFKA_CHANGELOG_TOMBSTONES;
+    /// egress.kafka.changelog: whole-state markers written (one per changelog partition whose every key followed in the same transaction; what lets a rebuild use a changelog whose first records were deleted).
+    kafka_changelog_markers: Counter => Counter names::KAFKA_CHANGELOG_MARKERS;
     /// egress.kafka.changelog: key and value bytes written to the changelog topic.
     kafka_changelog_bytes: Counter => Counter names::KAFKA_CHANGELOG_BYTES;
     /// Keys rebuilt from the changelog since start (at start when the shard's checkpoint was not on disk; with group membership as partitions move in).

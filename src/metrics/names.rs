@@ -76,6 +76,7 @@ pub const KAFKA_RECORDS_WHILE_COMMITTING: &str =
 /// egress.kafka.changelog: state records and tombstones written, and their bytes.
 pub const KAFKA_CHANGELOG_RECORDS: &str = "sluice_kafka_changelog_records_total";
 pub const KAFKA_CHANGELOG_TOMBSTONES: &str = "sluice_kafka_changelog_tombstones_total";
+pub const KAFKA_CHANGELOG_MARKERS: &str = "sluice_kafka_changelog_markers_total";
 pub const KAFKA_CHANGELOG_BYTES: &str = "sluice_kafka_changelog_bytes_total";
 /// Group membership: partitions taken up (rebuilt from the changelog or kept) and handed over.
 pub const KAFKA_PARTITIONS_MOVED_IN: &str = "sluice_kafka_partitions_moved_in_total";

@@ -82,6 +82,10 @@ pub struct TakingUp {
     started: std::time::Instant,
     stage: RebuildStage,
     cancel: Arc<AtomicBool>,
+    /// The checkpoint sequence number the next flip takes, as the keys began to go in: if it
+    /// is the same once they are all in, no flip split them, so that flip's transaction
+    /// carries every key of each imported partition (marked in the changelog).
+    import_seq: Option<u64>,
 }
 
 enum RebuildStage {
@@ -365,6 +369,7 @@ impl ShardKafka {
         if let Some(sent) = committed {
             counters.kafka_changelog_records.add(sent.records);
             counters.kafka_changelog_tombstones.add(sent.tombstones);
+            counters.kafka_changelog_markers.add(sent.markers);
             counters.kafka_changelog_bytes.add(sent.bytes);
         }
     }
@@ -392,7 +397,7 @@ impl ShardKafka {
                 return Ok(());
             }
             // Later rebalance events wait (librdkafka sends none before the assignment call).
-            return self.advance_take_up(core, counters);
+            return self.advance_take_up(cp, core, counters);
         }
         self.rebalances.extend(self.source.take_rebalances());
         if self.rebalances.is_empty() {
@@ -666,6 +671,7 @@ impl ShardKafka {
             started,
             stage: RebuildStage::Moving,
             cancel: Arc::new(AtomicBool::new(false)),
+            import_seq: None,
         };
         if !rebuild.partitions.is_empty() {
             // Restoring before the warm copies are taken: the standby thread then leaves them.
@@ -708,13 +714,14 @@ impl ShardKafka {
             tracing::info!(partitions = ?list, rebuilding = rebuilding.len(), "Kafka partitions assigned: rebuilding from the changelog, the others served meanwhile");
         }
         self.taking_up = Some(taking_up);
-        self.advance_take_up(core, counters)
+        self.advance_take_up(cp, core, counters)
     }
 
     /// A turn of a rebuild in progress (see `TakingUp`): once the reader is done, a slice of
     /// keys into the state; once every key is in, the partitions are taken up.
     fn advance_take_up(
         &mut self,
+        cp: &Checkpointer,
         core: &mut ShardCore,
         counters: &ShardCounters,
     ) -> Result<(), String> {
@@ -738,6 +745,7 @@ impl ShardKafka {
                     .map_err(|e| failed(&t.list, &e))?;
                 let topic = member.changelog.topic.clone();
                 t.stage = RebuildStage::Importing(Import::new(read, &topic));
+                t.import_seq = Some(cp.next_seq());
             }
             other => t.stage = other,
         }
@@ -754,6 +762,25 @@ impl ShardKafka {
         let Some(t) = self.taking_up.take() else {
             return Ok(());
         };
+        if let RebuildStage::Importing(import) = &t.stage {
+            let seq = cp.next_seq();
+            if t.import_seq == Some(seq) {
+                let parts = import
+                    .tags()
+                    .filter_map(|tag| {
+                        let o = self
+                            .source
+                            .owned()
+                            .iter()
+                            .find(|o| o.id.source_tag() == tag)?;
+                        Some((tag, o.topic.clone(), o.id.partition))
+                    })
+                    .collect();
+                self.sink.imported_whole(seq, parts);
+            } else {
+                tracing::debug!(partitions = ?t.list, "a checkpoint flipped while the rebuilt keys went in: their changelog partitions are not marked whole");
+            }
+        }
         core.raise_max_event_ns(rebuilt.max_event_ns);
         // Counted before the gauges say so (`cluster status` never shows a move uncounted,
         // and a reader that saw the partitions active reads the restore's figures too: the

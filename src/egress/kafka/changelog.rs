@@ -20,7 +20,10 @@
 //! therefore still holds the whole state if its newest marker is left (`rebuild::read`), so
 //! the first whole send after an input replay heals it. Compaction keeps the newest marker
 //! (one key per partition). A group member's shard does not mark: its partitions come and go
-//! between checkpoints, and a whole send then need not hold every key of each.
+//! between checkpoints, and a whole send then need not hold every key of each. It marks a
+//! partition it imported whole (rebuilt from the changelog or replayed from its input)
+//! between two flips and still owns at the second: the imported keys are changes, so that
+//! checkpoint's transaction carries every key of the partition.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -87,17 +90,28 @@ impl ChangelogSpec {
 
     /// Produce the changes of committed checkpoint `seq` (under `root`, records of `words`
     /// window words) into the open transaction; `holds`: the checkpoint whose state the
-    /// changelog holds (committed in an earlier transaction of this run). On the committer
-    /// thread, while the shard hands no Score over: a full producer queue is waited out here
-    /// (polling serves the delivery reports), up to `deadline`.
+    /// changelog holds (committed in an earlier transaction of this run); `whole`: source tags
+    /// of partitions whose every key is among the changes (imported whole since the previous
+    /// flip), marked first. On the committer thread, while the shard hands no Score over: a
+    /// full producer queue is waited out here (polling serves the delivery reports), up to
+    /// `deadline`.
     pub fn produce(
         &self,
         producer: &ScoreProducer,
         (root, seq, words): (&std::path::Path, u64, usize),
-        holds: Option<u64>,
+        (holds, whole): (Option<u64>, &[u64]),
         deadline: Instant,
     ) -> Result<Sent, KafkaError> {
         let mut sent = Sent::default();
+        let marker = format!("checkpoint={seq}");
+        let mut marked: Vec<i32> = Vec::new();
+        for p in whole.iter().filter_map(|&tag| self.partition_of(tag)) {
+            if !marked.contains(&p) {
+                self.send(producer, p, WHOLE_MARKER, Some(marker.as_bytes()), deadline)?;
+                marked.push(p);
+            }
+        }
+        sent.markers = marked.len() as u64;
         let path = checkpoint::path_of(root, seq);
         // Looked up per record: a group member lists every input partition.
         let partition_of: HashMap<u64, i32> = self.partitions.iter().copied().collect();
@@ -105,10 +119,17 @@ impl ChangelogSpec {
             checkpoint::read_changes(&path, words, holds, |change| -> Result<(), ProduceError> {
                 match change {
                     Change::WholeFollows if self.marks_whole => {
-                        let value = format!("checkpoint={seq}");
                         for &(_, p) in &self.partitions {
-                            self.send(producer, p, WHOLE_MARKER, Some(value.as_bytes()), deadline)?;
-                            sent.markers += 1;
+                            if !marked.contains(&p) {
+                                self.send(
+                                    producer,
+                                    p,
+                                    WHOLE_MARKER,
+                                    Some(marker.as_bytes()),
+                                    deadline,
+                                )?;
+                                sent.markers += 1;
+                            }
                         }
                     }
                     Change::WholeFollows => {}

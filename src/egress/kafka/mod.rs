@@ -230,6 +230,9 @@ pub struct KafkaSink {
     scores_max: usize,
     /// The open epoch: Score records produced now belong to it (slot `epoch % EPOCHS`).
     epoch: u64,
+    /// Partitions imported whole before flip `seq`: (seq, source tag, topic, partition).
+    /// At most the shard's partition count (kept for one flip).
+    imported_whole: Vec<(u64, u64, String, i32)>,
 }
 
 impl KafkaSink {
@@ -308,6 +311,7 @@ impl KafkaSink {
             cycle_records,
             scores_max,
             epoch: 0,
+            imported_whole: Vec::new(),
         })
     }
 
@@ -618,8 +622,17 @@ impl KafkaSink {
         progress_sent: bool,
     ) -> Result<(), KafkaError> {
         crate::invariant!(self.pending.is_empty(), "commits start between cycles");
+        // Only partitions the flip still owned (their offsets are in the commit): one lost
+        // since has no keys in it.
+        let whole: Vec<u64> = self
+            .imported_whole
+            .iter()
+            .filter(|(s, _, t, p)| *s == seq && offsets.find_partition(t, *p).is_some())
+            .map(|&(_, tag, _, _)| tag)
+            .collect();
+        self.imported_whole.retain(|(s, ..)| *s > seq);
         match &mut self.committer {
-            Some(c) => c.begin(seq, offsets, group, which, progress_sent),
+            Some(c) => c.begin(seq, offsets, group, which, (progress_sent, whole)),
             None => Err(KafkaError::Other("not a transactional producer".into())),
         }
     }
@@ -628,6 +641,15 @@ impl KafkaSink {
     /// Err it was aborted and the caller must replay from the last committed checkpoint).
     pub fn poll_commit(&mut self) -> Option<Result<Committed, KafkaError>> {
         self.committer.as_mut().and_then(Committer::poll)
+    }
+
+    /// Partitions (source tag, topic, partition) whose whole state went into the state
+    /// between the previous flip and flip `seq` (the next one): that flip's transaction marks
+    /// them in the changelog if it still owns them (`changelog::WHOLE_MARKER`).
+    pub fn imported_whole(&mut self, seq: u64, parts: Vec<(u64, String, i32)>) {
+        self.imported_whole.retain(|(s, ..)| *s >= seq);
+        self.imported_whole
+            .extend(parts.into_iter().map(|(tag, t, p)| (seq, tag, t, p)));
     }
 
     /// `start_commit` of producer `which`'s transaction and wait for it (a handover's

@@ -385,6 +385,12 @@ impl Import {
         self.at >= self.read.partitions.len()
     }
 
+    /// The partitions it puts in (source tags), each with its whole state: a changelog read
+    /// over its base, or its input replayed.
+    pub fn tags(&self) -> impl Iterator<Item = u64> + '_ {
+        self.read.partitions.iter().map(|&(tag, _, _)| tag)
+    }
+
     /// What was read and, so far, put in.
     pub fn rebuilt(&self) -> Rebuilt {
         self.read.rebuilt

@@ -53,14 +53,14 @@ impl Transactions {
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
         which: usize,
-        progress_sent: bool,
+        (progress_sent, whole): (bool, &[u64]),
     ) -> Result<Committed, KafkaError> {
         let Some(producer) = self.producers.get(which).cloned() else {
             return Err(KafkaError::Other(format!(
                 "no producer {which} to commit on"
             )));
         };
-        let result = self.try_commit(&producer, seq, offsets, group, progress_sent);
+        let result = self.try_commit(&producer, seq, offsets, group, (progress_sent, whole));
         if result.is_err() {
             if let Err(e) = producer.abort_transaction(self.timeout) {
                 tracing::error!("Kafka abort_transaction after a failed commit: {e}");
@@ -75,7 +75,7 @@ impl Transactions {
         seq: u64,
         offsets: &TopicPartitionList,
         group: Option<&ConsumerGroupMetadata>,
-        progress_sent: bool,
+        (progress_sent, whole): (bool, &[u64]),
     ) -> Result<Committed, KafkaError> {
         let t = self.timeout;
         // librdkafka reports a coordinator that is not answering yet (a broker just back) as a
@@ -98,7 +98,7 @@ impl Transactions {
                 let holds = self.changelog_holds.map(|(s, _)| s);
                 let mut sent =
                     c.spec
-                        .produce(producer, (&c.root, seq, c.words), holds, deadline)?;
+                        .produce(producer, (&c.root, seq, c.words), (holds, whole), deadline)?;
                 sent.complete = sent.whole || self.changelog_holds.is_some_and(|(_, w)| w);
                 Some(sent)
             }
@@ -198,6 +198,8 @@ struct Job {
     producer: usize,
     /// Already in the transaction (sent at the flip).
     progress_sent: bool,
+    /// Source tags of partitions imported whole before the flip (`ChangelogSpec::produce`).
+    whole: Vec<u64>,
 }
 
 /// The shard's side of its committer thread: one commit at a time.
@@ -227,7 +229,7 @@ impl Committer {
                         &job.offsets,
                         job.group.as_ref(),
                         job.producer,
-                        job.progress_sent,
+                        (job.progress_sent, &job.whole),
                     );
                     if reply_tx.send(r).is_err() {
                         return;
@@ -257,7 +259,7 @@ impl Committer {
         offsets: TopicPartitionList,
         group: Option<ConsumerGroupMetadata>,
         which: usize,
-        progress_sent: bool,
+        (progress_sent, whole): (bool, Vec<u64>),
     ) -> Result<(), KafkaError> {
         crate::invariant!(self.busy.is_none(), "one commit at a time");
         let job = Job {
@@ -266,6 +268,7 @@ impl Committer {
             group,
             producer: which,
             progress_sent,
+            whole,
         };
         match self.jobs.as_ref().map(|j| j.try_send(job)) {
             Some(Ok(())) => {

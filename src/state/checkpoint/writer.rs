@@ -497,6 +497,11 @@ impl Checkpointer {
     }
 
     /// Take the next snapshot even if the state has not changed since the last one.
+    /// The sequence number the next flip takes (it moves at every flip).
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
     pub fn force_next(&mut self) {
         self.snapshot_changes = None;
     }
