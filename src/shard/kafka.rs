@@ -304,6 +304,14 @@ impl ShardKafka {
         if self.failed || self.wait_for_cold(cp, now_ns, core) {
             return Ok(());
         }
+        // Rebuilt keys going in (a few cycles: `ingest.kafka.restore_keys_per_cycle` a
+        // cycle): no new flip until they are all in, so one transaction carries every key of
+        // each rebuilt partition and marks it whole (a commit already on its way goes on).
+        // The checkpoint is late by the import's time; the import waits only for a running
+        // snapshot, which goes on meanwhile, so neither waits for the other for long.
+        if self.importing() && !self.txn.in_flight() {
+            return Ok(());
+        }
         let max_event_ns = core.max_event_ns();
         if self.sink.transactional() {
             let ShardKafka {
