@@ -2,7 +2,10 @@
 //! broker. Builds --keys keys (one record each) under exactly_once with the changelog on,
 //! then --updates more events on existing keys: changelog records and bytes per event in
 //! that steady phase. Then stops, wipes the state directory and starts again: the shards
-//! rebuild from the changelog before they serve (restore keys/s, bytes read).
+//! rebuild from the changelog before they serve (restore keys/s, bytes read). Then deletes
+//! the changelog's first records and wipes the state again: the partitions are replayed from
+//! the input topic (records/s); four more events make a checkpoint whose commit sends the
+//! replayed state whole and marked; wiped once more, the truncated changelog is read again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -51,6 +54,25 @@ struct Results {
     restore_keys_per_s: f64,
     /// `app::start` to serving, rebuild included.
     start_seconds: f64,
+    /// The changelog's first records deleted, the state wiped: rebuilt from the input.
+    replay: Replay,
+    /// After the replay's first commit (whole, marked), wiped again: from the changelog.
+    healed: Healed,
+}
+
+#[derive(Serialize)]
+struct Replay {
+    partitions: u64,
+    records: u64,
+    /// The longest shard's rebuild.
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Healed {
+    input_replays: u64,
+    keys: u64,
+    seconds: f64,
 }
 
 /// Sums over the shards (the restore time: the longest).
@@ -198,6 +220,49 @@ pub fn run(b: &ChangelogBench<'_>) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0);
     running.stop()?;
+
+    // The changelog loses its first records (retention): each partition is replayed from
+    // the input topic instead; a few events then make the first checkpoint, whose commit
+    // sends the replayed state whole, behind a whole-state marker.
+    let changelog = config
+        .egress
+        .kafka
+        .changelog_topic(&config.ingest.kafka.group);
+    sluice::loadgen::broker::allow_deleting_records(&broker.addr, &changelog)?;
+    sluice::loadgen::broker::delete_records_before(&broker.addr, &changelog, 4, 1)?;
+    std::fs::remove_dir_all(&state).with_context(|| format!("wiping {}", state.display()))?;
+    let running = sluice::app::start(&config)?;
+    let c = running.counters();
+    let sum = |f: &dyn Fn(&ShardCounters) -> u64| c.iter().map(|c| f(c)).sum::<u64>();
+    let replay = Replay {
+        partitions: sum(&|c| c.changelog_input_replays.get()),
+        records: sum(&|c| c.changelog_replayed_records.get()),
+        seconds: c
+            .iter()
+            .map(|c| c.changelog_restore_ns.get())
+            .max()
+            .unwrap_or(0) as f64
+            / 1e9,
+    };
+    let healing = b.keys + b.updates;
+    produce(&producer, events, b.keys, (healing, 4))?;
+    settle(&running, 4)?;
+    running.stop()?;
+    // Wiped again: the changelog, still missing its first records, is read (the marker).
+    std::fs::remove_dir_all(&state).with_context(|| format!("wiping {}", state.display()))?;
+    let running = sluice::app::start(&config)?;
+    let c = running.counters();
+    let healed = Healed {
+        input_replays: c.iter().map(|c| c.changelog_input_replays.get()).sum(),
+        keys: c.iter().map(|c| c.changelog_restored_keys.get()).sum(),
+        seconds: c
+            .iter()
+            .map(|c| c.changelog_restore_ns.get())
+            .max()
+            .unwrap_or(0) as f64
+            / 1e9,
+    };
+    running.stop()?;
     let _ = std::fs::remove_dir_all(&state);
     let restore_s = restore_ns as f64 / 1e9;
     let results = Results {
@@ -213,6 +278,8 @@ pub fn run(b: &ChangelogBench<'_>) -> anyhow::Result<()> {
         restore_seconds: restore_s,
         restore_keys_per_s: restore_keys as f64 / restore_s.max(1e-9),
         start_seconds: start_s,
+        replay,
+        healed,
     };
     println!(
         "  build: {} keys, {} changelog records, {} bytes, {} transactions in {:.1} s",
@@ -234,6 +301,17 @@ pub fn run(b: &ChangelogBench<'_>) -> anyhow::Result<()> {
     println!(
         "  rebuild after a wiped state.dir: {restore_keys} keys, {restore_bytes} bytes read in {restore_s:.2} s = {:.0} keys/s (start to serving {start_s:.2} s)",
         results.restore_keys_per_s
+    );
+    println!(
+        "  changelog truncated, state wiped: {} partitions replayed from the input, {} records in {:.2} s = {:.0} records/s",
+        results.replay.partitions,
+        results.replay.records,
+        results.replay.seconds,
+        results.replay.records as f64 / results.replay.seconds.max(1e-9)
+    );
+    println!(
+        "  after the replay's marked whole send, wiped again: {} keys from the still-truncated changelog in {:.2} s ({} replays)",
+        results.healed.keys, results.healed.seconds, results.healed.input_replays
     );
     let path = b.out.join("changelog-results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results)?)

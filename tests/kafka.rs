@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::Producer;
@@ -727,27 +727,9 @@ fn admin(broker: &Broker) -> (Admin, AdminOptions) {
     (admin, opts)
 }
 
-/// Retention on a changelog topic (a compacted topic refuses DeleteRecords, as Kafka does,
-/// until its policy includes delete).
-fn allow_deleting_records((admin, opts): &(Admin, AdminOptions), topic: &str) {
-    let policy =
-        AlterConfig::new(ResourceSpecifier::Topic(topic)).set("cleanup.policy", "compact,delete");
-    for r in futures_executor::block_on(admin.alter_configs(&[policy], opts)).unwrap() {
-        r.unwrap();
-    }
-}
-
-/// Each of `topic`'s 4 partitions loses its first record.
-fn delete_first_records((admin, opts): &(Admin, AdminOptions), topic: &str) {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition_offset(topic, p, Offset::Offset(1))
-            .unwrap();
-    }
-    let deleted = futures_executor::block_on(admin.delete_records(&tpl, opts)).unwrap();
-    for e in deleted.elements() {
-        assert!(e.error().is_ok(), "{topic}: {deleted:?}");
-    }
+/// Each of `topic`'s 4 partitions loses its first record (its start offset moves to 1).
+fn delete_first_records(broker: &Broker, topic: &str) {
+    sluice::loadgen::broker::delete_records_before(&broker.addr, topic, 4, 1).unwrap();
 }
 
 /// The changelog cannot rebuild the state once records were deleted from it or the topic
@@ -786,8 +768,8 @@ fn a_truncated_or_deleted_changelog_is_rebuilt_from_the_input_or_refused_with_th
         "{report}"
     );
     let kafka = admin(&broker);
-    let delete_first = |topic: &str| delete_first_records(&kafka, topic);
-    allow_deleting_records(&kafka, "truncated-state");
+    let delete_first = |topic: &str| delete_first_records(&broker, topic);
+    sluice::loadgen::broker::allow_deleting_records(&broker.addr, "truncated-state").unwrap();
     delete_first("truncated-state");
     std::fs::remove_dir_all(&dir).unwrap();
     // Every partition replayed from its input: the 1 000 records the group had committed.
@@ -896,9 +878,8 @@ fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_inp
         0,
         "{report}"
     );
-    let kafka = admin(&broker);
-    allow_deleting_records(&kafka, "trgroup-state");
-    delete_first_records(&kafka, "trgroup-state");
+    sluice::loadgen::broker::allow_deleting_records(&broker.addr, "trgroup-state").unwrap();
+    delete_first_records(&broker, "trgroup-state");
     produce_all(&producer, &mut enc, second);
     events.extend(second.iter().flatten().copied());
     let report = rerun_until_every_score_once(&broker, &sets_b, &expected(&events));

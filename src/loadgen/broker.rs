@@ -142,18 +142,60 @@ impl Drop for LocalBroker {
     }
 }
 
-/// Create `topic` with `partitions` on `brokers` (an existing one is fine).
-pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), BrokerError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+fn admin(brokers: &str) -> Result<(AdminClient<DefaultClientContext>, AdminOptions), BrokerError> {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(|e| BrokerError::Kafka(e.to_string()))?;
-    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let res = futures_executor::block_on(admin.create_topics(
-        [&t],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    Ok((
+        admin,
+        AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
     ))
-    .map_err(|e| BrokerError::Kafka(e.to_string()))?;
+}
+
+/// Let records be deleted from compacted `topic` (`cleanup.policy = compact,delete`: Kafka
+/// refuses DeleteRecords on a topic that is only compacted).
+pub fn allow_deleting_records(brokers: &str, topic: &str) -> Result<(), BrokerError> {
+    let (admin, opts) = admin(brokers)?;
+    let policy = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic))
+        .set("cleanup.policy", "compact,delete");
+    let res = futures_executor::block_on(admin.alter_configs(&[policy], &opts))
+        .map_err(|e| BrokerError::Kafka(e.to_string()))?;
+    for r in res {
+        r.map_err(|(_, code)| BrokerError::Kafka(format!("altering {topic}: {code}")))?;
+    }
+    Ok(())
+}
+
+/// Delete the records before offset `before` from each of `topic`'s first `partitions`
+/// partitions (what retention does): its start offset moves to `before`.
+pub fn delete_records_before(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    before: i64,
+) -> Result<(), BrokerError> {
+    let (admin, opts) = admin(brokers)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(before))
+            .map_err(|e| BrokerError::Kafka(e.to_string()))?;
+    }
+    let deleted = futures_executor::block_on(admin.delete_records(&tpl, &opts))
+        .map_err(|e| BrokerError::Kafka(e.to_string()))?;
+    for e in deleted.elements() {
+        e.error()
+            .map_err(|e| BrokerError::Kafka(format!("deleting records of {topic}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Create `topic` with `partitions` on `brokers` (an existing one is fine).
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+    let (admin, opts) = admin(brokers)?;
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let res = futures_executor::block_on(admin.create_topics([&t], &opts))
+        .map_err(|e| BrokerError::Kafka(e.to_string()))?;
     for r in res {
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
