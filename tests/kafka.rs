@@ -863,9 +863,17 @@ fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_inp
     let broker = broker_with_topics("trgroup");
     let topic = ["egress.kafka.changelog_topic=trgroup-state"];
     let (sets_a, dir_a) = group_member(&broker, "trgroup", "a", &topic);
-    let (sets_b, dir_b) = group_member(&broker, "trgroup", "b", &topic);
+    // b puts the rebuilt keys in one a cycle and checkpoints as often as it may: each key put
+    // in is a change, so a flip would come due mid-import unless b holds it until all are in
+    // (then the take-up's partitions could not be marked whole).
+    let b_extra = [
+        topic[0],
+        "ingest.kafka.restore_keys_per_cycle=1",
+        "checkpoint.interval_ms=1",
+    ];
+    let (sets_b, dir_b) = group_member(&broker, "trgroup", "b", &b_extra);
     let (sets_c, dir_c) = group_member(&broker, "trgroup", "c", &topic);
-    let records = workload(100, 3_000);
+    let records = workload(1_000, 3_000);
     let (first, rest) = records.split_at(1_000);
     let (second, third) = rest.split_at(1_000);
     let producer = broker.producer();
@@ -910,7 +918,7 @@ fn a_new_member_rebuilds_partitions_whose_changelog_was_truncated_from_their_inp
         "the changelog was not healed by b's marked transaction: {report}"
     );
     assert!(
-        counter(&report, "sluice_kafka_changelog_restored_keys") >= 100,
+        counter(&report, "sluice_kafka_changelog_restored_keys") >= 1_000,
         "{report}"
     );
     let _ = std::fs::remove_dir_all(&dir_a);

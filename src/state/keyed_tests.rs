@@ -237,7 +237,11 @@ fn a_partitions_state_moves_between_states_whole_and_alone() {
         false,
     );
     to.track_changes();
+    let changes_before = to.stats.changes();
     assert_eq!(to.import_partition(a, &image.bytes).unwrap(), 20);
+    // An import is a change a checkpointer sees (its "anything changed?" stamp), though no
+    // event came: the partition moving in is checkpointed without waiting for its traffic.
+    assert_eq!(to.stats.changes() - changes_before, 20);
     // Every imported key is a change, the 16 that found no hot slot too (listed gone: the
     // change set takes their images from the spill store).
     let mut changed: Vec<u64> = to.changes.dirty.clone();

@@ -56,12 +56,15 @@ pub struct StateStats {
     pub observations_applied: u64,
     /// Feedback events applied.
     pub feedbacks_applied: u64,
+    /// Records put in by `import_partition` (a partition moving in: its state changed
+    /// without an event, and the next checkpoint must still be taken).
+    pub imported: u64,
 }
 
 impl StateStats {
     /// Rises with every change to the state (for skipping checkpoints of unchanged state).
     pub fn changes(&self) -> u64 {
-        self.observations_applied + self.feedbacks_applied + self.expired
+        self.observations_applied + self.feedbacks_applied + self.expired + self.imported
     }
 }
 

@@ -197,6 +197,7 @@ impl KeyedState {
                 None => self.changes.gone(rec.key, rec.source),
             }
         }
+        self.stats.imported += records.len() as u64;
         Ok(records.len() as u64)
     }
 }
