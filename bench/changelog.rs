@@ -96,6 +96,38 @@ fn totals(counters: &[std::sync::Arc<ShardCounters>]) -> Totals {
     }
 }
 
+/// What the shards' start-up rebuilt (sums; the time: the longest shard's, they run in
+/// parallel).
+struct Rebuilt {
+    keys: u64,
+    bytes: u64,
+    input_replays: u64,
+    replayed_records: u64,
+    seconds: f64,
+    /// `app::start` to serving, rebuild included.
+    start_seconds: f64,
+}
+
+/// Wipe `state` and start sluice: the shards rebuild their state before they serve.
+fn start_wiped(config: &Config, state: &Path) -> anyhow::Result<(sluice::app::Running, Rebuilt)> {
+    std::fs::remove_dir_all(state).with_context(|| format!("wiping {}", state.display()))?;
+    let started = Instant::now();
+    let running = sluice::app::start(config)?;
+    let start_seconds = started.elapsed().as_secs_f64();
+    let c = running.counters();
+    let sum = |f: &dyn Fn(&ShardCounters) -> u64| c.iter().map(|c| f(c)).sum();
+    let longest_ns = c.iter().map(|c| c.changelog_restore_ns.get()).max();
+    let rebuilt = Rebuilt {
+        keys: sum(&|c| c.changelog_restored_keys.get()),
+        bytes: sum(&|c| c.changelog_restored_bytes.get()),
+        input_replays: sum(&|c| c.changelog_input_replays.get()),
+        replayed_records: sum(&|c| c.changelog_replayed_records.get()),
+        seconds: longest_ns.unwrap_or(0) as f64 / 1e9,
+        start_seconds,
+    };
+    Ok((running, rebuilt))
+}
+
 /// One record per event, on key `(first + i) * 7919 % keys` for i in 0..n.
 pub(super) fn produce(
     p: &BaseProducer,
@@ -207,18 +239,9 @@ pub fn run(b: &ChangelogBench<'_>) -> anyhow::Result<()> {
     let steady = phase(built, steady, b.updates, steady_s);
 
     // The disk is lost: the shards rebuild from the changelog before they serve.
-    std::fs::remove_dir_all(&state).with_context(|| format!("wiping {}", state.display()))?;
-    let started = Instant::now();
-    let running = sluice::app::start(&config)?;
-    let start_s = started.elapsed().as_secs_f64();
-    let c = running.counters();
-    let restore_keys: u64 = c.iter().map(|c| c.changelog_restored_keys.get()).sum();
-    let restore_bytes: u64 = c.iter().map(|c| c.changelog_restored_bytes.get()).sum();
-    let restore_ns = c
-        .iter()
-        .map(|c| c.changelog_restore_ns.get())
-        .max()
-        .unwrap_or(0);
+    let (running, rebuilt) = start_wiped(&config, &state)?;
+    let (restore_keys, restore_bytes, restore_s) = (rebuilt.keys, rebuilt.bytes, rebuilt.seconds);
+    let start_s = rebuilt.start_seconds;
     running.stop()?;
 
     // The changelog loses its first records (retention): each partition is replayed from
@@ -230,41 +253,25 @@ pub fn run(b: &ChangelogBench<'_>) -> anyhow::Result<()> {
         .changelog_topic(&config.ingest.kafka.group);
     sluice::loadgen::broker::allow_deleting_records(&broker.addr, &changelog)?;
     sluice::loadgen::broker::delete_records_before(&broker.addr, &changelog, 4, 1)?;
-    std::fs::remove_dir_all(&state).with_context(|| format!("wiping {}", state.display()))?;
-    let running = sluice::app::start(&config)?;
-    let c = running.counters();
-    let sum = |f: &dyn Fn(&ShardCounters) -> u64| c.iter().map(|c| f(c)).sum::<u64>();
+    let (running, replayed) = start_wiped(&config, &state)?;
     let replay = Replay {
-        partitions: sum(&|c| c.changelog_input_replays.get()),
-        records: sum(&|c| c.changelog_replayed_records.get()),
-        seconds: c
-            .iter()
-            .map(|c| c.changelog_restore_ns.get())
-            .max()
-            .unwrap_or(0) as f64
-            / 1e9,
+        partitions: replayed.input_replays,
+        records: replayed.replayed_records,
+        seconds: replayed.seconds,
     };
     let healing = b.keys + b.updates;
     produce(&producer, events, b.keys, (healing, 4))?;
     settle(&running, 4)?;
     running.stop()?;
     // Wiped again: the changelog, still missing its first records, is read (the marker).
-    std::fs::remove_dir_all(&state).with_context(|| format!("wiping {}", state.display()))?;
-    let running = sluice::app::start(&config)?;
-    let c = running.counters();
+    let (running, read) = start_wiped(&config, &state)?;
     let healed = Healed {
-        input_replays: c.iter().map(|c| c.changelog_input_replays.get()).sum(),
-        keys: c.iter().map(|c| c.changelog_restored_keys.get()).sum(),
-        seconds: c
-            .iter()
-            .map(|c| c.changelog_restore_ns.get())
-            .max()
-            .unwrap_or(0) as f64
-            / 1e9,
+        input_replays: read.input_replays,
+        keys: read.keys,
+        seconds: read.seconds,
     };
     running.stop()?;
     let _ = std::fs::remove_dir_all(&state);
-    let restore_s = restore_ns as f64 / 1e9;
     let results = Results {
         machine: super::machine::describe(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
