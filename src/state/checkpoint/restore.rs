@@ -382,24 +382,43 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
         ))
     };
     let records = |hot: &[u8]| sections(hot, words).records;
-    // key -> newest image in the incremental part of the chain: (checkpoint, offset), or None
-    // when the key left the hot table.
-    // Ordered, not hashed: the load order decides hot slots and so the eviction order, which
-    // the deterministic simulation needs the same in every run of a seed.
-    let mut touched: std::collections::BTreeMap<u64, Option<(usize, usize)>> =
-        std::collections::BTreeMap::new();
+    // Every fate the incremental part of the chain gives a key, in chain order: its image
+    // (checkpoint, offset), or None when the key left the hot table. Within a checkpoint the
+    // gone list comes before the records (a key gone and back is hot).
+    let fates_max: usize = point
+        .chain
+        .iter()
+        .skip(1)
+        .map(|(_, hot)| {
+            let s = sections(hot, words);
+            s.gone.len() / s.gone_bytes.max(1) + s.records.len() / image.max(1)
+        })
+        .sum();
+    let mut fates: Vec<(u64, Option<(usize, usize)>)> = Vec::with_capacity(fates_max);
     for (i, (_, hot)) in point.chain.iter().enumerate().skip(1) {
         let recs = records(hot);
         let s = sections(hot, words);
         for key in part(hot, s.gone, &point.path)?.chunks_exact(s.gone_bytes) {
-            touched.insert(key_at(key)?, None);
+            fates.push((key_at(key)?, None));
         }
         for (j, img) in part(hot, recs.clone(), &point.path)?
             .chunks_exact(image)
             .enumerate()
         {
-            touched.insert(key_at(img)?, Some((i, recs.start + j * image)));
+            fates.push((key_at(img)?, Some((i, recs.start + j * image))));
         }
+    }
+    // Each touched key's newest fate: the last one in chain order. A hash map, asked once per
+    // record of the full checkpoint and once per fate, never iterated: its random order
+    // decides nothing. The load order (full checkpoint's records in file order, then the
+    // newest images in chain order) decides hot slots and so the eviction order, which the
+    // deterministic simulation needs the same in every run of a seed. (Until 2026-12-02 an
+    // ordered map keyed by entity key: at 1M keys and a 50-checkpoint chain its lookups and
+    // the images read in key order — all over the chain — were most of the extra second.)
+    let mut newest: std::collections::HashMap<u64, usize> =
+        std::collections::HashMap::with_capacity(fates.len());
+    for (at, (key, _)) in fates.iter().enumerate() {
+        newest.insert(*key, at);
     }
     let mut w = vec![0u64; words];
     let mut n = 0;
@@ -416,16 +435,20 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
     };
     if let Some((_, hot)) = point.chain.first() {
         for img in part(hot, records(hot), &point.path)?.chunks_exact(image) {
-            if !touched.contains_key(&key_at(img)?) {
+            if !newest.contains_key(&key_at(img)?) {
                 load(img, state)?;
             }
         }
     }
-    for (i, at) in touched.values().flatten() {
+    let images = fates
+        .iter()
+        .enumerate()
+        .filter_map(|(at, (key, fate))| fate.filter(|_| newest.get(key) == Some(&at)));
+    for (i, at) in images {
         let img = point
             .chain
-            .get(*i)
-            .and_then(|(_, hot)| hot.get(*at..at.saturating_add(image)))
+            .get(i)
+            .and_then(|(_, hot)| hot.get(at..at.saturating_add(image)))
             .ok_or_else(|| corrupt("a record outside hot.bin"))?;
         load(img, state)?;
     }
