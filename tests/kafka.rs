@@ -283,6 +283,18 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     });
     let report = stop(child, Some(stdout));
     check_exactly_once(&scores, &want);
+    // Every Score record names its input record in its sluice-src header.
+    for s in &scores {
+        let named = s.src.rsplitn(3, '/').collect::<Vec<_>>();
+        assert!(
+            matches!(named.as_slice(), [offset, partition, topic]
+                if *topic == EVENTS
+                    && partition.parse::<i32>().is_ok_and(|p| (0..4).contains(&p))
+                    && offset.parse::<i64>().is_ok_and(|o| o >= 0)),
+            "sluice-src {:?} is not {EVENTS}/<partition>/<offset>",
+            s.src
+        );
+    }
     assert_eq!(
         counter(&report, "sluice_kafka_records_skipped_total"),
         12,

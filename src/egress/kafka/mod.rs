@@ -20,6 +20,7 @@ mod to_the_end;
 mod topic;
 mod transaction;
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,6 +221,9 @@ pub struct KafkaSink {
     progress_at_flip: Option<(String, String)>,
     /// "topic/partition/" per owned partition, for the sluice-src header.
     src_prefix: Vec<String>,
+    /// The sluice-src header's value ("topic/partition/offset"), written anew per Score
+    /// record into this one buffer (sized at start for the longest prefix and an offset).
+    src_header: Vec<u8>,
     sources: Vec<Source>,
     keys: Vec<u8>,
     pending: Vec<(u32, PendingScore)>,
@@ -303,6 +307,8 @@ impl KafkaSink {
                 .iter()
                 .map(|(t, p)| format!("{t}/{p}/"))
                 .collect(),
+            // Topic names are at most 249 bytes; a partition and an offset at most 11 and 20.
+            src_header: Vec::with_capacity(249 + 1 + 11 + 1 + 20),
             sources: Vec::with_capacity(sources_max),
             keys: Vec::with_capacity(sources_max * KEY_BYTES_MAX),
             pending: Vec::with_capacity(scores_max),
@@ -447,7 +453,8 @@ impl KafkaSink {
     /// End of a cycle: one Score record per input record that produced Scores (and one alert
     /// record where some were alerts), handed to the producer; then serve delivery reports.
     /// `send` copies key and value (librdkafka's F_COPY), and the crate builds the topic
-    /// CString and the header list per record: allocations per record, not per event.
+    /// CString and librdkafka the header list per record: allocations per record, not per
+    /// event, in code that is not ours (the header's value is written into a kept buffer).
     /// `in_use`: events of this or an earlier cycle's records still wait for a cold read
     /// (their Scores will name those records): the sources stay.
     pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency, in_use: bool) {
@@ -508,13 +515,14 @@ impl KafkaSink {
             (false, Some((at, len))) => &self.keys[at as usize..at as usize + len as usize],
             _ => &entity_key,
         };
-        let header = format!(
-            "{}{}",
+        self.src_header.clear();
+        self.src_header.extend_from_slice(
             self.src_prefix
                 .get(source.owned as usize)
-                .map_or("", String::as_str),
-            source.offset
+                .map_or(&b""[..], |p| p.as_bytes()),
         );
+        // Into a Vec with room for it: no allocation (io::Write on a Vec cannot fail).
+        let _ = write!(self.src_header, "{}", source.offset);
         for (topic, alerts_only) in [(&self.scores_topic, false), (&self.alerts_topic, true)] {
             if topic.is_empty() || (alerts_only && !group.iter().any(|(_, p)| p.score.alert)) {
                 continue;
@@ -527,7 +535,7 @@ impl KafkaSink {
             );
             let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
                 key: "sluice-src",
-                value: Some(header.as_str()),
+                value: Some(&self.src_header[..]),
             });
             let slot = Self::slot(self.epoch);
             let record = BaseRecord::with_opaque_to(topic, slot)
