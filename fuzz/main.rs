@@ -211,15 +211,74 @@ fn restore_config() -> Option<Config> {
 
 /// Input: flags (1 byte), the COMMIT text's length (2 bytes LE), the COMMIT text, hot.bin.
 /// Flag 1 rewrites the manifest's size and checksum to hot.bin's, flag 2 its record and gone
-/// counts to hot.bin's header: so mutations get past the checks that guard the loading.
+/// counts to hot.bin's header: so mutations get past the checks that guard the loading. Flag 4
+/// makes it a chain of two: first a full checkpoint framed with its hot.bin's length (the
+/// COMMIT's length, 2 bytes LE, the COMMIT, hot.bin's length, 4 bytes LE, hot.bin), then an
+/// incremental one framed as above, so the fold of incremental records over a full
+/// checkpoint is fuzzed too.
 fn restore_target(input: &[u8]) -> u64 {
-    use sluice::state::checkpoint::{load_bytes, Manifest};
-    let (Some(&flags), Some(len)) = (input.first(), input.get(1..3)) else {
+    use sluice::state::checkpoint::load_bytes;
+    let Some((&flags, mut rest)) = input.split_first() else {
         return 1;
     };
-    let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
-    let body = &input[3..];
-    let (commit, hot) = body.split_at(len.min(body.len()));
+    let mut chain: Vec<(String, &[u8])> = Vec::new();
+    if flags & 4 != 0 {
+        let Some((commit, hot, after)) = restore_framed(rest, true) else {
+            return 1;
+        };
+        chain.push((restore_commit(commit, hot, flags), hot));
+        rest = after;
+    }
+    let Some((commit, hot, _)) = restore_framed(rest, false) else {
+        return 1;
+    };
+    chain.push((restore_commit(commit, hot, flags), hot));
+    let Some(config) = restore_config() else {
+        return 2;
+    };
+    let Ok(mut state) = sluice::state::KeyedState::from_config(&config, None) else {
+        return 3;
+    };
+    let links = chain.len() as u64;
+    let chain = chain
+        .iter()
+        .map(|(commit, hot)| (commit.as_str(), hot.to_vec()))
+        .collect();
+    match load_bytes(chain, &mut state) {
+        Ok((records, journal)) => {
+            assert_eq!(
+                state.hot_len() as u64,
+                records,
+                "loaded records are in the table"
+            );
+            // Powers of two of each count: a class per size range, not per size.
+            10_000
+                + links * 1_000
+                + u64::from(records.checked_ilog2().unwrap_or(0)) * 64
+                + u64::from(journal.checked_ilog2().unwrap_or(0))
+        }
+        Err(e) => class_of(&e.to_string(), 5),
+    }
+}
+
+/// One checkpoint of a restore input: (COMMIT, hot.bin, what follows). `sized`: hot.bin's
+/// length is given (4 bytes LE after the COMMIT); otherwise it is the rest of the input.
+fn restore_framed(b: &[u8], sized: bool) -> Option<(&[u8], &[u8], &[u8])> {
+    let len = usize::from(u16::from_le_bytes(b.get(..2)?.try_into().ok()?));
+    let body = b.get(2..)?;
+    let (commit, body) = body.split_at(len.min(body.len()));
+    if !sized {
+        return Some((commit, body, &[]));
+    }
+    let hot_len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let body = body.get(4..)?;
+    let (hot, after) = body.split_at(hot_len.min(body.len()));
+    Some((commit, hot, after))
+}
+
+/// A restore input's COMMIT text, with flags 1 and 2's fix-ups applied to it.
+fn restore_commit(commit: &[u8], hot: &[u8], flags: u8) -> String {
+    use sluice::state::checkpoint::Manifest;
     let mut commit = String::from_utf8_lossy(commit).into_owned();
     if flags & 3 != 0 {
         if let Ok(mut m) = Manifest::parse(&commit) {
@@ -239,26 +298,7 @@ fn restore_target(input: &[u8]) -> u64 {
             commit = m.render();
         }
     }
-    let Some(config) = restore_config() else {
-        return 2;
-    };
-    let Ok(mut state) = sluice::state::KeyedState::from_config(&config, None) else {
-        return 3;
-    };
-    match load_bytes(&commit, hot.to_vec(), &mut state) {
-        Ok((records, journal)) => {
-            assert_eq!(
-                state.hot_len() as u64,
-                records,
-                "loaded records are in the table"
-            );
-            // Powers of two of each count: a class per size range, not per size.
-            10_000
-                + u64::from(records.checked_ilog2().unwrap_or(0)) * 64
-                + u64::from(journal.checked_ilog2().unwrap_or(0))
-        }
-        Err(e) => class_of(&e.to_string(), 5),
-    }
+    commit
 }
 
 /// The model target's `model.load_timeout_ms`.
@@ -447,6 +487,7 @@ fn restore_seeds() -> anyhow::Result<Vec<Vec<u8>>> {
     cp.wait_ready();
     let t0 = 1_700_000_000_000_000_000u64;
     let mut seeds = Vec::new();
+    let mut files = Vec::new();
     for round in 0..2u64 {
         // 200 keys through 64 hot slots: records hot and spilled, keys leaving the table.
         for k in 0..200u64 {
@@ -473,6 +514,20 @@ fn restore_seeds() -> anyhow::Result<Vec<Vec<u8>>> {
         seed.extend_from_slice(&u16::try_from(commit.len())?.to_le_bytes());
         seed.extend_from_slice(&commit);
         seed.extend_from_slice(&hot);
+        seeds.push(seed);
+        files.push((commit, hot));
+    }
+    // The two as a chain (flag 4): the full one with its hot.bin's length, then the
+    // incremental one.
+    if let [(c1, h1), (c2, h2)] = files.as_slice() {
+        let mut seed = vec![4u8];
+        seed.extend_from_slice(&u16::try_from(c1.len())?.to_le_bytes());
+        seed.extend_from_slice(c1);
+        seed.extend_from_slice(&u32::try_from(h1.len())?.to_le_bytes());
+        seed.extend_from_slice(h1);
+        seed.extend_from_slice(&u16::try_from(c2.len())?.to_le_bytes());
+        seed.extend_from_slice(c2);
+        seed.extend_from_slice(h2);
         seeds.push(seed);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -313,19 +313,30 @@ fn verify(
     Ok((manifest, hot))
 }
 
-/// One full checkpoint given as its files' contents, checked and loaded into `state` as a
-/// restore would, its spill journal parsed but applied to nothing: the restore fuzz target
-/// (`sluice-fuzz restore`). Returns the records loaded and the journal entries parsed.
+/// A chain of checkpoints (a full one, then any incremental ones after it, oldest first)
+/// given as their files' contents, each checked and the whole loaded into `state` as a
+/// restore would, the newest one's spill journal parsed but applied to nothing: the restore
+/// fuzz target (`sluice-fuzz restore`). The parent links are not checked (the restore checks
+/// them on the directory names before it reads a file). Returns the records loaded and the
+/// journal entries parsed.
 pub fn load_bytes(
-    commit: &str,
-    hot: Vec<u8>,
+    chain: Vec<(&str, Vec<u8>)>,
     state: &mut KeyedState,
 ) -> Result<(u64, u64), CheckpointError> {
     let path = Path::new("<bytes>");
     let words = state.plan().words();
-    let (manifest, hot) = verify(path, commit, hot, words)?;
+    let chain = chain
+        .into_iter()
+        .map(|(commit, hot)| verify(path, commit, hot, words))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((manifest, hot)) = chain.last() else {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_owned(),
+            reason: "an empty chain".into(),
+        });
+    };
     let mut entries = 0u64;
-    replay_journal(&hot, words, |_, _| {
+    replay_journal(hot, words, |_, _| {
         entries += 1;
         Ok(())
     })
@@ -336,7 +347,7 @@ pub fn load_bytes(
     let point = RestorePoint {
         manifest: manifest.clone(),
         path: path.to_owned(),
-        chain: vec![(manifest, hot)],
+        chain,
     };
     Ok((load_records(state, &point)?, entries))
 }

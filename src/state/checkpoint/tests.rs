@@ -603,6 +603,12 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
     drop(s);
     drop(cp);
 
+    // The hot records of a state: (key, words) in key order.
+    let hot_of = |s: &KeyedState| {
+        (0..30u64)
+            .filter_map(|k| s.hot().get(k).map(|(_, w)| (k, w.to_vec())))
+            .collect::<Vec<_>>()
+    };
     let restore_all = |d: &Dir| {
         let (spill, point) = restore(&d.root(), "L1", &d.spill(), plan().words(), open).unwrap();
         let p = plan();
@@ -611,25 +617,49 @@ fn incremental_checkpoints_restore_exactly_through_spills_reloads_and_expiry() {
         let point = point.unwrap();
         load_records(&mut back, &point).unwrap();
         (
-            point.manifest.seq,
-            point.chain_len(),
+            (point.manifest.seq, point.chain_len()),
             dump_keys(&back, 30),
             back.hot_len() as u64 + back.spilled_len(),
+            hot_of(&back),
         )
     };
     // Newest: checkpoint 10, built on full 9.
-    let (seq, chain, all, n) = restore_all(&d);
+    let ((seq, chain), all, n, hot) = restore_all(&d);
     assert_eq!((seq, chain), (10, 2));
     assert_eq!(all, snapshots[9].0);
     assert_eq!(n, snapshots[9].1, "every record in exactly one place");
+    // The same chain given as the files' bytes (the restore fuzz target's way in) loads the
+    // same hot records.
+    let from_bytes = |seqs: &[u64]| {
+        let files: Vec<_> = seqs
+            .iter()
+            .map(|seq| {
+                let at = d.root().join(name(*seq));
+                (
+                    std::fs::read_to_string(at.join("COMMIT")).unwrap(),
+                    std::fs::read(at.join("hot.bin")).unwrap(),
+                )
+            })
+            .collect();
+        let p = plan();
+        let mut s = KeyedState::new(HotTable::new(8, p.words()), None, p, 30 * SEC, false);
+        let chain = files.iter().map(|(c, h)| (c.as_str(), h.clone())).collect();
+        let (loaded, _) = load_bytes(chain, &mut s).unwrap();
+        assert_eq!(loaded, s.hot_len() as u64);
+        hot_of(&s)
+    };
+    assert!(!hot.is_empty());
+    assert_eq!(from_bytes(&[9, 10]), hot);
+    let chain_5_to_8 = from_bytes(&[5, 6, 7, 8]);
     // Corrupt the full checkpoint 9: 10 cannot be rebuilt either; 8 (on full 5) is restored.
     let full9 = d.root().join(name(9)).join("hot.bin");
     let mut bytes = std::fs::read(&full9).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&full9, bytes).unwrap();
-    let (seq, chain, all, n) = restore_all(&d);
+    let ((seq, chain), all, n, hot) = restore_all(&d);
     assert_eq!((seq, chain), (8, 4));
+    assert_eq!(chain_5_to_8, hot);
     assert_eq!(all, snapshots[7].0);
     assert_eq!(n, snapshots[7].1);
 }
