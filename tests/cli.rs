@@ -1,4 +1,4 @@
-//! The `sluice` binary as a user runs it: config checking, and `run` stopped by SIGTERM.
+//! The `sluice` binary as a user runs it: config checking, `run` stopped by SIGTERM, and `demo`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
@@ -473,4 +473,81 @@ fn a_helper_core_that_is_not_available_is_a_clear_start_up_error() {
         err.contains("shards.helper_cores[0] = 1000: no such CPU available"),
         "{err}"
     );
+}
+
+/// The numbers after `label` in `text` (e.g. "lost " -> the count that follows).
+fn count_after(text: &str, label: &str) -> u64 {
+    text.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} count in:\n{text}"))
+}
+
+/// README command 1's job, `sluice demo`, in a short run: it exits 0 and its client's
+/// accounting finds no duplicate, no wrong count and nothing unexpected. (A loss would be
+/// this machine's socket buffers under the suite's load, not a wrong answer: only that
+/// some replies came back is asserted.)
+#[test]
+fn the_demo_runs_on_loopback_and_no_reply_is_wrong() {
+    let out = sluice()
+        .args(["demo", "--seconds", "2", "--rate", "2000", "--keys", "500"])
+        .args(["--set", "metrics.listen=127.0.0.1:0"])
+        .args(["--set", "state.hot_capacity=4096"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("replies:"))
+        .unwrap_or_else(|| panic!("no replies line:\n{text}"));
+    assert!(count_after(replies, "replies: ") > 0, "{text}");
+    for label in ["duplicates ", "wrong counts ", "unexpected "] {
+        assert_eq!(count_after(replies, label), 0, "{label}in:\n{text}");
+    }
+}
+
+/// `sluice demo --kafka` (its own local broker, one event a record, Scores read back
+/// read_committed), both delivery modes, in short runs: exit 0, no duplicate, no wrong count,
+/// nothing unexpected, and the service's Kafka latency table is printed.
+#[test]
+fn the_kafka_demo_runs_in_both_delivery_modes_and_no_score_is_wrong() {
+    for mode in [&[][..], &["--exactly-once"][..]] {
+        let out = sluice()
+            .args([
+                "demo",
+                "--kafka",
+                "--seconds",
+                "2",
+                "--rate",
+                "2000",
+                "--keys",
+                "500",
+            ])
+            .args(mode)
+            .args(["--set", "metrics.listen=127.0.0.1:0"])
+            .args(["--set", "state.hot_capacity=4096"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode:?}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("kafka record->produce"), "{mode:?}: {text}");
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("produced "))
+            .unwrap_or_else(|| panic!("{mode:?}: no client line:\n{text}"));
+        assert!(count_after(line, "Scores ") > 0, "{mode:?}: {text}");
+        for label in ["duplicates ", "wrong counts ", "unexpected "] {
+            assert_eq!(count_after(line, label), 0, "{mode:?}: {label}in:\n{text}");
+        }
+    }
 }
