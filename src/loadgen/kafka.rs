@@ -160,9 +160,10 @@ pub fn run(spec: &KafkaLoadSpec) -> anyhow::Result<KafkaLoadResult> {
     producer
         .flush(Duration::from_secs(30))
         .context("the load producer's first record")?;
-    // Record i is due at start_ns + (i - 1) periods; record 0, sent, one period before.
-    let start_ns = clock::realtime_ns() + 50_000_000;
-    let sched = move |i: u64| (start_ns as f64 + (i as f64 - 1.0) * period_ns) as u64;
+    // Record 1 is due at the start and each next one a period later; record 0, sent, one
+    // period before the start.
+    let zero_ns = (clock::realtime_ns() + 50_000_000).saturating_sub(period_ns as u64);
+    let sched = move |i: u64| zero_ns + (i as f64 * period_ns) as u64;
     let sending = Arc::new(AtomicBool::new(true));
     let reading = {
         let sending = sending.clone();
