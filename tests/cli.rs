@@ -484,32 +484,47 @@ fn count_after(text: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {label:?} count in:\n{text}"))
 }
 
+/// `sluice demo ARGS` in a short, light run (its own metrics port, a small table): its stdout,
+/// once it has exited 0.
+fn demo(args: &[&str]) -> String {
+    let out = sluice()
+        .arg("demo")
+        .args(["--seconds", "2", "--rate", "2000", "--keys", "500"])
+        .args(args)
+        .args(["--set", "metrics.listen=127.0.0.1:0"])
+        .args(["--set", "state.hot_capacity=4096"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The demo client's accounting line (the one starting with `prefix`): some answers came back
+/// (the count after `back`), no duplicate, no wrong count, nothing unexpected.
+fn check_accounting(text: &str, prefix: &str, back: &str) {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{text}"));
+    assert!(count_after(line, back) > 0, "{text}");
+    for label in ["duplicates ", "wrong counts ", "unexpected "] {
+        assert_eq!(count_after(line, label), 0, "{label}in:\n{text}");
+    }
+}
+
 /// README command 1's job, `sluice demo`, in a short run: it exits 0 and its client's
 /// accounting finds no duplicate, no wrong count and nothing unexpected. (A loss would be
 /// this machine's socket buffers under the suite's load, not a wrong answer: only that
 /// some replies came back is asserted.)
 #[test]
 fn the_demo_runs_on_loopback_and_no_reply_is_wrong() {
-    let out = sluice()
-        .args(["demo", "--seconds", "2", "--rate", "2000", "--keys", "500"])
-        .args(["--set", "metrics.listen=127.0.0.1:0"])
-        .args(["--set", "state.hot_capacity=4096"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replies = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("replies:"))
-        .unwrap_or_else(|| panic!("no replies line:\n{text}"));
-    assert!(count_after(replies, "replies: ") > 0, "{text}");
-    for label in ["duplicates ", "wrong counts ", "unexpected "] {
-        assert_eq!(count_after(replies, label), 0, "{label}in:\n{text}");
-    }
+    let text = demo(&[]);
+    check_accounting(&text, "replies:", "replies: ");
 }
 
 /// `sluice demo --kafka` (its own local broker, one event a record, Scores read back
@@ -517,37 +532,9 @@ fn the_demo_runs_on_loopback_and_no_reply_is_wrong() {
 /// nothing unexpected, and the service's Kafka latency table is printed.
 #[test]
 fn the_kafka_demo_runs_in_both_delivery_modes_and_no_score_is_wrong() {
-    for mode in [&[][..], &["--exactly-once"][..]] {
-        let out = sluice()
-            .args([
-                "demo",
-                "--kafka",
-                "--seconds",
-                "2",
-                "--rate",
-                "2000",
-                "--keys",
-                "500",
-            ])
-            .args(mode)
-            .args(["--set", "metrics.listen=127.0.0.1:0"])
-            .args(["--set", "state.hot_capacity=4096"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode:?}: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for mode in [&["--kafka"][..], &["--kafka", "--exactly-once"][..]] {
+        let text = demo(mode);
         assert!(text.contains("kafka record->produce"), "{mode:?}: {text}");
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("produced "))
-            .unwrap_or_else(|| panic!("{mode:?}: no client line:\n{text}"));
-        assert!(count_after(line, "Scores ") > 0, "{mode:?}: {text}");
-        for label in ["duplicates ", "wrong counts ", "unexpected "] {
-            assert_eq!(count_after(line, label), 0, "{mode:?}: {label}in:\n{text}");
-        }
+        check_accounting(&text, "produced ", "Scores ");
     }
 }
