@@ -407,8 +407,8 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
         .sum();
     let mut fates: Vec<(u64, Option<(usize, usize)>)> = Vec::with_capacity(fates_max);
     for (i, (_, hot)) in point.chain.iter().enumerate().skip(1) {
-        let recs = records(hot);
         let s = sections(hot, words);
+        let recs = s.records;
         for key in part(hot, s.gone, &point.path)?.chunks_exact(s.gone_bytes) {
             fates.push((key_at(key)?, None));
         }
@@ -419,17 +419,26 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
             fates.push((key_at(img)?, Some((i, recs.start + j * image))));
         }
     }
-    // Each touched key's newest fate: the last one in chain order. A hash map, asked once per
-    // record of the full checkpoint and once per fate, never iterated: its random order
-    // decides nothing. The load order (full checkpoint's records in file order, then the
+    // Each touched key's newest fate: the last one in chain order; an older one is cleared as
+    // the map meets the newer (so the fates left with an image are the images to load). A
+    // hash map, asked once per record of the full checkpoint, never iterated: its random
+    // order decides nothing. The load order (full checkpoint's records in file order, then the
     // newest images in chain order) decides hot slots and so the eviction order, which the
     // deterministic simulation needs the same in every run of a seed. (Until 2026-12-02 an
     // ordered map keyed by entity key: at 1M keys and a 50-checkpoint chain its lookups and
     // the images read in key order — all over the chain — were most of the extra second.)
     let mut newest: std::collections::HashMap<u64, usize> =
         std::collections::HashMap::with_capacity(fates.len());
-    for (at, (key, _)) in fates.iter().enumerate() {
-        newest.insert(*key, at);
+    for at in 0..fates.len() {
+        let Some(&(key, _)) = fates.get(at) else {
+            break;
+        };
+        if let Some((_, fate)) = newest
+            .insert(key, at)
+            .and_then(|older| fates.get_mut(older))
+        {
+            *fate = None;
+        }
     }
     let mut w = vec![0u64; words];
     let mut n = 0;
@@ -451,11 +460,7 @@ pub fn load_records(state: &mut KeyedState, point: &RestorePoint) -> Result<u64,
             }
         }
     }
-    let images = fates
-        .iter()
-        .enumerate()
-        .filter_map(|(at, (key, fate))| fate.filter(|_| newest.get(key) == Some(&at)));
-    for (i, at) in images {
+    for (i, at) in fates.iter().filter_map(|(_, fate)| *fate) {
         let img = point
             .chain
             .get(i)
