@@ -53,6 +53,30 @@ fn one_probability_column(g: &mut sluice::infer::native::onnx_proto::GraphProto)
     shape.dim[1].set_dim_value(1);
 }
 
+/// Every walk a tree ensemble can take; each must give ONNX Runtime's scores.
+const WALKS: [Walk; 3] = [Walk::Fastest, Walk::BranchFreeScalar, Walk::NodeByNode];
+
+/// The branch-free walk takes AVX2 gathers exactly when asked for the fastest on a CPU that
+/// has them (so the parity checks below cover the vector walk on such a CPU).
+fn check_vector(describe: &str, walk: Walk, branch_free: bool) {
+    let avx2 = cfg!(target_arch = "x86_64") && has_avx2();
+    assert_eq!(
+        describe.contains("AVX2"),
+        branch_free && walk == Walk::Fastest && avx2,
+        "{walk:?}: {describe}"
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
 /// Which tree models are shallow enough (and of one comparison mode) to be walked branch-free
 /// over perfect trees: the scikit-learn GBDT and XGBoost at depth 3; LightGBM's and
 /// HistGradientBoosting's leaf-wise trees are deeper.
@@ -64,17 +88,18 @@ fn native_scores_equal_onnx_runtime_for_every_supported_export() {
     let threshold = Config::defaults().unwrap().model.alert_threshold;
     for ((name, path), walk) in models()
         .into_iter()
-        .flat_map(|m| [(m.clone(), Walk::Fastest), (m, Walk::NodeByNode)])
+        .flat_map(|m| WALKS.map(|w| (m.clone(), w)))
     {
         let (mut native, mut ort) = both_walked(&path, walk);
         assert_eq!(native.width(), 8, "{name}");
         let branch_free = native.describe().contains("branch-free");
         assert_eq!(
             branch_free,
-            walk == Walk::Fastest && BRANCH_FREE.contains(&name),
+            walk != Walk::NodeByNode && BRANCH_FREE.contains(&name),
             "{name} {walk:?}: {}",
             native.describe()
         );
+        check_vector(&native.describe(), walk, branch_free);
         let name = format!("{name} ({walk:?})");
         let want = score_rows(&mut ort, &rows, 64);
         for batch in [1, 7, 64] {
@@ -469,7 +494,7 @@ fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
     let same = score_rows(&mut classifier, &rows, 64);
     for (variant, walk) in ["gbdt", "modes", "gt", "average", "tree twice", "probit"]
         .into_iter()
-        .flat_map(|v| [(v, Walk::Fastest), (v, Walk::NodeByNode)])
+        .flat_map(|v| WALKS.map(|w| (v, w)))
     {
         let bytes = gbdt_as_tree_ensemble_v5(variant);
         let mut s = spec("tree_ensemble_v5.onnx");
@@ -483,9 +508,14 @@ fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
         );
         assert_eq!(
             native.describe().contains("branch-free"),
-            walk == Walk::Fastest && variant != "modes",
+            walk != Walk::NodeByNode && variant != "modes",
             "{variant} {walk:?}: {}",
             native.describe()
+        );
+        check_vector(
+            &native.describe(),
+            walk,
+            native.describe().contains("branch-free"),
         );
         let variant = format!("{variant} ({walk:?})");
         let variant = variant.as_str();
@@ -524,7 +554,7 @@ fn the_opset_5_tree_ensemble_equals_onnx_runtime() {
 }
 
 /// A small opset-5 `TreeEnsemble` written by onnx.helper (`scripts/tree_ensemble_v5.py`: three
-/// trees of depths 2, 2 and 1, a NaN sent to the true side): both walks equal the scores Python
+/// trees of depths 2, 2 and 1, a NaN sent to the true side): every walk equals the scores Python
 /// onnxruntime and the ONNX reference evaluator gave (a writer and a reading independent of
 /// this crate's), and the in-process ONNX Runtime on the probing rows.
 #[test]
@@ -542,12 +572,12 @@ fn a_tree_ensemble_written_by_onnx_helper_scores_as_python_onnxruntime_and_the_r
     let mut ort = OnnxScorer::load(&s, &bytes).unwrap();
     let probing = probing_rows();
     let want = score_rows(&mut ort, &probing, 64);
-    for walk in [Walk::Fastest, Walk::NodeByNode] {
+    for walk in WALKS {
         let mut native = NativeScorer::compile_with(&s, &bytes, walk)
             .unwrap_or_else(|e| panic!("{walk:?}: {e}"));
         assert!(
             native.describe().contains("3 trees")
-                && native.describe().contains("branch-free") == (walk == Walk::Fastest),
+                && native.describe().contains("branch-free") == (walk != Walk::NodeByNode),
             "{}",
             native.describe()
         );

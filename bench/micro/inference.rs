@@ -199,7 +199,11 @@ fn native_fresh(c: &mut Criterion) {
         let mut spec = config.onnx_spec();
         spec.path = path;
         let bytes = model_bytes(&spec.path).unwrap();
-        for (walk_name, walk) in [("nodes", Walk::NodeByNode), ("fastest", Walk::Fastest)] {
+        for (walk_name, walk) in [
+            ("nodes", Walk::NodeByNode),
+            ("scalar", Walk::BranchFreeScalar),
+            ("fastest", Walk::Fastest),
+        ] {
             let mut m = NativeScorer::compile_with(&spec, &bytes, walk).unwrap();
             if walk == Walk::Fastest {
                 eprintln!("{name}: {}", m.describe());

@@ -21,8 +21,11 @@ use trees::Trees;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Walk {
     /// Branch-free over perfect trees when every tree is shallow and one comparison mode
-    /// serves them all (`perfect.rs`), node by node otherwise.
+    /// serves them all (`perfect.rs`; with AVX2 gathers where the CPU has them), node by node
+    /// otherwise.
     Fastest,
+    /// As `Fastest`, with scalar loads only.
+    BranchFreeScalar,
     /// Node by node always.
     NodeByNode,
 }
@@ -53,15 +56,12 @@ impl NativeScorer {
         let model = onnx_proto::ModelProto::parse_from_bytes(bytes)
             .map_err(|e| Unsupported(format!("not an ONNX model: {e}")))?;
         let mut plan = graph::plan(&model, &spec.input, &spec.output)?;
-        if walk == Walk::NodeByNode {
-            match &mut plan.core {
-                Core::BinaryTrees { trees, .. } => trees.drop_branch_free(),
-                Core::Outputs { outputs, .. } => outputs
-                    .iter_mut()
-                    .flatten()
-                    .for_each(Trees::drop_branch_free),
-                Core::Linear(_) => {}
+        match &mut plan.core {
+            Core::BinaryTrees { trees, .. } => trees.set_walk(walk),
+            Core::Outputs { outputs, .. } => {
+                outputs.iter_mut().flatten().for_each(|t| t.set_walk(walk))
             }
+            Core::Linear(_) => {}
         }
         if spec.probability_column >= plan.columns {
             return Err(Unsupported(format!(

@@ -9,6 +9,9 @@
 
 use super::trees::Mode;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// Deepest tree laid out this way: a tree takes 12 * 2^depth bytes here (768 at 6).
 pub const DEPTH_MAX: u32 = 6;
 /// Slots allowed per compiled node: a complete tree of depth d has 2^(d+1) - 1 nodes for 2^d
@@ -31,6 +34,19 @@ struct Branch {
     feature: u32,
 }
 
+/// Slots of each tree copied into `Top`: levels 0 and 1. (Level 2 picked out of its four rows
+/// with blends measured slower than gathering it.)
+const TOP_SLOTS: usize = 3;
+
+/// A group of `LANES` trees' top branches, slot by slot, lanes side by side: the vector walk
+/// loads a level's eight branches from here instead of gathering them.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct Top {
+    threshold: [[f32; LANES]; TOP_SLOTS],
+    feature: [[u32; LANES]; TOP_SLOTS],
+}
+
 pub struct Perfect {
     depth: u32,
     /// `trees * 2^depth`: a tree's 2^depth - 1 branches and one unused slot.
@@ -40,6 +56,14 @@ pub struct Perfect {
     mode: Mode,
     /// Whether any branch sends NaN to its true side (else the walk leaves that test out).
     nan_true: bool,
+    /// Every branch reads one of the row's first 16 features: the vector walk picks them out
+    /// of two registers instead of gathering them from memory.
+    few_features: bool,
+    /// Each whole group's `Top`.
+    top: Vec<Top>,
+    /// Walk each group of `LANES` trees with AVX2 gathers (`avx2.rs`): set only when this CPU
+    /// has AVX2.
+    avx2: bool,
 }
 
 /// One tree as the compiler laid it out: `node(i)` is `Ok((feature, threshold, nan_true, yes,
@@ -65,6 +89,9 @@ impl Perfect {
             leaves: vec![0.0; roots.len() * bottom],
             mode,
             nan_true: false,
+            few_features: true,
+            top: Vec::new(),
+            avx2: avx2_available(),
         };
         for (t, &r) in roots.iter().enumerate() {
             // (compiled node, breadth-first slot, level)
@@ -73,6 +100,7 @@ impl Perfect {
                 match node(i) {
                     Ok((feature, threshold, nan_true, yes, no)) => {
                         p.nan_true |= nan_true;
+                        p.few_features &= feature < 16;
                         if let Some(b) = p.branches.get_mut(t * bottom + slot) {
                             *b = Branch {
                                 threshold,
@@ -95,6 +123,21 @@ impl Perfect {
                 }
             }
         }
+        p.top = p
+            .branches
+            .chunks_exact(bottom * LANES)
+            .map(|group| {
+                let mut top = Top::default();
+                for slot in 0..TOP_SLOTS.min(bottom) {
+                    for k in 0..LANES {
+                        let b = group.get(k * bottom + slot).copied().unwrap_or_default();
+                        top.threshold[slot][k] = b.threshold;
+                        top.feature[slot][k] = b.feature;
+                    }
+                }
+                top
+            })
+            .collect();
         Some(p)
     }
 
@@ -102,12 +145,29 @@ impl Perfect {
         self.depth
     }
 
+    /// Whether the walk takes AVX2 gathers.
+    pub fn vector(&self) -> bool {
+        self.avx2
+    }
+
+    /// Walk with scalar loads only, even on a CPU with AVX2 (the tests and benches compare).
+    pub fn scalar_only(&mut self) {
+        self.avx2 = false;
+    }
+
     pub fn bytes(&self) -> usize {
-        self.branches.len() * std::mem::size_of::<Branch>() + self.leaves.len() * 4
+        self.branches.len() * std::mem::size_of::<Branch>()
+            + self.leaves.len() * 4
+            + self.top.len() * std::mem::size_of::<Top>()
     }
 
     #[inline]
     pub fn sum(&self, row: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU has AVX2 (`build`).
+            return unsafe { avx2::sum(self, row) };
+        }
         match self.mode {
             Mode::Leq => self.sum_with(row, |x, t| x <= t),
             Mode::Lt => self.sum_with(row, |x, t| x < t),
@@ -162,17 +222,11 @@ impl Perfect {
         // into its array, so the loop carries no bounds check. (The fallbacks are never taken:
         // the vectors hold exactly S slots a tree.)
         let (no_branches, no_leaves) = ([Branch::default(); S], [0.0f32; S]);
-        let step = |tree: &[Branch; S], at: usize| {
-            let b = tree[at & (S - 1)];
-            let v = x[(b.feature as usize) & (ROW_SLOTS - 1)];
-            let yes = goes_true(v, b.threshold)
-                | (NAN_TRUE_SEEN && (b.feature & NAN_TRUE != 0) & v.is_nan());
-            2 * at + 2 - usize::from(yes)
-        };
-        let leaf = |leaves: &[f32; S], at: usize| leaves[(at + 1 - S) & (S - 1)];
+        let down =
+            |tree: &[Branch; S], at: usize| step::<S, NAN_TRUE_SEEN>(tree, x, at, &goes_true);
         let groups = self.branches.chunks_exact(S * LANES);
         let leaf_groups = self.leaves.chunks_exact(S * LANES);
-        let (rest, leaf_rest) = (groups.remainder(), leaf_groups.remainder());
+        let full = groups.len();
         let mut sum = 0.0f32;
         for (g, lg) in groups.zip(leaf_groups) {
             let trees: [&[Branch; S]; LANES] =
@@ -180,7 +234,7 @@ impl Perfect {
             let mut at = [0usize; LANES];
             for _ in 0..depth {
                 for (a, tree) in at.iter_mut().zip(trees) {
-                    *a = step(tree, *a);
+                    *a = down(tree, *a);
                 }
             }
             // Added in tree order, as the node walk and ONNX Runtime add them.
@@ -188,15 +242,67 @@ impl Perfect {
                 sum += leaf(array_at(lg, k, &no_leaves), *a);
             }
         }
+        self.rest_sum::<S, NAN_TRUE_SEEN>(x, goes_true, full, sum)
+    }
+
+    /// `sum` plus the leaves reached in the trees after the first `full` groups of `LANES`,
+    /// one tree at a time, in tree order.
+    #[inline(always)]
+    fn rest_sum<const S: usize, const NAN_TRUE_SEEN: bool>(
+        &self,
+        x: &[f32; ROW_SLOTS],
+        goes_true: impl Fn(f32, f32) -> bool,
+        full: usize,
+        mut sum: f32,
+    ) -> f32 {
+        let depth = S.trailing_zeros();
+        let (no_branches, no_leaves) = ([Branch::default(); S], [0.0f32; S]);
+        let down =
+            |tree: &[Branch; S], at: usize| step::<S, NAN_TRUE_SEEN>(tree, x, at, &goes_true);
+        let from = full * S * LANES;
+        let rest = self.branches.get(from..).unwrap_or_default();
+        let leaf_rest = self.leaves.get(from..).unwrap_or_default();
         for k in 0..rest.len() / S {
             let (tree, mut at) = (array_at(rest, k, &no_branches), 0);
             for _ in 0..depth {
-                at = step(tree, at);
+                at = down(tree, at);
             }
             sum += leaf(array_at(leaf_rest, k, &no_leaves), at);
         }
         sum
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    avx2::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+/// One level down `tree` from slot `at`: the next slot (2 at + 1 on the true side, else
+/// 2 at + 2). Indices are masked into the arrays, so the step carries no bounds check.
+#[inline(always)]
+fn step<const S: usize, const NAN_TRUE_SEEN: bool>(
+    tree: &[Branch; S],
+    x: &[f32; ROW_SLOTS],
+    at: usize,
+    goes_true: &impl Fn(f32, f32) -> bool,
+) -> usize {
+    let b = tree[at & (S - 1)];
+    let v = x[(b.feature as usize) & (ROW_SLOTS - 1)];
+    let yes =
+        goes_true(v, b.threshold) | (NAN_TRUE_SEEN && (b.feature & NAN_TRUE != 0) & v.is_nan());
+    2 * at + 2 - usize::from(yes)
+}
+
+/// The leaf value at the bottom slot `at` (S - 1 .. 2 S - 1) reaches.
+#[inline(always)]
+fn leaf<const S: usize>(leaves: &[f32; S], at: usize) -> f32 {
+    leaves[(at + 1 - S) & (S - 1)]
 }
 
 /// The `k`th run of `S` in `v` as an array (`none` past the end).
@@ -254,6 +360,132 @@ mod tests {
         assert_eq!(p.sum(&[f32::NAN, f32::NAN]), 27.0);
         let lone = Perfect::build(&[5, 5], &node, Mode::Leq, 2).unwrap();
         assert_eq!((lone.depth(), lone.sum(&[0.0, 0.0])), (0, 14.0));
+    }
+
+    /// A node of a generated tree: a branch (feature, threshold, NaN to the true side, yes,
+    /// no) or a leaf.
+    type Gen = Result<(u32, f32, bool, usize, usize), f32>;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        /// A value from a small set (so rows hit thresholds exactly), NaN and -0.0 included.
+        fn value(&mut self) -> f32 {
+            [-2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, f32::NAN][self.below(8) as usize]
+        }
+    }
+
+    /// A random tree at most `depth` deep, its nodes appended to `nodes`; returns its root.
+    fn grow(nodes: &mut Vec<Gen>, depth: u32, width: u32, rng: &mut Rng) -> usize {
+        let at = nodes.len();
+        nodes.push(Err(0.0));
+        if depth == 0 || rng.below(5) == 0 {
+            nodes[at] = Err(rng.below(1000) as f32 / 64.0 - 7.0);
+            return at;
+        }
+        let (feature, threshold, nan) = (
+            rng.below(u64::from(width)) as u32,
+            rng.value(),
+            rng.below(3) == 0,
+        );
+        let yes = grow(nodes, depth - 1, width, rng);
+        let no = grow(nodes, depth - 1, width, rng);
+        nodes[at] = Ok((feature, threshold, nan, yes, no));
+        at
+    }
+
+    /// The plain walk of the generated nodes, tree by tree, leaves added in tree order.
+    fn walk(nodes: &[Gen], roots: &[usize], mode: Mode, row: &[f32]) -> f32 {
+        let mut sum = 0.0f32;
+        for &r in roots {
+            let mut i = r;
+            loop {
+                match nodes[i] {
+                    Ok((f, t, nan, yes, no)) => {
+                        let x = row.get(f as usize).copied().unwrap_or(f32::NAN);
+                        let goes = mode.goes_true(x, t) || (nan && x.is_nan());
+                        i = if goes { yes } else { no };
+                    }
+                    Err(v) => {
+                        sum += v;
+                        break;
+                    }
+                }
+            }
+        }
+        sum
+    }
+
+    /// Random ensembles (every mode, depths 0-6, tree counts on and off a multiple of the
+    /// lanes and of the blocks, NaN sides set or not, features below 16 or not, rows with NaN,
+    /// -0.0 and values equal to thresholds): the
+    /// scalar and (on a CPU with AVX2) vector walks both give the plain walk's sum, to the bit.
+    #[test]
+    fn the_vector_and_scalar_walks_equal_a_plain_walk_to_the_bit() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let modes = [
+            Mode::Leq,
+            Mode::Lt,
+            Mode::Gte,
+            Mode::Gt,
+            Mode::Eq,
+            Mode::Neq,
+        ];
+        let (mut vector_walks, mut rows_checked, mut few_features) = (0, 0, [0; 2]);
+        for case in 0..600 {
+            let mode = modes[case % modes.len()];
+            let depth = rng.below(u64::from(DEPTH_MAX) + 1) as u32;
+            let width = 1 + rng.below(ROW_SLOTS as u64) as u32;
+            let trees = 1 + rng.below(80) as usize;
+            let mut nodes = Vec::new();
+            let roots: Vec<usize> = (0..trees)
+                .map(|_| grow(&mut nodes, depth, width, &mut rng))
+                .collect();
+            let at = |i: usize| nodes[i];
+            // Padding never refuses here: this test is about the walk.
+            let Some(vector) = Perfect::build(&roots, &at, mode, usize::MAX / 2) else {
+                panic!("case {case}: depth {depth} not laid out");
+            };
+            assert_eq!(vector.vector(), avx2_available(), "case {case}");
+            let below_16 = nodes.iter().all(|n| n.map_or(true, |(f, ..)| f < 16));
+            assert_eq!(vector.few_features, below_16, "case {case}");
+            vector_walks += usize::from(vector.vector());
+            few_features[usize::from(vector.few_features)] += 1;
+            let mut scalar = Perfect::build(&roots, &at, mode, usize::MAX / 2).unwrap();
+            scalar.scalar_only();
+            assert!(!scalar.vector());
+            for _ in 0..20 {
+                let row: Vec<f32> = (0..width).map(|_| rng.value()).collect();
+                let want = walk(&nodes, &roots, mode, &row);
+                for (name, p) in [("vector", &vector), ("scalar", &scalar)] {
+                    let got = p.sum(&row);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "case {case} {name} ({mode:?}, depth {depth}, {trees} trees) row \
+                         {row:?}: {got} vs {want}"
+                    );
+                }
+                rows_checked += 1;
+            }
+        }
+        assert_eq!(rows_checked, 600 * 20);
+        // Both ways of reading the row's values were taken (registers, gathers).
+        assert!(few_features.iter().all(|&n| n > 50), "{few_features:?}");
+        if avx2_available() {
+            assert_eq!(vector_walks, 600);
+        } else {
+            eprintln!("this CPU has no AVX2: only the scalar walk was checked");
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Mode {
     }
 
     #[inline(always)]
-    fn goes_true(self, x: f32, t: f32) -> bool {
+    pub(super) fn goes_true(self, x: f32, t: f32) -> bool {
         match self {
             Self::Leq => x <= t,
             Self::Lt => x < t,
@@ -362,14 +362,31 @@ impl Trees {
         self.roots.len()
     }
 
-    pub fn drop_branch_free(&mut self) {
-        self.perfect = None;
+    /// Walk as `walk` says where it allows (a vector walk only on a CPU that has one).
+    pub fn set_walk(&mut self, walk: super::Walk) {
+        match walk {
+            super::Walk::Fastest => {}
+            super::Walk::BranchFreeScalar => {
+                if let Some(p) = &mut self.perfect {
+                    p.scalar_only();
+                }
+            }
+            super::Walk::NodeByNode => self.perfect = None,
+        }
     }
 
     /// How `sum` walks them, for the log.
     pub fn walk(&self) -> String {
         match &self.perfect {
-            Some(p) => format!("branch-free as perfect trees of depth {}", p.depth()),
+            Some(p) => format!(
+                "branch-free as perfect trees of depth {}, {}",
+                p.depth(),
+                if p.vector() {
+                    "8 trees a step with AVX2 gathers"
+                } else {
+                    "scalar"
+                }
+            ),
             None => "node by node".into(),
         }
     }
