@@ -363,9 +363,12 @@ fn model_target(input: &[u8]) -> u64 {
 
 /// Model bytes through the native engine's compiler; what compiles must score a zero row, the
 /// fixture-like rows and NaN rows to probabilities (and the walk must end: the watchdog catches
-/// a loop).
+/// a loop), the same to the bit whichever way its trees are walked (node by node, the scalar
+/// branch-free walk, the vector one).
 fn native_target(input: &[u8]) -> u64 {
+    use sluice::infer::native::Walk;
     use sluice::infer::{FeatureBatch, NativeScorer, Scorer};
+    const ROWS: usize = 8;
     thread_local! {
         static SPEC: Option<sluice::infer::OnnxSpec> = Config::defaults().ok().map(|c| c.onnx_spec());
     }
@@ -376,19 +379,43 @@ fn native_target(input: &[u8]) -> u64 {
         match NativeScorer::compile(spec, input) {
             Ok(mut m) => {
                 let w = m.width();
-                let mut batch = FeatureBatch::new(w, 4);
+                let mut batch = FeatureBatch::new(w, ROWS);
                 for fill in [0.0f32, 1.0, -250.0, f32::NAN] {
                     if let Some(row) = batch.next_row() {
                         row.fill(fill);
                     }
                 }
-                let mut out = [0.0f32; 4];
+                // Mixed rows, so different branches go different ways.
+                const MIXED: [f32; 7] = [-1.0, 0.5, 3.0, f32::NAN, 0.0, 100.0, -0.0];
+                for r in 0..ROWS - 4 {
+                    if let Some(row) = batch.next_row() {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            *v = MIXED[(c * 3 + r) % MIXED.len()];
+                        }
+                    }
+                }
+                let mut out = [0.0f32; ROWS];
                 match m.score(&batch, &mut out) {
                     Ok(()) => {
                         assert!(
                             out.iter().all(|p| (0.0..=1.0).contains(p)),
                             "native scores outside [0, 1]: {out:?}"
                         );
+                        for walk in [Walk::BranchFreeScalar, Walk::NodeByNode] {
+                            let Ok(mut other) = NativeScorer::compile_with(spec, input, walk)
+                            else {
+                                panic!("compiles walked the fastest way, not {walk:?}");
+                            };
+                            let mut theirs = [0.0f32; ROWS];
+                            assert!(other.score(&batch, &mut theirs).is_ok(), "{walk:?} refused");
+                            assert!(
+                                out.iter()
+                                    .zip(&theirs)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{}: {out:?}, {walk:?}: {theirs:?}",
+                                m.describe()
+                            );
+                        }
                         10 + w as u64
                     }
                     Err(e) => class_of(&e.to_string(), 4),
