@@ -1,9 +1,12 @@
-//! `Perfect`'s walk with AVX2 gathers: the eight trees of a group take each level in one
-//! step — their branches gathered by slot, the row's values gathered by feature, one vector
-//! compare, the eight next slots in one add — where the scalar walk takes eight dependent
-//! loads and compares a level. The leaves reached are still added one by one in tree order,
-//! so sums stay bit for bit the scalar walk's (and ONNX Runtime's): a comparison of two
-//! floats has one answer whichever unit makes it.
+//! `Perfect`'s walk in AVX2 registers: the eight trees of a group take each level in one
+//! step — their branches loaded side by side (level 0), blended out of two rows (level 1) or
+//! gathered by slot (deeper), the row's values permuted out of two registers (every feature
+//! below 16) or gathered, one vector compare, the eight next slots in one add — where the
+//! scalar walk takes eight dependent loads and compares a level. Four groups walk
+//! interleaved, so one's gathers wait while the others' run. The leaves reached are still
+//! added one by one in tree order, so sums stay bit for bit the scalar walk's (and ONNX
+//! Runtime's): a comparison of two floats has one answer whichever unit makes it. Figures and
+//! what was tried: bench/README.md, "Eight trees a step with AVX2".
 //!
 //! The trees left over after the last full group walk the scalar way (`Perfect::rest_sum`).
 
@@ -204,7 +207,8 @@ unsafe fn block<const S: usize, const P: i32, const NAN_TRUE_SEEN: bool, const G
     };
     // The block's groups' top branches (`Perfect::top`), level by level.
     let no_top = Top::default();
-    let top: [&Top; G] = std::array::from_fn(|j| p.top.get(first + j).unwrap_or(&no_top)); // never the default: `top` covers every whole group
+    // (Never the default: `top` covers every whole group.)
+    let top: [&Top; G] = std::array::from_fn(|j| p.top.get(first + j).unwrap_or(&no_top));
     let mut at = [_mm256_setzero_si256(); G];
     for level in 0..S.trailing_zeros() {
         for ((a, base), top) in at.iter_mut().zip(group_base).zip(top) {
@@ -212,7 +216,6 @@ unsafe fn block<const S: usize, const P: i32, const NAN_TRUE_SEEN: bool, const G
                 // Every lane at slot 0: the roots, side by side.
                 // SAFETY: AVX2 is this function's precondition.
                 0 => unsafe { top_slot(top, 0) },
-                // Each lane at slot 1 or 2: one of two rows, no gather.
                 // Each lane at slot 1 or 2: one of the level's two rows, no gather.
                 // SAFETY: AVX2 is this function's precondition.
                 1 => unsafe { level_1(top, *a) },
