@@ -2,7 +2,9 @@
 //! a local broker (noida-db), for sluice (one shard by default, `--delivery`) and, in the same
 //! run, for the broker's own floor: a relay that consumes each record and produces its Score
 //! record with the same client settings and no other work (two broker hops, as sluice has).
-//! Also sluice's own share (record taken -> Score handed to the producer).
+//! Also sluice's own share: record taken -> Score handed to the producer (`in-shard`), and
+//! record available in the consumer's queue -> the same (`ingest::kafka::arrival`: it counts
+//! the wait in librdkafka's queue too).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,6 +44,8 @@ struct KafkaRun {
     append_to_visible_us: Vec<(f64, f64)>,
     /// sluice only: record taken from the consumer -> Score record handed to the producer.
     sluice_share_us: Option<Vec<(f64, f64)>>,
+    /// sluice only: record available in the consumer's queue (a lower bound) -> the same.
+    sluice_available_share_us: Option<Vec<(f64, f64)>>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,8 @@ struct KafkaResults {
     machine: super::machine::Machine,
     command: String,
     sluice_config: Vec<String>,
+    /// CPUs the broker, the load producer and the reader were held to (empty: anywhere).
+    load_cpus: Vec<usize>,
     runs: Vec<KafkaRun>,
 }
 
@@ -62,6 +68,7 @@ pub struct KafkaBench<'a> {
     pub repeat: usize,
     pub out: &'a Path,
     pub sets: &'a [String],
+    pub load_cpus: &'a [usize],
 }
 
 fn run_row(
@@ -69,6 +76,7 @@ fn run_row(
     b: &KafkaBench<'_>,
     r: &KafkaLoadResult,
     share: Option<Vec<(f64, f64)>>,
+    available_share: Option<Vec<(f64, f64)>>,
 ) -> KafkaRun {
     KafkaRun {
         target: target.to_owned(),
@@ -85,11 +93,16 @@ fn run_row(
         max_send_lag_us: r.max_send_lag.as_secs_f64() * 1e6,
         append_to_visible_us: percentiles_us(&r.latency),
         sluice_share_us: share,
+        sluice_available_share_us: available_share,
     }
 }
 
 pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
-    let broker = LocalBroker::start("bench")?;
+    // A process and threads inherit their starter's CPU mask.
+    let on_load_cpus = |f: &dyn Fn() -> anyhow::Result<KafkaLoadResult>| {
+        sluice::topology::with_cpus(b.load_cpus, f)
+    };
+    let broker = sluice::topology::with_cpus(b.load_cpus, || LocalBroker::start("bench"))?;
     std::fs::create_dir_all(b.out)?;
     let mut runs = Vec::new();
     let mut sluice_sets = Vec::new();
@@ -131,25 +144,29 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                 let config =
                     Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let running = sluice::app::start(&config)?;
-                let load = kload::run(&spec);
+                let load = on_load_cpus(&|| kload::run(&spec));
                 let report = running.stop()?;
                 let load = load?;
                 let _ = std::fs::remove_dir_all(&state);
                 sluice_sets = sets;
                 let share = report.kafka_in_shard.as_ref().map(percentiles_us);
+                let available_share = report
+                    .kafka_available_to_produce
+                    .as_ref()
+                    .map(percentiles_us);
                 sluice::metrics::write_hgrm(
                     &load.latency,
                     &b.out.join(format!("kafka-sluice-{}-run{i}.hgrm", b.rate)),
                     1000.0,
                 )?;
-                run_row("sluice", b, &load, share)
+                run_row("sluice", b, &load, share, available_share)
             } else {
                 let stop = Arc::new(AtomicBool::new(false));
                 let relay = {
                     let (brokers, stop) = (broker.addr.clone(), stop.clone());
                     std::thread::spawn(move || relay(&brokers, &events, &scores, &stop))
                 };
-                let load = kload::run(&spec);
+                let load = on_load_cpus(&|| kload::run(&spec));
                 stop.store(true, Ordering::SeqCst);
                 relay
                     .join()
@@ -160,7 +177,7 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                     &b.out.join(format!("kafka-floor-{}-run{i}.hgrm", b.rate)),
                     1000.0,
                 )?;
-                run_row("floor", b, &load, None)
+                run_row("floor", b, &load, None, None)
             };
             let p =
                 |v: &[(f64, f64)], q: f64| v.iter().find(|(x, _)| *x == q).map_or(0.0, |(_, y)| *y);
@@ -177,10 +194,17 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                 row.duplicates,
                 row.count_errors,
                 row.sluice_share_us.as_ref().map_or(String::new(), |s| format!(
-                    "  (sluice's share p50 {:.1} us p99 {:.1} us)",
+                    "  (sluice's share: in-shard p50 {:.1} us p99 {:.1} us",
                     p(s, 50.0),
                     p(s, 99.0)
-                ))
+                )) + &row
+                    .sluice_available_share_us
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(
+                        ", available->produce p50 {:.1} us p99 {:.1} us)",
+                        p(s, 50.0),
+                        p(s, 99.0)
+                    ))
             );
             runs.push(row);
         }
@@ -189,6 +213,7 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
         machine: super::machine::describe(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         sluice_config: sluice_sets,
+        load_cpus: b.load_cpus.to_vec(),
         runs,
     };
     let path = b.out.join("kafka-results.json");

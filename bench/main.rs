@@ -105,6 +105,11 @@ enum Command {
         /// draining them (its sustained rate), with and without producing Scores.
         #[arg(long)]
         backlog: Option<u64>,
+        /// The broker, the load producer and the reader run on these CPUs only (with
+        /// `--set shards.cores=[1] --set shards.helper_cores=[0]` and `--load-cpus 0` the shard
+        /// has a CPU to itself; default: anywhere).
+        #[arg(long, value_delimiter = ',')]
+        load_cpus: Vec<usize>,
     },
     /// The changelog topic (exactly_once, `egress.kafka.changelog`), through a local broker:
     /// --keys keys built, then --updates events on them (changelog records and bytes per
@@ -390,7 +395,11 @@ fn main() -> anyhow::Result<()> {
                 sets: &a.sets,
             });
         }
-        Command::Kafka { delivery, backlog } => {
+        Command::Kafka {
+            delivery,
+            backlog,
+            load_cpus,
+        } => {
             if let Some(n) = backlog {
                 return kafka::backlog(n, a.keys, &a.out, &a.sets);
             }
@@ -404,6 +413,7 @@ fn main() -> anyhow::Result<()> {
                 repeat: a.repeat,
                 out: &a.out,
                 sets: &a.sets,
+                load_cpus: &load_cpus,
             });
         }
     };

@@ -249,7 +249,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     }
     produce_all(&p, &mut enc, &records[half..]);
 
-    let (child, stdout, _) = common::spawn_run(&sluice_sets(&broker, &[]));
+    let (child, stdout, _, metrics) = common::spawn_run_with_metrics(&sluice_sets(&broker, &[]));
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let mut want = expected(&events);
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
@@ -281,6 +281,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
         s.len() >= want.len()
     });
+    check_share_recorded(&metrics, want.len() as u64);
     let report = stop(child, Some(stdout));
     check_exactly_once(&scores, &want);
     // Every Score record names its input record in its sluice-src header.
@@ -336,6 +337,25 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
         counter(&report, "sluice_scores_emitted_total"),
         want.len() as u64
     );
+}
+
+/// sluice's share of the Kafka latency was recorded once per Score, from a real lower bound on
+/// each record's arrival: a bound left at 0 would count the epoch's age (~1.8e9 s) per Score.
+fn check_share_recorded(metrics: &str, scores: u64) {
+    let count = "sluice_kafka_available_to_produce_seconds_count";
+    // The shard records it just after handing the Score over, before the reader can see it;
+    // a scrape may still come first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::scrape(metrics, count) < scores && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(common::scrape(metrics, count), scores);
+    assert_eq!(
+        common::scrape(metrics, "sluice_kafka_in_shard_seconds_count"),
+        scores
+    );
+    let sum = common::scrape(metrics, "sluice_kafka_available_to_produce_seconds_sum");
+    assert!(sum < 1_000_000, "{sum} s over {scores} Scores");
 }
 
 /// at_least_once's downstream dedup: one Score per source (topic/partition/offset, index).

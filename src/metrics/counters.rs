@@ -226,6 +226,7 @@ pub struct LiveLatency {
     pub model_run_per_row: LiveHistogram,
     pub kafka_record_to_produce: LiveHistogram,
     pub kafka_in_shard: LiveHistogram,
+    pub kafka_available_to_produce: LiveHistogram,
     pub checkpoint_pause: LiveHistogram,
 }
 
@@ -263,6 +264,11 @@ pub static SHARD_HISTOGRAMS: &[(&str, &str, PickHistogram)] = &[
         names::KAFKA_IN_SHARD,
         "Kafka record taken from the consumer to Score record handed to the producer.",
         |l| &l.kafka_in_shard,
+    ),
+    (
+        names::KAFKA_AVAILABLE_TO_PRODUCE,
+        "Kafka record available in the consumer's queue (a lower bound) to its Score record handed to the producer.",
+        |l| &l.kafka_available_to_produce,
     ),
     (
         names::CHECKPOINT_PAUSE,

@@ -123,6 +123,10 @@ pub struct ShardLatency {
     /// Kafka: record taken from the consumer -> Score record handed to the producer (sluice's
     /// own share of the Kafka latency).
     pub kafka_in_shard: Histogram<u64>,
+    /// Kafka: record available in the consumer's queue (`ingest::kafka::arrival`, a lower
+    /// bound) -> its Score record handed to the producer: the same share, with the wait in
+    /// librdkafka's queue and the sends before it counted.
+    pub kafka_available_to_produce: Histogram<u64>,
     /// Values above the histogram's range (clamped to it).
     pub clamped: u64,
     max_ns: u64,
@@ -141,6 +145,7 @@ impl ShardLatency {
             model_run_per_row: Histogram::new_with_bounds(1, max_ns, 3)?,
             kafka_record_to_produce: Histogram::new_with_bounds(1, max_ns, 3)?,
             kafka_in_shard: Histogram::new_with_bounds(1, max_ns, 3)?,
+            kafka_available_to_produce: Histogram::new_with_bounds(1, max_ns, 3)?,
             clamped: 0,
             max_ns,
             live,
@@ -190,5 +195,18 @@ impl ShardLatency {
             .kafka_record_to_produce
             .record(record_to_produce_ns);
         self.live.latency.kafka_in_shard.record(in_shard_ns);
+    }
+
+    #[inline]
+    pub fn record_kafka_available(&mut self, available_to_produce_ns: u64) {
+        if available_to_produce_ns > self.max_ns {
+            self.clamped += 1;
+        }
+        self.kafka_available_to_produce
+            .saturating_record(available_to_produce_ns.max(1));
+        self.live
+            .latency
+            .kafka_available_to_produce
+            .record(available_to_produce_ns);
     }
 }

@@ -107,6 +107,9 @@ pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
 pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";
 pub const KAFKA_RECORD_TO_PRODUCE: &str = "sluice_kafka_record_to_produce_seconds";
 pub const KAFKA_IN_SHARD: &str = "sluice_kafka_in_shard_seconds";
+/// From the latest time a record was provably not yet in librdkafka's queue
+/// (`ingest::kafka::arrival`) to its Score record handed to the producer: sluice's share.
+pub const KAFKA_AVAILABLE_TO_PRODUCE: &str = "sluice_kafka_available_to_produce_seconds";
 /// Snapshot flips as a histogram (the shard's one stop per checkpoint).
 pub const CHECKPOINT_PAUSE: &str = "sluice_checkpoint_pause_seconds";
 /// Turns of a shard's loop: its heartbeat.

@@ -77,6 +77,7 @@ pub struct Report {
     pub kafka_commit_pause_max_ns: u64,
     pub kafka_record_to_produce: Option<Histogram<u64>>,
     pub kafka_in_shard: Option<Histogram<u64>>,
+    pub kafka_available_to_produce: Option<Histogram<u64>>,
     pub kafka_partitions: Vec<PartitionLine>,
     /// Per shard: (events received by its socket, observations applied as owner).
     pub per_shard: Vec<(u64, u64)>,
@@ -191,6 +192,10 @@ impl Report {
             merge_into(&mut r.model_run_per_row, l.model_run_per_row);
             merge_into(&mut r.kafka_record_to_produce, l.kafka_record_to_produce);
             merge_into(&mut r.kafka_in_shard, l.kafka_in_shard);
+            merge_into(
+                &mut r.kafka_available_to_produce,
+                l.kafka_available_to_produce,
+            );
         }
         r
     }
@@ -331,6 +336,10 @@ impl Report {
                     self.kafka_record_to_produce.as_ref(),
                 ),
                 ("kafka in-shard", self.kafka_in_shard.as_ref()),
+                (
+                    "kafka available->produce",
+                    self.kafka_available_to_produce.as_ref(),
+                ),
             ]));
         }
         if self.latency_clamped > 0 {

@@ -226,7 +226,7 @@ impl ShardKafka {
         };
         let taken = source.poll(records_max, |rec| {
             let reply = match sink.kafka.as_deref_mut() {
-                Some(k) => k.begin_source(rec.owned, rec.offset, rec.key),
+                Some(k) => k.begin_source(rec.owned, rec.offset, rec.key, rec.available_ns),
                 None => 0,
             };
             core.on_record(

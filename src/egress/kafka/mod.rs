@@ -191,6 +191,8 @@ struct Source {
     offset: i64,
     /// The input record's key in `keys`, or None if longer than `KEY_BYTES_MAX`.
     key: Option<(u32, u16)>,
+    /// When the record became available to the shard, a lower bound (`Polled::available_ns`).
+    available_ns: u64,
 }
 
 /// Longest input-record key kept to key a multi-key Score record (longer: the first Score's
@@ -422,7 +424,13 @@ impl KafkaSink {
     /// Register a consumed record whose events are about to be applied; its Scores go to
     /// `ReplyTo::Kafka(returned index)`. At most `records_per_cycle_max` per cycle (the
     /// source's poll bound), cleared by `flush` (`SOURCE_CYCLES` cycles' worth kept at most).
-    pub fn begin_source(&mut self, owned: usize, offset: i64, key: &[u8]) -> u32 {
+    pub fn begin_source(
+        &mut self,
+        owned: usize,
+        offset: i64,
+        key: &[u8],
+        available_ns: u64,
+    ) -> u32 {
         crate::invariant!(
             self.sources.len() < self.sources_max,
             "more records than a cycle takes"
@@ -436,6 +444,7 @@ impl KafkaSink {
             owned: owned as u32,
             offset,
             key,
+            available_ns,
         });
         (self.sources.len() - 1) as u32
     }
@@ -478,7 +487,15 @@ impl KafkaSink {
                         .iter()
                         .take_while(|(s, _)| *s == src)
                         .count();
-                self.produce_group(src, start..end, counters);
+                if self.produce_group(src, start..end, counters) {
+                    // One clock read per Score record handed over (not per event): the share
+                    // ends when this record is with the producer, after the sends before it.
+                    let handed_ns = clock::realtime_ns();
+                    let available_ns = self.sources[src as usize].available_ns;
+                    for _ in start..end {
+                        latency.record_kafka_available(handed_ns.saturating_sub(available_ns));
+                    }
+                }
                 start = end;
             }
         }
@@ -497,15 +514,22 @@ impl KafkaSink {
         }
     }
 
-    fn produce_group(&mut self, src: u32, range: std::ops::Range<usize>, counters: &ShardCounters) {
+    /// Hands the group's Score (and alert) record to the producer; false when there was none
+    /// to hand (no topic set).
+    fn produce_group(
+        &mut self,
+        src: u32,
+        range: std::ops::Range<usize>,
+        counters: &ShardCounters,
+    ) -> bool {
         let n = range.len() as u64;
         counters.scores_emitted.add(n);
         // Nothing to send only when neither topic is set: alerts go out without a scores topic.
         if self.scores_topic.is_empty() && self.alerts_topic.is_empty() {
-            return;
+            return false;
         }
         let Some(source) = self.sources.get(src as usize).copied() else {
-            return;
+            return false;
         };
         let group = &self.pending[range];
         let first_key = group[0].1.score.key;
@@ -575,6 +599,7 @@ impl KafkaSink {
                 }
             }
         }
+        true
     }
 
     /// Score and alert records that will never reach their topic: given up on by the producer

@@ -4,14 +4,16 @@
 //! own threads fetch in the background. The next offset of every owned partition is the
 //! shard's to keep: it goes into each checkpoint, and a restore seeks there.
 
+mod arrival;
 mod client;
 pub mod membership;
 pub mod partitions;
+mod queue_length;
 pub mod standby;
 pub mod status;
 pub mod watermarks;
 
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,9 +63,14 @@ pub struct Polled<'a> {
     pub offset: i64,
     /// Record timestamp (ms since the epoch, as Kafka keeps it), in ns.
     pub timestamp_ns: u64,
+    /// The record was not in librdkafka's queue before this (CLOCK_REALTIME ns): a lower
+    /// bound on when the shard could have taken it (`arrival`).
+    pub available_ns: u64,
 }
 
 pub struct KafkaSource {
+    /// Declared before `consumer`: a reference into it, released first.
+    queue: Option<queue_length::ConsumerQueue>,
     consumer: BaseConsumer<ShardContext>,
     owned: Vec<OwnedPartition>,
     /// Records taken since start, skipped ones included (a change stamp for checkpoints).
@@ -76,6 +83,10 @@ pub struct KafkaSource {
     /// Set by librdkafka's thread when the consumer queue goes from empty to non-empty;
     /// cleared by the shard before each poll (see `wake_on_records`).
     arrived: Arc<AtomicBool>,
+    /// When librdkafka's thread last found the queue empty and appended to it (CLOCK_REALTIME
+    /// ns; 0 until then): read before each poll, for `arrival`.
+    appended_ns: Arc<AtomicU64>,
+    arrival: arrival::ArrivalBound,
 }
 
 impl KafkaSource {
@@ -92,6 +103,7 @@ impl KafkaSource {
         gauges: Vec<Arc<PartitionGauge>>,
     ) -> Result<Self, KafkaError> {
         crate::invariant_eq!(owned.len(), gauges.len());
+        let made_ns = crate::clock::realtime_ns();
         let consumer: BaseConsumer<ShardContext> = consumer_config(config)
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("consumer"))?;
@@ -146,10 +158,12 @@ impl KafkaSource {
         for (g, p) in gauges.iter().zip(&parts) {
             g.next_offset.store(p.next_offset, Ordering::Relaxed);
         }
-        Self::with(consumer, parts, gauges)
+        Self::with(made_ns, consumer, parts, gauges)
     }
 
+    /// `made_ns`: read before the consumer was made (nothing was fetched before it).
     fn with(
+        made_ns: u64,
         consumer: BaseConsumer<ShardContext>,
         owned: Vec<OwnedPartition>,
         gauges: Vec<Arc<PartitionGauge>>,
@@ -160,6 +174,7 @@ impl KafkaSource {
             .collect::<Result<_, _>>()
             .map_err(|e| KafkaError::Other(format!("topic name: {e}")))?;
         Ok(Self {
+            queue: queue_length::ConsumerQueue::of(&consumer),
             consumer,
             gauges,
             topics_c,
@@ -168,6 +183,8 @@ impl KafkaSource {
             taken: 0,
             errors_logged: 0,
             arrived: Arc::new(AtomicBool::new(false)),
+            appended_ns: Arc::new(AtomicU64::new(0)),
+            arrival: arrival::ArrivalBound::new(made_ns),
         })
     }
 
@@ -192,6 +209,7 @@ impl KafkaSource {
         if k.static_membership {
             cc.set("group.instance.id", format!("{}-{shard}", k.instance_id));
         }
+        let made_ns = crate::clock::realtime_ns();
         let consumer: BaseConsumer<ShardContext> = cc
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("group consumer"))?;
@@ -200,7 +218,7 @@ impl KafkaSource {
         consumer
             .subscribe(&topics)
             .map_err(KafkaError::client("subscribe"))?;
-        Self::with(consumer, owned, gauges)
+        Self::with(made_ns, consumer, owned, gauges)
     }
 
     /// Rebalances recorded since the last call (group membership), oldest first.
@@ -298,7 +316,10 @@ impl KafkaSource {
     /// queue, so a parked shard takes them at once instead of at its next park timeout.
     pub fn wake_on_records(&mut self, wake: impl Fn() + Send + Sync + 'static) {
         let arrived = self.arrived.clone();
+        let appended_ns = self.appended_ns.clone();
         self.consumer.set_nonempty_callback(move || {
+            // Under the queue's lock, before the records appended can be polled (`arrival`).
+            appended_ns.store(crate::clock::realtime_ns(), Ordering::Release);
             arrived.store(true, Ordering::SeqCst);
             // Pairs with the fence in `Waker::park`: either the shard sees `arrived` when it
             // re-checks before sleeping, or `wake` sees it parked.
@@ -332,12 +353,19 @@ impl KafkaSource {
         // Cleared before polling: a record that arrives after this sets it again. (The
         // queue's own lock orders this store before librdkafka's next enqueue.)
         self.arrived.store(false, Ordering::Relaxed);
+        if let Some(q) = &self.queue {
+            // The clock first: an entry appended after it is then not in the count.
+            let read_after_ns = crate::clock::realtime_ns();
+            self.arrival.queue_length(read_after_ns, q.waiting());
+        }
         let mut n = 0;
         while n < max {
+            let appended_ns = self.appended_ns.load(Ordering::Acquire);
             let msg = match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
+                    self.arrival.polled(appended_ns);
                     // Broker trouble is reported here (librdkafka retries on its own); log the
                     // 1st, 2nd, 4th, ... so an outage is visible but not a log storm.
                     self.errors_logged += 1;
@@ -347,6 +375,7 @@ impl KafkaSource {
                     break;
                 }
             };
+            let available_ns = self.arrival.polled(appended_ns);
             let part = msg.partition();
             let Some((i, owned)) = self
                 .owned
@@ -378,6 +407,7 @@ impl KafkaSource {
                 key: msg.key().unwrap_or(&[]),
                 offset,
                 timestamp_ns,
+                available_ns,
             });
             owned.next_offset = offset + 1;
             if let Some(g) = self.gauges.get(i) {
