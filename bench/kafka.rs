@@ -46,6 +46,12 @@ struct KafkaRun {
     sluice_share_us: Option<Vec<(f64, f64)>>,
     /// sluice only: record available in the consumer's queue (a lower bound) -> the same.
     sluice_available_share_us: Option<Vec<(f64, f64)>>,
+    /// sluice only, to tell a stalled shard from a record kept waiting: its longest loop turn,
+    /// its turns over `metrics.stall_threshold_us`, and the cycles it took no records because
+    /// its producer had `ingest.kafka.in_flight_records_max` unacknowledged.
+    shard_loop_max_us: Option<f64>,
+    shard_loops_over_threshold: Option<u64>,
+    kafka_backpressure_cycles: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -77,7 +83,17 @@ fn run_row(
     r: &KafkaLoadResult,
     share: Option<Vec<(f64, f64)>>,
     available_share: Option<Vec<(f64, f64)>>,
+    report: Option<&sluice::metrics::Report>,
 ) -> KafkaRun {
+    let total = |name: &str| {
+        report.map(|r| {
+            r.totals
+                .iter()
+                .filter(|t| t.def.name == name)
+                .flat_map(|t| t.values.iter())
+                .sum::<u64>()
+        })
+    };
     KafkaRun {
         target: target.to_owned(),
         delivery: b.delivery.to_owned(),
@@ -94,6 +110,9 @@ fn run_row(
         append_to_visible_us: percentiles_us(&r.latency),
         sluice_share_us: share,
         sluice_available_share_us: available_share,
+        shard_loop_max_us: total(sluice::metrics::names::LOOP_MAX).map(|ns| ns as f64 / 1000.0),
+        shard_loops_over_threshold: total(sluice::metrics::names::LOOPS_OVER_THRESHOLD),
+        kafka_backpressure_cycles: total(sluice::metrics::names::KAFKA_BACKPRESSURE_CYCLES),
     }
 }
 
@@ -159,7 +178,7 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                     &b.out.join(format!("kafka-sluice-{}-run{i}.hgrm", b.rate)),
                     1000.0,
                 )?;
-                run_row("sluice", b, &load, share, available_share)
+                run_row("sluice", b, &load, share, available_share, Some(&report))
             } else {
                 let stop = Arc::new(AtomicBool::new(false));
                 let relay = {
@@ -177,7 +196,7 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                     &b.out.join(format!("kafka-floor-{}-run{i}.hgrm", b.rate)),
                     1000.0,
                 )?;
-                run_row("floor", b, &load, None, None)
+                run_row("floor", b, &load, None, None, None)
             };
             let p =
                 |v: &[(f64, f64)], q: f64| v.iter().find(|(x, _)| *x == q).map_or(0.0, |(_, y)| *y);
@@ -193,18 +212,18 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                 row.lost,
                 row.duplicates,
                 row.count_errors,
-                row.sluice_share_us.as_ref().map_or(String::new(), |s| format!(
-                    "  (sluice's share: in-shard p50 {:.1} us p99 {:.1} us",
-                    p(s, 50.0),
-                    p(s, 99.0)
-                )) + &row
-                    .sluice_available_share_us
-                    .as_ref()
-                    .map_or(String::new(), |s| format!(
-                        ", available->produce p50 {:.1} us p99 {:.1} us)",
+                match (&row.sluice_share_us, &row.sluice_available_share_us) {
+                    (Some(s), Some(a)) => format!(
+                        "  (sluice's share: in-shard p50 {:.1} us p99 {:.1} us, available->produce p50 {:.1} us p99 {:.1} us; longest shard turn {:.0} us, {} turns over the stall threshold)",
                         p(s, 50.0),
-                        p(s, 99.0)
-                    ))
+                        p(s, 99.0),
+                        p(a, 50.0),
+                        p(a, 99.0),
+                        row.shard_loop_max_us.unwrap_or(0.0),
+                        row.shard_loops_over_threshold.unwrap_or(0)
+                    ),
+                    _ => String::new(),
+                }
             );
             runs.push(row);
         }

@@ -211,6 +211,11 @@ impl ShardKafka {
             // exactly_once: Scores taken now would join the transaction being committed.
             return 0;
         }
+        // Nothing to take: no look at the producer's queue either (its length is behind a lock
+        // librdkafka's threads take).
+        if self.source.idle(fetched_ns) {
+            return 0;
+        }
         if self.sink.in_flight() >= self.in_flight_max {
             counters.kafka_backpressure_cycles.inc();
             return 0;
@@ -224,7 +229,7 @@ impl ShardKafka {
             counters,
             latency,
         };
-        let taken = source.poll(records_max, |rec| {
+        let taken = source.poll(records_max, fetched_ns, |rec| {
             let reply = match sink.kafka.as_deref_mut() {
                 Some(k) => k.begin_source(rec.owned, rec.offset, rec.key, rec.available_ns),
                 None => 0,
