@@ -382,10 +382,12 @@ fn merge_into(acc: &mut Option<Histogram<u64>>, h: Histogram<u64>) {
 
 /// A table of percentiles in microseconds, one column per histogram.
 pub fn percentile_table(cols: &[(&str, Option<&Histogram<u64>>)]) -> String {
+    // Each column as wide as its name (at least 16), so long names keep the figures aligned.
+    let width = |name: &str| name.len().max(16);
     let mut s = String::new();
     let _ = write!(s, "  {:>10}", "percentile");
     for (name, _) in cols {
-        let _ = write!(s, " {name:>16}");
+        let _ = write!(s, " {name:>w$}", w = width(name));
     }
     s.push('\n');
     for p in PERCENTILES {
@@ -395,7 +397,8 @@ pub fn percentile_table(cols: &[(&str, Option<&Histogram<u64>>)]) -> String {
             format!("p{p}")
         };
         let _ = write!(s, "  {label:>10}");
-        for (_, h) in cols {
+        for (name, h) in cols {
+            let w = width(name);
             match h {
                 Some(h) if !h.is_empty() => {
                     let v = if p == 100.0 {
@@ -403,18 +406,18 @@ pub fn percentile_table(cols: &[(&str, Option<&Histogram<u64>>)]) -> String {
                     } else {
                         h.value_at_quantile(p / 100.0)
                     };
-                    let _ = write!(s, " {:>13.1} us", v as f64 / 1000.0);
+                    let _ = write!(s, " {:>w$.1} us", v as f64 / 1000.0, w = w - 3);
                 }
                 _ => {
-                    let _ = write!(s, " {:>16}", "-");
+                    let _ = write!(s, " {:>w$}", "-");
                 }
             }
         }
         s.push('\n');
     }
     let _ = write!(s, "  {:>10}", "samples");
-    for (_, h) in cols {
-        let _ = write!(s, " {:>16}", h.map_or(0, |h| h.len()));
+    for (name, h) in cols {
+        let _ = write!(s, " {:>w$}", h.map_or(0, |h| h.len()), w = width(name));
     }
     s.push('\n');
     s
