@@ -491,7 +491,10 @@ impl KafkaSink {
                     // One clock read per Score record handed over (not per event): the share
                     // ends when this record is with the producer, after the sends before it.
                     let handed_ns = clock::realtime_ns();
-                    let available_ns = self.sources[src as usize].available_ns;
+                    let available_ns = self
+                        .sources
+                        .get(src as usize)
+                        .map_or(handed_ns, |s| s.available_ns);
                     for _ in start..end {
                         latency.record_kafka_available(handed_ns.saturating_sub(available_ns));
                     }
