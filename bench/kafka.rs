@@ -117,6 +117,16 @@ fn run_row(
 }
 
 pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
+    // `with_cpus` leaves a mask it cannot set unchanged: refuse a CPU this process cannot use
+    // rather than run unpinned without saying so.
+    let usable: Vec<usize> = sluice::topology::discover()
+        .cpus
+        .iter()
+        .map(|c| c.os_index)
+        .collect();
+    if let Some(c) = b.load_cpus.iter().find(|c| !usable.contains(c)) {
+        anyhow::bail!("--load-cpus: CPU {c} is not one this process may use ({usable:?})");
+    }
     // A process and threads inherit their starter's CPU mask.
     let on_load_cpus = |f: &dyn Fn() -> anyhow::Result<KafkaLoadResult>| {
         sluice::topology::with_cpus(b.load_cpus, f)

@@ -1,5 +1,6 @@
 //! The length of a consumer's queue (librdkafka's count of fetched records and events waiting
-//! to be polled), which the crate does not expose: read once per cycle for `ArrivalBound`.
+//! to be polled), which the crate does not expose: read at a cycle's start after a poll that
+//! left entries (for `ArrivalBound`), and after a poll that found none, to confirm it.
 
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
