@@ -119,18 +119,11 @@ fn run_row(
 pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
     // `with_cpus` leaves a mask it cannot set unchanged: refuse a CPU this process cannot use
     // rather than run unpinned without saying so.
-    let usable: Vec<usize> = sluice::topology::discover()
-        .cpus
-        .iter()
-        .map(|c| c.os_index)
-        .collect();
+    let usable = super::machine::usable_cpus();
     if let Some(c) = b.load_cpus.iter().find(|c| !usable.contains(c)) {
         anyhow::bail!("--load-cpus: CPU {c} is not one this process may use ({usable:?})");
     }
     // A process and threads inherit their starter's CPU mask.
-    let on_load_cpus = |f: &dyn Fn() -> anyhow::Result<KafkaLoadResult>| {
-        sluice::topology::with_cpus(b.load_cpus, f)
-    };
     let broker = sluice::topology::with_cpus(b.load_cpus, || LocalBroker::start("bench"))?;
     std::fs::create_dir_all(b.out)?;
     let mut runs = Vec::new();
@@ -173,7 +166,7 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                 let config =
                     Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let running = sluice::app::start(&config)?;
-                let load = on_load_cpus(&|| kload::run(&spec));
+                let load = sluice::topology::with_cpus(b.load_cpus, || kload::run(&spec));
                 let report = running.stop()?;
                 let load = load?;
                 let _ = std::fs::remove_dir_all(&state);
@@ -195,7 +188,7 @@ pub fn run(b: &KafkaBench<'_>) -> anyhow::Result<()> {
                     let (brokers, stop) = (broker.addr.clone(), stop.clone());
                     std::thread::spawn(move || relay(&brokers, &events, &scores, &stop))
                 };
-                let load = on_load_cpus(&|| kload::run(&spec));
+                let load = sluice::topology::with_cpus(b.load_cpus, || kload::run(&spec));
                 stop.store(true, Ordering::SeqCst);
                 relay
                     .join()

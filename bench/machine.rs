@@ -25,12 +25,17 @@ fn command(cmd: &str, args: &[&str]) -> String {
 
 /// This machine's CPUs for a run with `shards` shards: the first `shards` for the service,
 /// the rest for the load generator.
-pub fn split_cpus(shards: usize) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
-    let cpus: Vec<usize> = sluice::topology::discover()
+/// The CPUs this process may run on (OS numbering).
+pub fn usable_cpus() -> Vec<usize> {
+    sluice::topology::discover()
         .cpus
         .iter()
         .map(|c| c.os_index)
-        .collect();
+        .collect()
+}
+
+pub fn split_cpus(shards: usize) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
+    let cpus = usable_cpus();
     anyhow::ensure!(
         shards >= 1 && shards <= cpus.len(),
         "--shards must be 1..={}",

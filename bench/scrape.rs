@@ -222,11 +222,7 @@ pub fn run(b: &ScrapeBench<'_>) -> anyhow::Result<()> {
     }
     let mut ab = Vec::new();
     if b.ab_pairs > 0 {
-        let cpus: Vec<usize> = sluice::topology::discover()
-            .cpus
-            .iter()
-            .map(|c| c.os_index)
-            .collect();
+        let cpus = super::machine::usable_cpus();
         let mut sets = vec![
             "ingest.udp.listen=127.0.0.1:0".to_owned(),
             "metrics.listen=127.0.0.1:0".to_owned(),
