@@ -13,6 +13,11 @@ pub const FEATURE_ROW_MAX: usize = 64;
 pub const WINDOW_BUCKETS_MAX: usize = 256;
 /// Hot slots the TTL sweep visits per drain cycle.
 pub const TTL_SWEEP_SLOTS_MAX: usize = 1 << 20;
+/// Spilled keys a shard checks for expiry per drain cycle (`state.spill_sweep_keys_per_cycle`):
+/// one batched read and one write of that many.
+pub const SPILL_SWEEP_KEYS_PER_CYCLE_MAX: usize = 4_096;
+/// Records a second the spill sweep's scanner reads per shard.
+pub const SPILL_SWEEP_KEYS_PER_S_MAX: usize = 100_000_000;
 /// Events waiting for one batched cold read (`state.cold_wait_max`): a batch's scratch is
 /// two record images per event.
 pub const COLD_WAIT_MAX: usize = 1 << 16;

@@ -20,7 +20,7 @@ use crate::ingest::xdp::XdpReceiver;
 use crate::ingest::IngestError;
 use crate::metrics::{Report, ShardCounters, ShardLatency};
 use crate::route::Mesh;
-use crate::shard::{ColdReader, Control, ModelLink, Shard, ShardCore, StateQuery};
+use crate::shard::{ColdReader, Control, ModelLink, Shard, ShardCore, SpillSweeper, StateQuery};
 use crate::state::checkpoint::{
     self, CheckpointSpec, Checkpointer, PartitionOffset, RestoreTarget,
 };
@@ -537,6 +537,8 @@ pub enum ShardStartError {
     NoAnswer(usize, u64),
     #[error("starting its cold-read thread (state.cold_reader = \"thread\"): {0}")]
     ColdReader(std::io::Error),
+    #[error("starting its spill sweep thread (state.spill_sweep_keys_per_s): {0}")]
+    SpillSweeper(std::io::Error),
     #[error(transparent)]
     Xdp(#[from] XdpStartError),
 }
@@ -701,6 +703,26 @@ fn build_shard(
             )
         }
     };
+    // Spilled keys idle past the TTL deleted without an event (`state::spill_sweep`).
+    let sweeper = match restored.state.cold_store() {
+        Some(store) if restored.state.spilled_sweep_max() > 0 => {
+            let state = &restored.state;
+            Some(
+                topology::with_cpus(&helpers, || {
+                    SpillSweeper::start(
+                        store,
+                        state.plan().words(),
+                        config.state.ttl_ms.saturating_mul(1_000_000),
+                        config.state.spill_sweep_keys_per_s,
+                        state.spilled_sweep_max(),
+                        id,
+                    )
+                })
+                .map_err(ShardStartError::SpillSweeper)?,
+            )
+        }
+        _ => None,
+    };
     let mut core = ShardCore::new(
         id,
         shards,
@@ -713,6 +735,9 @@ fn build_shard(
     );
     if let Some(r) = reader {
         core.use_cold_reader(r);
+    }
+    if let Some(s) = sweeper {
+        core.use_spill_sweeper(s);
     }
     let latency = ShardLatency::new(config.metrics.latency_max_ns, counters.clone())?;
     core.publish_state_counters();

@@ -262,6 +262,8 @@ pub struct State {
     pub dedup: bool,
     pub cold_wait_max: usize,
     pub cold_reader: ColdReaderPlace,
+    pub spill_sweep_keys_per_s: u64,
+    pub spill_sweep_keys_per_cycle: usize,
 }
 
 /// Where a shard's batched cold reads are made (`state.cold_reader`).

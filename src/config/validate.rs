@@ -129,6 +129,18 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         limits::COLD_WAIT_MAX,
     );
     range(
+        "state.spill_sweep_keys_per_cycle",
+        c.state.spill_sweep_keys_per_cycle,
+        1,
+        limits::SPILL_SWEEP_KEYS_PER_CYCLE_MAX,
+    );
+    range(
+        "state.spill_sweep_keys_per_s",
+        usize::try_from(c.state.spill_sweep_keys_per_s).unwrap_or(usize::MAX),
+        0,
+        limits::SPILL_SWEEP_KEYS_PER_S_MAX,
+    );
+    range(
         "state.ttl_sweep_slots",
         c.state.ttl_sweep_slots,
         1,

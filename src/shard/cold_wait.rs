@@ -40,6 +40,8 @@ pub(super) struct ColdWait {
     keys: Vec<(u64, u64)>,
     /// Keys with events in a read out, ascending: a new read leaves them out (see `skip`).
     skip: Vec<u64>,
+    /// Keys with any event waiting or out, ascending (`busy_keys`).
+    busy: Vec<u64>,
 }
 
 impl ColdWait {
@@ -53,6 +55,7 @@ impl ColdWait {
             order: Vec::with_capacity(max),
             keys: Vec::with_capacity(max),
             skip: Vec::with_capacity(OUT_MAX * max),
+            busy: Vec::with_capacity((OUT_MAX + 1) * max),
         }
     }
 
@@ -115,6 +118,23 @@ impl ColdWait {
         }
         self.skip.sort_unstable();
         self.skip.dedup();
+    }
+
+    /// Every key with an event waiting for a read or in a read out, ascending: the spill
+    /// sweep leaves them alone (their events were timed before the sweep's reference, and a
+    /// read out must find what it was asked for). No work when nothing waits.
+    pub fn busy_keys(&mut self) -> &[u64] {
+        self.busy.clear();
+        if self.len() == 0 {
+            return &self.busy;
+        }
+        self.busy.extend(self.events.iter().map(|w| w.ev.key));
+        for batch in &self.out {
+            self.busy.extend(batch.iter().map(|w| w.ev.key));
+        }
+        self.busy.sort_unstable();
+        self.busy.dedup();
+        &self.busy
     }
 
     /// The next read's keys (`collect_keys`) and the keys it must leave out (`fill_skip`).

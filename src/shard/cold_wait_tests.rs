@@ -459,6 +459,14 @@ impl crate::state::cold::ColdStore for PanickingStore {
     fn scan(&self, _: &mut crate::state::cold::ScanFn<'_>) -> Result<(), crate::state::SpillError> {
         Ok(())
     }
+    fn scan_from(
+        &self,
+        _: u64,
+        _: usize,
+        _: &mut crate::state::cold::ScanFn<'_>,
+    ) -> Result<Option<u64>, crate::state::SpillError> {
+        Ok(None)
+    }
     fn checkpoint(&self, _: &std::path::Path) -> Result<(), crate::state::SpillError> {
         Ok(())
     }

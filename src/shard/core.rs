@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::cold_reader::ColdReader;
 use super::cold_wait::{ColdWait, Waiting};
 use super::event_time::{EventTimes, Timed};
+use super::spill_sweeper::SpillSweeper;
 use crate::config::{Config, RingFullPolicy};
 use crate::egress::{PendingScore, ReplyTo, ScoreSink};
 use crate::infer::{FeatureBatch, ModelUpdate, Scorer, ShardModel};
@@ -80,6 +81,10 @@ pub struct Owner {
     cold_wait: ColdWait,
     /// Where that read is made (`state.cold_reader`).
     reader: ColdReader,
+    /// Names spilled keys idle past the TTL (`state.spill_sweep_keys_per_s`); None: off.
+    sweeper: Option<SpillSweeper>,
+    /// Sweep deletions that failed (logged 1st, 2nd, 4th, ...).
+    sweep_failures: u64,
 }
 
 impl Owner {
@@ -323,6 +328,32 @@ impl Owner {
         before - self.cold_wait.len()
     }
 
+    /// The spill sweep's turn: publish the reference time to the scanner and delete the
+    /// spilled keys it named that are still idle past the TTL (`state::spill_sweep`). Returns
+    /// the names taken (work: a shard with names waiting does not park).
+    fn sweep_spilled(&mut self, reference_ns: u64) -> usize {
+        let Some(sweeper) = &mut self.sweeper else {
+            return 0;
+        };
+        sweeper.publish(reference_ns);
+        let keys = sweeper.take();
+        if keys.is_empty() {
+            return 0;
+        }
+        let busy = self.cold_wait.busy_keys();
+        if let Err(e) = self.table.expire_spilled(keys, busy, reference_ns) {
+            // Nothing was deleted; a later pass names the keys again.
+            self.sweep_failures += 1;
+            if self.sweep_failures.is_power_of_two() {
+                tracing::warn!(
+                    failures = self.sweep_failures,
+                    "spill sweep: idle spilled keys not deleted: {e}"
+                );
+            }
+        }
+        keys.len()
+    }
+
     /// Until no event waits: every read out landed, every waiting event read.
     fn settle_cold(&mut self, sink: &mut dyn ScoreSink) {
         while self.cold_wait.len() > 0 {
@@ -455,6 +486,8 @@ impl ShardCore {
                 model_failures: 0,
                 cold_wait: ColdWait::new(cold_wait_max),
                 reader,
+                sweeper: None,
+                sweep_failures: 0,
             },
             counters,
         }
@@ -653,6 +686,11 @@ impl ShardCore {
         self.owner.reader = reader;
     }
 
+    /// Delete spilled keys idle past the TTL that `sweeper` names (`state::spill_sweep`).
+    pub fn use_spill_sweeper(&mut self, sweeper: SpillSweeper) {
+        self.owner.sweeper = Some(sweeper);
+    }
+
     /// A cold read is back and waits to land (for the check before parking).
     pub fn cold_read_back(&self) -> bool {
         self.owner.reader.has_news()
@@ -737,8 +775,9 @@ impl ShardCore {
         self.owner
             .table
             .expire_idle(reference, self.owner.ttl_sweep_slots);
+        let named = self.owner.sweep_spilled(reference);
         self.publish_state_counters();
-        landed
+        landed + named
     }
 
     /// The state's counters (keys hot and spilled, hits, spills, ...) as they are now: at every

@@ -13,6 +13,7 @@ mod exactly_once;
 mod kafka;
 mod lifecycle;
 mod replay;
+mod spill_sweeper;
 
 pub use self::core::{KafkaRecord, ShardCore};
 pub use at_least_once::{AtLeastOnce, Epochs};
@@ -21,6 +22,7 @@ pub use exactly_once::{Commit, ExactlyOnce, Transactions};
 pub use kafka::{flip_waits_for_cold, GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;
 pub use replay::{Replay, Replayed};
+pub use spill_sweeper::{SpillSweeper, SweepProgress};
 
 use std::sync::Arc;
 use std::time::Duration;

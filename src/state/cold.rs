@@ -82,6 +82,15 @@ pub trait ColdStore: Send + Sync {
     fn write(&self, batch: &ColdBatch) -> Result<(), SpillError>;
     /// Every stored key and image, in key order (bulk work, never per event).
     fn scan(&self, each: &mut ScanFn<'_>) -> Result<(), SpillError>;
+    /// Up to `max` stored keys from `from` on (inclusive), in key order, with their images:
+    /// a paced scan in slices (`spill_sweep`), each slice its own short read so no iterator
+    /// pins the store's files between slices. Returns the key to go on from; None at the end.
+    fn scan_from(
+        &self,
+        from: u64,
+        max: usize,
+        each: &mut ScanFn<'_>,
+    ) -> Result<Option<u64>, SpillError>;
     /// A consistent copy of the store at `dir` (which must not exist), for a checkpoint.
     fn checkpoint(&self, dir: &Path) -> Result<(), SpillError>;
     /// Bytes a checkpoint writes besides the files it links (RocksDB's memtables): for the

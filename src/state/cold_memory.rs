@@ -134,6 +134,20 @@ impl ColdStore for MemoryCold {
         Ok(())
     }
 
+    fn scan_from(
+        &self,
+        from: u64,
+        max: usize,
+        each: &mut ScanFn<'_>,
+    ) -> Result<Option<u64>, SpillError> {
+        let map = self.map();
+        let mut entries = map.range(from..);
+        for (k, v) in entries.by_ref().take(max) {
+            each(*k, v)?;
+        }
+        Ok(entries.next().map(|(k, _)| *k))
+    }
+
     fn scan(&self, each: &mut ScanFn<'_>) -> Result<(), SpillError> {
         for (k, v) in self.map().iter() {
             each(*k, v)?;

@@ -17,6 +17,7 @@ pub mod resident;
 pub mod snapshot;
 mod spill;
 pub(crate) mod spill_image;
+mod spill_sweep;
 
 pub use cold_reads::ColdJob;
 pub use hot_table::HotTable;
@@ -129,6 +130,9 @@ pub struct KeyedState {
     journal: SpillJournal,
     /// Batched cold reads (see `cold_reads`); off until `batch_cold_reads`.
     cold: cold_reads::ColdReads,
+    /// Deletions of spilled keys idle past the TTL (see `spill_sweep`); off until
+    /// `sweep_spilled_keys`.
+    sweep: spill_sweep::SpillSweep,
 
     pub stats: StateStats,
 }
@@ -230,6 +234,7 @@ impl KeyedState {
             changes: Changes::default(),
             journal: SpillJournal::default(),
             cold: cold_reads::ColdReads::default(),
+            sweep: spill_sweep::SpillSweep::default(),
             stats: StateStats::default(),
         }
     }
@@ -372,6 +377,9 @@ impl KeyedState {
         );
         if state.spill.is_some() {
             state.batch_cold_reads(config.state.cold_wait_max);
+            if config.state.ttl_ms > 0 && config.state.spill_sweep_keys_per_s > 0 {
+                state.sweep_spilled_keys(config.state.spill_sweep_keys_per_cycle);
+            }
         }
         state
     }
@@ -449,14 +457,7 @@ impl KeyedState {
         self.hot.before_change(slot);
         let dirty_bit = self.hot.dirty_bit();
         let (head, words) = self.hot.slot_mut(slot);
-        // A record no event has been applied to yet (fresh from a batched cold read, see
-        // `cold_reads`) has nothing to expire.
-        let untouched = head.observations == 0 && head.feedbacks == 0;
-        if existed
-            && !untouched
-            && self.ttl_ns > 0
-            && now_ns.saturating_sub(head.last_event_ns) > self.ttl_ns
-        {
+        if existed && head.idle_past(now_ns, self.ttl_ns) {
             // Idle past the TTL: the key starts over, as if it had been swept already (its
             // slot bits stay: they say what the snapshots have of it).
             let flags = head.flags;
@@ -558,7 +559,7 @@ impl KeyedState {
         let changes = &mut self.changes;
         let n = self.hot.sweep(
             slots,
-            |h| now_ns.saturating_sub(h.last_event_ns) > ttl,
+            |h| h.idle_past(now_ns, ttl),
             |rec| changes.gone(rec.key, rec.source),
         );
         self.stats.expired += n;

@@ -66,6 +66,15 @@ impl Record {
         }
     }
 
+    /// Idle longer than `ttl_ns` at reference time `now_ns` (`state.ttl_ms`; 0 = never). A
+    /// record no event has been applied to yet (fresh from a batched cold read) has nothing to
+    /// expire. The one rule for every place a key expires: on its next event, in the hot
+    /// table's sweep, and in the spill store's (`spill_sweep`).
+    pub fn idle_past(&self, now_ns: u64, ttl_ns: u64) -> bool {
+        let untouched = self.observations == 0 && self.feedbacks == 0;
+        !untouched && ttl_ns > 0 && now_ns.saturating_sub(self.last_event_ns) > ttl_ns
+    }
+
     pub fn is_occupied(&self) -> bool {
         self.flags & OCCUPIED != 0
     }

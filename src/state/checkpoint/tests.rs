@@ -708,14 +708,22 @@ fn race(seed: u64, journal_max: u64) -> u64 {
         false,
     );
     s.track_changes();
+    s.sweep_spilled_keys(4);
     std::fs::create_dir_all(d.root()).unwrap();
     let mut rng = Lcg(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut now = SEC;
     let mut next_seq = 0u64;
+    let mut swept = 0u64;
     let mut step = |s: &mut KeyedState, rng: &mut Lcg, now: &mut u64| {
         *now += rng.next(2 * SEC);
         if rng.next(10) == 0 {
             s.expire_idle(*now, 1 + rng.next(6) as usize);
+        } else if rng.next(6) == 0 {
+            // The spill sweep's deletions (names as a scanner would send them: any keys,
+            // stale or not, hot or not) race the snapshots like every other change.
+            let mut names = [rng.next(40), rng.next(40), rng.next(40), rng.next(40)];
+            names.sort_unstable();
+            swept += s.expire_spilled(&names, &[], *now).unwrap();
         } else {
             next_seq += 1;
             let u = event(rng.next(40), next_seq, *now, rng.next(1000) as f32);
@@ -842,6 +850,7 @@ fn race(seed: u64, journal_max: u64) -> u64 {
         "seed {seed}: the traffic must spill, reload and expire: {:?}",
         s.stats
     );
+    assert!(swept > 0, "seed {seed}: the spill sweep must delete keys");
     drop(s);
     // Newest first: restoring checkpoint N deletes the ones after it.
     for (seq, (keys, total, applied)) in expected.into_iter().rev() {
