@@ -48,6 +48,10 @@ const EDGES: &[(&str, &str)] = &[
         "tests: a scratch directory for the spill store",
     ),
     (
+        "state/spill_sweep_tests.rs",
+        "tests: a scratch directory for the spill store's in-memory twin",
+    ),
+    (
         "infer/onnx.rs",
         "loads a model file on a thread of its own (the load timeout)",
     ),

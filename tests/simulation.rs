@@ -35,13 +35,14 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     let (mut crashes, mut restored, mut damaged, mut writer_crashes) = (0, 0, 0, 0);
     let (mut kafka, mut transactions, mut ttl, mut expired) = (0, 0, 0, 0);
     let (mut aborted, mut stops, mut at_least_once, mut redelivered) = (0, 0, 0, 0);
-    let (mut power_losses, mut undone, mut cold_settles) = (0, 0, 0);
+    let (mut power_losses, mut undone, mut cold_settles, mut spill_expired) = (0, 0, 0, 0);
     for seed in 1..=200 {
         let r = pass(seed, &spec);
         cold_settles += r.cold_settles;
         kafka += u64::from(r.kafka);
         ttl += u64::from(r.ttl_ms > 0);
         expired += r.expired;
+        spill_expired += r.spill_expired;
         transactions += r.transactions;
         aborted += r.transactions_aborted;
         power_losses += r.power_losses;
@@ -86,6 +87,12 @@ fn a_budget_of_seeds_with_crashes_breaks_no_invariant() {
     );
     assert!(ttl > 20, "{ttl} of 200 seeds ran with a TTL");
     assert!(expired > 1000, "{expired} keys expired");
+    // Of them, spilled keys the spill sweep deleted, names fed at random (stale ones too).
+    eprintln!("spill sweep: {spill_expired} of {expired} expired keys");
+    assert!(
+        spill_expired > 1000,
+        "{spill_expired} spilled keys deleted by the spill sweep"
+    );
     let _ = std::fs::remove_dir_all(&spec.dir);
 }
 

@@ -133,6 +133,9 @@ shard_counters! {
     cold_waiting: Counter => Gauge names::COLD_WAITING;
     /// Keys forgotten after state.ttl_ms idle.
     expired: Counter => Counter names::EXPIRED;
+    /// Spilled keys idle past state.ttl_ms deleted by the spill sweep, without an event (also
+    /// counted in sluice_state_expired_total).
+    spill_expired: Counter => Counter names::SPILL_EXPIRED;
     /// Late events applied at the watermark (time.late = apply).
     late_applied: Counter => Counter names::LATE_APPLIED;
     /// Checkpoints written and committed.

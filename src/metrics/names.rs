@@ -46,6 +46,7 @@ pub const KAFKA_COLD_SETTLES: &str = "sluice_kafka_cold_read_settles_total";
 /// Events waiting for a batched cold read, out or to come.
 pub const COLD_WAITING: &str = "sluice_state_cold_waiting_events";
 pub const EXPIRED: &str = "sluice_state_expired_total";
+pub const SPILL_EXPIRED: &str = "sluice_state_spill_expired_total";
 pub const LATE_APPLIED: &str = "sluice_late_events_applied_total";
 pub const CHECKPOINTS_WRITTEN: &str = "sluice_checkpoints_written_total";
 pub const CHECKPOINTS_FAILED: &str = "sluice_checkpoints_failed_total";

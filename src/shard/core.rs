@@ -794,6 +794,7 @@ impl ShardCore {
         c.reloads.set(t.stats.reloads);
         c.cold_waiting.set(self.owner.cold_wait.len() as u64);
         c.expired.set(t.stats.expired);
+        c.spill_expired.set(t.stats.spill_expired);
     }
 
     /// Owners pushed to since the last call (and reset).

@@ -86,6 +86,22 @@ impl SpillSweeper {
         })
     }
 
+    /// Without a scanner: names come from the returned end of the ring (the deterministic
+    /// simulation feeds names of its choosing, stale ones included, at steps of its choosing).
+    pub fn fed(per_cycle: usize) -> (Self, rtrb::Producer<u64>) {
+        let (tx, names) = rtrb::RingBuffer::new(per_cycle.max(1) * RING_BATCHES);
+        let sweeper = Self {
+            names,
+            reference: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(SweepProgress::default()),
+            thread: None,
+            keys: Vec::with_capacity(per_cycle),
+            per_cycle,
+        };
+        (sweeper, tx)
+    }
+
     /// The shard's TTL reference time now (each cycle): the scanner judges records by it.
     pub fn publish(&self, reference_ns: u64) {
         self.reference.store(reference_ns, Ordering::Release);

@@ -18,7 +18,7 @@ use crate::ingest::Datagram;
 use crate::loadgen::rng::Rng;
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::{self, Mesh};
-use crate::shard::{ColdReader, Commit, ShardCore};
+use crate::shard::{ColdReader, Commit, ShardCore, SpillSweeper};
 use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer, Input, RestoreTarget};
 use crate::state::{KeyedState, Spill};
 use crate::wire::EventBatchEncoder;
@@ -120,6 +120,8 @@ pub struct SeedReport {
     pub waiting_lost: u64,
     /// Keys expired (TTL): restarted by their next event or swept.
     pub expired: u64,
+    /// Of those, spilled keys the spill sweep deleted (names fed by `feed_sweep`).
+    pub spill_expired: u64,
     /// Longest checkpoint chain a restore read.
     pub chain_max: usize,
     /// Kafka: transactions committed, and the Scores they held.
@@ -215,6 +217,8 @@ struct Node {
     /// batched cold read), so a crash can take them; closed before a checkpoint tick, as the
     /// shard's loop does.
     open: bool,
+    /// TTL seeds: where the spill sweep's names come from (the scanner's stand-in).
+    names: Option<rtrb::Producer<u64>>,
 }
 
 /// Step weights (out of their sum).
@@ -625,12 +629,21 @@ impl World {
                 let reader = ColdReader::deferred(core.state());
                 core.use_cold_reader(reader);
             }
+            let names = match core.state().spilled_sweep_max() {
+                0 => None,
+                max => {
+                    let (sweeper, names) = SpillSweeper::fed(max);
+                    core.use_spill_sweeper(sweeper);
+                    Some(names)
+                }
+            };
             nodes.push(Node {
                 core,
                 cp,
                 counters,
                 txn,
                 open: false,
+                names,
             });
         }
         self.nodes = nodes;
@@ -833,6 +846,7 @@ impl World {
         } else if pick < W_SEND + W_DRAIN {
             self.drain(id)
         } else if pick < W_SEND + W_DRAIN + W_TICK {
+            self.feed_sweep(id);
             let node = &mut self.nodes[id];
             if node.open {
                 node.core.finish_cycle(self.now, &mut self.sink);
@@ -845,6 +859,30 @@ impl World {
             Ok(())
         } else {
             self.writer(id)
+        }
+    }
+
+    /// TTL seeds: at a quarter of the cycle ends (drawn from the seed and step, as
+    /// `maybe_read_cold`'s) the spill sweep gets 1-8 names as a scanner would send them: any
+    /// keys of the seed, stale or not, on this shard or not, hot, spilled, waiting for a cold
+    /// read or gone. The shard's `finish_cycle` deletes those it finds idle past the TTL, which
+    /// `same` then accepts only where the fold's record is.
+    fn feed_sweep(&mut self, id: usize) {
+        let draw = route::mix64(self.seed ^ self.step ^ 0x5EEB);
+        if draw % 4 != 0 || self.nodes.get(id).is_none_or(|n| n.names.is_none()) {
+            return;
+        }
+        let keys: Vec<u64> = self.oracle.keys().collect();
+        let Some(names) = self.nodes.get_mut(id).and_then(|n| n.names.as_mut()) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        for i in 0..1 + (draw >> 8) % 8 {
+            let at = route::mix64(draw ^ i) % keys.len() as u64;
+            // A full ring drops the name, as a scanner would wait: either way not deleted yet.
+            let _ = names.push(keys[at as usize]);
         }
     }
 
@@ -895,6 +933,7 @@ impl World {
         // than the rng so that seeds keep the draws they had before this was added.
         let leave_open = route::mix64(self.seed ^ self.step ^ 0x09E1) % 4 == 0;
         self.maybe_read_cold(ingest);
+        self.feed_sweep(ingest);
         let node = &mut self.nodes[ingest];
         node.core.on_datagram(dg, self.now, &mut self.sink);
         if leave_open {
@@ -911,6 +950,7 @@ impl World {
     fn drain(&mut self, id: usize) -> Result<(), String> {
         let max = 1 + self.rng.below(16) as usize;
         self.maybe_read_cold(id);
+        self.feed_sweep(id);
         let node = &mut self.nodes[id];
         node.core.retry_stalled();
         let n = node.core.drain_inbound(max, &mut self.sink);

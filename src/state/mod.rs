@@ -49,6 +49,8 @@ pub struct StateStats {
     pub reloads: u64,
     /// Keys found idle past the TTL (restarted on their next event, or swept).
     pub expired: u64,
+    /// Of those, spilled keys the spill sweep deleted (`spill_sweep`).
+    pub spill_expired: u64,
     /// Events refused as replays (`state.dedup`).
     pub duplicates: u64,
     /// Events refused because their key's state belongs to another source.

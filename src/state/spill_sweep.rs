@@ -112,6 +112,7 @@ impl KeyedState {
             self.changes.gone(key, source);
         }
         self.stats.expired += n;
+        self.stats.spill_expired += n;
         Ok(n)
     }
 }

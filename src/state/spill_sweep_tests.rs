@@ -132,6 +132,7 @@ fn only_spilled_keys_idle_past_the_ttl_and_not_busy_are_deleted() {
     assert_eq!(location(&s, 5), Some("spilled"));
     assert_eq!(s.spilled_len(), before - deleted);
     assert_eq!(s.stats.expired, expired_before + deleted);
+    assert_eq!(s.stats.spill_expired, deleted);
     // Each deletion is a change the next incremental checkpoint lists gone, with the key's
     // source (a changelog's tombstone goes to that partition).
     assert_eq!(

@@ -107,6 +107,7 @@ impl World {
             let s = &n.core.state().stats;
             self.report.spills += s.spills + s.reloads;
             self.report.expired += s.expired;
+            self.report.spill_expired += s.spill_expired;
             self.report.duplicates += n.counters.events_dropped_by(DropReason::Duplicate);
         }
         self.nodes.clear();

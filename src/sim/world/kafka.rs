@@ -422,6 +422,7 @@ impl World {
             node.txn.positions[at].1 = offset + 1;
         }
         self.maybe_read_cold(id);
+        self.feed_sweep(id);
         let node = &mut self.nodes[id];
         node.core.finish_cycle(self.now, &mut self.sink);
         if on_its_way {
