@@ -83,6 +83,8 @@ struct Totals {
     duplicates: u64,
     spills: u64,
     expired: u64,
+    /// Of those, spilled keys the spill sweep deleted (TTL seeds, names fed at random).
+    spill_expired: u64,
     chain_max: usize,
     seeds_with_crashes: u64,
     kafka_seeds: u64,
@@ -128,6 +130,7 @@ impl Totals {
         self.duplicates += r.duplicates;
         self.spills += r.spills;
         self.expired += r.expired;
+        self.spill_expired += r.spill_expired;
         self.chain_max = self.chain_max.max(r.chain_max);
         self.seeds_with_crashes += u64::from(r.crashes > 0);
         self.kafka_seeds += u64::from(r.kafka);

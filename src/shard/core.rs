@@ -766,7 +766,8 @@ impl ShardCore {
     /// End of a drain cycle: land a cold read that is back and start the next, score what is
     /// pending, sweep a few slots for idle keys, publish the state counters. `now_ns` is the
     /// cycle's processing time. Returns the events that waited for a cold read and were
-    /// applied (or refused) now.
+    /// applied (or refused) now, plus the spill sweep's names taken (work either way: the
+    /// shard does not park while names wait).
     pub fn finish_cycle(&mut self, now_ns: u64, sink: &mut dyn ScoreSink) -> usize {
         self.check_accounting();
         let landed = self.owner.cold_turn(sink);
