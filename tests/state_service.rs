@@ -128,6 +128,19 @@ fn exact_counts_with(reader: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One Observation for each key in 0..keys (a multiple of 40), ten keys a datagram from the
+/// socket that owns them.
+fn one_event_each(client: &mut common::Client, keys: u64) {
+    for start in (0..keys).step_by(40) {
+        for sock in 0..4u64 {
+            let batch: Vec<(u64, bool)> =
+                (0..10u64).map(|j| (start + sock + 4 * j, false)).collect();
+            client.send(&batch);
+        }
+        client.pump_for(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Spilled keys that get no more events are deleted once idle past the TTL (the spill sweep),
 /// not kept on disk for good: 1520 keys through 64 hot slots a shard, then silence; every key
 /// leaves the hot table and the spill store, counted as expired, and comes back fresh.
@@ -154,14 +167,7 @@ fn spilled_keys_idle_past_the_ttl_leave_the_store_without_an_event() {
     assert_eq!(names, ["sluice-sweep-0", "sluice-sweep-1"]);
     let keys = 1520u64;
     let mut client = common::Client::new(running.local_addr, 4);
-    for start in (0..keys).step_by(40) {
-        for sock in 0..4u64 {
-            let batch: Vec<(u64, bool)> =
-                (0..10u64).map(|j| (start + sock + 4 * j, false)).collect();
-            client.send(&batch);
-        }
-        client.pump_for(std::time::Duration::from_millis(1));
-    }
+    one_event_each(&mut client, keys);
     let scores = client.collect(client.replies_wanted());
     client.check(&scores);
     let metrics = format!("http://{}/metrics", running.metrics_addr.unwrap());
@@ -204,13 +210,7 @@ fn spilled_keys_idle_past_the_ttl_leave_the_store_without_an_event() {
     }
     // The keys start over: a new client (its counts from 0) expects count 1 for each.
     let mut again = common::Client::new(running.local_addr, 4);
-    for start in (0..200u64).step_by(40) {
-        for sock in 0..4u64 {
-            let batch: Vec<(u64, bool)> =
-                (0..10u64).map(|j| (start + sock + 4 * j, false)).collect();
-            again.send(&batch);
-        }
-    }
+    one_event_each(&mut again, 200);
     let scores = again.collect(again.replies_wanted());
     again.check(&scores);
     assert_eq!(scores.len(), 200);

@@ -237,6 +237,61 @@ fn spill_sweep(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The scanner's whole pass over a store the sweep has mostly emptied: 200k records, 95% of
+/// them deleted, the deletions flushed and RocksDB's background work done (the deletion-heavy
+/// file compacted away, `spill.rs`; without that the pass costs what it did with every record).
+fn spill_sweep_after_deletions(c: &mut Criterion) {
+    use sluice::state::cold::{ColdBatch, ColdStore};
+    let base = std::env::temp_dir().join(format!("sluice-bench-dels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let mut spill = Spill::open(&base.join("s"), 64 << 20, 8, None).unwrap();
+    let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let n = 200_000u64;
+    for i in 0..n {
+        let mut rec = sluice::state::Record::fresh(key(i), 1);
+        rec.observations = 1;
+        spill.put(&rec, &[i, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+    }
+    let store = spill.shared();
+    store.checkpoint(&base.join("c1")).unwrap();
+    let mut batch = ColdBatch::with_capacity(1024, 0);
+    for i in (0..n).filter(|i| i % 20 != 0) {
+        batch.delete(key(i));
+        if batch.bytes_hint() > 16_000 {
+            store.write(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    store.write(&batch).unwrap();
+    store.checkpoint(&base.join("c2")).unwrap();
+    while store.background_busy() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pass = |store: &dyn ColdStore| {
+        let mut live = 0u64;
+        let mut from = Some(0u64);
+        while let Some(at) = from {
+            from = store
+                .scan_from(at, 1024, &mut |_, _| {
+                    live += 1;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        live
+    };
+    assert_eq!(pass(&*store), n / 20);
+    let mut g = c.benchmark_group("spill_sweep");
+    g.throughput(Throughput::Elements(n / 20));
+    g.bench_function("scanner_pass_200k_95pct_deleted", |b| {
+        b.iter(|| pass(&*store))
+    });
+    g.finish();
+    drop(store);
+    drop(spill);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// Rows of the default feature list from a key's state, then the linear model over them.
 fn features_and_score(c: &mut Criterion) {
     let config = config_with(&["model.kind=linear"]);
@@ -365,6 +420,7 @@ criterion_group!(
     route,
     state,
     spill_sweep,
+    spill_sweep_after_deletions,
     features_and_score,
     kafka_record,
     live_histogram
