@@ -20,6 +20,8 @@ use crate::state::spill_image;
 const SLICE: usize = 1024;
 /// Names the ring holds, in cycles' worth of the shard's batch.
 const RING_BATCHES: usize = 8;
+/// How often the scanner looks whether the shard has published a reference time yet.
+const REFERENCE_WAIT: Duration = Duration::from_millis(50);
 
 /// How often a pass starts for a TTL of `ttl_ns`.
 pub fn pass_every(ttl_ns: u64) -> Duration {
@@ -171,20 +173,24 @@ impl Scan {
         let mut errors = 0u64;
         while !self.stopping() {
             let started = Instant::now();
-            // Nothing is judged before the shard has said what time it is.
-            if self.reference.load(Ordering::Acquire) > 0 {
-                if let Err(e) = self.pass(&mut words, &mut idle) {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::warn!(
-                            shard = self.shard,
-                            errors,
-                            "spill sweep: a pass stopped early: {e}"
-                        );
-                    }
-                }
-                self.progress.passes.fetch_add(1, Ordering::Relaxed);
+            // Nothing is judged before the shard has said what time it is. The thread starts
+            // before the shard's first cycle: it looks again shortly, not a pass period later
+            // (up to 10 min), so a restored store's idle keys go at start.
+            if self.reference.load(Ordering::Acquire) == 0 {
+                self.sleep_until(started + REFERENCE_WAIT);
+                continue;
             }
+            if let Err(e) = self.pass(&mut words, &mut idle) {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!(
+                        shard = self.shard,
+                        errors,
+                        "spill sweep: a pass stopped early: {e}"
+                    );
+                }
+            }
+            self.progress.passes.fetch_add(1, Ordering::Relaxed);
             self.sleep_until(started + every);
         }
     }
@@ -259,10 +265,14 @@ mod tests {
             }
             spill.put(&rec, &[key]).unwrap();
         }
-        // A ring of 8 x 4 names: the scanner must wait for this "shard" many times.
-        let mut sweeper =
-            SpillSweeper::start(spill.shared(), 1, 10 * SEC, 1_000_000, 4, 0).unwrap();
-        sweeper.publish(100 * SEC);
+        // A ring of 8 x 4 names: the scanner must wait for this "shard" many times. A TTL of
+        // 20 min (a pass every 10 min): the first pass must start once the time is published,
+        // not a pass period after the thread found none (which the wait below would not see
+        // the end of).
+        let ttl = 1_200 * SEC;
+        let mut sweeper = SpillSweeper::start(spill.shared(), 1, ttl, 1_000_000, 4, 0).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        sweeper.publish(95 * SEC + ttl);
         let mut named = std::collections::BTreeSet::new();
         let give_up = Instant::now() + Duration::from_secs(60);
         while named.len() < idle.len() && Instant::now() < give_up {
