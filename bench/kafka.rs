@@ -112,7 +112,7 @@ fn run_row(
         sluice_available_share_us: available_share,
         shard_loop_max_us: total(sluice::metrics::names::LOOP_MAX).map(|ns| ns as f64 / 1000.0),
         shard_loops_over_threshold: total(sluice::metrics::names::LOOPS_OVER_THRESHOLD),
-        kafka_backpressure_cycles: total(sluice::metrics::names::KAFKA_BACKPRESSURE_CYCLES),
+        kafka_backpressure_cycles: report.map(|r| r.kafka_backpressure_cycles),
     }
 }
 

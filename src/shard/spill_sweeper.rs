@@ -28,12 +28,11 @@ pub fn pass_every(ttl_ns: u64) -> Duration {
     Duration::from_nanos(ttl_ns / 2).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
-/// What the scanner has done so far (for the log and tests).
+/// What the scanner has done so far: passes made and records read (tests look at them).
 #[derive(Debug, Default)]
 pub struct SweepProgress {
     pub passes: AtomicU64,
     pub scanned: AtomicU64,
-    pub named: AtomicU64,
 }
 
 pub struct SpillSweeper {
@@ -59,33 +58,24 @@ impl SpillSweeper {
         per_cycle: usize,
         shard: usize,
     ) -> std::io::Result<Self> {
-        let (tx, names) = rtrb::RingBuffer::new(per_cycle.max(1) * RING_BATCHES);
-        let reference = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(SweepProgress::default());
+        let (mut sweeper, tx) = Self::fed(per_cycle);
         let scan = Scan {
             store,
             words,
             ttl_ns,
             slice_takes: Duration::from_secs_f64(SLICE as f64 / keys_per_s.max(1) as f64),
-            reference: Arc::clone(&reference),
-            stop: Arc::clone(&stop),
-            progress: Arc::clone(&progress),
+            reference: Arc::clone(&sweeper.reference),
+            stop: Arc::clone(&sweeper.stop),
+            progress: Arc::clone(&sweeper.progress),
             tx,
             shard,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("sluice-sweep-{shard}"))
-            .spawn(move || scan.run())?;
-        Ok(Self {
-            names,
-            reference,
-            stop,
-            progress,
-            thread: Some(thread),
-            keys: Vec::with_capacity(per_cycle),
-            per_cycle,
-        })
+        sweeper.thread = Some(
+            std::thread::Builder::new()
+                .name(format!("sluice-sweep-{shard}"))
+                .spawn(move || scan.run())?,
+        );
+        Ok(sweeper)
     }
 
     /// Without a scanner: names come from the returned end of the ring (the deterministic
@@ -231,7 +221,6 @@ impl Scan {
                     }
                     std::thread::park_timeout(Duration::from_millis(1));
                 }
-                self.progress.named.fetch_add(1, Ordering::Relaxed);
             }
             self.sleep_until(slice_started + self.slice_takes);
         }
