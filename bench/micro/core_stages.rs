@@ -342,6 +342,56 @@ fn features_and_score(c: &mut Criterion) {
     g.finish();
 }
 
+/// One Observation into a key's session windows: one session kept (no lateness), or three
+/// (10 s of lateness over a 5 s gap) for late events to merge, over streams that stay in one
+/// session, start a new one every event (slots full: the oldest goes), or bridge two with
+/// every third event.
+fn session_update(c: &mut Criterion) {
+    use sluice::features::FeaturePlan;
+    const SEC: u64 = 1_000_000_000;
+    let list: Vec<String> = [
+        "count(session 5s)",
+        "sum(amount, session 5s)",
+        "max(amount, session 5s)",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let streams: [(&str, Vec<u64>); 3] = [
+        ("same_session", (0..1024).map(|i| i * SEC).collect()),
+        ("new_session_each", (0..1024).map(|i| i * 6 * SEC).collect()),
+        (
+            "bridge_every_3rd",
+            (0..1024)
+                .map(|i| (i / 3) * 20 * SEC + [0, 10, 5][i as usize % 3] * SEC)
+                .collect(),
+        ),
+    ];
+    let mut g = c.benchmark_group("session_update");
+    g.throughput(Throughput::Elements(1024));
+    for (lateness_s, kept) in [(0u64, "1_kept"), (10, "3_kept")] {
+        let plan = FeaturePlan::compile(&list, lateness_s * SEC).unwrap();
+        for (name, stream) in &streams {
+            let mut words = vec![0u64; plan.words()];
+            g.bench_function(format!("{kept}/{name}"), |b| {
+                b.iter(|| {
+                    words.fill(0);
+                    for &ts_ns in stream {
+                        let obs = Obs {
+                            ts_ns,
+                            amount: 3.0,
+                            features: &[],
+                        };
+                        plan.update(&mut words, &obs);
+                    }
+                    black_box(words[2])
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// A Kafka record through the whole core: decode, apply (no ring hop), features, score.
 fn kafka_record(c: &mut Criterion) {
     use sluice::egress::{PendingScore, ReplyTo};
@@ -422,6 +472,7 @@ criterion_group!(
     spill_sweep,
     spill_sweep_after_deletions,
     features_and_score,
+    session_update,
     kafka_record,
     live_histogram
 );

@@ -436,12 +436,19 @@ impl Config {
 
     /// What a checkpoint's records depend on: restoring one needs the same shard count (keys
     /// are placed by it) and the same feature list and lateness (they lay out the words).
+    /// Session windows kept for late events to merge (a lateness and a session feature) are
+    /// named too: checkpoints of the earlier one-session layout, same list and lateness, laid
+    /// their words out differently.
     pub fn state_layout(&self, shards: usize) -> String {
         let features: Vec<&str> = self.features.list.iter().map(|f| f.trim()).collect();
+        let merging = self
+            .feature_plan()
+            .is_ok_and(|p| p.keeps_several_sessions());
         format!(
-            "shards={shards};lateness_ns={};features={}",
+            "shards={shards};lateness_ns={};features={}{}",
             self.time.lateness_ns(),
-            features.join("|")
+            features.join("|"),
+            if merging { ";sessions=merging" } else { "" }
         )
     }
 
@@ -615,6 +622,20 @@ mod tests {
         }
         assert!(err.problems.len() >= 5, "{all}");
         assert!(err.to_string().starts_with("invalid configuration ("));
+    }
+
+    #[test]
+    fn the_state_layout_names_sessions_kept_for_late_events() {
+        let with = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::from_layers(None, &sets).unwrap().state_layout(2)
+        };
+        let session = "features.list=[\"count(session 5s)\"]";
+        // One session kept (no lateness), or no session: the layout earlier versions wrote.
+        assert!(!with(&[session, "time.allowed_lateness_ms=0"]).contains("sessions"));
+        assert!(!with(&["time.allowed_lateness_ms=2000"]).contains("sessions"));
+        let merging = with(&[session, "time.allowed_lateness_ms=2000"]);
+        assert!(merging.ends_with(";sessions=merging"), "{merging}");
     }
 
     #[test]
