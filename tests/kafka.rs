@@ -1,8 +1,9 @@
 //! Kafka in and out through the real binary and a real Kafka-compatible broker (noida-db,
 //! started per test): every Observation gets exactly one Score, Feedback none, bad records are
-//! skipped and counted while their partition goes on; kill -9 under load, repeatedly, in
-//! exactly_once (a read_committed reader sees every Score once, every count exact) and in
-//! at_least_once (exact after dedup by source); restart from the checkpoint, not from the
+//! skipped and counted while their partition goes on, and land in the dead-letter topic as
+//! they came; kill -9 under load, repeatedly, in exactly_once (a read_committed reader sees
+//! every Score and every dead letter once, every count exact) and in at_least_once (exact
+//! after dedup by source); restart from the checkpoint, not from the
 //! group's offset; a broker that goes away and comes back; a Score the producer gives up on
 //! stops sluice, and the restart sends it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +29,7 @@ use common::kafka::{produce_to, read_scores_until, Broker, Ev, ScoreRecord};
 
 const EVENTS: &str = "events";
 const SCORES: &str = "scores";
+const DEAD: &str = "dead";
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sluice-kafka-{name}-{}", std::process::id()));
@@ -179,15 +181,18 @@ fn produce_in_background(
     records: Vec<Vec<Ev>>,
     per_s: usize,
 ) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
-    produce_in_background_over(broker, records, per_s, 4)
+    produce_in_background_over(broker, records, per_s, 4, 0)
 }
 
-/// As `produce_in_background`, each record to partition (key % partitions).
+/// As `produce_in_background`, each record to partition (key % partitions); with `bad_every`
+/// above 0, a record that is not an EventBatch (`bad_record(i)`) before every `bad_every`-th
+/// one, on its partition, except among the last 200 (so good records follow each).
 fn produce_in_background_over(
     broker: &Broker,
     records: Vec<Vec<Ev>>,
     per_s: usize,
     partitions: u64,
+    bad_every: usize,
 ) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
     let p = broker.producer();
     let done = Arc::new(AtomicBool::new(false));
@@ -196,7 +201,16 @@ fn produce_in_background_over(
         let mut enc = EventBatchEncoder::new();
         let pause = Duration::from_secs_f64(100.0 / per_s as f64);
         for (i, r) in records.iter().enumerate() {
-            produce_to(&p, &mut enc, EVENTS, r, (r[0].key % partitions) as i32);
+            let partition = (r[0].key % partitions) as i32;
+            if bad_every > 0 && i % bad_every == bad_every / 2 && i + 200 < records.len() {
+                let value = bad_record(i);
+                let rec = rdkafka::producer::BaseRecord::to(EVENTS)
+                    .key(&b"bad"[..])
+                    .payload(&value[..])
+                    .partition(partition);
+                p.send(rec).map_err(|(e, _)| e).unwrap();
+            }
+            produce_to(&p, &mut enc, EVENTS, r, partition);
             if i % 100 == 99 {
                 std::thread::sleep(pause);
             }
@@ -207,12 +221,55 @@ fn produce_in_background_over(
     (h, done)
 }
 
-/// A broker with the events topic (4 partitions) and the Scores topic.
+/// A broker with the events topic (4 partitions), the Scores topic and the dead-letter one.
 fn broker_with_topics(name: &str) -> Broker {
     let broker = Broker::start(name);
     broker.create_topic(EVENTS, 4);
     broker.create_topic(SCORES, 4);
+    broker.create_topic(DEAD, 2);
     broker
+}
+
+/// The `i`-th bad record `produce_in_background_over` sends: text, not an EventBatch.
+fn bad_record(i: usize) -> Vec<u8> {
+    format!("bad record {i}: not an EventBatch").into_bytes()
+}
+
+/// Every bad record of a run with `bad_every` over `records` records is in the dead-letter
+/// topic as it was produced, `once` exactly once (exactly_once) or at least once; each
+/// names a distinct input record of its partition (and its repeats the same one).
+fn check_dead_letters(broker: &Broker, records: usize, bad_every: usize, once: bool) {
+    let letters = common::kafka::read_dead_letters(&broker.addr, DEAD);
+    let mut by_value: BTreeMap<Vec<u8>, Vec<&common::kafka::DeadLetter>> = BTreeMap::new();
+    for l in &letters {
+        assert_eq!(l.key.as_deref(), Some(&b"bad"[..]), "{l:?}");
+        assert_eq!(l.reason, "unknown_schema", "{l:?}");
+        assert!(l.src.starts_with(&format!("{EVENTS}/")), "{l:?}");
+        by_value.entry(l.value.clone()).or_default().push(l);
+    }
+    let want: Vec<Vec<u8>> = (0..records)
+        .filter(|i| i % bad_every == bad_every / 2 && i + 200 < records)
+        .map(bad_record)
+        .collect();
+    assert!(!want.is_empty());
+    let got: Vec<&Vec<u8>> = by_value.keys().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "dead letters: {} distinct",
+        got.len()
+    );
+    for w in &want {
+        let copies = &by_value[w];
+        assert!(!once || copies.len() == 1, "{copies:?}");
+        assert!(copies.iter().all(|c| c.src == copies[0].src), "{copies:?}");
+    }
+    let srcs: std::collections::BTreeSet<&str> = letters.iter().map(|l| l.src.as_str()).collect();
+    assert_eq!(
+        srcs.len(),
+        want.len(),
+        "each bad record names its own input record"
+    );
 }
 
 /// Each record to partition (key % 4), then wait until all are acknowledged.
@@ -249,7 +306,9 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     }
     produce_all(&p, &mut enc, &records[half..]);
 
-    let (child, stdout, _, metrics) = common::spawn_run_with_metrics(&sluice_sets(&broker, &[]));
+    let dead = format!("egress.kafka.dead_letter_topic={DEAD}");
+    let (child, stdout, _, metrics) =
+        common::spawn_run_with_metrics(&sluice_sets(&broker, &[dead]));
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let mut want = expected(&events);
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
@@ -301,6 +360,46 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
         12,
         "{report}"
     );
+    // Each skipped record is in the dead-letter topic as it came, naming where it came from
+    // (a distinct offset of its partition) and why (the reason it was counted under).
+    assert_eq!(counter(&report, "sluice_kafka_dead_letters_total"), 12);
+    let letters = common::kafka::read_dead_letters(&broker.addr, DEAD);
+    assert_eq!(letters.len(), 12, "{letters:?}");
+    for (i, b) in bad.iter().enumerate() {
+        let mut parts: Vec<i32> = letters
+            .iter()
+            .filter(|l| l.key.as_deref() == Some(&[i as u8][..]))
+            .inspect(|l| {
+                assert_eq!(&l.value[..], *b, "{l:?}");
+                assert!(l.timestamp_ms.is_some_and(|t| t > 0), "{l:?}");
+            })
+            .map(|l| {
+                let named: Vec<&str> = l.src.rsplitn(3, '/').collect();
+                assert_eq!(named[2], EVENTS, "{l:?}");
+                assert!(named[0].parse::<i64>().is_ok(), "{l:?}");
+                named[1].parse::<i32>().unwrap()
+            })
+            .collect();
+        parts.sort();
+        assert_eq!(parts, [0, 1, 2, 3], "bad record {i}: one per partition");
+    }
+    let srcs: std::collections::BTreeSet<&str> = letters.iter().map(|l| l.src.as_str()).collect();
+    assert_eq!(srcs.len(), 12);
+    assert!(letters
+        .iter()
+        .filter(|l| l.value.is_empty())
+        .all(|l| l.reason == "too_short"));
+    for reason in letters.iter().map(|l| &l.reason) {
+        let n = letters.iter().filter(|l| &l.reason == reason).count() as u64;
+        assert_eq!(
+            counter(
+                &report,
+                &format!("sluice_kafka_records_skipped_total{{reason=\"{reason}\"}}")
+            ),
+            n,
+            "{report}"
+        );
+    }
     assert_eq!(
         counter(
             &report,
@@ -449,9 +548,18 @@ fn stop_when_every_score_is_read_once(
     report
 }
 
+/// The kill -9 tests' bad records: one before every 97th record (61 of 6 000).
+const BAD_EVERY: usize = 97;
+
 /// Kill -9 at three moments under load, restart each time, then let the last run finish.
-fn kill_restart_under_load(broker: &Broker, sets: &[String], records: Vec<Vec<Ev>>) {
-    let (producer, done) = produce_in_background(broker, records, 2_000);
+/// Bad records among them (`produce_in_background_over`'s `bad_every`).
+fn kill_restart_under_load(
+    broker: &Broker,
+    sets: &[String],
+    records: Vec<Vec<Ev>>,
+    bad_every: usize,
+) {
+    let (producer, done) = produce_in_background_over(broker, records, 2_000, 4, bad_every);
     for round in 0..3 {
         let child = start(sets);
         // Let it take records and commit a few checkpoints, then crash it mid-stream.
@@ -470,15 +578,18 @@ fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
     let dir = scratch("eos");
     let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
     sets.push("egress.kafka.transactional_id_prefix=eos-test".into());
+    sets.push(format!("egress.kafka.dead_letter_topic={DEAD}"));
     let records = workload(200, 6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
-    kill_restart_under_load(&broker, &sets, records);
+    kill_restart_under_load(&broker, &sets, records, BAD_EVERY);
     let report = rerun_until_every_score_once(&broker, &sets, &want);
     assert!(
         counter(&report, "sluice_kafka_transactions_committed_total") > 0,
         "{report}"
     );
+    // Each bad record in the dead-letter topic once, in the transactions with the Scores.
+    check_dead_letters(&broker, 6_000, BAD_EVERY, true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -501,7 +612,7 @@ fn exactly_once_with_cold_reads_off_the_shard_thread_kill_9_every_score_once() {
     let (under_kills, last) = records.split_at(6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
-    kill_restart_under_load(&broker, &sets, under_kills.to_vec());
+    kill_restart_under_load(&broker, &sets, under_kills.to_vec(), 0);
     produce_all(&broker.producer(), &mut EventBatchEncoder::new(), last);
     let report = rerun_until_every_score_once(&broker, &sets, &want);
     assert!(
@@ -1211,7 +1322,7 @@ fn four_instances_twelve_partitions_join_and_clean_stop_move_state_with_no_repla
     let records = workload(240, 12_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
-    let (producer, done) = produce_in_background_over(&broker, records, 1_500, 12);
+    let (producer, done) = produce_in_background_over(&broker, records, 1_500, 12, 0);
     let mut running = Vec::new();
     for (sets, _) in &members[..3] {
         let (child, out, _, metrics) = common::spawn_run_with_metrics(sets);
@@ -1477,11 +1588,14 @@ fn at_least_once_kill_9_exact(name: &str, extra: &[&str]) {
     let dir = scratch(name);
     let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
     sets.extend(extra.iter().map(|s| s.to_string()));
+    sets.push(format!("egress.kafka.dead_letter_topic={DEAD}"));
     let records = workload(200, 6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
-    kill_restart_under_load(&broker, &sets, records);
+    kill_restart_under_load(&broker, &sets, records, BAD_EVERY);
     rerun_until_every_score_after_dedup(&broker, &sets, &want, Duration::from_secs(90));
+    // Each bad record in the dead-letter topic, repeated only as the Scores are.
+    check_dead_letters(&broker, 6_000, BAD_EVERY, false);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

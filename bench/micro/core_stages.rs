@@ -417,7 +417,7 @@ fn kafka_record(c: &mut Criterion) {
             reply: 0,
         };
         let mut sink: Vec<(ReplyTo, PendingScore)> = Vec::with_capacity(events);
-        assert!(core.on_record(&record, &mut sink));
+        assert!(core.on_record(&record, &mut sink).is_ok());
         core.finish_cycle(0, &mut sink);
         assert_eq!(sink.len(), events);
         assert!(sink
@@ -427,7 +427,7 @@ fn kafka_record(c: &mut Criterion) {
         g.bench_function(format!("{events}ev"), |b| {
             b.iter(|| {
                 sink.clear();
-                core.on_record(black_box(&record), &mut sink);
+                let _ = core.on_record(black_box(&record), &mut sink);
                 core.finish_cycle(0, &mut sink);
                 sink.len()
             })

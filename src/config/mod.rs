@@ -158,6 +158,9 @@ pub enum Delivery {
 pub struct EgressKafka {
     pub scores_topic: String,
     pub alerts_topic: String,
+    /// Input records that are not a valid EventBatch go here as they came (key, value,
+    /// timestamp), with headers naming where they came from and why; "" = skipped only.
+    pub dead_letter_topic: String,
     pub delivery: Delivery,
     pub progress_topic: String,
     pub transactional_id_prefix: String,

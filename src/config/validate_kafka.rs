@@ -115,9 +115,18 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
         )),
         None => p.push(format!("kafka.producer.\"{queue_key}\" is not a whole number")),
     }
+    if !e.dead_letter_topic.is_empty()
+        && [&e.scores_topic, &e.alerts_topic].contains(&&e.dead_letter_topic)
+    {
+        p.push(format!(
+            "egress.kafka.dead_letter_topic = {:?} is also a Score topic: a reader could not tell raw input from Scores",
+            e.dead_letter_topic
+        ));
+    }
     for (key, topic) in [
         ("egress.kafka.scores_topic", &e.scores_topic),
         ("egress.kafka.alerts_topic", &e.alerts_topic),
+        ("egress.kafka.dead_letter_topic", &e.dead_letter_topic),
     ] {
         if topic.is_empty() {
             continue;
@@ -127,12 +136,12 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
         }
         if !on {
             p.push(format!(
-                "{key} is set but ingest.kafka.brokers is empty: Scores go to Kafka only for Kafka-borne events"
+                "{key} is set but ingest.kafka.brokers is empty: sluice writes to Kafka only for Kafka-borne events"
             ));
         }
         if k.topics.contains(topic) {
             p.push(format!(
-                "{key} = {topic:?} is also an input topic: sluice would score its own Scores"
+                "{key} = {topic:?} is also an input topic: sluice would read back what it writes there"
             ));
         }
     }
@@ -279,6 +288,55 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_dead_letter_topic_is_a_topic_of_its_own() {
+        let err = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "ingest.kafka.topics=[\"events\"]".into(),
+                "egress.kafka.scores_topic=scores".into(),
+                "egress.kafka.dead_letter_topic=scores".into(),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.contains("is also a Score topic")),
+            "{:?}",
+            err.problems
+        );
+        for (topic, needle) in [
+            ("events", "also an input topic"),
+            ("a b", "not a Kafka topic name"),
+        ] {
+            let err = Config::from_layers(
+                None,
+                &[
+                    "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                    "ingest.kafka.topics=[\"events\"]".into(),
+                    format!("egress.kafka.dead_letter_topic={topic}"),
+                ],
+            )
+            .unwrap_err();
+            let all = err.problems.join("\n");
+            assert!(
+                all.contains("egress.kafka.dead_letter_topic") && all.contains(needle),
+                "{all}"
+            );
+        }
+        let ok = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                "ingest.kafka.topics=[\"events\"]".into(),
+                "egress.kafka.dead_letter_topic=events-dead".into(),
+            ],
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]

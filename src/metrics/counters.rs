@@ -158,6 +158,8 @@ shard_counters! {
     kafka_records_skipped: [Counter; DecodeError::ALL.len()] => Counter names::KAFKA_RECORDS_SKIPPED, by BY_DECODE_ERROR;
     /// Score records handed to the Kafka producer.
     kafka_score_records: Counter => Counter names::KAFKA_SCORE_RECORDS;
+    /// Skipped input records handed to the producer for `egress.kafka.dead_letter_topic`.
+    kafka_dead_letters: Counter => Counter names::KAFKA_DEAD_LETTERS;
     /// Score records the producer reported as not delivered.
     kafka_delivery_failures: Counter => Counter names::KAFKA_DELIVERY_FAILURES;
     /// exactly_once: transactions committed.

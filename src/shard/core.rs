@@ -602,10 +602,14 @@ impl ShardCore {
 
     /// Decode one Kafka record's value and apply every event here, in order: the shard owns the
     /// record's partition, so its events take no ring hop whatever their keys' hash.
-    /// `record.fetched_ns` is when the shard took it (CLOCK_REALTIME ns). Returns false when
-    /// the value is not a valid EventBatch (counted by reason; the caller still advances the
-    /// partition's offset).
-    pub fn on_record(&mut self, record: &KafkaRecord<'_>, sink: &mut dyn ScoreSink) -> bool {
+    /// `record.fetched_ns` is when the shard took it (CLOCK_REALTIME ns). Errs with the reason
+    /// when the value is not a valid EventBatch (counted by it; the caller still advances the
+    /// partition's offset, and sends the record to the dead-letter topic if there is one).
+    pub fn on_record(
+        &mut self,
+        record: &KafkaRecord<'_>,
+        sink: &mut dyn ScoreSink,
+    ) -> Result<(), DecodeError> {
         let events = match self.decoder.decode(record.value) {
             Ok(ev) => ev,
             Err(e) => {
@@ -622,7 +626,7 @@ impl ShardCore {
                         "Kafka record skipped: {e}"
                     );
                 }
-                return false;
+                return Err(e);
             }
         };
         self.counters.kafka_records.inc();
@@ -636,7 +640,7 @@ impl ShardCore {
             self.owner
                 .apply(&ev, ReplyTo::Kafka(record.reply), record.source, sink);
         }
-        true
+        Ok(())
     }
 
     fn forward(&mut self, owner: usize, ev: RoutedEvent) {

@@ -372,7 +372,9 @@ fn a_kafka_record_is_applied_by_the_shard_that_owns_its_partition_with_no_ring_h
     let keys = [keys_owned_by(0, 2), keys_owned_by(1, 2)].concat();
     let events: Vec<_> = keys.iter().map(|&k| (k, 1, false)).collect();
     let mut s = Sink::new();
-    assert!(c[0].on_record(&record(&datagram(&events), 9, 3), &mut s));
+    assert!(c[0]
+        .on_record(&record(&datagram(&events), 9, 3), &mut s)
+        .is_ok());
     c[0].finish_cycle(0, &mut s);
     assert_eq!(s.len(), 4);
     assert!(s.iter().all(|(to, _)| *to == ReplyTo::Kafka(3)));
@@ -390,8 +392,13 @@ fn a_kafka_record_is_applied_by_the_shard_that_owns_its_partition_with_no_ring_h
 fn a_bad_kafka_record_is_skipped_and_counted_and_a_key_stays_with_its_partition() {
     let (mut c, counters) = cores(&[]);
     let mut s = Sink::new();
-    assert!(!c[0].on_record(&record(b"not an EventBatch", 9, 0), &mut s));
-    assert!(!c[0].on_record(&record(&[], 9, 1), &mut s));
+    assert!(c[0]
+        .on_record(&record(b"not an EventBatch", 9, 0), &mut s)
+        .is_err());
+    assert_eq!(
+        c[0].on_record(&record(&[], 9, 1), &mut s),
+        Err(crate::wire::DecodeError::TooShort)
+    );
     let skipped: u64 = crate::wire::DecodeError::ALL
         .iter()
         .map(|e| counters[0].records_skipped_by(*e))
@@ -399,9 +406,15 @@ fn a_bad_kafka_record_is_skipped_and_counted_and_a_key_stays_with_its_partition(
     assert_eq!(skipped, 2);
     assert_eq!(counters[0].kafka_records.get(), 0);
     // Key 42 first arrives from partition tag 9; the same key from tag 10 is refused.
-    assert!(c[0].on_record(&record(&datagram(&[(42, 1, false)]), 9, 2), &mut s));
-    assert!(c[0].on_record(&record(&datagram(&[(42, 2, false)]), 10, 3), &mut s));
-    assert!(c[0].on_record(&record(&datagram(&[(42, 3, false)]), 9, 4), &mut s));
+    assert!(c[0]
+        .on_record(&record(&datagram(&[(42, 1, false)]), 9, 2), &mut s)
+        .is_ok());
+    assert!(c[0]
+        .on_record(&record(&datagram(&[(42, 2, false)]), 10, 3), &mut s)
+        .is_ok());
+    assert!(c[0]
+        .on_record(&record(&datagram(&[(42, 3, false)]), 9, 4), &mut s)
+        .is_ok());
     c[0].finish_cycle(0, &mut s);
     let counts: Vec<(ReplyTo, u64)> = s.iter().map(|(to, p)| (*to, p.score.count)).collect();
     assert_eq!(counts, [(ReplyTo::Kafka(2), 1), (ReplyTo::Kafka(4), 2)]);

@@ -234,7 +234,7 @@ impl ShardKafka {
                 Some(k) => k.begin_source(rec.owned, rec.offset, rec.key, rec.available_ns),
                 None => 0,
             };
-            core.on_record(
+            let applied = core.on_record(
                 &KafkaRecord {
                     value: rec.value,
                     source: rec.source_tag,
@@ -248,6 +248,16 @@ impl ShardKafka {
                 },
                 &mut sink,
             );
+            if let (Err(reason), Some(k)) = (applied, sink.kafka.as_deref_mut()) {
+                k.dead_letter(
+                    reply,
+                    rec.key,
+                    rec.value,
+                    rec.timestamp_ns,
+                    reason,
+                    counters,
+                );
+            }
         });
         if committing {
             counters.kafka_records_while_committing.add(taken as u64);

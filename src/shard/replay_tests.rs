@@ -116,7 +116,7 @@ fn check(sets: &[&str], seed: u64) {
             fetched_ns: *ts,
             reply: 0,
         };
-        shard.on_record(&record, &mut sink);
+        let _ = shard.on_record(&record, &mut sink);
         if i % 16 == 15 {
             shard.finish_cycle(*ts, &mut sink);
         }

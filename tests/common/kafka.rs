@@ -135,6 +135,61 @@ pub fn read_scores_until(
 
 /// Everything committed in `topic` now, read by a fresh consumer up to each partition's end.
 pub fn read_committed_to_end(addr: &str, topic: &str) -> Vec<ScoreRecord> {
+    let mut out = Vec::new();
+    read_committed_messages(addr, topic, |m| {
+        let src = header(m, "sluice-src").expect("every Score record carries sluice-src");
+        let mut scores = Vec::new();
+        read_scores(m.payload().unwrap(), &mut scores).unwrap();
+        for (index, score) in scores.into_iter().enumerate() {
+            out.push(ScoreRecord {
+                src: src.clone(),
+                index,
+                score,
+            });
+        }
+    });
+    out
+}
+
+/// A record of the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeadLetter {
+    pub src: String,
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Every committed record of a dead-letter topic now.
+pub fn read_dead_letters(addr: &str, topic: &str) -> Vec<DeadLetter> {
+    let mut out = Vec::new();
+    read_committed_messages(addr, topic, |m| {
+        out.push(DeadLetter {
+            src: header(m, "sluice-src").expect("a dead letter carries sluice-src"),
+            reason: header(m, "sluice-reason").expect("a dead letter carries sluice-reason"),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            timestamp_ms: m.timestamp().to_millis(),
+        })
+    });
+    out
+}
+
+fn header(m: &rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<String> {
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == key))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Each committed record of `topic`, read by a fresh read_committed consumer up to each
+/// partition's end.
+fn read_committed_messages(
+    addr: &str,
+    topic: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", "sluice-test-reader")
@@ -158,7 +213,6 @@ pub fn read_committed_to_end(addr: &str, topic: &str) -> Vec<ScoreRecord> {
             .unwrap();
     }
     c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
     let mut at_end = std::collections::BTreeSet::new();
     let guard = Instant::now() + Duration::from_secs(30);
     while at_end.len() < parts && Instant::now() < guard {
@@ -179,26 +233,11 @@ pub fn read_committed_to_end(addr: &str, topic: &str) -> Vec<ScoreRecord> {
                 continue;
             }
         };
-        let src = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "sluice-src"))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .expect("every Score record carries sluice-src");
-        let mut scores = Vec::new();
-        read_scores(m.payload().unwrap(), &mut scores).unwrap();
-        for (index, score) in scores.into_iter().enumerate() {
-            out.push(ScoreRecord {
-                src: src.clone(),
-                index,
-                score,
-            });
-        }
+        each(&m);
     }
     assert_eq!(
         at_end.len(),
         parts,
         "{topic}: not every partition read to its end in 30 s"
     );
-    out
 }

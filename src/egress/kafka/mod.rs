@@ -1,7 +1,9 @@
 //! Kafka out: the Scores of each consumed record become one record of `scores_topic` (value =
 //! one ScoreBatch, key = the entity key as 8 bytes big-endian when the batch holds one key,
 //! else the input record's key; header `sluice-src` = topic/partition/offset), and alerts also
-//! go to `alerts_topic`. One producer per shard, handed the cycle's records at its end.
+//! go to `alerts_topic`. One producer per shard, handed the cycle's records at its end. Input
+//! records that are not a valid EventBatch go to `dead_letter_topic` as they came, through
+//! the same producer, in the same epoch or transaction as the Scores around them.
 //!
 //! `at_least_once`: an idempotent producer; a checkpoint waits until every Score handed over
 //! before it is acknowledged, so a restart from it re-sends only Scores after it.
@@ -216,6 +218,8 @@ pub struct KafkaSink {
     transactional: bool,
     scores_topic: String,
     alerts_topic: String,
+    /// Input records that are not a valid EventBatch go here ("" = nowhere).
+    dead_letter_topic: String,
     /// exactly_once: commits run on their own thread.
     committer: Option<Committer>,
     /// exactly_once without the changelog: (progress topic, record key); a flipped
@@ -304,6 +308,7 @@ impl KafkaSink {
             transactional,
             scores_topic: k.scores_topic.clone(),
             alerts_topic: k.alerts_topic.clone(),
+            dead_letter_topic: k.dead_letter_topic.clone(),
             committer,
             src_prefix: owned_names
                 .iter()
@@ -542,14 +547,7 @@ impl KafkaSink {
             (false, Some((at, len))) => &self.keys[at as usize..at as usize + len as usize],
             _ => &entity_key,
         };
-        self.src_header.clear();
-        self.src_header.extend_from_slice(
-            self.src_prefix
-                .get(source.owned as usize)
-                .map_or(&b""[..], |p| p.as_bytes()),
-        );
-        // Into a Vec with room for it: no allocation (io::Write on a Vec cannot fail).
-        let _ = write!(self.src_header, "{}", source.offset);
+        Self::write_src_header(&mut self.src_header, &self.src_prefix, source);
         for (topic, alerts_only) in [(&self.scores_topic, false), (&self.alerts_topic, true)] {
             if topic.is_empty() || (alerts_only && !group.iter().any(|(_, p)| p.score.alert)) {
                 continue;
@@ -603,6 +601,85 @@ impl KafkaSink {
             }
         }
         true
+    }
+
+    /// The sluice-src header's value for `source` ("topic/partition/offset") into `header`
+    /// (`src_header`), from `prefixes` (`src_prefix`).
+    fn write_src_header(header: &mut Vec<u8>, prefixes: &[String], source: Source) {
+        header.clear();
+        header.extend_from_slice(
+            prefixes
+                .get(source.owned as usize)
+                .map_or(&b""[..], |p| p.as_bytes()),
+        );
+        // Into a Vec with room for it: no allocation (io::Write on a Vec cannot fail).
+        let _ = write!(header, "{}", source.offset);
+    }
+
+    /// An input record (registered as `src` by `begin_source`) that is not a valid
+    /// EventBatch: to `dead_letter_topic` as it came (its key, value and timestamp), headers
+    /// sluice-src and sluice-reason (the metrics label of `reason`). It goes to the producer
+    /// the Scores go to, counted in the open epoch: in exactly_once it joins the transaction
+    /// that commits the record's offset, in at_least_once a checkpoint past the record waits
+    /// for its acknowledgement, as for a Score. A refused one stops the shard as a refused
+    /// Score does (`undelivered`): the input would be lost. One send per bad record (the
+    /// producer copies key and value), never per good one.
+    pub fn dead_letter(
+        &mut self,
+        src: u32,
+        key: &[u8],
+        value: &[u8],
+        timestamp_ns: u64,
+        reason: crate::wire::DecodeError,
+        counters: &ShardCounters,
+    ) {
+        if self.dead_letter_topic.is_empty() {
+            return;
+        }
+        let Some(source) = self.sources.get(src as usize).copied() else {
+            return;
+        };
+        Self::write_src_header(&mut self.src_header, &self.src_prefix, source);
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: "sluice-src",
+                value: Some(&self.src_header[..]),
+            })
+            .insert(Header {
+                key: "sluice-reason",
+                value: Some(reason.reason()),
+            });
+        let slot = Self::slot(self.epoch);
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.dead_letter_topic, slot)
+                .payload(value)
+                .headers(headers);
+        // A record produced without a key stays without one (librdkafka gives a null key as
+        // an empty slice).
+        if !key.is_empty() {
+            record = record.key(key);
+        }
+        if timestamp_ns > 0 {
+            record = record.timestamp((timestamp_ns / 1_000_000) as i64);
+        }
+        let producer = &self.producers[self.active];
+        producer.context().epochs.sent(slot);
+        self.sent_since_switch = true;
+        match producer.send(record) {
+            Ok(()) => counters.kafka_dead_letters.inc(),
+            Err((e, _)) => {
+                let context = producer.context();
+                context.epochs.done(slot);
+                context
+                    .undelivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters.kafka_delivery_failures.add_shared(1);
+                let n = counters.kafka_delivery_failures.get();
+                if n.is_power_of_two() {
+                    tracing::error!(topic = %self.dead_letter_topic, failures = n, "Kafka producer refused a dead-letter record: {e}");
+                }
+            }
+        }
     }
 
     /// Score and alert records that will never reach their topic: given up on by the producer

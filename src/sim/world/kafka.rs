@@ -416,8 +416,10 @@ impl World {
                 },
                 &mut self.sink,
             );
-            if !applied {
-                return Err(format!("shard {id}: record {p}/{offset} did not decode"));
+            if let Err(e) = applied {
+                return Err(format!(
+                    "shard {id}: record {p}/{offset} did not decode: {e}"
+                ));
             }
             node.txn.positions[at].1 = offset + 1;
         }
