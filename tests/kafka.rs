@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice::ingest::kafka::status::ClusterStatus;
-use sluice::wire::EventBatchEncoder;
+use sluice::wire::{EventBatchEncoder, EventIn};
 
 mod common;
 use common::kafka::{produce_to, read_scores_until, Broker, Ev, ScoreRecord};
@@ -210,6 +210,14 @@ fn produce_in_background_over(
                     .partition(partition);
                 p.send(rec).map_err(|(e, _)| e).unwrap();
             }
+            if bad_every > 0 && i % bad_every == 0 && i > 0 && i + 200 < records.len() {
+                let (key, value) = late_stray(i);
+                let rec = rdkafka::producer::BaseRecord::to(EVENTS)
+                    .key(&key[..])
+                    .payload(&value[..])
+                    .partition(partition);
+                p.send(rec).map_err(|(e, _)| e).unwrap();
+            }
             produce_to(&p, &mut enc, EVENTS, r, partition);
             if i % 100 == 99 {
                 std::thread::sleep(pause);
@@ -235,23 +243,66 @@ fn bad_record(i: usize) -> Vec<u8> {
     format!("bad record {i}: not an EventBatch").into_bytes()
 }
 
-/// Every bad record of a run with `bad_every` over `records` records is in the dead-letter
-/// topic as it was produced, `once` exactly once (exactly_once) or at least once; each
-/// names a distinct input record of its partition (and its repeats the same one).
+/// Keys of the late strays (none of `workload`'s).
+const LATE_STRAY_KEYS: u64 = 1 << 40;
+
+/// Event time, an hour's lateness, late events dropped: the kill -9 tests' setting, under
+/// which each `late_stray` is refused whatever the interleaving of partitions (its own
+/// partition's earlier records put the watermark decades past it) and none of the load is.
+const LATE_DROPPED: [&str; 3] = [
+    "time.mode=event",
+    "time.allowed_lateness_ms=3600000",
+    "time.late=drop",
+];
+
+/// The `i`-th late stray `produce_in_background_over` sends (key, value): an Observation of
+/// a key of its own stamped 1 ns after the epoch.
+fn late_stray(i: usize) -> ([u8; 8], Vec<u8>) {
+    let key = LATE_STRAY_KEYS + i as u64;
+    let value = EventBatchEncoder::new()
+        .encode(std::iter::once(EventIn {
+            key,
+            seq: i as u64,
+            ts_ns: 1,
+            amount: 1.0,
+            label: -1.0,
+            ..EventIn::default()
+        }))
+        .to_vec();
+    (key.to_be_bytes(), value)
+}
+
+/// Every bad record and late stray of a run with `bad_every` over `records` records is in
+/// the dead-letter topic (the bad record as it was produced, the stray's event re-encoded
+/// alone), `once` exactly once (exactly_once) or at least once; each names a distinct input
+/// record of its partition (and its repeats the same one).
 fn check_dead_letters(broker: &Broker, records: usize, bad_every: usize, once: bool) {
     let letters = common::kafka::read_dead_letters(&broker.addr, DEAD);
     let mut by_value: BTreeMap<Vec<u8>, Vec<&common::kafka::DeadLetter>> = BTreeMap::new();
+    let mut expect: BTreeMap<Vec<u8>, (&str, Vec<u8>)> = BTreeMap::new();
+    let sent = |i: &usize| *i > 0 && i + 200 < records;
+    for i in (0..records).filter(|i| i % bad_every == bad_every / 2 && sent(i)) {
+        expect.insert(bad_record(i), ("unknown_schema", b"bad".to_vec()));
+    }
+    let bad = expect.len();
+    for i in (0..records).filter(|i| i % bad_every == 0 && sent(i)) {
+        let (key, value) = late_stray(i);
+        expect.insert(value, ("late", key.to_vec()));
+    }
+    assert!(bad > 0 && expect.len() > bad);
     for l in &letters {
-        assert_eq!(l.key.as_deref(), Some(&b"bad"[..]), "{l:?}");
-        assert_eq!(l.reason, "unknown_schema", "{l:?}");
+        let (reason, key) = expect
+            .get(&l.value)
+            .unwrap_or_else(|| panic!("a dead letter nothing sent: {l:?}"));
+        assert_eq!(
+            (l.reason.as_str(), l.key.as_deref()),
+            (*reason, Some(&key[..])),
+            "{l:?}"
+        );
         assert!(l.src.starts_with(&format!("{EVENTS}/")), "{l:?}");
         by_value.entry(l.value.clone()).or_default().push(l);
     }
-    let want: Vec<Vec<u8>> = (0..records)
-        .filter(|i| i % bad_every == bad_every / 2 && i + 200 < records)
-        .map(bad_record)
-        .collect();
-    assert!(!want.is_empty());
+    let want: Vec<&Vec<u8>> = expect.keys().collect();
     let got: Vec<&Vec<u8>> = by_value.keys().collect();
     assert_eq!(
         got.len(),
@@ -260,7 +311,7 @@ fn check_dead_letters(broker: &Broker, records: usize, bad_every: usize, once: b
         got.len()
     );
     for w in &want {
-        let copies = &by_value[w];
+        let copies = &by_value[*w];
         assert!(!once || copies.len() == 1, "{copies:?}");
         assert!(copies.iter().all(|c| c.src == copies[0].src), "{copies:?}");
     }
@@ -268,7 +319,7 @@ fn check_dead_letters(broker: &Broker, records: usize, bad_every: usize, once: b
     assert_eq!(
         srcs.len(),
         want.len(),
-        "each bad record names its own input record"
+        "each bad record and stray names its own input record"
     );
 }
 
@@ -315,20 +366,16 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
         s.len() >= want.len()
     });
     check_exactly_once(&scores, &want);
-    // Key 7 lives with partition 3. One of its events now arrives on partition 1 (owned by the
-    // same shard): refused and counted, not merged. A marker record after it on partition 1
-    // shows when it has been taken.
-    produce_to(
-        &p,
-        &mut enc,
-        EVENTS,
-        &[Ev {
-            key: 7,
-            seq: 10_000,
-            feedback: false,
-        }],
-        1,
-    );
+    // Key 7 lives with partition 3. Two of its events now arrive on partition 1 (owned by the
+    // same shard), in one record: refused and counted, not merged, and sent on to the
+    // dead-letter topic together. A marker record after it on partition 1 shows when it has
+    // been taken.
+    let strays = [10_000, 10_001].map(|seq| Ev {
+        key: 7,
+        seq,
+        feedback: false,
+    });
+    produce_to(&p, &mut enc, EVENTS, &strays, 1);
     let marker = Ev {
         key: 1_001,
         seq: 1,
@@ -361,10 +408,27 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
         "{report}"
     );
     // Each skipped record is in the dead-letter topic as it came, naming where it came from
-    // (a distinct offset of its partition) and why (the reason it was counted under).
-    assert_eq!(counter(&report, "sluice_kafka_dead_letters_total"), 12);
-    let letters = common::kafka::read_dead_letters(&broker.addr, DEAD);
+    // (a distinct offset of its partition) and why (the reason it was counted under); the
+    // two refused events of key 7 are in one more, as an EventBatch of just them.
+    assert_eq!(counter(&report, "sluice_kafka_dead_letters_total"), 13);
+    assert_eq!(counter(&report, "sluice_kafka_dead_letter_events_total"), 2);
+    let (letters, refused): (Vec<_>, Vec<_>) = common::kafka::read_dead_letters(&broker.addr, DEAD)
+        .into_iter()
+        .partition(|l| !l.reason.starts_with("key_on_two_partitions"));
     assert_eq!(letters.len(), 12, "{letters:?}");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let r = &refused[0];
+    assert_eq!(r.reason, "key_on_two_partitions,key_on_two_partitions");
+    assert_eq!(r.key.as_deref(), Some(&7u64.to_be_bytes()[..]));
+    assert!(r.src.starts_with(&format!("{EVENTS}/1/")), "{r:?}");
+    assert!(r.timestamp_ms.is_some_and(|t| t > 0), "{r:?}");
+    let events = sluice::wire::Decoder::new(&sluice::config::Config::defaults().unwrap().wire)
+        .decode(&r.value)
+        .expect("refused events are an EventBatch")
+        .iter()
+        .map(|e| (e.key(), e.seq()))
+        .collect::<Vec<_>>();
+    assert_eq!(events, [(7, 10_000), (7, 10_001)]);
     for (i, b) in bad.iter().enumerate() {
         let mut parts: Vec<i32> = letters
             .iter()
@@ -405,7 +469,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
             &report,
             "sluice_events_dropped_total{reason=\"key_on_two_partitions\"}"
         ),
-        1,
+        2,
         "{report}"
     );
     assert_eq!(
@@ -579,6 +643,7 @@ fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
     let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
     sets.push("egress.kafka.transactional_id_prefix=eos-test".into());
     sets.push(format!("egress.kafka.dead_letter_topic={DEAD}"));
+    sets.extend(LATE_DROPPED.map(String::from));
     let records = workload(200, 6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
@@ -588,7 +653,8 @@ fn exactly_once_kill_9_repeatedly_every_score_once_counts_exact() {
         counter(&report, "sluice_kafka_transactions_committed_total") > 0,
         "{report}"
     );
-    // Each bad record in the dead-letter topic once, in the transactions with the Scores.
+    // Each bad record and late stray in the dead-letter topic once, in the transactions with
+    // the Scores.
     check_dead_letters(&broker, 6_000, BAD_EVERY, true);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1589,12 +1655,13 @@ fn at_least_once_kill_9_exact(name: &str, extra: &[&str]) {
     let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
     sets.extend(extra.iter().map(|s| s.to_string()));
     sets.push(format!("egress.kafka.dead_letter_topic={DEAD}"));
+    sets.extend(LATE_DROPPED.map(String::from));
     let records = workload(200, 6_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
     kill_restart_under_load(&broker, &sets, records, BAD_EVERY);
     rerun_until_every_score_after_dedup(&broker, &sets, &want, Duration::from_secs(90));
-    // Each bad record in the dead-letter topic, repeated only as the Scores are.
+    // Each bad record and late stray in the dead-letter topic, repeated only as the Scores are.
     check_dead_letters(&broker, 6_000, BAD_EVERY, false);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -161,6 +161,9 @@ pub struct EgressKafka {
     /// Input records that are not a valid EventBatch go here as they came (key, value,
     /// timestamp), with headers naming where they came from and why; "" = skipped only.
     pub dead_letter_topic: String,
+    /// Events refused inside a valid record for these reasons (drop-reason labels) also go
+    /// there, gathered per input record (`egress::kafka::dead_letter`).
+    pub dead_letter_events: Vec<String>,
     pub delivery: Delivery,
     pub progress_topic: String,
     pub transactional_id_prefix: String,

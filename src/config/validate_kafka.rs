@@ -96,8 +96,12 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
     }
     // A Score record the producer refuses is a lost Score, which stops the service; a full
     // queue must therefore be impossible: intake stops at in_flight_records_max, and the cycle
-    // that crosses it adds at most a Score and an alert record per record it took.
+    // that crosses it adds at most a Score and an alert record per record it took (and a
+    // dead-letter record of its refused events; a record that is dead-lettered whole has
+    // no Scores).
     let queue_key = "queue.buffering.max.messages";
+    let event_letters = !e.dead_letter_topic.is_empty() && !e.dead_letter_events.is_empty();
+    let per_record = if event_letters { 3 } else { 2 };
     let queue = c
         .kafka
         .producer
@@ -107,11 +111,12 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
         });
     let need = k
         .in_flight_records_max
-        .saturating_add(k.records_per_cycle_max.saturating_mul(2));
+        .saturating_add(k.records_per_cycle_max.saturating_mul(per_record));
     match queue {
         Some(q) if q >= need => {}
         Some(q) => p.push(format!(
-            "kafka.producer.\"{queue_key}\" = {q}: must be at least ingest.kafka.in_flight_records_max + 2 x ingest.kafka.records_per_cycle_max = {need}, or a full producer queue would refuse Scores"
+            "kafka.producer.\"{queue_key}\" = {q}: must be at least ingest.kafka.in_flight_records_max + {per_record} x ingest.kafka.records_per_cycle_max = {need}{}, or a full producer queue would refuse Scores",
+            if event_letters { " (a Score, an alert and a dead-letter record per input record)" } else { "" }
         )),
         None => p.push(format!("kafka.producer.\"{queue_key}\" is not a whole number")),
     }
@@ -122,6 +127,15 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             "egress.kafka.dead_letter_topic = {:?} is also a Score topic: a reader could not tell raw input from Scores",
             e.dead_letter_topic
         ));
+    }
+    let reasons = crate::egress::kafka::dead_letter::EVENT_REASONS.map(|r| r.label());
+    for name in &e.dead_letter_events {
+        if !reasons.contains(&name.as_str()) {
+            p.push(format!(
+                "egress.kafka.dead_letter_events: {name:?} is not a reason an event can be dead-lettered for (one of {})",
+                reasons.join(", ")
+            ));
+        }
     }
     for (key, topic) in [
         ("egress.kafka.scores_topic", &e.scores_topic),
@@ -337,6 +351,41 @@ mod tests {
             ],
         );
         assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
+    fn dead_letter_events_name_known_reasons_and_the_producer_queue_holds_their_records() {
+        let base = [
+            "ingest.kafka.brokers=127.0.0.1:9092",
+            "ingest.kafka.topics=[\"events\"]",
+            "egress.kafka.dead_letter_topic=events-dead",
+            "ingest.kafka.in_flight_records_max=100000",
+            "ingest.kafka.records_per_cycle_max=64",
+        ];
+        let problems = |more: &[&str]| {
+            let sets: Vec<String> = base.iter().chain(more).map(|s| s.to_string()).collect();
+            Config::from_layers(None, &sets)
+                .err()
+                .map_or(String::new(), |e| e.problems.join("\n"))
+        };
+        let all = problems(&["egress.kafka.dead_letter_events=[\"late\", \"duplicate\", \"lat\"]"]);
+        for needle in [
+            "\"duplicate\" is not a reason",
+            "\"lat\" is not a reason",
+            "state_error",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("\"late\""), "{all}");
+        // 100 000 in flight + 3 x 64: a queue of 100 150 is short with refused events sent,
+        // enough without them.
+        let queue = "kafka.producer.queue.buffering.max.messages=100150";
+        let all = problems(&[queue]);
+        assert!(
+            all.contains("3 x ingest.kafka.records_per_cycle_max = 100192"),
+            "{all}"
+        );
+        assert_eq!(problems(&[queue, "egress.kafka.dead_letter_events=[]"]), "");
     }
 
     #[test]

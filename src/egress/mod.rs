@@ -12,6 +12,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::limits::EGRESS_DESTINATIONS_MAX;
 use crate::metrics::{DropReason, ShardCounters, ShardLatency};
+use crate::route::RoutedEvent;
 use crate::wire::{scores_per_datagram, ScoreBatchEncoder, ScoreOut};
 
 use sendmmsg::Sender;
@@ -53,6 +54,10 @@ pub trait ScoreSink {
     /// the cycle's batched cold read (Kafka Score records wait for the cycle's end, which
     /// groups them per input record).
     fn flush_early(&mut self) {}
+    /// An event refused for `reason` (already counted): a Kafka-borne one may go on to the
+    /// dead-letter topic (`egress.kafka.dead_letter_events`). Not called on the hot path of
+    /// an applied event.
+    fn refused(&mut self, _reply_to: ReplyTo, _ev: &RoutedEvent, _reason: DropReason) {}
 }
 
 impl ScoreSink for Vec<(ReplyTo, PendingScore)> {
@@ -244,6 +249,13 @@ impl ScoreSink for EgressSink<'_> {
 
     fn flush_early(&mut self) {
         self.egress.flush(self.counters, self.latency);
+    }
+
+    fn refused(&mut self, reply_to: ReplyTo, ev: &RoutedEvent, reason: DropReason) {
+        // UDP has no dead-letter destination: the drop counter is the whole record of it.
+        if let (ReplyTo::Kafka(source), Some(k)) = (reply_to, self.kafka.as_deref_mut()) {
+            k.refused(source, ev, reason);
+        }
     }
 }
 

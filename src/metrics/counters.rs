@@ -158,8 +158,11 @@ shard_counters! {
     kafka_records_skipped: [Counter; DecodeError::ALL.len()] => Counter names::KAFKA_RECORDS_SKIPPED, by BY_DECODE_ERROR;
     /// Score records handed to the Kafka producer.
     kafka_score_records: Counter => Counter names::KAFKA_SCORE_RECORDS;
-    /// Skipped input records handed to the producer for `egress.kafka.dead_letter_topic`.
+    /// Records handed to the producer for `egress.kafka.dead_letter_topic`: skipped input
+    /// records, and one per input record with refused events.
     kafka_dead_letters: Counter => Counter names::KAFKA_DEAD_LETTERS;
+    /// Refused events sent inside dead-letter records (`egress.kafka.dead_letter_events`).
+    kafka_dead_letter_events: Counter => Counter names::KAFKA_DEAD_LETTER_EVENTS;
     /// Score records the producer reported as not delivered.
     kafka_delivery_failures: Counter => Counter names::KAFKA_DELIVERY_FAILURES;
     /// exactly_once: transactions committed.

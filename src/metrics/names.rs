@@ -63,8 +63,10 @@ pub const CHECKPOINT_BYTES: &str = "sluice_checkpoint_hot_bytes";
 pub const KAFKA_RECORDS: &str = "sluice_kafka_records_total";
 pub const KAFKA_RECORDS_SKIPPED: &str = "sluice_kafka_records_skipped_total";
 pub const KAFKA_SCORE_RECORDS: &str = "sluice_kafka_score_records_total";
-/// Skipped input records sent on to the dead-letter topic.
+/// Dead-letter records sent: skipped input records, and records of refused events.
 pub const KAFKA_DEAD_LETTERS: &str = "sluice_kafka_dead_letters_total";
+/// Refused events sent inside dead-letter records.
+pub const KAFKA_DEAD_LETTER_EVENTS: &str = "sluice_kafka_dead_letter_events_total";
 pub const KAFKA_DELIVERY_FAILURES: &str = "sluice_kafka_delivery_failures_total";
 pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total";
 pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";

@@ -105,6 +105,7 @@ impl Owner {
             }
             Timed::LateDropped => {
                 self.counters.dropped_events(DropReason::Late, 1);
+                sink.refused(reply_to, ev, DropReason::Late);
                 return;
             }
         };
@@ -163,6 +164,7 @@ impl Owner {
             Ok(Outcome::OtherSource(theirs)) => {
                 self.counters
                     .dropped_events(DropReason::KeyOnTwoPartitions, 1);
+                sink.refused(reply_to, ev, DropReason::KeyOnTwoPartitions);
                 let n = self
                     .counters
                     .events_dropped_by(DropReason::KeyOnTwoPartitions);
@@ -179,7 +181,7 @@ impl Owner {
                 return;
             }
             Err(e) => {
-                self.refuse(ev.key, &e);
+                self.refuse(ev, reply_to, &e, sink);
                 return;
             }
         };
@@ -224,12 +226,20 @@ impl Owner {
     }
 
     /// An event the state refused (counted by reason; logged 1st, 2nd, 4th, ...).
-    fn refuse(&mut self, key: u64, e: &StateError) {
+    fn refuse(
+        &mut self,
+        ev: &RoutedEvent,
+        reply_to: ReplyTo,
+        e: &StateError,
+        sink: &mut dyn ScoreSink,
+    ) {
+        let key = ev.key;
         let reason = match e {
             StateError::Full { .. } => DropReason::StateFull,
             StateError::Spill(_) => DropReason::StateError,
         };
         self.counters.dropped_events(reason, 1);
+        sink.refused(reply_to, ev, reason);
         self.state_refused += 1;
         // Never silent, never a log storm.
         if self.state_refused.is_power_of_two() {
@@ -282,7 +292,7 @@ impl Owner {
             }
             Err(e) => {
                 for w in &batch {
-                    self.refuse(w.ev.key, &e);
+                    self.refuse(&w.ev, w.reply_to, &e, sink);
                 }
             }
         }

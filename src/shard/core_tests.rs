@@ -424,6 +424,81 @@ fn a_bad_kafka_record_is_skipped_and_counted_and_a_key_stays_with_its_partition(
     );
 }
 
+/// Scores and refusals as the core hands them to its sink.
+#[derive(Default)]
+struct Refusals {
+    scores: Sink,
+    refused: Vec<(ReplyTo, u64, u64, DropReason)>,
+}
+
+impl ScoreSink for Refusals {
+    fn emit(&mut self, reply_to: ReplyTo, s: PendingScore) {
+        self.scores.push((reply_to, s));
+    }
+    fn refused(&mut self, reply_to: ReplyTo, ev: &RoutedEvent, reason: DropReason) {
+        self.refused.push((reply_to, ev.key, ev.seq, reason));
+    }
+}
+
+#[test]
+fn refused_events_reach_the_sink_with_their_record_and_reason_and_replays_do_not() {
+    const SEC: u64 = 1_000_000_000;
+    let (mut c, counters) = cores(&[
+        "time.mode=event",
+        "time.allowed_lateness_ms=2000",
+        "time.late=drop",
+        "state.hot_capacity=2",
+        "state.dedup=true",
+    ]);
+    let [k1, k2, k3] = [1u64, 2, 3];
+    let batch = |events: &[(u64, u64, u64)]| {
+        let mut enc = EventBatchEncoder::new();
+        enc.encode(events.iter().map(|&(key, seq, ts_ns)| EventIn {
+            key,
+            seq,
+            ts_ns,
+            amount: 10.0,
+            ..EventIn::default()
+        }))
+        .to_vec()
+    };
+    let mut s = Refusals::default();
+    let records: [(Vec<u8>, u64); 4] = [
+        // Two keys fill the hot state.
+        (batch(&[(k1, 1, 100 * SEC), (k2, 1, 100 * SEC)]), 9),
+        // A third key finds no room; k1's seq 1 again is a replay (applied before: no refusal).
+        (batch(&[(k3, 1, 100 * SEC), (k1, 1, 100 * SEC)]), 9),
+        // k1 lives with partition tag 9.
+        (batch(&[(k1, 2, 100 * SEC)]), 10),
+        // 3 s behind the newest event: past the watermark.
+        (batch(&[(k2, 2, 97 * SEC)]), 9),
+    ];
+    for (reply, (value, tag)) in records.iter().enumerate() {
+        assert!(c[0]
+            .on_record(&record(value, *tag, reply as u32), &mut s)
+            .is_ok());
+    }
+    c[0].finish_cycle(0, &mut s);
+    assert_eq!(
+        s.refused,
+        [
+            (ReplyTo::Kafka(1), k3, 1, DropReason::StateFull),
+            (ReplyTo::Kafka(2), k1, 2, DropReason::KeyOnTwoPartitions),
+            (ReplyTo::Kafka(3), k2, 2, DropReason::Late),
+        ]
+    );
+    assert_eq!(counters[0].events_dropped_by(DropReason::Duplicate), 1);
+    for (_, _, _, reason) in &s.refused {
+        assert_eq!(counters[0].events_dropped_by(*reason), 1, "{reason:?}");
+    }
+    let scored: Vec<(u64, u64)> = s
+        .scores
+        .iter()
+        .map(|(_, p)| (p.score.key, p.score.seq))
+        .collect();
+    assert_eq!(scored, [(k1, 1), (k2, 1)]);
+}
+
 #[test]
 fn a_datagram_that_waited_past_shed_after_is_dropped_unread_and_counted() {
     let (mut c, counters) = cores(&["ingest.udp.shed_after_ms=5"]);

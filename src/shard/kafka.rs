@@ -231,7 +231,13 @@ impl ShardKafka {
         };
         let taken = source.poll(records_max, fetched_ns, |rec| {
             let reply = match sink.kafka.as_deref_mut() {
-                Some(k) => k.begin_source(rec.owned, rec.offset, rec.key, rec.available_ns),
+                Some(k) => k.begin_source(
+                    rec.owned,
+                    rec.offset,
+                    rec.key,
+                    rec.available_ns,
+                    rec.timestamp_ns,
+                ),
                 None => 0,
             };
             let applied = core.on_record(

@@ -2,8 +2,9 @@
 //! one ScoreBatch, key = the entity key as 8 bytes big-endian when the batch holds one key,
 //! else the input record's key; header `sluice-src` = topic/partition/offset), and alerts also
 //! go to `alerts_topic`. One producer per shard, handed the cycle's records at its end. Input
-//! records that are not a valid EventBatch go to `dead_letter_topic` as they came, through
-//! the same producer, in the same epoch or transaction as the Scores around them.
+//! records that are not a valid EventBatch, and the events refused inside valid ones, go to
+//! `dead_letter_topic` through the same producer, in the same epoch or transaction as the
+//! Scores around them (`dead_letter.rs`).
 //!
 //! `at_least_once`: an idempotent producer; a checkpoint waits until every Score handed over
 //! before it is acknowledged, so a restart from it re-sends only Scores after it.
@@ -14,6 +15,7 @@
 //! at a flip the Scores move to the other one while the flipped transaction commits.
 
 pub mod changelog;
+pub mod dead_letter;
 pub mod input_replay;
 pub mod positions;
 pub mod progress;
@@ -39,7 +41,7 @@ use crate::clock;
 use crate::config::{Config, Delivery};
 use crate::ingest::kafka::{producer_config, KafkaError};
 use crate::metrics::{DropReason, ShardCounters, ShardLatency};
-use crate::wire::ScoreBatchEncoder;
+use crate::wire::{EventBatchEncoder, ScoreBatchEncoder};
 
 /// Counts Score records the producer gave up on, and the records of each epoch (the Scores
 /// produced between two at_least_once checkpoint flips) not yet reported. Delivery reports are
@@ -195,6 +197,9 @@ struct Source {
     key: Option<(u32, u16)>,
     /// When the record became available to the shard, a lower bound (`Polled::available_ns`).
     available_ns: u64,
+    /// The record's Kafka timestamp (ns since the epoch), 0 = none: its refused events'
+    /// dead-letter record carries it.
+    timestamp_ns: u64,
 }
 
 /// Longest input-record key kept to key a multi-key Score record (longer: the first Score's
@@ -218,8 +223,20 @@ pub struct KafkaSink {
     transactional: bool,
     scores_topic: String,
     alerts_topic: String,
-    /// Input records that are not a valid EventBatch go here ("" = nowhere).
+    /// Input records that are not a valid EventBatch, and refused events, go here ("" =
+    /// nowhere).
     dead_letter_topic: String,
+    /// `egress.kafka.dead_letter_events` as `DropReason` bits (`dead_letter::reason_mask`).
+    dead_letter_events: u32,
+    /// Events refused this cycle, for the dead-letter topic: no capacity until the first
+    /// (`dead_letter.rs`), then `scores_max`.
+    refused: Vec<dead_letter::RefusedEvent>,
+    /// Encodes a record's refused events as one EventBatch (its buffer kept).
+    events_encoder: EventBatchEncoder,
+    /// The sluice-reason header of refused events (a label per event, comma-separated).
+    reasons_header: Vec<u8>,
+    /// `wire.batch_events_max`.
+    events_per_record: usize,
     /// exactly_once: commits run on their own thread.
     committer: Option<Committer>,
     /// exactly_once without the changelog: (progress topic, record key); a flipped
@@ -309,6 +326,11 @@ impl KafkaSink {
             scores_topic: k.scores_topic.clone(),
             alerts_topic: k.alerts_topic.clone(),
             dead_letter_topic: k.dead_letter_topic.clone(),
+            dead_letter_events: dead_letter::reason_mask(&k.dead_letter_events),
+            refused: Vec::new(),
+            events_encoder: EventBatchEncoder::new(),
+            reasons_header: Vec::new(),
+            events_per_record: config.wire.batch_events_max,
             committer,
             src_prefix: owned_names
                 .iter()
@@ -435,6 +457,7 @@ impl KafkaSink {
         offset: i64,
         key: &[u8],
         available_ns: u64,
+        timestamp_ns: u64,
     ) -> u32 {
         crate::invariant!(
             self.sources.len() < self.sources_max,
@@ -450,6 +473,7 @@ impl KafkaSink {
             offset,
             key,
             available_ns,
+            timestamp_ns,
         });
         (self.sources.len() - 1) as u32
     }
@@ -508,6 +532,7 @@ impl KafkaSink {
             }
         }
         self.pending.clear();
+        self.send_refused(counters);
         if !in_use {
             self.sources.clear();
             self.keys.clear();
@@ -614,72 +639,6 @@ impl KafkaSink {
         );
         // Into a Vec with room for it: no allocation (io::Write on a Vec cannot fail).
         let _ = write!(header, "{}", source.offset);
-    }
-
-    /// An input record (registered as `src` by `begin_source`) that is not a valid
-    /// EventBatch: to `dead_letter_topic` as it came (its key, value and timestamp), headers
-    /// sluice-src and sluice-reason (the metrics label of `reason`). It goes to the producer
-    /// the Scores go to, counted in the open epoch: in exactly_once it joins the transaction
-    /// that commits the record's offset, in at_least_once a checkpoint past the record waits
-    /// for its acknowledgement, as for a Score. A refused one stops the shard as a refused
-    /// Score does (`undelivered`): the input would be lost. One send per bad record (the
-    /// producer copies key and value), never per good one.
-    pub fn dead_letter(
-        &mut self,
-        src: u32,
-        key: &[u8],
-        value: &[u8],
-        timestamp_ns: u64,
-        reason: crate::wire::DecodeError,
-        counters: &ShardCounters,
-    ) {
-        if self.dead_letter_topic.is_empty() {
-            return;
-        }
-        let Some(source) = self.sources.get(src as usize).copied() else {
-            return;
-        };
-        Self::write_src_header(&mut self.src_header, &self.src_prefix, source);
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: "sluice-src",
-                value: Some(&self.src_header[..]),
-            })
-            .insert(Header {
-                key: "sluice-reason",
-                value: Some(reason.reason()),
-            });
-        let slot = Self::slot(self.epoch);
-        let mut record =
-            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.dead_letter_topic, slot)
-                .payload(value)
-                .headers(headers);
-        // A record produced without a key stays without one (librdkafka gives a null key as
-        // an empty slice).
-        if !key.is_empty() {
-            record = record.key(key);
-        }
-        if timestamp_ns > 0 {
-            record = record.timestamp((timestamp_ns / 1_000_000) as i64);
-        }
-        let producer = &self.producers[self.active];
-        producer.context().epochs.sent(slot);
-        self.sent_since_switch = true;
-        match producer.send(record) {
-            Ok(()) => counters.kafka_dead_letters.inc(),
-            Err((e, _)) => {
-                let context = producer.context();
-                context.epochs.done(slot);
-                context
-                    .undelivered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                counters.kafka_delivery_failures.add_shared(1);
-                let n = counters.kafka_delivery_failures.get();
-                if n.is_power_of_two() {
-                    tracing::error!(topic = %self.dead_letter_topic, failures = n, "Kafka producer refused a dead-letter record: {e}");
-                }
-            }
-        }
     }
 
     /// Score and alert records that will never reach their topic: given up on by the producer

@@ -1,0 +1,265 @@
+//! The dead-letter topic (`egress.kafka.dead_letter_topic`): what sluice took from Kafka and
+//! could not use goes there instead of being lost. Two kinds of record, told apart by their
+//! `sluice-reason` header (the two label sets are disjoint):
+//!
+//! - an input record that is not a valid EventBatch, as it came (key, value, timestamp);
+//!   `sluice-reason` = its `sluice_kafka_records_skipped_total` label;
+//! - the events of a valid record that were refused (`egress.kafka.dead_letter_events`:
+//!   late, key on two partitions, state full, state error), gathered per input record over
+//!   the cycle into one EventBatch of those events in their order, with the record's key and
+//!   timestamp; `sluice-reason` = each event's `sluice_events_dropped_total` label, in the
+//!   batch's order, comma-separated.
+//!
+//! Both carry `sluice-src` = topic/partition/offset and go to the producer the Scores go to,
+//! counted in the open epoch: in exactly_once they join the transaction that commits the
+//! record's offset, in at_least_once a checkpoint past the record waits for their
+//! acknowledgement, as for a Score. A refused send stops the shard as a refused Score does
+//! (`undelivered`): the input would be lost.
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+
+use super::{KafkaSink, ScoreProducer};
+use crate::metrics::{DropReason, ShardCounters};
+use crate::route::RoutedEvent;
+use crate::wire::{EventIn, EventKind};
+
+/// The reasons an event may be dead-lettered for (`egress.kafka.dead_letter_events`): those
+/// that lose an event sluice took. A duplicate was applied before, a model or send error
+/// happens after the state took the event (its replay would count it twice).
+pub const EVENT_REASONS: [DropReason; 4] = [
+    DropReason::Late,
+    DropReason::KeyOnTwoPartitions,
+    DropReason::StateFull,
+    DropReason::StateError,
+];
+
+/// Longest `sluice-reason` label of `EVENT_REASONS`, and its comma.
+const REASON_BYTES_MAX: usize = 22;
+
+/// `egress.kafka.dead_letter_events` as a set of `DropReason`s (unknown names are a config
+/// error, see `config::validate_kafka`).
+pub fn reason_mask(names: &[String]) -> u32 {
+    EVENT_REASONS
+        .iter()
+        .filter(|r| names.iter().any(|n| n == r.label()))
+        .fold(0, |m, &r| m | bit(r))
+}
+
+fn bit(r: DropReason) -> u32 {
+    1 << (r as u32)
+}
+
+/// An event refused inside a valid record, kept until its cycle's end.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RefusedEvent {
+    /// Its input record (`KafkaSink::begin_source`).
+    src: u32,
+    reason: DropReason,
+    ev: RoutedEvent,
+}
+
+/// One dead-letter record's parts.
+struct Letter<'a> {
+    /// None: the input record had no key.
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    /// Kafka record time (ns since the epoch); 0 = none (the producer stamps it).
+    timestamp_ns: u64,
+    src: &'a [u8],
+    reason: &'a [u8],
+}
+
+impl KafkaSink {
+    /// An input record (registered as `src` by `begin_source`) that is not a valid
+    /// EventBatch: to `dead_letter_topic` as it came. One send per bad record (the producer
+    /// copies key and value), never per good one.
+    pub fn dead_letter(
+        &mut self,
+        src: u32,
+        key: &[u8],
+        value: &[u8],
+        timestamp_ns: u64,
+        reason: crate::wire::DecodeError,
+        counters: &ShardCounters,
+    ) {
+        if self.dead_letter_topic.is_empty() {
+            return;
+        }
+        let Some(source) = self.sources.get(src as usize).copied() else {
+            return;
+        };
+        Self::write_src_header(&mut self.src_header, &self.src_prefix, source);
+        let letter = Letter {
+            key: (!key.is_empty()).then_some(key),
+            value,
+            timestamp_ns,
+            src: &self.src_header,
+            reason: reason.reason().as_bytes(),
+        };
+        let slot = Self::slot(self.epoch);
+        self.sent_since_switch = true;
+        let producer = &self.producers[self.active];
+        if send(producer, &self.dead_letter_topic, slot, letter, counters) {
+            counters.kafka_dead_letters.inc();
+        }
+    }
+
+    /// An event of input record `src` refused for `reason` (already counted): kept for the
+    /// cycle's end (`send_refused`) when `reason` is one of `dead_letter_events`.
+    pub fn refused(&mut self, src: u32, ev: &RoutedEvent, reason: DropReason) {
+        if self.dead_letter_topic.is_empty() || self.dead_letter_events & bit(reason) == 0 {
+            return;
+        }
+        crate::invariant!((src as usize) < self.sources.len());
+        if self.refused.capacity() == 0 {
+            // Once, at the first refused event, to the bound: a shard that refuses nothing
+            // keeps nothing (the bound is every event its kept records may hold).
+            self.refused.reserve_exact(self.scores_max);
+            self.reasons_header
+                .reserve_exact(self.events_per_record * REASON_BYTES_MAX);
+        }
+        // Each event is scored or refused once, so a cycle's refusals are bounded as its
+        // Scores are (`scores_max`); past it the Vec would grow, not lose one.
+        crate::invariant!(
+            self.refused.len() < self.scores_max,
+            "refused events past their bound"
+        );
+        self.refused.push(RefusedEvent {
+            src,
+            reason,
+            ev: *ev,
+        });
+    }
+
+    /// End of a cycle: one dead-letter record per input record that had events refused.
+    /// Called before the cycle's sources may be dropped.
+    pub(super) fn send_refused(&mut self, counters: &ShardCounters) {
+        if self.refused.is_empty() {
+            return;
+        }
+        // Refusals of events that waited for a cold read come after the cycle's others:
+        // regrouped under their record, each record's order kept (a stable sort).
+        if !self.refused.is_sorted_by_key(|r| r.src) {
+            self.refused.sort_by_key(|r| r.src);
+        }
+        let slot = Self::slot(self.epoch);
+        let mut start = 0;
+        while start < self.refused.len() {
+            let src = self.refused[start].src;
+            let end = start
+                + self.refused[start..]
+                    .iter()
+                    .take_while(|r| r.src == src)
+                    .count();
+            let group = &self.refused[start..end];
+            start = end;
+            let Some(source) = self.sources.get(src as usize).copied() else {
+                continue;
+            };
+            self.reasons_header.clear();
+            for (i, r) in group.iter().enumerate() {
+                if i > 0 {
+                    self.reasons_header.push(b',');
+                }
+                self.reasons_header
+                    .extend_from_slice(r.reason.label().as_bytes());
+            }
+            Self::write_src_header(&mut self.src_header, &self.src_prefix, source);
+            // The input record's key, or the first event's entity key when that one was too
+            // long to keep (`KEY_BYTES_MAX`).
+            let entity_key = group[0].ev.key.to_be_bytes();
+            let key = match source.key {
+                Some((_, 0)) => None,
+                Some((at, len)) => Some(&self.keys[at as usize..at as usize + len as usize]),
+                None => Some(&entity_key[..]),
+            };
+            let letter = Letter {
+                key,
+                value: self
+                    .events_encoder
+                    .encode(group.iter().map(|r| event_in(&r.ev))),
+                timestamp_ns: source.timestamp_ns,
+                src: &self.src_header,
+                reason: &self.reasons_header,
+            };
+            self.sent_since_switch = true;
+            if send(
+                &self.producers[self.active],
+                &self.dead_letter_topic,
+                slot,
+                letter,
+                counters,
+            ) {
+                counters.kafka_dead_letters.inc();
+                counters.kafka_dead_letter_events.add(group.len() as u64);
+            }
+        }
+        self.refused.clear();
+    }
+}
+
+/// The event as sluice took it (an event stamped 0 carries the time it was given: the
+/// record's timestamp).
+fn event_in(ev: &RoutedEvent) -> EventIn<'_> {
+    EventIn {
+        key: ev.key,
+        seq: ev.seq,
+        ts_ns: ev.ts_ns,
+        feedback: matches!(ev.kind, EventKind::Feedback),
+        amount: ev.amount,
+        label: ev.label,
+        features: ev.features(),
+    }
+}
+
+/// Hands one dead-letter record to `producer` in epoch `slot`; false (counted, and the
+/// shard stops: `undelivered`) when the producer refuses it.
+fn send(
+    producer: &ScoreProducer,
+    topic: &str,
+    slot: usize,
+    letter: Letter<'_>,
+    counters: &ShardCounters,
+) -> bool {
+    let headers = OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: "sluice-src",
+            value: Some(letter.src),
+        })
+        .insert(Header {
+            key: "sluice-reason",
+            value: Some(letter.reason),
+        });
+    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, slot)
+        .payload(letter.value)
+        .headers(headers);
+    if let Some(key) = letter.key {
+        record = record.key(key);
+    }
+    if letter.timestamp_ns > 0 {
+        record = record.timestamp((letter.timestamp_ns / 1_000_000) as i64);
+    }
+    // Counted before the send: its delivery report may come with any later poll.
+    producer.context().epochs.sent(slot);
+    match producer.send(record) {
+        Ok(()) => true,
+        Err((e, _)) => {
+            let context = producer.context();
+            context.epochs.done(slot);
+            context
+                .undelivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters.kafka_delivery_failures.add_shared(1);
+            let n = counters.kafka_delivery_failures.get();
+            if n.is_power_of_two() {
+                tracing::error!(
+                    topic,
+                    failures = n,
+                    "Kafka producer refused a dead-letter record: {e}"
+                );
+            }
+            false
+        }
+    }
+}
