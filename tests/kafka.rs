@@ -343,14 +343,31 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     let mut enc = EventBatchEncoder::new();
     let half = records.len() / 2;
     produce_all(&p, &mut enc, &records[..half]);
-    // Records that are not EventBatches, between good ones on every partition.
+    // Records that are not EventBatches, between good ones on every partition, with headers
+    // of their own (one named like sluice's).
     let bad: [&[u8]; 3] = [b"", b"this is not a flatbuffer, it is text", &[0xff; 64]];
+    let theirs = |i: usize, part: i32| {
+        vec![
+            ("trace".to_string(), format!("{i}/{part}").into_bytes()),
+            ("sluice-reason".to_string(), b"forged".to_vec()),
+        ]
+    };
     for (i, b) in bad.iter().enumerate() {
         let key = [i as u8];
         for part in 0..4 {
+            let headers = theirs(i, part).iter().fold(
+                rdkafka::message::OwnedHeaders::new(),
+                |h, (key, value)| {
+                    h.insert(rdkafka::message::Header {
+                        key,
+                        value: Some(value),
+                    })
+                },
+            );
             let rec = rdkafka::producer::BaseRecord::to(EVENTS)
                 .key(&key[..])
                 .payload(*b)
+                .headers(headers)
                 .partition(part);
             p.send(rec).map_err(|(e, _)| e).unwrap();
         }
@@ -441,7 +458,13 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
                 let named: Vec<&str> = l.src.rsplitn(3, '/').collect();
                 assert_eq!(named[2], EVENTS, "{l:?}");
                 assert!(named[0].parse::<i64>().is_ok(), "{l:?}");
-                named[1].parse::<i32>().unwrap()
+                let part = named[1].parse::<i32>().unwrap();
+                // The record's own headers first, in order, then sluice's two.
+                let mut want = theirs(i, part);
+                want.push(("sluice-src".into(), l.src.clone().into_bytes()));
+                want.push(("sluice-reason".into(), l.reason.clone().into_bytes()));
+                assert_eq!(l.headers, want, "{l:?}");
+                part
             })
             .collect();
         parts.sort();

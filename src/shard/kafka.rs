@@ -255,14 +255,7 @@ impl ShardKafka {
                 &mut sink,
             );
             if let (Err(reason), Some(k)) = (applied, sink.kafka.as_deref_mut()) {
-                k.dead_letter(
-                    reply,
-                    rec.key,
-                    rec.value,
-                    rec.timestamp_ns,
-                    reason,
-                    counters,
-                );
+                k.dead_letter(reply, rec.message, rec.timestamp_ns, reason, counters);
             }
         });
         if committing {

@@ -159,6 +159,8 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub timestamp_ms: Option<i64>,
+    /// Every header in order (sluice's included).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Every committed record of a dead-letter topic now.
@@ -171,14 +173,23 @@ pub fn read_dead_letters(addr: &str, topic: &str) -> Vec<DeadLetter> {
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().unwrap_or_default().to_vec(),
             timestamp_ms: m.timestamp().to_millis(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     });
     out
 }
 
+/// The header's last value (as Kafka's `Headers.lastHeader`).
 fn header(m: &rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<String> {
     m.headers()
-        .and_then(|h| h.iter().find(|h| h.key == key))
+        .and_then(|h| h.iter().filter(|h| h.key == key).last())
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }

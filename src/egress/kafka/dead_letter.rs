@@ -2,21 +2,24 @@
 //! could not use goes there instead of being lost. Two kinds of record, told apart by their
 //! `sluice-reason` header (the two label sets are disjoint):
 //!
-//! - an input record that is not a valid EventBatch, as it came (key, value, timestamp);
-//!   `sluice-reason` = its `sluice_kafka_records_skipped_total` label;
+//! - an input record that is not a valid EventBatch, as it came (key, value, timestamp, its
+//!   own headers first); `sluice-reason` = its `sluice_kafka_records_skipped_total` label;
 //! - the events of a valid record that were refused (`egress.kafka.dead_letter_events`:
 //!   late, key on two partitions, state full, state error), gathered per input record over
 //!   the cycle into one EventBatch of those events in their order, with the record's key and
 //!   timestamp; `sluice-reason` = each event's `sluice_events_dropped_total` label, in the
 //!   batch's order, comma-separated.
 //!
-//! Both carry `sluice-src` = topic/partition/offset and go to the producer the Scores go to,
+//! Both carry `sluice-src` = topic/partition/offset (after the record's own headers, so a
+//! reader taking a header's last value, as Kafka's `Headers.lastHeader` does, gets sluice's
+//! even when a re-produced dead letter is dead-lettered again) and go to the producer the
+//! Scores go to,
 //! counted in the open epoch: in exactly_once they join the transaction that commits the
 //! record's offset, in at_least_once a checkpoint past the record waits for their
 //! acknowledgement, as for a Score. A refused send stops the shard as a refused Score does
 //! (`undelivered`): the input would be lost.
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 
 use super::{KafkaSink, ScoreProducer};
@@ -63,6 +66,8 @@ pub(super) struct RefusedEvent {
 struct Letter<'a> {
     /// None: the input record had no key.
     key: Option<&'a [u8]>,
+    /// The input record, whose headers come first (a whole record's letter).
+    original: Option<&'a BorrowedMessage<'a>>,
     value: &'a [u8],
     /// Kafka record time (ns since the epoch); 0 = none (the producer stamps it).
     timestamp_ns: u64,
@@ -73,12 +78,11 @@ struct Letter<'a> {
 impl KafkaSink {
     /// An input record (registered as `src` by `begin_source`) that is not a valid
     /// EventBatch: to `dead_letter_topic` as it came. One send per bad record (the producer
-    /// copies key and value), never per good one.
+    /// copies key, value and headers), never per good one.
     pub fn dead_letter(
         &mut self,
         src: u32,
-        key: &[u8],
-        value: &[u8],
+        message: &BorrowedMessage<'_>,
         timestamp_ns: u64,
         reason: crate::wire::DecodeError,
         counters: &ShardCounters,
@@ -91,8 +95,11 @@ impl KafkaSink {
         };
         Self::write_src_header(&mut self.src_header, &self.src_prefix, source);
         let letter = Letter {
-            key: (!key.is_empty()).then_some(key),
-            value,
+            // librdkafka gives no key and an empty one alike; a record produced without one
+            // stays without.
+            key: message.key().filter(|k| !k.is_empty()),
+            original: Some(message),
+            value: message.payload().unwrap_or(&[]),
             timestamp_ns,
             src: &self.src_header,
             reason: reason.reason().as_bytes(),
@@ -176,6 +183,7 @@ impl KafkaSink {
             };
             let letter = Letter {
                 key,
+                original: None,
                 value: self
                     .events_encoder
                     .encode(group.iter().map(|r| event_in(&r.ev))),
@@ -222,7 +230,12 @@ fn send(
     letter: Letter<'_>,
     counters: &ShardCounters,
 ) -> bool {
-    let headers = OwnedHeaders::new_with_capacity(2)
+    let theirs = letter.original.and_then(|m| m.headers());
+    let mut headers = OwnedHeaders::new_with_capacity(2 + theirs.map_or(0, |h| h.count()));
+    for h in theirs.iter().flat_map(|h| h.iter()) {
+        headers = headers.insert(h);
+    }
+    let headers = headers
         .insert(Header {
             key: "sluice-src",
             value: Some(letter.src),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use client::{
@@ -66,6 +66,9 @@ pub struct Polled<'a> {
     /// The record was not in librdkafka's queue before this (CLOCK_REALTIME ns): a lower
     /// bound on when the shard could have taken it (`arrival`).
     pub available_ns: u64,
+    /// The record itself, for what is read only on a rare path (its headers: librdkafka
+    /// parses them at the first ask, with an allocation, so not for every record).
+    pub message: &'a BorrowedMessage<'a>,
 }
 
 pub struct KafkaSource {
@@ -448,6 +451,7 @@ impl KafkaSource {
                 offset,
                 timestamp_ns,
                 available_ns,
+                message: &msg,
             });
             owned.next_offset = offset + 1;
             if let Some(g) = self.gauges.get(i) {
