@@ -281,8 +281,13 @@ fn a_stalled_receive_pass_stays_within_the_preallocated_stall_queue() {
 }
 
 fn at(key: u64, seq: u64, ts_ns: u64) -> Vec<u8> {
+    stamped(&[(key, seq, ts_ns)])
+}
+
+/// (key, seq, event time) Observations in one batch.
+fn stamped(events: &[(u64, u64, u64)]) -> Vec<u8> {
     let mut enc = EventBatchEncoder::new();
-    enc.encode(std::iter::once(EventIn {
+    enc.encode(events.iter().map(|&(key, seq, ts_ns)| EventIn {
         key,
         seq,
         ts_ns,
@@ -451,17 +456,7 @@ fn refused_events_reach_the_sink_with_their_record_and_reason_and_replays_do_not
         "state.dedup=true",
     ]);
     let [k1, k2, k3] = [1u64, 2, 3];
-    let batch = |events: &[(u64, u64, u64)]| {
-        let mut enc = EventBatchEncoder::new();
-        enc.encode(events.iter().map(|&(key, seq, ts_ns)| EventIn {
-            key,
-            seq,
-            ts_ns,
-            amount: 10.0,
-            ..EventIn::default()
-        }))
-        .to_vec()
-    };
+    let batch = stamped;
     let mut s = Refusals::default();
     let records: [(Vec<u8>, u64); 4] = [
         // Two keys fill the hot state.

@@ -258,11 +258,7 @@ fn send(
     match producer.send(record) {
         Ok(()) => true,
         Err((e, _)) => {
-            let context = producer.context();
-            context.epochs.done(slot);
-            context
-                .undelivered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            producer.context().refused(slot);
             counters.kafka_delivery_failures.add_shared(1);
             let n = counters.kafka_delivery_failures.get();
             if n.is_power_of_two() {

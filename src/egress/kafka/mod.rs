@@ -67,6 +67,14 @@ impl DeliveryCounter {
             .map(|mut m| std::mem::take(&mut *m))
             .unwrap_or_default()
     }
+
+    /// A record of epoch `slot` the producer refused: never handed over, so no report will
+    /// come for it; counted undelivered (the shard stops: `ShardKafka::check_delivered`).
+    pub(super) fn refused(&self, slot: usize) {
+        self.epochs.done(slot);
+        self.undelivered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Epochs tracked at once: a checkpoint cannot start while the slot its new epoch would reuse
@@ -605,11 +613,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     // Never handed over: no report will come for it, and no Score either.
-                    let context = producer.context();
-                    context.epochs.done(slot);
-                    context
-                        .undelivered
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    producer.context().refused(slot);
                     // A refused Score drops its events; a refused alert copy is a record not
                     // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
                     let refused = if alerts_only {
