@@ -6,7 +6,7 @@ mod common;
 /// Threads of this process (the service runs in it) whose name starts with `prefix`, each
 /// with its scheduling policy (`/proc/<tid>/stat` field 41: 0 normal, 5 SCHED_IDLE).
 fn threads_named(prefix: &str) -> Vec<(String, u32)> {
-    std::fs::read_dir("/proc/self/task")
+    let mut found: Vec<(String, u32)> = std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| {
             let dir = t.ok()?.path();
@@ -17,7 +17,23 @@ fn threads_named(prefix: &str) -> Vec<(String, u32)> {
             Some((name.trim().to_owned(), policy.parse().ok()?))
         })
         .filter(|(n, _)| n.starts_with(prefix))
-        .collect()
+        .collect();
+    found.sort();
+    found
+}
+
+/// `threads_named` once it lists `want`, or after 30 s. A thread sets its own name once it
+/// runs (Rust's `Builder::name`; until then /proc shows its parent's), which may be after
+/// the service answered: looking at once can miss it.
+fn threads_named_soon(prefix: &str, want: &[(String, u32)]) -> Vec<(String, u32)> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let found = threads_named(prefix);
+        if found == want || std::time::Instant::now() > give_up {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -54,8 +70,6 @@ fn exact_counts_with(reader: &str) {
     );
     // One reader thread a shard, or none. (Tests of one binary run in processes of their
     // own under nextest, so no other test's threads are counted.)
-    let mut readers = threads_named("sluice-cold-");
-    readers.sort();
     let policy = if reader == "idle" { 5 } else { 0 };
     let want: Vec<(String, u32)> = match reader {
         "shard" => vec![],
@@ -64,7 +78,7 @@ fn exact_counts_with(reader: &str) {
             ("sluice-cold-1".into(), policy),
         ],
     };
-    assert_eq!(readers, want);
+    assert_eq!(threads_named_soon("sluice-cold-", &want), want);
     let mut client = common::Client::new(running.local_addr, 4);
     // 2000 keys, three rounds each, in batches of 10 keys sharing a socket.
     for round in 0..3u64 {
@@ -161,10 +175,10 @@ fn spilled_keys_idle_past_the_ttl_leave_the_store_without_an_event() {
             "state.spill_sweep_keys_per_cycle=8",
         ],
     );
-    let mut sweepers = threads_named("sluice-sweep-");
-    sweepers.sort();
-    let names: Vec<&str> = sweepers.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["sluice-sweep-0", "sluice-sweep-1"]);
+    let want: Vec<(String, u32)> = ["sluice-sweep-0", "sluice-sweep-1"]
+        .map(|n| (n.to_string(), 0))
+        .into();
+    assert_eq!(threads_named_soon("sluice-sweep-", &want), want);
     let keys = 1520u64;
     let mut client = common::Client::new(running.local_addr, 4);
     one_event_each(&mut client, keys);
