@@ -13,16 +13,15 @@
 //! Both carry `sluice-src` = topic/partition/offset (after the record's own headers, so a
 //! reader taking a header's last value, as Kafka's `Headers.lastHeader` does, gets sluice's
 //! even when a re-produced dead letter is dead-lettered again) and go to the producer the
-//! Scores go to,
-//! counted in the open epoch: in exactly_once they join the transaction that commits the
-//! record's offset, in at_least_once a checkpoint past the record waits for their
-//! acknowledgement, as for a Score. A refused send stops the shard as a refused Score does
+//! Scores go to, counted in the open epoch: in exactly_once they join the transaction that
+//! commits the record's offset, in at_least_once a checkpoint past the record waits for
+//! their acknowledgement, as for a Score. A refused send stops the shard as a refused Score does
 //! (`undelivered`): the input would be lost.
 
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 
-use super::{KafkaSink, ScoreProducer};
+use super::{order_by_source, source_run_end, KafkaSink, ScoreProducer};
 use crate::metrics::{DropReason, ShardCounters};
 use crate::route::RoutedEvent;
 use crate::wire::{EventIn, EventKind};
@@ -115,7 +114,7 @@ impl KafkaSink {
     /// An event of input record `src` refused for `reason` (already counted): kept for the
     /// cycle's end (`send_refused`) when `reason` is one of `dead_letter_events`.
     pub fn refused(&mut self, src: u32, ev: &RoutedEvent, reason: DropReason) {
-        if self.dead_letter_topic.is_empty() || self.dead_letter_events & bit(reason) == 0 {
+        if self.dead_letter_events & bit(reason) == 0 {
             return;
         }
         crate::invariant!((src as usize) < self.sources.len());
@@ -145,20 +144,12 @@ impl KafkaSink {
         if self.refused.is_empty() {
             return;
         }
-        // Refusals of events that waited for a cold read come after the cycle's others:
-        // regrouped under their record, each record's order kept (a stable sort).
-        if !self.refused.is_sorted_by_key(|r| r.src) {
-            self.refused.sort_by_key(|r| r.src);
-        }
+        order_by_source(&mut self.refused, |r| r.src);
         let slot = Self::slot(self.epoch);
         let mut start = 0;
         while start < self.refused.len() {
             let src = self.refused[start].src;
-            let end = start
-                + self.refused[start..]
-                    .iter()
-                    .take_while(|r| r.src == src)
-                    .count();
+            let end = source_run_end(&self.refused, start, |r| r.src);
             let group = &self.refused[start..end];
             start = end;
             let Some(source) = self.sources.get(src as usize).copied() else {

@@ -77,6 +77,26 @@ impl DeliveryCounter {
     }
 }
 
+/// Orders a cycle's Scores or refusals by input record: those of events that waited for a
+/// cold read (`shard::cold_wait`) come after the cycle's others. A stable sort, so each
+/// record's order per key is kept; only when needed (it may take a buffer then).
+fn order_by_source<T>(items: &mut [T], src: impl Fn(&T) -> u32 + Copy) {
+    if !items.is_sorted_by_key(src) {
+        items.sort_by_key(src);
+    }
+}
+
+/// The end of the run of `items` (ordered by `order_by_source`) of the input record of
+/// `items[start]`.
+fn source_run_end<T>(items: &[T], start: usize, src: impl Fn(&T) -> u32) -> usize {
+    let first = src(&items[start]);
+    start
+        + items[start..]
+            .iter()
+            .take_while(|i| src(i) == first)
+            .count()
+}
+
 /// Epochs tracked at once: a checkpoint cannot start while the slot its new epoch would reuse
 /// still has records in flight (that many intervals behind).
 const EPOCHS: usize = 8;
@@ -234,7 +254,8 @@ pub struct KafkaSink {
     /// Input records that are not a valid EventBatch, and refused events, go here ("" =
     /// nowhere).
     dead_letter_topic: String,
-    /// `egress.kafka.dead_letter_events` as `DropReason` bits (`dead_letter::reason_mask`).
+    /// `egress.kafka.dead_letter_events` as `DropReason` bits (`dead_letter::reason_mask`);
+    /// 0 without a dead-letter topic.
     dead_letter_events: u32,
     /// Events refused this cycle, for the dead-letter topic: no capacity until the first
     /// (`dead_letter.rs`), then `scores_max`.
@@ -334,7 +355,12 @@ impl KafkaSink {
             scores_topic: k.scores_topic.clone(),
             alerts_topic: k.alerts_topic.clone(),
             dead_letter_topic: k.dead_letter_topic.clone(),
-            dead_letter_events: dead_letter::reason_mask(&k.dead_letter_events),
+            // No topic: nothing to send for any reason.
+            dead_letter_events: if k.dead_letter_topic.is_empty() {
+                0
+            } else {
+                dead_letter::reason_mask(&k.dead_letter_events)
+            },
             refused: Vec::new(),
             events_encoder: EventBatchEncoder::new(),
             reasons_header: Vec::new(),
@@ -505,12 +531,7 @@ impl KafkaSink {
     /// (their Scores will name those records): the sources stay.
     pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency, in_use: bool) {
         if !self.pending.is_empty() {
-            // Scores of events that waited for a cold read (`shard::cold_wait`) come after the
-            // cycle's others: regroup them under their input record, keeping each record's
-            // order per key (a stable sort, only when needed; it may take a buffer then).
-            if !self.pending.is_sorted_by_key(|(src, _)| *src) {
-                self.pending.sort_by_key(|(src, _)| *src);
-            }
+            order_by_source(&mut self.pending, |(src, _)| *src);
             let emit_ns = clock::realtime_ns();
             for (_, p) in &mut self.pending {
                 p.score.latency_ns = emit_ns.saturating_sub(p.pickup_ns);
@@ -519,11 +540,7 @@ impl KafkaSink {
             let mut start = 0;
             while start < self.pending.len() {
                 let src = self.pending[start].0;
-                let end = start
-                    + self.pending[start..]
-                        .iter()
-                        .take_while(|(s, _)| *s == src)
-                        .count();
+                let end = source_run_end(&self.pending, start, |(s, _)| *s);
                 if self.produce_group(src, start..end, counters) {
                     // One clock read per Score record handed over (not per event): the share
                     // ends when this record is with the producer, after the sends before it.
