@@ -77,6 +77,8 @@ pub const KAFKA_HANDED_OVER_KEEP_MS_MAX: u64 = 86_400_000;
 pub const KAFKA_RESTORE_KEYS_PER_CYCLE_MAX: usize = 1_000_000;
 /// Unacknowledged Score records per shard before intake stops.
 pub const KAFKA_IN_FLIGHT_MAX: usize = 10_000_000;
+/// Unacknowledged Score record bytes per shard before intake stops (64 GiB).
+pub const KAFKA_IN_FLIGHT_BYTES_MAX: usize = 1 << 36;
 /// Kafka partitions one sluice instance can own (each shard keeps a slot per partition it owns).
 pub const KAFKA_PARTITIONS_MAX: usize = 4_096;
 /// Kafka's own default transaction.max.timeout.ms: a broker refuses a longer transaction timeout.

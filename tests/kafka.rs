@@ -1781,6 +1781,119 @@ fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A shard stops taking records while its producer holds `ingest.kafka.in_flight_bytes_max`
+/// value bytes unacknowledged (here 1: one Score record at a time) however few records that
+/// is, and loses nothing by it.
+#[test]
+fn a_byte_bound_on_unacknowledged_scores_holds_intake_back_and_loses_nothing() {
+    let broker = broker_with_topics("bytes");
+    let records = workload(50, 400);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    let sets = sluice_sets(
+        &broker,
+        &[
+            "ingest.kafka.in_flight_bytes_max=1".into(),
+            "ingest.kafka.in_flight_records_max=100000".into(),
+        ],
+    );
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_exactly_once(&scores, &want);
+    // The record bound never bit (100 000): only the byte bound held records back.
+    assert!(
+        counter(&report, "sluice_kafka_backpressure_cycles_total") > 0,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        400,
+        "{report}"
+    );
+}
+
+/// A skipped record larger than the producer's `message.max.bytes` (the input topic took it)
+/// is dead-lettered without its value or its own headers, naming its length, and counted: a
+/// refused dead letter would stop sluice at that record on every restart.
+#[test]
+fn a_skipped_record_over_message_max_bytes_is_dead_lettered_without_its_value() {
+    let broker = broker_with_topics("big-letter");
+    let records = workload(20, 40);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    produce_all(&p, &mut enc, &records[..20]);
+    let big = vec![0x5a_u8; 30_000];
+    let small = b"not an EventBatch either".to_vec();
+    for (value, key) in [(&big, &b"big"[..]), (&small, &b"small"[..])] {
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "trace",
+            value: Some(&b"t-1"[..]),
+        });
+        let rec = rdkafka::producer::BaseRecord::to(EVENTS)
+            .key(key)
+            .payload(&value[..])
+            .headers(headers)
+            .partition(2);
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    produce_all(&p, &mut enc, &records[20..]);
+    let sets = sluice_sets(
+        &broker,
+        &[
+            format!("egress.kafka.dead_letter_topic={DEAD}"),
+            "kafka.producer.message.max.bytes=20000".into(),
+            // A record of 64 Scores (or refused events) still fits 20 000 bytes.
+            "wire.batch_events_max=64".into(),
+        ],
+    );
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_exactly_once(&scores, &want);
+    assert_eq!(
+        counter(&report, "sluice_kafka_dead_letter_values_dropped_total"),
+        1,
+        "{report}"
+    );
+    assert_eq!(counter(&report, "sluice_kafka_dead_letters_total"), 2);
+    let letters = common::kafka::read_dead_letters(&broker.addr, DEAD);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let big_letter = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(&b"big"[..]))
+        .expect("the big record's letter");
+    assert!(big_letter.value.is_empty(), "{big_letter:?}");
+    assert!(
+        big_letter.src.starts_with(&format!("{EVENTS}/2/")),
+        "{big_letter:?}"
+    );
+    let want_headers = vec![
+        (
+            "sluice-src".to_string(),
+            big_letter.src.clone().into_bytes(),
+        ),
+        ("sluice-reason".into(), b"oversize".to_vec()),
+        ("sluice-value-dropped".into(), b"30000".to_vec()),
+    ];
+    assert_eq!(big_letter.headers, want_headers);
+    // The small one goes whole, as before.
+    let small_letter = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(&b"small"[..]))
+        .expect("the small record's letter");
+    assert_eq!(small_letter.value, small);
+    assert_eq!(small_letter.headers[0], ("trace".into(), b"t-1".to_vec()));
+}
+
 #[test]
 fn a_missing_input_topic_is_a_clear_start_up_error() {
     let broker = Broker::start("missing");

@@ -448,6 +448,7 @@ pub(super) fn shard_kafka(
         sink,
         records_max: config.ingest.kafka.records_per_cycle_max,
         in_flight_max: config.ingest.kafka.in_flight_records_max,
+        in_flight_bytes_max: config.ingest.kafka.in_flight_bytes_max as u64,
         failed: false,
         next_group_commit_ns: 0,
         acks: crate::shard::AtLeastOnce::default(),

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 mod overlay;
+pub mod producer_queue;
 mod validate;
 pub mod validate_kafka;
 mod validate_xdp;
@@ -132,6 +133,7 @@ pub struct IngestKafka {
     pub records_per_cycle_max: usize,
     pub restore_keys_per_cycle: usize,
     pub in_flight_records_max: usize,
+    pub in_flight_bytes_max: usize,
 }
 
 impl IngestKafka {

@@ -94,31 +94,15 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             limits::KAFKA_IN_FLIGHT_MAX
         ));
     }
-    // A Score record the producer refuses is a lost Score, which stops the service; a full
-    // queue must therefore be impossible: intake stops at in_flight_records_max, and the cycle
-    // that crosses it adds at most a Score and an alert record per record it took (and a
-    // dead-letter record of its refused events; a record that is dead-lettered whole has
-    // no Scores).
-    let queue_key = "queue.buffering.max.messages";
-    let event_letters = !e.dead_letter_topic.is_empty() && !e.dead_letter_events.is_empty();
-    let per_record = if event_letters { 3 } else { 2 };
-    let queue = c
-        .kafka
-        .producer
-        .get(queue_key)
-        .map_or(Some(LIBRDKAFKA_QUEUE_DEFAULT), |v| {
-            v.trim().parse::<usize>().ok()
-        });
-    let need = k
-        .in_flight_records_max
-        .saturating_add(k.records_per_cycle_max.saturating_mul(per_record));
-    match queue {
-        Some(q) if q >= need => {}
-        Some(q) => p.push(format!(
-            "kafka.producer.\"{queue_key}\" = {q}: must be at least ingest.kafka.in_flight_records_max + {per_record} x ingest.kafka.records_per_cycle_max = {need}{}, or a full producer queue would refuse Scores",
-            if event_letters { " (a Score, an alert and a dead-letter record per input record)" } else { "" }
-        )),
-        None => p.push(format!("kafka.producer.\"{queue_key}\" is not a whole number")),
+    if !(1..=limits::KAFKA_IN_FLIGHT_BYTES_MAX).contains(&k.in_flight_bytes_max) {
+        p.push(format!(
+            "ingest.kafka.in_flight_bytes_max = {}: must be between 1 and {}",
+            k.in_flight_bytes_max,
+            limits::KAFKA_IN_FLIGHT_BYTES_MAX
+        ));
+    }
+    if on {
+        super::producer_queue::validate(c, p);
     }
     if !e.dead_letter_topic.is_empty()
         && [&e.scores_topic, &e.alerts_topic].contains(&&e.dead_letter_topic)
@@ -261,9 +245,6 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
     }
 }
 
-/// librdkafka's own `queue.buffering.max.messages` when the producer table does not set it.
-const LIBRDKAFKA_QUEUE_DEFAULT: usize = 100_000;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,15 +358,97 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert!(!all.contains("\"late\""), "{all}");
-        // 100 000 in flight + 3 x 64: a queue of 100 150 is short with refused events sent,
-        // enough without them.
+        // 100 000 in flight + 3 x 64 + 2 progress records: a queue of 100 150 is short with
+        // refused events sent, enough without them (2 x 64 + 2).
         let queue = "kafka.producer.queue.buffering.max.messages=100150";
         let all = problems(&[queue]);
         assert!(
-            all.contains("3 x ingest.kafka.records_per_cycle_max = 100192"),
+            all.contains("in_flight_records_max + 194 = 100194"),
             "{all}"
         );
         assert_eq!(problems(&[queue, "egress.kafka.dead_letter_events=[]"]), "");
+    }
+
+    #[test]
+    fn the_producer_queue_holds_what_a_shard_hands_over_after_it_stops_taking_records() {
+        let problems = |more: &[&str]| {
+            let sets: Vec<String> = [
+                "ingest.kafka.brokers=127.0.0.1:9092",
+                "ingest.kafka.topics=[\"events\"]",
+                "ingest.kafka.in_flight_records_max=100000",
+                "ingest.kafka.records_per_cycle_max=64",
+                "wire.batch_events_max=256",
+            ]
+            .iter()
+            .chain(more)
+            .map(|s| s.to_string())
+            .collect();
+            Config::from_layers(None, &sets)
+                .err()
+                .map_or(String::new(), |e| e.problems.join("\n"))
+        };
+        // The defaults hold every combination: cold reads off the shard, dead letters of
+        // whole records and of events.
+        assert_eq!(problems(&[]), "");
+        let dead = "egress.kafka.dead_letter_topic=events-dead";
+        assert_eq!(problems(&["state.cold_reader=thread", dead]), "");
+        // With cold reads off the shard thread the records of 4 cycles may still be answered
+        // and 3 x 256 events wait for reads: 2 x (4 x 64 + 768) + 2 records past the bound.
+        let queue = "kafka.producer.queue.buffering.max.messages=100150";
+        assert_eq!(problems(&[queue]), "");
+        let all = problems(&[queue, "state.cold_reader=thread"]);
+        assert!(
+            all.contains("in_flight_records_max + 2050 = 102050"),
+            "{all}"
+        );
+        assert!(all.contains("waiting for a read"), "{all}");
+        // Bytes: 256 MiB in flight + 130 records of up to 24 640 bytes (256 Scores) + 512
+        // for progress records; a queue of 256 MiB is short by their tail.
+        let all = problems(&["kafka.producer.queue.buffering.max.kbytes=262144"]);
+        assert!(
+            all.contains("in_flight_bytes_max + 3203712 bytes = 265273 KiB"),
+            "{all}"
+        );
+        let fits = "ingest.kafka.in_flight_bytes_max=264000000";
+        assert_eq!(
+            problems(&["kafka.producer.queue.buffering.max.kbytes=262144", fits]),
+            ""
+        );
+        // Each record taken may go whole to the dead-letter topic, up to message.max.bytes.
+        let all = problems(&[
+            "kafka.producer.queue.buffering.max.kbytes=262144",
+            fits,
+            dead,
+        ]);
+        assert!(
+            all.contains("queue.buffering.max.kbytes\" = 262144 KiB"),
+            "{all}"
+        );
+        // A record of 256 Scores must pass message.max.bytes.
+        let all = problems(&["kafka.producer.message.max.bytes=20000"]);
+        assert!(
+            all.contains(
+                "\"message.max.bytes\" = 20000: a Score record of wire.batch_events_max = 256"
+            ),
+            "{all}"
+        );
+        assert_eq!(
+            problems(&[
+                "kafka.producer.message.max.bytes=20000",
+                "wire.batch_events_max=64"
+            ]),
+            ""
+        );
+        let all = problems(&[
+            "kafka.producer.message.max.bytes=many",
+            "ingest.kafka.in_flight_bytes_max=0",
+        ]);
+        for needle in [
+            "\"message.max.bytes\" = \"many\" is not a whole number",
+            "in_flight_bytes_max = 0: must be between 1",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 
     #[test]

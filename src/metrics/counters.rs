@@ -163,13 +163,16 @@ shard_counters! {
     kafka_dead_letters: Counter => Counter names::KAFKA_DEAD_LETTERS;
     /// Refused events sent inside dead-letter records (`egress.kafka.dead_letter_events`).
     kafka_dead_letter_events: Counter => Counter names::KAFKA_DEAD_LETTER_EVENTS;
+    /// Skipped records dead-lettered without their value (larger than `message.max.bytes`).
+    kafka_dead_letter_values_dropped: Counter => Counter names::KAFKA_DEAD_LETTER_VALUES_DROPPED;
     /// Score records the producer reported as not delivered.
     kafka_delivery_failures: Counter => Counter names::KAFKA_DELIVERY_FAILURES;
     /// exactly_once: transactions committed.
     kafka_transactions: Counter => Counter names::KAFKA_TRANSACTIONS;
     /// exactly_once: transactions aborted or failed.
     kafka_transactions_failed: Counter => Counter names::KAFKA_TRANSACTIONS_FAILED;
-    /// Cycles in which the shard took no records because the producer had too many in flight.
+    /// Cycles in which the shard took no records because the producer had too many records
+    /// or bytes in flight.
     kafka_backpressure_cycles: Counter => Counter names::KAFKA_BACKPRESSURE_CYCLES;
     /// Kafka partitions the shard consumes: 0 while the brokers have not answered since start (UDP is served meanwhile).
     kafka_partitions_attached: Counter => Gauge names::KAFKA_PARTITIONS_ATTACHED;

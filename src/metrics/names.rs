@@ -67,6 +67,8 @@ pub const KAFKA_SCORE_RECORDS: &str = "sluice_kafka_score_records_total";
 pub const KAFKA_DEAD_LETTERS: &str = "sluice_kafka_dead_letters_total";
 /// Refused events sent inside dead-letter records.
 pub const KAFKA_DEAD_LETTER_EVENTS: &str = "sluice_kafka_dead_letter_events_total";
+/// Skipped records too large for the producer, dead-lettered without their value.
+pub const KAFKA_DEAD_LETTER_VALUES_DROPPED: &str = "sluice_kafka_dead_letter_values_dropped_total";
 pub const KAFKA_DELIVERY_FAILURES: &str = "sluice_kafka_delivery_failures_total";
 pub const KAFKA_TRANSACTIONS: &str = "sluice_kafka_transactions_committed_total";
 pub const KAFKA_TRANSACTIONS_FAILED: &str = "sluice_kafka_transactions_failed_total";

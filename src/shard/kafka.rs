@@ -31,6 +31,8 @@ pub struct ShardKafka {
     pub sink: KafkaSink,
     pub records_max: usize,
     pub in_flight_max: usize,
+    /// `ingest.kafka.in_flight_bytes_max`: the same bound in Score record value bytes.
+    pub in_flight_bytes_max: u64,
     /// A commit failed: the state is ahead of what Kafka holds, so no further checkpoint may
     /// be committed; the process stops and restarts from the last committed one.
     pub failed: bool,
@@ -192,8 +194,9 @@ impl Epochs for Producers<'_> {
 
 impl ShardKafka {
     /// Take up to `records_max` records and apply each (unless the producer has too many
-    /// Score records unacknowledged: then none, counted, and the broker's lag grows instead
-    /// of a queue here). Returns the records taken.
+    /// Score records or bytes unacknowledged: then none, counted, and the broker's lag grows
+    /// instead of a queue here; `config::producer_queue` sizes the queue for what comes
+    /// after). Returns the records taken.
     pub fn take(
         &mut self,
         core: &mut ShardCore,
@@ -216,7 +219,9 @@ impl ShardKafka {
         if self.source.idle(fetched_ns) {
             return 0;
         }
-        if self.sink.in_flight() >= self.in_flight_max {
+        if self.sink.in_flight() >= self.in_flight_max
+            || self.sink.bytes_in_flight() >= self.in_flight_bytes_max
+        {
             counters.kafka_backpressure_cycles.inc();
             return 0;
         }

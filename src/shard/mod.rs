@@ -17,7 +17,7 @@ mod spill_sweeper;
 
 pub use self::core::{KafkaRecord, ShardCore};
 pub use at_least_once::{AtLeastOnce, Epochs};
-pub use cold_reader::ColdReader;
+pub use cold_reader::{ColdReader, OUT_MAX as COLD_READS_OUT_MAX};
 pub use exactly_once::{Commit, ExactlyOnce, Transactions};
 pub use kafka::{flip_waits_for_cold, GroupMember, KafkaAttach, ShardKafka};
 pub use lifecycle::Control;

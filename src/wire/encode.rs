@@ -24,6 +24,22 @@ pub const SCORE_ENCODED_BYTES_MAX: usize = 96;
 /// vector length, alignment).
 pub const SCORE_BATCH_OVERHEAD_BYTES: usize = 64;
 
+/// Upper bound of one encoded Event without features (table + its vtable + vector slot +
+/// an empty features vector's length and alignment), checked by a test.
+pub const EVENT_ENCODED_BYTES_MAX: usize = 96;
+/// Upper bound of an EventBatch's fixed part, as for a ScoreBatch.
+pub const EVENT_BATCH_OVERHEAD_BYTES: usize = 64;
+
+/// Upper bound of a ScoreBatch of `scores` Scores.
+pub fn score_batch_bytes_max(scores: usize) -> usize {
+    SCORE_BATCH_OVERHEAD_BYTES + scores * SCORE_ENCODED_BYTES_MAX
+}
+
+/// Upper bound of an EventBatch of `events` events of up to `features` features each.
+pub fn event_batch_bytes_max(events: usize, features: usize) -> usize {
+    EVENT_BATCH_OVERHEAD_BYTES + events * (EVENT_ENCODED_BYTES_MAX + 4 * features)
+}
+
 pub struct ScoreBatchEncoder {
     fbb: FlatBufferBuilder<'static>,
     offsets: Vec<WIPOffset<sc::Score<'static>>>,
@@ -33,9 +49,7 @@ impl ScoreBatchEncoder {
     /// `scores_max` bounds one batch; the builder starts at the size such a batch needs.
     pub fn new(scores_max: usize) -> Self {
         Self {
-            fbb: FlatBufferBuilder::with_capacity(
-                SCORE_BATCH_OVERHEAD_BYTES + scores_max * SCORE_ENCODED_BYTES_MAX,
-            ),
+            fbb: FlatBufferBuilder::with_capacity(score_batch_bytes_max(scores_max)),
             offsets: Vec::with_capacity(scores_max),
         }
     }
@@ -183,6 +197,64 @@ mod tests {
             read_scores(enc.encode(std::iter::repeat_n(s, n)), &mut back).unwrap();
             assert_eq!(back.len(), n);
             assert_eq!(back[0], s);
+        }
+    }
+
+    /// As below for events: every subset of a Score's fields set, each its own vtable.
+    #[test]
+    fn scores_of_every_field_pattern_fit_the_bound() {
+        let mut enc = ScoreBatchEncoder::new(256);
+        let score = |i: usize| {
+            let bit = |b: usize, v: u64| if (i >> b) & 1 == 1 { v } else { 0 };
+            ScoreOut {
+                key: bit(0, u64::MAX),
+                seq: bit(1, u64::MAX),
+                score: bit(2, 1) as f32,
+                alert: (i >> 3) & 1 == 1,
+                model_version: bit(4, u64::from(u32::MAX)) as u32,
+                count: bit(5, u64::MAX),
+                latency_ns: bit(6, u64::MAX),
+            }
+        };
+        for n in [1usize, 2, 64, 256] {
+            for start in [0usize, 1, 63, 127] {
+                let len = enc.encode((start..start + n).map(|i| score(i % 128))).len();
+                let max = score_batch_bytes_max(n);
+                assert!(len <= max, "{n} Scores took {len} > {max}");
+            }
+        }
+    }
+
+    /// Each event sets a different subset of its fields (a default value is left out of its
+    /// table, so each subset writes a vtable of its own) and up to `features` features: the
+    /// worst an encoder can be made to write per event.
+    #[test]
+    fn events_of_every_field_pattern_fit_the_bound() {
+        let features = [7.5f32; 16];
+        let mut enc = EventBatchEncoder::new();
+        for f in [0usize, 1, 3, 16] {
+            for n in [1usize, 2, 64, 256] {
+                let ev = |i: usize| {
+                    let bit = |b: usize, v: u64| if (i >> b) & 1 == 1 { v } else { 0 };
+                    EventIn {
+                        key: bit(0, u64::MAX),
+                        seq: bit(1, u64::MAX),
+                        ts_ns: bit(2, u64::MAX),
+                        feedback: (i >> 3) & 1 == 1,
+                        amount: bit(4, 1) as f32,
+                        label: bit(5, 1) as f32,
+                        features: &features[..if (i >> 6) & 1 == 1 { f } else { f.min(1) }],
+                    }
+                };
+                // Every pattern (128) in turn, the first n events of a few offsets.
+                for start in [0usize, 1, 63, 127] {
+                    let len = enc.encode((start..start + n).map(|i| ev(i % 128))).len();
+                    let max = event_batch_bytes_max(n, f);
+                    assert!(len <= max, "{n} events of {f} features took {len} > {max}");
+                }
+                let len = enc.encode((0..n).map(|_| ev(127))).len();
+                assert!(len <= event_batch_bytes_max(n, f));
+            }
         }
     }
 }

@@ -8,8 +8,9 @@ mod encode;
 
 pub use decode::{DecodeError, Decoder, EventKind, EventView, Events};
 pub use encode::{
-    read_scores, scores_per_datagram, EventBatchEncoder, EventIn, ScoreBatchEncoder, ScoreOut,
-    SCORE_BATCH_OVERHEAD_BYTES, SCORE_ENCODED_BYTES_MAX,
+    event_batch_bytes_max, read_scores, score_batch_bytes_max, scores_per_datagram,
+    EventBatchEncoder, EventIn, ScoreBatchEncoder, ScoreOut, SCORE_BATCH_OVERHEAD_BYTES,
+    SCORE_ENCODED_BYTES_MAX,
 };
 
 /// flatc output, committed; `tests/schema_drift.rs` regenerates it and fails on any difference.

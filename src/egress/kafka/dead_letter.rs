@@ -18,6 +18,7 @@
 //! their acknowledgement, as for a Score. A refused send stops the shard as a refused Score does
 //! (`undelivered`): the input would be lost.
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 
@@ -213,7 +214,11 @@ fn event_in(ev: &RoutedEvent) -> EventIn<'_> {
 }
 
 /// Hands one dead-letter record to `producer` in epoch `slot`; false (counted, and the
-/// shard stops: `undelivered`) when the producer refuses it.
+/// shard stops: `undelivered`) when the producer refuses it. A whole record too large for
+/// the producer (`message.max.bytes`; the broker it came from may take larger ones) goes
+/// without its value and its own headers (and a key over `KEY_BYTES_MAX`),
+/// `sluice-value-dropped` = the value's length: refusing it would stop sluice at that record
+/// on every restart.
 fn send(
     producer: &ScoreProducer,
     topic: &str,
@@ -221,12 +226,63 @@ fn send(
     letter: Letter<'_>,
     counters: &ShardCounters,
 ) -> bool {
-    let theirs = letter.original.and_then(|m| m.headers());
-    let mut headers = OwnedHeaders::new_with_capacity(2 + theirs.map_or(0, |h| h.count()));
+    let e = match try_send(producer, topic, slot, &letter, None) {
+        Ok(()) => return true,
+        Err(e) => e,
+    };
+    let e = match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+            if letter.original.is_some() =>
+        {
+            counters.kafka_dead_letter_values_dropped.inc();
+            let n = counters.kafka_dead_letter_values_dropped.get();
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    topic,
+                    bytes = letter.value.len(),
+                    dropped = n,
+                    "a skipped record is larger than the producer's message.max.bytes: dead-lettered without its value and headers (its sluice-src names it)"
+                );
+            }
+            // A rare path (records over message.max.bytes): the length's text may allocate.
+            let len = letter.value.len().to_string();
+            match try_send(producer, topic, slot, &letter, Some(len.as_bytes())) {
+                Ok(()) => return true,
+                Err(e) => e,
+            }
+        }
+        e => e,
+    };
+    counters.kafka_delivery_failures.add_shared(1);
+    let n = counters.kafka_delivery_failures.get();
+    if n.is_power_of_two() {
+        tracing::error!(
+            topic,
+            failures = n,
+            "Kafka producer refused a dead-letter record: {e}"
+        );
+    }
+    false
+}
+
+/// One attempt of `send`: `dropped` = the text of the value's length, to send the record
+/// without its value and the input record's headers. On Err the record is counted refused.
+fn try_send(
+    producer: &ScoreProducer,
+    topic: &str,
+    slot: usize,
+    letter: &Letter<'_>,
+    dropped: Option<&[u8]>,
+) -> Result<(), KafkaError> {
+    let theirs = letter
+        .original
+        .and_then(|m| m.headers())
+        .filter(|_| dropped.is_none());
+    let mut headers = OwnedHeaders::new_with_capacity(3 + theirs.map_or(0, |h| h.count()));
     for h in theirs.iter().flat_map(|h| h.iter()) {
         headers = headers.insert(h);
     }
-    let headers = headers
+    headers = headers
         .insert(Header {
             key: "sluice-src",
             value: Some(letter.src),
@@ -235,31 +291,39 @@ fn send(
             key: "sluice-reason",
             value: Some(letter.reason),
         });
+    if let Some(len) = dropped {
+        headers = headers.insert(Header {
+            key: "sluice-value-dropped",
+            value: Some(len),
+        });
+    }
+    let value: &[u8] = if dropped.is_some() { &[] } else { letter.value };
     let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, slot)
-        .payload(letter.value)
+        .payload(value)
         .headers(headers);
-    if let Some(key) = letter.key {
+    // Without its value the record keeps its key unless that is long too (so the record is
+    // then within `config::producer_queue::RECORD_FRAMING_BYTES_MAX` of nothing).
+    if let Some(key) = letter
+        .key
+        .filter(|k| dropped.is_none() || k.len() <= super::KEY_BYTES_MAX)
+    {
         record = record.key(key);
     }
     if letter.timestamp_ns > 0 {
         record = record.timestamp((letter.timestamp_ns / 1_000_000) as i64);
     }
-    // Counted before the send: its delivery report may come with any later poll.
-    producer.context().epochs.sent(slot);
-    match producer.send(record) {
-        Ok(()) => true,
-        Err((e, _)) => {
-            producer.context().refused(slot);
-            counters.kafka_delivery_failures.add_shared(1);
-            let n = counters.kafka_delivery_failures.get();
-            if n.is_power_of_two() {
-                tracing::error!(
-                    topic,
-                    failures = n,
-                    "Kafka producer refused a dead-letter record: {e}"
-                );
+    let counter = producer.context();
+    counter.handing(slot, value.len());
+    producer.send(record).map_err(|(e, _)| {
+        match (&e, dropped) {
+            // Not lost yet: `send` tries again without the value.
+            (KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), None)
+                if letter.original.is_some() =>
+            {
+                counter.not_handed(slot, value.len())
             }
-            false
+            _ => counter.refused(slot, value.len()),
         }
-    }
+        e
+    })
 }

@@ -53,6 +53,11 @@ pub struct DeliveryCounter {
     /// Score and alert records given up on by the producer or refused by it: each is a Score
     /// downstream never gets, so the shard stops (see `ShardKafka::check_delivered`).
     undelivered: std::sync::atomic::AtomicU64,
+    /// Value bytes of the counted records (those of an epoch slot) handed over and not yet
+    /// reported: the shard's byte bound on intake (`ingest.kafka.in_flight_bytes_max`), as
+    /// librdkafka holds value bytes against `queue.buffering.max.kbytes`. Signed: a slip in
+    /// the counting could never wrap it into a bound that stops intake for good.
+    bytes: std::sync::atomic::AtomicI64,
     /// Per changelog partition, the offset after the newest changelog record acknowledged
     /// since the committer last took them: where the changelog stands once its transaction
     /// commits (recorded beside the checkpoint, see `positions::Positions`).
@@ -68,12 +73,39 @@ impl DeliveryCounter {
             .unwrap_or_default()
     }
 
-    /// A record of epoch `slot` the producer refused: never handed over, so no report will
-    /// come for it; counted undelivered (the shard stops: `ShardKafka::check_delivered`).
-    pub(super) fn refused(&self, slot: usize) {
-        self.epochs.done(slot);
+    /// A record of epoch `slot` with a value of `bytes` about to be handed over. Counted
+    /// before the send: its delivery report may come with any later poll.
+    pub(super) fn handing(&self, slot: usize, bytes: usize) {
+        self.epochs.sent(slot);
+        self.add_bytes(slot, bytes as i64);
+    }
+
+    /// A record of epoch `slot` (value `bytes`) the producer refused: never handed over, so
+    /// no report will come for it; counted undelivered (the shard stops:
+    /// `ShardKafka::check_delivered`).
+    pub(super) fn refused(&self, slot: usize, bytes: usize) {
+        self.not_handed(slot, bytes);
         self.undelivered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A record counted by `handing` that the producer did not take after all, and that is
+    /// not lost (a dead letter sent again without its value).
+    pub(super) fn not_handed(&self, slot: usize, bytes: usize) {
+        self.epochs.done(slot);
+        self.add_bytes(slot, -(bytes as i64));
+    }
+
+    fn add_bytes(&self, slot: usize, bytes: i64) {
+        if slot < EPOCHS {
+            self.bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Value bytes handed over and not yet reported (see `bytes`).
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64
     }
 }
 
@@ -144,6 +176,10 @@ impl ProducerContext for DeliveryCounter {
         // (only with a `message.timeout.ms` > 0) is a lost Score: counted here, and the shard
         // stops before any checkpoint or group commit could move past it.
         self.epochs.done(slot);
+        let value_len = match result {
+            Ok(m) | Err((_, m)) => m.payload_len(),
+        };
+        self.add_bytes(slot, -(value_len as i64));
         if let (Ok(m), CHANGELOG) = (result, slot) {
             // A lock per changelog record, never per Score: changelog records go out only
             // at a commit, mostly acknowledged on the committer thread.
@@ -203,6 +239,7 @@ pub fn start_producer(
             counters,
             epochs: Epochs::default(),
             undelivered: Default::default(),
+            bytes: Default::default(),
             changelog_ends: Default::default(),
         })
         .map_err(KafkaError::client("producer"))?;
@@ -232,13 +269,13 @@ struct Source {
 
 /// Longest input-record key kept to key a multi-key Score record (longer: the first Score's
 /// entity key is used instead).
-const KEY_BYTES_MAX: usize = 256;
+pub const KEY_BYTES_MAX: usize = 256;
 /// Cycles' worth of record sources kept for events waiting for cold reads off the shard
 /// thread. Two (the shard waiting for its reads every other cycle under steady cold traffic)
 /// drained a Kafka backlog slower than reading on the shard; at four the waits are rarer
 /// (bench/README.md, "Larger than memory": Kafka). Each is 24 bytes and a key of up to
 /// `KEY_BYTES_MAX`, and a Score slot per event a record may hold.
-const SOURCE_CYCLES: usize = 4;
+pub const SOURCE_CYCLES: usize = 4;
 
 pub struct KafkaSink {
     /// Shared with the committer thread (exactly_once), which commits on them. One, or two
@@ -618,9 +655,8 @@ impl KafkaSink {
                 .key(key)
                 .headers(headers);
             let producer = &self.producers[self.active];
-            let epochs = &producer.context().epochs;
-            // Counted before the send: its delivery report may come with any later poll.
-            epochs.sent(slot);
+            let value_len = value.len();
+            producer.context().handing(slot, value_len);
             self.sent_since_switch = true;
             match producer.send(record) {
                 Ok(()) => {
@@ -630,7 +666,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     // Never handed over: no report will come for it, and no Score either.
-                    producer.context().refused(slot);
+                    producer.context().refused(slot, value_len);
                     // A refused Score drops its events; a refused alert copy is a record not
                     // delivered. Both counted; logged 1st, 2nd, 4th, ... (no per-event logs).
                     let refused = if alerts_only {
@@ -680,6 +716,11 @@ impl KafkaSink {
     /// commit's changelog part).
     pub fn in_flight(&self) -> usize {
         self.producer().in_flight_count().max(0) as usize
+    }
+
+    /// Their value bytes (Score, alert and dead-letter records; no lock taken).
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.producer().context().bytes_in_flight()
     }
 
     /// The producer Score records go to now (for `commit_epoch`).
