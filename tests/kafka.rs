@@ -384,23 +384,46 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     });
     check_exactly_once(&scores, &want);
     // Key 7 lives with partition 3. Two of its events now arrive on partition 1 (owned by the
-    // same shard), in one record: refused and counted, not merged, and sent on to the
-    // dead-letter topic together. A marker record after it on partition 1 shows when it has
-    // been taken.
+    // same shard), in one record with headers of its own: refused and counted, not merged,
+    // and sent on to the dead-letter topic together, with those headers. Key 9 lives with
+    // partition 1; its stray on partition 3 has more header bytes than are kept. A marker
+    // record after each stray on its partition shows when it has been taken.
     let strays = [10_000, 10_001].map(|seq| Ev {
         key: 7,
         seq,
         feedback: false,
     });
-    produce_to(&p, &mut enc, EVENTS, &strays, 1);
+    let stray_headers: [(&str, Option<&[u8]>); 2] = [("trace", Some(b"t-7")), ("empty", None)];
+    common::kafka::produce_with_headers(&p, &mut enc, EVENTS, &strays, 1, &stray_headers);
+    let big_header = vec![b'h'; 600];
+    let stray_9 = [Ev {
+        key: 9,
+        seq: 10_000,
+        feedback: false,
+    }];
+    common::kafka::produce_with_headers(
+        &p,
+        &mut enc,
+        EVENTS,
+        &stray_9,
+        3,
+        &[("big", Some(&big_header[..]))],
+    );
     let marker = Ev {
         key: 1_001,
         seq: 1,
         feedback: false,
     };
     produce_to(&p, &mut enc, EVENTS, &[marker], 1);
+    let marker_3 = Ev {
+        key: 1_003,
+        seq: 1,
+        feedback: false,
+    };
+    produce_to(&p, &mut enc, EVENTS, &[marker_3], 3);
     p.flush(Duration::from_secs(10)).unwrap();
     want.insert((marker.key, marker.seq), 1);
+    want.insert((marker_3.key, marker_3.seq), 1);
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
         s.len() >= want.len()
     });
@@ -426,19 +449,44 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
     );
     // Each skipped record is in the dead-letter topic as it came, naming where it came from
     // (a distinct offset of its partition) and why (the reason it was counted under); the
-    // two refused events of key 7 are in one more, as an EventBatch of just them.
-    assert_eq!(counter(&report, "sluice_kafka_dead_letters_total"), 13);
-    assert_eq!(counter(&report, "sluice_kafka_dead_letter_events_total"), 2);
+    // two refused events of key 7 are in one more, as an EventBatch of just them, and key
+    // 9's in another.
+    assert_eq!(counter(&report, "sluice_kafka_dead_letters_total"), 14);
+    assert_eq!(counter(&report, "sluice_kafka_dead_letter_events_total"), 3);
     let (letters, refused): (Vec<_>, Vec<_>) = common::kafka::read_dead_letters(&broker.addr, DEAD)
         .into_iter()
         .partition(|l| !l.reason.starts_with("key_on_two_partitions"));
     assert_eq!(letters.len(), 12, "{letters:?}");
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    let r = &refused[0];
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let r = refused
+        .iter()
+        .find(|r| r.key.as_deref() == Some(&7u64.to_be_bytes()[..]))
+        .expect("key 7's letter");
     assert_eq!(r.reason, "key_on_two_partitions,key_on_two_partitions");
-    assert_eq!(r.key.as_deref(), Some(&7u64.to_be_bytes()[..]));
     assert!(r.src.starts_with(&format!("{EVENTS}/1/")), "{r:?}");
     assert!(r.timestamp_ms.is_some_and(|t| t > 0), "{r:?}");
+    // The input record's own headers first, in order (the reader here gives a header
+    // without a value as empty), then sluice's.
+    let want_headers: Vec<(String, Vec<u8>)> = vec![
+        ("trace".into(), b"t-7".to_vec()),
+        ("empty".into(), Vec::new()),
+        ("sluice-src".into(), r.src.clone().into_bytes()),
+        ("sluice-reason".into(), r.reason.clone().into_bytes()),
+    ];
+    assert_eq!(r.headers, want_headers, "{r:?}");
+    // Key 9's record had 609 bytes of headers as counted (6 + key + value; over the 512
+    // kept): none, and their size.
+    let r9 = refused
+        .iter()
+        .find(|r| r.key.as_deref() == Some(&9u64.to_be_bytes()[..]))
+        .expect("key 9's letter");
+    assert!(r9.src.starts_with(&format!("{EVENTS}/3/")), "{r9:?}");
+    let want_headers: Vec<(String, Vec<u8>)> = vec![
+        ("sluice-src".into(), r9.src.clone().into_bytes()),
+        ("sluice-reason".into(), b"key_on_two_partitions".to_vec()),
+        ("sluice-headers-dropped".into(), b"609".to_vec()),
+    ];
+    assert_eq!(r9.headers, want_headers, "{r9:?}");
     let events = sluice::wire::Decoder::new(&sluice::config::Config::defaults().unwrap().wire)
         .decode(&r.value)
         .expect("refused events are an EventBatch")
@@ -492,12 +540,12 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
             &report,
             "sluice_events_dropped_total{reason=\"key_on_two_partitions\"}"
         ),
-        2,
+        3,
         "{report}"
     );
     assert_eq!(
         counter(&report, "sluice_kafka_records_total"),
-        402,
+        404,
         "{report}"
     );
     // One lag line per partition; their record counts add up to every record taken, the
@@ -518,7 +566,7 @@ fn every_observation_scored_once_feedback_none_bad_records_skipped() {
                 .ok()
         })
         .sum();
-    assert_eq!(taken, 402 + 12, "{report}");
+    assert_eq!(taken, 404 + 12, "{report}");
     assert_eq!(
         counter(&report, "sluice_scores_emitted_total"),
         want.len() as u64

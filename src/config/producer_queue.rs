@@ -7,6 +7,7 @@
 //! `queue.buffering.max.kbytes` (not its key or headers), and so does the shard.
 
 use super::{ColdReaderPlace, Config};
+use crate::egress::kafka::dead_letter::HEADER_BYTES_KEPT_MAX;
 use crate::egress::kafka::{KEY_BYTES_MAX, SOURCE_CYCLES};
 use crate::shard::COLD_READS_OUT_MAX as OUT_MAX;
 use crate::wire::{event_batch_bytes_max, score_batch_bytes_max};
@@ -18,9 +19,9 @@ const MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
 
 /// A record's size beyond its value, as librdkafka checks it against `message.max.bytes`:
 /// its batch framing (61 bytes for a batch of one, plus per-record varints), its key (at most
-/// `KEY_BYTES_MAX`) and sluice's `sluice-src` header (topic of up to 249 bytes, partition,
-/// offset) with room to spare.
-pub const RECORD_FRAMING_BYTES_MAX: usize = 512 + KEY_BYTES_MAX;
+/// `KEY_BYTES_MAX`), sluice's headers (`sluice-src`: a topic of up to 249 bytes, partition,
+/// offset) with room to spare, and an input record's headers kept for a dead letter.
+pub const RECORD_FRAMING_BYTES_MAX: usize = 512 + KEY_BYTES_MAX + HEADER_BYTES_KEPT_MAX;
 
 /// Progress records (exactly_once) a shard may hand over while intake is stopped: one per
 /// checkpoint flip, and a flip needs the commit before it, which a stopped broker holds up.

@@ -259,8 +259,13 @@ impl ShardKafka {
                 },
                 &mut sink,
             );
-            if let (Err(reason), Some(k)) = (applied, sink.kafka.as_deref_mut()) {
-                k.dead_letter(reply, rec.message, rec.timestamp_ns, reason, counters);
+            if let Some(k) = sink.kafka.as_deref_mut() {
+                match applied {
+                    Err(reason) => {
+                        k.dead_letter(reply, rec.message, rec.timestamp_ns, reason, counters)
+                    }
+                    Ok(()) => k.keep_headers(reply, rec.message, core.waiting_for_cold() > 0),
+                }
             }
         });
         if committing {

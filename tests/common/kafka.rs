@@ -77,6 +77,18 @@ pub fn produce_to(
     events: &[Ev],
     partition: i32,
 ) {
+    produce_with_headers(p, enc, topic, events, partition, &[]);
+}
+
+/// `produce_to` with `headers` on the record, in order.
+pub fn produce_with_headers(
+    p: &BaseProducer,
+    enc: &mut EventBatchEncoder,
+    topic: &str,
+    events: &[Ev],
+    partition: i32,
+    headers: &[(&str, Option<&[u8]>)],
+) {
     let bytes = enc
         .encode(events.iter().map(|e| EventIn {
             key: e.key,
@@ -90,10 +102,18 @@ pub fn produce_to(
         .to_vec();
     let key = events[0].key.to_be_bytes();
     loop {
-        let rec = BaseRecord::to(topic)
+        let owned = headers
+            .iter()
+            .fold(rdkafka::message::OwnedHeaders::new(), |h, &(key, value)| {
+                h.insert(rdkafka::message::Header { key, value })
+            });
+        let mut rec = BaseRecord::to(topic)
             .key(&key[..])
             .payload(&bytes[..])
             .partition(partition);
+        if !headers.is_empty() {
+            rec = rec.headers(owned);
+        }
         match p.send(rec) {
             Ok(()) => break,
             Err(_) => p.poll(Duration::from_millis(10)),

@@ -6,9 +6,10 @@
 //!   own headers first); `sluice-reason` = its `sluice_kafka_records_skipped_total` label;
 //! - the events of a valid record that were refused (`egress.kafka.dead_letter_events`:
 //!   late, key on two partitions, state full, state error), gathered per input record over
-//!   the cycle into one EventBatch of those events in their order, with the record's key and
-//!   timestamp; `sluice-reason` = each event's `sluice_events_dropped_total` label, in the
-//!   batch's order, comma-separated.
+//!   the cycle into one EventBatch of those events in their order, with the record's key,
+//!   timestamp and own headers (up to `HEADER_BYTES_KEPT_MAX` of them; more and none, with
+//!   `sluice-headers-dropped` = their size); `sluice-reason` = each event's
+//!   `sluice_events_dropped_total` label, in the batch's order, comma-separated.
 //!
 //! Both carry `sluice-src` = topic/partition/offset (after the record's own headers, so a
 //! reader taking a header's last value, as Kafka's `Headers.lastHeader` does, gets sluice's
@@ -53,6 +54,47 @@ fn bit(r: DropReason) -> u32 {
     1 << (r as u32)
 }
 
+/// The most bytes of one input record's headers kept for its refused events' dead letter
+/// (each header counts its key, its value and 6 bytes).
+pub const HEADER_BYTES_KEPT_MAX: usize = 512;
+
+/// An input record's headers as its refused events' dead letter will carry them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeptHeaders {
+    /// None kept: it had none, or no event of it was refused or left waiting for a read.
+    None,
+    /// In `kept_headers[at..at + len]`: per header a 2-byte key length, the key, a 4-byte
+    /// value length (`u32::MAX` = no value) and the value, big-endian.
+    Kept { at: u32, len: u16 },
+    /// Over `HEADER_BYTES_KEPT_MAX` (this many bytes): not kept.
+    Dropped(u32),
+}
+
+/// One header's size in `KeptHeaders::Kept`.
+fn kept_size(key: &str, value: Option<&[u8]>) -> usize {
+    6 + key.len() + value.map_or(0, <[u8]>::len)
+}
+
+/// The headers of a `KeptHeaders::Kept` run, in order.
+fn kept_iter(mut bytes: &[u8]) -> impl Iterator<Item = Header<'_, &[u8]>> {
+    std::iter::from_fn(move || {
+        let (len, rest) = bytes.split_first_chunk::<2>()?;
+        let (key, rest) = rest.split_at_checked(u16::from_be_bytes(*len) as usize)?;
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len);
+        let (value, rest) = if len == u32::MAX {
+            (None, rest)
+        } else {
+            let (v, r) = rest.split_at_checked(len as usize)?;
+            (Some(v), r)
+        };
+        bytes = rest;
+        // Written from a `&str` by `keep_headers`.
+        let key = std::str::from_utf8(key).ok()?;
+        Some(Header { key, value })
+    })
+}
+
 /// An event refused inside a valid record, kept until its cycle's end.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RefusedEvent {
@@ -68,6 +110,9 @@ struct Letter<'a> {
     key: Option<&'a [u8]>,
     /// The input record, whose headers come first (a whole record's letter).
     original: Option<&'a BorrowedMessage<'a>>,
+    /// Or its headers as kept (a letter of refused events).
+    kept: KeptHeaders,
+    kept_bytes: &'a [u8],
     value: &'a [u8],
     /// Kafka record time (ns since the epoch); 0 = none (the producer stamps it).
     timestamp_ns: u64,
@@ -99,6 +144,8 @@ impl KafkaSink {
             // stays without.
             key: message.key().filter(|k| !k.is_empty()),
             original: Some(message),
+            kept: KeptHeaders::None,
+            kept_bytes: &[],
             value: message.payload().unwrap_or(&[]),
             timestamp_ns,
             src: &self.src_header,
@@ -110,6 +157,56 @@ impl KafkaSink {
         if send(producer, &self.dead_letter_topic, slot, letter, counters) {
             counters.kafka_dead_letters.inc();
         }
+    }
+
+    /// After input record `src` (`message`) was applied: keep its headers for a dead letter
+    /// of its events when some were refused, or when events wait for a cold read
+    /// (`waiting`: maybe its own, refused or not once the read is back, when the message is
+    /// gone). Nothing to do for a record without headers or with event letters off; with
+    /// them on, a copy of the headers per record while cold reads are out.
+    pub fn keep_headers(&mut self, src: u32, message: &BorrowedMessage<'_>, waiting: bool) {
+        if self.dead_letter_events == 0 {
+            return;
+        }
+        let refused = self.refused.last().is_some_and(|r| r.src == src);
+        if !(refused || waiting) {
+            return;
+        }
+        let Some(headers) = message.headers() else {
+            return;
+        };
+        let Some(source) = self.sources.get_mut(src as usize) else {
+            return;
+        };
+        let size: usize = headers.iter().map(|h| kept_size(h.key, h.value)).sum();
+        if size > HEADER_BYTES_KEPT_MAX {
+            source.headers = KeptHeaders::Dropped(size.min(u32::MAX as usize) as u32);
+            return;
+        }
+        if self.kept_headers.capacity() == 0 {
+            // Once, at the first record kept, to the bound: every source's headers.
+            self.kept_headers
+                .reserve_exact(self.sources_max * HEADER_BYTES_KEPT_MAX);
+        }
+        crate::invariant!(
+            self.kept_headers.len() + size <= self.sources_max * HEADER_BYTES_KEPT_MAX,
+            "kept headers past their bound"
+        );
+        let at = self.kept_headers.len() as u32;
+        for h in headers.iter() {
+            // Within HEADER_BYTES_KEPT_MAX, so every length fits its field.
+            self.kept_headers
+                .extend_from_slice(&(h.key.len() as u16).to_be_bytes());
+            self.kept_headers.extend_from_slice(h.key.as_bytes());
+            let len = h.value.map_or(u32::MAX, |v| v.len() as u32);
+            self.kept_headers.extend_from_slice(&len.to_be_bytes());
+            self.kept_headers
+                .extend_from_slice(h.value.unwrap_or_default());
+        }
+        source.headers = KeptHeaders::Kept {
+            at,
+            len: size as u16,
+        };
     }
 
     /// An event of input record `src` refused for `reason` (already counted): kept for the
@@ -176,6 +273,8 @@ impl KafkaSink {
             let letter = Letter {
                 key,
                 original: None,
+                kept: source.headers,
+                kept_bytes: &self.kept_headers,
                 value: self
                     .events_encoder
                     .encode(group.iter().map(|r| event_in(&r.ev))),
@@ -282,6 +381,21 @@ fn try_send(
     for h in theirs.iter().flat_map(|h| h.iter()) {
         headers = headers.insert(h);
     }
+    // A rare path (refused events of a record with headers): the size's text may allocate.
+    let mut headers_dropped = None;
+    match letter.kept {
+        KeptHeaders::None => {}
+        KeptHeaders::Kept { at, len } => {
+            let run = letter
+                .kept_bytes
+                .get(at as usize..at as usize + len as usize)
+                .unwrap_or_default();
+            for h in kept_iter(run) {
+                headers = headers.insert(h);
+            }
+        }
+        KeptHeaders::Dropped(size) => headers_dropped = Some(size.to_string()),
+    }
     headers = headers
         .insert(Header {
             key: "sluice-src",
@@ -295,6 +409,12 @@ fn try_send(
         headers = headers.insert(Header {
             key: "sluice-value-dropped",
             value: Some(len),
+        });
+    }
+    if let Some(size) = &headers_dropped {
+        headers = headers.insert(Header {
+            key: "sluice-headers-dropped",
+            value: Some(size.as_bytes()),
         });
     }
     let value: &[u8] = if dropped.is_some() { &[] } else { letter.value };

@@ -265,6 +265,8 @@ struct Source {
     /// The record's Kafka timestamp (ns since the epoch), 0 = none: its refused events'
     /// dead-letter record carries it.
     timestamp_ns: u64,
+    /// Its headers, for its refused events' dead letter (`dead_letter::keep_headers`).
+    headers: dead_letter::KeptHeaders,
 }
 
 /// Longest input-record key kept to key a multi-key Score record (longer: the first Score's
@@ -301,6 +303,10 @@ pub struct KafkaSink {
     events_encoder: EventBatchEncoder,
     /// The sluice-reason header of refused events (a label per event, comma-separated).
     reasons_header: Vec<u8>,
+    /// Input records' headers kept for their refused events' dead letters
+    /// (`dead_letter::KeptHeaders`): no capacity until the first, then
+    /// `HEADER_BYTES_KEPT_MAX` per source. Cleared with the sources.
+    kept_headers: Vec<u8>,
     /// `wire.batch_events_max`.
     events_per_record: usize,
     /// exactly_once: commits run on their own thread.
@@ -401,6 +407,7 @@ impl KafkaSink {
             refused: Vec::new(),
             events_encoder: EventBatchEncoder::new(),
             reasons_header: Vec::new(),
+            kept_headers: Vec::new(),
             events_per_record: config.wire.batch_events_max,
             committer,
             src_prefix: owned_names
@@ -545,6 +552,7 @@ impl KafkaSink {
             key,
             available_ns,
             timestamp_ns,
+            headers: dead_letter::KeptHeaders::None,
         });
         (self.sources.len() - 1) as u32
     }
@@ -598,6 +606,7 @@ impl KafkaSink {
         if !in_use {
             self.sources.clear();
             self.keys.clear();
+            self.kept_headers.clear();
         }
         // During a commit its own flush serves that producer's reports (on the committer
         // thread); polling it here too would run its delivery callbacks on two threads at once.
