@@ -1845,14 +1845,8 @@ fn a_byte_bound_on_unacknowledged_scores_holds_intake_back_and_loses_nothing() {
             "ingest.kafka.in_flight_records_max=100000".into(),
         ],
     );
-    let (child, stdout, _) = common::spawn_run(&sets);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
-    let want = expected(&events);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
-        s.len() >= want.len()
-    });
-    let report = stop(child, Some(stdout));
-    check_exactly_once(&scores, &want);
+    let report = rerun_until_every_score_once(&broker, &sets, &expected(&events));
     // The record bound never bit (100 000): only the byte bound held records back.
     assert!(
         counter(&report, "sluice_kafka_backpressure_cycles_total") > 0,
@@ -1899,14 +1893,8 @@ fn a_skipped_record_over_message_max_bytes_is_dead_lettered_without_its_value() 
             "wire.batch_events_max=64".into(),
         ],
     );
-    let (child, stdout, _) = common::spawn_run(&sets);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
-    let want = expected(&events);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
-        s.len() >= want.len()
-    });
-    let report = stop(child, Some(stdout));
-    check_exactly_once(&scores, &want);
+    let report = rerun_until_every_score_once(&broker, &sets, &expected(&events));
     assert_eq!(
         counter(&report, "sluice_kafka_dead_letter_values_dropped_total"),
         1,
