@@ -43,6 +43,8 @@ pub struct ProducerQueue {
     pub tail_bytes: u64,
     /// The largest Score, alert or refused-events record value a shard writes.
     pub value_bytes_max: usize,
+    /// Refused events go to the dead-letter topic (their records count in the above).
+    pub event_letters: bool,
 }
 
 /// The limits and tail for `c`; Err names a property that is not a whole number.
@@ -109,6 +111,7 @@ pub fn producer_queue(c: &Config) -> Result<ProducerQueue, String> {
         tail_records,
         tail_bytes,
         value_bytes_max,
+        event_letters,
     })
 }
 
@@ -144,10 +147,10 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             "kafka.producer.\"message.max.bytes\" = {}: a Score record of wire.batch_events_max = {} Scores{} may take {need} bytes, which the producer would refuse",
             q.message_bytes_max,
             c.wire.batch_events_max,
-            if c.egress.kafka.dead_letter_events.is_empty() || c.egress.kafka.dead_letter_topic.is_empty() {
-                ""
-            } else {
+            if q.event_letters {
                 " (or a dead letter of as many refused events)"
+            } else {
+                ""
             },
         ));
     }

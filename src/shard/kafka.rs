@@ -264,7 +264,7 @@ impl ShardKafka {
                     Err(reason) => {
                         k.dead_letter(reply, rec.message, rec.timestamp_ns, reason, counters)
                     }
-                    Ok(()) => k.keep_headers(reply, rec.message, core.waiting_for_cold() > 0),
+                    Ok(()) => k.keep_headers(reply, rec.message, || core.waiting_for_cold() > 0),
                 }
             }
         });

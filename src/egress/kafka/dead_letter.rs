@@ -104,15 +104,24 @@ pub(super) struct RefusedEvent {
     ev: RoutedEvent,
 }
 
+/// The input record's own headers in a dead letter.
+enum Theirs<'a> {
+    /// A whole record's letter: the record itself (a letter too large for the producer goes
+    /// without them and without its value, see `send`).
+    Message(&'a BorrowedMessage<'a>),
+    /// A letter of refused events: their record's headers as `keep_headers` kept them.
+    Kept(&'a [u8]),
+    /// Their record's headers were over `HEADER_BYTES_KEPT_MAX` (this many bytes).
+    Dropped(u32),
+    None,
+}
+
 /// One dead-letter record's parts.
 struct Letter<'a> {
     /// None: the input record had no key.
     key: Option<&'a [u8]>,
-    /// The input record, whose headers come first (a whole record's letter).
-    original: Option<&'a BorrowedMessage<'a>>,
-    /// Or its headers as kept (a letter of refused events).
-    kept: KeptHeaders,
-    kept_bytes: &'a [u8],
+    /// Where the input record's own headers (which come first) are.
+    theirs: Theirs<'a>,
     value: &'a [u8],
     /// Kafka record time (ns since the epoch); 0 = none (the producer stamps it).
     timestamp_ns: u64,
@@ -143,9 +152,7 @@ impl KafkaSink {
             // librdkafka gives no key and an empty one alike; a record produced without one
             // stays without.
             key: message.key().filter(|k| !k.is_empty()),
-            original: Some(message),
-            kept: KeptHeaders::None,
-            kept_bytes: &[],
+            theirs: Theirs::Message(message),
             value: message.payload().unwrap_or(&[]),
             timestamp_ns,
             src: &self.src_header,
@@ -161,15 +168,21 @@ impl KafkaSink {
 
     /// After input record `src` (`message`) was applied: keep its headers for a dead letter
     /// of its events when some were refused, or when events wait for a cold read
-    /// (`waiting`: maybe its own, refused or not once the read is back, when the message is
-    /// gone). Nothing to do for a record without headers or with event letters off; with
-    /// them on, a copy of the headers per record while cold reads are out.
-    pub fn keep_headers(&mut self, src: u32, message: &BorrowedMessage<'_>, waiting: bool) {
+    /// (`waiting`, asked only when none was: maybe its own, refused or not once the read is
+    /// back, when the message is gone). Nothing to do for a record without headers or with
+    /// event letters off; with them on, a copy of the headers per record while cold reads
+    /// are out.
+    pub fn keep_headers(
+        &mut self,
+        src: u32,
+        message: &BorrowedMessage<'_>,
+        waiting: impl FnOnce() -> bool,
+    ) {
         if self.dead_letter_events == 0 {
             return;
         }
         let refused = self.refused.last().is_some_and(|r| r.src == src);
-        if !(refused || waiting) {
+        if !(refused || waiting()) {
             return;
         }
         let Some(headers) = message.headers() else {
@@ -272,9 +285,15 @@ impl KafkaSink {
             };
             let letter = Letter {
                 key,
-                original: None,
-                kept: source.headers,
-                kept_bytes: &self.kept_headers,
+                theirs: match source.headers {
+                    KeptHeaders::None => Theirs::None,
+                    KeptHeaders::Kept { at, len } => Theirs::Kept(
+                        self.kept_headers
+                            .get(at as usize..at as usize + len as usize)
+                            .unwrap_or_default(),
+                    ),
+                    KeptHeaders::Dropped(size) => Theirs::Dropped(size),
+                },
                 value: self
                     .events_encoder
                     .encode(group.iter().map(|r| event_in(&r.ev))),
@@ -329,10 +348,11 @@ fn send(
         Ok(()) => return true,
         Err(e) => e,
     };
-    let e = match e {
-        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
-            if letter.original.is_some() =>
-        {
+    let e = match (e, &letter.theirs) {
+        (
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+            Theirs::Message(_),
+        ) => {
             counters.kafka_dead_letter_values_dropped.inc();
             let n = counters.kafka_dead_letter_values_dropped.get();
             if n.is_power_of_two() {
@@ -350,8 +370,10 @@ fn send(
                 Err(e) => e,
             }
         }
-        e => e,
+        (e, _) => e,
     };
+    // Lost: the shard stops (`undelivered`).
+    producer.context().lost();
     counters.kafka_delivery_failures.add_shared(1);
     let n = counters.kafka_delivery_failures.get();
     if n.is_power_of_two() {
@@ -365,7 +387,8 @@ fn send(
 }
 
 /// One attempt of `send`: `dropped` = the text of the value's length, to send the record
-/// without its value and the input record's headers. On Err the record is counted refused.
+/// without its value and the input record's headers. On Err it is counted as never handed
+/// over (`send` decides whether it is lost).
 fn try_send(
     producer: &ScoreProducer,
     topic: &str,
@@ -373,28 +396,23 @@ fn try_send(
     letter: &Letter<'_>,
     dropped: Option<&[u8]>,
 ) -> Result<(), KafkaError> {
-    let theirs = letter
-        .original
-        .and_then(|m| m.headers())
-        .filter(|_| dropped.is_none());
-    let mut headers = OwnedHeaders::new_with_capacity(3 + theirs.map_or(0, |h| h.count()));
-    for h in theirs.iter().flat_map(|h| h.iter()) {
-        headers = headers.insert(h);
-    }
-    // A rare path (refused events of a record with headers): the size's text may allocate.
+    let mut headers = OwnedHeaders::new_with_capacity(4);
+    // A rare path (refused events of a record with many headers): the size's text may
+    // allocate.
     let mut headers_dropped = None;
-    match letter.kept {
-        KeptHeaders::None => {}
-        KeptHeaders::Kept { at, len } => {
-            let run = letter
-                .kept_bytes
-                .get(at as usize..at as usize + len as usize)
-                .unwrap_or_default();
+    match letter.theirs {
+        Theirs::Message(m) if dropped.is_none() => {
+            for h in m.headers().iter().flat_map(|h| h.iter()) {
+                headers = headers.insert(h);
+            }
+        }
+        Theirs::Kept(run) => {
             for h in kept_iter(run) {
                 headers = headers.insert(h);
             }
         }
-        KeptHeaders::Dropped(size) => headers_dropped = Some(size.to_string()),
+        Theirs::Dropped(size) => headers_dropped = Some(size.to_string()),
+        Theirs::Message(_) | Theirs::None => {}
     }
     headers = headers
         .insert(Header {
@@ -435,15 +453,7 @@ fn try_send(
     let counter = producer.context();
     counter.handing(slot, value.len());
     producer.send(record).map_err(|(e, _)| {
-        match (&e, dropped) {
-            // Not lost yet: `send` tries again without the value.
-            (KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), None)
-                if letter.original.is_some() =>
-            {
-                counter.not_handed(slot, value.len())
-            }
-            _ => counter.refused(slot, value.len()),
-        }
+        counter.not_handed(slot, value.len());
         e
     })
 }

@@ -85,15 +85,20 @@ impl DeliveryCounter {
     /// `ShardKafka::check_delivered`).
     pub(super) fn refused(&self, slot: usize, bytes: usize) {
         self.not_handed(slot, bytes);
-        self.undelivered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lost();
     }
 
-    /// A record counted by `handing` that the producer did not take after all, and that is
-    /// not lost (a dead letter sent again without its value).
+    /// A record counted by `handing` that the producer did not take after all (lost, or a
+    /// dead letter sent again without its value).
     pub(super) fn not_handed(&self, slot: usize, bytes: usize) {
         self.epochs.done(slot);
         self.add_bytes(slot, -(bytes as i64));
+    }
+
+    /// A record that will never be delivered (the shard stops: `ShardKafka::check_delivered`).
+    pub(super) fn lost(&self) {
+        self.undelivered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn add_bytes(&self, slot: usize, bytes: i64) {
