@@ -195,7 +195,7 @@ impl Shard {
         let mut failure = None;
         let cold_waits = core.waiting_for_cold() > 0;
         if let Some(k) = kafka.as_mut() {
-            k.sink.flush(counters, latency, cold_waits);
+            k.sink.flush(counters, latency, cold_waits, pickup_ns);
             if let Err(e) = k.check_delivered(self.checkpoints.as_ref()) {
                 failure = Some(IngestError::Kafka(e));
             } else if self.checkpoints.is_none() && !cold_waits {

@@ -20,6 +20,7 @@ pub mod input_replay;
 pub mod positions;
 pub mod progress;
 pub mod rebuild;
+mod reports;
 mod to_the_end;
 mod topic;
 mod transaction;
@@ -65,6 +66,21 @@ pub struct DeliveryCounter {
 }
 
 impl DeliveryCounter {
+    pub fn new(counters: Arc<ShardCounters>) -> Self {
+        Self {
+            counters,
+            epochs: Epochs::default(),
+            undelivered: Default::default(),
+            bytes: Default::default(),
+            changelog_ends: Default::default(),
+        }
+    }
+
+    /// Records given up on or refused (see `undelivered`).
+    pub fn undelivered(&self) -> u64 {
+        self.undelivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The changelog ends acknowledged since the last call, forgotten here.
     pub fn take_changelog_ends(&self) -> std::collections::HashMap<i32, i64> {
         self.changelog_ends
@@ -240,13 +256,7 @@ pub fn start_producer(
     counters: Arc<ShardCounters>,
 ) -> Result<ScoreProducer, KafkaError> {
     let producer: ScoreProducer = producer_config(config, transactional_id)
-        .create_with_context(DeliveryCounter {
-            counters,
-            epochs: Epochs::default(),
-            undelivered: Default::default(),
-            bytes: Default::default(),
-            changelog_ends: Default::default(),
-        })
+        .create_with_context(DeliveryCounter::new(counters))
         .map_err(KafkaError::client("producer"))?;
     if transactional_id.is_some() {
         let timeout = Duration::from_millis(config.egress.kafka.transaction_timeout_ms);
@@ -285,6 +295,10 @@ pub const KEY_BYTES_MAX: usize = 256;
 pub const SOURCE_CYCLES: usize = 4;
 
 pub struct KafkaSink {
+    /// Per producer (same order), its reply queue watched, so that the shard polls it only
+    /// when something waits there (`reports.rs`); None where librdkafka gave no queue (polled
+    /// every turn). Declared before `producers`: dropped while they are alive.
+    reports: Vec<Option<reports::ReportQueue>>,
     /// Shared with the committer thread (exactly_once), which commits on them. One, or two
     /// under exactly_once with `overlap_commits` (used in turn, one transaction each).
     producers: Vec<Arc<ScoreProducer>>,
@@ -396,6 +410,10 @@ impl KafkaSink {
             .then(|| (k.progress_topic.clone(), transactional_id(config, shard)));
         Ok(Self {
             progress_at_flip,
+            reports: producers
+                .iter()
+                .map(|p| reports::ReportQueue::of(p))
+                .collect(),
             producers,
             active: 0,
             sent_since_switch: false,
@@ -578,8 +596,15 @@ impl KafkaSink {
     /// CString and librdkafka the header list per record: allocations per record, not per
     /// event, in code that is not ours (the header's value is written into a kept buffer).
     /// `in_use`: events of this or an earlier cycle's records still wait for a cold read
-    /// (their Scores will name those records): the sources stay.
-    pub fn flush(&mut self, counters: &ShardCounters, latency: &mut ShardLatency, in_use: bool) {
+    /// (their Scores will name those records): the sources stay. `now_ns`: the cycle's start
+    /// (CLOCK_REALTIME), for the reply queues' safety net.
+    pub fn flush(
+        &mut self,
+        counters: &ShardCounters,
+        latency: &mut ShardLatency,
+        in_use: bool,
+        now_ns: u64,
+    ) {
         if !self.pending.is_empty() {
             order_by_source(&mut self.pending, |(src, _)| *src);
             let emit_ns = clock::realtime_ns();
@@ -616,9 +641,15 @@ impl KafkaSink {
         // During a commit its own flush serves that producer's reports (on the committer
         // thread); polling it here too would run its delivery callbacks on two threads at once.
         let committing = self.committer.as_ref().and_then(Committer::busy);
-        for (i, p) in self.producers.iter().enumerate() {
-            if committing != Some(i) {
-                p.poll(Duration::ZERO);
+        for (i, (p, q)) in self.producers.iter().zip(&mut self.reports).enumerate() {
+            if committing == Some(i) {
+                continue;
+            }
+            match q {
+                Some(q) => {
+                    q.serve(p, now_ns);
+                }
+                None => p.poll(Duration::ZERO),
             }
         }
     }
@@ -717,11 +748,7 @@ impl KafkaSink {
     pub fn undelivered(&self) -> u64 {
         self.producers
             .iter()
-            .map(|p| {
-                p.context()
-                    .undelivered
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
+            .map(|p| p.context().undelivered())
             .sum()
     }
 
