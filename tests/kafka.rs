@@ -1930,6 +1930,49 @@ fn a_skipped_record_over_message_max_bytes_is_dead_lettered_without_its_value() 
     assert_eq!(small_letter.headers[0], ("trace".into(), b"t-1".to_vec()));
 }
 
+/// A topic that would refuse what the producer may batch for it stops start-up, every such
+/// topic named with the numbers and the fix; with the fix applied sluice runs and every
+/// Observation is scored once (the check lets through what fits).
+#[test]
+fn output_topics_whose_max_message_bytes_is_below_the_producers_batches_stop_start_up() {
+    let broker = Broker::start("batch-limits");
+    broker.create_topic(EVENTS, 4);
+    broker.create_topic_with(SCORES, 4, &[("max.message.bytes", "100000")]);
+    broker.create_topic_with(DEAD, 2, &[("max.message.bytes", "30000")]);
+    let base = sluice_sets(
+        &broker,
+        &[
+            format!("egress.kafka.dead_letter_topic={DEAD}"),
+            "wire.batch_events_max=64".into(),
+        ],
+    );
+    let err = common::run_refused(&base);
+    assert!(
+        err.contains(&format!(
+            "topic \"{SCORES}\" (Score records) accepts record batches of up to 100000 bytes (max.message.bytes), but the producer may send it 1000000 bytes"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "topic \"{DEAD}\" (dead letters) accepts record batches of up to 30000 bytes (max.message.bytes), but the producer may send it 1000061 bytes"
+        )),
+        "{err}"
+    );
+    // Batches of 50 000 bytes fit the scores topic; a dead letter of up to 29 000 (+ 61)
+    // fits its own.
+    let mut fixed = base.clone();
+    fixed.extend([
+        "kafka.producer.batch.size=50000".to_string(),
+        "kafka.producer.message.max.bytes=29000".into(),
+    ]);
+    let records = workload(20, 40);
+    let mut enc = EventBatchEncoder::new();
+    produce_all(&broker.producer(), &mut enc, &records);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    rerun_until_every_score_once(&broker, &fixed, &expected(&events));
+}
+
 #[test]
 fn a_missing_input_topic_is_a_clear_start_up_error() {
     let broker = Broker::start("missing");

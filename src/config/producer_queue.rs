@@ -16,6 +16,7 @@ use crate::wire::{event_batch_bytes_max, score_batch_bytes_max};
 const QUEUE_MESSAGES_DEFAULT: usize = 100_000;
 const QUEUE_KBYTES_DEFAULT: u64 = 1_048_576;
 const MESSAGE_BYTES_DEFAULT: usize = 1_000_000;
+const BATCH_BYTES_DEFAULT: usize = 1_000_000;
 
 /// A record's size beyond its value, as librdkafka checks it against `message.max.bytes`:
 /// its batch framing (61 bytes for a batch of one, plus per-record varints), its key (at most
@@ -37,6 +38,9 @@ pub struct ProducerQueue {
     pub bytes_cap: u64,
     /// `message.max.bytes`.
     pub message_bytes_max: usize,
+    /// `batch.size`: librdkafka fills a record batch up to the smaller of this and
+    /// `message.max.bytes` (a larger record goes alone).
+    pub batch_bytes_max: usize,
     /// Records a shard may hand over after its last intake check let it take records.
     pub tail_records: usize,
     /// Their value bytes.
@@ -64,6 +68,7 @@ pub fn producer_queue(c: &Config) -> Result<ProducerQueue, String> {
     )? as usize;
     let bytes_cap = prop("queue.buffering.max.kbytes", QUEUE_KBYTES_DEFAULT)?.saturating_mul(1024);
     let message_bytes_max = prop("message.max.bytes", MESSAGE_BYTES_DEFAULT as u64)? as usize;
+    let batch_bytes_max = prop("batch.size", BATCH_BYTES_DEFAULT as u64)? as usize;
 
     let whole_letters = !e.dead_letter_topic.is_empty();
     let event_letters = whole_letters && !e.dead_letter_events.is_empty();
@@ -108,6 +113,7 @@ pub fn producer_queue(c: &Config) -> Result<ProducerQueue, String> {
         records_cap,
         bytes_cap,
         message_bytes_max,
+        batch_bytes_max,
         tail_records,
         tail_bytes,
         value_bytes_max,

@@ -449,6 +449,12 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+        // batch.size is read too (the start-up check of the output topics' limits uses it).
+        let batch = problems(&["kafka.producer.batch.size=lots"]);
+        assert!(
+            batch.contains("\"batch.size\" = \"lots\" is not a whole number"),
+            "{batch}"
+        );
     }
 
     #[test]

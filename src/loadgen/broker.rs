@@ -131,7 +131,17 @@ impl LocalBroker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
-        create_topic(&self.addr, topic, partitions)
+        create_topic_with(&self.addr, topic, partitions, &[])
+    }
+
+    /// `create_topic` with topic configs (`max.message.bytes`, ...).
+    pub fn create_topic_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), BrokerError> {
+        create_topic_with(&self.addr, topic, partitions, configs)
     }
 }
 
@@ -192,8 +202,21 @@ pub fn delete_records_before(
 
 /// Create `topic` with `partitions` on `brokers` (an existing one is fine).
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+    create_topic_with(brokers, topic, partitions, &[])
+}
+
+/// `create_topic` with topic configs.
+pub fn create_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), BrokerError> {
     let (admin, opts) = admin(brokers)?;
-    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
     let res = futures_executor::block_on(admin.create_topics([&t], &opts))
         .map_err(|e| BrokerError::Kafka(e.to_string()))?;
     for r in res {

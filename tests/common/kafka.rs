@@ -40,6 +40,12 @@ impl Broker {
         self.0.create_topic(topic, partitions).unwrap();
     }
 
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        self.0
+            .create_topic_with(topic, partitions, configs)
+            .unwrap();
+    }
+
     pub fn producer(&self) -> BaseProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.addr)

@@ -34,6 +34,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use rdkafka::{ClientContext, TopicPartitionList};
+pub use topic::check_batch_limits;
 pub use transaction::Committed;
 use transaction::{send_progress, Committer, Transactions};
 

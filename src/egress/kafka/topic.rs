@@ -84,6 +84,123 @@ pub fn config_u64(config: &Config, topic: &str, name: &str) -> Result<Option<u64
     }
 }
 
+/// A Kafka record batch's own header (format v2), beyond its records.
+const BATCH_HEADER_BYTES: u64 = 61;
+
+/// A topic sluice produces to, and the largest record batch its producer may send there.
+struct BatchNeed {
+    topic: String,
+    what: &'static str,
+    bytes: u64,
+    /// What makes it that large, and how to make it smaller.
+    why: String,
+}
+
+/// What each topic sluice produces to must accept. librdkafka fills a batch up to
+/// min(`message.max.bytes`, `batch.size`) and sends a larger record alone, and the broker
+/// refuses a batch over the topic's `max.message.bytes` whole, with every record in it
+/// (noida-db, as Kafka: a batch of a 5 000- and a 500-byte record to a topic of 2 000, both
+/// lost). A lost Score stops sluice and the restart sends the same batch again, so this is a
+/// start-up check, not a surprise under load.
+fn batch_needs(config: &Config) -> Result<Vec<BatchNeed>, KafkaError> {
+    let q = crate::config::producer_queue::producer_queue(config).map_err(KafkaError::Other)?;
+    let e = &config.egress.kafka;
+    let batch = q.message_bytes_max.min(q.batch_bytes_max) as u64;
+    let record = (q.value_bytes_max + crate::config::producer_queue::RECORD_FRAMING_BYTES_MAX)
+        as u64
+        + BATCH_HEADER_BYTES;
+    let batched = batch.max(record);
+    let batched_why = format!(
+        "batches of up to {batch} bytes (the smaller of kafka.producer \"message.max.bytes\" = {} and \"batch.size\" = {}), and a record of wire.batch_events_max = {} Scores alone up to {record}; lower \"batch.size\" (or wire.batch_events_max)",
+        q.message_bytes_max, q.batch_bytes_max, config.wire.batch_events_max
+    );
+    let mut needs = Vec::new();
+    let mut need = |topic: &str, what, bytes, why: &String| {
+        if !topic.is_empty() {
+            needs.push(BatchNeed {
+                topic: topic.to_owned(),
+                what,
+                bytes,
+                why: why.clone(),
+            });
+        }
+    };
+    need(&e.scores_topic, "Score records", batched, &batched_why);
+    need(&e.alerts_topic, "alert records", batched, &batched_why);
+    // A skipped input record is dead-lettered whole up to message.max.bytes.
+    let whole = q.message_bytes_max as u64 + BATCH_HEADER_BYTES;
+    let whole_why = format!(
+        "a skipped input record goes whole up to kafka.producer \"message.max.bytes\" = {}, a batch of its own with {BATCH_HEADER_BYTES} bytes of header; lower \"message.max.bytes\"",
+        q.message_bytes_max
+    );
+    need(
+        &e.dead_letter_topic,
+        "dead letters",
+        whole.max(batched),
+        &whole_why,
+    );
+    if e.delivery == crate::config::Delivery::ExactlyOnce {
+        need(&e.progress_topic, "progress records", batch, &batched_why);
+        if e.changelog {
+            let topic = e.changelog_topic(&config.ingest.kafka.group);
+            need(&topic, "changelog records", batch, &batched_why);
+        }
+    }
+    Ok(needs)
+}
+
+/// Checks every topic sluice produces to (that exists: a new one gets the broker's default)
+/// against `batch_needs`, and reports all that fall short together. A broker that does not
+/// describe a topic's `max.message.bytes` is logged and not checked.
+pub fn check_batch_limits(config: &Config) -> Result<(), KafkaError> {
+    let needs = batch_needs(config)?;
+    if needs.is_empty() {
+        return Ok(());
+    }
+    let admin = admin_client(config)?;
+    let specs: Vec<ResourceSpecifier<'_>> = needs
+        .iter()
+        .map(|n| ResourceSpecifier::Topic(&n.topic))
+        .collect();
+    let described = futures_executor::block_on(admin.describe_configs(
+        &specs,
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ));
+    let results = match described {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::warn!("describing the output topics' configs: {err}; their max.message.bytes is not checked");
+            return Ok(());
+        }
+    };
+    let mut problems = Vec::new();
+    for (n, result) in needs.iter().zip(results) {
+        let limit = match result {
+            Ok(resource) => resource
+                .get("max.message.bytes")
+                .and_then(|c| c.value.as_deref())
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+            Err(code) => {
+                tracing::info!(topic = %n.topic, "not described ({code}): its max.message.bytes is not checked (a topic created on first use gets the broker's default)");
+                continue;
+            }
+        };
+        match limit {
+            Some(limit) if limit < n.bytes => problems.push(format!(
+                "topic {:?} ({}) accepts record batches of up to {limit} bytes (max.message.bytes), but the producer may send it {} bytes: {}; or raise the topic's max.message.bytes (the broker refuses an oversize batch whole, and a record sluice loses stops it)",
+                n.topic, n.what, n.bytes, n.why
+            )),
+            Some(_) => {}
+            None => tracing::info!(topic = %n.topic, "the brokers do not describe its max.message.bytes: not checked"),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(KafkaError::Other(problems.join("\n")))
+    }
+}
+
 /// An admin client on `ingest.kafka.brokers` (topic creation and description, at start).
 fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     let mut ac = rdkafka::ClientConfig::new();
