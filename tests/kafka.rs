@@ -1930,6 +1930,86 @@ fn a_skipped_record_over_message_max_bytes_is_dead_lettered_without_its_value() 
     assert_eq!(small_letter.headers[0], ("trace".into(), b"t-1".to_vec()));
 }
 
+/// An event refused only when its cold read lands (its key spilled, read off the shard
+/// thread) still has its input record's headers in its dead letter: a record's headers are
+/// kept while its events wait for a read, since the message is gone by then.
+#[test]
+fn an_event_refused_when_its_cold_read_lands_is_dead_lettered_with_its_records_headers() {
+    let broker = broker_with_topics("cold-letter");
+    let dir = scratch("cold-letter");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    sets.extend([
+        format!("egress.kafka.dead_letter_topic={DEAD}"),
+        "state.hot_capacity=32".into(),
+        "state.cold_reader=thread".into(),
+    ]);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let mut records = workload(50, 200);
+    // After them on key 7's partition (3), 200 keys new to its shard: every slot is taken
+    // again after key 7's last event, so its state is spilled (hot_capacity 32).
+    records.extend((0..200u64).map(|i| {
+        vec![Ev {
+            key: 2_003 + 4 * i,
+            seq: 1,
+            feedback: false,
+        }]
+    }));
+    let (child, stdout, _) = common::spawn_run(&sets);
+    produce_all(&p, &mut enc, &records);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let mut want = expected(&events);
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    // Key 7's stray on partition 1 (the same shard): it waits for key 7's read, then is
+    // refused (its state names partition 3). A marker after it shows it was taken.
+    let stray = [Ev {
+        key: 7,
+        seq: 10_000,
+        feedback: false,
+    }];
+    common::kafka::produce_with_headers(
+        &p,
+        &mut enc,
+        EVENTS,
+        &stray,
+        1,
+        &[("trace", Some(b"cold-7"))],
+    );
+    let marker = Ev {
+        key: 1_001,
+        seq: 1,
+        feedback: false,
+    };
+    produce_to(&p, &mut enc, EVENTS, &[marker], 1);
+    p.flush(Duration::from_secs(10)).unwrap();
+    want.insert((marker.key, marker.seq), 1);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    check_exactly_once(&dedup_by_source(&scores), &want);
+    assert!(
+        counter(&report, "sluice_state_cold_reads_total") > 0,
+        "{report}"
+    );
+    let letters = common::kafka::read_dead_letters(&broker.addr, DEAD);
+    let r = letters
+        .iter()
+        .find(|r| r.key.as_deref() == Some(&7u64.to_be_bytes()[..]))
+        .unwrap_or_else(|| panic!("key 7's letter in {letters:?}"));
+    assert_eq!(r.reason, "key_on_two_partitions", "{r:?}");
+    assert!(r.src.starts_with(&format!("{EVENTS}/1/")), "{r:?}");
+    let want_headers: Vec<(String, Vec<u8>)> = vec![
+        ("trace".into(), b"cold-7".to_vec()),
+        ("sluice-src".into(), r.src.clone().into_bytes()),
+        ("sluice-reason".into(), r.reason.clone().into_bytes()),
+    ];
+    assert_eq!(r.headers, want_headers, "{r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A topic that would refuse what the producer may batch for it stops start-up, every such
 /// topic named with the numbers and the fix; with the fix applied sluice runs and every
 /// Observation is scored once (the check lets through what fits).
