@@ -297,6 +297,68 @@ fn relay(brokers: &str, events: &str, scores: &str, stop: &AtomicBool) -> anyhow
     Ok(())
 }
 
+/// CPU time so far of the shard thread, librdkafka's threads in this process (sluice's
+/// consumer and producers) and the broker's process, and the machine's busy time.
+struct DrainCpu {
+    shard_s: Option<f64>,
+    rdkafka_s: Option<f64>,
+    broker_s: Option<f64>,
+    machine_s: Option<f64>,
+}
+
+/// Where a drain's CPU went: per record applied (µs), and the shard's and the machine's busy
+/// share of the drain's wall time. A rate with the shard under ~90% busy and the machine near
+/// 100% is the machine's bound (the broker and librdkafka's threads), not the shard's.
+#[derive(serde::Serialize)]
+struct DrainCpuUse {
+    shard_us_per_record: Option<f64>,
+    rdkafka_us_per_record: Option<f64>,
+    broker_us_per_record: Option<f64>,
+    shard_busy: Option<f64>,
+    machine_busy: Option<f64>,
+}
+
+impl DrainCpu {
+    fn now(broker: &LocalBroker) -> Self {
+        Self {
+            shard_s: super::machine::threads_cpu_s("sluice-shard"),
+            rdkafka_s: super::machine::threads_cpu_s("rdk:"),
+            broker_s: broker.pid().and_then(super::machine::process_cpu_s),
+            machine_s: super::machine::machine_busy_s(),
+        }
+    }
+
+    fn until(&self, later: &Self, secs: f64, records: u64) -> DrainCpuUse {
+        let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let per = |x: Option<f64>| Some(x? * 1e6 / records.max(1) as f64);
+        let shard = d(self.shard_s, later.shard_s);
+        let cpus = super::machine::stat_cpus().max(1) as f64;
+        DrainCpuUse {
+            shard_us_per_record: per(shard),
+            rdkafka_us_per_record: per(d(self.rdkafka_s, later.rdkafka_s)),
+            broker_us_per_record: per(d(self.broker_s, later.broker_s)),
+            shard_busy: shard.map(|s| s / secs),
+            machine_busy: d(self.machine_s, later.machine_s).map(|m| m / (secs * cpus)),
+        }
+    }
+}
+
+impl std::fmt::Display for DrainCpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v =
+            |x: Option<f64>, scale: f64| x.map_or("?".to_owned(), |x| format!("{:.2}", x * scale));
+        write!(
+            f,
+            "CPU per record: shard {} µs, librdkafka's threads {} µs, broker {} µs; busy: shard {}%, machine {}%",
+            v(self.shard_us_per_record, 1.0),
+            v(self.rdkafka_us_per_record, 1.0),
+            v(self.broker_us_per_record, 1.0),
+            v(self.shard_busy, 100.0),
+            v(self.machine_busy, 100.0),
+        )
+    }
+}
+
 /// `sluice-bench kafka --backlog N`: one shard's sustained rate. N records (one event each)
 /// are produced before sluice starts; sluice then drains them from the earliest offset and the
 /// rate is records / time from "receiving" to the last record applied (read from its live
@@ -316,6 +378,9 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
             .set("queue.buffering.max.messages", "1000000")
             .create()?;
         let mut enc = sluice::wire::EventBatchEncoder::new();
+        // The broker's own intake from one producer (keyed records of the same size class as
+        // Score records): the ceiling a drain that produces a record per record meets.
+        let producing = std::time::Instant::now();
         for s in 0..n {
             let key = (s * 7919) % keys.max(1);
             let value = enc.encode(std::iter::once(sluice::wire::EventIn {
@@ -331,6 +396,9 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
             send_when_room(&producer, &events, &kb, value)?;
         }
         producer.flush(Duration::from_secs(120))?;
+        let produce_rate = n as f64 / producing.elapsed().as_secs_f64();
+        // Its librdkafka threads would count with sluice's below.
+        drop(producer);
         let mut sets = vec![
             "ingest.udp.listen=127.0.0.1:0".to_owned(),
             "shards.count=1".to_owned(),
@@ -355,6 +423,7 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
         let config = Config::from_layers(None, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
         let running = sluice::app::start(&config)?;
         let started = std::time::Instant::now();
+        let cpu0 = DrainCpu::now(&broker);
         let applied = || -> u64 {
             running
                 .counters()
@@ -367,15 +436,28 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
         }
         let secs = started.elapsed().as_secs_f64();
         let done = applied();
+        let cpu = cpu0.until(&DrainCpu::now(&broker), secs, done);
+        // Cycles the shard took no records because its producer had too much unacknowledged:
+        // the other reason (besides an empty fetch queue) for it to sit idle in a drain.
+        let backpressure: u64 = running
+            .counters()
+            .iter()
+            .map(|c| c.kafka_backpressure_cycles.get())
+            .sum();
         running.stop()?;
         let rate = done as f64 / secs;
         println!(
             "  backlog {n} records, 1 shard, Scores {}: {done} applied in {secs:.2} s = {rate:.0} records/s",
             if with_scores { "produced" } else { "not produced" }
         );
+        println!(
+            "    the backlog went in at {produce_rate:.0} records/s (one producer, linger.ms=5)"
+        );
+        println!("    {cpu}; intake held back by the producer's bounds in {backpressure} cycles");
         rows.push(serde_json::json!({
             "records": n, "applied": done, "seconds": secs, "records_per_s": rate,
-            "scores_produced": with_scores, "sluice_config": sets,
+            "scores_produced": with_scores, "sluice_config": sets, "cpu": cpu,
+            "backpressure_cycles": backpressure, "backlog_produced_per_s": produce_rate,
         }));
     }
     let path = out.join("kafka-backlog.json");
@@ -388,4 +470,38 @@ pub fn backlog(n: u64, keys: u64, out: &Path, sets_extra: &[String]) -> anyhow::
         .with_context(|| format!("writing {}", path.display()))?;
     println!("  results: {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn a_drains_cpu_is_per_record_applied_and_a_share_of_its_wall_time() {
+        let before = DrainCpu {
+            shard_s: Some(1.0),
+            rdkafka_s: Some(0.5),
+            broker_s: None,
+            machine_s: Some(10.0),
+        };
+        let after = DrainCpu {
+            shard_s: Some(1.5),
+            rdkafka_s: Some(0.7),
+            broker_s: Some(3.0),
+            machine_s: Some(12.0),
+        };
+        let u = before.until(&after, 2.0, 100_000);
+        assert!(close(u.shard_us_per_record, 5.0));
+        assert!(close(u.rdkafka_us_per_record, 2.0));
+        // Not read before the drain: no figure rather than a made-up one.
+        assert!(u.broker_us_per_record.is_none());
+        assert!(close(u.shard_busy, 0.25));
+        let cpus = crate::machine::stat_cpus().max(1) as f64;
+        assert!(close(u.machine_busy, 1.0 / cpus));
+        assert!(u.to_string().contains("broker ? µs"), "{u}");
+    }
 }

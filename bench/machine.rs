@@ -102,7 +102,7 @@ const TICKS_PER_S: f64 = 100.0;
 
 /// Busy time of the whole machine so far (every CPU; everything but idle and iowait in
 /// /proc/stat), seconds: softirq work on any CPU counts, which a per-thread figure misses.
-fn machine_busy_s() -> Option<f64> {
+pub fn machine_busy_s() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -117,7 +117,7 @@ fn machine_busy_s() -> Option<f64> {
 
 /// CPU time (user + system) of this process's threads whose name starts with `prefix`,
 /// seconds (e.g. "sluice-shard": the shards' own cores).
-fn threads_cpu_s(prefix: &str) -> Option<f64> {
+pub fn threads_cpu_s(prefix: &str) -> Option<f64> {
     let mut ticks = 0u64;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = task.ok()?.path();
@@ -131,6 +131,28 @@ fn threads_cpu_s(prefix: &str) -> Option<f64> {
         let f: Vec<&str> = rest.split_whitespace().collect();
         ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     }
+    Some(ticks as f64 / TICKS_PER_S)
+}
+
+/// CPUs counted in /proc/stat's "cpu " line (what `machine_busy_s` sums over).
+pub fn stat_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|s| {
+            s.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of process `pid`, all its threads, seconds (e.g. the broker's).
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / TICKS_PER_S)
 }
 
@@ -157,5 +179,37 @@ impl CpuSample {
             per(self.shards_s, later.shards_s),
             per(self.machine_s, later.machine_s),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_cpu_s() -> f64 {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .expect("thread CPU clock");
+        t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9
+    }
+
+    #[test]
+    fn a_process_cpu_time_counts_its_threads_and_the_machine_its_cpus() {
+        let start = thread_cpu_s();
+        let mut x = 0u64;
+        // Spin until this thread has used 0.3 s of CPU (not of wall time).
+        while thread_cpu_s() - start < 0.3 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let process = process_cpu_s(std::process::id()).expect("own /proc stat");
+        let threads = threads_cpu_s("").expect("own threads");
+        // /proc's times are in 10 ms ticks.
+        assert!(process >= 0.29, "process {process} s");
+        assert!(
+            threads >= 0.29 && threads <= process + 0.011,
+            "threads {threads}, process {process}"
+        );
+        assert!(stat_cpus() >= 1);
+        assert!(machine_busy_s().is_some_and(|m| m >= 0.29));
+        assert!(process_cpu_s(u32::MAX).is_none());
     }
 }

@@ -122,6 +122,11 @@ impl LocalBroker {
         }
     }
 
+    /// The broker's process id while it runs (for its CPU time in /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// kill -9 the broker (what it had not written out yet is lost).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
