@@ -242,6 +242,33 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
                 p.push(format!("{table}.\"{key}\" is set by sluice: {why}"));
             }
         }
+        librdkafka_refusals(table, props, p);
+    }
+}
+
+/// Each pass-through property as librdkafka itself takes it: an unknown name (a typo), a value
+/// not of the property's type or out of its range, or one this build cannot do (TLS and SASL
+/// need OpenSSL, which sluice's librdkafka is built without). librdkafka stops at the first
+/// refusal when the client is made, at start; here each is tried alone, so every one is
+/// listed, by `check-config` too. (A property of the other client's kind is not refused:
+/// librdkafka only warns, at start, that it ignores it.)
+fn librdkafka_refusals(
+    table: &str,
+    props: &std::collections::BTreeMap<String, String>,
+    p: &mut Vec<String>,
+) {
+    for (key, value) in props {
+        let mut one = rdkafka::ClientConfig::new();
+        one.set(key, value);
+        if let Err(e) = one.create_native_config() {
+            let why = match e {
+                rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
+                other => other.to_string(),
+            };
+            p.push(format!(
+                "{table}.\"{key}\" = {value:?}: librdkafka refuses it: {why}"
+            ));
+        }
     }
 }
 
@@ -561,6 +588,56 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn every_property_librdkafka_refuses_is_listed_with_its_reason() {
+        let problems = |sets: &[&str]| -> Vec<String> {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::from_layers(None, &sets)
+                .err()
+                .map_or(Vec::new(), |e| e.problems)
+        };
+        let all = problems(&[
+            "kafka.consumer.no.such.prop=1",
+            "kafka.consumer.fetch.wait.max.ms=soon",
+            "kafka.producer.linger.ms=-5",
+            "kafka.producer.security.protocol=SASL_SSL",
+        ]);
+        let refused: Vec<&String> = all
+            .iter()
+            .filter(|m| m.contains("librdkafka refuses"))
+            .collect();
+        assert_eq!(refused.len(), 4, "{all:#?}");
+        for (key, why) in [
+            (
+                "kafka.consumer.\"no.such.prop\" = \"1\"",
+                "No such configuration property",
+            ),
+            (
+                "kafka.consumer.\"fetch.wait.max.ms\" = \"soon\"",
+                "fetch.wait.max.ms",
+            ),
+            ("kafka.producer.\"linger.ms\" = \"-5\"", "-5"),
+            (
+                "kafka.producer.\"security.protocol\" = \"SASL_SSL\"",
+                "OpenSSL",
+            ),
+        ] {
+            assert!(
+                refused
+                    .iter()
+                    .any(|m| m.starts_with(key) && m.contains(why)),
+                "{key} ... {why} not in {all:#?}"
+            );
+        }
+        // The defaults and values librdkafka takes are not refused.
+        assert!(problems(&[
+            "kafka.producer.linger.ms=5",
+            "kafka.consumer.security.protocol=plaintext"
+        ])
+        .iter()
+        .all(|m| !m.contains("librdkafka refuses")));
     }
 
     #[test]
