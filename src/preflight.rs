@@ -128,6 +128,11 @@ pub fn check(config: &Config) -> Preflight {
             problems.push(e);
         }
     }
+    if config.ingest.kafka.enabled() {
+        let (refused, warned) = crate::ingest::kafka::clients_check(config);
+        problems.extend(refused);
+        warnings.extend(warned);
+    }
     if !config.state.dir.is_empty() {
         if let Err(e) = writable_dir(Path::new(&config.state.dir), true) {
             problems.push(format!("state.dir = {:?}: {e}", config.state.dir));

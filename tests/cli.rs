@@ -85,6 +85,41 @@ fn check_config_reports_a_problem_of_every_stage_in_one_run() {
     );
 }
 
+/// The Kafka clients' own properties: each refused alone is listed with librdkafka's reason,
+/// what only the whole config shows (a SASL mechanism this build cannot do) is a problem of its
+/// client, and a property of the other client's kind a warning — all in one run, none twice.
+#[test]
+fn check_config_lists_what_librdkafka_refuses_in_the_kafka_tables() {
+    let bad = temp_file(
+        "kafka-props.toml",
+        "[ingest.kafka]\nbrokers = \"127.0.0.1:9\"\ntopics = [\"events\"]\n\
+         [kafka.consumer]\n\"linger.ms\" = \"2\"\n\
+         [kafka.producer]\n\"security.protocol\" = \"sasl_plaintext\"\n\
+         \"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\
+         \"lingr.ms\" = \"2\"\n\"message.timeout.ms\" = \"soon\"\n",
+    );
+    let out = sluice().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "kafka.producer.\"lingr.ms\" = \"2\": librdkafka refuses it: No such configuration property",
+        "kafka.producer.\"message.timeout.ms\" = \"soon\": librdkafka refuses it",
+        "the Kafka producer cannot be made",
+        "SCRAM-SHA-512",
+        "warning: the Kafka consumer: librdkafka: CONFWARN",
+        "is a producer property and will be ignored",
+        "(3 problem(s))",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // Refused alone, it is left out of the client check: one line, not two.
+    assert_eq!(
+        err.lines().filter(|l| l.contains("lingr.ms")).count(),
+        1,
+        "{err}"
+    );
+}
+
 #[test]
 fn check_config_checks_ranges_and_cores_against_this_machine() {
     let bad = temp_file(

@@ -258,17 +258,22 @@ fn librdkafka_refusals(
     p: &mut Vec<String>,
 ) {
     for (key, value) in props {
-        let mut one = rdkafka::ClientConfig::new();
-        one.set(key, value);
-        if let Err(e) = one.create_native_config() {
-            let why = match e {
-                rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
-                other => other.to_string(),
-            };
+        if let Some(why) = librdkafka_refuses(key, value) {
             p.push(format!(
                 "{table}.\"{key}\" = {value:?}: librdkafka refuses it: {why}"
             ));
         }
+    }
+}
+
+/// librdkafka's reason for refusing `key` = `value` on its own, if it does.
+pub fn librdkafka_refuses(key: &str, value: &str) -> Option<String> {
+    let mut one = rdkafka::ClientConfig::new();
+    one.set(key, value);
+    match one.create_native_config() {
+        Ok(_) => None,
+        Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) => Some(desc),
+        Err(other) => Some(other.to_string()),
     }
 }
 

@@ -69,6 +69,100 @@ pub fn producer_config(config: &Config, transactional_id: Option<&str>) -> Clien
     c
 }
 
+/// What librdkafka says while a `clients_check` client is made: its warnings and errors.
+#[derive(Default)]
+struct Probe {
+    said: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for Probe {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        ) {
+            if let Ok(mut said) = self.said.lock() {
+                // The thread tag says nothing here: every line is from the app thread.
+                let message = message.trim_start_matches("[thrd:app]: ");
+                said.push(format!("{fac}: {message}"));
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Probe {}
+
+impl rdkafka::producer::ProducerContext for Probe {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+impl Probe {
+    fn take(&self) -> Vec<String> {
+        self.said
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
+
+/// What librdkafka makes of the whole config only when a client is made, not property by
+/// property (`config::validate_kafka`): a SASL mechanism this build has no provider for,
+/// conflicting idempotence or transaction settings, an unreadable TLS file; and what it warns
+/// about (a producer property in `[kafka.consumer]`, which it ignores). For check-config: the
+/// consumer and the producer are made as sluice makes them (transactional under
+/// exactly_once) but with no broker to connect to, and dropped. Returns (refusals, warnings),
+/// each naming its client.
+pub fn clients_check(config: &Config) -> (Vec<String>, Vec<String>) {
+    let mut refusals = Vec::new();
+    let mut warnings = Vec::new();
+    let transactional =
+        (config.egress.kafka.delivery == crate::config::Delivery::ExactlyOnce).then_some("check");
+    // The crate sets librdkafka's log level from the `log` crate's, which may be off here.
+    // Properties refused alone are reported by the config's validation; left out here, so
+    // each problem is listed once.
+    let mut config = config.clone();
+    for props in [&mut config.kafka.consumer, &mut config.kafka.producer] {
+        props.retain(|k, v| crate::config::validate_kafka::librdkafka_refuses(k, v).is_none());
+    }
+    let config = &config;
+    let mut consumer = consumer_config(config);
+    consumer
+        .set("bootstrap.servers", "")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    let mut producer = producer_config(config, transactional);
+    producer
+        .set("bootstrap.servers", "")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    // Each client is dropped as soon as it is made (inside `map`).
+    let consumer = consumer
+        .create_with_context::<_, BaseConsumer<Probe>>(Probe::default())
+        .map(|c| {
+            // Its warnings wait in its queue (the crate routes logs there).
+            let _ = c.poll(Duration::ZERO);
+            c.context().take()
+        });
+    let producer = producer
+        .create_with_context::<_, rdkafka::producer::BaseProducer<Probe>>(Probe::default())
+        .map(|p| {
+            p.poll(Duration::ZERO);
+            rdkafka::producer::Producer::context(&p).take()
+        });
+    for (role, made) in [("consumer", consumer), ("producer", producer)] {
+        match made {
+            Ok(said) => warnings.extend(
+                said.into_iter()
+                    .map(|w| format!("the Kafka {role}: librdkafka: {w}")),
+            ),
+            Err(e) => refusals.push(format!(
+                "the Kafka {role} cannot be made from [kafka.{role}] and sluice's settings: {e}"
+            )),
+        }
+    }
+    (refusals, warnings)
+}
+
 /// The discovery consumer's context: librdkafka's global errors (all brokers down, ...) are
 /// what the metadata request fails with, which the caller reports once per attempt; logged
 /// here too they were a dozen lines every 3 s while the brokers stay away.
@@ -150,4 +244,71 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
         counts.push(n);
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(sets: &[&str]) -> (Vec<String>, Vec<String>) {
+        let mut all = vec![
+            "ingest.kafka.brokers=127.0.0.1:9".to_owned(),
+            "ingest.kafka.topics=[\"events\"]".to_owned(),
+        ];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        // Lenient: a property refused alone is the validation's problem, not this check's.
+        let (config, _) = Config::load_lenient(None, &all).expect("config parses");
+        clients_check(&config)
+    }
+
+    #[test]
+    fn the_defaults_make_both_clients_without_a_word_from_librdkafka() {
+        assert_eq!(check(&[]), (vec![], vec![]));
+        let (refused, warned) = check(&[
+            "egress.kafka.delivery=exactly_once",
+            "state.dir=/tmp/sluice-clients-check",
+        ]);
+        assert!(
+            refused.is_empty() && warned.is_empty(),
+            "{refused:?} {warned:?}"
+        );
+    }
+
+    #[test]
+    fn what_librdkafka_refuses_only_for_the_whole_config_is_a_problem_per_client() {
+        let (refused, warned) = check(&[
+            "kafka.consumer.security.protocol=sasl_plaintext",
+            "kafka.consumer.sasl.mechanisms=SCRAM-SHA-256",
+            "kafka.producer.acks=1",
+        ]);
+        assert!(warned.is_empty(), "{warned:?}");
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0].starts_with("the Kafka consumer cannot be made")
+                && refused[0].contains("SCRAM-SHA-256"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[1].starts_with("the Kafka producer cannot be made")
+                && refused[1].contains("acks"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_property_of_the_other_client_is_a_warning_and_one_refused_alone_is_left_out() {
+        let (refused, warned) = check(&[
+            "kafka.consumer.linger.ms=3",
+            "kafka.producer.no.such.prop=1",
+        ]);
+        // no.such.prop is the validation's problem; the producer is made without it.
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0]
+                .starts_with("the Kafka consumer: librdkafka: CONFWARN: Configuration property")
+                && warned[0].contains("is a producer property and will be ignored"),
+            "{warned:?}"
+        );
+    }
 }

@@ -22,7 +22,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use client::{
-    consumer_config, discover, producer_config, KafkaError, ToTheEnd, CONNECT_PATIENCE,
+    clients_check, consumer_config, discover, producer_config, KafkaError, ToTheEnd,
+    CONNECT_PATIENCE,
 };
 pub use membership::{RebalanceEvent, ShardContext};
 pub use partitions::{PartitionId, PartitionTable};
