@@ -1797,6 +1797,220 @@ fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Input batches compressed with each codec a producer may use (gzip, snappy, lz4, zstd: one
+/// producer each, in turn) are all applied, and Score records go out compressed with zstd
+/// (`kafka.producer."compression.type"`): every Observation scored once. The batches' codecs
+/// are read off the wire, so the test knows they really were compressed (librdkafka sends a
+/// batch uncompressed when compressing does not make it smaller; these are batches of many
+/// records: the input is produced with a linger, and sluice starts on the backlog).
+#[test]
+fn input_compressed_with_every_codec_is_scored_and_scores_go_out_compressed() {
+    let broker = broker_with_topics("codecs");
+    let records = workload(40, 800);
+    let mut enc = EventBatchEncoder::new();
+    for (codec, chunk) in ["gzip", "snappy", "lz4", "zstd"]
+        .into_iter()
+        .zip(records.chunks(200))
+    {
+        let p: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .set("compression.type", codec)
+            .set("linger.ms", "20")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        produce_all(&p, &mut enc, chunk);
+    }
+    let sets = sluice_sets(&broker, &["kafka.producer.compression.type=zstd".into()]);
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    stop_when_every_score_is_read_once(&broker, child, stdout, &expected(&events));
+    let codecs = |topic| -> Vec<u8> {
+        (0..4)
+            .flat_map(|p| common::kafka::batch_codecs(&broker.addr, topic, p))
+            .collect()
+    };
+    let input: std::collections::BTreeSet<u8> = codecs(EVENTS).into_iter().collect();
+    assert_eq!(input, [1, 2, 3, 4].into(), "the input's batch codecs");
+    let output = codecs(SCORES);
+    assert!(
+        output.contains(&4) && output.iter().all(|&c| c == 0 || c == 4),
+        "the Score batches' codecs: {output:?}"
+    );
+}
+
+/// A TLS front for the test broker (`tests/kafka_tls_proxy.py`: noida-db speaks plaintext
+/// only) with a certificate made for the test, and the front's log of requests.
+struct TlsFront {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    ca: PathBuf,
+}
+
+/// A self-signed certificate for 127.0.0.1 (and localhost) in `dir`: (certificate, key).
+fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (scripts/install-deps installs it)");
+    assert!(made.success(), "openssl req failed");
+    (cert, key)
+}
+
+impl TlsFront {
+    fn start(broker: &Broker, dir: &Path) -> Self {
+        let (cert, key) = certificate(dir, "front");
+        let log = dir.join("front.log");
+        let broker_port = broker.addr.rsplit(':').next().unwrap();
+        let mut child = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/kafka_tls_proxy.py"
+            ))
+            .arg(broker_port)
+            .arg(&cert)
+            .arg(&key)
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the TLS front said {line:?}"));
+        TlsFront {
+            child,
+            port,
+            log,
+            ca: cert,
+        }
+    }
+
+    /// sluice's settings to reach the broker through this front with TLS, trusting `ca`, and
+    /// SASL PLAIN as user sluice-consumer / sluice-producer (the test broker takes any).
+    fn sets(&self, ca: &Path) -> Vec<String> {
+        let mut sets = vec![format!("ingest.kafka.brokers=127.0.0.1:{}", self.port)];
+        for client in ["consumer", "producer"] {
+            sets.extend([
+                format!("kafka.{client}.security.protocol=sasl_ssl"),
+                format!("kafka.{client}.sasl.mechanisms=PLAIN"),
+                format!("kafka.{client}.sasl.username=sluice-{client}"),
+                format!("kafka.{client}.sasl.password=secret"),
+                format!("kafka.{client}.ssl.ca.location={}", ca.display()),
+            ]);
+        }
+        sets
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kafka over TLS with SASL PLAIN (`security.protocol = sasl_ssl`), as a managed Kafka is
+/// reached: every client sluice makes (discovery, the shards' consumers, the producers, the
+/// admin client that describes the output topics) goes through a TLS front whose certificate
+/// it verifies (`ssl.ca.location`) and authenticates as its user; every Observation scored
+/// once. With a CA that did not sign the front's certificate nothing gets through, and the
+/// log says why.
+#[test]
+fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate_is_refused() {
+    let broker = broker_with_topics("tls");
+    let dir = scratch("tls");
+    let front = TlsFront::start(&broker, &dir);
+    let records = workload(30, 300);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    drop(p);
+    // Later sets win: the front's address replaces the broker's own.
+    let sets = sluice_sets(&broker, &front.sets(&front.ca));
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    stop_when_every_score_is_read_once(&broker, child, stdout, &expected(&events));
+    let log = std::fs::read_to_string(&front.log).unwrap();
+    for (request, who) in [
+        ("api 1", "the consumers' fetches"),
+        ("api 0", "the producers' Score records"),
+        (
+            "api 32",
+            "the admin client's description of the output topics",
+        ),
+        (
+            "api 36 user sluice-consumer",
+            "the consumers' authentication",
+        ),
+        (
+            "api 36 user sluice-producer",
+            "the producers' authentication",
+        ),
+    ] {
+        assert!(
+            log.lines().any(|l| l == request),
+            "{who} ({request}) did not go through the TLS front:\n{log}"
+        );
+    }
+
+    // A CA that did not sign the front's certificate: sluice does not take the connection.
+    let (other_ca, _) = certificate(&dir, "other");
+    let before = log.lines().count();
+    let sets = sluice_sets(&broker, &front.sets(&other_ca));
+    let stderr = dir.join("untrusted.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--set", "ingest.udp.listen=127.0.0.1:0"])
+        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if said.contains("certificate verify failed") || std::time::Instant::now() > deadline {
+            break said;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        said.contains("certificate verify failed"),
+        "the log does not say why:\n{said}"
+    );
+    let log = std::fs::read_to_string(&front.log).unwrap();
+    assert_eq!(
+        log.lines()
+            .skip(before)
+            .filter(|l| l.starts_with("api "))
+            .count(),
+        0,
+        "requests went through despite the untrusted certificate:\n{log}"
+    );
+}
+
 #[test]
 fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
     let mut broker = broker_with_topics("outage");

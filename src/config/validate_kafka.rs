@@ -247,8 +247,8 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
 }
 
 /// Each pass-through property as librdkafka itself takes it: an unknown name (a typo), a value
-/// not of the property's type or out of its range, or one this build cannot do (TLS and SASL
-/// need OpenSSL, which sluice's librdkafka is built without). librdkafka stops at the first
+/// not of the property's type or out of its range, or one this build cannot do. librdkafka
+/// stops at the first
 /// refusal when the client is made, at start; here each is tried alone, so every one is
 /// listed, by `check-config` too. (A property of the other client's kind is not refused:
 /// librdkafka only warns, at start, that it ignores it.)
@@ -272,7 +272,9 @@ pub fn librdkafka_refuses(key: &str, value: &str) -> Option<String> {
     one.set(key, value);
     match one.create_native_config() {
         Ok(_) => None,
-        Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) => Some(desc),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) => {
+            Some(desc.trim_end().to_owned())
+        }
         Err(other) => Some(other.to_string()),
     }
 }
@@ -607,13 +609,15 @@ mod tests {
             "kafka.consumer.no.such.prop=1",
             "kafka.consumer.fetch.wait.max.ms=soon",
             "kafka.producer.linger.ms=-5",
-            "kafka.producer.security.protocol=SASL_SSL",
+            "kafka.producer.enable.ssl.certificate.verification=maybe",
         ]);
         let refused: Vec<&String> = all
             .iter()
             .filter(|m| m.contains("librdkafka refuses"))
             .collect();
         assert_eq!(refused.len(), 4, "{all:#?}");
+        // One line each (librdkafka ends some reasons with a newline).
+        assert!(refused.iter().all(|m| !m.contains('\n')), "{refused:#?}");
         for (key, why) in [
             (
                 "kafka.consumer.\"no.such.prop\" = \"1\"",
@@ -623,10 +627,13 @@ mod tests {
                 "kafka.consumer.\"fetch.wait.max.ms\" = \"soon\"",
                 "fetch.wait.max.ms",
             ),
-            ("kafka.producer.\"linger.ms\" = \"-5\"", "-5"),
             (
-                "kafka.producer.\"security.protocol\" = \"SASL_SSL\"",
-                "OpenSSL",
+                "kafka.producer.\"linger.ms\" = \"-5\"",
+                "-5 is outside allowed range",
+            ),
+            (
+                "kafka.producer.\"enable.ssl.certificate.verification\" = \"maybe\"",
+                "true or false",
             ),
         ] {
             assert!(
@@ -639,7 +646,8 @@ mod tests {
         // The defaults and values librdkafka takes are not refused.
         assert!(problems(&[
             "kafka.producer.linger.ms=5",
-            "kafka.consumer.security.protocol=plaintext"
+            "kafka.consumer.security.protocol=sasl_ssl",
+            "kafka.producer.compression.type=zstd"
         ])
         .iter()
         .all(|m| !m.contains("librdkafka refuses")));

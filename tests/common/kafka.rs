@@ -278,3 +278,80 @@ fn read_committed_messages(
         "{topic}: not every partition read to its end in 30 s"
     );
 }
+
+/// The compression codec of every record batch in `topic`/`partition` (0 none, 1 gzip,
+/// 2 snappy, 3 lz4, 4 zstd: the batch attributes' low 3 bits), read off the wire with Fetch v4
+/// requests rather than through librdkafka, which decompresses without saying what it found.
+pub fn batch_codecs(addr: &str, topic: &str, partition: i32) -> Vec<u8> {
+    use std::io::{Read, Write};
+    fn take<const N: usize>(b: &[u8], at: &mut usize) -> [u8; N] {
+        let v: [u8; N] = b[*at..*at + N].try_into().unwrap();
+        *at += N;
+        v
+    }
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut codecs = Vec::new();
+    let mut offset = 0i64;
+    for correlation in 1..1_000i32 {
+        let mut req = Vec::new();
+        req.extend(1i16.to_be_bytes()); // Fetch
+        req.extend(4i16.to_be_bytes()); // v4
+        req.extend(correlation.to_be_bytes());
+        req.extend(4i16.to_be_bytes());
+        req.extend(b"test");
+        req.extend((-1i32).to_be_bytes()); // replica id: a consumer
+        req.extend(100i32.to_be_bytes()); // max wait ms
+        req.extend(1i32.to_be_bytes()); // min bytes
+        req.extend((8i32 << 20).to_be_bytes()); // max bytes
+        req.push(0); // read_uncommitted: every batch
+        req.extend(1i32.to_be_bytes());
+        req.extend((topic.len() as i16).to_be_bytes());
+        req.extend(topic.as_bytes());
+        req.extend(1i32.to_be_bytes());
+        req.extend(partition.to_be_bytes());
+        req.extend(offset.to_be_bytes());
+        req.extend((8i32 << 20).to_be_bytes());
+        s.write_all(&(req.len() as i32).to_be_bytes()).unwrap();
+        s.write_all(&req).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; i32::from_be_bytes(len) as usize];
+        s.read_exact(&mut r).unwrap();
+        let mut at = 0;
+        assert_eq!(i32::from_be_bytes(take(&r, &mut at)), correlation);
+        at += 4; // throttle
+        assert_eq!(i32::from_be_bytes(take(&r, &mut at)), 1, "one topic");
+        let name_len = i16::from_be_bytes(take(&r, &mut at)) as usize;
+        at += name_len;
+        assert_eq!(i32::from_be_bytes(take(&r, &mut at)), 1, "one partition");
+        at += 4; // partition
+        let error = i16::from_be_bytes(take(&r, &mut at));
+        assert_eq!(error, 0, "fetching {topic}/{partition} at {offset}");
+        let high_watermark = i64::from_be_bytes(take(&r, &mut at));
+        at += 8; // last stable offset
+        let aborted = i32::from_be_bytes(take(&r, &mut at));
+        at += aborted.max(0) as usize * 16;
+        let records_len = i32::from_be_bytes(take(&r, &mut at)).max(0) as usize;
+        let end = at + records_len;
+        // Whole batches only (a broker may cut the last one short at max bytes).
+        while at + 61 <= end {
+            let base = i64::from_be_bytes(take(&r, &mut at));
+            let batch_len = i32::from_be_bytes(take(&r, &mut at)) as usize;
+            if at + batch_len > end {
+                break;
+            }
+            let body = at;
+            at += 4 + 1 + 4; // leader epoch, magic, crc
+            let attributes = i16::from_be_bytes(take(&r, &mut at));
+            let last_delta = i32::from_be_bytes(take(&r, &mut at));
+            codecs.push((attributes & 7) as u8);
+            offset = base + i64::from(last_delta) + 1;
+            at = body + batch_len;
+        }
+        if offset >= high_watermark {
+            return codecs;
+        }
+    }
+    panic!("{topic}/{partition}: not read to its end in 1 000 fetches");
+}

@@ -203,7 +203,7 @@ pub fn check_batch_limits(config: &Config) -> Result<(), KafkaError> {
 
 /// An admin client on `ingest.kafka.brokers` (topic creation and description, at start).
 fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    let mut ac = rdkafka::ClientConfig::new();
-    ac.set("bootstrap.servers", config.ingest.kafka.brokers.trim());
-    ac.create().map_err(KafkaError::client("admin client"))
+    crate::ingest::kafka::admin_config(config)
+        .create()
+        .map_err(KafkaError::client("admin client"))
 }

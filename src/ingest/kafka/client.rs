@@ -56,6 +56,13 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// The admin client's (topics created and described at start): the producer's pass-through
+/// properties (an admin client is a producer-type client), so it reaches a secured cluster as
+/// the producer does (TLS, SASL).
+pub fn admin_config(config: &Config) -> ClientConfig {
+    base(config, &config.kafka.producer)
+}
+
 /// An idempotent producer; with `transactional_id`, a transactional one.
 pub fn producer_config(config: &Config, transactional_id: Option<&str>) -> ClientConfig {
     let mut c = base(config, &config.kafka.producer);
@@ -156,7 +163,8 @@ pub fn clients_check(config: &Config) -> (Vec<String>, Vec<String>) {
                     .map(|w| format!("the Kafka {role}: librdkafka: {w}")),
             ),
             Err(e) => refusals.push(format!(
-                "the Kafka {role} cannot be made from [kafka.{role}] and sluice's settings: {e}"
+                "the Kafka {role} cannot be made from [kafka.{role}] and sluice's settings: {}",
+                e.to_string().trim_end()
             )),
         }
     }
@@ -277,15 +285,15 @@ mod tests {
     #[test]
     fn what_librdkafka_refuses_only_for_the_whole_config_is_a_problem_per_client() {
         let (refused, warned) = check(&[
-            "kafka.consumer.security.protocol=sasl_plaintext",
-            "kafka.consumer.sasl.mechanisms=SCRAM-SHA-256",
+            "kafka.consumer.security.protocol=sasl_ssl",
+            "kafka.consumer.sasl.mechanisms=GSSAPI",
             "kafka.producer.acks=1",
         ]);
         assert!(warned.is_empty(), "{warned:?}");
         assert_eq!(refused.len(), 2, "{refused:?}");
         assert!(
             refused[0].starts_with("the Kafka consumer cannot be made")
-                && refused[0].contains("SCRAM-SHA-256"),
+                && refused[0].contains("GSSAPI"),
             "{refused:?}"
         );
         assert!(
