@@ -248,10 +248,9 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
 
 /// Each pass-through property as librdkafka itself takes it: an unknown name (a typo), a value
 /// not of the property's type or out of its range, or one this build cannot do. librdkafka
-/// stops at the first
-/// refusal when the client is made, at start; here each is tried alone, so every one is
-/// listed, by `check-config` too. (A property of the other client's kind is not refused:
-/// librdkafka only warns, at start, that it ignores it.)
+/// stops at the first refusal when the client is made, at start; here each is tried alone, so
+/// every one is listed, by `check-config` too. (A property of the other client's kind is not
+/// refused: librdkafka only warns that it ignores it, which check-config reports.)
 fn librdkafka_refusals(
     table: &str,
     props: &std::collections::BTreeMap<String, String>,

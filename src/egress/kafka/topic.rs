@@ -201,7 +201,8 @@ pub fn check_batch_limits(config: &Config) -> Result<(), KafkaError> {
     }
 }
 
-/// An admin client on `ingest.kafka.brokers` (topic creation and description, at start).
+/// An admin client on `ingest.kafka.brokers` with the producer's properties (TLS, SASL), for
+/// topic creation and description at start.
 fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     crate::ingest::kafka::admin_config(config)
         .create()

@@ -126,7 +126,6 @@ pub fn clients_check(config: &Config) -> (Vec<String>, Vec<String>) {
     let mut warnings = Vec::new();
     let transactional =
         (config.egress.kafka.delivery == crate::config::Delivery::ExactlyOnce).then_some("check");
-    // The crate sets librdkafka's log level from the `log` crate's, which may be off here.
     // Properties refused alone are reported by the config's validation; left out here, so
     // each problem is listed once.
     let mut config = config.clone();
@@ -134,6 +133,7 @@ pub fn clients_check(config: &Config) -> (Vec<String>, Vec<String>) {
         props.retain(|k, v| crate::config::validate_kafka::librdkafka_refuses(k, v).is_none());
     }
     let config = &config;
+    // The crate sets librdkafka's log level from the `log` crate's, which may be off here.
     let mut consumer = consumer_config(config);
     consumer
         .set("bootstrap.servers", "")
@@ -299,6 +299,17 @@ mod tests {
         assert!(
             refused[1].starts_with("the Kafka producer cannot be made")
                 && refused[1].contains("acks"),
+            "{refused:?}"
+        );
+        // A CA file that is not there: librdkafka reads it only when a client is made.
+        let (refused, _) = check(&[
+            "kafka.producer.security.protocol=ssl",
+            "kafka.producer.ssl.ca.location=/nonexistent/ca.pem",
+        ]);
+        assert!(
+            refused.len() == 1
+                && refused[0].starts_with("the Kafka producer cannot be made")
+                && refused[0].contains("ssl.ca.location failed"),
             "{refused:?}"
         );
     }
