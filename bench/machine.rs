@@ -125,13 +125,17 @@ pub fn threads_cpu_s(prefix: &str) -> Option<f64> {
         if !comm.starts_with(prefix) {
             continue;
         }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the ")" that ends comm: state is 3rd, utime 14th, stime 15th.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        ticks += stat_cpu_ticks(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
     }
     Some(ticks as f64 / TICKS_PER_S)
+}
+
+/// utime + stime of a /proc `stat` line (a process's or a thread's), in clock ticks.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the ")" that ends comm: state is 3rd, utime 14th, stime 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// CPUs counted in /proc/stat's "cpu " line (what `machine_busy_s` sums over).
@@ -150,10 +154,7 @@ pub fn stat_cpus() -> usize {
 /// CPU time (user + system) of process `pid`, all its threads, seconds (e.g. the broker's).
 pub fn process_cpu_s(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / TICKS_PER_S)
+    Some(stat_cpu_ticks(&stat)? as f64 / TICKS_PER_S)
 }
 
 /// CPU time so far of the shard threads and of the whole machine: two of them, `per_datagram`
