@@ -588,8 +588,13 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
             let events = sum(|c| c.events_received.get());
             let drops = sum(sluice::metrics::ShardCounters::dropped_total);
             if !reported_stuck {
+                let kafka = if config.ingest.kafka.enabled() {
+                    kafka_status(sum(|c| c.kafka_partitions_attached.get()), status_every)
+                } else {
+                    String::new()
+                };
                 systemd.status(&format!(
-                    "serving: {shards} shard(s), {}, model v{}, {:.0} events/s, {} key(s) hot, {} dropped in the last {:.0} s",
+                    "serving: {shards} shard(s), {}, model v{}, {:.0} events/s, {} key(s) hot, {} dropped in the last {:.0} s{kafka}",
                     running.driver.name(),
                     counters.iter().map(|c| c.model_version.get()).max().unwrap_or(0),
                     (events - last_events) as f64 / secs,
@@ -619,6 +624,16 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// The status line's Kafka part: partitions attached, and the newest broker trouble
+/// librdkafka reported since the last status (a refused password, a TLS handshake, no
+/// connection), so `systemctl status` says why nothing is attached.
+fn kafka_status(attached: u64, since: Duration) -> String {
+    let trouble = sluice::ingest::kafka::client_errors::newest(since)
+        .map(|(kind, said)| format!(", Kafka {}: {said}", kind.label()))
+        .unwrap_or_default();
+    format!("; Kafka: {attached} partition(s) attached{trouble}")
 }
 
 fn write_hgrm(config: &Config, report: &sluice::metrics::Report) -> anyhow::Result<()> {

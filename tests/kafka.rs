@@ -1839,14 +1839,17 @@ fn input_compressed_with_every_codec_is_scored_and_scores_go_out_compressed() {
     );
 }
 
-/// A TLS front for the test broker (`tests/kafka_tls_proxy.py`: noida-db speaks plaintext
-/// only) with a certificate made for the test, and the front's log of requests.
+/// A TLS and SASL front for the test broker (`tests/kafka_tls_proxy.py`: noida-db speaks
+/// plaintext only and takes any credentials) with a certificate made for the test, the users
+/// it lets in (`FRONT_USERS`, password `secret`), and its log of requests and authentications.
 struct TlsFront {
     child: Child,
     port: u16,
     log: PathBuf,
     ca: PathBuf,
 }
+
+const FRONT_USERS: [&str; 2] = ["sluice-consumer", "sluice-producer"];
 
 /// A self-signed certificate for 127.0.0.1 (and localhost) in `dir`: (certificate, key).
 fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -1872,7 +1875,8 @@ fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 impl TlsFront {
-    fn start(broker: &Broker, dir: &Path) -> Self {
+    /// `denied`: topics the front refuses as an ACL would.
+    fn start(broker: &Broker, dir: &Path, denied: &[&str]) -> Self {
         let (cert, key) = certificate(dir, "front");
         let log = dir.join("front.log");
         let broker_port = broker.addr.rsplit(':').next().unwrap();
@@ -1885,6 +1889,8 @@ impl TlsFront {
             .arg(&cert)
             .arg(&key)
             .arg(&log)
+            .args(denied.iter().map(|t| format!("--deny={t}")))
+            .args(FRONT_USERS.iter().map(|u| format!("{u}:secret")))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -1907,20 +1913,25 @@ impl TlsFront {
         }
     }
 
-    /// sluice's settings to reach the broker through this front with TLS, trusting `ca`, and
-    /// SASL PLAIN as user sluice-consumer / sluice-producer (the test broker takes any).
-    fn sets(&self, ca: &Path) -> Vec<String> {
+    /// sluice's settings to reach the broker through this front with TLS, trusting `ca`, the
+    /// consumer as user sluice-consumer and the producer as sluice-producer, each with its
+    /// SASL mechanism and `password`.
+    fn sets(&self, ca: &Path, mechanisms: [&str; 2], password: &str) -> Vec<String> {
         let mut sets = vec![format!("ingest.kafka.brokers=127.0.0.1:{}", self.port)];
-        for client in ["consumer", "producer"] {
+        for (client, mechanism) in ["consumer", "producer"].into_iter().zip(mechanisms) {
             sets.extend([
                 format!("kafka.{client}.security.protocol=sasl_ssl"),
-                format!("kafka.{client}.sasl.mechanisms=PLAIN"),
+                format!("kafka.{client}.sasl.mechanisms={mechanism}"),
                 format!("kafka.{client}.sasl.username=sluice-{client}"),
-                format!("kafka.{client}.sasl.password=secret"),
+                format!("kafka.{client}.sasl.password={password}"),
                 format!("kafka.{client}.ssl.ca.location={}", ca.display()),
             ]);
         }
         sets
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -1931,27 +1942,29 @@ impl Drop for TlsFront {
     }
 }
 
-/// Kafka over TLS with SASL PLAIN (`security.protocol = sasl_ssl`), as a managed Kafka is
-/// reached: every client sluice makes (discovery, the shards' consumers, the producers, the
-/// admin client that describes the output topics) goes through a TLS front whose certificate
-/// it verifies (`ssl.ca.location`) and authenticates as its user; every Observation scored
-/// once. With a CA that did not sign the front's certificate nothing gets through, and the
-/// log says why.
+/// A secured cluster as managed Kafka runs them: TLS, and SASL checked by the front (SCRAM
+/// for the consumer, PLAIN for the producer and the admin client, which takes the
+/// producer's properties). Every Observation is scored once and every client went through
+/// the front as its user; a CA that did not sign the front's certificate lets nothing
+/// through, and sluice says what to check and counts it.
 #[test]
 fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate_is_refused() {
     let broker = broker_with_topics("tls");
     let dir = scratch("tls");
-    let front = TlsFront::start(&broker, &dir);
+    let front = TlsFront::start(&broker, &dir, &[]);
     let records = workload(30, 300);
     let p = broker.producer();
     produce_all(&p, &mut EventBatchEncoder::new(), &records);
     drop(p);
     // Later sets win: the front's address replaces the broker's own.
-    let sets = sluice_sets(&broker, &front.sets(&front.ca));
+    let sets = sluice_sets(
+        &broker,
+        &front.sets(&front.ca, ["SCRAM-SHA-512", "PLAIN"], "secret"),
+    );
     let (child, stdout, _) = common::spawn_run(&sets);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     stop_when_every_score_is_read_once(&broker, child, stdout, &expected(&events));
-    let log = std::fs::read_to_string(&front.log).unwrap();
+    let log = front.log();
     for (request, who) in [
         ("api 1", "the consumers' fetches"),
         ("api 0", "the producers' Score records"),
@@ -1960,12 +1973,12 @@ fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate
             "the admin client's description of the output topics",
         ),
         (
-            "api 36 user sluice-consumer",
+            "sasl SCRAM-SHA-512 sluice-consumer ok",
             "the consumers' authentication",
         ),
         (
-            "api 36 user sluice-producer",
-            "the producers' authentication",
+            "sasl PLAIN sluice-producer ok",
+            "the producers' and the admin client's authentication",
         ),
     ] {
         assert!(
@@ -1973,34 +1986,32 @@ fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate
             "{who} ({request}) did not go through the TLS front:\n{log}"
         );
     }
+    assert!(!log.contains("refused"), "{log}");
 
     // A CA that did not sign the front's certificate: sluice does not take the connection.
     let (other_ca, _) = certificate(&dir, "other");
     let before = log.lines().count();
-    let sets = sluice_sets(&broker, &front.sets(&other_ca));
+    let sets = sluice_sets(
+        &broker,
+        &front.sets(&other_ca, ["SCRAM-SHA-512", "PLAIN"], "secret"),
+    );
     let stderr = dir.join("untrusted.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--set", "ingest.udp.listen=127.0.0.1:0"])
-        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let said = loop {
-        let said = std::fs::read_to_string(&stderr).unwrap_or_default();
-        if said.contains("certificate verify failed") || std::time::Instant::now() > deadline {
-            break said;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (mut child, _stdout, _, metrics) = common::spawn_run_logged(&sets, &stderr, &[]);
+    let advice = "check ssl.ca.location";
+    let said = common::wait_for_log(&stderr, advice, Duration::from_secs(60));
+    let tls_errors =
+        common::scrape_where(&metrics, "sluice_kafka_client_errors_total", "kind=\"tls\"");
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        said.contains("certificate verify failed"),
-        "the log does not say why:\n{said}"
+        said.contains("certificate verify failed") && said.contains(advice),
+        "the log does not say why, or what to check:\n{said}"
     );
-    let log = std::fs::read_to_string(&front.log).unwrap();
+    assert!(
+        tls_errors > 0,
+        "the refusals are not counted as tls:\n{said}"
+    );
+    let log = front.log();
     assert_eq!(
         log.lines()
             .skip(before)
@@ -2008,6 +2019,161 @@ fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate
             .count(),
         0,
         "requests went through despite the untrusted certificate:\n{log}"
+    );
+}
+
+/// What a secured cluster refuses is named, not taken for a broker that is down: a wrong
+/// password (SCRAM) is logged as the brokers refusing sluice's credentials, with what to
+/// check, counted as authentication errors, and lets no request through; a topic an ACL
+/// refuses stops the start, naming the topic.
+#[test]
+fn a_wrong_password_and_a_refused_topic_are_named_as_such() {
+    let broker = broker_with_topics("refusals");
+    let dir = scratch("refusals");
+    let front = TlsFront::start(&broker, &dir, &[EVENTS]);
+    let sets = sluice_sets(
+        &broker,
+        &front.sets(
+            &front.ca,
+            ["SCRAM-SHA-256", "SCRAM-SHA-256"],
+            "not-the-password",
+        ),
+    );
+    let stderr = dir.join("wrong-password.log");
+    let notify = dir.join("notify.sock");
+    let mut manager = common::NotifyManager::bind(&notify);
+    let (mut child, _stdout, _, metrics) =
+        common::spawn_run_logged(&sets, &stderr, &[("NOTIFY_SOCKET", notify.as_os_str())]);
+    let advice = "check security.protocol, sasl.mechanisms, sasl.username and sasl.password";
+    // Start-up says it once its patience is over (and serves UDP meanwhile).
+    let said = common::wait_for_log(
+        &stderr,
+        "refuse sluice's credentials",
+        Duration::from_secs(60),
+    );
+    let auth_errors = common::scrape_where(
+        &metrics,
+        "sluice_kafka_client_errors_total",
+        "kind=\"authentication\"",
+    );
+    // The status line (every 5 s) says why no partition is attached.
+    let status = manager.wait_for("Kafka authentication", Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "no STATUS= names the refusal: {:?}",
+            manager.seen.iter().map(|(_, m)| m).collect::<Vec<_>>()
+        )
+    });
+    assert!(
+        status.contains("Kafka: 0 partition(s) attached")
+            && status.contains("Authentication failed"),
+        "{status}"
+    );
+    assert!(
+        said.contains("refuse sluice's credentials")
+            && said.contains("Authentication failed")
+            && said.contains(advice),
+        "the log does not say the credentials were refused, or what to check:\n{said}"
+    );
+    assert!(
+        !said.contains("is the broker running"),
+        "a refusal is reported as a broker that does not answer:\n{said}"
+    );
+    assert!(
+        auth_errors > 0,
+        "the refusals are not counted as authentication:\n{said}"
+    );
+    let log = front.log();
+    assert!(
+        log.lines()
+            .any(|l| l == "sasl SCRAM-SHA-256 sluice-consumer refused"),
+        "{log}"
+    );
+    for request in ["api 1", "api 3", "api 0"] {
+        assert!(
+            !log.lines().any(|l| l == request),
+            "{request} went through with a wrong password:\n{log}"
+        );
+    }
+
+    // The right password, but an ACL refuses the input topic: a clear stop at start.
+    let sets = sluice_sets(
+        &broker,
+        &front.sets(&front.ca, ["SCRAM-SHA-256", "PLAIN"], "secret"),
+    );
+    let said = common::run_refused(&sets);
+    assert!(
+        said.contains(&format!("Kafka topic \"{EVENTS}\"")) && said.contains("not authorized"),
+        "{said}"
+    );
+    assert!(!said.contains("does not exist"), "{said}");
+}
+
+/// A password rotated on the brokers while sluice runs (the front changes every password
+/// and drops every connection): the shards' clients are refused when they authenticate
+/// again, which sluice logs as such, with what to check, and counts; ingest waits, and once
+/// the passwords are back every Observation, those produced meanwhile too, is scored once.
+#[test]
+fn a_password_rotated_under_sluice_is_named_and_nothing_is_lost_once_it_is_back() {
+    let broker = broker_with_topics("rotated");
+    let dir = scratch("rotated");
+    let front = TlsFront::start(&broker, &dir, &[]);
+    let records = workload(30, 300);
+    let (first, second) = records.split_at(150);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    produce_all(&p, &mut enc, first);
+    let sets = sluice_sets(
+        &broker,
+        &front.sets(&front.ca, ["SCRAM-SHA-256", "PLAIN"], "secret"),
+    );
+    let stderr = dir.join("rotated.log");
+    let (child, stdout, _, metrics) = common::spawn_run_logged(&sets, &stderr, &[]);
+    let first_events: Vec<Ev> = first.iter().flatten().copied().collect();
+    let n_first = expected(&first_events).len();
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= n_first
+    });
+    let front_pid = nix::unistd::Pid::from_raw(front.child.id() as i32);
+    nix::sys::signal::kill(front_pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    produce_all(&p, &mut enc, second);
+    let said = common::wait_for_log(
+        &stderr,
+        "the brokers refuse sluice's credentials",
+        Duration::from_secs(60),
+    );
+    let auth_errors = common::scrape_where(
+        &metrics,
+        "sluice_kafka_client_errors_total",
+        "kind=\"authentication\"",
+    );
+    nix::sys::signal::kill(front_pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    let all: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&all);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    let report = stop(child, Some(stdout));
+    let log = front.log();
+    assert!(
+        log.lines().any(|l| l.ends_with(" refused")),
+        "no client authenticated again while the passwords were rotated:\n{log}"
+    );
+    assert!(
+        said.lines().any(
+            |l| l.contains("Kafka consumer: the brokers refuse sluice's credentials")
+                || l.contains("Kafka producer: the brokers refuse sluice's credentials")
+        ),
+        "the shards' clients did not say why:\n{said}"
+    );
+    assert!(auth_errors > 0, "the refusals are not counted:\n{said}");
+    check_exactly_once(&scores, &want);
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        300,
+        "{report}"
     );
 }
 

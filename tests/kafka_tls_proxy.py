@@ -1,26 +1,59 @@
 #!/usr/bin/env python3
-"""A TLS front for the test broker (noida-db speaks plaintext only), for tests/kafka.rs.
+"""A TLS and SASL front for the test broker (noida-db speaks plaintext only and takes any
+credentials), for tests/kafka.rs.
 
 Listens on 127.0.0.1 with TLS (the test's own certificate), forwards each connection's Kafka
 frames to the broker's plaintext port, and rewrites the broker's port to its own in the
 answers that tell a client where brokers are (Metadata, FindCoordinator, DescribeCluster): a
-client then makes every connection through TLS, as to a broker with a TLS listener. It
-forwards SASL frames untouched (the broker takes PLAIN) and logs, one line per request, the
-API key and, for SaslAuthenticate with PLAIN, the user name, so the test can see who
-authenticated. Prints "listening PORT" once ready. Stop it with SIGTERM.
+client then makes every connection through TLS, as to a broker with a TLS listener.
 
-usage: kafka_tls_proxy.py BROKER_PORT CERT KEY LOG
+It does SASL itself, as a secured broker does: SaslHandshake and SaslAuthenticate are answered
+here, never forwarded, for the mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802,
+RFC 7677) against the USER:PASSWORD pairs it is given; a wrong password or an unknown user is
+answered with SASL_AUTHENTICATION_FAILED and the connection closed, and nothing but
+ApiVersions and SASL is forwarded before a connection has authenticated. It logs one line per
+request ("api KEY") and one per authentication ("sasl MECHANISM USER ok|refused"), so a test
+can see who authenticated how.
+
+With --deny=TOPIC it plays an ACL that refuses the topic: Metadata answers name it with
+TOPIC_AUTHORIZATION_FAILED, as a broker does whether the topic exists or not.
+
+SIGUSR1 plays a password rotated on the brokers: every user's password changes and every
+client connection is closed, so clients must authenticate again (and are refused); SIGUSR2
+puts the passwords back.
+
+Prints "listening PORT" once ready. Stop it with SIGTERM.
+
+usage: kafka_tls_proxy.py BROKER_PORT CERT KEY LOG [--deny=TOPIC ...] USER:PASSWORD [...]
 """
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import signal
 import ssl
 import struct
 import sys
 
+API_VERSIONS = 18
+SASL_HANDSHAKE = 17
 SASL_AUTHENTICATE = 36
+# Kafka's error codes for the answers made here.
+UNSUPPORTED_SASL_MECHANISM = 33
+ILLEGAL_SASL_STATE = 34
+SASL_AUTHENTICATION_FAILED = 58
+TOPIC_AUTHORIZATION_FAILED = 29
+METADATA = 3
+# Metadata's first flexible version (compact strings: a one-byte length + 1 for short names).
+METADATA_FLEXIBLE = 9
 # Answers naming brokers by host and port: Metadata, FindCoordinator, DescribeCluster.
 NAMES_BROKERS = {3, 10, 60}
 HOST = b"127.0.0.1"
+SCRAM_HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
+MECHANISMS = ["PLAIN", *SCRAM_HASHES]
+SCRAM_ITERATIONS = 4096
 
 
 async def read_frame(reader):
@@ -33,19 +66,136 @@ async def read_frame(reader):
         return None
 
 
-def plain_user(request):
-    """The user name of a SaslAuthenticate PLAIN token ("authzid NUL user NUL password"),
-    found without parsing the header's version-dependent layout: the token is the request's
-    tail."""
-    parts = request.split(b"\x00")
-    return parts[-2].decode(errors="replace") if len(parts) >= 3 else "?"
+def kafka_string(s):
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def request_body(frame):
+    """A request's body: after api key, version, correlation id and client id (request
+    header v1; SASL's versions 0 and 1, the ones librdkafka sends, are not flexible)."""
+    (client_id_len,) = struct.unpack(">h", frame[8:10])
+    return frame[10 + max(client_id_len, 0):]
+
+
+class Sasl:
+    """One connection's SASL exchange."""
+
+    def __init__(self, users):
+        self.users = users  # () -> the user -> password dict in force
+        self.mechanism = None
+        self.user = None
+        self.authenticated = False
+        self.scram = None  # (client-first-bare, server-first, salted password) between steps
+
+    def handshake(self, body):
+        (n,) = struct.unpack(">h", body[:2])
+        self.mechanism = body[2:2 + n].decode(errors="replace")
+        error = 0 if self.mechanism in MECHANISMS else UNSUPPORTED_SASL_MECHANISM
+        offered = b"".join(kafka_string(m) for m in MECHANISMS)
+        return struct.pack(">hi", error, len(MECHANISMS)) + offered
+
+    def authenticate(self, body, version):
+        """(answer body, verdict): verdict is None while a SCRAM exchange goes on, else
+        True or False (then the connection is closed after the answer)."""
+        (n,) = struct.unpack(">i", body[:4])
+        token = body[4:4 + n]
+        if self.mechanism == "PLAIN":
+            reply, verdict = self.plain(token)
+        elif self.mechanism in SCRAM_HASHES:
+            reply, verdict = self.scram_step(token)
+        else:
+            return self.answer(version, ILLEGAL_SASL_STATE, "no handshake", b""), False
+        if verdict is False:
+            return self.answer(version, SASL_AUTHENTICATION_FAILED,
+                               "Authentication failed: Invalid username or password", b""), False
+        self.authenticated = verdict is True
+        return self.answer(version, 0, None, reply), verdict
+
+    @staticmethod
+    def answer(version, error, message, auth_bytes):
+        out = struct.pack(">h", error)
+        out += struct.pack(">h", -1) if message is None else kafka_string(message)
+        out += struct.pack(">i", len(auth_bytes)) + auth_bytes
+        if version >= 1:
+            out += struct.pack(">q", 0)  # session lifetime: none
+        return out
+
+    def plain(self, token):
+        parts = token.split(b"\x00")
+        if len(parts) != 3:
+            return b"", False
+        self.user = parts[1].decode(errors="replace")
+        return b"", self.users().get(self.user) == parts[2].decode(errors="replace")
+
+    def scram_step(self, token):
+        digest = SCRAM_HASHES[self.mechanism]
+        text = token.decode(errors="replace")
+        if self.scram is None:
+            # client-first: gs2 header ("n,," or "n,a=authzid,") then "n=user,r=nonce".
+            bare = text.split(",", 2)[2] if text.count(",") >= 2 else ""
+            fields = dict(f.split("=", 1) for f in bare.split(",") if "=" in f)
+            self.user = fields.get("n", "?").replace("=2C", ",").replace("=3D", "=")
+            password = self.users().get(self.user)
+            if password is None or "r" not in fields:
+                return b"", False
+            salt = os.urandom(16)
+            salted = hashlib.pbkdf2_hmac(digest().name, password.encode(), salt, SCRAM_ITERATIONS)
+            first = "r={}{},s={},i={}".format(fields["r"], base64.b64encode(os.urandom(18)).decode(),
+                                              base64.b64encode(salt).decode(), SCRAM_ITERATIONS)
+            self.scram = (bare, first, salted)
+            return first.encode(), None
+        bare, first, salted = self.scram
+        without_proof, _, proof = text.rpartition(",p=")
+        auth_message = f"{bare},{first},{without_proof}".encode()
+        client_key = hmac.new(salted, b"Client Key", digest).digest()
+        stored_key = digest(client_key).digest()
+        signature = hmac.new(stored_key, auth_message, digest).digest()
+        try:
+            given = base64.b64decode(proof)
+        except ValueError:
+            return b"", False
+        nonce = dict(f.split("=", 1) for f in without_proof.split(",") if "=" in f).get("r")
+        recovered = bytes(a ^ b for a, b in zip(given, signature))
+        if nonce != first.split(",")[0][2:] or len(given) != len(signature) \
+                or digest(recovered).digest() != stored_key:
+            return b"", False
+        server_key = hmac.new(salted, b"Server Key", digest).digest()
+        verifier = hmac.new(server_key, auth_message, digest).digest()
+        return b"v=" + base64.b64encode(verifier), True
+
+
+def deny_topics(frame, version, topics):
+    """A Metadata answer with each of `topics` refused: the topic entry's error code (the two
+    bytes before its name, in every version) set to TOPIC_AUTHORIZATION_FAILED."""
+    for topic in topics:
+        name = topic.encode()
+        size = bytes([len(name) + 1]) if version >= METADATA_FLEXIBLE else struct.pack(">h", len(name))
+        at = frame.find(size + name)
+        if at >= 2:
+            frame = frame[:at - 2] + struct.pack(">h", TOPIC_AUTHORIZATION_FAILED) + frame[at:]
+    return frame
 
 
 class Proxy:
-    def __init__(self, broker_port, log):
+    def __init__(self, broker_port, log, users, denied):
         self.broker_port = broker_port
         self.own_port = 0
         self.log = log
+        self.given = users
+        self.users = users
+        self.denied = denied
+        self.clients = set()
+
+    def rotate(self):
+        self.users = {u: p + "-rotated" for u, p in self.given.items()}
+        self.note("passwords rotated")
+        for w in list(self.clients):
+            w.close()
+
+    def restore(self):
+        self.users = self.given
+        self.note("passwords restored")
 
     def note(self, line):
         self.log.write(line + "\n")
@@ -58,29 +208,54 @@ class Proxy:
             self.note(f"broker unreachable: {e}")
             client_w.close()
             return
-        asked = {}  # correlation id -> API key
+        asked = {}  # correlation id -> (API key, version)
+        sasl = Sasl(lambda: self.users)
+        self.clients.add(client_w)
+        # The client's writer is shared by the broker's answers and this front's own.
+        writing = asyncio.Lock()
+
+        async def to_client_frame(frame):
+            async with writing:
+                client_w.write(struct.pack(">i", len(frame)) + frame)
+                await client_w.drain()
 
         async def to_broker():
             while (frame := await read_frame(client_r)) is not None:
-                api_key, _version, correlation = struct.unpack(">hhi", frame[:8])
-                asked[correlation] = api_key
-                line = f"api {api_key}"
+                api_key, version, correlation = struct.unpack(">hhi", frame[:8])
+                self.note(f"api {api_key}")
+                if api_key == SASL_HANDSHAKE:
+                    await to_client_frame(struct.pack(">i", correlation)
+                                          + sasl.handshake(request_body(frame)))
+                    continue
                 if api_key == SASL_AUTHENTICATE:
-                    line += f" user {plain_user(frame)}"
-                self.note(line)
+                    answer, verdict = sasl.authenticate(request_body(frame), version)
+                    await to_client_frame(struct.pack(">i", correlation) + answer)
+                    if verdict is not None:
+                        self.note(f"sasl {sasl.mechanism} {sasl.user} "
+                                  + ("ok" if verdict else "refused"))
+                    if verdict is False:
+                        break
+                    continue
+                if not sasl.authenticated and api_key != API_VERSIONS:
+                    self.note(f"unauthenticated request {api_key}: closed")
+                    break
+                asked[correlation] = (api_key, version)
                 broker_w.write(struct.pack(">i", len(frame)) + frame)
                 await broker_w.drain()
             broker_w.close()
+            client_w.close()
 
         async def to_client():
             old = HOST + struct.pack(">i", self.broker_port)
             new = HOST + struct.pack(">i", self.own_port)
             while (frame := await read_frame(broker_r)) is not None:
                 (correlation,) = struct.unpack(">i", frame[:4])
-                if asked.pop(correlation, None) in NAMES_BROKERS:
+                api_key, version = asked.pop(correlation, (None, 0))
+                if api_key in NAMES_BROKERS:
                     frame = frame.replace(old, new)
-                client_w.write(struct.pack(">i", len(frame)) + frame)
-                await client_w.drain()
+                if api_key == METADATA and self.denied:
+                    frame = deny_topics(frame, version, self.denied)
+                await to_client_frame(frame)
             client_w.close()
 
         try:
@@ -88,19 +263,26 @@ class Proxy:
         except (ConnectionError, ssl.SSLError, OSError):
             client_w.close()
             broker_w.close()
+        finally:
+            self.clients.discard(client_w)
 
 
 async def main():
     broker_port, cert, key, log_path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    rest = sys.argv[5:]
+    denied = [a.removeprefix("--deny=") for a in rest if a.startswith("--deny=")]
+    users = dict(a.split(":", 1) for a in rest if not a.startswith("--deny="))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    proxy = Proxy(broker_port, open(log_path, "a", encoding="utf-8"))
+    proxy = Proxy(broker_port, open(log_path, "a", encoding="utf-8"), users, denied)
     # A client whose handshake fails (a certificate it does not trust) never reaches `serve`;
     # asyncio reports it to the loop's exception handler, noted in the log.
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, ctx: proxy.note(f"refused: {ctx.get('exception') or ctx.get('message')}"))
     server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0, ssl=context)
     proxy.own_port = server.sockets[0].getsockname()[1]
+    loop.add_signal_handler(signal.SIGUSR1, proxy.rotate)
+    loop.add_signal_handler(signal.SIGUSR2, proxy.restore)
     print(f"listening {proxy.own_port}", flush=True)
     async with server:
         await server.serve_forever()

@@ -5,7 +5,6 @@
 
 use std::io::{BufReader, Read};
 use std::net::UdpSocket;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
 
 mod common;
-use common::{announced, spawn_run};
+use common::{announced, spawn_run, NotifyManager as Manager};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sluice-sd-{name}-{}", std::process::id()));
@@ -57,46 +56,6 @@ fn spawn_notified(
 }
 
 /// The test's end of the notify socket: every message, with when it arrived.
-struct Manager {
-    sock: UnixDatagram,
-    seen: Vec<(Instant, String)>,
-}
-
-impl Manager {
-    fn bind(path: &Path) -> Self {
-        let sock = UnixDatagram::bind(path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Self {
-            sock,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Read messages until one contains `needle` (returned) or `within` passes (None).
-    fn wait_for(&mut self, needle: &str, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.seen.push((Instant::now(), msg.clone()));
-                if msg.contains(needle) {
-                    return Some(msg);
-                }
-            }
-        }
-        None
-    }
-
-    fn count_since(&self, t: Instant, needle: &str) -> usize {
-        self.seen
-            .iter()
-            .filter(|(at, m)| *at >= t && m.lines().any(|l| l == needle))
-            .count()
-    }
-}
-
 fn score_one(addr: &str, key: u64, seq: u64) -> ScoreOut {
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client

@@ -236,6 +236,28 @@ impl Exposition {
         Ok(())
     }
 
+    /// Process-wide, not per shard: see `ingest::kafka::client_errors`.
+    fn encode_client_errors(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        use crate::ingest::kafka::client_errors::{count, ClientErrorKind};
+        if !self.parts.kafka {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            names::KAFKA_CLIENT_ERRORS
+                .strip_suffix("_total")
+                .unwrap_or(names::KAFKA_CLIENT_ERRORS),
+            "Errors librdkafka's clients reported, by kind: authentication (SASL refused), authorization (an ACL refuses), tls (handshake failed), transport (no connection), other.",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in ClientErrorKind::ALL {
+            family
+                .encode_family(&[("kind", kind.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(&count(kind), None)?;
+        }
+        Ok(())
+    }
+
     fn encode_partitions(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         use crate::ingest::kafka::watermarks::{by_partition, dealt};
         let partitions = by_partition(dealt(&self.partitions));
@@ -347,7 +369,8 @@ impl Collector for Scrape {
         }
         x.encode_histograms(&mut encoder)?;
         x.encode_partitions(&mut encoder)?;
-        x.encode_standbys(&mut encoder)
+        x.encode_standbys(&mut encoder)?;
+        x.encode_client_errors(&mut encoder)
     }
 }
 

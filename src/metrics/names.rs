@@ -110,6 +110,9 @@ pub const CHANGELOG_INPUT_REPLAYS: &str = "sluice_kafka_changelog_input_replays_
 pub const CHANGELOG_REPLAYED_RECORDS: &str = "sluice_kafka_changelog_replayed_records_total";
 pub const CHANGELOG_RESTORE_TIME: &str = "sluice_kafka_changelog_restore_seconds";
 pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
+/// librdkafka's client-level errors, process-wide (label kind =
+/// `ingest::kafka::client_errors::ClientErrorKind::label()`).
+pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
 /// Per partition (labels topic, partition): high watermark minus the next offset to apply.
 pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";
 pub const KAFKA_RECORD_TO_PRODUCE: &str = "sluice_kafka_record_to_produce_seconds";

@@ -131,6 +131,51 @@ pub fn spawn_binary_wrapped(
     wrapper: &[String],
     sets: &[String],
 ) -> (Child, BufReader<ChildStdout>, String, String) {
+    // SLUICE_TEST_STDERR=1 shows the service's log (debugging a failing test).
+    let stderr = if std::env::var_os("SLUICE_TEST_STDERR").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    spawn_with(binary, wrapper, sets, stderr, &[])
+}
+
+/// `spawn_run_with_metrics` with the service's log written to `log`, for a test that reads
+/// what sluice says while it keeps running; `envs` added to its environment.
+pub fn spawn_run_logged(
+    sets: &[String],
+    log: &std::path::Path,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> (Child, BufReader<ChildStdout>, String, String) {
+    let file = std::fs::File::create(log).unwrap();
+    spawn_with(
+        env!("CARGO_BIN_EXE_sluice").as_ref(),
+        &[],
+        sets,
+        file.into(),
+        envs,
+    )
+}
+
+/// Wait (up to `patience`) until `log` holds `needle`; the log as it stands then.
+pub fn wait_for_log(log: &std::path::Path, needle: &str, patience: Duration) -> String {
+    let deadline = Instant::now() + patience;
+    loop {
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        if said.contains(needle) || Instant::now() > deadline {
+            return said;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_with(
+    binary: &std::path::Path,
+    wrapper: &[String],
+    sets: &[String],
+    stderr: Stdio,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> (Child, BufReader<ChildStdout>, String, String) {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -152,13 +197,9 @@ pub fn spawn_binary_wrapped(
         cmd.args(["--set", set]);
     }
     let mut child = cmd
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
-        // SLUICE_TEST_STDERR=1 shows the service's log (debugging a failing test).
-        .stderr(if std::env::var_os("SLUICE_TEST_STDERR").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(stderr)
         .spawn()
         .unwrap();
     kill_on_panic(child.id());
@@ -404,5 +445,47 @@ impl Client {
             "{} Observations got no Score, e.g. seqs {missing:?}",
             self.replies_wanted() - seen.len()
         );
+    }
+}
+
+/// systemd's side of the notify protocol: a datagram socket for `NOTIFY_SOCKET`, and every
+/// message read from it.
+pub struct NotifyManager {
+    sock: std::os::unix::net::UnixDatagram,
+    pub seen: Vec<(Instant, String)>,
+}
+
+impl NotifyManager {
+    pub fn bind(path: &std::path::Path) -> Self {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Self {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Read messages until one contains `needle` (returned) or `within` passes (None).
+    pub fn wait_for(&mut self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push((Instant::now(), msg.clone()));
+                if msg.contains(needle) {
+                    return Some(msg);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn count_since(&self, t: Instant, needle: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|(at, m)| *at >= t && m.lines().any(|l| l == needle))
+            .count()
     }
 }

@@ -189,7 +189,11 @@ impl Epochs {
     }
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::ingest::kafka::client_errors::record("producer", &error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = usize;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
+use super::client_errors::{self, ClientErrorKind};
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,14 +20,33 @@ pub enum KafkaError {
         "Kafka topic {topic:?} does not exist on {brokers} (create it, or fix ingest.kafka.topics)"
     )]
     MissingTopic { topic: String, brokers: String },
-    #[error("Kafka brokers {brokers} did not answer within {waited_s} s ({last}); is the broker running and is ingest.kafka.brokers right?")]
+    /// A broker answers "topic authorization failed" whether the topic exists or not.
+    #[error("Kafka topic {topic:?} on {brokers}: sluice's principal is not authorized for it (an ACL refuses: grant it Describe and Read on the input topics)")]
+    TopicNotAuthorized { topic: String, brokers: String },
+    #[error("Kafka brokers {brokers} {}", no_answer(*.waited_s, .last, .refused.as_ref()))]
     Unreachable {
         brokers: String,
         waited_s: u64,
+        /// The metadata request's own error.
         last: String,
+        /// What librdkafka said meanwhile, when it says more: a refusal (SASL, TLS).
+        refused: Option<Refusal>,
     },
     #[error("Kafka: {0}")]
     Other(String),
+}
+
+/// The rest of `Unreachable`'s message: a refusal says what to check; silence asks whether
+/// the brokers run where the config says.
+fn no_answer(waited_s: u64, last: &str, refused: Option<&Refusal>) -> String {
+    match refused {
+        Some(r) => format!(
+            "refuse sluice (librdkafka: {}; for {waited_s} s): {}",
+            r.said,
+            r.kind.advice()
+        ),
+        None => format!("did not answer within {waited_s} s ({last}); is the broker running and is ingest.kafka.brokers right?"),
+    }
 }
 
 impl KafkaError {
@@ -171,14 +191,42 @@ pub fn clients_check(config: &Config) -> (Vec<String>, Vec<String>) {
     (refusals, warnings)
 }
 
-/// The discovery consumer's context: librdkafka's global errors (all brokers down, ...) are
-/// what the metadata request fails with, which the caller reports once per attempt; logged
-/// here too they were a dozen lines every 3 s while the brokers stay away.
-struct Discovery;
+/// The discovery consumer's context. librdkafka's global errors say why a metadata request
+/// went unanswered — the brokers refused sluice's credentials, the TLS handshake failed —
+/// where the request's own error says only "transport failure": the newest such refusal is
+/// kept for the caller's message. Each is counted (`client_errors`); not logged here, as
+/// the caller reports once per attempt (logged too they were a dozen lines every 3 s while
+/// the brokers stay away).
+#[derive(Default)]
+struct Discovery {
+    refused: std::sync::Mutex<Option<Refusal>>,
+}
+
+/// Why the brokers did not answer, as librdkafka said it: (kind, its words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: ClientErrorKind,
+    pub said: String,
+}
 
 impl rdkafka::ClientContext for Discovery {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let (kind, _) = client_errors::note(&error, reason);
         tracing::debug!("Kafka discovery: {error}: {reason}");
+        if matches!(kind, ClientErrorKind::Authentication | ClientErrorKind::Tls) {
+            if let Ok(mut refused) = self.refused.lock() {
+                *refused = Some(Refusal {
+                    kind,
+                    said: reason.to_owned(),
+                });
+            }
+        }
+    }
+}
+
+impl Discovery {
+    fn refused(&self) -> Option<Refusal> {
+        self.refused.lock().ok()?.clone()
     }
 }
 
@@ -196,7 +244,7 @@ impl rdkafka::ClientContext for ToTheEnd {
         if matches!(error, E::PartitionEOF(_) | E::Global(C::PartitionEOF)) {
             tracing::debug!("Kafka reader: {error}: {reason}");
         } else {
-            tracing::warn!("Kafka reader: {error}: {reason}");
+            client_errors::record("reader", &error, reason);
         }
     }
 }
@@ -213,7 +261,7 @@ pub const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaError> {
     let k = &config.ingest.kafka;
     let consumer: BaseConsumer<Discovery> = consumer_config(config)
-        .create_with_context(Discovery)
+        .create_with_context(Discovery::default())
         .map_err(KafkaError::client("consumer for discovery"))?;
     let started = Instant::now();
     let mut counts = Vec::with_capacity(k.topics.len());
@@ -228,6 +276,17 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
                         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                             break t.partitions().len() as i32
                         }
+                        Some(t)
+                            if t.error().map(rdkafka::types::RDKafkaErrorCode::from)
+                                == Some(
+                                    rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed,
+                                ) =>
+                        {
+                            return Err(KafkaError::TopicNotAuthorized {
+                                topic: topic.clone(),
+                                brokers: k.brokers.clone(),
+                            })
+                        }
                         _ => {
                             return Err(KafkaError::MissingTopic {
                                 topic: topic.clone(),
@@ -237,14 +296,31 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
                     }
                 }
                 Err(e) => {
+                    // The errors librdkafka queued meanwhile (the refusal, if any) reach the
+                    // context when the client is polled; no record is assigned to it.
+                    // A poll serves one event (a log line, an error) and says None for a
+                    // log line as for an empty queue: a fixed number of polls, more than one
+                    // attempt queues (a few lines per broker per retry), each µs when empty.
+                    for _ in 0..256 {
+                        let _ = consumer.poll(Duration::ZERO);
+                    }
+                    let refused = consumer.context().refused();
                     if started.elapsed() >= patience {
                         return Err(KafkaError::Unreachable {
                             brokers: k.brokers.clone(),
                             waited_s: started.elapsed().as_secs(),
                             last: e.to_string(),
+                            refused,
                         });
                     }
-                    tracing::warn!(brokers = %k.brokers, attempt, "Kafka brokers not answering yet ({e}); retrying");
+                    match refused {
+                        Some(r) => {
+                            tracing::warn!(brokers = %k.brokers, attempt, "Kafka brokers refuse sluice ({}): {}; retrying", r.said, r.kind.advice())
+                        }
+                        None => {
+                            tracing::warn!(brokers = %k.brokers, attempt, "Kafka brokers not answering yet ({e}); retrying")
+                        }
+                    }
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }

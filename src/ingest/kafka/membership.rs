@@ -48,7 +48,13 @@ impl ShardContext {
     }
 }
 
-impl ClientContext for ShardContext {}
+impl ClientContext for ShardContext {
+    /// Also handed back by `poll`, where the shard counts nothing more: counted and logged
+    /// here, with its reason (the poll's copy has only the code).
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_errors::record("consumer", &error, reason);
+    }
+}
 
 impl ConsumerContext for ShardContext {
     fn rebalance(

@@ -6,6 +6,7 @@
 
 mod arrival;
 mod client;
+pub mod client_errors;
 pub mod membership;
 pub mod partitions;
 mod queue_length;
@@ -79,7 +80,6 @@ pub struct KafkaSource {
     owned: Vec<OwnedPartition>,
     /// Records taken since start, skipped ones included (a change stamp for checkpoints).
     taken: u64,
-    errors_logged: u64,
     /// Per owned partition (same order): position, watermark, records, for lag.
     gauges: Vec<Arc<PartitionGauge>>,
     topics_c: Vec<std::ffi::CString>,
@@ -195,7 +195,6 @@ impl KafkaSource {
             next_watermarks_ns: 0,
             owned,
             taken: 0,
-            errors_logged: 0,
             arrived: Arc::new(AtomicBool::new(false)),
             appended_ns: Arc::new(AtomicU64::new(0)),
             arrival: arrival::ArrivalBound::new(made_ns),
@@ -408,14 +407,10 @@ impl KafkaSource {
                     break;
                 }
                 Some(Ok(m)) => m,
-                Some(Err(e)) => {
+                Some(Err(_)) => {
                     self.arrival.polled(appended_ns);
-                    // Broker trouble is reported here (librdkafka retries on its own); log the
-                    // 1st, 2nd, 4th, ... so an outage is visible but not a log storm.
-                    self.errors_logged += 1;
-                    if self.errors_logged.is_power_of_two() {
-                        tracing::warn!(count = self.errors_logged, "Kafka consumer: {e}");
-                    }
+                    // Broker trouble (librdkafka retries on its own): counted and logged by
+                    // the consumer's context, which hears it with its reason.
                     break;
                 }
             };

@@ -1,0 +1,222 @@
+//! librdkafka's client-level errors — the brokers refuse sluice's credentials, a TLS handshake
+//! fails, an ACL refuses, no broker answers — counted by kind for
+//! `sluice_kafka_client_errors_total`, logged with what to check, and the newest kept for the
+//! service's status line.
+//!
+//! Process-wide: every client of the process reaches the same brokers with the same settings,
+//! and the contexts that hear of these errors (start-up discovery's, the shards' consumers',
+//! the producers', the readers') are made in places that share nothing else. Tests that run
+//! several instances in one process see their sum.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::types::RDKafkaErrorCode as C;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// SASL refused (wrong password, unknown user, a mechanism the brokers do not offer).
+    Authentication,
+    /// An ACL refuses sluice's principal a topic, the group or a transactional id.
+    Authorization,
+    /// The TLS handshake failed (an untrusted or expired certificate, a plaintext listener).
+    Tls,
+    /// No connection: refused, reset, a name that does not resolve, every broker down.
+    Transport,
+    Other,
+}
+
+impl ClientErrorKind {
+    pub const ALL: [Self; 5] = [
+        Self::Authentication,
+        Self::Authorization,
+        Self::Tls,
+        Self::Transport,
+        Self::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Authentication => "authentication",
+            Self::Authorization => "authorization",
+            Self::Tls => "tls",
+            Self::Transport => "transport",
+            Self::Other => "other",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn of_code(code: C) -> Self {
+        match code {
+            C::Authentication
+            | C::SaslAuthenticationFailed
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState => Self::Authentication,
+            C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::DelegationTokenAuthorizationFailed => Self::Authorization,
+            C::SSL => Self::Tls,
+            C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::NetworkException
+            | C::OperationTimedOut
+            | C::RequestTimedOut => Self::Transport,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn of(error: &RdError) -> Self {
+        error
+            .rdkafka_error_code()
+            .map_or(Self::Other, Self::of_code)
+    }
+
+    /// What an operator checks, for the log and the start-up error.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::Authentication => "the brokers refuse sluice's credentials: check security.protocol, sasl.mechanisms, sasl.username and sasl.password in [kafka.consumer] and [kafka.producer]",
+            Self::Authorization => "an ACL refuses sluice's principal: it needs Describe and Read on the input topics, Read on the group, Write on the output topics and, with exactly_once, Write on its transactional ids",
+            Self::Tls => "the TLS handshake fails: check ssl.ca.location (the CA that signed the brokers' certificates), the client certificate if the brokers ask for one, and that the listener speaks TLS (security.protocol)",
+            Self::Transport => "no connection to the brokers: are they running, and is ingest.kafka.brokers right?",
+            Self::Other => "librdkafka reports it and retries",
+        }
+    }
+}
+
+static COUNTS: [AtomicU64; ClientErrorKind::ALL.len()] =
+    [const { AtomicU64::new(0) }; ClientErrorKind::ALL.len()];
+
+/// Per kind (`ClientErrorKind::index`), the newest error's words and when it came.
+static NEWEST: Mutex<[Option<(String, Instant)>; ClientErrorKind::ALL.len()]> =
+    Mutex::new([const { None }; ClientErrorKind::ALL.len()]);
+
+/// Count a client-level error from librdkafka (a context's `error` callback) and log it:
+/// the 1st, 2nd, 4th, ... of each kind, so an outage or a wrong password is visible at once
+/// but not a log storm while librdkafka retries. `client` names who heard it.
+pub fn record(client: &str, error: &RdError, reason: &str) {
+    let (kind, n) = note(error, reason);
+    if n.is_power_of_two() {
+        let kind_label = kind.label();
+        match kind {
+            ClientErrorKind::Other => {
+                tracing::warn!(
+                    count = n,
+                    kind = kind_label,
+                    "Kafka {client}: {error}: {reason}"
+                )
+            }
+            _ => tracing::error!(
+                count = n,
+                kind = kind_label,
+                "Kafka {client}: {} (librdkafka: {reason})",
+                kind.advice()
+            ),
+        }
+    }
+}
+
+/// `record` without the log (for a caller that reports the error itself): the error's kind
+/// and how many of that kind there have been.
+pub fn note(error: &RdError, reason: &str) -> (ClientErrorKind, u64) {
+    let kind = ClientErrorKind::of(error);
+    let n = COUNTS
+        .get(kind.index())
+        .map_or(1, |c| c.fetch_add(1, Ordering::Relaxed) + 1);
+    if let Ok(mut newest) = NEWEST.lock() {
+        if let Some(slot) = newest.get_mut(kind.index()) {
+            *slot = Some((reason.to_owned(), Instant::now()));
+        }
+    }
+    (kind, n)
+}
+
+/// Errors of `kind` counted since the process started.
+pub fn count(kind: ClientErrorKind) -> u64 {
+    COUNTS
+        .get(kind.index())
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// The cause among the errors that came within `within` of now, with librdkafka's words:
+/// an authentication, TLS or authorization error before a transport one, since a refused
+/// connection is also reported as "all brokers are down". `Other` errors are not a cause.
+pub fn newest(within: std::time::Duration) -> Option<(ClientErrorKind, String)> {
+    use ClientErrorKind as K;
+    let newest = NEWEST.lock().ok()?;
+    [K::Authentication, K::Tls, K::Authorization, K::Transport]
+        .into_iter()
+        .find_map(|kind| match newest.get(kind.index())? {
+            Some((said, at)) if at.elapsed() <= within => Some((kind, said.clone())),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_librdkafkas_codes() {
+        for (code, kind) in [
+            (C::Authentication, ClientErrorKind::Authentication),
+            (C::SaslAuthenticationFailed, ClientErrorKind::Authentication),
+            (C::TopicAuthorizationFailed, ClientErrorKind::Authorization),
+            (
+                C::TransactionalIdAuthorizationFailed,
+                ClientErrorKind::Authorization,
+            ),
+            (C::SSL, ClientErrorKind::Tls),
+            (C::AllBrokersDown, ClientErrorKind::Transport),
+            (C::BrokerTransportFailure, ClientErrorKind::Transport),
+            (C::Resolve, ClientErrorKind::Transport),
+            (C::MessageSizeTooLarge, ClientErrorKind::Other),
+        ] {
+            assert_eq!(ClientErrorKind::of_code(code), kind, "{code:?}");
+            assert_eq!(
+                ClientErrorKind::of(&RdError::Global(code)),
+                kind,
+                "{code:?} as a global error"
+            );
+        }
+        // A consumer's poll hands the same event back as a consumption error.
+        assert_eq!(
+            ClientErrorKind::of(&RdError::MessageConsumption(C::Authentication)),
+            ClientErrorKind::Authentication
+        );
+    }
+
+    #[test]
+    fn each_error_is_counted_by_kind_and_the_newest_kept() {
+        let before: Vec<u64> = ClientErrorKind::ALL.iter().map(|&k| count(k)).collect();
+        record(
+            "test",
+            &RdError::Global(C::SSL),
+            "SSL handshake failed: certificate verify failed",
+        );
+        record("test", &RdError::Global(C::MessageSizeTooLarge), "too big");
+        record(
+            "test",
+            &RdError::Global(C::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let after: Vec<u64> = ClientErrorKind::ALL.iter().map(|&k| count(k)).collect();
+        // Other tests of this process may count too: at least these.
+        assert!(after[ClientErrorKind::Tls.index()] > before[ClientErrorKind::Tls.index()]);
+        assert!(after[ClientErrorKind::Other.index()] > before[ClientErrorKind::Other.index()]);
+        // The handshake is the cause, not the brokers being down that followed it. (Another
+        // test may have recorded an authentication error, which ranks first.)
+        let (kind, said) = newest(std::time::Duration::from_secs(3600)).unwrap();
+        assert!(
+            matches!(kind, ClientErrorKind::Tls | ClientErrorKind::Authentication),
+            "{kind:?}: {said}"
+        );
+    }
+}
