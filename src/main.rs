@@ -38,6 +38,11 @@ enum Command {
         file: PathBuf,
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         sets: Vec<String>,
+        /// Also ask the Kafka brokers, as the consumer and as the producer: credentials,
+        /// certificates, input and output topics, ACLs, output topics' max.message.bytes.
+        /// Writes nothing.
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the embedded default config (every key, with what it costs).
     PrintConfig,
@@ -231,8 +236,12 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Command::PrintConfig => {
             print!("{DEFAULTS_TOML}");
         }
-        Command::CheckConfig { file, sets } => {
-            return Ok(check_config(&file, &sets));
+        Command::CheckConfig {
+            file,
+            sets,
+            connect,
+        } => {
+            return Ok(check_config(&file, &sets, connect));
         }
         Command::State {
             what: StateCommand::Get { key, socket },
@@ -315,7 +324,10 @@ fn admin_command(
     })
 }
 
-fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCode {
+/// How long `check-config --connect` asks each Kafka client.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+fn check_config(file: &std::path::Path, sets: &[String], connect: bool) -> std::process::ExitCode {
     // Every stage runs: a refused value keeps its default so the later checks (serde,
     // validation, then this machine: model, placement, memory, directories) still report.
     let (config, mut problems) = match Config::load_lenient(Some(file), sets) {
@@ -327,7 +339,21 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
     };
     let machine = sluice::preflight::check(&config);
     problems.extend(machine.problems);
-    for w in &machine.warnings {
+    let mut warnings = machine.warnings;
+    let mut found = Vec::new();
+    if connect {
+        if config.ingest.kafka.enabled() {
+            let reached = sluice::ingest::kafka::reach::reach(&config, CONNECT_PATIENCE);
+            problems.extend(reached.problems);
+            warnings.extend(reached.warnings);
+            found = reached.found;
+        } else {
+            warnings.push(
+                "--connect: Kafka is off (ingest.kafka.brokers is empty): no broker asked".into(),
+            );
+        }
+    }
+    for w in &warnings {
         eprintln!("{}: warning: {w}", file.display());
     }
     if problems.is_empty() {
@@ -338,6 +364,13 @@ fn check_config(file: &std::path::Path, sets: &[String]) -> std::process::ExitCo
             machine.placements.len(),
             machine.topology
         );
+        if !found.is_empty() {
+            println!(
+                "  Kafka at {}, as the consumer and the producer:\n    {}",
+                config.ingest.kafka.brokers,
+                found.join("\n    ")
+            );
+        }
         std::process::ExitCode::SUCCESS
     } else {
         eprintln!(

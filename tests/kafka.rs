@@ -2177,6 +2177,97 @@ fn a_password_rotated_under_sluice_is_named_and_nothing_is_lost_once_it_is_back(
     );
 }
 
+/// `sluice check-config FILE --set ... [--connect]`: (exit code, stdout, stderr).
+fn check_config(dir: &Path, sets: &[String], connect: bool) -> (i32, String, String) {
+    let file = dir.join("empty.toml");
+    std::fs::write(&file, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .arg(&file)
+        .args(connect.then_some("--connect"))
+        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn topic_exists(addr: &str, topic: &str) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+/// `check-config --connect` asks the brokers what a start would, as the consumer and as the
+/// producer: the topics found are listed; an output topic that is missing is a warning and is
+/// not created by the asking; refused credentials are a problem for each client, named as
+/// such; without `--connect` no broker is asked.
+#[test]
+fn check_config_connect_asks_the_brokers_as_each_client_and_creates_nothing() {
+    let broker = broker_with_topics("reach");
+    let dir = scratch("reach");
+    let missing = "alerts-nobody-made";
+    let sets = sluice_sets(
+        &broker,
+        &[
+            format!("egress.kafka.alerts_topic={missing}"),
+            format!("egress.kafka.dead_letter_topic={DEAD}"),
+        ],
+    );
+    let (code, out, err) = check_config(&dir, &sets, true);
+    assert_eq!(code, 0, "{out}{err}");
+    for found in [
+        format!("input topic \"{EVENTS}\": 4 partition(s)"),
+        format!("output topic \"{SCORES}\" (egress.kafka.scores_topic): 4 partition(s)"),
+        format!("output topic \"{DEAD}\" (egress.kafka.dead_letter_topic): 2 partition(s)"),
+    ] {
+        assert!(out.contains(&found), "{found} not in:\n{out}{err}");
+    }
+    assert!(
+        err.contains(&format!(
+            "warning: egress.kafka.alerts_topic = \"{missing}\" does not exist"
+        )),
+        "{err}"
+    );
+    assert!(
+        !topic_exists(&broker.addr, missing),
+        "asking created {missing}"
+    );
+
+    // Through a front that refuses the password: each client's refusal is a problem.
+    let front = TlsFront::start(&broker, &dir, &[]);
+    let sets = sluice_sets(
+        &broker,
+        &front.sets(&front.ca, ["SCRAM-SHA-256", "PLAIN"], "not-the-password"),
+    );
+    let (code, out, err) = check_config(&dir, &sets, false);
+    assert_eq!(code, 0, "without --connect no broker is asked:\n{out}{err}");
+    assert!(!front.log().contains("api "), "{}", front.log());
+    let (code, out, err) = check_config(&dir, &sets, true);
+    assert_eq!(code, 1, "{out}{err}");
+    for client in ["consumer", "producer"] {
+        assert!(
+            err.contains(&format!(
+                "as the {client}: Kafka at 127.0.0.1:{}: the brokers refuse sluice's credentials",
+                front.port
+            )),
+            "the {client}'s refusal is not named:\n{err}"
+        );
+    }
+    assert!(err.contains("Authentication failed"), "{err}");
+}
+
 #[test]
 fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
     let mut broker = broker_with_topics("outage");

@@ -23,7 +23,7 @@ pub enum KafkaError {
     /// A broker answers "topic authorization failed" whether the topic exists or not.
     #[error("Kafka topic {topic:?} on {brokers}: sluice's principal is not authorized for it (an ACL refuses: grant it Describe and Read on the input topics)")]
     TopicNotAuthorized { topic: String, brokers: String },
-    #[error("Kafka brokers {brokers} {}", no_answer(*.waited_s, .last, .refused.as_ref()))]
+    #[error("{}", no_answer(.brokers, *.waited_s, .last, .refused.as_ref()))]
     Unreachable {
         brokers: String,
         waited_s: u64,
@@ -38,14 +38,14 @@ pub enum KafkaError {
 
 /// The rest of `Unreachable`'s message: a refusal says what to check; silence asks whether
 /// the brokers run where the config says.
-fn no_answer(waited_s: u64, last: &str, refused: Option<&Refusal>) -> String {
+fn no_answer(brokers: &str, waited_s: u64, last: &str, refused: Option<&Refusal>) -> String {
     match refused {
         Some(r) => format!(
-            "refuse sluice (librdkafka: {}; for {waited_s} s): {}",
-            r.said,
-            r.kind.advice()
+            "Kafka at {brokers}: {} (librdkafka, for {waited_s} s: {})",
+            r.kind.advice(),
+            r.said
         ),
-        None => format!("did not answer within {waited_s} s ({last}); is the broker running and is ingest.kafka.brokers right?"),
+        None => format!("Kafka brokers {brokers} did not answer within {waited_s} s ({last}); is the broker running and is ingest.kafka.brokers right?"),
     }
 }
 
@@ -198,7 +198,7 @@ pub fn clients_check(config: &Config) -> (Vec<String>, Vec<String>) {
 /// the caller reports once per attempt (logged too they were a dozen lines every 3 s while
 /// the brokers stay away).
 #[derive(Default)]
-struct Discovery {
+pub(super) struct Discovery {
     refused: std::sync::Mutex<Option<Refusal>>,
 }
 
@@ -224,8 +224,13 @@ impl rdkafka::ClientContext for Discovery {
     }
 }
 
+impl rdkafka::producer::ProducerContext for Discovery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
 impl Discovery {
-    fn refused(&self) -> Option<Refusal> {
+    pub(super) fn refused(&self) -> Option<Refusal> {
         self.refused.lock().ok()?.clone()
     }
 }
@@ -250,6 +255,16 @@ impl rdkafka::ClientContext for ToTheEnd {
 }
 
 impl rdkafka::consumer::ConsumerContext for ToTheEnd {}
+
+/// Serve what a client's queue holds (its errors reach its context so). A poll serves one
+/// event (a log line, an error) and says None for a log line as for an empty queue: a fixed
+/// number of polls, more than one attempt queues (a few lines per broker per retry), each µs
+/// when the queue is empty.
+pub(super) fn serve_events(poll: impl Fn()) {
+    for _ in 0..256 {
+        poll();
+    }
+}
 
 /// How long start-up asks unreachable brokers before it serves UDP without them (and goes
 /// on asking from a thread of its own; see `app/kafka_part.rs`).
@@ -298,12 +313,9 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
                 Err(e) => {
                     // The errors librdkafka queued meanwhile (the refusal, if any) reach the
                     // context when the client is polled; no record is assigned to it.
-                    // A poll serves one event (a log line, an error) and says None for a
-                    // log line as for an empty queue: a fixed number of polls, more than one
-                    // attempt queues (a few lines per broker per retry), each µs when empty.
-                    for _ in 0..256 {
+                    serve_events(|| {
                         let _ = consumer.poll(Duration::ZERO);
-                    }
+                    });
                     let refused = consumer.context().refused();
                     if started.elapsed() >= patience {
                         return Err(KafkaError::Unreachable {
@@ -315,7 +327,13 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
                     }
                     match refused {
                         Some(r) => {
-                            tracing::warn!(brokers = %k.brokers, attempt, "Kafka brokers refuse sluice ({}): {}; retrying", r.said, r.kind.advice())
+                            tracing::warn!(
+                                attempt,
+                                "Kafka at {}: {} (librdkafka: {}); retrying",
+                                k.brokers,
+                                r.kind.advice(),
+                                r.said
+                            )
                         }
                         None => {
                             tracing::warn!(brokers = %k.brokers, attempt, "Kafka brokers not answering yet ({e}); retrying")

@@ -10,6 +10,7 @@ pub mod client_errors;
 pub mod membership;
 pub mod partitions;
 mod queue_length;
+pub mod reach;
 pub mod standby;
 pub mod status;
 pub mod watermarks;

@@ -1,0 +1,137 @@
+//! `check-config --connect`: ask the brokers what a start would ask them, as the consumer and
+//! as the producer, each with its own properties (credentials may differ), and report what a
+//! start would stumble on — credentials or a certificate refused, an input topic missing or
+//! refused by an ACL, an output topic missing or not writable, an output topic's
+//! `max.message.bytes` below the producer's batches — before a deployment finds it. Nothing is
+//! written: no topic is created, no transaction begun (an `init_transactions` under the
+//! service's transactional id would fence the running service).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode as C;
+
+use super::client::{serve_events, Discovery};
+use super::{discover, producer_config, KafkaError};
+use crate::config::Config;
+
+/// What the brokers said.
+#[derive(Debug, Default)]
+pub struct Reached {
+    /// What a start would stop on (or lose Scores to).
+    pub problems: Vec<String>,
+    /// What may be fine (a missing output topic the brokers may create at the first record).
+    pub warnings: Vec<String>,
+    /// What was found, for people: one line per topic.
+    pub found: Vec<String>,
+}
+
+/// Ask, each client up to `patience`.
+pub fn reach(config: &Config, patience: Duration) -> Reached {
+    let mut r = Reached::default();
+    let k = &config.ingest.kafka;
+    match ask_until_refused(patience, || discover(config, Duration::ZERO)) {
+        Ok(counts) => {
+            for (topic, n) in k.topics.iter().zip(counts) {
+                r.found
+                    .push(format!("input topic {topic:?}: {n} partition(s), readable"));
+            }
+        }
+        Err(e) => r.problems.push(format!("as the consumer: {e}")),
+    }
+    let e = &config.egress.kafka;
+    let outputs: Vec<(&str, &str)> = [
+        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
+        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
+        (
+            e.dead_letter_topic.as_str(),
+            "egress.kafka.dead_letter_topic",
+        ),
+    ]
+    .into_iter()
+    .filter(|(t, _)| !t.is_empty())
+    .collect();
+    if !outputs.is_empty() {
+        producer_side(config, &outputs, patience, &mut r);
+    }
+    // Needs brokers that answer: asked only when both clients got in.
+    if r.problems.is_empty() {
+        if let Err(e) = crate::egress::kafka::check_batch_limits(config) {
+            r.problems.push(e.to_string());
+        }
+    }
+    r
+}
+
+/// One metadata request's wait (as start-up discovery's).
+const ATTEMPT: Duration = Duration::from_secs(3);
+
+/// `ask` again while the brokers stay silent, up to `patience`; a refusal (credentials, TLS)
+/// is the answer at once: asking again would only be refused again.
+fn ask_until_refused<T>(
+    patience: Duration,
+    ask: impl Fn() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let started = Instant::now();
+    loop {
+        match ask() {
+            Err(KafkaError::Unreachable { refused: None, .. })
+                if started.elapsed() + ATTEMPT <= patience => {}
+            answer => return answer,
+        }
+    }
+}
+
+/// The producer's credentials and the topics it writes: each must exist (or be made by the
+/// brokers at the first record) and be writable.
+fn producer_side(config: &Config, outputs: &[(&str, &str)], patience: Duration, r: &mut Reached) {
+    let mut cc = producer_config(config, None);
+    // A metadata request for a missing topic would create it on a broker that auto-creates.
+    cc.set("allow.auto.create.topics", "false");
+    let producer: BaseProducer<Discovery> = match cc.create_with_context(Discovery::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            r.problems.push(format!("the Kafka producer: {e}"));
+            return;
+        }
+    };
+    let brokers = &config.ingest.kafka.brokers;
+    for &(topic, key) in outputs {
+        let started = Instant::now();
+        let asked = ask_until_refused(patience, || {
+            producer
+                .client()
+                .fetch_metadata(Some(topic), ATTEMPT)
+                .map_err(|e| {
+                    serve_events(|| producer.poll(Duration::ZERO));
+                    KafkaError::Unreachable {
+                        brokers: brokers.clone(),
+                        waited_s: started.elapsed().as_secs(),
+                        last: e.to_string(),
+                        refused: producer.context().refused(),
+                    }
+                })
+        });
+        let md = match asked {
+            Ok(md) => md,
+            Err(e) => {
+                r.problems.push(format!("as the producer: {e}"));
+                // The other topics would only say the same.
+                return;
+            }
+        };
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        match (t.and_then(|t| t.error()).map(C::from), t) {
+            (None, Some(t)) if !t.partitions().is_empty() => r.found.push(format!(
+                "output topic {topic:?} ({key}): {} partition(s)",
+                t.partitions().len()
+            )),
+            (Some(C::TopicAuthorizationFailed), _) => r.problems.push(format!(
+                "{key} = {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"
+            )),
+            _ => r.warnings.push(format!(
+                "{key} = {topic:?} does not exist on {brokers}: create it (sluice does not; a broker with auto.create.topics.enable makes it at the first record, with the broker's default partitions and max.message.bytes)"
+            )),
+        }
+    }
+}
