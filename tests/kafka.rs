@@ -2031,7 +2031,7 @@ fn a_wrong_password_and_a_refused_topic_are_named_as_such() {
     let broker = broker_with_topics("refusals");
     let dir = scratch("refusals");
     let front = TlsFront::start(&broker, &dir, &[EVENTS]);
-    let sets = sluice_sets(
+    let mut sets = sluice_sets(
         &broker,
         &front.sets(
             &front.ca,
@@ -2039,6 +2039,7 @@ fn a_wrong_password_and_a_refused_topic_are_named_as_such() {
             "not-the-password",
         ),
     );
+    sets.push(format!("admin.socket={}", dir.join("admin.sock").display()));
     let stderr = dir.join("wrong-password.log");
     let notify = dir.join("notify.sock");
     let mut manager = common::NotifyManager::bind(&notify);
@@ -2056,7 +2057,8 @@ fn a_wrong_password_and_a_refused_topic_are_named_as_such() {
         "sluice_kafka_client_errors_total",
         "kind=\"authentication\"",
     );
-    // The status line (every 5 s) says why no partition is attached.
+    // `cluster status` and the status line (every 5 s) say why no partition is attached.
+    let cluster = cluster_status(&dir);
     let status = manager.wait_for("Kafka authentication", Duration::from_secs(30));
     let _ = child.kill();
     let _ = child.wait();
@@ -2070,6 +2072,20 @@ fn a_wrong_password_and_a_refused_topic_are_named_as_such() {
         status.contains("Kafka: 0 partition(s) attached")
             && status.contains("Authentication failed"),
         "{status}"
+    );
+    assert!(!cluster.attached, "{cluster:?}");
+    assert!(
+        cluster.trouble.as_deref().is_some_and(
+            |t| t.starts_with("authentication: ") && t.contains("Authentication failed")
+        ),
+        "{cluster:?}"
+    );
+    assert!(
+        cluster
+            .table()
+            .contains("broker trouble in the last 30 s: authentication: "),
+        "{}",
+        cluster.table()
     );
     assert!(
         said.contains("refuse sluice's credentials")

@@ -98,6 +98,18 @@ static COUNTS: [AtomicU64; ClientErrorKind::ALL.len()] =
 static NEWEST: Mutex<[Option<(String, Instant)>; ClientErrorKind::ALL.len()]> =
     Mutex::new([const { None }; ClientErrorKind::ALL.len()]);
 
+/// The context of a client whose errors need nothing but counting and logging (a
+/// long-lived reader such as the standby tail): `record`ed as `self.0`.
+pub struct Counted(pub &'static str);
+
+impl rdkafka::ClientContext for Counted {
+    fn error(&self, error: RdError, reason: &str) {
+        record(self.0, &error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Counted {}
+
 /// Count a client-level error from librdkafka (a context's `error` callback) and log it:
 /// the 1st, 2nd, 4th, ... of each kind, so an outage or a wrong password is visible at once
 /// but not a log storm while librdkafka retries. `client` names who heard it.
@@ -105,9 +117,11 @@ pub fn record(client: &str, error: &RdError, reason: &str) {
     let (kind, n) = note(error, reason);
     if n.is_power_of_two() {
         let kind_label = kind.label();
+        // ERROR, as librdkafka's own default (a fatal error of the transactional producer
+        // is an `Other`).
         match kind {
             ClientErrorKind::Other => {
-                tracing::warn!(
+                tracing::error!(
                     count = n,
                     kind = kind_label,
                     "Kafka {client}: {error}: {reason}"

@@ -21,6 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::client_errors::Counted;
 use super::watermarks::{PartitionGauges, Role};
 use super::{consumer_config, KafkaError};
 use crate::config::Config;
@@ -322,9 +323,9 @@ impl StandbyTail {
     /// Until `stop`: once a second, who owns what and so what to stand by for; in between,
     /// the tail of those changelog partitions into their copies.
     pub fn run(self, stop: &dyn Fn() -> bool) {
-        let consumer: BaseConsumer = match consumer_config(&self.config)
+        let consumer: BaseConsumer<Counted> = match consumer_config(&self.config)
             .set("receive.message.max.bytes", "2147483647")
-            .create()
+            .create_with_context(Counted("standby tail"))
         {
             Ok(c) => c,
             Err(e) => {
@@ -378,7 +379,7 @@ impl StandbyTail {
     /// The partitions to stand by for now, and every partition's owner.
     fn look(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Counted>,
     ) -> Result<(Vec<usize>, HashMap<usize, String>), KafkaError> {
         let k = &self.config.ingest.kafka;
         let takes_before = self.standbys.takes_so_far();
@@ -451,7 +452,7 @@ impl StandbyTail {
     /// Tail `want` from where each copy is (the start for a new one).
     fn retail(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Counted>,
         topic: &str,
         want: &[usize],
     ) -> Result<(), KafkaError> {
@@ -501,7 +502,7 @@ impl StandbyTail {
     }
 
     /// Up to ~100 ms of changelog records into the copies.
-    fn tail(&self, consumer: &BaseConsumer) {
+    fn tail(&self, consumer: &BaseConsumer<Counted>) {
         let until = Instant::now() + Duration::from_millis(100);
         let keys_max = self.config.ingest.kafka.standby_keys_max;
         while Instant::now() < until {
@@ -557,7 +558,7 @@ impl StandbyTail {
 
     fn publish(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Counted>,
         topic: &str,
         tailed: &[usize],
         owners: &HashMap<usize, String>,

@@ -79,9 +79,14 @@ impl ClusterInfo {
                 .collect(),
             standby_replicas: self.standby_replicas,
             standby: self.standbys.status(),
+            trouble: super::client_errors::newest(TROUBLE_WINDOW)
+                .map(|(kind, said)| format!("{}: {said}", kind.label())),
         }
     }
 }
+
+/// How far back `cluster status` looks for broker trouble.
+const TROUBLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The answer, as JSON (the admin protocol's one line) and for the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +106,10 @@ pub struct ClusterStatus {
     pub standby_replicas: usize,
     /// The partitions this instance keeps a warm copy of (`ingest.kafka.standby_replicas`).
     pub standby: Vec<StandbyStatus>,
+    /// The cause among librdkafka's client errors of the last 30 s ("authentication: ...",
+    /// "tls: ...", "transport: ..."; see `client_errors::newest`), if any.
+    #[serde(default)]
+    pub trouble: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +148,9 @@ impl ClusterStatus {
             self.shards,
             self.changelog_topic.as_deref().unwrap_or("off")
         );
+        if let Some(t) = &self.trouble {
+            let _ = writeln!(s, "broker trouble in the last 30 s: {t}");
+        }
         if !self.attached {
             let _ = writeln!(s, "brokers not reached yet: no partition known");
             return s;
