@@ -2284,6 +2284,45 @@ fn check_config_connect_asks_the_brokers_as_each_client_and_creates_nothing() {
     assert!(err.contains("Authentication failed"), "{err}");
 }
 
+/// Under exactly_once, `check-config --connect` also looks at the topics sluice makes itself
+/// at start: missing ones are listed as made at start (and not made by the asking); a
+/// changelog topic of another layout (not one partition per input partition), which would
+/// stop the start, is a problem.
+#[test]
+fn check_config_connect_under_exactly_once_checks_the_changelogs_layout() {
+    let broker = broker_with_topics("reach-eo");
+    let dir = scratch("reach-eo");
+    let changelog = "reach-eo-changelog";
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "egress.kafka.changelog=true".into(),
+        format!("egress.kafka.changelog_topic={changelog}"),
+        "egress.kafka.progress_topic=reach-eo-progress".into(),
+    ]);
+    let (code, out, err) = check_config(&dir, &sets, true);
+    assert_eq!(code, 0, "{out}{err}");
+    for made in [
+        "the exactly_once progress topic (egress.kafka.progress_topic) \"reach-eo-progress\": not there yet; sluice makes it at start (compacted, 1 partition(s)",
+        "the changelog topic (egress.kafka.changelog_topic) \"reach-eo-changelog\": not there yet; sluice makes it at start (compacted, 4 partition(s)",
+    ] {
+        assert!(out.contains(made), "{made} not in:\n{out}{err}");
+    }
+    assert!(
+        !topic_exists(&broker.addr, changelog),
+        "asking created {changelog}"
+    );
+
+    broker.create_topic(changelog, 3);
+    let (code, out, err) = check_config(&dir, &sets, true);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "\"reach-eo-changelog\" has 3 partition(s), but the input topics have 4 together"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn broker_gone_mid_run_ingest_pauses_and_resumes_nothing_lost() {
     let mut broker = broker_with_topics("outage");

@@ -30,30 +30,20 @@ pub struct Reached {
 pub fn reach(config: &Config, patience: Duration) -> Reached {
     let mut r = Reached::default();
     let k = &config.ingest.kafka;
-    match ask_until_refused(patience, || discover(config, Duration::ZERO)) {
+    let input_partitions = match ask_until_refused(patience, || discover(config, Duration::ZERO)) {
         Ok(counts) => {
-            for (topic, n) in k.topics.iter().zip(counts) {
+            for (topic, n) in k.topics.iter().zip(&counts) {
                 r.found
-                    .push(format!("input topic {topic:?}: {n} partition(s), readable"));
+                    .push(format!("input topic {topic:?}: {n} partition(s)"));
             }
+            Some(counts.iter().sum::<i32>())
         }
-        Err(e) => r.problems.push(format!("as the consumer: {e}")),
-    }
-    let e = &config.egress.kafka;
-    let outputs: Vec<(&str, &str)> = [
-        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
-        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
-        (
-            e.dead_letter_topic.as_str(),
-            "egress.kafka.dead_letter_topic",
-        ),
-    ]
-    .into_iter()
-    .filter(|(t, _)| !t.is_empty())
-    .collect();
-    if !outputs.is_empty() {
-        producer_side(config, &outputs, patience, &mut r);
-    }
+        Err(e) => {
+            r.problems.push(format!("as the consumer: {e}"));
+            None
+        }
+    };
+    producer_side(config, input_partitions, patience, &mut r);
     // Needs brokers that answer: asked only when both clients got in.
     if r.problems.is_empty() {
         if let Err(e) = crate::egress::kafka::check_batch_limits(config) {
@@ -82,9 +72,40 @@ fn ask_until_refused<T>(
     }
 }
 
-/// The producer's credentials and the topics it writes: each must exist (or be made by the
-/// brokers at the first record) and be writable.
-fn producer_side(config: &Config, outputs: &[(&str, &str)], patience: Duration, r: &mut Reached) {
+/// A topic as the brokers describe it to the producer.
+enum TopicState {
+    Partitions(usize),
+    Missing,
+    NotAuthorized,
+}
+
+/// The producer's credentials and the topics it writes: the output topics must exist (or be
+/// made by the brokers at the first record) and be writable; under exactly_once the progress
+/// topic and the changelog, which sluice makes at start when missing, must have the layout
+/// the start requires (`input_partitions`: the input topics' partitions together, when the
+/// consumer's side learnt them).
+fn producer_side(
+    config: &Config,
+    input_partitions: Option<i32>,
+    patience: Duration,
+    r: &mut Reached,
+) {
+    let e = &config.egress.kafka;
+    let outputs: Vec<(&str, &str)> = [
+        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
+        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
+        (
+            e.dead_letter_topic.as_str(),
+            "egress.kafka.dead_letter_topic",
+        ),
+    ]
+    .into_iter()
+    .filter(|(t, _)| !t.is_empty())
+    .collect();
+    let exactly_once = e.delivery == crate::config::Delivery::ExactlyOnce;
+    if outputs.is_empty() && !exactly_once {
+        return;
+    }
     let mut cc = producer_config(config, None);
     // A metadata request for a missing topic would create it on a broker that auto-creates.
     cc.set("allow.auto.create.topics", "false");
@@ -96,9 +117,9 @@ fn producer_side(config: &Config, outputs: &[(&str, &str)], patience: Duration, 
         }
     };
     let brokers = &config.ingest.kafka.brokers;
-    for &(topic, key) in outputs {
+    let describe = |topic: &str| -> Result<TopicState, KafkaError> {
         let started = Instant::now();
-        let asked = ask_until_refused(patience, || {
+        let md = ask_until_refused(patience, || {
             producer
                 .client()
                 .fetch_metadata(Some(topic), ATTEMPT)
@@ -111,27 +132,76 @@ fn producer_side(config: &Config, outputs: &[(&str, &str)], patience: Duration, 
                         refused: producer.context().refused(),
                     }
                 })
-        });
-        let md = match asked {
-            Ok(md) => md,
+        })?;
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        Ok(match (t.and_then(|t| t.error()).map(C::from), t) {
+            (None, Some(t)) if !t.partitions().is_empty() => {
+                TopicState::Partitions(t.partitions().len())
+            }
+            (Some(C::TopicAuthorizationFailed), _) => TopicState::NotAuthorized,
+            _ => TopicState::Missing,
+        })
+    };
+    for &(topic, key) in &outputs {
+        match describe(topic) {
+            Ok(TopicState::Partitions(n)) => r
+                .found
+                .push(format!("output topic {topic:?} ({key}): {n} partition(s)")),
+            Ok(TopicState::NotAuthorized) => r.problems.push(format!(
+                "{key} = {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"
+            )),
+            Ok(TopicState::Missing) => r.warnings.push(format!(
+                "{key} = {topic:?} does not exist on {brokers}: create it (sluice does not; a broker with auto.create.topics.enable makes it at the first record, with the broker's default partitions and max.message.bytes)"
+            )),
             Err(e) => {
                 r.problems.push(format!("as the producer: {e}"));
                 // The other topics would only say the same.
                 return;
             }
-        };
-        let t = md.topics().iter().find(|t| t.name() == topic);
-        match (t.and_then(|t| t.error()).map(C::from), t) {
-            (None, Some(t)) if !t.partitions().is_empty() => r.found.push(format!(
-                "output topic {topic:?} ({key}): {} partition(s)",
-                t.partitions().len()
+        }
+    }
+    if !exactly_once {
+        return;
+    }
+    // The topics sluice makes itself (compacted) when they are missing: (name, what, the
+    // partitions it is made with, whether an existing one must have exactly those). Any
+    // progress topic is read whole; the changelog needs one partition per input partition
+    // (as the start checks).
+    let mut own = vec![(
+        e.progress_topic.clone(),
+        "the exactly_once progress topic (egress.kafka.progress_topic)",
+        Some(1),
+        false,
+    )];
+    if e.changelog {
+        own.push((
+            e.changelog_topic(&config.ingest.kafka.group),
+            "the changelog topic (egress.kafka.changelog_topic)",
+            input_partitions,
+            true,
+        ));
+    }
+    for (topic, what, wanted, exact) in own {
+        match describe(&topic) {
+            Ok(TopicState::Partitions(n)) => match wanted {
+                Some(w) if exact && n as i32 != w => {
+                    r.problems.push(format!(
+                        "{what} {topic:?} has {n} partition(s), but the input topics have {w} together: one changelog partition per input partition is needed (a changelog of other input topics? set egress.kafka.changelog_topic)"
+                    ))
+                }
+                _ => r.found.push(format!("{what} {topic:?}: {n} partition(s)")),
+            },
+            Ok(TopicState::NotAuthorized) => r.problems.push(format!(
+                "{what} {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe, Read and Write, and Create while it does not exist)"
             )),
-            (Some(C::TopicAuthorizationFailed), _) => r.problems.push(format!(
-                "{key} = {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"
+            Ok(TopicState::Missing) => r.found.push(format!(
+                "{what} {topic:?}: not there yet; sluice makes it at start (compacted{}; the producer's principal needs Create)",
+                wanted.map_or(String::new(), |w| format!(", {w} partition(s)"))
             )),
-            _ => r.warnings.push(format!(
-                "{key} = {topic:?} does not exist on {brokers}: create it (sluice does not; a broker with auto.create.topics.enable makes it at the first record, with the broker's default partitions and max.message.bytes)"
-            )),
+            Err(e) => {
+                r.problems.push(format!("as the producer: {e}"));
+                return;
+            }
         }
     }
 }
