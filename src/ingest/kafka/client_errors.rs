@@ -144,6 +144,8 @@ pub fn note(error: &RdError, reason: &str) -> (ClientErrorKind, u64) {
     let n = COUNTS
         .get(kind.index())
         .map_or(1, |c| c.fetch_add(1, Ordering::Relaxed) + 1);
+    // A lock and a copy per error event (broker trouble, a few a second at most while
+    // librdkafka retries), never per record.
     if let Ok(mut newest) = NEWEST.lock() {
         if let Some(slot) = newest.get_mut(kind.index()) {
             *slot = Some((reason.to_owned(), Instant::now()));
