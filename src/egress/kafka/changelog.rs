@@ -37,6 +37,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{ScoreProducer, CHANGELOG};
 use crate::config::Config;
+use crate::ingest::kafka::client_errors::Counted;
 use crate::ingest::kafka::{consumer_config, KafkaError};
 use crate::state::checkpoint::{self, Change, CheckpointError};
 use crate::state::{Record, RECORD_BYTES};
@@ -222,8 +223,8 @@ pub fn ensure_topic(config: &Config, partitions: i32) -> Result<(String, bool), 
         .egress
         .kafka
         .changelog_topic(&config.ingest.kafka.group);
-    let consumer: BaseConsumer = consumer_config(config)
-        .create()
+    let consumer: BaseConsumer<Counted> = consumer_config(config)
+        .create_with_context(Counted("changelog admin"))
         .map_err(KafkaError::client("changelog admin"))?;
     let (found, created) = super::topic::ensure_compacted(
         config,
@@ -272,8 +273,8 @@ pub fn committed_offsets(
     config: &Config,
     owned: &[(String, i32)],
 ) -> Result<Vec<checkpoint::PartitionOffset>, KafkaError> {
-    let consumer: BaseConsumer = consumer_config(config)
-        .create()
+    let consumer: BaseConsumer<Counted> = consumer_config(config)
+        .create_with_context(Counted("offsets reader"))
         .map_err(KafkaError::client("offsets reader"))?;
     let mut tpl = TopicPartitionList::new();
     for (t, p) in owned {

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::Config;
+use crate::ingest::kafka::client_errors::Counted;
 use crate::ingest::kafka::KafkaError;
 
 /// Create `topic` compacted with `partitions` partitions unless it exists; returns its
@@ -203,8 +203,8 @@ pub fn check_batch_limits(config: &Config) -> Result<(), KafkaError> {
 
 /// An admin client on `ingest.kafka.brokers` with the producer's properties (TLS, SASL), for
 /// topic creation and description at start.
-fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+fn admin_client(config: &Config) -> Result<AdminClient<Counted>, KafkaError> {
     crate::ingest::kafka::admin_config(config)
-        .create()
+        .create_with_context(Counted("admin client"))
         .map_err(KafkaError::client("admin client"))
 }
