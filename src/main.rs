@@ -622,7 +622,7 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
             let drops = sum(sluice::metrics::ShardCounters::dropped_total);
             if !reported_stuck {
                 let kafka = if config.ingest.kafka.enabled() {
-                    kafka_status(sum(|c| c.kafka_partitions_attached.get()), status_every)
+                    kafka_status(sum(|c| c.kafka_partitions_attached.get()))
                 } else {
                     String::new()
                 };
@@ -659,11 +659,12 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
     }
 }
 
-/// The status line's Kafka part: partitions attached, and the newest broker trouble
-/// librdkafka reported since the last status (a refused password, a TLS handshake, no
-/// connection), so `systemctl status` says why nothing is attached.
-fn kafka_status(attached: u64, since: Duration) -> String {
-    let trouble = sluice::ingest::kafka::client_errors::newest(since)
+/// The status line's Kafka part: partitions attached, and the cause of broker trouble
+/// librdkafka reported in the last 30 s (a refused password, a TLS handshake, no
+/// connection), so `systemctl status` says why nothing is attached. 30 s as `cluster status`:
+/// librdkafka's reconnects back off to 10 s, so a shorter window would blink.
+fn kafka_status(attached: u64) -> String {
+    let trouble = sluice::ingest::kafka::client_errors::newest(Duration::from_secs(30))
         .map(|(kind, said)| format!(", Kafka {}: {said}", kind.label()))
         .unwrap_or_default();
     format!("; Kafka: {attached} partition(s) attached{trouble}")
