@@ -1986,7 +1986,13 @@ fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate
             "{who} ({request}) did not go through the TLS front:\n{log}"
         );
     }
-    assert!(!log.contains("refused"), "{log}");
+    // (Not `refused:` lines: the front notes there asyncio's errors on a connection a client
+    // closed while an answer was on its way, e.g. the start-up discovery consumer dropped.)
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("sasl ") && l.ends_with(" refused")),
+        "an authentication was refused:\n{log}"
+    );
 
     // A CA that did not sign the front's certificate: sluice does not take the connection.
     let (other_ca, _) = certificate(&dir, "other");
@@ -2174,7 +2180,8 @@ fn a_password_rotated_under_sluice_is_named_and_nothing_is_lost_once_it_is_back(
     let report = stop(child, Some(stdout));
     let log = front.log();
     assert!(
-        log.lines().any(|l| l.ends_with(" refused")),
+        log.lines()
+            .any(|l| l.starts_with("sasl ") && l.ends_with(" refused")),
         "no client authenticated again while the passwords were rotated:\n{log}"
     );
     assert!(
