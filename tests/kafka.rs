@@ -1237,6 +1237,15 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     let report_b = stop(b, Some(b_out));
     producer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
+    // A takes B's partitions back after B left: waited for, not raced (on a loaded machine the
+    // load may be all scored before that rebalance, and A stopped before it; the count is
+    // asserted below).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while common::scrape(&a_metrics, "sluice_kafka_partitions_moved_in_total") <= 4
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let report_a = stop_when_every_score_is_read_once(&broker, a, a_out, &want);
     // B really owned partitions and applied their records; A handed them over and took
     // them back.
