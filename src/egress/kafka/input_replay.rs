@@ -13,7 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::to_the_end::{self, Next};
 use crate::config::Config;
-use crate::ingest::kafka::{KafkaError, ToTheEnd};
+use crate::ingest::kafka::client_errors::Counted;
+use crate::ingest::kafka::KafkaError;
 use crate::shard::{Replay, Replayed};
 use crate::state::partition::PartitionImage;
 
@@ -70,7 +71,7 @@ pub fn replay(
 /// Records `0..until` into `replay`, in offset order (read_committed: aborted records and
 /// transaction markers are not among them, as the shard never saw them).
 fn read_until(
-    consumer: &BaseConsumer<ToTheEnd>,
+    consumer: &BaseConsumer<Counted>,
     replay: &mut Replay,
     input: &InputEnd,
     cancel: &AtomicBool,

@@ -11,7 +11,8 @@ use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::BorrowedMessage;
 
 use crate::config::Config;
-use crate::ingest::kafka::{consumer_config, KafkaError, ToTheEnd};
+use crate::ingest::kafka::client_errors::Counted;
+use crate::ingest::kafka::{consumer_config, KafkaError};
 
 /// How long a read may go without a record or a partition end.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -22,13 +23,13 @@ pub enum Next {
     Done,
 }
 
-/// A consumer that reports each partition's end (`what` names it in errors). `bulk`: for
-/// reads of whole topics, whose fetch responses may be large.
+/// A consumer that reports each partition's end (`what` names it in errors and in its
+/// client errors' log). `bulk`: for reads of whole topics, whose fetch responses may be large.
 pub fn reader(
     config: &Config,
-    what: &str,
+    what: &'static str,
     bulk: bool,
-) -> Result<BaseConsumer<ToTheEnd>, KafkaError> {
+) -> Result<BaseConsumer<Counted>, KafkaError> {
     let mut cc = consumer_config(config);
     cc.set("enable.partition.eof", "true");
     if bulk {
@@ -38,15 +39,15 @@ pub fn reader(
         // this ceiling costs nothing there.
         cc.set("receive.message.max.bytes", "2147483647");
     }
-    cc.create_with_context(ToTheEnd)
-        .map_err(KafkaError::client(what.to_owned()))
+    cc.create_with_context(Counted(what))
+        .map_err(KafkaError::client(what))
 }
 
 /// Poll `consumer` (partitions assigned) until `on` says `Done`: each record is handed over
 /// as `Some`, each partition's end as `None`. `cancel` set stops the read within one poll.
 /// `what` ("reading changelog t") starts every error and warning.
 pub fn read(
-    consumer: &BaseConsumer<ToTheEnd>,
+    consumer: &BaseConsumer<Counted>,
     what: &str,
     cancel: Option<&AtomicBool>,
     mut on: impl FnMut(Option<&BorrowedMessage<'_>>) -> Result<Next, KafkaError>,

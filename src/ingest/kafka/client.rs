@@ -237,25 +237,6 @@ impl Discovery {
 
 impl rdkafka::consumer::ConsumerContext for Discovery {}
 
-/// The context of readers that read a topic to its end (`enable.partition.eof`: progress,
-/// changelog): librdkafka also reports each partition's end as a global error, which the
-/// default context logged at ERROR level, once per partition at every start.
-pub struct ToTheEnd;
-
-impl rdkafka::ClientContext for ToTheEnd {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::error::KafkaError as E;
-        use rdkafka::types::RDKafkaErrorCode as C;
-        if matches!(error, E::PartitionEOF(_) | E::Global(C::PartitionEOF)) {
-            tracing::debug!("Kafka reader: {error}: {reason}");
-        } else {
-            client_errors::record("reader", &error, reason);
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for ToTheEnd {}
-
 /// Serve what a client's queue holds (its errors reach its context so). A poll serves one
 /// event (a log line, an error) and says None for a log line as for an empty queue: a fixed
 /// number of polls, more than one attempt queues (a few lines per broker per retry), each µs

@@ -98,8 +98,8 @@ static COUNTS: [AtomicU64; ClientErrorKind::ALL.len()] =
 static NEWEST: Mutex<[Option<(String, Instant)>; ClientErrorKind::ALL.len()]> =
     Mutex::new([const { None }; ClientErrorKind::ALL.len()]);
 
-/// The context of a client whose errors need nothing but counting and logging (a
-/// long-lived reader such as the standby tail): `record`ed as `self.0`.
+/// The context of a client whose errors need nothing but counting and logging (the readers
+/// of a topic to its end, the standby tail, the admin client): `record`ed as `self.0`.
 pub struct Counted(pub &'static str);
 
 impl rdkafka::ClientContext for Counted {
@@ -114,6 +114,15 @@ impl rdkafka::consumer::ConsumerContext for Counted {}
 /// the 1st, 2nd, 4th, ... of each kind, so an outage or a wrong password is visible at once
 /// but not a log storm while librdkafka retries. `client` names who heard it.
 pub fn record(client: &str, error: &RdError, reason: &str) {
+    // A reader with `enable.partition.eof` hears each partition's end as a global error: a
+    // notice, not broker trouble (logged at ERROR it was a line per partition at every start).
+    if matches!(
+        error,
+        RdError::PartitionEOF(_) | RdError::Global(C::PartitionEOF)
+    ) {
+        tracing::debug!("Kafka {client}: {error}: {reason}");
+        return;
+    }
     let (kind, n) = note(error, reason);
     if n.is_power_of_two() {
         let kind_label = kind.label();

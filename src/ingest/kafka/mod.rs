@@ -24,7 +24,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use client::{
-    admin_config, clients_check, consumer_config, discover, producer_config, KafkaError, ToTheEnd,
+    admin_config, clients_check, consumer_config, discover, producer_config, KafkaError,
     CONNECT_PATIENCE,
 };
 pub use membership::{RebalanceEvent, ShardContext};
