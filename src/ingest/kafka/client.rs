@@ -297,29 +297,16 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
                     serve_events(|| {
                         let _ = consumer.poll(Duration::ZERO);
                     });
-                    let refused = consumer.context().refused();
+                    let unreachable = KafkaError::Unreachable {
+                        brokers: k.brokers.clone(),
+                        waited_s: started.elapsed().as_secs(),
+                        last: e.to_string(),
+                        refused: consumer.context().refused(),
+                    };
                     if started.elapsed() >= patience {
-                        return Err(KafkaError::Unreachable {
-                            brokers: k.brokers.clone(),
-                            waited_s: started.elapsed().as_secs(),
-                            last: e.to_string(),
-                            refused,
-                        });
+                        return Err(unreachable);
                     }
-                    match refused {
-                        Some(r) => {
-                            tracing::warn!(
-                                attempt,
-                                "Kafka at {}: {} (librdkafka: {}); retrying",
-                                k.brokers,
-                                r.kind.advice(),
-                                r.said
-                            )
-                        }
-                        None => {
-                            tracing::warn!(brokers = %k.brokers, attempt, "Kafka brokers not answering yet ({e}); retrying")
-                        }
-                    }
+                    tracing::warn!(attempt, "{unreachable}; retrying");
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
