@@ -851,11 +851,15 @@ fn exactly_once_a_checkpoint_not_written_is_taken_up_by_the_next_or_stops_every_
     inject();
     produce_all(&p, &mut enc, single);
     events.extend(single.iter().flatten().copied());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while common::scrape(&metrics, "sluice_checkpoints_failed_total") == 0 {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint failed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        wait_for_metric_above(
+            &metrics,
+            "sluice_checkpoints_failed_total",
+            0,
+            Duration::from_secs(60)
+        ),
+        "no checkpoint failed"
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "sluice stopped although nothing went into the next transaction"
@@ -1240,12 +1244,12 @@ fn group_membership_partitions_move_between_instances_with_their_state() {
     // A takes B's partitions back after B left: waited for, not raced (on a loaded machine the
     // load may be all scored before that rebalance, and A stopped before it; the count is
     // asserted below).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while common::scrape(&a_metrics, "sluice_kafka_partitions_moved_in_total") <= 4
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_metric_above(
+        &a_metrics,
+        "sluice_kafka_partitions_moved_in_total",
+        4,
+        Duration::from_secs(60),
+    );
     let report_a = stop_when_every_score_is_read_once(&broker, a, a_out, &want);
     // B really owned partitions and applied their records; A handed them over and took
     // them back.
@@ -1298,13 +1302,29 @@ fn cluster_status(dir: &Path) -> ClusterStatus {
 
 /// Wait until `metrics` shows a record applied (a join takes what it takes on a busy machine).
 fn wait_until_applying(name: &str, metrics: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while common::scrape(metrics, "sluice_kafka_records_total") == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} applied no record within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        wait_for_metric_above(
+            metrics,
+            "sluice_kafka_records_total",
+            0,
+            Duration::from_secs(30)
+        ),
+        "{name} applied no record within 30 s"
+    );
+}
+
+/// Scrape `metrics` until `metric` (summed over its labels) is above `floor`, up to
+/// `within`: whether it got there.
+fn wait_for_metric_above(metrics: &str, metric: &str, floor: u64, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if common::scrape(metrics, metric) > floor {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
