@@ -1341,9 +1341,13 @@ fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pau
     };
     let (sets_a, dir_a) = member("a");
     let (sets_b, dir_b) = member("b");
-    let records = workload(200, 12_000);
+    let mut records = workload(200, 12_000);
     let events: Vec<Ev> = records.iter().flatten().copied().collect();
     let want = expected(&events);
+    // The last 3 000 go out after B is killed, so the restarted B has records of its own
+    // partitions to apply however late it was killed (on a loaded machine the first part
+    // was all in, and scored, before the kill: restarted b then "applied no record").
+    let later = records.split_off(9_000);
     let (producer, done) = produce_in_background(&broker, records, 2_000);
     let (a, a_out, _, a_metrics) = common::spawn_run_with_metrics(&sets_a);
     wait_until_applying("a", &a_metrics);
@@ -1375,6 +1379,10 @@ fn static_member_kill_9_and_restart_gets_its_partitions_back_the_other_never_pau
     b.kill().unwrap();
     b.wait().unwrap();
     let (b, b_out, _, b_metrics) = common::spawn_run_with_metrics(&sets_b);
+    // In order after the first part (a key's records on one partition in produce order).
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    let (producer, done) = produce_in_background(&broker, later, 2_000);
     wait_until_applying("restarted b", &b_metrics);
     // The same partitions, as the operator's command and the metrics show them.
     assert_eq!(owned(&cluster_status(&dir_b)), owned(&status_b));
@@ -1904,8 +1912,9 @@ fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 impl TlsFront {
-    /// `denied`: topics the front refuses as an ACL would.
-    fn start(broker: &Broker, dir: &Path, denied: &[&str]) -> Self {
+    /// `acl`: what the front refuses as an ACL would, as its flags (`--deny=TOPIC`,
+    /// `--deny-group=GROUP`, `--deny-txn=PREFIX`).
+    fn start(broker: &Broker, dir: &Path, acl: &[&str]) -> Self {
         let (cert, key) = certificate(dir, "front");
         let log = dir.join("front.log");
         let broker_port = broker.addr.rsplit(':').next().unwrap();
@@ -1918,7 +1927,7 @@ impl TlsFront {
             .arg(&cert)
             .arg(&key)
             .arg(&log)
-            .args(denied.iter().map(|t| format!("--deny={t}")))
+            .args(acl)
             .args(FRONT_USERS.iter().map(|u| format!("{u}:secret")))
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -2065,7 +2074,7 @@ fn over_tls_with_sasl_every_observation_scored_once_and_an_untrusted_certificate
 fn a_wrong_password_and_a_refused_topic_are_named_as_such() {
     let broker = broker_with_topics("refusals");
     let dir = scratch("refusals");
-    let front = TlsFront::start(&broker, &dir, &[EVENTS]);
+    let front = TlsFront::start(&broker, &dir, &[&format!("--deny={EVENTS}")]);
     let mut sets = sluice_sets(
         &broker,
         &front.sets(
@@ -2226,6 +2235,102 @@ fn a_password_rotated_under_sluice_is_named_and_nothing_is_lost_once_it_is_back(
         counter(&report, "sluice_kafka_records_total"),
         300,
         "{report}"
+    );
+}
+
+/// ACLs on the consumer group and on the transactional ids (the front refuses them as a
+/// broker would): `check-config --connect` names a refused group; at_least_once scores every
+/// Observation anyway (its checkpoints hold the offsets; the group only hears them for lag
+/// tools) and names and counts the refused commits; exactly_once, whose transactions commit
+/// the offsets to the group (group members among them), does not start, saying so; refused
+/// transactional ids stop the start, named.
+#[test]
+fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
+    let broker = broker_with_topics("acls");
+    let dir = scratch("acls");
+    let front = TlsFront::start(
+        &broker,
+        &dir,
+        &["--deny-group=refused-group", "--deny-txn=refused-txn"],
+    );
+    let secured = front.sets(&front.ca, ["SCRAM-SHA-256", "PLAIN"], "secret");
+    let group_advice = "an ACL refuses sluice's principal its consumer group (ingest.kafka.group): grant it Describe and Read on the group";
+    let with = |extra: &[String]| {
+        let mut sets = sluice_sets(&broker, &secured);
+        sets.extend(extra.iter().cloned());
+        sets
+    };
+    let refused_group = "ingest.kafka.group=refused-group".to_owned();
+
+    // Asked before a deployment: the refused group is a problem, a usable one is listed.
+    let (code, out, err) = check_config(&dir, &with(std::slice::from_ref(&refused_group)), true);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("consumer group \"refused-group\": {group_advice}")),
+        "{err}"
+    );
+    let (code, out, err) = check_config(&dir, &with(&["ingest.kafka.group=open".into()]), true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("consumer group \"open\" (ingest.kafka.group): offsets committed for 0 of 4 input partition(s)"),
+        "{out}{err}"
+    );
+
+    let records = workload(30, 200);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+
+    // at_least_once: every Observation scored once; the group's refusal named and counted.
+    let mut sets = with(&durable(&dir.join("alo"), "at_least_once"));
+    sets.push(refused_group.clone());
+    let stderr = dir.join("alo.log");
+    let (child, stdout, _, metrics) = common::spawn_run_logged(&sets, &stderr, &[]);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= want.len()
+    });
+    let said = common::wait_for_log(&stderr, group_advice, Duration::from_secs(60));
+    let refusals = common::scrape_where(
+        &metrics,
+        "sluice_kafka_client_errors_total",
+        "kind=\"authorization\"",
+    );
+    let report = stop(child, Some(stdout));
+    assert!(
+        said.contains(group_advice),
+        "the group's refusal is not named:\n{said}"
+    );
+    assert!(refusals > 0, "the group's refusal is not counted:\n{said}");
+    check_exactly_once(&scores, &want);
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        200,
+        "{report}"
+    );
+
+    // exactly_once, whose every transaction commits the offsets to the group: the start
+    // stops, naming it (not the first commit, and every restart's).
+    let mut sets = with(&durable(&dir.join("eo-group"), "exactly_once"));
+    sets.push(refused_group);
+    let said = common::run_refused(&sets);
+    assert!(
+        said.contains(&format!("consumer group \"refused-group\": {group_advice}")),
+        "{said}"
+    );
+
+    // Transactional ids refused: the start stops, naming them.
+    let mut sets = with(&durable(&dir.join("eo-txn"), "exactly_once"));
+    sets.push("egress.kafka.transactional_id_prefix=refused-txn".into());
+    let said = common::run_refused(&sets);
+    assert!(
+        said.contains("init_transactions") && said.contains("an ACL refuses sluice's principal its transactional ids: grant it Describe and Write on the transactional ids starting with egress.kafka.transactional_id_prefix"),
+        "{said}"
+    );
+    assert!(
+        front.log().lines().any(|l| l == "acl refused api 22"),
+        "{}",
+        front.log()
     );
 }
 

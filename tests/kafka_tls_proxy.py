@@ -16,7 +16,12 @@ request ("api KEY") and one per authentication ("sasl MECHANISM USER ok|refused"
 can see who authenticated how.
 
 With --deny=TOPIC it plays an ACL that refuses the topic: Metadata answers name it with
-TOPIC_AUTHORIZATION_FAILED, as a broker does whether the topic exists or not.
+TOPIC_AUTHORIZATION_FAILED, as a broker does whether the topic exists or not. With
+--deny-group=GROUP, one that refuses the consumer group: FindCoordinator for it is answered
+here with GROUP_AUTHORIZATION_FAILED (a broker checks Describe on the group there, before
+anything else the group is asked). With --deny-txn=PREFIX, one that refuses the transactional
+ids starting with PREFIX: InitProducerId for them is answered with
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED (Write on the transactional id, checked there).
 
 SIGUSR1 plays a password rotated on the brokers: every user's password changes and every
 client connection is closed, so clients must authenticate again (and are refused); SIGUSR2
@@ -24,7 +29,8 @@ puts the passwords back.
 
 Prints "listening PORT" once ready. Stop it with SIGTERM.
 
-usage: kafka_tls_proxy.py BROKER_PORT CERT KEY LOG [--deny=TOPIC ...] USER:PASSWORD [...]
+usage: kafka_tls_proxy.py BROKER_PORT CERT KEY LOG [--deny=TOPIC ...] [--deny-group=GROUP ...]
+                         [--deny-txn=PREFIX ...] USER:PASSWORD [...]
 """
 
 import asyncio
@@ -45,7 +51,14 @@ UNSUPPORTED_SASL_MECHANISM = 33
 ILLEGAL_SASL_STATE = 34
 SASL_AUTHENTICATION_FAILED = 58
 TOPIC_AUTHORIZATION_FAILED = 29
+GROUP_AUTHORIZATION_FAILED = 30
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 METADATA = 3
+FIND_COORDINATOR = 10
+INIT_PRODUCER_ID = 22
+# InitProducerId's first flexible version (librdkafka sends FindCoordinator up to version 2,
+# none flexible).
+INIT_PRODUCER_ID_FLEXIBLE = 2
 # Metadata's first flexible version (compact strings: a one-byte length + 1 for short names).
 METADATA_FLEXIBLE = 9
 # Answers naming brokers by host and port: Metadata, FindCoordinator, DescribeCluster.
@@ -177,14 +190,53 @@ def deny_topics(frame, version, topics):
     return frame
 
 
+def refused_coordinator(frame, version, groups):
+    """FindCoordinator's answer for a group in `groups` (key type 0; version 0 has only
+    groups), refused as an ACL would; None for any other key or version."""
+    if version > 2:
+        return None
+    body = request_body(frame)
+    (n,) = struct.unpack(">h", body[:2])
+    key = body[2:2 + n].decode(errors="replace")
+    key_type = body[2 + n] if version >= 1 else 0
+    if key_type != 0 or key not in groups:
+        return None
+    if version == 0:
+        return struct.pack(">hi", GROUP_AUTHORIZATION_FAILED, -1) + kafka_string("") + struct.pack(">i", -1)
+    return (struct.pack(">ih", 0, GROUP_AUTHORIZATION_FAILED) + kafka_string("Group authorization failed.")
+            + struct.pack(">i", -1) + kafka_string("") + struct.pack(">i", -1))
+
+
+def refused_producer_id(frame, version, prefixes):
+    """InitProducerId's answer (with its header's tagged fields when flexible) for a
+    transactional id starting with one of `prefixes`, refused as an ACL would; else None."""
+    body = request_body(frame)
+    if version >= INIT_PRODUCER_ID_FLEXIBLE:
+        # The request header's tagged fields (none: one zero byte), then a compact nullable
+        # string: its length + 1 as an unsigned varint (ids here are shorter than 127 bytes).
+        n = body[1] - 1
+        tid = body[2:2 + n].decode(errors="replace") if n >= 0 else None
+    else:
+        (n,) = struct.unpack(">h", body[:2])
+        tid = body[2:2 + n].decode(errors="replace") if n >= 0 else None
+    if tid is None or not any(tid.startswith(p) for p in prefixes):
+        return None
+    answer = struct.pack(">ihqh", 0, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, -1, -1)
+    if version >= INIT_PRODUCER_ID_FLEXIBLE:
+        return b"\x00" + answer + b"\x00"
+    return answer
+
+
 class Proxy:
-    def __init__(self, broker_port, log, users, denied):
+    def __init__(self, broker_port, log, users, denied, denied_groups=(), denied_txn=()):
         self.broker_port = broker_port
         self.own_port = 0
         self.log = log
         self.given = users
         self.users = users
         self.denied = denied
+        self.denied_groups = list(denied_groups)
+        self.denied_txn = list(denied_txn)
         self.clients = set()
 
     def rotate(self):
@@ -239,6 +291,15 @@ class Proxy:
                 if not sasl.authenticated and api_key != API_VERSIONS:
                     self.note(f"unauthenticated request {api_key}: closed")
                     break
+                refusal = None
+                if api_key == FIND_COORDINATOR and self.denied_groups:
+                    refusal = refused_coordinator(frame, version, self.denied_groups)
+                if api_key == INIT_PRODUCER_ID and self.denied_txn:
+                    refusal = refused_producer_id(frame, version, self.denied_txn)
+                if refusal is not None:
+                    self.note(f"acl refused api {api_key}")
+                    await to_client_frame(struct.pack(">i", correlation) + refusal)
+                    continue
                 asked[correlation] = (api_key, version)
                 broker_w.write(struct.pack(">i", len(frame)) + frame)
                 await broker_w.drain()
@@ -271,10 +332,13 @@ async def main():
     broker_port, cert, key, log_path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     rest = sys.argv[5:]
     denied = [a.removeprefix("--deny=") for a in rest if a.startswith("--deny=")]
-    users = dict(a.split(":", 1) for a in rest if not a.startswith("--deny="))
+    denied_groups = [a.removeprefix("--deny-group=") for a in rest if a.startswith("--deny-group=")]
+    denied_txn = [a.removeprefix("--deny-txn=") for a in rest if a.startswith("--deny-txn=")]
+    users = dict(a.split(":", 1) for a in rest if not a.startswith("--deny"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    proxy = Proxy(broker_port, open(log_path, "a", encoding="utf-8"), users, denied)
+    proxy = Proxy(broker_port, open(log_path, "a", encoding="utf-8"), users, denied,
+                  denied_groups, denied_txn)
     # A client whose handshake fails (a certificate it does not trust) never reaches `serve`;
     # asyncio reports it to the loop's exception handler, noted in the log.
     loop = asyncio.get_running_loop()

@@ -292,6 +292,9 @@ fn seeds(
         ))));
     }
     let exactly_once = config.egress.kafka.delivery == Delivery::ExactlyOnce;
+    if exactly_once {
+        kafka_in::check_group(config, &counts)?;
+    }
     let ids: Vec<String> = (0..shards).map(|i| transactional_id(config, i)).collect();
     let mut producers = Vec::with_capacity(shards);
     for (i, id) in ids.iter().enumerate() {

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::producer::BaseRecord;
 use rdkafka::types::RDKafkaErrorCode;
@@ -280,9 +280,12 @@ pub fn committed_offsets(
     for (t, p) in owned {
         tpl.add_partition(t, *p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .map_err(KafkaError::client("reading the group's committed offsets"))?;
+    let committed = crate::ingest::kafka::group_committed_offsets(
+        &consumer,
+        &config.ingest.kafka.group,
+        tpl,
+        Duration::from_secs(10),
+    )?;
     Ok(committed
         .elements()
         .iter()

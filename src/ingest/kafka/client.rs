@@ -11,7 +11,7 @@ use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
-    #[error("Kafka {what}: {source}")]
+    #[error("Kafka {what}: {source}{}", refusal_advice(.source))]
     Client {
         what: String,
         source: rdkafka::error::KafkaError,
@@ -20,6 +20,11 @@ pub enum KafkaError {
         "Kafka topic {topic:?} does not exist on {brokers} (create it, or fix ingest.kafka.topics)"
     )]
     MissingTopic { topic: String, brokers: String },
+    #[error(
+        "Kafka consumer group {group:?}: {} (librdkafka: {said})",
+        client_errors::GROUP_REFUSED
+    )]
+    GroupNotAuthorized { group: String, said: String },
     /// A broker answers "topic authorization failed" whether the topic exists or not.
     #[error("Kafka topic {topic:?} on {brokers}: sluice's principal is not authorized for it (an ACL refuses: grant it Describe and Read on the input topics)")]
     TopicNotAuthorized { topic: String, brokers: String },
@@ -34,6 +39,17 @@ pub enum KafkaError {
     },
     #[error("Kafka: {0}")]
     Other(String),
+}
+
+/// After a refusal's words (credentials, TLS, an ACL), what to check; nothing after other
+/// errors (librdkafka's words say enough).
+fn refusal_advice(source: &rdkafka::error::KafkaError) -> String {
+    match ClientErrorKind::of(source) {
+        ClientErrorKind::Authentication | ClientErrorKind::Authorization | ClientErrorKind::Tls => {
+            format!(" ({})", client_errors::advice_for(source))
+        }
+        ClientErrorKind::Transport | ClientErrorKind::Other => String::new(),
+    }
 }
 
 /// The rest of `Unreachable`'s message: a refusal says what to check; silence asks whether
@@ -241,10 +257,83 @@ impl rdkafka::consumer::ConsumerContext for Discovery {}
 /// event (a log line, an error) and says None for a log line as for an empty queue: a fixed
 /// number of polls, more than one attempt queues (a few lines per broker per retry), each µs
 /// when the queue is empty.
-pub(super) fn serve_events(poll: impl Fn()) {
+pub(super) fn serve_events(mut poll: impl FnMut()) {
     for _ in 0..256 {
         poll();
     }
+}
+
+/// The group's committed offsets for `tpl`, asked as `consumer` (assigned nothing: its queue
+/// is served here) up to `timeout`. A group an ACL refuses is named: the call itself only
+/// waits for a coordinator it is never given and times out, while librdkafka reports the
+/// refusal once on the consumer's queue (its context hears it there too).
+pub fn group_committed_offsets<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    group: &str,
+    tpl: rdkafka::TopicPartitionList,
+    timeout: Duration,
+) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+    consumer.committed_offsets(tpl, timeout).map_err(|e| {
+        let mut refused = None;
+        serve_events(|| {
+            if let Some(Err(err)) = consumer.poll(Duration::ZERO) {
+                if err.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed)
+                {
+                    refused = Some(err.to_string());
+                }
+            }
+        });
+        match refused {
+            Some(said) => KafkaError::GroupNotAuthorized {
+                group: group.to_owned(),
+                said,
+            },
+            None => KafkaError::client("reading the group's committed offsets")(e),
+        }
+    })
+}
+
+/// Under exactly_once each transaction commits the consumed offsets to the consumer group,
+/// so a group an ACL refuses would fail the first commit (and every restart's): asked at
+/// start instead (the group's committed offsets for the input partitions, `counts` per input
+/// topic; milliseconds on a cluster that answers), so the start stops naming it. Any other
+/// failure to read them is only logged: the commits will say more.
+pub fn check_group(config: &Config, counts: &[i32]) -> Result<(), KafkaError> {
+    match inputs_with_group_offsets(config, counts, Duration::from_secs(10)) {
+        Ok(_) => Ok(()),
+        Err(e @ KafkaError::GroupNotAuthorized { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!("Kafka consumer group {:?}: its committed offsets could not be read at start ({e}); going on", config.ingest.kafka.group);
+            Ok(())
+        }
+    }
+}
+
+/// How many of the input partitions (`counts` per input topic) have an offset committed to
+/// the consumer group, asked as the consumer up to `timeout` (nothing joined or committed).
+pub fn inputs_with_group_offsets(
+    config: &Config,
+    counts: &[i32],
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
+    let k = &config.ingest.kafka;
+    let consumer: BaseConsumer<Discovery> = consumer_config(config)
+        .create_with_context(Discovery::default())
+        .map_err(KafkaError::client("consumer for the group's offsets"))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (topic, &n) in k.topics.iter().zip(counts) {
+        for p in 0..n {
+            tpl.add_partition(topic, p);
+        }
+    }
+    // The list is dropped before the consumer (DEPENDENCIES.md: a hang otherwise).
+    let committed = group_committed_offsets(&consumer, &k.group, tpl, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter(|e| matches!(e.offset(), rdkafka::Offset::Offset(_)))
+        .count())
 }
 
 /// How long start-up asks unreachable brokers before it serves UDP without them (and goes
@@ -319,6 +408,29 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_returned_by_a_call_says_what_to_grant_other_errors_only_librdkafkas_words() {
+        use rdkafka::error::KafkaError as RdError;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let txn = KafkaError::client("init_transactions")(RdError::Global(
+            C::TransactionalIdAuthorizationFailed,
+        ))
+        .to_string();
+        assert!(
+            txn.starts_with("Kafka init_transactions: ")
+                && txn.contains("grant it Describe and Write on the transactional ids"),
+            "{txn}"
+        );
+        let group = KafkaError::client("send_offsets_to_transaction")(RdError::Global(
+            C::GroupAuthorizationFailed,
+        ))
+        .to_string();
+        assert!(group.contains("Describe and Read on the group"), "{group}");
+        let down = KafkaError::client("commit_transaction")(RdError::Global(C::AllBrokersDown))
+            .to_string();
+        assert!(!down.contains("ACL") && !down.contains("grant"), "{down}");
+    }
 
     fn check(sets: &[&str]) -> (Vec<String>, Vec<String>) {
         let mut all = vec![

@@ -91,6 +91,21 @@ impl ClientErrorKind {
     }
 }
 
+/// What to grant when an ACL refuses the consumer group.
+pub const GROUP_REFUSED: &str = "an ACL refuses sluice's principal its consumer group (ingest.kafka.group): grant it Describe and Read on the group (the consumer joins or commits to it; an exactly_once transaction commits the consumed offsets to it)";
+
+/// What to check for `error`: for an ACL's refusal, what the refused resource needs (a
+/// topic, the group, the transactional ids, the cluster); else its kind's advice.
+pub fn advice_for(error: &RdError) -> &'static str {
+    match error.rdkafka_error_code() {
+        Some(C::GroupAuthorizationFailed) => GROUP_REFUSED,
+        Some(C::TransactionalIdAuthorizationFailed) => "an ACL refuses sluice's principal its transactional ids: grant it Describe and Write on the transactional ids starting with egress.kafka.transactional_id_prefix (a prefixed ACL)",
+        Some(C::ClusterAuthorizationFailed) => "an ACL refuses sluice's principal a cluster operation: the idempotent producer needs IdempotentWrite on the cluster (brokers before Kafka 2.8)",
+        Some(C::TopicAuthorizationFailed) => "an ACL refuses sluice's principal a topic: it needs Describe and Read on the input topics and Describe and Write on the output topics (and, with exactly_once, Read, Write and Create on the progress and changelog topics)",
+        _ => ClientErrorKind::of(error).advice(),
+    }
+}
+
 static COUNTS: [AtomicU64; ClientErrorKind::ALL.len()] =
     [const { AtomicU64::new(0) }; ClientErrorKind::ALL.len()];
 
@@ -140,7 +155,7 @@ pub fn record(client: &str, error: &RdError, reason: &str) {
                 count = n,
                 kind = kind_label,
                 "Kafka {client}: {} (librdkafka: {reason})",
-                kind.advice()
+                advice_for(error)
             ),
         }
     }

@@ -57,6 +57,27 @@ impl ClientContext for ShardContext {
 }
 
 impl ConsumerContext for ShardContext {
+    /// The result of an asynchronous commit to the group (after each at_least_once checkpoint;
+    /// lag tools read it, sluice does not): a refusal (an ACL, credentials) is counted and
+    /// logged as a client error, so a group the principal may not use is named, not silent
+    /// (the Scores go on: the checkpoint holds the offsets).
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        use super::client_errors::{record, ClientErrorKind};
+        match result {
+            // One a rebalance or a coordinator move interrupted: the next checkpoint's
+            // commit says the same, nothing to report.
+            Err(e) if ClientErrorKind::of(&e) == ClientErrorKind::Other => {
+                tracing::debug!("Kafka group commit (for lag tools): {e}");
+            }
+            Err(e) => record("consumer group commit (for lag tools)", &e, &e.to_string()),
+            Ok(()) => {}
+        }
+    }
+
     fn rebalance(
         &self,
         base_consumer: &BaseConsumer<Self>,

@@ -24,8 +24,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use client::{
-    admin_config, clients_check, consumer_config, discover, producer_config, KafkaError,
-    CONNECT_PATIENCE,
+    admin_config, check_group, clients_check, consumer_config, discover, group_committed_offsets,
+    inputs_with_group_offsets, producer_config, KafkaError, CONNECT_PATIENCE,
 };
 pub use membership::{RebalanceEvent, ShardContext};
 pub use partitions::{PartitionId, PartitionTable};
@@ -129,9 +129,12 @@ impl KafkaSource {
         }
         let durable = !config.state.dir.is_empty();
         let committed = if !durable && !parts.is_empty() {
-            consumer
-                .committed_offsets(tpl.clone(), Duration::from_secs(10))
-                .map_err(KafkaError::client("reading the group's committed offsets"))?
+            client::group_committed_offsets(
+                &consumer,
+                &config.ingest.kafka.group,
+                tpl.clone(),
+                Duration::from_secs(10),
+            )?
         } else {
             TopicPartitionList::new()
         };

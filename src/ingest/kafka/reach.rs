@@ -1,10 +1,11 @@
 //! `check-config --connect`: ask the brokers what a start would ask them, as the consumer and
 //! as the producer, each with its own properties (credentials may differ), and report what a
 //! start would stumble on — credentials or a certificate refused, an input topic missing or
-//! refused by an ACL, an output topic missing or not writable, an output topic's
-//! `max.message.bytes` below the producer's batches — before a deployment finds it. Nothing is
-//! written: no topic is created, no transaction begun (an `init_transactions` under the
-//! service's transactional id would fence the running service).
+//! refused by an ACL, the consumer group refused by one, an output topic missing or not
+//! writable, an output topic's `max.message.bytes` below the producer's batches — before a
+//! deployment finds it. Nothing is written: no topic is created, no group joined, no
+//! transaction begun (an `init_transactions` under the service's transactional id would
+//! fence the running service).
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ pub fn reach(config: &Config, patience: Duration) -> Reached {
                 r.found
                     .push(format!("input topic {topic:?}: {n} partition(s)"));
             }
+            group_side(config, &counts, patience, &mut r);
             Some(counts.iter().sum::<i32>())
         }
         Err(e) => {
@@ -69,6 +71,36 @@ fn ask_until_refused<T>(
                 if started.elapsed() + ATTEMPT <= patience => {}
             answer => return answer,
         }
+    }
+}
+
+/// The consumer group, as the consumer: its committed offsets for the input partitions
+/// (`counts`, per input topic) are asked for — an OffsetFetch, which finds the group's
+/// coordinator and needs Describe on the group, the first thing a start with group membership
+/// or an exactly_once commit does with it — and how many partitions have one is listed (lag
+/// tools read them; sluice's checkpoints hold its own positions). Nothing is joined or
+/// committed.
+fn group_side(config: &Config, counts: &[i32], patience: Duration, r: &mut Reached) {
+    let group = &config.ingest.kafka.group;
+    let total: i32 = counts.iter().sum();
+    // A refusal is known after one attempt (librdkafka reports it beside the call, which
+    // waits its time out for a coordinator); a coordinator slow to answer is asked again,
+    // up to `patience`.
+    let started = Instant::now();
+    let asked = loop {
+        match super::inputs_with_group_offsets(config, counts, ATTEMPT) {
+            Err(KafkaError::Client { .. }) if started.elapsed() + ATTEMPT <= patience => {}
+            answer => break answer,
+        }
+    };
+    match asked {
+        Ok(with) => r.found.push(format!(
+            "consumer group {group:?} (ingest.kafka.group): offsets committed for {with} of {total} input partition(s)"
+        )),
+        Err(e @ KafkaError::GroupNotAuthorized { .. }) => r.problems.push(e.to_string()),
+        Err(e) => r.problems.push(format!(
+            "ingest.kafka.group = {group:?}: the group's committed offsets could not be read: {e}"
+        )),
     }
 }
 
