@@ -3010,3 +3010,64 @@ fn exactly_once_a_hanging_commit_does_not_hold_up_udp() {
     let _ = std::fs::remove_dir_all(&dir);
     client.check(&replies);
 }
+
+/// An output topic that does not exist on brokers that do not create topics (the front
+/// answers for it as such brokers do) stops the start naming it, every such topic listed
+/// together — not every Score failing half a minute in and each restart alike; one an ACL
+/// refuses is named as refused. On brokers that create topics (the test broker) a missing
+/// one is created at start, as at the first record.
+#[test]
+fn an_output_topic_the_brokers_do_not_have_stops_the_start_naming_it() {
+    let broker = broker_with_topics("outputs");
+    let dir = scratch("outputs");
+    let front = TlsFront::start(
+        &broker,
+        &dir,
+        &[
+            "--absent=scores-absent",
+            "--absent=alerts-absent",
+            "--deny=dead-refused",
+        ],
+    );
+    let mut sets = sluice_sets(
+        &broker,
+        &front.sets(&front.ca, ["PLAIN", "PLAIN"], "secret"),
+    );
+    sets.extend([
+        "egress.kafka.scores_topic=scores-absent".into(),
+        "egress.kafka.alerts_topic=alerts-absent".into(),
+        "egress.kafka.dead_letter_topic=dead-refused".into(),
+    ]);
+    let said = common::run_refused(&sets);
+    for line in [
+        "egress.kafka.scores_topic = \"scores-absent\" does not exist on 127.0.0.1:",
+        "egress.kafka.alerts_topic = \"alerts-absent\" does not exist on 127.0.0.1:",
+        "egress.kafka.dead_letter_topic = \"dead-refused\" on 127.0.0.1:",
+        "the brokers did not create it when asked (auto.create.topics.enable off): create it",
+        "the producer's principal is not authorized for it",
+    ] {
+        assert!(said.contains(line), "{line} not in:\n{said}");
+    }
+
+    // Straight to the test broker, which creates topics: made at start, before any alert.
+    let created = "alerts-made-at-start";
+    assert!(!topic_exists(&broker.addr, created));
+    let sets = sluice_sets(&broker, &[format!("egress.kafka.alerts_topic={created}")]);
+    let (child, stdout, _, metrics) = common::spawn_run_with_metrics(&sets);
+    assert!(
+        wait_for_metric_above(
+            &metrics,
+            "sluice_kafka_partition_owned{",
+            0,
+            Duration::from_secs(30)
+        ),
+        "no partition attached"
+    );
+    let report = stop(child, Some(stdout));
+    assert!(topic_exists(&broker.addr, created), "{report}");
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        0,
+        "{report}"
+    );
+}

@@ -51,6 +51,7 @@ UNSUPPORTED_SASL_MECHANISM = 33
 ILLEGAL_SASL_STATE = 34
 SASL_AUTHENTICATION_FAILED = 58
 TOPIC_AUTHORIZATION_FAILED = 29
+UNKNOWN_TOPIC_OR_PARTITION = 3
 GROUP_AUTHORIZATION_FAILED = 30
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 METADATA = 3
@@ -178,15 +179,15 @@ class Sasl:
         return b"v=" + base64.b64encode(verifier), True
 
 
-def deny_topics(frame, version, topics):
+def deny_topics(frame, version, topics, error=TOPIC_AUTHORIZATION_FAILED):
     """A Metadata answer with each of `topics` refused: the topic entry's error code (the two
-    bytes before its name, in every version) set to TOPIC_AUTHORIZATION_FAILED."""
+    bytes before its name, in every version) set to `error`."""
     for topic in topics:
         name = topic.encode()
         size = bytes([len(name) + 1]) if version >= METADATA_FLEXIBLE else struct.pack(">h", len(name))
         at = frame.find(size + name)
         if at >= 2:
-            frame = frame[:at - 2] + struct.pack(">h", TOPIC_AUTHORIZATION_FAILED) + frame[at:]
+            frame = frame[:at - 2] + struct.pack(">h", error) + frame[at:]
     return frame
 
 
@@ -228,7 +229,7 @@ def refused_producer_id(frame, version, prefixes):
 
 
 class Proxy:
-    def __init__(self, broker_port, log, users, denied, denied_groups=(), denied_txn=()):
+    def __init__(self, broker_port, log, users, denied, denied_groups=(), denied_txn=(), absent=()):
         self.broker_port = broker_port
         self.own_port = 0
         self.log = log
@@ -237,6 +238,7 @@ class Proxy:
         self.denied = denied
         self.denied_groups = list(denied_groups)
         self.denied_txn = list(denied_txn)
+        self.absent = list(absent)
         self.clients = set()
 
     def rotate(self):
@@ -316,6 +318,8 @@ class Proxy:
                     frame = frame.replace(old, new)
                 if api_key == METADATA and self.denied:
                     frame = deny_topics(frame, version, self.denied)
+                if api_key == METADATA and self.absent:
+                    frame = deny_topics(frame, version, self.absent, UNKNOWN_TOPIC_OR_PARTITION)
                 await to_client_frame(frame)
             client_w.close()
 
@@ -334,11 +338,12 @@ async def main():
     denied = [a.removeprefix("--deny=") for a in rest if a.startswith("--deny=")]
     denied_groups = [a.removeprefix("--deny-group=") for a in rest if a.startswith("--deny-group=")]
     denied_txn = [a.removeprefix("--deny-txn=") for a in rest if a.startswith("--deny-txn=")]
-    users = dict(a.split(":", 1) for a in rest if not a.startswith("--deny"))
+    absent = [a.removeprefix("--absent=") for a in rest if a.startswith("--absent=")]
+    users = dict(a.split(":", 1) for a in rest if not a.startswith("--"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     proxy = Proxy(broker_port, open(log_path, "a", encoding="utf-8"), users, denied,
-                  denied_groups, denied_txn)
+                  denied_groups, denied_txn, absent)
     # A client whose handshake fails (a certificate it does not trust) never reaches `serve`;
     # asyncio reports it to the loop's exception handler, noted in the log.
     loop = asyncio.get_running_loop()

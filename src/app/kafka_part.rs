@@ -274,6 +274,7 @@ fn seeds(
     patience: Duration,
 ) -> Result<Vec<KafkaSeed>, AppError> {
     let counts = kafka_in::discover(config, patience)?;
+    crate::egress::kafka::check_output_topics(config)?;
     crate::egress::kafka::check_batch_limits(config)?;
     let group = config.ingest.kafka.membership == Membership::Group;
     // Group membership: every shard may be given any partition; the table is the changelog's

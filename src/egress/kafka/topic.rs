@@ -1,5 +1,6 @@
 //! Topics sluice writes its own records to (progress, changelog): created compacted when
-//! missing.
+//! missing. The output topics (Scores, alerts, dead letters): looked up at start, so a missing
+//! one stops the start naming it rather than every Score failing half a minute later.
 
 use std::time::Duration;
 
@@ -192,6 +193,70 @@ pub fn check_batch_limits(config: &Config) -> Result<(), KafkaError> {
             )),
             Some(_) => {}
             None => tracing::info!(topic = %n.topic, "the brokers do not describe its max.message.bytes: not checked"),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(KafkaError::Other(problems.join("\n")))
+    }
+}
+
+/// How long start waits for an output topic the brokers create on sluice's metadata request.
+const OUTPUT_TOPIC_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Each output topic (`scores_topic`, `alerts_topic`, `dead_letter_topic`) asked for as the
+/// producer asks before its first record: brokers with `auto.create.topics.enable` create it
+/// then (with their default partitions, as they would at the first Score), so a topic still
+/// unknown after `OUTPUT_TOPIC_PATIENCE` will never be there and every record to it would fail
+/// (librdkafka gives up on an unknown topic after ~30 s, and sluice stops for a lost Score,
+/// again after each restart). Reported all together; a refused topic is named as such.
+pub fn check_output_topics(config: &Config) -> Result<(), KafkaError> {
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let e = &config.egress.kafka;
+    let outputs: Vec<(&str, &str)> = [
+        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
+        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
+        (
+            e.dead_letter_topic.as_str(),
+            "egress.kafka.dead_letter_topic",
+        ),
+    ]
+    .into_iter()
+    .filter(|(t, _)| !t.is_empty())
+    .collect();
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let producer: BaseProducer<Counted> = crate::ingest::kafka::producer_config(config, None)
+        .create_with_context(Counted("producer (output topics)"))
+        .map_err(KafkaError::client("producer for the output topics"))?;
+    let brokers = &config.ingest.kafka.brokers;
+    let deadline = std::time::Instant::now() + OUTPUT_TOPIC_PATIENCE;
+    let mut problems = Vec::new();
+    for (topic, key) in outputs {
+        loop {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(KafkaError::client(format!("{key} metadata")))?;
+            let t = md.topics().iter().find(|t| t.name() == topic);
+            match (t.and_then(|t| t.error()).map(C::from), t) {
+                (None, Some(t)) if !t.partitions().is_empty() => break,
+                (Some(C::TopicAuthorizationFailed), _) => {
+                    problems.push(format!("{key} = {topic:?} on {brokers}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"));
+                    break;
+                }
+                // Being created (LEADER_NOT_AVAILABLE at first), or unknown: asked again.
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                _ => {
+                    problems.push(format!("{key} = {topic:?} does not exist on {brokers}, and the brokers did not create it when asked (auto.create.topics.enable off): create it (sluice creates only its progress and changelog topics)"));
+                    break;
+                }
+            }
         }
     }
     if problems.is_empty() {

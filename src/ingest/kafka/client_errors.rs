@@ -114,7 +114,8 @@ static NEWEST: Mutex<[Option<(String, Instant)>; ClientErrorKind::ALL.len()]> =
     Mutex::new([const { None }; ClientErrorKind::ALL.len()]);
 
 /// The context of a client whose errors need nothing but counting and logging (the readers
-/// of a topic to its end, the standby tail, the admin client): `record`ed as `self.0`.
+/// of a topic to its end, the standby tail, the admin client, the output topics' look-up at
+/// start): `record`ed as `self.0`.
 pub struct Counted(pub &'static str);
 
 impl rdkafka::ClientContext for Counted {
@@ -124,6 +125,12 @@ impl rdkafka::ClientContext for Counted {
 }
 
 impl rdkafka::consumer::ConsumerContext for Counted {}
+
+/// For a producer that only asks for metadata (it sends no record).
+impl rdkafka::producer::ProducerContext for Counted {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
 
 /// Count a client-level error from librdkafka (a context's `error` callback) and log it:
 /// the 1st, 2nd, 4th, ... of each kind, so an outage or a wrong password is visible at once

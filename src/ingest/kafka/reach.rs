@@ -21,7 +21,7 @@ use crate::config::Config;
 pub struct Reached {
     /// What a start would stop on (or lose Scores to).
     pub problems: Vec<String>,
-    /// What may be fine (a missing output topic the brokers may create at the first record).
+    /// What may be fine (a missing output topic the brokers may create when sluice starts).
     pub warnings: Vec<String>,
     /// What was found, for people: one line per topic.
     pub found: Vec<String>,
@@ -183,7 +183,7 @@ fn producer_side(
                 "{key} = {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"
             )),
             Ok(TopicState::Missing) => r.warnings.push(format!(
-                "{key} = {topic:?} does not exist on {brokers}: create it (sluice does not; a broker with auto.create.topics.enable makes it at the first record, with the broker's default partitions and max.message.bytes)"
+                "{key} = {topic:?} does not exist on {brokers}: create it (sluice does not; a broker with auto.create.topics.enable makes it when sluice starts, with the broker's default partitions and max.message.bytes; with other brokers the start stops)"
             )),
             Err(e) => {
                 r.problems.push(format!("as the producer: {e}"));
