@@ -2241,7 +2241,8 @@ fn a_password_rotated_under_sluice_is_named_and_nothing_is_lost_once_it_is_back(
 /// ACLs on the consumer group and on the transactional ids (the front refuses them as a
 /// broker would): `check-config --connect` names a refused group; at_least_once scores every
 /// Observation anyway (its checkpoints hold the offsets; the group only hears them for lag
-/// tools) and names and counts the refused commits; exactly_once, whose transactions commit
+/// tools) and names and counts the refusal, whether the group is refused whole or only read
+/// (each commit refused); exactly_once, whose transactions commit
 /// the offsets to the group (group members among them), does not start, saying so; refused
 /// transactional ids stop the start, named.
 #[test]
@@ -2251,7 +2252,11 @@ fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
     let front = TlsFront::start(
         &broker,
         &dir,
-        &["--deny-group=refused-group", "--deny-txn=refused-txn"],
+        &[
+            "--deny-group=refused-group",
+            "--deny-group-read=unreadable-group",
+            "--deny-txn=refused-txn",
+        ],
     );
     let secured = front.sets(&front.ca, ["SCRAM-SHA-256", "PLAIN"], "secret");
     let group_advice = "an ACL refuses sluice's principal its consumer group (ingest.kafka.group): grant it Describe and Read on the group";
@@ -2307,6 +2312,50 @@ fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
         counter(&report, "sluice_kafka_records_total"),
         200,
         "{report}"
+    );
+
+    // A group it may describe but not read: found, but each commit to it refused; named and
+    // counted as the commits' results come back, every Observation scored all the same.
+    let mut sets = with(&durable(&dir.join("alo-read"), "at_least_once"));
+    sets.extend([
+        "ingest.kafka.group=unreadable-group".into(),
+        "egress.kafka.scores_topic=scores-unreadable-group".into(),
+    ]);
+    let stderr = dir.join("alo-read.log");
+    let (child, stdout, _, metrics) = common::spawn_run_logged(&sets, &stderr, &[]);
+    let scores = read_scores_until(
+        &broker.addr,
+        "scores-unreadable-group",
+        Duration::from_secs(60),
+        |s| s.len() >= want.len(),
+    );
+    let said = common::wait_for_log(
+        &stderr,
+        "consumer group commit (for lag tools): an ACL refuses",
+        Duration::from_secs(60),
+    );
+    let refusals = common::scrape_where(
+        &metrics,
+        "sluice_kafka_client_errors_total",
+        "kind=\"authorization\"",
+    );
+    let report = stop(child, Some(stdout));
+    assert!(refusals > 0, "the refused commits are not counted:\n{said}");
+    assert!(
+        said.contains(&format!(
+            "consumer group commit (for lag tools): {group_advice}"
+        )),
+        "a refused commit is not named:\n{said}"
+    );
+    check_exactly_once(&scores, &want);
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        200,
+        "{report}"
+    );
+    assert!(
+        front.log().lines().any(|l| l == "acl refused api 8"),
+        "no commit reached the front"
     );
 
     // exactly_once, whose every transaction commits the offsets to the group: the start

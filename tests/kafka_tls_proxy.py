@@ -19,7 +19,9 @@ With --deny=TOPIC it plays an ACL that refuses the topic: Metadata answers name 
 TOPIC_AUTHORIZATION_FAILED, as a broker does whether the topic exists or not. With
 --deny-group=GROUP, one that refuses the consumer group: FindCoordinator for it is answered
 here with GROUP_AUTHORIZATION_FAILED (a broker checks Describe on the group there, before
-anything else the group is asked). With --deny-txn=PREFIX, one that refuses the transactional
+anything else the group is asked); with --deny-group-read=GROUP, one that lets the principal
+describe the group but not read it: OffsetCommit for it is answered here with
+GROUP_AUTHORIZATION_FAILED for every partition. With --deny-txn=PREFIX, one that refuses the transactional
 ids starting with PREFIX: InitProducerId for them is answered with
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED (Write on the transactional id, checked there).
 
@@ -30,7 +32,8 @@ puts the passwords back.
 Prints "listening PORT" once ready. Stop it with SIGTERM.
 
 usage: kafka_tls_proxy.py BROKER_PORT CERT KEY LOG [--deny=TOPIC ...] [--deny-group=GROUP ...]
-                         [--deny-txn=PREFIX ...] USER:PASSWORD [...]
+                         [--deny-group-read=GROUP ...] [--deny-txn=PREFIX ...]
+                         [--absent=TOPIC ...] USER:PASSWORD [...]
 """
 
 import asyncio
@@ -56,6 +59,9 @@ GROUP_AUTHORIZATION_FAILED = 30
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 METADATA = 3
 FIND_COORDINATOR = 10
+OFFSET_COMMIT = 8
+# OffsetCommit's first flexible version.
+OFFSET_COMMIT_FLEXIBLE = 8
 INIT_PRODUCER_ID = 22
 # InitProducerId's first flexible version (librdkafka sends FindCoordinator up to version 2,
 # none flexible).
@@ -208,6 +214,105 @@ def refused_coordinator(frame, version, groups):
             + struct.pack(">i", -1) + kafka_string("") + struct.pack(">i", -1))
 
 
+class Reader:
+    """Reads a request body's fields, compact (flexible versions) or classic."""
+
+    def __init__(self, data, flexible):
+        self.data = data
+        self.at = 0
+        self.flexible = flexible
+
+    def take(self, n):
+        out = self.data[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def int(self, fmt):
+        (v,) = struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+        return v
+
+    def uvarint(self):
+        shift = value = 0
+        while True:
+            b = self.take(1)[0]
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+
+    def string(self):
+        n = self.uvarint() - 1 if self.flexible else self.int(">h")
+        return None if n < 0 else self.take(n).decode(errors="replace")
+
+    def count(self):
+        return self.uvarint() - 1 if self.flexible else self.int(">i")
+
+    def tags(self):
+        if self.flexible:
+            for _ in range(self.uvarint()):
+                self.uvarint()
+                self.take(self.uvarint())
+
+
+def uvarint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def refused_offset_commit(frame, version, groups):
+    """OffsetCommit's answer (versions 2 to 9) for a group in `groups`: every partition it
+    commits refused with GROUP_AUTHORIZATION_FAILED, as a broker does for a principal without
+    Read on the group; else None."""
+    if not 2 <= version <= 9:
+        return None
+    flexible = version >= OFFSET_COMMIT_FLEXIBLE
+    r = Reader(request_body(frame), flexible)
+    r.tags()  # the request header's (flexible versions)
+    if r.string() not in groups:
+        return None
+    r.int(">i")  # generation
+    r.string()  # member id
+    if version >= 7:
+        r.string()  # group instance id
+    if version <= 4:
+        r.int(">q")  # retention
+    topics = []
+    for _ in range(r.count()):
+        name = r.string()
+        partitions = []
+        for _ in range(r.count()):
+            partitions.append(r.int(">i"))
+            r.int(">q")  # offset
+            if version >= 6:
+                r.int(">i")  # leader epoch
+            r.string()  # metadata
+            r.tags()
+        r.tags()
+        topics.append((name, partitions))
+
+    def string(s):
+        b = s.encode()
+        return uvarint(len(b) + 1) + b if flexible else kafka_string(s)
+
+    def count(n):
+        return uvarint(n + 1) if flexible else struct.pack(">i", n)
+
+    tags = b"\x00" if flexible else b""
+    out = tags + (struct.pack(">i", 0) if version >= 3 else b"") + count(len(topics))
+    for name, partitions in topics:
+        out += string(name) + count(len(partitions))
+        for p in partitions:
+            out += struct.pack(">ih", p, GROUP_AUTHORIZATION_FAILED) + tags
+        out += tags
+    return out + tags
+
+
 def refused_producer_id(frame, version, prefixes):
     """InitProducerId's answer (with its header's tagged fields when flexible) for a
     transactional id starting with one of `prefixes`, refused as an ACL would; else None."""
@@ -229,7 +334,8 @@ def refused_producer_id(frame, version, prefixes):
 
 
 class Proxy:
-    def __init__(self, broker_port, log, users, denied, denied_groups=(), denied_txn=(), absent=()):
+    def __init__(self, broker_port, log, users, denied, denied_groups=(), denied_txn=(), absent=(),
+                 denied_group_reads=()):
         self.broker_port = broker_port
         self.own_port = 0
         self.log = log
@@ -239,6 +345,7 @@ class Proxy:
         self.denied_groups = list(denied_groups)
         self.denied_txn = list(denied_txn)
         self.absent = list(absent)
+        self.denied_group_reads = list(denied_group_reads)
         self.clients = set()
 
     def rotate(self):
@@ -296,6 +403,8 @@ class Proxy:
                 refusal = None
                 if api_key == FIND_COORDINATOR and self.denied_groups:
                     refusal = refused_coordinator(frame, version, self.denied_groups)
+                if api_key == OFFSET_COMMIT and self.denied_group_reads:
+                    refusal = refused_offset_commit(frame, version, self.denied_group_reads)
                 if api_key == INIT_PRODUCER_ID and self.denied_txn:
                     refusal = refused_producer_id(frame, version, self.denied_txn)
                 if refusal is not None:
@@ -337,13 +446,15 @@ async def main():
     rest = sys.argv[5:]
     denied = [a.removeprefix("--deny=") for a in rest if a.startswith("--deny=")]
     denied_groups = [a.removeprefix("--deny-group=") for a in rest if a.startswith("--deny-group=")]
+    denied_group_reads = [a.removeprefix("--deny-group-read=") for a in rest
+                          if a.startswith("--deny-group-read=")]
     denied_txn = [a.removeprefix("--deny-txn=") for a in rest if a.startswith("--deny-txn=")]
     absent = [a.removeprefix("--absent=") for a in rest if a.startswith("--absent=")]
     users = dict(a.split(":", 1) for a in rest if not a.startswith("--"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     proxy = Proxy(broker_port, open(log_path, "a", encoding="utf-8"), users, denied,
-                  denied_groups, denied_txn, absent)
+                  denied_groups, denied_txn, absent, denied_group_reads)
     # A client whose handshake fails (a certificate it does not trust) never reaches `serve`;
     # asyncio reports it to the loop's exception handler, noted in the log.
     loop = asyncio.get_running_loop()

@@ -54,30 +54,48 @@ impl ClientContext for ShardContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         super::client_errors::record("consumer", &error, reason);
     }
+
+    /// librdkafka's lines, as the crate's default context logs them, but for one: an
+    /// asynchronous commit to the group (after each at_least_once checkpoint, for lag tools)
+    /// has no result callback in rdkafka 0.39 (it sets no `offset_commit_cb`, and a manual
+    /// commit gets no reply queue), so librdkafka only logs its failure as COMMITFAIL. One an
+    /// ACL refused is counted and logged as a client error with what to grant, so a group the
+    /// principal may describe but not read is named, not a bare warning; the Scores go on (the
+    /// checkpoint holds the offsets).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        if fac == "COMMITFAIL" {
+            // librdkafka's words for the codes (rd_kafka_err2str), in its per-partition list.
+            let refused = [
+                ("Group authorization failed", C::GroupAuthorizationFailed),
+                ("Topic authorization failed", C::TopicAuthorizationFailed),
+            ]
+            .into_iter()
+            .find(|(words, _)| message.contains(words));
+            if let Some((_, code)) = refused {
+                super::client_errors::record(
+                    "consumer group commit (for lag tools)",
+                    &rdkafka::error::KafkaError::ConsumerCommit(code),
+                    message,
+                );
+                return;
+            }
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
 }
 
 impl ConsumerContext for ShardContext {
-    /// The result of an asynchronous commit to the group (after each at_least_once checkpoint;
-    /// lag tools read it, sluice does not): a refusal (an ACL, credentials) is counted and
-    /// logged as a client error, so a group the principal may not use is named, not silent
-    /// (the Scores go on: the checkpoint holds the offsets).
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        _offsets: &TopicPartitionList,
-    ) {
-        use super::client_errors::{record, ClientErrorKind};
-        match result {
-            // One a rebalance or a coordinator move interrupted: the next checkpoint's
-            // commit says the same, nothing to report.
-            Err(e) if ClientErrorKind::of(&e) == ClientErrorKind::Other => {
-                tracing::debug!("Kafka group commit (for lag tools): {e}");
-            }
-            Err(e) => record("consumer group commit (for lag tools)", &e, &e.to_string()),
-            Ok(()) => {}
-        }
-    }
-
     fn rebalance(
         &self,
         base_consumer: &BaseConsumer<Self>,
