@@ -21,9 +21,11 @@ TOPIC_AUTHORIZATION_FAILED, as a broker does whether the topic exists or not. Wi
 here with GROUP_AUTHORIZATION_FAILED (a broker checks Describe on the group there, before
 anything else the group is asked); with --deny-group-read=GROUP, one that lets the principal
 describe the group but not read it: OffsetCommit for it is answered here with
-GROUP_AUTHORIZATION_FAILED for every partition. With --deny-txn=PREFIX, one that refuses the transactional
-ids starting with PREFIX: InitProducerId for them is answered with
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED (Write on the transactional id, checked there).
+GROUP_AUTHORIZATION_FAILED for every partition. With --deny-txn=PREFIX, one that refuses the
+transactional ids starting with PREFIX: InitProducerId for them is answered with
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED (Write on the transactional id, checked there). With
+--absent=TOPIC it plays brokers that lack the topic and do not create topics: Metadata answers
+name it with UNKNOWN_TOPIC_OR_PARTITION (so no client ever produces to it).
 
 SIGUSR1 plays a password rotated on the brokers: every user's password changes and every
 client connection is closed, so clients must authenticate again (and are refused); SIGUSR2

@@ -202,6 +202,22 @@ pub fn check_batch_limits(config: &Config) -> Result<(), KafkaError> {
     }
 }
 
+/// The output topics that are on (not `""`), each with its config key.
+pub fn output_topics(config: &Config) -> Vec<(&str, &'static str)> {
+    let e = &config.egress.kafka;
+    [
+        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
+        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
+        (
+            e.dead_letter_topic.as_str(),
+            "egress.kafka.dead_letter_topic",
+        ),
+    ]
+    .into_iter()
+    .filter(|(t, _)| !t.is_empty())
+    .collect()
+}
+
 /// How long start waits for an output topic the brokers create on sluice's metadata request.
 const OUTPUT_TOPIC_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -214,22 +230,14 @@ const OUTPUT_TOPIC_PATIENCE: Duration = Duration::from_secs(10);
 pub fn check_output_topics(config: &Config) -> Result<(), KafkaError> {
     use rdkafka::producer::{BaseProducer, Producer};
     use rdkafka::types::RDKafkaErrorCode as C;
-    let e = &config.egress.kafka;
-    let outputs: Vec<(&str, &str)> = [
-        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
-        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
-        (
-            e.dead_letter_topic.as_str(),
-            "egress.kafka.dead_letter_topic",
-        ),
-    ]
-    .into_iter()
-    .filter(|(t, _)| !t.is_empty())
-    .collect();
+    let outputs = output_topics(config);
     if outputs.is_empty() {
         return Ok(());
     }
-    let producer: BaseProducer<Counted> = crate::ingest::kafka::producer_config(config, None)
+    let mut cc = crate::ingest::kafka::producer_config(config, None);
+    // It sends nothing: no producer id to ask the brokers for.
+    cc.set("enable.idempotence", "false");
+    let producer: BaseProducer<Counted> = cc
         .create_with_context(Counted("producer (output topics)"))
         .map_err(KafkaError::client("producer for the output topics"))?;
     let brokers = &config.ingest.kafka.brokers;
@@ -237,10 +245,18 @@ pub fn check_output_topics(config: &Config) -> Result<(), KafkaError> {
     let mut problems = Vec::new();
     for (topic, key) in outputs {
         loop {
-            let md = producer
+            let md = match producer
                 .client()
                 .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .map_err(KafkaError::client(format!("{key} metadata")))?;
+            {
+                Ok(md) => md,
+                Err(err) => {
+                    // The brokers answered discovery a moment ago: not a reason to stop here
+                    // (the Scores' delivery reports will tell).
+                    tracing::warn!("looking {key} = {topic:?} up: {err}; not checked");
+                    break;
+                }
+            };
             let t = md.topics().iter().find(|t| t.name() == topic);
             match (t.and_then(|t| t.error()).map(C::from), t) {
                 (None, Some(t)) if !t.partitions().is_empty() => break,

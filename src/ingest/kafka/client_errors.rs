@@ -100,7 +100,7 @@ pub fn advice_for(error: &RdError) -> &'static str {
     match error.rdkafka_error_code() {
         Some(C::GroupAuthorizationFailed) => GROUP_REFUSED,
         Some(C::TransactionalIdAuthorizationFailed) => "an ACL refuses sluice's principal its transactional ids: grant it Describe and Write on the transactional ids starting with egress.kafka.transactional_id_prefix (a prefixed ACL)",
-        Some(C::ClusterAuthorizationFailed) => "an ACL refuses sluice's principal a cluster operation: the idempotent producer needs IdempotentWrite on the cluster (brokers before Kafka 2.8)",
+        Some(C::ClusterAuthorizationFailed) => "an ACL refuses sluice's principal a cluster operation: on older brokers the idempotent producer needs IdempotentWrite on the cluster (newer ones ask only for Write on the topics)",
         Some(C::TopicAuthorizationFailed) => "an ACL refuses sluice's principal a topic: it needs Describe and Read on the input topics and Describe and Write on the output topics (and, with exactly_once, Read, Write and Create on the progress and changelog topics)",
         _ => ClientErrorKind::of(error).advice(),
     }

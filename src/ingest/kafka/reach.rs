@@ -123,17 +123,7 @@ fn producer_side(
     r: &mut Reached,
 ) {
     let e = &config.egress.kafka;
-    let outputs: Vec<(&str, &str)> = [
-        (e.scores_topic.as_str(), "egress.kafka.scores_topic"),
-        (e.alerts_topic.as_str(), "egress.kafka.alerts_topic"),
-        (
-            e.dead_letter_topic.as_str(),
-            "egress.kafka.dead_letter_topic",
-        ),
-    ]
-    .into_iter()
-    .filter(|(t, _)| !t.is_empty())
-    .collect();
+    let outputs = crate::egress::kafka::output_topics(config);
     let exactly_once = e.delivery == crate::config::Delivery::ExactlyOnce;
     if outputs.is_empty() && !exactly_once {
         return;
