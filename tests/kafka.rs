@@ -2243,7 +2243,8 @@ fn a_password_rotated_under_sluice_is_named_and_nothing_is_lost_once_it_is_back(
 /// Observation anyway (its checkpoints hold the offsets; the group only hears them for lag
 /// tools) and names and counts the refusal, whether the group is refused whole or only read
 /// (each commit refused); exactly_once, whose transactions commit
-/// the offsets to the group (group members among them), does not start, saying so; refused
+/// the offsets to the group (group members among them), does not start, saying so, or, with
+/// a group it may describe but not read, stops at its first commit, saying so; refused
 /// transactional ids stop the start, named.
 #[test]
 fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
@@ -2356,6 +2357,25 @@ fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
     assert!(
         front.log().lines().any(|l| l == "acl refused api 8"),
         "no commit reached the front"
+    );
+
+    // exactly_once with a group it may describe but not read: the start's look at the group
+    // passes, the first transaction's offsets are refused, and sluice stops saying why.
+    let mut sets = with(&durable(&dir.join("eo-read"), "exactly_once"));
+    sets.extend([
+        "ingest.kafka.group=unreadable-group".into(),
+        "egress.kafka.scores_topic=scores-unreadable-eo".into(),
+    ]);
+    let said = common::run_refused(&sets);
+    assert!(
+        said.contains("transaction failed")
+            && said.contains("send_offsets_to_transaction")
+            && said.contains(group_advice),
+        "{said}"
+    );
+    assert!(
+        front.log().lines().any(|l| l == "acl refused api 28"),
+        "no transaction's offsets reached the front"
     );
 
     // exactly_once, whose every transaction commits the offsets to the group: the start

@@ -20,8 +20,8 @@ TOPIC_AUTHORIZATION_FAILED, as a broker does whether the topic exists or not. Wi
 --deny-group=GROUP, one that refuses the consumer group: FindCoordinator for it is answered
 here with GROUP_AUTHORIZATION_FAILED (a broker checks Describe on the group there, before
 anything else the group is asked); with --deny-group-read=GROUP, one that lets the principal
-describe the group but not read it: OffsetCommit for it is answered here with
-GROUP_AUTHORIZATION_FAILED for every partition. With --deny-txn=PREFIX, one that refuses the
+describe the group but not read it: OffsetCommit and TxnOffsetCommit for it are answered
+here with GROUP_AUTHORIZATION_FAILED for every partition. With --deny-txn=PREFIX, one that refuses the
 transactional ids starting with PREFIX: InitProducerId for them is answered with
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED (Write on the transactional id, checked there). With
 --absent=TOPIC it plays brokers that lack the topic and do not create topics: Metadata answers
@@ -62,6 +62,7 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 METADATA = 3
 FIND_COORDINATOR = 10
 OFFSET_COMMIT = 8
+TXN_OFFSET_COMMIT = 28
 # OffsetCommit's first flexible version.
 OFFSET_COMMIT_FLEXIBLE = 8
 INIT_PRODUCER_ID = 22
@@ -267,11 +268,29 @@ def uvarint(n):
             return out + bytes([b])
 
 
+def committed_partitions(r, with_epoch):
+    """The (topic, [partition]) list of an OffsetCommit or TxnOffsetCommit request."""
+    topics = []
+    for _ in range(r.count()):
+        name = r.string()
+        partitions = []
+        for _ in range(r.count()):
+            partitions.append(r.int(">i"))
+            r.int(">q")  # offset
+            if with_epoch:
+                r.int(">i")  # leader epoch
+            r.string()  # metadata
+            r.tags()
+        r.tags()
+        topics.append((name, partitions))
+    return topics
+
+
 def refused_offset_commit(frame, version, groups):
-    """OffsetCommit's answer (versions 2 to 9) for a group in `groups`: every partition it
-    commits refused with GROUP_AUTHORIZATION_FAILED, as a broker does for a principal without
-    Read on the group; else None."""
-    if not 2 <= version <= 9:
+    """OffsetCommit's answer (versions 3 to 9, the ones with a throttle time) for a group in
+    `groups`: every partition it commits refused with GROUP_AUTHORIZATION_FAILED, as a broker
+    does for a principal without Read on the group; else None."""
+    if not 3 <= version <= 9:
         return None
     flexible = version >= OFFSET_COMMIT_FLEXIBLE
     r = Reader(request_body(frame), flexible)
@@ -284,19 +303,33 @@ def refused_offset_commit(frame, version, groups):
         r.string()  # group instance id
     if version <= 4:
         r.int(">q")  # retention
-    topics = []
-    for _ in range(r.count()):
-        name = r.string()
-        partitions = []
-        for _ in range(r.count()):
-            partitions.append(r.int(">i"))
-            r.int(">q")  # offset
-            if version >= 6:
-                r.int(">i")  # leader epoch
-            r.string()  # metadata
-            r.tags()
-        r.tags()
-        topics.append((name, partitions))
+    return refused_partitions(committed_partitions(r, version >= 6), flexible)
+
+
+def refused_txn_offset_commit(frame, version, groups):
+    """TxnOffsetCommit's answer (versions 0 to 3) for a group in `groups`, refused as
+    `refused_offset_commit`'s (an exactly_once transaction's offsets need Read on the group
+    too); else None."""
+    if not 0 <= version <= 3:
+        return None
+    flexible = version >= 3
+    r = Reader(request_body(frame), flexible)
+    r.tags()
+    r.string()  # transactional id
+    if r.string() not in groups:
+        return None
+    r.int(">q")  # producer id
+    r.int(">h")  # producer epoch
+    if version >= 3:
+        r.int(">i")  # generation
+        r.string()  # member id
+        r.string()  # group instance id
+    return refused_partitions(committed_partitions(r, version >= 2), flexible)
+
+
+def refused_partitions(topics, flexible):
+    """A commit's answer (throttle time, then per topic its partitions, each refused with
+    GROUP_AUTHORIZATION_FAILED), with the response header's tagged fields when flexible."""
 
     def string(s):
         b = s.encode()
@@ -306,7 +339,7 @@ def refused_offset_commit(frame, version, groups):
         return uvarint(n + 1) if flexible else struct.pack(">i", n)
 
     tags = b"\x00" if flexible else b""
-    out = tags + (struct.pack(">i", 0) if version >= 3 else b"") + count(len(topics))
+    out = tags + struct.pack(">i", 0) + count(len(topics))
     for name, partitions in topics:
         out += string(name) + count(len(partitions))
         for p in partitions:
@@ -407,6 +440,8 @@ class Proxy:
                     refusal = refused_coordinator(frame, version, self.denied_groups)
                 if api_key == OFFSET_COMMIT and self.denied_group_reads:
                     refusal = refused_offset_commit(frame, version, self.denied_group_reads)
+                if api_key == TXN_OFFSET_COMMIT and self.denied_group_reads:
+                    refusal = refused_txn_offset_commit(frame, version, self.denied_group_reads)
                 if api_key == INIT_PRODUCER_ID and self.denied_txn:
                     refusal = refused_producer_id(frame, version, self.denied_txn)
                 if refusal is not None:
