@@ -2359,6 +2359,14 @@ fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
         "no commit reached the front"
     );
 
+    // Without state.dir a start resumes from the group's committed offsets: a refused group
+    // stops it, named.
+    let said = common::run_refused(&with(std::slice::from_ref(&refused_group)));
+    assert!(
+        said.contains(&format!("consumer group \"refused-group\": {group_advice}")),
+        "{said}"
+    );
+
     // exactly_once with a group it may describe but not read: the start's look at the group
     // passes, the first transaction's offsets are refused, and sluice stops saying why.
     let mut sets = with(&durable(&dir.join("eo-read"), "exactly_once"));

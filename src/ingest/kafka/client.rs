@@ -264,16 +264,25 @@ pub(super) fn serve_events(mut poll: impl FnMut()) {
 }
 
 /// The group's committed offsets for `tpl`, asked as `consumer` (assigned nothing: its queue
-/// is served here) up to `timeout`. A group an ACL refuses is named: the call itself only
-/// waits for a coordinator it is never given and times out, while librdkafka reports the
-/// refusal once on the consumer's queue (its context hears it there too).
+/// is served here) up to `timeout`. A group an ACL refuses is named within about a second:
+/// the call itself only waits for a coordinator it is never given and times out, while
+/// librdkafka reports the refusal once on the consumer's queue (its context hears it there
+/// too), so the call is made in slices of `GROUP_ASK_SLICE` and the queue looked at between.
 pub fn group_committed_offsets<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     group: &str,
     tpl: rdkafka::TopicPartitionList,
     timeout: Duration,
 ) -> Result<rdkafka::TopicPartitionList, KafkaError> {
-    consumer.committed_offsets(tpl, timeout).map_err(|e| {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(GROUP_ASK_SLICE);
+        let e = match consumer.committed_offsets(tpl.clone(), slice) {
+            Ok(committed) => return Ok(committed),
+            Err(e) => e,
+        };
         let mut refused = None;
         serve_events(|| {
             if let Some(Err(err)) = consumer.poll(Duration::ZERO) {
@@ -284,15 +293,22 @@ pub fn group_committed_offsets<C: rdkafka::consumer::ConsumerContext>(
                 }
             }
         });
-        match refused {
-            Some(said) => KafkaError::GroupNotAuthorized {
+        if let Some(said) = refused {
+            return Err(KafkaError::GroupNotAuthorized {
                 group: group.to_owned(),
                 said,
-            },
-            None => KafkaError::client("reading the group's committed offsets")(e),
+            });
         }
-    })
+        if Instant::now() >= deadline {
+            return Err(KafkaError::client("reading the group's committed offsets")(
+                e,
+            ));
+        }
+    }
 }
+
+/// One slice of `group_committed_offsets`' wait.
+const GROUP_ASK_SLICE: Duration = Duration::from_secs(1);
 
 /// Under exactly_once each transaction commits the consumed offsets to the consumer group,
 /// so a group an ACL refuses would fail the first commit (and every restart's): asked at

@@ -83,16 +83,7 @@ fn ask_until_refused<T>(
 fn group_side(config: &Config, counts: &[i32], patience: Duration, r: &mut Reached) {
     let group = &config.ingest.kafka.group;
     let total: i32 = counts.iter().sum();
-    // A refusal is known after one attempt (librdkafka reports it beside the call, which
-    // waits its time out for a coordinator); a coordinator slow to answer is asked again,
-    // up to `patience`.
-    let started = Instant::now();
-    let asked = loop {
-        match super::inputs_with_group_offsets(config, counts, ATTEMPT) {
-            Err(KafkaError::Client { .. }) if started.elapsed() + ATTEMPT <= patience => {}
-            answer => break answer,
-        }
-    };
+    let asked = super::inputs_with_group_offsets(config, counts, patience);
     match asked {
         Ok(with) => r.found.push(format!(
             "consumer group {group:?} (ingest.kafka.group): offsets committed for {with} of {total} input partition(s)"
