@@ -660,11 +660,11 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The status line's Kafka part: partitions attached, and the cause of broker trouble
-/// librdkafka reported in the last 30 s (a refused password, a TLS handshake, no
-/// connection), so `systemctl status` says why nothing is attached. 30 s as `cluster status`:
-/// librdkafka's reconnects back off to 10 s, so a shorter window would blink.
+/// librdkafka reported within `TROUBLE_WINDOW` (a refused password, a TLS handshake, no
+/// connection), so `systemctl status` says why nothing is attached, as `cluster status` does.
 fn kafka_status(attached: u64) -> String {
-    let trouble = sluice::ingest::kafka::client_errors::newest(Duration::from_secs(30))
+    use sluice::ingest::kafka::client_errors::{newest, TROUBLE_WINDOW};
+    let trouble = newest(TROUBLE_WINDOW)
         .map(|(kind, said)| format!(", Kafka {}: {said}", kind.label()))
         .unwrap_or_default();
     format!("; Kafka: {attached} partition(s) attached{trouble}")

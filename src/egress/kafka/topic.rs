@@ -228,8 +228,8 @@ const OUTPUT_TOPIC_PATIENCE: Duration = Duration::from_secs(10);
 /// (librdkafka gives up on an unknown topic after ~30 s, and sluice stops for a lost Score,
 /// again after each restart). Reported all together; a refused topic is named as such.
 pub fn check_output_topics(config: &Config) -> Result<(), KafkaError> {
+    use crate::ingest::kafka::TopicState;
     use rdkafka::producer::{BaseProducer, Producer};
-    use rdkafka::types::RDKafkaErrorCode as C;
     let outputs = output_topics(config);
     if outputs.is_empty() {
         return Ok(());
@@ -257,10 +257,9 @@ pub fn check_output_topics(config: &Config) -> Result<(), KafkaError> {
                     break;
                 }
             };
-            let t = md.topics().iter().find(|t| t.name() == topic);
-            match (t.and_then(|t| t.error()).map(C::from), t) {
-                (None, Some(t)) if !t.partitions().is_empty() => break,
-                (Some(C::TopicAuthorizationFailed), _) => {
+            match TopicState::of(&md, topic) {
+                TopicState::Partitions(_) => break,
+                TopicState::NotAuthorized => {
                     problems.push(format!("{key} = {topic:?} on {brokers}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"));
                     break;
                 }

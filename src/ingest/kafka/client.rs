@@ -52,6 +52,29 @@ fn refusal_advice(source: &rdkafka::error::KafkaError) -> String {
     }
 }
 
+/// A topic as the brokers describe it in a metadata answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicState {
+    Partitions(usize),
+    /// Unknown to the brokers, being created, or without partitions yet.
+    Missing,
+    /// An ACL refuses it (brokers answer so whether it exists or not).
+    NotAuthorized,
+}
+
+impl TopicState {
+    /// `topic` as `md` (a metadata answer asked for it) describes it.
+    pub fn of(md: &rdkafka::metadata::Metadata, topic: &str) -> Self {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        match (t.and_then(|t| t.error()).map(C::from), t) {
+            (None, Some(t)) if !t.partitions().is_empty() => Self::Partitions(t.partitions().len()),
+            (Some(C::TopicAuthorizationFailed), _) => Self::NotAuthorized,
+            _ => Self::Missing,
+        }
+    }
+}
+
 /// The rest of `Unreachable`'s message: a refusal says what to check; silence asks whether
 /// the brokers run where the config says.
 fn no_answer(brokers: &str, waited_s: u64, last: &str, refused: Option<&Refusal>) -> String {
@@ -371,31 +394,21 @@ pub fn discover(config: &Config, patience: Duration) -> Result<Vec<i32>, KafkaEr
         let n = loop {
             attempt += 1;
             match consumer.fetch_metadata(Some(topic), Duration::from_secs(3)) {
-                Ok(md) => {
-                    let t = md.topics().iter().find(|t| t.name() == topic);
-                    match t {
-                        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                            break t.partitions().len() as i32
-                        }
-                        Some(t)
-                            if t.error().map(rdkafka::types::RDKafkaErrorCode::from)
-                                == Some(
-                                    rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed,
-                                ) =>
-                        {
-                            return Err(KafkaError::TopicNotAuthorized {
-                                topic: topic.clone(),
-                                brokers: k.brokers.clone(),
-                            })
-                        }
-                        _ => {
-                            return Err(KafkaError::MissingTopic {
-                                topic: topic.clone(),
-                                brokers: k.brokers.clone(),
-                            })
-                        }
+                Ok(md) => match TopicState::of(&md, topic) {
+                    TopicState::Partitions(n) => break n as i32,
+                    TopicState::NotAuthorized => {
+                        return Err(KafkaError::TopicNotAuthorized {
+                            topic: topic.clone(),
+                            brokers: k.brokers.clone(),
+                        })
                     }
-                }
+                    TopicState::Missing => {
+                        return Err(KafkaError::MissingTopic {
+                            topic: topic.clone(),
+                            brokers: k.brokers.clone(),
+                        })
+                    }
+                },
                 Err(e) => {
                     // The errors librdkafka queued meanwhile (the refusal, if any) reach the
                     // context when the client is polled; no record is assigned to it.

@@ -192,6 +192,10 @@ pub fn count(kind: ClientErrorKind) -> u64 {
         .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
+/// How far back the status line and `cluster status` look for broker trouble: librdkafka's
+/// reconnects back off to 10 s, so a shorter window would blink.
+pub const TROUBLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The cause among the errors that came within `within` of now, with librdkafka's words:
 /// an authentication, TLS or authorization error before a transport one, since a refused
 /// connection is also reported as "all brokers are down". `Other` errors are not a cause.

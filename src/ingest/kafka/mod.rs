@@ -25,7 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub use client::{
     admin_config, check_group, clients_check, consumer_config, discover, group_committed_offsets,
-    inputs_with_group_offsets, producer_config, KafkaError, CONNECT_PATIENCE,
+    inputs_with_group_offsets, producer_config, KafkaError, TopicState, CONNECT_PATIENCE,
 };
 pub use membership::{RebalanceEvent, ShardContext};
 pub use partitions::{PartitionId, PartitionTable};

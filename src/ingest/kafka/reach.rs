@@ -10,10 +10,9 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::types::RDKafkaErrorCode as C;
 
 use super::client::{serve_events, Discovery};
-use super::{discover, producer_config, KafkaError};
+use super::{discover, producer_config, KafkaError, TopicState};
 use crate::config::Config;
 
 /// What the brokers said.
@@ -95,15 +94,8 @@ fn group_side(config: &Config, counts: &[i32], patience: Duration, r: &mut Reach
     }
 }
 
-/// A topic as the brokers describe it to the producer.
-enum TopicState {
-    Partitions(usize),
-    Missing,
-    NotAuthorized,
-}
-
 /// The producer's credentials and the topics it writes: the output topics must exist (or be
-/// made by the brokers at the first record) and be writable; under exactly_once the progress
+/// made by the brokers when sluice starts) and be writable; under exactly_once the progress
 /// topic and the changelog, which sluice makes at start when missing, must have the layout
 /// the start requires (`input_partitions`: the input topics' partitions together, when the
 /// consumer's side learnt them).
@@ -146,14 +138,7 @@ fn producer_side(
                     }
                 })
         })?;
-        let t = md.topics().iter().find(|t| t.name() == topic);
-        Ok(match (t.and_then(|t| t.error()).map(C::from), t) {
-            (None, Some(t)) if !t.partitions().is_empty() => {
-                TopicState::Partitions(t.partitions().len())
-            }
-            (Some(C::TopicAuthorizationFailed), _) => TopicState::NotAuthorized,
-            _ => TopicState::Missing,
-        })
+        Ok(TopicState::of(&md, topic))
     };
     for &(topic, key) in &outputs {
         match describe(topic) {

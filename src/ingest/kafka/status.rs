@@ -79,14 +79,11 @@ impl ClusterInfo {
                 .collect(),
             standby_replicas: self.standby_replicas,
             standby: self.standbys.status(),
-            trouble: super::client_errors::newest(TROUBLE_WINDOW)
+            trouble: super::client_errors::newest(super::client_errors::TROUBLE_WINDOW)
                 .map(|(kind, said)| format!("{}: {said}", kind.label())),
         }
     }
 }
-
-/// How far back `cluster status` looks for broker trouble.
-const TROUBLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The answer, as JSON (the admin protocol's one line) and for the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
