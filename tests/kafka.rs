@@ -1912,8 +1912,8 @@ fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 impl TlsFront {
-    /// `acl`: what the front refuses as an ACL would, as its flags (`--deny=TOPIC`,
-    /// `--deny-group=GROUP`, `--deny-txn=PREFIX`).
+    /// `acl`: what the front refuses as an ACL would, or lacks, as its flags (`--deny=TOPIC`,
+    /// `--deny-group=GROUP`, `--deny-group-read=GROUP`, `--deny-txn=PREFIX`, `--absent=TOPIC`).
     fn start(broker: &Broker, dir: &Path, acl: &[&str]) -> Self {
         let (cert, key) = certificate(dir, "front");
         let log = dir.join("front.log");
