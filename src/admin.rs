@@ -12,7 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -31,13 +31,21 @@ pub fn serve(
     cluster: Option<ClusterInfo>,
 ) -> std::io::Result<JoinHandle<()>> {
     refuse_open_directory(path)?;
-    // A socket left by a previous run would make bind fail; anything else at the path is kept.
+    // A socket left by a previous run would make bind fail; anything else at the path is kept,
+    // and a socket a running process answers on is refused (the start checked it already, with
+    // `refuse_if_served`; this is the same check just before the bind).
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if let Err(why) = refuse_if_served(path) {
+            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, why));
+        }
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
     // Only the service's user may connect: the socket reloads models and reads state.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // The path is removed at the end only while it is still this socket (not one bound since by
+    // another process, were that ever to happen).
+    let bound = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
     listener.set_nonblocking(true)?;
     let path: PathBuf = path.to_owned();
     std::thread::Builder::new()
@@ -63,8 +71,43 @@ pub fn serve(
                     }
                 }
             }
-            let _ = std::fs::remove_file(&path);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == bound) {
+                let _ = std::fs::remove_file(&path);
+            }
         })
+}
+
+/// How long a process on the admin socket has to answer `version` before it is taken as alive
+/// anyway (it accepted the connection: something holds the socket).
+const LIVE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// Refuses an admin socket a running process is serving: binding over it would take it from
+/// that process (and remove it from under it at the end). A socket nothing listens on (left by
+/// a run that ended without removing it, kill -9 say) is fine: `serve` replaces it.
+pub fn refuse_if_served(path: &Path) -> Result<(), String> {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        return Ok(());
+    }
+    let Ok(mut stream) = UnixStream::connect(path) else {
+        return Ok(());
+    };
+    // Asked as `sluice reload` asks, so the running one logs nothing for it.
+    let answer = stream
+        .set_read_timeout(Some(LIVE_ANSWER_WAIT))
+        .and_then(|()| stream.write_all(b"version\n"))
+        .and_then(|()| read_request(&stream));
+    let who = match answer {
+        Ok(line) if line.starts_with("ok ") => format!(
+            "a running sluice answers on it (model version {})",
+            line.trim_start_matches("ok ").trim()
+        ),
+        _ => "a running process accepts connections on it".to_owned(),
+    };
+    Err(format!(
+        "admin.socket {}: {who}. Another sluice is using it: stop that one first, or give \
+         this one an admin.socket of its own",
+        path.display()
+    ))
 }
 
 /// A directory anyone can write to would let another user replace the socket between runs:

@@ -429,6 +429,105 @@ fn a_state_dir_or_model_every_user_can_write_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sends `n` events of key 7 (seqs from `first`) to `addr`; the counts their Scores carry.
+fn counts_of_key_7(addr: &str, first: u64, n: u64) -> Vec<u64> {
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut enc = EventBatchEncoder::new();
+    let bytes = enc.encode((first..first + n).map(|seq| EventIn {
+        key: 7,
+        seq,
+        amount: 1.0,
+        ..EventIn::default()
+    }));
+    client.send_to(bytes, addr).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < n as usize {
+        let len = client.recv(&mut buf).expect("scores come back");
+        read_scores(&buf[..len], &mut got).unwrap();
+    }
+    got.sort_by_key(|s| s.seq);
+    got.iter().map(|s| s.count).collect()
+}
+
+/// A second `sluice run` beside a running one (by hand beside the systemd unit, say) would
+/// share its state directory, UDP port or admin socket without failing: refused at start, each
+/// naming what holds it, and the first goes on serving with its state and admin socket whole.
+/// After the first is killed (-9: nothing cleaned up), the same start succeeds.
+#[test]
+fn a_second_sluice_on_the_same_state_dir_port_or_admin_socket_is_refused() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    let socket = dir.join("admin.sock");
+    let first_sets = [
+        "shards.count=1".to_owned(),
+        format!("state.dir={}", state.display()),
+        format!("admin.socket={}", socket.display()),
+    ];
+    let (mut first, _stdout, addr) = spawn_run(&first_sets);
+    let pid = first.id();
+    assert_eq!(counts_of_key_7(&addr, 0, 3), vec![1, 2, 3]);
+
+    let same_state = common::run_refused(&[format!("state.dir={}", state.display())]);
+    assert!(
+        same_state.contains(&format!(
+            "state.dir {} is in use by another sluice process (pid {pid};",
+            state.display()
+        )),
+        "{same_state}"
+    );
+    let same_port = common::run_refused(&[format!("ingest.udp.listen={addr}")]);
+    assert!(
+        same_port.contains(&format!(
+            "a UDP socket is already bound to {addr} (process {pid} (sluice)"
+        )) && same_port.contains("SO_REUSEPORT"),
+        "{same_port}"
+    );
+    let same_admin = common::run_refused(&[format!("admin.socket={}", socket.display())]);
+    assert!(
+        same_admin.contains(&format!(
+            "admin.socket {}: a running sluice answers on it (model version 1)",
+            socket.display()
+        )),
+        "{same_admin}"
+    );
+
+    // The first one still counts on from its state, and its admin socket still answers.
+    assert_eq!(counts_of_key_7(&addr, 3, 2), vec![4, 5]);
+    let state_of_7 = sluice()
+        .args(["state", "get", "7", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&state_of_7.stdout);
+    assert!(
+        state_of_7.status.success() && said.contains("key 7 (shard 0, hot): observations=5"),
+        "{said}"
+    );
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(socket.exists(), "kill -9 leaves the admin socket behind");
+    let (mut again, _stdout, addr_again) = spawn_run(&[
+        "shards.count=1".to_owned(),
+        format!("state.dir={}", state.display()),
+        format!("admin.socket={}", socket.display()),
+        format!("ingest.udp.listen={addr}"),
+    ]);
+    assert_eq!(addr_again, addr);
+    // Restored from the first one's checkpoints: key 7 counts on from what they hold (at most 5).
+    let counts = counts_of_key_7(&addr, 5, 1);
+    assert!((1..=6).contains(&counts[0]), "{counts:?}");
+    again.kill().unwrap();
+    again.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Each thread of a running sluice, by name, with the CPUs it may run on.
 fn thread_masks(pid: u32) -> Vec<(String, String)> {
     let mut out = Vec::new();

@@ -29,6 +29,7 @@ use crate::topology::{self, Placement};
 use crate::wake::Waker;
 
 mod kafka_part;
+pub mod one_instance;
 mod xdp_part;
 use kafka_part::KafkaPart;
 pub use xdp_part::XdpStartError;
@@ -52,6 +53,9 @@ pub enum AppError {
     Memory(String),
     #[error("{0}")]
     StateDir(String),
+    /// Another process holds the state directory, the UDP port or the admin socket.
+    #[error("{0}")]
+    InUse(String),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     #[error("ingest.udp.driver = af_xdp: {0}")]
@@ -85,6 +89,8 @@ pub struct Running {
     /// af_xdp: the attached XDP program (detached when this drops, or when the process ends
     /// in any way: its link is a file descriptor).
     _xdp: Option<xdp_part::SharedProgram>,
+    /// `state.dir` held for this process (let go when this drops or the process ends).
+    _state_lock: Option<one_instance::StateDirLock>,
 }
 
 impl Running {
@@ -210,6 +216,14 @@ pub fn start_with_progress(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Running, AppError> {
     crate::preflight::check_state_dir(&config.state.dir).map_err(AppError::StateDir)?;
+    // Before anything is restored or bound: a second sluice on the same state, port or admin
+    // socket is refused here, with what holds them, instead of quietly sharing them.
+    let state_lock =
+        one_instance::StateDirLock::take(&config.state.dir).map_err(AppError::InUse)?;
+    if !config.admin.socket.is_empty() {
+        crate::admin::refuse_if_served(std::path::Path::new(&config.admin.socket))
+            .map_err(AppError::InUse)?;
+    }
     let topo = topology::discover();
     tracing::info!("topology: {}", topo.summary());
     let placements = topology::plan(&config.shards, &topo).map_err(AppError::Placement)?;
@@ -227,6 +241,9 @@ pub fn start_with_progress(
     let listen = config
         .listen_addr()
         .map_err(|e| AppError::Placement(e.problems))?;
+    if let Some(why) = one_instance::udp_port_taken(listen) {
+        return Err(AppError::InUse(why));
+    }
     let mut sockets = Vec::with_capacity(shards);
     let mut local_addr = listen;
     for i in 0..shards {
@@ -425,6 +442,7 @@ pub fn start_with_progress(
         kafka_partitions,
         standbys,
         _xdp: xdp,
+        _state_lock: state_lock,
     };
     let mut failures = Vec::new();
     let (mut answered, mut ready) = (0, 0);
