@@ -3148,3 +3148,70 @@ fn an_output_topic_the_brokers_do_not_have_stops_the_start_naming_it() {
         "{report}"
     );
 }
+
+/// A second instance started with this one's `instance_id` (a config copied to another host
+/// unchanged) takes over its transactional ids (and, as a static member, its group.instance.id):
+/// the first one stops, non-zero, saying it was fenced and what that means — not "Score
+/// records were not delivered" — and the newer one goes on serving.
+#[test]
+fn an_instance_fenced_by_another_with_its_instance_id_stops_naming_it() {
+    let broker = broker_with_topics("twin");
+    let (sets_a, dir_a) = group_member(
+        &broker,
+        "twin",
+        "a",
+        &["log.level=info", "ingest.kafka.static_membership=true"],
+    );
+    let dir_twin = scratch("twin-twin");
+    let sets_twin: Vec<String> = sets_a
+        .iter()
+        .map(|s| {
+            s.replace(
+                &dir_a.display().to_string(),
+                &dir_twin.display().to_string(),
+            )
+        })
+        .collect();
+    // Still producing when the twin takes over (12 s), so it has records of its own to apply.
+    let records = workload(200, 12_000);
+    let (producer, _done) = produce_in_background(&broker, records, 1_000);
+    let log_a = dir_a.join("sluice.log");
+    let (mut a, _a_out, _, a_metrics) = common::spawn_run_logged(&sets_a, &log_a, &[]);
+    wait_until_applying("a", &a_metrics);
+    let (twin, twin_out, _, twin_metrics) = common::spawn_run_with_metrics(&sets_twin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = a.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a went on after its twin started:\n{}",
+            std::fs::read_to_string(&log_a).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = std::fs::read_to_string(&log_a).unwrap();
+    assert!(!status.success(), "{status:?}\n{said}");
+    let stop_line = said
+        .lines()
+        .find(|l| l.contains("stopping the service"))
+        .unwrap_or_else(|| panic!("no stop named:\n{said}"));
+    eprintln!("a: {stop_line}");
+    assert!(
+        stop_line.contains("another sluice runs with this one's instance_id"),
+        "{stop_line}"
+    );
+    // The fencing was counted as such (in the log's client error line).
+    assert!(said.contains("kind=\"fenced\""), "{said}");
+    // The newer one serves on: it applies records of every partition it now holds.
+    wait_until_applying("twin", &twin_metrics);
+    producer.join().unwrap();
+    let report = stop(twin, Some(twin_out));
+    assert!(
+        counter(&report, "sluice_kafka_records_total") > 0,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_twin);
+}

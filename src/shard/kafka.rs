@@ -872,18 +872,34 @@ impl ShardKafka {
     /// Kafka Streams' default production-exception handling. It happens only when
     /// `kafka.producer."message.timeout.ms"` is set above 0 (sluice's default retries forever
     /// and lets back-pressure stop intake instead) or the producer refuses a record.
+    ///
+    /// Also a consumer that met a fatal error (a static member fenced by another with its
+    /// group.instance.id) takes no record again: the same stop, naming it.
     pub fn check_delivered(&mut self, cp: Option<&Checkpointer>) -> Result<(), String> {
-        let lost = self.sink.undelivered();
-        if self.failed || lost == 0 {
+        if self.failed {
             return Ok(());
         }
+        let lost = self.sink.undelivered();
+        let stop = match (lost, self.source.fatal()) {
+            (0, None) => return Ok(()),
+            (0, Some(fatal)) => format!(
+                "{fatal}: it takes no record again; stopping, so a restart replays from the last committed checkpoint"
+            ),
+            // A fatal producer error purges its queue: then it is the cause, said first.
+            (lost, _) => match self.sink.fatal() {
+                Some(fatal) => format!(
+                    "{fatal}; the {lost} Kafka Score record(s) it held were not sent, and no checkpoint or offset commit moves past them: stopping so a restart replays from the last committed one and sends them again"
+                ),
+                None => format!(
+                    "{lost} Kafka Score record(s) were not delivered (see the error above); no checkpoint or offset commit moves past them: stopping so a restart replays from the last committed one and sends them again"
+                ),
+            },
+        };
         self.failed = true;
         if let Some(cp) = cp {
             self.acks.drop_awaiting(cp);
         }
-        Err(format!(
-            "{lost} Kafka Score record(s) were not delivered (see the error above); no checkpoint or offset commit moves past them: stopping so a restart replays from the last committed one and sends them again"
-        ))
+        Err(stop)
     }
 
     /// exactly_once, checkpoint `seq` durable: commit its transaction with the offsets.

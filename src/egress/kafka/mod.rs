@@ -757,6 +757,17 @@ impl KafkaSink {
             .sum()
     }
 
+    /// A producer's fatal error (what it is and means), if one raised it: asked only once
+    /// records went undelivered (a fatal error purges the producer's queue), never per cycle.
+    pub fn fatal(&self) -> Option<String> {
+        self.producers.iter().find_map(|p| {
+            let (code, why) = p.client().fatal_error()?;
+            Some(crate::ingest::kafka::client_errors::fatal_error_text(
+                "producer", code, &why,
+            ))
+        })
+    }
+
     /// Records handed to the active producer and not yet acknowledged (the bound on its
     /// queue; the other one's, during a commit, are its transaction's last records and the
     /// commit's changelog part).

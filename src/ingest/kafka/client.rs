@@ -41,11 +41,14 @@ pub enum KafkaError {
     Other(String),
 }
 
-/// After a refusal's words (credentials, TLS, an ACL), what to check; nothing after other
-/// errors (librdkafka's words say enough).
+/// After a refusal's words (credentials, TLS, an ACL) or a fencing's, what to check; nothing
+/// after other errors (librdkafka's words say enough).
 fn refusal_advice(source: &rdkafka::error::KafkaError) -> String {
     match ClientErrorKind::of(source) {
-        ClientErrorKind::Authentication | ClientErrorKind::Authorization | ClientErrorKind::Tls => {
+        ClientErrorKind::Authentication
+        | ClientErrorKind::Authorization
+        | ClientErrorKind::Tls
+        | ClientErrorKind::Fenced => {
             format!(" ({})", client_errors::advice_for(source))
         }
         ClientErrorKind::Transport | ClientErrorKind::Other => String::new(),

@@ -25,15 +25,20 @@ pub enum ClientErrorKind {
     Tls,
     /// No connection: refused, reset, a name that does not resolve, every broker down.
     Transport,
+    /// Another client took over this instance's identity in the cluster: a producer with the
+    /// same transactional.id, or a consumer with the same group.instance.id. Fatal for the
+    /// client it hits.
+    Fenced,
     Other,
 }
 
 impl ClientErrorKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Authentication,
         Self::Authorization,
         Self::Tls,
         Self::Transport,
+        Self::Fenced,
         Self::Other,
     ];
 
@@ -43,6 +48,7 @@ impl ClientErrorKind {
             Self::Authorization => "authorization",
             Self::Tls => "tls",
             Self::Transport => "transport",
+            Self::Fenced => "fenced",
             Self::Other => "other",
         }
     }
@@ -69,6 +75,7 @@ impl ClientErrorKind {
             | C::NetworkException
             | C::OperationTimedOut
             | C::RequestTimedOut => Self::Transport,
+            C::Fenced | C::ProducerFenced | C::FencedInstanceId => Self::Fenced,
             _ => Self::Other,
         }
     }
@@ -86,9 +93,23 @@ impl ClientErrorKind {
             Self::Authorization => "an ACL refuses sluice's principal: it needs Describe and Read on the input topics, Read on the group, Write on the output topics and, with exactly_once, Write on its transactional ids",
             Self::Tls => "the TLS handshake fails: check ssl.ca.location (the CA that signed the brokers' certificates), the client certificate if the brokers ask for one, and that the listener speaks TLS (security.protocol)",
             Self::Transport => "no connection to the brokers: are they running, and is ingest.kafka.brokers right?",
+            Self::Fenced => FENCED,
             Self::Other => "librdkafka reports it and retries",
         }
     }
+}
+
+/// What a fenced client means, and what to change.
+pub const FENCED: &str = "another process took over this instance's identity in the Kafka cluster — a producer with the same transactional.id (egress.kafka.transactional_id_prefix, ingest.kafka.instance_id, the shard) or a consumer with the same group.instance.id (ingest.kafka.instance_id): another sluice runs with this one's instance_id and prefix (each instance needs its own, or the two fence each other at every restart), or, for a producer, this one's transaction outlived egress.kafka.transaction_timeout_ms (a stall) and the broker moved its epoch on";
+
+/// A client's fatal error (librdkafka's `fatal_error`), for the stop it causes: its code and
+/// words, and for a fencing what it means.
+pub fn fatal_error_text(client: &str, code: C, reason: &str) -> String {
+    let advice = match ClientErrorKind::of_code(code) {
+        ClientErrorKind::Fenced => format!(" ({FENCED})"),
+        _ => String::new(),
+    };
+    format!("Kafka {client}: fatal error {code:?}: {reason}{advice}")
 }
 
 /// What to grant when an ACL refuses the consumer group.
@@ -228,6 +249,9 @@ mod tests {
             (C::AllBrokersDown, ClientErrorKind::Transport),
             (C::BrokerTransportFailure, ClientErrorKind::Transport),
             (C::Resolve, ClientErrorKind::Transport),
+            (C::Fenced, ClientErrorKind::Fenced),
+            (C::ProducerFenced, ClientErrorKind::Fenced),
+            (C::FencedInstanceId, ClientErrorKind::Fenced),
             (C::MessageSizeTooLarge, ClientErrorKind::Other),
         ] {
             assert_eq!(ClientErrorKind::of_code(code), kind, "{code:?}");

@@ -98,6 +98,9 @@ pub struct KafkaSource {
     drained: bool,
     /// Poll at least this often even when nothing arrived (CLOCK_REALTIME ns).
     poll_due_ns: u64,
+    /// librdkafka's fatal error, once it raised one (a static member fenced by another with its
+    /// group.instance.id): the consumer takes no record again, so the shard stops.
+    fatal: Option<String>,
 }
 
 /// The longest a shard goes without polling its consumer when the queue is known empty: a
@@ -205,6 +208,7 @@ impl KafkaSource {
             callback_set: false,
             drained: false,
             poll_due_ns: 0,
+            fatal: None,
         })
     }
 
@@ -359,6 +363,11 @@ impl KafkaSource {
         &self.owned
     }
 
+    /// The consumer's fatal error, once a poll met it (what it is and means, for the stop).
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
     /// Records taken so far, skipped ones included.
     pub fn taken(&self) -> u64 {
         self.taken
@@ -414,7 +423,13 @@ impl KafkaSource {
                 Some(Err(_)) => {
                     self.arrival.polled(appended_ns);
                     // Broker trouble (librdkafka retries on its own): counted and logged by
-                    // the consumer's context, which hears it with its reason.
+                    // the consumer's context, which hears it with its reason. Unless it is
+                    // fatal: asked here, on the error path only (it takes a lock).
+                    if self.fatal.is_none() {
+                        self.fatal = self.consumer.client().fatal_error().map(|(code, why)| {
+                            client_errors::fatal_error_text("consumer", code, &why)
+                        });
+                    }
                     break;
                 }
             };
