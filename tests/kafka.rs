@@ -3215,3 +3215,60 @@ fn an_instance_fenced_by_another_with_its_instance_id_stops_naming_it() {
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_twin);
 }
+
+/// SIGTERM while the brokers are away, under exactly_once with the default transaction
+/// timeout (60 s): the last commit waits `egress.kafka.shutdown_commit_ms` for them, not the
+/// timeout twice over (commit, then abort: 127 s measured before, past systemd's 60 s
+/// TimeoutStopSec); the transaction is left to the brokers, and the restart replays it:
+/// every Score once.
+#[test]
+fn exactly_once_a_stop_while_the_brokers_are_away_ends_within_the_shutdown_wait() {
+    let mut broker = broker_with_topics("eos-stop");
+    let dir = scratch("eos-stop");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "egress.kafka.transactional_id_prefix=eos-stop".into(),
+        "egress.kafka.transaction_timeout_ms=60000".into(),
+        "egress.kafka.shutdown_commit_ms=2000".into(),
+        // The records taken before the stop are still in the open transaction then.
+        "checkpoint.interval_ms=5000".into(),
+    ]);
+    let records = workload(100, 3_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let p = broker.producer();
+    produce_all(&p, &mut EventBatchEncoder::new(), &records);
+    drop(p);
+    let log = dir.join("sluice.log");
+    let (mut child, _out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    wait_until_applying("sluice", &metrics);
+    broker.stop();
+    let asked = std::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // A bound ten times the wait asked for (and a quarter of what it took before): it
+    // stopped because the wait was cut, not because the transaction timed out.
+    let deadline = asked + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still stopping 30 s after SIGTERM:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("sluice is stopping: the transaction is left to the brokers to abort"),
+        "{said}"
+    );
+    broker.restart();
+    let (child, stdout, _) = common::spawn_run(&sets);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(90), |s| {
+        s.len() >= want.len()
+    });
+    stop(child, Some(stdout));
+    check_exactly_once(&scores, &want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

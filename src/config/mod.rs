@@ -170,6 +170,8 @@ pub struct EgressKafka {
     pub progress_topic: String,
     pub transactional_id_prefix: String,
     pub transaction_timeout_ms: u64,
+    /// exactly_once: the longest the last commit (and an abort) waits once stopping.
+    pub shutdown_commit_ms: u64,
     /// exactly_once: a second transactional producer per shard takes the Scores after a
     /// checkpoint's flip while the first commits, so Kafka intake does not stand still for
     /// the commit (only until the first's Score records are acknowledged, for their order).

@@ -232,6 +232,10 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
                 limits::KAFKA_TRANSACTION_TIMEOUT_MS_MAX
             ));
         }
+        // Above the transaction timeout it changes nothing (a commit waits at most that).
+        if e.shutdown_commit_ms == 0 {
+            p.push("egress.kafka.shutdown_commit_ms = 0: must be at least 1; it bounds the last commit's wait once sluice is stopping".into());
+        }
     }
     for (table, props) in [
         ("kafka.consumer", &c.kafka.consumer),
@@ -299,6 +303,7 @@ mod tests {
                 "egress.kafka.delivery=exactly_once".into(),
                 "checkpoint.keep=1".into(),
                 "egress.kafka.transaction_timeout_ms=100".into(),
+                "egress.kafka.shutdown_commit_ms=0".into(),
                 "egress.kafka.scores_topic=sluice-events".into(),
                 "kafka.producer.transactional.id=mine".into(),
                 "kafka.producer.queue.buffering.max.messages=1000".into(),
@@ -310,6 +315,7 @@ mod tests {
             "needs state.dir",
             "checkpoint.keep = 1",
             "transaction_timeout_ms = 100",
+            "shutdown_commit_ms = 0: must be at least 1",
             "also an input topic",
             "kafka.producer.\"transactional.id\" is set by sluice",
             "\"queue.buffering.max.messages\" = 1000: must be at least",

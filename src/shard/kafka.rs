@@ -1032,6 +1032,9 @@ impl ShardKafka {
             }
             return;
         }
+        // Stopping: the brokers get egress.kafka.shutdown_commit_ms more, not the transaction
+        // timeout twice over (commit, then abort), so a stop while they are away ends in time.
+        self.sink.hurry();
         if let Err(e) = self
             .finish_commit_in_flight(cp, core, counters)
             .and_then(|()| self.check_delivered(Some(cp)))

@@ -335,6 +335,10 @@ pub struct KafkaSink {
     events_per_record: usize,
     /// exactly_once: commits run on their own thread.
     committer: Option<Committer>,
+    /// Shared with the committer: started when the shard stops (`hurry`).
+    hurry: Arc<transaction::Hurry>,
+    /// `egress.kafka.shutdown_commit_ms`.
+    shutdown_commit: Duration,
     /// exactly_once without the changelog: (progress topic, record key); a flipped
     /// transaction's progress record is fully known at the flip and sent then.
     progress_at_flip: Option<(String, String)>,
@@ -381,6 +385,7 @@ impl KafkaSink {
             )));
         }
         let producers: Vec<Arc<ScoreProducer>> = producers.into_iter().map(Arc::new).collect();
+        let hurry = Arc::new(transaction::Hurry::default());
         let committer = if transactional {
             for producer in &producers {
                 producer
@@ -390,6 +395,7 @@ impl KafkaSink {
             let tx = Transactions {
                 producers: producers.clone(),
                 timeout: Duration::from_millis(k.transaction_timeout_ms),
+                hurry: hurry.clone(),
                 progress_topic: k.progress_topic.clone(),
                 transactional_id: transactional_id(config, shard),
                 changelog_holds: changelog.as_ref().and_then(|(_, h)| h.map(|s| (s, true))),
@@ -438,6 +444,8 @@ impl KafkaSink {
             kept_headers: Vec::new(),
             events_per_record: config.wire.batch_events_max,
             committer,
+            hurry,
+            shutdown_commit: Duration::from_millis(k.shutdown_commit_ms),
             src_prefix: owned_names
                 .iter()
                 .map(|(t, p)| format!("{t}/{p}/"))
@@ -855,6 +863,12 @@ impl KafkaSink {
     ) -> Result<Committed, KafkaError> {
         self.start_commit(seq, offsets, group, which, progress_sent)?;
         self.wait_commit()
+    }
+
+    /// The shard is stopping: from now its commits (the running one too) and the abort of a
+    /// failed one wait at most `egress.kafka.shutdown_commit_ms` more for the brokers.
+    pub fn hurry(&self) {
+        self.hurry.start(self.shutdown_commit);
     }
 
     /// Wait for a running commit's result (Ok when none runs).

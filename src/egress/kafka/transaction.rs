@@ -20,11 +20,54 @@ use super::changelog::{ChangelogSource, Sent};
 use super::{drain, progress, ScoreProducer, UNTRACKED};
 use crate::ingest::kafka::KafkaError;
 
+/// Set once the shard is stopping: from then on a commit, and the abort of one that failed,
+/// wait at most until this instant (`egress.kafka.shutdown_commit_ms` after the stop began),
+/// even one that began before. Set once, read by the committer thread without a lock.
+#[derive(Debug, Default)]
+pub struct Hurry(std::sync::OnceLock<Instant>);
+
+impl Hurry {
+    /// From now, wait at most `budget` more.
+    pub fn start(&self, budget: Duration) {
+        let _ = self.0.set(Instant::now() + budget);
+    }
+
+    /// `deadline`, or the stop's if it comes first.
+    fn cap(&self, deadline: Instant) -> Instant {
+        self.0.get().map_or(deadline, |&h| h.min(deadline))
+    }
+
+    fn started(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+/// The longest one resumable librdkafka transactional call (commit, abort) is given before it
+/// is called again (a timed-out call is retriable, and the next one resumes it): what lets a
+/// stop cut short a commit that began before it.
+const CALL_SLICE: Duration = Duration::from_secs(1);
+
+/// The same for `send_offsets_to_transaction`, which is retriable but not resumable (a call
+/// again sends the request anew): long enough for a slow coordinator's answer (1.26 s was the
+/// slowest commit measured), so that a slice never cuts a call that would have succeeded.
+const OFFSETS_CALL_SLICE: Duration = Duration::from_secs(5);
+
+/// How long a call may take from now, within `deadline` and `most`.
+fn slice_of(deadline: Instant, most: Duration) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).min(most)
+}
+
+fn slice(deadline: Instant) -> Duration {
+    slice_of(deadline, CALL_SLICE)
+}
+
 /// What one commit needs: the shard's producers and the names it writes under.
 pub struct Transactions {
     /// One, or two taking transactions in turn (`overlap_commits`).
     pub producers: Vec<Arc<ScoreProducer>>,
     pub timeout: Duration,
+    /// Shared with the shard, which starts it when it stops.
+    pub hurry: Arc<Hurry>,
     pub progress_topic: String,
     /// The progress record's key: the shard's first producer's id, whichever producer
     /// commits (commits go in order, so the newest record is the last commit).
@@ -62,8 +105,19 @@ impl Transactions {
         };
         let result = self.try_commit(&producer, seq, offsets, group, (progress_sent, whole));
         if result.is_err() {
-            if let Err(e) = producer.abort_transaction(self.timeout) {
-                tracing::error!("Kafka abort_transaction after a failed commit: {e}");
+            // Stopping, the abort gets what is left of the stop's wait (a second at least):
+            // one left undone is aborted by the brokers at transaction.timeout.ms, or by the
+            // restart's init_transactions, and read_committed readers wait until then.
+            let wait = match self.hurry.started() {
+                true => slice(self.hurry.cap(Instant::now() + self.timeout)).max(CALL_SLICE),
+                false => self.timeout,
+            };
+            if let Err(e) = producer.abort_transaction(wait) {
+                let left = match self.hurry.started() {
+                    true => " (sluice is stopping: the transaction is left to the brokers to abort, or to the restart)",
+                    false => "",
+                };
+                tracing::error!("Kafka abort_transaction after a failed commit: {e}{left}");
             }
         }
         result
@@ -79,12 +133,15 @@ impl Transactions {
     ) -> Result<Committed, KafkaError> {
         let t = self.timeout;
         // librdkafka reports a coordinator that is not answering yet (a broker just back) as a
-        // retriable timeout: "retry call to resume". Give it the transaction's own timeout.
+        // retriable timeout: "retry call to resume". Give it the transaction's own timeout, in
+        // calls of a slice each (a timed-out call is resumed by the next), so that a stop can
+        // cut it short (`Hurry`).
         let started = Instant::now();
-        let deadline = started + t;
+        let hurry = self.hurry.clone();
+        let deadline = move || hurry.cap(started + t);
         let retry = |r: rdkafka::error::KafkaResult<()>| match r {
             Err(rdkafka::error::KafkaError::Transaction(e))
-                if e.is_retriable() && Instant::now() < deadline =>
+                if e.is_retriable() && Instant::now() < deadline() =>
             {
                 std::thread::sleep(Duration::from_millis(50));
                 true
@@ -96,9 +153,12 @@ impl Transactions {
         let sent = match &self.changelog {
             Some(c) => {
                 let holds = self.changelog_holds.map(|(s, _)| s);
-                let mut sent =
-                    c.spec
-                        .produce(producer, (&c.root, seq, c.words), (holds, whole), deadline)?;
+                let mut sent = c.spec.produce(
+                    producer,
+                    (&c.root, seq, c.words),
+                    (holds, whole),
+                    deadline(),
+                )?;
                 sent.complete = sent.whole || self.changelog_holds.is_some_and(|(_, w)| w);
                 Some(sent)
             }
@@ -106,9 +166,11 @@ impl Transactions {
         };
         let offsets_at = Instant::now();
         if let (Some(g), true) = (group, offsets.count() > 0) {
-            let mut r = producer.send_offsets_to_transaction(offsets, g, t);
+            let call = || slice_of(deadline(), OFFSETS_CALL_SLICE);
+            let mut r = producer.send_offsets_to_transaction(offsets, g, call());
             while retry(r.clone()) {
-                r = producer.send_offsets_to_transaction(offsets, g, t);
+                // The same offsets and group metadata, as librdkafka asks of a retry.
+                r = producer.send_offsets_to_transaction(offsets, g, call());
             }
             r.map_err(KafkaError::client("send_offsets_to_transaction"))?;
         }
@@ -122,14 +184,23 @@ impl Transactions {
         let commit_at = Instant::now();
         // Every record acknowledged first, so that commit_transaction's own flush finds
         // none in flight (see `drain`). A timeout here is the commit's timeout too.
-        if !drain(producer, deadline.saturating_duration_since(Instant::now())) {
-            return Err(KafkaError::Other(format!(
-                "records of checkpoint {seq}'s transaction not acknowledged within {t:?}"
-            )));
+        loop {
+            if drain(producer, slice(deadline())) {
+                break;
+            }
+            if Instant::now() >= deadline() {
+                let within = match self.hurry.started() {
+                    true => "egress.kafka.shutdown_commit_ms, sluice stopping".to_owned(),
+                    false => format!("{t:?}"),
+                };
+                return Err(KafkaError::Other(format!(
+                    "records of checkpoint {seq}'s transaction not acknowledged within {within}"
+                )));
+            }
         }
-        let mut r = producer.commit_transaction(t);
+        let mut r = producer.commit_transaction(slice(deadline()));
         while retry(r.clone()) {
-            r = producer.commit_transaction(t);
+            r = producer.commit_transaction(slice(deadline()));
         }
         r.map_err(KafkaError::client("commit_transaction"))?;
         producer
