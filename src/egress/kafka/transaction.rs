@@ -108,8 +108,13 @@ impl Transactions {
             // Stopping, the abort gets what is left of the stop's wait (a second at least):
             // one left undone is aborted by the brokers at transaction.timeout.ms, or by the
             // restart's init_transactions, and read_committed readers wait until then.
+            let now = Instant::now();
             let wait = match self.hurry.started() {
-                true => slice(self.hurry.cap(Instant::now() + self.timeout)).max(CALL_SLICE),
+                true => (self
+                    .hurry
+                    .cap(now + self.timeout)
+                    .saturating_duration_since(now))
+                .max(CALL_SLICE),
                 false => self.timeout,
             };
             if let Err(e) = producer.abort_transaction(wait) {
