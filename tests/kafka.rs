@@ -3151,8 +3151,10 @@ fn an_output_topic_the_brokers_do_not_have_stops_the_start_naming_it() {
 
 /// A second instance started with this one's `instance_id` (a config copied to another host
 /// unchanged) takes over its transactional ids (and, as a static member, its group.instance.id):
-/// the first one stops, non-zero, saying it was fenced and what that means — not "Score
-/// records were not delivered" — and the newer one goes on serving.
+/// the first one stops, non-zero, saying it was fenced and what that means — not only "Score
+/// records were not delivered" or "Fatal (Local: Fatal error)", whichever call meets the
+/// fencing first (a Score's delivery, or a commit's changelog record) — and the newer one goes
+/// on serving.
 #[test]
 fn an_instance_fenced_by_another_with_its_instance_id_stops_naming_it() {
     let broker = broker_with_topics("twin");

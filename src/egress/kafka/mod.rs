@@ -839,7 +839,17 @@ impl KafkaSink {
     /// The running commit's result, once it has one (the next transaction is open on Ok; on
     /// Err it was aborted and the caller must replay from the last committed checkpoint).
     pub fn poll_commit(&mut self) -> Option<Result<Committed, KafkaError>> {
-        self.committer.as_mut().and_then(Committer::poll)
+        let ended = self.committer.as_mut().and_then(Committer::poll)?;
+        Some(ended.map_err(|e| self.naming_fatal(e)))
+    }
+
+    /// A failed commit's error, and the producer's fatal error behind it if there is one: the
+    /// call that meets a fencing first says only "Fatal (Local: Fatal error)".
+    fn naming_fatal(&self, e: KafkaError) -> KafkaError {
+        match self.fatal() {
+            Some(fatal) => KafkaError::Other(format!("{e}; {fatal}")),
+            None => e,
+        }
     }
 
     /// Partitions (source tag, topic, partition) whose whole state went into the state
@@ -873,10 +883,11 @@ impl KafkaSink {
 
     /// Wait for a running commit's result (Ok when none runs).
     pub fn wait_commit(&mut self) -> Result<Committed, KafkaError> {
-        match &mut self.committer {
+        let ended = match &mut self.committer {
             Some(c) => c.wait(),
             None => Ok(None),
-        }
+        };
+        ended.map_err(|e| self.naming_fatal(e))
     }
 }
 
