@@ -67,6 +67,21 @@ fn start(sets: &[String]) -> Child {
     child
 }
 
+/// `child`'s exit status once it has exited, looked at every 100 ms up to `within`; None if it
+/// still runs then.
+fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// SIGTERM and the shutdown report.
 fn stop(mut child: Child, stdout: Option<std::io::BufReader<std::process::ChildStdout>>) -> String {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -2864,12 +2879,7 @@ fn exactly_once_broker_gone_mid_run_every_score_once_after_restart() {
     // Whatever instant the broker left at: sluice either had nothing to commit and waits, or
     // its commit times out (transaction_timeout_ms), the transaction is given up and it stops
     // itself with a non-zero status (systemd would restart it).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut exited = None;
-    while exited.is_none() && std::time::Instant::now() < deadline {
-        exited = child.try_wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let exited = exit_within(&mut child, Duration::from_secs(20));
     broker.restart();
     match exited {
         Some(status) => assert!(
@@ -2952,24 +2962,12 @@ fn at_least_once_a_score_given_up_on_stops_sluice_and_the_restart_sends_it() {
     let (mut child, mut stdout, _) = common::spawn_run(&first);
     std::thread::sleep(Duration::from_millis(800));
     broker.freeze(true);
-    let wait_exit = |child: &mut Child, secs: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     // The shard stops by itself; its drain may still wait on the frozen broker (the other
     // shard's last group commit), so thaw it after a while either way.
-    let mut status = wait_exit(&mut child, 12);
+    let mut status = exit_within(&mut child, Duration::from_secs(12));
     broker.freeze(false);
     if status.is_none() {
-        status = wait_exit(&mut child, 60);
+        status = exit_within(&mut child, Duration::from_secs(60));
     }
     let status = status.expect("sluice did not stop after its Scores were given up on");
     let mut report = String::new();
@@ -3181,17 +3179,11 @@ fn an_instance_fenced_by_another_with_its_instance_id_stops_naming_it() {
     let (mut a, _a_out, _, a_metrics) = common::spawn_run_logged(&sets_a, &log_a, &[]);
     wait_until_applying("a", &a_metrics);
     let (twin, twin_out, _, twin_metrics) = common::spawn_run_with_metrics(&sets_twin);
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = a.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
+    let Some(status) = exit_within(&mut a, Duration::from_secs(90)) else {
+        panic!(
             "a went on after its twin started:\n{}",
             std::fs::read_to_string(&log_a).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
     };
     let said = std::fs::read_to_string(&log_a).unwrap();
     assert!(!status.success(), "{status:?}\n{said}");
@@ -3250,14 +3242,11 @@ fn exactly_once_a_stop_while_the_brokers_are_away_ends_within_the_shutdown_wait(
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // A bound ten times the wait asked for (and a quarter of what it took before): it
     // stopped because the wait was cut, not because the transaction timed out.
-    let deadline = asked + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
+    if exit_within(&mut child, Duration::from_secs(30)).is_none() {
+        panic!(
             "still stopping 30 s after SIGTERM:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
     let said = std::fs::read_to_string(&log).unwrap();

@@ -766,7 +766,8 @@ impl KafkaSink {
     }
 
     /// A producer's fatal error (what it is and means), if one raised it: asked only once
-    /// records went undelivered (a fatal error purges the producer's queue), never per cycle.
+    /// records went undelivered (a fatal error purges the producer's queue) or a commit
+    /// failed (`naming_fatal`), never per cycle.
     pub fn fatal(&self) -> Option<String> {
         self.producers.iter().find_map(|p| {
             let (code, why) = p.client().fatal_error()?;
