@@ -3210,6 +3210,73 @@ fn an_instance_fenced_by_another_with_its_instance_id_stops_naming_it() {
     let _ = std::fs::remove_dir_all(&dir_twin);
 }
 
+/// A consumer of another process joins the group with this instance's group.instance.id (a
+/// static member's identity, e.g. a tool or a half-copied config reusing it) and fences its
+/// consumer, not its producer: the consumer takes no record again, so the instance stops,
+/// non-zero, naming the consumer's fatal error — not polling a dead consumer on. The twin test
+/// above cannot show this path: a twin sluice's `init_transactions` fences the producer first.
+#[test]
+fn a_static_member_fenced_by_a_consumer_with_its_group_instance_id_stops_naming_it() {
+    let broker = broker_with_topics("fenced-member");
+    let (sets, dir) = group_member(
+        &broker,
+        "fenced-member",
+        "a",
+        &["log.level=info", "ingest.kafka.static_membership=true"],
+    );
+    let records = workload(200, 12_000);
+    let (producer, _done) = produce_in_background(&broker, records, 1_000);
+    let log = dir.join("sluice.log");
+    let (mut a, _out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    wait_until_applying("a", &metrics);
+    // Its one shard's static identity: instance_id-SHARD, in sluice's group.
+    let other: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "sluice")
+        .set("group.instance.id", "a-0")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    other.subscribe(&[EVENTS]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        // Keep the other member alive (joined, heartbeating) until a stops.
+        let _ = other.poll(Duration::from_millis(100));
+        if let Some(status) = a.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = a.kill();
+            panic!(
+                "a went on after another consumer took its group.instance.id:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    };
+    drop(other);
+    producer.join().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{status:?}\n{said}");
+    let stop_line = said
+        .lines()
+        .find(|l| l.contains("stopping the service"))
+        .unwrap_or_else(|| panic!("no stop named:\n{said}"));
+    eprintln!("a: {stop_line}");
+    assert!(
+        stop_line.contains("Kafka consumer: fatal error"),
+        "{stop_line}"
+    );
+    assert!(
+        stop_line.contains("it takes no record again"),
+        "{stop_line}"
+    );
+    assert!(stop_line.contains("group.instance.id"), "{stop_line}");
+    assert!(!stop_line.contains("transactional.id"), "{stop_line}");
+    assert!(said.contains("kind=\"fenced\""), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// SIGTERM while the brokers are away, under exactly_once with the default transaction
 /// timeout (60 s): the last commit waits `egress.kafka.shutdown_commit_ms` for them, not the
 /// timeout twice over (commit, then abort: 127 s measured before, past systemd's 60 s

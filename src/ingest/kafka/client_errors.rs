@@ -99,16 +99,28 @@ impl ClientErrorKind {
     }
 }
 
-/// What a fenced client means, and what to change.
+/// What a fenced client means, and what to change (either client: the kind's advice).
 pub const FENCED: &str = "another process took over this instance's identity in the Kafka cluster — a producer with the same transactional.id (egress.kafka.transactional_id_prefix, ingest.kafka.instance_id, the shard) or a consumer with the same group.instance.id (ingest.kafka.instance_id): another sluice runs with this one's instance_id and prefix (each instance needs its own, or the two fence each other at every restart), or, for a producer, this one's transaction outlived egress.kafka.transaction_timeout_ms (a stall) and the broker moved its epoch on";
+
+/// A producer fenced: its transactional.id taken over, or its epoch moved on.
+pub const FENCED_PRODUCER: &str = "another producer took over this shard's transactional.id (egress.kafka.transactional_id_prefix, ingest.kafka.instance_id, the shard): another sluice runs with this one's instance_id and prefix (each instance needs its own, or the two fence each other at every restart), or this one's transaction outlived egress.kafka.transaction_timeout_ms (a stall) and the broker moved its epoch on";
+
+/// A static member fenced: another consumer joined with its group.instance.id.
+pub const FENCED_MEMBER: &str = "another consumer joined ingest.kafka.group with this shard's group.instance.id (ingest.kafka.instance_id-SHARD): another sluice runs with this one's instance_id (each instance needs its own, or the two fence each other at every restart), or another client uses that id";
+
+/// What a fencing with `code` means (None: not a fencing).
+fn fenced_advice(code: C) -> Option<&'static str> {
+    match code {
+        C::FencedInstanceId => Some(FENCED_MEMBER),
+        C::Fenced | C::ProducerFenced => Some(FENCED_PRODUCER),
+        _ => None,
+    }
+}
 
 /// A client's fatal error (librdkafka's `fatal_error`), for the stop it causes: its code and
 /// words, and for a fencing what it means.
 pub fn fatal_error_text(client: &str, code: C, reason: &str) -> String {
-    let advice = match ClientErrorKind::of_code(code) {
-        ClientErrorKind::Fenced => format!(" ({FENCED})"),
-        _ => String::new(),
-    };
+    let advice = fenced_advice(code).map_or(String::new(), |a| format!(" ({a})"));
     format!("Kafka {client}: fatal error {code:?}: {reason}{advice}")
 }
 
@@ -123,7 +135,8 @@ pub fn advice_for(error: &RdError) -> &'static str {
         Some(C::TransactionalIdAuthorizationFailed) => "an ACL refuses sluice's principal its transactional ids: grant it Describe and Write on the transactional ids starting with egress.kafka.transactional_id_prefix (a prefixed ACL)",
         Some(C::ClusterAuthorizationFailed) => "an ACL refuses sluice's principal a cluster operation: on older brokers the idempotent producer needs IdempotentWrite on the cluster (newer ones ask only for Write on the topics)",
         Some(C::TopicAuthorizationFailed) => "an ACL refuses sluice's principal a topic: it needs Describe and Read on the input topics and Describe and Write on the output topics (and, with exactly_once, Read, Write and Create on the progress and changelog topics)",
-        _ => ClientErrorKind::of(error).advice(),
+        Some(code) => fenced_advice(code).unwrap_or(ClientErrorKind::of(error).advice()),
+        None => ClientErrorKind::of(error).advice(),
     }
 }
 
@@ -265,6 +278,28 @@ mod tests {
         assert_eq!(
             ClientErrorKind::of(&RdError::MessageConsumption(C::Authentication)),
             ClientErrorKind::Authentication
+        );
+    }
+
+    #[test]
+    fn a_fencing_names_the_identity_its_client_lost() {
+        let member = fatal_error_text("consumer", C::FencedInstanceId, "fenced");
+        assert!(member.contains("group.instance.id"), "{member}");
+        assert!(!member.contains("transactional.id"), "{member}");
+        for code in [C::Fenced, C::ProducerFenced] {
+            let producer = fatal_error_text("producer", code, "fenced");
+            assert!(producer.contains("transactional.id"), "{producer}");
+            assert!(!producer.contains("group.instance.id"), "{producer}");
+            assert_eq!(advice_for(&RdError::Global(code)), FENCED_PRODUCER);
+        }
+        let other = fatal_error_text("producer", C::MessageSizeTooLarge, "too big");
+        assert_eq!(
+            other,
+            "Kafka producer: fatal error MessageSizeTooLarge: too big"
+        );
+        assert_eq!(
+            advice_for(&RdError::MessageConsumption(C::FencedInstanceId)),
+            FENCED_MEMBER
         );
     }
 
