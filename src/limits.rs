@@ -73,6 +73,10 @@ pub const KAFKA_STANDBY_KEYS_MAX: usize = 100_000_000;
 /// How long a handed-over partition's keys may be kept, at most (Kafka's default tombstone
 /// retention, 24 h: a copy older than half the changelog's is never used anyway).
 pub const KAFKA_HANDED_OVER_KEEP_MS_MAX: u64 = 86_400_000;
+/// `ingest.kafka.partition_check_ms` when not 0: at least a second (one metadata request per
+/// input topic each time), at most a day.
+pub const KAFKA_PARTITION_CHECK_MS_MIN: u64 = 1_000;
+pub const KAFKA_PARTITION_CHECK_MS_MAX: u64 = 86_400_000;
 /// Keys of a rebuilt partition put into a shard's state per cycle, at most.
 pub const KAFKA_RESTORE_KEYS_PER_CYCLE_MAX: usize = 1_000_000;
 /// Unacknowledged Score records per shard before intake stops.

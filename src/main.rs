@@ -622,7 +622,10 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
             let drops = sum(sluice::metrics::ShardCounters::dropped_total);
             if !reported_stuck {
                 let kafka = if config.ingest.kafka.enabled() {
-                    kafka_status(sum(|c| c.kafka_partitions_attached.get()))
+                    kafka_status(
+                        sum(|c| c.kafka_partitions_attached.get()),
+                        &running.kafka_unconsumed(),
+                    )
                 } else {
                     String::new()
                 };
@@ -661,13 +664,23 @@ fn run_service(config: &Config) -> anyhow::Result<()> {
 
 /// The status line's Kafka part: partitions attached, and the cause of broker trouble
 /// librdkafka reported within `TROUBLE_WINDOW` (a refused password, a TLS handshake, no
-/// connection), so `systemctl status` says why nothing is attached, as `cluster status` does.
-fn kafka_status(attached: u64) -> String {
+/// connection), so `systemctl status` says why nothing is attached, as `cluster status` does;
+/// and the input partitions added since the deal that no shard consumes.
+fn kafka_status(
+    attached: u64,
+    unconsumed: &[sluice::ingest::kafka::topic_watch::Unconsumed],
+) -> String {
     use sluice::ingest::kafka::client_errors::{newest, TROUBLE_WINDOW};
     let trouble = newest(TROUBLE_WINDOW)
         .map(|(kind, said)| format!(", Kafka {}: {said}", kind.label()))
         .unwrap_or_default();
-    format!("; Kafka: {attached} partition(s) attached{trouble}")
+    let added: i64 = unconsumed.iter().map(|u| u.partitions).sum();
+    let added = if added > 0 {
+        format!(", {added} partition(s) added to input topics consumed by no shard (see the log)")
+    } else {
+        String::new()
+    };
+    format!("; Kafka: {attached} partition(s) attached{added}{trouble}")
 }
 
 fn write_hgrm(config: &Config, report: &sluice::metrics::Report) -> anyhow::Result<()> {

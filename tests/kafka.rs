@@ -3330,3 +3330,153 @@ fn exactly_once_a_stop_while_the_brokers_are_away_ends_within_the_shutdown_wait(
     check_exactly_once(&scores, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Partitions added to an input topic while sluice runs (`kafka-topics --alter
+/// --partitions`) are consumed by no shard (a key's state lives with its partition): not
+/// silently — the watch logs an error naming them, the gauges count them and the records
+/// waiting in them, the stop report lists them, and the old partitions go on being served. A
+/// restart on the old state is refused naming what differs; the documented way on (an empty
+/// state.dir and, under exactly_once, a new transactional id prefix) takes every partition
+/// up from the start and scores every record once.
+#[test]
+fn partitions_added_to_an_input_topic_are_named_counted_and_taken_up_by_a_fresh_start() {
+    let broker = Broker::start("grow");
+    broker.create_topic(EVENTS, 2);
+    broker.create_topic(SCORES, 4);
+    let dir = scratch("grow");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "ingest.kafka.partition_check_ms=1000".to_owned(),
+        "egress.kafka.transactional_id_prefix=grow".to_owned(),
+        format!("admin.socket={}", dir.join("admin.sock").display()),
+    ]);
+    let log = dir.join("sluice.log");
+    let (child, out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    let one = |p: &rdkafka::producer::BaseProducer, enc: &mut EventBatchEncoder, k: u64, seq, n| {
+        let ev = Ev {
+            key: k,
+            seq,
+            feedback: false,
+        };
+        produce_to(p, enc, EVENTS, &[ev], (k % n) as i32);
+    };
+    let mut enc = EventBatchEncoder::new();
+    let p = broker.producer();
+    for k in 0..20u64 {
+        one(&p, &mut enc, k, 1, 2);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    drop(p);
+    wait_until_applying("sluice", &metrics);
+    let (admin, opts) = admin(&broker);
+    let grown = futures_executor::block_on(
+        admin.create_partitions(&[rdkafka::admin::NewPartitions::new(EVENTS, 4)], &opts),
+    )
+    .unwrap();
+    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    // A producer that knows the new partitions: 10 records on each of the four.
+    let p = broker.producer();
+    for k in 0..40u64 {
+        one(&p, &mut enc, k, 2, 4);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    drop(p);
+    let named = wait_for_metric_above(
+        &metrics,
+        "sluice_kafka_topic_records_unconsumed",
+        19,
+        Duration::from_secs(60),
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        named,
+        "the 20 records on partitions 2 and 3 were not counted:\n{said}"
+    );
+    assert!(
+        wait_for_metric_above(
+            &metrics,
+            "sluice_kafka_topic_partitions_unconsumed",
+            1,
+            Duration::from_secs(5)
+        ),
+        "{said}"
+    );
+    // The old partitions are still served: their 20 new records too.
+    assert!(
+        wait_for_metric_above(
+            &metrics,
+            "sluice_kafka_records_total",
+            39,
+            Duration::from_secs(60)
+        ),
+        "{said}"
+    );
+    // `sluice cluster status` lists them too.
+    assert_eq!(
+        cluster_status(&dir).unconsumed,
+        vec!["events: 2 partition(s), 20 record(s) waiting".to_owned()]
+    );
+    let report = stop(child, Some(out));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("input topic events has 4 partitions now, 2 when sluice was dealt them: partitions 2..3 are consumed by no shard"),
+        "{said}"
+    );
+    // Said once, not at every check.
+    assert_eq!(
+        said.matches("are consumed by no shard").count(),
+        1,
+        "{said}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        40,
+        "{report}"
+    );
+    assert!(
+        report.contains("sluice_kafka_topic_partitions_unconsumed{topic=\"events\"} 2  (records waiting in them 20"),
+        "{report}"
+    );
+
+    // The old state cannot follow its keys to the new partitions: refused, naming why.
+    let refused = common::run_refused(&sets);
+    assert!(
+        refused.contains("(kafka=events:2 then, kafka=events:4 now)"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("sluice does not move it to another"),
+        "{refused}"
+    );
+
+    // The way on the error names: an empty state.dir and a new prefix take every partition
+    // up from the start (ingest.kafka.start = earliest): every record once, all scored.
+    let fresh = scratch("grow-fresh");
+    let mut sets = sluice_sets(&broker, &durable(&fresh, "exactly_once"));
+    sets.extend([
+        "ingest.kafka.partition_check_ms=1000".to_owned(),
+        "egress.kafka.transactional_id_prefix=grow-fresh".to_owned(),
+    ]);
+    let (child, out, _, metrics) = common::spawn_run_with_metrics(&sets);
+    assert!(
+        wait_for_metric_above(
+            &metrics,
+            "sluice_kafka_records_total",
+            59,
+            Duration::from_secs(60)
+        ),
+        "not every record of the four partitions taken"
+    );
+    let report = stop(child, Some(out));
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        60,
+        "{report}"
+    );
+    assert!(
+        !report.contains("sluice_kafka_topic_partitions_unconsumed"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh);
+}

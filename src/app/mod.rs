@@ -14,6 +14,7 @@ use crate::control::{ControlLoop, Request, ShardLink};
 use crate::egress::kafka::{changelog, rebuild};
 use crate::egress::Egress;
 use crate::infer::{build_primaries, ModelUpdate, ShardModel, ShardReport};
+use crate::ingest::kafka::topic_watch::{TopicWatch, Watcher};
 use crate::ingest::kafka::{KafkaError, PartitionGauges};
 use crate::ingest::udp::{bind_reuseport, Driver, MmsgReceiver, UdpReceiver, UringReceiver};
 use crate::ingest::xdp::XdpReceiver;
@@ -84,6 +85,8 @@ pub struct Running {
     /// Every consumed Kafka partition's position and watermark (none without Kafka, or
     /// before the brokers first answered).
     kafka_partitions: PartitionGauges,
+    /// The input topics' partition counts against those consumed (`ingest.kafka.partition_check_ms`).
+    kafka_topics: Arc<TopicWatch>,
     /// Standby replicas' warm copies (live metrics show them).
     standbys: crate::ingest::kafka::standby::Standbys,
     /// af_xdp: the attached XDP program (detached when this drops, or when the process ends
@@ -103,6 +106,11 @@ impl Running {
     pub fn kafka_partitions(&self) -> Vec<crate::ingest::kafka::PartitionView> {
         use crate::ingest::kafka::watermarks::{by_partition, dealt};
         by_partition(dealt(&self.kafka_partitions))
+    }
+
+    /// The input topics' partitions added since they were dealt, which no shard consumes.
+    pub fn kafka_unconsumed(&self) -> Vec<crate::ingest::kafka::topic_watch::Unconsumed> {
+        self.kafka_topics.unconsumed()
     }
 
     /// Load a model (`path`, or `model.path` again) on every shard as the next version.
@@ -188,6 +196,7 @@ impl Running {
                 lag: v.lag,
             })
             .collect();
+        report.kafka_unconsumed = self.kafka_topics.unconsumed();
         (report, failure)
     }
 }
@@ -406,6 +415,21 @@ pub fn start_with_progress(
     });
     let mut threads_helping = vec![control_thread.map_err(AppError::Thread)?];
     threads_helping.extend(kafka_connect);
+    let kafka_topics = TopicWatch::new(config);
+    if config.ingest.kafka.enabled() && config.ingest.kafka.partition_check_ms > 0 {
+        let watcher = Watcher {
+            config: config.clone(),
+            watch: kafka_topics.clone(),
+            gauges: kafka_partitions.clone(),
+        };
+        let ctl = control.clone();
+        let watch = topology::with_cpus(&helpers, || {
+            std::thread::Builder::new()
+                .name("sluice-topic-watch".into())
+                .spawn(move || watcher.run(&|| ctl.stop_requested()))
+        });
+        threads_helping.push(watch.map_err(AppError::Thread)?);
+    }
     if !config.admin.socket.is_empty() {
         let path = std::path::Path::new(&config.admin.socket);
         let admin = topology::with_cpus(&helpers, || {
@@ -418,7 +442,8 @@ pub fn start_with_progress(
                     config,
                     kafka_partitions.clone(),
                     standbys.clone(),
-                ),
+                )
+                .map(|c| c.with_topic_watch(kafka_topics.clone())),
             )
         })
         .map_err(|source| AppError::Admin {
@@ -440,6 +465,7 @@ pub fn start_with_progress(
         helpers: threads_helping,
         helper_cpus: helpers,
         kafka_partitions,
+        kafka_topics,
         standbys,
         _xdp: xdp,
         _state_lock: state_lock,
@@ -516,7 +542,8 @@ fn start_exporter(config: &Config, running: &mut Running) -> Option<SocketAddr> 
             BuildInfo::of_this_build(running.driver.name()),
             Parts::of(config),
         )
-        .with_standbys(running.standbys.clone()),
+        .with_standbys(running.standbys.clone())
+        .with_topic_watch(running.kafka_topics.clone()),
     );
     let served = topology::with_cpus(&running.helper_cpus, || {
         exporter::serve(addr, exposition, running.control.clone())

@@ -130,6 +130,8 @@ pub struct IngestKafka {
     /// case it comes back (0 = not kept).
     pub handed_over_keep_ms: u64,
     pub start: KafkaStart,
+    /// How often the input topics' partition counts are asked for (0 = never).
+    pub partition_check_ms: u64,
     pub records_per_cycle_max: usize,
     pub restore_keys_per_cycle: usize,
     pub in_flight_records_max: usize,

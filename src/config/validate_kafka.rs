@@ -178,6 +178,17 @@ pub(super) fn validate(c: &Config, p: &mut Vec<String>) {
             limits::KAFKA_STANDBY_KEYS_MAX
         ));
     }
+    if k.partition_check_ms != 0
+        && !(limits::KAFKA_PARTITION_CHECK_MS_MIN..=limits::KAFKA_PARTITION_CHECK_MS_MAX)
+            .contains(&k.partition_check_ms)
+    {
+        p.push(format!(
+            "ingest.kafka.partition_check_ms = {}: 0 (never) or between {} and {} (24 h)",
+            k.partition_check_ms,
+            limits::KAFKA_PARTITION_CHECK_MS_MIN,
+            limits::KAFKA_PARTITION_CHECK_MS_MAX
+        ));
+    }
     if k.handed_over_keep_ms > limits::KAFKA_HANDED_OVER_KEEP_MS_MAX {
         p.push(format!(
             "ingest.kafka.handed_over_keep_ms = {}: at most {} (24 h)",
@@ -588,6 +599,7 @@ mod tests {
                 "ingest.kafka.standby_replicas=9".into(),
                 "ingest.kafka.standby_keys_max=0".into(),
                 "ingest.kafka.handed_over_keep_ms=86400001".into(),
+                "ingest.kafka.partition_check_ms=999".into(),
             ],
         )
         .unwrap_err();
@@ -597,8 +609,20 @@ mod tests {
             "ingest.kafka.standby_replicas = 9: at most 8",
             "ingest.kafka.standby_keys_max = 0",
             "ingest.kafka.handed_over_keep_ms = 86400001: at most 86400000",
+            "ingest.kafka.partition_check_ms = 999: 0 (never) or between 1000 and 86400000",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // 0 (never) and the bounds themselves pass.
+        for ms in ["0", "1000", "86400000"] {
+            Config::from_layers(
+                None,
+                &[
+                    "ingest.kafka.brokers=127.0.0.1:9092".into(),
+                    format!("ingest.kafka.partition_check_ms={ms}"),
+                ],
+            )
+            .unwrap();
         }
     }
 

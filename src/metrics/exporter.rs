@@ -92,6 +92,8 @@ pub struct Exposition {
     shard_ids: Vec<String>,
     /// Standby replicas' copies (`ingest.kafka.standby_replicas`), if any.
     pub standbys: Option<crate::ingest::kafka::standby::Standbys>,
+    /// The input topics' partitions beyond those dealt (`ingest.kafka.partition_check_ms`).
+    pub topics: Option<Arc<crate::ingest::kafka::topic_watch::TopicWatch>>,
 }
 
 impl Exposition {
@@ -110,12 +112,22 @@ impl Exposition {
             parts,
             shard_ids,
             standbys: None,
+            topics: None,
         }
     }
 
     /// With the standby replicas' copies shown too.
     pub fn with_standbys(mut self, standbys: crate::ingest::kafka::standby::Standbys) -> Self {
         self.standbys = Some(standbys);
+        self
+    }
+
+    /// With the input topics' unconsumed partitions shown too.
+    pub fn with_topic_watch(
+        mut self,
+        topics: Arc<crate::ingest::kafka::topic_watch::TopicWatch>,
+    ) -> Self {
+        self.topics = Some(topics);
         self
     }
 
@@ -232,6 +244,48 @@ impl Exposition {
                 ];
                 lag.encode_family(&labels)?.encode_gauge(&l)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Per input topic, once its partitions were dealt and the brokers asked: 0 until a topic
+    /// grows, so an alert can be `> 0`.
+    fn encode_topic_watch(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(watch) = self.topics.as_ref().filter(|_| self.parts.kafka) else {
+            return Ok(());
+        };
+        let known: Vec<_> = watch
+            .topics
+            .iter()
+            .filter(|t| t.consumed.load(Relaxed) >= 0 && t.listed.load(Relaxed) >= 0)
+            .collect();
+        if known.is_empty() {
+            return Ok(());
+        }
+        let mut partitions = encoder.encode_descriptor(
+            names::KAFKA_TOPIC_PARTITIONS_UNCONSUMED,
+            "Partitions of an input topic that no shard consumes: added to the topic after they were dealt (see the error logged; sluice does not take them up by itself).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &known {
+            let n = (t.listed.load(Relaxed) - t.consumed.load(Relaxed)).max(0);
+            partitions
+                .encode_family(&[("topic", t.topic.as_str())])?
+                .encode_gauge(&n)?;
+        }
+        let mut records = encoder.encode_descriptor(
+            names::KAFKA_TOPIC_RECORDS_UNCONSUMED,
+            "Records waiting in an input topic's partitions that no shard consumes (high minus low watermark).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &known {
+            let r = t.records_unconsumed.load(Relaxed).max(0);
+            records
+                .encode_family(&[("topic", t.topic.as_str())])?
+                .encode_gauge(&r)?;
         }
         Ok(())
     }
@@ -370,6 +424,7 @@ impl Collector for Scrape {
         x.encode_histograms(&mut encoder)?;
         x.encode_partitions(&mut encoder)?;
         x.encode_standbys(&mut encoder)?;
+        x.encode_topic_watch(&mut encoder)?;
         x.encode_client_errors(&mut encoder)
     }
 }

@@ -113,6 +113,11 @@ pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
 /// librdkafka's client-level errors, process-wide (label kind =
 /// `ingest::kafka::client_errors::ClientErrorKind::label()`).
 pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
+/// Per input topic (label topic): partitions the brokers list beyond those dealt to the shards
+/// (added while sluice runs), which no shard consumes (`ingest::kafka::topic_watch`).
+pub const KAFKA_TOPIC_PARTITIONS_UNCONSUMED: &str = "sluice_kafka_topic_partitions_unconsumed";
+/// Per input topic (label topic): records in those partitions (high minus low watermark).
+pub const KAFKA_TOPIC_RECORDS_UNCONSUMED: &str = "sluice_kafka_topic_records_unconsumed";
 /// Per partition (labels topic, partition): high watermark minus the next offset to apply.
 pub const KAFKA_PARTITION_LAG: &str = "sluice_kafka_partition_lag";
 pub const KAFKA_RECORD_TO_PRODUCE: &str = "sluice_kafka_record_to_produce_seconds";

@@ -79,6 +79,8 @@ pub struct Report {
     pub kafka_in_shard: Option<Histogram<u64>>,
     pub kafka_available_to_produce: Option<Histogram<u64>>,
     pub kafka_partitions: Vec<PartitionLine>,
+    /// Input topics' partitions added since they were dealt, which no shard consumed.
+    pub kafka_unconsumed: Vec<crate::ingest::kafka::topic_watch::Unconsumed>,
     /// Per shard: (events received by its socket, observations applied as owner).
     pub per_shard: Vec<(u64, u64)>,
     /// Every catalog metric over all shards, in catalog order: what `render` prints.
@@ -284,6 +286,16 @@ impl Report {
                 names::KAFKA_PARTITION_LAG,
                 p.records,
                 p.next_offset
+            );
+        }
+        for u in &self.kafka_unconsumed {
+            let records = u.records.map_or("unknown".to_owned(), |r| r.to_string());
+            let _ = writeln!(
+                s,
+                "  {}{{topic=\"{}\"}} {}  (records waiting in them {records}: partitions added to the topic while sluice ran, see the error logged)",
+                names::KAFKA_TOPIC_PARTITIONS_UNCONSUMED,
+                u.topic,
+                u.partitions,
             );
         }
         if self.checkpoints_written > 0 {

@@ -235,7 +235,12 @@ pub fn ensure_topic(config: &Config, partitions: i32) -> Result<(String, bool), 
     )?;
     if found != partitions {
         return Err(KafkaError::Other(format!(
-            "changelog topic {topic} has {found} partitions, but the input topics have {partitions} together: one changelog partition per input partition is needed (a changelog of other input topics? set egress.kafka.changelog_topic)"
+            "changelog topic {topic} has {found} partitions, but the input topics have {partitions} together: one changelog partition per input partition is needed ({})",
+            if found < partitions {
+                "partitions added to an input topic? A key's state lives with its partition and sluice does not move it to another: start with an empty state.dir, a new egress.kafka.changelog_topic and a new egress.kafka.transactional_id_prefix, see README, Kafka, partitions added to an input topic. Or a changelog of other input topics: set egress.kafka.changelog_topic"
+            } else {
+                "a changelog of other input topics? set egress.kafka.changelog_topic"
+            }
         )));
     }
     Ok((topic, created))

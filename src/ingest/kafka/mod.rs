@@ -13,6 +13,7 @@ mod queue_length;
 pub mod reach;
 pub mod standby;
 pub mod status;
+pub mod topic_watch;
 pub mod watermarks;
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};

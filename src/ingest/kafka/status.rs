@@ -21,6 +21,8 @@ pub struct ClusterInfo {
     pub gauges: PartitionGauges,
     pub standbys: Standbys,
     pub standby_replicas: usize,
+    /// The input topics' partition counts against those dealt (`topic_watch`).
+    pub topics: Option<std::sync::Arc<super::topic_watch::TopicWatch>>,
 }
 
 impl ClusterInfo {
@@ -45,7 +47,17 @@ impl ClusterInfo {
             gauges,
             standbys,
             standby_replicas: k.standby_replicas,
+            topics: None,
         })
+    }
+
+    /// With the input topics' partitions no shard consumes (added since they were dealt).
+    pub fn with_topic_watch(
+        mut self,
+        topics: std::sync::Arc<super::topic_watch::TopicWatch>,
+    ) -> Self {
+        self.topics = Some(topics);
+        self
     }
 
     pub fn status(&self) -> ClusterStatus {
@@ -81,6 +93,20 @@ impl ClusterInfo {
             standby: self.standbys.status(),
             trouble: super::client_errors::newest(super::client_errors::TROUBLE_WINDOW)
                 .map(|(kind, said)| format!("{}: {said}", kind.label())),
+            unconsumed: self
+                .topics
+                .as_ref()
+                .map(|t| t.unconsumed())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|u| {
+                    let waiting = u.records.map_or("unknown".to_owned(), |r| r.to_string());
+                    format!(
+                        "{}: {} partition(s), {waiting} record(s) waiting",
+                        u.topic, u.partitions
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -107,6 +133,10 @@ pub struct ClusterStatus {
     /// "tls: ...", "transport: ..."; see `client_errors::newest`), if any.
     #[serde(default)]
     pub trouble: Option<String>,
+    /// Input topics' partitions added since they were dealt, which no shard consumes
+    /// ("topic: N partition(s), R record(s) waiting"; `topic_watch`).
+    #[serde(default)]
+    pub unconsumed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +214,12 @@ impl ClusterStatus {
         if !self.elsewhere.is_empty() {
             let _ = writeln!(s, "owned elsewhere: {}", self.elsewhere.join(", "));
         }
+        for u in &self.unconsumed {
+            let _ = writeln!(
+                s,
+                "consumed by no shard (added to the topic since it was dealt; see the error logged): {u}"
+            );
+        }
         if self.standby_replicas == 0 {
             let _ = writeln!(s, "standby replicas: off");
         } else if self.standby.is_empty() {
@@ -255,12 +291,65 @@ mod tests {
         assert_eq!(back, status);
         let table = status.table();
         assert!(table.contains("owned elsewhere: ev:0, ev:2"), "{table}");
+        assert!(status.unconsumed.is_empty(), "{table}");
+        assert!(!table.contains("consumed by no shard"), "{table}");
         assert!(
             table
                 .lines()
                 .any(|l| l.starts_with("ev ") && l.contains("active")),
             "{table}"
         );
+    }
+
+    #[test]
+    fn partitions_added_since_the_deal_are_listed_as_consumed_by_no_shard() {
+        use super::super::topic_watch::TopicWatch;
+        let config = Config::from_layers(
+            None,
+            &[
+                "ingest.kafka.brokers=127.0.0.1:9".into(),
+                "ingest.kafka.topics=[\"ev\"]".into(),
+            ],
+        )
+        .unwrap();
+        let watch = TopicWatch::new(&config);
+        let gauges = PartitionGauges::default();
+        let _ = gauges.set(vec![Arc::new(PartitionGauge::new(
+            "ev",
+            0,
+            0,
+            Role::Active,
+        ))]);
+        let info = ClusterInfo::new(&config, gauges, Standbys::default())
+            .unwrap()
+            .with_topic_watch(watch.clone());
+        assert!(info.status().unconsumed.is_empty());
+        watch.topics[0].consumed.store(1, Ordering::Relaxed);
+        watch.topics[0].listed.store(3, Ordering::Relaxed);
+        watch.topics[0]
+            .records_unconsumed
+            .store(12, Ordering::Relaxed);
+        let status = info.status();
+        assert_eq!(
+            status.unconsumed,
+            vec!["ev: 2 partition(s), 12 record(s) waiting".to_owned()]
+        );
+        assert!(
+            status
+                .table()
+                .contains("consumed by no shard (added to the topic since it was dealt; see the error logged): ev: 2 partition(s)"),
+            "{}",
+            status.table()
+        );
+        // An older sluice's answer (no such field) still reads.
+        let json = serde_json::to_string(&status).unwrap();
+        let old = json.replace(
+            r#","unconsumed":["ev: 2 partition(s), 12 record(s) waiting"]"#,
+            "",
+        );
+        assert_ne!(old, json);
+        let back: ClusterStatus = serde_json::from_str(&old).unwrap();
+        assert!(back.unconsumed.is_empty());
     }
 
     #[test]

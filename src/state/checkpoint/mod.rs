@@ -135,7 +135,7 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("checkpoint {path} was written for {found}, but this run has {want}: it cannot be restored. Restore the old settings, or move {root} away to start empty")]
+    #[error("{}", mismatch_said(path, root, found, want))]
     Mismatch {
         path: PathBuf,
         root: PathBuf,
@@ -146,6 +146,52 @@ pub enum CheckpointError {
     Spill(#[from] SpillError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+/// A layout mismatch, naming only the parts that differ (a layout is `name=value` parts
+/// joined by `;`, the feature list among them, so the whole strings bury the difference).
+fn mismatch_said(path: &Path, root: &Path, found: &str, want: &str) -> String {
+    let part = |layout: &str, name: &str| {
+        layout
+            .split(';')
+            .find(|p| p.split('=').next() == Some(name))
+            .map(str::to_owned)
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for p in found.split(';').chain(want.split(';')) {
+        let name = p.split('=').next().unwrap_or(p);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let differ: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            let (then, now) = (part(found, n), part(want, n));
+            (then != now).then(|| {
+                let none = || format!("no {n}");
+                format!(
+                    "{} then, {} now",
+                    then.unwrap_or_else(none),
+                    now.unwrap_or_else(none)
+                )
+            })
+        })
+        .collect();
+    let kafka_grew = part(found, "kafka").is_some() && part(found, "kafka") != part(want, "kafka");
+    let fix = if kafka_grew {
+        format!(" The input topics' partitions differ from the checkpoint's (partitions added to a topic?): a key's state lives with its Kafka partition and sluice does not move it to another, so this state cannot be carried over (README, Kafka, partitions added to an input topic). Go back to the topics it was written for, or move the whole state.dir ({} and its siblings) away to start empty (under exactly_once with a new egress.kafka.transactional_id_prefix too, whose progress records name no checkpoint)", root.display())
+    } else {
+        format!(
+            " Restore the old settings, or move {} away to start empty",
+            root.display()
+        )
+    };
+    format!(
+        "checkpoint {} was written for another state layout ({}): it cannot be restored.{fix}",
+        path.display(),
+        differ.join("; ")
+    )
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

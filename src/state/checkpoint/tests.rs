@@ -496,7 +496,42 @@ fn a_checkpoint_for_another_layout_stops_the_restore() {
     cp.finish(&mut s, 0);
     drop(s);
     let err = restore_into_new(&d, "shards=3;features=a").err().unwrap();
-    assert!(err.to_string().contains("cannot be restored"), "{err}");
+    let said = err.to_string();
+    assert!(said.contains("cannot be restored"), "{said}");
+    // Only what differs is named, then and now.
+    assert!(said.contains("(shards=2 then, shards=3 now)"), "{said}");
+    assert!(!said.contains("features"), "{said}");
+    assert!(said.contains("Restore the old settings"), "{said}");
+}
+
+#[test]
+fn a_checkpoint_for_other_input_partitions_says_its_state_cannot_follow_them() {
+    let d = Dir::new("layout-kafka");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "shards=2;features=a;kafka=events:2;over=2", 1, 50);
+    load(&mut s, 0..1);
+    cp.finish(&mut s, 0);
+    drop(s);
+    let err = restore_into_new(&d, "shards=2;features=a;kafka=events:4;over=2")
+        .err()
+        .unwrap();
+    let said = err.to_string();
+    assert!(
+        said.contains("(kafka=events:2 then, kafka=events:4 now)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("sluice does not move it to another"),
+        "{said}"
+    );
+    assert!(!said.contains("Restore the old settings"), "{said}");
+    // A part only one side has is named as missing on the other.
+    let err = restore_into_new(&d, "shards=2;features=a").err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("kafka=events:2 then, no kafka now"),
+        "{err}"
+    );
 }
 
 #[test]
