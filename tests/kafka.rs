@@ -3480,3 +3480,89 @@ fn partitions_added_to_an_input_topic_are_named_counted_and_taken_up_by_a_fresh_
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);
 }
+
+/// The checkpoint's position is no longer in the topic (its retention, here a delete-records,
+/// removed records sluice had not taken yet): the restart goes on from the oldest record left
+/// — librdkafka's default skipped to the end, past the 100 records still there — and says
+/// so: an error per partition, the resets and the offsets lost counted.
+#[test]
+fn records_deleted_before_they_were_taken_are_counted_lost_and_the_rest_taken() {
+    let broker = broker_with_topics("deleted");
+    let dir = scratch("deleted");
+    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    // 200 records then 200 more, 100 a partition in all (key % 4, keys 0..50 cycling).
+    let records = workload(50, 400);
+    let per_partition = |rs: &[Vec<Ev>]| {
+        let mut n = [0i64; 4];
+        for r in rs {
+            n[(r[0].key % 4) as usize] += 1;
+        }
+        n
+    };
+    produce_all(&p, &mut enc, &records[..200]);
+    let (child, out, _, metrics) = common::spawn_run_with_metrics(&sets);
+    assert!(wait_for_metric_above(
+        &metrics,
+        "sluice_kafka_records_total",
+        199,
+        Duration::from_secs(60)
+    ));
+    let report = stop(child, Some(out));
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        200,
+        "{report}"
+    );
+    produce_all(&p, &mut enc, &records[200..]);
+    // Every partition loses its first 75 offsets: those the checkpoint names next (about 50)
+    // and some 25 after them that sluice never took.
+    let first = per_partition(&records[..200]);
+    let all = per_partition(&records);
+    assert!(
+        first.iter().all(|&n| n < 75) && all.iter().all(|&n| n > 75),
+        "{first:?} {all:?}"
+    );
+    sluice::loadgen::broker::delete_records_before(&broker.addr, EVENTS, 4, 75).unwrap();
+    let kept: i64 = all.iter().map(|n| n - 75).sum();
+    let lost: i64 = first.iter().map(|n| 75 - n).sum();
+    let log = dir.join("sluice.log");
+    let (child, out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    let took = wait_for_metric_above(
+        &metrics,
+        "sluice_kafka_records_total",
+        (kept - 1) as u64,
+        Duration::from_secs(60),
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(took, "the {kept} records left were not taken:\n{said}");
+    let report = stop(child, Some(out));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        kept as u64,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_offset_resets_total"),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "sluice_kafka_offsets_lost_total"),
+        lost as u64,
+        "{report}"
+    );
+    for (part, n) in first.iter().enumerate() {
+        let reset =
+            format!("Kafka partition events [{part}]: offset {n} is no longer in the topic");
+        let landed = format!(
+            "Kafka partition events [{part}]: taken up at offset 75 after the reset from {n}: {} offsets lost",
+            75 - n
+        );
+        assert!(said.contains(&reset), "{reset} not in:\n{said}");
+        assert!(said.contains(&landed), "{landed} not in:\n{said}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

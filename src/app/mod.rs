@@ -197,6 +197,8 @@ impl Running {
             })
             .collect();
         report.kafka_unconsumed = self.kafka_topics.unconsumed();
+        report.kafka_offset_resets = crate::ingest::kafka::offset_resets::resets();
+        report.kafka_offsets_lost = crate::ingest::kafka::offset_resets::offsets_lost();
         (report, failure)
     }
 }

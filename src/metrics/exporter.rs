@@ -309,6 +309,28 @@ impl Exposition {
                 .encode_family(&[("kind", kind.label())])?
                 .encode_counter::<NoLabelSet, _, u64>(&count(kind), None)?;
         }
+        use crate::ingest::kafka::offset_resets::{offsets_lost, resets};
+        for (name, help, v) in [
+            (
+                names::KAFKA_OFFSET_RESETS,
+                "Positions moved because the brokers no longer had them (out of range: the topic's retention deleted the records before sluice took them); each is logged as an error.",
+                resets(),
+            ),
+            (
+                names::KAFKA_OFFSETS_LOST,
+                "Offsets those resets skipped: records deleted before sluice took them (and any transaction markers among them).",
+                offsets_lost(),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(
+                    name.strip_suffix("_total").unwrap_or(name),
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
         Ok(())
     }
 

@@ -113,6 +113,11 @@ pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
 /// librdkafka's client-level errors, process-wide (label kind =
 /// `ingest::kafka::client_errors::ClientErrorKind::label()`).
 pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
+/// Process-wide: positions librdkafka moved because the brokers no longer had them (out of
+/// range: retention deleted the records before sluice took them; `ingest::kafka::offset_resets`).
+pub const KAFKA_OFFSET_RESETS: &str = "sluice_kafka_offset_resets_total";
+/// Process-wide: offsets those resets skipped (the records lost).
+pub const KAFKA_OFFSETS_LOST: &str = "sluice_kafka_offsets_lost_total";
 /// Per input topic (label topic): partitions the brokers list beyond those dealt to the shards
 /// (added while sluice runs), which no shard consumes (`ingest::kafka::topic_watch`).
 pub const KAFKA_TOPIC_PARTITIONS_UNCONSUMED: &str = "sluice_kafka_topic_partitions_unconsumed";

@@ -79,6 +79,10 @@ pub struct Report {
     pub kafka_in_shard: Option<Histogram<u64>>,
     pub kafka_available_to_produce: Option<Histogram<u64>>,
     pub kafka_partitions: Vec<PartitionLine>,
+    /// Positions the brokers no longer had, and the offsets those resets skipped
+    /// (`ingest::kafka::offset_resets`).
+    pub kafka_offset_resets: u64,
+    pub kafka_offsets_lost: u64,
     /// Input topics' partitions added since they were dealt, which no shard consumed.
     pub kafka_unconsumed: Vec<crate::ingest::kafka::topic_watch::Unconsumed>,
     /// Per shard: (events received by its socket, observations applied as owner).
@@ -286,6 +290,20 @@ impl Report {
                 names::KAFKA_PARTITION_LAG,
                 p.records,
                 p.next_offset
+            );
+        }
+        if self.kafka_offset_resets > 0 || self.kafka_offsets_lost > 0 {
+            let _ = writeln!(
+                s,
+                "  {:<40} {}",
+                names::KAFKA_OFFSET_RESETS,
+                self.kafka_offset_resets
+            );
+            let _ = writeln!(
+                s,
+                "  {:<40} {}",
+                names::KAFKA_OFFSETS_LOST,
+                self.kafka_offsets_lost
             );
         }
         for u in &self.kafka_unconsumed {

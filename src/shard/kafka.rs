@@ -656,6 +656,9 @@ impl ShardKafka {
                 .index_of(t, *p)
                 .and_then(|i| Some((i, self.source.tag_at(i)?)))
             else {
+                // Not one of the input partitions the group formed over: added to the topic
+                // since (the topic watch names it, with what to do).
+                tracing::warn!(topic = %t, partition = p, "Kafka partition assigned by the group is not one this instance was started with (added to the topic since?): not taken");
                 continue;
             };
             let group_next = next_of(&committed, t, *p);

@@ -115,6 +115,13 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         // Scores of an aborted upstream transaction must not be consumed as events.
         .set("isolation.level", "read_committed");
+    // A position the brokers no longer have (retention deleted it before sluice took it):
+    // go on from the oldest record left, losing only what is gone, not skip to the end
+    // (librdkafka's default) past every record still there (`offset_resets`). sluice always
+    // assigns an explicit offset, so this decides nothing else.
+    if !config.kafka.consumer.contains_key("auto.offset.reset") {
+        c.set("auto.offset.reset", "earliest");
+    }
     c
 }
 

@@ -35,6 +35,10 @@ pub struct ShardContext {
     /// Set before the consumer is dropped: its close revokes whatever it holds, and no shard
     /// is left to do the call, so the callback does it.
     closing: AtomicBool,
+    /// Positions librdkafka moved since the shard last asked (`offset_resets`), and whether
+    /// there are any (one relaxed load a cycle instead of the lock).
+    resets: Mutex<Vec<super::offset_resets::Reset>>,
+    reset_pending: AtomicBool,
 }
 
 impl ShardContext {
@@ -45,6 +49,15 @@ impl ShardContext {
 
     pub fn set_closing(&self) {
         self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// The positions librdkafka reset since the last call (none without taking the lock when
+    /// there were none).
+    pub fn take_resets(&self) -> Vec<super::offset_resets::Reset> {
+        if !self.reset_pending.swap(false, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.resets.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -65,6 +78,17 @@ impl ClientContext for ShardContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         use rdkafka::types::RDKafkaErrorCode as C;
+        if fac == "OFFSET" {
+            if let Some(reset) = super::offset_resets::Reset::parse(message) {
+                tracing::error!("{}", reset.said());
+                self.resets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(reset);
+                self.reset_pending.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
         if fac == "COMMITFAIL" {
             // librdkafka's words for the codes (rd_kafka_err2str), in its per-partition list.
             let refused = [

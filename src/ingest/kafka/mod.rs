@@ -8,6 +8,7 @@ mod arrival;
 mod client;
 pub mod client_errors;
 pub mod membership;
+pub mod offset_resets;
 pub mod partitions;
 mod queue_length;
 pub mod reach;
@@ -43,6 +44,9 @@ pub struct OwnedPartition {
     /// The next offset to apply; -1 until the first record (or a restored checkpoint) says.
     pub next_offset: i64,
     pub state: Ownership,
+    /// librdkafka moved the position from this offset (out of range): the next record says
+    /// how many were skipped (`offset_resets`).
+    pub reset_from: Option<i64>,
 }
 
 /// Whether the shard applies a partition's records (group membership moves partitions).
@@ -398,6 +402,16 @@ impl KafkaSource {
             return 0;
         }
         self.poll_due_ns = now_ns.saturating_add(IDLE_POLL_EVERY_NS);
+        // Rare (a position the brokers no longer have): one relaxed load a cycle otherwise.
+        for r in self.consumer.context().take_resets() {
+            if let Some(p) = self
+                .owned
+                .iter_mut()
+                .find(|p| p.id.partition == r.partition && p.topic == r.topic)
+            {
+                p.reset_from = Some(r.at);
+            }
+        }
         // Cleared before polling: a record that arrives after this sets it again. (The
         // queue's own lock orders this store before librdkafka's next enqueue.)
         self.arrived.store(false, Ordering::Relaxed);
@@ -451,6 +465,11 @@ impl KafkaSource {
                 continue;
             }
             let offset = msg.offset();
+            if let Some(at) = owned.reset_from.take() {
+                if let Some(said) = offset_resets::landed(&owned.topic, part, at, offset) {
+                    tracing::error!("{said}");
+                }
+            }
             crate::invariant!(
                 owned.next_offset < 0 || offset >= owned.next_offset,
                 "offsets go forward"
@@ -581,6 +600,7 @@ fn partitions(
                 topic,
                 next_offset: -1,
                 state,
+                reset_from: None,
             })
         })
         .collect()
