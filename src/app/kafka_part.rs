@@ -28,8 +28,8 @@ use crate::wake::Waker;
 /// A shard's part of Kafka, as its thread receives it.
 pub(super) enum KafkaPart {
     Off,
-    /// Dealt before the shard started.
-    Dealt(KafkaSeed),
+    /// Dealt before the shard started (boxed: the other variants are a word or two).
+    Dealt(Box<KafkaSeed>),
     /// The brokers did not answer at start: dealt later through this channel (or the reason
     /// it never will be).
     Later(mpsc::Receiver<Result<KafkaSeed, String>>),
@@ -47,6 +47,8 @@ pub(super) struct KafkaSeed {
     pub target: RestoreTarget,
     /// Appended to the state layout: the partitions a checkpoint's state belongs to.
     pub layout: String,
+    /// Per topic, the partition count its state was first dealt over (`PartitionTable::bases`).
+    bases: Vec<i32>,
     /// `egress.kafka.changelog`: the shard's changelog partitions.
     pub changelog: Option<ChangelogSpec>,
     /// The last committed transaction says the changelog holds the state it completes.
@@ -110,7 +112,13 @@ pub(super) fn deal(
                     seed.standbys = Some(standbys.clone());
                 }
             }
-            Ok((seeds.into_iter().map(KafkaPart::Dealt).collect(), tail))
+            Ok((
+                seeds
+                    .into_iter()
+                    .map(|s| KafkaPart::Dealt(Box::new(s)))
+                    .collect(),
+                tail,
+            ))
         }
         Err(AppError::Kafka(e @ KafkaError::Unreachable { .. })) => {
             tracing::error!("{e}: serving UDP without Kafka meanwhile; asking the brokers again until they answer (Kafka partitions attach then)");
@@ -279,7 +287,11 @@ fn seeds(
     let group = config.ingest.kafka.membership == Membership::Group;
     // Group membership: every shard may be given any partition; the table is the changelog's
     // partition order (and the dealt layout's count check).
-    let table = PartitionTable::balanced(&counts, if group { 1 } else { shards });
+    let table = if group {
+        PartitionTable::balanced(&counts, 1)
+    } else {
+        dealt_table(config, &counts, shards)
+    };
     let layout = if group {
         table.group_layout(&config.ingest.kafka.topics)
     } else {
@@ -376,6 +388,7 @@ fn seeds(
                 producers,
                 target,
                 layout: layout.clone(),
+                bases: table.bases.clone(),
                 changelog,
                 changelog_complete,
                 positions_max_age,
@@ -383,6 +396,47 @@ fn seeds(
             }
         })
         .collect())
+}
+
+/// The dealt table: balanced over the partitions the topics have, unless the state on disk
+/// was dealt over fewer and each topic grew to a multiple of its count since (`kafka-topics
+/// --alter --partitions`): then the partitions dealt before keep their shards and each added
+/// one goes to the shard of its family (`PartitionTable::grown`), where the keys a modulo
+/// partitioner moved to it have their state. Not with the changelog (one changelog
+/// partition per input partition, in table order: the state of a family would have to move
+/// between changelog partitions), nor for counts that are not multiples (keys would move
+/// between shards): those are refused by the restore, naming why.
+fn dealt_table(config: &Config, counts: &[i32], shards: usize) -> PartitionTable {
+    let now = PartitionTable::balanced(counts, shards);
+    let changelog =
+        config.egress.kafka.delivery == Delivery::ExactlyOnce && config.egress.kafka.changelog;
+    if config.state.dir.is_empty() || changelog {
+        return now;
+    }
+    let root = super::shard_dir(config, 0).join("checkpoints");
+    let Ok(Some(layout)) = checkpoint::newest_layout(&root) else {
+        return now;
+    };
+    let topics = &config.ingest.kafka.topics;
+    let over = format!(";over={shards}");
+    let Some((then, bases)) = PartitionTable::bases_of_layout(&layout, topics) else {
+        return now;
+    };
+    if !layout.contains(&over) || (then == counts && bases == counts) {
+        return now;
+    }
+    let Some(grown) = PartitionTable::grown(&bases, counts, shards) else {
+        return now;
+    };
+    if then != counts {
+        tracing::warn!(
+            before = ?then,
+            now = ?counts,
+            families = ?bases,
+            "Kafka input topics grew since the newest checkpoint: each added partition is taken up from its first record by the shard of its family (partition mod the count the state was first dealt over), whose keys' state it carries on"
+        );
+    }
+    grown
 }
 
 /// The shard's consumer, at the offsets its restored state holds, and its Score sink; a
@@ -399,7 +453,7 @@ pub(super) fn shard_kafka(
     let mut source = if member {
         KafkaSource::start_group(config, id, &seed.owned, seed.gauges)?
     } else {
-        KafkaSource::start(config, &seed.owned, offsets, seed.gauges)?
+        KafkaSource::start(config, &seed.owned, offsets, seed.gauges, &seed.bases)?
     };
     let root = super::shard_dir(config, id).join("checkpoints");
     let member = match (&seed.changelog, member) {
@@ -493,7 +547,11 @@ pub(super) fn attach_later(
             }
         };
         Some(seed.and_then(|seed| {
-            if restored_seq.is_some() && restored_layout.as_deref() != Some(seed.layout.as_str()) {
+            // The same layout, or its input topics grown to multiples (`dealt_table`).
+            let same = restored_layout.as_deref().is_some_and(|r| {
+                r == seed.layout || kafka_in::partitions::layout_grows_into(r, &seed.layout)
+            });
+            if restored_seq.is_some() && !same {
                 return Err(format!("shard {id}: Kafka's partitions are now dealt as {:?}, but the checkpoint restored while the brokers did not answer was written for {:?}: stopping (a restart reports the layout mismatch)", seed.layout, restored_layout.as_deref().unwrap_or("no Kafka")));
             }
             let named = match seed.target {

@@ -662,7 +662,7 @@ fn build_shard(
         }
     };
     let (target, layout) = match &kafka {
-        KafkaPart::Dealt(k) => (k.target, KafkaLayout::Dealt(k)),
+        KafkaPart::Dealt(k) => (k.target, KafkaLayout::Dealt(k.as_ref())),
         KafkaPart::Later(_) => (RestoreTarget::Newest, KafkaLayout::Later),
         KafkaPart::Off => (RestoreTarget::Newest, KafkaLayout::Off),
     };
@@ -697,7 +697,7 @@ fn build_shard(
                 kafka_part::shard_kafka(
                     id,
                     config,
-                    seed,
+                    *seed,
                     (&restored.offsets, words, holds),
                     &wakers,
                     &helpers,

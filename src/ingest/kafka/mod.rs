@@ -47,6 +47,9 @@ pub struct OwnedPartition {
     /// librdkafka moved the position from this offset (out of range): the next record says
     /// how many were skipped (`offset_resets`).
     pub reset_from: Option<i64>,
+    /// The tag its keys carry: its family's (`PartitionTable::family_tag`), its own unless the
+    /// topic grew under a dealt state.
+    pub tag: u64,
 }
 
 /// Whether the shard applies a partition's records (group membership moves partitions).
@@ -119,18 +122,24 @@ impl KafkaSource {
     /// it starts from `ingest.kafka.start`, never from the group's offset (which may be ahead
     /// of any checkpoint that reached the disk). Without `state.dir` nothing survives a
     /// restart but the group's committed offset, so a partition resumes there.
+    ///
+    /// `bases`: per topic, the partition count the state was first dealt over
+    /// (`PartitionTable::bases`). A partition past it that the checkpoint does not hold was
+    /// added to the topic since: it starts at its first record, whatever
+    /// `ingest.kafka.start` says (its records are the new home of keys already in the state).
     pub fn start(
         config: &Config,
         owned: &[PartitionId],
         restored: &[PartitionOffset],
         gauges: Vec<Arc<PartitionGauge>>,
+        bases: &[i32],
     ) -> Result<Self, KafkaError> {
         crate::invariant_eq!(owned.len(), gauges.len());
         let made_ns = crate::clock::realtime_ns();
         let consumer: BaseConsumer<ShardContext> = consumer_config(config)
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("consumer"))?;
-        let mut parts = partitions(config, owned, Ownership::Active)?;
+        let mut parts = partitions(config, owned, Ownership::Active, bases)?;
         let mut tpl = TopicPartitionList::with_capacity(parts.len());
         for p in &parts {
             tpl.add_partition(&p.topic, p.id.partition);
@@ -159,9 +168,16 @@ impl KafkaSource {
                         Offset::Offset(n) if n >= 0 => Some(n),
                         _ => None,
                     });
+            let added = bases
+                .get(usize::from(p.id.topic))
+                .is_some_and(|&b| b > 0 && p.id.partition >= b);
             let (offset, why) = match (from_checkpoint, from_group) {
                 (Some(n), _) => (Offset::Offset(n), "checkpoint"),
                 (None, Some(n)) => (Offset::Offset(n), "group commit"),
+                (None, None) if added => (
+                    Offset::Beginning,
+                    "added to the topic since its state was dealt: from its first record",
+                ),
                 (None, None) => match config.ingest.kafka.start {
                     KafkaStart::Earliest => (Offset::Beginning, "ingest.kafka.start = earliest"),
                     KafkaStart::Latest => (Offset::End, "ingest.kafka.start = latest"),
@@ -242,7 +258,7 @@ impl KafkaSource {
         let consumer: BaseConsumer<ShardContext> = cc
             .create_with_context(ShardContext::default())
             .map_err(KafkaError::client("group consumer"))?;
-        let owned = partitions(config, all, Ownership::Idle)?;
+        let owned = partitions(config, all, Ownership::Idle, &[])?;
         let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -257,7 +273,7 @@ impl KafkaSource {
 
     /// The source tag of `owned()[i]`.
     pub fn tag_at(&self, i: usize) -> Option<u64> {
-        self.owned.get(i).map(|p| p.id.source_tag())
+        self.owned.get(i).map(|p| p.tag)
     }
 
     /// Index into `owned()` of (topic, partition).
@@ -480,7 +496,7 @@ impl KafkaSource {
                 .map_or(0, |ms| (ms.max(0) as u64).saturating_mul(1_000_000));
             f(&Polled {
                 owned: i,
-                source_tag: owned.id.source_tag(),
+                source_tag: owned.tag,
                 value: msg.payload().unwrap_or(&[]),
                 key: msg.key().unwrap_or(&[]),
                 offset,
@@ -588,6 +604,7 @@ fn partitions(
     config: &Config,
     ids: &[PartitionId],
     state: Ownership,
+    bases: &[i32],
 ) -> Result<Vec<OwnedPartition>, KafkaError> {
     let topics = &config.ingest.kafka.topics;
     ids.iter()
@@ -595,12 +612,22 @@ fn partitions(
             let topic = topics.get(usize::from(id.topic)).cloned().ok_or_else(|| {
                 KafkaError::Other(format!("partition table names topic {}", id.topic))
             })?;
+            let base = bases.get(usize::from(id.topic)).copied().unwrap_or(0);
+            let family = PartitionId {
+                partition: if base > 0 {
+                    id.partition % base
+                } else {
+                    id.partition
+                },
+                ..*id
+            };
             Ok(OwnedPartition {
                 id: *id,
                 topic,
                 next_offset: -1,
                 state,
                 reset_from: None,
+                tag: family.source_tag(),
             })
         })
         .collect()

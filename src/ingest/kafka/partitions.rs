@@ -23,6 +23,11 @@ pub struct PartitionTable {
     /// Rises whenever the assignment changes (scale-out moves partitions; one instance keeps 1).
     pub version: u64,
     pub owners: Vec<(PartitionId, usize)>,
+    /// Per topic, the partition count its state was first dealt over (its families): a topic
+    /// grown to a multiple of it since (`grown`) keeps partition q's keys in family q % base,
+    /// on one shard, because a modulo partitioner (Kafka's and librdkafka's defaults) moves a
+    /// key only from partition p to some p + k * base. Equal to the count when not grown.
+    pub bases: Vec<i32>,
 }
 
 impl PartitionTable {
@@ -43,7 +48,90 @@ impl PartitionTable {
                 next += 1;
             }
         }
-        Self { version: 1, owners }
+        Self {
+            version: 1,
+            owners,
+            bases: counts.iter().map(|&n| n.max(0)).collect(),
+        }
+    }
+
+    /// The deal of a topic set whose state was dealt over `bases` partitions and that has
+    /// `counts` now, each a multiple of its base: the first `bases` dealt as before, every
+    /// added partition q to the shard of q % base, its family (None when a count is not a
+    /// multiple of its base, or fewer: keys would move between shards, or the topic was made
+    /// again).
+    pub fn grown(bases: &[i32], counts: &[i32], shards: usize) -> Option<Self> {
+        if bases.len() != counts.len()
+            || bases
+                .iter()
+                .zip(counts)
+                .any(|(&b, &n)| b <= 0 || n < b || n % b != 0)
+        {
+            return None;
+        }
+        let mut t = Self::balanced(bases, shards);
+        let mut added = Vec::new();
+        for (topic, (&b, &n)) in bases.iter().zip(counts).enumerate() {
+            for q in b..n {
+                let family = PartitionId {
+                    topic: topic as u16,
+                    partition: q % b,
+                };
+                let shard = t.owners.iter().find(|(p, _)| *p == family)?.1;
+                added.push((
+                    PartitionId {
+                        topic: topic as u16,
+                        partition: q,
+                    },
+                    shard,
+                ));
+            }
+        }
+        t.owners.extend(added);
+        t.owners.sort();
+        Some(t)
+    }
+
+    /// The tag a partition's keys carry (`Record::source`): its family's, so a key that moved
+    /// to an added partition of its family finds its state (`PartitionId::source_tag`
+    /// otherwise).
+    pub fn family_tag(&self, p: PartitionId) -> u64 {
+        let base = self.bases.get(usize::from(p.topic)).copied().unwrap_or(0);
+        let partition = if base > 0 {
+            p.partition % base
+        } else {
+            p.partition
+        };
+        PartitionId { partition, ..p }.source_tag()
+    }
+
+    /// The families (`bases`) a dealt layout (`layout`) names for `topics`: "t:4/2" is four
+    /// partitions in two families, "t:4" four in four. None when the layout is not a dealt
+    /// one over these topics.
+    pub fn bases_of_layout(layout: &str, topics: &[String]) -> Option<(Vec<i32>, Vec<i32>)> {
+        let kafka = layout.split(';').find_map(|p| p.strip_prefix("kafka="))?;
+        let mut counts = Vec::new();
+        let mut bases = Vec::new();
+        let named: Vec<&str> = kafka.split(',').collect();
+        if named.len() != topics.len() {
+            return None;
+        }
+        for (part, topic) in named.iter().zip(topics) {
+            let (name, n) = part.rsplit_once(':')?;
+            if name != topic {
+                return None;
+            }
+            let (count, base) = match n.split_once('/') {
+                Some((c, b)) => (c.parse().ok()?, b.parse().ok()?),
+                None => {
+                    let c: i32 = n.parse().ok()?;
+                    (c, c)
+                }
+            };
+            counts.push(count);
+            bases.push(base);
+        }
+        Some((counts, bases))
     }
 
     /// The partitions shard `shard` owns.
@@ -75,10 +163,56 @@ impl PartitionTable {
         let parts: Vec<String> = topics
             .iter()
             .zip(&counts)
-            .map(|(t, n)| format!("{t}:{n}"))
+            .enumerate()
+            .map(|(i, (t, n))| match self.bases.get(i) {
+                Some(b) if b != n => format!("{t}:{n}/{b}"),
+                _ => format!("{t}:{n}"),
+            })
             .collect();
         format!("kafka={};over={shards}", parts.join(","))
     }
+}
+
+/// Whether state written under the (state) layout `found` may be restored into `want`: the
+/// same but for the `kafka=` part's input topics, grown to multiples of their families
+/// (`PartitionTable::grown`): the same topics in order, the same families, each count at
+/// least the one before. The restore's rule for a dealt state across a topic's growth.
+pub fn layout_grows_into(found: &str, want: &str) -> bool {
+    let (f, w): (Vec<&str>, Vec<&str>) = (found.split(';').collect(), want.split(';').collect());
+    if f.len() != w.len() {
+        return false;
+    }
+    let topics = |kafka: &str| -> Option<Vec<(String, i32, i32)>> {
+        kafka
+            .split(',')
+            .map(|t| {
+                let (name, n) = t.rsplit_once(':')?;
+                let (count, base) = match n.split_once('/') {
+                    Some((c, b)) => (c.parse().ok()?, b.parse().ok()?),
+                    None => {
+                        let c: i32 = n.parse().ok()?;
+                        (c, c)
+                    }
+                };
+                Some((name.to_owned(), count, base))
+            })
+            .collect()
+    };
+    f.iter().zip(&w).all(|(a, b)| {
+        if a == b {
+            return true;
+        }
+        let (Some(a), Some(b)) = (a.strip_prefix("kafka="), b.strip_prefix("kafka=")) else {
+            return false;
+        };
+        let (Some(a), Some(b)) = (topics(a), topics(b)) else {
+            return false;
+        };
+        a.len() == b.len()
+            && a.iter().zip(&b).all(|((na, ca, ba), (nb, cb, bb))| {
+                na == nb && ba == bb && *bb > 0 && cb >= ca && cb % bb == 0
+            })
+    })
 }
 
 #[cfg(test)]
@@ -102,6 +236,105 @@ mod tests {
         // More shards than partitions: some own none.
         let t = PartitionTable::balanced(&[2], 4);
         assert_eq!(t.owned_by(3), vec![]);
+    }
+
+    #[test]
+    fn a_topic_grown_to_a_multiple_deals_each_added_partition_to_its_familys_shard() {
+        let topics = vec!["a".to_owned(), "b".to_owned()];
+        let before = PartitionTable::balanced(&[2, 3], 2);
+        assert_eq!(before.layout(&topics, 2), "kafka=a:2,b:3;over=2");
+        let grown = PartitionTable::grown(&[2, 3], &[4, 6], 2).unwrap();
+        assert_eq!(grown.owners.len(), 10);
+        let shard_of = |t: &PartitionTable, topic: u16, partition: i32| {
+            t.owners
+                .iter()
+                .find(|(p, _)| *p == PartitionId { topic, partition })
+                .map(|(_, s)| *s)
+        };
+        // The partitions dealt before keep their shards (their state is there) ...
+        for (p, s) in &before.owners {
+            assert_eq!(shard_of(&grown, p.topic, p.partition), Some(*s));
+        }
+        // ... and each added one goes where its family lives, sharing the family's tag.
+        for (topic, base, n) in [(0u16, 2, 4), (1, 3, 6)] {
+            for q in base..n {
+                let id = PartitionId {
+                    topic,
+                    partition: q,
+                };
+                let family = PartitionId {
+                    topic,
+                    partition: q % base,
+                };
+                assert_eq!(
+                    shard_of(&grown, topic, q),
+                    shard_of(&grown, topic, q % base)
+                );
+                assert_eq!(grown.family_tag(id), family.source_tag());
+            }
+        }
+        assert_eq!(grown.layout(&topics, 2), "kafka=a:4/2,b:6/3;over=2");
+        assert_eq!(
+            PartitionTable::bases_of_layout("shards=2;kafka=a:4/2,b:6/3;over=2", &topics),
+            Some((vec![4, 6], vec![2, 3]))
+        );
+        assert_eq!(
+            PartitionTable::bases_of_layout("shards=2;kafka=a:2,b:3;over=2", &topics),
+            Some((vec![2, 3], vec![2, 3]))
+        );
+        // Grown again (to 8 and 9 over the same families): the same rule.
+        let again = PartitionTable::grown(&[2, 3], &[8, 9], 2).unwrap();
+        for (p, s) in &grown.owners {
+            assert_eq!(shard_of(&again, p.topic, p.partition), Some(*s));
+        }
+        // Not a multiple (keys would move across families and shards), fewer (made again),
+        // or other topics: no growth deal.
+        assert_eq!(PartitionTable::grown(&[2, 3], &[3, 6], 2), None);
+        assert_eq!(PartitionTable::grown(&[2, 3], &[2, 2], 2), None);
+        assert_eq!(PartitionTable::grown(&[2], &[4, 6], 2), None);
+        assert_eq!(
+            PartitionTable::bases_of_layout("kafka=x:2,b:3;over=2", &topics),
+            None
+        );
+        // Not grown: every partition its own family.
+        assert_eq!(
+            before.family_tag(PartitionId {
+                topic: 1,
+                partition: 2
+            }),
+            PartitionId {
+                topic: 1,
+                partition: 2
+            }
+            .source_tag()
+        );
+    }
+
+    #[test]
+    fn a_state_restores_across_its_topics_growth_to_multiples_only() {
+        let base = "shards=2;features=a;kafka=a:2,b:3;over=2";
+        for (want, ok) in [
+            (base, true),
+            ("shards=2;features=a;kafka=a:4/2,b:3;over=2", true),
+            ("shards=2;features=a;kafka=a:8/2,b:9/3;over=2", true),
+            // Not a multiple, fewer, families changed, other topics, other parts.
+            ("shards=2;features=a;kafka=a:5/2,b:3;over=2", false),
+            ("shards=2;features=a;kafka=a:5,b:3;over=2", false),
+            ("shards=2;features=a;kafka=a:1,b:3;over=2", false),
+            ("shards=2;features=a;kafka=a:4/4,b:3;over=2", false),
+            ("shards=2;features=a;kafka=x:4/2,b:3;over=2", false),
+            ("shards=2;features=a;kafka=a:4/2;over=2", false),
+            ("shards=3;features=a;kafka=a:4/2,b:3;over=3", false),
+            ("shards=2;features=b;kafka=a:4/2,b:3;over=2", false),
+        ] {
+            assert_eq!(layout_grows_into(base, want), ok, "{want}");
+        }
+        // Once grown, a later checkpoint's layout goes on growing from the same families.
+        assert!(layout_grows_into(
+            "kafka=a:4/2,b:3;over=2",
+            "kafka=a:8/2,b:6/3;over=2"
+        ));
+        assert!(!layout_grows_into("kafka=a:4/2;over=2", "kafka=a:2;over=2"));
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Change {
         match self {
             Self::Same => None,
             Self::Grew { consumed, listed } => Some(format!(
-                "input topic {topic} has {listed} partitions now, {consumed} when sluice was dealt them: partitions {consumed}..{} are consumed by no shard — their records wait in Kafka, unscored (sluice_kafka_topic_records_unconsumed) — and the producers' partitioner now sends many keys to them, away from the partition their state lives with. sluice does not move a key's state between partitions, so it does not take them up by itself. To go on: restart with an empty state.dir (under exactly_once also a new egress.kafka.transactional_id_prefix, and with egress.kafka.changelog a new egress.kafka.changelog_topic) to take every partition up from ingest.kafka.start — earliest rebuilds the state from what the topic still holds and sends those Scores again, latest starts the state afresh; or keep serving the old partitions only. Create input topics with the partitions they will need (README, \"Kafka\")",
+                "input topic {topic} has {listed} partitions now, {consumed} when sluice was dealt them: partitions {consumed}..{} are consumed by no shard — their records wait in Kafka, unscored (sluice_kafka_topic_records_unconsumed) — and the producers' partitioner now sends many keys to them, away from the partition their state lives with. sluice does not take them up while it runs. A topic grown to a multiple of the partitions its state was first dealt over (2 -> 4, 6, 8), with dealt partitions, state.dir and no changelog, is taken up by a restart, each added partition on the shard of its family (partition mod that count), its keys' state carried on. Otherwise: restart with an empty state.dir (under exactly_once also a new egress.kafka.transactional_id_prefix, and with egress.kafka.changelog a new egress.kafka.changelog_topic) to take every partition up from ingest.kafka.start — earliest rebuilds the state from what the topic still holds and sends those Scores again, latest starts the state afresh; or keep serving the old partitions only. Create input topics with the partitions they will need (README, \"Kafka\")",
                 listed - 1
             )),
             Self::Shrank { consumed, listed } => Some(format!(
@@ -263,6 +263,7 @@ mod tests {
             "{said}"
         );
         assert!(said.contains("empty state.dir"), "{said}");
+        assert!(said.contains("taken up by a restart"), "{said}");
         assert_eq!(
             Change::of(4, &TopicState::Partitions(4)),
             Some(Change::Same)

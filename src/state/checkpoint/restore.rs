@@ -173,7 +173,12 @@ pub fn restore_to(
             continue;
         };
         let manifest = manifest.clone();
-        if let Some((m, _)) = chain.iter().find(|(m, _)| m.layout != layout) {
+        // A dealt state whose input topics grew to multiples of their partitions restores
+        // into the grown layout (`layout_grows_into`: each added partition joins its family).
+        if let Some((m, _)) = chain.iter().find(|(m, _)| {
+            m.layout != layout
+                && !crate::ingest::kafka::partitions::layout_grows_into(&m.layout, layout)
+        }) {
             return Err(CheckpointError::Mismatch {
                 path,
                 root: root.to_owned(),
