@@ -3448,27 +3448,30 @@ fn partitions_added_to_an_input_topic_are_named_then_taken_up_with_their_keys_st
     // Restarted on its state: partitions 2 and 3 taken up from their first record, each
     // with its family (0 and 1), so keys 2, 3, 6, 7, ... find the state their first event
     // left on partitions 0 and 1: each key's second Observation counts 2.
-    let log = dir.join("restart.log");
-    let (child, out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
-    assert!(
-        wait_for_metric_above(
+    // A run that takes `records` records, every partition consumed: its stop report.
+    let take = |sets: &[String], log: &Path, records: u64| {
+        let (child, out, _, metrics) = common::spawn_run_logged(sets, log, &[]);
+        let took = wait_for_metric_above(
             &metrics,
             "sluice_kafka_records_total",
-            19,
-            Duration::from_secs(60)
-        ),
-        "the added partitions' records were not taken"
-    );
-    let report = stop(child, Some(out));
-    assert_eq!(
-        counter(&report, "sluice_kafka_records_total"),
-        20,
-        "{report}"
-    );
-    assert!(
-        !report.contains("sluice_kafka_topic_partitions_unconsumed"),
-        "{report}"
-    );
+            records - 1,
+            Duration::from_secs(60),
+        );
+        let report = stop(child, Some(out));
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(took, "not {records} records taken:\n{report}\n{said}");
+        assert_eq!(
+            counter(&report, "sluice_kafka_records_total"),
+            records,
+            "{report}"
+        );
+        assert!(
+            !report.contains("sluice_kafka_topic_partitions_unconsumed"),
+            "{report}"
+        );
+        report
+    };
+    let report = take(&sets, &dir.join("restart.log"), 20);
     assert_eq!(
         counter(&report, "sluice_events_dropped_total"),
         0,
@@ -3509,26 +3512,7 @@ fn partitions_added_to_an_input_topic_are_named_then_taken_up_with_their_keys_st
         "ingest.kafka.partition_check_ms=1000".to_owned(),
         "egress.kafka.transactional_id_prefix=grow-fresh".to_owned(),
     ]);
-    let (child, out, _, metrics) = common::spawn_run_with_metrics(&sets);
-    assert!(
-        wait_for_metric_above(
-            &metrics,
-            "sluice_kafka_records_total",
-            79,
-            Duration::from_secs(60)
-        ),
-        "not every record of the five partitions taken"
-    );
-    let report = stop(child, Some(out));
-    assert_eq!(
-        counter(&report, "sluice_kafka_records_total"),
-        80,
-        "{report}"
-    );
-    assert!(
-        !report.contains("sluice_kafka_topic_partitions_unconsumed"),
-        "{report}"
-    );
+    take(&sets, &fresh.join("sluice.log"), 80);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&fresh);
 }

@@ -110,28 +110,11 @@ impl PartitionTable {
     /// one over these topics.
     pub fn bases_of_layout(layout: &str, topics: &[String]) -> Option<(Vec<i32>, Vec<i32>)> {
         let kafka = layout.split(';').find_map(|p| p.strip_prefix("kafka="))?;
-        let mut counts = Vec::new();
-        let mut bases = Vec::new();
-        let named: Vec<&str> = kafka.split(',').collect();
-        if named.len() != topics.len() {
+        let named = kafka_topics(kafka)?;
+        if named.len() != topics.len() || named.iter().zip(topics).any(|(n, t)| n.0 != t) {
             return None;
         }
-        for (part, topic) in named.iter().zip(topics) {
-            let (name, n) = part.rsplit_once(':')?;
-            if name != topic {
-                return None;
-            }
-            let (count, base) = match n.split_once('/') {
-                Some((c, b)) => (c.parse().ok()?, b.parse().ok()?),
-                None => {
-                    let c: i32 = n.parse().ok()?;
-                    (c, c)
-                }
-            };
-            counts.push(count);
-            bases.push(base);
-        }
-        Some((counts, bases))
+        Some(named.iter().map(|&(_, c, b)| (c, b)).unzip())
     }
 
     /// The partitions shard `shard` owns.
@@ -173,6 +156,25 @@ impl PartitionTable {
     }
 }
 
+/// A layout's `kafka=` part read back: (topic, count, families) per topic, "t:4/2" being four
+/// partitions in two families and "t:4" four in four (`PartitionTable::layout`).
+fn kafka_topics(kafka: &str) -> Option<Vec<(&str, i32, i32)>> {
+    kafka
+        .split(',')
+        .map(|t| {
+            let (name, n) = t.rsplit_once(':')?;
+            let (count, base) = match n.split_once('/') {
+                Some((c, b)) => (c.parse().ok()?, b.parse().ok()?),
+                None => {
+                    let c: i32 = n.parse().ok()?;
+                    (c, c)
+                }
+            };
+            Some((name, count, base))
+        })
+        .collect()
+}
+
 /// Whether state written under the (state) layout `found` may be restored into `want`: the
 /// same but for the `kafka=` part's input topics, grown to multiples of their families
 /// (`PartitionTable::grown`): the same topics in order, the same families, each count at
@@ -182,22 +184,6 @@ pub fn layout_grows_into(found: &str, want: &str) -> bool {
     if f.len() != w.len() {
         return false;
     }
-    let topics = |kafka: &str| -> Option<Vec<(String, i32, i32)>> {
-        kafka
-            .split(',')
-            .map(|t| {
-                let (name, n) = t.rsplit_once(':')?;
-                let (count, base) = match n.split_once('/') {
-                    Some((c, b)) => (c.parse().ok()?, b.parse().ok()?),
-                    None => {
-                        let c: i32 = n.parse().ok()?;
-                        (c, c)
-                    }
-                };
-                Some((name.to_owned(), count, base))
-            })
-            .collect()
-    };
     f.iter().zip(&w).all(|(a, b)| {
         if a == b {
             return true;
@@ -205,7 +191,7 @@ pub fn layout_grows_into(found: &str, want: &str) -> bool {
         let (Some(a), Some(b)) = (a.strip_prefix("kafka="), b.strip_prefix("kafka=")) else {
             return false;
         };
-        let (Some(a), Some(b)) = (topics(a), topics(b)) else {
+        let (Some(a), Some(b)) = (kafka_topics(a), kafka_topics(b)) else {
             return false;
         };
         a.len() == b.len()
