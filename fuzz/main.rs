@@ -323,6 +323,7 @@ fn admin_target(input: &[u8]) -> u64 {
         Command::State(_) => 5,
         Command::Fault(Some(Fault::Hold(hold, _))) => 6 + u64::from(hold),
         Command::Fault(Some(Fault::FailCheckpoint(_))) => 10,
+        Command::Fault(Some(Fault::Panic(_))) => 11,
         Command::Fault(None) => 8,
         Command::ClusterStatus => 9,
         Command::Refused(why) => 100 + u64::from(why.contains("not a key")),

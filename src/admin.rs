@@ -7,6 +7,8 @@
 //!   a held shard stops turning its loop, as a stuck one would; for watchdog and fault tests)
 //!   `fault checkpoint SHARD` -> `ok` (same switch: the shard's next checkpoint write fails as
 //!   on a full disk; for the Kafka exactly_once tests)
+//!   `fault panic SHARD` -> `ok` (same switch: the shard's thread panics at its next loop turn,
+//!   as on a bug; the service stops, exit status non-zero)
 //! `sluice reload` is its client. Control-plane only: never touched per event.
 // Reached by the admin socket: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
@@ -136,7 +138,7 @@ pub enum Command {
     Version,
     State(u64),
     ClusterStatus,
-    /// `fault hold|release|checkpoint SHARD`, or None when malformed.
+    /// `fault hold|release|checkpoint|panic SHARD`, or None when malformed.
     Fault(Option<Fault>),
     /// Why the line is not a request (the answer after `error `).
     Refused(String),
@@ -149,6 +151,8 @@ pub enum Fault {
     Hold(bool, usize),
     /// The shard's next checkpoint write fails, as on a full disk.
     FailCheckpoint(usize),
+    /// The shard's thread panics at its next loop turn, as on a bug.
+    Panic(usize),
 }
 
 /// Read one request line from `r`: at most `REQUEST_BYTES_MAX` bytes, UTF-8.
@@ -178,6 +182,7 @@ impl Command {
                     (Some("hold"), Some(s)) => Some(Fault::Hold(true, s)),
                     (Some("release"), Some(s)) => Some(Fault::Hold(false, s)),
                     (Some("checkpoint"), Some(s)) => Some(Fault::FailCheckpoint(s)),
+                    (Some("panic"), Some(s)) => Some(Fault::Panic(s)),
                     _ => None,
                 })
             }
@@ -239,16 +244,27 @@ fn answer<T: std::fmt::Display>(
 }
 
 /// `fault hold|release SHARD`: answered once the shard has stopped (hold) or been let go.
-/// `fault checkpoint SHARD`: answered once the switch is set.
+/// `fault checkpoint SHARD`, `fault panic SHARD`: answered once the switch is set.
 fn fault(control: Option<&Control>, what: Option<Fault>) -> String {
     let Some(control) = control else {
         return "error fault commands are off (admin.faults = false)".to_owned();
     };
     let Some(what) = what else {
-        return "error usage: fault hold|release|checkpoint SHARD".to_owned();
+        return "error usage: fault hold|release|checkpoint|panic SHARD".to_owned();
     };
     let (hold, shard) = match what {
         Fault::Hold(hold, shard) => (hold, shard),
+        Fault::Panic(shard) => {
+            return if control.set_panic(shard) {
+                tracing::warn!(
+                    shard,
+                    "fault injected: the shard panics (admin fault panic)"
+                );
+                "ok".to_owned()
+            } else {
+                format!("error no shard {shard}")
+            };
+        }
         Fault::FailCheckpoint(shard) => {
             return if control.fail_next_checkpoint(shard) {
                 tracing::warn!(
@@ -316,6 +332,10 @@ mod tests {
         assert_eq!(
             Command::parse("fault checkpoint 2"),
             Command::Fault(Some(Fault::FailCheckpoint(2)))
+        );
+        assert_eq!(
+            Command::parse("fault panic 1"),
+            Command::Fault(Some(Fault::Panic(1)))
         );
         assert_eq!(Command::parse("fault squeeze 0"), Command::Fault(None));
         assert!(

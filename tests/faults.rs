@@ -423,3 +423,93 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
     assert_eq!(duplicates, 0, "an event answered twice");
     assert_eq!(answered, received, "every event answered once: {report}");
 }
+
+/// One Observation of `key` through `addr`; the count its Score carries.
+fn count_of(addr: &str, key: u64, seq: u64) -> u64 {
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut enc = EventBatchEncoder::new();
+    let bytes = enc.encode(std::iter::once(EventIn {
+        key,
+        seq,
+        amount: 2.0,
+        ..EventIn::default()
+    }));
+    client.send_to(bytes, addr).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = client.recv(&mut buf).expect("a Score comes back");
+    let mut got = Vec::new();
+    read_scores(&buf[..n], &mut got).unwrap();
+    got.pop().unwrap().count
+}
+
+/// A shard whose thread panics (a bug; injected with `fault panic`) stops the service on its
+/// own, non-zero, naming it, instead of serving on with a shard that takes nothing (its keys'
+/// events unanswered, only a stuck-loop line in the log); its peer drains and writes its last
+/// checkpoint (checkpoints are otherwise an hour apart here), so the restart finds the peer's
+/// keys where they were.
+#[test]
+fn a_shard_that_panics_stops_the_service_and_its_peer_drains_to_a_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("sluice-panic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = dir.join("admin.sock");
+    let log = dir.join("sluice.log");
+    let sets = [
+        "shards.count=2".to_owned(),
+        format!("state.dir={}", dir.join("state").display()),
+        "checkpoint.interval_ms=3600000".to_owned(),
+        format!("admin.socket={}", admin.display()),
+        "admin.faults=true".to_owned(),
+    ];
+    let owned_by = |shard: usize| {
+        (1u64..)
+            .find(|&k| sluice::route::owner(k, 2) == shard)
+            .unwrap()
+    };
+    let (k0, k1) = (owned_by(0), owned_by(1));
+    let (mut child, mut stdout, addr, _) = common::spawn_run_logged(&sets, &log, &[]);
+    assert_eq!(count_of(&addr, k0, 1), 1);
+    assert_eq!(count_of(&addr, k1, 1), 1);
+    assert_eq!(count_of(&addr, k1, 2), 2);
+    let answer = sluice::admin::request(&admin, "fault panic 0").unwrap();
+    assert_eq!(answer, "ok");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice still runs 60 s after shard 0 panicked:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut report = String::new();
+    stdout.read_to_string(&mut report).unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{status}\n{said}");
+    assert!(
+        said.contains("shard thread panicked (a bug): stopping the service")
+            && said.contains("shard 0's thread panicked"),
+        "{said}"
+    );
+    // The report is whole: both shards' counters (3 Observations applied).
+    assert_eq!(
+        report_value(&report, "sluice_observations_applied_total"),
+        3,
+        "{report}"
+    );
+
+    // Shard 1's last checkpoint holds k1's two Observations; shard 0 wrote none.
+    let (child, _stdout, addr, _) = common::spawn_run_logged(&sets, &dir.join("again.log"), &[]);
+    assert_eq!(count_of(&addr, k1, 3), 3);
+    assert_eq!(count_of(&addr, k0, 2), 1);
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

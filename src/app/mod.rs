@@ -181,6 +181,17 @@ impl Running {
         for h in self.helpers.drain(..) {
             let _ = h.join();
         }
+        // A Kafka failure may come of an output topic deleted under sluice: if the brokers
+        // say so, the message names it (asked once, off every shard: they have stopped).
+        if let Some(IngestError::Kafka(why)) = &failure {
+            let changed = self.kafka_topics.outputs_changed_now();
+            if !changed.is_empty() {
+                failure = Some(IngestError::Kafka(format!(
+                    "{why}\n  and the brokers say: {}",
+                    changed.join("\n  and: ")
+                )));
+            }
+        }
         let refs: Vec<&ShardCounters> = self.counters.iter().map(|c| c.as_ref()).collect();
         let mut report = Report::merge(self.driver.name(), &refs, latency);
         use crate::ingest::kafka::watermarks::{by_partition, dealt};
@@ -383,6 +394,10 @@ pub fn start_with_progress(
                         }
                         let _ = ready.send((id, Ok(())));
                         drop(ready);
+                        let _stop_on_panic = crate::shard::PanicStop {
+                            control: &control,
+                            shard: id,
+                        };
                         let (latency, failure) = shard.run(&control);
                         (Some(latency), failure)
                     }

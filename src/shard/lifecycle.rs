@@ -2,19 +2,26 @@
 //! handing on what it holds (stalled events under backpressure), and says so; once all have,
 //! no event can enter a ring again, so each shard drains its inbound rings to empty, scores,
 //! flushes its replies, writes a last checkpoint (with `state.dir`) and exits.
+//!
+//! A shard whose thread panics (a bug) stops the service too: its `PanicStop` guard asks for
+//! the stop and counts it as done handing on, so its peers' drains finish instead of waiting
+//! for it forever, and the exit status says what happened.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use super::Shard;
 
 pub struct Control {
     stop: AtomicBool,
-    done_producing: AtomicUsize,
-    shards: usize,
-    /// Fault injection (`admin.faults`): a held shard stops turning its loop, as a stuck one
-    /// would, until released; `holding` says it has stopped.
-    hold: Vec<AtomicBool>,
+    /// Per shard: it hands on nothing more (drained its stalled events, or its thread died).
+    done_producing: Vec<AtomicBool>,
+    /// A shard's thread panicked: what it would take from its peers' stalled events is lost.
+    panicked: AtomicBool,
+    /// Fault injection (`admin.faults`): a held shard (`FAULT_HOLD`) stops turning its loop, as
+    /// a stuck one would, until released; `holding` says it has stopped. `FAULT_PANIC`: it
+    /// panics at its next loop turn, as a bug would.
+    fault: Vec<AtomicU8>,
     holding: Vec<AtomicBool>,
     /// Fault injection: each shard's checkpoint writer's "fail the next write" switch, handed
     /// over when its checkpointer starts (none without `state.dir`).
@@ -25,9 +32,9 @@ impl Control {
     pub fn new(shards: usize) -> Self {
         Self {
             stop: AtomicBool::new(false),
-            done_producing: AtomicUsize::new(0),
-            shards,
-            hold: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            done_producing: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            panicked: AtomicBool::new(false),
+            fault: (0..shards).map(|_| AtomicU8::new(FAULT_NONE)).collect(),
             holding: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             checkpoint_faults: (0..shards).map(|_| std::sync::OnceLock::new()).collect(),
         }
@@ -35,9 +42,18 @@ impl Control {
 
     /// Hold (or release) a shard's loop; false if there is no such shard.
     pub fn set_hold(&self, shard: usize, hold: bool) -> bool {
-        match self.hold.get(shard) {
-            Some(h) => {
-                h.store(hold, Ordering::SeqCst);
+        self.set_fault(shard, if hold { FAULT_HOLD } else { FAULT_NONE })
+    }
+
+    /// Make `shard` panic at its next loop turn; false if there is no such shard.
+    pub fn set_panic(&self, shard: usize) -> bool {
+        self.set_fault(shard, FAULT_PANIC)
+    }
+
+    fn set_fault(&self, shard: usize, fault: u8) -> bool {
+        match self.fault.get(shard) {
+            Some(f) => {
+                f.store(fault, Ordering::SeqCst);
                 true
             }
             None => false,
@@ -71,14 +87,23 @@ impl Control {
 
     /// Called by the shard once per loop turn: stop here while held (a relaxed load when not).
     pub(super) fn wait_while_held(&self, shard: usize) {
-        let (Some(hold), Some(holding)) = (self.hold.get(shard), self.holding.get(shard)) else {
+        let (Some(fault), Some(holding)) = (self.fault.get(shard), self.holding.get(shard)) else {
             return;
         };
-        if !hold.load(Ordering::Relaxed) {
-            return;
+        match fault.load(Ordering::Relaxed) {
+            FAULT_NONE => return,
+            FAULT_PANIC => {
+                fault.store(FAULT_NONE, Ordering::SeqCst);
+                // Deliberate, and only with `admin.faults`: the test of a shard's bug.
+                #[allow(clippy::panic)]
+                {
+                    panic!("fault injected: shard {shard} panics (admin fault panic)");
+                }
+            }
+            _ => {}
         }
         holding.store(true, Ordering::SeqCst);
-        while hold.load(Ordering::SeqCst) && !self.stop_requested() {
+        while fault.load(Ordering::SeqCst) == FAULT_HOLD && !self.stop_requested() {
             std::thread::sleep(Duration::from_millis(1));
         }
         holding.store(false, Ordering::SeqCst);
@@ -92,19 +117,57 @@ impl Control {
         self.stop.load(Ordering::Relaxed)
     }
 
+    fn done_producing(&self, shard: usize) {
+        if let Some(done) = self.done_producing.get(shard) {
+            done.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn all_done_producing(&self) -> bool {
-        self.done_producing.load(Ordering::SeqCst) == self.shards
+        self.done_producing.iter().all(|d| d.load(Ordering::SeqCst))
+    }
+
+    /// Whether a shard's thread panicked (the service is stopping).
+    pub fn a_shard_panicked(&self) -> bool {
+        self.panicked.load(Ordering::SeqCst)
+    }
+}
+
+const FAULT_NONE: u8 = 0;
+const FAULT_HOLD: u8 = 1;
+const FAULT_PANIC: u8 = 2;
+
+/// Held by a shard's thread while it runs: if the thread unwinds from a panic, the service
+/// stops (a shard that serves nothing must not look like one that is idle) and the shard
+/// counts as done handing on, so its peers' drains end.
+pub struct PanicStop<'a> {
+    pub control: &'a Control,
+    pub shard: usize,
+}
+
+impl Drop for PanicStop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                shard = self.shard,
+                "shard thread panicked (a bug): stopping the service; events it held since its last checkpoint are lost, a restart restores that checkpoint"
+            );
+            self.control.panicked.store(true, Ordering::SeqCst);
+            self.control.done_producing(self.shard);
+            self.control.request_stop();
+        }
     }
 }
 
 pub(super) fn drain(shard: &mut Shard, control: &Control) {
     let pause = Duration::from_micros(50);
     // Phase 1: hand on stalled events; keep draining inbound so peers can do the same.
-    while shard.core.is_stalled() {
+    // Not to a peer whose thread died: nothing takes from its ring any more.
+    while shard.core.is_stalled() && !control.a_shard_panicked() {
         shard.tick_draining();
         std::thread::sleep(pause);
     }
-    control.done_producing.fetch_add(1, Ordering::SeqCst);
+    control.done_producing(shard.core.id);
     for w in shard.wakers.iter() {
         w.wake();
     }

@@ -20,7 +20,7 @@ pub use at_least_once::{AtLeastOnce, Epochs};
 pub use cold_reader::{ColdReader, OUT_MAX as COLD_READS_OUT_MAX};
 pub use exactly_once::{Commit, ExactlyOnce, Transactions};
 pub use kafka::{flip_waits_for_cold, GroupMember, KafkaAttach, ShardKafka};
-pub use lifecycle::Control;
+pub use lifecycle::{Control, PanicStop};
 pub use replay::{Replay, Replayed};
 pub use spill_sweeper::{SpillSweeper, SweepProgress};
 

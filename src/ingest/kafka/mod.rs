@@ -419,15 +419,7 @@ impl KafkaSource {
         }
         self.poll_due_ns = now_ns.saturating_add(IDLE_POLL_EVERY_NS);
         // Rare (a position the brokers no longer have): one relaxed load a cycle otherwise.
-        for r in self.consumer.context().take_resets() {
-            if let Some(p) = self
-                .owned
-                .iter_mut()
-                .find(|p| p.id.partition == r.partition && p.topic == r.topic)
-            {
-                p.reset_from = Some(r.at);
-            }
-        }
+        note_resets(&mut self.owned, self.consumer.context().take_resets());
         // Cleared before polling: a record that arrives after this sets it again. (The
         // queue's own lock orders this store before librdkafka's next enqueue.)
         self.arrived.store(false, Ordering::Relaxed);
@@ -466,13 +458,25 @@ impl KafkaSource {
             };
             let available_ns = self.arrival.polled(appended_ns);
             let part = msg.partition();
-            let Some((i, owned)) = self
+            let offset = msg.offset();
+            let Some(i) = self
                 .owned
-                .iter_mut()
-                .enumerate()
-                .find(|(_, p)| p.id.partition == part && p.topic == msg.topic())
+                .iter()
+                .position(|p| p.id.partition == part && p.topic == msg.topic())
             else {
                 crate::invariant!(false, "a record from a partition this shard does not own");
+                continue;
+            };
+            if self
+                .owned
+                .get(i)
+                .is_some_and(|p| p.reset_from.is_none() && offset < p.next_offset)
+            {
+                // Offsets went back: only after a reset (the topic made again), whose log
+                // line may have come while this poll ran. Rare: not a per-record cost.
+                note_resets(&mut self.owned, self.consumer.context().take_resets());
+            }
+            let Some(owned) = self.owned.get_mut(i) else {
                 continue;
             };
             if owned.state != Ownership::Active {
@@ -480,15 +484,15 @@ impl KafkaSource {
                 // taken up yet: the new owner takes this record from the committed offset.
                 continue;
             }
-            let offset = msg.offset();
-            if let Some(at) = owned.reset_from.take() {
+            let reset = owned.reset_from.take();
+            if let Some(at) = reset {
                 if let Some(said) = offset_resets::landed(&owned.topic, part, at, offset) {
                     tracing::error!("{said}");
                 }
             }
             crate::invariant!(
-                owned.next_offset < 0 || offset >= owned.next_offset,
-                "offsets go forward"
+                reset.is_some() || owned.next_offset < 0 || offset >= owned.next_offset,
+                "offsets go forward, unless a reset moved them"
             );
             let timestamp_ns = msg
                 .timestamp()
@@ -596,6 +600,19 @@ impl KafkaSource {
 
     pub fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
         self.consumer.group_metadata()
+    }
+}
+
+/// The resets librdkafka made, marked on the partitions they moved (said when the next record
+/// of each arrives).
+fn note_resets(owned: &mut [OwnedPartition], resets: Vec<offset_resets::Reset>) {
+    for r in resets {
+        if let Some(p) = owned
+            .iter_mut()
+            .find(|p| p.id.partition == r.partition && p.topic == r.topic)
+        {
+            p.reset_from = Some(r.at);
+        }
     }
 }
 

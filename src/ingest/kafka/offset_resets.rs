@@ -10,6 +10,12 @@
 //! (`sluice_kafka_offset_resets_total`), and when the partition's next record arrives the
 //! offsets skipped (`sluice_kafka_offsets_lost_total`: records deleted before sluice took
 //! them, plus any transaction markers among them).
+//!
+//! A reset may also land *below* the old position: the partition's offsets went back, as when
+//! the topic is deleted and made again (measured: the new topic's first records came at offset
+//! 0 after sluice had taken 10 of the old one) or the brokers lost records. Those records are
+//! new to sluice and are taken, each key's state going on; the old topic's records sluice had
+//! not taken yet cannot be counted (the brokers no longer know them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,8 +84,13 @@ impl Reset {
 }
 
 /// The partition's first record after a reset from `at` is at `offset`: the offsets skipped,
-/// counted and said (None when none were: a reset to the same place).
+/// counted and said, or the offsets gone back, said (None when the reset kept the place).
 pub fn landed(topic: &str, partition: i32, at: i64, offset: i64) -> Option<String> {
+    if offset < at {
+        return Some(format!(
+            "Kafka partition {topic} [{partition}]: taken up at offset {offset} after the reset from {at}: the partition's offsets went back (the topic was deleted and made again, or the brokers lost records), so its records from offset {offset} on are new to sluice and are taken, each key's state going on; records of the old topic sluice had not taken are lost and not counted"
+        ));
+    }
     let lost = offset.checked_sub(at).filter(|&n| n > 0)?;
     OFFSETS_LOST.fetch_add(lost as u64, Ordering::Relaxed);
     Some(format!(
@@ -131,6 +142,16 @@ mod tests {
         // Other tests of this process may count too: at least these.
         assert!(offsets_lost() >= before + 25);
         assert_eq!(landed("events", 0, 52, 52), None);
-        assert_eq!(landed("events", 0, 52, 10), None);
+    }
+
+    #[test]
+    fn a_reset_below_the_old_position_says_the_offsets_went_back_and_counts_none_lost() {
+        let said = landed("events", 3, 10, 0).unwrap();
+        assert!(
+            said.contains("events [3]: taken up at offset 0 after the reset from 10")
+                && said.contains("offsets went back"),
+            "{said}"
+        );
+        assert!(!said.contains("offsets lost"), "{said}");
     }
 }

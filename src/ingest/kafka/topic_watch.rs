@@ -12,6 +12,13 @@
 //! It does not take the new partitions up: sluice cannot carry a key's state from the
 //! partition it lived with to the one its events now arrive on (see README, "Kafka", on
 //! partitions added to an input topic).
+//!
+//! The output topics (Scores, alerts, dead letters) are watched too: one deleted under sluice
+//! left nothing in the log until the producer gave up and sluice stopped (measured: 1-22 s
+//! later, naming "records of checkpoint 3's transaction not acknowledged within 10s" or an
+//! "out of order sequence number" — the brokers had made the topic again with 1 partition of 4
+//! at the producer's next request). The watch logs the deletion or the lost partitions when it
+//! sees them, and a stop for a Kafka failure asks once more and names them in its message.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -35,10 +42,23 @@ pub struct WatchedTopic {
     pub records_unconsumed: AtomicI64,
 }
 
-/// Every input topic's figures, shared with the exporter and the shutdown report.
+/// One output topic: its partitions when the watch first saw it. -1: not known yet.
+#[derive(Debug)]
+pub struct WatchedOutput {
+    pub topic: String,
+    /// The config key naming it.
+    pub key: &'static str,
+    pub first: AtomicI64,
+}
+
+/// Every input topic's figures, shared with the exporter and the shutdown report; the output
+/// topics' first partition counts.
 #[derive(Debug)]
 pub struct TopicWatch {
     pub topics: Vec<WatchedTopic>,
+    pub outputs: Vec<WatchedOutput>,
+    /// For the question asked at a failing stop.
+    config: Config,
 }
 
 /// A topic's partitions consumed by no shard, with the records waiting in them.
@@ -64,7 +84,44 @@ impl TopicWatch {
                 records_unconsumed: AtomicI64::new(-1),
             })
             .collect();
-        Arc::new(Self { topics })
+        let outputs = crate::egress::kafka::output_topics(config)
+            .into_iter()
+            .map(|(topic, key)| WatchedOutput {
+                topic: topic.to_owned(),
+                key,
+                first: AtomicI64::new(-1),
+            })
+            .collect();
+        Arc::new(Self {
+            topics,
+            outputs,
+            config: config.clone(),
+        })
+    }
+
+    /// Asked when sluice stops for a Kafka failure: what became of the output topics since
+    /// they were first seen (deleted, or made again with fewer partitions), one sentence
+    /// each; empty when nothing did or the brokers do not answer within `ASK_TIMEOUT`.
+    pub fn outputs_changed_now(&self) -> Vec<String> {
+        if self.outputs.is_empty() {
+            return Vec::new();
+        }
+        let Ok(consumer) = consumer_config(&self.config)
+            .create_with_context::<_, BaseConsumer<Discovery>>(Discovery::default())
+        else {
+            return Vec::new();
+        };
+        self.outputs
+            .iter()
+            .filter_map(|o| {
+                let md = consumer.fetch_metadata(Some(&o.topic), ASK_TIMEOUT).ok()?;
+                OutputChange::of(
+                    o.first.load(Ordering::Relaxed),
+                    &TopicState::of(&md, &o.topic),
+                )?
+                .said(&o.topic, o.key)
+            })
+            .collect()
     }
 
     /// The topics with partitions no shard consumes (added since they were dealt).
@@ -130,7 +187,51 @@ impl Change {
                 "input topic {topic} has {listed} partitions now, {consumed} when sluice was dealt them: it was deleted and made again; the positions sluice holds belong to the old topic"
             )),
             Self::Gone => Some(format!(
-                "input topic {topic} no longer exists on the brokers (deleted?): its partitions' records stop"
+                "input topic {topic} no longer exists on the brokers (deleted?): its partitions' records stop. Made again (as many partitions), each partition is read from its first record once sluice's fetch finds its position past the new topic's end (a reset, logged per partition), each key's state going on; sluice knows the topic by its name only, so a new topic that already holds records up to that position when the fetch comes is read from there on, the records below unseen: make it again before producing to it"
+            )),
+        }
+    }
+}
+
+/// What the brokers' answer means for an output topic first seen with `first` partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputChange {
+    /// There, with at least as many partitions (more are used as librdkafka learns of them).
+    Same,
+    Gone,
+    Fewer {
+        first: i64,
+        listed: i64,
+    },
+}
+
+impl OutputChange {
+    /// None: nothing learnt (an ACL's refusal is the client's context's to report).
+    pub fn of(first: i64, state: &TopicState) -> Option<Self> {
+        match *state {
+            TopicState::Partitions(n) => {
+                let listed = i64::try_from(n).unwrap_or(i64::MAX);
+                Some(if first >= 0 && listed < first {
+                    Self::Fewer { first, listed }
+                } else {
+                    Self::Same
+                })
+            }
+            TopicState::Missing => Some(Self::Gone),
+            TopicState::NotAuthorized => None,
+        }
+    }
+
+    /// What an operator reads, once per change (None: nothing to say).
+    pub fn said(self, topic: &str, key: &str) -> Option<String> {
+        const THEN: &str = "records to it cannot be delivered: sluice stops when its producer gives up on one (under exactly_once at the next checkpoint's commit), and a restart sends what was not committed again";
+        match self {
+            Self::Same => None,
+            Self::Gone => Some(format!(
+                "output topic {topic} ({key}) no longer exists on the brokers (deleted?): {THEN}; with the brokers' auto.create.topics.enable it comes back with their default partitions, otherwise create it again"
+            )),
+            Self::Fewer { first, listed } => Some(format!(
+                "output topic {topic} ({key}) has {listed} partition(s) now, {first} when sluice first looked: it was deleted and made again (the brokers' auto.create.topics.enable makes it with their default partitions at a producer's request); {THEN}, to the partitions it has now"
             )),
         }
     }
@@ -162,13 +263,21 @@ impl Watcher {
             }
         };
         let mut told: Vec<Option<Change>> = vec![None; self.watch.topics.len()];
-        let mut due = Instant::now() + every;
+        let mut told_outputs: Vec<Option<OutputChange>> = vec![None; self.watch.outputs.len()];
+        // The output topics' first look at once: their partitions as sluice starts.
+        let mut due = Instant::now();
         while !stop() {
             if Instant::now() < due {
                 std::thread::sleep(STEP);
                 continue;
             }
             due = Instant::now() + every;
+            for (o, told) in self.watch.outputs.iter().zip(told_outputs.iter_mut()) {
+                if stop() {
+                    return;
+                }
+                ask_output(&consumer, o, told);
+            }
             if !self.note_consumed() {
                 continue;
             }
@@ -243,6 +352,35 @@ impl Watcher {
     }
 }
 
+/// One output topic's partitions: the first answer kept, a change said once.
+fn ask_output(
+    consumer: &BaseConsumer<Discovery>,
+    o: &WatchedOutput,
+    told: &mut Option<OutputChange>,
+) {
+    let Ok(md) = consumer.fetch_metadata(Some(&o.topic), ASK_TIMEOUT) else {
+        return;
+    };
+    let state = TopicState::of(&md, &o.topic);
+    if let (TopicState::Partitions(n), -1) = (&state, o.first.load(Ordering::Relaxed)) {
+        o.first
+            .store(i64::try_from(*n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+    let Some(change) = OutputChange::of(o.first.load(Ordering::Relaxed), &state) else {
+        return;
+    };
+    if *told != Some(change) {
+        match change.said(&o.topic, o.key) {
+            Some(said) => tracing::error!("{said}"),
+            None if told.is_some() => {
+                tracing::info!(topic = %o.topic, "output topic has its partitions again")
+            }
+            None => {}
+        }
+        *told = Some(change);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +414,38 @@ mod tests {
             .contains("deleted and made again"));
         assert_eq!(Change::of(4, &TopicState::Missing), Some(Change::Gone));
         assert_eq!(Change::of(4, &TopicState::NotAuthorized), None);
+    }
+
+    #[test]
+    fn an_output_topic_gone_or_with_fewer_partitions_is_named_more_are_not() {
+        let fewer = OutputChange::of(4, &TopicState::Partitions(1)).unwrap();
+        assert_eq!(
+            fewer,
+            OutputChange::Fewer {
+                first: 4,
+                listed: 1
+            }
+        );
+        let said = fewer.said("scores", "egress.kafka.scores_topic").unwrap();
+        assert!(
+            said.contains("output topic scores (egress.kafka.scores_topic) has 1 partition(s) now, 4 when sluice first looked"),
+            "{said}"
+        );
+        let gone = OutputChange::of(4, &TopicState::Missing).unwrap();
+        assert!(gone
+            .said("scores", "egress.kafka.scores_topic")
+            .unwrap()
+            .contains("no longer exists"));
+        for same in [
+            OutputChange::of(4, &TopicState::Partitions(4)),
+            OutputChange::of(4, &TopicState::Partitions(8)),
+            // Not seen before: nothing to compare with.
+            OutputChange::of(-1, &TopicState::Partitions(1)),
+        ] {
+            assert_eq!(same, Some(OutputChange::Same));
+        }
+        assert_eq!(OutputChange::Same.said("scores", "k"), None);
+        assert_eq!(OutputChange::of(4, &TopicState::NotAuthorized), None);
     }
 
     #[test]
