@@ -17,7 +17,7 @@ use sluice::loadgen::{self, LoadSpec, TIMELINE_SLOT};
 use sluice::wire::{read_scores, EventBatchEncoder, EventIn};
 
 mod common;
-use common::{announced_with_metrics, spawn_run};
+use common::{announced_with_metrics, score_one, spawn_run};
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
@@ -424,27 +424,6 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
     assert_eq!(answered, received, "every event answered once: {report}");
 }
 
-/// One Observation of `key` through `addr`; the count its Score carries.
-fn count_of(addr: &str, key: u64, seq: u64) -> u64 {
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut enc = EventBatchEncoder::new();
-    let bytes = enc.encode(std::iter::once(EventIn {
-        key,
-        seq,
-        amount: 2.0,
-        ..EventIn::default()
-    }));
-    client.send_to(bytes, addr).unwrap();
-    let mut buf = vec![0u8; 65536];
-    let n = client.recv(&mut buf).expect("a Score comes back");
-    let mut got = Vec::new();
-    read_scores(&buf[..n], &mut got).unwrap();
-    got.pop().unwrap().count
-}
-
 /// A shard whose thread panics (a bug; injected with `fault panic`) stops the service on its
 /// own, non-zero, naming it, instead of serving on with a shard that takes nothing (its keys'
 /// events unanswered, only a stuck-loop line in the log); its peer drains and writes its last
@@ -470,10 +449,17 @@ fn a_shard_that_panics_stops_the_service_and_its_peer_drains_to_a_checkpoint() {
             .unwrap()
     };
     let (k0, k1) = (owned_by(0), owned_by(1));
-    let (mut child, mut stdout, addr, _) = common::spawn_run_logged(&sets, &log, &[]);
-    assert_eq!(count_of(&addr, k0, 1), 1);
-    assert_eq!(count_of(&addr, k1, 1), 1);
-    assert_eq!(count_of(&addr, k1, 2), 2);
+    let (mut child, mut stdout, addr, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    // Each shard's first checkpoint is taken at once (of an empty state); the next would be an
+    // hour away: from here only a drain's last checkpoint keeps what the shards apply.
+    wait_for(
+        "both shards' first checkpoints",
+        Duration::from_secs(30),
+        || common::scrape(&metrics, "sluice_checkpoints_written_total") >= 2,
+    );
+    assert_eq!(score_one(&addr, k0, 1).count, 1);
+    assert_eq!(score_one(&addr, k1, 1).count, 1);
+    assert_eq!(score_one(&addr, k1, 2).count, 2);
     let answer = sluice::admin::request(&admin, "fault panic 0").unwrap();
     assert_eq!(answer, "ok");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -506,8 +492,8 @@ fn a_shard_that_panics_stops_the_service_and_its_peer_drains_to_a_checkpoint() {
 
     // Shard 1's last checkpoint holds k1's two Observations; shard 0 wrote none.
     let (child, _stdout, addr, _) = common::spawn_run_logged(&sets, &dir.join("again.log"), &[]);
-    assert_eq!(count_of(&addr, k1, 3), 3);
-    assert_eq!(count_of(&addr, k0, 2), 1);
+    assert_eq!(score_one(&addr, k1, 3).count, 3);
+    assert_eq!(score_one(&addr, k0, 2).count, 1);
     signal(child.id(), nix::sys::signal::Signal::SIGTERM);
     let mut child = child;
     assert!(child.wait().unwrap().success());

@@ -3603,6 +3603,27 @@ fn records_deleted_before_they_were_taken_are_counted_lost_and_the_rest_taken() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Produce `records` (a new producer each time: an old one's metadata may name a deleted
+/// topic), wait until sluice took them all, then delete `topic`.
+fn take_then_delete(
+    broker: &Broker,
+    metrics: &str,
+    enc: &mut EventBatchEncoder,
+    records: &[Vec<Ev>],
+    topic: &str,
+) {
+    produce_all(&broker.producer(), enc, records);
+    assert!(wait_for_metric_above(
+        metrics,
+        "sluice_kafka_records_total",
+        records.len() as u64 - 1,
+        Duration::from_secs(60)
+    ));
+    let (admin, opts) = admin(broker);
+    let deleted = futures_executor::block_on(admin.delete_topics(&[topic], &opts)).unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+}
+
 /// The input topic deleted under a running sluice and made again: the deletion is named at
 /// once; the new topic's partitions start at offset 0, below the positions sluice had reached,
 /// and their records are new ones — taken (before, the shards took them for offsets gone
@@ -3626,16 +3647,7 @@ fn an_input_topic_deleted_and_made_again_is_named_and_its_new_records_taken_stat
         taken[(r[0].key % 4) as usize] += 1;
     }
     let mut enc = EventBatchEncoder::new();
-    produce_all(&broker.producer(), &mut enc, &records[..40]);
-    assert!(wait_for_metric_above(
-        &metrics,
-        "sluice_kafka_records_total",
-        39,
-        Duration::from_secs(60)
-    ));
-    let (admin, opts) = admin(&broker);
-    let deleted = futures_executor::block_on(admin.delete_topics(&[EVENTS], &opts)).unwrap();
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    take_then_delete(&broker, &metrics, &mut enc, &records[..40], EVENTS);
     let said = common::wait_for_log(
         &log,
         "input topic events no longer exists",
@@ -3649,7 +3661,6 @@ fn an_input_topic_deleted_and_made_again_is_named_and_its_new_records_taken_stat
     // Each partition's fetch finds its position past the new topic's end: a reset to 0.
     let said = common::wait_for_log(&log, "the position moved", Duration::from_secs(60));
     assert!(said.contains("is no longer in the topic"), "{said}");
-    // A new producer: the first one's metadata names the deleted topic.
     produce_all(&broker.producer(), &mut enc, &records[40..]);
     let took = wait_for_metric_above(
         &metrics,
@@ -3726,16 +3737,7 @@ fn scores_topic_deleted(delivery: &str) {
     let (mut child, _out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
     let records = workload(20, 60);
     let mut enc = EventBatchEncoder::new();
-    produce_all(&broker.producer(), &mut enc, &records[..40]);
-    assert!(wait_for_metric_above(
-        &metrics,
-        "sluice_kafka_records_total",
-        39,
-        Duration::from_secs(60)
-    ));
-    let (admin, opts) = admin(&broker);
-    let deleted = futures_executor::block_on(admin.delete_topics(&[SCORES], &opts)).unwrap();
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    take_then_delete(&broker, &metrics, &mut enc, &records[..40], SCORES);
     produce_all(&broker.producer(), &mut enc, &records[40..]);
     let status = exit_within(&mut child, Duration::from_secs(120));
     let said = std::fs::read_to_string(&log).unwrap();

@@ -4,15 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufReader, Read};
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::wire::{read_scores, EventBatchEncoder, EventIn, ScoreOut};
-
 mod common;
-use common::{announced, spawn_run, NotifyManager as Manager};
+use common::{announced, score_one, spawn_run, NotifyManager as Manager};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sluice-sd-{name}-{}", std::process::id()));
@@ -53,27 +50,6 @@ fn spawn_notified(
         .unwrap();
     let (stdout, addr) = announced(&mut child);
     (child, stdout, addr)
-}
-
-/// The test's end of the notify socket: every message, with when it arrived.
-fn score_one(addr: &str, key: u64, seq: u64) -> ScoreOut {
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut enc = EventBatchEncoder::new();
-    let bytes = enc.encode(std::iter::once(EventIn {
-        key,
-        seq,
-        amount: 2.0,
-        ..EventIn::default()
-    }));
-    client.send_to(bytes, addr).unwrap();
-    let mut buf = vec![0u8; 65536];
-    let n = client.recv(&mut buf).expect("a Score comes back");
-    let mut got = Vec::new();
-    read_scores(&buf[..n], &mut got).unwrap();
-    got.pop().unwrap()
 }
 
 fn sigterm(child: &Child) {

@@ -230,6 +230,27 @@ pub fn scrape_where(metrics: &str, name: &str, with: &str) -> u64 {
         .sum()
 }
 
+/// One Observation of `key` (amount 2.0) from a fresh socket to `addr`; its Score.
+pub fn score_one(addr: &str, key: u64, seq: u64) -> ScoreOut {
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut enc = EventBatchEncoder::new();
+    let bytes = enc.encode(std::iter::once(EventIn {
+        key,
+        seq,
+        amount: 2.0,
+        ..EventIn::default()
+    }));
+    client.send_to(bytes, addr).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = client.recv(&mut buf).expect("a Score comes back");
+    let mut got = Vec::new();
+    read_scores(&buf[..n], &mut got).unwrap();
+    got.pop().unwrap()
+}
+
 /// A started `sluice run`'s stdout past its first line, and the address that line announced.
 pub fn announced(child: &mut Child) -> (BufReader<ChildStdout>, String) {
     let (stdout, addr, _) = announced_with_metrics(child);
