@@ -3789,3 +3789,74 @@ fn scores_topic_deleted(delivery: &str) {
     stop(child, Some(out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// exactly_once's progress topic deleted between two runs: the restart found no committed
+/// transaction, set the checkpoints aside and took every record again (measured: 190 Scores
+/// for 127 Observations, the first run's sent twice). The shard directories now say that
+/// their checkpoints were committed, so the start is refused naming why and the ways on; a
+/// new transactional_id_prefix (starting over knowingly) still starts, from the first record.
+#[test]
+fn exactly_once_a_lost_progress_topic_refuses_the_restart_instead_of_sending_scores_twice() {
+    let broker = broker_with_topics("progress-lost");
+    let dir = scratch("progress-lost");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.push("egress.kafka.transactional_id_prefix=lost".to_owned());
+    let (child, out, _, metrics) = common::spawn_run_with_metrics(&sets);
+    let records = workload(20, 80);
+    let mut enc = EventBatchEncoder::new();
+    produce_all(&broker.producer(), &mut enc, &records[..40]);
+    assert!(wait_for_metric_above(
+        &metrics,
+        "sluice_kafka_records_total",
+        39,
+        Duration::from_secs(60)
+    ));
+    stop(child, Some(out));
+    for shard in 0..2 {
+        let mark =
+            std::fs::read_to_string(dir.join(format!("shard-{shard}/exactly-once-committed")))
+                .unwrap();
+        assert_eq!(
+            mark,
+            format!("transactional.id=lost-{shard}\nprogress_topic=sluice-progress\n")
+        );
+    }
+    let (admin, opts) = admin(&broker);
+    let deleted =
+        futures_executor::block_on(admin.delete_topics(&["sluice-progress"], &opts)).unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    produce_all(&broker.producer(), &mut enc, &records[40..]);
+    let refused = common::run_refused(&sets);
+    for shard in 0..2 {
+        assert!(
+            refused.contains(&format!("shard-{shard} (transactional.id lost-{shard})")),
+            "{refused}"
+        );
+    }
+    assert!(
+        refused.contains("has no record of those transactions"),
+        "{refused}"
+    );
+    // Nothing was sent by the refused start.
+    let first: Vec<Ev> = records[..40].iter().flatten().cloned().collect();
+    check_exactly_once(
+        &common::kafka::read_committed_to_end(&broker.addr, SCORES),
+        &expected(&first),
+    );
+    // Starting over knowingly: a new prefix sets the old checkpoints aside and takes all 80.
+    sets.push("egress.kafka.transactional_id_prefix=over".to_owned());
+    let (child, out, _, metrics) = common::spawn_run_with_metrics(&sets);
+    assert!(wait_for_metric_above(
+        &metrics,
+        "sluice_kafka_records_total",
+        79,
+        Duration::from_secs(60)
+    ));
+    let report = stop(child, Some(out));
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        80,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

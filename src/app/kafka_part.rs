@@ -340,6 +340,9 @@ fn seeds(
         (Some(topic), true) => changelog::positions_max_age(config, topic),
         _ => crate::egress::kafka::positions::MAX_AGE,
     };
+    if exactly_once {
+        refuse_lost_progress(config, &ids, &committed)?;
+    }
     tracing::info!(partitions = table.owners.len(), version = table.version, shards, delivery = ?config.egress.kafka.delivery, "Kafka partitions dealt to shards");
     Ok(producers
         .into_iter()
@@ -516,7 +519,47 @@ pub(super) fn shard_kafka(
         taking_up: None,
         settle_next: false,
         rebalances: Vec::new(),
+        commit_mark: commit_mark(config, id),
     })
+}
+
+/// exactly_once: shards with no committed progress record whose directory says a transaction
+/// did commit its checkpoints (the progress topic lost them): refused, all named.
+fn refuse_lost_progress(
+    config: &Config,
+    ids: &[String],
+    committed: &std::collections::HashMap<String, crate::egress::kafka::progress::Progress>,
+) -> Result<(), AppError> {
+    use crate::egress::kafka::committed_mark;
+    let topic = &config.egress.kafka.progress_topic;
+    let (dirs, lost): (Vec<std::path::PathBuf>, Vec<&str>) = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !committed.contains_key(*id))
+        .map(|(i, id)| (super::shard_dir(config, i), id.as_str()))
+        .filter(|(dir, id)| committed_mark::committed_here(dir, id, topic))
+        .unzip();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    Err(AppError::Kafka(KafkaError::Other(committed_mark::lost(
+        &dirs, &lost, topic,
+    ))))
+}
+
+/// exactly_once: the shard directory's committed mark to write at its first commit, unless it
+/// says so already.
+fn commit_mark(config: &Config, id: usize) -> Option<(std::path::PathBuf, String)> {
+    use crate::egress::kafka::committed_mark;
+    if config.egress.kafka.delivery != Delivery::ExactlyOnce || config.state.dir.is_empty() {
+        return None;
+    }
+    let path = committed_mark::path(&super::shard_dir(config, id));
+    let text = committed_mark::text(
+        &transactional_id(config, id),
+        &config.egress.kafka.progress_topic,
+    );
+    (std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())).then_some((path, text))
 }
 
 /// For a shard started without Kafka: between cycles, take its part once dealt and attach it

@@ -53,6 +53,21 @@ pub struct ShardKafka {
     /// Rebalances taken from the consumer while events waited for cold reads: acted on once
     /// those landed.
     pub rebalances: Vec<RebalanceEvent>,
+    /// exactly_once: the shard directory's committed mark (path, text), written at the first
+    /// committed transaction (`egress::kafka::committed_mark`); None once written or not
+    /// wanted.
+    pub commit_mark: Option<(std::path::PathBuf, String)>,
+}
+
+/// After a committed transaction: the shard directory's mark, the first time (one file write
+/// a run, on the commit path, not per event). A mark not written is logged: the only loss is
+/// the refusal it would allow after a lost progress topic.
+fn mark_committed(mark: &mut Option<(std::path::PathBuf, String)>) {
+    if let Some((path, text)) = mark.take() {
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!(path = %path.display(), "exactly_once: the committed mark was not written: {e}");
+        }
+    }
 }
 
 /// Whether a checkpoint would flip now (`in_flight`: exactly_once's checkpoint on its way, which
@@ -355,6 +370,7 @@ impl ShardKafka {
             return match turned {
                 Ok(Some(committed)) => {
                     Self::committed(&committed, counters);
+                    mark_committed(&mut self.commit_mark);
                     Ok(())
                 }
                 Ok(None) => Ok(()),
@@ -927,6 +943,7 @@ impl ShardKafka {
         match self.sink.commit_epoch(seq, offsets, group, on.0, on.1) {
             Ok(committed) => {
                 Self::committed(&committed, counters);
+                mark_committed(&mut self.commit_mark);
                 Ok(())
             }
             Err(e) => self.commit_failed(seq, &e, counters),
@@ -966,6 +983,7 @@ impl ShardKafka {
             Some(exactly_once::Commit::Committing { seq, .. }) => match self.sink.wait_commit() {
                 Ok(committed) => {
                     Self::committed(&committed, counters);
+                    mark_committed(&mut self.commit_mark);
                     Ok(())
                 }
                 Err(e) => self.commit_failed(seq, &e, counters),

@@ -15,6 +15,7 @@
 //! at a flip the Scores move to the other one while the flipped transaction commits.
 
 pub mod changelog;
+pub mod committed_mark;
 pub mod dead_letter;
 pub mod input_replay;
 pub mod positions;
