@@ -13,7 +13,8 @@
 //! partition it lived with to the one its events now arrive on (see README, "Kafka", on
 //! partitions added to an input topic).
 //!
-//! The output topics (Scores, alerts, dead letters) are watched too: one deleted under sluice
+//! The output topics (Scores, alerts, dead letters; under exactly_once the progress and
+//! changelog topics) are watched too: one deleted under sluice
 //! left nothing in the log until the producer gave up and sluice stopped (measured: 1-22 s
 //! later, naming "records of checkpoint 3's transaction not acknowledged within 10s" or an
 //! "out of order sequence number" — the brokers had made the topic again with 1 partition of 4
@@ -84,10 +85,25 @@ impl TopicWatch {
                 records_unconsumed: AtomicI64::new(-1),
             })
             .collect();
-        let outputs = crate::egress::kafka::output_topics(config)
+        let e = &config.egress.kafka;
+        let mut named: Vec<(String, &'static str)> = crate::egress::kafka::output_topics(config)
+            .into_iter()
+            .map(|(topic, key)| (topic.to_owned(), key))
+            .collect();
+        // sluice's own topics: their records are in every exactly_once transaction too.
+        if config.ingest.kafka.enabled() && e.delivery == crate::config::Delivery::ExactlyOnce {
+            named.push((e.progress_topic.clone(), "egress.kafka.progress_topic"));
+            if e.changelog {
+                named.push((
+                    e.changelog_topic(&config.ingest.kafka.group),
+                    "egress.kafka.changelog_topic",
+                ));
+            }
+        }
+        let outputs = named
             .into_iter()
             .map(|(topic, key)| WatchedOutput {
-                topic: topic.to_owned(),
+                topic,
                 key,
                 first: AtomicI64::new(-1),
             })
@@ -225,13 +241,18 @@ impl OutputChange {
     /// What an operator reads, once per change (None: nothing to say).
     pub fn said(self, topic: &str, key: &str) -> Option<String> {
         const THEN: &str = "records to it cannot be delivered: sluice stops when its producer gives up on one (under exactly_once at the next checkpoint's commit), and a restart sends what was not committed again";
+        let progress = if key == "egress.kafka.progress_topic" {
+            ". Its records, which name the checkpoints the committed Scores match, went with it: the restart will be refused (the shard directories' exactly-once-committed marks) until it has them back or state.dir is moved away"
+        } else {
+            ""
+        };
         match self {
             Self::Same => None,
             Self::Gone => Some(format!(
-                "output topic {topic} ({key}) no longer exists on the brokers (deleted?): {THEN}; with the brokers' auto.create.topics.enable it comes back with their default partitions, otherwise create it again"
+                "output topic {topic} ({key}) no longer exists on the brokers (deleted?): {THEN}; with the brokers' auto.create.topics.enable it comes back with their default partitions, otherwise create it again{progress}"
             )),
             Self::Fewer { first, listed } => Some(format!(
-                "output topic {topic} ({key}) has {listed} partition(s) now, {first} when sluice first looked: it was deleted and made again (the brokers' auto.create.topics.enable makes it with their default partitions at a producer's request); {THEN}, to the partitions it has now"
+                "output topic {topic} ({key}) has {listed} partition(s) now, {first} when sluice first looked: it was deleted and made again (the brokers' auto.create.topics.enable makes it with their default partitions at a producer's request); {THEN}, to the partitions it has now{progress}"
             )),
         }
     }
@@ -445,6 +466,17 @@ mod tests {
             assert_eq!(same, Some(OutputChange::Same));
         }
         assert_eq!(OutputChange::Same.said("scores", "k"), None);
+        let progress = OutputChange::Gone
+            .said("sluice-progress", "egress.kafka.progress_topic")
+            .unwrap();
+        assert!(
+            progress.contains("the restart will be refused"),
+            "{progress}"
+        );
+        assert!(!gone
+            .said("scores", "egress.kafka.scores_topic")
+            .unwrap()
+            .contains("refused"));
         assert_eq!(OutputChange::of(4, &TopicState::NotAuthorized), None);
     }
 
