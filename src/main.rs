@@ -865,3 +865,31 @@ fn demo_kafka(d: &KafkaDemo, file: Option<&PathBuf>, user_sets: &[String]) -> an
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::kafka_status;
+    use sluice::ingest::kafka::topic_watch::Unconsumed;
+
+    #[test]
+    fn the_status_lines_kafka_part_names_attached_and_unconsumed_partitions() {
+        // No client of this process reported trouble: no cause part.
+        assert_eq!(kafka_status(4, &[]), "; Kafka: 4 partition(s) attached");
+        let added = [
+            Unconsumed {
+                topic: "events".into(),
+                partitions: 2,
+                records: Some(20),
+            },
+            Unconsumed {
+                topic: "clicks".into(),
+                partitions: 1,
+                records: None,
+            },
+        ];
+        assert_eq!(
+            kafka_status(4, &added),
+            "; Kafka: 4 partition(s) attached, 3 partition(s) added to input topics consumed by no shard (see the log)"
+        );
+    }
+}
