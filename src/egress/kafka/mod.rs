@@ -35,7 +35,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use rdkafka::{ClientContext, TopicPartitionList};
-pub use topic::{check_batch_limits, check_output_topics, output_topics};
+pub use topic::{check_batch_limits, check_output_topics, not_authorized, output_topics};
 pub use transaction::Committed;
 use transaction::{send_progress, Committer, Transactions};
 

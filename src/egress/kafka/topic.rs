@@ -218,6 +218,12 @@ pub fn output_topics(config: &Config) -> Vec<(&str, &'static str)> {
     .collect()
 }
 
+/// An output topic an ACL refuses the producer: said by the start and by `check-config
+/// --connect` alike.
+pub fn not_authorized(key: &str, topic: &str, brokers: &str) -> String {
+    format!("{key} = {topic:?} on {brokers}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)")
+}
+
 /// How long start waits for an output topic the brokers create on sluice's metadata request.
 const OUTPUT_TOPIC_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -260,7 +266,7 @@ pub fn check_output_topics(config: &Config) -> Result<(), KafkaError> {
             match TopicState::of(&md, topic) {
                 TopicState::Partitions(_) => break,
                 TopicState::NotAuthorized => {
-                    problems.push(format!("{key} = {topic:?} on {brokers}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"));
+                    problems.push(not_authorized(key, topic, brokers));
                     break;
                 }
                 // Being created (LEADER_NOT_AVAILABLE at first), or unknown: asked again.

@@ -145,9 +145,9 @@ fn producer_side(
             Ok(TopicState::Partitions(n)) => r
                 .found
                 .push(format!("output topic {topic:?} ({key}): {n} partition(s)")),
-            Ok(TopicState::NotAuthorized) => r.problems.push(format!(
-                "{key} = {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe and Write)"
-            )),
+            Ok(TopicState::NotAuthorized) => r.problems.push(
+                crate::egress::kafka::not_authorized(key, topic, brokers),
+            ),
             Ok(TopicState::Missing) => r.warnings.push(format!(
                 "{key} = {topic:?} does not exist on {brokers}: create it (sluice does not; a broker with auto.create.topics.enable makes it when sluice starts, with the broker's default partitions and max.message.bytes; with other brokers the start stops)"
             )),
