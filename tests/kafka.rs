@@ -3826,6 +3826,15 @@ fn exactly_once_a_lost_progress_topic_refuses_the_restart_instead_of_sending_sco
         futures_executor::block_on(admin.delete_topics(&["sluice-progress"], &opts)).unwrap();
     assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
     produce_all(&broker.producer(), &mut enc, &records[40..]);
+    // check-config --connect says so before a start is tried (and makes nothing).
+    let (code, out, err) = check_config(&dir, &sets, true);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("has no record of those transactions")
+            || out.contains("has no record of those transactions"),
+        "{out}{err}"
+    );
+    assert!(!topic_exists(&broker.addr, "sluice-progress"));
     let refused = common::run_refused(&sets);
     for shard in 0..2 {
         assert!(

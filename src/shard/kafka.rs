@@ -60,11 +60,16 @@ pub struct ShardKafka {
 }
 
 /// After a committed transaction: the shard directory's mark, the first time (one file write
-/// a run, on the commit path, not per event). A mark not written is logged: the only loss is
-/// the refusal it would allow after a lost progress topic.
+/// and two syncs a run, on the commit path, which waits on the brokers anyway; never per
+/// event). Synced with its directory so that a power cut cannot take it back while the
+/// progress record it vouches for stays. A mark not written, or half written, is logged or
+/// unreadable: the only loss is the refusal it would allow after a lost progress topic.
 fn mark_committed(mark: &mut Option<(std::path::PathBuf, String)>) {
+    use crate::state::checkpoint::disk;
     if let Some((path, text)) = mark.take() {
-        if let Err(e) = std::fs::write(&path, text) {
+        let written = disk::write_synced(&path, &[text.as_bytes()])
+            .and_then(|()| path.parent().map_or(Ok(()), disk::sync_dir));
+        if let Err(e) = written {
             tracing::warn!(path = %path.display(), "exactly_once: the committed mark was not written: {e}");
         }
     }

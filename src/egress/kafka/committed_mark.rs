@@ -33,6 +33,31 @@ pub fn committed_here(shard_dir: &Path, transactional_id: &str, progress_topic: 
             .is_ok_and(|mut entries| entries.next().is_some())
 }
 
+/// The shard directories under `config`'s `state.dir` (`shard-N`) whose marks say their
+/// checkpoints were committed under this configuration, each with its transactional.id: for
+/// `check-config --connect`, which finds the progress topic missing without reading it.
+pub fn marked_shards(config: &crate::config::Config) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(&config.state.dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(usize, PathBuf, String)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let shard: usize = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("shard-")?
+                .parse()
+                .ok()?;
+            let id = super::transactional_id(config, shard);
+            committed_here(&e.path(), &id, &config.egress.kafka.progress_topic)
+                .then(|| (shard, e.path(), id))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, dir, id)| (dir, id)).collect()
+}
+
 /// The refusal for the shards whose marks name records the progress topic no longer has.
 pub fn lost(shard_dirs: &[PathBuf], transactional_ids: &[&str], progress_topic: &str) -> String {
     let listed: Vec<String> = shard_dirs

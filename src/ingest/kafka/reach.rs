@@ -192,10 +192,27 @@ fn producer_side(
             Ok(TopicState::NotAuthorized) => r.problems.push(format!(
                 "{what} {topic:?}: the producer's principal is not authorized for it (an ACL refuses: grant it Describe, Read and Write, and Create while it does not exist)"
             )),
-            Ok(TopicState::Missing) => r.found.push(format!(
-                "{what} {topic:?}: not there yet; sluice makes it at start (compacted{}; the producer's principal needs Create)",
-                wanted.map_or(String::new(), |w| format!(", {w} partition(s)"))
-            )),
+            Ok(TopicState::Missing) => {
+                // A progress topic missing while state.dir says transactions committed with it:
+                // the start would be refused (`committed_mark`).
+                let marked = if topic == e.progress_topic {
+                    crate::egress::kafka::committed_mark::marked_shards(config)
+                } else {
+                    Vec::new()
+                };
+                if marked.is_empty() {
+                    r.found.push(format!(
+                        "{what} {topic:?}: not there yet; sluice makes it at start (compacted{}; the producer's principal needs Create)",
+                        wanted.map_or(String::new(), |w| format!(", {w} partition(s)"))
+                    ));
+                } else {
+                    let (dirs, ids): (Vec<_>, Vec<_>) = marked.into_iter().unzip();
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    r.problems.push(crate::egress::kafka::committed_mark::lost(
+                        &dirs, &ids, &topic,
+                    ));
+                }
+            }
             Err(e) => {
                 r.problems.push(format!("as the producer: {e}"));
                 return;
