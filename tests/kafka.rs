@@ -3869,3 +3869,46 @@ fn exactly_once_a_lost_progress_topic_refuses_the_restart_instead_of_sending_sco
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A shard thread that panics under exactly_once and load: the service stops on its own,
+/// non-zero (the other shard drains and commits; the dead one's open transaction is fenced by
+/// the restart), and the restart gives every Observation exactly one Score, every count
+/// exact, as after a kill -9.
+#[test]
+fn exactly_once_a_shard_that_panics_under_load_stops_and_the_restart_scores_each_once() {
+    let broker = broker_with_topics("eos-panic");
+    let dir = scratch("eos-panic");
+    let admin_sock = dir.join("admin.sock");
+    let mut sets = sluice_sets(&broker, &durable(&dir, "exactly_once"));
+    sets.extend([
+        "egress.kafka.transactional_id_prefix=eos-panic".to_owned(),
+        format!("admin.socket={}", admin_sock.display()),
+        "admin.faults=true".to_owned(),
+    ]);
+    let records = workload(100, 2_000);
+    let events: Vec<Ev> = records.iter().flatten().copied().collect();
+    let want = expected(&events);
+    let log = dir.join("sluice.log");
+    let (mut child, _out, _, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    let (producer, done) = produce_in_background(&broker, records, 2_000);
+    // Mid-stream: some records taken, a few checkpoints committed.
+    assert!(wait_for_metric_above(
+        &metrics,
+        "sluice_kafka_records_total",
+        300,
+        Duration::from_secs(60)
+    ));
+    assert_eq!(
+        sluice::admin::request(&admin_sock, "fault panic 0").unwrap(),
+        "ok"
+    );
+    let status = exit_within(&mut child, Duration::from_secs(60));
+    let said = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|| panic!("sluice did not stop:\n{said}"));
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("shard 0's thread panicked"), "{said}");
+    producer.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    rerun_until_every_score_once(&broker, &sets, &want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
