@@ -729,6 +729,11 @@ impl ShardCore {
         !self.stalled.is_empty()
     }
 
+    /// Events waiting for room in a peer's ring.
+    pub fn stalled_len(&self) -> usize {
+        self.stalled.len()
+    }
+
     /// Retry stalled events in order, stopping at the first that still does not fit.
     pub fn retry_stalled(&mut self) -> usize {
         let mut moved = 0;

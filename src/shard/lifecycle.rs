@@ -167,6 +167,15 @@ pub(super) fn drain(shard: &mut Shard, control: &Control) {
         shard.tick_draining();
         std::thread::sleep(pause);
     }
+    if shard.core.is_stalled() {
+        // Only after a panic (the loop above ends otherwise only when none are left): said,
+        // with how many, rather than lost without a word.
+        tracing::error!(
+            shard = shard.core.id,
+            events = shard.core.stalled_len(),
+            "a shard panicked: the events this shard held for peers' full rings are not waited for and may be lost (a restart restores the last checkpoint)"
+        );
+    }
     control.done_producing(shard.core.id);
     for w in shard.wakers.iter() {
         w.wake();
