@@ -47,7 +47,7 @@ pub struct OwnedPartition {
     /// librdkafka moved the position from this offset (out of range): the next record says
     /// how many were skipped (`offset_resets`).
     pub reset_from: Option<i64>,
-    /// The tag its keys carry: its family's (`PartitionTable::family_tag`), its own unless the
+    /// The tag its keys carry: its family's (`PartitionId::family_tag`), its own unless the
     /// topic grew under a dealt state.
     pub tag: u64,
 }
@@ -629,22 +629,13 @@ fn partitions(
             let topic = topics.get(usize::from(id.topic)).cloned().ok_or_else(|| {
                 KafkaError::Other(format!("partition table names topic {}", id.topic))
             })?;
-            let base = bases.get(usize::from(id.topic)).copied().unwrap_or(0);
-            let family = PartitionId {
-                partition: if base > 0 {
-                    id.partition % base
-                } else {
-                    id.partition
-                },
-                ..*id
-            };
             Ok(OwnedPartition {
                 id: *id,
                 topic,
                 next_offset: -1,
                 state,
                 reset_from: None,
-                tag: family.source_tag(),
+                tag: id.family_tag(bases),
             })
         })
         .collect()

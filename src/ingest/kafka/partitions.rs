@@ -15,6 +15,20 @@ impl PartitionId {
     pub fn source_tag(self) -> u64 {
         1 + ((u64::from(self.topic) << 32) | u64::from(self.partition as u32))
     }
+
+    /// The tag this partition's keys carry when its topic's state was first dealt over
+    /// `bases` partitions (per topic; `PartitionTable::bases`): its family's (partition mod
+    /// the base), so a key that moved to an added partition of its family finds its state.
+    /// Its own tag when the topic did not grow.
+    pub fn family_tag(self, bases: &[i32]) -> u64 {
+        let base = bases.get(usize::from(self.topic)).copied().unwrap_or(0);
+        let partition = if base > 0 {
+            self.partition % base
+        } else {
+            self.partition
+        };
+        PartitionId { partition, ..self }.source_tag()
+    }
 }
 
 /// Partition -> shard, in (topic, partition) order.
@@ -90,19 +104,6 @@ impl PartitionTable {
         t.owners.extend(added);
         t.owners.sort();
         Some(t)
-    }
-
-    /// The tag a partition's keys carry (`Record::source`): its family's, so a key that moved
-    /// to an added partition of its family finds its state (`PartitionId::source_tag`
-    /// otherwise).
-    pub fn family_tag(&self, p: PartitionId) -> u64 {
-        let base = self.bases.get(usize::from(p.topic)).copied().unwrap_or(0);
-        let partition = if base > 0 {
-            p.partition % base
-        } else {
-            p.partition
-        };
-        PartitionId { partition, ..p }.source_tag()
     }
 
     /// The families (`bases`) a dealt layout (`layout`) names for `topics`: "t:4/2" is four
@@ -256,7 +257,7 @@ mod tests {
                     shard_of(&grown, topic, q),
                     shard_of(&grown, topic, q % base)
                 );
-                assert_eq!(grown.family_tag(id), family.source_tag());
+                assert_eq!(id.family_tag(&grown.bases), family.source_tag());
             }
         }
         assert_eq!(grown.layout(&topics, 2), "kafka=a:4/2,b:6/3;over=2");
@@ -284,10 +285,11 @@ mod tests {
         );
         // Not grown: every partition its own family.
         assert_eq!(
-            before.family_tag(PartitionId {
+            PartitionId {
                 topic: 1,
                 partition: 2
-            }),
+            }
+            .family_tag(&before.bases),
             PartitionId {
                 topic: 1,
                 partition: 2

@@ -52,6 +52,24 @@ pub struct WatchedOutput {
     pub first: AtomicI64,
 }
 
+impl WatchedOutput {
+    /// The brokers asked now: what became of the topic since it was first seen (its first
+    /// answer with partitions is kept as that). None: no answer, or nothing learnt.
+    fn change(&self, consumer: &BaseConsumer<Discovery>) -> Option<OutputChange> {
+        let md = consumer
+            .fetch_metadata(Some(&self.topic), ASK_TIMEOUT)
+            .ok()?;
+        let state = TopicState::of(&md, &self.topic);
+        if let TopicState::Partitions(n) = state {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            let _ = self
+                .first
+                .compare_exchange(-1, n, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        OutputChange::of(self.first.load(Ordering::Relaxed), &state)
+    }
+}
+
 /// Every input topic's figures, shared with the exporter and the shutdown report; the output
 /// topics' first partition counts.
 #[derive(Debug)]
@@ -129,14 +147,7 @@ impl TopicWatch {
         };
         self.outputs
             .iter()
-            .filter_map(|o| {
-                let md = consumer.fetch_metadata(Some(&o.topic), ASK_TIMEOUT).ok()?;
-                OutputChange::of(
-                    o.first.load(Ordering::Relaxed),
-                    &TopicState::of(&md, &o.topic),
-                )?
-                .said(&o.topic, o.key)
-            })
+            .filter_map(|o| o.change(&consumer)?.said(&o.topic, o.key))
             .collect()
     }
 
@@ -379,15 +390,7 @@ fn ask_output(
     o: &WatchedOutput,
     told: &mut Option<OutputChange>,
 ) {
-    let Ok(md) = consumer.fetch_metadata(Some(&o.topic), ASK_TIMEOUT) else {
-        return;
-    };
-    let state = TopicState::of(&md, &o.topic);
-    if let (TopicState::Partitions(n), -1) = (&state, o.first.load(Ordering::Relaxed)) {
-        o.first
-            .store(i64::try_from(*n).unwrap_or(i64::MAX), Ordering::Relaxed);
-    }
-    let Some(change) = OutputChange::of(o.first.load(Ordering::Relaxed), &state) else {
+    let Some(change) = o.change(consumer) else {
         return;
     };
     if *told != Some(change) {
