@@ -8,7 +8,7 @@
 //!   `fault checkpoint SHARD` -> `ok` (same switch: the shard's next checkpoint write fails as
 //!   on a full disk; for the Kafka exactly_once tests)
 //!   `fault panic SHARD` -> `ok` (same switch: the shard's thread panics at its next loop turn,
-//!   as on a bug; the service stops, exit status non-zero)
+//!   or where it is held, as on a bug; the service stops, exit status non-zero)
 //! `sluice reload` is its client. Control-plane only: never touched per event.
 // Reached by the admin socket: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]

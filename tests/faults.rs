@@ -424,6 +424,95 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
     assert_eq!(answered, received, "every event answered once: {report}");
 }
 
+/// Events a live shard routed to a shard whose thread then panicked — four unread in the ring
+/// to it and sixteen waiting for room (`route.full = backpressure`) — are counted as dropped
+/// (`shard_panicked`) and said in the log, not lost without a word (they were only logged, as
+/// a count, before; the ring's four not at all).
+#[test]
+fn events_routed_to_a_shard_that_panics_are_counted_as_dropped() {
+    let dir = std::env::temp_dir().join(format!("sluice-panic-ring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = dir.join("admin.sock");
+    let log = dir.join("sluice.log");
+    let sets = [
+        "shards.count=2".to_owned(),
+        "route.full=backpressure".to_owned(),
+        "route.ring_capacity=4".to_owned(),
+        format!("admin.socket={}", admin.display()),
+        "admin.faults=true".to_owned(),
+    ];
+    let k0 = (1u64..).find(|&k| sluice::route::owner(k, 2) == 0).unwrap();
+    let (mut child, mut stdout, addr, metrics) = common::spawn_run_logged(&sets, &log, &[]);
+    assert_eq!(
+        sluice::admin::request(&admin, "fault hold 0").unwrap(),
+        "ok"
+    );
+    // Twenty of k0's Observations in one datagram, from fresh sockets until one lands on
+    // shard 1 (the kernel spreads source ports over the two shards' sockets; those landing on
+    // held shard 0 wait in its socket).
+    let mut enc = EventBatchEncoder::new();
+    let bytes = enc
+        .encode((1..=20u64).map(|seq| EventIn {
+            key: k0,
+            seq,
+            amount: 1.0,
+            ..EventIn::default()
+        }))
+        .to_vec();
+    let on_shard_1 =
+        || common::scrape_where(&metrics, "sluice_datagrams_received_total", "shard=\"1\"");
+    let mut clients = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while on_shard_1() == 0 {
+        assert!(Instant::now() < deadline, "no datagram reached shard 1");
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(&bytes, &addr).unwrap();
+        clients.push(client);
+        let sent = Instant::now();
+        while on_shard_1() == 0 && sent.elapsed() < Duration::from_millis(500) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    wait_for("shard 1's 4 routed events", Duration::from_secs(30), || {
+        common::scrape(&metrics, "sluice_events_routed_away_total") >= 4
+    });
+    assert_eq!(
+        sluice::admin::request(&admin, "fault panic 0").unwrap(),
+        "ok"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sluice runs on after the panic");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut report = String::new();
+    stdout.read_to_string(&mut report).unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{status}\n{said}");
+    assert_eq!(
+        report_value(&report, "sluice_events_routed_away_total"),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        report_value(
+            &report,
+            "sluice_events_dropped_total{reason=\"shard_panicked\"}"
+        ),
+        20,
+        "{report}\n{said}"
+    );
+    assert!(
+        said.contains("did not see taken are dropped") && said.contains("events=20"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A shard whose thread panics (a bug; injected with `fault panic`) stops the service on its
 /// own, non-zero, naming it, instead of serving on with a shard that takes nothing (its keys'
 /// events unanswered, only a stuck-loop line in the log); its peer drains and writes its last

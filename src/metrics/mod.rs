@@ -74,10 +74,14 @@ pub enum DropReason {
     KeyOnTwoPartitions,
     /// The Score record could not be handed to the Kafka producer.
     ProduceError,
+    /// Held for a peer's full ring (`route.full = backpressure`) when a shard's thread
+    /// panicked: the service stops without waiting for them (a restart restores the last
+    /// checkpoint).
+    ShardPanicked,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         Self::RingFull,
         Self::StateFull,
         Self::ModelError,
@@ -87,6 +91,7 @@ impl DropReason {
         Self::Duplicate,
         Self::KeyOnTwoPartitions,
         Self::ProduceError,
+        Self::ShardPanicked,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -99,6 +104,7 @@ impl DropReason {
             Self::Duplicate => "duplicate",
             Self::KeyOnTwoPartitions => "key_on_two_partitions",
             Self::ProduceError => "produce_error",
+            Self::ShardPanicked => "shard_panicked",
         }
     }
 }

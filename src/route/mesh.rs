@@ -28,6 +28,26 @@ impl Outbound {
             None => Err(ev),
         }
     }
+
+    /// Lets go of every ring whose consumer is gone (its shard's thread died): the events
+    /// each had not been taken from are lost, their sum returned. Pushes to those owners fail
+    /// from then on.
+    pub fn let_go_of_abandoned(&mut self) -> usize {
+        let mut left = 0;
+        for slot in &mut self.to {
+            if slot.as_ref().is_some_and(Producer::is_abandoned) {
+                if let Some(p) = slot.take() {
+                    left += p.buffer().capacity() - p.slots();
+                }
+            }
+        }
+        left
+    }
+
+    /// Whether `owner` has no ring from here (this shard itself, or one let go of).
+    pub fn is_gone(&self, owner: usize) -> bool {
+        self.to.get(owner).is_none_or(Option::is_none)
+    }
 }
 
 impl Inbound {

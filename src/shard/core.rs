@@ -445,6 +445,9 @@ struct Tally {
     datagrams_accepted: u64,
     /// Events from this shard's datagrams and Kafka records applied here (their keys' owner).
     applied_direct: u64,
+    /// Events routed away into a ring whose shard died before taking them (also counted as
+    /// dropped, `shard_panicked`).
+    lost_in_rings: u64,
 }
 
 impl ShardCore {
@@ -682,6 +685,7 @@ impl ShardCore {
             self.tally.applied_direct
                 + c.events_routed_away.get()
                 + c.events_dropped_by(DropReason::RingFull)
+                + (c.events_dropped_by(DropReason::ShardPanicked) - self.tally.lost_in_rings)
                 + self.stalled.len() as u64,
             "shard {}: event accounting",
             self.id
@@ -729,9 +733,20 @@ impl ShardCore {
         !self.stalled.is_empty()
     }
 
-    /// Events waiting for room in a peer's ring.
-    pub fn stalled_len(&self) -> usize {
-        self.stalled.len()
+    /// Gives up on peers whose thread died (a panic): the events left unread in the rings to
+    /// them and those waiting here for room in those rings are lost, counted by reason and
+    /// returned for the log. Events for live peers stay.
+    pub fn give_up_on_dead_peers(&mut self) -> usize {
+        let in_rings = self.out.let_go_of_abandoned();
+        let before = self.stalled.len();
+        let out = &self.out;
+        self.stalled.retain(|&(owner, _)| !out.is_gone(owner));
+        let lost = before - self.stalled.len() + in_rings;
+        self.tally.lost_in_rings += in_rings as u64;
+        self.counters
+            .dropped_events(DropReason::ShardPanicked, lost as u64);
+        self.check_accounting();
+        lost
     }
 
     /// Retry stalled events in order, stopping at the first that still does not fit.

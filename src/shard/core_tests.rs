@@ -17,6 +17,10 @@ fn client() -> SocketAddr {
 }
 
 fn cores(sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
+    cores_of(2, sets)
+}
+
+fn cores_of(shards: usize, sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
     // The linear model keeps these tests free of ONNX Runtime; tests/inference.rs covers ONNX.
     let sets: Vec<String> = ["model.kind=linear"]
         .iter()
@@ -24,15 +28,17 @@ fn cores(sets: &[&str]) -> (Vec<ShardCore>, Vec<Arc<ShardCounters>>) {
         .map(|s| s.to_string())
         .collect();
     let config = Config::from_layers(None, &sets).unwrap();
-    let counters: Vec<_> = (0..2).map(|_| Arc::new(ShardCounters::default())).collect();
-    let cores = Mesh::build(2, config.route.ring_capacity)
+    let counters: Vec<_> = (0..shards)
+        .map(|_| Arc::new(ShardCounters::default()))
+        .collect();
+    let cores = Mesh::build(shards, config.route.ring_capacity)
         .into_iter()
         .enumerate()
         .map(|(id, rings)| {
             let model = ShardModel::new(&config, build_primary(&config, None).unwrap(), 1);
             ShardCore::new(
                 id,
-                2,
+                shards,
                 &config,
                 rings,
                 model,
@@ -173,6 +179,39 @@ fn full_ring_with_backpressure_holds_events_in_order_until_they_fit() {
         .collect();
     let want: Vec<(u64, u64)> = (0..20).map(|s| (s, s + 1)).collect();
     assert_eq!(got, want, "one key's events apply in arrival order");
+}
+
+#[test]
+fn events_routed_to_a_dead_peer_are_counted_when_given_up_and_live_peers_keep_theirs() {
+    let (mut c, counters) = cores_of(3, &["route.ring_capacity=4", "route.full=backpressure"]);
+    let owned_by = |shard| (0u64..).find(|k| route::owner(*k, 3) == shard).unwrap();
+    let (to_1, to_2) = (owned_by(1), owned_by(2));
+    let events: Vec<_> = (0..10u64)
+        .map(|seq| (to_1, seq, false))
+        .chain((0..6u64).map(|seq| (to_2, seq, false)))
+        .collect();
+    let mut s0 = Sink::new();
+    feed(&mut c[0], &datagram(&events), &mut s0);
+    // 4 in each ring, 6 + 2 waiting.
+    assert!(c[0].is_stalled());
+    assert_eq!(c[0].give_up_on_dead_peers(), 0, "every peer lives");
+    let mut cores = c.into_iter();
+    let mut c0 = cores.next().unwrap();
+    drop(cores.next()); // shard 1's thread died: its ring's consumer is gone
+    let mut c2 = cores.next().unwrap();
+    assert_eq!(c0.give_up_on_dead_peers(), 4 + 6);
+    assert_eq!(counters[0].events_dropped_by(DropReason::ShardPanicked), 10);
+    assert_eq!(c0.give_up_on_dead_peers(), 0, "counted once");
+    // Shard 2's events still go through, in order.
+    let mut s2 = Sink::new();
+    while c0.is_stalled() || !c2.inbound_is_empty() {
+        c2.drain_inbound(3, &mut s2);
+        c2.finish_cycle(0, &mut s2);
+        c0.retry_stalled();
+    }
+    let seqs: Vec<u64> = s2.iter().map(|(_, p)| p.score.seq).collect();
+    assert_eq!(seqs, (0..6).collect::<Vec<_>>());
+    assert_eq!(counters[0].events_dropped_by(DropReason::RingFull), 0);
 }
 
 #[test]

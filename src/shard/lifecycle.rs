@@ -86,27 +86,27 @@ impl Control {
     }
 
     /// Called by the shard once per loop turn: stop here while held (a relaxed load when not).
+    /// A panic asked for while held happens here, before the shard takes anything more.
     pub(super) fn wait_while_held(&self, shard: usize) {
         let (Some(fault), Some(holding)) = (self.fault.get(shard), self.holding.get(shard)) else {
             return;
         };
-        match fault.load(Ordering::Relaxed) {
-            FAULT_NONE => return,
-            FAULT_PANIC => {
-                fault.store(FAULT_NONE, Ordering::SeqCst);
-                // Deliberate, and only with `admin.faults`: the test of a shard's bug.
-                #[allow(clippy::panic)]
-                {
-                    panic!("fault injected: shard {shard} panics (admin fault panic)");
-                }
-            }
-            _ => {}
+        if fault.load(Ordering::Relaxed) == FAULT_NONE {
+            return;
         }
         holding.store(true, Ordering::SeqCst);
         while fault.load(Ordering::SeqCst) == FAULT_HOLD && !self.stop_requested() {
             std::thread::sleep(Duration::from_millis(1));
         }
         holding.store(false, Ordering::SeqCst);
+        if fault.load(Ordering::SeqCst) == FAULT_PANIC {
+            fault.store(FAULT_NONE, Ordering::SeqCst);
+            // Deliberate, and only with `admin.faults`: the test of a shard's bug.
+            #[allow(clippy::panic)]
+            {
+                panic!("fault injected: shard {shard} panics (admin fault panic)");
+            }
+        }
     }
 
     pub fn request_stop(&self) {
@@ -162,19 +162,24 @@ impl Drop for PanicStop<'_> {
 pub(super) fn drain(shard: &mut Shard, control: &Control) {
     let pause = Duration::from_micros(50);
     // Phase 1: hand on stalled events; keep draining inbound so peers can do the same.
-    // Not to a peer whose thread died: nothing takes from its ring any more.
-    while shard.core.is_stalled() && !control.a_shard_panicked() {
+    // Not to a peer whose thread died: nothing takes from its ring any more. What this shard
+    // handed or held for it is counted and said rather than lost without a word.
+    loop {
+        if control.a_shard_panicked() {
+            let events = shard.core.give_up_on_dead_peers();
+            if events > 0 {
+                tracing::error!(
+                    shard = shard.core.id,
+                    events,
+                    "a shard panicked: the events this shard routed to it and did not see taken are dropped (sluice_events_dropped_total{{reason=\"shard_panicked\"}}; a restart restores the last checkpoint)"
+                );
+            }
+        }
+        if !shard.core.is_stalled() {
+            break;
+        }
         shard.tick_draining();
         std::thread::sleep(pause);
-    }
-    if shard.core.is_stalled() {
-        // Only after a panic (the loop above ends otherwise only when none are left): said,
-        // with how many, rather than lost without a word.
-        tracing::error!(
-            shard = shard.core.id,
-            events = shard.core.stalled_len(),
-            "a shard panicked: the events this shard held for peers' full rings are not waited for and may be lost (a restart restores the last checkpoint)"
-        );
     }
     control.done_producing(shard.core.id);
     for w in shard.wakers.iter() {
