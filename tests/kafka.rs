@@ -3912,3 +3912,132 @@ fn exactly_once_a_shard_that_panics_under_load_stops_and_the_restart_scores_each
     rerun_until_every_score_once(&broker, &sets, &want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `ingest.kafka.start` as a point in time, where nothing holds an offset: partitions 0-2 hold
+/// records two hours old and half an hour old, partition 3 only old ones. Dealt, from a UTC
+/// time an hour back: each of 0-2 starts at its first record at or after it (the old ones
+/// never applied: each key's first Score counts 1), 3 at its end. Group members from
+/// "45m ago": the same.
+#[test]
+fn start_at_a_point_in_time_takes_each_partition_from_its_first_record_at_or_after_it() {
+    let broker = broker_with_topics("startat");
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let now = std::time::SystemTime::now();
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let key = |part: i32| 100 + part as u64;
+    let ev = |part: i32, seq: u64| {
+        [Ev {
+            key: key(part),
+            seq,
+            feedback: false,
+        }]
+    };
+    let at = |p: &rdkafka::producer::BaseProducer, enc: &mut EventBatchEncoder, part, seq, ts| {
+        common::kafka::produce_at(p, enc, EVENTS, &ev(part, seq), part, ts);
+    };
+    for part in 0..4 {
+        for seq in 1..=10 {
+            at(&p, &mut enc, part, seq, now_ms - 7_200_000);
+        }
+    }
+    for part in 0..3 {
+        for seq in 11..=15 {
+            at(&p, &mut enc, part, seq, now_ms - 1_800_000);
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    // Keys 100-102 their new records, counting 1-5; nothing of key 103.
+    let want: BTreeMap<u64, Vec<(u64, u64)>> = (0..3)
+        .map(|part| (key(part), (11..=15).map(|s| (s, s - 10)).collect()))
+        .collect();
+    let scored = |scores: &[ScoreRecord]| {
+        let mut got: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for s in scores {
+            got.entry(s.score.key)
+                .or_default()
+                .push((s.score.seq, s.score.count));
+        }
+        got
+    };
+    let dir = scratch("startat");
+
+    let an_hour_back =
+        humantime::format_rfc3339_seconds(now - Duration::from_secs(3600)).to_string();
+    let mut sets = sluice_sets(&broker, &[]);
+    sets.extend([
+        format!("ingest.kafka.start={an_hour_back}"),
+        "log.level=info".to_owned(),
+    ]);
+    let log = dir.join("dealt.log");
+    let (child, out, _, _) = common::spawn_run_logged(&sets, &log, &[]);
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= 15
+    });
+    let report = stop(child, Some(out));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(scored(&scores), want, "{report}\n{said}");
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        15,
+        "{report}"
+    );
+    // Each partition's line says where and why: 0-2 at their first new record, 3 at its end.
+    let said_where = |said: &str, start: &str| {
+        let from = format!("from=\"ingest.kafka.start = {start}");
+        let assigned: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("Kafka partition assigned") && l.contains(&from))
+            .collect();
+        assert_eq!(assigned.len(), 4, "{said}");
+        for (part, offset) in [
+            (0, "Offset(10)"),
+            (1, "Offset(10)"),
+            (2, "Offset(10)"),
+            (3, "End"),
+        ] {
+            assert!(
+                assigned
+                    .iter()
+                    .any(|l| l.contains(&format!("partition={part} ")) && l.contains(offset)),
+                "partition {part} not at {offset}: {assigned:#?}"
+            );
+        }
+    };
+    said_where(&said, &an_hour_back[..19]);
+
+    broker.create_topic("startat-scores", 1);
+    let (sets, _) = group_member(
+        &broker,
+        "startat",
+        "g",
+        &[
+            "ingest.kafka.start=45m ago",
+            "log.level=info",
+            "ingest.kafka.group=startat-group",
+            "egress.kafka.scores_topic=startat-scores",
+            "egress.kafka.changelog_topic=startat-state",
+        ],
+    );
+    let log = dir.join("group.log");
+    let (child, out, _, _) = common::spawn_run_logged(&sets, &log, &[]);
+    let scores = read_scores_until(
+        &broker.addr,
+        "startat-scores",
+        Duration::from_secs(60),
+        |s| s.len() >= 15,
+    );
+    let report = stop(child, Some(out));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(scored(&scores), want, "{report}\n{said}");
+    assert_eq!(
+        counter(&report, "sluice_kafka_records_total"),
+        15,
+        "{report}"
+    );
+    said_where(&said, "45m ago");
+    let _ = std::fs::remove_dir_all(&dir);
+}

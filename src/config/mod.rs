@@ -7,6 +7,7 @@
 // Reached by config files and --set: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+mod kafka_start;
 mod overlay;
 pub mod producer_queue;
 mod validate;
@@ -18,6 +19,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use kafka_start::KafkaStart;
 pub use overlay::DEFAULTS_TOML;
 
 /// Everything that went wrong while loading a config; `Display` lists one problem a line.
@@ -92,13 +94,6 @@ pub struct Admin {
 pub struct Ingest {
     pub udp: Udp,
     pub kafka: IngestKafka,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaStart {
-    Earliest,
-    Latest,
 }
 
 /// How an instance's shards come to own Kafka partitions.
@@ -634,6 +629,38 @@ mod tests {
         }
         assert!(err.problems.len() >= 5, "{all}");
         assert!(err.to_string().starts_with("invalid configuration ("));
+    }
+
+    #[test]
+    fn a_kafka_start_that_is_no_form_is_refused_naming_its_key_and_the_forms() {
+        let err =
+            Config::from_layers(None, &["ingest.kafka.start=\"yesterday\"".into()]).unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("ingest.kafka.start") && all.contains("\"24h ago\""),
+            "{all}"
+        );
+        // Unquoted, as TOML's own datetime, in a file or a --set.
+        let file = "[ingest.kafka]\nstart = 2026-12-01T00:00:00Z\n";
+        let ok = Config::from_layers(Some(file), &[]).unwrap();
+        assert_eq!(
+            ok.ingest.kafka.start.to_string(),
+            "2026-12-01T00:00:00.000Z"
+        );
+        let ok =
+            Config::from_layers(None, &["ingest.kafka.start=2026-12-01T00:00:00Z".into()]).unwrap();
+        assert_eq!(
+            ok.ingest.kafka.start.to_string(),
+            "2026-12-01T00:00:00.000Z"
+        );
+        let err = Config::from_layers(None, &["ingest.kafka.start=2026-12-01T00:00:00".into()])
+            .unwrap_err();
+        assert!(err.problems.join("\n").contains("UTC time"), "{err}");
+        let ok = Config::from_layers(None, &["ingest.kafka.start=\"90m ago\"".into()]).unwrap();
+        assert_eq!(
+            ok.ingest.kafka.start,
+            KafkaStart::Ago(std::time::Duration::from_secs(5400))
+        );
     }
 
     #[test]

@@ -162,6 +162,9 @@ fn coerce(default: &Value, value: Value) -> Result<Value, String> {
     match (default, value) {
         (Value::Integer(_), Value::Integer(i)) if i < 0 => Err(format!("the negative integer {i}")),
         (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
+        // `start = 2026-12-01T00:00:00Z` unquoted is a TOML datetime: its text, for the key's
+        // own parse to judge (only a time-valued key takes it).
+        (Value::String(_), Value::Datetime(d)) => Ok(Value::String(d.to_string())),
         (Value::Array(d), Value::Array(items)) => {
             let elem = d.first();
             let mut out = Vec::with_capacity(items.len());

@@ -95,6 +95,30 @@ pub fn produce_with_headers(
     partition: i32,
     headers: &[(&str, Option<&[u8]>)],
 ) {
+    produce_record(p, enc, topic, events, partition, headers, None);
+}
+
+/// `produce_to` with the record's timestamp set (ms since the epoch).
+pub fn produce_at(
+    p: &BaseProducer,
+    enc: &mut EventBatchEncoder,
+    topic: &str,
+    events: &[Ev],
+    partition: i32,
+    timestamp_ms: i64,
+) {
+    produce_record(p, enc, topic, events, partition, &[], Some(timestamp_ms));
+}
+
+fn produce_record(
+    p: &BaseProducer,
+    enc: &mut EventBatchEncoder,
+    topic: &str,
+    events: &[Ev],
+    partition: i32,
+    headers: &[(&str, Option<&[u8]>)],
+    timestamp_ms: Option<i64>,
+) {
     let bytes = enc
         .encode(events.iter().map(|e| EventIn {
             key: e.key,
@@ -119,6 +143,9 @@ pub fn produce_with_headers(
             .partition(partition);
         if !headers.is_empty() {
             rec = rec.headers(owned);
+        }
+        if let Some(ts) = timestamp_ms {
+            rec = rec.timestamp(ts);
         }
         match p.send(rec) {
             Ok(()) => break,

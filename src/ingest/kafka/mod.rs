@@ -13,6 +13,7 @@ pub mod partitions;
 mod queue_length;
 pub mod reach;
 pub mod standby;
+mod start_at;
 pub mod status;
 pub mod topic_watch;
 pub mod watermarks;
@@ -155,33 +156,51 @@ impl KafkaSource {
         } else {
             TopicPartitionList::new()
         };
-        let mut assign = TopicPartitionList::with_capacity(parts.len());
-        for p in &mut parts {
-            let from_checkpoint = restored
-                .iter()
-                .find(|r| r.topic == p.topic && r.partition == p.id.partition)
-                .map(|r| r.next);
-            let from_group =
-                committed
+        let held: Vec<(Option<i64>, Option<i64>, bool)> = parts
+            .iter()
+            .map(|p| {
+                let from_checkpoint = restored
+                    .iter()
+                    .find(|r| r.topic == p.topic && r.partition == p.id.partition)
+                    .map(|r| r.next);
+                let from_group = committed
                     .find_partition(&p.topic, p.id.partition)
                     .and_then(|e| match e.offset() {
                         Offset::Offset(n) if n >= 0 => Some(n),
                         _ => None,
                     });
-            let added = bases
-                .get(usize::from(p.id.topic))
-                .is_some_and(|&b| b > 0 && p.id.partition >= b);
-            let (offset, why) = match (from_checkpoint, from_group) {
-                (Some(n), _) => (Offset::Offset(n), "checkpoint"),
-                (None, Some(n)) => (Offset::Offset(n), "group commit"),
-                (None, None) if added => (
+                let added = bases
+                    .get(usize::from(p.id.topic))
+                    .is_some_and(|&b| b > 0 && p.id.partition >= b);
+                (from_checkpoint, from_group, added)
+            })
+            .collect();
+        // The partitions nothing holds an offset for start where ingest.kafka.start says
+        // (asked of the brokers in one request when it is a point in time).
+        let start = config.ingest.kafka.start;
+        let unheld: Vec<(&str, i32)> = parts
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| matches!(h, (None, None, false)))
+            .map(|(p, _)| (p.topic.as_str(), p.id.partition))
+            .collect();
+        let mut by_start =
+            start_at::first_offsets(&consumer, start, &unheld, std::time::SystemTime::now())?
+                .into_iter();
+        let said_start = format!("ingest.kafka.start = {start}");
+        let mut assign = TopicPartitionList::with_capacity(parts.len());
+        for (p, held) in parts.iter_mut().zip(held) {
+            let (offset, why) = match held {
+                (Some(n), _, _) => (Offset::Offset(n), "checkpoint"),
+                (None, Some(n), _) => (Offset::Offset(n), "group commit"),
+                (None, None, true) => (
                     Offset::Beginning,
                     "added to the topic since its state was dealt: from its first record",
                 ),
-                (None, None) => match config.ingest.kafka.start {
-                    KafkaStart::Earliest => (Offset::Beginning, "ingest.kafka.start = earliest"),
-                    KafkaStart::Latest => (Offset::End, "ingest.kafka.start = latest"),
-                },
+                (None, None, false) => (
+                    by_start.next().unwrap_or(Offset::Beginning),
+                    said_start.as_str(),
+                ),
             };
             if let Offset::Offset(n) = offset {
                 p.next_offset = n;
@@ -319,23 +338,39 @@ impl KafkaSource {
         list: &[(usize, Option<i64>)],
         start: KafkaStart,
     ) -> Result<(), KafkaError> {
+        let unheld: Vec<(&str, i32)> = list
+            .iter()
+            .filter(|(_, next)| next.is_none())
+            .filter_map(|&(i, _)| self.owned.get(i))
+            .map(|p| (p.topic.as_str(), p.id.partition))
+            .collect();
+        let by_start =
+            start_at::first_offsets(&self.consumer, start, &unheld, std::time::SystemTime::now())?;
+        let mut by_start = by_start.into_iter();
+        let said_start = format!("ingest.kafka.start = {start}");
         let mut tpl = TopicPartitionList::with_capacity(list.len());
         for &(i, next) in list {
             let Some(p) = self.owned.get_mut(i) else {
                 continue;
             };
-            let offset = match (next, start) {
-                (Some(n), _) => Offset::Offset(n),
-                (None, KafkaStart::Earliest) => Offset::Beginning,
-                (None, KafkaStart::Latest) => Offset::End,
+            let (offset, from) = match next {
+                Some(n) => (Offset::Offset(n), "its state's offset"),
+                None => (
+                    by_start.next().unwrap_or(Offset::Beginning),
+                    said_start.as_str(),
+                ),
             };
             p.state = Ownership::Active;
-            p.next_offset = next.unwrap_or(-1);
+            // As when dealt: known now when the start was a point in time.
+            p.next_offset = match offset {
+                Offset::Offset(n) => n,
+                _ => -1,
+            };
             if let Some(g) = self.gauges.get(i) {
                 g.next_offset.store(p.next_offset, Ordering::Relaxed);
                 g.set_role(Role::Active);
             }
-            tracing::info!(topic = %p.topic, partition = p.id.partition, ?offset, "Kafka partition assigned by the group");
+            tracing::info!(topic = %p.topic, partition = p.id.partition, ?offset, from, "Kafka partition assigned by the group");
             tpl.add_partition_offset(&p.topic, p.id.partition, offset)
                 .map_err(KafkaError::client("assignment"))?;
         }
