@@ -3972,6 +3972,24 @@ fn start_at_a_point_in_time_takes_each_partition_from_its_first_record_at_or_aft
         format!("ingest.kafka.start={an_hour_back}"),
         "log.level=info".to_owned(),
     ]);
+    // check-config --connect says where beforehand; a time no record reaches is warned of.
+    let (code, out, err) = check_config(&dir, &sets, true);
+    assert_eq!(code, 0, "{out}{err}");
+    let found = format!(
+        "input topic \"{EVENTS}\" from ingest.kafka.start = {}.000Z (where nothing holds an offset): partition 0 at offset 10, 1 at offset 10, 2 at offset 10, 3 at its end",
+        &an_hour_back[..19]
+    );
+    assert!(out.contains(&found), "{found} not in:\n{out}{err}");
+    assert!(!err.contains("no input partition holds a record"), "{err}");
+    let mut later = sets.clone();
+    later.push("ingest.kafka.start=2099-01-01T00:00:00Z".to_owned());
+    let (code, out, err) = check_config(&dir, &later, true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: ingest.kafka.start = 2099-01-01T00:00:00.000Z: no input partition holds a record at or after it"),
+        "{out}{err}"
+    );
+
     let log = dir.join("dealt.log");
     let (child, out, _, _) = common::spawn_run_logged(&sets, &log, &[]);
     let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {

@@ -37,6 +37,7 @@ pub fn reach(config: &Config, patience: Duration) -> Reached {
                     .push(format!("input topic {topic:?}: {n} partition(s)"));
             }
             group_side(config, &counts, patience, &mut r);
+            start_side(config, &counts, &mut r);
             Some(counts.iter().sum::<i32>())
         }
         Err(e) => {
@@ -91,6 +92,64 @@ fn group_side(config: &Config, counts: &[i32], patience: Duration, r: &mut Reach
         Err(e) => r.problems.push(format!(
             "ingest.kafka.group = {group:?}: the group's committed offsets could not be read: {e}"
         )),
+    }
+}
+
+/// Where `ingest.kafka.start`, when it is a point in time, would start each input partition
+/// that nothing holds an offset for (the same ListOffsets question the start asks). A time no
+/// record reaches leaves every partition at its end, as `latest` would: a warning, it may be
+/// a typo'd year.
+fn start_side(config: &Config, counts: &[i32], r: &mut Reached) {
+    let start = config.ingest.kafka.start;
+    if start.point_ms(std::time::SystemTime::now()).is_none() {
+        return;
+    }
+    let parts: Vec<(&str, i32)> = config
+        .ingest
+        .kafka
+        .topics
+        .iter()
+        .zip(counts)
+        .flat_map(|(t, &n)| (0..n).map(move |p| (t.as_str(), p)))
+        .collect();
+    let asked = super::consumer_config(config)
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(KafkaError::client("consumer"))
+        .and_then(|c| {
+            super::start_at::first_offsets(&c, start, &parts, std::time::SystemTime::now())
+        });
+    let offsets = match asked {
+        Ok(o) => o,
+        Err(e) => {
+            r.problems.push(format!(
+                "ingest.kafka.start = {start}: the brokers did not say where: {e}"
+            ));
+            return;
+        }
+    };
+    for topic in &config.ingest.kafka.topics {
+        let at: Vec<String> = parts
+            .iter()
+            .zip(&offsets)
+            .filter(|((t, _), _)| t == topic)
+            .map(|((_, p), o)| match o {
+                rdkafka::Offset::Offset(n) => format!("{p} at offset {n}"),
+                _ => format!("{p} at its end"),
+            })
+            .collect();
+        r.found.push(format!(
+            "input topic {topic:?} from ingest.kafka.start = {start} (where nothing holds an offset): partition {}",
+            at.join(", ")
+        ));
+    }
+    if !offsets.is_empty()
+        && offsets
+            .iter()
+            .all(|o| !matches!(o, rdkafka::Offset::Offset(_)))
+    {
+        r.warnings.push(format!(
+            "ingest.kafka.start = {start}: no input partition holds a record at or after it, so each starts at its end, as \"latest\" would"
+        ));
     }
 }
 
