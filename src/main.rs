@@ -148,6 +148,16 @@ enum StateCommand {
         #[arg(long, default_value = "/run/sluice/admin.sock")]
         socket: PathBuf,
     },
+    /// Re-deal a stopped sluice's state.dir over the shard count this config places (UDP-fed
+    /// state): every key moves to the shard that owns it under the new count; the old shard
+    /// directories are kept aside.
+    Rescale {
+        /// The config the service will run with (its `shards` gives the new count).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +260,30 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             return admin_command(&socket, &format!("state {key}"), |a| {
                 a.strip_prefix("ok ").unwrap_or(a).to_owned()
             });
+        }
+        Command::State {
+            what: StateCommand::Rescale { config, sets },
+        } => {
+            let config = load(config.as_ref(), &sets)?;
+            init_logging(&config.log.level);
+            let to = sluice::app::rescale::shard_count(&config)?;
+            let done = sluice::app::rescale::rescale(&config, to)?;
+            let per: Vec<String> = done
+                .keys_per_shard
+                .iter()
+                .enumerate()
+                .map(|(j, n)| format!("shard {j}: {n}"))
+                .collect();
+            println!(
+                "state.dir {} re-dealt from {} to {} shard(s): {} key(s) ({}) in {:.0} ms; the old shards are kept in {} (delete it once the new count serves)",
+                config.state.dir,
+                done.from,
+                done.to,
+                done.keys,
+                per.join(", "),
+                done.took_ms,
+                done.kept.display()
+            );
         }
         Command::Cluster {
             what: ClusterCommand::Status { socket, json },

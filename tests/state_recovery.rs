@@ -377,3 +377,112 @@ fn twenty_kill_9s_each_restore_the_newest_checkpoint_and_replay_exactly_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sluice state rescale`: a state.dir written by 2 shards, with keys hot and spilled, re-dealt
+/// over 3 and then over 1 while stopped: each time every key's next Score counts on from where
+/// it was (before, the start with another shard count refused the checkpoints and the only way
+/// on was an empty state). Refused while a sluice holds the directory and for Kafka-fed state;
+/// the old shards are kept aside. The start with the new count is refused and exits (it hung
+/// before: the new shard, which started, waited in its drain for the refused ones), and the
+/// shard directory that start left is kept aside too.
+#[test]
+fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goes_on() {
+    let dir = std::env::temp_dir().join(format!("sluice-rescale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let sets_for = |shards: usize| {
+        vec![
+            format!("state.dir={}", state.display()),
+            // 3 x 40 slots for 150 keys: some keys are spilled under every count.
+            "state.hot_capacity=40".to_owned(),
+            "state.dedup=true".to_owned(),
+            "checkpoint.interval_ms=3600000".to_owned(),
+            format!("shards.count={shards}"),
+            "model.kind=linear".to_owned(),
+            "log.level=warn".to_owned(),
+        ]
+    };
+    let keys = 1..=150u64;
+    // Run `shards` shards; each key's next Observation must count `seen[key] + 1`.
+    let run_and_check = |shards: usize, seen: &mut HashMap<u64, u64>| {
+        let (mut child, mut out, addr) = common::spawn_run(&sets_for(shards));
+        for key in keys.clone() {
+            let n = seen.entry(key).or_default();
+            *n += 1;
+            let got = common::score_one(&addr, key, *n).count;
+            assert_eq!(got, *n, "key {key} with {shards} shard(s)");
+        }
+        move || {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            // The report goes to stdout at the stop: read, not left to a closed pipe.
+            let mut report = String::new();
+            std::io::Read::read_to_string(&mut out, &mut report).unwrap();
+            assert!(child.wait().unwrap().success(), "{report}");
+        }
+    };
+    let rescale = |sets: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "rescale"])
+            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+            .output()
+            .unwrap()
+    };
+    let mut seen = HashMap::new();
+    run_and_check(2, &mut seen)();
+    // Again with the same count: every key's second Observation.
+    let mut stop = run_and_check(2, &mut seen);
+    // While it runs: refused, naming the holder.
+    let out = rescale(&sets_for(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in use by another sluice process"),
+        "{err}"
+    );
+    stop();
+    let refused = common::run_refused(&sets_for(3));
+    assert!(
+        refused.contains("shards=2 then, shards=3 now") && refused.contains("sluice state rescale"),
+        "{refused}"
+    );
+
+    for shards in [3, 1] {
+        let out = rescale(&sets_for(shards));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("shard(s): 150 key(s)"), "{said}");
+        assert!(said.contains(&format!(" to {shards} shard(s)")), "{said}");
+        run_and_check(shards, &mut seen)();
+    }
+    let kept: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("before-rescale-"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        !state.join("shard-1").exists(),
+        "a shard of the old count left in place"
+    );
+
+    // Nothing to do, and Kafka-fed state: refused with the reason.
+    let out = rescale(&sets_for(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
+    let mut kafka = sets_for(2);
+    kafka.push("ingest.kafka.brokers=127.0.0.1:9".to_owned());
+    let out = rescale(&kafka);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("input partition"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,6 +31,7 @@ use crate::wake::Waker;
 
 mod kafka_part;
 pub mod one_instance;
+pub mod rescale;
 mod xdp_part;
 use kafka_part::KafkaPart;
 pub use xdp_part::XdpStartError;
@@ -402,6 +403,7 @@ pub fn start_with_progress(
                         (Some(latency), failure)
                     }
                     Err(e) => {
+                        control.never_started(id);
                         let _ = ready.send((id, Err(e)));
                         control.request_stop();
                         (None, None)

@@ -568,6 +568,29 @@ impl KeyedState {
         n
     }
 
+    /// Every record with its words, hot then spilled: bulk work (re-dealing a state over
+    /// another shard count), never per event.
+    pub fn for_each_record(&self, mut f: impl FnMut(&Record, &[u64])) -> Result<(), StateError> {
+        for slot in 0..self.hot.slots() {
+            let (rec, words) = self.hot.slot(slot);
+            if rec.is_occupied() {
+                f(rec, words);
+            }
+        }
+        if let Some(spill) = &self.spill {
+            let mut words = vec![0u64; self.plan.words()];
+            let mut unreadable = None;
+            spill.for_each_image(|rec, image| match Record::read_image(image, &mut words) {
+                Some(_) => f(rec, &words),
+                None => unreadable = unreadable.or(Some(rec.key)),
+            })?;
+            if let Some(key) = unreadable {
+                return Err(SpillError::Corrupt(key).into());
+            }
+        }
+        Ok(())
+    }
+
     /// Put a restored record back: into the hot table, or the spill store once it is full.
     pub fn restore(&mut self, rec: Record, words: &[u64]) -> Result<(), StateError> {
         if self.hot.insert(rec, Some(words)).is_some() {

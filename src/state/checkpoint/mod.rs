@@ -179,7 +179,15 @@ fn mismatch_said(path: &Path, root: &Path, found: &str, want: &str) -> String {
         })
         .collect();
     let kafka_grew = part(found, "kafka").is_some() && part(found, "kafka") != part(want, "kafka");
-    let fix = if kafka_grew {
+    let only_shards = names
+        .iter()
+        .all(|n| *n == "shards" || part(found, n) == part(want, n));
+    let fix = if only_shards && part(found, "kafka").is_none() {
+        format!(
+            " Only the shard count differs: `sluice state rescale` with this config (the service stopped) re-deals the state over it, every key to its new shard; or restore the old count, or move {} away to start empty",
+            root.display()
+        )
+    } else if kafka_grew {
         format!(" The input topics' partitions differ from the checkpoint's (partitions added to a topic?): a key's state lives with its Kafka partition, and sluice carries it over only to a topic grown to a multiple of the partitions its state was first dealt over (2 -> 4, 6, 8: a modulo partitioner keeps each key in its family), with dealt partitions, the same shard count and no changelog; this is not a multiple, or not such a run, so this state cannot be carried over (README, Kafka, partitions added to an input topic). Go back to the topics it was written for, or move the whole state.dir ({} and its siblings) away to start empty (under exactly_once with a new egress.kafka.transactional_id_prefix too, whose progress records name no checkpoint)", root.display())
     } else {
         format!(
