@@ -424,17 +424,41 @@ fn a_full_state_dir_fails_checkpoints_counted_while_serving_goes_on_and_they_res
     assert_eq!(answered, received, "every event answered once: {report}");
 }
 
+/// A fresh directory for a fault test: it, its admin socket's path and its log's path.
+fn fault_dir(name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (admin, log) = (dir.join("admin.sock"), dir.join("sluice.log"));
+    (dir, admin, log)
+}
+
+/// `child`'s exit status once it stops on its own (a shard panicked), within 60 s.
+fn exits_on_its_own(
+    child: &mut std::process::Child,
+    log: &std::path::Path,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice still runs 60 s after a shard panicked:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Events a live shard routed to a shard whose thread then panicked — four unread in the ring
 /// to it and sixteen waiting for room (`route.full = backpressure`) — are counted as dropped
 /// (`shard_panicked`) and said in the log, not lost without a word (they were only logged, as
 /// a count, before; the ring's four not at all).
 #[test]
 fn events_routed_to_a_shard_that_panics_are_counted_as_dropped() {
-    let dir = std::env::temp_dir().join(format!("sluice-panic-ring-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let admin = dir.join("admin.sock");
-    let log = dir.join("sluice.log");
+    let (dir, admin, log) = fault_dir("sluice-panic-ring");
     let sets = [
         "shards.count=2".to_owned(),
         "route.full=backpressure".to_owned(),
@@ -481,14 +505,7 @@ fn events_routed_to_a_shard_that_panics_are_counted_as_dropped() {
         sluice::admin::request(&admin, "fault panic 0").unwrap(),
         "ok"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "sluice runs on after the panic");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exits_on_its_own(&mut child, &log);
     let mut report = String::new();
     stdout.read_to_string(&mut report).unwrap();
     let said = std::fs::read_to_string(&log).unwrap();
@@ -520,11 +537,7 @@ fn events_routed_to_a_shard_that_panics_are_counted_as_dropped() {
 /// keys where they were.
 #[test]
 fn a_shard_that_panics_stops_the_service_and_its_peer_drains_to_a_checkpoint() {
-    let dir = std::env::temp_dir().join(format!("sluice-panic-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let admin = dir.join("admin.sock");
-    let log = dir.join("sluice.log");
+    let (dir, admin, log) = fault_dir("sluice-panic");
     let sets = [
         "shards.count=2".to_owned(),
         format!("state.dir={}", dir.join("state").display()),
@@ -551,18 +564,7 @@ fn a_shard_that_panics_stops_the_service_and_its_peer_drains_to_a_checkpoint() {
     assert_eq!(score_one(&addr, k1, 2).count, 2);
     let answer = sluice::admin::request(&admin, "fault panic 0").unwrap();
     assert_eq!(answer, "ok");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice still runs 60 s after shard 0 panicked:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exits_on_its_own(&mut child, &log);
     let mut report = String::new();
     stdout.read_to_string(&mut report).unwrap();
     let said = std::fs::read_to_string(&log).unwrap();

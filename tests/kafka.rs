@@ -3990,19 +3990,6 @@ fn start_at_a_point_in_time_takes_each_partition_from_its_first_record_at_or_aft
         "{out}{err}"
     );
 
-    let log = dir.join("dealt.log");
-    let (child, out, _, _) = common::spawn_run_logged(&sets, &log, &[]);
-    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
-        s.len() >= 15
-    });
-    let report = stop(child, Some(out));
-    let said = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(scored(&scores), want, "{report}\n{said}");
-    assert_eq!(
-        counter(&report, "sluice_kafka_records_total"),
-        15,
-        "{report}"
-    );
     // Each partition's line says where and why: 0-2 at their first new record, 3 at its end.
     let said_where = |said: &str, start: &str| {
         let from = format!("from=\"ingest.kafka.start = {start}");
@@ -4025,7 +4012,24 @@ fn start_at_a_point_in_time_takes_each_partition_from_its_first_record_at_or_aft
             );
         }
     };
-    said_where(&said, &an_hour_back[..19]);
+    // One run: exactly the new records scored (into `topic`), and each partition's line.
+    let run = |sets: &[String], name: &str, topic: &str, start: &str| {
+        let log = dir.join(name);
+        let (child, out, _, _) = common::spawn_run_logged(sets, &log, &[]);
+        let scores = read_scores_until(&broker.addr, topic, Duration::from_secs(60), |s| {
+            s.len() >= 15
+        });
+        let report = stop(child, Some(out));
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(scored(&scores), want, "{report}\n{said}");
+        assert_eq!(
+            counter(&report, "sluice_kafka_records_total"),
+            15,
+            "{report}"
+        );
+        said_where(&said, start);
+    };
+    run(&sets, "dealt.log", SCORES, &an_hour_back[..19]);
 
     broker.create_topic("startat-scores", 1);
     let (sets, _) = group_member(
@@ -4040,22 +4044,6 @@ fn start_at_a_point_in_time_takes_each_partition_from_its_first_record_at_or_aft
             "egress.kafka.changelog_topic=startat-state",
         ],
     );
-    let log = dir.join("group.log");
-    let (child, out, _, _) = common::spawn_run_logged(&sets, &log, &[]);
-    let scores = read_scores_until(
-        &broker.addr,
-        "startat-scores",
-        Duration::from_secs(60),
-        |s| s.len() >= 15,
-    );
-    let report = stop(child, Some(out));
-    let said = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(scored(&scores), want, "{report}\n{said}");
-    assert_eq!(
-        counter(&report, "sluice_kafka_records_total"),
-        15,
-        "{report}"
-    );
-    said_where(&said, "45m ago");
+    run(&sets, "group.log", "startat-scores", "45m ago");
     let _ = std::fs::remove_dir_all(&dir);
 }

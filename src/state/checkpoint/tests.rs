@@ -501,7 +501,15 @@ fn a_checkpoint_for_another_layout_stops_the_restore() {
     // Only what differs is named, then and now.
     assert!(said.contains("(shards=2 then, shards=3 now)"), "{said}");
     assert!(!said.contains("features"), "{said}");
+    // Only the count: the command that re-deals the state is named.
+    assert!(
+        said.contains("Only the shard count differs: `sluice state rescale`"),
+        "{said}"
+    );
+    let err = restore_into_new(&d, "shards=3;features=b").err().unwrap();
+    let said = err.to_string();
     assert!(said.contains("Restore the old settings"), "{said}");
+    assert!(!said.contains("sluice state rescale"), "{said}");
 }
 
 #[test]
