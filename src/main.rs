@@ -157,6 +157,10 @@ enum StateCommand {
         config: Option<PathBuf>,
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         sets: Vec<String>,
+        /// Test hook: stop as a crash would, between moving the old shards aside and moving
+        /// the new ones in.
+        #[arg(long, hide = true)]
+        fault_stop_mid_swap: bool,
     },
 }
 
@@ -262,12 +266,32 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             });
         }
         Command::State {
-            what: StateCommand::Rescale { config, sets },
+            what:
+                StateCommand::Rescale {
+                    config,
+                    sets,
+                    fault_stop_mid_swap,
+                },
         } => {
+            use sluice::app::rescale;
             let config = load(config.as_ref(), &sets)?;
             init_logging(&config.log.level);
-            let to = sluice::app::rescale::shard_count(&config)?;
-            let done = sluice::app::rescale::rescale(&config, to)?;
+            let to = rescale::shard_count(&config)?;
+            let fault = if fault_stop_mid_swap {
+                rescale::Fault::StopMidSwap
+            } else {
+                rescale::Fault::None
+            };
+            let done = rescale::rescale(&config, to, fault)?;
+            if done.resumed {
+                println!(
+                    "state.dir {}: an interrupted rescale's swap finished ({} shard(s) now; the old ones are in {}); run this again to re-deal over another count",
+                    config.state.dir,
+                    done.to,
+                    done.kept.display()
+                );
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             let per: Vec<String> = done
                 .keys_per_shard
                 .iter()

@@ -379,9 +379,10 @@ fn twenty_kill_9s_each_restore_the_newest_checkpoint_and_replay_exactly_once() {
 }
 
 /// `sluice state rescale`: a state.dir written by 2 shards, with keys hot and spilled, re-dealt
-/// over 3 and then over 1 while stopped: each time every key's next Score counts on from where
-/// it was (before, the start with another shard count refused the checkpoints and the only way
-/// on was an empty state). Refused while a sluice holds the directory and for Kafka-fed state;
+/// while stopped over 3, then over 1, then over 2 with the swap cut short (refused by the
+/// start) and finished: each time every key's next Score counts on from where it was (before,
+/// the start with another shard count refused the checkpoints and the only way on was an
+/// empty state). Refused while a sluice holds the directory and for Kafka-fed state;
 /// the old shards are kept aside. The start with the new count is refused and exits (it hung
 /// before: the new shard, which started, waited in its drain for the refused ones), and the
 /// shard directory that start left is kept aside too.
@@ -461,20 +462,50 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         assert!(said.contains(&format!(" to {shards} shard(s)")), "{said}");
         run_and_check(shards, &mut seen)();
     }
+    // A rescale cut short between moving the old shards aside and the new ones in (as a crash
+    // would): the start refuses, the next rescale finishes the swap, the counts go on.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["state", "rescale", "--fault-stop-mid-swap"])
+        .args(
+            sets_for(2)
+                .iter()
+                .flat_map(|s| ["--set".to_owned(), s.clone()]),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stopped mid-swap"),
+        "{err}"
+    );
+    assert!(!state.join("shard-0").exists(), "the old shard 0 is aside");
+    let refused = common::run_refused(&sets_for(2));
+    assert!(
+        refused.contains("was cut short while it swapped"),
+        "{refused}"
+    );
+    let out = rescale(&sets_for(2));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("swap finished (2 shard(s) now"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_and_check(2, &mut seen)();
     let kept: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("before-rescale-"))
         .collect();
-    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
     assert!(
-        !state.join("shard-1").exists(),
-        "a shard of the old count left in place"
+        !state.join("shard-2").exists(),
+        "a shard of an old count left in place"
     );
 
     // Nothing to do, and Kafka-fed state: refused with the reason.
-    let out = rescale(&sets_for(1));
+    let out = rescale(&sets_for(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
     let mut kafka = sets_for(2);
     kafka.push("ingest.kafka.brokers=127.0.0.1:9".to_owned());

@@ -243,6 +243,9 @@ pub fn start_with_progress(
     // socket is refused here, with what holds them, instead of quietly sharing them.
     let state_lock =
         one_instance::StateDirLock::take(&config.state.dir).map_err(AppError::InUse)?;
+    if let Some(why) = rescale::interrupted(&config.state.dir) {
+        return Err(AppError::StateDir(why));
+    }
     if !config.admin.socket.is_empty() {
         crate::admin::refuse_if_served(std::path::Path::new(&config.admin.socket))
             .map_err(AppError::InUse)?;

@@ -29,6 +29,9 @@ pub struct Rescaled {
     pub keys_per_shard: Vec<u64>,
     /// Where the old shards' directories went.
     pub kept: PathBuf,
+    /// An interrupted swap was finished (nothing re-dealt now; `from` is the directories it
+    /// had to move aside).
+    pub resumed: bool,
     pub took_ms: f64,
 }
 
@@ -77,7 +80,7 @@ pub fn shard_count(config: &Config) -> Result<usize, RescaleError> {
 }
 
 /// Re-deal `config.state.dir` over `to` shards (what `run` would place: see `shard_count`).
-pub fn rescale(config: &Config, to: usize) -> Result<Rescaled, RescaleError> {
+pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, RescaleError> {
     let started = Instant::now();
     let dir = &config.state.dir;
     if dir.is_empty() {
@@ -93,6 +96,27 @@ pub fn rescale(config: &Config, to: usize) -> Result<Rescaled, RescaleError> {
     // The same lock `run` takes: never while a sluice serves this state.
     let _lock = super::one_instance::StateDirLock::take(dir).map_err(RescaleError::InUse)?;
     let root = Path::new(dir);
+    // A swap cut short: finish it, nothing else.
+    let mark_path = root.join(SWAP_MARK);
+    if mark_path.exists() {
+        let text = std::fs::read_to_string(&mark_path).map_err(io("reading", &mark_path))?;
+        let mark = Swap::parse(&text).ok_or_else(|| {
+            RescaleError::Refused(format!(
+                "{} is damaged ({text:?}): finish the swap by hand (old shards into the before-rescale directory, {STAGING}/shard-N into state.dir) and remove it",
+                mark_path.display()
+            ))
+        })?;
+        swap(root, &mark, fault)?;
+        return Ok(Rescaled {
+            from: mark.aside.len(),
+            to: mark.to,
+            keys: 0,
+            keys_per_shard: Vec::new(),
+            kept: root.join(&mark.kept),
+            resumed: true,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        });
+    }
     let mut old = shard_dirs(root);
     // The count the state was written by, as its first shard's newest checkpoint says. A
     // start refused for the new count may have left shard directories past it (a new shard
@@ -133,7 +157,7 @@ pub fn rescale(config: &Config, to: usize) -> Result<Rescaled, RescaleError> {
         |d: &Path, len: Option<u64>| Spill::open(d, config.state.spill_cache_bytes, words, len);
 
     // The new shards are built beside the old ones; a rescale stopped half-way left its own.
-    let staging = root.join("rescale-staging");
+    let staging = root.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
             .map_err(io("removing an unfinished rescale's", &staging))?;
@@ -162,7 +186,7 @@ pub fn rescale(config: &Config, to: usize) -> Result<Rescaled, RescaleError> {
         {
             let found = checkpoint::newest_layout(&cp_root).ok().flatten();
             return Err(RescaleError::Refused(format!(
-                "{}: its newest checkpoint was written for {}, not {old_layout:?} ({from} shard directories, this config's features and lateness): only the shard count may differ",
+                "{}: its newest checkpoint was written for {}, not {old_layout:?} ({from} shards, as shard 0's checkpoint says, and this config's features and lateness): only the shard count may differ",
                 shard_dir.display(),
                 found.map_or_else(|| "nothing (no checkpoint)".to_owned(), |l| format!("{l:?}"))
             )));
@@ -191,7 +215,9 @@ pub fn rescale(config: &Config, to: usize) -> Result<Rescaled, RescaleError> {
                 };
                 match target.restore(*rec, words) {
                     Ok(()) => {
-                        keys_per_shard[j] += 1;
+                        if let Some(n) = keys_per_shard.get_mut(j) {
+                            *n += 1;
+                        }
                         target.stats.observations_applied += rec.observations;
                         applied_in_keys += rec.observations;
                     }
@@ -217,31 +243,130 @@ pub fn rescale(config: &Config, to: usize) -> Result<Rescaled, RescaleError> {
     }
     drop(new);
 
-    // The swap: the old shards into a directory of their own, the new ones into place.
-    let kept = root.join(format!(
-        "before-rescale-{}",
-        crate::clock::realtime_ns() / 1_000_000
-    ));
-    std::fs::create_dir(&kept).map_err(io("making", &kept))?;
-    for d in old.iter().chain(&leftovers) {
-        let to_path = kept.join(d.file_name().unwrap_or_default());
-        std::fs::rename(d, &to_path).map_err(io("moving aside", d))?;
-    }
-    for j in 0..to {
-        let from_path = staging.join(format!("shard-{j}"));
-        std::fs::rename(&from_path, root.join(format!("shard-{j}")))
-            .map_err(io("moving into place", &from_path))?;
-    }
-    std::fs::remove_dir(&staging).map_err(io("removing", &staging))?;
+    // The swap: the old shards into a directory of their own, the new ones into place. A mark
+    // written first makes a swap cut short (a crash, a kill) one that `run` refuses and the
+    // next rescale finishes, never a state.dir that starts half empty.
+    let kept = format!("before-rescale-{}", crate::clock::realtime_ns() / 1_000_000);
+    let aside: Vec<String> = old
+        .iter()
+        .chain(&leftovers)
+        .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    let mark = Swap { kept, aside, to };
+    let mark_path = root.join(SWAP_MARK);
+    checkpoint::disk::write_synced(&mark_path, &[mark.render().as_bytes()])
+        .map_err(io("writing", &mark_path))?;
     checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
+    swap(root, &mark, fault)?;
     let keys = keys_per_shard.iter().sum();
     Ok(Rescaled {
         from,
         to,
         keys,
         keys_per_shard,
-        kept,
+        kept: root.join(&mark.kept),
+        resumed: false,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// The file in `state.dir` that says a swap is under way (see `Swap`).
+pub const SWAP_MARK: &str = "rescale-swap";
+
+/// A swap's plan: the directories moved into `kept`, then the staged shards 0..`to` into place.
+#[derive(Debug, PartialEq)]
+struct Swap {
+    kept: String,
+    aside: Vec<String>,
+    to: usize,
+}
+
+impl Swap {
+    fn render(&self) -> String {
+        format!(
+            "kept={}\naside={}\nto={}\n",
+            self.kept,
+            self.aside.join(","),
+            self.to
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+        };
+        let kept = field("kept")?.to_owned();
+        let aside = field("aside")?
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let to = field("to")?.parse().ok()?;
+        // Only names this module writes: a damaged mark must not move anything else.
+        let named = |n: &str| n.starts_with("shard-") || n.starts_with("before-rescale-");
+        let s = Self { kept, aside, to };
+        (named(&s.kept) && s.aside.iter().all(|n| named(n))).then_some(s)
+    }
+}
+
+/// Carry out (or finish) `mark`'s swap. Every old directory is moved aside before any staged
+/// one moves in (a directory sync between), so a `shard-N` still in place while one of the
+/// aside names is missing from `kept` is an old one.
+fn swap(root: &Path, mark: &Swap, fault: Fault) -> Result<(), RescaleError> {
+    let kept = root.join(&mark.kept);
+    if !kept.exists() {
+        std::fs::create_dir(&kept).map_err(io("making", &kept))?;
+    }
+    for name in &mark.aside {
+        let (from, to) = (root.join(name), kept.join(name));
+        if from.exists() && !to.exists() {
+            std::fs::rename(&from, &to).map_err(io("moving aside", &from))?;
+        }
+    }
+    checkpoint::disk::sync_dir(&kept).map_err(io("syncing", &kept))?;
+    checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
+    if fault == Fault::StopMidSwap {
+        return Err(RescaleError::Refused(
+            "stopped mid-swap, as asked (--fault-stop-mid-swap)".into(),
+        ));
+    }
+    let staging = root.join(STAGING);
+    for j in 0..mark.to {
+        let from = staging.join(format!("shard-{j}"));
+        if from.exists() {
+            std::fs::rename(&from, root.join(format!("shard-{j}")))
+                .map_err(io("moving into place", &from))?;
+        }
+    }
+    checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
+    if staging.exists() {
+        std::fs::remove_dir(&staging).map_err(io("removing", &staging))?;
+    }
+    let mark_path = root.join(SWAP_MARK);
+    std::fs::remove_file(&mark_path).map_err(io("removing", &mark_path))?;
+    checkpoint::disk::sync_dir(root).map_err(io("syncing", root))
+}
+
+/// Test hook: a rescale that stops as a crash would, between moving the old shards aside and
+/// moving the new ones in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    StopMidSwap,
+}
+
+/// Where the new shards are built.
+const STAGING: &str = "rescale-staging";
+
+/// Why `run` must not start on `dir`: a rescale's swap was cut short there.
+pub fn interrupted(dir: &str) -> Option<String> {
+    let mark = Path::new(dir).join(SWAP_MARK);
+    mark.exists().then(|| {
+        format!(
+            "state.dir {dir}: a `sluice state rescale` was cut short while it swapped the shards ({} is there); a start now would find part of the state. Run `sluice state rescale` again, with the config the service will run with: it finishes the swap",
+            mark.display()
+        )
     })
 }
 
@@ -285,5 +410,26 @@ fn write_full(
             Err("its checkpoint was not written".into())
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swap_mark_round_trips_and_a_damaged_one_moves_nothing() {
+        let mark = Swap {
+            kept: "before-rescale-17".into(),
+            aside: vec!["shard-0".into(), "shard-1".into()],
+            to: 3,
+        };
+        assert_eq!(Swap::parse(&mark.render()), Some(mark));
+        assert_eq!(
+            Swap::parse("kept=before-rescale-1\naside=../etc\nto=1\n"),
+            None
+        );
+        assert_eq!(Swap::parse("kept=/\naside=shard-0\nto=1\n"), None);
+        assert_eq!(Swap::parse("kept=before-rescale-1\naside=shard-0\n"), None);
     }
 }
