@@ -242,6 +242,12 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         written.map_err(|what| RescaleError::Write { shard: j, what })?;
     }
     drop(new);
+    // The staged shards' directory entries durable before the mark vouches for them.
+    for j in 0..to {
+        let d = staging.join(format!("shard-{j}"));
+        checkpoint::disk::sync_dir(&d).map_err(io("syncing", &d))?;
+    }
+    checkpoint::disk::sync_dir(&staging).map_err(io("syncing", &staging))?;
 
     // The swap: the old shards into a directory of their own, the new ones into place. A mark
     // written first makes a swap cut short (a crash, a kill) one that `run` refuses and the
@@ -340,6 +346,16 @@ fn swap(root: &Path, mark: &Swap, fault: Fault) -> Result<(), RescaleError> {
         }
     }
     checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
+    // Every new shard in place before the mark goes: else the start would begin one empty.
+    if let Some(j) = (0..mark.to).find(|j| !root.join(format!("shard-{j}")).is_dir()) {
+        return Err(RescaleError::Refused(format!(
+            "finishing the swap: new shard {j} is neither in {} nor in place; the old shards are in {}. Move them back into {} and delete {} to return to the old count",
+            staging.display(),
+            kept.display(),
+            root.display(),
+            root.join(SWAP_MARK).display()
+        )));
+    }
     if staging.exists() {
         std::fs::remove_dir(&staging).map_err(io("removing", &staging))?;
     }
