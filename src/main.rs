@@ -296,7 +296,10 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 .keys_per_shard
                 .iter()
                 .enumerate()
-                .map(|(j, n)| format!("shard {j}: {n}"))
+                .map(|(j, n)| match done.partitions_per_shard.get(j) {
+                    Some(p) => format!("shard {j}: {n}, {p} input partition(s)"),
+                    None => format!("shard {j}: {n}"),
+                })
                 .collect();
             println!(
                 "state.dir {} re-dealt from {} to {} shard(s): {} key(s) ({}) in {:.0} ms; the old shards are kept in {} (delete it once the new count serves)",
@@ -308,6 +311,9 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 done.took_ms,
                 done.kept.display()
             );
+            if let Some(seq) = done.progress {
+                println!("exactly_once: each new shard's transactional.id committed a progress record naming its checkpoint {seq}; a start restores it");
+            }
         }
         Command::Cluster {
             what: ClusterCommand::Status { socket, json },

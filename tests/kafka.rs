@@ -1849,6 +1849,124 @@ fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `sluice state rescale` of a Kafka-fed state (dealt partitions): each input partition moves
+/// whole to the shard the new count deals it, with its keys' state and its offset. 2 shards,
+/// then 3, then 1, then 2 through a rescale cut short mid-swap (the start refused until the
+/// next rescale finishes it), a quarter of the records produced before each run: every
+/// Observation scored once in the end, each count going on across the counts (a key whose
+/// state stayed behind would count from 1 again; a partition whose offset stayed behind would
+/// be scored twice or skipped). Under exactly_once the new checkpoints are named by progress
+/// records the rescale commits, which the starts restore.
+fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: &str) {
+    let broker = broker_with_topics(name);
+    let dir = scratch(name);
+    let sets_for = |shards: usize| {
+        let mut sets = sluice_sets(&broker, &durable(&dir, delivery));
+        sets.push(format!("egress.kafka.transactional_id_prefix={name}"));
+        sets.push(format!("shards.count={shards}"));
+        sets
+    };
+    let rescale = |shards: usize, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "rescale"])
+            .args(extra)
+            .args(
+                sets_for(shards)
+                    .iter()
+                    .flat_map(|s| ["--set".to_owned(), s.clone()]),
+            )
+            .output()
+            .unwrap()
+    };
+    let records = workload(40, 400);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let mut produced: Vec<Ev> = Vec::new();
+    for (round, (shards, chunk)) in [2usize, 3, 1, 2]
+        .into_iter()
+        .zip(records.chunks(100))
+        .enumerate()
+    {
+        if round > 0 {
+            let extra: &[&str] = if round == 3 {
+                &["--fault-stop-mid-swap"]
+            } else {
+                &[]
+            };
+            let out = rescale(shards, extra);
+            let said = String::from_utf8_lossy(&out.stdout);
+            let err = String::from_utf8_lossy(&out.stderr);
+            if round == 3 {
+                assert!(
+                    !out.status.success() && err.contains("stopped mid-swap"),
+                    "{err}"
+                );
+                let refused = common::run_refused(&sets_for(shards));
+                assert!(
+                    refused.contains("was cut short while it swapped"),
+                    "{refused}"
+                );
+                let out = rescale(shards, &[]);
+                let said = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success() && said.contains("swap finished (2 shard(s) now"),
+                    "{said}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            } else {
+                assert!(out.status.success(), "{said}{err}");
+                assert!(said.contains(&format!(" to {shards} shard(s)")), "{said}");
+                // 4 partitions: 2 + 1 + 1 over 3 shards, all 4 on one.
+                let dealt = if shards == 3 {
+                    "shard 2: "
+                } else {
+                    "shard 0: "
+                };
+                let partitions = if shards == 3 {
+                    "1 input partition(s)"
+                } else {
+                    "4 input partition(s)"
+                };
+                let line = said.split(dealt).nth(1).unwrap_or_default();
+                assert!(line.contains(partitions), "{said}");
+                assert_eq!(
+                    said.contains("progress record naming its checkpoint"),
+                    delivery == "exactly_once",
+                    "{said}"
+                );
+            }
+        }
+        produce_all(&p, &mut enc, chunk);
+        produced.extend(chunk.iter().flatten().copied());
+        let want = expected(&produced);
+        let (child, stdout, _) = common::spawn_run(&sets_for(shards));
+        read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+            s.len() >= want.len()
+        });
+        let report = stop(child, Some(stdout));
+        // Only this round's records taken: each partition resumed at its offset.
+        assert_eq!(
+            counter(&report, "sluice_kafka_records_total"),
+            chunk.len() as u64,
+            "round {round}, {shards} shard(s): {report}"
+        );
+        let scores = common::kafka::read_committed_to_end(&broker.addr, SCORES);
+        check_exactly_once(&scores, &want);
+        check_each_key_in_order(&scores);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rescale_of_an_at_least_once_kafka_state_moves_partitions_with_state_and_offsets() {
+    rescale_moves_each_partition_with_its_state_and_offset("rescalealo", "at_least_once");
+}
+
+#[test]
+fn rescale_of_an_exactly_once_kafka_state_commits_progress_naming_the_new_checkpoints() {
+    rescale_moves_each_partition_with_its_state_and_offset("rescaleeos", "exactly_once");
+}
+
 /// Input batches compressed with each codec a producer may use (gzip, snappy, lz4, zstd: one
 /// producer each, in turn) are all applied, and Score records go out compressed with zstd
 /// (`kafka.producer."compression.type"`): every Observation scored once. The batches' codecs

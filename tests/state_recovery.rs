@@ -382,7 +382,7 @@ fn twenty_kill_9s_each_restore_the_newest_checkpoint_and_replay_exactly_once() {
 /// while stopped over 3, then over 1, then over 2 with the swap cut short (refused by the
 /// start) and finished: each time every key's next Score counts on from where it was (before,
 /// the start with another shard count refused the checkpoints and the only way on was an
-/// empty state). Refused while a sluice holds the directory and for Kafka-fed state;
+/// empty state). Refused while a sluice holds the directory and for a config that adds Kafka;
 /// the old shards are kept aside. The start with the new count is refused and exits (it hung
 /// before: the new shard, which started, waited in its drain for the refused ones), and the
 /// shard directory that start left is kept aside too.
@@ -504,15 +504,15 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         "a shard of an old count left in place"
     );
 
-    // Nothing to do, and Kafka-fed state: refused with the reason.
+    // Nothing to do, and a config that adds Kafka to a UDP-fed state: refused with the reason.
     let out = rescale(&sets_for(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
-    let mut kafka = sets_for(2);
+    let mut kafka = sets_for(3);
     kafka.push("ingest.kafka.brokers=127.0.0.1:9".to_owned());
     let out = rescale(&kafka);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("input partition"),
+        !out.status.success() && err.contains("with Kafka partitions dealt to them"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

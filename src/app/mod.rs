@@ -32,6 +32,7 @@ use crate::wake::Waker;
 mod kafka_part;
 pub mod one_instance;
 pub mod rescale;
+mod rescale_kafka;
 mod xdp_part;
 use kafka_part::KafkaPart;
 pub use xdp_part::XdpStartError;

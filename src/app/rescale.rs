@@ -7,15 +7,17 @@
 //! new shard written a full checkpoint, in a directory beside the old shards that only then
 //! takes their place. The old shards are kept, renamed, until the operator deletes them.
 //!
-//! UDP-fed state only: a Kafka-fed key lives with its input partition, and partitions are
-//! dealt to shards by another rule (and under exactly_once the progress records name each
-//! shard's checkpoints), so a state with Kafka offsets is refused, naming why.
+//! A Kafka-fed state (dealt partitions) moves by partition, each with its offset, and under
+//! exactly_once with progress records naming the new checkpoints: see `rescale_kafka`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::rescale_kafka::{self, KafkaDeal};
 use crate::config::Config;
-use crate::state::checkpoint::{self, CheckpointSpec, Checkpointer};
+use crate::state::checkpoint::{
+    self, CheckpointSpec, Checkpointer, PartitionOffset, RestoreTarget,
+};
 use crate::state::{KeyedState, Spill};
 
 /// What a rescale did.
@@ -27,6 +29,10 @@ pub struct Rescaled {
     pub keys: u64,
     /// Per new shard.
     pub keys_per_shard: Vec<u64>,
+    /// Kafka: the input partitions each new shard owns, with their offsets.
+    pub partitions_per_shard: Vec<usize>,
+    /// exactly_once: the checkpoint every new shard's progress record names.
+    pub progress: Option<u64>,
     /// Where the old shards' directories went.
     pub kept: PathBuf,
     /// An interrupted swap was finished (nothing re-dealt now; `from` is the directories it
@@ -50,6 +56,8 @@ pub enum RescaleError {
     Read { shard: usize, what: String },
     #[error("new shard {shard}'s state: {what}")]
     Write { shard: usize, what: String },
+    #[error(transparent)]
+    Kafka(#[from] crate::ingest::kafka::KafkaError),
     #[error("{what} {}: {source}", .path.display())]
     Io {
         what: &'static str,
@@ -88,11 +96,6 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
             "state.dir is not set: there is no state to re-deal".into(),
         ));
     }
-    if config.ingest.kafka.enabled() {
-        return Err(RescaleError::Refused(
-            "ingest.kafka is on: a Kafka-fed key's state lives with its input partition, which is dealt to shards by partition, not by key (and under exactly_once the progress records name each shard's checkpoints); run the new shard count with membership = \"group\" and the changelog, which moves partitions with their state, instead".into(),
-        ));
-    }
     // The same lock `run` takes: never while a sluice serves this state.
     let _lock = super::one_instance::StateDirLock::take(dir).map_err(RescaleError::InUse)?;
     let root = Path::new(dir);
@@ -106,12 +109,14 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
                 mark_path.display()
             ))
         })?;
-        swap(root, &mark, fault)?;
+        swap(config, root, &mark, fault)?;
         return Ok(Rescaled {
             from: mark.aside.len(),
             to: mark.to,
             keys: 0,
             keys_per_shard: Vec::new(),
+            partitions_per_shard: Vec::new(),
+            progress: mark.progress,
             kept: root.join(&mark.kept),
             resumed: true,
             took_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -123,8 +128,10 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
     // that started empty while the others were refused): not part of the state, kept aside
     // with the old shards.
     let first = root.join("shard-0").join("checkpoints");
-    let from = checkpoint::newest_layout(&first)
-        .map_err(|source| RescaleError::Restore { shard: 0, source })?
+    let newest = checkpoint::newest_layout(&first)
+        .map_err(|source| RescaleError::Restore { shard: 0, source })?;
+    let from = newest
+        .as_deref()
         .and_then(|l| {
             l.split(';')
                 .find_map(|p| p.strip_prefix("shards="))
@@ -148,7 +155,17 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
             "state.dir {dir} is already dealt over {to} shard(s): nothing to do"
         )));
     }
-    let old_layout = config.state_layout(from);
+    // Kafka-fed: partitions move whole (exactly_once: the brokers asked which checkpoints).
+    let deal = match &newest {
+        Some(layout) if config.ingest.kafka.enabled() => {
+            Some(KafkaDeal::plan(config, from, to, layout)?)
+        }
+        _ => None,
+    };
+    let old_layout = match (&deal, &newest) {
+        (Some(_), Some(layout)) => layout.clone(),
+        _ => config.state_layout(from),
+    };
     let plan = config
         .feature_plan()
         .map_err(|e| RescaleError::Refused(e.to_string()))?;
@@ -174,8 +191,13 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
     }
     let mut keys_per_shard = vec![0u64; to];
     let mut max_event_ns = 0u64;
+    let mut max_seq = 0u64;
     let mut applied_total = 0u64;
     let mut applied_in_keys = 0u64;
+    let mut offsets: Vec<PartitionOffset> = Vec::new();
+    // Kafka-fed keys of one shard each before; one under the new count only if their
+    // partitions agree.
+    let mut on_two = (0u64, None::<(u64, u64, u64)>);
     for (i, shard_dir) in old.iter().enumerate() {
         let restore_err = |source| RescaleError::Restore { shard: i, source };
         let cp_root = shard_dir.join("checkpoints");
@@ -193,8 +215,10 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         }
         // Restores as a start would (the spill store put back to the checkpoint's); the old
         // directory stays a valid state for `from` shards until the swap below.
+        let target = deal.as_ref().map_or(RestoreTarget::Newest, |d| d.target(i));
+        let spill_dir = shard_dir.join("spill");
         let (spill, point) =
-            checkpoint::restore(&cp_root, &old_layout, &shard_dir.join("spill"), words, open)
+            checkpoint::restore_to(&cp_root, &old_layout, &spill_dir, words, open, target)
                 .map_err(restore_err)?;
         let mut state = KeyedState::with_plan(config, plan.clone(), Some(spill));
         let Some(point) = point else {
@@ -202,17 +226,51 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         };
         checkpoint::load_records(&mut state, &point).map_err(restore_err)?;
         max_event_ns = max_event_ns.max(point.manifest.max_event_ns);
+        max_seq = max_seq.max(point.manifest.seq);
         applied_total += point.manifest.observations_applied;
+        offsets.extend(point.manifest.kafka_offsets.iter().cloned());
         let mut failed = None;
         state
             .for_each_record(|rec, words| {
                 if failed.is_some() {
                     return;
                 }
-                let j = crate::route::owner(rec.key, to);
+                let j = match &deal {
+                    Some(d) => match d.shard_of(rec.source, rec.key) {
+                        Some(j) => j,
+                        None => {
+                            failed = Some(RescaleError::Read {
+                                shard: i,
+                                what: format!(
+                                    "key {} belongs to input partition {}, which the state's layout does not name",
+                                    rec.key,
+                                    d.name_of(rec.source)
+                                ),
+                            });
+                            return;
+                        }
+                    },
+                    None => crate::route::owner(rec.key, to),
+                };
                 let Some(target) = new.get_mut(j) else {
                     return;
                 };
+                // Kafka keys are scoped to their partition: the same key may have state on
+                // two partitions of two shards, which one shard cannot hold.
+                if deal.is_some() {
+                    match target.locate(rec.key) {
+                        Ok(None) => {}
+                        Ok(Some(there)) => {
+                            on_two.0 += 1;
+                            on_two.1 = on_two.1.or(Some((rec.key, there.record.source, rec.source)));
+                            return;
+                        }
+                        Err(e) => {
+                            failed = Some(RescaleError::Write { shard: j, what: e.to_string() });
+                            return;
+                        }
+                    }
+                }
                 match target.restore(*rec, words) {
                     Ok(()) => {
                         if let Some(n) = keys_per_shard.get_mut(j) {
@@ -221,24 +279,50 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
                         target.stats.observations_applied += rec.observations;
                         applied_in_keys += rec.observations;
                     }
-                    Err(e) => failed = Some((j, e.to_string())),
+                    Err(e) => {
+                        failed = Some(RescaleError::Write {
+                            shard: j,
+                            what: e.to_string(),
+                        })
+                    }
                 }
             })
             .map_err(|e| RescaleError::Read {
                 shard: i,
                 what: e.to_string(),
             })?;
-        if let Some((shard, what)) = failed {
-            return Err(RescaleError::Write { shard, what });
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
+    if let (Some(d), (n, Some((key, a, b)))) = (&deal, on_two) {
+        return Err(RescaleError::Refused(format!(
+            "{n} key(s) have state on two input partitions that sit on different shards now and would share one under {to} shard(s) (key {key}: {} and {}); a shard keeps one state per key. Producers that partition by key never do this; keep the shard count (nothing was changed)",
+            d.name_of(a),
+            d.name_of(b)
+        )));
+    }
+    let dealt_offsets = match &deal {
+        Some(d) => d.deal_offsets(&offsets)?,
+        None => vec![Vec::new(); to],
+    };
     // Observations of keys the TTL removed counted too, as they were: on the first shard.
     if let Some(first) = new.first_mut() {
         first.stats.observations_applied += applied_total.saturating_sub(applied_in_keys);
     }
-    let layout = config.state_layout(to);
-    for (j, state) in new.iter_mut().enumerate() {
-        let written = write_full(config, &staging, j, &layout, state, max_event_ns);
+    let layout = deal
+        .as_ref()
+        .map_or_else(|| config.state_layout(to), |d| d.new_layout.clone());
+    // Above every checkpoint the old shards (and their progress records) name.
+    let seq = max_seq + 1;
+    for ((j, state), offsets) in new.iter_mut().enumerate().zip(&dealt_offsets) {
+        let at = NewCheckpoint {
+            layout: &layout,
+            max_event_ns,
+            seq,
+            offsets,
+        };
+        let written = write_full(config, &staging, j, state, &at);
         written.map_err(|what| RescaleError::Write { shard: j, what })?;
     }
     drop(new);
@@ -258,18 +342,29 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         .chain(&leftovers)
         .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
         .collect();
-    let mark = Swap { kept, aside, to };
+    let progress = deal
+        .as_ref()
+        .is_some_and(KafkaDeal::exactly_once)
+        .then_some(seq);
+    let mark = Swap {
+        kept,
+        aside,
+        to,
+        progress,
+    };
     let mark_path = root.join(SWAP_MARK);
     checkpoint::disk::write_synced(&mark_path, &[mark.render().as_bytes()])
         .map_err(io("writing", &mark_path))?;
     checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
-    swap(root, &mark, fault)?;
+    swap(config, root, &mark, fault)?;
     let keys = keys_per_shard.iter().sum();
     Ok(Rescaled {
         from,
         to,
         keys,
         keys_per_shard,
+        partitions_per_shard: deal.map_or_else(Vec::new, |d| d.partitions_per_shard()),
+        progress,
         kept: root.join(&mark.kept),
         resumed: false,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -279,18 +374,24 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
 /// The file in `state.dir` that says a swap is under way (see `Swap`).
 pub const SWAP_MARK: &str = "rescale-swap";
 
-/// A swap's plan: the directories moved into `kept`, then the staged shards 0..`to` into place.
+/// A swap's plan: the directories moved into `kept`, then the staged shards 0..`to` into place;
+/// first, for an exactly_once Kafka state, each new shard's progress record naming checkpoint
+/// `progress` committed.
 #[derive(Debug, PartialEq)]
 struct Swap {
     kept: String,
     aside: Vec<String>,
     to: usize,
+    progress: Option<u64>,
 }
 
 impl Swap {
     fn render(&self) -> String {
+        let progress = self
+            .progress
+            .map_or_else(String::new, |seq| format!("progress={seq}\n"));
         format!(
-            "kept={}\naside={}\nto={}\n",
+            "kept={}\naside={}\nto={}\n{progress}",
             self.kept,
             self.aside.join(","),
             self.to
@@ -309,17 +410,30 @@ impl Swap {
             .map(str::to_owned)
             .collect();
         let to = field("to")?.parse().ok()?;
+        let progress = match field("progress") {
+            Some(seq) => Some(seq.parse().ok()?),
+            None => None,
+        };
         // Only names this module writes: a damaged mark must not move anything else.
         let named = |n: &str| n.starts_with("shard-") || n.starts_with("before-rescale-");
-        let s = Self { kept, aside, to };
+        let s = Self {
+            kept,
+            aside,
+            to,
+            progress,
+        };
         (named(&s.kept) && s.aside.iter().all(|n| named(n))).then_some(s)
     }
 }
 
 /// Carry out (or finish) `mark`'s swap. Every old directory is moved aside before any staged
 /// one moves in (a directory sync between), so a `shard-N` still in place while one of the
-/// aside names is missing from `kept` is an old one.
-fn swap(root: &Path, mark: &Swap, fault: Fault) -> Result<(), RescaleError> {
+/// aside names is missing from `kept` is an old one. Under exactly_once the new checkpoints
+/// are named in the progress topic first: from then on only the new shards match it.
+fn swap(config: &Config, root: &Path, mark: &Swap, fault: Fault) -> Result<(), RescaleError> {
+    if let Some(seq) = mark.progress {
+        rescale_kafka::commit_progress(config, root, mark.to, seq)?;
+    }
     let kept = root.join(&mark.kept);
     if !kept.exists() {
         std::fs::create_dir(&kept).map_err(io("making", &kept))?;
@@ -373,7 +487,7 @@ pub enum Fault {
 }
 
 /// Where the new shards are built.
-const STAGING: &str = "rescale-staging";
+pub(super) const STAGING: &str = "rescale-staging";
 
 /// Why `run` must not start on `dir`: a rescale's swap was cut short there.
 pub fn interrupted(dir: &str) -> Option<String> {
@@ -386,21 +500,28 @@ pub fn interrupted(dir: &str) -> Option<String> {
     })
 }
 
+/// What every new shard's checkpoint is written as, and (Kafka) the input offsets it holds.
+struct NewCheckpoint<'a> {
+    layout: &'a str,
+    max_event_ns: u64,
+    seq: u64,
+    offsets: &'a [PartitionOffset],
+}
+
 /// New shard `j`'s state as a full checkpoint under `staging/shard-j`, waited for.
 fn write_full(
     config: &Config,
     staging: &Path,
     j: usize,
-    layout: &str,
     state: &mut KeyedState,
-    max_event_ns: u64,
+    at: &NewCheckpoint<'_>,
 ) -> Result<(), String> {
     state.track_changes();
     let words = state.plan().words();
     let mut cp = Checkpointer::start(CheckpointSpec {
         root: staging.join(format!("shard-{j}")).join("checkpoints"),
         shard: j,
-        layout: layout.to_owned(),
+        layout: at.layout.to_owned(),
         interval_ns: config.checkpoint.interval_ms.max(1) * 1_000_000,
         keep: config.checkpoint.keep,
         full_every: config.checkpoint.full_every,
@@ -409,13 +530,17 @@ fn write_full(
         slice_ns: 0,
         journal_records: config.checkpoint.spill_journal_records,
         words,
-        next_seq: 1,
+        next_seq: at.seq,
         restored: None,
         gated: false,
     })
     .map_err(|e| e.to_string())?;
     cp.wait_ready();
-    cp.finish(state, max_event_ns);
+    let input = checkpoint::Input {
+        position: 0,
+        offsets: at.offsets.to_vec(),
+    };
+    cp.finish_with(state, at.max_event_ns, &input);
     match cp.take_outcome() {
         Some(Err(e)) => Err(e),
         _ if checkpoint::newest_layout(&staging.join(format!("shard-{j}")).join("checkpoints"))
@@ -439,8 +564,20 @@ mod tests {
             kept: "before-rescale-17".into(),
             aside: vec!["shard-0".into(), "shard-1".into()],
             to: 3,
+            progress: None,
         };
         assert_eq!(Swap::parse(&mark.render()), Some(mark));
+        let exactly_once = Swap {
+            kept: "before-rescale-18".into(),
+            aside: vec!["shard-0".into()],
+            to: 2,
+            progress: Some(41),
+        };
+        assert_eq!(Swap::parse(&exactly_once.render()), Some(exactly_once));
+        assert_eq!(
+            Swap::parse("kept=before-rescale-1\naside=shard-0\nto=1\nprogress=x\n"),
+            None
+        );
         assert_eq!(
             Swap::parse("kept=before-rescale-1\naside=../etc\nto=1\n"),
             None

@@ -273,6 +273,32 @@ pub fn start_producer(
     Ok(producer)
 }
 
+/// Fence every earlier producer of `transactional_id`, aborting a transaction it left open
+/// (`sluice state rescale`, before it reads the progress records a start would read).
+pub fn fence(config: &Config, transactional_id: &str) -> Result<(), KafkaError> {
+    start_producer(config, Some(transactional_id), Arc::default()).map(drop)
+}
+
+/// Commit a transaction of `transactional_id` that carries only the progress record `p`,
+/// fencing any earlier producer of that id first: `sluice state rescale` names each new
+/// shard's checkpoint this way, as the shard's own first commit would have.
+pub fn commit_progress_alone(
+    config: &Config,
+    transactional_id: &str,
+    p: progress::Progress,
+) -> Result<(), KafkaError> {
+    let producer = start_producer(config, Some(transactional_id), Arc::default())?;
+    producer
+        .begin_transaction()
+        .map_err(KafkaError::client("begin_transaction"))?;
+    let topic = &config.egress.kafka.progress_topic;
+    send_progress(&producer, topic, transactional_id, p)?;
+    let timeout = Duration::from_millis(config.egress.kafka.transaction_timeout_ms);
+    producer
+        .commit_transaction(timeout)
+        .map_err(KafkaError::client("commit_transaction"))
+}
+
 /// The input record a group of Scores answers.
 #[derive(Debug, Clone, Copy)]
 struct Source {
