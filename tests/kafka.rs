@@ -1887,6 +1887,27 @@ fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: 
         .zip(records.chunks(100))
         .enumerate()
     {
+        if round == 1 {
+            // The start with the new count is refused, naming the command; and its new shard
+            // 2, which restored (nothing) while shards 0 and 1 were refused, served nothing:
+            // no checkpoint, no transaction (it took its first checkpoint and, under
+            // exactly_once, committed a transaction before every shard had to be built).
+            let refused = common::run_refused(&sets_for(3));
+            assert!(
+                refused.contains("over=2 then, over=3 now")
+                    && refused.contains("sluice state rescale"),
+                "{refused}"
+            );
+            let new = dir.join("shard-2");
+            let checkpoints = std::fs::read_dir(new.join("checkpoints"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(
+                checkpoints, 0,
+                "the refused start's shard 2 wrote a checkpoint"
+            );
+            assert!(!new.join("exactly-once-committed").exists());
+        }
         if round > 0 {
             let extra: &[&str] = if round == 3 {
                 &["--fault-stop-mid-swap"]

@@ -399,6 +399,14 @@ pub fn start_with_progress(
                         }
                         let _ = ready.send((id, Ok(())));
                         drop(ready);
+                        // A start refused for another shard (its checkpoint's layout, say)
+                        // must not have taken records or committed a transaction on this one:
+                        // a new shard of a wrong shard count did (its first checkpoint and an
+                        // exactly_once commit, measured), which later runs cannot undo.
+                        if !control.wait_until_all_built() {
+                            control.never_started(id);
+                            return (None, None);
+                        }
                         let _stop_on_panic = crate::shard::PanicStop {
                             control: &control,
                             shard: id,
@@ -417,6 +425,7 @@ pub fn start_with_progress(
         threads.push(spawn.map_err(AppError::Thread)?);
     }
     drop(ready_tx);
+    let _give_up = GiveUpUnlessBuilt(control.clone());
 
     let (requests, requests_rx) = mpsc::channel();
     let control_loop = ControlLoop {
@@ -541,9 +550,22 @@ pub fn start_with_progress(
             .count();
         return Err(first);
     }
+    running.control.set_all_built();
     running.metrics_addr = start_exporter(config, &mut running);
     tracing::info!(addr = %running.local_addr, shards, driver = driver.name(), "sluice is receiving");
     Ok(running)
+}
+
+/// Asks for the stop when `start` returns before its shards may serve (an error after they
+/// were spawned): the built ones wait for that word in `Control::wait_until_all_built`.
+struct GiveUpUnlessBuilt(Arc<Control>);
+
+impl Drop for GiveUpUnlessBuilt {
+    fn drop(&mut self) {
+        if !self.0.is_all_built() {
+            self.0.request_stop();
+        }
+    }
 }
 
 /// The live metrics endpoint. A failure to bind it is logged, not fatal: scoring matters

@@ -14,6 +14,9 @@ use super::Shard;
 
 pub struct Control {
     stop: AtomicBool,
+    /// Every shard built (restored, bound, attached): until then none serves, so a start
+    /// refused for one shard's state takes nothing and commits nothing on another's.
+    all_built: AtomicBool,
     /// Per shard: it hands on nothing more (drained its stalled events, or its thread died).
     done_producing: Vec<AtomicBool>,
     /// A shard's thread panicked: what it would take from its peers' stalled events is lost.
@@ -32,6 +35,7 @@ impl Control {
     pub fn new(shards: usize) -> Self {
         Self {
             stop: AtomicBool::new(false),
+            all_built: AtomicBool::new(false),
             done_producing: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             panicked: AtomicBool::new(false),
             fault: (0..shards).map(|_| AtomicU8::new(FAULT_NONE)).collect(),
@@ -115,6 +119,29 @@ impl Control {
 
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// At start, once every shard has reported built: they may serve.
+    pub fn set_all_built(&self) {
+        self.all_built.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_all_built(&self) -> bool {
+        self.all_built.load(Ordering::SeqCst)
+    }
+
+    /// A built shard waits here for its peers (start-up only: polled every millisecond). False
+    /// when the start was given up (a peer failed): the shard must serve nothing then.
+    pub fn wait_until_all_built(&self) -> bool {
+        loop {
+            if self.all_built.load(Ordering::SeqCst) {
+                return true;
+            }
+            if self.stop_requested() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// A shard that failed to start never hands on anything: its peers that did start must

@@ -179,12 +179,14 @@ fn mismatch_said(path: &Path, root: &Path, found: &str, want: &str) -> String {
         })
         .collect();
     let kafka_grew = part(found, "kafka").is_some() && part(found, "kafka") != part(want, "kafka");
+    // The shard count is in `shards` and, with dealt Kafka partitions, in `over`; a group
+    // member's state (`group`) is not re-dealt by the rescale.
     let only_shards = names
         .iter()
-        .all(|n| *n == "shards" || part(found, n) == part(want, n));
-    let fix = if only_shards && part(found, "kafka").is_none() {
+        .all(|n| *n == "shards" || *n == "over" || part(found, n) == part(want, n));
+    let fix = if only_shards && part(found, "group").is_none() {
         format!(
-            " Only the shard count differs: `sluice state rescale` with this config (the service stopped) re-deals the state over it, every key to its new shard; or restore the old count, or move {} away to start empty",
+            " Only the shard count differs: `sluice state rescale` with this config (the service stopped) re-deals the state over it, every key (a Kafka-fed one with its input partition and the partition's offset) to its new shard; or restore the old count, or move {} away to start empty",
             root.display()
         )
     } else if kafka_grew {

@@ -513,6 +513,24 @@ fn a_checkpoint_for_another_layout_stops_the_restore() {
 }
 
 #[test]
+fn a_dealt_kafka_state_over_another_shard_count_names_the_rescale_and_a_group_state_does_not() {
+    let dealt = |n: usize| format!("shards={n};features=a;kafka=events:4;over={n}");
+    let said = mismatch_said(Path::new("c"), Path::new("r"), &dealt(2), &dealt(3));
+    assert!(
+        said.contains("(shards=2 then, shards=3 now; over=2 then, over=3 now)"),
+        "{said}"
+    );
+    assert!(said.contains("`sluice state rescale`"), "{said}");
+    let group = |n: usize| format!("shards={n};features=a;kafka=events:4;group");
+    let said = mismatch_said(Path::new("c"), Path::new("r"), &group(2), &group(3));
+    assert!(!said.contains("sluice state rescale"), "{said}");
+    // Another topic as well as another count: not the rescale's to fix.
+    let other = "shards=3;features=a;kafka=clicks:4;over=3";
+    let said = mismatch_said(Path::new("c"), Path::new("r"), &dealt(2), other);
+    assert!(!said.contains("sluice state rescale"), "{said}");
+}
+
+#[test]
 fn a_checkpoint_for_other_input_partitions_says_its_state_cannot_follow_them() {
     let d = Dir::new("layout-kafka");
     let mut s = state(open(&d.spill(), None).unwrap());
