@@ -403,6 +403,12 @@ fn check_config(file: &std::path::Path, sets: &[String], connect: bool) -> std::
     };
     let machine = sluice::preflight::check(&config);
     problems.extend(machine.problems);
+    if !machine.placements.is_empty() {
+        problems.extend(sluice::app::state_check::refusals(
+            &config,
+            machine.placements.len(),
+        ));
+    }
     let mut warnings = machine.warnings;
     let mut found = Vec::new();
     if connect {

@@ -1892,6 +1892,11 @@ fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: 
             // 2, which restored (nothing) while shards 0 and 1 were refused, served nothing:
             // no checkpoint, no transaction (it took its first checkpoint and, under
             // exactly_once, committed a transaction before every shard had to be built).
+            let (code, _, err) = check_config(&dir, &sets_for(3), false);
+            assert!(
+                code == 1 && err.contains("over=2 then, over=3 now") && err.contains("rescale"),
+                "{err}"
+            );
             let refused = common::run_refused(&sets_for(3));
             assert!(
                 refused.contains("over=2 then, over=3 now")

@@ -444,6 +444,33 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         "{err}"
     );
     stop();
+    // check-config, as before a restart: the same count passes, another is named with the
+    // command, before any start is tried.
+    let check = |sets: &[String]| {
+        let file = dir.join("empty.toml");
+        std::fs::write(&file, "").unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("check-config")
+            .arg(&file)
+            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+            .output()
+            .unwrap()
+    };
+    let out = check(&sets_for(2));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&sets_for(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("shard 0: checkpoint")
+            && err.contains("shards=2 then, shards=3 now")
+            && err.contains("sluice state rescale"),
+        "{err}"
+    );
     let refused = common::run_refused(&sets_for(3));
     assert!(
         refused.contains("shards=2 then, shards=3 now") && refused.contains("sluice state rescale"),
@@ -479,6 +506,12 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         "{err}"
     );
     assert!(!state.join("shard-0").exists(), "the old shard 0 is aside");
+    let out = check(&sets_for(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("was cut short while it swapped"),
+        "{err}"
+    );
     let refused = common::run_refused(&sets_for(2));
     assert!(
         refused.contains("was cut short while it swapped"),

@@ -33,6 +33,7 @@ mod kafka_part;
 pub mod one_instance;
 pub mod rescale;
 mod rescale_kafka;
+pub mod state_check;
 mod xdp_part;
 use kafka_part::KafkaPart;
 pub use xdp_part::XdpStartError;

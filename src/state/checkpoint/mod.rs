@@ -148,6 +148,12 @@ pub enum CheckpointError {
     State(#[from] StateError),
 }
 
+/// What a restore of the checkpoints in `root`, written for `found`, says when the run wants
+/// `want` (for `check-config`, which asks before a start).
+pub fn layout_refusal(root: &Path, found: &str, want: &str) -> String {
+    mismatch_said(root, root, found, want)
+}
+
 /// A layout mismatch, naming only the parts that differ (a layout is `name=value` parts
 /// joined by `;`, the feature list among them, so the whole strings bury the difference).
 fn mismatch_said(path: &Path, root: &Path, found: &str, want: &str) -> String {
