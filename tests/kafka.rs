@@ -1856,16 +1856,29 @@ fn restart_resumes_from_the_checkpoint_not_the_group_offset() {
 /// Observation scored once in the end, each count going on across the counts (a key whose
 /// state stayed behind would count from 1 again; a partition whose offset stayed behind would
 /// be scored twice or skipped). Under exactly_once the new checkpoints are named by progress
-/// records the rescale commits, which the starts restore.
-fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: &str) {
+/// records the rescale commits, which the starts restore. With `extra` sets (the changelog), a
+/// last round on a wiped state.dir: the state rebuilt from the changelog the rescaled shards
+/// went on writing counts on too.
+fn rescale_moves_each_partition_with_its_state_and_offset(
+    name: &str,
+    delivery: &str,
+    extra: &[&str],
+) {
     let broker = broker_with_topics(name);
     let dir = scratch(name);
     let sets_for = |shards: usize| {
         let mut sets = sluice_sets(&broker, &durable(&dir, delivery));
         sets.push(format!("egress.kafka.transactional_id_prefix={name}"));
         sets.push(format!("shards.count={shards}"));
+        sets.extend(extra.iter().map(|s| s.to_string()));
         sets
     };
+    let changelog = extra.contains(&"egress.kafka.changelog=true");
+    // (shards, wipe state.dir first)
+    let mut rounds = vec![(2usize, false), (3, false), (1, false), (2, false)];
+    if changelog {
+        rounds.push((2, true));
+    }
     let rescale = |shards: usize, extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["state", "rescale"])
@@ -1878,14 +1891,11 @@ fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: 
             .output()
             .unwrap()
     };
-    let records = workload(40, 400);
+    let records = workload(40, 100 * rounds.len());
     let p = broker.producer();
     let mut enc = EventBatchEncoder::new();
     let mut produced: Vec<Ev> = Vec::new();
-    for (round, (shards, chunk)) in [2usize, 3, 1, 2]
-        .into_iter()
-        .zip(records.chunks(100))
-        .enumerate()
+    for (round, ((shards, wipe), chunk)) in rounds.into_iter().zip(records.chunks(100)).enumerate()
     {
         if round == 1 {
             // The start with the new count is refused, naming the command; and its new shard
@@ -1913,7 +1923,10 @@ fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: 
             );
             assert!(!new.join("exactly-once-committed").exists());
         }
-        if round > 0 {
+        if wipe {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        if round > 0 && !wipe {
             let extra: &[&str] = if round == 3 {
                 &["--fault-stop-mid-swap"]
             } else {
@@ -1976,6 +1989,12 @@ fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: 
             chunk.len() as u64,
             "round {round}, {shards} shard(s): {report}"
         );
+        if wipe {
+            assert!(
+                counter(&report, "sluice_kafka_changelog_restored_keys") > 0,
+                "{report}"
+            );
+        }
         let scores = common::kafka::read_committed_to_end(&broker.addr, SCORES);
         check_exactly_once(&scores, &want);
         check_each_key_in_order(&scores);
@@ -1985,12 +2004,21 @@ fn rescale_moves_each_partition_with_its_state_and_offset(name: &str, delivery: 
 
 #[test]
 fn rescale_of_an_at_least_once_kafka_state_moves_partitions_with_state_and_offsets() {
-    rescale_moves_each_partition_with_its_state_and_offset("rescalealo", "at_least_once");
+    rescale_moves_each_partition_with_its_state_and_offset("rescalealo", "at_least_once", &[]);
 }
 
 #[test]
 fn rescale_of_an_exactly_once_kafka_state_commits_progress_naming_the_new_checkpoints() {
-    rescale_moves_each_partition_with_its_state_and_offset("rescaleeos", "exactly_once");
+    rescale_moves_each_partition_with_its_state_and_offset("rescaleeos", "exactly_once", &[]);
+}
+
+#[test]
+fn rescale_of_an_exactly_once_kafka_state_with_the_changelog_keeps_the_changelog_whole() {
+    rescale_moves_each_partition_with_its_state_and_offset(
+        "rescalelog",
+        "exactly_once",
+        &["egress.kafka.changelog=true"],
+    );
 }
 
 /// Input batches compressed with each codec a producer may use (gzip, snappy, lz4, zstd: one
