@@ -2012,6 +2012,70 @@ fn rescale_of_an_exactly_once_kafka_state_commits_progress_naming_the_new_checkp
     rescale_moves_each_partition_with_its_state_and_offset("rescaleeos", "exactly_once", &[]);
 }
 
+/// A key with state on two input partitions (a producer that did not partition by key), dealt
+/// to two shards: a rescale to one shard, which keeps one state per key, is refused naming the
+/// key and both partitions, leaves no staging copy behind, and the state still serves.
+#[test]
+fn rescale_refuses_to_merge_a_key_that_has_state_on_two_partitions() {
+    let broker = broker_with_topics("rescaletwo");
+    let dir = scratch("rescaletwo");
+    let sets_for = |shards: usize| {
+        let mut sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+        sets.push(format!("shards.count={shards}"));
+        sets
+    };
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let ev = |seq| Ev {
+        key: 7,
+        seq,
+        feedback: false,
+    };
+    // Partition 0 is shard 0's, partition 1 shard 1's.
+    produce_to(&p, &mut enc, EVENTS, &[ev(1)], 0);
+    produce_to(&p, &mut enc, EVENTS, &[ev(2)], 1);
+    p.flush(Duration::from_secs(30)).unwrap();
+    let (child, stdout, _) = common::spawn_run(&sets_for(2));
+    read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= 2
+    });
+    stop(child, Some(stdout));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["state", "rescale"])
+        .args(
+            sets_for(1)
+                .iter()
+                .flat_map(|s| ["--set".to_owned(), s.clone()]),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("1 key(s) have state on two input partitions")
+            && err.contains("key 7: events/0 and events/1"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("rescale-staging").exists(),
+        "a staging copy left behind"
+    );
+    // The two-shard state is as it was: each partition's key counts on.
+    produce_to(&p, &mut enc, EVENTS, &[ev(3)], 1);
+    p.flush(Duration::from_secs(30)).unwrap();
+    let (child, stdout, _) = common::spawn_run(&sets_for(2));
+    let scores = read_scores_until(&broker.addr, SCORES, Duration::from_secs(60), |s| {
+        s.len() >= 3
+    });
+    stop(child, Some(stdout));
+    let counts: Vec<(u64, u64)> = scores
+        .iter()
+        .map(|s| (s.score.seq, s.score.count))
+        .collect();
+    assert!(counts.contains(&(3, 2)), "{counts:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn rescale_of_an_exactly_once_kafka_state_with_the_changelog_keeps_the_changelog_whole() {
     rescale_moves_each_partition_with_its_state_and_offset(

@@ -179,6 +179,8 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         std::fs::remove_dir_all(&staging)
             .map_err(io("removing an unfinished rescale's", &staging))?;
     }
+    // Declared before the new states so it drops after them (their stores closed).
+    let mut built = Staged(Some(staging.clone()));
     let mut new: Vec<KeyedState> = Vec::with_capacity(to);
     for j in 0..to {
         let spill_dir = staging.join(format!("shard-{j}")).join("spill");
@@ -332,6 +334,8 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         checkpoint::disk::sync_dir(&d).map_err(io("syncing", &d))?;
     }
     checkpoint::disk::sync_dir(&staging).map_err(io("syncing", &staging))?;
+    // From the mark on, the staged shards are the state's future: kept whatever happens.
+    built.0 = None;
 
     // The swap: the old shards into a directory of their own, the new ones into place. A mark
     // written first makes a swap cut short (a crash, a kill) one that `run` refuses and the
@@ -369,6 +373,21 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         resumed: false,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The staging directory of a rescale that did not get as far as its swap mark: removed on
+/// the way out (a refusal found half-way, a failed write), so no copy of the state is left
+/// behind to fill the disk.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "removing the unfinished rescale's staging directory: {e}");
+            }
+        }
+    }
 }
 
 /// The file in `state.dir` that says a swap is under way (see `Swap`).
