@@ -2004,12 +2004,22 @@ fn rescale_moves_each_partition_with_its_state_and_offset(
 
 #[test]
 fn rescale_of_an_at_least_once_kafka_state_moves_partitions_with_state_and_offsets() {
-    rescale_moves_each_partition_with_its_state_and_offset("rescalealo", "at_least_once", &[]);
+    // 40 keys through 16 hot slots a shard: spilled records move too.
+    rescale_moves_each_partition_with_its_state_and_offset(
+        "rescalealo",
+        "at_least_once",
+        &["state.hot_capacity=16"],
+    );
 }
 
 #[test]
 fn rescale_of_an_exactly_once_kafka_state_commits_progress_naming_the_new_checkpoints() {
-    rescale_moves_each_partition_with_its_state_and_offset("rescaleeos", "exactly_once", &[]);
+    // One producer a shard (the default, two in turn, runs in the changelog test below).
+    rescale_moves_each_partition_with_its_state_and_offset(
+        "rescaleeos",
+        "exactly_once",
+        &["egress.kafka.overlap_commits=false"],
+    );
 }
 
 /// A key with state on two input partitions (a producer that did not partition by key), dealt
