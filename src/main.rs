@@ -410,6 +410,7 @@ fn check_config(file: &std::path::Path, sets: &[String], connect: bool) -> std::
         ));
     }
     let mut warnings = machine.warnings;
+    warnings.extend(sluice::app::state_check::warnings(&config));
     let mut found = Vec::new();
     if connect {
         if config.ingest.kafka.enabled() {

@@ -532,6 +532,16 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         .filter(|n| n.starts_with("before-rescale-"))
         .collect();
     assert_eq!(kept.len(), 3, "{kept:?}");
+    // check-config passes and reminds the operator of them.
+    let out = check(&sets_for(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("keeps the shards a rescale moved aside in")
+            .count(),
+        3,
+        "{err}"
+    );
     assert!(
         !state.join("shard-2").exists(),
         "a shard of an old count left in place"

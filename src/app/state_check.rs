@@ -5,6 +5,8 @@
 //! Kafka partition counts need the brokers and stay the start's (and `--connect`'s) to check:
 //! the checkpoints' own `kafka=` part is taken as what the topics still have.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use crate::config::Config;
@@ -44,6 +46,55 @@ pub fn refusals(config: &Config, shards: usize) -> Vec<String> {
     out
 }
 
+/// What is worth a look in `state.dir` but stops nothing: the shards a rescale kept aside
+/// (`before-rescale-*`), with the disk they hold, for the operator to delete once the new count
+/// serves.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(&config.state.dir) else {
+        return Vec::new();
+    };
+    let mut kept: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("before-rescale-")
+        })
+        .map(|e| e.path())
+        .collect();
+    kept.sort();
+    kept.iter()
+        .map(|dir| {
+            let mut seen = HashSet::new();
+            format!(
+                "state.dir keeps the shards a rescale moved aside in {} ({} MB): delete it once the new shard count serves",
+                dir.display(),
+                bytes_under(dir, &mut seen) / 1_000_000
+            )
+        })
+        .collect()
+}
+
+/// Bytes of the files under `dir`, each counted once however many hard links it has there
+/// (a checkpoint hard-links its spill store's table files).
+fn bytes_under(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.filter_map(Result::ok) {
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if m.is_dir() {
+            total += bytes_under(&e.path(), seen);
+        } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
+            total += m.len();
+        }
+    }
+    total
+}
+
 /// The layout a start would want, as far as the config alone tells: its own part, and the
 /// checkpoint's Kafka part (dealt over `shards` shards) when Kafka is on.
 fn wanted(base: &str, found: &str, shards: usize, kafka: bool) -> String {
@@ -63,6 +114,24 @@ fn wanted(base: &str, found: &str, shards: usize, kafka: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_shards_are_named_with_their_bytes_each_hard_link_counted_once() {
+        let dir = std::env::temp_dir().join(format!("sluice-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let kept = dir.join("before-rescale-5").join("shard-0");
+        std::fs::create_dir_all(kept.join("ckpt")).unwrap();
+        std::fs::write(kept.join("table.sst"), vec![0u8; 3_000_000]).unwrap();
+        std::fs::hard_link(kept.join("table.sst"), kept.join("ckpt").join("table.sst")).unwrap();
+        std::fs::create_dir_all(dir.join("shard-0")).unwrap();
+        let config = Config::from_layers(None, &[format!("state.dir={}", dir.display())]).unwrap();
+        let said = warnings(&config);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("before-rescale-5 (3 MB)"), "{said:?}");
+        std::fs::remove_dir_all(dir.join("before-rescale-5")).unwrap();
+        assert!(warnings(&config).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_wanted_layout_keeps_the_checkpoints_kafka_part_dealt_over_the_new_count() {
