@@ -196,11 +196,25 @@ fn last_committed(config: &Config, from: usize, to: usize) -> Result<Vec<u64>, R
     let found = progress::last_committed(config, &ids)?;
     let mut seqs = Vec::with_capacity(from);
     let mut none = Vec::new();
+    let mut lost = (Vec::new(), Vec::new());
+    let topic = &config.egress.kafka.progress_topic;
     for (i, id) in ids.iter().enumerate() {
+        let dir = super::shard_dir(config, i);
         match found.get(id) {
             Some(p) => seqs.push(p.seq),
+            // Its mark says transactions committed: the records are lost, not absent (the
+            // start refuses it the same way).
+            None if committed_mark::committed_here(&dir, id, topic) => {
+                lost.0.push(dir);
+                lost.1.push(id.as_str());
+            }
             None => none.push(format!("shard {i} (transactional.id {id})")),
         }
+    }
+    if !lost.0.is_empty() {
+        return Err(RescaleError::Refused(committed_mark::lost(
+            &lost.0, &lost.1, topic,
+        )));
     }
     if !none.is_empty() {
         return Err(RescaleError::Refused(format!(
