@@ -1879,18 +1879,7 @@ fn rescale_moves_each_partition_with_its_state_and_offset(
     if changelog {
         rounds.push((2, true));
     }
-    let rescale = |shards: usize, extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["state", "rescale"])
-            .args(extra)
-            .args(
-                sets_for(shards)
-                    .iter()
-                    .flat_map(|s| ["--set".to_owned(), s.clone()]),
-            )
-            .output()
-            .unwrap()
-    };
+    let rescale = |shards: usize, extra: &[&str]| common::rescale(&sets_for(shards), extra);
     let records = workload(40, 100 * rounds.len());
     let p = broker.producer();
     let mut enc = EventBatchEncoder::new();
@@ -2065,15 +2054,7 @@ fn rescale_refuses_to_merge_a_key_that_has_state_on_two_partitions() {
         s.len() >= 2
     });
     stop(child, Some(stdout));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["state", "rescale"])
-        .args(
-            sets_for(1)
-                .iter()
-                .flat_map(|s| ["--set".to_owned(), s.clone()]),
-        )
-        .output()
-        .unwrap();
+    let out = common::rescale(&sets_for(1), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -2689,15 +2670,7 @@ fn an_acl_refusing_the_group_or_the_transactional_ids_is_named_as_such() {
 
 /// `sluice check-config FILE --set ... [--connect]`: (exit code, stdout, stderr).
 fn check_config(dir: &Path, sets: &[String], connect: bool) -> (i32, String, String) {
-    let file = dir.join("empty.toml");
-    std::fs::write(&file, "").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("check-config")
-        .arg(&file)
-        .args(connect.then_some("--connect"))
-        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
-        .output()
-        .unwrap();
+    let out = common::check_config(dir, sets, connect);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

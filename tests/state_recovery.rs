@@ -425,13 +425,7 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
             assert!(child.wait().unwrap().success(), "{report}");
         }
     };
-    let rescale = |sets: &[String]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["state", "rescale"])
-            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
-            .output()
-            .unwrap()
-    };
+    let rescale = |sets: &[String]| common::rescale(sets, &[]);
     let mut seen = HashMap::new();
     run_and_check(2, &mut seen)();
     // Again with the same count: every key's second Observation.
@@ -446,16 +440,7 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
     stop();
     // check-config, as before a restart: the same count passes, another is named with the
     // command, before any start is tried.
-    let check = |sets: &[String]| {
-        let file = dir.join("empty.toml");
-        std::fs::write(&file, "").unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("check-config")
-            .arg(&file)
-            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
-            .output()
-            .unwrap()
-    };
+    let check = |sets: &[String]| common::check_config(&dir, sets, false);
     let out = check(&sets_for(2));
     assert!(
         out.status.success(),
@@ -491,15 +476,7 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
     }
     // A rescale cut short between moving the old shards aside and the new ones in (as a crash
     // would): the start refuses, the next rescale finishes the swap, the counts go on.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["state", "rescale", "--fault-stop-mid-swap"])
-        .args(
-            sets_for(2)
-                .iter()
-                .flat_map(|s| ["--set".to_owned(), s.clone()]),
-        )
-        .output()
-        .unwrap();
+    let out = common::rescale(&sets_for(2), &["--fault-stop-mid-swap"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("stopped mid-swap"),

@@ -44,6 +44,29 @@ pub fn spawn_run(sets: &[String]) -> (Child, BufReader<ChildStdout>, String) {
     (child, stdout, addr)
 }
 
+/// `sluice state rescale` with `extra` arguments and `sets` as `--set`s.
+pub fn rescale(sets: &[String], extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["state", "rescale"])
+        .args(extra)
+        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+        .output()
+        .unwrap()
+}
+
+/// `sluice check-config` of an empty file written in `dir`, with `sets` as `--set`s.
+pub fn check_config(dir: &std::path::Path, sets: &[String], connect: bool) -> std::process::Output {
+    let file = dir.join("empty.toml");
+    std::fs::write(&file, "").unwrap();
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .arg(&file)
+        .args(connect.then_some("--connect"))
+        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+        .output()
+        .unwrap()
+}
+
 /// How long a start that must be refused may take before the test calls it started.
 const REFUSAL_PATIENCE: Duration = Duration::from_secs(120);
 
