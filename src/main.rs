@@ -148,9 +148,9 @@ enum StateCommand {
         #[arg(long, default_value = "/run/sluice/admin.sock")]
         socket: PathBuf,
     },
-    /// Re-deal a stopped sluice's state.dir over the shard count this config places (UDP-fed
-    /// state): every key moves to the shard that owns it under the new count; the old shard
-    /// directories are kept aside.
+    /// Re-deal a stopped sluice's state.dir over the shard count this config places: every key
+    /// (a Kafka-fed one with its input partition and the partition's offset) moves to the
+    /// shard that owns it under the new count; the old shard directories are kept aside.
     Rescale {
         /// The config the service will run with (its `shards` gives the new count).
         #[arg(long)]
@@ -161,6 +161,15 @@ enum StateCommand {
         /// the new ones in.
         #[arg(long, hide = true)]
         fault_stop_mid_swap: bool,
+    },
+    /// What the config's state.dir holds, from its checkpoint manifests (read only: runs beside
+    /// a serving sluice too): per shard its newest checkpoint, records, Observations, the Kafka
+    /// offsets it resumes at, the disk it holds.
+    Show {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
     },
 }
 
@@ -264,6 +273,13 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             return admin_command(&socket, &format!("state {key}"), |a| {
                 a.strip_prefix("ok ").unwrap_or(a).to_owned()
             });
+        }
+        Command::State {
+            what: StateCommand::Show { config, sets },
+        } => {
+            let config = load(config.as_ref(), &sets)?;
+            let text = sluice::app::state_show::show(&config).map_err(anyhow::Error::msg)?;
+            print!("{text}");
         }
         Command::State {
             what:

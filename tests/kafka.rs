@@ -1887,6 +1887,17 @@ fn rescale_moves_each_partition_with_its_state_and_offset(
     for (round, ((shards, wipe), chunk)) in rounds.into_iter().zip(records.chunks(100)).enumerate()
     {
         if round == 1 {
+            // Where each partition resumes, from the manifests: after the 100 records.
+            let said = common::state_show(&sets_for(2));
+            assert!(said.contains("Kafka resumes events/0 at "), "{said}");
+            assert_eq!(
+                said.split(" at ")
+                    .skip(1)
+                    .filter_map(|t| t.split([',', ';', '\n']).next()?.trim().parse::<u64>().ok())
+                    .sum::<u64>(),
+                100,
+                "{said}"
+            );
             // The start with the new count is refused, naming the command; and its new shard
             // 2, which restored (nothing) while shards 0 and 1 were refused, served nothing:
             // no checkpoint, no transaction (it took its first checkpoint and, under

@@ -428,6 +428,15 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
     let rescale = |sets: &[String]| common::rescale(sets, &[]);
     let mut seen = HashMap::new();
     run_and_check(2, &mut seen)();
+    // What the state holds, from the manifests: both shards, every key's one Observation.
+    let said = common::state_show(&sets_for(2));
+    assert!(said.contains(": 2 shard(s), layout shards=2;"), "{said}");
+    assert!(said.contains("shard 1: checkpoint "), "{said}");
+    assert_eq!(
+        common::shown_sum(&said, " Observation(s) applied"),
+        150,
+        "{said}"
+    );
     // Again with the same count: every key's second Observation.
     let mut stop = run_and_check(2, &mut seen);
     // While it runs: refused, naming the holder.
@@ -473,6 +482,12 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         assert!(said.contains("shard(s): 150 key(s)"), "{said}");
         assert!(said.contains(&format!(" to {shards} shard(s)")), "{said}");
         run_and_check(shards, &mut seen)();
+        let said = common::state_show(&sets_for(shards));
+        assert!(said.contains(&format!(": {shards} shard(s)")), "{said}");
+        assert!(
+            said.contains("keeps the shards a rescale moved aside in"),
+            "{said}"
+        );
     }
     // A rescale cut short between moving the old shards aside and the new ones in (as a crash
     // would): the start refuses, the next rescale finishes the swap, the counts go on.

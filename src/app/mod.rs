@@ -34,6 +34,7 @@ pub mod one_instance;
 pub mod rescale;
 mod rescale_kafka;
 pub mod state_check;
+pub mod state_show;
 mod xdp_part;
 use kafka_part::KafkaPart;
 pub use xdp_part::XdpStartError;

@@ -77,7 +77,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
 
 /// Bytes of the files under `dir`, each counted once however many hard links it has there
 /// (a checkpoint hard-links its spill store's table files).
-fn bytes_under(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+pub(super) fn bytes_under(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

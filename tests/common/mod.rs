@@ -54,6 +54,29 @@ pub fn rescale(sets: &[String], extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `sluice state show` with `sets`: its stdout (it must succeed).
+pub fn state_show(sets: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["state", "show"])
+        .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
+/// The sum of the figures `state show` prints before `unit` (e.g. " Observation(s) applied").
+pub fn shown_sum(said: &str, unit: &str) -> u64 {
+    said.split(unit)
+        .filter_map(|before| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// `sluice check-config` of an empty file written in `dir`, with `sets` as `--set`s.
 pub fn check_config(dir: &std::path::Path, sets: &[String], connect: bool) -> std::process::Output {
     let file = dir.join("empty.toml");

@@ -27,8 +27,8 @@ mod writer;
 pub use changes::{read_changes, Change, ChangeCounts};
 
 pub use restore::{
-    load_bytes, load_records, newest_layout, read_verified, restore, restore_to, RestorePoint,
-    RestoreTarget,
+    committed_count, load_bytes, load_records, newest_layout, newest_manifest, read_verified,
+    restore, restore_to, RestorePoint, RestoreTarget,
 };
 pub use writer::{
     buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, CrashPoint, Input,
