@@ -481,12 +481,22 @@ fn swap(config: &Config, root: &Path, mark: &Swap, fault: Fault) -> Result<(), R
     checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
     // Every new shard in place before the mark goes: else the start would begin one empty.
     if let Some(j) = (0..mark.to).find(|j| !root.join(format!("shard-{j}")).is_dir()) {
+        // Under exactly_once the progress records name the new checkpoints by now: the old
+        // shards moved back would be refused at start (theirs are gone from the topic).
+        let way_back = match mark.progress {
+            None => format!(
+                "Move them back into {} and delete {} to return to the old count",
+                root.display(),
+                root.join(SWAP_MARK).display()
+            ),
+            Some(seq) => format!(
+                "The progress topic already names the new shards' checkpoint {seq}, so the old ones cannot simply be moved back: put shard-{j}'s directory back if it was moved, or move the whole state.dir away and start over with a new egress.kafka.transactional_id_prefix"
+            ),
+        };
         return Err(RescaleError::Refused(format!(
-            "finishing the swap: new shard {j} is neither in {} nor in place; the old shards are in {}. Move them back into {} and delete {} to return to the old count",
+            "finishing the swap: new shard {j} is neither in {} nor in place; the old shards are in {}. {way_back}",
             staging.display(),
             kept.display(),
-            root.display(),
-            root.join(SWAP_MARK).display()
         )));
     }
     if staging.exists() {
