@@ -2003,6 +2003,16 @@ fn rescale_moves_each_partition_with_its_state_and_offset(
         // The progress topic deleted (the rescale's read makes it again, empty): the shards'
         // marks say transactions committed, so the records are lost, not absent, and the
         // rescale refuses as the start does, instead of advising a start with the old count.
+        // Brokers that do not answer: named, nothing changed.
+        let mut away = sets_for(3);
+        away.push("ingest.kafka.brokers=127.0.0.1:9".into());
+        let out = common::rescale(&away, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Kafka brokers 127.0.0.1:9 did not answer"),
+            "{err}"
+        );
+        assert!(!dir.join("rescale-staging").exists());
         let (admin, opts) = admin(&broker);
         let deleted =
             futures_executor::block_on(admin.delete_topics(&["sluice-progress"], &opts)).unwrap();

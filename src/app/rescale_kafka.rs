@@ -187,6 +187,8 @@ impl KafkaDeal {
 /// committed transaction is refused: a start would set its checkpoints aside, and a rescale
 /// does not drop state on its own.
 fn last_committed(config: &Config, from: usize, to: usize) -> Result<Vec<u64>, RescaleError> {
+    // Brokers that do not answer are named as such (a fencing would only time out).
+    crate::ingest::kafka::discover(config, crate::ingest::kafka::CONNECT_PATIENCE)?;
     for i in 0..from.max(to) {
         let id = transactional_id(config, i);
         kafka_out::fence(config, &id)?;
