@@ -72,7 +72,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Rescale
 }
 
 /// The shard directories `state.dir` holds (shard-0, shard-1, … while they exist).
-fn shard_dirs(root: &Path) -> Vec<PathBuf> {
+pub(super) fn shard_dirs(root: &Path) -> Vec<PathBuf> {
     (0..)
         .map(|i| root.join(format!("shard-{i}")))
         .take_while(|d| d.is_dir())
@@ -162,10 +162,9 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
         }
         _ => None,
     };
-    let old_layout = match (&deal, &newest) {
-        (Some(_), Some(layout)) => layout.clone(),
-        _ => config.state_layout(from),
-    };
+    let old_layout = deal
+        .as_ref()
+        .map_or_else(|| config.state_layout(from), |d| d.old_layout.clone());
     let plan = config
         .feature_plan()
         .map_err(|e| RescaleError::Refused(e.to_string()))?;

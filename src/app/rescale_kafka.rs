@@ -32,6 +32,8 @@ pub(super) struct KafkaDeal {
     to: usize,
     /// Every input partition's source tag -> its shard under the new count.
     owner_of: HashMap<u64, usize>,
+    /// The old checkpoints' layout (shard 0's newest), whole: every old shard's must be it.
+    pub old_layout: String,
     /// The new checkpoints' layout, whole.
     pub new_layout: String,
     /// exactly_once: per old shard, the checkpoint its last committed transaction names.
@@ -95,6 +97,7 @@ impl KafkaDeal {
             topics: k.topics.clone(),
             to,
             owner_of,
+            old_layout: layout.to_owned(),
             new_layout,
             committed,
         })
@@ -139,9 +142,13 @@ impl KafkaDeal {
         if tag == 0 {
             return "UDP".into();
         }
-        let raw = tag - 1;
-        let topic = self.topics.get((raw >> 32) as usize).map_or("?", |t| t);
-        format!("{topic}/{}", raw as u32 as i32)
+        match PartitionId::from_source_tag(tag) {
+            Some(p) => {
+                let topic = self.topics.get(usize::from(p.topic)).map_or("?", |t| t);
+                format!("{topic}/{}", p.partition)
+            }
+            None => format!("source {tag}"),
+        }
     }
 
     /// The old shards' input offsets dealt to the new shards: each partition's next offset
@@ -292,6 +299,7 @@ mod tests {
                 .iter()
                 .map(|(p, s)| (p.source_tag(), *s))
                 .collect(),
+            old_layout: String::new(),
             new_layout: String::new(),
             committed: None,
         }

@@ -25,14 +25,11 @@ pub fn show(config: &Config) -> Result<String, String> {
     if !root.is_dir() {
         return Err(format!("state.dir {dir} does not exist"));
     }
-    let shards: Vec<_> = (0..)
-        .map(|i| (i, super::shard_dir(config, i)))
-        .take_while(|(_, d)| d.is_dir())
-        .collect();
+    let shards = super::rescale::shard_dirs(root);
     let mut out = String::new();
     let mut first_layout = None;
     let mut body = String::new();
-    for (i, shard) in &shards {
+    for (i, shard) in shards.iter().enumerate() {
         let cps = shard.join("checkpoints");
         let newest = checkpoint::newest_manifest(&cps).map_err(|e| e.to_string())?;
         let kept = checkpoint::committed_count(&cps).map_err(|e| e.to_string())?;
@@ -40,7 +37,7 @@ pub fn show(config: &Config) -> Result<String, String> {
         let _ = write!(body, "  shard {i}: ");
         match &newest {
             None => body.push_str("no checkpoint"),
-            Some((_, m)) => {
+            Some(m) => {
                 body.push_str(&describe(m));
                 match &first_layout {
                     None => first_layout = Some(m.layout.clone()),

@@ -16,6 +16,16 @@ impl PartitionId {
         1 + ((u64::from(self.topic) << 32) | u64::from(self.partition as u32))
     }
 
+    /// The partition a record's `source` tag names (`source_tag` read back); None for UDP's 0
+    /// and for a tag no `source_tag` gives (a topic index past 16 bits, `MOVED`).
+    pub fn from_source_tag(tag: u64) -> Option<Self> {
+        let raw = tag.checked_sub(1)?;
+        Some(Self {
+            topic: u16::try_from(raw >> 32).ok()?,
+            partition: raw as u32 as i32,
+        })
+    }
+
     /// The tag this partition's keys carry when its topic's state was first dealt over
     /// `bases` partitions (per topic; `PartitionTable::bases`): its family's (partition mod
     /// the base), so a key that moved to an added partition of its family finds its state.
@@ -328,6 +338,11 @@ mod tests {
     #[test]
     fn source_tags_are_distinct_and_never_udp() {
         let t = PartitionTable::balanced(&[3, 3], 2);
+        for (p, _) in &t.owners {
+            assert_eq!(PartitionId::from_source_tag(p.source_tag()), Some(*p));
+        }
+        assert_eq!(PartitionId::from_source_tag(0), None);
+        assert_eq!(PartitionId::from_source_tag(u64::MAX), None);
         let mut tags: Vec<u64> = t.owners.iter().map(|(p, _)| p.source_tag()).collect();
         assert!(tags.iter().all(|&s| s != 0));
         tags.sort();

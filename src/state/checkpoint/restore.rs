@@ -240,17 +240,16 @@ fn set_aside(path: &Path, why: &CheckpointError) -> Result<(), CheckpointError> 
 /// table while the brokers are unreachable —: the restore checks against what the checkpoint
 /// says, and the caller checks that part once it can.
 pub fn newest_layout(root: &Path) -> Result<Option<String>, CheckpointError> {
-    Ok(newest_manifest(root)?.map(|(_, m)| m.layout))
+    Ok(newest_manifest(root)?.map(|m| m.layout))
 }
 
-/// The newest committed checkpoint under `root` whose manifest reads, with its directory, and
-/// how many committed checkpoints there are. Its chain is not checked (that is the restore's
-/// work): what `sluice state show` and the layout look need.
-pub fn newest_manifest(root: &Path) -> Result<Option<(PathBuf, Manifest)>, CheckpointError> {
+/// The manifest of the newest committed checkpoint under `root` that reads. Its chain is not
+/// checked (that is the restore's work): what `sluice state show` and the layout look need.
+pub fn newest_manifest(root: &Path) -> Result<Option<Manifest>, CheckpointError> {
     let Listing { done, .. } = list(root)?;
     Ok(done.iter().find_map(|(_, path)| {
         let text = std::fs::read_to_string(path.join("COMMIT")).ok()?;
-        Manifest::parse(&text).ok().map(|m| (path.clone(), m))
+        Manifest::parse(&text).ok()
     }))
 }
 
