@@ -552,3 +552,139 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Root (a tmpfs mounted in a mount namespace of its own, gone with it); skipped otherwise,
+/// and required when CI=true (CI runs as root).
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (a small tmpfs) and CI=true requires it"
+    );
+    eprintln!("{test}: skipped, needs root for a small tmpfs");
+    false
+}
+
+#[test]
+fn rescale_on_a_disk_too_small_for_the_new_checkpoints_is_refused_before_it_writes_any() {
+    if !root_or_skip("rescale_on_a_disk_too_small") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-rescale-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let sets_for = |state: &Path, shards: usize| {
+        vec![
+            format!("state.dir={}", state.display()),
+            // 40 slots a shard for 150 keys: spilled records under both counts.
+            "state.hot_capacity=40".to_owned(),
+            "checkpoint.interval_ms=3600000".to_owned(),
+            format!("shards.count={shards}"),
+            "model.kind=linear".to_owned(),
+            "log.level=warn".to_owned(),
+        ]
+    };
+    let keys = 1..=150u64;
+    let run = |shards: usize, count: u64| {
+        let (mut child, mut out, addr) = common::spawn_run(&sets_for(&state, shards));
+        for key in keys.clone() {
+            assert_eq!(
+                common::score_one(&addr, key, count).count,
+                count,
+                "key {key}"
+            );
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut report = String::new();
+        std::io::Read::read_to_string(&mut out, &mut report).unwrap();
+        assert!(child.wait().unwrap().success(), "{report}");
+    };
+    run(1, 1);
+    // The state on a tmpfs with 1 MiB to spare: the two new shards' full checkpoints need
+    // more (each its hot records, its store's memtables, a MiB). Then the same with room.
+    let used_kib = {
+        let mut seen = std::collections::HashSet::new();
+        bytes_under(&state, &mut seen) / 1024
+    };
+    let rescale_args = |at: &Path| -> String {
+        sets_for(at, 2)
+            .iter()
+            .map(|s| format!(" --set '{s}'"))
+            .collect()
+    };
+    let on_small = small.join("state");
+    let script = format!(
+        "set -e
+         mount -t tmpfs -o size={}k sluice-test {small}
+         cp -a {state} {on_small}
+         {bin} state rescale{args} > {dir}/tight.out 2> {dir}/tight.err || echo $? > {dir}/tight.rc
+         ls {on_small} > {dir}/tight.ls
+         mount -o remount,size=64m {small}
+         {bin} state rescale{args} > {dir}/roomy.out 2> {dir}/roomy.err
+         rm -rf {state}
+         cp -a {on_small} {state}",
+        used_kib + 1024,
+        small = small.display(),
+        state = state.display(),
+        on_small = on_small.display(),
+        bin = env!("CARGO_BIN_EXE_sluice"),
+        args = rescale_args(&on_small),
+        dir = dir.display(),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}{}\ntight: {}\nroomy: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        read("tight.err"),
+        read("roomy.err")
+    );
+    let (tight, listed) = (read("tight.err"), read("tight.ls"));
+    assert_eq!(read("tight.rc").trim(), "2", "{tight}");
+    assert!(
+        tight.contains("the 2 new shards' full checkpoints need up to")
+            && tight.contains("nothing was changed"),
+        "{tight}"
+    );
+    // Refused before the swap: the old shard in place, no staged copy left behind.
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        ["shard-0", "sluice.lock"]
+    );
+    let roomy = read("roomy.out");
+    assert!(
+        roomy.contains("from 1 to 2 shard(s): 150 key(s)"),
+        "{roomy}"
+    );
+    // The state re-dealt on the tmpfs, copied back: every key's count goes on over 2 shards.
+    run(2, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes of the files under `dir`, each hard link counted once.
+fn bytes_under(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let m = e.path().symlink_metadata().unwrap();
+        if m.is_dir() {
+            total += bytes_under(&e.path(), seen);
+        } else if seen.insert((m.dev(), m.ino())) {
+            total += m.len();
+        }
+    }
+    total
+}

@@ -314,6 +314,9 @@ pub fn rescale(config: &Config, to: usize, fault: Fault) -> Result<Rescaled, Res
     let layout = deal
         .as_ref()
         .map_or_else(|| config.state_layout(to), |d| d.new_layout.clone());
+    // The hot records' images are most of what is still to write (the spilled ones are in
+    // the staged stores already): all of it known now, before the first shard's.
+    room_for_all(config, &staging, &new)?;
     // Above every checkpoint the old shards (and their progress records) name.
     let seq = max_seq + 1;
     for ((j, state), offsets) in new.iter_mut().enumerate().zip(&dealt_offsets) {
@@ -568,7 +571,7 @@ fn write_full(
         position: 0,
         offsets: at.offsets.to_vec(),
     };
-    cp.finish_with(state, at.max_event_ns, &input);
+    cp.finish_saying(state, at.max_event_ns, &input)?;
     match cp.take_outcome() {
         Some(Err(e)) => Err(e),
         _ if checkpoint::newest_layout(&staging.join(format!("shard-{j}")).join("checkpoints"))
@@ -580,6 +583,31 @@ fn write_full(
         }
         _ => Ok(()),
     }
+}
+
+/// Refused, nothing changed, unless `staging`'s filesystem has room for every new shard's
+/// full checkpoint. Each checkpoint's writer checks its own, but only the first shards'
+/// would get written (and the whole staged copy then removed) on a disk too small for all.
+fn room_for_all(config: &Config, staging: &Path, new: &[KeyedState]) -> Result<(), RescaleError> {
+    let need: u64 = new.iter().map(checkpoint::full_checkpoint_bound).sum();
+    let free = checkpoint::free_bytes(staging).map_err(RescaleError::Refused)?;
+    if free >= need {
+        return Ok(());
+    }
+    let hot: usize = new.iter().map(KeyedState::hot_len).sum();
+    let kept = super::state_check::warnings(config);
+    let kept = if kept.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", kept.join("; "))
+    };
+    Err(RescaleError::Refused(format!(
+        "{} has {} MB free; the {} new shards' full checkpoints need up to {} MB ({hot} hot record(s), and the spill stores' writes): nothing was changed. Free some disk{kept} or lower state.hot_capacity (spilled records take less room), and run it again",
+        staging.display(),
+        free / 1_000_000,
+        new.len(),
+        need.div_ceil(1_000_000)
+    )))
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub use restore::{
     restore, restore_to, RestorePoint, RestoreTarget,
 };
 pub use writer::{
-    buffer_bytes, journal_bytes, CheckpointSpec, CheckpointStats, Checkpointer, CrashPoint, Input,
-    WriterFault, WriterRun,
+    buffer_bytes, free_bytes, full_checkpoint_bound, journal_bytes, CheckpointSpec,
+    CheckpointStats, Checkpointer, CrashPoint, Input, WriterFault, WriterRun,
 };
 
 use std::path::{Path, PathBuf};

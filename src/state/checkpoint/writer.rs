@@ -519,6 +519,20 @@ impl Checkpointer {
         max_event_ns: u64,
         input: &Input,
     ) -> Option<u64> {
+        // A failure is counted and logged by the writer; a shard goes on without its words.
+        self.finish_saying(state, max_event_ns, input)
+            .ok()
+            .flatten()
+    }
+
+    /// `finish_with` that says why a checkpoint was not written (an offline writer, the
+    /// rescale, has no log reader to point at): Ok(None) when nothing changed since the last.
+    pub fn finish_saying(
+        &mut self,
+        state: &mut KeyedState,
+        max_event_ns: u64,
+        input: &Input,
+    ) -> Result<Option<u64>, String> {
         // Waited for here, so never gated: the caller has what it waits for (at_least_once:
         // every Score acknowledged) before it asks.
         let gated = std::mem::replace(&mut self.gated, false);
@@ -529,10 +543,12 @@ impl Checkpointer {
             self.collect(true);
         }
         let written = if self.snapshot_changes != Some(stamp(state, input)) {
-            self.flip(state, max_event_ns, input)
-                .and_then(|_| self.wait_written(state).ok())
+            match self.flip(state, max_event_ns, input) {
+                Some(_) => self.wait_written(state).map(Some),
+                None => Err("the writer still held the previous checkpoint's buffers".into()),
+            }
         } else {
-            None
+            Ok(None)
         };
         self.gated = gated;
         written
@@ -992,6 +1008,24 @@ fn writer(rx: mpsc::Receiver<Work>, tx: mpsc::SyncSender<Done>, mut core: Writer
     }
 }
 
+/// The most a full checkpoint of `state` can write: its hot records' images (what
+/// `reserve_now` bounds a snapshot by, without the spill journal a full one does not fill),
+/// what flushing the spill store's memtables writes, and `room_for`'s MiB. For a caller that
+/// writes several at once (the rescale) and must know before the first.
+pub fn full_checkpoint_bound(state: &KeyedState) -> u64 {
+    let words = state.plan().words();
+    let hot = state.hot_len() as u64;
+    let memtables = state.spill().map_or(0, |s| s.shared().unflushed_bytes());
+    HEADER_BYTES as u64 + hot * (image_bytes(words) as u64 + 8) + memtables + (1 << 20)
+}
+
+/// Bytes free to an unprivileged writer on `path`'s filesystem.
+pub fn free_bytes(path: &Path) -> Result<u64, String> {
+    let fs =
+        nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs {}: {e}", path.display()))?;
+    Ok(fs.blocks_available().saturating_mul(fs.fragment_size()))
+}
+
 /// Whether `root`'s filesystem has room for a checkpoint: `reserve` (the largest hot.bin) plus
 /// what flushing the spill store's memtables writes. Checked before the RocksDB checkpoint,
 /// because a flush that runs out of space puts the store in a background-error state that
@@ -1000,9 +1034,7 @@ fn writer(rx: mpsc::Receiver<Work>, tx: mpsc::SyncSender<Done>, mut core: Writer
 fn room_for(root: &Path, db: Option<&dyn ColdStore>, reserve: u64) -> Result<(), String> {
     let memtables = db.map_or(0, |db| db.unflushed_bytes());
     let need = reserve.saturating_add(memtables).saturating_add(1 << 20);
-    let fs =
-        nix::sys::statvfs::statvfs(root).map_err(|e| format!("statvfs {}: {e}", root.display()))?;
-    let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+    let free = free_bytes(root)?;
     if free < need {
         return Err(format!(
             "not started: {} has {free} bytes free, a checkpoint may need {need} (hot.bin bound + the spill store's memtables + 1 MiB)",
