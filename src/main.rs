@@ -170,6 +170,9 @@ enum StateCommand {
         config: Option<PathBuf>,
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         sets: Vec<String>,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -275,11 +278,15 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             });
         }
         Command::State {
-            what: StateCommand::Show { config, sets },
+            what: StateCommand::Show { config, sets, json },
         } => {
             let config = load(config.as_ref(), &sets)?;
-            let text = sluice::app::state_show::show(&config).map_err(anyhow::Error::msg)?;
-            print!("{text}");
+            let view = sluice::app::state_show::look(&config).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", view.text());
+            }
         }
         Command::State {
             what:

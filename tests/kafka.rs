@@ -1890,14 +1890,27 @@ fn rescale_moves_each_partition_with_its_state_and_offset(
             // Where each partition resumes, from the manifests: after the 100 records.
             let said = common::state_show(&sets_for(2));
             assert!(said.contains("Kafka resumes events/0 at "), "{said}");
-            assert_eq!(
-                said.split(" at ")
-                    .skip(1)
-                    .filter_map(|t| t.split([',', ';', '\n']).next()?.trim().parse::<u64>().ok())
-                    .sum::<u64>(),
-                100,
-                "{said}"
-            );
+            let json = common::state_show_json(&sets_for(2));
+            let resume: Vec<(String, i64, i64)> = json["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s["newest"]["kafka"].as_array().unwrap().clone())
+                .map(|p| {
+                    let field = |f: &str| p[f].as_i64().unwrap();
+                    (
+                        p["topic"].as_str().unwrap().to_owned(),
+                        field("partition"),
+                        field("next_offset"),
+                    )
+                })
+                .collect();
+            // Each of the 4 partitions once, on one shard or the other, after the 100 records.
+            let mut named: Vec<i64> = resume.iter().map(|(_, p, _)| *p).collect();
+            named.sort_unstable();
+            assert_eq!(named, [0, 1, 2, 3], "{json}");
+            assert!(resume.iter().all(|(t, _, _)| t == "events"), "{json}");
+            assert_eq!(resume.iter().map(|(_, _, n)| n).sum::<i64>(), 100, "{json}");
             // The start with the new count is refused, naming the command; and its new shard
             // 2, which restored (nothing) while shards 0 and 1 were refused, served nothing:
             // no checkpoint, no transaction (it took its first checkpoint and, under

@@ -437,6 +437,26 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         150,
         "{said}"
     );
+    // The same for a script: one document, each shard's newest checkpoint, full (no parent).
+    let json = common::state_show_json(&sets_for(2));
+    let shards = json["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2, "{json}");
+    let applied: u64 = shards
+        .iter()
+        .map(|s| s["newest"]["observations_applied"].as_u64().unwrap())
+        .sum();
+    assert_eq!(applied, 150, "{json}");
+    assert!(
+        json["layout"].as_str().unwrap().starts_with("shards=2;"),
+        "{json}"
+    );
+    assert!(
+        shards.iter().all(|s| s["checkpoints"].as_u64() >= Some(1)
+            && s["bytes"].as_u64() > Some(0)
+            && s["exactly_once_committed"].is_null()),
+        "{json}"
+    );
+    assert!(json["interrupted_rescale"].is_null() && json["warnings"] == serde_json::json!([]));
     // Again with the same count: every key's second Observation.
     let mut stop = run_and_check(2, &mut seen);
     // While it runs: refused, naming the holder.

@@ -56,8 +56,19 @@ pub fn rescale(sets: &[String], extra: &[&str]) -> std::process::Output {
 
 /// `sluice state show` with `sets`: its stdout (it must succeed).
 pub fn state_show(sets: &[String]) -> String {
+    state_show_with(sets, &[])
+}
+
+/// `sluice state show --json` with `sets`, parsed (it must succeed).
+pub fn state_show_json(sets: &[String]) -> serde_json::Value {
+    let said = state_show_with(sets, &["--json"]);
+    serde_json::from_str(&said).unwrap_or_else(|e| panic!("{e}: {said}"))
+}
+
+fn state_show_with(sets: &[String], extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["state", "show"])
+        .args(extra)
         .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
         .output()
         .unwrap();

@@ -244,18 +244,20 @@ pub fn newest_layout(root: &Path) -> Result<Option<String>, CheckpointError> {
 }
 
 /// The manifest of the newest committed checkpoint under `root` that reads. Its chain is not
-/// checked (that is the restore's work): what `sluice state show` and the layout look need.
+/// checked (that is the restore's work): what the layout look needs.
 pub fn newest_manifest(root: &Path) -> Result<Option<Manifest>, CheckpointError> {
-    let Listing { done, .. } = list(root)?;
-    Ok(done.iter().find_map(|(_, path)| {
-        let text = std::fs::read_to_string(path.join("COMMIT")).ok()?;
-        Manifest::parse(&text).ok()
-    }))
+    Ok(committed(root)?.0)
 }
 
-/// How many committed checkpoints `root` holds (its `ckpt-N` directories).
-pub fn committed_count(root: &Path) -> Result<usize, CheckpointError> {
-    Ok(list(root)?.done.len())
+/// `newest_manifest`, and how many committed checkpoints `root` holds (its `ckpt-N`
+/// directories), from one listing: what `sluice state show` prints per shard.
+pub fn committed(root: &Path) -> Result<(Option<Manifest>, usize), CheckpointError> {
+    let Listing { done, .. } = list(root)?;
+    let newest = done.iter().find_map(|(_, path)| {
+        let text = std::fs::read_to_string(path.join("COMMIT")).ok()?;
+        Manifest::parse(&text).ok()
+    });
+    Ok((newest, done.len()))
 }
 
 /// Read a checkpoint's manifest and hot records, checking the commit marker, the checksums
