@@ -457,6 +457,55 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
         "{json}"
     );
     assert!(json["interrupted_rescale"].is_null() && json["warnings"] == serde_json::json!([]));
+    // --verify reads every chain back: whole here; on a copy with a byte of shard 1's newest
+    // hot.bin flipped, that checkpoint is named, the command fails, and nothing is moved.
+    let verify = |sets: &[String]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "show", "--verify"])
+            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, said) = verify(&sets_for(2));
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        said.matches("    verified: checkpoint ").count(),
+        2,
+        "{said}"
+    );
+    let copy = dir.join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&state)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let newest = json["shards"][1]["newest"]["seq"].as_u64().unwrap();
+    let hot = copy
+        .join("shard-1/checkpoints")
+        .join(format!("ckpt-{newest:020}"))
+        .join("hot.bin");
+    let mut bytes = std::fs::read(&hot).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&hot, bytes).unwrap();
+    let mut on_copy = sets_for(2);
+    on_copy[0] = format!("state.dir={}", copy.display());
+    let (code, said) = verify(&on_copy);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!("checkpoint {newest} does NOT read back"))
+            && said.contains("hot.bin checksum mismatch")
+            && said.matches("    verified: checkpoint ").count() == 1,
+        "{said}"
+    );
+    assert!(hot.exists(), "--verify moved the bad checkpoint");
+    std::fs::remove_dir_all(&copy).unwrap();
     // Again with the same count: every key's second Observation.
     let mut stop = run_and_check(2, &mut seen);
     // While it runs: refused, naming the holder.

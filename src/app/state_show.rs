@@ -43,6 +43,26 @@ pub struct ShardView {
     pub bytes: u64,
     /// The `exactly-once-committed` mark's lines (`transactional.id=…`, `progress_topic=…`).
     pub exactly_once_committed: Option<Vec<String>>,
+    /// `--verify`: what reading the checkpoints back found (None without it).
+    pub verified: Option<VerifiedView>,
+}
+
+/// The chains a start would try, read back (`checkpoint::check_chains`).
+#[derive(Debug, Serialize)]
+pub struct VerifiedView {
+    /// The newest checkpoint whose whole chain reads back: what a start restores (under
+    /// exactly_once, the one the progress topic names, which may be older).
+    pub restorable: Option<u64>,
+    /// Checkpoints in that chain.
+    pub chain: usize,
+    /// Newer checkpoints whose chain does not read back, with why.
+    pub bad: Vec<BadCheckpoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BadCheckpoint {
+    pub seq: u64,
+    pub why: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,9 +121,10 @@ impl From<&Manifest> for CheckpointView {
     }
 }
 
-/// Read `config`'s state.dir; Err when it is not set, not there, or a shard's checkpoints do
-/// not list.
-pub fn look(config: &Config) -> Result<StateView, String> {
+/// Read `config`'s state.dir (`verify`: every checkpoint chain a start would try, read back
+/// and checked; otherwise the manifests only); Err when it is not set, not there, or a
+/// shard's checkpoints do not list.
+pub fn look(config: &Config, verify: bool) -> Result<StateView, String> {
     let dir = &config.state.dir;
     if dir.is_empty() {
         return Err("state.dir is not set: the state lives in memory only".into());
@@ -114,8 +135,22 @@ pub fn look(config: &Config) -> Result<StateView, String> {
     }
     let mut shards = Vec::new();
     for (i, shard) in super::rescale::shard_dirs(root).iter().enumerate() {
-        let (newest, checkpoints) =
-            checkpoint::committed(&shard.join("checkpoints")).map_err(|e| e.to_string())?;
+        let cps = shard.join("checkpoints");
+        let (newest, checkpoints) = checkpoint::committed(&cps).map_err(|e| e.to_string())?;
+        let verified = if verify {
+            let c = checkpoint::check_chains(&cps).map_err(|e| e.to_string())?;
+            Some(VerifiedView {
+                restorable: c.good.map(|g| g.0),
+                chain: c.good.map_or(0, |g| g.1),
+                bad: c
+                    .bad
+                    .into_iter()
+                    .map(|(seq, why)| BadCheckpoint { seq, why })
+                    .collect(),
+            })
+        } else {
+            None
+        };
         let exactly_once_committed = std::fs::read_to_string(committed_mark::path(shard))
             .ok()
             .map(|mark| mark.lines().map(str::to_owned).collect());
@@ -125,6 +160,7 @@ pub fn look(config: &Config) -> Result<StateView, String> {
             checkpoints,
             bytes: bytes_under(shard, &mut HashSet::new()),
             exactly_once_committed,
+            verified,
         });
     }
     let layout = shards
@@ -141,6 +177,13 @@ pub fn look(config: &Config) -> Result<StateView, String> {
 }
 
 impl StateView {
+    /// `--verify` found a checkpoint that does not read back (the command exits 1).
+    pub fn verify_failed(&self) -> bool {
+        self.shards
+            .iter()
+            .any(|s| s.verified.as_ref().is_some_and(|v| !v.bad.is_empty()))
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -176,6 +219,9 @@ impl StateView {
                     said.join(", ")
                 );
             }
+            if let Some(v) = &s.verified {
+                out.push_str(&verified_text(v));
+            }
         }
         if let Some(why) = &self.interrupted_rescale {
             let _ = writeln!(out, "  {why}");
@@ -185,6 +231,36 @@ impl StateView {
         }
         out
     }
+}
+
+/// What `--verify` found of one shard, in lines.
+fn verified_text(v: &VerifiedView) -> String {
+    let mut out = String::new();
+    for b in &v.bad {
+        let _ = writeln!(
+            out,
+            "    checkpoint {} does NOT read back: {}",
+            b.seq, b.why
+        );
+    }
+    let _ = match (v.restorable, v.bad.is_empty()) {
+        (Some(seq), true) => writeln!(
+            out,
+            "    verified: checkpoint {seq} reads back whole ({} checkpoint(s) in its chain)",
+            v.chain
+        ),
+        (Some(seq), false) => writeln!(
+            out,
+            "    a start sets those aside and restores checkpoint {seq}, which reads back whole ({} checkpoint(s) in its chain); under exactly_once it restores the one the progress topic names and refuses if that is among them",
+            v.chain
+        ),
+        (None, false) => writeln!(
+            out,
+            "    no checkpoint reads back whole: a start sets them aside and begins empty (under exactly_once it refuses)"
+        ),
+        (None, true) => Ok(()),
+    };
+    out
 }
 
 /// One checkpoint in a line.

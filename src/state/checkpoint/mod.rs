@@ -27,8 +27,8 @@ mod writer;
 pub use changes::{read_changes, Change, ChangeCounts};
 
 pub use restore::{
-    committed, load_bytes, load_records, newest_layout, newest_manifest, read_verified, restore,
-    restore_to, RestorePoint, RestoreTarget,
+    check_chains, committed, load_bytes, load_records, newest_layout, newest_manifest,
+    read_verified, restore, restore_to, ChainCheck, RestorePoint, RestoreTarget,
 };
 pub use writer::{
     buffer_bytes, free_bytes, full_checkpoint_bound, journal_bytes, CheckpointSpec,

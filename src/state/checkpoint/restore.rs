@@ -33,13 +33,28 @@ fn read_chain(
     words: usize,
 ) -> Result<Vec<(Manifest, Vec<u8>)>, CheckpointError> {
     let mut chain = Vec::new();
+    walk_chain(path, by_seq, words, |m, hot| chain.push((m, hot)))?;
+    chain.reverse();
+    Ok(chain)
+}
+
+/// Each checkpoint of `path`'s chain read and verified, newest first, handed to `each`;
+/// returns how many.
+fn walk_chain(
+    path: &Path,
+    by_seq: &std::collections::HashMap<u64, PathBuf>,
+    words: usize,
+    mut each: impl FnMut(Manifest, Vec<u8>),
+) -> Result<usize, CheckpointError> {
+    let mut read = 0;
     let mut at = path.to_owned();
     loop {
         let (m, hot) = read_verified(&at, words)?;
         let parent = m.parent;
-        chain.push((m, hot));
+        each(m, hot);
+        read += 1;
         if parent == 0 {
-            break;
+            return Ok(read);
         }
         at = by_seq
             .get(&parent)
@@ -48,15 +63,61 @@ fn read_chain(
                 path: path.to_owned(),
                 reason: format!("builds on checkpoint {parent}, which is gone"),
             })?;
-        if chain.len() > by_seq.len() {
+        if read > by_seq.len() {
             return Err(CheckpointError::Corrupt {
                 path: path.to_owned(),
                 reason: "its chain of parents loops".into(),
             });
         }
     }
-    chain.reverse();
-    Ok(chain)
+}
+
+/// What `sluice state show --verify` found in one shard's checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    /// The newest checkpoint whose whole chain reads back with its checksums and sizes, and
+    /// how many checkpoints that chain holds.
+    pub good: Option<(u64, usize)>,
+    /// Newer ones whose chain does not, each with why: a start (`RestoreTarget::Newest`) sets
+    /// them aside and restores `good`.
+    pub bad: Vec<(u64, String)>,
+}
+
+/// Read and check, changing nothing, the chains a start would try, newest first, until one
+/// reads back whole: each checkpoint's manifest, hot.bin's size, checksum and header, and
+/// that its spill directory is there (RocksDB's files are not opened). Each hot.bin is
+/// checked against its own header's record width, so the config's features need not match.
+pub fn check_chains(root: &Path) -> Result<ChainCheck, CheckpointError> {
+    let Listing { done, .. } = list(root)?;
+    let by_seq: std::collections::HashMap<u64, PathBuf> = done.iter().cloned().collect();
+    let mut bad = Vec::new();
+    for (seq, path) in &done {
+        let words = header_words(&path.join("hot.bin"));
+        match walk_chain(path, &by_seq, words, |_, _| {}) {
+            Ok(chain) => {
+                return Ok(ChainCheck {
+                    good: Some((*seq, chain)),
+                    bad,
+                })
+            }
+            Err(e) => bad.push((*seq, e.to_string())),
+        }
+    }
+    Ok(ChainCheck { good: None, bad })
+}
+
+/// The record width a hot.bin's header gives (0 when it does not read: the check then
+/// fails on the header and says so).
+fn header_words(hot: &Path) -> usize {
+    use std::io::Read as _;
+    let mut head = [0u8; 16];
+    let read = std::fs::File::open(hot).and_then(|mut f| f.read_exact(&mut head));
+    match (read, head.get(12..16)) {
+        (Ok(()), Some(w)) if head.starts_with(super::MAGIC) => {
+            w.try_into().map_or(0, |w| u32::from_le_bytes(w) as usize)
+        }
+        _ => 0,
+    }
 }
 
 /// Find the newest checkpoint under `root` whose whole chain (it, and the incremental ones

@@ -1337,3 +1337,41 @@ fn a_format_3_incremental_checkpoint_still_restores() {
     assert_eq!(seq, Some(2));
     assert_eq!(dump(&back), want);
 }
+
+#[test]
+fn a_chain_check_names_what_a_restore_would_take_and_changes_nothing() {
+    let d = Dir::new("check");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 3);
+    for r in 0..5 {
+        load(&mut s, r..r + 1);
+        cp.finish(&mut s, 0);
+    }
+    drop(cp);
+    drop(s);
+    let seqs: Vec<u64> = list(&d.root()).unwrap().done.iter().map(|x| x.0).collect();
+    assert_eq!(seqs[..2], [5, 4], "{seqs:?}");
+    let whole = check_chains(&d.root()).unwrap();
+    assert_eq!(whole.good, Some((5, 2)), "5 on the full 4");
+    assert!(whole.bad.is_empty(), "{whole:?}");
+    let flip = |seq: u64| {
+        let hot = d.root().join(name(seq)).join("hot.bin");
+        let mut bytes = std::fs::read(&hot).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&hot, bytes).unwrap();
+    };
+    flip(4);
+    let said = check_chains(&d.root()).unwrap();
+    let bad: Vec<u64> = said.bad.iter().map(|b| b.0).collect();
+    assert_eq!(bad, [5, 4], "{said:?}");
+    assert!(
+        said.bad.iter().all(|b| b.1.contains("checksum mismatch")),
+        "{said:?}"
+    );
+    // Read only: nothing set aside, as a restore would.
+    assert!(d.root().join(name(5)).is_dir() && d.root().join(name(4)).is_dir());
+    let (_, restored) = restore_into_new(&d, "L1").unwrap();
+    assert_eq!(restored, said.good.map(|g| g.0), "{said:?}");
+    assert!(said.good.is_none_or(|(seq, _)| seq < 4), "{said:?}");
+}
