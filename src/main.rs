@@ -162,6 +162,18 @@ enum StateCommand {
         #[arg(long, hide = true)]
         fault_stop_mid_swap: bool,
     },
+    /// Copy the config's state.dir, while sluice serves or not, into a new directory that a
+    /// start can restore: each shard's newest checkpoint chain, pinned by hard links, read
+    /// back, synced (not under Kafka exactly_once, whose copy is the changelog topic).
+    Backup {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// The new directory (on another disk, or the same).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// What the config's state.dir holds, from its checkpoint manifests (read only: runs beside
     /// a serving sluice too): per shard its newest checkpoint, records, Observations, the Kafka
     /// offsets it resumes at, the disk it holds.
@@ -302,6 +314,42 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             if view.verify_failed() {
                 return Ok(std::process::ExitCode::FAILURE);
             }
+        }
+        Command::State {
+            what: StateCommand::Backup { config, sets, to },
+        } => {
+            let config = load(config.as_ref(), &sets)?;
+            init_logging(&config.log.level);
+            let done =
+                sluice::app::state_backup::backup(&config, &to).map_err(anyhow::Error::msg)?;
+            let per: Vec<String> = done
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Some((seq, chain)) => {
+                        format!("shard {i}: checkpoint {seq} ({chain} in its chain)")
+                    }
+                    None => format!("shard {i}: no checkpoint yet"),
+                })
+                .collect();
+            println!(
+                "state.dir {} backed up to {}: {}; {} MB {} in {:.0} ms{}. To restore: stop sluice, move state.dir aside, copy this directory in its place (cp -a), start",
+                config.state.dir,
+                done.to.display(),
+                per.join(", "),
+                done.bytes / 1_000_000,
+                if done.moved {
+                    "hard-linked (state.dir's file system: it outlives pruning, not that disk)"
+                } else {
+                    "copied"
+                },
+                done.took_ms,
+                match done.retries {
+                    0 => String::new(),
+                    n => format!(" ({n} chain(s) pruned under the linking, taken again)"),
+                }
+            );
         }
         Command::State {
             what:

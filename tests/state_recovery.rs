@@ -757,3 +757,149 @@ fn bytes_under(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> 
     }
     total
 }
+
+#[test]
+fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
+    let dir = std::env::temp_dir().join(format!("sluice-backup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let sets_for = |state: &Path| {
+        vec![
+            format!("state.dir={}", state.display()),
+            // 2 x 40 slots: spilled keys in every checkpoint; checkpoints every 20 ms, a full
+            // one every 3rd, so chains are written and pruned under the backups.
+            "state.hot_capacity=40".to_owned(),
+            "checkpoint.interval_ms=20".to_owned(),
+            "checkpoint.full_every=3".to_owned(),
+            "shards.count=2".to_owned(),
+            "model.kind=linear".to_owned(),
+            "log.level=warn".to_owned(),
+        ]
+    };
+    let stop = |mut child: std::process::Child,
+                mut out: std::io::BufReader<std::process::ChildStdout>| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut report = String::new();
+        std::io::Read::read_to_string(&mut out, &mut report).unwrap();
+        assert!(child.wait().unwrap().success(), "{report}");
+    };
+    let backup = |sets: &[String], to: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "backup", "--to"])
+            .arg(to)
+            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let applied = |json: &serde_json::Value| -> u64 {
+        json["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["newest"]["observations_applied"].as_u64())
+            .sum()
+    };
+    let (child, out, addr) = common::spawn_run(&sets_for(&state));
+    for key in 1..=150u64 {
+        assert_eq!(common::score_one(&addr, key, 1).count, 1, "key {key}");
+    }
+    // Until both shards' newest checkpoints hold the 150 Observations.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&common::state_show_json(&sets_for(&state))) < 150 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint holds the 150 Observations"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A killed backup's pin: named by check-config, removed by the next backup.
+    let stale = state.join("backup-pin-999999999");
+    std::fs::create_dir_all(stale.join("shard-0")).unwrap();
+    let checked = common::check_config(&dir, &sets_for(&state), false);
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        said.contains("left by a `sluice state backup` that was killed"),
+        "{said}"
+    );
+    // Other keys keep the shards checkpointing (and pruning) while the backups run.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (running, addr) = (running.clone(), addr.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = 10_000 + sent % 400;
+                common::score_one(&addr, key, sent / 400 + 1);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let takes: Vec<PathBuf> = (0..4).map(|n| dir.join(format!("backup-{n}"))).collect();
+    let newest_seq = || {
+        common::state_show_json(&sets_for(&state))["shards"][0]["newest"]["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    for to in &takes {
+        // Each from a newer chain, two checkpoints on: the one before pruned meanwhile.
+        let was = newest_seq();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while newest_seq() < was + 2 {
+            assert!(Instant::now() < deadline, "checkpoints stopped at {was}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (ok, said) = backup(&sets_for(&state), to);
+        assert!(ok && said.contains("shard 1: checkpoint "), "{said}");
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.join().unwrap();
+    assert!(sent > 0);
+    stop(child, out);
+    let (ok, said) = backup(&sets_for(&state), &takes[0]);
+    assert!(
+        !ok && said.contains("exists: a backup goes into a new directory"),
+        "{said}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup-pin-") || n.contains(".partial-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Each backup reads back whole and holds the 150 first Observations; the last one serves:
+    // every one of those keys counts on from it.
+    for to in &takes {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "show", "--verify", "--json"])
+            .args(["--set".to_owned(), format!("state.dir={}", to.display())])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{json}");
+        assert!(applied(&json) >= 150, "{json}");
+    }
+    let (child, out, addr) = common::spawn_run(&sets_for(&takes[3]));
+    for key in 1..=150u64 {
+        assert_eq!(
+            common::score_one(&addr, key, 2).count,
+            2,
+            "key {key} from the backup"
+        );
+    }
+    stop(child, out);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,7 @@ mod kafka_part;
 pub mod one_instance;
 pub mod rescale;
 mod rescale_kafka;
+pub mod state_backup;
 pub mod state_check;
 pub mod state_show;
 mod xdp_part;

@@ -48,7 +48,7 @@ pub fn refusals(config: &Config, shards: usize) -> Vec<String> {
 
 /// What is worth a look in `state.dir` but stops nothing: the shards a rescale kept aside
 /// (`before-rescale-*`), with the disk they hold, for the operator to delete once the new count
-/// serves.
+/// serves; a killed backup's pin.
 pub fn warnings(config: &Config) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(&config.state.dir) else {
         return Vec::new();
@@ -63,7 +63,8 @@ pub fn warnings(config: &Config) -> Vec<String> {
         .map(|e| e.path())
         .collect();
     kept.sort();
-    kept.iter()
+    let mut said: Vec<String> = kept
+        .iter()
         .map(|dir| {
             let mut seen = HashSet::new();
             format!(
@@ -72,7 +73,18 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 bytes_under(dir, &mut seen) / 1_000_000
             )
         })
-        .collect()
+        .collect();
+    let root = Path::new(&config.state.dir);
+    for (pin, pid) in super::state_backup::pins(root) {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            said.push(format!(
+                "state.dir holds {}, left by a `sluice state backup` that was killed (pid {pid}; {} MB): the next backup removes it, or delete it",
+                pin.display(),
+                bytes_under(&pin, &mut HashSet::new()) / 1_000_000
+            ));
+        }
+    }
+    said
 }
 
 /// Bytes of the files under `dir`, each counted once however many hard links it has there

@@ -21,14 +21,16 @@
 
 mod changes;
 pub mod disk;
+mod pin;
 mod restore;
 mod writer;
 
 pub use changes::{read_changes, Change, ChangeCounts};
 
+pub use pin::{pin_newest_chain, Pinned};
 pub use restore::{
-    check_chains, committed, load_bytes, load_records, newest_layout, newest_manifest,
-    read_verified, restore, restore_to, ChainCheck, RestorePoint, RestoreTarget,
+    check_chains, committed, load_bytes, load_records, newest_chain_dirs, newest_layout,
+    newest_manifest, read_verified, restore, restore_to, ChainCheck, RestorePoint, RestoreTarget,
 };
 pub use writer::{
     buffer_bytes, free_bytes, full_checkpoint_bound, journal_bytes, CheckpointSpec,
@@ -146,6 +148,8 @@ pub enum CheckpointError {
     Spill(#[from] SpillError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("checkpoints in {root}: the newest chain was pruned under the linking {attempts} times in a row (checkpoint.interval_ms and checkpoint.keep give a chain too short a life): try again, or raise checkpoint.keep")]
+    Pruned { root: PathBuf, attempts: usize },
 }
 
 /// What a restore of the checkpoints in `root`, written for `found`, says when the run wants

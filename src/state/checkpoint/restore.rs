@@ -106,6 +106,37 @@ pub fn check_chains(root: &Path) -> Result<ChainCheck, CheckpointError> {
     Ok(ChainCheck { good: None, bad })
 }
 
+/// The directories of the newest committed checkpoint's chain under `root` (it, then the
+/// ones it builds on, down to the full one), as the manifests name them; unverified. Empty
+/// when there is none. What `sluice state backup` pins: a chain whose member is pruned
+/// meanwhile is found missing when its files are linked, and taken again.
+pub fn newest_chain_dirs(root: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let Listing { done, .. } = list(root)?;
+    let by_seq: std::collections::HashMap<u64, PathBuf> = done.iter().cloned().collect();
+    'newest: for (_, path) in &done {
+        let mut chain = vec![path.clone()];
+        loop {
+            let Some(at) = chain.last() else {
+                continue 'newest;
+            };
+            let Ok(text) = std::fs::read_to_string(at.join("COMMIT")) else {
+                continue 'newest;
+            };
+            let Ok(m) = Manifest::parse(&text) else {
+                continue 'newest;
+            };
+            if m.parent == 0 {
+                return Ok(chain);
+            }
+            match by_seq.get(&m.parent) {
+                Some(parent) if chain.len() <= by_seq.len() => chain.push(parent.clone()),
+                _ => continue 'newest,
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// The record width a hot.bin's header gives (0 when it does not read: the check then
 /// fails on the header and says so).
 fn header_words(hot: &Path) -> usize {

@@ -1375,3 +1375,58 @@ fn a_chain_check_names_what_a_restore_would_take_and_changes_nothing() {
     assert_eq!(restored, said.good.map(|g| g.0), "{said:?}");
     assert!(said.good.is_none_or(|(seq, _)| seq < 4), "{said:?}");
 }
+
+#[test]
+fn a_chain_pruned_while_it_is_pinned_is_taken_again_and_the_pin_restores() {
+    let d = Dir::new("pin");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 3);
+    for r in 0..5 {
+        load(&mut s, r..r + 1);
+        cp.finish(&mut s, 0);
+    }
+    drop(cp);
+    let at_5 = dump(&s);
+    drop(s);
+    // Whole: 5 on the full 4; a start from the pin restores the state at 5.
+    let copy = Dir::new("pin-copy");
+    let pinned = pin_newest_chain(&d.root(), &copy.root(), 3, |_| {}).unwrap();
+    assert_eq!(
+        pinned,
+        Pinned {
+            good: Some((5, 2)),
+            retries: 0
+        }
+    );
+    let (back, seq) = restore_into_new(&copy, "L1").unwrap();
+    assert_eq!(seq, Some(5));
+    assert_eq!(dump(&back), at_5);
+    drop(back);
+    let into = d.0.join("pinned");
+    // The first chain's full checkpoint pruned between the listing and the link, as the
+    // writer would: that chain is given up and the next newest whole one pinned.
+    let mut first = true;
+    let pinned = pin_newest_chain(&d.root(), &into, 3, |chain| {
+        if std::mem::take(&mut first) {
+            let full = chain.last().unwrap();
+            assert!(full.ends_with(name(4)), "{chain:?}");
+            std::fs::remove_dir_all(full).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(pinned.retries, 1, "{pinned:?}");
+    let (seq, _) = pinned.good.unwrap();
+    assert!(seq < 4, "{pinned:?}");
+    // Gone under the linking every time (moved to a newer name, so a chain is always
+    // there to try): a clear error, not a partial chain.
+    let mut next = 100;
+    let err = pin_newest_chain(&d.root(), &into, 2, |chain| {
+        next += 1;
+        std::fs::rename(&chain[0], d.root().join(name(next))).unwrap();
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::Pruned { attempts: 2, .. }),
+        "{err}"
+    );
+}
