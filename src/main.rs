@@ -174,6 +174,18 @@ enum StateCommand {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Put a backup in place of a stopped sluice's state.dir: read back and checked against
+    /// this config first, copied beside the current shards (owned like state.dir), swapped
+    /// in; the shards it replaces are kept aside, the backup is left as it was.
+    Restore {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// The backup (`sluice state backup --to`).
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// What the config's state.dir holds, from its checkpoint manifests (read only: runs beside
     /// a serving sluice too): per shard its newest checkpoint, records, Observations, the Kafka
     /// offsets it resumes at, the disk it holds.
@@ -314,6 +326,39 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             if view.verify_failed() {
                 return Ok(std::process::ExitCode::FAILURE);
             }
+        }
+        Command::State {
+            what: StateCommand::Restore { config, sets, from },
+        } => {
+            let config = load(config.as_ref(), &sets)?;
+            init_logging(&config.log.level);
+            let done =
+                sluice::app::state_restore::restore(&config, &from).map_err(anyhow::Error::msg)?;
+            let per: Vec<String> = done
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Some((seq, chain)) => {
+                        format!("shard {i}: checkpoint {seq} ({chain} in its chain)")
+                    }
+                    None => format!("shard {i}: no checkpoint"),
+                })
+                .collect();
+            println!(
+                "state.dir {} restored from {}: {} in {:.0} ms; {}",
+                config.state.dir,
+                from.display(),
+                per.join(", "),
+                done.took_ms,
+                match &done.kept {
+                    Some(kept) => format!(
+                        "the shards it replaced are kept in {} (delete it once the restored state serves)",
+                        kept.display()
+                    ),
+                    None => "state.dir held no shards before".to_owned(),
+                }
+            );
         }
         Command::State {
             what: StateCommand::Backup { config, sets, to },

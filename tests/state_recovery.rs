@@ -892,7 +892,92 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
         assert_eq!(out.status.code(), Some(0), "{json}");
         assert!(applied(&json) >= 150, "{json}");
     }
-    let (child, out, addr) = common::spawn_run(&sets_for(&takes[3]));
+    let restore = |sets: &[String], from: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "restore", "--from"])
+            .arg(from)
+            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // The service goes on after the backups: every key's second Observation. Meanwhile a
+    // restore is refused (the lock).
+    let (child, out, addr) = common::spawn_run(&sets_for(&state));
+    for key in 1..=150u64 {
+        assert_eq!(common::score_one(&addr, key, 2).count, 2, "key {key}");
+    }
+    let (ok, said) = restore(&sets_for(&state), &takes[3]);
+    assert!(
+        !ok && said.contains("in use by another sluice process"),
+        "{said}"
+    );
+    stop(child, out);
+    // Refused, nothing changed: a backup that does not read back, and one a start with this
+    // config would refuse (another shard count).
+    let damaged = dir.join("damaged");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&takes[3])
+        .arg(&damaged)
+        .status()
+        .unwrap()
+        .success());
+    let newest = std::fs::read_dir(damaged.join("shard-0/checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(newest.join("hot.bin")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(newest.join("hot.bin"), bytes).unwrap();
+    let (ok, said) = restore(&sets_for(&state), &damaged);
+    assert!(!ok && said.contains("does not read back"), "{said}");
+    let mut three = sets_for(&state);
+    three.push("shards.count=3".to_owned());
+    let (ok, said) = restore(&three, &takes[3]);
+    assert!(
+        !ok && said.contains("would refuse the backup")
+            && said.contains("shards=2 then, shards=3 now"),
+        "{said}"
+    );
+    // As root, state.dir owned by another user (systemd's DynamicUser): the restored files
+    // are given to it.
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    }
+    let (ok, said) = restore(&sets_for(&state), &takes[3]);
+    assert!(
+        ok && said.contains("restored from") && said.contains("before-restore-"),
+        "{said}"
+    );
+    if root {
+        use std::os::unix::fs::MetadataExt as _;
+        let restored = state
+            .join(newest.strip_prefix(&damaged).unwrap())
+            .join("hot.bin");
+        let m = std::fs::metadata(&restored).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", restored.display());
+        std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    }
+    let checked = common::check_config(&dir, &sets_for(&state), false);
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        said.contains("keeps the shards a restore replaced"),
+        "{said}"
+    );
+    // The state is the backup's again: each key's Observation after it counts 2, not 3.
+    let (child, out, addr) = common::spawn_run(&sets_for(&state));
     for key in 1..=150u64 {
         assert_eq!(
             common::score_one(&addr, key, 2).count,

@@ -35,6 +35,7 @@ pub mod rescale;
 mod rescale_kafka;
 pub mod state_backup;
 pub mod state_check;
+pub mod state_restore;
 pub mod state_show;
 mod xdp_part;
 use kafka_part::KafkaPart;

@@ -435,8 +435,13 @@ impl Swap {
             Some(seq) => Some(seq.parse().ok()?),
             None => None,
         };
-        // Only names this module writes: a damaged mark must not move anything else.
-        let named = |n: &str| n.starts_with("shard-") || n.starts_with("before-rescale-");
+        // Only names this module and `state restore` write: a damaged mark must not move
+        // anything else.
+        let named = |n: &str| {
+            n.starts_with("shard-")
+                || n.starts_with("before-rescale-")
+                || n.starts_with("before-restore-")
+        };
         let s = Self {
             kept,
             aside,
@@ -517,15 +522,41 @@ pub enum Fault {
     StopMidSwap,
 }
 
-/// Where the new shards are built.
+/// Where the new shards are built (by `state restore` too).
 pub(super) const STAGING: &str = "rescale-staging";
+
+/// The shards staged in `root/STAGING` (0..`to`) put in place of `root`'s, which go into
+/// `root/kept`: the same crash-safe swap as a rescale's (a mark first; `run` refuses a
+/// state.dir holding it and `sluice state rescale` finishes it). For `state restore`.
+pub(super) fn swap_in(
+    config: &Config,
+    root: &Path,
+    kept: String,
+    to: usize,
+) -> Result<(), RescaleError> {
+    let aside = shard_dirs(root)
+        .iter()
+        .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    let mark = Swap {
+        kept,
+        aside,
+        to,
+        progress: None,
+    };
+    let mark_path = root.join(SWAP_MARK);
+    checkpoint::disk::write_synced(&mark_path, &[mark.render().as_bytes()])
+        .map_err(io("writing", &mark_path))?;
+    checkpoint::disk::sync_dir(root).map_err(io("syncing", root))?;
+    swap(config, root, &mark, Fault::None)
+}
 
 /// Why `run` must not start on `dir`: a rescale's swap was cut short there.
 pub fn interrupted(dir: &str) -> Option<String> {
     let mark = Path::new(dir).join(SWAP_MARK);
     mark.exists().then(|| {
         format!(
-            "state.dir {dir}: a `sluice state rescale` was cut short while it swapped the shards ({} is there); a start now would find part of the state. Run `sluice state rescale` again, with the config the service will run with: it finishes the swap",
+            "state.dir {dir}: a `sluice state rescale` (or `state restore`) was cut short while it swapped the shards ({} is there); a start now would find part of the state. Run `sluice state rescale` again, with the config the service will run with: it finishes the swap",
             mark.display()
         )
     })

@@ -136,7 +136,7 @@ pub fn backup(config: &Config, to: &Path) -> Result<BackedUp, String> {
 
 /// `from`'s tree copied to `to`, each file's data synced; files that are one (hard links, as a
 /// RocksDB checkpoint's tables are across a chain) stay one.
-fn copy_tree(
+pub(super) fn copy_tree(
     from: &Path,
     to: &Path,
     seen: &mut HashMap<(u64, u64), PathBuf>,
@@ -161,7 +161,7 @@ fn copy_tree(
 
 /// Every directory under `dir`, and it, synced: the names linked, copied or moved in are
 /// durable.
-fn sync_tree(dir: &Path) -> std::io::Result<()> {
+pub(super) fn sync_tree(dir: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         if e.file_type()?.is_dir() {

@@ -47,28 +47,37 @@ pub fn refusals(config: &Config, shards: usize) -> Vec<String> {
 }
 
 /// What is worth a look in `state.dir` but stops nothing: the shards a rescale kept aside
-/// (`before-rescale-*`), with the disk they hold, for the operator to delete once the new count
-/// serves; a killed backup's pin.
+/// (`before-rescale-*`) or a restore replaced (`before-restore-*`), with the disk they hold,
+/// for the operator to delete once the new state serves; a killed backup's pin.
 pub fn warnings(config: &Config) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(&config.state.dir) else {
         return Vec::new();
     };
     let mut kept: Vec<_> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("before-rescale-")
-        })
         .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("before-rescale-") || n.starts_with("before-restore-")
+            })
+        })
         .collect();
     kept.sort();
     let mut said: Vec<String> = kept
         .iter()
         .map(|dir| {
             let mut seen = HashSet::new();
+            let restore = dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("before-restore-"));
+            let (what, until) = if restore {
+                ("a restore replaced", "the restored state serves")
+            } else {
+                ("a rescale moved aside", "the new shard count serves")
+            };
             format!(
-                "state.dir keeps the shards a rescale moved aside in {} ({} MB): delete it once the new shard count serves",
+                "state.dir keeps the shards {what} in {} ({} MB): delete it once {until}",
                 dir.display(),
                 bytes_under(dir, &mut seen) / 1_000_000
             )
