@@ -111,6 +111,8 @@ pub struct SpillMark {
     waiters: AtomicUsize,
     lock: Mutex<()>,
     ready: Condvar,
+    /// Why the spill checkpoint failed (failure path only: written before `failed` is set).
+    why: Mutex<String>,
 }
 
 impl SpillMark {
@@ -137,6 +139,17 @@ impl SpillMark {
 
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// `set(true)` with the reason, for the shard's (and an offline writer's) error.
+    pub fn fail(&self, why: String) {
+        *self.why.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        self.set(true);
+    }
+
+    /// The reason `fail` gave (empty if none was given).
+    pub fn failure(&self) -> String {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn wait(&self) {

@@ -1430,3 +1430,35 @@ fn a_chain_pruned_while_it_is_pinned_is_taken_again_and_the_pin_restores() {
         "{err}"
     );
 }
+
+/// A spill store checkpoint that fails says why in the checkpoint's outcome (an offline
+/// writer, the rescale, has no log to point at).
+#[test]
+fn a_failed_spill_checkpoint_says_why() {
+    let d = Dir::new("spill-why");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = Checkpointer::start_stepped(spec(&d, "L1", 1, 50, (3, 0))).unwrap();
+    cp.wait_ready();
+    load(&mut s, 0..2);
+    cp.tick(1, &mut s, 0);
+    // The flip queued the spill store's checkpoint first: it meets a full disk.
+    let mut failed = false;
+    for _ in 0..1000 {
+        cp.step(&mut s);
+        if cp.writer_pending() > 0 {
+            let fault = (!failed).then_some(WriterFault::NoSpace);
+            failed = true;
+            assert_eq!(cp.run_writer(fault), WriterRun::Ran);
+        }
+        if let Some(outcome) = cp.take_outcome() {
+            let why = outcome.unwrap_err();
+            assert!(
+                why.starts_with("the spill store's checkpoint failed: ")
+                    && why.contains("no space left on device (injected)"),
+                "{why}"
+            );
+            return;
+        }
+    }
+    panic!("the checkpoint never ended");
+}

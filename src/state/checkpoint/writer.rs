@@ -674,7 +674,8 @@ impl Checkpointer {
             if self.link.send(spill).is_some() {
                 // The writer thread is gone (it only exits when this side does): the snapshot
                 // runs to its end and fails there.
-                self.mark.set(true);
+                self.mark
+                    .fail("the checkpoint writer thread is gone".into());
             }
         }
         let copied = if all {
@@ -706,10 +707,14 @@ impl Checkpointer {
         self.stats.last_journal_entries = taken.journal_entries;
         let mut out = taken.out;
         if taken.overflowed || self.mark.failed() || out.len() < HEADER_BYTES {
+            // Failure path only: the reason's words are allocated here.
             let why = if self.mark.failed() {
-                "the spill store's checkpoint failed"
+                match self.mark.failure() {
+                    w if w.is_empty() => "the spill store's checkpoint failed".to_owned(),
+                    w => format!("the spill store's checkpoint failed: {w}"),
+                }
             } else {
-                "the snapshot outgrew its buffer"
+                "the snapshot outgrew its buffer".to_owned()
             };
             // A full disk fails every interval: the 1st, 2nd, 4th, ... of a streak are logged.
             if (self.failing + 1).is_power_of_two() {
@@ -722,8 +727,8 @@ impl Checkpointer {
             }
             // Failure path only: the writer removed its directory if it failed itself.
             let _ = disk::remove_dir_all(&run.tmp);
-            self.failure = Some(why.into());
-            self.outcome = Some(Err(why.into()));
+            self.failure = Some(why.clone());
+            self.outcome = Some(Err(why));
             self.buffers = Some((out, taken.journal));
             self.failed();
             return;
@@ -951,7 +956,10 @@ impl WriterCore {
                     ));
                     let _ = disk::remove_dir_all(&tmp);
                 }
-                mark.set(result.is_err());
+                match &result {
+                    Ok(()) => mark.set(false),
+                    Err(e) => mark.fail(e.clone()),
+                }
                 Step::Quiet
             }
             Work::Write(job) => {
