@@ -136,6 +136,8 @@ pub fn check(config: &Config) -> Preflight {
     if !config.state.dir.is_empty() {
         if let Err(e) = writable_dir(Path::new(&config.state.dir), true) {
             problems.push(format!("state.dir = {:?}: {e}", config.state.dir));
+        } else if !placements.is_empty() {
+            warnings.extend(checkpoint_room(config, placements.len()));
         }
     }
     if !config.metrics.hgrm_dir.is_empty() {
@@ -178,6 +180,37 @@ pub fn check(config: &Config) -> Preflight {
     }
 }
 
+/// A warning when state.dir's file system has less room than the full checkpoints of full hot
+/// tables take: per shard the `checkpoint.keep` full ones kept and one being written, each
+/// every hot slot's record image (their incremental ones and the spilled records, in
+/// RocksDB's compressed tables, come on top: a floor, not a bound). The
+/// writer refuses a checkpoint it has no room for (counted in
+/// sluice_checkpoints_failed_total, the shard goes on); better known before the first one.
+fn checkpoint_room(config: &Config, shards: usize) -> Option<String> {
+    let words = config.feature_plan().ok()?.words();
+    let mut at = Path::new(&config.state.dir);
+    while !at.exists() {
+        at = at.parent().filter(|p| !p.as_os_str().is_empty())?;
+    }
+    let free = crate::state::checkpoint::free_bytes(at).ok()?;
+    let per_checkpoint =
+        config.state.hot_capacity as u64 * (crate::state::record::image_bytes(words) as u64 + 8);
+    let need = per_checkpoint
+        .saturating_mul(config.checkpoint.keep as u64 + 1)
+        .saturating_mul(shards as u64);
+    (free < need).then(|| {
+        format!(
+            "state.dir = {:?}: its file system has {} MB free; the full checkpoints of {shards} full hot table(s) take {} MB ({} slots x {} B a record, {} kept + 1 being written a shard; incremental checkpoints and spilled records on top): checkpoints it has no room for are refused (sluice_checkpoints_failed_total) and the state since the last one would be lost to a crash",
+            config.state.dir,
+            free / 1_000_000,
+            need.div_ceil(1_000_000),
+            config.state.hot_capacity,
+            crate::state::record::image_bytes(words) + 8,
+            config.checkpoint.keep,
+        )
+    })
+}
+
 /// The directory exists and a file can be written in it; or, with `create` (sluice makes it
 /// at start), its nearest existing ancestor is a directory a file can be written in. Nothing
 /// is left behind: check-config changes nothing on the machine.
@@ -215,6 +248,28 @@ mod tests {
 
     fn chmod(p: &Path, mode: u32) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_with_less_room_than_its_full_checkpoints_is_warned_about() {
+        let dir = std::env::temp_dir().join(format!("sluice-room-{}", std::process::id()));
+        let mut config = Config::from_layers(
+            None,
+            &[format!("state.dir={}", dir.join("state").display())],
+        )
+        .unwrap();
+        config.state.hot_capacity = 1024;
+        assert_eq!(checkpoint_room(&config, 2), None, "a few MB fit anywhere");
+        // A trillion slots: no test machine has the petabytes; state.dir not made yet, its
+        // nearest existing ancestor's file system is the one asked.
+        config.state.hot_capacity = 1 << 40;
+        let said = checkpoint_room(&config, 2).unwrap();
+        assert!(
+            said.contains("MB free; the full checkpoints of 2 full hot table(s) take ")
+                && said.contains("2 kept + 1 being written"),
+            "{said}"
+        );
+        assert!(!dir.exists(), "check-config makes nothing");
     }
 
     #[test]
