@@ -84,6 +84,27 @@ pub fn warnings(config: &Config) -> Vec<String> {
         })
         .collect();
     let root = Path::new(&config.state.dir);
+    for shard in super::rescale::shard_dirs(root) {
+        let aside = set_aside(&shard);
+        if aside.is_empty() {
+            continue;
+        }
+        let named: Vec<String> = aside
+            .iter()
+            .map(|(path, why)| {
+                format!(
+                    "{} ({} MB, {why})",
+                    path.display(),
+                    bytes_under(path, &mut HashSet::new()) / 1_000_000
+                )
+            })
+            .collect();
+        said.push(format!(
+            "{} holds checkpoints a start set aside, kept for a look: {}; delete them once looked at",
+            shard.display(),
+            named.join(", ")
+        ));
+    }
     for (pin, pid) in super::state_backup::pins(root) {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             said.push(format!(
@@ -94,6 +115,32 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     said
+}
+
+/// What the restore set aside in `shard` (never removed by sluice): checkpoint directories
+/// no committed exactly_once transaction named (`checkpoints.uncommitted-*`) and checkpoints
+/// that did not read back (`checkpoints/ckpt-N.bad`), each with why.
+fn set_aside(shard: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+    let listed = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut out: Vec<(std::path::PathBuf, &'static str)> = listed(shard)
+        .into_iter()
+        .filter(|p| name(p).is_some_and(|n| n.starts_with("checkpoints.uncommitted-")))
+        .map(|p| (p, "no committed transaction named them"))
+        .collect();
+    out.extend(
+        listed(&shard.join("checkpoints"))
+            .into_iter()
+            .filter(|p| name(p).is_some_and(|n| n.starts_with("ckpt-") && n.ends_with(".bad")))
+            .map(|p| (p, "did not read back")),
+    );
+    out
 }
 
 /// Bytes of the files under `dir`, each counted once however many hard links it has there
@@ -150,6 +197,34 @@ mod tests {
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("before-rescale-5 (3 MB)"), "{said:?}");
         std::fs::remove_dir_all(dir.join("before-rescale-5")).unwrap();
+        assert!(warnings(&config).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn checkpoints_a_start_set_aside_are_named_with_their_bytes() {
+        let dir = std::env::temp_dir().join(format!("sluice-aside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shard = dir.join("shard-0");
+        let bad = shard
+            .join("checkpoints")
+            .join("ckpt-00000000000000000007.bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("hot.bin"), vec![0u8; 2_000_000]).unwrap();
+        std::fs::create_dir_all(shard.join("checkpoints").join("ckpt-00000000000000000008"))
+            .unwrap();
+        std::fs::create_dir_all(shard.join("checkpoints.uncommitted-1796")).unwrap();
+        let config = Config::from_layers(None, &[format!("state.dir={}", dir.display())]).unwrap();
+        let said = warnings(&config);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("checkpoints.uncommitted-1796 (0 MB, no committed transaction")
+                && said[0].contains("ckpt-00000000000000000007.bad (2 MB, did not read back)")
+                && !said[0].contains("ckpt-00000000000000000008"),
+            "{said:?}"
+        );
+        std::fs::remove_dir_all(&bad).unwrap();
+        std::fs::remove_dir_all(shard.join("checkpoints.uncommitted-1796")).unwrap();
         assert!(warnings(&config).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
