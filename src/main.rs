@@ -334,22 +334,11 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             init_logging(&config.log.level);
             let done =
                 sluice::app::state_restore::restore(&config, &from).map_err(anyhow::Error::msg)?;
-            let per: Vec<String> = done
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(i, s)| match s {
-                    Some((seq, chain)) => {
-                        format!("shard {i}: checkpoint {seq} ({chain} in its chain)")
-                    }
-                    None => format!("shard {i}: no checkpoint"),
-                })
-                .collect();
             println!(
                 "state.dir {} restored from {}: {} in {:.0} ms; {}",
                 config.state.dir,
                 from.display(),
-                per.join(", "),
+                chains_said(&done.shards),
                 done.took_ms,
                 match &done.kept {
                     Some(kept) => format!(
@@ -367,22 +356,11 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             init_logging(&config.log.level);
             let done =
                 sluice::app::state_backup::backup(&config, &to).map_err(anyhow::Error::msg)?;
-            let per: Vec<String> = done
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(i, s)| match s {
-                    Some((seq, chain)) => {
-                        format!("shard {i}: checkpoint {seq} ({chain} in its chain)")
-                    }
-                    None => format!("shard {i}: no checkpoint yet"),
-                })
-                .collect();
             println!(
-                "state.dir {} backed up to {}: {}; {} MB {} in {:.0} ms{}. To restore: stop sluice, move state.dir aside, copy this directory in its place (cp -a), start",
+                "state.dir {} backed up to {}: {}; {} MB {} in {:.0} ms{}. To restore: stop sluice, then `sluice state restore --from {}` with the service's config",
                 config.state.dir,
                 done.to.display(),
-                per.join(", "),
+                chains_said(&done.shards),
                 done.bytes / 1_000_000,
                 if done.moved {
                     "hard-linked (state.dir's file system: it outlives pruning, not that disk)"
@@ -393,7 +371,8 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 match done.retries {
                     0 => String::new(),
                     n => format!(" ({n} chain(s) pruned under the linking, taken again)"),
-                }
+                },
+                done.to.display()
             );
         }
         Command::State {
@@ -517,6 +496,19 @@ fn admin_command(
     } else {
         std::process::ExitCode::from(1)
     })
+}
+
+/// Each shard's checkpoint chain as a backup or a restore took it.
+fn chains_said(shards: &[Option<(u64, usize)>]) -> String {
+    let per: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            Some((seq, chain)) => format!("shard {i}: checkpoint {seq} ({chain} in its chain)"),
+            None => format!("shard {i}: no checkpoint"),
+        })
+        .collect();
+    per.join(", ")
 }
 
 /// How long `check-config --connect` asks each Kafka client.

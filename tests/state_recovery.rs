@@ -787,10 +787,12 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
         std::io::Read::read_to_string(&mut out, &mut report).unwrap();
         assert!(child.wait().unwrap().success(), "{report}");
     };
-    let backup = |sets: &[String], to: &Path| {
+    // `sluice state backup --to DIR` / `restore --from DIR`: whether it succeeded, what it said.
+    let state_cmd = |verb: &str, sets: &[String], path: &Path| {
+        let flag = if verb == "backup" { "--to" } else { "--from" };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["state", "backup", "--to"])
-            .arg(to)
+            .args(["state", verb, flag])
+            .arg(path)
             .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
             .output()
             .unwrap();
@@ -803,6 +805,8 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
             ),
         )
     };
+    let backup = |sets: &[String], to: &Path| state_cmd("backup", sets, to);
+    let restore = |sets: &[String], from: &Path| state_cmd("restore", sets, from);
     let applied = |json: &serde_json::Value| -> u64 {
         json["shards"]
             .as_array()
@@ -892,22 +896,6 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
         assert_eq!(out.status.code(), Some(0), "{json}");
         assert!(applied(&json) >= 150, "{json}");
     }
-    let restore = |sets: &[String], from: &Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["state", "restore", "--from"])
-            .arg(from)
-            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
     // The service goes on after the backups: every key's second Observation. Meanwhile a
     // restore is refused (the lock).
     let (child, out, addr) = common::spawn_run(&sets_for(&state));

@@ -43,14 +43,8 @@ const ATTEMPTS: usize = 20;
 
 pub fn backup(config: &Config, to: &Path) -> Result<BackedUp, String> {
     let started = Instant::now();
+    let root = super::state_show::existing_state_dir(config)?;
     let dir = &config.state.dir;
-    if dir.is_empty() {
-        return Err("state.dir is not set: the state lives in memory only".into());
-    }
-    let root = Path::new(dir);
-    if !root.is_dir() {
-        return Err(format!("state.dir {dir} does not exist"));
-    }
     if config.ingest.kafka.enabled() && config.egress.kafka.delivery == Delivery::ExactlyOnce {
         return Err("egress.kafka.delivery = \"exactly_once\": a start restores the checkpoint the last committed transaction's progress record names, and a backup's checkpoint is not that one once the service has committed another (a start from it would be refused, or with a new transactional_id_prefix begin empty). The copy of an exactly_once state is the changelog topic (egress.kafka.changelog: a wiped state.dir rebuilds from it)".into());
     }

@@ -121,10 +121,8 @@ impl From<&Manifest> for CheckpointView {
     }
 }
 
-/// Read `config`'s state.dir (`verify`: every checkpoint chain a start would try, read back
-/// and checked; otherwise the manifests only); Err when it is not set, not there, or a
-/// shard's checkpoints do not list.
-pub fn look(config: &Config, verify: bool) -> Result<StateView, String> {
+/// `config`'s state.dir, which must be set and exist (what `show` and `backup` read).
+pub(super) fn existing_state_dir(config: &Config) -> Result<&Path, String> {
     let dir = &config.state.dir;
     if dir.is_empty() {
         return Err("state.dir is not set: the state lives in memory only".into());
@@ -133,6 +131,15 @@ pub fn look(config: &Config, verify: bool) -> Result<StateView, String> {
     if !root.is_dir() {
         return Err(format!("state.dir {dir} does not exist"));
     }
+    Ok(root)
+}
+
+/// Read `config`'s state.dir (`verify`: every checkpoint chain a start would try, read back
+/// and checked; otherwise the manifests only); Err when it is not set, not there, or a
+/// shard's checkpoints do not list.
+pub fn look(config: &Config, verify: bool) -> Result<StateView, String> {
+    let root = existing_state_dir(config)?;
+    let dir = &config.state.dir;
     let mut shards = Vec::new();
     for (i, shard) in super::rescale::shard_dirs(root).iter().enumerate() {
         let cps = shard.join("checkpoints");
