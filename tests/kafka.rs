@@ -1607,11 +1607,15 @@ fn standby_replicas_keep_warm_copies_and_a_takeover_starts_from_them() {
         let standby = |s: &ClusterStatus| -> std::collections::BTreeSet<i32> {
             s.standby.iter().map(|p| p.partition).collect()
         };
+        // The owner is the group's description, read once a second apart from the copies: a
+        // copy with keys may still show no owner for a look (found once in a full run: owner
+        // "" with 50 keys in the copy), so it is waited for like the rest.
         if standby(&sa) == owned_set(&split[1])
             && standby(&sb) == owned_set(&split[0])
             && sa.standby.iter().chain(&sb.standby).all(|p| p.keys > 0)
+            && sa.standby.iter().all(|p| p.owner == "b")
+            && sb.standby.iter().all(|p| p.owner == "a")
         {
-            assert!(sa.standby.iter().all(|p| p.owner == "b"), "{sa:?}");
             // The live metrics show the copies too, per partition stood by for.
             for (m, s) in [(&a_metrics, &sa), (&b_metrics, &sb)] {
                 for p in &s.standby {
