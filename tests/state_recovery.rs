@@ -851,7 +851,19 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
             sent
         })
     };
-    let takes: Vec<PathBuf> = (0..4).map(|n| dir.join(format!("backup-{n}"))).collect();
+    let mut takes: Vec<PathBuf> = (0..4).map(|n| dir.join(format!("backup-{n}"))).collect();
+    // The last onto another file system when there is one (a tmpfs): copied, not linked.
+    let other_fs = Path::new("/dev/shm").join(format!("sluice-backup-{}", std::process::id()));
+    let dev = |p: &Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).map(|m| m.dev()).ok()
+    };
+    let copied = dev(Path::new("/dev/shm")).is_some_and(|d| Some(d) != dev(&dir));
+    if copied {
+        let _ = std::fs::remove_dir_all(&other_fs);
+        std::fs::create_dir_all(&other_fs).unwrap();
+        takes[3] = other_fs.join("backup-3");
+    }
     let newest_seq = || {
         common::state_show_json(&sets_for(&state))["shards"][0]["newest"]["seq"]
             .as_u64()
@@ -867,6 +879,12 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
         }
         let (ok, said) = backup(&sets_for(&state), to);
         assert!(ok && said.contains("shard 1: checkpoint "), "{said}");
+        let how = if to.starts_with(&dir) {
+            " MB hard-linked"
+        } else {
+            " MB copied"
+        };
+        assert!(said.contains(how), "{said}");
     }
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     let sent = load.join().unwrap();
@@ -975,4 +993,5 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
     }
     stop(child, out);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other_fs);
 }
