@@ -25,6 +25,20 @@ pub fn refusals(config: &Config, shards: usize) -> Vec<String> {
     let mut out = Vec::new();
     for id in 0..shards {
         let root = super::shard_dir(config, id).join("checkpoints");
+        match checkpoint::written_by_newer(&root) {
+            Ok(Some((path, found))) => {
+                out.push(format!(
+                    "state.dir, shard {id}: {}",
+                    checkpoint::CheckpointError::Newer { path, found }
+                ));
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                out.push(format!("state.dir: shard {id}'s checkpoints: {e}"));
+                continue;
+            }
+        }
         let found = match checkpoint::newest_layout(&root) {
             Ok(Some(found)) => found,
             Ok(None) => continue,
@@ -226,6 +240,25 @@ mod tests {
         std::fs::remove_dir_all(&bad).unwrap();
         std::fs::remove_dir_all(shard.join("checkpoints.uncommitted-1796")).unwrap();
         assert!(warnings(&config).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn checkpoints_of_a_newer_sluice_are_a_refusal_naming_the_downgrade() {
+        let dir = std::env::temp_dir().join(format!("sluice-newer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = dir.join("shard-0/checkpoints/ckpt-00000000000000000003");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        let body = "format=99\nseq=3\nlayout=shards=1\na_future_key=1\n";
+        let commit = format!("{body}crc={}\n", crc32fast::hash(body.as_bytes()));
+        std::fs::write(ckpt.join("COMMIT"), commit).unwrap();
+        let config = Config::from_layers(None, &[format!("state.dir={}", dir.display())]).unwrap();
+        let said = refusals(&config, 1);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("written by a newer sluice (COMMIT format 99"),
+            "{said:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -148,6 +148,11 @@ pub enum CheckpointError {
     Spill(#[from] SpillError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// A checkpoint written by a newer sluice (its COMMIT format is past this build's): a
+    /// downgrade. Never set aside as damaged: restoring an older one, or none, would lose
+    /// the state the newer version kept.
+    #[error("checkpoint {path}: written by a newer sluice (COMMIT format {found}; this build reads 2 to {FORMAT}): run the version that wrote it, or move state.dir away to start without its state")]
+    Newer { path: PathBuf, found: u64 },
     #[error("checkpoints in {root}: the newest chain was pruned under the linking {attempts} times in a row (checkpoint.interval_ms and checkpoint.keep give a chain too short a life): try again, or raise checkpoint.keep")]
     Pruned { root: PathBuf, attempts: usize },
 }
@@ -315,6 +320,23 @@ impl Manifest {
     }
 
     /// Parse a COMMIT file; the reason names what is wrong.
+    /// The format of a COMMIT (its checksum good) written by a newer build than this one:
+    /// such a manifest may hold keys this build does not know, so it is recognised before
+    /// `parse` would call it damaged.
+    pub fn newer_format(text: &str) -> Option<u64> {
+        let (body, last) = text.trim_end_matches('\n').rsplit_once('\n')?;
+        let crc = last.strip_prefix("crc=")?.parse::<u32>().ok()?;
+        let body = format!("{body}\n");
+        if crc32fast::hash(body.as_bytes()) != crc {
+            return None;
+        }
+        body.lines()
+            .find_map(|l| l.strip_prefix("format="))?
+            .parse::<u64>()
+            .ok()
+            .filter(|&f| f > u64::from(FORMAT))
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let (body, last) = text
             .trim_end_matches('\n')
@@ -366,6 +388,15 @@ impl Manifest {
         }
         Ok(m)
     }
+}
+
+/// The newest committed checkpoint under `root` written by a newer sluice, with its format:
+/// what a start refuses (`CheckpointError::Newer`), for check-config to say first.
+pub fn written_by_newer(root: &Path) -> Result<Option<(PathBuf, u64)>, CheckpointError> {
+    Ok(list(root)?.done.into_iter().find_map(|(_, path)| {
+        let text = std::fs::read_to_string(path.join("COMMIT")).ok()?;
+        Manifest::newer_format(&text).map(|f| (path, f))
+    }))
 }
 
 /// Directory name of checkpoint `seq`.

@@ -256,6 +256,8 @@ pub fn restore_to(
         let chain = match read_chain(&path, &by_seq, words) {
             Ok(c) => c,
             Err(e) if matches!(target, RestoreTarget::Exactly(_)) => return Err(e),
+            // A downgrade: stop, never set the newer state aside for an older one.
+            Err(e @ CheckpointError::Newer { .. }) => return Err(e),
             Err(e) => {
                 set_aside(&path, &e)?;
                 continue;
@@ -362,6 +364,12 @@ pub fn read_verified(path: &Path, words: usize) -> Result<(Manifest, Vec<u8>), C
     let commit = path.join("COMMIT");
     let text = std::fs::read_to_string(&commit)
         .map_err(|e| corrupt(format!("no readable COMMIT marker ({e}): incomplete")))?;
+    if let Some(found) = Manifest::newer_format(&text) {
+        return Err(CheckpointError::Newer {
+            path: path.to_owned(),
+            found,
+        });
+    }
     let hot = std::fs::read(path.join("hot.bin")).map_err(|e| corrupt(format!("hot.bin: {e}")))?;
     let verified = verify(path, &text, hot, words)?;
     if !path.join("spill").is_dir() {

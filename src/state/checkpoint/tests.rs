@@ -1462,3 +1462,66 @@ fn a_failed_spill_checkpoint_says_why() {
     }
     panic!("the checkpoint never ended");
 }
+
+/// A checkpoint a newer sluice wrote (a COMMIT format past this build's, with a key this
+/// build does not know) is a downgrade: the restore stops and says so, and sets nothing aside
+/// (falling back to an older checkpoint, or to none, would drop the newer version's state).
+#[test]
+fn a_checkpoint_from_a_newer_sluice_stops_the_restore_and_is_kept() {
+    let d = Dir::new("newer");
+    let mut s = state(open(&d.spill(), None).unwrap());
+    let mut cp = checkpointer(&d, "L1", 1, 1);
+    for r in 0..2 {
+        load(&mut s, r..r + 1);
+        cp.finish(&mut s, 0);
+    }
+    drop(cp);
+    drop(s);
+    assert_eq!(written_by_newer(&d.root()).unwrap(), None);
+    let commit = d.root().join(name(2)).join("COMMIT");
+    let text = std::fs::read_to_string(&commit).unwrap();
+    let body = text
+        .lines()
+        .filter(|l| !l.starts_with("crc="))
+        .map(|l| {
+            if l.starts_with("format=") {
+                "format=99"
+            } else {
+                l
+            }
+        })
+        .chain(["a_future_key=1"])
+        .fold(String::new(), |b, l| b + l + "\n");
+    let future = format!("{body}crc={}\n", crc32fast::hash(body.as_bytes()));
+    assert_eq!(Manifest::newer_format(&future), Some(99));
+    std::fs::write(&commit, future).unwrap();
+    let Err(err) = restore_into_new(&d, "L1") else {
+        panic!("a newer checkpoint restored");
+    };
+    assert!(
+        matches!(&err, CheckpointError::Newer { found: 99, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("written by a newer sluice"),
+        "{err}"
+    );
+    assert!(d.root().join(name(2)).is_dir(), "set aside");
+    assert!(!d.root().join(format!("{}.bad", name(2))).exists());
+    assert_eq!(
+        written_by_newer(&d.root()).unwrap().map(|(_, f)| f),
+        Some(99)
+    );
+    let said = check_chains(&d.root()).unwrap();
+    assert!(
+        said.bad
+            .first()
+            .is_some_and(|b| b.0 == 2 && b.1.contains("newer sluice")),
+        "{said:?}"
+    );
+    // A damaged COMMIT is still damage, not a newer format.
+    let damaged = std::fs::read_to_string(&commit)
+        .unwrap()
+        .replace("format=99", "format=98");
+    assert_eq!(Manifest::newer_format(&damaged), None);
+}
