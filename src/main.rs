@@ -171,8 +171,16 @@ enum StateCommand {
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         sets: Vec<String>,
         /// The new directory (on another disk, or the same).
+        #[arg(long, required_unless_present = "into", conflicts_with = "into")]
+        to: Option<PathBuf>,
+        /// Scheduled backups: a new `sluice-backup-<UTC time>` directory in this one (which
+        /// must exist), as the `sluice-backup.timer` unit runs it.
         #[arg(long)]
-        to: PathBuf,
+        into: Option<PathBuf>,
+        /// With --into: once the new backup is complete, remove the oldest of the directory's
+        /// backups beyond this many (other names in it are left alone).
+        #[arg(long)]
+        keep: Option<usize>,
     },
     /// Put a backup in place of a stopped sluice's state.dir: read back and checked against
     /// this config first, copied beside the current shards (owned like state.dir), swapped
@@ -350,12 +358,33 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Command::State {
-            what: StateCommand::Backup { config, sets, to },
+            what:
+                StateCommand::Backup {
+                    config,
+                    sets,
+                    to,
+                    into,
+                    keep,
+                },
         } => {
             let config = load(config.as_ref(), &sets)?;
             init_logging(&config.log.level);
-            let done =
-                sluice::app::state_backup::backup(&config, &to).map_err(anyhow::Error::msg)?;
+            let (done, rotated) = match (to, into) {
+                (Some(_), _) if keep.is_some() => {
+                    anyhow::bail!("--keep goes with --into DIR (the backups in DIR); --to makes one backup and removes none")
+                }
+                (Some(to), _) => (
+                    sluice::app::state_backup::backup(&config, &to).map_err(anyhow::Error::msg)?,
+                    None,
+                ),
+                (None, Some(into)) => {
+                    let r = sluice::app::state_backup_rotation::backup_into(&config, &into, keep)
+                        .map_err(anyhow::Error::msg)?;
+                    let rest = (r.kept, r.removed, into);
+                    (r.taken, Some(rest))
+                }
+                (None, None) => anyhow::bail!("--to DIR or --into DIR"),
+            };
             println!(
                 "state.dir {} backed up to {}: {}; {} MB {} in {:.0} ms{}. To restore: stop sluice, then `sluice state restore --from {}` with the service's config",
                 config.state.dir,
@@ -374,6 +403,31 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 },
                 done.to.display()
             );
+            if let Some((kept, removed, into)) = rotated {
+                let names = |ps: &[std::path::PathBuf]| -> String {
+                    let n: Vec<String> = ps
+                        .iter()
+                        .map(|p| {
+                            p.file_name()
+                                .unwrap_or_default()
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                        .collect();
+                    n.join(", ")
+                };
+                println!(
+                    "{} holds {} backup(s): {}{}",
+                    into.display(),
+                    kept.len(),
+                    names(&kept),
+                    if removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; removed: {}", names(&removed))
+                    }
+                );
+            }
         }
         Command::State {
             what:

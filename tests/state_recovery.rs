@@ -995,3 +995,212 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other_fs);
 }
+
+/// `sluice state backup --into DIR --keep N`, as sluice-backup.timer runs it: each run adds a
+/// `sluice-backup-<UTC time>` and then removes the oldest beyond N; names it did not make are
+/// left alone, a killed backup's partial copy is removed (a running one's is not), and the
+/// newest restores. As root, the backup also runs as the unit runs it: state.dir owned by
+/// another user (DynamicUser), mode 0700, and only CAP_DAC_OVERRIDE and CAP_FOWNER left.
+#[test]
+fn scheduled_backups_keep_the_newest_n_leave_other_names_alone_and_the_newest_restores() {
+    let dir = std::env::temp_dir().join(format!("sluice-backup-into-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let into = dir.join("backups");
+    let sets = vec![
+        format!("state.dir={}", state.display()),
+        "state.hot_capacity=40".to_owned(),
+        "checkpoint.interval_ms=20".to_owned(),
+        "shards.count=2".to_owned(),
+        "model.kind=linear".to_owned(),
+        "log.level=warn".to_owned(),
+    ];
+    let sluice = |pre: &[&str], args: &[&str]| {
+        let mut cmd = std::process::Command::new(
+            pre.first().copied().unwrap_or(env!("CARGO_BIN_EXE_sluice")),
+        );
+        if !pre.is_empty() {
+            cmd.args(&pre[1..]).arg(env!("CARGO_BIN_EXE_sluice"));
+        }
+        let out = cmd
+            .args(args)
+            .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let into_s = into.to_str().unwrap();
+    let stop = |mut child: std::process::Child,
+                mut out: std::io::BufReader<std::process::ChildStdout>| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut report = String::new();
+        std::io::Read::read_to_string(&mut out, &mut report).unwrap();
+        assert!(child.wait().unwrap().success(), "{report}");
+    };
+    let (child, out, addr) = common::spawn_run(&sets);
+    for key in 1..=60u64 {
+        assert_eq!(common::score_one(&addr, key, 1).count, 1, "key {key}");
+    }
+    // Until both shards' newest checkpoints hold the 60 Observations.
+    let applied = || -> u64 {
+        common::state_show_json(&sets)["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["newest"]["observations_applied"].as_u64())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint holds the 60 Observations"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(child, out);
+
+    // Refused, saying why: no such directory, --keep 0, --keep without --into.
+    let (ok, said) = sluice(&[], &["state", "backup", "--into", into_s, "--keep", "2"]);
+    assert!(
+        !ok && said.contains("is not a directory: make it first"),
+        "{said}"
+    );
+    std::fs::create_dir_all(&into).unwrap();
+    let (ok, said) = sluice(&[], &["state", "backup", "--into", into_s, "--keep", "0"]);
+    assert!(!ok && said.contains("keep at least 1"), "{said}");
+    let (ok, said) = sluice(&[], &["state", "backup", "--to", into_s, "--keep", "2"]);
+    assert!(!ok && said.contains("--into"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(&into).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    // Names it did not make, and partial copies of a killed and of a running backup.
+    let old_name = "sluice-backup-20000101T000000.000Z";
+    let others = [
+        into.join("notes.txt"),
+        into.join("sluice-backup-notes/shard-0"),
+        into.join(old_name), // a backup's name with no shard in it: not a backup
+        into.join(format!(".{old_name}.partial-{}", std::process::id())),
+    ];
+    std::fs::write(&others[0], "kept").unwrap();
+    for d in &others[1..] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let killed = into.join(format!(".{old_name}.partial-999999999"));
+    std::fs::create_dir_all(killed.join("shard-0")).unwrap();
+
+    let backups = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&into)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("sluice-backup-2") && n != old_name)
+            .collect();
+        n.sort();
+        n
+    };
+    let mut taken = Vec::new();
+    for run in 0..3 {
+        let (ok, said) = sluice(&[], &["state", "backup", "--into", into_s, "--keep", "2"]);
+        assert!(ok, "{said}");
+        let name = said
+            .split(&format!("{into_s}/"))
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no backup named in: {said}"))
+            .to_owned();
+        let want = format!("holds {} backup(s)", (run + 1).min(2));
+        assert!(said.contains(&want), "{want} not in: {said}");
+        if run == 2 {
+            assert!(said.contains(&format!("removed: {}", taken[0])), "{said}");
+        }
+        taken.push(name);
+        assert_eq!(backups().last(), taken.last(), "{said}");
+    }
+    assert_eq!(backups(), taken[1..].to_vec());
+    assert!(
+        !killed.exists(),
+        "a killed backup's partial copy is removed"
+    );
+    for o in &others {
+        assert!(o.exists(), "{} was removed", o.display());
+    }
+
+    // As the unit runs it (root only): another owner, 0700, two capabilities. Without --keep
+    // nothing is removed.
+    let root = nix::unistd::geteuid().is_root();
+    let chown_r = |owner: &str| {
+        assert!(std::process::Command::new("chown")
+            .args(["-R", owner])
+            .arg(&state)
+            .status()
+            .unwrap()
+            .success());
+    };
+    if root {
+        chown_r("65534:65534");
+        assert!(std::process::Command::new("chmod")
+            .args(["-R", "go-rwx"])
+            .arg(&state)
+            .status()
+            .unwrap()
+            .success());
+        let unit = [
+            "setpriv",
+            "--bounding-set=-all,+dac_override,+fowner",
+            "--inh-caps=-all",
+        ];
+        let (ok, said) = sluice(&unit, &["state", "backup", "--into", into_s]);
+        assert!(ok && said.contains("holds 3 backup(s)"), "{said}");
+        // Without those two, refused (the check is the capability, not root).
+        let none = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"];
+        let (ok, said) = sluice(&none, &["state", "backup", "--into", into_s]);
+        assert!(!ok, "{said}");
+        chown_r("0:0");
+        taken = backups();
+        assert_eq!(taken.len(), 3, "{taken:?}");
+    }
+
+    // Each kept backup reads back; the newest restores, and every key counts on from it.
+    for name in &taken[1..] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["state", "show", "--verify"])
+            .args([
+                "--set".to_owned(),
+                format!("state.dir={}", into.join(name).display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let newest = into.join(taken.last().unwrap());
+    let (ok, said) = sluice(
+        &[],
+        &["state", "restore", "--from", newest.to_str().unwrap()],
+    );
+    assert!(ok && said.contains("restored from"), "{said}");
+    let (child, out, addr) = common::spawn_run(&sets);
+    for key in 1..=60u64 {
+        assert_eq!(common::score_one(&addr, key, 2).count, 2, "key {key}");
+    }
+    stop(child, out);
+    let _ = std::fs::remove_dir_all(&dir);
+}

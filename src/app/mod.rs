@@ -34,6 +34,7 @@ pub mod one_instance;
 pub mod rescale;
 mod rescale_kafka;
 pub mod state_backup;
+pub mod state_backup_rotation;
 pub mod state_check;
 pub mod state_restore;
 pub mod state_show;
