@@ -776,17 +776,6 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
             "log.level=warn".to_owned(),
         ]
     };
-    let stop = |mut child: std::process::Child,
-                mut out: std::io::BufReader<std::process::ChildStdout>| {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let mut report = String::new();
-        std::io::Read::read_to_string(&mut out, &mut report).unwrap();
-        assert!(child.wait().unwrap().success(), "{report}");
-    };
     // `sluice state backup --to DIR` / `restore --from DIR`: whether it succeeded, what it said.
     let state_cmd = |verb: &str, sets: &[String], path: &Path| {
         let flag = if verb == "backup" { "--to" } else { "--from" };
@@ -889,7 +878,7 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     let sent = load.join().unwrap();
     assert!(sent > 0);
-    stop(child, out);
+    common::stop_cleanly(child, out);
     let (ok, said) = backup(&sets_for(&state), &takes[0]);
     assert!(
         !ok && said.contains("exists: a backup goes into a new directory"),
@@ -925,7 +914,7 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
         !ok && said.contains("in use by another sluice process"),
         "{said}"
     );
-    stop(child, out);
+    common::stop_cleanly(child, out);
     // Refused, nothing changed: a backup that does not read back, and one a start with this
     // config would refuse (another shard count).
     let damaged = dir.join("damaged");
@@ -991,7 +980,7 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
             "key {key} from the backup"
         );
     }
-    stop(child, out);
+    common::stop_cleanly(child, out);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other_fs);
 }
@@ -1037,17 +1026,6 @@ fn scheduled_backups_keep_the_newest_n_leave_other_names_alone_and_the_newest_re
         )
     };
     let into_s = into.to_str().unwrap();
-    let stop = |mut child: std::process::Child,
-                mut out: std::io::BufReader<std::process::ChildStdout>| {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let mut report = String::new();
-        std::io::Read::read_to_string(&mut out, &mut report).unwrap();
-        assert!(child.wait().unwrap().success(), "{report}");
-    };
     let (child, out, addr) = common::spawn_run(&sets);
     for key in 1..=60u64 {
         assert_eq!(common::score_one(&addr, key, 1).count, 1, "key {key}");
@@ -1069,7 +1047,7 @@ fn scheduled_backups_keep_the_newest_n_leave_other_names_alone_and_the_newest_re
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop(child, out);
+    common::stop_cleanly(child, out);
 
     // Refused, saying why: no such directory, --keep 0, --keep without --into.
     let (ok, said) = sluice(&[], &["state", "backup", "--into", into_s, "--keep", "2"]);
@@ -1201,6 +1179,6 @@ fn scheduled_backups_keep_the_newest_n_leave_other_names_alone_and_the_newest_re
     for key in 1..=60u64 {
         assert_eq!(common::score_one(&addr, key, 2).count, 2, "key {key}");
     }
-    stop(child, out);
+    common::stop_cleanly(child, out);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -172,12 +172,18 @@ fn dev_of(path: &Path) -> Option<u64> {
 /// Pins of backups that were killed (their pid gone) hold a chain's disk: removed.
 fn remove_stale_pins(root: &Path) {
     for (path, pid) in pins(root) {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid_gone(pid) {
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(dir = %path.display(), "removing a killed backup's pin: {e}");
             }
         }
     }
+}
+
+/// Whether the process that named a pin or a partial copy after itself is gone (its leftovers
+/// are then stale: it will not rename or remove them).
+pub(super) fn pid_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The backup pins in `root`, each with the pid it names.

@@ -72,9 +72,7 @@ fn killed_partial(name: &str) -> bool {
     let Some((backup, pid)) = rest.rsplit_once(".partial-") else {
         return false;
     };
-    is_backup_name(backup)
-        && pid.parse::<u32>().is_ok()
-        && !Path::new(&format!("/proc/{pid}")).exists()
+    is_backup_name(backup) && pid.parse().is_ok_and(state_backup::pid_gone)
 }
 
 pub fn backup_into(config: &Config, dir: &Path, keep: Option<usize>) -> Result<Rotated, String> {

@@ -120,7 +120,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         ));
     }
     for (pin, pid) in super::state_backup::pins(root) {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if super::state_backup::pid_gone(pid) {
             said.push(format!(
                 "state.dir holds {}, left by a `sluice state backup` that was killed (pid {pid}; {} MB): the next backup removes it, or delete it",
                 pin.display(),

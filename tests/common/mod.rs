@@ -567,3 +567,17 @@ impl NotifyManager {
             .count()
     }
 }
+
+/// SIGTERM to a `sluice run`, its report read to the end, and a clean exit asserted (the
+/// report in the failure).
+pub fn stop_cleanly(mut child: Child, mut out: BufReader<ChildStdout>) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut out, &mut report).unwrap();
+    assert!(child.wait().unwrap().success(), "{report}");
+    report
+}
