@@ -406,23 +406,16 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
     let keys = 1..=150u64;
     // Run `shards` shards; each key's next Observation must count `seen[key] + 1`.
     let run_and_check = |shards: usize, seen: &mut HashMap<u64, u64>| {
-        let (mut child, mut out, addr) = common::spawn_run(&sets_for(shards));
+        let (child, out, addr) = common::spawn_run(&sets_for(shards));
         for key in keys.clone() {
             let n = seen.entry(key).or_default();
             *n += 1;
             let got = common::score_one(&addr, key, *n).count;
             assert_eq!(got, *n, "key {key} with {shards} shard(s)");
         }
+        // The report goes to stdout at the stop: read, not left to a closed pipe.
         move || {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .unwrap();
-            // The report goes to stdout at the stop: read, not left to a closed pipe.
-            let mut report = String::new();
-            std::io::Read::read_to_string(&mut out, &mut report).unwrap();
-            assert!(child.wait().unwrap().success(), "{report}");
+            common::stop_cleanly(child, out);
         }
     };
     let rescale = |sets: &[String]| common::rescale(sets, &[]);
@@ -785,14 +778,7 @@ fn a_backup_taken_while_sluice_serves_and_prunes_restores_every_key_it_held() {
             .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        common::succeeded_saying(&out)
     };
     let backup = |sets: &[String], to: &Path| state_cmd("backup", sets, to);
     let restore = |sets: &[String], from: &Path| state_cmd("restore", sets, from);
@@ -1016,14 +1002,7 @@ fn scheduled_backups_keep_the_newest_n_leave_other_names_alone_and_the_newest_re
             .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        common::succeeded_saying(&out)
     };
     let into_s = into.to_str().unwrap();
     let (child, out, addr) = common::spawn_run(&sets);

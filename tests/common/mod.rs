@@ -581,3 +581,15 @@ pub fn stop_cleanly(mut child: Child, mut out: BufReader<ChildStdout>) -> String
     assert!(child.wait().unwrap().success(), "{report}");
     report
 }
+
+/// A finished command: whether it succeeded, and its stdout then stderr.
+pub fn succeeded_saying(out: &std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
