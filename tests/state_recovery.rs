@@ -500,7 +500,7 @@ fn rescale_re_deals_a_stopped_state_over_another_shard_count_and_every_count_goe
     assert!(hot.exists(), "--verify moved the bad checkpoint");
     std::fs::remove_dir_all(&copy).unwrap();
     // Again with the same count: every key's second Observation.
-    let mut stop = run_and_check(2, &mut seen);
+    let stop = run_and_check(2, &mut seen);
     // While it runs: refused, naming the holder.
     let out = rescale(&sets_for(3));
     let err = String::from_utf8_lossy(&out.stderr);
