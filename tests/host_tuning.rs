@@ -123,6 +123,8 @@ fn plan_apply_check_revert_on_a_multiqueue_host_restores_every_byte() {
         "/sys/class/net/eth1/queues/tx-1/xps_cpus: 00 -> 4",
         "/sys/kernel/mm/transparent_hugepage/enabled: always -> madvise",
         "/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor: powersave -> performance",
+        // C1's exit latency (2 µs): C1E and C6 are off limits for a shard's core.
+        "/sys/devices/system/cpu/cpu2/power/pm_qos_resume_latency_us: 0 -> 2",
         "IRQBALANCE_BANNED_CPULIST=\\\"1-2\\\"",
         "CPUAffinity=0-7\\nNUMAPolicy=bind\\nNUMAMask=0",
     ] {
@@ -212,7 +214,7 @@ fn check_json_reports_every_setting_and_skips_what_the_host_lacks() {
         "eth1 tx-3 XPS",
         "irqbalance keeps off the shard cores",
         "RSS flow hash udp4",
-        "PM QoS cpu_dma_latency",
+        "cpu4 resume latency (PM QoS)",
         "shards on the NIC's NUMA node",
         "systemd placement drop-in",
     ] {

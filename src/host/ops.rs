@@ -136,6 +136,45 @@ fn file(name: String, path: String, want: Want, why: &str) -> Op {
     }
 }
 
+/// A shard CPU's PM QoS resume latency: no idle state slower to leave than its shallowest
+/// sleep (C1). A shard parks after `shards.idle_spins` empty polls, and the next event waits
+/// for its core to wake: intel_idle's Skylake-SP table gives C6 133 µs, C1 2 µs. Per CPU
+/// (the sysfs file DPDK's `rte_power_qos_set_cpu_resume_latency` writes), a setting apply
+/// journals, rather than the system-wide `/dev/cpu_dma_latency` (tuned's way), a request that
+/// holds every core and lasts only while a process keeps it open.
+fn resume_latency(root: &Root, cpu: usize) -> Op {
+    let name = format!("cpu{cpu} resume latency (PM QoS)");
+    let why =
+        "a parked shard's core sleeps no deeper than C1 and wakes in microseconds; 0 = no bound";
+    let path = format!("/sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us");
+    if !root.exists(&path) {
+        return skipped(&name, why, format!("no {path}"));
+    }
+    let idle = format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle");
+    // The states in index order; state0 is the polling loop on x86 (no sleep at all).
+    let states = root
+        .list(&idle)
+        .into_iter()
+        .filter(|s| s.starts_with("state"));
+    let shallowest = states.into_iter().find_map(|state| {
+        let at = |f: &str| root.read(&format!("{idle}/{state}/{f}")).ok();
+        if at("name")?.trim() == "POLL" {
+            return None;
+        }
+        at("latency")?.trim().parse::<u32>().ok()
+    });
+    match shallowest {
+        // "0" in this file means no constraint at all (and "n/a" none but polling), so the
+        // bound is at least 1 µs.
+        Some(us) => file(name, path, Want::Exact(us.max(1).to_string()), why),
+        None => skipped(
+            &name,
+            why,
+            "no cpuidle sleep states (no cpuidle driver, or idle=poll): nothing deeper to keep the core out of".into(),
+        ),
+    }
+}
+
 fn skipped(name: &str, why: &str, reason: String) -> Op {
     Op {
         name: name.to_owned(),
@@ -235,11 +274,9 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
             ));
         }
     }
-    ops.push(skipped(
-        "PM QoS cpu_dma_latency",
-        "keep shard cores out of deep C-states",
-        "a request held by an open /dev/cpu_dma_latency, not a setting: not done by sluice yet (use tuned's latency-performance or a BIOS setting)".into(),
-    ));
+    for &cpu in &f.shard_cpus {
+        ops.push(resume_latency(root, cpu));
+    }
     nic_ops(root, f, &mut ops);
     ops.push(numa_placement(f));
     if config.ingest.udp.driver == crate::config::UdpDriver::AfXdp {
