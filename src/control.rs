@@ -9,6 +9,7 @@
 // Reached by admin requests: no index that could panic (hardening issue; tests may index).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,20 @@ use crate::config::Config;
 use crate::infer::{build_primaries, online, ModelUpdate, ShardReport};
 use crate::shard::{Control, StateQuery};
 use crate::wake::Waker;
+
+/// Model reloads since start, whatever asked (SIGHUP, `sluice reload`, `Running::reload`):
+/// loaded, then refused. Process-wide, for `sluice_model_reloads_total`: a refused SIGHUP
+/// reload (`systemctl reload`) otherwise shows only in the journal.
+static RELOADS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// (loaded, refused) model reloads since start.
+pub fn reloads() -> (u64, u64) {
+    let [loaded, refused] = &RELOADS;
+    (
+        loaded.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
+}
 
 /// A request to the control thread; the answer is the new model version or why not.
 pub enum Request {
@@ -153,6 +168,16 @@ impl ControlLoop {
     }
 
     fn reload(&mut self, path: Option<&str>) -> Result<u32, String> {
+        let result = self.load_next(path);
+        let [loaded, refused] = &RELOADS;
+        match result {
+            Ok(_) => loaded.fetch_add(1, Ordering::Relaxed),
+            Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn load_next(&mut self, path: Option<&str>) -> Result<u32, String> {
         let started = Instant::now();
         let shown = path.unwrap_or(&self.config.model.path).to_owned();
         let models = match build_primaries(&self.config, path, self.links.len()) {

@@ -158,6 +158,28 @@ fn live_metrics_rise_with_traffic_and_equal_the_shutdown_report() {
         "a 3-byte datagram is too short"
     );
 
+    // Model reloads, counted by result: a file that fails a check is refused (the running
+    // model serves on), a good one loads.
+    let bad = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad_shape.onnx");
+    assert!(running.reload(Some(bad)).is_err());
+    assert!(running.reload(Some("/nonexistent/model.onnx")).is_err());
+    assert_eq!(running.reload(Some("builtin:fraud_gbdt")), Ok(2));
+    let reloads = scrape_until(addr, |s| s.sum("sluice_model_reloads_total", &[]) >= 3.0);
+    assert_eq!(
+        reloads
+            .types
+            .get("sluice_model_reloads")
+            .map(String::as_str),
+        Some("counter")
+    );
+    for (result, n) in [("refused", 2.0), ("loaded", 1.0)] {
+        assert_eq!(
+            reloads.sum("sluice_model_reloads_total", &[("result", result)]),
+            n,
+            "{result}"
+        );
+    }
+
     send(&mut client, 300);
     scores.extend(client.collect(300));
     client.check(&scores);

@@ -440,6 +440,20 @@ impl Collector for Scrape {
                 MetricType::Gauge,
             )?
             .encode_gauge(&x.started.elapsed().as_secs_f64())?;
+        let (loaded, refused) = crate::control::reloads();
+        let mut reloads = encoder.encode_descriptor(
+            names::MODEL_RELOADS
+                .strip_suffix("_total")
+                .unwrap_or(names::MODEL_RELOADS),
+            "Model reloads (SIGHUP, sluice reload) by result: loaded, or refused (the file failed a check; the previous version serves on, the reason is in the log or the reply).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [("loaded", loaded), ("refused", refused)] {
+            reloads
+                .encode_family(&[("result", result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         for def in SHARD_METRICS.iter().filter(|d| x.parts.serves(d.name)) {
             x.encode_catalog(def, &mut encoder)?;
         }
