@@ -8,7 +8,7 @@
 //! stops sluice, and the restart sends it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -4406,4 +4406,57 @@ fn a_restored_kafka_backup_resumes_at_its_offsets_and_every_count_comes_out_the_
     assert!(!ok && said.contains("exactly_once"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(copy.parent().unwrap());
+}
+
+/// The alert rules shipped for Prometheus (docs/prometheus/sluice-alerts.yml) name only metrics
+/// a sluice with every part on serves: Kafka in and out, state with checkpoints. A metric
+/// renamed in the code and not in the rules would leave its alert silent for good (promtool
+/// cannot know; tests/operator.rs runs promtool on the rules).
+#[test]
+fn the_alert_rules_name_only_metrics_a_kafka_fed_sluice_with_state_serves() {
+    let rules = include_str!("../docs/prometheus/sluice-alerts.yml");
+    let named: BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("sluice_"))
+        .collect();
+    assert!(named.len() > 10, "{named:?}");
+    let broker = broker_with_topics("alertrules");
+    let dir = scratch("alertrules");
+    let sets = sluice_sets(&broker, &durable(&dir, "at_least_once"));
+    let (child, stdout, _, metrics) = common::spawn_run_with_metrics(&sets);
+    let p = broker.producer();
+    let mut enc = EventBatchEncoder::new();
+    let records = workload(20, 40);
+    produce_all(&p, &mut enc, &records);
+    p.flush(Duration::from_secs(10)).unwrap();
+    // A family is served as itself, `_total` (counters), `_info` or its histogram samples.
+    let missing = || {
+        let body = common::scrape_body(&metrics);
+        let families: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let served = |name: &str| {
+            families.iter().any(|f| {
+                name.strip_prefix(f).is_some_and(|rest| {
+                    ["", "_total", "_info", "_bucket", "_count", "_sum"].contains(&rest)
+                })
+            })
+        };
+        named
+            .iter()
+            .filter(|n| !served(n))
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Partition lag comes once the brokers have answered; the rest from the start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut left = missing();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        left = missing();
+    }
+    stop(child, Some(stdout));
+    assert!(left.is_empty(), "named in the rules, not served: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

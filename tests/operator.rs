@@ -310,3 +310,50 @@ fn the_admin_socket_is_private_and_refused_in_a_directory_anyone_can_write() {
     assert!(err.to_string().contains("writable by every user"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// promtool from `scripts/install-deps` (`SLUICE_PROMTOOL` overrides), or None.
+fn promtool() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("SLUICE_PROMTOOL") {
+        return Some(p.into());
+    }
+    let mut dirs = vec![std::path::PathBuf::from("/usr/local/lib/sluice")];
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(std::path::Path::new(&home).join(".local/lib/sluice"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file())
+}
+
+/// The shipped alert rules load in Prometheus's own checker, and their unit tests (each
+/// alert fed the series that must fire it and ones that must not) pass. Which metrics they
+/// name is checked against a live sluice in tests/kafka.rs.
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let Some(promtool) = promtool() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is required under CI=true: run scripts/install-deps"
+        );
+        eprintln!("SKIPPED: no promtool (scripts/install-deps installs it)");
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
+    for args in [
+        ["check", "rules", "sluice-alerts.yml"],
+        ["test", "rules", "sluice-alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}: {said}");
+        assert!(said.contains("SUCCESS"), "promtool {args:?}: {said}");
+    }
+}

@@ -271,6 +271,16 @@ pub fn scrape(metrics: &str, name: &str) -> u64 {
 
 /// `scrape`, over the samples whose line also contains `with` (e.g. `reason="truncated"`).
 pub fn scrape_where(metrics: &str, name: &str, with: &str) -> u64 {
+    scrape_body(metrics)
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The whole response to `GET /metrics` (status line and headers too).
+pub fn scrape_body(metrics: &str) -> String {
     use std::io::{Read, Write};
     let hostport = metrics
         .trim_start_matches("http://")
@@ -280,11 +290,7 @@ pub fn scrape_where(metrics: &str, name: &str, with: &str) -> u64 {
         .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name) && l.contains(with))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    body
 }
 
 /// One Observation of `key` (amount 2.0) from a fresh socket to `addr`; its Score.
