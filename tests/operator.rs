@@ -357,3 +357,79 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         assert!(said.contains("SUCCESS"), "promtool {args:?}: {said}");
     }
 }
+
+/// The Grafana dashboard (docs/grafana/sluice-dashboard.json) is well formed and every query
+/// in it parses as PromQL: promtool checks them as recording rules, with Grafana's variables
+/// given values. Which metrics they name is checked against a live sluice in tests/kafka.rs.
+#[test]
+fn the_dashboard_is_well_formed_and_its_queries_parse_in_promtool() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/grafana/sluice-dashboard.json"
+    );
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel ids unique: {p}"
+        );
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
+        assert!(x + w <= 24, "inside Grafana's 24 columns: {p}");
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{p}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            let e = t["expr"].as_str().unwrap();
+            assert!(
+                e.contains("$instance"),
+                "every query follows the instance picker: {e}"
+            );
+            exprs.push(
+                e.replace("$__rate_interval", "1m")
+                    .replace("$instance", ".*"),
+            );
+        }
+    }
+    assert!(exprs.len() > 20, "{exprs:?}");
+    let Some(promtool) = promtool() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is required under CI=true: run scripts/install-deps"
+        );
+        eprintln!("SKIPPED (the PromQL check): no promtool (scripts/install-deps installs it)");
+        return;
+    };
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let quoted = serde_json::to_string(e).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("sluice-dashboard-{}.yml", std::process::id()));
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{said}"
+    );
+}
