@@ -4360,12 +4360,7 @@ fn a_restored_kafka_backup_resumes_at_its_offsets_and_every_count_comes_out_the_
             .args(sets.iter().flat_map(|s| ["--set".to_owned(), s.clone()]))
             .output()
             .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), said)
+        common::succeeded_saying(&out)
     };
     produce(&mut enc, 1);
     run_until(2);

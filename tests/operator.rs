@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -311,7 +312,8 @@ fn the_admin_socket_is_private_and_refused_in_a_directory_anyone_can_write() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// promtool from `scripts/install-deps` (`SLUICE_PROMTOOL` overrides), or None.
+/// promtool from `scripts/install-deps` (`SLUICE_PROMTOOL` overrides), or None (a failure
+/// under CI=true, where it must be installed).
 fn promtool() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("SLUICE_PROMTOOL") {
         return Some(p.into());
@@ -320,9 +322,30 @@ fn promtool() -> Option<std::path::PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(std::path::Path::new(&home).join(".local/lib/sluice"));
     }
-    dirs.into_iter()
+    let found = dirs
+        .into_iter()
         .map(|d| d.join("promtool"))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is required under CI=true: run scripts/install-deps"
+        );
+        eprintln!("SKIPPED (promtool's part): no promtool (scripts/install-deps installs it)");
+    }
+    found
+}
+
+/// `promtool ARGS` in `dir`, which must succeed saying so.
+fn promtool_succeeds(promtool: &Path, dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(promtool)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let (ok, said) = common::succeeded_saying(&out);
+    assert!(ok && said.contains("SUCCESS"), "promtool {args:?}: {said}");
+    said
 }
 
 /// The shipped alert rules load in Prometheus's own checker, and their unit tests (each
@@ -331,31 +354,15 @@ fn promtool() -> Option<std::path::PathBuf> {
 #[test]
 fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     let Some(promtool) = promtool() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "promtool is required under CI=true: run scripts/install-deps"
-        );
-        eprintln!("SKIPPED: no promtool (scripts/install-deps installs it)");
         return;
     };
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
-    for args in [
-        ["check", "rules", "sluice-alerts.yml"],
-        ["test", "rules", "sluice-alerts.test.yml"],
-    ] {
-        let out = Command::new(&promtool)
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "promtool {args:?}: {said}");
-        assert!(said.contains("SUCCESS"), "promtool {args:?}: {said}");
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
+    promtool_succeeds(&promtool, &dir, &["check", "rules", "sluice-alerts.yml"]);
+    promtool_succeeds(
+        &promtool,
+        &dir,
+        &["test", "rules", "sluice-alerts.test.yml"],
+    );
 }
 
 /// The Grafana dashboard (docs/grafana/sluice-dashboard.json) is well formed and every query
@@ -400,11 +407,6 @@ fn the_dashboard_is_well_formed_and_its_queries_parse_in_promtool() {
     }
     assert!(exprs.len() > 20, "{exprs:?}");
     let Some(promtool) = promtool() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "promtool is required under CI=true: run scripts/install-deps"
-        );
-        eprintln!("SKIPPED (the PromQL check): no promtool (scripts/install-deps installs it)");
         return;
     };
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
@@ -414,22 +416,11 @@ fn the_dashboard_is_well_formed_and_its_queries_parse_in_promtool() {
             "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
         ));
     }
-    let file = std::env::temp_dir().join(format!("sluice-dashboard-{}.yml", std::process::id()));
-    std::fs::write(&file, rules).unwrap();
-    let out = Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
-    assert!(
-        said.contains(&format!("SUCCESS: {} rules found", exprs.len())),
-        "{said}"
-    );
+    let dir = std::env::temp_dir();
+    let name = format!("sluice-dashboard-{}.yml", std::process::id());
+    std::fs::write(dir.join(&name), rules).unwrap();
+    let said = promtool_succeeds(&promtool, &dir, &["check", "rules", &name]);
+    let _ = std::fs::remove_file(dir.join(&name));
+    let all = format!("SUCCESS: {} rules found", exprs.len());
+    assert!(said.contains(&all), "{said}");
 }
