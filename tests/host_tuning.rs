@@ -127,6 +127,9 @@ fn plan_apply_check_revert_on_a_multiqueue_host_restores_every_byte() {
         "/sys/devices/system/cpu/cpu2/power/pm_qos_resume_latency_us: 0 -> 2",
         "IRQBALANCE_BANNED_CPULIST=\\\"1-2\\\"",
         "CPUAffinity=0-7\\nNUMAPolicy=bind\\nNUMAMask=0",
+        // The backup unit on the CPUs no shard (1, 2) runs on.
+        "sluice-backup.service.d/50-sluice-placement.conf",
+        "[Service]\\nCPUAffinity=0,3-7\\n",
     ] {
         assert!(
             planned.iter().any(|l| l.contains(needle)),
@@ -217,6 +220,7 @@ fn check_json_reports_every_setting_and_skips_what_the_host_lacks() {
         "cpu4 resume latency (PM QoS)",
         "shards on the NIC's NUMA node",
         "systemd placement drop-in",
+        "systemd backup placement drop-in",
     ] {
         assert!(names.contains(&n), "missing {n:?} in {names:?}");
     }

@@ -300,7 +300,43 @@ pub fn build(config: &Config, root: &Root, f: &Facts, systemd_dropin: bool) -> V
             format!("not asked for (--systemd-dropin writes {dropin})"),
         ));
     }
+    ops.push(backup_placement(f, systemd_dropin));
     ops
+}
+
+/// The scheduled backup (`sluice-backup.service`: reading and copying state.dir, nice 19)
+/// kept on the CPUs no shard runs on. Nice alone does not keep it off a shard's core: the
+/// scheduler still gives it slices there, each a stall for the shard.
+fn backup_placement(f: &Facts, systemd_dropin: bool) -> Op {
+    let name = "systemd backup placement drop-in";
+    let why = "the scheduled backup runs on the housekeeping CPUs, never on a shard's";
+    let dropin = "/etc/systemd/system/sluice-backup.service.d/50-sluice-placement.conf";
+    let housekeeping = f.housekeeping();
+    if !systemd_dropin {
+        return skipped(
+            name,
+            why,
+            format!("not asked for (--systemd-dropin writes {dropin})"),
+        );
+    }
+    if housekeeping.is_empty() {
+        return skipped(
+            name,
+            why,
+            "every CPU runs a shard: no CPU to keep the backup on (leave one core for the host)"
+                .into(),
+        );
+    }
+    Op {
+        name: name.into(),
+        target: Target::WholeFile(dropin.into()),
+        want: Want::Content(format!(
+            "# Written by `sluice host apply --systemd-dropin`; `sluice host revert` removes it.\n[Service]\nCPUAffinity={}\n",
+            format_cpu_list(&housekeeping)
+        )),
+        why: why.into(),
+        skip: None,
+    }
 }
 
 /// What `ingest.udp.driver = af_xdp` needs of the host: the interface with a receive queue per
