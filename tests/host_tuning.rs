@@ -239,6 +239,46 @@ fn check_json_reports_every_setting_and_skips_what_the_host_lacks() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// A resume latency bound at least as strict as C1's is left as it is (tuned or DPDK may have
+/// set one): `n/a` (polling only) and 1 µs are kept; 10 µs (C1E allowed) is tightened to C1's
+/// 2 µs; `0` (no bound) too.
+#[test]
+fn a_stricter_resume_latency_is_kept_and_a_looser_one_tightened() {
+    let root = fake_host("pmqos");
+    let r = root.to_str().unwrap();
+    let file = |cpu: usize| {
+        root.join(format!(
+            "sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us"
+        ))
+    };
+    for (cpu, value) in [(1, "n/a\n"), (2, "1\n"), (3, "10\n")] {
+        std::fs::write(file(cpu), value).unwrap();
+    }
+    let plan = sluice(&[
+        "host",
+        "plan",
+        "--root",
+        r,
+        "--set",
+        "shards.cores=[1,2,3,4]",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let writes: Vec<String> = write_lines(&plan)
+        .into_iter()
+        .filter(|l| l.contains("pm_qos_resume_latency_us"))
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:#?}");
+    assert!(
+        writes[0].contains("cpu3/power/pm_qos_resume_latency_us: 10 -> 2"),
+        "{writes:#?}"
+    );
+    assert!(
+        writes[1].contains("cpu4/power/pm_qos_resume_latency_us: 0 -> 2"),
+        "{writes:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn check_reports_what_af_xdp_needs_only_when_it_is_the_driver() {
     let root = fake_host("xdp");

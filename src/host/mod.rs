@@ -61,6 +61,9 @@ impl Target {
 pub enum Want {
     Exact(String),
     AtLeast(u64),
+    /// A PM QoS resume latency bound in µs: this or stricter (1..=it, or `n/a`: polling only)
+    /// is kept, never loosened; `0` in these files means no bound.
+    LatencyAtMost(u32),
     /// One word of a "[selected]" list (THP).
     Choice(String),
     /// A CPU list file ("0-3,8").
@@ -86,6 +89,7 @@ impl Want {
         match self {
             Want::Exact(v) | Want::Choice(v) => v.clone(),
             Want::AtLeast(n) => format!(">= {n}"),
+            Want::LatencyAtMost(n) => format!("1..={n} or n/a"),
             Want::CpuList(c) => root::format_cpu_list(c),
             Want::CpuMask(c) => root::format_cpu_mask(c),
             Want::EnvLine { key, value } => format!("{key}=\"{value}\""),
@@ -197,6 +201,12 @@ fn judge(op: &Op, raw: Option<&str>) -> (bool, Option<String>) {
             let ok = raw
                 .and_then(|r| r.trim().parse::<u64>().ok())
                 .is_some_and(|c| c >= *n);
+            want_write(ok, n.to_string())
+        }
+        Want::LatencyAtMost(n) => {
+            let ok = raw.map(str::trim).is_some_and(|r| {
+                r == "n/a" || r.parse::<u32>().is_ok_and(|c| (1..=*n).contains(&c))
+            });
             want_write(ok, n.to_string())
         }
         Want::CpuList(c) => {

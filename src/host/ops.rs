@@ -152,11 +152,11 @@ fn resume_latency(root: &Root, cpu: usize) -> Op {
     }
     let idle = format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle");
     // The states in index order; state0 is the polling loop on x86 (no sleep at all).
-    let states = root
+    let mut states = root
         .list(&idle)
         .into_iter()
         .filter(|s| s.starts_with("state"));
-    let shallowest = states.into_iter().find_map(|state| {
+    let shallowest = states.find_map(|state| {
         let at = |f: &str| root.read(&format!("{idle}/{state}/{f}")).ok();
         if at("name")?.trim() == "POLL" {
             return None;
@@ -165,8 +165,8 @@ fn resume_latency(root: &Root, cpu: usize) -> Op {
     });
     match shallowest {
         // "0" in this file means no constraint at all (and "n/a" none but polling), so the
-        // bound is at least 1 µs.
-        Some(us) => file(name, path, Want::Exact(us.max(1).to_string()), why),
+        // bound is at least 1 µs. A stricter one already there (tuned, DPDK) is kept.
+        Some(us) => file(name, path, Want::LatencyAtMost(us.max(1)), why),
         None => skipped(
             &name,
             why,

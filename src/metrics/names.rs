@@ -110,10 +110,10 @@ pub const CHANGELOG_INPUT_REPLAYS: &str = "sluice_kafka_changelog_input_replays_
 pub const CHANGELOG_REPLAYED_RECORDS: &str = "sluice_kafka_changelog_replayed_records_total";
 pub const CHANGELOG_RESTORE_TIME: &str = "sluice_kafka_changelog_restore_seconds";
 pub const KAFKA_PARTITIONS_ATTACHED: &str = "sluice_kafka_partitions_attached";
-/// librdkafka's client-level errors, process-wide (label kind =
-/// `ingest::kafka::client_errors::ClientErrorKind::label()`).
 /// Process-wide: model reloads by result (label result = loaded | refused; `control::reloads`).
 pub const MODEL_RELOADS: &str = "sluice_model_reloads_total";
+/// librdkafka's client-level errors, process-wide (label kind =
+/// `ingest::kafka::client_errors::ClientErrorKind::label()`).
 pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
 /// Process-wide: positions librdkafka moved because the brokers no longer had them (out of
 /// range: retention deleted the records before sluice took them; `ingest::kafka::offset_resets`).
