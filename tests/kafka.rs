@@ -4428,18 +4428,29 @@ fn the_alert_rules_and_the_dashboard_name_only_metrics_a_kafka_fed_sluice_with_s
     let records = workload(20, 40);
     produce_all(&p, &mut enc, &records);
     p.flush(Duration::from_secs(10)).unwrap();
-    // A family is served as itself, `_total` (counters), `_info` or its histogram samples.
+    // The sample names a family serves, by its type: a counter's `_total` (not its bare
+    // family name, which Prometheus stores no series under), a gauge's own name, an info's
+    // `_info`, a histogram's buckets, count and sum.
     let missing = || {
         let body = common::scrape_body(&metrics);
-        let families: Vec<&str> = body
+        let families: Vec<(&str, &str)> = body
             .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("# TYPE ")?.split(' ');
+                Some((w.next()?, w.next()?))
+            })
             .collect();
         let served = |name: &str| {
-            families.iter().any(|f| {
-                name.strip_prefix(f).is_some_and(|rest| {
-                    ["", "_total", "_info", "_bucket", "_count", "_sum"].contains(&rest)
-                })
+            families.iter().any(|(f, kind)| {
+                let suffixes: &[&str] = match *kind {
+                    "counter" => &["_total"],
+                    "gauge" => &[""],
+                    "info" => &["_info"],
+                    "histogram" => &["_bucket", "_count", "_sum"],
+                    _ => &[],
+                };
+                name.strip_prefix(f)
+                    .is_some_and(|rest| suffixes.contains(&rest))
             })
         };
         named
