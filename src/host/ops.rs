@@ -311,7 +311,6 @@ fn backup_placement(f: &Facts, systemd_dropin: bool) -> Op {
     let name = "systemd backup placement drop-in";
     let why = "the scheduled backup runs on the housekeeping CPUs, never on a shard's";
     let dropin = "/etc/systemd/system/sluice-backup.service.d/50-sluice-placement.conf";
-    let housekeeping = f.housekeeping();
     if !systemd_dropin {
         return skipped(
             name,
@@ -319,6 +318,7 @@ fn backup_placement(f: &Facts, systemd_dropin: bool) -> Op {
             format!("not asked for (--systemd-dropin writes {dropin})"),
         );
     }
+    let housekeeping = f.housekeeping();
     if housekeeping.is_empty() {
         return skipped(
             name,
@@ -331,7 +331,7 @@ fn backup_placement(f: &Facts, systemd_dropin: bool) -> Op {
         name: name.into(),
         target: Target::WholeFile(dropin.into()),
         want: Want::Content(format!(
-            "# Written by `sluice host apply --systemd-dropin`; `sluice host revert` removes it.\n[Service]\nCPUAffinity={}\n",
+            "{DROPIN_HEAD}CPUAffinity={}\n",
             format_cpu_list(&housekeeping)
         )),
         why: why.into(),
@@ -396,10 +396,12 @@ fn xdp_ops(config: &Config, root: &Root, f: &Facts, ops: &mut Vec<Op>) {
     });
 }
 
+/// How every drop-in `--systemd-dropin` writes begins.
+const DROPIN_HEAD: &str =
+    "# Written by `sluice host apply --systemd-dropin`; `sluice host revert` removes it.\n[Service]\n";
+
 fn dropin_text(f: &Facts) -> String {
-    let mut s = String::from(
-        "# Written by `sluice host apply --systemd-dropin`; `sluice host revert` removes it.\n[Service]\n",
-    );
+    let mut s = String::from(DROPIN_HEAD);
     s.push_str(&format!("CPUAffinity={}\n", format_cpu_list(&f.online)));
     let nodes: BTreeSet<usize> = f.shard_cpus.iter().filter_map(|&c| f.node_of(c)).collect();
     if nodes.len() == 1 {
